@@ -1,0 +1,324 @@
+//! Attribute arguments: `#[step(name = "..", retries = 3, backoff = 100ms)]` and friends,
+//! parsed into typed structs. Each option goes through a setter that rejects a repeat
+//! at the repeat's span; checks between options happen once, in `finish`.
+
+use proc_macro2::{Span, TokenStream};
+use quote::ToTokens;
+use syn::ext::IdentExt;
+use syn::parse::{ParseStream, Parser};
+use syn::{Ident, Lit, LitStr, Path, Token};
+
+use crate::errors::Errors;
+
+/// The options every attribute accepts.
+pub(crate) struct Common {
+    /// `crate = path`: where `durable_runtime` is, for users who renamed it.
+    pub(crate) krate: Path,
+}
+
+/// `#[step(...)]`.
+pub(crate) struct StepArgs {
+    pub(crate) common: Common,
+    pub(crate) name: Option<LitStr>,
+    pub(crate) retries: Option<u32>,
+    /// `(initial_ms, factor, max_ms)`, present only with `retries`.
+    pub(crate) backoff: Option<(u64, f64, u64)>,
+}
+
+/// `#[workflow(...)]`.
+pub(crate) struct WorkflowArgs {
+    pub(crate) common: Common,
+    pub(crate) name: Option<LitStr>,
+}
+
+/// `#[branch(...)]`.
+pub(crate) struct BranchArgs {
+    pub(crate) common: Common,
+}
+
+const STEP_OPTIONS: &[&str] = &["name", "retries", "backoff", "backoff_factor", "max_backoff", "crate"];
+const WORKFLOW_OPTIONS: &[&str] = &["name", "crate"];
+const BRANCH_OPTIONS: &[&str] = &["crate"];
+
+/// One `key = value` pair, as written.
+struct Pair {
+    key: Ident,
+    value: TokenStream,
+}
+
+fn parse_pairs(input: ParseStream<'_>) -> syn::Result<Vec<Pair>> {
+    let mut pairs = Vec::new();
+    while !input.is_empty() {
+        // `crate` is a keyword; accept any identifier and judge it later.
+        let key = Ident::parse_any(input)?;
+        if !input.peek(Token![=]) {
+            return Err(syn::Error::new(
+                key.span(),
+                format!("expected `{key} = ...`"),
+            ));
+        }
+        input.parse::<Token![=]>()?;
+        let mut value = TokenStream::new();
+        while !input.is_empty() && !input.peek(Token![,]) {
+            value.extend(std::iter::once(input.parse::<proc_macro2::TokenTree>()?));
+        }
+        if value.is_empty() {
+            return Err(syn::Error::new(key.span(), format!("`{key}` needs a value")));
+        }
+        pairs.push(Pair { key, value });
+        if !input.is_empty() {
+            input.parse::<Token![,]>()?;
+        }
+    }
+    Ok(pairs)
+}
+
+/// The closest known option to a misspelled one, if it is close enough to suggest.
+fn suggest(word: &str, known: &'static [&'static str]) -> Option<&'static str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    }
+    known
+        .iter()
+        .map(|k| (distance(word, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .min()
+        .map(|(_, k)| k)
+}
+
+fn unknown(attr: &str, key: &Ident, known: &'static [&'static str]) -> syn::Error {
+    let list = known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+    let mut message = format!("unknown `{attr}` option `{key}`; expected one of {list}");
+    if let Some(s) = suggest(&key.to_string(), known) {
+        message.push_str(&format!("\n\nhelp: did you mean `{s}`?"));
+    }
+    syn::Error::new(key.span(), message)
+}
+
+/// Sets `slot` once; a second occurrence is an error at the second key.
+fn set_once<T>(errors: &mut Errors, slot: &mut Option<(Span, T)>, key: &Ident, value: syn::Result<T>) {
+    if slot.is_some() {
+        errors.push(syn::Error::new(key.span(), format!("`{key}` is given twice")));
+        return;
+    }
+    match value {
+        Ok(v) => *slot = Some((key.span(), v)),
+        Err(e) => errors.push(e),
+    }
+}
+
+fn parse_lit_str(key: &Ident, value: &TokenStream) -> syn::Result<LitStr> {
+    match syn::parse2::<Lit>(value.clone()) {
+        Ok(Lit::Str(s)) if !s.value().trim().is_empty() => Ok(s),
+        Ok(Lit::Str(s)) => Err(syn::Error::new(s.span(), format!("`{key}` cannot be empty"))),
+        _ => Err(syn::Error::new_spanned(
+            value,
+            format!("`{key}` takes a string literal, such as `{key} = \"charge_card\"`"),
+        )),
+    }
+}
+
+fn parse_krate(value: &TokenStream) -> syn::Result<Path> {
+    // `crate = my_durable` or, as tokio spells it, `crate = "my_durable"`.
+    if let Ok(s) = syn::parse2::<LitStr>(value.clone()) {
+        return s.parse::<Path>();
+    }
+    syn::parse2::<Path>(value.clone()).map_err(|_| {
+        syn::Error::new_spanned(
+            value,
+            "`crate` takes a path to durable-runtime, such as `crate = ::my_durable`",
+        )
+    })
+}
+
+fn parse_retries(value: &TokenStream) -> syn::Result<u32> {
+    let message = "`retries` takes a whole number of retries, such as `retries = 3`";
+    match syn::parse2::<Lit>(value.clone()) {
+        Ok(Lit::Int(i)) if i.suffix().is_empty() => i
+            .base10_parse::<u32>()
+            .map_err(|_| syn::Error::new(i.span(), message)),
+        _ => Err(syn::Error::new_spanned(value, message)),
+    }
+}
+
+/// A duration written as an integer with a unit suffix: `250ms`, `2s`, `1m`.
+fn parse_duration(key: &Ident, value: &TokenStream) -> syn::Result<u64> {
+    let message = format!("`{key}` takes a duration with a unit, such as `{key} = 250ms` or `{key} = 2s`");
+    let Ok(Lit::Int(i)) = syn::parse2::<Lit>(value.clone()) else {
+        return Err(syn::Error::new_spanned(value, message));
+    };
+    let per_unit: u64 = match i.suffix() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "" => {
+            return Err(syn::Error::new(
+                i.span(),
+                format!("`{key}` needs a unit: write `{}ms` or `{}s`", i.base10_digits(), i.base10_digits()),
+            ));
+        }
+        other => {
+            return Err(syn::Error::new(
+                i.span(),
+                format!("unknown duration unit `{other}`; use `ms`, `s` or `m`"),
+            ));
+        }
+    };
+    i.base10_digits()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(per_unit))
+        .ok_or_else(|| syn::Error::new(i.span(), format!("`{key}` is too large")))
+}
+
+fn parse_factor(value: &TokenStream) -> syn::Result<f64> {
+    let message = "`backoff_factor` takes a number of at least 1.0, such as `backoff_factor = 2.0`";
+    let f = match syn::parse2::<Lit>(value.clone()) {
+        Ok(Lit::Float(f)) if f.suffix().is_empty() => f.base10_parse::<f64>().ok(),
+        Ok(Lit::Int(i)) if i.suffix().is_empty() => i.base10_parse::<u32>().ok().map(f64::from),
+        _ => None,
+    };
+    match f {
+        Some(f) if f.is_finite() && f >= 1.0 => Ok(f),
+        _ => Err(syn::Error::new_spanned(value, message)),
+    }
+}
+
+fn default_krate() -> Path {
+    syn::parse_quote!(::durable_runtime)
+}
+
+impl StepArgs {
+    pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> StepArgs {
+        let mut krate = None;
+        let mut name = None;
+        let mut retries = None;
+        let mut backoff = None;
+        let mut factor = None;
+        let mut max = None;
+        match parse_pairs.parse2(tokens) {
+            Err(e) => errors.push(e),
+            Ok(pairs) => {
+                for Pair { key, value } in pairs {
+                    match key.to_string().as_str() {
+                        "crate" => set_once(errors, &mut krate, &key, parse_krate(&value)),
+                        "name" => set_once(errors, &mut name, &key, parse_lit_str(&key, &value)),
+                        "retries" => set_once(errors, &mut retries, &key, parse_retries(&value)),
+                        "backoff" => set_once(errors, &mut backoff, &key, parse_duration(&key, &value)),
+                        "backoff_factor" => set_once(errors, &mut factor, &key, parse_factor(&value)),
+                        "max_backoff" => set_once(errors, &mut max, &key, parse_duration(&key, &value)),
+                        _ => errors.push(unknown("step", &key, STEP_OPTIONS)),
+                    }
+                }
+            }
+        }
+        StepArgs::finish(krate, name, retries, backoff, factor, max, errors)
+    }
+
+    /// Checks between options.
+    fn finish(
+        krate: Option<(Span, Path)>,
+        name: Option<(Span, LitStr)>,
+        retries: Option<(Span, u32)>,
+        backoff: Option<(Span, u64)>,
+        factor: Option<(Span, f64)>,
+        max: Option<(Span, u64)>,
+        errors: &mut Errors,
+    ) -> StepArgs {
+        // Backoff options shape the delay between retries; without retries they would
+        // be silently ignored, which hides a forgotten `retries`.
+        if retries.is_none() {
+            for (opt, span) in [("backoff", backoff.map(|b| b.0)), ("backoff_factor", factor.map(|f| f.0)), ("max_backoff", max.map(|m| m.0))] {
+                if let Some(span) = span {
+                    errors.push(syn::Error::new(
+                        span,
+                        format!("`{opt}` has no effect without `retries`; add `retries = N` or remove it"),
+                    ));
+                }
+            }
+        }
+        let initial = backoff.map_or(100, |b| b.1);
+        let cap = max.map_or(10_000.max(initial), |m| m.1);
+        // A cap below the first delay would make `backoff` meaningless.
+        if let Some((span, m)) = max {
+            if m < initial {
+                errors.push(syn::Error::new(
+                    span,
+                    format!("`max_backoff` ({m}ms) is shorter than `backoff` ({initial}ms)"),
+                ));
+            }
+        }
+        StepArgs {
+            common: Common {
+                krate: krate.map_or_else(default_krate, |k| k.1),
+            },
+            name: name.map(|n| n.1),
+            backoff: retries.map(|_| (initial, factor.map_or(2.0, |f| f.1), cap)),
+            retries: retries.map(|r| r.1),
+        }
+    }
+}
+
+impl WorkflowArgs {
+    pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> WorkflowArgs {
+        let mut krate = None;
+        let mut name = None;
+        match parse_pairs.parse2(tokens) {
+            Err(e) => errors.push(e),
+            Ok(pairs) => {
+                for Pair { key, value } in pairs {
+                    match key.to_string().as_str() {
+                        "crate" => set_once(errors, &mut krate, &key, parse_krate(&value)),
+                        "name" => set_once(errors, &mut name, &key, parse_lit_str(&key, &value)),
+                        _ => errors.push(unknown("workflow", &key, WORKFLOW_OPTIONS)),
+                    }
+                }
+            }
+        }
+        WorkflowArgs {
+            common: Common {
+                krate: krate.map_or_else(default_krate, |k| k.1),
+            },
+            name: name.map(|n| n.1),
+        }
+    }
+}
+
+impl BranchArgs {
+    pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> BranchArgs {
+        let mut krate = None;
+        match parse_pairs.parse2(tokens) {
+            Err(e) => errors.push(e),
+            Ok(pairs) => {
+                for Pair { key, value } in pairs {
+                    match key.to_string().as_str() {
+                        "crate" => set_once(errors, &mut krate, &key, parse_krate(&value)),
+                        _ => errors.push(unknown("branch", &key, BRANCH_OPTIONS)),
+                    }
+                }
+            }
+        }
+        BranchArgs {
+            common: Common {
+                krate: krate.map_or_else(default_krate, |k| k.1),
+            },
+        }
+    }
+}
+
+impl ToTokens for Common {
+    fn to_tokens(&self, tokens: &mut TokenStream) {
+        self.krate.to_tokens(tokens);
+    }
+}

@@ -1,0 +1,211 @@
+//! Code generation. Everything generated names only absolute paths into the runtime's
+//! `__private` module (through the `crate = ..` path), `::core` and `::std` items
+//! re-exported there, and `__durable`-prefixed locals.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::visit_mut::VisitMut;
+use syn::{FnArg, Ident, ItemFn, Pat, Type};
+
+use crate::args::{BranchArgs, StepArgs, WorkflowArgs};
+use crate::errors::{Errors, with_item};
+use crate::rewrite::Branches;
+use crate::validate::{self, Kind};
+
+/// One argument: the name the generated function uses for it, and how the body binds
+/// it (the original pattern, for `mut x` or `(a, b): (u32, u32)`).
+struct Arg {
+    name: Ident,
+    pat: Pat,
+    ty: Type,
+}
+
+impl Arg {
+    /// `let <pattern> = <name>;` if the body needs the original pattern back.
+    fn unpack(&self) -> Option<TokenStream> {
+        match &self.pat {
+            Pat::Ident(p) if p.by_ref.is_none() && p.mutability.is_none() && p.subpat.is_none() => None,
+            pat => {
+                let name = &self.name;
+                Some(quote!(let #pat = #name;))
+            }
+        }
+    }
+}
+
+fn arguments(item: &ItemFn) -> Vec<Arg> {
+    item.sig
+        .inputs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, arg)| match arg {
+            FnArg::Typed(t) => Some(Arg {
+                name: match &*t.pat {
+                    Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => p.ident.clone(),
+                    _ => format_ident!("__durable_arg{}", i),
+                },
+                pat: (*t.pat).clone(),
+                ty: (*t.ty).clone(),
+            }),
+            FnArg::Receiver(_) => None,
+        })
+        .collect()
+}
+
+fn parse_fn(kind: &str, item: &TokenStream) -> syn::Result<ItemFn> {
+    syn::parse2::<ItemFn>(item.clone()).map_err(|e| {
+        let mut err = syn::Error::new(e.span(), format!("`#[{kind}]` goes on an `async fn`"));
+        err.combine(e);
+        err
+    })
+}
+
+pub(crate) fn step(args: TokenStream, item: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let args = StepArgs::parse(args, &mut errors);
+    let func = match parse_fn("step", &item) {
+        Ok(f) => f,
+        Err(e) => return with_item(item, &e),
+    };
+    validate::is_async(Kind::Step, &func.sig, &mut errors);
+    validate::plain_fn(Kind::Step, &func.sig, &mut errors);
+    validate::no_receiver(Kind::Step, &func.sig, &mut errors);
+    validate::owned_arguments(Kind::Step, &func.sig, &mut errors);
+    if let Err(e) = errors.finish() {
+        return with_item(item, &e);
+    }
+
+    let k = &args.common.krate;
+    let ItemFn { attrs, vis, sig, block, .. } = &func;
+    let ident = &sig.ident;
+    let (impl_generics, _, where_clause) = sig.generics.split_for_impl();
+    let name = args.name.as_ref().map_or_else(|| ident.to_string(), syn::LitStr::value);
+    let ret = validate::output_type(sig);
+    let params = arguments(&func);
+    let inputs = params.iter().map(|a| {
+        let (name, ty) = (&a.name, &a.ty);
+        quote!(#name: #ty)
+    });
+    let unpack = params.iter().filter_map(Arg::unpack);
+    let ret_span = ret.span();
+    let assert_output = quote_spanned!(ret_span=> #k::__private::assert_journaled::<#ret>(););
+
+    let options = match (args.retries, args.backoff) {
+        (Some(retries), Some((initial, factor, max))) => quote! {
+            #k::__private::StepOptions::new(#name).retries(#retries).backoff(
+                #k::__private::core::time::Duration::from_millis(#initial),
+                #factor,
+                #k::__private::core::time::Duration::from_millis(#max),
+            )
+        },
+        _ => quote!(#k::__private::StepOptions::new(#name)),
+    };
+    let call = if args.retries.is_some() {
+        // Each attempt gets its own copy of the arguments; the clone is spanned on the
+        // argument's type, so a non-`Clone` argument is reported there.
+        let clones = params.iter().map(|a| {
+            let name = &a.name;
+            quote_spanned!(a.ty.span()=> let #name = #k::__private::Clone::clone(&#name);)
+        });
+        quote_spanned! {ret_span=>
+            #k::__private::step_retry::<#ret, _, _>(&__DURABLE_STEP, move || {
+                #(#clones)*
+                async move { #(#unpack)* #block }
+            })
+        }
+    } else {
+        quote! {
+            #k::__private::step::<#ret, _>(&__DURABLE_STEP, async move { #(#unpack)* #block })
+        }
+    };
+    quote! {
+        #(#attrs)*
+        #vis fn #ident #impl_generics (#(#inputs),*) -> #k::Step<impl #k::StepBody<Output = #ret, Attempt = impl #k::__private::core::future::Future<Output = #ret>>> #where_clause {
+            static __DURABLE_STEP: #k::__private::StepOptions = #options;
+            #assert_output
+            #call
+        }
+    }
+}
+
+pub(crate) fn workflow(args: TokenStream, item: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let args = WorkflowArgs::parse(args, &mut errors);
+    let mut func = match parse_fn("workflow", &item) {
+        Ok(f) => f,
+        Err(e) => return with_item(item, &e),
+    };
+    validate::is_async(Kind::Workflow, &func.sig, &mut errors);
+    validate::plain_fn(Kind::Workflow, &func.sig, &mut errors);
+    validate::no_receiver(Kind::Workflow, &func.sig, &mut errors);
+    validate::not_generic(&func.sig, &mut errors);
+    validate::owned_arguments(Kind::Workflow, &func.sig, &mut errors);
+    if let Err(e) = errors.finish() {
+        return with_item(item, &e);
+    }
+
+    let k = args.common.krate.clone();
+    Branches { krate: &k }.visit_block_mut(&mut func.block);
+    let ItemFn { attrs, vis, sig, block, .. } = &func;
+    let ident = &sig.ident;
+    let name = args.name.as_ref().map_or_else(|| ident.to_string(), syn::LitStr::value);
+    let ret = validate::output_type(sig);
+    let params = arguments(&func);
+    let names: Vec<&Ident> = params.iter().map(|a| &a.name).collect();
+    let tys: Vec<&Type> = params.iter().map(|a| &a.ty).collect();
+    let unpack = params.iter().filter_map(Arg::unpack);
+    let asserts = params
+        .iter()
+        .map(|a| &a.ty)
+        .chain(std::iter::once(&ret))
+        .map(|ty| quote_spanned!(ty.span()=> #k::__private::assert_journaled::<#ty>();));
+    let boxed = quote_spanned!(ident.span()=> #k::__private::boxed_send(__durable_body(#(#names),*)));
+    quote! {
+        #(#attrs)*
+        #vis fn #ident(#(#names: #tys),*) -> #k::WorkflowCall<#ret> {
+            async fn __durable_body(#(#names: #tys),*) -> #ret {
+                #(#unpack)*
+                #block
+            }
+            fn __durable_run(__durable_input: (#(#tys,)*)) -> #k::__private::BoxFuture<#ret> {
+                let (#(#names,)*) = __durable_input;
+                #boxed
+            }
+            static __DURABLE_WORKFLOW: #k::__private::WorkflowDef<(#(#tys,)*), #ret> =
+                #k::__private::WorkflowDef::new(#name, __durable_run);
+            #k::__private::inventory::submit! {
+                #k::__private::WorkflowEntry::new(&__DURABLE_WORKFLOW)
+            }
+            #(#asserts)*
+            #k::WorkflowCall::new(&__DURABLE_WORKFLOW, (#(#names,)*))
+        }
+    }
+}
+
+pub(crate) fn branch(args: TokenStream, item: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let args = BranchArgs::parse(args, &mut errors);
+    let mut func = match parse_fn("branch", &item) {
+        Ok(f) => f,
+        Err(e) => return with_item(item, &e),
+    };
+    validate::is_async(Kind::Branch, &func.sig, &mut errors);
+    validate::plain_fn(Kind::Branch, &func.sig, &mut errors);
+    if let Err(e) = errors.finish() {
+        return with_item(item, &e);
+    }
+    let k = args.common.krate.clone();
+    Branches { krate: &k }.visit_block_mut(&mut func.block);
+    let ret = validate::output_type(&func.sig);
+    let ItemFn { attrs, vis, sig, block, .. } = &func;
+    let mut sig = sig.clone();
+    sig.asyncness = None;
+    sig.output = syn::parse_quote_spanned!(ret.span()=> -> impl #k::__private::core::future::Future<Output = #ret>);
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            #k::__private::branch::<#ret, _>(async move #block)
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Turns every `async` block and async closure of a workflow (or `#[branch]`) body into a
+//! branch: `async { .. }` becomes `branch(async { .. })`, which claims a step position
+//! from its parent when it is *created* and numbers its own steps below it.
+
+use proc_macro2::Span;
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::visit_mut::{self, VisitMut};
+use syn::{Expr, Item, Macro, Path, ReturnType, Token};
+
+pub(crate) struct Branches<'a> {
+    pub(crate) krate: &'a Path,
+}
+
+impl VisitMut for Branches<'_> {
+    /// Nested items (`fn`, `impl`, `mod` inside the body) are separate code that runs
+    /// only when called, not part of this body's sequence: not descended into. A nested
+    /// function that calls steps gets its own `#[branch]`.
+    fn visit_item_mut(&mut self, _: &mut Item) {}
+
+    fn visit_expr_mut(&mut self, expr: &mut Expr) {
+        // Children first, so nested blocks are branches inside their parent branch.
+        visit_mut::visit_expr_mut(self, expr);
+        let krate = self.krate;
+        match expr {
+            Expr::Async(block) => {
+                let span = block.async_token.span;
+                *expr = syn::parse_quote_spanned!(span=> #krate::__private::branch(#block));
+            }
+            Expr::Closure(closure) if closure.asyncness.is_some() => {
+                // `async |x| body` becomes `|x| branch(async move { body })`: the branch
+                // is claimed when the closure is called, like a step. The arguments move
+                // into the block, as they do into an async closure's future.
+                let span = closure.asyncness.map_or_else(Span::call_site, |a| a.span);
+                closure.asyncness = None;
+                let body = &closure.body;
+                let body: Expr = match std::mem::replace(&mut closure.output, ReturnType::Default) {
+                    ReturnType::Default => syn::parse_quote!(#body),
+                    ReturnType::Type(_, ty) => {
+                        syn::parse_quote_spanned!(ty.span()=> { let __durable_out: #ty = #body; __durable_out })
+                    }
+                };
+                *closure.body = syn::parse_quote_spanned!(span=> #krate::__private::branch(async move { #body }));
+            }
+            _ => {}
+        }
+    }
+
+    /// Macro arguments are token streams to syn. The common shape, comma-separated
+    /// expressions (`tokio::join!`, `try_join!`, `vec!`, `assert!`), is parsed and
+    /// rewritten; anything else (`select!`'s `pattern = future => handler`) is left as
+    /// written, so an `async` block there is not a branch: bind it to a `let` first.
+    fn visit_macro_mut(&mut self, mac: &mut Macro) {
+        let parser = Punctuated::<Expr, Token![,]>::parse_terminated;
+        if let Ok(mut args) = parser.parse2(mac.tokens.clone()) {
+            for arg in args.iter_mut() {
+                self.visit_expr_mut(arg);
+            }
+            mac.tokens = quote::ToTokens::into_token_stream(args);
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Signature rules, one function per rule, each with the reason it exists.
+
+use syn::spanned::Spanned;
+use syn::{FnArg, GenericArgument, GenericParam, PathArguments, ReturnType, Signature, Type};
+
+use crate::errors::Errors;
+
+/// Which attribute is checking, for messages.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Step,
+    Workflow,
+    Branch,
+}
+
+impl Kind {
+    fn attr(self) -> &'static str {
+        match self {
+            Kind::Step => "#[step]",
+            Kind::Workflow => "#[workflow]",
+            Kind::Branch => "#[branch]",
+        }
+    }
+}
+
+/// The body of every kind is turned into a future that is created when the function is
+/// called; that needs an `async fn` to start from.
+pub(crate) fn is_async(kind: Kind, sig: &Signature, errors: &mut Errors) {
+    if sig.asyncness.is_none() {
+        errors.push(syn::Error::new(
+            sig.fn_token.span,
+            format!("`{}` goes on an `async fn`; add `async` before `fn`", kind.attr()),
+        ));
+    }
+}
+
+/// `const`, `unsafe` and `extern` functions cannot become the plain function that claims
+/// a step id and returns a future.
+pub(crate) fn plain_fn(kind: Kind, sig: &Signature, errors: &mut Errors) {
+    if let Some(c) = &sig.constness {
+        errors.push(syn::Error::new(c.span, format!("`{}` cannot be a `const fn`", kind.attr())));
+    }
+    if let syn::Safety::Unsafe(u) = &sig.safety {
+        errors.push(syn::Error::new(u.span(), format!("`{}` cannot be an `unsafe fn`", kind.attr())));
+    }
+    if let Some(abi) = &sig.abi {
+        errors.push(syn::Error::new_spanned(abi, format!("`{}` cannot have an ABI", kind.attr())));
+    }
+    if let Some(v) = &sig.variadic {
+        errors.push(syn::Error::new_spanned(v, format!("`{}` cannot be variadic", kind.attr())));
+    }
+}
+
+/// Steps and workflows are free functions: a step's future may outlive its caller
+/// (`tokio::spawn`) and a workflow is re-run from its recorded input alone, so neither
+/// can borrow an object.
+pub(crate) fn no_receiver(kind: Kind, sig: &Signature, errors: &mut Errors) {
+    if let Some(r) = sig.receiver() {
+        let message = match kind {
+            Kind::Step => "`#[step]` cannot take `self`; make it a free function and pass what it needs as owned arguments (for example an `Arc` of a client)",
+            _ => "`#[workflow]` cannot take `self`: a workflow is re-run from its recorded input alone; make it a free function",
+        };
+        errors.push(syn::Error::new(r.self_token.span, message));
+    }
+}
+
+/// A workflow is found by name when the journal is recovered, and its input is decoded
+/// into one concrete type: it cannot be generic.
+pub(crate) fn not_generic(sig: &Signature, errors: &mut Errors) {
+    for p in &sig.generics.params {
+        let what = match p {
+            GenericParam::Lifetime(_) => "lifetime",
+            GenericParam::Type(_) => "type",
+            GenericParam::Const(_) => "const",
+        };
+        errors.push(syn::Error::new_spanned(
+            p,
+            format!("`#[workflow]` cannot have {what} parameters: recovery decodes its recorded input into one concrete type"),
+        ));
+    }
+    for arg in &sig.inputs {
+        if let FnArg::Typed(t) = arg {
+            if let Type::ImplTrait(i) = &*t.ty {
+                errors.push(syn::Error::new_spanned(
+                    i,
+                    "`#[workflow]` arguments need concrete types, not `impl Trait`: recovery decodes the recorded input into them",
+                ));
+            }
+        }
+    }
+}
+
+/// Step and workflow arguments must be owned: a step future is `'static` so it can be
+/// spawned and retried, and a workflow's input is decoded from the journal.
+pub(crate) fn owned_arguments(kind: Kind, sig: &Signature, errors: &mut Errors) {
+    for arg in &sig.inputs {
+        if let FnArg::Typed(t) = arg {
+            if let Some(r) = find_borrow(&t.ty) {
+                let message = match kind {
+                    Kind::Step => "`#[step]` arguments must be owned (`String`, not `&str`): the step's future may outlive the caller (`tokio::spawn`) and is re-run on retry",
+                    _ => "`#[workflow]` arguments must be owned (`String`, not `&str`): the workflow's input is recorded and decoded again on recovery",
+                };
+                errors.push(syn::Error::new(r, message));
+            }
+        }
+    }
+}
+
+/// The span of the first non-`'static` reference in `ty`, if any.
+fn find_borrow(ty: &Type) -> Option<proc_macro2::Span> {
+    match ty {
+        Type::Reference(r) => match &r.lifetime {
+            Some(l) if l.ident == "static" => find_borrow(&r.elem),
+            _ => Some(r.and_token.span),
+        },
+        Type::Paren(p) => find_borrow(&p.elem),
+        Type::Group(g) => find_borrow(&g.elem),
+        Type::Slice(s) => find_borrow(&s.elem),
+        Type::Array(a) => find_borrow(&a.elem),
+        Type::Tuple(t) => t.elems.iter().find_map(find_borrow),
+        Type::Path(p) => p.path.segments.iter().find_map(|s| match &s.arguments {
+            PathArguments::AngleBracketed(a) => a.args.iter().find_map(|g| match g {
+                GenericArgument::Type(t) => find_borrow(t),
+                GenericArgument::Lifetime(l) if l.ident != "static" => Some(l.span()),
+                _ => None,
+            }),
+            _ => None,
+        }),
+        _ => None,
+    }
+}
+
+/// The declared output type, `()` when there is none.
+pub(crate) fn output_type(sig: &Signature) -> Type {
+    match &sig.output {
+        ReturnType::Default => syn::parse_quote_spanned!(sig.paren_token.span.close() => ()),
+        ReturnType::Type(_, t) => (**t).clone(),
+    }
+}

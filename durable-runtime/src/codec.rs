@@ -1,0 +1,141 @@
+//! The serde codec that turns workflow inputs, step outputs and workflow outputs into
+//! journal bytes and back.
+//!
+//! Everything the runtime stores goes through [`Codec`]; the default is [`Bincode`]
+//! (bincode's 2.0 line with its serde support). The codec's [`name`](Codec::name) is
+//! recorded in the journal when it is created, and a journal written by another codec is
+//! refused at open rather than misread.
+//!
+//! Decoding is bounded: a row of `n` bytes is decoded with a byte limit of the smallest
+//! power of four (at least 1 KiB) that is `>= n`, so a corrupt or hostile length prefix
+//! is an error before bincode allocates for it. String and byte buffers are therefore
+//! never larger than `max(4 * n, 1 KiB)`; sequences and maps are additionally capped by
+//! serde's own pre-allocation limit (1 MiB), and fail as soon as the row runs out.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The largest value the journal stores: 1 GiB, SQLite's own default maximum for a
+/// `BLOB`. Encoding something larger is an error, not a journal row SQLite refuses later.
+pub const MAX_VALUE_BYTES: usize = 1 << 30;
+
+/// Turns serde values into journal bytes and back.
+///
+/// The runtime currently always uses [`Bincode`]; the trait marks the seam where another
+/// codec plugs in, and the name it reports is what the journal records.
+pub trait Codec: Send + Sync + 'static {
+    /// A stable name recorded in the journal, for example `bincode-2/serde/standard`.
+    fn name(&self) -> &'static str;
+
+    /// Encodes `value`, failing if it does not serialize or exceeds [`MAX_VALUE_BYTES`].
+    fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>, CodecError>;
+
+    /// Decodes a whole row: trailing bytes are an error, and so is any length prefix
+    /// that claims more bytes than the row could hold.
+    fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError>;
+}
+
+/// Why a value could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CodecError {
+    message: String,
+}
+
+impl CodecError {
+    fn new(message: impl Into<String>) -> Self {
+        CodecError {
+            message: message.into(),
+        }
+    }
+}
+
+/// bincode 2 with serde, standard configuration (little endian, variable-length
+/// integers), bounded decoding. The default codec.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bincode;
+
+const CONFIG: bincode::config::Configuration = bincode::config::standard();
+
+/// Decodes with a compile-time byte limit `N` (bincode's limit is a const generic).
+fn decode_limited<T: DeserializeOwned, const N: usize>(bytes: &[u8]) -> Result<T, CodecError> {
+    match bincode::serde::decode_from_slice::<T, _>(bytes, CONFIG.with_limit::<N>()) {
+        Ok((value, used)) if used == bytes.len() => Ok(value),
+        Ok((_, used)) => Err(CodecError::new(format!(
+            "{} trailing bytes after the value ({used} of {} bytes used)",
+            bytes.len() - used,
+            bytes.len()
+        ))),
+        Err(bincode::error::DecodeError::LimitExceeded) => Err(CodecError::new(format!(
+            "a length prefix claims more bytes than the {}-byte row holds",
+            bytes.len()
+        ))),
+        Err(e) => Err(CodecError::new(e.to_string())),
+    }
+}
+
+impl Codec for Bincode {
+    fn name(&self) -> &'static str {
+        "bincode-2/serde/standard"
+    }
+
+    fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>, CodecError> {
+        let bytes = bincode::serde::encode_to_vec(value, CONFIG)
+            .map_err(|e| CodecError::new(e.to_string()))?;
+        if bytes.len() > MAX_VALUE_BYTES {
+            return Err(CodecError::new(format!(
+                "encoded value is {} bytes, more than the journal's limit of {MAX_VALUE_BYTES}",
+                bytes.len()
+            )));
+        }
+        Ok(bytes)
+    }
+
+    fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        const K: usize = 1 << 10;
+        match bytes.len() {
+            n if n <= K => decode_limited::<T, K>(bytes),
+            n if n <= 4 * K => decode_limited::<T, { 4 * K }>(bytes),
+            n if n <= 16 * K => decode_limited::<T, { 16 * K }>(bytes),
+            n if n <= 64 * K => decode_limited::<T, { 64 * K }>(bytes),
+            n if n <= 256 * K => decode_limited::<T, { 256 * K }>(bytes),
+            n if n <= K * K => decode_limited::<T, { K * K }>(bytes),
+            n if n <= 4 * K * K => decode_limited::<T, { 4 * K * K }>(bytes),
+            n if n <= 16 * K * K => decode_limited::<T, { 16 * K * K }>(bytes),
+            n if n <= 64 * K * K => decode_limited::<T, { 64 * K * K }>(bytes),
+            n if n <= 256 * K * K => decode_limited::<T, { 256 * K * K }>(bytes),
+            n if n <= MAX_VALUE_BYTES => decode_limited::<T, MAX_VALUE_BYTES>(bytes),
+            n => Err(CodecError::new(format!(
+                "row is {n} bytes, more than the journal's limit of {MAX_VALUE_BYTES}"
+            ))),
+        }
+    }
+}
+
+/// The codec the runtime uses.
+pub(crate) const CODEC: Bincode = Bincode;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_trailing_bytes() -> Result<(), CodecError> {
+        let v = (String::from("sku-1"), 3u32, Some(vec![1u64, 2]));
+        let mut bytes = CODEC.encode(&v)?;
+        assert_eq!(CODEC.decode::<(String, u32, Option<Vec<u64>>)>(&bytes)?, v);
+        bytes.push(0);
+        let err = CODEC.decode::<(String, u32, Option<Vec<u64>>)>(&bytes).unwrap_err();
+        assert!(err.to_string().contains("trailing"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn huge_length_prefix_is_an_error_not_an_allocation() {
+        // varint 251 = u64 follows; claim u64::MAX bytes for a String.
+        let mut row = vec![253u8];
+        row.extend_from_slice(&u64::MAX.to_le_bytes());
+        let err = CODEC.decode::<String>(&row).unwrap_err();
+        assert!(err.to_string().contains("length prefix"), "{err}");
+    }
+}

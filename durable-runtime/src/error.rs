@@ -1,0 +1,264 @@
+//! Errors.
+//!
+//! Every fallible operation returns [`Error`]. Errors are values that can be cloned: one
+//! workflow failure reaches every [`WorkflowHandle`](crate::WorkflowHandle) waiting on it.
+//! Each variant's message carries its cause (no variant also returns it from
+//! [`source`](std::error::Error::source), so reports do not print it twice).
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::codec::CodecError;
+use crate::path::StepPath;
+
+/// `Result` with [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the runtime.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Another runtime, in this process or another, holds the journal open.
+    #[error(
+        "journal {} is in use by another runtime (lock {} is held); stop that process or open another file",
+        path.display(),
+        lock.display()
+    )]
+    Locked {
+        /// The journal file.
+        path: PathBuf,
+        /// The lock file that is held.
+        lock: PathBuf,
+    },
+
+    /// The journal could not be opened, read or written.
+    #[error("{0}")]
+    Store(StoreError),
+
+    /// A value could not be encoded for the journal.
+    #[error("cannot encode {what}: {reason}")]
+    Encode {
+        /// What was being encoded, such as `the input of workflow order-42`.
+        what: String,
+        /// What the codec reported.
+        reason: CodecError,
+    },
+
+    /// A journal row could not be decoded: the journal is corrupt, or the code's types
+    /// no longer match what was recorded. The journal is left as it is and the workflow
+    /// stays pending; fix the cause and reopen the journal to resume it.
+    #[error("workflow {workflow_id}: cannot decode the recorded {location}: {reason}")]
+    Corrupt {
+        /// The workflow whose row is corrupt.
+        workflow_id: String,
+        /// Which row.
+        location: Location,
+        /// What the codec reported.
+        reason: CodecError,
+    },
+
+    /// Replay diverged: the code asked for a different step than the journal recorded at
+    /// a path, or finished without asking for a recorded step. The journal is left as it
+    /// is and the workflow stays pending; make the code deterministic (or restore the old
+    /// code) and reopen the journal to resume it.
+    #[error(
+        "workflow {workflow_id} diverged from its journal at step {path}: recorded `{recorded}`, {}",
+        match requested {
+            Some(r) => format!("but the code asked for `{r}`"),
+            None => "but the code finished without asking for it".to_owned(),
+        }
+    )]
+    Divergence {
+        /// The workflow that diverged.
+        workflow_id: String,
+        /// The step path where it diverged.
+        path: StepPath,
+        /// The step name recorded at that path.
+        recorded: String,
+        /// The step name the code asked for, or `None` if it never asked for that path.
+        requested: Option<String>,
+    },
+
+    /// The workflow failed for good and the failure is recorded in the journal: a step
+    /// or the workflow body panicked. Starting the same id again returns this error.
+    #[error("workflow {workflow_id} failed: {message}")]
+    Failed {
+        /// The workflow that failed.
+        workflow_id: String,
+        /// What failed.
+        kind: FailureKind,
+        /// The recorded message.
+        message: String,
+    },
+
+    /// The journal holds a workflow id that was started for a different workflow.
+    #[error(
+        "workflow id {workflow_id} belongs to workflow `{existing}`, not `{requested}`; use another id"
+    )]
+    WorkflowMismatch {
+        /// The id.
+        workflow_id: String,
+        /// The workflow name recorded for it.
+        existing: String,
+        /// The workflow the caller tried to start.
+        requested: String,
+    },
+
+    /// A pending workflow's name is not registered in this program (the `#[workflow]`
+    /// was renamed or removed). It stays pending in the journal.
+    #[error(
+        "workflow {workflow_id} is a `{name}`, but no `#[workflow]` of that name is linked into this program"
+    )]
+    UnknownWorkflow {
+        /// The workflow id.
+        workflow_id: String,
+        /// The recorded workflow name.
+        name: String,
+    },
+
+    /// Two `#[workflow]` functions registered the same name, so recovery could not tell
+    /// which one owns a journal row. Give one of them `#[workflow(name = "...")]`.
+    #[error(
+        "two `#[workflow]` functions are named `{name}`; give one a distinct `#[workflow(name = \"...\")]`"
+    )]
+    DuplicateWorkflowName {
+        /// The name both use.
+        name: String,
+    },
+
+    /// A workflow id was rejected.
+    #[error("invalid workflow id {id:?}: {reason}")]
+    InvalidId {
+        /// The id as given.
+        id: String,
+        /// Why it is invalid.
+        reason: &'static str,
+    },
+}
+
+impl Error {
+    /// The workflow id this error is about, if it is about one.
+    pub fn workflow_id(&self) -> Option<&str> {
+        match self {
+            Error::Corrupt { workflow_id, .. }
+            | Error::Divergence { workflow_id, .. }
+            | Error::Failed { workflow_id, .. }
+            | Error::WorkflowMismatch { workflow_id, .. }
+            | Error::UnknownWorkflow { workflow_id, .. } => Some(workflow_id),
+            _ => None,
+        }
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        Error::Store(e)
+    }
+}
+
+/// Which recorded value a [`Error::Corrupt`] is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Location {
+    /// The workflow's input.
+    Input,
+    /// The workflow's output.
+    Output,
+    /// A step's output.
+    Step {
+        /// The step's path.
+        path: StepPath,
+        /// The step's recorded name.
+        name: String,
+    },
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Input => f.write_str("workflow input"),
+            Location::Output => f.write_str("workflow output"),
+            Location::Step { path, name } => write!(f, "output of step {path} (`{name}`)"),
+        }
+    }
+}
+
+/// What kind of recorded failure an [`Error::Failed`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// A step panicked; the panic is recorded as that step's result.
+    StepPanicked,
+    /// The workflow body panicked outside any step.
+    WorkflowPanicked,
+    /// The workflow's output could not be encoded.
+    OutputNotEncodable,
+}
+
+impl FailureKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::StepPanicked => "step_panicked",
+            FailureKind::WorkflowPanicked => "workflow_panicked",
+            FailureKind::OutputNotEncodable => "output_not_encodable",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        [
+            FailureKind::StepPanicked,
+            FailureKind::WorkflowPanicked,
+            FailureKind::OutputNotEncodable,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// The journal could not be opened, read or written.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("journal {}: {message}", path.display())]
+pub struct StoreError {
+    path: PathBuf,
+    kind: StoreErrorKind,
+    message: String,
+}
+
+/// What kind of [`StoreError`] happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The file exists but is not an SQLite database, or is damaged.
+    NotAJournal,
+    /// The journal was written by a newer version of durable (its schema is newer).
+    NewerSchema,
+    /// The journal was written with a different codec.
+    CodecMismatch,
+    /// A row the runtime wrote earlier violates the journal's invariants (for example a
+    /// step recorded twice, or a status that is not one of ours).
+    Invariant,
+    /// The runtime's writer has stopped (the runtime is shutting down or failed).
+    Closed,
+    /// Any other SQLite or file system failure.
+    Io,
+}
+
+impl StoreError {
+    pub(crate) fn new(path: impl Into<PathBuf>, kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        StoreError {
+            path: path.into(),
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+
+    /// The journal file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}

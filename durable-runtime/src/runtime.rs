@@ -1,0 +1,582 @@
+//! The runtime: opens the journal, recovers pending workflows, starts and drives runs.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::future::{Future, poll_fn};
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Poll;
+
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use crate::codec::{CODEC, Codec};
+use crate::context::WorkflowCtx;
+use crate::error::{Error, FailureKind, Location, Result, StoreError, StoreErrorKind};
+use crate::path::StepPath;
+use crate::scope::{self, Branch};
+use crate::step::now_ms;
+use crate::store::{
+    Created, Finish, Finished, NewWorkflow, RecordStatus, RecordedOutcome, SqliteStore, Store,
+    WorkflowRecord,
+};
+use crate::workflow::{ErasedWorkflow, WorkflowCall, registered};
+use crate::Durability;
+
+/// How a run ended, shared by every handle waiting on it: the encoded output or the error.
+type Outcome = Arc<Result<Vec<u8>>>;
+
+/// The durable-execution runtime: owns one journal and runs the workflows in it.
+///
+/// Opening a runtime resumes every workflow the journal holds as pending (started but
+/// not finished, for example because the process was killed). Clones share the same
+/// runtime. It needs a tokio runtime (multi-threaded or current-thread) to run on.
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn Store>,
+    running: Mutex<HashMap<Arc<str>, Running>>,
+    app_version: Option<Arc<str>>,
+    recovered: Vec<String>,
+    unrecoverable: Vec<Error>,
+}
+
+/// A run this process is executing.
+#[derive(Debug)]
+struct Running {
+    name: &'static str,
+    outcome: watch::Receiver<Option<Outcome>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Options for opening a [`Runtime`]; from [`Runtime::builder`].
+#[derive(Debug, Clone)]
+pub struct RuntimeBuilder {
+    path: PathBuf,
+    durability: Durability,
+    app_version: Option<String>,
+}
+
+impl RuntimeBuilder {
+    /// How hard each checkpoint tries to survive a crash; [`Durability::Full`] by default.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// A version string recorded with every workflow this runtime starts (for example
+    /// your application's release), for your own inspection of the journal.
+    pub fn app_version(mut self, version: impl Into<String>) -> Self {
+        self.app_version = Some(version.into());
+        self
+    }
+
+    /// Opens the journal (creating it, owner-only, if it does not exist), takes its lock,
+    /// and resumes every pending workflow.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Locked`] if another runtime holds the journal, [`Error::Store`] if the
+    /// file is not a journal or cannot be read, [`Error::DuplicateWorkflowName`] if two
+    /// workflows linked into the program share a name.
+    pub async fn open(self) -> Result<Runtime> {
+        let mut registry: HashMap<&'static str, &'static dyn ErasedWorkflow> = HashMap::new();
+        for def in registered() {
+            if registry.insert(def.name(), def).is_some() {
+                return Err(Error::DuplicateWorkflowName {
+                    name: def.name().to_owned(),
+                });
+            }
+        }
+        let path = self.path.clone();
+        let durability = self.durability;
+        let store: Arc<dyn Store> = Arc::new(
+            blocking(&self.path, move || SqliteStore::open(&path, durability, CODEC.name()))
+                .await??,
+        );
+        let pending = {
+            let store = store.clone();
+            blocking(&self.path, move || store.pending_workflows()).await??
+        };
+        let mut recovered = Vec::new();
+        let mut unrecoverable = Vec::new();
+        let mut launches = Vec::new();
+        for record in pending {
+            match registry.get(record.name.as_str()) {
+                Some(def) => {
+                    recovered.push(record.id.clone());
+                    launches.push((Arc::<str>::from(record.id), *def, record.input));
+                }
+                None => {
+                    let e = Error::UnknownWorkflow {
+                        workflow_id: record.id,
+                        name: record.name,
+                    };
+                    tracing::warn!("{e}; it stays pending");
+                    unrecoverable.push(e);
+                }
+            }
+        }
+        let inner = Arc::new(Inner {
+            store,
+            running: Mutex::new(HashMap::new()),
+            app_version: self.app_version.map(Arc::from),
+            recovered,
+            unrecoverable,
+        });
+        for (id, def, input) in launches {
+            tracing::info!(workflow = %id, name = def.name(), "resuming pending workflow");
+            let (tx, rx) = watch::channel(None);
+            lock(&inner.running).insert(
+                id.clone(),
+                Running {
+                    name: def.name(),
+                    outcome: rx,
+                },
+            );
+            tokio::spawn(drive(inner.clone(), id, def, input, tx));
+        }
+        Ok(Runtime { inner })
+    }
+}
+
+/// Runs blocking journal work off the async threads.
+async fn blocking<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        StoreError::new(path, StoreErrorKind::Io, format!("journal task failed: {e}"))
+    })
+}
+
+impl Runtime {
+    /// Opens the journal at `path` with default options and resumes every pending
+    /// workflow. See [`RuntimeBuilder::open`].
+    pub async fn open(path: impl AsRef<Path>) -> Result<Runtime> {
+        Runtime::builder(path).open().await
+    }
+
+    /// Options for opening the journal at `path`.
+    pub fn builder(path: impl AsRef<Path>) -> RuntimeBuilder {
+        RuntimeBuilder {
+            path: path.as_ref().to_owned(),
+            durability: Durability::default(),
+            app_version: None,
+        }
+    }
+
+    /// The journal file.
+    pub fn path(&self) -> &Path {
+        self.inner.store.path()
+    }
+
+    /// The ids of the pending workflows this runtime resumed when it opened.
+    pub fn recovered(&self) -> &[String] {
+        &self.inner.recovered
+    }
+
+    /// Pending workflows this runtime could not resume when it opened (their workflow is
+    /// not linked into this program); they stay pending in the journal.
+    pub fn unrecoverable(&self) -> &[Error] {
+        &self.inner.unrecoverable
+    }
+
+    /// Starts `call` under a generated id. See [`start_with_id`](Self::start_with_id).
+    pub async fn start<O>(&self, call: WorkflowCall<O>) -> Result<WorkflowHandle<O>> {
+        self.start_with_id(generate_id(), call).await
+    }
+
+    /// Starts `call` as workflow `id`, unless `id` already exists.
+    ///
+    /// The run is journaled before this returns: if the process dies afterwards, the next
+    /// [`Runtime::open`] resumes it. If `id` already exists, running or finished, in this
+    /// process or recorded in the journal, nothing runs again: the handle is for the
+    /// existing run (and its recorded input, not this call's).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidId`] for an empty or oversized id, [`Error::Encode`] if the input
+    /// does not encode, [`Error::WorkflowMismatch`] if `id` belongs to another workflow,
+    /// [`Error::Store`] if the journal cannot be written.
+    pub async fn start_with_id<O>(
+        &self,
+        id: impl Into<String>,
+        call: WorkflowCall<O>,
+    ) -> Result<WorkflowHandle<O>> {
+        let id: Arc<str> = Arc::from(validate_id(id.into())?);
+        let def = call.def;
+        let name = def.name();
+        let input = call.input.map_err(|reason| Error::Encode {
+            what: format!("the input of workflow {id} (`{name}`)"),
+            reason,
+        })?;
+        let tx = {
+            let mut running = lock(&self.inner.running);
+            match running.entry(id.clone()) {
+                Entry::Occupied(e) => {
+                    let r = e.get();
+                    if r.name != name {
+                        return Err(mismatch(&id, r.name, name));
+                    }
+                    return Ok(WorkflowHandle::new(id, r.outcome.clone()));
+                }
+                Entry::Vacant(v) => {
+                    let (tx, rx) = watch::channel(None);
+                    v.insert(Running { name, outcome: rx });
+                    tx
+                }
+            }
+        };
+        let handle = WorkflowHandle::new(id.clone(), tx.subscribe());
+        let created = self
+            .inner
+            .store
+            .create_workflow(NewWorkflow {
+                id: id.clone(),
+                name,
+                input: input.clone(),
+                app_version: self.inner.app_version.clone(),
+                created_at: now_ms(),
+            })
+            .await
+            .unwrap_or_else(|_| Err(closed(self.path(), &id)));
+        match created {
+            Ok(Created::New) => {
+                tokio::spawn(drive(self.inner.clone(), id, def, input, tx));
+            }
+            Ok(Created::Existing(record)) if record.name != name => {
+                let e = mismatch(&id, &record.name, name);
+                self.inner.settle(&id, &tx, Arc::new(Err(e.clone())));
+                return Err(e);
+            }
+            Ok(Created::Existing(record)) => match record.status {
+                RecordStatus::Pending => {
+                    tokio::spawn(drive(self.inner.clone(), id, def, record.input, tx));
+                }
+                RecordStatus::Completed | RecordStatus::Failed => {
+                    self.inner.settle(&id, &tx, Arc::new(recorded_outcome(record)));
+                }
+            },
+            Err(e) => {
+                let e = Error::Store(e);
+                self.inner.settle(&id, &tx, Arc::new(Err(e.clone())));
+                return Err(e);
+            }
+        }
+        Ok(handle)
+    }
+
+    /// The recorded steps of workflow `id`, ordered by path: what a replay would return
+    /// without running their bodies. Empty if the workflow is unknown or recorded none.
+    pub async fn steps(&self, id: &str) -> Result<Vec<StepInfo>> {
+        let store = self.inner.store.clone();
+        let id = id.to_owned();
+        let steps = blocking(self.path(), move || store.steps(&id)).await??;
+        Ok(steps
+            .into_iter()
+            .map(|s| StepInfo {
+                path: s.path,
+                name: s.name,
+                panicked: matches!(s.outcome, RecordedOutcome::Panicked(_)),
+                attempts: s.attempts,
+                started_at_ms: s.started_at,
+                finished_at_ms: s.finished_at,
+            })
+            .collect())
+    }
+}
+
+impl Inner {
+    /// Publishes a run's outcome and forgets the run.
+    fn settle(&self, id: &Arc<str>, tx: &watch::Sender<Option<Outcome>>, outcome: Outcome) {
+        // Publish before removing: a start that finds the entry also finds the outcome.
+        tx.send_replace(Some(outcome));
+        lock(&self.running).remove(id);
+    }
+}
+
+fn mismatch(id: &str, existing: &str, requested: &str) -> Error {
+    Error::WorkflowMismatch {
+        workflow_id: id.to_owned(),
+        existing: existing.to_owned(),
+        requested: requested.to_owned(),
+    }
+}
+
+fn closed(path: &Path, id: &str) -> StoreError {
+    StoreError::new(
+        path,
+        StoreErrorKind::Closed,
+        format!("the journal writer stopped before workflow {id} was recorded"),
+    )
+}
+
+fn recorded_outcome(record: WorkflowRecord) -> Result<Vec<u8>> {
+    match (record.status, record.output, record.failure) {
+        (RecordStatus::Completed, Some(output), _) => Ok(output),
+        (RecordStatus::Failed, _, Some((kind, message))) => Err(Error::Failed {
+            workflow_id: record.id,
+            kind,
+            message,
+        }),
+        _ => Err(Error::Store(StoreError::new(
+            PathBuf::new(),
+            StoreErrorKind::Invariant,
+            format!("workflow {} is finished but records no output or error", record.id),
+        ))),
+    }
+}
+
+const MAX_ID_BYTES: usize = 512;
+
+fn validate_id(id: String) -> Result<String> {
+    let reason = if id.is_empty() {
+        "a workflow id cannot be empty"
+    } else if id.len() > MAX_ID_BYTES {
+        "a workflow id is at most 512 bytes"
+    } else if id.chars().any(char::is_control) {
+        "a workflow id cannot contain control characters"
+    } else {
+        return Ok(id);
+    };
+    Err(Error::InvalidId { id, reason })
+}
+
+/// A fresh 128-bit id in hex. Unique without coordination: std's per-process random
+/// hash keys, the time and a counter feed it.
+fn generate_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = RandomState::new();
+    let mut halves = [0u64; 2];
+    for (i, half) in halves.iter_mut().enumerate() {
+        let mut h = seed.build_hasher();
+        h.write_usize(i);
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        h.write_u32(std::process::id());
+        *half = h.finish();
+    }
+    format!("{:016x}{:016x}", halves[0], halves[1])
+}
+
+/// Runs one workflow to its end in this process and publishes the outcome.
+async fn drive(
+    inner: Arc<Inner>,
+    id: Arc<str>,
+    def: &'static dyn ErasedWorkflow,
+    input: Vec<u8>,
+    tx: watch::Sender<Option<Outcome>>,
+) {
+    let result = execute(&inner, &id, def, &input).await;
+    let finished = match &result {
+        Ok(output) => Some(Finished::Completed(output.clone())),
+        Err(Error::Failed { kind, message, .. }) => Some(Finished::Failed(*kind, message.clone())),
+        // Divergence, corrupt rows and journal errors leave the run pending: they are
+        // fixed outside the workflow (code, data, disk), and the next open resumes it.
+        Err(e) => {
+            tracing::error!(workflow = %id, "{e}; the workflow stays pending in the journal");
+            None
+        }
+    };
+    let result = match finished {
+        None => result,
+        Some(outcome) => {
+            let ack = inner.store.finish_workflow(Finish {
+                id: id.clone(),
+                outcome,
+                at: now_ms(),
+            });
+            match ack.await {
+                Ok(Ok(())) => result,
+                Ok(Err(e)) => Err(e.into()),
+                Err(_) => Err(closed(inner.store.path(), &id).into()),
+            }
+        }
+    };
+    inner.settle(&id, &tx, Arc::new(result));
+}
+
+async fn execute(
+    inner: &Inner,
+    id: &Arc<str>,
+    def: &'static dyn ErasedWorkflow,
+    input: &[u8],
+) -> Result<Vec<u8>> {
+    let recorded = {
+        let store = inner.store.clone();
+        let id = id.clone();
+        blocking(inner.store.path(), move || store.steps(&id)).await??
+    };
+    let ctx = Arc::new(WorkflowCtx::new(id.clone(), inner.store.clone(), recorded));
+    let body = def.start(input).map_err(|reason| Error::Corrupt {
+        workflow_id: id.to_string(),
+        location: Location::Input,
+        reason,
+    })?;
+    let mut body = scope::root(Branch::root(ctx.clone()), body);
+    let result = poll_fn(|cx| {
+        if let Some(e) = ctx.poll_fatal(cx.waker()) {
+            return Poll::Ready(Err(e));
+        }
+        match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut body).poll(cx))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Ok(Poll::Pending) => match ctx.poll_fatal(cx.waker()) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
+            Err(payload) => Poll::Ready(Err(Error::Failed {
+                workflow_id: id.to_string(),
+                kind: FailureKind::WorkflowPanicked,
+                message: format!("workflow body panicked: {}", crate::step::panic_message(&*payload)),
+            })),
+        }
+    })
+    .await;
+    // Drop the body (and any step it still holds) before deciding the outcome.
+    drop(body);
+    let output = result?.map_err(|reason| Error::Failed {
+        workflow_id: id.to_string(),
+        kind: FailureKind::OutputNotEncodable,
+        message: format!("cannot encode the workflow's output: {reason}"),
+    })?;
+    if let Some((path, recorded)) = ctx.first_unclaimed() {
+        return Err(Error::Divergence {
+            workflow_id: id.to_string(),
+            path,
+            recorded,
+            requested: None,
+        });
+    }
+    Ok(output)
+}
+
+/// Where a workflow run stands, as seen by a [`WorkflowHandle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WorkflowStatus {
+    /// Running (or waiting to run) in this process.
+    Running,
+    /// Finished: the workflow function returned, and its return value is recorded.
+    Completed,
+    /// Failed for good, and the failure is recorded ([`Error::Failed`]).
+    Failed,
+    /// This process stopped running it (replay divergence, a corrupt row, a journal
+    /// error). The journal still holds it as pending; the next [`Runtime::open`] tries
+    /// again.
+    Stopped,
+}
+
+/// A handle to a workflow run: its id, its status, and its result once it finishes.
+///
+/// Handles are cheap to clone; every clone sees the same run.
+pub struct WorkflowHandle<O> {
+    id: Arc<str>,
+    outcome: watch::Receiver<Option<Outcome>>,
+    _output: PhantomData<fn() -> O>,
+}
+
+impl<O> Clone for WorkflowHandle<O> {
+    fn clone(&self) -> Self {
+        WorkflowHandle::new(self.id.clone(), self.outcome.clone())
+    }
+}
+
+impl<O> std::fmt::Debug for WorkflowHandle<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkflowHandle")
+            .field("id", &self.id)
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl<O> WorkflowHandle<O> {
+    fn new(id: Arc<str>, outcome: watch::Receiver<Option<Outcome>>) -> Self {
+        WorkflowHandle {
+            id,
+            outcome,
+            _output: PhantomData,
+        }
+    }
+
+    /// The workflow id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Where the run stands now.
+    pub fn status(&self) -> WorkflowStatus {
+        match &*self.outcome.borrow() {
+            None => WorkflowStatus::Running,
+            Some(o) => match &**o {
+                Ok(_) => WorkflowStatus::Completed,
+                Err(Error::Failed { .. }) => WorkflowStatus::Failed,
+                Err(_) => WorkflowStatus::Stopped,
+            },
+        }
+    }
+
+    /// Waits for the run to finish and returns the workflow function's return value.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Failed`] for a recorded failure (a panic), [`Error::Divergence`] or
+    /// [`Error::Corrupt`] if replay could not continue, [`Error::Store`] if the journal
+    /// failed or the runtime stopped before the run finished.
+    pub async fn result(&self) -> Result<O>
+    where
+        O: DeserializeOwned,
+    {
+        let mut rx = self.outcome.clone();
+        let outcome = match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.clone(),
+            Err(_) => None,
+        };
+        let Some(outcome) = outcome else {
+            return Err(Error::Store(StoreError::new(
+                PathBuf::new(),
+                StoreErrorKind::Closed,
+                format!("the runtime stopped before workflow {} finished", self.id),
+            )));
+        };
+        match &*outcome {
+            Ok(bytes) => CODEC.decode(bytes).map_err(|reason| Error::Corrupt {
+                workflow_id: self.id.to_string(),
+                location: Location::Output,
+                reason,
+            }),
+            Err(e) => Err(e.clone()),
+        }
+    }
+}
+
+/// A recorded step, as [`Runtime::steps`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StepInfo {
+    /// The step's path in its workflow.
+    pub path: StepPath,
+    /// The step's name.
+    pub name: String,
+    /// Whether the step panicked (its record is the panic message, not an output).
+    pub panicked: bool,
+    /// How many attempts ran before the result was recorded.
+    pub attempts: u32,
+    /// When the first attempt started, in milliseconds since the Unix epoch.
+    pub started_at_ms: i64,
+    /// When the result was recorded, in milliseconds since the Unix epoch.
+    pub finished_at_ms: i64,
+}

@@ -1,0 +1,489 @@
+//! Step futures: claim at call, replay or run, checkpoint.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
+
+use crate::codec::{CODEC, Codec};
+use crate::error::{Error, FailureKind, Location, StoreError, StoreErrorKind};
+use crate::scope::{self, Claim};
+use crate::store::{RecordedOutcome, StepRecord};
+
+/// How a step is retried: the options of `#[step(...)]`, built by the macro.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct StepOptions {
+    pub(crate) name: &'static str,
+    retries: u32,
+    initial: Duration,
+    factor: f64,
+    max: Duration,
+}
+
+impl StepOptions {
+    /// A step named `name` that is not retried.
+    pub const fn new(name: &'static str) -> Self {
+        StepOptions {
+            name,
+            retries: 0,
+            initial: Duration::from_millis(100),
+            factor: 2.0,
+            max: Duration::from_secs(10),
+        }
+    }
+
+    /// Retry a failed (`Err`) attempt up to `retries` more times.
+    pub const fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// Wait `initial` before the first retry, multiply by `factor` for each further one,
+    /// never waiting longer than `max`.
+    pub const fn backoff(mut self, initial: Duration, factor: f64, max: Duration) -> Self {
+        self.initial = initial;
+        self.factor = factor;
+        self.max = max;
+        self
+    }
+
+    /// The delay before retry number `retry` (1-based).
+    fn delay(&self, retry: u32) -> Duration {
+        let exp = i32::try_from(retry.saturating_sub(1)).unwrap_or(i32::MAX);
+        let secs = self.initial.as_secs_f64() * self.factor.powi(exp);
+        if secs.is_finite() && secs < self.max.as_secs_f64() {
+            Duration::from_secs_f64(secs)
+        } else {
+            self.max
+        }
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// The body of a step: produces one future per attempt.
+///
+/// Implemented only by the types `#[step]` generates; it appears in step signatures as
+/// `Step<impl StepBody<Output = T>>`, which reads as "a step returning `T`".
+pub trait StepBody: sealed::Sealed {
+    /// What the step returns.
+    type Output;
+    #[doc(hidden)]
+    type Attempt: Future<Output = Self::Output>;
+    #[doc(hidden)]
+    fn attempt(&mut self) -> Option<Self::Attempt>;
+    #[doc(hidden)]
+    fn is_retryable(&self, output: &Self::Output) -> bool;
+}
+
+/// A step without retries: its one attempt.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Once<F>(Option<F>);
+
+impl<F> sealed::Sealed for Once<F> {}
+impl<F: Future> StepBody for Once<F> {
+    type Output = F::Output;
+    type Attempt = F;
+    fn attempt(&mut self) -> Option<F> {
+        self.0.take()
+    }
+    fn is_retryable(&self, _: &F::Output) -> bool {
+        false
+    }
+}
+
+/// A retried step: a factory making one attempt per call.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Retry<F>(F);
+
+impl<F> sealed::Sealed for Retry<F> {}
+impl<F, Fut> StepBody for Retry<F>
+where
+    F: FnMut() -> Fut,
+    Fut: Future,
+    Fut::Output: Retryable,
+{
+    type Output = Fut::Output;
+    type Attempt = Fut;
+    fn attempt(&mut self) -> Option<Fut> {
+        Some((self.0)())
+    }
+    fn is_retryable(&self, output: &Fut::Output) -> bool {
+        output.is_failure()
+    }
+}
+
+/// Outputs that say whether an attempt failed, so `#[step(retries = ..)]` knows when to
+/// try again. Implemented for `Result`.
+#[diagnostic::on_unimplemented(
+    message = "`#[step(retries = ..)]` needs a step that returns `Result`, not `{Self}`",
+    label = "this step is retried, so it must return `Result<_, _>`",
+    note = "a step is retried when an attempt returns `Err`"
+)]
+pub trait Retryable {
+    /// Whether this output is a failure worth retrying.
+    fn is_failure(&self) -> bool;
+}
+
+impl<T, E> Retryable for Result<T, E> {
+    fn is_failure(&self) -> bool {
+        self.is_err()
+    }
+}
+
+/// Builds a step without retries (called by the code `#[step]` generates).
+pub fn step<T, F: Future<Output = T>>(options: &'static StepOptions, body: F) -> Step<Once<F>> {
+    Step::new(options, Once(Some(body)))
+}
+
+/// Builds a retried step (called by the code `#[step(retries = ..)]` generates).
+pub fn step_retry<T, F, Fut>(options: &'static StepOptions, body: F) -> Step<Retry<F>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = T>,
+    T: Retryable,
+{
+    Step::new(options, Retry(body))
+}
+
+enum State<T> {
+    /// Run the body; record the result if the step was called inside a workflow.
+    Run {
+        claim: Option<Claim>,
+        attempts: u32,
+        started_at: i64,
+    },
+    /// An earlier execution recorded this step's result.
+    Replay {
+        claim: Claim,
+        outcome: RecordedOutcome,
+    },
+    /// The result is being checkpointed; `value` is what the caller gets once it is.
+    Commit {
+        claim: Claim,
+        ack: oneshot::Receiver<Result<(), StoreError>>,
+        value: Option<T>,
+    },
+    /// The panic is being checkpointed; then the workflow fails.
+    CommitPanic {
+        claim: Claim,
+        ack: oneshot::Receiver<Result<(), StoreError>>,
+        message: String,
+    },
+    /// The workflow has failed (divergence, corrupt row, store error, panic); this step
+    /// never completes, and the workflow's driver drops it.
+    Stopped,
+}
+
+pin_project_lite::pin_project! {
+    /// A call to a `#[step]` function.
+    ///
+    /// The step's position in its workflow was claimed when the function was called, so
+    /// the step keeps its id whether it is awaited here, moved into `tokio::spawn`,
+    /// raced in a `select!`, or dropped without being polled. Awaiting it returns the
+    /// recorded output when an earlier execution of the workflow recorded one, and
+    /// otherwise runs the body (with retries, if configured) and checkpoints its output
+    /// before returning it.
+    #[must_use = "a step does nothing unless awaited, but its step id is claimed either way"]
+    pub struct Step<B: StepBody> {
+        options: &'static StepOptions,
+        body: B,
+        #[pin]
+        attempt: Option<B::Attempt>,
+        #[pin]
+        backoff: Option<tokio::time::Sleep>,
+        state: State<B::Output>,
+    }
+}
+
+impl<B: StepBody> std::fmt::Debug for Step<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Step").field("name", &self.options.name).finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+impl<B: StepBody> Step<B> {
+    fn new(options: &'static StepOptions, body: B) -> Self {
+        let state = match scope::claim() {
+            None => State::Run {
+                claim: None,
+                attempts: 0,
+                started_at: 0,
+            },
+            Some(claim) => match claim.ctx.take_recorded(&claim.path) {
+                None => State::Run {
+                    claim: Some(claim),
+                    attempts: 0,
+                    started_at: 0,
+                },
+                Some(rec) if rec.name == options.name => State::Replay {
+                    claim,
+                    outcome: rec.outcome,
+                },
+                Some(rec) => {
+                    claim.ctx.fail(Error::Divergence {
+                        workflow_id: claim.ctx.id.to_string(),
+                        path: claim.path,
+                        recorded: rec.name,
+                        requested: Some(options.name.to_owned()),
+                    });
+                    State::Stopped
+                }
+            },
+        };
+        Step {
+            options,
+            body,
+            attempt: None,
+            backoff: None,
+            state,
+        }
+    }
+}
+
+impl<B> Future for Step<B>
+where
+    B: StepBody,
+    B::Output: Serialize + DeserializeOwned,
+{
+    type Output = B::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<B::Output> {
+        let mut this = self.project();
+        let options: &StepOptions = this.options;
+        loop {
+            match this.state {
+                State::Stopped => return Poll::Pending,
+                State::Replay { claim, outcome } => {
+                    let result = match outcome {
+                        RecordedOutcome::Output(bytes) => {
+                            CODEC.decode::<B::Output>(bytes).map_err(|reason| Error::Corrupt {
+                                workflow_id: claim.ctx.id.to_string(),
+                                location: Location::Step {
+                                    path: claim.path.clone(),
+                                    name: options.name.to_owned(),
+                                },
+                                reason,
+                            })
+                        }
+                        RecordedOutcome::Panicked(message) => Err(Error::Failed {
+                            workflow_id: claim.ctx.id.to_string(),
+                            kind: FailureKind::StepPanicked,
+                            message: message.clone(),
+                        }),
+                    };
+                    match result {
+                        Ok(value) => {
+                            tracing::debug!(workflow = %claim.ctx.id, path = %claim.path, step = options.name, "step replayed from the journal");
+                            *this.state = State::Stopped;
+                            return Poll::Ready(value);
+                        }
+                        Err(e) => {
+                            claim.ctx.fail(e);
+                            *this.state = State::Stopped;
+                        }
+                    }
+                }
+                State::Commit { claim, ack, value } => {
+                    match ready!(Pin::new(ack).poll(cx)) {
+                        Ok(Ok(())) => {
+                            if let Some(value) = value.take() {
+                                *this.state = State::Stopped;
+                                return Poll::Ready(value);
+                            }
+                        }
+                        Ok(Err(e)) => claim.ctx.fail(e.into()),
+                        Err(_) => claim.ctx.fail(writer_gone(claim)),
+                    }
+                    *this.state = State::Stopped;
+                }
+                State::CommitPanic {
+                    claim,
+                    ack,
+                    message,
+                } => {
+                    let error = match ready!(Pin::new(ack).poll(cx)) {
+                        Ok(Ok(())) => Error::Failed {
+                            workflow_id: claim.ctx.id.to_string(),
+                            kind: FailureKind::StepPanicked,
+                            message: std::mem::take(message),
+                        },
+                        Ok(Err(e)) => e.into(),
+                        Err(_) => writer_gone(claim),
+                    };
+                    claim.ctx.fail(error);
+                    *this.state = State::Stopped;
+                }
+                State::Run {
+                    claim,
+                    attempts,
+                    started_at,
+                } => {
+                    if let Some(sleep) = this.backoff.as_mut().as_pin_mut() {
+                        ready!(sleep.poll(cx));
+                        this.backoff.set(None);
+                    }
+                    if this.attempt.is_none() {
+                        if *attempts == 0 {
+                            *started_at = now_ms();
+                        }
+                        match this.body.attempt() {
+                            Some(fut) => this.attempt.set(Some(fut)),
+                            // `Once` hands out its body once; a step is never polled for
+                            // a second attempt without retries, so this is unreachable.
+                            None => return Poll::Pending,
+                        }
+                    }
+                    let Some(fut) = this.attempt.as_mut().as_pin_mut() else {
+                        return Poll::Pending;
+                    };
+                    // The body runs outside any workflow scope: a step called from a
+                    // step body is a plain call.
+                    let polled = match claim {
+                        None => scope::enter(None, || fut.poll(cx)),
+                        Some(_) => match catch_unwind(AssertUnwindSafe(|| {
+                            scope::enter(None, || fut.poll(cx))
+                        })) {
+                            Ok(p) => p,
+                            Err(payload) => {
+                                this.attempt.set(None);
+                                let message = format!(
+                                    "step {} (`{}`) panicked: {}",
+                                    claim.as_ref().map(|c| c.path.to_string()).unwrap_or_default(),
+                                    options.name,
+                                    panic_message(&*payload)
+                                );
+                                let Some(claim) = claim.take() else {
+                                    return Poll::Pending;
+                                };
+                                let ack = claim.ctx.store.record_step(StepRecord {
+                                    workflow_id: claim.ctx.id.clone(),
+                                    path: claim.path.clone(),
+                                    name: options.name,
+                                    outcome: RecordedOutcome::Panicked(message.clone()),
+                                    attempts: *attempts + 1,
+                                    started_at: *started_at,
+                                    finished_at: now_ms(),
+                                });
+                                *this.state = State::CommitPanic {
+                                    claim,
+                                    ack,
+                                    message,
+                                };
+                                continue;
+                            }
+                        },
+                    };
+                    let output = ready!(polled);
+                    this.attempt.set(None);
+                    *attempts += 1;
+                    if *attempts <= options.retries && this.body.is_retryable(&output) {
+                        let delay = options.delay(*attempts);
+                        tracing::debug!(step = options.name, attempt = *attempts, ?delay, "step attempt failed; retrying");
+                        this.backoff.set(Some(tokio::time::sleep(delay)));
+                        continue;
+                    }
+                    let Some(claim) = claim.take() else {
+                        // Outside a workflow: a plain call, nothing to record.
+                        *this.state = State::Stopped;
+                        return Poll::Ready(output);
+                    };
+                    match encode_checked(&output) {
+                        Ok(bytes) => {
+                            // Hand back the decoded copy, not `output`: the caller sees
+                            // exactly what a replay will see.
+                            let (value, bytes) = bytes;
+                            let ack = claim.ctx.store.record_step(StepRecord {
+                                workflow_id: claim.ctx.id.clone(),
+                                path: claim.path.clone(),
+                                name: options.name,
+                                outcome: RecordedOutcome::Output(bytes),
+                                attempts: *attempts,
+                                started_at: *started_at,
+                                finished_at: now_ms(),
+                            });
+                            *this.state = State::Commit {
+                                claim,
+                                ack,
+                                value: Some(value),
+                            };
+                        }
+                        Err(reason) => {
+                            claim.ctx.fail(Error::Encode {
+                                what: format!(
+                                    "the output of step {} (`{}`) in workflow {}",
+                                    claim.path, options.name, claim.ctx.id
+                                ),
+                                reason,
+                            });
+                            *this.state = State::Stopped;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Encodes `value` and decodes it back, so a type whose serde impls do not round-trip
+/// (for example `skip_serializing_if`, which bincode cannot represent) is caught before
+/// it is recorded, instead of breaking a replay later.
+pub(crate) fn encode_checked<T: Serialize + DeserializeOwned>(
+    value: &T,
+) -> Result<(T, Vec<u8>), crate::codec::CodecError> {
+    let bytes = CODEC.encode(value)?;
+    let back = CODEC.decode::<T>(&bytes)?;
+    Ok((back, bytes))
+}
+
+fn writer_gone(claim: &Claim) -> Error {
+    Error::Store(StoreError::new(
+        claim.ctx.store.path(),
+        StoreErrorKind::Closed,
+        "the journal writer stopped before the step was recorded",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        const O: StepOptions = StepOptions::new("s").retries(10).backoff(
+            Duration::from_millis(100),
+            2.0,
+            Duration::from_millis(500),
+        );
+        let delays: Vec<u128> = (1..=5).map(|n| O.delay(n).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 500, 500]);
+        assert_eq!(O.delay(u32::MAX), Duration::from_millis(500));
+    }
+}

@@ -1,0 +1,561 @@
+//! The SQLite journal.
+//!
+//! One writer thread owns the only connection that writes. It takes write requests from
+//! a channel and commits them in batches (group commit): it blocks for the first
+//! request, then takes every request already queued (up to [`MAX_BATCH`]) into the same
+//! transaction, commits once, and acknowledges them all. It never waits for company, so
+//! a lone sequential step pays exactly one commit with no added latency, while steps
+//! that finish during a commit share the next one.
+//!
+//! Reads use a separate connection (WAL readers do not block the writer).
+//!
+//! The schema is created and changed only by the numbered [`MIGRATIONS`]; the applied
+//! number is kept in `durable_meta` (not `PRAGMA user_version`, which belongs to the
+//! application if it shares the file). Tables are prefixed `durable_` for the same reason.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Mutex, PoisonError};
+use std::thread;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, params};
+use tokio::sync::oneshot;
+
+use super::{
+    Ack, Created, Finish, Finished, NewWorkflow, RecordStatus, RecordedOutcome, RecordedStep,
+    StepRecord, Store, WorkflowRecord,
+};
+use crate::error::{Error, FailureKind, StoreError, StoreErrorKind};
+use crate::path::StepPath;
+
+/// The most writes one commit takes.
+pub(crate) const MAX_BATCH: usize = 1024;
+
+/// How hard a commit tries to survive a crash.
+///
+/// The journal always runs in WAL mode; this picks SQLite's `synchronous` setting for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// `synchronous=FULL` (the default): every commit is fsynced before the step that
+    /// made it returns. Survives process crashes and power loss.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: commits reach the operating system before the step returns
+    /// and are fsynced at WAL checkpoints. Survives process crashes (SIGKILL, panics,
+    /// OOM kills); a power loss or kernel crash can lose the most recent commits, and a
+    /// workflow then re-runs the steps whose records were lost. Much faster on disks
+    /// with slow fsync.
+    Normal,
+}
+
+impl Durability {
+    fn pragma(self) -> &'static str {
+        match self {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        }
+    }
+}
+
+/// The journal schema. Entry `n` (0-based) moves the schema from version `n` to `n + 1`.
+/// Never edit an entry that has shipped: add one.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // 1: workflows, steps and the meta table.
+    "CREATE TABLE durable_meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE durable_workflows (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL,
+        status      TEXT NOT NULL CHECK (status IN ('pending', 'completed', 'failed')),
+        input       BLOB NOT NULL,
+        output      BLOB,
+        error_kind  TEXT,
+        error       TEXT,
+        executor    TEXT NOT NULL,
+        app_version TEXT,
+        parent_id   TEXT,
+        queue       TEXT,
+        created_at  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX durable_workflows_pending ON durable_workflows (created_at)
+        WHERE status = 'pending';
+    CREATE TABLE durable_steps (
+        workflow_id TEXT NOT NULL,
+        path        TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        output      BLOB,
+        error       TEXT,
+        attempts    INTEGER NOT NULL,
+        started_at  INTEGER NOT NULL,
+        finished_at INTEGER NOT NULL,
+        PRIMARY KEY (workflow_id, path),
+        CHECK ((output IS NULL) <> (error IS NULL))
+    ) STRICT, WITHOUT ROWID;",
+];
+
+/// The executor name recorded for workflows this process starts.
+const EXECUTOR: &str = "local";
+
+enum Command {
+    Create(NewWorkflow, oneshot::Sender<Result<Created, StoreError>>),
+    Step(StepRecord, oneshot::Sender<Result<(), StoreError>>),
+    Finish(Finish, oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// The SQLite journal: a writer thread, a reader connection and the file lock.
+#[derive(Debug)]
+pub(crate) struct SqliteStore {
+    path: PathBuf,
+    writes: Mutex<mpsc::Sender<Command>>,
+    reader: Mutex<Connection>,
+}
+
+fn io_error(path: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::new(path, StoreErrorKind::Io, e.to_string())
+}
+
+fn sql_error(path: &Path, e: rusqlite::Error) -> StoreError {
+    let kind = match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => StoreErrorKind::NotAJournal,
+        Some(ErrorCode::ConstraintViolation) => StoreErrorKind::Invariant,
+        _ if matches!(
+            e,
+            rusqlite::Error::FromSqlConversionFailure(..) | rusqlite::Error::InvalidColumnType(..)
+        ) =>
+        {
+            StoreErrorKind::Invariant
+        }
+        _ => StoreErrorKind::Io,
+    };
+    let message = match kind {
+        StoreErrorKind::NotAJournal => format!("not a durable journal (SQLite says: {e})"),
+        _ => e.to_string(),
+    };
+    StoreError::new(path, kind, message)
+}
+
+/// Creates `path` with owner-only permissions if it does not exist yet.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The lock file beside the journal: `shop.db` is locked through `shop.db.lock`.
+///
+/// A separate file, because SQLite's own POSIX locks on the journal are dropped when any
+/// descriptor of that file is closed by this process; a lock on another file cannot
+/// interfere with them.
+fn lock_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the journal at `path`, takes its lock, migrates it and
+    /// starts the writer thread.
+    pub(crate) fn open(path: &Path, durability: Durability, codec: &str) -> Result<Self, Error> {
+        let lock = lock_path(path);
+        create_private(&lock).map_err(|e| io_error(path, format!("cannot create lock file {}: {e}", lock.display())))?;
+        let lock_file = OpenOptions::new()
+            .write(true)
+            .open(&lock)
+            .map_err(|e| io_error(path, format!("cannot open lock file {}: {e}", lock.display())))?;
+        match lock_file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Locked {
+                    path: path.to_owned(),
+                    lock,
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(io_error(path, format!("cannot lock {}: {e}", lock.display())).into());
+            }
+        }
+        create_private(path).map_err(|e| io_error(path, format!("cannot create the journal: {e}")))?;
+
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut writer = Connection::open_with_flags(path, flags).map_err(|e| sql_error(path, e))?;
+        configure(&writer, durability).map_err(|e| sql_error(path, e))?;
+        migrate(&mut writer, path, codec)?;
+
+        let reader = Connection::open_with_flags(path, flags).map_err(|e| sql_error(path, e))?;
+        reader
+            .execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")
+            .map_err(|e| sql_error(path, e))?;
+
+        let (tx, rx) = mpsc::channel();
+        let writer_path = path.to_owned();
+        thread::Builder::new()
+            .name("durable-journal-writer".into())
+            // The writer thread holds the lock: it is released only after the last
+            // queued write has committed and the thread has exited.
+            .spawn(move || {
+                write_loop(writer, &writer_path, rx);
+                drop(lock_file);
+            })
+            .map_err(|e| io_error(path, format!("cannot start the writer thread: {e}")))?;
+
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            writes: Mutex::new(tx),
+            reader: Mutex::new(reader),
+        })
+    }
+
+    fn send<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command) -> Ack<T> {
+        let (tx, rx) = oneshot::channel();
+        let sender = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        // If the writer thread is gone the command (and its reply sender) is dropped,
+        // and the caller sees a closed channel: `StoreErrorKind::Closed`.
+        let _ = sender.send(make(tx));
+        rx
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let conn = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&conn).map_err(|e| sql_error(&self.path, e))
+    }
+}
+
+fn configure(conn: &Connection, durability: Durability) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "journal_mode is {mode}, WAL is required"
+        )));
+    }
+    conn.execute_batch(&format!("PRAGMA synchronous = {};", durability.pragma()))
+}
+
+/// Brings the schema to the newest version and checks the codec, in one transaction.
+fn migrate(conn: &mut Connection, path: &Path, codec: &str) -> Result<(), Error> {
+    let err = |e| Error::from(sql_error(path, e));
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(err)?;
+    let has_meta: bool = tx
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'durable_meta')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(err)?;
+    let version: usize = if has_meta {
+        let v: Option<String> = tx
+            .query_row("SELECT value FROM durable_meta WHERE key = 'schema_version'", [], |r| r.get(0))
+            .optional()
+            .map_err(err)?;
+        match v.as_deref().map(str::parse::<usize>) {
+            Some(Ok(v)) => v,
+            _ => {
+                return Err(StoreError::new(
+                    path,
+                    StoreErrorKind::NotAJournal,
+                    "durable_meta has no valid schema_version; the journal is damaged",
+                )
+                .into());
+            }
+        }
+    } else {
+        0
+    };
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::new(
+            path,
+            StoreErrorKind::NewerSchema,
+            format!(
+                "journal schema version {version} is newer than this build of durable understands ({}); upgrade durable-runtime",
+                MIGRATIONS.len()
+            ),
+        )
+        .into());
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        tx.execute_batch(sql).map_err(err)?;
+        tx.execute(
+            "INSERT INTO durable_meta (key, value) VALUES ('schema_version', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [(i + 1).to_string()],
+        )
+        .map_err(err)?;
+    }
+    let recorded: Option<String> = tx
+        .query_row("SELECT value FROM durable_meta WHERE key = 'codec'", [], |r| r.get(0))
+        .optional()
+        .map_err(err)?;
+    match recorded {
+        None => {
+            tx.execute("INSERT INTO durable_meta (key, value) VALUES ('codec', ?1)", [codec])
+                .map_err(err)?;
+        }
+        Some(c) if c == codec => {}
+        Some(c) => {
+            return Err(StoreError::new(
+                path,
+                StoreErrorKind::CodecMismatch,
+                format!("journal was written with codec `{c}`, this runtime uses `{codec}`"),
+            )
+            .into());
+        }
+    }
+    tx.commit().map_err(err)
+}
+
+fn write_loop(mut conn: Connection, path: &Path, rx: mpsc::Receiver<Command>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    // Blocks for the first request; ends when every sender is gone.
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&mut conn, path, &mut batch);
+    }
+}
+
+/// A finished write waiting for its commit before its reply is sent.
+enum Reply {
+    Create(oneshot::Sender<Result<Created, StoreError>>, Result<Created, StoreError>),
+    Unit(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
+}
+
+fn commit_batch(conn: &mut Connection, path: &Path, batch: &mut Vec<Command>) {
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            let e = sql_error(path, e);
+            for c in batch.drain(..) {
+                fail(c, e.clone());
+            }
+            return;
+        }
+    };
+    // A failing statement rolls back only itself (SQLite's default `ABORT`), so one bad
+    // write fails alone and the rest of the batch still commits.
+    let mut replies = Vec::with_capacity(batch.len());
+    for c in batch.drain(..) {
+        replies.push(match c {
+            Command::Create(w, reply) => Reply::Create(reply, create(&tx, &w).map_err(|e| sql_error(path, e))),
+            Command::Step(s, reply) => Reply::Unit(reply, record(&tx, &s).map_err(|e| step_error(path, &s, e))),
+            Command::Finish(f, reply) => Reply::Unit(reply, finish(&tx, &f).map_err(|e| sql_error(path, e))),
+        });
+    }
+    let committed = tx.commit().map_err(|e| sql_error(path, e));
+    for r in replies {
+        match (r, &committed) {
+            (Reply::Create(s, r), Ok(())) => drop(s.send(r)),
+            (Reply::Unit(s, r), Ok(())) => drop(s.send(r)),
+            (Reply::Create(s, _), Err(e)) => drop(s.send(Err(e.clone()))),
+            (Reply::Unit(s, _), Err(e)) => drop(s.send(Err(e.clone()))),
+        }
+    }
+}
+
+fn fail(c: Command, e: StoreError) {
+    match c {
+        Command::Create(_, s) => drop(s.send(Err(e))),
+        Command::Step(_, s) | Command::Finish(_, s) => drop(s.send(Err(e))),
+    }
+}
+
+fn step_error(path: &Path, s: &StepRecord, e: rusqlite::Error) -> StoreError {
+    if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) {
+        StoreError::new(
+            path,
+            StoreErrorKind::Invariant,
+            format!(
+                "step {} of workflow {} is already recorded; a recorded step is never overwritten",
+                s.path, s.workflow_id
+            ),
+        )
+    } else {
+        sql_error(path, e)
+    }
+}
+
+const WORKFLOW_COLUMNS: &str = "id, name, status, input, output, error_kind, error";
+
+fn create(conn: &Connection, w: &NewWorkflow) -> rusqlite::Result<Created> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO durable_workflows
+                 (id, name, status, input, executor, app_version, created_at, updated_at)
+             VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?6)
+             ON CONFLICT (id) DO NOTHING",
+        )?
+        .execute(params![&*w.id, w.name, w.input, EXECUTOR, w.app_version.as_deref(), w.created_at])?;
+    if inserted == 1 {
+        return Ok(Created::New);
+    }
+    let existing = conn
+        .prepare_cached(&format!("SELECT {WORKFLOW_COLUMNS} FROM durable_workflows WHERE id = ?1"))?
+        .query_row([&*w.id], workflow_row)??;
+    Ok(Created::Existing(existing))
+}
+
+fn record(conn: &Connection, s: &StepRecord) -> rusqlite::Result<()> {
+    let (output, error) = match &s.outcome {
+        RecordedOutcome::Output(bytes) => (Some(bytes.as_slice()), None),
+        RecordedOutcome::Panicked(message) => (None, Some(message.as_str())),
+    };
+    conn.prepare_cached(
+        "INSERT INTO durable_steps
+             (workflow_id, path, name, output, error, attempts, started_at, finished_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        &*s.workflow_id,
+        s.path.to_string(),
+        s.name,
+        output,
+        error,
+        s.attempts,
+        s.started_at,
+        s.finished_at
+    ])?;
+    Ok(())
+}
+
+fn finish(conn: &Connection, f: &Finish) -> rusqlite::Result<()> {
+    let (status, output, kind, error) = match &f.outcome {
+        Finished::Completed(bytes) => (RecordStatus::Completed, Some(bytes.as_slice()), None, None),
+        Finished::Failed(kind, message) => (RecordStatus::Failed, None, Some(kind.as_str()), Some(message.as_str())),
+    };
+    conn.prepare_cached(
+        "UPDATE durable_workflows
+         SET status = ?2, output = ?3, error_kind = ?4, error = ?5, updated_at = ?6
+         WHERE id = ?1 AND status = 'pending'",
+    )?
+    .execute(params![&*f.id, status.as_str(), output, kind, error, f.at])?;
+    Ok(())
+}
+
+/// Reads a workflow row. The inner `Result` rejects rows no runtime could have written
+/// (an unknown status), which point at a damaged or hand-edited journal.
+fn workflow_row(r: &Row<'_>) -> rusqlite::Result<rusqlite::Result<WorkflowRecord>> {
+    let id: String = r.get(0)?;
+    let status: String = r.get(2)?;
+    let status = match status.as_str() {
+        "pending" => RecordStatus::Pending,
+        "completed" => RecordStatus::Completed,
+        "failed" => RecordStatus::Failed,
+        other => {
+            return Ok(Err(invalid(format!("workflow {id} has unknown status `{other}`"))));
+        }
+    };
+    let kind: Option<String> = r.get(5)?;
+    let error: Option<String> = r.get(6)?;
+    let failure = match (status, kind, error) {
+        (RecordStatus::Failed, Some(k), m) => match FailureKind::parse(&k) {
+            Some(k) => Some((k, m.unwrap_or_default())),
+            None => return Ok(Err(invalid(format!("workflow {id} has unknown error kind `{k}`")))),
+        },
+        (RecordStatus::Failed, None, _) => {
+            return Ok(Err(invalid(format!("workflow {id} is failed but records no error kind"))));
+        }
+        _ => None,
+    };
+    Ok(Ok(WorkflowRecord {
+        name: r.get(1)?,
+        status,
+        input: r.get(3)?,
+        output: r.get(4)?,
+        failure,
+        id,
+    }))
+}
+
+fn invalid(message: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, message.into())
+}
+
+impl Store for SqliteStore {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn create_workflow(&self, workflow: NewWorkflow) -> Ack<Created> {
+        self.send(|tx| Command::Create(workflow, tx))
+    }
+
+    fn record_step(&self, step: StepRecord) -> Ack {
+        self.send(|tx| Command::Step(step, tx))
+    }
+
+    fn finish_workflow(&self, finish: Finish) -> Ack {
+        self.send(|tx| Command::Finish(finish, tx))
+    }
+
+    fn steps(&self, workflow_id: &str) -> Result<Vec<RecordedStep>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT path, name, output, error, attempts, started_at, finished_at
+                 FROM durable_steps WHERE workflow_id = ?1",
+            )?;
+            let rows = stmt.query_map([workflow_id], |r| {
+                let path: String = r.get(0)?;
+                let output: Option<Vec<u8>> = r.get(2)?;
+                let error: Option<String> = r.get(3)?;
+                let Ok(parsed) = path.parse::<StepPath>() else {
+                    return Ok(Err(invalid(format!("workflow {workflow_id} has a step at `{path}`, which is not a step path"))));
+                };
+                let outcome = match (output, error) {
+                    (Some(o), None) => RecordedOutcome::Output(o),
+                    (None, Some(e)) => RecordedOutcome::Panicked(e),
+                    _ => {
+                        return Ok(Err(invalid(format!(
+                            "step {path} of workflow {workflow_id} records both or neither of output and error"
+                        ))));
+                    }
+                };
+                Ok(Ok(RecordedStep {
+                    path: parsed,
+                    name: r.get(1)?,
+                    outcome,
+                    attempts: r.get(4)?,
+                    started_at: r.get(5)?,
+                    finished_at: r.get(6)?,
+                }))
+            })?;
+            let mut steps = Vec::new();
+            for row in rows {
+                steps.push(row??);
+            }
+            steps.sort_by(|a, b| a.path.cmp(&b.path));
+            Ok(steps)
+        })
+    }
+
+    fn pending_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {WORKFLOW_COLUMNS} FROM durable_workflows
+                 WHERE status = 'pending' ORDER BY created_at, id"
+            ))?;
+            let rows = stmt.query_map([], workflow_row)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row??);
+            }
+            Ok(out)
+        })
+    }
+}

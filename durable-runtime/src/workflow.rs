@@ -1,0 +1,124 @@
+//! Workflow definitions, calls and the registry recovery uses.
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::codec::{CODEC, Codec, CodecError};
+
+/// A boxed, sendable future: what a workflow body becomes once started.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A `#[workflow]` function: its name and its body, taking the arguments as one tuple.
+/// Built by the macro; not API.
+#[doc(hidden)]
+pub struct WorkflowDef<I, O> {
+    name: &'static str,
+    run: fn(I) -> BoxFuture<O>,
+}
+
+impl<I, O> WorkflowDef<I, O> {
+    /// A workflow named `name` whose body is `run`.
+    pub const fn new(name: &'static str, run: fn(I) -> BoxFuture<O>) -> Self {
+        WorkflowDef { name, run }
+    }
+}
+
+impl<I, O> fmt::Debug for WorkflowDef<I, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkflowDef").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// A workflow with its input and output types erased, for recovery by name.
+pub(crate) trait ErasedWorkflow: Sync + fmt::Debug + 'static {
+    fn name(&self) -> &'static str;
+    /// Decodes the recorded input and starts the body; the future encodes the output.
+    fn start(&'static self, input: &[u8]) -> Result<BoxFuture<Result<Vec<u8>, CodecError>>, CodecError>;
+}
+
+impl<I, O> ErasedWorkflow for WorkflowDef<I, O>
+where
+    I: DeserializeOwned + Send + 'static,
+    O: Serialize + Send + 'static,
+{
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn start(&'static self, input: &[u8]) -> Result<BoxFuture<Result<Vec<u8>, CodecError>>, CodecError> {
+        let input: I = CODEC.decode(input)?;
+        let body = (self.run)(input);
+        Ok(Box::pin(async move {
+            let output = body.await;
+            CODEC.encode(&output)
+        }))
+    }
+}
+
+/// One registered workflow. The macro submits one per `#[workflow]` function, so
+/// recovery finds every workflow linked into the program without a list.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct WorkflowEntry(pub(crate) &'static dyn ErasedWorkflow);
+
+impl WorkflowEntry {
+    /// Registers `def`.
+    pub const fn new<I, O>(def: &'static WorkflowDef<I, O>) -> Self
+    where
+        I: DeserializeOwned + Send + 'static,
+        O: Serialize + Send + 'static,
+    {
+        WorkflowEntry(def)
+    }
+}
+
+inventory::collect!(WorkflowEntry);
+
+/// All registered workflows.
+pub(crate) fn registered() -> impl Iterator<Item = &'static dyn ErasedWorkflow> {
+    inventory::iter::<WorkflowEntry>.into_iter().map(|e| e.0)
+}
+
+/// A call to a `#[workflow]` function: which workflow, with which (encoded) input.
+///
+/// Calling a workflow function runs nothing; pass the call to
+/// [`Runtime::start`](crate::Runtime::start) or
+/// [`Runtime::start_with_id`](crate::Runtime::start_with_id), which journal it and run
+/// it. `O` is the workflow's return type.
+#[must_use = "calling a workflow function runs nothing: pass the call to `Runtime::start`"]
+pub struct WorkflowCall<O> {
+    pub(crate) def: &'static dyn ErasedWorkflow,
+    pub(crate) input: Result<Vec<u8>, CodecError>,
+    _output: PhantomData<fn() -> O>,
+}
+
+impl<O> WorkflowCall<O> {
+    #[doc(hidden)]
+    pub fn new<I>(def: &'static WorkflowDef<I, O>, input: I) -> Self
+    where
+        I: Serialize + DeserializeOwned + Send + 'static,
+        O: Serialize + Send + 'static,
+    {
+        WorkflowCall {
+            def,
+            input: CODEC.encode(&input),
+            _output: PhantomData,
+        }
+    }
+
+    /// The workflow's name, as recorded in the journal.
+    pub fn name(&self) -> &'static str {
+        self.def.name()
+    }
+}
+
+impl<O> fmt::Debug for WorkflowCall<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkflowCall").field("name", &self.name()).finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,2 @@
+//! Placeholder until the checkout example lands.
+fn main() {}
