@@ -131,6 +131,7 @@ pub use crate::codec::{Bincode, Codec, CodecError, MAX_VALUE_BYTES};
 pub use crate::error::{Error, FailureKind, Location, Result, StoreError, StoreErrorKind};
 pub use crate::path::{ParsePathError, StepPath};
 pub use crate::runtime::{Runtime, RuntimeBuilder, StepInfo, WorkflowHandle, WorkflowStatus};
+pub use crate::scope::{StepContext, step_context};
 pub use crate::step::{Retryable, Step, StepBody};
 pub use crate::store::sqlite::Durability;
 pub use crate::workflow::WorkflowCall;

@@ -43,6 +43,73 @@ impl Branch {
 
 thread_local! {
     static CURRENT: RefCell<Option<Arc<Branch>>> = const { RefCell::new(None) };
+    static STEP: RefCell<Option<StepContext>> = const { RefCell::new(None) };
+}
+
+/// Which step is running: available inside a step body through [`step_context`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StepContext {
+    workflow_id: Arc<str>,
+    path: StepPath,
+}
+
+impl StepContext {
+    /// The id of the workflow the step belongs to.
+    pub fn workflow_id(&self) -> &str {
+        &self.workflow_id
+    }
+
+    /// The step's path in that workflow.
+    pub fn path(&self) -> &StepPath {
+        &self.path
+    }
+
+    /// A key that is the same for every attempt and every re-execution of this step in
+    /// this workflow (`<workflow id>/<path>`): pass it to external APIs that deduplicate
+    /// requests, so a step body that runs again after a crash does not repeat its effect.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}/{}", self.workflow_id, self.path)
+    }
+}
+
+/// The step whose body is running on this thread, or `None` outside a step body (and
+/// for a step called outside any workflow).
+///
+/// Set while the step body is being polled, so it is available in the body itself and
+/// in what the body awaits directly, not in tasks the body spawns.
+///
+/// ```
+/// use durable_runtime::{step, step_context};
+///
+/// #[step]
+/// async fn send_receipt(email: String) -> Result<(), String> {
+///     let key = step_context().map(|s| s.idempotency_key());
+///     // mailer.send(&email, key).await
+///     # let _ = (email, key);
+///     Ok(())
+/// }
+/// ```
+pub fn step_context() -> Option<StepContext> {
+    STEP.with(|s| s.borrow().clone())
+}
+
+/// Runs a step body's poll: outside any workflow scope (a step called from a step body
+/// is a plain call), with [`step_context`] set to `step`.
+pub(crate) fn in_step_body<R>(step: Option<(&Arc<str>, &StepPath)>, f: impl FnOnce() -> R) -> R {
+    let ctx = step.map(|(id, path)| StepContext {
+        workflow_id: id.clone(),
+        path: path.clone(),
+    });
+    let prev = STEP.with(|s| s.replace(ctx));
+    struct RestoreStep(Option<StepContext>);
+    impl Drop for RestoreStep {
+        fn drop(&mut self) {
+            let prev = self.0.take();
+            let _ = STEP.try_with(|s| *s.borrow_mut() = prev);
+        }
+    }
+    let _restore = RestoreStep(prev);
+    enter(None, f)
 }
 
 /// Restores the previous scope when dropped, so a panic inside a poll does not leave a

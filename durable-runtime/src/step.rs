@@ -367,9 +367,9 @@ where
                     // The body runs outside any workflow scope: a step called from a
                     // step body is a plain call.
                     let polled = match claim {
-                        None => scope::enter(None, || fut.poll(cx)),
-                        Some(_) => match catch_unwind(AssertUnwindSafe(|| {
-                            scope::enter(None, || fut.poll(cx))
+                        None => scope::in_step_body(None, || fut.poll(cx)),
+                        Some(c) => match catch_unwind(AssertUnwindSafe(|| {
+                            scope::in_step_body(Some((&c.ctx.id, &c.path)), || fut.poll(cx))
                         })) {
                             Ok(p) => p,
                             Err(payload) => {
