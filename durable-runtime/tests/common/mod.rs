@@ -1,0 +1,57 @@
+//! Helpers shared by the integration tests: raw journal access and reopening.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use durable_runtime::{Durability, Error, Runtime};
+
+/// Every column of every row of `table`, as text, in a stable order: two dumps are
+/// equal exactly when the table did not change.
+pub fn dump(path: &Path, table: &str) -> Vec<Vec<String>> {
+    let conn = rusqlite::Connection::open(path).expect("open journal");
+    let mut stmt = conn
+        .prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2"))
+        .expect("prepare dump");
+    let n = stmt.column_count();
+    stmt.query_map([], |r| {
+        (0..n)
+            .map(|i| {
+                let v: rusqlite::types::Value = r.get(i)?;
+                Ok(format!("{v:?}"))
+            })
+            .collect::<rusqlite::Result<Vec<String>>>()
+    })
+    .expect("query dump")
+    .collect::<rusqlite::Result<Vec<_>>>()
+    .expect("rows")
+}
+
+/// Runs SQL against the journal directly (to simulate a crash or corrupt a row).
+pub fn sql(path: &Path, statement: &str, params: impl rusqlite::Params) {
+    let conn = rusqlite::Connection::open(path).expect("open journal");
+    conn.execute(statement, params).expect("raw sql");
+}
+
+/// Makes a finished workflow look as if the process died after its last step but
+/// before recording the workflow's outcome: the next open resumes (replays) it.
+pub fn make_pending(path: &Path, id: &str) {
+    sql(
+        path,
+        "UPDATE durable_workflows SET status = 'pending', output = NULL WHERE id = ?1",
+        [id],
+    );
+}
+
+/// Opens the journal, waiting for a runtime that was just dropped to release its lock
+/// (its writer thread finishes the queued commits first).
+pub async fn reopen(path: &Path) -> Runtime {
+    for _ in 0..500 {
+        match Runtime::builder(path).durability(Durability::Normal).open().await {
+            Err(Error::Locked { .. }) => tokio::time::sleep(Duration::from_millis(10)).await,
+            other => return other.expect("reopen journal"),
+        }
+    }
+    panic!("journal {} stayed locked", path.display());
+}
