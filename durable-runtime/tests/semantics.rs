@@ -1,0 +1,214 @@
+//! The semantics users rely on: idempotent workflow ids, panics recorded as failures
+//! without taking other workflows down, and retries with exponential backoff.
+
+mod common;
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use durable_runtime::{Durability, Error, FailureKind, Runtime, WorkflowStatus, step, workflow};
+
+async fn open(dir: &tempfile::TempDir) -> Runtime {
+    Runtime::builder(dir.path().join("journal.db"))
+        .durability(Durability::Normal)
+        .open()
+        .await
+        .expect("open journal")
+}
+
+static ONCE_BODY: AtomicUsize = AtomicUsize::new(0);
+static ONCE_STEP: AtomicUsize = AtomicUsize::new(0);
+
+#[step]
+async fn slow_increment(x: u64) -> u64 {
+    ONCE_STEP.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    x + 1
+}
+
+#[workflow]
+async fn counted(x: u64) -> u64 {
+    ONCE_BODY.fetch_add(1, Ordering::SeqCst);
+    slow_increment(x).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_concurrent_starts_of_one_id_run_the_body_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = open(&dir).await;
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let rt = rt.clone();
+            // Different inputs: only the first start's input may ever be used.
+            tokio::spawn(async move { rt.start_with_id("same", counted(100 + i)).await?.result().await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.expect("task").expect("result"));
+    }
+    assert_eq!(ONCE_BODY.load(Ordering::SeqCst), 1, "workflow body ran more than once");
+    assert_eq!(ONCE_STEP.load(Ordering::SeqCst), 1, "step body ran more than once");
+    assert!(results.iter().all(|r| *r == results[0]), "{results:?}");
+
+    // After completion, from this runtime and from a fresh one: the recorded result,
+    // nothing runs.
+    let again = rt.start_with_id("same", counted(7)).await.expect("start");
+    assert_eq!(again.status(), WorkflowStatus::Completed);
+    assert_eq!(again.result().await.expect("result"), results[0]);
+    drop((rt, again));
+    let rt = common::reopen(&dir.path().join("journal.db")).await;
+    assert!(rt.recovered().is_empty());
+    let again = rt.start_with_id("same", counted(8)).await.expect("start");
+    assert_eq!(again.result().await.expect("result"), results[0]);
+    assert_eq!(ONCE_BODY.load(Ordering::SeqCst), 1);
+    assert_eq!(ONCE_STEP.load(Ordering::SeqCst), 1);
+}
+
+#[workflow]
+async fn other_workflow() -> u64 {
+    1
+}
+
+#[tokio::test]
+async fn an_id_belongs_to_one_workflow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = open(&dir).await;
+    rt.start_with_id("taken", other_workflow()).await.expect("start").result().await.expect("done");
+    let err = rt.start_with_id("taken", counted(1)).await.expect_err("different workflow");
+    assert!(
+        matches!(&err, Error::WorkflowMismatch { workflow_id, existing, requested }
+            if workflow_id == "taken" && existing == "other_workflow" && requested == "counted"),
+        "{err:?}"
+    );
+    let err = rt.start_with_id("", other_workflow()).await.expect_err("empty id");
+    assert!(matches!(err, Error::InvalidId { .. }), "{err:?}");
+    let a = rt.start(other_workflow()).await.expect("start");
+    let b = rt.start(other_workflow()).await.expect("start");
+    assert_ne!(a.id(), b.id(), "generated ids must be unique");
+    assert_eq!(a.id().len(), 32);
+}
+
+static PANICS: AtomicUsize = AtomicUsize::new(0);
+
+#[step]
+async fn explode(x: u32) -> u32 {
+    PANICS.fetch_add(1, Ordering::SeqCst);
+    if x == 0 {
+        panic!("card reader on fire");
+    }
+    x
+}
+
+#[step]
+async fn fine(x: u32) -> u32 {
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    x * 2
+}
+
+#[workflow]
+async fn panicky(x: u32) -> u32 {
+    let a = fine(x).await;
+    a + explode(0).await
+}
+
+#[workflow]
+async fn calm(x: u32) -> u32 {
+    fine(x).await + fine(x + 1).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_step_is_recorded_and_fails_only_its_workflow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal.db");
+    let rt = open(&dir).await;
+    let bad = rt.start_with_id("bad", panicky(1)).await.expect("start");
+    let good = rt.start_with_id("good", calm(1)).await.expect("start");
+    let err = bad.result().await.expect_err("panicked");
+    match &err {
+        Error::Failed { workflow_id, kind, message } => {
+            assert_eq!(workflow_id, "bad");
+            assert_eq!(*kind, FailureKind::StepPanicked);
+            assert!(message.contains("step 2 (`explode`) panicked: card reader on fire"), "{message}");
+        }
+        other => panic!("expected Error::Failed, got {other:?}"),
+    }
+    assert_eq!(bad.status(), WorkflowStatus::Failed);
+    assert_eq!(good.result().await.expect("other workflow unaffected"), 2 + 4);
+    let steps = rt.steps("bad").await.expect("steps");
+    assert_eq!(steps.len(), 2);
+    assert!(steps[1].panicked && !steps[0].panicked);
+
+    let steps_before = common::dump(&path, "durable_steps");
+    let workflows_before = common::dump(&path, "durable_workflows");
+    drop((rt, bad, good));
+    let rt = common::reopen(&path).await;
+    assert!(rt.recovered().is_empty(), "a failed workflow is not resumed");
+    let again = rt.start_with_id("bad", panicky(1)).await.expect("start");
+    let again = again.result().await.expect_err("still failed");
+    assert_eq!(again.to_string(), err.to_string());
+    assert_eq!(PANICS.load(Ordering::SeqCst), 1, "the panicking body ran again");
+    assert_eq!(common::dump(&path, "durable_steps"), steps_before);
+    assert_eq!(common::dump(&path, "durable_workflows"), workflows_before);
+}
+
+static FLAKY_ATTEMPTS: Mutex<Vec<tokio::time::Instant>> = Mutex::new(Vec::new());
+
+#[step(retries = 3, backoff = 10ms, backoff_factor = 2.0, max_backoff = 1s)]
+async fn flaky(fail_first: usize) -> Result<String, String> {
+    let n = {
+        let mut a = FLAKY_ATTEMPTS.lock().expect("lock");
+        a.push(tokio::time::Instant::now());
+        a.len()
+    };
+    if n <= fail_first { Err(format!("attempt {n} failed")) } else { Ok(format!("ok after {n}")) }
+}
+
+static HOPELESS_ATTEMPTS: AtomicUsize = AtomicUsize::new(0);
+
+#[step(retries = 2, backoff = 5ms)]
+async fn hopeless() -> Result<u32, String> {
+    let n = HOPELESS_ATTEMPTS.fetch_add(1, Ordering::SeqCst) + 1;
+    Err(format!("no luck on attempt {n}"))
+}
+
+#[workflow]
+async fn retrying() -> (Result<String, String>, Result<u32, String>) {
+    (flaky(2).await, hopeless().await)
+}
+
+// Paused time: sleeps advance the clock exactly, so the backoff delays are checked
+// exactly rather than timed.
+#[tokio::test(start_paused = true)]
+async fn retries_back_off_exponentially_and_record_only_the_final_attempt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal.db");
+    let rt = open(&dir).await;
+    let (ok, err) = rt
+        .start_with_id("r", retrying())
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect("result");
+    assert_eq!(ok, Ok("ok after 3".to_owned()));
+    assert_eq!(err, Err("no luck on attempt 3".to_owned()), "an exhausted step records its last Err");
+    let gaps: Vec<Duration> = {
+        let a = FLAKY_ATTEMPTS.lock().expect("lock");
+        a.windows(2).map(|w| w[1] - w[0]).collect()
+    };
+    assert_eq!(gaps, [Duration::from_millis(10), Duration::from_millis(20)]);
+    assert_eq!(HOPELESS_ATTEMPTS.load(Ordering::SeqCst), 3);
+    let attempts: Vec<u32> = rt.steps("r").await.expect("steps").iter().map(|s| s.attempts).collect();
+    assert_eq!(attempts, [3, 3]);
+
+    // The recorded Err replays like an Ok: no attempt runs again.
+    drop(rt);
+    common::make_pending(&path, "r");
+    let rt = common::reopen(&path).await;
+    let replayed = rt.start_with_id("r", retrying()).await.expect("start").result().await.expect("result");
+    assert_eq!(replayed, (ok, err));
+    assert_eq!(FLAKY_ATTEMPTS.lock().expect("lock").len(), 3);
+    assert_eq!(HOPELESS_ATTEMPTS.load(Ordering::SeqCst), 3);
+}
