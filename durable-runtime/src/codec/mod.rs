@@ -6,14 +6,23 @@
 //! recorded in the journal when it is created, and a journal written by another codec is
 //! refused at open rather than misread.
 //!
-//! Decoding is bounded: a row of `n` bytes is decoded with a byte limit of the smallest
-//! power of four (at least 1 KiB) that is `>= n`, so a corrupt or hostile length prefix
-//! is an error before bincode allocates for it. String and byte buffers are therefore
-//! never larger than `max(4 * n, 1 KiB)`; sequences and maps are additionally capped by
-//! serde's own pre-allocation limit (1 MiB), and fail as soon as the row runs out.
+//! Decoding is bounded, so a corrupt or hostile row is an error, never a huge
+//! allocation. For a row of `n` bytes:
+//!
+//! - strings and byte buffers are decoded under a byte limit (the smallest power of four,
+//!   at least 1 KiB, that is `>= n`): a length prefix claiming more is refused before
+//!   anything is allocated for it;
+//! - sequences and maps reserve room for at most `n` elements up front (no valid row of
+//!   `n` bytes holds more), and fail as soon as the row runs out.
+//!
+//! So what decoding reserves is bounded by what a valid row of the same size could need.
+
+use std::cell::Cell;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+mod bounded;
 
 /// The largest value the journal stores: 1 GiB, SQLite's own default maximum for a
 /// `BLOB`. Encoding something larger is an error, not a journal row SQLite refuses later.
@@ -57,9 +66,42 @@ pub struct Bincode;
 
 const CONFIG: bincode::config::Configuration = bincode::config::standard();
 
-/// Decodes with a compile-time byte limit `N` (bincode's limit is a const generic).
+/// A bincode reader over a slice that reports how far it got through a shared cell, so
+/// trailing bytes can be detected after the serde decoder has consumed it.
+struct SliceReader<'a> {
+    bytes: &'a [u8],
+    position: &'a Cell<usize>,
+}
+
+impl bincode::de::read::Reader for SliceReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> Result<(), bincode::error::DecodeError> {
+        let start = self.position.get();
+        let end = start.saturating_add(out.len());
+        let Some(src) = self.bytes.get(start..end) else {
+            return Err(bincode::error::DecodeError::UnexpectedEnd {
+                additional: end - self.bytes.len(),
+            });
+        };
+        out.copy_from_slice(src);
+        self.position.set(end);
+        Ok(())
+    }
+}
+
+/// Decodes with a compile-time byte limit `N` (bincode's limit is a const generic) and
+/// length hints capped at the row's size.
 fn decode_limited<T: DeserializeOwned, const N: usize>(bytes: &[u8]) -> Result<T, CodecError> {
-    match bincode::serde::decode_from_slice::<T, _>(bytes, CONFIG.with_limit::<N>()) {
+    let position = Cell::new(0);
+    let reader = SliceReader {
+        bytes,
+        position: &position,
+    };
+    let mut decoder = bincode::serde::OwnedSerdeDecoder::from_reader(reader, CONFIG.with_limit::<N>());
+    let decoded = T::deserialize(bounded::Capped {
+        inner: decoder.as_deserializer(),
+        cap: bytes.len(),
+    });
+    match decoded.map(|v| (v, position.get())) {
         Ok((value, used)) if used == bytes.len() => Ok(value),
         Ok((_, used)) => Err(CodecError::new(format!(
             "{} trailing bytes after the value ({used} of {} bytes used)",
