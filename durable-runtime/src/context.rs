@@ -82,4 +82,3 @@ impl WorkflowCtx {
         f.error.clone()
     }
 }
-

@@ -244,7 +244,11 @@ pub enum StoreErrorKind {
 }
 
 impl StoreError {
-    pub(crate) fn new(path: impl Into<PathBuf>, kind: StoreErrorKind, message: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        path: impl Into<PathBuf>,
+        kind: StoreErrorKind,
+        message: impl Into<String>,
+    ) -> Self {
         StoreError {
             path: path.into(),
             kind,

@@ -77,12 +77,27 @@ mod tests {
         let p = StepPath::child(&[4], 2);
         assert_eq!(p.to_string(), "4.2");
         assert_eq!("4.2".parse::<StepPath>(), Ok(p));
-        assert_eq!("7".parse::<StepPath>().map(|p| p.to_string()), Ok("7".into()));
+        assert_eq!(
+            "7".parse::<StepPath>().map(|p| p.to_string()),
+            Ok("7".into())
+        );
     }
 
     #[test]
     fn rejects_malformed_paths() {
-        for bad in ["", ".", "1.", ".1", "0", "1.0", "a", "1..2", "+1", "01", "4294967296"] {
+        for bad in [
+            "",
+            ".",
+            "1.",
+            ".1",
+            "0",
+            "1.0",
+            "a",
+            "1..2",
+            "+1",
+            "01",
+            "4294967296",
+        ] {
             assert!(bad.parse::<StepPath>().is_err(), "{bad:?} parsed");
         }
     }

@@ -15,6 +15,7 @@ use std::task::Poll;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
+use crate::Durability;
 use crate::codec::{CODEC, Codec};
 use crate::context::WorkflowCtx;
 use crate::error::{Error, FailureKind, Location, Result, StoreError, StoreErrorKind};
@@ -26,7 +27,6 @@ use crate::store::{
     WorkflowRecord,
 };
 use crate::workflow::{ErasedWorkflow, WorkflowCall, registered};
-use crate::Durability;
 
 /// How a run ended, shared by every handle waiting on it: the encoded output or the error.
 type Outcome = Arc<Result<Vec<u8>>>;
@@ -103,8 +103,10 @@ impl RuntimeBuilder {
         let path = self.path.clone();
         let durability = self.durability;
         let store: Arc<dyn Store> = Arc::new(
-            blocking(&self.path, move || SqliteStore::open(&path, durability, CODEC.name()))
-                .await??,
+            blocking(&self.path, move || {
+                SqliteStore::open(&path, durability, CODEC.name())
+            })
+            .await??,
         );
         let pending = {
             let store = store.clone();
@@ -158,7 +160,11 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| {
-        StoreError::new(path, StoreErrorKind::Io, format!("journal task failed: {e}"))
+        StoreError::new(
+            path,
+            StoreErrorKind::Io,
+            format!("journal task failed: {e}"),
+        )
     })
 }
 
@@ -267,7 +273,8 @@ impl Runtime {
                     tokio::spawn(drive(self.inner.clone(), id, def, record.input, tx));
                 }
                 RecordStatus::Completed | RecordStatus::Failed => {
-                    self.inner.settle(&id, &tx, Arc::new(recorded_outcome(record)));
+                    self.inner
+                        .settle(&id, &tx, Arc::new(recorded_outcome(record)));
                 }
             },
             Err(e) => {
@@ -335,7 +342,10 @@ fn recorded_outcome(record: WorkflowRecord) -> Result<Vec<u8>> {
         _ => Err(Error::Store(StoreError::new(
             PathBuf::new(),
             StoreErrorKind::Invariant,
-            format!("workflow {} is finished but records no output or error", record.id),
+            format!(
+                "workflow {} is finished but records no output or error",
+                record.id
+            ),
         ))),
     }
 }
@@ -364,7 +374,11 @@ fn generate_id() -> String {
     for (i, half) in halves.iter_mut().enumerate() {
         let mut h = seed.build_hasher();
         h.write_usize(i);
-        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
         h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
         h.write_u32(std::process::id());
         *half = h.finish();
@@ -440,7 +454,10 @@ async fn execute(
             Err(payload) => Poll::Ready(Err(Error::Failed {
                 workflow_id: id.to_string(),
                 kind: FailureKind::WorkflowPanicked,
-                message: format!("workflow body panicked: {}", crate::step::panic_message(&*payload)),
+                message: format!(
+                    "workflow body panicked: {}",
+                    crate::step::panic_message(&*payload)
+                ),
             })),
         }
     })

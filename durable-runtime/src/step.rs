@@ -209,7 +209,9 @@ pin_project_lite::pin_project! {
 
 impl<B: StepBody> std::fmt::Debug for Step<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Step").field("name", &self.options.name).finish_non_exhaustive()
+        f.debug_struct("Step")
+            .field("name", &self.options.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -282,23 +284,24 @@ where
             match this.state {
                 State::Stopped => return Poll::Pending,
                 State::Replay { claim, outcome } => {
-                    let result = match outcome {
-                        RecordedOutcome::Output(bytes) => {
-                            CODEC.decode::<B::Output>(bytes).map_err(|reason| Error::Corrupt {
+                    let result =
+                        match outcome {
+                            RecordedOutcome::Output(bytes) => CODEC
+                                .decode::<B::Output>(bytes)
+                                .map_err(|reason| Error::Corrupt {
+                                    workflow_id: claim.ctx.id.to_string(),
+                                    location: Location::Step {
+                                        path: claim.path.clone(),
+                                        name: options.name.to_owned(),
+                                    },
+                                    reason,
+                                }),
+                            RecordedOutcome::Panicked(message) => Err(Error::Failed {
                                 workflow_id: claim.ctx.id.to_string(),
-                                location: Location::Step {
-                                    path: claim.path.clone(),
-                                    name: options.name.to_owned(),
-                                },
-                                reason,
-                            })
-                        }
-                        RecordedOutcome::Panicked(message) => Err(Error::Failed {
-                            workflow_id: claim.ctx.id.to_string(),
-                            kind: FailureKind::StepPanicked,
-                            message: message.clone(),
-                        }),
-                    };
+                                kind: FailureKind::StepPanicked,
+                                message: message.clone(),
+                            }),
+                        };
                     match result {
                         Ok(value) => {
                             tracing::debug!(workflow = %claim.ctx.id, path = %claim.path, step = options.name, "step replayed from the journal");
@@ -376,7 +379,10 @@ where
                                 this.attempt.set(None);
                                 let message = format!(
                                     "step {} (`{}`) panicked: {}",
-                                    claim.as_ref().map(|c| c.path.to_string()).unwrap_or_default(),
+                                    claim
+                                        .as_ref()
+                                        .map(|c| c.path.to_string())
+                                        .unwrap_or_default(),
                                     options.name,
                                     panic_message(&*payload)
                                 );
@@ -406,7 +412,12 @@ where
                     *attempts += 1;
                     if *attempts <= options.retries && this.body.is_retryable(&output) {
                         let delay = options.delay(*attempts);
-                        tracing::debug!(step = options.name, attempt = *attempts, ?delay, "step attempt failed; retrying");
+                        tracing::debug!(
+                            step = options.name,
+                            attempt = *attempts,
+                            ?delay,
+                            "step attempt failed; retrying"
+                        );
                         this.backoff.set(Some(tokio::time::sleep(delay)));
                         continue;
                     }

@@ -30,7 +30,9 @@ impl<I, O> WorkflowDef<I, O> {
 
 impl<I, O> fmt::Debug for WorkflowDef<I, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkflowDef").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("WorkflowDef")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -38,7 +40,10 @@ impl<I, O> fmt::Debug for WorkflowDef<I, O> {
 pub(crate) trait ErasedWorkflow: Sync + fmt::Debug + 'static {
     fn name(&self) -> &'static str;
     /// Decodes the recorded input and starts the body; the future encodes the output.
-    fn start(&'static self, input: &[u8]) -> Result<BoxFuture<Result<Vec<u8>, CodecError>>, CodecError>;
+    fn start(
+        &'static self,
+        input: &[u8],
+    ) -> Result<BoxFuture<Result<Vec<u8>, CodecError>>, CodecError>;
 }
 
 impl<I, O> ErasedWorkflow for WorkflowDef<I, O>
@@ -50,7 +55,10 @@ where
         self.name
     }
 
-    fn start(&'static self, input: &[u8]) -> Result<BoxFuture<Result<Vec<u8>, CodecError>>, CodecError> {
+    fn start(
+        &'static self,
+        input: &[u8],
+    ) -> Result<BoxFuture<Result<Vec<u8>, CodecError>>, CodecError> {
         let input: I = CODEC.decode(input)?;
         let body = (self.run)(input);
         Ok(Box::pin(async move {
@@ -119,6 +127,8 @@ impl<O> WorkflowCall<O> {
 
 impl<O> fmt::Debug for WorkflowCall<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkflowCall").field("name", &self.name()).finish_non_exhaustive()
+        f.debug_struct("WorkflowCall")
+            .field("name", &self.name())
+            .finish_non_exhaustive()
     }
 }

@@ -6,7 +6,6 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-
 use durable_runtime::{Bincode, Codec};
 
 struct Counting;
@@ -49,7 +48,10 @@ fn largest_allocation_decoding<T: serde::de::DeserializeOwned>(row: &[u8]) -> us
     let result = Bincode.decode::<T>(row);
     MEASURING.with(|m| m.set(false));
     let largest = LARGEST.load(Ordering::Relaxed);
-    println!("{}: largest allocation {largest} bytes", std::any::type_name::<T>());
+    println!(
+        "{}: largest allocation {largest} bytes",
+        std::any::type_name::<T>()
+    );
     assert!(result.is_err(), "a hostile row decoded");
     largest
 }
@@ -60,7 +62,11 @@ fn strings_allocate_at_most_the_decode_limit_of_the_row() {
     // Rows up to 1 KiB are decoded with a 1 KiB limit: the claim is refused before any
     // buffer is allocated for it.
     assert!(largest_allocation_decoding::<String>(&row) <= 1024);
-    assert!(largest_allocation_decoding::<(u32, String)>(&[1, 253, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]) <= 1024);
+    assert!(
+        largest_allocation_decoding::<(u32, String)>(&[
+            1, 253, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff
+        ]) <= 1024
+    );
 }
 
 #[test]
@@ -72,9 +78,21 @@ fn sequences_and_maps_reserve_no_more_elements_than_the_row_has_bytes() {
     let cases = [
         (largest_allocation_decoding::<Vec<u8>>(&row), row.len(), 1),
         (largest_allocation_decoding::<Vec<u64>>(&row), row.len(), 8),
-        (largest_allocation_decoding::<Vec<String>>(&row), row.len(), 24),
-        (largest_allocation_decoding::<Vec<Vec<u64>>>(&nested), nested.len(), 24),
-        (largest_allocation_decoding::<Option<Vec<u64>>>(&nested), nested.len(), 8),
+        (
+            largest_allocation_decoding::<Vec<String>>(&row),
+            row.len(),
+            24,
+        ),
+        (
+            largest_allocation_decoding::<Vec<Vec<u64>>>(&nested),
+            nested.len(),
+            24,
+        ),
+        (
+            largest_allocation_decoding::<Option<Vec<u64>>>(&nested),
+            nested.len(),
+            8,
+        ),
     ];
     for (largest, row_len, element) in cases {
         // Elements for every byte of the row, or an error message's worth of bytes.

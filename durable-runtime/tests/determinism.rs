@@ -58,7 +58,8 @@ async fn every_shape(n: u32) -> Vec<String> {
 
     let spawned = tokio::spawn(work("spawned".into()));
 
-    let mut unordered: FuturesUnordered<_> = (0..3).map(|i| work(format!("unordered-{i}"))).collect();
+    let mut unordered: FuturesUnordered<_> =
+        (0..3).map(|i| work(format!("unordered-{i}"))).collect();
     let mut done = Vec::new();
     while let Some(v) = unordered.next().await {
         done.push(v);
@@ -81,7 +82,8 @@ async fn every_shape(n: u32) -> Vec<String> {
         async {
             let p = work("nested-2a".into()).await;
             let q = work("nested-2b".into()).await;
-            let inner = async { work("nested-2c".into()).await + &work("nested-2d".into()).await }.await;
+            let inner =
+                async { work("nested-2c".into()).await + &work("nested-2d".into()).await }.await;
             p + &q + &inner
         }
     );
@@ -104,7 +106,11 @@ async fn every_shape(n: u32) -> Vec<String> {
     let (h1, h2) = tokio::join!(pair("helper-1".into()), pair("helper-2".into()));
     out.extend([h1, h2]);
 
-    out.push(spawned.await.unwrap_or_else(|e| format!("spawn failed: {e}")));
+    out.push(
+        spawned
+            .await
+            .unwrap_or_else(|e| format!("spawn failed: {e}")),
+    );
     out
 }
 
@@ -157,19 +163,38 @@ async fn step_paths_are_identical_under_200_completion_orders_and_replay() {
             .result()
             .await
             .unwrap_or_else(|e| panic!("seed {seed}: replay: {e}"));
-        assert_eq!(BODIES.load(Ordering::SeqCst), before, "seed {seed}: replay ran a step body");
-        assert_eq!(replayed, output, "seed {seed}: replay returned a different result");
-        assert_eq!(journal(&path, "w"), recorded, "seed {seed}: replay changed the journal");
+        assert_eq!(
+            BODIES.load(Ordering::SeqCst),
+            before,
+            "seed {seed}: replay ran a step body"
+        );
+        assert_eq!(
+            replayed, output,
+            "seed {seed}: replay returned a different result"
+        );
+        assert_eq!(
+            journal(&path, "w"),
+            recorded,
+            "seed {seed}: replay changed the journal"
+        );
         drop(rt);
 
         match &reference {
             None => {
                 // 11 top-level steps (1-11), then 9 branches (12-20) holding 20 steps.
-                assert_eq!(recorded.len(), 31, "unexpected step count: {:?}", recorded.keys());
+                assert_eq!(
+                    recorded.len(),
+                    31,
+                    "unexpected step count: {:?}",
+                    recorded.keys()
+                );
                 reference = Some((recorded, output));
             }
             Some((journal0, output0)) => {
-                assert_eq!(&recorded, journal0, "seed {seed}: step paths differ from seed 0");
+                assert_eq!(
+                    &recorded, journal0,
+                    "seed {seed}: step paths differ from seed 0"
+                );
                 assert_eq!(&output, output0, "seed {seed}");
             }
         }

@@ -20,7 +20,9 @@ const CHILD_ENV: &str = "DURABLE_TEST_OPEN_JOURNAL";
 /// and prints the outcome. Does nothing when run normally.
 #[tokio::test]
 async fn child_process_opens_journal() {
-    let Some(path) = std::env::var_os(CHILD_ENV) else { return };
+    let Some(path) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
     match Runtime::open(Path::new(&path)).await {
         Ok(_) => println!("CHILD-OPENED"),
         Err(e) => println!("CHILD-ERROR {e}"),
@@ -29,7 +31,12 @@ async fn child_process_opens_journal() {
 
 fn open_in_child(path: &Path) -> String {
     let out = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["child_process_opens_journal", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "child_process_opens_journal",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, path)
         .output()
         .expect("run child");
@@ -37,7 +44,12 @@ fn open_in_child(path: &Path) -> String {
         .lines()
         // libtest prints `test <name> ... ` before the test's own output.
         .find_map(|l| l.find("CHILD-").map(|i| &l[i..]))
-        .unwrap_or_else(|| panic!("child printed no outcome: {}", String::from_utf8_lossy(&out.stderr)))
+        .unwrap_or_else(|| {
+            panic!(
+                "child printed no outcome: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
         .to_owned()
 }
 
@@ -46,20 +58,37 @@ async fn a_second_runtime_is_refused_while_the_first_holds_the_journal() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("shop.db");
     let rt = Runtime::open(&path).await.expect("open");
-    rt.start_with_id("a", noop()).await.expect("start").result().await.expect("run");
+    rt.start_with_id("a", noop())
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect("run");
 
     let line = open_in_child(&path);
     assert!(
-        line.starts_with(&format!("CHILD-ERROR journal {} is in use by another runtime", path.display())),
+        line.starts_with(&format!(
+            "CHILD-ERROR journal {} is in use by another runtime",
+            path.display()
+        )),
         "{line}"
     );
 
-    let err = Runtime::open(&path).await.expect_err("same process, second runtime");
-    assert!(matches!(&err, Error::Locked { path: p, .. } if p == &path), "{err:?}");
+    let err = Runtime::open(&path)
+        .await
+        .expect_err("same process, second runtime");
+    assert!(
+        matches!(&err, Error::Locked { path: p, .. } if p == &path),
+        "{err:?}"
+    );
 
     drop(rt);
     drop(common::reopen(&path).await);
-    assert_eq!(open_in_child(&path), "CHILD-OPENED", "the lock is released with the runtime");
+    assert_eq!(
+        open_in_child(&path),
+        "CHILD-OPENED",
+        "the lock is released with the runtime"
+    );
 }
 
 #[cfg(unix)]
@@ -69,10 +98,19 @@ async fn journal_files_are_created_owner_only() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("shop.db");
     let rt = Runtime::open(&path).await.expect("open");
-    rt.start_with_id("a", noop()).await.expect("start").result().await.expect("run");
+    rt.start_with_id("a", noop())
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect("run");
     for suffix in ["", "-wal", "-shm", ".lock"] {
         let file = format!("{}{suffix}", path.display());
-        let mode = std::fs::metadata(&file).expect("journal file").permissions().mode() & 0o777;
+        let mode = std::fs::metadata(&file)
+            .expect("journal file")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600, "{file} has mode {mode:o}");
     }
 }
@@ -86,7 +124,10 @@ fn assert_refused(path: &Path, err: &Error, kind: StoreErrorKind, contains: &str
         other => panic!("expected a store error, got {other:?}"),
     }
     let message = err.to_string();
-    assert!(message.starts_with(&format!("journal {}: ", path.display())), "{message}");
+    assert!(
+        message.starts_with(&format!("journal {}: ", path.display())),
+        "{message}"
+    );
     assert!(message.contains(contains), "{message}");
 }
 
@@ -97,7 +138,12 @@ async fn a_file_that_is_not_a_journal_is_refused_and_left_alone() {
     let content = b"these are my notes, not a database. ".repeat(200);
     std::fs::write(&path, &content).expect("write");
     let err = Runtime::open(&path).await.expect_err("not a journal");
-    assert_refused(&path, &err, StoreErrorKind::NotAJournal, "not a durable journal");
+    assert_refused(
+        &path,
+        &err,
+        StoreErrorKind::NotAJournal,
+        "not a durable journal",
+    );
     assert_eq!(std::fs::read(&path).expect("read"), content);
 }
 
@@ -106,14 +152,25 @@ async fn a_journal_from_a_newer_durable_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("shop.db");
     drop(Runtime::open(&path).await.expect("create"));
-    common::sql(&path, "UPDATE durable_meta SET value = '99' WHERE key = 'schema_version'", []);
+    common::sql(
+        &path,
+        "UPDATE durable_meta SET value = '99' WHERE key = 'schema_version'",
+        [],
+    );
     let err = loop {
         match Runtime::open(&path).await {
-            Err(Error::Locked { .. }) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            Err(Error::Locked { .. }) => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await
+            }
             other => break other.expect_err("newer schema"),
         }
     };
-    assert_refused(&path, &err, StoreErrorKind::NewerSchema, "schema version 99 is newer");
+    assert_refused(
+        &path,
+        &err,
+        StoreErrorKind::NewerSchema,
+        "schema version 99 is newer",
+    );
 }
 
 #[tokio::test]
@@ -121,14 +178,25 @@ async fn a_journal_written_by_another_codec_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("shop.db");
     drop(Runtime::open(&path).await.expect("create"));
-    common::sql(&path, "UPDATE durable_meta SET value = 'json' WHERE key = 'codec'", []);
+    common::sql(
+        &path,
+        "UPDATE durable_meta SET value = 'json' WHERE key = 'codec'",
+        [],
+    );
     let err = loop {
         match Runtime::open(&path).await {
-            Err(Error::Locked { .. }) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            Err(Error::Locked { .. }) => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await
+            }
             other => break other.expect_err("other codec"),
         }
     };
-    assert_refused(&path, &err, StoreErrorKind::CodecMismatch, "written with codec `json`");
+    assert_refused(
+        &path,
+        &err,
+        StoreErrorKind::CodecMismatch,
+        "written with codec `json`",
+    );
 }
 
 #[tokio::test]
@@ -137,8 +205,20 @@ async fn migrations_are_numbered_and_recorded() {
     let path = dir.path().join("shop.db");
     drop(Runtime::open(&path).await.expect("create"));
     let meta = common::dump(&path, "durable_meta");
-    assert!(meta.contains(&vec!["Text(\"schema_version\")".to_owned(), "Text(\"1\")".to_owned()]), "{meta:?}");
-    assert!(meta.contains(&vec!["Text(\"codec\")".to_owned(), "Text(\"bincode-2/serde/standard\")".to_owned()]), "{meta:?}");
+    assert!(
+        meta.contains(&vec![
+            "Text(\"schema_version\")".to_owned(),
+            "Text(\"1\")".to_owned()
+        ]),
+        "{meta:?}"
+    );
+    assert!(
+        meta.contains(&vec![
+            "Text(\"codec\")".to_owned(),
+            "Text(\"bincode-2/serde/standard\")".to_owned()
+        ]),
+        "{meta:?}"
+    );
     // Reopening an up-to-date journal changes nothing.
     drop(common::reopen(&path).await);
     assert_eq!(common::dump(&path, "durable_meta"), meta);

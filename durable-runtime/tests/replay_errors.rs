@@ -16,11 +16,19 @@ static CHANGED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 static BODIES: AtomicUsize = AtomicUsize::new(0);
 
 fn changed(key: &str) -> bool {
-    CHANGED.lock().expect("lock").as_ref().is_some_and(|s| s.contains(key))
+    CHANGED
+        .lock()
+        .expect("lock")
+        .as_ref()
+        .is_some_and(|s| s.contains(key))
 }
 
 fn change(key: &str) {
-    CHANGED.lock().expect("lock").get_or_insert_with(HashSet::new).insert(key.to_owned());
+    CHANGED
+        .lock()
+        .expect("lock")
+        .get_or_insert_with(HashSet::new)
+        .insert(key.to_owned());
 }
 
 #[step]
@@ -63,7 +71,11 @@ async fn shrinking(key: String) -> Vec<String> {
 }
 
 async fn open(path: &Path) -> Runtime {
-    Runtime::builder(path).durability(Durability::Normal).open().await.expect("open")
+    Runtime::builder(path)
+        .durability(Durability::Normal)
+        .open()
+        .await
+        .expect("open")
 }
 
 struct Snapshot {
@@ -79,8 +91,16 @@ fn snapshot(path: &Path) -> Snapshot {
 }
 
 fn assert_unchanged(path: &Path, before: &Snapshot) {
-    assert_eq!(common::dump(path, "durable_steps"), before.steps, "step rows changed");
-    assert_eq!(common::dump(path, "durable_workflows"), before.workflows, "workflow rows changed");
+    assert_eq!(
+        common::dump(path, "durable_steps"),
+        before.steps,
+        "step rows changed"
+    );
+    assert_eq!(
+        common::dump(path, "durable_workflows"),
+        before.workflows,
+        "workflow rows changed"
+    );
 }
 
 #[tokio::test]
@@ -88,7 +108,12 @@ async fn a_different_step_at_a_recorded_path_is_a_divergence() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("journal.db");
     let rt = open(&path).await;
-    rt.start_with_id("d1", drifting("d1".into())).await.expect("start").result().await.expect("first run");
+    rt.start_with_id("d1", drifting("d1".into()))
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect("first run");
     drop(rt);
     common::make_pending(&path, "d1");
     let before = snapshot(&path);
@@ -96,10 +121,18 @@ async fn a_different_step_at_a_recorded_path_is_a_divergence() {
 
     change("d1");
     let rt = common::reopen(&path).await;
-    let handle = rt.start_with_id("d1", drifting("d1".into())).await.expect("handle");
+    let handle = rt
+        .start_with_id("d1", drifting("d1".into()))
+        .await
+        .expect("handle");
     let err = handle.result().await.expect_err("diverged");
     match &err {
-        Error::Divergence { workflow_id, path, recorded, requested } => {
+        Error::Divergence {
+            workflow_id,
+            path,
+            recorded,
+            requested,
+        } => {
             assert_eq!(workflow_id, "d1");
             assert_eq!(path.to_string(), "2");
             assert_eq!(recorded, "ship");
@@ -112,7 +145,11 @@ async fn a_different_step_at_a_recorded_path_is_a_divergence() {
         "workflow d1 diverged from its journal at step 2: recorded `ship`, but the code asked for `charge`"
     );
     assert_eq!(handle.status(), WorkflowStatus::Stopped);
-    assert_eq!(BODIES.load(Ordering::SeqCst), bodies, "no step body may run past a divergence");
+    assert_eq!(
+        BODIES.load(Ordering::SeqCst),
+        bodies,
+        "no step body may run past a divergence"
+    );
     drop((rt, handle));
     assert_unchanged(&path, &before);
 }
@@ -122,20 +159,34 @@ async fn finishing_without_a_recorded_step_is_a_divergence() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("journal.db");
     let rt = open(&path).await;
-    rt.start_with_id("s1", shrinking("s1".into())).await.expect("start").result().await.expect("first run");
+    rt.start_with_id("s1", shrinking("s1".into()))
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect("first run");
     drop(rt);
     common::make_pending(&path, "s1");
     let before = snapshot(&path);
 
     change("s1");
     let rt = common::reopen(&path).await;
-    let err = rt.start_with_id("s1", shrinking("s1".into())).await.expect("handle").result().await.expect_err("diverged");
+    let err = rt
+        .start_with_id("s1", shrinking("s1".into()))
+        .await
+        .expect("handle")
+        .result()
+        .await
+        .expect_err("diverged");
     assert!(
         matches!(&err, Error::Divergence { path, recorded, requested: None, .. }
             if path.to_string() == "2" && recorded == "ship"),
         "{err:?}"
     );
-    assert!(err.to_string().contains("finished without asking for it"), "{err}");
+    assert!(
+        err.to_string().contains("finished without asking for it"),
+        "{err}"
+    );
     drop(rt);
     assert_unchanged(&path, &before);
 }
@@ -146,7 +197,12 @@ async fn resume_with_corrupt_step(id: &str, corrupt: impl FnOnce(Vec<u8>) -> Vec
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("journal.db");
     let rt = open(&path).await;
-    rt.start_with_id(id, drifting(id.into())).await.expect("start").result().await.expect("first run");
+    rt.start_with_id(id, drifting(id.into()))
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect("first run");
     drop(rt);
     common::make_pending(&path, id);
     let original: Vec<u8> = rusqlite::Connection::open(&path)
@@ -166,17 +222,36 @@ async fn resume_with_corrupt_step(id: &str, corrupt: impl FnOnce(Vec<u8>) -> Vec
     let bodies = BODIES.load(Ordering::SeqCst);
 
     let rt = common::reopen(&path).await;
-    let err = rt.start_with_id(id, drifting(id.into())).await.expect("handle").result().await.expect_err("corrupt");
+    let err = rt
+        .start_with_id(id, drifting(id.into()))
+        .await
+        .expect("handle")
+        .result()
+        .await
+        .expect_err("corrupt");
     match &err {
-        Error::Corrupt { workflow_id, location: Location::Step { path, name }, .. } => {
+        Error::Corrupt {
+            workflow_id,
+            location: Location::Step { path, name },
+            ..
+        } => {
             assert_eq!(workflow_id, id);
             assert_eq!(path.to_string(), "1");
             assert_eq!(name, "reserve");
         }
         other => panic!("expected Error::Corrupt for step 1, got {other:?}"),
     }
-    assert!(err.to_string().starts_with(&format!("workflow {id}: cannot decode the recorded output of step 1 (`reserve`)")), "{err}");
-    assert_eq!(BODIES.load(Ordering::SeqCst), bodies, "a corrupt record must not re-run the step");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "workflow {id}: cannot decode the recorded output of step 1 (`reserve`)"
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        BODIES.load(Ordering::SeqCst),
+        bodies,
+        "a corrupt record must not re-run the step"
+    );
     drop(rt);
     assert_unchanged(&path, &before);
 }
@@ -220,14 +295,32 @@ async fn a_corrupt_workflow_input_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("journal.db");
     let rt = open(&path).await;
-    rt.start_with_id("input", drifting("input".into())).await.expect("start").result().await.expect("run");
+    rt.start_with_id("input", drifting("input".into()))
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect("run");
     drop(rt);
     common::make_pending(&path, "input");
-    common::sql(&path, "UPDATE durable_workflows SET input = x'fd' WHERE id = 'input'", []);
+    common::sql(
+        &path,
+        "UPDATE durable_workflows SET input = x'fd' WHERE id = 'input'",
+        [],
+    );
     let before = snapshot(&path);
     let rt = common::reopen(&path).await;
-    let err = rt.start_with_id("input", drifting("x".into())).await.expect("handle").result().await.expect_err("corrupt");
-    assert!(matches!(&err, Error::Corrupt { location: Location::Input, workflow_id, .. } if workflow_id == "input"), "{err:?}");
+    let err = rt
+        .start_with_id("input", drifting("x".into()))
+        .await
+        .expect("handle")
+        .result()
+        .await
+        .expect_err("corrupt");
+    assert!(
+        matches!(&err, Error::Corrupt { location: Location::Input, workflow_id, .. } if workflow_id == "input"),
+        "{err:?}"
+    );
     drop(rt);
     assert_unchanged(&path, &before);
 }

@@ -41,15 +41,28 @@ async fn sixteen_concurrent_starts_of_one_id_run_the_body_once() {
         .map(|i| {
             let rt = rt.clone();
             // Different inputs: only the first start's input may ever be used.
-            tokio::spawn(async move { rt.start_with_id("same", counted(100 + i)).await?.result().await })
+            tokio::spawn(async move {
+                rt.start_with_id("same", counted(100 + i))
+                    .await?
+                    .result()
+                    .await
+            })
         })
         .collect();
     let mut results = Vec::new();
     for t in tasks {
         results.push(t.await.expect("task").expect("result"));
     }
-    assert_eq!(ONCE_BODY.load(Ordering::SeqCst), 1, "workflow body ran more than once");
-    assert_eq!(ONCE_STEP.load(Ordering::SeqCst), 1, "step body ran more than once");
+    assert_eq!(
+        ONCE_BODY.load(Ordering::SeqCst),
+        1,
+        "workflow body ran more than once"
+    );
+    assert_eq!(
+        ONCE_STEP.load(Ordering::SeqCst),
+        1,
+        "step body ran more than once"
+    );
     assert!(results.iter().all(|r| *r == results[0]), "{results:?}");
 
     // After completion, from this runtime and from a fresh one: the recorded result,
@@ -75,14 +88,25 @@ async fn other_workflow() -> u64 {
 async fn an_id_belongs_to_one_workflow() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = open(&dir).await;
-    rt.start_with_id("taken", other_workflow()).await.expect("start").result().await.expect("done");
-    let err = rt.start_with_id("taken", counted(1)).await.expect_err("different workflow");
+    rt.start_with_id("taken", other_workflow())
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect("done");
+    let err = rt
+        .start_with_id("taken", counted(1))
+        .await
+        .expect_err("different workflow");
     assert!(
         matches!(&err, Error::WorkflowMismatch { workflow_id, existing, requested }
             if workflow_id == "taken" && existing == "other_workflow" && requested == "counted"),
         "{err:?}"
     );
-    let err = rt.start_with_id("", other_workflow()).await.expect_err("empty id");
+    let err = rt
+        .start_with_id("", other_workflow())
+        .await
+        .expect_err("empty id");
     assert!(matches!(err, Error::InvalidId { .. }), "{err:?}");
     let a = rt.start(other_workflow()).await.expect("start");
     let b = rt.start(other_workflow()).await.expect("start");
@@ -127,15 +151,25 @@ async fn a_panicking_step_is_recorded_and_fails_only_its_workflow() {
     let good = rt.start_with_id("good", calm(1)).await.expect("start");
     let err = bad.result().await.expect_err("panicked");
     match &err {
-        Error::Failed { workflow_id, kind, message } => {
+        Error::Failed {
+            workflow_id,
+            kind,
+            message,
+        } => {
             assert_eq!(workflow_id, "bad");
             assert_eq!(*kind, FailureKind::StepPanicked);
-            assert!(message.contains("step 2 (`explode`) panicked: card reader on fire"), "{message}");
+            assert!(
+                message.contains("step 2 (`explode`) panicked: card reader on fire"),
+                "{message}"
+            );
         }
         other => panic!("expected Error::Failed, got {other:?}"),
     }
     assert_eq!(bad.status(), WorkflowStatus::Failed);
-    assert_eq!(good.result().await.expect("other workflow unaffected"), 2 + 4);
+    assert_eq!(
+        good.result().await.expect("other workflow unaffected"),
+        2 + 4
+    );
     let steps = rt.steps("bad").await.expect("steps");
     assert_eq!(steps.len(), 2);
     assert!(steps[1].panicked && !steps[0].panicked);
@@ -144,11 +178,18 @@ async fn a_panicking_step_is_recorded_and_fails_only_its_workflow() {
     let workflows_before = common::dump(&path, "durable_workflows");
     drop((rt, bad, good));
     let rt = common::reopen(&path).await;
-    assert!(rt.recovered().is_empty(), "a failed workflow is not resumed");
+    assert!(
+        rt.recovered().is_empty(),
+        "a failed workflow is not resumed"
+    );
     let again = rt.start_with_id("bad", panicky(1)).await.expect("start");
     let again = again.result().await.expect_err("still failed");
     assert_eq!(again.to_string(), err.to_string());
-    assert_eq!(PANICS.load(Ordering::SeqCst), 1, "the panicking body ran again");
+    assert_eq!(
+        PANICS.load(Ordering::SeqCst),
+        1,
+        "the panicking body ran again"
+    );
     assert_eq!(common::dump(&path, "durable_steps"), steps_before);
     assert_eq!(common::dump(&path, "durable_workflows"), workflows_before);
 }
@@ -162,7 +203,11 @@ async fn flaky(fail_first: usize) -> Result<String, String> {
         a.push(tokio::time::Instant::now());
         a.len()
     };
-    if n <= fail_first { Err(format!("attempt {n} failed")) } else { Ok(format!("ok after {n}")) }
+    if n <= fail_first {
+        Err(format!("attempt {n} failed"))
+    } else {
+        Ok(format!("ok after {n}"))
+    }
 }
 
 static HOPELESS_ATTEMPTS: AtomicUsize = AtomicUsize::new(0);
@@ -193,21 +238,37 @@ async fn retries_back_off_exponentially_and_record_only_the_final_attempt() {
         .await
         .expect("result");
     assert_eq!(ok, Ok("ok after 3".to_owned()));
-    assert_eq!(err, Err("no luck on attempt 3".to_owned()), "an exhausted step records its last Err");
+    assert_eq!(
+        err,
+        Err("no luck on attempt 3".to_owned()),
+        "an exhausted step records its last Err"
+    );
     let gaps: Vec<Duration> = {
         let a = FLAKY_ATTEMPTS.lock().expect("lock");
         a.windows(2).map(|w| w[1] - w[0]).collect()
     };
     assert_eq!(gaps, [Duration::from_millis(10), Duration::from_millis(20)]);
     assert_eq!(HOPELESS_ATTEMPTS.load(Ordering::SeqCst), 3);
-    let attempts: Vec<u32> = rt.steps("r").await.expect("steps").iter().map(|s| s.attempts).collect();
+    let attempts: Vec<u32> = rt
+        .steps("r")
+        .await
+        .expect("steps")
+        .iter()
+        .map(|s| s.attempts)
+        .collect();
     assert_eq!(attempts, [3, 3]);
 
     // The recorded Err replays like an Ok: no attempt runs again.
     drop(rt);
     common::make_pending(&path, "r");
     let rt = common::reopen(&path).await;
-    let replayed = rt.start_with_id("r", retrying()).await.expect("start").result().await.expect("result");
+    let replayed = rt
+        .start_with_id("r", retrying())
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect("result");
     assert_eq!(replayed, (ok, err));
     assert_eq!(FLAKY_ATTEMPTS.lock().expect("lock").len(), 3);
     assert_eq!(HOPELESS_ATTEMPTS.load(Ordering::SeqCst), 3);

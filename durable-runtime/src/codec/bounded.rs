@@ -102,23 +102,38 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for CappedVisitor<V> {
     }
 
     fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        self.inner.visit_some(Capped { inner: d, cap: self.cap })
+        self.inner.visit_some(Capped {
+            inner: d,
+            cap: self.cap,
+        })
     }
 
     fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        self.inner.visit_newtype_struct(Capped { inner: d, cap: self.cap })
+        self.inner.visit_newtype_struct(Capped {
+            inner: d,
+            cap: self.cap,
+        })
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        self.inner.visit_seq(CappedAccess { inner: seq, cap: self.cap })
+        self.inner.visit_seq(CappedAccess {
+            inner: seq,
+            cap: self.cap,
+        })
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        self.inner.visit_map(CappedAccess { inner: map, cap: self.cap })
+        self.inner.visit_map(CappedAccess {
+            inner: map,
+            cap: self.cap,
+        })
     }
 
     fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Self::Value, A::Error> {
-        self.inner.visit_enum(CappedAccess { inner: data, cap: self.cap })
+        self.inner.visit_enum(CappedAccess {
+            inner: data,
+            cap: self.cap,
+        })
     }
 }
 
@@ -126,15 +141,24 @@ impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for CappedSeed<S> {
     type Value = S::Value;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<S::Value, D::Error> {
-        self.inner.deserialize(Capped { inner: d, cap: self.cap })
+        self.inner.deserialize(Capped {
+            inner: d,
+            cap: self.cap,
+        })
     }
 }
 
 impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for CappedAccess<A> {
     type Error = A::Error;
 
-    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, A::Error> {
-        self.inner.next_element_seed(CappedSeed { inner: seed, cap: self.cap })
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, A::Error> {
+        self.inner.next_element_seed(CappedSeed {
+            inner: seed,
+            cap: self.cap,
+        })
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -145,12 +169,21 @@ impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for CappedAccess<A> {
 impl<'de, A: MapAccess<'de>> MapAccess<'de> for CappedAccess<A> {
     type Error = A::Error;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, A::Error> {
-        self.inner.next_key_seed(CappedSeed { inner: seed, cap: self.cap })
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, A::Error> {
+        self.inner.next_key_seed(CappedSeed {
+            inner: seed,
+            cap: self.cap,
+        })
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
-        self.inner.next_value_seed(CappedSeed { inner: seed, cap: self.cap })
+        self.inner.next_value_seed(CappedSeed {
+            inner: seed,
+            cap: self.cap,
+        })
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -162,10 +195,19 @@ impl<'de, A: EnumAccess<'de>> EnumAccess<'de> for CappedAccess<A> {
     type Error = A::Error;
     type Variant = CappedAccess<A::Variant>;
 
-    fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, Self::Variant), A::Error> {
+    fn variant_seed<V: DeserializeSeed<'de>>(
+        self,
+        seed: V,
+    ) -> Result<(V::Value, Self::Variant), A::Error> {
         let cap = self.cap;
         let (value, variant) = self.inner.variant_seed(CappedSeed { inner: seed, cap })?;
-        Ok((value, CappedAccess { inner: variant, cap }))
+        Ok((
+            value,
+            CappedAccess {
+                inner: variant,
+                cap,
+            },
+        ))
     }
 }
 
@@ -177,12 +219,21 @@ impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for CappedAccess<A> {
     }
 
     fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, A::Error> {
-        self.inner.newtype_variant_seed(CappedSeed { inner: seed, cap: self.cap })
+        self.inner.newtype_variant_seed(CappedSeed {
+            inner: seed,
+            cap: self.cap,
+        })
     }
 
     fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, A::Error> {
         let cap = self.cap;
-        self.inner.tuple_variant(len, CappedVisitor { inner: visitor, cap })
+        self.inner.tuple_variant(
+            len,
+            CappedVisitor {
+                inner: visitor,
+                cap,
+            },
+        )
     }
 
     fn struct_variant<V: Visitor<'de>>(
@@ -191,6 +242,12 @@ impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for CappedAccess<A> {
         visitor: V,
     ) -> Result<V::Value, A::Error> {
         let cap = self.cap;
-        self.inner.struct_variant(fields, CappedVisitor { inner: visitor, cap })
+        self.inner.struct_variant(
+            fields,
+            CappedVisitor {
+                inner: visitor,
+                cap,
+            },
+        )
     }
 }

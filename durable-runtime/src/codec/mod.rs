@@ -96,7 +96,8 @@ fn decode_limited<T: DeserializeOwned, const N: usize>(bytes: &[u8]) -> Result<T
         bytes,
         position: &position,
     };
-    let mut decoder = bincode::serde::OwnedSerdeDecoder::from_reader(reader, CONFIG.with_limit::<N>());
+    let mut decoder =
+        bincode::serde::OwnedSerdeDecoder::from_reader(reader, CONFIG.with_limit::<N>());
     let decoded = T::deserialize(bounded::Capped {
         inner: decoder.as_deserializer(),
         cap: bytes.len(),
@@ -167,7 +168,9 @@ mod tests {
         let mut bytes = CODEC.encode(&v)?;
         assert_eq!(CODEC.decode::<(String, u32, Option<Vec<u64>>)>(&bytes)?, v);
         bytes.push(0);
-        let err = CODEC.decode::<(String, u32, Option<Vec<u64>>)>(&bytes).unwrap_err();
+        let err = CODEC
+            .decode::<(String, u32, Option<Vec<u64>>)>(&bytes)
+            .expect_err("trailing bytes must be refused");
         assert!(err.to_string().contains("trailing"), "{err}");
         Ok(())
     }
@@ -177,7 +180,7 @@ mod tests {
         // varint 251 = u64 follows; claim u64::MAX bytes for a String.
         let mut row = vec![253u8];
         row.extend_from_slice(&u64::MAX.to_le_bytes());
-        let err = CODEC.decode::<String>(&row).unwrap_err();
+        let err = CODEC.decode::<String>(&row).expect_err("hostile prefix must be refused");
         assert!(err.to_string().contains("length prefix"), "{err}");
     }
 }

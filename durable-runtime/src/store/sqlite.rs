@@ -168,11 +168,18 @@ impl SqliteStore {
     /// starts the writer thread.
     pub(crate) fn open(path: &Path, durability: Durability, codec: &str) -> Result<Self, Error> {
         let lock = lock_path(path);
-        create_private(&lock).map_err(|e| io_error(path, format!("cannot create lock file {}: {e}", lock.display())))?;
-        let lock_file = OpenOptions::new()
-            .write(true)
-            .open(&lock)
-            .map_err(|e| io_error(path, format!("cannot open lock file {}: {e}", lock.display())))?;
+        create_private(&lock).map_err(|e| {
+            io_error(
+                path,
+                format!("cannot create lock file {}: {e}", lock.display()),
+            )
+        })?;
+        let lock_file = OpenOptions::new().write(true).open(&lock).map_err(|e| {
+            io_error(
+                path,
+                format!("cannot open lock file {}: {e}", lock.display()),
+            )
+        })?;
         match lock_file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -185,10 +192,12 @@ impl SqliteStore {
                 return Err(io_error(path, format!("cannot lock {}: {e}", lock.display())).into());
             }
         }
-        create_private(path).map_err(|e| io_error(path, format!("cannot create the journal: {e}")))?;
+        create_private(path)
+            .map_err(|e| io_error(path, format!("cannot create the journal: {e}")))?;
 
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let mut writer = Connection::open_with_flags(path, flags).map_err(|e| sql_error(path, e))?;
+        let mut writer =
+            Connection::open_with_flags(path, flags).map_err(|e| sql_error(path, e))?;
         configure(&writer, durability).map_err(|e| sql_error(path, e))?;
         migrate(&mut writer, path, codec)?;
 
@@ -216,7 +225,10 @@ impl SqliteStore {
         })
     }
 
-    fn send<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command) -> Ack<T> {
+    fn send<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+    ) -> Ack<T> {
         let (tx, rx) = oneshot::channel();
         let sender = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
         // If the writer thread is gone the command (and its reply sender) is dropped,
@@ -257,7 +269,11 @@ fn migrate(conn: &mut Connection, path: &Path, codec: &str) -> Result<(), Error>
         .map_err(err)?;
     let version: usize = if has_meta {
         let v: Option<String> = tx
-            .query_row("SELECT value FROM durable_meta WHERE key = 'schema_version'", [], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM durable_meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(err)?;
         match v.as_deref().map(str::parse::<usize>) {
@@ -295,13 +311,20 @@ fn migrate(conn: &mut Connection, path: &Path, codec: &str) -> Result<(), Error>
         .map_err(err)?;
     }
     let recorded: Option<String> = tx
-        .query_row("SELECT value FROM durable_meta WHERE key = 'codec'", [], |r| r.get(0))
+        .query_row(
+            "SELECT value FROM durable_meta WHERE key = 'codec'",
+            [],
+            |r| r.get(0),
+        )
         .optional()
         .map_err(err)?;
     match recorded {
         None => {
-            tx.execute("INSERT INTO durable_meta (key, value) VALUES ('codec', ?1)", [codec])
-                .map_err(err)?;
+            tx.execute(
+                "INSERT INTO durable_meta (key, value) VALUES ('codec', ?1)",
+                [codec],
+            )
+            .map_err(err)?;
         }
         Some(c) if c == codec => {}
         Some(c) => {
@@ -333,8 +356,14 @@ fn write_loop(mut conn: Connection, path: &Path, rx: mpsc::Receiver<Command>) {
 
 /// A finished write waiting for its commit before its reply is sent.
 enum Reply {
-    Create(oneshot::Sender<Result<Created, StoreError>>, Result<Created, StoreError>),
-    Unit(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
+    Create(
+        oneshot::Sender<Result<Created, StoreError>>,
+        Result<Created, StoreError>,
+    ),
+    Unit(
+        oneshot::Sender<Result<(), StoreError>>,
+        Result<(), StoreError>,
+    ),
 }
 
 fn commit_batch(conn: &mut Connection, path: &Path, batch: &mut Vec<Command>) {
@@ -353,9 +382,15 @@ fn commit_batch(conn: &mut Connection, path: &Path, batch: &mut Vec<Command>) {
     let mut replies = Vec::with_capacity(batch.len());
     for c in batch.drain(..) {
         replies.push(match c {
-            Command::Create(w, reply) => Reply::Create(reply, create(&tx, &w).map_err(|e| sql_error(path, e))),
-            Command::Step(s, reply) => Reply::Unit(reply, record(&tx, &s).map_err(|e| step_error(path, &s, e))),
-            Command::Finish(f, reply) => Reply::Unit(reply, finish(&tx, &f).map_err(|e| sql_error(path, e))),
+            Command::Create(w, reply) => {
+                Reply::Create(reply, create(&tx, &w).map_err(|e| sql_error(path, e)))
+            }
+            Command::Step(s, reply) => {
+                Reply::Unit(reply, record(&tx, &s).map_err(|e| step_error(path, &s, e)))
+            }
+            Command::Finish(f, reply) => {
+                Reply::Unit(reply, finish(&tx, &f).map_err(|e| sql_error(path, e)))
+            }
         });
     }
     let committed = tx.commit().map_err(|e| sql_error(path, e));
@@ -401,12 +436,21 @@ fn create(conn: &Connection, w: &NewWorkflow) -> rusqlite::Result<Created> {
              VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?6)
              ON CONFLICT (id) DO NOTHING",
         )?
-        .execute(params![&*w.id, w.name, w.input, EXECUTOR, w.app_version.as_deref(), w.created_at])?;
+        .execute(params![
+            &*w.id,
+            w.name,
+            w.input,
+            EXECUTOR,
+            w.app_version.as_deref(),
+            w.created_at
+        ])?;
     if inserted == 1 {
         return Ok(Created::New);
     }
     let existing = conn
-        .prepare_cached(&format!("SELECT {WORKFLOW_COLUMNS} FROM durable_workflows WHERE id = ?1"))?
+        .prepare_cached(&format!(
+            "SELECT {WORKFLOW_COLUMNS} FROM durable_workflows WHERE id = ?1"
+        ))?
         .query_row([&*w.id], workflow_row)??;
     Ok(Created::Existing(existing))
 }
@@ -437,7 +481,12 @@ fn record(conn: &Connection, s: &StepRecord) -> rusqlite::Result<()> {
 fn finish(conn: &Connection, f: &Finish) -> rusqlite::Result<()> {
     let (status, output, kind, error) = match &f.outcome {
         Finished::Completed(bytes) => (RecordStatus::Completed, Some(bytes.as_slice()), None, None),
-        Finished::Failed(kind, message) => (RecordStatus::Failed, None, Some(kind.as_str()), Some(message.as_str())),
+        Finished::Failed(kind, message) => (
+            RecordStatus::Failed,
+            None,
+            Some(kind.as_str()),
+            Some(message.as_str()),
+        ),
     };
     conn.prepare_cached(
         "UPDATE durable_workflows
@@ -458,7 +507,9 @@ fn workflow_row(r: &Row<'_>) -> rusqlite::Result<rusqlite::Result<WorkflowRecord
         "completed" => RecordStatus::Completed,
         "failed" => RecordStatus::Failed,
         other => {
-            return Ok(Err(invalid(format!("workflow {id} has unknown status `{other}`"))));
+            return Ok(Err(invalid(format!(
+                "workflow {id} has unknown status `{other}`"
+            ))));
         }
     };
     let kind: Option<String> = r.get(5)?;
@@ -466,10 +517,16 @@ fn workflow_row(r: &Row<'_>) -> rusqlite::Result<rusqlite::Result<WorkflowRecord
     let failure = match (status, kind, error) {
         (RecordStatus::Failed, Some(k), m) => match FailureKind::parse(&k) {
             Some(k) => Some((k, m.unwrap_or_default())),
-            None => return Ok(Err(invalid(format!("workflow {id} has unknown error kind `{k}`")))),
+            None => {
+                return Ok(Err(invalid(format!(
+                    "workflow {id} has unknown error kind `{k}`"
+                ))));
+            }
         },
         (RecordStatus::Failed, None, _) => {
-            return Ok(Err(invalid(format!("workflow {id} is failed but records no error kind"))));
+            return Ok(Err(invalid(format!(
+                "workflow {id} is failed but records no error kind"
+            ))));
         }
         _ => None,
     };

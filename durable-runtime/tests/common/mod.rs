@@ -48,7 +48,11 @@ pub fn make_pending(path: &Path, id: &str) {
 /// (its writer thread finishes the queued commits first).
 pub async fn reopen(path: &Path) -> Runtime {
     for _ in 0..500 {
-        match Runtime::builder(path).durability(Durability::Normal).open().await {
+        match Runtime::builder(path)
+            .durability(Durability::Normal)
+            .open()
+            .await
+        {
             Err(Error::Locked { .. }) => tokio::time::sleep(Duration::from_millis(10)).await,
             other => return other.expect("reopen journal"),
         }
