@@ -180,7 +180,9 @@ mod tests {
         // varint 251 = u64 follows; claim u64::MAX bytes for a String.
         let mut row = vec![253u8];
         row.extend_from_slice(&u64::MAX.to_le_bytes());
-        let err = CODEC.decode::<String>(&row).expect_err("hostile prefix must be refused");
+        let err = CODEC
+            .decode::<String>(&row)
+            .expect_err("hostile prefix must be refused");
         assert!(err.to_string().contains("length prefix"), "{err}");
     }
 }
