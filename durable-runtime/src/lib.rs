@@ -136,8 +136,180 @@ pub use crate::step::{Retryable, Step, StepBody};
 pub use crate::store::sqlite::Durability;
 pub use crate::workflow::WorkflowCall;
 
+/// Makes an `async fn` a durable step: its output is checkpointed, and a replay returns
+/// the recorded output instead of running it again.
+///
+/// ```
+/// use durable_runtime::step;
+/// # #[derive(serde::Serialize, serde::Deserialize, Debug)] struct PaymentError;
+///
+/// #[step(retries = 3, backoff = 50ms, backoff_factor = 2.0, max_backoff = 1s)]
+/// async fn charge(card: String, cents: u64) -> Result<String, PaymentError> {
+///     Ok(format!("charge-{card}-{cents}"))
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // Outside a workflow a step is a plain call (nothing is recorded).
+/// assert_eq!(charge("4242".into(), 1250).await.unwrap(), "charge-4242-1250");
+/// # }
+/// ```
+///
+/// # Options
+///
+/// | option | meaning | default |
+/// |---|---|---|
+/// | `name = "..."` | the name recorded in the journal | the function's name |
+/// | `retries = N` | retry an attempt that returns `Err` up to `N` more times | `0` |
+/// | `backoff = 100ms` | delay before the first retry (`ms`, `s` or `m`) | `100ms` |
+/// | `backoff_factor = 2.0` | each further delay is the previous one times this | `2.0` |
+/// | `max_backoff = 10s` | no delay is longer than this | `10s` |
+/// | `crate = path` | where `durable_runtime` is, if you renamed it | `::durable_runtime` |
+///
+/// The backoff options need `retries`. A retried step must return `Result` and take
+/// `Clone` arguments (each attempt gets its own copy); only the final attempt's result
+/// is recorded.
+///
+/// # Rules
+///
+/// The function must be a free `async fn` with owned arguments (`String`, not `&str`;
+/// an `Arc` for a shared client), because the step's future may outlive its caller
+/// (`tokio::spawn`) and is re-run on retry. Its output must implement serde's
+/// `Serialize` and `Deserialize`; `Err` values are recorded like `Ok` values. Step
+/// bodies run at least once: make them idempotent (see [`step_context`]).
+///
+/// # What it expands to
+///
+/// The function becomes a plain `fn` that claims the step's id *when it is called*, in
+/// program order, and returns a [`Step`] future carrying it:
+///
+/// ```text
+/// fn charge(card: String, cents: u64)
+///     -> durable_runtime::Step<impl StepBody<Output = Result<String, PaymentError>, ..>>
+/// {
+///     static OPTIONS: StepOptions = StepOptions::new("charge").retries(3).backoff(..);
+///     // Claims the next path in the current workflow scope (nothing outside one),
+///     // then, when awaited: the recorded output if there is one, else run the body
+///     // with retries and checkpoint its output before returning it.
+///     __private::step_retry(&OPTIONS, move || {
+///         let card = card.clone();
+///         async move { Ok(format!("charge-{card}-{cents}")) }
+///     })
+/// }
+/// ```
+///
+/// Because the id is claimed at the call, `join!(a(), b())`, `join_all(xs.map(step))`
+/// and `tokio::spawn(step(x))` number their steps identically on every run, and a step
+/// that is called but never awaited still holds its id.
 #[doc(inline)]
-pub use durable_macros::{branch, step, workflow};
+pub use durable_macros::step;
+
+/// Makes an `async fn` a durable workflow: a function that calls steps and survives
+/// crashes, resumed by [`Runtime::open`] from its journal.
+///
+/// ```
+/// use durable_runtime::{Runtime, step, workflow};
+///
+/// #[step]
+/// async fn fetch(n: u32) -> u32 { n * 10 }
+///
+/// #[workflow]
+/// async fn total(ns: Vec<u32>) -> u32 {
+///     // Each mapped call claims its id in order: 1, 2, 3.
+///     let values = futures::future::join_all(ns.into_iter().map(fetch)).await;
+///     // An async block is a branch: its steps are 4.1 and 4.2.
+///     let extra = async { fetch(7).await + fetch(8).await }.await;
+///     values.iter().sum::<u32>() + extra
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), durable_runtime::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let rt = Runtime::open(dir.path().join("journal.db")).await?;
+/// let handle = rt.start(total(vec![1, 2, 3])).await?;
+/// assert_eq!(handle.result().await?, 60 + 150);
+/// let paths: Vec<String> = rt.steps(handle.id()).await?.iter().map(|s| s.path.to_string()).collect();
+/// assert_eq!(paths, ["1", "2", "3", "4.1", "4.2"]);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Options
+///
+/// `name = "..."` (the name recorded in the journal and used to find the workflow on
+/// recovery; default: the function's name, which must be unique in the program) and
+/// `crate = path`.
+///
+/// # Rules
+///
+/// A free, non-generic `async fn` whose arguments and output implement serde's
+/// `Serialize` and `Deserialize` (the input is recorded and decoded again on recovery),
+/// and whose future is `Send`. Its body must be deterministic: see the crate
+/// documentation.
+///
+/// # What it expands to
+///
+/// Calling the function runs nothing: it returns a [`WorkflowCall`] to pass to
+/// [`Runtime::start`] or [`Runtime::start_with_id`]. The body is kept in an inner
+/// function, registered under the workflow's name (so recovery finds it without a list),
+/// and every `async` block and async closure in it is wrapped so that it claims a
+/// position when created:
+///
+/// ```text
+/// fn total(ns: Vec<u32>) -> durable_runtime::WorkflowCall<u32> {
+///     async fn body(ns: Vec<u32>) -> u32 {
+///         let values = join_all(ns.into_iter().map(fetch)).await;
+///         let extra = __private::branch(async { fetch(7).await + fetch(8).await }).await;
+///         values.iter().sum::<u32>() + extra
+///     }
+///     static DEF: WorkflowDef<(Vec<u32>,), u32> = WorkflowDef::new("total", |(ns,)| Box::pin(body(ns)));
+///     inventory::submit!(WorkflowEntry::new(&DEF));
+///     WorkflowCall::new(&DEF, (ns,))
+/// }
+/// ```
+#[doc(inline)]
+pub use durable_macros::workflow;
+
+/// Makes an async helper function a branch of the workflow that calls it: the call
+/// claims one position, and the steps inside number below it, like an `async` block in a
+/// workflow body.
+///
+/// Without it, a helper that awaits two steps and runs concurrently with other code
+/// would number its steps by timing. Use it on any async function that calls steps and
+/// is called from a workflow.
+///
+/// ```
+/// use durable_runtime::{Runtime, branch, step, workflow};
+///
+/// #[step]
+/// async fn reserve(sku: String) -> String { format!("rsv-{sku}") }
+///
+/// #[branch]
+/// async fn reserve_pair(a: String, b: String) -> (String, String) {
+///     (reserve(a).await, reserve(b).await)
+/// }
+///
+/// #[workflow]
+/// async fn order() -> Vec<String> {
+///     let (x, y) = tokio::join!(reserve_pair("a".into(), "b".into()), reserve_pair("c".into(), "d".into()));
+///     vec![x.0, x.1, y.0, y.1]
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), durable_runtime::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let rt = Runtime::open(dir.path().join("journal.db")).await?;
+/// let h = rt.start(order()).await?;
+/// h.result().await?;
+/// let paths: Vec<String> = rt.steps(h.id()).await?.iter().map(|s| s.path.to_string()).collect();
+/// assert_eq!(paths, ["1.1", "1.2", "2.1", "2.2"]);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// The function becomes `fn(..) -> impl Future<Output = T>` that claims its position
+/// when called. Option: `crate = path`.
+#[doc(inline)]
+pub use durable_macros::branch;
 
 /// What the code generated by `#[workflow]`, `#[step]` and `#[branch]` names.
 ///

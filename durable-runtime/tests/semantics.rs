@@ -273,3 +273,45 @@ async fn retries_back_off_exponentially_and_record_only_the_final_attempt() {
     assert_eq!(FLAKY_ATTEMPTS.lock().expect("lock").len(), 3);
     assert_eq!(HOPELESS_ATTEMPTS.load(Ordering::SeqCst), 3);
 }
+
+static DROPPED_RAN: AtomicUsize = AtomicUsize::new(0);
+
+#[step]
+async fn never_awaited() -> u8 {
+    DROPPED_RAN.fetch_add(1, Ordering::SeqCst);
+    0
+}
+
+#[step]
+async fn after(x: u8) -> u8 {
+    x
+}
+
+#[workflow]
+async fn drops_a_step() -> u8 {
+    // Called, never polled: it still holds position 1, so `after` is 2 on every run.
+    drop(never_awaited());
+    after(9).await
+}
+
+#[tokio::test]
+async fn a_step_dropped_unpolled_keeps_its_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = open(&dir).await;
+    let h = rt
+        .start_with_id("drop", drops_a_step())
+        .await
+        .expect("start");
+    assert_eq!(h.result().await.expect("result"), 9);
+    let steps = rt.steps("drop").await.expect("steps");
+    let recorded: Vec<(String, &str)> = steps
+        .iter()
+        .map(|s| (s.path.to_string(), s.name.as_str()))
+        .collect();
+    assert_eq!(recorded, [("2".to_owned(), "after")]);
+    assert_eq!(
+        DROPPED_RAN.load(Ordering::SeqCst),
+        0,
+        "a dropped step never runs"
+    );
+}
