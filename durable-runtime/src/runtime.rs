@@ -189,6 +189,13 @@ impl Runtime {
         self.inner.store.path()
     }
 
+    /// How many transactions this runtime has committed to the journal: one per
+    /// sequential step, with concurrent steps sharing commits (plus one to start and one
+    /// to finish each workflow). For measuring, not for control flow.
+    pub fn journal_commits(&self) -> u64 {
+        self.inner.store.commits()
+    }
+
     /// The ids of the pending workflows this runtime resumed when it opened.
     pub fn recovered(&self) -> &[String] {
         &self.inner.recovered
@@ -596,4 +603,68 @@ pub struct StepInfo {
     pub started_at_ms: i64,
     /// When the result was recorded, in milliseconds since the Unix epoch.
     pub finished_at_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{step, workflow};
+
+    #[step(crate = crate)]
+    async fn echo(x: u32) -> u32 {
+        x
+    }
+
+    #[workflow(crate = crate)]
+    async fn sequential(n: u32) -> u32 {
+        let mut total = 0;
+        for i in 0..n {
+            total += echo(i).await;
+        }
+        total
+    }
+
+    #[workflow(crate = crate)]
+    async fn concurrent(n: u32) -> u32 {
+        let all = (0..n).map(echo);
+        let mut total = 0;
+        for v in futures::future::join_all(all).await {
+            total += v;
+        }
+        total
+    }
+
+    async fn commits_for<O: DeserializeOwned>(call: WorkflowCall<O>) -> u64 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = Runtime::builder(dir.path().join("j.db"))
+            .durability(Durability::Normal)
+            .open()
+            .await
+            .expect("open");
+        let before = rt.inner.store.commits();
+        rt.start(call)
+            .await
+            .expect("start")
+            .result()
+            .await
+            .expect("result");
+        rt.inner.store.commits() - before
+    }
+
+    #[tokio::test]
+    async fn a_sequential_step_costs_exactly_one_commit() {
+        // One for the start, one per step, one for the outcome.
+        assert_eq!(commits_for(sequential(20)).await, 1 + 20 + 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_steps_share_commits() {
+        let commits = commits_for(concurrent(200)).await;
+        // The 200 checkpoints are queued within one poll; the writer takes what is
+        // queued whenever it is free, so they land in a handful of commits.
+        assert!(
+            commits <= 1 + 10 + 1,
+            "200 concurrent steps took {commits} commits"
+        );
+    }
 }

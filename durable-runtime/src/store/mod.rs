@@ -36,6 +36,9 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     fn steps(&self, workflow_id: &str) -> Result<Vec<RecordedStep>, StoreError>;
     /// Every workflow run that has not finished.
     fn pending_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError>;
+    /// How many write transactions have committed so far (for tests and benchmarks:
+    /// a sequential step should cost one, concurrent steps should share them).
+    fn commits(&self) -> u64;
 }
 
 /// A workflow run to create.

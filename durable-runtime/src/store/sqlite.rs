@@ -15,8 +15,9 @@
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, params};
@@ -113,6 +114,7 @@ pub(crate) struct SqliteStore {
     path: PathBuf,
     writes: Mutex<mpsc::Sender<Command>>,
     reader: Mutex<Connection>,
+    commits: Arc<AtomicU64>,
 }
 
 fn io_error(path: &Path, e: impl std::fmt::Display) -> StoreError {
@@ -208,12 +210,14 @@ impl SqliteStore {
 
         let (tx, rx) = mpsc::channel();
         let writer_path = path.to_owned();
+        let commits = Arc::new(AtomicU64::new(0));
+        let writer_commits = commits.clone();
         thread::Builder::new()
             .name("durable-journal-writer".into())
             // The writer thread holds the lock: it is released only after the last
             // queued write has committed and the thread has exited.
             .spawn(move || {
-                write_loop(writer, &writer_path, rx);
+                write_loop(writer, &writer_path, &rx, &writer_commits);
                 drop(lock_file);
             })
             .map_err(|e| io_error(path, format!("cannot start the writer thread: {e}")))?;
@@ -222,6 +226,7 @@ impl SqliteStore {
             path: path.to_owned(),
             writes: Mutex::new(tx),
             reader: Mutex::new(reader),
+            commits,
         })
     }
 
@@ -339,7 +344,12 @@ fn migrate(conn: &mut Connection, path: &Path, codec: &str) -> Result<(), Error>
     tx.commit().map_err(err)
 }
 
-fn write_loop(mut conn: Connection, path: &Path, rx: mpsc::Receiver<Command>) {
+fn write_loop(
+    mut conn: Connection,
+    path: &Path,
+    rx: &mpsc::Receiver<Command>,
+    commits: &AtomicU64,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Blocks for the first request; ends when every sender is gone.
     while let Ok(first) = rx.recv() {
@@ -350,7 +360,7 @@ fn write_loop(mut conn: Connection, path: &Path, rx: mpsc::Receiver<Command>) {
                 Err(_) => break,
             }
         }
-        commit_batch(&mut conn, path, &mut batch);
+        commit_batch(&mut conn, path, &mut batch, commits);
     }
 }
 
@@ -366,7 +376,8 @@ enum Reply {
     ),
 }
 
-fn commit_batch(conn: &mut Connection, path: &Path, batch: &mut Vec<Command>) {
+/// Applies and commits one batch, then replies to every write in it.
+fn commit_batch(conn: &mut Connection, path: &Path, batch: &mut Vec<Command>, commits: &AtomicU64) {
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
@@ -394,6 +405,10 @@ fn commit_batch(conn: &mut Connection, path: &Path, batch: &mut Vec<Command>) {
         });
     }
     let committed = tx.commit().map_err(|e| sql_error(path, e));
+    if committed.is_ok() {
+        // Counted before anyone hears of the commit.
+        commits.fetch_add(1, Ordering::Relaxed);
+    }
     for r in replies {
         match (r, &committed) {
             (Reply::Create(s, r), Ok(())) => drop(s.send(r)),
@@ -599,6 +614,10 @@ impl Store for SqliteStore {
             steps.sort_by(|a, b| a.path.cmp(&b.path));
             Ok(steps)
         })
+    }
+
+    fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     fn pending_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
