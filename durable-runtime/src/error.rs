@@ -126,6 +126,17 @@ pub enum Error {
         name: String,
     },
 
+    /// The runtime stopped (its tokio runtime shut down, or its task was dropped) before
+    /// the workflow finished. The workflow stays pending in the journal and resumes at the
+    /// next [`Runtime::open`](crate::Runtime::open).
+    #[error(
+        "the runtime stopped before workflow {workflow_id} finished; it stays pending and resumes at the next open"
+    )]
+    Stopped {
+        /// The workflow id.
+        workflow_id: String,
+    },
+
     /// A workflow id was rejected.
     #[error("invalid workflow id {id:?}: {reason}")]
     InvalidId {
@@ -144,7 +155,8 @@ impl Error {
             | Error::Divergence { workflow_id, .. }
             | Error::Failed { workflow_id, .. }
             | Error::WorkflowMismatch { workflow_id, .. }
-            | Error::UnknownWorkflow { workflow_id, .. } => Some(workflow_id),
+            | Error::UnknownWorkflow { workflow_id, .. }
+            | Error::Stopped { workflow_id } => Some(workflow_id),
             _ => None,
         }
     }

@@ -281,7 +281,7 @@ impl Runtime {
                 }
                 RecordStatus::Completed | RecordStatus::Failed => {
                     self.inner
-                        .settle(&id, &tx, Arc::new(recorded_outcome(record)));
+                        .settle(&id, &tx, Arc::new(recorded_outcome(self.path(), record)));
                 }
             },
             Err(e) => {
@@ -338,7 +338,7 @@ fn closed(path: &Path, id: &str) -> StoreError {
     )
 }
 
-fn recorded_outcome(record: WorkflowRecord) -> Result<Vec<u8>> {
+fn recorded_outcome(path: &Path, record: WorkflowRecord) -> Result<Vec<u8>> {
     match (record.status, record.output, record.failure) {
         (RecordStatus::Completed, Some(output), _) => Ok(output),
         (RecordStatus::Failed, _, Some((kind, message))) => Err(Error::Failed {
@@ -347,7 +347,7 @@ fn recorded_outcome(record: WorkflowRecord) -> Result<Vec<u8>> {
             message,
         }),
         _ => Err(Error::Store(StoreError::new(
-            PathBuf::new(),
+            path,
             StoreErrorKind::Invariant,
             format!(
                 "workflow {} is finished but records no output or error",
@@ -498,8 +498,8 @@ pub enum WorkflowStatus {
     /// Failed for good, and the failure is recorded ([`Error::Failed`]).
     Failed,
     /// This process stopped running it (replay divergence, a corrupt row, a journal
-    /// error). The journal still holds it as pending; the next [`Runtime::open`] tries
-    /// again.
+    /// error, or the runtime itself stopped). The journal still holds it as pending; the
+    /// next [`Runtime::open`] tries again.
     Stopped,
 }
 
@@ -544,6 +544,8 @@ impl<O> WorkflowHandle<O> {
     /// Where the run stands now.
     pub fn status(&self) -> WorkflowStatus {
         match &*self.outcome.borrow() {
+            // No outcome, and nobody left to publish one: the runtime stopped.
+            None if self.outcome.has_changed().is_err() => WorkflowStatus::Stopped,
             None => WorkflowStatus::Running,
             Some(o) => match &**o {
                 Ok(_) => WorkflowStatus::Completed,
@@ -559,7 +561,7 @@ impl<O> WorkflowHandle<O> {
     ///
     /// [`Error::Failed`] for a recorded failure (a panic), [`Error::Divergence`] or
     /// [`Error::Corrupt`] if replay could not continue, [`Error::Store`] if the journal
-    /// failed or the runtime stopped before the run finished.
+    /// failed, [`Error::Stopped`] if the runtime stopped before the run finished.
     pub async fn result(&self) -> Result<O>
     where
         O: DeserializeOwned,
@@ -570,11 +572,9 @@ impl<O> WorkflowHandle<O> {
             Err(_) => None,
         };
         let Some(outcome) = outcome else {
-            return Err(Error::Store(StoreError::new(
-                PathBuf::new(),
-                StoreErrorKind::Closed,
-                format!("the runtime stopped before workflow {} finished", self.id),
-            )));
+            return Err(Error::Stopped {
+                workflow_id: self.id.to_string(),
+            });
         };
         match &*outcome {
             Ok(bytes) => CODEC.decode(bytes).map_err(|reason| Error::Corrupt {
