@@ -36,7 +36,14 @@ pub(crate) struct BranchArgs {
     pub(crate) common: Common,
 }
 
-const STEP_OPTIONS: &[&str] = &["name", "retries", "backoff", "backoff_factor", "max_backoff", "crate"];
+const STEP_OPTIONS: &[&str] = &[
+    "name",
+    "retries",
+    "backoff",
+    "backoff_factor",
+    "max_backoff",
+    "crate",
+];
 const WORKFLOW_OPTIONS: &[&str] = &["name", "crate"];
 const BRANCH_OPTIONS: &[&str] = &["crate"];
 
@@ -63,7 +70,10 @@ fn parse_pairs(input: ParseStream<'_>) -> syn::Result<Vec<Pair>> {
             value.extend(std::iter::once(input.parse::<proc_macro2::TokenTree>()?));
         }
         if value.is_empty() {
-            return Err(syn::Error::new(key.span(), format!("`{key}` needs a value")));
+            return Err(syn::Error::new(
+                key.span(),
+                format!("`{key}` needs a value"),
+            ));
         }
         pairs.push(Pair { key, value });
         if !input.is_empty() {
@@ -92,24 +102,45 @@ fn suggest(word: &str, known: &'static [&'static str]) -> Option<&'static str> {
     known
         .iter()
         .map(|k| (distance(word, k), *k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        // Up to half the option's length: `retry` -> `retries` is 3 edits away.
+        .filter(|(d, k)| *d <= 1.max(k.len() / 2))
         .min()
         .map(|(_, k)| k)
 }
 
 fn unknown(attr: &str, key: &Ident, known: &'static [&'static str]) -> syn::Error {
-    let list = known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
-    let mut message = format!("unknown `{attr}` option `{key}`; expected one of {list}");
-    if let Some(s) = suggest(&key.to_string(), known) {
-        message.push_str(&format!("\n\nhelp: did you mean `{s}`?"));
-    }
+    // A proc macro on stable cannot attach a `help:` line, so a close match goes in the
+    // message itself; otherwise the message lists every option.
+    let word = key.to_string();
+    let message = match suggest(&word, known) {
+        Some(s) => format!("unknown `{attr}` option `{key}`; did you mean `{s}`?"),
+        None if attr != "step" && STEP_OPTIONS.contains(&word.as_str()) => {
+            format!("`{key}` is a `#[step]` option; put it on the steps this `#[{attr}]` calls")
+        }
+        None => {
+            let list = known
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("unknown `{attr}` option `{key}`; expected one of {list}")
+        }
+    };
     syn::Error::new(key.span(), message)
 }
 
 /// Sets `slot` once; a second occurrence is an error at the second key.
-fn set_once<T>(errors: &mut Errors, slot: &mut Option<(Span, T)>, key: &Ident, value: syn::Result<T>) {
+fn set_once<T>(
+    errors: &mut Errors,
+    slot: &mut Option<(Span, T)>,
+    key: &Ident,
+    value: syn::Result<T>,
+) {
     if slot.is_some() {
-        errors.push(syn::Error::new(key.span(), format!("`{key}` is given twice")));
+        errors.push(syn::Error::new(
+            key.span(),
+            format!("`{key}` is given twice"),
+        ));
         return;
     }
     match value {
@@ -121,7 +152,10 @@ fn set_once<T>(errors: &mut Errors, slot: &mut Option<(Span, T)>, key: &Ident, v
 fn parse_lit_str(key: &Ident, value: &TokenStream) -> syn::Result<LitStr> {
     match syn::parse2::<Lit>(value.clone()) {
         Ok(Lit::Str(s)) if !s.value().trim().is_empty() => Ok(s),
-        Ok(Lit::Str(s)) => Err(syn::Error::new(s.span(), format!("`{key}` cannot be empty"))),
+        Ok(Lit::Str(s)) => Err(syn::Error::new(
+            s.span(),
+            format!("`{key}` cannot be empty"),
+        )),
         _ => Err(syn::Error::new_spanned(
             value,
             format!("`{key}` takes a string literal, such as `{key} = \"charge_card\"`"),
@@ -154,7 +188,8 @@ fn parse_retries(value: &TokenStream) -> syn::Result<u32> {
 
 /// A duration written as an integer with a unit suffix: `250ms`, `2s`, `1m`.
 fn parse_duration(key: &Ident, value: &TokenStream) -> syn::Result<u64> {
-    let message = format!("`{key}` takes a duration with a unit, such as `{key} = 250ms` or `{key} = 2s`");
+    let message =
+        format!("`{key}` takes a duration with a unit, such as `{key} = 250ms` or `{key} = 2s`");
     let Ok(Lit::Int(i)) = syn::parse2::<Lit>(value.clone()) else {
         return Err(syn::Error::new_spanned(value, message));
     };
@@ -165,7 +200,11 @@ fn parse_duration(key: &Ident, value: &TokenStream) -> syn::Result<u64> {
         "" => {
             return Err(syn::Error::new(
                 i.span(),
-                format!("`{key}` needs a unit: write `{}ms` or `{}s`", i.base10_digits(), i.base10_digits()),
+                format!(
+                    "`{key}` needs a unit: write `{}ms` or `{}s`",
+                    i.base10_digits(),
+                    i.base10_digits()
+                ),
             ));
         }
         other => {
@@ -215,9 +254,15 @@ impl StepArgs {
                         "crate" => set_once(errors, &mut krate, &key, parse_krate(&value)),
                         "name" => set_once(errors, &mut name, &key, parse_lit_str(&key, &value)),
                         "retries" => set_once(errors, &mut retries, &key, parse_retries(&value)),
-                        "backoff" => set_once(errors, &mut backoff, &key, parse_duration(&key, &value)),
-                        "backoff_factor" => set_once(errors, &mut factor, &key, parse_factor(&value)),
-                        "max_backoff" => set_once(errors, &mut max, &key, parse_duration(&key, &value)),
+                        "backoff" => {
+                            set_once(errors, &mut backoff, &key, parse_duration(&key, &value))
+                        }
+                        "backoff_factor" => {
+                            set_once(errors, &mut factor, &key, parse_factor(&value))
+                        }
+                        "max_backoff" => {
+                            set_once(errors, &mut max, &key, parse_duration(&key, &value))
+                        }
                         _ => errors.push(unknown("step", &key, STEP_OPTIONS)),
                     }
                 }
@@ -239,7 +284,11 @@ impl StepArgs {
         // Backoff options shape the delay between retries; without retries they would
         // be silently ignored, which hides a forgotten `retries`.
         if retries.is_none() {
-            for (opt, span) in [("backoff", backoff.map(|b| b.0)), ("backoff_factor", factor.map(|f| f.0)), ("max_backoff", max.map(|m| m.0))] {
+            for (opt, span) in [
+                ("backoff", backoff.map(|b| b.0)),
+                ("backoff_factor", factor.map(|f| f.0)),
+                ("max_backoff", max.map(|m| m.0)),
+            ] {
                 if let Some(span) = span {
                     errors.push(syn::Error::new(
                         span,
@@ -251,13 +300,13 @@ impl StepArgs {
         let initial = backoff.map_or(100, |b| b.1);
         let cap = max.map_or(10_000.max(initial), |m| m.1);
         // A cap below the first delay would make `backoff` meaningless.
-        if let Some((span, m)) = max {
-            if m < initial {
-                errors.push(syn::Error::new(
-                    span,
-                    format!("`max_backoff` ({m}ms) is shorter than `backoff` ({initial}ms)"),
-                ));
-            }
+        if let Some((span, m)) = max
+            && m < initial
+        {
+            errors.push(syn::Error::new(
+                span,
+                format!("`max_backoff` ({m}ms) is shorter than `backoff` ({initial}ms)"),
+            ));
         }
         StepArgs {
             common: Common {

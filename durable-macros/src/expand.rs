@@ -2,11 +2,11 @@
 //! `__private` module (through the `crate = ..` path), `::core` and `::std` items
 //! re-exported there, and `__durable`-prefixed locals.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
-use syn::{FnArg, Ident, ItemFn, Pat, Type};
+use syn::{Block, FnArg, Ident, ItemFn, Pat, Path, Type};
 
 use crate::args::{BranchArgs, StepArgs, WorkflowArgs};
 use crate::errors::{Errors, with_item};
@@ -25,7 +25,9 @@ impl Arg {
     /// `let <pattern> = <name>;` if the body needs the original pattern back.
     fn unpack(&self) -> Option<TokenStream> {
         match &self.pat {
-            Pat::Ident(p) if p.by_ref.is_none() && p.mutability.is_none() && p.subpat.is_none() => None,
+            Pat::Ident(p) if p.by_ref.is_none() && p.mutability.is_none() && p.subpat.is_none() => {
+                None
+            }
             pat => {
                 let name = &self.name;
                 Some(quote!(let #pat = #name;))
@@ -53,6 +55,36 @@ fn arguments(item: &ItemFn) -> Vec<Arg> {
         .collect()
 }
 
+/// The body of a step or branch future: `prelude` (argument patterns), then the user's
+/// block, with its value bound to the declared return type `ret`. A mismatch is then
+/// reported on the user's expression against the user's type, as in a plain `async fn`,
+/// and not on the attribute as an unsatisfied `Future<Output = ..>` bound. The `return`
+/// that is never taken fixes the async block's output type before the block is checked,
+/// so a `return` of the wrong type is reported at that `return` too (async-trait's trick).
+fn typed_body(
+    k: &Path,
+    ret: &Type,
+    prelude: impl Iterator<Item = TokenStream>,
+    block: &Block,
+) -> TokenStream {
+    let ret_span = ret.span();
+    let out = Ident::new("__durable_out", Span::mixed_site().located_at(ret_span));
+    let fix_output = quote_spanned! {ret_span=>
+        if let #k::__private::core::option::Option::Some(#out) =
+            #k::__private::core::option::Option::None::<#ret>
+        {
+            #[allow(unreachable_code)]
+            return #out;
+        }
+    };
+    quote! {{
+        #fix_output
+        #(#prelude)*
+        let #out: #ret = #block;
+        #out
+    }}
+}
+
 fn parse_fn(kind: &str, item: &TokenStream) -> syn::Result<ItemFn> {
     syn::parse2::<ItemFn>(item.clone()).map_err(|e| {
         let mut err = syn::Error::new(e.span(), format!("`#[{kind}]` goes on an `async fn`"));
@@ -77,19 +109,28 @@ pub(crate) fn step(args: TokenStream, item: TokenStream) -> TokenStream {
     }
 
     let k = &args.common.krate;
-    let ItemFn { attrs, vis, sig, block, .. } = &func;
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+        ..
+    } = &func;
     let ident = &sig.ident;
     let (impl_generics, _, where_clause) = sig.generics.split_for_impl();
-    let name = args.name.as_ref().map_or_else(|| ident.to_string(), syn::LitStr::value);
+    let name = args
+        .name
+        .as_ref()
+        .map_or_else(|| ident.to_string(), syn::LitStr::value);
     let ret = validate::output_type(sig);
     let params = arguments(&func);
     let inputs = params.iter().map(|a| {
         let (name, ty) = (&a.name, &a.ty);
         quote!(#name: #ty)
     });
-    let unpack = params.iter().filter_map(Arg::unpack);
     let ret_span = ret.span();
     let assert_output = quote_spanned!(ret_span=> #k::__private::assert_journaled::<#ret>(););
+    let body = typed_body(k, &ret, params.iter().filter_map(Arg::unpack), block);
 
     let options = match (args.retries, args.backoff) {
         (Some(retries), Some((initial, factor, max))) => quote! {
@@ -111,12 +152,12 @@ pub(crate) fn step(args: TokenStream, item: TokenStream) -> TokenStream {
         quote_spanned! {ret_span=>
             #k::__private::step_retry::<#ret, _, _>(&__DURABLE_STEP, move || {
                 #(#clones)*
-                async move { #(#unpack)* #block }
+                async move #body
             })
         }
     } else {
         quote! {
-            #k::__private::step::<#ret, _>(&__DURABLE_STEP, async move { #(#unpack)* #block })
+            #k::__private::step::<#ret, _>(&__DURABLE_STEP, async move #body)
         }
     };
     quote! {
@@ -147,9 +188,18 @@ pub(crate) fn workflow(args: TokenStream, item: TokenStream) -> TokenStream {
 
     let k = args.common.krate.clone();
     Branches { krate: &k }.visit_block_mut(&mut func.block);
-    let ItemFn { attrs, vis, sig, block, .. } = &func;
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+        ..
+    } = &func;
     let ident = &sig.ident;
-    let name = args.name.as_ref().map_or_else(|| ident.to_string(), syn::LitStr::value);
+    let name = args
+        .name
+        .as_ref()
+        .map_or_else(|| ident.to_string(), syn::LitStr::value);
     let ret = validate::output_type(sig);
     let params = arguments(&func);
     let names: Vec<&Ident> = params.iter().map(|a| &a.name).collect();
@@ -160,7 +210,8 @@ pub(crate) fn workflow(args: TokenStream, item: TokenStream) -> TokenStream {
         .map(|a| &a.ty)
         .chain(std::iter::once(&ret))
         .map(|ty| quote_spanned!(ty.span()=> #k::__private::assert_journaled::<#ty>();));
-    let boxed = quote_spanned!(ident.span()=> #k::__private::boxed_send(__durable_body(#(#names),*)));
+    let boxed =
+        quote_spanned!(ident.span()=> #k::__private::boxed_send(__durable_body(#(#names),*)));
     quote! {
         #(#attrs)*
         #vis fn #ident(#(#names: #tys),*) -> #k::WorkflowCall<#ret> {
@@ -198,14 +249,21 @@ pub(crate) fn branch(args: TokenStream, item: TokenStream) -> TokenStream {
     let k = args.common.krate.clone();
     Branches { krate: &k }.visit_block_mut(&mut func.block);
     let ret = validate::output_type(&func.sig);
-    let ItemFn { attrs, vis, sig, block, .. } = &func;
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+        ..
+    } = &func;
+    let body = typed_body(&k, &ret, std::iter::empty(), block);
     let mut sig = sig.clone();
     sig.asyncness = None;
     sig.output = syn::parse_quote_spanned!(ret.span()=> -> impl #k::__private::core::future::Future<Output = #ret>);
     quote! {
         #(#attrs)*
         #vis #sig {
-            #k::__private::branch::<#ret, _>(async move #block)
+            #k::__private::branch::<#ret, _>(async move #body)
         }
     }
 }

@@ -29,7 +29,10 @@ pub(crate) fn is_async(kind: Kind, sig: &Signature, errors: &mut Errors) {
     if sig.asyncness.is_none() {
         errors.push(syn::Error::new(
             sig.fn_token.span,
-            format!("`{}` goes on an `async fn`; add `async` before `fn`", kind.attr()),
+            format!(
+                "`{}` goes on an `async fn`; add `async` before `fn`",
+                kind.attr()
+            ),
         ));
     }
 }
@@ -38,16 +41,28 @@ pub(crate) fn is_async(kind: Kind, sig: &Signature, errors: &mut Errors) {
 /// a step id and returns a future.
 pub(crate) fn plain_fn(kind: Kind, sig: &Signature, errors: &mut Errors) {
     if let Some(c) = &sig.constness {
-        errors.push(syn::Error::new(c.span, format!("`{}` cannot be a `const fn`", kind.attr())));
+        errors.push(syn::Error::new(
+            c.span,
+            format!("`{}` cannot be a `const fn`", kind.attr()),
+        ));
     }
     if let syn::Safety::Unsafe(u) = &sig.safety {
-        errors.push(syn::Error::new(u.span(), format!("`{}` cannot be an `unsafe fn`", kind.attr())));
+        errors.push(syn::Error::new(
+            u.span(),
+            format!("`{}` cannot be an `unsafe fn`", kind.attr()),
+        ));
     }
     if let Some(abi) = &sig.abi {
-        errors.push(syn::Error::new_spanned(abi, format!("`{}` cannot have an ABI", kind.attr())));
+        errors.push(syn::Error::new_spanned(
+            abi,
+            format!("`{}` cannot have an ABI", kind.attr()),
+        ));
     }
     if let Some(v) = &sig.variadic {
-        errors.push(syn::Error::new_spanned(v, format!("`{}` cannot be variadic", kind.attr())));
+        errors.push(syn::Error::new_spanned(
+            v,
+            format!("`{}` cannot be variadic", kind.attr()),
+        ));
     }
 }
 
@@ -57,8 +72,12 @@ pub(crate) fn plain_fn(kind: Kind, sig: &Signature, errors: &mut Errors) {
 pub(crate) fn no_receiver(kind: Kind, sig: &Signature, errors: &mut Errors) {
     if let Some(r) = sig.receiver() {
         let message = match kind {
-            Kind::Step => "`#[step]` cannot take `self`; make it a free function and pass what it needs as owned arguments (for example an `Arc` of a client)",
-            _ => "`#[workflow]` cannot take `self`: a workflow is re-run from its recorded input alone; make it a free function",
+            Kind::Step => {
+                "`#[step]` cannot take `self`; make it a free function and pass what it needs as owned arguments (for example an `Arc` of a client)"
+            }
+            _ => {
+                "`#[workflow]` cannot take `self`: a workflow is re-run from its recorded input alone; make it a free function"
+            }
         };
         errors.push(syn::Error::new(r.self_token.span, message));
     }
@@ -79,13 +98,13 @@ pub(crate) fn not_generic(sig: &Signature, errors: &mut Errors) {
         ));
     }
     for arg in &sig.inputs {
-        if let FnArg::Typed(t) = arg {
-            if let Type::ImplTrait(i) = &*t.ty {
-                errors.push(syn::Error::new_spanned(
+        if let FnArg::Typed(t) = arg
+            && let Type::ImplTrait(i) = &*t.ty
+        {
+            errors.push(syn::Error::new_spanned(
                     i,
                     "`#[workflow]` arguments need concrete types, not `impl Trait`: recovery decodes the recorded input into them",
                 ));
-            }
         }
     }
 }
@@ -94,14 +113,18 @@ pub(crate) fn not_generic(sig: &Signature, errors: &mut Errors) {
 /// spawned and retried, and a workflow's input is decoded from the journal.
 pub(crate) fn owned_arguments(kind: Kind, sig: &Signature, errors: &mut Errors) {
     for arg in &sig.inputs {
-        if let FnArg::Typed(t) = arg {
-            if let Some(r) = find_borrow(&t.ty) {
-                let message = match kind {
-                    Kind::Step => "`#[step]` arguments must be owned (`String`, not `&str`): the step's future may outlive the caller (`tokio::spawn`) and is re-run on retry",
-                    _ => "`#[workflow]` arguments must be owned (`String`, not `&str`): the workflow's input is recorded and decoded again on recovery",
-                };
-                errors.push(syn::Error::new(r, message));
-            }
+        if let FnArg::Typed(t) = arg
+            && let Some(r) = find_borrow(&t.ty)
+        {
+            let message = match kind {
+                Kind::Step => {
+                    "`#[step]` arguments must be owned (`String`, not `&str`): the step's future may outlive the caller (`tokio::spawn`) and is re-run on retry"
+                }
+                _ => {
+                    "`#[workflow]` arguments must be owned (`String`, not `&str`): the workflow's input is recorded and decoded again on recovery"
+                }
+            };
+            errors.push(syn::Error::new(r, message));
         }
     }
 }

@@ -4,16 +4,34 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use durable_runtime::{Durability, Error, Location, Runtime, WorkflowStatus, step, workflow};
 
 /// Inputs for which `drifting` takes its other path: "the code changed".
 static CHANGED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
-static BODIES: AtomicUsize = AtomicUsize::new(0);
+/// Step bodies run, per workflow key (tests run in parallel; each uses its own key).
+static BODIES: Mutex<Option<HashMap<String, usize>>> = Mutex::new(None);
+
+fn ran(key: &str) {
+    *BODIES
+        .lock()
+        .expect("lock")
+        .get_or_insert_with(HashMap::new)
+        .entry(key.to_owned())
+        .or_default() += 1;
+}
+
+fn bodies(key: &str) -> usize {
+    BODIES
+        .lock()
+        .expect("lock")
+        .as_ref()
+        .and_then(|m| m.get(key).copied())
+        .unwrap_or(0)
+}
 
 fn changed(key: &str) -> bool {
     CHANGED
@@ -33,19 +51,19 @@ fn change(key: &str) {
 
 #[step]
 async fn reserve(key: String) -> String {
-    BODIES.fetch_add(1, Ordering::SeqCst);
+    ran(&key);
     format!("reserved {key}")
 }
 
 #[step]
 async fn charge(key: String) -> String {
-    BODIES.fetch_add(1, Ordering::SeqCst);
+    ran(&key);
     format!("charged {key}")
 }
 
 #[step]
 async fn ship(key: String) -> String {
-    BODIES.fetch_add(1, Ordering::SeqCst);
+    ran(&key);
     format!("shipped {key}")
 }
 
@@ -117,7 +135,7 @@ async fn a_different_step_at_a_recorded_path_is_a_divergence() {
     drop(rt);
     common::make_pending(&path, "d1");
     let before = snapshot(&path);
-    let bodies = BODIES.load(Ordering::SeqCst);
+    let ran_before = bodies("d1");
 
     change("d1");
     let rt = common::reopen(&path).await;
@@ -146,8 +164,8 @@ async fn a_different_step_at_a_recorded_path_is_a_divergence() {
     );
     assert_eq!(handle.status(), WorkflowStatus::Stopped);
     assert_eq!(
-        BODIES.load(Ordering::SeqCst),
-        bodies,
+        bodies("d1"),
+        ran_before,
         "no step body may run past a divergence"
     );
     drop((rt, handle));
@@ -219,7 +237,7 @@ async fn resume_with_corrupt_step(id: &str, corrupt: impl FnOnce(Vec<u8>) -> Vec
         rusqlite::params![id, corrupt(original)],
     );
     let before = snapshot(&path);
-    let bodies = BODIES.load(Ordering::SeqCst);
+    let ran_before = bodies(id);
 
     let rt = common::reopen(&path).await;
     let err = rt
@@ -248,8 +266,8 @@ async fn resume_with_corrupt_step(id: &str, corrupt: impl FnOnce(Vec<u8>) -> Vec
         "{err}"
     );
     assert_eq!(
-        BODIES.load(Ordering::SeqCst),
-        bodies,
+        bodies(id),
+        ran_before,
         "a corrupt record must not re-run the step"
     );
     drop(rt);

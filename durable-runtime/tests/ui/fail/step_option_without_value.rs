@@ -1,0 +1,8 @@
+use durable_runtime::step;
+
+#[step(retries)]
+async fn fetch(id: u32) -> Result<u32, String> {
+    Ok(id)
+}
+
+fn main() {}
