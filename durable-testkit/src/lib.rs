@@ -81,7 +81,11 @@ impl TempJournal {
     pub async fn runtime(&self) -> durable_runtime::Result<Runtime> {
         let deadline = Instant::now() + RELEASE_TIMEOUT;
         loop {
-            match Runtime::builder(&self.path).durability(Durability::Normal).open().await {
+            match Runtime::builder(&self.path)
+                .durability(Durability::Normal)
+                .open()
+                .await
+            {
                 Err(Error::Locked { .. }) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }

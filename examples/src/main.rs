@@ -1,2 +1,0 @@
-//! Placeholder until the checkout example lands.
-fn main() {}
