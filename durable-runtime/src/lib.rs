@@ -167,7 +167,9 @@ pub use crate::workflow::WorkflowCall;
 ///
 /// The backoff options need `retries`. A retried step must return `Result` and take
 /// `Clone` arguments (each attempt gets its own copy); only the final attempt's result
-/// is recorded.
+/// is recorded. Attempts are not journaled one by one: if the process dies during the
+/// retries, the recovered step starts with a fresh budget, and its record's `attempts`
+/// counts the attempts of the execution that finished it.
 ///
 /// # Rules
 ///
@@ -200,6 +202,10 @@ pub use crate::workflow::WorkflowCall;
 /// Because the id is claimed at the call, `join!(a(), b())`, `join_all(xs.map(step))`
 /// and `tokio::spawn(step(x))` number their steps identically on every run, and a step
 /// that is called but never awaited still holds its id.
+///
+/// If its workflow stops (a divergence, a corrupt row, a journal error), a step future
+/// still running never completes: await spawned steps from the workflow (as you would
+/// any `JoinHandle`) rather than leaving them detached.
 #[doc(inline)]
 pub use durable_macros::step;
 
