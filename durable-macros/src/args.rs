@@ -83,6 +83,19 @@ fn parse_pairs(input: ParseStream<'_>) -> syn::Result<Vec<Pair>> {
     Ok(pairs)
 }
 
+/// Parses the attribute's `key = value` list and hands each pair to `set`, which
+/// matches the key; a malformed list is one error.
+fn each_pair(tokens: TokenStream, errors: &mut Errors, mut set: impl FnMut(&mut Errors, Pair)) {
+    match parse_pairs.parse2(tokens) {
+        Err(e) => errors.push(e),
+        Ok(pairs) => {
+            for pair in pairs {
+                set(errors, pair);
+            }
+        }
+    }
+}
+
 /// The closest known option to a misspelled one, if it is close enough to suggest.
 fn suggest(word: &str, known: &'static [&'static str]) -> Option<&'static str> {
     fn distance(a: &str, b: &str) -> usize {
@@ -246,28 +259,17 @@ impl StepArgs {
         let mut backoff = None;
         let mut factor = None;
         let mut max = None;
-        match parse_pairs.parse2(tokens) {
-            Err(e) => errors.push(e),
-            Ok(pairs) => {
-                for Pair { key, value } in pairs {
-                    match key.to_string().as_str() {
-                        "crate" => set_once(errors, &mut krate, &key, parse_krate(&value)),
-                        "name" => set_once(errors, &mut name, &key, parse_lit_str(&key, &value)),
-                        "retries" => set_once(errors, &mut retries, &key, parse_retries(&value)),
-                        "backoff" => {
-                            set_once(errors, &mut backoff, &key, parse_duration(&key, &value))
-                        }
-                        "backoff_factor" => {
-                            set_once(errors, &mut factor, &key, parse_factor(&value))
-                        }
-                        "max_backoff" => {
-                            set_once(errors, &mut max, &key, parse_duration(&key, &value))
-                        }
-                        _ => errors.push(unknown("step", &key, STEP_OPTIONS)),
-                    }
-                }
+        each_pair(tokens, errors, |errors, Pair { key, value }| {
+            match key.to_string().as_str() {
+                "crate" => set_once(errors, &mut krate, &key, parse_krate(&value)),
+                "name" => set_once(errors, &mut name, &key, parse_lit_str(&key, &value)),
+                "retries" => set_once(errors, &mut retries, &key, parse_retries(&value)),
+                "backoff" => set_once(errors, &mut backoff, &key, parse_duration(&key, &value)),
+                "backoff_factor" => set_once(errors, &mut factor, &key, parse_factor(&value)),
+                "max_backoff" => set_once(errors, &mut max, &key, parse_duration(&key, &value)),
+                _ => errors.push(unknown("step", &key, STEP_OPTIONS)),
             }
-        }
+        });
         StepArgs::finish(krate, name, retries, backoff, factor, max, errors)
     }
 
@@ -323,18 +325,13 @@ impl WorkflowArgs {
     pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> WorkflowArgs {
         let mut krate = None;
         let mut name = None;
-        match parse_pairs.parse2(tokens) {
-            Err(e) => errors.push(e),
-            Ok(pairs) => {
-                for Pair { key, value } in pairs {
-                    match key.to_string().as_str() {
-                        "crate" => set_once(errors, &mut krate, &key, parse_krate(&value)),
-                        "name" => set_once(errors, &mut name, &key, parse_lit_str(&key, &value)),
-                        _ => errors.push(unknown("workflow", &key, WORKFLOW_OPTIONS)),
-                    }
-                }
+        each_pair(tokens, errors, |errors, Pair { key, value }| {
+            match key.to_string().as_str() {
+                "crate" => set_once(errors, &mut krate, &key, parse_krate(&value)),
+                "name" => set_once(errors, &mut name, &key, parse_lit_str(&key, &value)),
+                _ => errors.push(unknown("workflow", &key, WORKFLOW_OPTIONS)),
             }
-        }
+        });
         WorkflowArgs {
             common: Common {
                 krate: krate.map_or_else(default_krate, |k| k.1),
@@ -347,17 +344,12 @@ impl WorkflowArgs {
 impl BranchArgs {
     pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> BranchArgs {
         let mut krate = None;
-        match parse_pairs.parse2(tokens) {
-            Err(e) => errors.push(e),
-            Ok(pairs) => {
-                for Pair { key, value } in pairs {
-                    match key.to_string().as_str() {
-                        "crate" => set_once(errors, &mut krate, &key, parse_krate(&value)),
-                        _ => errors.push(unknown("branch", &key, BRANCH_OPTIONS)),
-                    }
-                }
+        each_pair(tokens, errors, |errors, Pair { key, value }| {
+            match key.to_string().as_str() {
+                "crate" => set_once(errors, &mut krate, &key, parse_krate(&value)),
+                _ => errors.push(unknown("branch", &key, BRANCH_OPTIONS)),
             }
-        }
+        });
         BranchArgs {
             common: Common {
                 krate: krate.map_or_else(default_krate, |k| k.1),

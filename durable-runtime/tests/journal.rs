@@ -157,14 +157,7 @@ async fn a_journal_from_a_newer_durable_is_refused() {
         "UPDATE durable_meta SET value = '99' WHERE key = 'schema_version'",
         [],
     );
-    let err = loop {
-        match Runtime::open(&path).await {
-            Err(Error::Locked { .. }) => {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await
-            }
-            other => break other.expect_err("newer schema"),
-        }
-    };
+    let err = common::try_reopen(&path).await.expect_err("newer schema");
     assert_refused(
         &path,
         &err,
@@ -183,14 +176,7 @@ async fn a_journal_written_by_another_codec_is_refused() {
         "UPDATE durable_meta SET value = 'json' WHERE key = 'codec'",
         [],
     );
-    let err = loop {
-        match Runtime::open(&path).await {
-            Err(Error::Locked { .. }) => {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await
-            }
-            other => break other.expect_err("other codec"),
-        }
-    };
+    let err = common::try_reopen(&path).await.expect_err("other codec");
     assert_refused(
         &path,
         &err,

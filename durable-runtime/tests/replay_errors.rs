@@ -5,10 +5,12 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use durable_runtime::{Durability, Error, Location, Runtime, WorkflowStatus, step, workflow};
+use durable_runtime::{
+    Durability, Error, Location, Runtime, WorkflowCall, WorkflowStatus, step, workflow,
+};
 
 /// Inputs for which `drifting` takes its other path: "the code changed".
 static CHANGED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
@@ -88,12 +90,28 @@ async fn shrinking(key: String) -> Vec<String> {
     out
 }
 
-async fn open(path: &Path) -> Runtime {
-    Runtime::builder(path)
+/// Runs `call` as workflow `id` to completion in a fresh journal, then makes it look as
+/// if the process died before recording the outcome: the next open replays it.
+async fn record_unfinished<O: serde::de::DeserializeOwned>(
+    id: &str,
+    call: WorkflowCall<O>,
+) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal.db");
+    let rt = Runtime::builder(&path)
         .durability(Durability::Normal)
         .open()
         .await
-        .expect("open")
+        .expect("open");
+    rt.start_with_id(id, call)
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect("first run");
+    drop(rt);
+    common::make_pending(&path, id);
+    (dir, path)
 }
 
 struct Snapshot {
@@ -123,17 +141,7 @@ fn assert_unchanged(path: &Path, before: &Snapshot) {
 
 #[tokio::test]
 async fn a_different_step_at_a_recorded_path_is_a_divergence() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("journal.db");
-    let rt = open(&path).await;
-    rt.start_with_id("d1", drifting("d1".into()))
-        .await
-        .expect("start")
-        .result()
-        .await
-        .expect("first run");
-    drop(rt);
-    common::make_pending(&path, "d1");
+    let (_dir, path) = record_unfinished("d1", drifting("d1".into())).await;
     let before = snapshot(&path);
     let ran_before = bodies("d1");
 
@@ -174,17 +182,7 @@ async fn a_different_step_at_a_recorded_path_is_a_divergence() {
 
 #[tokio::test]
 async fn finishing_without_a_recorded_step_is_a_divergence() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("journal.db");
-    let rt = open(&path).await;
-    rt.start_with_id("s1", shrinking("s1".into()))
-        .await
-        .expect("start")
-        .result()
-        .await
-        .expect("first run");
-    drop(rt);
-    common::make_pending(&path, "s1");
+    let (_dir, path) = record_unfinished("s1", shrinking("s1".into())).await;
     let before = snapshot(&path);
 
     change("s1");
@@ -212,17 +210,7 @@ async fn finishing_without_a_recorded_step_is_a_divergence() {
 /// Runs `drifting` once, marks it unfinished, overwrites step 1's output with `bytes`
 /// and resumes it: the resumed run must stop with `Error::Corrupt` naming step 1.
 async fn resume_with_corrupt_step(id: &str, corrupt: impl FnOnce(Vec<u8>) -> Vec<u8>) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("journal.db");
-    let rt = open(&path).await;
-    rt.start_with_id(id, drifting(id.into()))
-        .await
-        .expect("start")
-        .result()
-        .await
-        .expect("first run");
-    drop(rt);
-    common::make_pending(&path, id);
+    let (_dir, path) = record_unfinished(id, drifting(id.into())).await;
     let original: Vec<u8> = rusqlite::Connection::open(&path)
         .expect("open")
         .query_row(
@@ -310,17 +298,7 @@ async fn trailing_bytes_after_a_step_value_are_a_clear_error() {
 
 #[tokio::test]
 async fn a_corrupt_workflow_input_is_a_clear_error() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("journal.db");
-    let rt = open(&path).await;
-    rt.start_with_id("input", drifting("input".into()))
-        .await
-        .expect("start")
-        .result()
-        .await
-        .expect("run");
-    drop(rt);
-    common::make_pending(&path, "input");
+    let (_dir, path) = record_unfinished("input", drifting("input".into())).await;
     common::sql(
         &path,
         "UPDATE durable_workflows SET input = x'fd' WHERE id = 'input'",

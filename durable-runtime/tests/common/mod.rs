@@ -46,7 +46,7 @@ pub fn make_pending(path: &Path, id: &str) {
 
 /// Opens the journal, waiting for a runtime that was just dropped to release its lock
 /// (its writer thread finishes the queued commits first).
-pub async fn reopen(path: &Path) -> Runtime {
+pub async fn try_reopen(path: &Path) -> Result<Runtime, Error> {
     for _ in 0..500 {
         match Runtime::builder(path)
             .durability(Durability::Normal)
@@ -54,8 +54,13 @@ pub async fn reopen(path: &Path) -> Runtime {
             .await
         {
             Err(Error::Locked { .. }) => tokio::time::sleep(Duration::from_millis(10)).await,
-            other => return other.expect("reopen journal"),
+            other => return other,
         }
     }
     panic!("journal {} stayed locked", path.display());
+}
+
+/// [`try_reopen`], expecting success.
+pub async fn reopen(path: &Path) -> Runtime {
+    try_reopen(path).await.expect("reopen journal")
 }
