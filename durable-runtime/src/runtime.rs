@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Poll;
 
 use serde::de::DeserializeOwned;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::Durability;
 use crate::codec::{CODEC, Codec};
@@ -254,43 +254,18 @@ impl Runtime {
             }
         };
         let handle = WorkflowHandle::new(id.clone(), tx.subscribe());
-        let created = self
-            .inner
-            .store
-            .create_workflow(NewWorkflow {
-                id: id.clone(),
-                name,
-                input: input.clone(),
-                app_version: self.inner.app_version.clone(),
-                created_at: now_ms(),
-            })
-            .await
-            .unwrap_or_else(|_| Err(closed(self.path(), &id)));
-        match created {
-            Ok(Created::New) => {
-                tokio::spawn(drive(self.inner.clone(), id, def, input, tx));
-            }
-            Ok(Created::Existing(record)) if record.name != name => {
-                let e = mismatch(&id, &record.name, name);
-                self.inner.settle(&id, &tx, Arc::new(Err(e.clone())));
-                return Err(e);
-            }
-            Ok(Created::Existing(record)) => match record.status {
-                RecordStatus::Pending => {
-                    tokio::spawn(drive(self.inner.clone(), id, def, record.input, tx));
-                }
-                RecordStatus::Completed | RecordStatus::Failed => {
-                    self.inner
-                        .settle(&id, &tx, Arc::new(recorded_outcome(self.path(), record)));
-                }
-            },
-            Err(e) => {
-                let e = Error::Store(e);
-                self.inner.settle(&id, &tx, Arc::new(Err(e.clone())));
-                return Err(e);
-            }
+        // The id is now claimed in `running`. The rest happens in a task of its own, so
+        // a caller that stops waiting (a timeout, a dropped request) cannot leave the
+        // claim behind without a run.
+        let (reply, admitted) = oneshot::channel();
+        tokio::spawn(admit(self.inner.clone(), id.clone(), def, input, tx, reply));
+        match admitted.await {
+            Ok(Ok(())) => Ok(handle),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Stopped {
+                workflow_id: id.to_string(),
+            }),
         }
-        Ok(handle)
     }
 
     /// The recorded steps of workflow `id`, ordered by path: what a replay would return
@@ -320,6 +295,60 @@ impl Inner {
         tx.send_replace(Some(outcome));
         lock(&self.running).remove(id);
     }
+}
+
+/// Journals a new run (or finds the existing one) and starts driving it; replies to the
+/// caller of `start_with_id` if it is still waiting.
+async fn admit(
+    inner: Arc<Inner>,
+    id: Arc<str>,
+    def: &'static dyn ErasedWorkflow,
+    input: Vec<u8>,
+    tx: watch::Sender<Option<Outcome>>,
+    reply: oneshot::Sender<Result<()>>,
+) {
+    let name = def.name();
+    let created = inner
+        .store
+        .create_workflow(NewWorkflow {
+            id: id.clone(),
+            name,
+            input: input.clone(),
+            app_version: inner.app_version.clone(),
+            created_at: now_ms(),
+        })
+        .await
+        .unwrap_or_else(|_| Err(closed(inner.store.path(), &id)));
+    let result = match created {
+        Ok(Created::New) => {
+            tokio::spawn(drive(inner, id, def, input, tx));
+            Ok(())
+        }
+        Ok(Created::Existing(record)) if record.name != name => {
+            let e = mismatch(&id, &record.name, name);
+            inner.settle(&id, &tx, Arc::new(Err(e.clone())));
+            Err(e)
+        }
+        Ok(Created::Existing(record)) => {
+            match record.status {
+                RecordStatus::Pending => {
+                    tokio::spawn(drive(inner, id, def, record.input, tx));
+                }
+                RecordStatus::Completed | RecordStatus::Failed => {
+                    let outcome = recorded_outcome(inner.store.path(), record);
+                    inner.settle(&id, &tx, Arc::new(outcome));
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let e = Error::Store(e);
+            inner.settle(&id, &tx, Arc::new(Err(e.clone())));
+            Err(e)
+        }
+    };
+    // The caller may have stopped waiting; the run goes on regardless.
+    let _ = reply.send(result);
 }
 
 fn mismatch(id: &str, existing: &str, requested: &str) -> Error {

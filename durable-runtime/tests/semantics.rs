@@ -315,3 +315,30 @@ async fn a_step_dropped_unpolled_keeps_its_id() {
         "a dropped step never runs"
     );
 }
+
+#[step]
+async fn slow_double(x: u64) -> u64 {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    x * 2
+}
+
+#[workflow]
+async fn patient(x: u64) -> u64 {
+    slow_double(x).await
+}
+
+#[tokio::test]
+async fn a_start_abandoned_by_its_caller_still_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = open(&dir).await;
+    // The caller gives up after the first poll (a timeout, a dropped web request):
+    // the start must not leave the id claimed without a run.
+    let mut abandoned = Box::pin(rt.start_with_id("abandoned", patient(1)));
+    assert!(futures::poll!(&mut abandoned).is_pending());
+    drop(abandoned);
+    let handle = rt
+        .start_with_id("abandoned", patient(1))
+        .await
+        .expect("start");
+    assert_eq!(handle.result().await.expect("the run goes on"), 2);
+}
