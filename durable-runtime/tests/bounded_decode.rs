@@ -1,6 +1,7 @@
 //! Decoding a journal row never allocates in proportion to what a corrupt or hostile
 //! length prefix claims. A counting allocator records the largest single allocation made
-//! while decoding 9-byte rows that claim `u64::MAX` elements.
+//! while decoding 9-byte rows that claim `u64::MAX` elements; claims over zero-sized
+//! elements, which take no bytes, must fail rather than decode for ever.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
@@ -102,4 +103,30 @@ fn sequences_and_maps_reserve_no_more_elements_than_the_row_has_bytes() {
     // A map's table has a fixed overhead per bucket on top of the entries.
     let map = largest_allocation_decoding::<HashMap<u64, u64>>(&row);
     assert!(map <= 1024, "largest allocation {map}");
+}
+
+#[test]
+fn a_huge_length_over_zero_sized_elements_is_an_error_not_a_hang() {
+    let row = hostile_row();
+    // `()` takes no bytes: without a count, u64::MAX of them would decode for ever.
+    let err = Bincode.decode::<Vec<()>>(&row).expect_err("refused");
+    assert!(
+        err.to_string().contains("more than a 9-byte row can hold"),
+        "{err}"
+    );
+    #[derive(serde::Deserialize, Debug)]
+    struct Marker;
+    assert!(Bincode.decode::<Vec<Marker>>(&row).is_err());
+    assert!(Bincode.decode::<HashMap<(), ()>>(&row).is_err());
+    assert!(
+        Bincode
+            .decode::<Vec<Vec<()>>>(&[1, 253, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+            .is_err()
+    );
+    // Honest zero-sized sequences still decode.
+    let thousand = Bincode.encode(&vec![(); 1000]).expect("encode");
+    assert_eq!(
+        Bincode.decode::<Vec<()>>(&thousand).expect("decode").len(),
+        1000
+    );
 }

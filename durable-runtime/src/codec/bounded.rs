@@ -6,7 +6,13 @@
 //! reserve that much. Every element of a bincode row takes at least one byte, so no
 //! valid row of `n` bytes holds more than `n` elements: this wrapper caps every hint at
 //! `n`, which bounds each reservation by what a valid row of the same size could need.
-//! It changes nothing else: every call is forwarded as it is.
+//!
+//! Zero-sized elements (`()`, unit structs) take no bytes, so a claimed length of
+//! `u64::MAX` over them would decode "successfully" for ever. The wrapper therefore also
+//! counts: a sequence or map yielding more than `n + ZERO_SIZED_ALLOWANCE` elements is an
+//! error. Elements of any other type take at least one byte each and stop at `n`.
+//!
+//! Otherwise every call is forwarded as it is.
 
 use std::fmt;
 
@@ -33,6 +39,35 @@ struct CappedSeed<S> {
 struct CappedAccess<A> {
     inner: A,
     cap: usize,
+    /// Elements (or map entries) yielded so far.
+    seen: usize,
+}
+
+/// How many elements beyond one per byte a sequence may yield: room for sequences of
+/// zero-sized values, small enough that a hostile length is refused in milliseconds.
+const ZERO_SIZED_ALLOWANCE: usize = 1 << 16;
+
+impl<A> CappedAccess<A> {
+    fn new(inner: A, cap: usize) -> Self {
+        CappedAccess {
+            inner,
+            cap,
+            seen: 0,
+        }
+    }
+
+    /// Counts one more element; an error once there are more than the row can hold.
+    fn count<E: de::Error>(&mut self) -> Result<(), E> {
+        self.seen += 1;
+        let limit = self.cap.saturating_add(ZERO_SIZED_ALLOWANCE);
+        if self.seen > limit {
+            return Err(E::custom(format_args!(
+                "a sequence yields more than {limit} elements, more than a {}-byte row can hold",
+                self.cap
+            )));
+        }
+        Ok(())
+    }
 }
 
 macro_rules! forward_deserialize {
@@ -116,24 +151,15 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for CappedVisitor<V> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        self.inner.visit_seq(CappedAccess {
-            inner: seq,
-            cap: self.cap,
-        })
+        self.inner.visit_seq(CappedAccess::new(seq, self.cap))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        self.inner.visit_map(CappedAccess {
-            inner: map,
-            cap: self.cap,
-        })
+        self.inner.visit_map(CappedAccess::new(map, self.cap))
     }
 
     fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Self::Value, A::Error> {
-        self.inner.visit_enum(CappedAccess {
-            inner: data,
-            cap: self.cap,
-        })
+        self.inner.visit_enum(CappedAccess::new(data, self.cap))
     }
 }
 
@@ -155,10 +181,14 @@ impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for CappedAccess<A> {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, A::Error> {
-        self.inner.next_element_seed(CappedSeed {
-            inner: seed,
-            cap: self.cap,
-        })
+        let cap = self.cap;
+        let next = self
+            .inner
+            .next_element_seed(CappedSeed { inner: seed, cap })?;
+        if next.is_some() {
+            self.count()?;
+        }
+        Ok(next)
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -173,10 +203,12 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for CappedAccess<A> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, A::Error> {
-        self.inner.next_key_seed(CappedSeed {
-            inner: seed,
-            cap: self.cap,
-        })
+        let cap = self.cap;
+        let next = self.inner.next_key_seed(CappedSeed { inner: seed, cap })?;
+        if next.is_some() {
+            self.count()?;
+        }
+        Ok(next)
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
@@ -201,13 +233,7 @@ impl<'de, A: EnumAccess<'de>> EnumAccess<'de> for CappedAccess<A> {
     ) -> Result<(V::Value, Self::Variant), A::Error> {
         let cap = self.cap;
         let (value, variant) = self.inner.variant_seed(CappedSeed { inner: seed, cap })?;
-        Ok((
-            value,
-            CappedAccess {
-                inner: variant,
-                cap,
-            },
-        ))
+        Ok((value, CappedAccess::new(variant, cap)))
     }
 }
 
