@@ -426,7 +426,7 @@ where
                         *this.state = State::Stopped;
                         return Poll::Ready(output);
                     };
-                    match encode_checked(&output) {
+                    match crate::codec::encode_checked(&output) {
                         Ok(bytes) => {
                             // Hand back the decoded copy, not `output`: the caller sees
                             // exactly what a replay will see.
@@ -461,17 +461,6 @@ where
             }
         }
     }
-}
-
-/// Encodes `value` and decodes it back, so a type whose serde impls do not round-trip
-/// (for example `skip_serializing_if`, which bincode cannot represent) is caught before
-/// it is recorded, instead of breaking a replay later.
-pub(crate) fn encode_checked<T: Serialize + DeserializeOwned>(
-    value: &T,
-) -> Result<(T, Vec<u8>), crate::codec::CodecError> {
-    let bytes = CODEC.encode(value)?;
-    let back = CODEC.decode::<T>(&bytes)?;
-    Ok((back, bytes))
 }
 
 fn writer_gone(claim: &Claim) -> Error {

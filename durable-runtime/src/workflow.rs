@@ -8,7 +8,7 @@ use std::pin::Pin;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::codec::{CODEC, Codec, CodecError};
+use crate::codec::{CODEC, Codec, CodecError, encode_checked};
 
 /// A boxed, sendable future: what a workflow body becomes once started.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -49,7 +49,7 @@ pub(crate) trait ErasedWorkflow: Sync + fmt::Debug + 'static {
 impl<I, O> ErasedWorkflow for WorkflowDef<I, O>
 where
     I: DeserializeOwned + Send + 'static,
-    O: Serialize + Send + 'static,
+    O: Serialize + DeserializeOwned + Send + 'static,
 {
     fn name(&self) -> &'static str {
         self.name
@@ -63,7 +63,7 @@ where
         let body = (self.run)(input);
         Ok(Box::pin(async move {
             let output = body.await;
-            CODEC.encode(&output)
+            encode_checked(&output).map(|(_, bytes)| bytes)
         }))
     }
 }
@@ -79,7 +79,7 @@ impl WorkflowEntry {
     pub const fn new<I, O>(def: &'static WorkflowDef<I, O>) -> Self
     where
         I: DeserializeOwned + Send + 'static,
-        O: Serialize + Send + 'static,
+        O: Serialize + DeserializeOwned + Send + 'static,
     {
         WorkflowEntry(def)
     }
@@ -110,11 +110,11 @@ impl<O> WorkflowCall<O> {
     pub fn new<I>(def: &'static WorkflowDef<I, O>, input: I) -> Self
     where
         I: Serialize + DeserializeOwned + Send + 'static,
-        O: Serialize + Send + 'static,
+        O: Serialize + DeserializeOwned + Send + 'static,
     {
         WorkflowCall {
             def,
-            input: CODEC.encode(&input),
+            input: encode_checked(&input).map(|(_, bytes)| bytes),
             _output: PhantomData,
         }
     }

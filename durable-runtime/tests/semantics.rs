@@ -342,3 +342,65 @@ async fn a_start_abandoned_by_its_caller_still_runs() {
         .expect("start");
     assert_eq!(handle.result().await.expect("the run goes on"), 2);
 }
+
+/// bincode cannot represent `skip_serializing_if`: the encoding does not decode back.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Lossy {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+    n: u32,
+}
+
+#[workflow]
+async fn lossy_output() -> Lossy {
+    Lossy { note: None, n: 3 }
+}
+
+#[workflow]
+async fn lossy_input(x: Lossy) -> u32 {
+    x.n
+}
+
+#[tokio::test]
+async fn an_output_that_does_not_round_trip_fails_the_workflow_for_good() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = open(&dir).await;
+    let h = rt
+        .start_with_id("lossy-out", lossy_output())
+        .await
+        .expect("start");
+    let err = h.result().await.expect_err("not recordable");
+    assert!(
+        matches!(&err, Error::Failed { kind: FailureKind::OutputNotEncodable, message, .. }
+            if message.contains("does not decode back")),
+        "{err:?}"
+    );
+    assert_eq!(h.status(), WorkflowStatus::Failed);
+    // Recorded as failed, so starting it again says the same without running.
+    let again = rt
+        .start_with_id("lossy-out", lossy_output())
+        .await
+        .expect("start");
+    assert_eq!(
+        again.result().await.expect_err("failed").to_string(),
+        err.to_string()
+    );
+}
+
+#[tokio::test]
+async fn an_input_that_does_not_round_trip_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal.db");
+    let rt = open(&dir).await;
+    let err = rt
+        .start_with_id("lossy-in", lossy_input(Lossy { note: None, n: 1 }))
+        .await
+        .expect_err("not recordable");
+    assert!(
+        matches!(&err, Error::Encode { what, reason }
+            if what.contains("lossy-in") && reason.to_string().contains("does not decode back")),
+        "{err:?}"
+    );
+    drop(rt);
+    assert!(common::dump(&path, "durable_workflows").is_empty());
+}

@@ -158,6 +158,25 @@ impl Codec for Bincode {
 /// The codec the runtime uses.
 pub(crate) const CODEC: Bincode = Bincode;
 
+/// Encodes `value` and decodes it back, returning the decoded copy with the bytes.
+///
+/// A type whose serde impls do not round-trip through the codec (bincode cannot
+/// represent `#[serde(skip_serializing_if)]`, `flatten` or untagged enums) is caught
+/// here, before it is recorded, instead of making a recorded run unreadable later. The
+/// caller hands out the decoded copy, so a first run sees exactly what a replay will.
+pub(crate) fn encode_checked<T: Serialize + DeserializeOwned>(
+    value: &T,
+) -> Result<(T, Vec<u8>), CodecError> {
+    let bytes = CODEC.encode(value)?;
+    match CODEC.decode::<T>(&bytes) {
+        Ok(back) => Ok((back, bytes)),
+        Err(e) => Err(CodecError::new(format!(
+            "the value does not decode back from its own encoding ({e}); bincode cannot \
+             represent `#[serde(skip_serializing_if)]`, `#[serde(flatten)]` or untagged enums"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
