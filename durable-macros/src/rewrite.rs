@@ -2,12 +2,12 @@
 //! branch: `async { .. }` becomes `branch(async { .. })`, which claims a step position
 //! from its parent when it is *created* and numbers its own steps below it.
 
-use proc_macro2::Span;
+use proc_macro2::{Ident, Span, TokenStream};
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::visit_mut::{self, VisitMut};
-use syn::{Expr, Item, Macro, Path, ReturnType, Token};
+use syn::{Expr, Item, Macro, Pat, Path, Token};
 
 pub(crate) struct Branches<'a> {
     pub(crate) krate: &'a Path,
@@ -29,19 +29,41 @@ impl VisitMut for Branches<'_> {
                 *expr = syn::parse_quote_spanned!(span=> #krate::__private::branch(#block));
             }
             Expr::Closure(closure) if closure.asyncness.is_some() => {
-                // `async |x| body` becomes `|x| branch(async move { body })`: the branch
-                // is claimed when the closure is called, like a step. The arguments move
-                // into the block, as they do into an async closure's future.
+                // `async |x| body` stays an async closure, wrapped in a plain closure
+                // that calls it and makes the future a branch, so the branch is claimed
+                // when the closure is called, like a step:
+                //     { let f = async |x| body; move |a| branch(f(a)) }
+                // The async closure keeps its own capture rules (it may borrow from the
+                // workflow body), and the wrapper is `Fn`/`FnMut` whenever the async
+                // closure's future does not borrow from the closure itself.
                 let span = closure.asyncness.map_or_else(Span::call_site, |a| a.span);
-                closure.asyncness = None;
-                let body = &closure.body;
-                let body: Expr = match std::mem::replace(&mut closure.output, ReturnType::Default) {
-                    ReturnType::Default => syn::parse_quote!(#body),
-                    ReturnType::Type(_, ty) => {
-                        syn::parse_quote_spanned!(ty.span()=> { let __durable_out: #ty = #body; __durable_out })
+                let inner = closure.clone();
+                let f = Ident::new("__durable_closure", Span::mixed_site().located_at(span));
+                let (params, args): (Vec<TokenStream>, Vec<Ident>) = closure
+                    .inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, pat)| {
+                        let arg = Ident::new(
+                            &format!("__durable_arg{i}"),
+                            Span::mixed_site().located_at(pat.span()),
+                        );
+                        let param = match pat {
+                            Pat::Type(t) => {
+                                let ty = &t.ty;
+                                quote::quote!(#arg: #ty)
+                            }
+                            _ => quote::quote!(#arg),
+                        };
+                        (param, arg)
+                    })
+                    .unzip();
+                *expr = syn::parse_quote_spanned! {span=>
+                    {
+                        let #f = #inner;
+                        move |#(#params),*| #krate::__private::branch(#f(#(#args),*))
                     }
                 };
-                *closure.body = syn::parse_quote_spanned!(span=> #krate::__private::branch(async move { #body }));
             }
             _ => {}
         }

@@ -280,8 +280,9 @@ pub use durable_macros::workflow;
 /// workflow body.
 ///
 /// Without it, a helper that awaits two steps and runs concurrently with other code
-/// would number its steps by timing. Use it on any async function that calls steps and
-/// is called from a workflow.
+/// would number its steps by timing, and a helper moved into `tokio::spawn` would run
+/// outside the workflow's scope, so its steps would not be recorded at all. Use it on
+/// every async function that calls steps and is called from a workflow.
 ///
 /// ```
 /// use durable_runtime::{Runtime, branch, step, workflow};

@@ -106,6 +106,14 @@ async fn every_shape(n: u32) -> Vec<String> {
     let (h1, h2) = tokio::join!(pair("helper-1".into()), pair("helper-2".into()));
     out.extend([h1, h2]);
 
+    // A non-`move` async closure borrowing from the body.
+    let prefix = String::from("borrowing");
+    let borrowing = async |i: u32| {
+        let p = work(format!("{prefix}-{i}a")).await;
+        p + &work(format!("{prefix}-{i}b")).await
+    };
+    out.extend(futures::future::join_all((0..2).map(borrowing)).await);
+
     out.push(
         spawned
             .await
@@ -181,10 +189,10 @@ async fn step_paths_are_identical_under_200_completion_orders_and_replay() {
 
         match &reference {
             None => {
-                // 11 top-level steps (1-11), then 9 branches (12-20) holding 20 steps.
+                // 11 top-level steps (1-11), then 11 branches (12-22) holding 24 steps.
                 assert_eq!(
                     recorded.len(),
-                    31,
+                    35,
                     "unexpected step count: {:?}",
                     recorded.keys()
                 );
