@@ -20,7 +20,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// Another runtime, in this process or another, holds the journal open.
     #[error(
-        "journal {} is in use by another runtime (lock {} is held); stop that process or open another file",
+        "journal {} is in use by another runtime (it holds {}); stop that runtime or open another file. \
+         The lock is released when its process exits, however it exits; deleting the lock file does \
+         not release it, it lets two runtimes run the same workflows",
         path.display(),
         lock.display()
     )]

@@ -373,15 +373,10 @@ fn tokio_runtime() -> Res<tokio::runtime::Runtime> {
 
 /// The demo: a child process crashes partway through a checkout, a second one recovers it.
 fn demo() -> Res<ExitCode> {
-    let journal = std::env::temp_dir().join("durable-checkout-demo.db");
-    for suffix in ["", "-wal", "-shm", ".lock"] {
-        let mut file = journal.clone().into_os_string();
-        file.push(suffix);
-        match std::fs::remove_file(&file) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-            _ => {}
-        }
-    }
+    // A journal of its own for every demo run: two demos at once cannot meet, and the
+    // file stays for inspection afterwards.
+    let journal =
+        std::env::temp_dir().join(format!("durable-checkout-demo-{}.db", std::process::id()));
     let exe = std::env::current_exe()?;
     let child = |extra: &[&str]| -> Res<std::process::ExitStatus> {
         Ok(Command::new(&exe)
