@@ -104,6 +104,7 @@ pub(crate) fn step(args: TokenStream, item: TokenStream) -> TokenStream {
     validate::plain_fn(Kind::Step, &func.sig, &mut errors);
     validate::no_receiver(Kind::Step, &func.sig, &mut errors);
     validate::owned_arguments(Kind::Step, &func.sig, &mut errors);
+    validate::owned_output(Kind::Step, &func.sig, &mut errors);
     if let Err(e) = errors.finish() {
         return with_item(item, &e);
     }
@@ -182,6 +183,7 @@ pub(crate) fn workflow(args: TokenStream, item: TokenStream) -> TokenStream {
     validate::no_receiver(Kind::Workflow, &func.sig, &mut errors);
     validate::not_generic(&func.sig, &mut errors);
     validate::owned_arguments(Kind::Workflow, &func.sig, &mut errors);
+    validate::owned_output(Kind::Workflow, &func.sig, &mut errors);
     if let Err(e) = errors.finish() {
         return with_item(item, &e);
     }
@@ -205,6 +207,9 @@ pub(crate) fn workflow(args: TokenStream, item: TokenStream) -> TokenStream {
     let names: Vec<&Ident> = params.iter().map(|a| &a.name).collect();
     let tys: Vec<&Type> = params.iter().map(|a| &a.ty).collect();
     let unpack = params.iter().filter_map(Arg::unpack);
+    // The body's statements, not its block: `{ x }` inside the function's own braces
+    // would trip `unused_braces` on the user's code.
+    let stmts = &block.stmts;
     let asserts = params
         .iter()
         .map(|a| &a.ty)
@@ -217,7 +222,7 @@ pub(crate) fn workflow(args: TokenStream, item: TokenStream) -> TokenStream {
         #vis fn #ident(#(#names: #tys),*) -> #k::WorkflowCall<#ret> {
             async fn __durable_body(#(#names: #tys),*) -> #ret {
                 #(#unpack)*
-                #block
+                #(#stmts)*
             }
             fn __durable_run(__durable_input: (#(#tys,)*)) -> #k::__private::BoxFuture<#ret> {
                 let (#(#names,)*) = __durable_input;

@@ -129,6 +129,42 @@ pub(crate) fn owned_arguments(kind: Kind, sig: &Signature, errors: &mut Errors) 
     }
 }
 
+/// Outputs are decoded from the journal on replay, into an owned value: a reference,
+/// even `&'static str`, cannot be produced that way.
+pub(crate) fn owned_output(kind: Kind, sig: &Signature, errors: &mut Errors) {
+    if let ReturnType::Type(_, ty) = &sig.output
+        && let Some(r) = find_reference(ty)
+    {
+        errors.push(syn::Error::new(
+            r,
+            format!(
+                "`{}` must return an owned type (`String`, not `&str`): its output is recorded and decoded again on replay",
+                kind.attr()
+            ),
+        ));
+    }
+}
+
+/// The span of the first reference in `ty`, `'static` or not.
+fn find_reference(ty: &Type) -> Option<proc_macro2::Span> {
+    match ty {
+        Type::Reference(r) => Some(r.and_token.span),
+        Type::Paren(p) => find_reference(&p.elem),
+        Type::Group(g) => find_reference(&g.elem),
+        Type::Slice(s) => find_reference(&s.elem),
+        Type::Array(a) => find_reference(&a.elem),
+        Type::Tuple(t) => t.elems.iter().find_map(find_reference),
+        Type::Path(p) => p.path.segments.iter().find_map(|s| match &s.arguments {
+            PathArguments::AngleBracketed(a) => a.args.iter().find_map(|g| match g {
+                GenericArgument::Type(t) => find_reference(t),
+                _ => None,
+            }),
+            _ => None,
+        }),
+        _ => None,
+    }
+}
+
 /// The span of the first non-`'static` reference in `ty`, if any.
 fn find_borrow(ty: &Type) -> Option<proc_macro2::Span> {
     match ty {
