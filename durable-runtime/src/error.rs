@@ -49,7 +49,10 @@ pub enum Error {
     /// A journal row could not be decoded: the journal is corrupt, or the code's types
     /// no longer match what was recorded. The journal is left as it is and the workflow
     /// stays pending; fix the cause and reopen the journal to resume it.
-    #[error("workflow {workflow_id}: cannot decode the recorded {location}: {reason}")]
+    #[error(
+        "workflow {workflow_id}: cannot decode the recorded {location}: {reason}; either the journal \
+         is damaged or the type changed since it was recorded (restore the type to resume the workflow)"
+    )]
     Corrupt {
         /// The workflow whose row is corrupt.
         workflow_id: String,

@@ -209,3 +209,44 @@ async fn migrations_are_numbered_and_recorded() {
     drop(common::reopen(&path).await);
     assert_eq!(common::dump(&path, "durable_meta"), meta);
 }
+
+#[tokio::test]
+async fn a_journal_with_damaged_tables_is_refused_at_open() {
+    for (what, damage) in [
+        ("dropped table", "DROP TABLE durable_steps"),
+        (
+            "renamed column",
+            "ALTER TABLE durable_workflows RENAME COLUMN error_kind TO kind",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("shop.db");
+        drop(Runtime::open(&path).await.expect("create"));
+        common::sql(&path, damage, []);
+        let err = common::try_reopen(&path).await.expect_err(what);
+        assert_refused(
+            &path,
+            &err,
+            StoreErrorKind::NotAJournal,
+            "schema is damaged",
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_directory_is_refused_without_creating_anything() {
+    let parent = tempfile::tempdir().expect("tempdir");
+    let dir = parent.path().join("journals");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let err = Runtime::open(&dir).await.expect_err("a directory");
+    assert_refused(&dir, &err, StoreErrorKind::NotAJournal, "is a directory");
+    let entries: Vec<_> = std::fs::read_dir(parent.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(
+        entries,
+        ["journals"],
+        "nothing created beside the directory"
+    );
+}

@@ -169,6 +169,14 @@ impl SqliteStore {
     /// Opens (creating if needed) the journal at `path`, takes its lock, migrates it and
     /// starts the writer thread.
     pub(crate) fn open(path: &Path, durability: Durability, codec: &str) -> Result<Self, Error> {
+        if path.is_dir() {
+            return Err(StoreError::new(
+                path,
+                StoreErrorKind::NotAJournal,
+                "this is a directory; give the path of a journal file in it, such as `journal.db`",
+            )
+            .into());
+        }
         let lock = lock_path(path);
         create_private(&lock).map_err(|e| {
             io_error(
@@ -315,6 +323,7 @@ fn migrate(conn: &mut Connection, path: &Path, codec: &str) -> Result<(), Error>
         )
         .map_err(err)?;
     }
+    check_schema(&tx, path)?;
     let recorded: Option<String> = tx
         .query_row(
             "SELECT value FROM durable_meta WHERE key = 'codec'",
@@ -342,6 +351,36 @@ fn migrate(conn: &mut Connection, path: &Path, codec: &str) -> Result<(), Error>
         }
     }
     tx.commit().map_err(err)
+}
+
+/// Every column the runtime reads or writes, per table: a journal whose tables were
+/// dropped or altered by hand is refused at open, not found out by each workflow later.
+const SCHEMA: &[(&str, &str)] = &[
+    ("durable_meta", "key, value"),
+    (
+        "durable_workflows",
+        "id, name, status, input, output, error_kind, error, executor, app_version, parent_id, queue, created_at, updated_at",
+    ),
+    (
+        "durable_steps",
+        "workflow_id, path, name, output, error, attempts, started_at, finished_at",
+    ),
+];
+
+fn check_schema(conn: &Connection, path: &Path) -> Result<(), Error> {
+    for (table, columns) in SCHEMA {
+        if let Err(e) = conn.prepare(&format!("SELECT {columns} FROM {table} LIMIT 0")) {
+            return Err(StoreError::new(
+                path,
+                StoreErrorKind::NotAJournal,
+                format!(
+                    "the journal's schema is damaged ({e}); it was changed outside durable: restore the file from a backup"
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 fn write_loop(
