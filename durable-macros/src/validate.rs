@@ -114,7 +114,7 @@ pub(crate) fn not_generic(sig: &Signature, errors: &mut Errors) {
 pub(crate) fn owned_arguments(kind: Kind, sig: &Signature, errors: &mut Errors) {
     for arg in &sig.inputs {
         if let FnArg::Typed(t) = arg
-            && let Some(r) = find_borrow(&t.ty)
+            && let Some(r) = find_reference(&t.ty, true)
         {
             let message = match kind {
                 Kind::Step => {
@@ -133,7 +133,7 @@ pub(crate) fn owned_arguments(kind: Kind, sig: &Signature, errors: &mut Errors) 
 /// even `&'static str`, cannot be produced that way.
 pub(crate) fn owned_output(kind: Kind, sig: &Signature, errors: &mut Errors) {
     if let ReturnType::Type(_, ty) = &sig.output
-        && let Some(r) = find_reference(ty)
+        && let Some(r) = find_reference(ty, false)
     {
         errors.push(syn::Error::new(
             r,
@@ -145,41 +145,25 @@ pub(crate) fn owned_output(kind: Kind, sig: &Signature, errors: &mut Errors) {
     }
 }
 
-/// The span of the first reference in `ty`, `'static` or not.
-fn find_reference(ty: &Type) -> Option<proc_macro2::Span> {
-    match ty {
-        Type::Reference(r) => Some(r.and_token.span),
-        Type::Paren(p) => find_reference(&p.elem),
-        Type::Group(g) => find_reference(&g.elem),
-        Type::Slice(s) => find_reference(&s.elem),
-        Type::Array(a) => find_reference(&a.elem),
-        Type::Tuple(t) => t.elems.iter().find_map(find_reference),
-        Type::Path(p) => p.path.segments.iter().find_map(|s| match &s.arguments {
-            PathArguments::AngleBracketed(a) => a.args.iter().find_map(|g| match g {
-                GenericArgument::Type(t) => find_reference(t),
-                _ => None,
-            }),
-            _ => None,
-        }),
-        _ => None,
-    }
-}
-
-/// The span of the first non-`'static` reference in `ty`, if any.
-fn find_borrow(ty: &Type) -> Option<proc_macro2::Span> {
+/// The span of the first reference in `ty`, skipping `&'static` ones when `allow_static`
+/// is set, or of the first non-`'static` lifetime argument (`Cow<'static, str>` is owned
+/// either way).
+fn find_reference(ty: &Type, allow_static: bool) -> Option<proc_macro2::Span> {
+    let is_static = |l: &syn::Lifetime| allow_static && l.ident == "static";
+    let find = |t: &Type| find_reference(t, allow_static);
     match ty {
         Type::Reference(r) => match &r.lifetime {
-            Some(l) if l.ident == "static" => find_borrow(&r.elem),
+            Some(l) if is_static(l) => find(&r.elem),
             _ => Some(r.and_token.span),
         },
-        Type::Paren(p) => find_borrow(&p.elem),
-        Type::Group(g) => find_borrow(&g.elem),
-        Type::Slice(s) => find_borrow(&s.elem),
-        Type::Array(a) => find_borrow(&a.elem),
-        Type::Tuple(t) => t.elems.iter().find_map(find_borrow),
+        Type::Paren(p) => find(&p.elem),
+        Type::Group(g) => find(&g.elem),
+        Type::Slice(s) => find(&s.elem),
+        Type::Array(a) => find(&a.elem),
+        Type::Tuple(t) => t.elems.iter().find_map(find),
         Type::Path(p) => p.path.segments.iter().find_map(|s| match &s.arguments {
             PathArguments::AngleBracketed(a) => a.args.iter().find_map(|g| match g {
-                GenericArgument::Type(t) => find_borrow(t),
+                GenericArgument::Type(t) => find(t),
                 GenericArgument::Lifetime(l) if l.ident != "static" => Some(l.span()),
                 _ => None,
             }),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use durable_runtime::{Error, Runtime, StoreErrorKind, workflow};
@@ -115,6 +115,16 @@ async fn journal_files_are_created_owner_only() {
     }
 }
 
+/// Creates a journal, damages it with `sql`, and reopens it, expecting a refusal.
+async fn reopen_after(sql: &str) -> (tempfile::TempDir, PathBuf, Error) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("shop.db");
+    drop(Runtime::open(&path).await.expect("create"));
+    common::sql(&path, sql, []);
+    let err = common::try_reopen(&path).await.expect_err(sql);
+    (dir, path, err)
+}
+
 fn assert_refused(path: &Path, err: &Error, kind: StoreErrorKind, contains: &str) {
     match err {
         Error::Store(e) => {
@@ -149,15 +159,8 @@ async fn a_file_that_is_not_a_journal_is_refused_and_left_alone() {
 
 #[tokio::test]
 async fn a_journal_from_a_newer_durable_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("shop.db");
-    drop(Runtime::open(&path).await.expect("create"));
-    common::sql(
-        &path,
-        "UPDATE durable_meta SET value = '99' WHERE key = 'schema_version'",
-        [],
-    );
-    let err = common::try_reopen(&path).await.expect_err("newer schema");
+    let (_dir, path, err) =
+        reopen_after("UPDATE durable_meta SET value = '99' WHERE key = 'schema_version'").await;
     assert_refused(
         &path,
         &err,
@@ -168,15 +171,8 @@ async fn a_journal_from_a_newer_durable_is_refused() {
 
 #[tokio::test]
 async fn a_journal_written_by_another_codec_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("shop.db");
-    drop(Runtime::open(&path).await.expect("create"));
-    common::sql(
-        &path,
-        "UPDATE durable_meta SET value = 'json' WHERE key = 'codec'",
-        [],
-    );
-    let err = common::try_reopen(&path).await.expect_err("other codec");
+    let (_dir, path, err) =
+        reopen_after("UPDATE durable_meta SET value = 'json' WHERE key = 'codec'").await;
     assert_refused(
         &path,
         &err,
@@ -212,18 +208,11 @@ async fn migrations_are_numbered_and_recorded() {
 
 #[tokio::test]
 async fn a_journal_with_damaged_tables_is_refused_at_open() {
-    for (what, damage) in [
-        ("dropped table", "DROP TABLE durable_steps"),
-        (
-            "renamed column",
-            "ALTER TABLE durable_workflows RENAME COLUMN error_kind TO kind",
-        ),
+    for damage in [
+        "DROP TABLE durable_steps",
+        "ALTER TABLE durable_workflows RENAME COLUMN error_kind TO kind",
     ] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("shop.db");
-        drop(Runtime::open(&path).await.expect("create"));
-        common::sql(&path, damage, []);
-        let err = common::try_reopen(&path).await.expect_err(what);
+        let (_dir, path, err) = reopen_after(damage).await;
         assert_refused(
             &path,
             &err,
