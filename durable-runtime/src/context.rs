@@ -26,7 +26,7 @@ struct Fatal {
 
 /// Locks a mutex, ignoring poisoning: every critical section here is a plain field
 /// update that cannot leave the data half-written.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

@@ -9,7 +9,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
 use serde::de::DeserializeOwned;
@@ -17,7 +17,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::Durability;
 use crate::codec::{CODEC, Codec};
-use crate::context::WorkflowCtx;
+use crate::context::{WorkflowCtx, lock};
 use crate::error::{Error, FailureKind, Location, Result, StoreError, StoreErrorKind};
 use crate::path::StepPath;
 use crate::scope::{self, Branch};
@@ -36,6 +36,12 @@ type Outcome = Arc<Result<Vec<u8>>>;
 /// Opening a runtime resumes every workflow the journal holds as pending (started but
 /// not finished, for example because the process was killed). Clones share the same
 /// runtime. It needs a tokio runtime (multi-threaded or current-thread) to run on.
+///
+/// Workflows run as tokio tasks: dropping the `Runtime` does not stop them, and the
+/// journal stays locked until the last of them has finished and the writer has
+/// committed what was queued. Shutting the tokio runtime down (or the process exiting)
+/// stops them where they are; as far as the journal is concerned that is a crash, and
+/// the next open resumes them.
 #[derive(Clone, Debug)]
 pub struct Runtime {
     inner: Arc<Inner>,
@@ -55,10 +61,6 @@ struct Inner {
 struct Running {
     name: &'static str,
     outcome: watch::Receiver<Option<Outcome>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Options for opening a [`Runtime`]; from [`Runtime::builder`].

@@ -17,7 +17,7 @@ use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, params};
@@ -27,6 +27,7 @@ use super::{
     Ack, Created, Finish, Finished, NewWorkflow, RecordStatus, RecordedOutcome, RecordedStep,
     StepRecord, Store, WorkflowRecord,
 };
+use crate::context::lock;
 use crate::error::{Error, FailureKind, StoreError, StoreErrorKind};
 use crate::path::StepPath;
 
@@ -112,7 +113,8 @@ enum Command {
 #[derive(Debug)]
 pub(crate) struct SqliteStore {
     path: PathBuf,
-    writes: Mutex<mpsc::Sender<Command>>,
+    // `Sender` is `Sync`: concurrent steps enqueue without a lock of ours.
+    writes: mpsc::Sender<Command>,
     reader: Mutex<Connection>,
     commits: Arc<AtomicU64>,
 }
@@ -232,7 +234,7 @@ impl SqliteStore {
 
         Ok(SqliteStore {
             path: path.to_owned(),
-            writes: Mutex::new(tx),
+            writes: tx,
             reader: Mutex::new(reader),
             commits,
         })
@@ -243,15 +245,14 @@ impl SqliteStore {
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
     ) -> Ack<T> {
         let (tx, rx) = oneshot::channel();
-        let sender = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
         // If the writer thread is gone the command (and its reply sender) is dropped,
         // and the caller sees a closed channel: `StoreErrorKind::Closed`.
-        let _ = sender.send(make(tx));
+        let _ = self.writes.send(make(tx));
         rx
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
-        let conn = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        let conn = lock(&self.reader);
         f(&conn).map_err(|e| sql_error(&self.path, e))
     }
 }
