@@ -239,3 +239,29 @@ async fn a_directory_is_refused_without_creating_anything() {
         "nothing created beside the directory"
     );
 }
+
+#[tokio::test]
+async fn a_new_journal_is_built_aside_and_a_leftover_from_a_crash_is_replaced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("shop.db");
+    // What a crash in the middle of creating the journal leaves behind.
+    std::fs::write(dir.path().join("shop.db.creating"), b"half-built").expect("write");
+    std::fs::write(dir.path().join("shop.db.creating-journal"), b"hot").expect("write");
+    let rt = Runtime::open(&path).await.expect("open");
+    rt.start_with_id("a", noop())
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect("run");
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    // No temporary file and, above all, no rollback journal: only WAL files.
+    assert_eq!(
+        names,
+        ["shop.db", "shop.db-shm", "shop.db-wal", "shop.db.lock"]
+    );
+}

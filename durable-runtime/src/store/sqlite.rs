@@ -162,9 +162,7 @@ fn create_private(path: &Path) -> std::io::Result<()> {
 /// descriptor of that file is closed by this process; a lock on another file cannot
 /// interfere with them.
 fn lock_path(path: &Path) -> PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push(".lock");
-    PathBuf::from(p)
+    with_suffix(path, ".lock")
 }
 
 impl SqliteStore {
@@ -204,8 +202,9 @@ impl SqliteStore {
                 return Err(io_error(path, format!("cannot lock {}: {e}", lock.display())).into());
             }
         }
-        create_private(path)
-            .map_err(|e| io_error(path, format!("cannot create the journal: {e}")))?;
+        if !path.exists() {
+            create_journal(path, codec)?;
+        }
 
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut writer =
@@ -266,6 +265,62 @@ fn configure(conn: &Connection, durability: Durability) -> rusqlite::Result<()> 
         )));
     }
     conn.execute_batch(&format!("PRAGMA synchronous = {};", durability.pragma()))
+}
+
+/// `path` with `suffix` appended to its file name.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// Creates a new journal at `path`: built complete (WAL mode set, schema migrated) under
+/// a temporary name, then renamed into place. Switching a new file to WAL goes through
+/// a rollback journal; built in place, a crash at that moment would leave a hot
+/// `-journal` beside the journal, which read-only tools refuse to open. Called with the
+/// lock held, so a leftover temporary file is from a crash and can be removed.
+fn create_journal(path: &Path, codec: &str) -> Result<(), Error> {
+    let tmp = with_suffix(path, ".creating");
+    for leftover in ["", "-journal", "-wal", "-shm"] {
+        let file = with_suffix(&tmp, leftover);
+        match std::fs::remove_file(&file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(
+                    io_error(path, format!("cannot remove {}: {e}", file.display())).into(),
+                );
+            }
+            _ => {}
+        }
+    }
+    let cannot = |e: std::io::Error| io_error(path, format!("cannot create the journal: {e}"));
+    create_private(&tmp).map_err(cannot)?;
+    {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = Connection::open_with_flags(&tmp, flags).map_err(|e| sql_error(path, e))?;
+        configure(&conn, Durability::Full).map_err(|e| sql_error(path, e))?;
+        migrate(&mut conn, path, codec)?;
+        // Closing the only connection checkpoints the WAL into the file and removes it.
+        conn.close().map_err(|(_, e)| sql_error(path, e))?;
+    }
+    OpenOptions::new()
+        .write(true)
+        .open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(cannot)?;
+    std::fs::rename(&tmp, path).map_err(cannot)?;
+    // Make the rename itself durable.
+    #[cfg(unix)]
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(cannot)?;
+    }
+    Ok(())
 }
 
 /// Brings the schema to the newest version and checks the codec, in one transaction.
