@@ -14,6 +14,14 @@ async fn noop() -> u8 {
     7
 }
 
+/// Opens (creating) the journal and runs one workflow in it, so every file exists.
+async fn open_with_a_run(path: &Path) -> Runtime {
+    let rt = Runtime::open(path).await.expect("open");
+    let handle = rt.start_with_id("a", noop()).await.expect("start");
+    handle.result().await.expect("run");
+    rt
+}
+
 const CHILD_ENV: &str = "DURABLE_TEST_OPEN_JOURNAL";
 
 /// Run by the parent test in a second process: tries to open the journal it is given
@@ -57,13 +65,7 @@ fn open_in_child(path: &Path) -> String {
 async fn a_second_runtime_is_refused_while_the_first_holds_the_journal() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("shop.db");
-    let rt = Runtime::open(&path).await.expect("open");
-    rt.start_with_id("a", noop())
-        .await
-        .expect("start")
-        .result()
-        .await
-        .expect("run");
+    let rt = open_with_a_run(&path).await;
 
     let line = open_in_child(&path);
     assert!(
@@ -97,13 +99,7 @@ async fn journal_files_are_created_owner_only() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("shop.db");
-    let rt = Runtime::open(&path).await.expect("open");
-    rt.start_with_id("a", noop())
-        .await
-        .expect("start")
-        .result()
-        .await
-        .expect("run");
+    let _rt = open_with_a_run(&path).await;
     for suffix in ["", "-wal", "-shm", ".lock"] {
         let file = format!("{}{suffix}", path.display());
         let mode = std::fs::metadata(&file)
@@ -247,13 +243,7 @@ async fn a_new_journal_is_built_aside_and_a_leftover_from_a_crash_is_replaced() 
     // What a crash in the middle of creating the journal leaves behind.
     std::fs::write(dir.path().join("shop.db.creating"), b"half-built").expect("write");
     std::fs::write(dir.path().join("shop.db.creating-journal"), b"hot").expect("write");
-    let rt = Runtime::open(&path).await.expect("open");
-    rt.start_with_id("a", noop())
-        .await
-        .expect("start")
-        .result()
-        .await
-        .expect("run");
+    let _rt = open_with_a_run(&path).await;
     let mut names: Vec<String> = std::fs::read_dir(dir.path())
         .expect("list")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
