@@ -150,7 +150,7 @@ impl RuntimeBuilder {
                     outcome: rx,
                 },
             );
-            tokio::spawn(drive(inner.clone(), id, def, input, tx));
+            tokio::spawn(drive(inner.clone(), id, def, input, History::Journaled, tx));
         }
         Ok(Runtime { inner })
     }
@@ -323,7 +323,7 @@ async fn admit(
         .unwrap_or_else(|_| Err(closed(inner.store.path(), &id)));
     let result = match created {
         Ok(Created::New) => {
-            tokio::spawn(drive(inner, id, def, input, tx));
+            tokio::spawn(drive(inner, id, def, input, History::None, tx));
             Ok(())
         }
         Ok(Created::Existing(record)) if record.name != name => {
@@ -334,7 +334,7 @@ async fn admit(
         Ok(Created::Existing(record)) => {
             match record.status {
                 RecordStatus::Pending => {
-                    tokio::spawn(drive(inner, id, def, record.input, tx));
+                    tokio::spawn(drive(inner, id, def, record.input, History::Journaled, tx));
                 }
                 RecordStatus::Completed | RecordStatus::Failed => {
                     let outcome = recorded_outcome(inner.store.path(), record);
@@ -425,14 +425,24 @@ fn generate_id() -> String {
 }
 
 /// Runs one workflow to its end in this process and publishes the outcome.
+/// Whether a run can have recorded steps to replay.
+#[derive(Debug, Clone, Copy)]
+enum History {
+    /// Just created by this start: nothing can be recorded yet, so nothing is loaded.
+    None,
+    /// Found pending in the journal: its recorded steps are loaded, in one query.
+    Journaled,
+}
+
 async fn drive(
     inner: Arc<Inner>,
     id: Arc<str>,
     def: &'static dyn ErasedWorkflow,
     input: Vec<u8>,
+    history: History,
     tx: watch::Sender<Option<Outcome>>,
 ) {
-    let result = execute(&inner, &id, def, &input).await;
+    let result = execute(&inner, &id, def, &input, history).await;
     let finished = match &result {
         Ok(output) => Some(Finished::Completed(output.clone())),
         Err(Error::Failed { kind, message, .. }) => Some(Finished::Failed(*kind, message.clone())),
@@ -466,11 +476,15 @@ async fn execute(
     id: &Arc<str>,
     def: &'static dyn ErasedWorkflow,
     input: &[u8],
+    history: History,
 ) -> Result<Vec<u8>> {
-    let recorded = {
-        let store = inner.store.clone();
-        let id = id.clone();
-        blocking(inner.store.path(), move || store.steps(&id)).await??
+    let recorded = match history {
+        History::None => Vec::new(),
+        History::Journaled => {
+            let store = inner.store.clone();
+            let id = id.clone();
+            blocking(inner.store.path(), move || store.steps(&id)).await??
+        }
     };
     let ctx = Arc::new(WorkflowCtx::new(id.clone(), inner.store.clone(), recorded));
     let body = def.start(input).map_err(|reason| Error::Corrupt {
