@@ -1,5 +1,6 @@
 //! The baselines: raw rusqlite doing the minimum a journal must do, with the same
-//! pragmas and the same row shape as durable's `durable_steps` table.
+//! pragmas, writing rows into a table made from durable's own `durable_steps` schema
+//! (read from a journal durable created, so the row shape cannot drift from it).
 
 use std::path::Path;
 use std::time::Instant;
@@ -8,36 +9,34 @@ use rusqlite::{Connection, params};
 
 use crate::Sync;
 
-/// The journal's step table, as in durable's migration 1.
-const STEPS: &str = "CREATE TABLE IF NOT EXISTS durable_steps (
-    workflow_id TEXT NOT NULL,
-    path        TEXT NOT NULL,
-    name        TEXT NOT NULL,
-    output      BLOB,
-    error       TEXT,
-    attempts    INTEGER NOT NULL,
-    started_at  INTEGER NOT NULL,
-    finished_at INTEGER NOT NULL,
-    PRIMARY KEY (workflow_id, path)
-) STRICT, WITHOUT ROWID";
-
-fn open(path: &Path, sync: Sync) -> rusqlite::Result<Connection> {
+fn open(path: &Path, sync: Sync, steps_table: &str) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))?;
     conn.execute_batch(&format!("PRAGMA synchronous = {};", sync.pragma()))?;
-    conn.execute_batch(STEPS)?;
+    conn.execute_batch(steps_table)?;
     Ok(conn)
 }
 
-/// Inserts `rows` step-shaped rows into a fresh database in commits of `per_commit`;
-/// returns the seconds the inserts and commits took.
+/// The `CREATE TABLE` statement of `durable_steps` in the journal at `journal`.
+pub(crate) fn steps_table(journal: &Path) -> rusqlite::Result<String> {
+    Connection::open(journal)?.query_row(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'durable_steps'",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// Inserts `rows` step rows into a fresh database at `dir` (its table made by
+/// `steps_table`) in commits of `per_commit`; returns the seconds the inserts and
+/// commits took.
 pub(crate) fn commits(
     dir: &Path,
     sync: Sync,
+    steps_table: &str,
     rows: usize,
     per_commit: usize,
 ) -> rusqlite::Result<f64> {
-    let conn = open(&dir.join("baseline.db"), sync)?;
+    let conn = open(&dir.join("baseline.db"), sync, steps_table)?;
     let output = [1u8, 2];
     let start = Instant::now();
     let mut written = 0;

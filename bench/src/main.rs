@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use durable_runtime::{Durability, Error, Runtime, step, workflow};
+use durable_runtime::{Durability, Error, Runtime, WorkflowCall, step, workflow};
 
 use crate::sampler::Sampler;
 
@@ -195,36 +195,40 @@ async fn ours(dir: &Path, sync: Sync, w: Workload) -> Res<f64> {
     match w {
         Workload::Seq(n) => drop(rt.start(sequential(n)).await?.result().await?),
         Workload::Fanout(n) => drop(rt.start(concurrent(n)).await?.result().await?),
-        Workload::Many => {
-            let runs: Vec<_> = (0..200)
-                .map(|_| {
-                    let rt = rt.clone();
-                    tokio::spawn(async move { rt.start(sequential(10)).await?.result().await })
-                })
-                .collect();
-            for r in runs {
-                r.await??;
-            }
-        }
-        Workload::Start => {
-            let runs: Vec<_> = (0..1000u32)
-                .map(|i| {
-                    let rt = rt.clone();
-                    tokio::spawn(async move {
-                        rt.start_with_id(format!("wf-{i}"), one_step(i))
-                            .await?
-                            .result()
-                            .await
-                    })
-                })
-                .collect();
-            for r in runs {
-                r.await??;
-            }
-        }
+        Workload::Many => run_all(&rt, 200, |_| (None, sequential(10))).await?,
+        Workload::Start => run_all(&rt, 1000, |i| (Some(format!("wf-{i}")), one_step(i))).await?,
         Workload::Replay => {}
     }
     Ok(start.elapsed().as_secs_f64())
+}
+
+/// Starts `count` workflows at once, each from its own task (under the id `call`
+/// gives, or a generated one), and waits for them all to finish.
+async fn run_all<O>(
+    rt: &Runtime,
+    count: u32,
+    call: impl Fn(u32) -> (Option<String>, WorkflowCall<O>),
+) -> Res<()>
+where
+    O: serde::de::DeserializeOwned + Send + 'static,
+{
+    let runs: Vec<_> = (0..count)
+        .map(|i| {
+            let rt = rt.clone();
+            let (id, call) = call(i);
+            tokio::spawn(async move {
+                let handle = match id {
+                    Some(id) => rt.start_with_id(id, call).await?,
+                    None => rt.start(call).await?,
+                };
+                handle.result().await
+            })
+        })
+        .collect();
+    for r in runs {
+        r.await??;
+    }
+    Ok(())
 }
 
 /// Records a 1,000-step workflow, marks it unfinished (as a crash before its outcome
@@ -250,11 +254,12 @@ async fn replay(path: &Path, sync: Sync) -> Res<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
-fn baseline(dir: &Path, sync: Sync, w: Workload) -> Res<f64> {
+fn baseline(dir: &Path, sync: Sync, w: Workload, steps_table: &str) -> Res<f64> {
+    let commits = |rows, per_commit| baseline::commits(dir, sync, steps_table, rows, per_commit);
     Ok(match w {
-        Workload::Seq(n) => baseline::commits(dir, sync, n as usize, 1)?,
-        Workload::Fanout(n) => baseline::commits(dir, sync, n as usize, 100)?,
-        Workload::Many | Workload::Start => baseline::commits(dir, sync, 2000, 100)?,
+        Workload::Seq(n) => commits(n as usize, 1)?,
+        Workload::Fanout(n) => commits(n as usize, 100)?,
+        Workload::Many | Workload::Start => commits(2000, 100)?,
         Workload::Replay => {
             // The same rows our replay reads: a journal left by a replay run.
             let journal = dir.join("journal.db");
@@ -307,18 +312,18 @@ impl Row {
     }
 }
 
-async fn measure(o: &Options, sync: Sync, w: Workload) -> Res<Row> {
+async fn measure(o: &Options, sync: Sync, w: Workload, steps_table: &str) -> Res<Row> {
     // Warm-up: caches, the page cache, the allocator; not counted.
     let warm = tempfile::tempdir_in(&o.dir)?;
     ours(warm.path(), sync, w).await?;
-    baseline(warm.path(), sync, w)?;
+    baseline(warm.path(), sync, w, steps_table)?;
     let mut ours_runs = Vec::new();
     let mut base_runs = Vec::new();
     let sampler = Sampler::start();
     for _ in 0..o.runs {
         let dir = tempfile::tempdir_in(&o.dir)?;
         ours_runs.push(ours(dir.path(), sync, w).await?);
-        base_runs.push(baseline(dir.path(), sync, w)?);
+        base_runs.push(baseline(dir.path(), sync, w, steps_table)?);
     }
     let peaks = sampler.stop();
     Ok(Row {
@@ -338,15 +343,7 @@ async fn big(o: &Options) -> Res<String> {
     let rt = open(&dir.path().join("journal.db"), Sync::Full).await?;
     let sampler = Sampler::start();
     let start = Instant::now();
-    let runs: Vec<_> = (0..10_000)
-        .map(|_| {
-            let rt = rt.clone();
-            tokio::spawn(async move { rt.start(sequential(10)).await?.result().await })
-        })
-        .collect();
-    for r in runs {
-        r.await??;
-    }
+    run_all(&rt, 10_000, |_| (None, sequential(10))).await?;
     let secs = start.elapsed().as_secs_f64();
     let peaks = sampler.stop();
     Ok(format!(
@@ -358,6 +355,13 @@ async fn big(o: &Options) -> Res<String> {
 }
 
 async fn run(o: Options) -> Res<()> {
+    // The baselines write rows into a table made from the real schema.
+    let steps_table = {
+        let dir = tempfile::tempdir_in(&o.dir)?;
+        let journal = dir.path().join("journal.db");
+        drop(open(&journal, Sync::Full).await?);
+        baseline::steps_table(&journal)?
+    };
     let sizes: &[u32] = if o.quick {
         &[100, 1000]
     } else {
@@ -375,7 +379,7 @@ async fn run(o: Options) -> Res<()> {
     }
     for sync in [Sync::Full, Sync::Normal] {
         for &w in &workloads {
-            let row = measure(&o, sync, w).await?;
+            let row = measure(&o, sync, w, &steps_table).await?;
             if o.json {
                 println!("{}", row.json());
             } else {
