@@ -104,16 +104,13 @@ impl RuntimeBuilder {
         }
         let path = self.path.clone();
         let durability = self.durability;
-        let store: Arc<dyn Store> = Arc::new(
-            blocking(&self.path, move || {
-                SqliteStore::open(&path, durability, CODEC.name())
-            })
-            .await??,
-        );
-        let pending = {
-            let store = store.clone();
-            blocking(&self.path, move || store.pending_workflows()).await??
-        };
+        // One trip to a blocking thread: open, then list what to resume.
+        let (store, pending) = blocking(&self.path, move || {
+            let store = SqliteStore::open(&path, durability, CODEC.name())?;
+            let pending = store.pending_workflows()?;
+            Ok::<_, Error>((Arc::new(store) as Arc<dyn Store>, pending))
+        })
+        .await??;
         let mut recovered = Vec::new();
         let mut unrecoverable = Vec::new();
         let mut launches = Vec::new();

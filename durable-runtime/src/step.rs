@@ -5,7 +5,7 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -173,6 +173,7 @@ enum State<T> {
     Commit {
         claim: Claim,
         ack: oneshot::Receiver<Result<(), StoreError>>,
+        spin_until: Option<Instant>,
         value: Option<T>,
     },
     /// The panic is being checkpointed; then the workflow fails.
@@ -314,8 +315,13 @@ where
                         }
                     }
                 }
-                State::Commit { claim, ack, value } => {
-                    match ready!(Pin::new(ack).poll(cx)) {
+                State::Commit {
+                    claim,
+                    ack,
+                    spin_until,
+                    value,
+                } => {
+                    match ready!(poll_ack(ack, *spin_until, cx)) {
                         Ok(Ok(())) => {
                             if let Some(value) = value.take() {
                                 *this.state = State::Stopped;
@@ -440,9 +446,11 @@ where
                                 started_at: *started_at,
                                 finished_at: now_ms(),
                             });
+                            let spin = claim.ctx.store.ack_spin();
                             *this.state = State::Commit {
                                 claim,
                                 ack,
+                                spin_until: (!spin.is_zero()).then(|| Instant::now() + spin),
                                 value: Some(value),
                             };
                         }
@@ -460,6 +468,24 @@ where
                 }
             }
         }
+    }
+}
+
+/// Polls a checkpoint's ack. Until `spin_until`, a pending ack keeps the task runnable
+/// (see [`Store::ack_spin`](crate::store::Store::ack_spin)) instead of letting it sleep.
+fn poll_ack<T>(
+    ack: &mut oneshot::Receiver<T>,
+    spin_until: Option<Instant>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<T, oneshot::error::RecvError>> {
+    match Pin::new(ack).poll(cx) {
+        Poll::Pending if spin_until.is_some_and(|t| Instant::now() < t) => {
+            // Let the writer have this core if it is waiting for one.
+            std::thread::yield_now();
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+        polled => polled,
     }
 }
 

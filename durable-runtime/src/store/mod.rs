@@ -4,6 +4,7 @@
 use std::fmt::Debug;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -39,6 +40,13 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     /// How many write transactions have committed so far (for tests and benchmarks:
     /// a sequential step should cost one, concurrent steps should share them).
     fn commits(&self) -> u64;
+    /// How long the waiter of a write enqueued just now should stay runnable (re-polled
+    /// through the scheduler) before letting its task sleep until the ack wakes it.
+    /// Zero when the write is unlikely to be acknowledged that soon. Staying runnable
+    /// saves a sleep and a wake-up of a worker thread per sequential step where commits
+    /// are faster than those, and costs the scheduler nothing else: the task yields on
+    /// every poll.
+    fn ack_spin(&self) -> Duration;
 }
 
 /// A workflow run to create.

@@ -15,10 +15,11 @@
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, params};
 use tokio::sync::oneshot;
@@ -50,6 +51,11 @@ pub enum Durability {
     /// workflow then re-runs the steps whose records were lost. Much faster on disks
     /// with slow fsync.
     Normal,
+    /// `synchronous=OFF`: commits are handed to the operating system and never fsynced
+    /// by SQLite. Survives process crashes; a power loss or kernel crash can lose
+    /// commits *and corrupt the journal file*. For tests, benchmarks and journals on
+    /// a tmpfs, never for data you need to keep.
+    Off,
 }
 
 impl Durability {
@@ -57,6 +63,7 @@ impl Durability {
         match self {
             Durability::Full => "FULL",
             Durability::Normal => "NORMAL",
+            Durability::Off => "OFF",
         }
     }
 }
@@ -116,7 +123,18 @@ pub(crate) struct SqliteStore {
     // `Sender` is `Sync`: concurrent steps enqueue without a lock of ours.
     writes: mpsc::Sender<Command>,
     reader: Mutex<Connection>,
-    commits: Arc<AtomicU64>,
+    stats: Arc<WriterStats>,
+}
+
+/// What the writer thread tells the rest of the runtime about its work.
+#[derive(Debug, Default)]
+struct WriterStats {
+    /// Transactions committed so far.
+    commits: AtomicU64,
+    /// Writes enqueued and not yet answered.
+    in_flight: AtomicUsize,
+    /// How long the last commit took (from `BEGIN` to the end of `COMMIT`), in ns.
+    last_commit_ns: AtomicU64,
 }
 
 fn io_error(path: &Path, e: impl std::fmt::Display) -> StoreError {
@@ -219,14 +237,14 @@ impl SqliteStore {
 
         let (tx, rx) = mpsc::channel();
         let writer_path = path.to_owned();
-        let commits = Arc::new(AtomicU64::new(0));
-        let writer_commits = commits.clone();
+        let stats = Arc::new(WriterStats::default());
+        let writer_stats = stats.clone();
         thread::Builder::new()
             .name("durable-journal-writer".into())
             // The writer thread holds the lock: it is released only after the last
             // queued write has committed and the thread has exited.
             .spawn(move || {
-                write_loop(writer, &writer_path, &rx, &writer_commits);
+                write_loop(writer, &writer_path, &rx, &writer_stats);
                 drop(lock_file);
             })
             .map_err(|e| io_error(path, format!("cannot start the writer thread: {e}")))?;
@@ -235,7 +253,7 @@ impl SqliteStore {
             path: path.to_owned(),
             writes: tx,
             reader: Mutex::new(reader),
-            commits,
+            stats,
         })
     }
 
@@ -244,6 +262,7 @@ impl SqliteStore {
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
     ) -> Ack<T> {
         let (tx, rx) = oneshot::channel();
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         // If the writer thread is gone the command (and its reply sender) is dropped,
         // and the caller sees a closed channel: `StoreErrorKind::Closed`.
         let _ = self.writes.send(make(tx));
@@ -443,11 +462,11 @@ fn write_loop(
     mut conn: Connection,
     path: &Path,
     rx: &mpsc::Receiver<Command>,
-    commits: &AtomicU64,
+    stats: &WriterStats,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Blocks for the first request; ends when every sender is gone.
-    while let Ok(first) = rx.recv() {
+    while let Some(first) = next_command(rx) {
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -455,7 +474,33 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        commit_batch(&mut conn, path, &mut batch, commits);
+        commit_batch(&mut conn, path, &mut batch, stats);
+    }
+}
+
+/// How long the writer spins for the next write before it sleeps.
+pub(crate) const WRITER_SPIN: Duration = Duration::from_micros(50);
+
+/// How long a lone write's waiter stays runnable before it sleeps; see
+/// [`Store::ack_spin`].
+const MIN_ACK_SPIN_NS: u64 = 20_000;
+const MAX_ACK_SPIN_NS: u64 = 100_000;
+
+/// Waits for the next write: spins for up to [`WRITER_SPIN`], then sleeps until one comes.
+/// `None` once every sender is gone.
+fn next_command(rx: &mpsc::Receiver<Command>) -> Option<Command> {
+    let start = std::time::Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(c) => return Some(c),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) if start.elapsed() < WRITER_SPIN => {
+                // Give the core to a runnable thread (a worker about to enqueue the next
+                // write, on a machine with few cores) rather than burn it.
+                thread::yield_now();
+            }
+            Err(mpsc::TryRecvError::Empty) => return rx.recv().ok(),
+        }
     }
 }
 
@@ -472,11 +517,14 @@ enum Reply {
 }
 
 /// Applies and commits one batch, then replies to every write in it.
-fn commit_batch(conn: &mut Connection, path: &Path, batch: &mut Vec<Command>, commits: &AtomicU64) {
+fn commit_batch(conn: &mut Connection, path: &Path, batch: &mut Vec<Command>, stats: &WriterStats) {
+    let started = std::time::Instant::now();
+    let size = batch.len();
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
             let e = sql_error(path, e);
+            stats.in_flight.fetch_sub(size, Ordering::Relaxed);
             for c in batch.drain(..) {
                 fail(c, e.clone());
             }
@@ -502,8 +550,13 @@ fn commit_batch(conn: &mut Connection, path: &Path, batch: &mut Vec<Command>, co
     let committed = tx.commit().map_err(|e| sql_error(path, e));
     if committed.is_ok() {
         // Counted before anyone hears of the commit.
-        commits.fetch_add(1, Ordering::Relaxed);
+        stats.commits.fetch_add(1, Ordering::Relaxed);
     }
+    let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    stats.last_commit_ns.store(took, Ordering::Relaxed);
+    // Before the replies: a woken step that enqueues its next write at once must find
+    // the writer idle, not counting this batch.
+    stats.in_flight.fetch_sub(size, Ordering::Relaxed);
     for r in replies {
         match (r, &committed) {
             (Reply::Create(s, r), Ok(())) => drop(s.send(r)),
@@ -712,7 +765,21 @@ impl Store for SqliteStore {
     }
 
     fn commits(&self) -> u64 {
-        self.commits.load(Ordering::Relaxed)
+        self.stats.commits.load(Ordering::Relaxed)
+    }
+
+    fn ack_spin(&self) -> Duration {
+        // Worth it only for a lone write (concurrent ones would spin against each other
+        // and the writer on few cores) on a journal whose commits take about as long as
+        // a sleep and a wake-up (not an fsync at `synchronous=FULL`).
+        if self.stats.in_flight.load(Ordering::Relaxed) > 1 {
+            return Duration::ZERO;
+        }
+        let last = self.stats.last_commit_ns.load(Ordering::Relaxed);
+        if last > MAX_ACK_SPIN_NS {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos((2 * last).clamp(MIN_ACK_SPIN_NS, MAX_ACK_SPIN_NS))
     }
 
     fn pending_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
@@ -728,5 +795,63 @@ impl Store for SqliteStore {
             }
             Ok(out)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(id: &Arc<str>, i: u32) -> StepRecord {
+        StepRecord {
+            workflow_id: id.clone(),
+            path: StepPath::child(&[], i),
+            name: "s",
+            outcome: RecordedOutcome::Output(vec![1]),
+            attempts: 1,
+            started_at: 0,
+            finished_at: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn answered_writes_leave_nothing_in_flight() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            SqliteStore::open(&dir.path().join("j.db"), Durability::Off, "bincode").expect("open");
+        let id: Arc<str> = Arc::from("w");
+        let created = store.create_workflow(NewWorkflow {
+            id: id.clone(),
+            name: "w",
+            input: vec![],
+            app_version: None,
+            created_at: 0,
+        });
+        assert!(matches!(created.await, Ok(Ok(Created::New))));
+        let acks: Vec<_> = (0..200).map(|i| store.record_step(step(&id, i))).collect();
+        // A duplicate fails alone; it must still be counted as answered.
+        let duplicate = store.record_step(step(&id, 0));
+        for ack in acks {
+            assert!(matches!(ack.await, Ok(Ok(()))));
+        }
+        assert!(matches!(duplicate.await, Ok(Err(_))));
+        assert_eq!(store.stats.in_flight.load(Ordering::Relaxed), 0);
+
+        // A write that is not alone never makes its waiter spin.
+        store.stats.in_flight.store(2, Ordering::Relaxed);
+        store.stats.last_commit_ns.store(1, Ordering::Relaxed);
+        assert_eq!(store.ack_spin(), Duration::ZERO);
+        // Nor does a journal whose commits are slow (an fsync).
+        store.stats.in_flight.store(1, Ordering::Relaxed);
+        store
+            .stats
+            .last_commit_ns
+            .store(MAX_ACK_SPIN_NS + 1, Ordering::Relaxed);
+        assert_eq!(store.ack_spin(), Duration::ZERO);
+        // A lone write on a fast journal spins for about two commits, within bounds.
+        store.stats.last_commit_ns.store(30_000, Ordering::Relaxed);
+        assert_eq!(store.ack_spin(), Duration::from_micros(60));
+        store.stats.last_commit_ns.store(1, Ordering::Relaxed);
+        assert_eq!(store.ack_spin(), Duration::from_nanos(MIN_ACK_SPIN_NS));
     }
 }
