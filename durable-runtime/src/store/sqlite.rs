@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, params};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, Statement, params};
 use tokio::sync::oneshot;
 
 use super::{
@@ -458,14 +458,22 @@ fn check_schema(conn: &Connection, path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-fn write_loop(
-    mut conn: Connection,
-    path: &Path,
-    rx: &mpsc::Receiver<Command>,
-    stats: &WriterStats,
-) {
+fn write_loop(conn: Connection, path: &Path, rx: &mpsc::Receiver<Command>, stats: &WriterStats) {
+    let mut writer = match Writer::prepare(&conn) {
+        Ok(w) => w,
+        Err(e) => {
+            // Nothing can be written: answer every write with the reason, until the
+            // runtime is dropped.
+            let e = sql_error(path, e);
+            while let Ok(c) = rx.recv() {
+                stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                fail(c, e.clone());
+            }
+            return;
+        }
+    };
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    // Blocks for the first request; ends when every sender is gone.
+    // Waits for the first request; ends when every sender is gone.
     while let Some(first) = next_command(rx) {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -474,7 +482,7 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        commit_batch(&mut conn, path, &mut batch, stats);
+        writer.commit_batch(path, &mut batch, stats);
     }
 }
 
@@ -516,13 +524,53 @@ enum Reply {
     ),
 }
 
-/// Applies and commits one batch, then replies to every write in it.
-fn commit_batch(conn: &mut Connection, path: &Path, batch: &mut Vec<Command>, stats: &WriterStats) {
-    let started = std::time::Instant::now();
-    let size = batch.len();
-    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => {
+/// The writer connection's statements, prepared once: the writer runs the same few
+/// statements for ever, and a statement cache lookup per write costs more than binding.
+struct Writer<'c> {
+    conn: &'c Connection,
+    begin: Statement<'c>,
+    commit: Statement<'c>,
+    rollback: Statement<'c>,
+    create: Statement<'c>,
+    existing: Statement<'c>,
+    record: Statement<'c>,
+    finish: Statement<'c>,
+}
+
+impl<'c> Writer<'c> {
+    fn prepare(conn: &'c Connection) -> rusqlite::Result<Self> {
+        Ok(Writer {
+            conn,
+            begin: conn.prepare("BEGIN IMMEDIATE")?,
+            commit: conn.prepare("COMMIT")?,
+            rollback: conn.prepare("ROLLBACK")?,
+            create: conn.prepare(
+                "INSERT INTO durable_workflows
+                     (id, name, status, input, executor, app_version, created_at, updated_at)
+                 VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?6)
+                 ON CONFLICT (id) DO NOTHING",
+            )?,
+            existing: conn.prepare(&format!(
+                "SELECT {WORKFLOW_COLUMNS} FROM durable_workflows WHERE id = ?1"
+            ))?,
+            record: conn.prepare(
+                "INSERT INTO durable_steps
+                     (workflow_id, path, name, output, error, attempts, started_at, finished_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?,
+            finish: conn.prepare(
+                "UPDATE durable_workflows
+                 SET status = ?2, output = ?3, error_kind = ?4, error = ?5, updated_at = ?6
+                 WHERE id = ?1 AND status = 'pending'",
+            )?,
+        })
+    }
+
+    /// Applies and commits one batch, then replies to every write in it.
+    fn commit_batch(&mut self, path: &Path, batch: &mut Vec<Command>, stats: &WriterStats) {
+        let started = std::time::Instant::now();
+        let size = batch.len();
+        if let Err(e) = self.begin.execute([]) {
             let e = sql_error(path, e);
             stats.in_flight.fetch_sub(size, Ordering::Relaxed);
             for c in batch.drain(..) {
@@ -530,39 +578,140 @@ fn commit_batch(conn: &mut Connection, path: &Path, batch: &mut Vec<Command>, st
             }
             return;
         }
-    };
-    // A failing statement rolls back only itself (SQLite's default `ABORT`), so one bad
-    // write fails alone and the rest of the batch still commits.
-    let mut replies = Vec::with_capacity(batch.len());
-    for c in batch.drain(..) {
-        replies.push(match c {
-            Command::Create(w, reply) => {
-                Reply::Create(reply, create(&tx, &w).map_err(|e| sql_error(path, e)))
+        // A failing statement rolls back only itself (SQLite's default `ABORT`), so one
+        // bad write fails alone and the rest of the batch still commits.
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut aborted = None;
+        for c in batch.drain(..) {
+            if let Some(e) = &aborted {
+                fail(c, StoreError::clone(e));
+                continue;
             }
-            Command::Step(s, reply) => {
-                Reply::Unit(reply, record(&tx, &s).map_err(|e| step_error(path, &s, e)))
+            let reply = match c {
+                Command::Create(w, reply) => {
+                    Reply::Create(reply, self.create(&w).map_err(|e| sql_error(path, e)))
+                }
+                Command::Step(s, reply) => {
+                    Reply::Unit(reply, self.record(&s).map_err(|e| step_error(path, &s, e)))
+                }
+                Command::Finish(f, reply) => {
+                    Reply::Unit(reply, self.finish(&f).map_err(|e| sql_error(path, e)))
+                }
+            };
+            if reply.is_err() && self.conn.is_autocommit() {
+                // Some errors (a full disk, an I/O error) roll back the whole
+                // transaction; the writes after it would each commit on their own.
+                // Fail them instead, and everything before: none of it is written.
+                let e = reply.error().cloned();
+                aborted = Some(e.unwrap_or_else(|| {
+                    StoreError::new(path, StoreErrorKind::Io, "the transaction was rolled back")
+                }));
             }
-            Command::Finish(f, reply) => {
-                Reply::Unit(reply, finish(&tx, &f).map_err(|e| sql_error(path, e)))
+            replies.push(reply);
+        }
+        if let Some(e) = aborted {
+            stats.in_flight.fetch_sub(size, Ordering::Relaxed);
+            for r in replies {
+                r.fail(e.clone());
             }
+            return;
+        }
+        let committed = self.commit.execute([]).map(drop).map_err(|e| {
+            // A failed COMMIT can leave the transaction open (SQLITE_BUSY, a full disk);
+            // end it so the next batch starts clean. Nothing of this batch was written.
+            let _ = self.rollback.execute([]);
+            sql_error(path, e)
         });
+        if committed.is_ok() {
+            // Counted before anyone hears of the commit.
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        stats.last_commit_ns.store(took, Ordering::Relaxed);
+        // Before the replies: a woken step that enqueues its next write at once must find
+        // the writer idle, not counting this batch.
+        stats.in_flight.fetch_sub(size, Ordering::Relaxed);
+        for r in replies {
+            match (r, &committed) {
+                (Reply::Create(s, r), Ok(())) => drop(s.send(r)),
+                (Reply::Unit(s, r), Ok(())) => drop(s.send(r)),
+                (Reply::Create(s, _), Err(e)) => drop(s.send(Err(e.clone()))),
+                (Reply::Unit(s, _), Err(e)) => drop(s.send(Err(e.clone()))),
+            }
+        }
     }
-    let committed = tx.commit().map_err(|e| sql_error(path, e));
-    if committed.is_ok() {
-        // Counted before anyone hears of the commit.
-        stats.commits.fetch_add(1, Ordering::Relaxed);
+
+    fn create(&mut self, w: &NewWorkflow) -> rusqlite::Result<Created> {
+        let inserted = self.create.execute(params![
+            &*w.id,
+            w.name,
+            w.input,
+            EXECUTOR,
+            w.app_version.as_deref(),
+            w.created_at
+        ])?;
+        if inserted == 1 {
+            return Ok(Created::New);
+        }
+        let existing = self.existing.query_row([&*w.id], workflow_row)??;
+        Ok(Created::Existing(existing))
     }
-    let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    stats.last_commit_ns.store(took, Ordering::Relaxed);
-    // Before the replies: a woken step that enqueues its next write at once must find
-    // the writer idle, not counting this batch.
-    stats.in_flight.fetch_sub(size, Ordering::Relaxed);
-    for r in replies {
-        match (r, &committed) {
-            (Reply::Create(s, r), Ok(())) => drop(s.send(r)),
-            (Reply::Unit(s, r), Ok(())) => drop(s.send(r)),
-            (Reply::Create(s, _), Err(e)) => drop(s.send(Err(e.clone()))),
-            (Reply::Unit(s, _), Err(e)) => drop(s.send(Err(e.clone()))),
+
+    fn record(&mut self, s: &StepRecord) -> rusqlite::Result<()> {
+        let (output, error) = match &s.outcome {
+            RecordedOutcome::Output(bytes) => (Some(bytes.as_slice()), None),
+            RecordedOutcome::Panicked(message) => (None, Some(message.as_str())),
+        };
+        self.record.execute(params![
+            &*s.workflow_id,
+            s.path.to_string(),
+            s.name,
+            output,
+            error,
+            s.attempts,
+            s.started_at,
+            s.finished_at
+        ])?;
+        Ok(())
+    }
+
+    fn finish(&mut self, f: &Finish) -> rusqlite::Result<()> {
+        let (status, output, kind, error) = match &f.outcome {
+            Finished::Completed(bytes) => {
+                (RecordStatus::Completed, Some(bytes.as_slice()), None, None)
+            }
+            Finished::Failed(kind, message) => (
+                RecordStatus::Failed,
+                None,
+                Some(kind.as_str()),
+                Some(message.as_str()),
+            ),
+        };
+        self.finish
+            .execute(params![&*f.id, status.as_str(), output, kind, error, f.at])?;
+        Ok(())
+    }
+}
+
+impl Reply {
+    fn is_err(&self) -> bool {
+        match self {
+            Reply::Create(_, r) => r.is_err(),
+            Reply::Unit(_, r) => r.is_err(),
+        }
+    }
+
+    fn error(&self) -> Option<&StoreError> {
+        match self {
+            Reply::Create(_, r) => r.as_ref().err(),
+            Reply::Unit(_, r) => r.as_ref().err(),
+        }
+    }
+
+    fn fail(self, e: StoreError) {
+        match self {
+            Reply::Create(s, _) => drop(s.send(Err(e))),
+            Reply::Unit(s, _) => drop(s.send(Err(e))),
         }
     }
 }
@@ -590,75 +739,6 @@ fn step_error(path: &Path, s: &StepRecord, e: rusqlite::Error) -> StoreError {
 }
 
 const WORKFLOW_COLUMNS: &str = "id, name, status, input, output, error_kind, error";
-
-fn create(conn: &Connection, w: &NewWorkflow) -> rusqlite::Result<Created> {
-    let inserted = conn
-        .prepare_cached(
-            "INSERT INTO durable_workflows
-                 (id, name, status, input, executor, app_version, created_at, updated_at)
-             VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?6)
-             ON CONFLICT (id) DO NOTHING",
-        )?
-        .execute(params![
-            &*w.id,
-            w.name,
-            w.input,
-            EXECUTOR,
-            w.app_version.as_deref(),
-            w.created_at
-        ])?;
-    if inserted == 1 {
-        return Ok(Created::New);
-    }
-    let existing = conn
-        .prepare_cached(&format!(
-            "SELECT {WORKFLOW_COLUMNS} FROM durable_workflows WHERE id = ?1"
-        ))?
-        .query_row([&*w.id], workflow_row)??;
-    Ok(Created::Existing(existing))
-}
-
-fn record(conn: &Connection, s: &StepRecord) -> rusqlite::Result<()> {
-    let (output, error) = match &s.outcome {
-        RecordedOutcome::Output(bytes) => (Some(bytes.as_slice()), None),
-        RecordedOutcome::Panicked(message) => (None, Some(message.as_str())),
-    };
-    conn.prepare_cached(
-        "INSERT INTO durable_steps
-             (workflow_id, path, name, output, error, attempts, started_at, finished_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(params![
-        &*s.workflow_id,
-        s.path.to_string(),
-        s.name,
-        output,
-        error,
-        s.attempts,
-        s.started_at,
-        s.finished_at
-    ])?;
-    Ok(())
-}
-
-fn finish(conn: &Connection, f: &Finish) -> rusqlite::Result<()> {
-    let (status, output, kind, error) = match &f.outcome {
-        Finished::Completed(bytes) => (RecordStatus::Completed, Some(bytes.as_slice()), None, None),
-        Finished::Failed(kind, message) => (
-            RecordStatus::Failed,
-            None,
-            Some(kind.as_str()),
-            Some(message.as_str()),
-        ),
-    };
-    conn.prepare_cached(
-        "UPDATE durable_workflows
-         SET status = ?2, output = ?3, error_kind = ?4, error = ?5, updated_at = ?6
-         WHERE id = ?1 AND status = 'pending'",
-    )?
-    .execute(params![&*f.id, status.as_str(), output, kind, error, f.at])?;
-    Ok(())
-}
 
 /// Reads a workflow row. The inner `Result` rejects rows no runtime could have written
 /// (an unknown status), which point at a damaged or hand-edited journal.
