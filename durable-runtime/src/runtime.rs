@@ -296,8 +296,8 @@ impl Inner {
     }
 }
 
-/// Journals a new run (or finds the existing one) and starts driving it; replies to the
-/// caller of `start_with_id` if it is still waiting.
+/// Journals a new run (or finds the existing one), replies to the caller of
+/// `start_with_id` if it is still waiting, and then drives the run in this same task.
 async fn admit(
     inner: Arc<Inner>,
     id: Arc<str>,
@@ -318,36 +318,35 @@ async fn admit(
         })
         .await
         .unwrap_or_else(|_| Err(closed(inner.store.path(), &id)));
-    let result = match created {
-        Ok(Created::New) => {
-            tokio::spawn(drive(inner, id, def, input, History::None, tx));
-            Ok(())
-        }
+    let run = match created {
+        Ok(Created::New) => Some((input, History::None)),
         Ok(Created::Existing(record)) if record.name != name => {
             let e = mismatch(&id, &record.name, name);
             inner.settle(&id, &tx, Arc::new(Err(e.clone())));
-            Err(e)
+            // The caller may have stopped waiting; nothing runs either way.
+            let _ = reply.send(Err(e));
+            return;
         }
-        Ok(Created::Existing(record)) => {
-            match record.status {
-                RecordStatus::Pending => {
-                    tokio::spawn(drive(inner, id, def, record.input, History::Journaled, tx));
-                }
-                RecordStatus::Completed | RecordStatus::Failed => {
-                    let outcome = recorded_outcome(inner.store.path(), record);
-                    inner.settle(&id, &tx, Arc::new(outcome));
-                }
+        Ok(Created::Existing(record)) => match record.status {
+            RecordStatus::Pending => Some((record.input, History::Journaled)),
+            RecordStatus::Completed | RecordStatus::Failed => {
+                let outcome = recorded_outcome(inner.store.path(), record);
+                inner.settle(&id, &tx, Arc::new(outcome));
+                None
             }
-            Ok(())
-        }
+        },
         Err(e) => {
             let e = Error::Store(e);
             inner.settle(&id, &tx, Arc::new(Err(e.clone())));
-            Err(e)
+            let _ = reply.send(Err(e));
+            return;
         }
     };
     // The caller may have stopped waiting; the run goes on regardless.
-    let _ = reply.send(result);
+    let _ = reply.send(Ok(()));
+    if let Some((input, history)) = run {
+        drive(inner, id, def, input, history, tx).await;
+    }
 }
 
 fn mismatch(id: &str, existing: &str, requested: &str) -> Error {
