@@ -7,7 +7,28 @@ use std::time::Instant;
 
 use rusqlite::{Connection, params};
 
-use crate::Sync;
+use crate::{Sync, usage};
+
+/// Wall and CPU seconds a baseline took.
+pub(crate) struct Took {
+    pub(crate) wall_s: f64,
+    pub(crate) cpu_s: f64,
+}
+
+struct Clock(Instant, f64);
+
+impl Clock {
+    fn start() -> Clock {
+        Clock(Instant::now(), usage::cpu_seconds())
+    }
+
+    fn stop(self) -> Took {
+        Took {
+            wall_s: self.0.elapsed().as_secs_f64(),
+            cpu_s: usage::cpu_seconds() - self.1,
+        }
+    }
+}
 
 fn open(path: &Path, sync: Sync, steps_table: &str) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
@@ -27,18 +48,18 @@ pub(crate) fn steps_table(journal: &Path) -> rusqlite::Result<String> {
 }
 
 /// Inserts `rows` step rows into a fresh database at `dir` (its table made by
-/// `steps_table`) in commits of `per_commit`; returns the seconds the inserts and
-/// commits took.
+/// `steps_table`) in commits of `per_commit`; returns the time the inserts and commits
+/// took.
 pub(crate) fn commits(
     dir: &Path,
     sync: Sync,
     steps_table: &str,
     rows: usize,
     per_commit: usize,
-) -> rusqlite::Result<f64> {
+) -> rusqlite::Result<Took> {
     let conn = open(&dir.join("baseline.db"), sync, steps_table)?;
     let output = [1u8, 2];
-    let start = Instant::now();
+    let clock = Clock::start();
     let mut written = 0;
     while written < rows {
         let tx = conn.unchecked_transaction()?;
@@ -59,13 +80,13 @@ pub(crate) fn commits(
         }
         tx.commit()?;
     }
-    Ok(start.elapsed().as_secs_f64())
+    Ok(clock.stop())
 }
 
 /// Opens `journal` and reads every recorded step of `workflow_id` in one query;
-/// returns the seconds it took and the number of rows.
-pub(crate) fn select(journal: &Path, workflow_id: &str) -> rusqlite::Result<(f64, usize)> {
-    let start = Instant::now();
+/// returns the time it took and the number of rows.
+pub(crate) fn select(journal: &Path, workflow_id: &str) -> rusqlite::Result<(Took, usize)> {
+    let clock = Clock::start();
     let conn = Connection::open(journal)?;
     let mut stmt = conn.prepare(
         "SELECT path, name, output, error, attempts, started_at, finished_at
@@ -77,5 +98,5 @@ pub(crate) fn select(journal: &Path, workflow_id: &str) -> rusqlite::Result<(f64
         let _: (String, String, Option<Vec<u8>>) = (row.get(0)?, row.get(1)?, row.get(2)?);
         rows += 1;
     }
-    Ok((start.elapsed().as_secs_f64(), rows))
+    Ok((clock.stop(), rows))
 }

@@ -1,33 +1,45 @@
 //! durable's benchmark: what a checkpoint costs, next to what SQLite itself costs.
 //!
 //! ```text
-//! cargo run --release --bin durable-bench              # a table
+//! cargo run --release --bin durable-bench              # a table, then the targets
 //! cargo run --release --bin durable-bench -- --json    # one JSON object per line
-//! cargo run --release --bin durable-bench -- --quick   # fewer runs, no n = 10,000
+//! cargo run --release --bin durable-bench -- --quick   # 3 runs, no n = 10,000
+//! cargo run --release --bin durable-bench -- --only seq,fanout --sync off
 //! ```
 //!
-//! Every workload runs against a fresh journal file on disk (`--dir`, default the
-//! system temporary directory), once to warm up and then `--runs` times (default 5),
-//! interleaved with its baseline: raw rusqlite with the same pragmas (WAL, the same
-//! `synchronous`) writing rows of the same shape as durable's step table. Each side's
+//! Every workload runs against a fresh journal file, once to warm up and then `--runs`
+//! times (default 5), interleaved with its baseline: raw rusqlite with the same pragmas
+//! (WAL, the same `synchronous`) writing rows of the same shape as durable's step table
+//! (the table is made from the `CREATE TABLE` of a journal durable created). Each side's
 //! figure is the median of its runs, and `ratio` is ours / baseline, so noise from a
-//! shared machine mostly cancels. Peak RSS is sampled from `/proc` during our runs.
+//! shared machine mostly cancels.
 //!
 //! | workload | ours | baseline |
 //! |---|---|---|
 //! | `seq` | one workflow, `n` sequential no-op steps | `n` single-row commits |
 //! | `fanout` | one workflow, `n` concurrent no-op steps (`join_all`) | `n` rows, 100 per commit |
 //! | `many` | 200 workflows x 10 sequential steps, started at once | 2,000 rows, 100 per commit |
-//! | `replay` | open a journal and finish a pending workflow whose 1,000 steps are recorded | one `SELECT` of those 1,000 rows |
+//! | `replay` | open a journal and finish a pending workflow whose `n` steps are recorded | open and one `SELECT` of those `n` rows |
 //! | `start` | start 1,000 one-step workflows with explicit ids, at once | 2,000 rows, 100 per commit |
 //!
-//! `seq` and `fanout` run at n = 100, 1,000 and 10,000 (the scale check: per-step cost
-//! should stay flat), at `synchronous=FULL` and `NORMAL`. A last line reports 10,000
-//! workflows of 10 steps started at once: total time, peak RSS, peak open descriptors.
+//! `seq`, `fanout` and `replay` run at n = 100, 1,000 and 10,000; a `scale` line per
+//! workload and setting gives the per-step cost at each size and the marginal cost (the
+//! slope) between sizes, which should stay flat (for `replay` it shows that reading a
+//! journal costs one query, not one per step). Journals for `synchronous=FULL` and `NORMAL`
+//! live in `--dir` (default: the system temporary directory, on disk); for `OFF` they
+//! live in `--tmpfs` (default `/dev/shm`), where the runtime's own CPU cost shows.
+//! Besides wall time each row reports CPU time (every thread of the process, from
+//! `getrusage`) and `overhead_us`, the wall time per step above the baseline's.
+//!
+//! A `10k_x_10` line reports 10,000 workflows of 10 steps started at once: total time,
+//! peak RSS and peak open descriptors (sampled from `/proc`). Last, each target of the
+//! performance issue is checked against the figures above.
 
 mod baseline;
 mod sampler;
+mod usage;
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -62,17 +74,21 @@ async fn one_step(i: u32) -> u32 {
 }
 
 /// A `synchronous` setting, as durable and as SQLite spell it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Sync {
     Full,
     Normal,
+    Off,
 }
 
 impl Sync {
+    const ALL: [Sync; 3] = [Sync::Full, Sync::Normal, Sync::Off];
+
     fn durability(self) -> Durability {
         match self {
             Sync::Full => Durability::Full,
             Sync::Normal => Durability::Normal,
+            Sync::Off => Durability::Off,
         }
     }
 
@@ -80,6 +96,7 @@ impl Sync {
         match self {
             Sync::Full => "FULL",
             Sync::Normal => "NORMAL",
+            Sync::Off => "OFF",
         }
     }
 
@@ -87,18 +104,21 @@ impl Sync {
         match self {
             Sync::Full => "full",
             Sync::Normal => "normal",
+            Sync::Off => "off",
         }
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Workload {
     Seq(u32),
     Fanout(u32),
     Many,
-    Replay,
+    Replay(u32),
     Start,
 }
+
+const WORKLOAD_NAMES: [&str; 5] = ["seq", "fanout", "many", "replay", "start"];
 
 impl Workload {
     fn name(self) -> &'static str {
@@ -106,17 +126,17 @@ impl Workload {
             Workload::Seq(_) => "seq",
             Workload::Fanout(_) => "fanout",
             Workload::Many => "many",
-            Workload::Replay => "replay",
+            Workload::Replay(_) => "replay",
             Workload::Start => "start",
         }
     }
 
-    /// Steps the workload records.
+    /// Steps the workload records (or replays).
     fn n(self) -> u32 {
         match self {
-            Workload::Seq(n) | Workload::Fanout(n) => n,
+            Workload::Seq(n) | Workload::Fanout(n) | Workload::Replay(n) => n,
             Workload::Many => 2_000,
-            Workload::Replay | Workload::Start => 1_000,
+            Workload::Start => 1_000,
         }
     }
 
@@ -125,7 +145,7 @@ impl Workload {
             Workload::Seq(n) => format!("{n} single-row commits"),
             Workload::Fanout(n) => format!("{n} rows, 100 per commit"),
             Workload::Many | Workload::Start => "2000 rows, 100 per commit".to_owned(),
-            Workload::Replay => "one SELECT of 1000 rows".to_owned(),
+            Workload::Replay(n) => format!("open + one SELECT of {n} rows"),
         }
     }
 }
@@ -137,7 +157,13 @@ struct Options {
     quick: bool,
     runs: usize,
     dir: PathBuf,
+    tmpfs: PathBuf,
+    only: Vec<&'static str>,
+    syncs: Vec<Sync>,
 }
+
+const USAGE: &str = "usage: durable-bench [--json] [--quick] [--runs N] [--dir DIR] [--tmpfs DIR]
+                     [--only seq,fanout,many,replay,start,big] [--sync full,normal,off]";
 
 fn parse_args() -> Res<Options> {
     let mut o = Options {
@@ -145,19 +171,49 @@ fn parse_args() -> Res<Options> {
         quick: false,
         runs: 5,
         dir: std::env::temp_dir(),
+        tmpfs: PathBuf::from("/dev/shm"),
+        only: WORKLOAD_NAMES.iter().copied().chain(["big"]).collect(),
+        syncs: Sync::ALL.to_vec(),
     };
+    let mut tmpfs_given = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        let mut value = |flag: &str| args.next().ok_or(format!("{flag} needs a value"));
         match a.as_str() {
             "--json" => o.json = true,
             "--quick" => o.quick = true,
-            "--runs" => o.runs = args.next().ok_or("--runs needs a number")?.parse()?,
-            "--dir" => o.dir = args.next().ok_or("--dir needs a directory")?.into(),
+            "--runs" => o.runs = value("--runs")?.parse()?,
+            "--dir" => o.dir = value("--dir")?.into(),
+            "--tmpfs" => {
+                o.tmpfs = value("--tmpfs")?.into();
+                tmpfs_given = true;
+            }
+            "--only" => {
+                o.only = Vec::new();
+                for name in value("--only")?.split(',') {
+                    let known = WORKLOAD_NAMES.iter().copied().chain(["big"]);
+                    match known.into_iter().find(|k| *k == name) {
+                        Some(k) => o.only.push(k),
+                        None => return Err(format!("unknown workload `{name}`\n{USAGE}").into()),
+                    }
+                }
+            }
+            "--sync" => {
+                o.syncs = Vec::new();
+                for name in value("--sync")?.split(',') {
+                    match Sync::ALL.into_iter().find(|s| s.name() == name) {
+                        Some(s) => o.syncs.push(s),
+                        None => {
+                            return Err(format!("unknown --sync `{name}`\n{USAGE}").into());
+                        }
+                    }
+                }
+            }
             "-h" | "--help" => {
-                println!("usage: durable-bench [--json] [--quick] [--runs N] [--dir DIR]");
+                println!("{USAGE}");
                 std::process::exit(0);
             }
-            other => return Err(format!("unknown argument `{other}`; try --help").into()),
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}").into()),
         }
     }
     if o.quick {
@@ -166,7 +222,23 @@ fn parse_args() -> Res<Options> {
     if o.runs == 0 {
         return Err("--runs must be at least 1".into());
     }
+    if !o.tmpfs.is_dir() {
+        if tmpfs_given {
+            return Err(format!("--tmpfs {} is not a directory", o.tmpfs.display()).into());
+        }
+        o.tmpfs = o.dir.clone();
+    }
     Ok(o)
+}
+
+impl Options {
+    /// Where journals for `sync` live.
+    fn dir_for(&self, sync: Sync) -> &Path {
+        match sync {
+            Sync::Off => &self.tmpfs,
+            Sync::Full | Sync::Normal => &self.dir,
+        }
+    }
 }
 
 /// Opens a runtime, waiting for a just-dropped one on the same file to let go.
@@ -184,22 +256,54 @@ async fn open(path: &Path, sync: Sync) -> Res<Runtime> {
     Err(format!("{} stayed locked", path.display()).into())
 }
 
+/// Waits until no runtime holds the journal at `path` (a dropped runtime lets go once
+/// its writer has finished), so that a timed open does not include that wait.
+async fn wait_unlocked(path: &Path) -> Res<()> {
+    let mut lock = path.as_os_str().to_owned();
+    lock.push(".lock");
+    let file = std::fs::File::open(&lock)?;
+    for _ in 0..1000 {
+        match file.try_lock() {
+            Ok(()) => return Ok(file.unlock()?),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+    }
+    Err(format!("{} stayed locked", path.display()).into())
+}
+
+/// One timed run.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    wall_s: f64,
+    cpu_s: f64,
+    commits: u64,
+}
+
 /// One timed run of our side of `w`, in a fresh journal under `dir`.
-async fn ours(dir: &Path, sync: Sync, w: Workload) -> Res<f64> {
+async fn ours(dir: &Path, sync: Sync, w: Workload) -> Res<Run> {
     let path = dir.join("journal.db");
-    if let Workload::Replay = w {
-        return replay(&path, sync).await;
+    if let Workload::Replay(n) = w {
+        return replay(&path, sync, n).await;
     }
     let rt = open(&path, sync).await?;
+    let before = rt.journal_commits();
+    let cpu = usage::cpu_seconds();
     let start = Instant::now();
     match w {
         Workload::Seq(n) => drop(rt.start(sequential(n)).await?.result().await?),
         Workload::Fanout(n) => drop(rt.start(concurrent(n)).await?.result().await?),
         Workload::Many => run_all(&rt, 200, |_| (None, sequential(10))).await?,
         Workload::Start => run_all(&rt, 1000, |i| (Some(format!("wf-{i}")), one_step(i))).await?,
-        Workload::Replay => {}
+        Workload::Replay(_) => {}
     }
-    Ok(start.elapsed().as_secs_f64())
+    Ok(Run {
+        wall_s: start.elapsed().as_secs_f64(),
+        cpu_s: usage::cpu_seconds() - cpu,
+        commits: rt.journal_commits() - before,
+    })
 }
 
 /// Starts `count` workflows at once, each from its own task (under the id `call`
@@ -231,45 +335,61 @@ where
     Ok(())
 }
 
-/// Records a 1,000-step workflow, marks it unfinished (as a crash before its outcome
-/// was written would), then times an open that resumes it and its result.
-async fn replay(path: &Path, sync: Sync) -> Res<f64> {
+/// Records an `n`-step workflow (at `synchronous=OFF`, to save time: the file is the
+/// same), marks it unfinished (as a crash before its outcome was written would), then
+/// times an open at `sync` that resumes it, up to its result.
+async fn replay(path: &Path, sync: Sync, n: u32) -> Res<Run> {
     {
-        let rt = open(path, sync).await?;
-        rt.start_with_id("replay", sequential(1000))
+        let rt = open(path, Sync::Off).await?;
+        rt.start_with_id("replay", sequential(n))
             .await?
             .result()
             .await?;
     }
+    wait_unlocked(path).await?;
     rusqlite::Connection::open(path)?.execute(
         "UPDATE durable_workflows SET status = 'pending', output = NULL WHERE id = 'replay'",
         [],
     )?;
+    let cpu = usage::cpu_seconds();
     let start = Instant::now();
     let rt = open(path, sync).await?;
-    rt.start_with_id("replay", sequential(1000))
-        .await?
-        .result()
-        .await?;
-    Ok(start.elapsed().as_secs_f64())
+    let handle = rt.start_with_id("replay", sequential(n)).await?;
+    handle.result().await?;
+    Ok(Run {
+        wall_s: start.elapsed().as_secs_f64(),
+        cpu_s: usage::cpu_seconds() - cpu,
+        // The outcome's; every step came from one SELECT.
+        commits: rt.journal_commits(),
+    })
 }
 
-fn baseline(dir: &Path, sync: Sync, w: Workload, steps_table: &str) -> Res<f64> {
-    let commits = |rows, per_commit| baseline::commits(dir, sync, steps_table, rows, per_commit);
-    Ok(match w {
-        Workload::Seq(n) => commits(n as usize, 1)?,
-        Workload::Fanout(n) => commits(n as usize, 100)?,
-        Workload::Many | Workload::Start => commits(2000, 100)?,
-        Workload::Replay => {
-            // The same rows our replay reads: a journal left by a replay run.
-            let journal = dir.join("journal.db");
-            let (secs, rows) = baseline::select(&journal, "replay")?;
-            if rows != 1000 {
-                return Err(format!("replay baseline read {rows} rows, expected 1000").into());
+fn baseline(dir: &Path, sync: Sync, w: Workload, steps_table: &str) -> Res<Run> {
+    let commits = |rows: u32, per_commit: u32| -> Res<Run> {
+        let took = baseline::commits(dir, sync, steps_table, rows as usize, per_commit as usize)?;
+        Ok(Run {
+            wall_s: took.wall_s,
+            cpu_s: took.cpu_s,
+            commits: u64::from(rows.div_ceil(per_commit)),
+        })
+    };
+    match w {
+        Workload::Seq(n) => commits(n, 1),
+        Workload::Fanout(n) => commits(n, 100),
+        Workload::Many | Workload::Start => commits(2000, 100),
+        Workload::Replay(n) => {
+            // The same rows our replay reads: the journal our replay run left.
+            let (took, rows) = baseline::select(&dir.join("journal.db"), "replay")?;
+            if rows != n as usize {
+                return Err(format!("replay baseline read {rows} rows, expected {n}").into());
             }
-            secs
+            Ok(Run {
+                wall_s: took.wall_s,
+                cpu_s: took.cpu_s,
+                commits: 0,
+            })
         }
-    })
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -278,67 +398,204 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 struct Row {
-    workload: &'static str,
-    sync: &'static str,
-    n: u32,
+    workload: Workload,
+    sync: Sync,
     ours_s: f64,
-    baseline: String,
+    ours_cpu_s: f64,
+    commits: u64,
     baseline_s: f64,
+    baseline_cpu_s: f64,
     peak_rss_mib: f64,
 }
 
 impl Row {
+    fn n(&self) -> f64 {
+        f64::from(self.workload.n())
+    }
+
     fn ratio(&self) -> f64 {
         self.ours_s / self.baseline_s
     }
 
     fn per_step_us(&self) -> f64 {
-        self.ours_s * 1e6 / f64::from(self.n)
+        self.ours_s * 1e6 / self.n()
+    }
+
+    fn cpu_per_step_us(&self) -> f64 {
+        self.ours_cpu_s * 1e6 / self.n()
+    }
+
+    /// Wall time per step above the baseline's: the runtime's own cost.
+    fn overhead_us(&self) -> f64 {
+        (self.ours_s - self.baseline_s) * 1e6 / self.n()
     }
 
     fn json(&self) -> String {
         format!(
-            "{{\"workload\": \"{}\", \"sync\": \"{}\", \"n\": {}, \"ours_s\": {:.6}, \"baseline\": \"{}\", \"baseline_s\": {:.6}, \"ratio\": {:.3}, \"peak_rss_mib\": {:.1}, \"per_step_us\": {:.2}}}",
-            self.workload,
-            self.sync,
-            self.n,
+            "{{\"workload\": \"{}\", \"sync\": \"{}\", \"n\": {}, \"ours_s\": {:.6}, \"baseline\": \"{}\", \"baseline_s\": {:.6}, \"ratio\": {:.3}, \"peak_rss_mib\": {:.1}, \"per_step_us\": {:.2}, \"overhead_us\": {:.2}, \"cpu_us\": {:.2}, \"baseline_cpu_us\": {:.2}, \"commits\": {}}}",
+            self.workload.name(),
+            self.sync.name(),
+            self.workload.n(),
             self.ours_s,
-            self.baseline,
+            self.workload.baseline(),
             self.baseline_s,
             self.ratio(),
             self.peak_rss_mib,
-            self.per_step_us()
+            self.per_step_us(),
+            self.overhead_us(),
+            self.cpu_per_step_us(),
+            self.baseline_cpu_s * 1e6 / self.n(),
+            self.commits,
+        )
+    }
+
+    fn table_line(&self) -> String {
+        format!(
+            "{:<8} {:<7} {:>6} {:>9.4} {:>9.4} {:>6.2} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>7.1}  {}",
+            self.workload.name(),
+            self.sync.name(),
+            self.workload.n(),
+            self.ours_s,
+            self.baseline_s,
+            self.ratio(),
+            self.per_step_us(),
+            self.overhead_us(),
+            self.cpu_per_step_us(),
+            self.commits,
+            self.peak_rss_mib,
+            self.workload.baseline()
         )
     }
 }
 
+const TABLE_HEADER: &str = "workload sync         n    ours_s    base_s  ratio  us/step overhead   cpu_us commits rss_mib  baseline";
+
 async fn measure(o: &Options, sync: Sync, w: Workload, steps_table: &str) -> Res<Row> {
+    let dir = o.dir_for(sync);
     // Warm-up: caches, the page cache, the allocator; not counted.
-    let warm = tempfile::tempdir_in(&o.dir)?;
+    let warm = tempfile::tempdir_in(dir)?;
     ours(warm.path(), sync, w).await?;
     baseline(warm.path(), sync, w, steps_table)?;
-    let mut ours_runs = Vec::new();
+    let mut our_runs = Vec::new();
     let mut base_runs = Vec::new();
     let sampler = Sampler::start();
     for _ in 0..o.runs {
-        let dir = tempfile::tempdir_in(&o.dir)?;
-        ours_runs.push(ours(dir.path(), sync, w).await?);
-        base_runs.push(baseline(dir.path(), sync, w, steps_table)?);
+        let run_dir = tempfile::tempdir_in(dir)?;
+        our_runs.push(ours(run_dir.path(), sync, w).await?);
+        base_runs.push(baseline(run_dir.path(), sync, w, steps_table)?);
     }
     let peaks = sampler.stop();
+    let commits = median(our_runs.iter().map(|r| r.commits as f64).collect());
     Ok(Row {
-        workload: w.name(),
-        sync: sync.name(),
-        n: w.n(),
-        ours_s: median(ours_runs),
-        baseline: w.baseline(),
-        baseline_s: median(base_runs),
+        workload: w,
+        sync,
+        ours_s: median(our_runs.iter().map(|r| r.wall_s).collect()),
+        ours_cpu_s: median(our_runs.iter().map(|r| r.cpu_s).collect()),
+        commits: commits as u64,
+        baseline_s: median(base_runs.iter().map(|r| r.wall_s).collect()),
+        baseline_cpu_s: median(base_runs.iter().map(|r| r.cpu_s).collect()),
         peak_rss_mib: peaks.rss_mib,
     })
 }
 
+/// How per-step cost changes with `n` for one workload and setting.
+struct Scale {
+    of: &'static str,
+    sync: Sync,
+    n: Vec<u32>,
+    per_step_us: Vec<f64>,
+    /// Cost of each added step between consecutive sizes: (t2 - t1) / (n2 - n1).
+    marginal_us: Vec<f64>,
+    /// The same for the baseline.
+    baseline_marginal_us: Vec<f64>,
+}
+
+impl Scale {
+    fn from_rows(rows: &[&Row]) -> Option<Scale> {
+        let first = rows.first()?;
+        if rows.len() < 2 {
+            return None;
+        }
+        let marginal = |f: fn(&Row) -> f64| -> Vec<f64> {
+            rows.windows(2)
+                .map(|w| (f(w[1]) - f(w[0])) * 1e6 / (w[1].n() - w[0].n()))
+                .collect()
+        };
+        Some(Scale {
+            of: first.workload.name(),
+            sync: first.sync,
+            n: rows.iter().map(|r| r.workload.n()).collect(),
+            per_step_us: rows.iter().map(|r| r.per_step_us()).collect(),
+            marginal_us: marginal(|r| r.ours_s),
+            baseline_marginal_us: marginal(|r| r.baseline_s),
+        })
+    }
+
+    /// The largest relative distance of our marginal costs from their mean.
+    fn spread(&self) -> f64 {
+        spread(&self.marginal_us)
+    }
+
+    fn json(&self) -> String {
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "{{\"workload\": \"scale\", \"of\": \"{}\", \"sync\": \"{}\", \"n\": {:?}, \"per_step_us\": [{}], \"marginal_us\": [{}], \"baseline_marginal_us\": [{}], \"spread\": {:.3}, \"baseline_spread\": {:.3}}}",
+            self.of,
+            self.sync.name(),
+            self.n,
+            list(&self.per_step_us),
+            list(&self.marginal_us),
+            list(&self.baseline_marginal_us),
+            self.spread(),
+            spread(&self.baseline_marginal_us)
+        )
+    }
+
+    fn table_line(&self) -> String {
+        let mut s = format!("scale    {:<7} {:<6}  per step", self.sync.name(), self.of);
+        for (n, us) in self.n.iter().zip(&self.per_step_us) {
+            let _ = write!(s, "  n={n}: {us:.1} us");
+        }
+        s.push_str("; marginal");
+        for m in &self.marginal_us {
+            let _ = write!(s, " {m:.1}");
+        }
+        s.push_str(" us (baseline");
+        for m in &self.baseline_marginal_us {
+            let _ = write!(s, " {m:.1}");
+        }
+        let _ = write!(
+            s,
+            "), spread {:.0}% (baseline {:.0}%)",
+            self.spread() * 100.0,
+            spread(&self.baseline_marginal_us) * 100.0
+        );
+        s
+    }
+}
+
+/// The largest relative distance of `v`'s values from their mean.
+fn spread(v: &[f64]) -> f64 {
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    v.iter()
+        .map(|m| (m - mean).abs() / mean)
+        .fold(0.0, f64::max)
+}
+
 /// 10,000 workflows of 10 steps started at once: time, peak RSS, peak descriptors.
-async fn big(o: &Options) -> Res<String> {
+struct Big {
+    secs: f64,
+    rss_mib: f64,
+    fds: u64,
+    commits: u64,
+}
+
+async fn big(o: &Options) -> Res<Big> {
     let dir = tempfile::tempdir_in(&o.dir)?;
     let rt = open(&dir.path().join("journal.db"), Sync::Full).await?;
     let sampler = Sampler::start();
@@ -346,12 +603,78 @@ async fn big(o: &Options) -> Res<String> {
     run_all(&rt, 10_000, |_| (None, sequential(10))).await?;
     let secs = start.elapsed().as_secs_f64();
     let peaks = sampler.stop();
-    Ok(format!(
-        "{{\"workload\": \"10k_x_10\", \"sync\": \"full\", \"n\": 100000, \"ours_s\": {secs:.3}, \"peak_rss_mib\": {:.1}, \"peak_fds\": {}, \"commits\": {}}}",
-        peaks.rss_mib,
-        peaks.fds,
-        rt.journal_commits()
-    ))
+    Ok(Big {
+        secs,
+        rss_mib: peaks.rss_mib,
+        fds: peaks.fds,
+        commits: rt.journal_commits(),
+    })
+}
+
+/// A target from the performance issue, checked against a measured figure.
+struct Target {
+    what: String,
+    measured: f64,
+    limit: f64,
+}
+
+impl Target {
+    fn met(&self) -> bool {
+        self.measured <= self.limit
+    }
+}
+
+fn targets(rows: &[Row], scales: &[Scale], big: Option<&Big>) -> Vec<Target> {
+    let mut out = Vec::new();
+    let row = |w: Workload, s: Sync| rows.iter().find(|r| r.workload == w && r.sync == s);
+    let mut ratio = |w: Workload, limit: f64| {
+        if let Some(r) = row(w, Sync::Full) {
+            out.push(Target {
+                what: format!("{} ratio at full (n = {})", w.name(), w.n()),
+                measured: r.ratio(),
+                limit,
+            });
+        }
+    };
+    ratio(Workload::Seq(1000), 1.25);
+    ratio(Workload::Fanout(1000), 2.0);
+    ratio(Workload::Many, 2.0);
+    ratio(Workload::Replay(1000), 3.0);
+    ratio(Workload::Start, 2.0);
+    for (w, limit) in [(Workload::Seq(1000), 20.0), (Workload::Fanout(1000), 10.0)] {
+        if let Some(r) = row(w, Sync::Off) {
+            out.push(Target {
+                what: format!(
+                    "{} runtime cost per step at off (wall time above the baseline, us)",
+                    w.name()
+                ),
+                measured: r.overhead_us(),
+                limit,
+            });
+        }
+    }
+    if let Some(b) = big {
+        out.push(Target {
+            what: "10k x 10 workflows peak RSS (MiB)".to_owned(),
+            measured: b.rss_mib,
+            limit: 256.0,
+        });
+    }
+    for s in scales.iter().filter(|s| s.n.len() >= 3) {
+        out.push(Target {
+            what: format!(
+                "{} at {} marginal per-step cost spread, n = {}..{} (baseline's: {:.2})",
+                s.of,
+                s.sync.name(),
+                s.n[0],
+                s.n[s.n.len() - 1],
+                spread(&s.baseline_marginal_us)
+            ),
+            measured: s.spread(),
+            limit: 0.25,
+        });
+    }
+    out
 }
 
 async fn run(o: Options) -> Res<()> {
@@ -360,6 +683,7 @@ async fn run(o: Options) -> Res<()> {
         let dir = tempfile::tempdir_in(&o.dir)?;
         let journal = dir.path().join("journal.db");
         drop(open(&journal, Sync::Full).await?);
+        wait_unlocked(&journal).await?;
         baseline::steps_table(&journal)?
     };
     let sizes: &[u32] = if o.quick {
@@ -370,37 +694,72 @@ async fn run(o: Options) -> Res<()> {
     let mut workloads = Vec::new();
     workloads.extend(sizes.iter().map(|&n| Workload::Seq(n)));
     workloads.extend(sizes.iter().map(|&n| Workload::Fanout(n)));
-    workloads.extend([Workload::Many, Workload::Replay, Workload::Start]);
+    workloads.extend([Workload::Many, Workload::Start]);
+    workloads.extend(sizes.iter().map(|&n| Workload::Replay(n)));
+    workloads.retain(|w| o.only.contains(&w.name()));
     if !o.json {
-        println!(
-            "{:<8} {:<7} {:>6} {:>10} {:>10} {:>7} {:>9} {:>9}  baseline",
-            "workload", "sync", "n", "ours_s", "base_s", "ratio", "us/step", "rss_mib"
-        );
+        println!("{TABLE_HEADER}");
     }
-    for sync in [Sync::Full, Sync::Normal] {
+    let mut rows = Vec::new();
+    for &sync in &o.syncs {
         for &w in &workloads {
             let row = measure(&o, sync, w, &steps_table).await?;
-            if o.json {
-                println!("{}", row.json());
-            } else {
-                println!(
-                    "{:<8} {:<7} {:>6} {:>10.4} {:>10.4} {:>7.2} {:>9.1} {:>9.1}  {}",
-                    row.workload,
-                    row.sync,
-                    row.n,
-                    row.ours_s,
-                    row.baseline_s,
-                    row.ratio(),
-                    row.per_step_us(),
-                    row.peak_rss_mib,
-                    row.baseline
-                );
+            println!("{}", if o.json { row.json() } else { row.table_line() });
+            rows.push(row);
+        }
+    }
+    let mut scales = Vec::new();
+    for &sync in &o.syncs {
+        for of in ["seq", "fanout", "replay"] {
+            let series: Vec<&Row> = rows
+                .iter()
+                .filter(|r| r.sync == sync && r.workload.name() == of)
+                .collect();
+            if let Some(s) = Scale::from_rows(&series) {
+                println!("{}", if o.json { s.json() } else { s.table_line() });
+                scales.push(s);
             }
         }
     }
-    if !o.quick {
-        let line = big(&o).await?;
-        println!("{line}");
+    let big = if !o.quick && o.only.contains(&"big") {
+        let b = big(&o).await?;
+        if o.json {
+            println!(
+                "{{\"workload\": \"10k_x_10\", \"sync\": \"full\", \"n\": 100000, \"ours_s\": {:.3}, \"peak_rss_mib\": {:.1}, \"peak_fds\": {}, \"commits\": {}}}",
+                b.secs, b.rss_mib, b.fds, b.commits
+            );
+        } else {
+            println!(
+                "10k_x_10 full: 10,000 workflows x 10 steps in {:.2} s, {} commits, peak RSS {:.1} MiB, peak open fds {}",
+                b.secs, b.commits, b.rss_mib, b.fds
+            );
+        }
+        Some(b)
+    } else {
+        None
+    };
+    let checks = targets(&rows, &scales, big.as_ref());
+    if !o.json && !checks.is_empty() {
+        println!("\ntargets:");
+    }
+    for t in &checks {
+        if o.json {
+            println!(
+                "{{\"target\": \"{}\", \"measured\": {:.3}, \"limit\": {}, \"met\": {}}}",
+                t.what,
+                t.measured,
+                t.limit,
+                t.met()
+            );
+        } else {
+            println!(
+                "  {:<4} {:<72} {:>9.3} (limit {})",
+                if t.met() { "met" } else { "MISS" },
+                t.what,
+                t.measured,
+                t.limit
+            );
+        }
     }
     Ok(())
 }
