@@ -117,6 +117,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
 
+#[doc(hidden)]
+pub mod bench_support;
 mod codec;
 mod context;
 mod error;

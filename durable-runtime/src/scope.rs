@@ -33,6 +33,15 @@ impl Branch {
         })
     }
 
+    /// The branch that took position `claim`: its steps are numbered below it.
+    pub(crate) fn child_of(Claim { ctx, path }: Claim) -> Arc<Branch> {
+        Arc::new(Branch {
+            ctx,
+            path: path.positions().into(),
+            next: AtomicU32::new(0),
+        })
+    }
+
     fn claim(&self) -> StepPath {
         // Claims happen inside this branch's own polls, on one thread at a time; the
         // atomic is only there so the branch can move between tokio worker threads.
@@ -168,14 +177,10 @@ pin_project_lite::pin_project! {
 ///
 /// Outside any workflow the branch has no scope, and the steps inside it are plain calls.
 pub fn branch<T, F: Future<Output = T>>(fut: F) -> Branched<F> {
-    let scope = claim().map(|Claim { ctx, path }| {
-        Arc::new(Branch {
-            ctx,
-            path: path.positions().into(),
-            next: AtomicU32::new(0),
-        })
-    });
-    Branched { scope, fut }
+    Branched {
+        scope: claim().map(Branch::child_of),
+        fut,
+    }
 }
 
 /// Wraps a workflow body in its root scope.
