@@ -105,10 +105,11 @@
 //! One SQLite file in WAL mode, created owner-only (`0600`), locked by the runtime that
 //! opened it (`<file>.lock`): a second runtime, in this or another process, gets
 //! [`Error::Locked`]. Commits are `synchronous=FULL` unless you choose
-//! [`Durability::Normal`]. One writer thread commits checkpoints in batches: a
-//! sequential step costs one commit, and steps finishing together share one. The schema
-//! is documented in the repository's `docs/journal.md` and changes only through numbered
-//! migrations.
+//! [`Durability::Normal`] (or [`Durability::Off`], for tests). One writer thread commits
+//! checkpoints in batches: a sequential step costs one commit, with no added wait, and
+//! steps finishing together share one. The writer's batching policy and the schema are
+//! documented in the repository's `docs/journal.md`; the schema changes only through
+//! numbered migrations.
 //!
 //! # Minimum supported Rust version
 //!

@@ -1,11 +1,15 @@
 //! The SQLite journal.
 //!
 //! One writer thread owns the only connection that writes. It takes write requests from
-//! a channel and commits them in batches (group commit): it blocks for the first
+//! a channel and commits them in batches (group commit): it waits for the first
 //! request, then takes every request already queued (up to [`MAX_BATCH`]) into the same
 //! transaction, commits once, and acknowledges them all. It never waits for company, so
 //! a lone sequential step pays exactly one commit with no added latency, while steps
-//! that finish during a commit share the next one.
+//! that finish during a commit share the next one. After a batch the writer spins for
+//! [`WRITER_SPIN`] before it sleeps, and a lone write's waiter may stay runnable for a
+//! while ([`Store::ack_spin`]), so that where commits are fast a sequential step does
+//! not also pay two thread sleeps and wake-ups. `docs/journal.md` ("The writer")
+//! explains the policy for users.
 //!
 //! Reads use a separate connection (WAL readers do not block the writer).
 //!
