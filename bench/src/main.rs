@@ -753,7 +753,7 @@ async fn run(o: Options) -> Res<()> {
             );
         } else {
             println!(
-                "  {:<4} {:<72} {:>9.3} (limit {})",
+                "  {:<4} {:<96} {:>7.3} (limit {})",
                 if t.met() { "met" } else { "MISS" },
                 t.what,
                 t.measured,
