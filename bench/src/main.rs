@@ -651,6 +651,14 @@ fn targets(rows: &[Row], scales: &[Scale], big: Option<&Big>) -> Vec<Target> {
                 measured: r.overhead_us(),
                 limit,
             });
+            out.push(Target {
+                what: format!(
+                    "{} runtime CPU per step at off (CPU time above the baseline's, us)",
+                    w.name()
+                ),
+                measured: r.cpu_per_step_us() - r.baseline_cpu_s * 1e6 / r.n(),
+                limit,
+            });
         }
     }
     if let Some(b) = big {
