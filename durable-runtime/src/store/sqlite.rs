@@ -269,7 +269,9 @@ impl SqliteStore {
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         // If the writer thread is gone the command (and its reply sender) is dropped,
         // and the caller sees a closed channel: `StoreErrorKind::Closed`.
-        let _ = self.writes.send(make(tx));
+        if self.writes.send(make(tx)).is_err() {
+            self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
         rx
     }
 
@@ -574,6 +576,10 @@ impl<'c> Writer<'c> {
     fn commit_batch(&mut self, path: &Path, batch: &mut Vec<Command>, stats: &WriterStats) {
         let started = std::time::Instant::now();
         let size = batch.len();
+        if !self.conn.is_autocommit() {
+            // A transaction left open by a failed ROLLBACK would make every BEGIN fail.
+            let _ = self.rollback.execute([]);
+        }
         if let Err(e) = self.begin.execute([]) {
             let e = sql_error(path, e);
             stats.in_flight.fetch_sub(size, Ordering::Relaxed);
@@ -622,7 +628,7 @@ impl<'c> Writer<'c> {
         }
         let committed = self.commit.execute([]).map(drop).map_err(|e| {
             // A failed COMMIT can leave the transaction open (SQLITE_BUSY, a full disk);
-            // end it so the next batch starts clean. Nothing of this batch was written.
+            // end it so the next batch starts clean. Its writes are reported as failed (at `FULL`, an fsync failing after the commit frame was written can still surface them after a crash, as SQLite itself would).
             let _ = self.rollback.execute([]);
             sql_error(path, e)
         });
