@@ -319,33 +319,33 @@ async fn admit(
         .await
         .unwrap_or_else(|_| Err(closed(inner.store.path(), &id)));
     let run = match created {
-        Ok(Created::New) => Some((input, History::None)),
+        Ok(Created::New) => Ok(Some((input, History::None))),
         Ok(Created::Existing(record)) if record.name != name => {
-            let e = mismatch(&id, &record.name, name);
-            inner.settle(&id, &tx, Arc::new(Err(e.clone())));
-            // The caller may have stopped waiting; nothing runs either way.
-            let _ = reply.send(Err(e));
-            return;
+            Err(mismatch(&id, &record.name, name))
         }
         Ok(Created::Existing(record)) => match record.status {
-            RecordStatus::Pending => Some((record.input, History::Journaled)),
+            RecordStatus::Pending => Ok(Some((record.input, History::Journaled))),
             RecordStatus::Completed | RecordStatus::Failed => {
                 let outcome = recorded_outcome(inner.store.path(), record);
                 inner.settle(&id, &tx, Arc::new(outcome));
-                None
+                Ok(None)
             }
         },
-        Err(e) => {
-            let e = Error::Store(e);
-            inner.settle(&id, &tx, Arc::new(Err(e.clone())));
-            let _ = reply.send(Err(e));
-            return;
-        }
+        Err(e) => Err(Error::Store(e)),
     };
-    // The caller may have stopped waiting; the run goes on regardless.
-    let _ = reply.send(Ok(()));
-    if let Some((input, history)) = run {
-        drive(inner, id, def, input, history, tx).await;
+    match run {
+        Err(e) => {
+            inner.settle(&id, &tx, Arc::new(Err(e.clone())));
+            // The caller may have stopped waiting; nothing runs either way.
+            let _ = reply.send(Err(e));
+        }
+        Ok(run) => {
+            // The caller may have stopped waiting; the run goes on regardless.
+            let _ = reply.send(Ok(()));
+            if let Some((input, history)) = run {
+                drive(inner, id, def, input, history, tx).await;
+            }
+        }
     }
 }
 

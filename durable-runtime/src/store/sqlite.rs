@@ -608,30 +608,27 @@ impl<'c> Writer<'c> {
                     Reply::Unit(reply, self.finish(&f).map_err(|e| sql_error(path, e)))
                 }
             };
-            if reply.is_err() && self.conn.is_autocommit() {
+            if let Some(e) = reply.error()
+                && self.conn.is_autocommit()
+            {
                 // Some errors (a full disk, an I/O error) roll back the whole
                 // transaction; the writes after it would each commit on their own.
                 // Fail them instead, and everything before: none of it is written.
-                let e = reply.error().cloned();
-                aborted = Some(e.unwrap_or_else(|| {
-                    StoreError::new(path, StoreErrorKind::Io, "the transaction was rolled back")
-                }));
+                aborted = Some(e.clone());
             }
             replies.push(reply);
         }
-        if let Some(e) = aborted {
-            stats.in_flight.fetch_sub(size, Ordering::Relaxed);
-            for r in replies {
-                r.fail(e.clone());
-            }
-            return;
-        }
-        let committed = self.commit.execute([]).map(drop).map_err(|e| {
-            // A failed COMMIT can leave the transaction open (SQLITE_BUSY, a full disk);
-            // end it so the next batch starts clean. Its writes are reported as failed (at `FULL`, an fsync failing after the commit frame was written can still surface them after a crash, as SQLite itself would).
-            let _ = self.rollback.execute([]);
-            sql_error(path, e)
-        });
+        let committed = match aborted {
+            Some(e) => Err(e),
+            None => self.commit.execute([]).map(drop).map_err(|e| {
+                // A failed COMMIT can leave the transaction open (SQLITE_BUSY, a full
+                // disk); end it so the next batch starts clean. Its writes are reported
+                // as failed (at `FULL`, an fsync failing after the commit frame was
+                // written can still surface them after a crash, as in SQLite itself).
+                let _ = self.rollback.execute([]);
+                sql_error(path, e)
+            }),
+        };
         if committed.is_ok() {
             // Counted before anyone hears of the commit.
             stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -642,11 +639,9 @@ impl<'c> Writer<'c> {
         // the writer idle, not counting this batch.
         stats.in_flight.fetch_sub(size, Ordering::Relaxed);
         for r in replies {
-            match (r, &committed) {
-                (Reply::Create(s, r), Ok(())) => drop(s.send(r)),
-                (Reply::Unit(s, r), Ok(())) => drop(s.send(r)),
-                (Reply::Create(s, _), Err(e)) => drop(s.send(Err(e.clone()))),
-                (Reply::Unit(s, _), Err(e)) => drop(s.send(Err(e.clone()))),
+            match &committed {
+                Ok(()) => r.send(),
+                Err(e) => r.fail(e.clone()),
             }
         }
     }
@@ -704,10 +699,11 @@ impl<'c> Writer<'c> {
 }
 
 impl Reply {
-    fn is_err(&self) -> bool {
+    /// Sends the write's own result (its batch committed).
+    fn send(self) {
         match self {
-            Reply::Create(_, r) => r.is_err(),
-            Reply::Unit(_, r) => r.is_err(),
+            Reply::Create(s, r) => drop(s.send(r)),
+            Reply::Unit(s, r) => drop(s.send(r)),
         }
     }
 
