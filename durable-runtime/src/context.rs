@@ -16,6 +16,10 @@ pub(crate) struct WorkflowCtx {
     pub(crate) store: Arc<dyn Store>,
     recorded: Mutex<HashMap<StepPath, RecordedStep>>,
     fatal: Mutex<Fatal>,
+    /// Set for a replay check: step bodies never run. A step without a record stays
+    /// pending for ever, and is listed in `unrecorded`.
+    replay_only: bool,
+    unrecorded: Mutex<Vec<(StepPath, &'static str)>>,
 }
 
 #[derive(Debug, Default)]
@@ -37,13 +41,46 @@ impl WorkflowCtx {
             store,
             recorded: Mutex::new(recorded.into_iter().map(|s| (s.path.clone(), s)).collect()),
             fatal: Mutex::default(),
+            replay_only: false,
+            unrecorded: Mutex::default(),
         }
+    }
+
+    /// A context for a replay check: recorded steps replay, no step body ever runs.
+    pub(crate) fn replay_only(
+        id: Arc<str>,
+        store: Arc<dyn Store>,
+        recorded: Vec<RecordedStep>,
+    ) -> Self {
+        WorkflowCtx {
+            replay_only: true,
+            ..WorkflowCtx::new(id, store, recorded)
+        }
+    }
+
+    /// Whether step bodies may run. If not, notes that the code waited for the
+    /// unrecorded step `name` at `path`.
+    pub(crate) fn may_run(&self, path: &StepPath, name: &'static str) -> bool {
+        if self.replay_only {
+            lock(&self.unrecorded).push((path.clone(), name));
+        }
+        !self.replay_only
+    }
+
+    /// The unrecorded steps a replay-only execution waited for, in the order it did.
+    pub(crate) fn unrecorded(&self) -> Vec<(StepPath, &'static str)> {
+        lock(&self.unrecorded).clone()
     }
 
     /// Takes the record of `path`, if an earlier execution recorded one. Each recorded
     /// step is handed out once; what is left at the end was never asked for.
     pub(crate) fn take_recorded(&self, path: &StepPath) -> Option<RecordedStep> {
         lock(&self.recorded).remove(path)
+    }
+
+    /// How many recorded steps this execution has not asked for (yet).
+    pub(crate) fn unclaimed(&self) -> usize {
+        lock(&self.recorded).len()
     }
 
     /// The first recorded step (by path) that this execution never asked for.

@@ -128,6 +128,8 @@ mod runtime;
 mod scope;
 mod step;
 mod store;
+#[doc(hidden)]
+pub mod testkit_support;
 mod workflow;
 
 pub use crate::codec::{Bincode, Codec, CodecError, MAX_VALUE_BYTES};

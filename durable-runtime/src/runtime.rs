@@ -26,6 +26,7 @@ use crate::store::{
     Created, Finish, Finished, NewWorkflow, RecordStatus, RecordedOutcome, SqliteStore, Store,
     WorkflowRecord,
 };
+use crate::testkit_support::{Probe, Replayed, Verdict};
 use crate::workflow::{ErasedWorkflow, WorkflowCall, registered};
 
 /// How a run ended, shared by every handle waiting on it: the encoded output or the error.
@@ -69,6 +70,7 @@ pub struct RuntimeBuilder {
     path: PathBuf,
     durability: Durability,
     app_version: Option<String>,
+    probe: Option<Arc<Probe>>,
 }
 
 impl RuntimeBuilder {
@@ -85,6 +87,14 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Puts fault injection and instrumentation between the runtime and its journal.
+    /// For `durable-testkit`; not API.
+    #[doc(hidden)]
+    pub fn probe(mut self, probe: Arc<Probe>) -> Self {
+        self.probe = Some(probe);
+        self
+    }
+
     /// Opens the journal (creating it, owner-only, if it does not exist), takes its lock,
     /// and resumes every pending workflow.
     ///
@@ -94,21 +104,19 @@ impl RuntimeBuilder {
     /// file is not a journal or cannot be read, [`Error::DuplicateWorkflowName`] if two
     /// workflows linked into the program share a name.
     pub async fn open(self) -> Result<Runtime> {
-        let mut registry: HashMap<&'static str, &'static dyn ErasedWorkflow> = HashMap::new();
-        for def in registered() {
-            if registry.insert(def.name(), def).is_some() {
-                return Err(Error::DuplicateWorkflowName {
-                    name: def.name().to_owned(),
-                });
-            }
-        }
+        let registry = registry()?;
         let path = self.path.clone();
         let durability = self.durability;
+        let probe = self.probe.clone();
         // One trip to a blocking thread: open, then list what to resume.
         let (store, pending) = blocking(&self.path, move || {
-            let store = SqliteStore::open(&path, durability, CODEC.name())?;
+            let mut store: Arc<dyn Store> =
+                Arc::new(SqliteStore::open(&path, durability, CODEC.name())?);
+            if let Some(probe) = probe {
+                store = probe.wrap(store);
+            }
             let pending = store.pending_workflows()?;
-            Ok::<_, Error>((Arc::new(store) as Arc<dyn Store>, pending))
+            Ok::<_, Error>((store, pending))
         })
         .await??;
         let mut recovered = Vec::new();
@@ -153,6 +161,19 @@ impl RuntimeBuilder {
     }
 }
 
+/// Every workflow linked into the program, by name.
+fn registry() -> Result<HashMap<&'static str, &'static dyn ErasedWorkflow>> {
+    let mut registry: HashMap<&'static str, &'static dyn ErasedWorkflow> = HashMap::new();
+    for def in registered() {
+        if registry.insert(def.name(), def).is_some() {
+            return Err(Error::DuplicateWorkflowName {
+                name: def.name().to_owned(),
+            });
+        }
+    }
+    Ok(registry)
+}
+
 /// Runs blocking journal work off the async threads.
 async fn blocking<T: Send + 'static>(
     path: &Path,
@@ -180,6 +201,7 @@ impl Runtime {
             path: path.as_ref().to_owned(),
             durability: Durability::default(),
             app_version: None,
+            probe: None,
         }
     }
 
@@ -271,7 +293,8 @@ impl Runtime {
     /// without running their bodies. Empty if the workflow is unknown or recorded none.
     pub async fn steps(&self, id: &str) -> Result<Vec<StepInfo>> {
         let store = self.inner.store.clone();
-        let id = id.to_owned();
+        let workflow_id: Arc<str> = Arc::from(id);
+        let id = workflow_id.clone();
         let steps = blocking(self.path(), move || store.steps(&id)).await??;
         Ok(steps
             .into_iter()
@@ -282,6 +305,8 @@ impl Runtime {
                 attempts: s.attempts,
                 started_at_ms: s.started_at,
                 finished_at_ms: s.finished_at,
+                workflow_id: workflow_id.clone(),
+                outcome: s.outcome,
             })
             .collect())
     }
@@ -483,6 +508,26 @@ async fn execute(
         }
     };
     let ctx = Arc::new(WorkflowCtx::new(id.clone(), inner.store.clone(), recorded));
+    let output = run_body(&ctx, def, input).await?;
+    if let Some((path, recorded)) = ctx.first_unclaimed() {
+        return Err(Error::Divergence {
+            workflow_id: id.to_string(),
+            path,
+            recorded,
+            requested: None,
+        });
+    }
+    Ok(output)
+}
+
+/// Starts a workflow body on `input` and polls it to its end or to the first fatal
+/// error. The body (and any step it still holds) is dropped before this returns.
+async fn run_body(
+    ctx: &Arc<WorkflowCtx>,
+    def: &'static dyn ErasedWorkflow,
+    input: &[u8],
+) -> Result<Vec<u8>> {
+    let id = &ctx.id;
     let body = def.start(input).map_err(|reason| Error::Corrupt {
         workflow_id: id.to_string(),
         location: Location::Input,
@@ -490,6 +535,10 @@ async fn execute(
     })?;
     let mut body = scope::root(Branch::root(ctx.clone()), body);
     let result = poll_fn(|cx| {
+        if ctx.store.is_halted() {
+            // A simulated crash: the "process" is gone, nothing of it runs again.
+            return Poll::Pending;
+        }
         if let Some(e) = ctx.poll_fatal(cx.waker()) {
             return Poll::Ready(Err(e));
         }
@@ -512,20 +561,120 @@ async fn execute(
     .await;
     // Drop the body (and any step it still holds) before deciding the outcome.
     drop(body);
-    let output = result?.map_err(|reason| Error::Failed {
+    result?.map_err(|reason| Error::Failed {
         workflow_id: id.to_string(),
         kind: FailureKind::OutputNotEncodable,
         message: format!("cannot encode the workflow's output: {reason}"),
-    })?;
-    if let Some((path, recorded)) = ctx.first_unclaimed() {
-        return Err(Error::Divergence {
-            workflow_id: id.to_string(),
-            path,
-            recorded,
-            requested: None,
+    })
+}
+
+/// How long a replay check waits without the workflow making progress before it
+/// concludes that the code waits for a step the journal does not record.
+const REPLAY_QUIET: std::time::Duration = std::time::Duration::from_millis(50);
+/// How long a replay check waits for a workflow that waits for something else.
+const REPLAY_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Re-runs every workflow the journal at `path` records against this program's code,
+/// without running any step body. The journal should be a copy: opening it migrates it.
+pub(crate) async fn replay_journal(path: &Path) -> Result<Vec<Replayed>> {
+    let registry = registry()?;
+    let owned = path.to_owned();
+    let (store, workflows) = blocking(path, move || {
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&owned, Durability::Off, CODEC.name())?);
+        let workflows = store.workflows()?;
+        Ok::<_, Error>((store, workflows))
+    })
+    .await??;
+    let mut out = Vec::with_capacity(workflows.len());
+    for record in workflows {
+        let verdict = match registry.get(record.name.as_str()) {
+            None => Verdict::Error(Error::UnknownWorkflow {
+                workflow_id: record.id.clone(),
+                name: record.name.clone(),
+            }),
+            Some(def) => replay_one(&store, *def, &record)
+                .await
+                .unwrap_or_else(Verdict::Error),
+        };
+        out.push(Replayed {
+            workflow_id: record.id,
+            name: record.name,
+            status: record.status.as_str(),
+            verdict,
         });
     }
-    Ok(output)
+    Ok(out)
+}
+
+async fn replay_one(
+    store: &Arc<dyn Store>,
+    def: &'static dyn ErasedWorkflow,
+    record: &WorkflowRecord,
+) -> Result<Verdict> {
+    let id: Arc<str> = Arc::from(record.id.as_str());
+    let recorded = {
+        let (reader, id) = (store.clone(), id.clone());
+        blocking(store.path(), move || reader.steps(&id)).await??
+    };
+    let total = recorded.len();
+    let ctx = Arc::new(WorkflowCtx::replay_only(id, store.clone(), recorded));
+    let polls = AtomicU64::new(0);
+    let mut run = std::pin::pin!(run_body(&ctx, def, &record.input));
+    let mut counted = std::pin::pin!(poll_fn(|cx| {
+        polls.fetch_add(1, Ordering::Relaxed);
+        run.as_mut().poll(cx)
+    }));
+    let started = std::time::Instant::now();
+    let result = loop {
+        let before = polls.load(Ordering::Relaxed);
+        if let Ok(result) = tokio::time::timeout(REPLAY_QUIET, counted.as_mut()).await {
+            break Some(result);
+        }
+        // Only the poll that started the wait: nothing woke the workflow since.
+        let idle = polls.load(Ordering::Relaxed) - before <= 1;
+        if (idle && !ctx.unrecorded().is_empty()) || started.elapsed() > REPLAY_LIMIT {
+            break None;
+        }
+    };
+    let replayed = total - ctx.unclaimed();
+    let finished = record.status != RecordStatus::Pending;
+    Ok(match result {
+        Some(Ok(_)) => match ctx.first_unclaimed() {
+            Some((path, recorded)) => Verdict::Diverged {
+                path,
+                recorded: Some(recorded),
+                requested: None,
+            },
+            None => Verdict::Ok { replayed },
+        },
+        Some(Err(Error::Divergence {
+            path,
+            recorded,
+            requested,
+            ..
+        })) => Verdict::Diverged {
+            path,
+            recorded: Some(recorded),
+            requested,
+        },
+        Some(Err(Error::Failed { .. })) if record.status == RecordStatus::Failed => {
+            Verdict::Ok { replayed }
+        }
+        Some(Err(e)) => Verdict::Error(e),
+        None => match ctx.unrecorded().into_iter().next() {
+            Some((path, name)) if finished => Verdict::Diverged {
+                path,
+                recorded: None,
+                requested: Some(name.to_owned()),
+            },
+            Some((path, name)) => Verdict::Pending {
+                replayed,
+                next: Some((path, name.to_owned())),
+            },
+            None => Verdict::Stuck { replayed },
+        },
+    })
 }
 
 /// Where a workflow run stands, as seen by a [`WorkflowHandle`].
@@ -644,6 +793,37 @@ pub struct StepInfo {
     pub started_at_ms: i64,
     /// When the result was recorded, in milliseconds since the Unix epoch.
     pub finished_at_ms: i64,
+    workflow_id: Arc<str>,
+    outcome: RecordedOutcome,
+}
+
+impl StepInfo {
+    /// Decodes the step's recorded output as `T` (its return type).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Failed`] if the step panicked (the record is the panic message), and
+    /// [`Error::Corrupt`] if the record does not decode as `T`.
+    pub fn output<T: DeserializeOwned>(&self) -> Result<T> {
+        let workflow_id = &*self.workflow_id;
+        match &self.outcome {
+            RecordedOutcome::Output(bytes) => {
+                CODEC.decode(bytes).map_err(|reason| Error::Corrupt {
+                    workflow_id: workflow_id.to_owned(),
+                    location: Location::Step {
+                        path: self.path.clone(),
+                        name: self.name.clone(),
+                    },
+                    reason,
+                })
+            }
+            RecordedOutcome::Panicked(message) => Err(Error::Failed {
+                workflow_id: workflow_id.to_owned(),
+                kind: FailureKind::StepPanicked,
+                message: message.clone(),
+            }),
+        }
+    }
 }
 
 #[cfg(test)]

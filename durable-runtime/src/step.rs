@@ -355,11 +355,24 @@ where
                     attempts,
                     started_at,
                 } => {
+                    if claim.as_ref().is_some_and(|c| c.ctx.store.is_halted()) {
+                        // A simulated crash: nothing of the "process" runs again.
+                        return Poll::Pending;
+                    }
                     if let Some(sleep) = this.backoff.as_mut().as_pin_mut() {
                         ready!(sleep.poll(cx));
                         this.backoff.set(None);
                     }
                     if this.attempt.is_none() {
+                        if let Some(c) = claim.as_ref() {
+                            if !c.ctx.may_run(&c.path, options.name) {
+                                // A replay check: the body never runs, and the step
+                                // never completes.
+                                *this.state = State::Stopped;
+                                return Poll::Pending;
+                            }
+                            c.ctx.store.step_started(&c.ctx.id, &c.path, options.name);
+                        }
                         if *attempts == 0 {
                             *started_at = now_ms();
                         }

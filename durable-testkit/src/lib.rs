@@ -1,96 +1,51 @@
-//! Helpers for testing your own durable workflows.
+//! Prove your own durable workflows crash-safe and deterministic.
 //!
-//! [`TempJournal`] is a journal in a temporary directory that is deleted when it is
-//! dropped, with a [`runtime`](TempJournal::runtime) on it in one call. Opening a second
-//! runtime on the same journal after dropping the first simulates a restart: the new
-//! runtime resumes whatever the first left pending.
+//! Add `durable-testkit` as a dev-dependency. It has four parts:
+//!
+//! | part | call | what it checks |
+//! |---|---|---|
+//! | crash at every step | [`crash_at_every_step`] | a crash on either side of any checkpoint recovers to the uninterrupted result, and no step whose record committed runs again |
+//! | completion orders | [`explore_completion_orders`] | step ids do not depend on which concurrent step finishes first (nor on clocks, randomness or `HashMap` order) |
+//! | replay check | [`replay_check`] | today's code still replays a recorded journal (a fixture from production) step for step |
+//! | fixtures | [`TempJournal`], [`recorded_steps`] | a temporary journal and a runtime in one call; recorded steps as plain data |
 //!
 //! ```
 //! use durable_runtime::{step, workflow};
-//! use durable_testkit::TempJournal;
 //!
 //! #[step]
-//! async fn double(x: u64) -> u64 { x * 2 }
+//! async fn reserve(sku: String) -> String { format!("rsv-{sku}") }
+//!
+//! #[step]
+//! async fn charge(cents: u64) -> String { format!("ch-{cents}") }
 //!
 //! #[workflow]
-//! async fn twice(x: u64) -> u64 { double(double(x).await).await }
+//! async fn checkout(sku: String, cents: u64) -> (String, String) {
+//!     let (r, c) = tokio::join!(reserve(sku), charge(cents));
+//!     (r, c)
+//! }
 //!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let journal = TempJournal::new()?;
-//! let rt = journal.runtime().await?;
-//! assert_eq!(rt.start_with_id("t", twice(5)).await?.result().await?, 20);
-//!
-//! let names: Vec<String> = rt.steps("t").await?.into_iter().map(|s| s.name).collect();
-//! assert_eq!(names, ["double", "double"]);
-//! # Ok(())
-//! # }
+//! // In a plain `#[test]`:
+//! durable_testkit::crash_at_every_step(|| checkout("tea".into(), 450)).run().unwrap();
+//! durable_testkit::explore_completion_orders(|| checkout("tea".into(), 450)).run().unwrap();
 //! ```
 //!
-//! Crash injection at every step, completion-order exploration and replay checks against
-//! recorded journals are planned for this crate.
+//! The checks block and give every run a tokio runtime of its own (a crash drops that
+//! runtime mid-flight), so call them from a plain `#[test]`, not from inside an async
+//! test. Each check returns a report on success and an error whose `Debug` output is a
+//! readable account of what failed, so `.unwrap()` or `.expect(..)` prints it.
+//!
+//! # Minimum supported Rust version
+//!
+//! Rust 1.89.
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+mod crash;
+mod explore;
+mod journal;
+mod replay;
 
-use durable_runtime::{Durability, Error, Runtime};
-
-/// A journal file in a fresh temporary directory, removed on drop.
-#[derive(Debug)]
-pub struct TempJournal {
-    dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-/// How long [`TempJournal::runtime`] waits for a dropped runtime to release the journal.
-const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
-
-impl TempJournal {
-    /// Creates the directory; the journal itself is created by the first runtime.
-    ///
-    /// # Errors
-    ///
-    /// If the temporary directory cannot be created.
-    pub fn new() -> std::io::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("journal.db");
-        Ok(TempJournal { dir, path })
-    }
-
-    /// The journal file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The temporary directory holding the journal.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Opens a runtime on the journal with [`Durability::Normal`] (tests do not need to
-    /// survive power loss, and it is much faster), resuming pending workflows.
-    ///
-    /// A runtime that was just dropped releases the journal once its writer has
-    /// committed what was queued; this waits for that (up to 10 seconds) instead of
-    /// failing with [`Error::Locked`].
-    ///
-    /// # Errors
-    ///
-    /// What [`RuntimeBuilder::open`](durable_runtime::RuntimeBuilder::open) returns, or
-    /// [`Error::Locked`] if another runtime still holds the journal after 10 seconds.
-    pub async fn runtime(&self) -> durable_runtime::Result<Runtime> {
-        let deadline = Instant::now() + RELEASE_TIMEOUT;
-        loop {
-            match Runtime::builder(&self.path)
-                .durability(Durability::Normal)
-                .open()
-                .await
-            {
-                Err(Error::Locked { .. }) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                other => return other,
-            }
-        }
-    }
-}
+pub use crate::crash::{CrashCheck, CrashFailure, CrashReport, StepRuns, crash_at_every_step};
+pub use crate::explore::{
+    ExploreCheck, ExploreFailure, ExploreReport, SEED_VAR, explore_completion_orders,
+};
+pub use crate::journal::{TempJournal, recorded_steps};
+pub use crate::replay::{ReplayFailure, ReplayReport, Replayed, Verdict, replay_check};

@@ -47,6 +47,21 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     /// are faster than those, and costs the scheduler nothing else: the task yields on
     /// every poll.
     fn ack_spin(&self) -> Duration;
+    /// Every workflow run, finished or not, oldest first (for replay checks).
+    fn workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError>;
+    /// Stops writing at once, as a crash would: nothing queued or being written is
+    /// committed, and every later write fails. For fault injection in tests; a store
+    /// that cannot stop early may ignore it.
+    fn halt(&self) {}
+    /// Whether [`halt`](Store::halt) was called: a simulated crash has happened, and the
+    /// runtime must not poll anything of its workflows again (a killed process would
+    /// not run them either).
+    fn is_halted(&self) -> bool {
+        false
+    }
+    /// A step body is about to run an attempt. For test instrumentation only: stores
+    /// ignore it.
+    fn step_started(&self, _workflow_id: &Arc<str>, _path: &StepPath, _name: &'static str) {}
 }
 
 /// A workflow run to create.
@@ -96,7 +111,7 @@ pub(crate) struct WorkflowRecord {
 }
 
 /// What a step's record holds.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RecordedOutcome {
     /// The encoded return value (an `Err` of the step's `Result` included).
     Output(Vec<u8>),

@@ -19,7 +19,7 @@
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -139,6 +139,8 @@ struct WriterStats {
     in_flight: AtomicUsize,
     /// How long the last commit took (from `BEGIN` to the end of `COMMIT`), in ns.
     last_commit_ns: AtomicU64,
+    /// Set by [`Store::halt`]: commit nothing more.
+    halted: AtomicBool,
 }
 
 fn io_error(path: &Path, e: impl std::fmt::Display) -> StoreError {
@@ -481,6 +483,11 @@ fn write_loop(conn: Connection, path: &Path, rx: &mpsc::Receiver<Command>, stats
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Waits for the first request; ends when every sender is gone.
     while let Some(first) = next_command(rx) {
+        if stats.halted.load(Ordering::SeqCst) {
+            // A simulated crash: what is queued is dropped unanswered, like the
+            // process's memory, and the thread exits (releasing the lock).
+            return;
+        }
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -617,6 +624,13 @@ impl<'c> Writer<'c> {
                 aborted = Some(e.clone());
             }
             replies.push(reply);
+        }
+        if stats.halted.load(Ordering::SeqCst) {
+            // A simulated crash before this batch committed: none of it is written,
+            // and nobody hears back.
+            let _ = self.rollback.execute([]);
+            batch.clear();
+            return;
         }
         let committed = match aborted {
             Some(e) => Err(e),
@@ -869,10 +883,28 @@ impl Store for SqliteStore {
     }
 
     fn pending_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
+        self.workflow_rows("WHERE status = 'pending'")
+    }
+
+    fn workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
+        self.workflow_rows("")
+    }
+
+    fn halt(&self) {
+        self.stats.halted.store(true, Ordering::SeqCst);
+    }
+
+    fn is_halted(&self) -> bool {
+        self.stats.halted.load(Ordering::Relaxed)
+    }
+}
+
+impl SqliteStore {
+    /// The workflow rows matching `filter` (a `WHERE` clause or nothing), oldest first.
+    fn workflow_rows(&self, filter: &str) -> Result<Vec<WorkflowRecord>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT {WORKFLOW_COLUMNS} FROM durable_workflows
-                 WHERE status = 'pending' ORDER BY created_at, id"
+                "SELECT {WORKFLOW_COLUMNS} FROM durable_workflows {filter} ORDER BY created_at, id"
             ))?;
             let rows = stmt.query_map([], workflow_row)?;
             let mut out = Vec::new();

@@ -1,0 +1,466 @@
+//! What `durable-testkit` reaches inside the runtime: a store wrapper that injects
+//! crashes and delays and records what happened, a deliberately broken store, and
+//! replay without running step bodies.
+//!
+//! Not API: hidden from the docs and free to change in any release. Use the testkit.
+
+use std::any::Any;
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+
+use crate::context::lock;
+use crate::error::{Error, StoreError};
+use crate::path::StepPath;
+use crate::store::{
+    Ack, Created, Finish, NewWorkflow, RecordedStep, StepRecord, Store, WorkflowRecord,
+};
+
+/// Where a simulated crash happens, relative to one checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// When the step's checkpoint reaches the store: its body has finished, its record
+    /// is never written.
+    BeforeCommit(StepPath),
+    /// The moment the store acknowledges the step's checkpoint as durable, before the
+    /// workflow hears of it.
+    AfterCommit(StepPath),
+    /// When the workflow's outcome reaches the store.
+    BeforeFinish,
+    /// The moment the store acknowledges the workflow's outcome.
+    AfterFinish,
+}
+
+/// Something the probe saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A step body started an attempt.
+    BodyStarted {
+        /// The step's path.
+        path: StepPath,
+        /// The step's name.
+        name: &'static str,
+    },
+    /// The store acknowledged a step's checkpoint as durable.
+    Committed {
+        /// The step's path.
+        path: StepPath,
+        /// The step's name.
+        name: &'static str,
+    },
+    /// The simulated crash happened.
+    Crashed,
+}
+
+/// Fault injection and instrumentation for one runtime. Give it to
+/// [`RuntimeBuilder::probe`](crate::RuntimeBuilder::probe).
+pub struct Probe {
+    crash_at: Option<CrashPoint>,
+    delays: Option<Mutex<SplitMix>>,
+    ack_before_durable: bool,
+    events: Mutex<Vec<Event>>,
+    crashed: watch::Sender<bool>,
+    /// Replies that must never be delivered: the process they belong to has "died".
+    held: Mutex<Vec<Box<dyn Any + Send>>>,
+}
+
+impl fmt::Debug for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Probe")
+            .field("crash_at", &self.crash_at)
+            .field("ack_before_durable", &self.ack_before_durable)
+            .field("crashed", &*self.crashed.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Probe {
+    fn default() -> Self {
+        Probe {
+            crash_at: None,
+            delays: None,
+            ack_before_durable: false,
+            events: Mutex::default(),
+            crashed: watch::Sender::new(false),
+            held: Mutex::default(),
+        }
+    }
+}
+
+impl Probe {
+    /// A probe that only records.
+    pub fn new() -> Self {
+        Probe::default()
+    }
+
+    /// Crash at `point`: from then on nothing more reaches the journal, the store
+    /// stops without committing what it holds, and no reply reaches the workflow.
+    pub fn crash_at(mut self, point: CrashPoint) -> Self {
+        self.crash_at = Some(point);
+        self
+    }
+
+    /// Delay each checkpoint's acknowledgement by a seeded random amount (none, a few
+    /// scheduler yields, or up to 3 ms), so concurrent steps complete in varied orders.
+    pub fn delay_acks(mut self, seed: u64) -> Self {
+        self.delays = Some(Mutex::new(SplitMix(seed)));
+        self
+    }
+
+    /// Put a deliberately broken store under the probe: it acknowledges each checkpoint
+    /// as soon as it receives it and writes it only when the next write arrives.
+    pub fn ack_before_durable(mut self) -> Self {
+        self.ack_before_durable = true;
+        self
+    }
+
+    /// What the probe saw, in order.
+    pub fn events(&self) -> Vec<Event> {
+        lock(&self.events).clone()
+    }
+
+    /// Whether the crash has happened.
+    pub fn is_crashed(&self) -> bool {
+        *self.crashed.borrow()
+    }
+
+    /// Waits for the crash.
+    pub async fn crashed(&self) {
+        let mut rx = self.crashed.subscribe();
+        // The sender lives in `self`, so this ends only when the crash happens.
+        let _ = rx.wait_for(|crashed| *crashed).await;
+    }
+
+    pub(crate) fn wrap(self: Arc<Self>, store: Arc<dyn Store>) -> Arc<dyn Store> {
+        let inner: Arc<dyn Store> = if self.ack_before_durable {
+            Arc::new(AckBeforeDurable {
+                inner: store,
+                buffer: Mutex::default(),
+            })
+        } else {
+            store
+        };
+        Arc::new(ProbeStore { inner, probe: self })
+    }
+
+    fn log(&self, event: Event) {
+        lock(&self.events).push(event);
+    }
+
+    fn crash(&self, store: &dyn Store) {
+        if self.crashed.send_replace(true) {
+            return;
+        }
+        store.halt();
+        self.log(Event::Crashed);
+    }
+
+    /// A reply that never arrives.
+    fn hold<T: Send + 'static>(&self) -> Ack<T> {
+        let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
+        lock(&self.held).push(Box::new(tx));
+        rx
+    }
+
+    fn delay(&self) -> Delay {
+        let Some(rng) = &self.delays else {
+            return Delay::None;
+        };
+        let r = lock(rng).next();
+        match r % 10 {
+            0..=3 => Delay::None,
+            4..=6 => Delay::Yields((r >> 8) as u32 % 20 + 1),
+            _ => Delay::Sleep(Duration::from_micros((r >> 8) % 3_000)),
+        }
+    }
+}
+
+enum Delay {
+    None,
+    Yields(u32),
+    Sleep(Duration),
+}
+
+/// splitmix64: small and seedable.
+#[derive(Debug)]
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// The store the runtime sees when a [`Probe`] is given.
+#[derive(Debug)]
+struct ProbeStore {
+    inner: Arc<dyn Store>,
+    probe: Arc<Probe>,
+}
+
+impl ProbeStore {
+    /// Forwards a checkpoint's reply to the workflow, unless the process has "died":
+    /// logs it as committed, crashes if the plan says so, delays it if asked to.
+    fn relay(&self, ack: Ack, committed: Option<Event>, crash_after: bool) -> Ack {
+        let (tx, rx) = oneshot::channel();
+        let probe = self.probe.clone();
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let reply = ack.await;
+            if matches!(reply, Ok(Ok(()))) {
+                if let Some(event) = committed {
+                    probe.log(event);
+                }
+                if crash_after {
+                    probe.crash(&*inner);
+                }
+            }
+            match probe.delay() {
+                Delay::None => {}
+                Delay::Yields(n) => {
+                    for _ in 0..n {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                Delay::Sleep(d) => tokio::time::sleep(d).await,
+            }
+            if probe.is_crashed() {
+                lock(&probe.held).push(Box::new(tx));
+                return;
+            }
+            let _ = tx.send(reply.unwrap_or_else(|_| {
+                Err(StoreError::new(
+                    inner.path(),
+                    crate::error::StoreErrorKind::Closed,
+                    "the journal writer stopped",
+                ))
+            }));
+        });
+        rx
+    }
+}
+
+impl Store for ProbeStore {
+    fn path(&self) -> &Path {
+        self.inner.path()
+    }
+
+    fn create_workflow(&self, workflow: NewWorkflow) -> Ack<Created> {
+        if self.probe.is_crashed() {
+            return self.probe.hold();
+        }
+        self.inner.create_workflow(workflow)
+    }
+
+    fn record_step(&self, step: StepRecord) -> Ack {
+        if self.probe.is_crashed() {
+            return self.probe.hold();
+        }
+        let crash_after = match &self.probe.crash_at {
+            Some(CrashPoint::BeforeCommit(p)) if *p == step.path => {
+                self.probe.crash(&*self.inner);
+                return self.probe.hold();
+            }
+            Some(CrashPoint::AfterCommit(p)) => *p == step.path,
+            _ => false,
+        };
+        let committed = Event::Committed {
+            path: step.path.clone(),
+            name: step.name,
+        };
+        let ack = self.inner.record_step(step);
+        self.relay(ack, Some(committed), crash_after)
+    }
+
+    fn finish_workflow(&self, finish: Finish) -> Ack {
+        if self.probe.is_crashed() {
+            return self.probe.hold();
+        }
+        let crash_after = match &self.probe.crash_at {
+            Some(CrashPoint::BeforeFinish) => {
+                self.probe.crash(&*self.inner);
+                return self.probe.hold();
+            }
+            Some(CrashPoint::AfterFinish) => true,
+            _ => false,
+        };
+        let ack = self.inner.finish_workflow(finish);
+        self.relay(ack, None, crash_after)
+    }
+
+    fn steps(&self, workflow_id: &str) -> Result<Vec<RecordedStep>, StoreError> {
+        self.inner.steps(workflow_id)
+    }
+
+    fn pending_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
+        self.inner.pending_workflows()
+    }
+
+    fn workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
+        self.inner.workflows()
+    }
+
+    fn commits(&self) -> u64 {
+        self.inner.commits()
+    }
+
+    fn ack_spin(&self) -> Duration {
+        // Replies pass through a task of the probe's: nothing to spin for.
+        Duration::ZERO
+    }
+
+    fn halt(&self) {
+        self.inner.halt();
+    }
+
+    fn is_halted(&self) -> bool {
+        self.probe.is_crashed()
+    }
+
+    fn step_started(&self, _workflow_id: &Arc<str>, path: &StepPath, name: &'static str) {
+        self.probe.log(Event::BodyStarted {
+            path: path.clone(),
+            name,
+        });
+    }
+}
+
+/// A deliberately broken store, for testing the crash check itself: it acknowledges a
+/// checkpoint the moment it receives it, and writes it only when the next write
+/// arrives (a write-behind buffer without a flush before the acknowledgement).
+#[derive(Debug)]
+struct AckBeforeDurable {
+    inner: Arc<dyn Store>,
+    buffer: Mutex<Vec<StepRecord>>,
+}
+
+impl AckBeforeDurable {
+    fn flush(&self) {
+        for step in lock(&self.buffer).drain(..) {
+            // Nobody waits for these: their checkpoints were acknowledged long ago.
+            drop(self.inner.record_step(step));
+        }
+    }
+}
+
+impl Store for AckBeforeDurable {
+    fn path(&self) -> &Path {
+        self.inner.path()
+    }
+
+    fn create_workflow(&self, workflow: NewWorkflow) -> Ack<Created> {
+        self.flush();
+        self.inner.create_workflow(workflow)
+    }
+
+    fn record_step(&self, step: StepRecord) -> Ack {
+        self.flush();
+        lock(&self.buffer).push(step);
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Ok(()));
+        rx
+    }
+
+    fn finish_workflow(&self, finish: Finish) -> Ack {
+        self.flush();
+        self.inner.finish_workflow(finish)
+    }
+
+    fn steps(&self, workflow_id: &str) -> Result<Vec<RecordedStep>, StoreError> {
+        self.inner.steps(workflow_id)
+    }
+
+    fn pending_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
+        self.inner.pending_workflows()
+    }
+
+    fn workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
+        self.inner.workflows()
+    }
+
+    fn commits(&self) -> u64 {
+        self.inner.commits()
+    }
+
+    fn ack_spin(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    fn halt(&self) {
+        lock(&self.buffer).clear();
+        self.inner.halt();
+    }
+
+    fn is_halted(&self) -> bool {
+        self.inner.is_halted()
+    }
+}
+
+/// One workflow of a journal, replayed against this program's code.
+#[derive(Debug, Clone)]
+pub struct Replayed {
+    /// The workflow id.
+    pub workflow_id: String,
+    /// The workflow's recorded name.
+    pub name: String,
+    /// Its recorded status: `pending`, `completed` or `failed`.
+    pub status: &'static str,
+    /// What replaying it found.
+    pub verdict: Verdict,
+}
+
+/// What replaying one recorded workflow found.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// The code asked for exactly the recorded steps.
+    Ok {
+        /// How many recorded steps were replayed.
+        replayed: usize,
+    },
+    /// A pending workflow: the code asked for the recorded steps, then for a step the
+    /// journal does not record yet (the one it would run next).
+    Pending {
+        /// How many recorded steps were replayed.
+        replayed: usize,
+        /// The step it would run next.
+        next: Option<(StepPath, String)>,
+    },
+    /// The code and the journal disagree at `path`.
+    Diverged {
+        /// Where.
+        path: StepPath,
+        /// The step recorded there (`None`: nothing is recorded there).
+        recorded: Option<String>,
+        /// The step the code asked for there (`None`: the code finished without it).
+        requested: Option<String>,
+    },
+    /// The workflow neither finished nor waited for an unrecorded step within 10 s.
+    Stuck {
+        /// How many recorded steps were replayed.
+        replayed: usize,
+    },
+    /// The workflow could not be replayed: a corrupt row, or a workflow not linked into
+    /// this program.
+    Error(Error),
+}
+
+/// Replays every workflow in the journal at `path` (open a copy: this migrates it).
+///
+/// # Errors
+///
+/// If the journal cannot be opened or read.
+pub async fn replay_journal(path: &Path) -> Result<Vec<Replayed>, Error> {
+    crate::runtime::replay_journal(path).await
+}
+
+/// An I/O failure around a journal, as a [`StoreError`].
+pub fn io_error(path: &Path, e: &dyn fmt::Display) -> StoreError {
+    StoreError::new(path, crate::error::StoreErrorKind::Io, e.to_string())
+}

@@ -1,0 +1,171 @@
+//! Fixtures: a temporary journal, a runtime on it, and recorded steps as plain data.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use durable_runtime::testkit_support::Probe;
+use durable_runtime::{Durability, Error, Runtime};
+
+/// A journal file in a fresh temporary directory, removed on drop.
+///
+/// ```
+/// use durable_runtime::{step, workflow};
+/// use durable_testkit::TempJournal;
+///
+/// #[step]
+/// async fn double(x: u64) -> u64 { x * 2 }
+///
+/// #[workflow]
+/// async fn twice(x: u64) -> u64 { double(double(x).await).await }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let (journal, rt) = TempJournal::with_runtime().await?;
+/// assert_eq!(rt.start_with_id("t", twice(5)).await?.result().await?, 20);
+///
+/// // Recorded steps as plain data: (path, name) pairs, and each output decoded.
+/// let steps = durable_testkit::recorded_steps(&rt, "t").await?;
+/// assert_eq!(steps, [("1".to_owned(), "double".to_owned()), ("2".to_owned(), "double".to_owned())]);
+/// let outputs: Vec<u64> = rt.steps("t").await?.iter().map(|s| s.output()).collect::<Result<_, _>>()?;
+/// assert_eq!(outputs, [10, 20]);
+///
+/// // A restart: a new runtime on the same file resumes what the old one left pending.
+/// drop(rt);
+/// let rt = journal.runtime().await?;
+/// assert!(rt.recovered().is_empty());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct TempJournal {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+/// How long opening waits for a dropped runtime to release the journal.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl TempJournal {
+    /// Creates the directory; the journal itself is created by the first runtime.
+    ///
+    /// # Errors
+    ///
+    /// If the temporary directory cannot be created.
+    pub fn new() -> std::io::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("journal.db");
+        Ok(TempJournal { dir, path })
+    }
+
+    /// A new temporary journal and a runtime on it, in one call.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the directory or the journal cannot be created.
+    pub async fn with_runtime() -> durable_runtime::Result<(TempJournal, Runtime)> {
+        let journal = TempJournal::new().map_err(|e| {
+            Error::Store(durable_runtime::testkit_support::io_error(
+                Path::new("<temporary directory>"),
+                &e,
+            ))
+        })?;
+        let rt = journal.runtime().await?;
+        Ok((journal, rt))
+    }
+
+    /// The journal file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The temporary directory holding the journal.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Opens a runtime on the journal with [`Durability::Off`] (a test's journal need not
+    /// survive power loss; a process crash it survives at any setting), resuming pending
+    /// workflows.
+    ///
+    /// A runtime that was just dropped releases the journal once its writer has
+    /// committed what was queued; this waits for that (up to 10 seconds) instead of
+    /// failing with [`Error::Locked`].
+    ///
+    /// # Errors
+    ///
+    /// What [`RuntimeBuilder::open`](durable_runtime::RuntimeBuilder::open) returns, or
+    /// [`Error::Locked`] if another runtime still holds the journal after 10 seconds.
+    pub async fn runtime(&self) -> durable_runtime::Result<Runtime> {
+        open(&self.path, None).await
+    }
+}
+
+/// Opens a runtime on `path`, waiting for a dropped one to release it.
+pub(crate) async fn open(
+    path: &Path,
+    probe: Option<Arc<Probe>>,
+) -> durable_runtime::Result<Runtime> {
+    let deadline = Instant::now() + RELEASE_TIMEOUT;
+    loop {
+        let mut builder = Runtime::builder(path).durability(Durability::Off);
+        if let Some(probe) = &probe {
+            builder = builder.probe(probe.clone());
+        }
+        match builder.open().await {
+            Err(Error::Locked { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The recorded steps of workflow `id` as `(path, name)` pairs, in path order: plain
+/// data to compare with `assert_eq!`. For outputs, use
+/// [`StepInfo::output`](durable_runtime::StepInfo::output) on [`Runtime::steps`].
+///
+/// # Errors
+///
+/// If the journal cannot be read.
+pub async fn recorded_steps(
+    rt: &Runtime,
+    id: &str,
+) -> durable_runtime::Result<Vec<(String, String)>> {
+    Ok(rt
+        .steps(id)
+        .await?
+        .into_iter()
+        .map(|s| (s.path.to_string(), s.name))
+        .collect())
+}
+
+/// Runs `fut` to completion on a tokio runtime of its own, in a thread of its own, and
+/// then drops the runtime without letting its tasks run any further: to the journal, a
+/// process that stopped where it was.
+pub(crate) fn on_fresh_runtime<T: Send>(
+    multi_thread: bool,
+    fut: impl std::future::Future<Output = T> + Send,
+) -> T {
+    std::thread::scope(|s| {
+        let worker = s.spawn(move || {
+            let mut builder = if multi_thread {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(2);
+                b
+            } else {
+                tokio::runtime::Builder::new_current_thread()
+            };
+            let rt = builder
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| panic!("durable-testkit: cannot start a tokio runtime: {e}"));
+            let out = rt.block_on(fut);
+            rt.shutdown_background();
+            out
+        });
+        worker
+            .join()
+            .unwrap_or_else(|payload| std::panic::resume_unwind(payload))
+    })
+}

@@ -1,0 +1,218 @@
+//! The testkit's checks catch what they promise to catch: a store that acknowledges
+//! checkpoints before they are durable, and workflows whose steps depend on anything
+//! but their input and step outputs.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use durable_runtime::{step, workflow};
+use durable_testkit::{ExploreFailure, crash_at_every_step, explore_completion_orders};
+
+#[step]
+async fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+#[workflow]
+async fn sum_to(n: u64) -> u64 {
+    let mut total = 0;
+    for i in 1..=n {
+        total = add(total, i).await;
+    }
+    total
+}
+
+#[test]
+fn a_correct_store_passes_the_crash_check() {
+    let report = crash_at_every_step(|| sum_to(4))
+        .run()
+        .expect("crash check");
+    assert_eq!(report.scenarios(), 2 * 4 + 2, "{report}");
+    for s in report.steps() {
+        // Each body ran once in the uninterrupted run, and ran before and after a crash
+        // only when the crash came before its checkpoint committed: one scenario.
+        assert_eq!((s.reference, s.reran), (1, 1), "{report}");
+    }
+}
+
+#[test]
+fn a_store_that_acknowledges_before_it_is_durable_is_caught() {
+    let failure = crash_at_every_step(|| sum_to(4))
+        .with_store_that_acks_before_durable()
+        .run()
+        .expect_err("the broken store must fail the crash check");
+    let report = failure.to_string();
+    println!("{report}");
+    // The crash right after step 1's acknowledgement finds its record still in the
+    // broken store's buffer: lost, so recovery runs the step again.
+    assert!(
+        report.contains(
+            "crash after step 1's checkpoint committed: step 1 (`add`) ran again after recovery, \
+             although the store had acknowledged its checkpoint as durable before the crash"
+        ),
+        "{report}"
+    );
+    assert!(!failure.problems().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// Nondeterministic workflows, each caught by the completion-order exploration.
+
+#[step]
+async fn on_even() -> u8 {
+    0
+}
+
+#[step]
+async fn on_odd() -> u8 {
+    1
+}
+
+#[step]
+async fn about(key: String) -> String {
+    key
+}
+
+#[step]
+async fn stamp(key: String) -> String {
+    key
+}
+
+/// Expects a divergence at `path` between steps `a` and `b` (either way round).
+fn assert_caught(failure: &ExploreFailure, path: &str, a: &str, b: &str) {
+    let report = failure.to_string();
+    println!("{report}");
+    let (at, x, y) = failure
+        .divergence()
+        .expect("a divergence, not a failed run");
+    assert_eq!(at, path, "{report}");
+    let mut names = [x, y];
+    names.sort();
+    let mut expected = [Some(a), Some(b)];
+    expected.sort();
+    assert_eq!(names, expected, "{report}");
+    assert!(report.contains("reproduce: .seed("), "{report}");
+    assert!(report.contains("<-- first difference"), "{report}");
+}
+
+#[workflow]
+async fn branches_on_the_clock() -> u8 {
+    // Wrong: the wall clock is not recorded, so a replay may take the other branch.
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    // Give the clock time to move between runs.
+    std::thread::sleep(Duration::from_micros(50));
+    if (nanos / 1_000).is_multiple_of(2) {
+        on_even().await
+    } else {
+        on_odd().await
+    }
+}
+
+#[test]
+fn branching_on_the_wall_clock_is_caught() {
+    let failure = explore_completion_orders(branches_on_the_clock)
+        .schedules(64)
+        .run()
+        .expect_err("branching on the clock must be caught");
+    assert_caught(&failure, "1", "on_even", "on_odd");
+}
+
+#[workflow]
+async fn iterates_a_hash_map() -> Vec<String> {
+    // Wrong: a `HashMap`'s iteration order differs between processes and maps.
+    let map: HashMap<&str, u8> = [("alpha", 1), ("beta", 2), ("gamma", 3), ("delta", 4)]
+        .into_iter()
+        .collect();
+    let mut out = Vec::new();
+    for key in map.keys() {
+        // The first key decides which step comes first.
+        if out.is_empty() && key.len() == 5 {
+            out.push(stamp((*key).to_owned()).await);
+        } else {
+            out.push(about((*key).to_owned()).await);
+        }
+    }
+    out
+}
+
+#[test]
+fn branching_on_hash_map_order_is_caught() {
+    let failure = explore_completion_orders(iterates_a_hash_map)
+        .schedules(64)
+        .run()
+        .expect_err("HashMap order must be caught");
+    assert_caught(&failure, "1", "about", "stamp");
+}
+
+#[workflow]
+async fn flips_a_coin() -> u8 {
+    // Wrong: an unrecorded random number.
+    let coin = RandomState::new().hash_one(0u8) % 2;
+    if coin == 0 {
+        on_even().await
+    } else {
+        on_odd().await
+    }
+}
+
+#[test]
+fn branching_on_an_unrecorded_random_number_is_caught() {
+    let failure = explore_completion_orders(flips_a_coin)
+        .schedules(64)
+        .run()
+        .expect_err("an unrecorded random number must be caught");
+    assert_caught(&failure, "1", "on_even", "on_odd");
+}
+
+#[step]
+async fn fetch_a() -> u8 {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    1
+}
+
+#[step]
+async fn fetch_b() -> u8 {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    2
+}
+
+#[workflow]
+async fn races_two_steps() -> u8 {
+    // Both ids are claimed here (1 and 2), so both steps replay the same way; what is
+    // wrong is branching on which of them finished first.
+    let a = fetch_a();
+    let b = fetch_b();
+    tokio::pin!(a, b);
+    let (first, other) = tokio::select! {
+        biased;
+        v = &mut a => (v, b.await),
+        v = &mut b => (v, a.await),
+    };
+    if first == 1 {
+        on_even().await + other
+    } else {
+        on_odd().await + other
+    }
+}
+
+#[test]
+fn branching_on_which_concurrent_step_finished_first_is_caught() {
+    let failure = explore_completion_orders(races_two_steps)
+        .schedules(64)
+        .run()
+        .expect_err("branching on completion order must be caught");
+    assert_caught(&failure, "3", "on_even", "on_odd");
+}
+
+#[test]
+fn a_deterministic_workflow_passes_exploration() {
+    let report = explore_completion_orders(|| sum_to(3))
+        .schedules(8)
+        .seed(7)
+        .run()
+        .expect("deterministic");
+    assert_eq!((report.steps(), report.base_seed()), (3, 7));
+}
