@@ -631,8 +631,9 @@ async fn replay_one(
         if let Ok(result) = tokio::time::timeout(REPLAY_QUIET, counted.as_mut()).await {
             break Some(result);
         }
-        // Only the poll that started the wait: nothing woke the workflow since.
-        let idle = polls.load(Ordering::Relaxed) - before <= 1;
+        // Only the poll that started the wait and the one `timeout` makes when its
+        // timer fires: nothing woke the workflow in between.
+        let idle = polls.load(Ordering::Relaxed) - before <= 2;
         if (idle && !ctx.unrecorded().is_empty()) || started.elapsed() > REPLAY_LIMIT {
             break None;
         }

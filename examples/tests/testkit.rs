@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod common;
+
+use common::seal;
 use durable_examples::{CONFIG, Config, checkout, demo_order, worker_order};
 use durable_testkit::{Verdict, crash_at_every_step, explore_completion_orders, replay_check};
 
@@ -59,4 +62,102 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
+}
+
+/// Set to re-record the journal fixtures (after a deliberate change to the examples).
+const RECORD: &str = "DURABLE_RECORD_FIXTURES";
+
+/// Records `checkout.db`: four orders that finished (shipped, refunded, rejected,
+/// shipped) and one left pending by a crash after its reservations committed.
+fn record_checkout_fixture(path: &Path) {
+    use durable_runtime::testkit_support::{CrashPoint, Probe};
+    let _ = std::fs::remove_file(path);
+    let tokio = tokio::runtime::Runtime::new().expect("tokio");
+    tokio.block_on(async {
+        let rt = durable_runtime::Runtime::open(path).await.expect("open");
+        for order in orders() {
+            let h = rt
+                .start_with_id(order.id.clone(), checkout(order))
+                .await
+                .expect("start");
+            h.result()
+                .await
+                .expect("finished")
+                .map(drop)
+                .unwrap_or_default();
+        }
+    });
+    drop(tokio);
+    drop(common::wait_unlocked(path));
+    let tokio = tokio::runtime::Runtime::new().expect("tokio");
+    let probe = std::sync::Arc::new(
+        Probe::new().crash_at(CrashPoint::BeforeCommit("4".parse().expect("path"))),
+    );
+    tokio.block_on(async {
+        let rt = durable_runtime::Runtime::builder(path)
+            .probe(probe.clone())
+            .open()
+            .await
+            .expect("open");
+        let order = worker_order(9);
+        let _pending = rt
+            .start_with_id(order.id.clone(), checkout(order))
+            .await
+            .expect("start");
+        probe.crashed().await;
+    });
+    tokio.shutdown_background();
+    seal(path);
+}
+
+#[test]
+fn a_journal_recorded_by_the_current_checkout_replays() {
+    quick_steps();
+    let path = fixture("checkout.db");
+    if std::env::var_os(RECORD).is_some() {
+        record_checkout_fixture(&path);
+    }
+    let report = replay_check(&path).expect("today's checkout replays its own journal");
+    println!("{report}");
+    assert_eq!(report.workflows().len(), 5, "{report}");
+    assert!(
+        matches!(
+            report.verdict("order-42"),
+            Some(Verdict::Ok { replayed: 7 })
+        ),
+        "{report}"
+    );
+    // The pending order replays up to the step it would run next.
+    match report.verdict("order-9") {
+        Some(Verdict::Pending {
+            next: Some((path, name)),
+            ..
+        }) => assert_eq!((path.to_string(), name.as_str()), ("4".to_owned(), "ship")),
+        other => panic!("order-9 should be pending before `ship`: {other:?}\n{report}"),
+    }
+}
+
+#[test]
+fn a_journal_recorded_by_older_checkout_code_reports_the_exact_divergence() {
+    // `checkout-v0.db` was recorded by the checkout of `tests/checkout_v0.rs`, which ran
+    // a `fraud_check` step before shipping. Today's code ships at that path.
+    let path = fixture("checkout-v0.db");
+    let failure = replay_check(&path).expect_err("the changed code must diverge");
+    let text = failure.to_string();
+    println!("{text}");
+    match failure.report().verdict("order-1") {
+        Some(Verdict::Diverged {
+            path,
+            recorded,
+            requested,
+        }) => assert_eq!(
+            (path.to_string(), recorded.as_deref(), requested.as_deref()),
+            ("4".to_owned(), Some("fraud_check"), Some("ship"))
+        ),
+        other => panic!("order-1 should diverge at step 4: {other:?}\n{text}"),
+    }
+    assert!(
+        text.contains("DIVERGED at step 4: recorded `fraud_check`, the code asks for `ship`"),
+        "{text}"
+    );
 }
