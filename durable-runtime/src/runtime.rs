@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{oneshot, watch};
 
 use crate::Durability;
-use crate::codec::{CODEC, Codec};
+use crate::codec::{CODEC, Codec, CodecError};
 use crate::context::{WorkflowCtx, lock};
 use crate::error::{Error, FailureKind, Location, Result, StoreError, StoreErrorKind};
 use crate::path::StepPath;
@@ -123,6 +123,11 @@ impl RuntimeBuilder {
         let mut unrecoverable = Vec::new();
         let mut launches = Vec::new();
         for record in pending {
+            if let Some(e) = damage(&record) {
+                tracing::warn!("{e}; it stays pending");
+                unrecoverable.push(e);
+                continue;
+            }
             match registry.get(record.name.as_str()) {
                 Some(def) => {
                     recovered.push(record.id.clone());
@@ -348,9 +353,10 @@ async fn admit(
         Ok(Created::Existing(record)) if record.name != name => {
             Err(mismatch(&id, &record.name, name))
         }
-        Ok(Created::Existing(record)) => match record.status {
-            RecordStatus::Pending => Ok(Some((record.input, History::Journaled))),
-            RecordStatus::Completed | RecordStatus::Failed => {
+        Ok(Created::Existing(record)) => match (damage(&record), record.status) {
+            (Some(e), _) => Err(e),
+            (None, RecordStatus::Pending) => Ok(Some((record.input, History::Journaled))),
+            (None, RecordStatus::Completed | RecordStatus::Failed) => {
                 let outcome = recorded_outcome(inner.store.path(), record);
                 inner.settle(&id, &tx, Arc::new(outcome));
                 Ok(None)
@@ -372,6 +378,16 @@ async fn admit(
             }
         }
     }
+}
+
+/// The error for a workflow row whose input or output fails its checksum.
+fn damage(record: &WorkflowRecord) -> Option<Error> {
+    let (location, message) = record.damaged.clone()?;
+    Some(Error::Corrupt {
+        workflow_id: record.id.clone(),
+        location,
+        reason: CodecError::new(message),
+    })
 }
 
 fn mismatch(id: &str, existing: &str, requested: &str) -> Error {
@@ -588,12 +604,13 @@ pub(crate) async fn replay_journal(path: &Path) -> Result<Vec<Replayed>> {
     .await??;
     let mut out = Vec::with_capacity(workflows.len());
     for record in workflows {
-        let verdict = match registry.get(record.name.as_str()) {
-            None => Verdict::Error(Error::UnknownWorkflow {
+        let verdict = match (damage(&record), registry.get(record.name.as_str())) {
+            (Some(e), _) => Verdict::Error(e),
+            (None, None) => Verdict::Error(Error::UnknownWorkflow {
                 workflow_id: record.id.clone(),
                 name: record.name.clone(),
             }),
-            Some(def) => replay_one(&store, *def, &record)
+            (None, Some(def)) => replay_one(&store, *def, &record)
                 .await
                 .unwrap_or_else(Verdict::Error),
         };

@@ -208,7 +208,7 @@ async fn finishing_without_a_recorded_step_is_a_divergence() {
 }
 
 /// Runs `drifting` once, marks it unfinished, overwrites step 1's output with `bytes`
-/// and resumes it: the resumed run must stop with `Error::Corrupt` naming step 1.
+/// (dropping its checksum) and resumes it: the resumed run must stop with `Error::Corrupt` naming step 1.
 async fn resume_with_corrupt_step(id: &str, corrupt: impl FnOnce(Vec<u8>) -> Vec<u8>) {
     let (_dir, path) = record_unfinished(id, drifting(id.into())).await;
     let original: Vec<u8> = rusqlite::Connection::open(&path)
@@ -221,7 +221,8 @@ async fn resume_with_corrupt_step(id: &str, corrupt: impl FnOnce(Vec<u8>) -> Vec
         .expect("step 1");
     common::sql(
         &path,
-        "UPDATE durable_steps SET output = ?2 WHERE workflow_id = ?1 AND path = '1'",
+        // No checksum, as in rows written before schema 2: the decoder must catch it.
+        "UPDATE durable_steps SET output = ?2, crc32 = NULL WHERE workflow_id = ?1 AND path = '1'",
         rusqlite::params![id, corrupt(original)],
     );
     let before = snapshot(&path);
@@ -306,17 +307,22 @@ async fn a_corrupt_workflow_input_is_a_clear_error() {
     );
     let before = snapshot(&path);
     let rt = common::reopen(&path).await;
+    // The input fails its checksum: the workflow is not resumed (the others would be),
+    // and asking for it is the same clear error.
+    assert!(
+        matches!(rt.unrecoverable(), [Error::Corrupt { workflow_id, .. }] if workflow_id == "input"),
+        "{:?}",
+        rt.unrecoverable()
+    );
     let err = rt
         .start_with_id("input", drifting("x".into()))
-        .await
-        .expect("handle")
-        .result()
         .await
         .expect_err("corrupt");
     assert!(
         matches!(&err, Error::Corrupt { location: Location::Input, workflow_id, .. } if workflow_id == "input"),
         "{err:?}"
     );
+    assert!(err.to_string().contains("does not match its checksum"), "{err}");
     drop(rt);
     assert_unchanged(&path, &before);
 }

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::error::{FailureKind, StoreError};
+use crate::error::{FailureKind, Location, StoreError};
 use crate::path::StepPath;
 
+mod crc;
 pub(crate) mod sqlite;
 
 pub(crate) use sqlite::SqliteStore;
@@ -108,6 +109,8 @@ pub(crate) struct WorkflowRecord {
     pub(crate) input: Vec<u8>,
     pub(crate) output: Option<Vec<u8>>,
     pub(crate) failure: Option<(FailureKind, String)>,
+    /// Set if the input or output fails its checksum: which, and the message.
+    pub(crate) damaged: Option<(Location, String)>,
 }
 
 /// What a step's record holds.

@@ -28,12 +28,13 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, Statement, params};
 use tokio::sync::oneshot;
 
+use super::crc::crc32;
 use super::{
     Ack, Created, Finish, Finished, NewWorkflow, RecordStatus, RecordedOutcome, RecordedStep,
     StepRecord, Store, WorkflowRecord,
 };
 use crate::context::lock;
-use crate::error::{Error, FailureKind, StoreError, StoreErrorKind};
+use crate::error::{Error, FailureKind, Location, StoreError, StoreErrorKind};
 use crate::path::StepPath;
 
 /// The most writes one commit takes.
@@ -109,6 +110,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (workflow_id, path),
         CHECK ((output IS NULL) <> (error IS NULL))
     ) STRICT, WITHOUT ROWID;",
+    // 2: CRC-32 checksums of recorded values, so damage is reported, not decoded. NULL
+    // in rows written before version 2 (not checked).
+    "ALTER TABLE durable_workflows ADD COLUMN input_crc32 INTEGER;
+    ALTER TABLE durable_workflows ADD COLUMN output_crc32 INTEGER;
+    ALTER TABLE durable_steps ADD COLUMN crc32 INTEGER;",
 ];
 
 /// The executor name recorded for workflows this process starts.
@@ -442,11 +448,11 @@ const SCHEMA: &[(&str, &str)] = &[
     ("durable_meta", "key, value"),
     (
         "durable_workflows",
-        "id, name, status, input, output, error_kind, error, executor, app_version, parent_id, queue, created_at, updated_at",
+        "id, name, status, input, output, error_kind, error, executor, app_version, parent_id, queue, created_at, updated_at, input_crc32, output_crc32",
     ),
     (
         "durable_steps",
-        "workflow_id, path, name, output, error, attempts, started_at, finished_at",
+        "workflow_id, path, name, output, error, attempts, started_at, finished_at, crc32",
     ),
 ];
 
@@ -559,8 +565,9 @@ impl<'c> Writer<'c> {
             rollback: conn.prepare("ROLLBACK")?,
             create: conn.prepare(
                 "INSERT INTO durable_workflows
-                     (id, name, status, input, executor, app_version, created_at, updated_at)
-                 VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?6)
+                     (id, name, status, input, executor, app_version, created_at, updated_at,
+                      input_crc32)
+                 VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?6, ?7)
                  ON CONFLICT (id) DO NOTHING",
             )?,
             existing: conn.prepare(&format!(
@@ -568,12 +575,14 @@ impl<'c> Writer<'c> {
             ))?,
             record: conn.prepare(
                 "INSERT INTO durable_steps
-                     (workflow_id, path, name, output, error, attempts, started_at, finished_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                     (workflow_id, path, name, output, error, attempts, started_at, finished_at,
+                      crc32)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?,
             finish: conn.prepare(
                 "UPDATE durable_workflows
-                 SET status = ?2, output = ?3, error_kind = ?4, error = ?5, updated_at = ?6
+                 SET status = ?2, output = ?3, error_kind = ?4, error = ?5, updated_at = ?6,
+                     output_crc32 = ?7
                  WHERE id = ?1 AND status = 'pending'",
             )?,
         })
@@ -667,7 +676,8 @@ impl<'c> Writer<'c> {
             w.input,
             EXECUTOR,
             w.app_version.as_deref(),
-            w.created_at
+            w.created_at,
+            crc32(&w.input)
         ])?;
         if inserted == 1 {
             return Ok(Created::New);
@@ -681,6 +691,7 @@ impl<'c> Writer<'c> {
             RecordedOutcome::Output(bytes) => (Some(bytes.as_slice()), None),
             RecordedOutcome::Panicked(message) => (None, Some(message.as_str())),
         };
+        let crc = crc32(output.unwrap_or_else(|| error.unwrap_or_default().as_bytes()));
         self.record.execute(params![
             &*s.workflow_id,
             s.path.to_string(),
@@ -689,7 +700,8 @@ impl<'c> Writer<'c> {
             error,
             s.attempts,
             s.started_at,
-            s.finished_at
+            s.finished_at,
+            crc
         ])?;
         Ok(())
     }
@@ -706,8 +718,16 @@ impl<'c> Writer<'c> {
                 Some(message.as_str()),
             ),
         };
-        self.finish
-            .execute(params![&*f.id, status.as_str(), output, kind, error, f.at])?;
+        let crc = output.map(crc32);
+        self.finish.execute(params![
+            &*f.id,
+            status.as_str(),
+            output,
+            kind,
+            error,
+            f.at,
+            crc
+        ])?;
         Ok(())
     }
 }
@@ -758,7 +778,28 @@ fn step_error(path: &Path, s: &StepRecord, e: rusqlite::Error) -> StoreError {
     }
 }
 
-const WORKFLOW_COLUMNS: &str = "id, name, status, input, output, error_kind, error";
+const WORKFLOW_COLUMNS: &str =
+    "id, name, status, input, output, error_kind, error, input_crc32, output_crc32";
+
+/// Why a damaged value cannot be used.
+const DAMAGED: &str = "the value does not match its checksum: the journal is damaged";
+
+/// Whether a recorded value matches its checksum (rows older than schema 2 have none).
+fn checks(bytes: &[u8], crc: Option<u32>) -> bool {
+    crc.is_none_or(|crc| crc == crc32(bytes))
+}
+
+/// Checks a recorded value against its checksum (none in rows older than schema 2).
+fn verify(bytes: &[u8], crc: Option<u32>, what: impl FnOnce() -> String) -> rusqlite::Result<()> {
+    match crc {
+        Some(crc) if crc != crc32(bytes) => Err(invalid(format!(
+            "{} does not match its checksum: the journal is damaged (restore it from a backup, \
+             or remove the workflow's rows to give it up)",
+            what()
+        ))),
+        _ => Ok(()),
+    }
+}
 
 /// Reads a workflow row. The inner `Result` rejects rows no runtime could have written
 /// (an unknown status), which point at a damaged or hand-edited journal.
@@ -793,11 +834,24 @@ fn workflow_row(r: &Row<'_>) -> rusqlite::Result<rusqlite::Result<WorkflowRecord
         }
         _ => None,
     };
+    let input: Vec<u8> = r.get(3)?;
+    let output: Option<Vec<u8>> = r.get(4)?;
+    // A damaged value is reported for this workflow alone, when it is resumed or asked
+    // for: the other workflows of the journal are not held up by it.
+    let crc_output: Option<u32> = r.get(8)?;
+    let damaged = if !checks(&input, r.get(7)?) {
+        Some((Location::Input, DAMAGED.to_owned()))
+    } else if !output.as_ref().is_none_or(|o| checks(o, crc_output)) {
+        Some((Location::Output, DAMAGED.to_owned()))
+    } else {
+        None
+    };
     Ok(Ok(WorkflowRecord {
+        damaged,
         name: r.get(1)?,
         status,
-        input: r.get(3)?,
-        output: r.get(4)?,
+        input,
+        output,
         failure,
         id,
     }))
@@ -827,7 +881,7 @@ impl Store for SqliteStore {
     fn steps(&self, workflow_id: &str) -> Result<Vec<RecordedStep>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT path, name, output, error, attempts, started_at, finished_at
+                "SELECT path, name, output, error, attempts, started_at, finished_at, crc32
                  FROM durable_steps WHERE workflow_id = ?1",
             )?;
             let rows = stmt.query_map([workflow_id], |r| {
@@ -837,6 +891,12 @@ impl Store for SqliteStore {
                 let Ok(parsed) = path.parse::<StepPath>() else {
                     return Ok(Err(invalid(format!("workflow {workflow_id} has a step at `{path}`, which is not a step path"))));
                 };
+                let value = output.as_deref().or(error.as_ref().map(String::as_bytes));
+                if let Err(e) = verify(value.unwrap_or_default(), r.get(7)?, || {
+                    format!("the recorded result of step {path} of workflow {workflow_id}")
+                }) {
+                    return Ok(Err(e));
+                }
                 let outcome = match (output, error) {
                     (Some(o), None) => RecordedOutcome::Output(o),
                     (None, Some(e)) => RecordedOutcome::Panicked(e),
