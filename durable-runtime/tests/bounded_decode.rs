@@ -130,3 +130,181 @@ fn a_huge_length_over_zero_sized_elements_is_an_error_not_a_hang() {
         1000
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Corrupt rows fed to recovery (property test).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use durable_runtime::{Error, Location, Runtime, StoreErrorKind, step, workflow};
+use proptest::prelude::*;
+
+#[step]
+async fn load(n: u8) -> (Vec<u8>, String) {
+    ((0..n).collect(), format!("loaded {n} bytes"))
+}
+
+#[step]
+async fn after(len: usize) -> usize {
+    len
+}
+
+#[workflow]
+async fn loads(n: u8) -> usize {
+    let (bytes, label) = load(n).await;
+    after(bytes.len() + label.len()).await
+}
+
+/// A journal holding workflow `w` as pending, with steps 1 (`load`) and 2 recorded:
+/// made once, copied for every case.
+fn template() -> &'static Path {
+    static TEMPLATE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &TEMPLATE
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("template.db");
+            let tokio = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio");
+            tokio.block_on(async {
+                let rt = Runtime::open(&path).await.expect("open");
+                let h = rt.start_with_id("w", loads(40)).await.expect("start");
+                assert_eq!(h.result().await.expect("run"), 40 + 15);
+            });
+            drop(tokio);
+            common::make_pending(&path, "w");
+            let conn = rusqlite::Connection::open(&path).expect("open");
+            conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+                .expect("checkpoint");
+            (dir, path)
+        })
+        .1
+}
+
+/// How a row is damaged.
+#[derive(Debug, Clone)]
+enum Damage {
+    /// The row replaced by random bytes.
+    Random(Vec<u8>),
+    /// The row cut short.
+    Truncate(usize),
+    /// One bit flipped.
+    Flip(usize, u8),
+    /// The first length prefix replaced by a huge one (bincode's 9-byte varint).
+    HugeLength(u64),
+}
+
+impl Damage {
+    fn apply(&self, row: &[u8]) -> Vec<u8> {
+        match self {
+            Damage::Random(bytes) => bytes.clone(),
+            Damage::Truncate(n) => row[..n % row.len()].to_vec(),
+            Damage::Flip(i, bit) => {
+                let mut row = row.to_vec();
+                let i = i % row.len();
+                row[i] ^= 1 << (bit % 8);
+                row
+            }
+            Damage::HugeLength(n) => {
+                let mut out = vec![253];
+                out.extend_from_slice(&n.to_le_bytes());
+                out.extend_from_slice(&row[1..]);
+                out
+            }
+        }
+    }
+}
+
+fn damage() -> impl Strategy<Value = Damage> {
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..96).prop_map(Damage::Random),
+        any::<usize>().prop_map(Damage::Truncate),
+        (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Damage::Flip(i, b)),
+        (1u64 << 40..=u64::MAX).prop_map(Damage::HugeLength),
+    ]
+}
+
+/// Copies the template, damages step 1's row (keeping or dropping its checksum), and
+/// resumes the workflow: returns the damaged row and what resuming it returned.
+fn resume_damaged(
+    damage: &Damage,
+    keep_checksum: bool,
+) -> (Vec<u8>, Vec<u8>, Result<usize, Error>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal.db");
+    std::fs::copy(template(), &path).expect("copy");
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let row: Vec<u8> = conn
+        .query_row(
+            "SELECT output FROM durable_steps WHERE workflow_id = 'w' AND path = '1'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("step 1");
+    let damaged = damage.apply(&row);
+    let checksum = if keep_checksum { "crc32" } else { "NULL" };
+    conn.execute(
+        &format!("UPDATE durable_steps SET output = ?1, crc32 = {checksum} WHERE workflow_id = 'w' AND path = '1'"),
+        [&damaged],
+    )
+    .expect("damage");
+    drop(conn);
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let result = tokio.block_on(async {
+        let rt = Runtime::open(&path).await?;
+        rt.start_with_id("w", loads(40)).await?.result().await
+    });
+    (row, damaged, result)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// With its checksum, any damage is reported as damage: a clear error naming the
+    /// workflow and the step, and the step's body does not run again.
+    #[test]
+    fn a_damaged_row_with_its_checksum_is_always_a_clear_error(damage in damage()) {
+        let (row, damaged, result) = resume_damaged(&damage, true);
+        prop_assume!(damaged != row);
+        let err = result.expect_err("a damaged row must not replay");
+        let text = err.to_string();
+        prop_assert!(
+            matches!(&err, Error::Store(e) if e.kind() == StoreErrorKind::Invariant),
+            "{err:?}"
+        );
+        prop_assert!(
+            text.contains("the recorded result of step 1 of workflow w does not match its checksum"),
+            "{text}"
+        );
+    }
+
+    /// Without a checksum (a row from schema 1), the decoder is the last line: it never
+    /// panics, never allocates more than the row could hold, and either rejects the row
+    /// with a clear error naming it or decodes a value the type allows.
+    #[test]
+    fn a_damaged_row_without_a_checksum_never_panics_or_overallocates(damage in damage()) {
+        let (_, damaged, result) = resume_damaged(&damage, false);
+        match result {
+            Ok(_) => {}
+            Err(Error::Corrupt { workflow_id, location: Location::Step { path, name }, .. }) => {
+                prop_assert_eq!(workflow_id, "w");
+                prop_assert_eq!((path.to_string(), name.as_str()), ("1".to_owned(), "load"));
+            }
+            Err(other) => prop_assert!(false, "unexpected error: {other:?}"),
+        }
+        LARGEST.store(0, Ordering::Relaxed);
+        MEASURING.with(|m| m.set(true));
+        let decoded = Bincode.decode::<(Vec<u8>, String)>(&damaged);
+        MEASURING.with(|m| m.set(false));
+        let largest = LARGEST.load(Ordering::Relaxed);
+        // The row's bytes, or an error message's worth.
+        prop_assert!(largest <= damaged.len().max(256), "{largest} bytes for a {}-byte row ({decoded:?})", damaged.len());
+    }
+}

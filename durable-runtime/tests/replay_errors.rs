@@ -322,7 +322,10 @@ async fn a_corrupt_workflow_input_is_a_clear_error() {
         matches!(&err, Error::Corrupt { location: Location::Input, workflow_id, .. } if workflow_id == "input"),
         "{err:?}"
     );
-    assert!(err.to_string().contains("does not match its checksum"), "{err}");
+    assert!(
+        err.to_string().contains("does not match its checksum"),
+        "{err}"
+    );
     drop(rt);
     assert_unchanged(&path, &before);
 }
