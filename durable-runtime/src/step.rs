@@ -25,6 +25,10 @@ pub struct StepOptions {
     initial: Duration,
     factor: f64,
     max: Duration,
+    /// `#[step(on_interrupt = "fail")]`: a start record is made durable before the body
+    /// runs, and recovery records an interrupted attempt as a failure instead of running
+    /// the body again.
+    pub(crate) fail_if_interrupted: bool,
 }
 
 impl StepOptions {
@@ -36,7 +40,15 @@ impl StepOptions {
             initial: Duration::from_millis(100),
             factor: 2.0,
             max: Duration::from_secs(10),
+            fail_if_interrupted: false,
         }
+    }
+
+    /// Never run the body a second time after a crash interrupted it: recovery records
+    /// the step as failed instead (`#[step(on_interrupt = "fail")]`).
+    pub const fn fail_if_interrupted(mut self) -> Self {
+        self.fail_if_interrupted = true;
+        self
     }
 
     /// Retry a failed (`Err`) attempt up to `retries` more times.
