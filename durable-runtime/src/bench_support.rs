@@ -16,7 +16,9 @@ use crate::context::WorkflowCtx;
 use crate::error::{Error, StoreError};
 use crate::path::StepPath;
 use crate::scope::{self, Branch};
-use crate::store::{NewWorkflow, RecordedOutcome, RecordedStep, SqliteStore, StepRecord, Store};
+use crate::store::{
+    Effect, NewWorkflow, RecordedOutcome, RecordedStep, SqliteStore, StepRecord, Store,
+};
 
 /// A journal opened at `synchronous=OFF`, with one workflow run created in it.
 #[derive(Debug)]
@@ -74,6 +76,8 @@ impl Journal {
             input: Vec::new(),
             app_version: None,
             created_at: 0,
+            parent_id: None,
+            deadline_at: None,
         });
         match created.blocking_recv() {
             Ok(r) => r.map(drop)?,
@@ -98,6 +102,7 @@ impl Journal {
             attempts: 1,
             started_at: 0,
             finished_at: 0,
+            effect: Effect::None,
         });
         Pending {
             ack,
@@ -109,7 +114,7 @@ impl Journal {
     /// the file: the records are made here, as a load from the journal returns them).
     pub fn replay(&self, steps: u32) -> Replay {
         let output = CODEC.encode(&0u64).unwrap_or_default();
-        let recorded = (1..=steps)
+        let recorded: Vec<RecordedStep> = (1..=steps)
             .map(|i| RecordedStep {
                 path: StepPath::child(&[], i),
                 name: "bench".to_owned(),
@@ -122,8 +127,9 @@ impl Journal {
         let ctx = Arc::new(WorkflowCtx::new(
             self.id.clone(),
             self.store.clone(),
-            recorded,
+            std::sync::Weak::new(),
         ));
+        ctx.load(recorded, Vec::new());
         Replay {
             root: Branch::root(ctx),
             steps,

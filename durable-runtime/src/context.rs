@@ -1,12 +1,14 @@
 //! The state one workflow run shares with its steps.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::Waker;
 
-use crate::error::Error;
+use crate::error::{CancelReason, Error};
 use crate::path::StepPath;
-use crate::store::{RecordedStep, Store};
+use crate::runtime::Inner;
+use crate::store::{RecordedStep, StartedRecord, Store};
 
 /// One execution of one workflow: its id, the steps recorded by earlier executions that
 /// have not been claimed yet, and the first fatal error, if any.
@@ -15,7 +17,15 @@ pub(crate) struct WorkflowCtx {
     pub(crate) id: Arc<str>,
     pub(crate) store: Arc<dyn Store>,
     recorded: Mutex<HashMap<StepPath, RecordedStep>>,
+    /// Start records of earlier executions: deadlines of waits, and steps that began
+    /// their body durably (`on_interrupt = "fail"`).
+    started: Mutex<HashMap<StepPath, StartedRecord>>,
     fatal: Mutex<Fatal>,
+    /// The runtime running this execution, for the primitives that start or watch
+    /// other workflows. Empty for a replay check.
+    pub(crate) runtime: Weak<Inner>,
+    /// Step bodies running now: a cancelled workflow stops once none is.
+    active: AtomicUsize,
     /// Set for a replay check: step bodies never run. A step without a record stays
     /// pending for ever, and is listed in `unrecorded`.
     replay_only: bool,
@@ -25,7 +35,21 @@ pub(crate) struct WorkflowCtx {
 #[derive(Debug, Default)]
 struct Fatal {
     error: Option<Error>,
+    cancelled: Option<CancelReason>,
     waker: Option<Waker>,
+}
+
+/// Held while a step body runs: a cancelled workflow waits for its running step bodies
+/// (the next step boundary) before it stops.
+#[derive(Debug)]
+pub(crate) struct ActiveBody(Arc<WorkflowCtx>);
+
+impl Drop for ActiveBody {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.wake();
+        }
+    }
 }
 
 /// Locks a mutex, ignoring poisoning: every critical section here is a plain field
@@ -35,14 +59,68 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl WorkflowCtx {
-    pub(crate) fn new(id: Arc<str>, store: Arc<dyn Store>, recorded: Vec<RecordedStep>) -> Self {
+    pub(crate) fn new(id: Arc<str>, store: Arc<dyn Store>, runtime: Weak<Inner>) -> Self {
         WorkflowCtx {
             id,
             store,
-            recorded: Mutex::new(recorded.into_iter().map(|s| (s.path.clone(), s)).collect()),
+            recorded: Mutex::default(),
+            started: Mutex::default(),
             fatal: Mutex::default(),
+            runtime,
+            active: AtomicUsize::new(0),
             replay_only: false,
             unrecorded: Mutex::default(),
+        }
+    }
+
+    /// Hands this execution what earlier executions recorded.
+    pub(crate) fn load(&self, recorded: Vec<RecordedStep>, started: Vec<StartedRecord>) {
+        *lock(&self.recorded) = recorded.into_iter().map(|s| (s.path.clone(), s)).collect();
+        *lock(&self.started) = started.into_iter().map(|s| (s.path.clone(), s)).collect();
+    }
+
+    /// The start record an earlier execution made at `path`, if any.
+    pub(crate) fn started(&self, path: &StepPath) -> Option<StartedRecord> {
+        lock(&self.started).get(path).cloned()
+    }
+
+    /// The name recorded at `path` (not taken), and whether any record lies at or
+    /// below `path`.
+    pub(crate) fn peek_recorded(&self, path: &StepPath) -> (Option<String>, bool) {
+        let recorded = lock(&self.recorded);
+        let at = recorded.get(path).map(|s| s.name.clone());
+        let below = at.is_some()
+            || recorded
+                .keys()
+                .any(|p| p.positions().starts_with(path.positions()));
+        (at, below)
+    }
+
+    /// Marks a step body as running, until the guard is dropped; `None` if the
+    /// workflow is cancelled (the body must not start).
+    pub(crate) fn begin_body(self: &Arc<Self>) -> Option<ActiveBody> {
+        if lock(&self.fatal).cancelled.is_some() {
+            return None;
+        }
+        self.active.fetch_add(1, Ordering::AcqRel);
+        Some(ActiveBody(self.clone()))
+    }
+
+    /// Asks this execution to stop at its next step boundary.
+    pub(crate) fn cancel(&self, reason: CancelReason) {
+        {
+            let mut f = lock(&self.fatal);
+            if f.cancelled.is_none() {
+                f.cancelled = Some(reason);
+            }
+        }
+        self.wake();
+    }
+
+    fn wake(&self) {
+        let waker = lock(&self.fatal).waker.clone();
+        if let Some(w) = waker {
+            w.wake();
         }
     }
 
@@ -52,10 +130,12 @@ impl WorkflowCtx {
         store: Arc<dyn Store>,
         recorded: Vec<RecordedStep>,
     ) -> Self {
-        WorkflowCtx {
+        let ctx = WorkflowCtx {
             replay_only: true,
-            ..WorkflowCtx::new(id, store, recorded)
-        }
+            ..WorkflowCtx::new(id, store, Weak::new())
+        };
+        ctx.load(recorded, Vec::new());
+        ctx
     }
 
     /// Whether step bodies may run. If not, notes that the code waited for the
@@ -99,7 +179,7 @@ impl WorkflowCtx {
             if f.error.is_none() {
                 f.error = Some(error);
             }
-            f.waker.take()
+            f.waker.clone()
         };
         if let Some(w) = waker {
             w.wake();
@@ -107,7 +187,7 @@ impl WorkflowCtx {
     }
 
     /// Called by the driver on every poll: remembers its waker and returns the fatal
-    /// error, if one happened.
+    /// error, if one happened, or the cancellation once no step body runs.
     pub(crate) fn poll_fatal(&self, waker: &Waker) -> Option<Error> {
         let mut f = lock(&self.fatal);
         if f.error.is_none() {
@@ -115,6 +195,15 @@ impl WorkflowCtx {
                 Some(w) if w.will_wake(waker) => {}
                 _ => f.waker = Some(waker.clone()),
             }
+        }
+        if f.error.is_none()
+            && let Some(reason) = f.cancelled
+            && self.active.load(Ordering::Acquire) == 0
+        {
+            return Some(Error::Cancelled {
+                workflow_id: self.id.to_string(),
+                reason,
+            });
         }
         f.error.clone()
     }

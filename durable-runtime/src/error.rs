@@ -142,6 +142,47 @@ pub enum Error {
         workflow_id: String,
     },
 
+    /// The workflow was cancelled ([`Runtime::cancel`](crate::Runtime::cancel), its
+    /// deadline, or its parent's cancellation) and the cancellation is recorded.
+    /// [`Runtime::resume`](crate::Runtime::resume) continues it from its last recorded
+    /// step.
+    #[error("workflow {workflow_id} was cancelled: {reason}")]
+    Cancelled {
+        /// The workflow id.
+        workflow_id: String,
+        /// Why.
+        reason: CancelReason,
+    },
+
+    /// The journal has no workflow with this id.
+    #[error("no workflow {workflow_id} in the journal")]
+    NotFound {
+        /// The id asked for.
+        workflow_id: String,
+    },
+
+    /// [`Runtime::resume`](crate::Runtime::resume) was asked for a workflow that is not
+    /// cancelled or failed.
+    #[error(
+        "workflow {workflow_id} is {status}; only a cancelled or failed workflow can be resumed"
+    )]
+    NotResumable {
+        /// The workflow id.
+        workflow_id: String,
+        /// Its status: `pending` (it runs, or resumes at the next open) or `completed`.
+        status: &'static str,
+    },
+
+    /// A workflow primitive that only means something inside a workflow (such as
+    /// [`recv`](crate::recv)) was used outside one.
+    #[error("`{operation}` was called outside a workflow; {hint}")]
+    NotInWorkflow {
+        /// The primitive, such as `durable_runtime::recv`.
+        operation: &'static str,
+        /// What to do instead.
+        hint: &'static str,
+    },
+
     /// A workflow id was rejected.
     #[error("invalid workflow id {id:?}: {reason}")]
     InvalidId {
@@ -161,6 +202,9 @@ impl Error {
             | Error::Failed { workflow_id, .. }
             | Error::WorkflowMismatch { workflow_id, .. }
             | Error::UnknownWorkflow { workflow_id, .. }
+            | Error::Cancelled { workflow_id, .. }
+            | Error::NotFound { workflow_id }
+            | Error::NotResumable { workflow_id, .. }
             | Error::Stopped { workflow_id } => Some(workflow_id),
             _ => None,
         }
@@ -188,6 +232,11 @@ pub enum Location {
         /// The step's recorded name.
         name: String,
     },
+    /// An event's value.
+    Event {
+        /// The event's key.
+        key: String,
+    },
 }
 
 impl fmt::Display for Location {
@@ -196,6 +245,7 @@ impl fmt::Display for Location {
             Location::Input => f.write_str("workflow input"),
             Location::Output => f.write_str("workflow output"),
             Location::Step { path, name } => write!(f, "output of step {path} (`{name}`)"),
+            Location::Event { key } => write!(f, "value of event `{key}`"),
         }
     }
 }
@@ -210,6 +260,10 @@ pub enum FailureKind {
     WorkflowPanicked,
     /// The workflow's output could not be encoded.
     OutputNotEncodable,
+    /// A step configured with `#[step(on_interrupt = "fail")]` was interrupted by a
+    /// crash after its body started and before its result was recorded, so it was not
+    /// run again.
+    StepInterrupted,
 }
 
 impl FailureKind {
@@ -218,6 +272,7 @@ impl FailureKind {
             FailureKind::StepPanicked => "step_panicked",
             FailureKind::WorkflowPanicked => "workflow_panicked",
             FailureKind::OutputNotEncodable => "output_not_encodable",
+            FailureKind::StepInterrupted => "step_interrupted",
         }
     }
 
@@ -226,9 +281,45 @@ impl FailureKind {
             FailureKind::StepPanicked,
             FailureKind::WorkflowPanicked,
             FailureKind::OutputNotEncodable,
+            FailureKind::StepInterrupted,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
+    }
+}
+
+/// Why a workflow was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CancelReason {
+    /// [`Runtime::cancel`](crate::Runtime::cancel) was called for it or for an ancestor.
+    Requested,
+    /// Its deadline ([`WorkflowCall::timeout`](crate::WorkflowCall::timeout)), or an
+    /// ancestor's, passed before it finished.
+    DeadlineExceeded,
+}
+
+impl CancelReason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            CancelReason::Requested => "cancelled",
+            CancelReason::DeadlineExceeded => "deadline_exceeded",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        [CancelReason::Requested, CancelReason::DeadlineExceeded]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for CancelReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CancelReason::Requested => "cancellation was requested",
+            CancelReason::DeadlineExceeded => "its deadline passed",
+        })
     }
 }
 

@@ -120,23 +120,33 @@
 
 #[doc(hidden)]
 pub mod bench_support;
+mod child;
 mod codec;
 mod context;
 mod error;
 mod path;
+mod primitives;
 mod runtime;
 mod scope;
+mod select;
 mod step;
 mod store;
 #[doc(hidden)]
 pub mod testkit_support;
 mod workflow;
 
+pub use crate::child::{ChildHandle, JoinAll, join_all, start_child};
 pub use crate::codec::{Bincode, Codec, CodecError, MAX_VALUE_BYTES};
-pub use crate::error::{Error, FailureKind, Location, Result, StoreError, StoreErrorKind};
+pub use crate::error::{
+    CancelReason, Error, FailureKind, Location, Result, StoreError, StoreErrorKind,
+};
 pub use crate::path::{ParsePathError, StepPath};
+pub use crate::primitives::{
+    get_event, now, patched, random, recv, send, set_event, sleep, transaction, uuid,
+};
 pub use crate::runtime::{Runtime, RuntimeBuilder, StepInfo, WorkflowHandle, WorkflowStatus};
 pub use crate::scope::{StepContext, step_context};
+pub use crate::select::{Either, select, select_all};
 pub use crate::step::{Retryable, Step, StepBody};
 pub use crate::store::sqlite::Durability;
 pub use crate::workflow::WorkflowCall;

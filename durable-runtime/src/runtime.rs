@@ -1,7 +1,6 @@
 //! The runtime: opens the journal, recovers pending workflows, starts and drives runs.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::future::{Future, poll_fn};
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::marker::PhantomData;
@@ -11,26 +10,30 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
+use std::time::Duration;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{oneshot, watch};
 
 use crate::Durability;
 use crate::codec::{CODEC, Codec, CodecError};
 use crate::context::{WorkflowCtx, lock};
-use crate::error::{Error, FailureKind, Location, Result, StoreError, StoreErrorKind};
+use crate::error::{
+    CancelReason, Error, FailureKind, Location, Result, StoreError, StoreErrorKind,
+};
 use crate::path::StepPath;
 use crate::scope::{self, Branch};
 use crate::step::now_ms;
 use crate::store::{
-    Created, Finish, Finished, NewWorkflow, RecordStatus, RecordedOutcome, SqliteStore, Store,
-    WorkflowRecord,
+    Created, Finish, Finished, NewMessage, NewWorkflow, RecordStatus, RecordedOutcome, SqliteStore,
+    Store, Wait, WaitFor, WorkflowRecord, Write, Written,
 };
 use crate::testkit_support::{Probe, Replayed, Verdict};
 use crate::workflow::{ErasedWorkflow, WorkflowCall, registered};
 
 /// How a run ended, shared by every handle waiting on it: the encoded output or the error.
-type Outcome = Arc<Result<Vec<u8>>>;
+pub(crate) type Outcome = Arc<Result<Vec<u8>>>;
 
 /// The durable-execution runtime: owns one journal and runs the workflows in it.
 ///
@@ -49,9 +52,10 @@ pub struct Runtime {
 }
 
 #[derive(Debug)]
-struct Inner {
-    store: Arc<dyn Store>,
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
     running: Mutex<HashMap<Arc<str>, Running>>,
+    registry: HashMap<&'static str, &'static dyn ErasedWorkflow>,
     app_version: Option<Arc<str>>,
     recovered: Vec<String>,
     unrecoverable: Vec<Error>,
@@ -62,6 +66,17 @@ struct Inner {
 struct Running {
     name: &'static str,
     outcome: watch::Receiver<Option<Outcome>>,
+    ctx: Arc<WorkflowCtx>,
+}
+
+/// A run to start: which workflow, with which input, as a child of which workflow,
+/// with which deadline.
+#[derive(Debug)]
+pub(crate) struct Launch {
+    pub(crate) def: &'static dyn ErasedWorkflow,
+    pub(crate) input: Vec<u8>,
+    pub(crate) parent_id: Option<Arc<str>>,
+    pub(crate) deadline_at: Option<i64>,
 }
 
 /// Options for opening a [`Runtime`]; from [`Runtime::builder`].
@@ -123,6 +138,7 @@ impl RuntimeBuilder {
         let mut unrecoverable = Vec::new();
         let mut launches = Vec::new();
         for record in pending {
+            let deadline_at = record.deadline_at;
             if let Some(e) = damage(&record) {
                 tracing::warn!("{e}; it stays pending");
                 unrecoverable.push(e);
@@ -131,7 +147,7 @@ impl RuntimeBuilder {
             match registry.get(record.name.as_str()) {
                 Some(def) => {
                     recovered.push(record.id.clone());
-                    launches.push((Arc::<str>::from(record.id), *def, record.input));
+                    launches.push((Arc::<str>::from(record.id), *def, record.input, deadline_at));
                 }
                 None => {
                     let e = Error::UnknownWorkflow {
@@ -146,21 +162,32 @@ impl RuntimeBuilder {
         let inner = Arc::new(Inner {
             store,
             running: Mutex::new(HashMap::new()),
+            registry,
             app_version: self.app_version.map(Arc::from),
             recovered,
             unrecoverable,
         });
-        for (id, def, input) in launches {
-            tracing::info!(workflow = %id, name = def.name(), "resuming pending workflow");
-            let (tx, rx) = watch::channel(None);
-            lock(&inner.running).insert(
-                id.clone(),
-                Running {
-                    name: def.name(),
-                    outcome: rx,
-                },
+        // Every resumed run is in `running` before any of them runs: a parent resuming
+        // its child's call must find the child's run, not start a second one.
+        let runs: Vec<_> = launches
+            .into_iter()
+            .map(|(id, def, input, deadline_at)| {
+                tracing::info!(workflow = %id, name = def.name(), "resuming pending workflow");
+                let (ctx, tx) = inner.register(&id, def.name());
+                (ctx, def, input, deadline_at, tx)
+            })
+            .collect();
+        for (ctx, def, input, deadline_at, tx) in runs {
+            let run = drive(
+                inner.clone(),
+                ctx,
+                def,
+                input,
+                History::Journaled,
+                deadline_at,
+                tx,
             );
-            tokio::spawn(drive(inner.clone(), id, def, input, History::Journaled, tx));
+            tokio::spawn(run);
         }
         Ok(Runtime { inner })
     }
@@ -256,42 +283,144 @@ impl Runtime {
         call: WorkflowCall<O>,
     ) -> Result<WorkflowHandle<O>> {
         let id: Arc<str> = Arc::from(validate_id(id.into())?);
-        let def = call.def;
-        let name = def.name();
-        let input = call.input.map_err(|reason| Error::Encode {
-            what: format!("the input of workflow {id} (`{name}`)"),
-            reason,
-        })?;
-        let tx = {
-            let mut running = lock(&self.inner.running);
-            match running.entry(id.clone()) {
-                Entry::Occupied(e) => {
-                    let r = e.get();
-                    if r.name != name {
-                        return Err(mismatch(&id, r.name, name));
-                    }
-                    return Ok(WorkflowHandle::new(id, r.outcome.clone()));
-                }
-                Entry::Vacant(v) => {
-                    let (tx, rx) = watch::channel(None);
-                    v.insert(Running { name, outcome: rx });
-                    tx
-                }
-            }
-        };
-        let handle = WorkflowHandle::new(id.clone(), tx.subscribe());
-        // The id is now claimed in `running`. The rest happens in a task of its own, so
-        // a caller that stops waiting (a timeout, a dropped request) cannot leave the
-        // claim behind without a run.
-        let (reply, admitted) = oneshot::channel();
-        tokio::spawn(admit(self.inner.clone(), id.clone(), def, input, tx, reply));
-        match admitted.await {
-            Ok(Ok(())) => Ok(handle),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(Error::Stopped {
-                workflow_id: id.to_string(),
-            }),
+        let launch = call.into_launch(&id, None)?;
+        let outcome = self.inner.start(id.clone(), launch).await?;
+        Ok(WorkflowHandle::new(id, outcome))
+    }
+
+    /// A handle to workflow `id`, running or finished, started by this runtime or found
+    /// in the journal.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if the journal has no workflow `id`, [`Error::Store`] if it
+    /// cannot be read.
+    pub async fn handle<O>(&self, id: &str) -> Result<WorkflowHandle<O>> {
+        let outcome = self.inner.outcome_of(id).await?;
+        Ok(WorkflowHandle::new(Arc::from(id), outcome))
+    }
+
+    /// Cancels workflow `id` and every workflow it started as a child, recursively.
+    ///
+    /// A cancelled workflow stops at its next step boundary: a step body that is
+    /// running finishes and its result is recorded, and no further step starts. One that
+    /// is sleeping or waiting (for a message, an event or a child) stops at once. The
+    /// cancellation is recorded: the workflow is not resumed when the journal is opened
+    /// again, and its handles return [`Error::Cancelled`]. [`resume`](Self::resume)
+    /// continues it.
+    ///
+    /// Cancelling a workflow that has already finished changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if the journal has no workflow `id`, [`Error::Store`] if the
+    /// journal cannot be written.
+    pub async fn cancel(&self, id: &str) -> Result<()> {
+        self.inner.cancel(id, CancelReason::Requested).await?;
+        if self.inner.record(id).await?.is_none() {
+            return Err(Error::NotFound {
+                workflow_id: id.to_owned(),
+            });
         }
+        Ok(())
+    }
+
+    /// Continues a cancelled or failed workflow from its last recorded step, with the
+    /// children that were cancelled with it.
+    ///
+    /// Recorded step outputs replay as usual. What a failed workflow recorded as its
+    /// failure is dropped first: a step that panicked, or that was interrupted with
+    /// `on_interrupt = "fail"`, runs again. The workflow's deadline, if it had one, is
+    /// removed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if the journal has no workflow `id`, [`Error::NotResumable`]
+    /// if it is pending or completed, [`Error::UnknownWorkflow`] if its workflow is not
+    /// linked into this program, [`Error::Store`] if the journal cannot be written.
+    pub async fn resume(&self, id: &str) -> Result<()> {
+        self.inner.resume(id).await
+    }
+
+    /// Sends `value` to workflow `destination` on `topic`, from outside any workflow.
+    /// Inside a workflow, use [`send`](crate::send), which is recorded.
+    ///
+    /// The message is durable when this returns. Messages wait, per destination and
+    /// topic, in the order they were sent, until a [`recv`](crate::recv) of that
+    /// workflow takes them, even if the destination has not started yet. A workflow
+    /// waiting for one in this process wakes at once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidId`] for a malformed destination, [`Error::Encode`] if the value
+    /// does not encode, [`Error::Store`] if the journal cannot be written.
+    pub async fn send<T: Serialize + DeserializeOwned>(
+        &self,
+        destination: &str,
+        topic: &str,
+        value: &T,
+    ) -> Result<()> {
+        let destination = validate_id(destination.to_owned())?;
+        let payload = encode_value(value, || format!("the message on topic `{topic}`"))?;
+        let message = NewMessage {
+            destination,
+            topic: topic.to_owned(),
+            payload,
+            sent_at: now_ms(),
+        };
+        self.inner.write(Write::Send(message)).await.map(drop)
+    }
+
+    /// Waits up to `timeout` (or for ever, with `None`) for workflow `workflow_id` to
+    /// set event `key`, and returns its value; `None` if the time ran out. Returns at
+    /// once if the event is set already, and wakes at once when a workflow of this
+    /// process sets it. Inside a workflow, use [`get_event`](crate::get_event), which is
+    /// recorded.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] if the value does not decode as `T`, [`Error::Store`] if the
+    /// journal cannot be read.
+    pub async fn get_event<T: DeserializeOwned>(
+        &self,
+        workflow_id: &str,
+        key: &str,
+        timeout: impl Into<Option<Duration>>,
+    ) -> Result<Option<T>> {
+        let timeout = timeout.into();
+        let wait = Write::Wait(Wait {
+            what: WaitFor::Event {
+                workflow_id: workflow_id.to_owned(),
+                key: key.to_owned(),
+            },
+            record: None,
+            park: timeout != Some(Duration::ZERO),
+        });
+        let ack = self.inner.store.write(wait);
+        let answer = match timeout {
+            None => ack.await,
+            Some(t) => match tokio::time::timeout(t, ack).await {
+                Ok(answer) => answer,
+                Err(_) => return Ok(None),
+            },
+        };
+        let bytes = match answer {
+            Ok(Ok(Written::Value(v))) => v,
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(closed(self.path(), workflow_id).into()),
+        };
+        bytes
+            .map(|b| {
+                CODEC.decode(&b).map_err(|reason| Error::Corrupt {
+                    workflow_id: workflow_id.to_owned(),
+                    location: Location::Event {
+                        key: key.to_owned(),
+                    },
+                    reason,
+                })
+            })
+            .transpose()
     }
 
     /// The recorded steps of workflow `id`, ordered by path: what a replay would return
@@ -306,7 +435,7 @@ impl Runtime {
             .map(|s| StepInfo {
                 path: s.path,
                 name: s.name,
-                panicked: matches!(s.outcome, RecordedOutcome::Panicked(_)),
+                panicked: !matches!(s.outcome, RecordedOutcome::Output(_)),
                 attempts: s.attempts,
                 started_at_ms: s.started_at,
                 finished_at_ms: s.finished_at,
@@ -324,18 +453,219 @@ impl Inner {
         tx.send_replace(Some(outcome));
         lock(&self.running).remove(id);
     }
+
+    /// Adds a run to `running` (the caller made sure the id is free) and makes its
+    /// context.
+    fn register(
+        self: &Arc<Self>,
+        id: &Arc<str>,
+        name: &'static str,
+    ) -> (Arc<WorkflowCtx>, watch::Sender<Option<Outcome>>) {
+        let (tx, rx) = watch::channel(None);
+        let ctx = Arc::new(WorkflowCtx::new(
+            id.clone(),
+            self.store.clone(),
+            Arc::downgrade(self),
+        ));
+        lock(&self.running).insert(
+            id.clone(),
+            Running {
+                name,
+                outcome: rx,
+                ctx: ctx.clone(),
+            },
+        );
+        (ctx, tx)
+    }
+
+    /// Starts `launch` as workflow `id`, unless `id` exists (see
+    /// [`Runtime::start_with_id`]); returns what its handles watch.
+    pub(crate) async fn start(
+        self: &Arc<Self>,
+        id: Arc<str>,
+        launch: Launch,
+    ) -> Result<watch::Receiver<Option<Outcome>>> {
+        let name = launch.def.name();
+        let (ctx, tx) = {
+            let running = lock(&self.running);
+            if let Some(r) = running.get(&id) {
+                if r.name != name {
+                    return Err(mismatch(&id, r.name, name));
+                }
+                return Ok(r.outcome.clone());
+            }
+            drop(running);
+            self.register(&id, name)
+        };
+        let outcome = tx.subscribe();
+        // The id is now claimed in `running`. The rest happens in a task of its own, so
+        // a caller that stops waiting (a timeout, a dropped request) cannot leave the
+        // claim behind without a run.
+        let (reply, admitted) = oneshot::channel();
+        tokio::spawn(admit(self.clone(), ctx, launch, tx, reply));
+        match admitted.await {
+            Ok(Ok(())) => Ok(outcome),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Stopped {
+                workflow_id: id.to_string(),
+            }),
+        }
+    }
+
+    /// What a handle of workflow `id` watches: its run in this process, or its recorded
+    /// outcome.
+    pub(crate) async fn outcome_of(&self, id: &str) -> Result<watch::Receiver<Option<Outcome>>> {
+        if let Some(r) = lock(&self.running).get(id) {
+            return Ok(r.outcome.clone());
+        }
+        let record = self.record(id).await?.ok_or_else(|| Error::NotFound {
+            workflow_id: id.to_owned(),
+        })?;
+        let (tx, rx) = watch::channel(None);
+        match record.status {
+            // Pending but not running here: it could not be resumed (see
+            // `Runtime::unrecoverable`); the handle reports it as stopped.
+            RecordStatus::Pending => drop(tx),
+            _ => {
+                tx.send_replace(Some(Arc::new(recorded_outcome(self.store.path(), record))));
+            }
+        }
+        Ok(rx)
+    }
+
+    /// Workflow `id` as the journal holds it.
+    pub(crate) async fn record(&self, id: &str) -> Result<Option<WorkflowRecord>> {
+        let store = self.store.clone();
+        let id = id.to_owned();
+        Ok(blocking(self.store.path(), move || store.workflow(&id)).await??)
+    }
+
+    /// One write of a workflow primitive, waited for.
+    pub(crate) async fn write(&self, write: Write) -> Result<Written> {
+        match self.store.write(write).await {
+            Ok(Ok(w)) => Ok(w),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(Error::Store(StoreError::new(
+                self.store.path(),
+                StoreErrorKind::Closed,
+                "the journal writer stopped",
+            ))),
+        }
+    }
+
+    /// Records the cancellation of `id` and its pending descendants, and stops those
+    /// that run in this process.
+    pub(crate) async fn cancel(&self, id: &str, reason: CancelReason) -> Result<()> {
+        let cancelled = self
+            .write(Write::Cancel {
+                id: id.to_owned(),
+                reason,
+                at: now_ms(),
+            })
+            .await?;
+        let Written::Ids(ids) = cancelled else {
+            return Ok(());
+        };
+        let running = lock(&self.running);
+        for w in ids.iter().map(String::as_str).chain(std::iter::once(id)) {
+            if let Some(r) = running.get(w) {
+                tracing::info!(workflow = w, %reason, "cancelling workflow");
+                r.ctx.cancel(reason);
+            }
+        }
+        Ok(())
+    }
+
+    async fn resume(self: &Arc<Self>, id: &str) -> Result<()> {
+        let record = self.record(id).await?.ok_or_else(|| Error::NotFound {
+            workflow_id: id.to_owned(),
+        })?;
+        if !matches!(
+            record.status,
+            RecordStatus::Cancelled | RecordStatus::Failed
+        ) {
+            return Err(Error::NotResumable {
+                workflow_id: id.to_owned(),
+                status: record.status.as_str(),
+            });
+        }
+        if !self.registry.contains_key(record.name.as_str()) {
+            return Err(Error::UnknownWorkflow {
+                workflow_id: record.id,
+                name: record.name,
+            });
+        }
+        let Written::Ids(ids) = self
+            .write(Write::Resume {
+                id: id.to_owned(),
+                at: now_ms(),
+            })
+            .await?
+        else {
+            return Ok(());
+        };
+        for w in ids {
+            let Some(record) = self.record(&w).await? else {
+                continue;
+            };
+            let Some(def) = self.registry.get(record.name.as_str()).copied() else {
+                tracing::warn!(workflow = %w, name = %record.name, "resumed, but its workflow is not linked into this program; it stays pending");
+                continue;
+            };
+            let id: Arc<str> = Arc::from(w);
+            let (ctx, tx) = {
+                let running = lock(&self.running);
+                if running.contains_key(&id) {
+                    // Still winding down from its cancellation; its next open resumes it.
+                    continue;
+                }
+                drop(running);
+                self.register(&id, def.name())
+            };
+            tracing::info!(workflow = %id, "resuming workflow");
+            tokio::spawn(drive(
+                self.clone(),
+                ctx,
+                def,
+                record.input,
+                History::Journaled,
+                None,
+                tx,
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Encodes a value for the journal, checking that it round-trips.
+pub(crate) fn encode_value<T: Serialize + DeserializeOwned>(
+    value: &T,
+    what: impl FnOnce() -> String,
+) -> Result<Vec<u8>> {
+    crate::codec::encode_checked(value)
+        .map(|(_, bytes)| bytes)
+        .map_err(|reason| Error::Encode {
+            what: what(),
+            reason,
+        })
 }
 
 /// Journals a new run (or finds the existing one), replies to the caller of
 /// `start_with_id` if it is still waiting, and then drives the run in this same task.
 async fn admit(
     inner: Arc<Inner>,
-    id: Arc<str>,
-    def: &'static dyn ErasedWorkflow,
-    input: Vec<u8>,
+    ctx: Arc<WorkflowCtx>,
+    launch: Launch,
     tx: watch::Sender<Option<Outcome>>,
     reply: oneshot::Sender<Result<()>>,
 ) {
+    let Launch {
+        def,
+        input,
+        parent_id,
+        deadline_at,
+    } = launch;
+    let id = ctx.id.clone();
     let name = def.name();
     let created = inner
         .store
@@ -345,19 +675,23 @@ async fn admit(
             input: input.clone(),
             app_version: inner.app_version.clone(),
             created_at: now_ms(),
+            parent_id,
+            deadline_at,
         })
         .await
         .unwrap_or_else(|_| Err(closed(inner.store.path(), &id)));
     let run = match created {
-        Ok(Created::New) => Ok(Some((input, History::None))),
+        Ok(Created::New) => Ok(Some((input, History::None, deadline_at))),
         Ok(Created::Existing(record)) if record.name != name => {
             Err(mismatch(&id, &record.name, name))
         }
         Ok(Created::Existing(record)) => match (damage(&record), record.status) {
+            (None, RecordStatus::Pending) => {
+                Ok(Some((record.input, History::Journaled, record.deadline_at)))
+            }
             (Some(e), _) => Err(e),
-            (None, RecordStatus::Pending) => Ok(Some((record.input, History::Journaled))),
-            (None, RecordStatus::Completed | RecordStatus::Failed) => {
-                let outcome = recorded_outcome(inner.store.path(), record);
+            (None, RecordStatus::Completed | RecordStatus::Failed | RecordStatus::Cancelled) => {
+                let outcome = recorded_outcome(inner.store.path(), *record);
                 inner.settle(&id, &tx, Arc::new(outcome));
                 Ok(None)
             }
@@ -373,8 +707,8 @@ async fn admit(
         Ok(run) => {
             // The caller may have stopped waiting; the run goes on regardless.
             let _ = reply.send(Ok(()));
-            if let Some((input, history)) = run {
-                drive(inner, id, def, input, history, tx).await;
+            if let Some((input, history, deadline_at)) = run {
+                drive(inner, ctx, def, input, history, deadline_at, tx).await;
             }
         }
     }
@@ -413,6 +747,10 @@ fn recorded_outcome(path: &Path, record: WorkflowRecord) -> Result<Vec<u8>> {
             workflow_id: record.id,
             kind,
             message,
+        }),
+        (RecordStatus::Cancelled, _, _) => Err(Error::Cancelled {
+            workflow_id: record.id,
+            reason: record.cancelled.unwrap_or(CancelReason::Requested),
         }),
         _ => Err(Error::Store(StoreError::new(
             path,
@@ -473,16 +811,26 @@ enum History {
 
 async fn drive(
     inner: Arc<Inner>,
-    id: Arc<str>,
+    ctx: Arc<WorkflowCtx>,
     def: &'static dyn ErasedWorkflow,
     input: Vec<u8>,
     history: History,
+    deadline_at: Option<i64>,
     tx: watch::Sender<Option<Outcome>>,
 ) {
-    let result = execute(&inner, &id, def, &input, history).await;
+    let id = ctx.id.clone();
+    let result = execute(&inner, &ctx, def, &input, history, deadline_at).await;
     let finished = match &result {
         Ok(output) => Some(Finished::Completed(output.clone())),
         Err(Error::Failed { kind, message, .. }) => Some(Finished::Failed(*kind, message.clone())),
+        Err(Error::Cancelled { reason, .. }) => {
+            // Recorded already by whoever cancelled it; once more, in case that was
+            // before the run itself was journaled.
+            if let Err(e) = inner.cancel(&id, *reason).await {
+                tracing::error!(workflow = %id, "cannot record the cancellation: {e}");
+            }
+            None
+        }
         // Divergence, corrupt rows and journal errors leave the run pending: they are
         // fixed outside the workflow (code, data, disk), and the next open resumes it.
         Err(e) => {
@@ -510,24 +858,25 @@ async fn drive(
 
 async fn execute(
     inner: &Inner,
-    id: &Arc<str>,
+    ctx: &Arc<WorkflowCtx>,
     def: &'static dyn ErasedWorkflow,
     input: &[u8],
     history: History,
+    deadline_at: Option<i64>,
 ) -> Result<Vec<u8>> {
-    let recorded = match history {
-        History::None => Vec::new(),
-        History::Journaled => {
-            let store = inner.store.clone();
-            let id = id.clone();
-            blocking(inner.store.path(), move || store.steps(&id)).await??
-        }
-    };
-    let ctx = Arc::new(WorkflowCtx::new(id.clone(), inner.store.clone(), recorded));
-    let output = run_body(&ctx, def, input).await?;
+    if let History::Journaled = history {
+        let store = inner.store.clone();
+        let id = ctx.id.clone();
+        let (recorded, started) = blocking(inner.store.path(), move || {
+            Ok::<_, StoreError>((store.steps(&id)?, store.started(&id)?))
+        })
+        .await??;
+        ctx.load(recorded, started);
+    }
+    let output = run_body(ctx, def, input, deadline_at).await?;
     if let Some((path, recorded)) = ctx.first_unclaimed() {
         return Err(Error::Divergence {
-            workflow_id: id.to_string(),
+            workflow_id: ctx.id.to_string(),
             path,
             recorded,
             requested: None,
@@ -542,6 +891,7 @@ async fn run_body(
     ctx: &Arc<WorkflowCtx>,
     def: &'static dyn ErasedWorkflow,
     input: &[u8],
+    deadline_at: Option<i64>,
 ) -> Result<Vec<u8>> {
     let id = &ctx.id;
     let body = def.start(input).map_err(|reason| Error::Corrupt {
@@ -550,10 +900,30 @@ async fn run_body(
         reason,
     })?;
     let mut body = scope::root(Branch::root(ctx.clone()), body);
+    // The deadline, as a timer: when it fires, the run and its children are cancelled
+    // (and stop at their next step boundary).
+    let mut deadline = std::pin::pin!(deadline_at.map(|at| {
+        let left = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(left))
+    }));
     let result = poll_fn(|cx| {
         if ctx.store.is_halted() {
             // A simulated crash: the "process" is gone, nothing of it runs again.
             return Poll::Pending;
+        }
+        if let Some(timer) = deadline.as_mut().as_pin_mut()
+            && timer.poll(cx).is_ready()
+        {
+            deadline.set(None);
+            if let Some(inner) = ctx.runtime.upgrade() {
+                let id = ctx.id.clone();
+                tracing::info!(workflow = %id, "deadline passed; cancelling the workflow");
+                tokio::spawn(async move {
+                    if let Err(e) = inner.cancel(&id, CancelReason::DeadlineExceeded).await {
+                        tracing::error!(workflow = %id, "cannot record the cancellation: {e}");
+                    }
+                });
+            }
         }
         if let Some(e) = ctx.poll_fatal(cx.waker()) {
             return Poll::Ready(Err(e));
@@ -637,7 +1007,7 @@ async fn replay_one(
     let total = recorded.len();
     let ctx = Arc::new(WorkflowCtx::replay_only(id, store.clone(), recorded));
     let polls = AtomicU64::new(0);
-    let mut run = std::pin::pin!(run_body(&ctx, def, &record.input));
+    let mut run = std::pin::pin!(run_body(&ctx, def, &record.input, None));
     let mut counted = std::pin::pin!(poll_fn(|cx| {
         polls.fetch_add(1, Ordering::Relaxed);
         run.as_mut().poll(cx)
@@ -705,6 +1075,9 @@ pub enum WorkflowStatus {
     Completed,
     /// Failed for good, and the failure is recorded ([`Error::Failed`]).
     Failed,
+    /// Cancelled ([`Runtime::cancel`], its deadline, or its parent's cancellation), and
+    /// the cancellation is recorded ([`Error::Cancelled`]).
+    Cancelled,
     /// This process stopped running it (replay divergence, a corrupt row, a journal
     /// error, or the runtime itself stopped). The journal still holds it as pending; the
     /// next [`Runtime::open`] tries again.
@@ -758,6 +1131,7 @@ impl<O> WorkflowHandle<O> {
             Some(o) => match &**o {
                 Ok(_) => WorkflowStatus::Completed,
                 Err(Error::Failed { .. }) => WorkflowStatus::Failed,
+                Err(Error::Cancelled { .. }) => WorkflowStatus::Cancelled,
                 Err(_) => WorkflowStatus::Stopped,
             },
         }
@@ -825,6 +1199,11 @@ impl StepInfo {
     pub fn output<T: DeserializeOwned>(&self) -> Result<T> {
         let workflow_id = &*self.workflow_id;
         match &self.outcome {
+            RecordedOutcome::Interrupted(message) => Err(Error::Failed {
+                workflow_id: workflow_id.to_owned(),
+                kind: FailureKind::StepInterrupted,
+                message: message.clone(),
+            }),
             RecordedOutcome::Output(bytes) => {
                 CODEC.decode(bytes).map_err(|reason| Error::Corrupt {
                     workflow_id: workflow_id.to_owned(),

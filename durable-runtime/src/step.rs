@@ -12,9 +12,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
 use crate::codec::{CODEC, Codec};
+use crate::context::ActiveBody;
 use crate::error::{Error, FailureKind, Location, StoreError, StoreErrorKind};
 use crate::scope::{self, Claim};
-use crate::store::{RecordedOutcome, StepRecord};
+use crate::store::{Effect, RecordedOutcome, StepKey, StepRecord, Write};
 
 /// How a step is retried: the options of `#[step(...)]`, built by the macro.
 #[doc(hidden)]
@@ -175,6 +176,14 @@ enum State<T> {
         claim: Option<Claim>,
         attempts: u32,
         started_at: i64,
+        /// Whether the durable start record (`on_interrupt = "fail"`) is written.
+        start_recorded: bool,
+    },
+    /// The start record is being written; the body runs once it is durable.
+    Starting {
+        claim: Claim,
+        ack: oneshot::Receiver<Result<crate::store::Written, StoreError>>,
+        started_at: i64,
     },
     /// An earlier execution recorded this step's result.
     Replay {
@@ -188,10 +197,11 @@ enum State<T> {
         spin_until: Option<Instant>,
         value: Option<T>,
     },
-    /// The panic is being checkpointed; then the workflow fails.
+    /// The panic (or interruption) is being checkpointed; then the workflow fails.
     CommitPanic {
         claim: Claim,
         ack: oneshot::Receiver<Result<(), StoreError>>,
+        kind: FailureKind,
         message: String,
     },
     /// The workflow has failed (divergence, corrupt row, store error, panic); this step
@@ -217,6 +227,9 @@ pin_project_lite::pin_project! {
         #[pin]
         backoff: Option<tokio::time::Sleep>,
         state: State<B::Output>,
+        // Held while the body runs and its result is recorded: a cancelled workflow
+        // stops at the next step boundary, not inside a step.
+        active: Option<ActiveBody>,
     }
 }
 
@@ -251,12 +264,17 @@ impl<B: StepBody> Step<B> {
                 claim: None,
                 attempts: 0,
                 started_at: 0,
+                start_recorded: false,
             },
             Some(claim) => match claim.ctx.take_recorded(&claim.path) {
+                None if options.fail_if_interrupted && claim.ctx.started(&claim.path).is_some() => {
+                    interrupted(options, claim)
+                }
                 None => State::Run {
                     claim: Some(claim),
                     attempts: 0,
                     started_at: 0,
+                    start_recorded: false,
                 },
                 Some(rec) if rec.name == options.name => State::Replay {
                     claim,
@@ -279,7 +297,36 @@ impl<B: StepBody> Step<B> {
             attempt: None,
             backoff: None,
             state,
+            active: None,
         }
+    }
+}
+
+/// A `fail_if_interrupted` step whose body started in an earlier execution and never
+/// recorded a result: records that, without running the body, and fails the workflow.
+fn interrupted<T>(options: &StepOptions, claim: Claim) -> State<T> {
+    let message = format!(
+        "step {} (`{}`) was interrupted by a crash after its body started, and it is marked \
+         `on_interrupt = \"fail\"`, so it was not run again; check whether its effect happened, \
+         then resume the workflow to run it again",
+        claim.path, options.name
+    );
+    let now = now_ms();
+    let ack = claim.ctx.store.record_step(StepRecord {
+        workflow_id: claim.ctx.id.clone(),
+        path: claim.path.clone(),
+        name: options.name,
+        outcome: RecordedOutcome::Interrupted(message.clone()),
+        attempts: 0,
+        started_at: now,
+        finished_at: now,
+        effect: Effect::None,
+    });
+    State::CommitPanic {
+        claim,
+        ack,
+        kind: FailureKind::StepInterrupted,
+        message,
     }
 }
 
@@ -314,6 +361,11 @@ where
                                 kind: FailureKind::StepPanicked,
                                 message: message.clone(),
                             }),
+                            RecordedOutcome::Interrupted(message) => Err(Error::Failed {
+                                workflow_id: claim.ctx.id.to_string(),
+                                kind: FailureKind::StepInterrupted,
+                                message: message.clone(),
+                            }),
                         };
                     match result {
                         Ok(value) => {
@@ -337,8 +389,35 @@ where
                         Ok(Ok(())) => {
                             if let Some(value) = value.take() {
                                 *this.state = State::Stopped;
+                                *this.active = None;
                                 return Poll::Ready(value);
                             }
+                        }
+                        Ok(Err(e)) => claim.ctx.fail(e.into()),
+                        Err(_) => claim.ctx.fail(writer_gone(claim)),
+                    }
+                    *this.state = State::Stopped;
+                }
+                State::Starting {
+                    claim,
+                    ack,
+                    started_at,
+                } => {
+                    match ready!(Pin::new(ack).poll(cx)) {
+                        Ok(Ok(_)) => {
+                            let started_at = *started_at;
+                            let State::Starting { claim, .. } =
+                                std::mem::replace(this.state, State::Stopped)
+                            else {
+                                return Poll::Pending;
+                            };
+                            *this.state = State::Run {
+                                claim: Some(claim),
+                                attempts: 0,
+                                started_at,
+                                start_recorded: true,
+                            };
+                            continue;
                         }
                         Ok(Err(e)) => claim.ctx.fail(e.into()),
                         Err(_) => claim.ctx.fail(writer_gone(claim)),
@@ -348,12 +427,13 @@ where
                 State::CommitPanic {
                     claim,
                     ack,
+                    kind,
                     message,
                 } => {
                     let error = match ready!(Pin::new(ack).poll(cx)) {
                         Ok(Ok(())) => Error::Failed {
                             workflow_id: claim.ctx.id.to_string(),
-                            kind: FailureKind::StepPanicked,
+                            kind: *kind,
                             message: std::mem::take(message),
                         },
                         Ok(Err(e)) => e.into(),
@@ -366,6 +446,7 @@ where
                     claim,
                     attempts,
                     started_at,
+                    start_recorded,
                 } => {
                     if claim.as_ref().is_some_and(|c| c.ctx.store.is_halted()) {
                         // A simulated crash: nothing of the "process" runs again.
@@ -383,9 +464,41 @@ where
                                 *this.state = State::Stopped;
                                 return Poll::Pending;
                             }
+                            if this.active.is_none() {
+                                match c.ctx.begin_body() {
+                                    Some(guard) => *this.active = Some(guard),
+                                    // Cancelled: this step does not start.
+                                    None => {
+                                        *this.state = State::Stopped;
+                                        return Poll::Pending;
+                                    }
+                                }
+                            }
+                            if *attempts == 0 && options.fail_if_interrupted && !*start_recorded {
+                                // Durable before the body runs, so recovery knows the
+                                // body may have had its effect.
+                                let at = now_ms();
+                                let ack = c.ctx.store.write(Write::Started(
+                                    StepKey {
+                                        workflow_id: c.ctx.id.clone(),
+                                        path: c.path.clone(),
+                                        name: options.name,
+                                    },
+                                    at,
+                                ));
+                                let Some(claim) = claim.take() else {
+                                    return Poll::Pending;
+                                };
+                                *this.state = State::Starting {
+                                    claim,
+                                    ack,
+                                    started_at: at,
+                                };
+                                continue;
+                            }
                             c.ctx.store.step_started(&c.ctx.id, &c.path, options.name);
                         }
-                        if *attempts == 0 {
+                        if *attempts == 0 && !*start_recorded {
                             *started_at = now_ms();
                         }
                         match this.body.attempt() {
@@ -428,10 +541,12 @@ where
                                     attempts: *attempts + 1,
                                     started_at: *started_at,
                                     finished_at: now_ms(),
+                                    effect: Effect::None,
                                 });
                                 *this.state = State::CommitPanic {
                                     claim,
                                     ack,
+                                    kind: FailureKind::StepPanicked,
                                     message,
                                 };
                                 continue;
@@ -470,6 +585,7 @@ where
                                 attempts: *attempts,
                                 started_at: *started_at,
                                 finished_at: now_ms(),
+                                effect: Effect::None,
                             });
                             let spin = claim.ctx.store.ack_spin();
                             *this.state = State::Commit {

@@ -16,7 +16,8 @@ use crate::context::lock;
 use crate::error::{Error, StoreError};
 use crate::path::StepPath;
 use crate::store::{
-    Ack, Created, Finish, NewWorkflow, RecordedStep, StepRecord, Store, WorkflowRecord,
+    Ack, Created, Finish, NewWorkflow, RecordedStep, StartedRecord, StepRecord, Store,
+    WorkflowRecord, Write, Written,
 };
 
 /// Where a simulated crash happens, relative to one checkpoint.
@@ -252,6 +253,13 @@ impl Store for ProbeStore {
         self.inner.path()
     }
 
+    fn write(&self, write: Write) -> Ack<Written> {
+        if self.probe.is_crashed() {
+            return self.probe.hold();
+        }
+        self.inner.write(write)
+    }
+
     fn create_workflow(&self, workflow: NewWorkflow) -> Ack<Created> {
         if self.probe.is_crashed() {
             return self.probe.hold();
@@ -297,6 +305,14 @@ impl Store for ProbeStore {
 
     fn steps(&self, workflow_id: &str) -> Result<Vec<RecordedStep>, StoreError> {
         self.inner.steps(workflow_id)
+    }
+
+    fn started(&self, workflow_id: &str) -> Result<Vec<StartedRecord>, StoreError> {
+        self.inner.started(workflow_id)
+    }
+
+    fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError> {
+        self.inner.workflow(id)
     }
 
     fn pending_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
@@ -355,6 +371,11 @@ impl Store for AckBeforeDurable {
         self.inner.path()
     }
 
+    fn write(&self, write: Write) -> Ack<Written> {
+        self.flush();
+        self.inner.write(write)
+    }
+
     fn create_workflow(&self, workflow: NewWorkflow) -> Ack<Created> {
         self.flush();
         self.inner.create_workflow(workflow)
@@ -375,6 +396,14 @@ impl Store for AckBeforeDurable {
 
     fn steps(&self, workflow_id: &str) -> Result<Vec<RecordedStep>, StoreError> {
         self.inner.steps(workflow_id)
+    }
+
+    fn started(&self, workflow_id: &str) -> Result<Vec<StartedRecord>, StoreError> {
+        self.inner.started(workflow_id)
+    }
+
+    fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError> {
+        self.inner.workflow(id)
     }
 
     fn pending_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {

@@ -8,7 +8,16 @@ use std::pin::Pin;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use crate::codec::{CODEC, Codec, CodecError, encode_checked};
+#[allow(unused_imports)] // in rustdoc links
+use crate::error::CancelReason;
+use crate::error::{Error, Result};
+use crate::runtime::Launch;
+use crate::scope::{self, Claim};
+use crate::step::now_ms;
 
 /// A boxed, sendable future: what a workflow body becomes once started.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -98,10 +107,17 @@ pub(crate) fn registered() -> impl Iterator<Item = &'static dyn ErasedWorkflow> 
 /// [`Runtime::start`](crate::Runtime::start) or
 /// [`Runtime::start_with_id`](crate::Runtime::start_with_id), which journal it and run
 /// it. `O` is the workflow's return type.
-#[must_use = "calling a workflow function runs nothing: pass the call to `Runtime::start`"]
+///
+/// Inside a workflow, awaiting a call runs it as a *child workflow* (see
+/// [`IntoFuture for WorkflowCall`](#impl-IntoFuture-for-WorkflowCall<O>)); the call
+/// claims its position in the parent when the function is called, like a step.
+#[must_use = "calling a workflow function runs nothing: pass the call to `Runtime::start`, or await it inside a workflow"]
 pub struct WorkflowCall<O> {
     pub(crate) def: &'static dyn ErasedWorkflow,
     pub(crate) input: Result<Vec<u8>, CodecError>,
+    pub(crate) timeout: Option<Duration>,
+    /// The position claimed in the calling workflow, if it was called inside one.
+    pub(crate) claim: Option<Claim>,
     _output: PhantomData<fn() -> O>,
 }
 
@@ -115,6 +131,8 @@ impl<O> WorkflowCall<O> {
         WorkflowCall {
             def,
             input: encode_checked(&input).map(|(_, bytes)| bytes),
+            timeout: None,
+            claim: scope::claim(),
             _output: PhantomData,
         }
     }
@@ -122,6 +140,57 @@ impl<O> WorkflowCall<O> {
     /// The workflow's name, as recorded in the journal.
     pub fn name(&self) -> &'static str {
         self.def.name()
+    }
+
+    /// Gives the run a deadline, `timeout` after it starts: if it has not finished by
+    /// then, it and its children are cancelled ([`Error::Cancelled`] with
+    /// [`CancelReason::DeadlineExceeded`]). The deadline is recorded when the run
+    /// starts, so it holds across restarts. Starting an id that exists keeps that run's
+    /// deadline.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durable_runtime::{CancelReason, Error, Runtime, sleep, workflow};
+    ///
+    /// #[workflow]
+    /// async fn slow() -> u32 {
+    ///     sleep(Duration::from_secs(3600)).await;
+    ///     1
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let rt = Runtime::open(dir.path().join("journal.db")).await?;
+    /// let h = rt.start(slow().timeout(Duration::from_millis(50))).await?;
+    /// assert!(matches!(
+    ///     h.result().await,
+    ///     Err(Error::Cancelled { reason: CancelReason::DeadlineExceeded, .. })
+    /// ));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The input, checked, as a run to start under `id`.
+    pub(crate) fn into_launch(self, id: &str, parent_id: Option<Arc<str>>) -> Result<Launch> {
+        let name = self.def.name();
+        let input = self.input.map_err(|reason| Error::Encode {
+            what: format!("the input of workflow {id} (`{name}`)"),
+            reason,
+        })?;
+        let deadline_at = self
+            .timeout
+            .map(|t| now_ms().saturating_add(i64::try_from(t.as_millis()).unwrap_or(i64::MAX)));
+        Ok(Launch {
+            def: self.def,
+            input,
+            parent_id,
+            deadline_at,
+        })
     }
 }
 

@@ -186,7 +186,7 @@ async fn migrations_are_numbered_and_recorded() {
     assert!(
         meta.contains(&vec![
             "Text(\"schema_version\")".to_owned(),
-            "Text(\"2\")".to_owned()
+            "Text(\"3\")".to_owned()
         ]),
         "{meta:?}"
     );

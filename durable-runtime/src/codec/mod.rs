@@ -158,6 +158,39 @@ impl Codec for Bincode {
 /// The codec the runtime uses.
 pub(crate) const CODEC: Bincode = Bincode;
 
+/// Serializes as a byte string (not a sequence of integers): how the journal nests one
+/// encoded value (a message, an event) inside another (the step that received it).
+pub(crate) struct Bytes<'a>(pub(crate) &'a [u8]);
+
+impl Serialize for Bytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+/// Decodes a byte string written by [`Bytes`].
+#[derive(Debug)]
+pub(crate) struct ByteBuf(pub(crate) Vec<u8>);
+
+impl<'de> serde::Deserialize<'de> for ByteBuf {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ByteBuf;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v))
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
 /// Encodes `value` and decodes it back, returning the decoded copy with the bytes.
 ///
 /// A type whose serde impls do not round-trip through the codec (bincode cannot

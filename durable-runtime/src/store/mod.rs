@@ -63,6 +63,151 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     /// A step body is about to run an attempt. For test instrumentation only: stores
     /// ignore it.
     fn step_started(&self, _workflow_id: &Arc<str>, _path: &StepPath, _name: &'static str) {}
+    /// The writes of the workflow primitives (waits, messages, cancellation, resumption,
+    /// start records and transaction steps), one entry point so that stores which wrap
+    /// another forward them all in one place.
+    fn write(&self, write: Write) -> Ack<Written>;
+    /// The start records of one workflow run ([`Write::Started`], and the deadlines of
+    /// waits that had to wait), in one query.
+    fn started(&self, workflow_id: &str) -> Result<Vec<StartedRecord>, StoreError>;
+    /// One workflow run, if the journal has it.
+    fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError>;
+}
+
+/// Identifies one journaled operation: a step, or a primitive such as a sleep.
+#[derive(Debug, Clone)]
+pub(crate) struct StepKey {
+    pub(crate) workflow_id: Arc<str>,
+    pub(crate) path: StepPath,
+    pub(crate) name: &'static str,
+}
+
+/// What a step's checkpoint also does, in the same transaction.
+#[derive(Debug, Default)]
+pub(crate) enum Effect {
+    /// Nothing: a plain step.
+    #[default]
+    None,
+    /// Sends a message (a `send` from a workflow: replay finds the step recorded and
+    /// does not send again).
+    Send(NewMessage),
+    /// Sets (or replaces) one of the workflow's events.
+    SetEvent {
+        /// The event's key.
+        key: String,
+        /// Its encoded value.
+        value: Vec<u8>,
+    },
+}
+
+/// A message to append to a destination's queue for one topic.
+#[derive(Debug)]
+pub(crate) struct NewMessage {
+    pub(crate) destination: String,
+    pub(crate) topic: String,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) sent_at: i64,
+}
+
+/// What a wait waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum WaitFor {
+    /// The oldest message for `destination` on `topic`, which the wait consumes.
+    Message { destination: String, topic: String },
+    /// The value of event `key` of workflow `workflow_id`.
+    Event { workflow_id: String, key: String },
+}
+
+/// A wait for a message or an event.
+///
+/// If what it waits for is there, the store answers at once with its bytes; a wait
+/// with a `record` also records that answer as the step (consuming the message) in the
+/// same transaction. If it is not there and `park` is set, the store keeps the wait and
+/// answers it right after the transaction that sends the message or sets the event.
+/// Otherwise it answers `None`.
+#[derive(Debug)]
+pub(crate) struct Wait {
+    pub(crate) what: WaitFor,
+    pub(crate) record: Option<WaitRecord>,
+    pub(crate) park: bool,
+}
+
+/// The step a wait records its answer as.
+#[derive(Debug, Clone)]
+pub(crate) struct WaitRecord {
+    pub(crate) key: StepKey,
+    pub(crate) started_at: i64,
+    /// When the wait gives up; written as a start record if the wait has to park, so a
+    /// recovered wait keeps its original deadline.
+    pub(crate) deadline_at: Option<i64>,
+}
+
+/// A record that an operation began, written before its result.
+#[derive(Debug, Clone)]
+pub(crate) struct StartedRecord {
+    pub(crate) path: StepPath,
+    /// The deadline of a wait, if it had one.
+    pub(crate) wake_at: Option<i64>,
+}
+
+/// The work of a transaction step: runs on the writer's connection, inside a
+/// transaction that also records the step. Returns what to record, and whether the
+/// application's writes are kept (`false`: they are rolled back, and the outcome, an
+/// `Err` or a panic, is still recorded); `Err` records nothing and fails the write.
+pub(crate) type TxWork =
+    Box<dyn FnOnce(&rusqlite::Transaction<'_>) -> Result<(RecordedOutcome, bool), String> + Send>;
+
+/// The writes behind [`Store::write`].
+pub(crate) enum Write {
+    /// A wait for a message or an event; answers [`Written::Value`].
+    Wait(Wait),
+    /// A parked wait whose deadline passed: records `None` as its answer unless it was
+    /// answered already, and answers [`Written::Value`] with what it recorded.
+    Expire(WaitRecord),
+    /// A start record (before a `fail_if_interrupted` step runs its body); answers
+    /// [`Written::Done`].
+    Started(StepKey, i64),
+    /// A message from outside any workflow; answers [`Written::Done`].
+    Send(NewMessage),
+    /// Cancels a pending workflow and its pending descendants; answers
+    /// [`Written::Ids`] with every workflow it cancelled.
+    Cancel {
+        id: String,
+        reason: crate::error::CancelReason,
+        at: i64,
+    },
+    /// Makes a cancelled or failed workflow, and its cancelled descendants, pending again
+    /// (dropping recorded panics and interruptions, and the deadline); answers
+    /// [`Written::Ids`] with every workflow it made pending.
+    Resume { id: String, at: i64 },
+    /// A transaction step; answers [`Written::Done`] once its transaction committed.
+    Transaction {
+        key: StepKey,
+        started_at: i64,
+        work: TxWork,
+    },
+}
+
+impl Debug for Write {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Write::Wait(w) => f.debug_tuple("Wait").field(w).finish(),
+            Write::Expire(w) => f.debug_tuple("Expire").field(w).finish(),
+            Write::Started(k, _) => f.debug_tuple("Started").field(k).finish(),
+            Write::Send(m) => f.debug_tuple("Send").field(m).finish(),
+            Write::Cancel { id, .. } => f.debug_struct("Cancel").field("id", id).finish(),
+            Write::Resume { id, .. } => f.debug_struct("Resume").field("id", id).finish(),
+            Write::Transaction { key, .. } => f.debug_tuple("Transaction").field(key).finish(),
+        }
+    }
+}
+
+/// The answer to a [`Write`].
+#[derive(Debug)]
+pub(crate) enum Written {
+    Done,
+    Value(Option<Vec<u8>>),
+    Ids(Vec<String>),
 }
 
 /// A workflow run to create.
@@ -73,13 +218,17 @@ pub(crate) struct NewWorkflow {
     pub(crate) input: Vec<u8>,
     pub(crate) app_version: Option<Arc<str>>,
     pub(crate) created_at: i64,
+    /// The workflow that started this one as its child.
+    pub(crate) parent_id: Option<Arc<str>>,
+    /// When the run is cancelled if it has not finished, in ms since the epoch.
+    pub(crate) deadline_at: Option<i64>,
 }
 
 /// The answer to [`Store::create_workflow`].
 #[derive(Debug)]
 pub(crate) enum Created {
     New,
-    Existing(WorkflowRecord),
+    Existing(Box<WorkflowRecord>),
 }
 
 /// Where a workflow run stands.
@@ -88,6 +237,7 @@ pub(crate) enum RecordStatus {
     Pending,
     Completed,
     Failed,
+    Cancelled,
 }
 
 impl RecordStatus {
@@ -96,6 +246,7 @@ impl RecordStatus {
             RecordStatus::Pending => "pending",
             RecordStatus::Completed => "completed",
             RecordStatus::Failed => "failed",
+            RecordStatus::Cancelled => "cancelled",
         }
     }
 }
@@ -109,6 +260,9 @@ pub(crate) struct WorkflowRecord {
     pub(crate) input: Vec<u8>,
     pub(crate) output: Option<Vec<u8>>,
     pub(crate) failure: Option<(FailureKind, String)>,
+    /// Why a cancelled run was cancelled.
+    pub(crate) cancelled: Option<crate::error::CancelReason>,
+    pub(crate) deadline_at: Option<i64>,
     /// Set if the input or output fails its checksum: which, and the message.
     pub(crate) damaged: Option<(Location, String)>,
 }
@@ -120,6 +274,9 @@ pub(crate) enum RecordedOutcome {
     Output(Vec<u8>),
     /// The step panicked; the message.
     Panicked(String),
+    /// The step was interrupted by a crash and is configured not to run again
+    /// (`on_interrupt = "fail"`); the message.
+    Interrupted(String),
 }
 
 /// A step result to record.
@@ -132,6 +289,7 @@ pub(crate) struct StepRecord {
     pub(crate) attempts: u32,
     pub(crate) started_at: i64,
     pub(crate) finished_at: i64,
+    pub(crate) effect: Effect,
 }
 
 /// A step result as the journal holds it.

@@ -17,6 +17,7 @@
 //! number is kept in `durable_meta` (not `PRAGMA user_version`, which belongs to the
 //! application if it shares the file). Tables are prefixed `durable_` for the same reason.
 
+use std::collections::{HashMap, VecDeque};
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -30,11 +31,13 @@ use tokio::sync::oneshot;
 
 use super::crc::crc32;
 use super::{
-    Ack, Created, Finish, Finished, NewWorkflow, RecordStatus, RecordedOutcome, RecordedStep,
-    StepRecord, Store, WorkflowRecord,
+    Ack, Created, Effect, Finish, Finished, NewMessage, NewWorkflow, RecordStatus, RecordedOutcome,
+    RecordedStep, StartedRecord, StepKey, StepRecord, Store, TxWork, Wait, WaitFor, WaitRecord,
+    WorkflowRecord, Write, Written,
 };
+use crate::codec::{ByteBuf, Bytes, CODEC, Codec};
 use crate::context::lock;
-use crate::error::{Error, FailureKind, Location, StoreError, StoreErrorKind};
+use crate::error::{CancelReason, Error, FailureKind, Location, StoreError, StoreErrorKind};
 use crate::path::StepPath;
 
 /// The most writes one commit takes.
@@ -115,6 +118,66 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     "ALTER TABLE durable_workflows ADD COLUMN input_crc32 INTEGER;
     ALTER TABLE durable_workflows ADD COLUMN output_crc32 INTEGER;
     ALTER TABLE durable_steps ADD COLUMN crc32 INTEGER;",
+    // 3: the workflow primitives. Workflows can be cancelled (a status the CHECK of
+    // version 1 refuses, so the table is rebuilt) and have a deadline; step records say
+    // what kind of error they hold; messages, events and start records get tables.
+    "CREATE TABLE durable_workflows_v3 (
+        id           TEXT PRIMARY KEY,
+        name         TEXT NOT NULL,
+        status       TEXT NOT NULL
+                     CHECK (status IN ('pending', 'completed', 'failed', 'cancelled')),
+        input        BLOB NOT NULL,
+        output       BLOB,
+        error_kind   TEXT,
+        error        TEXT,
+        executor     TEXT NOT NULL,
+        app_version  TEXT,
+        parent_id    TEXT,
+        queue        TEXT,
+        created_at   INTEGER NOT NULL,
+        updated_at   INTEGER NOT NULL,
+        input_crc32  INTEGER,
+        output_crc32 INTEGER,
+        deadline_at  INTEGER
+    ) STRICT;
+    INSERT INTO durable_workflows_v3
+        (id, name, status, input, output, error_kind, error, executor, app_version,
+         parent_id, queue, created_at, updated_at, input_crc32, output_crc32)
+        SELECT id, name, status, input, output, error_kind, error, executor, app_version,
+               parent_id, queue, created_at, updated_at, input_crc32, output_crc32
+        FROM durable_workflows;
+    DROP TABLE durable_workflows;
+    ALTER TABLE durable_workflows_v3 RENAME TO durable_workflows;
+    CREATE INDEX durable_workflows_pending ON durable_workflows (created_at)
+        WHERE status = 'pending';
+    CREATE INDEX durable_workflows_parent ON durable_workflows (parent_id)
+        WHERE parent_id IS NOT NULL;
+    ALTER TABLE durable_steps ADD COLUMN error_kind TEXT;
+    CREATE TABLE durable_messages (
+        seq         INTEGER PRIMARY KEY,
+        destination TEXT NOT NULL,
+        topic       TEXT NOT NULL,
+        payload     BLOB NOT NULL,
+        crc32       INTEGER NOT NULL,
+        sent_at     INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX durable_messages_queue ON durable_messages (destination, topic, seq);
+    CREATE TABLE durable_events (
+        workflow_id TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        value       BLOB NOT NULL,
+        crc32       INTEGER NOT NULL,
+        set_at      INTEGER NOT NULL,
+        PRIMARY KEY (workflow_id, key)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE durable_started (
+        workflow_id TEXT NOT NULL,
+        path        TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        started_at  INTEGER NOT NULL,
+        wake_at     INTEGER,
+        PRIMARY KEY (workflow_id, path)
+    ) STRICT, WITHOUT ROWID;",
 ];
 
 /// The executor name recorded for workflows this process starts.
@@ -124,6 +187,13 @@ enum Command {
     Create(NewWorkflow, oneshot::Sender<Result<Created, StoreError>>),
     Step(StepRecord, oneshot::Sender<Result<(), StoreError>>),
     Finish(Finish, oneshot::Sender<Result<(), StoreError>>),
+    Write(Write, oneshot::Sender<Result<Written, StoreError>>),
+}
+
+impl Command {
+    fn is_transaction(&self) -> bool {
+        matches!(self, Command::Write(Write::Transaction { .. }, _))
+    }
 }
 
 /// The SQLite journal: a writer thread, a reader connection and the file lock.
@@ -448,11 +518,20 @@ const SCHEMA: &[(&str, &str)] = &[
     ("durable_meta", "key, value"),
     (
         "durable_workflows",
-        "id, name, status, input, output, error_kind, error, executor, app_version, parent_id, queue, created_at, updated_at, input_crc32, output_crc32",
+        "id, name, status, input, output, error_kind, error, executor, app_version, parent_id, queue, created_at, updated_at, input_crc32, output_crc32, deadline_at",
     ),
     (
         "durable_steps",
-        "workflow_id, path, name, output, error, attempts, started_at, finished_at, crc32",
+        "workflow_id, path, name, output, error, attempts, started_at, finished_at, crc32, error_kind",
+    ),
+    (
+        "durable_messages",
+        "seq, destination, topic, payload, crc32, sent_at",
+    ),
+    ("durable_events", "workflow_id, key, value, crc32, set_at"),
+    (
+        "durable_started",
+        "workflow_id, path, name, started_at, wake_at",
     ),
 ];
 
@@ -487,21 +566,46 @@ fn write_loop(conn: Connection, path: &Path, rx: &mpsc::Receiver<Command>, stats
         }
     };
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // Parked waits that a committed batch answered, to run before anything new.
+    let mut woken: VecDeque<Command> = VecDeque::new();
     // Waits for the first request; ends when every sender is gone.
-    while let Some(first) = next_command(rx) {
+    while let Some(first) = woken.pop_front().or_else(|| next_command(rx)) {
         if stats.halted.load(Ordering::SeqCst) {
             // A simulated crash: what is queued is dropped unanswered, like the
             // process's memory, and the thread exits (releasing the lock).
             return;
         }
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
+        // A transaction step runs user code inside the transaction, so it gets a
+        // transaction of its own; the writes around it keep their order.
+        let mut alone = None;
+        if first.is_transaction() {
+            alone = Some(first);
+        } else {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match woken.pop_front().map_or_else(|| rx.try_recv().ok(), Some) {
+                    Some(c) if c.is_transaction() => {
+                        alone = Some(c);
+                        break;
+                    }
+                    Some(c) => batch.push(c),
+                    None => break,
+                }
             }
+            writer.commit_batch(path, &mut batch, stats);
         }
-        writer.commit_batch(path, &mut batch, stats);
+        if let Some(Command::Write(
+            Write::Transaction {
+                key,
+                started_at,
+                work,
+            },
+            reply,
+        )) = alone
+        {
+            writer.transaction(path, &key, started_at, work, reply, stats);
+        }
+        writer.wake_parked(&mut woken, stats);
     }
 }
 
@@ -531,6 +635,8 @@ fn next_command(rx: &mpsc::Receiver<Command>) -> Option<Command> {
     }
 }
 
+type WrittenReply = oneshot::Sender<Result<Written, StoreError>>;
+
 /// A finished write waiting for its commit before its reply is sent.
 enum Reply {
     Create(
@@ -541,6 +647,15 @@ enum Reply {
         oneshot::Sender<Result<(), StoreError>>,
         Result<(), StoreError>,
     ),
+    Written(WrittenReply, Result<Written, StoreError>),
+    /// A wait that found nothing: parked once its batch commits.
+    Park(WaitFor, Parked),
+}
+
+/// A wait kept by the writer until what it waits for is written.
+struct Parked {
+    record: Option<WaitRecord>,
+    reply: WrittenReply,
 }
 
 /// The writer connection's statements, prepared once: the writer runs the same few
@@ -554,6 +669,24 @@ struct Writer<'c> {
     existing: Statement<'c>,
     record: Statement<'c>,
     finish: Statement<'c>,
+    oldest_message: Statement<'c>,
+    delete_message: Statement<'c>,
+    insert_message: Statement<'c>,
+    event: Statement<'c>,
+    set_event: Statement<'c>,
+    started: Statement<'c>,
+    recorded_output: Statement<'c>,
+    /// Waits that found nothing, by what they wait for.
+    parked: HashMap<WaitFor, VecDeque<Parked>>,
+    /// What the batch being written sends or sets, to answer parked waits once it
+    /// commits.
+    touched: Vec<WaitFor>,
+}
+
+/// The encoding of a wait's answer as its step's recorded output.
+fn encode_answer(answer: Option<&[u8]>) -> Vec<u8> {
+    // Encoding a byte string cannot fail, and its size is bounded by a row's.
+    CODEC.encode(&answer.map(Bytes)).unwrap_or_default()
 }
 
 impl<'c> Writer<'c> {
@@ -566,8 +699,8 @@ impl<'c> Writer<'c> {
             create: conn.prepare(
                 "INSERT INTO durable_workflows
                      (id, name, status, input, executor, app_version, created_at, updated_at,
-                      input_crc32)
-                 VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?6, ?7)
+                      input_crc32, parent_id, deadline_at)
+                 VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)
                  ON CONFLICT (id) DO NOTHING",
             )?,
             existing: conn.prepare(&format!(
@@ -576,8 +709,8 @@ impl<'c> Writer<'c> {
             record: conn.prepare(
                 "INSERT INTO durable_steps
                      (workflow_id, path, name, output, error, attempts, started_at, finished_at,
-                      crc32)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                      crc32, error_kind)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?,
             finish: conn.prepare(
                 "UPDATE durable_workflows
@@ -585,6 +718,34 @@ impl<'c> Writer<'c> {
                      output_crc32 = ?7
                  WHERE id = ?1 AND status = 'pending'",
             )?,
+            oldest_message: conn.prepare(
+                "SELECT seq, payload, crc32 FROM durable_messages
+                 WHERE destination = ?1 AND topic = ?2 ORDER BY seq LIMIT 1",
+            )?,
+            delete_message: conn.prepare("DELETE FROM durable_messages WHERE seq = ?1")?,
+            insert_message: conn.prepare(
+                "INSERT INTO durable_messages (destination, topic, payload, crc32, sent_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?,
+            event: conn.prepare(
+                "SELECT value, crc32 FROM durable_events WHERE workflow_id = ?1 AND key = ?2",
+            )?,
+            set_event: conn.prepare(
+                "INSERT INTO durable_events (workflow_id, key, value, crc32, set_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (workflow_id, key) DO UPDATE
+                 SET value = excluded.value, crc32 = excluded.crc32, set_at = excluded.set_at",
+            )?,
+            started: conn.prepare(
+                "INSERT INTO durable_started (workflow_id, path, name, started_at, wake_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (workflow_id, path) DO NOTHING",
+            )?,
+            recorded_output: conn.prepare(
+                "SELECT output, crc32 FROM durable_steps WHERE workflow_id = ?1 AND path = ?2",
+            )?,
+            parked: HashMap::new(),
+            touched: Vec::new(),
         })
     }
 
@@ -592,6 +753,7 @@ impl<'c> Writer<'c> {
     fn commit_batch(&mut self, path: &Path, batch: &mut Vec<Command>, stats: &WriterStats) {
         let started = std::time::Instant::now();
         let size = batch.len();
+        self.touched.clear();
         if !self.conn.is_autocommit() {
             // A transaction left open by a failed ROLLBACK would make every BEGIN fail.
             let _ = self.rollback.execute([]);
@@ -623,6 +785,7 @@ impl<'c> Writer<'c> {
                 Command::Finish(f, reply) => {
                     Reply::Unit(reply, self.finish(&f).map_err(|e| sql_error(path, e)))
                 }
+                Command::Write(w, reply) => self.write(path, w, reply),
             };
             if let Some(e) = reply.error()
                 && self.conn.is_autocommit()
@@ -655,6 +818,8 @@ impl<'c> Writer<'c> {
         if committed.is_ok() {
             // Counted before anyone hears of the commit.
             stats.commits.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.touched.clear();
         }
         let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         stats.last_commit_ns.store(took, Ordering::Relaxed);
@@ -662,11 +827,399 @@ impl<'c> Writer<'c> {
         // the writer idle, not counting this batch.
         stats.in_flight.fetch_sub(size, Ordering::Relaxed);
         for r in replies {
-            match &committed {
-                Ok(()) => r.send(),
-                Err(e) => r.fail(e.clone()),
+            match (&committed, r) {
+                (Ok(()), Reply::Park(what, parked)) => {
+                    let queue = self.parked.entry(what).or_default();
+                    // Waiters that gave up (an outside caller's timeout) are dropped here
+                    // rather than kept for ever.
+                    queue.retain(|p| !p.reply.is_closed());
+                    queue.push_back(parked);
+                }
+                (Ok(()), r) => r.send(),
+                (Err(e), r) => r.fail(e.clone()),
             }
         }
+    }
+
+    /// Moves the parked waits for what the last batch sent or set to `woken`, to run
+    /// next.
+    fn wake_parked(&mut self, woken: &mut VecDeque<Command>, stats: &WriterStats) {
+        for what in self.touched.drain(..) {
+            let Some(queue) = self.parked.remove(&what) else {
+                continue;
+            };
+            for p in queue {
+                if p.reply.is_closed() && p.record.is_none() {
+                    continue;
+                }
+                // Counted again: it is a write in flight until it is answered.
+                stats.in_flight.fetch_add(1, Ordering::Relaxed);
+                woken.push_back(Command::Write(
+                    Write::Wait(Wait {
+                        what: what.clone(),
+                        record: p.record,
+                        park: true,
+                    }),
+                    p.reply,
+                ));
+            }
+        }
+    }
+
+    fn write(&mut self, path: &Path, w: Write, reply: WrittenReply) -> Reply {
+        let sql = |e| sql_error(path, e);
+        match w {
+            Write::Wait(wait) => match self.wait(path, &wait) {
+                Ok(Some(answer)) => Reply::Written(reply, Ok(Written::Value(Some(answer)))),
+                Ok(None) if wait.park => {
+                    if let Some(r) = &wait.record
+                        && r.deadline_at.is_some()
+                        && let Err(e) = self.start_record(&r.key, r.started_at, r.deadline_at)
+                    {
+                        return Reply::Written(reply, Err(sql(e)));
+                    }
+                    Reply::Park(
+                        wait.what,
+                        Parked {
+                            record: wait.record,
+                            reply,
+                        },
+                    )
+                }
+                Ok(None) => {
+                    let recorded = match &wait.record {
+                        Some(r) => self.record_answer(r, None).map_err(sql),
+                        None => Ok(()),
+                    };
+                    Reply::Written(reply, recorded.map(|()| Written::Value(None)))
+                }
+                Err(e) => Reply::Written(reply, Err(e)),
+            },
+            Write::Expire(record) => Reply::Written(reply, self.expire(path, &record)),
+            Write::Started(key, at) => Reply::Written(
+                reply,
+                self.start_record(&key, at, None)
+                    .map(|()| Written::Done)
+                    .map_err(sql),
+            ),
+            Write::Send(m) => Reply::Written(
+                reply,
+                self.insert_message(&m).map(|()| Written::Done).map_err(sql),
+            ),
+            Write::Cancel { id, reason, at } => Reply::Written(
+                reply,
+                self.cancel(&id, reason, at).map(Written::Ids).map_err(sql),
+            ),
+            Write::Resume { id, at } => {
+                Reply::Written(reply, self.resume(&id, at).map(Written::Ids).map_err(sql))
+            }
+            Write::Transaction { .. } => Reply::Written(
+                reply,
+                Err(StoreError::new(
+                    path,
+                    StoreErrorKind::Invariant,
+                    "a transaction step reached a shared batch",
+                )),
+            ),
+        }
+    }
+
+    /// Looks for what `wait` waits for; if it is there and the wait records, records it
+    /// (consuming a message) in this transaction.
+    fn wait(&mut self, path: &Path, wait: &Wait) -> Result<Option<Vec<u8>>, StoreError> {
+        let sql = |e| sql_error(path, e);
+        let damaged = |what: String| {
+            StoreError::new(
+                path,
+                StoreErrorKind::Invariant,
+                format!("{what} does not match its checksum: the journal is damaged"),
+            )
+        };
+        let answer = match &wait.what {
+            WaitFor::Message { destination, topic } => {
+                let row = self
+                    .oldest_message
+                    .query_row(params![destination, topic], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get(2)?))
+                    })
+                    .optional()
+                    .map_err(sql)?;
+                let Some((seq, payload, crc)) = row else {
+                    return Ok(None);
+                };
+                if !checks(&payload, Some(crc)) {
+                    return Err(damaged(format!(
+                        "message {seq} for workflow {destination} on topic `{topic}`"
+                    )));
+                }
+                if wait.record.is_some() {
+                    self.delete_message.execute([seq]).map_err(sql)?;
+                }
+                payload
+            }
+            WaitFor::Event { workflow_id, key } => {
+                let row = self
+                    .event
+                    .query_row(params![workflow_id, key], |r| {
+                        Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?))
+                    })
+                    .optional()
+                    .map_err(sql)?;
+                let Some((value, crc)) = row else {
+                    return Ok(None);
+                };
+                if !checks(&value, Some(crc)) {
+                    return Err(damaged(format!("event `{key}` of workflow {workflow_id}")));
+                }
+                value
+            }
+        };
+        if let Some(r) = &wait.record {
+            self.record_answer(r, Some(&answer)).map_err(|e| {
+                if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) {
+                    already_recorded(path, &r.key)
+                } else {
+                    sql(e)
+                }
+            })?;
+        }
+        Ok(Some(answer))
+    }
+
+    /// Gives up a parked wait: records `None` unless it was answered already, and
+    /// returns what it recorded.
+    fn expire(&mut self, path: &Path, r: &WaitRecord) -> Result<Written, StoreError> {
+        let sql = |e| sql_error(path, e);
+        let mut was_parked = false;
+        for queue in self.parked.values_mut() {
+            let before = queue.len();
+            queue.retain(|p| {
+                p.record.as_ref().is_none_or(|q| {
+                    q.key.workflow_id != r.key.workflow_id || q.key.path != r.key.path
+                })
+            });
+            was_parked |= queue.len() != before;
+        }
+        self.parked.retain(|_, q| !q.is_empty());
+        let recorded: Option<(Option<Vec<u8>>, Option<u32>)> = self
+            .recorded_output
+            .query_row(
+                params![&*r.key.workflow_id, r.key.path.to_string()],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
+            .map_err(sql)?;
+        match recorded {
+            // Answered before the deadline was noticed: that answer stands.
+            Some((Some(output), crc)) if !was_parked => {
+                if !checks(&output, crc) {
+                    return Err(already_recorded(path, &r.key));
+                }
+                let answer: Option<Vec<u8>> = CODEC
+                    .decode::<Option<ByteBuf>>(&output)
+                    .map(|o| o.map(|b| b.0))
+                    .map_err(|e| StoreError::new(path, StoreErrorKind::Invariant, e.to_string()))?;
+                Ok(Written::Value(answer))
+            }
+            Some(_) => Err(already_recorded(path, &r.key)),
+            None => {
+                self.record_answer(r, None).map_err(sql)?;
+                Ok(Written::Value(None))
+            }
+        }
+    }
+
+    fn record_answer(&mut self, r: &WaitRecord, answer: Option<&[u8]>) -> rusqlite::Result<()> {
+        let output = encode_answer(answer);
+        self.record.execute(params![
+            &*r.key.workflow_id,
+            r.key.path.to_string(),
+            r.key.name,
+            output,
+            None::<&str>,
+            1,
+            r.started_at,
+            crate::step::now_ms(),
+            crc32(&output),
+            None::<&str>
+        ])?;
+        Ok(())
+    }
+
+    fn start_record(
+        &mut self,
+        key: &StepKey,
+        at: i64,
+        wake_at: Option<i64>,
+    ) -> rusqlite::Result<()> {
+        self.started.execute(params![
+            &*key.workflow_id,
+            key.path.to_string(),
+            key.name,
+            at,
+            wake_at
+        ])?;
+        Ok(())
+    }
+
+    fn insert_message(&mut self, m: &NewMessage) -> rusqlite::Result<()> {
+        self.insert_message.execute(params![
+            m.destination,
+            m.topic,
+            m.payload,
+            crc32(&m.payload),
+            m.sent_at
+        ])?;
+        self.touched.push(WaitFor::Message {
+            destination: m.destination.clone(),
+            topic: m.topic.clone(),
+        });
+        Ok(())
+    }
+
+    fn cancel(&mut self, id: &str, reason: CancelReason, at: i64) -> rusqlite::Result<Vec<String>> {
+        let mut stmt = self.conn.prepare_cached(
+            "WITH RECURSIVE tree(id) AS (
+                 SELECT ?1
+                 UNION SELECT w.id FROM durable_workflows w JOIN tree t ON w.parent_id = t.id
+             )
+             UPDATE durable_workflows
+             SET status = 'cancelled', error_kind = ?2, error = ?3, updated_at = ?4
+             WHERE status = 'pending' AND id IN tree
+             RETURNING id",
+        )?;
+        let ids = stmt.query_map(params![id, reason.as_str(), reason.to_string(), at], |r| {
+            r.get(0)
+        })?;
+        ids.collect()
+    }
+
+    fn resume(&mut self, id: &str, at: i64) -> rusqlite::Result<Vec<String>> {
+        let mut stmt = self.conn.prepare_cached(
+            "WITH RECURSIVE tree(id) AS (
+                 SELECT ?1
+                 UNION SELECT w.id FROM durable_workflows w JOIN tree t ON w.parent_id = t.id
+             )
+             UPDATE durable_workflows
+             SET status = 'pending', output = NULL, output_crc32 = NULL, error_kind = NULL,
+                 error = NULL, deadline_at = NULL, updated_at = ?2
+             WHERE id IN tree AND (status = 'cancelled' OR (id = ?1 AND status = 'failed'))
+             RETURNING id",
+        )?;
+        let ids: Vec<String> = stmt
+            .query_map(params![id, at], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        // A recorded panic or interruption is not an output: resuming runs those steps
+        // again (an interrupted step also loses its start record, or it would be
+        // found interrupted once more).
+        let mut forget_started = self.conn.prepare_cached(
+            "DELETE FROM durable_started WHERE workflow_id = ?1 AND path IN
+                 (SELECT path FROM durable_steps WHERE workflow_id = ?1 AND error IS NOT NULL)",
+        )?;
+        let mut forget_errors = self.conn.prepare_cached(
+            "DELETE FROM durable_steps WHERE workflow_id = ?1 AND error IS NOT NULL",
+        )?;
+        for w in &ids {
+            forget_started.execute([w])?;
+            forget_errors.execute([w])?;
+        }
+        Ok(ids)
+    }
+
+    /// Runs a transaction step in a transaction of its own: the application's writes,
+    /// then the step's record, committed together.
+    fn transaction(
+        &mut self,
+        path: &Path,
+        key: &StepKey,
+        started_at: i64,
+        work: TxWork,
+        reply: WrittenReply,
+        stats: &WriterStats,
+    ) {
+        let started = std::time::Instant::now();
+        if !self.conn.is_autocommit() {
+            let _ = self.rollback.execute([]);
+        }
+        let result = self.run_transaction(path, key, started_at, work, stats);
+        if stats.halted.load(Ordering::SeqCst) {
+            // A simulated crash: nothing committed, nobody hears back.
+            return;
+        }
+        if result.is_ok() {
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        stats.last_commit_ns.store(took, Ordering::Relaxed);
+        stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let _ = reply.send(result.map(|()| Written::Done));
+    }
+
+    fn run_transaction(
+        &mut self,
+        path: &Path,
+        key: &StepKey,
+        started_at: i64,
+        work: TxWork,
+        stats: &WriterStats,
+    ) -> Result<(), StoreError> {
+        let sql = |e| sql_error(path, e);
+        let tx = rusqlite::Transaction::new_unchecked(
+            self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .map_err(sql)?;
+        tx.execute_batch("SAVEPOINT durable_transaction_step")
+            .map_err(sql)?;
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&tx)));
+        let (outcome, keep) = match ran {
+            Ok(Ok((outcome, keep))) => (outcome, keep),
+            Ok(Err(message)) => {
+                return Err(StoreError::new(path, StoreErrorKind::Invariant, message));
+            }
+            Err(payload) => (
+                RecordedOutcome::Panicked(format!(
+                    "step {} (`{}`) panicked: {}",
+                    key.path,
+                    key.name,
+                    crate::step::panic_message(&*payload)
+                )),
+                false,
+            ),
+        };
+        if self.conn.is_autocommit() {
+            return Err(StoreError::new(
+                path,
+                StoreErrorKind::Invariant,
+                format!(
+                    "transaction step {} (`{}`) ended the transaction it was given (COMMIT or \
+                     ROLLBACK); its writes may have committed without its record",
+                    key.path, key.name
+                ),
+            ));
+        }
+        let end = if keep {
+            "RELEASE durable_transaction_step"
+        } else {
+            "ROLLBACK TO durable_transaction_step; RELEASE durable_transaction_step"
+        };
+        tx.execute_batch(end).map_err(sql)?;
+        let record = StepRecord {
+            workflow_id: key.workflow_id.clone(),
+            path: key.path.clone(),
+            name: key.name,
+            outcome,
+            attempts: 1,
+            started_at,
+            finished_at: crate::step::now_ms(),
+            effect: Effect::None,
+        };
+        self.record(&record)
+            .map_err(|e| step_error(path, &record, e))?;
+        if stats.halted.load(Ordering::SeqCst) {
+            return Ok(()); // dropped: rolled back
+        }
+        tx.commit().map_err(sql)
     }
 
     fn create(&mut self, w: &NewWorkflow) -> rusqlite::Result<Created> {
@@ -677,19 +1230,24 @@ impl<'c> Writer<'c> {
             EXECUTOR,
             w.app_version.as_deref(),
             w.created_at,
-            crc32(&w.input)
+            crc32(&w.input),
+            w.parent_id.as_deref(),
+            w.deadline_at
         ])?;
         if inserted == 1 {
             return Ok(Created::New);
         }
         let existing = self.existing.query_row([&*w.id], workflow_row)??;
-        Ok(Created::Existing(existing))
+        Ok(Created::Existing(Box::new(existing)))
     }
 
     fn record(&mut self, s: &StepRecord) -> rusqlite::Result<()> {
-        let (output, error) = match &s.outcome {
-            RecordedOutcome::Output(bytes) => (Some(bytes.as_slice()), None),
-            RecordedOutcome::Panicked(message) => (None, Some(message.as_str())),
+        let (output, error, kind) = match &s.outcome {
+            RecordedOutcome::Output(bytes) => (Some(bytes.as_slice()), None, None),
+            RecordedOutcome::Panicked(message) => (None, Some(message.as_str()), None),
+            RecordedOutcome::Interrupted(message) => {
+                (None, Some(message.as_str()), Some(INTERRUPTED))
+            }
         };
         let crc = crc32(output.unwrap_or_else(|| error.unwrap_or_default().as_bytes()));
         self.record.execute(params![
@@ -701,8 +1259,26 @@ impl<'c> Writer<'c> {
             s.attempts,
             s.started_at,
             s.finished_at,
-            crc
+            crc,
+            kind
         ])?;
+        match &s.effect {
+            Effect::None => {}
+            Effect::Send(m) => self.insert_message(m)?,
+            Effect::SetEvent { key, value } => {
+                self.set_event.execute(params![
+                    &*s.workflow_id,
+                    key,
+                    value,
+                    crc32(value),
+                    s.finished_at
+                ])?;
+                self.touched.push(WaitFor::Event {
+                    workflow_id: s.workflow_id.to_string(),
+                    key: key.clone(),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -732,12 +1308,29 @@ impl<'c> Writer<'c> {
     }
 }
 
+/// The `error_kind` of a step record that holds an interruption (NULL: a panic).
+const INTERRUPTED: &str = "interrupted";
+
+fn already_recorded(path: &Path, key: &StepKey) -> StoreError {
+    StoreError::new(
+        path,
+        StoreErrorKind::Invariant,
+        format!(
+            "step {} of workflow {} is already recorded; a recorded step is never overwritten",
+            key.path, key.workflow_id
+        ),
+    )
+}
+
 impl Reply {
     /// Sends the write's own result (its batch committed).
     fn send(self) {
         match self {
             Reply::Create(s, r) => drop(s.send(r)),
             Reply::Unit(s, r) => drop(s.send(r)),
+            Reply::Written(s, r) => drop(s.send(r)),
+            // Parked by `commit_batch`, never sent from here.
+            Reply::Park(_, p) => drop(p),
         }
     }
 
@@ -745,6 +1338,8 @@ impl Reply {
         match self {
             Reply::Create(_, r) => r.as_ref().err(),
             Reply::Unit(_, r) => r.as_ref().err(),
+            Reply::Written(_, r) => r.as_ref().err(),
+            Reply::Park(..) => None,
         }
     }
 
@@ -752,6 +1347,8 @@ impl Reply {
         match self {
             Reply::Create(s, _) => drop(s.send(Err(e))),
             Reply::Unit(s, _) => drop(s.send(Err(e))),
+            Reply::Written(s, _) => drop(s.send(Err(e))),
+            Reply::Park(_, p) => drop(p.reply.send(Err(e))),
         }
     }
 }
@@ -760,6 +1357,7 @@ fn fail(c: Command, e: StoreError) {
     match c {
         Command::Create(_, s) => drop(s.send(Err(e))),
         Command::Step(_, s) | Command::Finish(_, s) => drop(s.send(Err(e))),
+        Command::Write(_, s) => drop(s.send(Err(e))),
     }
 }
 
@@ -778,8 +1376,8 @@ fn step_error(path: &Path, s: &StepRecord, e: rusqlite::Error) -> StoreError {
     }
 }
 
-const WORKFLOW_COLUMNS: &str =
-    "id, name, status, input, output, error_kind, error, input_crc32, output_crc32";
+const WORKFLOW_COLUMNS: &str = "id, name, status, input, output, error_kind, error, input_crc32, \
+     output_crc32, deadline_at";
 
 /// Why a damaged value cannot be used.
 const DAMAGED: &str = "the value does not match its checksum: the journal is damaged";
@@ -810,6 +1408,7 @@ fn workflow_row(r: &Row<'_>) -> rusqlite::Result<rusqlite::Result<WorkflowRecord
         "pending" => RecordStatus::Pending,
         "completed" => RecordStatus::Completed,
         "failed" => RecordStatus::Failed,
+        "cancelled" => RecordStatus::Cancelled,
         other => {
             return Ok(Err(invalid(format!(
                 "workflow {id} has unknown status `{other}`"
@@ -818,6 +1417,15 @@ fn workflow_row(r: &Row<'_>) -> rusqlite::Result<rusqlite::Result<WorkflowRecord
     };
     let kind: Option<String> = r.get(5)?;
     let error: Option<String> = r.get(6)?;
+    let cancelled = match (status, kind.as_deref().map(CancelReason::parse)) {
+        (RecordStatus::Cancelled, Some(Some(reason))) => Some(reason),
+        (RecordStatus::Cancelled, _) => {
+            return Ok(Err(invalid(format!(
+                "workflow {id} is cancelled but records no known reason"
+            ))));
+        }
+        _ => None,
+    };
     let failure = match (status, kind, error) {
         (RecordStatus::Failed, Some(k), m) => match FailureKind::parse(&k) {
             Some(k) => Some((k, m.unwrap_or_default())),
@@ -848,6 +1456,8 @@ fn workflow_row(r: &Row<'_>) -> rusqlite::Result<rusqlite::Result<WorkflowRecord
     };
     Ok(Ok(WorkflowRecord {
         damaged,
+        cancelled,
+        deadline_at: r.get(9)?,
         name: r.get(1)?,
         status,
         input,
@@ -878,10 +1488,49 @@ impl Store for SqliteStore {
         self.send(|tx| Command::Finish(finish, tx))
     }
 
+    fn write(&self, write: Write) -> Ack<Written> {
+        self.send(|tx| Command::Write(write, tx))
+    }
+
+    fn started(&self, workflow_id: &str) -> Result<Vec<StartedRecord>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT path, wake_at FROM durable_started WHERE workflow_id = ?1",
+            )?;
+            let rows = stmt.query_map([workflow_id], |r| {
+                let path: String = r.get(0)?;
+                let Ok(parsed) = path.parse::<StepPath>() else {
+                    return Ok(Err(invalid(format!(
+                        "workflow {workflow_id} has a start record at `{path}`, which is not a step path"
+                    ))));
+                };
+                Ok(Ok(StartedRecord {
+                    path: parsed,
+                    wake_at: r.get(1)?,
+                }))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row??);
+            }
+            Ok(out)
+        })
+    }
+
+    fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {WORKFLOW_COLUMNS} FROM durable_workflows WHERE id = ?1"
+            ))?;
+            stmt.query_row([id], workflow_row).optional()?.transpose()
+        })
+    }
+
     fn steps(&self, workflow_id: &str) -> Result<Vec<RecordedStep>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT path, name, output, error, attempts, started_at, finished_at, crc32
+                "SELECT path, name, output, error, attempts, started_at, finished_at, crc32,
+                        error_kind
                  FROM durable_steps WHERE workflow_id = ?1",
             )?;
             let rows = stmt.query_map([workflow_id], |r| {
@@ -897,8 +1546,12 @@ impl Store for SqliteStore {
                 }) {
                     return Ok(Err(e));
                 }
+                let kind: Option<String> = r.get(8)?;
                 let outcome = match (output, error) {
                     (Some(o), None) => RecordedOutcome::Output(o),
+                    (None, Some(e)) if kind.as_deref() == Some(INTERRUPTED) => {
+                        RecordedOutcome::Interrupted(e)
+                    }
                     (None, Some(e)) => RecordedOutcome::Panicked(e),
                     _ => {
                         return Ok(Err(invalid(format!(
@@ -989,6 +1642,7 @@ mod tests {
             attempts: 1,
             started_at: 0,
             finished_at: 0,
+            effect: Effect::None,
         }
     }
 
@@ -1004,6 +1658,8 @@ mod tests {
             input: vec![],
             app_version: None,
             created_at: 0,
+            parent_id: None,
+            deadline_at: None,
         });
         assert!(matches!(created.await, Ok(Ok(Created::New))));
         let acks: Vec<_> = (0..200).map(|i| store.record_step(step(&id, i))).collect();

@@ -1,0 +1,919 @@
+//! The workflow primitives that are not user steps: durable time and randomness,
+//! messages, events, version patches and transaction steps.
+//!
+//! Each is a journaled operation. Like a step, it claims its position when it is
+//! *called* (so it replays deterministically under concurrency) and records its result
+//! under a name starting with `durable::`, which user steps cannot take. On replay it
+//! returns the recorded result instead of doing its work again.
+
+use std::future::{Future, pending};
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::codec::{ByteBuf, CODEC, Codec, encode_checked};
+use crate::context::lock;
+use crate::error::{Error, FailureKind, Location, Result, StoreError, StoreErrorKind};
+use crate::runtime::encode_value;
+use crate::scope::{self, Claim};
+use crate::step::{now_ms, panic_message};
+use crate::store::{
+    Effect, NewMessage, RecordedOutcome, StepKey, StepRecord, Wait, WaitFor, WaitRecord, Write,
+    Written,
+};
+
+pub(crate) const SLEEP: &str = "durable::sleep";
+pub(crate) const NOW: &str = "durable::now";
+pub(crate) const RANDOM: &str = "durable::random";
+pub(crate) const UUID: &str = "durable::uuid";
+pub(crate) const PATCHED: &str = "durable::patched";
+pub(crate) const SEND: &str = "durable::send";
+pub(crate) const RECV: &str = "durable::recv";
+pub(crate) const SET_EVENT: &str = "durable::set_event";
+pub(crate) const GET_EVENT: &str = "durable::get_event";
+
+/// What claiming a journaled operation found.
+pub(crate) enum Claimed {
+    /// Called outside any workflow.
+    Outside,
+    /// The workflow has stopped (a divergence at this position): the operation never
+    /// completes.
+    Stopped,
+    /// A position in a running workflow.
+    Op(Op),
+}
+
+/// A claimed journaled operation.
+pub(crate) struct Op {
+    pub(crate) claim: Claim,
+    pub(crate) name: &'static str,
+    /// What an earlier execution recorded here.
+    pub(crate) recorded: Option<RecordedOutcome>,
+}
+
+/// Claims the next position in the current scope for the operation `name`.
+pub(crate) fn claim(name: &'static str) -> Claimed {
+    from_claim(scope::claim(), name)
+}
+
+/// Takes the record at a position claimed earlier, checking that it is `name`'s.
+pub(crate) fn from_claim(claim: Option<Claim>, name: &'static str) -> Claimed {
+    let Some(claim) = claim else {
+        return Claimed::Outside;
+    };
+    match claim.ctx.take_recorded(&claim.path) {
+        None => Claimed::Op(Op {
+            claim,
+            name,
+            recorded: None,
+        }),
+        Some(rec) if rec.name == name => Claimed::Op(Op {
+            claim,
+            name,
+            recorded: Some(rec.outcome),
+        }),
+        Some(rec) => {
+            claim.ctx.fail(Error::Divergence {
+                workflow_id: claim.ctx.id.to_string(),
+                path: claim.path,
+                recorded: rec.name,
+                requested: Some(name.to_owned()),
+            });
+            Claimed::Stopped
+        }
+    }
+}
+
+impl Op {
+    pub(crate) fn key(&self) -> StepKey {
+        StepKey {
+            workflow_id: self.claim.ctx.id.clone(),
+            path: self.claim.path.clone(),
+            name: self.name,
+        }
+    }
+
+    fn corrupt(&self, reason: crate::codec::CodecError) -> Error {
+        Error::Corrupt {
+            workflow_id: self.claim.ctx.id.to_string(),
+            location: Location::Step {
+                path: self.claim.path.clone(),
+                name: self.name.to_owned(),
+            },
+            reason,
+        }
+    }
+
+    /// The recorded result, decoded; `None` if nothing is recorded here.
+    pub(crate) fn replayed<T: DeserializeOwned>(&self) -> Option<Result<T>> {
+        let workflow_id = || self.claim.ctx.id.to_string();
+        Some(match self.recorded.as_ref()? {
+            RecordedOutcome::Output(bytes) => {
+                CODEC.decode(bytes).map_err(|reason| self.corrupt(reason))
+            }
+            RecordedOutcome::Panicked(message) => Err(Error::Failed {
+                workflow_id: workflow_id(),
+                kind: FailureKind::StepPanicked,
+                message: message.clone(),
+            }),
+            RecordedOutcome::Interrupted(message) => Err(Error::Failed {
+                workflow_id: workflow_id(),
+                kind: FailureKind::StepInterrupted,
+                message: message.clone(),
+            }),
+        })
+    }
+
+    /// Decodes a value nested in a recorded result (a message, an event, a child's
+    /// output).
+    pub(crate) fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T> {
+        CODEC.decode(bytes).map_err(|reason| self.corrupt(reason))
+    }
+
+    /// Whether the operation may do its work (not in a replay check, which only
+    /// replays what is recorded).
+    pub(crate) fn may_run(&self) -> bool {
+        self.claim.ctx.may_run(&self.claim.path, self.name)
+    }
+
+    /// Records `output` (encoded) with `effect` in one transaction, and waits until it
+    /// is durable.
+    pub(crate) async fn record(
+        &self,
+        output: Vec<u8>,
+        effect: Effect,
+        started_at: i64,
+    ) -> Result<()> {
+        let ctx = &self.claim.ctx;
+        let ack = ctx.store.record_step(StepRecord {
+            workflow_id: ctx.id.clone(),
+            path: self.claim.path.clone(),
+            name: self.name,
+            outcome: RecordedOutcome::Output(output),
+            attempts: 1,
+            started_at,
+            finished_at: now_ms(),
+            effect,
+        });
+        match ack.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(writer_stopped(ctx.store.path())),
+        }
+    }
+
+    /// Encodes and records `value`, and returns it (as decoded from its encoding, which
+    /// is what a replay returns).
+    pub(crate) async fn record_value<T: Serialize + DeserializeOwned>(
+        &self,
+        value: &T,
+        effect: Effect,
+        started_at: i64,
+    ) -> Result<()> {
+        let bytes = encode_value(value, || {
+            format!(
+                "the result of {} at {} in workflow {}",
+                self.name, self.claim.path, self.claim.ctx.id
+            )
+        })?;
+        self.record(bytes, effect, started_at).await
+    }
+
+    /// One write of a primitive, waited for.
+    pub(crate) async fn write(&self, write: Write) -> Result<Written> {
+        let store = &self.claim.ctx.store;
+        match store.write(write).await {
+            Ok(Ok(w)) => Ok(w),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(writer_stopped(store.path())),
+        }
+    }
+
+    /// Stops the workflow with `error`; the operation never completes (the driver drops
+    /// it).
+    pub(crate) async fn stop<T>(&self, error: Error) -> T {
+        self.claim.ctx.fail(error);
+        pending().await
+    }
+}
+
+pub(crate) fn writer_stopped(path: &std::path::Path) -> Error {
+    Error::Store(StoreError::new(
+        path,
+        StoreErrorKind::Closed,
+        "the journal writer stopped before the operation was recorded",
+    ))
+}
+
+/// Unwraps `r`, or stops the workflow with its error (the operation then never
+/// completes).
+macro_rules! or_stop {
+    ($op:expr, $r:expr) => {
+        match $r {
+            Ok(v) => v,
+            Err(e) => return $op.stop(e).await,
+        }
+    };
+}
+pub(crate) use or_stop;
+
+/// Gets the claimed operation, or returns what an operation does outside a workflow
+/// (`$outside`); a stopped workflow's operation never completes.
+macro_rules! op_or {
+    ($claimed:expr, $outside:expr) => {
+        match $claimed {
+            Claimed::Op(op) => op,
+            Claimed::Outside => return $outside,
+            Claimed::Stopped => return pending().await,
+        }
+    };
+}
+pub(crate) use op_or;
+
+fn millis(d: Duration) -> i64 {
+    // Rounded up: a durable sleep never ends early.
+    i64::try_from(d.as_micros().div_ceil(1000)).unwrap_or(i64::MAX)
+}
+
+/// Waits until the wall clock reads `at` (ms since the epoch); never returns earlier.
+async fn sleep_until_ms(at: i64) {
+    loop {
+        let left = at.saturating_sub(now_ms());
+        if left <= 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(u64::try_from(left).unwrap_or(0))).await;
+    }
+}
+
+fn not_in_workflow(operation: &'static str, hint: &'static str) -> Error {
+    Error::NotInWorkflow { operation, hint }
+}
+
+/// Sleeps for `duration`, durably: the wake-up time is recorded when the sleep starts,
+/// so a workflow recovered after a crash or restart sleeps only for what is left (and
+/// not at all if the time has passed).
+///
+/// Costs one checkpoint. Outside a workflow it is `tokio::time::sleep`. A cancelled
+/// workflow stops sleeping at once.
+///
+/// ```
+/// use std::time::Duration;
+/// use durable_runtime::{Runtime, sleep, workflow};
+///
+/// #[workflow]
+/// async fn reminder() -> String {
+///     sleep(Duration::from_millis(20)).await;
+///     "time's up".to_owned()
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), durable_runtime::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let rt = Runtime::open(dir.path().join("journal.db")).await?;
+/// let started = std::time::Instant::now();
+/// assert_eq!(rt.start(reminder()).await?.result().await?, "time's up");
+/// assert!(started.elapsed() >= Duration::from_millis(20));
+/// # Ok(())
+/// # }
+/// ```
+pub fn sleep(duration: Duration) -> impl Future<Output = ()> + Send + 'static {
+    let claimed = claim(SLEEP);
+    async move {
+        let op = op_or!(claimed, tokio::time::sleep(duration).await);
+        let wake_at = match op.replayed::<i64>() {
+            Some(recorded) => or_stop!(op, recorded),
+            None => {
+                if !op.may_run() {
+                    return pending().await;
+                }
+                let now = now_ms();
+                let wake_at = now.saturating_add(millis(duration));
+                or_stop!(op, op.record_value(&wake_at, Effect::None, now).await);
+                wake_at
+            }
+        };
+        sleep_until_ms(wake_at).await;
+    }
+}
+
+/// The current time, recorded: a replay returns the time the first execution read, so
+/// workflow code can branch on it. Costs one checkpoint. Outside a workflow it is
+/// `SystemTime::now()`.
+///
+/// Read the clock this way (or inside a step), never with `SystemTime::now` directly in
+/// a workflow body: `#[workflow]` refuses that.
+///
+/// ```
+/// use durable_runtime::{Runtime, now, workflow};
+///
+/// #[workflow]
+/// async fn stamp() -> u64 {
+///     let t = now().await;
+///     t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), durable_runtime::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let rt = Runtime::open(dir.path().join("journal.db")).await?;
+/// let h = rt.start_with_id("stamp-1", stamp()).await?;
+/// let first = h.result().await?;
+/// // The same id again replays the recorded result.
+/// assert_eq!(rt.start_with_id("stamp-1", stamp()).await?.result().await?, first);
+/// # Ok(())
+/// # }
+/// ```
+pub fn now() -> impl Future<Output = SystemTime> + Send + 'static {
+    let claimed = claim(NOW);
+    async move {
+        let op = op_or!(claimed, SystemTime::now());
+        let since_epoch = match op.replayed::<Duration>() {
+            Some(recorded) => or_stop!(op, recorded),
+            None => {
+                if !op.may_run() {
+                    return pending().await;
+                }
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default();
+                or_stop!(op, op.record_value(&now, Effect::None, now_ms()).await);
+                now
+            }
+        };
+        SystemTime::UNIX_EPOCH + since_epoch
+    }
+}
+
+/// 64 fresh random bits (not for cryptography).
+fn fresh_random() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+async fn recorded_u64s(claimed: Claimed, n: usize) -> Vec<u64> {
+    let fresh = || (0..n).map(|_| fresh_random()).collect::<Vec<u64>>();
+    let op = op_or!(claimed, fresh());
+    match op.replayed::<Vec<u64>>() {
+        Some(recorded) => or_stop!(op, recorded),
+        None => {
+            if !op.may_run() {
+                return pending().await;
+            }
+            let values = fresh();
+            or_stop!(op, op.record_value(&values, Effect::None, now_ms()).await);
+            values
+        }
+    }
+}
+
+/// A random `u64`, recorded: a replay returns the same number. Costs one checkpoint.
+/// Not cryptographically secure (draw keys inside a step with a real RNG); outside a
+/// workflow it is a fresh random number.
+///
+/// ```
+/// use durable_runtime::{Runtime, random, workflow};
+///
+/// #[workflow]
+/// async fn coin() -> bool {
+///     random().await % 2 == 0
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), durable_runtime::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let rt = Runtime::open(dir.path().join("journal.db")).await?;
+/// let first = rt.start_with_id("toss", coin()).await?.result().await?;
+/// assert_eq!(rt.start_with_id("toss", coin()).await?.result().await?, first);
+/// # Ok(())
+/// # }
+/// ```
+pub fn random() -> impl Future<Output = u64> + Send + 'static {
+    let claimed = claim(RANDOM);
+    async move {
+        recorded_u64s(claimed, 1)
+            .await
+            .first()
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// A random (version 4) UUID in its hyphenated form, recorded: a replay returns the
+/// same one. Costs one checkpoint; outside a workflow it is a fresh one.
+///
+/// ```
+/// use durable_runtime::{Runtime, uuid, workflow};
+///
+/// #[workflow]
+/// async fn order_number() -> String {
+///     uuid().await
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), durable_runtime::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let rt = Runtime::open(dir.path().join("journal.db")).await?;
+/// let id = rt.start(order_number()).await?.result().await?;
+/// assert_eq!(id.len(), 36);
+/// assert_eq!(&id[14..15], "4");
+/// # Ok(())
+/// # }
+/// ```
+pub fn uuid() -> impl Future<Output = String> + Send + 'static {
+    let claimed = claim(UUID);
+    async move {
+        let v = recorded_u64s(claimed, 2).await;
+        let (hi, lo) = (
+            v.first().copied().unwrap_or_default(),
+            v.get(1).copied().unwrap_or_default(),
+        );
+        // Version 4 in the high nibble of byte 6, variant 10 in the top bits of byte 8.
+        let hi = (hi & !0xF000) | 0x4000;
+        let lo = (lo & !(0b11 << 62)) | (0b10 << 62);
+        format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            hi >> 32,
+            (hi >> 16) & 0xFFFF,
+            hi & 0xFFFF,
+            lo >> 48,
+            lo & 0xFFFF_FFFF_FFFF
+        )
+    }
+}
+
+/// Whether this execution takes the new code path of patch `name`: `true` for
+/// executions that started after the patch was deployed, `false` for those that had
+/// already gone past this point under the old code.
+///
+/// Put it where new code changes which steps a workflow calls, so pending workflows
+/// recorded by the old code keep replaying the old path:
+///
+/// ```
+/// use durable_runtime::{Runtime, patched, step, workflow};
+///
+/// #[step]
+/// async fn email(to: String) -> String { format!("emailed {to}") }
+/// #[step]
+/// async fn sms(to: String) -> String { format!("texted {to}") }
+///
+/// #[workflow]
+/// async fn notify(to: String) -> String {
+///     if patched("sms-instead-of-email").await {
+///         sms(to).await
+///     } else {
+///         email(to).await
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), durable_runtime::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let rt = Runtime::open(dir.path().join("journal.db")).await?;
+/// assert_eq!(rt.start(notify("ada".into())).await?.result().await?, "texted ada");
+/// # Ok(())
+/// # }
+/// ```
+///
+/// How it decides: if the journal has a record at the position this call would take,
+/// and it is not this patch's marker, the execution was recorded by the old code: the
+/// answer is `false`, and the position is left to the old code's step. Otherwise the
+/// call takes the position and records a marker (one checkpoint), and the answer is
+/// `true`, in this execution and every replay of it. Once no execution from before the
+/// patch is pending, the check and the old branch can be removed. Outside a workflow it
+/// is `true`.
+pub fn patched(name: &'static str) -> impl Future<Output = bool> + Send + 'static {
+    let claimed = scope::claim_if(|ctx, path| {
+        let (at, below) = ctx.peek_recorded(path);
+        match at {
+            Some(recorded) => recorded == PATCHED,
+            None => !below,
+        }
+    });
+    let claimed = match claimed {
+        None => Claimed::Outside,
+        // The old code's execution: the position stays free for its step.
+        Some((_, false)) => return futures_ready(false),
+        Some((claim, true)) => from_claim(Some(claim), PATCHED),
+    };
+    Box::pin(async move {
+        let op = op_or!(claimed, true);
+        match op.replayed::<String>() {
+            Some(recorded) => {
+                let recorded = or_stop!(op, recorded);
+                if recorded != name {
+                    let error = Error::Divergence {
+                        workflow_id: op.claim.ctx.id.to_string(),
+                        path: op.claim.path.clone(),
+                        recorded: format!("{PATCHED}(\"{recorded}\")"),
+                        requested: Some(format!("{PATCHED}(\"{name}\")")),
+                    };
+                    return op.stop(error).await;
+                }
+                true
+            }
+            None => {
+                if !op.may_run() {
+                    return pending().await;
+                }
+                or_stop!(
+                    op,
+                    op.record_value(&name.to_owned(), Effect::None, now_ms())
+                        .await
+                );
+                true
+            }
+        }
+    })
+}
+
+/// A boxed future that is ready with `v` (so `patched` has one return type).
+fn futures_ready(v: bool) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + 'static>> {
+    Box::pin(std::future::ready(v))
+}
+
+/// Sends `value` to workflow `destination` on `topic`, from inside a workflow.
+///
+/// Recorded like a step, in the same transaction as the message itself: a replay does
+/// not send again, and a crash cannot leave one without the other. Outside a workflow
+/// use [`Runtime::send`](crate::Runtime::send).
+///
+/// ```
+/// use durable_runtime::{Runtime, recv, send, workflow};
+///
+/// #[workflow]
+/// async fn ping(peer: String) -> Result<(), String> {
+///     // Workflow outputs are recorded, so they hold serializable errors.
+///     send(&peer, "greeting", &"hello".to_string()).await.map_err(|e| e.to_string())
+/// }
+///
+/// #[workflow]
+/// async fn pong() -> Option<String> {
+///     recv("greeting", None).await.ok().flatten()
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), durable_runtime::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let rt = Runtime::open(dir.path().join("journal.db")).await?;
+/// let receiver = rt.start_with_id("pong-1", pong()).await?;
+/// rt.start(ping("pong-1".into())).await?.result().await?.unwrap();
+/// assert_eq!(receiver.result().await?.as_deref(), Some("hello"));
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// [`Error::NotInWorkflow`] outside a workflow, [`Error::Encode`] if the value does not
+/// encode. (Journal errors stop the workflow, as for a step.)
+pub fn send<T: Serialize + DeserializeOwned>(
+    destination: &str,
+    topic: &str,
+    value: &T,
+) -> impl Future<Output = Result<()>> + Send + 'static {
+    let claimed = claim(SEND);
+    let message =
+        encode_value(value, || format!("the message on topic `{topic}`")).map(|payload| {
+            NewMessage {
+                destination: destination.to_owned(),
+                topic: topic.to_owned(),
+                payload,
+                sent_at: 0,
+            }
+        });
+    async move {
+        let op = op_or!(
+            claimed,
+            Err(not_in_workflow(
+                "durable_runtime::send",
+                "outside a workflow, use `Runtime::send`"
+            ))
+        );
+        if let Some(recorded) = op.replayed::<()>() {
+            or_stop!(op, recorded);
+            return Ok(());
+        }
+        let mut message = message?;
+        if !op.may_run() {
+            return pending().await;
+        }
+        let now = now_ms();
+        message.sent_at = now;
+        or_stop!(op, op.record_value(&(), Effect::Send(message), now).await);
+        Ok(())
+    }
+}
+
+/// Waits for the next message on `topic` sent to this workflow, for up to `timeout`
+/// (or for ever, with `None`); `Ok(None)` if the time ran out.
+///
+/// Messages for one workflow and topic are received in the order they were sent, each
+/// exactly once: taking the message and recording the `recv` happen in one transaction.
+/// A message sent before the workflow waits (or before it started) is kept until it
+/// does. A `recv` waiting in this process wakes as soon as a `send` commits, without
+/// polling. The deadline is recorded when the wait begins, so after a restart the wait
+/// ends at the original time. A cancelled workflow stops waiting at once.
+///
+/// See [`send`] for an example.
+///
+/// # Errors
+///
+/// [`Error::NotInWorkflow`] outside a workflow. (A message that does not decode as `T`
+/// stops the workflow with [`Error::Corrupt`]; it stays recorded at this step.)
+pub fn recv<T: DeserializeOwned + Send + 'static>(
+    topic: &str,
+    timeout: impl Into<Option<Duration>>,
+) -> impl Future<Output = Result<Option<T>>> + Send + 'static {
+    let claimed = claim(RECV);
+    let topic = topic.to_owned();
+    let timeout = timeout.into();
+    async move {
+        let op = op_or!(
+            claimed,
+            Err(not_in_workflow(
+                "durable_runtime::recv",
+                "only a workflow receives messages: call it in a `#[workflow]` body"
+            ))
+        );
+        let what = WaitFor::Message {
+            destination: op.claim.ctx.id.to_string(),
+            topic,
+        };
+        Ok(wait(&op, what, timeout).await)
+    }
+}
+
+/// Sets event `key` of this workflow to `value` (replacing an earlier value), for
+/// [`get_event`] and [`Runtime::get_event`](crate::Runtime::get_event) callers, who
+/// wake at once. Recorded like a step, in the same transaction as the event.
+///
+/// ```
+/// use std::time::Duration;
+/// use durable_runtime::{Runtime, set_event, workflow};
+///
+/// #[workflow]
+/// async fn pay() -> Result<(), String> {
+///     let url = "https://pay.example/42".to_string();
+///     set_event("payment_url", &url).await.map_err(|e| e.to_string())
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), durable_runtime::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let rt = Runtime::open(dir.path().join("journal.db")).await?;
+/// rt.start_with_id("order-42", pay()).await?;
+/// // A web handler waits for the workflow to publish the URL.
+/// let url: Option<String> = rt.get_event("order-42", "payment_url", Duration::from_secs(5)).await?;
+/// assert_eq!(url.as_deref(), Some("https://pay.example/42"));
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// [`Error::NotInWorkflow`] outside a workflow, [`Error::Encode`] if the value does not
+/// encode.
+pub fn set_event<T: Serialize + DeserializeOwned>(
+    key: &str,
+    value: &T,
+) -> impl Future<Output = Result<()>> + Send + 'static {
+    let claimed = claim(SET_EVENT);
+    let key = key.to_owned();
+    let value = encode_value(value, || format!("the value of event `{key}`"));
+    async move {
+        let op = op_or!(
+            claimed,
+            Err(not_in_workflow(
+                "durable_runtime::set_event",
+                "events belong to a workflow: call it in a `#[workflow]` body"
+            ))
+        );
+        if let Some(recorded) = op.replayed::<()>() {
+            or_stop!(op, recorded);
+            return Ok(());
+        }
+        let value = value?;
+        if !op.may_run() {
+            return pending().await;
+        }
+        let effect = Effect::SetEvent { key, value };
+        or_stop!(op, op.record_value(&(), effect, now_ms()).await);
+        Ok(())
+    }
+}
+
+/// Waits up to `timeout` (or for ever, with `None`) for workflow `workflow_id` to set
+/// event `key`, from inside a workflow, and records the value it saw: a replay sees
+/// the same value, whatever the event holds by then. `Ok(None)` if the time ran out.
+/// Outside a workflow use [`Runtime::get_event`](crate::Runtime::get_event).
+///
+/// # Errors
+///
+/// [`Error::NotInWorkflow`] outside a workflow.
+pub fn get_event<T: DeserializeOwned + Send + 'static>(
+    workflow_id: &str,
+    key: &str,
+    timeout: impl Into<Option<Duration>>,
+) -> impl Future<Output = Result<Option<T>>> + Send + 'static {
+    let claimed = claim(GET_EVENT);
+    let what = WaitFor::Event {
+        workflow_id: workflow_id.to_owned(),
+        key: key.to_owned(),
+    };
+    let timeout = timeout.into();
+    async move {
+        let op = op_or!(
+            claimed,
+            Err(not_in_workflow(
+                "durable_runtime::get_event",
+                "outside a workflow, use `Runtime::get_event`"
+            ))
+        );
+        Ok(wait(&op, what, timeout).await)
+    }
+}
+
+/// A recorded wait for a message or an event: replays what it recorded, or waits in the
+/// journal writer (woken by the write it waits for) until its deadline.
+async fn wait<T: DeserializeOwned>(op: &Op, what: WaitFor, timeout: Option<Duration>) -> Option<T> {
+    let answer: Option<ByteBuf> = match op.replayed::<Option<ByteBuf>>() {
+        Some(recorded) => or_stop!(op, recorded),
+        None => {
+            if !op.may_run() {
+                return pending().await;
+            }
+            let now = now_ms();
+            // A wait that began before a restart keeps the deadline it recorded then.
+            let deadline_at = op
+                .claim
+                .ctx
+                .started(&op.claim.path)
+                .and_then(|s| s.wake_at)
+                .or_else(|| timeout.map(|t| now.saturating_add(millis(t))));
+            let record = WaitRecord {
+                key: op.key(),
+                started_at: now,
+                deadline_at,
+            };
+            let ack = op.claim.ctx.store.write(Write::Wait(Wait {
+                what,
+                record: Some(record.clone()),
+                park: true,
+            }));
+            let answered = match deadline_at {
+                None => ack.await,
+                Some(at) => {
+                    tokio::select! {
+                        biased;
+                        answer = ack => answer,
+                        () = sleep_until_ms(at) => {
+                            // Gives the wait up, unless it was answered meanwhile; the
+                            // writer decides, so a message is never both taken and missed.
+                            op.claim.ctx.store.write(Write::Expire(record)).await
+                        }
+                    }
+                }
+            };
+            match answered {
+                Ok(Ok(Written::Value(v))) => v.map(ByteBuf),
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => return op.stop(e.into()).await,
+                Err(_) => return op.stop(writer_stopped(op.claim.ctx.store.path())).await,
+            }
+        }
+    };
+    match answer {
+        None => None,
+        Some(bytes) => Some(or_stop!(op, op.decode::<T>(&bytes.0))),
+    }
+}
+
+/// A transaction step: runs `f` in a transaction on the journal's own SQLite database,
+/// and commits the step's checkpoint in that same transaction, so its writes happen
+/// exactly once: a crash before the commit loses both, and a replay returns the
+/// recorded result without running `f`.
+///
+/// `f` runs on the journal's writer thread while it holds the database's write lock:
+/// keep it to a few statements. Create your own tables (any name not starting with
+/// `durable_`) in the same file. If `f` returns `Err`, its writes are rolled back and
+/// the `Err` is recorded (and replayed); if it panics, its writes are rolled back and
+/// the workflow fails as for a panicking step. `f` must not end the transaction
+/// itself.
+///
+/// Only the journal's file: SQLite does not commit a transaction atomically across
+/// attached databases when the main one is in WAL mode, so a write to an attached file
+/// could survive a crash without its checkpoint.
+///
+/// ```
+/// use durable_runtime::{Runtime, transaction, workflow};
+///
+/// #[derive(Debug, serde::Serialize, serde::Deserialize)]
+/// struct DbError(String);
+/// impl From<rusqlite::Error> for DbError {
+///     fn from(e: rusqlite::Error) -> Self { DbError(e.to_string()) }
+/// }
+///
+/// #[workflow]
+/// async fn record_order(sku: String) -> Result<i64, DbError> {
+///     transaction("insert_order", move |tx| {
+///         tx.execute("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, sku TEXT)", [])?;
+///         tx.execute("INSERT INTO orders (sku) VALUES (?1)", [&sku])?;
+///         Ok(tx.last_insert_rowid())
+///     })
+///     .await
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), durable_runtime::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let rt = Runtime::open(dir.path().join("journal.db")).await?;
+/// let id = rt.start(record_order("tea".into())).await?.result().await?;
+/// assert_eq!(id.unwrap(), 1);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Outside a workflow there is no journal to write to: the future returns
+/// `Err(E::from(..))` with a [`rusqlite::Error::ToSqlConversionFailure`] that wraps
+/// [`Error::NotInWorkflow`].
+pub fn transaction<T, E, F>(
+    name: &'static str,
+    f: F,
+) -> impl Future<Output = Result<T, E>> + Send + 'static
+where
+    F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, E> + Send + 'static,
+    T: Serialize + DeserializeOwned + Send + 'static,
+    E: Serialize + DeserializeOwned + From<rusqlite::Error> + Send + 'static,
+{
+    let claimed = claim(name);
+    async move {
+        let op = op_or!(
+            claimed,
+            Err(E::from(rusqlite::Error::ToSqlConversionFailure(Box::new(
+                not_in_workflow(
+                    "durable_runtime::transaction",
+                    "a transaction step writes to the journal's database: call it in a `#[workflow]` body"
+                )
+            ))))
+        );
+        if let Some(recorded) = op.replayed::<Result<T, E>>() {
+            return or_stop!(op, recorded);
+        }
+        if !op.may_run() {
+            return pending().await;
+        }
+        let slot: Arc<Mutex<Option<Result<T, E>>>> = Arc::default();
+        let out = slot.clone();
+        let key = op.key();
+        let label = format!("step {} (`{}`)", key.path, key.name);
+        let work: crate::store::TxWork = Box::new(move |tx| {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(tx))) {
+                Ok(result) => {
+                    let keep = result.is_ok();
+                    let (back, bytes) = encode_checked(&result).map_err(|e| {
+                        format!("cannot encode the result of transaction {label}: {e}")
+                    })?;
+                    *lock(&out) = Some(back);
+                    Ok((RecordedOutcome::Output(bytes), keep))
+                }
+                Err(payload) => Ok((
+                    RecordedOutcome::Panicked(format!(
+                        "{label} panicked: {}",
+                        panic_message(&*payload)
+                    )),
+                    false,
+                )),
+            }
+        });
+        let write = Write::Transaction {
+            key,
+            started_at: now_ms(),
+            work,
+        };
+        or_stop!(op, op.write(write).await);
+        let result = lock(&slot).take();
+        match result {
+            Some(result) => result,
+            None => {
+                let error = Error::Failed {
+                    workflow_id: op.claim.ctx.id.to_string(),
+                    kind: FailureKind::StepPanicked,
+                    message: format!("transaction step {} (`{name}`) panicked", op.claim.path),
+                };
+                op.stop(error).await
+            }
+        }
+    }
+}
