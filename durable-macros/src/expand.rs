@@ -8,7 +8,7 @@ use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
 use syn::{Block, FnArg, Ident, ItemFn, Pat, Path, Type};
 
-use crate::args::{BranchArgs, StepArgs, WorkflowArgs};
+use crate::args::{BranchArgs, OnInterrupt, StepArgs, WorkflowArgs};
 use crate::errors::{Errors, with_item};
 use crate::rewrite::Branches;
 use crate::validate::{self, Kind};
@@ -133,7 +133,7 @@ pub(crate) fn step(args: TokenStream, item: TokenStream) -> TokenStream {
     let assert_output = quote_spanned!(ret_span=> #k::__private::assert_journaled::<#ret>(););
     let body = typed_body(k, &ret, params.iter().filter_map(Arg::unpack), block);
 
-    let options = match (args.retries, args.backoff) {
+    let mut options = match (args.retries, args.backoff) {
         (Some(retries), Some((initial, factor, max))) => quote! {
             #k::__private::StepOptions::new(#name).retries(#retries).backoff(
                 #k::__private::core::time::Duration::from_millis(#initial),
@@ -143,6 +143,9 @@ pub(crate) fn step(args: TokenStream, item: TokenStream) -> TokenStream {
         },
         _ => quote!(#k::__private::StepOptions::new(#name)),
     };
+    if args.on_interrupt == OnInterrupt::Fail {
+        options.extend(quote!(.fail_if_interrupted()));
+    }
     let call = if args.retries.is_some() {
         // Each attempt gets its own copy of the arguments; the clone is spanned on the
         // argument's type, so a non-`Clone` argument is reported there.
@@ -270,5 +273,36 @@ pub(crate) fn branch(args: TokenStream, item: TokenStream) -> TokenStream {
         #vis #sig {
             #k::__private::branch::<#ret, _>(async move #body)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    fn options(args: proc_macro2::TokenStream) -> String {
+        let out = super::step(
+            args,
+            quote!(
+                async fn f() -> Result<u32, String> {
+                    Ok(1)
+                }
+            ),
+        );
+        let out = out.to_string();
+        let start = out.find("StepOptions").expect("the options static");
+        let end = start + out[start..].find(';').expect("the end of the static");
+        out[start..end].trim_end().to_string()
+    }
+
+    #[test]
+    fn on_interrupt_fail_marks_the_options() {
+        assert!(!options(quote!()).contains("fail_if_interrupted"));
+        assert!(!options(quote!(on_interrupt = "rerun")).contains("fail_if_interrupted"));
+        let failing = options(quote!(on_interrupt = "fail"));
+        assert!(failing.ends_with(". fail_if_interrupted ()"), "{failing}");
+        let retried = options(quote!(retries = 2, on_interrupt = "fail"));
+        assert!(retried.contains(". retries (2u32)"), "{retried}");
+        assert!(retried.ends_with(". fail_if_interrupted ()"), "{retried}");
     }
 }
