@@ -189,6 +189,25 @@ fn parse_lit_str(key: &Ident, value: &TokenStream) -> syn::Result<LitStr> {
     }
 }
 
+/// The prefix of the names the runtime records its own operations under.
+const RESERVED_PREFIX: &str = "durable::";
+
+/// `name = ".."` on a step or workflow. Names starting with `durable::` are the
+/// runtime's own (`durable::sleep`, `durable::recv`, ...): a user step recorded under
+/// one could be mistaken for a runtime operation on replay, and the other way round.
+fn parse_name(key: &Ident, value: &TokenStream) -> syn::Result<LitStr> {
+    let name = parse_lit_str(key, value)?;
+    if name.value().trim_start().starts_with(RESERVED_PREFIX) {
+        return Err(syn::Error::new(
+            name.span(),
+            format!(
+                "names starting with `{RESERVED_PREFIX}` are reserved: the runtime records its own operations (`durable::sleep`, `durable::recv`, ...) under them; choose a name without that prefix"
+            ),
+        ));
+    }
+    Ok(name)
+}
+
 /// `on_interrupt = "rerun"` or `"fail"`.
 fn parse_on_interrupt(value: &TokenStream) -> syn::Result<OnInterrupt> {
     const VALUES: &[&str] = &["rerun", "fail"];
@@ -308,7 +327,7 @@ impl StepArgs {
         each_pair(tokens, errors, |errors, Pair { key, value }| {
             match key.to_string().as_str() {
                 "crate" => set_once(errors, &mut krate, &key, parse_krate(&value)),
-                "name" => set_once(errors, &mut name, &key, parse_lit_str(&key, &value)),
+                "name" => set_once(errors, &mut name, &key, parse_name(&key, &value)),
                 "retries" => set_once(errors, &mut retries, &key, parse_retries(&value)),
                 "backoff" => set_once(errors, &mut backoff, &key, parse_duration(&key, &value)),
                 "backoff_factor" => set_once(errors, &mut factor, &key, parse_factor(&value)),
@@ -383,7 +402,7 @@ impl WorkflowArgs {
         each_pair(tokens, errors, |errors, Pair { key, value }| {
             match key.to_string().as_str() {
                 "crate" => set_once(errors, &mut krate, &key, parse_krate(&value)),
-                "name" => set_once(errors, &mut name, &key, parse_lit_str(&key, &value)),
+                "name" => set_once(errors, &mut name, &key, parse_name(&key, &value)),
                 _ => errors.push(unknown("workflow", &key, WORKFLOW_OPTIONS)),
             }
         });
@@ -481,5 +500,15 @@ mod tests {
         WorkflowArgs::parse(quote!(on_interrupt = "fail"), &mut errors);
         let e = errors.finish().expect_err("a workflow option").to_string();
         assert!(e.starts_with("`on_interrupt` is a `#[step]` option"), "{e}");
+    }
+
+    #[test]
+    fn reserved_names() {
+        assert_eq!(step_errors(quote!(name = "durable::sleep")).len(), 1);
+        assert_eq!(step_errors(quote!(name = "durable_sleep")).len(), 0);
+        assert_eq!(step_errors(quote!(name = "my::durable::sleep")).len(), 0);
+        let mut errors = Errors::default();
+        WorkflowArgs::parse(quote!(name = "durable::checkout"), &mut errors);
+        assert!(errors.finish().is_err());
     }
 }
