@@ -10,6 +10,7 @@ use syn::{Block, FnArg, Ident, ItemFn, Pat, Path, Type};
 
 use crate::args::{BranchArgs, OnInterrupt, StepArgs, WorkflowArgs};
 use crate::errors::{Errors, with_item};
+use crate::guard;
 use crate::rewrite::Branches;
 use crate::validate::{self, Kind};
 
@@ -187,11 +188,15 @@ pub(crate) fn workflow(args: TokenStream, item: TokenStream) -> TokenStream {
     validate::not_generic(&func.sig, &mut errors);
     validate::owned_arguments(Kind::Workflow, &func.sig, &mut errors);
     validate::owned_output(Kind::Workflow, &func.sig, &mut errors);
+    let k = args.common.krate.clone();
+    // Determinism guard rails, on the body as the user wrote it (before the branch
+    // rewrite), kept apart from the signature errors: they do not stop the expansion.
+    let mut guard = Errors::default();
+    guard::check(&k, &mut func.block, &mut guard);
     if let Err(e) = errors.finish() {
-        return with_item(item, &e);
+        return with_item(item, &with_guard(e, guard));
     }
 
-    let k = args.common.krate.clone();
     Branches { krate: &k }.visit_block_mut(&mut func.block);
     let ItemFn {
         attrs,
@@ -220,7 +225,7 @@ pub(crate) fn workflow(args: TokenStream, item: TokenStream) -> TokenStream {
         .map(|ty| quote_spanned!(ty.span()=> #k::__private::assert_journaled::<#ty>();));
     let boxed =
         quote_spanned!(ident.span()=> #k::__private::boxed_send(__durable_body(#(#names),*)));
-    quote! {
+    let expanded = quote! {
         #(#attrs)*
         #vis fn #ident(#(#names: #tys),*) -> #k::WorkflowCall<#ret> {
             async fn __durable_body(#(#names: #tys),*) -> #ret {
@@ -239,7 +244,8 @@ pub(crate) fn workflow(args: TokenStream, item: TokenStream) -> TokenStream {
             #(#asserts)*
             #k::WorkflowCall::new(&__DURABLE_WORKFLOW, (#(#names,)*))
         }
-    }
+    };
+    after_guard(expanded, guard)
 }
 
 pub(crate) fn branch(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -251,10 +257,12 @@ pub(crate) fn branch(args: TokenStream, item: TokenStream) -> TokenStream {
     };
     validate::is_async(Kind::Branch, &func.sig, &mut errors);
     validate::plain_fn(Kind::Branch, &func.sig, &mut errors);
-    if let Err(e) = errors.finish() {
-        return with_item(item, &e);
-    }
     let k = args.common.krate.clone();
+    let mut guard = Errors::default();
+    guard::check(&k, &mut func.block, &mut guard);
+    if let Err(e) = errors.finish() {
+        return with_item(item, &with_guard(e, guard));
+    }
     Branches { krate: &k }.visit_block_mut(&mut func.block);
     let ret = validate::output_type(&func.sig);
     let ItemFn {
@@ -268,11 +276,31 @@ pub(crate) fn branch(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut sig = sig.clone();
     sig.asyncness = None;
     sig.output = syn::parse_quote_spanned!(ret.span()=> -> impl #k::__private::core::future::Future<Output = #ret>);
-    quote! {
+    let expanded = quote! {
         #(#attrs)*
         #vis #sig {
             #k::__private::branch::<#ret, _>(async move #body)
         }
+    };
+    after_guard(expanded, guard)
+}
+
+/// Signature errors plus the guard's, to report them all in one build.
+fn with_guard(mut e: syn::Error, guard: Errors) -> syn::Error {
+    if let Err(g) = guard.finish() {
+        e.combine(g);
+    }
+    e
+}
+
+/// The guard's errors (a clock read, an unbiased `select!`) leave the function's shape
+/// intact, so the full expansion is emitted with them rather than the original item:
+/// callers keep seeing a `WorkflowCall` (or a branch future) and get no follow-on type
+/// errors of their own.
+fn after_guard(expanded: TokenStream, guard: Errors) -> TokenStream {
+    match guard.finish() {
+        Ok(()) => expanded,
+        Err(e) => with_item(expanded, &e),
     }
 }
 
