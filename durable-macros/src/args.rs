@@ -23,6 +23,18 @@ pub(crate) struct StepArgs {
     pub(crate) retries: Option<u32>,
     /// `(initial_ms, factor, max_ms)`, present only with `retries`.
     pub(crate) backoff: Option<(u64, f64, u64)>,
+    /// `on_interrupt = "..."`.
+    pub(crate) on_interrupt: OnInterrupt,
+}
+
+/// What recovery does with a step that started but never recorded its result.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnInterrupt {
+    /// `"rerun"`, the default: run the body again.
+    Rerun,
+    /// `"fail"`: record the step as failed without running it, for effects that must
+    /// not happen twice.
+    Fail,
 }
 
 /// `#[workflow(...)]`.
@@ -42,6 +54,7 @@ const STEP_OPTIONS: &[&str] = &[
     "backoff",
     "backoff_factor",
     "max_backoff",
+    "on_interrupt",
     "crate",
 ];
 const WORKFLOW_OPTIONS: &[&str] = &["name", "crate"];
@@ -176,6 +189,57 @@ fn parse_lit_str(key: &Ident, value: &TokenStream) -> syn::Result<LitStr> {
     }
 }
 
+/// The prefix of the names the runtime records its own operations under.
+const RESERVED_PREFIX: &str = "durable::";
+
+/// `name = ".."` on a step or workflow. Names starting with `durable::` are the
+/// runtime's own (`durable::sleep`, `durable::recv`, ...): a user step recorded under
+/// one could be mistaken for a runtime operation on replay, and the other way round.
+fn parse_name(key: &Ident, value: &TokenStream) -> syn::Result<LitStr> {
+    let name = parse_lit_str(key, value)?;
+    if name.value().trim_start().starts_with(RESERVED_PREFIX) {
+        return Err(syn::Error::new(
+            name.span(),
+            format!(
+                "names starting with `{RESERVED_PREFIX}` are reserved: the runtime records its own operations (`durable::sleep`, `durable::recv`, ...) under them; choose a name without that prefix"
+            ),
+        ));
+    }
+    Ok(name)
+}
+
+/// `on_interrupt = "rerun"` or `"fail"`.
+fn parse_on_interrupt(value: &TokenStream) -> syn::Result<OnInterrupt> {
+    const VALUES: &[&str] = &["rerun", "fail"];
+    let expected = "expected `\"rerun\"` or `\"fail\"`";
+    match syn::parse2::<Lit>(value.clone()) {
+        Ok(Lit::Str(s)) => match s.value().as_str() {
+            "rerun" => Ok(OnInterrupt::Rerun),
+            "fail" => Ok(OnInterrupt::Fail),
+            other => {
+                let message = match suggest(other, VALUES) {
+                    Some(v) => {
+                        format!("unknown `on_interrupt` value `{other:?}`; did you mean `\"{v}\"`?")
+                    }
+                    None => format!("unknown `on_interrupt` value `{other:?}`; {expected}"),
+                };
+                Err(syn::Error::new(s.span(), message))
+            }
+        },
+        // `on_interrupt = fail`: the value is right, the quotes are missing.
+        _ => match syn::parse2::<Ident>(value.clone()) {
+            Ok(i) if VALUES.contains(&i.to_string().as_str()) => Err(syn::Error::new(
+                i.span(),
+                format!("`on_interrupt` takes a string literal; write `on_interrupt = \"{i}\"`"),
+            )),
+            _ => Err(syn::Error::new_spanned(
+                value,
+                format!("`on_interrupt` takes a string literal; {expected}"),
+            )),
+        },
+    }
+}
+
 fn parse_krate(value: &TokenStream) -> syn::Result<Path> {
     // `crate = my_durable` or, as tokio spells it, `crate = "my_durable"`.
     if let Ok(s) = syn::parse2::<LitStr>(value.clone()) {
@@ -259,18 +323,27 @@ impl StepArgs {
         let mut backoff = None;
         let mut factor = None;
         let mut max = None;
+        let mut on_interrupt = None;
         each_pair(tokens, errors, |errors, Pair { key, value }| {
             match key.to_string().as_str() {
                 "crate" => set_once(errors, &mut krate, &key, parse_krate(&value)),
-                "name" => set_once(errors, &mut name, &key, parse_lit_str(&key, &value)),
+                "name" => set_once(errors, &mut name, &key, parse_name(&key, &value)),
                 "retries" => set_once(errors, &mut retries, &key, parse_retries(&value)),
                 "backoff" => set_once(errors, &mut backoff, &key, parse_duration(&key, &value)),
                 "backoff_factor" => set_once(errors, &mut factor, &key, parse_factor(&value)),
                 "max_backoff" => set_once(errors, &mut max, &key, parse_duration(&key, &value)),
+                "on_interrupt" => {
+                    set_once(errors, &mut on_interrupt, &key, parse_on_interrupt(&value));
+                }
                 _ => errors.push(unknown("step", &key, STEP_OPTIONS)),
             }
         });
-        StepArgs::finish(krate, name, retries, backoff, factor, max, errors)
+        // `on_interrupt` is independent of the other options: it is not checked in
+        // `finish`.
+        StepArgs {
+            on_interrupt: on_interrupt.map_or(OnInterrupt::Rerun, |o| o.1),
+            ..StepArgs::finish(krate, name, retries, backoff, factor, max, errors)
+        }
     }
 
     /// Checks between options.
@@ -317,6 +390,7 @@ impl StepArgs {
             name: name.map(|n| n.1),
             backoff: retries.map(|_| (initial, factor.map_or(2.0, |f| f.1), cap)),
             retries: retries.map(|r| r.1),
+            on_interrupt: OnInterrupt::Rerun,
         }
     }
 }
@@ -328,7 +402,7 @@ impl WorkflowArgs {
         each_pair(tokens, errors, |errors, Pair { key, value }| {
             match key.to_string().as_str() {
                 "crate" => set_once(errors, &mut krate, &key, parse_krate(&value)),
-                "name" => set_once(errors, &mut name, &key, parse_lit_str(&key, &value)),
+                "name" => set_once(errors, &mut name, &key, parse_name(&key, &value)),
                 _ => errors.push(unknown("workflow", &key, WORKFLOW_OPTIONS)),
             }
         });
@@ -361,5 +435,80 @@ impl BranchArgs {
 impl ToTokens for Common {
     fn to_tokens(&self, tokens: &mut TokenStream) {
         self.krate.to_tokens(tokens);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::quote;
+
+    fn step_errors(args: TokenStream) -> Vec<String> {
+        let mut errors = Errors::default();
+        StepArgs::parse(args, &mut errors);
+        errors
+            .finish()
+            .err()
+            .map_or_else(Vec::new, |e| e.into_iter().map(|e| e.to_string()).collect())
+    }
+
+    #[test]
+    fn on_interrupt_values() {
+        let mut errors = Errors::default();
+        let args = StepArgs::parse(quote!(on_interrupt = "fail"), &mut errors);
+        assert!(errors.finish().is_ok());
+        assert!(args.on_interrupt == OnInterrupt::Fail);
+        let mut errors = Errors::default();
+        let args = StepArgs::parse(quote!(retries = 2, on_interrupt = "rerun"), &mut errors);
+        assert!(errors.finish().is_ok());
+        assert!(args.on_interrupt == OnInterrupt::Rerun);
+        let mut errors = Errors::default();
+        assert!(StepArgs::parse(quote!(), &mut errors).on_interrupt == OnInterrupt::Rerun);
+    }
+
+    #[test]
+    fn on_interrupt_mistakes() {
+        assert_eq!(
+            step_errors(quote!(on_interrupt = "skip")),
+            ["unknown `on_interrupt` value `\"skip\"`; expected `\"rerun\"` or `\"fail\"`"]
+        );
+        assert_eq!(
+            step_errors(quote!(on_interrupt = "fial")),
+            ["unknown `on_interrupt` value `\"fial\"`; did you mean `\"fail\"`?"]
+        );
+        assert_eq!(
+            step_errors(quote!(on_interrupt = fail)),
+            ["`on_interrupt` takes a string literal; write `on_interrupt = \"fail\"`"]
+        );
+        assert_eq!(
+            step_errors(quote!(on_interrupt = true)),
+            ["`on_interrupt` takes a string literal; expected `\"rerun\"` or `\"fail\"`"]
+        );
+        assert_eq!(
+            step_errors(quote!(on_interrupt = "fail", on_interrupt = "rerun")),
+            ["`on_interrupt` is given twice"]
+        );
+        assert_eq!(
+            step_errors(quote!(on_interupt = "fail")),
+            ["unknown `step` option `on_interupt`; did you mean `on_interrupt`?"]
+        );
+    }
+
+    #[test]
+    fn on_interrupt_is_a_step_option() {
+        let mut errors = Errors::default();
+        WorkflowArgs::parse(quote!(on_interrupt = "fail"), &mut errors);
+        let e = errors.finish().expect_err("a workflow option").to_string();
+        assert!(e.starts_with("`on_interrupt` is a `#[step]` option"), "{e}");
+    }
+
+    #[test]
+    fn reserved_names() {
+        assert_eq!(step_errors(quote!(name = "durable::sleep")).len(), 1);
+        assert_eq!(step_errors(quote!(name = "durable_sleep")).len(), 0);
+        assert_eq!(step_errors(quote!(name = "my::durable::sleep")).len(), 0);
+        let mut errors = Errors::default();
+        WorkflowArgs::parse(quote!(name = "durable::checkout"), &mut errors);
+        assert!(errors.finish().is_err());
     }
 }

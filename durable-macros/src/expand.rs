@@ -8,8 +8,9 @@ use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
 use syn::{Block, FnArg, Ident, ItemFn, Pat, Path, Type};
 
-use crate::args::{BranchArgs, StepArgs, WorkflowArgs};
+use crate::args::{BranchArgs, OnInterrupt, StepArgs, WorkflowArgs};
 use crate::errors::{Errors, with_item};
+use crate::guard;
 use crate::rewrite::Branches;
 use crate::validate::{self, Kind};
 
@@ -133,7 +134,7 @@ pub(crate) fn step(args: TokenStream, item: TokenStream) -> TokenStream {
     let assert_output = quote_spanned!(ret_span=> #k::__private::assert_journaled::<#ret>(););
     let body = typed_body(k, &ret, params.iter().filter_map(Arg::unpack), block);
 
-    let options = match (args.retries, args.backoff) {
+    let mut options = match (args.retries, args.backoff) {
         (Some(retries), Some((initial, factor, max))) => quote! {
             #k::__private::StepOptions::new(#name).retries(#retries).backoff(
                 #k::__private::core::time::Duration::from_millis(#initial),
@@ -143,6 +144,9 @@ pub(crate) fn step(args: TokenStream, item: TokenStream) -> TokenStream {
         },
         _ => quote!(#k::__private::StepOptions::new(#name)),
     };
+    if args.on_interrupt == OnInterrupt::Fail {
+        options.extend(quote!(.fail_if_interrupted()));
+    }
     let call = if args.retries.is_some() {
         // Each attempt gets its own copy of the arguments; the clone is spanned on the
         // argument's type, so a non-`Clone` argument is reported there.
@@ -184,11 +188,15 @@ pub(crate) fn workflow(args: TokenStream, item: TokenStream) -> TokenStream {
     validate::not_generic(&func.sig, &mut errors);
     validate::owned_arguments(Kind::Workflow, &func.sig, &mut errors);
     validate::owned_output(Kind::Workflow, &func.sig, &mut errors);
+    let k = args.common.krate.clone();
+    // Determinism guard rails, on the body as the user wrote it (before the branch
+    // rewrite), kept apart from the signature errors: they do not stop the expansion.
+    let mut guard = Errors::default();
+    guard::check(&k, &mut func.block, &mut guard);
     if let Err(e) = errors.finish() {
-        return with_item(item, &e);
+        return with_item(item, &with_guard(e, guard));
     }
 
-    let k = args.common.krate.clone();
     Branches { krate: &k }.visit_block_mut(&mut func.block);
     let ItemFn {
         attrs,
@@ -217,7 +225,7 @@ pub(crate) fn workflow(args: TokenStream, item: TokenStream) -> TokenStream {
         .map(|ty| quote_spanned!(ty.span()=> #k::__private::assert_journaled::<#ty>();));
     let boxed =
         quote_spanned!(ident.span()=> #k::__private::boxed_send(__durable_body(#(#names),*)));
-    quote! {
+    let expanded = quote! {
         #(#attrs)*
         #vis fn #ident(#(#names: #tys),*) -> #k::WorkflowCall<#ret> {
             async fn __durable_body(#(#names: #tys),*) -> #ret {
@@ -236,7 +244,8 @@ pub(crate) fn workflow(args: TokenStream, item: TokenStream) -> TokenStream {
             #(#asserts)*
             #k::WorkflowCall::new(&__DURABLE_WORKFLOW, (#(#names,)*))
         }
-    }
+    };
+    after_guard(expanded, guard)
 }
 
 pub(crate) fn branch(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -248,10 +257,12 @@ pub(crate) fn branch(args: TokenStream, item: TokenStream) -> TokenStream {
     };
     validate::is_async(Kind::Branch, &func.sig, &mut errors);
     validate::plain_fn(Kind::Branch, &func.sig, &mut errors);
-    if let Err(e) = errors.finish() {
-        return with_item(item, &e);
-    }
     let k = args.common.krate.clone();
+    let mut guard = Errors::default();
+    guard::check(&k, &mut func.block, &mut guard);
+    if let Err(e) = errors.finish() {
+        return with_item(item, &with_guard(e, guard));
+    }
     Branches { krate: &k }.visit_block_mut(&mut func.block);
     let ret = validate::output_type(&func.sig);
     let ItemFn {
@@ -265,10 +276,61 @@ pub(crate) fn branch(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut sig = sig.clone();
     sig.asyncness = None;
     sig.output = syn::parse_quote_spanned!(ret.span()=> -> impl #k::__private::core::future::Future<Output = #ret>);
-    quote! {
+    let expanded = quote! {
         #(#attrs)*
         #vis #sig {
             #k::__private::branch::<#ret, _>(async move #body)
         }
+    };
+    after_guard(expanded, guard)
+}
+
+/// Signature errors plus the guard's, to report them all in one build.
+fn with_guard(mut e: syn::Error, guard: Errors) -> syn::Error {
+    if let Err(g) = guard.finish() {
+        e.combine(g);
+    }
+    e
+}
+
+/// The guard's errors (a clock read, an unbiased `select!`) leave the function's shape
+/// intact, so the full expansion is emitted with them rather than the original item:
+/// callers keep seeing a `WorkflowCall` (or a branch future) and get no follow-on type
+/// errors of their own.
+fn after_guard(expanded: TokenStream, guard: Errors) -> TokenStream {
+    match guard.finish() {
+        Ok(()) => expanded,
+        Err(e) => with_item(expanded, &e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    fn options(args: proc_macro2::TokenStream) -> String {
+        let out = super::step(
+            args,
+            quote!(
+                async fn f() -> Result<u32, String> {
+                    Ok(1)
+                }
+            ),
+        );
+        let out = out.to_string();
+        let start = out.find("StepOptions").expect("the options static");
+        let end = start + out[start..].find(';').expect("the end of the static");
+        out[start..end].trim_end().to_string()
+    }
+
+    #[test]
+    fn on_interrupt_fail_marks_the_options() {
+        assert!(!options(quote!()).contains("fail_if_interrupted"));
+        assert!(!options(quote!(on_interrupt = "rerun")).contains("fail_if_interrupted"));
+        let failing = options(quote!(on_interrupt = "fail"));
+        assert!(failing.ends_with(". fail_if_interrupted ()"), "{failing}");
+        let retried = options(quote!(retries = 2, on_interrupt = "fail"));
+        assert!(retried.contains(". retries (2u32)"), "{retried}");
+        assert!(retried.ends_with(". fail_if_interrupted ()"), "{retried}");
     }
 }

@@ -7,6 +7,7 @@
 mod args;
 mod errors;
 mod expand;
+mod guard;
 mod rewrite;
 mod validate;
 
