@@ -1,0 +1,438 @@
+//! Durable time and randomness, version patches, steps that must not run twice, and
+//! transaction steps.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use durable_runtime::{
+    Durability, Error, FailureKind, Runtime, now, patched, random, sleep, step, transaction, uuid,
+    workflow,
+};
+use serde::{Deserialize, Serialize};
+
+async fn open(path: &std::path::Path) -> Runtime {
+    Runtime::builder(path)
+        .durability(Durability::Off)
+        .open()
+        .await
+        .expect("open")
+}
+
+#[workflow]
+async fn nap(ms: u64) -> u64 {
+    sleep(Duration::from_millis(ms)).await;
+    ms
+}
+
+#[test]
+fn a_sleep_resumed_after_a_crash_waits_only_for_what_is_left() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal.db");
+    let first = tokio::runtime::Runtime::new().expect("tokio");
+    let began = first.block_on(async {
+        let rt = open(&path).await;
+        let began = SystemTime::now();
+        rt.start_with_id("nap", nap(700)).await.expect("start");
+        while rt.steps("nap").await.expect("steps").is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        began
+    });
+    first.shutdown_background();
+    std::thread::sleep(Duration::from_millis(300));
+    let second = tokio::runtime::Runtime::new().expect("tokio");
+    let rt_wake = second.block_on(async {
+        let rt = common::reopen(&path).await;
+        let resumed = Instant::now();
+        let h = rt.handle::<u64>("nap").await.expect("handle");
+        assert_eq!(h.result().await.expect("nap"), 700);
+        let steps = rt.steps("nap").await.expect("steps");
+        let wake_at: i64 = steps[0].output().expect("wake-up time");
+        (resumed.elapsed(), wake_at)
+    });
+    let (waited_after_restart, wake_at) = rt_wake;
+    let ended = SystemTime::now();
+    let since_epoch = |t: SystemTime| {
+        i64::try_from(
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .expect("after 1970")
+                .as_millis(),
+        )
+        .expect("ms")
+    };
+    assert!(
+        since_epoch(ended) >= wake_at,
+        "woke before its wake-up time"
+    );
+    assert!(
+        wake_at - since_epoch(began) >= 700,
+        "the recorded wake-up time is not 700 ms after the start"
+    );
+    assert!(
+        waited_after_restart < Duration::from_millis(650),
+        "the recovered sleep started again: {waited_after_restart:?}"
+    );
+}
+
+#[workflow]
+async fn draws() -> (u64, String, u64) {
+    let t = now().await;
+    let ms = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+    (random().await, uuid().await, ms)
+}
+
+#[tokio::test]
+async fn now_random_and_uuid_replay_their_recorded_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal.db");
+    let rt = open(&path).await;
+    let first = rt
+        .start_with_id("d", draws())
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect("draws");
+    let (r, u, _) = &first;
+    assert_eq!(u.len(), 36);
+    assert_eq!(&u[14..15], "4", "not a version 4 uuid: {u}");
+    assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"), "variant: {u}");
+    let fresh = rt
+        .start(draws())
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect("draws");
+    assert_ne!(fresh.0, *r, "two runs drew the same random number");
+    drop(rt);
+    common::make_pending(&path, "d");
+    std::thread::sleep(Duration::from_millis(5));
+    let rt = common::reopen(&path).await;
+    let again = rt
+        .start_with_id("d", draws())
+        .await
+        .expect("handle")
+        .result()
+        .await
+        .expect("replay");
+    assert_eq!(again, first);
+    let names: Vec<String> = rt
+        .steps("d")
+        .await
+        .expect("steps")
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["durable::now", "durable::random", "durable::uuid"]);
+}
+
+#[step]
+async fn old_way(n: u32) -> u32 {
+    n + 1
+}
+
+#[step]
+async fn new_way(n: u32) -> u32 {
+    n + 100
+}
+
+#[step]
+async fn finish(n: u32) -> u32 {
+    n
+}
+
+/// The code before the patch.
+#[workflow(name = "notify_v1")]
+async fn notify_v1(n: u32) -> u32 {
+    let v = old_way(n).await;
+    finish(v).await
+}
+
+/// The code after the patch. (A deployment keeps the workflow's name; here the two
+/// versions live in one program, so the test renames the old run's row instead.)
+#[workflow(name = "notify_v2")]
+async fn notify_v2(n: u32) -> u32 {
+    let v = if patched("use-new-way").await {
+        new_way(n).await
+    } else {
+        old_way(n).await
+    };
+    finish(v).await
+}
+
+fn names(steps: Vec<durable_runtime::StepInfo>) -> Vec<String> {
+    steps.into_iter().map(|s| s.name).collect()
+}
+
+#[tokio::test]
+async fn patched_keeps_old_executions_on_the_old_path_and_sends_new_ones_down_the_new() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal.db");
+    let rt = open(&path).await;
+    let new = rt
+        .start_with_id("new", notify_v2(1))
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect("v2");
+    assert_eq!(new, 101);
+    // An execution of the old code that had done `old_way` when the new code was
+    // deployed.
+    rt.start_with_id("old", notify_v1(1))
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect("v1");
+    drop(rt);
+    common::make_pending(&path, "new");
+    common::make_pending(&path, "old");
+    common::sql(
+        &path,
+        "UPDATE durable_workflows SET name = 'notify_v2' WHERE id = 'old'",
+        [],
+    );
+    common::sql(
+        &path,
+        "DELETE FROM durable_steps WHERE workflow_id = 'old' AND name = 'finish'",
+        [],
+    );
+    let rt = common::reopen(&path).await;
+    let old = rt
+        .handle::<u32>("old")
+        .await
+        .expect("old")
+        .result()
+        .await
+        .expect("the old run resumes on the old path");
+    assert_eq!(old, 2);
+    assert_eq!(
+        names(rt.steps("old").await.expect("steps")),
+        ["old_way", "finish"],
+        "an old run got a patch marker"
+    );
+    let new = rt
+        .handle::<u32>("new")
+        .await
+        .expect("new")
+        .result()
+        .await
+        .expect("the new run replays the new path");
+    assert_eq!(new, 101);
+    assert_eq!(
+        names(rt.steps("new").await.expect("steps")),
+        ["durable::patched", "new_way", "finish"]
+    );
+}
+
+static SENT: AtomicU32 = AtomicU32::new(0);
+static HANG: AtomicBool = AtomicBool::new(true);
+
+#[step(on_interrupt = "fail")]
+async fn wire_money(cents: u64) -> u64 {
+    SENT.fetch_add(1, Ordering::SeqCst);
+    while HANG.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    cents
+}
+
+#[workflow]
+async fn payout(cents: u64) -> u64 {
+    wire_money(cents).await
+}
+
+#[test]
+fn an_interrupted_at_most_once_step_is_recorded_as_failed_and_resume_runs_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal.db");
+    let first = tokio::runtime::Runtime::new().expect("tokio");
+    first.block_on(async {
+        let rt = open(&path).await;
+        rt.start_with_id("pay", payout(500)).await.expect("start");
+        while SENT.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    first.shutdown_background();
+    assert_eq!(
+        common::dump(&path, "durable_started").len(),
+        1,
+        "the start record is durable before the body runs"
+    );
+    let second = tokio::runtime::Runtime::new().expect("tokio");
+    second.block_on(async {
+        let rt = common::reopen(&path).await;
+        let err = rt
+            .handle::<u64>("pay")
+            .await
+            .expect("handle")
+            .result()
+            .await
+            .expect_err("interrupted");
+        assert!(
+            matches!(
+                &err,
+                Error::Failed {
+                    kind: FailureKind::StepInterrupted,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("on_interrupt"), "{err}");
+        assert_eq!(SENT.load(Ordering::SeqCst), 1, "the body ran again");
+        // After checking by hand, resume runs it once more.
+        HANG.store(false, Ordering::SeqCst);
+        rt.resume("pay").await.expect("resume");
+        let v = rt
+            .handle::<u64>("pay")
+            .await
+            .expect("handle")
+            .result()
+            .await
+            .expect("resumed");
+        assert_eq!(v, 500);
+        assert_eq!(SENT.load(Ordering::SeqCst), 2);
+    });
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+enum LedgerError {
+    Db(String),
+    Refused,
+}
+
+impl From<rusqlite::Error> for LedgerError {
+    fn from(e: rusqlite::Error) -> Self {
+        LedgerError::Db(e.to_string())
+    }
+}
+
+static TX_RUNS: AtomicU32 = AtomicU32::new(0);
+
+#[workflow]
+async fn book(entry: String, refuse: bool) -> (Result<i64, LedgerError>, Result<i64, LedgerError>) {
+    let first = transaction("book_entry", move |tx| {
+        TX_RUNS.fetch_add(1, Ordering::SeqCst);
+        tx.execute(
+            "CREATE TABLE IF NOT EXISTS ledger (id INTEGER PRIMARY KEY, entry TEXT NOT NULL)",
+            [],
+        )?;
+        tx.execute("INSERT INTO ledger (entry) VALUES (?1)", [&entry])?;
+        Ok(tx.last_insert_rowid())
+    })
+    .await;
+    let second = transaction("maybe_refuse", move |tx| {
+        tx.execute("INSERT INTO ledger (entry) VALUES ('refused?')", [])?;
+        if refuse {
+            return Err(LedgerError::Refused);
+        }
+        Ok(tx.last_insert_rowid())
+    })
+    .await;
+    (first, second)
+}
+
+fn ledger_rows(path: &std::path::Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(path).expect("open");
+    let mut stmt = conn
+        .prepare("SELECT entry FROM ledger ORDER BY id")
+        .expect("prepare");
+    stmt.query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<rusqlite::Result<Vec<String>>>()
+        .expect("rows")
+}
+
+#[tokio::test]
+async fn a_transaction_step_commits_its_writes_with_its_checkpoint_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal.db");
+    let rt = open(&path).await;
+    let before = TX_RUNS.load(Ordering::SeqCst);
+    let (first, second) = rt
+        .start_with_id("tx", book("rent".into(), true))
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect("book");
+    assert_eq!(first, Ok(1));
+    // An `Err` rolls its writes back and is recorded.
+    assert_eq!(second, Err(LedgerError::Refused));
+    assert_eq!(ledger_rows(&path), ["rent"]);
+    drop(rt);
+    common::make_pending(&path, "tx");
+    let rt = common::reopen(&path).await;
+    let again = rt
+        .handle::<(Result<i64, LedgerError>, Result<i64, LedgerError>)>("tx")
+        .await
+        .expect("handle")
+        .result()
+        .await
+        .expect("replay");
+    assert_eq!(again, (Ok(1), Err(LedgerError::Refused)));
+    assert_eq!(ledger_rows(&path), ["rent"], "a replay wrote again");
+    assert_eq!(TX_RUNS.load(Ordering::SeqCst) - before, 1);
+}
+
+#[workflow]
+async fn tx_panics() -> Result<(), LedgerError> {
+    transaction("explode", |tx| {
+        tx.execute("CREATE TABLE IF NOT EXISTS boom (x INTEGER)", [])?;
+        tx.execute("INSERT INTO boom (x) VALUES (1)", [])?;
+        panic!("no ledger today");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_panicking_transaction_step_rolls_back_and_fails_the_workflow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal.db");
+    let rt = open(&path).await;
+    let err = rt
+        .start(tx_panics())
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect_err("panicked");
+    assert!(
+        matches!(
+            &err,
+            Error::Failed {
+                kind: FailureKind::StepPanicked,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let tables: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'boom'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(tables, 0, "a panicking transaction kept its writes");
+}
+
+#[tokio::test]
+async fn a_transaction_outside_a_workflow_is_an_error() {
+    let r: Result<(), LedgerError> = transaction("t", |_tx| Ok(())).await;
+    match r {
+        Err(LedgerError::Db(message)) => {
+            assert!(message.contains("outside a workflow"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
