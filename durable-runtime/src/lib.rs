@@ -94,11 +94,32 @@
 //!   its own copy). Only the final attempt's result is recorded.
 //! - `backoff = 100ms`, `backoff_factor = 2.0`, `max_backoff = 10s`: the delay before the
 //!   first retry, its growth per retry, and its cap (these defaults).
+//! - `on_interrupt = "fail"`: if a crash interrupts the body before its result is
+//!   recorded, recovery records the step as failed instead of running it again (the
+//!   default, `"rerun"`, runs it again). For effects that must not happen twice; such a
+//!   step pays one extra commit, for a start record, before its body runs.
 //!
 //! A step's `Err` is recorded and replayed like an `Ok`. A panic in a step is caught,
 //! recorded, and fails the workflow with [`Error::Failed`]; other workflows keep running.
 //! A step called outside any workflow, or from inside another step's body, is a plain
 //! call: it runs (with its retries) and records nothing.
+//!
+//! # Workflow primitives
+//!
+//! Each is a journaled operation that claims its position when called, like a step, so
+//! it replays deterministically, and records under a name starting with `durable::`:
+//!
+//! - time and randomness: [`sleep`] (the wake-up time is recorded, so a restart sleeps
+//!   only for what is left), [`now`], [`random`], [`uuid`];
+//! - messages: [`send`] and [`Runtime::send`], [`recv`] (FIFO per workflow and topic,
+//!   each message received exactly once, woken without polling);
+//! - events: [`set_event`], [`get_event`] and [`Runtime::get_event`];
+//! - child workflows: awaiting a [`WorkflowCall`] inside a workflow, [`start_child`],
+//!   [`join_all`];
+//! - durable choice: [`select`], [`select_all`] (the winner is recorded and replayed);
+//! - control: [`Runtime::cancel`], [`Runtime::resume`], [`WorkflowCall::timeout`];
+//! - [`transaction`] steps, whose database writes commit with their checkpoint;
+//! - [`patched`], for changing a workflow's code under pending executions.
 //!
 //! # The journal
 //!
@@ -178,6 +199,7 @@ pub use crate::workflow::WorkflowCall;
 /// | `backoff = 100ms` | delay before the first retry (`ms`, `s` or `m`) | `100ms` |
 /// | `backoff_factor = 2.0` | each further delay is the previous one times this | `2.0` |
 /// | `max_backoff = 10s` | no delay is longer than this | `10s` |
+/// | `on_interrupt = "rerun"` | what recovery does with an attempt a crash interrupted before its result was recorded: `"rerun"` runs the body again, `"fail"` records the step as failed without running it (for effects that must not happen twice, such as sending money) | `"rerun"` |
 /// | `crate = path` | where `durable_runtime` is, if you renamed it | `::durable_runtime` |
 ///
 /// The backoff options need `retries`. A retried step must return `Result` and take
