@@ -106,6 +106,11 @@ impl WorkflowCtx {
         Some(ActiveBody(self.clone()))
     }
 
+    /// Why this execution was cancelled, if it was.
+    pub(crate) fn cancelled(&self) -> Option<CancelReason> {
+        lock(&self.fatal).cancelled
+    }
+
     /// Asks this execution to stop at its next step boundary.
     pub(crate) fn cancel(&self, reason: CancelReason) {
         {

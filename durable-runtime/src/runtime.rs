@@ -169,14 +169,17 @@ impl RuntimeBuilder {
         });
         // Every resumed run is in `running` before any of them runs: a parent resuming
         // its child's call must find the child's run, not start a second one.
-        let runs: Vec<_> = launches
-            .into_iter()
-            .map(|(id, def, input, deadline_at)| {
-                tracing::info!(workflow = %id, name = def.name(), "resuming pending workflow");
-                let (ctx, tx) = inner.register(&id, def.name());
-                (ctx, def, input, deadline_at, tx)
-            })
-            .collect();
+        let runs: Vec<_> = {
+            let mut running = lock(&inner.running);
+            launches
+                .into_iter()
+                .map(|(id, def, input, deadline_at)| {
+                    tracing::info!(workflow = %id, name = def.name(), "resuming pending workflow");
+                    let (ctx, tx) = inner.register(&mut running, &id, def.name());
+                    (ctx, def, input, deadline_at, tx)
+                })
+                .collect()
+        };
         for (ctx, def, input, deadline_at, tx) in runs {
             let run = drive(
                 inner.clone(),
@@ -454,10 +457,11 @@ impl Inner {
         lock(&self.running).remove(id);
     }
 
-    /// Adds a run to `running` (the caller made sure the id is free) and makes its
-    /// context.
+    /// Adds a run to `running` (locked by the caller, who made sure the id is free) and
+    /// makes its context.
     fn register(
         self: &Arc<Self>,
+        running: &mut HashMap<Arc<str>, Running>,
         id: &Arc<str>,
         name: &'static str,
     ) -> (Arc<WorkflowCtx>, watch::Sender<Option<Outcome>>) {
@@ -467,7 +471,7 @@ impl Inner {
             self.store.clone(),
             Arc::downgrade(self),
         ));
-        lock(&self.running).insert(
+        running.insert(
             id.clone(),
             Running {
                 name,
@@ -487,15 +491,14 @@ impl Inner {
     ) -> Result<watch::Receiver<Option<Outcome>>> {
         let name = launch.def.name();
         let (ctx, tx) = {
-            let running = lock(&self.running);
+            let mut running = lock(&self.running);
             if let Some(r) = running.get(&id) {
                 if r.name != name {
                     return Err(mismatch(&id, r.name, name));
                 }
                 return Ok(r.outcome.clone());
             }
-            drop(running);
-            self.register(&id, name)
+            self.register(&mut running, &id, name)
         };
         let outcome = tx.subscribe();
         // The id is now claimed in `running`. The rest happens in a task of its own, so
@@ -613,25 +616,56 @@ impl Inner {
                 continue;
             };
             let id: Arc<str> = Arc::from(w);
-            let (ctx, tx) = {
-                let running = lock(&self.running);
-                if running.contains_key(&id) {
-                    // Still winding down from its cancellation; its next open resumes it.
-                    continue;
+            // A run still winding down from its cancellation (a step body finishing)
+            // is let finish first; then the resumed run starts. Otherwise it starts now,
+            // so a handle asked for right after `resume` finds it.
+            let winding_down = {
+                let mut running = lock(&self.running);
+                match running.get(&id) {
+                    Some(r) => Some(r.outcome.clone()),
+                    None => {
+                        let (ctx, tx) = self.register(&mut running, &id, def.name());
+                        tracing::info!(workflow = %id, "resuming workflow");
+                        let run = drive(
+                            self.clone(),
+                            ctx,
+                            def,
+                            record.input.clone(),
+                            History::Journaled,
+                            None,
+                            tx,
+                        );
+                        tokio::spawn(run);
+                        None
+                    }
                 }
-                drop(running);
-                self.register(&id, def.name())
             };
-            tracing::info!(workflow = %id, "resuming workflow");
-            tokio::spawn(drive(
-                self.clone(),
-                ctx,
-                def,
-                record.input,
-                History::Journaled,
-                None,
-                tx,
-            ));
+            let Some(mut outcome) = winding_down else {
+                continue;
+            };
+            let inner = self.clone();
+            tokio::spawn(async move {
+                let _ = outcome.wait_for(Option::is_some).await;
+                let (ctx, tx) = {
+                    let mut running = lock(&inner.running);
+                    if running.contains_key(&id) {
+                        // Started meanwhile (a parent's replay found it): one run only.
+                        return;
+                    }
+                    inner.register(&mut running, &id, def.name())
+                };
+                tracing::info!(workflow = %id, "resuming workflow");
+                let run = drive(
+                    inner.clone(),
+                    ctx,
+                    def,
+                    record.input,
+                    History::Journaled,
+                    None,
+                    tx,
+                );
+                run.await;
+            });
         }
         Ok(())
     }
@@ -698,6 +732,15 @@ async fn admit(
         },
         Err(e) => Err(Error::Store(e)),
     };
+    if let Some(reason) = ctx.cancelled()
+        && run.as_ref().is_ok_and(Option::is_some)
+    {
+        // Cancelled while its row was being created: the cancellation found no row to
+        // mark, so record it now. The run then stops at once.
+        if let Err(e) = inner.cancel(&id, reason).await {
+            tracing::error!(workflow = %id, "cannot record the cancellation: {e}");
+        }
+    }
     match run {
         Err(e) => {
             inner.settle(&id, &tx, Arc::new(Err(e.clone())));
@@ -823,14 +866,8 @@ async fn drive(
     let finished = match &result {
         Ok(output) => Some(Finished::Completed(output.clone())),
         Err(Error::Failed { kind, message, .. }) => Some(Finished::Failed(*kind, message.clone())),
-        Err(Error::Cancelled { reason, .. }) => {
-            // Recorded already by whoever cancelled it; once more, in case that was
-            // before the run itself was journaled.
-            if let Err(e) = inner.cancel(&id, *reason).await {
-                tracing::error!(workflow = %id, "cannot record the cancellation: {e}");
-            }
-            None
-        }
+        // Recorded by whoever cancelled it (see `admit` for a cancel that came first).
+        Err(Error::Cancelled { .. }) => None,
         // Divergence, corrupt rows and journal errors leave the run pending: they are
         // fixed outside the workflow (code, data, disk), and the next open resumes it.
         Err(e) => {

@@ -346,3 +346,34 @@ async fn primitives_outside_a_workflow_say_so() {
     let err = set_event("k", &1u32).await.expect_err("outside");
     assert!(matches!(err, durable_runtime::Error::NotInWorkflow { .. }));
 }
+
+#[tokio::test]
+async fn a_cancelled_receiver_takes_no_message_and_gets_it_after_resume() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = open(&dir).await;
+    let h = rt.start_with_id("idle", collect(1)).await.expect("start");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    rt.cancel("idle").await.expect("cancel");
+    assert!(matches!(
+        h.result().await,
+        Err(durable_runtime::Error::Cancelled { .. })
+    ));
+    rt.send("idle", "numbers", &41u32).await.expect("send");
+    // Give the writer the chance to (wrongly) hand it to the abandoned wait.
+    rt.send("idle", "other", &0u32).await.expect("send");
+    let queued = common::dump(rt.path(), "durable_messages");
+    assert_eq!(
+        queued.len(),
+        2,
+        "the cancelled wait took the message: {queued:?}"
+    );
+    rt.resume("idle").await.expect("resume");
+    let got = rt
+        .handle::<Vec<u32>>("idle")
+        .await
+        .expect("handle")
+        .result()
+        .await
+        .expect("resumed");
+    assert_eq!(got, [41]);
+}

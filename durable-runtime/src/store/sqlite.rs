@@ -830,9 +830,13 @@ impl<'c> Writer<'c> {
             match (&committed, r) {
                 (Ok(()), Reply::Park(what, parked)) => {
                     let queue = self.parked.entry(what).or_default();
-                    // Waiters that gave up (an outside caller's timeout) are dropped here
-                    // rather than kept for ever.
-                    queue.retain(|p| !p.reply.is_closed());
+                    // Waiters that gave up (a timeout, a stopped workflow) are dropped
+                    // here rather than kept for ever, and so is an earlier execution's
+                    // wait for the same step: this one replaces it.
+                    queue.retain(|p| {
+                        !p.reply.is_closed()
+                            && !same_step(p.record.as_ref(), parked.record.as_ref())
+                    });
                     queue.push_back(parked);
                 }
                 (Ok(()), r) => r.send(),
@@ -849,7 +853,9 @@ impl<'c> Writer<'c> {
                 continue;
             };
             for p in queue {
-                if p.reply.is_closed() && p.record.is_none() {
+                if p.reply.is_closed() {
+                    // Nobody waits any more (a timeout, a cancelled or stopped workflow):
+                    // the message stays for a later `recv`.
                     continue;
                 }
                 // Counted again: it is a write in flight until it is answered.
@@ -935,6 +941,8 @@ impl<'c> Writer<'c> {
                 format!("{what} does not match its checksum: the journal is damaged"),
             )
         };
+        // The message to take once the answer is recorded.
+        let mut take = None;
         let answer = match &wait.what {
             WaitFor::Message { destination, topic } => {
                 let row = self
@@ -952,9 +960,7 @@ impl<'c> Writer<'c> {
                         "message {seq} for workflow {destination} on topic `{topic}`"
                     )));
                 }
-                if wait.record.is_some() {
-                    self.delete_message.execute([seq]).map_err(sql)?;
-                }
+                take = Some(seq);
                 payload
             }
             WaitFor::Event { workflow_id, key } => {
@@ -975,7 +981,25 @@ impl<'c> Writer<'c> {
             }
         };
         if let Some(r) = &wait.record {
-            self.record_answer(r, Some(&answer)).map_err(|e| {
+            // The record and the taking of the message stand or fall together: a record
+            // that fails (the path is taken) must not consume a message, and a message
+            // taken must be recorded.
+            self.conn
+                .execute_batch("SAVEPOINT durable_wait")
+                .map_err(sql)?;
+            let answered = self
+                .record_answer(r, Some(&answer))
+                .and_then(|()| match take {
+                    Some(seq) => self.delete_message.execute([seq]).map(drop),
+                    None => Ok(()),
+                });
+            let end = if answered.is_ok() {
+                "RELEASE durable_wait"
+            } else {
+                "ROLLBACK TO durable_wait; RELEASE durable_wait"
+            };
+            self.conn.execute_batch(end).map_err(sql)?;
+            answered.map_err(|e| {
                 if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) {
                     already_recorded(path, &r.key)
                 } else {
@@ -1310,6 +1334,14 @@ impl<'c> Writer<'c> {
 
 /// The `error_kind` of a step record that holds an interruption (NULL: a panic).
 const INTERRUPTED: &str = "interrupted";
+
+/// Whether two waits record the same step.
+fn same_step(a: Option<&WaitRecord>, b: Option<&WaitRecord>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.key.workflow_id == b.key.workflow_id && a.key.path == b.key.path,
+        _ => false,
+    }
+}
 
 fn already_recorded(path: &Path, key: &StepKey) -> StoreError {
     StoreError::new(
