@@ -626,7 +626,30 @@ pub fn send<T: Serialize + DeserializeOwned>(
 /// polling. The deadline is recorded when the wait begins, so after a restart the wait
 /// ends at the original time. A cancelled workflow stops waiting at once.
 ///
-/// See [`send`] for an example.
+/// ```
+/// use std::time::Duration;
+/// use durable_runtime::{Runtime, recv, workflow};
+///
+/// #[workflow]
+/// async fn expense_approval() -> String {
+///     match recv::<bool>("approved", Duration::from_secs(60)).await {
+///         Ok(Some(true)) => "approved".into(),
+///         Ok(Some(false)) => "rejected".into(),
+///         Ok(None) => "nobody answered".into(),
+///         Err(e) => e.to_string(), // only outside a workflow
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), durable_runtime::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let rt = Runtime::open(dir.path().join("journal.db")).await?;
+/// let h = rt.start_with_id("expense-9", expense_approval()).await?;
+/// rt.send("expense-9", "approved", &true).await?;
+/// assert_eq!(h.result().await?, "approved");
+/// # Ok(())
+/// # }
+/// ```
 ///
 /// # Errors
 ///
@@ -718,6 +741,31 @@ pub fn set_event<T: Serialize + DeserializeOwned>(
 /// event `key`, from inside a workflow, and records the value it saw: a replay sees
 /// the same value, whatever the event holds by then. `Ok(None)` if the time ran out.
 /// Outside a workflow use [`Runtime::get_event`](crate::Runtime::get_event).
+///
+/// ```
+/// use std::time::Duration;
+/// use durable_runtime::{Runtime, get_event, set_event, workflow};
+///
+/// #[workflow]
+/// async fn producer() -> Result<(), String> {
+///     set_event("ready", &3u32).await.map_err(|e| e.to_string())
+/// }
+///
+/// #[workflow]
+/// async fn consumer(of: String) -> Option<u32> {
+///     get_event::<u32>(&of, "ready", Duration::from_secs(5)).await.ok().flatten()
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), durable_runtime::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let rt = Runtime::open(dir.path().join("journal.db")).await?;
+/// let c = rt.start(consumer("producer-1".into())).await?;
+/// rt.start_with_id("producer-1", producer()).await?;
+/// assert_eq!(c.result().await?, Some(3));
+/// # Ok(())
+/// # }
+/// ```
 ///
 /// # Errors
 ///

@@ -292,7 +292,8 @@ impl Runtime {
     }
 
     /// A handle to workflow `id`, running or finished, started by this runtime or found
-    /// in the journal.
+    /// in the journal (for example a child workflow, or one started by an earlier
+    /// process). `O` is the workflow's return type.
     ///
     /// # Errors
     ///
@@ -314,6 +315,30 @@ impl Runtime {
     ///
     /// Cancelling a workflow that has already finished changes nothing.
     ///
+    /// ```
+    /// use durable_runtime::{Error, Runtime, recv, workflow};
+    ///
+    /// #[workflow]
+    /// async fn waits() -> Option<u32> {
+    ///     recv::<u32>("go", None).await.ok().flatten()
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let rt = Runtime::open(dir.path().join("journal.db")).await?;
+    /// let h = rt.start_with_id("job-1", waits()).await?;
+    /// rt.cancel("job-1").await?;
+    /// assert!(matches!(h.result().await, Err(Error::Cancelled { .. })));
+    ///
+    /// // Resuming continues it; this time the message comes.
+    /// rt.resume("job-1").await?;
+    /// rt.send("job-1", "go", &7u32).await?;
+    /// assert_eq!(rt.handle::<Option<u32>>("job-1").await?.result().await?, Some(7));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`Error::NotFound`] if the journal has no workflow `id`, [`Error::Store`] if the
@@ -334,7 +359,7 @@ impl Runtime {
     /// Recorded step outputs replay as usual. What a failed workflow recorded as its
     /// failure is dropped first: a step that panicked, or that was interrupted with
     /// `on_interrupt = "fail"`, runs again. The workflow's deadline, if it had one, is
-    /// removed.
+    /// removed. See [`cancel`](Self::cancel) for an example.
     ///
     /// # Errors
     ///
@@ -351,7 +376,8 @@ impl Runtime {
     /// The message is durable when this returns. Messages wait, per destination and
     /// topic, in the order they were sent, until a [`recv`](crate::recv) of that
     /// workflow takes them, even if the destination has not started yet. A workflow
-    /// waiting for one in this process wakes at once.
+    /// waiting for one in this process wakes at once. See [`recv`](crate::recv) for an
+    /// example.
     ///
     /// # Errors
     ///
@@ -378,7 +404,7 @@ impl Runtime {
     /// set event `key`, and returns its value; `None` if the time ran out. Returns at
     /// once if the event is set already, and wakes at once when a workflow of this
     /// process sets it. Inside a workflow, use [`get_event`](crate::get_event), which is
-    /// recorded.
+    /// recorded. See [`set_event`](crate::set_event) for an example.
     ///
     /// # Errors
     ///

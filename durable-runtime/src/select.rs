@@ -105,6 +105,28 @@ where
 /// futures are polled in order.
 ///
 /// An empty list never finishes.
+///
+/// ```
+/// use durable_runtime::{Runtime, select_all, step, workflow};
+///
+/// #[step]
+/// async fn quote(vendor: u32) -> u32 { 100 + vendor }
+///
+/// #[workflow]
+/// async fn first_quote() -> (u32, u32) {
+///     let (i, price) = select_all(vec![quote(1), quote(2), quote(3)]).await;
+///     (u32::try_from(i).unwrap(), price)
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), durable_runtime::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let rt = Runtime::open(dir.path().join("journal.db")).await?;
+/// let (i, price) = rt.start(first_quote()).await?.result().await?;
+/// assert_eq!(price, 101 + i);
+/// # Ok(())
+/// # }
+/// ```
 pub fn select_all<F>(futures: Vec<F>) -> impl Future<Output = (usize, F::Output)> + Send
 where
     F: Future + Send,
