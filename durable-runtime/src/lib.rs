@@ -202,6 +202,24 @@ pub use crate::workflow::WorkflowCall;
 /// | `on_interrupt = "rerun"` | what recovery does with an attempt a crash interrupted before its result was recorded: `"rerun"` runs the body again, `"fail"` records the step as failed without running it (for effects that must not happen twice, such as sending money) | `"rerun"` |
 /// | `crate = path` | where `durable_runtime` is, if you renamed it | `::durable_runtime` |
 ///
+/// A step whose effect must never happen twice (a payment) takes `on_interrupt =
+/// "fail"`: before its body runs, a start record is committed, and if a crash
+/// interrupts the body before its result is recorded, recovery records the step as
+/// failed ([`FailureKind::StepInterrupted`]) instead of running it again. Check the
+/// effect, then [`Runtime::resume`] runs it again.
+///
+/// ```
+/// use durable_runtime::step;
+///
+/// #[step(on_interrupt = "fail")]
+/// async fn wire_money(account: String, cents: u64) -> Result<String, String> {
+///     Ok(format!("sent {cents} to {account}"))
+/// }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// # assert!(wire_money("a".into(), 1).await.is_ok());
+/// # }
+/// ```
+///
 /// The backoff options need `retries`. A retried step must return `Result` and take
 /// `Clone` arguments (each attempt gets its own copy); only the final attempt's result
 /// is recorded. Attempts are not journaled one by one: if the process dies during the
