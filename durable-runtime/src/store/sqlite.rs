@@ -592,7 +592,7 @@ fn write_loop(conn: Connection, path: &Path, rx: &mpsc::Receiver<Command>, stats
                     None => break,
                 }
             }
-            writer.commit_batch(path, &mut batch, stats);
+            writer.commit_batch(path, &mut batch, stats, &mut woken);
         }
         if let Some(Command::Write(
             Write::Transaction {
@@ -605,7 +605,6 @@ fn write_loop(conn: Connection, path: &Path, rx: &mpsc::Receiver<Command>, stats
         {
             writer.transaction(path, &key, started_at, work, reply, stats);
         }
-        writer.wake_parked(&mut woken, stats);
     }
 }
 
@@ -749,8 +748,16 @@ impl<'c> Writer<'c> {
         })
     }
 
-    /// Applies and commits one batch, then replies to every write in it.
-    fn commit_batch(&mut self, path: &Path, batch: &mut Vec<Command>, stats: &WriterStats) {
+    /// Applies and commits one batch, then replies to every write in it. Waits that
+    /// parked in this same batch before what they wait for was written are put in
+    /// `woken`, to run next.
+    fn commit_batch(
+        &mut self,
+        path: &Path,
+        batch: &mut Vec<Command>,
+        stats: &WriterStats,
+        woken: &mut VecDeque<Command>,
+    ) {
         let started = std::time::Instant::now();
         let size = batch.len();
         self.touched.clear();
@@ -797,6 +804,9 @@ impl<'c> Writer<'c> {
             }
             replies.push(reply);
         }
+        if aborted.is_none() {
+            self.answer_parked(path, &mut replies);
+        }
         if stats.halted.load(Ordering::SeqCst) {
             // A simulated crash before this batch committed: none of it is written,
             // and nobody hears back.
@@ -828,6 +838,19 @@ impl<'c> Writer<'c> {
         stats.in_flight.fetch_sub(size, Ordering::Relaxed);
         for r in replies {
             match (&committed, r) {
+                (Ok(()), Reply::Park(what, parked)) if self.touched.contains(&what) => {
+                    // Parked in the batch that also sent its message (after the send,
+                    // or `answer_parked` would have answered it): run it again next.
+                    stats.in_flight.fetch_add(1, Ordering::Relaxed);
+                    woken.push_back(Command::Write(
+                        Write::Wait(Wait {
+                            what,
+                            record: parked.record,
+                            park: true,
+                        }),
+                        parked.reply,
+                    ));
+                }
                 (Ok(()), Reply::Park(what, parked)) => {
                     let queue = self.parked.entry(what).or_default();
                     // Waiters that gave up (a timeout, a stopped workflow) are dropped
@@ -845,31 +868,52 @@ impl<'c> Writer<'c> {
         }
     }
 
-    /// Moves the parked waits for what the last batch sent or set to `woken`, to run
-    /// next.
-    fn wake_parked(&mut self, woken: &mut VecDeque<Command>, stats: &WriterStats) {
-        for what in self.touched.drain(..) {
-            let Some(queue) = self.parked.remove(&what) else {
+    /// Answers the parked waits for what this batch sent or set, in this same
+    /// transaction: a waiting `recv` takes its message and records it in the commit that
+    /// sends it, so it is answered when the send is.
+    fn answer_parked(&mut self, path: &Path, replies: &mut Vec<Reply>) {
+        let mut touched = std::mem::take(&mut self.touched);
+        let mut seen = std::collections::HashSet::new();
+        touched.retain(|w| seen.insert(w.clone()));
+        for what in &touched {
+            let Some(mut queue) = self.parked.remove(what) else {
                 continue;
             };
-            for p in queue {
+            while let Some(p) = queue.pop_front() {
                 if p.reply.is_closed() {
                     // Nobody waits any more (a timeout, a cancelled or stopped workflow):
                     // the message stays for a later `recv`.
                     continue;
                 }
-                // Counted again: it is a write in flight until it is answered.
-                stats.in_flight.fetch_add(1, Ordering::Relaxed);
-                woken.push_back(Command::Write(
-                    Write::Wait(Wait {
-                        what: what.clone(),
-                        record: p.record,
-                        park: true,
-                    }),
-                    p.reply,
-                ));
+                let wait = Wait {
+                    what: what.clone(),
+                    record: p.record,
+                    park: true,
+                };
+                match self.wait(path, &wait) {
+                    Ok(Some(answer)) => replies.push(Reply::Written(
+                        p.reply,
+                        Ok(Written::Value(Some(answer))),
+                    )),
+                    Ok(None) => {
+                        // Nothing left for it (an earlier waiter took it): it and the
+                        // ones behind it stay parked.
+                        queue.push_front(Parked {
+                            record: wait.record,
+                            reply: p.reply,
+                        });
+                        break;
+                    }
+                    Err(e) => replies.push(Reply::Written(p.reply, Err(e))),
+                }
+            }
+            if !queue.is_empty() {
+                self.parked.insert(what.clone(), queue);
             }
         }
+        // Kept until the replies are sent: a wait parked earlier in this batch is run
+        // again after the commit.
+        self.touched = touched;
     }
 
     fn write(&mut self, path: &Path, w: Write, reply: WrittenReply) -> Reply {
