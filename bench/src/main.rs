@@ -21,11 +21,13 @@
 //! | `many` | 200 workflows x 10 sequential steps, started at once | 2,000 rows, 100 per commit |
 //! | `replay` | open a journal and finish a pending workflow whose `n` steps are recorded | open and one `SELECT` of those `n` rows |
 //! | `start` | start 1,000 one-step workflows with explicit ids, at once | 2,000 rows, 100 per commit |
-//! | `recv_wake` | a workflow waiting in `recv`: from `Runtime::send` returning to `recv` returning, median of 100 | one single-row commit, median of 100 |
+//! | `recv_wake` | a workflow waiting in `recv`: from `Runtime::send` returning to `recv` returning, median of 100 | one single-row commit after the same 1 ms idle, median of 100 |
 //!
 //! `recv_wake` times one message at a time, each sent once the previous one was received
 //! and the workflow has had 1 ms to wait again, so every `send` finds a parked `recv` and
-//! an idle writer; the baseline's commits have the same pause between them. Its figures
+//! an idle writer; the baseline's commits have the same pause between them (a commit
+//! after an idle millisecond costs more than one right after another, on tmpfs too, and
+//! so does the commit that answers the `recv`). Its figures
 //! are per message (`ours_s` is the median latency, `base_s` the median commit, `n` the
 //! number of messages), and `commits` counts every commit of the 100 rounds: three a
 //! message (the send, the recv, and the empty one that parks the next wait).
@@ -207,7 +209,10 @@ impl Workload {
             Workload::Fanout(n) => format!("{n} rows, 100 per commit"),
             Workload::Many | Workload::Start => "2000 rows, 100 per commit".to_owned(),
             Workload::Replay(n) => format!("open + one SELECT of {n} rows"),
-            Workload::RecvWake => format!("one single-row commit, median of {ROUNDS}"),
+            Workload::RecvWake => format!(
+                "one single-row commit after {} ms idle, median of {ROUNDS}",
+                PARK.as_millis()
+            ),
         }
     }
 }
