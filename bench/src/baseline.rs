@@ -3,7 +3,7 @@
 //! (read from a journal durable created, so the row shape cannot drift from it).
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, params};
 
@@ -99,4 +99,38 @@ pub(crate) fn select(journal: &Path, workflow_id: &str) -> rusqlite::Result<(Too
         rows += 1;
     }
     Ok((clock.stop(), rows))
+}
+
+/// Makes `count` single-row commits into a fresh database at `dir` (after one more, not
+/// timed, to warm up), each `pause` after the previous one, and times each commit on
+/// its own; returns those times (seconds) and the CPU seconds per commit.
+pub(crate) fn commit_latencies(
+    dir: &Path,
+    sync: Sync,
+    steps_table: &str,
+    count: usize,
+    pause: Duration,
+) -> rusqlite::Result<(Vec<f64>, f64)> {
+    let conn = open(&dir.join("baseline.db"), sync, steps_table)?;
+    let output = [1u8, 2];
+    let mut latencies = Vec::with_capacity(count);
+    let mut cpu = 0.0;
+    for i in 0..=count {
+        std::thread::sleep(pause);
+        let clock = Clock::start();
+        let tx = conn.unchecked_transaction()?;
+        tx.prepare_cached(
+            "INSERT INTO durable_steps
+                 (workflow_id, path, name, output, error, attempts, started_at, finished_at)
+             VALUES ('wf-0', ?1, 'recv', ?2, NULL, 1, 0, 0)",
+        )?
+        .execute(params![(i + 1).to_string(), &output[..]])?;
+        tx.commit()?;
+        let took = clock.stop();
+        if i > 0 {
+            latencies.push(took.wall_s);
+            cpu += took.cpu_s;
+        }
+    }
+    Ok((latencies, cpu / count as f64))
 }

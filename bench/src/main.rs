@@ -21,6 +21,16 @@
 //! | `many` | 200 workflows x 10 sequential steps, started at once | 2,000 rows, 100 per commit |
 //! | `replay` | open a journal and finish a pending workflow whose `n` steps are recorded | open and one `SELECT` of those `n` rows |
 //! | `start` | start 1,000 one-step workflows with explicit ids, at once | 2,000 rows, 100 per commit |
+//! | `recv_wake` | a workflow waiting in `recv`: from `Runtime::send` returning to `recv` returning, median of 100 | one single-row commit after the same 1 ms idle, median of 100 |
+//!
+//! `recv_wake` times one message at a time, each sent once the previous one was received
+//! and the workflow has had 1 ms to wait again, so every `send` finds a parked `recv` and
+//! an idle writer; the baseline's commits have the same pause between them (a commit
+//! after an idle millisecond costs more than one right after another, on tmpfs too, and
+//! so does the commit that answers the `recv`). Its figures
+//! are per message (`ours_s` is the median latency, `base_s` the median commit, `n` the
+//! number of messages), and `commits` counts every commit of the 100 rounds: three a
+//! message (the send, the recv, and the empty one that parks the next wait).
 //!
 //! `seq`, `fanout` and `replay` run at n = 100, 1,000 and 10,000; a `scale` line per
 //! workload and setting gives the per-step cost at each size and the marginal cost (the
@@ -44,7 +54,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use durable_runtime::{Durability, Error, Runtime, WorkflowCall, step, workflow};
+use std::sync::Mutex;
+
+use durable_runtime::{Durability, Error, Runtime, WorkflowCall, recv, step, workflow};
+use tokio::sync::mpsc;
 
 use crate::sampler::Sampler;
 
@@ -71,6 +84,44 @@ async fn concurrent(n: u32) -> u32 {
 #[workflow]
 async fn one_step(i: u32) -> u32 {
     noop(i).await
+}
+
+/// Messages `recv_wake` sends per run (after one more, not timed, to warm up).
+const ROUNDS: u32 = 100;
+
+/// How long `recv_wake` waits after a message was received before it sends the next,
+/// so that the workflow is surely parked in its next `recv` (and the writer idle).
+const PARK: Duration = Duration::from_millis(1);
+
+/// Where [`received`] reports to the `recv_wake` run in progress, if any.
+static RECEIVED: Mutex<Option<mpsc::UnboundedSender<(u64, Instant)>>> = Mutex::new(None);
+
+/// Tells the `recv_wake` driver when `recv` returned `value`. Outside the workflow body,
+/// where `#[workflow]`'s guard rails (which refuse clock reads) cannot see it: this is
+/// instrumentation, and the instant never reaches the journal or the workflow's logic.
+fn received(value: u64) {
+    let at = Instant::now();
+    let tx = RECEIVED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(tx) = tx.as_ref() {
+        let _ = tx.send((value, at));
+    }
+}
+
+/// Receives `n` messages on topic `ping`, one at a time, reporting each as it returns.
+#[workflow]
+async fn receiver(n: u32) -> Result<u64, String> {
+    let mut total = 0u64;
+    for _ in 0..n {
+        let value = recv::<u64>("ping", None)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("recv without a timeout returned no message")?;
+        received(value);
+        total = total.wrapping_add(value);
+    }
+    Ok(total)
 }
 
 /// A `synchronous` setting, as durable and as SQLite spell it.
@@ -116,9 +167,10 @@ enum Workload {
     Many,
     Replay(u32),
     Start,
+    RecvWake,
 }
 
-const WORKLOAD_NAMES: [&str; 5] = ["seq", "fanout", "many", "replay", "start"];
+const WORKLOAD_NAMES: [&str; 6] = ["seq", "fanout", "many", "replay", "start", "recv_wake"];
 
 impl Workload {
     fn name(self) -> &'static str {
@@ -128,6 +180,7 @@ impl Workload {
             Workload::Many => "many",
             Workload::Replay(_) => "replay",
             Workload::Start => "start",
+            Workload::RecvWake => "recv_wake",
         }
     }
 
@@ -137,6 +190,16 @@ impl Workload {
             Workload::Seq(n) | Workload::Fanout(n) | Workload::Replay(n) => n,
             Workload::Many => 2_000,
             Workload::Start => 1_000,
+            Workload::RecvWake => ROUNDS,
+        }
+    }
+
+    /// How many steps one figure (wall and CPU time) covers: the whole workload's,
+    /// except for `recv_wake`, whose figures are per message.
+    fn per_figure(self) -> u32 {
+        match self {
+            Workload::RecvWake => 1,
+            w => w.n(),
         }
     }
 
@@ -146,6 +209,10 @@ impl Workload {
             Workload::Fanout(n) => format!("{n} rows, 100 per commit"),
             Workload::Many | Workload::Start => "2000 rows, 100 per commit".to_owned(),
             Workload::Replay(n) => format!("open + one SELECT of {n} rows"),
+            Workload::RecvWake => format!(
+                "one single-row commit after {} ms idle, median of {ROUNDS}",
+                PARK.as_millis()
+            ),
         }
     }
 }
@@ -163,7 +230,7 @@ struct Options {
 }
 
 const USAGE: &str = "usage: durable-bench [--json] [--quick] [--runs N] [--dir DIR] [--tmpfs DIR]
-                     [--only seq,fanout,many,replay,start,big] [--sync full,normal,off]";
+                     [--only seq,fanout,many,replay,start,recv_wake,big] [--sync full,normal,off]";
 
 fn parse_args() -> Res<Options> {
     let mut o = Options {
@@ -285,8 +352,10 @@ struct Run {
 /// One timed run of our side of `w`, in a fresh journal under `dir`.
 async fn ours(dir: &Path, sync: Sync, w: Workload) -> Res<Run> {
     let path = dir.join("journal.db");
-    if let Workload::Replay(n) = w {
-        return replay(&path, sync, n).await;
+    match w {
+        Workload::Replay(n) => return replay(&path, sync, n).await,
+        Workload::RecvWake => return recv_wake(&path, sync).await,
+        _ => {}
     }
     let rt = open(&path, sync).await?;
     let before = rt.journal_commits();
@@ -297,7 +366,7 @@ async fn ours(dir: &Path, sync: Sync, w: Workload) -> Res<Run> {
         Workload::Fanout(n) => drop(rt.start(concurrent(n)).await?.result().await?),
         Workload::Many => run_all(&rt, 200, |_| (None, sequential(10))).await?,
         Workload::Start => run_all(&rt, 1000, |i| (Some(format!("wf-{i}")), one_step(i))).await?,
-        Workload::Replay(_) => {}
+        Workload::Replay(_) | Workload::RecvWake => {}
     }
     Ok(Run {
         wall_s: start.elapsed().as_secs_f64(),
@@ -364,6 +433,51 @@ async fn replay(path: &Path, sync: Sync, n: u32) -> Res<Run> {
     })
 }
 
+/// Starts a [`receiver`] and sends it one message at a time, each once the previous one
+/// was received and [`PARK`] has passed; returns the median time from `send` returning
+/// to `recv` returning, the CPU time per message, and the commits of the timed rounds.
+async fn recv_wake(path: &Path, sync: Sync) -> Res<Run> {
+    let rt = open(path, sync).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    *RECEIVED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
+    let handle = rt.start_with_id("receiver", receiver(ROUNDS + 1)).await?;
+    let mut latencies = Vec::with_capacity(ROUNDS as usize);
+    let (mut before, mut cpu) = (0, 0.0);
+    for i in 0..=ROUNDS {
+        tokio::time::sleep(PARK).await;
+        if i == 1 {
+            // Round 0 warmed up; the timed rounds start here, with the wait parked.
+            before = rt.journal_commits();
+            cpu = usage::cpu_seconds();
+        }
+        rt.send("receiver", "ping", &u64::from(i)).await?;
+        let sent = Instant::now();
+        let (value, at) = rx.recv().await.ok_or("the receiver stopped reporting")?;
+        if value != u64::from(i) {
+            return Err(format!("recv_wake sent {i} but received {value}").into());
+        }
+        if i > 0 {
+            latencies.push(at.saturating_duration_since(sent).as_secs_f64());
+        }
+    }
+    let cpu_s = (usage::cpu_seconds() - cpu) / f64::from(ROUNDS);
+    RECEIVED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    handle.result().await??;
+    // Per message a send, a recv and the (empty) commit that parks the next wait; the
+    // last message's is the workflow's outcome instead.
+    let commits = rt.journal_commits() - before;
+    Ok(Run {
+        wall_s: median(latencies),
+        cpu_s,
+        commits,
+    })
+}
+
 fn baseline(dir: &Path, sync: Sync, w: Workload, steps_table: &str) -> Res<Run> {
     let commits = |rows: u32, per_commit: u32| -> Res<Run> {
         let took = baseline::commits(dir, sync, steps_table, rows as usize, per_commit as usize)?;
@@ -377,6 +491,15 @@ fn baseline(dir: &Path, sync: Sync, w: Workload, steps_table: &str) -> Res<Run> 
         Workload::Seq(n) => commits(n, 1),
         Workload::Fanout(n) => commits(n, 100),
         Workload::Many | Workload::Start => commits(2000, 100),
+        Workload::RecvWake => {
+            let (latencies, cpu_s) =
+                baseline::commit_latencies(dir, sync, steps_table, ROUNDS as usize, PARK)?;
+            Ok(Run {
+                wall_s: median(latencies),
+                cpu_s,
+                commits: u64::from(ROUNDS),
+            })
+        }
         Workload::Replay(n) => {
             // The same rows our replay reads: the journal our replay run left.
             let (took, rows) = baseline::select(&dir.join("journal.db"), "replay")?;
@@ -409,8 +532,9 @@ struct Row {
 }
 
 impl Row {
+    /// What the per-step figures divide by.
     fn n(&self) -> f64 {
-        f64::from(self.workload.n())
+        f64::from(self.workload.per_figure())
     }
 
     fn ratio(&self) -> f64 {
@@ -455,7 +579,7 @@ impl Row {
 
     fn table_line(&self) -> String {
         format!(
-            "{:<8} {:<7} {:>6} {:>9.4} {:>9.4} {:>6.2} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>7.1}  {}",
+            "{:<9} {:<7} {:>6} {:>9.4} {:>9.4} {:>6.2} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>7.1}  {}",
             self.workload.name(),
             self.sync.name(),
             self.workload.n(),
@@ -472,7 +596,7 @@ impl Row {
     }
 }
 
-const TABLE_HEADER: &str = "workload sync         n    ours_s    base_s  ratio  us/step overhead   cpu_us commits rss_mib  baseline";
+const TABLE_HEADER: &str = "workload  sync         n    ours_s    base_s  ratio  us/step overhead   cpu_us commits rss_mib  baseline";
 
 async fn measure(o: &Options, sync: Sync, w: Workload, steps_table: &str) -> Res<Row> {
     let dir = o.dir_for(sync);
@@ -561,7 +685,7 @@ impl Scale {
     }
 
     fn table_line(&self) -> String {
-        let mut s = format!("scale    {:<7} {:<6}  per step", self.sync.name(), self.of);
+        let mut s = format!("scale     {:<7} {:<6}  per step", self.sync.name(), self.of);
         for (n, us) in self.n.iter().zip(&self.per_step_us) {
             let _ = write!(s, "  n={n}: {us:.1} us");
         }
@@ -645,6 +769,21 @@ fn targets(rows: &[Row], scales: &[Scale], big: Option<&Big>) -> Vec<Target> {
     ratio(Workload::Many, 2.0);
     ratio(Workload::Replay(1000), 3.0);
     ratio(Workload::Start, 2.0);
+    // At every setting: the wake-up path must not poll, whatever a commit costs.
+    for s in Sync::ALL {
+        if let Some(r) = row(Workload::RecvWake, s) {
+            out.push(Target {
+                what: format!(
+                    "recv_wake ratio at {} (send -> recv {:.1} us, one commit {:.1} us)",
+                    s.name(),
+                    r.ours_s * 1e6,
+                    r.baseline_s * 1e6
+                ),
+                measured: r.ratio(),
+                limit: 2.0,
+            });
+        }
+    }
     for (w, limit) in [(Workload::Seq(1000), 20.0), (Workload::Fanout(1000), 10.0)] {
         if let Some(r) = row(w, Sync::Off) {
             out.push(Target {
@@ -708,6 +847,7 @@ async fn run(o: Options) -> Res<()> {
     workloads.extend(sizes.iter().map(|&n| Workload::Fanout(n)));
     workloads.extend([Workload::Many, Workload::Start]);
     workloads.extend(sizes.iter().map(|&n| Workload::Replay(n)));
+    workloads.push(Workload::RecvWake);
     workloads.retain(|w| o.only.contains(&w.name()));
     if !o.json {
         println!("{TABLE_HEADER}");
