@@ -891,10 +891,9 @@ impl<'c> Writer<'c> {
                     park: true,
                 };
                 match self.wait(path, &wait) {
-                    Ok(Some(answer)) => replies.push(Reply::Written(
-                        p.reply,
-                        Ok(Written::Value(Some(answer))),
-                    )),
+                    Ok(Some(answer)) => {
+                        replies.push(Reply::Written(p.reply, Ok(Written::Value(Some(answer)))))
+                    }
                     Ok(None) => {
                         // Nothing left for it (an earlier waiter took it): it and the
                         // ones behind it stay parked.
