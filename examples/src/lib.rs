@@ -14,6 +14,12 @@
 //!
 //! If an item is out of stock the charge is refunded (`refund`), and reservations already
 //! made are released (`release_stock`).
+//!
+//! [`expense`] is an expense report that waits for a manager's approval (a message from
+//! outside), publishes its status (an event), sleeps durably and pays out in a child
+//! workflow; the `approval` program runs it.
+
+pub mod expense;
 
 use std::collections::BTreeSet;
 use std::fs::File;
