@@ -129,7 +129,7 @@ impl Journal {
             self.store.clone(),
             std::sync::Weak::new(),
         ));
-        ctx.load(recorded, Vec::new());
+        ctx.load(recorded, crate::store::SideRecords::default());
         Replay {
             root: Branch::root(ctx),
             steps,

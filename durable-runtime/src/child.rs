@@ -92,7 +92,13 @@ async fn start<O>(
         });
     };
     let launch = call.into_launch(id, Some(op.claim.ctx.id.clone()))?;
-    inner.start(Arc::from(id), launch).await
+    let outcome = inner.start(Arc::from(id), launch).await?;
+    if let Some(reason) = op.claim.ctx.cancelled() {
+        // The parent was cancelled while the child's row was being created, so the
+        // cancellation did not find the child: cancel it now.
+        inner.cancel(id, reason).await?;
+    }
+    Ok(outcome)
 }
 
 /// Waits for a child's outcome and records it at `op`.
@@ -105,9 +111,15 @@ async fn finish<O: DeserializeOwned>(
         Ok(v) => v.clone(),
         Err(_) => None,
     };
-    // No outcome: this process's runtime is going away; the parent goes with it.
+    // No outcome: the child is pending but not running here (it could not be resumed,
+    // or stopped on a divergence), or this process's runtime is going away. The parent
+    // stops with it, pending, and both are tried again at the next open.
     let Some(outcome) = outcome else {
-        return pending().await;
+        return op
+            .stop(Error::Stopped {
+                workflow_id: id.to_owned(),
+            })
+            .await;
     };
     let recorded = or_stop!(op, ChildOutcome::of(&outcome));
     or_stop!(op, op.record_value(&recorded, Effect::None, now_ms()).await);

@@ -1,6 +1,6 @@
 //! The state one workflow run shares with its steps.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::Waker;
@@ -8,7 +8,7 @@ use std::task::Waker;
 use crate::error::{CancelReason, Error};
 use crate::path::StepPath;
 use crate::runtime::Inner;
-use crate::store::{RecordedStep, StartedRecord, Store};
+use crate::store::{RecordedStep, SideRecords, StartedRecord, Store};
 
 /// One execution of one workflow: its id, the steps recorded by earlier executions that
 /// have not been claimed yet, and the first fatal error, if any.
@@ -20,6 +20,8 @@ pub(crate) struct WorkflowCtx {
     /// Start records of earlier executions: deadlines of waits, and steps that began
     /// their body durably (`on_interrupt = "fail"`).
     started: Mutex<HashMap<StepPath, StartedRecord>>,
+    /// Patch markers: `(position, name)` of each `patched(name)` this run took.
+    patches: Mutex<HashSet<(StepPath, String)>>,
     fatal: Mutex<Fatal>,
     /// The runtime running this execution, for the primitives that start or watch
     /// other workflows. Empty for a replay check.
@@ -65,6 +67,7 @@ impl WorkflowCtx {
             store,
             recorded: Mutex::default(),
             started: Mutex::default(),
+            patches: Mutex::default(),
             fatal: Mutex::default(),
             runtime,
             active: AtomicUsize::new(0),
@@ -74,26 +77,43 @@ impl WorkflowCtx {
     }
 
     /// Hands this execution what earlier executions recorded.
-    pub(crate) fn load(&self, recorded: Vec<RecordedStep>, started: Vec<StartedRecord>) {
+    pub(crate) fn load(&self, recorded: Vec<RecordedStep>, side: SideRecords) {
         *lock(&self.recorded) = recorded.into_iter().map(|s| (s.path.clone(), s)).collect();
-        *lock(&self.started) = started.into_iter().map(|s| (s.path.clone(), s)).collect();
+        *lock(&self.started) = side
+            .started
+            .into_iter()
+            .map(|s| (s.path.clone(), s))
+            .collect();
+        *lock(&self.patches) = side.patches.into_iter().collect();
+    }
+
+    /// Whether this run went through `patched(name)` at `path` (an earlier execution
+    /// recorded it, or this one did).
+    pub(crate) fn has_patch(&self, path: &StepPath, name: &str) -> bool {
+        lock(&self.patches).contains(&(path.clone(), name.to_owned()))
+    }
+
+    /// Notes that this execution went through `patched(name)` at `path`.
+    pub(crate) fn add_patch(&self, path: StepPath, name: &str) {
+        lock(&self.patches).insert((path, name.to_owned()));
+    }
+
+    /// Whether an earlier execution recorded anything (not yet replayed) at `path` or at
+    /// a later position of the same branch, or below one: such an execution went past
+    /// `path` already.
+    pub(crate) fn recorded_from(&self, path: &StepPath) -> bool {
+        let Some((&at, branch)) = path.positions().split_last() else {
+            return false;
+        };
+        lock(&self.recorded).keys().any(|p| {
+            let p = p.positions();
+            p.len() > branch.len() && p.starts_with(branch) && p[branch.len()] >= at
+        })
     }
 
     /// The start record an earlier execution made at `path`, if any.
     pub(crate) fn started(&self, path: &StepPath) -> Option<StartedRecord> {
         lock(&self.started).get(path).cloned()
-    }
-
-    /// The name recorded at `path` (not taken), and whether any record lies at or
-    /// below `path`.
-    pub(crate) fn peek_recorded(&self, path: &StepPath) -> (Option<String>, bool) {
-        let recorded = lock(&self.recorded);
-        let at = recorded.get(path).map(|s| s.name.clone());
-        let below = at.is_some()
-            || recorded
-                .keys()
-                .any(|p| p.positions().starts_with(path.positions()));
-        (at, below)
     }
 
     /// Marks a step body as running, until the guard is dropped; `None` if the
@@ -139,7 +159,7 @@ impl WorkflowCtx {
             replay_only: true,
             ..WorkflowCtx::new(id, store, Weak::new())
         };
-        ctx.load(recorded, Vec::new());
+        ctx.load(recorded, SideRecords::default());
         ctx
     }
 

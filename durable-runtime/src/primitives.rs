@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
 
 use crate::codec::{ByteBuf, CODEC, Codec, encode_checked};
 use crate::context::lock;
@@ -137,7 +138,8 @@ impl Op {
     /// Whether the operation may do its work (not in a replay check, which only
     /// replays what is recorded).
     pub(crate) fn may_run(&self) -> bool {
-        self.claim.ctx.may_run(&self.claim.path, self.name)
+        // A cancelled workflow starts nothing new; it stops at this boundary.
+        self.claim.ctx.cancelled().is_none() && self.claim.ctx.may_run(&self.claim.path, self.name)
     }
 
     /// Records `output` (encoded) with `effect` in one transaction, and waits until it
@@ -486,61 +488,62 @@ pub fn uuid() -> impl Future<Output = String> + Send + 'static {
 /// # }
 /// ```
 ///
-/// How it decides: if the journal has a record at the position this call would take,
-/// and it is not this patch's marker, the execution was recorded by the old code: the
-/// answer is `false`, and the position is left to the old code's step. Otherwise the
-/// call takes the position and records a marker (one checkpoint), and the answer is
-/// `true`, in this execution and every replay of it. Once no execution from before the
-/// patch is pending, the check and the old branch can be removed. Outside a workflow it
+/// How it decides: the check takes no position of its own (the step after it takes
+/// the position it looks at). If the run's journal has this patch's marker there, the
+/// answer is `true`. Otherwise, if the journal holds a record at that position or a
+/// later one of the same branch, the execution was recorded by the old code past this
+/// point: the answer is `false`, and nothing is written. Otherwise the execution has
+/// not got here before: it records the marker (one commit, in `durable_patches`) and
+/// the answer is `true`, in this execution and every replay of it.
+///
+/// Because the check takes no position, removing it later does not shift what follows:
+/// once no execution from before the patch is pending, delete the check and the old
+/// branch, and executions that took the new path keep replaying. Outside a workflow it
 /// is `true`.
 pub fn patched(name: &'static str) -> impl Future<Output = bool> + Send + 'static {
-    let claimed = scope::claim_if(|ctx, path| {
-        let (at, below) = ctx.peek_recorded(path);
-        match at {
-            Some(recorded) => recorded == PATCHED,
-            None => !below,
+    // Decided now, at the call, like a claim: what the journal holds at this position.
+    let decision = match scope::next_position() {
+        None => Ok(true),
+        Some((ctx, path)) => {
+            if ctx.has_patch(&path, name) {
+                Ok(true)
+            } else if ctx.recorded_from(&path) {
+                // The old code's execution, past this point already.
+                Ok(false)
+            } else {
+                Err((ctx, path))
+            }
         }
-    });
-    let claimed = match claimed {
-        None => Claimed::Outside,
-        // The old code's execution: the position stays free for its step.
-        Some((_, false)) => return futures_ready(false),
-        Some((claim, true)) => from_claim(Some(claim), PATCHED),
     };
-    Box::pin(async move {
-        let op = op_or!(claimed, true);
-        match op.replayed::<String>() {
-            Some(recorded) => {
-                let recorded = or_stop!(op, recorded);
-                if recorded != name {
-                    let error = Error::Divergence {
-                        workflow_id: op.claim.ctx.id.to_string(),
-                        path: op.claim.path.clone(),
-                        recorded: format!("{PATCHED}(\"{recorded}\")"),
-                        requested: Some(format!("{PATCHED}(\"{name}\")")),
-                    };
-                    return op.stop(error).await;
-                }
-                true
-            }
-            None => {
-                if !op.may_run() {
-                    return pending().await;
-                }
-                or_stop!(
-                    op,
-                    op.record_value(&name.to_owned(), Effect::None, now_ms())
-                        .await
-                );
-                true
-            }
+    async move {
+        let (ctx, path) = match decision {
+            Ok(answer) => return answer,
+            Err(new) => new,
+        };
+        if ctx.cancelled().is_some() {
+            return pending().await;
         }
-    })
-}
-
-/// A boxed future that is ready with `v` (so `patched` has one return type).
-fn futures_ready(v: bool) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + 'static>> {
-    Box::pin(std::future::ready(v))
+        if !ctx.may_run(&path, PATCHED) {
+            // A replay check writes nothing; a new execution would take the new path.
+            return true;
+        }
+        let write = Write::Patch {
+            workflow_id: ctx.id.clone(),
+            path: path.clone(),
+            name,
+        };
+        let written = match ctx.store.write(write).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(writer_stopped(ctx.store.path())),
+        };
+        if let Err(e) = written {
+            ctx.fail(e);
+            return pending().await;
+        }
+        ctx.add_patch(path, name);
+        true
+    }
 }
 
 /// Sends `value` to workflow `destination` on `topic`, from inside a workflow.
@@ -662,6 +665,12 @@ pub fn recv<T: DeserializeOwned + Send + 'static>(
     let claimed = claim(RECV);
     let topic = topic.to_owned();
     let timeout = timeout.into();
+    // Made now, not at the first poll: a replayed recv that a durable `select` drops as
+    // a loser without polling it still gives its message back.
+    let undelivered = match &claimed {
+        Claimed::Op(op) => Some(Undelivered::new(op, &topic)),
+        _ => None,
+    };
     async move {
         let op = op_or!(
             claimed,
@@ -674,7 +683,72 @@ pub fn recv<T: DeserializeOwned + Send + 'static>(
             destination: op.claim.ctx.id.to_string(),
             topic,
         };
-        Ok(wait(&op, what, timeout).await)
+        Ok(wait(&op, what, timeout, undelivered).await)
+    }
+}
+
+/// A message a `recv` took (recorded at its step) but has not returned to the workflow
+/// code yet. If the `recv` is dropped before it returns it (a durable `select` it lost,
+/// a cancelled workflow, a timeout around it), the message is given back: its record is
+/// deleted and it goes back to the front of its queue, so no message is taken by a
+/// `recv` that never delivered it.
+struct Undelivered {
+    ctx: Arc<crate::context::WorkflowCtx>,
+    key: StepKey,
+    topic: String,
+    /// Whether an earlier execution recorded a message here. Given back only when a
+    /// durable `select` drops this `recv` as a loser: dropped for any other reason (the
+    /// workflow stopping mid-replay), the earlier execution may have delivered it.
+    replayed: bool,
+    /// The writer's answer to this execution's wait, not yet received. Dropped with
+    /// it, the wait may have been answered (or be answered in the batch being written):
+    /// the writer, which answers in order, gives back whatever it recorded.
+    answer: Option<crate::store::Ack<Written>>,
+}
+
+impl Undelivered {
+    fn new(op: &Op, topic: &str) -> Self {
+        let replayed = matches!(op.replayed::<Option<ByteBuf>>(), Some(Ok(Some(_))));
+        Undelivered {
+            ctx: op.claim.ctx.clone(),
+            key: op.key(),
+            topic: topic.to_owned(),
+            replayed,
+            answer: None,
+        }
+    }
+
+    /// The message reached the workflow code (or will not be given back).
+    fn delivered(&mut self) {
+        self.replayed = false;
+        self.answer = None;
+    }
+}
+
+impl Drop for Undelivered {
+    fn drop(&mut self) {
+        let give_back = match (self.replayed, self.answer.as_mut()) {
+            (true, _) => crate::select::dropping_losers(),
+            (false, Some(answer)) => !matches!(
+                answer.try_recv(),
+                Ok(Ok(Written::Value(None)) | Err(_)) | Err(oneshot::error::TryRecvError::Closed)
+            ),
+            (false, None) => false,
+        };
+        if !give_back {
+            return;
+        }
+        if self.ctx.runtime.upgrade().is_none() || self.ctx.store.is_halted() {
+            // A replay check (nothing is written), or a simulated crash.
+            return;
+        }
+        tracing::debug!(workflow = %self.key.workflow_id, path = %self.key.path, "giving back a message its recv never delivered");
+        // Nobody waits for the answer: if it fails, the message stays recorded at the
+        // recv (taken once, not lost from the journal).
+        drop(self.ctx.store.write(Write::GiveBack {
+            key: self.key.clone(),
+            topic: std::mem::take(&mut self.topic),
+        }));
     }
 }
 
@@ -789,13 +863,18 @@ pub fn get_event<T: DeserializeOwned + Send + 'static>(
                 "outside a workflow, use `Runtime::get_event`"
             ))
         );
-        Ok(wait(&op, what, timeout).await)
+        Ok(wait(&op, what, timeout, None).await)
     }
 }
 
 /// A recorded wait for a message or an event: replays what it recorded, or waits in the
 /// journal writer (woken by the write it waits for) until its deadline.
-async fn wait<T: DeserializeOwned>(op: &Op, what: WaitFor, timeout: Option<Duration>) -> Option<T> {
+async fn wait<T: DeserializeOwned>(
+    op: &Op,
+    what: WaitFor,
+    timeout: Option<Duration>,
+    mut undelivered: Option<Undelivered>,
+) -> Option<T> {
     let answer: Option<ByteBuf> = match op.replayed::<Option<ByteBuf>>() {
         Some(recorded) => or_stop!(op, recorded),
         None => {
@@ -820,16 +899,28 @@ async fn wait<T: DeserializeOwned>(op: &Op, what: WaitFor, timeout: Option<Durat
                 record: Some(record.clone()),
                 park: true,
             }));
+            // Held where a drop can see it: see `Undelivered`.
+            let mut own = None;
+            let slot = match undelivered.as_mut() {
+                Some(u) => &mut u.answer,
+                None => &mut own,
+            };
+            let ack = slot.insert(ack);
             let answered = match deadline_at {
                 None => ack.await,
                 Some(at) => {
                     tokio::select! {
                         biased;
-                        answer = ack => answer,
+                        answer = &mut *ack => answer,
                         () = sleep_until_ms(at) => {
                             // Gives the wait up, unless it was answered meanwhile; the
                             // writer decides, so a message is never both taken and missed.
-                            op.claim.ctx.store.write(Write::Expire(record)).await
+                            let expired = op.claim.ctx.store.write(Write::Expire(record));
+                            *slot = Some(expired);
+                            match slot.as_mut() {
+                                Some(expired) => expired.await,
+                                None => return pending().await,
+                            }
                         }
                     }
                 }
@@ -842,6 +933,9 @@ async fn wait<T: DeserializeOwned>(op: &Op, what: WaitFor, timeout: Option<Durat
             }
         }
     };
+    if let Some(u) = undelivered.as_mut() {
+        u.delivered();
+    }
     match answer {
         None => None,
         Some(bytes) => Some(or_stop!(op, op.decode::<T>(&bytes.0))),

@@ -478,9 +478,20 @@ impl Runtime {
 impl Inner {
     /// Publishes a run's outcome and forgets the run.
     fn settle(&self, id: &Arc<str>, tx: &watch::Sender<Option<Outcome>>, outcome: Outcome) {
-        // Publish before removing: a start that finds the entry also finds the outcome.
+        // Both under the lock: whoever looks at `running` next sees either the entry with
+        // its outcome published, or no entry; a waiter woken by the outcome finds the
+        // entry gone.
+        let mut running = lock(&self.running);
         tx.send_replace(Some(outcome));
-        lock(&self.running).remove(id);
+        running.remove(id);
+    }
+
+    /// The run of `id` that is winding down from a cancellation in this process, if
+    /// any: what its end will be published on.
+    fn winding_down(&self, id: &str) -> Option<watch::Receiver<Option<Outcome>>> {
+        let running = lock(&self.running);
+        let r = running.get(id)?;
+        r.ctx.cancelled().map(|_| r.outcome.clone())
     }
 
     /// Adds a run to `running` (locked by the caller, who made sure the id is free) and
@@ -516,6 +527,12 @@ impl Inner {
         launch: Launch,
     ) -> Result<watch::Receiver<Option<Outcome>>> {
         let name = launch.def.name();
+        // A run winding down from a cancellation is not the run to join: what it ends
+        // with is its cancellation, while the journal may hold it resumed by now. Let it
+        // end, then look again.
+        while let Some(mut old) = self.winding_down(&id) {
+            let _ = old.wait_for(Option::is_some).await;
+        }
         let (ctx, tx) = {
             let mut running = lock(&self.running);
             if let Some(r) = running.get(&id) {
@@ -624,6 +641,19 @@ impl Inner {
                 name: record.name,
             });
         }
+        // Runs of this family still winding down from their cancellation (a step body
+        // finishing) end first: a resumed run must be the only one, and an old run must
+        // not finish a row that is pending again. Children's ids start with their
+        // parent's and a `/`.
+        let family = format!("{id}/");
+        let winding: Vec<_> = lock(&self.running)
+            .iter()
+            .filter(|(w, r)| (&***w == id || w.starts_with(&family)) && r.ctx.cancelled().is_some())
+            .map(|(_, r)| r.outcome.clone())
+            .collect();
+        for mut outcome in winding {
+            let _ = outcome.wait_for(Option::is_some).await;
+        }
         let Written::Ids(ids) = self
             .write(Write::Resume {
                 id: id.to_owned(),
@@ -642,56 +672,25 @@ impl Inner {
                 continue;
             };
             let id: Arc<str> = Arc::from(w);
-            // A run still winding down from its cancellation (a step body finishing)
-            // is let finish first; then the resumed run starts. Otherwise it starts now,
-            // so a handle asked for right after `resume` finds it.
-            let winding_down = {
-                let mut running = lock(&self.running);
-                match running.get(&id) {
-                    Some(r) => Some(r.outcome.clone()),
-                    None => {
-                        let (ctx, tx) = self.register(&mut running, &id, def.name());
-                        tracing::info!(workflow = %id, "resuming workflow");
-                        let run = drive(
-                            self.clone(),
-                            ctx,
-                            def,
-                            record.input.clone(),
-                            History::Journaled,
-                            None,
-                            tx,
-                        );
-                        tokio::spawn(run);
-                        None
-                    }
-                }
-            };
-            let Some(mut outcome) = winding_down else {
+            let mut running = lock(&self.running);
+            if running.contains_key(&id) {
+                // Started meanwhile (a resumed parent's replay starts its children):
+                // one run only.
                 continue;
-            };
-            let inner = self.clone();
-            tokio::spawn(async move {
-                let _ = outcome.wait_for(Option::is_some).await;
-                let (ctx, tx) = {
-                    let mut running = lock(&inner.running);
-                    if running.contains_key(&id) {
-                        // Started meanwhile (a parent's replay found it): one run only.
-                        return;
-                    }
-                    inner.register(&mut running, &id, def.name())
-                };
-                tracing::info!(workflow = %id, "resuming workflow");
-                let run = drive(
-                    inner.clone(),
-                    ctx,
-                    def,
-                    record.input,
-                    History::Journaled,
-                    None,
-                    tx,
-                );
-                run.await;
-            });
+            }
+            let (ctx, tx) = self.register(&mut running, &id, def.name());
+            drop(running);
+            tracing::info!(workflow = %id, "resuming workflow");
+            let run = drive(
+                self.clone(),
+                ctx,
+                def,
+                record.input,
+                History::Journaled,
+                None,
+                tx,
+            );
+            tokio::spawn(run);
         }
         Ok(())
     }
@@ -910,7 +909,14 @@ async fn drive(
                 at: now_ms(),
             });
             match ack.await {
-                Ok(Ok(())) => result,
+                Ok(Ok(true)) => result,
+                // The row was not pending any more: a cancellation committed first, and
+                // the journal's outcome is the one every handle must see.
+                Ok(Ok(false)) => match inner.record(&id).await {
+                    Ok(Some(record)) => recorded_outcome(inner.store.path(), record),
+                    Ok(None) => result,
+                    Err(e) => Err(e),
+                },
                 Ok(Err(e)) => Err(e.into()),
                 Err(_) => Err(closed(inner.store.path(), &id).into()),
             }
@@ -931,7 +937,7 @@ async fn execute(
         let store = inner.store.clone();
         let id = ctx.id.clone();
         let (recorded, started) = blocking(inner.store.path(), move || {
-            Ok::<_, StoreError>((store.steps(&id)?, store.started(&id)?))
+            Ok::<_, StoreError>((store.steps(&id)?, store.side_records(&id)?))
         })
         .await??;
         ctx.load(recorded, started);
@@ -992,7 +998,15 @@ async fn run_body(
             return Poll::Ready(Err(e));
         }
         match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut body).poll(cx))) {
-            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            // Finished after a cancellation was asked for (its last step ran to its
+            // end): the cancellation stands, as the journal records it.
+            Ok(Poll::Ready(output)) => Poll::Ready(match ctx.cancelled() {
+                Some(reason) => Err(Error::Cancelled {
+                    workflow_id: id.to_string(),
+                    reason,
+                }),
+                None => Ok(output),
+            }),
             Ok(Poll::Pending) => match ctx.poll_fatal(cx.waker()) {
                 Some(e) => Poll::Ready(Err(e)),
                 None => Poll::Pending,

@@ -158,28 +158,15 @@ pub(crate) fn claim() -> Option<Claim> {
     })
 }
 
-/// Looks at the position the next claim in the current scope would take, and claims it
-/// only if `take` says so (for `patched`, which must not take a position in an execution
-/// that recorded something else there). `None` outside any workflow; otherwise the
-/// position and whether it was claimed.
-pub(crate) fn claim_if(
-    take: impl FnOnce(&WorkflowCtx, &StepPath) -> bool,
-) -> Option<(Claim, bool)> {
+/// The position the next claim in the current scope would take, without claiming it
+/// (for `patched`, which must not shift the positions of what follows). `None` outside
+/// any workflow.
+pub(crate) fn next_position() -> Option<(Arc<WorkflowCtx>, StepPath)> {
     CURRENT.with(|c| {
         let current = c.borrow();
         let b = current.as_ref()?;
         let next = StepPath::child(&b.path, b.next.load(Ordering::Relaxed) + 1);
-        let taken = take(&b.ctx, &next);
-        if taken {
-            b.next.fetch_add(1, Ordering::Relaxed);
-        }
-        Some((
-            Claim {
-                ctx: b.ctx.clone(),
-                path: next,
-            },
-            taken,
-        ))
+        Some((b.ctx.clone(), next))
     })
 }
 

@@ -1,11 +1,13 @@
 //! Durable select: races futures, records which one won, and on replay resolves to the
 //! recorded winner whatever finishes first this time.
 
+use std::cell::Cell;
 use std::future::{Future, pending, poll_fn};
 use std::pin::Pin;
 use std::task::Poll;
 
-use crate::primitives::{Claimed, claim, op_or, or_stop};
+use crate::error::Error;
+use crate::primitives::{Claimed, claim, or_stop};
 use crate::step::now_ms;
 use crate::store::Effect;
 
@@ -64,39 +66,91 @@ where
 {
     let claimed = claim(SELECT);
     async move {
-        let mut a = std::pin::pin!(a);
-        let mut b = std::pin::pin!(b);
-        let race = |only: Option<u32>| {
-            poll_fn(move |cx| {
-                if only.is_none_or(|w| w == 0)
-                    && let Poll::Ready(v) = a.as_mut().poll(cx)
-                {
-                    return Poll::Ready(Either::Left(v));
-                }
-                if only.is_none_or(|w| w == 1)
-                    && let Poll::Ready(v) = b.as_mut().poll(cx)
-                {
-                    return Poll::Ready(Either::Right(v));
-                }
-                Poll::Pending
-            })
+        let mut a = Some(Box::pin(a));
+        let mut b = Some(Box::pin(b));
+        let op = match claimed {
+            Claimed::Op(op) => op,
+            Claimed::Outside => return race2(&mut a, &mut b, None).await,
+            Claimed::Stopped => return pending().await,
         };
-        let op = op_or!(claimed, race(None).await);
         if let Some(recorded) = op.replayed::<u32>() {
             // Only the recorded winner is polled: its own record replays it.
             let winner = or_stop!(op, recorded);
-            return race(Some(winner)).await;
+            if winner > 1 {
+                return op.stop(out_of_range(&op, winner, 2)).await;
+            }
+            drop_losers(|| if winner == 0 { b = None } else { a = None });
+            return race2(&mut a, &mut b, Some(winner)).await;
         }
         if !op.may_run() {
             return pending().await;
         }
-        let out = race(None).await;
+        let out = race2(&mut a, &mut b, None).await;
         let winner: u32 = match &out {
             Either::Left(_) => 0,
             Either::Right(_) => 1,
         };
+        drop_losers(|| if winner == 0 { b = None } else { a = None });
         or_stop!(op, op.record_value(&winner, Effect::None, now_ms()).await);
         out
+    }
+}
+
+type Branch<F> = Option<Pin<Box<F>>>;
+
+/// Polls `a` then `b` (or only the one `only` names) until one is ready.
+async fn race2<A: Future, B: Future>(
+    a: &mut Branch<A>,
+    b: &mut Branch<B>,
+    only: Option<u32>,
+) -> Either<A::Output, B::Output> {
+    poll_fn(|cx| {
+        if only.is_none_or(|w| w == 0)
+            && let Some(f) = a.as_mut()
+            && let Poll::Ready(v) = f.as_mut().poll(cx)
+        {
+            return Poll::Ready(Either::Left(v));
+        }
+        if only.is_none_or(|w| w == 1)
+            && let Some(f) = b.as_mut()
+            && let Poll::Ready(v) = f.as_mut().poll(cx)
+        {
+            return Poll::Ready(Either::Right(v));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+thread_local! {
+    static DROPPING_LOSERS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the futures being dropped now are the losers of a durable select: a `recv`
+/// among them gives back a message it took but never delivered, even one an earlier
+/// execution recorded.
+pub(crate) fn dropping_losers() -> bool {
+    DROPPING_LOSERS.with(Cell::get)
+}
+
+/// Runs `drop` (which drops the losing branches) with [`dropping_losers`] set.
+fn drop_losers(drop: impl FnOnce()) {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            let _ = DROPPING_LOSERS.try_with(|d| d.set(self.0));
+        }
+    }
+    let _reset = Reset(DROPPING_LOSERS.with(|d| d.replace(true)));
+    drop();
+}
+
+fn out_of_range(op: &crate::primitives::Op, winner: u32, branches: usize) -> Error {
+    Error::Divergence {
+        workflow_id: op.claim.ctx.id.to_string(),
+        path: op.claim.path.clone(),
+        recorded: format!("{SELECT} won by branch {winner}"),
+        requested: Some(format!("{SELECT} of {branches} branches")),
     }
 }
 
@@ -134,30 +188,53 @@ where
 {
     let claimed = claim(SELECT);
     async move {
-        let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-        let race = |only: Option<usize>| {
-            poll_fn(move |cx| {
-                for (i, f) in futures.iter_mut().enumerate() {
-                    if only.is_none_or(|w| w == i)
-                        && let Poll::Ready(v) = f.as_mut().poll(cx)
-                    {
-                        return Poll::Ready((i, v));
-                    }
-                }
-                Poll::Pending
-            })
+        let mut futures: Vec<Branch<F>> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+        let op = match claimed {
+            Claimed::Op(op) => op,
+            Claimed::Outside => return race_all(&mut futures, None).await,
+            Claimed::Stopped => return pending().await,
         };
-        let op = op_or!(claimed, race(None).await);
         if let Some(recorded) = op.replayed::<u32>() {
             let winner = or_stop!(op, recorded);
-            return race(Some(usize::try_from(winner).unwrap_or(usize::MAX))).await;
+            let Some(w) = usize::try_from(winner).ok().filter(|w| *w < futures.len()) else {
+                return op.stop(out_of_range(&op, winner, futures.len())).await;
+            };
+            drop_all_but(&mut futures, w);
+            return race_all(&mut futures, Some(w)).await;
         }
         if !op.may_run() {
             return pending().await;
         }
-        let (i, v) = race(None).await;
+        let (i, v) = race_all(&mut futures, None).await;
+        drop_all_but(&mut futures, i);
         let winner = u32::try_from(i).unwrap_or(u32::MAX);
         or_stop!(op, op.record_value(&winner, Effect::None, now_ms()).await);
         (i, v)
     }
+}
+
+fn drop_all_but<F>(futures: &mut [Branch<F>], winner: usize) {
+    drop_losers(|| {
+        for (i, f) in futures.iter_mut().enumerate() {
+            if i != winner {
+                *f = None;
+            }
+        }
+    });
+}
+
+/// Polls the futures in order (or only the one `only` names) until one is ready.
+async fn race_all<F: Future>(futures: &mut [Branch<F>], only: Option<usize>) -> (usize, F::Output) {
+    poll_fn(|cx| {
+        for (i, f) in futures.iter_mut().enumerate() {
+            if only.is_none_or(|w| w == i)
+                && let Some(f) = f.as_mut()
+                && let Poll::Ready(v) = f.as_mut().poll(cx)
+            {
+                return Poll::Ready((i, v));
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }

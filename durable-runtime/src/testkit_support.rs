@@ -16,7 +16,7 @@ use crate::context::lock;
 use crate::error::{Error, StoreError};
 use crate::path::StepPath;
 use crate::store::{
-    Ack, Created, Finish, NewWorkflow, RecordedStep, StartedRecord, StepRecord, Store,
+    Ack, Created, Finish, NewWorkflow, RecordedStep, SideRecords, StepRecord, Store,
     WorkflowRecord, Write, Written,
 };
 
@@ -209,13 +209,18 @@ struct ProbeStore {
 impl ProbeStore {
     /// Forwards a checkpoint's reply to the workflow, unless the process has "died":
     /// logs it as committed, crashes if the plan says so, delays it if asked to.
-    fn relay(&self, ack: Ack, committed: Option<Event>, crash_after: bool) -> Ack {
+    fn relay<T: Send + 'static>(
+        &self,
+        ack: Ack<T>,
+        committed: Option<Event>,
+        crash_after: bool,
+    ) -> Ack<T> {
         let (tx, rx) = oneshot::channel();
         let probe = self.probe.clone();
         let inner = self.inner.clone();
         tokio::spawn(async move {
             let reply = ack.await;
-            if matches!(reply, Ok(Ok(()))) {
+            if matches!(reply, Ok(Ok(_))) {
                 if let Some(event) = committed {
                     probe.log(event);
                 }
@@ -287,7 +292,7 @@ impl Store for ProbeStore {
         self.relay(ack, Some(committed), crash_after)
     }
 
-    fn finish_workflow(&self, finish: Finish) -> Ack {
+    fn finish_workflow(&self, finish: Finish) -> Ack<bool> {
         if self.probe.is_crashed() {
             return self.probe.hold();
         }
@@ -307,8 +312,8 @@ impl Store for ProbeStore {
         self.inner.steps(workflow_id)
     }
 
-    fn started(&self, workflow_id: &str) -> Result<Vec<StartedRecord>, StoreError> {
-        self.inner.started(workflow_id)
+    fn side_records(&self, workflow_id: &str) -> Result<SideRecords, StoreError> {
+        self.inner.side_records(workflow_id)
     }
 
     fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError> {
@@ -389,7 +394,7 @@ impl Store for AckBeforeDurable {
         rx
     }
 
-    fn finish_workflow(&self, finish: Finish) -> Ack {
+    fn finish_workflow(&self, finish: Finish) -> Ack<bool> {
         self.flush();
         self.inner.finish_workflow(finish)
     }
@@ -398,8 +403,8 @@ impl Store for AckBeforeDurable {
         self.inner.steps(workflow_id)
     }
 
-    fn started(&self, workflow_id: &str) -> Result<Vec<StartedRecord>, StoreError> {
-        self.inner.started(workflow_id)
+    fn side_records(&self, workflow_id: &str) -> Result<SideRecords, StoreError> {
+        self.inner.side_records(workflow_id)
     }
 
     fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError> {

@@ -468,3 +468,183 @@ fn a_deadline_cancels_the_workflow_and_its_children_and_survives_a_restart() {
         ));
     });
 }
+
+static LAST_GATE: AtomicBool = AtomicBool::new(false);
+
+#[step]
+async fn gated_last() -> u32 {
+    while !LAST_GATE.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    7
+}
+
+#[workflow]
+async fn one_slow_step() -> u32 {
+    gated_last().await
+}
+
+#[tokio::test]
+async fn a_cancel_during_the_last_step_wins_for_every_handle() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = open(&dir).await;
+    let h = rt
+        .start_with_id("last", one_slow_step())
+        .await
+        .expect("start");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    rt.cancel("last").await.expect("cancel");
+    LAST_GATE.store(true, Ordering::SeqCst);
+    let live = h.result().await;
+    let journal = rt
+        .handle::<u32>("last")
+        .await
+        .expect("handle")
+        .result()
+        .await;
+    assert!(
+        matches!(live, Err(Error::Cancelled { .. }))
+            && matches!(journal, Err(Error::Cancelled { .. })),
+        "live handle {live:?}, journal {journal:?}"
+    );
+}
+
+static SEND_GATE: AtomicBool = AtomicBool::new(false);
+
+#[step]
+async fn before_send() -> u32 {
+    while !SEND_GATE.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    1
+}
+
+#[workflow]
+async fn step_then_send() -> u32 {
+    let v = before_send().await;
+    let _ = durable_runtime::send("elsewhere", "t", &v).await;
+    sleep(Duration::from_secs(3600)).await;
+    v
+}
+
+#[tokio::test]
+async fn nothing_starts_after_the_running_step_of_a_cancelled_workflow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = open(&dir).await;
+    let h = rt
+        .start_with_id("sender", step_then_send())
+        .await
+        .expect("start");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    rt.cancel("sender").await.expect("cancel");
+    SEND_GATE.store(true, Ordering::SeqCst);
+    assert!(matches!(h.result().await, Err(Error::Cancelled { .. })));
+    let names: Vec<String> = rt
+        .steps("sender")
+        .await
+        .expect("steps")
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["before_send"]);
+    assert!(common::dump(rt.path(), "durable_messages").is_empty());
+}
+
+static KID_GATE: AtomicBool = AtomicBool::new(false);
+static KID_IN: AtomicU32 = AtomicU32::new(0);
+
+#[step]
+async fn kid_slow() -> u32 {
+    KID_IN.fetch_add(1, Ordering::SeqCst);
+    while !KID_GATE.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    9
+}
+
+#[step]
+async fn kid_after() -> u32 {
+    1
+}
+
+#[workflow]
+async fn kid() -> u32 {
+    kid_slow().await + kid_after().await
+}
+
+#[workflow]
+async fn mom() -> Result<u32, String> {
+    kid().await.map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_resumed_while_its_child_winds_down_gets_the_childs_result() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = open(&dir).await;
+    let h = rt.start_with_id("mom", mom()).await.expect("start");
+    while KID_IN.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    rt.cancel("mom").await.expect("cancel");
+    assert!(matches!(h.result().await, Err(Error::Cancelled { .. })));
+    // The child is still in its step body; resume waits for it to stop.
+    let resume = {
+        let rt = rt.clone();
+        tokio::spawn(async move { rt.resume("mom").await })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    KID_GATE.store(true, Ordering::SeqCst);
+    resume.await.expect("join").expect("resume");
+    let out = rt
+        .handle::<Result<u32, String>>("mom")
+        .await
+        .expect("handle")
+        .result()
+        .await
+        .expect("parent");
+    assert_eq!(out, Ok(10));
+}
+
+static KID7_RUNS: AtomicU32 = AtomicU32::new(0);
+
+#[workflow]
+async fn kid7(_n: u32) -> u32 {
+    KID7_RUNS.fetch_add(1, Ordering::SeqCst);
+    sleep(Duration::from_millis(100)).await;
+    3
+}
+
+#[workflow]
+async fn mom7() -> u32 {
+    let kids = (0..16).map(kid7);
+    durable_runtime::join_all(kids)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap_or(0))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_runs_each_child_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = open(&dir).await;
+    let h = rt.start_with_id("mom7", mom7()).await.expect("start");
+    while common::dump(rt.path(), "durable_workflows").len() < 17 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    rt.cancel("mom7").await.expect("cancel");
+    let _ = h.result().await;
+    let before = KID7_RUNS.load(Ordering::SeqCst);
+    rt.resume("mom7").await.expect("resume");
+    let out = rt
+        .handle::<u32>("mom7")
+        .await
+        .expect("handle")
+        .result()
+        .await
+        .expect("parent");
+    assert_eq!(out, 48);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(KID7_RUNS.load(Ordering::SeqCst) - before, 16);
+}

@@ -225,10 +225,126 @@ async fn patched_keeps_old_executions_on_the_old_path_and_sends_new_ones_down_th
         .await
         .expect("the new run replays the new path");
     assert_eq!(new, 101);
+    // The check takes no position: the marker is kept beside the steps.
     assert_eq!(
         names(rt.steps("new").await.expect("steps")),
-        ["durable::patched", "new_way", "finish"]
+        ["new_way", "finish"]
     );
+    let markers = common::dump(&path, "durable_patches");
+    assert_eq!(markers.len(), 1, "{markers:?}");
+    assert!(
+        markers[0].contains(&"Text(\"new\")".to_owned()),
+        "{markers:?}"
+    );
+}
+
+/// The code once every execution from before the patch has finished: the check and the
+/// old branch are gone.
+#[workflow(name = "notify_v3")]
+async fn notify_v3(n: u32) -> u32 {
+    let v = new_way(n).await;
+    finish(v).await
+}
+
+#[tokio::test]
+async fn removing_a_patch_check_keeps_executions_that_took_the_new_path_replaying() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal.db");
+    let rt = open(&path).await;
+    rt.start_with_id("after", notify_v2(1))
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect("v2");
+    drop(rt);
+    common::make_pending(&path, "after");
+    common::sql(
+        &path,
+        "DELETE FROM durable_steps WHERE workflow_id = 'after' AND name = 'finish'",
+        [],
+    );
+    common::sql(
+        &path,
+        "UPDATE durable_workflows SET name = 'notify_v3' WHERE id = 'after'",
+        [],
+    );
+    let rt = common::reopen(&path).await;
+    let v = rt
+        .handle::<u32>("after")
+        .await
+        .expect("handle")
+        .result()
+        .await
+        .expect("replays without the check");
+    assert_eq!(v, 101);
+}
+
+#[step]
+async fn slow_a() -> u32 {
+    1
+}
+
+#[step]
+async fn fast_b() -> u32 {
+    2
+}
+
+#[step]
+async fn new_c() -> u32 {
+    30
+}
+
+#[workflow(name = "pair_v1")]
+async fn pair_v1() -> u32 {
+    let (a, b) = tokio::join!(slow_a(), fast_b());
+    a + b
+}
+
+#[workflow(name = "pair_v2")]
+async fn pair_v2() -> u32 {
+    if patched("single").await {
+        new_c().await
+    } else {
+        let (a, b) = tokio::join!(slow_a(), fast_b());
+        a + b
+    }
+}
+
+#[tokio::test]
+async fn patched_sees_an_old_execution_that_recorded_only_a_later_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal.db");
+    let rt = open(&path).await;
+    rt.start_with_id("pair", pair_v1())
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect("v1");
+    drop(rt);
+    // The old run crashed with `fast_b` (position 2) recorded and `slow_a` (1) not.
+    common::make_pending(&path, "pair");
+    common::sql(
+        &path,
+        "DELETE FROM durable_steps WHERE workflow_id = 'pair' AND name = 'slow_a'",
+        [],
+    );
+    common::sql(
+        &path,
+        "UPDATE durable_workflows SET name = 'pair_v2' WHERE id = 'pair'",
+        [],
+    );
+    let rt = common::reopen(&path).await;
+    let v = rt
+        .handle::<u32>("pair")
+        .await
+        .expect("handle")
+        .result()
+        .await
+        .expect("the old run stays on the old path");
+    assert_eq!(v, 3);
+    assert!(common::dump(&path, "durable_patches").is_empty());
 }
 
 static SENT: AtomicU32 = AtomicU32::new(0);

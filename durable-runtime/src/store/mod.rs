@@ -32,8 +32,9 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     /// Records a step's result. A path is recorded at most once; a second record for the
     /// same path is an error and changes nothing.
     fn record_step(&self, step: StepRecord) -> Ack;
-    /// Records a workflow's final outcome, if it is still pending.
-    fn finish_workflow(&self, finish: Finish) -> Ack;
+    /// Records a workflow's final outcome, if it is still pending; answers whether it
+    /// was (a cancellation that committed first wins).
+    fn finish_workflow(&self, finish: Finish) -> Ack<bool>;
     /// All recorded steps of one workflow run, in one query.
     fn steps(&self, workflow_id: &str) -> Result<Vec<RecordedStep>, StoreError>;
     /// Every workflow run that has not finished.
@@ -67,9 +68,10 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     /// start records and transaction steps), one entry point so that stores which wrap
     /// another forward them all in one place.
     fn write(&self, write: Write) -> Ack<Written>;
-    /// The start records of one workflow run ([`Write::Started`], and the deadlines of
-    /// waits that had to wait), in one query.
-    fn started(&self, workflow_id: &str) -> Result<Vec<StartedRecord>, StoreError>;
+    /// What one workflow run recorded beside its steps: start records
+    /// ([`Write::Started`], and the deadlines of waits that had to wait) and patch
+    /// markers ([`Write::Patch`]).
+    fn side_records(&self, workflow_id: &str) -> Result<SideRecords, StoreError>;
     /// One workflow run, if the journal has it.
     fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError>;
 }
@@ -142,6 +144,14 @@ pub(crate) struct WaitRecord {
     pub(crate) deadline_at: Option<i64>,
 }
 
+/// What a workflow run recorded beside its steps; see [`Store::side_records`].
+#[derive(Debug, Default)]
+pub(crate) struct SideRecords {
+    pub(crate) started: Vec<StartedRecord>,
+    /// `(position, patch name)`: the run went through `patched(name)` at `position`.
+    pub(crate) patches: Vec<(StepPath, String)>,
+}
+
 /// A record that an operation began, written before its result.
 #[derive(Debug, Clone)]
 pub(crate) struct StartedRecord {
@@ -169,6 +179,17 @@ pub(crate) enum Write {
     Started(StepKey, i64),
     /// A message from outside any workflow; answers [`Written::Done`].
     Send(NewMessage),
+    /// Marks that a run took patch `name`'s new path at `path` (the position the next
+    /// claim there takes); answers [`Written::Done`].
+    Patch {
+        workflow_id: Arc<str>,
+        path: StepPath,
+        name: &'static str,
+    },
+    /// A `recv` that may have taken a message and never delivered it: if its record
+    /// holds one, deletes the record and puts the message back at the front of its
+    /// queue; answers [`Written::Done`].
+    GiveBack { key: StepKey, topic: String },
     /// Cancels a pending workflow and its pending descendants; answers
     /// [`Written::Ids`] with every workflow it cancelled.
     Cancel {
@@ -195,6 +216,8 @@ impl Debug for Write {
             Write::Expire(w) => f.debug_tuple("Expire").field(w).finish(),
             Write::Started(k, _) => f.debug_tuple("Started").field(k).finish(),
             Write::Send(m) => f.debug_tuple("Send").field(m).finish(),
+            Write::Patch { name, .. } => f.debug_tuple("Patch").field(name).finish(),
+            Write::GiveBack { key, .. } => f.debug_tuple("GiveBack").field(key).finish(),
             Write::Cancel { id, .. } => f.debug_struct("Cancel").field("id", id).finish(),
             Write::Resume { id, .. } => f.debug_struct("Resume").field("id", id).finish(),
             Write::Transaction { key, .. } => f.debug_tuple("Transaction").field(key).finish(),

@@ -32,8 +32,8 @@ use tokio::sync::oneshot;
 use super::crc::crc32;
 use super::{
     Ack, Created, Effect, Finish, Finished, NewMessage, NewWorkflow, RecordStatus, RecordedOutcome,
-    RecordedStep, StartedRecord, StepKey, StepRecord, Store, TxWork, Wait, WaitFor, WaitRecord,
-    WorkflowRecord, Write, Written,
+    RecordedStep, SideRecords, StartedRecord, StepKey, StepRecord, Store, TxWork, Wait, WaitFor,
+    WaitRecord, WorkflowRecord, Write, Written,
 };
 use crate::codec::{ByteBuf, Bytes, CODEC, Codec};
 use crate::context::lock;
@@ -177,6 +177,12 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         started_at  INTEGER NOT NULL,
         wake_at     INTEGER,
         PRIMARY KEY (workflow_id, path)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE durable_patches (
+        workflow_id TEXT NOT NULL,
+        path        TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        PRIMARY KEY (workflow_id, path, name)
     ) STRICT, WITHOUT ROWID;",
 ];
 
@@ -186,7 +192,7 @@ const EXECUTOR: &str = "local";
 enum Command {
     Create(NewWorkflow, oneshot::Sender<Result<Created, StoreError>>),
     Step(StepRecord, oneshot::Sender<Result<(), StoreError>>),
-    Finish(Finish, oneshot::Sender<Result<(), StoreError>>),
+    Finish(Finish, oneshot::Sender<Result<bool, StoreError>>),
     Write(Write, oneshot::Sender<Result<Written, StoreError>>),
 }
 
@@ -533,6 +539,7 @@ const SCHEMA: &[(&str, &str)] = &[
         "durable_started",
         "workflow_id, path, name, started_at, wake_at",
     ),
+    ("durable_patches", "workflow_id, path, name"),
 ];
 
 fn check_schema(conn: &Connection, path: &Path) -> Result<(), Error> {
@@ -646,6 +653,10 @@ enum Reply {
         oneshot::Sender<Result<(), StoreError>>,
         Result<(), StoreError>,
     ),
+    Finish(
+        oneshot::Sender<Result<bool, StoreError>>,
+        Result<bool, StoreError>,
+    ),
     Written(WrittenReply, Result<Written, StoreError>),
     /// A wait that found nothing: parked once its batch commits.
     Park(WaitFor, Parked),
@@ -680,7 +691,12 @@ struct Writer<'c> {
     /// What the batch being written sends or sets, to answer parked waits once it
     /// commits.
     touched: Vec<WaitFor>,
+    /// Waits parked so far, to sweep abandoned ones now and then.
+    parks: u64,
 }
+
+/// How often (in parked waits) the writer drops the parked waits nobody waits for.
+const SWEEP_EVERY: u64 = 1024;
 
 /// The encoding of a wait's answer as its step's recorded output.
 fn encode_answer(answer: Option<&[u8]>) -> Vec<u8> {
@@ -745,6 +761,7 @@ impl<'c> Writer<'c> {
             )?,
             parked: HashMap::new(),
             touched: Vec::new(),
+            parks: 0,
         })
     }
 
@@ -790,7 +807,7 @@ impl<'c> Writer<'c> {
                     Reply::Unit(reply, self.record(&s).map_err(|e| step_error(path, &s, e)))
                 }
                 Command::Finish(f, reply) => {
-                    Reply::Unit(reply, self.finish(&f).map_err(|e| sql_error(path, e)))
+                    Reply::Finish(reply, self.finish(&f).map_err(|e| sql_error(path, e)))
                 }
                 Command::Write(w, reply) => self.write(path, w, reply),
             };
@@ -852,6 +869,15 @@ impl<'c> Writer<'c> {
                     ));
                 }
                 (Ok(()), Reply::Park(what, parked)) => {
+                    self.parks += 1;
+                    if self.parks.is_multiple_of(SWEEP_EVERY) {
+                        // Outside callers that gave up (`Runtime::get_event` with a
+                        // timeout) on keys nobody sets would otherwise stay for ever.
+                        self.parked.retain(|_, q| {
+                            q.retain(|p| !p.reply.is_closed());
+                            !q.is_empty()
+                        });
+                    }
                     let queue = self.parked.entry(what).or_default();
                     // Waiters that gave up (a timeout, a stopped workflow) are dropped
                     // here rather than kept for ever, and so is an earlier execution's
@@ -918,6 +944,9 @@ impl<'c> Writer<'c> {
     fn write(&mut self, path: &Path, w: Write, reply: WrittenReply) -> Reply {
         let sql = |e| sql_error(path, e);
         match w {
+            // Nobody waits for it any more (a wait woken to run again whose workflow
+            // stopped meanwhile): take nothing.
+            Write::Wait(_) if reply.is_closed() => Reply::Written(reply, Ok(Written::Value(None))),
             Write::Wait(wait) => match self.wait(path, &wait) {
                 Ok(Some(answer)) => Reply::Written(reply, Ok(Written::Value(Some(answer)))),
                 Ok(None) if wait.park => {
@@ -954,6 +983,25 @@ impl<'c> Writer<'c> {
             Write::Send(m) => Reply::Written(
                 reply,
                 self.insert_message(&m).map(|()| Written::Done).map_err(sql),
+            ),
+            Write::Patch {
+                workflow_id,
+                path: at,
+                name,
+            } => Reply::Written(
+                reply,
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO durable_patches (workflow_id, path, name) VALUES (?1, ?2, ?3)
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .and_then(|mut stmt| stmt.execute(params![&*workflow_id, at.to_string(), name]))
+                    .map(|_| Written::Done)
+                    .map_err(sql),
+            ),
+            Write::GiveBack { key, topic } => Reply::Written(
+                reply,
+                self.give_back(path, &key, topic).map(|()| Written::Done),
             ),
             Write::Cancel { id, reason, at } => Reply::Written(
                 reply,
@@ -1080,7 +1128,14 @@ impl<'c> Writer<'c> {
             // Answered before the deadline was noticed: that answer stands.
             Some((Some(output), crc)) if !was_parked => {
                 if !checks(&output, crc) {
-                    return Err(already_recorded(path, &r.key));
+                    return Err(StoreError::new(
+                        path,
+                        StoreErrorKind::Invariant,
+                        format!(
+                            "the recorded answer of step {} of workflow {} {DAMAGED}",
+                            r.key.path, r.key.workflow_id
+                        ),
+                    ));
                 }
                 let answer: Option<Vec<u8>> = CODEC
                     .decode::<Option<ByteBuf>>(&output)
@@ -1141,6 +1196,79 @@ impl<'c> Writer<'c> {
             destination: m.destination.clone(),
             topic: m.topic.clone(),
         });
+        Ok(())
+    }
+
+    /// Undoes a `recv` that never delivered its message: its record goes, and the
+    /// message goes back before every other (so the queue's order is as it was).
+    fn give_back(&mut self, path: &Path, key: &StepKey, topic: String) -> Result<(), StoreError> {
+        let sql = |e| sql_error(path, e);
+        let recorded: Option<(Option<Vec<u8>>, Option<u32>)> = self
+            .recorded_output
+            .query_row(params![&*key.workflow_id, key.path.to_string()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(sql)?;
+        let Some((Some(output), crc)) = recorded else {
+            // Never answered (the wait was dropped first), or given back already.
+            return Ok(());
+        };
+        if !checks(&output, crc) {
+            return Err(StoreError::new(
+                path,
+                StoreErrorKind::Invariant,
+                format!(
+                    "the recorded answer of step {} of workflow {} {DAMAGED}",
+                    key.path, key.workflow_id
+                ),
+            ));
+        }
+        let Ok(Some(ByteBuf(payload))) = CODEC.decode::<Option<ByteBuf>>(&output) else {
+            // A recorded timeout: nothing was taken.
+            return Ok(());
+        };
+        self.conn
+            .execute_batch("SAVEPOINT durable_give_back")
+            .map_err(sql)?;
+        let done = (|| {
+            let deleted = self
+                .conn
+                .prepare_cached(
+                    "DELETE FROM durable_steps WHERE workflow_id = ?1 AND path = ?2 AND name = ?3",
+                )?
+                .execute(params![&*key.workflow_id, key.path.to_string(), key.name])?;
+            if deleted != 1 {
+                // Not a recv's record: nothing of ours to give back.
+                return Ok(false);
+            }
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO durable_messages (seq, destination, topic, payload, crc32, sent_at)
+                     VALUES ((SELECT COALESCE(MIN(seq), 1) - 1 FROM durable_messages),
+                             ?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    &*key.workflow_id,
+                    topic,
+                    payload,
+                    crc32(&payload),
+                    crate::step::now_ms()
+                ])?;
+            Ok(true)
+        })();
+        let end = if done.is_ok() {
+            "RELEASE durable_give_back"
+        } else {
+            "ROLLBACK TO durable_give_back; RELEASE durable_give_back"
+        };
+        self.conn.execute_batch(end).map_err(sql)?;
+        if done.map_err(sql)? {
+            self.touched.push(WaitFor::Message {
+                destination: key.workflow_id.to_string(),
+                topic,
+            });
+        }
         Ok(())
     }
 
@@ -1317,6 +1445,37 @@ impl<'c> Writer<'c> {
             }
         };
         let crc = crc32(output.unwrap_or_else(|| error.unwrap_or_default().as_bytes()));
+        if let Effect::None = s.effect {
+            self.record.execute(params![
+                &*s.workflow_id,
+                s.path.to_string(),
+                s.name,
+                output,
+                error,
+                s.attempts,
+                s.started_at,
+                s.finished_at,
+                crc,
+                kind
+            ])?;
+            return Ok(());
+        }
+        // The record and its effect stand or fall together.
+        self.conn.execute_batch("SAVEPOINT durable_effect")?;
+        let done = self.record_with_effect(s, (output, error, kind, crc));
+        self.conn.execute_batch(if done.is_ok() {
+            "RELEASE durable_effect"
+        } else {
+            "ROLLBACK TO durable_effect; RELEASE durable_effect"
+        })?;
+        done
+    }
+
+    fn record_with_effect(
+        &mut self,
+        s: &StepRecord,
+        (output, error, kind, crc): (Option<&[u8]>, Option<&str>, Option<&str>, u32),
+    ) -> rusqlite::Result<()> {
         self.record.execute(params![
             &*s.workflow_id,
             s.path.to_string(),
@@ -1349,7 +1508,7 @@ impl<'c> Writer<'c> {
         Ok(())
     }
 
-    fn finish(&mut self, f: &Finish) -> rusqlite::Result<()> {
+    fn finish(&mut self, f: &Finish) -> rusqlite::Result<bool> {
         let (status, output, kind, error) = match &f.outcome {
             Finished::Completed(bytes) => {
                 (RecordStatus::Completed, Some(bytes.as_slice()), None, None)
@@ -1362,7 +1521,7 @@ impl<'c> Writer<'c> {
             ),
         };
         let crc = output.map(crc32);
-        self.finish.execute(params![
+        let updated = self.finish.execute(params![
             &*f.id,
             status.as_str(),
             output,
@@ -1371,7 +1530,7 @@ impl<'c> Writer<'c> {
             f.at,
             crc
         ])?;
-        Ok(())
+        Ok(updated == 1)
     }
 }
 
@@ -1403,6 +1562,7 @@ impl Reply {
         match self {
             Reply::Create(s, r) => drop(s.send(r)),
             Reply::Unit(s, r) => drop(s.send(r)),
+            Reply::Finish(s, r) => drop(s.send(r)),
             Reply::Written(s, r) => drop(s.send(r)),
             // Parked by `commit_batch`, never sent from here.
             Reply::Park(_, p) => drop(p),
@@ -1413,6 +1573,7 @@ impl Reply {
         match self {
             Reply::Create(_, r) => r.as_ref().err(),
             Reply::Unit(_, r) => r.as_ref().err(),
+            Reply::Finish(_, r) => r.as_ref().err(),
             Reply::Written(_, r) => r.as_ref().err(),
             Reply::Park(..) => None,
         }
@@ -1422,6 +1583,7 @@ impl Reply {
         match self {
             Reply::Create(s, _) => drop(s.send(Err(e))),
             Reply::Unit(s, _) => drop(s.send(Err(e))),
+            Reply::Finish(s, _) => drop(s.send(Err(e))),
             Reply::Written(s, _) => drop(s.send(Err(e))),
             Reply::Park(_, p) => drop(p.reply.send(Err(e))),
         }
@@ -1431,7 +1593,8 @@ impl Reply {
 fn fail(c: Command, e: StoreError) {
     match c {
         Command::Create(_, s) => drop(s.send(Err(e))),
-        Command::Step(_, s) | Command::Finish(_, s) => drop(s.send(Err(e))),
+        Command::Step(_, s) => drop(s.send(Err(e))),
+        Command::Finish(_, s) => drop(s.send(Err(e))),
         Command::Write(_, s) => drop(s.send(Err(e))),
     }
 }
@@ -1559,7 +1722,7 @@ impl Store for SqliteStore {
         self.send(|tx| Command::Step(step, tx))
     }
 
-    fn finish_workflow(&self, finish: Finish) -> Ack {
+    fn finish_workflow(&self, finish: Finish) -> Ack<bool> {
         self.send(|tx| Command::Finish(finish, tx))
     }
 
@@ -1567,26 +1730,37 @@ impl Store for SqliteStore {
         self.send(|tx| Command::Write(write, tx))
     }
 
-    fn started(&self, workflow_id: &str) -> Result<Vec<StartedRecord>, StoreError> {
+    fn side_records(&self, workflow_id: &str) -> Result<SideRecords, StoreError> {
+        let parse = |path: String, what: &str| {
+            path.parse::<StepPath>().map_err(|_| {
+                invalid(format!(
+                    "workflow {workflow_id} has a {what} at `{path}`, which is not a step path"
+                ))
+            })
+        };
         self.read(|c| {
+            let mut out = SideRecords::default();
             let mut stmt = c.prepare_cached(
                 "SELECT path, wake_at FROM durable_started WHERE workflow_id = ?1",
             )?;
             let rows = stmt.query_map([workflow_id], |r| {
-                let path: String = r.get(0)?;
-                let Ok(parsed) = path.parse::<StepPath>() else {
-                    return Ok(Err(invalid(format!(
-                        "workflow {workflow_id} has a start record at `{path}`, which is not a step path"
-                    ))));
-                };
-                Ok(Ok(StartedRecord {
-                    path: parsed,
-                    wake_at: r.get(1)?,
-                }))
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
             })?;
-            let mut out = Vec::new();
             for row in rows {
-                out.push(row??);
+                let (path, wake_at) = row?;
+                out.started.push(StartedRecord {
+                    path: parse(path, "start record")?,
+                    wake_at,
+                });
+            }
+            let mut stmt =
+                c.prepare_cached("SELECT path, name FROM durable_patches WHERE workflow_id = ?1")?;
+            let rows = stmt.query_map([workflow_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
+            for row in rows {
+                let (path, name) = row?;
+                out.patches.push((parse(path, "patch marker")?, name));
             }
             Ok(out)
         })
