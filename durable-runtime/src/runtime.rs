@@ -275,6 +275,9 @@ impl Runtime {
     /// process or recorded in the journal, nothing runs again: the handle is for the
     /// existing run (and its recorded input, not this call's).
     ///
+    /// Child workflows get ids of the form `<parent id>/<path>` (`order-42/3`); give
+    /// your own workflows ids of another shape, or one may take a child's id.
+    ///
     /// # Errors
     ///
     /// [`Error::InvalidId`] for an empty or oversized id, [`Error::Encode`] if the input
@@ -353,8 +356,9 @@ impl Runtime {
         Ok(())
     }
 
-    /// Continues a cancelled or failed workflow from its last recorded step, with the
-    /// children that were cancelled with it.
+    /// Continues a cancelled or failed workflow from its last recorded step, with its
+    /// cancelled children (also those cancelled on their own, whose cancellation the
+    /// parent may have recorded already).
     ///
     /// Recorded step outputs replay as usual. What a failed workflow recorded as its
     /// failure is dropped first: a step that panicked, or that was interrupted with
