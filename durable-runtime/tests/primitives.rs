@@ -165,6 +165,23 @@ async fn notify_v2(n: u32) -> u32 {
     finish(v).await
 }
 
+/// Makes run `id` look like an execution that crashed before its step `lost` was
+/// recorded, recovered now by the code of workflow `now_named` (a deployment keeps the
+/// name; here each version has its own).
+fn crashed_under_old_code(path: &std::path::Path, id: &str, lost: &str, now_named: &str) {
+    common::make_pending(path, id);
+    common::sql(
+        path,
+        "DELETE FROM durable_steps WHERE workflow_id = ?1 AND name = ?2",
+        [id, lost],
+    );
+    common::sql(
+        path,
+        "UPDATE durable_workflows SET name = ?2 WHERE id = ?1",
+        [id, now_named],
+    );
+}
+
 fn names(steps: Vec<durable_runtime::StepInfo>) -> Vec<String> {
     steps.into_iter().map(|s| s.name).collect()
 }
@@ -192,17 +209,7 @@ async fn patched_keeps_old_executions_on_the_old_path_and_sends_new_ones_down_th
         .expect("v1");
     drop(rt);
     common::make_pending(&path, "new");
-    common::make_pending(&path, "old");
-    common::sql(
-        &path,
-        "UPDATE durable_workflows SET name = 'notify_v2' WHERE id = 'old'",
-        [],
-    );
-    common::sql(
-        &path,
-        "DELETE FROM durable_steps WHERE workflow_id = 'old' AND name = 'finish'",
-        [],
-    );
+    crashed_under_old_code(&path, "old", "finish", "notify_v2");
     let rt = common::reopen(&path).await;
     let old = rt
         .handle::<u32>("old")
@@ -258,17 +265,7 @@ async fn removing_a_patch_check_keeps_executions_that_took_the_new_path_replayin
         .await
         .expect("v2");
     drop(rt);
-    common::make_pending(&path, "after");
-    common::sql(
-        &path,
-        "DELETE FROM durable_steps WHERE workflow_id = 'after' AND name = 'finish'",
-        [],
-    );
-    common::sql(
-        &path,
-        "UPDATE durable_workflows SET name = 'notify_v3' WHERE id = 'after'",
-        [],
-    );
+    crashed_under_old_code(&path, "after", "finish", "notify_v3");
     let rt = common::reopen(&path).await;
     let v = rt
         .handle::<u32>("after")
@@ -324,17 +321,7 @@ async fn patched_sees_an_old_execution_that_recorded_only_a_later_position() {
         .expect("v1");
     drop(rt);
     // The old run crashed with `fast_b` (position 2) recorded and `slow_a` (1) not.
-    common::make_pending(&path, "pair");
-    common::sql(
-        &path,
-        "DELETE FROM durable_steps WHERE workflow_id = 'pair' AND name = 'slow_a'",
-        [],
-    );
-    common::sql(
-        &path,
-        "UPDATE durable_workflows SET name = 'pair_v2' WHERE id = 'pair'",
-        [],
-    );
+    crashed_under_old_code(&path, "pair", "slow_a", "pair_v2");
     let rt = common::reopen(&path).await;
     let v = rt
         .handle::<u32>("pair")

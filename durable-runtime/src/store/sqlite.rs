@@ -1075,21 +1075,13 @@ impl<'c> Writer<'c> {
             // The record and the taking of the message stand or fall together: a record
             // that fails (the path is taken) must not consume a message, and a message
             // taken must be recorded.
-            self.conn
-                .execute_batch("SAVEPOINT durable_wait")
-                .map_err(sql)?;
-            let answered = self
-                .record_answer(r, Some(&answer))
-                .and_then(|()| match take {
-                    Some(seq) => self.delete_message.execute([seq]).map(drop),
-                    None => Ok(()),
-                });
-            let end = if answered.is_ok() {
-                "RELEASE durable_wait"
-            } else {
-                "ROLLBACK TO durable_wait; RELEASE durable_wait"
-            };
-            self.conn.execute_batch(end).map_err(sql)?;
+            let answered = all_or_nothing(self.conn, || {
+                self.record_answer(r, Some(&answer))?;
+                if let Some(seq) = take {
+                    self.delete_message.execute([seq])?;
+                }
+                Ok(())
+            });
             answered.map_err(|e| {
                 if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) {
                     already_recorded(path, &r.key)
@@ -1228,10 +1220,7 @@ impl<'c> Writer<'c> {
             // A recorded timeout: nothing was taken.
             return Ok(());
         };
-        self.conn
-            .execute_batch("SAVEPOINT durable_give_back")
-            .map_err(sql)?;
-        let done = (|| {
+        let done = all_or_nothing(self.conn, || {
             let deleted = self
                 .conn
                 .prepare_cached(
@@ -1256,13 +1245,7 @@ impl<'c> Writer<'c> {
                     crate::step::now_ms()
                 ])?;
             Ok(true)
-        })();
-        let end = if done.is_ok() {
-            "RELEASE durable_give_back"
-        } else {
-            "ROLLBACK TO durable_give_back; RELEASE durable_give_back"
-        };
-        self.conn.execute_batch(end).map_err(sql)?;
+        });
         if done.map_err(sql)? {
             self.touched.push(WaitFor::Message {
                 destination: key.workflow_id.to_string(),
@@ -1445,8 +1428,8 @@ impl<'c> Writer<'c> {
             }
         };
         let crc = crc32(output.unwrap_or_else(|| error.unwrap_or_default().as_bytes()));
-        if let Effect::None = s.effect {
-            self.record.execute(params![
+        let insert = |w: &mut Self| {
+            w.record.execute(params![
                 &*s.workflow_id,
                 s.path.to_string(),
                 s.name,
@@ -1457,37 +1440,20 @@ impl<'c> Writer<'c> {
                 s.finished_at,
                 crc,
                 kind
-            ])?;
-            return Ok(());
+            ])
+        };
+        if let Effect::None = s.effect {
+            return insert(self).map(drop);
         }
         // The record and its effect stand or fall together.
-        self.conn.execute_batch("SAVEPOINT durable_effect")?;
-        let done = self.record_with_effect(s, (output, error, kind, crc));
-        self.conn.execute_batch(if done.is_ok() {
-            "RELEASE durable_effect"
-        } else {
-            "ROLLBACK TO durable_effect; RELEASE durable_effect"
-        })?;
-        done
+        all_or_nothing(self.conn, || {
+            insert(self)?;
+            self.apply(s)
+        })
     }
 
-    fn record_with_effect(
-        &mut self,
-        s: &StepRecord,
-        (output, error, kind, crc): (Option<&[u8]>, Option<&str>, Option<&str>, u32),
-    ) -> rusqlite::Result<()> {
-        self.record.execute(params![
-            &*s.workflow_id,
-            s.path.to_string(),
-            s.name,
-            output,
-            error,
-            s.attempts,
-            s.started_at,
-            s.finished_at,
-            crc,
-            kind
-        ])?;
+    /// Writes what a step's record also does.
+    fn apply(&mut self, s: &StepRecord) -> rusqlite::Result<()> {
         match &s.effect {
             Effect::None => {}
             Effect::Send(m) => self.insert_message(m)?,
@@ -1536,6 +1502,22 @@ impl<'c> Writer<'c> {
 
 /// The `error_kind` of a step record that holds an interruption (NULL: a panic).
 const INTERRUPTED: &str = "interrupted";
+
+/// Runs `f` inside a savepoint, so that its writes stand or fall together (a failing
+/// statement otherwise rolls back only itself, and the batch goes on).
+fn all_or_nothing<T>(
+    conn: &Connection,
+    f: impl FnOnce() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.execute_batch("SAVEPOINT durable_all_or_nothing")?;
+    let done = f();
+    conn.execute_batch(if done.is_ok() {
+        "RELEASE durable_all_or_nothing"
+    } else {
+        "ROLLBACK TO durable_all_or_nothing; RELEASE durable_all_or_nothing"
+    })?;
+    done
+}
 
 /// Whether two waits record the same step.
 fn same_step(a: Option<&WaitRecord>, b: Option<&WaitRecord>) -> bool {
