@@ -13,6 +13,8 @@
 //! The seed comes from `CRASH_SEED` (or the clock) and is printed; rerun a failure with
 //! `CRASH_SEED=<seed> cargo test -p durable-examples --test crash -- --nocapture`.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -128,27 +130,12 @@ fn results(stdout: &str) -> Vec<String> {
     lines
 }
 
-/// Opens a copy of a journal (as a killed worker left it) for reading, so the test never
-/// changes what the next worker finds. `None` if no worker got as far as creating it.
-///
-/// Reading the original read-only is not enough: a worker killed while SQLite switched a
-/// new file to WAL mode leaves a hot rollback journal (`<db>-journal`), which only a
-/// read-write connection can roll back.
+/// Opens a copy of a journal (see `common::copy_for_reading`); `None` if no worker
+/// created its tables yet.
 fn open_journal(journal: &Path) -> Res<Option<Connection>> {
-    if !journal.exists() {
+    let Some(copy) = common::copy_for_reading(journal)? else {
         return Ok(None);
-    }
-    let copy = journal.with_extension("inspect.db");
-    for suffix in ["", "-wal", "-journal", "-shm"] {
-        let (mut from, mut to) = (journal.as_os_str().to_owned(), copy.as_os_str().to_owned());
-        from.push(suffix);
-        to.push(suffix);
-        let _ = std::fs::remove_file(&to);
-        // The shared-memory index (`-shm`) is rebuilt from the WAL; copy the rest.
-        if suffix != "-shm" && Path::new(&from).exists() {
-            std::fs::copy(&from, &to)?;
-        }
-    }
+    };
     let conn = Connection::open_with_flags(&copy, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     let has_steps: bool = conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'durable_steps')",

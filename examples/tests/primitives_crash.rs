@@ -17,6 +17,8 @@
 //! test; rerun a failure with
 //! `PRIMITIVES_SEED=<seed> cargo test -p durable-examples --test primitives_crash -- --nocapture`.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -222,25 +224,12 @@ fn step_lines(log: &Path) -> Res<Vec<(String, String, String)>> {
         .collect())
 }
 
-/// Opens a copy of a journal (as a killed or finished worker left it), so the test never
-/// changes what the next worker finds; `None` if no worker created its tables yet.
-///
-/// A copy, because a worker killed while SQLite switched a new file to WAL mode leaves
-/// a hot rollback journal that only a read-write connection rolls back.
+/// Opens a copy of a journal (see `common::copy_for_reading`); `None` if no worker
+/// created its tables yet.
 fn open_journal(journal: &Path) -> Res<Option<Connection>> {
-    if !journal.exists() {
+    let Some(copy) = common::copy_for_reading(journal)? else {
         return Ok(None);
-    }
-    let copy = journal.with_extension("inspect.db");
-    for suffix in ["", "-wal", "-journal", "-shm"] {
-        let (mut from, mut to) = (journal.as_os_str().to_owned(), copy.as_os_str().to_owned());
-        from.push(suffix);
-        to.push(suffix);
-        let _ = std::fs::remove_file(&to);
-        if suffix != "-shm" && Path::new(&from).exists() {
-            std::fs::copy(&from, &to)?;
-        }
-    }
+    };
     let conn = Connection::open_with_flags(&copy, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     let ready: bool = conn.query_row(
         "SELECT COUNT(*) = 2 FROM sqlite_master WHERE type = 'table'

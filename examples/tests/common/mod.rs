@@ -1,4 +1,6 @@
-//! Shared by the tests that record journal fixtures.
+//! Shared by the tests that record journal fixtures or inspect a killed worker's journal.
+
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -25,4 +27,29 @@ pub(crate) fn seal(path: &Path) {
     drop(conn);
     drop(lock);
     let _ = std::fs::remove_file(format!("{}.lock", path.display()));
+}
+
+/// Copies a journal (as a killed or finished worker left it) beside it, for reading, so
+/// a test never changes what the next worker finds; returns the copy's path, or `None`
+/// if no worker created the journal yet.
+///
+/// Reading the original read-only is not enough: a worker killed while SQLite switched a
+/// new file to WAL mode leaves a hot rollback journal (`<db>-journal`), which only a
+/// read-write connection can roll back.
+pub(crate) fn copy_for_reading(journal: &Path) -> std::io::Result<Option<std::path::PathBuf>> {
+    if !journal.exists() {
+        return Ok(None);
+    }
+    let copy = journal.with_extension("inspect.db");
+    for suffix in ["", "-wal", "-journal", "-shm"] {
+        let (mut from, mut to) = (journal.as_os_str().to_owned(), copy.as_os_str().to_owned());
+        from.push(suffix);
+        to.push(suffix);
+        let _ = std::fs::remove_file(&to);
+        // The shared-memory index (`-shm`) is rebuilt from the WAL; copy the rest.
+        if suffix != "-shm" && Path::new(&from).exists() {
+            std::fs::copy(&from, &to)?;
+        }
+    }
+    Ok(Some(copy))
 }
