@@ -20,15 +20,44 @@ use crate::store::{
     WorkflowRecord, Write, Written,
 };
 
+/// One step of one workflow run: the checked workflow's, or a child's.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StepAt {
+    /// The run the step belongs to.
+    pub workflow_id: String,
+    /// The step's path in that run.
+    pub path: StepPath,
+}
+
+impl StepAt {
+    fn of(workflow_id: &str, path: &StepPath) -> Self {
+        StepAt {
+            workflow_id: workflow_id.to_owned(),
+            path: path.clone(),
+        }
+    }
+}
+
+impl fmt::Display for StepAt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Child workflow ids are `<parent>/<path>`; the checked workflow's has no `/`.
+        if self.workflow_id.contains('/') {
+            write!(f, "{} of child workflow {}", self.path, self.workflow_id)
+        } else {
+            write!(f, "{}", self.path)
+        }
+    }
+}
+
 /// Where a simulated crash happens, relative to one checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CrashPoint {
     /// When the step's checkpoint reaches the store: its body has finished, its record
     /// is never written.
-    BeforeCommit(StepPath),
+    BeforeCommit(StepAt),
     /// The moment the store acknowledges the step's checkpoint as durable, before the
     /// workflow hears of it.
-    AfterCommit(StepPath),
+    AfterCommit(StepAt),
     /// When the workflow's outcome reaches the store.
     BeforeFinish,
     /// The moment the store acknowledges the workflow's outcome.
@@ -40,15 +69,15 @@ pub enum CrashPoint {
 pub enum Event {
     /// A step body started an attempt.
     BodyStarted {
-        /// The step's path.
-        path: StepPath,
+        /// The step.
+        at: StepAt,
         /// The step's name.
         name: &'static str,
     },
     /// The store acknowledged a step's checkpoint as durable.
     Committed {
-        /// The step's path.
-        path: StepPath,
+        /// The step.
+        at: StepAt,
         /// The step's name.
         name: &'static str,
     },
@@ -276,16 +305,17 @@ impl Store for ProbeStore {
         if self.probe.is_crashed() {
             return self.probe.hold();
         }
+        let at = StepAt::of(&step.workflow_id, &step.path);
         let crash_after = match &self.probe.crash_at {
-            Some(CrashPoint::BeforeCommit(p)) if *p == step.path => {
+            Some(CrashPoint::BeforeCommit(p)) if *p == at => {
                 self.probe.crash(&*self.inner);
                 return self.probe.hold();
             }
-            Some(CrashPoint::AfterCommit(p)) => *p == step.path,
+            Some(CrashPoint::AfterCommit(p)) => *p == at,
             _ => false,
         };
         let committed = Event::Committed {
-            path: step.path.clone(),
+            at,
             name: step.name,
         };
         let ack = self.inner.record_step(step);
@@ -345,9 +375,9 @@ impl Store for ProbeStore {
         self.probe.is_crashed()
     }
 
-    fn step_started(&self, _workflow_id: &Arc<str>, path: &StepPath, name: &'static str) {
+    fn step_started(&self, workflow_id: &Arc<str>, path: &StepPath, name: &'static str) {
         self.probe.log(Event::BodyStarted {
-            path: path.clone(),
+            at: StepAt::of(workflow_id, path),
             name,
         });
     }

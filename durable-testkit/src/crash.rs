@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Debug, Display};
 use std::sync::Arc;
 
-use durable_runtime::testkit_support::{CrashPoint, Event, Probe};
+use durable_runtime::testkit_support::{CrashPoint, Event, Probe, StepAt};
 use durable_runtime::{Error, StepPath, WorkflowCall};
 use serde::de::DeserializeOwned;
 
@@ -125,17 +125,17 @@ impl<F> CrashCheck<F> {
         let mut steps = BTreeMap::new();
         for event in &reference.events {
             match event {
-                Event::Committed { path, name } => {
-                    points.push(CrashPoint::BeforeCommit(path.clone()));
-                    points.push(CrashPoint::AfterCommit(path.clone()));
+                Event::Committed { at, name } => {
+                    points.push(CrashPoint::BeforeCommit(at.clone()));
+                    points.push(CrashPoint::AfterCommit(at.clone()));
                     steps
-                        .entry(path.clone())
-                        .or_insert_with(|| StepRuns::new(path, name));
+                        .entry(at.clone())
+                        .or_insert_with(|| StepRuns::new(at, name));
                 }
-                Event::BodyStarted { path, name } => {
+                Event::BodyStarted { at, name } => {
                     steps
-                        .entry(path.clone())
-                        .or_insert_with(|| StepRuns::new(path, name))
+                        .entry(at.clone())
+                        .or_insert_with(|| StepRuns::new(at, name))
                         .reference += 1;
                 }
                 Event::Crashed => {}
@@ -170,7 +170,7 @@ impl<F> CrashCheck<F> {
         point: &CrashPoint,
         expected: &Result<O, Error>,
         expected_steps: &BTreeMap<StepPath, String>,
-        counts: &mut BTreeMap<StepPath, StepRuns>,
+        counts: &mut BTreeMap<StepAt, StepRuns>,
     ) -> Result<(), String>
     where
         F: FnMut() -> WorkflowCall<O>,
@@ -189,11 +189,11 @@ impl<F> CrashCheck<F> {
                 crashed.result
             ));
         }
-        let acknowledged: BTreeSet<StepPath> = crashed
+        let acknowledged: BTreeSet<StepAt> = crashed
             .events
             .iter()
             .filter_map(|e| match e {
-                Event::Committed { path, .. } => Some(path.clone()),
+                Event::Committed { at, .. } => Some(at.clone()),
                 _ => None,
             })
             .collect();
@@ -201,34 +201,34 @@ impl<F> CrashCheck<F> {
             .map_err(|e| format!("recovery failed: {e}"))?;
 
         // Per path: body runs in the crashed run, and in the recovery.
-        let mut runs: BTreeMap<&StepPath, [u32; 2]> = BTreeMap::new();
+        let mut runs: BTreeMap<&StepAt, [u32; 2]> = BTreeMap::new();
         for (events, i) in [(&crashed.events, 0), (&recovered.events, 1)] {
             for e in events {
-                if let Event::BodyStarted { path, .. } = e {
-                    runs.entry(path).or_default()[i] += 1;
+                if let Event::BodyStarted { at, .. } = e {
+                    runs.entry(at).or_default()[i] += 1;
                 }
             }
         }
-        for (path, [before, after]) in &runs {
-            if let Some(c) = counts.get_mut(*path) {
+        for (at, [before, after]) in &runs {
+            if let Some(c) = counts.get_mut(*at) {
                 c.min = c.min.min(before + after);
                 c.max = c.max.max(before + after);
                 c.reran += u32::from(*before > 0 && *after > 0);
             }
         }
-        for (path, c) in counts.iter_mut() {
-            if !runs.contains_key(path) {
+        for (at, c) in counts.iter_mut() {
+            if !runs.contains_key(at) {
                 c.min = 0;
             }
         }
 
         let mut problems = Vec::new();
         for e in &recovered.events {
-            if let Event::BodyStarted { path, name } = e
-                && acknowledged.contains(path)
+            if let Event::BodyStarted { at, name } = e
+                && acknowledged.contains(at)
             {
                 problems.push(format!(
-                    "step {path} (`{name}`) ran again after recovery, although the store had \
+                    "step {at} (`{name}`) ran again after recovery, although the store had \
                      acknowledged its checkpoint as durable before the crash"
                 ));
             }
@@ -241,7 +241,7 @@ impl<F> CrashCheck<F> {
             )),
             Some(_) => {}
         }
-        if recovered.steps != *expected_steps {
+        if crate::journal::first_difference(&recovered.steps, expected_steps).is_some() {
             problems.push(format!(
                 "the journal records different steps than the uninterrupted run's:\n      \
                  uninterrupted: {}\n      recovered:     {}",
@@ -281,12 +281,7 @@ where
             () = p.crashed(), if !finish => None,
         };
         let steps = match result {
-            Some(_) => rt
-                .steps(WORKFLOW_ID)
-                .await?
-                .into_iter()
-                .map(|s| (s.path, s.name))
-                .collect(),
+            Some(_) => crate::journal::step_map(rt.steps(WORKFLOW_ID).await?),
             None => BTreeMap::new(),
         };
         Ok::<_, durable_runtime::Error>((result, steps))
@@ -325,7 +320,10 @@ fn list(steps: &BTreeMap<StepPath, String>) -> String {
 /// How often one step's body ran, over the uninterrupted run and every crash scenario.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepRuns {
-    /// The step's path.
+    /// The workflow run the step belongs to: the checked workflow, or one of its child
+    /// workflows (`<parent id>/<path>`).
+    pub workflow_id: String,
+    /// The step's path in that run.
     pub path: StepPath,
     /// The step's name.
     pub name: String,
@@ -341,9 +339,10 @@ pub struct StepRuns {
 }
 
 impl StepRuns {
-    fn new(path: &StepPath, name: &str) -> Self {
+    fn new(at: &StepAt, name: &str) -> Self {
         StepRuns {
-            path: path.clone(),
+            workflow_id: at.workflow_id.clone(),
+            path: at.path.clone(),
             name: name.to_owned(),
             reference: 0,
             min: u32::MAX,
@@ -388,10 +387,14 @@ impl Display for CrashReport {
         )?;
         for s in &self.steps {
             let min = if s.min == u32::MAX { 0 } else { s.min };
+            let at = StepAt {
+                workflow_id: s.workflow_id.clone(),
+                path: s.path.clone(),
+            };
             writeln!(
                 f,
                 "  {:<6} {:<16} {:>13} {:>23} {:>26}",
-                s.path.to_string(),
+                at.to_string(),
                 s.name,
                 s.reference,
                 format!("{min}-{}", s.max),

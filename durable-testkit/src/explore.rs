@@ -167,7 +167,7 @@ where
             Err(e) => return Err(e.to_string()),
         }
         let steps = rt.steps(WORKFLOW_ID).await.map_err(|e| e.to_string())?;
-        Ok(steps.into_iter().map(|s| (s.path, s.name)).collect())
+        Ok(crate::journal::step_map(steps))
     })
 }
 
@@ -176,7 +176,8 @@ fn compare(seed_a: u64, a: &StepMap, seed_b: u64, b: &StepMap) -> Option<Problem
     let mut paths: Vec<&StepPath> = a.keys().chain(b.keys()).collect();
     paths.sort();
     paths.dedup();
-    let at = paths.iter().position(|p| a.get(*p) != b.get(*p))?;
+    let first = crate::journal::first_difference(a, b)?;
+    let at = paths.iter().position(|p| *p == first)?;
     let rows = paths
         .iter()
         .map(|p| (p.to_string(), a.get(*p).cloned(), b.get(*p).cloned()))

@@ -169,3 +169,57 @@ pub(crate) fn on_fresh_runtime<T: Send>(
             .unwrap_or_else(|payload| std::panic::resume_unwind(payload))
     })
 }
+
+/// The name recorded for a durable select, which the comparisons below treat apart.
+const SELECT: &str = "durable::select";
+
+/// A run's recorded steps as `path -> name`, for comparing runs. A durable select's
+/// entry also says which branch won: two runs whose selects chose differently may go
+/// on differently, and that is not a determinism bug (the winner is recorded).
+pub(crate) fn step_map(
+    steps: Vec<durable_runtime::StepInfo>,
+) -> std::collections::BTreeMap<durable_runtime::StepPath, String> {
+    steps
+        .into_iter()
+        .map(|s| {
+            let name = match s.output::<u32>() {
+                Ok(winner) if s.name == SELECT => format!("{SELECT} (won by branch {winner})"),
+                _ => s.name,
+            };
+            (s.path, name)
+        })
+        .collect()
+}
+
+/// The first path at which two runs' recorded steps disagree, if any.
+///
+/// Both runs must record the same step at every path they both record, up to the
+/// first durable select whose winners differ (after it they may legitimately take
+/// other paths). A path recorded by one run only is a difference too, unless the
+/// workflow selects: whether a select's losing branch finished, and so recorded its
+/// step, before the select returned depends on timing.
+pub(crate) fn first_difference<'a>(
+    a: &'a std::collections::BTreeMap<durable_runtime::StepPath, String>,
+    b: &'a std::collections::BTreeMap<durable_runtime::StepPath, String>,
+) -> Option<&'a durable_runtime::StepPath> {
+    let selects =
+        |m: &std::collections::BTreeMap<_, String>| m.values().any(|n| n.starts_with(SELECT));
+    let has_select = selects(a) || selects(b);
+    let mut paths: Vec<&durable_runtime::StepPath> = a.keys().chain(b.keys()).collect();
+    paths.sort();
+    paths.dedup();
+    let cutoff = paths
+        .iter()
+        .copied()
+        .find(|p| match (a.get(*p), b.get(*p)) {
+            (Some(x), Some(y)) => x != y && x.starts_with(SELECT) && y.starts_with(SELECT),
+            _ => false,
+        });
+    paths
+        .into_iter()
+        .filter(|p| cutoff.is_none_or(|c| *p < c))
+        .find(|p| match (a.get(*p), b.get(*p)) {
+            (Some(x), Some(y)) => x != y,
+            _ => !has_select,
+        })
+}

@@ -34,6 +34,22 @@
 //! test. Each check returns a report on success and an error whose `Debug` output is a
 //! readable account of what failed, so `.unwrap()` or `.expect(..)` prints it.
 //!
+//! # Workflows that use the primitives
+//!
+//! - Crash points are the checkpoints recorded as steps: user steps and the
+//!   primitives' records (`sleep`, `now`, `random`, `send`, `set_event`, a child's
+//!   result, a `select`'s winner), in the checked workflow and in its child workflows
+//!   (reported as `step 1 of child workflow <id>`). A `recv`'s answer and a transaction
+//!   step are committed by the journal writer on its own and are not crash points here;
+//!   the repository's examples kill real processes around them.
+//! - Journals are compared path by path up to the first `select` whose winner differs
+//!   between the two runs, and a path that only one run recorded is accepted in a
+//!   workflow that selects (whether a losing branch recorded before the select returned
+//!   depends on timing).
+//! - Each scenario is a fresh execution: a result that depends on `now()`, `random()`,
+//!   `uuid()` or a timing-dependent `select` differs between scenarios, and the crash
+//!   check reports it. Make such inputs fixed in the test.
+//!
 //! # Minimum supported Rust version
 //!
 //! Rust 1.89.

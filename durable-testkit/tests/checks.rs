@@ -222,3 +222,29 @@ fn a_deterministic_workflow_passes_exploration() {
         .expect("deterministic");
     assert_eq!((report.steps(), report.base_seed()), (3, 7));
 }
+
+#[workflow]
+async fn helper_child(n: u64) -> u64 {
+    add(n, 1).await
+}
+
+#[workflow]
+async fn with_primitives(n: u64) -> u64 {
+    durable_runtime::sleep(Duration::from_millis(1)).await;
+    let child = helper_child(n).await.unwrap_or(0);
+    match durable_runtime::select(add(child, 10), add(child, 20)).await {
+        durable_runtime::Either::Left(v) | durable_runtime::Either::Right(v) => v,
+    }
+}
+
+#[test]
+fn workflows_using_primitives_pass_the_crash_and_order_checks() {
+    let report = crash_at_every_step(|| with_primitives(1))
+        .run()
+        .expect("crash check");
+    assert!(report.scenarios() >= 8, "{report:?}");
+    explore_completion_orders(|| with_primitives(1))
+        .schedules(8)
+        .run()
+        .expect("completion orders");
+}

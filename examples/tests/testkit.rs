@@ -70,7 +70,7 @@ const RECORD: &str = "DURABLE_RECORD_FIXTURES";
 /// Records `checkout.db`: four orders that finished (shipped, refunded, rejected,
 /// shipped) and one left pending by a crash after its reservations committed.
 fn record_checkout_fixture(path: &Path) {
-    use durable_runtime::testkit_support::{CrashPoint, Probe};
+    use durable_runtime::testkit_support::{CrashPoint, Probe, StepAt};
     let _ = std::fs::remove_file(path);
     let tokio = tokio::runtime::Runtime::new().expect("tokio");
     tokio.block_on(async {
@@ -90,16 +90,17 @@ fn record_checkout_fixture(path: &Path) {
     drop(tokio);
     drop(common::wait_unlocked(path));
     let tokio = tokio::runtime::Runtime::new().expect("tokio");
-    let probe = std::sync::Arc::new(
-        Probe::new().crash_at(CrashPoint::BeforeCommit("4".parse().expect("path"))),
-    );
+    let order = worker_order(9);
+    let probe = std::sync::Arc::new(Probe::new().crash_at(CrashPoint::BeforeCommit(StepAt {
+        workflow_id: order.id.clone(),
+        path: "4".parse().expect("path"),
+    })));
     tokio.block_on(async {
         let rt = durable_runtime::Runtime::builder(path)
             .probe(probe.clone())
             .open()
             .await
             .expect("open");
-        let order = worker_order(9);
         let _pending = rt
             .start_with_id(order.id.clone(), checkout(order))
             .await
