@@ -1,7 +1,7 @@
 //! The state one workflow run shares with its steps.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::Waker;
 
@@ -28,6 +28,8 @@ pub(crate) struct WorkflowCtx {
     pub(crate) runtime: Weak<Inner>,
     /// Step bodies running now: a cancelled workflow stops once none is.
     active: AtomicUsize,
+    /// Set with `Fatal::cancelled`, readable without the lock on every step.
+    cancel_asked: AtomicBool,
     /// Set for a replay check: step bodies never run. A step without a record stays
     /// pending for ever, and is listed in `unrecorded`.
     replay_only: bool,
@@ -48,7 +50,11 @@ pub(crate) struct ActiveBody(Arc<WorkflowCtx>);
 
 impl Drop for ActiveBody {
     fn drop(&mut self) {
-        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // Only a cancelled workflow waits for its last step body; a running one is not
+        // woken for nothing on every step.
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1
+            && self.0.cancel_asked.load(Ordering::Acquire)
+        {
             self.0.wake();
         }
     }
@@ -71,6 +77,7 @@ impl WorkflowCtx {
             fatal: Mutex::default(),
             runtime,
             active: AtomicUsize::new(0),
+            cancel_asked: AtomicBool::new(false),
             replay_only: false,
             unrecorded: Mutex::default(),
         }
@@ -119,11 +126,14 @@ impl WorkflowCtx {
     /// Marks a step body as running, until the guard is dropped; `None` if the
     /// workflow is cancelled (the body must not start).
     pub(crate) fn begin_body(self: &Arc<Self>) -> Option<ActiveBody> {
-        if lock(&self.fatal).cancelled.is_some() {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        // Counted before the check: a cancellation that lands in between sees this
+        // body as running, and waits for it.
+        let guard = ActiveBody(self.clone());
+        if self.cancel_asked.load(Ordering::Acquire) {
             return None;
         }
-        self.active.fetch_add(1, Ordering::AcqRel);
-        Some(ActiveBody(self.clone()))
+        Some(guard)
     }
 
     /// Why this execution was cancelled, if it was.
@@ -139,6 +149,7 @@ impl WorkflowCtx {
                 f.cancelled = Some(reason);
             }
         }
+        self.cancel_asked.store(true, Ordering::Release);
         self.wake();
     }
 
