@@ -1,6 +1,7 @@
 //! The runtime: opens the journal, recovers pending workflows, starts and drives runs.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::future::{Future, poll_fn};
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::marker::PhantomData;
@@ -490,14 +491,6 @@ impl Inner {
         running.remove(id);
     }
 
-    /// The run of `id` that is winding down from a cancellation in this process, if
-    /// any: what its end will be published on.
-    fn winding_down(&self, id: &str) -> Option<watch::Receiver<Option<Outcome>>> {
-        let running = lock(&self.running);
-        let r = running.get(id)?;
-        r.ctx.cancelled().map(|_| r.outcome.clone())
-    }
-
     /// Adds a run to `running` (locked by the caller, who made sure the id is free) and
     /// makes its context.
     fn register(
@@ -506,21 +499,29 @@ impl Inner {
         id: &Arc<str>,
         name: &'static str,
     ) -> (Arc<WorkflowCtx>, watch::Sender<Option<Outcome>>) {
+        let (run, ctx, tx) = self.new_run(id, name);
+        running.insert(id.clone(), run);
+        (ctx, tx)
+    }
+
+    /// A run's entry in `running`, its context, and where its outcome is published.
+    fn new_run(
+        self: &Arc<Self>,
+        id: &Arc<str>,
+        name: &'static str,
+    ) -> (Running, Arc<WorkflowCtx>, watch::Sender<Option<Outcome>>) {
         let (tx, rx) = watch::channel(None);
         let ctx = Arc::new(WorkflowCtx::new(
             id.clone(),
             self.store.clone(),
             Arc::downgrade(self),
         ));
-        running.insert(
-            id.clone(),
-            Running {
-                name,
-                outcome: rx,
-                ctx: ctx.clone(),
-            },
-        );
-        (ctx, tx)
+        let run = Running {
+            name,
+            outcome: rx,
+            ctx: ctx.clone(),
+        };
+        (run, ctx, tx)
     }
 
     /// Starts `launch` as workflow `id`, unless `id` exists (see
@@ -531,21 +532,29 @@ impl Inner {
         launch: Launch,
     ) -> Result<watch::Receiver<Option<Outcome>>> {
         let name = launch.def.name();
-        // A run winding down from a cancellation is not the run to join: what it ends
-        // with is its cancellation, while the journal may hold it resumed by now. Let it
-        // end, then look again.
-        while let Some(mut old) = self.winding_down(&id) {
-            let _ = old.wait_for(Option::is_some).await;
-        }
-        let (ctx, tx) = {
-            let mut running = lock(&self.running);
-            if let Some(r) = running.get(&id) {
-                if r.name != name {
-                    return Err(mismatch(&id, r.name, name));
+        let (ctx, tx) = loop {
+            let mut winding_down = {
+                let mut running = lock(&self.running);
+                match running.entry(id.clone()) {
+                    Entry::Vacant(v) => {
+                        let (run, ctx, tx) = self.new_run(&id, name);
+                        v.insert(run);
+                        break (ctx, tx);
+                    }
+                    Entry::Occupied(e) if e.get().ctx.cancelled().is_none() => {
+                        let r = e.get();
+                        if r.name != name {
+                            return Err(mismatch(&id, r.name, name));
+                        }
+                        return Ok(r.outcome.clone());
+                    }
+                    // A run winding down from a cancellation is not the run to join:
+                    // what it ends with is its cancellation, while the journal may hold
+                    // it resumed by now. Let it end, then look again.
+                    Entry::Occupied(e) => e.get().outcome.clone(),
                 }
-                return Ok(r.outcome.clone());
-            }
-            self.register(&mut running, &id, name)
+            };
+            let _ = winding_down.wait_for(Option::is_some).await;
         };
         let outcome = tx.subscribe();
         // The id is now claimed in `running`. The rest happens in a task of its own, so
@@ -975,19 +984,20 @@ async fn run_body(
     let mut body = scope::root(Branch::root(ctx.clone()), body);
     // The deadline, as a timer: when it fires, the run and its children are cancelled
     // (and stop at their next step boundary).
-    let mut deadline = std::pin::pin!(deadline_at.map(|at| {
+    // Boxed: most runs have none, and a `Sleep` would make every run's future bigger.
+    let mut deadline = deadline_at.map(|at| {
         let left = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
-        tokio::time::sleep(Duration::from_millis(left))
-    }));
+        Box::pin(tokio::time::sleep(Duration::from_millis(left)))
+    });
     let result = poll_fn(|cx| {
         if ctx.store.is_halted() {
             // A simulated crash: the "process" is gone, nothing of it runs again.
             return Poll::Pending;
         }
-        if let Some(timer) = deadline.as_mut().as_pin_mut()
-            && timer.poll(cx).is_ready()
+        if let Some(timer) = deadline.as_mut()
+            && timer.as_mut().poll(cx).is_ready()
         {
-            deadline.set(None);
+            deadline = None;
             if let Some(inner) = ctx.runtime.upgrade() {
                 let id = ctx.id.clone();
                 tracing::info!(workflow = %id, "deadline passed; cancelling the workflow");

@@ -150,8 +150,6 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ALTER TABLE durable_workflows_v3 RENAME TO durable_workflows;
     CREATE INDEX durable_workflows_pending ON durable_workflows (created_at)
         WHERE status = 'pending';
-    CREATE INDEX durable_workflows_parent ON durable_workflows (parent_id)
-        WHERE parent_id IS NOT NULL;
     ALTER TABLE durable_steps ADD COLUMN error_kind TEXT;
     CREATE TABLE durable_messages (
         seq         INTEGER PRIMARY KEY,
@@ -1255,11 +1253,16 @@ impl<'c> Writer<'c> {
         Ok(())
     }
 
+    /// Cancels `id` and its pending descendants. Descendants are found through
+    /// `parent_id`, within the primary key's range of ids that start with `<id>/` (every
+    /// descendant's id does): no index on `parent_id` is kept, which would cost every
+    /// start and finish a cursor for a rare operation.
     fn cancel(&mut self, id: &str, reason: CancelReason, at: i64) -> rusqlite::Result<Vec<String>> {
         let mut stmt = self.conn.prepare_cached(
             "WITH RECURSIVE tree(id) AS (
                  SELECT ?1
                  UNION SELECT w.id FROM durable_workflows w JOIN tree t ON w.parent_id = t.id
+                 WHERE w.id >= ?1 || '/' AND w.id < ?1 || '0'
              )
              UPDATE durable_workflows
              SET status = 'cancelled', error_kind = ?2, error = ?3, updated_at = ?4
@@ -1277,6 +1280,7 @@ impl<'c> Writer<'c> {
             "WITH RECURSIVE tree(id) AS (
                  SELECT ?1
                  UNION SELECT w.id FROM durable_workflows w JOIN tree t ON w.parent_id = t.id
+                 WHERE w.id >= ?1 || '/' AND w.id < ?1 || '0'
              )
              UPDATE durable_workflows
              SET status = 'pending', output = NULL, output_crc32 = NULL, error_kind = NULL,
