@@ -614,7 +614,11 @@ pub fn send<T: Serialize + DeserializeOwned>(
         }
         let now = now_ms();
         message.sent_at = now;
-        or_stop!(op, op.record_value(&(), Effect::Send(message), now).await);
+        or_stop!(
+            op,
+            op.record_value(&(), Effect::Send(Box::new(message)), now)
+                .await
+        );
         Ok(())
     }
 }
@@ -805,7 +809,7 @@ pub fn set_event<T: Serialize + DeserializeOwned>(
         if !op.may_run() {
             return pending().await;
         }
-        let effect = Effect::SetEvent { key, value };
+        let effect = Effect::SetEvent(Box::new((key, value)));
         or_stop!(op, op.record_value(&(), effect, now_ms()).await);
         Ok(())
     }

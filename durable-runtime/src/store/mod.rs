@@ -91,15 +91,11 @@ pub(crate) enum Effect {
     #[default]
     None,
     /// Sends a message (a `send` from a workflow: replay finds the step recorded and
-    /// does not send again).
-    Send(NewMessage),
-    /// Sets (or replaces) one of the workflow's events.
-    SetEvent {
-        /// The event's key.
-        key: String,
-        /// Its encoded value.
-        value: Vec<u8>,
-    },
+    /// does not send again). Boxed, like the event: every step record carries an
+    /// `Effect`, and almost all of them none.
+    Send(Box<NewMessage>),
+    /// Sets (or replaces) one of the workflow's events: its key and encoded value.
+    SetEvent(Box<(String, Vec<u8>)>),
 }
 
 /// A message to append to a destination's queue for one topic.

@@ -191,12 +191,14 @@ enum Command {
     Create(NewWorkflow, oneshot::Sender<Result<Created, StoreError>>),
     Step(StepRecord, oneshot::Sender<Result<(), StoreError>>),
     Finish(Finish, oneshot::Sender<Result<bool, StoreError>>),
-    Write(Write, oneshot::Sender<Result<Written, StoreError>>),
+    /// Boxed: the primitives' writes are rare and large, and every command moves
+    /// through the channel and the batch.
+    Write(Box<Write>, oneshot::Sender<Result<Written, StoreError>>),
 }
 
 impl Command {
     fn is_transaction(&self) -> bool {
-        matches!(self, Command::Write(Write::Transaction { .. }, _))
+        matches!(self, Command::Write(w, _) if matches!(**w, Write::Transaction { .. }))
     }
 }
 
@@ -599,14 +601,12 @@ fn write_loop(conn: Connection, path: &Path, rx: &mpsc::Receiver<Command>, stats
             }
             writer.commit_batch(path, &mut batch, stats, &mut woken);
         }
-        if let Some(Command::Write(
-            Write::Transaction {
+        if let Some(Command::Write(w, reply)) = alone
+            && let Write::Transaction {
                 key,
                 started_at,
                 work,
-            },
-            reply,
-        )) = alone
+            } = *w
         {
             writer.transaction(path, &key, started_at, work, reply, stats);
         }
@@ -677,13 +677,6 @@ struct Writer<'c> {
     existing: Statement<'c>,
     record: Statement<'c>,
     finish: Statement<'c>,
-    oldest_message: Statement<'c>,
-    delete_message: Statement<'c>,
-    insert_message: Statement<'c>,
-    event: Statement<'c>,
-    set_event: Statement<'c>,
-    started: Statement<'c>,
-    recorded_output: Statement<'c>,
     /// Waits that found nothing, by what they wait for.
     parked: HashMap<WaitFor, VecDeque<Parked>>,
     /// What the batch being written sends or sets, to answer parked waits once it
@@ -730,32 +723,6 @@ impl<'c> Writer<'c> {
                  SET status = ?2, output = ?3, error_kind = ?4, error = ?5, updated_at = ?6,
                      output_crc32 = ?7
                  WHERE id = ?1 AND status = 'pending'",
-            )?,
-            oldest_message: conn.prepare(
-                "SELECT seq, payload, crc32 FROM durable_messages
-                 WHERE destination = ?1 AND topic = ?2 ORDER BY seq LIMIT 1",
-            )?,
-            delete_message: conn.prepare("DELETE FROM durable_messages WHERE seq = ?1")?,
-            insert_message: conn.prepare(
-                "INSERT INTO durable_messages (destination, topic, payload, crc32, sent_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?,
-            event: conn.prepare(
-                "SELECT value, crc32 FROM durable_events WHERE workflow_id = ?1 AND key = ?2",
-            )?,
-            set_event: conn.prepare(
-                "INSERT INTO durable_events (workflow_id, key, value, crc32, set_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (workflow_id, key) DO UPDATE
-                 SET value = excluded.value, crc32 = excluded.crc32, set_at = excluded.set_at",
-            )?,
-            started: conn.prepare(
-                "INSERT INTO durable_started (workflow_id, path, name, started_at, wake_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (workflow_id, path) DO NOTHING",
-            )?,
-            recorded_output: conn.prepare(
-                "SELECT output, crc32 FROM durable_steps WHERE workflow_id = ?1 AND path = ?2",
             )?,
             parked: HashMap::new(),
             touched: Vec::new(),
@@ -807,7 +774,7 @@ impl<'c> Writer<'c> {
                 Command::Finish(f, reply) => {
                     Reply::Finish(reply, self.finish(&f).map_err(|e| sql_error(path, e)))
                 }
-                Command::Write(w, reply) => self.write(path, w, reply),
+                Command::Write(w, reply) => self.write(path, *w, reply),
             };
             if let Some(e) = reply.error()
                 && self.conn.is_autocommit()
@@ -858,11 +825,11 @@ impl<'c> Writer<'c> {
                     // or `answer_parked` would have answered it): run it again next.
                     stats.in_flight.fetch_add(1, Ordering::Relaxed);
                     woken.push_back(Command::Write(
-                        Write::Wait(Wait {
+                        Box::new(Write::Wait(Wait {
                             what,
                             record: parked.record,
                             park: true,
-                        }),
+                        })),
                         parked.reply,
                     ));
                 }
@@ -1035,7 +1002,9 @@ impl<'c> Writer<'c> {
         let answer = match &wait.what {
             WaitFor::Message { destination, topic } => {
                 let row = self
-                    .oldest_message
+                    .conn
+                    .prepare_cached(SQL_OLDEST_MESSAGE)
+                    .map_err(sql)?
                     .query_row(params![destination, topic], |r| {
                         Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get(2)?))
                     })
@@ -1054,7 +1023,9 @@ impl<'c> Writer<'c> {
             }
             WaitFor::Event { workflow_id, key } => {
                 let row = self
-                    .event
+                    .conn
+                    .prepare_cached(SQL_EVENT)
+                    .map_err(sql)?
                     .query_row(params![workflow_id, key], |r| {
                         Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?))
                     })
@@ -1076,7 +1047,9 @@ impl<'c> Writer<'c> {
             let answered = all_or_nothing(self.conn, || {
                 self.record_answer(r, Some(&answer))?;
                 if let Some(seq) = take {
-                    self.delete_message.execute([seq])?;
+                    self.conn
+                        .prepare_cached(SQL_DELETE_MESSAGE)?
+                        .execute([seq])?;
                 }
                 Ok(())
             });
@@ -1107,7 +1080,9 @@ impl<'c> Writer<'c> {
         }
         self.parked.retain(|_, q| !q.is_empty());
         let recorded: Option<(Option<Vec<u8>>, Option<u32>)> = self
-            .recorded_output
+            .conn
+            .prepare_cached(SQL_RECORDED_OUTPUT)
+            .map_err(sql)?
             .query_row(
                 params![&*r.key.workflow_id, r.key.path.to_string()],
                 |row| Ok((row.get(0)?, row.get(1)?)),
@@ -1164,7 +1139,7 @@ impl<'c> Writer<'c> {
         at: i64,
         wake_at: Option<i64>,
     ) -> rusqlite::Result<()> {
-        self.started.execute(params![
+        self.conn.prepare_cached(SQL_STARTED)?.execute(params![
             &*key.workflow_id,
             key.path.to_string(),
             key.name,
@@ -1175,13 +1150,15 @@ impl<'c> Writer<'c> {
     }
 
     fn insert_message(&mut self, m: &NewMessage) -> rusqlite::Result<()> {
-        self.insert_message.execute(params![
-            m.destination,
-            m.topic,
-            m.payload,
-            crc32(&m.payload),
-            m.sent_at
-        ])?;
+        self.conn
+            .prepare_cached(SQL_INSERT_MESSAGE)?
+            .execute(params![
+                m.destination,
+                m.topic,
+                m.payload,
+                crc32(&m.payload),
+                m.sent_at
+            ])?;
         self.touched.push(WaitFor::Message {
             destination: m.destination.clone(),
             topic: m.topic.clone(),
@@ -1194,7 +1171,9 @@ impl<'c> Writer<'c> {
     fn give_back(&mut self, path: &Path, key: &StepKey, topic: String) -> Result<(), StoreError> {
         let sql = |e| sql_error(path, e);
         let recorded: Option<(Option<Vec<u8>>, Option<u32>)> = self
-            .recorded_output
+            .conn
+            .prepare_cached(SQL_RECORDED_OUTPUT)
+            .map_err(sql)?
             .query_row(params![&*key.workflow_id, key.path.to_string()], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
@@ -1461,8 +1440,9 @@ impl<'c> Writer<'c> {
         match &s.effect {
             Effect::None => {}
             Effect::Send(m) => self.insert_message(m)?,
-            Effect::SetEvent { key, value } => {
-                self.set_event.execute(params![
+            Effect::SetEvent(event) => {
+                let (key, value) = &**event;
+                self.conn.prepare_cached(SQL_SET_EVENT)?.execute(params![
                     &*s.workflow_id,
                     key,
                     value,
@@ -1503,6 +1483,29 @@ impl<'c> Writer<'c> {
         Ok(updated == 1)
     }
 }
+
+// The statements of the workflow primitives, prepared on first use (through the
+// connection's statement cache), not with the writer: a workload that never uses them
+// should not pay for them, and statements held prepared take the connection's lookaside
+// memory that the hot statements' executions would otherwise use.
+const SQL_OLDEST_MESSAGE: &str = "\
+    SELECT seq, payload, crc32 FROM durable_messages WHERE destination = ?1 AND \
+     topic = ?2 ORDER BY seq LIMIT 1";
+const SQL_DELETE_MESSAGE: &str = "DELETE FROM durable_messages WHERE seq = ?1";
+const SQL_INSERT_MESSAGE: &str = "\
+    INSERT INTO durable_messages (destination, topic, payload, crc32, sent_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5)";
+const SQL_EVENT: &str = "\
+    SELECT value, crc32 FROM durable_events WHERE workflow_id = ?1 AND key = ?2";
+const SQL_SET_EVENT: &str = "\
+    INSERT INTO durable_events (workflow_id, key, value, crc32, set_at) VALUES (?1, \
+     ?2, ?3, ?4, ?5) ON CONFLICT (workflow_id, key) DO UPDATE SET value = \
+     excluded.value, crc32 = excluded.crc32, set_at = excluded.set_at";
+const SQL_STARTED: &str = "\
+    INSERT INTO durable_started (workflow_id, path, name, started_at, wake_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (workflow_id, path) DO NOTHING";
+const SQL_RECORDED_OUTPUT: &str = "\
+    SELECT output, crc32 FROM durable_steps WHERE workflow_id = ?1 AND path = ?2";
 
 /// The `error_kind` of a step record that holds an interruption (NULL: a panic).
 const INTERRUPTED: &str = "interrupted";
@@ -1713,7 +1716,7 @@ impl Store for SqliteStore {
     }
 
     fn write(&self, write: Write) -> Ack<Written> {
-        self.send(|tx| Command::Write(write, tx))
+        self.send(|tx| Command::Write(Box::new(write), tx))
     }
 
     fn side_records(&self, workflow_id: &str) -> Result<SideRecords, StoreError> {
