@@ -886,7 +886,8 @@ fn generate_id() -> String {
 enum History {
     /// Just created by this start: nothing can be recorded yet, so nothing is loaded.
     None,
-    /// Found pending in the journal: its recorded steps are loaded, in one query.
+    /// Found pending in the journal: its recorded steps, start records and patch markers
+    /// are loaded, in one trip to a blocking thread.
     Journaled,
 }
 
