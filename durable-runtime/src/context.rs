@@ -22,6 +22,8 @@ pub(crate) struct WorkflowCtx {
     started: Mutex<HashMap<StepPath, StartedRecord>>,
     /// Patch markers: `(position, name)` of each `patched(name)` this run took.
     patches: Mutex<HashSet<(StepPath, String)>>,
+    /// Branches that lost a durable select (their paths).
+    abandoned: Mutex<Vec<Box<[u32]>>>,
     fatal: Mutex<Fatal>,
     /// The runtime running this execution, for the primitives that start or watch
     /// other workflows. Empty for a replay check.
@@ -74,6 +76,7 @@ impl WorkflowCtx {
             recorded: Mutex::default(),
             started: Mutex::default(),
             patches: Mutex::default(),
+            abandoned: Mutex::default(),
             fatal: Mutex::default(),
             runtime,
             active: AtomicUsize::new(0),
@@ -165,12 +168,13 @@ impl WorkflowCtx {
         id: Arc<str>,
         store: Arc<dyn Store>,
         recorded: Vec<RecordedStep>,
+        side: SideRecords,
     ) -> Self {
         let ctx = WorkflowCtx {
             replay_only: true,
             ..WorkflowCtx::new(id, store, Weak::new())
         };
-        ctx.load(recorded, SideRecords::default());
+        ctx.load(recorded, side);
         ctx
     }
 
@@ -199,10 +203,19 @@ impl WorkflowCtx {
         lock(&self.recorded).len()
     }
 
-    /// The first recorded step (by path) that this execution never asked for.
+    /// Notes that the branch at `path` lost a durable select: what is recorded below it
+    /// is not asked for again, by design.
+    pub(crate) fn abandon(&self, path: &[u32]) {
+        lock(&self.abandoned).push(path.into());
+    }
+
+    /// The first recorded step (by path) that this execution never asked for, outside
+    /// branches that lost a durable select.
     pub(crate) fn first_unclaimed(&self) -> Option<(StepPath, String)> {
+        let abandoned = lock(&self.abandoned);
         lock(&self.recorded)
             .values()
+            .filter(|s| !abandoned.iter().any(|a| s.path.positions().starts_with(a)))
             .min_by(|a, b| a.path.cmp(&b.path))
             .map(|s| (s.path.clone(), s.name.clone()))
     }

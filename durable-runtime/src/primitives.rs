@@ -669,8 +669,6 @@ pub fn recv<T: DeserializeOwned + Send + 'static>(
     let claimed = claim(RECV);
     let topic = topic.to_owned();
     let timeout = timeout.into();
-    // Made now, not at the first poll: a replayed recv that a durable `select` drops as
-    // a loser without polling it still gives its message back.
     let undelivered = match &claimed {
         Claimed::Op(op) => Some(Undelivered::new(op, &topic)),
         _ => None,
@@ -691,19 +689,21 @@ pub fn recv<T: DeserializeOwned + Send + 'static>(
     }
 }
 
-/// A message a `recv` took (recorded at its step) but has not returned to the workflow
-/// code yet. If the `recv` is dropped before it returns it (a durable `select` it lost,
-/// a cancelled workflow, a timeout around it), the message is given back: its record is
-/// deleted and it goes back to the front of its queue, so no message is taken by a
-/// `recv` that never delivered it.
+/// A message a `recv` of this execution took (recorded at its step) but has not
+/// returned to the workflow code yet. If the `recv` is dropped before it returns it (a
+/// durable `select` it lost, a cancelled workflow, a timeout around it), the message is
+/// given back: its record is deleted and it goes back to the front of its queue.
+///
+/// Only this execution's own waits give back. A message an earlier execution recorded
+/// may have reached the code then, even if this replay drops the `recv` unpolled (a
+/// `recv` created before a select and moved into its losing branch), so it stays taken.
+/// The window that leaves a message taken and never delivered is narrow: a crash after
+/// the wait's answer committed and before its select's winner was recorded (a give-back
+/// is queued before the winner's record, so it commits first).
 struct Undelivered {
     ctx: Arc<crate::context::WorkflowCtx>,
     key: StepKey,
     topic: String,
-    /// Whether an earlier execution recorded a message here. Given back only when a
-    /// durable `select` drops this `recv` as a loser: dropped for any other reason (the
-    /// workflow stopping mid-replay), the earlier execution may have delivered it.
-    replayed: bool,
     /// The writer's answer to this execution's wait, not yet received. Dropped with
     /// it, the wait may have been answered (or be answered in the batch being written):
     /// the writer, which answers in order, gives back whatever it recorded.
@@ -712,34 +712,30 @@ struct Undelivered {
 
 impl Undelivered {
     fn new(op: &Op, topic: &str) -> Self {
-        let replayed = matches!(op.replayed::<Option<ByteBuf>>(), Some(Ok(Some(_))));
         Undelivered {
             ctx: op.claim.ctx.clone(),
             key: op.key(),
             topic: topic.to_owned(),
-            replayed,
             answer: None,
         }
     }
 
     /// The message reached the workflow code (or will not be given back).
     fn delivered(&mut self) {
-        self.replayed = false;
         self.answer = None;
     }
 }
 
 impl Drop for Undelivered {
     fn drop(&mut self) {
-        let give_back = match (self.replayed, self.answer.as_mut()) {
-            (true, _) => crate::select::dropping_losers(),
-            (false, Some(answer)) => !matches!(
-                answer.try_recv(),
-                Ok(Ok(Written::Value(None)) | Err(_)) | Err(oneshot::error::TryRecvError::Closed)
-            ),
-            (false, None) => false,
+        let Some(answer) = self.answer.as_mut() else {
+            return;
         };
-        if !give_back {
+        if matches!(
+            answer.try_recv(),
+            Ok(Ok(Written::Value(None)) | Err(_)) | Err(oneshot::error::TryRecvError::Closed)
+        ) {
+            // Timed out, failed, or answered and taken already: nothing to give back.
             return;
         }
         if self.ctx.runtime.upgrade().is_none() || self.ctx.store.is_halted() {

@@ -1092,12 +1092,15 @@ async fn replay_one(
     record: &WorkflowRecord,
 ) -> Result<Verdict> {
     let id: Arc<str> = Arc::from(record.id.as_str());
-    let recorded = {
+    let (recorded, side) = {
         let (reader, id) = (store.clone(), id.clone());
-        blocking(store.path(), move || reader.steps(&id)).await??
+        blocking(store.path(), move || {
+            Ok::<_, StoreError>((reader.steps(&id)?, reader.side_records(&id)?))
+        })
+        .await??
     };
     let total = recorded.len();
-    let ctx = Arc::new(WorkflowCtx::replay_only(id, store.clone(), recorded));
+    let ctx = Arc::new(WorkflowCtx::replay_only(id, store.clone(), recorded, side));
     let polls = AtomicU64::new(0);
     let mut run = std::pin::pin!(run_body(&ctx, def, &record.input, None));
     let mut counted = std::pin::pin!(poll_fn(|cx| {

@@ -182,6 +182,19 @@ pin_project_lite::pin_project! {
         #[pin]
         fut: F,
     }
+
+    impl<F> PinnedDrop for Branched<F> {
+        fn drop(this: Pin<&mut Self>) {
+            // A branch that lost a durable select: on replay it is dropped without being
+            // polled, so what it recorded the first time is never asked for. That is
+            // the select's recorded choice, not a divergence.
+            if let Some(b) = &this.scope
+                && crate::select::dropping_losers()
+            {
+                b.ctx.abandon(&b.path);
+            }
+        }
+    }
 }
 
 /// Claims a position in the current scope now, and returns `fut` wrapped so that the

@@ -215,7 +215,10 @@ where
 
 fn drop_all_but<F>(futures: &mut [Branch<F>], winner: usize) {
     drop_losers(|| {
-        for (i, f) in futures.iter_mut().enumerate() {
+        // Last first: losing `recv`s took their messages in branch order, and each
+        // gives its message back to the front of the queue, so the queue ends up in its
+        // original order.
+        for (i, f) in futures.iter_mut().enumerate().rev() {
             if i != winner {
                 *f = None;
             }

@@ -432,3 +432,135 @@ async fn a_recv_that_loses_a_select_gives_its_message_back() {
     assert_eq!(again, out);
     assert!(common::dump(&path, "durable_messages").is_empty());
 }
+
+#[step]
+async fn note(v: u32) -> u32 {
+    v
+}
+
+#[step]
+async fn slowish() -> u32 {
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    0
+}
+
+#[step]
+async fn forever() -> u32 {
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    1
+}
+
+/// The losing branch takes a message, hands it to a recorded step, and is still busy
+/// when the other branch wins: the message reached the code.
+#[workflow]
+async fn loser_consumes() -> (String, Option<u32>) {
+    let first = match durable_runtime::select(
+        async {
+            let m = recv::<u32>("t", None).await.ok().flatten().unwrap_or(0);
+            let n = note(m).await;
+            forever().await;
+            n
+        },
+        slowish(),
+    )
+    .await
+    {
+        durable_runtime::Either::Left(v) => format!("left {v}"),
+        durable_runtime::Either::Right(v) => format!("right {v}"),
+    };
+    let _go = recv::<u32>("go", None).await;
+    let second = recv::<u32>("t", Duration::from_millis(200))
+        .await
+        .ok()
+        .flatten();
+    (first, second)
+}
+
+#[test]
+fn a_replayed_select_neither_diverges_on_its_losers_records_nor_gives_their_messages_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal.db");
+    let first = tokio::runtime::Runtime::new().expect("tokio");
+    first.block_on(async {
+        let rt = open(&dir).await;
+        rt.send("lc", "t", &42u32).await.expect("send");
+        rt.start_with_id("lc", loser_consumes())
+            .await
+            .expect("start");
+        // Until the select is recorded and the run waits for "go".
+        loop {
+            let steps = rt.steps("lc").await.expect("steps");
+            if steps.iter().any(|s| s.name == "durable::select") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    });
+    first.shutdown_background();
+    let second = tokio::runtime::Runtime::new().expect("tokio");
+    second.block_on(async {
+        let rt = common::reopen(&path).await;
+        rt.send("lc", "go", &1u32).await.expect("send go");
+        let out = rt
+            .handle::<(String, Option<u32>)>("lc")
+            .await
+            .expect("handle")
+            .result()
+            .await
+            .expect("the replay must not diverge on the loser's records");
+        // `note(42)` is recorded: the message reached the code in the first run.
+        assert_eq!(
+            out,
+            ("right 0".to_owned(), None),
+            "message 42 delivered twice"
+        );
+    });
+}
+
+type Racer = std::pin::Pin<Box<dyn std::future::Future<Output = u32> + Send>>;
+
+#[workflow]
+async fn two_losers() -> Vec<u32> {
+    let racers: Vec<Racer> = vec![
+        Box::pin(quick()),
+        Box::pin(async { recv::<u32>("t", None).await.ok().flatten().unwrap_or(100) }),
+        Box::pin(async { recv::<u32>("t", None).await.ok().flatten().unwrap_or(100) }),
+    ];
+    let (i, _) = durable_runtime::select_all(racers).await;
+    let mut out = vec![u32::try_from(i).unwrap_or(u32::MAX)];
+    for _ in 0..2 {
+        out.push(
+            recv::<u32>("t", Duration::from_millis(300))
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(0),
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_given_back_by_several_losers_keep_their_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = open(&dir).await;
+    for k in 0..20 {
+        let id = format!("tl{k}");
+        rt.send(&id, "t", &1u32).await.expect("send");
+        rt.send(&id, "t", &2u32).await.expect("send");
+        let out = rt
+            .start_with_id(&id, two_losers())
+            .await
+            .expect("start")
+            .result()
+            .await
+            .expect("result");
+        // Whoever won, 1 and 2 reach the code once each, 1 first.
+        let got: Vec<u32> = out[1..].iter().copied().filter(|v| *v != 0).collect();
+        match out[0] {
+            0 => assert_eq!(got, [1, 2], "round {k}: {out:?}"),
+            _ => assert!(got.len() <= 1, "round {k}: {out:?}"),
+        }
+    }
+}

@@ -195,16 +195,27 @@ pub(crate) fn step_map(
 ///
 /// Both runs must record the same step at every path they both record, up to the
 /// first durable select whose winners differ (after it they may legitimately take
-/// other paths). A path recorded by one run only is a difference too, unless the
-/// workflow selects: whether a select's losing branch finished, and so recorded its
-/// step, before the select returned depends on timing.
+/// other paths). A path recorded by one run only is a difference too, unless it lies
+/// in a position a select raced (before the select, in the same branch): whether a
+/// losing branch recorded before the select returned depends on timing.
 pub(crate) fn first_difference<'a>(
     a: &'a std::collections::BTreeMap<durable_runtime::StepPath, String>,
     b: &'a std::collections::BTreeMap<durable_runtime::StepPath, String>,
 ) -> Option<&'a durable_runtime::StepPath> {
-    let selects =
-        |m: &std::collections::BTreeMap<_, String>| m.values().any(|n| n.starts_with(SELECT));
-    let has_select = selects(a) || selects(b);
+    let selects: Vec<&[u32]> = a
+        .iter()
+        .chain(b.iter())
+        .filter(|(_, n)| n.starts_with(SELECT))
+        .map(|(p, _)| p.positions())
+        .collect();
+    // Under a position that a select's branches claimed: same branch as the select,
+    // an earlier position.
+    let raced = |p: &[u32]| {
+        selects.iter().any(|s| {
+            let depth = s.len();
+            p.len() >= depth && p[..depth - 1] == s[..depth - 1] && p[depth - 1] < s[depth - 1]
+        })
+    };
     let mut paths: Vec<&durable_runtime::StepPath> = a.keys().chain(b.keys()).collect();
     paths.sort();
     paths.dedup();
@@ -220,6 +231,6 @@ pub(crate) fn first_difference<'a>(
         .filter(|p| cutoff.is_none_or(|c| *p < c))
         .find(|p| match (a.get(*p), b.get(*p)) {
             (Some(x), Some(y)) => x != y,
-            _ => !has_select,
+            _ => !raced(p.positions()),
         })
 }

@@ -252,3 +252,40 @@ fn workflows_using_primitives_pass_the_crash_and_order_checks() {
         .run()
         .expect("completion orders");
 }
+
+#[step]
+async fn new_way(n: u64) -> u64 {
+    n + 100
+}
+
+#[step]
+async fn old_way(n: u64) -> u64 {
+    n
+}
+
+#[workflow]
+async fn patched_wf(n: u64) -> u64 {
+    if durable_runtime::patched("new").await {
+        new_way(n).await
+    } else {
+        old_way(n).await
+    }
+}
+
+#[tokio::test]
+async fn the_replay_check_knows_a_run_that_took_a_patch() {
+    let (journal, rt) = durable_testkit::TempJournal::with_runtime()
+        .await
+        .expect("journal");
+    let v = rt
+        .start_with_id("p-1", patched_wf(1))
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect("result");
+    assert_eq!(v, 101);
+    drop(rt);
+    let report = durable_testkit::replay_check(journal.path());
+    assert!(report.is_ok(), "{report:?}");
+}
