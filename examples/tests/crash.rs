@@ -15,6 +15,8 @@
 
 mod common;
 
+use common::Rng;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -33,25 +35,6 @@ const MAX_RUNS_PER_ROUND: usize = 300;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 type StepKey = (String, String);
-
-/// splitmix64: small, seedable, good enough to pick kill moments.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..=max`.
-    fn duration_up_to(&mut self, max: Duration) -> Duration {
-        let micros = u64::try_from(max.as_micros()).unwrap_or(u64::MAX).max(1);
-        Duration::from_micros(self.next() % (micros + 1))
-    }
-}
 
 /// A running worker process; killed if the test panics while it runs.
 struct Worker(Option<Child>);
@@ -273,7 +256,7 @@ fn soak(min_kills: usize) -> Res<()> {
             } else {
                 max_delay
             };
-            let delay = rng.duration_up_to(window);
+            let delay = rng.up_to(window);
             let finished = match worker.wait_up_to(delay)? {
                 Some(_) => true,
                 // A kill that races with a normal exit finds a zombie: the exit status

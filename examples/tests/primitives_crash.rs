@@ -19,6 +19,8 @@
 
 mod common;
 
+use common::Rng;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -31,34 +33,16 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 // ---------------------------------------------------------------------------------------
 // Helpers: seeded randomness, the worker process, its log, the journal.
 
-/// splitmix64: small, seedable, good enough to pick kill moments.
-struct Rng(u64);
-
-impl Rng {
-    fn from_env(test: &str) -> Res<Rng> {
-        let seed = match std::env::var("PRIMITIVES_SEED") {
-            Ok(s) => s.parse()?,
-            Err(_) => {
-                u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() % (1 << 63))?
-            }
-        };
-        println!("{test}: PRIMITIVES_SEED={seed}");
-        Ok(Rng(seed))
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..=max`.
-    fn up_to(&mut self, max: Duration) -> Duration {
-        let micros = u64::try_from(max.as_micros()).unwrap_or(u64::MAX);
-        Duration::from_micros(self.next() % (micros + 1))
-    }
+/// The seed of a test's kill moments: `PRIMITIVES_SEED`, or the clock (printed).
+fn seeded(test: &str) -> Res<Rng> {
+    let seed = match std::env::var("PRIMITIVES_SEED") {
+        Ok(s) => s.parse()?,
+        Err(_) => {
+            u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() % (1 << 63))?
+        }
+    };
+    println!("{test}: PRIMITIVES_SEED={seed}");
+    Ok(Rng(seed))
 }
 
 fn now_ms() -> i64 {
@@ -262,7 +246,7 @@ fn committed(journal: &Path) -> Res<BTreeSet<(String, String)>> {
 /// stays down past the wake-up time: the step after the sleep then starts at once.
 #[test]
 fn a_sleep_interrupted_by_sigkill_ends_at_its_original_wake_up_time() -> Res<()> {
-    let mut rng = Rng::from_env("sleep")?;
+    let mut rng = seeded("sleep")?;
     let dir = tempfile::tempdir()?;
     let mut kills = 0;
     for round in 1..=3 {
@@ -377,7 +361,7 @@ fn messages_balance(journal: &Path, what: &str) -> Res<(i64, i64)> {
 
 #[test]
 fn messages_survive_sigkill_during_recv_waits_exactly_once_and_in_order() -> Res<()> {
-    let mut rng = Rng::from_env("recv")?;
+    let mut rng = seeded("recv")?;
     let dir = tempfile::tempdir()?;
     let total = i64::from(2 * MESSAGES_PER_FEEDER);
 
@@ -490,7 +474,7 @@ fn completed_children(journal: &Path) -> Res<BTreeSet<String>> {
 
 #[test]
 fn a_child_completed_before_sigkill_is_not_run_again_and_its_parent_gets_its_result() -> Res<()> {
-    let mut rng = Rng::from_env("child")?;
+    let mut rng = seeded("child")?;
     let dir = tempfile::tempdir()?;
 
     // The reference: one run that nobody interrupts.
@@ -607,7 +591,7 @@ fn ledger_matches_records(journal: &Path, what: &str) -> Res<BTreeSet<u32>> {
 
 #[test]
 fn a_transaction_step_killed_before_its_commit_leaves_exactly_one_row() -> Res<()> {
-    let mut rng = Rng::from_env("transaction")?;
+    let mut rng = seeded("transaction")?;
     let dir = tempfile::tempdir()?;
     let mut inside = 0;
     for round in 1..=2 {

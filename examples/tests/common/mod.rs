@@ -53,3 +53,22 @@ pub(crate) fn copy_for_reading(journal: &Path) -> std::io::Result<Option<std::pa
     }
     Ok(Some(copy))
 }
+
+/// splitmix64: small, seedable, good enough to pick kill moments.
+pub(crate) struct Rng(pub(crate) u64);
+
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..=max`.
+    pub(crate) fn up_to(&mut self, max: Duration) -> Duration {
+        let micros = u64::try_from(max.as_micros()).unwrap_or(u64::MAX);
+        Duration::from_micros(self.next() % micros.saturating_add(1))
+    }
+}
