@@ -586,41 +586,47 @@ pub fn send<T: Serialize + DeserializeOwned>(
     topic: &str,
     value: &T,
 ) -> impl Future<Output = Result<()>> + Send + 'static {
-    let claimed = claim(SEND);
-    let message =
-        encode_value(value, || format!("the message on topic `{topic}`")).map(|payload| {
-            NewMessage {
-                destination: destination.to_owned(),
-                topic: topic.to_owned(),
+    let (destination, topic) = (destination.to_owned(), topic.to_owned());
+    let effect = encode_value(value, || format!("the message on topic `{topic}`")).map(|payload| {
+        move |sent_at| {
+            Effect::Send(Box::new(NewMessage {
+                destination,
+                topic,
                 payload,
-                sent_at: 0,
-            }
-        });
-    async move {
-        let op = op_or!(
-            claimed,
-            Err(not_in_workflow(
-                "durable_runtime::send",
-                "outside a workflow, use `Runtime::send`"
-            ))
-        );
-        if let Some(recorded) = op.replayed::<()>() {
-            or_stop!(op, recorded);
-            return Ok(());
+                sent_at,
+            }))
         }
-        let mut message = message?;
-        if !op.may_run() {
-            return pending().await;
-        }
-        let now = now_ms();
-        message.sent_at = now;
-        or_stop!(
-            op,
-            op.record_value(&(), Effect::Send(Box::new(message)), now)
-                .await
-        );
-        Ok(())
+    });
+    record_effect(
+        claim(SEND),
+        not_in_workflow(
+            "durable_runtime::send",
+            "outside a workflow, use `Runtime::send`",
+        ),
+        effect,
+    )
+}
+
+/// A primitive whose record is `()` and whose work is an [`Effect`] committed with it
+/// (`send`, `set_event`): a replay does nothing, a first execution writes the effect,
+/// made with the record's time.
+async fn record_effect(
+    claimed: Claimed,
+    outside: Error,
+    effect: Result<impl FnOnce(i64) -> Effect>,
+) -> Result<()> {
+    let op = op_or!(claimed, Err(outside));
+    if let Some(recorded) = op.replayed::<()>() {
+        or_stop!(op, recorded);
+        return Ok(());
     }
+    let effect = effect?;
+    if !op.may_run() {
+        return pending().await;
+    }
+    let now = now_ms();
+    or_stop!(op, op.record_value(&(), effect(now), now).await);
+    Ok(())
 }
 
 /// Waits for the next message on `topic` sent to this workflow, for up to `timeout`
@@ -786,29 +792,17 @@ pub fn set_event<T: Serialize + DeserializeOwned>(
     key: &str,
     value: &T,
 ) -> impl Future<Output = Result<()>> + Send + 'static {
-    let claimed = claim(SET_EVENT);
     let key = key.to_owned();
-    let value = encode_value(value, || format!("the value of event `{key}`"));
-    async move {
-        let op = op_or!(
-            claimed,
-            Err(not_in_workflow(
-                "durable_runtime::set_event",
-                "events belong to a workflow: call it in a `#[workflow]` body"
-            ))
-        );
-        if let Some(recorded) = op.replayed::<()>() {
-            or_stop!(op, recorded);
-            return Ok(());
-        }
-        let value = value?;
-        if !op.may_run() {
-            return pending().await;
-        }
-        let effect = Effect::SetEvent(Box::new((key, value)));
-        or_stop!(op, op.record_value(&(), effect, now_ms()).await);
-        Ok(())
-    }
+    let effect = encode_value(value, || format!("the value of event `{key}`"))
+        .map(|value| move |_| Effect::SetEvent(Box::new((key, value))));
+    record_effect(
+        claim(SET_EVENT),
+        not_in_workflow(
+            "durable_runtime::set_event",
+            "events belong to a workflow: call it in a `#[workflow]` body",
+        ),
+        effect,
+    )
 }
 
 /// Waits up to `timeout` (or for ever, with `None`) for workflow `workflow_id` to set
