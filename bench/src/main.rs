@@ -391,7 +391,7 @@ async fn run_all<O>(
     call: impl Fn(u32) -> (Option<String>, WorkflowCall<O>),
 ) -> Res<()>
 where
-    O: serde::de::DeserializeOwned + Send + 'static,
+    O: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
 {
     let runs: Vec<_> = (0..count)
         .map(|i| {

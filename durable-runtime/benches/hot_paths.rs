@@ -3,7 +3,8 @@
 //!
 //! - `claim`: taking a step id when a step is called (at the workflow body, and three
 //!   branches deep);
-//! - `codec`: a step output's encode plus decode-back check, and a replay's decode;
+//! - `codec`: a step output's encode plus decode-back check, and a replay's decode, for
+//!   each codec, next to plain bincode without the journal's bounds and guard;
 //! - `checkpoint`: handing a record to the journal writer (`enqueue`), and a lone
 //!   checkpoint's full round trip to a committed `synchronous=OFF` transaction on a
 //!   tmpfs (`round_trip`), next to a raw rusqlite single-row commit with the same
@@ -19,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use durable_runtime::Codec;
 use durable_runtime::bench_support::{Journal, encode_checked};
-use durable_runtime::{Bincode, Codec};
 use serde::{Deserialize, Serialize};
 
 /// A typical step output: a few fields, a short string, a small payload.
@@ -85,20 +86,20 @@ fn claim(c: &mut Criterion) {
 fn codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("codec");
     let value = receipt();
-    g.bench_function("encode_checked_u32", |b| {
-        b.iter(|| encode_checked(black_box(&42u32)).expect("round trip"));
-    });
-    g.bench_function("encode_checked_receipt", |b| {
-        b.iter(|| encode_checked(black_box(&value)).expect("round trip"));
-    });
-    let bytes = Bincode.encode(&value).expect("encode");
-    g.bench_function("decode_receipt", |b| {
-        b.iter(|| {
-            Bincode
-                .decode::<Receipt>(black_box(&bytes))
-                .expect("decode")
+    for codec in [Codec::Cbor, Codec::Bincode] {
+        let name = codec.name();
+        g.bench_function(format!("encode_checked_u32_{name}"), |b| {
+            b.iter(|| encode_checked(codec, black_box(&42u32)).expect("round trip"));
         });
-    });
+        g.bench_function(format!("encode_checked_receipt_{name}"), |b| {
+            b.iter(|| encode_checked(codec, black_box(&value)).expect("round trip"));
+        });
+        let bytes = codec.encode(&value).expect("encode");
+        g.bench_function(format!("decode_receipt_{name}"), |b| {
+            b.iter(|| Codec::decode::<Receipt>(black_box(&bytes)).expect("decode"));
+        });
+    }
+    let bytes = bincode::serde::encode_to_vec(&value, bincode::config::standard()).expect("encode");
     // The same decode by plain bincode, without the journal's bounds (the baseline).
     g.bench_function("decode_receipt_raw_bincode", |b| {
         b.iter(|| {

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
 use crate::Durability;
-use crate::codec::{self, CODEC, Codec};
+use crate::codec::{self, Codec};
 use crate::context::WorkflowCtx;
 use crate::error::{Error, StoreError};
 use crate::path::StepPath;
@@ -68,7 +68,7 @@ impl Journal {
     /// Any error opening the journal or creating the run.
     pub fn open(path: &Path) -> Result<Journal, Error> {
         let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(path, Durability::Off, CODEC.name())?);
+            Arc::new(SqliteStore::open(path, Durability::Off, Codec::default())?);
         let id: Arc<str> = Arc::from("bench");
         let created = store.create_workflow(NewWorkflow {
             id: id.clone(),
@@ -113,7 +113,7 @@ impl Journal {
     /// A replay of `steps` recorded steps in this journal's run (nothing is read from
     /// the file: the records are made here, as a load from the journal returns them).
     pub fn replay(&self, steps: u32) -> Replay {
-        let output = CODEC.encode(&0u64).unwrap_or_default();
+        let output = Codec::default().encode(&0u64).unwrap_or_default();
         let recorded: Vec<RecordedStep> = (1..=steps)
             .map(|i| RecordedStep {
                 path: StepPath::child(&[], i),
@@ -128,6 +128,7 @@ impl Journal {
             self.id.clone(),
             self.store.clone(),
             std::sync::Weak::new(),
+            Codec::default(),
         ));
         ctx.load(recorded, crate::store::SideRecords::default());
         Replay {
@@ -155,7 +156,7 @@ impl Replay {
                 if let Some(rec) = claim.ctx.take_recorded(&claim.path)
                     && let RecordedOutcome::Output(bytes) = rec.outcome
                 {
-                    total += CODEC.decode::<u64>(&bytes).unwrap_or_default();
+                    total += Codec::decode::<u64>(&bytes).unwrap_or_default();
                 }
             }
             total
@@ -189,8 +190,11 @@ impl Replay {
 /// # Errors
 ///
 /// The codec's error, for a value that does not round-trip.
-pub fn encode_checked<T: Serialize + DeserializeOwned>(value: &T) -> Result<(T, Vec<u8>), Error> {
-    codec::encode_checked(value).map_err(|reason| Error::Encode {
+pub fn encode_checked<T: Serialize + DeserializeOwned>(
+    codec: Codec,
+    value: &T,
+) -> Result<(T, Vec<u8>), Error> {
+    codec::encode_checked(codec, value).map_err(|reason| Error::Encode {
         what: "a benchmark value".to_owned(),
         reason,
     })

@@ -14,8 +14,8 @@ use std::task::{Context, Poll};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{CODEC, Codec};
-use crate::error::{CancelReason, Error, FailureKind, Location, Result};
+use crate::codec::{ByteBuf, Codec, nested};
+use crate::error::{CancelReason, Error, FailureKind, Location, Result, undecodable};
 use crate::primitives::{Claimed, Op, claim, from_claim, op_or, or_stop};
 use crate::runtime::Outcome;
 use crate::step::now_ms;
@@ -29,9 +29,15 @@ const CHILD_RESULT: &str = "durable::child_result";
 /// A child's final outcome, as its parent records it.
 #[derive(Serialize, Deserialize)]
 enum ChildOutcome {
-    Completed(Vec<u8>),
-    Failed { kind: String, message: String },
-    Cancelled { reason: String },
+    /// The child's output, as its own journal value.
+    Completed(ByteBuf),
+    Failed {
+        kind: String,
+        message: String,
+    },
+    Cancelled {
+        reason: String,
+    },
 }
 
 impl ChildOutcome {
@@ -39,7 +45,7 @@ impl ChildOutcome {
     /// without finishing (a divergence, a journal error), which is not recorded.
     fn of(outcome: &Outcome) -> std::result::Result<ChildOutcome, Error> {
         match &**outcome {
-            Ok(bytes) => Ok(ChildOutcome::Completed(bytes.clone())),
+            Ok(bytes) => Ok(ChildOutcome::Completed(ByteBuf(bytes.clone()))),
             Err(Error::Failed { kind, message, .. }) => Ok(ChildOutcome::Failed {
                 kind: kind.as_str().to_owned(),
                 message: message.clone(),
@@ -51,14 +57,15 @@ impl ChildOutcome {
         }
     }
 
-    fn into_result<O: DeserializeOwned>(self, op: &Op, child_id: &str) -> Result<O> {
+    fn into_result<O: Serialize + DeserializeOwned>(self, op: &Op, child_id: &str) -> Result<O> {
         match self {
             ChildOutcome::Completed(bytes) => {
-                CODEC.decode(&bytes).map_err(|reason| Error::Corrupt {
-                    workflow_id: child_id.to_owned(),
-                    location: Location::Output,
-                    reason,
-                })
+                let value = match op.recorded_bytes() {
+                    Some(outer) => nested(outer, &bytes.0),
+                    None => std::borrow::Cow::Borrowed(&bytes.0[..]),
+                };
+                Codec::decode(&value)
+                    .map_err(|reason| undecodable::<O>(child_id, Location::Output, reason))
             }
             ChildOutcome::Failed { kind, message } => Err(Error::Failed {
                 workflow_id: child_id.to_owned(),
@@ -91,7 +98,7 @@ async fn start<O>(
             workflow_id: op.claim.ctx.id.to_string(),
         });
     };
-    let launch = call.into_launch(id, Some(op.claim.ctx.id.clone()))?;
+    let launch = call.into_launch(id, Some(op.claim.ctx.id.clone()), op.claim.ctx.codec)?;
     let outcome = inner.start(Arc::from(id), launch).await?;
     if let Some(reason) = op.claim.ctx.cancelled() {
         // The parent was cancelled while the child's row was being created, so the
@@ -102,7 +109,7 @@ async fn start<O>(
 }
 
 /// Waits for a child's outcome and records it at `op`.
-async fn finish<O: DeserializeOwned>(
+async fn finish<O: Serialize + DeserializeOwned>(
     op: &Op,
     id: &str,
     mut outcome: tokio::sync::watch::Receiver<Option<Outcome>>,
@@ -180,7 +187,7 @@ fn outside() -> Error {
 /// [`Runtime::start`](crate::Runtime::start) instead.
 impl<O> IntoFuture for WorkflowCall<O>
 where
-    O: DeserializeOwned + Send + 'static,
+    O: Serialize + DeserializeOwned + Send + 'static,
 {
     type Output = Result<O>;
     type IntoFuture = Pin<Box<dyn Future<Output = Result<O>> + Send + 'static>>;
@@ -244,7 +251,7 @@ pub fn start_child<O>(
     mut call: WorkflowCall<O>,
 ) -> impl Future<Output = Result<ChildHandle<O>>> + Send + 'static
 where
-    O: DeserializeOwned + Send + 'static,
+    O: Serialize + DeserializeOwned + Send + 'static,
 {
     let claimed = from_claim(call.claim.take(), START_CHILD);
     async move {
@@ -275,7 +282,7 @@ pub struct ChildHandle<O> {
     _output: PhantomData<fn() -> O>,
 }
 
-impl<O: DeserializeOwned + Send + 'static> ChildHandle<O> {
+impl<O: Serialize + DeserializeOwned + Send + 'static> ChildHandle<O> {
     /// The child's workflow id.
     pub fn id(&self) -> &str {
         &self.id

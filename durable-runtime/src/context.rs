@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::Waker;
 
+use crate::codec::Codec;
 use crate::error::{CancelReason, Error};
 use crate::path::StepPath;
 use crate::runtime::Inner;
@@ -16,6 +17,8 @@ use crate::store::{RecordedStep, SideRecords, StartedRecord, Store};
 pub(crate) struct WorkflowCtx {
     pub(crate) id: Arc<str>,
     pub(crate) store: Arc<dyn Store>,
+    /// How this execution encodes what it records.
+    pub(crate) codec: Codec,
     recorded: Mutex<HashMap<StepPath, RecordedStep>>,
     /// Start records of earlier executions: deadlines of waits, and steps that began
     /// their body durably (`on_interrupt = "fail"`).
@@ -69,10 +72,16 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl WorkflowCtx {
-    pub(crate) fn new(id: Arc<str>, store: Arc<dyn Store>, runtime: Weak<Inner>) -> Self {
+    pub(crate) fn new(
+        id: Arc<str>,
+        store: Arc<dyn Store>,
+        runtime: Weak<Inner>,
+        codec: Codec,
+    ) -> Self {
         WorkflowCtx {
             id,
             store,
+            codec,
             recorded: Mutex::default(),
             started: Mutex::default(),
             patches: Mutex::default(),
@@ -172,7 +181,7 @@ impl WorkflowCtx {
     ) -> Self {
         let ctx = WorkflowCtx {
             replay_only: true,
-            ..WorkflowCtx::new(id, store, Weak::new())
+            ..WorkflowCtx::new(id, store, Weak::new(), Codec::default())
         };
         ctx.load(recorded, side);
         ctx

@@ -46,12 +46,12 @@ pub enum Error {
         reason: CodecError,
     },
 
-    /// A journal row could not be decoded: the journal is corrupt, or the code's types
-    /// no longer match what was recorded. The journal is left as it is and the workflow
-    /// stays pending; fix the cause and reopen the journal to resume it.
+    /// A journal row is damaged: it fails its checksum, or its bytes are not a value
+    /// durable wrote. The journal is left as it is and the workflow stays pending;
+    /// restore the journal from a backup to resume it.
     #[error(
-        "workflow {workflow_id}: cannot decode the recorded {location}: {reason}; either the journal \
-         is damaged or the type changed since it was recorded (restore the type to resume the workflow)"
+        "workflow {workflow_id}: the recorded {location} is damaged ({reason}); the journal is left \
+         as it is and the workflow stays pending: restore the journal from a backup"
     )]
     Corrupt {
         /// The workflow whose row is corrupt.
@@ -59,6 +59,29 @@ pub enum Error {
         /// Which row.
         location: Location,
         /// What the codec reported.
+        reason: CodecError,
+    },
+
+    /// A recorded value does not fit the type the code now reads it as: the type changed
+    /// since the value was recorded, in a way that cannot keep its meaning (a field's
+    /// type changed, a recorded variant was removed, a number no longer fits). Nothing
+    /// is returned in its place: the journal is left as it is and the workflow stays
+    /// pending. Change the type back, or evolve it compatibly (see the crate
+    /// documentation, "Changing recorded types"), and reopen the journal to resume it.
+    #[error(
+        "workflow {workflow_id}: the recorded {location} does not decode as `{type_name}`: {reason}. \
+         The type changed since the value was recorded; change it back or evolve it compatibly \
+         (add fields with `#[serde(default)]`, keep variant names), then reopen the journal: the \
+         workflow stays pending until then"
+    )]
+    Incompatible {
+        /// The workflow whose value does not fit.
+        workflow_id: String,
+        /// Which recorded value.
+        location: Location,
+        /// The type the code reads it as.
+        type_name: String,
+        /// What does not fit, and where in the value.
         reason: CodecError,
     },
 
@@ -198,6 +221,7 @@ impl Error {
     pub fn workflow_id(&self) -> Option<&str> {
         match self {
             Error::Corrupt { workflow_id, .. }
+            | Error::Incompatible { workflow_id, .. }
             | Error::Divergence { workflow_id, .. }
             | Error::Failed { workflow_id, .. }
             | Error::WorkflowMismatch { workflow_id, .. }
@@ -207,6 +231,31 @@ impl Error {
             | Error::NotResumable { workflow_id, .. }
             | Error::Stopped { workflow_id } => Some(workflow_id),
             _ => None,
+        }
+    }
+}
+
+/// The error for a recorded value that did not decode as `T`: [`Error::Corrupt`] if its
+/// bytes are not a valid encoding, [`Error::Incompatible`] if they are a valid value of
+/// another type.
+pub(crate) fn undecodable<T: ?Sized>(
+    workflow_id: impl Into<String>,
+    location: Location,
+    reason: CodecError,
+) -> Error {
+    let workflow_id = workflow_id.into();
+    if reason.is_malformed() {
+        Error::Corrupt {
+            workflow_id,
+            location,
+            reason,
+        }
+    } else {
+        Error::Incompatible {
+            workflow_id,
+            location,
+            type_name: crate::codec::type_name::<T>(),
+            reason,
         }
     }
 }
@@ -340,8 +389,6 @@ pub enum StoreErrorKind {
     NotAJournal,
     /// The journal was written by a newer version of durable (its schema is newer).
     NewerSchema,
-    /// The journal was written with a different codec.
-    CodecMismatch,
     /// A row the runtime wrote earlier violates the journal's invariants (for example a
     /// step recorded twice, or a status that is not one of ours).
     Invariant,

@@ -157,7 +157,7 @@ pub mod testkit_support;
 mod workflow;
 
 pub use crate::child::{ChildHandle, JoinAll, join_all, start_child};
-pub use crate::codec::{Bincode, Codec, CodecError, MAX_VALUE_BYTES};
+pub use crate::codec::{Codec, CodecError, Fingerprint, MAX_VALUE_BYTES};
 pub use crate::error::{
     CancelReason, Error, FailureKind, Location, Result, StoreError, StoreErrorKind,
 };

@@ -16,9 +16,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
-use crate::codec::{ByteBuf, CODEC, Codec, encode_checked};
+use crate::codec::{ByteBuf, Codec, encode_checked, nested};
 use crate::context::lock;
-use crate::error::{Error, FailureKind, Location, Result, StoreError, StoreErrorKind};
+use crate::error::{Error, FailureKind, Location, Result, StoreError, StoreErrorKind, undecodable};
 use crate::runtime::encode_value;
 use crate::scope::{self, Claim};
 use crate::step::{now_ms, panic_message};
@@ -54,6 +54,16 @@ pub(crate) struct Op {
     pub(crate) name: &'static str,
     /// What an earlier execution recorded here.
     pub(crate) recorded: Option<RecordedOutcome>,
+}
+
+impl Claimed {
+    /// How the claiming workflow encodes what it records (the default outside one).
+    pub(crate) fn codec(&self) -> Codec {
+        match self {
+            Claimed::Op(op) => op.claim.ctx.codec,
+            _ => Codec::default(),
+        }
+    }
 }
 
 /// Claims the next position in the current scope for the operation `name`.
@@ -98,23 +108,31 @@ impl Op {
         }
     }
 
-    fn corrupt(&self, reason: crate::codec::CodecError) -> Error {
-        Error::Corrupt {
-            workflow_id: self.claim.ctx.id.to_string(),
-            location: Location::Step {
+    fn undecodable<T>(&self, reason: crate::codec::CodecError) -> Error {
+        undecodable::<T>(
+            &*self.claim.ctx.id,
+            Location::Step {
                 path: self.claim.path.clone(),
                 name: self.name.to_owned(),
             },
             reason,
+        )
+    }
+
+    /// The bytes an earlier execution recorded here, if it recorded an output.
+    pub(crate) fn recorded_bytes(&self) -> Option<&[u8]> {
+        match &self.recorded {
+            Some(RecordedOutcome::Output(bytes)) => Some(bytes),
+            _ => None,
         }
     }
 
     /// The recorded result, decoded; `None` if nothing is recorded here.
-    pub(crate) fn replayed<T: DeserializeOwned>(&self) -> Option<Result<T>> {
+    pub(crate) fn replayed<T: Serialize + DeserializeOwned>(&self) -> Option<Result<T>> {
         let workflow_id = || self.claim.ctx.id.to_string();
         Some(match self.recorded.as_ref()? {
             RecordedOutcome::Output(bytes) => {
-                CODEC.decode(bytes).map_err(|reason| self.corrupt(reason))
+                Codec::decode(bytes).map_err(|reason| self.undecodable::<T>(reason))
             }
             RecordedOutcome::Panicked(message) => Err(Error::Failed {
                 workflow_id: workflow_id(),
@@ -129,10 +147,13 @@ impl Op {
         })
     }
 
-    /// Decodes a value nested in a recorded result (a message, an event, a child's
-    /// output).
-    pub(crate) fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T> {
-        CODEC.decode(bytes).map_err(|reason| self.corrupt(reason))
+    /// Decodes a value nested in this operation's result (a message, an event).
+    pub(crate) fn decode<T: Serialize + DeserializeOwned>(&self, bytes: &[u8]) -> Result<T> {
+        let value = match self.recorded_bytes() {
+            Some(outer) => nested(outer, bytes),
+            None => std::borrow::Cow::Borrowed(bytes),
+        };
+        Codec::decode(&value).map_err(|reason| self.undecodable::<T>(reason))
     }
 
     /// Whether the operation may do its work (not in a replay check, which only
@@ -176,7 +197,7 @@ impl Op {
         effect: Effect,
         started_at: i64,
     ) -> Result<()> {
-        let bytes = encode_value(value, || {
+        let bytes = encode_value(self.claim.ctx.codec, value, || {
             format!(
                 "the result of {} at {} in workflow {}",
                 self.name, self.claim.path, self.claim.ctx.id
@@ -587,7 +608,11 @@ pub fn send<T: Serialize + DeserializeOwned>(
     value: &T,
 ) -> impl Future<Output = Result<()>> + Send + 'static {
     let (destination, topic) = (destination.to_owned(), topic.to_owned());
-    let effect = encode_value(value, || format!("the message on topic `{topic}`")).map(|payload| {
+    let claimed = claim(SEND);
+    let effect = encode_value(claimed.codec(), value, || {
+        format!("the message on topic `{topic}`")
+    })
+    .map(|payload| {
         move |sent_at| {
             Effect::Send(Box::new(NewMessage {
                 destination,
@@ -598,7 +623,7 @@ pub fn send<T: Serialize + DeserializeOwned>(
         }
     });
     record_effect(
-        claim(SEND),
+        claimed,
         not_in_workflow(
             "durable_runtime::send",
             "outside a workflow, use `Runtime::send`",
@@ -668,7 +693,7 @@ async fn record_effect(
 ///
 /// [`Error::NotInWorkflow`] outside a workflow. (A message that does not decode as `T`
 /// stops the workflow with [`Error::Corrupt`]; it stays recorded at this step.)
-pub fn recv<T: DeserializeOwned + Send + 'static>(
+pub fn recv<T: Serialize + DeserializeOwned + Send + 'static>(
     topic: &str,
     timeout: impl Into<Option<Duration>>,
 ) -> impl Future<Output = Result<Option<T>>> + Send + 'static {
@@ -793,10 +818,13 @@ pub fn set_event<T: Serialize + DeserializeOwned>(
     value: &T,
 ) -> impl Future<Output = Result<()>> + Send + 'static {
     let key = key.to_owned();
-    let effect = encode_value(value, || format!("the value of event `{key}`"))
-        .map(|value| move |_| Effect::SetEvent(Box::new((key, value))));
+    let claimed = claim(SET_EVENT);
+    let effect = encode_value(claimed.codec(), value, || {
+        format!("the value of event `{key}`")
+    })
+    .map(|value| move |_| Effect::SetEvent(Box::new((key, value))));
     record_effect(
-        claim(SET_EVENT),
+        claimed,
         not_in_workflow(
             "durable_runtime::set_event",
             "events belong to a workflow: call it in a `#[workflow]` body",
@@ -838,7 +866,7 @@ pub fn set_event<T: Serialize + DeserializeOwned>(
 /// # Errors
 ///
 /// [`Error::NotInWorkflow`] outside a workflow.
-pub fn get_event<T: DeserializeOwned + Send + 'static>(
+pub fn get_event<T: Serialize + DeserializeOwned + Send + 'static>(
     workflow_id: &str,
     key: &str,
     timeout: impl Into<Option<Duration>>,
@@ -863,7 +891,7 @@ pub fn get_event<T: DeserializeOwned + Send + 'static>(
 
 /// A recorded wait for a message or an event: replays what it recorded, or waits in the
 /// journal writer (woken by the write it waits for) until its deadline.
-async fn wait<T: DeserializeOwned>(
+async fn wait<T: Serialize + DeserializeOwned>(
     op: &Op,
     what: WaitFor,
     timeout: Option<Duration>,
@@ -1013,12 +1041,13 @@ where
         let slot: Arc<Mutex<Option<Result<T, E>>>> = Arc::default();
         let out = slot.clone();
         let key = op.key();
+        let codec = op.claim.ctx.codec;
         let label = format!("step {} (`{}`)", key.path, key.name);
         let work: crate::store::TxWork = Box::new(move |tx| {
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(tx))) {
                 Ok(result) => {
                     let keep = result.is_ok();
-                    let (back, bytes) = encode_checked(&result).map_err(|e| {
+                    let (back, bytes) = encode_checked(codec, &result).map_err(|e| {
                         format!("cannot encode the result of transaction {label}: {e}")
                     })?;
                     *lock(&out) = Some(back);

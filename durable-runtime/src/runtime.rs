@@ -18,10 +18,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{oneshot, watch};
 
 use crate::Durability;
-use crate::codec::{CODEC, Codec, CodecError};
+use crate::codec::{Codec, CodecError};
 use crate::context::{WorkflowCtx, lock};
 use crate::error::{
-    CancelReason, Error, FailureKind, Location, Result, StoreError, StoreErrorKind,
+    CancelReason, Error, FailureKind, Location, Result, StoreError, StoreErrorKind, undecodable,
 };
 use crate::path::StepPath;
 use crate::scope::{self, Branch};
@@ -58,6 +58,8 @@ pub(crate) struct Inner {
     running: Mutex<HashMap<Arc<str>, Running>>,
     registry: HashMap<&'static str, &'static dyn ErasedWorkflow>,
     app_version: Option<Arc<str>>,
+    /// How this runtime encodes what it records.
+    pub(crate) codec: Codec,
     recovered: Vec<String>,
     unrecoverable: Vec<Error>,
 }
@@ -85,6 +87,7 @@ pub(crate) struct Launch {
 pub struct RuntimeBuilder {
     path: PathBuf,
     durability: Durability,
+    codec: Codec,
     app_version: Option<String>,
     probe: Option<Arc<Probe>>,
 }
@@ -93,6 +96,16 @@ impl RuntimeBuilder {
     /// How hard each checkpoint tries to survive a crash; [`Durability::Full`] by default.
     pub fn durability(mut self, durability: Durability) -> Self {
         self.durability = durability;
+        self
+    }
+
+    /// How the values this runtime records are encoded; [`Codec::Cbor`] by default.
+    ///
+    /// Each recorded value carries its format, so this can change between runs of the
+    /// same journal: what was recorded before is still read with the codec that wrote
+    /// it. See [`Codec`] for what each one lets a recorded type do.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
         self
     }
 
@@ -123,11 +136,11 @@ impl RuntimeBuilder {
         let registry = registry()?;
         let path = self.path.clone();
         let durability = self.durability;
+        let codec = self.codec;
         let probe = self.probe.clone();
         // One trip to a blocking thread: open, then list what to resume.
         let (store, pending) = blocking(&self.path, move || {
-            let mut store: Arc<dyn Store> =
-                Arc::new(SqliteStore::open(&path, durability, CODEC.name())?);
+            let mut store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path, durability, codec)?);
             if let Some(probe) = probe {
                 store = probe.wrap(store);
             }
@@ -165,6 +178,7 @@ impl RuntimeBuilder {
             running: Mutex::new(HashMap::new()),
             registry,
             app_version: self.app_version.map(Arc::from),
+            codec,
             recovered,
             unrecoverable,
         });
@@ -236,6 +250,7 @@ impl Runtime {
         RuntimeBuilder {
             path: path.as_ref().to_owned(),
             durability: Durability::default(),
+            codec: Codec::default(),
             app_version: None,
             probe: None,
         }
@@ -290,7 +305,7 @@ impl Runtime {
         call: WorkflowCall<O>,
     ) -> Result<WorkflowHandle<O>> {
         let id: Arc<str> = Arc::from(validate_id(id.into())?);
-        let launch = call.into_launch(&id, None)?;
+        let launch = call.into_launch(&id, None, self.inner.codec)?;
         let outcome = self.inner.start(id.clone(), launch).await?;
         Ok(WorkflowHandle::new(id, outcome))
     }
@@ -388,14 +403,16 @@ impl Runtime {
     ///
     /// [`Error::InvalidId`] for a malformed destination, [`Error::Encode`] if the value
     /// does not encode, [`Error::Store`] if the journal cannot be written.
-    pub async fn send<T: Serialize + DeserializeOwned>(
+    pub async fn send<T: Serialize + DeserializeOwned + ?Sized>(
         &self,
         destination: &str,
         topic: &str,
         value: &T,
     ) -> Result<()> {
         let destination = validate_id(destination.to_owned())?;
-        let payload = encode_value(value, || format!("the message on topic `{topic}`"))?;
+        let payload = encode_value(self.inner.codec, value, || {
+            format!("the message on topic `{topic}`")
+        })?;
         let message = NewMessage {
             destination,
             topic: topic.to_owned(),
@@ -415,7 +432,7 @@ impl Runtime {
     ///
     /// [`Error::Corrupt`] if the value does not decode as `T`, [`Error::Store`] if the
     /// journal cannot be read.
-    pub async fn get_event<T: DeserializeOwned>(
+    pub async fn get_event<T: Serialize + DeserializeOwned>(
         &self,
         workflow_id: &str,
         key: &str,
@@ -446,12 +463,14 @@ impl Runtime {
         };
         bytes
             .map(|b| {
-                CODEC.decode(&b).map_err(|reason| Error::Corrupt {
-                    workflow_id: workflow_id.to_owned(),
-                    location: Location::Event {
-                        key: key.to_owned(),
-                    },
-                    reason,
+                Codec::decode(&b).map_err(|reason| {
+                    undecodable::<T>(
+                        workflow_id,
+                        Location::Event {
+                            key: key.to_owned(),
+                        },
+                        reason,
+                    )
                 })
             })
             .transpose()
@@ -515,6 +534,7 @@ impl Inner {
             id.clone(),
             self.store.clone(),
             Arc::downgrade(self),
+            self.codec,
         ));
         let run = Running {
             name,
@@ -710,11 +730,12 @@ impl Inner {
 }
 
 /// Encodes a value for the journal, checking that it round-trips.
-pub(crate) fn encode_value<T: Serialize + DeserializeOwned>(
+pub(crate) fn encode_value<T: Serialize + DeserializeOwned + ?Sized>(
+    codec: Codec,
     value: &T,
     what: impl FnOnce() -> String,
 ) -> Result<Vec<u8>> {
-    crate::codec::encode_checked(value)
+    crate::codec::encode_checked(codec, value)
         .map(|(_, bytes)| bytes)
         .map_err(|reason| Error::Encode {
             what: what(),
@@ -977,10 +998,21 @@ async fn run_body(
     deadline_at: Option<i64>,
 ) -> Result<Vec<u8>> {
     let id = &ctx.id;
-    let body = def.start(input).map_err(|reason| Error::Corrupt {
-        workflow_id: id.to_string(),
-        location: Location::Input,
-        reason,
+    let body = def.start(input, ctx.codec).map_err(|(reason, type_name)| {
+        match undecodable::<()>(&**id, Location::Input, reason) {
+            Error::Incompatible {
+                workflow_id,
+                location,
+                reason,
+                ..
+            } => Error::Incompatible {
+                workflow_id,
+                location,
+                type_name,
+                reason,
+            },
+            e => e,
+        }
     })?;
     let mut body = scope::root(Branch::root(ctx.clone()), body);
     // The deadline, as a timer: when it fires, the run and its children are cancelled
@@ -1058,8 +1090,11 @@ pub(crate) async fn replay_journal(path: &Path) -> Result<Vec<Replayed>> {
     let registry = registry()?;
     let owned = path.to_owned();
     let (store, workflows) = blocking(path, move || {
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&owned, Durability::Off, CODEC.name())?);
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(
+            &owned,
+            Durability::Off,
+            Codec::default(),
+        )?);
         let workflows = store.workflows()?;
         Ok::<_, Error>((store, workflows))
     })
@@ -1241,7 +1276,7 @@ impl<O> WorkflowHandle<O> {
     /// failed, [`Error::Stopped`] if the runtime stopped before the run finished.
     pub async fn result(&self) -> Result<O>
     where
-        O: DeserializeOwned,
+        O: Serialize + DeserializeOwned,
     {
         let mut rx = self.outcome.clone();
         let outcome = match rx.wait_for(Option::is_some).await {
@@ -1254,11 +1289,8 @@ impl<O> WorkflowHandle<O> {
             });
         };
         match &*outcome {
-            Ok(bytes) => CODEC.decode(bytes).map_err(|reason| Error::Corrupt {
-                workflow_id: self.id.to_string(),
-                location: Location::Output,
-                reason,
-            }),
+            Ok(bytes) => Codec::decode(bytes)
+                .map_err(|reason| undecodable::<O>(&*self.id, Location::Output, reason)),
             Err(e) => Err(e.clone()),
         }
     }
@@ -1291,7 +1323,7 @@ impl StepInfo {
     ///
     /// [`Error::Failed`] if the step panicked (the record is the panic message), and
     /// [`Error::Corrupt`] if the record does not decode as `T`.
-    pub fn output<T: DeserializeOwned>(&self) -> Result<T> {
+    pub fn output<T: Serialize + DeserializeOwned>(&self) -> Result<T> {
         let workflow_id = &*self.workflow_id;
         match &self.outcome {
             RecordedOutcome::Interrupted(message) => Err(Error::Failed {
@@ -1299,16 +1331,16 @@ impl StepInfo {
                 kind: FailureKind::StepInterrupted,
                 message: message.clone(),
             }),
-            RecordedOutcome::Output(bytes) => {
-                CODEC.decode(bytes).map_err(|reason| Error::Corrupt {
-                    workflow_id: workflow_id.to_owned(),
-                    location: Location::Step {
+            RecordedOutcome::Output(bytes) => Codec::decode(bytes).map_err(|reason| {
+                undecodable::<T>(
+                    workflow_id,
+                    Location::Step {
                         path: self.path.clone(),
                         name: self.name.clone(),
                     },
                     reason,
-                })
-            }
+                )
+            }),
             RecordedOutcome::Panicked(message) => Err(Error::Failed {
                 workflow_id: workflow_id.to_owned(),
                 kind: FailureKind::StepPanicked,
@@ -1347,7 +1379,7 @@ mod tests {
         total
     }
 
-    async fn commits_for<O: DeserializeOwned>(call: WorkflowCall<O>) -> u64 {
+    async fn commits_for<O: Serialize + DeserializeOwned>(call: WorkflowCall<O>) -> u64 {
         let dir = tempfile::tempdir().expect("tempdir");
         let rt = Runtime::builder(dir.path().join("j.db"))
             .durability(Durability::Normal)

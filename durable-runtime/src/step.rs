@@ -11,9 +11,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
-use crate::codec::{CODEC, Codec};
+use crate::codec::Codec;
 use crate::context::ActiveBody;
-use crate::error::{Error, FailureKind, Location, StoreError, StoreErrorKind};
+use crate::error::{Error, FailureKind, Location, StoreError, StoreErrorKind, undecodable};
 use crate::scope::{self, Claim};
 use crate::store::{Effect, RecordedOutcome, StepKey, StepRecord, Write};
 
@@ -344,29 +344,29 @@ where
             match this.state {
                 State::Stopped => return Poll::Pending,
                 State::Replay { claim, outcome } => {
-                    let result =
-                        match outcome {
-                            RecordedOutcome::Output(bytes) => CODEC
-                                .decode::<B::Output>(bytes)
-                                .map_err(|reason| Error::Corrupt {
-                                    workflow_id: claim.ctx.id.to_string(),
-                                    location: Location::Step {
+                    let result = match outcome {
+                        RecordedOutcome::Output(bytes) => Codec::decode::<B::Output>(bytes)
+                            .map_err(|reason| {
+                                undecodable::<B::Output>(
+                                    &*claim.ctx.id,
+                                    Location::Step {
                                         path: claim.path.clone(),
                                         name: options.name.to_owned(),
                                     },
                                     reason,
-                                }),
-                            RecordedOutcome::Panicked(message) => Err(Error::Failed {
-                                workflow_id: claim.ctx.id.to_string(),
-                                kind: FailureKind::StepPanicked,
-                                message: message.clone(),
+                                )
                             }),
-                            RecordedOutcome::Interrupted(message) => Err(Error::Failed {
-                                workflow_id: claim.ctx.id.to_string(),
-                                kind: FailureKind::StepInterrupted,
-                                message: message.clone(),
-                            }),
-                        };
+                        RecordedOutcome::Panicked(message) => Err(Error::Failed {
+                            workflow_id: claim.ctx.id.to_string(),
+                            kind: FailureKind::StepPanicked,
+                            message: message.clone(),
+                        }),
+                        RecordedOutcome::Interrupted(message) => Err(Error::Failed {
+                            workflow_id: claim.ctx.id.to_string(),
+                            kind: FailureKind::StepInterrupted,
+                            message: message.clone(),
+                        }),
+                    };
                     match result {
                         Ok(value) => {
                             tracing::debug!(workflow = %claim.ctx.id, path = %claim.path, step = options.name, "step replayed from the journal");
@@ -572,7 +572,7 @@ where
                         *this.state = State::Stopped;
                         return Poll::Ready(output);
                     };
-                    match crate::codec::encode_checked(&output) {
+                    match crate::codec::encode_checked(claim.ctx.codec, &output) {
                         Ok(bytes) => {
                             // Hand back the decoded copy, not `output`: the caller sees
                             // exactly what a replay will see.

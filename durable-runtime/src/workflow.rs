@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::codec::{CODEC, Codec, CodecError, encode_checked};
+use crate::codec::{Codec, CodecError, encode_checked, type_name};
 #[allow(unused_imports)] // in rustdoc links
 use crate::error::CancelReason;
 use crate::error::{Error, Result};
@@ -48,16 +48,18 @@ impl<I, O> fmt::Debug for WorkflowDef<I, O> {
 /// A workflow with its input and output types erased, for recovery by name.
 pub(crate) trait ErasedWorkflow: Sync + fmt::Debug + 'static {
     fn name(&self) -> &'static str;
-    /// Decodes the recorded input and starts the body; the future encodes the output.
+    /// Decodes the recorded input and starts the body; the future encodes the output
+    /// with `codec`. A failed decode comes with the input type's name.
     fn start(
         &'static self,
         input: &[u8],
-    ) -> Result<BoxFuture<Result<Vec<u8>, CodecError>>, CodecError>;
+        codec: Codec,
+    ) -> Result<BoxFuture<Result<Vec<u8>, CodecError>>, (CodecError, String)>;
 }
 
 impl<I, O> ErasedWorkflow for WorkflowDef<I, O>
 where
-    I: DeserializeOwned + Send + 'static,
+    I: Serialize + DeserializeOwned + Send + 'static,
     O: Serialize + DeserializeOwned + Send + 'static,
 {
     fn name(&self) -> &'static str {
@@ -67,13 +69,26 @@ where
     fn start(
         &'static self,
         input: &[u8],
-    ) -> Result<BoxFuture<Result<Vec<u8>, CodecError>>, CodecError> {
-        let input: I = CODEC.decode(input)?;
+        codec: Codec,
+    ) -> Result<BoxFuture<Result<Vec<u8>, CodecError>>, (CodecError, String)> {
+        let input: I = Codec::decode(input).map_err(|e| (e, type_name::<I>()))?;
         let body = (self.run)(input);
         Ok(Box::pin(async move {
             let output = body.await;
-            encode_checked(&output).map(|(_, bytes)| bytes)
+            encode_checked(codec, &output).map(|(_, bytes)| bytes)
         }))
+    }
+}
+
+/// A workflow's input, kept as a value until the runtime that starts it says how to
+/// encode it.
+pub(crate) trait Input: Send + 'static {
+    fn encode(&self, codec: Codec) -> Result<Vec<u8>, CodecError>;
+}
+
+impl<I: Serialize + DeserializeOwned + Send + 'static> Input for I {
+    fn encode(&self, codec: Codec) -> Result<Vec<u8>, CodecError> {
+        encode_checked(codec, self).map(|(_, bytes)| bytes)
     }
 }
 
@@ -87,7 +102,7 @@ impl WorkflowEntry {
     /// Registers `def`.
     pub const fn new<I, O>(def: &'static WorkflowDef<I, O>) -> Self
     where
-        I: DeserializeOwned + Send + 'static,
+        I: Serialize + DeserializeOwned + Send + 'static,
         O: Serialize + DeserializeOwned + Send + 'static,
     {
         WorkflowEntry(def)
@@ -114,7 +129,7 @@ pub(crate) fn registered() -> impl Iterator<Item = &'static dyn ErasedWorkflow> 
 #[must_use = "calling a workflow function runs nothing: pass the call to `Runtime::start`, or await it inside a workflow"]
 pub struct WorkflowCall<O> {
     pub(crate) def: &'static dyn ErasedWorkflow,
-    pub(crate) input: Result<Vec<u8>, CodecError>,
+    pub(crate) input: Box<dyn Input>,
     pub(crate) timeout: Option<Duration>,
     /// The position claimed in the calling workflow, if it was called inside one.
     pub(crate) claim: Option<Claim>,
@@ -130,7 +145,7 @@ impl<O> WorkflowCall<O> {
     {
         WorkflowCall {
             def,
-            input: encode_checked(&input).map(|(_, bytes)| bytes),
+            input: Box::new(input),
             timeout: None,
             claim: scope::claim(),
             _output: PhantomData,
@@ -175,10 +190,15 @@ impl<O> WorkflowCall<O> {
         self
     }
 
-    /// The input, checked, as a run to start under `id`.
-    pub(crate) fn into_launch(self, id: &str, parent_id: Option<Arc<str>>) -> Result<Launch> {
+    /// The input, encoded with `codec` and checked, as a run to start under `id`.
+    pub(crate) fn into_launch(
+        self,
+        id: &str,
+        parent_id: Option<Arc<str>>,
+        codec: Codec,
+    ) -> Result<Launch> {
         let name = self.def.name();
-        let input = self.input.map_err(|reason| Error::Encode {
+        let input = self.input.encode(codec).map_err(|reason| Error::Encode {
             what: format!("the input of workflow {id} (`{name}`)"),
             reason,
         })?;

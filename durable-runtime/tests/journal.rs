@@ -166,15 +166,31 @@ async fn a_journal_from_a_newer_durable_is_refused() {
 }
 
 #[tokio::test]
-async fn a_journal_written_by_another_codec_is_refused() {
-    let (_dir, path, err) =
-        reopen_after("UPDATE durable_meta SET value = 'json' WHERE key = 'codec'").await;
+async fn an_old_journal_that_names_a_codec_no_durable_wrote_is_refused_untouched() {
+    // Before schema 4 a journal named one codec for all its values; migration 4 gives
+    // each value the format byte of the only one that existed, and must not guess.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("shop.db");
+    drop(open_with_a_run(&path).await);
+    common::sql(
+        &path,
+        "UPDATE durable_meta SET value = '3' WHERE key = 'schema_version'",
+        [],
+    );
+    common::sql(
+        &path,
+        "INSERT INTO durable_meta (key, value) VALUES ('codec', 'json')",
+        [],
+    );
+    let before = common::dump(&path, "durable_workflows");
+    let err = common::try_reopen(&path).await.expect_err("unknown codec");
     assert_refused(
         &path,
         &err,
-        StoreErrorKind::CodecMismatch,
-        "written with codec `json`",
+        StoreErrorKind::NotAJournal,
+        "encoded with `json`, which no version of durable wrote",
     );
+    assert_eq!(common::dump(&path, "durable_workflows"), before);
 }
 
 #[tokio::test]
@@ -186,17 +202,12 @@ async fn migrations_are_numbered_and_recorded() {
     assert!(
         meta.contains(&vec![
             "Text(\"schema_version\")".to_owned(),
-            "Text(\"3\")".to_owned()
+            "Text(\"4\")".to_owned()
         ]),
         "{meta:?}"
     );
-    assert!(
-        meta.contains(&vec![
-            "Text(\"codec\")".to_owned(),
-            "Text(\"bincode-2/serde/standard\")".to_owned()
-        ]),
-        "{meta:?}"
-    );
+    // Since schema 4 each value names its own format; the journal names none.
+    assert_eq!(meta.len(), 1, "{meta:?}");
     // Reopening an up-to-date journal changes nothing.
     drop(common::reopen(&path).await);
     assert_eq!(common::dump(&path, "durable_meta"), meta);

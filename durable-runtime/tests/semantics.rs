@@ -7,7 +7,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use durable_runtime::{Durability, Error, FailureKind, Runtime, WorkflowStatus, step, workflow};
+use durable_runtime::{
+    Codec, Durability, Error, FailureKind, Runtime, WorkflowStatus, step, workflow,
+};
 
 async fn open(dir: &tempfile::TempDir) -> Runtime {
     Runtime::builder(dir.path().join("journal.db"))
@@ -343,8 +345,18 @@ async fn a_start_abandoned_by_its_caller_still_runs() {
     assert_eq!(handle.result().await.expect("the run goes on"), 2);
 }
 
+async fn open_bincode(dir: &tempfile::TempDir) -> Runtime {
+    Runtime::builder(dir.path().join("journal.db"))
+        .durability(Durability::Normal)
+        .codec(Codec::Bincode)
+        .open()
+        .await
+        .expect("open journal")
+}
+
 /// bincode cannot represent `skip_serializing_if`: the encoding does not decode back.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+/// The default codec records it.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Lossy {
     #[serde(skip_serializing_if = "Option::is_none")]
     note: Option<String>,
@@ -364,7 +376,7 @@ async fn lossy_input(x: Lossy) -> u32 {
 #[tokio::test]
 async fn an_output_that_does_not_round_trip_fails_the_workflow_for_good() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let rt = open(&dir).await;
+    let rt = open_bincode(&dir).await;
     let h = rt
         .start_with_id("lossy-out", lossy_output())
         .await
@@ -391,7 +403,7 @@ async fn an_output_that_does_not_round_trip_fails_the_workflow_for_good() {
 async fn an_input_that_does_not_round_trip_is_refused_before_anything_is_written() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("journal.db");
-    let rt = open(&dir).await;
+    let rt = open_bincode(&dir).await;
     let err = rt
         .start_with_id("lossy-in", lossy_input(Lossy { note: None, n: 1 }))
         .await
@@ -403,4 +415,27 @@ async fn an_input_that_does_not_round_trip_is_refused_before_anything_is_written
     );
     drop(rt);
     assert!(common::dump(&path, "durable_workflows").is_empty());
+}
+
+#[tokio::test]
+async fn the_default_codec_records_what_bincode_cannot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = open(&dir).await;
+    let out = rt
+        .start_with_id("out", lossy_output())
+        .await
+        .expect("start");
+    assert_eq!(
+        out.result().await.expect("recorded"),
+        Lossy { note: None, n: 3 }
+    );
+    let input = Lossy {
+        note: Some("gift".into()),
+        n: 4,
+    };
+    let h = rt
+        .start_with_id("in", lossy_input(input))
+        .await
+        .expect("start");
+    assert_eq!(h.result().await.expect("recorded"), 4);
 }

@@ -109,7 +109,7 @@ impl<F> CrashCheck<F> {
     pub fn run<O>(mut self) -> Result<CrashReport, CrashFailure>
     where
         F: FnMut() -> WorkflowCall<O>,
-        O: DeserializeOwned + PartialEq + Debug + Send + 'static,
+        O: serde::Serialize + DeserializeOwned + PartialEq + Debug + Send + 'static,
     {
         let first = (self.make)();
         let workflow = first.name();
@@ -174,7 +174,7 @@ impl<F> CrashCheck<F> {
     ) -> Result<(), String>
     where
         F: FnMut() -> WorkflowCall<O>,
-        O: DeserializeOwned + PartialEq + Debug + Send + 'static,
+        O: serde::Serialize + DeserializeOwned + PartialEq + Debug + Send + 'static,
     {
         let journal =
             TempJournal::new().map_err(|e| format!("cannot create a temporary journal: {e}"))?;
@@ -268,7 +268,7 @@ fn run_once<O>(
     finish: bool,
 ) -> durable_runtime::Result<Run<O>>
 where
-    O: DeserializeOwned + Send + 'static,
+    O: serde::Serialize + DeserializeOwned + Send + 'static,
 {
     let probe = Arc::new(probe);
     let path = journal.path().to_owned();

@@ -98,7 +98,7 @@ impl<F> ExploreCheck<F> {
     pub fn run<O>(mut self) -> Result<ExploreReport, ExploreFailure>
     where
         F: FnMut() -> WorkflowCall<O>,
-        O: DeserializeOwned + Send + 'static,
+        O: serde::Serialize + DeserializeOwned + Send + 'static,
     {
         let base = self.base.unwrap_or_else(|| {
             std::env::var(SEED_VAR)
@@ -150,7 +150,7 @@ fn clock_seed() -> u64 {
 /// Runs one schedule and returns what it recorded.
 fn schedule<O>(call: WorkflowCall<O>, seed: u64) -> Result<StepMap, String>
 where
-    O: DeserializeOwned + Send + 'static,
+    O: serde::Serialize + DeserializeOwned + Send + 'static,
 {
     let journal = TempJournal::new().map_err(|e| format!("cannot create a journal: {e}"))?;
     let probe = Arc::new(Probe::new().delay_acks(seed));

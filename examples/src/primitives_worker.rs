@@ -242,7 +242,9 @@ fn option<'a>(args: &'a [String], name: &str) -> Res<&'a str> {
 }
 
 /// Waits for a run and prints `RESULT <id> <result>`; `false` if the run failed.
-async fn report<O: DeserializeOwned + std::fmt::Debug>(h: WorkflowHandle<O>) -> bool {
+async fn report<O: serde::Serialize + DeserializeOwned + std::fmt::Debug>(
+    h: WorkflowHandle<O>,
+) -> bool {
     let result = h.result().await;
     println!("RESULT {} {result:?}", h.id());
     result.is_ok()

@@ -1,4 +1,4 @@
-//! A serde `Deserializer` wrapper that caps the length hints a row can claim.
+//! A serde `Deserializer` wrapper that caps the length hints a bincode row can claim.
 //!
 //! bincode's serde decoder hands each sequence and map its claimed length as a size
 //! hint, and serde's collections reserve up to 1 MiB from that hint before reading a
@@ -89,13 +89,23 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Capped<D> {
         deserialize_i32(); deserialize_i64(); deserialize_i128(); deserialize_u8();
         deserialize_u16(); deserialize_u32(); deserialize_u64(); deserialize_u128();
         deserialize_f32(); deserialize_f64(); deserialize_char(); deserialize_str();
-        deserialize_string(); deserialize_bytes(); deserialize_byte_buf();
-        deserialize_option(); deserialize_unit(); deserialize_unit_struct(name: &'static str);
+        deserialize_bytes(); deserialize_option(); deserialize_unit(); deserialize_unit_struct(name: &'static str);
         deserialize_newtype_struct(name: &'static str); deserialize_seq();
         deserialize_tuple(len: usize); deserialize_tuple_struct(name: &'static str, len: usize);
         deserialize_map(); deserialize_struct(name: &'static str, fields: &'static [&'static str]);
         deserialize_enum(name: &'static str, variants: &'static [&'static str]);
         deserialize_identifier(); deserialize_ignored_any();
+    }
+
+    // Owned strings and buffers are read as borrowed slices: bincode reads an owned one
+    // into a buffer of the length its prefix claims, before it knows whether the row
+    // holds that much; a borrowed slice is checked against the row first.
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        self.deserialize_str(visitor)
+    }
+
+    fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        self.deserialize_bytes(visitor)
     }
 
     fn is_human_readable(&self) -> bool {

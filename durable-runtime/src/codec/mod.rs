@@ -1,162 +1,306 @@
-//! The serde codec that turns workflow inputs, step outputs and workflow outputs into
-//! journal bytes and back.
+//! How recorded values (workflow inputs and outputs, step outputs, messages, events)
+//! become journal bytes and back.
 //!
-//! Everything the runtime stores goes through [`Codec`]; the default is [`Bincode`]
-//! (bincode's 2.0 line with its serde support). The codec's [`name`](Codec::name) is
-//! recorded in the journal when it is created, and a journal written by another codec is
-//! refused at open rather than misread.
+//! Every recorded value starts with one byte that names its format, so a journal can
+//! hold values of several formats and each is read the way it was written:
 //!
-//! Decoding is bounded, so a corrupt or hostile row is an error, never a huge
-//! allocation. For a row of `n` bytes:
+//! | first byte | format |
+//! |---|---|
+//! | `0x01` | bincode 2 without a guard: values written before the journal recorded formats (schema 3 and older) |
+//! | `0x02` | CBOR with field and variant names ([`Codec::Cbor`], the default) |
+//! | `0x03` | bincode 2, after an 8-byte shape fingerprint ([`Codec::Bincode`]) |
 //!
-//! - strings and byte buffers are decoded under a byte limit (the smallest power of four,
-//!   at least 1 KiB, that is `>= n`): a length prefix claiming more is refused before
-//!   anything is allocated for it;
-//! - sequences and maps reserve room for at most `n` elements up front (no valid row of
-//!   `n` bytes holds more), and fail as soon as the row runs out.
-//!
-//! So what decoding reserves is bounded by what a valid row of the same size could need.
+//! Reading never returns a value different from the one recorded: a CBOR value follows
+//! serde's rules for evolving types (fields and variants by name, integers by value),
+//! and anything those rules cannot follow is an error; a bincode value is checked
+//! against the shape fingerprint recorded with it. Decoding is bounded by the row: a
+//! damaged or hostile row is an error, never a panic, a hang or a huge allocation.
 
-use std::cell::Cell;
+use std::borrow::Cow;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+mod bincode;
 mod bounded;
+mod cbor;
+pub(crate) mod fingerprint;
+
+pub use fingerprint::Fingerprint;
 
 /// The largest value the journal stores: 1 GiB, SQLite's own default maximum for a
 /// `BLOB`. Encoding something larger is an error, not a journal row SQLite refuses later.
 pub const MAX_VALUE_BYTES: usize = 1 << 30;
 
-/// Turns serde values into journal bytes and back.
+/// How a runtime encodes the values it records; choose it with
+/// [`RuntimeBuilder::codec`](crate::RuntimeBuilder::codec).
 ///
-/// The runtime currently always uses [`Bincode`]; the trait marks the seam where another
-/// codec plugs in, and the name it reports is what the journal records.
-pub trait Codec: Send + Sync + 'static {
-    /// A stable name recorded in the journal, for example `bincode-2/serde/standard`.
-    fn name(&self) -> &'static str;
+/// Each recorded value says which codec wrote it, so the choice can change between
+/// runs of the same journal: values are always read with the codec that wrote them.
+///
+/// | | [`Cbor`](Codec::Cbor) (default) | [`Bincode`](Codec::Bincode) |
+/// |---|---|---|
+/// | size | field and variant names are stored | the smallest: no names |
+/// | a field added with `#[serde(default)]`, a field removed | resumes | refused |
+/// | a variant added or moved | resumes | resumes if the recorded variant keeps its place, else refused |
+/// | `u32` to `u64`, or to `i32` for values that fit | resumes | `u32` to `u64` resumes; signedness changes are refused |
+/// | `#[serde(flatten)]`, `skip_serializing_if`, untagged enums | recorded | refused when recorded |
+/// | a change that cannot keep the value (a number that became a string, a recorded variant removed, a value out of the new range) | an error naming the step, the type and the place in the value | an error naming the step and the type |
+///
+/// Neither ever returns a different value than the one recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+#[non_exhaustive]
+pub enum Codec {
+    /// CBOR (RFC 8949) with field and variant names: a recorded value keeps its meaning
+    /// when the type evolves the way serde allows. The journal documentation lists how
+    /// each serde type is written.
+    #[default]
+    Cbor,
+    /// bincode 2 (standard configuration): the smallest encoding, with no names. A
+    /// fingerprint of each value's shape is recorded beside it and checked on every read,
+    /// so a changed type is refused instead of decoded into a different value.
+    Bincode,
+}
 
-    /// Encodes `value`, failing if it does not serialize or exceeds [`MAX_VALUE_BYTES`].
-    fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>, CodecError>;
+/// The format byte at the start of every recorded value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// bincode 2 with no guard (values from journals of schema 3 and older).
+    LegacyBincode = 1,
+    /// [`Codec::Cbor`].
+    Cbor = 2,
+    /// [`Codec::Bincode`]: 8 bytes of shape fingerprint (little endian), then bincode.
+    Bincode = 3,
+}
 
-    /// Decodes a whole row: trailing bytes are an error, and so is any length prefix
-    /// that claims more bytes than the row could hold.
-    fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError>;
+impl Format {
+    pub(crate) fn of(bytes: &[u8]) -> Result<(Format, &[u8]), CodecError> {
+        match bytes.split_first() {
+            Some((1, body)) => Ok((Format::LegacyBincode, body)),
+            Some((2, body)) => Ok((Format::Cbor, body)),
+            Some((3, body)) => Ok((Format::Bincode, body)),
+            Some((b, _)) => Err(CodecError::malformed(format!(
+                "the value starts with format byte 0x{b:02x}, which this version of durable does \
+                 not know (a newer version wrote it, or the row is damaged)"
+            ))),
+            None => Err(CodecError::malformed(
+                "the value is empty: no format byte".to_owned(),
+            )),
+        }
+    }
 }
 
 /// Why a value could not be encoded or decoded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CodecError {
     message: String,
+    /// The bytes are not a valid encoding (damage, or not ours), rather than a valid
+    /// value that does not fit the type asked for.
+    malformed: bool,
 }
+
+impl std::fmt::Display for CodecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CodecError {}
 
 impl CodecError {
     pub(crate) fn new(message: impl Into<String>) -> Self {
         CodecError {
             message: message.into(),
+            malformed: false,
         }
     }
-}
 
-/// bincode 2 with serde, standard configuration (little endian, variable-length
-/// integers), bounded decoding. The default codec.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Bincode;
+    pub(crate) fn malformed(message: impl Into<String>) -> Self {
+        CodecError {
+            message: message.into(),
+            malformed: true,
+        }
+    }
 
-const CONFIG: bincode::config::Configuration = bincode::config::standard();
-
-/// A bincode reader over a slice that reports how far it got through a shared cell, so
-/// trailing bytes can be detected after the serde decoder has consumed it.
-struct SliceReader<'a> {
-    bytes: &'a [u8],
-    position: &'a Cell<usize>,
-}
-
-impl bincode::de::read::Reader for SliceReader<'_> {
-    fn read(&mut self, out: &mut [u8]) -> Result<(), bincode::error::DecodeError> {
-        let start = self.position.get();
-        let end = start.saturating_add(out.len());
-        let Some(src) = self.bytes.get(start..end) else {
-            return Err(bincode::error::DecodeError::UnexpectedEnd {
-                additional: end - self.bytes.len(),
-            });
-        };
-        out.copy_from_slice(src);
-        self.position.set(end);
-        Ok(())
+    /// Whether the bytes are not a valid encoding at all (a damaged row), as opposed to
+    /// a valid value that does not fit the type it was read as (a changed type).
+    pub fn is_malformed(&self) -> bool {
+        self.malformed
     }
 }
 
-/// Decodes with a compile-time byte limit `N` (bincode's limit is a const generic) and
-/// length hints capped at the row's size.
-fn decode_limited<T: DeserializeOwned, const N: usize>(bytes: &[u8]) -> Result<T, CodecError> {
-    let position = Cell::new(0);
-    let reader = SliceReader {
-        bytes,
-        position: &position,
-    };
-    let mut decoder =
-        bincode::serde::OwnedSerdeDecoder::from_reader(reader, CONFIG.with_limit::<N>());
-    let decoded = T::deserialize(bounded::Capped {
-        inner: decoder.as_deserializer(),
-        cap: bytes.len(),
-    });
-    match decoded.map(|v| (v, position.get())) {
-        Ok((value, used)) if used == bytes.len() => Ok(value),
-        Ok((_, used)) => Err(CodecError::new(format!(
-            "{} trailing bytes after the value ({used} of {} bytes used)",
-            bytes.len() - used,
-            bytes.len()
-        ))),
-        Err(bincode::error::DecodeError::LimitExceeded) => Err(CodecError::new(format!(
-            "a length prefix claims more bytes than the {}-byte row holds",
-            bytes.len()
-        ))),
-        Err(e) => Err(CodecError::new(e.to_string())),
-    }
-}
-
-impl Codec for Bincode {
-    fn name(&self) -> &'static str {
-        "bincode-2/serde/standard"
+impl Codec {
+    /// The codec's name, as the documentation and error messages use it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Cbor => "cbor",
+            Codec::Bincode => "bincode",
+        }
     }
 
-    fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>, CodecError> {
-        let bytes = bincode::serde::encode_to_vec(value, CONFIG)
-            .map_err(|e| CodecError::new(e.to_string()))?;
-        if bytes.len() > MAX_VALUE_BYTES {
+    /// Encodes `value` as a journal value: its format byte, then the encoding.
+    ///
+    /// # Errors
+    ///
+    /// If the value's `Serialize` fails, the codec cannot represent it, or the result is
+    /// larger than [`MAX_VALUE_BYTES`].
+    pub fn encode<T: Serialize + ?Sized>(self, value: &T) -> Result<Vec<u8>, CodecError> {
+        let mut out = Vec::with_capacity(16);
+        match self {
+            Codec::Cbor => {
+                out.push(Format::Cbor as u8);
+                cbor::encode(value, &mut out).map_err(|e| CodecError::new(e.to_string()))?;
+            }
+            Codec::Bincode => {
+                let shape = fingerprint::shape(value).map_err(|e| CodecError::new(e.0))?;
+                out.push(Format::Bincode as u8);
+                out.extend_from_slice(&shape.0.to_le_bytes());
+                bincode::encode(value, &mut out).map_err(|e| CodecError::new(e.message))?;
+            }
+        }
+        if out.len() > MAX_VALUE_BYTES {
             return Err(CodecError::new(format!(
-                "encoded value is {} bytes, more than the journal's limit of {MAX_VALUE_BYTES}",
+                "the encoded value is {} bytes, more than the journal's limit of {MAX_VALUE_BYTES}",
+                out.len()
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Decodes a journal value written by any codec (its first byte says which) as `T`.
+    ///
+    /// `T` must be `Serialize` too (every type the journal records is): a bincode
+    /// value's shape is checked against the fingerprint recorded with it.
+    ///
+    /// # Errors
+    ///
+    /// If the bytes are not a journal value, or the value does not fit `T`: the message
+    /// says where in the value, and why.
+    pub fn decode<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+        if bytes.len() > MAX_VALUE_BYTES + 9 {
+            return Err(CodecError::malformed(format!(
+                "the row is {} bytes, more than the journal's limit of {MAX_VALUE_BYTES}",
                 bytes.len()
             )));
         }
-        Ok(bytes)
-    }
-
-    fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError> {
-        const K: usize = 1 << 10;
-        match bytes.len() {
-            n if n <= K => decode_limited::<T, K>(bytes),
-            n if n <= 4 * K => decode_limited::<T, { 4 * K }>(bytes),
-            n if n <= 16 * K => decode_limited::<T, { 16 * K }>(bytes),
-            n if n <= 64 * K => decode_limited::<T, { 64 * K }>(bytes),
-            n if n <= 256 * K => decode_limited::<T, { 256 * K }>(bytes),
-            n if n <= K * K => decode_limited::<T, { K * K }>(bytes),
-            n if n <= 4 * K * K => decode_limited::<T, { 4 * K * K }>(bytes),
-            n if n <= 16 * K * K => decode_limited::<T, { 16 * K * K }>(bytes),
-            n if n <= 64 * K * K => decode_limited::<T, { 64 * K * K }>(bytes),
-            n if n <= 256 * K * K => decode_limited::<T, { 256 * K * K }>(bytes),
-            n if n <= MAX_VALUE_BYTES => decode_limited::<T, MAX_VALUE_BYTES>(bytes),
-            n => Err(CodecError::new(format!(
-                "row is {n} bytes, more than the journal's limit of {MAX_VALUE_BYTES}"
-            ))),
+        let (format, body) = Format::of(bytes)?;
+        match format {
+            Format::Cbor => cbor::decode(body).map_err(|e| CodecError {
+                message: e.to_string(),
+                malformed: e.malformed,
+            }),
+            Format::LegacyBincode => bincode_decode(body),
+            Format::Bincode => {
+                let Some((recorded, body)) = body.split_first_chunk::<8>() else {
+                    return Err(CodecError::malformed(
+                        "the value ends inside its shape fingerprint",
+                    ));
+                };
+                let value: T = bincode_decode(body)?;
+                let recorded = Fingerprint(u64::from_le_bytes(*recorded));
+                let now = fingerprint::shape(&value).map_err(|e| CodecError::new(e.0))?;
+                if now != recorded {
+                    return Err(CodecError::new(format!(
+                        "the recorded value has another shape than the type (recorded \
+                         {recorded}, read as {now}): the type changed since it was recorded \
+                         in a way bincode cannot follow (a field, a variant's place or an \
+                         integer's signedness)"
+                    )));
+                }
+                Ok(value)
+            }
         }
     }
 }
 
-/// The codec the runtime uses.
-pub(crate) const CODEC: Bincode = Bincode;
+fn bincode_decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
+    bincode::decode(body).map_err(|e| CodecError {
+        message: e.message,
+        malformed: e.malformed,
+    })
+}
+
+/// `T`'s name without module paths: `Vec<Order>`, not `alloc::vec::Vec<shop::Order>`.
+pub(crate) fn type_name<T: ?Sized>() -> String {
+    let full = std::any::type_name::<T>();
+    let mut out = String::with_capacity(full.len());
+    let mut segment = String::new();
+    for c in full.chars() {
+        if c.is_alphanumeric() || c == '_' || c == ':' {
+            segment.push(c);
+        } else {
+            out.push_str(segment.rsplit("::").next().unwrap_or(&segment));
+            segment.clear();
+            out.push(c);
+        }
+    }
+    out.push_str(segment.rsplit("::").next().unwrap_or(&segment));
+    out
+}
+
+/// Encodes `value` and decodes it back, returning the decoded copy with the bytes.
+///
+/// A type whose serde impls do not round-trip through the codec is caught here, before
+/// it is recorded, instead of making a recorded run unreadable later. The caller hands
+/// out the decoded copy, so a first run sees exactly what a replay will.
+pub(crate) fn encode_checked<T: Serialize + DeserializeOwned>(
+    codec: Codec,
+    value: &T,
+) -> Result<(T, Vec<u8>), CodecError> {
+    let bytes = codec.encode(value)?;
+    match Codec::decode::<T>(&bytes) {
+        Ok(back) => Ok((back, bytes)),
+        Err(e) => Err(CodecError::new(format!(
+            "the value does not decode back from its own encoding ({e}){}",
+            match codec {
+                Codec::Bincode => {
+                    "; bincode cannot represent `#[serde(skip_serializing_if)]`, \
+                     `#[serde(flatten)]` or untagged enums: use the default codec"
+                }
+                Codec::Cbor => "; the type's `Serialize` and `Deserialize` disagree",
+            }
+        ))),
+    }
+}
+
+/// A value nested inside another recorded value (a message inside the `recv` that took
+/// it, a child's output inside its parent's record), made a journal value of its own.
+/// Values recorded before formats were recorded nest untagged bincode; they get the
+/// legacy format byte here.
+pub(crate) fn nested<'a>(outer: &[u8], inner: &'a [u8]) -> Cow<'a, [u8]> {
+    if outer.first() == Some(&(Format::LegacyBincode as u8)) {
+        let mut tagged = Vec::with_capacity(inner.len() + 1);
+        tagged.push(Format::LegacyBincode as u8);
+        tagged.extend_from_slice(inner);
+        Cow::Owned(tagged)
+    } else {
+        Cow::Borrowed(inner)
+    }
+}
+
+/// A fingerprint of a recorded value's content that does not depend on its Rust type:
+/// equal values give equal fingerprints (maps in any order). For CBOR values it is
+/// computed from the decoded structure; for bincode values, which cannot be read
+/// without their type, from their bytes.
+pub(crate) fn content_fingerprint(bytes: &[u8]) -> Fingerprint {
+    if let Ok((Format::Cbor, body)) = Format::of(bytes)
+        && let Ok(f) = cbor::decode_seed(ContentSeed, body)
+    {
+        return f;
+    }
+    let mut h = fingerprint::Hash64::new();
+    h.bytes(bytes);
+    Fingerprint(h.finish())
+}
+
+struct ContentSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for ContentSeed {
+    type Value = Fingerprint;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Fingerprint, D::Error> {
+        fingerprint::of_encoded(d)
+    }
+}
 
 /// Serializes as a byte string (not a sequence of integers): how the journal nests one
 /// encoded value (a message, an event) inside another (the step that received it).
@@ -191,50 +335,8 @@ impl<'de> serde::Deserialize<'de> for ByteBuf {
     }
 }
 
-/// Encodes `value` and decodes it back, returning the decoded copy with the bytes.
-///
-/// A type whose serde impls do not round-trip through the codec (bincode cannot
-/// represent `#[serde(skip_serializing_if)]`, `flatten` or untagged enums) is caught
-/// here, before it is recorded, instead of making a recorded run unreadable later. The
-/// caller hands out the decoded copy, so a first run sees exactly what a replay will.
-pub(crate) fn encode_checked<T: Serialize + DeserializeOwned>(
-    value: &T,
-) -> Result<(T, Vec<u8>), CodecError> {
-    let bytes = CODEC.encode(value)?;
-    match CODEC.decode::<T>(&bytes) {
-        Ok(back) => Ok((back, bytes)),
-        Err(e) => Err(CodecError::new(format!(
-            "the value does not decode back from its own encoding ({e}); bincode cannot \
-             represent `#[serde(skip_serializing_if)]`, `#[serde(flatten)]` or untagged enums"
-        ))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn round_trips_and_rejects_trailing_bytes() -> Result<(), CodecError> {
-        let v = (String::from("sku-1"), 3u32, Some(vec![1u64, 2]));
-        let mut bytes = CODEC.encode(&v)?;
-        assert_eq!(CODEC.decode::<(String, u32, Option<Vec<u64>>)>(&bytes)?, v);
-        bytes.push(0);
-        let err = CODEC
-            .decode::<(String, u32, Option<Vec<u64>>)>(&bytes)
-            .expect_err("trailing bytes must be refused");
-        assert!(err.to_string().contains("trailing"), "{err}");
-        Ok(())
-    }
-
-    #[test]
-    fn huge_length_prefix_is_an_error_not_an_allocation() {
-        // varint 251 = u64 follows; claim u64::MAX bytes for a String.
-        let mut row = vec![253u8];
-        row.extend_from_slice(&u64::MAX.to_le_bytes());
-        let err = CODEC
-            .decode::<String>(&row)
-            .expect_err("hostile prefix must be refused");
-        assert!(err.to_string().contains("length prefix"), "{err}");
+impl Serialize for ByteBuf {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
     }
 }

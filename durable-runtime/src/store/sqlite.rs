@@ -35,7 +35,7 @@ use super::{
     RecordedStep, SideRecords, StartedRecord, StepKey, StepRecord, Store, TxWork, Wait, WaitFor,
     WaitRecord, WorkflowRecord, Write, Written,
 };
-use crate::codec::{ByteBuf, Bytes, CODEC, Codec};
+use crate::codec::{ByteBuf, Bytes, Codec, nested};
 use crate::context::lock;
 use crate::error::{CancelReason, Error, FailureKind, Location, StoreError, StoreErrorKind};
 use crate::path::StepPath;
@@ -182,6 +182,29 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         name        TEXT NOT NULL,
         PRIMARY KEY (workflow_id, path, name)
     ) STRICT, WITHOUT ROWID;",
+    // 4: every value says its format in its first byte, so journals can hold values of
+    // several codecs; the values written so far get the legacy one (bincode, 0x01), and
+    // their checksums are recomputed where they matched (a damaged value stays
+    // damaged). Steps record a fingerprint of the arguments they were called with.
+    "UPDATE durable_workflows SET
+         input = durable_legacy_value(input),
+         input_crc32 = durable_legacy_crc(input, input_crc32);
+    UPDATE durable_workflows SET
+         output = durable_legacy_value(output),
+         output_crc32 = durable_legacy_crc(output, output_crc32)
+     WHERE output IS NOT NULL;
+    UPDATE durable_steps SET
+         output = durable_legacy_value(output),
+         crc32 = durable_legacy_crc(output, crc32)
+     WHERE output IS NOT NULL;
+    UPDATE durable_messages SET
+         payload = durable_legacy_value(payload),
+         crc32 = durable_legacy_crc(payload, crc32);
+    UPDATE durable_events SET
+         value = durable_legacy_value(value),
+         crc32 = durable_legacy_crc(value, crc32);
+    DELETE FROM durable_meta WHERE key = 'codec';
+    ALTER TABLE durable_steps ADD COLUMN args_fingerprint INTEGER;",
 ];
 
 /// The executor name recorded for workflows this process starts.
@@ -274,7 +297,7 @@ fn lock_path(path: &Path) -> PathBuf {
 impl SqliteStore {
     /// Opens (creating if needed) the journal at `path`, takes its lock, migrates it and
     /// starts the writer thread.
-    pub(crate) fn open(path: &Path, durability: Durability, codec: &str) -> Result<Self, Error> {
+    pub(crate) fn open(path: &Path, durability: Durability, codec: Codec) -> Result<Self, Error> {
         if path.is_dir() {
             return Err(StoreError::new(
                 path,
@@ -309,14 +332,14 @@ impl SqliteStore {
             }
         }
         if !path.exists() {
-            create_journal(path, codec)?;
+            create_journal(path)?;
         }
 
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut writer =
             Connection::open_with_flags(path, flags).map_err(|e| sql_error(path, e))?;
         configure(&writer, durability).map_err(|e| sql_error(path, e))?;
-        migrate(&mut writer, path, codec)?;
+        migrate(&mut writer, path)?;
 
         let reader = Connection::open_with_flags(path, flags).map_err(|e| sql_error(path, e))?;
         reader
@@ -332,7 +355,7 @@ impl SqliteStore {
             // The writer thread holds the lock: it is released only after the last
             // queued write has committed and the thread has exited.
             .spawn(move || {
-                write_loop(writer, &writer_path, &rx, &writer_stats);
+                write_loop(writer, &writer_path, &rx, &writer_stats, codec);
                 drop(lock_file);
             })
             .map_err(|e| io_error(path, format!("cannot start the writer thread: {e}")))?;
@@ -388,7 +411,7 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 /// a rollback journal; built in place, a crash at that moment would leave a hot
 /// `-journal` beside the journal, which read-only tools refuse to open. Called with the
 /// lock held, so a leftover temporary file is from a crash and can be removed.
-fn create_journal(path: &Path, codec: &str) -> Result<(), Error> {
+fn create_journal(path: &Path) -> Result<(), Error> {
     let tmp = with_suffix(path, ".creating");
     for leftover in ["", "-journal", "-wal", "-shm"] {
         let file = with_suffix(&tmp, leftover);
@@ -407,7 +430,7 @@ fn create_journal(path: &Path, codec: &str) -> Result<(), Error> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = Connection::open_with_flags(&tmp, flags).map_err(|e| sql_error(path, e))?;
         configure(&conn, Durability::Full).map_err(|e| sql_error(path, e))?;
-        migrate(&mut conn, path, codec)?;
+        migrate(&mut conn, path)?;
         // Closing the only connection checkpoints the WAL into the file and removes it.
         conn.close().map_err(|(_, e)| sql_error(path, e))?;
     }
@@ -432,9 +455,10 @@ fn create_journal(path: &Path, codec: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Brings the schema to the newest version and checks the codec, in one transaction.
-fn migrate(conn: &mut Connection, path: &Path, codec: &str) -> Result<(), Error> {
+/// Brings the schema to the newest version, in one transaction.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
     let err = |e| Error::from(sql_error(path, e));
+    register_functions(conn).map_err(err)?;
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(err)?;
@@ -480,6 +504,9 @@ fn migrate(conn: &mut Connection, path: &Path, codec: &str) -> Result<(), Error>
         .into());
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        if i + 1 == 4 {
+            before_migration_4(&tx, path)?;
+        }
         tx.execute_batch(sql).map_err(err)?;
         tx.execute(
             "INSERT INTO durable_meta (key, value) VALUES ('schema_version', ?1)
@@ -489,33 +516,80 @@ fn migrate(conn: &mut Connection, path: &Path, codec: &str) -> Result<(), Error>
         .map_err(err)?;
     }
     check_schema(&tx, path)?;
-    let recorded: Option<String> = tx
+    tx.commit().map_err(err)
+}
+
+/// The codec that wrote every value of a journal older than schema 4.
+const LEGACY_CODEC: &str = "bincode-2/serde/standard";
+
+/// Migration 4 gives every recorded value a format byte; before it, a journal named one
+/// codec for all its values, and only one ever existed.
+fn before_migration_4(tx: &Connection, path: &Path) -> Result<(), Error> {
+    let codec: Option<String> = tx
         .query_row(
             "SELECT value FROM durable_meta WHERE key = 'codec'",
             [],
             |r| r.get(0),
         )
         .optional()
-        .map_err(err)?;
-    match recorded {
-        None => {
-            tx.execute(
-                "INSERT INTO durable_meta (key, value) VALUES ('codec', ?1)",
-                [codec],
-            )
-            .map_err(err)?;
-        }
-        Some(c) if c == codec => {}
-        Some(c) => {
-            return Err(StoreError::new(
-                path,
-                StoreErrorKind::CodecMismatch,
-                format!("journal was written with codec `{c}`, this runtime uses `{codec}`"),
-            )
-            .into());
-        }
+        .map_err(|e| sql_error(path, e))?;
+    match codec.as_deref() {
+        None | Some(LEGACY_CODEC) => Ok(()),
+        Some(other) => Err(StoreError::new(
+            path,
+            StoreErrorKind::NotAJournal,
+            format!(
+                "the journal says its values are encoded with `{other}`, which no version of \
+                 durable wrote; it is left untouched"
+            ),
+        )
+        .into()),
     }
-    tx.commit().map_err(err)
+}
+
+/// SQL functions the migrations use.
+fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    // `durable_legacy_value(value)`: `value` with the legacy format byte in front. (SQL's
+    // `||` would make it text.)
+    conn.create_scalar_function(
+        "durable_legacy_value",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let value: Vec<u8> = ctx.get(0)?;
+            Ok(legacy_value(&value))
+        },
+    )?;
+    // `durable_legacy_crc(value, crc)`: the checksum of `value` once it carries the
+    // legacy format byte, if `crc` was its checksum before; otherwise `crc` unchanged,
+    // so a damaged value stays damaged (and a NULL, unchecked one stays unchecked).
+    conn.create_scalar_function(
+        "durable_legacy_crc",
+        2,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let value: Vec<u8> = ctx.get(0)?;
+            let crc: Option<i64> = ctx.get(1)?;
+            Ok(crc.map(|crc| {
+                if crc == i64::from(crc32(&value)) {
+                    i64::from(crc32(&legacy_value(&value)))
+                } else {
+                    crc
+                }
+            }))
+        },
+    )
+}
+
+/// The format byte of values written before migration 4 (see `crate::codec`).
+const LEGACY_FORMAT: u8 = 1;
+
+fn legacy_value(value: &[u8]) -> Vec<u8> {
+    let mut tagged = Vec::with_capacity(value.len() + 1);
+    tagged.push(LEGACY_FORMAT);
+    tagged.extend_from_slice(value);
+    tagged
 }
 
 /// Every column the runtime reads or writes, per table: a journal whose tables were
@@ -528,7 +602,7 @@ const SCHEMA: &[(&str, &str)] = &[
     ),
     (
         "durable_steps",
-        "workflow_id, path, name, output, error, attempts, started_at, finished_at, crc32, error_kind",
+        "workflow_id, path, name, output, error, attempts, started_at, finished_at, crc32, error_kind, args_fingerprint",
     ),
     (
         "durable_messages",
@@ -558,8 +632,14 @@ fn check_schema(conn: &Connection, path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-fn write_loop(conn: Connection, path: &Path, rx: &mpsc::Receiver<Command>, stats: &WriterStats) {
-    let mut writer = match Writer::prepare(&conn) {
+fn write_loop(
+    conn: Connection,
+    path: &Path,
+    rx: &mpsc::Receiver<Command>,
+    stats: &WriterStats,
+    codec: Codec,
+) {
+    let mut writer = match Writer::prepare(&conn, codec) {
         Ok(w) => w,
         Err(e) => {
             // Nothing can be written: answer every write with the reason, until the
@@ -684,20 +764,28 @@ struct Writer<'c> {
     touched: Vec<WaitFor>,
     /// Waits parked so far, to sweep abandoned ones now and then.
     parks: u64,
+    /// How the writer encodes the answers of waits it records.
+    codec: Codec,
 }
 
 /// How often (in parked waits) the writer drops the parked waits nobody waits for.
 const SWEEP_EVERY: u64 = 1024;
 
 /// The encoding of a wait's answer as its step's recorded output.
-fn encode_answer(answer: Option<&[u8]>) -> Vec<u8> {
+fn encode_answer(codec: Codec, answer: Option<&[u8]>) -> Vec<u8> {
     // Encoding a byte string cannot fail, and its size is bounded by a row's.
-    CODEC.encode(&answer.map(Bytes)).unwrap_or_default()
+    codec.encode(&answer.map(Bytes)).unwrap_or_default()
+}
+
+/// A wait's recorded answer: the value it took, as a journal value of its own.
+fn decode_answer(output: &[u8]) -> Result<Option<Vec<u8>>, crate::codec::CodecError> {
+    Codec::decode::<Option<ByteBuf>>(output).map(|o| o.map(|b| nested(output, &b.0).into_owned()))
 }
 
 impl<'c> Writer<'c> {
-    fn prepare(conn: &'c Connection) -> rusqlite::Result<Self> {
+    fn prepare(conn: &'c Connection, codec: Codec) -> rusqlite::Result<Self> {
         Ok(Writer {
+            codec,
             conn,
             begin: conn.prepare("BEGIN IMMEDIATE")?,
             commit: conn.prepare("COMMIT")?,
@@ -1102,9 +1190,7 @@ impl<'c> Writer<'c> {
                         ),
                     ));
                 }
-                let answer: Option<Vec<u8>> = CODEC
-                    .decode::<Option<ByteBuf>>(&output)
-                    .map(|o| o.map(|b| b.0))
+                let answer = decode_answer(&output)
                     .map_err(|e| StoreError::new(path, StoreErrorKind::Invariant, e.to_string()))?;
                 Ok(Written::Value(answer))
             }
@@ -1117,7 +1203,7 @@ impl<'c> Writer<'c> {
     }
 
     fn record_answer(&mut self, r: &WaitRecord, answer: Option<&[u8]>) -> rusqlite::Result<()> {
-        let output = encode_answer(answer);
+        let output = encode_answer(self.codec, answer);
         self.record.execute(params![
             &*r.key.workflow_id,
             r.key.path.to_string(),
@@ -1193,7 +1279,7 @@ impl<'c> Writer<'c> {
                 ),
             ));
         }
-        let Ok(Some(ByteBuf(payload))) = CODEC.decode::<Option<ByteBuf>>(&output) else {
+        let Ok(Some(payload)) = decode_answer(&output) else {
             // A recorded timeout: nothing was taken.
             return Ok(());
         };
@@ -1887,8 +1973,8 @@ mod tests {
     #[tokio::test]
     async fn answered_writes_leave_nothing_in_flight() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store =
-            SqliteStore::open(&dir.path().join("j.db"), Durability::Off, "bincode").expect("open");
+        let store = SqliteStore::open(&dir.path().join("j.db"), Durability::Off, Codec::Cbor)
+            .expect("open");
         let id: Arc<str> = Arc::from("w");
         let created = store.create_workflow(NewWorkflow {
             id: id.clone(),

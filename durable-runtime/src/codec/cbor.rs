@@ -1,0 +1,1201 @@
+//! The default value encoding: CBOR (RFC 8949) as a serde data format, with field and
+//! variant names, so recorded values keep their meaning when types evolve.
+//!
+//! How serde's data model maps onto CBOR (the journal's documentation repeats this):
+//!
+//! | serde | CBOR |
+//! |---|---|
+//! | `bool` | `false` / `true` |
+//! | integers of any width | major type 0 (zero or more) or 1 (negative), shortest form; beyond 64 bits, bignum tags 2 and 3 |
+//! | `f32`, `f64` | single and double precision floats, bit for bit (NaN payloads kept) |
+//! | `char`, `str` | text string |
+//! | bytes | byte string |
+//! | `None` | `null` |
+//! | `Some(x)` | `x`, except that `Some` of an `Option` is tag 6 (ours) around it, so `Some(None)` stays `Some(None)` |
+//! | `()`, unit struct | `undefined` |
+//! | newtype struct | its inner value |
+//! | sequence, tuple, tuple struct | array |
+//! | map | map, with keys of any type |
+//! | struct | map from field names to values |
+//! | unit variant | the variant's name, as text |
+//! | other variants | a map of one entry: the variant's name to its content (a value, an array or a map) |
+//!
+//! Because structs and variants are written by name, decoding follows serde's usual
+//! rules for evolving types: a field the type no longer has is skipped, a field the
+//! record lacks takes its `#[serde(default)]` (or is an error naming it), a variant is
+//! found by its name wherever it now sits in the enum, and integers decode into any
+//! integer type the value fits. What cannot follow is an error, never a different value:
+//! an integer that does not fit (`4_000_000_000` into an `i32`), a number where a string
+//! is wanted, a variant that no longer exists, a float that would lose precision.
+//!
+//! Decoding is bounded by the row: every length is checked against the bytes left
+//! before anything is read or allocated (strings and byte strings are borrowed from the
+//! row), sequences and maps never reserve room for more elements than the row has bytes
+//! left, and nesting is limited to [`MAX_DEPTH`] levels, so a hostile row is an error,
+//! never a huge allocation, a hang or a stack overflow.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IntoDeserializer, Visitor};
+use serde::ser::{self, Serialize, Serializer};
+
+/// How deeply arrays, maps, variants and `Some` markers may nest, in a value being
+/// written or read. Deep enough for any value a service records; shallow enough that a
+/// hostile row cannot exhaust a thread's stack while it is decoded.
+pub(crate) const MAX_DEPTH: u32 = 128;
+
+/// Tag 6 (unassigned in RFC 8949's registry): `Some` around a value that is itself an
+/// `Option`, so `Some(None)` is not read back as `None`.
+const SOME: u8 = 0xc6;
+const FALSE: u8 = 0xf4;
+const TRUE: u8 = 0xf5;
+const NULL: u8 = 0xf6;
+const UNDEFINED: u8 = 0xf7;
+const F32: u8 = 0xfa;
+const F64: u8 = 0xfb;
+
+const UINT: u8 = 0;
+const NINT: u8 = 1;
+const BYTES: u8 = 2;
+const TEXT: u8 = 3;
+const ARRAY: u8 = 4;
+const MAP: u8 = 5;
+const TAG: u8 = 6;
+
+/// Why a value could not be written or read, with where in the value it happened.
+#[derive(Debug)]
+pub(crate) struct Error {
+    pub(crate) message: String,
+    /// Malformed bytes (not something our encoder writes), rather than a value that
+    /// does not fit the type it is read as.
+    pub(crate) malformed: bool,
+    /// Where, innermost last once reversed: filled in while the error unwinds.
+    path: Vec<Segment>,
+}
+
+#[derive(Debug)]
+enum Segment {
+    Index(usize),
+    Field(String),
+    Variant(String),
+}
+
+impl Error {
+    fn malformed(message: impl Into<String>) -> Self {
+        Error {
+            message: message.into(),
+            malformed: true,
+            path: Vec::new(),
+        }
+    }
+
+    fn at(mut self, segment: Segment) -> Self {
+        self.path.push(segment);
+        self
+    }
+
+    /// Where in the value the error happened, such as `.items[2].qty`; empty at the top.
+    pub(crate) fn location(&self) -> String {
+        let mut s = String::new();
+        for seg in self.path.iter().rev() {
+            match seg {
+                Segment::Index(i) => s.push_str(&format!("[{i}]")),
+                Segment::Field(f) => {
+                    s.push('.');
+                    s.push_str(f);
+                }
+                Segment::Variant(v) => {
+                    s.push_str("::");
+                    s.push_str(v);
+                }
+            }
+        }
+        s
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if !self.path.is_empty() {
+            write!(f, " (at `{}`)", self.location())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl ser::Error for Error {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        Error {
+            message: msg.to_string(),
+            malformed: false,
+            path: Vec::new(),
+        }
+    }
+}
+
+impl de::Error for Error {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        Error {
+            message: msg.to_string(),
+            malformed: false,
+            path: Vec::new(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Writing
+// ---------------------------------------------------------------------------------------
+
+/// Appends the CBOR encoding of `value` to `out`.
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), Error> {
+    let mut enc = Encoder {
+        out,
+        some: false,
+        depth: 0,
+    };
+    value.serialize(&mut enc)
+}
+
+fn head(out: &mut Vec<u8>, major: u8, n: u64) {
+    let m = major << 5;
+    if n < 24 {
+        out.push(m | n as u8);
+    } else if let Ok(n) = u8::try_from(n) {
+        out.extend_from_slice(&[m | 24, n]);
+    } else if let Ok(n) = u16::try_from(n) {
+        out.push(m | 25);
+        out.extend_from_slice(&n.to_be_bytes());
+    } else if let Ok(n) = u32::try_from(n) {
+        out.push(m | 26);
+        out.extend_from_slice(&n.to_be_bytes());
+    } else {
+        out.push(m | 27);
+        out.extend_from_slice(&n.to_be_bytes());
+    }
+}
+
+struct Encoder<'a> {
+    out: &'a mut Vec<u8>,
+    /// A `Some` was begun and its content not written yet: if the content is itself an
+    /// `Option` (a `None` or another `Some`), the `Some` must be written out as a tag.
+    some: bool,
+    depth: u32,
+}
+
+impl Encoder<'_> {
+    /// Called before writing anything: settles a pending `Some`.
+    fn item(&mut self, option: bool) {
+        if std::mem::take(&mut self.some) && option {
+            self.out.push(SOME);
+        }
+    }
+
+    fn enter(&mut self) -> Result<(), Error> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(ser::Error::custom(format_args!(
+                "the value is nested more than {MAX_DEPTH} levels deep, more than the journal records"
+            )));
+        }
+        Ok(())
+    }
+
+    fn uint(&mut self, v: u128) {
+        self.item(false);
+        match u64::try_from(v) {
+            Ok(v) => head(self.out, UINT, v),
+            Err(_) => self.bignum(2, v),
+        }
+    }
+
+    fn sint(&mut self, v: i128) {
+        if v >= 0 {
+            return self.uint(v as u128);
+        }
+        self.item(false);
+        // CBOR stores a negative n as -1 - n.
+        let n = (-1 - v) as u128;
+        match u64::try_from(n) {
+            Ok(n) => head(self.out, NINT, n),
+            Err(_) => self.bignum(3, n),
+        }
+    }
+
+    fn bignum(&mut self, tag: u64, n: u128) {
+        head(self.out, TAG, tag);
+        let bytes = n.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        head(self.out, BYTES, (16 - skip) as u64);
+        self.out.extend_from_slice(&bytes[skip..]);
+    }
+
+    fn text(&mut self, s: &str) {
+        head(self.out, TEXT, s.len() as u64);
+        self.out.extend_from_slice(s.as_bytes());
+    }
+
+    /// `{ "Variant": <content> }`: the one-entry map around a variant's content.
+    fn variant(&mut self, name: &str) -> Result<(), Error> {
+        self.item(false);
+        self.enter()?;
+        head(self.out, MAP, 1);
+        self.text(name);
+        Ok(())
+    }
+}
+
+fn compound<'b, 'a>(
+    enc: &'b mut Encoder<'a>,
+    major: u8,
+    len: Option<usize>,
+) -> Result<Compound<'b, 'a>, Error> {
+    enc.item(false);
+    enc.enter()?;
+    let at = enc.out.len();
+    if let Some(n) = len {
+        head(enc.out, major, n as u64);
+    }
+    let header_len = enc.out.len() - at;
+    Ok(Compound {
+        enc,
+        header_at: at,
+        header_len,
+        declared: len,
+        count: 0,
+        major,
+        wrapped: false,
+    })
+}
+
+/// An array or map being written. Its header is written with the declared length and
+/// fixed at the end if the count differs (serde's `flatten` gives no length up front).
+struct Compound<'b, 'a> {
+    enc: &'b mut Encoder<'a>,
+    header_at: usize,
+    header_len: usize,
+    declared: Option<usize>,
+    count: usize,
+    major: u8,
+    /// Inside a variant's one-entry map, which ends with it.
+    wrapped: bool,
+}
+
+impl Compound<'_, '_> {
+    fn finish(self) -> Result<(), Error> {
+        if self.declared != Some(self.count) {
+            let mut header = Vec::with_capacity(9);
+            head(&mut header, self.major, self.count as u64);
+            let range = self.header_at..self.header_at + self.header_len;
+            self.enc.out.splice(range, header);
+        }
+        self.enc.depth -= 1;
+        if self.wrapped {
+            self.enc.depth -= 1;
+        }
+        Ok(())
+    }
+}
+
+impl<'b, 'a> Serializer for &'b mut Encoder<'a> {
+    type Ok = ();
+    type Error = Error;
+    type SerializeSeq = Compound<'b, 'a>;
+    type SerializeTuple = Compound<'b, 'a>;
+    type SerializeTupleStruct = Compound<'b, 'a>;
+    type SerializeTupleVariant = Compound<'b, 'a>;
+    type SerializeMap = Compound<'b, 'a>;
+    type SerializeStruct = Compound<'b, 'a>;
+    type SerializeStructVariant = Compound<'b, 'a>;
+
+    fn serialize_bool(self, v: bool) -> Result<(), Error> {
+        self.item(false);
+        self.out.push(if v { TRUE } else { FALSE });
+        Ok(())
+    }
+    fn serialize_i8(self, v: i8) -> Result<(), Error> {
+        self.sint(v.into());
+        Ok(())
+    }
+    fn serialize_i16(self, v: i16) -> Result<(), Error> {
+        self.sint(v.into());
+        Ok(())
+    }
+    fn serialize_i32(self, v: i32) -> Result<(), Error> {
+        self.sint(v.into());
+        Ok(())
+    }
+    fn serialize_i64(self, v: i64) -> Result<(), Error> {
+        self.sint(v.into());
+        Ok(())
+    }
+    fn serialize_i128(self, v: i128) -> Result<(), Error> {
+        self.sint(v);
+        Ok(())
+    }
+    fn serialize_u8(self, v: u8) -> Result<(), Error> {
+        self.uint(v.into());
+        Ok(())
+    }
+    fn serialize_u16(self, v: u16) -> Result<(), Error> {
+        self.uint(v.into());
+        Ok(())
+    }
+    fn serialize_u32(self, v: u32) -> Result<(), Error> {
+        self.uint(v.into());
+        Ok(())
+    }
+    fn serialize_u64(self, v: u64) -> Result<(), Error> {
+        self.uint(v.into());
+        Ok(())
+    }
+    fn serialize_u128(self, v: u128) -> Result<(), Error> {
+        self.uint(v);
+        Ok(())
+    }
+    fn serialize_f32(self, v: f32) -> Result<(), Error> {
+        self.item(false);
+        self.out.push(F32);
+        self.out.extend_from_slice(&v.to_bits().to_be_bytes());
+        Ok(())
+    }
+    fn serialize_f64(self, v: f64) -> Result<(), Error> {
+        self.item(false);
+        self.out.push(F64);
+        self.out.extend_from_slice(&v.to_bits().to_be_bytes());
+        Ok(())
+    }
+    fn serialize_char(self, v: char) -> Result<(), Error> {
+        self.item(false);
+        self.text(v.encode_utf8(&mut [0; 4]));
+        Ok(())
+    }
+    fn serialize_str(self, v: &str) -> Result<(), Error> {
+        self.item(false);
+        self.text(v);
+        Ok(())
+    }
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), Error> {
+        self.item(false);
+        head(self.out, BYTES, v.len() as u64);
+        self.out.extend_from_slice(v);
+        Ok(())
+    }
+    fn serialize_none(self) -> Result<(), Error> {
+        self.item(true);
+        self.out.push(NULL);
+        Ok(())
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, v: &T) -> Result<(), Error> {
+        self.item(true);
+        self.enter()?;
+        self.some = true;
+        v.serialize(&mut *self)?;
+        self.some = false;
+        self.depth -= 1;
+        Ok(())
+    }
+    fn serialize_unit(self) -> Result<(), Error> {
+        self.item(false);
+        self.out.push(UNDEFINED);
+        Ok(())
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> Result<(), Error> {
+        self.serialize_unit()
+    }
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+    ) -> Result<(), Error> {
+        self.item(false);
+        self.text(variant);
+        Ok(())
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        v: &T,
+    ) -> Result<(), Error> {
+        v.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        v: &T,
+    ) -> Result<(), Error> {
+        self.variant(variant)?;
+        v.serialize(&mut *self)?;
+        self.depth -= 1;
+        Ok(())
+    }
+    fn serialize_seq(self, len: Option<usize>) -> Result<Compound<'b, 'a>, Error> {
+        compound(self, ARRAY, len)
+    }
+    fn serialize_tuple(self, len: usize) -> Result<Compound<'b, 'a>, Error> {
+        compound(self, ARRAY, Some(len))
+    }
+    fn serialize_tuple_struct(
+        self,
+        _: &'static str,
+        len: usize,
+    ) -> Result<Compound<'b, 'a>, Error> {
+        compound(self, ARRAY, Some(len))
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<Compound<'b, 'a>, Error> {
+        self.variant(variant)?;
+        let mut c = compound(self, ARRAY, Some(len))?;
+        c.wrapped = true;
+        Ok(c)
+    }
+    fn serialize_map(self, len: Option<usize>) -> Result<Compound<'b, 'a>, Error> {
+        compound(self, MAP, len)
+    }
+    fn serialize_struct(self, _: &'static str, len: usize) -> Result<Compound<'b, 'a>, Error> {
+        compound(self, MAP, Some(len))
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<Compound<'b, 'a>, Error> {
+        self.variant(variant)?;
+        let mut c = compound(self, MAP, Some(len))?;
+        c.wrapped = true;
+        Ok(c)
+    }
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+}
+
+impl ser::SerializeSeq for Compound<'_, '_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Error> {
+        self.count += 1;
+        v.serialize(&mut *self.enc)
+    }
+    fn end(self) -> Result<(), Error> {
+        self.finish()
+    }
+}
+
+impl ser::SerializeTuple for Compound<'_, '_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Error> {
+        ser::SerializeSeq::serialize_element(self, v)
+    }
+    fn end(self) -> Result<(), Error> {
+        self.finish()
+    }
+}
+
+impl ser::SerializeTupleStruct for Compound<'_, '_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Error> {
+        ser::SerializeSeq::serialize_element(self, v)
+    }
+    fn end(self) -> Result<(), Error> {
+        self.finish()
+    }
+}
+
+impl ser::SerializeTupleVariant for Compound<'_, '_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Error> {
+        ser::SerializeSeq::serialize_element(self, v)
+    }
+    fn end(self) -> Result<(), Error> {
+        self.finish()
+    }
+}
+
+impl ser::SerializeMap for Compound<'_, '_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, k: &T) -> Result<(), Error> {
+        self.count += 1;
+        k.serialize(&mut *self.enc)
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Error> {
+        v.serialize(&mut *self.enc)
+    }
+    fn end(self) -> Result<(), Error> {
+        self.finish()
+    }
+}
+
+impl ser::SerializeStruct for Compound<'_, '_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        name: &'static str,
+        v: &T,
+    ) -> Result<(), Error> {
+        self.count += 1;
+        self.enc.text(name);
+        v.serialize(&mut *self.enc)
+    }
+    fn end(self) -> Result<(), Error> {
+        self.finish()
+    }
+}
+
+impl ser::SerializeStructVariant for Compound<'_, '_> {
+    type Ok = ();
+    type Error = Error;
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        name: &'static str,
+        v: &T,
+    ) -> Result<(), Error> {
+        ser::SerializeStruct::serialize_field(self, name, v)
+    }
+    fn end(self) -> Result<(), Error> {
+        self.finish()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading
+// ---------------------------------------------------------------------------------------
+
+/// Reads one value from the whole of `bytes` (trailing bytes are an error).
+pub(crate) fn decode<'de, T: de::Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, Error> {
+    decode_seed(std::marker::PhantomData, bytes)
+}
+
+/// [`decode`] with a seed.
+pub(crate) fn decode_seed<'de, S: DeserializeSeed<'de>>(
+    seed: S,
+    bytes: &'de [u8],
+) -> Result<S::Value, Error> {
+    let mut d = Decoder {
+        input: bytes,
+        pos: 0,
+        depth: 0,
+    };
+    let value = seed.deserialize(&mut d)?;
+    if d.pos != bytes.len() {
+        return Err(Error::malformed(format!(
+            "{} bytes follow the value ({} of {} bytes read)",
+            bytes.len() - d.pos,
+            d.pos,
+            bytes.len()
+        )));
+    }
+    Ok(value)
+}
+
+/// One item's initial byte, split.
+#[derive(Clone, Copy)]
+struct Head {
+    major: u8,
+    /// The low five bits.
+    info: u8,
+    /// The argument (a length, an integer, a tag number); for major type 7, the raw
+    /// bits that follow.
+    value: u64,
+}
+
+pub(crate) struct Decoder<'de> {
+    input: &'de [u8],
+    pos: usize,
+    depth: u32,
+}
+
+impl<'de> Decoder<'de> {
+    fn left(&self) -> usize {
+        self.input.len() - self.pos
+    }
+
+    fn ends_early(&self, needed: usize) -> Error {
+        Error::malformed(format!(
+            "the value ends early: {needed} more bytes were expected at byte {} of {}",
+            self.pos,
+            self.input.len()
+        ))
+    }
+
+    fn peek(&self) -> Result<u8, Error> {
+        self.input
+            .get(self.pos)
+            .copied()
+            .ok_or_else(|| self.ends_early(1))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'de [u8], Error> {
+        if n > self.left() {
+            return Err(self.ends_early(n - self.left()));
+        }
+        let s = &self.input[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    fn head(&mut self) -> Result<Head, Error> {
+        let at = self.pos;
+        let b = self.take(1)?[0];
+        let (major, info) = (b >> 5, b & 0x1f);
+        let value = match info {
+            0..=23 => u64::from(info),
+            24 => u64::from(self.take(1)?[0]),
+            25 => u64::from(u16::from_be_bytes([self.take(1)?[0], self.take(1)?[0]])),
+            26 => {
+                let mut w = [0u8; 4];
+                w.copy_from_slice(self.take(4)?);
+                u64::from(u32::from_be_bytes(w))
+            }
+            27 => {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(self.take(8)?);
+                u64::from_be_bytes(w)
+            }
+            _ => {
+                return Err(Error::malformed(format!(
+                    "byte 0x{b:02x} at {at} starts no item durable writes (indefinite lengths \
+                     and reserved forms are not used)"
+                )));
+            }
+        };
+        Ok(Head { major, info, value })
+    }
+
+    /// A length, checked against what is left: each of `len` items takes at least
+    /// `min_size` bytes.
+    fn length(&self, len: u64, min_size: usize) -> Result<usize, Error> {
+        let max = self.left() / min_size.max(1);
+        match usize::try_from(len) {
+            Ok(n) if n <= max => Ok(n),
+            _ => Err(Error::malformed(format!(
+                "a length of {len} at byte {} is more than the {} bytes left can hold",
+                self.pos,
+                self.left()
+            ))),
+        }
+    }
+
+    fn enter(&mut self) -> Result<(), Error> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(Error::malformed(format!(
+                "the value is nested more than {MAX_DEPTH} levels deep"
+            )));
+        }
+        Ok(())
+    }
+
+    fn text(&mut self, len: u64) -> Result<&'de str, Error> {
+        let n = self.length(len, 1)?;
+        let at = self.pos;
+        let bytes = self.take(n)?;
+        std::str::from_utf8(bytes)
+            .map_err(|_| Error::malformed(format!("the text string at byte {at} is not UTF-8")))
+    }
+
+    /// A bignum's magnitude (tag 2 or 3 already read).
+    fn bignum(&mut self) -> Result<u128, Error> {
+        let h = self.head()?;
+        if h.major != BYTES {
+            return Err(Error::malformed(
+                "a bignum tag is not followed by a byte string",
+            ));
+        }
+        let n = self.length(h.value, 1)?;
+        let bytes = self.take(n)?;
+        let digits = &bytes[bytes.iter().take_while(|b| **b == 0).count()..];
+        if digits.len() > 16 {
+            return Err(de::Error::custom(format_args!(
+                "the recorded integer has {} bytes, more than 128 bits",
+                digits.len()
+            )));
+        }
+        Ok(digits
+            .iter()
+            .fold(0u128, |acc, b| (acc << 8) | u128::from(*b)))
+    }
+
+    /// The float at the current position, if the next item is one.
+    fn float(&mut self) -> Result<Option<f64>, Error> {
+        match self.peek()? {
+            F32 => {
+                self.pos += 1;
+                let mut w = [0u8; 4];
+                w.copy_from_slice(self.take(4)?);
+                Ok(Some(f64::from(f32::from_bits(u32::from_be_bytes(w)))))
+            }
+            F64 => {
+                self.pos += 1;
+                let mut w = [0u8; 8];
+                w.copy_from_slice(self.take(8)?);
+                Ok(Some(f64::from_bits(u64::from_be_bytes(w))))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Reads past one item without building anything.
+    fn skip(&mut self) -> Result<(), Error> {
+        let h = self.head()?;
+        match h.major {
+            UINT | NINT => {}
+            BYTES | TEXT => {
+                let n = self.length(h.value, 1)?;
+                self.take(n)?;
+            }
+            ARRAY | MAP => {
+                let per = if h.major == MAP { 2 } else { 1 };
+                let n = self.length(h.value, per)?;
+                self.enter()?;
+                for _ in 0..n * per {
+                    self.skip()?;
+                }
+                self.depth -= 1;
+            }
+            TAG => {
+                self.enter()?;
+                self.skip()?;
+                self.depth -= 1;
+            }
+            _ => self.simple(h).map(drop)?,
+        }
+        Ok(())
+    }
+
+    /// Checks a major-type-7 item (its head read) and says what it is.
+    fn simple(&mut self, h: Head) -> Result<Simple, Error> {
+        Ok(match h.info {
+            20 => Simple::Bool(false),
+            21 => Simple::Bool(true),
+            22 => Simple::Null,
+            23 => Simple::Undefined,
+            26 => Simple::F32(f32::from_bits(h.value as u32)),
+            27 => Simple::F64(f64::from_bits(h.value)),
+            _ => {
+                return Err(Error::malformed(format!(
+                    "simple value {} (0x{:02x}) at byte {} is not one durable writes",
+                    h.info,
+                    0xe0 | h.info,
+                    self.pos - 1
+                )));
+            }
+        })
+    }
+
+    fn seq<V: Visitor<'de>>(&mut self, len: usize, visitor: V) -> Result<V::Value, Error> {
+        self.enter()?;
+        let mut access = Elements {
+            de: self,
+            left: len,
+            index: 0,
+        };
+        let value = visitor.visit_seq(&mut access)?;
+        if access.left > 0 {
+            return Err(de::Error::custom(format_args!(
+                "the recorded array has {len} elements, and the type reads only {}",
+                len - access.left
+            )));
+        }
+        self.depth -= 1;
+        Ok(value)
+    }
+
+    fn map<V: Visitor<'de>>(&mut self, len: usize, visitor: V) -> Result<V::Value, Error> {
+        self.enter()?;
+        let mut access = Entries {
+            de: self,
+            left: len,
+            index: 0,
+            key: None,
+        };
+        let value = visitor.visit_map(&mut access)?;
+        if access.left > 0 {
+            return Err(de::Error::custom(format_args!(
+                "the recorded map has {len} entries, and the type reads only {}",
+                len - access.left
+            )));
+        }
+        self.depth -= 1;
+        Ok(value)
+    }
+}
+
+enum Simple {
+    Bool(bool),
+    Null,
+    Undefined,
+    F32(f32),
+    F64(f64),
+}
+
+impl<'de> Deserializer<'de> for &mut Decoder<'de> {
+    type Error = Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        let h = self.head()?;
+        match h.major {
+            UINT => visitor.visit_u64(h.value),
+            NINT => match i64::try_from(h.value) {
+                Ok(n) => visitor.visit_i64(-1 - n),
+                Err(_) => visitor.visit_i128(-1 - i128::from(h.value)),
+            },
+            BYTES => {
+                let n = self.length(h.value, 1)?;
+                visitor.visit_borrowed_bytes(self.take(n)?)
+            }
+            TEXT => visitor.visit_borrowed_str(self.text(h.value)?),
+            ARRAY => {
+                let n = self.length(h.value, 1)?;
+                self.seq(n, visitor)
+            }
+            MAP => {
+                let n = self.length(h.value, 2)?;
+                self.map(n, visitor)
+            }
+            TAG => match h.value {
+                2 => visitor.visit_u128(self.bignum()?),
+                3 => {
+                    let n = self.bignum()?;
+                    match i128::try_from(n) {
+                        Ok(n) => visitor.visit_i128(-1 - n),
+                        Err(_) => Err(de::Error::custom(format_args!(
+                            "the recorded integer -1 - {n} is below i128::MIN"
+                        ))),
+                    }
+                }
+                6 => {
+                    self.enter()?;
+                    let v = visitor.visit_some(&mut *self)?;
+                    self.depth -= 1;
+                    Ok(v)
+                }
+                t => Err(Error::malformed(format!(
+                    "tag {t} at byte {} is not one durable writes",
+                    self.pos
+                ))),
+            },
+            _ => match self.simple(h)? {
+                Simple::Bool(b) => visitor.visit_bool(b),
+                Simple::Null => visitor.visit_none(),
+                Simple::Undefined => visitor.visit_unit(),
+                Simple::F32(f) => visitor.visit_f32(f),
+                Simple::F64(f) => visitor.visit_f64(f),
+            },
+        }
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self.peek()? {
+            NULL => {
+                self.pos += 1;
+                visitor.visit_none()
+            }
+            SOME => {
+                self.pos += 1;
+                self.enter()?;
+                let v = visitor.visit_some(&mut *self)?;
+                self.depth -= 1;
+                Ok(v)
+            }
+            _ => visitor.visit_some(self),
+        }
+    }
+
+    fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self.peek()? {
+            NULL | UNDEFINED => {
+                self.pos += 1;
+                visitor.visit_unit()
+            }
+            _ => self.deserialize_any(visitor),
+        }
+    }
+
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.deserialize_unit(visitor)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        _: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        let at = self.pos;
+        let h = self.head()?;
+        match h.major {
+            TEXT => {
+                let name = self.text(h.value)?;
+                visitor.visit_enum(IntoDeserializer::<Error>::into_deserializer(name))
+            }
+            MAP if h.value == 1 => {
+                self.enter()?;
+                let v = visitor.visit_enum(Variant {
+                    de: &mut *self,
+                    name: "",
+                })?;
+                self.depth -= 1;
+                Ok(v)
+            }
+            _ => {
+                // Not a variant: let the visitor say what it expected, over what is here.
+                self.pos = at;
+                self.deserialize_any(NotAnEnum(visitor))
+            }
+        }
+    }
+
+    fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        // serde's own f32 accepts any f64 by rounding it: a recorded `f64` that an `f32`
+        // cannot hold exactly would come back as another number.
+        match self.float()? {
+            Some(f) if f.is_nan() || f64::from(f as f32) == f => visitor.visit_f32(f as f32),
+            Some(f) => Err(de::Error::custom(format_args!(
+                "the recorded number {f} does not fit an f32 exactly"
+            ))),
+            None => self.exact_float(visitor, 24),
+        }
+    }
+
+    fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self.float()? {
+            Some(f) => visitor.visit_f64(f),
+            None => self.exact_float(visitor, 53),
+        }
+    }
+
+    fn deserialize_bytes<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.deserialize_any(visitor)
+    }
+
+    fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.deserialize_any(visitor)
+    }
+
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.skip()?;
+        visitor.visit_unit()
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 char str string
+        seq tuple tuple_struct map struct identifier
+    }
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+}
+
+impl<'de> Decoder<'de> {
+    /// An integer read as a float: only if the float holds it exactly (`mantissa` bits).
+    fn exact_float<V: Visitor<'de>>(
+        &mut self,
+        visitor: V,
+        mantissa: u32,
+    ) -> Result<V::Value, Error> {
+        let at = self.pos;
+        let h = self.head()?;
+        let magnitude = match h.major {
+            UINT | NINT => h.value,
+            _ => {
+                self.pos = at;
+                return self.deserialize_any(visitor);
+            }
+        };
+        let bits = 64 - magnitude.leading_zeros() - magnitude.trailing_zeros();
+        if bits > mantissa {
+            return Err(de::Error::custom(format_args!(
+                "the recorded integer {}{magnitude} does not fit a float exactly",
+                if h.major == NINT { "-1 - " } else { "" }
+            )));
+        }
+        let f = if h.major == NINT {
+            -1.0 - magnitude as f64
+        } else {
+            magnitude as f64
+        };
+        if mantissa == 24 {
+            visitor.visit_f32(f as f32)
+        } else {
+            visitor.visit_f64(f)
+        }
+    }
+}
+
+/// Says "expected an enum" in the visitor's own words when the item is not a variant.
+struct NotAnEnum<V>(V);
+
+impl<'de, V: Visitor<'de>> Visitor<'de> for NotAnEnum<V> {
+    type Value = V::Value;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.expecting(f)
+    }
+}
+
+struct Elements<'a, 'de> {
+    de: &'a mut Decoder<'de>,
+    left: usize,
+    index: usize,
+}
+
+impl<'de> de::SeqAccess<'de> for Elements<'_, 'de> {
+    type Error = Error;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, Error> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        let i = self.index;
+        self.index += 1;
+        seed.deserialize(&mut *self.de)
+            .map(Some)
+            .map_err(|e| e.at(Segment::Index(i)))
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.left.min(self.de.left()))
+    }
+}
+
+struct Entries<'a, 'de> {
+    de: &'a mut Decoder<'de>,
+    left: usize,
+    index: usize,
+    /// The current entry's key, if it is text (for error locations).
+    key: Option<&'de str>,
+}
+
+impl<'de> de::MapAccess<'de> for Entries<'_, 'de> {
+    type Error = Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Error> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        self.index += 1;
+        self.key = None;
+        let at = self.de.pos;
+        if let Ok(h) = self.de.head()
+            && h.major == TEXT
+        {
+            self.key = self.de.text(h.value).ok();
+        }
+        self.de.pos = at;
+        let i = self.index - 1;
+        seed.deserialize(&mut *self.de)
+            .map(Some)
+            .map_err(|e| e.at(Segment::Index(i)))
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Error> {
+        let key = self.key;
+        let i = self.index.saturating_sub(1);
+        seed.deserialize(&mut *self.de).map_err(|e| match key {
+            Some(k) => e.at(Segment::Field(k.to_owned())),
+            None => e.at(Segment::Index(i)),
+        })
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.left.min(self.de.left() / 2))
+    }
+}
+
+/// A variant written as `{ name: content }` (its map head read).
+struct Variant<'a, 'de> {
+    de: &'a mut Decoder<'de>,
+    /// Its name, once read (for error locations).
+    name: &'de str,
+}
+
+impl Variant<'_, '_> {
+    fn inside(&self, e: Error) -> Error {
+        e.at(Segment::Variant(self.name.to_owned()))
+    }
+}
+
+impl<'de> de::EnumAccess<'de> for Variant<'_, 'de> {
+    type Error = Error;
+    type Variant = Self;
+
+    fn variant_seed<S: DeserializeSeed<'de>>(mut self, seed: S) -> Result<(S::Value, Self), Error> {
+        let h = self.de.head()?;
+        if h.major != TEXT {
+            return Err(Error::malformed(
+                "a one-entry map read as an enum variant has no name as its key",
+            ));
+        }
+        self.name = self.de.text(h.value)?;
+        let v = seed.deserialize(IntoDeserializer::<Error>::into_deserializer(self.name))?;
+        Ok((v, self))
+    }
+}
+
+impl<'de> de::VariantAccess<'de> for Variant<'_, 'de> {
+    type Error = Error;
+
+    fn unit_variant(self) -> Result<(), Error> {
+        // `{ "Name": null }` is how some writers put a unit variant; accept its content.
+        let de = &mut *self.de;
+        de::Deserialize::deserialize(de).map_err(|e| self.inside(e))
+    }
+
+    fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, Error> {
+        let de = &mut *self.de;
+        seed.deserialize(de).map_err(|e| self.inside(e))
+    }
+
+    fn tuple_variant<V: Visitor<'de>>(self, _: usize, visitor: V) -> Result<V::Value, Error> {
+        let de = &mut *self.de;
+        de::Deserializer::deserialize_any(de, visitor).map_err(|e| self.inside(e))
+    }
+
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        _: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        let de = &mut *self.de;
+        de::Deserializer::deserialize_any(de, visitor).map_err(|e| self.inside(e))
+    }
+}

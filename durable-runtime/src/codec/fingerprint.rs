@@ -1,0 +1,859 @@
+//! Fingerprints: 64-bit hashes of what a serde value says, independent of how a codec
+//! writes it.
+//!
+//! Two kinds, computed by one hashing `Serializer` in two modes:
+//!
+//! - a **value fingerprint** ([`value`]) hashes the value itself: kinds, numbers,
+//!   strings, field and variant names. The journal records one for each step's
+//!   arguments, so a replay that asks for the same step with other arguments is caught.
+//!   Integers are hashed by value whatever their width (`7u32` and `7u64` agree), so a
+//!   widened argument type is not a change; a newtype struct is its inner value.
+//! - a **shape fingerprint** ([`shape`]) hashes only the structure: which kind of
+//!   scalar sits where (unsigned integer, signed integer, `f32`, `f64`, string, ...),
+//!   field names in order, the variant taken by each enum, the arity of tuples. It guards
+//!   bincode, which is not self-describing: a value decoded through a changed type gets
+//!   another shape, so a read that would return a different value is refused instead.
+//!
+//! Both hash the entries of a map as an unordered collection (a `HashMap` iterates in
+//! another order in every process, and its meaning does not depend on it). A shape also
+//! hashes the elements of a sequence as an unordered collection (a `HashSet` is a
+//! sequence to serde, and the shape of a decoded set must match the recorded one); a
+//! value fingerprint keeps their order, because `[a, b]` and `[b, a]` are different
+//! arguments.
+//!
+//! The hash is our own (a multiply-rotate mix with a splitmix64 finish), fixed for the
+//! journal's schema version: fingerprints are compared across processes, machines and
+//! releases, so they cannot use `std`'s unspecified `DefaultHasher`.
+//!
+//! [`of_encoded`] computes a value fingerprint straight from a self-describing encoding
+//! (no Rust type needed), for comparing recorded outputs in the testkit.
+
+use serde::Serialize;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::ser::{self, Serializer};
+
+/// A 64-bit fingerprint.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub(crate) u64);
+
+impl Fingerprint {
+    /// The value fingerprint of `value`: what the journal records of a step's
+    /// arguments. Equal values have equal fingerprints, whatever the order of their
+    /// maps' entries and the width of their integers; different values almost never do.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use durable_runtime::Fingerprint;
+    ///
+    /// let a: HashMap<&str, u32> = [("x", 1), ("y", 2)].into();
+    /// let b: HashMap<&str, u64> = [("y", 2), ("x", 1)].into();
+    /// assert_eq!(Fingerprint::of(&a)?, Fingerprint::of(&b)?);
+    /// assert_ne!(Fingerprint::of(&vec![1, 2])?, Fingerprint::of(&vec![2, 1])?);
+    /// # Ok::<(), durable_runtime::CodecError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// If the value's `Serialize` fails.
+    pub fn of<T: Serialize + ?Sized>(value: &T) -> Result<Fingerprint, super::CodecError> {
+        self::value(value).map_err(|e| super::CodecError::new(e.0))
+    }
+
+    /// The fingerprint as a number (the journal stores it as this, reinterpreted as an
+    /// `i64`).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl std::fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+const K: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// A streaming 64-bit hash: each word is mixed in with a multiply and a rotation, and
+/// the result goes through splitmix64's finisher, so every input bit reaches every
+/// output bit.
+#[derive(Debug, Clone)]
+pub(crate) struct Hash64 {
+    state: u64,
+}
+
+impl Hash64 {
+    pub(crate) fn new() -> Self {
+        Hash64 {
+            state: 0x243F_6A88_85A3_08D3,
+        }
+    }
+
+    pub(crate) fn word(&mut self, w: u64) {
+        self.state = (self.state ^ w).wrapping_mul(K).rotate_left(29);
+    }
+
+    fn tag(&mut self, t: Tag) {
+        self.word(t as u64);
+    }
+
+    pub(crate) fn bytes(&mut self, b: &[u8]) {
+        self.word(b.len() as u64);
+        let mut chunks = b.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.word(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.word(u64::from_le_bytes(w));
+        }
+    }
+
+    pub(crate) fn finish(&self) -> u64 {
+        let mut z = self.state.wrapping_add(K);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// What a hashed item is. The numbers are part of the fingerprint: never renumber.
+#[derive(Clone, Copy)]
+#[repr(u64)]
+enum Tag {
+    Bool = 1,
+    /// An integer that is zero or more (any width, signed or not, in value mode).
+    Uint = 2,
+    /// A negative integer (value mode), or any signed integer (shape mode).
+    Sint = 3,
+    F32 = 4,
+    F64 = 5,
+    Str = 6,
+    Bytes = 7,
+    None = 8,
+    Some = 9,
+    Unit = 10,
+    Seq = 11,
+    Tuple = 12,
+    Map = 13,
+    Struct = 14,
+    Variant = 15,
+    /// An argument that is not `Serialize` (value mode only): it counts, unseen.
+    Opaque = 16,
+    Char = 17,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Mode {
+    Value,
+    Shape,
+}
+
+/// The value fingerprint of `value`.
+pub(crate) fn value<T: Serialize + ?Sized>(value: &T) -> Result<Fingerprint, FingerprintError> {
+    let mut h = Hash64::new();
+    value.serialize(Hasher {
+        h: &mut h,
+        mode: Mode::Value,
+    })?;
+    Ok(Fingerprint(h.finish()))
+}
+
+/// The shape fingerprint of `value`.
+pub(crate) fn shape<T: Serialize + ?Sized>(value: &T) -> Result<Fingerprint, FingerprintError> {
+    let mut h = Hash64::new();
+    value.serialize(Hasher {
+        h: &mut h,
+        mode: Mode::Shape,
+    })?;
+    Ok(Fingerprint(h.finish()))
+}
+
+/// Builds the value fingerprint of a list of arguments, some of which may not be
+/// `Serialize` (those count by position only).
+#[derive(Debug)]
+pub struct ArgsHasher {
+    h: Hash64,
+    error: Option<FingerprintError>,
+}
+
+impl Default for ArgsHasher {
+    fn default() -> Self {
+        ArgsHasher::new()
+    }
+}
+
+impl ArgsHasher {
+    /// An empty argument list.
+    pub fn new() -> Self {
+        let mut h = Hash64::new();
+        h.tag(Tag::Tuple);
+        ArgsHasher { h, error: None }
+    }
+
+    /// Adds an argument that serde can see.
+    pub fn arg<T: Serialize + ?Sized>(&mut self, value: &T) {
+        let mut sub = Hash64::new();
+        let done = value.serialize(Hasher {
+            h: &mut sub,
+            mode: Mode::Value,
+        });
+        match done {
+            Ok(()) => self.h.word(sub.finish()),
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Adds an argument serde cannot see (not `Serialize`, such as a client handle).
+    pub fn opaque(&mut self) {
+        self.h.tag(Tag::Opaque);
+    }
+
+    /// The fingerprint; an error if an argument's `Serialize` failed.
+    pub(crate) fn finish(self) -> Result<Fingerprint, FingerprintError> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(Fingerprint(self.h.finish())),
+        }
+    }
+}
+
+/// A value's `Serialize` failed while it was being fingerprinted.
+#[derive(Debug, Clone)]
+pub struct FingerprintError(pub(crate) String);
+
+impl std::fmt::Display for FingerprintError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FingerprintError {}
+
+impl ser::Error for FingerprintError {
+    fn custom<T: std::fmt::Display>(msg: T) -> Self {
+        FingerprintError(msg.to_string())
+    }
+}
+
+/// The hashing serializer.
+struct Hasher<'a> {
+    h: &'a mut Hash64,
+    mode: Mode,
+}
+
+impl Hasher<'_> {
+    fn uint(self, v: u128) -> Result<(), FingerprintError> {
+        self.h.tag(Tag::Uint);
+        if self.mode == Mode::Value {
+            self.h.word(v as u64);
+            self.h.word((v >> 64) as u64);
+        }
+        Ok(())
+    }
+
+    fn sint(self, v: i128) -> Result<(), FingerprintError> {
+        if self.mode == Mode::Value {
+            if v >= 0 {
+                return self.uint(v as u128);
+            }
+            self.h.tag(Tag::Sint);
+            self.h.word(v as u64);
+            self.h.word((v >> 64) as u64);
+        } else {
+            self.h.tag(Tag::Sint);
+        }
+        Ok(())
+    }
+
+    fn sub(&mut self) -> Hasher<'_> {
+        Hasher {
+            h: self.h,
+            mode: self.mode,
+        }
+    }
+}
+
+/// An ordered or unordered collection being hashed.
+struct Compound<'a> {
+    h: &'a mut Hash64,
+    mode: Mode,
+    /// Unordered: the wrapping sum of the items' own hashes (a multiset hash); ordered:
+    /// items are mixed into `h` one after the other.
+    unordered: bool,
+    sum: u64,
+    count: u64,
+    /// A map key's hash, waiting for its value.
+    key: Option<u64>,
+}
+
+impl<'a> Compound<'a> {
+    fn new(h: &'a mut Hash64, mode: Mode, tag: Tag, unordered: bool) -> Self {
+        h.tag(tag);
+        Compound {
+            h,
+            mode,
+            unordered,
+            sum: 0,
+            count: 0,
+            key: None,
+        }
+    }
+
+    fn item<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), FingerprintError> {
+        let mut sub = Hash64::new();
+        v.serialize(Hasher {
+            h: &mut sub,
+            mode: self.mode,
+        })?;
+        let x = sub.finish();
+        self.count += 1;
+        if self.unordered {
+            self.sum = self.sum.wrapping_add(x);
+        } else {
+            self.h.word(x);
+        }
+        Ok(())
+    }
+
+    fn named<T: Serialize + ?Sized>(&mut self, name: &str, v: &T) -> Result<(), FingerprintError> {
+        self.h.bytes(name.as_bytes());
+        self.item(v)
+    }
+
+    fn entry(&mut self, k: u64, v: u64) {
+        let mut e = Hash64::new();
+        e.word(k);
+        e.word(v);
+        self.count += 1;
+        self.sum = self.sum.wrapping_add(e.finish());
+    }
+
+    fn end(self) -> Result<(), FingerprintError> {
+        if self.unordered {
+            self.h.word(self.sum);
+            if self.mode == Mode::Value {
+                self.h.word(self.count);
+            }
+        } else {
+            self.h.word(self.count);
+        }
+        Ok(())
+    }
+}
+
+impl<'a> Serializer for Hasher<'a> {
+    type Ok = ();
+    type Error = FingerprintError;
+    type SerializeSeq = Compound<'a>;
+    type SerializeTuple = Compound<'a>;
+    type SerializeTupleStruct = Compound<'a>;
+    type SerializeTupleVariant = Compound<'a>;
+    type SerializeMap = Compound<'a>;
+    type SerializeStruct = Compound<'a>;
+    type SerializeStructVariant = Compound<'a>;
+
+    fn serialize_bool(self, v: bool) -> Result<(), FingerprintError> {
+        self.h.tag(Tag::Bool);
+        if self.mode == Mode::Value {
+            self.h.word(u64::from(v));
+        }
+        Ok(())
+    }
+    fn serialize_i8(self, v: i8) -> Result<(), FingerprintError> {
+        self.sint(v.into())
+    }
+    fn serialize_i16(self, v: i16) -> Result<(), FingerprintError> {
+        self.sint(v.into())
+    }
+    fn serialize_i32(self, v: i32) -> Result<(), FingerprintError> {
+        self.sint(v.into())
+    }
+    fn serialize_i64(self, v: i64) -> Result<(), FingerprintError> {
+        self.sint(v.into())
+    }
+    fn serialize_i128(self, v: i128) -> Result<(), FingerprintError> {
+        self.sint(v)
+    }
+    fn serialize_u8(self, v: u8) -> Result<(), FingerprintError> {
+        self.uint(v.into())
+    }
+    fn serialize_u16(self, v: u16) -> Result<(), FingerprintError> {
+        self.uint(v.into())
+    }
+    fn serialize_u32(self, v: u32) -> Result<(), FingerprintError> {
+        self.uint(v.into())
+    }
+    fn serialize_u64(self, v: u64) -> Result<(), FingerprintError> {
+        self.uint(v.into())
+    }
+    fn serialize_u128(self, v: u128) -> Result<(), FingerprintError> {
+        self.uint(v)
+    }
+    fn serialize_f32(self, v: f32) -> Result<(), FingerprintError> {
+        self.h.tag(Tag::F32);
+        if self.mode == Mode::Value {
+            self.h.word(v.to_bits().into());
+        }
+        Ok(())
+    }
+    fn serialize_f64(self, v: f64) -> Result<(), FingerprintError> {
+        self.h.tag(Tag::F64);
+        if self.mode == Mode::Value {
+            self.h.word(v.to_bits());
+        }
+        Ok(())
+    }
+    fn serialize_char(self, v: char) -> Result<(), FingerprintError> {
+        self.h.tag(Tag::Char);
+        if self.mode == Mode::Value {
+            self.h.word(u64::from(v));
+        }
+        Ok(())
+    }
+    fn serialize_str(self, v: &str) -> Result<(), FingerprintError> {
+        self.h.tag(Tag::Str);
+        if self.mode == Mode::Value {
+            self.h.bytes(v.as_bytes());
+        }
+        Ok(())
+    }
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), FingerprintError> {
+        self.h.tag(Tag::Bytes);
+        if self.mode == Mode::Value {
+            self.h.bytes(v);
+        }
+        Ok(())
+    }
+    fn serialize_none(self) -> Result<(), FingerprintError> {
+        self.h.tag(Tag::None);
+        Ok(())
+    }
+    fn serialize_some<T: Serialize + ?Sized>(mut self, v: &T) -> Result<(), FingerprintError> {
+        self.h.tag(Tag::Some);
+        v.serialize(self.sub())
+    }
+    fn serialize_unit(self) -> Result<(), FingerprintError> {
+        self.h.tag(Tag::Unit);
+        Ok(())
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> Result<(), FingerprintError> {
+        self.serialize_unit()
+    }
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+    ) -> Result<(), FingerprintError> {
+        self.h.tag(Tag::Variant);
+        self.h.bytes(variant.as_bytes());
+        self.h.tag(Tag::Unit);
+        Ok(())
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        v: &T,
+    ) -> Result<(), FingerprintError> {
+        v.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        mut self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        v: &T,
+    ) -> Result<(), FingerprintError> {
+        self.h.tag(Tag::Variant);
+        self.h.bytes(variant.as_bytes());
+        v.serialize(self.sub())
+    }
+    fn serialize_seq(self, _: Option<usize>) -> Result<Compound<'a>, FingerprintError> {
+        let unordered = self.mode == Mode::Shape;
+        Ok(Compound::new(self.h, self.mode, Tag::Seq, unordered))
+    }
+    fn serialize_tuple(self, _: usize) -> Result<Compound<'a>, FingerprintError> {
+        Ok(Compound::new(self.h, self.mode, Tag::Tuple, false))
+    }
+    fn serialize_tuple_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Compound<'a>, FingerprintError> {
+        Ok(Compound::new(self.h, self.mode, Tag::Tuple, false))
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        _: usize,
+    ) -> Result<Compound<'a>, FingerprintError> {
+        self.h.tag(Tag::Variant);
+        self.h.bytes(variant.as_bytes());
+        Ok(Compound::new(self.h, self.mode, Tag::Tuple, false))
+    }
+    fn serialize_map(self, _: Option<usize>) -> Result<Compound<'a>, FingerprintError> {
+        Ok(Compound::new(self.h, self.mode, Tag::Map, true))
+    }
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Compound<'a>, FingerprintError> {
+        Ok(Compound::new(self.h, self.mode, Tag::Struct, false))
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        _: usize,
+    ) -> Result<Compound<'a>, FingerprintError> {
+        self.h.tag(Tag::Variant);
+        self.h.bytes(variant.as_bytes());
+        Ok(Compound::new(self.h, self.mode, Tag::Struct, false))
+    }
+    fn is_human_readable(&self) -> bool {
+        // Hashes what the journal's codecs see, which are binary.
+        false
+    }
+}
+
+impl ser::SerializeSeq for Compound<'_> {
+    type Ok = ();
+    type Error = FingerprintError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), FingerprintError> {
+        self.item(v)
+    }
+    fn end(self) -> Result<(), FingerprintError> {
+        Compound::end(self)
+    }
+}
+
+impl ser::SerializeTuple for Compound<'_> {
+    type Ok = ();
+    type Error = FingerprintError;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), FingerprintError> {
+        self.item(v)
+    }
+    fn end(self) -> Result<(), FingerprintError> {
+        Compound::end(self)
+    }
+}
+
+impl ser::SerializeTupleStruct for Compound<'_> {
+    type Ok = ();
+    type Error = FingerprintError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), FingerprintError> {
+        self.item(v)
+    }
+    fn end(self) -> Result<(), FingerprintError> {
+        Compound::end(self)
+    }
+}
+
+impl ser::SerializeTupleVariant for Compound<'_> {
+    type Ok = ();
+    type Error = FingerprintError;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), FingerprintError> {
+        self.item(v)
+    }
+    fn end(self) -> Result<(), FingerprintError> {
+        Compound::end(self)
+    }
+}
+
+impl ser::SerializeMap for Compound<'_> {
+    type Ok = ();
+    type Error = FingerprintError;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, k: &T) -> Result<(), FingerprintError> {
+        let mut sub = Hash64::new();
+        k.serialize(Hasher {
+            h: &mut sub,
+            mode: self.mode,
+        })?;
+        self.key = Some(sub.finish());
+        Ok(())
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), FingerprintError> {
+        let mut sub = Hash64::new();
+        v.serialize(Hasher {
+            h: &mut sub,
+            mode: self.mode,
+        })?;
+        let k = self.key.take().unwrap_or_default();
+        self.entry(k, sub.finish());
+        Ok(())
+    }
+    fn end(self) -> Result<(), FingerprintError> {
+        Compound::end(self)
+    }
+}
+
+impl ser::SerializeStruct for Compound<'_> {
+    type Ok = ();
+    type Error = FingerprintError;
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        name: &'static str,
+        v: &T,
+    ) -> Result<(), FingerprintError> {
+        self.named(name, v)
+    }
+    fn end(self) -> Result<(), FingerprintError> {
+        Compound::end(self)
+    }
+}
+
+impl ser::SerializeStructVariant for Compound<'_> {
+    type Ok = ();
+    type Error = FingerprintError;
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        name: &'static str,
+        v: &T,
+    ) -> Result<(), FingerprintError> {
+        self.named(name, v)
+    }
+    fn end(self) -> Result<(), FingerprintError> {
+        Compound::end(self)
+    }
+}
+
+/// The value fingerprint of whatever a self-describing deserializer holds, computed
+/// without its Rust type. Used on recorded outputs, so it follows [`value`] where the
+/// encoding can tell (integers by value, maps unordered, sequences ordered); struct and
+/// map entries both read as maps, so it is consistent with itself, not with [`value`].
+pub(crate) fn of_encoded<'de, D: Deserializer<'de>>(d: D) -> Result<Fingerprint, D::Error> {
+    let mut h = Hash64::new();
+    d.deserialize_any(HashVisitor { h: &mut h })?;
+    Ok(Fingerprint(h.finish()))
+}
+
+struct HashVisitor<'a> {
+    h: &'a mut Hash64,
+}
+
+/// Hashes one nested value into a fresh hash, returning it.
+struct HashSeed;
+
+impl<'de> DeserializeSeed<'de> for HashSeed {
+    type Value = u64;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
+        let mut h = Hash64::new();
+        d.deserialize_any(HashVisitor { h: &mut h })?;
+        Ok(h.finish())
+    }
+}
+
+impl<'de> Visitor<'de> for HashVisitor<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.h.tag(Tag::Bool);
+        self.h.word(u64::from(v));
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.visit_i128(v.into())
+    }
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<(), E> {
+        if v >= 0 {
+            return self.visit_u128(v as u128);
+        }
+        self.h.tag(Tag::Sint);
+        self.h.word(v as u64);
+        self.h.word((v >> 64) as u64);
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.visit_u128(v.into())
+    }
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<(), E> {
+        self.h.tag(Tag::Uint);
+        self.h.word(v as u64);
+        self.h.word((v >> 64) as u64);
+        Ok(())
+    }
+    fn visit_f32<E: de::Error>(self, v: f32) -> Result<(), E> {
+        self.h.tag(Tag::F32);
+        self.h.word(v.to_bits().into());
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.h.tag(Tag::F64);
+        self.h.word(v.to_bits());
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.h.tag(Tag::Str);
+        self.h.bytes(v.as_bytes());
+        Ok(())
+    }
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<(), E> {
+        self.h.tag(Tag::Bytes);
+        self.h.bytes(v);
+        Ok(())
+    }
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        self.h.tag(Tag::None);
+        Ok(())
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        self.h.tag(Tag::Some);
+        d.deserialize_any(HashVisitor { h: self.h })
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.h.tag(Tag::Unit);
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.h.tag(Tag::Seq);
+        let mut count = 0u64;
+        while let Some(x) = seq.next_element_seed(HashSeed)? {
+            self.h.word(x);
+            count += 1;
+        }
+        self.h.word(count);
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.h.tag(Tag::Map);
+        let (mut sum, mut count) = (0u64, 0u64);
+        while let Some(k) = map.next_key_seed(HashSeed)? {
+            let v = map.next_value_seed(HashSeed)?;
+            let mut e = Hash64::new();
+            e.word(k);
+            e.word(v);
+            sum = sum.wrapping_add(e.finish());
+            count += 1;
+        }
+        self.h.word(sum);
+        self.h.word(count);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap, HashSet};
+
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Order {
+        sku: String,
+        qty: u32,
+    }
+
+    #[derive(Serialize)]
+    enum Status {
+        Pending,
+        Approved,
+    }
+
+    fn v<T: Serialize>(x: &T) -> u64 {
+        value(x).expect("fingerprint").0
+    }
+
+    fn s<T: Serialize>(x: &T) -> u64 {
+        shape(x).expect("shape").0
+    }
+
+    #[test]
+    fn values_differ_by_content_and_agree_across_integer_widths() {
+        assert_eq!(v(&7u32), v(&7u64));
+        assert_eq!(v(&7i32), v(&7u8));
+        assert_ne!(v(&7u32), v(&8u32));
+        assert_ne!(v(&-1i32), v(&u32::MAX));
+        assert_ne!(v(&"a"), v(&"b"));
+        assert_ne!(v(&vec![1, 2]), v(&vec![2, 1]));
+        assert_ne!(v(&Some(1)), v(&1));
+        assert_ne!(v(&Status::Pending), v(&Status::Approved));
+        let a = Order {
+            sku: "tea".into(),
+            qty: 1,
+        };
+        let b = Order {
+            sku: "tea".into(),
+            qty: 2,
+        };
+        assert_ne!(v(&a), v(&b));
+    }
+
+    #[test]
+    fn maps_hash_the_same_in_any_order() {
+        let mut a = HashMap::new();
+        let mut b = HashMap::new();
+        for i in 0..100u32 {
+            a.insert(i, i.to_string());
+        }
+        for i in (0..100u32).rev() {
+            b.insert(i, i.to_string());
+        }
+        let sorted: BTreeMap<u32, String> = a.clone().into_iter().collect();
+        assert_eq!(v(&a), v(&b));
+        assert_eq!(v(&a), v(&sorted));
+        b.insert(100, "x".into());
+        assert_ne!(v(&a), v(&b));
+    }
+
+    #[test]
+    fn shapes_ignore_values_and_order_but_not_kinds_or_names() {
+        assert_eq!(s(&7u32), s(&9u64));
+        assert_ne!(s(&7u32), s(&7i32));
+        assert_ne!(s(&1.0f32), s(&1.0f64));
+        assert_ne!(s(&Status::Pending), s(&Status::Approved));
+        let set: HashSet<u32> = (0..50).collect();
+        let other: HashSet<u32> = (0..50).rev().collect();
+        assert_eq!(s(&set), s(&other));
+        #[derive(Serialize)]
+        struct Renamed {
+            sku: String,
+            count: u32,
+        }
+        let a = Order {
+            sku: "a".into(),
+            qty: 1,
+        };
+        let b = Renamed {
+            sku: "b".into(),
+            count: 2,
+        };
+        assert_ne!(s(&a), s(&b));
+    }
+
+    #[test]
+    fn arguments_count_opaque_ones_by_position() {
+        let mut a = ArgsHasher::new();
+        a.arg(&1u32);
+        a.opaque();
+        let mut b = ArgsHasher::new();
+        b.opaque();
+        b.arg(&1u32);
+        let mut c = ArgsHasher::new();
+        c.arg(&1u32);
+        c.opaque();
+        let (a, b, c) = (
+            a.finish().expect("a"),
+            b.finish().expect("b"),
+            c.finish().expect("c"),
+        );
+        assert_ne!(a, b);
+        assert_eq!(a, c);
+    }
+}

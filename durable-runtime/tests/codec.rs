@@ -1,0 +1,540 @@
+//! The journal's codecs, through the public `Codec` API: every serde value round-trips
+//! exactly (property tests over generated values of many shapes and sizes), types evolve
+//! the way serde users expect under the default codec, and no change of type ever reads
+//! back a different value, under either codec.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use durable_runtime::{Codec, Fingerprint};
+use proptest::prelude::*;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+const CODECS: [Codec; 2] = [Codec::Cbor, Codec::Bincode];
+
+/// Encodes with `codec` and decodes as `U`.
+fn convert<T: Serialize, U: Serialize + DeserializeOwned>(
+    codec: Codec,
+    value: &T,
+) -> Result<U, String> {
+    let bytes = codec.encode(value).map_err(|e| format!("encode: {e}"))?;
+    Codec::decode::<U>(&bytes).map_err(|e| e.to_string())
+}
+
+/// Both codecs give back exactly `value` (compared by fingerprint, so NaN and map order
+/// are handled).
+fn round_trips<T: Serialize + DeserializeOwned + std::fmt::Debug>(value: &T) {
+    for codec in CODECS {
+        let back: T = convert(codec, value).unwrap_or_else(|e| panic!("{codec:?}: {e}"));
+        assert_eq!(
+            Fingerprint::of(&back).expect("fingerprint"),
+            Fingerprint::of(value).expect("fingerprint"),
+            "{codec:?}: {value:?} came back as {back:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Every serde value round-trips.
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Any {
+    Unit,
+    Bool(bool),
+    U8(u8),
+    U16(u16),
+    U32(u32),
+    U64(u64),
+    U128(u128),
+    I8(i8),
+    I16(i16),
+    I32(i32),
+    I64(i64),
+    I128(i128),
+    F32(f32),
+    F64(f64),
+    Char(char),
+    Str(String),
+    Bytes(#[serde(with = "bytes")] Vec<u8>),
+    Seq(Vec<Any>),
+    Map(BTreeMap<Key, Any>),
+    Opt(Option<Box<Any>>),
+    OptOpt(Option<Option<u8>>),
+    Tuple(u8, String, Box<Any>),
+    Struct { name: String, inner: Box<Any> },
+    UnitStruct(Marker),
+    Newtype(Wrapper),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+enum Key {
+    Num(i64),
+    Text(String),
+    Pair(u8, bool),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Marker;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Wrapper(u64);
+
+mod bytes {
+    pub(super) fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+fn key() -> impl Strategy<Value = Key> {
+    prop_oneof![
+        any::<i64>().prop_map(Key::Num),
+        ".{0,12}".prop_map(Key::Text),
+        (any::<u8>(), any::<bool>()).prop_map(|(a, b)| Key::Pair(a, b)),
+    ]
+}
+
+fn leaf() -> impl Strategy<Value = Any> {
+    prop_oneof![
+        Just(Any::Unit),
+        any::<bool>().prop_map(Any::Bool),
+        any::<u8>().prop_map(Any::U8),
+        any::<u16>().prop_map(Any::U16),
+        any::<u32>().prop_map(Any::U32),
+        any::<u64>().prop_map(Any::U64),
+        any::<u128>().prop_map(Any::U128),
+        any::<i8>().prop_map(Any::I8),
+        any::<i16>().prop_map(Any::I16),
+        any::<i32>().prop_map(Any::I32),
+        any::<i64>().prop_map(Any::I64),
+        any::<i128>().prop_map(Any::I128),
+        any::<u32>().prop_map(|b| Any::F32(f32::from_bits(b))),
+        any::<u64>().prop_map(|b| Any::F64(f64::from_bits(b))),
+        any::<char>().prop_map(Any::Char),
+        ".{0,40}".prop_map(Any::Str),
+        proptest::collection::vec(any::<u8>(), 0..64).prop_map(Any::Bytes),
+        proptest::option::of(proptest::option::of(any::<u8>())).prop_map(Any::OptOpt),
+        Just(Any::UnitStruct(Marker)),
+        any::<u64>().prop_map(|n| Any::Newtype(Wrapper(n))),
+    ]
+}
+
+fn any_value() -> impl Strategy<Value = Any> {
+    leaf().prop_recursive(6, 256, 12, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..12).prop_map(Any::Seq),
+            proptest::collection::btree_map(key(), inner.clone(), 0..8).prop_map(Any::Map),
+            proptest::option::of(inner.clone().prop_map(Box::new)).prop_map(Any::Opt),
+            (any::<u8>(), ".{0,8}", inner.clone()).prop_map(|(a, b, c)| Any::Tuple(
+                a,
+                b,
+                Box::new(c)
+            )),
+            (".{0,8}", inner).prop_map(|(name, inner)| Any::Struct {
+                name,
+                inner: Box::new(inner)
+            }),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn every_generated_value_round_trips_exactly(v in any_value()) {
+        for codec in CODECS {
+            let bytes = codec.encode(&v).expect("encode");
+            let back: Any = Codec::decode(&bytes).map_err(|e| TestCaseError::fail(format!("{codec:?}: {e}")))?;
+            // Bit for bit: the re-encoding is the same bytes (NaN payloads included).
+            prop_assert_eq!(codec.encode(&back).expect("re-encode"), bytes);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(40))]
+
+    #[test]
+    fn collections_of_any_size_round_trip(
+        n in prop_oneof![0usize..16, 16usize..2_000, Just(100_000usize)],
+        seed in any::<u64>(),
+    ) {
+        let small: Vec<u64> = (0..n as u64).map(|i| (i ^ seed) % 200).collect();
+        round_trips(&small);
+        let map: HashMap<String, u64> = small.iter().enumerate().map(|(i, v)| (format!("k{i}"), *v)).collect();
+        round_trips(&map);
+        let set: HashSet<u64> = small.iter().map(|v| v * 1_000_003).collect();
+        for codec in CODECS {
+            // A set's order is its hasher's: compare as sets.
+            prop_assert_eq!(&convert::<_, HashSet<u64>>(codec, &set).expect("set"), &set);
+        }
+        let keyed: HashMap<(u32, u32), f64> = (0..n.min(5_000) as u32).map(|i| ((i, i / 2), f64::from(i) / 3.0)).collect();
+        round_trips(&keyed);
+        let text = "é".repeat(n);
+        round_trips(&text);
+    }
+}
+
+#[test]
+fn values_that_lossy_formats_get_wrong_come_back_exactly() {
+    round_trips(&Some(None::<u8>));
+    round_trips(&Some(Some(None::<u8>)));
+    round_trips(&vec![None, Some(None), Some(Some(()))]);
+    round_trips(&Some(()));
+    round_trips(&u128::MAX);
+    round_trips(&i128::MIN);
+    round_trips(&(i64::MIN as i128 - 1));
+    round_trips(&f64::NAN);
+    round_trips(&f32::from_bits(0x7fc0_1234));
+    round_trips(&-0.0f64);
+    round_trips(&BTreeSet::from(["a".to_string(), "b".to_string()]));
+    round_trips(&std::time::Duration::new(5, 7));
+    let nan = Codec::Cbor
+        .encode(&f64::from_bits(0x7ff8_dead_beef_0001))
+        .expect("encode");
+    let back: f64 = Codec::decode(&nan).expect("decode");
+    assert_eq!(back.to_bits(), 0x7ff8_dead_beef_0001);
+}
+
+/// serde's attributes that bincode cannot represent, all recorded by the default codec.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Attributes {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+    #[serde(flatten)]
+    extra: BTreeMap<String, u32>,
+    kind: Tagged,
+    either: Untagged,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+enum Tagged {
+    Card { last4: String },
+    Cash,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Untagged {
+    Number(u64),
+    Words(Vec<String>),
+}
+
+#[test]
+fn serde_attributes_are_recorded_by_the_default_codec() {
+    let v = Attributes {
+        note: None,
+        extra: BTreeMap::from([("a".into(), 1), ("b".into(), 2)]),
+        kind: Tagged::Card {
+            last4: "4242".into(),
+        },
+        either: Untagged::Words(vec!["x".into()]),
+    };
+    let back: Attributes = convert(Codec::Cbor, &v).expect("default codec");
+    assert_eq!(back, v);
+}
+
+// ---------------------------------------------------------------------------------------
+// Changed types: the default codec follows what keeps the value, and refuses the rest.
+
+mod v1 {
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Serialize, Deserialize)]
+    pub(crate) struct Order {
+        pub(crate) sku: String,
+        pub(crate) qty: u32,
+        pub(crate) status: Status,
+        pub(crate) discontinued: bool,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    pub(crate) enum Status {
+        Pending,
+        Approved,
+        Rejected { reason: String },
+    }
+}
+
+mod v2 {
+    use serde::{Deserialize, Serialize};
+
+    /// A field added with a default, one removed (`discontinued`), `qty` widened, and
+    /// a variant added in front.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    pub(crate) struct Order {
+        pub(crate) sku: String,
+        pub(crate) qty: u64,
+        pub(crate) status: Status,
+        #[serde(default)]
+        pub(crate) gift: bool,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    pub(crate) enum Status {
+        Draft,
+        Pending,
+        Approved,
+        Rejected { reason: String },
+    }
+}
+
+fn order() -> v1::Order {
+    v1::Order {
+        sku: "tea".into(),
+        qty: 7,
+        status: v1::Status::Approved,
+        discontinued: false,
+    }
+}
+
+#[test]
+fn compatible_changes_resume_with_the_recorded_values() {
+    let back: v2::Order = convert(Codec::Cbor, &order()).expect("compatible");
+    assert_eq!(
+        back,
+        v2::Order {
+            sku: "tea".into(),
+            qty: 7,
+            status: v2::Status::Approved,
+            gift: false,
+        }
+    );
+    assert_eq!(convert::<_, i32>(Codec::Cbor, &7u32), Ok(7));
+    assert_eq!(convert::<_, u8>(Codec::Cbor, &7u64), Ok(7));
+    assert_eq!(convert::<_, i64>(Codec::Cbor, &-3i8), Ok(-3));
+    assert_eq!(convert::<_, f64>(Codec::Cbor, &1.5f32), Ok(1.5));
+    assert_eq!(convert::<_, f64>(Codec::Cbor, &3u32), Ok(3.0));
+    assert_eq!(convert::<_, Option<u32>>(Codec::Cbor, &5u32), Ok(Some(5)));
+    // bincode follows what keeps its bytes meaning the same value.
+    assert_eq!(convert::<_, u64>(Codec::Bincode, &7u32), Ok(7));
+}
+
+#[test]
+fn incompatible_changes_are_errors_that_say_where_never_other_values() {
+    let cases: Vec<(Result<(), String>, &str)> = vec![
+        (
+            convert::<_, i32>(Codec::Cbor, &4_000_000_000u32).map(drop),
+            "invalid value: integer `4000000000`, expected i32",
+        ),
+        (
+            convert::<_, u8>(Codec::Cbor, &300u32).map(drop),
+            "expected u8",
+        ),
+        (
+            convert::<_, String>(Codec::Cbor, &7u32).map(drop),
+            "invalid type: integer `7`, expected a string",
+        ),
+        (
+            convert::<_, f32>(Codec::Cbor, &0.1f64).map(drop),
+            "does not fit an f32 exactly",
+        ),
+        (
+            convert::<_, f64>(Codec::Cbor, &(u64::MAX - 1)).map(drop),
+            "does not fit a float exactly",
+        ),
+        (
+            convert::<_, u32>(Codec::Cbor, &1.0f64).map(drop),
+            "invalid type: floating point",
+        ),
+    ];
+    for (result, expected) in cases {
+        let err = result.expect_err(expected);
+        assert!(err.contains(expected), "{err}");
+    }
+
+    // A recorded variant that no longer exists, deep in a value: the error says where.
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Order3 {
+        sku: String,
+        qty: u32,
+        status: Status3,
+    }
+    #[derive(Debug, Serialize, Deserialize)]
+    enum Status3 {
+        Pending,
+        Rejected { reason: String },
+    }
+    let err = convert::<_, Vec<Order3>>(Codec::Cbor, &vec![order()]).expect_err("removed");
+    assert!(
+        err.contains("unknown variant `Approved`, expected `Pending` or `Rejected`"),
+        "{err}"
+    );
+    assert!(err.contains("at `[0].status`"), "{err}");
+
+    // A field whose type changed.
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Order4 {
+        sku: String,
+        qty: String,
+    }
+    let err = convert::<_, Order4>(Codec::Cbor, &order()).expect_err("changed");
+    assert!(
+        err.contains("invalid type: integer `7`, expected a string (at `.qty`)"),
+        "{err}"
+    );
+
+    // A field added without a default.
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Order5 {
+        sku: String,
+        price: u32,
+    }
+    let err = convert::<_, Order5>(Codec::Cbor, &order()).expect_err("missing");
+    assert!(err.contains("missing field `price`"), "{err}");
+
+    // A tuple that lost an element does not drop it silently.
+    let err = convert::<_, (u8, u8)>(Codec::Cbor, &(1u8, 2u8, 3u8)).expect_err("shorter");
+    assert!(err.contains("the recorded array has 3 elements"), "{err}");
+}
+
+#[test]
+fn bincode_refuses_every_change_that_would_read_another_value() {
+    // The defects the shape fingerprint exists for: each decoded "successfully" before.
+    let err = convert::<_, i32>(Codec::Bincode, &7u32).expect_err("7u32 read as -4");
+    assert!(err.contains("another shape"), "{err}");
+    #[derive(Debug, Serialize, Deserialize)]
+    enum Before {
+        Pending,
+        Approved,
+    }
+    #[derive(Debug, Serialize, Deserialize)]
+    enum After {
+        Draft,
+        Pending,
+        Approved,
+    }
+    let err = convert::<_, After>(Codec::Bincode, &Before::Pending).expect_err("Pending as Draft");
+    assert!(err.contains("another shape"), "{err}");
+    // A variant added at the end keeps every recorded variant's place: that is fine.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum Appended {
+        Pending,
+        Approved,
+        Cancelled,
+    }
+    assert_eq!(
+        convert::<_, Appended>(Codec::Bincode, &Before::Approved),
+        Ok(Appended::Approved)
+    );
+    // A field added, and two fields swapped.
+    assert!(convert::<_, v2::Order>(Codec::Bincode, &order()).is_err());
+    #[derive(Debug, Serialize, Deserialize)]
+    struct A {
+        x: u32,
+        y: u32,
+    }
+    #[derive(Debug, Serialize, Deserialize)]
+    struct B {
+        y: u32,
+        x: u32,
+    }
+    let err = convert::<_, B>(Codec::Bincode, &A { x: 1, y: 2 }).expect_err("swapped");
+    assert!(err.contains("another shape"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Hostile rows in the default format.
+
+fn cbor(body: &[u8]) -> Vec<u8> {
+    let mut row = vec![2u8];
+    row.extend_from_slice(body);
+    row
+}
+
+#[test]
+fn hostile_cbor_rows_are_errors_not_allocations_or_stack_overflows() {
+    let huge = |head: u8| {
+        let mut b = vec![head];
+        b.extend_from_slice(&u64::MAX.to_be_bytes());
+        cbor(&b)
+    };
+    for err in [
+        Codec::decode::<String>(&huge(0x7b)).expect_err("text"),
+        Codec::decode::<Vec<u8>>(&huge(0x5b)).expect_err("bytes"),
+        Codec::decode::<Vec<u64>>(&huge(0x9b)).expect_err("array"),
+        Codec::decode::<HashMap<u64, u64>>(&huge(0xbb)).expect_err("map"),
+    ] {
+        assert!(err.is_malformed(), "{err}");
+        assert!(err.to_string().contains("more than the"), "{err}");
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    enum Tree {
+        Leaf(u32),
+        Node(Vec<Tree>),
+    }
+    // 200,000 levels of `{"Node": [...]}`: refused at the depth limit, before even a
+    // 1 MiB stack runs out in a debug build (tokio's worker threads have 2 MiB).
+    let mut deep = Vec::new();
+    for _ in 0..200_000 {
+        deep.extend_from_slice(&[0xa1, 0x64]);
+        deep.extend_from_slice(b"Node");
+        deep.push(0x81);
+    }
+    let err = std::thread::Builder::new()
+        .stack_size(1024 * 1024)
+        .spawn(move || Codec::decode::<Tree>(&cbor(&deep)).expect_err("deep"))
+        .expect("thread")
+        .join()
+        .expect("no stack overflow");
+    assert!(err.to_string().contains("nested more than"), "{err}");
+
+    // Untagged enums buffer their input generically: the same limit holds there.
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Loose {
+        Many(Vec<Loose>),
+        One(u32),
+    }
+    let deep = [vec![0x81u8; 100_000], vec![0x01]].concat();
+    let err = std::thread::Builder::new()
+        .stack_size(1024 * 1024)
+        .spawn(move || Codec::decode::<Loose>(&cbor(&deep)).expect_err("deep"))
+        .expect("thread")
+        .join()
+        .expect("no stack overflow");
+    assert!(err.to_string().contains("nested more than"), "{err}");
+
+    // Some-markers chained without end.
+    let chain = [vec![0xc6u8; 100_000], vec![0xf6]].concat();
+    let err = Codec::decode::<Option<u32>>(&cbor(&chain)).expect_err("chain");
+    assert!(!err.to_string().is_empty());
+}
+
+#[test]
+fn writing_a_value_nested_beyond_the_limit_is_refused_up_front() {
+    let mut v = serde_json_like_nesting(200);
+    let err = Codec::Cbor.encode(&v).expect_err("too deep");
+    assert!(
+        err.to_string().contains("nested more than 128 levels"),
+        "{err}"
+    );
+    v = serde_json_like_nesting(100);
+    let back: Nest = Codec::decode(&Codec::Cbor.encode(&v).expect("fits")).expect("decodes");
+    assert_eq!(back, v);
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Nest(Vec<Nest>);
+
+fn serde_json_like_nesting(depth: usize) -> Nest {
+    let mut n = Nest(Vec::new());
+    for _ in 0..depth {
+        n = Nest(vec![n]);
+    }
+    n
+}
