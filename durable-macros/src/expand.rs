@@ -147,6 +147,24 @@ pub(crate) fn step(args: TokenStream, item: TokenStream) -> TokenStream {
     if args.on_interrupt == OnInterrupt::Fail {
         options.extend(quote!(.fail_if_interrupted()));
     }
+    // The step's position is claimed, and its arguments fingerprinted, before they move
+    // into the body. Each argument goes through autoref specialization: serde's view
+    // of it when its type is `Serialize`, its position alone otherwise.
+    let sink = Ident::new("__durable_args", Span::mixed_site());
+    let fingerprint = params.iter().map(|a| {
+        let name = &a.name;
+        quote!((&#k::__private::Arg(&#name)).__durable_fingerprint(#sink);)
+    });
+    let claim = quote! {
+        let __durable_claim = #k::__private::claim_step(
+            &__DURABLE_STEP,
+            |#sink: &mut #k::__private::Args| {
+                #[allow(unused_imports)]
+                use #k::__private::{ArgOpaque as _, ArgViaSerialize as _};
+                #(#fingerprint)*
+            },
+        );
+    };
     let call = if args.retries.is_some() {
         // Each attempt gets its own copy of the arguments; the clone is spanned on the
         // argument's type, so a non-`Clone` argument is reported there.
@@ -155,14 +173,14 @@ pub(crate) fn step(args: TokenStream, item: TokenStream) -> TokenStream {
             quote_spanned!(a.ty.span()=> let #name = #k::__private::Clone::clone(&#name);)
         });
         quote_spanned! {ret_span=>
-            #k::__private::step_retry::<#ret, _, _>(&__DURABLE_STEP, move || {
+            #k::__private::step_retry::<#ret, _, _>(__durable_claim, move || {
                 #(#clones)*
                 async move #body
             })
         }
     } else {
         quote! {
-            #k::__private::step::<#ret, _>(&__DURABLE_STEP, async move #body)
+            #k::__private::step::<#ret, _>(__durable_claim, async move #body)
         }
     };
     quote! {
@@ -170,6 +188,7 @@ pub(crate) fn step(args: TokenStream, item: TokenStream) -> TokenStream {
         #vis fn #ident #impl_generics (#(#inputs),*) -> #k::Step<impl #k::StepBody<Output = #ret, Attempt = impl #k::__private::core::future::Future<Output = #ret>>> #where_clause {
             static __DURABLE_STEP: #k::__private::StepOptions = #options;
             #assert_output
+            #claim
             #call
         }
     }

@@ -1,6 +1,13 @@
 //! Turns every `async` block and async closure of a workflow (or `#[branch]`) body into a
 //! branch: `async { .. }` becomes `branch(async { .. })`, which claims a step position
 //! from its parent when it is *created* and numbers its own steps below it.
+//!
+//! Also marks what the body spawns: the first argument of a call to a function or method
+//! named `spawn`, `spawn_local` or `spawn_on` (`tokio::spawn`, `JoinSet::spawn`,
+//! `Handle::spawn`) is wrapped so that, if it is a future and not a branch, a step it
+//! calls is refused instead of running unrecorded (see `durable_runtime`'s
+//! `Error::Unrecorded`). Arguments that are not futures (`std::thread::spawn`'s closure)
+//! are left as they are, by autoref specialization at compile time.
 
 use proc_macro2::{Ident, Span, TokenStream};
 use syn::parse::Parser;
@@ -27,6 +34,16 @@ impl VisitMut for Branches<'_> {
             Expr::Async(block) => {
                 let span = block.async_token.span;
                 *expr = syn::parse_quote_spanned!(span=> #krate::__private::branch(#block));
+            }
+            Expr::Call(call) if is_spawn_path(&call.func) => {
+                if let Some(first) = call.args.first_mut() {
+                    mark_spawned(krate, first);
+                }
+            }
+            Expr::MethodCall(call) if is_spawn_name(&call.method) => {
+                if let Some(first) = call.args.first_mut() {
+                    mark_spawned(krate, first);
+                }
             }
             Expr::Closure(closure) if closure.asyncness.is_some() => {
                 // `async |x| body` stays an async closure, wrapped in a plain closure
@@ -82,4 +99,37 @@ impl VisitMut for Branches<'_> {
             mac.tokens = quote::ToTokens::into_token_stream(args);
         }
     }
+}
+
+/// Whether `name` is one of the spawn functions and methods whose argument runs outside
+/// the body's polls.
+fn is_spawn_name(name: &Ident) -> bool {
+    name == "spawn" || name == "spawn_local" || name == "spawn_on"
+}
+
+/// Whether `func` is a path ending in a spawn function (`tokio::spawn`, `spawn`,
+/// `tokio::task::spawn_local`).
+fn is_spawn_path(func: &Expr) -> bool {
+    match func {
+        Expr::Path(p) => p
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| is_spawn_name(&s.ident)),
+        _ => false,
+    }
+}
+
+/// Wraps a spawn call's argument: `{ let a = <arg>; (&a).__durable_spawn_kind().wrap(a) }`.
+fn mark_spawned(krate: &Path, arg: &mut Expr) {
+    let span = arg.span();
+    let value = Ident::new("__durable_spawned", Span::mixed_site().located_at(span));
+    *arg = syn::parse_quote_spanned! {span=>
+        {
+            let #value = #arg;
+            #[allow(unused_imports)]
+            use #krate::__private::{SpawnFuture as _, SpawnOther as _};
+            (&#value).__durable_spawn_kind().wrap(#value)
+        }
+    };
 }

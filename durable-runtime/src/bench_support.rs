@@ -95,6 +95,7 @@ impl Journal {
     pub fn checkpoint(&mut self) -> Pending {
         self.next += 1;
         let ack = self.store.record_step(StepRecord {
+            args: None,
             workflow_id: self.id.clone(),
             path: StepPath::child(&[], self.next),
             name: "bench",
@@ -116,6 +117,7 @@ impl Journal {
         let output = Codec::default().encode(&0u64).unwrap_or_default();
         let recorded: Vec<RecordedStep> = (1..=steps)
             .map(|i| RecordedStep {
+                args: None,
                 path: StepPath::child(&[], i),
                 name: "bench".to_owned(),
                 outcome: RecordedOutcome::Output(output.clone()),

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{ByteBuf, Codec, nested};
 use crate::error::{CancelReason, Error, FailureKind, Location, Result, undecodable};
-use crate::primitives::{Claimed, Op, claim, from_claim, op_or, or_stop};
+use crate::primitives::{Claimed, Op, claim_with, from_claim, op_or, or_stop};
 use crate::runtime::Outcome;
 use crate::step::now_ms;
 use crate::store::Effect;
@@ -193,7 +193,7 @@ where
     type IntoFuture = Pin<Box<dyn Future<Output = Result<O>> + Send + 'static>>;
 
     fn into_future(mut self) -> Self::IntoFuture {
-        let claimed = from_claim(self.claim.take(), CHILD);
+        let claimed = from_claim(self.claim.take(), CHILD, Some(&|a| self.fingerprint(a)));
         Box::pin(async move {
             let op = op_or!(claimed, Err(outside()));
             let id = child_id(&op);
@@ -253,7 +253,11 @@ pub fn start_child<O>(
 where
     O: Serialize + DeserializeOwned + Send + 'static,
 {
-    let claimed = from_claim(call.claim.take(), START_CHILD);
+    let claimed = from_claim(
+        call.claim.take(),
+        START_CHILD,
+        Some(&|a| call.fingerprint(a)),
+    );
     async move {
         let op = op_or!(claimed, Err(outside()));
         let id = match op.replayed::<String>() {
@@ -296,7 +300,7 @@ impl<O: Serialize + DeserializeOwned + Send + 'static> ChildHandle<O> {
     /// The child's [`Error::Failed`] or [`Error::Cancelled`]; [`Error::NotInWorkflow`]
     /// outside a workflow.
     pub fn result(&self) -> impl Future<Output = Result<O>> + Send + 'static {
-        let claimed = claim(CHILD_RESULT);
+        let claimed = claim_with(CHILD_RESULT, &|a| a.arg(&self.id));
         let id = self.id.clone();
         async move {
             let op = op_or!(claimed, Err(outside()));

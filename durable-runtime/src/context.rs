@@ -33,8 +33,9 @@ pub(crate) struct WorkflowCtx {
     pub(crate) runtime: Weak<Inner>,
     /// Step bodies running now: a cancelled workflow stops once none is.
     active: AtomicUsize,
-    /// Set with `Fatal::cancelled`, readable without the lock on every step.
-    cancel_asked: AtomicBool,
+    /// Set with `Fatal::cancelled` or `Fatal::closing`, readable without the lock on
+    /// every step: no new step body starts.
+    stop_asked: AtomicBool,
     /// Set for a replay check: step bodies never run. A step without a record stays
     /// pending for ever, and is listed in `unrecorded`.
     replay_only: bool,
@@ -45,6 +46,9 @@ pub(crate) struct WorkflowCtx {
 struct Fatal {
     error: Option<Error>,
     cancelled: Option<CancelReason>,
+    /// The runtime is closing: the run stops at its next step boundary (`Some(false)`),
+    /// or at once, its grace period over (`Some(true)`).
+    closing: Option<bool>,
     waker: Option<Waker>,
 }
 
@@ -55,10 +59,10 @@ pub(crate) struct ActiveBody(Arc<WorkflowCtx>);
 
 impl Drop for ActiveBody {
     fn drop(&mut self) {
-        // Only a cancelled workflow waits for its last step body; a running one is not
-        // woken for nothing on every step.
+        // Only a cancelled or closing workflow waits for its last step body; a running
+        // one is not woken for nothing on every step.
         if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1
-            && self.0.cancel_asked.load(Ordering::Acquire)
+            && self.0.stop_asked.load(Ordering::Acquire)
         {
             self.0.wake();
         }
@@ -89,7 +93,7 @@ impl WorkflowCtx {
             fatal: Mutex::default(),
             runtime,
             active: AtomicUsize::new(0),
-            cancel_asked: AtomicBool::new(false),
+            stop_asked: AtomicBool::new(false),
             replay_only: false,
             unrecorded: Mutex::default(),
         }
@@ -136,16 +140,34 @@ impl WorkflowCtx {
     }
 
     /// Marks a step body as running, until the guard is dropped; `None` if the
-    /// workflow is cancelled (the body must not start).
+    /// workflow is cancelled or its runtime is closing (the body must not start).
     pub(crate) fn begin_body(self: &Arc<Self>) -> Option<ActiveBody> {
         self.active.fetch_add(1, Ordering::AcqRel);
         // Counted before the check: a cancellation that lands in between sees this
         // body as running, and waits for it.
         let guard = ActiveBody(self.clone());
-        if self.cancel_asked.load(Ordering::Acquire) {
+        if self.stop_asked.load(Ordering::Acquire) {
             return None;
         }
         Some(guard)
+    }
+
+    /// Whether this execution is to stop at its next step boundary (cancelled, or its
+    /// runtime closing): nothing new starts.
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop_asked.load(Ordering::Acquire)
+    }
+
+    /// Asks this execution to stop, because its runtime is closing: at its next step
+    /// boundary, or at once if `now` (the grace period is over). Nothing is recorded;
+    /// the workflow stays pending and resumes at the next open.
+    pub(crate) fn shut_down(&self, now: bool) {
+        {
+            let mut f = lock(&self.fatal);
+            f.closing = Some(now || f.closing == Some(true));
+        }
+        self.stop_asked.store(true, Ordering::Release);
+        self.wake();
     }
 
     /// Why this execution was cancelled, if it was.
@@ -161,7 +183,7 @@ impl WorkflowCtx {
                 f.cancelled = Some(reason);
             }
         }
-        self.cancel_asked.store(true, Ordering::Release);
+        self.stop_asked.store(true, Ordering::Release);
         self.wake();
     }
 
@@ -261,6 +283,14 @@ impl WorkflowCtx {
             return Some(Error::Cancelled {
                 workflow_id: self.id.to_string(),
                 reason,
+            });
+        }
+        if f.error.is_none()
+            && let Some(now) = f.closing
+            && (now || self.active.load(Ordering::Acquire) == 0)
+        {
+            return Some(Error::Stopped {
+                workflow_id: self.id.to_string(),
             });
         }
         f.error.clone()

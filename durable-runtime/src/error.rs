@@ -8,7 +8,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::codec::CodecError;
+use crate::codec::{CodecError, Fingerprint};
 use crate::path::StepPath;
 
 /// `Result` with [`Error`] as the default error type.
@@ -86,16 +86,11 @@ pub enum Error {
     },
 
     /// Replay diverged: the code asked for a different step than the journal recorded at
-    /// a path, or finished without asking for a recorded step. The journal is left as it
-    /// is and the workflow stays pending; make the code deterministic (or restore the old
-    /// code) and reopen the journal to resume it.
-    #[error(
-        "workflow {workflow_id} diverged from its journal at step {path}: recorded `{recorded}`, {}",
-        match requested {
-            Some(r) => format!("but the code asked for `{r}`"),
-            None => "but the code finished without asking for it".to_owned(),
-        }
-    )]
+    /// a path, asked for the same step with other arguments, or finished without asking
+    /// for a recorded step. The journal is left as it is and the workflow stays pending;
+    /// make the code deterministic (or restore the old code) and reopen the journal to
+    /// resume it.
+    #[error("{}", divergence(workflow_id, path, recorded, requested.as_deref(), arguments.as_ref()))]
     Divergence {
         /// The workflow that diverged.
         workflow_id: String,
@@ -105,6 +100,8 @@ pub enum Error {
         recorded: String,
         /// The step name the code asked for, or `None` if it never asked for that path.
         requested: Option<String>,
+        /// Set when the code asked for the recorded step, with other arguments.
+        arguments: Option<ArgumentsChanged>,
     },
 
     /// The workflow failed for good and the failure is recorded in the journal: a step
@@ -130,6 +127,21 @@ pub enum Error {
         existing: String,
         /// The workflow the caller tried to start.
         requested: String,
+    },
+
+    /// A workflow could not start its child: the child's id (`<parent id>/<path>`)
+    /// belongs to a workflow that is not that parent's child (one started under that id
+    /// before such ids were reserved). The parent is not handed that workflow's result;
+    /// it stays pending.
+    #[error(
+        "workflow {parent_id} cannot start its child {workflow_id}: a workflow that is not its child \
+         already has that id; cancel it and delete its row, or restore the journal, then reopen it"
+    )]
+    ChildIdTaken {
+        /// The child's id.
+        workflow_id: String,
+        /// The parent.
+        parent_id: String,
     },
 
     /// A pending workflow's name is not registered in this program (the `#[workflow]`
@@ -206,6 +218,30 @@ pub enum Error {
         hint: &'static str,
     },
 
+    /// Something a workflow body did would escape its journal: run again on every
+    /// replay (starting a workflow through a [`Runtime`](crate::Runtime) handle), or run
+    /// without being recorded (a step called in a future the body spawned without
+    /// making it a branch). It is refused, and the message says what to use instead.
+    #[error("workflow {workflow_id}: {operation} {problem}; {hint}")]
+    Unrecorded {
+        /// The workflow whose body did it.
+        workflow_id: String,
+        /// What was done, such as ``Runtime::start`` or ``step `charge` ``.
+        operation: String,
+        /// Why it escapes the journal.
+        problem: &'static str,
+        /// What to do instead.
+        hint: &'static str,
+    },
+
+    /// The runtime was closed ([`Runtime::close`](crate::Runtime::close)): it takes no
+    /// new work. Open the journal again to go on.
+    #[error("the runtime of journal {} was closed; open the journal again to start or change workflows", path.display())]
+    Closed {
+        /// The journal file.
+        path: PathBuf,
+    },
+
     /// A workflow id was rejected.
     #[error("invalid workflow id {id:?}: {reason}")]
     InvalidId {
@@ -229,6 +265,8 @@ impl Error {
             | Error::Cancelled { workflow_id, .. }
             | Error::NotFound { workflow_id }
             | Error::NotResumable { workflow_id, .. }
+            | Error::Unrecorded { workflow_id, .. }
+            | Error::ChildIdTaken { workflow_id, .. }
             | Error::Stopped { workflow_id } => Some(workflow_id),
             _ => None,
         }
@@ -260,9 +298,64 @@ pub(crate) fn undecodable<T: ?Sized>(
     }
 }
 
+/// A step or primitive called inside a future that workflow `workflow_id` spawned
+/// without making it a branch.
+pub(crate) fn spawned_unrecorded(workflow_id: &str, operation: String) -> Error {
+    Error::Unrecorded {
+        workflow_id: workflow_id.to_owned(),
+        operation,
+        problem: "was called in a future the workflow passed to `tokio::spawn` (or another \
+                  spawn) that is not a branch of its body, so it would run without being \
+                  recorded, and run again on every replay",
+        hint: "mark the async function that calls it `#[branch]`, or spawn an `async` block \
+               written in the workflow body (both are branches, numbered and recorded)",
+    }
+}
+
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         Error::Store(e)
+    }
+}
+
+/// How the arguments of a step differ from the ones recorded with its result (in
+/// [`Error::Divergence`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ArgumentsChanged {
+    /// The fingerprint recorded with the step's result.
+    pub recorded: Fingerprint,
+    /// The fingerprint of the arguments the code passes now.
+    pub requested: Fingerprint,
+    /// The arguments the code passes now, rendered briefly (JSON-like, cut when long).
+    pub requested_preview: String,
+}
+
+fn divergence(
+    workflow_id: &str,
+    path: &StepPath,
+    recorded: &str,
+    requested: Option<&str>,
+    arguments: Option<&ArgumentsChanged>,
+) -> String {
+    match (requested, arguments) {
+        (Some(_), Some(a)) => format!(
+            "workflow {workflow_id} diverged from its journal at step {path}: `{recorded}` was \
+             recorded with other arguments (fingerprint {}) than the code passes now, {} \
+             (fingerprint {}); a workflow must call the same steps with the same arguments on \
+             every run (iterating a HashMap or HashSet, or calling steps in the order others \
+             finish, gives other arguments on replay). The journal is left as it is: restore \
+             the old code, or make this deterministic, then reopen the journal",
+            a.recorded, a.requested_preview, a.requested
+        ),
+        (Some(r), None) => format!(
+            "workflow {workflow_id} diverged from its journal at step {path}: recorded \
+             `{recorded}`, but the code asked for `{r}`"
+        ),
+        (None, _) => format!(
+            "workflow {workflow_id} diverged from its journal at step {path}: recorded \
+             `{recorded}`, but the code finished without asking for it"
+        ),
     }
 }
 

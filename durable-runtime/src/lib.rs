@@ -159,7 +159,8 @@ mod workflow;
 pub use crate::child::{ChildHandle, JoinAll, join_all, start_child};
 pub use crate::codec::{Codec, CodecError, Fingerprint, MAX_VALUE_BYTES};
 pub use crate::error::{
-    CancelReason, Error, FailureKind, Location, Result, StoreError, StoreErrorKind,
+    ArgumentsChanged, CancelReason, Error, FailureKind, Location, Result, StoreError,
+    StoreErrorKind,
 };
 pub use crate::path::{ParsePathError, StepPath};
 pub use crate::primitives::{
@@ -385,8 +386,14 @@ pub mod __private {
     pub use ::std::boxed::Box;
     pub use ::std::clone::Clone;
 
-    pub use crate::scope::{Branched, branch};
-    pub use crate::step::{Once, Retry, StepOptions, step, step_retry};
+    pub use crate::codec::fingerprint::Args;
+    pub use crate::scope::{
+        Branched, SpawnFuture, SpawnKeep, SpawnOther, SpawnWrap, Spawned, branch,
+    };
+    pub use crate::step::{
+        Arg, ArgOpaque, ArgViaSerialize, Once, Retry, StepClaim, StepOptions, claim_step, step,
+        step_retry,
+    };
     pub use crate::workflow::{BoxFuture, WorkflowDef, WorkflowEntry};
 
     /// Values a workflow takes as input or returns: recorded in the journal.

@@ -16,12 +16,16 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
-use crate::codec::{ByteBuf, Codec, encode_checked, nested};
+use crate::codec::fingerprint::{self, Args};
+use crate::codec::{ByteBuf, Codec, Fingerprint, encode_checked, nested};
 use crate::context::lock;
-use crate::error::{Error, FailureKind, Location, Result, StoreError, StoreErrorKind, undecodable};
+use crate::error::{
+    Error, FailureKind, Location, Result, StoreError, StoreErrorKind, spawned_unrecorded,
+    undecodable,
+};
 use crate::runtime::encode_value;
 use crate::scope::{self, Claim};
-use crate::step::{now_ms, panic_message};
+use crate::step::{diverged, now_ms, panic_message};
 use crate::store::{
     Effect, NewMessage, RecordedOutcome, StepKey, StepRecord, Wait, WaitFor, WaitRecord, Write,
     Written,
@@ -52,9 +56,14 @@ pub(crate) enum Claimed {
 pub(crate) struct Op {
     pub(crate) claim: Claim,
     pub(crate) name: &'static str,
+    /// The fingerprint of the operation's arguments, recorded with its result.
+    pub(crate) args: Option<Fingerprint>,
     /// What an earlier execution recorded here.
     pub(crate) recorded: Option<RecordedOutcome>,
 }
+
+/// An operation's arguments, each added to a fingerprint (or a preview) in turn.
+pub(crate) type ArgList<'a> = &'a dyn Fn(&mut Args);
 
 impl Claimed {
     /// How the claiming workflow encodes what it records (the default outside one).
@@ -66,37 +75,52 @@ impl Claimed {
     }
 }
 
-/// Claims the next position in the current scope for the operation `name`.
+/// Claims the next position in the current scope for the operation `name`, which
+/// takes no arguments worth checking on replay.
 pub(crate) fn claim(name: &'static str) -> Claimed {
-    from_claim(scope::claim(), name)
+    from_claim(scope::claim(), name, None)
 }
 
-/// Takes the record at a position claimed earlier, checking that it is `name`'s.
-pub(crate) fn from_claim(claim: Option<Claim>, name: &'static str) -> Claimed {
+/// Claims the next position for the operation `name` called with `args`: a replay
+/// that calls it with other arguments diverges.
+pub(crate) fn claim_with(name: &'static str, args: ArgList<'_>) -> Claimed {
+    from_claim(scope::claim(), name, Some(args))
+}
+
+/// Takes the record at a position claimed earlier, checking that it is `name`'s and,
+/// if `args` are given, that it was recorded with the same arguments.
+pub(crate) fn from_claim(
+    claim: Option<Claim>,
+    name: &'static str,
+    args: Option<ArgList<'_>>,
+) -> Claimed {
     let Some(claim) = claim else {
-        return Claimed::Outside;
+        return match scope::detached() {
+            Some(ctx) => {
+                ctx.fail(spawned_unrecorded(&ctx.id, format!("`{name}`")));
+                Claimed::Stopped
+            }
+            None => Claimed::Outside,
+        };
     };
-    match claim.ctx.take_recorded(&claim.path) {
-        None => Claimed::Op(Op {
-            claim,
-            name,
-            recorded: None,
-        }),
-        Some(rec) if rec.name == name => Claimed::Op(Op {
-            claim,
-            name,
-            recorded: Some(rec.outcome),
-        }),
+    let fingerprint = args.and_then(fingerprint::of_args);
+    let recorded = match claim.ctx.take_recorded(&claim.path) {
+        None => None,
         Some(rec) => {
-            claim.ctx.fail(Error::Divergence {
-                workflow_id: claim.ctx.id.to_string(),
-                path: claim.path,
-                recorded: rec.name,
-                requested: Some(name.to_owned()),
-            });
-            Claimed::Stopped
+            let preview = || args.map(fingerprint::preview_args).unwrap_or_default();
+            if let Some(e) = diverged(&claim, name, &rec, fingerprint, preview) {
+                claim.ctx.fail(e);
+                return Claimed::Stopped;
+            }
+            Some(rec.outcome)
         }
-    }
+    };
+    Claimed::Op(Op {
+        claim,
+        name,
+        args: fingerprint,
+        recorded,
+    })
 }
 
 impl Op {
@@ -105,6 +129,7 @@ impl Op {
             workflow_id: self.claim.ctx.id.clone(),
             path: self.claim.path.clone(),
             name: self.name,
+            args: self.args,
         }
     }
 
@@ -159,8 +184,8 @@ impl Op {
     /// Whether the operation may do its work (not in a replay check, which only
     /// replays what is recorded).
     pub(crate) fn may_run(&self) -> bool {
-        // A cancelled workflow starts nothing new; it stops at this boundary.
-        self.claim.ctx.cancelled().is_none() && self.claim.ctx.may_run(&self.claim.path, self.name)
+        // A cancelled (or closing) workflow starts nothing new; it stops at this boundary.
+        !self.claim.ctx.stopping() && self.claim.ctx.may_run(&self.claim.path, self.name)
     }
 
     /// Records `output` (encoded) with `effect` in one transaction, and waits until it
@@ -176,6 +201,7 @@ impl Op {
             workflow_id: ctx.id.clone(),
             path: self.claim.path.clone(),
             name: self.name,
+            args: self.args,
             outcome: RecordedOutcome::Output(output),
             attempts: 1,
             started_at,
@@ -541,7 +567,7 @@ pub fn patched(name: &'static str) -> impl Future<Output = bool> + Send + 'stati
             Ok(answer) => return answer,
             Err(new) => new,
         };
-        if ctx.cancelled().is_some() {
+        if ctx.stopping() {
             return pending().await;
         }
         if !ctx.may_run(&path, PATCHED) {
@@ -608,7 +634,11 @@ pub fn send<T: Serialize + DeserializeOwned>(
     value: &T,
 ) -> impl Future<Output = Result<()>> + Send + 'static {
     let (destination, topic) = (destination.to_owned(), topic.to_owned());
-    let claimed = claim(SEND);
+    let claimed = claim_with(SEND, &|a| {
+        a.arg(destination.as_str());
+        a.arg(topic.as_str());
+        a.arg(value);
+    });
     let effect = encode_value(claimed.codec(), value, || {
         format!("the message on topic `{topic}`")
     })
@@ -697,7 +727,7 @@ pub fn recv<T: Serialize + DeserializeOwned + Send + 'static>(
     topic: &str,
     timeout: impl Into<Option<Duration>>,
 ) -> impl Future<Output = Result<Option<T>>> + Send + 'static {
-    let claimed = claim(RECV);
+    let claimed = claim_with(RECV, &|a| a.arg(topic));
     let topic = topic.to_owned();
     let timeout = timeout.into();
     let undelivered = match &claimed {
@@ -818,7 +848,10 @@ pub fn set_event<T: Serialize + DeserializeOwned>(
     value: &T,
 ) -> impl Future<Output = Result<()>> + Send + 'static {
     let key = key.to_owned();
-    let claimed = claim(SET_EVENT);
+    let claimed = claim_with(SET_EVENT, &|a| {
+        a.arg(key.as_str());
+        a.arg(value);
+    });
     let effect = encode_value(claimed.codec(), value, || {
         format!("the value of event `{key}`")
     })
@@ -871,7 +904,10 @@ pub fn get_event<T: Serialize + DeserializeOwned + Send + 'static>(
     key: &str,
     timeout: impl Into<Option<Duration>>,
 ) -> impl Future<Output = Result<Option<T>>> + Send + 'static {
-    let claimed = claim(GET_EVENT);
+    let claimed = claim_with(GET_EVENT, &|a| {
+        a.arg(workflow_id);
+        a.arg(key);
+    });
     let what = WaitFor::Event {
         workflow_id: workflow_id.to_owned(),
         key: key.to_owned(),

@@ -42,11 +42,17 @@ pub(crate) type Outcome = Arc<Result<Vec<u8>>>;
 /// not finished, for example because the process was killed). Clones share the same
 /// runtime. It needs a tokio runtime (multi-threaded or current-thread) to run on.
 ///
-/// Workflows run as tokio tasks: dropping the `Runtime` does not stop them, and the
-/// journal stays locked until the last of them has finished and the writer has
-/// committed what was queued. Shutting the tokio runtime down (or the process exiting)
-/// stops them where they are; as far as the journal is concerned that is a crash, and
-/// the next open resumes them.
+/// Workflows run as tokio tasks. To stop, call [`close`](Runtime::close): it takes no
+/// new work, lets running steps finish (within a grace period), commits what is queued
+/// and releases the journal, so it can be opened again at once, in this process or
+/// another.
+///
+/// Dropping the last `Runtime` handle without closing it does not stop its workflows:
+/// they go on, and the journal stays locked until the last of them has finished and
+/// the writer has committed what was queued (a workflow that waits for days keeps it
+/// locked for days). Shutting the tokio runtime down, or the process exiting, stops
+/// them where they are: to the journal that is a crash, and the next open resumes
+/// them.
 #[derive(Clone, Debug)]
 pub struct Runtime {
     inner: Arc<Inner>,
@@ -62,12 +68,16 @@ pub(crate) struct Inner {
     pub(crate) codec: Codec,
     recovered: Vec<String>,
     unrecoverable: Vec<Error>,
+    /// Set by [`Runtime::close`]: no new work is taken.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 /// A run this process is executing.
 #[derive(Debug)]
 struct Running {
     name: &'static str,
+    /// The workflow that started it as its child.
+    parent_id: Option<Arc<str>>,
     outcome: watch::Receiver<Option<Outcome>>,
     ctx: Arc<WorkflowCtx>,
 }
@@ -161,7 +171,14 @@ impl RuntimeBuilder {
             match registry.get(record.name.as_str()) {
                 Some(def) => {
                     recovered.push(record.id.clone());
-                    launches.push((Arc::<str>::from(record.id), *def, record.input, deadline_at));
+                    let parent = record.parent_id.map(Arc::<str>::from);
+                    launches.push((
+                        Arc::<str>::from(record.id),
+                        *def,
+                        record.input,
+                        deadline_at,
+                        parent,
+                    ));
                 }
                 None => {
                     let e = Error::UnknownWorkflow {
@@ -181,6 +198,7 @@ impl RuntimeBuilder {
             codec,
             recovered,
             unrecoverable,
+            closing: std::sync::atomic::AtomicBool::new(false),
         });
         // Every resumed run is in `running` before any of them runs: a parent resuming
         // its child's call must find the child's run, not start a second one.
@@ -188,9 +206,9 @@ impl RuntimeBuilder {
             let mut running = lock(&inner.running);
             launches
                 .into_iter()
-                .map(|(id, def, input, deadline_at)| {
+                .map(|(id, def, input, deadline_at, parent)| {
                     tracing::info!(workflow = %id, name = def.name(), "resuming pending workflow");
-                    let (ctx, tx) = inner.register(&mut running, &id, def.name());
+                    let (ctx, tx) = inner.register(&mut running, &id, def.name(), parent);
                     (ctx, def, input, deadline_at, tx)
                 })
                 .collect()
@@ -261,6 +279,65 @@ impl Runtime {
         self.inner.store.path()
     }
 
+    /// Stops this runtime and releases its journal: takes no new work (starts, sends,
+    /// cancels and resumes return [`Error::Closed`]), lets every running step body
+    /// finish and its checkpoint commit, stops each workflow at that step boundary
+    /// (waiting ones at once), commits what is queued, and releases the journal's lock.
+    /// When it returns, the journal can be opened again, here or in another process.
+    ///
+    /// Stopped workflows are not finished: they stay pending in the journal, their
+    /// handles return [`Error::Stopped`], and the next open resumes them from their last
+    /// checkpoint. Step bodies still running after 10 seconds are dropped where they are,
+    /// as in a crash (their steps run again at the next open); see
+    /// [`close_with_grace`](Runtime::close_with_grace) for another limit.
+    ///
+    /// ```
+    /// use durable_runtime::{Runtime, recv, workflow};
+    ///
+    /// #[workflow]
+    /// async fn waits() -> Option<u32> {
+    ///     recv::<u32>("go", None).await.ok().flatten()
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), durable_runtime::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("journal.db");
+    /// let rt = Runtime::open(&path).await?;
+    /// rt.start_with_id("w", waits()).await?;
+    /// rt.close().await?;
+    ///
+    /// // At once, the journal opens again, and the waiting workflow resumes.
+    /// let rt = Runtime::open(&path).await?;
+    /// assert_eq!(rt.recovered(), ["w"]);
+    /// rt.send("w", "go", &7u32).await?;
+    /// assert_eq!(rt.handle::<Option<u32>>("w").await?.result().await?, Some(7));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unrecorded`] inside a workflow body, [`Error::Store`] if the journal
+    /// could not be written at the end. Closing a closed runtime does nothing.
+    pub async fn close(&self) -> Result<()> {
+        self.close_with_grace(CLOSE_GRACE).await
+    }
+
+    /// [`close`](Runtime::close), letting running step bodies take up to `grace` to
+    /// finish before they are dropped.
+    ///
+    /// # Errors
+    ///
+    /// As [`close`](Runtime::close).
+    pub async fn close_with_grace(&self, grace: Duration) -> Result<()> {
+        refuse_in_workflow(
+            "`Runtime::close`",
+            "close the runtime from outside its workflows",
+        )?;
+        self.inner.close(grace).await
+    }
+
     /// How many transactions this runtime has committed to the journal: one per
     /// sequential step, with concurrent steps sharing commits (plus one to start and one
     /// to finish each workflow). For measuring, not for control flow.
@@ -304,7 +381,22 @@ impl Runtime {
         id: impl Into<String>,
         call: WorkflowCall<O>,
     ) -> Result<WorkflowHandle<O>> {
-        let id: Arc<str> = Arc::from(validate_id(id.into())?);
+        refuse_in_workflow(
+            "`Runtime::start`",
+            "await the workflow call instead (it runs as a child workflow, recorded), or use \
+             `start_child`; to start an unrelated workflow, do it in a step",
+        )?;
+        self.inner.open()?;
+        let id = validate_id(id.into())?;
+        if is_child_shaped(&id) {
+            return Err(Error::InvalidId {
+                id,
+                reason: "an id ending in `/` and a step path (like `order-42/3`) is reserved \
+                         for the child workflows a workflow starts; end it otherwise (such as \
+                         `order-42/3a` or `order-42:3`)",
+            });
+        }
+        let id: Arc<str> = Arc::from(id);
         let launch = call.into_launch(&id, None, self.inner.codec)?;
         let outcome = self.inner.start(id.clone(), launch).await?;
         Ok(WorkflowHandle::new(id, outcome))
@@ -363,6 +455,11 @@ impl Runtime {
     /// [`Error::NotFound`] if the journal has no workflow `id`, [`Error::Store`] if the
     /// journal cannot be written.
     pub async fn cancel(&self, id: &str) -> Result<()> {
+        refuse_in_workflow(
+            "`Runtime::cancel`",
+            "cancel it from a step, whose result is recorded",
+        )?;
+        self.inner.open()?;
         self.inner.cancel(id, CancelReason::Requested).await?;
         if self.inner.record(id).await?.is_none() {
             return Err(Error::NotFound {
@@ -387,6 +484,11 @@ impl Runtime {
     /// if it is pending or completed, [`Error::UnknownWorkflow`] if its workflow is not
     /// linked into this program, [`Error::Store`] if the journal cannot be written.
     pub async fn resume(&self, id: &str) -> Result<()> {
+        refuse_in_workflow(
+            "`Runtime::resume`",
+            "resume it from a step, whose result is recorded",
+        )?;
+        self.inner.open()?;
         self.inner.resume(id).await
     }
 
@@ -409,6 +511,11 @@ impl Runtime {
         topic: &str,
         value: &T,
     ) -> Result<()> {
+        refuse_in_workflow(
+            "`Runtime::send`",
+            "use `durable_runtime::send`, which records the send so a replay does not send again",
+        )?;
+        self.inner.open()?;
         let destination = validate_id(destination.to_owned())?;
         let payload = encode_value(self.inner.codec, value, || {
             format!("the message on topic `{topic}`")
@@ -438,6 +545,10 @@ impl Runtime {
         key: &str,
         timeout: impl Into<Option<Duration>>,
     ) -> Result<Option<T>> {
+        refuse_in_workflow(
+            "`Runtime::get_event`",
+            "use `durable_runtime::get_event`, which records the value it saw",
+        )?;
         let timeout = timeout.into();
         let wait = Write::Wait(Wait {
             what: WaitFor::Event {
@@ -493,13 +604,68 @@ impl Runtime {
                 started_at_ms: s.started_at,
                 finished_at_ms: s.finished_at,
                 workflow_id: workflow_id.clone(),
+                args: s.args,
                 outcome: s.outcome,
             })
             .collect())
     }
 }
 
+/// How long [`Runtime::close`] lets running step bodies take.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
 impl Inner {
+    /// [`Error::Closed`] once the runtime is closing.
+    fn open(&self) -> Result<()> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(Error::Closed {
+                path: self.store.path().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// See [`Runtime::close_with_grace`].
+    async fn close(&self, grace: Duration) -> Result<()> {
+        self.closing.store(true, Ordering::Release);
+        let deadline = tokio::time::Instant::now() + grace;
+        // Runs admitted before the flag was set may still register; look until none is
+        // left. Each is asked to stop at its next step boundary, then, after the grace
+        // period, at once.
+        loop {
+            let runs: Vec<_> = lock(&self.running)
+                .values()
+                .map(|r| (r.ctx.clone(), r.outcome.clone()))
+                .collect();
+            if runs.is_empty() {
+                break;
+            }
+            let forced = tokio::time::Instant::now() >= deadline;
+            for (ctx, _) in &runs {
+                ctx.shut_down(forced);
+            }
+            let all_settled = async {
+                for (_, mut outcome) in runs {
+                    let _ = outcome.wait_for(Option::is_some).await;
+                }
+            };
+            let limit = if forced {
+                tokio::time::Instant::now() + Duration::from_secs(1)
+            } else {
+                deadline
+            };
+            if tokio::time::timeout_at(limit, all_settled).await.is_err() && forced {
+                tracing::warn!(
+                    "runs did not stop within a second of being dropped; closing the journal anyway"
+                );
+                break;
+            }
+        }
+        let store = self.store.clone();
+        blocking(self.store.path(), move || store.close()).await??;
+        Ok(())
+    }
+
     /// Publishes a run's outcome and forgets the run.
     fn settle(&self, id: &Arc<str>, tx: &watch::Sender<Option<Outcome>>, outcome: Outcome) {
         // Both under the lock: whoever looks at `running` next sees either the entry with
@@ -517,8 +683,9 @@ impl Inner {
         running: &mut HashMap<Arc<str>, Running>,
         id: &Arc<str>,
         name: &'static str,
+        parent_id: Option<Arc<str>>,
     ) -> (Arc<WorkflowCtx>, watch::Sender<Option<Outcome>>) {
-        let (run, ctx, tx) = self.new_run(id, name);
+        let (run, ctx, tx) = self.new_run(id, name, parent_id);
         running.insert(id.clone(), run);
         (ctx, tx)
     }
@@ -528,6 +695,7 @@ impl Inner {
         self: &Arc<Self>,
         id: &Arc<str>,
         name: &'static str,
+        parent_id: Option<Arc<str>>,
     ) -> (Running, Arc<WorkflowCtx>, watch::Sender<Option<Outcome>>) {
         let (tx, rx) = watch::channel(None);
         let ctx = Arc::new(WorkflowCtx::new(
@@ -538,6 +706,7 @@ impl Inner {
         ));
         let run = Running {
             name,
+            parent_id,
             outcome: rx,
             ctx: ctx.clone(),
         };
@@ -551,18 +720,24 @@ impl Inner {
         id: Arc<str>,
         launch: Launch,
     ) -> Result<watch::Receiver<Option<Outcome>>> {
+        self.open()?;
         let name = launch.def.name();
         let (ctx, tx) = loop {
             let mut winding_down = {
                 let mut running = lock(&self.running);
                 match running.entry(id.clone()) {
                     Entry::Vacant(v) => {
-                        let (run, ctx, tx) = self.new_run(&id, name);
+                        let (run, ctx, tx) = self.new_run(&id, name, launch.parent_id.clone());
                         v.insert(run);
                         break (ctx, tx);
                     }
                     Entry::Occupied(e) if e.get().ctx.cancelled().is_none() => {
                         let r = e.get();
+                        if let Some(parent) = &launch.parent_id
+                            && r.parent_id.as_ref() != Some(parent)
+                        {
+                            return Err(child_taken(&id, parent));
+                        }
                         if r.name != name {
                             return Err(mismatch(&id, r.name, name));
                         }
@@ -603,8 +778,11 @@ impl Inner {
         let (tx, rx) = watch::channel(None);
         match record.status {
             // Pending but not running here: it could not be resumed (see
-            // `Runtime::unrecoverable`); the handle reports it as stopped.
-            RecordStatus::Pending => drop(tx),
+            // `Runtime::unrecoverable`); the handle reports it as stopped, or as damaged.
+            RecordStatus::Pending => match damage(&record) {
+                Some(e) => drop(tx.send_replace(Some(Arc::new(Err(e))))),
+                None => drop(tx),
+            },
             _ => {
                 tx.send_replace(Some(Arc::new(recorded_outcome(self.store.path(), record))));
             }
@@ -700,6 +878,10 @@ impl Inner {
             let Some(record) = self.record(&w).await? else {
                 continue;
             };
+            if let Some(e) = damage(&record) {
+                tracing::warn!("{e}; it stays pending");
+                continue;
+            }
             let Some(def) = self.registry.get(record.name.as_str()).copied() else {
                 tracing::warn!(workflow = %w, name = %record.name, "resumed, but its workflow is not linked into this program; it stays pending");
                 continue;
@@ -711,7 +893,8 @@ impl Inner {
                 // one run only.
                 continue;
             }
-            let (ctx, tx) = self.register(&mut running, &id, def.name());
+            let parent = record.parent_id.map(Arc::<str>::from);
+            let (ctx, tx) = self.register(&mut running, &id, def.name(), parent);
             drop(running);
             tracing::info!(workflow = %id, "resuming workflow");
             let run = drive(
@@ -768,13 +951,18 @@ async fn admit(
             input: input.clone(),
             app_version: inner.app_version.clone(),
             created_at: now_ms(),
-            parent_id,
+            parent_id: parent_id.clone(),
             deadline_at,
         })
         .await
         .unwrap_or_else(|_| Err(closed(inner.store.path(), &id)));
     let run = match created {
         Ok(Created::New) => Ok(Some((input, History::None, deadline_at))),
+        Ok(Created::Existing(record))
+            if parent_id.is_some() && record.parent_id.as_deref() != parent_id.as_deref() =>
+        {
+            Err(child_taken(&id, parent_id.as_deref().unwrap_or_default()))
+        }
         Ok(Created::Existing(record)) if record.name != name => {
             Err(mismatch(&id, &record.name, name))
         }
@@ -822,8 +1010,15 @@ fn damage(record: &WorkflowRecord) -> Option<Error> {
     Some(Error::Corrupt {
         workflow_id: record.id.clone(),
         location,
-        reason: CodecError::new(message),
+        reason: CodecError::malformed(message),
     })
+}
+
+fn child_taken(id: &str, parent: &str) -> Error {
+    Error::ChildIdTaken {
+        workflow_id: id.to_owned(),
+        parent_id: parent.to_owned(),
+    }
 }
 
 fn mismatch(id: &str, existing: &str, requested: &str) -> Error {
@@ -842,7 +1037,11 @@ fn closed(path: &Path, id: &str) -> StoreError {
     )
 }
 
+/// What a finished run recorded as its outcome; never a value that fails its checksum.
 fn recorded_outcome(path: &Path, record: WorkflowRecord) -> Result<Vec<u8>> {
+    if let Some(e) = damage(&record) {
+        return Err(e);
+    }
     match (record.status, record.output, record.failure) {
         (RecordStatus::Completed, Some(output), _) => Ok(output),
         (RecordStatus::Failed, _, Some((kind, message))) => Err(Error::Failed {
@@ -863,6 +1062,26 @@ fn recorded_outcome(path: &Path, record: WorkflowRecord) -> Result<Vec<u8>> {
             ),
         ))),
     }
+}
+
+/// Refuses `operation` inside a workflow body, where a replay would do it again.
+fn refuse_in_workflow(operation: &'static str, hint: &'static str) -> Result<()> {
+    match scope::current_workflow() {
+        Some(ctx) => Err(Error::Unrecorded {
+            workflow_id: ctx.id.to_string(),
+            operation: operation.to_owned(),
+            problem: "was called in a workflow body, where it is not recorded: every replay \
+                      would do it again",
+            hint,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Whether `id` has the form of a child workflow's id: `<parent>/<step path>`.
+fn is_child_shaped(id: &str) -> bool {
+    id.rsplit_once('/')
+        .is_some_and(|(parent, path)| !parent.is_empty() && path.parse::<StepPath>().is_ok())
 }
 
 const MAX_ID_BYTES: usize = 512;
@@ -928,6 +1147,13 @@ async fn drive(
         Err(Error::Failed { kind, message, .. }) => Some(Finished::Failed(*kind, message.clone())),
         // Recorded by whoever cancelled it (see `admit` for a cancel that came first).
         Err(Error::Cancelled { .. }) => None,
+        // Stopped by a closing runtime: pending, resumed at the next open.
+        Err(e @ (Error::Stopped { .. } | Error::Closed { .. }))
+            if inner.closing.load(Ordering::Acquire) =>
+        {
+            tracing::info!(workflow = %id, "{e}");
+            None
+        }
         // Divergence, corrupt rows and journal errors leave the run pending: they are
         // fixed outside the workflow (code, data, disk), and the next open resumes it.
         Err(e) => {
@@ -984,6 +1210,7 @@ async fn execute(
             path,
             recorded,
             requested: None,
+            arguments: None,
         });
     }
     Ok(output)
@@ -1163,6 +1390,7 @@ async fn replay_one(
                 path,
                 recorded: Some(recorded),
                 requested: None,
+                arguments: None,
             },
             None => Verdict::Ok { replayed },
         },
@@ -1170,11 +1398,13 @@ async fn replay_one(
             path,
             recorded,
             requested,
+            arguments,
             ..
         })) => Verdict::Diverged {
             path,
             recorded: Some(recorded),
             requested,
+            arguments,
         },
         Some(Err(Error::Failed { .. })) if record.status == RecordStatus::Failed => {
             Verdict::Ok { replayed }
@@ -1185,6 +1415,7 @@ async fn replay_one(
                 path,
                 recorded: None,
                 requested: Some(name.to_owned()),
+                arguments: None,
             },
             Some((path, name)) => Verdict::Pending {
                 replayed,
@@ -1313,10 +1544,29 @@ pub struct StepInfo {
     /// When the result was recorded, in milliseconds since the Unix epoch.
     pub finished_at_ms: i64,
     workflow_id: Arc<str>,
+    args: Option<crate::codec::Fingerprint>,
     outcome: RecordedOutcome,
 }
 
 impl StepInfo {
+    /// The fingerprint of the arguments the step was called with, as recorded with its
+    /// result; `None` for records from before journal schema 4, and for operations that
+    /// take none (such as `durable::sleep`). A replay that calls the step with arguments
+    /// of another fingerprint diverges.
+    pub fn arguments_fingerprint(&self) -> Option<crate::codec::Fingerprint> {
+        self.args
+    }
+
+    /// A fingerprint of the recorded output's content, which does not need its Rust
+    /// type: two records of equal values have equal fingerprints (maps in any order).
+    /// `None` if the step recorded a panic or an interruption instead of an output.
+    pub fn output_fingerprint(&self) -> Option<crate::codec::Fingerprint> {
+        match &self.outcome {
+            RecordedOutcome::Output(bytes) => Some(crate::codec::content_fingerprint(bytes)),
+            _ => None,
+        }
+    }
+
     /// Decodes the step's recorded output as `T` (its return type).
     ///
     /// # Errors

@@ -50,8 +50,33 @@ impl Branch {
     }
 }
 
+/// Where the code running on this thread stands.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum Scope {
+    /// Outside any workflow (or inside a step body): steps are plain calls.
+    #[default]
+    Outside,
+    /// In a workflow body or one of its branches: steps claim positions here.
+    Branch(Arc<Branch>),
+    /// In a future that a workflow body passed to `tokio::spawn` without making it a
+    /// branch: it runs outside the body's sequence, so a step called here could not be
+    /// given a position that replays, and is refused.
+    Detached(Arc<WorkflowCtx>),
+}
+
+impl Scope {
+    /// The workflow this scope belongs to, if any.
+    fn ctx(&self) -> Option<&Arc<WorkflowCtx>> {
+        match self {
+            Scope::Outside => None,
+            Scope::Branch(b) => Some(&b.ctx),
+            Scope::Detached(ctx) => Some(ctx),
+        }
+    }
+}
+
 thread_local! {
-    static CURRENT: RefCell<Option<Arc<Branch>>> = const { RefCell::new(None) };
+    static CURRENT: RefCell<Scope> = const { RefCell::new(Scope::Outside) };
     static STEP: RefCell<Option<StepContext>> = const { RefCell::new(None) };
 }
 
@@ -123,11 +148,11 @@ pub(crate) fn in_step_body<R>(step: Option<(&Arc<str>, &StepPath)>, f: impl FnOn
 
 /// Restores the previous scope when dropped, so a panic inside a poll does not leave a
 /// stale scope behind on the thread.
-struct Restore(Option<Arc<Branch>>);
+struct Restore(Scope);
 
 impl Drop for Restore {
     fn drop(&mut self) {
-        let prev = self.0.take();
+        let prev = std::mem::take(&mut self.0);
         // `try_with`: during thread teardown the slot may already be gone; then there is
         // nothing left to restore.
         let _ = CURRENT.try_with(|c| *c.borrow_mut() = prev);
@@ -136,9 +161,31 @@ impl Drop for Restore {
 
 /// Runs `f` with `scope` as the current scope (`None`: outside any workflow).
 pub(crate) fn enter<R>(scope: Option<&Arc<Branch>>, f: impl FnOnce() -> R) -> R {
-    let prev = CURRENT.with(|c| c.replace(scope.cloned()));
+    enter_scope(
+        scope.map_or(Scope::Outside, |b| Scope::Branch(b.clone())),
+        f,
+    )
+}
+
+fn enter_scope<R>(scope: Scope, f: impl FnOnce() -> R) -> R {
+    let prev = CURRENT.with(|c| c.replace(scope));
     let _restore = Restore(prev);
     f()
+}
+
+/// The workflow whose body (or a branch of it, or a future it spawned) is running on
+/// this thread, if any; `None` inside a step body.
+pub(crate) fn current_workflow() -> Option<Arc<WorkflowCtx>> {
+    CURRENT.with(|c| c.borrow().ctx().cloned())
+}
+
+/// The workflow that spawned the future running on this thread, if that future is not
+/// a branch of it (see [`Scope::Detached`]).
+pub(crate) fn detached() -> Option<Arc<WorkflowCtx>> {
+    CURRENT.with(|c| match &*c.borrow() {
+        Scope::Detached(ctx) => Some(ctx.clone()),
+        _ => None,
+    })
 }
 
 /// A claimed step position: the workflow it belongs to and its path.
@@ -150,11 +197,12 @@ pub(crate) struct Claim {
 
 /// Claims the next position in the current scope, or `None` outside any workflow.
 pub(crate) fn claim() -> Option<Claim> {
-    CURRENT.with(|c| {
-        c.borrow().as_ref().map(|b| Claim {
+    CURRENT.with(|c| match &*c.borrow() {
+        Scope::Branch(b) => Some(Claim {
             ctx: b.ctx.clone(),
             path: b.claim(),
-        })
+        }),
+        _ => None,
     })
 }
 
@@ -162,11 +210,12 @@ pub(crate) fn claim() -> Option<Claim> {
 /// (for `patched`, which must not shift the positions of what follows). `None` outside
 /// any workflow.
 pub(crate) fn next_position() -> Option<(Arc<WorkflowCtx>, StepPath)> {
-    CURRENT.with(|c| {
-        let current = c.borrow();
-        let b = current.as_ref()?;
-        let next = StepPath::child(&b.path, b.next.load(Ordering::Relaxed) + 1);
-        Some((b.ctx.clone(), next))
+    CURRENT.with(|c| match &*c.borrow() {
+        Scope::Branch(b) => {
+            let next = StepPath::child(&b.path, b.next.load(Ordering::Relaxed) + 1);
+            Some((b.ctx.clone(), next))
+        }
+        _ => None,
     })
 }
 
@@ -178,7 +227,7 @@ pin_project_lite::pin_project! {
     #[derive(Debug)]
     #[must_use = "futures do nothing unless you `.await` or poll them"]
     pub struct Branched<F> {
-        scope: Option<Arc<Branch>>,
+        scope: Scope,
         #[pin]
         fut: F,
     }
@@ -188,7 +237,7 @@ pin_project_lite::pin_project! {
             // A branch that lost a durable select: on replay it is dropped without being
             // polled, so what it recorded the first time is never asked for. That is
             // the select's recorded choice, not a divergence.
-            if let Some(b) = &this.scope
+            if let Scope::Branch(b) = &this.scope
                 && crate::select::dropping_losers()
             {
                 b.ctx.abandon(&b.path);
@@ -201,17 +250,23 @@ pin_project_lite::pin_project! {
 /// steps it calls are numbered below that position.
 ///
 /// Outside any workflow the branch has no scope, and the steps inside it are plain calls.
+/// Inside a future a workflow spawned without making it a branch, it stays there, and
+/// its steps are refused like any other there.
 pub fn branch<T, F: Future<Output = T>>(fut: F) -> Branched<F> {
-    Branched {
-        scope: claim().map(Branch::child_of),
-        fut,
-    }
+    let scope = CURRENT.with(|c| match &*c.borrow() {
+        Scope::Branch(b) => Scope::Branch(Branch::child_of(Claim {
+            ctx: b.ctx.clone(),
+            path: b.claim(),
+        })),
+        other => other.clone(),
+    });
+    Branched { scope, fut }
 }
 
 /// Wraps a workflow body in its root scope.
 pub(crate) fn root<F: Future>(scope: Arc<Branch>, fut: F) -> Branched<F> {
     Branched {
-        scope: Some(scope),
+        scope: Scope::Branch(scope),
         fut,
     }
 }
@@ -221,6 +276,82 @@ impl<F: Future> Future for Branched<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        enter(this.scope.as_ref(), || this.fut.poll(cx))
+        enter_scope(this.scope.clone(), || this.fut.poll(cx))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future a workflow body passed to `tokio::spawn` (or another spawn), which runs
+    /// outside the body's own polls. If it is not a branch (an `async` block of the
+    /// body, a `#[branch]` helper) and calls a step, the step is refused: it would run
+    /// unrecorded.
+    ///
+    /// Created by the code `#[workflow]` and `#[branch]` generate around the futures
+    /// they see spawned; not constructed by hand.
+    #[derive(Debug)]
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
+    pub struct Spawned<F> {
+        ctx: Option<Arc<WorkflowCtx>>,
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F: Future> Future for Spawned<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        match this.ctx {
+            Some(ctx) => enter_scope(Scope::Detached(ctx.clone()), || this.fut.poll(cx)),
+            None => this.fut.poll(cx),
+        }
+    }
+}
+
+/// What `#[workflow]` makes of the argument of a spawn call: a future becomes
+/// [`Spawned`], anything else (the closure given to `std::thread::spawn`) stays as it
+/// is. Autoref specialization: `(&arg).__durable_spawn_kind().wrap(arg)`.
+pub trait SpawnFuture {
+    /// Says that the argument is a future.
+    fn __durable_spawn_kind(&self) -> SpawnWrap {
+        SpawnWrap
+    }
+}
+
+impl<F: Future> SpawnFuture for F {}
+
+/// See [`SpawnFuture`].
+pub trait SpawnOther {
+    /// Says that the argument is not a future.
+    fn __durable_spawn_kind(&self) -> SpawnKeep {
+        SpawnKeep
+    }
+}
+
+impl<T> SpawnOther for &T {}
+
+/// A spawned future, to wrap.
+#[derive(Debug)]
+pub struct SpawnWrap;
+
+impl SpawnWrap {
+    /// Wraps `fut`, remembering the workflow that spawns it.
+    pub fn wrap<F: Future>(self, fut: F) -> Spawned<F> {
+        Spawned {
+            ctx: current_workflow(),
+            fut,
+        }
+    }
+}
+
+/// Not a future: kept as it is.
+#[derive(Debug)]
+pub struct SpawnKeep;
+
+impl SpawnKeep {
+    /// Returns `value` unchanged.
+    pub fn wrap<T>(self, value: T) -> T {
+        value
     }
 }

@@ -151,6 +151,7 @@ fn out_of_range(op: &crate::primitives::Op, winner: u32, branches: usize) -> Err
         path: op.claim.path.clone(),
         recorded: format!("{SELECT} won by branch {winner}"),
         requested: Some(format!("{SELECT} of {branches} branches")),
+        arguments: None,
     }
 }
 

@@ -11,11 +11,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
-use crate::codec::Codec;
+use crate::codec::fingerprint::{self, Args};
+use crate::codec::{Codec, Fingerprint};
 use crate::context::ActiveBody;
-use crate::error::{Error, FailureKind, Location, StoreError, StoreErrorKind, undecodable};
+use crate::error::{
+    ArgumentsChanged, Error, FailureKind, Location, StoreError, StoreErrorKind, spawned_unrecorded,
+    undecodable,
+};
 use crate::scope::{self, Claim};
-use crate::store::{Effect, RecordedOutcome, StepKey, StepRecord, Write};
+use crate::store::{Effect, RecordedOutcome, RecordedStep, StepKey, StepRecord, Write};
 
 /// How a step is retried: the options of `#[step(...)]`, built by the macro.
 #[doc(hidden)]
@@ -155,25 +159,167 @@ impl<T, E> Retryable for Result<T, E> {
     }
 }
 
+/// A step's argument, for [`ArgViaSerialize`] and [`ArgOpaque`]: the code `#[step]`
+/// generates calls `(&Arg(&x)).__durable_fingerprint(args)` on each, and method
+/// resolution picks the serde one when the argument's type is `Serialize` (it needs no
+/// auto-reference), the opaque one otherwise.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Arg<'a, T: ?Sized>(pub &'a T);
+
+/// Adds a `Serialize` argument to a call's fingerprint.
+#[doc(hidden)]
+pub trait ArgViaSerialize {
+    fn __durable_fingerprint(&self, args: &mut Args);
+}
+
+impl<T: Serialize + ?Sized> ArgViaSerialize for Arg<'_, T> {
+    fn __durable_fingerprint(&self, args: &mut Args) {
+        args.arg(self.0);
+    }
+}
+
+/// Adds an argument serde cannot see (a client handle) to a call's fingerprint: it
+/// counts by its position.
+#[doc(hidden)]
+pub trait ArgOpaque {
+    fn __durable_fingerprint(&self, args: &mut Args);
+}
+
+impl<T: ?Sized> ArgOpaque for &Arg<'_, T> {
+    fn __durable_fingerprint(&self, args: &mut Args) {
+        args.opaque(std::any::type_name::<T>());
+    }
+}
+
+/// What claiming a step's position found: made by [`claim_step`] when the step is
+/// called, turned into the step's future by [`step`] or [`step_retry`].
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct StepClaim {
+    options: &'static StepOptions,
+    begin: Begin,
+}
+
+#[derive(Debug)]
+enum Begin {
+    /// Called outside any workflow: a plain call.
+    Outside,
+    /// Nothing recorded at its position: run the body.
+    Run {
+        claim: Claim,
+        args: Option<Fingerprint>,
+    },
+    /// An earlier execution recorded its result.
+    Replay {
+        claim: Claim,
+        outcome: RecordedOutcome,
+    },
+    /// An `on_interrupt = "fail"` step whose body an earlier execution started.
+    Interrupted {
+        claim: Claim,
+        args: Option<Fingerprint>,
+    },
+    /// The workflow has stopped (this call diverged from the journal).
+    Stopped,
+}
+
+/// Claims the next position in the current workflow scope for a call of the step
+/// `options` names, with the arguments `args` lists, and looks at what the journal
+/// recorded there (called by the code `#[step]` generates, before the arguments move
+/// into the body).
+pub fn claim_step(options: &'static StepOptions, args: impl Fn(&mut Args)) -> StepClaim {
+    let Some(claim) = scope::claim() else {
+        let begin = match scope::detached() {
+            Some(ctx) => {
+                ctx.fail(spawned_unrecorded(
+                    &ctx.id,
+                    format!("step `{}`", options.name),
+                ));
+                Begin::Stopped
+            }
+            None => Begin::Outside,
+        };
+        return StepClaim { options, begin };
+    };
+    let fingerprint = fingerprint::of_args(&args);
+    let begin = match claim.ctx.take_recorded(&claim.path) {
+        None if options.fail_if_interrupted && claim.ctx.started(&claim.path).is_some() => {
+            Begin::Interrupted {
+                claim,
+                args: fingerprint,
+            }
+        }
+        None => Begin::Run {
+            claim,
+            args: fingerprint,
+        },
+        Some(rec) => match diverged(&claim, options.name, &rec, fingerprint, || {
+            fingerprint::preview_args(&args)
+        }) {
+            None => Begin::Replay {
+                claim,
+                outcome: rec.outcome,
+            },
+            Some(e) => {
+                claim.ctx.fail(e);
+                Begin::Stopped
+            }
+        },
+    };
+    StepClaim { options, begin }
+}
+
+/// Whether asking for operation `name` with arguments `args` at `claim`'s position
+/// diverges from what the journal recorded there (`rec`): another name, or the same
+/// name with other arguments (when both fingerprints are known: rows from before schema
+/// 4, and operations without arguments, have none).
+pub(crate) fn diverged(
+    claim: &Claim,
+    name: &str,
+    rec: &RecordedStep,
+    args: Option<Fingerprint>,
+    preview: impl FnOnce() -> String,
+) -> Option<Error> {
+    let arguments = match (rec.args, args) {
+        _ if rec.name != name => None,
+        (Some(recorded), Some(requested)) if recorded != requested => Some(ArgumentsChanged {
+            recorded,
+            requested,
+            requested_preview: preview(),
+        }),
+        _ => return None,
+    };
+    Some(Error::Divergence {
+        workflow_id: claim.ctx.id.to_string(),
+        path: claim.path.clone(),
+        recorded: rec.name.clone(),
+        requested: Some(name.to_owned()),
+        arguments,
+    })
+}
+
 /// Builds a step without retries (called by the code `#[step]` generates).
-pub fn step<T, F: Future<Output = T>>(options: &'static StepOptions, body: F) -> Step<Once<F>> {
-    Step::new(options, Once(Some(body)))
+pub fn step<T, F: Future<Output = T>>(claim: StepClaim, body: F) -> Step<Once<F>> {
+    Step::new(claim, Once(Some(body)))
 }
 
 /// Builds a retried step (called by the code `#[step(retries = ..)]` generates).
-pub fn step_retry<T, F, Fut>(options: &'static StepOptions, body: F) -> Step<Retry<F>>
+pub fn step_retry<T, F, Fut>(claim: StepClaim, body: F) -> Step<Retry<F>>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = T>,
     T: Retryable,
 {
-    Step::new(options, Retry(body))
+    Step::new(claim, Retry(body))
 }
 
 enum State<T> {
     /// Run the body; record the result if the step was called inside a workflow.
     Run {
         claim: Option<Claim>,
+        /// The fingerprint of the step's arguments, recorded with its result.
+        args: Option<Fingerprint>,
         attempts: u32,
         started_at: i64,
         /// Whether the durable start record (`on_interrupt = "fail"`) is written.
@@ -182,6 +328,7 @@ enum State<T> {
     /// The start record is being written; the body runs once it is durable.
     Starting {
         claim: Claim,
+        args: Option<Fingerprint>,
         ack: oneshot::Receiver<Result<crate::store::Written, StoreError>>,
         started_at: i64,
     },
@@ -258,38 +405,25 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
 }
 
 impl<B: StepBody> Step<B> {
-    fn new(options: &'static StepOptions, body: B) -> Self {
-        let state = match scope::claim() {
-            None => State::Run {
+    fn new(StepClaim { options, begin }: StepClaim, body: B) -> Self {
+        let state = match begin {
+            Begin::Outside => State::Run {
                 claim: None,
+                args: None,
                 attempts: 0,
                 started_at: 0,
                 start_recorded: false,
             },
-            Some(claim) => match claim.ctx.take_recorded(&claim.path) {
-                None if options.fail_if_interrupted && claim.ctx.started(&claim.path).is_some() => {
-                    interrupted(options, claim)
-                }
-                None => State::Run {
-                    claim: Some(claim),
-                    attempts: 0,
-                    started_at: 0,
-                    start_recorded: false,
-                },
-                Some(rec) if rec.name == options.name => State::Replay {
-                    claim,
-                    outcome: rec.outcome,
-                },
-                Some(rec) => {
-                    claim.ctx.fail(Error::Divergence {
-                        workflow_id: claim.ctx.id.to_string(),
-                        path: claim.path,
-                        recorded: rec.name,
-                        requested: Some(options.name.to_owned()),
-                    });
-                    State::Stopped
-                }
+            Begin::Run { claim, args } => State::Run {
+                claim: Some(claim),
+                args,
+                attempts: 0,
+                started_at: 0,
+                start_recorded: false,
             },
+            Begin::Replay { claim, outcome } => State::Replay { claim, outcome },
+            Begin::Interrupted { claim, args } => interrupted(options, claim, args),
+            Begin::Stopped => State::Stopped,
         };
         Step {
             options,
@@ -304,7 +438,7 @@ impl<B: StepBody> Step<B> {
 
 /// A `fail_if_interrupted` step whose body started in an earlier execution and never
 /// recorded a result: records that, without running the body, and fails the workflow.
-fn interrupted<T>(options: &StepOptions, claim: Claim) -> State<T> {
+fn interrupted<T>(options: &StepOptions, claim: Claim, args: Option<Fingerprint>) -> State<T> {
     let message = format!(
         "step {} (`{}`) was interrupted by a crash after its body started, and it is marked \
          `on_interrupt = \"fail\"`, so it was not run again; check whether its effect happened, \
@@ -316,6 +450,7 @@ fn interrupted<T>(options: &StepOptions, claim: Claim) -> State<T> {
         workflow_id: claim.ctx.id.clone(),
         path: claim.path.clone(),
         name: options.name,
+        args,
         outcome: RecordedOutcome::Interrupted(message.clone()),
         attempts: 0,
         started_at: now,
@@ -402,17 +537,19 @@ where
                     claim,
                     ack,
                     started_at,
+                    ..
                 } => {
                     match ready!(Pin::new(ack).poll(cx)) {
                         Ok(Ok(_)) => {
                             let started_at = *started_at;
-                            let State::Starting { claim, .. } =
+                            let State::Starting { claim, args, .. } =
                                 std::mem::replace(this.state, State::Stopped)
                             else {
                                 return Poll::Pending;
                             };
                             *this.state = State::Run {
                                 claim: Some(claim),
+                                args,
                                 attempts: 0,
                                 started_at,
                                 start_recorded: true,
@@ -444,6 +581,7 @@ where
                 }
                 State::Run {
                     claim,
+                    args,
                     attempts,
                     started_at,
                     start_recorded,
@@ -483,6 +621,7 @@ where
                                         workflow_id: c.ctx.id.clone(),
                                         path: c.path.clone(),
                                         name: options.name,
+                                        args: *args,
                                     },
                                     at,
                                 ));
@@ -491,6 +630,7 @@ where
                                 };
                                 *this.state = State::Starting {
                                     claim,
+                                    args: *args,
                                     ack,
                                     started_at: at,
                                 };
@@ -537,6 +677,7 @@ where
                                     workflow_id: claim.ctx.id.clone(),
                                     path: claim.path.clone(),
                                     name: options.name,
+                                    args: *args,
                                     outcome: RecordedOutcome::Panicked(message.clone()),
                                     attempts: *attempts + 1,
                                     started_at: *started_at,
@@ -581,6 +722,7 @@ where
                                 workflow_id: claim.ctx.id.clone(),
                                 path: claim.path.clone(),
                                 name: options.name,
+                                args: *args,
                                 outcome: RecordedOutcome::Output(bytes),
                                 attempts: *attempts,
                                 started_at: *started_at,

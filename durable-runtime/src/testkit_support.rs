@@ -371,6 +371,10 @@ impl Store for ProbeStore {
         self.inner.halt();
     }
 
+    fn close(&self) -> Result<(), StoreError> {
+        self.inner.close()
+    }
+
     fn is_halted(&self) -> bool {
         self.probe.is_crashed()
     }
@@ -462,6 +466,11 @@ impl Store for AckBeforeDurable {
         self.inner.halt();
     }
 
+    fn close(&self) -> Result<(), StoreError> {
+        self.flush();
+        self.inner.close()
+    }
+
     fn is_halted(&self) -> bool {
         self.inner.is_halted()
     }
@@ -504,6 +513,8 @@ pub enum Verdict {
         recorded: Option<String>,
         /// The step the code asked for there (`None`: the code finished without it).
         requested: Option<String>,
+        /// Set when the code asked for the recorded step with other arguments.
+        arguments: Option<crate::error::ArgumentsChanged>,
     },
     /// The workflow neither finished nor waited for an unrecorded step within 10 s.
     Stuck {

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::codec::fingerprint::Args;
 use crate::codec::{Codec, CodecError, encode_checked, type_name};
 #[allow(unused_imports)] // in rustdoc links
 use crate::error::CancelReason;
@@ -84,11 +85,17 @@ where
 /// encode it.
 pub(crate) trait Input: Send + 'static {
     fn encode(&self, codec: Codec) -> Result<Vec<u8>, CodecError>;
+    /// Adds the input to the fingerprint of a child call's arguments.
+    fn fingerprint(&self, args: &mut Args);
 }
 
 impl<I: Serialize + DeserializeOwned + Send + 'static> Input for I {
     fn encode(&self, codec: Codec) -> Result<Vec<u8>, CodecError> {
         encode_checked(codec, self).map(|(_, bytes)| bytes)
+    }
+
+    fn fingerprint(&self, args: &mut Args) {
+        args.arg(self);
     }
 }
 
@@ -155,6 +162,14 @@ impl<O> WorkflowCall<O> {
     /// The workflow's name, as recorded in the journal.
     pub fn name(&self) -> &'static str {
         self.def.name()
+    }
+
+    /// Adds the call (the workflow's name and its input) to the fingerprint of a child
+    /// call's arguments: a parent that calls another child at the same position
+    /// diverges instead of receiving the recorded child's result.
+    pub(crate) fn fingerprint(&self, args: &mut Args) {
+        args.arg(self.def.name());
+        self.input.fingerprint(args);
     }
 
     /// Gives the run a deadline, `timeout` after it starts: if it has not finished by

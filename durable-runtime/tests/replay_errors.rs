@@ -158,6 +158,7 @@ async fn a_different_step_at_a_recorded_path_is_a_divergence() {
             path,
             recorded,
             requested,
+            ..
         } => {
             assert_eq!(workflow_id, "d1");
             assert_eq!(path.to_string(), "2");

@@ -9,7 +9,7 @@ use durable_runtime::testkit_support::{CrashPoint, Event, Probe, StepAt};
 use durable_runtime::{Error, StepPath, WorkflowCall};
 use serde::de::DeserializeOwned;
 
-use crate::journal::{TempJournal, on_fresh_runtime, open};
+use crate::journal::{Compare, Recorded, TempJournal, on_fresh_runtime, open};
 
 /// The workflow id the checks run their workflow under.
 pub(crate) const WORKFLOW_ID: &str = "durable-testkit";
@@ -86,7 +86,7 @@ struct Run<O> {
     /// What the handle returned; `None` if the run crashed first.
     result: Option<Result<O, Error>>,
     /// The journal's steps after the run (path to name), for finished runs.
-    steps: BTreeMap<StepPath, String>,
+    steps: BTreeMap<StepPath, Recorded>,
     events: Vec<Event>,
     crashed: bool,
 }
@@ -169,7 +169,7 @@ impl<F> CrashCheck<F> {
         &mut self,
         point: &CrashPoint,
         expected: &Result<O, Error>,
-        expected_steps: &BTreeMap<StepPath, String>,
+        expected_steps: &BTreeMap<StepPath, Recorded>,
         counts: &mut BTreeMap<StepAt, StepRuns>,
     ) -> Result<(), String>
     where
@@ -241,12 +241,14 @@ impl<F> CrashCheck<F> {
             )),
             Some(_) => {}
         }
-        if crate::journal::first_difference(&recovered.steps, expected_steps).is_some() {
+        if crate::journal::first_difference(&recovered.steps, expected_steps, Compare::Calls)
+            .is_some()
+        {
             problems.push(format!(
                 "the journal records different steps than the uninterrupted run's:\n      \
                  uninterrupted: {}\n      recovered:     {}",
-                list(expected_steps),
-                list(&recovered.steps)
+                list(expected_steps, &recovered.steps),
+                list(&recovered.steps, expected_steps)
             ));
         }
         let mut unique = BTreeSet::new();
@@ -312,8 +314,11 @@ fn describe(point: &CrashPoint) -> String {
     }
 }
 
-fn list(steps: &BTreeMap<StepPath, String>) -> String {
-    let items: Vec<String> = steps.iter().map(|(p, n)| format!("{p} {n}")).collect();
+fn list(steps: &BTreeMap<StepPath, Recorded>, other: &BTreeMap<StepPath, Recorded>) -> String {
+    let items: Vec<String> = steps
+        .iter()
+        .map(|(p, r)| format!("{p} {}", r.describe(other.get(p))))
+        .collect();
     items.join(", ")
 }
 

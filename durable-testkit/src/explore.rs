@@ -10,7 +10,7 @@ use durable_runtime::{StepPath, WorkflowCall};
 use serde::de::DeserializeOwned;
 
 use crate::crash::WORKFLOW_ID;
-use crate::journal::{TempJournal, on_fresh_runtime, open};
+use crate::journal::{Compare, Recorded, TempJournal, on_fresh_runtime, open};
 
 /// The environment variable that sets the first seed of an exploration.
 pub const SEED_VAR: &str = "DURABLE_TESTKIT_SEED";
@@ -73,7 +73,7 @@ where
     }
 }
 
-type StepMap = BTreeMap<StepPath, String>;
+type StepMap = BTreeMap<StepPath, Recorded>;
 
 impl<F> ExploreCheck<F> {
     /// How many schedules to run (32 by default).
@@ -176,17 +176,33 @@ fn compare(seed_a: u64, a: &StepMap, seed_b: u64, b: &StepMap) -> Option<Problem
     let mut paths: Vec<&StepPath> = a.keys().chain(b.keys()).collect();
     paths.sort();
     paths.dedup();
-    let first = crate::journal::first_difference(a, b)?;
+    let first = crate::journal::first_difference(a, b, Compare::CallsAndOutputs)?;
     let at = paths.iter().position(|p| *p == first)?;
     let rows = paths
         .iter()
-        .map(|p| (p.to_string(), a.get(*p).cloned(), b.get(*p).cloned()))
+        .map(|p| {
+            let (x, y) = (a.get(*p), b.get(*p));
+            (
+                p.to_string(),
+                x.map(|r| r.describe(y)),
+                y.map(|r| r.describe(x)),
+            )
+        })
         .collect();
+    let (x, y) = (a.get(first), b.get(first));
+    let what = match (x, y) {
+        (Some(x), Some(y)) if x.name == y.name && x.describe(Some(y)).contains("(output ") => {
+            What::Output
+        }
+        (Some(x), Some(y)) if x.name == y.name => What::Arguments,
+        _ => What::Step,
+    };
     Some(Problem::Differs {
         seed_a,
         seed_b,
         rows,
         at,
+        what,
     })
 }
 
@@ -231,7 +247,19 @@ enum Problem {
         rows: Vec<(String, Option<String>, Option<String>)>,
         /// The first row that differs.
         at: usize,
+        what: What,
     },
+}
+
+/// What differs at the first differing path.
+#[derive(Clone, Copy)]
+enum What {
+    /// Another step, or none.
+    Step,
+    /// The same step, with other arguments.
+    Arguments,
+    /// The same step and arguments, with another output.
+    Output,
 }
 
 /// A failed [`ExploreCheck`].
@@ -277,25 +305,42 @@ impl Display for ExploreFailure {
                 seed_b,
                 rows,
                 at,
+                what,
             } => {
                 let (path, a, b) = &rows[*at];
                 let name = |s: &Option<String>| {
                     s.as_ref()
                         .map_or_else(|| "(nothing)".to_owned(), |s| format!("`{s}`"))
                 };
+                let (differs, why) = match what {
+                    What::Step => (
+                        "different steps",
+                        "something other than the input and step outputs decides which steps \
+                         it calls (the clock, randomness, HashMap order, which concurrent step \
+                         finished first)",
+                    ),
+                    What::Arguments => (
+                        "a step with different arguments",
+                        "something other than the input and step outputs decides the arguments \
+                         it passes (HashMap or HashSet order, the order concurrent steps \
+                         finished in, the clock, randomness); a replay would diverge there",
+                    ),
+                    What::Output => (
+                        "a step with a different output",
+                        "the step's body returned another value for the same arguments: make \
+                         it deterministic in this test (a fake clock or id source), or, if it \
+                         reads HashMap order, sort what it returns",
+                    ),
+                };
                 writeln!(
                     f,
-                    "workflow `{}` records different steps depending on the schedule: at step {path}, \
+                    "workflow `{}` records {differs} depending on the schedule: at step {path}, \
                      seed {seed_a} recorded {} and seed {seed_b} recorded {}",
                     self.workflow,
                     name(a),
                     name(b)
                 )?;
-                writeln!(
-                    f,
-                    "something other than the input and step outputs decides which steps it calls \
-                     (the clock, randomness, HashMap order, which concurrent step finished first)"
-                )?;
+                writeln!(f, "{why}")?;
                 writeln!(f, "reproduce: .seed({}).schedules({count})", self.base)?;
                 writeln!(
                     f,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use durable_runtime::testkit_support::Probe;
-use durable_runtime::{Durability, Error, Runtime};
+use durable_runtime::{Durability, Error, Fingerprint, Runtime};
 
 /// A journal file in a fresh temporary directory, removed on drop.
 ///
@@ -173,39 +173,97 @@ pub(crate) fn on_fresh_runtime<T: Send>(
 /// The name recorded for a durable select, which the comparisons below treat apart.
 const SELECT: &str = "durable::select";
 
-/// A run's recorded steps as `path -> name`, for comparing runs. A durable select's
-/// entry also says which branch won: two runs whose selects chose differently may go
-/// on differently, and that is not a determinism bug (the winner is recorded).
+/// What a run recorded at one path, for comparing runs: the step's name (a durable
+/// select's also says which branch won: two runs whose selects chose differently may go
+/// on differently, and that is not a determinism bug, since the winner is recorded), the
+/// fingerprint of its arguments, and the fingerprint of its output's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Recorded {
+    pub(crate) name: String,
+    args: Option<Fingerprint>,
+    output: Option<Fingerprint>,
+}
+
+impl Recorded {
+    /// Whether `other` is the same call: same step, same arguments.
+    fn same_call(&self, other: &Recorded) -> bool {
+        self.name == other.name && self.args == other.args
+    }
+
+    /// The step as a cell of a comparison: its name, with what differs from `other`'s
+    /// when the names agree.
+    pub(crate) fn describe(&self, other: Option<&Recorded>) -> String {
+        let short = |f: Option<Fingerprint>| {
+            f.map_or_else(|| "none".to_owned(), |f| f.to_string()[..8].to_owned())
+        };
+        match other {
+            Some(o) if o.name == self.name && o.args != self.args => {
+                format!("{} (args {})", self.name, short(self.args))
+            }
+            Some(o) if o.name == self.name && o.output != self.output => {
+                format!("{} (output {})", self.name, short(self.output))
+            }
+            _ => self.name.clone(),
+        }
+    }
+}
+
+/// What to compare at each path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Compare {
+    /// The step and its arguments.
+    Calls,
+    /// The step, its arguments and its output.
+    CallsAndOutputs,
+}
+
+/// The primitives that record what differs on every fresh run by design (a time, random
+/// bits): their outputs are not compared.
+const FRESH_EVERY_RUN: [&str; 4] = [
+    "durable::sleep",
+    "durable::now",
+    "durable::random",
+    "durable::uuid",
+];
+
+/// A run's recorded steps by path, for comparing runs.
 pub(crate) fn step_map(
     steps: Vec<durable_runtime::StepInfo>,
-) -> std::collections::BTreeMap<durable_runtime::StepPath, String> {
+) -> std::collections::BTreeMap<durable_runtime::StepPath, Recorded> {
     steps
         .into_iter()
         .map(|s| {
+            let args = s.arguments_fingerprint();
+            let output = s
+                .output_fingerprint()
+                .filter(|_| !FRESH_EVERY_RUN.contains(&s.name.as_str()));
             let name = match s.output::<u32>() {
                 Ok(winner) if s.name == SELECT => format!("{SELECT} (won by branch {winner})"),
                 _ => s.name,
             };
-            (s.path, name)
+            (s.path, Recorded { name, args, output })
         })
         .collect()
 }
 
 /// The first path at which two runs' recorded steps disagree, if any.
 ///
-/// Both runs must record the same step at every path they both record, up to the
-/// first durable select whose winners differ (after it they may legitimately take
-/// other paths). A path recorded by one run only is a difference too, unless it lies
-/// in a position a select raced (before the select, in the same branch): whether a
+/// Both runs must record the same step, with the same arguments (and, for
+/// [`Compare::CallsAndOutputs`], the same output), at every path they both record, up
+/// to the first durable select whose winners differ (after it they may legitimately
+/// take other paths). A path recorded by one run only is a difference too, unless it
+/// lies in a position a select raced (before the select, in the same branch): whether a
 /// losing branch recorded before the select returned depends on timing.
 pub(crate) fn first_difference<'a>(
-    a: &'a std::collections::BTreeMap<durable_runtime::StepPath, String>,
-    b: &'a std::collections::BTreeMap<durable_runtime::StepPath, String>,
+    a: &'a std::collections::BTreeMap<durable_runtime::StepPath, Recorded>,
+    b: &'a std::collections::BTreeMap<durable_runtime::StepPath, Recorded>,
+    compare: Compare,
 ) -> Option<&'a durable_runtime::StepPath> {
+    let is_select = |r: &Recorded| r.name.starts_with(SELECT);
     let selects: Vec<&[u32]> = a
         .iter()
         .chain(b.iter())
-        .filter(|(_, n)| n.starts_with(SELECT))
+        .filter(|(_, r)| is_select(r))
         .map(|(p, _)| p.positions())
         .collect();
     // Under a position that a select's branches claimed: same branch as the select,
@@ -223,14 +281,17 @@ pub(crate) fn first_difference<'a>(
         .iter()
         .copied()
         .find(|p| match (a.get(*p), b.get(*p)) {
-            (Some(x), Some(y)) => x != y && x.starts_with(SELECT) && y.starts_with(SELECT),
+            (Some(x), Some(y)) => x.name != y.name && is_select(x) && is_select(y),
             _ => false,
         });
     paths
         .into_iter()
         .filter(|p| cutoff.is_none_or(|c| *p < c))
         .find(|p| match (a.get(*p), b.get(*p)) {
-            (Some(x), Some(y)) => x != y,
+            (Some(x), Some(y)) => match compare {
+                Compare::Calls => !x.same_call(y),
+                Compare::CallsAndOutputs => x != y,
+            },
             _ => !raced(p.positions()),
         })
 }

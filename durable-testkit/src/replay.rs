@@ -149,7 +149,21 @@ impl Display for ReplayReport {
                 Verdict::Diverged {
                     path,
                     recorded,
+                    requested: _,
+                    arguments: Some(a),
+                } => format!(
+                    "DIVERGED at step {path}: `{}` was recorded with other arguments \
+                     (fingerprint {}), the code passes {} (fingerprint {})",
+                    recorded.as_deref().unwrap_or_default(),
+                    a.recorded,
+                    a.requested_preview,
+                    a.requested
+                ),
+                Verdict::Diverged {
+                    path,
+                    recorded,
                     requested,
+                    arguments: None,
                 } => {
                     let quote = |s: &Option<String>, none: &str| {
                         s.as_ref()

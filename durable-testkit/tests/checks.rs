@@ -150,7 +150,18 @@ fn branching_on_hash_map_order_is_caught() {
         .schedules(64)
         .run()
         .expect_err("HashMap order must be caught");
-    assert_caught(&failure, "1", "about", "stamp");
+    // Caught where the runs first differ: which step comes first (`stamp` or `about` at
+    // 1), or the key a later `about` was given.
+    let report = failure.to_string();
+    println!("{report}");
+    let (at, a, b) = failure.divergence().expect("a divergence");
+    let steps = [a, b].map(|s| s.map(|s| s.split(' ').next().unwrap_or_default()));
+    assert!(
+        (at == "1" && steps.contains(&Some("about")) && steps.contains(&Some("stamp")))
+            || report.contains("records a step with different arguments"),
+        "{report}"
+    );
+    assert!(report.contains("HashMap"), "{report}");
 }
 
 #[workflow]
@@ -211,6 +222,114 @@ fn branching_on_which_concurrent_step_finished_first_is_caught() {
         .run()
         .expect_err("branching on completion order must be caught");
     assert_caught(&failure, "3", "on_even", "on_odd");
+}
+
+#[step]
+async fn charge_item(sku: String, cents: u64) -> u64 {
+    sku.len() as u64 + cents
+}
+
+#[workflow]
+async fn charges_each_entry() -> u64 {
+    // Wrong: one step per entry, in the map's iteration order. Every step has the same
+    // name, so only the arguments tell the runs apart: a replay in another process
+    // would hand `sku-1`'s recorded result to whichever entry comes first there.
+    let cart: HashMap<String, u64> = (1..=6).map(|i| (format!("sku-{i}"), i * 100)).collect();
+    let mut total = 0;
+    for (sku, cents) in &cart {
+        total += charge_item(sku.clone(), *cents).await;
+    }
+    total
+}
+
+#[test]
+fn a_step_per_hash_map_entry_is_caught_by_its_arguments() {
+    let failure = explore_completion_orders(charges_each_entry)
+        .schedules(64)
+        .run()
+        .expect_err("HashMap order in arguments must be caught");
+    let report = failure.to_string();
+    println!("{report}");
+    assert!(
+        report.contains("records a step with different arguments depending on the schedule"),
+        "{report}"
+    );
+    assert!(report.contains("`charge_item (args "), "{report}");
+    assert!(report.contains("HashMap or HashSet order"), "{report}");
+}
+
+#[step]
+async fn quote(n: u64) -> u64 {
+    n
+}
+
+#[workflow]
+async fn follows_up_in_completion_order() -> Vec<u64> {
+    use futures::StreamExt;
+    // Wrong: each follow-up is called (and takes its position) when an earlier step
+    // finishes, so which follow-up sits at position 4 depends on completion order.
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for n in 1..=3 {
+        pending.push(quote(n));
+    }
+    let mut out = Vec::new();
+    while let Some(v) = pending.next().await {
+        out.push(v);
+        if v < 10 {
+            pending.push(quote(v * 10));
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+#[test]
+fn result_driven_futures_unordered_pushes_are_caught() {
+    let failure = explore_completion_orders(follows_up_in_completion_order)
+        .schedules(64)
+        .run()
+        .expect_err("pushes in completion order must be caught");
+    let report = failure.to_string();
+    println!("{report}");
+    let (at, a, b) = failure.divergence().expect("a divergence");
+    assert!(["4", "5", "6"].contains(&at), "{report}");
+    assert!(
+        a.is_some_and(|a| a.starts_with("quote (args "))
+            && b.is_some_and(|b| b.starts_with("quote (args ")),
+        "{report}"
+    );
+}
+
+static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[step]
+async fn next_ticket() -> u64 {
+    // Wrong in a test: a value from outside (a counter standing in for a clock or an
+    // id service) that differs between runs.
+    CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+#[workflow]
+async fn takes_a_ticket() -> u64 {
+    next_ticket().await
+}
+
+#[test]
+fn a_step_whose_output_differs_between_runs_is_reported_as_such() {
+    let failure = explore_completion_orders(takes_a_ticket)
+        .schedules(4)
+        .run()
+        .expect_err("outputs are compared");
+    let report = failure.to_string();
+    println!("{report}");
+    assert!(
+        report.contains("records a step with a different output depending on the schedule"),
+        "{report}"
+    );
+    assert!(
+        report.contains("make it deterministic in this test"),
+        "{report}"
+    );
 }
 
 #[test]

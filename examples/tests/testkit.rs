@@ -151,6 +151,7 @@ fn a_journal_recorded_by_older_checkout_code_reports_the_exact_divergence() {
             path,
             recorded,
             requested,
+            ..
         }) => assert_eq!(
             (path.to_string(), recorded.as_deref(), requested.as_deref()),
             ("4".to_owned(), Some("fraud_check"), Some("ship"))

@@ -1199,3 +1199,149 @@ impl<'de> de::VariantAccess<'de> for Variant<'_, 'de> {
         de::Deserializer::deserialize_any(de, visitor).map_err(|e| self.inside(e))
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Rendering (for error messages)
+
+/// A short JSON-like rendering of an encoded value, cut after about `limit` characters.
+pub(crate) fn render(body: &[u8], limit: usize) -> String {
+    let mut out = String::new();
+    let done = decode_seed(
+        Render {
+            out: &mut out,
+            limit,
+        },
+        body,
+    );
+    match done {
+        Ok(()) => out,
+        Err(_) => {
+            // Cut (or unreadable): keep what was rendered, on a character boundary.
+            let mut end = out.len().min(limit);
+            while !out.is_char_boundary(end) {
+                end -= 1;
+            }
+            out.truncate(end);
+            out.push('…');
+            out
+        }
+    }
+}
+
+struct Render<'a> {
+    out: &'a mut String,
+    limit: usize,
+}
+
+impl Render<'_> {
+    fn push(&mut self, s: &str) -> Result<(), Error> {
+        self.out.push_str(s);
+        if self.out.len() > self.limit {
+            // Stops the walk: the rest is not shown.
+            return Err(Error::malformed("cut"));
+        }
+        Ok(())
+    }
+
+    fn again(&mut self) -> Render<'_> {
+        Render {
+            out: self.out,
+            limit: self.limit,
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Render<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Render<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any value")
+    }
+
+    fn visit_bool<E: de::Error>(mut self, v: bool) -> Result<(), E> {
+        self.push(if v { "true" } else { "false" })
+            .map_err(E::custom)
+    }
+    fn visit_i64<E: de::Error>(mut self, v: i64) -> Result<(), E> {
+        self.push(&v.to_string()).map_err(E::custom)
+    }
+    fn visit_i128<E: de::Error>(mut self, v: i128) -> Result<(), E> {
+        self.push(&v.to_string()).map_err(E::custom)
+    }
+    fn visit_u64<E: de::Error>(mut self, v: u64) -> Result<(), E> {
+        self.push(&v.to_string()).map_err(E::custom)
+    }
+    fn visit_u128<E: de::Error>(mut self, v: u128) -> Result<(), E> {
+        self.push(&v.to_string()).map_err(E::custom)
+    }
+    fn visit_f64<E: de::Error>(mut self, v: f64) -> Result<(), E> {
+        self.push(&format!("{v:?}")).map_err(E::custom)
+    }
+    fn visit_str<E: de::Error>(mut self, v: &str) -> Result<(), E> {
+        self.push(&format!("{v:?}")).map_err(E::custom)
+    }
+    fn visit_bytes<E: de::Error>(mut self, v: &[u8]) -> Result<(), E> {
+        self.push(&format!("<{} bytes>", v.len()))
+            .map_err(E::custom)
+    }
+    fn visit_none<E: de::Error>(mut self) -> Result<(), E> {
+        self.push("null").map_err(E::custom)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_unit<E: de::Error>(mut self) -> Result<(), E> {
+        self.push("()").map_err(E::custom)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        use de::Error as _;
+        self.push("[").map_err(A::Error::custom)?;
+        let mut first = true;
+        loop {
+            if !first {
+                self.push(", ").map_err(A::Error::custom)?;
+            }
+            if seq.next_element_seed(self.again())?.is_none() {
+                if !first {
+                    // Undo the separator pushed for an element that did not come.
+                    self.out.truncate(self.out.len() - 2);
+                }
+                break;
+            }
+            first = false;
+        }
+        self.push("]").map_err(A::Error::custom)
+    }
+    fn visit_map<A: de::MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        use de::Error as _;
+        self.push("{").map_err(A::Error::custom)?;
+        let mut first = true;
+        while map.next_key_seed(Prefixed(self.again(), !first))?.is_some() {
+            self.push(": ").map_err(A::Error::custom)?;
+            map.next_value_seed(self.again())?;
+            first = false;
+        }
+        self.push("}").map_err(A::Error::custom)
+    }
+}
+
+/// A map key, after a separator unless it is the first.
+struct Prefixed<'a>(Render<'a>, bool);
+
+impl<'de> DeserializeSeed<'de> for Prefixed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        let Prefixed(mut r, separate) = self;
+        if separate {
+            r.push(", ").map_err(de::Error::custom)?;
+        }
+        d.deserialize_any(r)
+    }
+}

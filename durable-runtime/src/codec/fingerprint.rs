@@ -151,6 +151,8 @@ enum Tag {
     /// An argument that is not `Serialize` (value mode only): it counts, unseen.
     Opaque = 16,
     Char = 17,
+    /// A journal value inside another, by its content.
+    Nested = 18,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -179,30 +181,46 @@ pub(crate) fn shape<T: Serialize + ?Sized>(value: &T) -> Result<Fingerprint, Fin
     Ok(Fingerprint(h.finish()))
 }
 
-/// Builds the value fingerprint of a list of arguments, some of which may not be
-/// `Serialize` (those count by position only).
+/// The arguments of one call (a step's, or a primitive's), seen one at a time: their
+/// value fingerprint, or a short readable rendering of them for an error message.
+///
+/// Built by the code `#[step]` generates; not API.
+#[doc(hidden)]
 #[derive(Debug)]
-pub struct ArgsHasher {
+pub struct Args {
     h: Hash64,
     error: Option<FingerprintError>,
+    /// Set when rendering instead of hashing.
+    preview: Option<Vec<String>>,
 }
 
-impl Default for ArgsHasher {
-    fn default() -> Self {
-        ArgsHasher::new()
-    }
-}
+/// How many characters of each argument a preview shows.
+const PREVIEW_CHARS: usize = 60;
 
-impl ArgsHasher {
-    /// An empty argument list.
-    pub fn new() -> Self {
+impl Args {
+    pub(crate) fn hashing() -> Self {
         let mut h = Hash64::new();
         h.tag(Tag::Tuple);
-        ArgsHasher { h, error: None }
+        Args {
+            h,
+            error: None,
+            preview: None,
+        }
+    }
+
+    pub(crate) fn previewing() -> Self {
+        Args {
+            preview: Some(Vec::new()),
+            ..Args::hashing()
+        }
     }
 
     /// Adds an argument that serde can see.
     pub fn arg<T: Serialize + ?Sized>(&mut self, value: &T) {
+        if let Some(p) = &mut self.preview {
+            p.push(super::preview(value, PREVIEW_CHARS));
+            return;
+        }
         let mut sub = Hash64::new();
         let done = value.serialize(Hasher {
             h: &mut sub,
@@ -216,8 +234,13 @@ impl ArgsHasher {
         }
     }
 
-    /// Adds an argument serde cannot see (not `Serialize`, such as a client handle).
-    pub fn opaque(&mut self) {
+    /// Adds an argument serde cannot see (not `Serialize`, such as a client handle): it
+    /// counts by its position only.
+    pub fn opaque(&mut self, type_name: &'static str) {
+        if let Some(p) = &mut self.preview {
+            p.push(format!("<{}>", super::short_type_name(type_name)));
+            return;
+        }
         self.h.tag(Tag::Opaque);
     }
 
@@ -228,11 +251,31 @@ impl ArgsHasher {
             None => Ok(Fingerprint(self.h.finish())),
         }
     }
+
+    /// The rendering, as an argument list: `("tea", 2)`.
+    pub(crate) fn rendered(self) -> String {
+        format!("({})", self.preview.unwrap_or_default().join(", "))
+    }
+}
+
+/// The fingerprint of the arguments `each` adds, or `None` if one failed to serialize
+/// (a failing `Serialize` is the type's business; the call is then not checked).
+pub(crate) fn of_args(each: impl Fn(&mut Args)) -> Option<Fingerprint> {
+    let mut a = Args::hashing();
+    each(&mut a);
+    a.finish().ok()
+}
+
+/// A short rendering of the arguments `each` adds.
+pub(crate) fn preview_args(each: impl Fn(&mut Args)) -> String {
+    let mut a = Args::previewing();
+    each(&mut a);
+    a.rendered()
 }
 
 /// A value's `Serialize` failed while it was being fingerprinted.
 #[derive(Debug, Clone)]
-pub struct FingerprintError(pub(crate) String);
+pub(crate) struct FingerprintError(pub(crate) String);
 
 impl std::fmt::Display for FingerprintError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -705,8 +748,18 @@ impl<'de> Visitor<'de> for HashVisitor<'_> {
         Ok(())
     }
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<(), E> {
-        self.h.tag(Tag::Bytes);
-        self.h.bytes(v);
+        // A journal value nested in another (a message in the `recv` that took it, a
+        // child's output in its parent's record) counts by its content too.
+        match super::nested_content(v) {
+            Some(f) => {
+                self.h.tag(Tag::Nested);
+                self.h.word(f.0);
+            }
+            None => {
+                self.h.tag(Tag::Bytes);
+                self.h.bytes(v);
+            }
+        }
         Ok(())
     }
     fn visit_none<E: de::Error>(self) -> Result<(), E> {
@@ -839,21 +892,35 @@ mod tests {
 
     #[test]
     fn arguments_count_opaque_ones_by_position() {
-        let mut a = ArgsHasher::new();
-        a.arg(&1u32);
-        a.opaque();
-        let mut b = ArgsHasher::new();
-        b.opaque();
-        b.arg(&1u32);
-        let mut c = ArgsHasher::new();
-        c.arg(&1u32);
-        c.opaque();
-        let (a, b, c) = (
-            a.finish().expect("a"),
-            b.finish().expect("b"),
-            c.finish().expect("c"),
-        );
+        let a = of_args(|a| {
+            a.arg(&1u32);
+            a.opaque("Client");
+        });
+        let b = of_args(|a| {
+            a.opaque("Client");
+            a.arg(&1u32);
+        });
+        let c = of_args(|a| {
+            a.arg(&1u32);
+            a.opaque("Other");
+        });
         assert_ne!(a, b);
         assert_eq!(a, c);
+        assert!(a.is_some());
+    }
+
+    #[test]
+    fn previews_render_arguments_briefly() {
+        let text = preview_args(|a| {
+            a.arg("tea");
+            a.arg(&2u32);
+            a.arg(&Order {
+                sku: "x".repeat(200),
+                qty: 1,
+            });
+            a.opaque("alloc::sync::Arc<my::Client>");
+        });
+        assert!(text.starts_with(r#"("tea", 2, {"sku": "xxx"#), "{text}");
+        assert!(text.ends_with("…, <Arc<Client>>)"), "{text}");
     }
 }

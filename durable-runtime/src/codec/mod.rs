@@ -222,7 +222,11 @@ fn bincode_decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
 
 /// `T`'s name without module paths: `Vec<Order>`, not `alloc::vec::Vec<shop::Order>`.
 pub(crate) fn type_name<T: ?Sized>() -> String {
-    let full = std::any::type_name::<T>();
+    short_type_name(std::any::type_name::<T>())
+}
+
+/// A type's full name without module paths.
+pub(crate) fn short_type_name(full: &str) -> String {
     let mut out = String::with_capacity(full.len());
     let mut segment = String::new();
     for c in full.chars() {
@@ -263,6 +267,16 @@ pub(crate) fn encode_checked<T: Serialize + DeserializeOwned>(
     }
 }
 
+/// A short, readable rendering of `value` (JSON-like, cut at about `limit` characters),
+/// for error messages.
+pub(crate) fn preview<T: Serialize + ?Sized>(value: &T, limit: usize) -> String {
+    let mut bytes = Vec::new();
+    match cbor::encode(value, &mut bytes) {
+        Ok(()) => cbor::render(&bytes, limit),
+        Err(_) => "?".to_owned(),
+    }
+}
+
 /// A value nested inside another recorded value (a message inside the `recv` that took
 /// it, a child's output inside its parent's record), made a journal value of its own.
 /// Values recorded before formats were recorded nest untagged bincode; they get the
@@ -283,14 +297,19 @@ pub(crate) fn nested<'a>(outer: &[u8], inner: &'a [u8]) -> Cow<'a, [u8]> {
 /// computed from the decoded structure; for bincode values, which cannot be read
 /// without their type, from their bytes.
 pub(crate) fn content_fingerprint(bytes: &[u8]) -> Fingerprint {
-    if let Ok((Format::Cbor, body)) = Format::of(bytes)
-        && let Ok(f) = cbor::decode_seed(ContentSeed, body)
-    {
-        return f;
+    nested_content(bytes).unwrap_or_else(|| {
+        let mut h = fingerprint::Hash64::new();
+        h.bytes(bytes);
+        Fingerprint(h.finish())
+    })
+}
+
+/// The content fingerprint of `bytes` if they are a whole CBOR journal value.
+fn nested_content(bytes: &[u8]) -> Option<Fingerprint> {
+    match Format::of(bytes) {
+        Ok((Format::Cbor, body)) => cbor::decode_seed(ContentSeed, body).ok(),
+        _ => None,
     }
-    let mut h = fingerprint::Hash64::new();
-    h.bytes(bytes);
-    Fingerprint(h.finish())
 }
 
 struct ContentSeed;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use crate::codec::Fingerprint;
 use crate::error::{FailureKind, Location, StoreError};
 use crate::path::StepPath;
 
@@ -51,6 +52,10 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     fn ack_spin(&self) -> Duration;
     /// Every workflow run, finished or not, oldest first (for replay checks).
     fn workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError>;
+    /// Commits what was queued, stops the writer and releases the journal (its lock,
+    /// its connections). Blocks until that is done; later writes and reads fail with
+    /// [`StoreErrorKind::Closed`](crate::StoreErrorKind::Closed).
+    fn close(&self) -> Result<(), StoreError>;
     /// Stops writing at once, as a crash would: nothing queued or being written is
     /// committed, and every later write fails. For fault injection in tests; a store
     /// that cannot stop early may ignore it.
@@ -82,6 +87,8 @@ pub(crate) struct StepKey {
     pub(crate) workflow_id: Arc<str>,
     pub(crate) path: StepPath,
     pub(crate) name: &'static str,
+    /// The fingerprint of the operation's arguments, recorded with its result.
+    pub(crate) args: Option<Fingerprint>,
 }
 
 /// What a step's checkpoint also does, in the same transaction.
@@ -282,6 +289,8 @@ pub(crate) struct WorkflowRecord {
     /// Why a cancelled run was cancelled.
     pub(crate) cancelled: Option<crate::error::CancelReason>,
     pub(crate) deadline_at: Option<i64>,
+    /// The workflow that started this one as its child.
+    pub(crate) parent_id: Option<String>,
     /// Set if the input or output fails its checksum: which, and the message.
     pub(crate) damaged: Option<(Location, String)>,
 }
@@ -304,6 +313,9 @@ pub(crate) struct StepRecord {
     pub(crate) workflow_id: Arc<str>,
     pub(crate) path: StepPath,
     pub(crate) name: &'static str,
+    /// The fingerprint of the arguments the step was called with, if it has any to
+    /// check on replay.
+    pub(crate) args: Option<Fingerprint>,
     pub(crate) outcome: RecordedOutcome,
     pub(crate) attempts: u32,
     pub(crate) started_at: i64,
@@ -316,6 +328,9 @@ pub(crate) struct StepRecord {
 pub(crate) struct RecordedStep {
     pub(crate) path: StepPath,
     pub(crate) name: String,
+    /// The fingerprint of the arguments it was called with (`None` in rows from before
+    /// schema 4, and for operations that have none).
+    pub(crate) args: Option<Fingerprint>,
     pub(crate) outcome: RecordedOutcome,
     pub(crate) attempts: u32,
     pub(crate) started_at: i64,

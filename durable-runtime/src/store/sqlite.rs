@@ -35,7 +35,7 @@ use super::{
     RecordedStep, SideRecords, StartedRecord, StepKey, StepRecord, Store, TxWork, Wait, WaitFor,
     WaitRecord, WorkflowRecord, Write, Written,
 };
-use crate::codec::{ByteBuf, Bytes, Codec, nested};
+use crate::codec::{ByteBuf, Bytes, Codec, Fingerprint, nested};
 use crate::context::lock;
 use crate::error::{CancelReason, Error, FailureKind, Location, StoreError, StoreErrorKind};
 use crate::path::StepPath;
@@ -217,6 +217,8 @@ enum Command {
     /// Boxed: the primitives' writes are rare and large, and every command moves
     /// through the channel and the batch.
     Write(Box<Write>, oneshot::Sender<Result<Written, StoreError>>),
+    /// Commit what came before, then stop (releasing the journal's lock).
+    Close,
 }
 
 impl Command {
@@ -231,8 +233,11 @@ pub(crate) struct SqliteStore {
     path: PathBuf,
     // `Sender` is `Sync`: concurrent steps enqueue without a lock of ours.
     writes: mpsc::Sender<Command>,
-    reader: Mutex<Connection>,
+    /// `None` once the store is closed.
+    reader: Mutex<Option<Connection>>,
     stats: Arc<WriterStats>,
+    /// The writer thread, which holds the lock; joined by [`Store::close`].
+    writer: Mutex<Option<thread::JoinHandle<()>>>,
 }
 
 /// What the writer thread tells the rest of the runtime about its work.
@@ -350,7 +355,7 @@ impl SqliteStore {
         let writer_path = path.to_owned();
         let stats = Arc::new(WriterStats::default());
         let writer_stats = stats.clone();
-        thread::Builder::new()
+        let writer = thread::Builder::new()
             .name("durable-journal-writer".into())
             // The writer thread holds the lock: it is released only after the last
             // queued write has committed and the thread has exited.
@@ -363,8 +368,9 @@ impl SqliteStore {
         Ok(SqliteStore {
             path: path.to_owned(),
             writes: tx,
-            reader: Mutex::new(reader),
+            reader: Mutex::new(Some(reader)),
             stats,
+            writer: Mutex::new(Some(writer)),
         })
     }
 
@@ -384,7 +390,14 @@ impl SqliteStore {
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         let conn = lock(&self.reader);
-        f(&conn).map_err(|e| sql_error(&self.path, e))
+        let Some(conn) = conn.as_ref() else {
+            return Err(StoreError::new(
+                &self.path,
+                StoreErrorKind::Closed,
+                "the journal was closed",
+            ));
+        };
+        f(conn).map_err(|e| sql_error(&self.path, e))
     }
 }
 
@@ -655,7 +668,7 @@ fn write_loop(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Parked waits that a committed batch answered, to run before anything new.
     let mut woken: VecDeque<Command> = VecDeque::new();
-    // Waits for the first request; ends when every sender is gone.
+    // Waits for the first request; ends when every sender is gone, or at a close.
     while let Some(first) = woken.pop_front().or_else(|| next_command(rx)) {
         if stats.halted.load(Ordering::SeqCst) {
             // A simulated crash: what is queued is dropped unanswered, like the
@@ -663,15 +676,16 @@ fn write_loop(
             return;
         }
         // A transaction step runs user code inside the transaction, so it gets a
-        // transaction of its own; the writes around it keep their order.
+        // transaction of its own; the writes around it keep their order. A close ends
+        // the batch before it, and the loop after it.
         let mut alone = None;
-        if first.is_transaction() {
+        if first.is_transaction() || matches!(first, Command::Close) {
             alone = Some(first);
         } else {
             batch.push(first);
             while batch.len() < MAX_BATCH {
                 match woken.pop_front().map_or_else(|| rx.try_recv().ok(), Some) {
-                    Some(c) if c.is_transaction() => {
+                    Some(c) if c.is_transaction() || matches!(c, Command::Close) => {
                         alone = Some(c);
                         break;
                     }
@@ -681,14 +695,19 @@ fn write_loop(
             }
             writer.commit_batch(path, &mut batch, stats, &mut woken);
         }
-        if let Some(Command::Write(w, reply)) = alone
-            && let Write::Transaction {
-                key,
-                started_at,
-                work,
-            } = *w
-        {
-            writer.transaction(path, &key, started_at, work, reply, stats);
+        match alone {
+            Some(Command::Close) => return,
+            Some(Command::Write(w, reply)) => {
+                if let Write::Transaction {
+                    key,
+                    started_at,
+                    work,
+                } = *w
+                {
+                    writer.transaction(path, &key, started_at, work, reply, stats);
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -803,8 +822,8 @@ impl<'c> Writer<'c> {
             record: conn.prepare(
                 "INSERT INTO durable_steps
                      (workflow_id, path, name, output, error, attempts, started_at, finished_at,
-                      crc32, error_kind)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                      crc32, error_kind, args_fingerprint)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?,
             finish: conn.prepare(
                 "UPDATE durable_workflows
@@ -863,6 +882,8 @@ impl<'c> Writer<'c> {
                     Reply::Finish(reply, self.finish(&f).map_err(|e| sql_error(path, e)))
                 }
                 Command::Write(w, reply) => self.write(path, *w, reply),
+                // Never batched: `write_loop` takes it apart.
+                Command::Close => continue,
             };
             if let Some(e) = reply.error()
                 && self.conn.is_autocommit()
@@ -1214,7 +1235,8 @@ impl<'c> Writer<'c> {
             r.started_at,
             crate::step::now_ms(),
             crc32(&output),
-            None::<&str>
+            None::<&str>,
+            fingerprint_column(r.key.args)
         ])?;
         Ok(())
     }
@@ -1455,6 +1477,7 @@ impl<'c> Writer<'c> {
             workflow_id: key.workflow_id.clone(),
             path: key.path.clone(),
             name: key.name,
+            args: key.args,
             outcome,
             attempts: 1,
             started_at,
@@ -1508,7 +1531,8 @@ impl<'c> Writer<'c> {
                 s.started_at,
                 s.finished_at,
                 crc,
-                kind
+                kind,
+                fingerprint_column(s.args)
             ])
         };
         if let Effect::None = s.effect {
@@ -1593,6 +1617,11 @@ const SQL_STARTED: &str = "\
 const SQL_RECORDED_OUTPUT: &str = "\
     SELECT output, crc32 FROM durable_steps WHERE workflow_id = ?1 AND path = ?2";
 
+/// How the journal stores a fingerprint: its bits as an `INTEGER` (SQLite's are signed).
+fn fingerprint_column(f: Option<Fingerprint>) -> Option<i64> {
+    f.map(|f| f.as_u64() as i64)
+}
+
 /// The `error_kind` of a step record that holds an interruption (NULL: a panic).
 const INTERRUPTED: &str = "interrupted";
 
@@ -1671,6 +1700,7 @@ fn fail(c: Command, e: StoreError) {
         Command::Step(_, s) => drop(s.send(Err(e))),
         Command::Finish(_, s) => drop(s.send(Err(e))),
         Command::Write(_, s) => drop(s.send(Err(e))),
+        Command::Close => {}
     }
 }
 
@@ -1690,7 +1720,7 @@ fn step_error(path: &Path, s: &StepRecord, e: rusqlite::Error) -> StoreError {
 }
 
 const WORKFLOW_COLUMNS: &str = "id, name, status, input, output, error_kind, error, input_crc32, \
-     output_crc32, deadline_at";
+     output_crc32, deadline_at, parent_id";
 
 /// Why a damaged value cannot be used.
 const DAMAGED: &str = "the value does not match its checksum: the journal is damaged";
@@ -1771,6 +1801,7 @@ fn workflow_row(r: &Row<'_>) -> rusqlite::Result<rusqlite::Result<WorkflowRecord
         damaged,
         cancelled,
         deadline_at: r.get(9)?,
+        parent_id: r.get(10)?,
         name: r.get(1)?,
         status,
         input,
@@ -1854,7 +1885,7 @@ impl Store for SqliteStore {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT path, name, output, error, attempts, started_at, finished_at, crc32,
-                        error_kind
+                        error_kind, args_fingerprint
                  FROM durable_steps WHERE workflow_id = ?1",
             )?;
             let rows = stmt.query_map([workflow_id], |r| {
@@ -1883,9 +1914,11 @@ impl Store for SqliteStore {
                         ))));
                     }
                 };
+                let args: Option<i64> = r.get(9)?;
                 Ok(Ok(RecordedStep {
                     path: parsed,
                     name: r.get(1)?,
+                    args: args.map(|a| Fingerprint(a as u64)),
                     outcome,
                     attempts: r.get(4)?,
                     started_at: r.get(5)?,
@@ -1931,6 +1964,19 @@ impl Store for SqliteStore {
         self.stats.halted.store(true, Ordering::SeqCst);
     }
 
+    fn close(&self) -> Result<(), StoreError> {
+        // The writer commits what was queued before the close, then exits and releases
+        // the lock; a write enqueued after it finds the channel closed.
+        let _ = self.writes.send(Command::Close);
+        let writer = lock(&self.writer).take();
+        let joined = writer.map(thread::JoinHandle::join);
+        *lock(&self.reader) = None;
+        match joined {
+            Some(Err(_)) => Err(io_error(&self.path, "the journal writer panicked")),
+            _ => Ok(()),
+        }
+    }
+
     fn is_halted(&self) -> bool {
         self.stats.halted.load(Ordering::Relaxed)
     }
@@ -1962,6 +2008,7 @@ mod tests {
             workflow_id: id.clone(),
             path: StepPath::child(&[], i),
             name: "s",
+            args: None,
             outcome: RecordedOutcome::Output(vec![1]),
             attempts: 1,
             started_at: 0,
