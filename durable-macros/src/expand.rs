@@ -106,6 +106,7 @@ pub(crate) fn step(args: TokenStream, item: TokenStream) -> TokenStream {
     validate::no_receiver(Kind::Step, &func.sig, &mut errors);
     validate::owned_arguments(Kind::Step, &func.sig, &mut errors);
     validate::owned_output(Kind::Step, &func.sig, &mut errors);
+    validate::recordable_error(Kind::Step, &func.sig, &mut errors);
     if let Err(e) = errors.finish() {
         return with_item(item, &e);
     }
@@ -207,6 +208,7 @@ pub(crate) fn workflow(args: TokenStream, item: TokenStream) -> TokenStream {
     validate::not_generic(&func.sig, &mut errors);
     validate::owned_arguments(Kind::Workflow, &func.sig, &mut errors);
     validate::owned_output(Kind::Workflow, &func.sig, &mut errors);
+    validate::recordable_error(Kind::Workflow, &func.sig, &mut errors);
     let k = args.common.krate.clone();
     // Determinism guard rails, on the body as the user wrote it (before the branch
     // rewrite), kept apart from the signature errors: they do not stop the expansion.

@@ -180,3 +180,73 @@ pub(crate) fn output_type(sig: &Signature) -> Type {
         ReturnType::Type(_, t) => (**t).clone(),
     }
 }
+
+/// Error types that serde cannot record, which users reach for first in a step: said in
+/// one line, at the type, instead of a page of unsatisfied serde bounds at every use.
+/// The check goes by the path as written (an alias gets through, to serde's message).
+pub(crate) fn recordable_error(kind: Kind, sig: &Signature, errors: &mut Errors) {
+    let ReturnType::Type(_, ty) = &sig.output else {
+        return;
+    };
+    if let Some((ty, name)) = unrecordable(ty) {
+        errors.push(syn::Error::new_spanned(
+            ty,
+            format!(
+                "`{name}` cannot be recorded in the journal: a {}'s `Err` is replayed like its \
+                 `Ok`, so it must be a serde type; return `Result<_, durable_runtime::StepError>` \
+                 (`?` converts any `std::error::Error` into it; for `anyhow::Error`, \
+                 `.map_err(|e| StepError::new(&*e))`) or an error type that derives `Serialize` \
+                 and `Deserialize`",
+                match kind {
+                    Kind::Workflow => "workflow",
+                    _ => "step",
+                }
+            ),
+        ));
+    }
+}
+
+/// The first unrecordable error type in `ty` (the error of a `Result`, or the output
+/// itself), with its name as the message gives it.
+fn unrecordable(ty: &Type) -> Option<(&Type, String)> {
+    let Type::Path(p) = ty else {
+        if let Type::TraitObject(_) = ty {
+            return Some((ty, "dyn Error".to_owned()));
+        }
+        return None;
+    };
+    let segments: Vec<String> = p
+        .path
+        .segments
+        .iter()
+        .map(|s| s.ident.to_string())
+        .collect();
+    let last = p.path.segments.last()?;
+    let names = |n: usize| segments[segments.len().saturating_sub(n)..].join("::");
+    match segments.as_slice() {
+        [.., m, e] if (m == "anyhow" && e == "Error") || (m == "io" && e == "Error") => {
+            return Some((ty, names(2)));
+        }
+        [.., m, e] if m == "eyre" && e == "Report" => return Some((ty, names(2))),
+        [.., m, r] if (m == "anyhow" || m == "io" || m == "eyre") && r == "Result" => {
+            return Some((ty, format!("{m}::Error")));
+        }
+        [.., b] if b == "Box" => {
+            if let PathArguments::AngleBracketed(a) = &last.arguments
+                && let Some(GenericArgument::Type(Type::TraitObject(_))) = a.args.first()
+            {
+                return Some((ty, "Box<dyn Error>".to_owned()));
+            }
+            return None;
+        }
+        _ => {}
+    }
+    // `Result<T, E>`: look at `E`.
+    if last.ident == "Result"
+        && let PathArguments::AngleBracketed(a) = &last.arguments
+        && let Some(GenericArgument::Type(e)) = a.args.iter().nth(1)
+    {
+        return unrecordable(e);
+    }
+    None
+}

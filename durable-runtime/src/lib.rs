@@ -151,6 +151,7 @@ mod runtime;
 mod scope;
 mod select;
 mod step;
+mod step_error;
 mod store;
 #[doc(hidden)]
 pub mod testkit_support;
@@ -170,6 +171,7 @@ pub use crate::runtime::{Runtime, RuntimeBuilder, StepInfo, WorkflowHandle, Work
 pub use crate::scope::{StepContext, step_context};
 pub use crate::select::{Either, select, select_all};
 pub use crate::step::{Retryable, Step, StepBody};
+pub use crate::step_error::StepError;
 pub use crate::store::sqlite::Durability;
 pub use crate::workflow::WorkflowCall;
 

@@ -14,12 +14,13 @@
 //!   bincode, which is not self-describing: a value decoded through a changed type gets
 //!   another shape, so a read that would return a different value is refused instead.
 //!
-//! Both hash the entries of a map as an unordered collection (a `HashMap` iterates in
-//! another order in every process, and its meaning does not depend on it). A shape also
-//! hashes the elements of a sequence as an unordered collection (a `HashSet` is a
-//! sequence to serde, and the shape of a decoded set must match the recorded one); a
-//! value fingerprint keeps their order, because `[a, b]` and `[b, a]` are different
-//! arguments.
+//! Both hash the entries of a map, and the elements of a sequence, as unordered
+//! collections (multisets): a `HashMap` or a `HashSet` iterates in another order in
+//! every process (a `HashSet` is a sequence to serde, like a `Vec`), and a workflow that
+//! passes one through a step unchanged must replay. The price is that a sequence given
+//! in another order with the same elements counts as the same argument. Everything with
+//! positions keeps them: the arguments of a call, tuples, struct fields, strings and
+//! bytes.
 //!
 //! The hash is our own (a multiply-rotate mix with a splitmix64 finish), fixed for the
 //! journal's schema version: fingerprints are compared across processes, machines and
@@ -39,16 +40,20 @@ pub struct Fingerprint(pub(crate) u64);
 impl Fingerprint {
     /// The value fingerprint of `value`: what the journal records of a step's
     /// arguments. Equal values have equal fingerprints, whatever the order of their
-    /// maps' entries and the width of their integers; different values almost never do.
+    /// maps' entries and their sequences' elements (a `HashSet` is a sequence to serde)
+    /// and the width of their integers; different values almost never do.
     ///
     /// ```
-    /// use std::collections::HashMap;
+    /// use std::collections::{HashMap, HashSet};
     /// use durable_runtime::Fingerprint;
     ///
     /// let a: HashMap<&str, u32> = [("x", 1), ("y", 2)].into();
     /// let b: HashMap<&str, u64> = [("y", 2), ("x", 1)].into();
     /// assert_eq!(Fingerprint::of(&a)?, Fingerprint::of(&b)?);
-    /// assert_ne!(Fingerprint::of(&vec![1, 2])?, Fingerprint::of(&vec![2, 1])?);
+    /// let s: HashSet<u8> = (0..100).collect();
+    /// let t: HashSet<u8> = (0..100).rev().collect();
+    /// assert_eq!(Fingerprint::of(&s)?, Fingerprint::of(&t)?);
+    /// assert_ne!(Fingerprint::of(&("a", 1))?, Fingerprint::of(&("a", 2))?);
     /// # Ok::<(), durable_runtime::CodecError>(())
     /// ```
     ///
@@ -525,8 +530,7 @@ impl<'a> Serializer for Hasher<'a> {
         v.serialize(self.sub())
     }
     fn serialize_seq(self, _: Option<usize>) -> Result<Compound<'a>, FingerprintError> {
-        let unordered = self.mode == Mode::Shape;
-        Ok(Compound::new(self.h, self.mode, Tag::Seq, unordered))
+        Ok(Compound::new(self.h, self.mode, Tag::Seq, true))
     }
     fn serialize_tuple(self, _: usize) -> Result<Compound<'a>, FingerprintError> {
         Ok(Compound::new(self.h, self.mode, Tag::Tuple, false))
@@ -775,12 +779,14 @@ impl<'de> Visitor<'de> for HashVisitor<'_> {
         Ok(())
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        // Unordered, as in `value`: an array may be a set.
         self.h.tag(Tag::Seq);
-        let mut count = 0u64;
+        let (mut sum, mut count) = (0u64, 0u64);
         while let Some(x) = seq.next_element_seed(HashSeed)? {
-            self.h.word(x);
+            sum = sum.wrapping_add(x);
             count += 1;
         }
+        self.h.word(sum);
         self.h.word(count);
         Ok(())
     }
@@ -834,7 +840,12 @@ mod tests {
         assert_ne!(v(&7u32), v(&8u32));
         assert_ne!(v(&-1i32), v(&u32::MAX));
         assert_ne!(v(&"a"), v(&"b"));
-        assert_ne!(v(&vec![1, 2]), v(&vec![2, 1]));
+        // Sequences are multisets (a `HashSet` is a sequence to serde); arguments,
+        // tuples and strings keep their order.
+        assert_eq!(v(&vec![1, 2]), v(&vec![2, 1]));
+        assert_ne!(v(&vec![1, 2]), v(&vec![1, 1, 2]));
+        assert_ne!(v(&(1, 2)), v(&(2, 1)));
+        assert_ne!(v("ab"), v("ba"));
         assert_ne!(v(&Some(1)), v(&1));
         assert_ne!(v(&Status::Pending), v(&Status::Approved));
         let a = Order {
