@@ -825,7 +825,7 @@ mod tests {
         Approved,
     }
 
-    fn v<T: Serialize>(x: &T) -> u64 {
+    fn v<T: Serialize + ?Sized>(x: &T) -> u64 {
         value(x).expect("fingerprint").0
     }
 
