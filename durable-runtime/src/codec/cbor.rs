@@ -734,20 +734,20 @@ impl<'de> Decoder<'de> {
             .fold(0u128, |acc, b| (acc << 8) | u128::from(*b)))
     }
 
-    /// The float at the current position, if the next item is one.
-    fn float(&mut self) -> Result<Option<f64>, Error> {
+    /// The float at the current position, if the next item is one, in its width.
+    fn float(&mut self) -> Result<Option<Float>, Error> {
         match self.peek()? {
             F32 => {
                 self.pos += 1;
                 let mut w = [0u8; 4];
                 w.copy_from_slice(self.take(4)?);
-                Ok(Some(f64::from(f32::from_bits(u32::from_be_bytes(w)))))
+                Ok(Some(Float::F32(f32::from_bits(u32::from_be_bytes(w)))))
             }
             F64 => {
                 self.pos += 1;
                 let mut w = [0u8; 8];
                 w.copy_from_slice(self.take(8)?);
-                Ok(Some(f64::from_bits(u64::from_be_bytes(w))))
+                Ok(Some(Float::F64(f64::from_bits(u64::from_be_bytes(w)))))
             }
             _ => Ok(None),
         }
@@ -837,6 +837,13 @@ impl<'de> Decoder<'de> {
         self.depth -= 1;
         Ok(value)
     }
+}
+
+/// A float as written: an `f32` read back as an `f32` keeps every bit (a signalling
+/// NaN's too, which a trip through `f64` would quiet).
+enum Float {
+    F32(f32),
+    F64(f64),
 }
 
 enum Simple {
@@ -980,8 +987,11 @@ impl<'de> Deserializer<'de> for &mut Decoder<'de> {
         // serde's own f32 accepts any f64 by rounding it: a recorded `f64` that an `f32`
         // cannot hold exactly would come back as another number.
         match self.float()? {
-            Some(f) if f.is_nan() || f64::from(f as f32) == f => visitor.visit_f32(f as f32),
-            Some(f) => Err(de::Error::custom(format_args!(
+            Some(Float::F32(f)) => visitor.visit_f32(f),
+            Some(Float::F64(f)) if f.is_nan() || f64::from(f as f32) == f => {
+                visitor.visit_f32(f as f32)
+            }
+            Some(Float::F64(f)) => Err(de::Error::custom(format_args!(
                 "the recorded number {f} does not fit an f32 exactly"
             ))),
             None => self.exact_float(visitor, 24),
@@ -990,7 +1000,8 @@ impl<'de> Deserializer<'de> for &mut Decoder<'de> {
 
     fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         match self.float()? {
-            Some(f) => visitor.visit_f64(f),
+            Some(Float::F32(f)) => visitor.visit_f64(f64::from(f)),
+            Some(Float::F64(f)) => visitor.visit_f64(f),
             None => self.exact_float(visitor, 53),
         }
     }
