@@ -295,7 +295,7 @@ impl Runtime {
     /// use durable_runtime::{Runtime, recv, workflow};
     ///
     /// #[workflow]
-    /// async fn waits() -> Option<u32> {
+    /// async fn waits_for_go() -> Option<u32> {
     ///     recv::<u32>("go", None).await.ok().flatten()
     /// }
     ///
@@ -304,7 +304,7 @@ impl Runtime {
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let path = dir.path().join("journal.db");
     /// let rt = Runtime::open(&path).await?;
-    /// rt.start_with_id("w", waits()).await?;
+    /// rt.start_with_id("w", waits_for_go()).await?;
     /// rt.close().await?;
     ///
     /// // At once, the journal opens again, and the waiting workflow resumes.
