@@ -70,9 +70,9 @@ pub enum Error {
     /// documentation, "Changing recorded types"), and reopen the journal to resume it.
     #[error(
         "workflow {workflow_id}: the recorded {location} does not decode as `{type_name}`: {reason}. \
-         The type changed since the value was recorded; change it back or evolve it compatibly \
-         (add fields with `#[serde(default)]`, keep variant names), then reopen the journal: the \
-         workflow stays pending until then"
+         Its type changed since it was recorded: change it back, or change it in a way the \
+         recorded value can follow (fields added with `#[serde(default)]`, variants kept by name), \
+         then reopen the journal; the workflow stays pending until then"
     )]
     Incompatible {
         /// The workflow whose value does not fit.

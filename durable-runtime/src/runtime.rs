@@ -70,6 +70,10 @@ pub(crate) struct Inner {
     unrecoverable: Vec<Error>,
     /// Set by [`Runtime::close`]: no new work is taken.
     closing: std::sync::atomic::AtomicBool,
+    /// Why runs that stopped in this process without a recorded outcome (a divergence,
+    /// a value that does not decode, a journal error) stopped: the journal holds them as
+    /// pending, and their handles report this, not a bare "stopped".
+    stopped: Mutex<HashMap<Arc<str>, Error>>,
 }
 
 /// A run this process is executing.
@@ -199,6 +203,7 @@ impl RuntimeBuilder {
             recovered,
             unrecoverable,
             closing: std::sync::atomic::AtomicBool::new(false),
+            stopped: Mutex::default(),
         });
         // Every resumed run is in `running` before any of them runs: a parent resuming
         // its child's call must find the child's run, not start a second one.
@@ -368,14 +373,17 @@ impl Runtime {
     /// process or recorded in the journal, nothing runs again: the handle is for the
     /// existing run (and its recorded input, not this call's).
     ///
-    /// Child workflows get ids of the form `<parent id>/<path>` (`order-42/3`); give
-    /// your own workflows ids of another shape, or one may take a child's id.
+    /// Child workflows get ids of the form `<parent id>/<path>` (`order-42/3`), so an id
+    /// that ends in `/` and a step path is reserved for them and refused here;
+    /// `tenant/order-42` is fine.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidId`] for an empty or oversized id, [`Error::Encode`] if the input
-    /// does not encode, [`Error::WorkflowMismatch`] if `id` belongs to another workflow,
-    /// [`Error::Store`] if the journal cannot be written.
+    /// [`Error::InvalidId`] for an empty, oversized or child-shaped id,
+    /// [`Error::Encode`] if the input does not encode, [`Error::WorkflowMismatch`] if
+    /// `id` belongs to another workflow, [`Error::Unrecorded`] inside a workflow body
+    /// (await the call instead: it runs as a child), [`Error::Closed`] after
+    /// [`close`](Runtime::close), [`Error::Store`] if the journal cannot be written.
     pub async fn start_with_id<O>(
         &self,
         id: impl Into<String>,
@@ -672,6 +680,25 @@ impl Inner {
         // its outcome published, or no entry; a waiter woken by the outcome finds the
         // entry gone.
         let mut running = lock(&self.running);
+        {
+            let mut stopped = lock(&self.stopped);
+            match &*outcome {
+                Err(
+                    e @ (Error::Divergence { .. }
+                    | Error::Corrupt { .. }
+                    | Error::Incompatible { .. }
+                    | Error::Unrecorded { .. }
+                    | Error::ChildIdTaken { .. }
+                    | Error::UnknownWorkflow { .. }
+                    | Error::Store(_)),
+                ) => {
+                    stopped.insert(id.clone(), e.clone());
+                }
+                _ => {
+                    stopped.remove(id);
+                }
+            }
+        }
         tx.send_replace(Some(outcome));
         running.remove(id);
     }
@@ -779,10 +806,13 @@ impl Inner {
         match record.status {
             // Pending but not running here: it could not be resumed (see
             // `Runtime::unrecoverable`); the handle reports it as stopped, or as damaged.
-            RecordStatus::Pending => match damage(&record) {
-                Some(e) => drop(tx.send_replace(Some(Arc::new(Err(e))))),
-                None => drop(tx),
-            },
+            RecordStatus::Pending => {
+                let why = damage(&record).or_else(|| lock(&self.stopped).get(id).cloned());
+                match why {
+                    Some(e) => drop(tx.send_replace(Some(Arc::new(Err(e))))),
+                    None => drop(tx),
+                }
+            }
             _ => {
                 tx.send_replace(Some(Arc::new(recorded_outcome(self.store.path(), record))));
             }

@@ -19,6 +19,8 @@
 //! outside), publishes its status (an event), sleeps durably and pays out in a child
 //! workflow; the `approval` program runs it.
 
+#[path = "deploy/driver.rs"]
+pub mod deploy;
 pub mod expense;
 
 use std::collections::BTreeSet;

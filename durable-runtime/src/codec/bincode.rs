@@ -25,7 +25,6 @@ const CONFIG: bincode::config::Configuration = bincode::config::standard();
 #[derive(Debug)]
 pub(super) struct Error {
     pub(super) message: String,
-    pub(super) malformed: bool,
 }
 
 pub(super) fn encode<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), Error> {
@@ -33,7 +32,6 @@ pub(super) fn encode<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Res
         .map(drop)
         .map_err(|e| Error {
             message: encode_message(&e),
-            malformed: false,
         })
 }
 
@@ -44,10 +42,6 @@ pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     };
     let (value, used) =
         bincode::serde::seed_decode_from_slice(seed, bytes, CONFIG).map_err(|e| Error {
-            malformed: !matches!(
-                e,
-                bincode::error::DecodeError::OtherString(_) | bincode::error::DecodeError::Other(_)
-            ),
             message: decode_message(&e, bytes.len()),
         })?;
     if used != bytes.len() {
@@ -57,7 +51,6 @@ pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
                 bytes.len() - used,
                 bytes.len()
             ),
-            malformed: true,
         });
     }
     Ok(value)

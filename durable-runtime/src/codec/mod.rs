@@ -201,10 +201,9 @@ impl Codec {
                 let now = fingerprint::shape(&value).map_err(|e| CodecError::new(e.0))?;
                 if now != recorded {
                     return Err(CodecError::new(format!(
-                        "the recorded value has another shape than the type (recorded \
-                         {recorded}, read as {now}): the type changed since it was recorded \
-                         in a way bincode cannot follow (a field, a variant's place or an \
-                         integer's signedness)"
+                        "bincode recorded it with another shape (fingerprint {recorded}; the \
+                         type now reads {now}), and bincode, which stores no names, cannot \
+                         follow a changed field, variant order or integer signedness"
                     )));
                 }
                 Ok(value)
@@ -214,10 +213,10 @@ impl Codec {
 }
 
 fn bincode_decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
-    bincode::decode(body).map_err(|e| CodecError {
-        message: e.message,
-        malformed: e.malformed,
-    })
+    // bincode's bytes mean something only through the type that reads them: when a row
+    // that passed its checksum does not read as `T`, the type changed (a bincode row
+    // cannot tell damage from another type).
+    bincode::decode(body).map_err(|e| CodecError::new(e.message))
 }
 
 /// `T`'s name without module paths: `Vec<Order>`, not `alloc::vec::Vec<shop::Order>`.

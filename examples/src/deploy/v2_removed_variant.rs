@@ -1,0 +1,51 @@
+//! Build 2 of `fulfil` (see `deploy/driver.rs`) with a change the recorded values cannot
+//! follow: the recorded variant `Approved` was removed.
+
+use durable_runtime::{recv, set_event, step, workflow};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Order {
+    sku: String,
+    qty: u32,
+    total_cents: u32,
+    discontinued: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Decision {
+    Pending,
+    Rejected,
+}
+
+#[step]
+async fn price(id: String) -> Order {
+    Order {
+        sku: format!("tea-{id}"),
+        qty: 7,
+        total_cents: 4_000_000_000,
+        discontinued: false,
+    }
+}
+
+#[step]
+async fn decide(qty: u32) -> Decision {
+    if qty > 0 {
+        Decision::Pending
+    } else {
+        Decision::Rejected
+    }
+}
+
+#[workflow]
+async fn fulfil(id: String) -> String {
+    let order = price(id).await;
+    let decision = decide(order.qty).await;
+    let _ = set_event("waiting", &true).await;
+    let _ = recv::<bool>("go", None).await;
+    format!("v2-removed-variant decision={decision:?}")
+}
+
+fn main() -> std::process::ExitCode {
+    durable_examples::deploy::main(None)
+}

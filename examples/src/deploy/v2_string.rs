@@ -1,0 +1,50 @@
+//! Build 2 of `fulfil` (see `deploy/driver.rs`) with a change the recorded values cannot
+//! follow: `qty` became a string.
+
+use durable_runtime::{recv, set_event, step, workflow};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Order {
+    sku: String,
+    qty: String,
+    total_cents: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Decision {
+    Pending,
+    Approved,
+    Rejected,
+}
+
+#[step]
+async fn price(id: String) -> Order {
+    Order {
+        sku: format!("tea-{id}"),
+        qty: "seven".into(),
+        total_cents: 1,
+    }
+}
+
+#[step]
+async fn decide(qty: u32) -> Decision {
+    if qty > 0 {
+        Decision::Approved
+    } else {
+        Decision::Rejected
+    }
+}
+
+#[workflow]
+async fn fulfil(id: String) -> String {
+    let order = price(id).await;
+    let decision = decide(order.qty.len() as u32).await;
+    let _ = set_event("waiting", &true).await;
+    let _ = recv::<bool>("go", None).await;
+    format!("v2-string qty={} decision={decision:?}", order.qty)
+}
+
+fn main() -> std::process::ExitCode {
+    durable_examples::deploy::main(None)
+}
