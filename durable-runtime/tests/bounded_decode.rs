@@ -174,11 +174,16 @@ async fn loads(n: u8) -> usize {
     after(bytes.len() + label.len()).await
 }
 
-/// A journal holding workflow `w` as pending, with steps 1 (`load`) and 2 recorded:
-/// made once, copied for every case.
-fn template() -> &'static Path {
-    static TEMPLATE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &TEMPLATE
+/// A journal holding workflow `w` as pending, with steps 1 (`load`) and 2 recorded by
+/// `codec`: made once per codec, copied for every case.
+fn template(codec: Codec) -> &'static Path {
+    static CBOR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    static BINCODE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let slot = match codec {
+        Codec::Bincode => &BINCODE,
+        _ => &CBOR,
+    };
+    &slot
         .get_or_init(|| {
             let dir = tempfile::tempdir().expect("tempdir");
             let path = dir.path().join("template.db");
@@ -187,7 +192,11 @@ fn template() -> &'static Path {
                 .build()
                 .expect("tokio");
             tokio.block_on(async {
-                let rt = Runtime::open(&path).await.expect("open");
+                let rt = Runtime::builder(&path)
+                    .codec(codec)
+                    .open()
+                    .await
+                    .expect("open");
                 let h = rt.start_with_id("w", loads(40)).await.expect("start");
                 assert_eq!(h.result().await.expect("run"), 40 + 15);
             });
@@ -249,12 +258,13 @@ fn damage() -> impl Strategy<Value = Damage> {
 /// Copies the template, damages step 1's row (keeping or dropping its checksum), and
 /// resumes the workflow: returns the damaged row and what resuming it returned.
 fn resume_damaged(
+    codec: Codec,
     damage: &Damage,
     keep_checksum: bool,
 ) -> (Vec<u8>, Vec<u8>, Result<usize, Error>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("journal.db");
-    std::fs::copy(template(), &path).expect("copy");
+    std::fs::copy(template(codec), &path).expect("copy");
     let conn = rusqlite::Connection::open(&path).expect("open");
     let row: Vec<u8> = conn
         .query_row(
@@ -282,14 +292,34 @@ fn resume_damaged(
     (row, damaged, result)
 }
 
+fn codec() -> impl Strategy<Value = Codec> {
+    prop_oneof![Just(Codec::Cbor), Just(Codec::Bincode)]
+}
+
+/// An error message says what happened in durable's words: not a dependency's type
+/// names or debug output.
+fn assert_in_our_words(text: &str) {
+    for foreign in [
+        "Conversion error",
+        "UnexpectedEnd",
+        "Io(",
+        "InvalidDataRead",
+        "Syntax(",
+        "Semantic(",
+        "{ additional",
+    ] {
+        assert!(!text.contains(foreign), "`{foreign}` in: {text}");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
 
     /// With its checksum, any damage is reported as damage: a clear error naming the
     /// workflow and the step, and the step's body does not run again.
     #[test]
-    fn a_damaged_row_with_its_checksum_is_always_a_clear_error(damage in damage()) {
-        let (row, damaged, result) = resume_damaged(&damage, true);
+    fn a_damaged_row_with_its_checksum_is_always_a_clear_error(damage in damage(), codec in codec()) {
+        let (row, damaged, result) = resume_damaged(codec, &damage, true);
         prop_assume!(damaged != row);
         let err = result.expect_err("a damaged row must not replay");
         let text = err.to_string();
@@ -301,20 +331,22 @@ proptest! {
             text.contains("the recorded result of step 1 of workflow w does not match its checksum"),
             "{text}"
         );
+        assert_in_our_words(&text);
     }
 
     /// Without a checksum (a row from schema 1), the decoder is the last line: it never
     /// panics, never allocates more than the row could hold, and either rejects the row
     /// with a clear error naming it or decodes a value the type allows.
     #[test]
-    fn a_damaged_row_without_a_checksum_never_panics_or_overallocates(damage in damage()) {
-        let (_, damaged, result) = resume_damaged(&damage, false);
+    fn a_damaged_row_without_a_checksum_never_panics_or_overallocates(damage in damage(), codec in codec()) {
+        let (_, damaged, result) = resume_damaged(codec, &damage, false);
         match result {
             Ok(_) => {}
-            Err(Error::Corrupt { workflow_id, location: Location::Step { path, name }, .. })
-            | Err(Error::Incompatible { workflow_id, location: Location::Step { path, name }, .. }) => {
+            Err(ref e @ (Error::Corrupt { ref workflow_id, location: Location::Step { ref path, ref name }, .. }
+            | Error::Incompatible { ref workflow_id, location: Location::Step { ref path, ref name }, .. })) => {
                 prop_assert_eq!(workflow_id, "w");
                 prop_assert_eq!((path.to_string(), name.as_str()), ("1".to_owned(), "load"));
+                assert_in_our_words(&e.to_string());
             }
             Err(other) => prop_assert!(false, "unexpected error: {other:?}"),
         }

@@ -270,8 +270,20 @@ fn sql_error(path: &Path, e: rusqlite::Error) -> StoreError {
         }
         _ => StoreErrorKind::Io,
     };
-    let message = match kind {
-        StoreErrorKind::NotAJournal => format!("not a durable journal (SQLite says: {e})"),
+    let message = match (kind, &e) {
+        (StoreErrorKind::NotAJournal, _) => format!("not a durable journal (SQLite says: {e})"),
+        // Our own findings about a row, carried through rusqlite's conversion error:
+        // the message alone (rusqlite would prefix "Conversion error from type Text at
+        // index: 0").
+        (_, rusqlite::Error::FromSqlConversionFailure(_, _, inner)) => inner.to_string(),
+        (_, rusqlite::Error::InvalidColumnType(_, column, found)) => format!(
+            "column `{column}` holds {found} where durable wrote another type: the journal was \
+             changed outside durable; restore it from a backup"
+        ),
+        (_, rusqlite::Error::IntegralValueOutOfRange(_, value)) => format!(
+            "a number in the journal ({value}) is out of the range durable writes: the journal \
+             was changed outside durable; restore it from a backup"
+        ),
         _ => e.to_string(),
     };
     StoreError::new(path, kind, message)
