@@ -63,13 +63,17 @@ const MAP: u8 = 5;
 const TAG: u8 = 6;
 
 /// Why a value could not be written or read, with where in the value it happened.
+/// Boxed: every `Result` of the decoder carries one, and the common case is success.
 #[derive(Debug)]
-pub(crate) struct Error {
-    pub(crate) message: String,
+pub(crate) struct Error(Box<ErrorImpl>);
+
+#[derive(Debug)]
+struct ErrorImpl {
+    message: String,
     /// Malformed bytes (not something our encoder writes), rather than a value that
     /// does not fit the type it is read as.
-    pub(crate) malformed: bool,
-    /// Where, innermost last once reversed: filled in while the error unwinds.
+    malformed: bool,
+    /// Where, innermost first: filled in while the error unwinds.
     path: Vec<Segment>,
 }
 
@@ -81,23 +85,32 @@ enum Segment {
 }
 
 impl Error {
-    fn malformed(message: impl Into<String>) -> Self {
-        Error {
-            message: message.into(),
-            malformed: true,
+    fn new(message: String, malformed: bool) -> Self {
+        Error(Box::new(ErrorImpl {
+            message,
+            malformed,
             path: Vec::new(),
-        }
+        }))
+    }
+
+    fn malformed(message: impl Into<String>) -> Self {
+        Error::new(message.into(), true)
+    }
+
+    /// Whether the bytes were not a valid encoding (rather than a value of another type).
+    pub(crate) fn is_malformed(&self) -> bool {
+        self.0.malformed
     }
 
     fn at(mut self, segment: Segment) -> Self {
-        self.path.push(segment);
+        self.0.path.push(segment);
         self
     }
 
     /// Where in the value the error happened, such as `.items[2].qty`; empty at the top.
     pub(crate) fn location(&self) -> String {
         let mut s = String::new();
-        for seg in self.path.iter().rev() {
+        for seg in self.0.path.iter().rev() {
             match seg {
                 Segment::Index(i) => s.push_str(&format!("[{i}]")),
                 Segment::Field(f) => {
@@ -116,8 +129,8 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)?;
-        if !self.path.is_empty() {
+        f.write_str(&self.0.message)?;
+        if !self.0.path.is_empty() {
             write!(f, " (at `{}`)", self.location())?;
         }
         Ok(())
@@ -128,21 +141,13 @@ impl std::error::Error for Error {}
 
 impl ser::Error for Error {
     fn custom<T: fmt::Display>(msg: T) -> Self {
-        Error {
-            message: msg.to_string(),
-            malformed: false,
-            path: Vec::new(),
-        }
+        Error::new(msg.to_string(), false)
     }
 }
 
 impl de::Error for Error {
     fn custom<T: fmt::Display>(msg: T) -> Self {
-        Error {
-            message: msg.to_string(),
-            malformed: false,
-            path: Vec::new(),
-        }
+        Error::new(msg.to_string(), false)
     }
 }
 
@@ -636,6 +641,7 @@ impl<'de> Decoder<'de> {
         ))
     }
 
+    #[inline]
     fn peek(&self) -> Result<u8, Error> {
         self.input
             .get(self.pos)
@@ -643,6 +649,7 @@ impl<'de> Decoder<'de> {
             .ok_or_else(|| self.ends_early(1))
     }
 
+    #[inline]
     fn take(&mut self, n: usize) -> Result<&'de [u8], Error> {
         if n > self.left() {
             return Err(self.ends_early(n - self.left()));
@@ -652,6 +659,7 @@ impl<'de> Decoder<'de> {
         Ok(s)
     }
 
+    #[inline]
     fn head(&mut self) -> Result<Head, Error> {
         let at = self.pos;
         let b = self.take(1)?[0];
@@ -682,6 +690,7 @@ impl<'de> Decoder<'de> {
 
     /// A length, checked against what is left: each of `len` items takes at least
     /// `min_size` bytes.
+    #[inline]
     fn length(&self, len: u64, min_size: usize) -> Result<usize, Error> {
         let max = self.left() / min_size.max(1);
         match usize::try_from(len) {
@@ -704,6 +713,7 @@ impl<'de> Decoder<'de> {
         Ok(())
     }
 
+    #[inline]
     fn text(&mut self, len: u64) -> Result<&'de str, Error> {
         let n = self.length(len, 1)?;
         let at = self.pos;
@@ -825,7 +835,7 @@ impl<'de> Decoder<'de> {
             de: self,
             left: len,
             index: 0,
-            key: None,
+            key_at: 0,
         };
         let value = visitor.visit_map(&mut access)?;
         if access.left > 0 {
@@ -1019,9 +1029,80 @@ impl<'de> Deserializer<'de> for &mut Decoder<'de> {
         visitor.visit_unit()
     }
 
+    // The common items, read without the dispatch of `deserialize_any`; anything else
+    // goes there, and the visitor says what it expected.
+    fn deserialize_u8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.integer(visitor)
+    }
+    fn deserialize_u16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.integer(visitor)
+    }
+    fn deserialize_u32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.integer(visitor)
+    }
+    fn deserialize_u64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.integer(visitor)
+    }
+    fn deserialize_i8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.integer(visitor)
+    }
+    fn deserialize_i16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.integer(visitor)
+    }
+    fn deserialize_i32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.integer(visitor)
+    }
+    fn deserialize_i64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.integer(visitor)
+    }
+
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self.peek()? >> 5 {
+            TEXT => {
+                let h = self.head()?;
+                visitor.visit_borrowed_str(self.text(h.value)?)
+            }
+            _ => self.deserialize_any(visitor),
+        }
+    }
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.deserialize_str(visitor)
+    }
+    fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.deserialize_str(visitor)
+    }
+
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self.peek()? >> 5 {
+            ARRAY => {
+                let h = self.head()?;
+                let n = self.length(h.value, 1)?;
+                self.seq(n, visitor)
+            }
+            _ => self.deserialize_any(visitor),
+        }
+    }
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self.peek()? >> 5 {
+            MAP => {
+                let h = self.head()?;
+                let n = self.length(h.value, 2)?;
+                self.map(n, visitor)
+            }
+            _ => self.deserialize_any(visitor),
+        }
+    }
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        _: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.deserialize_map(visitor)
+    }
+
     serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 char str string
-        seq tuple tuple_struct map struct identifier
+        bool i128 u128 char tuple tuple_struct
     }
 
     fn is_human_readable(&self) -> bool {
@@ -1030,6 +1111,25 @@ impl<'de> Deserializer<'de> for &mut Decoder<'de> {
 }
 
 impl<'de> Decoder<'de> {
+    /// An integer of up to 64 bits, for any integer type: the visitor checks the range.
+    #[inline]
+    fn integer<V: Visitor<'de>>(&mut self, visitor: V) -> Result<V::Value, Error> {
+        match self.peek()? >> 5 {
+            UINT => {
+                let h = self.head()?;
+                visitor.visit_u64(h.value)
+            }
+            NINT => {
+                let h = self.head()?;
+                match i64::try_from(h.value) {
+                    Ok(n) => visitor.visit_i64(-1 - n),
+                    Err(_) => visitor.visit_i128(-1 - i128::from(h.value)),
+                }
+            }
+            _ => self.deserialize_any(visitor),
+        }
+    }
+
     /// An integer read as a float: only if the float holds it exactly (`mantissa` bits).
     fn exact_float<V: Visitor<'de>>(
         &mut self,
@@ -1108,8 +1208,8 @@ struct Entries<'a, 'de> {
     de: &'a mut Decoder<'de>,
     left: usize,
     index: usize,
-    /// The current entry's key, if it is text (for error locations).
-    key: Option<&'de str>,
+    /// Where the current entry's key starts, to name it in an error's location.
+    key_at: usize,
 }
 
 impl<'de> de::MapAccess<'de> for Entries<'_, 'de> {
@@ -1124,14 +1224,7 @@ impl<'de> de::MapAccess<'de> for Entries<'_, 'de> {
         }
         self.left -= 1;
         self.index += 1;
-        self.key = None;
-        let at = self.de.pos;
-        if let Ok(h) = self.de.head()
-            && h.major == TEXT
-        {
-            self.key = self.de.text(h.value).ok();
-        }
-        self.de.pos = at;
+        self.key_at = self.de.pos;
         let i = self.index - 1;
         seed.deserialize(&mut *self.de)
             .map(Some)
@@ -1139,11 +1232,24 @@ impl<'de> de::MapAccess<'de> for Entries<'_, 'de> {
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Error> {
-        let key = self.key;
         let i = self.index.saturating_sub(1);
-        seed.deserialize(&mut *self.de).map_err(|e| match key {
-            Some(k) => e.at(Segment::Field(k.to_owned())),
-            None => e.at(Segment::Index(i)),
+        let key_at = self.key_at;
+        let input = self.de.input;
+        seed.deserialize(&mut *self.de).map_err(|e| {
+            // Named by its key if that is text (a struct's field), else by position; read
+            // again only now, on the way out of an error.
+            let mut key = Decoder {
+                input,
+                pos: key_at,
+                depth: 0,
+            };
+            match key.head() {
+                Ok(h) if h.major == TEXT => match key.text(h.value) {
+                    Ok(name) => e.at(Segment::Field(name.to_owned())),
+                    Err(_) => e.at(Segment::Index(i)),
+                },
+                _ => e.at(Segment::Index(i)),
+            }
         })
     }
 

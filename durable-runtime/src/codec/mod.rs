@@ -187,7 +187,7 @@ impl Codec {
         match format {
             Format::Cbor => cbor::decode(body).map_err(|e| CodecError {
                 message: e.to_string(),
-                malformed: e.malformed,
+                malformed: e.is_malformed(),
             }),
             Format::LegacyBincode => bincode_decode(body),
             Format::Bincode => {
