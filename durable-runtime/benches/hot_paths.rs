@@ -2,7 +2,8 @@
 //! `durable-bench` point at (see the writer's documentation in `docs/journal.md`):
 //!
 //! - `claim`: taking a step id when a step is called (at the workflow body, and three
-//!   branches deep);
+//!   branches deep), and fingerprinting the step's arguments (a `u32`; a string and a
+//!   `Receipt`), which a step called in a workflow does too;
 //! - `codec`: a step output's encode plus decode-back check, and a replay's decode, for
 //!   each codec, next to plain bincode without the journal's bounds and guard;
 //! - `checkpoint`: handing a record to the journal writer (`enqueue`), and a lone
@@ -21,7 +22,7 @@ use std::time::Instant;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use durable_runtime::Codec;
-use durable_runtime::bench_support::{Journal, encode_checked};
+use durable_runtime::bench_support::{Journal, args_fingerprint, encode_checked};
 use serde::{Deserialize, Serialize};
 
 /// A typical step output: a few fields, a short string, a small payload.
@@ -79,6 +80,19 @@ fn claim(c: &mut Criterion) {
             |r| black_box(r.claim(3, 1000)),
             BatchSize::SmallInput,
         );
+    });
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("args_fingerprint_u32", |b| {
+        b.iter(|| args_fingerprint(|a| a.arg(black_box(&42u32))));
+    });
+    let value = receipt();
+    g.bench_function("args_fingerprint_receipt", |b| {
+        b.iter(|| {
+            args_fingerprint(|a| {
+                a.arg(black_box("order-42"));
+                a.arg(black_box(&value));
+            })
+        });
     });
     g.finish();
 }

@@ -201,3 +201,9 @@ pub fn encode_checked<T: Serialize + DeserializeOwned>(
         reason,
     })
 }
+
+/// The fingerprint a step called with the arguments `each` adds would record: what a
+/// step pays, when called in a workflow, to have its arguments checked on replay.
+pub fn args_fingerprint(each: impl Fn(&mut crate::codec::fingerprint::Args)) -> Option<u64> {
+    crate::codec::fingerprint::of_args(each).map(crate::codec::Fingerprint::as_u64)
+}
