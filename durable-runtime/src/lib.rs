@@ -62,9 +62,16 @@
 //! - **Workflow ids are idempotent.** Starting an id that exists, running or finished,
 //!   never runs its body a second time.
 //! - **Replay never diverges silently.** Each step is identified by its *path* (`3`,
-//!   `4.2`), claimed when the step is called. If the code asks for a different step at a
-//!   recorded path, or finishes without asking for a recorded one, the run stops with
-//!   [`Error::Divergence`] and the journal is left untouched.
+//!   `4.2`), claimed when the step is called, and recorded with a fingerprint of its
+//!   arguments. If the code asks for a different step at a recorded path, asks for the
+//!   recorded step with other arguments, or finishes without asking for a recorded one,
+//!   the run stops with [`Error::Divergence`] and the journal is left untouched.
+//! - **A recorded value comes back as recorded, or as an error.** Never as another
+//!   value: see [Changing recorded types](#changing-recorded-types). Every read checks
+//!   the value's checksum; a damaged row is [`Error::Corrupt`].
+//! - **Nothing escapes the journal silently.** What a replay would repeat or skip
+//!   (`Runtime::start` in a workflow body, a step in a spawned future that is not a
+//!   branch) is [`Error::Unrecorded`], naming what to use instead.
 //!
 //! # Determinism
 //!
@@ -81,6 +88,58 @@
 //! (the wall clock, random numbers, `HashMap` iteration order, environment variables,
 //! which of two concurrent steps finished first). Put such reads inside a step, whose
 //! output is recorded.
+//!
+//! Replay checks each step's name and the fingerprint of its arguments ([`Fingerprint`]:
+//! their serde representation; an argument that is not `Serialize`, such as a client
+//! handle, counts by position only). Maps and sequences are compared as collections, so
+//! a `HashSet` passed through a step replays, and a step given the same elements in
+//! another order is not caught.
+//!
+//! # Changing recorded types
+//!
+//! Recorded values are read back through the types of the code that resumes them. The
+//! default [`Codec::Cbor`] records field and variant names, so a type can change the way
+//! serde allows and pending workflows still resume with their recorded values: a field
+//! added with `#[serde(default)]` (or as an `Option`), a field removed, a variant added
+//! or moved, an integer type changed to any other that holds the value. A change the
+//! value cannot follow (a field's type that cannot hold it, a recorded variant removed,
+//! a number out of range) is [`Error::Incompatible`], naming the step, the type and the
+//! place in the value; the workflow stays pending, and the journal as it was.
+//!
+//! ```
+//! use durable_runtime::Codec;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! enum StatusV1 { Pending, Approved }
+//! #[derive(Serialize, Deserialize)]
+//! struct OrderV1 { sku: String, qty: u32, status: StatusV1 }
+//!
+//! // The next release: a variant added in front, `qty` widened, a field added.
+//! #[derive(Debug, PartialEq, Serialize, Deserialize)]
+//! enum StatusV2 { Draft, Pending, Approved }
+//! #[derive(Debug, PartialEq, Serialize, Deserialize)]
+//! struct OrderV2 { sku: String, qty: u64, status: StatusV2, #[serde(default)] gift: bool }
+//!
+//! let recorded = Codec::Cbor.encode(&OrderV1 { sku: "tea".into(), qty: 7, status: StatusV1::Approved })?;
+//! let read: OrderV2 = Codec::decode(&recorded)?;
+//! assert_eq!(read, OrderV2 { sku: "tea".into(), qty: 7, status: StatusV2::Approved, gift: false });
+//!
+//! // A change the value cannot follow is an error that says where, never another value.
+//! #[derive(Debug, Serialize, Deserialize)]
+//! struct OrderV3 { sku: String, qty: String }
+//! let err = Codec::decode::<OrderV3>(&recorded).unwrap_err();
+//! assert_eq!(err.to_string(), "invalid type: integer `7`, expected a string (at `.qty`)");
+//! # Ok::<(), durable_runtime::CodecError>(())
+//! ```
+//!
+//! [`Codec::Bincode`] ([`RuntimeBuilder::codec`]) is smaller and stores no names: it
+//! follows only what keeps its bytes meaning the same value, and refuses the rest
+//! through a fingerprint of each value's shape recorded beside it. Every value records
+//! the codec that wrote it, so the choice can change between runs.
+//!
+//! A step's `Err` is recorded like its `Ok`: its error type must be serde too. For
+//! errors that are not (`std::io::Error`, `anyhow::Error`), return [`StepError`].
 //!
 //! # Steps
 //!
@@ -125,7 +184,9 @@
 //!
 //! One SQLite file in WAL mode, created owner-only (`0600`), locked by the runtime that
 //! opened it (`<file>.lock`): a second runtime, in this or another process, gets
-//! [`Error::Locked`]. Commits are `synchronous=FULL` unless you choose
+//! [`Error::Locked`]. [`Runtime::close`] releases it once running step bodies have
+//! finished and checkpointed; dropping a runtime without closing it leaves its
+//! workflows running, and the journal locked until they finish. Commits are `synchronous=FULL` unless you choose
 //! [`Durability::Normal`] (or [`Durability::Off`], for tests). One writer thread commits
 //! checkpoints in batches: a sequential step costs one commit, with no added wait, and
 //! steps finishing together share one. The writer's batching policy and the schema are

@@ -321,6 +321,29 @@ fn compatible_changes_resume_with_the_recorded_values() {
     assert_eq!(convert::<_, f64>(Codec::Cbor, &1.5f32), Ok(1.5));
     assert_eq!(convert::<_, f64>(Codec::Cbor, &3u32), Ok(3.0));
     assert_eq!(convert::<_, Option<u32>>(Codec::Cbor, &5u32), Ok(Some(5)));
+    assert_eq!(
+        convert::<_, std::collections::VecDeque<u8>>(Codec::Cbor, &vec![1u8, 2]),
+        Ok([1u8, 2].into())
+    );
+    // A newtype around a field's type reads the plain value, and back.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Cents(u64);
+    assert_eq!(convert::<_, Cents>(Codec::Cbor, &250u64), Ok(Cents(250)));
+    assert_eq!(convert::<_, u64>(Codec::Cbor, &Cents(250)), Ok(250));
+    // A field that became an `Option` reads the recorded value as `Some`.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Later {
+        sku: Option<String>,
+        #[serde(default)]
+        qty: Option<u64>,
+    }
+    assert_eq!(
+        convert::<_, Later>(Codec::Cbor, &order()),
+        Ok(Later {
+            sku: Some("tea".into()),
+            qty: Some(7)
+        })
+    );
     // bincode follows what keeps its bytes meaning the same value.
     assert_eq!(convert::<_, u64>(Codec::Bincode, &7u32), Ok(7));
 }
