@@ -21,14 +21,19 @@ pub const SEED_VAR: &str = "DURABLE_TESTKIT_SEED";
 /// Each schedule runs the workflow on a fresh journal with every checkpoint's
 /// acknowledgement delayed by a seeded random amount (none, a few scheduler yields, or up
 /// to 3 ms), so concurrent steps complete, and the workflow observes them, in a
-/// different order each time. The map from step path to step name that each schedule
-/// records must be the same in all of them.
+/// different order each time. At every path, each schedule must record the same step,
+/// with the same arguments and the same output (compared by fingerprint; the outputs of
+/// `sleep`, `now`, `random` and `uuid`, new on every run by design, are not compared).
 ///
-/// Anything that makes a workflow call different steps on different runs shows up here
-/// too: branching on the wall clock, on random numbers, on `HashMap` iteration order, or
-/// on which of two concurrent steps finished first. On failure the error names both
-/// seeds, the first path where the two schedules differ, and the two step sequences
-/// side by side.
+/// Anything that makes a workflow call different steps, or pass them different
+/// arguments, on different runs shows up here too: branching on the wall clock, on
+/// random numbers, on `HashMap` iteration order, or on which of two concurrent steps
+/// finished first; a step called per `HashMap` entry; follow-up steps pushed into a
+/// `FuturesUnordered` as earlier ones finish. A step body that returns something new on
+/// every run (it reads a clock or an id service) shows up as an output that differs:
+/// give it a fake in the test. On failure the error names both seeds, the first path
+/// where the two schedules differ, what differs there (the step, its arguments or its
+/// output), and the two step sequences side by side.
 ///
 /// Seeds are `base, base + 1, ...`; the base comes from [`seed`](Self::seed), else from
 /// the `DURABLE_TESTKIT_SEED` environment variable, else from the clock. The check

@@ -5,7 +5,7 @@
 //! | part | call | what it checks |
 //! |---|---|---|
 //! | crash at every step | [`crash_at_every_step`] | a crash on either side of any checkpoint recovers to the uninterrupted result, and no step whose record committed runs again |
-//! | completion orders | [`explore_completion_orders`] | step ids do not depend on which concurrent step finishes first (nor on clocks, randomness or `HashMap` order) |
+//! | completion orders | [`explore_completion_orders`] | the steps, their arguments and their outputs do not depend on which concurrent step finishes first (nor on clocks, randomness or `HashMap` order) |
 //! | replay check | [`replay_check`] | today's code still replays a recorded journal (a fixture from production) step for step |
 //! | fixtures | [`TempJournal`], [`recorded_steps`] | a temporary journal and a runtime in one call; recorded steps as plain data |
 //!
