@@ -224,7 +224,7 @@ fn unrecordable(ty: &Type) -> Option<(&Type, String)> {
     let last = p.path.segments.last()?;
     let names = |n: usize| segments[segments.len().saturating_sub(n)..].join("::");
     match segments.as_slice() {
-        [.., m, e] if (m == "anyhow" && e == "Error") || (m == "io" && e == "Error") => {
+        [.., m, e] if (m == "anyhow" || m == "io") && e == "Error" => {
             return Some((ty, names(2)));
         }
         [.., m, e] if m == "eyre" && e == "Report" => return Some((ty, names(2))),

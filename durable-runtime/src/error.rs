@@ -90,7 +90,7 @@ pub enum Error {
     /// for a recorded step. The journal is left as it is and the workflow stays pending;
     /// make the code deterministic (or restore the old code) and reopen the journal to
     /// resume it.
-    #[error("{}", divergence(workflow_id, path, recorded, requested.as_deref(), arguments.as_ref()))]
+    #[error("{}", divergence(workflow_id, path, recorded, requested.as_deref(), arguments.as_deref()))]
     Divergence {
         /// The workflow that diverged.
         workflow_id: String,
@@ -100,8 +100,9 @@ pub enum Error {
         recorded: String,
         /// The step name the code asked for, or `None` if it never asked for that path.
         requested: Option<String>,
-        /// Set when the code asked for the recorded step, with other arguments.
-        arguments: Option<ArgumentsChanged>,
+        /// Set when the code asked for the recorded step, with other arguments (boxed:
+        /// errors travel in every `Result` of the runtime).
+        arguments: Option<Box<ArgumentsChanged>>,
     },
 
     /// The workflow failed for good and the failure is recorded in the journal: a step

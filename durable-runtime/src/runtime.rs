@@ -513,7 +513,7 @@ impl Runtime {
     ///
     /// [`Error::InvalidId`] for a malformed destination, [`Error::Encode`] if the value
     /// does not encode, [`Error::Store`] if the journal cannot be written.
-    pub async fn send<T: Serialize + DeserializeOwned + ?Sized>(
+    pub async fn send<T: Serialize + DeserializeOwned>(
         &self,
         destination: &str,
         topic: &str,
@@ -943,7 +943,7 @@ impl Inner {
 }
 
 /// Encodes a value for the journal, checking that it round-trips.
-pub(crate) fn encode_value<T: Serialize + DeserializeOwned + ?Sized>(
+pub(crate) fn encode_value<T: Serialize + DeserializeOwned>(
     codec: Codec,
     value: &T,
     what: impl FnOnce() -> String,

@@ -283,11 +283,13 @@ pub(crate) fn diverged(
 ) -> Option<Error> {
     let arguments = match (rec.args, args) {
         _ if rec.name != name => None,
-        (Some(recorded), Some(requested)) if recorded != requested => Some(ArgumentsChanged {
-            recorded,
-            requested,
-            requested_preview: preview(),
-        }),
+        (Some(recorded), Some(requested)) if recorded != requested => {
+            Some(Box::new(ArgumentsChanged {
+                recorded,
+                requested,
+                requested_preview: preview(),
+            }))
+        }
         _ => return None,
     };
     Some(Error::Divergence {

@@ -514,7 +514,7 @@ pub enum Verdict {
         /// The step the code asked for there (`None`: the code finished without it).
         requested: Option<String>,
         /// Set when the code asked for the recorded step with other arguments.
-        arguments: Option<crate::error::ArgumentsChanged>,
+        arguments: Option<Box<crate::error::ArgumentsChanged>>,
     },
     /// The workflow neither finished nor waited for an unrecorded step within 10 s.
     Stuck {

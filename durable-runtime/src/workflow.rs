@@ -46,16 +46,16 @@ impl<I, O> fmt::Debug for WorkflowDef<I, O> {
     }
 }
 
+/// A started workflow body: its future encodes the output. Or, if the recorded input did
+/// not decode, why, with the input type's name.
+pub(crate) type Started = Result<BoxFuture<Result<Vec<u8>, CodecError>>, (CodecError, String)>;
+
 /// A workflow with its input and output types erased, for recovery by name.
 pub(crate) trait ErasedWorkflow: Sync + fmt::Debug + 'static {
     fn name(&self) -> &'static str;
     /// Decodes the recorded input and starts the body; the future encodes the output
     /// with `codec`. A failed decode comes with the input type's name.
-    fn start(
-        &'static self,
-        input: &[u8],
-        codec: Codec,
-    ) -> Result<BoxFuture<Result<Vec<u8>, CodecError>>, (CodecError, String)>;
+    fn start(&'static self, input: &[u8], codec: Codec) -> Started;
 }
 
 impl<I, O> ErasedWorkflow for WorkflowDef<I, O>
@@ -67,11 +67,7 @@ where
         self.name
     }
 
-    fn start(
-        &'static self,
-        input: &[u8],
-        codec: Codec,
-    ) -> Result<BoxFuture<Result<Vec<u8>, CodecError>>, (CodecError, String)> {
+    fn start(&'static self, input: &[u8], codec: Codec) -> Started {
         let input: I = Codec::decode(input).map_err(|e| (e, type_name::<I>()))?;
         let body = (self.run)(input);
         Ok(Box::pin(async move {

@@ -44,6 +44,11 @@ impl Gen {
         self.next() % 200
     }
 
+    /// True one time in `n`.
+    fn one_in(&mut self, n: u64) -> bool {
+        self.next().is_multiple_of(n)
+    }
+
     fn word(&mut self) -> String {
         let len = (self.next() % 12) as usize;
         (0..len)
@@ -56,7 +61,9 @@ fn equal<T: PartialEq>(a: &T, b: &T) -> bool {
     a == b
 }
 
-/// Floats bit for bit (`NaN != NaN` for `==`).
+/// Floats bit for bit (`NaN != NaN` for `==`). Takes `&Vec` to fit the shape's
+/// comparison, `fn(&T, &T)`.
+#[allow(clippy::ptr_arg)]
 fn same_bits(a: &Vec<f64>, b: &Vec<f64>) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
@@ -228,7 +235,7 @@ struct Tree {
 
 fn tree(g: &mut Gen, budget: &mut usize, depth: u32) -> Tree {
     let mut children = Vec::new();
-    while *budget > 0 && depth < 30 && g.next() % 3 != 0 {
+    while *budget > 0 && depth < 30 && !g.one_in(3) {
         *budget -= 1;
         children.push(tree(g, budget, depth + 1));
     }
@@ -253,7 +260,7 @@ shape!(vec_of_structs, "vec_of_structs", Vec<Line>, |n, g| (0..n)
         sku: format!("sku-{i}"),
         qty: (g.small() % 9) as u32,
         price_cents: g.next() % 100_000,
-        note: (g.small() % 3 == 0).then(|| g.word()),
+        note: g.one_in(3).then(|| g.word()),
     })
     .collect());
 shape!(hash_map_of_counts, "hash_map_of_counts", HashMap<String, u64>, |n, g| (0..n)
@@ -276,7 +283,7 @@ shape!(
     "vec_of_options",
     Vec<Option<i32>>,
     |n, g| (0..n)
-        .map(|_| (g.small() % 4 != 0).then(|| g.next() as i32))
+        .map(|_| (!g.one_in(4)).then(|| g.next() as i32))
         .collect()
 );
 shape!(long_string, "long_string", String, |n, g| (0..n)
@@ -304,7 +311,7 @@ shape!(
     "vec_of_tuples",
     Vec<(u32, String, bool)>,
     |n, g| (0..n)
-        .map(|_| (g.next() as u32, g.word(), g.small() % 2 == 0))
+        .map(|_| (g.next() as u32, g.word(), g.one_in(2)))
         .collect()
 );
 shape!(
@@ -358,16 +365,16 @@ shape!(
     Vec<Attributed>,
     |n, g| (0..n / 4)
         .map(|_| Attributed {
-            coupon: (g.small() % 2 == 0).then(|| g.word()),
+            coupon: g.one_in(2).then(|| g.word()),
             extra: (0..g.small() % 4)
                 .map(|i| (format!("x{i}"), g.small() as u32))
                 .collect(),
-            payment: if g.small() % 2 == 0 {
+            payment: if g.one_in(2) {
                 Payment::Cash
             } else {
                 Payment::Card { last4: g.word() }
             },
-            gift: g.small() % 2 == 0,
+            gift: g.one_in(2),
         })
         .collect()
 );
