@@ -22,15 +22,52 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use durable_runtime::{Durability, Error, Location, Runtime, StoreErrorKind, step, workflow};
+use durable_runtime::{
+    Codec, Durability, Error, Location, Runtime, StoreErrorKind, step, workflow,
+};
 use serde::{Deserialize, Serialize};
 
 async fn open(path: &Path) -> Runtime {
+    open_with(path, Codec::default()).await
+}
+
+async fn open_with(path: &Path, codec: Codec) -> Runtime {
     Runtime::builder(path)
         .durability(Durability::Off)
+        .codec(codec)
         .open()
         .await
         .expect("open")
+}
+
+/// Runs `call` as workflow `id` to its end, then makes the journal look as if the
+/// process had died after its first `keep` steps: the next open replays those.
+async fn run_then_rewind<O>(
+    path: &Path,
+    codec: Codec,
+    id: &str,
+    call: durable_runtime::WorkflowCall<O>,
+    keep: u32,
+) -> O
+where
+    O: Serialize + serde::de::DeserializeOwned,
+{
+    let rt = open_with(path, codec).await;
+    let out = rt
+        .start_with_id(id, call)
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect("the first run finishes");
+    rt.close().await.expect("close");
+    common::make_pending(path, id);
+    common::sql(
+        path,
+        "DELETE FROM durable_steps WHERE workflow_id = ?1 AND CAST(path AS INTEGER) > ?2",
+        rusqlite::params![id, keep],
+    );
+    out
 }
 
 // ---------------------------------------------------------------------------------------
@@ -165,26 +202,8 @@ async fn graded_v2() -> String {
 }
 
 /// Records `graded_v1` up to its last step, then hands the run to `graded_v2`.
-async fn deploy_v2(path: &Path, codec: durable_runtime::Codec) -> Result<String, Error> {
-    let rt = Runtime::builder(path)
-        .durability(Durability::Off)
-        .codec(codec)
-        .open()
-        .await
-        .expect("open");
-    rt.start_with_id("g", graded_v1())
-        .await
-        .expect("start")
-        .result()
-        .await
-        .expect("v1 runs");
-    rt.close().await.expect("close");
-    common::make_pending(path, "g");
-    common::sql(
-        path,
-        "DELETE FROM durable_steps WHERE workflow_id = 'g' AND path = '3'",
-        [],
-    );
+async fn deploy_v2(path: &Path, codec: Codec) -> Result<String, Error> {
+    run_then_rewind(path, codec, "g", graded_v1(), 2).await;
     common::sql(
         path,
         "UPDATE durable_workflows SET name = 'graded_v2' WHERE id = 'g'",
@@ -199,7 +218,7 @@ async fn a_type_changed_under_a_pending_workflow_resumes_with_the_recorded_value
     // u32 -> i32 for a value that fits, and a variant added in front: the default codec
     // reads the recorded 7 and `Approved`.
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = deploy_v2(&dir.path().join("j.db"), durable_runtime::Codec::Cbor).await;
+    let out = deploy_v2(&dir.path().join("j.db"), Codec::Cbor).await;
     assert_eq!(out.expect("compatible"), "7 Approved");
 }
 
@@ -208,7 +227,7 @@ async fn under_bincode_a_changed_type_is_an_error_naming_the_step_and_the_type()
     // bincode cannot follow these changes; before, it read `-4` and `Pending`.
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("j.db");
-    let err = deploy_v2(&path, durable_runtime::Codec::Bincode)
+    let err = deploy_v2(&path, Codec::Bincode)
         .await
         .expect_err("not a wrong value");
     match &err {
@@ -262,20 +281,7 @@ async fn prices() -> u64 {
 async fn a_step_asked_for_with_other_arguments_diverges_and_changes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("j.db");
-    let rt = open(&path).await;
-    rt.start_with_id("p", prices())
-        .await
-        .expect("start")
-        .result()
-        .await
-        .expect("runs");
-    rt.close().await.expect("close");
-    common::make_pending(&path, "p");
-    common::sql(
-        &path,
-        "DELETE FROM durable_steps WHERE workflow_id = 'p' AND path = '2'",
-        [],
-    );
+    run_then_rewind(&path, Codec::Cbor, "p", prices(), 1).await;
     let before = common::dump(&path, "durable_steps");
     let runs = PRICE_RUNS.load(Ordering::SeqCst);
 
@@ -346,22 +352,8 @@ async fn a_hash_map_iterated_in_another_order_on_replay_diverges_instead_of_mixi
     // uninterrupted one got `[1, 2, 3, 4, 5, 6]`.
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("j.db");
-    let rt = open(&path).await;
-    let straight = rt
-        .start_with_id("h", charges_each_entry())
-        .await
-        .expect("start")
-        .result()
-        .await
-        .expect("runs");
-    rt.close().await.expect("close");
     // A crash after 12 of the 24 steps.
-    common::make_pending(&path, "h");
-    common::sql(
-        &path,
-        "DELETE FROM durable_steps WHERE workflow_id = 'h' AND CAST(path AS INTEGER) > 12",
-        [],
-    );
+    let straight = run_then_rewind(&path, Codec::Cbor, "h", charges_each_entry(), 12).await;
     let rt = open(&path).await;
     match rt
         .handle::<Vec<u64>>("h")
@@ -571,18 +563,15 @@ async fn runtime_start_inside_a_workflow_body_is_refused_with_what_to_use() {
 }
 
 #[workflow]
-async fn child() -> String {
-    "the real child".into()
-}
-
-#[workflow]
-async fn impostor() -> String {
-    "a stranger's result".into()
+async fn greet(who: String) -> String {
+    format!("hello {who}")
 }
 
 #[workflow]
 async fn parent() -> Result<String, String> {
-    child().await.map_err(|e| e.to_string())
+    greet("from the parent".into())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[tokio::test]
@@ -591,7 +580,7 @@ async fn child_shaped_ids_are_reserved_and_a_stranger_is_never_adopted() {
     let path = dir.path().join("j.db");
     let rt = open(&path).await;
     let err = rt
-        .start_with_id("pd/1", impostor())
+        .start_with_id("pd/1", greet("a stranger".into()))
         .await
         .expect_err("reserved");
     assert!(
@@ -607,8 +596,9 @@ async fn child_shaped_ids_are_reserved_and_a_stranger_is_never_adopted() {
         .await
         .expect("an ordinary id");
 
-    // A journal from before the reservation may hold one: the parent refuses it.
-    rt.start_with_id("pd-impostor", impostor())
+    // A journal from before the reservation may hold one, of the very workflow the
+    // parent calls there: before, the parent returned the stranger's result.
+    rt.start_with_id("pd-stranger", greet("a stranger".into()))
         .await
         .expect("start")
         .result()
@@ -617,7 +607,7 @@ async fn child_shaped_ids_are_reserved_and_a_stranger_is_never_adopted() {
     rt.close().await.expect("close");
     common::sql(
         &path,
-        "UPDATE durable_workflows SET id = 'pd/1' WHERE id = 'pd-impostor'",
+        "UPDATE durable_workflows SET id = 'pd/1' WHERE id = 'pd-stranger'",
         [],
     );
     let rt = open(&path).await;

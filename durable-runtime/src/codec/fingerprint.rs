@@ -576,54 +576,20 @@ impl<'a> Serializer for Hasher<'a> {
     }
 }
 
-impl ser::SerializeSeq for Compound<'_> {
-    type Ok = ();
-    type Error = FingerprintError;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), FingerprintError> {
+impl Compound<'_> {
+    fn element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), FingerprintError> {
         self.item(v)
     }
-    fn end(self) -> Result<(), FingerprintError> {
-        Compound::end(self)
-    }
-}
 
-impl ser::SerializeTuple for Compound<'_> {
-    type Ok = ();
-    type Error = FingerprintError;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), FingerprintError> {
-        self.item(v)
+    fn field<T: Serialize + ?Sized>(
+        &mut self,
+        name: &'static str,
+        v: &T,
+    ) -> Result<(), FingerprintError> {
+        self.named(name, v)
     }
-    fn end(self) -> Result<(), FingerprintError> {
-        Compound::end(self)
-    }
-}
 
-impl ser::SerializeTupleStruct for Compound<'_> {
-    type Ok = ();
-    type Error = FingerprintError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), FingerprintError> {
-        self.item(v)
-    }
-    fn end(self) -> Result<(), FingerprintError> {
-        Compound::end(self)
-    }
-}
-
-impl ser::SerializeTupleVariant for Compound<'_> {
-    type Ok = ();
-    type Error = FingerprintError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), FingerprintError> {
-        self.item(v)
-    }
-    fn end(self) -> Result<(), FingerprintError> {
-        Compound::end(self)
-    }
-}
-
-impl ser::SerializeMap for Compound<'_> {
-    type Ok = ();
-    type Error = FingerprintError;
-    fn serialize_key<T: Serialize + ?Sized>(&mut self, k: &T) -> Result<(), FingerprintError> {
+    fn key<T: Serialize + ?Sized>(&mut self, k: &T) -> Result<(), FingerprintError> {
         let mut sub = Hash64::new();
         k.serialize(Hasher {
             h: &mut sub,
@@ -632,7 +598,8 @@ impl ser::SerializeMap for Compound<'_> {
         self.key = Some(sub.finish());
         Ok(())
     }
-    fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), FingerprintError> {
+
+    fn value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), FingerprintError> {
         let mut sub = Hash64::new();
         v.serialize(Hasher {
             h: &mut sub,
@@ -642,40 +609,13 @@ impl ser::SerializeMap for Compound<'_> {
         self.entry(k, sub.finish());
         Ok(())
     }
-    fn end(self) -> Result<(), FingerprintError> {
-        Compound::end(self)
+
+    fn finish(self) -> Result<(), FingerprintError> {
+        self.end()
     }
 }
 
-impl ser::SerializeStruct for Compound<'_> {
-    type Ok = ();
-    type Error = FingerprintError;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        name: &'static str,
-        v: &T,
-    ) -> Result<(), FingerprintError> {
-        self.named(name, v)
-    }
-    fn end(self) -> Result<(), FingerprintError> {
-        Compound::end(self)
-    }
-}
-
-impl ser::SerializeStructVariant for Compound<'_> {
-    type Ok = ();
-    type Error = FingerprintError;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        name: &'static str,
-        v: &T,
-    ) -> Result<(), FingerprintError> {
-        self.named(name, v)
-    }
-    fn end(self) -> Result<(), FingerprintError> {
-        Compound::end(self)
-    }
-}
+serialize_compound!(Compound<'_>, FingerprintError);
 
 /// The value fingerprint of whatever a self-describing deserializer holds, computed
 /// without its Rust type. Used on recorded outputs, so it follows [`value`] where the

@@ -21,6 +21,96 @@ use std::borrow::Cow;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+/// The seven `Serialize*` trait impls of a serializer's compound, forwarded to its
+/// inherent `element`, `field`, `key`, `value` and `finish`: sequences, tuples and
+/// tuple structs and variants are lists of elements, structs and struct variants lists
+/// of named fields.
+macro_rules! serialize_compound {
+    ($ty:ty, $err:ty) => {
+        impl ser::SerializeSeq for $ty {
+            type Ok = ();
+            type Error = $err;
+            fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), $err> {
+                self.element(v)
+            }
+            fn end(self) -> Result<(), $err> {
+                self.finish()
+            }
+        }
+        impl ser::SerializeTuple for $ty {
+            type Ok = ();
+            type Error = $err;
+            fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), $err> {
+                self.element(v)
+            }
+            fn end(self) -> Result<(), $err> {
+                self.finish()
+            }
+        }
+        impl ser::SerializeTupleStruct for $ty {
+            type Ok = ();
+            type Error = $err;
+            fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), $err> {
+                self.element(v)
+            }
+            fn end(self) -> Result<(), $err> {
+                self.finish()
+            }
+        }
+        impl ser::SerializeTupleVariant for $ty {
+            type Ok = ();
+            type Error = $err;
+            fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), $err> {
+                self.element(v)
+            }
+            fn end(self) -> Result<(), $err> {
+                self.finish()
+            }
+        }
+        impl ser::SerializeMap for $ty {
+            type Ok = ();
+            type Error = $err;
+            fn serialize_key<T: Serialize + ?Sized>(&mut self, k: &T) -> Result<(), $err> {
+                self.key(k)
+            }
+            fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), $err> {
+                self.value(v)
+            }
+            fn end(self) -> Result<(), $err> {
+                self.finish()
+            }
+        }
+        impl ser::SerializeStruct for $ty {
+            type Ok = ();
+            type Error = $err;
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                name: &'static str,
+                v: &T,
+            ) -> Result<(), $err> {
+                self.field(name, v)
+            }
+            fn end(self) -> Result<(), $err> {
+                self.finish()
+            }
+        }
+        impl ser::SerializeStructVariant for $ty {
+            type Ok = ();
+            type Error = $err;
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                name: &'static str,
+                v: &T,
+            ) -> Result<(), $err> {
+                self.field(name, v)
+            }
+            fn end(self) -> Result<(), $err> {
+                self.finish()
+            }
+        }
+    };
+}
+
 mod bincode;
 mod bounded;
 mod cbor;
