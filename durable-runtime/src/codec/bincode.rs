@@ -94,19 +94,33 @@ fn decode_message(e: &bincode::error::DecodeError, len: usize) -> String {
         ),
         E::OtherString(s) => s.clone(),
         E::Other(s) => (*s).to_owned(),
-        E::InvalidIntegerType { expected, found } => {
-            format!("an integer is stored as {found:?} where {expected:?} was expected")
+        E::InvalidIntegerType { .. } => {
+            "an integer is stored with another width or signedness than the type reads"
+                .to_owned()
         }
+        E::NonZeroTypeIsZero { .. } => "zero where a non-zero integer was expected".to_owned(),
+        E::ArrayLengthMismatch { required, found } => {
+            format!("an array of {found} elements where the type holds {required}")
+        }
+        E::EmptyEnum { type_name } => format!("`{type_name}` has no variants to read"),
+        E::InvalidDuration { .. } => "a duration out of range".to_owned(),
+        E::InvalidSystemTime { .. } => "a system time out of range".to_owned(),
+        E::CStringNulError { position } => format!("a C string with a NUL at byte {position}"),
         E::UnexpectedVariant {
             type_name,
             allowed: _,
             found,
         } => format!("variant {found} of `{type_name}` does not exist"),
-        E::InvalidCharEncoding(bytes) => format!("{bytes:?} is not a UTF-8 character"),
+        E::InvalidCharEncoding(_) => "a character that is not UTF-8".to_owned(),
         E::InvalidBooleanValue(b) => format!("{b} is not a boolean"),
         E::Utf8 { .. } => "a string is not UTF-8".to_owned(),
         E::OutsideUsizeRange(n) => format!("a length of {n} does not fit this machine's usize"),
         E::LimitExceeded => "a length is more than the row holds".to_owned(),
-        other => format!("bincode cannot read the value ({other:?})"),
+        E::Serde(bincode::serde::DecodeError::AnyNotSupported) => {
+            "the type needs a self-describing format to be read (`#[serde(flatten)]`, an \
+             untagged enum, a `serde_json::Value`), which bincode is not; use the default codec"
+                .to_owned()
+        }
+        _ => "bincode cannot read the value as this type".to_owned(),
     }
 }
