@@ -6,7 +6,7 @@
 //! - Build 2 changes the types in every way that keeps the recorded values meaningful
 //!   (a field added with a default and one removed, `u32` to `u64`, `u32` to `i32` for a
 //!   value that fits, a variant added in front and one moved): it resumes with the
-//!   recorded values.
+//!   recorded values, and a step that took the changed type as its argument replays.
 //! - Three other builds 2 each make one change the values cannot follow (a number that
 //!   became a string, a recorded variant removed, a value out of the new range): each
 //!   stops with an error naming the step and the type, and leaves the journal exactly as
@@ -75,7 +75,8 @@ fn snapshot(journal: &Path) -> Vec<String> {
     rows
 }
 
-const V1_RESULT: &str = "RESULT v1 sku=tea-1 qty=7 total=4000000000 decision=Approved";
+const V1_RESULT: &str =
+    "RESULT shipped tea-1 v1 sku=tea-1 qty=7 total=4000000000 decision=Approved";
 
 #[test]
 fn compatible_changes_resume_with_the_recorded_values() {
@@ -84,10 +85,11 @@ fn compatible_changes_resume_with_the_recorded_values() {
     start(&journal, "cbor");
     let out = finish(env!("CARGO_BIN_EXE_deploy-v2"), &journal);
     // The recorded values, read through build 2's types: `gift` takes its default, and
-    // the decision is still `Approved` though it moved.
+    // the decision is still `Approved` though it moved. `ship`, which took the order as
+    // its argument, replays: the order's new field holds its default.
     assert_eq!(
         out,
-        "RESULT v2 sku=tea-1 qty=7 total=4000000000 gift=false decision=Approved"
+        "RESULT shipped tea-1 v2 sku=tea-1 qty=7 total=4000000000 gift=false decision=Approved"
     );
 }
 
@@ -101,7 +103,7 @@ fn incompatible_changes_stop_with_a_clear_error_and_leave_the_journal_unchanged(
         ),
         (
             env!("CARGO_BIN_EXE_deploy-v2-removed-variant"),
-            "the recorded output of step 2 (`decide`) does not decode as `Decision`: unknown \
+            "the recorded output of step 3 (`decide`) does not decode as `Decision`: unknown \
              variant `Approved`, expected `Pending` or `Rejected`",
         ),
         (

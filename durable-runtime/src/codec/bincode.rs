@@ -95,8 +95,7 @@ fn decode_message(e: &bincode::error::DecodeError, len: usize) -> String {
         E::OtherString(s) => s.clone(),
         E::Other(s) => (*s).to_owned(),
         E::InvalidIntegerType { .. } => {
-            "an integer is stored with another width or signedness than the type reads"
-                .to_owned()
+            "an integer is stored with another width or signedness than the type reads".to_owned()
         }
         E::NonZeroTypeIsZero { .. } => "zero where a non-zero integer was expected".to_owned(),
         E::ArrayLengthMismatch { required, found } => {

@@ -158,6 +158,11 @@ enum Tag {
     Char = 17,
     /// A journal value inside another, by its content.
     Nested = 18,
+    /// An 8-bit unsigned integer (shape mode: bincode writes it as a raw byte, and wider
+    /// ones as varints).
+    U8 = 19,
+    /// An 8-bit signed integer (shape mode).
+    I8 = 20,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -232,7 +237,7 @@ impl Args {
             mode: Mode::Value,
         });
         match done {
-            Ok(()) => self.h.word(sub.finish()),
+            Ok(_) => self.h.word(sub.finish()),
             Err(e) => {
                 self.error.get_or_insert(e);
             }
@@ -296,34 +301,43 @@ impl ser::Error for FingerprintError {
     }
 }
 
-/// The hashing serializer.
+/// The hashing serializer. What each value reports back (its `Ok`) is whether it holds
+/// anything: a value mode struct leaves out its fields that hold nothing (`false`, `0`,
+/// `""`, `None`, an empty collection), so that a field added with a default, or removed
+/// while it held its default, does not change the fingerprint of the arguments it sits
+/// in.
 struct Hasher<'a> {
     h: &'a mut Hash64,
     mode: Mode,
 }
 
+/// Whether a hashed value holds anything (see [`Hasher`]).
+type Filled = bool;
+
 impl Hasher<'_> {
-    fn uint(self, v: u128) -> Result<(), FingerprintError> {
-        self.h.tag(Tag::Uint);
-        if self.mode == Mode::Value {
-            self.h.word(v as u64);
-            self.h.word((v >> 64) as u64);
+    fn uint(self, v: u128, tag: Tag) -> Result<Filled, FingerprintError> {
+        match self.mode {
+            Mode::Value => {
+                self.h.tag(Tag::Uint);
+                self.h.word(v as u64);
+                self.h.word((v >> 64) as u64);
+            }
+            Mode::Shape => self.h.tag(tag),
         }
-        Ok(())
+        Ok(v != 0)
     }
 
-    fn sint(self, v: i128) -> Result<(), FingerprintError> {
-        if self.mode == Mode::Value {
-            if v >= 0 {
-                return self.uint(v as u128);
+    fn sint(self, v: i128, tag: Tag) -> Result<Filled, FingerprintError> {
+        match self.mode {
+            Mode::Value if v >= 0 => return self.uint(v as u128, tag),
+            Mode::Value => {
+                self.h.tag(Tag::Sint);
+                self.h.word(v as u64);
+                self.h.word((v >> 64) as u64);
             }
-            self.h.tag(Tag::Sint);
-            self.h.word(v as u64);
-            self.h.word((v >> 64) as u64);
-        } else {
-            self.h.tag(Tag::Sint);
+            Mode::Shape => self.h.tag(tag),
         }
-        Ok(())
+        Ok(v != 0)
     }
 
     fn sub(&mut self) -> Hasher<'_> {
@@ -341,8 +355,11 @@ struct Compound<'a> {
     /// Unordered: the wrapping sum of the items' own hashes (a multiset hash); ordered:
     /// items are mixed into `h` one after the other.
     unordered: bool,
+    /// Named fields of a struct, in value mode: the ones that hold nothing are left out.
+    skip_empty_fields: bool,
     sum: u64,
     count: u64,
+    filled: bool,
     /// A map key's hash, waiting for its value.
     key: Option<u64>,
 }
@@ -354,56 +371,98 @@ impl<'a> Compound<'a> {
             h,
             mode,
             unordered,
+            skip_empty_fields: false,
             sum: 0,
             count: 0,
+            filled: false,
             key: None,
         }
     }
 
-    fn item<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), FingerprintError> {
+    /// A struct's fields: in value mode an unordered set of the fields that hold
+    /// something (declaration order and defaulted fields do not count); in shape mode
+    /// every field, in order (bincode reads them by position).
+    fn fields(h: &'a mut Hash64, mode: Mode) -> Self {
+        let value = mode == Mode::Value;
+        Compound {
+            skip_empty_fields: value,
+            ..Compound::new(h, mode, Tag::Struct, value)
+        }
+    }
+
+    /// Hashes `v` on its own: its hash, and whether it holds anything.
+    fn hash_of<T: Serialize + ?Sized>(&self, v: &T) -> Result<(u64, Filled), FingerprintError> {
         let mut sub = Hash64::new();
-        v.serialize(Hasher {
+        let filled = v.serialize(Hasher {
             h: &mut sub,
             mode: self.mode,
         })?;
-        let x = sub.finish();
+        Ok((sub.finish(), filled))
+    }
+
+    fn add(&mut self, x: u64) {
         self.count += 1;
         if self.unordered {
             self.sum = self.sum.wrapping_add(x);
         } else {
             self.h.word(x);
         }
+    }
+
+    fn element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), FingerprintError> {
+        let (x, _) = self.hash_of(v)?;
+        self.add(x);
         Ok(())
     }
 
-    fn named<T: Serialize + ?Sized>(&mut self, name: &str, v: &T) -> Result<(), FingerprintError> {
-        self.h.bytes(name.as_bytes());
-        self.item(v)
+    fn field<T: Serialize + ?Sized>(
+        &mut self,
+        name: &'static str,
+        v: &T,
+    ) -> Result<(), FingerprintError> {
+        let (x, filled) = self.hash_of(v)?;
+        if self.skip_empty_fields && !filled {
+            return Ok(());
+        }
+        self.filled |= filled;
+        let mut named = Hash64::new();
+        named.bytes(name.as_bytes());
+        named.word(x);
+        self.add(named.finish());
+        Ok(())
     }
 
-    fn entry(&mut self, k: u64, v: u64) {
-        let mut e = Hash64::new();
-        e.word(k);
-        e.word(v);
-        self.count += 1;
-        self.sum = self.sum.wrapping_add(e.finish());
+    fn key<T: Serialize + ?Sized>(&mut self, k: &T) -> Result<(), FingerprintError> {
+        self.key = Some(self.hash_of(k)?.0);
+        Ok(())
     }
 
-    fn end(self) -> Result<(), FingerprintError> {
+    fn value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), FingerprintError> {
+        let (x, _) = self.hash_of(v)?;
+        let mut entry = Hash64::new();
+        entry.word(self.key.take().unwrap_or_default());
+        entry.word(x);
+        self.add(entry.finish());
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Filled, FingerprintError> {
         if self.unordered {
             self.h.word(self.sum);
-            if self.mode == Mode::Value {
-                self.h.word(self.count);
-            }
-        } else {
+        }
+        if self.mode == Mode::Value || !self.unordered {
             self.h.word(self.count);
         }
-        Ok(())
+        // A struct holds something if one of its fields does; a collection or tuple if it
+        // has an element (`[0]` is not `[]`); a variant always does.
+        Ok(self.filled || (!self.skip_empty_fields && self.count > 0))
     }
 }
 
+serialize_compound!(Compound<'_>, FingerprintError, Filled);
+
 impl<'a> Serializer for Hasher<'a> {
-    type Ok = ();
+    type Ok = Filled;
     type Error = FingerprintError;
     type SerializeSeq = Compound<'a>;
     type SerializeTuple = Compound<'a>;
@@ -413,91 +472,95 @@ impl<'a> Serializer for Hasher<'a> {
     type SerializeStruct = Compound<'a>;
     type SerializeStructVariant = Compound<'a>;
 
-    fn serialize_bool(self, v: bool) -> Result<(), FingerprintError> {
+    fn serialize_bool(self, v: bool) -> Result<Filled, FingerprintError> {
         self.h.tag(Tag::Bool);
         if self.mode == Mode::Value {
             self.h.word(u64::from(v));
         }
-        Ok(())
+        Ok(v)
     }
-    fn serialize_i8(self, v: i8) -> Result<(), FingerprintError> {
-        self.sint(v.into())
+    fn serialize_i8(self, v: i8) -> Result<Filled, FingerprintError> {
+        self.sint(v.into(), Tag::I8)
     }
-    fn serialize_i16(self, v: i16) -> Result<(), FingerprintError> {
-        self.sint(v.into())
+    fn serialize_i16(self, v: i16) -> Result<Filled, FingerprintError> {
+        self.sint(v.into(), Tag::Sint)
     }
-    fn serialize_i32(self, v: i32) -> Result<(), FingerprintError> {
-        self.sint(v.into())
+    fn serialize_i32(self, v: i32) -> Result<Filled, FingerprintError> {
+        self.sint(v.into(), Tag::Sint)
     }
-    fn serialize_i64(self, v: i64) -> Result<(), FingerprintError> {
-        self.sint(v.into())
+    fn serialize_i64(self, v: i64) -> Result<Filled, FingerprintError> {
+        self.sint(v.into(), Tag::Sint)
     }
-    fn serialize_i128(self, v: i128) -> Result<(), FingerprintError> {
-        self.sint(v)
+    fn serialize_i128(self, v: i128) -> Result<Filled, FingerprintError> {
+        self.sint(v, Tag::Sint)
     }
-    fn serialize_u8(self, v: u8) -> Result<(), FingerprintError> {
-        self.uint(v.into())
+    fn serialize_u8(self, v: u8) -> Result<Filled, FingerprintError> {
+        self.uint(v.into(), Tag::U8)
     }
-    fn serialize_u16(self, v: u16) -> Result<(), FingerprintError> {
-        self.uint(v.into())
+    fn serialize_u16(self, v: u16) -> Result<Filled, FingerprintError> {
+        self.uint(v.into(), Tag::Uint)
     }
-    fn serialize_u32(self, v: u32) -> Result<(), FingerprintError> {
-        self.uint(v.into())
+    fn serialize_u32(self, v: u32) -> Result<Filled, FingerprintError> {
+        self.uint(v.into(), Tag::Uint)
     }
-    fn serialize_u64(self, v: u64) -> Result<(), FingerprintError> {
-        self.uint(v.into())
+    fn serialize_u64(self, v: u64) -> Result<Filled, FingerprintError> {
+        self.uint(v.into(), Tag::Uint)
     }
-    fn serialize_u128(self, v: u128) -> Result<(), FingerprintError> {
-        self.uint(v)
+    fn serialize_u128(self, v: u128) -> Result<Filled, FingerprintError> {
+        self.uint(v, Tag::Uint)
     }
-    fn serialize_f32(self, v: f32) -> Result<(), FingerprintError> {
+    fn serialize_f32(self, v: f32) -> Result<Filled, FingerprintError> {
         self.h.tag(Tag::F32);
         if self.mode == Mode::Value {
             self.h.word(v.to_bits().into());
         }
-        Ok(())
+        Ok(v.to_bits() != 0)
     }
-    fn serialize_f64(self, v: f64) -> Result<(), FingerprintError> {
+    fn serialize_f64(self, v: f64) -> Result<Filled, FingerprintError> {
         self.h.tag(Tag::F64);
         if self.mode == Mode::Value {
             self.h.word(v.to_bits());
         }
-        Ok(())
+        Ok(v.to_bits() != 0)
     }
-    fn serialize_char(self, v: char) -> Result<(), FingerprintError> {
+    fn serialize_char(self, v: char) -> Result<Filled, FingerprintError> {
         self.h.tag(Tag::Char);
         if self.mode == Mode::Value {
             self.h.word(u64::from(v));
         }
-        Ok(())
+        Ok(v != '\0')
     }
-    fn serialize_str(self, v: &str) -> Result<(), FingerprintError> {
+    fn serialize_str(self, v: &str) -> Result<Filled, FingerprintError> {
         self.h.tag(Tag::Str);
         if self.mode == Mode::Value {
             self.h.bytes(v.as_bytes());
         }
-        Ok(())
+        Ok(!v.is_empty())
     }
-    fn serialize_bytes(self, v: &[u8]) -> Result<(), FingerprintError> {
+    fn serialize_bytes(self, v: &[u8]) -> Result<Filled, FingerprintError> {
         self.h.tag(Tag::Bytes);
         if self.mode == Mode::Value {
             self.h.bytes(v);
         }
-        Ok(())
+        Ok(!v.is_empty())
     }
-    fn serialize_none(self) -> Result<(), FingerprintError> {
+    fn serialize_none(self) -> Result<Filled, FingerprintError> {
         self.h.tag(Tag::None);
-        Ok(())
+        Ok(false)
     }
-    fn serialize_some<T: Serialize + ?Sized>(mut self, v: &T) -> Result<(), FingerprintError> {
-        self.h.tag(Tag::Some);
+    fn serialize_some<T: Serialize + ?Sized>(mut self, v: &T) -> Result<Filled, FingerprintError> {
+        // A value fingerprint reads `Some(x)` as `x`: a field that became an `Option`
+        // holds the same argument. A shape tells them apart (bincode writes a tag).
+        if self.mode == Mode::Shape {
+            self.h.tag(Tag::Some);
+        }
         v.serialize(self.sub())
     }
-    fn serialize_unit(self) -> Result<(), FingerprintError> {
+    fn serialize_unit(self) -> Result<Filled, FingerprintError> {
         self.h.tag(Tag::Unit);
-        Ok(())
+        Ok(false)
     }
-    fn serialize_unit_struct(self, _: &'static str) -> Result<(), FingerprintError> {
+    fn serialize_unit_struct(self, _: &'static str) -> Result<Filled, FingerprintError> {
         self.serialize_unit()
     }
     fn serialize_unit_variant(
@@ -505,17 +568,17 @@ impl<'a> Serializer for Hasher<'a> {
         _: &'static str,
         _: u32,
         variant: &'static str,
-    ) -> Result<(), FingerprintError> {
+    ) -> Result<Filled, FingerprintError> {
         self.h.tag(Tag::Variant);
         self.h.bytes(variant.as_bytes());
         self.h.tag(Tag::Unit);
-        Ok(())
+        Ok(true)
     }
     fn serialize_newtype_struct<T: Serialize + ?Sized>(
         self,
         _: &'static str,
         v: &T,
-    ) -> Result<(), FingerprintError> {
+    ) -> Result<Filled, FingerprintError> {
         v.serialize(self)
     }
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
@@ -524,10 +587,11 @@ impl<'a> Serializer for Hasher<'a> {
         _: u32,
         variant: &'static str,
         v: &T,
-    ) -> Result<(), FingerprintError> {
+    ) -> Result<Filled, FingerprintError> {
         self.h.tag(Tag::Variant);
         self.h.bytes(variant.as_bytes());
-        v.serialize(self.sub())
+        v.serialize(self.sub())?;
+        Ok(true)
     }
     fn serialize_seq(self, _: Option<usize>) -> Result<Compound<'a>, FingerprintError> {
         Ok(Compound::new(self.h, self.mode, Tag::Seq, true))
@@ -551,13 +615,15 @@ impl<'a> Serializer for Hasher<'a> {
     ) -> Result<Compound<'a>, FingerprintError> {
         self.h.tag(Tag::Variant);
         self.h.bytes(variant.as_bytes());
-        Ok(Compound::new(self.h, self.mode, Tag::Tuple, false))
+        let mut c = Compound::new(self.h, self.mode, Tag::Tuple, false);
+        c.filled = true;
+        Ok(c)
     }
     fn serialize_map(self, _: Option<usize>) -> Result<Compound<'a>, FingerprintError> {
         Ok(Compound::new(self.h, self.mode, Tag::Map, true))
     }
     fn serialize_struct(self, _: &'static str, _: usize) -> Result<Compound<'a>, FingerprintError> {
-        Ok(Compound::new(self.h, self.mode, Tag::Struct, false))
+        Ok(Compound::fields(self.h, self.mode))
     }
     fn serialize_struct_variant(
         self,
@@ -568,54 +634,15 @@ impl<'a> Serializer for Hasher<'a> {
     ) -> Result<Compound<'a>, FingerprintError> {
         self.h.tag(Tag::Variant);
         self.h.bytes(variant.as_bytes());
-        Ok(Compound::new(self.h, self.mode, Tag::Struct, false))
+        let mut c = Compound::fields(self.h, self.mode);
+        c.filled = true;
+        Ok(c)
     }
     fn is_human_readable(&self) -> bool {
         // Hashes what the journal's codecs see, which are binary.
         false
     }
 }
-
-impl Compound<'_> {
-    fn element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), FingerprintError> {
-        self.item(v)
-    }
-
-    fn field<T: Serialize + ?Sized>(
-        &mut self,
-        name: &'static str,
-        v: &T,
-    ) -> Result<(), FingerprintError> {
-        self.named(name, v)
-    }
-
-    fn key<T: Serialize + ?Sized>(&mut self, k: &T) -> Result<(), FingerprintError> {
-        let mut sub = Hash64::new();
-        k.serialize(Hasher {
-            h: &mut sub,
-            mode: self.mode,
-        })?;
-        self.key = Some(sub.finish());
-        Ok(())
-    }
-
-    fn value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), FingerprintError> {
-        let mut sub = Hash64::new();
-        v.serialize(Hasher {
-            h: &mut sub,
-            mode: self.mode,
-        })?;
-        let k = self.key.take().unwrap_or_default();
-        self.entry(k, sub.finish());
-        Ok(())
-    }
-
-    fn finish(self) -> Result<(), FingerprintError> {
-        self.end()
-    }
-}
-
-serialize_compound!(Compound<'_>, FingerprintError);
 
 /// The value fingerprint of whatever a self-describing deserializer holds, computed
 /// without its Rust type. Used on recorded outputs, so it follows [`value`] where the
@@ -786,7 +813,8 @@ mod tests {
         assert_ne!(v(&vec![1, 2]), v(&vec![1, 1, 2]));
         assert_ne!(v(&(1, 2)), v(&(2, 1)));
         assert_ne!(v("ab"), v("ba"));
-        assert_ne!(v(&Some(1)), v(&1));
+        // `Some(x)` is read as `x`: a field that became an `Option` holds the same.
+        assert_eq!(v(&Some(1)), v(&1));
         assert_ne!(v(&Status::Pending), v(&Status::Approved));
         let a = Order {
             sku: "tea".into(),
@@ -797,6 +825,52 @@ mod tests {
             qty: 2,
         };
         assert_ne!(v(&a), v(&b));
+    }
+
+    #[test]
+    fn a_field_added_with_its_default_or_reordered_does_not_change_a_value() {
+        #[derive(Serialize)]
+        struct V1 {
+            sku: String,
+            qty: u32,
+            retired: bool,
+        }
+        #[derive(Serialize)]
+        struct V2 {
+            qty: u64,
+            sku: Option<String>,
+            gift: bool,
+            tags: Vec<String>,
+            note: Option<String>,
+        }
+        let v1 = V1 {
+            sku: "tea".into(),
+            qty: 7,
+            retired: false,
+        };
+        let v2 = V2 {
+            qty: 7,
+            sku: Some("tea".into()),
+            gift: false,
+            tags: vec![],
+            note: None,
+        };
+        assert_eq!(v(&v1), v(&v2));
+        // What a field holds still counts, whatever it holds.
+        let gift = V2 { gift: true, ..v2 };
+        assert_ne!(v(&v1), v(&gift));
+        let zero = V2 {
+            tags: vec![String::new()],
+            gift: false,
+            ..gift
+        };
+        assert_ne!(v(&v1), v(&zero));
+        let retired = V1 {
+            sku: "tea".into(),
+            qty: 7,
+            retired: true,
+        };
+        assert_ne!(v(&retired), v(&v1));
     }
 
     #[test]

@@ -27,48 +27,51 @@ use serde::de::DeserializeOwned;
 /// of named fields.
 macro_rules! serialize_compound {
     ($ty:ty, $err:ty) => {
+        serialize_compound!($ty, $err, ());
+    };
+    ($ty:ty, $err:ty, $ok:ty) => {
         impl ser::SerializeSeq for $ty {
-            type Ok = ();
+            type Ok = $ok;
             type Error = $err;
             fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), $err> {
                 self.element(v)
             }
-            fn end(self) -> Result<(), $err> {
+            fn end(self) -> Result<$ok, $err> {
                 self.finish()
             }
         }
         impl ser::SerializeTuple for $ty {
-            type Ok = ();
+            type Ok = $ok;
             type Error = $err;
             fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), $err> {
                 self.element(v)
             }
-            fn end(self) -> Result<(), $err> {
+            fn end(self) -> Result<$ok, $err> {
                 self.finish()
             }
         }
         impl ser::SerializeTupleStruct for $ty {
-            type Ok = ();
+            type Ok = $ok;
             type Error = $err;
             fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), $err> {
                 self.element(v)
             }
-            fn end(self) -> Result<(), $err> {
+            fn end(self) -> Result<$ok, $err> {
                 self.finish()
             }
         }
         impl ser::SerializeTupleVariant for $ty {
-            type Ok = ();
+            type Ok = $ok;
             type Error = $err;
             fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), $err> {
                 self.element(v)
             }
-            fn end(self) -> Result<(), $err> {
+            fn end(self) -> Result<$ok, $err> {
                 self.finish()
             }
         }
         impl ser::SerializeMap for $ty {
-            type Ok = ();
+            type Ok = $ok;
             type Error = $err;
             fn serialize_key<T: Serialize + ?Sized>(&mut self, k: &T) -> Result<(), $err> {
                 self.key(k)
@@ -76,12 +79,12 @@ macro_rules! serialize_compound {
             fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), $err> {
                 self.value(v)
             }
-            fn end(self) -> Result<(), $err> {
+            fn end(self) -> Result<$ok, $err> {
                 self.finish()
             }
         }
         impl ser::SerializeStruct for $ty {
-            type Ok = ();
+            type Ok = $ok;
             type Error = $err;
             fn serialize_field<T: Serialize + ?Sized>(
                 &mut self,
@@ -90,12 +93,12 @@ macro_rules! serialize_compound {
             ) -> Result<(), $err> {
                 self.field(name, v)
             }
-            fn end(self) -> Result<(), $err> {
+            fn end(self) -> Result<$ok, $err> {
                 self.finish()
             }
         }
         impl ser::SerializeStructVariant for $ty {
-            type Ok = ();
+            type Ok = $ok;
             type Error = $err;
             fn serialize_field<T: Serialize + ?Sized>(
                 &mut self,
@@ -104,7 +107,7 @@ macro_rules! serialize_compound {
             ) -> Result<(), $err> {
                 self.field(name, v)
             }
-            fn end(self) -> Result<(), $err> {
+            fn end(self) -> Result<$ok, $err> {
                 self.finish()
             }
         }

@@ -3,7 +3,7 @@
 use durable_runtime::{recv, set_event, step, workflow};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Order {
     sku: String,
     qty: u32,
@@ -28,6 +28,13 @@ async fn price(id: String) -> Order {
     }
 }
 
+/// Takes the recorded order as its argument: a replay compares the argument's
+/// fingerprint, which a field added with its default does not change.
+#[step]
+async fn ship(order: Order) -> String {
+    format!("shipped {}", order.sku)
+}
+
 #[step]
 async fn decide(qty: u32) -> Decision {
     if qty > 0 {
@@ -40,11 +47,12 @@ async fn decide(qty: u32) -> Decision {
 #[workflow]
 async fn fulfil(id: String) -> String {
     let order = price(id).await;
+    let shipped = ship(order.clone()).await;
     let decision = decide(order.qty).await;
     let _ = set_event("waiting", &true).await;
     let _ = recv::<bool>("go", None).await;
     format!(
-        "v1 sku={} qty={} total={} decision={decision:?}",
+        "{shipped} v1 sku={} qty={} total={} decision={decision:?}",
         order.sku, order.qty, order.total_cents
     )
 }
