@@ -469,6 +469,23 @@ fn bincode_refuses_every_change_that_would_read_another_value() {
     }
     let err = convert::<_, B>(Codec::Bincode, &A { x: 1, y: 2 }).expect_err("swapped");
     assert!(err.contains("another shape"), "{err}");
+    // bincode writes 8-bit integers as raw bytes and wider ones as varints: the byte of
+    // `1i8` read as an i16 is -1, and `251u8` read as a u16 swallows the next field.
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Narrow {
+        a: u8,
+        b: u16,
+    }
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Wide {
+        a: u16,
+        b: u16,
+    }
+    let err =
+        convert::<_, Wide>(Codec::Bincode, &Narrow { a: 251, b: 300 }).expect_err("u8 as u16");
+    assert!(err.contains("another shape"), "{err}");
+    let err = convert::<_, i16>(Codec::Bincode, &1i8).expect_err("i8 as i16");
+    assert!(err.contains("another shape"), "{err}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -529,6 +546,17 @@ fn hostile_cbor_rows_are_errors_not_allocations_or_stack_overflows() {
     let err = std::thread::Builder::new()
         .stack_size(1024 * 1024)
         .spawn(move || Codec::decode::<Loose>(&cbor(&deep)).expect_err("deep"))
+        .expect("thread")
+        .join()
+        .expect("no stack overflow");
+    assert!(err.to_string().contains("nested more than"), "{err}");
+
+    // The same under bincode, which reads as deeply as the type asks: a run of `1`s is
+    // `Node(Vec of one Node(...))` for ever.
+    let deep = [vec![1u8; 300_000], vec![0, 0]].concat();
+    let err = std::thread::Builder::new()
+        .stack_size(1024 * 1024)
+        .spawn(move || Codec::decode::<Tree>(&[vec![1u8], deep].concat()).expect_err("deep"))
         .expect("thread")
         .join()
         .expect("no stack overflow");

@@ -12,6 +12,10 @@
 //! counts: a sequence or map yielding more than `n + ZERO_SIZED_ALLOWANCE` elements is an
 //! error. Elements of any other type take at least one byte each and stop at `n`.
 //!
+//! Nesting is limited too, to [`super::cbor::MAX_DEPTH`] levels as in CBOR: bincode
+//! reads as deeply as the type asks, and a recursive type read from a hostile row (or
+//! from a row of another type) would otherwise exhaust the thread's stack.
+//!
 //! Otherwise every call is forwarded as it is.
 
 use std::fmt;
@@ -70,10 +74,45 @@ impl<A> CappedAccess<A> {
     }
 }
 
+thread_local! {
+    /// How deeply the value being decoded on this thread is nested (decoding is
+    /// synchronous: one value at a time per thread).
+    static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// One level of nesting, for as long as it lives.
+struct Level;
+
+impl Level {
+    fn enter<E: de::Error>() -> Result<Level, E> {
+        let depth = DEPTH.with(|d| {
+            let depth = d.get() + 1;
+            d.set(depth);
+            depth
+        });
+        // Counted before the check, so the drop below always undoes it.
+        let level = Level;
+        if depth > super::cbor::MAX_DEPTH {
+            return Err(E::custom(format_args!(
+                "the value is nested more than {} levels deep",
+                super::cbor::MAX_DEPTH
+            )));
+        }
+        Ok(level)
+    }
+}
+
+impl Drop for Level {
+    fn drop(&mut self) {
+        let _ = DEPTH.try_with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
 macro_rules! forward_deserialize {
     ($($method:ident($($arg:ident: $ty:ty),*);)*) => {
         $(
             fn $method<V: Visitor<'de>>(self, $($arg: $ty,)* visitor: V) -> Result<V::Value, D::Error> {
+                let _level = Level::enter::<D::Error>()?;
                 let cap = self.cap;
                 self.inner.$method($($arg,)* CappedVisitor { inner: visitor, cap })
             }
