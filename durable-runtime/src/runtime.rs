@@ -70,6 +70,10 @@ pub(crate) struct Inner {
     unrecoverable: Vec<Error>,
     /// Set by [`Runtime::close`]: no new work is taken.
     closing: std::sync::atomic::AtomicBool,
+    /// The close in progress or done: started once, by the first `close`, in a task of
+    /// its own (a caller that stops waiting does not leave it half done), and watched by
+    /// every `close` call.
+    close: Mutex<Option<watch::Receiver<Option<Result<()>>>>>,
     /// Why runs that stopped in this process without a recorded outcome (a divergence,
     /// a value that does not decode, a journal error) stopped: the journal holds them as
     /// pending, and their handles report this, not a bare "stopped".
@@ -204,6 +208,7 @@ impl RuntimeBuilder {
             unrecoverable,
             closing: std::sync::atomic::AtomicBool::new(false),
             stopped: Mutex::default(),
+            close: Mutex::default(),
         });
         // Every resumed run is in `running` before any of them runs: a parent resuming
         // its child's call must find the child's run, not start a second one.
@@ -292,9 +297,15 @@ impl Runtime {
     ///
     /// Stopped workflows are not finished: they stay pending in the journal, their
     /// handles return [`Error::Stopped`], and the next open resumes them from their last
-    /// checkpoint. Step bodies still running after 10 seconds are dropped where they are,
-    /// as in a crash (their steps run again at the next open); see
-    /// [`close_with_grace`](Runtime::close_with_grace) for another limit.
+    /// checkpoint. Step bodies still running after 10 seconds are no longer polled, as in
+    /// a crash, and their steps run again at the next open; see
+    /// [`close_with_grace`](Runtime::close_with_grace) for another limit. (An async body
+    /// stops at its next `.await`; work it handed to a thread, such as
+    /// `spawn_blocking`, goes on until it returns, possibly while the next runtime runs
+    /// the step again.)
+    ///
+    /// The close runs in a task of its own: a caller that stops waiting (a timeout) does
+    /// not leave it half done, and every call waits for the same close.
     ///
     /// ```
     /// use durable_runtime::{Runtime, recv, workflow};
@@ -323,8 +334,9 @@ impl Runtime {
     ///
     /// # Errors
     ///
-    /// [`Error::Unrecorded`] inside a workflow body, [`Error::Store`] if the journal
-    /// could not be written at the end. Closing a closed runtime does nothing.
+    /// [`Error::Unrecorded`] inside a workflow body or a step body of this runtime (it
+    /// would wait for itself), [`Error::Store`] if the journal could not be written at
+    /// the end. Closing a closed runtime does nothing.
     pub async fn close(&self) -> Result<()> {
         self.close_with_grace(CLOSE_GRACE).await
     }
@@ -340,7 +352,38 @@ impl Runtime {
             "`Runtime::close`",
             "close the runtime from outside its workflows",
         )?;
-        self.inner.close(grace).await
+        if let Some(step) = crate::scope::step_context()
+            && lock(&self.inner.running).contains_key(step.workflow_id())
+        {
+            return Err(Error::Unrecorded {
+                workflow_id: step.workflow_id().to_owned(),
+                operation: "`Runtime::close`".to_owned(),
+                problem: "was called in a step body of a workflow this runtime runs, and would \
+                          wait for that step to finish",
+                hint: "close the runtime from outside its workflows",
+            });
+        }
+        let mut done = {
+            let mut slot = lock(&self.inner.close);
+            match &*slot {
+                Some(done) => done.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    let inner = self.inner.clone();
+                    tokio::spawn(async move {
+                        let closed = inner.close(grace).await;
+                        tx.send_replace(Some(closed));
+                    });
+                    *slot = Some(rx.clone());
+                    rx
+                }
+            }
+        };
+        let closed = match done.wait_for(Option::is_some).await {
+            Ok(closed) => closed.clone(),
+            Err(_) => None,
+        };
+        closed.unwrap_or_else(|| Err(closed_error(self.path())))
     }
 
     /// How many transactions this runtime has committed to the journal: one per
@@ -1092,6 +1135,15 @@ fn recorded_outcome(path: &Path, record: WorkflowRecord) -> Result<Vec<u8>> {
             ),
         ))),
     }
+}
+
+/// The error of a close whose task went away (its tokio runtime shut down).
+fn closed_error(path: &Path) -> Error {
+    Error::Store(StoreError::new(
+        path,
+        StoreErrorKind::Closed,
+        "the close did not finish: the tokio runtime it ran on shut down",
+    ))
 }
 
 /// Refuses `operation` inside a workflow body, where a replay would do it again.

@@ -741,3 +741,68 @@ async fn a_step_that_outlasts_the_grace_period_is_dropped_and_runs_again_at_the_
     assert_eq!(rt.recovered(), ["e"]);
     rt.close_with_grace(Duration::ZERO).await.expect("close");
 }
+
+#[tokio::test]
+async fn a_close_its_caller_stops_waiting_for_still_finishes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    let rt = open(&path).await;
+    rt.start_with_id("c", slow_then_wait())
+        .await
+        .expect("start");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The caller gives up at once; the close goes on in its own task, and releases the
+    // journal although nobody waits for it (the runtime handle is still alive).
+    let gave_up = tokio::time::timeout(Duration::from_millis(1), rt.close()).await;
+    assert!(gave_up.is_err(), "the step takes longer than that");
+    drop(common::try_reopen(&path).await.expect("released"));
+    rt.close().await.expect("the same close, done");
+}
+
+static CLOSER: OnceLock<Runtime> = OnceLock::new();
+
+#[step]
+async fn closes_its_own_runtime() -> String {
+    match CLOSER.get() {
+        Some(rt) => match rt.close().await {
+            Ok(()) => "closed".into(),
+            Err(e) => e.to_string(),
+        },
+        None => "no runtime".into(),
+    }
+}
+
+#[workflow]
+async fn closes_from_a_step() -> String {
+    closes_its_own_runtime().await
+}
+
+#[tokio::test]
+async fn close_from_one_of_its_own_step_bodies_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    let rt = CLOSER.get_or_init(|| {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                tokio::runtime::Runtime::new()
+                    .expect("tokio")
+                    .block_on(Runtime::open(&path))
+                    .expect("open")
+            })
+            .join()
+            .expect("thread")
+        })
+    });
+    let message = rt
+        .start_with_id("self", closes_from_a_step())
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect("runs");
+    assert!(
+        message.contains("was called in a step body of a workflow this runtime runs"),
+        "{message}"
+    );
+    rt.close().await.expect("close from outside");
+}
