@@ -5,13 +5,11 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::visit_mut::VisitMut;
 use syn::{Block, FnArg, Ident, ItemFn, Pat, Path, Type};
 
 use crate::args::{BranchArgs, OnInterrupt, StepArgs, WorkflowArgs};
 use crate::errors::{Errors, with_item};
 use crate::guard;
-use crate::rewrite::Branches;
 use crate::validate::{self, Kind};
 
 /// One argument: the name the generated function uses for it, and how the body binds
@@ -218,7 +216,7 @@ pub(crate) fn workflow(args: TokenStream, item: TokenStream) -> TokenStream {
         return with_item(item, &with_guard(e, guard));
     }
 
-    Branches { krate: &k }.visit_block_mut(&mut func.block);
+    crate::rewrite::rewrite_body(&k, &mut func.block);
     let ItemFn {
         attrs,
         vis,
@@ -284,7 +282,7 @@ pub(crate) fn branch(args: TokenStream, item: TokenStream) -> TokenStream {
     if let Err(e) = errors.finish() {
         return with_item(item, &with_guard(e, guard));
     }
-    Branches { krate: &k }.visit_block_mut(&mut func.block);
+    crate::rewrite::rewrite_body(&k, &mut func.block);
     let ret = validate::output_type(&func.sig);
     let ItemFn {
         attrs,

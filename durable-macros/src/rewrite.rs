@@ -18,6 +18,28 @@ use syn::{Expr, Item, Macro, Pat, Path, Token};
 
 pub(crate) struct Branches<'a> {
     pub(crate) krate: &'a Path,
+    /// Whether a spawn call's argument was wrapped: the body then needs the traits the
+    /// wrapping calls methods of (see [`rewrite_body`]).
+    spawned: bool,
+}
+
+/// Rewrites a workflow or `#[branch]` body: branches, and what it spawns. The traits the
+/// spawn wrapping calls methods of are imported once, at the top of the body, so that
+/// the wrapping itself needs no block of its own (a block would drop the argument's
+/// temporaries at its end).
+pub(crate) fn rewrite_body(krate: &Path, body: &mut syn::Block) {
+    let mut b = Branches {
+        krate,
+        spawned: false,
+    };
+    b.visit_block_mut(body);
+    if b.spawned {
+        let import: syn::Stmt = syn::parse_quote! {
+            #[allow(unused_imports)]
+            use #krate::__private::{SpawnFuture as _, SpawnOther as _};
+        };
+        body.stmts.insert(0, import);
+    }
 }
 
 impl VisitMut for Branches<'_> {
@@ -37,12 +59,12 @@ impl VisitMut for Branches<'_> {
             }
             Expr::Call(call) if is_spawn_path(&call.func) => {
                 if let Some(first) = call.args.first_mut() {
-                    mark_spawned(krate, first);
+                    self.spawned |= mark_spawned(krate, first);
                 }
             }
             Expr::MethodCall(call) if is_spawn_name(&call.method) => {
                 if let Some(first) = call.args.first_mut() {
-                    mark_spawned(krate, first);
+                    self.spawned |= mark_spawned(krate, first);
                 }
             }
             Expr::Closure(closure) if closure.asyncness.is_some() => {
@@ -120,16 +142,17 @@ fn is_spawn_path(func: &Expr) -> bool {
     }
 }
 
-/// Wraps a spawn call's argument: `{ let a = <arg>; (&a).__durable_spawn_kind().wrap(a) }`.
-fn mark_spawned(krate: &Path, arg: &mut Expr) {
+/// Wraps a spawn call's argument, in place: `(&SpawnArg::new(<arg>)).__durable_spawn()`
+/// (the body imports the traits, see [`rewrite_body`]); whether it did. A closure
+/// literal is left alone: it is not a future, and going through a generic would lose
+/// the signature the spawn function gives it (`pool.spawn(|x| ..)`).
+fn mark_spawned(krate: &Path, arg: &mut Expr) -> bool {
+    if matches!(arg, Expr::Closure(_)) {
+        return false;
+    }
     let span = arg.span();
-    let value = Ident::new("__durable_spawned", Span::mixed_site().located_at(span));
     *arg = syn::parse_quote_spanned! {span=>
-        {
-            let #value = #arg;
-            #[allow(unused_imports)]
-            use #krate::__private::{SpawnFuture as _, SpawnOther as _};
-            (&#value).__durable_spawn_kind().wrap(#value)
-        }
+        (&#krate::__private::SpawnArg::new(#arg)).__durable_spawn()
     };
+    true
 }

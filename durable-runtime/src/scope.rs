@@ -309,49 +309,63 @@ impl<F: Future> Future for Spawned<F> {
     }
 }
 
-/// What `#[workflow]` makes of the argument of a spawn call: a future becomes
-/// [`Spawned`], anything else (the closure given to `std::thread::spawn`) stays as it
-/// is. Autoref specialization: `(&arg).__durable_spawn_kind().wrap(arg)`.
-pub trait SpawnFuture {
-    /// Says that the argument is a future.
-    fn __durable_spawn_kind(&self) -> SpawnWrap {
-        SpawnWrap
+/// What `#[workflow]` makes of the argument of a spawn call:
+/// `(&SpawnArg::new(arg)).__durable_spawn()` is a [`Spawned`] if `arg` is a future and
+/// `arg` itself otherwise (autoref specialization: the future impl needs no
+/// auto-reference and wins when it applies). The argument stays one expression, so its
+/// temporaries live as long as they did.
+pub struct SpawnArg<T>(std::cell::Cell<Option<T>>);
+
+impl<T> std::fmt::Debug for SpawnArg<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpawnArg")
     }
 }
 
-impl<F: Future> SpawnFuture for F {}
-
-/// See [`SpawnFuture`].
-pub trait SpawnOther {
-    /// Says that the argument is not a future.
-    fn __durable_spawn_kind(&self) -> SpawnKeep {
-        SpawnKeep
+impl<T> SpawnArg<T> {
+    /// Holds `value` until the spawn call takes it.
+    pub fn new(value: T) -> Self {
+        SpawnArg(std::cell::Cell::new(Some(value)))
     }
-}
 
-impl<T> SpawnOther for &T {}
-
-/// A spawned future, to wrap.
-#[derive(Debug)]
-pub struct SpawnWrap;
-
-impl SpawnWrap {
-    /// Wraps `fut`, remembering the workflow that spawns it.
-    pub fn wrap<F: Future>(self, fut: F) -> Spawned<F> {
-        Spawned {
-            ctx: current_workflow(),
-            fut,
+    fn take(&self) -> T {
+        match self.0.take() {
+            Some(value) => value,
+            // Each `SpawnArg` is made and taken once, in one expression.
+            None => unreachable!("a spawn argument taken twice"),
         }
     }
 }
 
-/// Not a future: kept as it is.
-#[derive(Debug)]
-pub struct SpawnKeep;
+/// See [`SpawnArg`]: a future, wrapped.
+pub trait SpawnFuture {
+    /// What the spawn call gets.
+    type Output;
+    /// Takes the argument.
+    fn __durable_spawn(&self) -> Self::Output;
+}
 
-impl SpawnKeep {
-    /// Returns `value` unchanged.
-    pub fn wrap<T>(self, value: T) -> T {
-        value
+impl<F: Future> SpawnFuture for SpawnArg<F> {
+    type Output = Spawned<F>;
+    fn __durable_spawn(&self) -> Spawned<F> {
+        Spawned {
+            ctx: current_workflow(),
+            fut: self.take(),
+        }
+    }
+}
+
+/// See [`SpawnArg`]: anything else, as it is.
+pub trait SpawnOther {
+    /// What the spawn call gets.
+    type Output;
+    /// Takes the argument.
+    fn __durable_spawn(&self) -> Self::Output;
+}
+
+impl<T> SpawnOther for &SpawnArg<T> {
+    type Output = T;
+    fn __durable_spawn(&self) -> T {
+        self.take()
     }
 }

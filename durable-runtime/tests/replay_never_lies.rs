@@ -433,15 +433,22 @@ async fn a_handle_refuses_an_output_that_fails_its_checksum() {
 
 static UNRECORDED: AtomicUsize = AtomicUsize::new(0);
 
+/// Only the plain helper below calls this one (tests run in parallel: a shared counter
+/// would count the other tests' calls).
+#[step]
+async fn notify_unrecorded(n: u64) -> u64 {
+    UNRECORDED.fetch_add(1, Ordering::SeqCst);
+    n
+}
+
 #[step]
 async fn notify(n: u64) -> u64 {
-    UNRECORDED.fetch_add(1, Ordering::SeqCst);
     n
 }
 
 /// A plain async helper (no `#[branch]`): its steps are called when it is first polled.
 async fn plain_helper(n: u64) -> u64 {
-    notify(n).await + notify(n + 1).await
+    notify_unrecorded(n).await + notify_unrecorded(n + 1).await
 }
 
 #[workflow]
@@ -467,7 +474,7 @@ async fn a_step_in_a_spawned_plain_helper_is_refused_not_run_unrecorded() {
             ..
         } => {
             assert_eq!(workflow_id, "s");
-            assert_eq!(operation, "step `notify`");
+            assert_eq!(operation, "step `notify_unrecorded`");
         }
         other => panic!("expected Error::Unrecorded, got {other:?}"),
     }

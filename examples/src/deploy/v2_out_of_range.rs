@@ -53,7 +53,7 @@ async fn fulfil(id: String) -> String {
     let _ = set_event("waiting", &true).await;
     let _ = recv::<bool>("go", None).await;
     format!(
-        "v2-out-of-range total={} decision={decision:?}",
+        "{shipped} v2-out-of-range total={} decision={decision:?}",
         order.total_cents
     )
 }
