@@ -193,6 +193,32 @@ fn values_that_lossy_formats_get_wrong_come_back_exactly() {
     round_trips(&Some(Some(None::<u8>)));
     round_trips(&vec![None, Some(None), Some(Some(()))]);
     round_trips(&Some(()));
+    // Inside what serde reads through its buffer (untagged enums, `flatten`), too.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Inner {
+        x: Option<()>,
+    }
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Loose {
+        Inner(Inner),
+        Other(u8),
+    }
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Flat {
+        #[serde(flatten)]
+        inner: Inner,
+    }
+    let back: Loose = convert(Codec::Cbor, &Loose::Inner(Inner { x: Some(()) })).expect("untagged");
+    assert_eq!(back, Loose::Inner(Inner { x: Some(()) }));
+    let back: Flat = convert(
+        Codec::Cbor,
+        &Flat {
+            inner: Inner { x: Some(()) },
+        },
+    )
+    .expect("flatten");
+    assert_eq!(back.inner.x, Some(()));
     round_trips(&u128::MAX);
     round_trips(&i128::MIN);
     round_trips(&(i64::MIN as i128 - 1));
@@ -320,6 +346,16 @@ fn compatible_changes_resume_with_the_recorded_values() {
     assert_eq!(convert::<_, i64>(Codec::Cbor, &-3i8), Ok(-3));
     assert_eq!(convert::<_, f64>(Codec::Cbor, &1.5f32), Ok(1.5));
     assert_eq!(convert::<_, f64>(Codec::Cbor, &3u32), Ok(3.0));
+    assert_eq!(
+        convert::<_, f32>(Codec::Cbor, &-16_777_216i64),
+        Ok(-16_777_216.0)
+    );
+    assert_eq!(
+        convert::<_, f64>(Codec::Cbor, &i64::MIN),
+        Ok(-9_223_372_036_854_775_808.0)
+    );
+    assert_eq!(convert::<_, f64>(Codec::Cbor, &-1i8), Ok(-1.0));
+    assert_eq!(convert::<_, f64>(Codec::Cbor, &0u8), Ok(0.0));
     assert_eq!(convert::<_, Option<u32>>(Codec::Cbor, &5u32), Ok(Some(5)));
     assert_eq!(
         convert::<_, std::collections::VecDeque<u8>>(Codec::Cbor, &vec![1u8, 2]),
@@ -369,6 +405,14 @@ fn incompatible_changes_are_errors_that_say_where_never_other_values() {
         ),
         (
             convert::<_, f64>(Codec::Cbor, &(u64::MAX - 1)).map(drop),
+            "does not fit a float exactly",
+        ),
+        (
+            convert::<_, f32>(Codec::Cbor, &-16_777_217i64).map(drop),
+            "the recorded integer -16777217 does not fit a float exactly",
+        ),
+        (
+            convert::<_, f64>(Codec::Cbor, &(-(1i64 << 53) - 1)).map(drop),
             "does not fit a float exactly",
         ),
         (

@@ -404,7 +404,9 @@ impl<'b, 'a> Serializer for &'b mut Encoder<'a> {
         Ok(())
     }
     fn serialize_unit(self) -> Result<(), Error> {
-        self.item(false);
+        // `Some(())` needs its tag too: serde's buffered reading (untagged enums,
+        // `flatten`) turns a bare `undefined` into `None` when it wants an `Option`.
+        self.item(true);
         self.out.push(UNDEFINED);
         Ok(())
     }
@@ -1070,22 +1072,29 @@ impl<'de> Decoder<'de> {
     ) -> Result<V::Value, Error> {
         let at = self.pos;
         let h = self.head()?;
+        // The integer's absolute value: `h.value` for major type 0, `h.value + 1` for
+        // major type 1 (which stores `-1 - n`).
         let magnitude = match h.major {
-            UINT | NINT => h.value,
+            UINT => u128::from(h.value),
+            NINT => u128::from(h.value) + 1,
             _ => {
                 self.pos = at;
                 return self.deserialize_any(visitor);
             }
         };
-        let bits = 64 - magnitude.leading_zeros() - magnitude.trailing_zeros();
+        // The significant bits a float must hold (none for zero).
+        let bits = match magnitude {
+            0 => 0,
+            m => 128 - m.leading_zeros() - m.trailing_zeros(),
+        };
         if bits > mantissa {
+            let sign = if h.major == NINT { "-" } else { "" };
             return Err(de::Error::custom(format_args!(
-                "the recorded integer {}{magnitude} does not fit a float exactly",
-                if h.major == NINT { "-1 - " } else { "" }
+                "the recorded integer {sign}{magnitude} does not fit a float exactly"
             )));
         }
         let f = if h.major == NINT {
-            -1.0 - magnitude as f64
+            -(magnitude as f64)
         } else {
             magnitude as f64
         };
