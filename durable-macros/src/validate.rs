@@ -207,12 +207,12 @@ pub(crate) fn recordable_error(kind: Kind, sig: &Signature, errors: &mut Errors)
 }
 
 /// The first unrecordable error type in `ty` (the error of a `Result`, or the output
-/// itself), with its name as the message gives it.
+/// itself), with its name as the message gives it. Only the spellings of the real types
+/// count (`anyhow::Error`, `std::io::Error` or `io::Error`, `eyre::Report`, their
+/// `Result` aliases, and `Box<dyn Error>`), so a serde type of one's own named `Error`
+/// in another module, or a serializable `Box<dyn Trait>`, is left to serde.
 fn unrecordable(ty: &Type) -> Option<(&Type, String)> {
     let Type::Path(p) = ty else {
-        if let Type::TraitObject(_) = ty {
-            return Some((ty, "dyn Error".to_owned()));
-        }
         return None;
     };
     let segments: Vec<String> = p
@@ -222,18 +222,20 @@ fn unrecordable(ty: &Type) -> Option<(&Type, String)> {
         .map(|s| s.ident.to_string())
         .collect();
     let last = p.path.segments.last()?;
-    let names = |n: usize| segments[segments.len().saturating_sub(n)..].join("::");
-    match segments.as_slice() {
-        [.., m, e] if (m == "anyhow" || m == "io") && e == "Error" => {
-            return Some((ty, names(2)));
+    let path: Vec<&str> = segments.iter().map(String::as_str).collect();
+    match path.as_slice() {
+        ["anyhow", "Error"] | ["eyre", "Report"] | ["io", "Error"] | ["std", "io", "Error"] => {
+            return Some((ty, path[path.len() - 2..].join("::")));
         }
-        [.., m, e] if m == "eyre" && e == "Report" => return Some((ty, names(2))),
-        [.., m, r] if (m == "anyhow" || m == "io" || m == "eyre") && r == "Result" => {
-            return Some((ty, format!("{m}::Error")));
-        }
-        [.., b] if b == "Box" => {
+        ["anyhow" | "eyre", "Result"] => return Some((ty, format!("{}::Error", path[0]))),
+        ["io", "Result"] | ["std", "io", "Result"] => return Some((ty, "io::Error".to_owned())),
+        ["Box"] => {
             if let PathArguments::AngleBracketed(a) = &last.arguments
-                && let Some(GenericArgument::Type(Type::TraitObject(_))) = a.args.first()
+                && let Some(GenericArgument::Type(Type::TraitObject(t))) = a.args.first()
+                && t.bounds.iter().any(|b| {
+                    matches!(b, syn::TypeParamBound::Trait(t)
+                        if t.path.segments.last().is_some_and(|s| s.ident == "Error"))
+                })
             {
                 return Some((ty, "Box<dyn Error>".to_owned()));
             }
