@@ -132,11 +132,12 @@ pub enum Error {
 
     /// A workflow could not start its child: the child's id (`<parent id>/<path>`)
     /// belongs to a workflow that is not that parent's child (one started under that id
-    /// before such ids were reserved). The parent is not handed that workflow's result;
-    /// it stays pending.
+    /// with [`Runtime::start_with_id`](crate::Runtime::start_with_id)). The parent is
+    /// not handed that workflow's result; it stays pending.
     #[error(
         "workflow {parent_id} cannot start its child {workflow_id}: a workflow that is not its child \
-         already has that id; cancel it and delete its row, or restore the journal, then reopen it"
+         already has that id (started with that id by hand); give your workflows ids that their \
+         parents' children cannot take, and move that one's row aside, then reopen the journal"
     )]
     ChildIdTaken {
         /// The child's id.

@@ -416,13 +416,14 @@ impl Runtime {
     /// process or recorded in the journal, nothing runs again: the handle is for the
     /// existing run (and its recorded input, not this call's).
     ///
-    /// Child workflows get ids of the form `<parent id>/<path>` (`order-42/3`), so an id
-    /// that ends in `/` and a step path is reserved for them and refused here;
-    /// `tenant/order-42` is fine.
+    /// Child workflows get ids of the form `<parent id>/<path>` (`order-42/3`). If one of
+    /// yours takes such an id first, the parent that would start that child stops with
+    /// [`Error::ChildIdTaken`] rather than take your workflow for its child: give your
+    /// workflows ids of another shape if their parents could collide with them.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidId`] for an empty, oversized or child-shaped id,
+    /// [`Error::InvalidId`] for an empty or oversized id,
     /// [`Error::Encode`] if the input does not encode, [`Error::WorkflowMismatch`] if
     /// `id` belongs to another workflow, [`Error::Unrecorded`] inside a workflow body
     /// (await the call instead: it runs as a child), [`Error::Closed`] after
@@ -438,16 +439,7 @@ impl Runtime {
              `start_child`; to start an unrelated workflow, do it in a step",
         )?;
         self.inner.open()?;
-        let id = validate_id(id.into())?;
-        if is_child_shaped(&id) {
-            return Err(Error::InvalidId {
-                id,
-                reason: "an id ending in `/` and a step path (like `order-42/3`) is reserved \
-                         for the child workflows a workflow starts; end it otherwise (such as \
-                         `order-42/3a` or `order-42:3`)",
-            });
-        }
-        let id: Arc<str> = Arc::from(id);
+        let id: Arc<str> = Arc::from(validate_id(id.into())?);
         let launch = call.into_launch(&id, None, self.inner.codec)?;
         let outcome = self.inner.start(id.clone(), launch).await?;
         Ok(WorkflowHandle::new(id, outcome))
@@ -1158,12 +1150,6 @@ fn refuse_in_workflow(operation: &'static str, hint: &'static str) -> Result<()>
         }),
         None => Ok(()),
     }
-}
-
-/// Whether `id` has the form of a child workflow's id: `<parent>/<step path>`.
-fn is_child_shaped(id: &str) -> bool {
-    id.rsplit_once('/')
-        .is_some_and(|(parent, path)| !parent.is_empty() && path.parse::<StepPath>().is_ok())
 }
 
 const MAX_ID_BYTES: usize = 512;
