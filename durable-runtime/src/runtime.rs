@@ -759,6 +759,8 @@ impl Inner {
         name: &'static str,
         parent_id: Option<Arc<str>>,
     ) -> (Running, Arc<WorkflowCtx>, watch::Sender<Option<Outcome>>) {
+        // A new run of this id: why an earlier one stopped no longer says anything.
+        lock(&self.stopped).remove(id);
         let (tx, rx) = watch::channel(None);
         let ctx = Arc::new(WorkflowCtx::new(
             id.clone(),

@@ -598,6 +598,14 @@ where
                     }
                     if this.attempt.is_none() {
                         if let Some(c) = claim.as_ref() {
+                            if *attempts > 0 && c.ctx.stopping() {
+                                // Cancelled, or the runtime is closing: a retry is a new
+                                // attempt, and none starts. Nothing is recorded; the
+                                // step runs again when the workflow does.
+                                *this.state = State::Stopped;
+                                *this.active = None;
+                                return Poll::Pending;
+                            }
                             if !c.ctx.may_run(&c.path, options.name) {
                                 // A replay check: the body never runs, and the step
                                 // never completes.

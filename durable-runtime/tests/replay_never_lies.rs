@@ -810,3 +810,39 @@ async fn close_from_one_of_its_own_step_bodies_is_refused() {
     );
     rt.close().await.expect("close from outside");
 }
+
+static ATTEMPTS: AtomicUsize = AtomicUsize::new(0);
+
+#[step(retries = 50, backoff = 20ms, backoff_factor = 1.0)]
+async fn flaky() -> Result<u8, String> {
+    ATTEMPTS.fetch_add(1, Ordering::SeqCst);
+    Err("not yet".into())
+}
+
+#[workflow]
+async fn retries_a_lot() -> Result<u8, String> {
+    flaky().await
+}
+
+#[tokio::test]
+async fn close_starts_no_further_retry_of_a_failing_step() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    let rt = open(&path).await;
+    let h = rt.start_with_id("r", retries_a_lot()).await.expect("start");
+    tokio::time::sleep(Duration::from_millis(70)).await;
+    rt.close().await.expect("close");
+    // The close did not wait for the step to use up its 50 retries.
+    let attempts = ATTEMPTS.load(Ordering::SeqCst);
+    assert!(
+        attempts < 51,
+        "{attempts} attempts: every retry ran before the close"
+    );
+    assert!(matches!(h.result().await, Err(Error::Stopped { .. })));
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(
+        ATTEMPTS.load(Ordering::SeqCst),
+        attempts,
+        "no attempt after the close"
+    );
+}

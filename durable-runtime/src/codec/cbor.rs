@@ -1219,8 +1219,10 @@ impl<'de> de::EnumAccess<'de> for Variant<'_, 'de> {
     fn variant_seed<S: DeserializeSeed<'de>>(mut self, seed: S) -> Result<(S::Value, Self), Error> {
         let h = self.de.head()?;
         if h.major != TEXT {
-            return Err(Error::malformed(
-                "a one-entry map read as an enum variant has no name as its key",
+            // A map of one entry, but not a variant (its key is not a name): a value of
+            // another type, not damage.
+            return Err(de::Error::custom(
+                "expected an enum variant, found a map whose key is not a variant's name",
             ));
         }
         self.name = self.de.text(h.value)?;

@@ -646,8 +646,8 @@ impl<'a> Serializer for Hasher<'a> {
 
 /// The value fingerprint of whatever a self-describing deserializer holds, computed
 /// without its Rust type. Used on recorded outputs, so it follows [`value`] where the
-/// encoding can tell (integers by value, maps unordered, sequences ordered); struct and
-/// map entries both read as maps, so it is consistent with itself, not with [`value`].
+/// encoding can tell (integers by value, maps and sequences unordered); structs read
+/// as maps (with all their fields), so it is consistent with itself, not with [`value`].
 pub(crate) fn of_encoded<'de, D: Deserializer<'de>>(d: D) -> Result<Fingerprint, D::Error> {
     let mut h = Hash64::new();
     d.deserialize_any(HashVisitor { h: &mut h })?;
