@@ -91,9 +91,10 @@
 //!
 //! Replay checks each step's name and the fingerprint of its arguments ([`Fingerprint`]:
 //! their serde representation; an argument that is not `Serialize`, such as a client
-//! handle, counts by position only). Maps and sequences are compared as collections, so
-//! a `HashSet` passed through a step replays, and a step given the same elements in
-//! another order is not caught.
+//! handle, counts by position only). It follows type changes that keep a value (a field
+//! added with its default, an integer widened, a value made an `Option`). Maps and
+//! sequences are compared as collections, so a `HashSet` passed through a step replays,
+//! and a step given the same elements in another order is not caught.
 //!
 //! # Changing recorded types
 //!
