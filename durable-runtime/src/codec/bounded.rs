@@ -109,6 +109,19 @@ impl Drop for Level {
 }
 
 macro_rules! forward_deserialize {
+    // Scalars: forwarded.
+    ($($method:ident($($arg:ident: $ty:ty),*);)*) => {
+        $(
+            fn $method<V: Visitor<'de>>(self, $($arg: $ty,)* visitor: V) -> Result<V::Value, D::Error> {
+                let cap = self.cap;
+                self.inner.$method($($arg,)* CappedVisitor { inner: visitor, cap })
+            }
+        )*
+    };
+}
+
+macro_rules! forward_nested {
+    // What can hold other values: forwarded one level deeper.
     ($($method:ident($($arg:ident: $ty:ty),*);)*) => {
         $(
             fn $method<V: Visitor<'de>>(self, $($arg: $ty,)* visitor: V) -> Result<V::Value, D::Error> {
@@ -124,16 +137,21 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Capped<D> {
     type Error = D::Error;
 
     forward_deserialize! {
-        deserialize_any(); deserialize_bool(); deserialize_i8(); deserialize_i16();
+        deserialize_bool(); deserialize_i8(); deserialize_i16();
         deserialize_i32(); deserialize_i64(); deserialize_i128(); deserialize_u8();
         deserialize_u16(); deserialize_u32(); deserialize_u64(); deserialize_u128();
         deserialize_f32(); deserialize_f64(); deserialize_char(); deserialize_str();
-        deserialize_bytes(); deserialize_option(); deserialize_unit(); deserialize_unit_struct(name: &'static str);
-        deserialize_newtype_struct(name: &'static str); deserialize_seq();
-        deserialize_tuple(len: usize); deserialize_tuple_struct(name: &'static str, len: usize);
-        deserialize_map(); deserialize_struct(name: &'static str, fields: &'static [&'static str]);
+        deserialize_bytes(); deserialize_unit(); deserialize_unit_struct(name: &'static str);
+        deserialize_identifier();
+    }
+
+    forward_nested! {
+        deserialize_any(); deserialize_option(); deserialize_newtype_struct(name: &'static str);
+        deserialize_seq(); deserialize_tuple(len: usize);
+        deserialize_tuple_struct(name: &'static str, len: usize); deserialize_map();
+        deserialize_struct(name: &'static str, fields: &'static [&'static str]);
         deserialize_enum(name: &'static str, variants: &'static [&'static str]);
-        deserialize_identifier(); deserialize_ignored_any();
+        deserialize_ignored_any();
     }
 
     // Owned strings and buffers are read as borrowed slices: bincode reads an owned one

@@ -421,6 +421,13 @@ impl<'a> Compound<'a> {
         v: &T,
     ) -> Result<(), FingerprintError> {
         let (x, filled) = self.hash_of(v)?;
+        if !self.unordered {
+            // Shape mode: every field, in order, mixed in as it comes.
+            self.h.bytes(name.as_bytes());
+            self.h.word(x);
+            self.count += 1;
+            return Ok(());
+        }
         if self.skip_empty_fields && !filled {
             return Ok(());
         }
