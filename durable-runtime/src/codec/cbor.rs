@@ -14,6 +14,7 @@
 //! | `Some(x)` | `x`, except that `Some` of an `Option` is tag 6 (ours) around it, so `Some(None)` stays `Some(None)` |
 //! | `()`, unit struct | `undefined` |
 //! | newtype struct | its inner value |
+//! | a journal value the runtime nests in another | tag 7 (ours) around a byte string holding it |
 //! | sequence, tuple, tuple struct | array |
 //! | map | map, with keys of any type |
 //! | struct | map from field names to values |
@@ -39,7 +40,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IntoDeserializer, Visitor};
 use serde::ser::{self, Serialize, Serializer};
 
-/// How deeply arrays, maps, variants and `Some` markers may nest, in a value being
+/// How deeply arrays, maps, variants, `Some`s and newtype structs may nest, in a value being
 /// written or read. Deep enough for any value a service records; shallow enough that a
 /// hostile row cannot exhaust a thread's stack while it is decoded.
 pub(crate) const MAX_DEPTH: u32 = 128;
@@ -47,6 +48,14 @@ pub(crate) const MAX_DEPTH: u32 = 128;
 /// Tag 6 (unassigned in RFC 8949's registry): `Some` around a value that is itself an
 /// `Option`, so `Some(None)` is not read back as `None`.
 const SOME: u8 = 0xc6;
+/// Tag 7 (unassigned too, ours): around a byte string that holds a journal value of its
+/// own, nested by the runtime in another (a message in the `recv` that took it, a
+/// child's output in its parent's record). Only what the runtime nests carries it, so a
+/// reader can tell those apart from a user's bytes.
+const NESTED_TAG: u8 = 0xc7;
+/// The newtype name the runtime's nested byte strings are serialized under; this
+/// encoder writes [`NESTED_TAG`] for it, other formats see a plain newtype.
+pub(crate) const NESTED: &str = "\0durable::nested";
 const FALSE: u8 = 0xf4;
 const TRUE: u8 = 0xf5;
 const NULL: u8 = 0xf6;
@@ -425,10 +434,19 @@ impl<'b, 'a> Serializer for &'b mut Encoder<'a> {
     }
     fn serialize_newtype_struct<T: Serialize + ?Sized>(
         self,
-        _: &'static str,
+        name: &'static str,
         v: &T,
     ) -> Result<(), Error> {
-        v.serialize(self)
+        if name == NESTED {
+            self.item(false);
+            self.out.push(NESTED_TAG);
+        }
+        // Counted as a level, as the reader counts it: a newtype reads no bytes of its
+        // own, so a recursive one could otherwise nest without limit.
+        self.enter()?;
+        v.serialize(&mut *self)?;
+        self.depth -= 1;
+        Ok(())
     }
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
         self,
@@ -839,6 +857,12 @@ impl<'de> Deserializer<'de> for &mut Decoder<'de> {
                     self.depth -= 1;
                     Ok(v)
                 }
+                7 => {
+                    self.enter()?;
+                    let v = visitor.visit_newtype_struct(&mut *self)?;
+                    self.depth -= 1;
+                    Ok(v)
+                }
                 t => Err(Error::malformed(format!(
                     "tag {t} at byte {} is not one durable writes",
                     self.pos
@@ -867,7 +891,14 @@ impl<'de> Deserializer<'de> for &mut Decoder<'de> {
                 self.depth -= 1;
                 Ok(v)
             }
-            _ => visitor.visit_some(self),
+            _ => {
+                // A bare `Some` reads no bytes of its own: it counts as a level, or a
+                // recursive `Option` type could nest without limit on a short row.
+                self.enter()?;
+                let v = visitor.visit_some(&mut *self)?;
+                self.depth -= 1;
+                Ok(v)
+            }
         }
     }
 
@@ -894,7 +925,11 @@ impl<'de> Deserializer<'de> for &mut Decoder<'de> {
         _: &'static str,
         visitor: V,
     ) -> Result<V::Value, Error> {
-        visitor.visit_newtype_struct(self)
+        // A level, as the writer counts it (and for the same reason as a bare `Some`).
+        self.enter()?;
+        let v = visitor.visit_newtype_struct(&mut *self)?;
+        self.depth -= 1;
+        Ok(v)
     }
 
     fn deserialize_enum<V: Visitor<'de>>(
@@ -951,11 +986,15 @@ impl<'de> Deserializer<'de> for &mut Decoder<'de> {
     }
 
     fn deserialize_bytes<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        // A nested journal value is a byte string like any other to its reader.
+        if self.peek()? == NESTED_TAG {
+            self.pos += 1;
+        }
         self.deserialize_any(visitor)
     }
 
     fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        self.deserialize_any(visitor)
+        self.deserialize_bytes(visitor)
     }
 
     fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
@@ -1355,6 +1394,9 @@ impl<'de> Visitor<'de> for Render<'_> {
         self.push("null").map_err(E::custom)
     }
     fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_any(self)
     }
     fn visit_unit<E: de::Error>(mut self) -> Result<(), E> {

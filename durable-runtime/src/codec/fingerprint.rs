@@ -20,7 +20,16 @@
 //! passes one through a step unchanged must replay. The price is that a sequence given
 //! in another order with the same elements counts as the same argument. Everything with
 //! positions keeps them: the arguments of a call, tuples, struct fields, strings and
-//! bytes.
+//! bytes, including a sequence of 8-bit integers (a `Vec<u8>` payload, whose order is
+//! its meaning as much as a string's; a `HashSet<u8>` argument would need to be a
+//! `BTreeSet<u8>`).
+//!
+//! In a value fingerprint, `Some(x)` is `x` (a field that became an `Option` holds the
+//! same argument), except that `Some` of an `Option` is marked (`Some(None)` is not
+//! `None`); a struct leaves out its fields that hold nothing (`None`, `0`, `false`, an
+//! empty string or collection), so a field added with such a default is not a change,
+//! while a `Some` always holds something (`Some(0)` is not `None`). An `f32` hashes as
+//! the `f64` it widens to, and a `char` as a one-character string.
 //!
 //! The hash is our own (a multiply-rotate mix with a splitmix64 finish), fixed for the
 //! journal's schema version: fingerprints are compared across processes, machines and
@@ -50,8 +59,8 @@ impl Fingerprint {
     /// let a: HashMap<&str, u32> = [("x", 1), ("y", 2)].into();
     /// let b: HashMap<&str, u64> = [("y", 2), ("x", 1)].into();
     /// assert_eq!(Fingerprint::of(&a)?, Fingerprint::of(&b)?);
-    /// let s: HashSet<u8> = (0..100).collect();
-    /// let t: HashSet<u8> = (0..100).rev().collect();
+    /// let s: HashSet<u32> = (0..100).collect();
+    /// let t: HashSet<u32> = (0..100).rev().collect();
     /// assert_eq!(Fingerprint::of(&s)?, Fingerprint::of(&t)?);
     /// assert_ne!(Fingerprint::of(&("a", 1))?, Fingerprint::of(&("a", 2))?);
     /// # Ok::<(), durable_runtime::CodecError>(())
@@ -174,20 +183,14 @@ pub(crate) enum Mode {
 /// The value fingerprint of `value`.
 pub(crate) fn value<T: Serialize + ?Sized>(value: &T) -> Result<Fingerprint, FingerprintError> {
     let mut h = Hash64::new();
-    value.serialize(Hasher {
-        h: &mut h,
-        mode: Mode::Value,
-    })?;
+    value.serialize(Hasher::new(&mut h, Mode::Value))?;
     Ok(Fingerprint(h.finish()))
 }
 
 /// The shape fingerprint of `value`.
 pub(crate) fn shape<T: Serialize + ?Sized>(value: &T) -> Result<Fingerprint, FingerprintError> {
     let mut h = Hash64::new();
-    value.serialize(Hasher {
-        h: &mut h,
-        mode: Mode::Shape,
-    })?;
+    value.serialize(Hasher::new(&mut h, Mode::Shape))?;
     Ok(Fingerprint(h.finish()))
 }
 
@@ -232,10 +235,7 @@ impl Args {
             return;
         }
         let mut sub = Hash64::new();
-        let done = value.serialize(Hasher {
-            h: &mut sub,
-            mode: Mode::Value,
-        });
+        let done = value.serialize(Hasher::new(&mut sub, Mode::Value));
         match done {
             Ok(_) => self.h.word(sub.finish()),
             Err(e) => {
@@ -309,12 +309,38 @@ impl ser::Error for FingerprintError {
 struct Hasher<'a> {
     h: &'a mut Hash64,
     mode: Mode,
+    /// Inside a `Some` (value mode): a `None` or `Some` here is marked, so that
+    /// `Some(None)` is not `None` (as the CBOR encoding keeps them apart).
+    in_some: bool,
 }
 
-/// Whether a hashed value holds anything (see [`Hasher`]).
-type Filled = bool;
+/// What a hashed value reports to what holds it.
+#[derive(Clone, Copy)]
+struct Filled {
+    /// It holds something (see [`Hasher`]).
+    filled: bool,
+    /// It is an 8-bit integer: a sequence of them is bytes, hashed in order.
+    byte: bool,
+}
 
-impl Hasher<'_> {
+impl From<bool> for Filled {
+    fn from(filled: bool) -> Self {
+        Filled {
+            filled,
+            byte: false,
+        }
+    }
+}
+
+impl<'a> Hasher<'a> {
+    fn new(h: &'a mut Hash64, mode: Mode) -> Self {
+        Hasher {
+            h,
+            mode,
+            in_some: false,
+        }
+    }
+
     fn uint(self, v: u128, tag: Tag) -> Result<Filled, FingerprintError> {
         match self.mode {
             Mode::Value => {
@@ -324,7 +350,10 @@ impl Hasher<'_> {
             }
             Mode::Shape => self.h.tag(tag),
         }
-        Ok(v != 0)
+        Ok(Filled {
+            filled: v != 0,
+            byte: matches!(tag, Tag::U8 | Tag::I8),
+        })
     }
 
     fn sint(self, v: i128, tag: Tag) -> Result<Filled, FingerprintError> {
@@ -337,13 +366,26 @@ impl Hasher<'_> {
             }
             Mode::Shape => self.h.tag(tag),
         }
-        Ok(v != 0)
+        Ok(Filled {
+            filled: true,
+            byte: matches!(tag, Tag::I8),
+        })
     }
 
-    fn sub(&mut self) -> Hasher<'_> {
-        Hasher {
-            h: self.h,
-            mode: self.mode,
+    /// An `Option` begins here: marked if it sits in a `Some` (value mode).
+    fn option(&mut self) {
+        if self.in_some {
+            self.h.tag(Tag::Some);
+        }
+    }
+
+    /// Where a variant's name goes: a shape also takes its index, which is what bincode
+    /// writes (the same variants in another order are another shape).
+    fn variant(&mut self, index: u32, name: &str) {
+        self.h.tag(Tag::Variant);
+        self.h.bytes(name.as_bytes());
+        if self.mode == Mode::Shape {
+            self.h.word(index.into());
         }
     }
 }
@@ -357,6 +399,9 @@ struct Compound<'a> {
     unordered: bool,
     /// Named fields of a struct, in value mode: the ones that hold nothing are left out.
     skip_empty_fields: bool,
+    /// A sequence (value mode): if its first element is a byte, it is bytes, and
+    /// hashed in order instead.
+    seq: bool,
     sum: u64,
     count: u64,
     filled: bool,
@@ -372,6 +417,7 @@ impl<'a> Compound<'a> {
             mode,
             unordered,
             skip_empty_fields: false,
+            seq: false,
             sum: 0,
             count: 0,
             filled: false,
@@ -393,10 +439,7 @@ impl<'a> Compound<'a> {
     /// Hashes `v` on its own: its hash, and whether it holds anything.
     fn hash_of<T: Serialize + ?Sized>(&self, v: &T) -> Result<(u64, Filled), FingerprintError> {
         let mut sub = Hash64::new();
-        let filled = v.serialize(Hasher {
-            h: &mut sub,
-            mode: self.mode,
-        })?;
+        let filled = v.serialize(Hasher::new(&mut sub, self.mode))?;
         Ok((sub.finish(), filled))
     }
 
@@ -410,7 +453,12 @@ impl<'a> Compound<'a> {
     }
 
     fn element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), FingerprintError> {
-        let (x, _) = self.hash_of(v)?;
+        let (x, seen) = self.hash_of(v)?;
+        if self.seq && self.count == 0 && seen.byte && self.mode == Mode::Value {
+            // Bytes (`Vec<u8>`): their order is their meaning. (A set of bytes, which
+            // would iterate in any order, is not something arguments hold.)
+            self.unordered = false;
+        }
         self.add(x);
         Ok(())
     }
@@ -428,10 +476,10 @@ impl<'a> Compound<'a> {
             self.count += 1;
             return Ok(());
         }
-        if self.skip_empty_fields && !filled {
+        if self.skip_empty_fields && !filled.filled {
             return Ok(());
         }
-        self.filled |= filled;
+        self.filled |= filled.filled;
         let mut named = Hash64::new();
         named.bytes(name.as_bytes());
         named.word(x);
@@ -462,7 +510,7 @@ impl<'a> Compound<'a> {
         }
         // A struct holds something if one of its fields does; a collection or tuple if it
         // has an element (`[0]` is not `[]`); a variant always does.
-        Ok(self.filled || (!self.skip_empty_fields && self.count > 0))
+        Ok((self.filled || (!self.skip_empty_fields && self.count > 0)).into())
     }
 }
 
@@ -484,7 +532,7 @@ impl<'a> Serializer for Hasher<'a> {
         if self.mode == Mode::Value {
             self.h.word(u64::from(v));
         }
-        Ok(v)
+        Ok(v.into())
     }
     fn serialize_i8(self, v: i8) -> Result<Filled, FingerprintError> {
         self.sint(v.into(), Tag::I8)
@@ -517,69 +565,81 @@ impl<'a> Serializer for Hasher<'a> {
         self.uint(v, Tag::Uint)
     }
     fn serialize_f32(self, v: f32) -> Result<Filled, FingerprintError> {
-        self.h.tag(Tag::F32);
         if self.mode == Mode::Value {
-            self.h.word(v.to_bits().into());
+            // By value, as the `f64` it widens to exactly: a field that became an
+            // `f64` holds the same argument.
+            return self.serialize_f64(v.into());
         }
-        Ok(v.to_bits() != 0)
+        self.h.tag(Tag::F32);
+        Ok((v.to_bits() != 0).into())
     }
     fn serialize_f64(self, v: f64) -> Result<Filled, FingerprintError> {
         self.h.tag(Tag::F64);
         if self.mode == Mode::Value {
             self.h.word(v.to_bits());
         }
-        Ok(v.to_bits() != 0)
+        Ok((v.to_bits() != 0).into())
     }
     fn serialize_char(self, v: char) -> Result<Filled, FingerprintError> {
-        self.h.tag(Tag::Char);
         if self.mode == Mode::Value {
-            self.h.word(u64::from(v));
+            // As the one-character string it is (a `char` that became a `String`).
+            return self.serialize_str(v.encode_utf8(&mut [0; 4]));
         }
-        Ok(v != '\0')
+        self.h.tag(Tag::Char);
+        Ok((v != '\0').into())
     }
     fn serialize_str(self, v: &str) -> Result<Filled, FingerprintError> {
         self.h.tag(Tag::Str);
         if self.mode == Mode::Value {
             self.h.bytes(v.as_bytes());
         }
-        Ok(!v.is_empty())
+        Ok((!v.is_empty()).into())
     }
     fn serialize_bytes(self, v: &[u8]) -> Result<Filled, FingerprintError> {
         self.h.tag(Tag::Bytes);
         if self.mode == Mode::Value {
             self.h.bytes(v);
         }
-        Ok(!v.is_empty())
+        Ok((!v.is_empty()).into())
     }
-    fn serialize_none(self) -> Result<Filled, FingerprintError> {
+    fn serialize_none(mut self) -> Result<Filled, FingerprintError> {
+        self.option();
         self.h.tag(Tag::None);
-        Ok(false)
+        Ok(false.into())
     }
     fn serialize_some<T: Serialize + ?Sized>(mut self, v: &T) -> Result<Filled, FingerprintError> {
-        // A value fingerprint reads `Some(x)` as `x`: a field that became an `Option`
-        // holds the same argument. A shape tells them apart (bincode writes a tag).
-        if self.mode == Mode::Shape {
-            self.h.tag(Tag::Some);
+        // A value fingerprint reads `Some(x)` as `x` (a field that became an `Option`
+        // holds the same argument), except that `Some` of an `Option` is marked. A shape
+        // tells them apart (bincode writes a tag).
+        match self.mode {
+            Mode::Shape => self.h.tag(Tag::Some),
+            Mode::Value => self.option(),
         }
-        v.serialize(self.sub())
+        v.serialize(Hasher {
+            h: self.h,
+            mode: self.mode,
+            in_some: true,
+        })?;
+        // A `Some` holds something, whatever it holds: `Some(0)` or `Some(vec![])` is
+        // not the `None` a defaulted field leaves out.
+        Ok(true.into())
     }
     fn serialize_unit(self) -> Result<Filled, FingerprintError> {
         self.h.tag(Tag::Unit);
-        Ok(false)
+        Ok(false.into())
     }
     fn serialize_unit_struct(self, _: &'static str) -> Result<Filled, FingerprintError> {
         self.serialize_unit()
     }
     fn serialize_unit_variant(
-        self,
+        mut self,
         _: &'static str,
-        _: u32,
+        index: u32,
         variant: &'static str,
     ) -> Result<Filled, FingerprintError> {
-        self.h.tag(Tag::Variant);
-        self.h.bytes(variant.as_bytes());
+        self.variant(index, variant);
         self.h.tag(Tag::Unit);
-        Ok(true)
+        Ok(true.into())
     }
     fn serialize_newtype_struct<T: Serialize + ?Sized>(
         self,
@@ -591,17 +651,18 @@ impl<'a> Serializer for Hasher<'a> {
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
         mut self,
         _: &'static str,
-        _: u32,
+        index: u32,
         variant: &'static str,
         v: &T,
     ) -> Result<Filled, FingerprintError> {
-        self.h.tag(Tag::Variant);
-        self.h.bytes(variant.as_bytes());
-        v.serialize(self.sub())?;
-        Ok(true)
+        self.variant(index, variant);
+        v.serialize(Hasher::new(self.h, self.mode))?;
+        Ok(true.into())
     }
     fn serialize_seq(self, _: Option<usize>) -> Result<Compound<'a>, FingerprintError> {
-        Ok(Compound::new(self.h, self.mode, Tag::Seq, true))
+        let mut c = Compound::new(self.h, self.mode, Tag::Seq, true);
+        c.seq = true;
+        Ok(c)
     }
     fn serialize_tuple(self, _: usize) -> Result<Compound<'a>, FingerprintError> {
         Ok(Compound::new(self.h, self.mode, Tag::Tuple, false))
@@ -614,14 +675,13 @@ impl<'a> Serializer for Hasher<'a> {
         Ok(Compound::new(self.h, self.mode, Tag::Tuple, false))
     }
     fn serialize_tuple_variant(
-        self,
+        mut self,
         _: &'static str,
-        _: u32,
+        index: u32,
         variant: &'static str,
         _: usize,
     ) -> Result<Compound<'a>, FingerprintError> {
-        self.h.tag(Tag::Variant);
-        self.h.bytes(variant.as_bytes());
+        self.variant(index, variant);
         let mut c = Compound::new(self.h, self.mode, Tag::Tuple, false);
         c.filled = true;
         Ok(c)
@@ -633,14 +693,13 @@ impl<'a> Serializer for Hasher<'a> {
         Ok(Compound::fields(self.h, self.mode))
     }
     fn serialize_struct_variant(
-        self,
+        mut self,
         _: &'static str,
-        _: u32,
+        index: u32,
         variant: &'static str,
         _: usize,
     ) -> Result<Compound<'a>, FingerprintError> {
-        self.h.tag(Tag::Variant);
-        self.h.bytes(variant.as_bytes());
+        self.variant(index, variant);
         let mut c = Compound::fields(self.h, self.mode);
         c.filled = true;
         Ok(c)
@@ -655,25 +714,73 @@ impl<'a> Serializer for Hasher<'a> {
 /// without its Rust type. Used on recorded outputs, so it follows [`value`] where the
 /// encoding can tell (integers by value, maps and sequences unordered); structs read
 /// as maps (with all their fields), so it is consistent with itself, not with [`value`].
-pub(crate) fn of_encoded<'de, D: Deserializer<'de>>(d: D) -> Result<Fingerprint, D::Error> {
+///
+/// `level` counts the journal values this one is nested in; the runtime nests one
+/// level (a message in a `recv`, a child's output in its parent's record), and values
+/// nested deeper than [`MAX_NESTED`] count by their bytes, so a crafted row cannot
+/// recurse through them without bound.
+pub(crate) fn of_encoded<'de, D: Deserializer<'de>>(
+    d: D,
+    level: u32,
+) -> Result<Fingerprint, D::Error> {
     let mut h = Hash64::new();
-    d.deserialize_any(HashVisitor { h: &mut h })?;
+    d.deserialize_any(HashVisitor { h: &mut h, level })?;
     Ok(Fingerprint(h.finish()))
 }
 
+/// How many journal values deep [`of_encoded`] reads nested ones by their content.
+const MAX_NESTED: u32 = 2;
+
 struct HashVisitor<'a> {
     h: &'a mut Hash64,
+    level: u32,
 }
 
-/// Hashes one nested value into a fresh hash, returning it.
-struct HashSeed;
+/// Hashes one value inside another into a fresh hash, returning it.
+struct HashSeed(u32);
 
 impl<'de> DeserializeSeed<'de> for HashSeed {
     type Value = u64;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
         let mut h = Hash64::new();
-        d.deserialize_any(HashVisitor { h: &mut h })?;
+        d.deserialize_any(HashVisitor {
+            h: &mut h,
+            level: self.0,
+        })?;
         Ok(h.finish())
+    }
+}
+
+/// A journal value the runtime nested in another: hashed by its content.
+struct NestedVisitor<'a> {
+    h: &'a mut Hash64,
+    level: u32,
+}
+
+impl<'de> Visitor<'de> for NestedVisitor<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a nested journal value")
+    }
+
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<(), E> {
+        let inner = if self.level < MAX_NESTED {
+            super::nested_content(v, self.level + 1)
+        } else {
+            None
+        };
+        match inner {
+            Some(f) => {
+                self.h.tag(Tag::Nested);
+                self.h.word(f.0);
+            }
+            None => {
+                self.h.tag(Tag::Bytes);
+                self.h.bytes(v);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -726,19 +833,18 @@ impl<'de> Visitor<'de> for HashVisitor<'_> {
         Ok(())
     }
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<(), E> {
-        // A journal value nested in another (a message in the `recv` that took it, a
-        // child's output in its parent's record) counts by its content too.
-        match super::nested_content(v) {
-            Some(f) => {
-                self.h.tag(Tag::Nested);
-                self.h.word(f.0);
-            }
-            None => {
-                self.h.tag(Tag::Bytes);
-                self.h.bytes(v);
-            }
-        }
+        // A user's bytes, by their bytes (whatever they look like).
+        self.h.tag(Tag::Bytes);
+        self.h.bytes(v);
         Ok(())
+    }
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        // A journal value nested in another (a message in the `recv` that took it, a
+        // child's output in its parent's record) counts by its content.
+        d.deserialize_bytes(NestedVisitor {
+            h: self.h,
+            level: self.level,
+        })
     }
     fn visit_none<E: de::Error>(self) -> Result<(), E> {
         self.h.tag(Tag::None);
@@ -746,7 +852,10 @@ impl<'de> Visitor<'de> for HashVisitor<'_> {
     }
     fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         self.h.tag(Tag::Some);
-        d.deserialize_any(HashVisitor { h: self.h })
+        d.deserialize_any(HashVisitor {
+            h: self.h,
+            level: self.level,
+        })
     }
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
         self.h.tag(Tag::Unit);
@@ -756,7 +865,7 @@ impl<'de> Visitor<'de> for HashVisitor<'_> {
         // Unordered, as in `value`: an array may be a set.
         self.h.tag(Tag::Seq);
         let (mut sum, mut count) = (0u64, 0u64);
-        while let Some(x) = seq.next_element_seed(HashSeed)? {
+        while let Some(x) = seq.next_element_seed(HashSeed(self.level))? {
             sum = sum.wrapping_add(x);
             count += 1;
         }
@@ -767,8 +876,8 @@ impl<'de> Visitor<'de> for HashVisitor<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         self.h.tag(Tag::Map);
         let (mut sum, mut count) = (0u64, 0u64);
-        while let Some(k) = map.next_key_seed(HashSeed)? {
-            let v = map.next_value_seed(HashSeed)?;
+        while let Some(k) = map.next_key_seed(HashSeed(self.level))? {
+            let v = map.next_value_seed(HashSeed(self.level))?;
             let mut e = Hash64::new();
             e.word(k);
             e.word(v);

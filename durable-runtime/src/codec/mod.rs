@@ -389,27 +389,28 @@ pub(crate) fn nested<'a>(outer: &[u8], inner: &'a [u8]) -> Cow<'a, [u8]> {
 /// computed from the decoded structure; for bincode values, which cannot be read
 /// without their type, from their bytes.
 pub(crate) fn content_fingerprint(bytes: &[u8]) -> Fingerprint {
-    nested_content(bytes).unwrap_or_else(|| {
+    nested_content(bytes, 0).unwrap_or_else(|| {
         let mut h = fingerprint::Hash64::new();
         h.bytes(bytes);
         Fingerprint(h.finish())
     })
 }
 
-/// The content fingerprint of `bytes` if they are a whole CBOR journal value.
-fn nested_content(bytes: &[u8]) -> Option<Fingerprint> {
+/// The content fingerprint of `bytes` if they are a whole CBOR journal value, read at
+/// `level` values deep (a value nested by the runtime in another is one level down).
+pub(crate) fn nested_content(bytes: &[u8], level: u32) -> Option<Fingerprint> {
     match Format::of(bytes) {
-        Ok((Format::Cbor, body)) => cbor::decode_seed(ContentSeed, body).ok(),
+        Ok((Format::Cbor, body)) => cbor::decode_seed(ContentSeed(level), body).ok(),
         _ => None,
     }
 }
 
-struct ContentSeed;
+struct ContentSeed(u32);
 
 impl<'de> serde::de::DeserializeSeed<'de> for ContentSeed {
     type Value = Fingerprint;
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Fingerprint, D::Error> {
-        fingerprint::of_encoded(d)
+        fingerprint::of_encoded(d, self.0)
     }
 }
 
@@ -418,6 +419,15 @@ impl<'de> serde::de::DeserializeSeed<'de> for ContentSeed {
 pub(crate) struct Bytes<'a>(pub(crate) &'a [u8]);
 
 impl Serialize for Bytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_newtype_struct(cbor::NESTED, &Raw(self.0))
+    }
+}
+
+/// The byte string itself, inside the newtype that marks it as nested.
+struct Raw<'a>(&'a [u8]);
+
+impl Serialize for Raw<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(self.0)
     }
@@ -448,6 +458,6 @@ impl<'de> serde::Deserialize<'de> for ByteBuf {
 
 impl Serialize for ByteBuf {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
+        Bytes(&self.0).serialize(s)
     }
 }
