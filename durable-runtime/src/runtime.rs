@@ -496,7 +496,7 @@ impl Runtime {
     /// # Errors
     ///
     /// [`Error::NotFound`] if the journal has no workflow `id`, [`Error::Store`] if the
-    /// journal cannot be written.
+    /// journal cannot be written, [`Error::Closed`] if the runtime is closing.
     pub async fn cancel(&self, id: &str) -> Result<()> {
         refuse_in_workflow(
             "`Runtime::cancel`",
@@ -504,12 +504,15 @@ impl Runtime {
         )?;
         self.inner.open()?;
         self.inner.cancel(id, CancelReason::Requested).await?;
-        if self.inner.record(id).await?.is_none() {
-            return Err(Error::NotFound {
+        match self.inner.record(id).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(Error::NotFound {
                 workflow_id: id.to_owned(),
-            });
+            }),
+            // Closed after the cancellation was recorded: it stands.
+            Err(_) if self.inner.closing.load(Ordering::Acquire) => Ok(()),
+            Err(e) => Err(e),
         }
-        Ok(())
     }
 
     /// Continues a cancelled or failed workflow from its last recorded step, with its
@@ -525,7 +528,9 @@ impl Runtime {
     ///
     /// [`Error::NotFound`] if the journal has no workflow `id`, [`Error::NotResumable`]
     /// if it is pending or completed, [`Error::UnknownWorkflow`] if its workflow is not
-    /// linked into this program, [`Error::Store`] if the journal cannot be written.
+    /// linked into this program, [`Error::Store`] if the journal cannot be written,
+    /// [`Error::Closed`] if the runtime is closing. (A resume the journal recorded just
+    /// before a [`close`](Self::close) returns `Ok`: the workflow runs at the next open.)
     pub async fn resume(&self, id: &str) -> Result<()> {
         refuse_in_workflow(
             "`Runtime::resume`",
@@ -789,6 +794,9 @@ impl Inner {
         let (ctx, tx) = loop {
             let mut winding_down = {
                 let mut running = lock(&self.running);
+                // Checked again under the lock `close` looks through: a run is either
+                // in `running` before `close` looks, or refused.
+                self.open()?;
                 match running.entry(id.clone()) {
                     Entry::Vacant(v) => {
                         let (run, ctx, tx) = self.new_run(&id, name, launch.parent_id.clone());
@@ -861,20 +869,33 @@ impl Inner {
     pub(crate) async fn record(&self, id: &str) -> Result<Option<WorkflowRecord>> {
         let store = self.store.clone();
         let id = id.to_owned();
-        Ok(blocking(self.store.path(), move || store.workflow(&id)).await??)
+        let read = blocking(self.store.path(), move || store.workflow(&id)).await?;
+        read.map_err(|e| self.closed_or(e))
     }
 
     /// One write of a workflow primitive, waited for.
     pub(crate) async fn write(&self, write: Write) -> Result<Written> {
         match self.store.write(write).await {
             Ok(Ok(w)) => Ok(w),
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(Error::Store(StoreError::new(
+            Ok(Err(e)) => Err(self.closed_or(e)),
+            Err(_) => Err(self.closed_or(StoreError::new(
                 self.store.path(),
                 StoreErrorKind::Closed,
                 "the journal writer stopped",
             ))),
         }
+    }
+
+    /// A store error as the caller should see it: the journal closed under a call
+    /// because this runtime is closing is [`Error::Closed`], as if the call had come a
+    /// moment later.
+    fn closed_or(&self, e: StoreError) -> Error {
+        if e.kind() == StoreErrorKind::Closed && self.closing.load(Ordering::Acquire) {
+            return Error::Closed {
+                path: self.store.path().to_owned(),
+            };
+        }
+        e.into()
     }
 
     /// Records the cancellation of `id` and its pending descendants, and stops those
@@ -941,9 +962,15 @@ impl Inner {
         else {
             return Ok(());
         };
+        // The resume is durable from here: each workflow it made pending runs now, or,
+        // if the runtime closes meanwhile, at the next open. Either way the resume
+        // happened, and says so.
         for w in ids {
-            let Some(record) = self.record(&w).await? else {
-                continue;
+            let record = match self.record(&w).await {
+                Ok(Some(record)) => record,
+                Ok(None) => continue,
+                Err(_) if self.closing.load(Ordering::Acquire) => return Ok(()),
+                Err(e) => return Err(e),
             };
             if let Some(e) = damage(&record) {
                 tracing::warn!("{e}; it stays pending");
@@ -955,6 +982,11 @@ impl Inner {
             };
             let id: Arc<str> = Arc::from(w);
             let mut running = lock(&self.running);
+            if self.closing.load(Ordering::Acquire) {
+                // Under the lock `close` looks through: it either sees this run and
+                // stops it, or the run is left to the next open.
+                return Ok(());
+            }
             if running.contains_key(&id) {
                 // Started meanwhile (a resumed parent's replay starts its children):
                 // one run only.

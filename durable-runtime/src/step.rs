@@ -716,6 +716,10 @@ where
                             "step attempt failed; retrying"
                         );
                         this.backoff.set(Some(tokio::time::sleep(delay)));
+                        // No body runs while the step waits to retry: a cancel or a
+                        // close does not wait out the backoff (and no retry starts
+                        // after one, see above).
+                        *this.active = None;
                         continue;
                     }
                     let Some(claim) = claim.take() else {
