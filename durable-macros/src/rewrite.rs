@@ -2,12 +2,16 @@
 //! branch: `async { .. }` becomes `branch(async { .. })`, which claims a step position
 //! from its parent when it is *created* and numbers its own steps below it.
 //!
-//! Also marks what the body spawns: the first argument of a call to a function or method
-//! named `spawn`, `spawn_local` or `spawn_on` (`tokio::spawn`, `JoinSet::spawn`,
-//! `Handle::spawn`) is wrapped so that, if it is a future and not a branch, a step it
-//! calls is refused instead of running unrecorded (see `durable_runtime`'s
-//! `Error::Unrecorded`). Arguments that are not futures (`std::thread::spawn`'s closure)
-//! are left as they are, by autoref specialization at compile time.
+//! Also marks what the body spawns: the future given to a function or method named
+//! `spawn`, `spawn_local` or `spawn_on` (`tokio::spawn(f)`, `set.spawn(f)`,
+//! `JoinSet::spawn(&mut set, f)`, `handle.spawn(f)`) is wrapped so that, if it is not a
+//! branch, a step it calls is refused instead of running unrecorded (see
+//! `durable_runtime`'s `Error::Unrecorded`). By autoref specialization at compile time,
+//! an argument that is not a future (`std::thread::spawn`'s closure) is left as it is,
+//! and a boxed `dyn Future` stays one. Arguments whose type only the spawn function's
+//! parameter decides (`x.into()`, `Default::default()`) are not wrapped: going through a
+//! generic would lose that type. `Box::pin(f)` and `f.boxed()` wrap `f` inside, so the
+//! box still becomes whatever boxed future the parameter wants.
 
 use proc_macro2::{Ident, Span, TokenStream};
 use syn::parse::Parser;
@@ -36,7 +40,7 @@ pub(crate) fn rewrite_body(krate: &Path, body: &mut syn::Block) {
     if b.spawned {
         let import: syn::Stmt = syn::parse_quote! {
             #[allow(unused_imports)]
-            use #krate::__private::{SpawnFuture as _, SpawnOther as _};
+            use #krate::__private::{SpawnBoxed as _, SpawnFuture as _, SpawnOther as _};
         };
         body.stmts.insert(0, import);
     }
@@ -58,8 +62,11 @@ impl VisitMut for Branches<'_> {
                 *expr = syn::parse_quote_spanned!(span=> #krate::__private::branch(#block));
             }
             Expr::Call(call) if is_spawn_path(&call.func) => {
-                if let Some(first) = call.args.first_mut() {
-                    self.spawned |= mark_spawned(krate, first);
+                // `JoinSet::spawn(&mut set, f)`: a method called through its type takes
+                // its receiver first.
+                let at = usize::from(is_method_path(&call.func));
+                if let Some(future) = call.args.iter_mut().nth(at) {
+                    self.spawned |= mark_spawned(krate, future);
                 }
             }
             Expr::MethodCall(call) if is_spawn_name(&call.method) => {
@@ -142,17 +149,72 @@ fn is_spawn_path(func: &Expr) -> bool {
     }
 }
 
-/// Wraps a spawn call's argument, in place: `(&SpawnArg::new(<arg>)).__durable_spawn()`
-/// (the body imports the traits, see [`rewrite_body`]); whether it did. A closure
-/// literal is left alone: it is not a future, and going through a generic would lose
-/// the signature the spawn function gives it (`pool.spawn(|x| ..)`).
-fn mark_spawned(krate: &Path, arg: &mut Expr) -> bool {
-    if matches!(arg, Expr::Closure(_)) {
+/// Whether `func` names a method through its type (`JoinSet::spawn`,
+/// `tokio::task::JoinSet::<u8>::spawn`): the segment before the last is a type, by
+/// Rust's naming convention, or has generic arguments.
+fn is_method_path(func: &Expr) -> bool {
+    let Expr::Path(p) = func else {
         return false;
+    };
+    let segments = &p.path.segments;
+    segments.len() >= 2
+        && segments.iter().nth(segments.len() - 2).is_some_and(|s| {
+            !s.arguments.is_none() || s.ident.to_string().starts_with(char::is_uppercase)
+        })
+}
+
+/// Calls whose type is inferred from where their result goes: given to a spawn
+/// function, only its parameter says what they make, and a generic in between would
+/// leave them undecided. None of them makes a future a workflow would spawn.
+const INFERRED_METHODS: [&str; 6] = [
+    "into",
+    "try_into",
+    "parse",
+    "collect",
+    "unwrap_or_default",
+    "default",
+];
+const INFERRED_FUNCTIONS: [&str; 4] = ["default", "from", "into", "try_from"];
+
+/// Wraps a spawn call's future argument, in place:
+/// `(&&SpawnArg::new(<arg>)).__durable_spawn()` (the body imports the traits, see
+/// [`rewrite_body`]); whether it did. Left alone: a closure literal (not a future, and
+/// going through a generic would lose the signature the spawn function gives it, as in
+/// `pool.spawn(|x| ..)`), a literal, and the calls in [`INFERRED_METHODS`] and
+/// [`INFERRED_FUNCTIONS`]. `Box::pin(f)` and `f.boxed()` are wrapped inside, around `f`.
+fn mark_spawned(krate: &Path, arg: &mut Expr) -> bool {
+    match arg {
+        Expr::Closure(_) | Expr::Lit(_) => return false,
+        Expr::Paren(p) => return mark_spawned(krate, &mut p.expr),
+        Expr::MethodCall(m) if m.method == "boxed" || m.method == "boxed_local" => {
+            return mark_spawned(krate, &mut m.receiver);
+        }
+        Expr::MethodCall(m) if INFERRED_METHODS.iter().any(|n| m.method == n) => return false,
+        Expr::Call(call) => {
+            if let Expr::Path(f) = &*call.func {
+                let names: Vec<String> = f
+                    .path
+                    .segments
+                    .iter()
+                    .map(|s| s.ident.to_string())
+                    .collect();
+                let last = names.last().map(String::as_str).unwrap_or_default();
+                if names.len() >= 2 && names[names.len() - 2] == "Box" && last == "pin" {
+                    return match call.args.first_mut() {
+                        Some(inner) => mark_spawned(krate, inner),
+                        None => false,
+                    };
+                }
+                if INFERRED_FUNCTIONS.contains(&last) {
+                    return false;
+                }
+            }
+        }
+        _ => {}
     }
     let span = arg.span();
     *arg = syn::parse_quote_spanned! {span=>
-        (&#krate::__private::SpawnArg::new(#arg)).__durable_spawn()
+        (&&#krate::__private::SpawnArg::new(#arg)).__durable_spawn()
     };
     true
 }

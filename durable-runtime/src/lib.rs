@@ -451,7 +451,9 @@ pub mod __private {
     pub use ::std::clone::Clone;
 
     pub use crate::codec::fingerprint::Args;
-    pub use crate::scope::{Branched, SpawnArg, SpawnFuture, SpawnOther, Spawned, branch};
+    pub use crate::scope::{
+        Branched, SpawnArg, SpawnBoxed, SpawnFuture, SpawnOther, Spawned, branch,
+    };
     pub use crate::step::{
         Arg, ArgOpaque, ArgViaSerialize, Once, Retry, StepClaim, StepOptions, claim_step, step,
         step_retry,

@@ -310,11 +310,20 @@ impl<F: Future> Future for Spawned<F> {
 }
 
 /// What `#[workflow]` makes of the argument of a spawn call:
-/// `(&SpawnArg::new(arg)).__durable_spawn()` is a [`Spawned`] if `arg` is a future and
-/// `arg` itself otherwise (autoref specialization: the future impl needs no
-/// auto-reference and wins when it applies). The argument stays one expression, so its
-/// temporaries live as long as they did.
-pub struct SpawnArg<T>(std::cell::Cell<Option<T>>);
+/// `(&&SpawnArg::new(arg)).__durable_spawn()` is, by autoref specialization (the first
+/// impl that applies, in this order, wins):
+///
+/// 1. a boxed `dyn Future` ([`SpawnBoxed`]): the same boxed `dyn Future`, around a
+///    [`Spawned`] (an object-safe spawner takes exactly that type);
+/// 2. any other future ([`SpawnFuture`]): a [`Spawned`] around it;
+/// 3. anything else ([`SpawnOther`]): `arg` itself (`std::thread::spawn`'s closure).
+///
+/// The argument stays one expression, so its temporaries live as long as they did.
+///
+/// It holds the argument in a mutex, not a cell: the references to it are temporaries of
+/// the statement, which may hold an `.await` (`tokio::spawn(f).await`), and must be
+/// `Send` for the workflow's future to be.
+pub struct SpawnArg<T>(std::sync::Mutex<Option<T>>);
 
 impl<T> std::fmt::Debug for SpawnArg<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -325,15 +334,44 @@ impl<T> std::fmt::Debug for SpawnArg<T> {
 impl<T> SpawnArg<T> {
     /// Holds `value` until the spawn call takes it.
     pub fn new(value: T) -> Self {
-        SpawnArg(std::cell::Cell::new(Some(value)))
+        SpawnArg(std::sync::Mutex::new(Some(value)))
     }
 
     fn take(&self) -> T {
-        match self.0.take() {
+        match crate::context::lock(&self.0).take() {
             Some(value) => value,
             // Each `SpawnArg` is made and taken once, in one expression.
             None => unreachable!("a spawn argument taken twice"),
         }
+    }
+
+    fn spawned(&self) -> Spawned<T> {
+        Spawned {
+            ctx: current_workflow(),
+            fut: self.take(),
+        }
+    }
+}
+
+/// See [`SpawnArg`]: a boxed `dyn Future`, wrapped and boxed again.
+pub trait SpawnBoxed {
+    /// What the spawn call gets.
+    type Output;
+    /// Takes the argument.
+    fn __durable_spawn(&self) -> Self::Output;
+}
+
+impl<'a, T: 'a> SpawnBoxed for &SpawnArg<Pin<Box<dyn Future<Output = T> + Send + 'a>>> {
+    type Output = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+    fn __durable_spawn(&self) -> Self::Output {
+        Box::pin(self.spawned())
+    }
+}
+
+impl<'a, T: 'a> SpawnBoxed for &SpawnArg<Pin<Box<dyn Future<Output = T> + 'a>>> {
+    type Output = Pin<Box<dyn Future<Output = T> + 'a>>;
+    fn __durable_spawn(&self) -> Self::Output {
+        Box::pin(self.spawned())
     }
 }
 
@@ -345,13 +383,10 @@ pub trait SpawnFuture {
     fn __durable_spawn(&self) -> Self::Output;
 }
 
-impl<F: Future> SpawnFuture for SpawnArg<F> {
+impl<F: Future> SpawnFuture for &&SpawnArg<F> {
     type Output = Spawned<F>;
     fn __durable_spawn(&self) -> Spawned<F> {
-        Spawned {
-            ctx: current_workflow(),
-            fut: self.take(),
-        }
+        self.spawned()
     }
 }
 
@@ -363,7 +398,7 @@ pub trait SpawnOther {
     fn __durable_spawn(&self) -> Self::Output;
 }
 
-impl<T> SpawnOther for &SpawnArg<T> {
+impl<T> SpawnOther for SpawnArg<T> {
     type Output = T;
     fn __durable_spawn(&self) -> T {
         self.take()

@@ -482,6 +482,81 @@ async fn a_step_in_a_spawned_plain_helper_is_refused_not_run_unrecorded() {
     assert_eq!(UNRECORDED.load(Ordering::SeqCst), 0, "no step body ran");
 }
 
+static UNRECORDED_ELSEWHERE: AtomicUsize = AtomicUsize::new(0);
+
+#[step]
+async fn notify_elsewhere(n: u64) -> u64 {
+    UNRECORDED_ELSEWHERE.fetch_add(1, Ordering::SeqCst);
+    n
+}
+
+async fn other_plain_helper(n: u64) -> u64 {
+    notify_elsewhere(n).await
+}
+
+type BoxedJob = std::pin::Pin<Box<dyn std::future::Future<Output = u64> + Send>>;
+
+/// An object-safe spawner, the shape of `opentelemetry`'s: it takes a boxed future.
+trait Spawner {
+    fn spawn(&self, job: BoxedJob) -> tokio::task::JoinHandle<u64>;
+}
+
+struct Tokio;
+
+impl Spawner for Tokio {
+    fn spawn(&self, job: BoxedJob) -> tokio::task::JoinHandle<u64> {
+        tokio::spawn(job)
+    }
+}
+
+#[workflow]
+async fn spawns_through_the_type() -> u64 {
+    let mut set = tokio::task::JoinSet::new();
+    let s = &mut set;
+    tokio::task::JoinSet::spawn(s, other_plain_helper(1));
+    tokio::task::JoinSet::spawn(s, other_plain_helper(2));
+    let mut total = 0;
+    while let Some(v) = set.join_next().await {
+        total += v.unwrap_or_default();
+    }
+    total
+}
+
+#[workflow]
+async fn spawns_boxed() -> u64 {
+    let job: BoxedJob = Box::pin(other_plain_helper(3));
+    let a = Tokio.spawn(job);
+    let b = Tokio.spawn(Box::pin(other_plain_helper(4)));
+    a.await.unwrap_or_default() + b.await.unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_step_spawned_through_a_type_or_in_a_box_is_refused_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = open(&dir.path().join("j.db")).await;
+    for (id, call) in [
+        ("ufcs", spawns_through_the_type()),
+        ("boxed", spawns_boxed()),
+    ] {
+        let err = rt
+            .start_with_id(id, call)
+            .await
+            .expect("start")
+            .result()
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(&err, Error::Unrecorded { operation, .. } if operation == "step `notify_elsewhere`"),
+            "{id}: {err:?}"
+        );
+    }
+    assert_eq!(
+        UNRECORDED_ELSEWHERE.load(Ordering::SeqCst),
+        0,
+        "no step body ran"
+    );
+}
+
 #[durable_runtime::branch]
 async fn branch_helper(n: u64) -> u64 {
     notify(n).await + notify(n + 1).await
@@ -845,4 +920,198 @@ async fn close_starts_no_further_retry_of_a_failing_step() {
         attempts,
         "no attempt after the close"
     );
+}
+
+static FLAKY_TRIES: AtomicUsize = AtomicUsize::new(0);
+
+#[step(retries = 5, backoff = 60m)]
+async fn down_for_an_hour() -> Result<u8, String> {
+    FLAKY_TRIES.fetch_add(1, Ordering::SeqCst);
+    Err("the service is down".into())
+}
+
+#[workflow]
+async fn waits_to_retry() -> Result<u8, String> {
+    down_for_an_hour().await
+}
+
+#[tokio::test]
+async fn a_close_does_not_wait_out_a_retry_backoff() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    let rt = open(&path).await;
+    let h = rt
+        .start_with_id("r", waits_to_retry())
+        .await
+        .expect("start");
+    while FLAKY_TRIES.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    // No body runs while the step waits an hour to retry: the close has nothing to
+    // wait for, although its grace period is longer than the backoff. (The bound here
+    // only keeps a broken close from hanging the test run.)
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        rt.close_with_grace(Duration::from_secs(7200)),
+    )
+    .await
+    .expect("the close waited out the backoff")
+    .expect("close");
+    assert!(matches!(h.result().await, Err(Error::Stopped { .. })));
+    assert_eq!(
+        FLAKY_TRIES.load(Ordering::SeqCst),
+        1,
+        "no retry after the close"
+    );
+    // Nothing was recorded for the step: it runs again at the next open.
+    let rt = open(&path).await;
+    assert_eq!(rt.recovered(), ["r"]);
+    rt.close_with_grace(Duration::ZERO).await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_racing_a_close_reports_what_the_journal_holds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for i in 0..40 {
+        let path = dir.path().join(format!("j{i}.db"));
+        let rt = open(&path).await;
+        rt.start_with_id("w", takes_counts()).await.expect("start");
+        rt.cancel("w").await.expect("cancel");
+        let (a, b) = (rt.clone(), rt.clone());
+        let resume = tokio::spawn(async move { a.resume("w").await });
+        let close = tokio::spawn(async move {
+            // Lands anywhere in the resume, from before it to after it.
+            for _ in 0..i % 6 {
+                tokio::task::yield_now().await;
+            }
+            b.close().await
+        });
+        close.await.expect("task").expect("close");
+        let resumed = resume.await.expect("task");
+        // Whatever the resume said is what the journal holds: `Ok` only if the workflow
+        // is pending again (and so resumes at the next open), an error only if not.
+        let rt = open(&path).await;
+        let pending = rt.recovered().iter().any(|w| w == "w");
+        assert_eq!(
+            resumed.is_ok(),
+            pending,
+            "iteration {i}: resume returned {resumed:?}, pending: {pending}"
+        );
+        if let Err(e) = resumed {
+            assert!(matches!(e, Error::Closed { .. }), "{e:?}");
+        }
+        rt.close_with_grace(Duration::ZERO).await.expect("close");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. Output fingerprints (what the testkit compares runs by) read what the runtime nested
+//    by its content, and a user's bytes as bytes.
+
+/// Bytes recorded as a byte string, as `serde_bytes` would.
+#[derive(Debug, Clone, PartialEq)]
+struct Blob(Vec<u8>);
+
+impl Serialize for Blob {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Blob {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Blob;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Blob, E> {
+                Ok(Blob(v.to_vec()))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+#[step]
+async fn upload(blob: Blob) -> Blob {
+    blob
+}
+
+#[workflow]
+async fn uploads(blob: Blob) -> usize {
+    upload(blob).await.0.len()
+}
+
+#[workflow]
+async fn takes_counts() -> u64 {
+    durable_runtime::recv::<HashMap<String, u64>>("counts", None)
+        .await
+        .ok()
+        .flatten()
+        .map(|m| m.values().sum())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn output_fingerprints_read_nested_values_by_content_and_user_bytes_as_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = open(&dir.path().join("j.db")).await;
+    let output = |id: &'static str| {
+        let rt = rt.clone();
+        async move {
+            let steps = rt.steps(id).await.expect("steps");
+            let step = steps.last().expect("a step").clone();
+            // On a small stack: a fingerprint must not recurse with what it reads.
+            std::thread::Builder::new()
+                .stack_size(1024 * 1024)
+                .spawn(move || step.output_fingerprint().expect("an output"))
+                .expect("thread")
+                .join()
+                .expect("no stack overflow")
+        }
+    };
+
+    // Two different blobs that both happen to look like a journal value holding 5 (the
+    // second in a longer form): different outputs.
+    for (id, bytes) in [("a", vec![0x02, 0x05]), ("b", vec![0x02, 0x18, 0x05])] {
+        let h = rt
+            .start_with_id(id, uploads(Blob(bytes)))
+            .await
+            .expect("start");
+        h.result().await.expect("runs");
+    }
+    assert_ne!(output("a").await, output("b").await);
+
+    // A blob of 100,000 byte strings, each holding the next as a journal value would.
+    let mut blob = vec![0x02u8, 0xf6];
+    for _ in 0..100_000 {
+        let mut outer = vec![0x02u8];
+        let n = blob.len() as u32;
+        outer.push(0x5a);
+        outer.extend_from_slice(&n.to_be_bytes());
+        outer.extend_from_slice(&blob);
+        blob = outer;
+    }
+    let h = rt
+        .start_with_id("deep", uploads(Blob(blob)))
+        .await
+        .expect("start");
+    h.result().await.expect("runs");
+    output("deep").await;
+
+    // A message is nested in the `recv` that took it: equal maps, sent in different
+    // orders, are equal outputs.
+    let small: HashMap<String, u64> = (0..50).map(|i| (format!("k{i}"), i)).collect();
+    let mut large: HashMap<String, u64> = HashMap::with_capacity(1_000);
+    for i in (0..50).rev() {
+        large.insert(format!("k{i}"), i);
+    }
+    for (id, counts) in [("m1", &small), ("m2", &large)] {
+        let h = rt.start_with_id(id, takes_counts()).await.expect("start");
+        rt.send(id, "counts", counts).await.expect("send");
+        assert_eq!(h.result().await.expect("runs"), (0..50).sum::<u64>());
+    }
+    assert_eq!(output("m1").await, output("m2").await);
 }
