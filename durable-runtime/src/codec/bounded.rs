@@ -76,26 +76,40 @@ impl<A> CappedAccess<A> {
 
 thread_local! {
     /// How deeply the value being decoded on this thread is nested (decoding is
-    /// synchronous: one value at a time per thread).
+    /// synchronous: one value at a time per thread), counted as CBOR counts it: options
+    /// and newtypes apart from the rest (see `cbor::MAX_HOLLOW`), so that the two codecs
+    /// take values of the same depths.
     static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    static HOLLOW: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 /// One level of nesting, for as long as it lives.
-struct Level;
+struct Level(&'static std::thread::LocalKey<std::cell::Cell<u32>>);
 
 impl Level {
     fn enter<E: de::Error>() -> Result<Level, E> {
-        let depth = DEPTH.with(|d| {
+        Level::count(&DEPTH, super::cbor::MAX_DEPTH, "levels")
+    }
+
+    fn enter_hollow<E: de::Error>() -> Result<Level, E> {
+        Level::count(&HOLLOW, super::cbor::MAX_HOLLOW, "newtypes and `Option`s")
+    }
+
+    fn count<E: de::Error>(
+        key: &'static std::thread::LocalKey<std::cell::Cell<u32>>,
+        max: u32,
+        what: &str,
+    ) -> Result<Level, E> {
+        let depth = key.with(|d| {
             let depth = d.get() + 1;
             d.set(depth);
             depth
         });
         // Counted before the check, so the drop below always undoes it.
-        let level = Level;
-        if depth > super::cbor::MAX_DEPTH {
+        let level = Level(key);
+        if depth > max {
             return Err(E::custom(format_args!(
-                "the value is nested more than {} levels deep",
-                super::cbor::MAX_DEPTH
+                "the value is nested more than {max} {what} deep"
             )));
         }
         Ok(level)
@@ -104,7 +118,7 @@ impl Level {
 
 impl Drop for Level {
     fn drop(&mut self) {
-        let _ = DEPTH.try_with(|d| d.set(d.get().saturating_sub(1)));
+        let _ = self.0.try_with(|d| d.set(d.get().saturating_sub(1)));
     }
 }
 
@@ -122,10 +136,10 @@ macro_rules! forward_deserialize {
 
 macro_rules! forward_nested {
     // What can hold other values: forwarded one level deeper.
-    ($($method:ident($($arg:ident: $ty:ty),*);)*) => {
+    ($enter:ident: $($method:ident($($arg:ident: $ty:ty),*);)*) => {
         $(
             fn $method<V: Visitor<'de>>(self, $($arg: $ty,)* visitor: V) -> Result<V::Value, D::Error> {
-                let _level = Level::enter::<D::Error>()?;
+                let _level = Level::$enter::<D::Error>()?;
                 let cap = self.cap;
                 self.inner.$method($($arg,)* CappedVisitor { inner: visitor, cap })
             }
@@ -146,8 +160,11 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Capped<D> {
     }
 
     forward_nested! {
-        deserialize_any(); deserialize_option(); deserialize_newtype_struct(name: &'static str);
-        deserialize_seq(); deserialize_tuple(len: usize);
+        enter_hollow: deserialize_option(); deserialize_newtype_struct(name: &'static str);
+    }
+
+    forward_nested! {
+        enter: deserialize_any(); deserialize_seq(); deserialize_tuple(len: usize);
         deserialize_tuple_struct(name: &'static str, len: usize); deserialize_map();
         deserialize_struct(name: &'static str, fields: &'static [&'static str]);
         deserialize_enum(name: &'static str, variants: &'static [&'static str]);

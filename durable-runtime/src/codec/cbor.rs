@@ -40,10 +40,27 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IntoDeserializer, Visitor};
 use serde::ser::{self, Serialize, Serializer};
 
-/// How deeply arrays, maps, variants, `Some`s and newtype structs may nest, in a value being
-/// written or read. Deep enough for any value a service records; shallow enough that a
-/// hostile row cannot exhaust a thread's stack while it is decoded.
+/// How deeply arrays, maps, variants and tagged items may nest, in a value being written
+/// or read. Deep enough for any value a service records; shallow enough that a hostile
+/// row cannot exhaust a thread's stack while it is decoded.
 pub(crate) const MAX_DEPTH: u32 = 128;
+
+/// How many newtype structs and untagged `Some`s may enclose an item, besides the
+/// levels [`MAX_DEPTH`] counts. They read no bytes of their own, so without a limit a
+/// two-byte row read as `struct Link(Option<Box<Link>>)` would recurse until the stack
+/// ran out; counted apart, they do not make the usual recursive types (an AST whose
+/// nodes are newtypes, a linked list) any shallower than serde's formats allow.
+pub(crate) const MAX_HOLLOW: u32 = 256;
+
+fn too_deep() -> String {
+    format!("the value is nested more than {MAX_DEPTH} levels deep, more than the journal records")
+}
+
+fn too_hollow() -> String {
+    format!(
+        "the value is nested more than {MAX_HOLLOW} newtypes and `Option`s deep, more than the journal records"
+    )
+}
 
 /// Tag 6 (unassigned in RFC 8949's registry): `Some` around a value that is itself an
 /// `Option`, so `Some(None)` is not read back as `None`.
@@ -170,6 +187,7 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Res
         out,
         some: false,
         depth: 0,
+        hollow: 0,
     };
     value.serialize(&mut enc)
 }
@@ -197,29 +215,48 @@ struct Encoder<'a> {
     /// A `Some` was begun and its content not written yet: if the content is itself an
     /// `Option` (a `None` or another `Some`), the `Some` must be written out as a tag.
     some: bool,
+    /// Levels as the reader counts them (see [`MAX_DEPTH`] and [`MAX_HOLLOW`]).
     depth: u32,
+    hollow: u32,
 }
 
 impl Encoder<'_> {
-    /// Called before writing anything: settles a pending `Some`.
-    fn item(&mut self, option: bool) {
-        if std::mem::take(&mut self.some) && option {
+    /// Called before writing anything but an `Option`: settles a pending `Some`, which
+    /// stays untagged.
+    fn item(&mut self) {
+        self.some = false;
+    }
+
+    /// Called before writing an `Option` (`None`, `Some`, or the `()` that `Some(())`
+    /// holds): a pending `Some` around it is written as a tag, and so counts as a
+    /// tagged level, not an untagged one (as the reader will count it).
+    fn option_item(&mut self) -> Result<(), Error> {
+        if std::mem::take(&mut self.some) {
             self.out.push(SOME);
+            self.hollow -= 1;
+            self.enter()?;
         }
+        Ok(())
     }
 
     fn enter(&mut self) -> Result<(), Error> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            return Err(ser::Error::custom(format_args!(
-                "the value is nested more than {MAX_DEPTH} levels deep, more than the journal records"
-            )));
+            return Err(ser::Error::custom(too_deep()));
+        }
+        Ok(())
+    }
+
+    fn enter_hollow(&mut self) -> Result<(), Error> {
+        self.hollow += 1;
+        if self.hollow > MAX_HOLLOW {
+            return Err(ser::Error::custom(too_hollow()));
         }
         Ok(())
     }
 
     fn uint(&mut self, v: u128) {
-        self.item(false);
+        self.item();
         match u64::try_from(v) {
             Ok(v) => head(self.out, UINT, v),
             Err(_) => self.bignum(2, v),
@@ -230,7 +267,7 @@ impl Encoder<'_> {
         if v >= 0 {
             return self.uint(v as u128);
         }
-        self.item(false);
+        self.item();
         // CBOR stores a negative n as -1 - n.
         let n = (-1 - v) as u128;
         match u64::try_from(n) {
@@ -254,7 +291,7 @@ impl Encoder<'_> {
 
     /// `{ "Variant": <content> }`: the one-entry map around a variant's content.
     fn variant(&mut self, name: &str) -> Result<(), Error> {
-        self.item(false);
+        self.item();
         self.enter()?;
         head(self.out, MAP, 1);
         self.text(name);
@@ -267,7 +304,7 @@ fn compound<'b, 'a>(
     major: u8,
     len: Option<usize>,
 ) -> Result<Compound<'b, 'a>, Error> {
-    enc.item(false);
+    enc.item();
     enc.enter()?;
     let at = enc.out.len();
     if let Some(n) = len {
@@ -326,7 +363,7 @@ impl<'b, 'a> Serializer for &'b mut Encoder<'a> {
     type SerializeStructVariant = Compound<'b, 'a>;
 
     fn serialize_bool(self, v: bool) -> Result<(), Error> {
-        self.item(false);
+        self.item();
         self.out.push(if v { TRUE } else { FALSE });
         Ok(())
     }
@@ -371,51 +408,58 @@ impl<'b, 'a> Serializer for &'b mut Encoder<'a> {
         Ok(())
     }
     fn serialize_f32(self, v: f32) -> Result<(), Error> {
-        self.item(false);
+        self.item();
         self.out.push(F32);
         self.out.extend_from_slice(&v.to_bits().to_be_bytes());
         Ok(())
     }
     fn serialize_f64(self, v: f64) -> Result<(), Error> {
-        self.item(false);
+        self.item();
         self.out.push(F64);
         self.out.extend_from_slice(&v.to_bits().to_be_bytes());
         Ok(())
     }
     fn serialize_char(self, v: char) -> Result<(), Error> {
-        self.item(false);
+        self.item();
         self.text(v.encode_utf8(&mut [0; 4]));
         Ok(())
     }
     fn serialize_str(self, v: &str) -> Result<(), Error> {
-        self.item(false);
+        self.item();
         self.text(v);
         Ok(())
     }
     fn serialize_bytes(self, v: &[u8]) -> Result<(), Error> {
-        self.item(false);
+        self.item();
         head(self.out, BYTES, v.len() as u64);
         self.out.extend_from_slice(v);
         Ok(())
     }
     fn serialize_none(self) -> Result<(), Error> {
-        self.item(true);
+        self.option_item()?;
         self.out.push(NULL);
         Ok(())
     }
     fn serialize_some<T: Serialize + ?Sized>(self, v: &T) -> Result<(), Error> {
-        self.item(true);
-        self.enter()?;
+        self.option_item()?;
+        // Untagged unless what it holds is an `Option` (see `option_item`, which then
+        // writes the tag where this `Some`'s content begins).
+        self.enter_hollow()?;
+        let at = self.out.len();
         self.some = true;
         v.serialize(&mut *self)?;
         self.some = false;
-        self.depth -= 1;
+        if self.out.get(at) == Some(&SOME) {
+            self.depth -= 1;
+        } else {
+            self.hollow -= 1;
+        }
         Ok(())
     }
     fn serialize_unit(self) -> Result<(), Error> {
         // `Some(())` needs its tag too: serde's buffered reading (untagged enums,
         // `flatten`) turns a bare `undefined` into `None` when it wants an `Option`.
-        self.item(true);
+        self.option_item()?;
         self.out.push(UNDEFINED);
         Ok(())
     }
@@ -428,7 +472,7 @@ impl<'b, 'a> Serializer for &'b mut Encoder<'a> {
         _: u32,
         variant: &'static str,
     ) -> Result<(), Error> {
-        self.item(false);
+        self.item();
         self.text(variant);
         Ok(())
     }
@@ -438,14 +482,13 @@ impl<'b, 'a> Serializer for &'b mut Encoder<'a> {
         v: &T,
     ) -> Result<(), Error> {
         if name == NESTED {
-            self.item(false);
+            self.item();
             self.out.push(NESTED_TAG);
         }
-        // Counted as a level, as the reader counts it: a newtype reads no bytes of its
-        // own, so a recursive one could otherwise nest without limit.
-        self.enter()?;
+        // Counted as the reader counts it (see `MAX_HOLLOW`).
+        self.enter_hollow()?;
         v.serialize(&mut *self)?;
-        self.depth -= 1;
+        self.hollow -= 1;
         Ok(())
     }
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
@@ -550,6 +593,7 @@ pub(crate) fn decode_seed<'de, S: DeserializeSeed<'de>>(
         input: bytes,
         pos: 0,
         depth: 0,
+        hollow: 0,
     };
     let value = seed.deserialize(&mut d)?;
     if d.pos != bytes.len() {
@@ -578,6 +622,7 @@ pub(crate) struct Decoder<'de> {
     input: &'de [u8],
     pos: usize,
     depth: u32,
+    hollow: u32,
 }
 
 impl<'de> Decoder<'de> {
@@ -658,9 +703,15 @@ impl<'de> Decoder<'de> {
     fn enter(&mut self) -> Result<(), Error> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            return Err(Error::malformed(format!(
-                "the value is nested more than {MAX_DEPTH} levels deep"
-            )));
+            return Err(Error::malformed(too_deep()));
+        }
+        Ok(())
+    }
+
+    fn enter_hollow(&mut self) -> Result<(), Error> {
+        self.hollow += 1;
+        if self.hollow > MAX_HOLLOW {
+            return Err(Error::malformed(too_hollow()));
         }
         Ok(())
     }
@@ -892,11 +943,10 @@ impl<'de> Deserializer<'de> for &mut Decoder<'de> {
                 Ok(v)
             }
             _ => {
-                // A bare `Some` reads no bytes of its own: it counts as a level, or a
-                // recursive `Option` type could nest without limit on a short row.
-                self.enter()?;
+                // A bare `Some` reads no bytes of its own (see `MAX_HOLLOW`).
+                self.enter_hollow()?;
                 let v = visitor.visit_some(&mut *self)?;
-                self.depth -= 1;
+                self.hollow -= 1;
                 Ok(v)
             }
         }
@@ -925,10 +975,10 @@ impl<'de> Deserializer<'de> for &mut Decoder<'de> {
         _: &'static str,
         visitor: V,
     ) -> Result<V::Value, Error> {
-        // A level, as the writer counts it (and for the same reason as a bare `Some`).
-        self.enter()?;
+        // Reads no bytes of its own, as a bare `Some` (see `MAX_HOLLOW`).
+        self.enter_hollow()?;
         let v = visitor.visit_newtype_struct(&mut *self)?;
-        self.depth -= 1;
+        self.hollow -= 1;
         Ok(v)
     }
 
@@ -1222,6 +1272,7 @@ impl<'de> de::MapAccess<'de> for Entries<'_, 'de> {
                 input,
                 pos: key_at,
                 depth: 0,
+                hollow: 0,
             };
             match key.head() {
                 Ok(h) if h.major == TEXT => match key.text(h.value) {

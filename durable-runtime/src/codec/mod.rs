@@ -233,6 +233,11 @@ impl Codec {
 
     /// Encodes `value` as a journal value: its format byte, then the encoding.
     ///
+    /// Values nest at most 128 arrays, maps and variants deep, and 256 newtypes and
+    /// `Option`s deep. CBOR refuses a deeper value here; bincode writes it, and refuses
+    /// it when it is read. (The runtime reads every value back before recording it, so
+    /// it never records one it cannot read.)
+    ///
     /// # Errors
     ///
     /// If the value's `Serialize` fails, the codec cannot represent it, or the result is
