@@ -620,14 +620,42 @@ fn writing_a_value_nested_beyond_the_limit_is_refused_up_front() {
         err.to_string().contains("nested more than 128 levels"),
         "{err}"
     );
-    // A newtype around an array is two levels (a newtype reads no bytes of its own, so
-    // it counts, or a recursive one could nest without limit).
-    v = serde_json_like_nesting(63);
-    let back: Nest = Codec::decode(&Codec::Cbor.encode(&v).expect("fits")).expect("decodes");
-    assert_eq!(back, v);
-    v = serde_json_like_nesting(64);
+    // 128 arrays, each in a newtype: newtypes are counted apart (see below).
+    v = serde_json_like_nesting(127);
+    for codec in CODECS {
+        let back: Nest = Codec::decode(&codec.encode(&v).expect("fits")).expect("decodes");
+        assert_eq!(back, v);
+    }
+    v = serde_json_like_nesting(128);
     let err = Codec::Cbor.encode(&v).expect_err("one level too deep");
     assert!(err.to_string().contains("nested more than"), "{err}");
+}
+
+/// An expression tree whose nodes are newtypes, as parsers write them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Expr(Box<ExprKind>);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum ExprKind {
+    Lit(i64),
+    Add(Expr, Expr),
+    Neg(Expr),
+}
+
+#[test]
+fn recursive_values_record_as_deep_as_their_arrays_and_maps_allow() {
+    // A left-deep sum of 60 terms: 60 levels of `{"Add": [..]}` (two levels each, up
+    // to the 128 the journal records) under 60 newtypes, which count apart.
+    let mut e = Expr(Box::new(ExprKind::Lit(0)));
+    for i in 1..60 {
+        let lit = Expr(Box::new(ExprKind::Lit(i)));
+        e = Expr(Box::new(ExprKind::Add(e, lit)));
+    }
+    let neg = Expr(Box::new(ExprKind::Neg(e)));
+    for codec in CODECS {
+        let back: Expr = Codec::decode(&codec.encode(&neg).expect("records")).expect("decodes");
+        assert_eq!(back, neg, "{codec:?}");
+    }
 }
 
 /// A chain of links, each of which may hold the next: a newtype around an `Option`,
@@ -678,14 +706,31 @@ fn a_short_row_cannot_recurse_through_levels_that_read_no_bytes() {
     for err in err {
         assert!(err.to_string().contains("nested more than"), "{err}");
     }
-    // Chains the limit allows round-trip under both codecs; longer ones are refused
-    // when written, never recorded to fail later.
+    // Chains the limits allow (a newtype and a `Some` a link) round-trip under both
+    // codecs; longer ones are refused, by CBOR when written.
     for codec in CODECS {
-        let ok = chain(60);
+        let ok = chain(120);
         let back: Link = Codec::decode(&codec.encode(&ok).expect("fits")).expect("decodes");
         assert_eq!(back, ok, "{codec:?}");
     }
-    let err = Codec::Cbor.encode(&chain(100)).expect_err("too deep");
+    let err = Codec::Cbor.encode(&chain(200)).expect_err("too deep");
+    assert!(err.to_string().contains("nested more than"), "{err}");
+    let bytes = Codec::Bincode
+        .encode(&chain(200))
+        .expect("bincode writes it");
+    let err = Codec::decode::<Link>(&bytes).expect_err("too deep");
+    assert!(err.to_string().contains("nested more than"), "{err}");
+    // Arrays at their limit with newtypes and `Some`s at theirs, on a small stack: the
+    // two limits together still leave it room.
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Both(Vec<Option<Box<Both>>>);
+    let row = cbor(&[vec![0x81u8; 200], vec![0x80]].concat());
+    let err = std::thread::Builder::new()
+        .stack_size(1024 * 1024)
+        .spawn(move || Codec::decode::<Both>(&row).expect_err("refused"))
+        .expect("thread")
+        .join()
+        .expect("no stack overflow");
     assert!(err.to_string().contains("nested more than"), "{err}");
 }
 
@@ -776,12 +821,14 @@ fn fingerprints_tell_apart_arguments_that_mean_different_things() {
     ] {
         assert_ne!(fp(&some), all);
     }
-    // Bytes are read in order.
+    // Byte strings are read in order, as strings are.
+    #[derive(Serialize)]
+    struct Payload(#[serde(with = "bytes")] Vec<u8>);
     assert_ne!(
-        fp(&b"transfer 10 to bob".to_vec()),
-        fp(&b"transfer 01 to bob".to_vec())
+        fp(&Payload(b"transfer 10 to bob".to_vec())),
+        fp(&Payload(b"transfer 01 to bob".to_vec()))
     );
-    assert_ne!(fp(&vec![1i8, -1]), fp(&vec![-1i8, 1]));
+    assert_ne!(fp("transfer 10 to bob"), fp("transfer 01 to bob"));
 }
 
 #[test]
@@ -830,7 +877,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
-    fn bytes_in_another_order_are_other_arguments(
+    fn sequences_compare_as_collections_and_byte_strings_in_order(
         bytes in proptest::collection::vec(any::<u8>(), 2..4_096),
         i in any::<proptest::sample::Index>(),
         j in any::<proptest::sample::Index>(),
@@ -839,12 +886,19 @@ proptest! {
         prop_assume!(bytes[i] != bytes[j]);
         let mut swapped = bytes.clone();
         swapped.swap(i, j);
-        prop_assert_ne!(fp(&bytes), fp(&swapped));
-        // A set is a sequence to serde, in whatever order it iterates: wider integers
-        // keep comparing as a multiset.
-        let wide: Vec<u32> = bytes.iter().map(|b| u32::from(*b) * 1_000).collect();
-        let wide_swapped: Vec<u32> = swapped.iter().map(|b| u32::from(*b) * 1_000).collect();
-        prop_assert_eq!(fp(&wide), fp(&wide_swapped));
+        // A set is a sequence to serde, in whatever order it iterates (a `HashSet` of
+        // ids of any width, a newtype of a byte, an enum written as one): the same
+        // elements in another order are the same argument.
+        prop_assert_eq!(fp(&bytes), fp(&swapped));
+        let ids: Vec<Wrapper> = bytes.iter().map(|b| Wrapper(u64::from(*b))).collect();
+        let swapped_ids: Vec<Wrapper> = swapped.iter().map(|b| Wrapper(u64::from(*b))).collect();
+        prop_assert_eq!(fp(&ids), fp(&swapped_ids));
+        // A byte string is not a set.
+        #[derive(Serialize)]
+        struct Payload<'a>(#[serde(with = "bytes")] &'a [u8]);
+        prop_assert_ne!(fp(&Payload(&bytes)), fp(&Payload(&swapped)));
+        // Nor is an element added or taken away.
+        prop_assert_ne!(fp(&bytes), fp(&bytes[1..]));
     }
 
     #[test]

@@ -20,9 +20,9 @@
 //! passes one through a step unchanged must replay. The price is that a sequence given
 //! in another order with the same elements counts as the same argument. Everything with
 //! positions keeps them: the arguments of a call, tuples, struct fields, strings and
-//! bytes, including a sequence of 8-bit integers (a `Vec<u8>` payload, whose order is
-//! its meaning as much as a string's; a `HashSet<u8>` argument would need to be a
-//! `BTreeSet<u8>`).
+//! byte strings (`serde_bytes`). A `Vec<u8>` is a sequence to serde, like a
+//! `HashSet<u8>`, so it compares as a multiset too: a payload whose order must count
+//! is best passed as a byte string or a `String`.
 //!
 //! In a value fingerprint, `Some(x)` is `x` (a field that became an `Option` holds the
 //! same argument), except that `Some` of an `Option` is marked (`Some(None)` is not
@@ -314,23 +314,8 @@ struct Hasher<'a> {
     in_some: bool,
 }
 
-/// What a hashed value reports to what holds it.
-#[derive(Clone, Copy)]
-struct Filled {
-    /// It holds something (see [`Hasher`]).
-    filled: bool,
-    /// It is an 8-bit integer: a sequence of them is bytes, hashed in order.
-    byte: bool,
-}
-
-impl From<bool> for Filled {
-    fn from(filled: bool) -> Self {
-        Filled {
-            filled,
-            byte: false,
-        }
-    }
-}
+/// Whether a hashed value holds anything (see [`Hasher`]).
+type Filled = bool;
 
 impl<'a> Hasher<'a> {
     fn new(h: &'a mut Hash64, mode: Mode) -> Self {
@@ -350,10 +335,7 @@ impl<'a> Hasher<'a> {
             }
             Mode::Shape => self.h.tag(tag),
         }
-        Ok(Filled {
-            filled: v != 0,
-            byte: matches!(tag, Tag::U8 | Tag::I8),
-        })
+        Ok(v != 0)
     }
 
     fn sint(self, v: i128, tag: Tag) -> Result<Filled, FingerprintError> {
@@ -366,10 +348,7 @@ impl<'a> Hasher<'a> {
             }
             Mode::Shape => self.h.tag(tag),
         }
-        Ok(Filled {
-            filled: true,
-            byte: matches!(tag, Tag::I8),
-        })
+        Ok(true)
     }
 
     /// An `Option` begins here: marked if it sits in a `Some` (value mode).
@@ -399,9 +378,6 @@ struct Compound<'a> {
     unordered: bool,
     /// Named fields of a struct, in value mode: the ones that hold nothing are left out.
     skip_empty_fields: bool,
-    /// A sequence (value mode): if its first element is a byte, it is bytes, and
-    /// hashed in order instead.
-    seq: bool,
     sum: u64,
     count: u64,
     filled: bool,
@@ -417,7 +393,6 @@ impl<'a> Compound<'a> {
             mode,
             unordered,
             skip_empty_fields: false,
-            seq: false,
             sum: 0,
             count: 0,
             filled: false,
@@ -453,12 +428,7 @@ impl<'a> Compound<'a> {
     }
 
     fn element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), FingerprintError> {
-        let (x, seen) = self.hash_of(v)?;
-        if self.seq && self.count == 0 && seen.byte && self.mode == Mode::Value {
-            // Bytes (`Vec<u8>`): their order is their meaning. (A set of bytes, which
-            // would iterate in any order, is not something arguments hold.)
-            self.unordered = false;
-        }
+        let (x, _) = self.hash_of(v)?;
         self.add(x);
         Ok(())
     }
@@ -476,10 +446,10 @@ impl<'a> Compound<'a> {
             self.count += 1;
             return Ok(());
         }
-        if self.skip_empty_fields && !filled.filled {
+        if self.skip_empty_fields && !filled {
             return Ok(());
         }
-        self.filled |= filled.filled;
+        self.filled |= filled;
         let mut named = Hash64::new();
         named.bytes(name.as_bytes());
         named.word(x);
@@ -510,7 +480,7 @@ impl<'a> Compound<'a> {
         }
         // A struct holds something if one of its fields does; a collection or tuple if it
         // has an element (`[0]` is not `[]`); a variant always does.
-        Ok((self.filled || (!self.skip_empty_fields && self.count > 0)).into())
+        Ok(self.filled || (!self.skip_empty_fields && self.count > 0))
     }
 }
 
@@ -532,7 +502,7 @@ impl<'a> Serializer for Hasher<'a> {
         if self.mode == Mode::Value {
             self.h.word(u64::from(v));
         }
-        Ok(v.into())
+        Ok(v)
     }
     fn serialize_i8(self, v: i8) -> Result<Filled, FingerprintError> {
         self.sint(v.into(), Tag::I8)
@@ -571,14 +541,14 @@ impl<'a> Serializer for Hasher<'a> {
             return self.serialize_f64(v.into());
         }
         self.h.tag(Tag::F32);
-        Ok((v.to_bits() != 0).into())
+        Ok(v.to_bits() != 0)
     }
     fn serialize_f64(self, v: f64) -> Result<Filled, FingerprintError> {
         self.h.tag(Tag::F64);
         if self.mode == Mode::Value {
             self.h.word(v.to_bits());
         }
-        Ok((v.to_bits() != 0).into())
+        Ok(v.to_bits() != 0)
     }
     fn serialize_char(self, v: char) -> Result<Filled, FingerprintError> {
         if self.mode == Mode::Value {
@@ -586,26 +556,26 @@ impl<'a> Serializer for Hasher<'a> {
             return self.serialize_str(v.encode_utf8(&mut [0; 4]));
         }
         self.h.tag(Tag::Char);
-        Ok((v != '\0').into())
+        Ok(v != '\0')
     }
     fn serialize_str(self, v: &str) -> Result<Filled, FingerprintError> {
         self.h.tag(Tag::Str);
         if self.mode == Mode::Value {
             self.h.bytes(v.as_bytes());
         }
-        Ok((!v.is_empty()).into())
+        Ok(!v.is_empty())
     }
     fn serialize_bytes(self, v: &[u8]) -> Result<Filled, FingerprintError> {
         self.h.tag(Tag::Bytes);
         if self.mode == Mode::Value {
             self.h.bytes(v);
         }
-        Ok((!v.is_empty()).into())
+        Ok(!v.is_empty())
     }
     fn serialize_none(mut self) -> Result<Filled, FingerprintError> {
         self.option();
         self.h.tag(Tag::None);
-        Ok(false.into())
+        Ok(false)
     }
     fn serialize_some<T: Serialize + ?Sized>(mut self, v: &T) -> Result<Filled, FingerprintError> {
         // A value fingerprint reads `Some(x)` as `x` (a field that became an `Option`
@@ -622,11 +592,11 @@ impl<'a> Serializer for Hasher<'a> {
         })?;
         // A `Some` holds something, whatever it holds: `Some(0)` or `Some(vec![])` is
         // not the `None` a defaulted field leaves out.
-        Ok(true.into())
+        Ok(true)
     }
     fn serialize_unit(self) -> Result<Filled, FingerprintError> {
         self.h.tag(Tag::Unit);
-        Ok(false.into())
+        Ok(false)
     }
     fn serialize_unit_struct(self, _: &'static str) -> Result<Filled, FingerprintError> {
         self.serialize_unit()
@@ -639,7 +609,7 @@ impl<'a> Serializer for Hasher<'a> {
     ) -> Result<Filled, FingerprintError> {
         self.variant(index, variant);
         self.h.tag(Tag::Unit);
-        Ok(true.into())
+        Ok(true)
     }
     fn serialize_newtype_struct<T: Serialize + ?Sized>(
         self,
@@ -657,12 +627,10 @@ impl<'a> Serializer for Hasher<'a> {
     ) -> Result<Filled, FingerprintError> {
         self.variant(index, variant);
         v.serialize(Hasher::new(self.h, self.mode))?;
-        Ok(true.into())
+        Ok(true)
     }
     fn serialize_seq(self, _: Option<usize>) -> Result<Compound<'a>, FingerprintError> {
-        let mut c = Compound::new(self.h, self.mode, Tag::Seq, true);
-        c.seq = true;
-        Ok(c)
+        Ok(Compound::new(self.h, self.mode, Tag::Seq, true))
     }
     fn serialize_tuple(self, _: usize) -> Result<Compound<'a>, FingerprintError> {
         Ok(Compound::new(self.h, self.mode, Tag::Tuple, false))
