@@ -503,15 +503,19 @@ impl Runtime {
             "cancel it from a step, whose result is recorded",
         )?;
         self.inner.open()?;
-        self.inner.cancel(id, CancelReason::Requested).await?;
-        match self.inner.record(id).await {
-            Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(Error::NotFound {
+        if self
+            .inner
+            .cancel_recorded(id, CancelReason::Requested)
+            .await?
+        {
+            return Ok(());
+        }
+        // Not pending: finished already (cancelling it does nothing), or not there.
+        match self.inner.record(id).await? {
+            Some(_) => Ok(()),
+            None => Err(Error::NotFound {
                 workflow_id: id.to_owned(),
             }),
-            // Closed after the cancellation was recorded: it stands.
-            Err(_) if self.inner.closing.load(Ordering::Acquire) => Ok(()),
-            Err(e) => Err(e),
         }
     }
 
@@ -901,6 +905,12 @@ impl Inner {
     /// Records the cancellation of `id` and its pending descendants, and stops those
     /// that run in this process.
     pub(crate) async fn cancel(&self, id: &str, reason: CancelReason) -> Result<()> {
+        self.cancel_recorded(id, reason).await.map(drop)
+    }
+
+    /// [`cancel`](Self::cancel), saying whether `id` itself was pending and is now
+    /// cancelled.
+    async fn cancel_recorded(&self, id: &str, reason: CancelReason) -> Result<bool> {
         let cancelled = self
             .write(Write::Cancel {
                 id: id.to_owned(),
@@ -909,8 +919,9 @@ impl Inner {
             })
             .await?;
         let Written::Ids(ids) = cancelled else {
-            return Ok(());
+            return Ok(false);
         };
+        let itself = ids.iter().any(|w| w == id);
         let running = lock(&self.running);
         for w in ids.iter().map(String::as_str).chain(std::iter::once(id)) {
             if let Some(r) = running.get(w) {
@@ -918,7 +929,7 @@ impl Inner {
                 r.ctx.cancel(reason);
             }
         }
-        Ok(())
+        Ok(itself)
     }
 
     async fn resume(self: &Arc<Self>, id: &str) -> Result<()> {
