@@ -47,18 +47,19 @@ pub(crate) fn steps_table(journal: &Path) -> rusqlite::Result<String> {
     )
 }
 
-/// Inserts `rows` step rows into a fresh database at `dir` (its table made by
-/// `steps_table`) in commits of `per_commit`; returns the time the inserts and commits
-/// took.
+/// Inserts `rows` step rows, each with an output of `output_bytes`, into a fresh
+/// database at `dir` (its table made by `steps_table`) in commits of `per_commit`;
+/// returns the time the inserts and commits took.
 pub(crate) fn commits(
     dir: &Path,
     sync: Sync,
     steps_table: &str,
     rows: usize,
     per_commit: usize,
+    output_bytes: usize,
 ) -> rusqlite::Result<Took> {
     let conn = open(&dir.join("baseline.db"), sync, steps_table)?;
-    let output = [1u8, 2];
+    let output = vec![1u8; output_bytes];
     let clock = Clock::start();
     let mut written = 0;
     while written < rows {

@@ -17,11 +17,16 @@
 //! | workload | ours | baseline |
 //! |---|---|---|
 //! | `seq` | one workflow, `n` sequential no-op steps | `n` single-row commits |
+//! | `typed` | as `seq`, each step taking an order (a struct with three lines, about 150 bytes encoded) and returning a receipt | `n` single-row commits of a receipt-sized output |
 //! | `fanout` | one workflow, `n` concurrent no-op steps (`join_all`) | `n` rows, 100 per commit |
 //! | `many` | 200 workflows x 10 sequential steps, started at once | 2,000 rows, 100 per commit |
 //! | `replay` | open a journal and finish a pending workflow whose `n` steps are recorded | open and one `SELECT` of those `n` rows |
 //! | `start` | start 1,000 one-step workflows with explicit ids, at once | 2,000 rows, 100 per commit |
 //! | `recv_wake` | a workflow waiting in `recv`: from `Runtime::send` returning to `recv` returning, median of 100 | one single-row commit after the same 1 ms idle, median of 100 |
+//!
+//! `typed` is `seq` with the values a service passes: what it adds to `seq`'s per-step
+//! cost is the argument fingerprint, and encoding (and checking) a struct instead of an
+//! integer.
 //!
 //! `recv_wake` times one message at a time, each sent once the previous one was received
 //! and the workflow has had 1 ms to wait again, so every `send` finds a parked `recv` and
@@ -62,6 +67,7 @@ use std::time::{Duration, Instant};
 use std::sync::Mutex;
 
 use durable_runtime::{Durability, Error, Runtime, WorkflowCall, recv, step, workflow};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::sampler::Sampler;
@@ -89,6 +95,85 @@ async fn concurrent(n: u32) -> u32 {
 #[workflow]
 async fn one_step(i: u32) -> u32 {
     noop(i).await
+}
+
+/// What `typed`'s steps take: an order as a service would pass it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Order {
+    id: u64,
+    customer: String,
+    lines: Vec<Line>,
+    coupon: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Line {
+    sku: String,
+    qty: u32,
+    unit_cents: u64,
+}
+
+/// What `typed`'s steps return.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Receipt {
+    order_id: u64,
+    total_cents: u64,
+    lines: u32,
+    status: Status,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Status {
+    Charged,
+    Declined { reason: String },
+}
+
+/// Bytes of a receipt as the journal records it, about: the `typed` baseline's rows.
+const RECEIPT_BYTES: usize = 64;
+
+fn order(i: u32) -> Order {
+    Order {
+        id: u64::from(i),
+        customer: format!("customer-{}", i % 97),
+        lines: (0..3)
+            .map(|k| Line {
+                sku: format!("SKU-{:05}", (i * 7 + k) % 10_000),
+                qty: 1 + k,
+                unit_cents: u64::from(199 + 100 * k),
+            })
+            .collect(),
+        coupon: i.is_multiple_of(5).then(|| "WINTER".to_owned()),
+    }
+}
+
+#[step]
+async fn price(order: Order) -> Receipt {
+    let total = order
+        .lines
+        .iter()
+        .map(|l| u64::from(l.qty) * l.unit_cents)
+        .sum();
+    Receipt {
+        order_id: order.id,
+        total_cents: total,
+        lines: order.lines.len() as u32,
+        status: if order.coupon.is_some() {
+            Status::Declined {
+                reason: "coupon expired".to_owned(),
+            }
+        } else {
+            Status::Charged
+        },
+    }
+}
+
+#[workflow]
+async fn priced(n: u32) -> u64 {
+    let mut total = 0u64;
+    for i in 0..n {
+        total = total.wrapping_add(price(order(i)).await.total_cents);
+    }
+    total
 }
 
 /// Messages `recv_wake` sends per run (after one more, not timed, to warm up).
@@ -168,6 +253,7 @@ impl Sync {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Workload {
     Seq(u32),
+    Typed(u32),
     Fanout(u32),
     Many,
     Replay(u32),
@@ -175,12 +261,21 @@ enum Workload {
     RecvWake,
 }
 
-const WORKLOAD_NAMES: [&str; 6] = ["seq", "fanout", "many", "replay", "start", "recv_wake"];
+const WORKLOAD_NAMES: [&str; 7] = [
+    "seq",
+    "typed",
+    "fanout",
+    "many",
+    "replay",
+    "start",
+    "recv_wake",
+];
 
 impl Workload {
     fn name(self) -> &'static str {
         match self {
             Workload::Seq(_) => "seq",
+            Workload::Typed(_) => "typed",
             Workload::Fanout(_) => "fanout",
             Workload::Many => "many",
             Workload::Replay(_) => "replay",
@@ -192,7 +287,7 @@ impl Workload {
     /// Steps the workload records (or replays).
     fn n(self) -> u32 {
         match self {
-            Workload::Seq(n) | Workload::Fanout(n) | Workload::Replay(n) => n,
+            Workload::Seq(n) | Workload::Typed(n) | Workload::Fanout(n) | Workload::Replay(n) => n,
             Workload::Many => 2_000,
             Workload::Start => 1_000,
             Workload::RecvWake => ROUNDS,
@@ -211,6 +306,7 @@ impl Workload {
     fn baseline(self) -> String {
         match self {
             Workload::Seq(n) => format!("{n} single-row commits"),
+            Workload::Typed(n) => format!("{n} single-row commits of {RECEIPT_BYTES} bytes"),
             Workload::Fanout(n) => format!("{n} rows, 100 per commit"),
             Workload::Many | Workload::Start => "2000 rows, 100 per commit".to_owned(),
             Workload::Replay(n) => format!("open + one SELECT of {n} rows"),
@@ -235,7 +331,7 @@ struct Options {
 }
 
 const USAGE: &str = "usage: durable-bench [--json] [--quick] [--runs N] [--dir DIR] [--tmpfs DIR]
-                     [--only seq,fanout,many,replay,start,recv_wake,big] [--sync full,normal,off]";
+                     [--only seq,typed,fanout,many,replay,start,recv_wake,big] [--sync full,normal,off]";
 
 fn parse_args() -> Res<Options> {
     let mut o = Options {
@@ -370,6 +466,7 @@ async fn ours(dir: &Path, sync: Sync, w: Workload) -> Res<Run> {
     let start = Instant::now();
     match w {
         Workload::Seq(n) => drop(rt.start(sequential(n)).await?.result().await?),
+        Workload::Typed(n) => drop(rt.start(priced(n)).await?.result().await?),
         Workload::Fanout(n) => drop(rt.start(concurrent(n)).await?.result().await?),
         Workload::Many => run_all(&rt, 200, |_| (None, sequential(10))).await?,
         Workload::Start => run_all(&rt, 1000, |i| (Some(format!("wf-{i}")), one_step(i))).await?,
@@ -493,8 +590,15 @@ async fn recv_wake(path: &Path, sync: Sync) -> Res<Run> {
 }
 
 fn baseline(dir: &Path, sync: Sync, w: Workload, steps_table: &str) -> Res<Run> {
-    let commits = |rows: u32, per_commit: u32| -> Res<Run> {
-        let took = baseline::commits(dir, sync, steps_table, rows as usize, per_commit as usize)?;
+    let commits_of = |rows: u32, per_commit: u32, output: usize| -> Res<Run> {
+        let took = baseline::commits(
+            dir,
+            sync,
+            steps_table,
+            rows as usize,
+            per_commit as usize,
+            output,
+        )?;
         Ok(Run {
             wall_s: took.wall_s,
             cpu_s: took.cpu_s,
@@ -502,8 +606,10 @@ fn baseline(dir: &Path, sync: Sync, w: Workload, steps_table: &str) -> Res<Run> 
             from_call_s: None,
         })
     };
+    let commits = |rows: u32, per_commit: u32| commits_of(rows, per_commit, 2);
     match w {
         Workload::Seq(n) => commits(n, 1),
+        Workload::Typed(n) => commits_of(n, 1, RECEIPT_BYTES),
         Workload::Fanout(n) => commits(n, 100),
         Workload::Many | Workload::Start => commits(2000, 100),
         Workload::RecvWake => {
@@ -869,6 +975,7 @@ async fn run(o: Options) -> Res<()> {
     };
     let mut workloads = Vec::new();
     workloads.extend(sizes.iter().map(|&n| Workload::Seq(n)));
+    workloads.push(Workload::Typed(1000));
     workloads.extend(sizes.iter().map(|&n| Workload::Fanout(n)));
     workloads.extend([Workload::Many, Workload::Start]);
     workloads.extend(sizes.iter().map(|&n| Workload::Replay(n)));

@@ -4,14 +4,15 @@
 //!
 //! Also marks what the body spawns: the future given to a function or method named
 //! `spawn`, `spawn_local` or `spawn_on` (`tokio::spawn(f)`, `set.spawn(f)`,
-//! `JoinSet::spawn(&mut set, f)`, `handle.spawn(f)`) is wrapped so that, if it is not a
-//! branch, a step it calls is refused instead of running unrecorded (see
-//! `durable_runtime`'s `Error::Unrecorded`). By autoref specialization at compile time,
-//! an argument that is not a future (`std::thread::spawn`'s closure) is left as it is,
-//! and a boxed `dyn Future` stays one. Arguments whose type only the spawn function's
-//! parameter decides (`x.into()`, `Default::default()`) are not wrapped: going through a
-//! generic would lose that type. `Box::pin(f)` and `f.boxed()` wrap `f` inside, so the
-//! box still becomes whatever boxed future the parameter wants.
+//! `JoinSet::spawn(&mut set, f)`, `Background::spawn(f)`, `handle.spawn(f)`) is wrapped so
+//! that, if it is not a branch, a step it calls is refused instead of running unrecorded
+//! (see `durable_runtime`'s `Error::Unrecorded`). By autoref specialization at compile
+//! time, an argument that is not a future (`std::thread::spawn`'s closure) is left as it
+//! is, and a boxed `dyn Future` stays one. Arguments whose type only the spawn
+//! function's parameter decides (`x.into()`, `Default::default()`, `n as _`) and closure
+//! literals are not wrapped: going through a generic would lose that type, or the
+//! closure's signature. `Box::pin(f)`, `Box::new(f)`, `Pin::from(f)` and `f.boxed()`
+//! wrap `f` inside, so the box still becomes whatever box the parameter wants.
 
 use proc_macro2::{Ident, Span, TokenStream};
 use syn::parse::Parser;
@@ -63,8 +64,9 @@ impl VisitMut for Branches<'_> {
             }
             Expr::Call(call) if is_spawn_path(&call.func) => {
                 // `JoinSet::spawn(&mut set, f)`: a method called through its type takes
-                // its receiver first.
-                let at = usize::from(is_method_path(&call.func));
+                // its receiver first (an associated function of one argument,
+                // `Background::spawn(f)`, takes only the future).
+                let at = usize::from(is_method_path(&call.func) && call.args.len() >= 2);
                 if let Some(future) = call.args.iter_mut().nth(at) {
                     self.spawned |= mark_spawned(krate, future);
                 }
@@ -156,6 +158,10 @@ fn is_method_path(func: &Expr) -> bool {
     let Expr::Path(p) = func else {
         return false;
     };
+    if p.qself.is_some() {
+        // `<JoinSet<u8>>::spawn`, `<T as Spawn>::spawn`.
+        return true;
+    }
     let segments = &p.path.segments;
     segments.len() >= 2
         && segments.iter().nth(segments.len() - 2).is_some_and(|s| {
@@ -174,22 +180,63 @@ const INFERRED_METHODS: [&str; 6] = [
     "unwrap_or_default",
     "default",
 ];
-const INFERRED_FUNCTIONS: [&str; 4] = ["default", "from", "into", "try_from"];
+const INFERRED_FUNCTIONS: [&str; 5] = ["default", "from", "into", "try_from", "from_str"];
+
+/// Whether `expr` is one of the calls [`mark_spawned`] leaves alone because the
+/// parameter decides its type (also looked for inside `expr?`).
+fn typed_by_parameter(expr: &Expr) -> bool {
+    match expr {
+        Expr::MethodCall(m) => INFERRED_METHODS.iter().any(|n| m.method == n),
+        Expr::Call(call) => match &*call.func {
+            Expr::Path(f) => {
+                let names: Vec<String> = f
+                    .path
+                    .segments
+                    .iter()
+                    .map(|s| s.ident.to_string())
+                    .collect();
+                let on = names.len().checked_sub(2).map(|i| names[i].as_str());
+                // `Pin::from(f)` is looked inside instead (see `mark_spawned`).
+                on != Some("Pin")
+                    && names
+                        .last()
+                        .is_some_and(|last| INFERRED_FUNCTIONS.contains(&last.as_str()))
+            }
+            _ => false,
+        },
+        Expr::Paren(p) => typed_by_parameter(&p.expr),
+        _ => false,
+    }
+}
 
 /// Wraps a spawn call's future argument, in place:
 /// `(&&SpawnArg::new(<arg>)).__durable_spawn()` (the body imports the traits, see
-/// [`rewrite_body`]); whether it did. Left alone: a closure literal (not a future, and
-/// going through a generic would lose the signature the spawn function gives it, as in
-/// `pool.spawn(|x| ..)`), a literal, and the calls in [`INFERRED_METHODS`] and
-/// [`INFERRED_FUNCTIONS`]. `Box::pin(f)` and `f.boxed()` are wrapped inside, around `f`.
+/// [`rewrite_body`]); whether it did. Left alone: a closure literal, or a block ending in
+/// one (not a future, and going through a generic would lose the signature the spawn
+/// function gives it, as in `pool.spawn(|x| ..)`), a literal, a cast to `_`, and the
+/// calls in [`INFERRED_METHODS`] and [`INFERRED_FUNCTIONS`] (with or without a `?`).
+/// `Box::pin(f)`, `Box::new(f)`, `Pin::from(f)` and `f.boxed()` are wrapped inside,
+/// around `f`.
 fn mark_spawned(krate: &Path, arg: &mut Expr) -> bool {
     match arg {
         Expr::Closure(_) | Expr::Lit(_) => return false,
+        // `n as _`: the parameter decides.
+        Expr::Cast(c) if matches!(*c.ty, syn::Type::Infer(_)) => return false,
         Expr::Paren(p) => return mark_spawned(krate, &mut p.expr),
+        // `{ let k = k; move |x| x + k }`: a closure still.
+        Expr::Block(b)
+            if matches!(
+                b.block.stmts.last(),
+                Some(syn::Stmt::Expr(Expr::Closure(_), None))
+            ) =>
+        {
+            return false;
+        }
+        Expr::Try(t) if typed_by_parameter(&t.expr) => return false,
         Expr::MethodCall(m) if m.method == "boxed" || m.method == "boxed_local" => {
             return mark_spawned(krate, &mut m.receiver);
         }
-        Expr::MethodCall(m) if INFERRED_METHODS.iter().any(|n| m.method == n) => return false,
+        _ if typed_by_parameter(arg) => return false,
         Expr::Call(call) => {
             if let Expr::Path(f) = &*call.func {
                 let names: Vec<String> = f
@@ -199,14 +246,18 @@ fn mark_spawned(krate: &Path, arg: &mut Expr) -> bool {
                     .map(|s| s.ident.to_string())
                     .collect();
                 let last = names.last().map(String::as_str).unwrap_or_default();
-                if names.len() >= 2 && names[names.len() - 2] == "Box" && last == "pin" {
+                let on = names.len().checked_sub(2).map(|i| names[i].as_str());
+                // `Box::pin(f)`, `Box::new(f)`, `Pin::from(f)`: wrapped inside, so the box
+                // is still whatever box the parameter wants (and `Box::new(|x| ..)`
+                // keeps its closure).
+                if matches!(
+                    (on, last),
+                    (Some("Box"), "pin" | "new") | (Some("Pin"), "from")
+                ) {
                     return match call.args.first_mut() {
                         Some(inner) => mark_spawned(krate, inner),
                         None => false,
                     };
-                }
-                if INFERRED_FUNCTIONS.contains(&last) {
-                    return false;
                 }
             }
         }

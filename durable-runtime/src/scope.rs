@@ -375,6 +375,20 @@ impl<'a, T: 'a> SpawnBoxed for &SpawnArg<Pin<Box<dyn Future<Output = T> + 'a>>> 
     }
 }
 
+impl<'a, T: 'a> SpawnBoxed for &SpawnArg<Pin<Box<dyn Future<Output = T> + Send + Sync + 'a>>> {
+    type Output = Pin<Box<dyn Future<Output = T> + Send + Sync + 'a>>;
+    fn __durable_spawn(&self) -> Self::Output {
+        Box::pin(self.spawned())
+    }
+}
+
+impl<'a, T: 'a> SpawnBoxed for &SpawnArg<Pin<Box<dyn Future<Output = T> + Sync + 'a>>> {
+    type Output = Pin<Box<dyn Future<Output = T> + Sync + 'a>>;
+    fn __durable_spawn(&self) -> Self::Output {
+        Box::pin(self.spawned())
+    }
+}
+
 /// See [`SpawnArg`]: a future, wrapped.
 pub trait SpawnFuture {
     /// What the spawn call gets.

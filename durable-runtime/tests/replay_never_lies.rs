@@ -522,6 +522,25 @@ async fn spawns_through_the_type() -> u64 {
     total
 }
 
+/// A spawner called as an associated function, with the future its one argument.
+struct Background;
+
+impl Background {
+    fn spawn<F>(job: F) -> tokio::task::JoinHandle<u64>
+    where
+        F: std::future::Future<Output = u64> + Send + 'static,
+    {
+        tokio::spawn(job)
+    }
+}
+
+#[workflow]
+async fn spawns_through_an_associated_function() -> u64 {
+    Background::spawn(other_plain_helper(5))
+        .await
+        .unwrap_or_default()
+}
+
 #[workflow]
 async fn spawns_boxed() -> u64 {
     let job: BoxedJob = Box::pin(other_plain_helper(3));
@@ -536,6 +555,7 @@ async fn a_step_spawned_through_a_type_or_in_a_box_is_refused_too() {
     let rt = open(&dir.path().join("j.db")).await;
     for (id, call) in [
         ("ufcs", spawns_through_the_type()),
+        ("associated", spawns_through_an_associated_function()),
         ("boxed", spawns_boxed()),
     ] {
         let err = rt
@@ -999,6 +1019,43 @@ async fn a_resume_racing_a_close_reports_what_the_journal_holds() {
         );
         if let Err(e) = resumed {
             assert!(matches!(e, Error::Closed { .. }), "{e:?}");
+        }
+        rt.close_with_grace(Duration::ZERO).await.expect("close");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_racing_a_close_reports_what_the_journal_holds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for i in 0..60 {
+        let path = dir.path().join(format!("c{i}.db"));
+        let rt = open(&path).await;
+        rt.start_with_id("w", takes_counts()).await.expect("start");
+        let (a, b, c) = (rt.clone(), rt.clone(), rt.clone());
+        let known = tokio::spawn(async move { a.cancel("w").await });
+        let unknown = tokio::spawn(async move { b.cancel("nobody").await });
+        let close = tokio::spawn(async move {
+            for _ in 0..i % 8 {
+                tokio::task::yield_now().await;
+            }
+            c.close().await
+        });
+        close.await.expect("task").expect("close");
+        let (known, unknown) = (known.await.expect("task"), unknown.await.expect("task"));
+        // A workflow that does not exist is never reported cancelled.
+        assert!(
+            matches!(unknown, Err(Error::NotFound { .. } | Error::Closed { .. })),
+            "iteration {i}: cancel of an unknown id returned {unknown:?}"
+        );
+        // `Ok` only if the cancellation is in the journal; `Closed` only if not.
+        let rt = open(&path).await;
+        let cancelled = !rt.recovered().iter().any(|w| w == "w");
+        match known {
+            Ok(()) => assert!(cancelled, "iteration {i}: Ok, but still pending"),
+            Err(Error::Closed { .. }) => {
+                assert!(!cancelled, "iteration {i}: Closed, but cancelled");
+            }
+            Err(e) => panic!("iteration {i}: {e:?}"),
         }
         rt.close_with_grace(Duration::ZERO).await.expect("close");
     }

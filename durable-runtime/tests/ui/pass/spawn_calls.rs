@@ -54,6 +54,20 @@ impl Named {
     fn spawn(&self, name: String) -> usize {
         name.len()
     }
+
+    fn spawn_on(&self, count: i32, job: Box<dyn FnOnce(&str) -> usize>) -> usize {
+        job("job") + count as usize
+    }
+}
+
+type SyncJob = Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>>;
+
+struct SyncSpawner;
+
+impl SyncSpawner {
+    fn spawn(&self, job: SyncJob) {
+        drop(job);
+    }
 }
 
 struct Pool;
@@ -108,6 +122,19 @@ async fn spawns(n: u64) -> u64 {
         let _ = n;
     }));
     let named = Named.spawn("job".into()) + Named.spawn(Default::default());
+    let parsed: Result<usize, std::convert::Infallible> = (|| {
+        let k = 3u32;
+        Ok(Named.spawn("7".parse()?)
+            + pool.spawn({
+                let k = k;
+                move |x| *x + k
+            }) as usize
+            + Named.spawn_on(n as _, Box::new(move |s| s.len())))
+    })();
+    let sync_job: SyncJob = Box::pin(async move {
+        let _ = n;
+    });
+    SyncSpawner.spawn(sync_job);
     let mut through_type = tokio::task::JoinSet::new();
     let set_ref = &mut through_type;
     tokio::task::JoinSet::spawn(set_ref, double(1));
@@ -116,7 +143,7 @@ async fn spawns(n: u64) -> u64 {
         let _ = v;
     }
     let mut total = from_thread + u64::from(inferred) + borrowed as u64;
-    total += (local + named) as u64;
+    total += (local + named + parsed.unwrap_or_default()) as u64;
     total += step.await.unwrap_or_default() + block.await.unwrap_or_default();
     total += other.await.unwrap_or_default();
     while let Some(v) = set.join_next().await {
