@@ -1444,8 +1444,12 @@ impl<'de> Visitor<'de> for Render<'_> {
     fn visit_none<E: de::Error>(mut self) -> Result<(), E> {
         self.push("null").map_err(E::custom)
     }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
+    fn visit_some<D: Deserializer<'de>>(mut self, d: D) -> Result<(), D::Error> {
+        // Only a tagged `Some` (one around an `Option`) comes here: shown as such, so
+        // `Some(None)` does not read as `null`.
+        self.push("Some(").map_err(de::Error::custom)?;
+        d.deserialize_any(self.again())?;
+        self.push(")").map_err(de::Error::custom)
     }
     fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_any(self)

@@ -1031,5 +1031,12 @@ mod tests {
         });
         assert!(text.starts_with(r#"("tea", 2, {"sku": "xxx"#), "{text}");
         assert!(text.ends_with("…, <Arc<Client>>)"), "{text}");
+        // `Some(None)` is not shown as the `null` of a `None`.
+        let text = preview_args(|a| {
+            a.arg(&Some(None::<u8>));
+            a.arg(&None::<Option<u8>>);
+            a.arg(&Some(Some(3u8)));
+        });
+        assert_eq!(text, "(Some(null), null, Some(3))");
     }
 }
