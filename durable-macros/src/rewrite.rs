@@ -182,28 +182,26 @@ const INFERRED_METHODS: [&str; 6] = [
 ];
 const INFERRED_FUNCTIONS: [&str; 5] = ["default", "from", "into", "try_from", "from_str"];
 
+/// The last two segments of a called path (`Box::pin` is `(Some("Box"), "pin")`), if
+/// `func` is a path.
+fn called(func: &Expr) -> Option<(Option<String>, String)> {
+    let Expr::Path(f) = func else {
+        return None;
+    };
+    let mut names = f.path.segments.iter().rev().map(|s| s.ident.to_string());
+    let last = names.next()?;
+    Some((names.next(), last))
+}
+
 /// Whether `expr` is one of the calls [`mark_spawned`] leaves alone because the
 /// parameter decides its type (also looked for inside `expr?`).
 fn typed_by_parameter(expr: &Expr) -> bool {
     match expr {
         Expr::MethodCall(m) => INFERRED_METHODS.iter().any(|n| m.method == n),
-        Expr::Call(call) => match &*call.func {
-            Expr::Path(f) => {
-                let names: Vec<String> = f
-                    .path
-                    .segments
-                    .iter()
-                    .map(|s| s.ident.to_string())
-                    .collect();
-                let on = names.len().checked_sub(2).map(|i| names[i].as_str());
-                // `Pin::from(f)` is looked inside instead (see `mark_spawned`).
-                on != Some("Pin")
-                    && names
-                        .last()
-                        .is_some_and(|last| INFERRED_FUNCTIONS.contains(&last.as_str()))
-            }
-            _ => false,
-        },
+        Expr::Call(call) => called(&call.func).is_some_and(|(on, last)| {
+            // `Pin::from(f)` is looked inside instead (see `mark_spawned`).
+            on.as_deref() != Some("Pin") && INFERRED_FUNCTIONS.contains(&last.as_str())
+        }),
         Expr::Paren(p) => typed_by_parameter(&p.expr),
         _ => false,
     }
@@ -238,27 +236,20 @@ fn mark_spawned(krate: &Path, arg: &mut Expr) -> bool {
         }
         _ if typed_by_parameter(arg) => return false,
         Expr::Call(call) => {
-            if let Expr::Path(f) = &*call.func {
-                let names: Vec<String> = f
-                    .path
-                    .segments
-                    .iter()
-                    .map(|s| s.ident.to_string())
-                    .collect();
-                let last = names.last().map(String::as_str).unwrap_or_default();
-                let on = names.len().checked_sub(2).map(|i| names[i].as_str());
-                // `Box::pin(f)`, `Box::new(f)`, `Pin::from(f)`: wrapped inside, so the box
-                // is still whatever box the parameter wants (and `Box::new(|x| ..)`
-                // keeps its closure).
-                if matches!(
-                    (on, last),
+            // `Box::pin(f)`, `Box::new(f)`, `Pin::from(f)`: wrapped inside, so the box is
+            // still whatever box the parameter wants (and `Box::new(|x| ..)` keeps its
+            // closure).
+            let boxing = called(&call.func).is_some_and(|(on, last)| {
+                matches!(
+                    (on.as_deref(), last.as_str()),
                     (Some("Box"), "pin" | "new") | (Some("Pin"), "from")
-                ) {
-                    return match call.args.first_mut() {
-                        Some(inner) => mark_spawned(krate, inner),
-                        None => false,
-                    };
-                }
+                )
+            });
+            if boxing {
+                return match call.args.first_mut() {
+                    Some(inner) => mark_spawned(krate, inner),
+                    None => false,
+                };
             }
         }
         _ => {}
