@@ -19,10 +19,7 @@ use tokio::sync::oneshot;
 use crate::codec::fingerprint::{self, Args};
 use crate::codec::{ByteBuf, Codec, Fingerprint, encode_checked, nested};
 use crate::context::lock;
-use crate::error::{
-    Error, FailureKind, Location, Result, StoreError, StoreErrorKind, spawned_unrecorded,
-    undecodable,
-};
+use crate::error::{Error, FailureKind, Location, Result, StoreError, StoreErrorKind, undecodable};
 use crate::runtime::encode_value;
 use crate::scope::{self, Claim};
 use crate::step::{diverged, now_ms, panic_message};
@@ -95,12 +92,10 @@ pub(crate) fn from_claim(
     args: Option<ArgList<'_>>,
 ) -> Claimed {
     let Some(claim) = claim else {
-        return match scope::detached() {
-            Some(ctx) => {
-                ctx.fail(spawned_unrecorded(&ctx.id, format!("`{name}`")));
-                Claimed::Stopped
-            }
-            None => Claimed::Outside,
+        return if scope::refuse_if_detached(|| format!("`{name}`")) {
+            Claimed::Stopped
+        } else {
+            Claimed::Outside
         };
     };
     let fingerprint = args.and_then(fingerprint::of_args);

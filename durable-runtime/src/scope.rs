@@ -179,13 +179,22 @@ pub(crate) fn current_workflow() -> Option<Arc<WorkflowCtx>> {
     CURRENT.with(|c| c.borrow().ctx().cloned())
 }
 
-/// The workflow that spawned the future running on this thread, if that future is not
-/// a branch of it (see [`Scope::Detached`]).
-pub(crate) fn detached() -> Option<Arc<WorkflowCtx>> {
-    CURRENT.with(|c| match &*c.borrow() {
+/// For an operation that found no position to claim: whether it runs in a future a
+/// workflow spawned without making it a branch (see [`Scope::Detached`]). If so, that
+/// workflow stops with `Error::Unrecorded` naming `operation`, and the operation must
+/// not run; otherwise it was called outside any workflow, as a plain call.
+pub(crate) fn refuse_if_detached(operation: impl FnOnce() -> String) -> bool {
+    let detached = CURRENT.with(|c| match &*c.borrow() {
         Scope::Detached(ctx) => Some(ctx.clone()),
         _ => None,
-    })
+    });
+    match detached {
+        Some(ctx) => {
+            ctx.fail(crate::error::spawned_unrecorded(&ctx.id, operation()));
+            true
+        }
+        None => false,
+    }
 }
 
 /// A claimed step position: the workflow it belongs to and its path.

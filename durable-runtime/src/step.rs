@@ -15,8 +15,7 @@ use crate::codec::fingerprint::{self, Args};
 use crate::codec::{Codec, Fingerprint};
 use crate::context::ActiveBody;
 use crate::error::{
-    ArgumentsChanged, Error, FailureKind, Location, StoreError, StoreErrorKind, spawned_unrecorded,
-    undecodable,
+    ArgumentsChanged, Error, FailureKind, Location, StoreError, StoreErrorKind, undecodable,
 };
 use crate::scope::{self, Claim};
 use crate::store::{Effect, RecordedOutcome, RecordedStep, StepKey, StepRecord, Write};
@@ -230,15 +229,10 @@ enum Begin {
 /// into the body).
 pub fn claim_step(options: &'static StepOptions, args: impl Fn(&mut Args)) -> StepClaim {
     let Some(claim) = scope::claim() else {
-        let begin = match scope::detached() {
-            Some(ctx) => {
-                ctx.fail(spawned_unrecorded(
-                    &ctx.id,
-                    format!("step `{}`", options.name),
-                ));
-                Begin::Stopped
-            }
-            None => Begin::Outside,
+        let begin = if scope::refuse_if_detached(|| format!("step `{}`", options.name)) {
+            Begin::Stopped
+        } else {
+            Begin::Outside
         };
         return StepClaim { options, begin };
     };
