@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use durable_runtime::Codec;
-use durable_runtime::bench_support::{Journal, args_fingerprint, encode_checked};
+use durable_runtime::bench::{Journal, args_fingerprint, encode_checked};
 use serde::{Deserialize, Serialize};
 
 /// A typical step output: a few fields, a short string, a small payload.

@@ -201,41 +201,39 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
 
+#[cfg(feature = "bench")]
 #[doc(hidden)]
-pub mod bench_support;
-mod child;
+pub mod bench;
 mod codec;
-mod context;
+mod engine;
 mod error;
+mod journal;
 mod path;
 mod primitives;
 mod runtime;
-mod scope;
-mod select;
-mod step;
 mod step_error;
-mod store;
+#[cfg(feature = "testkit")]
 #[doc(hidden)]
-pub mod testkit_support;
-mod workflow;
+pub mod testkit;
+mod util;
 
-pub use crate::child::{ChildHandle, JoinAll, join_all, start_child};
 pub use crate::codec::{Codec, CodecError, Fingerprint, MAX_VALUE_BYTES};
+pub use crate::engine::scope::{StepContext, step_context};
+pub use crate::engine::step::{Retryable, Step, StepBody};
+pub use crate::engine::workflow::WorkflowCall;
 pub use crate::error::{
     ArgumentsChanged, CancelReason, Error, FailureKind, Location, Result, StoreError,
     StoreErrorKind,
 };
+pub use crate::journal::Durability;
 pub use crate::path::{ParsePathError, StepPath};
+pub use crate::primitives::child::{ChildHandle, JoinAll, join_all, start_child};
+pub use crate::primitives::select::{Either, select, select_all};
 pub use crate::primitives::{
     get_event, now, patched, random, recv, send, set_event, sleep, transaction, uuid,
 };
 pub use crate::runtime::{Runtime, RuntimeBuilder, StepInfo, WorkflowHandle, WorkflowStatus};
-pub use crate::scope::{StepContext, step_context};
-pub use crate::select::{Either, select, select_all};
-pub use crate::step::{Retryable, Step, StepBody};
 pub use crate::step_error::StepError;
-pub use crate::store::sqlite::Durability;
-pub use crate::workflow::WorkflowCall;
 
 /// Makes an `async fn` a durable step: its output is checkpointed, and a replay returns
 /// the recorded output instead of running it again.
@@ -451,14 +449,14 @@ pub mod __private {
     pub use ::std::clone::Clone;
 
     pub use crate::codec::fingerprint::Args;
-    pub use crate::scope::{
+    pub use crate::engine::scope::{
         Branched, SpawnArg, SpawnBoxed, SpawnFuture, SpawnOther, Spawned, branch,
     };
-    pub use crate::step::{
+    pub use crate::engine::step::{
         Arg, ArgOpaque, ArgViaSerialize, Once, Retry, StepClaim, StepOptions, claim_step, step,
         step_retry,
     };
-    pub use crate::workflow::{BoxFuture, WorkflowDef, WorkflowEntry};
+    pub use crate::engine::workflow::{BoxFuture, WorkflowDef, WorkflowEntry};
 
     /// Values a workflow takes as input or returns: recorded in the journal.
     #[diagnostic::on_unimplemented(

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Debug, Display};
 use std::sync::Arc;
 
-use durable_runtime::testkit_support::{CrashPoint, Event, Probe, StepAt};
+use durable_runtime::testkit::{CrashPoint, Event, Probe, StepAt};
 use durable_runtime::{Error, StepPath, WorkflowCall};
 use serde::de::DeserializeOwned;
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::{self, Debug, Display};
 use std::sync::Arc;
 
-use durable_runtime::testkit_support::Probe;
+use durable_runtime::testkit::Probe;
 use durable_runtime::{StepPath, WorkflowCall};
 use serde::de::DeserializeOwned;
 

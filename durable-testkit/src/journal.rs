@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use durable_runtime::testkit_support::Probe;
+use durable_runtime::testkit::Probe;
 use durable_runtime::{Durability, Error, Fingerprint, Runtime};
 
 /// A journal file in a fresh temporary directory, removed on drop.
@@ -65,7 +65,7 @@ impl TempJournal {
     /// [`Error::Store`] if the directory or the journal cannot be created.
     pub async fn with_runtime() -> durable_runtime::Result<(TempJournal, Runtime)> {
         let journal = TempJournal::new().map_err(|e| {
-            Error::Store(durable_runtime::testkit_support::io_error(
+            Error::Store(durable_runtime::testkit::io_error(
                 Path::new("<temporary directory>"),
                 &e,
             ))

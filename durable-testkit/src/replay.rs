@@ -4,7 +4,7 @@
 use std::fmt::{self, Debug, Display};
 use std::path::{Path, PathBuf};
 
-pub use durable_runtime::testkit_support::{Replayed, Verdict};
+pub use durable_runtime::testkit::{Replayed, Verdict};
 
 use crate::journal::on_fresh_runtime;
 
@@ -91,7 +91,7 @@ fn replay(journal: &Path) -> Result<ReplayReport, String> {
         }
     }
     let workflows = on_fresh_runtime(false, async {
-        durable_runtime::testkit_support::replay_journal(&copy).await
+        durable_runtime::testkit::replay_journal(&copy).await
     })
     .map_err(|e| e.to_string())?;
     Ok(ReplayReport {

@@ -110,6 +110,34 @@ impl Worker {
         Ok(())
     }
 
+    /// SIGKILLs the process, unless it finished on its own first (it can, between the
+    /// last look and the signal): then returns its sorted `RESULT` lines.
+    fn kill_unless_finished(mut self, what: &str) -> Res<Option<Vec<String>>> {
+        self.child().kill()?;
+        let (status, stdout, stderr) = self.collect()?;
+        if status.success() {
+            let mut results: Vec<String> = stdout
+                .lines()
+                .filter(|l| l.starts_with("RESULT "))
+                .map(str::to_owned)
+                .collect();
+            results.sort();
+            return Ok(Some(results));
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(
+                status.signal(),
+                Some(9),
+                "{what}: the worker should have died of SIGKILL ({status}):\n{stdout}\n{stderr}"
+            );
+        }
+        #[cfg(not(unix))]
+        let _ = (stderr, what);
+        Ok(None)
+    }
+
     /// The exit status, stdout and stderr of a process that has exited (or is killed).
     fn collect(mut self) -> Res<(ExitStatus, String, String)> {
         let child = self.0.take().expect("worker already collected");
@@ -506,8 +534,7 @@ fn a_child_completed_before_sigkill_is_not_run_again_and_its_parent_gets_its_res
             let results = if finished {
                 Some(worker.finish(&what)?)
             } else {
-                worker.kill(&what)?;
-                None
+                worker.kill_unless_finished(&what)?
             };
             // No step body ran again once its record had committed, and no step of a
             // child that had completed ran at all.

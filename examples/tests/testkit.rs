@@ -70,7 +70,7 @@ const RECORD: &str = "DURABLE_RECORD_FIXTURES";
 /// Records `checkout.db`: four orders that finished (shipped, refunded, rejected,
 /// shipped) and one left pending by a crash after its reservations committed.
 fn record_checkout_fixture(path: &Path) {
-    use durable_runtime::testkit_support::{CrashPoint, Probe, StepAt};
+    use durable_runtime::testkit::{CrashPoint, Probe, StepAt};
     let _ = std::fs::remove_file(path);
     let tokio = tokio::runtime::Runtime::new().expect("tokio");
     tokio.block_on(async {

@@ -4,21 +4,21 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::oneshot;
 
 use crate::Durability;
 use crate::codec::{self, Codec};
-use crate::context::WorkflowCtx;
-use crate::error::{Error, StoreError};
-use crate::path::StepPath;
-use crate::scope::{self, Branch};
-use crate::store::{
-    Effect, NewWorkflow, RecordedOutcome, RecordedStep, SqliteStore, StepRecord, Store,
+use crate::engine::context::WorkflowCtx;
+use crate::engine::scope::{self, Branch};
+use crate::error::Error;
+use crate::journal::{
+    Ack, Effect, JournalOptions, NewWorkflow, RecordedOutcome, RecordedStep, SqliteStore,
+    StepRecord, Store,
 };
+use crate::path::StepPath;
 
 /// A journal opened at `synchronous=OFF`, with one workflow run created in it.
 #[derive(Debug)]
@@ -31,32 +31,25 @@ pub struct Journal {
 /// A checkpoint handed to the writer, not yet acknowledged.
 #[derive(Debug)]
 pub struct Pending {
-    ack: oneshot::Receiver<Result<(), StoreError>>,
-    spin: Duration,
+    ack: Ack,
 }
 
 impl Pending {
     /// Blocks until the checkpoint has committed. Like a step, it first stays awake for
-    /// as long as the store suggests ([`Store::ack_spin`]), then sleeps.
+    /// as long as the store suggests ([`Ack::spin`]), then sleeps.
     ///
     /// # Errors
     ///
     /// The store's error, if the write failed.
     pub fn wait(mut self) -> Result<(), Error> {
         let start = Instant::now();
-        while start.elapsed() < self.spin {
-            match self.ack.try_recv() {
-                Err(oneshot::error::TryRecvError::Empty) => std::thread::yield_now(),
-                Ok(r) => return r.map_err(Error::from),
-                Err(oneshot::error::TryRecvError::Closed) => break,
+        while start.elapsed() < self.ack.spin() {
+            match self.ack.try_reply() {
+                None => std::thread::yield_now(),
+                Some(r) => return r.map_err(Error::from),
             }
         }
-        match self.ack.blocking_recv() {
-            Ok(r) => r.map_err(Error::from),
-            Err(_) => Err(Error::Stopped {
-                workflow_id: "bench".to_owned(),
-            }),
-        }
+        self.ack.blocking_wait().map_err(Error::from)
     }
 }
 
@@ -67,8 +60,11 @@ impl Journal {
     ///
     /// Any error opening the journal or creating the run.
     pub fn open(path: &Path) -> Result<Journal, Error> {
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(path, Durability::Off, Codec::default())?);
+        let options = JournalOptions {
+            durability: Durability::Off,
+            ..JournalOptions::default()
+        };
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path, &options)?);
         let id: Arc<str> = Arc::from("bench");
         let created = store.create_workflow(NewWorkflow {
             id: id.clone(),
@@ -79,14 +75,7 @@ impl Journal {
             parent_id: None,
             deadline_at: None,
         });
-        match created.blocking_recv() {
-            Ok(r) => r.map(drop)?,
-            Err(_) => {
-                return Err(Error::Stopped {
-                    workflow_id: id.to_string(),
-                });
-            }
-        }
+        created.blocking_wait()?;
         Ok(Journal { store, id, next: 0 })
     }
 
@@ -105,10 +94,7 @@ impl Journal {
             finished_at: 0,
             effect: Effect::None,
         });
-        Pending {
-            ack,
-            spin: self.store.ack_spin(),
-        }
+        Pending { ack }
     }
 
     /// A replay of `steps` recorded steps in this journal's run (nothing is read from
@@ -129,10 +115,10 @@ impl Journal {
         let ctx = Arc::new(WorkflowCtx::new(
             self.id.clone(),
             self.store.clone(),
-            std::sync::Weak::new(),
+            None,
             Codec::default(),
         ));
-        ctx.load(recorded, crate::store::SideRecords::default());
+        ctx.load(recorded, crate::journal::SideRecords::default());
         Replay {
             root: Branch::root(ctx),
             steps,

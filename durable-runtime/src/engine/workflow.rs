@@ -1,5 +1,6 @@
 //! Workflow definitions, calls and the registry recovery uses.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -13,12 +14,25 @@ use std::time::Duration;
 
 use crate::codec::fingerprint::Args;
 use crate::codec::{Codec, CodecError, encode_checked, type_name};
+use crate::engine::scope::{self, Claim};
 #[allow(unused_imports)] // in rustdoc links
 use crate::error::CancelReason;
 use crate::error::{Error, Result};
-use crate::runtime::Launch;
-use crate::scope::{self, Claim};
-use crate::step::now_ms;
+use crate::util::now_ms;
+
+/// What a run ends with, as every handle of it sees it: the encoded output, or why it
+/// has none.
+pub(crate) type Outcome = Arc<Result<Vec<u8>>>;
+
+/// A run to start: which workflow, with which input, as a child of which workflow,
+/// with which deadline.
+#[derive(Debug)]
+pub(crate) struct Launch {
+    pub(crate) def: &'static dyn ErasedWorkflow,
+    pub(crate) input: Vec<u8>,
+    pub(crate) parent_id: Option<Arc<str>>,
+    pub(crate) deadline_at: Option<i64>,
+}
 
 /// A boxed, sendable future: what a workflow body becomes once started.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -231,4 +245,17 @@ impl<O> fmt::Debug for WorkflowCall<O> {
             .field("name", &self.name())
             .finish_non_exhaustive()
     }
+}
+
+/// Every workflow linked into the program, by name.
+pub(crate) fn registry() -> Result<HashMap<&'static str, &'static dyn ErasedWorkflow>> {
+    let mut registry: HashMap<&'static str, &'static dyn ErasedWorkflow> = HashMap::new();
+    for def in registered() {
+        if registry.insert(def.name(), def).is_some() {
+            return Err(Error::DuplicateWorkflowName {
+                name: def.name().to_owned(),
+            });
+        }
+    }
+    Ok(registry)
 }

@@ -1,15 +1,56 @@
 //! The state one workflow run shares with its steps.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::Waker;
 
+use tokio::sync::watch;
+
 use crate::codec::Codec;
-use crate::error::{CancelReason, Error};
+use crate::engine::workflow::{Launch, Outcome};
+use crate::error::{CancelReason, Error, Result};
+use crate::journal::{RecordedStep, SideRecords, StartedRecord, Store};
 use crate::path::StepPath;
-use crate::runtime::Inner;
-use crate::store::{RecordedStep, SideRecords, StartedRecord, Store};
+use crate::util::lock;
+
+/// A future a [`Runs`] method returns.
+pub(crate) type RunsFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// What a run needs from the runtime that runs it, for the primitives that start, watch
+/// or cancel other workflows (children, deadlines). Defined here so that the engine
+/// never imports the runtime; the runtime implements it.
+pub(crate) trait Runs: Send + Sync + 'static {
+    /// Starts `launch` as workflow `id`, or joins the run of that id; returns what its
+    /// handles watch.
+    fn launch(
+        self: Arc<Self>,
+        id: Arc<str>,
+        launch: Launch,
+    ) -> RunsFuture<'static, watch::Receiver<Option<Outcome>>>;
+    /// What a handle of workflow `id` watches: its run in this process, or its
+    /// recorded outcome.
+    fn watch<'a>(&'a self, id: &'a str) -> RunsFuture<'a, watch::Receiver<Option<Outcome>>>;
+    /// Cancels workflow `id` and its pending descendants.
+    fn cancel_run<'a>(&'a self, id: &'a str, reason: CancelReason) -> RunsFuture<'a, ()>;
+}
+
+/// Fault injection and instrumentation the testkit puts between a runtime, its runs
+/// and its journal. Compiled only with the `testkit` feature: a normal build has no
+/// such checks on any path.
+#[cfg(feature = "testkit")]
+pub(crate) trait Instrument: Send + Sync + std::fmt::Debug + 'static {
+    /// Whether a simulated crash happened: nothing of the "process" runs again.
+    fn crashed(&self) -> bool;
+    /// A step body is about to run an attempt.
+    fn body_started(&self, workflow_id: &Arc<str>, path: &StepPath, name: &'static str);
+    /// The store the runtime is to use in place of `store`.
+    fn wrap(self: Arc<Self>, store: Arc<dyn Store>) -> Arc<dyn Store>;
+    /// Set at the simulated crash; the journal commits nothing once it is.
+    fn halt_switch(&self) -> Arc<std::sync::atomic::AtomicBool>;
+}
 
 /// One execution of one workflow: its id, the steps recorded by earlier executions that
 /// have not been claimed yet, and the first fatal error, if any.
@@ -30,7 +71,7 @@ pub(crate) struct WorkflowCtx {
     fatal: Mutex<Fatal>,
     /// The runtime running this execution, for the primitives that start or watch
     /// other workflows. Empty for a replay check.
-    pub(crate) runtime: Weak<Inner>,
+    runtime: Option<Weak<dyn Runs>>,
     /// Step bodies running now: a cancelled workflow stops once none is.
     active: AtomicUsize,
     /// Set with `Fatal::cancelled` or `Fatal::closing`, readable without the lock on
@@ -38,8 +79,12 @@ pub(crate) struct WorkflowCtx {
     stop_asked: AtomicBool,
     /// Set for a replay check: step bodies never run. A step without a record stays
     /// pending for ever, and is listed in `unrecorded`.
+    #[cfg(feature = "testkit")]
     replay_only: bool,
+    #[cfg(feature = "testkit")]
     unrecorded: Mutex<Vec<(StepPath, &'static str)>>,
+    #[cfg(feature = "testkit")]
+    pub(crate) instrument: Option<Arc<dyn Instrument>>,
 }
 
 #[derive(Debug, Default)]
@@ -69,17 +114,11 @@ impl Drop for ActiveBody {
     }
 }
 
-/// Locks a mutex, ignoring poisoning: every critical section here is a plain field
-/// update that cannot leave the data half-written.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl WorkflowCtx {
     pub(crate) fn new(
         id: Arc<str>,
         store: Arc<dyn Store>,
-        runtime: Weak<Inner>,
+        runtime: Option<Weak<dyn Runs>>,
         codec: Codec,
     ) -> Self {
         WorkflowCtx {
@@ -94,9 +133,24 @@ impl WorkflowCtx {
             runtime,
             active: AtomicUsize::new(0),
             stop_asked: AtomicBool::new(false),
+            #[cfg(feature = "testkit")]
             replay_only: false,
+            #[cfg(feature = "testkit")]
             unrecorded: Mutex::default(),
+            #[cfg(feature = "testkit")]
+            instrument: None,
         }
+    }
+
+    /// Whether the testkit simulated a crash of this execution's "process".
+    #[cfg(feature = "testkit")]
+    pub(crate) fn crashed(&self) -> bool {
+        self.instrument.as_ref().is_some_and(|i| i.crashed())
+    }
+
+    /// The runtime running this execution, if it still runs (never for a replay check).
+    pub(crate) fn runs(&self) -> Option<Arc<dyn Runs>> {
+        self.runtime.as_ref()?.upgrade()
     }
 
     /// Hands this execution what earlier executions recorded.
@@ -195,6 +249,7 @@ impl WorkflowCtx {
     }
 
     /// A context for a replay check: recorded steps replay, no step body ever runs.
+    #[cfg(feature = "testkit")]
     pub(crate) fn replay_only(
         id: Arc<str>,
         store: Arc<dyn Store>,
@@ -203,7 +258,7 @@ impl WorkflowCtx {
     ) -> Self {
         let ctx = WorkflowCtx {
             replay_only: true,
-            ..WorkflowCtx::new(id, store, Weak::new(), Codec::default())
+            ..WorkflowCtx::new(id, store, None, Codec::default())
         };
         ctx.load(recorded, side);
         ctx
@@ -211,14 +266,20 @@ impl WorkflowCtx {
 
     /// Whether step bodies may run. If not, notes that the code waited for the
     /// unrecorded step `name` at `path`.
+    #[cfg_attr(not(feature = "testkit"), inline(always))]
     pub(crate) fn may_run(&self, path: &StepPath, name: &'static str) -> bool {
+        #[cfg(feature = "testkit")]
         if self.replay_only {
             lock(&self.unrecorded).push((path.clone(), name));
+            return false;
         }
-        !self.replay_only
+        #[cfg(not(feature = "testkit"))]
+        let _ = (path, name);
+        true
     }
 
     /// The unrecorded steps a replay-only execution waited for, in the order it did.
+    #[cfg(feature = "testkit")]
     pub(crate) fn unrecorded(&self) -> Vec<(StepPath, &'static str)> {
         lock(&self.unrecorded).clone()
     }
@@ -230,6 +291,7 @@ impl WorkflowCtx {
     }
 
     /// How many recorded steps this execution has not asked for (yet).
+    #[cfg(feature = "testkit")]
     pub(crate) fn unclaimed(&self) -> usize {
         lock(&self.recorded).len()
     }

@@ -1,15 +1,15 @@
 //! Durable select: races futures, records which one won, and on replay resolves to the
 //! recorded winner whatever finishes first this time.
 
-use std::cell::Cell;
 use std::future::{Future, pending, poll_fn};
 use std::pin::Pin;
 use std::task::Poll;
 
+use crate::engine::scope;
 use crate::error::Error;
+use crate::journal::Effect;
 use crate::primitives::{Claimed, claim, or_stop};
-use crate::step::now_ms;
-use crate::store::Effect;
+use crate::util::now_ms;
 
 const SELECT: &str = "durable::select";
 
@@ -79,7 +79,7 @@ where
             if winner > 1 {
                 return op.stop(out_of_range(&op, winner, 2)).await;
             }
-            drop_losers(|| if winner == 0 { b = None } else { a = None });
+            scope::drop_losers(|| if winner == 0 { b = None } else { a = None });
             return race2(&mut a, &mut b, Some(winner)).await;
         }
         if !op.may_run() {
@@ -90,7 +90,7 @@ where
             Either::Left(_) => 0,
             Either::Right(_) => 1,
         };
-        drop_losers(|| if winner == 0 { b = None } else { a = None });
+        scope::drop_losers(|| if winner == 0 { b = None } else { a = None });
         or_stop!(op, op.record_value(&winner, Effect::None, now_ms()).await);
         out
     }
@@ -120,29 +120,6 @@ async fn race2<A: Future, B: Future>(
         Poll::Pending
     })
     .await
-}
-
-thread_local! {
-    static DROPPING_LOSERS: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Whether the futures being dropped now are the losers of a durable select: a `recv`
-/// among them gives back a message it took but never delivered, even one an earlier
-/// execution recorded.
-pub(crate) fn dropping_losers() -> bool {
-    DROPPING_LOSERS.with(Cell::get)
-}
-
-/// Runs `drop` (which drops the losing branches) with [`dropping_losers`] set.
-fn drop_losers(drop: impl FnOnce()) {
-    struct Reset(bool);
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            let _ = DROPPING_LOSERS.try_with(|d| d.set(self.0));
-        }
-    }
-    let _reset = Reset(DROPPING_LOSERS.with(|d| d.replace(true)));
-    drop();
 }
 
 fn out_of_range(op: &crate::primitives::Op, winner: u32, branches: usize) -> Error {
@@ -215,7 +192,7 @@ where
 }
 
 fn drop_all_but<F>(futures: &mut [Branch<F>], winner: usize) {
-    drop_losers(|| {
+    scope::drop_losers(|| {
         // Last first: losing `recv`s took their messages in branch order, and each
         // gives its message back to the front of the queue, so the queue ends up in its
         // original order.

@@ -6,14 +6,14 @@
 //! (`async` blocks and async closures in a workflow body, `#[branch]` helpers) claim a
 //! position from their parent when they are created and number their own steps below it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 
-use crate::context::WorkflowCtx;
+use crate::engine::context::WorkflowCtx;
 use crate::path::StepPath;
 
 /// One sequence of step positions: the workflow body or one branch inside it.
@@ -247,7 +247,7 @@ pin_project_lite::pin_project! {
             // polled, so what it recorded the first time is never asked for. That is
             // the select's recorded choice, not a divergence.
             if let Scope::Branch(b) = &this.scope
-                && crate::select::dropping_losers()
+                && dropping_losers()
             {
                 b.ctx.abandon(&b.path);
             }
@@ -347,7 +347,7 @@ impl<T> SpawnArg<T> {
     }
 
     fn take(&self) -> T {
-        match crate::context::lock(&self.0).take() {
+        match crate::util::lock(&self.0).take() {
             Some(value) => value,
             // Each `SpawnArg` is made and taken once, in one expression.
             None => unreachable!("a spawn argument taken twice"),
@@ -426,4 +426,27 @@ impl<T> SpawnOther for SpawnArg<T> {
     fn __durable_spawn(&self) -> T {
         self.take()
     }
+}
+
+thread_local! {
+    static DROPPING_LOSERS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the futures being dropped now are the losers of a durable select: a `recv`
+/// among them gives back a message it took but never delivered, even one an earlier
+/// execution recorded.
+pub(crate) fn dropping_losers() -> bool {
+    DROPPING_LOSERS.with(Cell::get)
+}
+
+/// Runs `drop` (which drops the losing branches) with [`dropping_losers`] set.
+pub(crate) fn drop_losers(drop: impl FnOnce()) {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            let _ = DROPPING_LOSERS.try_with(|d| d.set(self.0));
+        }
+    }
+    let _reset = Reset(DROPPING_LOSERS.with(|d| d.replace(true)));
+    drop();
 }

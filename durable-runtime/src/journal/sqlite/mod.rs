@@ -20,51 +20,32 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+#[cfg(feature = "testkit")]
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, Statement, params};
-use tokio::sync::oneshot;
 
-use super::crc::crc32;
+mod crc;
+
+use super::Durability;
 use super::{
     Ack, Created, Effect, Finish, Finished, NewMessage, NewWorkflow, RecordStatus, RecordedOutcome,
-    RecordedStep, SideRecords, StartedRecord, StepKey, StepRecord, Store, TxWork, Wait, WaitFor,
-    WaitRecord, WorkflowRecord, Write, Written,
+    RecordedStep, Replier, SideRecords, StartedRecord, StepKey, StepRecord, Store, TxStep, TxWork,
+    Wait, WaitFor, WaitRecord, WorkflowRecord,
 };
 use crate::codec::{ByteBuf, Bytes, Codec, Fingerprint, nested};
-use crate::context::lock;
 use crate::error::{CancelReason, Error, FailureKind, Location, StoreError, StoreErrorKind};
 use crate::path::StepPath;
+use crate::util::lock;
+use crc::crc32;
 
 /// The most writes one commit takes.
 pub(crate) const MAX_BATCH: usize = 1024;
-
-/// How hard a commit tries to survive a crash.
-///
-/// The journal always runs in WAL mode; this picks SQLite's `synchronous` setting for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Durability {
-    /// `synchronous=FULL` (the default): every commit is fsynced before the step that
-    /// made it returns. Survives process crashes and power loss.
-    #[default]
-    Full,
-    /// `synchronous=NORMAL`: commits reach the operating system before the step returns
-    /// and are fsynced at WAL checkpoints. Survives process crashes (SIGKILL, panics,
-    /// OOM kills); a power loss or kernel crash can lose the most recent commits, and a
-    /// workflow then re-runs the steps whose records were lost. Much faster on disks
-    /// with slow fsync.
-    Normal,
-    /// `synchronous=OFF`: commits are handed to the operating system and never fsynced
-    /// by SQLite. Survives process crashes; a power loss or kernel crash can lose
-    /// commits *and corrupt the journal file*. For tests, benchmarks and journals on
-    /// a tmpfs, never for data you need to keep.
-    Off,
-}
 
 impl Durability {
     fn pragma(self) -> &'static str {
@@ -210,27 +191,47 @@ pub(crate) const MIGRATIONS: &[&str] = &[
 /// The executor name recorded for workflows this process starts.
 const EXECUTOR: &str = "local";
 
+/// The work of a transaction step on SQLite: runs on the writer's connection, inside a
+/// transaction that also records the step. Returns what to record, and whether the
+/// application's writes are kept (`false`: they are rolled back, and the outcome, an
+/// `Err` or a panic, is still recorded); `Err` records nothing and fails the write.
+pub(crate) type TxFn =
+    Box<dyn FnOnce(&rusqlite::Transaction<'_>) -> Result<(RecordedOutcome, bool), String> + Send>;
+
 enum Command {
-    Create(NewWorkflow, oneshot::Sender<Result<Created, StoreError>>),
-    Step(StepRecord, oneshot::Sender<Result<(), StoreError>>),
-    Finish(Finish, oneshot::Sender<Result<bool, StoreError>>),
+    Create(NewWorkflow, Replier<Created>),
+    Step(StepRecord, Replier<()>),
+    Finish(Finish, Replier<bool>),
     /// Boxed: the primitives' writes are rare and large, and every command moves
     /// through the channel and the batch.
-    Write(Box<Write>, oneshot::Sender<Result<Written, StoreError>>),
+    Write(Box<Write>),
     /// Commit what came before, then stop (releasing the journal's lock).
     Close,
 }
 
+/// The writes of the workflow primitives, each with its typed reply.
+enum Write {
+    Wait(Wait, Replier<Option<Vec<u8>>>),
+    Expire(WaitRecord, Replier<Option<Vec<u8>>>),
+    Started(StepKey, i64, Replier<()>),
+    Send(NewMessage, Replier<()>),
+    Patch(Arc<str>, StepPath, &'static str, Replier<()>),
+    GiveBack(StepKey, String, Replier<()>),
+    Cancel(String, CancelReason, i64, Replier<Vec<String>>),
+    Resume(String, i64, Replier<Vec<String>>),
+    Transaction(TxStep, Replier<()>),
+}
+
 impl Command {
     fn is_transaction(&self) -> bool {
-        matches!(self, Command::Write(w, _) if matches!(**w, Write::Transaction { .. }))
+        matches!(self, Command::Write(w) if matches!(**w, Write::Transaction(..)))
     }
 }
 
 /// The SQLite journal: a writer thread, a reader connection and the file lock.
 #[derive(Debug)]
 pub(crate) struct SqliteStore {
-    path: PathBuf,
+    path: Arc<Path>,
     // `Sender` is `Sync`: concurrent steps enqueue without a lock of ours.
     writes: mpsc::Sender<Command>,
     /// `None` once the store is closed.
@@ -249,8 +250,21 @@ struct WriterStats {
     in_flight: AtomicUsize,
     /// How long the last commit took (from `BEGIN` to the end of `COMMIT`), in ns.
     last_commit_ns: AtomicU64,
-    /// Set by [`Store::halt`]: commit nothing more.
-    halted: AtomicBool,
+    /// Set by the testkit's simulated crash: commit nothing more.
+    #[cfg(feature = "testkit")]
+    halted: Option<Arc<AtomicBool>>,
+}
+
+impl WriterStats {
+    /// Whether a simulated crash happened (never, outside the testkit's builds).
+    #[inline]
+    fn halted(&self) -> bool {
+        #[cfg(feature = "testkit")]
+        if let Some(h) = &self.halted {
+            return h.load(Ordering::SeqCst);
+        }
+        false
+    }
 }
 
 fn io_error(path: &Path, e: impl std::fmt::Display) -> StoreError {
@@ -312,9 +326,32 @@ fn lock_path(path: &Path) -> PathBuf {
 }
 
 impl SqliteStore {
+    /// Every workflow run, finished or not, oldest first.
+    #[cfg(feature = "testkit")]
+    pub(crate) fn workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
+        self.workflow_rows("")
+    }
+
+    /// How long the waiter of a step's checkpoint should stay runnable; see
+    /// [`Ack::spin`].
+    fn ack_spin(&self) -> Duration {
+        // Worth it only for a lone write (concurrent ones would spin against each other
+        // and the writer on few cores) on a journal whose commits take about as long as
+        // a sleep and a wake-up (not an fsync at `synchronous=FULL`).
+        if self.stats.in_flight.load(Ordering::Relaxed) > 1 {
+            return Duration::ZERO;
+        }
+        let last = self.stats.last_commit_ns.load(Ordering::Relaxed);
+        if last > MAX_ACK_SPIN_NS {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos((2 * last).clamp(MIN_ACK_SPIN_NS, MAX_ACK_SPIN_NS))
+    }
+
     /// Opens (creating if needed) the journal at `path`, takes its lock, migrates it and
     /// starts the writer thread.
-    pub(crate) fn open(path: &Path, durability: Durability, codec: Codec) -> Result<Self, Error> {
+    pub(crate) fn open(path: &Path, options: &super::JournalOptions) -> Result<Self, Error> {
+        let (durability, codec) = (options.durability, options.codec);
         if path.is_dir() {
             return Err(StoreError::new(
                 path,
@@ -365,7 +402,11 @@ impl SqliteStore {
 
         let (tx, rx) = mpsc::channel();
         let writer_path = path.to_owned();
-        let stats = Arc::new(WriterStats::default());
+        let stats = Arc::new(WriterStats {
+            #[cfg(feature = "testkit")]
+            halted: options.halt.clone(),
+            ..WriterStats::default()
+        });
         let writer_stats = stats.clone();
         let writer = thread::Builder::new()
             .name("durable-journal-writer".into())
@@ -378,7 +419,7 @@ impl SqliteStore {
             .map_err(|e| io_error(path, format!("cannot start the writer thread: {e}")))?;
 
         Ok(SqliteStore {
-            path: path.to_owned(),
+            path: Arc::from(path),
             writes: tx,
             reader: Mutex::new(Some(reader)),
             stats,
@@ -386,25 +427,26 @@ impl SqliteStore {
         })
     }
 
-    fn send<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
-    ) -> Ack<T> {
-        let (tx, rx) = oneshot::channel();
+    fn send<T>(&self, make: impl FnOnce(Replier<T>) -> Command) -> Ack<T> {
+        let (tx, ack) = Ack::channel(&self.path);
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         // If the writer thread is gone the command (and its reply sender) is dropped,
-        // and the caller sees a closed channel: `StoreErrorKind::Closed`.
+        // and the ack resolves to `StoreErrorKind::Closed`.
         if self.writes.send(make(tx)).is_err() {
             self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
-        rx
+        ack
+    }
+
+    fn write<T>(&self, make: impl FnOnce(Replier<T>) -> Write) -> Ack<T> {
+        self.send(|tx| Command::Write(Box::new(make(tx))))
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         let conn = lock(&self.reader);
         let Some(conn) = conn.as_ref() else {
             return Err(StoreError::new(
-                &self.path,
+                &*self.path,
                 StoreErrorKind::Closed,
                 "the journal was closed",
             ));
@@ -682,7 +724,7 @@ fn write_loop(
     let mut woken: VecDeque<Command> = VecDeque::new();
     // Waits for the first request; ends when every sender is gone, or at a close.
     while let Some(first) = woken.pop_front().or_else(|| next_command(rx)) {
-        if stats.halted.load(Ordering::SeqCst) {
+        if stats.halted() {
             // A simulated crash: what is queued is dropped unanswered, like the
             // process's memory, and the thread exits (releasing the lock).
             return;
@@ -709,14 +751,9 @@ fn write_loop(
         }
         match alone {
             Some(Command::Close) => return,
-            Some(Command::Write(w, reply)) => {
-                if let Write::Transaction {
-                    key,
-                    started_at,
-                    work,
-                } = *w
-                {
-                    writer.transaction(path, &key, started_at, work, reply, stats);
+            Some(Command::Write(w)) => {
+                if let Write::Transaction(step, reply) = *w {
+                    writer.transaction(path, step, reply, stats);
                 }
             }
             _ => {}
@@ -750,23 +787,16 @@ fn next_command(rx: &mpsc::Receiver<Command>) -> Option<Command> {
     }
 }
 
-type WrittenReply = oneshot::Sender<Result<Written, StoreError>>;
-
 /// A finished write waiting for its commit before its reply is sent.
 enum Reply {
-    Create(
-        oneshot::Sender<Result<Created, StoreError>>,
-        Result<Created, StoreError>,
+    Create(Replier<Created>, Result<Created, StoreError>),
+    Unit(Replier<()>, Result<(), StoreError>),
+    Finish(Replier<bool>, Result<bool, StoreError>),
+    Value(
+        Replier<Option<Vec<u8>>>,
+        Result<Option<Vec<u8>>, StoreError>,
     ),
-    Unit(
-        oneshot::Sender<Result<(), StoreError>>,
-        Result<(), StoreError>,
-    ),
-    Finish(
-        oneshot::Sender<Result<bool, StoreError>>,
-        Result<bool, StoreError>,
-    ),
-    Written(WrittenReply, Result<Written, StoreError>),
+    Ids(Replier<Vec<String>>, Result<Vec<String>, StoreError>),
     /// A wait that found nothing: parked once its batch commits.
     Park(WaitFor, Parked),
 }
@@ -774,7 +804,7 @@ enum Reply {
 /// A wait kept by the writer until what it waits for is written.
 struct Parked {
     record: Option<WaitRecord>,
-    reply: WrittenReply,
+    reply: Replier<Option<Vec<u8>>>,
 }
 
 /// The writer connection's statements, prepared once: the writer runs the same few
@@ -893,7 +923,7 @@ impl<'c> Writer<'c> {
                 Command::Finish(f, reply) => {
                     Reply::Finish(reply, self.finish(&f).map_err(|e| sql_error(path, e)))
                 }
-                Command::Write(w, reply) => self.write(path, *w, reply),
+                Command::Write(w) => self.write(path, *w),
                 // Never batched: `write_loop` takes it apart.
                 Command::Close => continue,
             };
@@ -910,7 +940,7 @@ impl<'c> Writer<'c> {
         if aborted.is_none() {
             self.answer_parked(path, &mut replies);
         }
-        if stats.halted.load(Ordering::SeqCst) {
+        if stats.halted() {
             // A simulated crash before this batch committed: none of it is written,
             // and nobody hears back.
             let _ = self.rollback.execute([]);
@@ -945,14 +975,14 @@ impl<'c> Writer<'c> {
                     // Parked in the batch that also sent its message (after the send,
                     // or `answer_parked` would have answered it): run it again next.
                     stats.in_flight.fetch_add(1, Ordering::Relaxed);
-                    woken.push_back(Command::Write(
-                        Box::new(Write::Wait(Wait {
+                    woken.push_back(Command::Write(Box::new(Write::Wait(
+                        Wait {
                             what,
                             record: parked.record,
                             park: true,
-                        })),
+                        },
                         parked.reply,
-                    ));
+                    ))));
                 }
                 (Ok(()), Reply::Park(what, parked)) => {
                     self.parks += 1;
@@ -1003,9 +1033,7 @@ impl<'c> Writer<'c> {
                     park: true,
                 };
                 match self.wait(path, &wait) {
-                    Ok(Some(answer)) => {
-                        replies.push(Reply::Written(p.reply, Ok(Written::Value(Some(answer)))))
-                    }
+                    Ok(Some(answer)) => replies.push(Reply::Value(p.reply, Ok(Some(answer)))),
                     Ok(None) => {
                         // Nothing left for it (an earlier waiter took it): it and the
                         // ones behind it stay parked.
@@ -1015,7 +1043,7 @@ impl<'c> Writer<'c> {
                         });
                         break;
                     }
-                    Err(e) => replies.push(Reply::Written(p.reply, Err(e))),
+                    Err(e) => replies.push(Reply::Value(p.reply, Err(e))),
                 }
             }
             if !queue.is_empty() {
@@ -1027,20 +1055,20 @@ impl<'c> Writer<'c> {
         self.touched = touched;
     }
 
-    fn write(&mut self, path: &Path, w: Write, reply: WrittenReply) -> Reply {
+    fn write(&mut self, path: &Path, w: Write) -> Reply {
         let sql = |e| sql_error(path, e);
         match w {
             // Nobody waits for it any more (a wait woken to run again whose workflow
             // stopped meanwhile): take nothing.
-            Write::Wait(_) if reply.is_closed() => Reply::Written(reply, Ok(Written::Value(None))),
-            Write::Wait(wait) => match self.wait(path, &wait) {
-                Ok(Some(answer)) => Reply::Written(reply, Ok(Written::Value(Some(answer)))),
+            Write::Wait(_, reply) if reply.is_closed() => Reply::Value(reply, Ok(None)),
+            Write::Wait(wait, reply) => match self.wait(path, &wait) {
+                Ok(Some(answer)) => Reply::Value(reply, Ok(Some(answer))),
                 Ok(None) if wait.park => {
                     if let Some(r) = &wait.record
                         && r.deadline_at.is_some()
                         && let Err(e) = self.start_record(&r.key, r.started_at, r.deadline_at)
                     {
-                        return Reply::Written(reply, Err(sql(e)));
+                        return Reply::Value(reply, Err(sql(e)));
                     }
                     Reply::Park(
                         wait.what,
@@ -1055,26 +1083,16 @@ impl<'c> Writer<'c> {
                         Some(r) => self.record_answer(r, None).map_err(sql),
                         None => Ok(()),
                     };
-                    Reply::Written(reply, recorded.map(|()| Written::Value(None)))
+                    Reply::Value(reply, recorded.map(|()| None))
                 }
-                Err(e) => Reply::Written(reply, Err(e)),
+                Err(e) => Reply::Value(reply, Err(e)),
             },
-            Write::Expire(record) => Reply::Written(reply, self.expire(path, &record)),
-            Write::Started(key, at) => Reply::Written(
-                reply,
-                self.start_record(&key, at, None)
-                    .map(|()| Written::Done)
-                    .map_err(sql),
-            ),
-            Write::Send(m) => Reply::Written(
-                reply,
-                self.insert_message(&m).map(|()| Written::Done).map_err(sql),
-            ),
-            Write::Patch {
-                workflow_id,
-                path: at,
-                name,
-            } => Reply::Written(
+            Write::Expire(record, reply) => Reply::Value(reply, self.expire(path, &record)),
+            Write::Started(key, at, reply) => {
+                Reply::Unit(reply, self.start_record(&key, at, None).map_err(sql))
+            }
+            Write::Send(m, reply) => Reply::Unit(reply, self.insert_message(&m).map_err(sql)),
+            Write::Patch(workflow_id, at, name, reply) => Reply::Unit(
                 reply,
                 self.conn
                     .prepare_cached(
@@ -1082,21 +1100,17 @@ impl<'c> Writer<'c> {
                          ON CONFLICT DO NOTHING",
                     )
                     .and_then(|mut stmt| stmt.execute(params![&*workflow_id, at.to_string(), name]))
-                    .map(|_| Written::Done)
+                    .map(|_| ())
                     .map_err(sql),
             ),
-            Write::GiveBack { key, topic } => Reply::Written(
-                reply,
-                self.give_back(path, &key, topic).map(|()| Written::Done),
-            ),
-            Write::Cancel { id, reason, at } => Reply::Written(
-                reply,
-                self.cancel(&id, reason, at).map(Written::Ids).map_err(sql),
-            ),
-            Write::Resume { id, at } => {
-                Reply::Written(reply, self.resume(&id, at).map(Written::Ids).map_err(sql))
+            Write::GiveBack(key, topic, reply) => {
+                Reply::Unit(reply, self.give_back(path, &key, topic))
             }
-            Write::Transaction { .. } => Reply::Written(
+            Write::Cancel(id, reason, at, reply) => {
+                Reply::Ids(reply, self.cancel(&id, reason, at).map_err(sql))
+            }
+            Write::Resume(id, at, reply) => Reply::Ids(reply, self.resume(&id, at).map_err(sql)),
+            Write::Transaction(_, reply) => Reply::Unit(
                 reply,
                 Err(StoreError::new(
                     path,
@@ -1107,8 +1121,6 @@ impl<'c> Writer<'c> {
         }
     }
 
-    /// Looks for what `wait` waits for; if it is there and the wait records, records it
-    /// (consuming a message) in this transaction.
     fn wait(&mut self, path: &Path, wait: &Wait) -> Result<Option<Vec<u8>>, StoreError> {
         let sql = |e| sql_error(path, e);
         let damaged = |what: String| {
@@ -1187,7 +1199,7 @@ impl<'c> Writer<'c> {
 
     /// Gives up a parked wait: records `None` unless it was answered already, and
     /// returns what it recorded.
-    fn expire(&mut self, path: &Path, r: &WaitRecord) -> Result<Written, StoreError> {
+    fn expire(&mut self, path: &Path, r: &WaitRecord) -> Result<Option<Vec<u8>>, StoreError> {
         let sql = |e| sql_error(path, e);
         let mut was_parked = false;
         for queue in self.parked.values_mut() {
@@ -1225,12 +1237,12 @@ impl<'c> Writer<'c> {
                 }
                 let answer = decode_answer(&output)
                     .map_err(|e| StoreError::new(path, StoreErrorKind::Invariant, e.to_string()))?;
-                Ok(Written::Value(answer))
+                Ok(answer)
             }
             Some(_) => Err(already_recorded(path, &r.key)),
             None => {
                 self.record_answer(r, None).map_err(sql)?;
-                Ok(Written::Value(None))
+                Ok(None)
             }
         }
     }
@@ -1245,7 +1257,7 @@ impl<'c> Writer<'c> {
             None::<&str>,
             1,
             r.started_at,
-            crate::step::now_ms(),
+            crate::util::now_ms(),
             crc32(&output),
             None::<&str>,
             fingerprint_column(r.key.args)
@@ -1339,7 +1351,7 @@ impl<'c> Writer<'c> {
                     topic,
                     payload,
                     crc32(&payload),
-                    crate::step::now_ms()
+                    crate::util::now_ms()
                 ])?;
             Ok(true)
         });
@@ -1412,18 +1424,21 @@ impl<'c> Writer<'c> {
     fn transaction(
         &mut self,
         path: &Path,
-        key: &StepKey,
-        started_at: i64,
-        work: TxWork,
-        reply: WrittenReply,
+        TxStep {
+            key,
+            started_at,
+            work,
+        }: TxStep,
+        reply: Replier<()>,
         stats: &WriterStats,
     ) {
+        let TxWork::Sqlite(work) = work;
         let started = std::time::Instant::now();
         if !self.conn.is_autocommit() {
             let _ = self.rollback.execute([]);
         }
-        let result = self.run_transaction(path, key, started_at, work, stats);
-        if stats.halted.load(Ordering::SeqCst) {
+        let result = self.run_transaction(path, &key, started_at, work, stats);
+        if stats.halted() {
             // A simulated crash: nothing committed, nobody hears back.
             return;
         }
@@ -1433,7 +1448,7 @@ impl<'c> Writer<'c> {
         let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         stats.last_commit_ns.store(took, Ordering::Relaxed);
         stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let _ = reply.send(result.map(|()| Written::Done));
+        let _ = reply.send(result);
     }
 
     fn run_transaction(
@@ -1441,7 +1456,7 @@ impl<'c> Writer<'c> {
         path: &Path,
         key: &StepKey,
         started_at: i64,
-        work: TxWork,
+        work: TxFn,
         stats: &WriterStats,
     ) -> Result<(), StoreError> {
         let sql = |e| sql_error(path, e);
@@ -1463,7 +1478,7 @@ impl<'c> Writer<'c> {
                     "step {} (`{}`) panicked: {}",
                     key.path,
                     key.name,
-                    crate::step::panic_message(&*payload)
+                    crate::util::panic_message(&*payload)
                 )),
                 false,
             ),
@@ -1493,12 +1508,12 @@ impl<'c> Writer<'c> {
             outcome,
             attempts: 1,
             started_at,
-            finished_at: crate::step::now_ms(),
+            finished_at: crate::util::now_ms(),
             effect: Effect::None,
         };
         self.record(&record)
             .map_err(|e| step_error(path, &record, e))?;
-        if stats.halted.load(Ordering::SeqCst) {
+        if stats.halted() {
             return Ok(()); // dropped: rolled back
         }
         tx.commit().map_err(sql)
@@ -1679,7 +1694,8 @@ impl Reply {
             Reply::Create(s, r) => drop(s.send(r)),
             Reply::Unit(s, r) => drop(s.send(r)),
             Reply::Finish(s, r) => drop(s.send(r)),
-            Reply::Written(s, r) => drop(s.send(r)),
+            Reply::Value(s, r) => drop(s.send(r)),
+            Reply::Ids(s, r) => drop(s.send(r)),
             // Parked by `commit_batch`, never sent from here.
             Reply::Park(_, p) => drop(p),
         }
@@ -1690,7 +1706,8 @@ impl Reply {
             Reply::Create(_, r) => r.as_ref().err(),
             Reply::Unit(_, r) => r.as_ref().err(),
             Reply::Finish(_, r) => r.as_ref().err(),
-            Reply::Written(_, r) => r.as_ref().err(),
+            Reply::Value(_, r) => r.as_ref().err(),
+            Reply::Ids(_, r) => r.as_ref().err(),
             Reply::Park(..) => None,
         }
     }
@@ -1700,7 +1717,8 @@ impl Reply {
             Reply::Create(s, _) => drop(s.send(Err(e))),
             Reply::Unit(s, _) => drop(s.send(Err(e))),
             Reply::Finish(s, _) => drop(s.send(Err(e))),
-            Reply::Written(s, _) => drop(s.send(Err(e))),
+            Reply::Value(s, _) => drop(s.send(Err(e))),
+            Reply::Ids(s, _) => drop(s.send(Err(e))),
             Reply::Park(_, p) => drop(p.reply.send(Err(e))),
         }
     }
@@ -1711,7 +1729,15 @@ fn fail(c: Command, e: StoreError) {
         Command::Create(_, s) => drop(s.send(Err(e))),
         Command::Step(_, s) => drop(s.send(Err(e))),
         Command::Finish(_, s) => drop(s.send(Err(e))),
-        Command::Write(_, s) => drop(s.send(Err(e))),
+        Command::Write(w) => match *w {
+            Write::Wait(_, s) | Write::Expire(_, s) => drop(s.send(Err(e))),
+            Write::Cancel(.., s) | Write::Resume(.., s) => drop(s.send(Err(e))),
+            Write::Started(.., s)
+            | Write::Send(_, s)
+            | Write::Patch(.., s)
+            | Write::GiveBack(.., s)
+            | Write::Transaction(_, s) => drop(s.send(Err(e))),
+        },
         Command::Close => {}
     }
 }
@@ -1837,15 +1863,49 @@ impl Store for SqliteStore {
     }
 
     fn record_step(&self, step: StepRecord) -> Ack {
-        self.send(|tx| Command::Step(step, tx))
+        let ack = self.send(|tx| Command::Step(step, tx));
+        let spin = self.ack_spin();
+        ack.spinning(spin)
     }
 
     fn finish_workflow(&self, finish: Finish) -> Ack<bool> {
         self.send(|tx| Command::Finish(finish, tx))
     }
 
-    fn write(&self, write: Write) -> Ack<Written> {
-        self.send(|tx| Command::Write(Box::new(write), tx))
+    fn record_started(&self, key: StepKey, at: i64) -> Ack {
+        self.write(|tx| Write::Started(key, at, tx))
+    }
+
+    fn record_patch(&self, workflow_id: Arc<str>, path: StepPath, name: &'static str) -> Ack {
+        self.write(|tx| Write::Patch(workflow_id, path, name, tx))
+    }
+
+    fn send(&self, message: NewMessage) -> Ack {
+        self.write(|tx| Write::Send(message, tx))
+    }
+
+    fn wait(&self, wait: Wait) -> Ack<Option<Vec<u8>>> {
+        self.write(|tx| Write::Wait(wait, tx))
+    }
+
+    fn expire(&self, wait: WaitRecord) -> Ack<Option<Vec<u8>>> {
+        self.write(|tx| Write::Expire(wait, tx))
+    }
+
+    fn give_back(&self, key: StepKey, topic: String) -> Ack {
+        self.write(|tx| Write::GiveBack(key, topic, tx))
+    }
+
+    fn cancel(&self, id: String, reason: CancelReason, at: i64) -> Ack<Vec<String>> {
+        self.write(|tx| Write::Cancel(id, reason, at, tx))
+    }
+
+    fn resume(&self, id: String, at: i64) -> Ack<Vec<String>> {
+        self.write(|tx| Write::Resume(id, at, tx))
+    }
+
+    fn transaction(&self, step: TxStep) -> Ack {
+        self.write(|tx| Write::Transaction(step, tx))
     }
 
     fn side_records(&self, workflow_id: &str) -> Result<SideRecords, StoreError> {
@@ -1946,34 +2006,13 @@ impl Store for SqliteStore {
         })
     }
 
+    #[cfg(any(test, feature = "bench"))]
     fn commits(&self) -> u64 {
         self.stats.commits.load(Ordering::Relaxed)
     }
 
-    fn ack_spin(&self) -> Duration {
-        // Worth it only for a lone write (concurrent ones would spin against each other
-        // and the writer on few cores) on a journal whose commits take about as long as
-        // a sleep and a wake-up (not an fsync at `synchronous=FULL`).
-        if self.stats.in_flight.load(Ordering::Relaxed) > 1 {
-            return Duration::ZERO;
-        }
-        let last = self.stats.last_commit_ns.load(Ordering::Relaxed);
-        if last > MAX_ACK_SPIN_NS {
-            return Duration::ZERO;
-        }
-        Duration::from_nanos((2 * last).clamp(MIN_ACK_SPIN_NS, MAX_ACK_SPIN_NS))
-    }
-
     fn pending_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
         self.workflow_rows("WHERE status = 'pending'")
-    }
-
-    fn workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
-        self.workflow_rows("")
-    }
-
-    fn halt(&self) {
-        self.stats.halted.store(true, Ordering::SeqCst);
     }
 
     fn close(&self) -> Result<(), StoreError> {
@@ -1987,10 +2026,6 @@ impl Store for SqliteStore {
             Some(Err(_)) => Err(io_error(&self.path, "the journal writer panicked")),
             _ => Ok(()),
         }
-    }
-
-    fn is_halted(&self) -> bool {
-        self.stats.halted.load(Ordering::Relaxed)
     }
 }
 
@@ -2032,8 +2067,11 @@ mod tests {
     #[tokio::test]
     async fn answered_writes_leave_nothing_in_flight() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("j.db"), Durability::Off, Codec::Cbor)
-            .expect("open");
+        let options = super::super::JournalOptions {
+            durability: Durability::Off,
+            ..Default::default()
+        };
+        let store = SqliteStore::open(&dir.path().join("j.db"), &options).expect("open");
         let id: Arc<str> = Arc::from("w");
         let created = store.create_workflow(NewWorkflow {
             id: id.clone(),
@@ -2044,14 +2082,14 @@ mod tests {
             parent_id: None,
             deadline_at: None,
         });
-        assert!(matches!(created.await, Ok(Ok(Created::New))));
+        assert!(matches!(created.await, Ok(Created::New)));
         let acks: Vec<_> = (0..200).map(|i| store.record_step(step(&id, i))).collect();
         // A duplicate fails alone; it must still be counted as answered.
         let duplicate = store.record_step(step(&id, 0));
         for ack in acks {
-            assert!(matches!(ack.await, Ok(Ok(()))));
+            assert!(matches!(ack.await, Ok(())));
         }
-        assert!(matches!(duplicate.await, Ok(Err(_))));
+        assert!(duplicate.await.is_err());
         assert_eq!(store.stats.in_flight.load(Ordering::Relaxed), 0);
 
         // A write that is not alone never makes its waiter spin.

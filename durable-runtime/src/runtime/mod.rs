@@ -2,15 +2,10 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::future::{Future, poll_fn};
-use std::hash::{BuildHasher, Hasher, RandomState};
 use std::marker::PhantomData;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -18,23 +13,22 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{oneshot, watch};
 
 use crate::Durability;
-use crate::codec::{Codec, CodecError};
-use crate::context::{WorkflowCtx, lock};
+use crate::codec::Codec;
+#[cfg(feature = "testkit")]
+use crate::engine::context::Instrument;
+use crate::engine::context::{Runs, RunsFuture, WorkflowCtx};
+use crate::engine::drive::{History, execute};
+use crate::engine::replay::{encode_value, recorded_result};
+use crate::engine::workflow::{ErasedWorkflow, Launch, Outcome, WorkflowCall, registry};
 use crate::error::{
-    CancelReason, Error, FailureKind, Location, Result, StoreError, StoreErrorKind, undecodable,
+    CancelReason, Error, Location, Result, StoreError, StoreErrorKind, undecodable,
+};
+use crate::journal::{
+    Ack, Created, Finish, Finished, JournalOptions, JournalSpec, NewMessage, NewWorkflow,
+    RecordStatus, RecordedOutcome, Store, Wait, WaitFor, WorkflowRecord, blocking,
 };
 use crate::path::StepPath;
-use crate::scope::{self, Branch};
-use crate::step::now_ms;
-use crate::store::{
-    Created, Finish, Finished, NewMessage, NewWorkflow, RecordStatus, RecordedOutcome, SqliteStore,
-    Store, Wait, WaitFor, WorkflowRecord, Write, Written,
-};
-use crate::testkit_support::{Probe, Replayed, Verdict};
-use crate::workflow::{ErasedWorkflow, WorkflowCall, registered};
-
-/// How a run ended, shared by every handle waiting on it: the encoded output or the error.
-pub(crate) type Outcome = Arc<Result<Vec<u8>>>;
+use crate::util::{lock, now_ms};
 
 /// The durable-execution runtime: owns one journal and runs the workflows in it.
 ///
@@ -78,6 +72,8 @@ pub(crate) struct Inner {
     /// a value that does not decode, a journal error) stopped: the journal holds them as
     /// pending, and their handles report this, not a bare "stopped".
     stopped: Mutex<HashMap<Arc<str>, Error>>,
+    #[cfg(feature = "testkit")]
+    instrument: Option<Arc<dyn Instrument>>,
 }
 
 /// A run this process is executing.
@@ -90,30 +86,21 @@ struct Running {
     ctx: Arc<WorkflowCtx>,
 }
 
-/// A run to start: which workflow, with which input, as a child of which workflow,
-/// with which deadline.
-#[derive(Debug)]
-pub(crate) struct Launch {
-    pub(crate) def: &'static dyn ErasedWorkflow,
-    pub(crate) input: Vec<u8>,
-    pub(crate) parent_id: Option<Arc<str>>,
-    pub(crate) deadline_at: Option<i64>,
-}
-
 /// Options for opening a [`Runtime`]; from [`Runtime::builder`].
 #[derive(Debug, Clone)]
 pub struct RuntimeBuilder {
-    path: PathBuf,
-    durability: Durability,
-    codec: Codec,
+    journal: JournalSpec,
+    options: JournalOptions,
     app_version: Option<String>,
-    probe: Option<Arc<Probe>>,
+    /// The testkit's probe, if one was given.
+    #[cfg(feature = "testkit")]
+    pub(crate) instrument: Option<Arc<dyn Instrument>>,
 }
 
 impl RuntimeBuilder {
     /// How hard each checkpoint tries to survive a crash; [`Durability::Full`] by default.
     pub fn durability(mut self, durability: Durability) -> Self {
-        self.durability = durability;
+        self.options.durability = durability;
         self
     }
 
@@ -123,7 +110,7 @@ impl RuntimeBuilder {
     /// same journal: what was recorded before is still read with the codec that wrote
     /// it. See [`Codec`] for what each one lets a recorded type do.
     pub fn codec(mut self, codec: Codec) -> Self {
-        self.codec = codec;
+        self.options.codec = codec;
         self
     }
 
@@ -131,14 +118,6 @@ impl RuntimeBuilder {
     /// your application's release), for your own inspection of the journal.
     pub fn app_version(mut self, version: impl Into<String>) -> Self {
         self.app_version = Some(version.into());
-        self
-    }
-
-    /// Puts fault injection and instrumentation between the runtime and its journal.
-    /// For `durable-testkit`; not API.
-    #[doc(hidden)]
-    pub fn probe(mut self, probe: Arc<Probe>) -> Self {
-        self.probe = Some(probe);
         self
     }
 
@@ -152,15 +131,23 @@ impl RuntimeBuilder {
     /// workflows linked into the program share a name.
     pub async fn open(self) -> Result<Runtime> {
         let registry = registry()?;
-        let path = self.path.clone();
-        let durability = self.durability;
-        let codec = self.codec;
-        let probe = self.probe.clone();
+        let codec = self.options.codec;
+        #[cfg_attr(not(feature = "testkit"), allow(unused_mut))]
+        let mut options = self.options.clone();
+        #[cfg(feature = "testkit")]
+        let instrument = self.instrument.clone();
+        #[cfg(feature = "testkit")]
+        if let Some(i) = &instrument {
+            options.halt = Some(i.halt_switch());
+        }
+        let journal = self.journal.clone();
         // One trip to a blocking thread: open, then list what to resume.
-        let (store, pending) = blocking(&self.path, move || {
-            let mut store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path, durability, codec)?);
-            if let Some(probe) = probe {
-                store = probe.wrap(store);
+        let (store, pending) = blocking(self.journal.path(), move || {
+            #[cfg_attr(not(feature = "testkit"), allow(unused_mut))]
+            let mut store = journal.open(&options)?;
+            #[cfg(feature = "testkit")]
+            if let Some(i) = instrument {
+                store = i.wrap(store);
             }
             let pending = store.pending_workflows()?;
             Ok::<_, Error>((store, pending))
@@ -171,7 +158,7 @@ impl RuntimeBuilder {
         let mut launches = Vec::new();
         for record in pending {
             let deadline_at = record.deadline_at;
-            if let Some(e) = damage(&record) {
+            if let Some(e) = record.damage() {
                 tracing::warn!("{e}; it stays pending");
                 unrecoverable.push(e);
                 continue;
@@ -204,6 +191,8 @@ impl RuntimeBuilder {
             registry,
             app_version: self.app_version.map(Arc::from),
             codec,
+            #[cfg(feature = "testkit")]
+            instrument: self.instrument,
             recovered,
             unrecoverable,
             closing: std::sync::atomic::AtomicBool::new(false),
@@ -239,33 +228,6 @@ impl RuntimeBuilder {
     }
 }
 
-/// Every workflow linked into the program, by name.
-fn registry() -> Result<HashMap<&'static str, &'static dyn ErasedWorkflow>> {
-    let mut registry: HashMap<&'static str, &'static dyn ErasedWorkflow> = HashMap::new();
-    for def in registered() {
-        if registry.insert(def.name(), def).is_some() {
-            return Err(Error::DuplicateWorkflowName {
-                name: def.name().to_owned(),
-            });
-        }
-    }
-    Ok(registry)
-}
-
-/// Runs blocking journal work off the async threads.
-async fn blocking<T: Send + 'static>(
-    path: &Path,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
-        StoreError::new(
-            path,
-            StoreErrorKind::Io,
-            format!("journal task failed: {e}"),
-        )
-    })
-}
-
 impl Runtime {
     /// Opens the journal at `path` with default options and resumes every pending
     /// workflow. See [`RuntimeBuilder::open`].
@@ -276,11 +238,11 @@ impl Runtime {
     /// Options for opening the journal at `path`.
     pub fn builder(path: impl AsRef<Path>) -> RuntimeBuilder {
         RuntimeBuilder {
-            path: path.as_ref().to_owned(),
-            durability: Durability::default(),
-            codec: Codec::default(),
+            journal: JournalSpec::Sqlite(path.as_ref().to_owned()),
+            options: JournalOptions::default(),
             app_version: None,
-            probe: None,
+            #[cfg(feature = "testkit")]
+            instrument: None,
         }
     }
 
@@ -352,7 +314,7 @@ impl Runtime {
             "`Runtime::close`",
             "close the runtime from outside its workflows",
         )?;
-        if let Some(step) = crate::scope::step_context()
+        if let Some(step) = crate::engine::scope::step_context()
             && lock(&self.inner.running).contains_key(step.workflow_id())
         {
             return Err(Error::Unrecorded {
@@ -388,7 +350,9 @@ impl Runtime {
 
     /// How many transactions this runtime has committed to the journal: one per
     /// sequential step, with concurrent steps sharing commits (plus one to start and one
-    /// to finish each workflow). For measuring, not for control flow.
+    /// to finish each workflow). For the benchmarks (the `bench` feature); not API.
+    #[cfg(feature = "bench")]
+    #[doc(hidden)]
     pub fn journal_commits(&self) -> u64 {
         self.inner.store.commits()
     }
@@ -406,7 +370,7 @@ impl Runtime {
 
     /// Starts `call` under a generated id. See [`start_with_id`](Self::start_with_id).
     pub async fn start<O>(&self, call: WorkflowCall<O>) -> Result<WorkflowHandle<O>> {
-        self.start_with_id(generate_id(), call).await
+        self.start_with_id(crate::util::random_id(), call).await
     }
 
     /// Starts `call` as workflow `id`, unless `id` already exists.
@@ -578,7 +542,7 @@ impl Runtime {
             payload,
             sent_at: now_ms(),
         };
-        self.inner.write(Write::Send(message)).await.map(drop)
+        self.inner.acked(self.inner.store.send(message)).await
     }
 
     /// Waits up to `timeout` (or for ever, with `None`) for workflow `workflow_id` to
@@ -602,7 +566,7 @@ impl Runtime {
             "use `durable_runtime::get_event`, which records the value it saw",
         )?;
         let timeout = timeout.into();
-        let wait = Write::Wait(Wait {
+        let ack = self.inner.store.wait(Wait {
             what: WaitFor::Event {
                 workflow_id: workflow_id.to_owned(),
                 key: key.to_owned(),
@@ -610,7 +574,6 @@ impl Runtime {
             record: None,
             park: timeout != Some(Duration::ZERO),
         });
-        let ack = self.inner.store.write(wait);
         let answer = match timeout {
             None => ack.await,
             Some(t) => match tokio::time::timeout(t, ack).await {
@@ -618,13 +581,8 @@ impl Runtime {
                 Err(_) => return Ok(None),
             },
         };
-        let bytes = match answer {
-            Ok(Ok(Written::Value(v))) => v,
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => return Err(e.into()),
-            Err(_) => return Err(closed(self.path(), workflow_id).into()),
-        };
-        bytes
+        answer
+            .map_err(|e| self.inner.closed_or(e))?
             .map(|b| {
                 Codec::decode(&b).map_err(|reason| {
                     undecodable::<T>(
@@ -665,6 +623,24 @@ impl Runtime {
 
 /// How long [`Runtime::close`] lets running step bodies take.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+impl Runs for Inner {
+    fn launch(
+        self: Arc<Self>,
+        id: Arc<str>,
+        launch: Launch,
+    ) -> RunsFuture<'static, watch::Receiver<Option<Outcome>>> {
+        Box::pin(async move { Inner::start(&self, id, launch).await })
+    }
+
+    fn watch<'a>(&'a self, id: &'a str) -> RunsFuture<'a, watch::Receiver<Option<Outcome>>> {
+        Box::pin(Inner::outcome_of(self, id))
+    }
+
+    fn cancel_run<'a>(&'a self, id: &'a str, reason: CancelReason) -> RunsFuture<'a, ()> {
+        Box::pin(Inner::cancel(self, id, reason))
+    }
+}
 
 impl Inner {
     /// [`Error::Closed`] once the runtime is closing.
@@ -771,12 +747,18 @@ impl Inner {
         // A new run of this id: why an earlier one stopped no longer says anything.
         lock(&self.stopped).remove(id);
         let (tx, rx) = watch::channel(None);
-        let ctx = Arc::new(WorkflowCtx::new(
+        #[cfg_attr(not(feature = "testkit"), allow(unused_mut))]
+        let mut ctx = WorkflowCtx::new(
             id.clone(),
             self.store.clone(),
-            Arc::downgrade(self),
+            Some(Arc::downgrade(&(self.clone() as Arc<dyn Runs>))),
             self.codec,
-        ));
+        );
+        #[cfg(feature = "testkit")]
+        {
+            ctx.instrument = self.instrument.clone();
+        }
+        let ctx = Arc::new(ctx);
         let run = Running {
             name,
             parent_id,
@@ -856,7 +838,9 @@ impl Inner {
             // Pending but not running here: it could not be resumed (see
             // `Runtime::unrecoverable`); the handle reports it as stopped, or as damaged.
             RecordStatus::Pending => {
-                let why = damage(&record).or_else(|| lock(&self.stopped).get(id).cloned());
+                let why = record
+                    .damage()
+                    .or_else(|| lock(&self.stopped).get(id).cloned());
                 match why {
                     Some(e) => drop(tx.send_replace(Some(Arc::new(Err(e))))),
                     None => drop(tx),
@@ -877,17 +861,9 @@ impl Inner {
         read.map_err(|e| self.closed_or(e))
     }
 
-    /// One write of a workflow primitive, waited for.
-    pub(crate) async fn write(&self, write: Write) -> Result<Written> {
-        match self.store.write(write).await {
-            Ok(Ok(w)) => Ok(w),
-            Ok(Err(e)) => Err(self.closed_or(e)),
-            Err(_) => Err(self.closed_or(StoreError::new(
-                self.store.path(),
-                StoreErrorKind::Closed,
-                "the journal writer stopped",
-            ))),
-        }
+    /// The reply to one write, waited for.
+    async fn acked<T>(&self, ack: Ack<T>) -> Result<T> {
+        ack.await.map_err(|e| self.closed_or(e))
     }
 
     /// A store error as the caller should see it: the journal closed under a call
@@ -911,16 +887,9 @@ impl Inner {
     /// [`cancel`](Self::cancel), saying whether `id` itself was pending and is now
     /// cancelled.
     async fn cancel_recorded(&self, id: &str, reason: CancelReason) -> Result<bool> {
-        let cancelled = self
-            .write(Write::Cancel {
-                id: id.to_owned(),
-                reason,
-                at: now_ms(),
-            })
+        let ids = self
+            .acked(self.store.cancel(id.to_owned(), reason, now_ms()))
             .await?;
-        let Written::Ids(ids) = cancelled else {
-            return Ok(false);
-        };
         let itself = ids.iter().any(|w| w == id);
         let running = lock(&self.running);
         for w in ids.iter().map(String::as_str).chain(std::iter::once(id)) {
@@ -964,15 +933,9 @@ impl Inner {
         for mut outcome in winding {
             let _ = outcome.wait_for(Option::is_some).await;
         }
-        let Written::Ids(ids) = self
-            .write(Write::Resume {
-                id: id.to_owned(),
-                at: now_ms(),
-            })
-            .await?
-        else {
-            return Ok(());
-        };
+        let ids = self
+            .acked(self.store.resume(id.to_owned(), now_ms()))
+            .await?;
         // The resume is durable from here: each workflow it made pending runs now, or,
         // if the runtime closes meanwhile, at the next open. Either way the resume
         // happened, and says so.
@@ -983,7 +946,7 @@ impl Inner {
                 Err(_) if self.closing.load(Ordering::Acquire) => return Ok(()),
                 Err(e) => return Err(e),
             };
-            if let Some(e) = damage(&record) {
+            if let Some(e) = record.damage() {
                 tracing::warn!("{e}; it stays pending");
                 continue;
             }
@@ -1022,20 +985,6 @@ impl Inner {
     }
 }
 
-/// Encodes a value for the journal, checking that it round-trips.
-pub(crate) fn encode_value<T: Serialize + DeserializeOwned>(
-    codec: Codec,
-    value: &T,
-    what: impl FnOnce() -> String,
-) -> Result<Vec<u8>> {
-    crate::codec::encode_checked(codec, value)
-        .map(|(_, bytes)| bytes)
-        .map_err(|reason| Error::Encode {
-            what: what(),
-            reason,
-        })
-}
-
 /// Journals a new run (or finds the existing one), replies to the caller of
 /// `start_with_id` if it is still waiting, and then drives the run in this same task.
 async fn admit(
@@ -1064,8 +1013,7 @@ async fn admit(
             parent_id: parent_id.clone(),
             deadline_at,
         })
-        .await
-        .unwrap_or_else(|_| Err(closed(inner.store.path(), &id)));
+        .await;
     let run = match created {
         Ok(Created::New) => Ok(Some((input, History::None, deadline_at))),
         Ok(Created::Existing(record))
@@ -1076,7 +1024,7 @@ async fn admit(
         Ok(Created::Existing(record)) if record.name != name => {
             Err(mismatch(&id, &record.name, name))
         }
-        Ok(Created::Existing(record)) => match (damage(&record), record.status) {
+        Ok(Created::Existing(record)) => match (record.damage(), record.status) {
             (None, RecordStatus::Pending) => {
                 Ok(Some((record.input, History::Journaled, record.deadline_at)))
             }
@@ -1114,16 +1062,6 @@ async fn admit(
     }
 }
 
-/// The error for a workflow row whose input or output fails its checksum.
-fn damage(record: &WorkflowRecord) -> Option<Error> {
-    let (location, message) = record.damaged.clone()?;
-    Some(Error::Corrupt {
-        workflow_id: record.id.clone(),
-        location,
-        reason: CodecError::malformed(message),
-    })
-}
-
 fn child_taken(id: &str, parent: &str) -> Error {
     Error::ChildIdTaken {
         workflow_id: id.to_owned(),
@@ -1139,17 +1077,9 @@ fn mismatch(id: &str, existing: &str, requested: &str) -> Error {
     }
 }
 
-fn closed(path: &Path, id: &str) -> StoreError {
-    StoreError::new(
-        path,
-        StoreErrorKind::Closed,
-        format!("the journal writer stopped before workflow {id} was recorded"),
-    )
-}
-
 /// What a finished run recorded as its outcome; never a value that fails its checksum.
 fn recorded_outcome(path: &Path, record: WorkflowRecord) -> Result<Vec<u8>> {
-    if let Some(e) = damage(&record) {
+    if let Some(e) = record.damage() {
         return Err(e);
     }
     match (record.status, record.output, record.failure) {
@@ -1185,7 +1115,7 @@ fn closed_error(path: &Path) -> Error {
 
 /// Refuses `operation` inside a workflow body, where a replay would do it again.
 fn refuse_in_workflow(operation: &'static str, hint: &'static str) -> Result<()> {
-    match scope::current_workflow() {
+    match crate::engine::scope::current_workflow() {
         Some(ctx) => Err(Error::Unrecorded {
             workflow_id: ctx.id.to_string(),
             operation: operation.to_owned(),
@@ -1212,38 +1142,6 @@ fn validate_id(id: String) -> Result<String> {
     Err(Error::InvalidId { id, reason })
 }
 
-/// A fresh 128-bit id in hex. Unique without coordination: std's per-process random
-/// hash keys, the time and a counter feed it.
-fn generate_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let seed = RandomState::new();
-    let mut halves = [0u64; 2];
-    for (i, half) in halves.iter_mut().enumerate() {
-        let mut h = seed.build_hasher();
-        h.write_usize(i);
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-        h.write_u32(std::process::id());
-        *half = h.finish();
-    }
-    format!("{:016x}{:016x}", halves[0], halves[1])
-}
-
-/// Runs one workflow to its end in this process and publishes the outcome.
-/// Whether a run can have recorded steps to replay.
-#[derive(Debug, Clone, Copy)]
-enum History {
-    /// Just created by this start: nothing can be recorded yet, so nothing is loaded.
-    None,
-    /// Found pending in the journal: its recorded steps, start records and patch markers
-    /// are loaded, in one trip to a blocking thread.
-    Journaled,
-}
-
 async fn drive(
     inner: Arc<Inner>,
     ctx: Arc<WorkflowCtx>,
@@ -1254,7 +1152,7 @@ async fn drive(
     tx: watch::Sender<Option<Outcome>>,
 ) {
     let id = ctx.id.clone();
-    let result = execute(&inner, &ctx, def, &input, history, deadline_at).await;
+    let result = execute(&ctx, def, &input, history, deadline_at).await;
     let finished = match &result {
         Ok(output) => Some(Finished::Completed(output.clone())),
         Err(Error::Failed { kind, message, .. }) => Some(Finished::Failed(*kind, message.clone())),
@@ -1283,260 +1181,19 @@ async fn drive(
                 at: now_ms(),
             });
             match ack.await {
-                Ok(Ok(true)) => result,
+                Ok(true) => result,
                 // The row was not pending any more: a cancellation committed first, and
                 // the journal's outcome is the one every handle must see.
-                Ok(Ok(false)) => match inner.record(&id).await {
+                Ok(false) => match inner.record(&id).await {
                     Ok(Some(record)) => recorded_outcome(inner.store.path(), record),
                     Ok(None) => result,
                     Err(e) => Err(e),
                 },
-                Ok(Err(e)) => Err(e.into()),
-                Err(_) => Err(closed(inner.store.path(), &id).into()),
+                Err(e) => Err(e.into()),
             }
         }
     };
     inner.settle(&id, &tx, Arc::new(result));
-}
-
-async fn execute(
-    inner: &Inner,
-    ctx: &Arc<WorkflowCtx>,
-    def: &'static dyn ErasedWorkflow,
-    input: &[u8],
-    history: History,
-    deadline_at: Option<i64>,
-) -> Result<Vec<u8>> {
-    if let History::Journaled = history {
-        let store = inner.store.clone();
-        let id = ctx.id.clone();
-        let (recorded, started) = blocking(inner.store.path(), move || {
-            Ok::<_, StoreError>((store.steps(&id)?, store.side_records(&id)?))
-        })
-        .await??;
-        ctx.load(recorded, started);
-    }
-    let output = run_body(ctx, def, input, deadline_at).await?;
-    if let Some((path, recorded)) = ctx.first_unclaimed() {
-        return Err(Error::Divergence {
-            workflow_id: ctx.id.to_string(),
-            path,
-            recorded,
-            requested: None,
-            arguments: None,
-        });
-    }
-    Ok(output)
-}
-
-/// Starts a workflow body on `input` and polls it to its end or to the first fatal
-/// error. The body (and any step it still holds) is dropped before this returns.
-async fn run_body(
-    ctx: &Arc<WorkflowCtx>,
-    def: &'static dyn ErasedWorkflow,
-    input: &[u8],
-    deadline_at: Option<i64>,
-) -> Result<Vec<u8>> {
-    let id = &ctx.id;
-    let body = def.start(input, ctx.codec).map_err(|(reason, type_name)| {
-        match undecodable::<()>(&**id, Location::Input, reason) {
-            Error::Incompatible {
-                workflow_id,
-                location,
-                reason,
-                ..
-            } => Error::Incompatible {
-                workflow_id,
-                location,
-                type_name,
-                reason,
-            },
-            e => e,
-        }
-    })?;
-    let mut body = scope::root(Branch::root(ctx.clone()), body);
-    // The deadline, as a timer: when it fires, the run and its children are cancelled
-    // (and stop at their next step boundary).
-    // Boxed: most runs have none, and a `Sleep` would make every run's future bigger.
-    let mut deadline = deadline_at.map(|at| {
-        let left = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
-        Box::pin(tokio::time::sleep(Duration::from_millis(left)))
-    });
-    let result = poll_fn(|cx| {
-        if ctx.store.is_halted() {
-            // A simulated crash: the "process" is gone, nothing of it runs again.
-            return Poll::Pending;
-        }
-        if let Some(timer) = deadline.as_mut()
-            && timer.as_mut().poll(cx).is_ready()
-        {
-            deadline = None;
-            if let Some(inner) = ctx.runtime.upgrade() {
-                let id = ctx.id.clone();
-                tracing::info!(workflow = %id, "deadline passed; cancelling the workflow");
-                tokio::spawn(async move {
-                    if let Err(e) = inner.cancel(&id, CancelReason::DeadlineExceeded).await {
-                        tracing::error!(workflow = %id, "cannot record the cancellation: {e}");
-                    }
-                });
-            }
-        }
-        if let Some(e) = ctx.poll_fatal(cx.waker()) {
-            return Poll::Ready(Err(e));
-        }
-        match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut body).poll(cx))) {
-            // Finished after a cancellation was asked for (its last step ran to its
-            // end): the cancellation stands, as the journal records it.
-            Ok(Poll::Ready(output)) => Poll::Ready(match ctx.cancelled() {
-                Some(reason) => Err(Error::Cancelled {
-                    workflow_id: id.to_string(),
-                    reason,
-                }),
-                None => Ok(output),
-            }),
-            Ok(Poll::Pending) => match ctx.poll_fatal(cx.waker()) {
-                Some(e) => Poll::Ready(Err(e)),
-                None => Poll::Pending,
-            },
-            Err(payload) => Poll::Ready(Err(Error::Failed {
-                workflow_id: id.to_string(),
-                kind: FailureKind::WorkflowPanicked,
-                message: format!(
-                    "workflow body panicked: {}",
-                    crate::step::panic_message(&*payload)
-                ),
-            })),
-        }
-    })
-    .await;
-    // Drop the body (and any step it still holds) before deciding the outcome.
-    drop(body);
-    result?.map_err(|reason| Error::Failed {
-        workflow_id: id.to_string(),
-        kind: FailureKind::OutputNotEncodable,
-        message: format!("cannot encode the workflow's output: {reason}"),
-    })
-}
-
-/// How long a replay check waits without the workflow making progress before it
-/// concludes that the code waits for a step the journal does not record.
-const REPLAY_QUIET: std::time::Duration = std::time::Duration::from_millis(50);
-/// How long a replay check waits for a workflow that waits for something else.
-const REPLAY_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Re-runs every workflow the journal at `path` records against this program's code,
-/// without running any step body. The journal should be a copy: opening it migrates it.
-pub(crate) async fn replay_journal(path: &Path) -> Result<Vec<Replayed>> {
-    let registry = registry()?;
-    let owned = path.to_owned();
-    let (store, workflows) = blocking(path, move || {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(
-            &owned,
-            Durability::Off,
-            Codec::default(),
-        )?);
-        let workflows = store.workflows()?;
-        Ok::<_, Error>((store, workflows))
-    })
-    .await??;
-    let mut out = Vec::with_capacity(workflows.len());
-    for record in workflows {
-        let verdict = match (damage(&record), registry.get(record.name.as_str())) {
-            (Some(e), _) => Verdict::Error(e),
-            (None, None) => Verdict::Error(Error::UnknownWorkflow {
-                workflow_id: record.id.clone(),
-                name: record.name.clone(),
-            }),
-            (None, Some(def)) => replay_one(&store, *def, &record)
-                .await
-                .unwrap_or_else(Verdict::Error),
-        };
-        out.push(Replayed {
-            workflow_id: record.id,
-            name: record.name,
-            status: record.status.as_str(),
-            verdict,
-        });
-    }
-    Ok(out)
-}
-
-async fn replay_one(
-    store: &Arc<dyn Store>,
-    def: &'static dyn ErasedWorkflow,
-    record: &WorkflowRecord,
-) -> Result<Verdict> {
-    let id: Arc<str> = Arc::from(record.id.as_str());
-    let (recorded, side) = {
-        let (reader, id) = (store.clone(), id.clone());
-        blocking(store.path(), move || {
-            Ok::<_, StoreError>((reader.steps(&id)?, reader.side_records(&id)?))
-        })
-        .await??
-    };
-    let total = recorded.len();
-    let ctx = Arc::new(WorkflowCtx::replay_only(id, store.clone(), recorded, side));
-    let polls = AtomicU64::new(0);
-    let mut run = std::pin::pin!(run_body(&ctx, def, &record.input, None));
-    let mut counted = std::pin::pin!(poll_fn(|cx| {
-        polls.fetch_add(1, Ordering::Relaxed);
-        run.as_mut().poll(cx)
-    }));
-    let started = std::time::Instant::now();
-    let result = loop {
-        let before = polls.load(Ordering::Relaxed);
-        if let Ok(result) = tokio::time::timeout(REPLAY_QUIET, counted.as_mut()).await {
-            break Some(result);
-        }
-        // Only the poll that started the wait and the one `timeout` makes when its
-        // timer fires: nothing woke the workflow in between.
-        let idle = polls.load(Ordering::Relaxed) - before <= 2;
-        if (idle && !ctx.unrecorded().is_empty()) || started.elapsed() > REPLAY_LIMIT {
-            break None;
-        }
-    };
-    let replayed = total - ctx.unclaimed();
-    let finished = record.status != RecordStatus::Pending;
-    Ok(match result {
-        Some(Ok(_)) => match ctx.first_unclaimed() {
-            Some((path, recorded)) => Verdict::Diverged {
-                path,
-                recorded: Some(recorded),
-                requested: None,
-                arguments: None,
-            },
-            None => Verdict::Ok { replayed },
-        },
-        Some(Err(Error::Divergence {
-            path,
-            recorded,
-            requested,
-            arguments,
-            ..
-        })) => Verdict::Diverged {
-            path,
-            recorded: Some(recorded),
-            requested,
-            arguments,
-        },
-        Some(Err(Error::Failed { .. })) if record.status == RecordStatus::Failed => {
-            Verdict::Ok { replayed }
-        }
-        Some(Err(e)) => Verdict::Error(e),
-        None => match ctx.unrecorded().into_iter().next() {
-            Some((path, name)) if finished => Verdict::Diverged {
-                path,
-                recorded: None,
-                requested: Some(name.to_owned()),
-                arguments: None,
-            },
-            Some((path, name)) => Verdict::Pending {
-                replayed,
-                next: Some((path, name.to_owned())),
-            },
-            None => Verdict::Stuck { replayed },
-        },
-    })
 }
 
 /// Where a workflow run stands, as seen by a [`WorkflowHandle`].
@@ -1687,29 +1344,7 @@ impl StepInfo {
     /// [`Error::Failed`] if the step panicked (the record is the panic message), and
     /// [`Error::Corrupt`] if the record does not decode as `T`.
     pub fn output<T: Serialize + DeserializeOwned>(&self) -> Result<T> {
-        let workflow_id = &*self.workflow_id;
-        match &self.outcome {
-            RecordedOutcome::Interrupted(message) => Err(Error::Failed {
-                workflow_id: workflow_id.to_owned(),
-                kind: FailureKind::StepInterrupted,
-                message: message.clone(),
-            }),
-            RecordedOutcome::Output(bytes) => Codec::decode(bytes).map_err(|reason| {
-                undecodable::<T>(
-                    workflow_id,
-                    Location::Step {
-                        path: self.path.clone(),
-                        name: self.name.clone(),
-                    },
-                    reason,
-                )
-            }),
-            RecordedOutcome::Panicked(message) => Err(Error::Failed {
-                workflow_id: workflow_id.to_owned(),
-                kind: FailureKind::StepPanicked,
-                message: message.clone(),
-            }),
-        }
+        recorded_result(&self.outcome, &self.workflow_id, &self.path, &self.name)
     }
 }
 

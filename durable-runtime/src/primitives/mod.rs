@@ -7,26 +7,25 @@
 //! returns the recorded result instead of doing its work again.
 
 use std::future::{Future, pending};
-use std::hash::{BuildHasher, Hasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::oneshot;
 
 use crate::codec::fingerprint::{self, Args};
 use crate::codec::{ByteBuf, Codec, Fingerprint, encode_checked, nested};
-use crate::context::lock;
-use crate::error::{Error, FailureKind, Location, Result, StoreError, StoreErrorKind, undecodable};
-use crate::runtime::encode_value;
-use crate::scope::{self, Claim};
-use crate::step::{diverged, now_ms, panic_message};
-use crate::store::{
-    Effect, NewMessage, RecordedOutcome, StepKey, StepRecord, Wait, WaitFor, WaitRecord, Write,
-    Written,
+use crate::engine::replay::{Found, claim_recorded, encode_value, recorded_result};
+use crate::engine::scope::{self, Claim};
+use crate::error::{Error, FailureKind, Location, Result, undecodable};
+use crate::journal::{
+    Ack, Effect, NewMessage, RecordedOutcome, StepKey, StepRecord, TxStep, TxWork, Wait, WaitFor,
+    WaitRecord,
 };
+use crate::util::{lock, now_ms, panic_message, random_u64};
+
+pub(crate) mod child;
+pub(crate) mod select;
 
 pub(crate) const SLEEP: &str = "durable::sleep";
 pub(crate) const NOW: &str = "durable::now";
@@ -99,16 +98,11 @@ pub(crate) fn from_claim(
         };
     };
     let fingerprint = args.and_then(fingerprint::of_args);
-    let recorded = match claim.ctx.take_recorded(&claim.path) {
-        None => None,
-        Some(rec) => {
-            let preview = || args.map(fingerprint::preview_args).unwrap_or_default();
-            if let Some(e) = diverged(&claim, name, &rec, fingerprint, preview) {
-                claim.ctx.fail(e);
-                return Claimed::Stopped;
-            }
-            Some(rec.outcome)
-        }
+    let preview = || args.map(fingerprint::preview_args).unwrap_or_default();
+    let recorded = match claim_recorded(&claim, name, fingerprint, preview) {
+        Found::Nothing => None,
+        Found::Recorded(outcome) => Some(outcome),
+        Found::Diverged => return Claimed::Stopped,
     };
     Claimed::Op(Op {
         claim,
@@ -149,22 +143,13 @@ impl Op {
 
     /// The recorded result, decoded; `None` if nothing is recorded here.
     pub(crate) fn replayed<T: Serialize + DeserializeOwned>(&self) -> Option<Result<T>> {
-        let workflow_id = || self.claim.ctx.id.to_string();
-        Some(match self.recorded.as_ref()? {
-            RecordedOutcome::Output(bytes) => {
-                Codec::decode(bytes).map_err(|reason| self.undecodable::<T>(reason))
-            }
-            RecordedOutcome::Panicked(message) => Err(Error::Failed {
-                workflow_id: workflow_id(),
-                kind: FailureKind::StepPanicked,
-                message: message.clone(),
-            }),
-            RecordedOutcome::Interrupted(message) => Err(Error::Failed {
-                workflow_id: workflow_id(),
-                kind: FailureKind::StepInterrupted,
-                message: message.clone(),
-            }),
-        })
+        let outcome = self.recorded.as_ref()?;
+        Some(recorded_result(
+            outcome,
+            &self.claim.ctx.id,
+            &self.claim.path,
+            self.name,
+        ))
     }
 
     /// Decodes a value nested in this operation's result (a message, an event).
@@ -203,11 +188,7 @@ impl Op {
             finished_at: now_ms(),
             effect,
         });
-        match ack.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(writer_stopped(ctx.store.path())),
-        }
+        ack.await.map_err(Error::from)
     }
 
     /// Encodes and records `value`, and returns it (as decoded from its encoding, which
@@ -227,14 +208,9 @@ impl Op {
         self.record(bytes, effect, started_at).await
     }
 
-    /// One write of a primitive, waited for.
-    pub(crate) async fn write(&self, write: Write) -> Result<Written> {
-        let store = &self.claim.ctx.store;
-        match store.write(write).await {
-            Ok(Ok(w)) => Ok(w),
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(writer_stopped(store.path())),
-        }
+    /// The reply to one write of a primitive, waited for.
+    pub(crate) async fn acked<T>(&self, ack: Ack<T>) -> Result<T> {
+        ack.await.map_err(Error::from)
     }
 
     /// Stops the workflow with `error`; the operation never completes (the driver drops
@@ -243,14 +219,6 @@ impl Op {
         self.claim.ctx.fail(error);
         pending().await
     }
-}
-
-pub(crate) fn writer_stopped(path: &std::path::Path) -> Error {
-    Error::Store(StoreError::new(
-        path,
-        StoreErrorKind::Closed,
-        "the journal writer stopped before the operation was recorded",
-    ))
 }
 
 /// Unwraps `r`, or stops the workflow with its error (the operation then never
@@ -393,21 +361,8 @@ pub fn now() -> impl Future<Output = SystemTime> + Send + 'static {
     }
 }
 
-/// 64 fresh random bits (not for cryptography).
-fn fresh_random() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
-}
-
 async fn recorded_u64s(claimed: Claimed, n: usize) -> Vec<u64> {
-    let fresh = || (0..n).map(|_| fresh_random()).collect::<Vec<u64>>();
+    let fresh = || (0..n).map(|_| random_u64()).collect::<Vec<u64>>();
     let op = op_or!(claimed, fresh());
     match op.replayed::<Vec<u64>>() {
         Some(recorded) => or_stop!(op, recorded),
@@ -569,18 +524,12 @@ pub fn patched(name: &'static str) -> impl Future<Output = bool> + Send + 'stati
             // A replay check writes nothing; a new execution would take the new path.
             return true;
         }
-        let write = Write::Patch {
-            workflow_id: ctx.id.clone(),
-            path: path.clone(),
-            name,
-        };
-        let written = match ctx.store.write(write).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(writer_stopped(ctx.store.path())),
-        };
-        if let Err(e) = written {
-            ctx.fail(e);
+        if let Err(e) = ctx
+            .store
+            .record_patch(ctx.id.clone(), path.clone(), name)
+            .await
+        {
+            ctx.fail(e.into());
             return pending().await;
         }
         ctx.add_patch(path, name);
@@ -757,13 +706,13 @@ pub fn recv<T: Serialize + DeserializeOwned + Send + 'static>(
 /// the wait's answer committed and before its select's winner was recorded (a give-back
 /// is queued before the winner's record, so it commits first).
 struct Undelivered {
-    ctx: Arc<crate::context::WorkflowCtx>,
+    ctx: Arc<crate::engine::context::WorkflowCtx>,
     key: StepKey,
     topic: String,
     /// The writer's answer to this execution's wait, not yet received. Dropped with
     /// it, the wait may have been answered (or be answered in the batch being written):
     /// the writer, which answers in order, gives back whatever it recorded.
-    answer: Option<crate::store::Ack<Written>>,
+    answer: Option<Ack<Option<Vec<u8>>>>,
 }
 
 impl Undelivered {
@@ -787,24 +736,27 @@ impl Drop for Undelivered {
         let Some(answer) = self.answer.as_mut() else {
             return;
         };
-        if matches!(
-            answer.try_recv(),
-            Ok(Ok(Written::Value(None)) | Err(_)) | Err(oneshot::error::TryRecvError::Closed)
-        ) {
+        if matches!(answer.try_reply(), Some(Ok(None) | Err(_))) {
             // Timed out, failed, or answered and taken already: nothing to give back.
             return;
         }
-        if self.ctx.runtime.upgrade().is_none() || self.ctx.store.is_halted() {
-            // A replay check (nothing is written), or a simulated crash.
+        if self.ctx.runs().is_none() {
+            // A replay check: nothing is written.
+            return;
+        }
+        #[cfg(feature = "testkit")]
+        if self.ctx.crashed() {
+            // A simulated crash: nothing of the "process" runs again.
             return;
         }
         tracing::debug!(workflow = %self.key.workflow_id, path = %self.key.path, "giving back a message its recv never delivered");
         // Nobody waits for the answer: if it fails, the message stays recorded at the
         // recv (taken once, not lost from the journal).
-        drop(self.ctx.store.write(Write::GiveBack {
-            key: self.key.clone(),
-            topic: std::mem::take(&mut self.topic),
-        }));
+        drop(
+            self.ctx
+                .store
+                .give_back(self.key.clone(), std::mem::take(&mut self.topic)),
+        );
     }
 }
 
@@ -947,11 +899,11 @@ async fn wait<T: Serialize + DeserializeOwned>(
                 started_at: now,
                 deadline_at,
             };
-            let ack = op.claim.ctx.store.write(Write::Wait(Wait {
+            let ack = op.claim.ctx.store.wait(Wait {
                 what,
                 record: Some(record.clone()),
                 park: true,
-            }));
+            });
             // Held where a drop can see it: see `Undelivered`.
             let mut own = None;
             let slot = match undelivered.as_mut() {
@@ -968,7 +920,7 @@ async fn wait<T: Serialize + DeserializeOwned>(
                         () = sleep_until_ms(at) => {
                             // Gives the wait up, unless it was answered meanwhile; the
                             // writer decides, so a message is never both taken and missed.
-                            let expired = op.claim.ctx.store.write(Write::Expire(record));
+                            let expired = op.claim.ctx.store.expire(record);
                             *slot = Some(expired);
                             match slot.as_mut() {
                                 Some(expired) => expired.await,
@@ -979,10 +931,8 @@ async fn wait<T: Serialize + DeserializeOwned>(
                 }
             };
             match answered {
-                Ok(Ok(Written::Value(v))) => v.map(ByteBuf),
-                Ok(Ok(_)) => None,
-                Ok(Err(e)) => return op.stop(e.into()).await,
-                Err(_) => return op.stop(writer_stopped(op.claim.ctx.store.path())).await,
+                Ok(v) => v.map(ByteBuf),
+                Err(e) => return op.stop(e.into()).await,
             }
         }
     };
@@ -1074,31 +1024,32 @@ where
         let key = op.key();
         let codec = op.claim.ctx.codec;
         let label = format!("step {} (`{}`)", key.path, key.name);
-        let work: crate::store::TxWork = Box::new(move |tx| {
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(tx))) {
-                Ok(result) => {
-                    let keep = result.is_ok();
-                    let (back, bytes) = encode_checked(codec, &result).map_err(|e| {
-                        format!("cannot encode the result of transaction {label}: {e}")
-                    })?;
-                    *lock(&out) = Some(back);
-                    Ok((RecordedOutcome::Output(bytes), keep))
-                }
-                Err(payload) => Ok((
-                    RecordedOutcome::Panicked(format!(
-                        "{label} panicked: {}",
-                        panic_message(&*payload)
+        let work: crate::journal::sqlite::TxFn =
+            Box::new(move |tx| {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(tx))) {
+                    Ok(result) => {
+                        let keep = result.is_ok();
+                        let (back, bytes) = encode_checked(codec, &result).map_err(|e| {
+                            format!("cannot encode the result of transaction {label}: {e}")
+                        })?;
+                        *lock(&out) = Some(back);
+                        Ok((RecordedOutcome::Output(bytes), keep))
+                    }
+                    Err(payload) => Ok((
+                        RecordedOutcome::Panicked(format!(
+                            "{label} panicked: {}",
+                            panic_message(&*payload)
+                        )),
+                        false,
                     )),
-                    false,
-                )),
-            }
-        });
-        let write = Write::Transaction {
+                }
+            });
+        let step = TxStep {
             key,
             started_at: now_ms(),
-            work,
+            work: TxWork::Sqlite(work),
         };
-        or_stop!(op, op.write(write).await);
+        or_stop!(op, op.acked(op.claim.ctx.store.transaction(step)).await);
         let result = lock(&slot).take();
         match result {
             Some(result) => result,

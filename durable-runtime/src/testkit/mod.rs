@@ -7,18 +7,23 @@
 use std::any::Any;
 use std::fmt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
-use crate::context::lock;
-use crate::error::{Error, StoreError};
-use crate::path::StepPath;
-use crate::store::{
-    Ack, Created, Finish, NewWorkflow, RecordedStep, SideRecords, StepRecord, Store,
-    WorkflowRecord, Write, Written,
+use crate::RuntimeBuilder;
+use crate::engine::context::Instrument;
+use crate::error::{CancelReason, Error, StoreError};
+use crate::journal::{
+    Ack, Created, Finish, NewMessage, NewWorkflow, RecordedStep, SideRecords, StepKey, StepRecord,
+    Store, TxStep, Wait, WaitRecord, WorkflowRecord,
 };
+use crate::path::StepPath;
+use crate::util::lock;
+
+mod replay;
 
 /// One step of one workflow run: the checked workflow's, or a child's.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -95,6 +100,8 @@ pub struct Probe {
     crashed: watch::Sender<bool>,
     /// Replies that must never be delivered: the process they belong to has "died".
     held: Mutex<Vec<Box<dyn Any + Send>>>,
+    /// Set at the crash: the journal commits nothing more.
+    halt: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for Probe {
@@ -116,6 +123,7 @@ impl Default for Probe {
             events: Mutex::default(),
             crashed: watch::Sender::new(false),
             held: Mutex::default(),
+            halt: Arc::default(),
         }
     }
 }
@@ -164,35 +172,16 @@ impl Probe {
         let _ = rx.wait_for(|crashed| *crashed).await;
     }
 
-    pub(crate) fn wrap(self: Arc<Self>, store: Arc<dyn Store>) -> Arc<dyn Store> {
-        let inner: Arc<dyn Store> = if self.ack_before_durable {
-            Arc::new(AckBeforeDurable {
-                inner: store,
-                buffer: Mutex::default(),
-            })
-        } else {
-            store
-        };
-        Arc::new(ProbeStore { inner, probe: self })
-    }
-
     fn log(&self, event: Event) {
         lock(&self.events).push(event);
     }
 
-    fn crash(&self, store: &dyn Store) {
+    fn crash(&self) {
         if self.crashed.send_replace(true) {
             return;
         }
-        store.halt();
+        self.halt.store(true, Ordering::SeqCst);
         self.log(Event::Crashed);
-    }
-
-    /// A reply that never arrives.
-    fn hold<T: Send + 'static>(&self) -> Ack<T> {
-        let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
-        lock(&self.held).push(Box::new(tx));
-        rx
     }
 
     fn delay(&self) -> Delay {
@@ -233,9 +222,17 @@ impl SplitMix {
 struct ProbeStore {
     inner: Arc<dyn Store>,
     probe: Arc<Probe>,
+    journal: Arc<Path>,
 }
 
 impl ProbeStore {
+    /// A reply that never arrives.
+    fn hold<T: Send + 'static>(&self) -> Ack<T> {
+        let (tx, ack) = Ack::channel(&self.journal);
+        lock(&self.probe.held).push(Box::new(tx));
+        ack
+    }
+
     /// Forwards a checkpoint's reply to the workflow, unless the process has "died":
     /// logs it as committed, crashes if the plan says so, delays it if asked to.
     fn relay<T: Send + 'static>(
@@ -244,17 +241,16 @@ impl ProbeStore {
         committed: Option<Event>,
         crash_after: bool,
     ) -> Ack<T> {
-        let (tx, rx) = oneshot::channel();
+        let (tx, relayed) = Ack::channel(&self.journal);
         let probe = self.probe.clone();
-        let inner = self.inner.clone();
         tokio::spawn(async move {
             let reply = ack.await;
-            if matches!(reply, Ok(Ok(_))) {
+            if reply.is_ok() {
                 if let Some(event) = committed {
                     probe.log(event);
                 }
                 if crash_after {
-                    probe.crash(&*inner);
+                    probe.crash();
                 }
             }
             match probe.delay() {
@@ -270,16 +266,61 @@ impl ProbeStore {
                 lock(&probe.held).push(Box::new(tx));
                 return;
             }
-            let _ = tx.send(reply.unwrap_or_else(|_| {
-                Err(StoreError::new(
-                    inner.path(),
-                    crate::error::StoreErrorKind::Closed,
-                    "the journal writer stopped",
-                ))
-            }));
+            let _ = tx.send(reply);
         });
-        rx
+        relayed
     }
+}
+
+/// The primitives' writes of a wrapping store: each goes to `self.inner` after
+/// `$before` (an expression that may return early with an `Ack`).
+macro_rules! forward_primitive_writes {
+    ($self:ident => $before:expr) => {
+        fn record_started(&$self, key: StepKey, at: i64) -> Ack {
+            $before;
+            $self.inner.record_started(key, at)
+        }
+
+        fn record_patch(&$self, workflow_id: Arc<str>, path: StepPath, name: &'static str) -> Ack {
+            $before;
+            $self.inner.record_patch(workflow_id, path, name)
+        }
+
+        fn send(&$self, message: NewMessage) -> Ack {
+            $before;
+            $self.inner.send(message)
+        }
+
+        fn wait(&$self, wait: Wait) -> Ack<Option<Vec<u8>>> {
+            $before;
+            $self.inner.wait(wait)
+        }
+
+        fn expire(&$self, wait: WaitRecord) -> Ack<Option<Vec<u8>>> {
+            $before;
+            $self.inner.expire(wait)
+        }
+
+        fn give_back(&$self, key: StepKey, topic: String) -> Ack {
+            $before;
+            $self.inner.give_back(key, topic)
+        }
+
+        fn cancel(&$self, id: String, reason: CancelReason, at: i64) -> Ack<Vec<String>> {
+            $before;
+            $self.inner.cancel(id, reason, at)
+        }
+
+        fn resume(&$self, id: String, at: i64) -> Ack<Vec<String>> {
+            $before;
+            $self.inner.resume(id, at)
+        }
+
+        fn transaction(&$self, step: TxStep) -> Ack {
+            $before;
+            $self.inner.transaction(step)
+        }
+    };
 }
 
 impl Store for ProbeStore {
@@ -287,29 +328,26 @@ impl Store for ProbeStore {
         self.inner.path()
     }
 
-    fn write(&self, write: Write) -> Ack<Written> {
-        if self.probe.is_crashed() {
-            return self.probe.hold();
-        }
-        self.inner.write(write)
-    }
+    forward_primitive_writes!(self => if self.probe.is_crashed() {
+        return self.hold();
+    });
 
     fn create_workflow(&self, workflow: NewWorkflow) -> Ack<Created> {
         if self.probe.is_crashed() {
-            return self.probe.hold();
+            return self.hold();
         }
         self.inner.create_workflow(workflow)
     }
 
     fn record_step(&self, step: StepRecord) -> Ack {
         if self.probe.is_crashed() {
-            return self.probe.hold();
+            return self.hold();
         }
         let at = StepAt::of(&step.workflow_id, &step.path);
         let crash_after = match &self.probe.crash_at {
             Some(CrashPoint::BeforeCommit(p)) if *p == at => {
-                self.probe.crash(&*self.inner);
-                return self.probe.hold();
+                self.probe.crash();
+                return self.hold();
             }
             Some(CrashPoint::AfterCommit(p)) => *p == at,
             _ => false,
@@ -324,12 +362,12 @@ impl Store for ProbeStore {
 
     fn finish_workflow(&self, finish: Finish) -> Ack<bool> {
         if self.probe.is_crashed() {
-            return self.probe.hold();
+            return self.hold();
         }
         let crash_after = match &self.probe.crash_at {
             Some(CrashPoint::BeforeFinish) => {
-                self.probe.crash(&*self.inner);
-                return self.probe.hold();
+                self.probe.crash();
+                return self.hold();
             }
             Some(CrashPoint::AfterFinish) => true,
             _ => false,
@@ -354,46 +392,25 @@ impl Store for ProbeStore {
         self.inner.pending_workflows()
     }
 
-    fn workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
-        self.inner.workflows()
-    }
-
+    #[cfg(any(test, feature = "bench"))]
     fn commits(&self) -> u64 {
         self.inner.commits()
-    }
-
-    fn ack_spin(&self) -> Duration {
-        // Replies pass through a task of the probe's: nothing to spin for.
-        Duration::ZERO
-    }
-
-    fn halt(&self) {
-        self.inner.halt();
     }
 
     fn close(&self) -> Result<(), StoreError> {
         self.inner.close()
     }
-
-    fn is_halted(&self) -> bool {
-        self.probe.is_crashed()
-    }
-
-    fn step_started(&self, workflow_id: &Arc<str>, path: &StepPath, name: &'static str) {
-        self.probe.log(Event::BodyStarted {
-            at: StepAt::of(workflow_id, path),
-            name,
-        });
-    }
 }
 
 /// A deliberately broken store, for testing the crash check itself: it acknowledges a
 /// checkpoint the moment it receives it, and writes it only when the next write
-/// arrives (a write-behind buffer without a flush before the acknowledgement).
+/// arrives (a write-behind buffer without a flush before the acknowledgement). After
+/// the simulated crash nothing it forwards commits: the journal is halted.
 #[derive(Debug)]
 struct AckBeforeDurable {
     inner: Arc<dyn Store>,
     buffer: Mutex<Vec<StepRecord>>,
+    journal: Arc<Path>,
 }
 
 impl AckBeforeDurable {
@@ -410,10 +427,7 @@ impl Store for AckBeforeDurable {
         self.inner.path()
     }
 
-    fn write(&self, write: Write) -> Ack<Written> {
-        self.flush();
-        self.inner.write(write)
-    }
+    forward_primitive_writes!(self => self.flush());
 
     fn create_workflow(&self, workflow: NewWorkflow) -> Ack<Created> {
         self.flush();
@@ -423,9 +437,9 @@ impl Store for AckBeforeDurable {
     fn record_step(&self, step: StepRecord) -> Ack {
         self.flush();
         lock(&self.buffer).push(step);
-        let (tx, rx) = oneshot::channel();
+        let (tx, ack) = Ack::channel(&self.journal);
         let _ = tx.send(Ok(()));
-        rx
+        ack
     }
 
     fn finish_workflow(&self, finish: Finish) -> Ack<bool> {
@@ -449,30 +463,59 @@ impl Store for AckBeforeDurable {
         self.inner.pending_workflows()
     }
 
-    fn workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
-        self.inner.workflows()
-    }
-
+    #[cfg(any(test, feature = "bench"))]
     fn commits(&self) -> u64 {
         self.inner.commits()
-    }
-
-    fn ack_spin(&self) -> Duration {
-        Duration::ZERO
-    }
-
-    fn halt(&self) {
-        lock(&self.buffer).clear();
-        self.inner.halt();
     }
 
     fn close(&self) -> Result<(), StoreError> {
         self.flush();
         self.inner.close()
     }
+}
 
-    fn is_halted(&self) -> bool {
-        self.inner.is_halted()
+impl Instrument for Probe {
+    fn crashed(&self) -> bool {
+        self.is_crashed()
+    }
+
+    fn body_started(&self, workflow_id: &Arc<str>, path: &StepPath, name: &'static str) {
+        self.log(Event::BodyStarted {
+            at: StepAt::of(workflow_id, path),
+            name,
+        });
+    }
+
+    fn wrap(self: Arc<Self>, store: Arc<dyn Store>) -> Arc<dyn Store> {
+        let journal: Arc<Path> = Arc::from(store.path());
+        let inner: Arc<dyn Store> = if self.ack_before_durable {
+            Arc::new(AckBeforeDurable {
+                inner: store,
+                buffer: Mutex::default(),
+                journal: journal.clone(),
+            })
+        } else {
+            store
+        };
+        Arc::new(ProbeStore {
+            inner,
+            probe: self,
+            journal,
+        })
+    }
+
+    fn halt_switch(&self) -> Arc<AtomicBool> {
+        self.halt.clone()
+    }
+}
+
+impl RuntimeBuilder {
+    /// Puts fault injection and instrumentation between the runtime and its journal.
+    /// For `durable-testkit` (the `testkit` feature); not API.
+    #[doc(hidden)]
+    pub fn probe(mut self, probe: Arc<Probe>) -> Self {
+        self.instrument = Some(probe);
+        self
     }
 }
 
@@ -532,7 +575,7 @@ pub enum Verdict {
 ///
 /// If the journal cannot be opened or read.
 pub async fn replay_journal(path: &Path) -> Result<Vec<Replayed>, Error> {
-    crate::runtime::replay_journal(path).await
+    replay::replay_journal(path).await
 }
 
 /// An I/O failure around a journal, as a [`StoreError`].

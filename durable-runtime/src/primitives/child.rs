@@ -15,12 +15,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{ByteBuf, Codec, nested};
+use crate::engine::workflow::Outcome;
+use crate::engine::workflow::WorkflowCall;
 use crate::error::{CancelReason, Error, FailureKind, Location, Result, undecodable};
+use crate::journal::Effect;
 use crate::primitives::{Claimed, Op, claim_with, from_claim, op_or, or_stop};
-use crate::runtime::Outcome;
-use crate::step::now_ms;
-use crate::store::Effect;
-use crate::workflow::WorkflowCall;
+use crate::util::now_ms;
 
 const CHILD: &str = "durable::child";
 const START_CHILD: &str = "durable::start_child";
@@ -93,17 +93,17 @@ async fn start<O>(
     id: &str,
     call: WorkflowCall<O>,
 ) -> Result<tokio::sync::watch::Receiver<Option<Outcome>>> {
-    let Some(inner) = op.claim.ctx.runtime.upgrade() else {
+    let Some(inner) = op.claim.ctx.runs() else {
         return Err(Error::Stopped {
             workflow_id: op.claim.ctx.id.to_string(),
         });
     };
     let launch = call.into_launch(id, Some(op.claim.ctx.id.clone()), op.claim.ctx.codec)?;
-    let outcome = inner.start(Arc::from(id), launch).await?;
+    let outcome = inner.clone().launch(Arc::from(id), launch).await?;
     if let Some(reason) = op.claim.ctx.cancelled() {
         // The parent was cancelled while the child's row was being created, so the
         // cancellation did not find the child: cancel it now.
-        inner.cancel(id, reason).await?;
+        inner.cancel_run(id, reason).await?;
     }
     Ok(outcome)
 }
@@ -310,10 +310,10 @@ impl<O: Serialize + DeserializeOwned + Send + 'static> ChildHandle<O> {
             if !op.may_run() {
                 return pending().await;
             }
-            let Some(inner) = op.claim.ctx.runtime.upgrade() else {
+            let Some(inner) = op.claim.ctx.runs() else {
                 return pending().await;
             };
-            let outcome = or_stop!(op, inner.outcome_of(&id).await);
+            let outcome = or_stop!(op, inner.watch(&id).await);
             finish(&op, &id, outcome).await
         }
     }

@@ -1,0 +1,120 @@
+//! The replay rules, each written once: how a call is compared with what the journal
+//! recorded at its position, and how a recorded outcome becomes the call's result.
+//! Steps and every workflow primitive go through these, and through the one way a value
+//! is encoded for the journal.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::codec::{Codec, Fingerprint};
+use crate::engine::scope::Claim;
+use crate::error::{ArgumentsChanged, Error, FailureKind, Location, Result, undecodable};
+use crate::journal::{RecordedOutcome, RecordedStep};
+use crate::path::StepPath;
+
+/// What the journal holds at a claimed position, for a call of operation `name` with
+/// arguments fingerprinted as `args`.
+pub(crate) enum Found {
+    /// Nothing: the call does its work and records it.
+    Nothing,
+    /// The call's recorded outcome: the call returns it without doing its work again.
+    Recorded(RecordedOutcome),
+    /// Another operation, or this one with other arguments: the workflow has stopped
+    /// (with [`Error::Divergence`]), and the call never completes.
+    Diverged,
+}
+
+/// Takes what an earlier execution recorded at `claim`'s position and compares it with
+/// this call: the operation's `name`, and its arguments' fingerprint when both sides
+/// have one (rows from before schema 4, and operations without arguments, have none).
+/// `preview` renders the arguments for the error message. On a divergence the workflow
+/// is stopped with the error.
+pub(crate) fn claim_recorded(
+    claim: &Claim,
+    name: &str,
+    args: Option<Fingerprint>,
+    preview: impl FnOnce() -> String,
+) -> Found {
+    let Some(recorded) = claim.ctx.take_recorded(&claim.path) else {
+        return Found::Nothing;
+    };
+    match divergence(claim, name, &recorded, args, preview) {
+        None => Found::Recorded(recorded.outcome),
+        Some(e) => {
+            claim.ctx.fail(e);
+            Found::Diverged
+        }
+    }
+}
+
+fn divergence(
+    claim: &Claim,
+    name: &str,
+    rec: &RecordedStep,
+    args: Option<Fingerprint>,
+    preview: impl FnOnce() -> String,
+) -> Option<Error> {
+    let arguments = match (rec.args, args) {
+        _ if rec.name != name => None,
+        (Some(recorded), Some(requested)) if recorded != requested => {
+            Some(Box::new(ArgumentsChanged {
+                recorded,
+                requested,
+                requested_preview: preview(),
+            }))
+        }
+        _ => return None,
+    };
+    Some(Error::Divergence {
+        workflow_id: claim.ctx.id.to_string(),
+        path: claim.path.clone(),
+        recorded: rec.name.clone(),
+        requested: Some(name.to_owned()),
+        arguments,
+    })
+}
+
+/// The result a recorded outcome stands for: the decoded value, or the recorded
+/// failure (a panic, an interruption) as [`Error::Failed`]. A value that does not
+/// decode as `T` is an error naming where it is ([`Error::Incompatible`] or
+/// [`Error::Corrupt`]), never another value.
+pub(crate) fn recorded_result<T: Serialize + DeserializeOwned>(
+    outcome: &RecordedOutcome,
+    workflow_id: &str,
+    path: &StepPath,
+    name: &str,
+) -> Result<T> {
+    let failed = |kind, message: &String| Error::Failed {
+        workflow_id: workflow_id.to_owned(),
+        kind,
+        message: message.clone(),
+    };
+    match outcome {
+        RecordedOutcome::Output(bytes) => Codec::decode(bytes).map_err(|reason| {
+            undecodable::<T>(
+                workflow_id,
+                Location::Step {
+                    path: path.clone(),
+                    name: name.to_owned(),
+                },
+                reason,
+            )
+        }),
+        RecordedOutcome::Panicked(message) => Err(failed(FailureKind::StepPanicked, message)),
+        RecordedOutcome::Interrupted(message) => Err(failed(FailureKind::StepInterrupted, message)),
+    }
+}
+
+/// Encodes a value for the journal, checking that it round-trips.
+pub(crate) fn encode_value<T: Serialize + DeserializeOwned>(
+    codec: Codec,
+    value: &T,
+    what: impl FnOnce() -> String,
+) -> Result<Vec<u8>> {
+    crate::codec::encode_checked(codec, value)
+        .map(|(_, bytes)| bytes)
+        .map_err(|reason| Error::Encode {
+            what: what(),
+            reason,
+        })
+}

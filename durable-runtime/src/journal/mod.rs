@@ -1,0 +1,477 @@
+//! The journal store: every read and write the runtime makes to its journal goes through
+//! [`Store`]. SQL lives only in the implementations ([`sqlite`]).
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::codec::{Codec, Fingerprint};
+use crate::error::{CancelReason, Error, FailureKind, Location, StoreError, StoreErrorKind};
+use crate::path::StepPath;
+
+pub(crate) mod sqlite;
+
+pub(crate) use sqlite::SqliteStore;
+
+/// How hard a commit tries to survive a crash.
+///
+/// The journal always runs in WAL mode; this picks SQLite's `synchronous` setting for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// `synchronous=FULL` (the default): every commit is fsynced before the step that
+    /// made it returns. Survives process crashes and power loss.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: commits reach the operating system before the step returns
+    /// and are fsynced at WAL checkpoints. Survives process crashes (SIGKILL, panics,
+    /// OOM kills); a power loss or kernel crash can lose the most recent commits, and a
+    /// workflow then re-runs the steps whose records were lost. Much faster on disks
+    /// with slow fsync.
+    Normal,
+    /// `synchronous=OFF`: commits are handed to the operating system and never fsynced
+    /// by SQLite. Survives process crashes; a power loss or kernel crash can lose
+    /// commits *and corrupt the journal file*. For tests, benchmarks and journals on
+    /// a tmpfs, never for data you need to keep.
+    Off,
+}
+
+/// Where a runtime's journal is, before it is opened.
+#[derive(Debug, Clone)]
+pub(crate) enum JournalSpec {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+}
+
+/// How to open a journal: options every kind of journal takes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct JournalOptions {
+    pub(crate) durability: Durability,
+    /// How values are encoded (here: the codec the writer re-encodes wait answers with).
+    pub(crate) codec: Codec,
+    /// The testkit's simulated crash: once set, the journal commits nothing more.
+    #[cfg(feature = "testkit")]
+    pub(crate) halt: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl JournalSpec {
+    /// Where the journal is, for messages.
+    pub(crate) fn path(&self) -> &Path {
+        match self {
+            JournalSpec::Sqlite(path) => path,
+        }
+    }
+
+    /// Opens the journal (blocking: call it off the async threads).
+    pub(crate) fn open(&self, options: &JournalOptions) -> Result<Arc<dyn Store>, Error> {
+        match self {
+            JournalSpec::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path, options)?)),
+        }
+    }
+}
+
+/// The reply to a write: resolves once the write is durable, or has failed. If the
+/// journal's writer goes away without answering, it resolves to
+/// [`StoreErrorKind::Closed`], so a caller never has to tell a lost reply from an error.
+#[derive(Debug)]
+pub(crate) struct Ack<T = ()> {
+    rx: oneshot::Receiver<Result<T, StoreError>>,
+    journal: Arc<Path>,
+    spin: Duration,
+}
+
+/// The sending half of an [`Ack`], kept by the store until the write is durable.
+pub(crate) type Replier<T> = oneshot::Sender<Result<T, StoreError>>;
+
+impl<T> Ack<T> {
+    /// A reply for a write to the journal at `journal`, and its sender.
+    pub(crate) fn channel(journal: &Arc<Path>) -> (Replier<T>, Ack<T>) {
+        let (tx, rx) = oneshot::channel();
+        let ack = Ack {
+            rx,
+            journal: journal.clone(),
+            spin: Duration::ZERO,
+        };
+        (tx, ack)
+    }
+
+    /// Asks the waiter to stay runnable for `spin` before it lets its task sleep; see
+    /// [`spin`](Ack::spin).
+    pub(crate) fn spinning(mut self, spin: Duration) -> Self {
+        self.spin = spin;
+        self
+    }
+
+    /// How long the waiter of this write should stay runnable (re-polled through the
+    /// scheduler) before letting its task sleep until the reply wakes it: zero unless
+    /// the store expects the reply about that soon. Staying runnable saves a sleep and a
+    /// wake-up of a worker thread per sequential step where commits are faster than
+    /// those, and costs the scheduler nothing else: the task yields on every poll.
+    pub(crate) fn spin(&self) -> Duration {
+        self.spin
+    }
+
+    /// Blocks the thread until the reply comes (for the benchmarks' entry points,
+    /// outside any async context).
+    #[cfg(feature = "bench")]
+    pub(crate) fn blocking_wait(self) -> Result<T, StoreError> {
+        self.rx
+            .blocking_recv()
+            .unwrap_or_else(|_| Err(writer_gone(&self.journal)))
+    }
+
+    /// The reply, if it has come (without waiting).
+    pub(crate) fn try_reply(&mut self) -> Option<Result<T, StoreError>> {
+        match self.rx.try_recv() {
+            Ok(reply) => Some(reply),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(writer_gone(&self.journal))),
+        }
+    }
+}
+
+fn writer_gone(journal: &Path) -> StoreError {
+    StoreError::new(
+        journal,
+        StoreErrorKind::Closed,
+        "the journal writer stopped before the write was acknowledged",
+    )
+}
+
+impl<T> Future for Ack<T> {
+    type Output = Result<T, StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        Poll::Ready(match ready!(Pin::new(&mut this.rx).poll(cx)) {
+            Ok(reply) => reply,
+            Err(_) => Err(writer_gone(&this.journal)),
+        })
+    }
+}
+
+/// Where workflow runs and step results are journaled: the one seam between the engine
+/// (what a workflow means) and a database (how it is kept).
+///
+/// Writes return at once with an [`Ack`] that resolves when the write is durable, so an
+/// implementation can batch concurrent writes into one commit. Each write is atomic: it
+/// commits entirely or not at all. Reads block; the runtime calls them from
+/// `spawn_blocking`. `docs/journal.md` states the rules each method keeps, and the
+/// contract tests (`journal::contract`) check them for every implementation.
+pub(crate) trait Store: Send + Sync + Debug + 'static {
+    /// The journal's location, for error messages.
+    fn path(&self) -> &Path;
+
+    // Writes.
+
+    /// Inserts a workflow run unless one with that id exists; returns the existing one.
+    fn create_workflow(&self, workflow: NewWorkflow) -> Ack<Created>;
+    /// Records a step's result, with its [`Effect`]. A path is recorded at most once; a
+    /// second record for the same path is an error and changes nothing.
+    fn record_step(&self, step: StepRecord) -> Ack;
+    /// Records a workflow's final outcome, if it is still pending; answers whether it
+    /// was (a cancellation that committed first wins).
+    fn finish_workflow(&self, finish: Finish) -> Ack<bool>;
+    /// A start record at `key` (before a `fail_if_interrupted` step runs its body).
+    fn record_started(&self, key: StepKey, at: i64) -> Ack;
+    /// Marks that a run took patch `name`'s new path at `path` (the position the next
+    /// claim there takes).
+    fn record_patch(&self, workflow_id: Arc<str>, path: StepPath, name: &'static str) -> Ack;
+    /// Appends a message from outside any workflow to its destination's queue.
+    fn send(&self, message: NewMessage) -> Ack;
+    /// A wait for a message or an event; see [`Wait`]. Answers what it found (`None`:
+    /// nothing, and it did not park).
+    fn wait(&self, wait: Wait) -> Ack<Option<Vec<u8>>>;
+    /// A parked wait whose deadline passed: records `None` as its answer unless it was
+    /// answered already, and answers what it recorded.
+    fn expire(&self, wait: WaitRecord) -> Ack<Option<Vec<u8>>>;
+    /// A `recv` that may have taken a message and never delivered it: if its record
+    /// holds one, deletes the record and puts the message back at the front of its
+    /// queue (before any message sent after it).
+    fn give_back(&self, key: StepKey, topic: String) -> Ack;
+    /// Cancels a pending workflow and its pending descendants; answers every workflow
+    /// it cancelled.
+    fn cancel(&self, id: String, reason: CancelReason, at: i64) -> Ack<Vec<String>>;
+    /// Makes a cancelled or failed workflow, and its cancelled descendants, pending again
+    /// (dropping recorded panics and interruptions, and the deadline); answers every
+    /// workflow it made pending.
+    fn resume(&self, id: String, at: i64) -> Ack<Vec<String>>;
+    /// A transaction step: the application's work and the step's record in one
+    /// transaction. A store that cannot run `step`'s flavour of work answers an error.
+    fn transaction(&self, step: TxStep) -> Ack;
+
+    // Reads.
+
+    /// All recorded steps of one workflow run, sorted by path, in one query.
+    fn steps(&self, workflow_id: &str) -> Result<Vec<RecordedStep>, StoreError>;
+    /// What one workflow run recorded beside its steps: start records (of
+    /// `fail_if_interrupted` steps, and the deadlines of waits that had to wait) and
+    /// patch markers.
+    fn side_records(&self, workflow_id: &str) -> Result<SideRecords, StoreError>;
+    /// One workflow run, if the journal has it.
+    fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError>;
+    /// Every workflow run that has not finished.
+    fn pending_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError>;
+
+    /// Commits what was queued, stops the writer and releases the journal (its lock,
+    /// its connections). Blocks until that is done; later writes and reads fail with
+    /// [`StoreErrorKind::Closed`].
+    fn close(&self) -> Result<(), StoreError>;
+
+    /// How many write transactions have committed so far: a sequential step should
+    /// cost one, concurrent steps should share them. Compiled for the benchmarks only.
+    #[cfg(any(test, feature = "bench"))]
+    fn commits(&self) -> u64;
+}
+
+/// Identifies one journaled operation: a step, or a primitive such as a sleep.
+#[derive(Debug, Clone)]
+pub(crate) struct StepKey {
+    pub(crate) workflow_id: Arc<str>,
+    pub(crate) path: StepPath,
+    pub(crate) name: &'static str,
+    /// The fingerprint of the operation's arguments, recorded with its result.
+    pub(crate) args: Option<Fingerprint>,
+}
+
+/// What a step's checkpoint also does, in the same transaction.
+#[derive(Debug, Default)]
+pub(crate) enum Effect {
+    /// Nothing: a plain step.
+    #[default]
+    None,
+    /// Sends a message (a `send` from a workflow: replay finds the step recorded and
+    /// does not send again). Boxed, like the event: every step record carries an
+    /// `Effect`, and almost all of them none.
+    Send(Box<NewMessage>),
+    /// Sets (or replaces) one of the workflow's events: its key and encoded value.
+    SetEvent(Box<(String, Vec<u8>)>),
+}
+
+/// A message to append to a destination's queue for one topic.
+#[derive(Debug)]
+pub(crate) struct NewMessage {
+    pub(crate) destination: String,
+    pub(crate) topic: String,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) sent_at: i64,
+}
+
+/// What a wait waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum WaitFor {
+    /// The oldest message for `destination` on `topic`, which the wait consumes.
+    Message { destination: String, topic: String },
+    /// The value of event `key` of workflow `workflow_id`.
+    Event { workflow_id: String, key: String },
+}
+
+/// A wait for a message or an event.
+///
+/// If what it waits for is there, the store answers at once with its bytes; a wait
+/// with a `record` also records that answer as the step (consuming the message) in the
+/// same transaction. If it is not there and `park` is set, the store keeps the wait and
+/// answers it right after the transaction that sends the message or sets the event.
+/// Otherwise it answers `None`.
+#[derive(Debug)]
+pub(crate) struct Wait {
+    pub(crate) what: WaitFor,
+    pub(crate) record: Option<WaitRecord>,
+    pub(crate) park: bool,
+}
+
+/// The step a wait records its answer as.
+#[derive(Debug, Clone)]
+pub(crate) struct WaitRecord {
+    pub(crate) key: StepKey,
+    pub(crate) started_at: i64,
+    /// When the wait gives up; written as a start record if the wait has to park, so a
+    /// recovered wait keeps its original deadline.
+    pub(crate) deadline_at: Option<i64>,
+}
+
+/// What a workflow run recorded beside its steps; see [`Store::side_records`].
+#[derive(Debug, Default)]
+pub(crate) struct SideRecords {
+    pub(crate) started: Vec<StartedRecord>,
+    /// `(position, patch name)`: the run went through `patched(name)` at `position`.
+    pub(crate) patches: Vec<(StepPath, String)>,
+}
+
+/// A record that an operation began, written before its result.
+#[derive(Debug, Clone)]
+pub(crate) struct StartedRecord {
+    pub(crate) path: StepPath,
+    /// The deadline of a wait, if it had one.
+    pub(crate) wake_at: Option<i64>,
+}
+
+/// A transaction step: its record, and the application's work to run in the same
+/// transaction.
+#[derive(Debug)]
+pub(crate) struct TxStep {
+    pub(crate) key: StepKey,
+    pub(crate) started_at: i64,
+    pub(crate) work: TxWork,
+}
+
+/// The application's work in a transaction step, in the flavour of one database.
+pub(crate) enum TxWork {
+    /// Runs on the SQLite journal's writer connection.
+    Sqlite(sqlite::TxFn),
+}
+
+impl Debug for TxWork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TxWork::Sqlite(_) => f.write_str("TxWork::Sqlite"),
+        }
+    }
+}
+
+/// A workflow run to create.
+#[derive(Debug)]
+pub(crate) struct NewWorkflow {
+    pub(crate) id: Arc<str>,
+    pub(crate) name: &'static str,
+    pub(crate) input: Vec<u8>,
+    pub(crate) app_version: Option<Arc<str>>,
+    pub(crate) created_at: i64,
+    /// The workflow that started this one as its child.
+    pub(crate) parent_id: Option<Arc<str>>,
+    /// When the run is cancelled if it has not finished, in ms since the epoch.
+    pub(crate) deadline_at: Option<i64>,
+}
+
+/// The answer to [`Store::create_workflow`].
+#[derive(Debug)]
+pub(crate) enum Created {
+    New,
+    Existing(Box<WorkflowRecord>),
+}
+
+/// Where a workflow run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecordStatus {
+    Pending,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl RecordStatus {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RecordStatus::Pending => "pending",
+            RecordStatus::Completed => "completed",
+            RecordStatus::Failed => "failed",
+            RecordStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A workflow run as the journal holds it.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkflowRecord {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) status: RecordStatus,
+    pub(crate) input: Vec<u8>,
+    pub(crate) output: Option<Vec<u8>>,
+    pub(crate) failure: Option<(FailureKind, String)>,
+    /// Why a cancelled run was cancelled.
+    pub(crate) cancelled: Option<crate::error::CancelReason>,
+    pub(crate) deadline_at: Option<i64>,
+    /// The workflow that started this one as its child.
+    pub(crate) parent_id: Option<String>,
+    /// Set if the input or output fails its checksum: which, and the message.
+    pub(crate) damaged: Option<(Location, String)>,
+}
+
+impl WorkflowRecord {
+    /// The error for a row whose input or output fails its checksum.
+    pub(crate) fn damage(&self) -> Option<crate::error::Error> {
+        let (location, message) = self.damaged.clone()?;
+        Some(crate::error::Error::Corrupt {
+            workflow_id: self.id.clone(),
+            location,
+            reason: crate::codec::CodecError::malformed(message),
+        })
+    }
+}
+
+/// What a step's record holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RecordedOutcome {
+    /// The encoded return value (an `Err` of the step's `Result` included).
+    Output(Vec<u8>),
+    /// The step panicked; the message.
+    Panicked(String),
+    /// The step was interrupted by a crash and is configured not to run again
+    /// (`on_interrupt = "fail"`); the message.
+    Interrupted(String),
+}
+
+/// A step result to record.
+#[derive(Debug)]
+pub(crate) struct StepRecord {
+    pub(crate) workflow_id: Arc<str>,
+    pub(crate) path: StepPath,
+    pub(crate) name: &'static str,
+    /// The fingerprint of the arguments the step was called with, if it has any to
+    /// check on replay.
+    pub(crate) args: Option<Fingerprint>,
+    pub(crate) outcome: RecordedOutcome,
+    pub(crate) attempts: u32,
+    pub(crate) started_at: i64,
+    pub(crate) finished_at: i64,
+    pub(crate) effect: Effect,
+}
+
+/// A step result as the journal holds it.
+#[derive(Debug, Clone)]
+pub(crate) struct RecordedStep {
+    pub(crate) path: StepPath,
+    pub(crate) name: String,
+    /// The fingerprint of the arguments it was called with (`None` in rows from before
+    /// schema 4, and for operations that have none).
+    pub(crate) args: Option<Fingerprint>,
+    pub(crate) outcome: RecordedOutcome,
+    pub(crate) attempts: u32,
+    pub(crate) started_at: i64,
+    pub(crate) finished_at: i64,
+}
+
+/// A workflow's final outcome.
+#[derive(Debug)]
+pub(crate) struct Finish {
+    pub(crate) id: Arc<str>,
+    pub(crate) outcome: Finished,
+    pub(crate) at: i64,
+}
+
+#[derive(Debug)]
+pub(crate) enum Finished {
+    Completed(Vec<u8>),
+    Failed(FailureKind, String),
+}
+
+/// Runs blocking journal work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        StoreError::new(
+            path,
+            crate::error::StoreErrorKind::Io,
+            format!("journal task failed: {e}"),
+        )
+    })
+}
