@@ -178,7 +178,7 @@
 //!   [`join_all`];
 //! - durable choice: [`select`], [`select_all`] (the winner is recorded and replayed);
 //! - control: [`Runtime::cancel`], [`Runtime::resume`], [`WorkflowCall::timeout`];
-//! - [`transaction`] steps, whose database writes commit with their checkpoint;
+//! - [`sqlite::transaction`] steps, whose database writes commit with their checkpoint;
 //! - [`patched`], for changing a workflow's code under pending executions.
 //!
 //! # The journal
@@ -193,6 +193,15 @@
 //! steps finishing together share one. The writer's batching policy and the schema are
 //! documented in the repository's `docs/journal.md`; the schema changes only through
 //! numbered migrations.
+//!
+//! # Reading the source
+//!
+//! The crate is layered, and each layer can be read after the ones it uses: small leaves
+//! (`util`, `path`, `codec`, `error`), then `journal` (the one `Store` trait every
+//! database implements, and the SQLite journal), then `engine` (one run: claims, the step
+//! future, replay), then the primitives, then `runtime`. The repository's
+//! `docs/architecture.md` draws the layers, the directions allowed between them, and the
+//! path of one step from `#[step]` to its journal row.
 //!
 //! # Minimum supported Rust version
 //!
@@ -211,6 +220,7 @@ mod journal;
 mod path;
 mod primitives;
 mod runtime;
+pub mod sqlite;
 mod step_error;
 #[cfg(feature = "testkit")]
 #[doc(hidden)]
@@ -228,10 +238,12 @@ pub use crate::error::{
 pub use crate::journal::Durability;
 pub use crate::path::{ParsePathError, StepPath};
 pub use crate::primitives::child::{ChildHandle, JoinAll, join_all, start_child};
+pub use crate::primitives::events::{get_event, set_event};
+pub use crate::primitives::messages::{recv, send};
+pub use crate::primitives::patch::patched;
+pub use crate::primitives::random::{random, uuid};
 pub use crate::primitives::select::{Either, select, select_all};
-pub use crate::primitives::{
-    get_event, now, patched, random, recv, send, set_event, sleep, transaction, uuid,
-};
+pub use crate::primitives::time::{now, sleep};
 pub use crate::runtime::{Runtime, RuntimeBuilder, StepInfo, WorkflowHandle, WorkflowStatus};
 pub use crate::step_error::StepError;
 

@@ -6,9 +6,9 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use durable_runtime::sqlite::transaction;
 use durable_runtime::{
-    Durability, Error, FailureKind, Runtime, now, patched, random, sleep, step, transaction, uuid,
-    workflow,
+    Durability, Error, FailureKind, Runtime, now, patched, random, sleep, step, uuid, workflow,
 };
 use serde::{Deserialize, Serialize};
 

@@ -165,7 +165,7 @@ async fn after_child(v: u64) -> u64 {
 #[workflow]
 async fn hog(rounds: u32) -> Result<u32, String> {
     for round in 0..rounds {
-        durable_runtime::transaction("hog_round", move |tx| {
+        durable_runtime::sqlite::transaction("hog_round", move |tx| {
             tx.execute(
                 "CREATE TABLE IF NOT EXISTS hog (round INTEGER NOT NULL)",
                 [],
@@ -192,7 +192,7 @@ const TX_HOLD_MS: u64 = 250;
 async fn ledger(entries: u32) -> Result<Vec<i64>, String> {
     let mut ids = Vec::new();
     for entry in 0..entries {
-        let id = durable_runtime::transaction("insert_row", move |tx| {
+        let id = durable_runtime::sqlite::transaction("insert_row", move |tx| {
             tx.execute(
                 "CREATE TABLE IF NOT EXISTS ledger (entry INTEGER NOT NULL)",
                 [],

@@ -1,0 +1,158 @@
+//! Opening a runtime: its options, and the recovery of pending workflows at open.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::Durability;
+use crate::codec::Codec;
+#[cfg(feature = "testkit")]
+use crate::engine::context::Instrument;
+use crate::engine::drive::History;
+use crate::engine::workflow::registry;
+use crate::error::{Error, Result};
+use crate::journal::{JournalOptions, JournalSpec, blocking};
+use crate::util::lock;
+
+use super::*;
+
+/// Options for opening a [`Runtime`]; from [`Runtime::builder`].
+#[derive(Debug, Clone)]
+pub struct RuntimeBuilder {
+    pub(super) journal: JournalSpec,
+    pub(super) options: JournalOptions,
+    pub(super) app_version: Option<String>,
+    /// The testkit's probe, if one was given.
+    #[cfg(feature = "testkit")]
+    pub(crate) instrument: Option<Arc<dyn Instrument>>,
+}
+
+impl RuntimeBuilder {
+    /// How hard each checkpoint tries to survive a crash; [`Durability::Full`] by default.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.options.durability = durability;
+        self
+    }
+
+    /// How the values this runtime records are encoded; [`Codec::Cbor`] by default.
+    ///
+    /// Each recorded value carries its format, so this can change between runs of the
+    /// same journal: what was recorded before is still read with the codec that wrote
+    /// it. See [`Codec`] for what each one lets a recorded type do.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.options.codec = codec;
+        self
+    }
+
+    /// A version string recorded with every workflow this runtime starts (for example
+    /// your application's release), for your own inspection of the journal.
+    pub fn app_version(mut self, version: impl Into<String>) -> Self {
+        self.app_version = Some(version.into());
+        self
+    }
+
+    /// Opens the journal (creating it, owner-only, if it does not exist), takes its lock,
+    /// and resumes every pending workflow.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Locked`] if another runtime holds the journal, [`Error::Store`] if the
+    /// file is not a journal or cannot be read, [`Error::DuplicateWorkflowName`] if two
+    /// workflows linked into the program share a name.
+    pub async fn open(self) -> Result<Runtime> {
+        let registry = registry()?;
+        let codec = self.options.codec;
+        #[cfg_attr(not(feature = "testkit"), allow(unused_mut))]
+        let mut options = self.options.clone();
+        #[cfg(feature = "testkit")]
+        let instrument = self.instrument.clone();
+        #[cfg(feature = "testkit")]
+        if let Some(i) = &instrument {
+            options.halt = Some(i.halt_switch());
+        }
+        let journal = self.journal.clone();
+        // One trip to a blocking thread: open, then list what to resume.
+        let (store, pending) = blocking(self.journal.path(), move || {
+            #[cfg_attr(not(feature = "testkit"), allow(unused_mut))]
+            let mut store = journal.open(&options)?;
+            #[cfg(feature = "testkit")]
+            if let Some(i) = instrument {
+                store = i.wrap(store);
+            }
+            let pending = store.pending_workflows()?;
+            Ok::<_, Error>((store, pending))
+        })
+        .await??;
+        let mut recovered = Vec::new();
+        let mut unrecoverable = Vec::new();
+        let mut launches = Vec::new();
+        for record in pending {
+            let deadline_at = record.deadline_at;
+            if let Some(e) = record.damage() {
+                tracing::warn!("{e}; it stays pending");
+                unrecoverable.push(e);
+                continue;
+            }
+            match registry.get(record.name.as_str()) {
+                Some(def) => {
+                    recovered.push(record.id.clone());
+                    let parent = record.parent_id.map(Arc::<str>::from);
+                    launches.push((
+                        Arc::<str>::from(record.id),
+                        *def,
+                        record.input,
+                        deadline_at,
+                        parent,
+                    ));
+                }
+                None => {
+                    let e = Error::UnknownWorkflow {
+                        workflow_id: record.id,
+                        name: record.name,
+                    };
+                    tracing::warn!("{e}; it stays pending");
+                    unrecoverable.push(e);
+                }
+            }
+        }
+        let inner = Arc::new(Inner {
+            store,
+            running: Mutex::new(HashMap::new()),
+            registry,
+            app_version: self.app_version.map(Arc::from),
+            codec,
+            #[cfg(feature = "testkit")]
+            instrument: self.instrument,
+            recovered,
+            unrecoverable,
+            closing: std::sync::atomic::AtomicBool::new(false),
+            stopped: Mutex::default(),
+            close: Mutex::default(),
+        });
+        // Every resumed run is in `running` before any of them runs: a parent resuming
+        // its child's call must find the child's run, not start a second one.
+        let runs: Vec<_> = {
+            let mut running = lock(&inner.running);
+            launches
+                .into_iter()
+                .map(|(id, def, input, deadline_at, parent)| {
+                    tracing::info!(workflow = %id, name = def.name(), "resuming pending workflow");
+                    let (ctx, tx) = inner.register(&mut running, &id, def.name(), parent);
+                    (ctx, def, input, deadline_at, tx)
+                })
+                .collect()
+        };
+        for (ctx, def, input, deadline_at, tx) in runs {
+            let run = drive(
+                inner.clone(),
+                ctx,
+                def,
+                input,
+                History::Journaled,
+                deadline_at,
+                tx,
+            );
+            tokio::spawn(run);
+        }
+        Ok(Runtime { inner })
+    }
+}

@@ -1,0 +1,637 @@
+//! The registry of the runs this process executes: starting (or joining) a run,
+//! driving it to its end, settling its handles, cancelling and resuming.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+
+use crate::codec::Codec;
+#[cfg(feature = "testkit")]
+use crate::engine::context::Instrument;
+use crate::engine::context::{Runs, RunsFuture, WorkflowCtx};
+use crate::engine::drive::{History, execute};
+use crate::engine::workflow::{ErasedWorkflow, Launch, Outcome};
+use crate::error::{CancelReason, Error, Result, StoreError, StoreErrorKind};
+use crate::journal::{
+    Ack, Created, Finish, Finished, NewWorkflow, RecordStatus, Store, WorkflowRecord, blocking,
+};
+use crate::util::{lock, now_ms};
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(super) running: Mutex<HashMap<Arc<str>, Running>>,
+    pub(super) registry: HashMap<&'static str, &'static dyn ErasedWorkflow>,
+    pub(super) app_version: Option<Arc<str>>,
+    /// How this runtime encodes what it records.
+    pub(crate) codec: Codec,
+    pub(super) recovered: Vec<String>,
+    pub(super) unrecoverable: Vec<Error>,
+    /// Set by [`Runtime::close`]: no new work is taken.
+    pub(super) closing: std::sync::atomic::AtomicBool,
+    /// The close in progress or done: started once, by the first `close`, in a task of
+    /// its own (a caller that stops waiting does not leave it half done), and watched by
+    /// every `close` call.
+    pub(super) close: Mutex<Option<watch::Receiver<Option<Result<()>>>>>,
+    /// Why runs that stopped in this process without a recorded outcome (a divergence,
+    /// a value that does not decode, a journal error) stopped: the journal holds them as
+    /// pending, and their handles report this, not a bare "stopped".
+    pub(super) stopped: Mutex<HashMap<Arc<str>, Error>>,
+    #[cfg(feature = "testkit")]
+    pub(super) instrument: Option<Arc<dyn Instrument>>,
+}
+
+/// A run this process is executing.
+#[derive(Debug)]
+pub(super) struct Running {
+    pub(super) name: &'static str,
+    /// The workflow that started it as its child.
+    pub(super) parent_id: Option<Arc<str>>,
+    pub(super) outcome: watch::Receiver<Option<Outcome>>,
+    pub(super) ctx: Arc<WorkflowCtx>,
+}
+
+/// How long [`Runtime::close`] lets running step bodies take.
+pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+impl Runs for Inner {
+    fn launch(
+        self: Arc<Self>,
+        id: Arc<str>,
+        launch: Launch,
+    ) -> RunsFuture<'static, watch::Receiver<Option<Outcome>>> {
+        Box::pin(async move { Inner::start(&self, id, launch).await })
+    }
+
+    fn watch<'a>(&'a self, id: &'a str) -> RunsFuture<'a, watch::Receiver<Option<Outcome>>> {
+        Box::pin(Inner::outcome_of(self, id))
+    }
+
+    fn cancel_run<'a>(&'a self, id: &'a str, reason: CancelReason) -> RunsFuture<'a, ()> {
+        Box::pin(Inner::cancel(self, id, reason))
+    }
+}
+
+impl Inner {
+    /// [`Error::Closed`] once the runtime is closing.
+    pub(super) fn open(&self) -> Result<()> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(Error::Closed {
+                path: self.store.path().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// See [`Runtime::close_with_grace`].
+    pub(super) async fn close(&self, grace: Duration) -> Result<()> {
+        self.closing.store(true, Ordering::Release);
+        let deadline = tokio::time::Instant::now() + grace;
+        // Runs admitted before the flag was set may still register; look until none is
+        // left. Each is asked to stop at its next step boundary, then, after the grace
+        // period, at once.
+        loop {
+            let runs: Vec<_> = lock(&self.running)
+                .values()
+                .map(|r| (r.ctx.clone(), r.outcome.clone()))
+                .collect();
+            if runs.is_empty() {
+                break;
+            }
+            let forced = tokio::time::Instant::now() >= deadline;
+            for (ctx, _) in &runs {
+                ctx.shut_down(forced);
+            }
+            let all_settled = async {
+                for (_, mut outcome) in runs {
+                    let _ = outcome.wait_for(Option::is_some).await;
+                }
+            };
+            let limit = if forced {
+                tokio::time::Instant::now() + Duration::from_secs(1)
+            } else {
+                deadline
+            };
+            if tokio::time::timeout_at(limit, all_settled).await.is_err() && forced {
+                tracing::warn!(
+                    "runs did not stop within a second of being dropped; closing the journal anyway"
+                );
+                break;
+            }
+        }
+        let store = self.store.clone();
+        blocking(self.store.path(), move || store.close()).await??;
+        Ok(())
+    }
+
+    /// Publishes a run's outcome and forgets the run.
+    pub(super) fn settle(
+        &self,
+        id: &Arc<str>,
+        tx: &watch::Sender<Option<Outcome>>,
+        outcome: Outcome,
+    ) {
+        // Both under the lock: whoever looks at `running` next sees either the entry with
+        // its outcome published, or no entry; a waiter woken by the outcome finds the
+        // entry gone.
+        let mut running = lock(&self.running);
+        {
+            let mut stopped = lock(&self.stopped);
+            match &*outcome {
+                Err(
+                    e @ (Error::Divergence { .. }
+                    | Error::Corrupt { .. }
+                    | Error::Incompatible { .. }
+                    | Error::Unrecorded { .. }
+                    | Error::ChildIdTaken { .. }
+                    | Error::UnknownWorkflow { .. }
+                    | Error::Store(_)),
+                ) => {
+                    stopped.insert(id.clone(), e.clone());
+                }
+                _ => {
+                    stopped.remove(id);
+                }
+            }
+        }
+        tx.send_replace(Some(outcome));
+        running.remove(id);
+    }
+
+    /// Adds a run to `running` (locked by the caller, who made sure the id is free) and
+    /// makes its context.
+    pub(super) fn register(
+        self: &Arc<Self>,
+        running: &mut HashMap<Arc<str>, Running>,
+        id: &Arc<str>,
+        name: &'static str,
+        parent_id: Option<Arc<str>>,
+    ) -> (Arc<WorkflowCtx>, watch::Sender<Option<Outcome>>) {
+        let (run, ctx, tx) = self.new_run(id, name, parent_id);
+        running.insert(id.clone(), run);
+        (ctx, tx)
+    }
+
+    /// A run's entry in `running`, its context, and where its outcome is published.
+    pub(super) fn new_run(
+        self: &Arc<Self>,
+        id: &Arc<str>,
+        name: &'static str,
+        parent_id: Option<Arc<str>>,
+    ) -> (Running, Arc<WorkflowCtx>, watch::Sender<Option<Outcome>>) {
+        // A new run of this id: why an earlier one stopped no longer says anything.
+        lock(&self.stopped).remove(id);
+        let (tx, rx) = watch::channel(None);
+        #[cfg_attr(not(feature = "testkit"), allow(unused_mut))]
+        let mut ctx = WorkflowCtx::new(
+            id.clone(),
+            self.store.clone(),
+            Some(Arc::downgrade(&(self.clone() as Arc<dyn Runs>))),
+            self.codec,
+        );
+        #[cfg(feature = "testkit")]
+        {
+            ctx.instrument = self.instrument.clone();
+        }
+        let ctx = Arc::new(ctx);
+        let run = Running {
+            name,
+            parent_id,
+            outcome: rx,
+            ctx: ctx.clone(),
+        };
+        (run, ctx, tx)
+    }
+
+    /// Starts `launch` as workflow `id`, unless `id` exists (see
+    /// [`Runtime::start_with_id`]); returns what its handles watch.
+    pub(crate) async fn start(
+        self: &Arc<Self>,
+        id: Arc<str>,
+        launch: Launch,
+    ) -> Result<watch::Receiver<Option<Outcome>>> {
+        self.open()?;
+        let name = launch.def.name();
+        let (ctx, tx) = loop {
+            let mut winding_down = {
+                let mut running = lock(&self.running);
+                // Checked again under the lock `close` looks through: a run is either
+                // in `running` before `close` looks, or refused.
+                self.open()?;
+                match running.entry(id.clone()) {
+                    Entry::Vacant(v) => {
+                        let (run, ctx, tx) = self.new_run(&id, name, launch.parent_id.clone());
+                        v.insert(run);
+                        break (ctx, tx);
+                    }
+                    Entry::Occupied(e) if e.get().ctx.cancelled().is_none() => {
+                        let r = e.get();
+                        if let Some(parent) = &launch.parent_id
+                            && r.parent_id.as_ref() != Some(parent)
+                        {
+                            return Err(child_taken(&id, parent));
+                        }
+                        if r.name != name {
+                            return Err(mismatch(&id, r.name, name));
+                        }
+                        return Ok(r.outcome.clone());
+                    }
+                    // A run winding down from a cancellation is not the run to join:
+                    // what it ends with is its cancellation, while the journal may hold
+                    // it resumed by now. Let it end, then look again.
+                    Entry::Occupied(e) => e.get().outcome.clone(),
+                }
+            };
+            let _ = winding_down.wait_for(Option::is_some).await;
+        };
+        let outcome = tx.subscribe();
+        // The id is now claimed in `running`. The rest happens in a task of its own, so
+        // a caller that stops waiting (a timeout, a dropped request) cannot leave the
+        // claim behind without a run.
+        let (reply, admitted) = oneshot::channel();
+        tokio::spawn(admit(self.clone(), ctx, launch, tx, reply));
+        match admitted.await {
+            Ok(Ok(())) => Ok(outcome),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Stopped {
+                workflow_id: id.to_string(),
+            }),
+        }
+    }
+
+    /// What a handle of workflow `id` watches: its run in this process, or its recorded
+    /// outcome.
+    pub(crate) async fn outcome_of(&self, id: &str) -> Result<watch::Receiver<Option<Outcome>>> {
+        if let Some(r) = lock(&self.running).get(id) {
+            return Ok(r.outcome.clone());
+        }
+        let record = self.record(id).await?.ok_or_else(|| Error::NotFound {
+            workflow_id: id.to_owned(),
+        })?;
+        let (tx, rx) = watch::channel(None);
+        match record.status {
+            // Pending but not running here: it could not be resumed (see
+            // `Runtime::unrecoverable`); the handle reports it as stopped, or as damaged.
+            RecordStatus::Pending => {
+                let why = record
+                    .damage()
+                    .or_else(|| lock(&self.stopped).get(id).cloned());
+                match why {
+                    Some(e) => drop(tx.send_replace(Some(Arc::new(Err(e))))),
+                    None => drop(tx),
+                }
+            }
+            _ => {
+                tx.send_replace(Some(Arc::new(recorded_outcome(self.store.path(), record))));
+            }
+        }
+        Ok(rx)
+    }
+
+    /// Workflow `id` as the journal holds it.
+    pub(crate) async fn record(&self, id: &str) -> Result<Option<WorkflowRecord>> {
+        let store = self.store.clone();
+        let id = id.to_owned();
+        let read = blocking(self.store.path(), move || store.workflow(&id)).await?;
+        read.map_err(|e| self.closed_or(e))
+    }
+
+    /// The reply to one write, waited for.
+    pub(super) async fn acked<T>(&self, ack: Ack<T>) -> Result<T> {
+        ack.await.map_err(|e| self.closed_or(e))
+    }
+
+    /// A store error as the caller should see it: the journal closed under a call
+    /// because this runtime is closing is [`Error::Closed`], as if the call had come a
+    /// moment later.
+    pub(super) fn closed_or(&self, e: StoreError) -> Error {
+        if e.kind() == StoreErrorKind::Closed && self.closing.load(Ordering::Acquire) {
+            return Error::Closed {
+                path: self.store.path().to_owned(),
+            };
+        }
+        e.into()
+    }
+
+    /// Records the cancellation of `id` and its pending descendants, and stops those
+    /// that run in this process.
+    pub(crate) async fn cancel(&self, id: &str, reason: CancelReason) -> Result<()> {
+        self.cancel_recorded(id, reason).await.map(drop)
+    }
+
+    /// [`cancel`](Self::cancel), saying whether `id` itself was pending and is now
+    /// cancelled.
+    pub(super) async fn cancel_recorded(&self, id: &str, reason: CancelReason) -> Result<bool> {
+        let ids = self
+            .acked(self.store.cancel(id.to_owned(), reason, now_ms()))
+            .await?;
+        let itself = ids.iter().any(|w| w == id);
+        let running = lock(&self.running);
+        for w in ids.iter().map(String::as_str).chain(std::iter::once(id)) {
+            if let Some(r) = running.get(w) {
+                tracing::info!(workflow = w, %reason, "cancelling workflow");
+                r.ctx.cancel(reason);
+            }
+        }
+        Ok(itself)
+    }
+
+    pub(super) async fn resume(self: &Arc<Self>, id: &str) -> Result<()> {
+        let record = self.record(id).await?.ok_or_else(|| Error::NotFound {
+            workflow_id: id.to_owned(),
+        })?;
+        if !matches!(
+            record.status,
+            RecordStatus::Cancelled | RecordStatus::Failed
+        ) {
+            return Err(Error::NotResumable {
+                workflow_id: id.to_owned(),
+                status: record.status.as_str(),
+            });
+        }
+        if !self.registry.contains_key(record.name.as_str()) {
+            return Err(Error::UnknownWorkflow {
+                workflow_id: record.id,
+                name: record.name,
+            });
+        }
+        // Runs of this family still winding down from their cancellation (a step body
+        // finishing) end first: a resumed run must be the only one, and an old run must
+        // not finish a row that is pending again. Children's ids start with their
+        // parent's and a `/`.
+        let family = format!("{id}/");
+        let winding: Vec<_> = lock(&self.running)
+            .iter()
+            .filter(|(w, r)| (&***w == id || w.starts_with(&family)) && r.ctx.cancelled().is_some())
+            .map(|(_, r)| r.outcome.clone())
+            .collect();
+        for mut outcome in winding {
+            let _ = outcome.wait_for(Option::is_some).await;
+        }
+        let ids = self
+            .acked(self.store.resume(id.to_owned(), now_ms()))
+            .await?;
+        // The resume is durable from here: each workflow it made pending runs now, or,
+        // if the runtime closes meanwhile, at the next open. Either way the resume
+        // happened, and says so.
+        for w in ids {
+            let record = match self.record(&w).await {
+                Ok(Some(record)) => record,
+                Ok(None) => continue,
+                Err(_) if self.closing.load(Ordering::Acquire) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            if let Some(e) = record.damage() {
+                tracing::warn!("{e}; it stays pending");
+                continue;
+            }
+            let Some(def) = self.registry.get(record.name.as_str()).copied() else {
+                tracing::warn!(workflow = %w, name = %record.name, "resumed, but its workflow is not linked into this program; it stays pending");
+                continue;
+            };
+            let id: Arc<str> = Arc::from(w);
+            let mut running = lock(&self.running);
+            if self.closing.load(Ordering::Acquire) {
+                // Under the lock `close` looks through: it either sees this run and
+                // stops it, or the run is left to the next open.
+                return Ok(());
+            }
+            if running.contains_key(&id) {
+                // Started meanwhile (a resumed parent's replay starts its children):
+                // one run only.
+                continue;
+            }
+            let parent = record.parent_id.map(Arc::<str>::from);
+            let (ctx, tx) = self.register(&mut running, &id, def.name(), parent);
+            drop(running);
+            tracing::info!(workflow = %id, "resuming workflow");
+            let run = drive(
+                self.clone(),
+                ctx,
+                def,
+                record.input,
+                History::Journaled,
+                None,
+                tx,
+            );
+            tokio::spawn(run);
+        }
+        Ok(())
+    }
+}
+
+/// Journals a new run (or finds the existing one), replies to the caller of
+/// `start_with_id` if it is still waiting, and then drives the run in this same task.
+pub(super) async fn admit(
+    inner: Arc<Inner>,
+    ctx: Arc<WorkflowCtx>,
+    launch: Launch,
+    tx: watch::Sender<Option<Outcome>>,
+    reply: oneshot::Sender<Result<()>>,
+) {
+    let Launch {
+        def,
+        input,
+        parent_id,
+        deadline_at,
+    } = launch;
+    let id = ctx.id.clone();
+    let name = def.name();
+    let created = inner
+        .store
+        .create_workflow(NewWorkflow {
+            id: id.clone(),
+            name,
+            input: input.clone(),
+            app_version: inner.app_version.clone(),
+            created_at: now_ms(),
+            parent_id: parent_id.clone(),
+            deadline_at,
+        })
+        .await;
+    let run = match created {
+        Ok(Created::New) => Ok(Some((input, History::None, deadline_at))),
+        Ok(Created::Existing(record))
+            if parent_id.is_some() && record.parent_id.as_deref() != parent_id.as_deref() =>
+        {
+            Err(child_taken(&id, parent_id.as_deref().unwrap_or_default()))
+        }
+        Ok(Created::Existing(record)) if record.name != name => {
+            Err(mismatch(&id, &record.name, name))
+        }
+        Ok(Created::Existing(record)) => match (record.damage(), record.status) {
+            (None, RecordStatus::Pending) => {
+                Ok(Some((record.input, History::Journaled, record.deadline_at)))
+            }
+            (Some(e), _) => Err(e),
+            (None, RecordStatus::Completed | RecordStatus::Failed | RecordStatus::Cancelled) => {
+                let outcome = recorded_outcome(inner.store.path(), *record);
+                inner.settle(&id, &tx, Arc::new(outcome));
+                Ok(None)
+            }
+        },
+        Err(e) => Err(Error::Store(e)),
+    };
+    if let Some(reason) = ctx.cancelled()
+        && run.as_ref().is_ok_and(Option::is_some)
+    {
+        // Cancelled while its row was being created: the cancellation found no row to
+        // mark, so record it now. The run then stops at once.
+        if let Err(e) = inner.cancel(&id, reason).await {
+            tracing::error!(workflow = %id, "cannot record the cancellation: {e}");
+        }
+    }
+    match run {
+        Err(e) => {
+            inner.settle(&id, &tx, Arc::new(Err(e.clone())));
+            // The caller may have stopped waiting; nothing runs either way.
+            let _ = reply.send(Err(e));
+        }
+        Ok(run) => {
+            // The caller may have stopped waiting; the run goes on regardless.
+            let _ = reply.send(Ok(()));
+            if let Some((input, history, deadline_at)) = run {
+                drive(inner, ctx, def, input, history, deadline_at, tx).await;
+            }
+        }
+    }
+}
+
+pub(super) fn child_taken(id: &str, parent: &str) -> Error {
+    Error::ChildIdTaken {
+        workflow_id: id.to_owned(),
+        parent_id: parent.to_owned(),
+    }
+}
+
+pub(super) fn mismatch(id: &str, existing: &str, requested: &str) -> Error {
+    Error::WorkflowMismatch {
+        workflow_id: id.to_owned(),
+        existing: existing.to_owned(),
+        requested: requested.to_owned(),
+    }
+}
+
+/// What a finished run recorded as its outcome; never a value that fails its checksum.
+pub(super) fn recorded_outcome(path: &Path, record: WorkflowRecord) -> Result<Vec<u8>> {
+    if let Some(e) = record.damage() {
+        return Err(e);
+    }
+    match (record.status, record.output, record.failure) {
+        (RecordStatus::Completed, Some(output), _) => Ok(output),
+        (RecordStatus::Failed, _, Some((kind, message))) => Err(Error::Failed {
+            workflow_id: record.id,
+            kind,
+            message,
+        }),
+        (RecordStatus::Cancelled, _, _) => Err(Error::Cancelled {
+            workflow_id: record.id,
+            reason: record.cancelled.unwrap_or(CancelReason::Requested),
+        }),
+        _ => Err(Error::Store(StoreError::new(
+            path,
+            StoreErrorKind::Invariant,
+            format!(
+                "workflow {} is finished but records no output or error",
+                record.id
+            ),
+        ))),
+    }
+}
+
+/// The error of a close whose task went away (its tokio runtime shut down).
+pub(super) fn closed_error(path: &Path) -> Error {
+    Error::Store(StoreError::new(
+        path,
+        StoreErrorKind::Closed,
+        "the close did not finish: the tokio runtime it ran on shut down",
+    ))
+}
+
+/// Refuses `operation` inside a workflow body, where a replay would do it again.
+pub(super) fn refuse_in_workflow(operation: &'static str, hint: &'static str) -> Result<()> {
+    match crate::engine::scope::current_workflow() {
+        Some(ctx) => Err(Error::Unrecorded {
+            workflow_id: ctx.id.to_string(),
+            operation: operation.to_owned(),
+            problem: "was called in a workflow body, where it is not recorded: every replay \
+                      would do it again",
+            hint,
+        }),
+        None => Ok(()),
+    }
+}
+
+pub(super) const MAX_ID_BYTES: usize = 512;
+
+pub(super) fn validate_id(id: String) -> Result<String> {
+    let reason = if id.is_empty() {
+        "a workflow id cannot be empty"
+    } else if id.len() > MAX_ID_BYTES {
+        "a workflow id is at most 512 bytes"
+    } else if id.chars().any(char::is_control) {
+        "a workflow id cannot contain control characters"
+    } else {
+        return Ok(id);
+    };
+    Err(Error::InvalidId { id, reason })
+}
+
+pub(super) async fn drive(
+    inner: Arc<Inner>,
+    ctx: Arc<WorkflowCtx>,
+    def: &'static dyn ErasedWorkflow,
+    input: Vec<u8>,
+    history: History,
+    deadline_at: Option<i64>,
+    tx: watch::Sender<Option<Outcome>>,
+) {
+    let id = ctx.id.clone();
+    let result = execute(&ctx, def, &input, history, deadline_at).await;
+    let finished = match &result {
+        Ok(output) => Some(Finished::Completed(output.clone())),
+        Err(Error::Failed { kind, message, .. }) => Some(Finished::Failed(*kind, message.clone())),
+        // Recorded by whoever cancelled it (see `admit` for a cancel that came first).
+        Err(Error::Cancelled { .. }) => None,
+        // Stopped by a closing runtime: pending, resumed at the next open.
+        Err(e @ (Error::Stopped { .. } | Error::Closed { .. }))
+            if inner.closing.load(Ordering::Acquire) =>
+        {
+            tracing::info!(workflow = %id, "{e}");
+            None
+        }
+        // Divergence, corrupt rows and journal errors leave the run pending: they are
+        // fixed outside the workflow (code, data, disk), and the next open resumes it.
+        Err(e) => {
+            tracing::error!(workflow = %id, "{e}; the workflow stays pending in the journal");
+            None
+        }
+    };
+    let result = match finished {
+        None => result,
+        Some(outcome) => {
+            let ack = inner.store.finish_workflow(Finish {
+                id: id.clone(),
+                outcome,
+                at: now_ms(),
+            });
+            match ack.await {
+                Ok(true) => result,
+                // The row was not pending any more: a cancellation committed first, and
+                // the journal's outcome is the one every handle must see.
+                Ok(false) => match inner.record(&id).await {
+                    Ok(Some(record)) => recorded_outcome(inner.store.path(), record),
+                    Ok(None) => result,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e.into()),
+            }
+        }
+    };
+    inner.settle(&id, &tx, Arc::new(result));
+}
