@@ -228,9 +228,9 @@ pub mod testkit;
 mod util;
 
 pub use crate::codec::{Codec, CodecError, Fingerprint, MAX_VALUE_BYTES};
+pub use crate::engine::call::WorkflowCall;
 pub use crate::engine::scope::{StepContext, step_context};
 pub use crate::engine::step::{Retryable, Step, StepBody};
-pub use crate::engine::workflow::WorkflowCall;
 pub use crate::error::{
     ArgumentsChanged, CancelReason, Error, FailureKind, Location, Result, StoreError,
     StoreErrorKind,

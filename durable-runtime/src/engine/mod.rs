@@ -5,6 +5,7 @@
 //! runtime through [`Runs`](context::Runs), a trait it defines: it never imports the
 //! runtime.
 
+pub(crate) mod call;
 pub(crate) mod context;
 pub(crate) mod drive;
 pub(crate) mod replay;

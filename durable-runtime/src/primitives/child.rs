@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{ByteBuf, Codec, nested};
+use crate::engine::call::WorkflowCall;
 use crate::engine::workflow::Outcome;
-use crate::engine::workflow::WorkflowCall;
 use crate::error::{CancelReason, Error, FailureKind, Location, Result, undecodable};
 use crate::journal::Effect;
 use crate::primitives::{Claimed, Op, claim_with, from_claim, op_or, or_stop};

@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::codec::Codec;
+use crate::engine::call::WorkflowCall;
 use crate::engine::replay::encode_value;
-use crate::engine::workflow::WorkflowCall;
 use crate::error::{CancelReason, Error, Location, Result, undecodable};
 use crate::journal::{
     JournalOptions, JournalSpec, NewMessage, RecordedOutcome, Wait, WaitFor, blocking,
