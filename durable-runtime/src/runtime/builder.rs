@@ -8,9 +8,9 @@ use crate::codec::Codec;
 #[cfg(feature = "testkit")]
 use crate::engine::context::Instrument;
 use crate::engine::drive::History;
-use crate::engine::workflow::registry;
+use crate::engine::workflow::{ErasedWorkflow, registry};
 use crate::error::{Error, Result};
-use crate::journal::{JournalOptions, JournalSpec, blocking};
+use crate::journal::{JournalOptions, JournalSpec, WorkflowRecord, blocking};
 use crate::util::lock;
 
 use super::*;
@@ -82,38 +82,11 @@ impl RuntimeBuilder {
             Ok::<_, Error>((store, pending))
         })
         .await??;
-        let mut recovered = Vec::new();
-        let mut unrecoverable = Vec::new();
-        let mut launches = Vec::new();
-        for record in pending {
-            let deadline_at = record.deadline_at;
-            if let Some(e) = record.damage() {
-                tracing::warn!("{e}; it stays pending");
-                unrecoverable.push(e);
-                continue;
-            }
-            match registry.get(record.name.as_str()) {
-                Some(def) => {
-                    recovered.push(record.id.clone());
-                    let parent = record.parent_id.map(Arc::<str>::from);
-                    launches.push((
-                        Arc::<str>::from(record.id),
-                        *def,
-                        record.input,
-                        deadline_at,
-                        parent,
-                    ));
-                }
-                None => {
-                    let e = Error::UnknownWorkflow {
-                        workflow_id: record.id,
-                        name: record.name,
-                    };
-                    tracing::warn!("{e}; it stays pending");
-                    unrecoverable.push(e);
-                }
-            }
-        }
+        let Recovery {
+            recovered,
+            unrecoverable,
+            launches,
+        } = Recovery::sort(pending, &registry);
         let inner = Arc::new(Inner {
             store,
             running: Mutex::new(HashMap::new()),
@@ -154,5 +127,60 @@ impl RuntimeBuilder {
             tokio::spawn(run);
         }
         Ok(Runtime { inner })
+    }
+}
+
+/// A pending run to resume at open: its id, workflow, input, deadline and parent.
+type Resumed = (
+    Arc<str>,
+    &'static dyn ErasedWorkflow,
+    Vec<u8>,
+    Option<i64>,
+    Option<Arc<str>>,
+);
+
+/// The journal's pending runs, sorted at open into those this program resumes and
+/// those it cannot (damaged, or of a workflow it does not have).
+struct Recovery {
+    recovered: Vec<String>,
+    unrecoverable: Vec<Error>,
+    launches: Vec<Resumed>,
+}
+
+impl Recovery {
+    fn sort(
+        pending: Vec<WorkflowRecord>,
+        registry: &HashMap<&'static str, &'static dyn ErasedWorkflow>,
+    ) -> Self {
+        let mut out = Recovery {
+            recovered: Vec::new(),
+            unrecoverable: Vec::new(),
+            launches: Vec::new(),
+        };
+        for record in pending {
+            if let Some(e) = record.damage() {
+                tracing::warn!("{e}; it stays pending");
+                out.unrecoverable.push(e);
+                continue;
+            }
+            let Some(def) = registry.get(record.name.as_str()) else {
+                let e = Error::UnknownWorkflow {
+                    workflow_id: record.id,
+                    name: record.name,
+                };
+                tracing::warn!("{e}; it stays pending");
+                out.unrecoverable.push(e);
+                continue;
+            };
+            out.recovered.push(record.id.clone());
+            out.launches.push((
+                Arc::<str>::from(record.id),
+                *def,
+                record.input,
+                record.deadline_at,
+                record.parent_id.map(Arc::<str>::from),
+            ));
+        }
+        out
     }
 }
