@@ -25,7 +25,7 @@ pub(super) struct Parked {
 }
 
 /// How often (in parked waits) the writer drops the parked waits nobody waits for.
-pub(super) const SWEEP_EVERY: u64 = 1024;
+const SWEEP_EVERY: u64 = 1024;
 
 /// The encoding of a wait's answer as its step's recorded output.
 fn encode_answer(codec: Codec, answer: Option<&[u8]>) -> Vec<u8> {
@@ -39,6 +39,28 @@ pub(super) fn decode_answer(output: &[u8]) -> Result<Option<Vec<u8>>, crate::cod
 }
 
 impl Writer<'_> {
+    /// Keeps a wait that found nothing (its batch committed) until what it waits for
+    /// is written.
+    pub(super) fn park(&mut self, what: WaitFor, parked: Parked) {
+        self.parks += 1;
+        if self.parks.is_multiple_of(SWEEP_EVERY) {
+            // Outside callers that gave up (`Runtime::get_event` with a timeout) on
+            // keys nobody sets would otherwise stay for ever.
+            self.parked.retain(|_, q| {
+                q.retain(|p| !p.reply.is_closed());
+                !q.is_empty()
+            });
+        }
+        let queue = self.parked.entry(what).or_default();
+        // Waiters that gave up (a timeout, a stopped workflow) are dropped here rather
+        // than kept for ever, and so is an earlier execution's wait for the same step:
+        // this one replaces it.
+        queue.retain(|p| {
+            !p.reply.is_closed() && !same_step(p.record.as_ref(), parked.record.as_ref())
+        });
+        queue.push_back(parked);
+    }
+
     /// Answers the parked waits for what this batch sent or set, in this same
     /// transaction: a waiting `recv` takes its message and records it in the commit that
     /// sends it, so it is answered when the send is.
@@ -238,7 +260,7 @@ impl Writer<'_> {
 }
 
 /// Whether two waits record the same step.
-pub(super) fn same_step(a: Option<&WaitRecord>, b: Option<&WaitRecord>) -> bool {
+fn same_step(a: Option<&WaitRecord>, b: Option<&WaitRecord>) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => a.key.workflow_id == b.key.workflow_id && a.key.path == b.key.path,
         _ => false,

@@ -16,7 +16,7 @@ use rusqlite::{Connection, Statement};
 use super::ops::step_error;
 use super::rows::WORKFLOW_COLUMNS;
 use super::sql_error;
-use super::waits::{Parked, SWEEP_EVERY, same_step};
+use super::waits::Parked;
 use crate::codec::Codec;
 use crate::error::{CancelReason, StoreError};
 use crate::journal::{
@@ -267,6 +267,40 @@ impl<'c> Writer<'c> {
             }
             return;
         }
+        let (mut replies, aborted) = self.apply_batch(path, batch);
+        if aborted.is_none() {
+            self.answer_parked(path, &mut replies);
+        }
+        if stats.halted() {
+            // A simulated crash before this batch committed: none of it is written,
+            // and nobody hears back.
+            let _ = self.rollback.execute([]);
+            batch.clear();
+            return;
+        }
+        let committed = self.commit(path, aborted);
+        if committed.is_ok() {
+            // Counted before anyone hears of the commit.
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.touched.clear();
+        }
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        stats.last_commit_ns.store(took, Ordering::Relaxed);
+        // Before the replies: a woken step that enqueues its next write at once must find
+        // the writer idle, not counting this batch.
+        stats.in_flight.fetch_sub(size, Ordering::Relaxed);
+        self.send_replies(&committed, replies, stats, woken);
+    }
+
+    /// Runs every write of `batch` (emptying it) in the open transaction. Returns their
+    /// replies, to send once the batch commits, and the error of a write that rolled
+    /// back the whole transaction, if one did (the writes after it are failed at once).
+    fn apply_batch(
+        &mut self,
+        path: &Path,
+        batch: &mut Vec<Command>,
+    ) -> (Vec<Reply>, Option<StoreError>) {
         // A failing statement rolls back only itself (SQLite's default `ABORT`), so one
         // bad write fails alone and the rest of the batch still commits.
         let mut replies = Vec::with_capacity(batch.len());
@@ -300,17 +334,13 @@ impl<'c> Writer<'c> {
             }
             replies.push(reply);
         }
-        if aborted.is_none() {
-            self.answer_parked(path, &mut replies);
-        }
-        if stats.halted() {
-            // A simulated crash before this batch committed: none of it is written,
-            // and nobody hears back.
-            let _ = self.rollback.execute([]);
-            batch.clear();
-            return;
-        }
-        let committed = match aborted {
+        (replies, aborted)
+    }
+
+    /// Commits the batch's transaction, unless a write in it rolled it back
+    /// (`aborted`): then the batch fails with that write's error.
+    fn commit(&mut self, path: &Path, aborted: Option<StoreError>) -> Result<(), StoreError> {
+        match aborted {
             Some(e) => Err(e),
             None => self.commit.execute([]).map(drop).map_err(|e| {
                 // A failed COMMIT can leave the transaction open (SQLITE_BUSY, a full
@@ -320,20 +350,21 @@ impl<'c> Writer<'c> {
                 let _ = self.rollback.execute([]);
                 sql_error(path, e)
             }),
-        };
-        if committed.is_ok() {
-            // Counted before anyone hears of the commit.
-            stats.commits.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.touched.clear();
         }
-        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        stats.last_commit_ns.store(took, Ordering::Relaxed);
-        // Before the replies: a woken step that enqueues its next write at once must find
-        // the writer idle, not counting this batch.
-        stats.in_flight.fetch_sub(size, Ordering::Relaxed);
+    }
+
+    /// Answers every write of a batch once it `committed` or failed. A wait that found
+    /// nothing is parked (see [`Writer::park`]), or run again next (in `woken`) if the
+    /// batch also wrote what it waits for.
+    fn send_replies(
+        &mut self,
+        committed: &Result<(), StoreError>,
+        replies: Vec<Reply>,
+        stats: &WriterStats,
+        woken: &mut VecDeque<Command>,
+    ) {
         for r in replies {
-            match (&committed, r) {
+            match (committed, r) {
                 (Ok(()), Reply::Park(what, parked)) if self.touched.contains(&what) => {
                     // Parked in the batch that also sent its message (after the send,
                     // or `answer_parked` would have answered it): run it again next.
@@ -347,26 +378,7 @@ impl<'c> Writer<'c> {
                         parked.reply,
                     ))));
                 }
-                (Ok(()), Reply::Park(what, parked)) => {
-                    self.parks += 1;
-                    if self.parks.is_multiple_of(SWEEP_EVERY) {
-                        // Outside callers that gave up (`Runtime::get_event` with a
-                        // timeout) on keys nobody sets would otherwise stay for ever.
-                        self.parked.retain(|_, q| {
-                            q.retain(|p| !p.reply.is_closed());
-                            !q.is_empty()
-                        });
-                    }
-                    let queue = self.parked.entry(what).or_default();
-                    // Waiters that gave up (a timeout, a stopped workflow) are dropped
-                    // here rather than kept for ever, and so is an earlier execution's
-                    // wait for the same step: this one replaces it.
-                    queue.retain(|p| {
-                        !p.reply.is_closed()
-                            && !same_step(p.record.as_ref(), parked.record.as_ref())
-                    });
-                    queue.push_back(parked);
-                }
+                (Ok(()), Reply::Park(what, parked)) => self.park(what, parked),
                 (Ok(()), r) => r.send(),
                 (Err(e), r) => r.fail(e.clone()),
             }
