@@ -1,7 +1,7 @@
 //! Opening a journal: its lock file, creating a new journal, the connection settings,
 //! and starting the writer thread.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
@@ -60,34 +60,7 @@ impl SqliteStore {
             )
             .into());
         }
-        let lock = lock_path(path);
-        create_private(&lock).map_err(|e| {
-            io_error(
-                path,
-                format!("cannot create lock file {}: {e}", lock.display()),
-            )
-        })?;
-        let lock_file = OpenOptions::new().write(true).open(&lock).map_err(|e| {
-            io_error(
-                path,
-                format!("cannot open lock file {}: {e}", lock.display()),
-            )
-        })?;
-        match lock_file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Error::Locked {
-                    path: path.to_owned(),
-                    lock,
-                });
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(io_error(path, format!("cannot lock {}: {e}", lock.display())).into());
-            }
-        }
-        if !path.exists() {
-            create_journal(path)?;
-        }
+        let lock_file = take_lock(path)?;
         if !path.exists() {
             create_journal(path)?;
         }
@@ -128,6 +101,34 @@ impl SqliteStore {
             stats,
             writer: Mutex::new(Some(writer)),
         })
+    }
+}
+
+/// Takes the journal's lock (creating its lock file if needed), held for as long as the
+/// returned file stays open.
+fn take_lock(path: &Path) -> Result<File, Error> {
+    let lock = lock_path(path);
+    create_private(&lock).map_err(|e| {
+        io_error(
+            path,
+            format!("cannot create lock file {}: {e}", lock.display()),
+        )
+    })?;
+    let lock_file = OpenOptions::new().write(true).open(&lock).map_err(|e| {
+        io_error(
+            path,
+            format!("cannot open lock file {}: {e}", lock.display()),
+        )
+    })?;
+    match lock_file.try_lock() {
+        Ok(()) => Ok(lock_file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
+            path: path.to_owned(),
+            lock,
+        }),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(io_error(path, format!("cannot lock {}: {e}", lock.display())).into())
+        }
     }
 }
 
