@@ -147,46 +147,9 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(err)?;
-    let has_meta: bool = tx
-        .query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'durable_meta')",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(err)?;
-    let version: usize = if has_meta {
-        let v: Option<String> = tx
-            .query_row(
-                "SELECT value FROM durable_meta WHERE key = 'schema_version'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(err)?;
-        match v.as_deref().map(str::parse::<usize>) {
-            Some(Ok(v)) => v,
-            _ => {
-                return Err(StoreError::new(
-                    path,
-                    StoreErrorKind::NotAJournal,
-                    "durable_meta has no valid schema_version; the journal is damaged",
-                )
-                .into());
-            }
-        }
-    } else {
-        0
-    };
+    let version = schema_version(&tx, path)?;
     if version > MIGRATIONS.len() {
-        return Err(StoreError::new(
-            path,
-            StoreErrorKind::NewerSchema,
-            format!(
-                "journal schema version {version} is newer than this build of durable understands ({}); upgrade durable-runtime",
-                MIGRATIONS.len()
-            ),
-        )
-        .into());
+        return Err(newer_schema(path, version));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         if i + 1 == 4 {
@@ -202,6 +165,52 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
     }
     check_schema(&tx, path)?;
     tx.commit().map_err(err)
+}
+
+/// The schema version of the journal `conn` has open, as `durable_meta` records it: `0`
+/// for a database without durable's tables (a new journal).
+pub(super) fn schema_version(conn: &Connection, path: &Path) -> Result<usize, Error> {
+    let err = |e| Error::from(sql_error(path, e));
+    let has_meta: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'durable_meta')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(err)?;
+    if !has_meta {
+        return Ok(0);
+    }
+    let v: Option<String> = conn
+        .query_row(
+            "SELECT value FROM durable_meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(err)?;
+    match v.as_deref().map(str::parse::<usize>) {
+        Some(Ok(v)) => Ok(v),
+        _ => Err(StoreError::new(
+            path,
+            StoreErrorKind::NotAJournal,
+            "durable_meta has no valid schema_version; the journal is damaged",
+        )
+        .into()),
+    }
+}
+
+/// The error for a journal at schema `version`, newer than this build knows.
+pub(super) fn newer_schema(path: &Path, version: usize) -> Error {
+    StoreError::new(
+        path,
+        StoreErrorKind::NewerSchema,
+        format!(
+            "journal schema version {version} is newer than this build of durable understands ({}); upgrade durable-runtime",
+            MIGRATIONS.len()
+        ),
+    )
+    .into()
 }
 
 /// The codec that wrote every value of a journal older than schema 4.
