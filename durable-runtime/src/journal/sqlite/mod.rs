@@ -21,7 +21,9 @@
 //!
 //! The files: `open` (the lock file, creating and opening a journal), `migrate` (the
 //! schema), `writer` (the writer thread and its batches), `ops` (what each write does),
-//! `waits` (parked waits), `rows` (reading rows back and checking them) and `crc`.
+//! `waits` (parked waits), `rows` (reading rows back and checking them), `crc`, and
+//! `view` ([`JournalView`](view::JournalView), which reads a journal without opening
+//! it for writing).
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -37,6 +39,7 @@ mod migrate;
 mod open;
 mod ops;
 mod rows;
+pub(crate) mod view;
 mod waits;
 mod writer;
 

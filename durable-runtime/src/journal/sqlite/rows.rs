@@ -3,7 +3,7 @@
 //! connection, so the store's reader and [`JournalView`](super::view::JournalView) read
 //! the journal the same way.
 
-use rusqlite::{Connection, OptionalExtension, Row};
+use rusqlite::{Connection, OptionalExtension, Params, Row};
 
 use super::crc::crc32;
 use super::ops::INTERRUPTED;
@@ -112,6 +112,21 @@ pub(super) fn invalid(message: String) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, message.into())
 }
 
+/// How many columns [`WORKFLOW_COLUMNS`] names: a query's extra columns start here.
+pub(super) const WORKFLOW_COLUMN_COUNT: usize = 11;
+
+/// Whether a workflow row's input and output (if it has one) match their checksums.
+/// `r` is the row `w` was read from by [`workflow_row`]. Unlike `w.damaged`, which names
+/// the first damaged value only, this checks both.
+pub(super) fn workflow_values_intact(
+    r: &Row<'_>,
+    w: &WorkflowRecord,
+) -> rusqlite::Result<(bool, bool)> {
+    let (input_crc, output_crc) = (r.get(7)?, r.get(8)?);
+    let output = w.output.as_ref().is_none_or(|o| checks(o, output_crc));
+    Ok((checks(&w.input, input_crc), output))
+}
+
 /// One workflow run, if the journal has it.
 pub(super) fn workflow(c: &Connection, id: &str) -> rusqlite::Result<Option<WorkflowRecord>> {
     let mut stmt = c.prepare_cached(&format!(
@@ -122,10 +137,27 @@ pub(super) fn workflow(c: &Connection, id: &str) -> rusqlite::Result<Option<Work
 
 /// The workflow rows matching `filter` (a `WHERE` clause or nothing), oldest first.
 pub(super) fn workflow_rows(c: &Connection, filter: &str) -> rusqlite::Result<Vec<WorkflowRecord>> {
+    select_workflows(c, "", filter, [], |_, w| Ok(w))
+}
+
+/// The workflow rows matching `filter` (a `WHERE` clause or nothing, with its
+/// `params`), oldest first, each read by [`workflow_row`] and then given to `map` with
+/// its row, whose `extra` columns (`", a, b"`, or nothing) start at
+/// [`WORKFLOW_COLUMN_COUNT`].
+pub(super) fn select_workflows<T>(
+    c: &Connection,
+    extra: &str,
+    filter: &str,
+    params: impl Params,
+    mut map: impl FnMut(&Row<'_>, WorkflowRecord) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
     let mut stmt = c.prepare_cached(&format!(
-        "SELECT {WORKFLOW_COLUMNS} FROM durable_workflows {filter} ORDER BY created_at, id"
+        "SELECT {WORKFLOW_COLUMNS}{extra} FROM durable_workflows {filter} ORDER BY created_at, id"
     ))?;
-    let rows = stmt.query_map([], workflow_row)?;
+    let rows = stmt.query_map(params, |r| match workflow_row(r)? {
+        Ok(w) => map(r, w).map(Ok),
+        Err(e) => Ok(Err(e)),
+    })?;
     let mut out = Vec::new();
     for row in rows {
         out.push(row??);
@@ -133,8 +165,36 @@ pub(super) fn workflow_rows(c: &Connection, filter: &str) -> rusqlite::Result<Ve
     Ok(out)
 }
 
+/// What a read does with a step whose recorded result fails its checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OnDamage {
+    /// Fails the whole read: the runtime never replays a damaged value.
+    Fail,
+    /// Keeps the step, marked damaged (for looking at a journal, not replaying it).
+    Mark,
+}
+
+/// A step as [`step_rows`] reads it.
+#[derive(Debug)]
+pub(super) struct StepRow {
+    pub(super) step: RecordedStep,
+    /// Whether its recorded result matches its checksum.
+    pub(super) intact: bool,
+}
+
 /// All recorded steps of one workflow run, sorted by path, in one query.
 pub(super) fn steps(c: &Connection, workflow_id: &str) -> rusqlite::Result<Vec<RecordedStep>> {
+    let rows = step_rows(c, workflow_id, OnDamage::Fail)?;
+    Ok(rows.into_iter().map(|s| s.step).collect())
+}
+
+/// The recorded steps of one workflow run, sorted by path, in one query; `on_damage`
+/// says what a step whose result fails its checksum does to the read.
+pub(super) fn step_rows(
+    c: &Connection,
+    workflow_id: &str,
+    on_damage: OnDamage,
+) -> rusqlite::Result<Vec<StepRow>> {
     let mut stmt = c.prepare_cached(
         "SELECT path, name, output, error, attempts, started_at, finished_at, crc32,
                 error_kind, args_fingerprint
@@ -150,10 +210,14 @@ pub(super) fn steps(c: &Connection, workflow_id: &str) -> rusqlite::Result<Vec<R
             ))));
         };
         let value = output.as_deref().or(error.as_ref().map(String::as_bytes));
+        let mut intact = true;
         if let Err(e) = verify(value.unwrap_or_default(), r.get(7)?, || {
             format!("the recorded result of step {path} of workflow {workflow_id}")
         }) {
-            return Ok(Err(e));
+            match on_damage {
+                OnDamage::Fail => return Ok(Err(e)),
+                OnDamage::Mark => intact = false,
+            }
         }
         let kind: Option<String> = r.get(8)?;
         let outcome = match (output, error) {
@@ -169,7 +233,7 @@ pub(super) fn steps(c: &Connection, workflow_id: &str) -> rusqlite::Result<Vec<R
             }
         };
         let args: Option<i64> = r.get(9)?;
-        Ok(Ok(RecordedStep {
+        let step = RecordedStep {
             path: parsed,
             name: r.get(1)?,
             args: args.map(|a| Fingerprint(a as u64)),
@@ -177,13 +241,14 @@ pub(super) fn steps(c: &Connection, workflow_id: &str) -> rusqlite::Result<Vec<R
             attempts: r.get(4)?,
             started_at: r.get(5)?,
             finished_at: r.get(6)?,
-        }))
+        };
+        Ok(Ok(StepRow { step, intact }))
     })?;
     let mut steps = Vec::new();
     for row in rows {
         steps.push(row??);
     }
-    steps.sort_by(|a, b| a.path.cmp(&b.path));
+    steps.sort_by(|a, b| a.step.path.cmp(&b.step.path));
     Ok(steps)
 }
 
@@ -219,4 +284,79 @@ pub(super) fn side_records(c: &Connection, workflow_id: &str) -> rusqlite::Resul
         out.patches.push((parse(path, "patch marker")?, name));
     }
     Ok(out)
+}
+
+/// A message waiting in its destination's queue.
+#[derive(Debug)]
+pub(super) struct MessageRow {
+    pub(super) seq: i64,
+    pub(super) destination: String,
+    pub(super) topic: String,
+    pub(super) payload: Vec<u8>,
+    /// Whether the payload matches its checksum.
+    pub(super) intact: bool,
+    pub(super) sent_at: i64,
+}
+
+/// Every queued message, in queue order (the order `recv` takes them, for each
+/// destination and topic).
+pub(super) fn messages(c: &Connection) -> rusqlite::Result<Vec<MessageRow>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT seq, destination, topic, payload, crc32, sent_at FROM durable_messages
+         ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let payload: Vec<u8> = r.get(3)?;
+        Ok(MessageRow {
+            seq: r.get(0)?,
+            destination: r.get(1)?,
+            topic: r.get(2)?,
+            intact: checks(&payload, Some(r.get(4)?)),
+            payload,
+            sent_at: r.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// An event a workflow set.
+#[derive(Debug)]
+pub(super) struct EventRow {
+    pub(super) key: String,
+    pub(super) value: Vec<u8>,
+    /// Whether the value matches its checksum.
+    pub(super) intact: bool,
+    pub(super) set_at: i64,
+}
+
+/// The events workflow `workflow_id` set, by key.
+pub(super) fn events(c: &Connection, workflow_id: &str) -> rusqlite::Result<Vec<EventRow>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT key, value, crc32, set_at FROM durable_events WHERE workflow_id = ?1
+         ORDER BY key",
+    )?;
+    let rows = stmt.query_map([workflow_id], |r| {
+        let value: Vec<u8> = r.get(1)?;
+        Ok(EventRow {
+            key: r.get(0)?,
+            intact: checks(&value, Some(r.get(2)?)),
+            value,
+            set_at: r.get(3)?,
+        })
+    })?;
+    rows.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_column_count_matches_the_columns() {
+        assert_eq!(
+            WORKFLOW_COLUMNS.split(',').count(),
+            WORKFLOW_COLUMN_COUNT,
+            "{WORKFLOW_COLUMNS}"
+        );
+    }
 }
