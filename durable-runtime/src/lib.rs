@@ -194,6 +194,11 @@
 //! documented in the repository's `docs/journal.md`; the schema changes only through
 //! numbered migrations.
 //!
+//! To look at a journal without running it (a dashboard, a debugging session), open a
+//! [`JournalView`]: read-only, it lists the workflow runs, their steps and events and the
+//! queued messages while a runtime in this or another process holds the journal, and
+//! takes no lock.
+//!
 //! # Reading the source
 //!
 //! The crate is layered, and each layer can be read after the ones it uses: small leaves
@@ -236,6 +241,9 @@ pub use crate::error::{
     StoreErrorKind,
 };
 pub use crate::journal::Durability;
+pub use crate::journal::sqlite::view::{
+    EventView, JournalView, MessageView, RecordedStatus, StepView, WorkflowView,
+};
 pub use crate::path::{ParsePathError, StepPath};
 pub use crate::primitives::child::{ChildHandle, JoinAll, join_all, start_child};
 pub use crate::primitives::events::{get_event, set_event};

@@ -1,0 +1,328 @@
+//! The journal's schema: the numbered migrations that create and change it, and the
+//! check that a journal holds every table and column the runtime uses.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension};
+
+use super::crc::crc32;
+use super::sql_error;
+use crate::error::{Error, StoreError, StoreErrorKind};
+
+/// The journal schema. Entry `n` (0-based) moves the schema from version `n` to `n + 1`.
+/// Never edit an entry that has shipped: add one.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // 1: workflows, steps and the meta table.
+    "CREATE TABLE durable_meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE durable_workflows (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL,
+        status      TEXT NOT NULL CHECK (status IN ('pending', 'completed', 'failed')),
+        input       BLOB NOT NULL,
+        output      BLOB,
+        error_kind  TEXT,
+        error       TEXT,
+        executor    TEXT NOT NULL,
+        app_version TEXT,
+        parent_id   TEXT,
+        queue       TEXT,
+        created_at  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX durable_workflows_pending ON durable_workflows (created_at)
+        WHERE status = 'pending';
+    CREATE TABLE durable_steps (
+        workflow_id TEXT NOT NULL,
+        path        TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        output      BLOB,
+        error       TEXT,
+        attempts    INTEGER NOT NULL,
+        started_at  INTEGER NOT NULL,
+        finished_at INTEGER NOT NULL,
+        PRIMARY KEY (workflow_id, path),
+        CHECK ((output IS NULL) <> (error IS NULL))
+    ) STRICT, WITHOUT ROWID;",
+    // 2: CRC-32 checksums of recorded values, so damage is reported, not decoded. NULL
+    // in rows written before version 2 (not checked).
+    "ALTER TABLE durable_workflows ADD COLUMN input_crc32 INTEGER;
+    ALTER TABLE durable_workflows ADD COLUMN output_crc32 INTEGER;
+    ALTER TABLE durable_steps ADD COLUMN crc32 INTEGER;",
+    // 3: the workflow primitives. Workflows can be cancelled (a status the CHECK of
+    // version 1 refuses, so the table is rebuilt) and have a deadline; step records say
+    // what kind of error they hold; messages, events and start records get tables.
+    "CREATE TABLE durable_workflows_v3 (
+        id           TEXT PRIMARY KEY,
+        name         TEXT NOT NULL,
+        status       TEXT NOT NULL
+                     CHECK (status IN ('pending', 'completed', 'failed', 'cancelled')),
+        input        BLOB NOT NULL,
+        output       BLOB,
+        error_kind   TEXT,
+        error        TEXT,
+        executor     TEXT NOT NULL,
+        app_version  TEXT,
+        parent_id    TEXT,
+        queue        TEXT,
+        created_at   INTEGER NOT NULL,
+        updated_at   INTEGER NOT NULL,
+        input_crc32  INTEGER,
+        output_crc32 INTEGER,
+        deadline_at  INTEGER
+    ) STRICT;
+    INSERT INTO durable_workflows_v3
+        (id, name, status, input, output, error_kind, error, executor, app_version,
+         parent_id, queue, created_at, updated_at, input_crc32, output_crc32)
+        SELECT id, name, status, input, output, error_kind, error, executor, app_version,
+               parent_id, queue, created_at, updated_at, input_crc32, output_crc32
+        FROM durable_workflows;
+    DROP TABLE durable_workflows;
+    ALTER TABLE durable_workflows_v3 RENAME TO durable_workflows;
+    CREATE INDEX durable_workflows_pending ON durable_workflows (created_at)
+        WHERE status = 'pending';
+    ALTER TABLE durable_steps ADD COLUMN error_kind TEXT;
+    CREATE TABLE durable_messages (
+        seq         INTEGER PRIMARY KEY,
+        destination TEXT NOT NULL,
+        topic       TEXT NOT NULL,
+        payload     BLOB NOT NULL,
+        crc32       INTEGER NOT NULL,
+        sent_at     INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX durable_messages_queue ON durable_messages (destination, topic, seq);
+    CREATE TABLE durable_events (
+        workflow_id TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        value       BLOB NOT NULL,
+        crc32       INTEGER NOT NULL,
+        set_at      INTEGER NOT NULL,
+        PRIMARY KEY (workflow_id, key)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE durable_started (
+        workflow_id TEXT NOT NULL,
+        path        TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        started_at  INTEGER NOT NULL,
+        wake_at     INTEGER,
+        PRIMARY KEY (workflow_id, path)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE durable_patches (
+        workflow_id TEXT NOT NULL,
+        path        TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        PRIMARY KEY (workflow_id, path, name)
+    ) STRICT, WITHOUT ROWID;",
+    // 4: every value says its format in its first byte, so journals can hold values of
+    // several codecs; the values written so far get the legacy one (bincode, 0x01), and
+    // their checksums are recomputed where they matched (a damaged value stays
+    // damaged). Steps record a fingerprint of the arguments they were called with.
+    "UPDATE durable_workflows SET
+         input = durable_legacy_value(input),
+         input_crc32 = durable_legacy_crc(input, input_crc32);
+    UPDATE durable_workflows SET
+         output = durable_legacy_value(output),
+         output_crc32 = durable_legacy_crc(output, output_crc32)
+     WHERE output IS NOT NULL;
+    UPDATE durable_steps SET
+         output = durable_legacy_value(output),
+         crc32 = durable_legacy_crc(output, crc32)
+     WHERE output IS NOT NULL;
+    UPDATE durable_messages SET
+         payload = durable_legacy_value(payload),
+         crc32 = durable_legacy_crc(payload, crc32);
+    UPDATE durable_events SET
+         value = durable_legacy_value(value),
+         crc32 = durable_legacy_crc(value, crc32);
+    DELETE FROM durable_meta WHERE key = 'codec';
+    ALTER TABLE durable_steps ADD COLUMN args_fingerprint INTEGER;",
+];
+
+/// Brings the schema to the newest version, in one transaction.
+pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
+    let err = |e| Error::from(sql_error(path, e));
+    register_functions(conn).map_err(err)?;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(err)?;
+    let version = schema_version(&tx, path)?;
+    if version > MIGRATIONS.len() {
+        return Err(newer_schema(path, version));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        if i + 1 == 4 {
+            before_migration_4(&tx, path)?;
+        }
+        tx.execute_batch(sql).map_err(err)?;
+        tx.execute(
+            "INSERT INTO durable_meta (key, value) VALUES ('schema_version', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [(i + 1).to_string()],
+        )
+        .map_err(err)?;
+    }
+    check_schema(&tx, path)?;
+    tx.commit().map_err(err)
+}
+
+/// The schema version of the journal `conn` has open, as `durable_meta` records it: `0`
+/// for a database without durable's tables (a new journal).
+pub(super) fn schema_version(conn: &Connection, path: &Path) -> Result<usize, Error> {
+    let err = |e| Error::from(sql_error(path, e));
+    let has_meta: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'durable_meta')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(err)?;
+    if !has_meta {
+        return Ok(0);
+    }
+    let v: Option<String> = conn
+        .query_row(
+            "SELECT value FROM durable_meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(err)?;
+    match v.as_deref().map(str::parse::<usize>) {
+        Some(Ok(v)) => Ok(v),
+        _ => Err(StoreError::new(
+            path,
+            StoreErrorKind::NotAJournal,
+            "durable_meta has no valid schema_version; the journal is damaged",
+        )
+        .into()),
+    }
+}
+
+/// The error for a journal at schema `version`, newer than this build knows.
+pub(super) fn newer_schema(path: &Path, version: usize) -> Error {
+    StoreError::new(
+        path,
+        StoreErrorKind::NewerSchema,
+        format!(
+            "journal schema version {version} is newer than this build of durable understands ({}); upgrade durable-runtime",
+            MIGRATIONS.len()
+        ),
+    )
+    .into()
+}
+
+/// The codec that wrote every value of a journal older than schema 4.
+const LEGACY_CODEC: &str = "bincode-2/serde/standard";
+
+/// Migration 4 gives every recorded value a format byte; before it, a journal named one
+/// codec for all its values, and only one ever existed.
+fn before_migration_4(tx: &Connection, path: &Path) -> Result<(), Error> {
+    let codec: Option<String> = tx
+        .query_row(
+            "SELECT value FROM durable_meta WHERE key = 'codec'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| sql_error(path, e))?;
+    match codec.as_deref() {
+        None | Some(LEGACY_CODEC) => Ok(()),
+        Some(other) => Err(StoreError::new(
+            path,
+            StoreErrorKind::NotAJournal,
+            format!(
+                "the journal says its values are encoded with `{other}`, which no version of \
+                 durable wrote; it is left untouched"
+            ),
+        )
+        .into()),
+    }
+}
+
+/// SQL functions the migrations use.
+fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    // `durable_legacy_value(value)`: `value` with the legacy format byte in front. (SQL's
+    // `||` would make it text.)
+    conn.create_scalar_function(
+        "durable_legacy_value",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let value: Vec<u8> = ctx.get(0)?;
+            Ok(legacy_value(&value))
+        },
+    )?;
+    // `durable_legacy_crc(value, crc)`: the checksum of `value` once it carries the
+    // legacy format byte, if `crc` was its checksum before; otherwise `crc` unchanged,
+    // so a damaged value stays damaged (and a NULL, unchecked one stays unchecked).
+    conn.create_scalar_function(
+        "durable_legacy_crc",
+        2,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let value: Vec<u8> = ctx.get(0)?;
+            let crc: Option<i64> = ctx.get(1)?;
+            Ok(crc.map(|crc| {
+                if crc == i64::from(crc32(&value)) {
+                    i64::from(crc32(&legacy_value(&value)))
+                } else {
+                    crc
+                }
+            }))
+        },
+    )
+}
+
+/// The format byte of values written before migration 4 (see `crate::codec`).
+const LEGACY_FORMAT: u8 = 1;
+
+fn legacy_value(value: &[u8]) -> Vec<u8> {
+    let mut tagged = Vec::with_capacity(value.len() + 1);
+    tagged.push(LEGACY_FORMAT);
+    tagged.extend_from_slice(value);
+    tagged
+}
+
+/// Every column the runtime reads or writes, per table: a journal whose tables were
+/// dropped or altered by hand is refused at open, not found out by each workflow later.
+const SCHEMA: &[(&str, &str)] = &[
+    ("durable_meta", "key, value"),
+    (
+        "durable_workflows",
+        "id, name, status, input, output, error_kind, error, executor, app_version, parent_id, queue, created_at, updated_at, input_crc32, output_crc32, deadline_at",
+    ),
+    (
+        "durable_steps",
+        "workflow_id, path, name, output, error, attempts, started_at, finished_at, crc32, error_kind, args_fingerprint",
+    ),
+    (
+        "durable_messages",
+        "seq, destination, topic, payload, crc32, sent_at",
+    ),
+    ("durable_events", "workflow_id, key, value, crc32, set_at"),
+    (
+        "durable_started",
+        "workflow_id, path, name, started_at, wake_at",
+    ),
+    ("durable_patches", "workflow_id, path, name"),
+];
+
+/// Refuses a journal that lacks a table or column of [`SCHEMA`].
+pub(super) fn check_schema(conn: &Connection, path: &Path) -> Result<(), Error> {
+    for (table, columns) in SCHEMA {
+        if let Err(e) = conn.prepare(&format!("SELECT {columns} FROM {table} LIMIT 0")) {
+            return Err(StoreError::new(
+                path,
+                StoreErrorKind::NotAJournal,
+                format!(
+                    "the journal's schema is damaged ({e}); it was changed outside durable: restore the file from a backup"
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(())
+}

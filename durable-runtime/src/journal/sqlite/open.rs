@@ -1,0 +1,201 @@
+//! Opening a journal: its lock file, creating a new journal, the connection settings,
+//! and starting the writer thread.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::migrate::migrate;
+use super::writer::{WriterStats, write_loop};
+use super::{SqliteStore, io_error, sql_error};
+use crate::error::{Error, StoreError, StoreErrorKind};
+use crate::journal::{Durability, JournalOptions};
+
+impl Durability {
+    /// The `synchronous` setting of this durability.
+    fn pragma(self) -> &'static str {
+        match self {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+            Durability::Off => "OFF",
+        }
+    }
+}
+
+/// Creates `path` with owner-only permissions if it does not exist yet.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The lock file beside the journal: `shop.db` is locked through `shop.db.lock`.
+///
+/// A separate file, because SQLite's own POSIX locks on the journal are dropped when any
+/// descriptor of that file is closed by this process; a lock on another file cannot
+/// interfere with them.
+fn lock_path(path: &Path) -> PathBuf {
+    with_suffix(path, ".lock")
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the journal at `path`, takes its lock, migrates it and
+    /// starts the writer thread.
+    pub(crate) fn open(path: &Path, options: &JournalOptions) -> Result<Self, Error> {
+        let (durability, codec) = (options.durability, options.codec);
+        if path.is_dir() {
+            return Err(StoreError::new(
+                path,
+                StoreErrorKind::NotAJournal,
+                "this is a directory; give the path of a journal file in it, such as `journal.db`",
+            )
+            .into());
+        }
+        let lock_file = take_lock(path)?;
+        if !path.exists() {
+            create_journal(path)?;
+        }
+
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut writer =
+            Connection::open_with_flags(path, flags).map_err(|e| sql_error(path, e))?;
+        configure(&writer, durability).map_err(|e| sql_error(path, e))?;
+        migrate(&mut writer, path)?;
+
+        let reader = Connection::open_with_flags(path, flags).map_err(|e| sql_error(path, e))?;
+        reader
+            .execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")
+            .map_err(|e| sql_error(path, e))?;
+
+        let (tx, rx) = mpsc::channel();
+        let writer_path = path.to_owned();
+        let stats = Arc::new(WriterStats {
+            #[cfg(feature = "testkit")]
+            halted: options.halt.clone(),
+            ..WriterStats::default()
+        });
+        let writer_stats = stats.clone();
+        let writer = thread::Builder::new()
+            .name("durable-journal-writer".into())
+            // The writer thread holds the lock: it is released only after the last
+            // queued write has committed and the thread has exited.
+            .spawn(move || {
+                write_loop(writer, &writer_path, &rx, &writer_stats, codec);
+                drop(lock_file);
+            })
+            .map_err(|e| io_error(path, format!("cannot start the writer thread: {e}")))?;
+
+        Ok(SqliteStore {
+            path: Arc::from(path),
+            writes: tx,
+            reader: Mutex::new(Some(reader)),
+            stats,
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+}
+
+/// Takes the journal's lock (creating its lock file if needed), held for as long as the
+/// returned file stays open.
+fn take_lock(path: &Path) -> Result<File, Error> {
+    let lock = lock_path(path);
+    create_private(&lock).map_err(|e| {
+        io_error(
+            path,
+            format!("cannot create lock file {}: {e}", lock.display()),
+        )
+    })?;
+    let lock_file = OpenOptions::new().write(true).open(&lock).map_err(|e| {
+        io_error(
+            path,
+            format!("cannot open lock file {}: {e}", lock.display()),
+        )
+    })?;
+    match lock_file.try_lock() {
+        Ok(()) => Ok(lock_file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
+            path: path.to_owned(),
+            lock,
+        }),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(io_error(path, format!("cannot lock {}: {e}", lock.display())).into())
+        }
+    }
+}
+
+/// The settings of the writer's connection: WAL mode and `durability`.
+fn configure(conn: &Connection, durability: Durability) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "journal_mode is {mode}, WAL is required"
+        )));
+    }
+    conn.execute_batch(&format!("PRAGMA synchronous = {};", durability.pragma()))
+}
+
+/// `path` with `suffix` appended to its file name.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// Creates a new journal at `path`: built complete (WAL mode set, schema migrated) under
+/// a temporary name, then renamed into place. Switching a new file to WAL goes through
+/// a rollback journal; built in place, a crash at that moment would leave a hot
+/// `-journal` beside the journal, which read-only tools refuse to open. Called with the
+/// lock held, so a leftover temporary file is from a crash and can be removed.
+fn create_journal(path: &Path) -> Result<(), Error> {
+    let tmp = with_suffix(path, ".creating");
+    for leftover in ["", "-journal", "-wal", "-shm"] {
+        let file = with_suffix(&tmp, leftover);
+        match std::fs::remove_file(&file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(
+                    io_error(path, format!("cannot remove {}: {e}", file.display())).into(),
+                );
+            }
+            _ => {}
+        }
+    }
+    let cannot = |e: std::io::Error| io_error(path, format!("cannot create the journal: {e}"));
+    create_private(&tmp).map_err(cannot)?;
+    {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = Connection::open_with_flags(&tmp, flags).map_err(|e| sql_error(path, e))?;
+        configure(&conn, Durability::Full).map_err(|e| sql_error(path, e))?;
+        migrate(&mut conn, path)?;
+        // Closing the only connection checkpoints the WAL into the file and removes it.
+        conn.close().map_err(|(_, e)| sql_error(path, e))?;
+    }
+    OpenOptions::new()
+        .write(true)
+        .open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(cannot)?;
+    std::fs::rename(&tmp, path).map_err(cannot)?;
+    // Make the rename itself durable.
+    #[cfg(unix)]
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(cannot)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,510 @@
+//! What each write does to the journal: the statements of every operation, run by the
+//! writer inside the batch's transaction (or, for a transaction step, its own).
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+
+use super::crc::crc32;
+use super::rows::{DAMAGED, checks, workflow_row};
+use super::waits::{Parked, decode_answer};
+use super::writer::{Reply, Write, Writer, WriterStats};
+use super::{TxFn, sql_error};
+use crate::codec::Fingerprint;
+use crate::error::{CancelReason, StoreError, StoreErrorKind};
+use crate::journal::{
+    Created, Effect, Finish, Finished, NewMessage, NewWorkflow, RecordStatus, RecordedOutcome,
+    Replier, StepKey, StepRecord, TxStep, TxWork, WaitFor,
+};
+
+/// The executor name recorded for workflows this process starts.
+const EXECUTOR: &str = "local";
+
+impl Writer<'_> {
+    /// Runs one write of the workflow primitives; its reply waits for the commit.
+    pub(super) fn write(&mut self, path: &Path, w: Write) -> Reply {
+        let sql = |e| sql_error(path, e);
+        match w {
+            // Nobody waits for it any more (a wait woken to run again whose workflow
+            // stopped meanwhile): take nothing.
+            Write::Wait(_, reply) if reply.is_closed() => Reply::Value(reply, Ok(None)),
+            Write::Wait(wait, reply) => match self.wait(path, &wait) {
+                Ok(Some(answer)) => Reply::Value(reply, Ok(Some(answer))),
+                Ok(None) if wait.park => {
+                    if let Some(r) = &wait.record
+                        && r.deadline_at.is_some()
+                        && let Err(e) = self.start_record(&r.key, r.started_at, r.deadline_at)
+                    {
+                        return Reply::Value(reply, Err(sql(e)));
+                    }
+                    Reply::Park(
+                        wait.what,
+                        Parked {
+                            record: wait.record,
+                            reply,
+                        },
+                    )
+                }
+                Ok(None) => {
+                    let recorded = match &wait.record {
+                        Some(r) => self.record_answer(r, None).map_err(sql),
+                        None => Ok(()),
+                    };
+                    Reply::Value(reply, recorded.map(|()| None))
+                }
+                Err(e) => Reply::Value(reply, Err(e)),
+            },
+            Write::Expire(record, reply) => Reply::Value(reply, self.expire(path, &record)),
+            Write::Started(key, at, reply) => {
+                Reply::Unit(reply, self.start_record(&key, at, None).map_err(sql))
+            }
+            Write::Send(m, reply) => Reply::Unit(reply, self.insert_message(&m).map_err(sql)),
+            Write::Patch(workflow_id, at, name, reply) => Reply::Unit(
+                reply,
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO durable_patches (workflow_id, path, name) VALUES (?1, ?2, ?3)
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .and_then(|mut stmt| stmt.execute(params![&*workflow_id, at.to_string(), name]))
+                    .map(|_| ())
+                    .map_err(sql),
+            ),
+            Write::GiveBack(key, topic, reply) => {
+                Reply::Unit(reply, self.give_back(path, &key, topic))
+            }
+            Write::Cancel(id, reason, at, reply) => {
+                Reply::Ids(reply, self.cancel(&id, reason, at).map_err(sql))
+            }
+            Write::Resume(id, at, reply) => Reply::Ids(reply, self.resume(&id, at).map_err(sql)),
+            Write::Transaction(_, reply) => Reply::Unit(
+                reply,
+                Err(StoreError::new(
+                    path,
+                    StoreErrorKind::Invariant,
+                    "a transaction step reached a shared batch",
+                )),
+            ),
+        }
+    }
+
+    fn start_record(
+        &mut self,
+        key: &StepKey,
+        at: i64,
+        wake_at: Option<i64>,
+    ) -> rusqlite::Result<()> {
+        self.conn.prepare_cached(SQL_STARTED)?.execute(params![
+            &*key.workflow_id,
+            key.path.to_string(),
+            key.name,
+            at,
+            wake_at
+        ])?;
+        Ok(())
+    }
+
+    fn insert_message(&mut self, m: &NewMessage) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached(SQL_INSERT_MESSAGE)?
+            .execute(params![
+                m.destination,
+                m.topic,
+                m.payload,
+                crc32(&m.payload),
+                m.sent_at
+            ])?;
+        self.touched.push(WaitFor::Message {
+            destination: m.destination.clone(),
+            topic: m.topic.clone(),
+        });
+        Ok(())
+    }
+
+    /// Undoes a `recv` that never delivered its message: its record goes, and the
+    /// message goes back before every other (so the queue's order is as it was).
+    fn give_back(&mut self, path: &Path, key: &StepKey, topic: String) -> Result<(), StoreError> {
+        let sql = |e| sql_error(path, e);
+        let recorded: Option<(Option<Vec<u8>>, Option<u32>)> = self
+            .conn
+            .prepare_cached(SQL_RECORDED_OUTPUT)
+            .map_err(sql)?
+            .query_row(params![&*key.workflow_id, key.path.to_string()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(sql)?;
+        let Some((Some(output), crc)) = recorded else {
+            // Never answered (the wait was dropped first), or given back already.
+            return Ok(());
+        };
+        if !checks(&output, crc) {
+            return Err(StoreError::new(
+                path,
+                StoreErrorKind::Invariant,
+                format!(
+                    "the recorded answer of step {} of workflow {} {DAMAGED}",
+                    key.path, key.workflow_id
+                ),
+            ));
+        }
+        let Ok(Some(payload)) = decode_answer(&output) else {
+            // A recorded timeout: nothing was taken.
+            return Ok(());
+        };
+        let done = all_or_nothing(self.conn, || {
+            let deleted = self
+                .conn
+                .prepare_cached(
+                    "DELETE FROM durable_steps WHERE workflow_id = ?1 AND path = ?2 AND name = ?3",
+                )?
+                .execute(params![&*key.workflow_id, key.path.to_string(), key.name])?;
+            if deleted != 1 {
+                // Not a recv's record: nothing of ours to give back.
+                return Ok(false);
+            }
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO durable_messages (seq, destination, topic, payload, crc32, sent_at)
+                     VALUES ((SELECT COALESCE(MIN(seq), 1) - 1 FROM durable_messages),
+                             ?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    &*key.workflow_id,
+                    topic,
+                    payload,
+                    crc32(&payload),
+                    crate::util::now_ms()
+                ])?;
+            Ok(true)
+        });
+        if done.map_err(sql)? {
+            self.touched.push(WaitFor::Message {
+                destination: key.workflow_id.to_string(),
+                topic,
+            });
+        }
+        Ok(())
+    }
+
+    /// Cancels `id` and its pending descendants. Descendants are found through
+    /// `parent_id`, within the primary key's range of ids that start with `<id>/` (every
+    /// descendant's id does): no index on `parent_id` is kept, which would cost every
+    /// start and finish a cursor for a rare operation.
+    fn cancel(&mut self, id: &str, reason: CancelReason, at: i64) -> rusqlite::Result<Vec<String>> {
+        let mut stmt = self.conn.prepare_cached(
+            "WITH RECURSIVE tree(id) AS (
+                 SELECT ?1
+                 UNION SELECT w.id FROM durable_workflows w JOIN tree t ON w.parent_id = t.id
+                 WHERE w.id >= ?1 || '/' AND w.id < ?1 || '0'
+             )
+             UPDATE durable_workflows
+             SET status = 'cancelled', error_kind = ?2, error = ?3, updated_at = ?4
+             WHERE status = 'pending' AND id IN tree
+             RETURNING id",
+        )?;
+        let ids = stmt.query_map(params![id, reason.as_str(), reason.to_string(), at], |r| {
+            r.get(0)
+        })?;
+        ids.collect()
+    }
+
+    fn resume(&mut self, id: &str, at: i64) -> rusqlite::Result<Vec<String>> {
+        let mut stmt = self.conn.prepare_cached(
+            "WITH RECURSIVE tree(id) AS (
+                 SELECT ?1
+                 UNION SELECT w.id FROM durable_workflows w JOIN tree t ON w.parent_id = t.id
+                 WHERE w.id >= ?1 || '/' AND w.id < ?1 || '0'
+             )
+             UPDATE durable_workflows
+             SET status = 'pending', output = NULL, output_crc32 = NULL, error_kind = NULL,
+                 error = NULL, deadline_at = NULL, updated_at = ?2
+             WHERE id IN tree AND (status = 'cancelled' OR (id = ?1 AND status = 'failed'))
+             RETURNING id",
+        )?;
+        let ids: Vec<String> = stmt
+            .query_map(params![id, at], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        // A recorded panic or interruption is not an output: resuming runs those steps
+        // again (an interrupted step also loses its start record, or it would be
+        // found interrupted once more).
+        let mut forget_started = self.conn.prepare_cached(
+            "DELETE FROM durable_started WHERE workflow_id = ?1 AND path IN
+                 (SELECT path FROM durable_steps WHERE workflow_id = ?1 AND error IS NOT NULL)",
+        )?;
+        let mut forget_errors = self.conn.prepare_cached(
+            "DELETE FROM durable_steps WHERE workflow_id = ?1 AND error IS NOT NULL",
+        )?;
+        for w in &ids {
+            forget_started.execute([w])?;
+            forget_errors.execute([w])?;
+        }
+        Ok(ids)
+    }
+
+    /// Runs a transaction step in a transaction of its own: the application's writes,
+    /// then the step's record, committed together.
+    pub(super) fn transaction(
+        &mut self,
+        path: &Path,
+        TxStep {
+            key,
+            started_at,
+            work,
+        }: TxStep,
+        reply: Replier<()>,
+        stats: &WriterStats,
+    ) {
+        let TxWork::Sqlite(work) = work;
+        let started = std::time::Instant::now();
+        if !self.conn.is_autocommit() {
+            let _ = self.rollback.execute([]);
+        }
+        let result = self.run_transaction(path, &key, started_at, work, stats);
+        if stats.halted() {
+            // A simulated crash: nothing committed, nobody hears back.
+            return;
+        }
+        if result.is_ok() {
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        stats.last_commit_ns.store(took, Ordering::Relaxed);
+        stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let _ = reply.send(result);
+    }
+
+    fn run_transaction(
+        &mut self,
+        path: &Path,
+        key: &StepKey,
+        started_at: i64,
+        work: TxFn,
+        stats: &WriterStats,
+    ) -> Result<(), StoreError> {
+        let sql = |e| sql_error(path, e);
+        let tx = rusqlite::Transaction::new_unchecked(
+            self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .map_err(sql)?;
+        tx.execute_batch("SAVEPOINT durable_transaction_step")
+            .map_err(sql)?;
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&tx)));
+        let (outcome, keep) = match ran {
+            Ok(Ok((outcome, keep))) => (outcome, keep),
+            Ok(Err(message)) => {
+                return Err(StoreError::new(path, StoreErrorKind::Invariant, message));
+            }
+            Err(payload) => (
+                RecordedOutcome::Panicked(format!(
+                    "step {} (`{}`) panicked: {}",
+                    key.path,
+                    key.name,
+                    crate::util::panic_message(&*payload)
+                )),
+                false,
+            ),
+        };
+        if self.conn.is_autocommit() {
+            return Err(StoreError::new(
+                path,
+                StoreErrorKind::Invariant,
+                format!(
+                    "transaction step {} (`{}`) ended the transaction it was given (COMMIT or \
+                     ROLLBACK); its writes may have committed without its record",
+                    key.path, key.name
+                ),
+            ));
+        }
+        let end = if keep {
+            "RELEASE durable_transaction_step"
+        } else {
+            "ROLLBACK TO durable_transaction_step; RELEASE durable_transaction_step"
+        };
+        tx.execute_batch(end).map_err(sql)?;
+        let record = StepRecord {
+            workflow_id: key.workflow_id.clone(),
+            path: key.path.clone(),
+            name: key.name,
+            args: key.args,
+            outcome,
+            attempts: 1,
+            started_at,
+            finished_at: crate::util::now_ms(),
+            effect: Effect::None,
+        };
+        self.record(&record)
+            .map_err(|e| step_error(path, &record, e))?;
+        if stats.halted() {
+            return Ok(()); // dropped: rolled back
+        }
+        tx.commit().map_err(sql)
+    }
+
+    pub(super) fn create(&mut self, w: &NewWorkflow) -> rusqlite::Result<Created> {
+        let inserted = self.create.execute(params![
+            &*w.id,
+            w.name,
+            w.input,
+            EXECUTOR,
+            w.app_version.as_deref(),
+            w.created_at,
+            crc32(&w.input),
+            w.parent_id.as_deref(),
+            w.deadline_at
+        ])?;
+        if inserted == 1 {
+            return Ok(Created::New);
+        }
+        let existing = self.existing.query_row([&*w.id], workflow_row)??;
+        Ok(Created::Existing(Box::new(existing)))
+    }
+
+    pub(super) fn record(&mut self, s: &StepRecord) -> rusqlite::Result<()> {
+        let (output, error, kind) = match &s.outcome {
+            RecordedOutcome::Output(bytes) => (Some(bytes.as_slice()), None, None),
+            RecordedOutcome::Panicked(message) => (None, Some(message.as_str()), None),
+            RecordedOutcome::Interrupted(message) => {
+                (None, Some(message.as_str()), Some(INTERRUPTED))
+            }
+        };
+        let crc = crc32(output.unwrap_or_else(|| error.unwrap_or_default().as_bytes()));
+        let insert = |w: &mut Self| {
+            w.record.execute(params![
+                &*s.workflow_id,
+                s.path.to_string(),
+                s.name,
+                output,
+                error,
+                s.attempts,
+                s.started_at,
+                s.finished_at,
+                crc,
+                kind,
+                fingerprint_column(s.args)
+            ])
+        };
+        if let Effect::None = s.effect {
+            return insert(self).map(drop);
+        }
+        // The record and its effect stand or fall together.
+        all_or_nothing(self.conn, || {
+            insert(self)?;
+            self.apply(s)
+        })
+    }
+
+    /// Writes what a step's record also does.
+    fn apply(&mut self, s: &StepRecord) -> rusqlite::Result<()> {
+        match &s.effect {
+            Effect::None => {}
+            Effect::Send(m) => self.insert_message(m)?,
+            Effect::SetEvent(event) => {
+                let (key, value) = &**event;
+                self.conn.prepare_cached(SQL_SET_EVENT)?.execute(params![
+                    &*s.workflow_id,
+                    key,
+                    value,
+                    crc32(value),
+                    s.finished_at
+                ])?;
+                self.touched.push(WaitFor::Event {
+                    workflow_id: s.workflow_id.to_string(),
+                    key: key.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn finish(&mut self, f: &Finish) -> rusqlite::Result<bool> {
+        let (status, output, kind, error) = match &f.outcome {
+            Finished::Completed(bytes) => {
+                (RecordStatus::Completed, Some(bytes.as_slice()), None, None)
+            }
+            Finished::Failed(kind, message) => (
+                RecordStatus::Failed,
+                None,
+                Some(kind.as_str()),
+                Some(message.as_str()),
+            ),
+        };
+        let crc = output.map(crc32);
+        let updated = self.finish.execute(params![
+            &*f.id,
+            status.as_str(),
+            output,
+            kind,
+            error,
+            f.at,
+            crc
+        ])?;
+        Ok(updated == 1)
+    }
+}
+
+// The statements of the workflow primitives, prepared on first use (through the
+// connection's statement cache), not with the writer: a workload that never uses them
+// should not pay for them, and statements held prepared take the connection's lookaside
+// memory that the hot statements' executions would otherwise use.
+pub(super) const SQL_OLDEST_MESSAGE: &str = "\
+    SELECT seq, payload, crc32 FROM durable_messages WHERE destination = ?1 AND \
+     topic = ?2 ORDER BY seq LIMIT 1";
+pub(super) const SQL_DELETE_MESSAGE: &str = "DELETE FROM durable_messages WHERE seq = ?1";
+const SQL_INSERT_MESSAGE: &str = "\
+    INSERT INTO durable_messages (destination, topic, payload, crc32, sent_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5)";
+pub(super) const SQL_EVENT: &str = "\
+    SELECT value, crc32 FROM durable_events WHERE workflow_id = ?1 AND key = ?2";
+const SQL_SET_EVENT: &str = "\
+    INSERT INTO durable_events (workflow_id, key, value, crc32, set_at) VALUES (?1, \
+     ?2, ?3, ?4, ?5) ON CONFLICT (workflow_id, key) DO UPDATE SET value = \
+     excluded.value, crc32 = excluded.crc32, set_at = excluded.set_at";
+const SQL_STARTED: &str = "\
+    INSERT INTO durable_started (workflow_id, path, name, started_at, wake_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (workflow_id, path) DO NOTHING";
+pub(super) const SQL_RECORDED_OUTPUT: &str = "\
+    SELECT output, crc32 FROM durable_steps WHERE workflow_id = ?1 AND path = ?2";
+
+/// How the journal stores a fingerprint: its bits as an `INTEGER` (SQLite's are signed).
+pub(super) fn fingerprint_column(f: Option<Fingerprint>) -> Option<i64> {
+    f.map(|f| f.as_u64() as i64)
+}
+
+/// The `error_kind` of a step record that holds an interruption (NULL: a panic).
+pub(super) const INTERRUPTED: &str = "interrupted";
+
+/// Runs `f` inside a savepoint, so that its writes stand or fall together (a failing
+/// statement otherwise rolls back only itself, and the batch goes on).
+pub(super) fn all_or_nothing<T>(
+    conn: &Connection,
+    f: impl FnOnce() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.execute_batch("SAVEPOINT durable_all_or_nothing")?;
+    let done = f();
+    conn.execute_batch(if done.is_ok() {
+        "RELEASE durable_all_or_nothing"
+    } else {
+        "ROLLBACK TO durable_all_or_nothing; RELEASE durable_all_or_nothing"
+    })?;
+    done
+}
+
+/// The error for a step record that could not be written (a second record for its
+/// path is refused).
+pub(super) fn step_error(path: &Path, s: &StepRecord, e: rusqlite::Error) -> StoreError {
+    if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) {
+        StoreError::new(
+            path,
+            StoreErrorKind::Invariant,
+            format!(
+                "step {} of workflow {} is already recorded; a recorded step is never overwritten",
+                s.path, s.workflow_id
+            ),
+        )
+    } else {
+        sql_error(path, e)
+    }
+}

@@ -1,0 +1,362 @@
+//! Reading rows back: the queries of workflow runs, steps and side records, and the
+//! checks every row goes through before its values are used. Free functions of a
+//! connection, so the store's reader and [`JournalView`](super::view::JournalView) read
+//! the journal the same way.
+
+use rusqlite::{Connection, OptionalExtension, Params, Row};
+
+use super::crc::crc32;
+use super::ops::INTERRUPTED;
+use crate::codec::Fingerprint;
+use crate::error::{CancelReason, FailureKind, Location};
+use crate::journal::{
+    RecordStatus, RecordedOutcome, RecordedStep, SideRecords, StartedRecord, WorkflowRecord,
+};
+use crate::path::StepPath;
+
+/// The columns [`workflow_row`] reads, in its order.
+pub(super) const WORKFLOW_COLUMNS: &str = "id, name, status, input, output, error_kind, error, input_crc32, \
+     output_crc32, deadline_at, parent_id";
+
+/// Why a damaged value cannot be used.
+pub(super) const DAMAGED: &str = "the value does not match its checksum: the journal is damaged";
+
+/// Whether a recorded value matches its checksum (rows older than schema 2 have none).
+pub(super) fn checks(bytes: &[u8], crc: Option<u32>) -> bool {
+    crc.is_none_or(|crc| crc == crc32(bytes))
+}
+
+/// Checks a recorded value against its checksum (none in rows older than schema 2).
+fn verify(bytes: &[u8], crc: Option<u32>, what: impl FnOnce() -> String) -> rusqlite::Result<()> {
+    match crc {
+        Some(crc) if crc != crc32(bytes) => Err(invalid(format!(
+            "{} does not match its checksum: the journal is damaged (restore it from a backup, \
+             or remove the workflow's rows to give it up)",
+            what()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Reads a workflow row. The inner `Result` rejects rows no runtime could have written
+/// (an unknown status), which point at a damaged or hand-edited journal.
+pub(super) fn workflow_row(r: &Row<'_>) -> rusqlite::Result<rusqlite::Result<WorkflowRecord>> {
+    let id: String = r.get(0)?;
+    let status: String = r.get(2)?;
+    let status = match status.as_str() {
+        "pending" => RecordStatus::Pending,
+        "completed" => RecordStatus::Completed,
+        "failed" => RecordStatus::Failed,
+        "cancelled" => RecordStatus::Cancelled,
+        other => {
+            return Ok(Err(invalid(format!(
+                "workflow {id} has unknown status `{other}`"
+            ))));
+        }
+    };
+    let kind: Option<String> = r.get(5)?;
+    let error: Option<String> = r.get(6)?;
+    let cancelled = match (status, kind.as_deref().map(CancelReason::parse)) {
+        (RecordStatus::Cancelled, Some(Some(reason))) => Some(reason),
+        (RecordStatus::Cancelled, _) => {
+            return Ok(Err(invalid(format!(
+                "workflow {id} is cancelled but records no known reason"
+            ))));
+        }
+        _ => None,
+    };
+    let failure = match (status, kind, error) {
+        (RecordStatus::Failed, Some(k), m) => match FailureKind::parse(&k) {
+            Some(k) => Some((k, m.unwrap_or_default())),
+            None => {
+                return Ok(Err(invalid(format!(
+                    "workflow {id} has unknown error kind `{k}`"
+                ))));
+            }
+        },
+        (RecordStatus::Failed, None, _) => {
+            return Ok(Err(invalid(format!(
+                "workflow {id} is failed but records no error kind"
+            ))));
+        }
+        _ => None,
+    };
+    let input: Vec<u8> = r.get(3)?;
+    let output: Option<Vec<u8>> = r.get(4)?;
+    // A damaged value is reported for this workflow alone, when it is resumed or asked
+    // for: the other workflows of the journal are not held up by it.
+    let crc_output: Option<u32> = r.get(8)?;
+    let damaged = if !checks(&input, r.get(7)?) {
+        Some((Location::Input, DAMAGED.to_owned()))
+    } else if !output.as_ref().is_none_or(|o| checks(o, crc_output)) {
+        Some((Location::Output, DAMAGED.to_owned()))
+    } else {
+        None
+    };
+    Ok(Ok(WorkflowRecord {
+        damaged,
+        cancelled,
+        deadline_at: r.get(9)?,
+        parent_id: r.get(10)?,
+        name: r.get(1)?,
+        status,
+        input,
+        output,
+        failure,
+        id,
+    }))
+}
+
+/// A row no runtime could have written, as the error of its read.
+pub(super) fn invalid(message: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, message.into())
+}
+
+/// How many columns [`WORKFLOW_COLUMNS`] names: a query's extra columns start here.
+pub(super) const WORKFLOW_COLUMN_COUNT: usize = 11;
+
+/// Whether a workflow row's input and output (if it has one) match their checksums.
+/// `r` is the row `w` was read from by [`workflow_row`]. Unlike `w.damaged`, which names
+/// the first damaged value only, this checks both.
+pub(super) fn workflow_values_intact(
+    r: &Row<'_>,
+    w: &WorkflowRecord,
+) -> rusqlite::Result<(bool, bool)> {
+    let (input_crc, output_crc) = (r.get(7)?, r.get(8)?);
+    let output = w.output.as_ref().is_none_or(|o| checks(o, output_crc));
+    Ok((checks(&w.input, input_crc), output))
+}
+
+/// One workflow run, if the journal has it.
+pub(super) fn workflow(c: &Connection, id: &str) -> rusqlite::Result<Option<WorkflowRecord>> {
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {WORKFLOW_COLUMNS} FROM durable_workflows WHERE id = ?1"
+    ))?;
+    stmt.query_row([id], workflow_row).optional()?.transpose()
+}
+
+/// The workflow rows matching `filter` (a `WHERE` clause or nothing), oldest first.
+pub(super) fn workflow_rows(c: &Connection, filter: &str) -> rusqlite::Result<Vec<WorkflowRecord>> {
+    select_workflows(c, "", filter, [], |_, w| Ok(w))
+}
+
+/// The workflow rows matching `filter` (a `WHERE` clause or nothing, with its
+/// `params`), oldest first, each read by [`workflow_row`] and then given to `map` with
+/// its row, whose `extra` columns (`", a, b"`, or nothing) start at
+/// [`WORKFLOW_COLUMN_COUNT`].
+pub(super) fn select_workflows<T>(
+    c: &Connection,
+    extra: &str,
+    filter: &str,
+    params: impl Params,
+    mut map: impl FnMut(&Row<'_>, WorkflowRecord) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {WORKFLOW_COLUMNS}{extra} FROM durable_workflows {filter} ORDER BY created_at, id"
+    ))?;
+    let rows = stmt.query_map(params, |r| match workflow_row(r)? {
+        Ok(w) => map(r, w).map(Ok),
+        Err(e) => Ok(Err(e)),
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row??);
+    }
+    Ok(out)
+}
+
+/// What a read does with a step whose recorded result fails its checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OnDamage {
+    /// Fails the whole read: the runtime never replays a damaged value.
+    Fail,
+    /// Keeps the step, marked damaged (for looking at a journal, not replaying it).
+    Mark,
+}
+
+/// A step as [`step_rows`] reads it.
+#[derive(Debug)]
+pub(super) struct StepRow {
+    pub(super) step: RecordedStep,
+    /// Whether its recorded result matches its checksum.
+    pub(super) intact: bool,
+}
+
+/// All recorded steps of one workflow run, sorted by path, in one query.
+pub(super) fn steps(c: &Connection, workflow_id: &str) -> rusqlite::Result<Vec<RecordedStep>> {
+    let rows = step_rows(c, workflow_id, OnDamage::Fail)?;
+    Ok(rows.into_iter().map(|s| s.step).collect())
+}
+
+/// The recorded steps of one workflow run, sorted by path, in one query; `on_damage`
+/// says what a step whose result fails its checksum does to the read.
+pub(super) fn step_rows(
+    c: &Connection,
+    workflow_id: &str,
+    on_damage: OnDamage,
+) -> rusqlite::Result<Vec<StepRow>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT path, name, output, error, attempts, started_at, finished_at, crc32,
+                error_kind, args_fingerprint
+         FROM durable_steps WHERE workflow_id = ?1",
+    )?;
+    let rows = stmt.query_map([workflow_id], |r| {
+        let path: String = r.get(0)?;
+        let output: Option<Vec<u8>> = r.get(2)?;
+        let error: Option<String> = r.get(3)?;
+        let Ok(parsed) = path.parse::<StepPath>() else {
+            return Ok(Err(invalid(format!(
+                "workflow {workflow_id} has a step at `{path}`, which is not a step path"
+            ))));
+        };
+        let value = output.as_deref().or(error.as_ref().map(String::as_bytes));
+        let mut intact = true;
+        if let Err(e) = verify(value.unwrap_or_default(), r.get(7)?, || {
+            format!("the recorded result of step {path} of workflow {workflow_id}")
+        }) {
+            match on_damage {
+                OnDamage::Fail => return Ok(Err(e)),
+                OnDamage::Mark => intact = false,
+            }
+        }
+        let kind: Option<String> = r.get(8)?;
+        let outcome = match (output, error) {
+            (Some(o), None) => RecordedOutcome::Output(o),
+            (None, Some(e)) if kind.as_deref() == Some(INTERRUPTED) => {
+                RecordedOutcome::Interrupted(e)
+            }
+            (None, Some(e)) => RecordedOutcome::Panicked(e),
+            _ => {
+                return Ok(Err(invalid(format!(
+                    "step {path} of workflow {workflow_id} records both or neither of output and error"
+                ))));
+            }
+        };
+        let args: Option<i64> = r.get(9)?;
+        let step = RecordedStep {
+            path: parsed,
+            name: r.get(1)?,
+            args: args.map(|a| Fingerprint(a as u64)),
+            outcome,
+            attempts: r.get(4)?,
+            started_at: r.get(5)?,
+            finished_at: r.get(6)?,
+        };
+        Ok(Ok(StepRow { step, intact }))
+    })?;
+    let mut steps = Vec::new();
+    for row in rows {
+        steps.push(row??);
+    }
+    steps.sort_by(|a, b| a.step.path.cmp(&b.step.path));
+    Ok(steps)
+}
+
+/// What one workflow run recorded beside its steps: start records and patch markers.
+pub(super) fn side_records(c: &Connection, workflow_id: &str) -> rusqlite::Result<SideRecords> {
+    let parse = |path: String, what: &str| {
+        path.parse::<StepPath>().map_err(|_| {
+            invalid(format!(
+                "workflow {workflow_id} has a {what} at `{path}`, which is not a step path"
+            ))
+        })
+    };
+    let mut out = SideRecords::default();
+    let mut stmt =
+        c.prepare_cached("SELECT path, wake_at FROM durable_started WHERE workflow_id = ?1")?;
+    let rows = stmt.query_map([workflow_id], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
+    })?;
+    for row in rows {
+        let (path, wake_at) = row?;
+        out.started.push(StartedRecord {
+            path: parse(path, "start record")?,
+            wake_at,
+        });
+    }
+    let mut stmt =
+        c.prepare_cached("SELECT path, name FROM durable_patches WHERE workflow_id = ?1")?;
+    let rows = stmt.query_map([workflow_id], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
+    for row in rows {
+        let (path, name) = row?;
+        out.patches.push((parse(path, "patch marker")?, name));
+    }
+    Ok(out)
+}
+
+/// A message waiting in its destination's queue.
+#[derive(Debug)]
+pub(super) struct MessageRow {
+    pub(super) seq: i64,
+    pub(super) destination: String,
+    pub(super) topic: String,
+    pub(super) payload: Vec<u8>,
+    /// Whether the payload matches its checksum.
+    pub(super) intact: bool,
+    pub(super) sent_at: i64,
+}
+
+/// Every queued message, in queue order (the order `recv` takes them, for each
+/// destination and topic).
+pub(super) fn messages(c: &Connection) -> rusqlite::Result<Vec<MessageRow>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT seq, destination, topic, payload, crc32, sent_at FROM durable_messages
+         ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let payload: Vec<u8> = r.get(3)?;
+        Ok(MessageRow {
+            seq: r.get(0)?,
+            destination: r.get(1)?,
+            topic: r.get(2)?,
+            intact: checks(&payload, Some(r.get(4)?)),
+            payload,
+            sent_at: r.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// An event a workflow set.
+#[derive(Debug)]
+pub(super) struct EventRow {
+    pub(super) key: String,
+    pub(super) value: Vec<u8>,
+    /// Whether the value matches its checksum.
+    pub(super) intact: bool,
+    pub(super) set_at: i64,
+}
+
+/// The events workflow `workflow_id` set, by key.
+pub(super) fn events(c: &Connection, workflow_id: &str) -> rusqlite::Result<Vec<EventRow>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT key, value, crc32, set_at FROM durable_events WHERE workflow_id = ?1
+         ORDER BY key",
+    )?;
+    let rows = stmt.query_map([workflow_id], |r| {
+        let value: Vec<u8> = r.get(1)?;
+        Ok(EventRow {
+            key: r.get(0)?,
+            intact: checks(&value, Some(r.get(2)?)),
+            value,
+            set_at: r.get(3)?,
+        })
+    })?;
+    rows.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_column_count_matches_the_columns() {
+        assert_eq!(
+            WORKFLOW_COLUMNS.split(',').count(),
+            WORKFLOW_COLUMN_COUNT,
+            "{WORKFLOW_COLUMNS}"
+        );
+    }
+}

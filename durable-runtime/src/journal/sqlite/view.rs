@@ -1,0 +1,567 @@
+//! [`JournalView`]: a read-only look at a journal that a runtime, in this process or
+//! another, may be running.
+//!
+//! The view opens the file with `SQLITE_OPEN_READONLY` and never touches the lock file:
+//! it is a WAL reader like any other, which does not hold the runtime up. It reads
+//! through the same row functions as the runtime ([`rows`]), and decodes values with the
+//! runtime's codec after checking their checksums.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::config::DbConfig;
+use rusqlite::{Connection, OpenFlags};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::migrate::{MIGRATIONS, check_schema, newer_schema, schema_version};
+use super::rows::{self, DAMAGED, OnDamage, WORKFLOW_COLUMN_COUNT};
+use super::sql_error;
+use crate::codec::{Codec, CodecError, Fingerprint};
+use crate::error::{
+    CancelReason, Error, FailureKind, Location, Result, StoreError, StoreErrorKind, undecodable,
+};
+use crate::journal::{RecordStatus, RecordedOutcome, WorkflowRecord};
+use crate::path::StepPath;
+use crate::util::lock;
+
+/// A read-only view of a journal: its workflow runs, their steps and events, and the
+/// messages waiting to be received, read while a [`Runtime`](crate::Runtime) (in this
+/// process or another) may be running it.
+///
+/// The view never takes the journal's lock (`<journal>.lock`, which it does not create
+/// either), never resumes, migrates or writes anything, and does not keep a runtime from
+/// opening the journal: it opens the file read-only, as one more SQLite reader beside
+/// the runtime. Like any reader of a WAL database it needs the journal's `-wal` and
+/// `-shm` files; if no runtime has the journal open they may be missing, and then the
+/// view creates them (empty, with the journal's permissions), so it needs a directory it
+/// can create them in.
+///
+/// Each read is one read transaction: what it returns is a snapshot of what had
+/// committed when it began, and a workflow's steps are never read half written. Two
+/// reads may see two snapshots. Reads block the calling thread for the time of a short
+/// SQLite query; from async code, call them in `spawn_blocking` if that matters.
+///
+/// Recorded values are decoded on demand, with the type you ask for
+/// ([`WorkflowView::input`], [`StepView::output`], ...), after their checksum is
+/// checked: a damaged value is an error ([`Error::Corrupt`] for the values a workflow
+/// recorded), never another value.
+///
+/// ```
+/// use durable_runtime::{JournalView, RecordedStatus, Runtime, set_event, step, workflow};
+///
+/// #[step]
+/// async fn greeting(name: String) -> String {
+///     format!("hello {name}")
+/// }
+///
+/// #[workflow]
+/// async fn greet(name: String) -> String {
+///     let text = greeting(name).await;
+///     set_event("said", &text).await.expect("event");
+///     text
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), durable_runtime::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("journal.db");
+/// let rt = Runtime::open(&path).await?;
+/// rt.start_with_id("greet-1", greet("Ada".into())).await?.result().await?;
+///
+/// // While `rt` holds the journal (a view from another process works the same way):
+/// let view = JournalView::open(&path)?;
+/// let run = view.workflow("greet-1")?.expect("recorded");
+/// assert_eq!(run.status, RecordedStatus::Completed);
+/// assert_eq!(run.input::<(String,)>()?.0, "Ada");
+/// assert_eq!(run.output::<String>()?.as_deref(), Some("hello Ada"));
+///
+/// let steps = view.steps("greet-1")?;
+/// assert_eq!(steps[0].name, "greeting");
+/// assert_eq!(steps[0].output::<String>()?, "hello Ada");
+///
+/// let events = view.events("greet-1")?;
+/// assert_eq!(events[0].key, "said");
+/// assert_eq!(events[0].value::<String>()?, "hello Ada");
+/// assert!(view.messages()?.is_empty());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct JournalView {
+    path: Arc<Path>,
+    conn: Mutex<Connection>,
+}
+
+impl JournalView {
+    /// Opens a view of the journal at `path`, which must exist and be at the schema
+    /// version of this build of durable.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`], saying what to do, if there is no file at `path`, if it is not
+    /// a journal ([`StoreErrorKind::NotAJournal`]), if a newer durable wrote it
+    /// ([`StoreErrorKind::NewerSchema`]), or if it is a journal of an older schema: a
+    /// view does not upgrade a journal; open it once with
+    /// [`Runtime::open`](crate::Runtime::open), which does.
+    pub fn open(path: impl AsRef<Path>) -> Result<JournalView> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            return Err(StoreError::new(
+                path,
+                StoreErrorKind::NotAJournal,
+                "this is a directory; give the path of a journal file in it, such as `journal.db`",
+            )
+            .into());
+        }
+        match std::fs::metadata(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::new(
+                    path,
+                    StoreErrorKind::Io,
+                    "there is no journal at this path; a JournalView reads an existing journal \
+                     (Runtime::open creates one)",
+                )
+                .into());
+            }
+            Err(e) => {
+                return Err(StoreError::new(path, StoreErrorKind::Io, e.to_string()).into());
+            }
+        }
+        // Not a URI, so the path is taken as it is; read-only, so nothing is written
+        // (SQLite still maps the `-shm` index that every WAL reader shares).
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let sql = |e| Error::from(sql_error(path, e));
+        let conn = Connection::open_with_flags(path, flags).map_err(sql)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(sql)?;
+        // A read-only connection cannot checkpoint; say so, so that closing it does not
+        // even try.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .map_err(sql)?;
+        let view = JournalView {
+            path: Arc::from(path),
+            conn: Mutex::new(conn),
+        };
+        view.snapshot(|c| check_schema(c, path))?;
+        Ok(view)
+    }
+
+    /// The journal's path, as given to [`open`](JournalView::open).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every workflow run, finished or not, oldest first.
+    pub fn workflows(&self) -> Result<Vec<WorkflowView>> {
+        self.read(|c| rows::select_workflows(c, VIEW_COLUMNS, "", [], workflow_view))
+    }
+
+    /// The workflow run `id`, if the journal has it.
+    pub fn workflow(&self, id: &str) -> Result<Option<WorkflowView>> {
+        self.read(|c| {
+            let found =
+                rows::select_workflows(c, VIEW_COLUMNS, "WHERE id = ?1", [id], workflow_view)?;
+            Ok(found.into_iter().next())
+        })
+    }
+
+    /// The recorded steps of workflow `id`, ordered by path (what a replay would return
+    /// without running their bodies; see [`Runtime::steps`](crate::Runtime::steps)).
+    /// Empty if the workflow is unknown or recorded none.
+    pub fn steps(&self, id: &str) -> Result<Vec<StepView>> {
+        self.read(|c| {
+            let steps = rows::step_rows(c, id, OnDamage::Mark)?;
+            Ok(steps
+                .into_iter()
+                .map(|s| StepView {
+                    path: s.step.path,
+                    name: s.step.name,
+                    panicked: !matches!(s.step.outcome, RecordedOutcome::Output(_)),
+                    attempts: s.step.attempts,
+                    started_at_ms: s.step.started_at,
+                    finished_at_ms: s.step.finished_at,
+                    workflow_id: id.to_owned(),
+                    args: s.step.args,
+                    outcome: s.step.outcome,
+                    intact: s.intact,
+                })
+                .collect())
+        })
+    }
+
+    /// The messages waiting to be received ([`Runtime::send`](crate::Runtime::send) and
+    /// [`send`](crate::send) put them there, [`recv`](crate::recv) takes them), for every
+    /// destination, in the order `recv` takes them.
+    pub fn messages(&self) -> Result<Vec<MessageView>> {
+        self.read(|c| {
+            Ok(rows::messages(c)?
+                .into_iter()
+                .map(|m| MessageView {
+                    destination: m.destination,
+                    topic: m.topic,
+                    sent_at_ms: m.sent_at,
+                    journal: self.path.clone(),
+                    seq: m.seq,
+                    payload: m.payload,
+                    intact: m.intact,
+                })
+                .collect())
+        })
+    }
+
+    /// The events workflow `id` set ([`set_event`](crate::set_event)), by key; each holds
+    /// its latest value. Empty if the workflow is unknown or set none.
+    pub fn events(&self, id: &str) -> Result<Vec<EventView>> {
+        self.read(|c| {
+            Ok(rows::events(c, id)?
+                .into_iter()
+                .map(|e| EventView {
+                    key: e.key,
+                    set_at_ms: e.set_at,
+                    workflow_id: id.to_owned(),
+                    value: e.value,
+                    intact: e.intact,
+                })
+                .collect())
+        })
+    }
+
+    /// Runs the queries of `f` in one read transaction; see [`snapshot`](Self::snapshot).
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        self.snapshot(|c| f(c).map_err(|e| sql_error(&self.path, e).into()))
+    }
+
+    /// Runs `f` in one read transaction (a snapshot), after checking that the journal
+    /// is still at this build's schema version (a newer runtime may have upgraded it
+    /// since the view was opened).
+    fn snapshot<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let path = &*self.path;
+        let sql = |e| Error::from(sql_error(path, e));
+        let conn = lock(&self.conn);
+        // `BEGIN DEFERRED`: the snapshot is taken by the first read, the version check.
+        let tx = conn.unchecked_transaction().map_err(sql)?;
+        let version = schema_version(&tx, path)?;
+        if version != MIGRATIONS.len() {
+            return Err(wrong_version(path, version));
+        }
+        let out = f(&tx)?;
+        tx.commit().map_err(sql)?;
+        Ok(out)
+    }
+}
+
+/// The error for a journal at schema `version`, which this build cannot view.
+fn wrong_version(path: &Path, version: usize) -> Error {
+    let current = MIGRATIONS.len();
+    if version == 0 {
+        StoreError::new(
+            path,
+            StoreErrorKind::NotAJournal,
+            "this SQLite database has none of durable's tables: it is not a durable journal",
+        )
+        .into()
+    } else if version > current {
+        newer_schema(path, version)
+    } else {
+        StoreError::new(
+            path,
+            StoreErrorKind::Io,
+            format!(
+                "the journal is at schema version {version}, older than this build of durable \
+                 ({current}), and a JournalView does not upgrade a journal: open it once with \
+                 Runtime::open (which upgrades it), then view it"
+            ),
+        )
+        .into()
+    }
+}
+
+/// The columns a view reads after [`WORKFLOW_COLUMNS`](rows::WORKFLOW_COLUMNS), from
+/// index [`WORKFLOW_COLUMN_COUNT`].
+const VIEW_COLUMNS: &str = ", created_at, updated_at, app_version";
+
+/// A workflow row with the view's columns, as a [`WorkflowView`].
+fn workflow_view(r: &rusqlite::Row<'_>, w: WorkflowRecord) -> rusqlite::Result<WorkflowView> {
+    let (input_intact, output_intact) = rows::workflow_values_intact(r, &w)?;
+    let status = RecordedStatus::from(w.status);
+    let updated_at: i64 = r.get(WORKFLOW_COLUMN_COUNT + 1)?;
+    let (failure_kind, failure_message) =
+        w.failure.map_or((None, None), |(k, m)| (Some(k), Some(m)));
+    Ok(WorkflowView {
+        created_at_ms: r.get(WORKFLOW_COLUMN_COUNT)?,
+        finished_at_ms: (status != RecordedStatus::Pending).then_some(updated_at),
+        app_version: r.get(WORKFLOW_COLUMN_COUNT + 2)?,
+        deadline_at_ms: w.deadline_at,
+        cancel_reason: w.cancelled,
+        failure_kind,
+        failure_message,
+        parent_id: w.parent_id,
+        status,
+        name: w.name,
+        id: w.id,
+        input: w.input,
+        output: w.output,
+        input_intact,
+        output_intact,
+    })
+}
+
+/// Where a workflow run stands in the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RecordedStatus {
+    /// Not finished: running in the runtime that holds the journal, or waiting for the
+    /// next [`Runtime::open`](crate::Runtime::open) to resume it.
+    Pending,
+    /// The workflow function returned; its output is recorded.
+    Completed,
+    /// Failed for good; the failure is recorded ([`Error::Failed`]).
+    Failed,
+    /// Cancelled; the cancellation is recorded ([`Error::Cancelled`]).
+    Cancelled,
+}
+
+impl From<RecordStatus> for RecordedStatus {
+    fn from(status: RecordStatus) -> Self {
+        match status {
+            RecordStatus::Pending => RecordedStatus::Pending,
+            RecordStatus::Completed => RecordedStatus::Completed,
+            RecordStatus::Failed => RecordedStatus::Failed,
+            RecordStatus::Cancelled => RecordedStatus::Cancelled,
+        }
+    }
+}
+
+/// A workflow run, as [`JournalView`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkflowView {
+    /// The workflow id.
+    pub id: String,
+    /// The workflow's name (its `#[workflow]` function's, or `name = "..."`).
+    pub name: String,
+    /// Where it stands.
+    pub status: RecordedStatus,
+    /// The workflow that started this one as its child ([`start_child`](crate::start_child)).
+    pub parent_id: Option<String>,
+    /// The application version of the runtime that started it
+    /// ([`RuntimeBuilder::app_version`](crate::RuntimeBuilder::app_version)).
+    pub app_version: Option<String>,
+    /// When it was started, in milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
+    /// When it completed, failed or was cancelled, in milliseconds since the Unix epoch;
+    /// `None` while it is pending.
+    pub finished_at_ms: Option<i64>,
+    /// When it is cancelled if it has not finished
+    /// ([`WorkflowCall::timeout`](crate::WorkflowCall::timeout)), in milliseconds since
+    /// the Unix epoch.
+    pub deadline_at_ms: Option<i64>,
+    /// What kind of failure a failed run recorded.
+    pub failure_kind: Option<FailureKind>,
+    /// The message a failed run recorded (a panic's, for instance).
+    pub failure_message: Option<String>,
+    /// Why a cancelled run was cancelled.
+    pub cancel_reason: Option<CancelReason>,
+    input: Vec<u8>,
+    output: Option<Vec<u8>>,
+    input_intact: bool,
+    output_intact: bool,
+}
+
+impl WorkflowView {
+    /// Decodes the workflow's recorded input as `T`: the tuple of its arguments, such as
+    /// `(Order,)` for a workflow of one argument, or `()` for none.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] if the value is damaged (it fails its checksum, or is not a
+    /// value durable wrote), [`Error::Incompatible`] if it is a value of another type.
+    pub fn input<T: Serialize + DeserializeOwned>(&self) -> Result<T> {
+        decode(&self.id, Location::Input, &self.input, self.input_intact)
+    }
+
+    /// Decodes the workflow's recorded output as `T` (its return type): `None` unless
+    /// it completed.
+    ///
+    /// # Errors
+    ///
+    /// As [`input`](WorkflowView::input).
+    pub fn output<T: Serialize + DeserializeOwned>(&self) -> Result<Option<T>> {
+        match &self.output {
+            Some(bytes) => decode(&self.id, Location::Output, bytes, self.output_intact).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Decodes a recorded value of workflow `id` as `T`, unless it failed its checksum.
+fn decode<T: Serialize + DeserializeOwned>(
+    id: &str,
+    location: Location,
+    bytes: &[u8],
+    intact: bool,
+) -> Result<T> {
+    if !intact {
+        return Err(Error::Corrupt {
+            workflow_id: id.to_owned(),
+            location,
+            reason: CodecError::malformed(DAMAGED),
+        });
+    }
+    Codec::decode(bytes).map_err(|reason| undecodable::<T>(id, location, reason))
+}
+
+/// A recorded step, as [`JournalView::steps`] lists it (the view's
+/// [`StepInfo`](crate::StepInfo)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StepView {
+    /// The step's path in its workflow.
+    pub path: StepPath,
+    /// The step's name.
+    pub name: String,
+    /// Whether the step panicked, or was interrupted and not run again (its record is
+    /// a message, not an output).
+    pub panicked: bool,
+    /// How many attempts ran before the result was recorded.
+    pub attempts: u32,
+    /// When the first attempt started, in milliseconds since the Unix epoch.
+    pub started_at_ms: i64,
+    /// When the result was recorded, in milliseconds since the Unix epoch.
+    pub finished_at_ms: i64,
+    workflow_id: String,
+    args: Option<Fingerprint>,
+    outcome: RecordedOutcome,
+    intact: bool,
+}
+
+impl StepView {
+    /// The fingerprint of the arguments the step was called with, as recorded with its
+    /// result; see [`StepInfo::arguments_fingerprint`](crate::StepInfo::arguments_fingerprint).
+    pub fn arguments_fingerprint(&self) -> Option<Fingerprint> {
+        self.args
+    }
+
+    /// A fingerprint of the recorded output's content, which does not need its Rust
+    /// type; see [`StepInfo::output_fingerprint`](crate::StepInfo::output_fingerprint).
+    /// `None` if the step recorded a panic or an interruption, or its record is damaged.
+    pub fn output_fingerprint(&self) -> Option<Fingerprint> {
+        match &self.outcome {
+            RecordedOutcome::Output(bytes) if self.intact => {
+                Some(crate::codec::content_fingerprint(bytes))
+            }
+            _ => None,
+        }
+    }
+
+    /// Decodes the step's recorded output as `T` (its return type).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Failed`] if the step panicked or was interrupted (with the recorded
+    /// message), [`Error::Corrupt`] if the record is damaged, [`Error::Incompatible`] if
+    /// it is a value of another type.
+    pub fn output<T: Serialize + DeserializeOwned>(&self) -> Result<T> {
+        if !self.intact {
+            return Err(Error::Corrupt {
+                workflow_id: self.workflow_id.clone(),
+                location: Location::Step {
+                    path: self.path.clone(),
+                    name: self.name.clone(),
+                },
+                reason: CodecError::malformed(DAMAGED),
+            });
+        }
+        crate::engine::replay::recorded_result(
+            &self.outcome,
+            &self.workflow_id,
+            &self.path,
+            &self.name,
+        )
+    }
+}
+
+/// A message waiting to be received, as [`JournalView::messages`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MessageView {
+    /// The workflow it is for.
+    pub destination: String,
+    /// Its topic.
+    pub topic: String,
+    /// When it was sent, in milliseconds since the Unix epoch.
+    pub sent_at_ms: i64,
+    journal: Arc<Path>,
+    seq: i64,
+    payload: Vec<u8>,
+    intact: bool,
+}
+
+impl MessageView {
+    /// Decodes the message as `T` (the type it was sent as).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] ([`StoreErrorKind::Invariant`]) if the message is damaged (it
+    /// fails its checksum, or is not a value durable wrote) or does not decode as `T`.
+    /// (Not [`Error::Corrupt`] or [`Error::Incompatible`]: those name a workflow's
+    /// recorded value, which a message is not until a workflow receives it.)
+    pub fn value<T: Serialize + DeserializeOwned>(&self) -> Result<T> {
+        let what = || {
+            format!(
+                "message {} for workflow {} on topic `{}`",
+                self.seq, self.destination, self.topic
+            )
+        };
+        let refuse = |message: String| {
+            Error::from(StoreError::new(
+                &*self.journal,
+                StoreErrorKind::Invariant,
+                message,
+            ))
+        };
+        if !self.intact {
+            return Err(refuse(format!(
+                "{} does not match its checksum: the journal is damaged",
+                what()
+            )));
+        }
+        Codec::decode(&self.payload).map_err(|reason| {
+            refuse(format!(
+                "{} does not decode as `{}`: {reason}",
+                what(),
+                crate::codec::type_name::<T>()
+            ))
+        })
+    }
+}
+
+/// An event a workflow set, as [`JournalView::events`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EventView {
+    /// The event's key.
+    pub key: String,
+    /// When its value was last set, in milliseconds since the Unix epoch.
+    pub set_at_ms: i64,
+    workflow_id: String,
+    value: Vec<u8>,
+    intact: bool,
+}
+
+impl EventView {
+    /// Decodes the event's value as `T` (the type it was set as).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] if the value is damaged (it fails its checksum, or is not a
+    /// value durable wrote), [`Error::Incompatible`] if it is a value of another type.
+    pub fn value<T: Serialize + DeserializeOwned>(&self) -> Result<T> {
+        let location = Location::Event {
+            key: self.key.clone(),
+        };
+        decode(&self.workflow_id, location, &self.value, self.intact)
+    }
+}

@@ -1,0 +1,280 @@
+//! The wait broker: waits for a message or an event (`recv`, `get_event`) that find
+//! nothing are parked by the writer, and answered in the transaction that sends the
+//! message or sets the event; their answers are recorded as their steps.
+
+use std::path::Path;
+
+use rusqlite::{ErrorCode, OptionalExtension, params};
+
+use super::crc::crc32;
+use super::ops::{
+    SQL_DELETE_MESSAGE, SQL_EVENT, SQL_OLDEST_MESSAGE, SQL_RECORDED_OUTPUT, all_or_nothing,
+    fingerprint_column,
+};
+use super::rows::{DAMAGED, checks};
+use super::sql_error;
+use super::writer::{Reply, Writer};
+use crate::codec::{ByteBuf, Bytes, Codec, nested};
+use crate::error::{StoreError, StoreErrorKind};
+use crate::journal::{Replier, StepKey, Wait, WaitFor, WaitRecord};
+
+/// A wait kept by the writer until what it waits for is written.
+pub(super) struct Parked {
+    pub(super) record: Option<WaitRecord>,
+    pub(super) reply: Replier<Option<Vec<u8>>>,
+}
+
+/// How often (in parked waits) the writer drops the parked waits nobody waits for.
+const SWEEP_EVERY: u64 = 1024;
+
+/// The encoding of a wait's answer as its step's recorded output.
+fn encode_answer(codec: Codec, answer: Option<&[u8]>) -> Vec<u8> {
+    // Encoding a byte string cannot fail, and its size is bounded by a row's.
+    codec.encode(&answer.map(Bytes)).unwrap_or_default()
+}
+
+/// A wait's recorded answer: the value it took, as a journal value of its own.
+pub(super) fn decode_answer(output: &[u8]) -> Result<Option<Vec<u8>>, crate::codec::CodecError> {
+    Codec::decode::<Option<ByteBuf>>(output).map(|o| o.map(|b| nested(output, &b.0).into_owned()))
+}
+
+impl Writer<'_> {
+    /// Keeps a wait that found nothing (its batch committed) until what it waits for
+    /// is written.
+    pub(super) fn park(&mut self, what: WaitFor, parked: Parked) {
+        self.parks += 1;
+        if self.parks.is_multiple_of(SWEEP_EVERY) {
+            // Outside callers that gave up (`Runtime::get_event` with a timeout) on
+            // keys nobody sets would otherwise stay for ever.
+            self.parked.retain(|_, q| {
+                q.retain(|p| !p.reply.is_closed());
+                !q.is_empty()
+            });
+        }
+        let queue = self.parked.entry(what).or_default();
+        // Waiters that gave up (a timeout, a stopped workflow) are dropped here rather
+        // than kept for ever, and so is an earlier execution's wait for the same step:
+        // this one replaces it.
+        queue.retain(|p| {
+            !p.reply.is_closed() && !same_step(p.record.as_ref(), parked.record.as_ref())
+        });
+        queue.push_back(parked);
+    }
+
+    /// Answers the parked waits for what this batch sent or set, in this same
+    /// transaction: a waiting `recv` takes its message and records it in the commit that
+    /// sends it, so it is answered when the send is.
+    pub(super) fn answer_parked(&mut self, path: &Path, replies: &mut Vec<Reply>) {
+        let mut touched = std::mem::take(&mut self.touched);
+        let mut seen = std::collections::HashSet::new();
+        touched.retain(|w| seen.insert(w.clone()));
+        for what in &touched {
+            let Some(mut queue) = self.parked.remove(what) else {
+                continue;
+            };
+            while let Some(p) = queue.pop_front() {
+                if p.reply.is_closed() {
+                    // Nobody waits any more (a timeout, a cancelled or stopped workflow):
+                    // the message stays for a later `recv`.
+                    continue;
+                }
+                let wait = Wait {
+                    what: what.clone(),
+                    record: p.record,
+                    park: true,
+                };
+                match self.wait(path, &wait) {
+                    Ok(Some(answer)) => replies.push(Reply::Value(p.reply, Ok(Some(answer)))),
+                    Ok(None) => {
+                        // Nothing left for it (an earlier waiter took it): it and the
+                        // ones behind it stay parked.
+                        queue.push_front(Parked {
+                            record: wait.record,
+                            reply: p.reply,
+                        });
+                        break;
+                    }
+                    Err(e) => replies.push(Reply::Value(p.reply, Err(e))),
+                }
+            }
+            if !queue.is_empty() {
+                self.parked.insert(what.clone(), queue);
+            }
+        }
+        // Kept until the replies are sent: a wait parked earlier in this batch is run
+        // again after the commit.
+        self.touched = touched;
+    }
+
+    pub(super) fn wait(&mut self, path: &Path, wait: &Wait) -> Result<Option<Vec<u8>>, StoreError> {
+        let sql = |e| sql_error(path, e);
+        let damaged = |what: String| {
+            StoreError::new(
+                path,
+                StoreErrorKind::Invariant,
+                format!("{what} does not match its checksum: the journal is damaged"),
+            )
+        };
+        // The message to take once the answer is recorded.
+        let mut take = None;
+        let answer = match &wait.what {
+            WaitFor::Message { destination, topic } => {
+                let row = self
+                    .conn
+                    .prepare_cached(SQL_OLDEST_MESSAGE)
+                    .map_err(sql)?
+                    .query_row(params![destination, topic], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get(2)?))
+                    })
+                    .optional()
+                    .map_err(sql)?;
+                let Some((seq, payload, crc)) = row else {
+                    return Ok(None);
+                };
+                if !checks(&payload, Some(crc)) {
+                    return Err(damaged(format!(
+                        "message {seq} for workflow {destination} on topic `{topic}`"
+                    )));
+                }
+                take = Some(seq);
+                payload
+            }
+            WaitFor::Event { workflow_id, key } => {
+                let row = self
+                    .conn
+                    .prepare_cached(SQL_EVENT)
+                    .map_err(sql)?
+                    .query_row(params![workflow_id, key], |r| {
+                        Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?))
+                    })
+                    .optional()
+                    .map_err(sql)?;
+                let Some((value, crc)) = row else {
+                    return Ok(None);
+                };
+                if !checks(&value, Some(crc)) {
+                    return Err(damaged(format!("event `{key}` of workflow {workflow_id}")));
+                }
+                value
+            }
+        };
+        if let Some(r) = &wait.record {
+            // The record and the taking of the message stand or fall together: a record
+            // that fails (the path is taken) must not consume a message, and a message
+            // taken must be recorded.
+            let answered = all_or_nothing(self.conn, || {
+                self.record_answer(r, Some(&answer))?;
+                if let Some(seq) = take {
+                    self.conn
+                        .prepare_cached(SQL_DELETE_MESSAGE)?
+                        .execute([seq])?;
+                }
+                Ok(())
+            });
+            answered.map_err(|e| {
+                if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) {
+                    already_recorded(path, &r.key)
+                } else {
+                    sql(e)
+                }
+            })?;
+        }
+        Ok(Some(answer))
+    }
+
+    /// Gives up a parked wait: records `None` unless it was answered already, and
+    /// returns what it recorded.
+    pub(super) fn expire(
+        &mut self,
+        path: &Path,
+        r: &WaitRecord,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let sql = |e| sql_error(path, e);
+        let mut was_parked = false;
+        for queue in self.parked.values_mut() {
+            let before = queue.len();
+            queue.retain(|p| {
+                p.record.as_ref().is_none_or(|q| {
+                    q.key.workflow_id != r.key.workflow_id || q.key.path != r.key.path
+                })
+            });
+            was_parked |= queue.len() != before;
+        }
+        self.parked.retain(|_, q| !q.is_empty());
+        let recorded: Option<(Option<Vec<u8>>, Option<u32>)> = self
+            .conn
+            .prepare_cached(SQL_RECORDED_OUTPUT)
+            .map_err(sql)?
+            .query_row(
+                params![&*r.key.workflow_id, r.key.path.to_string()],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
+            .map_err(sql)?;
+        match recorded {
+            // Answered before the deadline was noticed: that answer stands.
+            Some((Some(output), crc)) if !was_parked => {
+                if !checks(&output, crc) {
+                    return Err(StoreError::new(
+                        path,
+                        StoreErrorKind::Invariant,
+                        format!(
+                            "the recorded answer of step {} of workflow {} {DAMAGED}",
+                            r.key.path, r.key.workflow_id
+                        ),
+                    ));
+                }
+                let answer = decode_answer(&output)
+                    .map_err(|e| StoreError::new(path, StoreErrorKind::Invariant, e.to_string()))?;
+                Ok(answer)
+            }
+            Some(_) => Err(already_recorded(path, &r.key)),
+            None => {
+                self.record_answer(r, None).map_err(sql)?;
+                Ok(None)
+            }
+        }
+    }
+
+    pub(super) fn record_answer(
+        &mut self,
+        r: &WaitRecord,
+        answer: Option<&[u8]>,
+    ) -> rusqlite::Result<()> {
+        let output = encode_answer(self.codec, answer);
+        self.record.execute(params![
+            &*r.key.workflow_id,
+            r.key.path.to_string(),
+            r.key.name,
+            output,
+            None::<&str>,
+            1,
+            r.started_at,
+            crate::util::now_ms(),
+            crc32(&output),
+            None::<&str>,
+            fingerprint_column(r.key.args)
+        ])?;
+        Ok(())
+    }
+}
+
+/// Whether two waits record the same step.
+fn same_step(a: Option<&WaitRecord>, b: Option<&WaitRecord>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.key.workflow_id == b.key.workflow_id && a.key.path == b.key.path,
+        _ => false,
+    }
+}
+
+/// The error for a wait whose step is recorded already.
+fn already_recorded(path: &Path, key: &StepKey) -> StoreError {
+    StoreError::new(
+        path,
+        StoreErrorKind::Invariant,
+        format!(
+            "step {} of workflow {} is already recorded; a recorded step is never overwritten",
+            key.path, key.workflow_id
+        ),
+    )
+}

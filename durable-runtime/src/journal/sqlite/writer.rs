@@ -1,0 +1,443 @@
+//! The writer thread: the commands it takes from its channel, its loop, and how it
+//! commits a batch of them in one transaction and answers each.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+#[cfg(feature = "testkit")]
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use rusqlite::{Connection, Statement};
+
+use super::ops::step_error;
+use super::rows::WORKFLOW_COLUMNS;
+use super::sql_error;
+use super::waits::Parked;
+use crate::codec::Codec;
+use crate::error::{CancelReason, StoreError};
+use crate::journal::{
+    Created, Finish, NewMessage, NewWorkflow, Replier, StepKey, StepRecord, TxStep, Wait, WaitFor,
+    WaitRecord,
+};
+use crate::path::StepPath;
+
+/// The most writes one commit takes.
+pub(crate) const MAX_BATCH: usize = 1024;
+
+/// A request to the writer thread.
+pub(super) enum Command {
+    Create(NewWorkflow, Replier<Created>),
+    Step(StepRecord, Replier<()>),
+    Finish(Finish, Replier<bool>),
+    /// Boxed: the primitives' writes are rare and large, and every command moves
+    /// through the channel and the batch.
+    Write(Box<Write>),
+    /// Commit what came before, then stop (releasing the journal's lock).
+    Close,
+}
+
+/// The writes of the workflow primitives, each with its typed reply.
+pub(super) enum Write {
+    Wait(Wait, Replier<Option<Vec<u8>>>),
+    Expire(WaitRecord, Replier<Option<Vec<u8>>>),
+    Started(StepKey, i64, Replier<()>),
+    Send(NewMessage, Replier<()>),
+    Patch(Arc<str>, StepPath, &'static str, Replier<()>),
+    GiveBack(StepKey, String, Replier<()>),
+    Cancel(String, CancelReason, i64, Replier<Vec<String>>),
+    Resume(String, i64, Replier<Vec<String>>),
+    Transaction(TxStep, Replier<()>),
+}
+
+impl Command {
+    pub(super) fn is_transaction(&self) -> bool {
+        matches!(self, Command::Write(w) if matches!(**w, Write::Transaction(..)))
+    }
+}
+
+/// What the writer thread tells the rest of the runtime about its work.
+#[derive(Debug, Default)]
+pub(super) struct WriterStats {
+    /// Transactions committed so far.
+    pub(super) commits: AtomicU64,
+    /// Writes enqueued and not yet answered.
+    pub(super) in_flight: AtomicUsize,
+    /// How long the last commit took (from `BEGIN` to the end of `COMMIT`), in ns.
+    pub(super) last_commit_ns: AtomicU64,
+    /// Set by the testkit's simulated crash: commit nothing more.
+    #[cfg(feature = "testkit")]
+    pub(super) halted: Option<Arc<AtomicBool>>,
+}
+
+impl WriterStats {
+    /// Whether a simulated crash happened (never, outside the testkit's builds).
+    #[inline]
+    pub(super) fn halted(&self) -> bool {
+        #[cfg(feature = "testkit")]
+        if let Some(h) = &self.halted {
+            return h.load(Ordering::SeqCst);
+        }
+        false
+    }
+}
+
+/// The writer thread: takes the commands from `rx` and commits them in batches, until
+/// a close or until every sender is gone.
+pub(super) fn write_loop(
+    conn: Connection,
+    path: &Path,
+    rx: &mpsc::Receiver<Command>,
+    stats: &WriterStats,
+    codec: Codec,
+) {
+    let mut writer = match Writer::prepare(&conn, codec) {
+        Ok(w) => w,
+        Err(e) => {
+            // Nothing can be written: answer every write with the reason, until the
+            // runtime is dropped.
+            let e = sql_error(path, e);
+            while let Ok(c) = rx.recv() {
+                stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                fail(c, e.clone());
+            }
+            return;
+        }
+    };
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    // Parked waits that a committed batch answered, to run before anything new.
+    let mut woken: VecDeque<Command> = VecDeque::new();
+    // Waits for the first request; ends when every sender is gone, or at a close.
+    while let Some(first) = woken.pop_front().or_else(|| next_command(rx)) {
+        if stats.halted() {
+            // A simulated crash: what is queued is dropped unanswered, like the
+            // process's memory, and the thread exits (releasing the lock).
+            return;
+        }
+        // A transaction step runs user code inside the transaction, so it gets a
+        // transaction of its own; the writes around it keep their order. A close ends
+        // the batch before it, and the loop after it.
+        let mut alone = None;
+        if first.is_transaction() || matches!(first, Command::Close) {
+            alone = Some(first);
+        } else {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match woken.pop_front().map_or_else(|| rx.try_recv().ok(), Some) {
+                    Some(c) if c.is_transaction() || matches!(c, Command::Close) => {
+                        alone = Some(c);
+                        break;
+                    }
+                    Some(c) => batch.push(c),
+                    None => break,
+                }
+            }
+            writer.commit_batch(path, &mut batch, stats, &mut woken);
+        }
+        match alone {
+            Some(Command::Close) => return,
+            Some(Command::Write(w)) => {
+                if let Write::Transaction(step, reply) = *w {
+                    writer.transaction(path, step, reply, stats);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// How long the writer spins for the next write before it sleeps.
+pub(crate) const WRITER_SPIN: Duration = Duration::from_micros(50);
+
+/// Waits for the next write: spins for up to [`WRITER_SPIN`], then sleeps until one comes.
+/// `None` once every sender is gone.
+fn next_command(rx: &mpsc::Receiver<Command>) -> Option<Command> {
+    let start = std::time::Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(c) => return Some(c),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) if start.elapsed() < WRITER_SPIN => {
+                // Give the core to a runnable thread (a worker about to enqueue the next
+                // write, on a machine with few cores) rather than burn it.
+                thread::yield_now();
+            }
+            Err(mpsc::TryRecvError::Empty) => return rx.recv().ok(),
+        }
+    }
+}
+
+/// A finished write waiting for its commit before its reply is sent.
+pub(super) enum Reply {
+    Create(Replier<Created>, Result<Created, StoreError>),
+    Unit(Replier<()>, Result<(), StoreError>),
+    Finish(Replier<bool>, Result<bool, StoreError>),
+    Value(
+        Replier<Option<Vec<u8>>>,
+        Result<Option<Vec<u8>>, StoreError>,
+    ),
+    Ids(Replier<Vec<String>>, Result<Vec<String>, StoreError>),
+    /// A wait that found nothing: parked once its batch commits.
+    Park(WaitFor, Parked),
+}
+
+/// The writer connection's statements, prepared once: the writer runs the same few
+/// statements for ever, and a statement cache lookup per write costs more than binding.
+pub(super) struct Writer<'c> {
+    pub(super) conn: &'c Connection,
+    begin: Statement<'c>,
+    commit: Statement<'c>,
+    pub(super) rollback: Statement<'c>,
+    pub(super) create: Statement<'c>,
+    pub(super) existing: Statement<'c>,
+    pub(super) record: Statement<'c>,
+    pub(super) finish: Statement<'c>,
+    /// Waits that found nothing, by what they wait for.
+    pub(super) parked: HashMap<WaitFor, VecDeque<Parked>>,
+    /// What the batch being written sends or sets, to answer parked waits once it
+    /// commits.
+    pub(super) touched: Vec<WaitFor>,
+    /// Waits parked so far, to sweep abandoned ones now and then.
+    pub(super) parks: u64,
+    /// How the writer encodes the answers of waits it records.
+    pub(super) codec: Codec,
+}
+
+impl<'c> Writer<'c> {
+    fn prepare(conn: &'c Connection, codec: Codec) -> rusqlite::Result<Self> {
+        Ok(Writer {
+            codec,
+            conn,
+            begin: conn.prepare("BEGIN IMMEDIATE")?,
+            commit: conn.prepare("COMMIT")?,
+            rollback: conn.prepare("ROLLBACK")?,
+            create: conn.prepare(
+                "INSERT INTO durable_workflows
+                     (id, name, status, input, executor, app_version, created_at, updated_at,
+                      input_crc32, parent_id, deadline_at)
+                 VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (id) DO NOTHING",
+            )?,
+            existing: conn.prepare(&format!(
+                "SELECT {WORKFLOW_COLUMNS} FROM durable_workflows WHERE id = ?1"
+            ))?,
+            record: conn.prepare(
+                "INSERT INTO durable_steps
+                     (workflow_id, path, name, output, error, attempts, started_at, finished_at,
+                      crc32, error_kind, args_fingerprint)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?,
+            finish: conn.prepare(
+                "UPDATE durable_workflows
+                 SET status = ?2, output = ?3, error_kind = ?4, error = ?5, updated_at = ?6,
+                     output_crc32 = ?7
+                 WHERE id = ?1 AND status = 'pending'",
+            )?,
+            parked: HashMap::new(),
+            touched: Vec::new(),
+            parks: 0,
+        })
+    }
+
+    /// Applies and commits one batch, then replies to every write in it. Waits that
+    /// parked in this same batch before what they wait for was written are put in
+    /// `woken`, to run next.
+    pub(super) fn commit_batch(
+        &mut self,
+        path: &Path,
+        batch: &mut Vec<Command>,
+        stats: &WriterStats,
+        woken: &mut VecDeque<Command>,
+    ) {
+        let started = std::time::Instant::now();
+        let size = batch.len();
+        self.touched.clear();
+        if !self.conn.is_autocommit() {
+            // A transaction left open by a failed ROLLBACK would make every BEGIN fail.
+            let _ = self.rollback.execute([]);
+        }
+        if let Err(e) = self.begin.execute([]) {
+            let e = sql_error(path, e);
+            stats.in_flight.fetch_sub(size, Ordering::Relaxed);
+            for c in batch.drain(..) {
+                fail(c, e.clone());
+            }
+            return;
+        }
+        let (mut replies, aborted) = self.apply_batch(path, batch);
+        if aborted.is_none() {
+            self.answer_parked(path, &mut replies);
+        }
+        if stats.halted() {
+            // A simulated crash before this batch committed: none of it is written,
+            // and nobody hears back.
+            let _ = self.rollback.execute([]);
+            batch.clear();
+            return;
+        }
+        let committed = self.commit(path, aborted);
+        if committed.is_ok() {
+            // Counted before anyone hears of the commit.
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.touched.clear();
+        }
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        stats.last_commit_ns.store(took, Ordering::Relaxed);
+        // Before the replies: a woken step that enqueues its next write at once must find
+        // the writer idle, not counting this batch.
+        stats.in_flight.fetch_sub(size, Ordering::Relaxed);
+        self.send_replies(&committed, replies, stats, woken);
+    }
+
+    /// Runs every write of `batch` (emptying it) in the open transaction. Returns their
+    /// replies, to send once the batch commits, and the error of a write that rolled
+    /// back the whole transaction, if one did (the writes after it are failed at once).
+    fn apply_batch(
+        &mut self,
+        path: &Path,
+        batch: &mut Vec<Command>,
+    ) -> (Vec<Reply>, Option<StoreError>) {
+        // A failing statement rolls back only itself (SQLite's default `ABORT`), so one
+        // bad write fails alone and the rest of the batch still commits.
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut aborted = None;
+        for c in batch.drain(..) {
+            if let Some(e) = &aborted {
+                fail(c, StoreError::clone(e));
+                continue;
+            }
+            let reply = match c {
+                Command::Create(w, reply) => {
+                    Reply::Create(reply, self.create(&w).map_err(|e| sql_error(path, e)))
+                }
+                Command::Step(s, reply) => {
+                    Reply::Unit(reply, self.record(&s).map_err(|e| step_error(path, &s, e)))
+                }
+                Command::Finish(f, reply) => {
+                    Reply::Finish(reply, self.finish(&f).map_err(|e| sql_error(path, e)))
+                }
+                Command::Write(w) => self.write(path, *w),
+                // Never batched: `write_loop` takes it apart.
+                Command::Close => continue,
+            };
+            if let Some(e) = reply.error()
+                && self.conn.is_autocommit()
+            {
+                // Some errors (a full disk, an I/O error) roll back the whole
+                // transaction; the writes after it would each commit on their own.
+                // Fail them instead, and everything before: none of it is written.
+                aborted = Some(e.clone());
+            }
+            replies.push(reply);
+        }
+        (replies, aborted)
+    }
+
+    /// Commits the batch's transaction, unless a write in it rolled it back
+    /// (`aborted`): then the batch fails with that write's error.
+    fn commit(&mut self, path: &Path, aborted: Option<StoreError>) -> Result<(), StoreError> {
+        match aborted {
+            Some(e) => Err(e),
+            None => self.commit.execute([]).map(drop).map_err(|e| {
+                // A failed COMMIT can leave the transaction open (SQLITE_BUSY, a full
+                // disk); end it so the next batch starts clean. Its writes are reported
+                // as failed (at `FULL`, an fsync failing after the commit frame was
+                // written can still surface them after a crash, as in SQLite itself).
+                let _ = self.rollback.execute([]);
+                sql_error(path, e)
+            }),
+        }
+    }
+
+    /// Answers every write of a batch once it `committed` or failed. A wait that found
+    /// nothing is parked (see [`Writer::park`]), or run again next (in `woken`) if the
+    /// batch also wrote what it waits for.
+    fn send_replies(
+        &mut self,
+        committed: &Result<(), StoreError>,
+        replies: Vec<Reply>,
+        stats: &WriterStats,
+        woken: &mut VecDeque<Command>,
+    ) {
+        for r in replies {
+            match (committed, r) {
+                (Ok(()), Reply::Park(what, parked)) if self.touched.contains(&what) => {
+                    // Parked in the batch that also sent its message (after the send,
+                    // or `answer_parked` would have answered it): run it again next.
+                    stats.in_flight.fetch_add(1, Ordering::Relaxed);
+                    woken.push_back(Command::Write(Box::new(Write::Wait(
+                        Wait {
+                            what,
+                            record: parked.record,
+                            park: true,
+                        },
+                        parked.reply,
+                    ))));
+                }
+                (Ok(()), Reply::Park(what, parked)) => self.park(what, parked),
+                (Ok(()), r) => r.send(),
+                (Err(e), r) => r.fail(e.clone()),
+            }
+        }
+    }
+}
+
+impl Reply {
+    /// Sends the write's own result (its batch committed).
+    pub(super) fn send(self) {
+        match self {
+            Reply::Create(s, r) => drop(s.send(r)),
+            Reply::Unit(s, r) => drop(s.send(r)),
+            Reply::Finish(s, r) => drop(s.send(r)),
+            Reply::Value(s, r) => drop(s.send(r)),
+            Reply::Ids(s, r) => drop(s.send(r)),
+            // Parked by `commit_batch`, never sent from here.
+            Reply::Park(_, p) => drop(p),
+        }
+    }
+
+    fn error(&self) -> Option<&StoreError> {
+        match self {
+            Reply::Create(_, r) => r.as_ref().err(),
+            Reply::Unit(_, r) => r.as_ref().err(),
+            Reply::Finish(_, r) => r.as_ref().err(),
+            Reply::Value(_, r) => r.as_ref().err(),
+            Reply::Ids(_, r) => r.as_ref().err(),
+            Reply::Park(..) => None,
+        }
+    }
+
+    pub(super) fn fail(self, e: StoreError) {
+        match self {
+            Reply::Create(s, _) => drop(s.send(Err(e))),
+            Reply::Unit(s, _) => drop(s.send(Err(e))),
+            Reply::Finish(s, _) => drop(s.send(Err(e))),
+            Reply::Value(s, _) => drop(s.send(Err(e))),
+            Reply::Ids(s, _) => drop(s.send(Err(e))),
+            Reply::Park(_, p) => drop(p.reply.send(Err(e))),
+        }
+    }
+}
+
+/// Answers a write that will not be written with `e`.
+pub(super) fn fail(c: Command, e: StoreError) {
+    match c {
+        Command::Create(_, s) => drop(s.send(Err(e))),
+        Command::Step(_, s) => drop(s.send(Err(e))),
+        Command::Finish(_, s) => drop(s.send(Err(e))),
+        Command::Write(w) => match *w {
+            Write::Wait(_, s) | Write::Expire(_, s) => drop(s.send(Err(e))),
+            Write::Cancel(.., s) | Write::Resume(.., s) => drop(s.send(Err(e))),
+            Write::Started(.., s)
+            | Write::Send(_, s)
+            | Write::Patch(.., s)
+            | Write::GiveBack(.., s)
+            | Write::Transaction(_, s) => drop(s.send(Err(e))),
+        },
+        Command::Close => {}
+    }
+}
