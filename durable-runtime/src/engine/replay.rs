@@ -1,5 +1,6 @@
 //! The replay rules, each written once: how a call is compared with what the journal
-//! recorded at its position, and how a recorded outcome becomes the call's result.
+//! recorded at its position (a recorded outcome becomes the call's result through
+//! [`RecordedOutcome::result`], next to the record type).
 //! Steps and every workflow primitive go through these, and through the one way a value
 //! is encoded for the journal.
 
@@ -8,9 +9,8 @@ use serde::de::DeserializeOwned;
 
 use crate::codec::{Codec, Fingerprint};
 use crate::engine::scope::Claim;
-use crate::error::{ArgumentsChanged, Error, FailureKind, Location, Result, undecodable};
+use crate::error::{ArgumentsChanged, Error, Result};
 use crate::journal::{RecordedOutcome, RecordedStep};
-use crate::path::StepPath;
 
 /// What the journal holds at a claimed position, for a call of operation `name` with
 /// arguments fingerprinted as `args`.
@@ -72,37 +72,6 @@ fn divergence(
         requested: Some(name.to_owned()),
         arguments,
     })
-}
-
-/// The result a recorded outcome stands for: the decoded value, or the recorded
-/// failure (a panic, an interruption) as [`Error::Failed`]. A value that does not
-/// decode as `T` is an error naming where it is ([`Error::Incompatible`] or
-/// [`Error::Corrupt`]), never another value.
-pub(crate) fn recorded_result<T: Serialize + DeserializeOwned>(
-    outcome: &RecordedOutcome,
-    workflow_id: &str,
-    path: &StepPath,
-    name: &str,
-) -> Result<T> {
-    let failed = |kind, message: &String| Error::Failed {
-        workflow_id: workflow_id.to_owned(),
-        kind,
-        message: message.clone(),
-    };
-    match outcome {
-        RecordedOutcome::Output(bytes) => Codec::decode(bytes).map_err(|reason| {
-            undecodable::<T>(
-                workflow_id,
-                Location::Step {
-                    path: path.clone(),
-                    name: name.to_owned(),
-                },
-                reason,
-            )
-        }),
-        RecordedOutcome::Panicked(message) => Err(failed(FailureKind::StepPanicked, message)),
-        RecordedOutcome::Interrupted(message) => Err(failed(FailureKind::StepInterrupted, message)),
-    }
 }
 
 /// Encodes a value for the journal, checking that it round-trips.

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::codec::Fingerprint;
 use crate::codec::fingerprint::{self, Args};
 use crate::engine::context::ActiveBody;
-use crate::engine::replay::{Found, claim_recorded, recorded_result};
+use crate::engine::replay::{Found, claim_recorded};
 use crate::engine::scope::{self, Claim};
 use crate::error::{Error, FailureKind};
 use crate::journal::{Ack, Effect, RecordedOutcome, StepKey, StepRecord};
@@ -455,7 +455,7 @@ where
         return Next::Again;
     };
     let name = this.options.name;
-    match recorded_result::<B::Output>(outcome, &claim.ctx.id, &claim.path, name) {
+    match outcome.result::<B::Output>(&claim.ctx.id, &claim.path, name) {
         Ok(value) => {
             tracing::debug!(workflow = %claim.ctx.id, path = %claim.path, step = name, "step replayed from the journal");
             *this.state = State::Stopped;

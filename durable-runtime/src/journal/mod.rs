@@ -12,7 +12,12 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::codec::{Codec, Fingerprint};
-use crate::error::{CancelReason, Error, FailureKind, Location, StoreError, StoreErrorKind};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{
+    CancelReason, Error, FailureKind, Location, StoreError, StoreErrorKind, undecodable,
+};
 use crate::path::StepPath;
 
 pub(crate) mod sqlite;
@@ -416,6 +421,43 @@ pub(crate) enum RecordedOutcome {
     /// The step was interrupted by a crash and is configured not to run again
     /// (`on_interrupt = "fail"`); the message.
     Interrupted(String),
+}
+
+impl RecordedOutcome {
+    /// The result this outcome stands for, for the operation `name` at `path` of
+    /// workflow `workflow_id`: the decoded value, or the recorded failure (a panic, an
+    /// interruption) as [`Error::Failed`]. A value that does not decode as `T` is an
+    /// error naming where it is ([`Error::Incompatible`] or [`Error::Corrupt`]), never
+    /// another value. The one place a recorded outcome becomes a result: replay, step
+    /// listings and the journal view all go through it.
+    pub(crate) fn result<T: Serialize + DeserializeOwned>(
+        &self,
+        workflow_id: &str,
+        path: &StepPath,
+        name: &str,
+    ) -> Result<T, Error> {
+        let failed = |kind, message: &String| Error::Failed {
+            workflow_id: workflow_id.to_owned(),
+            kind,
+            message: message.clone(),
+        };
+        match self {
+            RecordedOutcome::Output(bytes) => Codec::decode(bytes).map_err(|reason| {
+                undecodable::<T>(
+                    workflow_id,
+                    Location::Step {
+                        path: path.clone(),
+                        name: name.to_owned(),
+                    },
+                    reason,
+                )
+            }),
+            RecordedOutcome::Panicked(message) => Err(failed(FailureKind::StepPanicked, message)),
+            RecordedOutcome::Interrupted(message) => {
+                Err(failed(FailureKind::StepInterrupted, message))
+            }
+        }
+    }
 }
 
 /// A step result to record.

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::codec::fingerprint::{self, Args};
 use crate::codec::{Codec, Fingerprint, nested};
-use crate::engine::replay::{Found, claim_recorded, encode_value, recorded_result};
+use crate::engine::replay::{Found, claim_recorded, encode_value};
 use crate::engine::scope::{self, Claim};
 use crate::error::{Error, Location, Result, undecodable};
 use crate::journal::{Ack, Effect, RecordedOutcome, StepKey, StepRecord};
@@ -148,12 +148,7 @@ impl Op {
     /// The recorded result, decoded; `None` if nothing is recorded here.
     pub(crate) fn replayed<T: Serialize + DeserializeOwned>(&self) -> Option<Result<T>> {
         let outcome = self.recorded.as_ref()?;
-        Some(recorded_result(
-            outcome,
-            &self.claim.ctx.id,
-            &self.claim.path,
-            self.name,
-        ))
+        Some(outcome.result(&self.claim.ctx.id, &self.claim.path, self.name))
     }
 
     /// Decodes a value nested in this operation's result (a message, an event).

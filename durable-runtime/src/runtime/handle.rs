@@ -8,7 +8,6 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::codec::Codec;
-use crate::engine::replay::recorded_result;
 use crate::engine::workflow::Outcome;
 use crate::error::{Error, Location, Result, undecodable};
 use crate::journal::RecordedOutcome;
@@ -162,6 +161,7 @@ impl StepInfo {
     /// [`Error::Failed`] if the step panicked (the record is the panic message), and
     /// [`Error::Corrupt`] if the record does not decode as `T`.
     pub fn output<T: Serialize + DeserializeOwned>(&self) -> Result<T> {
-        recorded_result(&self.outcome, &self.workflow_id, &self.path, &self.name)
+        self.outcome
+            .result(&self.workflow_id, &self.path, &self.name)
     }
 }

@@ -474,12 +474,8 @@ impl StepView {
                 reason: CodecError::malformed(DAMAGED),
             });
         }
-        crate::engine::replay::recorded_result(
-            &self.outcome,
-            &self.workflow_id,
-            &self.path,
-            &self.name,
-        )
+        self.outcome
+            .result(&self.workflow_id, &self.path, &self.name)
     }
 }
 
