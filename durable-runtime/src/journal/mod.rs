@@ -15,6 +15,8 @@ use crate::codec::{Codec, Fingerprint};
 use crate::error::{CancelReason, Error, FailureKind, Location, StoreError, StoreErrorKind};
 use crate::path::StepPath;
 
+#[cfg(test)]
+mod contract;
 pub(crate) mod sqlite;
 
 pub(crate) use sqlite::SqliteStore;
