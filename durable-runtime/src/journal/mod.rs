@@ -20,6 +20,8 @@ use crate::error::{
 };
 use crate::path::StepPath;
 
+#[cfg(test)]
+mod contract;
 pub(crate) mod sqlite;
 
 pub(crate) use sqlite::SqliteStore;
