@@ -66,12 +66,10 @@ macro_rules! store_contract {
             expire_records_none_unless_answered_first,
             give_back_puts_the_message_back_at_the_front,
             given_back_messages_keep_their_order,
-            #[ignore = "SQLite puts each given-back message first: given back in the order \
-                        they were taken, they come back reversed"]
+            #[ignore = "not required: each given-back message goes first, and the engine \
+                        gives back in the reverse of the order it took (docs/journal.md)"]
             given_back_messages_keep_their_order_given_back_as_taken,
             give_back_follows_a_wait_answered_at_once,
-            #[ignore = "SQLite answers parked waits at the end of the batch, after a \
-                        give-back queued behind the send"]
             give_back_follows_a_parked_wait_answered_by_the_send_before_it,
             messages_are_delivered_in_order,
             competing_waits_never_share_a_message,
