@@ -242,7 +242,7 @@ pub use crate::error::{
 };
 pub use crate::journal::Durability;
 pub use crate::journal::sqlite::view::{
-    EventView, JournalView, MessageView, RecordedStatus, StepView, WorkflowView,
+    EventView, JournalView, MessageView, RecordedStatus, WorkflowView,
 };
 pub use crate::path::{ParsePathError, StepPath};
 pub use crate::primitives::child::{ChildHandle, JoinAll, join_all, start_child};

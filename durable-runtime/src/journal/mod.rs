@@ -23,6 +23,12 @@ use crate::path::StepPath;
 #[cfg(test)]
 mod contract;
 pub(crate) mod sqlite;
+mod step_info;
+
+pub use step_info::StepInfo;
+
+/// Why a value that fails its checksum is refused.
+pub(crate) const DAMAGED: &str = "the value does not match its checksum: the journal is damaged";
 
 pub(crate) use sqlite::SqliteStore;
 

@@ -10,8 +10,6 @@ use tokio::sync::watch;
 use crate::codec::Codec;
 use crate::engine::workflow::Outcome;
 use crate::error::{Error, Location, Result, undecodable};
-use crate::journal::RecordedOutcome;
-use crate::path::StepPath;
 
 /// Where a workflow run stands, as seen by a [`WorkflowHandle`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,57 +109,5 @@ impl<O> WorkflowHandle<O> {
                 .map_err(|reason| undecodable::<O>(&*self.id, Location::Output, reason)),
             Err(e) => Err(e.clone()),
         }
-    }
-}
-
-/// A recorded step, as [`Runtime::steps`] lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct StepInfo {
-    /// The step's path in its workflow.
-    pub path: StepPath,
-    /// The step's name.
-    pub name: String,
-    /// Whether the step panicked (its record is the panic message, not an output).
-    pub panicked: bool,
-    /// How many attempts ran before the result was recorded.
-    pub attempts: u32,
-    /// When the first attempt started, in milliseconds since the Unix epoch.
-    pub started_at_ms: i64,
-    /// When the result was recorded, in milliseconds since the Unix epoch.
-    pub finished_at_ms: i64,
-    pub(super) workflow_id: Arc<str>,
-    pub(super) args: Option<crate::codec::Fingerprint>,
-    pub(super) outcome: RecordedOutcome,
-}
-
-impl StepInfo {
-    /// The fingerprint of the arguments the step was called with, as recorded with its
-    /// result; `None` for records from before journal schema 4, and for operations that
-    /// take none (such as `durable::sleep`). A replay that calls the step with arguments
-    /// of another fingerprint diverges.
-    pub fn arguments_fingerprint(&self) -> Option<crate::codec::Fingerprint> {
-        self.args
-    }
-
-    /// A fingerprint of the recorded output's content, which does not need its Rust
-    /// type: two records of equal values have equal fingerprints (maps in any order).
-    /// `None` if the step recorded a panic or an interruption instead of an output.
-    pub fn output_fingerprint(&self) -> Option<crate::codec::Fingerprint> {
-        match &self.outcome {
-            RecordedOutcome::Output(bytes) => Some(crate::codec::content_fingerprint(bytes)),
-            _ => None,
-        }
-    }
-
-    /// Decodes the step's recorded output as `T` (its return type).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Failed`] if the step panicked (the record is the panic message), and
-    /// [`Error::Corrupt`] if the record does not decode as `T`.
-    pub fn output<T: Serialize + DeserializeOwned>(&self) -> Result<T> {
-        self.outcome
-            .result(&self.workflow_id, &self.path, &self.name)
     }
 }

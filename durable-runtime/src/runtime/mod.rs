@@ -12,17 +12,16 @@ use crate::codec::Codec;
 use crate::engine::call::WorkflowCall;
 use crate::engine::replay::encode_value;
 use crate::error::{CancelReason, Error, Location, Result, undecodable};
-use crate::journal::{
-    JournalOptions, JournalSpec, NewMessage, RecordedOutcome, Wait, WaitFor, blocking,
-};
+use crate::journal::{JournalOptions, JournalSpec, NewMessage, Wait, WaitFor, blocking};
 use crate::util::{lock, now_ms};
 
 mod builder;
 mod handle;
 mod registry;
 
+pub use crate::journal::StepInfo;
 pub use builder::RuntimeBuilder;
-pub use handle::{StepInfo, WorkflowHandle, WorkflowStatus};
+pub use handle::{WorkflowHandle, WorkflowStatus};
 pub(crate) use registry::Inner;
 use registry::*;
 
@@ -421,22 +420,13 @@ impl Runtime {
     /// without running their bodies. Empty if the workflow is unknown or recorded none.
     pub async fn steps(&self, id: &str) -> Result<Vec<StepInfo>> {
         let store = self.inner.store.clone();
-        let workflow_id: Arc<str> = Arc::from(id);
+        let workflow_id = id.to_owned();
         let id = workflow_id.clone();
         let steps = blocking(self.path(), move || store.steps(&id)).await??;
         Ok(steps
             .into_iter()
-            .map(|s| StepInfo {
-                path: s.path,
-                name: s.name,
-                panicked: !matches!(s.outcome, RecordedOutcome::Output(_)),
-                attempts: s.attempts,
-                started_at_ms: s.started_at,
-                finished_at_ms: s.finished_at,
-                workflow_id: workflow_id.clone(),
-                args: s.args,
-                outcome: s.outcome,
-            })
+            // The store refuses a damaged record: every record it returns is intact.
+            .map(|s| StepInfo::new(&workflow_id, s, true))
             .collect())
     }
 }

@@ -272,6 +272,32 @@ impl ProbeStore {
     }
 }
 
+/// The reads of a wrapping store: each goes to `self.inner`.
+macro_rules! forward_reads {
+    () => {
+        fn steps(&self, workflow_id: &str) -> Result<Vec<RecordedStep>, StoreError> {
+            self.inner.steps(workflow_id)
+        }
+
+        fn side_records(&self, workflow_id: &str) -> Result<SideRecords, StoreError> {
+            self.inner.side_records(workflow_id)
+        }
+
+        fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError> {
+            self.inner.workflow(id)
+        }
+
+        fn pending_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
+            self.inner.pending_workflows()
+        }
+
+        #[cfg(any(test, feature = "bench"))]
+        fn commits(&self) -> u64 {
+            self.inner.commits()
+        }
+    };
+}
+
 /// The primitives' writes of a wrapping store: each goes to `self.inner` after
 /// `$before` (an expression that may return early with an `Ack`).
 macro_rules! forward_primitive_writes {
@@ -376,26 +402,7 @@ impl Store for ProbeStore {
         self.relay(ack, None, crash_after)
     }
 
-    fn steps(&self, workflow_id: &str) -> Result<Vec<RecordedStep>, StoreError> {
-        self.inner.steps(workflow_id)
-    }
-
-    fn side_records(&self, workflow_id: &str) -> Result<SideRecords, StoreError> {
-        self.inner.side_records(workflow_id)
-    }
-
-    fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError> {
-        self.inner.workflow(id)
-    }
-
-    fn pending_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
-        self.inner.pending_workflows()
-    }
-
-    #[cfg(any(test, feature = "bench"))]
-    fn commits(&self) -> u64 {
-        self.inner.commits()
-    }
+    forward_reads!();
 
     fn close(&self) -> Result<(), StoreError> {
         self.inner.close()
@@ -447,26 +454,7 @@ impl Store for AckBeforeDurable {
         self.inner.finish_workflow(finish)
     }
 
-    fn steps(&self, workflow_id: &str) -> Result<Vec<RecordedStep>, StoreError> {
-        self.inner.steps(workflow_id)
-    }
-
-    fn side_records(&self, workflow_id: &str) -> Result<SideRecords, StoreError> {
-        self.inner.side_records(workflow_id)
-    }
-
-    fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError> {
-        self.inner.workflow(id)
-    }
-
-    fn pending_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
-        self.inner.pending_workflows()
-    }
-
-    #[cfg(any(test, feature = "bench"))]
-    fn commits(&self) -> u64 {
-        self.inner.commits()
-    }
+    forward_reads!();
 
     fn close(&self) -> Result<(), StoreError> {
         self.flush();

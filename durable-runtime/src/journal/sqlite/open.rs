@@ -52,14 +52,7 @@ impl SqliteStore {
     /// starts the writer thread.
     pub(crate) fn open(path: &Path, options: &JournalOptions) -> Result<Self, Error> {
         let (durability, codec) = (options.durability, options.codec);
-        if path.is_dir() {
-            return Err(StoreError::new(
-                path,
-                StoreErrorKind::NotAJournal,
-                "this is a directory; give the path of a journal file in it, such as `journal.db`",
-            )
-            .into());
-        }
+        refuse_directory(path)?;
         let lock_file = take_lock(path)?;
         if !path.exists() {
             create_journal(path)?;
@@ -196,6 +189,19 @@ fn create_journal(path: &Path) -> Result<(), Error> {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(cannot)?;
+    }
+    Ok(())
+}
+
+/// The error for a journal path that names a directory.
+pub(super) fn refuse_directory(path: &Path) -> Result<(), Error> {
+    if path.is_dir() {
+        return Err(StoreError::new(
+            path,
+            StoreErrorKind::NotAJournal,
+            "this is a directory; give the path of a journal file in it, such as `journal.db`",
+        )
+        .into());
     }
     Ok(())
 }

@@ -19,7 +19,7 @@ pub(super) const WORKFLOW_COLUMNS: &str = "id, name, status, input, output, erro
      output_crc32, deadline_at, parent_id";
 
 /// Why a damaged value cannot be used.
-pub(super) const DAMAGED: &str = "the value does not match its checksum: the journal is damaged";
+pub(super) use crate::journal::DAMAGED;
 
 /// Whether a recorded value matches its checksum (rows older than schema 2 have none).
 pub(super) fn checks(bytes: &[u8], crc: Option<u32>) -> bool {

@@ -18,12 +18,11 @@ use serde::de::DeserializeOwned;
 use super::migrate::{MIGRATIONS, check_schema, newer_schema, schema_version};
 use super::rows::{self, DAMAGED, OnDamage, WORKFLOW_COLUMN_COUNT};
 use super::sql_error;
-use crate::codec::{Codec, CodecError, Fingerprint};
+use crate::codec::{Codec, CodecError};
 use crate::error::{
     CancelReason, Error, FailureKind, Location, Result, StoreError, StoreErrorKind, undecodable,
 };
-use crate::journal::{RecordStatus, RecordedOutcome, WorkflowRecord};
-use crate::path::StepPath;
+use crate::journal::{RecordStatus, StepInfo, WorkflowRecord};
 use crate::util::lock;
 
 /// A read-only view of a journal: its workflow runs, their steps and events, and the
@@ -44,7 +43,7 @@ use crate::util::lock;
 /// SQLite query; from async code, call them in `spawn_blocking` if that matters.
 ///
 /// Recorded values are decoded on demand, with the type you ask for
-/// ([`WorkflowView::input`], [`StepView::output`], ...), after their checksum is
+/// ([`WorkflowView::input`], [`StepInfo::output`], ...), after their checksum is
 /// checked: a damaged value is an error ([`Error::Corrupt`] for the values a workflow
 /// recorded), never another value.
 ///
@@ -107,14 +106,7 @@ impl JournalView {
     /// [`Runtime::open`](crate::Runtime::open), which does.
     pub fn open(path: impl AsRef<Path>) -> Result<JournalView> {
         let path = path.as_ref();
-        if path.is_dir() {
-            return Err(StoreError::new(
-                path,
-                StoreErrorKind::NotAJournal,
-                "this is a directory; give the path of a journal file in it, such as `journal.db`",
-            )
-            .into());
-        }
+        super::open::refuse_directory(path)?;
         match std::fs::metadata(path) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -170,23 +162,12 @@ impl JournalView {
     /// The recorded steps of workflow `id`, ordered by path (what a replay would return
     /// without running their bodies; see [`Runtime::steps`](crate::Runtime::steps)).
     /// Empty if the workflow is unknown or recorded none.
-    pub fn steps(&self, id: &str) -> Result<Vec<StepView>> {
+    pub fn steps(&self, id: &str) -> Result<Vec<StepInfo>> {
         self.read(|c| {
             let steps = rows::step_rows(c, id, OnDamage::Mark)?;
             Ok(steps
                 .into_iter()
-                .map(|s| StepView {
-                    path: s.step.path,
-                    name: s.step.name,
-                    panicked: !matches!(s.step.outcome, RecordedOutcome::Output(_)),
-                    attempts: s.step.attempts,
-                    started_at_ms: s.step.started_at,
-                    finished_at_ms: s.step.finished_at,
-                    workflow_id: id.to_owned(),
-                    args: s.step.args,
-                    outcome: s.step.outcome,
-                    intact: s.intact,
-                })
+                .map(|s| StepInfo::new(id, s.step, s.intact))
                 .collect())
         })
     }
@@ -411,72 +392,6 @@ fn decode<T: Serialize + DeserializeOwned>(
         });
     }
     Codec::decode(bytes).map_err(|reason| undecodable::<T>(id, location, reason))
-}
-
-/// A recorded step, as [`JournalView::steps`] lists it (the view's
-/// [`StepInfo`](crate::StepInfo)).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct StepView {
-    /// The step's path in its workflow.
-    pub path: StepPath,
-    /// The step's name.
-    pub name: String,
-    /// Whether the step panicked, or was interrupted and not run again (its record is
-    /// a message, not an output).
-    pub panicked: bool,
-    /// How many attempts ran before the result was recorded.
-    pub attempts: u32,
-    /// When the first attempt started, in milliseconds since the Unix epoch.
-    pub started_at_ms: i64,
-    /// When the result was recorded, in milliseconds since the Unix epoch.
-    pub finished_at_ms: i64,
-    workflow_id: String,
-    args: Option<Fingerprint>,
-    outcome: RecordedOutcome,
-    intact: bool,
-}
-
-impl StepView {
-    /// The fingerprint of the arguments the step was called with, as recorded with its
-    /// result; see [`StepInfo::arguments_fingerprint`](crate::StepInfo::arguments_fingerprint).
-    pub fn arguments_fingerprint(&self) -> Option<Fingerprint> {
-        self.args
-    }
-
-    /// A fingerprint of the recorded output's content, which does not need its Rust
-    /// type; see [`StepInfo::output_fingerprint`](crate::StepInfo::output_fingerprint).
-    /// `None` if the step recorded a panic or an interruption, or its record is damaged.
-    pub fn output_fingerprint(&self) -> Option<Fingerprint> {
-        match &self.outcome {
-            RecordedOutcome::Output(bytes) if self.intact => {
-                Some(crate::codec::content_fingerprint(bytes))
-            }
-            _ => None,
-        }
-    }
-
-    /// Decodes the step's recorded output as `T` (its return type).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Failed`] if the step panicked or was interrupted (with the recorded
-    /// message), [`Error::Corrupt`] if the record is damaged, [`Error::Incompatible`] if
-    /// it is a value of another type.
-    pub fn output<T: Serialize + DeserializeOwned>(&self) -> Result<T> {
-        if !self.intact {
-            return Err(Error::Corrupt {
-                workflow_id: self.workflow_id.clone(),
-                location: Location::Step {
-                    path: self.path.clone(),
-                    name: self.name.clone(),
-                },
-                reason: CodecError::malformed(DAMAGED),
-            });
-        }
-        self.outcome
-            .result(&self.workflow_id, &self.path, &self.name)
-    }
 }
 
 /// A message waiting to be received, as [`JournalView::messages`] lists it.
