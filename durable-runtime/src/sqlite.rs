@@ -79,7 +79,7 @@ where
             claimed,
             Err(E::from(rusqlite::Error::ToSqlConversionFailure(Box::new(
                 not_in_workflow(
-                    "durable_runtime::transaction",
+                    "durable_runtime::sqlite::transaction",
                     "a transaction step writes to the journal's database: call it in a `#[workflow]` body"
                 )
             ))))

@@ -70,7 +70,7 @@ macro_rules! store_contract {
                         gives back in the reverse of the order it took (docs/journal.md)"]
             given_back_messages_keep_their_order_given_back_as_taken,
             give_back_follows_a_wait_answered_at_once,
-            give_back_follows_a_parked_wait_answered_by_the_send_before_it,
+            a_recv_that_leaves_then_gives_back_keeps_no_message,
             messages_are_delivered_in_order,
             competing_waits_never_share_a_message,
             side_records_hold_start_records_and_patches,
@@ -1108,8 +1108,8 @@ async fn expire_records_none_unless_answered_first(open: Open) {
     assert_eq!(j.drain("w", "t").await, ["m3"]);
     assert_eq!(recorded_answer(&j.steps("w").await[2]), None);
 
-    // A send and the expiry at once: either answer, never both or neither. (A parked
-    // wait is answered after the send's transaction, so the expiry may come first.)
+    // A send and the expiry at once: either answer, never both or neither. (Made
+    // together, they may share a batch, where the expiry can apply first.)
     let wait = j.store.wait(take(recv("w", "t"), deadline("4")));
     j.barrier().await;
     let sent = j.store.send(message("w", "t", "m4"));
@@ -1203,23 +1203,44 @@ async fn give_back_follows_a_wait_answered_at_once(open: Open) {
     assert_eq!(j.drain("w", "t").await, ["m"]);
 }
 
-/// A give-back made right after a send that answers a parked wait gives back what the
-/// wait took: the send answers the wait before the give-back applies.
-async fn give_back_follows_a_parked_wait_answered_by_the_send_before_it(open: Open) {
+/// A recv that leaves (drops its wait's answer) and then gives back keeps no message,
+/// whenever the send comes: before the wait is dropped (the wait took it, the give-back
+/// returns it), between the drop and the give-back, or after both (nobody waits, the
+/// message stays queued). The engine gives back in this order (`Undelivered`).
+async fn a_recv_that_leaves_then_gives_back_keeps_no_message(open: Open) {
     let j = Journal::new(open);
     j.create(workflow("w")).await;
-    let wait = j.store.wait(take(recv("w", "t"), record("w", "1")));
-    j.barrier().await;
-    let sent = j.store.send(message("w", "t", "m"));
-    let back = j.store.give_back(key("w", "1"), "t".to_owned());
-    ok(sent).await;
-    ok(back).await;
-    assert_eq!(said(wait).await.as_deref(), Some("m"));
-    assert!(
-        j.steps("w").await.is_empty(),
-        "the give-back must undo the wait"
-    );
-    assert_eq!(j.drain("w", "t").await, ["m"]);
+    for (round, send_at) in ["before", "between", "after"].into_iter().enumerate() {
+        let at = format!("{}", round + 1);
+        let wait = j.store.wait(take(recv("w", "t"), record("w", &at)));
+        j.barrier().await;
+        let mut sent = None;
+        if send_at == "before" {
+            // Not awaited: it may or may not answer the wait before the drop.
+            sent = Some(j.store.send(message("w", "t", "m")));
+        }
+        drop(wait);
+        if send_at == "between" {
+            sent = Some(j.store.send(message("w", "t", "m")));
+        }
+        let back = j.store.give_back(key("w", &at), "t".to_owned());
+        if send_at == "after" {
+            sent = Some(j.store.send(message("w", "t", "m")));
+        }
+        ok(back).await;
+        if let Some(sent) = sent {
+            ok(sent).await;
+        }
+        assert!(
+            j.steps("w").await.is_empty(),
+            "send {send_at}: the recv that left keeps no record"
+        );
+        assert_eq!(
+            j.drain("w", "t").await,
+            ["m"],
+            "send {send_at}: the message stays for the next recv"
+        );
+    }
 }
 
 /// The messages of one destination and topic are delivered in the order they were

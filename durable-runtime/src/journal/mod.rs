@@ -290,8 +290,9 @@ pub(crate) enum WaitFor {
 /// If what it waits for is there, the store answers at once with its bytes; a wait
 /// with a `record` also records that answer as the step (consuming the message) in the
 /// same transaction. If it is not there and `park` is set, the store keeps the wait and
-/// answers it right after the transaction that sends the message or sets the event.
-/// Otherwise it answers `None`.
+/// answers it in the transaction that sends the message or sets the event (unless its
+/// [`Ack`] was dropped by then: a wait nobody waits for takes nothing). Otherwise it
+/// answers `None`.
 #[derive(Debug)]
 pub(crate) struct Wait {
     pub(crate) what: WaitFor,

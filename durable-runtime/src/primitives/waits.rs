@@ -54,7 +54,7 @@ pub(crate) struct Undelivered {
     topic: String,
     /// The writer's answer to this execution's wait, not yet received. Dropped with
     /// it, the wait may have been answered (or be answered in the batch being written):
-    /// the writer, which answers in order, gives back whatever it recorded.
+    /// the give-back, queued after the answer is dropped, undoes whatever it recorded.
     answer: Option<Ack<Option<Vec<u8>>>>,
 }
 
@@ -76,10 +76,17 @@ impl Undelivered {
 
 impl Drop for Undelivered {
     fn drop(&mut self) {
-        let Some(answer) = self.answer.as_mut() else {
+        // The wait's answer is dropped before the give-back is queued: from then on the
+        // writer answers this wait with nothing (it checks whether anyone still waits),
+        // so the give-back, applied after, finds everything the wait will ever take.
+        // Queued the other way round, a send between the two could still hand this wait
+        // a message that nothing gives back.
+        let Some(mut answer) = self.answer.take() else {
             return;
         };
-        if matches!(answer.try_reply(), Some(Ok(None) | Err(_))) {
+        let reply = answer.try_reply();
+        drop(answer);
+        if matches!(reply, Some(Ok(None) | Err(_))) {
             // Timed out, failed, or answered and taken already: nothing to give back.
             return;
         }

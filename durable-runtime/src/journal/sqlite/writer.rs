@@ -320,16 +320,7 @@ impl<'c> Writer<'c> {
                 Command::Finish(f, reply) => {
                     Reply::Finish(reply, self.finish(&f).map_err(|e| sql_error(path, e)))
                 }
-                Command::Write(w) => {
-                    if matches!(*w, Write::GiveBack(..)) {
-                        // A give-back must see what its recv was given, also when the
-                        // send that answered it is earlier in this same batch: answer
-                        // the parked waits first (they are answered again, harmlessly,
-                        // at the end of the batch).
-                        self.answer_parked(path, &mut replies);
-                    }
-                    self.write(path, *w)
-                }
+                Command::Write(w) => self.write(path, *w),
                 // Never batched: `write_loop` takes it apart.
                 Command::Close => continue,
             };
