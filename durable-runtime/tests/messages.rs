@@ -271,6 +271,36 @@ async fn get_event_waits_for_the_value_and_sees_replacements() {
     assert_eq!(missing, None);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_event_with_a_zero_timeout_sees_a_set_value_however_busy_the_journal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = open(&dir).await;
+    let h = rt.start_with_id("pub", publish(1)).await.expect("start");
+    assert_eq!(h.result().await.expect("result"), 200);
+    // Keep the journal's writer busy while asking: a zero timeout means "do not wait
+    // for a value to be set", never "give up on the answer".
+    let busy = {
+        let rt = rt.clone();
+        tokio::spawn(async move {
+            let sends = (0..4000).map(|i| {
+                let rt = rt.clone();
+                async move { rt.send("nobody", "t", &i).await }
+            });
+            for r in futures::future::join_all(sends).await {
+                r.expect("send");
+            }
+        })
+    };
+    for _ in 0..200 {
+        let now: Option<u32> = rt
+            .get_event("pub", "price", Duration::ZERO)
+            .await
+            .expect("get_event");
+        assert_eq!(now, Some(200));
+    }
+    busy.await.expect("join");
+}
+
 #[workflow]
 async fn watcher(of: String) -> Option<u32> {
     get_event::<u32>(&of, "price", None).await.ok().flatten()

@@ -394,7 +394,9 @@ impl Runtime {
             park: timeout != Some(Duration::ZERO),
         });
         let answer = match timeout {
-            None => ack.await,
+            // Zero: the journal answers at once, without parking, with the value as it
+            // is; wait for that answer however busy the writer is.
+            None | Some(Duration::ZERO) => ack.await,
             Some(t) => match tokio::time::timeout(t, ack).await {
                 Ok(answer) => answer,
                 Err(_) => return Ok(None),
