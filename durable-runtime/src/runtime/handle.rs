@@ -21,12 +21,12 @@ pub enum WorkflowStatus {
     Completed,
     /// Failed for good, and the failure is recorded ([`Error::Failed`]).
     Failed,
-    /// Cancelled ([`Runtime::cancel`], its deadline, or its parent's cancellation), and
+    /// Cancelled ([`Runtime::cancel`](crate::Runtime::cancel), its deadline, or its parent's cancellation), and
     /// the cancellation is recorded ([`Error::Cancelled`]).
     Cancelled,
     /// This process stopped running it (replay divergence, a corrupt row, a journal
     /// error, or the runtime itself stopped). The journal still holds it as pending; the
-    /// next [`Runtime::open`] tries again.
+    /// next [`Runtime::open`](crate::Runtime::open) tries again.
     Stopped,
 }
 

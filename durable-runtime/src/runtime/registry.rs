@@ -32,7 +32,7 @@ pub(crate) struct Inner {
     pub(crate) codec: Codec,
     pub(super) recovered: Vec<String>,
     pub(super) unrecoverable: Vec<Error>,
-    /// Set by [`Runtime::close`]: no new work is taken.
+    /// Set by [`Runtime::close`](crate::Runtime::close): no new work is taken.
     pub(super) closing: std::sync::atomic::AtomicBool,
     /// The close in progress or done: started once, by the first `close`, in a task of
     /// its own (a caller that stops waiting does not leave it half done), and watched by
@@ -56,7 +56,7 @@ pub(super) struct Running {
     pub(super) ctx: Arc<WorkflowCtx>,
 }
 
-/// How long [`Runtime::close`] lets running step bodies take.
+/// How long [`Runtime::close`](crate::Runtime::close) lets running step bodies take.
 pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 impl Runs for Inner {
@@ -88,7 +88,7 @@ impl Inner {
         Ok(())
     }
 
-    /// See [`Runtime::close_with_grace`].
+    /// See [`Runtime::close_with_grace`](crate::Runtime::close_with_grace).
     pub(super) async fn close(&self, grace: Duration) -> Result<()> {
         self.closing.store(true, Ordering::Release);
         let deadline = tokio::time::Instant::now() + grace;
@@ -209,7 +209,7 @@ impl Inner {
     }
 
     /// Starts `launch` as workflow `id`, unless `id` exists (see
-    /// [`Runtime::start_with_id`]); returns what its handles watch.
+    /// [`Runtime::start_with_id`](crate::Runtime::start_with_id)); returns what its handles watch.
     pub(crate) async fn start(
         self: &Arc<Self>,
         id: Arc<str>,
