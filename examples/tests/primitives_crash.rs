@@ -93,21 +93,11 @@ impl Worker {
 
     /// SIGKILLs the process (`Child::kill` on Unix) and checks it died of it, rather
     /// than exiting on its own first.
-    fn kill(mut self, what: &str) -> Res<()> {
-        self.child().kill()?;
-        let (status, stdout, stderr) = self.collect()?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::process::ExitStatusExt;
-            assert_eq!(
-                status.signal(),
-                Some(9),
-                "{what}: the worker should have died of SIGKILL ({status}):\n{stdout}\n{stderr}"
-            );
+    fn kill(self, what: &str) -> Res<()> {
+        match self.kill_unless_finished(what)? {
+            None => Ok(()),
+            Some(_) => panic!("{what}: the worker finished before it could be killed"),
         }
-        #[cfg(not(unix))]
-        let _ = (status, stdout, stderr, what);
-        Ok(())
     }
 
     /// SIGKILLs the process, unless it finished on its own first (it can, between the
@@ -116,13 +106,7 @@ impl Worker {
         self.child().kill()?;
         let (status, stdout, stderr) = self.collect()?;
         if status.success() {
-            let mut results: Vec<String> = stdout
-                .lines()
-                .filter(|l| l.starts_with("RESULT "))
-                .map(str::to_owned)
-                .collect();
-            results.sort();
-            return Ok(Some(results));
+            return Ok(Some(result_lines(&stdout)));
         }
         #[cfg(unix)]
         {
@@ -161,14 +145,19 @@ impl Worker {
             status.success(),
             "{what}: the worker failed ({status}):\n{stdout}\n{stderr}"
         );
-        let mut results: Vec<String> = stdout
-            .lines()
-            .filter(|l| l.starts_with("RESULT "))
-            .map(str::to_owned)
-            .collect();
-        results.sort();
-        Ok(results)
+        Ok(result_lines(&stdout))
     }
+}
+
+/// A worker's `RESULT` lines, sorted.
+fn result_lines(stdout: &str) -> Vec<String> {
+    let mut results: Vec<String> = stdout
+        .lines()
+        .filter(|l| l.starts_with("RESULT "))
+        .map(str::to_owned)
+        .collect();
+    results.sort();
+    results
 }
 
 impl Drop for Worker {
