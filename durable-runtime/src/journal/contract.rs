@@ -7,7 +7,8 @@
 //! directory:
 //!
 //! ```ignore
-//! store_contract!(postgres, |dir: &Path| -> Arc<dyn Store> { Arc::new(open_postgres(dir)) });
+//! store_contract!(postgres, |dir: &Path| -> Arc<dyn Store> { Arc::new(open_postgres(dir)) },
+//!     |dir: &Path| damage_postgres(dir));
 //! ```
 //!
 //! The opener gets an empty directory per test, and the same directory again after
@@ -18,10 +19,13 @@
 //! applied (a parked wait is parked). The suite's own scratch records (the barrier's
 //! patch marker, [`Journal::drain`]'s waits) name runs that were never created.
 //!
+//! A store also says how to damage every value its journal holds behind its back (the
+//! third argument), so that the checksum rule is checked too: a damaged value is
+//! refused, never returned.
+//!
 //! A rule a store does not keep yet is marked `#[ignore]` in the macro's list, with the
 //! reason. Not covered here: transaction steps (their work is in one database's
-//! flavour) and checksums (damage is made in a store's own terms; see each store's
-//! tests).
+//! flavour).
 
 use std::fmt::Debug;
 use std::path::Path;
@@ -41,10 +45,12 @@ use crate::error::{CancelReason, FailureKind, StoreError, StoreErrorKind};
 use crate::path::StepPath;
 
 /// Runs every rule of the contract against one store: `$store` names the test module,
-/// `$open` opens (or creates) the store's journal in a directory.
+/// `$open` opens (or creates) the store's journal in a directory, and `$damage` changes
+/// every value of the (closed) journal in a directory so that it no longer matches its
+/// checksum.
 macro_rules! store_contract {
-    ($store:ident, $open:expr) => {
-        store_contract!(@rules $store, $open;
+    ($store:ident, $open:expr, $damage:expr) => {
+        store_contract!(@rules $store, $open, $damage;
             create_is_idempotent,
             a_path_is_recorded_once,
             a_refused_record_has_no_effect,
@@ -79,7 +85,7 @@ macro_rules! store_contract {
             close_commits_what_was_queued,
         );
     };
-    (@rules $store:ident, $open:expr; $($(#[$attr:meta])* $rule:ident,)*) => {
+    (@rules $store:ident, $open:expr, $damage:expr; $($(#[$attr:meta])* $rule:ident,)*) => {
         mod $store {
             use super::*;
             $(
@@ -89,9 +95,17 @@ macro_rules! store_contract {
                     super::$rule($open).await;
                 }
             )*
+
+            #[tokio::test]
+            async fn damaged_values_are_refused() {
+                super::damaged_values_are_refused($open, $damage).await;
+            }
         }
     };
 }
+
+/// How a store damages every value of the closed journal in a directory.
+type Damage = fn(&Path);
 
 /// How a store opens its journal in a directory.
 type Open = fn(&Path) -> Arc<dyn Store>;
@@ -1512,10 +1526,47 @@ async fn close_commits_what_was_queued(open: Open) {
 
 // The stores. A new store adds its line here.
 
-store_contract!(sqlite, |dir: &Path| -> Arc<dyn Store> {
-    let options = JournalOptions {
-        durability: Durability::Off,
-        ..JournalOptions::default()
-    };
-    Arc::new(SqliteStore::open(&dir.join("j.db"), &options).expect("open the SQLite journal"))
-});
+/// A value that fails its checksum is refused, never returned: the steps of its run
+/// cannot be read, its run is marked damaged (the runtime then refuses it), and a wait
+/// for a damaged message or event fails rather than answering.
+async fn damaged_values_are_refused(open: Open, damage: Damage) {
+    let mut j = Journal::new(open);
+    j.create(workflow("w")).await;
+    j.record_step(output("w", "1", "out")).await;
+    j.record_step(set_event("w", "2", "status", "set")).await;
+    j.send(message("w", "t", "m")).await;
+    let _ = j.close().await;
+    damage(j.dir.path());
+    j.store = (j.open)(j.dir.path());
+
+    let steps = j.read(|s| s.steps("w")).await;
+    assert!(steps.is_err(), "damaged steps were read: {steps:?}");
+    assert!(
+        j.workflow("w").await.damaged.is_some(),
+        "the run is not marked damaged"
+    );
+    let pending = j.read(|s| s.pending_workflows()).await.expect("pending");
+    assert!(
+        pending.iter().all(|w| w.id != "w" || w.damaged.is_some()),
+        "the pending run is not marked damaged"
+    );
+    let message = answer(j.store.wait(take(recv("w", "t"), record("w", "3")))).await;
+    assert!(
+        message.is_err(),
+        "a damaged message was handed out: {message:?}"
+    );
+    let event = answer(j.store.wait(peek(event("w", "status")))).await;
+    assert!(event.is_err(), "a damaged event was handed out: {event:?}");
+}
+
+store_contract!(
+    sqlite,
+    |dir: &Path| -> Arc<dyn Store> {
+        let options = JournalOptions {
+            durability: Durability::Off,
+            ..JournalOptions::default()
+        };
+        Arc::new(SqliteStore::open(&dir.join("j.db"), &options).expect("open the SQLite journal"))
+    },
+    |dir: &Path| crate::journal::sqlite::damage_every_value(&dir.join("j.db"))
+);

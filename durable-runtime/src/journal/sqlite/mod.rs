@@ -256,6 +256,22 @@ impl Store for SqliteStore {
     }
 }
 
+/// Changes every recorded value of the (closed) journal at `path`, behind the store's
+/// back, so that none matches its checksum: for the store contract's checksum rule.
+#[cfg(test)]
+pub(crate) fn damage_every_value(path: &Path) {
+    let conn = Connection::open(path).expect("open the journal to damage it");
+    conn.execute_batch(
+        "UPDATE durable_workflows SET input = CAST(input || x'00' AS BLOB),
+                                      output = CAST(output || x'00' AS BLOB);
+         UPDATE durable_steps SET output = CAST(output || x'00' AS BLOB)
+          WHERE output IS NOT NULL;
+         UPDATE durable_messages SET payload = CAST(payload || x'00' AS BLOB);
+         UPDATE durable_events SET value = CAST(value || x'00' AS BLOB);",
+    )
+    .expect("damage the journal");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
