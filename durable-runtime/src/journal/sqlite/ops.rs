@@ -21,6 +21,31 @@ use crate::journal::{
 /// The executor name recorded for workflows this process starts.
 const EXECUTOR: &str = "local";
 
+/// The SQL that names `tree`: the workflow whose id is the statement's first parameter,
+/// and its descendants through `parent_id`, within the primary key's range of ids that
+/// start with `<id>/` (cancel and resume act on the same family).
+macro_rules! family_of_first_parameter {
+    () => {
+        "WITH RECURSIVE tree(id) AS (
+             SELECT ?1
+             UNION SELECT w.id FROM durable_workflows w JOIN tree t ON w.parent_id = t.id
+             WHERE w.id >= ?1 || '/' AND w.id < ?1 || '0'
+         )"
+    };
+}
+
+/// The error for a recorded wait's answer that fails its checksum.
+pub(super) fn damaged_answer(path: &Path, key: &StepKey) -> StoreError {
+    StoreError::new(
+        path,
+        StoreErrorKind::Invariant,
+        format!(
+            "the recorded answer of step {} of workflow {} {DAMAGED}",
+            key.path, key.workflow_id
+        ),
+    )
+}
+
 impl Writer<'_> {
     /// Runs one write of the workflow primitives; its reply waits for the commit.
     pub(super) fn write(&mut self, path: &Path, w: Write) -> Reply {
@@ -140,14 +165,7 @@ impl Writer<'_> {
             return Ok(());
         };
         if !checks(&output, crc) {
-            return Err(StoreError::new(
-                path,
-                StoreErrorKind::Invariant,
-                format!(
-                    "the recorded answer of step {} of workflow {} {DAMAGED}",
-                    key.path, key.workflow_id
-                ),
-            ));
+            return Err(damaged_answer(path, key));
         }
         let Ok(Some(payload)) = decode_answer(&output) else {
             // A recorded timeout: nothing was taken.
@@ -193,17 +211,14 @@ impl Writer<'_> {
     /// descendant's id does): no index on `parent_id` is kept, which would cost every
     /// start and finish a cursor for a rare operation.
     fn cancel(&mut self, id: &str, reason: CancelReason, at: i64) -> rusqlite::Result<Vec<String>> {
-        let mut stmt = self.conn.prepare_cached(
-            "WITH RECURSIVE tree(id) AS (
-                 SELECT ?1
-                 UNION SELECT w.id FROM durable_workflows w JOIN tree t ON w.parent_id = t.id
-                 WHERE w.id >= ?1 || '/' AND w.id < ?1 || '0'
-             )
+        let mut stmt = self.conn.prepare_cached(concat!(
+            family_of_first_parameter!(),
+            "
              UPDATE durable_workflows
              SET status = 'cancelled', error_kind = ?2, error = ?3, updated_at = ?4
              WHERE status = 'pending' AND id IN tree
-             RETURNING id",
-        )?;
+             RETURNING id"
+        ))?;
         let ids = stmt.query_map(params![id, reason.as_str(), reason.to_string(), at], |r| {
             r.get(0)
         })?;
@@ -211,18 +226,15 @@ impl Writer<'_> {
     }
 
     fn resume(&mut self, id: &str, at: i64) -> rusqlite::Result<Vec<String>> {
-        let mut stmt = self.conn.prepare_cached(
-            "WITH RECURSIVE tree(id) AS (
-                 SELECT ?1
-                 UNION SELECT w.id FROM durable_workflows w JOIN tree t ON w.parent_id = t.id
-                 WHERE w.id >= ?1 || '/' AND w.id < ?1 || '0'
-             )
+        let mut stmt = self.conn.prepare_cached(concat!(
+            family_of_first_parameter!(),
+            "
              UPDATE durable_workflows
              SET status = 'pending', output = NULL, output_crc32 = NULL, error_kind = NULL,
                  error = NULL, deadline_at = NULL, updated_at = ?2
              WHERE id IN tree AND (status = 'cancelled' OR (id = ?1 AND status = 'failed'))
-             RETURNING id",
-        )?;
+             RETURNING id"
+        ))?;
         let ids: Vec<String> = stmt
             .query_map(params![id, at], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;

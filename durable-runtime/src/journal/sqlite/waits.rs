@@ -11,7 +11,7 @@ use super::ops::{
     SQL_DELETE_MESSAGE, SQL_EVENT, SQL_OLDEST_MESSAGE, SQL_RECORDED_OUTPUT, all_or_nothing,
     fingerprint_column,
 };
-use super::rows::{DAMAGED, checks};
+use super::rows::checks;
 use super::sql_error;
 use super::writer::{Reply, Writer};
 use crate::codec::{ByteBuf, Bytes, Codec, nested};
@@ -215,14 +215,7 @@ impl Writer<'_> {
             // Answered before the deadline was noticed: that answer stands.
             Some((Some(output), crc)) if !was_parked => {
                 if !checks(&output, crc) {
-                    return Err(StoreError::new(
-                        path,
-                        StoreErrorKind::Invariant,
-                        format!(
-                            "the recorded answer of step {} of workflow {} {DAMAGED}",
-                            r.key.path, r.key.workflow_id
-                        ),
-                    ));
+                    return Err(super::ops::damaged_answer(path, &r.key));
                 }
                 let answer = decode_answer(&output)
                     .map_err(|e| StoreError::new(path, StoreErrorKind::Invariant, e.to_string()))?;
