@@ -71,6 +71,10 @@ pub(crate) struct JournalOptions {
     /// The testkit's simulated crash: once set, the journal commits nothing more.
     #[cfg(feature = "testkit")]
     pub(crate) halt: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// The testkit's SQLite VFS (by its registered name) for every connection the
+    /// journal opens; SQLite's default when `None`.
+    #[cfg(feature = "testkit")]
+    pub(crate) vfs: Option<String>,
 }
 
 impl JournalSpec {

@@ -19,7 +19,7 @@ use super::*;
 #[derive(Debug, Clone)]
 pub struct RuntimeBuilder {
     pub(super) journal: JournalSpec,
-    pub(super) options: JournalOptions,
+    pub(crate) options: JournalOptions,
     pub(super) app_version: Option<String>,
     /// The testkit's probe, if one was given.
     #[cfg(feature = "testkit")]

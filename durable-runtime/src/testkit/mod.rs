@@ -505,6 +505,15 @@ impl RuntimeBuilder {
         self.instrument = Some(probe);
         self
     }
+
+    /// Opens every connection to the journal through the SQLite VFS registered as
+    /// `name` (the testkit's fault-injecting file layer). For `durable-testkit` (the
+    /// `testkit` feature); not API.
+    #[doc(hidden)]
+    pub fn sqlite_vfs(mut self, name: impl Into<String>) -> Self {
+        self.options.vfs = Some(name.into());
+        self
+    }
 }
 
 /// One workflow of a journal, replayed against this program's code.

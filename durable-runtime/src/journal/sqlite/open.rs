@@ -55,16 +55,14 @@ impl SqliteStore {
         refuse_directory(path)?;
         let lock_file = take_lock(path)?;
         if !path.exists() {
-            create_journal(path)?;
+            create_journal(path, options)?;
         }
 
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let mut writer =
-            Connection::open_with_flags(path, flags).map_err(|e| sql_error(path, e))?;
+        let mut writer = connect(path, options).map_err(|e| sql_error(path, e))?;
         configure(&writer, durability).map_err(|e| sql_error(path, e))?;
         migrate(&mut writer, path)?;
 
-        let reader = Connection::open_with_flags(path, flags).map_err(|e| sql_error(path, e))?;
+        let reader = connect(path, options).map_err(|e| sql_error(path, e))?;
         reader
             .execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")
             .map_err(|e| sql_error(path, e))?;
@@ -125,6 +123,19 @@ fn take_lock(path: &Path) -> Result<File, Error> {
     }
 }
 
+/// A read-write connection to the SQLite file at `path` (through the testkit's VFS, if
+/// the options name one).
+fn connect(path: &Path, options: &JournalOptions) -> rusqlite::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    #[cfg(feature = "testkit")]
+    if let Some(vfs) = &options.vfs {
+        return Connection::open_with_flags_and_vfs(path, flags, vfs.as_str());
+    }
+    #[cfg(not(feature = "testkit"))]
+    let _ = options;
+    Connection::open_with_flags(path, flags)
+}
+
 /// The settings of the writer's connection: WAL mode and `durability`.
 fn configure(conn: &Connection, durability: Durability) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -149,7 +160,7 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 /// a rollback journal; built in place, a crash at that moment would leave a hot
 /// `-journal` beside the journal, which read-only tools refuse to open. Called with the
 /// lock held, so a leftover temporary file is from a crash and can be removed.
-fn create_journal(path: &Path) -> Result<(), Error> {
+fn create_journal(path: &Path, options: &JournalOptions) -> Result<(), Error> {
     let tmp = with_suffix(path, ".creating");
     for leftover in ["", "-journal", "-wal", "-shm"] {
         let file = with_suffix(&tmp, leftover);
@@ -165,8 +176,7 @@ fn create_journal(path: &Path) -> Result<(), Error> {
     let cannot = |e: std::io::Error| io_error(path, format!("cannot create the journal: {e}"));
     create_private(&tmp).map_err(cannot)?;
     {
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let mut conn = Connection::open_with_flags(&tmp, flags).map_err(|e| sql_error(path, e))?;
+        let mut conn = connect(&tmp, options).map_err(|e| sql_error(path, e))?;
         configure(&conn, Durability::Full).map_err(|e| sql_error(path, e))?;
         migrate(&mut conn, path)?;
         // Closing the only connection checkpoints the WAL into the file and removes it.
