@@ -489,6 +489,9 @@ pub enum StoreErrorKind {
     Invariant,
     /// The runtime's writer has stopped (the runtime is shutting down or failed).
     Closed,
+    /// The process may not write the journal: the file or its directory lacks write
+    /// permission, or the file system is read-only.
+    ReadOnly,
     /// Any other SQLite or file system failure.
     Io,
 }

@@ -35,6 +35,8 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode};
 
 mod crc;
+mod identity;
+mod integrity;
 mod migrate;
 mod open;
 mod ops;
@@ -246,9 +248,12 @@ impl Store for SqliteStore {
         // The writer commits what was queued before the close, then exits and releases
         // the lock; a write enqueued after it finds the channel closed.
         let _ = self.writes.send(Command::Close);
+        // The reader closes first: the writer thread, on its way out, closes the
+        // descriptor that holds the journal's lock, which drops every POSIX lock of this
+        // process on the file, the reader's too.
+        *lock(&self.reader) = None;
         let writer = lock(&self.writer).take();
         let joined = writer.map(thread::JoinHandle::join);
-        *lock(&self.reader) = None;
         match joined {
             Some(Err(_)) => Err(io_error(&self.path, "the journal writer panicked")),
             _ => Ok(()),

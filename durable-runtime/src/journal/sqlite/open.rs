@@ -8,6 +8,8 @@ use std::thread;
 
 use rusqlite::{Connection, OpenFlags};
 
+use super::identity::{hold_file, identify, lock_name, probe_write, unwritable};
+use super::integrity::verify_pending_index;
 use super::migrate::migrate;
 use super::writer::{WriterStats, write_loop};
 use super::{SqliteStore, io_error, sql_error};
@@ -43,8 +45,12 @@ fn create_private(path: &Path) -> std::io::Result<()> {
 /// A separate file, because SQLite's own POSIX locks on the journal are dropped when any
 /// descriptor of that file is closed by this process; a lock on another file cannot
 /// interfere with them.
+///
+/// The lock file is named after the journal's real path (symlinks resolved), so every
+/// name of the file finds the same lock file; a hard link, which has no one real path,
+/// is caught by the lock on the journal file itself (see [`hold_file`]).
 fn lock_path(path: &Path) -> PathBuf {
-    with_suffix(path, ".lock")
+    with_suffix(&lock_name(path), ".lock")
 }
 
 impl SqliteStore {
@@ -57,10 +63,14 @@ impl SqliteStore {
         if !path.exists() {
             create_journal(path, options)?;
         }
+        let held = hold_file(path)?;
 
         let mut writer = connect(path, options).map_err(|e| sql_error(path, e))?;
-        configure(&writer, durability).map_err(|e| sql_error(path, e))?;
+        identify(path, &writer)?;
+        configure(&writer, durability).map_err(|e| unwritable(path, e))?;
+        probe_write(path, &writer)?;
         migrate(&mut writer, path)?;
+        verify_pending_index(&writer, path)?;
 
         let reader = connect(path, options).map_err(|e| sql_error(path, e))?;
         reader
@@ -81,6 +91,9 @@ impl SqliteStore {
             // queued write has committed and the thread has exited.
             .spawn(move || {
                 write_loop(writer, &writer_path, &rx, &writer_stats, codec);
+                // After the last connection: closing this descriptor drops the process's
+                // POSIX locks on the file, SQLite's among them.
+                drop(held);
                 drop(lock_file);
             })
             .map_err(|e| io_error(path, format!("cannot start the writer thread: {e}")))?;
@@ -149,7 +162,7 @@ fn configure(conn: &Connection, durability: Durability) -> rusqlite::Result<()> 
 }
 
 /// `path` with `suffix` appended to its file name.
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+pub(super) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut p = path.as_os_str().to_owned();
     p.push(suffix);
     PathBuf::from(p)

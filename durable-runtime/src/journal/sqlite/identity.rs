@@ -1,0 +1,211 @@
+//! What the journal's open checks about the file before anything in it runs or changes:
+//! that this process holds the file itself (whatever name reached it), that it may
+//! write it, and that it is a journal at all.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use super::sql_error;
+use crate::error::{Error, StoreError, StoreErrorKind};
+
+/// The name the journal's lock file is derived from: `path` with every symlink
+/// resolved, so that two names of one file share one lock file. `path` itself if it
+/// does not exist yet.
+pub(super) fn lock_name(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
+}
+
+/// Opens the journal file for writing and locks the file itself (not a name of it), so
+/// that a runtime that reached it through a hard link, which has a lock file of its
+/// own, still finds it held. The lock lasts while the returned file stays open.
+///
+/// The lock is `flock(2)`, which on Linux and the BSDs is independent of the POSIX
+/// record locks SQLite takes on the same file. Closing this descriptor drops this
+/// process's POSIX locks on the file, so it must be closed after every SQLite
+/// connection of the journal.
+///
+/// Refuses a file this process may not write, naming it, before SQLite opens it.
+pub(super) fn hold_file(path: &Path) -> Result<File, Error> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+                read_only(path, &format!("the journal file {}", path.display()), &e)
+            }
+            _ => StoreError::new(path, StoreErrorKind::Io, format!("cannot open it: {e}")),
+        })?;
+    #[cfg(unix)]
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(Error::Locked {
+                path: path.to_owned(),
+                lock: lock_name(path),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(
+                StoreError::new(path, StoreErrorKind::Io, format!("cannot lock it: {e}")).into(),
+            );
+        }
+    }
+    Ok(file)
+}
+
+/// The error for a journal this process may not write: `what` (a file or directory)
+/// refused with `e`.
+pub(super) fn read_only(path: &Path, what: &str, e: &dyn std::fmt::Display) -> StoreError {
+    StoreError::new(
+        path,
+        StoreErrorKind::ReadOnly,
+        format!(
+            "{what} is not writable by this process ({e}; permission denied or a read-only \
+             file system). The runtime records every step in the journal, so it must write \
+             it: give this user write permission to the journal and its directory, or look \
+             at the journal read-only with `JournalView`"
+        ),
+    )
+}
+
+/// Takes the journal's write lock and lets it go, so that a journal SQLite can only
+/// read (the file, or the `-wal` and `-shm` beside it, not writable) is refused here,
+/// before any workflow runs, rather than at its first checkpoint.
+pub(super) fn probe_write(path: &Path, conn: &Connection) -> Result<(), Error> {
+    if conn
+        .is_readonly(rusqlite::MAIN_DB)
+        .map_err(|e| sql_error(path, e))?
+    {
+        let what = format!("the journal file {}", path.display());
+        return Err(read_only(path, &what, &"SQLite opened it read-only").into());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+        .map_err(|e| unwritable(path, e))
+}
+
+/// The error for `e`, met while the open set up or probed the journal: a refusal to
+/// write is [`StoreErrorKind::ReadOnly`], naming the file or directory at fault.
+pub(super) fn unwritable(path: &Path, e: rusqlite::Error) -> Error {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
+            let wal = super::open::with_suffix(path, "-wal");
+            let shm = super::open::with_suffix(path, "-shm");
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            let dir = dir.unwrap_or(Path::new("."));
+            let what = if writable(path) && !(writable(&wal) && writable(&shm)) {
+                format!(
+                    "the journal's directory {} (SQLite must create and write {} and {} in it)",
+                    dir.display(),
+                    wal.display(),
+                    shm.display()
+                )
+            } else {
+                format!("the journal file {}", path.display())
+            };
+            read_only(path, &what, &e).into()
+        }
+        _ => sql_error(path, e).into(),
+    }
+}
+
+/// Whether this process can open `path` for writing (without creating it).
+fn writable(path: &Path) -> bool {
+    OpenOptions::new().write(true).open(path).is_ok()
+}
+
+/// What is at a journal path, as far as its first bytes and its tables tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Found {
+    /// An empty file, or an SQLite database without a table: a new journal.
+    New,
+    /// A journal: it has durable's meta table (its version is checked by the migration).
+    Journal,
+}
+
+/// The length of an SQLite database header.
+const HEADER: usize = 100;
+
+/// Looks at the file at `path`, changing nothing in it or beside it, and refuses it if
+/// it is not a journal (or an empty file or database that can become one).
+///
+/// A database in rollback-journal mode is read through a read-only connection (durable
+/// creates its journals in WAL mode, so this is another program's file, or one of ours
+/// that someone switched). A WAL database is read through `conn`, which may create the
+/// `-wal` and `-shm` files that every WAL reader needs; SQLite removes them again when
+/// the connection closes. Nothing else is written before the file is known.
+pub(super) fn identify(path: &Path, conn: &Connection) -> Result<Found, Error> {
+    let mut header = Vec::with_capacity(HEADER);
+    File::open(path)
+        .and_then(|f| f.take(HEADER as u64).read_to_end(&mut header))
+        .map_err(|e| StoreError::new(path, StoreErrorKind::Io, format!("cannot read it: {e}")))?;
+    if header.is_empty() {
+        return Ok(Found::New);
+    }
+    if header.len() < HEADER || !header.starts_with(b"SQLite format 3\0") {
+        return Err(not_a_journal(path, "it is not an SQLite database"));
+    }
+    // Bytes 18 and 19: the file format versions, 1 for a rollback journal, 2 for WAL.
+    if header[18] == 1 || header[19] == 1 {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let read_only =
+            Connection::open_with_flags(path, flags).map_err(|e| unreadable(path, e))?;
+        classify(path, &read_only)
+    } else {
+        classify(path, conn)
+    }
+}
+
+/// Sorts an SQLite database into a journal, a new (empty) one, or someone else's.
+fn classify(path: &Path, conn: &Connection) -> Result<Found, Error> {
+    let tables = || -> rusqlite::Result<(Vec<String>, i64, i64)> {
+        let mut stmt =
+            conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")?;
+        let names = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let user_version = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let application_id = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+        Ok((names, user_version, application_id))
+    };
+    let (names, user_version, application_id) = tables().map_err(|e| unreadable(path, e))?;
+    if names.iter().any(|n| n == "durable_meta") {
+        return Ok(Found::Journal);
+    }
+    if names.is_empty() && user_version == 0 && application_id == 0 {
+        return Ok(Found::New);
+    }
+    let mut what = if names.is_empty() {
+        "it is an SQLite database of another program (it has no tables, but its \
+         user_version or application_id is set)"
+            .to_owned()
+    } else {
+        let shown: Vec<_> = names.iter().take(5).map(|n| format!("`{n}`")).collect();
+        let more = if names.len() > 5 { ", .." } else { "" };
+        format!(
+            "it is an SQLite database of another program (it has the tables {}{more}, and not \
+             durable's `durable_meta`)",
+            shown.join(", ")
+        )
+    };
+    what.push_str("; nothing in it was changed: give the runtime a file of its own");
+    Err(not_a_journal(path, &what))
+}
+
+/// The error for a file that is not a journal: `why`.
+fn not_a_journal(path: &Path, why: &str) -> Error {
+    StoreError::new(
+        path,
+        StoreErrorKind::NotAJournal,
+        format!("not a durable journal: {why}"),
+    )
+    .into()
+}
+
+/// The error for a database SQLite could not read while the open looked at it.
+fn unreadable(path: &Path, e: rusqlite::Error) -> Error {
+    unwritable(path, e)
+}

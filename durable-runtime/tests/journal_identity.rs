@@ -1,0 +1,350 @@
+//! What the runtime checks about a journal file before anything in it runs or changes:
+//! the lock belongs to the file whatever name reached it, a file the process cannot
+//! write is refused up front, another application's database is refused untouched, and
+//! a damaged pending index can neither hide a pending workflow nor relaunch a finished
+//! one.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use durable_runtime::{Error, Runtime, StoreErrorKind, recv, step, workflow};
+
+static BODIES: AtomicUsize = AtomicUsize::new(0);
+/// The tests count step bodies in `BODIES`: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[step]
+async fn count(i: u32) -> u32 {
+    BODIES.fetch_add(1, Ordering::SeqCst);
+    i * 10
+}
+
+/// One step, then waits for "go" (nobody sends it in the first run), then one more step.
+#[workflow]
+async fn parked(i: u32) -> u32 {
+    let a = count(i).await;
+    let _: Option<u32> = recv("go", None).await.expect("recv");
+    a + count(i + 1).await
+}
+
+/// One step and done.
+#[workflow]
+async fn quick(i: u32) -> u32 {
+    count(i).await
+}
+
+fn tokio() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio")
+}
+
+/// Writes a journal at `path` with `finished` finished workflows (`q-0`, `q-1`, ..) and
+/// then one pending workflow `p`, parked after its first step.
+fn journal_with_pending(path: &Path, finished: u32) {
+    tokio().block_on(async {
+        let rt = Runtime::open(path).await.expect("open");
+        for i in 0..finished {
+            let h = rt
+                .start_with_id(&format!("q-{i}"), quick(i))
+                .await
+                .expect("start");
+            h.result().await.expect("finished");
+        }
+        rt.start_with_id("p", parked(7)).await.expect("start p");
+        while rt.steps("p").await.expect("steps").is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        rt.close().await.expect("close");
+    });
+}
+
+fn assert_locked(result: Result<Runtime, Error>, how: &str) {
+    match result {
+        Err(Error::Locked { .. }) => {}
+        Err(e) => panic!("{how}: expected Error::Locked, got {e}"),
+        Ok(_) => panic!("{how}: a second runtime opened a journal another one holds"),
+    }
+}
+
+#[test]
+fn a_symlink_or_hard_link_to_a_held_journal_is_locked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a).expect("mkdir a");
+    std::fs::create_dir_all(&b).expect("mkdir b");
+    let journal = a.join("j.db");
+    let symlink = b.join("alias.db");
+    let hard = b.join("hard.db");
+    tokio().block_on(async {
+        let rt = Runtime::open(&journal).await.expect("open");
+        std::os::unix::fs::symlink(&journal, &symlink).expect("symlink");
+        std::fs::hard_link(&journal, &hard).expect("hard link");
+        assert_locked(Runtime::open(&symlink).await, "through a symlink");
+        assert_locked(Runtime::open(&hard).await, "through a hard link");
+        // A symlinked directory on the way is one more name for the same file.
+        let linked_dir = dir.path().join("c");
+        std::os::unix::fs::symlink(&a, &linked_dir).expect("symlink the directory");
+        assert_locked(
+            Runtime::open(linked_dir.join("j.db")).await,
+            "through a symlinked directory",
+        );
+        rt.close().await.expect("close");
+        // Once the holder is gone, every name opens it (one at a time).
+        for name in [&symlink, &hard, &journal] {
+            let rt = Runtime::open(name).await.expect("reopen by another name");
+            rt.close().await.expect("close");
+        }
+    });
+}
+
+/// Whether this process can write `path` even without write permission (root can).
+fn writes_anyway(path: &Path) -> bool {
+    std::fs::OpenOptions::new().write(true).open(path).is_ok()
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn expect_read_only(path: &Path, named: &Path) {
+    let before = BODIES.load(Ordering::SeqCst);
+    let opened = tokio().block_on(Runtime::open(path));
+    let e = match opened {
+        Err(Error::Store(e)) => e,
+        Err(e) => panic!("expected a store error, got {e}"),
+        Ok(_) => panic!("a journal the process cannot write opened"),
+    };
+    assert_eq!(e.kind(), StoreErrorKind::ReadOnly, "{e}");
+    let message = e.to_string();
+    assert!(
+        message.contains(&named.display().to_string()),
+        "the error names {}: {message}",
+        named.display()
+    );
+    assert!(message.contains("permission"), "{message}");
+    assert_eq!(
+        BODIES.load(Ordering::SeqCst),
+        before,
+        "no step body runs before the refusal"
+    );
+}
+
+/// The refusals of a journal the process cannot write, checked by
+/// [`read_only_refusals`] in this process, or (as root, who writes read-only files
+/// anyway) in a copy of this test binary run as user `nobody`.
+#[test]
+fn a_journal_the_process_cannot_write_is_refused_before_anything_runs() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    journal_with_pending(&path, 1);
+    chmod(&path, 0o400);
+    if writes_anyway(&path) {
+        as_nobody(dir.path());
+    } else {
+        read_only_refusals(dir.path());
+    }
+    // Writable again: the pending workflow resumes and finishes.
+    chmod(dir.path(), 0o700);
+    chmod(&path, 0o600);
+    tokio().block_on(async {
+        let rt = Runtime::open(&path).await.expect("open once writable");
+        assert_eq!(rt.recovered(), ["p".to_string()]);
+        rt.send("p", "go", &1u32).await.expect("send");
+        let h = rt.handle::<u32>("p").await.expect("handle");
+        assert_eq!(h.result().await.expect("result"), 70 + 80);
+    });
+}
+
+/// The journal `j.db` in `dir` (mode 0400) is refused, at every open; then, writable
+/// but in a directory the process cannot write (SQLite could not create its `-wal`),
+/// it is refused too.
+fn read_only_refusals(dir: &Path) {
+    let path = dir.join("j.db");
+    expect_read_only(&path, &path);
+    expect_read_only(&path, &path);
+    chmod(&path, 0o600);
+    chmod(dir, 0o500);
+    expect_read_only(&path, dir);
+}
+
+/// Where [`read_only_as_nobody`] finds its journal's directory.
+const READ_ONLY_DIR: &str = "DURABLE_TEST_READ_ONLY_DIR";
+
+/// Runs [`read_only_refusals`] on `dir` in this test binary as user `nobody`, through
+/// `setpriv`: root may write any file, so only another user sees the refusal.
+fn as_nobody(dir: &Path) {
+    use std::os::unix::fs::chown;
+    const NOBODY: u32 = 65534;
+    for entry in std::fs::read_dir(dir).expect("ls") {
+        chown(entry.expect("entry").path(), Some(NOBODY), Some(NOBODY)).expect("chown");
+    }
+    chown(dir, Some(NOBODY), Some(NOBODY)).expect("chown the directory");
+    let status = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(std::env::current_exe().expect("this test binary"))
+        .args(["--exact", "read_only_as_nobody", "--ignored", "--nocapture"])
+        .env(READ_ONLY_DIR, dir)
+        .status()
+        .expect("run setpriv (util-linux) to drop root for the read-only checks");
+    assert!(status.success(), "the read-only checks failed as nobody");
+}
+
+/// [`read_only_refusals`] as another user; run by [`as_nobody`], never on its own.
+#[test]
+#[ignore = "run by a_journal_the_process_cannot_write_is_refused_before_anything_runs"]
+fn read_only_as_nobody() {
+    let dir = PathBuf::from(std::env::var_os(READ_ONLY_DIR).expect("run by as_nobody"));
+    assert!(!writes_anyway(&dir.join("j.db")), "running as root");
+    read_only_refusals(&dir);
+}
+
+/// Another application's SQLite database (rollback journal mode, its own table named
+/// like ours) is refused as "not a journal", and no byte of it, nor any file beside
+/// it, changes.
+#[test]
+fn another_applications_database_is_refused_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("app.db");
+    {
+        let conn = rusqlite::Connection::open(&path).expect("create");
+        conn.execute_batch(
+            "CREATE TABLE durable_workflows (id INTEGER PRIMARY KEY, what TEXT);
+             INSERT INTO durable_workflows (what) VALUES ('theirs'), ('not ours');
+             CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER);",
+        )
+        .expect("their schema");
+    }
+    let empty = dir.path().join("empty.db");
+    {
+        // An SQLite database with no table at all (and a user_version) is somebody's too.
+        let conn = rusqlite::Connection::open(&empty).expect("create");
+        conn.execute_batch("PRAGMA user_version = 3;")
+            .expect("user_version");
+    }
+    for file in [&path, &empty] {
+        let before = std::fs::read(file).expect("read");
+        let siblings = listing(dir.path());
+        let opened = tokio().block_on(Runtime::open(file));
+        let e = match opened {
+            Err(Error::Store(e)) => e,
+            Err(e) => panic!("expected a store error, got {e}"),
+            Ok(_) => panic!("opened another application's database as a journal"),
+        };
+        assert_eq!(e.kind(), StoreErrorKind::NotAJournal, "{e}");
+        assert!(e.to_string().contains("not a durable journal"), "{e}");
+        assert_eq!(std::fs::read(file).expect("read"), before, "{e}");
+        let lock = PathBuf::from(format!("{}.lock", file.display()));
+        let after: Vec<_> = listing(dir.path())
+            .into_iter()
+            .filter(|p| *p != lock)
+            .collect();
+        assert_eq!(
+            after, siblings,
+            "no -wal, -shm or -journal was left beside it"
+        );
+    }
+}
+
+fn listing(dir: &Path) -> Vec<PathBuf> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .expect("ls")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Changes one byte of the pending-workflows index so that its only entry points at a
+/// finished workflow's row instead of the pending one's (as a disk error could).
+fn misdirect_pending_index(path: &Path, to_rowid: i64) {
+    let conn = rusqlite::Connection::open(path).expect("open");
+    let root: u32 = conn
+        .query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'durable_workflows_pending'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("index root page");
+    let page_size: usize = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .expect("page size");
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .expect("checkpoint");
+    drop(conn);
+
+    let mut bytes = std::fs::read(path).expect("read");
+    let page = (root as usize - 1) * page_size;
+    assert_eq!(bytes[page], 0x0a, "the index's root is a leaf page");
+    let cells = u16::from_be_bytes([bytes[page + 3], bytes[page + 4]]);
+    assert_eq!(cells, 1, "one pending workflow, one index entry");
+    let cell = page + usize::from(u16::from_be_bytes([bytes[page + 8], bytes[page + 9]]));
+    // Cell: payload length (a one-byte varint here), then the record: its header length,
+    // the serial types of (created_at, rowid), then the values.
+    let header = cell + 1;
+    let header_len = usize::from(bytes[header]);
+    let (created_type, rowid_type) = (bytes[header + 1], bytes[header + 2]);
+    assert_eq!(rowid_type, 1, "a one-byte rowid");
+    let created_len = match created_type {
+        1..=4 => usize::from(created_type),
+        5 => 6,
+        6 => 8,
+        other => panic!("created_at has serial type {other}"),
+    };
+    let rowid_at = header + header_len + created_len;
+    bytes[rowid_at] = u8::try_from(to_rowid).expect("a small rowid");
+    std::fs::write(path, bytes).expect("write");
+}
+
+#[test]
+fn a_damaged_pending_index_neither_hides_nor_relaunches() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    journal_with_pending(&path, 3);
+    let finished_rowid: i64 = rusqlite::Connection::open(&path)
+        .expect("open")
+        .query_row(
+            "SELECT rowid FROM durable_workflows WHERE id = 'q-1'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("rowid");
+    misdirect_pending_index(&path, finished_rowid);
+
+    let before = BODIES.load(Ordering::SeqCst);
+    tokio().block_on(async {
+        let rt = Runtime::open(&path).await.expect("open");
+        assert_eq!(
+            rt.recovered(),
+            ["p".to_string()],
+            "the pending workflow resumes, and only it"
+        );
+        rt.send("p", "go", &1u32).await.expect("send");
+        let h = rt.handle::<u32>("p").await.expect("handle");
+        assert_eq!(h.result().await.expect("result"), 70 + 80);
+        let q = rt.handle::<u32>("q-1").await.expect("handle");
+        assert_eq!(q.result().await.expect("result"), 10);
+        rt.close().await.expect("close");
+    });
+    assert_eq!(
+        BODIES.load(Ordering::SeqCst) - before,
+        1,
+        "only p's second step ran; no finished workflow ran again"
+    );
+    let check: String = rusqlite::Connection::open(&path)
+        .expect("open")
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check");
+    assert_eq!(check, "ok", "the index was rebuilt");
+}
