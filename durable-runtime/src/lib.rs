@@ -240,10 +240,10 @@ pub use crate::error::{
     ArgumentsChanged, CancelReason, Error, FailureKind, Location, Result, StoreError,
     StoreErrorKind,
 };
-pub use crate::journal::Durability;
 pub use crate::journal::sqlite::view::{
     EventView, JournalView, MessageView, RecordedStatus, WorkflowView,
 };
+pub use crate::journal::{Damage, Durability};
 pub use crate::path::{ParsePathError, StepPath};
 pub use crate::primitives::child::{ChildHandle, JoinAll, join_all, start_child};
 pub use crate::primitives::events::{get_event, set_event};

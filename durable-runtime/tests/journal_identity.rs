@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use durable_runtime::{Error, Runtime, StoreErrorKind, recv, step, workflow};
+use durable_runtime::{Error, JournalView, Runtime, StoreErrorKind, recv, step, workflow};
 
 static BODIES: AtomicUsize = AtomicUsize::new(0);
 /// The tests count step bodies in `BODIES`: one at a time.
@@ -321,6 +321,16 @@ fn a_damaged_pending_index_neither_hides_nor_relaunches() {
         )
         .expect("rowid");
     misdirect_pending_index(&path, finished_rowid);
+    // A check names the damage, and the workflow it hides.
+    let damage = JournalView::open(&path)
+        .expect("view")
+        .check()
+        .expect("check");
+    assert!(
+        damage.iter().any(|d| d.workflow_id.as_deref() == Some("p")
+            && d.what.contains("durable_workflows_pending")),
+        "{damage:?}"
+    );
 
     let before = BODIES.load(Ordering::SeqCst);
     tokio().block_on(async {
@@ -347,4 +357,66 @@ fn a_damaged_pending_index_neither_hides_nor_relaunches() {
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .expect("integrity_check");
     assert_eq!(check, "ok", "the index was rebuilt");
+    assert_eq!(
+        JournalView::open(&path)
+            .expect("view")
+            .check()
+            .expect("check"),
+        []
+    );
+}
+
+/// `check` reads what no open reads: the finished workflows' values and the rows of
+/// steps, and names the workflow each damaged thing belongs to.
+#[test]
+fn a_check_reports_damage_per_workflow() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    journal_with_pending(&path, 3);
+    tokio().block_on(async {
+        let rt = Runtime::open(&path).await.expect("open");
+        assert_eq!(rt.check().await.expect("check"), [], "a healthy journal");
+        rt.close().await.expect("close");
+    });
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.execute_batch(
+        "UPDATE durable_steps SET output = CAST(output || x'00' AS BLOB) WHERE workflow_id = 'q-2';
+         UPDATE durable_workflows SET output = CAST(output || x'00' AS BLOB) WHERE id = 'q-0';
+         INSERT INTO durable_steps (workflow_id, path, name, output, attempts, started_at, finished_at)
+              VALUES ('gone', '1', 'count', x'00', 1, 0, 0);",
+    )
+    .expect("damage");
+    drop(conn);
+    let damage = JournalView::open(&path)
+        .expect("view")
+        .check()
+        .expect("check");
+    let mut by_workflow: Vec<_> = damage
+        .iter()
+        .map(|d| (d.workflow_id.clone().unwrap_or_default(), d.what.clone()))
+        .collect();
+    by_workflow.sort();
+    assert_eq!(by_workflow.len(), 3, "{damage:?}");
+    assert_eq!(by_workflow[0].0, "gone");
+    assert!(
+        by_workflow[0].1.contains("belongs to no workflow"),
+        "{damage:?}"
+    );
+    assert_eq!(by_workflow[1].0, "q-0");
+    assert!(
+        by_workflow[1]
+            .1
+            .contains("its output does not match its checksum")
+    );
+    assert_eq!(by_workflow[2].0, "q-2");
+    assert!(
+        by_workflow[2].1.contains("step 1 (count) does not match"),
+        "{damage:?}"
+    );
+    // The runtime's check agrees with the view's.
+    tokio().block_on(async {
+        let rt = Runtime::open(&path).await.expect("open");
+        assert_eq!(rt.check().await.expect("check"), damage);
+    });
 }

@@ -22,9 +22,11 @@ use crate::path::StepPath;
 
 #[cfg(test)]
 mod contract;
+mod damage;
 pub(crate) mod sqlite;
 mod step_info;
 
+pub use damage::Damage;
 pub use step_info::StepInfo;
 
 /// Why a value that fails its checksum is refused.
@@ -235,6 +237,10 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError>;
     /// Every workflow run that has not finished.
     fn pending_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError>;
+    /// Reads the whole journal looking for damage (the store's own consistency check
+    /// and every recorded value against its checksum), changing nothing. Empty when
+    /// nothing is damaged.
+    fn check(&self) -> Result<Vec<Damage>, StoreError>;
 
     /// Commits what was queued, stops the writer and releases the journal (its lock,
     /// its connections). Blocks until that is done; later writes and reads fail with

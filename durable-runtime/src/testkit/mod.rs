@@ -291,6 +291,10 @@ macro_rules! forward_reads {
             self.inner.pending_workflows()
         }
 
+        fn check(&self) -> Result<Vec<crate::journal::Damage>, StoreError> {
+            self.inner.check()
+        }
+
         #[cfg(any(test, feature = "bench"))]
         fn commits(&self) -> u64 {
             self.inner.commits()

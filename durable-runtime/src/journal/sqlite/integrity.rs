@@ -7,8 +7,10 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension};
 
+use super::rows::checks;
 use super::sql_error;
 use crate::error::{Error, StoreError, StoreErrorKind};
+use crate::journal::Damage;
 
 /// The index recovery finds pending workflows through.
 const PENDING_INDEX: &str = "durable_workflows_pending";
@@ -100,4 +102,116 @@ fn damaged(path: &Path, problems: &[String], detail: &str) -> Error {
         ),
     )
     .into()
+}
+
+/// Looks for damage everywhere in the journal `conn` reads: SQLite's `integrity_check`
+/// (every page, every index against its table), then every recorded value against its
+/// checksum and every step against its workflow. A table too damaged to read is
+/// reported, and the check goes on with the next. Run inside one read transaction.
+pub(crate) fn check(conn: &Connection) -> Vec<Damage> {
+    let mut found = Vec::new();
+    sqlite_check(conn, &mut found);
+    for (sql, what) in VALUE_CHECKS {
+        if let Err(e) = checksums(conn, sql, &mut found) {
+            found.push(Damage::new(None, format!("cannot read the {what}: {e}")));
+        }
+    }
+    found
+}
+
+/// SQLite's own `integrity_check`, one [`Damage`] per line it reports (at most 1,000).
+fn sqlite_check(conn: &Connection, found: &mut Vec<Damage>) {
+    let lines = conn
+        .prepare("PRAGMA integrity_check(1000)")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        });
+    match lines {
+        Ok(lines) if lines == ["ok"] => {}
+        Ok(lines) => {
+            for line in lines {
+                let id = workflow_of_row(conn, &line);
+                found.push(Damage::new(id.as_deref(), format!("SQLite: {line}")));
+            }
+        }
+        Err(e) => found.push(Damage::new(None, format!("SQLite cannot check it: {e}"))),
+    }
+}
+
+/// The workflow of an `integrity_check` line about a row of `durable_workflows` (such
+/// as `row 12 missing from index durable_workflows_pending`), if the row still reads.
+fn workflow_of_row(conn: &Connection, line: &str) -> Option<String> {
+    if !line.contains("durable_workflows") {
+        return None;
+    }
+    let rest = line.split("row ").nth(1)?;
+    let rowid: i64 = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    conn.query_row(
+        "SELECT id FROM durable_workflows NOT INDEXED WHERE rowid = ?1",
+        [rowid],
+        |r| r.get(0),
+    )
+    .ok()
+}
+
+/// The checksummed values: a query yielding (workflow id, what, value, checksum) for
+/// each, and what its rows are called. Rows from before schema 2 have no checksum.
+const VALUE_CHECKS: &[(&str, &str)] = &[
+    (
+        "SELECT id, 'its input', input, input_crc32 FROM durable_workflows NOT INDEXED
+         UNION ALL
+         SELECT id, 'its output', output, output_crc32 FROM durable_workflows NOT INDEXED
+          WHERE output IS NOT NULL",
+        "workflows",
+    ),
+    (
+        "SELECT workflow_id, 'the output of step ' || path || ' (' || name || ')', output, crc32
+           FROM durable_steps WHERE output IS NOT NULL",
+        "steps",
+    ),
+    (
+        "SELECT destination, 'message ' || seq || ' on topic ' || topic, payload, crc32
+           FROM durable_messages",
+        "messages",
+    ),
+    (
+        "SELECT workflow_id, 'event ' || key, value, crc32 FROM durable_events",
+        "events",
+    ),
+    (
+        "SELECT s.workflow_id, 'step ' || s.path || ' (' || s.name || ') belongs to no workflow',
+                NULL, NULL
+           FROM durable_steps s
+          WHERE NOT EXISTS (SELECT 1 FROM durable_workflows w WHERE w.id = s.workflow_id)",
+        "steps",
+    ),
+];
+
+/// Runs one of [`VALUE_CHECKS`], adding a [`Damage`] for every value whose checksum
+/// does not match, and every row the query selects without a value (its finding).
+fn checksums(conn: &Connection, sql: &str, found: &mut Vec<Damage>) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare(sql)?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let id: String = row.get(0)?;
+        let thing: String = row.get(1)?;
+        let value: Option<Vec<u8>> = row.get(2)?;
+        let crc: Option<i64> = row.get(3)?;
+        let damaged = match value {
+            None => Some(thing),
+            Some(v) if !checks(&v, crc.and_then(|c| u32::try_from(c).ok())) => {
+                Some(format!("{thing} does not match its checksum"))
+            }
+            Some(_) => None,
+        };
+        if let Some(what_is) = damaged {
+            found.push(Damage::new(Some(&id), what_is));
+        }
+    }
+    Ok(())
 }

@@ -46,7 +46,7 @@ mod waits;
 mod writer;
 
 use super::{
-    Ack, Created, Finish, NewMessage, NewWorkflow, RecordedOutcome, RecordedStep, Replier,
+    Ack, Created, Damage, Finish, NewMessage, NewWorkflow, RecordedOutcome, RecordedStep, Replier,
     SideRecords, StepKey, StepRecord, Store, TxStep, Wait, WaitRecord, WorkflowRecord,
 };
 use crate::error::{CancelReason, StoreError, StoreErrorKind};
@@ -242,6 +242,16 @@ impl Store for SqliteStore {
 
     fn pending_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
         self.read(|c| rows::workflow_rows(c, "WHERE status = 'pending'"))
+    }
+
+    fn check(&self) -> Result<Vec<Damage>, StoreError> {
+        self.read(|c| {
+            // One snapshot for the whole check.
+            let tx = c.unchecked_transaction()?;
+            let found = integrity::check(&tx);
+            tx.commit()?;
+            Ok(found)
+        })
     }
 
     fn close(&self) -> Result<(), StoreError> {
