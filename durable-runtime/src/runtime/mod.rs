@@ -430,7 +430,8 @@ impl Runtime {
     /// time in proportion to the journal's size, and changes nothing.
     ///
     /// ```no_run
-    /// # async fn demo() -> durable_runtime::Result<()> {
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> durable_runtime::Result<()> {
     /// let rt = durable_runtime::Runtime::open("journal.db").await?;
     /// let damage = rt.check().await?;
     /// for d in &damage {

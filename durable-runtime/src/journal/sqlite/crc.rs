@@ -24,18 +24,73 @@ const TABLE: [u32; 256] = {
     table
 };
 
-/// The CRC-32 of `bytes`.
+/// The CRC-32 of `bytes` (how values were checksummed up to schema version 4).
 pub(crate) fn crc32(bytes: &[u8]) -> u32 {
+    !update(!0, bytes)
+}
+
+/// The checksum of a value together with the key it is recorded under (since schema
+/// version 5): the CRC-32 of each part of `key` followed by `0xFF` (a byte no UTF-8
+/// text holds, so `("ab", "c")` and `("a", "bc")` differ), then of `value`.
+///
+/// A damaged key (a workflow id, a step's path or name, a message's topic) then fails
+/// the check like a damaged value would, instead of putting an intact value under
+/// another key: step 1's result replayed as step 3's.
+pub(crate) fn keyed_crc32(key: &[&[u8]], value: &[u8]) -> u32 {
     let mut c = !0u32;
+    for part in key {
+        c = update(c, part);
+        c = update(c, &[0xFF]);
+    }
+    !update(c, value)
+}
+
+/// The key of a workflow's input or output: its id. (Not its name: renaming the
+/// workflows of a journal by hand, after renaming their function, is a legitimate
+/// repair; and a damaged name finds no workflow, or one whose input type refuses the
+/// value.)
+pub(crate) fn workflow_key(id: &str) -> [&[u8]; 1] {
+    [id.as_bytes()]
+}
+
+/// The key of a step's result (output or error): its workflow, path and name.
+pub(crate) fn step_key<'a>(workflow_id: &'a str, path: &'a str, name: &'a str) -> [&'a [u8]; 3] {
+    [workflow_id.as_bytes(), path.as_bytes(), name.as_bytes()]
+}
+
+/// The key of a message's payload: its destination and topic.
+pub(crate) fn message_key<'a>(destination: &'a str, topic: &'a str) -> [&'a [u8]; 2] {
+    [destination.as_bytes(), topic.as_bytes()]
+}
+
+/// The key of an event's value: its workflow and key.
+pub(crate) fn event_key<'a>(workflow_id: &'a str, key: &'a str) -> [&'a [u8]; 2] {
+    [workflow_id.as_bytes(), key.as_bytes()]
+}
+
+/// `c` (a CRC-32 register) after `bytes`.
+fn update(mut c: u32, bytes: &[u8]) -> u32 {
     for &b in bytes {
         c = TABLE[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8);
     }
-    !c
+    c
 }
 
 #[cfg(test)]
 mod tests {
-    use super::crc32;
+    use super::{crc32, keyed_crc32};
+
+    #[test]
+    fn a_key_changes_the_checksum_and_its_parts_are_delimited() {
+        assert_eq!(keyed_crc32(&[], b"value"), crc32(b"value"));
+        let base = keyed_crc32(&[b"w", b"1"], b"v");
+        assert_ne!(base, crc32(b"v"));
+        assert_ne!(base, keyed_crc32(&[b"w", b"3"], b"v"));
+        assert_ne!(
+            keyed_crc32(&[b"ab", b"c"], b"v"),
+            keyed_crc32(&[b"a", b"bc"], b"v")
+        );
+    }
 
     #[test]
     fn matches_the_standard_check_values() {

@@ -159,33 +159,40 @@ fn workflow_of_row(conn: &Connection, line: &str) -> Option<String> {
     .ok()
 }
 
-/// The checksummed values: a query yielding (workflow id, what, value, checksum) for
-/// each, and what its rows are called. Rows from before schema 2 have no checksum.
+/// The checksummed values: a query yielding, for each, the workflow it belongs to,
+/// what it is, the one to three parts of the key it is checksummed with (see
+/// [`keyed_crc32`](super::crc::keyed_crc32); NULL for an absent part), the value and
+/// its checksum; and what its rows are called. Rows from before schema 2 have no
+/// checksum.
 const VALUE_CHECKS: &[(&str, &str)] = &[
     (
-        "SELECT id, 'its input', input, input_crc32 FROM durable_workflows NOT INDEXED
+        "SELECT id, 'its input', id, NULL, NULL, input, input_crc32
+           FROM durable_workflows NOT INDEXED
          UNION ALL
-         SELECT id, 'its output', output, output_crc32 FROM durable_workflows NOT INDEXED
-          WHERE output IS NOT NULL",
+         SELECT id, 'its output', id, NULL, NULL, output, output_crc32
+           FROM durable_workflows NOT INDEXED WHERE output IS NOT NULL",
         "workflows",
     ),
     (
-        "SELECT workflow_id, 'the output of step ' || path || ' (' || name || ')', output, crc32
-           FROM durable_steps WHERE output IS NOT NULL",
+        "SELECT workflow_id, 'the result of step ' || path || ' (' || name || ')',
+                workflow_id, path, name, COALESCE(output, CAST(error AS BLOB)), crc32
+           FROM durable_steps",
         "steps",
     ),
     (
-        "SELECT destination, 'message ' || seq || ' on topic ' || topic, payload, crc32
+        "SELECT destination, 'message ' || seq || ' on topic ' || topic,
+                destination, topic, NULL, payload, crc32
            FROM durable_messages",
         "messages",
     ),
     (
-        "SELECT workflow_id, 'event ' || key, value, crc32 FROM durable_events",
+        "SELECT workflow_id, 'event ' || key, workflow_id, key, NULL, value, crc32
+           FROM durable_events",
         "events",
     ),
     (
         "SELECT s.workflow_id, 'step ' || s.path || ' (' || s.name || ') belongs to no workflow',
-                NULL, NULL
+                NULL, NULL, NULL, NULL, NULL
            FROM durable_steps s
           WHERE NOT EXISTS (SELECT 1 FROM durable_workflows w WHERE w.id = s.workflow_id)",
         "steps",
@@ -200,11 +207,13 @@ fn checksums(conn: &Connection, sql: &str, found: &mut Vec<Damage>) -> rusqlite:
     while let Some(row) = rows.next()? {
         let id: String = row.get(0)?;
         let thing: String = row.get(1)?;
-        let value: Option<Vec<u8>> = row.get(2)?;
-        let crc: Option<i64> = row.get(3)?;
+        let key: Vec<Option<String>> = vec![row.get(2)?, row.get(3)?, row.get(4)?];
+        let key: Vec<&[u8]> = key.iter().flatten().map(String::as_bytes).collect();
+        let value: Option<Vec<u8>> = row.get(5)?;
+        let crc: Option<i64> = row.get(6)?;
         let damaged = match value {
             None => Some(thing),
-            Some(v) if !checks(&v, crc.and_then(|c| u32::try_from(c).ok())) => {
+            Some(v) if !checks(&key, &v, crc.and_then(|c| u32::try_from(c).ok())) => {
                 Some(format!("{thing} does not match its checksum"))
             }
             Some(_) => None,

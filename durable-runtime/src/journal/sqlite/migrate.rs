@@ -5,7 +5,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension};
 
-use super::crc::crc32;
+use super::crc::{crc32, keyed_crc32};
 use super::sql_error;
 use crate::error::{Error, StoreError, StoreErrorKind};
 
@@ -138,6 +138,23 @@ pub(crate) const MIGRATIONS: &[&str] = &[
          crc32 = durable_legacy_crc(value, crc32);
     DELETE FROM durable_meta WHERE key = 'codec';
     ALTER TABLE durable_steps ADD COLUMN args_fingerprint INTEGER;",
+    // 5: checksums cover the key a value is recorded under (a workflow's id, a
+    // step's workflow, path and name, a message's destination and topic, an event's
+    // workflow and key), so that a damaged key is reported instead of putting an intact
+    // value in another place. Recomputed where they matched; a damaged value stays
+    // damaged, a NULL checksum stays NULL.
+    "UPDATE durable_workflows SET
+         input_crc32 = durable_keyed_crc(input_crc32, input, id);
+    UPDATE durable_workflows SET
+         output_crc32 = durable_keyed_crc(output_crc32, output, id)
+     WHERE output IS NOT NULL;
+    UPDATE durable_steps SET
+         crc32 = durable_keyed_crc(crc32, COALESCE(output, CAST(error AS BLOB)),
+                                   workflow_id, path, name);
+    UPDATE durable_messages SET
+         crc32 = durable_keyed_crc(crc32, payload, destination, topic);
+    UPDATE durable_events SET
+         crc32 = durable_keyed_crc(crc32, value, workflow_id, key);",
 ];
 
 /// Brings the schema to the newest version, in one transaction.
@@ -244,6 +261,29 @@ fn before_migration_4(tx: &Connection, path: &Path) -> Result<(), Error> {
 /// SQL functions the migrations use.
 fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
     use rusqlite::functions::FunctionFlags;
+    // `durable_keyed_crc(crc, value, key...)`: the checksum of `value` under `key` (see
+    // `keyed_crc32`) if `crc` was its plain checksum; otherwise `crc` unchanged, so a
+    // damaged value stays damaged (and a NULL, unchecked one stays unchecked).
+    conn.create_scalar_function(
+        "durable_keyed_crc",
+        -1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let crc: Option<i64> = ctx.get(0)?;
+            let value: Vec<u8> = ctx.get(1)?;
+            let key = (2..ctx.len())
+                .map(|i| ctx.get::<String>(i))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let key: Vec<&[u8]> = key.iter().map(String::as_bytes).collect();
+            Ok(crc.map(|crc| {
+                if crc == i64::from(crc32(&value)) {
+                    i64::from(keyed_crc32(&key, &value))
+                } else {
+                    crc
+                }
+            }))
+        },
+    )?;
     // `durable_legacy_value(value)`: `value` with the legacy format byte in front. (SQL's
     // `||` would make it text.)
     conn.create_scalar_function(

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
-use super::crc::crc32;
+use super::crc::{event_key, keyed_crc32, message_key, step_key, workflow_key};
 use super::rows::{DAMAGED, checks, workflow_row};
 use super::waits::{Parked, decode_answer};
 use super::writer::{Reply, Write, Writer, WriterStats};
@@ -137,7 +137,7 @@ impl Writer<'_> {
                 m.destination,
                 m.topic,
                 m.payload,
-                crc32(&m.payload),
+                keyed_crc32(&message_key(&m.destination, &m.topic), &m.payload),
                 m.sent_at
             ])?;
         self.touched.push(WaitFor::Message {
@@ -151,20 +151,21 @@ impl Writer<'_> {
     /// message goes back before every other (so the queue's order is as it was).
     fn give_back(&mut self, path: &Path, key: &StepKey, topic: String) -> Result<(), StoreError> {
         let sql = |e| sql_error(path, e);
-        let recorded: Option<(Option<Vec<u8>>, Option<u32>)> = self
+        let path_text = key.path.to_string();
+        let recorded: Option<(Option<Vec<u8>>, Option<u32>, String)> = self
             .conn
             .prepare_cached(SQL_RECORDED_OUTPUT)
             .map_err(sql)?
-            .query_row(params![&*key.workflow_id, key.path.to_string()], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+            .query_row(params![&*key.workflow_id, path_text], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .optional()
             .map_err(sql)?;
-        let Some((Some(output), crc)) = recorded else {
+        let Some((Some(output), crc, name)) = recorded else {
             // Never answered (the wait was dropped first), or given back already.
             return Ok(());
         };
-        if !checks(&output, crc) {
+        if !checks(&step_key(&key.workflow_id, &path_text, &name), &output, crc) {
             return Err(damaged_answer(path, key));
         }
         let Ok(Some(payload)) = decode_answer(&output) else {
@@ -192,7 +193,7 @@ impl Writer<'_> {
                     &*key.workflow_id,
                     topic,
                     payload,
-                    crc32(&payload),
+                    keyed_crc32(&message_key(&key.workflow_id, &topic), &payload),
                     crate::util::now_ms()
                 ])?;
             Ok(true)
@@ -363,7 +364,7 @@ impl Writer<'_> {
             EXECUTOR,
             w.app_version.as_deref(),
             w.created_at,
-            crc32(&w.input),
+            keyed_crc32(&workflow_key(&w.id), &w.input),
             w.parent_id.as_deref(),
             w.deadline_at
         ])?;
@@ -382,11 +383,15 @@ impl Writer<'_> {
                 (None, Some(message.as_str()), Some(INTERRUPTED))
             }
         };
-        let crc = crc32(output.unwrap_or_else(|| error.unwrap_or_default().as_bytes()));
+        let path = s.path.to_string();
+        let crc = keyed_crc32(
+            &step_key(&s.workflow_id, &path, s.name),
+            output.unwrap_or_else(|| error.unwrap_or_default().as_bytes()),
+        );
         let insert = |w: &mut Self| {
             w.record.execute(params![
                 &*s.workflow_id,
-                s.path.to_string(),
+                &path,
                 s.name,
                 output,
                 error,
@@ -419,7 +424,7 @@ impl Writer<'_> {
                     &*s.workflow_id,
                     key,
                     value,
-                    crc32(value),
+                    keyed_crc32(&event_key(&s.workflow_id, key), value),
                     s.finished_at
                 ])?;
                 self.touched.push(WaitFor::Event {
@@ -443,7 +448,7 @@ impl Writer<'_> {
                 Some(message.as_str()),
             ),
         };
-        let crc = output.map(crc32);
+        let crc = output.map(|o| keyed_crc32(&workflow_key(&f.id), o));
         let updated = self.finish.execute(params![
             &*f.id,
             status.as_str(),
@@ -478,7 +483,7 @@ const SQL_STARTED: &str = "\
     INSERT INTO durable_started (workflow_id, path, name, started_at, wake_at) \
      VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (workflow_id, path) DO NOTHING";
 pub(super) const SQL_RECORDED_OUTPUT: &str = "\
-    SELECT output, crc32 FROM durable_steps WHERE workflow_id = ?1 AND path = ?2";
+    SELECT output, crc32, name FROM durable_steps WHERE workflow_id = ?1 AND path = ?2";
 
 /// How the journal stores a fingerprint: its bits as an `INTEGER` (SQLite's are signed).
 pub(super) fn fingerprint_column(f: Option<Fingerprint>) -> Option<i64> {

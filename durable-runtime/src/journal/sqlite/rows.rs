@@ -5,7 +5,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Params, Row};
 
-use super::crc::crc32;
+use super::crc::{event_key, keyed_crc32, message_key, step_key, workflow_key};
 use super::ops::INTERRUPTED;
 use crate::codec::Fingerprint;
 use crate::error::{CancelReason, FailureKind, Location};
@@ -21,15 +21,21 @@ pub(super) const WORKFLOW_COLUMNS: &str = "id, name, status, input, output, erro
 /// Why a damaged value cannot be used.
 pub(super) use crate::journal::DAMAGED;
 
-/// Whether a recorded value matches its checksum (rows older than schema 2 have none).
-pub(super) fn checks(bytes: &[u8], crc: Option<u32>) -> bool {
-    crc.is_none_or(|crc| crc == crc32(bytes))
+/// Whether a recorded value, recorded under `key`, matches its checksum (rows older
+/// than schema 2 have none). See [`keyed_crc32`] for the keys.
+pub(super) fn checks(key: &[&[u8]], bytes: &[u8], crc: Option<u32>) -> bool {
+    crc.is_none_or(|crc| crc == keyed_crc32(key, bytes))
 }
 
 /// Checks a recorded value against its checksum (none in rows older than schema 2).
-fn verify(bytes: &[u8], crc: Option<u32>, what: impl FnOnce() -> String) -> rusqlite::Result<()> {
+fn verify(
+    key: &[&[u8]],
+    bytes: &[u8],
+    crc: Option<u32>,
+    what: impl FnOnce() -> String,
+) -> rusqlite::Result<()> {
     match crc {
-        Some(crc) if crc != crc32(bytes) => Err(invalid(format!(
+        Some(crc) if crc != keyed_crc32(key, bytes) => Err(invalid(format!(
             "{} does not match its checksum: the journal is damaged (restore it from a backup, \
              or remove the workflow's rows to give it up)",
             what()
@@ -86,9 +92,12 @@ pub(super) fn workflow_row(r: &Row<'_>) -> rusqlite::Result<rusqlite::Result<Wor
     // A damaged value is reported for this workflow alone, when it is resumed or asked
     // for: the other workflows of the journal are not held up by it.
     let crc_output: Option<u32> = r.get(8)?;
-    let damaged = if !checks(&input, r.get(7)?) {
+    let damaged = if !checks(&workflow_key(&id), &input, r.get(7)?) {
         Some((Location::Input, DAMAGED.to_owned()))
-    } else if !output.as_ref().is_none_or(|o| checks(o, crc_output)) {
+    } else if !output
+        .as_ref()
+        .is_none_or(|o| checks(&workflow_key(&id), o, crc_output))
+    {
         Some((Location::Output, DAMAGED.to_owned()))
     } else {
         None
@@ -123,8 +132,11 @@ pub(super) fn workflow_values_intact(
     w: &WorkflowRecord,
 ) -> rusqlite::Result<(bool, bool)> {
     let (input_crc, output_crc) = (r.get(7)?, r.get(8)?);
-    let output = w.output.as_ref().is_none_or(|o| checks(o, output_crc));
-    Ok((checks(&w.input, input_crc), output))
+    let output = w
+        .output
+        .as_ref()
+        .is_none_or(|o| checks(&workflow_key(&w.id), o, output_crc));
+    Ok((checks(&workflow_key(&w.id), &w.input, input_crc), output))
 }
 
 /// One workflow run, if the journal has it.
@@ -211,7 +223,9 @@ pub(super) fn step_rows(
         };
         let value = output.as_deref().or(error.as_ref().map(String::as_bytes));
         let mut intact = true;
-        if let Err(e) = verify(value.unwrap_or_default(), r.get(7)?, || {
+        let name: String = r.get(1)?;
+        let key = step_key(workflow_id, &path, &name);
+        if let Err(e) = verify(&key, value.unwrap_or_default(), r.get(7)?, || {
             format!("the recorded result of step {path} of workflow {workflow_id}")
         }) {
             match on_damage {
@@ -235,7 +249,7 @@ pub(super) fn step_rows(
         let args: Option<i64> = r.get(9)?;
         let step = RecordedStep {
             path: parsed,
-            name: r.get(1)?,
+            name,
             args: args.map(|a| Fingerprint(a as u64)),
             outcome,
             attempts: r.get(4)?,
@@ -307,11 +321,16 @@ pub(super) fn messages(c: &Connection) -> rusqlite::Result<Vec<MessageRow>> {
     )?;
     let rows = stmt.query_map([], |r| {
         let payload: Vec<u8> = r.get(3)?;
+        let (destination, topic): (String, String) = (r.get(1)?, r.get(2)?);
         Ok(MessageRow {
             seq: r.get(0)?,
-            destination: r.get(1)?,
-            topic: r.get(2)?,
-            intact: checks(&payload, Some(r.get(4)?)),
+            intact: checks(
+                &message_key(&destination, &topic),
+                &payload,
+                Some(r.get(4)?),
+            ),
+            destination,
+            topic,
             payload,
             sent_at: r.get(5)?,
         })
@@ -337,9 +356,10 @@ pub(super) fn events(c: &Connection, workflow_id: &str) -> rusqlite::Result<Vec<
     )?;
     let rows = stmt.query_map([workflow_id], |r| {
         let value: Vec<u8> = r.get(1)?;
+        let key: String = r.get(0)?;
         Ok(EventRow {
-            key: r.get(0)?,
-            intact: checks(&value, Some(r.get(2)?)),
+            intact: checks(&event_key(workflow_id, &key), &value, Some(r.get(2)?)),
+            key,
             value,
             set_at: r.get(3)?,
         })

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use rusqlite::{ErrorCode, OptionalExtension, params};
 
-use super::crc::crc32;
+use super::crc::{event_key, keyed_crc32, message_key, step_key};
 use super::ops::{
     SQL_DELETE_MESSAGE, SQL_EVENT, SQL_OLDEST_MESSAGE, SQL_RECORDED_OUTPUT, all_or_nothing,
     fingerprint_column,
@@ -131,7 +131,7 @@ impl Writer<'_> {
                 let Some((seq, payload, crc)) = row else {
                     return Ok(None);
                 };
-                if !checks(&payload, Some(crc)) {
+                if !checks(&message_key(destination, topic), &payload, Some(crc)) {
                     return Err(damaged(format!(
                         "message {seq} for workflow {destination} on topic `{topic}`"
                     )));
@@ -152,7 +152,7 @@ impl Writer<'_> {
                 let Some((value, crc)) = row else {
                     return Ok(None);
                 };
-                if !checks(&value, Some(crc)) {
+                if !checks(&event_key(workflow_id, key), &value, Some(crc)) {
                     return Err(damaged(format!("event `{key}` of workflow {workflow_id}")));
                 }
                 value
@@ -201,20 +201,24 @@ impl Writer<'_> {
             was_parked |= queue.len() != before;
         }
         self.parked.retain(|_, q| !q.is_empty());
-        let recorded: Option<(Option<Vec<u8>>, Option<u32>)> = self
+        let path_text = r.key.path.to_string();
+        let recorded: Option<(Option<Vec<u8>>, Option<u32>, String)> = self
             .conn
             .prepare_cached(SQL_RECORDED_OUTPUT)
             .map_err(sql)?
-            .query_row(
-                params![&*r.key.workflow_id, r.key.path.to_string()],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
+            .query_row(params![&*r.key.workflow_id, &path_text], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get::<_, String>(2)?))
+            })
             .optional()
             .map_err(sql)?;
         match recorded {
             // Answered before the deadline was noticed: that answer stands.
-            Some((Some(output), crc)) if !was_parked => {
-                if !checks(&output, crc) {
+            Some((Some(output), crc, name)) if !was_parked => {
+                if !checks(
+                    &step_key(&r.key.workflow_id, &path_text, &name),
+                    &output,
+                    crc,
+                ) {
                     return Err(super::ops::damaged_answer(path, &r.key));
                 }
                 let answer = decode_answer(&output)
@@ -235,16 +239,18 @@ impl Writer<'_> {
         answer: Option<&[u8]>,
     ) -> rusqlite::Result<()> {
         let output = encode_answer(self.codec, answer);
+        let path = r.key.path.to_string();
+        let crc = keyed_crc32(&step_key(&r.key.workflow_id, &path, r.key.name), &output);
         self.record.execute(params![
             &*r.key.workflow_id,
-            r.key.path.to_string(),
+            path,
             r.key.name,
             output,
             None::<&str>,
             1,
             r.started_at,
             crate::util::now_ms(),
-            crc32(&output),
+            crc,
             None::<&str>,
             fingerprint_column(r.key.args)
         ])?;

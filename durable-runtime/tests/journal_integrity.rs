@@ -420,3 +420,156 @@ fn a_check_reports_damage_per_workflow() {
         assert_eq!(rt.check().await.expect("check"), damage);
     });
 }
+
+/// A counter the `tick` step reads: each run of its body returns the next number.
+static TICKS: AtomicUsize = AtomicUsize::new(0);
+
+#[step]
+async fn tick() -> usize {
+    TICKS.fetch_add(1, Ordering::SeqCst) + 1
+}
+
+/// Three calls of one step with the same (no) arguments, then a wait.
+#[workflow]
+async fn ticks() -> Vec<usize> {
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(tick().await);
+    }
+    let _: Option<u32> = recv("go", None).await.expect("recv");
+    seen
+}
+
+/// A step's path is part of what its checksum covers: damage that moves step 2's
+/// intact result to step 3's place (the rows of a `WITHOUT ROWID` table hold their key
+/// in the cell, where a flipped byte lands like anywhere else) is reported, not
+/// replayed as step 3's result.
+#[test]
+fn a_damaged_step_path_is_reported_not_replayed() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    tokio().block_on(async {
+        let rt = Runtime::open(&path).await.expect("open");
+        rt.start_with_id("t", ticks()).await.expect("start");
+        while rt.steps("t").await.expect("steps").len() < 3 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        rt.close().await.expect("close");
+    });
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let paths: Vec<String> = conn
+        .prepare("SELECT path FROM durable_steps WHERE workflow_id = 't' AND name LIKE '%tick' ORDER BY path")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .expect("paths");
+    assert_eq!(paths.len(), 3, "{paths:?}");
+    conn.execute(
+        "DELETE FROM durable_steps WHERE workflow_id = 't' AND path = ?1",
+        [&paths[2]],
+    )
+    .expect("drop step 3");
+    conn.execute(
+        "UPDATE durable_steps SET path = ?2 WHERE workflow_id = 't' AND path = ?1",
+        [&paths[1], &paths[2]],
+    )
+    .expect("move step 2 to step 3's place");
+    drop(conn);
+
+    let damage = JournalView::open(&path)
+        .expect("view")
+        .check()
+        .expect("check");
+    assert!(
+        damage.iter().any(|d| d.workflow_id.as_deref() == Some("t")
+            && d.what.contains("does not match its checksum")),
+        "{damage:?}"
+    );
+    tokio().block_on(async {
+        let rt = Runtime::open(&path).await.expect("open");
+        rt.send("t", "go", &1u32).await.expect("send");
+        let h = rt.handle::<Vec<usize>>("t").await.expect("handle");
+        match h.result().await {
+            Err(Error::Store(e)) => assert!(e.to_string().contains("checksum"), "{e}"),
+            other => panic!("step 2's result replayed in step 3's place: {other:?}"),
+        }
+    });
+}
+
+/// Migration 5 moves every checksum to the keyed form where it matched its value,
+/// and leaves a damaged value damaged: a version 4 journal (made here by writing the
+/// checksums as version 4 did) upgrades with its intact values intact.
+#[test]
+fn migration_5_keys_every_checksum_and_keeps_damage() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    journal_with_pending(&path, 3);
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    as_version_4(&conn);
+    // Damaged while at version 4: q-1's output no longer matches its checksum.
+    conn.execute_batch(
+        "UPDATE durable_workflows SET output = CAST(output || x'00' AS BLOB) WHERE id = 'q-1';",
+    )
+    .expect("damage");
+    drop(conn);
+    tokio().block_on(async {
+        let rt = Runtime::open(&path).await.expect("open upgrades");
+        let damage = rt.check().await.expect("check");
+        let names: Vec<_> = damage
+            .iter()
+            .map(|d| (d.workflow_id.clone(), d.what.clone()))
+            .collect();
+        assert_eq!(
+            names,
+            [(
+                Some("q-1".to_owned()),
+                "its output does not match its checksum".to_owned()
+            )],
+        );
+        for (id, want) in [("q-0", 0), ("q-2", 20)] {
+            let h = rt.handle::<u32>(id).await.expect("handle");
+            assert_eq!(h.result().await.expect("intact after the upgrade"), want);
+        }
+        rt.send("p", "go", &1u32).await.expect("send");
+        let h = rt.handle::<u32>("p").await.expect("handle");
+        assert_eq!(h.result().await.expect("p replays its step"), 150);
+    });
+}
+
+/// Rewrites every checksum of the journal as schema version 4 wrote them (a plain
+/// CRC-32 of the value) and sets its version to 4.
+fn as_version_4(conn: &rusqlite::Connection) {
+    conn.create_scalar_function(
+        "plain_crc",
+        1,
+        rusqlite::functions::FunctionFlags::SQLITE_UTF8,
+        |ctx| Ok(i64::from(crc32(&ctx.get::<Vec<u8>>(0)?))),
+    )
+    .expect("function");
+    conn.execute_batch(
+        "UPDATE durable_workflows SET input_crc32 = plain_crc(input);
+         UPDATE durable_workflows SET output_crc32 = plain_crc(output) WHERE output IS NOT NULL;
+         UPDATE durable_steps SET crc32 = plain_crc(COALESCE(output, CAST(error AS BLOB)));
+         UPDATE durable_messages SET crc32 = plain_crc(payload);
+         UPDATE durable_events SET crc32 = plain_crc(value);
+         UPDATE durable_meta SET value = '4' WHERE key = 'schema_version';",
+    )
+    .expect("back to version 4");
+}
+
+/// CRC-32 (IEEE), bit by bit: the checksum of schema version 4, computed
+/// independently of the runtime's table-driven one.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in bytes {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 == 1 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
