@@ -64,10 +64,10 @@ pub(super) fn read_only(path: &Path, what: &str, e: &dyn std::fmt::Display) -> S
         path,
         StoreErrorKind::ReadOnly,
         format!(
-            "{what} is not writable by this process ({e}; permission denied or a read-only \
-             file system). The runtime records every step in the journal, so it must write \
-             it: give this user write permission to the journal and its directory, or look \
-             at the journal read-only with `JournalView`"
+            "{what} is not writable by this process ({e}). The runtime records every step \
+             in the journal, so it must write it: give this user write permission to the \
+             journal and its directory (or move it off a read-only file system), or look at \
+             it read-only with `JournalView`"
         ),
     )
 }
