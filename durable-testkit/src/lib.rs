@@ -56,6 +56,7 @@
 
 mod crash;
 mod explore;
+pub mod faults;
 mod journal;
 mod replay;
 
