@@ -145,7 +145,9 @@ fn expect_read_only(path: &Path, named: &Path) {
 #[test]
 fn a_journal_the_process_cannot_write_is_refused_before_anything_runs() {
     let _serial = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
+    // In /tmp (world-traversable), so that user nobody can reach it when the checks run
+    // as nobody, whatever TMPDIR says.
+    let dir = tempfile::tempdir_in("/tmp").expect("tempdir");
     let path = dir.path().join("j.db");
     journal_with_pending(&path, 1);
     chmod(&path, 0o400);
@@ -182,17 +184,22 @@ fn read_only_refusals(dir: &Path) {
 const READ_ONLY_DIR: &str = "DURABLE_TEST_READ_ONLY_DIR";
 
 /// Runs [`read_only_refusals`] on `dir` in this test binary as user `nobody`, through
-/// `setpriv`: root may write any file, so only another user sees the refusal.
+/// `setpriv`: root may write any file, so only another user sees the refusal. The
+/// binary is copied beside the journal first: nobody may not be able to reach the
+/// build directory (a CI checkout under a private directory).
 fn as_nobody(dir: &Path) {
     use std::os::unix::fs::chown;
     const NOBODY: u32 = 65534;
+    let binary = dir.join("test-binary");
+    std::fs::copy(std::env::current_exe().expect("this test binary"), &binary)
+        .expect("copy the test binary");
     for entry in std::fs::read_dir(dir).expect("ls") {
         chown(entry.expect("entry").path(), Some(NOBODY), Some(NOBODY)).expect("chown");
     }
     chown(dir, Some(NOBODY), Some(NOBODY)).expect("chown the directory");
     let status = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(std::env::current_exe().expect("this test binary"))
+        .arg(&binary)
         .args(["--exact", "read_only_as_nobody", "--ignored", "--nocapture"])
         .env(READ_ONLY_DIR, dir)
         .status()
