@@ -1535,9 +1535,25 @@ async fn damaged_values_are_refused(open: Open, damage: Damage) {
     j.record_step(output("w", "1", "out")).await;
     j.record_step(set_event("w", "2", "status", "set")).await;
     j.send(message("w", "t", "m")).await;
+    let healthy = j.read(|s| s.check()).await.expect("check");
+    assert!(
+        healthy.is_empty(),
+        "a healthy journal has damage: {healthy:?}"
+    );
     let _ = j.close().await;
     damage(j.dir.path());
     j.store = (j.open)(j.dir.path());
+
+    // A check finds every damaged value, and names its workflow.
+    let found = j.read(|s| s.check()).await.expect("check");
+    for what in ["input", "step 1", "event", "message"] {
+        assert!(
+            found
+                .iter()
+                .any(|d| d.workflow_id.as_deref() == Some("w") && d.what.contains(what)),
+            "the check does not report the damaged {what} of w: {found:?}"
+        );
+    }
 
     let steps = j.read(|s| s.steps("w")).await;
     assert!(steps.is_err(), "damaged steps were read: {steps:?}");
