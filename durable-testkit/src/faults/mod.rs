@@ -1,245 +1,166 @@
-//! A fault-injecting file layer under SQLite, for testing a journal against what
-//! happens below the process: an I/O call that fails, a full disk, a short write, and
-//! a machine that loses power with writes still in its page cache.
+//! A fault-injecting file layer under SQLite, in the style of SQLite's own test VFSes
+//! (`test_vfs.c`, and the crash VFS of `test6.c`): I/O calls that fail, a full disk, a
+//! short write, and a machine that loses power with writes still in its page cache.
 //!
-//! [`FaultFs::new`] registers an SQLite VFS (by a name of its own, never as the
-//! default) that wraps the system's. Give its name to
-//! `Runtime::builder(path).sqlite_vfs(fs.name())` and every connection of that
-//! runtime's journal goes through it. Then:
+//! [`FaultFs::new`] registers an SQLite VFS under a name of its own (never as the
+//! default) that wraps SQLite's default VFS (`unix` on Linux). Open connections
+//! through it by name: `Runtime::builder(path).sqlite_vfs(fs.name())` for every
+//! journal connection of a runtime, or `Connection::open_with_flags_and_vfs` in
+//! rusqlite. Then:
 //!
 //! - **Counting.** Every open, read, write, truncate, sync and lock call is counted
-//!   ([`FaultFs::io_calls`]), so a test can run a workload once to learn its calls, then
-//!   advance a fault through every one of them, in the style of SQLite's own I/O-error
-//!   tests.
-//! - **Faults.** [`FaultFs::fail_at`] fails the n-th call with an I/O error, a full disk
-//!   or a short write, once or from then on.
-//! - **Power loss.** Writes to the database, its WAL and its rollback journal are held
-//!   in memory, per file, until that file is synced, as a page cache holds them. (Every
-//!   connection of this layer to one path shares the file's memory, and it outlives the
-//!   connections, as a page cache does.) [`FaultFs::crash_at`] stops the machine at the
-//!   n-th call: that call and every later one fails and changes nothing. Once the
-//!   process has let go of its connections ([`FaultFs::open_files`] is 0),
-//!   [`FaultFs::power_loss`] drops what was never synced, or tears it: a random half of
-//!   its 512-byte sectors reach the disk. The files on disk are then the crash image.
-//!   [`FaultFs::flush_all`] is the other ending: the process died, the machine did not,
-//!   and everything written reaches the disk.
+//!   ([`FaultFs::io_calls`], [`FaultFs::calls`]), so a test can run a workload once to
+//!   learn its calls, then advance a fault through each of them. Not counted, because
+//!   they are not I/O that fails in practice, or must keep working for a dead process
+//!   to let go: file sizes (`fstat`), closing, unlocking, file controls, the WAL's
+//!   shared memory (`-shm`), deleting and checking for files.
+//! - **Faults.** [`FaultFs::fail_at`] fails the n-th counted call with an I/O error, a
+//!   full disk or a short write ([`Fault`]), once or from then on ([`Persistence`]);
+//!   [`FaultFs::only`] makes only some kinds of call count and fail ("the 3rd sync").
+//! - **A volatile page cache.** While the VFS is volatile (the default,
+//!   [`FaultFs::set_volatile`]), a database, its WAL and its rollback journal are held
+//!   in memory, one image per path, shared by every connection of this VFS to the path.
+//!   Reads and file sizes come from the image; writes and truncates change only the
+//!   image; a sync of a file writes its changed 512-byte sectors and its new size to
+//!   the real file, then syncs that. The image outlives the connections (a closed file's
+//!   unsynced data stays in the page cache); deleting the file forgets it. Temporary
+//!   files write through.
+//! - **The machine stops.** [`FaultFs::crash_at`] (or [`FaultFs::crash_now`]) stops the
+//!   machine at the n-th counted call: it and every later call fails and changes
+//!   nothing, except closing files, unlocking, unmapping the shared memory (without
+//!   deleting it) and releasing its locks, so that the process can drop its
+//!   connections. Once it has ([`FaultFs::open_files`] is 0), one of two endings makes
+//!   the real files the crash image and the VFS usable again:
+//!   [`FaultFs::power_loss`] drops what was never synced, or tears it (a seeded random
+//!   half of the changed sectors, and perhaps the size, reach the disk);
+//!   [`FaultFs::flush_all`] is a process that died on a machine that did not: all of it
+//!   reaches the disk. These two also end a run without a stop.
 //!
-//! What is not modelled: the `-shm` file (SQLite's shared index of the WAL, which it
-//! rebuilds after a crash) is passed through; directory entries (a file created,
-//! deleted or renamed) are durable at once; a sync of one file does not sync another.
-//! Memory-mapped I/O is not offered to SQLite, so every page goes through `xRead`.
+//! # The model, and what it leaves out
 //!
-//! Each `FaultFs` registers one VFS for the life of the process (SQLite keeps a pointer
-//! to it), so make a few per test, not millions.
+//! - Sectors are 512 bytes: a sector reaches the disk whole (with the image's bytes
+//!   for all of it) or not at all. That is what SQLite's default VFS promises it
+//!   ("powersafe overwrite"): a write never damages bytes outside it.
+//! - Directory entries are durable at once: a file created, deleted or renamed stays
+//!   so after a power loss (only its contents are volatile). A sync of one file
+//!   writes that file only.
+//! - The WAL's shared-memory index (`-shm`) goes straight to the real file, and is not
+//!   durable in any sense SQLite relies on: the first connection after a crash rebuilds
+//!   it from the WAL. That happens only if no connection of the process holds it:
+//!   SQLite's `unix` VFS shares locks and `-shm` mappings between the connections of
+//!   one process to one file, so wait for [`FaultFs::open_files`] to reach 0 before
+//!   opening the files again (`power_loss` and `flush_all` insist on it).
+//! - A failed sync leaves its data in the page cache: a later `flush_all` writes it, a
+//!   power loss loses it.
+//! - Only I/O through SQLite goes through the cache. A program that reads or writes
+//!   the files itself (`std::fs`) sees the disk, not the cache; a file changed that way
+//!   while its image holds unsynced changes keeps those changes over the disk's.
+//! - Memory-mapped I/O is not offered for cached files (SQLite reads through `xRead`).
+//! - Each `FaultFs` registers its VFS for the life of the process and is never
+//!   unregistered (SQLite keeps a pointer to it): a few hundred bytes each, so make one
+//!   per test case, not one per call.
 //!
-//! ```no_run
-//! # async fn demo() -> durable_runtime::Result<()> {
-//! use durable_testkit::faults::{Fault, FaultFs, Persistence};
+//! # Example
+//!
+//! ```
+//! use durable_testkit::faults::{FaultFs, Loss};
+//! use rusqlite::{Connection, OpenFlags};
 //!
 //! let fs = FaultFs::new();
-//! fs.fail_at(40, Fault::NoSpace, Persistence::Sticky); // the disk fills at call 40
-//! let rt = durable_runtime::Runtime::builder("journal.db")
-//!     .sqlite_vfs(fs.name())
-//!     .open()
-//!     .await?;
-//! // ... run workflows; their checkpoints fail from call 40 on ...
-//! # Ok(())
-//! # }
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("shop.db");
+//! let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
+//! let db = Connection::open_with_flags_and_vfs(&path, flags, fs.name())?;
+//! db.execute_batch(
+//!     "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
+//!      CREATE TABLE t (x); INSERT INTO t VALUES (1);",
+//! )?;
+//! fs.crash_now(); // the machine stops
+//! assert!(db.execute("INSERT INTO t VALUES (2)", []).is_err());
+//! drop(db); // the process lets go of its files
+//! fs.power_loss(Loss::Tear { seed: 7 }); // what was never synced is torn
+//!
+//! // The crash image, opened without the fault layer.
+//! let db = Connection::open(&path)?;
+//! let rows: i64 = db.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?;
+//! assert_eq!(rows, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 // The workspace denies `unsafe`: an SQLite VFS is a table of C callbacks over raw
-// pointers, which cannot be written without it. Each block says why it is sound.
+// pointers, which cannot be written without it. It is allowed in this module only, and
+// every block says why it is sound.
 #![allow(unsafe_code)]
 
-use std::collections::{BTreeSet, HashMap};
-use std::ffi::{CStr, c_char, c_int};
+mod cache;
+mod control;
+mod file;
+mod vfs;
+
+use std::fmt;
+use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use rusqlite::ffi;
+pub use self::control::{Fault, Kind, Persistence};
 
-/// The error an injected fault returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// An I/O error (EIO): `SQLITE_IOERR_READ`, `_WRITE`, `_TRUNCATE`, `_FSYNC` or
-    /// `_LOCK` for the call it strikes, `SQLITE_CANTOPEN` for an open.
-    Io,
-    /// A full disk (ENOSPC): `SQLITE_FULL` for a write, truncate or sync; an I/O error
-    /// for other calls.
-    NoSpace,
-    /// A write that writes only its first half (in 512-byte sectors where it can), then
-    /// fails with `SQLITE_IOERR_WRITE`; an I/O error for other calls.
-    ShortWrite,
-}
+use self::cache::{Cache, Disk};
+use self::control::{Control, Verdict};
 
-/// Whether a fault strikes once or stays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Persistence {
-    /// Only the chosen call fails.
-    Once,
-    /// The chosen call and every counted call after it fail, until [`FaultFs::clear`].
-    Sticky,
-}
-
-/// What a power loss does to the writes that were never synced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a power loss does to the data that was written and never synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Loss {
-    /// None of them reaches the disk.
+    /// None of it reaches the disk.
     Drop,
-    /// A pseudo-random half of their 512-byte sectors (chosen by `seed`) reaches the
-    /// disk, and a pending change of a file's size may or may not.
+    /// Each changed 512-byte sector reaches the disk or not, one chance in two; each
+    /// pending change of a file's size too. The same seed tears the same way.
     Tear {
-        /// Chooses the sectors: the same seed tears the same way.
+        /// Chooses which sectors and sizes reach the disk.
         seed: u64,
     },
 }
 
-/// The kinds of counted I/O call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Call {
-    Open,
-    Read,
-    Write,
-    Truncate,
-    Sync,
-    Lock,
+/// A fault-injecting SQLite VFS, and the handle that steers it. Clones are handles to
+/// the same VFS; all of them may be used from any thread. See the
+/// [module docs](self).
+#[derive(Clone)]
+pub struct FaultFs {
+    shared: Arc<Shared>,
+    name: Arc<str>,
 }
 
-impl Call {
-    /// The error `fault` makes of this call.
-    fn error(self, fault: Fault) -> c_int {
-        match (self, fault) {
-            (Call::Write | Call::Truncate | Call::Sync, Fault::NoSpace) => ffi::SQLITE_FULL,
-            (Call::Open, _) => ffi::SQLITE_CANTOPEN,
-            (Call::Read, _) => ffi::SQLITE_IOERR_READ,
-            (Call::Write, _) => ffi::SQLITE_IOERR_WRITE,
-            (Call::Truncate, _) => ffi::SQLITE_IOERR_TRUNCATE,
-            (Call::Sync, _) => ffi::SQLITE_IOERR_FSYNC,
-            (Call::Lock, _) => ffi::SQLITE_IOERR_LOCK,
-        }
-    }
-}
-
-/// The size of a sector, the unit of a torn write.
-const SECTOR: u64 = 512;
-
-/// A file's contents as the processes of the machine see them: the page cache.
-#[derive(Debug, Default)]
-struct Image {
-    data: Vec<u8>,
-    /// Sectors written since the last sync.
-    dirty: BTreeSet<u64>,
-    /// Whether the size changed since the last sync.
-    resized: bool,
-}
-
-impl Image {
-    fn write(&mut self, offset: u64, bytes: &[u8]) {
-        let end = offset as usize + bytes.len();
-        if self.data.len() < end {
-            self.data.resize(end, 0);
-            self.resized = true;
-        }
-        self.data[offset as usize..end].copy_from_slice(bytes);
-        if !bytes.is_empty() {
-            self.dirty
-                .extend(offset / SECTOR..=(end as u64 - 1) / SECTOR);
-        }
-    }
-
-    fn truncate(&mut self, size: u64) {
-        self.data.resize(size as usize, 0);
-        self.resized = true;
-        self.dirty.retain(|s| s * SECTOR < size);
-    }
-
-    /// The bytes of sector `s` (shorter at the end of the file).
-    fn sector(&self, s: u64) -> (u64, &[u8]) {
-        let start = (s * SECTOR).min(self.data.len() as u64);
-        let end = ((s + 1) * SECTOR).min(self.data.len() as u64);
-        (start, &self.data[start as usize..end as usize])
-    }
-
-    /// Writes the dirty sectors for which `keep` says yes, and the size if `resize`,
-    /// to the file at `path` (with no connection open on it), and forgets the rest.
-    fn settle(&mut self, path: &Path, mut keep: impl FnMut(u64) -> bool, resize: bool) {
-        let Ok(mut file) = std::fs::OpenOptions::new().write(true).open(path) else {
-            return;
-        };
-        for s in std::mem::take(&mut self.dirty) {
-            if keep(s) {
-                let (at, bytes) = self.sector(s);
-                let _ = file
-                    .seek(SeekFrom::Start(at))
-                    .and_then(|_| file.write_all(bytes));
-            }
-        }
-        if resize && self.resized {
-            let _ = file.set_len(self.data.len() as u64);
-        }
-        self.resized = false;
-    }
-}
-
-/// The state of one `FaultFs`, shared by its VFS and its handles.
-#[derive(Debug, Default)]
-struct State {
-    calls: AtomicU64,
-    /// The call that fails (0: none), how, and whether the ones after it fail too.
-    fault: Mutex<Option<(u64, Fault, Persistence)>>,
-    faults_hit: AtomicU64,
-    /// The call at which the machine stops (0: never), and whether it has.
-    crash_at: AtomicU64,
-    crashed: AtomicBool,
+/// The state of one VFS, shared by its handles, its SQLite side and its open files.
+struct Shared {
+    control: Mutex<Control>,
+    cache: Cache,
     volatile: AtomicBool,
-    images: Mutex<HashMap<PathBuf, Arc<Mutex<Image>>>>,
     open_files: AtomicUsize,
 }
 
+impl Shared {
+    fn control(&self) -> MutexGuard<'_, Control> {
+        locked(&self.control)
+    }
+
+    fn tick(&self, kind: Kind) -> Verdict {
+        self.control().tick(kind)
+    }
+
+    fn is_crashed(&self) -> bool {
+        self.control().is_crashed()
+    }
+
+    fn is_volatile(&self) -> bool {
+        self.volatile.load(Ordering::SeqCst)
+    }
+}
+
+/// Locks `m`, whether or not a thread panicked holding it: the state stays consistent
+/// (every update under these locks is a plain assignment or a whole method).
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl State {
-    /// Counts a call of kind `call`; the error it must fail with, if a fault or the
-    /// stopped machine says so.
-    fn tick(&self, call: Call) -> Option<c_int> {
-        if self.crashed.load(Ordering::SeqCst) {
-            return Some(call.error(Fault::Io));
-        }
-        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.crash_at.load(Ordering::SeqCst) == n {
-            self.crashed.store(true, Ordering::SeqCst);
-            return Some(call.error(Fault::Io));
-        }
-        let fault = *locked(&self.fault);
-        match fault {
-            Some((at, fault, persistence))
-                if n == at || (persistence == Persistence::Sticky && n > at) =>
-            {
-                self.faults_hit.fetch_add(1, Ordering::SeqCst);
-                Some(call.error(fault))
-            }
-            _ => None,
-        }
-    }
-
-    /// The short-write fault, if it strikes this write.
-    fn short_write(&self, error: c_int) -> bool {
-        error == ffi::SQLITE_IOERR_WRITE
-            && !self.crashed.load(Ordering::SeqCst)
-            && matches!(*locked(&self.fault), Some((_, Fault::ShortWrite, _)))
-    }
-}
-
-/// A fault-injecting SQLite VFS and the handle that steers it. Cloning gives another
-/// handle to the same VFS. See the [module docs](self).
-#[derive(Debug, Clone)]
-pub struct FaultFs {
-    state: Arc<State>,
-    name: Arc<str>,
 }
 
 impl Default for FaultFs {
@@ -248,135 +169,222 @@ impl Default for FaultFs {
     }
 }
 
+impl fmt::Debug for FaultFs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FaultFs")
+            .field("name", &self.name)
+            .field("io_calls", &self.io_calls())
+            .field("faults_hit", &self.faults_hit())
+            .field("crashed", &self.is_crashed())
+            .field("open_files", &self.open_files())
+            .finish()
+    }
+}
+
 impl FaultFs {
-    /// Registers a new VFS, with a name of its own, over SQLite's default one. Writes
-    /// are held until synced (see [`FaultFs::set_volatile`]); no fault is set.
+    /// Registers a new VFS, named `durable-faults-N`, over SQLite's default VFS:
+    /// volatile, with no fault set. It stays registered for the life of the process.
     ///
     /// # Panics
     ///
-    /// If SQLite has no default VFS or refuses the registration (it does neither on
+    /// If SQLite has no default VFS or refuses the registration (neither happens on
     /// the systems SQLite supports).
     pub fn new() -> FaultFs {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        let name = format!(
-            "durable-faults-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
-        let state = Arc::new(State {
+        let name = format!("durable-faults-{}", NEXT.fetch_add(1, Ordering::SeqCst));
+        let shared = Arc::new(Shared {
+            control: Mutex::new(Control::default()),
+            cache: Cache::default(),
             volatile: AtomicBool::new(true),
-            ..State::default()
+            open_files: AtomicUsize::new(0),
         });
-        vfs::register(&name, state.clone());
+        vfs::register(&name, shared.clone());
         FaultFs {
-            state,
+            shared,
             name: Arc::from(name),
         }
     }
 
-    /// The name the VFS is registered under: give it to `RuntimeBuilder::sqlite_vfs`.
+    /// The name the VFS is registered under.
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// The counted I/O calls (opens, reads, writes, truncates, syncs, locks) since the
-    /// last [`reset_count`](FaultFs::reset_count). Calls refused because the machine
-    /// stopped are not counted.
+    /// The counted calls (opens, reads, writes, truncates, syncs, locks) since the last
+    /// [`reset_count`](FaultFs::reset_count), including the ones that failed.
     pub fn io_calls(&self) -> u64 {
-        self.state.calls.load(Ordering::SeqCst)
+        self.shared.control().total()
     }
 
-    /// Counts from zero again; [`fail_at`](FaultFs::fail_at) and
-    /// [`crash_at`](FaultFs::crash_at) count from here.
+    /// The counted calls of one kind since the last reset.
+    pub fn calls(&self, kind: Kind) -> u64 {
+        self.shared.control().calls(kind)
+    }
+
+    /// Counts from zero again (and [`faults_hit`](FaultFs::faults_hit) too): the
+    /// positions of [`fail_at`](FaultFs::fail_at) and [`crash_at`](FaultFs::crash_at)
+    /// count from here.
     pub fn reset_count(&self) {
-        self.state.calls.store(0, Ordering::SeqCst);
+        self.shared.control().reset_count();
     }
 
-    /// Makes the `n`-th counted call (1-based, since the last reset) fail with `fault`,
-    /// and with `Persistence::Sticky` every counted call after it.
+    /// Fails the `n`-th counted call (1-based, since the last reset) with `fault`, and
+    /// with [`Persistence::Sticky`] every counted call after it, until
+    /// [`clear`](FaultFs::clear). Replaces the fault set before. A position already
+    /// passed does not strike (a sticky fault strikes the next call).
     pub fn fail_at(&self, n: u64, fault: Fault, persistence: Persistence) {
-        *locked(&self.state.fault) = Some((n, fault, persistence));
+        self.shared.control().fail_at(n, fault, persistence);
     }
 
-    /// How many calls a fault has failed.
+    /// Makes only calls of `kinds` count towards the positions of
+    /// [`fail_at`](FaultFs::fail_at) and [`crash_at`](FaultFs::crash_at), and only
+    /// they fail: with `only(&[Kind::Sync])`, `fail_at(3, ..)` fails the third sync
+    /// since the last reset. [`io_calls`](FaultFs::io_calls) still counts every kind.
+    /// Until [`clear`](FaultFs::clear); all kinds count at first.
+    pub fn only(&self, kinds: &[Kind]) {
+        self.shared.control().only(kinds);
+    }
+
+    /// How many calls an injected fault (not a stop) has failed since the last reset.
     pub fn faults_hit(&self) -> u64 {
-        self.state.faults_hit.load(Ordering::SeqCst)
+        self.shared.control().faults_hit()
     }
 
-    /// Removes the fault set by [`fail_at`](FaultFs::fail_at) and the stop set by
-    /// [`crash_at`](FaultFs::crash_at) (a machine that already stopped stays stopped
-    /// until [`power_loss`](FaultFs::power_loss)).
+    /// Removes the fault, the crash point and the [`only`](FaultFs::only) filter. A
+    /// machine that has stopped stays stopped (see [`revive`](FaultFs::revive)).
     pub fn clear(&self) {
-        *locked(&self.state.fault) = None;
-        self.state.crash_at.store(0, Ordering::SeqCst);
+        self.shared.control().clear();
     }
 
-    /// Stops the machine at the `n`-th counted call: it and every later call fail and
-    /// change nothing (closing and unlocking still work, so the process can let go).
+    /// Stops the machine at the `n`-th counted call (1-based, since the last reset): it
+    /// and every later call fails and changes nothing, but closing and unlocking still
+    /// work. See the [module docs](self).
     pub fn crash_at(&self, n: u64) {
-        self.state.crash_at.store(n, Ordering::SeqCst);
+        self.shared.control().crash_at(n);
     }
 
     /// Stops the machine now (see [`crash_at`](FaultFs::crash_at)).
     pub fn crash_now(&self) {
-        self.state.crashed.store(true, Ordering::SeqCst);
+        self.shared.control().crash_now();
     }
 
     /// Whether the machine has stopped.
     pub fn is_crashed(&self) -> bool {
-        self.state.crashed.load(Ordering::SeqCst)
+        self.shared.is_crashed()
     }
 
-    /// Whether files opened from now on hold their writes until synced (`true`, the
-    /// default) or write through.
+    /// Starts a stopped machine again as it was, page cache and all (as if it had only
+    /// paused). [`power_loss`](FaultFs::power_loss) and
+    /// [`flush_all`](FaultFs::flush_all) revive it too.
+    pub fn revive(&self) {
+        self.shared.control().revive();
+    }
+
+    /// Whether files opened from now on keep their writes in the page cache until
+    /// synced (`true`, the default) or write through to the real files. Files already
+    /// open keep their way.
     pub fn set_volatile(&self, volatile: bool) {
-        self.state.volatile.store(volatile, Ordering::SeqCst);
+        self.shared.volatile.store(volatile, Ordering::SeqCst);
     }
 
     /// How many files SQLite has open through this VFS.
     pub fn open_files(&self) -> usize {
-        self.state.open_files.load(Ordering::SeqCst)
+        self.shared.open_files.load(Ordering::SeqCst)
     }
 
-    /// The power goes out: what was written and never synced is dropped, or torn
-    /// (`loss`); the files on disk are now the crash image. The machine then runs again
-    /// (no longer stopped). Call it once nothing has the files open
-    /// ([`open_files`](FaultFs::open_files) is 0).
+    /// The machine loses power: what was written and never synced is dropped, or torn
+    /// (`loss`). The files on disk are now the crash image; the page cache is empty and
+    /// the machine runs again.
+    ///
+    /// # Panics
+    ///
+    /// If a file is still open through the VFS (wait for
+    /// [`open_files`](FaultFs::open_files) to be 0), or a file on disk cannot be
+    /// written.
     pub fn power_loss(&self, loss: Loss) {
-        let images = std::mem::take(&mut *locked(&self.state.images));
-        for (path, image) in images {
-            let mut image = locked(&image);
-            match loss {
-                Loss::Drop => image.dirty.clear(),
-                Loss::Tear { seed } => {
-                    let mut rng = Rng::new(seed ^ hash(&path));
-                    let resize = rng.coin();
-                    image.settle(&path, |_| rng.coin(), resize);
-                }
+        match loss {
+            Loss::Drop => self.settle(|| false),
+            Loss::Tear { seed } => {
+                let mut rng = SplitMix64(seed);
+                self.settle(move || rng.coin());
             }
         }
-        self.state.crashed.store(false, Ordering::SeqCst);
     }
 
     /// The process died and the machine did not: everything written reaches the disk.
-    /// Call it once nothing has the files open.
+    /// The page cache is then empty and the machine runs again.
+    ///
+    /// # Panics
+    ///
+    /// As [`power_loss`](FaultFs::power_loss).
     pub fn flush_all(&self) {
-        let images = std::mem::take(&mut *locked(&self.state.images));
-        for (path, image) in images {
-            locked(&image).settle(&path, |_| true, true);
+        self.settle(|| true);
+    }
+
+    /// Writes to disk the unsynced changes `keep` chooses, of every image in the order
+    /// of their paths (so a seeded choice is the same from run to run), and forgets the
+    /// images.
+    fn settle(&self, mut keep: impl FnMut() -> bool) {
+        let open = self.open_files();
+        assert_eq!(open, 0, "{}: {open} files are still open", self.name);
+        for (path, image) in self.shared.cache.take_all() {
+            let mut disk = OnDisk {
+                path: &path,
+                file: None,
+            };
+            if let Err(e) = locked(&image).persist(&mut disk, &mut keep) {
+                panic!("{}: cannot write {}: {e}", self.name, path.display());
+            }
         }
-        self.state.crashed.store(false, Ordering::SeqCst);
+        self.shared.control().revive();
+    }
+}
+
+/// A file on disk, written with no connection open: opened at the first write. A file
+/// that no longer exists is left so (its data has nowhere to go).
+struct OnDisk<'a> {
+    path: &'a Path,
+    file: Option<std::fs::File>,
+}
+
+impl OnDisk<'_> {
+    fn file(&mut self) -> std::io::Result<Option<&mut std::fs::File>> {
+        if self.file.is_none() {
+            match OpenOptions::new().write(true).open(self.path) {
+                Ok(file) => self.file = Some(file),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self.file.as_mut())
+    }
+}
+
+impl Disk for OnDisk<'_> {
+    type Error = std::io::Error;
+
+    fn write(&mut self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        match self.file()? {
+            Some(file) => {
+                file.seek(SeekFrom::Start(offset))?;
+                file.write_all(bytes)
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        match self.file()? {
+            Some(file) => file.set_len(len),
+            None => Ok(()),
+        }
     }
 }
 
 /// A small deterministic generator (SplitMix64), for torn writes.
-struct Rng(u64);
+struct SplitMix64(u64);
 
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
+impl SplitMix64 {
     fn coin(&mut self) -> bool {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -384,26 +392,4 @@ impl Rng {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         (z ^ (z >> 31)) & 1 == 1
     }
-}
-
-/// A stable hash of a path, so that each file tears its own way.
-fn hash(path: &Path) -> u64 {
-    path.as_os_str()
-        .as_encoded_bytes()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        })
-}
-
-mod vfs;
-
-/// The path SQLite gave a file, if it gave one.
-fn path_of(name: *const c_char) -> Option<PathBuf> {
-    if name.is_null() {
-        return None;
-    }
-    // SAFETY: SQLite passes a NUL-terminated file name that lives as long as the file.
-    let name = unsafe { CStr::from_ptr(name) };
-    Some(PathBuf::from(name.to_string_lossy().into_owned()))
 }
