@@ -13,7 +13,11 @@
 //!   learn its calls, then advance a fault through each of them. Not counted, because
 //!   they are not I/O that fails in practice, or must keep working for a dead process
 //!   to let go: file sizes (`fstat`), closing, unlocking, file controls, the WAL's
-//!   shared memory (`-shm`), deleting and checking for files.
+//!   shared memory (`-shm`), deleting and checking for files. (So in WAL mode a
+//!   connection's `xLock` calls come only as it opens and closes: its transactions
+//!   lock through the shared memory.) A workload that runs on one thread counts the
+//!   same calls every time; the positions of concurrent connections depend on their
+//!   timing.
 //! - **Faults.** [`FaultFs::fail_at`] fails the n-th counted call with an I/O error, a
 //!   full disk or a short write ([`Fault`]), once or from then on ([`Persistence`]);
 //!   [`FaultFs::only`] makes only some kinds of call count and fail ("the 3rd sync").
@@ -228,10 +232,11 @@ impl FaultFs {
         self.shared.control().reset_count();
     }
 
-    /// Fails the `n`-th counted call (1-based, since the last reset) with `fault`, and
-    /// with [`Persistence::Sticky`] every counted call after it, until
-    /// [`clear`](FaultFs::clear). Replaces the fault set before. A position already
-    /// passed does not strike (a sticky fault strikes the next call).
+    /// Fails the `n`-th counted call (1-based, since the last reset; of the kinds
+    /// [`only`](FaultFs::only) allows) with `fault`, and with [`Persistence::Sticky`]
+    /// every such call after it, until [`clear`](FaultFs::clear). Replaces the fault
+    /// set before. A position already passed does not strike (a sticky fault strikes
+    /// the next call).
     pub fn fail_at(&self, n: u64, fault: Fault, persistence: Persistence) {
         self.shared.control().fail_at(n, fault, persistence);
     }
@@ -256,9 +261,10 @@ impl FaultFs {
         self.shared.control().clear();
     }
 
-    /// Stops the machine at the `n`-th counted call (1-based, since the last reset): it
-    /// and every later call fails and changes nothing, but closing and unlocking still
-    /// work. See the [module docs](self).
+    /// Stops the machine at the `n`-th counted call (1-based, since the last reset; of
+    /// the kinds [`only`](FaultFs::only) allows): it and every later call fails and
+    /// changes nothing, but closing and unlocking still work. See the
+    /// [module docs](self). A position already passed does not strike.
     pub fn crash_at(&self, n: u64) {
         self.shared.control().crash_at(n);
     }
@@ -391,5 +397,24 @@ impl SplitMix64 {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         (z ^ (z >> 31)) & 1 == 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handle_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync + Clone>() {}
+        shareable::<FaultFs>();
+    }
+
+    #[test]
+    fn each_fault_fs_has_a_vfs_of_its_own() {
+        let (a, b) = (FaultFs::new(), FaultFs::new());
+        assert_ne!(a.name(), b.name());
+        assert_eq!(a.clone().name(), a.name());
+        assert!(format!("{a:?}").contains(a.name()));
     }
 }
