@@ -268,12 +268,13 @@ unsafe extern "C" fn x_write(
 ) -> c_int {
     // SAFETY: SQLite calls our methods with our open files.
     let f = unsafe { FaultFile::at(p) };
+    let verdict = f.shared.tick(Kind::Write);
     let (Some(len), Some(at)) = (unsigned(amount), unsigned(offset)) else {
         return ffi::SQLITE_IOERR_WRITE;
     };
     // SAFETY: SQLite passes `amount` readable bytes.
     let bytes = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len as usize) };
-    let verdict = f.shared.tick(Kind::Write);
+    // A short write writes its part, then fails; any other refusal changes nothing.
     let (bytes, rc) = match verdict {
         Verdict::Go => (bytes, ffi::SQLITE_OK),
         Verdict::Fail(Fault::ShortWrite) => (&bytes[..short(bytes.len())], ffi::SQLITE_IOERR_WRITE),
