@@ -480,8 +480,14 @@ pub struct StoreError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StoreErrorKind {
-    /// The file exists but is not an SQLite database, or is damaged.
+    /// The file exists but is not a durable journal: not an SQLite database (or one whose
+    /// first page is destroyed), another application's database, or a directory.
     NotAJournal,
+    /// The file is a durable journal, but damaged: SQLite found a malformed page, an
+    /// index disagrees with its table, or durable's own tables are unreadable. Restore
+    /// it from a backup; [`JournalView::check`](crate::JournalView::check) lists what
+    /// it can see of the damage.
+    Damaged,
     /// The journal was written by a newer version of durable (its schema is newer).
     NewerSchema,
     /// A row the runtime wrote earlier violates the journal's invariants (for example a

@@ -222,12 +222,7 @@ async fn a_journal_with_damaged_tables_is_refused_at_open() {
         "ALTER TABLE durable_workflows RENAME COLUMN error_kind TO kind",
     ] {
         let (_dir, path, err) = reopen_after(damage).await;
-        assert_refused(
-            &path,
-            &err,
-            StoreErrorKind::NotAJournal,
-            "schema is damaged",
-        );
+        assert_refused(&path, &err, StoreErrorKind::Damaged, "schema is damaged");
     }
 }
 

@@ -106,6 +106,65 @@ fn a_symlink_or_hard_link_to_a_held_journal_is_locked() {
     });
 }
 
+/// A refused open through another name must not open the file: closing any descriptor
+/// of a file drops this process's POSIX locks on it, SQLite's among them, and then a
+/// third party's connection checkpoints and deletes the `-wal` the runtime still
+/// writes to, losing every step acknowledged after.
+#[test]
+fn a_refused_open_leaves_the_holders_locks_alone() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = dir.path().join("j.db");
+    let hard = dir.path().join("hard.db");
+    tokio().block_on(async {
+        let rt = Runtime::open(&journal).await.expect("open");
+        rt.start_with_id("q-0", quick(0))
+            .await
+            .expect("start")
+            .result()
+            .await
+            .expect("q-0");
+        std::fs::hard_link(&journal, &hard).expect("hard link");
+        assert_locked(Runtime::open(&hard).await, "through a hard link");
+        // Another program reads the journal and closes: with the runtime's locks in
+        // place, it cannot checkpoint and delete the -wal.
+        let status = std::process::Command::new(std::env::current_exe().expect("this test"))
+            .args(["--ignored", "--exact", "another_program_reads"])
+            .env("DURABLE_JOURNAL_TO_READ", &journal)
+            .status()
+            .expect("run another program");
+        assert!(status.success());
+        for i in 1..4 {
+            let h = rt
+                .start_with_id(format!("q-{i}"), quick(i))
+                .await
+                .expect("start");
+            assert_eq!(h.result().await.expect("result"), i * 10);
+        }
+        // What a crash now would leave: lost unless the -wal they went to is still the
+        // journal's.
+        let after = rusqlite::Connection::open(&journal).expect("another program");
+        let n: i64 = after
+            .query_row("SELECT count(*) FROM durable_workflows", [], |r| r.get(0))
+            .expect("read");
+        assert_eq!(n, 4, "every acknowledged run is in the journal's files");
+        drop(after);
+        rt.close().await.expect("close");
+    });
+}
+
+/// Run by [`a_refused_open_leaves_the_holders_locks_alone`] as a separate process.
+#[test]
+#[ignore = "run by a_refused_open_leaves_the_holders_locks_alone"]
+fn another_program_reads() {
+    let path = std::env::var_os("DURABLE_JOURNAL_TO_READ").expect("a journal to read");
+    let conn = rusqlite::Connection::open(path).expect("open");
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM durable_workflows", [], |r| r.get(0))
+        .expect("read");
+    assert!(n > 0);
+}
+
 /// Whether this process can write `path` even without write permission (root can).
 fn writes_anyway(path: &Path) -> bool {
     std::fs::OpenOptions::new().write(true).open(path).is_ok()
@@ -170,7 +229,7 @@ fn a_journal_the_process_cannot_write_is_refused_before_anything_runs() {
 
 /// The journal `j.db` in `dir` (mode 0400) is refused, at every open; then, writable
 /// but in a directory the process cannot write (SQLite could not create its `-wal`),
-/// it is refused too.
+/// it is refused too, and so is a new journal there.
 fn read_only_refusals(dir: &Path) {
     let path = dir.join("j.db");
     expect_read_only(&path, &path);
@@ -178,6 +237,8 @@ fn read_only_refusals(dir: &Path) {
     chmod(&path, 0o600);
     chmod(dir, 0o500);
     expect_read_only(&path, dir);
+    // A new journal in that directory: its lock file cannot be created.
+    expect_read_only(&dir.join("new.db"), dir);
 }
 
 /// Where [`read_only_as_nobody`] finds its journal's directory.
@@ -239,8 +300,34 @@ fn another_applications_database_is_refused_untouched() {
         conn.execute_batch("PRAGMA user_version = 3;")
             .expect("user_version");
     }
-    for file in [&path, &empty] {
+    // A WAL-mode database whose last commits are still in its -wal (its program
+    // crashed, or still runs): checkpointing it would change the file.
+    let wal_mode = dir.path().join("walmode.db");
+    {
+        let live = dir.path().join("live.db");
+        let conn = rusqlite::Connection::open(&live).expect("create");
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
+             CREATE TABLE durable_workflows (id INTEGER PRIMARY KEY, what TEXT);
+             INSERT INTO durable_workflows (what) VALUES ('theirs'), ('in the wal');",
+        )
+        .expect("their schema");
+        for suffix in ["", "-wal", "-shm"] {
+            let from = PathBuf::from(format!("{}{suffix}", live.display()));
+            let to = PathBuf::from(format!("{}{suffix}", wal_mode.display()));
+            std::fs::copy(from, to).expect("copy the files as they are");
+        }
+        drop(conn);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", live.display()));
+        }
+    }
+    let wal = PathBuf::from(format!("{}-wal", wal_mode.display()));
+    assert!(std::fs::metadata(&wal).expect("a -wal").len() > 32);
+    for file in [&path, &empty, &wal_mode] {
         let before = std::fs::read(file).expect("read");
+        let wal = PathBuf::from(format!("{}-wal", file.display()));
+        let wal_before = std::fs::read(&wal).ok();
         let siblings = listing(dir.path());
         let opened = tokio().block_on(Runtime::open(file));
         let e = match opened {
@@ -250,7 +337,11 @@ fn another_applications_database_is_refused_untouched() {
         };
         assert_eq!(e.kind(), StoreErrorKind::NotAJournal, "{e}");
         assert!(e.to_string().contains("not a durable journal"), "{e}");
-        assert_eq!(std::fs::read(file).expect("read"), before, "{e}");
+        assert!(std::fs::read(file).expect("read") == before, "changed: {e}");
+        assert!(
+            std::fs::read(&wal).ok() == wal_before,
+            "its -wal changed: {e}"
+        );
         let lock = PathBuf::from(format!("{}.lock", file.display()));
         let after: Vec<_> = listing(dir.path())
             .into_iter()
@@ -371,6 +462,145 @@ fn a_damaged_pending_index_neither_hides_nor_relaunches() {
             .expect("check"),
         []
     );
+}
+
+/// Points the entry for `id` in the index of workflow ids at the row `to_rowid` (as a
+/// disk error could): the row it then finds is intact, and another workflow's.
+fn misdirect_id_index(path: &Path, id: &str, to_rowid: i64) {
+    let conn = rusqlite::Connection::open(path).expect("open");
+    let root: u32 = conn
+        .query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_durable_workflows_1'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("index root page");
+    let page_size: usize = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .expect("page size");
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .expect("checkpoint");
+    drop(conn);
+
+    let mut bytes = std::fs::read(path).expect("read");
+    let page = (root as usize - 1) * page_size;
+    assert_eq!(bytes[page], 0x0a, "the index's root is a leaf page");
+    let cells = u16::from_be_bytes([bytes[page + 3], bytes[page + 4]]);
+    for i in 0..usize::from(cells) {
+        let at = page + 8 + 2 * i;
+        let cell = page + usize::from(u16::from_be_bytes([bytes[at], bytes[at + 1]]));
+        // Cell: payload length (one byte here), then the record: its header length, the
+        // serial types of (id, rowid), the id's bytes, the rowid.
+        let header = cell + 1;
+        let header_len = usize::from(bytes[header]);
+        let id_len = (usize::from(bytes[header + 1]) - 13) / 2;
+        let text = header + header_len;
+        if &bytes[text..text + id_len] == id.as_bytes() {
+            assert_eq!(bytes[header + 2], 1, "a one-byte rowid (not rowid 0 or 1)");
+            bytes[text + id_len] = u8::try_from(to_rowid).expect("a small rowid");
+            std::fs::write(path, bytes).expect("write");
+            return;
+        }
+    }
+    panic!("no index entry for {id}");
+}
+
+#[test]
+fn a_damaged_id_index_never_hands_over_another_workflows_row() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    journal_with_pending(&path, 3);
+    let rowid_of_q2: i64 = rusqlite::Connection::open(&path)
+        .expect("open")
+        .query_row(
+            "SELECT rowid FROM durable_workflows WHERE id = 'q-2'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("rowid");
+    misdirect_id_index(&path, "q-1", rowid_of_q2);
+
+    // q-1 returned 10 and q-2 returned 20: asked for q-1, nothing may answer 20. Whether
+    // SQLite reads the id from the index or from the row, the lookup is refused.
+    let view = JournalView::open(&path).expect("view");
+    match view.workflow("q-1") {
+        Err(e) => assert!(
+            e.to_string().contains("found the row of workflow q-2"),
+            "{e}"
+        ),
+        Ok(Some(w)) => {
+            assert!(
+                matches!(w.output::<u32>(), Err(Error::Corrupt { .. })),
+                "{w:?}"
+            );
+        }
+        Ok(None) => panic!("q-1 is gone"),
+    }
+    assert!(
+        !view.check().expect("check").is_empty(),
+        "check() sees the index disagree with its table"
+    );
+    drop(view);
+    tokio().block_on(async {
+        let rt = Runtime::open(&path).await.expect("open");
+        let result = match rt.handle::<u32>("q-1").await {
+            Ok(h) => h.result().await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Err(Error::Store(e)) => assert_eq!(e.kind(), StoreErrorKind::Damaged, "{e}"),
+            Err(Error::Corrupt { workflow_id, .. }) => assert_eq!(workflow_id, "q-1"),
+            other => panic!("q-1 gave {other:?}"),
+        }
+        let q2 = rt.handle::<u32>("q-2").await.expect("handle");
+        assert_eq!(q2.result().await.expect("result"), 20);
+        // Starting q-1 again does not take q-2's result either.
+        if let Ok(h) = rt.start_with_id("q-1", quick(1)).await {
+            assert!(!matches!(h.result().await, Ok(20)));
+        }
+        rt.close().await.expect("close");
+    });
+}
+
+/// A damaged status in a pending workflow's row: the index is right, the row is not.
+/// Rebuilding the index from the rows would drop the entry and hide the workflow.
+#[test]
+fn a_damaged_status_is_refused_not_hidden() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    journal_with_pending(&path, 3);
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let root: usize = conn
+        .query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'durable_workflows'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("root page");
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .expect("checkpoint");
+    drop(conn);
+    let mut bytes = std::fs::read(&path).expect("read");
+    let page = &mut bytes[(root - 1) * 4096..root * 4096];
+    assert_eq!(page[0], 0x0d, "the table is one leaf page");
+    let at = page
+        .windows(7)
+        .position(|w| w == b"pending")
+        .expect("p's status");
+    page[at] = b'P';
+    std::fs::write(&path, bytes).expect("write");
+
+    let opened = tokio().block_on(Runtime::open(&path));
+    match opened {
+        Err(Error::Store(e)) => {
+            assert_eq!(e.kind(), StoreErrorKind::Damaged, "{e}");
+            assert!(e.to_string().contains("`p`"), "names the workflow: {e}");
+        }
+        Err(e) => panic!("expected a store error, got {e}"),
+        Ok(rt) => panic!("opened, and resumed only {:?}", rt.recovered()),
+    }
 }
 
 /// `check` reads what no open reads: the finished workflows' values and the rows of
@@ -513,9 +743,11 @@ fn migration_5_keys_every_checksum_and_keeps_damage() {
     journal_with_pending(&path, 3);
     let conn = rusqlite::Connection::open(&path).expect("open");
     as_version_4(&conn);
-    // Damaged while at version 4: q-1's output no longer matches its checksum.
+    // Damaged while at version 4: q-1's output no longer matches its checksum, and the
+    // path of q-0's step is not text (its checksum did not cover it then).
     conn.execute_batch(
-        "UPDATE durable_workflows SET output = CAST(output || x'00' AS BLOB) WHERE id = 'q-1';",
+        "UPDATE durable_workflows SET output = CAST(output || x'00' AS BLOB) WHERE id = 'q-1';
+         UPDATE durable_steps SET path = CAST(x'ff31' AS TEXT) WHERE workflow_id = 'q-0';",
     )
     .expect("damage");
     drop(conn);
@@ -528,10 +760,18 @@ fn migration_5_keys_every_checksum_and_keeps_damage() {
             .collect();
         assert_eq!(
             names,
-            [(
-                Some("q-1".to_owned()),
-                "its output does not match its checksum".to_owned()
-            )],
+            [
+                (
+                    Some("q-1".to_owned()),
+                    "its output does not match its checksum".to_owned()
+                ),
+                (
+                    Some("q-0".to_owned()),
+                    "the result of step \u{fffd}1 (count) is recorded under a key that is not \
+                     UTF-8"
+                        .to_owned()
+                )
+            ],
         );
         for (id, want) in [("q-0", 0), ("q-2", 20)] {
             let h = rt.handle::<u32>(id).await.expect("handle");

@@ -2,9 +2,11 @@
 //! that this process holds the file itself (whatever name reached it), that it may
 //! write it, and that it is a journal at all.
 
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
@@ -18,17 +20,66 @@ pub(super) fn lock_name(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
 }
 
+/// The journal file held open and locked by [`hold_file`]; dropping it releases the
+/// file (close it only after every SQLite connection of the journal).
+#[derive(Debug)]
+pub(super) struct Held {
+    file: File,
+    /// The file's device and inode, registered in [`HELD`] while this lives.
+    id: Option<(u64, u64)>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            held_files().remove(&id);
+        }
+        // `self.file` closes after this, dropping the lock.
+        let _ = &self.file;
+    }
+}
+
+/// The files (device, inode) that runtimes of this process hold. A second open of a
+/// held file must be refused without opening it: closing any descriptor of a file
+/// drops every POSIX lock this process has on it, SQLite's own among them, and a
+/// runtime that lost them no longer keeps other connections from checkpointing and
+/// deleting the `-wal` under it.
+static HELD: Mutex<BTreeSet<(u64, u64)>> = Mutex::new(BTreeSet::new());
+
+fn held_files() -> MutexGuard<'static, BTreeSet<(u64, u64)>> {
+    HELD.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The device and inode of the file at `path`, which every name of it shares.
+#[cfg(unix)]
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_path: &Path) -> Option<(u64, u64)> {
+    None
+}
+
 /// Opens the journal file for writing and locks the file itself (not a name of it), so
 /// that a runtime that reached it through a hard link, which has a lock file of its
-/// own, still finds it held. The lock lasts while the returned file stays open.
+/// own, still finds it held. The lock lasts while the returned [`Held`] lives.
 ///
-/// The lock is `flock(2)`, which on Linux and the BSDs is independent of the POSIX
-/// record locks SQLite takes on the same file. Closing this descriptor drops this
-/// process's POSIX locks on the file, so it must be closed after every SQLite
-/// connection of the journal.
+/// Another process's runtime is found by the lock: `flock(2)`, which on Linux and the
+/// BSDs is independent of the POSIX record locks SQLite takes on the same file. A
+/// runtime of this process is found before the file is opened at all (see [`HELD`]).
 ///
 /// Refuses a file this process may not write, naming it, before SQLite opens it.
-pub(super) fn hold_file(path: &Path) -> Result<File, Error> {
+pub(super) fn hold_file(path: &Path) -> Result<Held, Error> {
+    let mut held = held_files();
+    let id = file_id(path);
+    if id.is_some_and(|id| held.contains(&id)) {
+        return Err(Error::Locked {
+            path: path.to_owned(),
+            lock: lock_name(path),
+        });
+    }
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -54,7 +105,10 @@ pub(super) fn hold_file(path: &Path) -> Result<File, Error> {
             );
         }
     }
-    Ok(file)
+    if let Some(id) = id {
+        held.insert(id);
+    }
+    Ok(Held { file, id })
 }
 
 /// The error for a journal this process may not write: `what` (a file or directory)
@@ -92,8 +146,8 @@ pub(super) fn probe_write(path: &Path, conn: &Connection) -> Result<(), Error> {
 pub(super) fn unwritable(path: &Path, e: rusqlite::Error) -> Error {
     match e.sqlite_error_code() {
         Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
-            let wal = super::open::with_suffix(path, "-wal");
-            let shm = super::open::with_suffix(path, "-shm");
+            let wal = with_suffix(path, "-wal");
+            let shm = with_suffix(path, "-shm");
             let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
             let dir = dir.unwrap_or(Path::new("."));
             let what = if writable(path) && !(writable(&wal) && writable(&shm)) {
@@ -132,30 +186,83 @@ const HEADER: usize = 100;
 /// Looks at the file at `path`, changing nothing in it or beside it, and refuses it if
 /// it is not a journal (or an empty file or database that can become one).
 ///
-/// A database in rollback-journal mode is read through a read-only connection (durable
-/// creates its journals in WAL mode, so this is another program's file, or one of ours
-/// that someone switched). A WAL database is read through `conn`, which may create the
-/// `-wal` and `-shm` files that every WAL reader needs; SQLite removes them again when
-/// the connection closes. Nothing else is written before the file is known.
-pub(super) fn identify(path: &Path, conn: &Connection) -> Result<Found, Error> {
+/// The tables are read through a connection of its own that cannot write, so that
+/// closing it cannot checkpoint another program's `-wal` into its file or roll back its
+/// hot `-journal`. If a `-wal` holds commits (a WAL database whose last connection did
+/// not close), it is read with them; otherwise the file alone is read as immutable,
+/// without a lock and without creating any file beside it.
+pub(super) fn identify(path: &Path) -> Result<Found, Error> {
     let mut header = Vec::with_capacity(HEADER);
     File::open(path)
         .and_then(|f| f.take(HEADER as u64).read_to_end(&mut header))
         .map_err(|e| StoreError::new(path, StoreErrorKind::Io, format!("cannot read it: {e}")))?;
     if header.is_empty() {
-        return Ok(Found::New);
+        return empty_file(path);
     }
     if header.len() < HEADER || !header.starts_with(b"SQLite format 3\0") {
         return Err(not_a_journal(path, "it is not an SQLite database"));
     }
     // Bytes 18 and 19: the file format versions, 1 for a rollback journal, 2 for WAL.
-    if header[18] == 1 || header[19] == 1 {
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let read_only =
-            Connection::open_with_flags(path, flags).map_err(|e| unreadable(path, e))?;
-        classify(path, &read_only)
+    let wal_mode = header[18] == 2 && header[19] == 2;
+    let wal_len = std::fs::metadata(with_suffix(path, "-wal")).map_or(0, |m| m.len());
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let reader = match immutable_uri(path) {
+        Some(uri) if !(wal_mode && wal_len > 0) => {
+            Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)
+        }
+        _ => Connection::open_with_flags(path, flags),
+    }
+    .map_err(|e| unreadable(path, e))?;
+    classify(path, &reader)
+}
+
+/// An SQLite URI that opens `path` as immutable (`None` if the path is not UTF-8).
+fn immutable_uri(path: &Path) -> Option<String> {
+    let text = path.to_str()?;
+    let mut uri = String::from(if path.is_absolute() {
+        "file://"
     } else {
-        classify(path, conn)
+        "file:"
+    });
+    for c in text.chars() {
+        match c {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3f"),
+            '#' => uri.push_str("%23"),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?immutable=1");
+    Some(uri)
+}
+
+/// `path` with `suffix` appended to its file name.
+pub(super) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// An empty file is a new journal, unless a `-wal` beside it holds commits: then the
+/// file was truncated or replaced, and opening it would start over without them.
+fn empty_file(path: &Path) -> Result<Found, Error> {
+    // A WAL file is a 32-byte header followed by frames; a header alone holds nothing.
+    const WAL_HEADER: u64 = 32;
+    let wal = with_suffix(path, "-wal");
+    match std::fs::metadata(&wal) {
+        Ok(meta) if meta.len() > WAL_HEADER => Err(StoreError::new(
+            path,
+            StoreErrorKind::Damaged,
+            format!(
+                "the journal is damaged: the file is empty, but {} beside it holds {} bytes of \
+                 commits (the file was truncated or replaced); restore it from a backup, or \
+                 move the -wal aside to start a new journal",
+                wal.display(),
+                meta.len()
+            ),
+        )
+        .into()),
+        _ => Ok(Found::New),
     }
 }
 

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension};
 
+use super::migrate::open_error;
 use super::rows::checks;
-use super::sql_error;
 use crate::error::{Error, StoreError, StoreErrorKind};
 use crate::journal::Damage;
 
@@ -25,9 +25,14 @@ const PENDING_INDEX: &str = "durable_workflows_pending";
 /// part of them, so it is rebuilt from them, with a warning; if it still disagrees,
 /// the damage is in the rows, and the journal is refused.
 pub(super) fn verify_pending_index(conn: &Connection, path: &Path) -> Result<(), Error> {
-    let problems = pending_index_problems(conn).map_err(|e| sql_error(path, e))?;
+    let (problems, rows_damaged) = pending_index_problems(conn).map_err(|e| open_error(path, e))?;
     if problems.is_empty() {
         return Ok(());
+    }
+    if rows_damaged {
+        // The index is right about a row whose status durable never wrote: rebuilding
+        // the index from the rows would drop the entry, and hide the workflow.
+        return Err(damaged(path, &problems, "the rows themselves are damaged"));
     }
     tracing::warn!(
         journal = %path.display(),
@@ -37,15 +42,16 @@ pub(super) fn verify_pending_index(conn: &Connection, path: &Path) -> Result<(),
     );
     conn.execute_batch(&format!("REINDEX {PENDING_INDEX};"))
         .map_err(|e| damaged(path, &problems, &e.to_string()))?;
-    let left = pending_index_problems(conn).map_err(|e| sql_error(path, e))?;
+    let (left, _) = pending_index_problems(conn).map_err(|e| open_error(path, e))?;
     if left.is_empty() {
         return Ok(());
     }
     Err(damaged(path, &left, "rebuilding the index did not help"))
 }
 
-/// What is wrong between the pending index and the rows, in words; empty if nothing.
-fn pending_index_problems(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+/// What is wrong between the pending index and the rows, in words (empty if nothing),
+/// and whether a row itself is damaged (a status durable never writes).
+fn pending_index_problems(conn: &Connection) -> rusqlite::Result<(Vec<String>, bool)> {
     // Covering: the entries as the index holds them, without reading the table.
     let mut entries = conn.prepare_cached(&format!(
         "SELECT created_at, rowid FROM durable_workflows INDEXED BY {PENDING_INDEX}
@@ -56,6 +62,7 @@ fn pending_index_problems(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     )?;
     let mut seen = HashSet::new();
     let mut problems = Vec::new();
+    let mut rows_damaged = false;
     let listed = entries
         .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -75,6 +82,15 @@ fn pending_index_problems(conn: &Connection) -> rusqlite::Result<Vec<String>> {
             .optional()?;
         match found {
             None => problems.push(format!("row {rowid} does not exist")),
+            Some((id, status, _))
+                if !["pending", "completed", "failed", "cancelled"].contains(&status.as_str()) =>
+            {
+                rows_damaged = true;
+                problems.push(format!(
+                    "workflow `{id}` (row {rowid}) has status `{status}`, which durable never \
+                     writes"
+                ));
+            }
             Some((id, status, _)) if status != "pending" => {
                 problems.push(format!(
                     "workflow `{id}` (row {rowid}) is {status}, not pending"
@@ -86,14 +102,14 @@ fn pending_index_problems(conn: &Connection) -> rusqlite::Result<Vec<String>> {
             Some(_) => {}
         }
     }
-    Ok(problems)
+    Ok((problems, rows_damaged))
 }
 
 /// The error for a journal whose rows are damaged: `problems`, then `detail`.
 fn damaged(path: &Path, problems: &[String], detail: &str) -> Error {
     StoreError::new(
         path,
-        StoreErrorKind::NotAJournal,
+        StoreErrorKind::Damaged,
         format!(
             "the journal is damaged: its index of pending workflows disagrees with the rows \
              ({}); {detail}. Restore the file from a backup, or look at it with \
@@ -201,19 +217,43 @@ const VALUE_CHECKS: &[(&str, &str)] = &[
 
 /// Runs one of [`VALUE_CHECKS`], adding a [`Damage`] for every value whose checksum
 /// does not match, and every row the query selects without a value (its finding).
+/// Every column is read as the bytes stored, so that one row durable could not have
+/// written (text that is not UTF-8, a number where a text belongs) is reported as
+/// damaged and the rows after it are still checked.
 fn checksums(conn: &Connection, sql: &str, found: &mut Vec<Damage>) -> rusqlite::Result<()> {
+    use rusqlite::types::ValueRef;
     let mut stmt = conn.prepare(sql)?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
-        let id: String = row.get(0)?;
-        let thing: String = row.get(1)?;
-        let key: Vec<Option<String>> = vec![row.get(2)?, row.get(3)?, row.get(4)?];
-        let key: Vec<&[u8]> = key.iter().flatten().map(String::as_bytes).collect();
-        let value: Option<Vec<u8>> = row.get(5)?;
-        let crc: Option<i64> = row.get(6)?;
-        let damaged = match value {
-            None => Some(thing),
-            Some(v) if !checks(&key, &v, crc.and_then(|c| u32::try_from(c).ok())) => {
+        let bytes = |i| -> rusqlite::Result<Option<&[u8]>> {
+            Ok(match row.get_ref(i)? {
+                ValueRef::Text(b) | ValueRef::Blob(b) => Some(b),
+                _ => None,
+            })
+        };
+        let text = |i| -> rusqlite::Result<String> {
+            Ok(bytes(i)?
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default()
+                .into_owned())
+        };
+        let id = text(0)?;
+        let thing = text(1)?;
+        let key: Vec<&[u8]> = [bytes(2)?, bytes(3)?, bytes(4)?]
+            .into_iter()
+            .flatten()
+            .collect();
+        let crc = match row.get_ref(6)? {
+            ValueRef::Integer(c) => u32::try_from(c).ok(),
+            _ => None,
+        };
+        let damaged = match bytes(5)? {
+            None if row.get_ref(5)? == ValueRef::Null => Some(thing),
+            None => Some(format!("{thing} is not a value durable wrote")),
+            Some(_) if key.iter().any(|k| std::str::from_utf8(k).is_err()) => {
+                Some(format!("{thing} is recorded under a key that is not UTF-8"))
+            }
+            Some(v) if !checks(&key, v, crc) => {
                 Some(format!("{thing} does not match its checksum"))
             }
             Some(_) => None,

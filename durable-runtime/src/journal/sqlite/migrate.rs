@@ -205,12 +205,17 @@ pub(super) fn schema_version(conn: &Connection, path: &Path) -> Result<usize, Er
             |r| r.get(0),
         )
         .optional()
-        .map_err(err)?;
+        .map_err(|e| match e.sqlite_error_code() {
+            // SQLITE_ERROR, or an error of rusqlite's own (the statement no longer fits
+            // the table, the value is not text): durable_meta is not as durable made it.
+            Some(rusqlite::ErrorCode::Unknown) | None => schema_damaged(path, &e),
+            _ => err(e),
+        })?;
     match v.as_deref().map(str::parse::<usize>) {
         Some(Ok(v)) => Ok(v),
         _ => Err(StoreError::new(
             path,
-            StoreErrorKind::NotAJournal,
+            StoreErrorKind::Damaged,
             "durable_meta has no valid schema_version; the journal is damaged",
         )
         .into()),
@@ -269,15 +274,24 @@ fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
         -1,
         FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
         |ctx| {
+            use rusqlite::types::ValueRef;
             let crc: Option<i64> = ctx.get(0)?;
-            let value: Vec<u8> = ctx.get(1)?;
-            let key = (2..ctx.len())
-                .map(|i| ctx.get::<String>(i))
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            let key: Vec<&[u8]> = key.iter().map(String::as_bytes).collect();
+            // The bytes of every part, as stored: a part that is not text or a blob (a
+            // damaged row) leaves the checksum as it was, so the row reads as damaged
+            // after the migration, for its workflow alone.
+            let bytes = |i| match ctx.get_raw(i) {
+                ValueRef::Text(b) | ValueRef::Blob(b) => Some(b),
+                _ => None,
+            };
+            let (Some(value), Some(key)) = (
+                bytes(1),
+                (2..ctx.len()).map(bytes).collect::<Option<Vec<&[u8]>>>(),
+            ) else {
+                return Ok(crc);
+            };
             Ok(crc.map(|crc| {
-                if crc == i64::from(crc32(&value)) {
-                    i64::from(keyed_crc32(&key, &value))
+                if crc == i64::from(crc32(value)) {
+                    i64::from(keyed_crc32(&key, value))
                 } else {
                     crc
                 }
@@ -350,18 +364,34 @@ const SCHEMA: &[(&str, &str)] = &[
     ("durable_patches", "workflow_id, path, name"),
 ];
 
+/// An error of a statement the open runs: SQLite's plain `SQLITE_ERROR` on one of
+/// durable's own statements (no such column, no such index, no query solution) means
+/// the schema is not the one durable made.
+pub(super) fn open_error(path: &Path, e: rusqlite::Error) -> Error {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::Unknown) => schema_damaged(path, &e),
+        _ => sql_error(path, e).into(),
+    }
+}
+
+/// The error for a journal whose tables are not the ones durable made.
+fn schema_damaged(path: &Path, e: &rusqlite::Error) -> Error {
+    StoreError::new(
+        path,
+        StoreErrorKind::Damaged,
+        format!(
+            "the journal's schema is damaged ({e}); it was changed outside durable: restore \
+             the file from a backup"
+        ),
+    )
+    .into()
+}
+
 /// Refuses a journal that lacks a table or column of [`SCHEMA`].
 pub(super) fn check_schema(conn: &Connection, path: &Path) -> Result<(), Error> {
     for (table, columns) in SCHEMA {
         if let Err(e) = conn.prepare(&format!("SELECT {columns} FROM {table} LIMIT 0")) {
-            return Err(StoreError::new(
-                path,
-                StoreErrorKind::NotAJournal,
-                format!(
-                    "the journal's schema is damaged ({e}); it was changed outside durable: restore the file from a backup"
-                ),
-            )
-            .into());
+            return Err(schema_damaged(path, &e));
         }
     }
     Ok(())

@@ -81,35 +81,58 @@ fn io_error(path: &Path, e: impl std::fmt::Display) -> StoreError {
 
 /// An SQLite failure at the journal `path`, with the kind and message a user needs.
 fn sql_error(path: &Path, e: rusqlite::Error) -> StoreError {
-    let kind = match e.sqlite_error_code() {
-        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => StoreErrorKind::NotAJournal,
-        Some(ErrorCode::ConstraintViolation) => StoreErrorKind::Invariant,
-        _ if matches!(
-            e,
-            rusqlite::Error::FromSqlConversionFailure(..) | rusqlite::Error::InvalidColumnType(..)
-        ) =>
-        {
-            StoreErrorKind::Invariant
+    use rusqlite::Error as E;
+    const RESTORE: &str = "the journal was changed outside durable, or damaged; restore it \
+                           from a backup";
+    let (kind, message) = match (e.sqlite_error_code(), &e) {
+        (Some(ErrorCode::NotADatabase), _) => (
+            StoreErrorKind::NotAJournal,
+            format!(
+                "not a durable journal: it is not an SQLite database, or its first page is \
+                 destroyed (SQLite says: {e})"
+            ),
+        ),
+        (Some(ErrorCode::DatabaseCorrupt), _) => (
+            StoreErrorKind::Damaged,
+            format!(
+                "the journal is damaged: SQLite found a malformed page ({e}); restore it from a backup"
+            ),
+        ),
+        (Some(ErrorCode::ConstraintViolation), _) => (StoreErrorKind::Invariant, e.to_string()),
+        (_, E::Utf8Error(_)) => (StoreErrorKind::Damaged, not_utf8(&e)),
+        (_, E::FromSqlConversionFailure(_, _, inner)) if inner.is::<std::str::Utf8Error>() => {
+            (StoreErrorKind::Damaged, not_utf8(inner))
         }
-        _ => StoreErrorKind::Io,
-    };
-    let message = match (kind, &e) {
-        (StoreErrorKind::NotAJournal, _) => format!("not a durable journal (SQLite says: {e})"),
+        (_, E::FromSqlConversionFailure(_, _, inner)) if inner.is::<rows::DamagedRow>() => {
+            (StoreErrorKind::Damaged, inner.to_string())
+        }
         // Our own findings about a row, carried through rusqlite's conversion error:
         // the message alone (rusqlite would prefix "Conversion error from type Text at
         // index: 0").
-        (_, rusqlite::Error::FromSqlConversionFailure(_, _, inner)) => inner.to_string(),
-        (_, rusqlite::Error::InvalidColumnType(_, column, found)) => format!(
-            "column `{column}` holds {found} where durable wrote another type: the journal was \
-             changed outside durable; restore it from a backup"
+        (_, E::FromSqlConversionFailure(_, _, inner)) => {
+            (StoreErrorKind::Invariant, inner.to_string())
+        }
+        (_, E::InvalidColumnType(_, column, found)) => (
+            StoreErrorKind::Invariant,
+            format!("column `{column}` holds {found} where durable wrote another type: {RESTORE}"),
         ),
-        (_, rusqlite::Error::IntegralValueOutOfRange(_, value)) => format!(
-            "a number in the journal ({value}) is out of the range durable writes: the journal \
-             was changed outside durable; restore it from a backup"
+        (_, E::IntegralValueOutOfRange(_, value)) => (
+            StoreErrorKind::Invariant,
+            format!(
+                "a number in the journal ({value}) is out of the range durable writes: {RESTORE}"
+            ),
         ),
-        _ => e.to_string(),
+        _ => (StoreErrorKind::Io, e.to_string()),
     };
     StoreError::new(path, kind, message)
+}
+
+/// The message for a text in the journal that is not UTF-8 (`e` says where).
+fn not_utf8(e: &dyn std::fmt::Display) -> String {
+    format!(
+        "the journal is damaged: a text it holds is not UTF-8 ({e}), and durable writes only \
+         UTF-8; restore it from a backup"
+    )
 }
 
 /// How long a lone write's waiter stays runnable before it sleeps; see

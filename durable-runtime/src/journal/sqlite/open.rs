@@ -8,7 +8,9 @@ use std::thread;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::identity::{hold_file, identify, lock_name, probe_write, unwritable};
+use super::identity::{
+    hold_file, identify, lock_name, probe_write, read_only, unwritable, with_suffix,
+};
 use super::integrity::verify_pending_index;
 use super::migrate::migrate;
 use super::writer::{WriterStats, write_loop};
@@ -66,7 +68,7 @@ impl SqliteStore {
         let held = hold_file(path)?;
 
         let mut writer = connect(path, options).map_err(|e| sql_error(path, e))?;
-        identify(path, &writer)?;
+        identify(path)?;
         configure(&writer, durability).map_err(|e| unwritable(path, e))?;
         probe_write(path, &writer)?;
         migrate(&mut writer, path)?;
@@ -112,18 +114,29 @@ impl SqliteStore {
 /// returned file stays open.
 fn take_lock(path: &Path) -> Result<File, Error> {
     let lock = lock_path(path);
-    create_private(&lock).map_err(|e| {
-        io_error(
-            path,
-            format!("cannot create lock file {}: {e}", lock.display()),
-        )
-    })?;
-    let lock_file = OpenOptions::new().write(true).open(&lock).map_err(|e| {
-        io_error(
-            path,
-            format!("cannot open lock file {}: {e}", lock.display()),
-        )
-    })?;
+    let failed = |doing: &str, e: std::io::Error| -> Error {
+        match e.kind() {
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+                let dir = lock.parent().filter(|d| !d.as_os_str().is_empty());
+                let what = format!(
+                    "the lock file {} (or the directory {} it is created in)",
+                    lock.display(),
+                    dir.unwrap_or(Path::new(".")).display()
+                );
+                read_only(path, &what, &e).into()
+            }
+            _ => io_error(
+                path,
+                format!("cannot {doing} lock file {}: {e}", lock.display()),
+            )
+            .into(),
+        }
+    };
+    create_private(&lock).map_err(|e| failed("create", e))?;
+    let lock_file = OpenOptions::new()
+        .write(true)
+        .open(&lock)
+        .map_err(|e| failed("open", e))?;
     match lock_file.try_lock() {
         Ok(()) => Ok(lock_file),
         Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
@@ -159,13 +172,6 @@ fn configure(conn: &Connection, durability: Durability) -> rusqlite::Result<()> 
         )));
     }
     conn.execute_batch(&format!("PRAGMA synchronous = {};", durability.pragma()))
-}
-
-/// `path` with `suffix` appended to its file name.
-pub(super) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push(suffix);
-    PathBuf::from(p)
 }
 
 /// Creates a new journal at `path`: built complete (WAL mode set, schema migrated) under

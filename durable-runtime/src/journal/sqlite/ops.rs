@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::crc::{event_key, keyed_crc32, message_key, step_key, workflow_key};
-use super::rows::{DAMAGED, checks, workflow_row};
+use super::rows::{DAMAGED, checks, own_row, workflow_row};
 use super::waits::{Parked, decode_answer};
 use super::writer::{Reply, Write, Writer, WriterStats};
 use super::{TxFn, sql_error};
@@ -371,7 +371,7 @@ impl Writer<'_> {
         if inserted == 1 {
             return Ok(Created::New);
         }
-        let existing = self.existing.query_row([&*w.id], workflow_row)??;
+        let existing = own_row(&w.id, self.existing.query_row([&*w.id], workflow_row)??)?;
         Ok(Created::Existing(Box::new(existing)))
     }
 

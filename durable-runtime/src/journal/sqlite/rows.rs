@@ -121,6 +121,45 @@ pub(super) fn invalid(message: String) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, message.into())
 }
 
+/// A read that the journal's damage sent astray, as the error of that read: it reaches
+/// the user as [`StoreErrorKind::Damaged`](crate::StoreErrorKind::Damaged).
+#[derive(Debug)]
+pub(super) struct DamagedRow(pub(super) String);
+
+impl std::fmt::Display for DamagedRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DamagedRow {}
+
+/// The error for a lookup of `what` that an index sent to the row of `found`: the
+/// index disagrees with its table. A checksum cannot see this, since the row itself
+/// is intact; its key is not the one asked for.
+pub(super) fn misdirected(what: &str, found: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        Box::new(DamagedRow(format!(
+            "the journal is damaged: looking up {what} found the row of {found} (an index \
+             disagrees with its table); restore it from a backup"
+        ))),
+    )
+}
+
+/// `Ok(record)` if it is workflow `id`'s row, else the error of a misdirected lookup.
+pub(super) fn own_row(id: &str, record: WorkflowRecord) -> rusqlite::Result<WorkflowRecord> {
+    if record.id == id {
+        Ok(record)
+    } else {
+        Err(misdirected(
+            &format!("workflow {id}"),
+            &format!("workflow {}", record.id),
+        ))
+    }
+}
+
 /// How many columns [`WORKFLOW_COLUMNS`] names: a query's extra columns start here.
 pub(super) const WORKFLOW_COLUMN_COUNT: usize = 11;
 
@@ -144,7 +183,11 @@ pub(super) fn workflow(c: &Connection, id: &str) -> rusqlite::Result<Option<Work
     let mut stmt = c.prepare_cached(&format!(
         "SELECT {WORKFLOW_COLUMNS} FROM durable_workflows WHERE id = ?1"
     ))?;
-    stmt.query_row([id], workflow_row).optional()?.transpose()
+    stmt.query_row([id], workflow_row)
+        .optional()?
+        .transpose()?
+        .map(|w| own_row(id, w))
+        .transpose()
 }
 
 /// The workflow rows matching `filter` (a `WHERE` clause or nothing), oldest first.
@@ -276,25 +319,45 @@ pub(super) fn side_records(c: &Connection, workflow_id: &str) -> rusqlite::Resul
         })
     };
     let mut out = SideRecords::default();
-    let mut stmt =
-        c.prepare_cached("SELECT path, wake_at FROM durable_started WHERE workflow_id = ?1")?;
+    // Rows without a checksum: each one's `workflow_id` is compared with the one asked
+    // for, so that a damaged index cannot hand over another workflow's records.
+    let own = |found: String| {
+        if found == workflow_id {
+            Ok(())
+        } else {
+            Err(misdirected(
+                &format!("the side records of workflow {workflow_id}"),
+                &format!("workflow {found}"),
+            ))
+        }
+    };
+    let mut stmt = c.prepare_cached(
+        "SELECT path, wake_at, workflow_id FROM durable_started WHERE workflow_id = ?1",
+    )?;
     let rows = stmt.query_map([workflow_id], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, Option<i64>>(1)?,
+            r.get(2)?,
+        ))
     })?;
     for row in rows {
-        let (path, wake_at) = row?;
+        let (path, wake_at, found) = row?;
+        own(found)?;
         out.started.push(StartedRecord {
             path: parse(path, "start record")?,
             wake_at,
         });
     }
-    let mut stmt =
-        c.prepare_cached("SELECT path, name FROM durable_patches WHERE workflow_id = ?1")?;
+    let mut stmt = c.prepare_cached(
+        "SELECT path, name, workflow_id FROM durable_patches WHERE workflow_id = ?1",
+    )?;
     let rows = stmt.query_map([workflow_id], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
     })?;
     for row in rows {
-        let (path, name) = row?;
+        let (path, name, found) = row?;
+        own(found)?;
         out.patches.push((parse(path, "patch marker")?, name));
     }
     Ok(out)

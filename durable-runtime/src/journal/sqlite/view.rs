@@ -174,7 +174,13 @@ impl JournalView {
         self.read(|c| {
             let found =
                 rows::select_workflows(c, VIEW_COLUMNS, "WHERE id = ?1", [id], workflow_view)?;
-            Ok(found.into_iter().next())
+            match found.into_iter().next() {
+                Some(w) if w.id != id => Err(rows::misdirected(
+                    &format!("workflow {id}"),
+                    &format!("workflow {}", w.id),
+                )),
+                found => Ok(found),
+            }
         })
     }
 
