@@ -251,8 +251,12 @@ unsafe extern "C" fn x_read(
     let (Some(len), Some(at)) = (unsigned(amount), unsigned(offset)) else {
         return ffi::SQLITE_IOERR_READ;
     };
-    // SAFETY: SQLite passes a buffer of `amount` writable bytes.
-    let out = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len as usize) };
+    // SAFETY: SQLite passes a buffer of `amount` writable bytes, which may be
+    // uninitialized: they are zeroed before a slice is made of them.
+    let out = unsafe {
+        std::ptr::write_bytes(buf.cast::<u8>(), 0, len as usize);
+        std::slice::from_raw_parts_mut(buf.cast::<u8>(), len as usize)
+    };
     if locked(image).read(at, out) {
         ffi::SQLITE_OK
     } else {

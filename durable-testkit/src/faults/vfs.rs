@@ -18,8 +18,9 @@ use super::file::{FaultFile, REAL_OFFSET, Real};
 #[repr(C)]
 struct Vfs {
     base: ffi::sqlite3_vfs,
-    /// The wrapped VFS, SQLite's default, which does the I/O.
-    real: &'static ffi::sqlite3_vfs,
+    /// The wrapped VFS, SQLite's default, which does the I/O. A raw pointer, not a
+    /// reference: SQLite writes its `pNext` whenever a VFS is registered.
+    real: *mut ffi::sqlite3_vfs,
     shared: Arc<Shared>,
     /// Owns the name `base.zName` points at.
     _name: CString,
@@ -38,15 +39,18 @@ pub(super) fn register(name: &str, shared: Arc<Shared>) {
     let name = CString::new(name).expect("a VFS name without NUL bytes");
     // SAFETY: `sqlite3_vfs_find(NULL)` initializes SQLite if needed and returns the
     // default VFS, which SQLite never frees (nobody unregisters "unix").
-    let real = unsafe { ffi::sqlite3_vfs_find(ptr::null()).as_ref() };
-    let real = real.expect("SQLite has a default VFS");
-    let sz_os_file = REAL_OFFSET as c_int + real.szOsFile;
+    let real = unsafe { ffi::sqlite3_vfs_find(ptr::null()) };
+    assert!(!real.is_null(), "SQLite has a default VFS");
+    // SAFETY: `real` is SQLite's default VFS, alive for the process; these fields are
+    // set when it is registered and never change.
+    let (os_file, mx_pathname) = unsafe { ((*real).szOsFile, (*real).mxPathname) };
+    let sz_os_file = REAL_OFFSET as c_int + os_file;
     let vfs = Box::leak(Box::new(Vfs {
         base: ffi::sqlite3_vfs {
             // Version 2: up to xCurrentTimeInt64; no system-call overrides.
             iVersion: 2,
             szOsFile: sz_os_file,
-            mxPathname: real.mxPathname,
+            mxPathname: mx_pathname,
             pNext: ptr::null_mut(),
             zName: name.as_ptr(),
             pAppData: ptr::null_mut(),
@@ -95,10 +99,11 @@ unsafe fn vfs<'a>(p: *mut ffi::sqlite3_vfs) -> &'a Vfs {
 /// `$none` if it has none.
 macro_rules! real_vfs {
     ($v:expr, $method:ident($($arg:expr),*), $none:expr) => {
-        match $v.real.$method {
+        // SAFETY: the real VFS lives for the process; its methods never change.
+        match unsafe { (*$v.real).$method } {
             // SAFETY: the real VFS's own method, called on the real VFS with the
             // arguments SQLite gave us for the same method.
-            Some(m) => unsafe { m(ptr::from_ref($v.real).cast_mut(), $($arg),*) },
+            Some(m) => unsafe { m($v.real, $($arg),*) },
             None => $none,
         }
     };
