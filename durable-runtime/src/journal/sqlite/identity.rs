@@ -200,7 +200,11 @@ pub(super) fn identify(path: &Path) -> Result<Found, Error> {
         return empty_file(path);
     }
     if header.len() < HEADER || !header.starts_with(b"SQLite format 3\0") {
-        return Err(not_a_journal(path, "it is not an SQLite database"));
+        return Err(not_a_journal(
+            path,
+            "it is not an SQLite database (if it was a journal, its first bytes are damaged: \
+             restore it from a backup)",
+        ));
     }
     // Bytes 18 and 19: the file format versions, 1 for a rollback journal, 2 for WAL.
     let wal_mode = header[18] == 2 && header[19] == 2;
