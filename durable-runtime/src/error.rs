@@ -29,7 +29,8 @@ pub enum Error {
     Locked {
         /// The journal file.
         path: PathBuf,
-        /// The lock file that is held.
+        /// What is held: the lock file, or, when another runtime of this process holds
+        /// the same file under another name (a hard link), the name it opened.
         lock: PathBuf,
     },
 

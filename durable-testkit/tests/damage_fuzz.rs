@@ -475,8 +475,6 @@ struct Outcome {
     invented: Vec<String>,
     /// What `Runtime::check` reported.
     check_findings: usize,
-    /// `Runtime::check` itself failed.
-    check_failed: bool,
 }
 
 impl Outcome {
@@ -584,10 +582,8 @@ async fn run_case(path: &Path) -> Result<Outcome, String> {
     }
     match within("check", rt.check()).await? {
         Ok(findings) => out.check_findings = findings.len(),
-        Err(e) => {
-            clear(&e, path)?;
-            out.check_failed = true;
-        }
+        // Damage is what `check` reports, not a reason for it to fail.
+        Err(e) => return Err(format!("check() failed instead of reporting: {e}")),
     }
     // Closing may fail on a damaged journal; it must not hang or panic.
     let _ = within("close", rt.close()).await?;
@@ -635,7 +631,6 @@ struct Tally {
     silent_shm_only: u64,
     /// Journals whose database file was cut to nothing: a new journal.
     emptied: u64,
-    check_failed: u64,
     max_case: Duration,
     refusals: BTreeMap<String, u64>,
 }
@@ -712,7 +707,7 @@ fn judge(base: Base, damages: &[Damage], tally: &Mutex<Tally>) -> Result<(), Tes
     }
     // Damage to the database file alone that loses or hides a workflow is something
     // `check()` must see (SQLite's integrity_check, the checksums).
-    let flagged = outcome.check_findings > 0 || outcome.check_failed;
+    let flagged = outcome.check_findings > 0;
     let db_only = !files.db.is_empty() && !damages.iter().any(Damage::touches_the_wal);
     // SQLite rebuilds a `-shm` it cannot trust: damage to it alone loses nothing.
     if outcome.silent() && damages.iter().all(Damage::only_the_shm) {
@@ -742,7 +737,7 @@ fn judge(base: Base, damages: &[Damage], tally: &Mutex<Tally>) -> Result<(), Tes
         *t.refusals.entry(shape).or_default() += 1;
         return Ok(());
     }
-    if outcome.check_findings == 0 && !outcome.check_failed && outcome.reported == 0 {
+    if outcome.check_findings == 0 && outcome.reported == 0 {
         t.opened_clean += 1;
     }
     t.reported += outcome.reported as u64;
@@ -750,7 +745,6 @@ fn judge(base: Base, damages: &[Damage], tally: &Mutex<Tally>) -> Result<(), Tes
     t.lost += outcome.lost.len() as u64;
     t.hidden += outcome.hidden.len() as u64;
     t.invented += outcome.invented.len() as u64;
-    t.check_failed += u64::from(outcome.check_failed);
     if outcome.silent() {
         if files.db.is_empty() {
             // An empty file is a new journal; without a `-wal` nothing says otherwise.
@@ -851,7 +845,7 @@ fn damaged_journals_recover_correctly_or_say_what_is_damaged() {
          at open, {} opened with nothing to report; workflows: {} correct, {} errors naming \
          the damage, 0 wrong; silent: {} lost, {} hidden, {} invented, in {} journals with \
          the -wal or -shm damaged ({} with only the -shm damaged) and {} with only the database damaged ({} of them flagged \
-         by check()), and {} cut to an empty file (a new journal); check() failed on {}\nbases: closed {}, live {}\nrefusals:",
+         by check()), and {} cut to an empty file (a new journal)\nbases: closed {}, live {}\nrefusals:",
         t.cases,
         started.elapsed(),
         t.max_case,
@@ -867,7 +861,6 @@ fn damaged_journals_recover_correctly_or_say_what_is_damaged() {
         t.silent_db,
         t.silent_db_checked,
         t.emptied,
-        t.check_failed,
         describe(&bases().closed),
         describe(&bases().live),
     );

@@ -2,7 +2,7 @@
 //! that this process holds the file itself (whatever name reached it), that it may
 //! write it, and that it is a journal at all.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -44,9 +44,10 @@ impl Drop for Held {
 /// drops every POSIX lock this process has on it, SQLite's own among them, and a
 /// runtime that lost them no longer keeps other connections from checkpointing and
 /// deleting the `-wal` under it.
-static HELD: Mutex<BTreeSet<(u64, u64)>> = Mutex::new(BTreeSet::new());
+static HELD: Mutex<BTreeMap<(u64, u64), PathBuf>> = Mutex::new(BTreeMap::new());
 
-fn held_files() -> MutexGuard<'static, BTreeSet<(u64, u64)>> {
+/// The held files, each with the name its runtime opened it by.
+fn held_files() -> MutexGuard<'static, BTreeMap<(u64, u64), PathBuf>> {
     HELD.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -74,10 +75,11 @@ fn file_id(_path: &Path) -> Option<(u64, u64)> {
 pub(super) fn hold_file(path: &Path) -> Result<Held, Error> {
     let mut held = held_files();
     let id = file_id(path);
-    if id.is_some_and(|id| held.contains(&id)) {
+    if let Some(holder) = id.and_then(|id| held.get(&id)) {
+        // The holder's name of the file: this name's own lock file is not the one held.
         return Err(Error::Locked {
             path: path.to_owned(),
-            lock: lock_name(path),
+            lock: holder.clone(),
         });
     }
     let file = OpenOptions::new()
@@ -106,7 +108,7 @@ pub(super) fn hold_file(path: &Path) -> Result<Held, Error> {
         }
     }
     if let Some(id) = id {
-        held.insert(id);
+        held.insert(id, path.to_owned());
     }
     Ok(Held { file, id })
 }

@@ -123,14 +123,21 @@ fn damaged(path: &Path, problems: &[String], detail: &str) -> Error {
 /// Looks for damage everywhere in the journal `conn` reads: SQLite's `integrity_check`
 /// (every page, every index against its table), then every recorded value against its
 /// checksum and every step against its workflow. A table too damaged to read is
-/// reported, and the check goes on with the next. Run inside one read transaction.
+/// reported, and the check goes on with the next. Runs in one read transaction (one
+/// snapshot) if the journal lets one begin; a journal too damaged for that is still
+/// checked, and every failure is a finding, never an error.
 pub(crate) fn check(conn: &Connection) -> Vec<Damage> {
+    let began = conn.execute_batch("BEGIN").is_ok();
     let mut found = Vec::new();
     sqlite_check(conn, &mut found);
     for (sql, what) in VALUE_CHECKS {
         if let Err(e) = checksums(conn, sql, &mut found) {
             found.push(Damage::new(None, format!("cannot read the {what}: {e}")));
         }
+    }
+    if began {
+        // Nothing was written: ending the read cannot lose anything.
+        let _ = conn.execute_batch("COMMIT");
     }
     found
 }

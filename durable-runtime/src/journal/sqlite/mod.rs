@@ -268,13 +268,7 @@ impl Store for SqliteStore {
     }
 
     fn check(&self) -> Result<Vec<Damage>, StoreError> {
-        self.read(|c| {
-            // One snapshot for the whole check.
-            let tx = c.unchecked_transaction()?;
-            let found = integrity::check(&tx);
-            tx.commit()?;
-            Ok(found)
-        })
+        self.read(|c| Ok(integrity::check(c)))
     }
 
     fn close(&self) -> Result<(), StoreError> {

@@ -161,7 +161,9 @@ impl JournalView {
     /// # }
     /// ```
     pub fn check(&self) -> Result<Vec<crate::Damage>> {
-        self.snapshot(|c| Ok(super::integrity::check(c)))
+        // Not through `snapshot`: a journal too damaged to read its schema version is
+        // what this is for.
+        Ok(super::integrity::check(&lock(&self.conn)))
     }
 
     /// Every workflow run, finished or not, oldest first.
