@@ -363,27 +363,34 @@ fn listing(dir: &Path) -> Vec<PathBuf> {
     names
 }
 
-/// Changes one byte of the pending-workflows index so that its only entry points at a
-/// finished workflow's row instead of the pending one's (as a disk error could).
-fn misdirect_pending_index(path: &Path, to_rowid: i64) {
+/// The journal's bytes, checkpointed into the file, and where in them the root page of
+/// table or index `name` starts (asserted to be a leaf of `kind`: 0x0a an index, 0x0d a
+/// table).
+fn root_leaf(path: &Path, name: &str, kind: u8) -> (Vec<u8>, usize) {
     let conn = rusqlite::Connection::open(path).expect("open");
-    let root: u32 = conn
+    let root: usize = conn
         .query_row(
-            "SELECT rootpage FROM sqlite_master WHERE name = 'durable_workflows_pending'",
-            [],
+            "SELECT rootpage FROM sqlite_master WHERE name = ?1",
+            [name],
             |r| r.get(0),
         )
-        .expect("index root page");
+        .expect("root page");
     let page_size: usize = conn
         .query_row("PRAGMA page_size", [], |r| r.get(0))
         .expect("page size");
     conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
         .expect("checkpoint");
     drop(conn);
+    let bytes = std::fs::read(path).expect("read");
+    let page = (root - 1) * page_size;
+    assert_eq!(bytes[page], kind, "the root of {name} is a leaf page");
+    (bytes, page)
+}
 
-    let mut bytes = std::fs::read(path).expect("read");
-    let page = (root as usize - 1) * page_size;
-    assert_eq!(bytes[page], 0x0a, "the index's root is a leaf page");
+/// Changes one byte of the pending-workflows index so that its only entry points at a
+/// finished workflow's row instead of the pending one's (as a disk error could).
+fn misdirect_pending_index(path: &Path, to_rowid: i64) {
+    let (mut bytes, page) = root_leaf(path, "durable_workflows_pending", 0x0a);
     let cells = u16::from_be_bytes([bytes[page + 3], bytes[page + 4]]);
     assert_eq!(cells, 1, "one pending workflow, one index entry");
     let cell = page + usize::from(u16::from_be_bytes([bytes[page + 8], bytes[page + 9]]));
@@ -467,24 +474,7 @@ fn a_damaged_pending_index_neither_hides_nor_relaunches() {
 /// Points the entry for `id` in the index of workflow ids at the row `to_rowid` (as a
 /// disk error could): the row it then finds is intact, and another workflow's.
 fn misdirect_id_index(path: &Path, id: &str, to_rowid: i64) {
-    let conn = rusqlite::Connection::open(path).expect("open");
-    let root: u32 = conn
-        .query_row(
-            "SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_durable_workflows_1'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("index root page");
-    let page_size: usize = conn
-        .query_row("PRAGMA page_size", [], |r| r.get(0))
-        .expect("page size");
-    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
-        .expect("checkpoint");
-    drop(conn);
-
-    let mut bytes = std::fs::read(path).expect("read");
-    let page = (root as usize - 1) * page_size;
-    assert_eq!(bytes[page], 0x0a, "the index's root is a leaf page");
+    let (mut bytes, page) = root_leaf(path, "sqlite_autoindex_durable_workflows_1", 0x0a);
     let cells = u16::from_be_bytes([bytes[page + 3], bytes[page + 4]]);
     for i in 0..usize::from(cells) {
         let at = page + 8 + 2 * i;
@@ -571,20 +561,8 @@ fn a_damaged_status_is_refused_not_hidden() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("j.db");
     journal_with_pending(&path, 3);
-    let conn = rusqlite::Connection::open(&path).expect("open");
-    let root: usize = conn
-        .query_row(
-            "SELECT rootpage FROM sqlite_master WHERE name = 'durable_workflows'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("root page");
-    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
-        .expect("checkpoint");
-    drop(conn);
-    let mut bytes = std::fs::read(&path).expect("read");
-    let page = &mut bytes[(root - 1) * 4096..root * 4096];
-    assert_eq!(page[0], 0x0d, "the table is one leaf page");
+    let (mut bytes, start) = root_leaf(&path, "durable_workflows", 0x0d);
+    let page = &mut bytes[start..start + 4096];
     let at = page
         .windows(7)
         .position(|w| w == b"pending")

@@ -389,6 +389,28 @@ impl Tally {
             self.examples.push(format!("{what}: {f:?}"));
         }
     }
+
+    /// The counts, in words: `duplicated` names what a second run of an acknowledged
+    /// step is called in the loop (a duplicate, or at NORMAL a step that ran again).
+    fn summary(&self, duplicated: &str) -> String {
+        format!(
+            "({} struck): {} acknowledged steps lost, {} {duplicated}, {} wrong results, {} \
+             lost starts",
+            self.struck, self.lost, self.duplicated, self.wrong, self.lost_starts
+        )
+    }
+
+    /// Asserts that at least `at_least` iterations ran and none lost, duplicated or
+    /// changed anything acknowledged.
+    fn assert_nothing_lost(&self, at_least: u64) {
+        assert!(self.iterations >= at_least, "{self:?}");
+        assert_eq!(
+            (self.lost, self.duplicated, self.wrong, self.lost_starts),
+            (0, 0, 0, 0),
+            "{:#?}",
+            self.examples
+        );
+    }
 }
 
 /// One iteration of the I/O-error loop: the `n`-th call fails with `fault`.
@@ -427,22 +449,11 @@ fn an_io_error_at_any_call_loses_and_duplicates_nothing() {
         }
     }
     println!(
-        "I/O-error loop: {calls} I/O calls in the workload, {} fault points ({} struck): \
-         {} acknowledged steps lost, {} duplicated, {} wrong results, {} lost starts",
+        "I/O-error loop: {calls} I/O calls in the workload, {} fault points {}",
         tally.iterations,
-        tally.struck,
-        tally.lost,
-        tally.duplicated,
-        tally.wrong,
-        tally.lost_starts
+        tally.summary("duplicated")
     );
-    assert!(tally.iterations >= 500, "{tally:?}");
-    assert_eq!(
-        (tally.lost, tally.duplicated, tally.wrong, tally.lost_starts),
-        (0, 0, 0, 0),
-        "{:#?}",
-        tally.examples
-    );
+    tally.assert_nothing_lost(500);
 }
 
 /// How many torn images each of the workload's `calls` crash points makes, besides
@@ -494,22 +505,11 @@ fn power_loss_loop(durability: Durability, seeds: fn(u64) -> u64) -> (u64, Tally
 fn a_power_loss_at_any_call_loses_no_acknowledged_step_at_full() {
     let (calls, tally) = power_loss_loop(Durability::Full, tear_seeds);
     println!(
-        "power-loss loop at FULL: {calls} I/O calls, {} crash images ({} struck): {} \
-         acknowledged steps lost, {} duplicated, {} wrong results, {} lost starts",
+        "power-loss loop at FULL: {calls} I/O calls, {} crash images {}",
         tally.iterations,
-        tally.struck,
-        tally.lost,
-        tally.duplicated,
-        tally.wrong,
-        tally.lost_starts
+        tally.summary("duplicated")
     );
-    assert!(tally.iterations >= 2000, "{tally:?}");
-    assert_eq!(
-        (tally.lost, tally.duplicated, tally.wrong, tally.lost_starts),
-        (0, 0, 0, 0),
-        "{:#?}",
-        tally.examples
-    );
+    tally.assert_nothing_lost(2000);
 }
 
 /// At `Normal`, SQLite syncs the WAL only at checkpoints: a power loss drops the
@@ -520,14 +520,9 @@ fn a_power_loss_at_any_call_loses_no_acknowledged_step_at_full() {
 fn a_power_loss_at_normal_loses_acknowledged_steps_and_the_harness_sees_it() {
     let (calls, tally) = power_loss_loop(Durability::Normal, |_| 1);
     println!(
-        "power-loss loop at NORMAL: {calls} I/O calls, {} crash images ({} struck): {} \
-         acknowledged steps lost, {} ran again, {} wrong results, {} lost starts",
+        "power-loss loop at NORMAL: {calls} I/O calls, {} crash images {}",
         tally.iterations,
-        tally.struck,
-        tally.lost,
-        tally.duplicated,
-        tally.wrong,
-        tally.lost_starts
+        tally.summary("ran again")
     );
     assert!(
         tally.lost > 0,
