@@ -165,6 +165,78 @@ fn another_program_reads() {
     assert!(n > 0);
 }
 
+/// A journal file deleted (or moved) while its -wal stays: opening the path must not
+/// start a new journal beside a log of commits, which would either lose them or take in
+/// a log that is not its own.
+#[test]
+fn a_missing_journal_beside_its_wal_is_refused() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    let copy = dir.path().join("copy.db");
+    tokio().block_on(async {
+        let rt = Runtime::open(&path).await.expect("open");
+        for i in 0..3 {
+            let h = rt
+                .start_with_id(format!("q-{i}"), quick(i))
+                .await
+                .expect("start");
+            h.result().await.expect("result");
+        }
+        // What a crash now would leave, without the file itself.
+        std::fs::copy(
+            format!("{}-wal", path.display()),
+            format!("{}-wal", copy.display()),
+        )
+        .expect("copy the -wal");
+        rt.close().await.expect("close");
+    });
+    let wal = PathBuf::from(format!("{}-wal", copy.display()));
+    let before = std::fs::read(&wal).expect("the -wal");
+    assert!(before.len() > 32);
+    match tokio().block_on(Runtime::open(&copy)) {
+        Err(Error::Store(e)) => {
+            assert_eq!(e.kind(), StoreErrorKind::Damaged, "{e}");
+            assert!(e.to_string().contains("there is no journal file"), "{e}");
+        }
+        Err(e) => panic!("expected a store error, got {e}"),
+        Ok(_) => panic!("started a new journal beside a -wal of commits"),
+    }
+    assert!(!copy.exists(), "no journal was created");
+    assert!(
+        std::fs::read(&wal).expect("the -wal") == before,
+        "the -wal is as it was"
+    );
+}
+
+/// A checksum no runtime could have written (out of a u32's range) is damage to
+/// `check`, as it is to every read.
+#[test]
+fn a_checksum_out_of_range_is_reported_by_check() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    journal_with_pending(&path, 2);
+    rusqlite::Connection::open(&path)
+        .expect("open")
+        .execute_batch(
+            "UPDATE durable_workflows SET input_crc32 = input_crc32 + 4294967296
+              WHERE id = 'q-1';",
+        )
+        .expect("damage");
+    let damage = JournalView::open(&path)
+        .expect("view")
+        .check()
+        .expect("check");
+    assert!(
+        damage
+            .iter()
+            .any(|d| d.workflow_id.as_deref() == Some("q-1")
+                && d.what.contains("checksum durable never writes")),
+        "{damage:?}"
+    );
+}
+
 /// Whether this process can write `path` even without write permission (root can).
 fn writes_anyway(path: &Path) -> bool {
     std::fs::OpenOptions::new().write(true).open(path).is_ok()
@@ -324,10 +396,47 @@ fn another_applications_database_is_refused_untouched() {
     }
     let wal = PathBuf::from(format!("{}-wal", wal_mode.display()));
     assert!(std::fs::metadata(&wal).expect("a -wal").len() > 32);
-    for file in [&path, &empty, &wal_mode] {
+    // The same with no -shm: reading the -wal needs one, and it must not stay behind.
+    let no_shm = dir.path().join("noshm.db");
+    for suffix in ["", "-wal"] {
+        std::fs::copy(
+            format!("{}{suffix}", wal_mode.display()),
+            format!("{}{suffix}", no_shm.display()),
+        )
+        .expect("copy");
+    }
+    // A rollback-mode database whose program died in a transaction (`DROP TABLE`): the
+    // file already shows no table, and its hot -journal holds the pages to put back.
+    // Any connection that may write would roll it back.
+    let hot = dir.path().join("hot.db");
+    {
+        let live = dir.path().join("busy.db");
+        let conn = rusqlite::Connection::open(&live).expect("create");
+        conn.execute_batch(
+            "CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER);
+             INSERT INTO accounts (balance) VALUES (10), (20);
+             BEGIN; DROP TABLE accounts;",
+        )
+        .expect("their transaction");
+        let journal = format!("{}-journal", live.display());
+        std::fs::copy(&journal, format!("{}-journal", hot.display())).expect("copy");
+        conn.execute_batch("COMMIT;").expect("commit");
+        std::fs::copy(&live, &hot).expect("copy");
+        drop(conn);
+        std::fs::remove_file(&live).expect("rm");
+    }
+    assert!(
+        std::fs::metadata(format!("{}-journal", hot.display()))
+            .expect("hot")
+            .len()
+            > 0
+    );
+    for file in [&path, &empty, &wal_mode, &no_shm, &hot] {
         let before = std::fs::read(file).expect("read");
         let wal = PathBuf::from(format!("{}-wal", file.display()));
         let wal_before = std::fs::read(&wal).ok();
+        let journal_before =
+            std::fs::read(PathBuf::from(format!("{}-journal", file.display()))).ok();
         let siblings = listing(dir.path());
         let opened = tokio().block_on(Runtime::open(file));
         let e = match opened {
@@ -341,6 +450,11 @@ fn another_applications_database_is_refused_untouched() {
         assert!(
             std::fs::read(&wal).ok() == wal_before,
             "its -wal changed: {e}"
+        );
+        let journal = PathBuf::from(format!("{}-journal", file.display()));
+        assert!(
+            std::fs::read(&journal).ok() == journal_before,
+            "its -journal changed: {e}"
         );
         let lock = PathBuf::from(format!("{}.lock", file.display()));
         let after: Vec<_> = listing(dir.path())

@@ -199,7 +199,8 @@ pub(super) fn identify(path: &Path) -> Result<Found, Error> {
         .and_then(|f| f.take(HEADER as u64).read_to_end(&mut header))
         .map_err(|e| StoreError::new(path, StoreErrorKind::Io, format!("cannot read it: {e}")))?;
     if header.is_empty() {
-        return empty_file(path);
+        refuse_wal_without_file(path, "the file is empty")?;
+        return Ok(Found::New);
     }
     if header.len() < HEADER || !header.starts_with(b"SQLite format 3\0") {
         return Err(not_a_journal(
@@ -210,16 +211,41 @@ pub(super) fn identify(path: &Path) -> Result<Found, Error> {
     }
     // Bytes 18 and 19: the file format versions, 1 for a rollback journal, 2 for WAL.
     let wal_mode = header[18] == 2 && header[19] == 2;
-    let wal_len = std::fs::metadata(with_suffix(path, "-wal")).map_or(0, |m| m.len());
+    let len = |suffix| std::fs::metadata(with_suffix(path, suffix)).map_or(0, |m| m.len());
+    if !wal_mode && len("-journal") > 0 {
+        // Durable's journals are never in rollback mode: this is another program's
+        // database, in a transaction it did not finish. Any writing connection would
+        // roll that back; leave it to its program.
+        return Err(not_a_journal(
+            path,
+            &format!(
+                "it is an SQLite database in rollback-journal mode (durable's are in WAL \
+                 mode) with an unfinished transaction in {}; nothing in it was changed: give \
+                 the runtime a file of its own",
+                with_suffix(path, "-journal").display()
+            ),
+        ));
+    }
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let shm = with_suffix(path, "-shm");
+    let shm_existed = shm.exists();
+    let with_wal = wal_mode && len("-wal") > 0;
     let reader = match immutable_uri(path) {
-        Some(uri) if !(wal_mode && wal_len > 0) => {
+        Some(uri) if !with_wal => {
             Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)
         }
         _ => Connection::open_with_flags(path, flags),
     }
     .map_err(|e| unreadable(path, e))?;
-    classify(path, &reader)
+    let found = classify(path, &reader);
+    drop(reader);
+    if found.is_err() && with_wal && !shm_existed {
+        // Reading a -wal needs its index, which SQLite created; the file is refused, so
+        // leave nothing of ours beside it. (No other connection had the file open, or
+        // the -shm would have existed.)
+        let _ = std::fs::remove_file(&shm);
+    }
+    found
 }
 
 /// An SQLite URI that opens `path` as immutable (`None` if the path is not UTF-8).
@@ -249,9 +275,10 @@ pub(super) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// An empty file is a new journal, unless a `-wal` beside it holds commits: then the
-/// file was truncated or replaced, and opening it would start over without them.
-fn empty_file(path: &Path) -> Result<Found, Error> {
+/// Refuses a journal file that is missing or empty (`state` says which) while a `-wal`
+/// beside it holds commits: the file was deleted, truncated or replaced, and a new
+/// journal would start over without them, or take in a log that is not its own.
+pub(super) fn refuse_wal_without_file(path: &Path, state: &str) -> Result<(), Error> {
     // A WAL file is a 32-byte header followed by frames; a header alone holds nothing.
     const WAL_HEADER: u64 = 32;
     let wal = with_suffix(path, "-wal");
@@ -260,15 +287,15 @@ fn empty_file(path: &Path) -> Result<Found, Error> {
             path,
             StoreErrorKind::Damaged,
             format!(
-                "the journal is damaged: the file is empty, but {} beside it holds {} bytes of \
-                 commits (the file was truncated or replaced); restore it from a backup, or \
+                "the journal is damaged: {state}, but {} beside it holds {} bytes of commits \
+                 (the file was deleted, truncated or replaced); restore it from a backup, or \
                  move the -wal aside to start a new journal",
                 wal.display(),
                 meta.len()
             ),
         )
         .into()),
-        _ => Ok(Found::New),
+        _ => Ok(()),
     }
 }
 

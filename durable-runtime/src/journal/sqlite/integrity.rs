@@ -250,20 +250,23 @@ fn checksums(conn: &Connection, sql: &str, found: &mut Vec<Damage>) -> rusqlite:
             .into_iter()
             .flatten()
             .collect();
+        // A checksum durable wrote is NULL (rows older than schema 2) or a u32.
         let crc = match row.get_ref(6)? {
-            ValueRef::Integer(c) => u32::try_from(c).ok(),
-            _ => None,
+            ValueRef::Null => Ok(None),
+            ValueRef::Integer(c) => u32::try_from(c).map(Some).map_err(|_| ()),
+            _ => Err(()),
         };
-        let damaged = match bytes(5)? {
-            None if row.get_ref(5)? == ValueRef::Null => Some(thing),
-            None => Some(format!("{thing} is not a value durable wrote")),
-            Some(_) if key.iter().any(|k| std::str::from_utf8(k).is_err()) => {
+        let damaged = match (bytes(5)?, crc) {
+            (None, _) if row.get_ref(5)? == ValueRef::Null => Some(thing),
+            (None, _) => Some(format!("{thing} is not a value durable wrote")),
+            (Some(_), Err(())) => Some(format!("{thing} has a checksum durable never writes")),
+            (Some(_), _) if key.iter().any(|k| std::str::from_utf8(k).is_err()) => {
                 Some(format!("{thing} is recorded under a key that is not UTF-8"))
             }
-            Some(v) if !checks(&key, v, crc) => {
+            (Some(v), Ok(crc)) if !checks(&key, v, crc) => {
                 Some(format!("{thing} does not match its checksum"))
             }
-            Some(_) => None,
+            (Some(_), Ok(_)) => None,
         };
         if let Some(what_is) = damaged {
             found.push(Damage::new(Some(&id), what_is));

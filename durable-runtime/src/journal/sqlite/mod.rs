@@ -65,10 +65,12 @@ pub(crate) type TxFn =
 #[derive(Debug)]
 pub(crate) struct SqliteStore {
     path: Arc<Path>,
+    /// `None` once the store is closed. Declared before `writes`, so that a store
+    /// dropped without `close` closes it before the writer thread (which `writes`
+    /// ending stops) releases the file, and the POSIX locks with it.
+    reader: Mutex<Option<Connection>>,
     // `Sender` is `Sync`: concurrent steps enqueue without a lock of ours.
     writes: mpsc::Sender<Command>,
-    /// `None` once the store is closed.
-    reader: Mutex<Option<Connection>>,
     stats: Arc<WriterStats>,
     /// The writer thread, which holds the lock; joined by [`Store::close`].
     writer: Mutex<Option<thread::JoinHandle<()>>>,

@@ -9,7 +9,8 @@ use std::thread;
 use rusqlite::{Connection, OpenFlags};
 
 use super::identity::{
-    hold_file, identify, lock_name, probe_write, read_only, unwritable, with_suffix,
+    hold_file, identify, lock_name, probe_write, read_only, refuse_wal_without_file, unwritable,
+    with_suffix,
 };
 use super::integrity::verify_pending_index;
 use super::migrate::migrate;
@@ -63,6 +64,9 @@ impl SqliteStore {
         refuse_directory(path)?;
         let lock_file = take_lock(path)?;
         if !path.exists() {
+            // A `-wal` that holds commits without its file: the journal was deleted or
+            // moved, and a new one would start over without them (or take them in).
+            refuse_wal_without_file(path, "there is no journal file")?;
             create_journal(path, options)?;
         }
         let held = hold_file(path)?;
