@@ -24,7 +24,8 @@ pub(super) fn lock_name(path: &Path) -> PathBuf {
 /// file (close it only after every SQLite connection of the journal).
 #[derive(Debug)]
 pub(super) struct Held {
-    file: File,
+    /// Open, and locked, for as long as this lives: never read.
+    _file: File,
     /// The file's device and inode, registered in [`HELD`] while this lives.
     id: Option<(u64, u64)>,
 }
@@ -34,8 +35,7 @@ impl Drop for Held {
         if let Some(id) = self.id {
             held_files().remove(&id);
         }
-        // `self.file` closes after this, dropping the lock.
-        let _ = &self.file;
+        // `_file` closes after this, releasing the lock.
     }
 }
 
@@ -110,7 +110,7 @@ pub(super) fn hold_file(path: &Path) -> Result<Held, Error> {
     if let Some(id) = id {
         held.insert(id, path.to_owned());
     }
-    Ok(Held { file, id })
+    Ok(Held { _file: file, id })
 }
 
 /// The error for a journal this process may not write: `what` (a file or directory)
