@@ -477,6 +477,18 @@ fn listing(dir: &Path) -> Vec<PathBuf> {
     names
 }
 
+/// The rowid of workflow `id`'s row.
+fn rowid_of(path: &Path, id: &str) -> i64 {
+    rusqlite::Connection::open(path)
+        .expect("open")
+        .query_row(
+            "SELECT rowid FROM durable_workflows WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .expect("rowid")
+}
+
 /// The journal's bytes, checkpointed into the file, and where in them the root page of
 /// table or index `name` starts (asserted to be a leaf of `kind`: 0x0a an index, 0x0d a
 /// table).
@@ -531,14 +543,7 @@ fn a_damaged_pending_index_neither_hides_nor_relaunches() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("j.db");
     journal_with_pending(&path, 3);
-    let finished_rowid: i64 = rusqlite::Connection::open(&path)
-        .expect("open")
-        .query_row(
-            "SELECT rowid FROM durable_workflows WHERE id = 'q-1'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("rowid");
+    let finished_rowid = rowid_of(&path, "q-1");
     misdirect_pending_index(&path, finished_rowid);
     // A check names the damage, and the workflow it hides.
     let damage = JournalView::open(&path)
@@ -615,14 +620,7 @@ fn a_damaged_id_index_never_hands_over_another_workflows_row() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("j.db");
     journal_with_pending(&path, 3);
-    let rowid_of_q2: i64 = rusqlite::Connection::open(&path)
-        .expect("open")
-        .query_row(
-            "SELECT rowid FROM durable_workflows WHERE id = 'q-2'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("rowid");
+    let rowid_of_q2 = rowid_of(&path, "q-2");
     misdirect_id_index(&path, "q-1", rowid_of_q2);
 
     // q-1 returned 10 and q-2 returned 20: asked for q-1, nothing may answer 20. Whether

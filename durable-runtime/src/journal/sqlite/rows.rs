@@ -137,7 +137,7 @@ impl std::error::Error for DamagedRow {}
 /// The error for a lookup of `what` that an index sent to the row of `found`: the
 /// index disagrees with its table. A checksum cannot see this, since the row itself
 /// is intact; its key is not the one asked for.
-pub(super) fn misdirected(what: &str, found: &str) -> rusqlite::Error {
+fn misdirected(what: &str, found: &str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(
         0,
         rusqlite::types::Type::Text,
@@ -148,16 +148,20 @@ pub(super) fn misdirected(what: &str, found: &str) -> rusqlite::Error {
     )
 }
 
+/// `Ok` if a row looked up as workflow `asked`'s (`what` it is, such as `workflow
+/// w-1`) belongs to workflow `found`, else the error of a misdirected lookup.
+pub(super) fn same_workflow(asked: &str, found: &str, what: &str) -> rusqlite::Result<()> {
+    if asked == found {
+        Ok(())
+    } else {
+        Err(misdirected(what, &format!("workflow {found}")))
+    }
+}
+
 /// `Ok(record)` if it is workflow `id`'s row, else the error of a misdirected lookup.
 pub(super) fn own_row(id: &str, record: WorkflowRecord) -> rusqlite::Result<WorkflowRecord> {
-    if record.id == id {
-        Ok(record)
-    } else {
-        Err(misdirected(
-            &format!("workflow {id}"),
-            &format!("workflow {}", record.id),
-        ))
-    }
+    same_workflow(id, &record.id, &format!("workflow {id}"))?;
+    Ok(record)
 }
 
 /// How many columns [`WORKFLOW_COLUMNS`] names: a query's extra columns start here.
@@ -322,14 +326,11 @@ pub(super) fn side_records(c: &Connection, workflow_id: &str) -> rusqlite::Resul
     // Rows without a checksum: each one's `workflow_id` is compared with the one asked
     // for, so that a damaged index cannot hand over another workflow's records.
     let own = |found: String| {
-        if found == workflow_id {
-            Ok(())
-        } else {
-            Err(misdirected(
-                &format!("the side records of workflow {workflow_id}"),
-                &format!("workflow {found}"),
-            ))
-        }
+        same_workflow(
+            workflow_id,
+            &found,
+            &format!("the side records of workflow {workflow_id}"),
+        )
     };
     let mut stmt = c.prepare_cached(
         "SELECT path, wake_at, workflow_id FROM durable_started WHERE workflow_id = ?1",

@@ -176,13 +176,11 @@ impl JournalView {
         self.read(|c| {
             let found =
                 rows::select_workflows(c, VIEW_COLUMNS, "WHERE id = ?1", [id], workflow_view)?;
-            match found.into_iter().next() {
-                Some(w) if w.id != id => Err(rows::misdirected(
-                    &format!("workflow {id}"),
-                    &format!("workflow {}", w.id),
-                )),
-                found => Ok(found),
+            let found = found.into_iter().next();
+            if let Some(w) = &found {
+                rows::same_workflow(id, &w.id, &format!("workflow {id}"))?;
             }
+            Ok(found)
         })
     }
 
