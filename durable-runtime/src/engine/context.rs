@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::Waker;
+use std::time::Instant;
 
 use tokio::sync::watch;
 
@@ -77,6 +78,9 @@ pub(crate) struct WorkflowCtx {
     /// Set with `Fatal::cancelled` or `Fatal::closing`, readable without the lock on
     /// every step: no new step body starts.
     stop_asked: AtomicBool,
+    /// Checkpoints that asked, during the current poll of the run, for the task to stay
+    /// runnable until their answer comes; see [`WorkflowCtx::take_spin`].
+    spin: Mutex<SpinAsks>,
     /// Set for a replay check: step bodies never run. A step without a record stays
     /// pending for ever, and is listed in `unrecorded`.
     #[cfg(feature = "testkit")]
@@ -85,6 +89,13 @@ pub(crate) struct WorkflowCtx {
     unrecorded: Mutex<Vec<(StepPath, &'static str)>>,
     #[cfg(feature = "testkit")]
     pub(crate) instrument: Option<Arc<dyn Instrument>>,
+}
+
+/// The spin requests of one poll of a run: how many, and until when.
+#[derive(Debug, Default)]
+struct SpinAsks {
+    count: u32,
+    until: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -133,6 +144,7 @@ impl WorkflowCtx {
             runtime,
             active: AtomicUsize::new(0),
             stop_asked: AtomicBool::new(false),
+            spin: Mutex::default(),
             #[cfg(feature = "testkit")]
             replay_only: false,
             #[cfg(feature = "testkit")]
@@ -140,6 +152,27 @@ impl WorkflowCtx {
             #[cfg(feature = "testkit")]
             instrument: None,
         }
+    }
+
+    /// A checkpoint of this run is pending and its journal expects the answer before
+    /// `until`: the driver may keep the task runnable until then (see `take_spin`).
+    pub(crate) fn ask_spin(&self, until: Instant) {
+        let mut asks = lock(&self.spin);
+        asks.count = asks.count.saturating_add(1);
+        asks.until = Some(asks.until.map_or(until, |u| u.min(until)));
+    }
+
+    /// Called by the driver once per poll that left the run pending: until when to keep
+    /// the task runnable instead of letting it sleep, if at all. Only a lone pending
+    /// checkpoint spins. Where several were polled, they were queued together, the
+    /// writer commits them as one batch, and the task sleeps until it wakes it. A step
+    /// that spun inside its own poll would instead look to combinators such as
+    /// `join_all` like a future that yielded, and they stop polling their other
+    /// futures: each checkpoint then meets an idle writer and takes a commit of its
+    /// own.
+    pub(crate) fn take_spin(&self) -> Option<Instant> {
+        let asks = std::mem::take(&mut *lock(&self.spin));
+        if asks.count == 1 { asks.until } else { None }
     }
 
     /// Whether the testkit simulated a crash of this execution's "process".

@@ -5,7 +5,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::engine::context::WorkflowCtx;
 use crate::engine::scope::{self, Branch};
@@ -123,7 +123,16 @@ pub(crate) async fn run_body(
             }),
             Ok(Poll::Pending) => match ctx.poll_fatal(cx.waker()) {
                 Some(e) => Poll::Ready(Err(e)),
-                None => Poll::Pending,
+                None => {
+                    if ctx.take_spin().is_some_and(|until| Instant::now() < until) {
+                        // A lone checkpoint whose commit is about as fast as a sleep
+                        // and a wake-up: stay runnable, but let the writer have this
+                        // core if it is waiting for one.
+                        std::thread::yield_now();
+                        cx.waker().wake_by_ref();
+                    }
+                    Poll::Pending
+                }
             },
             Err(payload) => Poll::Ready(Err(Error::Failed {
                 workflow_id: id.to_string(),

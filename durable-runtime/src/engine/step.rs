@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::codec::Fingerprint;
 use crate::codec::fingerprint::{self, Args};
-use crate::engine::context::ActiveBody;
+use crate::engine::context::{ActiveBody, WorkflowCtx};
 use crate::engine::replay::{Found, claim_recorded};
 use crate::engine::scope::{self, Claim};
 use crate::error::{Error, FailureKind};
@@ -512,7 +512,7 @@ fn commit<B: StepBody>(this: &mut StepProj<'_, B>, cx: &mut Context<'_>) -> Next
     else {
         return Next::Again;
     };
-    match poll_ack(ack, *spin_until, cx) {
+    match poll_ack(ack, &claim.ctx, *spin_until, cx) {
         Poll::Pending => Next::Wait,
         Poll::Ready(Ok(())) => match value.take() {
             Some(value) => {
@@ -797,22 +797,24 @@ where
     Next::Again
 }
 
-/// Polls a checkpoint's ack. Until `spin_until`, a pending ack keeps the task runnable
-/// (see [`Ack::spin`]) instead of letting it sleep.
+/// Polls a checkpoint's ack. A pending ack whose journal expects to answer before
+/// `spin_until` asks the run's driver to keep the task runnable until then (see
+/// [`WorkflowCtx::take_spin`]); the
+/// step itself never wakes its own task.
 fn poll_ack(
     ack: &mut Ack,
+    ctx: &WorkflowCtx,
     spin_until: Option<Instant>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), crate::error::StoreError>> {
-    match Pin::new(ack).poll(cx) {
-        Poll::Pending if spin_until.is_some_and(|t| Instant::now() < t) => {
-            // Let the writer have this core if it is waiting for one.
-            std::thread::yield_now();
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-        polled => polled,
+    let polled = Pin::new(ack).poll(cx);
+    if polled.is_pending()
+        && let Some(until) = spin_until
+        && Instant::now() < until
+    {
+        ctx.ask_spin(until);
     }
+    polled
 }
 
 #[cfg(test)]
@@ -829,5 +831,60 @@ mod tests {
         let delays: Vec<u128> = (1..=5).map(|n| O.delay(n).as_millis()).collect();
         assert_eq!(delays, [100, 200, 400, 500, 500]);
         assert_eq!(O.delay(u32::MAX), Duration::from_millis(500));
+    }
+
+    /// Counts the wake-ups of the task it is the waker of.
+    struct CountWakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountWakes {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_pending_checkpoint_asks_its_driver_to_spin_and_never_wakes_its_own_task() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::journal::JournalSpec::Sqlite(dir.path().join("j.db"))
+            .open(&crate::journal::JournalOptions::default())
+            .expect("open");
+        let ctx = WorkflowCtx::new(
+            "w".into(),
+            store.clone(),
+            None,
+            crate::codec::Codec::default(),
+        );
+        let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let until = Instant::now() + Duration::from_secs(60);
+
+        // One pending checkpoint: the driver is asked to spin. A step that woke its own
+        // task instead would look, to `join_all`, like a future that yielded, and
+        // would stop it polling the other steps of a fan-out.
+        let (_reply, mut ack) = Ack::<()>::channel(&Arc::from(dir.path()));
+        assert!(poll_ack(&mut ack, &ctx, Some(until), &mut cx).is_pending());
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+        assert_eq!(ctx.take_spin(), Some(until));
+        // Asked once per poll: the next poll starts with no request.
+        assert_eq!(ctx.take_spin(), None);
+
+        // Two pending in one poll were queued together: they share a commit, and the
+        // task sleeps until the writer wakes it.
+        let (_r1, mut a1) = Ack::<()>::channel(&Arc::from(dir.path()));
+        let (_r2, mut a2) = Ack::<()>::channel(&Arc::from(dir.path()));
+        assert!(poll_ack(&mut a1, &ctx, Some(until), &mut cx).is_pending());
+        assert!(poll_ack(&mut a2, &ctx, Some(until), &mut cx).is_pending());
+        assert_eq!(ctx.take_spin(), None);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+
+        // A checkpoint with no spin asks for none.
+        let (_r3, mut a3) = Ack::<()>::channel(&Arc::from(dir.path()));
+        assert!(poll_ack(&mut a3, &ctx, None, &mut cx).is_pending());
+        assert_eq!(ctx.take_spin(), None);
+        store.close().expect("close");
     }
 }
