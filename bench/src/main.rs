@@ -52,11 +52,14 @@
 //! `getrusage`) and `overhead_us`, the wall time per step above the baseline's.
 //!
 //! A `10k_x_10` line reports 10,000 workflows of 10 steps started at once: total time,
-//! peak RSS and peak open descriptors (sampled from `/proc`). Last, each target of the
-//! performance issue is checked against the figures above.
+//! peak RSS and peak open descriptors (sampled from `/proc`). Then come the scale
+//! workloads (`parked`, `long_replay` with `bytes`, `history_open`: see [`scale`]), each
+//! a JSON line in either output mode. Last, each target of the performance issue is
+//! checked against the figures above.
 
 mod baseline;
 mod sampler;
+mod scale;
 mod usage;
 
 use std::fmt::Write as _;
@@ -331,7 +334,11 @@ struct Options {
 }
 
 const USAGE: &str = "usage: durable-bench [--json] [--quick] [--runs N] [--dir DIR] [--tmpfs DIR]
-                     [--only seq,typed,fanout,many,replay,start,recv_wake,big] [--sync full,normal,off]";
+                     [--only seq,typed,fanout,many,replay,start,recv_wake,big,parked,long_replay,history_open]
+                     [--sync full,normal,off]";
+
+/// The scale workloads (see [`scale`]), selected by `--only` like the others.
+const SCALE_NAMES: [&str; 3] = ["parked", "long_replay", "history_open"];
 
 fn parse_args() -> Res<Options> {
     let mut o = Options {
@@ -340,7 +347,12 @@ fn parse_args() -> Res<Options> {
         runs: 5,
         dir: std::env::temp_dir(),
         tmpfs: PathBuf::from("/dev/shm"),
-        only: WORKLOAD_NAMES.iter().copied().chain(["big"]).collect(),
+        only: WORKLOAD_NAMES
+            .iter()
+            .copied()
+            .chain(["big"])
+            .chain(SCALE_NAMES)
+            .collect(),
         syncs: Sync::ALL.to_vec(),
     };
     let mut tmpfs_given = false;
@@ -359,7 +371,11 @@ fn parse_args() -> Res<Options> {
             "--only" => {
                 o.only = Vec::new();
                 for name in value("--only")?.split(',') {
-                    let known = WORKLOAD_NAMES.iter().copied().chain(["big"]);
+                    let known = WORKLOAD_NAMES
+                        .iter()
+                        .copied()
+                        .chain(["big"])
+                        .chain(SCALE_NAMES);
                     match known.into_iter().find(|k| *k == name) {
                         Some(k) => o.only.push(k),
                         None => return Err(format!("unknown workload `{name}`\n{USAGE}").into()),
@@ -1022,6 +1038,28 @@ async fn run(o: Options) -> Res<()> {
     } else {
         None
     };
+    let sizes = scale::Sizes::new(o.quick);
+    let mut bytes_said = false;
+    for &sync in &o.syncs {
+        let dir = o.dir_for(sync);
+        if o.only.contains(&"parked") {
+            println!("{}", scale::parked_line(dir, sync, sizes.parked).await?);
+        }
+        if o.only.contains(&"long_replay") {
+            let (replay, bytes) = scale::long_replay_lines(dir, sync, sizes.steps).await?;
+            println!("{replay}");
+            if !bytes_said {
+                println!("{bytes}");
+                bytes_said = true;
+            }
+        }
+        if o.only.contains(&"history_open") {
+            println!(
+                "{}",
+                scale::history_open_line(dir, sync, sizes.history, o.runs).await?
+            );
+        }
+    }
     let checks = targets(&rows, &scales, big.as_ref());
     if !o.json && !checks.is_empty() {
         println!("\ntargets:");
@@ -1049,6 +1087,10 @@ async fn run(o: Options) -> Res<()> {
 }
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--child") {
+        return run_in_tokio(scale::run_child(&args[1..]));
+    }
     let options = match parse_args() {
         Ok(o) => o,
         Err(e) => {
@@ -1056,6 +1098,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    run_in_tokio(run(options))
+}
+
+/// Runs `f` on a multi-threaded tokio runtime; its error, if any, goes to stderr.
+fn run_in_tokio(f: impl std::future::Future<Output = Res<()>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -1066,7 +1113,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(options)) {
+    match runtime.block_on(f) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("durable-bench: {e}");

@@ -20,7 +20,8 @@ pub(crate) struct Peaks {
     pub(crate) fds: u64,
 }
 
-fn rss_kib() -> u64 {
+/// The process's resident memory now, in KiB (zero where `/proc` is missing).
+pub(crate) fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
