@@ -274,13 +274,18 @@ impl Store for SqliteStore {
     }
 
     fn close(&self) -> Result<(), StoreError> {
+        // The reader closes first, before the writer thread is told to stop:
+        // - the writing connection must be the last one, because only the last
+        //   connection to close checkpoints the WAL into the file and deletes it (while
+        //   the reader is open it holds a shared lock that makes the writer's close
+        //   leave the `-wal` behind);
+        // - the writer thread, on its way out, closes the descriptor that holds the
+        //   journal's lock, which drops every POSIX lock of this process on the file,
+        //   the reader's too.
+        *lock(&self.reader) = None;
         // The writer commits what was queued before the close, then exits and releases
         // the lock; a write enqueued after it finds the channel closed.
         let _ = self.writes.send(Command::Close);
-        // The reader closes first: the writer thread, on its way out, closes the
-        // descriptor that holds the journal's lock, which drops every POSIX lock of this
-        // process on the file, the reader's too.
-        *lock(&self.reader) = None;
         let writer = lock(&self.writer).take();
         let joined = writer.map(thread::JoinHandle::join);
         match joined {
