@@ -7,6 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
@@ -93,7 +94,7 @@ pub(super) fn hold_file(path: &Path) -> Result<Held, Error> {
             _ => StoreError::new(path, StoreErrorKind::Io, format!("cannot open it: {e}")),
         })?;
     #[cfg(unix)]
-    match file.try_lock() {
+    match lock_patiently(&file) {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
             return Err(Error::Locked {
@@ -111,6 +112,28 @@ pub(super) fn hold_file(path: &Path) -> Result<Held, Error> {
         held.insert(id, path.to_owned());
     }
     Ok(Held { _file: file, id })
+}
+
+/// How long [`lock_patiently`] retries a lock someone else holds.
+const LOCK_PATIENCE: Duration = Duration::from_millis(100);
+
+/// Takes `file`'s `flock(2)` lock, retrying for up to [`LOCK_PATIENCE`] while another
+/// open file description holds it. A child process this process is starting (any
+/// thread's `Command::spawn`) shares every descriptor until its `exec` closes them, and
+/// with them the lock of a runtime that closed meanwhile: without the wait, a reopen
+/// right after a close failed with `Locked` about one time in ten while another thread
+/// spawned processes in a loop. A runtime that really holds the journal is still
+/// reported, a tenth of a second later.
+pub(super) fn lock_patiently(file: &File) -> Result<(), std::fs::TryLockError> {
+    let start = Instant::now();
+    loop {
+        match file.try_lock() {
+            Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_PATIENCE => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The error for a journal this process may not write: `what` (a file or directory)

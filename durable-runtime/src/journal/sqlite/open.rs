@@ -9,8 +9,8 @@ use std::thread;
 use rusqlite::{Connection, OpenFlags};
 
 use super::identity::{
-    hold_file, identify, lock_name, probe_write, read_only, refuse_wal_without_file, unwritable,
-    with_suffix,
+    hold_file, identify, lock_name, lock_patiently, probe_write, read_only,
+    refuse_wal_without_file, unwritable, with_suffix,
 };
 use super::integrity::verify_pending_index;
 use super::migrate::migrate;
@@ -141,7 +141,7 @@ fn take_lock(path: &Path) -> Result<File, Error> {
         .write(true)
         .open(&lock)
         .map_err(|e| failed("open", e))?;
-    match lock_file.try_lock() {
+    match lock_patiently(&lock_file) {
         Ok(()) => Ok(lock_file),
         Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
             path: path.to_owned(),
