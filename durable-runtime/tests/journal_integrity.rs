@@ -911,6 +911,54 @@ fn crc32(bytes: &[u8]) -> u32 {
     !c
 }
 
+/// A damaged index of the messages neither hides a message nor loses it: the open
+/// rebuilds the index from the messages. Before, the index said it had no entry, and
+/// the `recv` of a message sent before its workflow started waited for ever.
+#[test]
+fn a_damaged_message_index_hides_no_message() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    tokio().block_on(async {
+        let rt = Runtime::open(&path).await.expect("open");
+        rt.send("later", "go", &5u32).await.expect("send");
+        rt.close().await.expect("close");
+    });
+    // The index's root page (its only page, for one entry) says it holds no cell.
+    let (page_size, root): (u64, u64) = {
+        let conn = rusqlite::Connection::open(&path).expect("open the file");
+        (
+            conn.query_row("PRAGMA page_size", [], |r| r.get(0))
+                .expect("page_size"),
+            conn.query_row(
+                "SELECT rootpage FROM sqlite_master WHERE name = 'durable_messages_queue'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("the index's root page"),
+        )
+    };
+    let mut bytes = std::fs::read(&path).expect("read the journal");
+    let header = usize::try_from((root - 1) * page_size).expect("offset");
+    bytes[header + 3] = 0;
+    bytes[header + 4] = 0;
+    std::fs::write(&path, bytes).expect("damage the index");
+    tokio().block_on(async {
+        let rt = Runtime::open(&path).await.expect("reopen");
+        let h = rt.start_with_id("later", parked(3)).await.expect("start");
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), h.result())
+            .await
+            .expect("the message sent before the start was received")
+            .expect("result");
+        assert_eq!(got, 30 + 40);
+        assert!(
+            rt.check().await.expect("check").is_empty(),
+            "the rebuilt index agrees with the messages"
+        );
+        rt.close().await.expect("close");
+    });
+}
+
 /// A reopen right after a close is not refused as `Locked` because another thread is
 /// starting a child process: the child shares the journal's locked descriptors until
 /// its `exec`. It was, in about one reopen in ten.

@@ -1,5 +1,6 @@
 //! Damage the journal's checksums cannot see: the pending-workflows index checked
-//! against the rows it points at (at every open), and SQLite's full integrity check
+//! against the rows it points at and the messages' table and index checked by SQLite
+//! (at every open), and SQLite's full integrity check
 //! with the journal's own checksums, reported per workflow (on demand).
 
 use std::collections::HashSet;
@@ -103,6 +104,56 @@ fn pending_index_problems(conn: &Connection) -> rusqlite::Result<(Vec<String>, b
         }
     }
     Ok((problems, rows_damaged))
+}
+
+/// The index `recv` finds a workflow's messages through.
+const MESSAGE_INDEX: &str = "durable_messages_queue";
+
+/// Checks the table of messages not yet received, and its index, with SQLite's
+/// integrity check of that table alone (it is as small as the messages in flight).
+///
+/// A damaged entry of the index hides a message: a `recv` would wait for ever for a
+/// message that was sent, and the send reported as done. A damaged index is rebuilt
+/// from the rows, with a warning; if the check still fails, the rows are damaged, and
+/// the journal is refused.
+pub(super) fn verify_message_index(conn: &Connection, path: &Path) -> Result<(), Error> {
+    let problems = message_problems(conn).map_err(|e| open_error(path, e))?;
+    if problems.is_empty() {
+        return Ok(());
+    }
+    tracing::warn!(
+        journal = %path.display(),
+        problems = ?problems,
+        "the journal's index of messages disagrees with the messages (damaged on disk?); \
+         rebuilding it from the messages"
+    );
+    let rebuilt = conn.execute_batch(&format!("REINDEX {MESSAGE_INDEX};"));
+    let left = message_problems(conn).map_err(|e| open_error(path, e))?;
+    if rebuilt.is_ok() && left.is_empty() {
+        return Ok(());
+    }
+    let left = if left.is_empty() { problems } else { left };
+    Err(StoreError::new(
+        path,
+        StoreErrorKind::Damaged,
+        format!(
+            "the journal is damaged: its table of messages not yet received is ({}), and \
+             rebuilding its index did not help. Restore the file from a backup, or look at \
+             it with `JournalView::check`",
+            left.join("; ")
+        ),
+    )
+    .into())
+}
+
+/// What SQLite's integrity check of `durable_messages` (and its index) finds, empty
+/// if nothing.
+fn message_problems(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare("PRAGMA integrity_check(durable_messages)")?;
+    let found = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(found.into_iter().filter(|f| f != "ok").collect())
 }
 
 /// The error for a journal whose rows are damaged: `problems`, then `detail`.

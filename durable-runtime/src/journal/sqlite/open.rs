@@ -12,7 +12,7 @@ use super::identity::{
     hold_file, identify, lock_name, lock_patiently, probe_write, read_only,
     refuse_wal_without_file, unwritable, with_suffix,
 };
-use super::integrity::verify_pending_index;
+use super::integrity::{verify_message_index, verify_pending_index};
 use super::migrate::migrate;
 use super::writer::{WriterStats, write_loop};
 use super::{SqliteStore, io_error, sql_error};
@@ -77,6 +77,7 @@ impl SqliteStore {
         probe_write(path, &writer)?;
         migrate(&mut writer, path)?;
         verify_pending_index(&writer, path)?;
+        verify_message_index(&writer, path)?;
 
         let reader = connect(path, options).map_err(|e| sql_error(path, e))?;
         reader
