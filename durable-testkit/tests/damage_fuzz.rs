@@ -827,6 +827,17 @@ fn damage_found_before() {
                 page_aligned: true,
             }],
         ),
+        // A b-tree page header of the messages' index, damaged: p-1's message was
+        // hidden and its recv hung (once a lone send could commit on its caller's
+        // thread, which put the sends before the waits).
+        (
+            Base::Closed,
+            vec![Damage::PageHead {
+                page: 3_715_328_402,
+                at: 4,
+                mask: 3,
+            }],
+        ),
     ];
     let tally = Mutex::new(Tally::default());
     for (base, damages) in found {

@@ -75,6 +75,9 @@ pub(crate) struct WorkflowCtx {
     runtime: Option<Weak<dyn Runs>>,
     /// Step bodies running now: a cancelled workflow stops once none is.
     active: AtomicUsize,
+    /// Steps called and not yet finished that will record a result (see
+    /// [`WorkflowCtx::open_step`]).
+    open_steps: AtomicUsize,
     /// Set with `Fatal::cancelled` or `Fatal::closing`, readable without the lock on
     /// every step: no new step body starts.
     stop_asked: AtomicBool,
@@ -125,6 +128,17 @@ impl Drop for ActiveBody {
     }
 }
 
+/// Held by a step that will record a result, from its call until it finishes: see
+/// [`WorkflowCtx::steps_open`].
+#[derive(Debug)]
+pub(crate) struct OpenStep(Arc<WorkflowCtx>);
+
+impl Drop for OpenStep {
+    fn drop(&mut self) {
+        self.0.open_steps.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl WorkflowCtx {
     pub(crate) fn new(
         id: Arc<str>,
@@ -143,6 +157,7 @@ impl WorkflowCtx {
             fatal: Mutex::default(),
             runtime,
             active: AtomicUsize::new(0),
+            open_steps: AtomicUsize::new(0),
             stop_asked: AtomicBool::new(false),
             spin: Mutex::default(),
             #[cfg(feature = "testkit")]
@@ -173,6 +188,20 @@ impl WorkflowCtx {
     pub(crate) fn take_spin(&self) -> Option<Instant> {
         let asks = std::mem::take(&mut *lock(&self.spin));
         if asks.count == 1 { asks.until } else { None }
+    }
+
+    /// Counts a step that will record a result, until the returned guard is dropped.
+    pub(crate) fn open_step(self: &Arc<Self>) -> OpenStep {
+        self.open_steps.fetch_add(1, Ordering::Relaxed);
+        OpenStep(self.clone())
+    }
+
+    /// How many steps of this run are called and not yet finished, their results still
+    /// to record. One, when a step records: the step is sequential, and its checkpoint
+    /// has nothing to share a commit with. More: the steps of a fan-out (called
+    /// together, however they are polled), whose checkpoints are queued together.
+    pub(crate) fn steps_open(&self) -> usize {
+        self.open_steps.load(Ordering::Relaxed)
     }
 
     /// Whether the testkit simulated a crash of this execution's "process".

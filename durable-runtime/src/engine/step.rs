@@ -11,11 +11,11 @@ use serde::de::DeserializeOwned;
 
 use crate::codec::Fingerprint;
 use crate::codec::fingerprint::{self, Args};
-use crate::engine::context::{ActiveBody, WorkflowCtx};
+use crate::engine::context::{ActiveBody, OpenStep, WorkflowCtx};
 use crate::engine::replay::{Found, claim_recorded};
 use crate::engine::scope::{self, Claim};
 use crate::error::{Error, FailureKind};
-use crate::journal::{Ack, Effect, RecordedOutcome, StepKey, StepRecord};
+use crate::journal::{Ack, Effect, RecordedOutcome, StepKey, StepRecord, sequential_write};
 use crate::util::{now_ms, panic_message};
 
 /// How a step is retried: the options of `#[step(...)]`, built by the macro.
@@ -334,6 +334,9 @@ pin_project_lite::pin_project! {
         // Held while the body runs and its result is recorded: a cancelled workflow
         // stops at the next step boundary, not inside a step.
         active: Option<ActiveBody>,
+        // Held from the call until the result is recorded (or the step stops): tells a
+        // sequential step from one of a fan-out.
+        open: Option<OpenStep>,
     }
 }
 
@@ -354,6 +357,10 @@ impl<B: StepBody> Step<B> {
             started_at: 0,
             start_recorded: false,
         };
+        let open = match &begin {
+            Begin::Run { claim, .. } => Some(claim.ctx.open_step()),
+            _ => None,
+        };
         let state = match begin {
             Begin::Outside => run(None, None),
             Begin::Run { claim, args } => run(Some(claim), args),
@@ -368,6 +375,7 @@ impl<B: StepBody> Step<B> {
             backoff: None,
             state,
             active: None,
+            open,
         }
     }
 }
@@ -442,6 +450,7 @@ where
 /// step.
 fn stop<B: StepBody>(this: &mut StepProj<'_, B>) -> Next<B::Output> {
     *this.state = State::Stopped;
+    *this.open = None;
     Next::Wait
 }
 
@@ -518,6 +527,7 @@ fn commit<B: StepBody>(this: &mut StepProj<'_, B>, cx: &mut Context<'_>) -> Next
             Some(value) => {
                 *this.state = State::Stopped;
                 *this.active = None;
+                *this.open = None;
                 Next::Ready(value)
             }
             None => stop(this),
@@ -776,16 +786,19 @@ where
     };
     // Hand back the decoded copy, not `output`: the caller sees exactly what a replay
     // will see.
-    let ack = claim.ctx.store.record_step(StepRecord {
-        workflow_id: claim.ctx.id.clone(),
-        path: claim.path.clone(),
-        name: options.name,
-        args: *args,
-        outcome: RecordedOutcome::Output(bytes),
-        attempts: *attempts,
-        started_at: *started_at,
-        finished_at: now_ms(),
-        effect: Effect::None,
+    let sequential = claim.ctx.steps_open() <= 1;
+    let ack = sequential_write(sequential, || {
+        claim.ctx.store.record_step(StepRecord {
+            workflow_id: claim.ctx.id.clone(),
+            path: claim.path.clone(),
+            name: options.name,
+            args: *args,
+            outcome: RecordedOutcome::Output(bytes),
+            attempts: *attempts,
+            started_at: *started_at,
+            finished_at: now_ms(),
+            effect: Effect::None,
+        })
     });
     let spin = ack.spin();
     *this.state = State::Commit {

@@ -95,6 +95,30 @@ impl JournalSpec {
     }
 }
 
+thread_local! {
+    /// Whether the write being made on this thread may commit on it (see
+    /// [`sequential_write`]); `None` when the writer did not say.
+    static SEQUENTIAL: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Makes a step's checkpoint through `write`, saying whether it is `sequential`: no
+/// other step of its workflow is waiting to record, so nothing would share its commit
+/// by waiting for company. A store may commit a sequential write on the caller's thread
+/// when its writer is idle, which saves two thread hand-offs. The checkpoints of a
+/// fan-out are not sequential: they are queued, and share commits.
+pub(crate) fn sequential_write<R>(sequential: bool, write: impl FnOnce() -> R) -> R {
+    let outer = SEQUENTIAL.with(|s| s.replace(Some(sequential)));
+    let made = write();
+    SEQUENTIAL.with(|s| s.set(outer));
+    made
+}
+
+/// Whether the write being made may commit on the caller's thread: yes, unless it was
+/// made through [`sequential_write`] with `false`.
+pub(crate) fn may_commit_here() -> bool {
+    SEQUENTIAL.with(std::cell::Cell::get).unwrap_or(true)
+}
+
 /// The reply to a write: resolves once the write is durable, or has failed. If the
 /// journal's writer goes away without answering, it resolves to
 /// [`StoreErrorKind::Closed`], so a caller never has to tell a lost reply from an error.

@@ -1,16 +1,17 @@
 //! The SQLite journal.
 //!
-//! One writer thread owns the only connection that writes. It takes write requests from
-//! a channel and commits them in batches (group commit): it waits for the first
-//! request, then takes every request already queued (up to
-//! [`MAX_BATCH`](writer::MAX_BATCH)) into the same transaction, commits once, and
-//! acknowledges them all. It never waits for company, so a lone sequential step pays
-//! exactly one commit with no added latency, while steps that finish during a commit
-//! share the next one. After a batch the writer spins for
-//! [`WRITER_SPIN`](writer::WRITER_SPIN) before it sleeps, and a lone write's waiter may
-//! stay runnable for a while ([`SqliteStore::ack_spin`]), so that where commits are fast
-//! a sequential step does not also pay two thread sleeps and wake-ups.
-//! `docs/journal.md` ("The writer") explains the policy for users.
+//! One connection writes. A writer thread takes write requests from a channel and
+//! commits them through it in batches (group commit): it waits for the first request,
+//! then takes every request already queued (up to [`MAX_BATCH`](writer::MAX_BATCH)) into
+//! the same transaction, commits once, and acknowledges them all. It never waits for
+//! company, so a lone sequential step pays exactly one commit with no added latency,
+//! while steps that finish during a commit share the next one. Where commits are fast,
+//! a lone sequential step's checkpoint commits on its caller's thread instead
+//! ([`SqliteStore::send`]), which saves two thread hand-offs; after a batch the writer
+//! thread spins for [`WRITER_SPIN`](writer::WRITER_SPIN) before it sleeps, and a lone
+//! write handed to it may keep its workflow runnable for a while
+//! ([`SqliteStore::ack_spin`]). `docs/journal.md` ("The writer") explains the policy
+//! for users.
 //!
 //! Reads use a separate connection (WAL readers do not block the writer).
 //!
@@ -48,6 +49,7 @@ mod writer;
 use super::{
     Ack, Created, Damage, Finish, NewMessage, NewWorkflow, RecordedOutcome, RecordedStep, Replier,
     SideRecords, StepKey, StepRecord, Store, TxStep, Wait, WaitRecord, WorkflowRecord,
+    may_commit_here,
 };
 use crate::error::{CancelReason, StoreError, StoreErrorKind};
 use crate::path::StepPath;
@@ -71,6 +73,10 @@ pub(crate) struct SqliteStore {
     reader: Mutex<Option<Connection>>,
     // `Sender` is `Sync`: concurrent steps enqueue without a lock of ours.
     writes: mpsc::Sender<Command>,
+    /// The writing connection, shared with the writer thread: a lone write on an idle
+    /// journal commits through it on its caller's thread (see [`SqliteStore::send`]).
+    /// `None` once the writer thread has ended.
+    core: Arc<Mutex<Option<writer::Writer>>>,
     stats: Arc<WriterStats>,
     /// The writer thread, which holds the lock; joined by [`Store::close`].
     writer: Mutex<Option<thread::JoinHandle<()>>>,
@@ -140,6 +146,9 @@ fn not_utf8(e: &dyn std::fmt::Display) -> String {
 /// How long a lone write's waiter stays runnable before it sleeps; see
 /// [`SqliteStore::ack_spin`].
 const MIN_ACK_SPIN_NS: u64 = 20_000;
+/// The longest last commit after which a lone write still commits on its caller's
+/// thread; see [`SqliteStore::may_commit_inline`].
+const MAX_INLINE_COMMIT_NS: u64 = 100_000;
 const MAX_ACK_SPIN_NS: u64 = 100_000;
 
 impl SqliteStore {
@@ -165,15 +174,68 @@ impl SqliteStore {
         Duration::from_nanos((2 * last).clamp(MIN_ACK_SPIN_NS, MAX_ACK_SPIN_NS))
     }
 
+    /// Makes a write: committed here and now if it is alone and may be (see
+    /// [`SqliteStore::commit_inline`]), otherwise queued for the writer thread.
     fn send<T>(&self, make: impl FnOnce(Replier<T>) -> Command) -> Ack<T> {
         let (tx, ack) = Ack::channel(&self.path);
-        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let before = self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let mut command = make(tx);
+        if before == 0 && may_commit_here() && self.may_commit_inline() {
+            match self.commit_inline(command) {
+                None => return ack,
+                Some(c) => command = c,
+            }
+        }
         // If the writer thread is gone the command (and its reply sender) is dropped,
         // and the ack resolves to `StoreErrorKind::Closed`.
-        if self.writes.send(make(tx)).is_err() {
+        if self.writes.send(command).is_err() {
             self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
         ack
+    }
+
+    /// Whether a lone write (see [`may_commit_here`]) may commit on its caller's thread:
+    /// - the last commit took less than [`MAX_INLINE_COMMIT_NS`], so never where a commit
+    ///   waits for an fsync to a disk. A commit that short costs less than handing the
+    ///   write to the writer thread and its answer back (two sleeps and wake-ups of
+    ///   threads), and blocks the caller's thread no longer than a scheduler's slice;
+    /// - and it was a commit of one write. Where writes come from many workflows at
+    ///   once, the writer thread's batches share commits among them, and single commits
+    ///   on callers' threads would only split those batches.
+    fn may_commit_inline(&self) -> bool {
+        self.stats.last_commit_ns.load(Ordering::Relaxed) <= MAX_INLINE_COMMIT_NS
+            && self.stats.last_batch.load(Ordering::Relaxed) <= 1
+    }
+
+    /// Commits `command` alone, here and now, if the writer is idle (nothing queued or
+    /// being written: the caller counted its write in `in_flight` and found none before
+    /// it, and the writer thread does not hold the connection). Hands `command` back
+    /// if not. Waits the commit answers go to the writer thread, to run next.
+    fn commit_inline(&self, command: Command) -> Option<Command> {
+        if command.is_transaction() || matches!(command, Command::Close) {
+            return Some(command);
+        }
+        let mut core = match self.core.try_lock() {
+            Ok(core) => core,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Some(command),
+        };
+        let Some(writer) = core.as_mut() else {
+            return Some(command);
+        };
+        let mut batch = vec![command];
+        let mut woken = std::collections::VecDeque::new();
+        writer.commit_batch(&self.path, &mut batch, &self.stats, &mut woken);
+        drop(core);
+        #[cfg(test)]
+        self.stats.inline_commits.fetch_add(1, Ordering::Relaxed);
+        for c in woken {
+            // Counted in `in_flight` when it was woken.
+            if self.writes.send(c).is_err() {
+                self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        None
     }
 
     fn write<T>(&self, make: impl FnOnce(Replier<T>) -> Write) -> Ack<T> {
@@ -328,6 +390,73 @@ mod tests {
             finished_at: 0,
             effect: Effect::None,
         }
+    }
+
+    /// A fresh journal at `OFF`, with workflow `w` created.
+    async fn journal_with_w(dir: &Path) -> (SqliteStore, Arc<str>) {
+        let options = super::super::JournalOptions {
+            durability: Durability::Off,
+            ..Default::default()
+        };
+        let store = SqliteStore::open(&dir.join("j.db"), &options).expect("open");
+        let id: Arc<str> = Arc::from("w");
+        let created = store.create_workflow(NewWorkflow {
+            id: id.clone(),
+            name: "w",
+            input: vec![],
+            app_version: None,
+            created_at: 0,
+            parent_id: None,
+            deadline_at: None,
+        });
+        assert!(matches!(created.await, Ok(Created::New)));
+        (store, id)
+    }
+
+    #[tokio::test]
+    async fn only_a_lone_sequential_write_after_a_short_single_commit_commits_here() {
+        use crate::journal::sequential_write;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, id) = journal_with_w(dir.path()).await;
+        let inline = || store.stats.inline_commits.load(Ordering::Relaxed);
+        // Each case starts from an idle writer whose last commit was short and single.
+        let idle = |ns: u64, batch: usize| {
+            store.stats.last_commit_ns.store(ns, Ordering::Relaxed);
+            store.stats.last_batch.store(batch, Ordering::Relaxed);
+        };
+        let mut path = 100;
+        let mut record = |sequential: bool| {
+            path += 1;
+            sequential_write(sequential, || store.record_step(step(&id, path)))
+        };
+
+        idle(10_000, 1);
+        let before = inline();
+        let mut ack = record(true);
+        // Committed before `record_step` returned: the answer is there without a wait.
+        assert!(matches!(ack.try_reply(), Some(Ok(()))));
+        assert_eq!(inline(), before + 1);
+
+        // A step of a fan-out, after a long commit, after a commit of many writes: each
+        // goes to the writer thread.
+        for (sequential, ns, batch) in [(false, 10_000, 1), (true, 1_000_000, 1), (true, 10_000, 7)]
+        {
+            idle(ns, batch);
+            let before = inline();
+            let ack = record(sequential);
+            assert!(matches!(ack.await, Ok(())));
+            assert_eq!(inline(), before, "{sequential} {ns} {batch}");
+        }
+
+        // Not alone (another write in flight): queued behind it.
+        idle(10_000, 1);
+        let before = inline();
+        store.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let ack = record(true);
+        store.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        assert!(matches!(ack.await, Ok(())));
+        assert_eq!(inline(), before);
+        store.close().expect("close");
     }
 
     #[tokio::test]

@@ -14,10 +14,11 @@ use super::identity::{
 };
 use super::integrity::{verify_message_index, verify_pending_index};
 use super::migrate::migrate;
-use super::writer::{WriterStats, write_loop};
+use super::writer::{Writer, WriterStats, write_loop};
 use super::{SqliteStore, io_error, sql_error};
 use crate::error::{Error, StoreError, StoreErrorKind};
 use crate::journal::{Durability, JournalOptions};
+use crate::util::lock;
 
 impl Durability {
     /// The `synchronous` setting of this durability.
@@ -84,6 +85,9 @@ impl SqliteStore {
             .execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")
             .map_err(|e| sql_error(path, e))?;
 
+        let core = Arc::new(Mutex::new(Some(
+            Writer::new(writer, codec).map_err(|e| sql_error(path, e))?,
+        )));
         let (tx, rx) = mpsc::channel();
         let writer_path = path.to_owned();
         let stats = Arc::new(WriterStats {
@@ -92,12 +96,16 @@ impl SqliteStore {
             ..WriterStats::default()
         });
         let writer_stats = stats.clone();
+        let writer_core = core.clone();
         let writer = thread::Builder::new()
             .name("durable-journal-writer".into())
             // The writer thread holds the lock: it is released only after the last
             // queued write has committed and the thread has exited.
             .spawn(move || {
-                write_loop(writer, &writer_path, &rx, &writer_stats, codec);
+                write_loop(&writer_core, &writer_path, &rx, &writer_stats);
+                // The writing connection closes here, whichever way the loop ended: no
+                // write commits after the close.
+                drop(lock(&writer_core).take());
                 // After the last connection: closing this descriptor drops the process's
                 // POSIX locks on the file, SQLite's among them.
                 drop(held);
@@ -108,6 +116,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             path: Arc::from(path),
             writes: tx,
+            core,
             reader: Mutex::new(Some(reader)),
             stats,
             writer: Mutex::new(Some(writer)),

@@ -4,12 +4,14 @@
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use rusqlite::{ErrorCode, OptionalExtension, params};
 
 use super::crc::{event_key, keyed_crc32, message_key, step_key, workflow_key};
-use super::rows::{DAMAGED, checks, own_row, workflow_row};
+use super::rows::{self, DAMAGED, checks};
 use super::waits::{Parked, decode_answer};
-use super::writer::{Reply, Write, Writer, WriterStats};
+use super::writer::{
+    Reply, SQL_CREATE, SQL_FINISH, SQL_RECORD, SQL_ROLLBACK, Write, Writer, WriterStats,
+};
 use super::{TxFn, sql_error};
 use crate::codec::Fingerprint;
 use crate::error::{CancelReason, StoreError, StoreErrorKind};
@@ -46,7 +48,7 @@ pub(super) fn damaged_answer(path: &Path, key: &StepKey) -> StoreError {
     )
 }
 
-impl Writer<'_> {
+impl Writer {
     /// Runs one write of the workflow primitives; its reply waits for the commit.
     pub(super) fn write(&mut self, path: &Path, w: Write) -> Reply {
         let sql = |e| sql_error(path, e);
@@ -172,8 +174,8 @@ impl Writer<'_> {
             // A recorded timeout: nothing was taken.
             return Ok(());
         };
-        let done = all_or_nothing(self.conn, || {
-            let deleted = self
+        let done = self.all_or_nothing(|w| {
+            let deleted = w
                 .conn
                 .prepare_cached(
                     "DELETE FROM durable_steps WHERE workflow_id = ?1 AND path = ?2 AND name = ?3",
@@ -183,7 +185,7 @@ impl Writer<'_> {
                 // Not a recv's record: nothing of ours to give back.
                 return Ok(false);
             }
-            self.conn
+            w.conn
                 .prepare_cached(
                     "INSERT INTO durable_messages (seq, destination, topic, payload, crc32, sent_at)
                      VALUES ((SELECT COALESCE(MIN(seq), 1) - 1 FROM durable_messages),
@@ -272,7 +274,7 @@ impl Writer<'_> {
         let TxWork::Sqlite(work) = work;
         let started = std::time::Instant::now();
         if !self.conn.is_autocommit() {
-            let _ = self.rollback.execute([]);
+            let _ = self.run(SQL_ROLLBACK);
         }
         let result = self.run_transaction(path, &key, started_at, work, stats);
         if stats.halted() {
@@ -298,7 +300,7 @@ impl Writer<'_> {
     ) -> Result<(), StoreError> {
         let sql = |e| sql_error(path, e);
         let tx = rusqlite::Transaction::new_unchecked(
-            self.conn,
+            &self.conn,
             rusqlite::TransactionBehavior::Immediate,
         )
         .map_err(sql)?;
@@ -348,7 +350,7 @@ impl Writer<'_> {
             finished_at: crate::util::now_ms(),
             effect: Effect::None,
         };
-        self.record(&record)
+        self.insert_step(&record)
             .map_err(|e| step_error(path, &record, e))?;
         if stats.halted() {
             return Ok(()); // dropped: rolled back
@@ -357,7 +359,7 @@ impl Writer<'_> {
     }
 
     pub(super) fn create(&mut self, w: &NewWorkflow) -> rusqlite::Result<Created> {
-        let inserted = self.create.execute(params![
+        let inserted = self.conn.prepare_cached(SQL_CREATE)?.execute(params![
             &*w.id,
             w.name,
             w.input,
@@ -371,11 +373,25 @@ impl Writer<'_> {
         if inserted == 1 {
             return Ok(Created::New);
         }
-        let existing = own_row(&w.id, self.existing.query_row([&*w.id], workflow_row)??)?;
+        // Not inserted: a row of that id exists (in this transaction).
+        let existing =
+            rows::workflow(&self.conn, &w.id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
         Ok(Created::Existing(Box::new(existing)))
     }
 
     pub(super) fn record(&mut self, s: &StepRecord) -> rusqlite::Result<()> {
+        if let Effect::None = s.effect {
+            return self.insert_step(s);
+        }
+        // The record and its effect stand or fall together.
+        self.all_or_nothing(|w| {
+            w.insert_step(s)?;
+            w.apply(s)
+        })
+    }
+
+    /// Inserts a step's row (without its effect).
+    fn insert_step(&self, s: &StepRecord) -> rusqlite::Result<()> {
         let (output, error, kind) = match &s.outcome {
             RecordedOutcome::Output(bytes) => (Some(bytes.as_slice()), None, None),
             RecordedOutcome::Panicked(message) => (None, Some(message.as_str()), None),
@@ -388,29 +404,37 @@ impl Writer<'_> {
             &step_key(&s.workflow_id, &path, s.name),
             output.unwrap_or_else(|| error.unwrap_or_default().as_bytes()),
         );
-        let insert = |w: &mut Self| {
-            w.record.execute(params![
-                &*s.workflow_id,
-                &path,
-                s.name,
-                output,
-                error,
-                s.attempts,
-                s.started_at,
-                s.finished_at,
-                crc,
-                kind,
-                fingerprint_column(s.args)
-            ])
-        };
-        if let Effect::None = s.effect {
-            return insert(self).map(drop);
-        }
-        // The record and its effect stand or fall together.
-        all_or_nothing(self.conn, || {
-            insert(self)?;
-            self.apply(s)
-        })
+        self.conn.prepare_cached(SQL_RECORD)?.execute(params![
+            &*s.workflow_id,
+            &path,
+            s.name,
+            output,
+            error,
+            s.attempts,
+            s.started_at,
+            s.finished_at,
+            crc,
+            kind,
+            fingerprint_column(s.args)
+        ])?;
+        Ok(())
+    }
+
+    /// Runs `f` inside a savepoint, so that its writes stand or fall together (a failing
+    /// statement otherwise rolls back only itself, and the batch goes on).
+    pub(super) fn all_or_nothing<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.conn
+            .execute_batch("SAVEPOINT durable_all_or_nothing")?;
+        let done = f(self);
+        self.conn.execute_batch(if done.is_ok() {
+            "RELEASE durable_all_or_nothing"
+        } else {
+            "ROLLBACK TO durable_all_or_nothing; RELEASE durable_all_or_nothing"
+        })?;
+        done
     }
 
     /// Writes what a step's record also does.
@@ -449,7 +473,7 @@ impl Writer<'_> {
             ),
         };
         let crc = output.map(|o| keyed_crc32(&workflow_key(&f.id), o));
-        let updated = self.finish.execute(params![
+        let updated = self.conn.prepare_cached(SQL_FINISH)?.execute(params![
             &*f.id,
             status.as_str(),
             output,
@@ -492,22 +516,6 @@ pub(super) fn fingerprint_column(f: Option<Fingerprint>) -> Option<i64> {
 
 /// The `error_kind` of a step record that holds an interruption (NULL: a panic).
 pub(super) const INTERRUPTED: &str = "interrupted";
-
-/// Runs `f` inside a savepoint, so that its writes stand or fall together (a failing
-/// statement otherwise rolls back only itself, and the batch goes on).
-pub(super) fn all_or_nothing<T>(
-    conn: &Connection,
-    f: impl FnOnce() -> rusqlite::Result<T>,
-) -> rusqlite::Result<T> {
-    conn.execute_batch("SAVEPOINT durable_all_or_nothing")?;
-    let done = f();
-    conn.execute_batch(if done.is_ok() {
-        "RELEASE durable_all_or_nothing"
-    } else {
-        "ROLLBACK TO durable_all_or_nothing; RELEASE durable_all_or_nothing"
-    })?;
-    done
-}
 
 /// The error for a step record that could not be written (a second record for its
 /// path is refused).

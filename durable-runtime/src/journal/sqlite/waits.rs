@@ -8,12 +8,11 @@ use rusqlite::{ErrorCode, OptionalExtension, params};
 
 use super::crc::{event_key, keyed_crc32, message_key, step_key};
 use super::ops::{
-    SQL_DELETE_MESSAGE, SQL_EVENT, SQL_OLDEST_MESSAGE, SQL_RECORDED_OUTPUT, all_or_nothing,
-    fingerprint_column,
+    SQL_DELETE_MESSAGE, SQL_EVENT, SQL_OLDEST_MESSAGE, SQL_RECORDED_OUTPUT, fingerprint_column,
 };
 use super::rows::checks;
 use super::sql_error;
-use super::writer::{Reply, Writer};
+use super::writer::{Reply, SQL_RECORD, Writer};
 use crate::codec::{ByteBuf, Bytes, Codec, nested};
 use crate::error::{StoreError, StoreErrorKind};
 use crate::journal::{Replier, StepKey, Wait, WaitFor, WaitRecord};
@@ -38,7 +37,7 @@ pub(super) fn decode_answer(output: &[u8]) -> Result<Option<Vec<u8>>, crate::cod
     Codec::decode::<Option<ByteBuf>>(output).map(|o| o.map(|b| nested(output, &b.0).into_owned()))
 }
 
-impl Writer<'_> {
+impl Writer {
     /// Keeps a wait that found nothing (its batch committed) until what it waits for
     /// is written.
     pub(super) fn park(&mut self, what: WaitFor, parked: Parked) {
@@ -162,12 +161,10 @@ impl Writer<'_> {
             // The record and the taking of the message stand or fall together: a record
             // that fails (the path is taken) must not consume a message, and a message
             // taken must be recorded.
-            let answered = all_or_nothing(self.conn, || {
-                self.record_answer(r, Some(&answer))?;
+            let answered = self.all_or_nothing(|w| {
+                w.record_answer(r, Some(&answer))?;
                 if let Some(seq) = take {
-                    self.conn
-                        .prepare_cached(SQL_DELETE_MESSAGE)?
-                        .execute([seq])?;
+                    w.conn.prepare_cached(SQL_DELETE_MESSAGE)?.execute([seq])?;
                 }
                 Ok(())
             });
@@ -234,14 +231,14 @@ impl Writer<'_> {
     }
 
     pub(super) fn record_answer(
-        &mut self,
+        &self,
         r: &WaitRecord,
         answer: Option<&[u8]>,
     ) -> rusqlite::Result<()> {
         let output = encode_answer(self.codec, answer);
         let path = r.key.path.to_string();
         let crc = keyed_crc32(&step_key(&r.key.workflow_id, &path, r.key.name), &output);
-        self.record.execute(params![
+        self.conn.prepare_cached(SQL_RECORD)?.execute(params![
             &*r.key.workflow_id,
             path,
             r.key.name,

@@ -3,18 +3,17 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::sync::Arc;
 #[cfg(feature = "testkit")]
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use rusqlite::{Connection, Statement};
+use rusqlite::Connection;
 
 use super::ops::step_error;
-use super::rows::WORKFLOW_COLUMNS;
 use super::sql_error;
 use super::waits::Parked;
 use crate::codec::Codec;
@@ -24,6 +23,7 @@ use crate::journal::{
     WaitRecord,
 };
 use crate::path::StepPath;
+use crate::util::lock;
 
 /// The most writes one commit takes.
 pub(crate) const MAX_BATCH: usize = 1024;
@@ -68,6 +68,11 @@ pub(super) struct WriterStats {
     pub(super) in_flight: AtomicUsize,
     /// How long the last commit took (from `BEGIN` to the end of `COMMIT`), in ns.
     pub(super) last_commit_ns: AtomicU64,
+    /// How many writes the last commit took.
+    pub(super) last_batch: AtomicUsize,
+    /// Commits made on a caller's thread rather than the writer thread's.
+    #[cfg(test)]
+    pub(super) inline_commits: AtomicU64,
     /// Set by the testkit's simulated crash: commit nothing more.
     #[cfg(feature = "testkit")]
     pub(super) halted: Option<Arc<AtomicBool>>,
@@ -85,28 +90,15 @@ impl WriterStats {
     }
 }
 
-/// The writer thread: takes the commands from `rx` and commits them in batches, until
-/// a close or until every sender is gone.
+/// The writer thread: takes the commands from `rx` and commits them in batches through
+/// `core`, until a close or until every sender is gone. It does not hold `core` while
+/// it waits, so that a lone write on an idle journal can commit on its caller's thread.
 pub(super) fn write_loop(
-    conn: Connection,
+    core: &Mutex<Option<Writer>>,
     path: &Path,
     rx: &mpsc::Receiver<Command>,
     stats: &WriterStats,
-    codec: Codec,
 ) {
-    let mut writer = match Writer::prepare(&conn, codec) {
-        Ok(w) => w,
-        Err(e) => {
-            // Nothing can be written: answer every write with the reason, until the
-            // runtime is dropped.
-            let e = sql_error(path, e);
-            while let Ok(c) = rx.recv() {
-                stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-                fail(c, e.clone());
-            }
-            return;
-        }
-    };
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Parked waits that a committed batch answered, to run before anything new.
     let mut woken: VecDeque<Command> = VecDeque::new();
@@ -135,13 +127,19 @@ pub(super) fn write_loop(
                     None => break,
                 }
             }
-            writer.commit_batch(path, &mut batch, stats, &mut woken);
+            match lock(core).as_mut() {
+                Some(writer) => writer.commit_batch(path, &mut batch, stats, &mut woken),
+                None => return,
+            }
         }
         match alone {
             Some(Command::Close) => return,
             Some(Command::Write(w)) => {
                 if let Write::Transaction(step, reply) = *w {
-                    writer.transaction(path, step, reply, stats);
+                    match lock(core).as_mut() {
+                        Some(writer) => writer.transaction(path, step, reply, stats),
+                        None => return,
+                    }
                 }
             }
             _ => {}
@@ -184,17 +182,35 @@ pub(super) enum Reply {
     Park(WaitFor, Parked),
 }
 
-/// The writer connection's statements, prepared once: the writer runs the same few
-/// statements for ever, and a statement cache lookup per write costs more than binding.
-pub(super) struct Writer<'c> {
-    pub(super) conn: &'c Connection,
-    begin: Statement<'c>,
-    commit: Statement<'c>,
-    pub(super) rollback: Statement<'c>,
-    pub(super) create: Statement<'c>,
-    pub(super) existing: Statement<'c>,
-    pub(super) record: Statement<'c>,
-    pub(super) finish: Statement<'c>,
+/// The SQL of the writer's hot statements, prepared once and then taken from the
+/// connection's statement cache.
+const SQL_BEGIN: &str = "BEGIN IMMEDIATE";
+const SQL_COMMIT: &str = "COMMIT";
+pub(super) const SQL_ROLLBACK: &str = "ROLLBACK";
+pub(super) const SQL_CREATE: &str = "INSERT INTO durable_workflows
+         (id, name, status, input, executor, app_version, created_at, updated_at,
+          input_crc32, parent_id, deadline_at)
+     VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)
+     ON CONFLICT (id) DO NOTHING";
+pub(super) const SQL_RECORD: &str = "INSERT INTO durable_steps
+         (workflow_id, path, name, output, error, attempts, started_at, finished_at,
+          crc32, error_kind, args_fingerprint)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+pub(super) const SQL_FINISH: &str = "UPDATE durable_workflows
+     SET status = ?2, output = ?3, error_kind = ?4, error = ?5, updated_at = ?6,
+         output_crc32 = ?7
+     WHERE id = ?1 AND status = 'pending'";
+
+/// The connection's statement cache holds every statement the writer runs, so that
+/// none is prepared twice.
+const STATEMENT_CACHE: usize = 64;
+
+/// The journal's one writing connection and what the writes share: the waits parked on
+/// it. Behind a mutex: the writer thread commits batches through it, and a lone write
+/// on an idle journal commits through it on its caller's thread (see
+/// [`SqliteStore::send`](super::SqliteStore)).
+pub(super) struct Writer {
+    pub(super) conn: Connection,
     /// Waits that found nothing, by what they wait for.
     pub(super) parked: HashMap<WaitFor, VecDeque<Parked>>,
     /// What the batch being written sends or sets, to answer parked waits once it
@@ -206,40 +222,50 @@ pub(super) struct Writer<'c> {
     pub(super) codec: Codec,
 }
 
-impl<'c> Writer<'c> {
-    fn prepare(conn: &'c Connection, codec: Codec) -> rusqlite::Result<Self> {
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("parked", &self.parked.len())
+            .field("parks", &self.parks)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    /// The writer of `conn`, its hot statements prepared (so a journal whose schema
+    /// lacks what they use fails here, at open).
+    pub(super) fn new(conn: Connection, codec: Codec) -> rusqlite::Result<Self> {
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        for sql in [
+            SQL_BEGIN,
+            SQL_COMMIT,
+            SQL_ROLLBACK,
+            SQL_CREATE,
+            SQL_RECORD,
+            SQL_FINISH,
+        ] {
+            conn.prepare_cached(sql)?;
+        }
         Ok(Writer {
             codec,
             conn,
-            begin: conn.prepare("BEGIN IMMEDIATE")?,
-            commit: conn.prepare("COMMIT")?,
-            rollback: conn.prepare("ROLLBACK")?,
-            create: conn.prepare(
-                "INSERT INTO durable_workflows
-                     (id, name, status, input, executor, app_version, created_at, updated_at,
-                      input_crc32, parent_id, deadline_at)
-                 VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)
-                 ON CONFLICT (id) DO NOTHING",
-            )?,
-            existing: conn.prepare(&format!(
-                "SELECT {WORKFLOW_COLUMNS} FROM durable_workflows WHERE id = ?1"
-            ))?,
-            record: conn.prepare(
-                "INSERT INTO durable_steps
-                     (workflow_id, path, name, output, error, attempts, started_at, finished_at,
-                      crc32, error_kind, args_fingerprint)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?,
-            finish: conn.prepare(
-                "UPDATE durable_workflows
-                 SET status = ?2, output = ?3, error_kind = ?4, error = ?5, updated_at = ?6,
-                     output_crc32 = ?7
-                 WHERE id = ?1 AND status = 'pending'",
-            )?,
             parked: HashMap::new(),
             touched: Vec::new(),
             parks: 0,
         })
+    }
+
+    /// Runs `sql` (from the statement cache) with no parameters.
+    pub(super) fn run(&self, sql: &str) -> rusqlite::Result<usize> {
+        self.conn.prepare_cached(sql)?.execute([])
+    }
+
+    /// Rolls back the open transaction, if any: one left open by a failed `ROLLBACK`
+    /// or `COMMIT` would make every `BEGIN` fail.
+    pub(super) fn end_open_transaction(&self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.run(SQL_ROLLBACK);
+        }
     }
 
     /// Applies and commits one batch, then replies to every write in it. Waits that
@@ -255,11 +281,8 @@ impl<'c> Writer<'c> {
         let started = std::time::Instant::now();
         let size = batch.len();
         self.touched.clear();
-        if !self.conn.is_autocommit() {
-            // A transaction left open by a failed ROLLBACK would make every BEGIN fail.
-            let _ = self.rollback.execute([]);
-        }
-        if let Err(e) = self.begin.execute([]) {
+        self.end_open_transaction();
+        if let Err(e) = self.run(SQL_BEGIN) {
             let e = sql_error(path, e);
             stats.in_flight.fetch_sub(size, Ordering::Relaxed);
             for c in batch.drain(..) {
@@ -274,7 +297,7 @@ impl<'c> Writer<'c> {
         if stats.halted() {
             // A simulated crash before this batch committed: none of it is written,
             // and nobody hears back.
-            let _ = self.rollback.execute([]);
+            let _ = self.run(SQL_ROLLBACK);
             batch.clear();
             return;
         }
@@ -287,6 +310,7 @@ impl<'c> Writer<'c> {
         }
         let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         stats.last_commit_ns.store(took, Ordering::Relaxed);
+        stats.last_batch.store(size, Ordering::Relaxed);
         // Before the replies: a woken step that enqueues its next write at once must find
         // the writer idle, not counting this batch.
         stats.in_flight.fetch_sub(size, Ordering::Relaxed);
@@ -342,12 +366,12 @@ impl<'c> Writer<'c> {
     fn commit(&mut self, path: &Path, aborted: Option<StoreError>) -> Result<(), StoreError> {
         match aborted {
             Some(e) => Err(e),
-            None => self.commit.execute([]).map(drop).map_err(|e| {
+            None => self.run(SQL_COMMIT).map(drop).map_err(|e| {
                 // A failed COMMIT can leave the transaction open (SQLITE_BUSY, a full
                 // disk); end it so the next batch starts clean. Its writes are reported
                 // as failed (at `FULL`, an fsync failing after the commit frame was
                 // written can still surface them after a crash, as in SQLite itself).
-                let _ = self.rollback.execute([]);
+                let _ = self.run(SQL_ROLLBACK);
                 sql_error(path, e)
             }),
         }
