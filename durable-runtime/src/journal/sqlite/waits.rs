@@ -23,8 +23,9 @@ pub(super) struct Parked {
     pub(super) reply: Replier<Option<Vec<u8>>>,
 }
 
-/// How often (in parked waits) the writer drops the parked waits nobody waits for.
-const SWEEP_EVERY: u64 = 1024;
+/// How often (in parked waits, at least) the writer drops the parked waits nobody waits
+/// for.
+pub(super) const SWEEP_EVERY: u64 = 1024;
 
 /// The encoding of a wait's answer as its step's recorded output.
 fn encode_answer(codec: Codec, answer: Option<&[u8]>) -> Vec<u8> {
@@ -42,13 +43,18 @@ impl Writer {
     /// is written.
     pub(super) fn park(&mut self, what: WaitFor, parked: Parked) {
         self.parks += 1;
-        if self.parks.is_multiple_of(SWEEP_EVERY) {
+        if self.parks >= self.next_sweep {
             // Outside callers that gave up (`Runtime::get_event` with a timeout) on
-            // keys nobody sets would otherwise stay for ever.
+            // keys nobody sets would otherwise stay for ever. The next sweep waits for
+            // as many parks as there are parked waits left (at least `SWEEP_EVERY`),
+            // so sweeping costs a constant per park however many wait: 100,000
+            // workflows parking at once swept 100 times over all of them.
             self.parked.retain(|_, q| {
                 q.retain(|p| !p.reply.is_closed());
                 !q.is_empty()
             });
+            let left = u64::try_from(self.parked.len()).unwrap_or(u64::MAX);
+            self.next_sweep = self.parks.saturating_add(left.max(SWEEP_EVERY));
         }
         let queue = self.parked.entry(what).or_default();
         // Waiters that gave up (a timeout, a stopped workflow) are dropped here rather

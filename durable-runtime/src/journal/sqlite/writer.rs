@@ -218,6 +218,8 @@ pub(super) struct Writer {
     pub(super) touched: Vec<WaitFor>,
     /// Waits parked so far, to sweep abandoned ones now and then.
     pub(super) parks: u64,
+    /// At how many parks the next sweep runs.
+    pub(super) next_sweep: u64,
     /// How the writer encodes the answers of waits it records.
     pub(super) codec: Codec,
 }
@@ -252,6 +254,7 @@ impl Writer {
             parked: HashMap::new(),
             touched: Vec::new(),
             parks: 0,
+            next_sweep: super::waits::SWEEP_EVERY,
         })
     }
 
