@@ -101,3 +101,56 @@ fn an_interrupted_workflow_resumes_where_it_stopped() {
         assert_eq!(names, ["reserve", "ship"]);
     });
 }
+
+#[step]
+async fn tagged(i: u32) -> u32 {
+    i * 3
+}
+
+/// One step, then waits for its "go".
+#[workflow]
+async fn waits_for_go(i: u32) -> u32 {
+    let mine = tagged(i).await;
+    let go: Option<u32> = durable_runtime::recv("go", None).await.expect("recv");
+    mine + go.expect("no timeout")
+}
+
+/// More waiting runs than one chunk of histories read at open (512): each resumes with
+/// its own history (another's would replay another step value, or diverge), parks
+/// again, and finishes with the message sent to it.
+#[test]
+fn many_waiting_runs_resume_each_with_its_own_history() {
+    const RUNS: u32 = 1_100;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal.db");
+    let tokio = tokio::runtime::Runtime::new().expect("tokio");
+    tokio.block_on(async {
+        let rt = Runtime::open(&path).await.expect("open");
+        for i in 0..RUNS {
+            rt.start_with_id(format!("w-{i}"), waits_for_go(i))
+                .await
+                .expect("start");
+        }
+        // Every run parked in its recv: its step is recorded.
+        for i in 0..RUNS {
+            while rt.steps(&format!("w-{i}")).await.expect("steps").is_empty() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        rt.close().await.expect("close");
+    });
+    tokio.block_on(async {
+        let rt = Runtime::open(&path).await.expect("reopen");
+        assert_eq!(rt.recovered().len(), RUNS as usize);
+        for i in 0..RUNS {
+            rt.send(&format!("w-{i}"), "go", &(i * 1000))
+                .await
+                .expect("send");
+        }
+        for i in 0..RUNS {
+            let h = rt.handle::<u32>(&format!("w-{i}")).await.expect("handle");
+            assert_eq!(h.result().await.expect("result"), i * 3 + i * 1000);
+        }
+        rt.close().await.expect("close");
+    });
+}

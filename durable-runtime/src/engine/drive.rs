@@ -11,17 +11,20 @@ use crate::engine::context::WorkflowCtx;
 use crate::engine::scope::{self, Branch};
 use crate::engine::workflow::ErasedWorkflow;
 use crate::error::{CancelReason, Error, FailureKind, Location, Result, StoreError, undecodable};
-use crate::journal::blocking;
+use crate::journal::{self, blocking};
 use crate::util::now_ms;
 
 /// Whether a run can have recorded steps to replay.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub(crate) enum History {
     /// Just created by this start: nothing can be recorded yet, so nothing is loaded.
     None,
     /// Found pending in the journal: its recorded steps, start records and patch markers
     /// are loaded, in one trip to a blocking thread.
     Journaled,
+    /// Found pending in the journal, and loaded already (with other runs', at open), or
+    /// the error of loading it.
+    Loaded(Box<Result<journal::History, StoreError>>),
 }
 
 /// Loads what earlier executions recorded (if the run has a history), runs the body,
@@ -33,14 +36,21 @@ pub(crate) async fn execute(
     history: History,
     deadline_at: Option<i64>,
 ) -> Result<Vec<u8>> {
-    if let History::Journaled = history {
-        let store = ctx.store.clone();
-        let id = ctx.id.clone();
-        let (recorded, started) = blocking(ctx.store.path(), move || {
-            Ok::<_, StoreError>((store.steps(&id)?, store.side_records(&id)?))
-        })
-        .await??;
-        ctx.load(recorded, started);
+    match history {
+        History::None => {}
+        History::Journaled => {
+            let store = ctx.store.clone();
+            let id = ctx.id.clone();
+            let (recorded, side) = blocking(ctx.store.path(), move || {
+                Ok::<_, StoreError>((store.steps(&id)?, store.side_records(&id)?))
+            })
+            .await??;
+            ctx.load(recorded, side);
+        }
+        History::Loaded(loaded) => {
+            let (recorded, side) = (*loaded)?;
+            ctx.load(recorded, side);
+        }
     }
     let output = run_body(ctx, def, input, deadline_at).await?;
     if let Some((path, recorded)) = ctx.first_unclaimed() {

@@ -56,6 +56,7 @@ macro_rules! store_contract {
             a_refused_record_has_no_effect,
             records_round_trip,
             steps_are_sorted_by_path,
+            histories_read_each_run_as_steps_and_side_records_do,
             finish_records_the_outcome_of_a_pending_run,
             finish_respects_a_committed_cancel,
             pending_workflows_lists_only_pending_runs,
@@ -644,6 +645,54 @@ async fn steps_are_sorted_by_path(open: Open) {
     }
     assert_eq!(paths(&j.steps("w/1").await), ["1"]);
     assert!(j.steps("nobody").await.is_empty());
+}
+
+/// `histories` answers, for each id in the order asked, what `steps` and `side_records`
+/// answer for it: an unknown run's history is empty, and no run's records leak into
+/// another's.
+async fn histories_read_each_run_as_steps_and_side_records_do(open: Open) {
+    let j = Journal::new(open);
+    for w in [workflow("w"), child("w", 1), workflow("w2")] {
+        j.create(w).await;
+    }
+    for p in ["2", "10", "1"] {
+        j.record_step(output("w", p, p)).await;
+    }
+    j.record_step(output("w/1", "1", "child")).await;
+    ok(j.store.record_started(key("w", "3"), 7)).await;
+    ok(j.store.record_patch(Arc::from("w2"), at("1"), "fix")).await;
+    let ids: Vec<Arc<str>> = ["w2", "nobody", "w", "w/1", "w"]
+        .into_iter()
+        .map(Arc::from)
+        .collect();
+    let asked = ids.clone();
+    let histories = j
+        .read(move |s| s.histories(&asked))
+        .await
+        .expect("histories");
+    assert_eq!(histories.len(), ids.len());
+    let side = |r: &SideRecords| {
+        (
+            r.started
+                .iter()
+                .map(|s| (s.path.to_string(), s.wake_at))
+                .collect::<Vec<_>>(),
+            r.patches
+                .iter()
+                .map(|(p, n)| (p.to_string(), n.clone()))
+                .collect::<Vec<_>>(),
+        )
+    };
+    for (id, history) in ids.iter().zip(histories) {
+        let (steps, records) = history.expect("the run's history");
+        let expected = j.steps(id).await;
+        assert_eq!(paths(&steps), paths(&expected), "{id}");
+        for (got, want) in steps.iter().zip(&expected) {
+            assert_eq!(got.outcome, want.outcome, "{id}");
+            assert_eq!(got.name, want.name, "{id}");
+        }
+        assert_eq!(side(&records), side(&j.side_records(id).await), "{id}");
+    }
 }
 
 /// Finishing a pending run answers `true` and stores its outcome; finishing a run that

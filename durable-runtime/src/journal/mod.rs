@@ -257,6 +257,11 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     /// `fail_if_interrupted` steps, and the deadlines of waits that had to wait) and
     /// patch markers.
     fn side_records(&self, workflow_id: &str) -> Result<SideRecords, StoreError>;
+    /// What [`steps`](Store::steps) and [`side_records`](Store::side_records) return,
+    /// for each run of `ids` in order, read together (for a store that can, in one
+    /// read transaction): recovery loads many small histories at once. An error of
+    /// one run is that run's; an error of the read as a whole is the `Err`.
+    fn histories(&self, ids: &[Arc<str>]) -> Result<Vec<Result<History, StoreError>>, StoreError>;
     /// One workflow run, if the journal has it.
     fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError>;
     /// Every workflow run that has not finished.
@@ -351,6 +356,9 @@ pub(crate) struct SideRecords {
     /// `(position, patch name)`: the run went through `patched(name)` at `position`.
     pub(crate) patches: Vec<(StepPath, String)>,
 }
+
+/// What earlier executions of a run recorded: its steps, and its side records.
+pub(crate) type History = (Vec<RecordedStep>, SideRecords);
 
 /// A record that an operation began, written before its result.
 #[derive(Debug, Clone)]

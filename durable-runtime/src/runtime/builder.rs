@@ -7,7 +7,9 @@ use crate::Durability;
 use crate::codec::Codec;
 #[cfg(feature = "testkit")]
 use crate::engine::context::Instrument;
+use crate::engine::context::WorkflowCtx;
 use crate::engine::drive::History;
+use crate::engine::workflow::Outcome;
 use crate::engine::workflow::{ErasedWorkflow, registry};
 use crate::error::{Error, Result};
 use crate::journal::{JournalOptions, JournalSpec, WorkflowRecord, blocking};
@@ -114,19 +116,60 @@ impl RuntimeBuilder {
                 })
                 .collect()
         };
-        for (ctx, def, input, deadline_at, tx) in runs {
-            let run = drive(
+        if !runs.is_empty() {
+            tokio::spawn(resume(inner.clone(), runs));
+        }
+        Ok(Runtime { inner })
+    }
+}
+
+/// A resumed run, registered and not started: its context, workflow, input, deadline
+/// and the sender of its outcome.
+type Registered = (
+    Arc<WorkflowCtx>,
+    &'static dyn ErasedWorkflow,
+    Vec<u8>,
+    Option<i64>,
+    watch::Sender<Option<Outcome>>,
+);
+
+/// How many resumed runs' histories are read in one trip to a blocking thread (and one
+/// read transaction).
+const RESUME_CHUNK: usize = 512;
+
+/// Starts the runs resumed at open, in chunks of [`RESUME_CHUNK`]: the histories of a
+/// chunk are read together, then each of its runs starts with its own. One read per
+/// run would cost a trip to a blocking thread and SQLite's locking twice per run,
+/// which for many small histories (workflows parked in a wait) is most of the time a
+/// reopen takes.
+async fn resume(inner: Arc<Inner>, runs: Vec<Registered>) {
+    let mut runs = runs.into_iter().peekable();
+    while runs.peek().is_some() {
+        let chunk: Vec<_> = runs.by_ref().take(RESUME_CHUNK).collect();
+        let ids: Vec<Arc<str>> = chunk.iter().map(|(ctx, ..)| ctx.id.clone()).collect();
+        let store = inner.store.clone();
+        let loaded = blocking(inner.store.path(), move || store.histories(&ids)).await;
+        // A read that failed as a whole leaves each run to read its own history, and to
+        // fail with its own error.
+        let mut histories = match loaded {
+            Ok(Ok(h)) if h.len() == chunk.len() => Some(h.into_iter()),
+            _ => None,
+        };
+        for (ctx, def, input, deadline_at, tx) in chunk {
+            let history = match histories.as_mut().and_then(Iterator::next) {
+                Some(h) => History::Loaded(Box::new(h)),
+                None => History::Journaled,
+            };
+            tokio::spawn(drive(
                 inner.clone(),
                 ctx,
                 def,
                 input,
-                History::Journaled,
+                history,
                 deadline_at,
                 tx,
-            );
-            tokio::spawn(run);
+            ));
         }
-        Ok(Runtime { inner })
     }
 }
 

@@ -283,6 +283,13 @@ macro_rules! forward_reads {
             self.inner.side_records(workflow_id)
         }
 
+        fn histories(
+            &self,
+            ids: &[Arc<str>],
+        ) -> Result<Vec<Result<crate::journal::History, StoreError>>, StoreError> {
+            self.inner.histories(ids)
+        }
+
         fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError> {
             self.inner.workflow(id)
         }

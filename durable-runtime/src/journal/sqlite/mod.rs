@@ -47,8 +47,8 @@ mod waits;
 mod writer;
 
 use super::{
-    Ack, Created, Damage, Finish, NewMessage, NewWorkflow, RecordedOutcome, RecordedStep, Replier,
-    SideRecords, StepKey, StepRecord, Store, TxStep, Wait, WaitRecord, WorkflowRecord,
+    Ack, Created, Damage, Finish, History, NewMessage, NewWorkflow, RecordedOutcome, RecordedStep,
+    Replier, SideRecords, StepKey, StepRecord, Store, TxStep, Wait, WaitRecord, WorkflowRecord,
     may_commit_here,
 };
 use crate::error::{CancelReason, StoreError, StoreErrorKind};
@@ -312,6 +312,25 @@ impl Store for SqliteStore {
 
     fn side_records(&self, workflow_id: &str) -> Result<SideRecords, StoreError> {
         self.read(|c| rows::side_records(c, workflow_id))
+    }
+
+    fn histories(&self, ids: &[Arc<str>]) -> Result<Vec<Result<History, StoreError>>, StoreError> {
+        self.read(|c| {
+            // One read transaction: one snapshot, and SQLite takes its locks once for
+            // all the runs rather than twice per run.
+            let tx = c.unchecked_transaction()?;
+            let loaded = ids
+                .iter()
+                .map(|id| {
+                    let steps = rows::steps(c, id).map_err(|e| sql_error(&self.path, e))?;
+                    let side = rows::side_records(c, id).map_err(|e| sql_error(&self.path, e))?;
+                    Ok((steps, side))
+                })
+                .collect();
+            // Nothing was written: ending the read cannot lose anything.
+            tx.commit()?;
+            Ok(loaded)
+        })
     }
 
     fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError> {
