@@ -67,12 +67,12 @@ pub(crate) fn commits(
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO durable_steps
-                     (workflow_id, path, name, output, error, attempts, started_at, finished_at)
+                     (run, path, name, output, error, attempts, started_at, finished_at)
                  VALUES (?1, ?2, 'noop', ?3, NULL, 1, 0, 0)",
             )?;
             for _ in 0..per_commit.min(rows - written) {
                 stmt.execute(params![
-                    format!("wf-{}", written / 1000),
+                    i64::try_from(written / 1000).unwrap_or(i64::MAX),
                     (written + 1).to_string(),
                     &output[..]
                 ])?;
@@ -91,7 +91,7 @@ pub(crate) fn select(journal: &Path, workflow_id: &str) -> rusqlite::Result<(Too
     let conn = Connection::open(journal)?;
     let mut stmt = conn.prepare(
         "SELECT path, name, output, error, attempts, started_at, finished_at
-         FROM durable_steps WHERE workflow_id = ?1",
+         FROM durable_steps WHERE run = (SELECT run FROM durable_workflows WHERE id = ?1)",
     )?;
     let mut rows = 0;
     let mut q = stmt.query([workflow_id])?;
@@ -122,8 +122,8 @@ pub(crate) fn commit_latencies(
         let tx = conn.unchecked_transaction()?;
         tx.prepare_cached(
             "INSERT INTO durable_steps
-                 (workflow_id, path, name, output, error, attempts, started_at, finished_at)
-             VALUES ('wf-0', ?1, 'recv', ?2, NULL, 1, 0, 0)",
+                 (run, path, name, output, error, attempts, started_at, finished_at)
+             VALUES (0, ?1, 'recv', ?2, NULL, 1, 0, 0)",
         )?
         .execute(params![(i + 1).to_string(), &output[..]])?;
         tx.commit()?;

@@ -248,7 +248,7 @@ async fn record(dir: &Path, n: u32) -> Res<Report> {
     )?;
     let bytes = file_bytes(&path)? - empty;
     let outputs: Vec<Vec<u8>> = conn
-        .prepare("SELECT output FROM durable_steps WHERE workflow_id = 'long'")?
+        .prepare("SELECT output FROM durable_steps WHERE run = (SELECT run FROM durable_workflows WHERE id = 'long')")?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     drop(conn);

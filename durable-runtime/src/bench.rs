@@ -141,7 +141,7 @@ impl Replay {
             let mut total = 0u64;
             for _ in 0..self.steps {
                 let Some(claim) = scope::claim() else { break };
-                if let Some(rec) = claim.ctx.take_recorded(&claim.path)
+                if let Ok(Some(rec)) = claim.ctx.take_recorded(&claim.path)
                     && let RecordedOutcome::Output(bytes) = rec.outcome
                 {
                     total += Codec::decode::<u64>(&bytes).unwrap_or_default();

@@ -24,6 +24,56 @@ impl StepPath {
     pub fn positions(&self) -> &[u32] {
         &self.0
     }
+
+    /// The path as the journal stores it (schema 6): positions joined by `.`, a
+    /// position under 10 as its digit, a larger one as its decimal digits after a
+    /// letter that says how many there are (`b` for two, up to `j` for ten), so
+    /// `3.b12.c105` is `3.12.105`. Byte order of these keys is path order (a branch
+    /// before what is below it, `9` before `b10`), so the journal returns a run's steps
+    /// in path order from its primary key, with no sort; paths of small positions read
+    /// as they always did.
+    pub(crate) fn to_key(&self) -> String {
+        let mut key = String::with_capacity(self.0.len() * 2);
+        for (i, &p) in self.0.iter().enumerate() {
+            if i > 0 {
+                key.push('.');
+            }
+            let digits = p.to_string();
+            if digits.len() > 1 {
+                // At most ten digits: `j` at most.
+                key.push(char::from(b'a' + digits.len() as u8 - 1));
+            }
+            key.push_str(&digits);
+        }
+        key
+    }
+
+    /// Reads a key written by [`to_key`](Self::to_key): `None` for anything that
+    /// `to_key` cannot have written (so each path has exactly one key).
+    pub(crate) fn from_key(key: &str) -> Option<StepPath> {
+        if key.is_empty() {
+            return None;
+        }
+        key.split('.')
+            .map(|part| {
+                let bytes = part.as_bytes();
+                let digits = match bytes {
+                    [b'1'..=b'9'] => part,
+                    [len @ b'b'..=b'j', first, ..]
+                        if *first != b'0' && bytes.len() == usize::from(len - b'a') + 2 =>
+                    {
+                        &part[1..]
+                    }
+                    _ => return None,
+                };
+                if !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                digits.parse::<u32>().ok()
+            })
+            .collect::<Option<Vec<u32>>>()
+            .map(|v| StepPath(v.into_boxed_slice()))
+    }
 }
 
 impl fmt::Display for StepPath {
@@ -81,6 +131,75 @@ mod tests {
             "7".parse::<StepPath>().map(|p| p.to_string()),
             Ok("7".into())
         );
+    }
+
+    #[test]
+    fn keys_read_as_paths_of_small_positions_and_say_the_length_of_large_ones() {
+        for (path, key) in [
+            (vec![3], "3"),
+            (vec![4, 2], "4.2"),
+            (vec![10], "b10"),
+            (vec![3, 12, 105], "3.b12.c105"),
+            (vec![u32::MAX], "j4294967295"),
+        ] {
+            let p = StepPath(path.into_boxed_slice());
+            assert_eq!(p.to_key(), key);
+            assert_eq!(StepPath::from_key(key), Some(p));
+        }
+        for bad in [
+            "",
+            ".",
+            "1.",
+            ".1",
+            "0",
+            "10",
+            "b1",
+            "b100",
+            "b01",
+            "c0105",
+            "a1",
+            "k10000000000",
+            "j4294967296",
+            "bxy",
+            "1..2",
+            "+1",
+            " 1",
+            "b1x",
+        ] {
+            assert_eq!(StepPath::from_key(bad), None, "{bad:?} read as a key");
+        }
+    }
+
+    proptest::proptest! {
+        /// Keys sort, byte by byte, as their paths do, and read back as them.
+        #[test]
+        fn keys_sort_as_paths_and_round_trip(
+            a in proptest::collection::vec(path_position(), 1..6),
+            shared in 0..6usize,
+            tail in proptest::collection::vec(path_position(), 0..4),
+        ) {
+            // `b` shares a prefix of `a` (all of it, some or none), then goes its way.
+            let mut b = a[..shared.min(a.len())].to_vec();
+            b.extend(tail);
+            proptest::prop_assume!(!b.is_empty());
+            let (a, b) = (StepPath(a.into_boxed_slice()), StepPath(b.into_boxed_slice()));
+            let (ka, kb) = (a.to_key(), b.to_key());
+            proptest::prop_assert_eq!(ka.as_bytes().cmp(kb.as_bytes()), a.cmp(&b));
+            proptest::prop_assert_eq!(StepPath::from_key(&ka), Some(a));
+        }
+    }
+
+    /// Positions of every length, small ones most often (as in real paths).
+    fn path_position() -> impl proptest::strategy::Strategy<Value = u32> {
+        use proptest::prelude::*;
+        prop_oneof![
+            1..10u32,
+            1..200u32,
+            1..u32::MAX,
+            Just(u32::MAX),
+            Just(9),
+            Just(10)
+        ]
     }
 
     #[test]

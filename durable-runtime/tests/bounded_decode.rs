@@ -268,7 +268,7 @@ fn resume_damaged(
     let conn = rusqlite::Connection::open(&path).expect("open");
     let row: Vec<u8> = conn
         .query_row(
-            "SELECT output FROM durable_steps WHERE workflow_id = 'w' AND path = '1'",
+            "SELECT output FROM durable_steps WHERE run = (SELECT run FROM durable_workflows WHERE id = 'w') AND path = '1'",
             [],
             |r| r.get(0),
         )
@@ -276,7 +276,7 @@ fn resume_damaged(
     let damaged = damage.apply(&row);
     let checksum = if keep_checksum { "crc32" } else { "NULL" };
     conn.execute(
-        &format!("UPDATE durable_steps SET output = ?1, crc32 = {checksum} WHERE workflow_id = 'w' AND path = '1'"),
+        &format!("UPDATE durable_steps SET output = ?1, crc32 = {checksum} WHERE run = (SELECT run FROM durable_workflows WHERE id = 'w') AND path = '1'"),
         [&damaged],
     )
     .expect("damage");

@@ -211,7 +211,7 @@ async fn a_parent_whose_child_record_is_missing_picks_up_the_finished_child() {
     common::make_pending(&path, "q");
     common::sql(
         &path,
-        "DELETE FROM durable_steps WHERE workflow_id = 'q' AND path = '1'",
+        "DELETE FROM durable_steps WHERE run = (SELECT run FROM durable_workflows WHERE id = 'q') AND path = '1'",
         [],
     );
     let rt = common::reopen(&path).await;

@@ -127,7 +127,7 @@ type Journal = BTreeMap<String, (String, Vec<u8>)>;
 fn journal(path: &Path, id: &str) -> Journal {
     let conn = rusqlite::Connection::open(path).expect("open journal");
     let mut stmt = conn
-        .prepare("SELECT path, name, output FROM durable_steps WHERE workflow_id = ?1")
+        .prepare("SELECT path, name, output FROM durable_steps WHERE run = (SELECT run FROM durable_workflows WHERE id = ?1)")
         .expect("prepare");
     stmt.query_map([id], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
         .expect("query")

@@ -204,7 +204,7 @@ async fn migrations_are_numbered_and_recorded() {
     assert!(
         meta.contains(&vec![
             "Text(\"schema_version\")".to_owned(),
-            "Text(\"5\")".to_owned()
+            "Text(\"7\")".to_owned()
         ]),
         "{meta:?}"
     );

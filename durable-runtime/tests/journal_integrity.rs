@@ -708,10 +708,10 @@ fn a_check_reports_damage_per_workflow() {
     });
     let conn = rusqlite::Connection::open(&path).expect("open");
     conn.execute_batch(
-        "UPDATE durable_steps SET output = CAST(output || x'00' AS BLOB) WHERE workflow_id = 'q-2';
+        "UPDATE durable_steps SET output = CAST(output || x'00' AS BLOB) WHERE run = (SELECT run FROM durable_workflows WHERE id = 'q-2');
          UPDATE durable_workflows SET output = CAST(output || x'00' AS BLOB) WHERE id = 'q-0';
-         INSERT INTO durable_steps (workflow_id, path, name, output, attempts, started_at, finished_at)
-              VALUES ('gone', '1', 'count', x'00', 1, 0, 0);",
+         INSERT INTO durable_steps (run, path, name, output, attempts, started_at, finished_at)
+              VALUES (999999, '1', 'count', x'00', 1, 0, 0);",
     )
     .expect("damage");
     drop(conn);
@@ -725,9 +725,11 @@ fn a_check_reports_damage_per_workflow() {
         .collect();
     by_workflow.sort();
     assert_eq!(by_workflow.len(), 3, "{damage:?}");
-    assert_eq!(by_workflow[0].0, "gone");
+    assert_eq!(by_workflow[0].0, "", "a row of no workflow names none");
     assert!(
-        by_workflow[0].1.contains("belongs to no workflow"),
+        by_workflow[0]
+            .1
+            .contains("step 1 (count) of run 999999 belongs to no workflow"),
         "{damage:?}"
     );
     assert_eq!(by_workflow[1].0, "q-0");
@@ -786,17 +788,17 @@ fn a_damaged_step_path_is_reported_not_replayed() {
     });
     let conn = rusqlite::Connection::open(&path).expect("open");
     let paths: Vec<String> = conn
-        .prepare("SELECT path FROM durable_steps WHERE workflow_id = 't' AND name LIKE '%tick' ORDER BY path")
+        .prepare("SELECT path FROM durable_steps WHERE run = (SELECT run FROM durable_workflows WHERE id = 't') AND name LIKE '%tick' ORDER BY path")
         .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
         .expect("paths");
     assert_eq!(paths.len(), 3, "{paths:?}");
     conn.execute(
-        "DELETE FROM durable_steps WHERE workflow_id = 't' AND path = ?1",
+        "DELETE FROM durable_steps WHERE run = (SELECT run FROM durable_workflows WHERE id = 't') AND path = ?1",
         [&paths[2]],
     )
     .expect("drop step 3");
     conn.execute(
-        "UPDATE durable_steps SET path = ?2 WHERE workflow_id = 't' AND path = ?1",
+        "UPDATE durable_steps SET path = ?2 WHERE run = (SELECT run FROM durable_workflows WHERE id = 't') AND path = ?1",
         [&paths[1], &paths[2]],
     )
     .expect("move step 2 to step 3's place");
@@ -873,9 +875,296 @@ fn migration_5_keys_every_checksum_and_keeps_damage() {
     });
 }
 
+/// `n` steps, then waits for "go" (with a deadline far away), then `n` more.
+#[workflow]
+async fn long_parked(n: u32) -> u32 {
+    let mut total = 0;
+    for i in 0..n {
+        total += count(i).await;
+    }
+    let go: Option<u32> = recv("go", std::time::Duration::from_secs(3600))
+        .await
+        .expect("recv");
+    for i in 0..n {
+        total += count(i).await;
+    }
+    total + go.unwrap_or(1_000_000)
+}
+
+/// `n` steps and done.
+#[workflow]
+async fn long_quick(n: u32) -> u32 {
+    let mut total = 0;
+    for i in 0..n {
+        total += count(i).await;
+    }
+    total
+}
+
+/// A path as schema 5 wrote it (`3.12`), from its schema 6 key (`3.b12`), computed
+/// here independently of the runtime.
+fn schema_5_path(key: &str) -> String {
+    key.split('.')
+        .map(|p| p.trim_start_matches(|c: char| c.is_ascii_lowercase()))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// CRC-32 of a value under a key, as schema 5 checksums: the key's parts each followed
+/// by 0xFF, then the value.
+fn keyed(parts: &[&[u8]], value: &[u8]) -> u32 {
+    let mut bytes = Vec::new();
+    for p in parts {
+        bytes.extend_from_slice(p);
+        bytes.push(0xFF);
+    }
+    bytes.extend_from_slice(value);
+    crc32(&bytes)
+}
+
+/// Turns a journal back into schema version 6: the rows recorded for a run keyed by its
+/// workflow's id rather than its run number, as versions 1 to 6 wrote them (checksums
+/// were keyed by the id all along).
+fn as_version_6(conn: &rusqlite::Connection) {
+    conn.execute_batch(
+        "CREATE TABLE w6 (
+            id TEXT PRIMARY KEY, name TEXT NOT NULL,
+            status TEXT NOT NULL
+                CHECK (status IN ('pending', 'completed', 'failed', 'cancelled')),
+            input BLOB NOT NULL, output BLOB, error_kind TEXT, error TEXT,
+            executor TEXT NOT NULL, app_version TEXT, parent_id TEXT, queue TEXT,
+            created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+            input_crc32 INTEGER, output_crc32 INTEGER, deadline_at INTEGER
+         ) STRICT;
+         INSERT INTO w6 SELECT id, name, status, input, output, error_kind, error, executor,
+             app_version, parent_id, queue, created_at, updated_at, input_crc32,
+             output_crc32, deadline_at FROM durable_workflows ORDER BY run;
+         CREATE TABLE s6 (
+            workflow_id TEXT NOT NULL, path TEXT NOT NULL, name TEXT NOT NULL, output BLOB,
+            error TEXT, attempts INTEGER NOT NULL, started_at INTEGER NOT NULL,
+            finished_at INTEGER NOT NULL, crc32 INTEGER, error_kind TEXT,
+            args_fingerprint INTEGER,
+            PRIMARY KEY (workflow_id, path), CHECK ((output IS NULL) <> (error IS NULL))
+         ) STRICT, WITHOUT ROWID;
+         INSERT INTO s6 SELECT w.id, s.path, s.name, s.output, s.error, s.attempts,
+             s.started_at, s.finished_at, s.crc32, s.error_kind, s.args_fingerprint
+             FROM durable_steps s JOIN durable_workflows w USING (run);
+         CREATE TABLE e6 (
+            workflow_id TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
+            crc32 INTEGER NOT NULL, set_at INTEGER NOT NULL, PRIMARY KEY (workflow_id, key)
+         ) STRICT, WITHOUT ROWID;
+         INSERT INTO e6 SELECT w.id, e.key, e.value, e.crc32, e.set_at
+             FROM durable_events e JOIN durable_workflows w USING (run);
+         CREATE TABLE t6 (
+            workflow_id TEXT NOT NULL, path TEXT NOT NULL, name TEXT NOT NULL,
+            started_at INTEGER NOT NULL, wake_at INTEGER, PRIMARY KEY (workflow_id, path)
+         ) STRICT, WITHOUT ROWID;
+         INSERT INTO t6 SELECT w.id, t.path, t.name, t.started_at, t.wake_at
+             FROM durable_started t JOIN durable_workflows w USING (run);
+         CREATE TABLE p6 (
+            workflow_id TEXT NOT NULL, path TEXT NOT NULL, name TEXT NOT NULL,
+            PRIMARY KEY (workflow_id, path, name)
+         ) STRICT, WITHOUT ROWID;
+         INSERT INTO p6 SELECT w.id, p.path, p.name
+             FROM durable_patches p JOIN durable_workflows w USING (run);
+         DROP TABLE durable_workflows; DROP TABLE durable_steps; DROP TABLE durable_events;
+         DROP TABLE durable_started; DROP TABLE durable_patches;
+         ALTER TABLE w6 RENAME TO durable_workflows;
+         ALTER TABLE s6 RENAME TO durable_steps;
+         ALTER TABLE e6 RENAME TO durable_events;
+         ALTER TABLE t6 RENAME TO durable_started;
+         ALTER TABLE p6 RENAME TO durable_patches;
+         CREATE INDEX durable_workflows_pending ON durable_workflows (created_at)
+             WHERE status = 'pending';
+         UPDATE durable_meta SET value = '6' WHERE key = 'schema_version';",
+    )
+    .expect("back to version 6");
+}
+
+/// A step row as `as_version_5` reads it: workflow, path, name, value, checksum.
+type StepRowV5 = (String, String, String, Vec<u8>, Option<i64>);
+
+/// Turns a journal back into schema version 5: step paths in plain decimal, and each
+/// step checksum that matched its key moved to the plain path's key.
+fn as_version_5(conn: &rusqlite::Connection) {
+    as_version_6(conn);
+    let rows: Vec<StepRowV5> = conn
+        .prepare(
+            "SELECT workflow_id, path, name, COALESCE(output, CAST(error AS BLOB)), crc32
+               FROM durable_steps",
+        )
+        .and_then(|mut s| {
+            s.query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect()
+        })
+        .expect("steps");
+    for (id, path, name, value, crc) in rows {
+        let old = schema_5_path(&path);
+        let matched = crc
+            == Some(i64::from(keyed(
+                &[id.as_bytes(), path.as_bytes(), name.as_bytes()],
+                &value,
+            )));
+        let crc = if matched {
+            Some(i64::from(keyed(
+                &[id.as_bytes(), old.as_bytes(), name.as_bytes()],
+                &value,
+            )))
+        } else {
+            crc
+        };
+        conn.execute(
+            "UPDATE durable_steps SET path = ?3, crc32 = ?4 WHERE workflow_id = ?1 AND path = ?2",
+            rusqlite::params![id, path, old, crc],
+        )
+        .expect("step back to version 5");
+    }
+    for table in ["durable_started", "durable_patches"] {
+        let rows: Vec<(String, String)> = conn
+            .prepare(&format!("SELECT workflow_id, path FROM {table}"))
+            .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .expect("side rows");
+        for (id, path) in rows {
+            conn.execute(
+                &format!("UPDATE {table} SET path = ?3 WHERE workflow_id = ?1 AND path = ?2"),
+                rusqlite::params![id, path, schema_5_path(&path)],
+            )
+            .expect("side row back to version 5");
+        }
+    }
+    conn.execute_batch("UPDATE durable_meta SET value = '5' WHERE key = 'schema_version'")
+        .expect("version 5");
+}
+
+fn column(conn: &rusqlite::Connection, sql: &str) -> Vec<String> {
+    conn.prepare(sql)
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .expect(sql)
+}
+
+/// Makes a journal at `path` holding `q`, finished after 12 steps, and `p`, parked in
+/// its `recv` after 25 steps (their records and the start record of its wait).
+fn finished_q_and_parked_p(path: &Path) {
+    tokio().block_on(async {
+        let rt = Runtime::open(path).await.expect("open");
+        let h = rt.start_with_id("q", long_quick(12)).await.expect("start");
+        assert_eq!(h.result().await.expect("q"), 660);
+        park_p(&rt, path, 25).await;
+    });
+}
+
+/// Starts `p`, a `long_parked(n)`, and closes `rt` once `p` has parked in its `recv`
+/// after its `n` steps (their records and the start record of its wait).
+async fn park_p(rt: &Runtime, path: &Path, n: u32) {
+    rt.start_with_id("p", long_parked(n))
+        .await
+        .expect("start p");
+    while JournalView::open(path)
+        .and_then(|v| v.steps("p"))
+        .map_or(0, |s| s.len())
+        < n as usize
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    rt.close().await.expect("close");
+}
+
+/// Makes a journal at `path` holding `q`, finished after 3 steps.
+fn journal_with_finished_q(path: &Path) {
+    tokio().block_on(async {
+        let rt = Runtime::open(path).await.expect("open");
+        let h = rt.start_with_id("q", long_quick(3)).await.expect("start");
+        assert_eq!(h.result().await.expect("q"), 30);
+        rt.close().await.expect("close");
+    });
+}
+
+/// Answers `p`'s wait, and checks the result it then finishes with.
+async fn finish_p(rt: &Runtime) {
+    rt.send("p", "go", &5u32).await.expect("send");
+    let h = rt.handle::<u32>("p").await.expect("handle");
+    assert_eq!(h.result().await.expect("p finishes"), 2 * 3000 + 5);
+}
+
+fn schema_version(conn: &rusqlite::Connection) -> Vec<String> {
+    column(
+        conn,
+        "SELECT value FROM durable_meta WHERE key = 'schema_version'",
+    )
+}
+
+/// Migration 6 writes step paths in their sortable form, in the steps, start records
+/// and patch markers, moves each intact checksum to the new key and leaves a damaged
+/// one damaged; a workflow parked across the upgrade replays its recorded steps (none
+/// runs again) and finishes.
+#[test]
+fn migration_6_sorts_paths_keeps_checksums_and_finishes_pending_work() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    finished_q_and_parked_p(&path);
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    assert_eq!(
+        column(
+            &conn,
+            "SELECT path FROM durable_started WHERE run = (SELECT run FROM durable_workflows WHERE id = 'p')"
+        ),
+        ["b26"]
+    );
+    as_version_5(&conn);
+    // Damaged while at version 5: step 11 of q no longer matches its checksum.
+    conn.execute_batch(
+        "UPDATE durable_steps SET crc32 = crc32 + 1 WHERE workflow_id = 'q' AND path = '11'",
+    )
+    .expect("damage");
+    assert_eq!(
+        column(
+            &conn,
+            "SELECT path FROM durable_steps WHERE workflow_id = 'q' ORDER BY path"
+        )[..4],
+        ["1", "10", "11", "12"]
+    );
+    drop(conn);
+    let before = BODIES.load(Ordering::SeqCst);
+    tokio().block_on(async {
+        let rt = Runtime::open(&path).await.expect("open upgrades");
+        let damage = rt.check().await.expect("check");
+        let what: Vec<_> = damage.iter().map(|d| d.what.clone()).collect();
+        assert_eq!(
+            what,
+            ["the result of step b11 (count) does not match its checksum"],
+            "{damage:?}"
+        );
+        let steps = rt.steps("p").await.expect("steps");
+        let paths: Vec<String> = steps.iter().map(|s| s.path.to_string()).collect();
+        let want: Vec<String> = (1..=25).map(|p| p.to_string()).collect();
+        assert_eq!(paths, want);
+        finish_p(&rt).await;
+        rt.close().await.expect("close");
+    });
+    // The 25 recorded steps replayed; only the 25 after the wait ran.
+    assert_eq!(BODIES.load(Ordering::SeqCst) - before, 25);
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    assert_eq!(schema_version(&conn), ["7"]);
+    let q = column(
+        &conn,
+        "SELECT path FROM durable_steps WHERE run = (SELECT run FROM durable_workflows WHERE id = 'q') ORDER BY path",
+    );
+    let want: Vec<String> = [
+        "1", "2", "3", "4", "5", "6", "7", "8", "9", "b10", "b11", "b12",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(q, want);
+}
+
 /// Rewrites every checksum of the journal as schema version 4 wrote them (a plain
 /// CRC-32 of the value) and sets its version to 4.
 fn as_version_4(conn: &rusqlite::Connection) {
+    as_version_6(conn);
     conn.create_scalar_function(
         "plain_crc",
         1,
@@ -1013,4 +1302,225 @@ fn a_closed_journal_leaves_no_wal_behind() {
             "close {round} left the -wal behind"
         );
     }
+}
+
+/// Finished workflows added to a schema 6 journal by `bulk_finished_at_version_6`.
+const BULK: u32 = 100_000;
+
+/// Adds `BULK` finished workflows `bulk-<i>` to a journal at schema 6, each a copy of
+/// finished workflow `model` and its first three steps under its own id, with every
+/// checksum keyed by that id as durable writes them.
+fn bulk_finished_at_version_6(conn: &rusqlite::Connection, model: &str) {
+    conn.create_scalar_function(
+        "keyed_crc",
+        -1,
+        rusqlite::functions::FunctionFlags::SQLITE_UTF8,
+        |ctx| {
+            let value: Vec<u8> = ctx.get(0)?;
+            let parts: Vec<String> = (1..ctx.len())
+                .map(|i| ctx.get(i))
+                .collect::<rusqlite::Result<_>>()?;
+            let parts: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
+            Ok(i64::from(keyed(&parts, &value)))
+        },
+    )
+    .expect("keyed_crc");
+    let added = conn
+        .execute(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?2)
+             INSERT INTO durable_workflows
+                 (id, name, status, input, output, executor, created_at, updated_at,
+                  input_crc32, output_crc32)
+             SELECT 'bulk-' || i, m.name, m.status, m.input, m.output, m.executor,
+                    m.created_at + i, m.updated_at + i,
+                    keyed_crc(m.input, 'bulk-' || i), keyed_crc(m.output, 'bulk-' || i)
+             FROM n, durable_workflows m WHERE m.id = ?1",
+            rusqlite::params![model, BULK],
+        )
+        .expect("bulk workflows");
+    assert_eq!(added, BULK as usize);
+    conn.execute(
+        "INSERT INTO durable_steps
+             (workflow_id, path, name, output, attempts, started_at, finished_at, crc32,
+              args_fingerprint)
+         SELECT w.id, s.path, s.name, s.output, s.attempts, s.started_at, s.finished_at,
+                keyed_crc(s.output, w.id, s.path, s.name), s.args_fingerprint
+         FROM durable_workflows w, durable_steps s
+         WHERE w.id GLOB 'bulk-*' AND s.workflow_id = ?1 AND s.path IN ('1', '2', '3')",
+        [model],
+    )
+    .expect("bulk steps");
+}
+
+/// Migration 7 numbers every run and keys what was recorded for it by that number: on
+/// a journal of 100,000 finished workflows and a parked one, every checksum still
+/// matches (each row found its own workflow), runs are numbered in creation order, and
+/// the parked workflow replays and finishes.
+#[test]
+fn migration_7_numbers_runs_keeps_checksums_and_finishes_pending_work() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    finished_q_and_parked_p(&path);
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    as_version_6(&conn);
+    bulk_finished_at_version_6(&conn, "q");
+    let steps_before = column(&conn, "SELECT CAST(COUNT(*) AS TEXT) FROM durable_steps");
+    drop(conn);
+
+    let before = BODIES.load(Ordering::SeqCst);
+    tokio().block_on(async {
+        let opened = std::time::Instant::now();
+        let rt = Runtime::open(&path).await.expect("open upgrades");
+        eprintln!("opened and upgraded in {:?}", opened.elapsed());
+        assert_eq!(
+            rt.check().await.expect("check"),
+            [],
+            "no row lost its workflow"
+        );
+        let bulk = rt.steps("bulk-77777").await.expect("steps");
+        let values: Vec<_> = bulk.iter().map(|s| s.path.to_string()).collect();
+        assert_eq!(values, ["1", "2", "3"]);
+        let h = rt.handle::<u32>("bulk-99999").await.expect("handle");
+        assert_eq!(h.result().await.expect("a finished bulk run"), 660);
+        finish_p(&rt).await;
+        rt.close().await.expect("close");
+    });
+    // The 25 recorded steps replayed; only the 25 after the wait ran.
+    assert_eq!(BODIES.load(Ordering::SeqCst) - before, 25);
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    assert_eq!(schema_version(&conn), ["7"]);
+    let first: Vec<String> = column(
+        &conn,
+        "SELECT id FROM durable_workflows ORDER BY run LIMIT 3",
+    );
+    assert_eq!(
+        first,
+        ["q", "p", "bulk-0"],
+        "runs numbered in creation order"
+    );
+    let after: u64 = column(&conn, "SELECT CAST(COUNT(*) AS TEXT) FROM durable_steps")[0]
+        .parse()
+        .expect("a count");
+    let before: u64 = steps_before[0].parse().expect("a count");
+    assert_eq!(
+        after,
+        before + 26,
+        "every step row kept; p's answer and its last 25 steps added"
+    );
+}
+
+/// A row recorded for a workflow the journal lacks cannot be keyed by a run number:
+/// the upgrade refuses the journal with an error that names the row, and changes
+/// nothing.
+#[test]
+fn migration_7_refuses_rows_of_no_workflow_and_changes_nothing() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    journal_with_finished_q(&path);
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    as_version_6(&conn);
+    conn.execute_batch(
+        "INSERT INTO durable_started (workflow_id, path, name, started_at)
+         VALUES ('ghost', '2', 'count', 0)",
+    )
+    .expect("an orphan");
+    drop(conn);
+    let before = std::fs::read(&path).expect("read");
+    let err = tokio()
+        .block_on(Runtime::open(&path))
+        .expect_err("an orphan row refuses the upgrade");
+    let Error::Store(e) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(e.kind(), StoreErrorKind::Damaged, "{err}");
+    assert!(
+        err.to_string()
+            .contains("start record 2 of workflow `ghost`, which is not in it"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        before,
+        "nothing changed"
+    );
+}
+
+/// A recovered wait keeps the deadline its start record holds: a damaged one (here an
+/// hour earlier, so the wait would time out at once and its workflow go on with
+/// `None`) is reported, and the workflow stops instead of taking the wrong branch.
+#[test]
+fn a_damaged_deadline_is_reported_not_waited_for() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    tokio().block_on(async {
+        let rt = Runtime::open(&path).await.expect("open");
+        park_p(&rt, &path, 2).await;
+    });
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let changed = conn
+        .execute(
+            "UPDATE durable_started SET wake_at = wake_at - 3600000 WHERE wake_at IS NOT NULL",
+            [],
+        )
+        .expect("damage the deadline");
+    assert_eq!(changed, 1, "p's recv parked with its deadline");
+    drop(conn);
+
+    let damage = JournalView::open(&path)
+        .expect("view")
+        .check()
+        .expect("check");
+    assert!(
+        damage.iter().any(|d| d.workflow_id.as_deref() == Some("p")
+            && d.what.contains("start record of step 3 (durable::recv)")
+            && d.what.contains("does not match its checksum")),
+        "{damage:?}"
+    );
+    let before = BODIES.load(Ordering::SeqCst);
+    tokio().block_on(async {
+        let rt = Runtime::open(&path).await.expect("open");
+        let h = rt.handle::<u32>("p").await.expect("handle");
+        match h.result().await {
+            Err(Error::Store(e)) => assert!(e.to_string().contains("checksum"), "{e}"),
+            other => panic!("a damaged deadline was waited for: {other:?}"),
+        }
+        assert_eq!(
+            rt.steps("p").await.expect("steps").len(),
+            2,
+            "nothing recorded"
+        );
+        rt.close().await.expect("close");
+    });
+    assert_eq!(BODIES.load(Ordering::SeqCst), before, "no step ran");
+}
+
+/// A run's number is never given twice: the rows a workflow deleted by hand leaves
+/// behind stay orphans (reported by the check), and never become a new workflow's.
+#[test]
+fn a_run_number_is_never_given_twice() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    journal_with_finished_q(&path);
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.execute("DELETE FROM durable_workflows WHERE id = 'q'", [])
+        .expect("delete q's row by hand");
+    drop(conn);
+    tokio().block_on(async {
+        let rt = Runtime::open(&path).await.expect("open");
+        let h = rt.start_with_id("n", long_quick(2)).await.expect("start");
+        assert_eq!(h.result().await.expect("n runs its own steps"), 10);
+        assert_eq!(rt.steps("n").await.expect("steps").len(), 2);
+        let damage = rt.check().await.expect("check");
+        assert_eq!(damage.len(), 3, "q's three steps are orphans: {damage:?}");
+        assert!(
+            damage
+                .iter()
+                .all(|d| d.workflow_id.is_none() && d.what.contains("belongs to no workflow"))
+        );
+        rt.close().await.expect("close");
+    });
 }

@@ -468,9 +468,9 @@ async fn a_view_refuses_what_is_not_a_journal_of_this_version() {
     assert!(message.contains("upgrade durable-runtime"), "{message}");
 
     // A view opened earlier notices an upgrade at its next read.
-    set_version("5");
+    set_version("7");
     let view = JournalView::open(&journal).expect("view");
-    set_version("6");
+    set_version("8");
     let err = view.workflows().expect_err("upgraded under the view");
     assert!(
         matches!(&err, Error::Store(e) if e.kind() == StoreErrorKind::NewerSchema),
@@ -523,7 +523,7 @@ async fn a_damaged_value_is_an_error_never_another_value() {
     for sql in [
         "UPDATE durable_workflows SET input_crc32 = input_crc32 + 1, \
          output_crc32 = output_crc32 + 1 WHERE id = 'checkout-1'",
-        "UPDATE durable_steps SET crc32 = crc32 + 1 WHERE workflow_id = 'checkout-1' AND path = '1'",
+        "UPDATE durable_steps SET crc32 = crc32 + 1 WHERE run = (SELECT run FROM durable_workflows WHERE id = 'checkout-1') AND path = '1'",
         "UPDATE durable_events SET crc32 = crc32 + 1",
         "UPDATE durable_messages SET crc32 = crc32 + 1",
     ] {

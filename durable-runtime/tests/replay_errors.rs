@@ -215,7 +215,7 @@ async fn resume_with_corrupt_step(id: &str, corrupt: impl FnOnce(Vec<u8>) -> Vec
     let original: Vec<u8> = rusqlite::Connection::open(&path)
         .expect("open")
         .query_row(
-            "SELECT output FROM durable_steps WHERE workflow_id = ?1 AND path = '1'",
+            "SELECT output FROM durable_steps WHERE run = (SELECT run FROM durable_workflows WHERE id = ?1) AND path = '1'",
             [id],
             |r| r.get(0),
         )
@@ -223,7 +223,7 @@ async fn resume_with_corrupt_step(id: &str, corrupt: impl FnOnce(Vec<u8>) -> Vec
     common::sql(
         &path,
         // No checksum, as in rows written before schema 2: the decoder must catch it.
-        "UPDATE durable_steps SET output = ?2, crc32 = NULL WHERE workflow_id = ?1 AND path = '1'",
+        "UPDATE durable_steps SET output = ?2, crc32 = NULL WHERE run = (SELECT run FROM durable_workflows WHERE id = ?1) AND path = '1'",
         rusqlite::params![id, corrupt(original)],
     );
     let before = snapshot(&path);

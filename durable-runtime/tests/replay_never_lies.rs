@@ -64,7 +64,7 @@ where
     common::make_pending(path, id);
     common::sql(
         path,
-        "DELETE FROM durable_steps WHERE workflow_id = ?1 AND CAST(path AS INTEGER) > ?2",
+        "DELETE FROM durable_steps WHERE run = (SELECT run FROM durable_workflows WHERE id = ?1) AND CAST(path AS INTEGER) > ?2",
         rusqlite::params![id, keep],
     );
     out
@@ -710,7 +710,7 @@ async fn a_parent_never_adopts_a_workflow_that_has_its_childs_id() {
     common::make_pending(&path, "pd");
     common::sql(
         &path,
-        "DELETE FROM durable_steps WHERE workflow_id = 'pd'",
+        "DELETE FROM durable_steps WHERE run = (SELECT run FROM durable_workflows WHERE id = 'pd')",
         [],
     );
     let rt = open(&path).await;

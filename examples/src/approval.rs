@@ -354,7 +354,7 @@ fn demo() -> Res<ExitCode> {
     println!("The payout ran at the time recorded before the crash, not 3 s after run 3");
     println!("started; nothing recorded ran twice. Inspect the journal:");
     println!(
-        "  sqlite3 {} 'select workflow_id, path, name from durable_steps'",
+        "  sqlite3 {} 'select id, path, s.name from durable_steps s join durable_workflows using (run)'",
         journal.display()
     );
     Ok(ExitCode::SUCCESS)

@@ -121,7 +121,7 @@ fn demo() -> Res<ExitCode> {
     println!("at-least-once, recorded results exactly-once.");
     println!("Inspect the journal:");
     println!(
-        "  sqlite3 {} 'select workflow_id, path, name, attempts from durable_steps'",
+        "  sqlite3 {} 'select id, path, s.name, attempts from durable_steps s join durable_workflows using (run)'",
         journal.display()
     );
     Ok(ExitCode::SUCCESS)

@@ -133,7 +133,9 @@ fn step_rows(journal: &Path) -> Res<BTreeSet<(String, String, String)>> {
     let Some(conn) = open_journal(journal)? else {
         return Ok(BTreeSet::new());
     };
-    let mut stmt = conn.prepare("SELECT workflow_id, path, name FROM durable_steps")?;
+    let mut stmt = conn.prepare(
+        "SELECT w.id, s.path, s.name FROM durable_steps s JOIN durable_workflows w USING (run)",
+    )?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -180,8 +182,8 @@ fn duplicated(journal: &Path) -> Res<Vec<(String, String, i64)>> {
         return Ok(Vec::new());
     };
     let mut stmt = conn.prepare(
-        "SELECT workflow_id, path, COUNT(*) FROM durable_steps
-         GROUP BY workflow_id, path HAVING COUNT(*) > 1",
+        "SELECT w.id, s.path, COUNT(*) FROM durable_steps s JOIN durable_workflows w USING (run)
+         GROUP BY s.run, s.path HAVING COUNT(*) > 1",
     )?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)

@@ -250,7 +250,8 @@ fn committed(journal: &Path) -> Res<BTreeSet<(String, String)>> {
     let Some(conn) = open_journal(journal)? else {
         return Ok(BTreeSet::new());
     };
-    let mut stmt = conn.prepare("SELECT workflow_id, path FROM durable_steps")?;
+    let mut stmt = conn
+        .prepare("SELECT w.id, s.path FROM durable_steps s JOIN durable_workflows w USING (run)")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -364,7 +365,7 @@ fn messages_balance(journal: &Path, what: &str) -> Res<(i64, i64)> {
     )?;
     let received = count(
         &conn,
-        "SELECT COUNT(*) FROM durable_steps WHERE workflow_id = 'collector'
+        "SELECT COUNT(*) FROM durable_steps WHERE run = (SELECT run FROM durable_workflows WHERE id = 'collector')
          AND name = 'durable::recv'",
     )?;
     let waiting = count(&conn, "SELECT COUNT(*) FROM durable_messages")?;
@@ -410,7 +411,10 @@ fn messages_survive_sigkill_during_recv_waits_exactly_once_and_in_order() -> Res
             if worker.wait_up_to(delay)? {
                 break worker.finish(&what)?;
             }
-            worker.kill(&what)?;
+            // It can still finish between the last look and the signal.
+            if let Some(results) = worker.kill_unless_finished(&what)? {
+                break results;
+            }
             kills += 1;
             let (received, waiting) = messages_balance(&journal, &what)?;
             if received < total && waiting == 0 {
@@ -474,7 +478,8 @@ fn parents_in_the_gap(journal: &Path) -> Res<i64> {
         "SELECT COUNT(*) FROM durable_workflows c
          WHERE c.parent_id IS NOT NULL AND c.status = 'completed'
            AND NOT EXISTS (SELECT 1 FROM durable_steps s
-                           WHERE s.workflow_id = c.parent_id AND s.name = 'durable::child')",
+                           WHERE s.run = (SELECT run FROM durable_workflows WHERE id = c.parent_id)
+                             AND s.name = 'durable::child')",
     )
 }
 
@@ -592,7 +597,7 @@ fn ledger_matches_records(journal: &Path, what: &str) -> Res<BTreeSet<u32>> {
     let entries: BTreeSet<u32> = rows.iter().copied().collect();
     assert_eq!(entries.len(), rows.len(), "{what}: a row twice: {rows:?}");
     let mut stmt = conn.prepare(
-        "SELECT path FROM durable_steps WHERE workflow_id = 'ledger' AND name = 'insert_row'",
+        "SELECT path FROM durable_steps WHERE run = (SELECT run FROM durable_workflows WHERE id = 'ledger') AND name = 'insert_row'",
     )?;
     let recorded: BTreeSet<u32> = stmt
         .query_map([], |r| r.get::<_, String>(0))?

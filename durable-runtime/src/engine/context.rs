@@ -11,7 +11,9 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 use crate::codec::Codec;
+use crate::engine::recorded::{REPLAY_BATCH, Recorded};
 use crate::engine::workflow::{Launch, Outcome};
+use crate::error::StoreError;
 use crate::error::{CancelReason, Error, Result};
 use crate::journal::{RecordedStep, SideRecords, StartedRecord, Store};
 use crate::path::StepPath;
@@ -61,7 +63,8 @@ pub(crate) struct WorkflowCtx {
     pub(crate) store: Arc<dyn Store>,
     /// How this execution encodes what it records.
     pub(crate) codec: Codec,
-    recorded: Mutex<HashMap<StepPath, RecordedStep>>,
+    /// What earlier executions recorded, read as the run's code asks for it.
+    recorded: Mutex<Recorded>,
     /// Start records of earlier executions: deadlines of waits, and steps that began
     /// their body durably (`on_interrupt = "fail"`).
     started: Mutex<HashMap<StepPath, StartedRecord>>,
@@ -215,9 +218,15 @@ impl WorkflowCtx {
         self.runtime.as_ref()?.upgrade()
     }
 
-    /// Hands this execution what earlier executions recorded.
+    /// Hands this execution what earlier executions recorded: the first steps of its
+    /// history (read with a limit of [`REPLAY_BATCH`]; the rest is read as the run's
+    /// code asks for it), and all of what it recorded beside them.
     pub(crate) fn load(&self, recorded: Vec<RecordedStep>, side: SideRecords) {
-        *lock(&self.recorded) = recorded.into_iter().map(|s| (s.path.clone(), s)).collect();
+        *lock(&self.recorded) = Recorded::first(recorded, REPLAY_BATCH);
+        self.load_side(side);
+    }
+
+    fn load_side(&self, side: SideRecords) {
         *lock(&self.started) = side
             .started
             .into_iter()
@@ -240,14 +249,23 @@ impl WorkflowCtx {
     /// Whether an earlier execution recorded anything (not yet replayed) at `path` or at
     /// a later position of the same branch, or below one: such an execution went past
     /// `path` already.
+    ///
+    /// A journal that cannot be read stops the run (with the error) and answers
+    /// `true`, so that nothing is written.
     pub(crate) fn recorded_from(&self, path: &StepPath) -> bool {
         let Some((&at, branch)) = path.positions().split_last() else {
             return false;
         };
-        lock(&self.recorded).keys().any(|p| {
-            let p = p.positions();
-            p.len() > branch.len() && p.starts_with(branch) && p[branch.len()] >= at
+        let found = lock(&self.recorded).any_from(branch, at, &mut |after| self.read_after(after));
+        found.unwrap_or_else(|e| {
+            self.fail(Error::Store(e));
+            true
         })
+    }
+
+    /// The next batch of this run's history, after `after`.
+    fn read_after(&self, after: Option<&StepPath>) -> Result<Vec<RecordedStep>, StoreError> {
+        self.store.steps_after(&self.id, after, REPLAY_BATCH)
     }
 
     /// The start record an earlier execution made at `path`, if any.
@@ -322,7 +340,8 @@ impl WorkflowCtx {
             replay_only: true,
             ..WorkflowCtx::new(id, store, None, Codec::default())
         };
-        ctx.load(recorded, side);
+        *lock(&ctx.recorded) = Recorded::all(recorded);
+        ctx.load_side(side);
         ctx
     }
 
@@ -348,8 +367,15 @@ impl WorkflowCtx {
 
     /// Takes the record of `path`, if an earlier execution recorded one. Each recorded
     /// step is handed out once; what is left at the end was never asked for.
-    pub(crate) fn take_recorded(&self, path: &StepPath) -> Option<RecordedStep> {
-        lock(&self.recorded).remove(path)
+    ///
+    /// The history is read in batches as the code asks for it: a claim past what has
+    /// been read reads the next batch (one query for [`REPLAY_BATCH`] steps) on the
+    /// caller's thread.
+    pub(crate) fn take_recorded(
+        &self,
+        path: &StepPath,
+    ) -> Result<Option<RecordedStep>, StoreError> {
+        lock(&self.recorded).take(path, &mut |after| self.read_after(after))
     }
 
     /// How many recorded steps this execution has not asked for (yet).
@@ -365,14 +391,13 @@ impl WorkflowCtx {
     }
 
     /// The first recorded step (by path) that this execution never asked for, outside
-    /// branches that lost a durable select.
-    pub(crate) fn first_unclaimed(&self) -> Option<(StepPath, String)> {
-        let abandoned = lock(&self.abandoned);
-        lock(&self.recorded)
-            .values()
-            .filter(|s| !abandoned.iter().any(|a| s.path.positions().starts_with(a)))
-            .min_by(|a, b| a.path.cmp(&b.path))
-            .map(|s| (s.path.clone(), s.name.clone()))
+    /// branches that lost a durable select. Reads the rest of the history if it has to.
+    pub(crate) fn first_unclaimed(&self) -> Result<Option<(StepPath, String)>, StoreError> {
+        let abandoned = lock(&self.abandoned).clone();
+        lock(&self.recorded).first_unclaimed(
+            |p| abandoned.iter().any(|a| p.positions().starts_with(a)),
+            &mut |after| self.read_after(after),
+        )
     }
 
     /// Stops this execution: the driver sees the error at its next poll. The first

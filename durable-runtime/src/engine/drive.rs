@@ -8,6 +8,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crate::engine::context::WorkflowCtx;
+use crate::engine::recorded::REPLAY_BATCH;
 use crate::engine::scope::{self, Branch};
 use crate::engine::workflow::ErasedWorkflow;
 use crate::error::{CancelReason, Error, FailureKind, Location, Result, StoreError, undecodable};
@@ -19,8 +20,9 @@ use crate::util::now_ms;
 pub(crate) enum History {
     /// Just created by this start: nothing can be recorded yet, so nothing is loaded.
     None,
-    /// Found pending in the journal: its recorded steps, start records and patch markers
-    /// are loaded, in one trip to a blocking thread.
+    /// Found pending in the journal: its first recorded steps (the rest are read as
+    /// the code asks for them), start records and patch markers are loaded, in one trip
+    /// to a blocking thread.
     Journaled,
     /// Found pending in the journal, and loaded already (with other runs', at open), or
     /// the error of loading it.
@@ -42,7 +44,10 @@ pub(crate) async fn execute(
             let store = ctx.store.clone();
             let id = ctx.id.clone();
             let (recorded, side) = blocking(ctx.store.path(), move || {
-                Ok::<_, StoreError>((store.steps(&id)?, store.side_records(&id)?))
+                Ok::<_, StoreError>((
+                    store.steps_after(&id, None, REPLAY_BATCH)?,
+                    store.side_records(&id)?,
+                ))
             })
             .await??;
             ctx.load(recorded, side);
@@ -53,7 +58,7 @@ pub(crate) async fn execute(
         }
     }
     let output = run_body(ctx, def, input, deadline_at).await?;
-    if let Some((path, recorded)) = ctx.first_unclaimed() {
+    if let Some((path, recorded)) = ctx.first_unclaimed()? {
         return Err(Error::Divergence {
             workflow_id: ctx.id.to_string(),
             path,

@@ -8,6 +8,7 @@
 pub(crate) mod call;
 pub(crate) mod context;
 pub(crate) mod drive;
+pub(crate) mod recorded;
 pub(crate) mod replay;
 pub(crate) mod scope;
 pub(crate) mod step;

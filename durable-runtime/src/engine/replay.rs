@@ -19,9 +19,10 @@ pub(crate) enum Found {
     Nothing,
     /// The call's recorded outcome: the call returns it without doing its work again.
     Recorded(RecordedOutcome),
-    /// Another operation, or this one with other arguments: the workflow has stopped
-    /// (with [`Error::Divergence`]), and the call never completes.
-    Diverged,
+    /// Another operation, or this one with other arguments (the workflow has stopped
+    /// with [`Error::Divergence`]), or a journal that could not be read (it has
+    /// stopped with that error): the call never completes.
+    Stopped,
 }
 
 /// Takes what an earlier execution recorded at `claim`'s position and compares it with
@@ -35,14 +36,19 @@ pub(crate) fn claim_recorded(
     args: Option<Fingerprint>,
     preview: impl FnOnce() -> String,
 ) -> Found {
-    let Some(recorded) = claim.ctx.take_recorded(&claim.path) else {
-        return Found::Nothing;
+    let recorded = match claim.ctx.take_recorded(&claim.path) {
+        Ok(Some(recorded)) => recorded,
+        Ok(None) => return Found::Nothing,
+        Err(e) => {
+            claim.ctx.fail(Error::Store(e));
+            return Found::Stopped;
+        }
     };
     match divergence(claim, name, &recorded, args, preview) {
         None => Found::Recorded(recorded.outcome),
         Some(e) => {
             claim.ctx.fail(e);
-            Found::Diverged
+            Found::Stopped
         }
     }
 }

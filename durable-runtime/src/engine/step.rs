@@ -250,7 +250,7 @@ pub fn claim_step(options: &'static StepOptions, args: impl Fn(&mut Args)) -> St
             args: fingerprint,
         },
         Found::Recorded(outcome) => Begin::Replay { claim, outcome },
-        Found::Diverged => Begin::Stopped,
+        Found::Stopped => Begin::Stopped,
     };
     StepClaim { options, begin }
 }

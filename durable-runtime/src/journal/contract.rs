@@ -54,9 +54,11 @@ macro_rules! store_contract {
             create_is_idempotent,
             a_path_is_recorded_once,
             a_refused_record_has_no_effect,
+            records_for_a_run_the_journal_lacks_are_refused,
             records_round_trip,
             steps_are_sorted_by_path,
             histories_read_each_run_as_steps_and_side_records_do,
+            steps_after_reads_a_run_in_path_order_batches,
             finish_records_the_outcome_of_a_pending_run,
             finish_respects_a_committed_cancel,
             pending_workflows_lists_only_pending_runs,
@@ -219,6 +221,7 @@ impl Journal {
 
     /// Returns once every write made before it has been applied (see the module docs).
     async fn barrier(&self) {
+        self.create(workflow("barrier")).await;
         ok(self
             .store
             .record_patch(Arc::from("barrier"), at("1"), "barrier"))
@@ -228,6 +231,7 @@ impl Journal {
     /// Takes every message queued for `destination` on `topic`, in the order the store
     /// hands them out, by recorded waits that do not park.
     async fn drain(&self, destination: &str, topic: &str) -> Vec<String> {
+        self.create(workflow("drain")).await;
         let mut taken = Vec::new();
         loop {
             // No test queues this many: the waits are not taking what they answer.
@@ -557,6 +561,33 @@ async fn a_refused_record_has_no_effect(open: Open) {
     );
 }
 
+/// Everything recorded for a run belongs to a workflow the journal holds: a record for
+/// an id it lacks (the row deleted outside durable, or never created) is refused, and
+/// neither writes anything nor takes a message.
+async fn records_for_a_run_the_journal_lacks_are_refused(open: Open) {
+    let j = Journal::new(open);
+    j.create(workflow("w")).await;
+    j.send(message("ghost", "t", "m")).await;
+    let refusals = [
+        refused(j.store.record_step(output("ghost", "1", "v"))).await,
+        refused(j.store.record_step(set_event("ghost", "2", "k", "v"))).await,
+        refused(j.store.record_started(key("ghost", "3"), 1)).await,
+        refused(j.store.wait(take(recv("ghost", "t"), record("ghost", "4")))).await,
+    ];
+    assert_eq!(refusals, [StoreErrorKind::Invariant; 4]);
+    // A patch marker is refused too, or reads back for nobody.
+    let _ = answer(j.store.record_patch(Arc::from("ghost"), at("5"), "p")).await;
+    j.barrier().await;
+    assert!(j.steps("ghost").await.is_empty());
+    let side = j.side_records("ghost").await;
+    assert!(side.started.is_empty() && side.patches.is_empty());
+    assert_eq!(said(j.store.wait(peek(event("ghost", "k")))).await, None);
+    // The message is still there for the run once it exists.
+    j.create(workflow("ghost")).await;
+    assert_eq!(j.drain("ghost", "t").await, ["m"]);
+    assert!(j.steps("w").await.is_empty());
+}
+
 /// Every field of a step record reads back as written: output bytes, panics and
 /// interruptions, attempts, times and the argument fingerprint (`Some` of any 64 bits,
 /// or `None`).
@@ -667,7 +698,7 @@ async fn histories_read_each_run_as_steps_and_side_records_do(open: Open) {
         .collect();
     let asked = ids.clone();
     let histories = j
-        .read(move |s| s.histories(&asked))
+        .read(move |s| s.histories(&asked, usize::MAX))
         .await
         .expect("histories");
     assert_eq!(histories.len(), ids.len());
@@ -693,6 +724,66 @@ async fn histories_read_each_run_as_steps_and_side_records_do(open: Open) {
         }
         assert_eq!(side(&records), side(&j.side_records(id).await), "{id}");
     }
+}
+
+/// `steps_after` answers the steps after a path, in path order, at most `limit`:
+/// batches read one after the other give every step once, in order, whatever the
+/// batch size; `histories` with a limit gives the first batch.
+async fn steps_after_reads_a_run_in_path_order_batches(open: Open) {
+    let j = Journal::new(open);
+    for w in [workflow("w"), workflow("w2")] {
+        j.create(w).await;
+    }
+    let mut all = Vec::new();
+    for top in 1..=25u32 {
+        all.push(top.to_string());
+        if top % 4 == 0 {
+            for below in [1, 9, 10, 11, 100] {
+                all.push(format!("{top}.{below}"));
+            }
+        }
+    }
+    // Recorded in another order than path order.
+    for p in all.iter().rev() {
+        j.record_step(output("w", p, p)).await;
+    }
+    j.record_step(output("w2", "5", "other")).await;
+    let whole = j.steps("w").await;
+    assert_eq!(whole.len(), all.len());
+    for limit in [1, 2, 7, 1000] {
+        let mut read: Vec<StepPath> = Vec::new();
+        loop {
+            let after = read.last().cloned();
+            let batch = j
+                .read(move |s| s.steps_after("w", after.as_ref(), limit))
+                .await
+                .expect("steps_after");
+            assert!(batch.len() <= limit);
+            let done = batch.len() < limit;
+            read.extend(batch.into_iter().map(|s| s.path));
+            if done {
+                break;
+            }
+        }
+        let want: Vec<StepPath> = whole.iter().map(|s| s.path.clone()).collect();
+        assert_eq!(read, want, "limit {limit}");
+        let first = j
+            .read(move |s| s.histories(&[Arc::from("w")], limit))
+            .await
+            .expect("histories");
+        let (steps, _) = first.into_iter().next().expect("one").expect("history");
+        assert_eq!(
+            paths(&steps),
+            paths(&whole[..limit.min(whole.len())]),
+            "limit {limit}"
+        );
+    }
+    let after_all = whole.last().map(|s| s.path.clone());
+    let none = j
+        .read(move |s| s.steps_after("w", after_all.as_ref(), 10))
+        .await
+        .expect("steps_after");
+    assert!(none.is_empty());
 }
 
 /// Finishing a pending run answers `true` and stores its outcome; finishing a run that
@@ -1356,6 +1447,7 @@ async fn competing_waits_never_share_a_message(open: Open) {
     assert_eq!(got, [Some("m1".to_owned()), Some("m2".to_owned())]);
 
     // Waits and sends interleaved, all made before any answer.
+    j.create(workflow("x")).await;
     let mut waits = Vec::new();
     let mut sends = Vec::new();
     for i in 1..=20 {
@@ -1584,6 +1676,22 @@ async fn damaged_values_are_refused(open: Open, damage: Damage) {
     j.record_step(output("w", "1", "out")).await;
     j.record_step(set_event("w", "2", "status", "set")).await;
     j.send(message("w", "t", "m")).await;
+    let sleep = StepKey {
+        name: "durable::sleep",
+        ..key("w", "4")
+    };
+    let deadline = WaitRecord {
+        deadline_at: Some(9_000),
+        ..record("w", "5")
+    };
+    // Parked (with its start record) for as long as the test holds it.
+    let _parked = j.store.wait(take(recv("w", "never"), deadline));
+    ok(j.store.record_started(sleep, 40)).await;
+    // A patch marker of another run, so that each side record is refused on its own.
+    j.create(workflow("v")).await;
+    ok(j.store.record_patch(Arc::from("v"), at("6"), "p1")).await;
+    j.barrier().await;
+    assert_eq!(j.side_records("w").await.started.len(), 2);
     let healthy = j.read(|s| s.check()).await.expect("check");
     assert!(
         healthy.is_empty(),
@@ -1595,7 +1703,13 @@ async fn damaged_values_are_refused(open: Open, damage: Damage) {
 
     // A check finds every damaged value, and names its workflow.
     let found = j.read(|s| s.check()).await.expect("check");
-    for what in ["input", "step 1", "event", "message"] {
+    for what in [
+        "input",
+        "step 1",
+        "event",
+        "message",
+        "start record of step 5",
+    ] {
         assert!(
             found
                 .iter()
@@ -1606,6 +1720,16 @@ async fn damaged_values_are_refused(open: Open, damage: Damage) {
 
     let steps = j.read(|s| s.steps("w")).await;
     assert!(steps.is_err(), "damaged steps were read: {steps:?}");
+    assert!(
+        found
+            .iter()
+            .any(|d| d.workflow_id.as_deref() == Some("v") && d.what.contains("patch marker p1!")),
+        "the check does not report the damaged patch marker of v: {found:?}"
+    );
+    let side = j.read(|s| s.side_records("w")).await;
+    assert!(side.is_err(), "damaged start records were read: {side:?}");
+    let side = j.read(|s| s.side_records("v")).await;
+    assert!(side.is_err(), "damaged patch markers were read: {side:?}");
     assert!(
         j.workflow("w").await.damaged.is_some(),
         "the run is not marked damaged"

@@ -4,8 +4,9 @@
 use std::fmt::Debug;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -127,6 +128,21 @@ pub(crate) struct Ack<T = ()> {
     rx: oneshot::Receiver<Result<T, StoreError>>,
     journal: Arc<Path>,
     spin: Duration,
+    /// Yield to the scheduler once before answering; see [`Ack::yield_first`].
+    yield_first: bool,
+    /// Set for a write answered before its `Ack` was returned; see [`Ack::untaken_in`].
+    untaken: Option<Untaken>,
+}
+
+/// Holds one in a store's count of answers that their callers have not yet taken (see
+/// [`Ack::untaken_in`]), until its [`Ack`] resolves or is dropped.
+#[derive(Debug)]
+struct Untaken(Arc<AtomicUsize>);
+
+impl Drop for Untaken {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The sending half of an [`Ack`], kept by the store until the write is durable.
@@ -140,14 +156,43 @@ impl<T> Ack<T> {
             rx,
             journal: journal.clone(),
             spin: Duration::ZERO,
+            yield_first: false,
+            untaken: None,
         };
         (tx, ack)
+    }
+
+    /// Counts this write in `untaken` until its answer is taken (the `Ack` resolves or
+    /// is dropped), if the answer is already there: a write committed on its caller's
+    /// thread. (A wait that committed there but parked has no answer yet, and may keep
+    /// none for hours: it is not counted.) A store reads the count to tell a caller that
+    /// awaits each write before it makes the next (a sequential workflow) from one that
+    /// makes many before it awaits any, whose writes should share commits.
+    pub(crate) fn untaken_in(mut self, untaken: &Arc<AtomicUsize>) -> Self {
+        if !self.rx.is_empty() {
+            untaken.fetch_add(1, Ordering::Relaxed);
+            self.untaken = Some(Untaken(untaken.clone()));
+        }
+        self
+    }
+
+    /// Makes the first poll yield to the scheduler (as `tokio::task::yield_now` does)
+    /// even when the reply is there, if `yield_first`. For a write answered before its
+    /// `Ack` was returned (committed on the caller's thread), so that a task whose
+    /// writes all are does not hold its thread for many of them in a row.
+    pub(crate) fn yield_first(mut self, yield_first: bool) -> Self {
+        self.yield_first = yield_first;
+        self
     }
 
     /// Asks the waiter to stay runnable for `spin` before it lets its task sleep; see
     /// [`spin`](Ack::spin).
     pub(crate) fn spinning(mut self, spin: Duration) -> Self {
-        self.spin = spin;
+        // A reply that is there needs no spin; one that yields first must not spin, or
+        // the driver would poll its task again before the scheduler looked elsewhere.
+        if !self.yield_first {
+            self.spin = spin;
+        }
         self
     }
 
@@ -171,6 +216,7 @@ impl<T> Ack<T> {
 
     /// The reply, if it has come (without waiting).
     pub(crate) fn try_reply(&mut self) -> Option<Result<T, StoreError>> {
+        self.untaken = None;
         match self.rx.try_recv() {
             Ok(reply) => Some(reply),
             Err(oneshot::error::TryRecvError::Empty) => None,
@@ -192,7 +238,15 @@ impl<T> Future for Ack<T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        Poll::Ready(match ready!(Pin::new(&mut this.rx).poll(cx)) {
+        if std::mem::take(&mut this.yield_first) {
+            // `yield_now` defers the wake-up until the scheduler has looked at its other
+            // tasks and its timers and I/O (a plain `wake_by_ref` would not).
+            let _ = pin!(tokio::task::yield_now()).poll(cx);
+            return Poll::Pending;
+        }
+        let reply = ready!(Pin::new(&mut this.rx).poll(cx));
+        this.untaken = None;
+        Poll::Ready(match reply {
             Ok(reply) => reply,
             Err(_) => Err(writer_gone(&this.journal)),
         })
@@ -252,16 +306,32 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     // Reads.
 
     /// All recorded steps of one workflow run, sorted by path, in one query.
-    fn steps(&self, workflow_id: &str) -> Result<Vec<RecordedStep>, StoreError>;
+    fn steps(&self, workflow_id: &str) -> Result<Vec<RecordedStep>, StoreError> {
+        self.steps_after(workflow_id, None, usize::MAX)
+    }
+    /// The recorded steps of one workflow run that come after `after` in path order
+    /// (all if `None`), sorted by path, at most `limit` of them, in one query: a replay
+    /// reads its history in such batches, as its code asks for the steps.
+    fn steps_after(
+        &self,
+        workflow_id: &str,
+        after: Option<&StepPath>,
+        limit: usize,
+    ) -> Result<Vec<RecordedStep>, StoreError>;
     /// What one workflow run recorded beside its steps: start records (of
     /// `fail_if_interrupted` steps, and the deadlines of waits that had to wait) and
     /// patch markers.
     fn side_records(&self, workflow_id: &str) -> Result<SideRecords, StoreError>;
-    /// What [`steps`](Store::steps) and [`side_records`](Store::side_records) return,
-    /// for each run of `ids` in order, read together (for a store that can, in one
-    /// read transaction): recovery loads many small histories at once. An error of
-    /// one run is that run's; an error of the read as a whole is the `Err`.
-    fn histories(&self, ids: &[Arc<str>]) -> Result<Vec<Result<History, StoreError>>, StoreError>;
+    /// What [`steps_after`](Store::steps_after) (the first `limit` steps) and
+    /// [`side_records`](Store::side_records) return, for each run of `ids` in order,
+    /// read together (for a store that can, in one read transaction): recovery loads
+    /// many small histories at once. An error of one run is that run's; an error of
+    /// the read as a whole is the `Err`.
+    fn histories(
+        &self,
+        ids: &[Arc<str>],
+        limit: usize,
+    ) -> Result<Vec<Result<History, StoreError>>, StoreError>;
     /// One workflow run, if the journal has it.
     fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError>;
     /// Every workflow run that has not finished.

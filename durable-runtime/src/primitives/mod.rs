@@ -106,7 +106,7 @@ pub(crate) fn from_claim(
     let recorded = match claim_recorded(&claim, name, fingerprint, preview) {
         Found::Nothing => None,
         Found::Recorded(outcome) => Some(outcome),
-        Found::Diverged => return Claimed::Stopped,
+        Found::Stopped => return Claimed::Stopped,
     };
     Claimed::Op(Op {
         claim,

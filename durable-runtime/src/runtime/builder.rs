@@ -9,6 +9,7 @@ use crate::codec::Codec;
 use crate::engine::context::Instrument;
 use crate::engine::context::WorkflowCtx;
 use crate::engine::drive::History;
+use crate::engine::recorded::REPLAY_BATCH;
 use crate::engine::workflow::Outcome;
 use crate::engine::workflow::{ErasedWorkflow, registry};
 use crate::error::{Error, Result};
@@ -148,7 +149,10 @@ async fn resume(inner: Arc<Inner>, runs: Vec<Registered>) {
         let chunk: Vec<_> = runs.by_ref().take(RESUME_CHUNK).collect();
         let ids: Vec<Arc<str>> = chunk.iter().map(|(ctx, ..)| ctx.id.clone()).collect();
         let store = inner.store.clone();
-        let loaded = blocking(inner.store.path(), move || store.histories(&ids)).await;
+        let loaded = blocking(inner.store.path(), move || {
+            store.histories(&ids, REPLAY_BATCH)
+        })
+        .await;
         // A read that failed as a whole leaves each run to read its own history, and to
         // fail with its own error.
         let mut histories = match loaded {

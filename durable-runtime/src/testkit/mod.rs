@@ -275,8 +275,13 @@ impl ProbeStore {
 /// The reads of a wrapping store: each goes to `self.inner`.
 macro_rules! forward_reads {
     () => {
-        fn steps(&self, workflow_id: &str) -> Result<Vec<RecordedStep>, StoreError> {
-            self.inner.steps(workflow_id)
+        fn steps_after(
+            &self,
+            workflow_id: &str,
+            after: Option<&crate::path::StepPath>,
+            limit: usize,
+        ) -> Result<Vec<RecordedStep>, StoreError> {
+            self.inner.steps_after(workflow_id, after, limit)
         }
 
         fn side_records(&self, workflow_id: &str) -> Result<SideRecords, StoreError> {
@@ -286,8 +291,9 @@ macro_rules! forward_reads {
         fn histories(
             &self,
             ids: &[Arc<str>],
+            limit: usize,
         ) -> Result<Vec<Result<crate::journal::History, StoreError>>, StoreError> {
-            self.inner.histories(ids)
+            self.inner.histories(ids, limit)
         }
 
         fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError> {

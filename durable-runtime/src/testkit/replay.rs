@@ -95,7 +95,7 @@ async fn replay_one(
     let replayed = total - ctx.unclaimed();
     let finished = record.status != RecordStatus::Pending;
     Ok(match result {
-        Some(Ok(_)) => match ctx.first_unclaimed() {
+        Some(Ok(_)) => match ctx.first_unclaimed()? {
             Some((path, recorded)) => Verdict::Diverged {
                 path,
                 recorded: Some(recorded),

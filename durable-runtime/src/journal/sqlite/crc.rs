@@ -58,6 +58,17 @@ pub(crate) fn step_key<'a>(workflow_id: &'a str, path: &'a str, name: &'a str) -
     [workflow_id.as_bytes(), path.as_bytes(), name.as_bytes()]
 }
 
+/// What a start record's checksum covers, under its step's key ([`step_key`]): when it
+/// began and when it wakes (if it does), as decimal text, `started_at` or
+/// `started_at:wake_at` (what SQL's `started_at || ':' || wake_at` makes, so a check
+/// in SQL computes the same bytes).
+pub(crate) fn started_value(started_at: i64, wake_at: Option<i64>) -> String {
+    match wake_at {
+        Some(wake_at) => format!("{started_at}:{wake_at}"),
+        None => started_at.to_string(),
+    }
+}
+
 /// The key of a message's payload: its destination and topic.
 pub(crate) fn message_key<'a>(destination: &'a str, topic: &'a str) -> [&'a [u8]; 2] {
     [destination.as_bytes(), topic.as_bytes()]

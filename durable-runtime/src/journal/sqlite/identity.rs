@@ -25,18 +25,21 @@ pub(super) fn lock_name(path: &Path) -> PathBuf {
 /// file (close it only after every SQLite connection of the journal).
 #[derive(Debug)]
 pub(super) struct Held {
-    /// Open, and locked, for as long as this lives: never read.
-    _file: File,
+    /// Open, and locked, for as long as this lives: never read. `None` while
+    /// [`hold_file`] opens it.
+    file: Option<File>,
     /// The file's device and inode, registered in [`HELD`] while this lives.
     id: Option<(u64, u64)>,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
+        // Closed before the registration goes: a runtime of this process that opens
+        // the file once it is gone must not lose its POSIX locks to this close.
+        drop(self.file.take());
         if let Some(id) = self.id {
             held_files().remove(&id);
         }
-        // `_file` closes after this, releasing the lock.
     }
 }
 
@@ -74,15 +77,24 @@ fn file_id(_path: &Path) -> Option<(u64, u64)> {
 ///
 /// Refuses a file this process may not write, naming it, before SQLite opens it.
 pub(super) fn hold_file(path: &Path) -> Result<Held, Error> {
-    let mut held = held_files();
     let id = file_id(path);
-    if let Some(holder) = id.and_then(|id| held.get(&id)) {
-        // The holder's name of the file: this name's own lock file is not the one held.
-        return Err(Error::Locked {
-            path: path.to_owned(),
-            lock: holder.clone(),
-        });
+    if let Some(id) = id {
+        let mut held = held_files();
+        if let Some(holder) = held.get(&id) {
+            // The holder's name of the file: this name's own lock file is not the one
+            // held.
+            return Err(Error::Locked {
+                path: path.to_owned(),
+                lock: holder.clone(),
+            });
+        }
+        // Registered before the file is opened, so that no other runtime of this process
+        // opens it meanwhile; the registry itself is not held while the lock is waited
+        // for (other runtimes open and close meanwhile).
+        held.insert(id, path.to_owned());
     }
+    // Takes the registration back if the file cannot be held.
+    let mut held = Held { file: None, id };
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -108,10 +120,8 @@ pub(super) fn hold_file(path: &Path) -> Result<Held, Error> {
             );
         }
     }
-    if let Some(id) = id {
-        held.insert(id, path.to_owned());
-    }
-    Ok(Held { _file: file, id })
+    held.file = Some(file);
+    Ok(held)
 }
 
 /// How long [`lock_patiently`] retries a lock someone else holds.

@@ -233,7 +233,23 @@ fn workflow_of_row(conn: &Connection, line: &str) -> Option<String> {
     .ok()
 }
 
-/// The checksummed values: a query yielding, for each, the workflow it belongs to,
+/// A query of [`VALUE_CHECKS`] that finds the rows of `$table` whose run is no
+/// workflow's, each named by `$what` (SQL over the row, `r`) and "of run N".
+macro_rules! orphans_of {
+    ($table:literal, $what:literal) => {
+        concat!(
+            "SELECT NULL, ",
+            $what,
+            " || ' of run ' || r.run || ' belongs to no workflow', NULL, NULL, NULL, NULL, NULL
+               FROM ",
+            $table,
+            " r WHERE NOT EXISTS (SELECT 1 FROM durable_workflows w WHERE w.run = r.run)"
+        )
+    };
+}
+
+/// The checksummed values: a query yielding, for each, the workflow it belongs to (NULL
+/// for none),
 /// what it is, the one to three parts of the key it is checksummed with (see
 /// [`keyed_crc32`](super::crc::keyed_crc32); NULL for an absent part), the value and
 /// its checksum; and what its rows are called. Rows from before schema 2 have no
@@ -248,10 +264,23 @@ const VALUE_CHECKS: &[(&str, &str)] = &[
         "workflows",
     ),
     (
-        "SELECT workflow_id, 'the result of step ' || path || ' (' || name || ')',
-                workflow_id, path, name, COALESCE(output, CAST(error AS BLOB)), crc32
-           FROM durable_steps",
+        "SELECT w.id, 'the result of step ' || s.path || ' (' || s.name || ')',
+                w.id, s.path, s.name, COALESCE(s.output, CAST(s.error AS BLOB)), s.crc32
+           FROM durable_steps s JOIN durable_workflows w ON w.run = s.run",
         "steps",
+    ),
+    (
+        "SELECT w.id, 'the start record of step ' || t.path || ' (' || t.name || ')',
+                w.id, t.path, t.name,
+                CAST(t.started_at || COALESCE(':' || t.wake_at, '') AS BLOB), t.crc32
+           FROM durable_started t JOIN durable_workflows w ON w.run = t.run",
+        "start records",
+    ),
+    (
+        "SELECT w.id, 'the patch marker ' || p.name || ' at ' || p.path,
+                w.id, p.path, p.name, x'', p.crc32
+           FROM durable_patches p JOIN durable_workflows w ON w.run = p.run",
+        "patch markers",
     ),
     (
         "SELECT destination, 'message ' || seq || ' on topic ' || topic,
@@ -260,16 +289,25 @@ const VALUE_CHECKS: &[(&str, &str)] = &[
         "messages",
     ),
     (
-        "SELECT workflow_id, 'event ' || key, workflow_id, key, NULL, value, crc32
-           FROM durable_events",
+        "SELECT w.id, 'event ' || e.key, w.id, e.key, NULL, e.value, e.crc32
+           FROM durable_events e JOIN durable_workflows w ON w.run = e.run",
         "events",
     ),
     (
-        "SELECT s.workflow_id, 'step ' || s.path || ' (' || s.name || ') belongs to no workflow',
-                NULL, NULL, NULL, NULL, NULL
-           FROM durable_steps s
-          WHERE NOT EXISTS (SELECT 1 FROM durable_workflows w WHERE w.id = s.workflow_id)",
+        orphans_of!(
+            "durable_steps",
+            "'step ' || r.path || ' (' || r.name || ')'"
+        ),
         "steps",
+    ),
+    (orphans_of!("durable_events", "'event ' || r.key"), "events"),
+    (
+        orphans_of!("durable_started", "'the start record of step ' || r.path"),
+        "start records",
+    ),
+    (
+        orphans_of!("durable_patches", "'the patch marker ' || r.name"),
+        "patch markers",
     ),
 ];
 
@@ -295,7 +333,8 @@ fn checksums(conn: &Connection, sql: &str, found: &mut Vec<Damage>) -> rusqlite:
                 .unwrap_or_default()
                 .into_owned())
         };
-        let id = text(0)?;
+        // NULL for a row that belongs to no workflow.
+        let id = bytes(0)?.map(|_| text(0)).transpose()?;
         let thing = text(1)?;
         let key: Vec<&[u8]> = [bytes(2)?, bytes(3)?, bytes(4)?]
             .into_iter()
@@ -320,7 +359,7 @@ fn checksums(conn: &Connection, sql: &str, found: &mut Vec<Damage>) -> rusqlite:
             (Some(_), Ok(_)) => None,
         };
         if let Some(what_is) = damaged {
-            found.push(Damage::new(Some(&id), what_is));
+            found.push(Damage::new(id.as_deref(), what_is));
         }
     }
     Ok(())

@@ -8,6 +8,7 @@ use rusqlite::{Connection, OptionalExtension};
 use super::crc::{crc32, keyed_crc32};
 use super::sql_error;
 use crate::error::{Error, StoreError, StoreErrorKind};
+use crate::path::StepPath;
 
 /// The journal schema. Entry `n` (0-based) moves the schema from version `n` to `n + 1`.
 /// Never edit an entry that has shipped: add one.
@@ -155,6 +156,121 @@ pub(crate) const MIGRATIONS: &[&str] = &[
          crc32 = durable_keyed_crc(crc32, payload, destination, topic);
     UPDATE durable_events SET
          crc32 = durable_keyed_crc(crc32, value, workflow_id, key);",
+    // 6: step paths sort byte by byte as paths do (`3.b12`: a position of two or more
+    // digits after a letter that says how many), so a replay reads a run's steps in
+    // path order, in batches, from the primary key. Only paths with a position of ten
+    // or more change; a step's checksum moves to its new key where it matched the old
+    // one (a damaged row stays damaged), and a path that is not one stays as it is.
+    "UPDATE durable_steps SET
+         path = COALESCE(durable_path_key(path), path),
+         crc32 = durable_rekeyed_step_crc(crc32, COALESCE(output, CAST(error AS BLOB)),
+                                          workflow_id, path, name)
+     WHERE path GLOB '*[0-9][0-9]*';
+    UPDATE durable_started SET path = COALESCE(durable_path_key(path), path)
+     WHERE path GLOB '*[0-9][0-9]*';
+    UPDATE durable_patches SET path = COALESCE(durable_path_key(path), path)
+     WHERE path GLOB '*[0-9][0-9]*';",
+    // 7: integer run keys. Each workflow run gets a number, `run`, its table's integer
+    // primary key (kept by VACUUM; AUTOINCREMENT, so a number is never given twice and
+    // rows left by a workflow deleted by hand never attach to a new one), and the rows recorded for it (steps, events, start
+    // records, patches) are keyed by that number instead of repeating the workflow's
+    // id. Checksums stay keyed by the id, so none is recomputed. Runs are numbered in
+    // the order they were created. (`before_migration_7` refuses a journal with rows
+    // that belong to no workflow, which this would drop.) Start records and patch
+    // markers get checksums like every other row (NULL in the rows copied, which are
+    // not checked, as steps written before version 2 are not).
+    "CREATE TABLE durable_workflows_v7 (
+        run          INTEGER PRIMARY KEY AUTOINCREMENT,
+        id           TEXT NOT NULL UNIQUE,
+        name         TEXT NOT NULL,
+        status       TEXT NOT NULL
+                     CHECK (status IN ('pending', 'completed', 'failed', 'cancelled')),
+        input        BLOB NOT NULL,
+        output       BLOB,
+        error_kind   TEXT,
+        error        TEXT,
+        executor     TEXT NOT NULL,
+        app_version  TEXT,
+        parent_id    TEXT,
+        queue        TEXT,
+        created_at   INTEGER NOT NULL,
+        updated_at   INTEGER NOT NULL,
+        input_crc32  INTEGER,
+        output_crc32 INTEGER,
+        deadline_at  INTEGER
+    ) STRICT;
+    INSERT INTO durable_workflows_v7
+        (id, name, status, input, output, error_kind, error, executor, app_version,
+         parent_id, queue, created_at, updated_at, input_crc32, output_crc32, deadline_at)
+        SELECT id, name, status, input, output, error_kind, error, executor, app_version,
+               parent_id, queue, created_at, updated_at, input_crc32, output_crc32,
+               deadline_at
+        FROM durable_workflows ORDER BY rowid;
+    CREATE TABLE durable_steps_v7 (
+        run              INTEGER NOT NULL,
+        path             TEXT NOT NULL,
+        name             TEXT NOT NULL,
+        output           BLOB,
+        error            TEXT,
+        attempts         INTEGER NOT NULL,
+        started_at       INTEGER NOT NULL,
+        finished_at      INTEGER NOT NULL,
+        crc32            INTEGER,
+        error_kind       TEXT,
+        args_fingerprint INTEGER,
+        PRIMARY KEY (run, path),
+        CHECK ((output IS NULL) <> (error IS NULL))
+    ) STRICT, WITHOUT ROWID;
+    INSERT INTO durable_steps_v7
+        SELECT w.run, s.path, s.name, s.output, s.error, s.attempts, s.started_at,
+               s.finished_at, s.crc32, s.error_kind, s.args_fingerprint
+        FROM durable_steps s JOIN durable_workflows_v7 w ON w.id = s.workflow_id
+        ORDER BY w.run, s.path;
+    CREATE TABLE durable_events_v7 (
+        run    INTEGER NOT NULL,
+        key    TEXT NOT NULL,
+        value  BLOB NOT NULL,
+        crc32  INTEGER NOT NULL,
+        set_at INTEGER NOT NULL,
+        PRIMARY KEY (run, key)
+    ) STRICT, WITHOUT ROWID;
+    INSERT INTO durable_events_v7
+        SELECT w.run, e.key, e.value, e.crc32, e.set_at
+        FROM durable_events e JOIN durable_workflows_v7 w ON w.id = e.workflow_id;
+    CREATE TABLE durable_started_v7 (
+        run        INTEGER NOT NULL,
+        path       TEXT NOT NULL,
+        name       TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        wake_at    INTEGER,
+        crc32      INTEGER,
+        PRIMARY KEY (run, path)
+    ) STRICT, WITHOUT ROWID;
+    INSERT INTO durable_started_v7
+        SELECT w.run, t.path, t.name, t.started_at, t.wake_at, NULL
+        FROM durable_started t JOIN durable_workflows_v7 w ON w.id = t.workflow_id;
+    CREATE TABLE durable_patches_v7 (
+        run  INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        name  TEXT NOT NULL,
+        crc32 INTEGER,
+        PRIMARY KEY (run, path, name)
+    ) STRICT, WITHOUT ROWID;
+    INSERT INTO durable_patches_v7
+        SELECT w.run, p.path, p.name, NULL
+        FROM durable_patches p JOIN durable_workflows_v7 w ON w.id = p.workflow_id;
+    DROP TABLE durable_workflows;
+    DROP TABLE durable_steps;
+    DROP TABLE durable_events;
+    DROP TABLE durable_started;
+    DROP TABLE durable_patches;
+    ALTER TABLE durable_workflows_v7 RENAME TO durable_workflows;
+    ALTER TABLE durable_steps_v7 RENAME TO durable_steps;
+    ALTER TABLE durable_events_v7 RENAME TO durable_events;
+    ALTER TABLE durable_started_v7 RENAME TO durable_started;
+    ALTER TABLE durable_patches_v7 RENAME TO durable_patches;
+    CREATE INDEX durable_workflows_pending ON durable_workflows (created_at)
+        WHERE status = 'pending';",
 ];
 
 /// Brings the schema to the newest version, in one transaction.
@@ -171,6 +287,9 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         if i + 1 == 4 {
             before_migration_4(&tx, path)?;
+        }
+        if i + 1 == 7 {
+            before_migration_7(&tx, path)?;
         }
         tx.execute_batch(sql).map_err(err)?;
         tx.execute(
@@ -263,6 +382,40 @@ fn before_migration_4(tx: &Connection, path: &Path) -> Result<(), Error> {
     }
 }
 
+/// Migration 7 keys every row recorded for a run by the run's number, found through its
+/// workflow's id: a row whose id names no workflow would be dropped. No version of
+/// durable writes one, so such a row means damage; the journal is left untouched, and
+/// the error says where.
+fn before_migration_7(tx: &Connection, path: &Path) -> Result<(), Error> {
+    let orphan: Option<(String, String)> = tx
+        .query_row(
+            "SELECT what, workflow_id FROM (
+                 SELECT 'step ' || path AS what, workflow_id FROM durable_steps
+                 UNION ALL SELECT 'event ' || key, workflow_id FROM durable_events
+                 UNION ALL SELECT 'start record ' || path, workflow_id FROM durable_started
+                 UNION ALL SELECT 'patch ' || name, workflow_id FROM durable_patches
+             ) WHERE workflow_id NOT IN (SELECT id FROM durable_workflows) LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(|e| sql_error(path, e))?;
+    match orphan {
+        None => Ok(()),
+        Some((what, id)) => Err(StoreError::new(
+            path,
+            StoreErrorKind::Damaged,
+            format!(
+                "the journal is damaged: it holds a {what} of workflow `{id}`, which is not \
+                 in it, so it cannot be upgraded to schema 7 (it is left untouched); restore \
+                 it from a backup, or delete the rows of workflows that do not exist and \
+                 open it again"
+            ),
+        )
+        .into()),
+    }
+}
+
 /// SQL functions the migrations use.
 fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
     use rusqlite::functions::FunctionFlags;
@@ -274,15 +427,11 @@ fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
         -1,
         FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
         |ctx| {
-            use rusqlite::types::ValueRef;
             let crc: Option<i64> = ctx.get(0)?;
             // The bytes of every part, as stored: a part that is not text or a blob (a
             // damaged row) leaves the checksum as it was, so the row reads as damaged
             // after the migration, for its workflow alone.
-            let bytes = |i| match ctx.get_raw(i) {
-                ValueRef::Text(b) | ValueRef::Blob(b) => Some(b),
-                _ => None,
-            };
+            let bytes = |i| stored_bytes(ctx, i);
             let (Some(value), Some(key)) = (
                 bytes(1),
                 (2..ctx.len()).map(bytes).collect::<Option<Vec<&[u8]>>>(),
@@ -292,6 +441,46 @@ fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
             Ok(crc.map(|crc| {
                 if crc == i64::from(crc32(value)) {
                     i64::from(keyed_crc32(&key, value))
+                } else {
+                    crc
+                }
+            }))
+        },
+    )?;
+    // `durable_path_key(path)`: a step path as schema 5 wrote it (`3.12`), as schema 6
+    // writes it (`3.b12`); NULL for anything else (a damaged path, kept as it is).
+    conn.create_scalar_function(
+        "durable_path_key",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            Ok(match ctx.get_raw(0) {
+                rusqlite::types::ValueRef::Text(t) => path_key(t),
+                _ => None,
+            })
+        },
+    )?;
+    // `durable_rekeyed_step_crc(crc, value, workflow_id, path, name)`: the checksum of
+    // a step's `value` under the key of its path as schema 6 writes it, if `crc` was
+    // its checksum under the key of schema 5; otherwise `crc` unchanged.
+    conn.create_scalar_function(
+        "durable_rekeyed_step_crc",
+        5,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let crc: Option<i64> = ctx.get(0)?;
+            let bytes = |i| stored_bytes(ctx, i);
+            let (Some(value), Some(id), Some(path), Some(name)) =
+                (bytes(1), bytes(2), bytes(3), bytes(4))
+            else {
+                return Ok(crc);
+            };
+            let Some(new_path) = path_key(path) else {
+                return Ok(crc);
+            };
+            Ok(crc.map(|crc| {
+                if crc == i64::from(keyed_crc32(&[id, path, name], value)) {
+                    i64::from(keyed_crc32(&[id, new_path.as_bytes(), name], value))
                 } else {
                     crc
                 }
@@ -346,22 +535,22 @@ const SCHEMA: &[(&str, &str)] = &[
     ("durable_meta", "key, value"),
     (
         "durable_workflows",
-        "id, name, status, input, output, error_kind, error, executor, app_version, parent_id, queue, created_at, updated_at, input_crc32, output_crc32, deadline_at",
+        "run, id, name, status, input, output, error_kind, error, executor, app_version, parent_id, queue, created_at, updated_at, input_crc32, output_crc32, deadline_at",
     ),
     (
         "durable_steps",
-        "workflow_id, path, name, output, error, attempts, started_at, finished_at, crc32, error_kind, args_fingerprint",
+        "run, path, name, output, error, attempts, started_at, finished_at, crc32, error_kind, args_fingerprint",
     ),
     (
         "durable_messages",
         "seq, destination, topic, payload, crc32, sent_at",
     ),
-    ("durable_events", "workflow_id, key, value, crc32, set_at"),
+    ("durable_events", "run, key, value, crc32, set_at"),
     (
         "durable_started",
-        "workflow_id, path, name, started_at, wake_at",
+        "run, path, name, started_at, wake_at, crc32",
     ),
-    ("durable_patches", "workflow_id, path, name"),
+    ("durable_patches", "run, path, name, crc32"),
 ];
 
 /// An error of a statement the open runs: SQLite's plain `SQLITE_ERROR` on one of
@@ -395,4 +584,18 @@ pub(super) fn check_schema(conn: &Connection, path: &Path) -> Result<(), Error> 
         }
     }
     Ok(())
+}
+
+/// A step path as schema 5 wrote it, as schema 6 writes it; `None` if it is not one.
+fn path_key(old: &[u8]) -> Option<String> {
+    let path: StepPath = std::str::from_utf8(old).ok()?.parse().ok()?;
+    Some(path.to_key())
+}
+
+/// Argument `i` of a SQL function as the bytes stored, if it is text or a blob.
+fn stored_bytes<'a>(ctx: &'a rusqlite::functions::Context<'_>, i: usize) -> Option<&'a [u8]> {
+    match ctx.get_raw(i) {
+        rusqlite::types::ValueRef::Text(b) | rusqlite::types::ValueRef::Blob(b) => Some(b),
+        _ => None,
+    }
 }

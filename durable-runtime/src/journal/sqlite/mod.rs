@@ -27,13 +27,23 @@
 //! it for writing).
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode};
+
+/// The SQL that finds the number of the run whose workflow id is the statement's first
+/// parameter (NULL if the journal holds no such workflow): every row recorded for a run
+/// is keyed by that number (schema 7), found this way in the statement that reads or
+/// writes the row. For `concat!`.
+macro_rules! run_of_first_parameter {
+    () => {
+        "(SELECT run FROM durable_workflows WHERE id = ?1)"
+    };
+}
 
 mod crc;
 mod identity;
@@ -78,6 +88,14 @@ pub(crate) struct SqliteStore {
     /// `None` once the writer thread has ended.
     core: Arc<Mutex<Option<writer::Writer>>>,
     stats: Arc<WriterStats>,
+    /// Whether a lone write may commit on its caller's thread at all: not at
+    /// `synchronous=FULL`, where every commit waits for an fsync (see
+    /// [`SqliteStore::may_commit_inline`]).
+    inline: bool,
+    /// Writes committed on their caller's thread whose [`Ack`] the caller still holds
+    /// (see [`Ack::untaken_in`]): while there are any, the caller is making writes
+    /// without awaiting them, and they go to the writer thread to share its commits.
+    untaken: Arc<AtomicUsize>,
     /// The writer thread, which holds the lock; joined by [`Store::close`].
     writer: Mutex<Option<thread::JoinHandle<()>>>,
 }
@@ -149,6 +167,40 @@ const MIN_ACK_SPIN_NS: u64 = 20_000;
 /// The longest last commit after which a lone write still commits on its caller's
 /// thread; see [`SqliteStore::may_commit_inline`].
 const MAX_INLINE_COMMIT_NS: u64 = 100_000;
+/// The most bytes of values a write that commits on its caller's thread may hold;
+/// larger ones go to the writer thread, whose copy of them blocks no async worker.
+const MAX_INLINE_BYTES: usize = 16 * 1024;
+/// How long writes may commit one after another on a thread's callers before the next
+/// one yields to the scheduler (see [`Ack::yield_first`]): about a tenth of what
+/// SQLite's own slowest commits here take, and what tokio asks of a task between two
+/// yields.
+const INLINE_YIELD_AFTER: Duration = Duration::from_micros(200);
+
+thread_local! {
+    /// When the writes that committed one after another on this thread's callers began
+    /// (`None` after a write that went to the writer thread, or a yield).
+    static INLINE_SINCE: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether a write that just committed on this thread should yield before it answers:
+/// the writes committed here since the last yield, or the last write that went to the
+/// writer thread, took [`INLINE_YIELD_AFTER`] or more.
+fn inline_commit_yields() -> bool {
+    INLINE_SINCE.with(|since| {
+        let now = Instant::now();
+        match since.get() {
+            Some(start) if now.duration_since(start) >= INLINE_YIELD_AFTER => {
+                since.set(None);
+                true
+            }
+            Some(_) => false,
+            None => {
+                since.set(Some(now));
+                false
+            }
+        }
+    })
+}
 const MAX_ACK_SPIN_NS: u64 = 100_000;
 
 impl SqliteStore {
@@ -180,12 +232,25 @@ impl SqliteStore {
         let (tx, ack) = Ack::channel(&self.path);
         let before = self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let mut command = make(tx);
-        if before == 0 && may_commit_here() && self.may_commit_inline() {
+        if before == 0
+            && self.inline
+            && self.untaken.load(Ordering::Relaxed) == 0
+            && may_commit_here()
+            && self.may_commit_inline()
+        {
             match self.commit_inline(command) {
-                None => return ack,
+                // A workflow whose every step commits here would otherwise run step
+                // after step in one poll of its task, starving the tasks beside it (and
+                // the timers) for as long as the scheduler's budget lasts.
+                None => {
+                    return ack
+                        .untaken_in(&self.untaken)
+                        .yield_first(inline_commit_yields());
+                }
                 Some(c) => command = c,
             }
         }
+        INLINE_SINCE.with(|since| since.set(None));
         // If the writer thread is gone the command (and its reply sender) is dropped,
         // and the ack resolves to `StoreErrorKind::Closed`.
         if self.writes.send(command).is_err() {
@@ -202,6 +267,11 @@ impl SqliteStore {
     /// - and it was a commit of one write. Where writes come from many workflows at
     ///   once, the writer thread's batches share commits among them, and single commits
     ///   on callers' threads would only split those batches.
+    ///
+    /// Before the first commit there is no evidence (`last_commit_ns` starts at its
+    /// maximum), and at `synchronous=FULL` never (see [`SqliteStore::inline`]): a
+    /// commit that wrote nothing (a wait that parked, an existing workflow's create)
+    /// is quick even there, and would let the next write's fsync block its caller.
     fn may_commit_inline(&self) -> bool {
         self.stats.last_commit_ns.load(Ordering::Relaxed) <= MAX_INLINE_COMMIT_NS
             && self.stats.last_batch.load(Ordering::Relaxed) <= 1
@@ -209,10 +279,15 @@ impl SqliteStore {
 
     /// Commits `command` alone, here and now, if the writer is idle (nothing queued or
     /// being written: the caller counted its write in `in_flight` and found none before
-    /// it, and the writer thread does not hold the connection). Hands `command` back
-    /// if not. Waits the commit answers go to the writer thread, to run next.
+    /// it, and the writer thread does not hold the connection) and the write is small
+    /// and simple (see [`Command::inline_bytes`]). Hands `command` back if not. Waits
+    /// the commit answers go to the writer thread, to run next, and so does the WAL
+    /// checkpoint the commit may have made due.
     fn commit_inline(&self, command: Command) -> Option<Command> {
-        if command.is_transaction() || matches!(command, Command::Close) {
+        if command
+            .inline_bytes()
+            .is_none_or(|bytes| bytes > MAX_INLINE_BYTES)
+        {
             return Some(command);
         }
         let mut core = match self.core.try_lock() {
@@ -225,8 +300,13 @@ impl SqliteStore {
         };
         let mut batch = vec![command];
         let mut woken = std::collections::VecDeque::new();
-        writer.commit_batch(&self.path, &mut batch, &self.stats, &mut woken);
+        let answers = writer.commit_batch(&self.path, &mut batch, &self.stats, &mut woken);
         drop(core);
+        if answers.checkpoint {
+            woken.push_back(Command::Checkpoint);
+            self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        answers.send();
         #[cfg(test)]
         self.stats.inline_commits.fetch_add(1, Ordering::Relaxed);
         for c in woken {
@@ -314,7 +394,11 @@ impl Store for SqliteStore {
         self.read(|c| rows::side_records(c, workflow_id))
     }
 
-    fn histories(&self, ids: &[Arc<str>]) -> Result<Vec<Result<History, StoreError>>, StoreError> {
+    fn histories(
+        &self,
+        ids: &[Arc<str>],
+        limit: usize,
+    ) -> Result<Vec<Result<History, StoreError>>, StoreError> {
         self.read(|c| {
             // One read transaction: one snapshot, and SQLite takes its locks once for
             // all the runs rather than twice per run.
@@ -322,7 +406,8 @@ impl Store for SqliteStore {
             let loaded = ids
                 .iter()
                 .map(|id| {
-                    let steps = rows::steps(c, id).map_err(|e| sql_error(&self.path, e))?;
+                    let steps =
+                        rows::steps(c, id, None, limit).map_err(|e| sql_error(&self.path, e))?;
                     let side = rows::side_records(c, id).map_err(|e| sql_error(&self.path, e))?;
                     Ok((steps, side))
                 })
@@ -337,8 +422,13 @@ impl Store for SqliteStore {
         self.read(|c| rows::workflow(c, id))
     }
 
-    fn steps(&self, workflow_id: &str) -> Result<Vec<RecordedStep>, StoreError> {
-        self.read(|c| rows::steps(c, workflow_id))
+    fn steps_after(
+        &self,
+        workflow_id: &str,
+        after: Option<&StepPath>,
+        limit: usize,
+    ) -> Result<Vec<RecordedStep>, StoreError> {
+        self.read(|c| rows::steps(c, workflow_id, after, limit))
     }
 
     #[cfg(any(test, feature = "bench"))]
@@ -365,7 +455,10 @@ impl Store for SqliteStore {
         //   the reader's too.
         *lock(&self.reader) = None;
         // The writer commits what was queued before the close, then exits and releases
-        // the lock; a write enqueued after it finds the channel closed.
+        // the lock; a write enqueued after it finds the channel closed. Counted in
+        // `in_flight`, and never taken off: no write after the close finds the writer
+        // idle and commits on its own thread.
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let _ = self.writes.send(Command::Close);
         let writer = lock(&self.writer).take();
         let joined = writer.map(thread::JoinHandle::join);
@@ -387,7 +480,9 @@ pub(crate) fn damage_every_value(path: &Path) {
          UPDATE durable_steps SET output = CAST(output || x'00' AS BLOB)
           WHERE output IS NOT NULL;
          UPDATE durable_messages SET payload = CAST(payload || x'00' AS BLOB);
-         UPDATE durable_events SET value = CAST(value || x'00' AS BLOB);",
+         UPDATE durable_events SET value = CAST(value || x'00' AS BLOB);
+         UPDATE durable_started SET wake_at = wake_at + 1;
+         UPDATE durable_patches SET name = name || '!';",
     )
     .expect("damage the journal");
 }
@@ -413,8 +508,13 @@ mod tests {
 
     /// A fresh journal at `OFF`, with workflow `w` created.
     async fn journal_with_w(dir: &Path) -> (SqliteStore, Arc<str>) {
+        journal_at(dir, Durability::Off).await
+    }
+
+    /// A fresh journal at `durability`, with workflow `w` created.
+    async fn journal_at(dir: &Path, durability: Durability) -> (SqliteStore, Arc<str>) {
         let options = super::super::JournalOptions {
-            durability: Durability::Off,
+            durability,
             ..Default::default()
         };
         let store = SqliteStore::open(&dir.join("j.db"), &options).expect("open");
@@ -452,8 +552,44 @@ mod tests {
         idle(10_000, 1);
         let before = inline();
         let mut ack = record(true);
-        // Committed before `record_step` returned: the answer is there without a wait.
+        assert_eq!(inline(), before + 1);
+
+        // Made while its caller still holds that answered write's `Ack`: a caller making
+        // writes before it awaits any, whose writes share the writer thread's commits.
+        idle(10_000, 1);
+        let before = inline();
+        let second = record(true);
+        assert_eq!(inline(), before, "a write made before the last was taken");
+        // Committed before `record_step` returned: the answer is there without a wait,
+        // and taking it releases the count.
         assert!(matches!(ack.try_reply(), Some(Ok(()))));
+        assert_eq!(store.untaken.load(Ordering::Relaxed), 0);
+        assert!(matches!(second.await, Ok(())));
+        drop(ack);
+
+        // A wait that commits here but parks has no answer yet (and may wait for hours):
+        // it does not hold the next write off this thread.
+        idle(10_000, 1);
+        let before = inline();
+        let parked = store.wait(crate::journal::Wait {
+            what: crate::journal::WaitFor::Message {
+                destination: id.to_string(),
+                topic: "never".to_owned(),
+            },
+            record: None,
+            park: true,
+        });
+        assert_eq!(inline(), before + 1, "the wait committed here");
+        assert_eq!(store.untaken.load(Ordering::Relaxed), 0);
+        idle(10_000, 1);
+        let before = inline();
+        drop(record(true));
+        assert_eq!(inline(), before + 1, "a parked wait holds nothing off");
+        drop(parked);
+        // Once it is taken, the next lone write commits here again.
+        idle(10_000, 1);
+        let before = inline();
+        drop(record(true));
         assert_eq!(inline(), before + 1);
 
         // A step of a fan-out, after a long commit, after a commit of many writes: each
@@ -475,6 +611,133 @@ mod tests {
         store.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         assert!(matches!(ack.await, Ok(())));
         assert_eq!(inline(), before);
+
+        // A large value: its copy would block the caller's thread.
+        idle(10_000, 1);
+        let before = inline();
+        let mut big = step(&id, 99);
+        big.outcome = RecordedOutcome::Output(vec![7; MAX_INLINE_BYTES + 1]);
+        assert!(matches!(store.record_step(big).await, Ok(())));
+        assert_eq!(inline(), before);
+
+        // After a close, nothing commits, here or anywhere.
+        idle(10_000, 1);
+        store.close().expect("close");
+        let before = inline();
+        let after_close = record(true).await;
+        assert_eq!(inline(), before);
+        assert!(
+            after_close.is_err_and(|e| e.kind() == StoreErrorKind::Closed),
+            "a write after the close must fail"
+        );
+    }
+
+    /// At `FULL` every commit waits for an fsync, and a quick one (a write that changed
+    /// nothing) says nothing about the next: nothing commits on a caller's thread. Nor
+    /// does anything before the first commit, at any durability.
+    #[tokio::test]
+    async fn nothing_commits_here_at_full_or_before_a_first_commit() {
+        use crate::journal::sequential_write;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, id) = journal_at(dir.path(), Durability::Full).await;
+        for i in 0..50 {
+            store.stats.last_commit_ns.store(1_000, Ordering::Relaxed);
+            store.stats.last_batch.store(1, Ordering::Relaxed);
+            let ack = sequential_write(true, || store.record_step(step(&id, i)));
+            assert!(matches!(ack.await, Ok(())));
+        }
+        assert_eq!(store.stats.inline_commits.load(Ordering::Relaxed), 0);
+        store.close().expect("close");
+
+        let options = super::super::JournalOptions {
+            durability: Durability::Off,
+            ..Default::default()
+        };
+        let store = SqliteStore::open(&dir.path().join("k.db"), &options).expect("open");
+        let created = store.create_workflow(NewWorkflow {
+            id: id.clone(),
+            name: "w",
+            input: vec![],
+            app_version: None,
+            created_at: 0,
+            parent_id: None,
+            deadline_at: None,
+        });
+        assert!(matches!(created.await, Ok(Created::New)));
+        assert_eq!(store.stats.inline_commits.load(Ordering::Relaxed), 0);
+        store.close().expect("close");
+    }
+
+    /// A task whose writes all commit on its own thread still yields to the scheduler
+    /// now and then: a write answers only on its second poll once the writes before it
+    /// have held the thread for [`INLINE_YIELD_AFTER`], and never sooner. A yielding
+    /// write never asks to spin.
+    #[tokio::test]
+    async fn writes_that_commit_here_yield_now_and_then() {
+        use std::future::Future;
+        use std::pin::Pin;
+        use std::task::{Context, Poll, Waker};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, id) = journal_with_w(dir.path()).await;
+        let mut cx = Context::from_waker(Waker::noop());
+        let started = Instant::now();
+        let mut yields = vec![started];
+        let mut i = 0;
+        while started.elapsed() < 10 * INLINE_YIELD_AFTER {
+            i += 1;
+            store.stats.last_commit_ns.store(1_000, Ordering::Relaxed);
+            store.stats.last_batch.store(1, Ordering::Relaxed);
+            let before = store.stats.inline_commits.load(Ordering::Relaxed);
+            let mut ack = store.record_step(step(&id, i));
+            assert_eq!(
+                store.stats.inline_commits.load(Ordering::Relaxed),
+                before + 1
+            );
+            match Pin::new(&mut ack).poll(&mut cx) {
+                Poll::Ready(r) => assert!(r.is_ok()),
+                Poll::Pending => {
+                    yields.push(Instant::now());
+                    assert_eq!(ack.spin(), Duration::ZERO);
+                    assert!(matches!(
+                        Pin::new(&mut ack).poll(&mut cx),
+                        Poll::Ready(Ok(()))
+                    ));
+                }
+            }
+        }
+        assert!(yields.len() > 1, "{i} writes in a row never yielded");
+        for pair in yields.windows(2) {
+            assert!(pair[1] - pair[0] >= INLINE_YIELD_AFTER, "yielded too soon");
+        }
+        store.close().expect("close");
+    }
+
+    /// The writer replaces SQLite's automatic checkpoints: however the writes commit
+    /// (here on the callers' threads), the WAL is still copied back into the file and
+    /// stays about [`CHECKPOINT_PAGES`] long.
+    #[tokio::test]
+    async fn the_wal_is_checkpointed_when_writes_commit_here() {
+        use super::writer::CHECKPOINT_PAGES;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, id) = journal_with_w(dir.path()).await;
+        let wal = dir.path().join("j.db-wal");
+        let mut largest = 0;
+        for i in 0..3_000 {
+            store.stats.last_commit_ns.store(1_000, Ordering::Relaxed);
+            store.stats.last_batch.store(1, Ordering::Relaxed);
+            let mut s = step(&id, i);
+            s.outcome = RecordedOutcome::Output(vec![3; 4_000]);
+            assert!(matches!(store.record_step(s).await, Ok(())));
+            largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+        }
+        assert!(store.stats.inline_commits.load(Ordering::Relaxed) > 2_000);
+        // 3,000 commits of a page or two each: without checkpoints, about 5,000 pages.
+        let page = 4096 + 24;
+        let limit = u64::try_from(CHECKPOINT_PAGES).expect("positive") * 3 / 2 * page;
+        assert!(
+            largest < limit,
+            "the WAL grew to {largest} bytes (limit {limit})"
+        );
         store.close().expect("close");
     }
 

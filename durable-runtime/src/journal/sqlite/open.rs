@@ -93,6 +93,8 @@ impl SqliteStore {
         let stats = Arc::new(WriterStats {
             #[cfg(feature = "testkit")]
             halted: options.halt.clone(),
+            // No commit yet: nothing says commits are quick (see `may_commit_inline`).
+            last_commit_ns: u64::MAX.into(),
             ..WriterStats::default()
         });
         let writer_stats = stats.clone();
@@ -119,6 +121,8 @@ impl SqliteStore {
             core,
             reader: Mutex::new(Some(reader)),
             stats,
+            inline: durability != Durability::Full,
+            untaken: Arc::default(),
             writer: Mutex::new(Some(writer)),
         })
     }

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use rusqlite::{ErrorCode, OptionalExtension, params};
 
-use super::crc::{event_key, keyed_crc32, message_key, step_key, workflow_key};
+use super::crc::{event_key, keyed_crc32, message_key, started_value, step_key, workflow_key};
 use super::rows::{self, DAMAGED, checks};
 use super::waits::{Parked, decode_answer};
 use super::writer::{
@@ -24,7 +24,7 @@ use crate::journal::{
 const EXECUTOR: &str = "local";
 
 /// The SQL that names `tree`: the workflow whose id is the statement's first parameter,
-/// and its descendants through `parent_id`, within the primary key's range of ids that
+/// and its descendants through `parent_id`, within the unique index's range of ids that
 /// start with `<id>/` (cancel and resume act on the same family).
 macro_rules! family_of_first_parameter {
     () => {
@@ -90,11 +90,16 @@ impl Writer {
             Write::Patch(workflow_id, at, name, reply) => Reply::Unit(
                 reply,
                 self.conn
-                    .prepare_cached(
-                        "INSERT INTO durable_patches (workflow_id, path, name) VALUES (?1, ?2, ?3)
-                         ON CONFLICT DO NOTHING",
-                    )
-                    .and_then(|mut stmt| stmt.execute(params![&*workflow_id, at.to_string(), name]))
+                    .prepare_cached(concat!(
+                        "INSERT INTO durable_patches (run, path, name, crc32) VALUES (",
+                        run_of_first_parameter!(),
+                        ", ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                    ))
+                    .and_then(|mut stmt| {
+                        let at = at.to_key();
+                        let crc = keyed_crc32(&step_key(&workflow_id, &at, name), &[]);
+                        stmt.execute(params![&*workflow_id, at, name, crc])
+                    })
                     .map(|_| ())
                     .map_err(sql),
             ),
@@ -122,12 +127,18 @@ impl Writer {
         at: i64,
         wake_at: Option<i64>,
     ) -> rusqlite::Result<()> {
+        let path = key.path.to_key();
+        let crc = keyed_crc32(
+            &step_key(&key.workflow_id, &path, key.name),
+            started_value(at, wake_at).as_bytes(),
+        );
         self.conn.prepare_cached(SQL_STARTED)?.execute(params![
             &*key.workflow_id,
-            key.path.to_string(),
+            path,
             key.name,
             at,
-            wake_at
+            wake_at,
+            crc
         ])?;
         Ok(())
     }
@@ -153,7 +164,7 @@ impl Writer {
     /// message goes back before every other (so the queue's order is as it was).
     fn give_back(&mut self, path: &Path, key: &StepKey, topic: String) -> Result<(), StoreError> {
         let sql = |e| sql_error(path, e);
-        let path_text = key.path.to_string();
+        let path_text = key.path.to_key();
         let recorded: Option<(Option<Vec<u8>>, Option<u32>, String)> = self
             .conn
             .prepare_cached(SQL_RECORDED_OUTPUT)
@@ -177,10 +188,12 @@ impl Writer {
         let done = self.all_or_nothing(|w| {
             let deleted = w
                 .conn
-                .prepare_cached(
-                    "DELETE FROM durable_steps WHERE workflow_id = ?1 AND path = ?2 AND name = ?3",
-                )?
-                .execute(params![&*key.workflow_id, key.path.to_string(), key.name])?;
+                .prepare_cached(concat!(
+                    "DELETE FROM durable_steps WHERE run = ",
+                    run_of_first_parameter!(),
+                    " AND path = ?2 AND name = ?3",
+                ))?
+                .execute(params![&*key.workflow_id, key.path.to_key(), key.name])?;
             if deleted != 1 {
                 // Not a recv's record: nothing of ours to give back.
                 return Ok(false);
@@ -210,7 +223,7 @@ impl Writer {
     }
 
     /// Cancels `id` and its pending descendants. Descendants are found through
-    /// `parent_id`, within the primary key's range of ids that start with `<id>/` (every
+    /// `parent_id`, within the unique index's range of ids that start with `<id>/` (every
     /// descendant's id does): no index on `parent_id` is kept, which would cost every
     /// start and finish a cursor for a rare operation.
     fn cancel(&mut self, id: &str, reason: CancelReason, at: i64) -> rusqlite::Result<Vec<String>> {
@@ -236,26 +249,26 @@ impl Writer {
              SET status = 'pending', output = NULL, output_crc32 = NULL, error_kind = NULL,
                  error = NULL, deadline_at = NULL, updated_at = ?2
              WHERE id IN tree AND (status = 'cancelled' OR (id = ?1 AND status = 'failed'))
-             RETURNING id"
+             RETURNING id, run"
         ))?;
-        let ids: Vec<String> = stmt
-            .query_map(params![id, at], |r| r.get(0))?
+        let runs: Vec<(String, i64)> = stmt
+            .query_map(params![id, at], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
         // A recorded panic or interruption is not an output: resuming runs those steps
         // again (an interrupted step also loses its start record, or it would be
         // found interrupted once more).
         let mut forget_started = self.conn.prepare_cached(
-            "DELETE FROM durable_started WHERE workflow_id = ?1 AND path IN
-                 (SELECT path FROM durable_steps WHERE workflow_id = ?1 AND error IS NOT NULL)",
+            "DELETE FROM durable_started WHERE run = ?1 AND path IN
+                 (SELECT path FROM durable_steps WHERE run = ?1 AND error IS NOT NULL)",
         )?;
-        let mut forget_errors = self.conn.prepare_cached(
-            "DELETE FROM durable_steps WHERE workflow_id = ?1 AND error IS NOT NULL",
-        )?;
-        for w in &ids {
-            forget_started.execute([w])?;
-            forget_errors.execute([w])?;
+        let mut forget_errors = self
+            .conn
+            .prepare_cached("DELETE FROM durable_steps WHERE run = ?1 AND error IS NOT NULL")?;
+        for (_, run) in &runs {
+            forget_started.execute([run])?;
+            forget_errors.execute([run])?;
         }
-        Ok(ids)
+        Ok(runs.into_iter().map(|(id, _)| id).collect())
     }
 
     /// Runs a transaction step in a transaction of its own: the application's writes,
@@ -283,6 +296,7 @@ impl Writer {
         }
         if result.is_ok() {
             stats.commits.fetch_add(1, Ordering::Relaxed);
+            self.note_commit();
         }
         let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         stats.last_commit_ns.store(took, Ordering::Relaxed);
@@ -399,7 +413,7 @@ impl Writer {
                 (None, Some(message.as_str()), Some(INTERRUPTED))
             }
         };
-        let path = s.path.to_string();
+        let path = s.path.to_key();
         let crc = keyed_crc32(
             &step_key(&s.workflow_id, &path, s.name),
             output.unwrap_or_else(|| error.unwrap_or_default().as_bytes()),
@@ -497,17 +511,27 @@ pub(super) const SQL_DELETE_MESSAGE: &str = "DELETE FROM durable_messages WHERE 
 const SQL_INSERT_MESSAGE: &str = "\
     INSERT INTO durable_messages (destination, topic, payload, crc32, sent_at) \
      VALUES (?1, ?2, ?3, ?4, ?5)";
-pub(super) const SQL_EVENT: &str = "\
-    SELECT value, crc32 FROM durable_events WHERE workflow_id = ?1 AND key = ?2";
-const SQL_SET_EVENT: &str = "\
-    INSERT INTO durable_events (workflow_id, key, value, crc32, set_at) VALUES (?1, \
-     ?2, ?3, ?4, ?5) ON CONFLICT (workflow_id, key) DO UPDATE SET value = \
-     excluded.value, crc32 = excluded.crc32, set_at = excluded.set_at";
-const SQL_STARTED: &str = "\
-    INSERT INTO durable_started (workflow_id, path, name, started_at, wake_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (workflow_id, path) DO NOTHING";
-pub(super) const SQL_RECORDED_OUTPUT: &str = "\
-    SELECT output, crc32, name FROM durable_steps WHERE workflow_id = ?1 AND path = ?2";
+pub(super) const SQL_EVENT: &str = concat!(
+    "SELECT value, crc32 FROM durable_events WHERE run = ",
+    run_of_first_parameter!(),
+    " AND key = ?2"
+);
+const SQL_SET_EVENT: &str = concat!(
+    "INSERT INTO durable_events (run, key, value, crc32, set_at) VALUES (",
+    run_of_first_parameter!(),
+    ", ?2, ?3, ?4, ?5) ON CONFLICT (run, key) DO UPDATE SET value = excluded.value, \
+     crc32 = excluded.crc32, set_at = excluded.set_at"
+);
+const SQL_STARTED: &str = concat!(
+    "INSERT INTO durable_started (run, path, name, started_at, wake_at, crc32) VALUES (",
+    run_of_first_parameter!(),
+    ", ?2, ?3, ?4, ?5, ?6) ON CONFLICT (run, path) DO NOTHING"
+);
+pub(super) const SQL_RECORDED_OUTPUT: &str = concat!(
+    "SELECT output, crc32, name FROM durable_steps WHERE run = ",
+    run_of_first_parameter!(),
+    " AND path = ?2"
+);
 
 /// How the journal stores a fingerprint: its bits as an `INTEGER` (SQLite's are signed).
 pub(super) fn fingerprint_column(f: Option<Fingerprint>) -> Option<i64> {
@@ -520,7 +544,10 @@ pub(super) const INTERRUPTED: &str = "interrupted";
 /// The error for a step record that could not be written (a second record for its
 /// path is refused).
 pub(super) fn step_error(path: &Path, s: &StepRecord, e: rusqlite::Error) -> StoreError {
-    if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) {
+    if is_not_null_violation(&e) {
+        // The run's number, found through its id, is NULL: no such workflow.
+        no_such_run(path, &s.workflow_id)
+    } else if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) {
         StoreError::new(
             path,
             StoreErrorKind::Invariant,
@@ -532,4 +559,23 @@ pub(super) fn step_error(path: &Path, s: &StepRecord, e: rusqlite::Error) -> Sto
     } else {
         sql_error(path, e)
     }
+}
+
+/// Whether `e` is a `NOT NULL` constraint's failure: a row recorded for a run whose
+/// number, found through its workflow's id, is NULL (no such workflow).
+pub(super) fn is_not_null_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_NOTNULL)
+}
+
+/// The error for a record made for a workflow the journal does not hold.
+pub(super) fn no_such_run(path: &Path, workflow_id: &str) -> StoreError {
+    StoreError::new(
+        path,
+        StoreErrorKind::Invariant,
+        format!(
+            "workflow {workflow_id} is not in the journal, so nothing can be recorded for it \
+             (its row was deleted outside durable?)"
+        ),
+    )
 }

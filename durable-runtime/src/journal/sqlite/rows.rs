@@ -3,9 +3,9 @@
 //! connection, so the store's reader and [`JournalView`](super::view::JournalView) read
 //! the journal the same way.
 
-use rusqlite::{Connection, OptionalExtension, Params, Row};
+use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 
-use super::crc::{event_key, keyed_crc32, message_key, step_key, workflow_key};
+use super::crc::{event_key, keyed_crc32, message_key, started_value, step_key, workflow_key};
 use super::ops::INTERRUPTED;
 use crate::codec::Fingerprint;
 use crate::error::{CancelReason, FailureKind, Location};
@@ -241,29 +241,43 @@ pub(super) struct StepRow {
     pub(super) intact: bool,
 }
 
-/// All recorded steps of one workflow run, sorted by path, in one query.
-pub(super) fn steps(c: &Connection, workflow_id: &str) -> rusqlite::Result<Vec<RecordedStep>> {
-    let rows = step_rows(c, workflow_id, OnDamage::Fail)?;
+/// The recorded steps of one workflow run in path order: those after `after` (all if
+/// `None`), at most `limit` of them, in one query.
+pub(super) fn steps(
+    c: &Connection,
+    workflow_id: &str,
+    after: Option<&StepPath>,
+    limit: usize,
+) -> rusqlite::Result<Vec<RecordedStep>> {
+    let rows = step_rows(c, workflow_id, after, limit, OnDamage::Fail)?;
     Ok(rows.into_iter().map(|s| s.step).collect())
 }
 
-/// The recorded steps of one workflow run, sorted by path, in one query; `on_damage`
-/// says what a step whose result fails its checksum does to the read.
+/// The recorded steps of one workflow run in path order (the order of the table's
+/// key, so nothing is sorted): those after `after`, at most `limit`, in one query;
+/// `on_damage` says what a step whose result fails its checksum does to the read.
 pub(super) fn step_rows(
     c: &Connection,
     workflow_id: &str,
+    after: Option<&StepPath>,
+    limit: usize,
     on_damage: OnDamage,
 ) -> rusqlite::Result<Vec<StepRow>> {
-    let mut stmt = c.prepare_cached(
+    let mut stmt = c.prepare_cached(concat!(
         "SELECT path, name, output, error, attempts, started_at, finished_at, crc32,
                 error_kind, args_fingerprint
-         FROM durable_steps WHERE workflow_id = ?1",
-    )?;
-    let rows = stmt.query_map([workflow_id], |r| {
+         FROM durable_steps WHERE run = ",
+        run_of_first_parameter!(),
+        " AND path > ?2 ORDER BY path LIMIT ?3",
+    ))?;
+    // Every key is longer than the empty one; a negative limit is no limit.
+    let after = after.map(StepPath::to_key).unwrap_or_default();
+    let limit = i64::try_from(limit).unwrap_or(-1);
+    let rows = stmt.query_map(params![workflow_id, after, limit], |r| {
         let path: String = r.get(0)?;
         let output: Option<Vec<u8>> = r.get(2)?;
         let error: Option<String> = r.get(3)?;
-        let Ok(parsed) = path.parse::<StepPath>() else {
+        let Some(parsed) = StepPath::from_key(&path) else {
             return Ok(Err(invalid(format!(
                 "workflow {workflow_id} has a step at `{path}`, which is not a step path"
             ))));
@@ -273,7 +287,7 @@ pub(super) fn step_rows(
         let name: String = r.get(1)?;
         let key = step_key(workflow_id, &path, &name);
         if let Err(e) = verify(&key, value.unwrap_or_default(), r.get(7)?, || {
-            format!("the recorded result of step {path} of workflow {workflow_id}")
+            format!("the recorded result of step {parsed} of workflow {workflow_id}")
         }) {
             match on_damage {
                 OnDamage::Fail => return Ok(Err(e)),
@@ -289,7 +303,7 @@ pub(super) fn step_rows(
             (None, Some(e)) => RecordedOutcome::Panicked(e),
             _ => {
                 return Ok(Err(invalid(format!(
-                    "step {path} of workflow {workflow_id} records both or neither of output and error"
+                    "step {parsed} of workflow {workflow_id} records both or neither of output and error"
                 ))));
             }
         };
@@ -309,22 +323,29 @@ pub(super) fn step_rows(
     for row in rows {
         steps.push(row??);
     }
-    steps.sort_by(|a, b| a.step.path.cmp(&b.step.path));
     Ok(steps)
+}
+
+/// A stored path key as users read paths (`3.b12` as `3.12`), or as stored if it is
+/// not one.
+fn shown(key: &str) -> String {
+    StepPath::from_key(key).map_or_else(|| key.to_owned(), |p| p.to_string())
 }
 
 /// What one workflow run recorded beside its steps: start records and patch markers.
 pub(super) fn side_records(c: &Connection, workflow_id: &str) -> rusqlite::Result<SideRecords> {
     let parse = |path: String, what: &str| {
-        path.parse::<StepPath>().map_err(|_| {
+        StepPath::from_key(&path).ok_or_else(|| {
             invalid(format!(
                 "workflow {workflow_id} has a {what} at `{path}`, which is not a step path"
             ))
         })
     };
     let mut out = SideRecords::default();
-    // Rows without a checksum: each one's `workflow_id` is compared with the one asked
-    // for, so that a damaged index cannot hand over another workflow's records.
+    // Each row's checksum is keyed by the workflow asked for, so a row of another run
+    // fails it; rows from before version 7 have none, so the id of the workflow each
+    // one's run number names is also compared with the one asked for, so that a
+    // damaged index cannot hand over another workflow's records.
     let own = |found: String| {
         same_workflow(
             workflow_id,
@@ -332,32 +353,53 @@ pub(super) fn side_records(c: &Connection, workflow_id: &str) -> rusqlite::Resul
             &format!("the side records of workflow {workflow_id}"),
         )
     };
-    let mut stmt = c.prepare_cached(
-        "SELECT path, wake_at, workflow_id FROM durable_started WHERE workflow_id = ?1",
-    )?;
+    let mut stmt = c.prepare_cached(concat!(
+        "SELECT t.path, t.wake_at, w.id, t.name, t.started_at, t.crc32
+         FROM durable_started t JOIN durable_workflows w ON w.run = t.run
+         WHERE t.run = ",
+        run_of_first_parameter!(),
+    ))?;
     let rows = stmt.query_map([workflow_id], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, Option<i64>>(1)?,
-            r.get(2)?,
-        ))
+        let (path, wake_at, name): (String, Option<i64>, String) =
+            (r.get(0)?, r.get(1)?, r.get(3)?);
+        let value = started_value(r.get(4)?, wake_at);
+        let checked = verify(
+            &step_key(workflow_id, &path, &name),
+            value.as_bytes(),
+            r.get(5)?,
+            || {
+                let path = shown(&path);
+                format!("the start record of step {path} ({name}) of workflow {workflow_id}")
+            },
+        );
+        Ok((path, wake_at, r.get(2)?, checked))
     })?;
     for row in rows {
-        let (path, wake_at, found) = row?;
+        let (path, wake_at, found, checked) = row?;
+        checked?;
         own(found)?;
         out.started.push(StartedRecord {
             path: parse(path, "start record")?,
             wake_at,
         });
     }
-    let mut stmt = c.prepare_cached(
-        "SELECT path, name, workflow_id FROM durable_patches WHERE workflow_id = ?1",
-    )?;
+    let mut stmt = c.prepare_cached(concat!(
+        "SELECT p.path, p.name, w.id, p.crc32
+         FROM durable_patches p JOIN durable_workflows w ON w.run = p.run
+         WHERE p.run = ",
+        run_of_first_parameter!(),
+    ))?;
     let rows = stmt.query_map([workflow_id], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+        let (path, name): (String, String) = (r.get(0)?, r.get(1)?);
+        let checked = verify(&step_key(workflow_id, &path, &name), &[], r.get(3)?, || {
+            let path = shown(&path);
+            format!("the patch marker {name} at {path} of workflow {workflow_id}")
+        });
+        Ok((path, name, r.get(2)?, checked))
     })?;
     for row in rows {
-        let (path, name, found) = row?;
+        let (path, name, found, checked) = row?;
+        checked?;
         own(found)?;
         out.patches.push((parse(path, "patch marker")?, name));
     }
@@ -414,10 +456,11 @@ pub(super) struct EventRow {
 
 /// The events workflow `workflow_id` set, by key.
 pub(super) fn events(c: &Connection, workflow_id: &str) -> rusqlite::Result<Vec<EventRow>> {
-    let mut stmt = c.prepare_cached(
-        "SELECT key, value, crc32, set_at FROM durable_events WHERE workflow_id = ?1
-         ORDER BY key",
-    )?;
+    let mut stmt = c.prepare_cached(concat!(
+        "SELECT key, value, crc32, set_at FROM durable_events WHERE run = ",
+        run_of_first_parameter!(),
+        " ORDER BY key",
+    ))?;
     let rows = stmt.query_map([workflow_id], |r| {
         let value: Vec<u8> = r.get(1)?;
         let key: String = r.get(0)?;

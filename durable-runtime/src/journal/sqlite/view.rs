@@ -189,7 +189,7 @@ impl JournalView {
     /// Empty if the workflow is unknown or recorded none.
     pub fn steps(&self, id: &str) -> Result<Vec<StepInfo>> {
         self.read(|c| {
-            let steps = rows::step_rows(c, id, OnDamage::Mark)?;
+            let steps = rows::step_rows(c, id, None, usize::MAX, OnDamage::Mark)?;
             Ok(steps
                 .into_iter()
                 .map(|s| StepInfo::new(id, s.step, s.intact))

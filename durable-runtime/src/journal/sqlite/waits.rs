@@ -175,7 +175,9 @@ impl Writer {
                 Ok(())
             });
             answered.map_err(|e| {
-                if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) {
+                if super::ops::is_not_null_violation(&e) {
+                    super::ops::no_such_run(path, &r.key.workflow_id)
+                } else if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) {
                     already_recorded(path, &r.key)
                 } else {
                     sql(e)
@@ -204,7 +206,7 @@ impl Writer {
             was_parked |= queue.len() != before;
         }
         self.parked.retain(|_, q| !q.is_empty());
-        let path_text = r.key.path.to_string();
+        let path_text = r.key.path.to_key();
         let recorded: Option<(Option<Vec<u8>>, Option<u32>, String)> = self
             .conn
             .prepare_cached(SQL_RECORDED_OUTPUT)
@@ -242,7 +244,7 @@ impl Writer {
         answer: Option<&[u8]>,
     ) -> rusqlite::Result<()> {
         let output = encode_answer(self.codec, answer);
-        let path = r.key.path.to_string();
+        let path = r.key.path.to_key();
         let crc = keyed_crc32(&step_key(&r.key.workflow_id, &path, r.key.name), &output);
         self.conn.prepare_cached(SQL_RECORD)?.execute(params![
             &*r.key.workflow_id,

@@ -38,6 +38,11 @@ pub(super) enum Command {
     Write(Box<Write>),
     /// Commit what came before, then stop (releasing the journal's lock).
     Close,
+    /// Copy the WAL back into the journal file, if it has grown past
+    /// [`CHECKPOINT_PAGES`]: sent by a write that committed on its caller's thread, so
+    /// that the copy (and, at `synchronous=NORMAL`, its fsync) runs on the writer
+    /// thread instead.
+    Checkpoint,
 }
 
 /// The writes of the workflow primitives, each with its typed reply.
@@ -57,6 +62,63 @@ impl Command {
     pub(super) fn is_transaction(&self) -> bool {
         matches!(self, Command::Write(w) if matches!(**w, Write::Transaction(..)))
     }
+
+    /// Whether the writer thread runs this command on its own, outside any batch.
+    fn is_alone(&self) -> bool {
+        self.is_transaction() || matches!(self, Command::Close | Command::Checkpoint)
+    }
+
+    /// The bytes of values this command writes, if it is a write small and simple
+    /// enough to commit on its caller's thread (see `SqliteStore::commit_inline`):
+    /// `None` for a transaction step (user code), a cancel or a resume (a whole tree of
+    /// workflows), and the commands that are not writes.
+    pub(super) fn inline_bytes(&self) -> Option<usize> {
+        let effect = |e: &crate::journal::Effect| match e {
+            crate::journal::Effect::None => 0,
+            crate::journal::Effect::Send(m) => m.payload.len(),
+            crate::journal::Effect::SetEvent(e) => e.1.len(),
+        };
+        Some(match self {
+            Command::Create(w, _) => w.input.len(),
+            Command::Step(s, _) => {
+                effect(&s.effect)
+                    + match &s.outcome {
+                        crate::journal::RecordedOutcome::Output(b) => b.len(),
+                        crate::journal::RecordedOutcome::Panicked(m)
+                        | crate::journal::RecordedOutcome::Interrupted(m) => m.len(),
+                    }
+            }
+            Command::Finish(f, _) => match &f.outcome {
+                crate::journal::Finished::Completed(b) => b.len(),
+                crate::journal::Finished::Failed(_, m) => m.len(),
+            },
+            Command::Write(w) => match &**w {
+                Write::Wait(..) | Write::Expire(..) | Write::Started(..) | Write::Patch(..) => 0,
+                Write::GiveBack(..) => 0,
+                Write::Send(m, _) => m.payload.len(),
+                Write::Cancel(..) | Write::Resume(..) | Write::Transaction(..) => return None,
+            },
+            Command::Close | Command::Checkpoint => return None,
+        })
+    }
+}
+
+/// The WAL size, in pages, past which the writer copies it back into the journal file
+/// (SQLite's own default for its automatic checkpoints, which the writer replaces: see
+/// [`Writer::new`]).
+pub(super) const CHECKPOINT_PAGES: i32 = 1000;
+
+thread_local! {
+    /// The WAL's size in pages after the last commit made on this thread (set by
+    /// SQLite's WAL hook, during the `COMMIT`).
+    static WAL_PAGES: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+}
+
+/// The writer's WAL hook: notes the WAL's size for [`Writer::commit_batch`], instead of
+/// checkpointing on the committing thread as SQLite's automatic checkpoint would.
+fn note_wal_pages(_: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_PAGES.with(|p| p.set(pages));
+    Ok(())
 }
 
 /// What the writer thread tells the rest of the runtime about its work.
@@ -113,13 +175,13 @@ pub(super) fn write_loop(
         // transaction of its own; the writes around it keep their order. A close ends
         // the batch before it, and the loop after it.
         let mut alone = None;
-        if first.is_transaction() || matches!(first, Command::Close) {
+        if first.is_alone() {
             alone = Some(first);
         } else {
             batch.push(first);
             while batch.len() < MAX_BATCH {
                 match woken.pop_front().map_or_else(|| rx.try_recv().ok(), Some) {
-                    Some(c) if c.is_transaction() || matches!(c, Command::Close) => {
+                    Some(c) if c.is_alone() => {
                         alone = Some(c);
                         break;
                     }
@@ -127,17 +189,35 @@ pub(super) fn write_loop(
                     None => break,
                 }
             }
-            match lock(core).as_mut() {
+            let answers = match lock(core).as_mut() {
                 Some(writer) => writer.commit_batch(path, &mut batch, stats, &mut woken),
                 None => return,
+            };
+            let checkpoint = answers.checkpoint;
+            answers.send();
+            if checkpoint {
+                match lock(core).as_mut() {
+                    Some(writer) => writer.checkpoint_if_due(),
+                    None => return,
+                }
             }
         }
         match alone {
             Some(Command::Close) => return,
+            Some(Command::Checkpoint) => {
+                stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                match lock(core).as_mut() {
+                    Some(writer) => writer.checkpoint_if_due(),
+                    None => return,
+                }
+            }
             Some(Command::Write(w)) => {
                 if let Write::Transaction(step, reply) = *w {
                     match lock(core).as_mut() {
-                        Some(writer) => writer.transaction(path, step, reply, stats),
+                        Some(writer) => {
+                            writer.transaction(path, step, reply, stats);
+                            writer.checkpoint_if_due();
+                        }
                         None => return,
                     }
                 }
@@ -192,10 +272,14 @@ pub(super) const SQL_CREATE: &str = "INSERT INTO durable_workflows
           input_crc32, parent_id, deadline_at)
      VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9)
      ON CONFLICT (id) DO NOTHING";
-pub(super) const SQL_RECORD: &str = "INSERT INTO durable_steps
-         (workflow_id, path, name, output, error, attempts, started_at, finished_at,
+pub(super) const SQL_RECORD: &str = concat!(
+    "INSERT INTO durable_steps
+         (run, path, name, output, error, attempts, started_at, finished_at,
           crc32, error_kind, args_fingerprint)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+     VALUES (",
+    run_of_first_parameter!(),
+    ", ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+);
 pub(super) const SQL_FINISH: &str = "UPDATE durable_workflows
      SET status = ?2, output = ?3, error_kind = ?4, error = ?5, updated_at = ?6,
          output_crc32 = ?7
@@ -222,6 +306,8 @@ pub(super) struct Writer {
     pub(super) next_sweep: u64,
     /// How the writer encodes the answers of waits it records.
     pub(super) codec: Codec,
+    /// Whether the WAL has grown past [`CHECKPOINT_PAGES`] since the last checkpoint.
+    pub(super) checkpoint_due: bool,
 }
 
 impl std::fmt::Debug for Writer {
@@ -236,7 +322,13 @@ impl std::fmt::Debug for Writer {
 impl Writer {
     /// The writer of `conn`, its hot statements prepared (so a journal whose schema
     /// lacks what they use fails here, at open).
+    ///
+    /// Its WAL hook replaces SQLite's automatic checkpoints, which run inside the
+    /// `COMMIT` that grows the WAL past its limit: on a caller's thread, that would block
+    /// an async worker for the copy and its fsync. The writer thread checkpoints instead
+    /// (see [`Writer::checkpoint_if_due`]).
     pub(super) fn new(conn: Connection, codec: Codec) -> rusqlite::Result<Self> {
+        conn.wal_hook(Some(note_wal_pages));
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         for sql in [
             SQL_BEGIN,
@@ -255,7 +347,25 @@ impl Writer {
             touched: Vec::new(),
             parks: 0,
             next_sweep: super::waits::SWEEP_EVERY,
+            checkpoint_due: false,
         })
+    }
+
+    /// Notes the WAL's size after a commit made through this writer.
+    pub(super) fn note_commit(&mut self) {
+        self.checkpoint_due |= WAL_PAGES.with(std::cell::Cell::take) >= CHECKPOINT_PAGES;
+    }
+
+    /// Copies the WAL back into the journal file if it has grown past
+    /// [`CHECKPOINT_PAGES`] (what SQLite's automatic checkpoint would have done, at the
+    /// same point). Passive: it never waits for the reader, and a checkpoint that could
+    /// not finish is tried again after the next commit.
+    pub(super) fn checkpoint_if_due(&mut self) {
+        if std::mem::take(&mut self.checkpoint_due) {
+            let _ = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        }
     }
 
     /// Runs `sql` (from the statement cache) with no parameters.
@@ -271,16 +381,18 @@ impl Writer {
         }
     }
 
-    /// Applies and commits one batch, then replies to every write in it. Waits that
-    /// parked in this same batch before what they wait for was written are put in
-    /// `woken`, to run next.
+    /// Applies and commits one batch, and parks the waits in it that found nothing.
+    /// Returns the answers to every other write, for the caller to send once it has let
+    /// go of the writer: a step woken by its answer may then commit its next write on
+    /// its own thread at once. Waits that parked in this same batch before what they
+    /// wait for was written are put in `woken`, to run next.
     pub(super) fn commit_batch(
         &mut self,
         path: &Path,
         batch: &mut Vec<Command>,
         stats: &WriterStats,
         woken: &mut VecDeque<Command>,
-    ) {
+    ) -> Answers {
         let started = std::time::Instant::now();
         let size = batch.len();
         self.touched.clear();
@@ -291,7 +403,7 @@ impl Writer {
             for c in batch.drain(..) {
                 fail(c, e.clone());
             }
-            return;
+            return Answers::default();
         }
         let (mut replies, aborted) = self.apply_batch(path, batch);
         if aborted.is_none() {
@@ -302,12 +414,13 @@ impl Writer {
             // and nobody hears back.
             let _ = self.run(SQL_ROLLBACK);
             batch.clear();
-            return;
+            return Answers::default();
         }
         let committed = self.commit(path, aborted);
         if committed.is_ok() {
             // Counted before anyone hears of the commit.
             stats.commits.fetch_add(1, Ordering::Relaxed);
+            self.note_commit();
         } else {
             self.touched.clear();
         }
@@ -317,7 +430,7 @@ impl Writer {
         // Before the replies: a woken step that enqueues its next write at once must find
         // the writer idle, not counting this batch.
         stats.in_flight.fetch_sub(size, Ordering::Relaxed);
-        self.send_replies(&committed, replies, stats, woken);
+        self.settle(committed, replies, stats, woken)
     }
 
     /// Runs every write of `batch` (emptying it) in the open transaction. Returns their
@@ -349,7 +462,7 @@ impl Writer {
                 }
                 Command::Write(w) => self.write(path, *w),
                 // Never batched: `write_loop` takes it apart.
-                Command::Close => continue,
+                Command::Close | Command::Checkpoint => continue,
             };
             if let Some(e) = reply.error()
                 && self.conn.is_autocommit()
@@ -380,19 +493,28 @@ impl Writer {
         }
     }
 
-    /// Answers every write of a batch once it `committed` or failed. A wait that found
+    /// Settles every write of a batch once it `committed` or failed: a wait that found
     /// nothing is parked (see [`Writer::park`]), or run again next (in `woken`) if the
-    /// batch also wrote what it waits for.
-    fn send_replies(
+    /// batch also wrote what it waits for; the rest are answered (by the caller, from
+    /// what this returns).
+    fn settle(
         &mut self,
-        committed: &Result<(), StoreError>,
-        replies: Vec<Reply>,
+        committed: Result<(), StoreError>,
+        mut replies: Vec<Reply>,
         stats: &WriterStats,
         woken: &mut VecDeque<Command>,
-    ) {
-        for r in replies {
-            match (committed, r) {
-                (Ok(()), Reply::Park(what, parked)) if self.touched.contains(&what) => {
+    ) -> Answers {
+        if let Err(failed) = committed {
+            return Answers {
+                replies,
+                failed: Some(failed),
+                checkpoint: self.checkpoint_due,
+            };
+        }
+        let mut answers = Vec::with_capacity(replies.len());
+        for r in replies.drain(..) {
+            match r {
+                Reply::Park(what, parked) if self.touched.contains(&what) => {
                     // Parked in the batch that also sent its message (after the send,
                     // or `answer_parked` would have answered it): run it again next.
                     stats.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -405,9 +527,37 @@ impl Writer {
                         parked.reply,
                     ))));
                 }
-                (Ok(()), Reply::Park(what, parked)) => self.park(what, parked),
-                (Ok(()), r) => r.send(),
-                (Err(e), r) => r.fail(e.clone()),
+                Reply::Park(what, parked) => self.park(what, parked),
+                r => answers.push(r),
+            }
+        }
+        Answers {
+            replies: answers,
+            failed: None,
+            checkpoint: self.checkpoint_due,
+        }
+    }
+}
+
+/// The answers to a batch's writes, to send once the writer is let go of (see
+/// [`Writer::commit_batch`]).
+#[derive(Default)]
+#[must_use = "the writes wait for their answers"]
+pub(super) struct Answers {
+    replies: Vec<Reply>,
+    /// Why the whole batch failed, if it did: then every write is answered with it.
+    failed: Option<StoreError>,
+    /// Whether the WAL is due a checkpoint (see [`Writer::checkpoint_if_due`]).
+    pub(super) checkpoint: bool,
+}
+
+impl Answers {
+    /// Sends every answer.
+    pub(super) fn send(self) {
+        for r in self.replies {
+            match &self.failed {
+                None => r.send(),
+                Some(e) => r.fail(e.clone()),
             }
         }
     }
@@ -465,6 +615,6 @@ pub(super) fn fail(c: Command, e: StoreError) {
             | Write::GiveBack(.., s)
             | Write::Transaction(_, s) => drop(s.send(Err(e))),
         },
-        Command::Close => {}
+        Command::Close | Command::Checkpoint => {}
     }
 }

@@ -1,0 +1,329 @@
+//! What earlier executions of a run recorded, read from the journal in batches, in
+//! path order, as the run's code asks for it: a replay holds one batch (plus whatever
+//! its concurrent branches have not claimed yet), not its whole history.
+
+use std::collections::BTreeMap;
+
+use crate::error::StoreError;
+use crate::journal::RecordedStep;
+use crate::path::StepPath;
+
+/// How many recorded steps a replay reads at a time: one query per this many steps.
+pub(crate) const REPLAY_BATCH: usize = 1024;
+
+/// Reads the recorded steps after a path (all if `None`), in path order, at most
+/// [`REPLAY_BATCH`] of them.
+pub(crate) type ReadAfter<'a> =
+    dyn FnMut(Option<&StepPath>) -> Result<Vec<RecordedStep>, StoreError> + 'a;
+
+/// The recorded steps of one run that this execution has read and not claimed yet,
+/// and how far it has read.
+///
+/// Every claim of a path first reads up to that path (or to the end), so once a path
+/// has been claimed, what this execution records there sorts at or before
+/// `read_to`: a later batch (everything after `read_to`) never returns a record this
+/// execution made, only what earlier executions did.
+#[derive(Debug)]
+pub(crate) struct Recorded {
+    unclaimed: BTreeMap<StepPath, RecordedStep>,
+    /// The last path read, if any.
+    read_to: Option<StepPath>,
+    /// Whether every recorded step has been read.
+    complete: bool,
+}
+
+impl Default for Recorded {
+    /// A run with nothing recorded (just started): nothing to read.
+    fn default() -> Self {
+        Recorded::all(Vec::new())
+    }
+}
+
+impl Recorded {
+    /// Every step the run recorded, read already.
+    pub(crate) fn all(steps: Vec<RecordedStep>) -> Self {
+        let mut r = Recorded {
+            unclaimed: BTreeMap::new(),
+            read_to: None,
+            complete: false,
+        };
+        r.add(steps, usize::MAX);
+        r
+    }
+
+    /// The first batch of a run's steps, read with a limit of `limit`: fewer means
+    /// there are no more.
+    pub(crate) fn first(steps: Vec<RecordedStep>, limit: usize) -> Self {
+        let mut r = Recorded {
+            unclaimed: BTreeMap::new(),
+            read_to: None,
+            complete: false,
+        };
+        r.add(steps, limit);
+        r
+    }
+
+    fn add(&mut self, batch: Vec<RecordedStep>, limit: usize) {
+        self.complete = batch.len() < limit;
+        if let Some(last) = batch.last() {
+            self.read_to = Some(last.path.clone());
+        }
+        self.unclaimed
+            .extend(batch.into_iter().map(|s| (s.path.clone(), s)));
+    }
+
+    /// Reads batches until `path` is within what has been read, or everything has.
+    fn read_through(
+        &mut self,
+        path: &StepPath,
+        read: &mut ReadAfter<'_>,
+    ) -> Result<(), StoreError> {
+        while !self.complete && self.read_to.as_ref().is_none_or(|r| r < path) {
+            let batch = read(self.read_to.as_ref())?;
+            if batch
+                .last()
+                .is_some_and(|s| Some(&s.path) <= self.read_to.as_ref())
+            {
+                // A store that answers out of order would make a replay skip records.
+                return Err(out_of_order());
+            }
+            self.add(batch, REPLAY_BATCH);
+        }
+        Ok(())
+    }
+
+    /// Takes the record at `path`, if an earlier execution made one; each is handed out
+    /// once.
+    pub(crate) fn take(
+        &mut self,
+        path: &StepPath,
+        read: &mut ReadAfter<'_>,
+    ) -> Result<Option<RecordedStep>, StoreError> {
+        if let Some(s) = self.unclaimed.remove(path) {
+            return Ok(Some(s));
+        }
+        self.read_through(path, read)?;
+        Ok(self.unclaimed.remove(path))
+    }
+
+    /// Whether an earlier execution recorded anything not yet claimed at position `at`
+    /// of `branch` or a later one, or below one.
+    pub(crate) fn any_from(
+        &mut self,
+        branch: &[u32],
+        at: u32,
+        read: &mut ReadAfter<'_>,
+    ) -> Result<bool, StoreError> {
+        let from = StepPath::child(branch, at);
+        let within = |p: &StepPath| {
+            let p = p.positions();
+            p.len() > branch.len() && p.starts_with(branch) && p[branch.len()] >= at
+        };
+        self.read_through(&from, read)?;
+        // What sorts from `from` to the end of the branch is exactly what is `within`.
+        // The first such record read is unclaimed, or is `read_to` (claimed or not:
+        // nothing in the branch at or after `at` can have been claimed before `at`).
+        Ok(self
+            .unclaimed
+            .range(&from..)
+            .next()
+            .is_some_and(|(p, _)| within(p))
+            || self
+                .read_to
+                .as_ref()
+                .is_some_and(|r| *r >= from && within(r)))
+    }
+
+    /// The first record (by path) not claimed, skipping those `skip` says to; reads the
+    /// rest of the history if it has to, without keeping it.
+    pub(crate) fn first_unclaimed(
+        &mut self,
+        skip: impl Fn(&StepPath) -> bool,
+        read: &mut ReadAfter<'_>,
+    ) -> Result<Option<(StepPath, String)>, StoreError> {
+        let found = |s: &RecordedStep| (!skip(&s.path)).then(|| (s.path.clone(), s.name.clone()));
+        // Everything read sorts before everything not read yet.
+        if let Some(first) = self.unclaimed.values().find_map(found) {
+            return Ok(Some(first));
+        }
+        while !self.complete {
+            let batch = read(self.read_to.as_ref())?;
+            if batch
+                .last()
+                .is_some_and(|s| Some(&s.path) <= self.read_to.as_ref())
+            {
+                return Err(out_of_order());
+            }
+            self.complete = batch.len() < REPLAY_BATCH;
+            if let Some(first) = batch.iter().find_map(found) {
+                return Ok(Some(first));
+            }
+            if let Some(last) = batch.last() {
+                self.read_to = Some(last.path.clone());
+            }
+        }
+        Ok(None)
+    }
+
+    /// How many records have been read and not claimed.
+    #[cfg(any(test, feature = "testkit"))]
+    pub(crate) fn len(&self) -> usize {
+        self.unclaimed.len()
+    }
+}
+
+fn out_of_order() -> StoreError {
+    StoreError::new(
+        std::path::Path::new(""),
+        crate::error::StoreErrorKind::Invariant,
+        "the journal returned recorded steps out of path order",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::RecordedOutcome;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    fn step(path: &[u32]) -> RecordedStep {
+        RecordedStep {
+            path: StepPath::from_key(
+                &path
+                    .iter()
+                    .map(|p| StepPath::child(&[], *p).to_key())
+                    .collect::<Vec<_>>()
+                    .join("."),
+            )
+            .expect("path"),
+            name: format!("s{path:?}"),
+            args: None,
+            outcome: RecordedOutcome::Output(Vec::new()),
+            attempts: 1,
+            started_at: 0,
+            finished_at: 0,
+        }
+    }
+
+    /// A journal of `paths`, read in batches as a store does; counts its reads.
+    struct Journal {
+        paths: BTreeSet<Vec<u32>>,
+        reads: usize,
+    }
+
+    impl Journal {
+        fn read(&mut self, after: Option<&StepPath>) -> Result<Vec<RecordedStep>, StoreError> {
+            self.reads += 1;
+            Ok(self
+                .paths
+                .iter()
+                .map(|p| step(p))
+                .filter(|s| after.is_none_or(|a| s.path > *a))
+                .take(REPLAY_BATCH)
+                .collect())
+        }
+    }
+
+    fn paths() -> impl Strategy<Value = BTreeSet<Vec<u32>>> {
+        // Some shallow, many-position runs and some deep, narrow ones.
+        prop_oneof![
+            proptest::collection::btree_set(proptest::collection::vec(1..3000u32, 1..2), 0..3000),
+            proptest::collection::btree_set(proptest::collection::vec(1..6u32, 1..5), 0..600),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Claims in any order (recorded paths and others) get exactly what a map of
+        /// the whole history would give, and what is left is the same.
+        #[test]
+        fn claims_in_any_order_match_the_whole_history(
+            recorded in paths(),
+            asked in proptest::collection::vec((any::<proptest::sample::Index>(), 1..4000u32, any::<bool>()), 0..400),
+            first_batch in any::<bool>(),
+        ) {
+            let mut journal = Journal { paths: recorded.clone(), reads: 0 };
+            let mut model: BTreeMap<StepPath, RecordedStep> =
+                recorded.iter().map(|p| (step(p).path, step(p))).collect();
+            let list: Vec<_> = recorded.iter().cloned().collect();
+            let mut window = if first_batch {
+                let batch = journal.read(None).expect("read");
+                Recorded::first(batch, REPLAY_BATCH)
+            } else {
+                Recorded::first(Vec::new(), 0)
+            };
+            let mut read = |after: Option<&StepPath>| journal.read(after);
+            for (index, other, pick_recorded) in asked {
+                let path = if pick_recorded && !list.is_empty() {
+                    let picked: &Vec<u32> = index.get(&list);
+                    step(picked).path
+                } else {
+                    step(&[other]).path
+                };
+                let got = window.take(&path, &mut read).expect("take");
+                let want = model.remove(&path);
+                prop_assert_eq!(got.map(|s| s.path), want.map(|s| s.path));
+            }
+            let left = window.first_unclaimed(|_| false, &mut read).expect("first");
+            prop_assert_eq!(left.map(|l| l.0), model.keys().next().cloned());
+        }
+    }
+
+    /// A sequential replay of a long history holds one batch at a time, and reads each
+    /// step once.
+    #[test]
+    fn a_sequential_replay_holds_one_batch() {
+        let n = 10 * REPLAY_BATCH as u32 + 7;
+        let mut journal = Journal {
+            paths: (1..=n).map(|p| vec![p]).collect(),
+            reads: 0,
+        };
+        let mut window = Recorded::first(Vec::new(), 0);
+        let mut most = 0;
+        let mut read = |after: Option<&StepPath>| journal.read(after);
+        for p in 1..=n {
+            let got = window.take(&step(&[p]).path, &mut read).expect("take");
+            assert!(got.is_some(), "step {p}");
+            most = most.max(window.len());
+        }
+        assert!(
+            window
+                .take(&step(&[n + 1]).path, &mut read)
+                .expect("take")
+                .is_none()
+        );
+        assert!(most < REPLAY_BATCH, "held {most}");
+        assert_eq!(journal.reads, 11);
+    }
+
+    /// `any_from` sees a record at or after a position of a branch, or below one, and
+    /// nothing before it or in another branch.
+    #[test]
+    fn any_from_looks_at_the_rest_of_one_branch() {
+        let recorded: BTreeSet<Vec<u32>> =
+            [vec![1], vec![2, 1], vec![2, 5], vec![2, 5, 3], vec![4]].into();
+        for (branch, at, want) in [
+            (&[][..], 1, true),
+            (&[][..], 4, true),
+            (&[][..], 5, false),
+            (&[2][..], 1, true),
+            (&[2][..], 2, true),
+            (&[2][..], 6, false),
+            (&[2, 5][..], 3, true),
+            (&[2, 5][..], 4, false),
+            (&[3][..], 1, false),
+        ] {
+            let mut journal = Journal {
+                paths: recorded.clone(),
+                reads: 0,
+            };
+            let mut window = Recorded::first(Vec::new(), 0);
+            let got = window
+                .any_from(branch, at, &mut |after| journal.read(after))
+                .expect("read");
+            assert_eq!(got, want, "{branch:?} from {at}");
+        }
+    }
+}
