@@ -7,11 +7,21 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use durable_runtime::{Error, Runtime, StoreErrorKind, workflow};
+use durable_runtime::{Error, Runtime, StoreErrorKind, step, workflow};
 
 #[workflow]
 async fn noop() -> u8 {
     7
+}
+
+#[step]
+async fn price(item: String) -> u64 {
+    item.len() as u64
+}
+
+#[workflow]
+async fn checkout(item: String) -> u64 {
+    price(item).await
 }
 
 /// Opens (creating) the journal and runs one workflow in it, so every file exists.
@@ -208,8 +218,10 @@ async fn migrations_are_numbered_and_recorded() {
         ]),
         "{meta:?}"
     );
-    // Since schema 4 each value names its own format; the journal names none.
-    assert_eq!(meta.len(), 1, "{meta:?}");
+    // Since schema 4 each value names its own format; the journal names none. Since
+    // schema 7 it keeps a record of its schema objects.
+    assert_eq!(meta.len(), 2, "{meta:?}");
+    assert_eq!(meta[0][0], "Text(\"schema\")", "{meta:?}");
     // Reopening an up-to-date journal changes nothing.
     drop(common::reopen(&path).await);
     assert_eq!(common::dump(&path, "durable_meta"), meta);
@@ -224,6 +236,144 @@ async fn a_journal_with_damaged_tables_is_refused_at_open() {
         let (_dir, path, err) = reopen_after(damage).await;
         assert_refused(&path, &err, StoreErrorKind::Damaged, "schema is damaged");
     }
+}
+
+/// Rewrites the SQL text SQLite keeps for the schema object `name`, as damage to the
+/// file's first pages, or a hand edit, would.
+fn rewrite_schema(path: &Path, name: &str, from: &str, to: &str) {
+    let conn = rusqlite::Connection::open(path).expect("open journal");
+    conn.execute_batch("PRAGMA writable_schema = ON")
+        .expect("writable schema");
+    let changed = conn
+        .execute(
+            "UPDATE sqlite_master SET sql = replace(sql, ?2, ?3) WHERE name = ?1",
+            [name, from, to],
+        )
+        .expect("rewrite");
+    let sql: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .expect("read back");
+    assert!(changed == 1 && sql.contains(to), "{sql}");
+    // As any change of the schema by SQL does, so that connections open on it see it.
+    let cookie: i64 = conn
+        .query_row("PRAGMA schema_version", [], |r| r.get(0))
+        .expect("cookie");
+    conn.execute_batch(&format!("PRAGMA schema_version = {}", cookie + 1))
+        .expect("bump cookie");
+}
+
+#[tokio::test]
+async fn a_journal_whose_schema_text_changed_is_refused_at_open_and_left_alone() {
+    let cases: [(&str, &str, &str, &str); 4] = [
+        // A constraint that would fail only at the first insert of a step.
+        (
+            "durable_steps",
+            "CHECK ((output IS NULL)",
+            "CHECK (z() OR (output IS NULL)",
+            "the definition of durable_steps was changed",
+        ),
+        // A partial index that would silently miss the pending workflows.
+        (
+            "durable_workflows_pending",
+            "'pending'",
+            "'pendinf'",
+            "the definition of durable_workflows_pending was changed",
+        ),
+        // Same columns, another type: no statement would notice.
+        (
+            "durable_events",
+            "value  BLOB NOT NULL",
+            "value  ANY NOT NULL",
+            "the definition of durable_events was changed",
+        ),
+        (
+            "durable_meta",
+            "value TEXT",
+            "value ANY",
+            "the definition of durable_meta was changed",
+        ),
+    ];
+    for (name, from, to, says) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("shop.db");
+        let rt = Runtime::open(&path).await.expect("create");
+        rt.start_with_id("o-1", checkout("ada".into()))
+            .await
+            .expect("start")
+            .result()
+            .await
+            .expect("result");
+        rt.close().await.expect("close");
+        rewrite_schema(&path, name, from, to);
+        let before = std::fs::read(&path).expect("read");
+        let err = common::try_reopen(&path).await.expect_err(name);
+        assert_refused(&path, &err, StoreErrorKind::Damaged, says);
+        assert!(
+            err.to_string().contains("restore the file from a backup"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&path).expect("read"), before, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_journal_with_schema_objects_added_or_unrecorded_is_refused() {
+    let (_dir, path, err) =
+        reopen_after("CREATE INDEX durable_steps_by_name ON durable_steps (name)").await;
+    assert_refused(
+        &path,
+        &err,
+        StoreErrorKind::Damaged,
+        "durable_steps_by_name was added",
+    );
+    let (_dir, path, err) = reopen_after("DELETE FROM durable_meta WHERE key = 'schema'").await;
+    assert_refused(
+        &path,
+        &err,
+        StoreErrorKind::Damaged,
+        "durable_meta holds no record of the schema",
+    );
+    // An application's own objects in the same file are its business.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("shop.db");
+    drop(Runtime::open(&path).await.expect("create"));
+    common::sql(&path, "CREATE TABLE orders (id INTEGER PRIMARY KEY)", []);
+    common::sql(
+        &path,
+        "CREATE INDEX orders_by_step ON durable_steps (name)",
+        [],
+    );
+    drop(common::reopen(&path).await);
+}
+
+#[tokio::test]
+async fn a_schema_changed_under_a_running_journal_is_reported_as_damage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("shop.db");
+    let rt = Runtime::open(&path).await.expect("create");
+    rewrite_schema(
+        &path,
+        "durable_steps",
+        "CHECK ((output IS NULL)",
+        "CHECK (z() OR (output IS NULL)",
+    );
+    let err = match rt.start_with_id("o-1", checkout("ada".into())).await {
+        Ok(handle) => handle
+            .result()
+            .await
+            .expect_err("a step cannot be recorded"),
+        Err(e) => e,
+    };
+    let message = err.to_string();
+    assert!(
+        message.contains("the journal's schema is damaged")
+            && message.contains("unknown function: z()"),
+        "{message}"
+    );
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! The journal's schema: the numbered migrations that create and change it, and the
-//! check that a journal holds every table and column the runtime uses.
+//! check at every open that the schema is still the one they left.
 
 use std::path::Path;
 
@@ -299,6 +299,9 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
         )
         .map_err(err)?;
     }
+    if version < MIGRATIONS.len() {
+        record_schema(&tx, path)?;
+    }
     check_schema(&tx, path)?;
     tx.commit().map_err(err)
 }
@@ -529,30 +532,6 @@ fn legacy_value(value: &[u8]) -> Vec<u8> {
     tagged
 }
 
-/// Every column the runtime reads or writes, per table: a journal whose tables were
-/// dropped or altered by hand is refused at open, not found out by each workflow later.
-const SCHEMA: &[(&str, &str)] = &[
-    ("durable_meta", "key, value"),
-    (
-        "durable_workflows",
-        "run, id, name, status, input, output, error_kind, error, executor, app_version, parent_id, queue, created_at, updated_at, input_crc32, output_crc32, deadline_at",
-    ),
-    (
-        "durable_steps",
-        "run, path, name, output, error, attempts, started_at, finished_at, crc32, error_kind, args_fingerprint",
-    ),
-    (
-        "durable_messages",
-        "seq, destination, topic, payload, crc32, sent_at",
-    ),
-    ("durable_events", "run, key, value, crc32, set_at"),
-    (
-        "durable_started",
-        "run, path, name, started_at, wake_at, crc32",
-    ),
-    ("durable_patches", "run, path, name, crc32"),
-];
-
 /// An error of a statement the open runs: SQLite's plain `SQLITE_ERROR` on one of
 /// durable's own statements (no such column, no such index, no query solution) means
 /// the schema is not the one durable made.
@@ -563,27 +542,111 @@ pub(super) fn open_error(path: &Path, e: rusqlite::Error) -> Error {
     }
 }
 
-/// The error for a journal whose tables are not the ones durable made.
+/// The error for a journal whose tables are not the ones durable made, as a statement
+/// of durable's found.
 fn schema_damaged(path: &Path, e: &rusqlite::Error) -> Error {
+    damaged_schema(
+        path,
+        format!("a statement of durable no longer fits it (SQLite says: {e})"),
+    )
+}
+
+/// The key in `durable_meta` of the record of durable's schema: one line per schema
+/// object whose name starts with `durable_`, its name and the CRC-32 of the SQL text
+/// SQLite keeps for it, in name order. Written after a migration, compared at every
+/// open.
+const SCHEMA_RECORD: &str = "schema";
+
+/// The record of the schema `conn` holds now (see [`SCHEMA_RECORD`]).
+fn schema_record(conn: &Connection) -> rusqlite::Result<String> {
+    let mut stmt = conn
+        .prepare("SELECT name, sql FROM sqlite_master WHERE name GLOB 'durable_*' ORDER BY name")?;
+    let mut rows = stmt.query([])?;
+    let mut record = String::new();
+    while let Some(row) = rows.next()? {
+        let name: String = row.get(0)?;
+        let sql: Option<String> = row.get(1)?;
+        let crc = crc32(sql.unwrap_or_default().as_bytes());
+        record.push_str(&format!("{name} {crc:08x}\n"));
+    }
+    Ok(record)
+}
+
+/// Records the schema a migration left (see [`SCHEMA_RECORD`]).
+fn record_schema(tx: &Connection, path: &Path) -> Result<(), Error> {
+    let err = |e| Error::from(sql_error(path, e));
+    let record = schema_record(tx).map_err(err)?;
+    tx.execute(
+        "INSERT INTO durable_meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [SCHEMA_RECORD, record.as_str()],
+    )
+    .map_err(err)?;
+    Ok(())
+}
+
+/// Refuses a journal whose schema is not the one its last migration left: a table,
+/// index or constraint dropped, added or changed by hand or by damage is found here,
+/// at open, in one read, rather than by some statement of some workflow later.
+pub(super) fn check_schema(conn: &Connection, path: &Path) -> Result<(), Error> {
+    let read = || -> rusqlite::Result<(Option<String>, String)> {
+        let stored = conn
+            .query_row(
+                "SELECT value FROM durable_meta WHERE key = ?1",
+                [SCHEMA_RECORD],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok((stored, schema_record(conn)?))
+    };
+    let (stored, now) = read().map_err(|e| open_error(path, e))?;
+    let Some(stored) = stored else {
+        return Err(damaged_schema(
+            path,
+            "durable_meta holds no record of the schema durable made".into(),
+        ));
+    };
+    if stored == now {
+        return Ok(());
+    }
+    let parse = |record: &str| -> std::collections::BTreeMap<String, String> {
+        record
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(name, crc)| (name.to_owned(), crc.to_owned()))
+            .collect()
+    };
+    let (stored, now) = (parse(&stored), parse(&now));
+    let mut differences = Vec::new();
+    for (name, crc) in &stored {
+        match now.get(name) {
+            None => differences.push(format!("{name} is missing")),
+            Some(c) if c != crc => {
+                differences.push(format!("the definition of {name} was changed"));
+            }
+            Some(_) => {}
+        }
+    }
+    for name in now.keys().filter(|n| !stored.contains_key(*n)) {
+        differences.push(format!("{name} was added"));
+    }
+    if differences.is_empty() {
+        differences.push("durable_meta's record of the schema is damaged".into());
+    }
+    Err(damaged_schema(path, differences.join(", ")))
+}
+
+/// The error for a journal whose schema differs from the one durable made.
+fn damaged_schema(path: &Path, what: String) -> Error {
     StoreError::new(
         path,
         StoreErrorKind::Damaged,
         format!(
-            "the journal's schema is damaged ({e}); it was changed outside durable: restore \
-             the file from a backup"
+            "the journal's schema is damaged: {what}; it was changed outside durable (its \
+             tables and indexes are the ones named durable_*): restore the file from a backup"
         ),
     )
     .into()
-}
-
-/// Refuses a journal that lacks a table or column of [`SCHEMA`].
-pub(super) fn check_schema(conn: &Connection, path: &Path) -> Result<(), Error> {
-    for (table, columns) in SCHEMA {
-        if let Err(e) = conn.prepare(&format!("SELECT {columns} FROM {table} LIMIT 0")) {
-            return Err(schema_damaged(path, &e));
-        }
-    }
-    Ok(())
 }
 
 /// A step path as schema 5 wrote it, as schema 6 writes it; `None` if it is not one.

@@ -125,6 +125,16 @@ fn sql_error(path: &Path, e: rusqlite::Error) -> StoreError {
             ),
         ),
         (Some(ErrorCode::ConstraintViolation), _) => (StoreErrorKind::Invariant, e.to_string()),
+        // SQLite's plain SQLITE_ERROR on one of durable's own statements, which the open
+        // found fitting the schema: an unknown function or column in a constraint, a
+        // table gone. The schema was changed since, by hand or by damage.
+        (Some(ErrorCode::Unknown), _) => (
+            StoreErrorKind::Damaged,
+            format!(
+                "the journal's schema is damaged: a statement of durable no longer fits it \
+                 (SQLite says: {e}); {RESTORE}"
+            ),
+        ),
         (_, E::Utf8Error(_)) => (StoreErrorKind::Damaged, not_utf8(&e)),
         (_, E::FromSqlConversionFailure(_, _, inner)) if inner.is::<std::str::Utf8Error>() => {
             (StoreErrorKind::Damaged, not_utf8(inner))
