@@ -2,7 +2,7 @@
 //! path order, as the run's code asks for it: a replay holds one batch (plus whatever
 //! its concurrent branches have not claimed yet), not its whole history.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 
 use crate::error::StoreError;
 use crate::journal::RecordedStep;
@@ -16,6 +16,23 @@ pub(crate) const REPLAY_BATCH: usize = 1024;
 pub(crate) type ReadAfter<'a> =
     dyn FnMut(Option<&StepPath>) -> Result<Vec<RecordedStep>, StoreError> + 'a;
 
+/// A recorded step read by this execution: not claimed yet, or claimed out of order
+/// (only its path is kept, so that the window stays sorted and searchable).
+#[derive(Debug)]
+enum Slot {
+    Unclaimed(RecordedStep),
+    Claimed(StepPath),
+}
+
+impl Slot {
+    fn path(&self) -> &StepPath {
+        match self {
+            Slot::Unclaimed(s) => &s.path,
+            Slot::Claimed(p) => p,
+        }
+    }
+}
+
 /// The recorded steps of one run that this execution has read and not claimed yet,
 /// and how far it has read.
 ///
@@ -23,9 +40,16 @@ pub(crate) type ReadAfter<'a> =
 /// has been claimed, what this execution records there sorts at or before
 /// `read_to`: a later batch (everything after `read_to`) never returns a record this
 /// execution made, only what earlier executions did.
+///
+/// The steps read are kept in path order, as the store returns them; a claim in order
+/// (the common case: sequential code) takes the first one. A claim out of order (a
+/// concurrent branch ahead of another) leaves its path behind until every step before
+/// it has been claimed.
 #[derive(Debug)]
 pub(crate) struct Recorded {
-    unclaimed: BTreeMap<StepPath, RecordedStep>,
+    window: VecDeque<Slot>,
+    /// How many slots of `window` are unclaimed.
+    unclaimed: usize,
     /// The last path read, if any.
     read_to: Option<StepPath>,
     /// Whether every recorded step has been read.
@@ -42,20 +66,15 @@ impl Default for Recorded {
 impl Recorded {
     /// Every step the run recorded, read already.
     pub(crate) fn all(steps: Vec<RecordedStep>) -> Self {
-        let mut r = Recorded {
-            unclaimed: BTreeMap::new(),
-            read_to: None,
-            complete: false,
-        };
-        r.add(steps, usize::MAX);
-        r
+        Recorded::first(steps, usize::MAX)
     }
 
     /// The first batch of a run's steps, read with a limit of `limit`: fewer means
     /// there are no more.
     pub(crate) fn first(steps: Vec<RecordedStep>, limit: usize) -> Self {
         let mut r = Recorded {
-            unclaimed: BTreeMap::new(),
+            window: VecDeque::new(),
+            unclaimed: 0,
             read_to: None,
             complete: false,
         };
@@ -63,13 +82,18 @@ impl Recorded {
         r
     }
 
-    fn add(&mut self, batch: Vec<RecordedStep>, limit: usize) {
+    fn add(&mut self, mut batch: Vec<RecordedStep>, limit: usize) {
         self.complete = batch.len() < limit;
+        // `all` may be given steps in any order; a store's batches are sorted already.
+        if !batch.is_sorted_by(|a, b| a.path < b.path) {
+            batch.sort_by(|a, b| a.path.cmp(&b.path));
+            batch.dedup_by(|a, b| a.path == b.path);
+        }
         if let Some(last) = batch.last() {
             self.read_to = Some(last.path.clone());
         }
-        self.unclaimed
-            .extend(batch.into_iter().map(|s| (s.path.clone(), s)));
+        self.unclaimed += batch.len();
+        self.window.extend(batch.into_iter().map(Slot::Unclaimed));
     }
 
     /// Reads batches until `path` is within what has been read, or everything has.
@@ -81,8 +105,9 @@ impl Recorded {
         while !self.complete && self.read_to.as_ref().is_none_or(|r| r < path) {
             let batch = read(self.read_to.as_ref())?;
             if batch
-                .last()
+                .first()
                 .is_some_and(|s| Some(&s.path) <= self.read_to.as_ref())
+                || !batch.is_sorted_by(|a, b| a.path < b.path)
             {
                 // A store that answers out of order would make a replay skip records.
                 return Err(out_of_order());
@@ -92,6 +117,35 @@ impl Recorded {
         Ok(())
     }
 
+    /// Takes the unclaimed record at `path`, if one has been read.
+    fn take_read(&mut self, path: &StepPath) -> Option<RecordedStep> {
+        let i = self.window.binary_search_by(|s| s.path().cmp(path)).ok()?;
+        let step = if i == 0 {
+            match self.window.pop_front()? {
+                Slot::Unclaimed(step) => step,
+                claimed @ Slot::Claimed(_) => {
+                    self.window.push_front(claimed);
+                    return None;
+                }
+            }
+        } else {
+            let slot = &mut self.window[i];
+            let Slot::Unclaimed(step) = slot else {
+                return None;
+            };
+            let path = step.path.clone();
+            match std::mem::replace(slot, Slot::Claimed(path)) {
+                Slot::Unclaimed(step) => step,
+                Slot::Claimed(_) => return None,
+            }
+        };
+        self.unclaimed -= 1;
+        while matches!(self.window.front(), Some(Slot::Claimed(_))) {
+            self.window.pop_front();
+        }
+        Some(step)
+    }
+
     /// Takes the record at `path`, if an earlier execution made one; each is handed out
     /// once.
     pub(crate) fn take(
@@ -99,11 +153,11 @@ impl Recorded {
         path: &StepPath,
         read: &mut ReadAfter<'_>,
     ) -> Result<Option<RecordedStep>, StoreError> {
-        if let Some(s) = self.unclaimed.remove(path) {
+        if let Some(s) = self.take_read(path) {
             return Ok(Some(s));
         }
         self.read_through(path, read)?;
-        Ok(self.unclaimed.remove(path))
+        Ok(self.take_read(path))
     }
 
     /// Whether an earlier execution recorded anything not yet claimed at position `at`
@@ -123,11 +177,12 @@ impl Recorded {
         // What sorts from `from` to the end of the branch is exactly what is `within`.
         // The first such record read is unclaimed, or is `read_to` (claimed or not:
         // nothing in the branch at or after `at` can have been claimed before `at`).
-        Ok(self
-            .unclaimed
-            .range(&from..)
-            .next()
-            .is_some_and(|(p, _)| within(p))
+        let start = self.window.partition_point(|s| *s.path() < from);
+        let first_unclaimed = self.window.range(start..).find_map(|s| match s {
+            Slot::Unclaimed(step) => Some(&step.path),
+            Slot::Claimed(_) => None,
+        });
+        Ok(first_unclaimed.is_some_and(within)
             || self
                 .read_to
                 .as_ref()
@@ -143,14 +198,19 @@ impl Recorded {
     ) -> Result<Option<(StepPath, String)>, StoreError> {
         let found = |s: &RecordedStep| (!skip(&s.path)).then(|| (s.path.clone(), s.name.clone()));
         // Everything read sorts before everything not read yet.
-        if let Some(first) = self.unclaimed.values().find_map(found) {
-            return Ok(Some(first));
+        let read_first = self.window.iter().find_map(|s| match s {
+            Slot::Unclaimed(step) => found(step),
+            Slot::Claimed(_) => None,
+        });
+        if read_first.is_some() {
+            return Ok(read_first);
         }
         while !self.complete {
             let batch = read(self.read_to.as_ref())?;
             if batch
-                .last()
+                .first()
                 .is_some_and(|s| Some(&s.path) <= self.read_to.as_ref())
+                || !batch.is_sorted_by(|a, b| a.path < b.path)
             {
                 return Err(out_of_order());
             }
@@ -168,7 +228,7 @@ impl Recorded {
     /// How many records have been read and not claimed.
     #[cfg(any(test, feature = "testkit"))]
     pub(crate) fn len(&self) -> usize {
-        self.unclaimed.len()
+        self.unclaimed
     }
 }
 
@@ -185,7 +245,7 @@ mod tests {
     use super::*;
     use crate::journal::RecordedOutcome;
     use proptest::prelude::*;
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeMap, BTreeSet};
 
     fn step(path: &[u32]) -> RecordedStep {
         RecordedStep {
