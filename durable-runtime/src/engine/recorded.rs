@@ -16,23 +16,6 @@ pub(crate) const REPLAY_BATCH: usize = 1024;
 pub(crate) type ReadAfter<'a> =
     dyn FnMut(Option<&StepPath>) -> Result<Vec<RecordedStep>, StoreError> + 'a;
 
-/// A recorded step read by this execution: not claimed yet, or claimed out of order
-/// (only its path is kept, so that the window stays sorted and searchable).
-#[derive(Debug)]
-enum Slot {
-    Unclaimed(RecordedStep),
-    Claimed(StepPath),
-}
-
-impl Slot {
-    fn path(&self) -> &StepPath {
-        match self {
-            Slot::Unclaimed(s) => &s.path,
-            Slot::Claimed(p) => p,
-        }
-    }
-}
-
 /// The recorded steps of one run that this execution has read and not claimed yet,
 /// and how far it has read.
 ///
@@ -43,13 +26,12 @@ impl Slot {
 ///
 /// The steps read are kept in path order, as the store returns them; a claim in order
 /// (the common case: sequential code) takes the first one. A claim out of order (a
-/// concurrent branch ahead of another) leaves its path behind until every step before
-/// it has been claimed.
+/// concurrent branch ahead of another, or code after a record never claimed, such as
+/// the steps of a `select` branch that lost) removes its step from within the window,
+/// which moves the fewer of its neighbours: nothing claimed stays behind.
 #[derive(Debug)]
 pub(crate) struct Recorded {
-    window: VecDeque<Slot>,
-    /// How many slots of `window` are unclaimed.
-    unclaimed: usize,
+    window: VecDeque<RecordedStep>,
     /// The last path read, if any.
     read_to: Option<StepPath>,
     /// Whether every recorded step has been read.
@@ -74,7 +56,6 @@ impl Recorded {
     pub(crate) fn first(steps: Vec<RecordedStep>, limit: usize) -> Self {
         let mut r = Recorded {
             window: VecDeque::new(),
-            unclaimed: 0,
             read_to: None,
             complete: false,
         };
@@ -92,8 +73,7 @@ impl Recorded {
         if let Some(last) = batch.last() {
             self.read_to = Some(last.path.clone());
         }
-        self.unclaimed += batch.len();
-        self.window.extend(batch.into_iter().map(Slot::Unclaimed));
+        self.window.extend(batch);
     }
 
     /// Reads batches until `path` is within what has been read, or everything has.
@@ -119,31 +99,8 @@ impl Recorded {
 
     /// Takes the unclaimed record at `path`, if one has been read.
     fn take_read(&mut self, path: &StepPath) -> Option<RecordedStep> {
-        let i = self.window.binary_search_by(|s| s.path().cmp(path)).ok()?;
-        let step = if i == 0 {
-            match self.window.pop_front()? {
-                Slot::Unclaimed(step) => step,
-                claimed @ Slot::Claimed(_) => {
-                    self.window.push_front(claimed);
-                    return None;
-                }
-            }
-        } else {
-            let slot = &mut self.window[i];
-            let Slot::Unclaimed(step) = slot else {
-                return None;
-            };
-            let path = step.path.clone();
-            match std::mem::replace(slot, Slot::Claimed(path)) {
-                Slot::Unclaimed(step) => step,
-                Slot::Claimed(_) => return None,
-            }
-        };
-        self.unclaimed -= 1;
-        while matches!(self.window.front(), Some(Slot::Claimed(_))) {
-            self.window.pop_front();
-        }
-        Some(step)
+        let i = self.window.binary_search_by(|s| s.path.cmp(path)).ok()?;
+        self.window.remove(i)
     }
 
     /// Takes the record at `path`, if an earlier execution made one; each is handed out
@@ -177,12 +134,8 @@ impl Recorded {
         // What sorts from `from` to the end of the branch is exactly what is `within`.
         // The first such record read is unclaimed, or is `read_to` (claimed or not:
         // nothing in the branch at or after `at` can have been claimed before `at`).
-        let start = self.window.partition_point(|s| *s.path() < from);
-        let first_unclaimed = self.window.range(start..).find_map(|s| match s {
-            Slot::Unclaimed(step) => Some(&step.path),
-            Slot::Claimed(_) => None,
-        });
-        Ok(first_unclaimed.is_some_and(within)
+        let start = self.window.partition_point(|s| s.path < from);
+        Ok(self.window.get(start).is_some_and(|s| within(&s.path))
             || self
                 .read_to
                 .as_ref()
@@ -198,12 +151,8 @@ impl Recorded {
     ) -> Result<Option<(StepPath, String)>, StoreError> {
         let found = |s: &RecordedStep| (!skip(&s.path)).then(|| (s.path.clone(), s.name.clone()));
         // Everything read sorts before everything not read yet.
-        let read_first = self.window.iter().find_map(|s| match s {
-            Slot::Unclaimed(step) => found(step),
-            Slot::Claimed(_) => None,
-        });
-        if read_first.is_some() {
-            return Ok(read_first);
+        if let Some(first) = self.window.iter().find_map(found) {
+            return Ok(Some(first));
         }
         while !self.complete {
             let batch = read(self.read_to.as_ref())?;
@@ -225,10 +174,16 @@ impl Recorded {
         Ok(None)
     }
 
+    /// How many records (and marks of claimed ones, if any) the window holds.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.window.len()
+    }
+
     /// How many records have been read and not claimed.
     #[cfg(any(test, feature = "testkit"))]
     pub(crate) fn len(&self) -> usize {
-        self.unclaimed
+        self.window.len()
     }
 }
 
@@ -356,6 +311,29 @@ mod tests {
         );
         assert!(most < REPLAY_BATCH, "held {most}");
         assert_eq!(journal.reads, 11);
+    }
+
+    /// A record never claimed (the steps of a `select` branch that lost) keeps nothing
+    /// else behind it: what the code after it claims leaves the window, and a long
+    /// replay still holds at most a batch plus that record.
+    #[test]
+    fn a_record_never_claimed_does_not_make_the_window_grow() {
+        let n = 5 * REPLAY_BATCH as u32;
+        let mut paths: BTreeSet<Vec<u32>> = (2..=n).map(|p| vec![p]).collect();
+        paths.insert(vec![1, 1]);
+        let mut journal = Journal { paths, reads: 0 };
+        let mut window = Recorded::first(Vec::new(), 0);
+        let mut most = 0;
+        let mut read = |after: Option<&StepPath>| journal.read(after);
+        for p in 2..=n {
+            let got = window.take(&step(&[p]).path, &mut read).expect("take");
+            assert!(got.is_some(), "step {p}");
+            most = most.max(window.held());
+        }
+        assert!(most <= REPLAY_BATCH, "held {most}");
+        assert_eq!(window.held(), 1);
+        let left = window.first_unclaimed(|_| false, &mut read).expect("first");
+        assert_eq!(left.map(|l| l.0), Some(step(&[1, 1]).path));
     }
 
     /// `any_from` sees a record at or after a position of a branch, or below one, and
