@@ -1524,3 +1524,122 @@ fn a_run_number_is_never_given_twice() {
         rt.close().await.expect("close");
     });
 }
+
+/// The objects of an application in the journal's file that name durable's tables.
+fn app_objects(conn: &rusqlite::Connection) -> Vec<(String, String)> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT type, name FROM sqlite_master
+             WHERE name GLOB 'app_*' OR name = 'durable_steps_by_id' ORDER BY type, name",
+        )
+        .expect("prepare");
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("rows")
+}
+
+/// An application's indexes and triggers on durable's tables survive the upgrade that
+/// rebuilds those tables, and its views (even one named `durable_*`) still read; the
+/// trigger goes on firing for new workflows.
+#[test]
+fn migration_7_keeps_the_applications_indexes_triggers_and_views() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    journal_with_finished_q(&path);
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    as_version_6(&conn);
+    conn.execute_batch(
+        "CREATE TABLE app_audit (id TEXT, status TEXT);
+         CREATE INDEX app_steps_by_name ON durable_steps (name);
+         CREATE TRIGGER app_on_finish AFTER UPDATE OF status ON durable_workflows
+         BEGIN INSERT INTO app_audit VALUES (new.id, new.status); END;
+         CREATE VIEW app_step_names AS SELECT name FROM durable_steps;
+         CREATE VIEW durable_steps_by_id AS
+             SELECT w.id, s.path, s.name FROM durable_steps s JOIN durable_workflows w
+             ON w.id = s.workflow_id;",
+    )
+    .expect("the application's objects");
+    let before = app_objects(&conn);
+    assert_eq!(before.len(), 5, "{before:?}");
+    drop(conn);
+
+    tokio().block_on(async {
+        let rt = Runtime::open(&path).await.expect("upgrade");
+        let h = rt.start_with_id("q2", long_quick(2)).await.expect("start");
+        assert_eq!(h.result().await.expect("q2"), 10);
+        rt.close().await.expect("close");
+    });
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    assert_eq!(schema_version(&conn), ["7"]);
+    assert_eq!(app_objects(&conn), before);
+    let audit: Vec<(String, String)> = conn
+        .prepare("SELECT id, status FROM app_audit")
+        .expect("prepare")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("rows");
+    assert_eq!(audit, [("q2".to_owned(), "completed".to_owned())]);
+    let names: i64 = conn
+        .query_row("SELECT count(*) FROM app_step_names", [], |r| r.get(0))
+        .expect("the view reads");
+    assert_eq!(names, 3 + 2);
+    let plan: String = conn
+        .query_row(
+            "EXPLAIN QUERY PLAN SELECT * FROM durable_steps WHERE name = 'count'",
+            [],
+            |r| r.get(3),
+        )
+        .expect("plan");
+    assert!(plan.contains("app_steps_by_name"), "{plan}");
+    drop(conn);
+    // A view named like durable's objects is the application's too: the journal opens.
+    tokio().block_on(async {
+        drop(Runtime::open(&path).await.expect("reopen"));
+    });
+}
+
+/// An application's index, trigger or view that uses a column the upgrade removes
+/// refuses the upgrade, naming it and saying what to do; nothing changes.
+#[test]
+fn migration_7_refuses_an_application_object_that_no_longer_fits() {
+    let _serial = serial();
+    for (object, named) in [
+        (
+            "CREATE INDEX app_by_workflow ON durable_steps (workflow_id)",
+            "the application's index `app_by_workflow` on durable_steps",
+        ),
+        (
+            "CREATE TRIGGER app_on_step AFTER INSERT ON durable_steps
+             BEGIN SELECT new.workflow_id; END",
+            "the application's trigger `app_on_step` on durable_steps",
+        ),
+        (
+            "CREATE VIEW app_steps AS SELECT workflow_id, path FROM durable_steps",
+            "the application's view `app_steps`",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        journal_with_finished_q(&path);
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        as_version_6(&conn);
+        conn.execute_batch(object)
+            .expect("the application's object");
+        drop(conn);
+        let before = std::fs::read(&path).expect("read");
+        let err = tokio()
+            .block_on(Runtime::open(&path))
+            .expect_err("the object does not fit");
+        let message = err.to_string();
+        assert!(
+            message.contains(named)
+                && message.contains("workflow_id")
+                && message.contains("nothing was changed"),
+            "{message}"
+        );
+        assert_eq!(std::fs::read(&path).expect("read"), before, "{object}");
+    }
+}

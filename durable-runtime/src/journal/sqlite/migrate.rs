@@ -277,6 +277,22 @@ pub(crate) const MIGRATIONS: &[&str] = &[
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
     let err = |e| Error::from(sql_error(path, e));
     register_functions(conn).map_err(err)?;
+    // A migration that rebuilds a table drops the old one and renames the new one into
+    // place. By default SQLite checks every view and trigger in the file at a rename,
+    // and an application's view of the table fails that check in between; it is
+    // checked after the migration instead (`AppObjects`).
+    conn.pragma_update(None, "legacy_alter_table", true)
+        .map_err(err)?;
+    let migrated = migrate_in(conn, path);
+    let reset = conn
+        .pragma_update(None, "legacy_alter_table", false)
+        .map_err(err);
+    migrated.and(reset)
+}
+
+/// [`migrate`], once SQLite is set for it.
+fn migrate_in(conn: &mut Connection, path: &Path) -> Result<(), Error> {
+    let err = |e| Error::from(sql_error(path, e));
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(err)?;
@@ -288,10 +304,15 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
         if i + 1 == 4 {
             before_migration_4(&tx, path)?;
         }
+        let mut app = None;
         if i + 1 == 7 {
             before_migration_7(&tx, path)?;
+            app = Some(AppObjects::on_durable_tables(&tx).map_err(err)?);
         }
         tx.execute_batch(sql).map_err(err)?;
+        if let Some(app) = app {
+            app.restore(&tx, path, i + 1)?;
+        }
         tx.execute(
             "INSERT INTO durable_meta (key, value) VALUES ('schema_version', ?1)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -383,6 +404,98 @@ fn before_migration_4(tx: &Connection, path: &Path) -> Result<(), Error> {
         )
         .into()),
     }
+}
+
+/// The application's own indexes, triggers and views on durable's tables, which a
+/// migration that rebuilds those tables (7) would drop (indexes, triggers) or leave
+/// pointing at columns that are gone (views).
+struct AppObjects {
+    /// Indexes and triggers: type, name, table, and the SQL that makes them again.
+    recreate: Vec<(String, String, String, String)>,
+    /// Views that name a durable table.
+    views: Vec<String>,
+}
+
+impl AppObjects {
+    fn on_durable_tables(tx: &Connection) -> rusqlite::Result<AppObjects> {
+        let mut stmt = tx.prepare(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master
+             WHERE type IN ('index', 'trigger') AND sql IS NOT NULL
+               AND name NOT GLOB 'durable_*' AND tbl_name GLOB 'durable_*'
+             ORDER BY type, name",
+        )?;
+        let recreate = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut stmt = tx.prepare(
+            "SELECT name FROM sqlite_master
+             WHERE type = 'view' AND name NOT GLOB 'durable_*' AND sql GLOB '*durable_*'
+             ORDER BY name",
+        )?;
+        let views = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(AppObjects { recreate, views })
+    }
+
+    /// Makes the indexes and triggers again on the rebuilt tables, and checks that the
+    /// views still read: one that no longer fits refuses the upgrade (rolled back, so
+    /// nothing changes), naming it, rather than being lost or broken silently.
+    fn restore(self, tx: &Connection, path: &Path, version: usize) -> Result<(), Error> {
+        let refuse = |what: String, e: rusqlite::Error| -> Error {
+            StoreError::new(
+                path,
+                StoreErrorKind::Io,
+                format!(
+                    "cannot upgrade the journal to schema version {version}: {what} does not \
+                     fit durable's new tables (SQLite says: {e}); since version 7 the rows \
+                     recorded for a workflow carry its run number `run`, not `workflow_id` \
+                     (see durable's docs/journal.md). Drop or rewrite it, then open the \
+                     journal again; nothing was changed"
+                ),
+            )
+            .into()
+        };
+        for (kind, name, table, sql) in self.recreate {
+            let what = || format!("the application's {kind} `{name}` on {table}");
+            tx.execute_batch(&sql).map_err(|e| refuse(what(), e))?;
+            if kind == "trigger" {
+                // SQLite compiles a trigger's body only into a statement that fires
+                // it: prepare (never run) one of each kind on its table.
+                for fires in statements_on(tx, &table).map_err(|e| refuse(what(), e))? {
+                    tx.prepare(&fires).map_err(|e| refuse(what(), e))?;
+                }
+            }
+        }
+        for name in self.views {
+            let read = format!("SELECT * FROM \"{}\" LIMIT 0", name.replace('"', "\"\""));
+            if let Err(e) = tx.prepare(&read) {
+                return Err(refuse(format!("the application's view `{name}`"), e));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An insert, an update of every column and a delete on `table`, that change nothing:
+/// what any trigger on it could fire for.
+fn statements_on(tx: &Connection, table: &str) -> rusqlite::Result<[String; 3]> {
+    let columns: Vec<String> = tx
+        .prepare("SELECT name FROM pragma_table_info(?1)")?
+        .query_map([table], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let quoted = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
+    let list = columns
+        .iter()
+        .map(|c| quoted(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let t = quoted(table);
+    Ok([
+        format!("INSERT INTO {t} SELECT * FROM {t} WHERE 0"),
+        format!("UPDATE {t} SET ({list}) = ({list}) WHERE 0"),
+        format!("DELETE FROM {t} WHERE 0"),
+    ])
 }
 
 /// Migration 7 keys every row recorded for a run by the run's number, found through its
@@ -551,16 +664,18 @@ fn schema_damaged(path: &Path, e: &rusqlite::Error) -> Error {
     )
 }
 
-/// The key in `durable_meta` of the record of durable's schema: one line per schema
-/// object whose name starts with `durable_`, its name and the CRC-32 of the SQL text
+/// The key in `durable_meta` of the record of durable's schema: one line per table or
+/// index whose name starts with `durable_`, its name and the CRC-32 of the SQL text
 /// SQLite keeps for it, in name order. Written after a migration, compared at every
 /// open.
 const SCHEMA_RECORD: &str = "schema";
 
 /// The record of the schema `conn` holds now (see [`SCHEMA_RECORD`]).
 fn schema_record(conn: &Connection) -> rusqlite::Result<String> {
-    let mut stmt = conn
-        .prepare("SELECT name, sql FROM sqlite_master WHERE name GLOB 'durable_*' ORDER BY name")?;
+    let mut stmt = conn.prepare(
+        "SELECT name, sql FROM sqlite_master
+             WHERE type IN ('table', 'index') AND name GLOB 'durable_*' ORDER BY name",
+    )?;
     let mut rows = stmt.query([])?;
     let mut record = String::new();
     while let Some(row) = rows.next()? {
