@@ -1643,3 +1643,50 @@ fn migration_7_refuses_an_application_object_that_no_longer_fits() {
         assert_eq!(std::fs::read(&path).expect("read"), before, "{object}");
     }
 }
+
+/// A workflow deleted by hand with its rows left behind, and the run-number counter
+/// reset by hand: the open moves the counter past those rows, so a new workflow never
+/// gets the deleted one's number and takes its steps as its own.
+#[test]
+fn a_reset_run_counter_never_hands_out_a_number_rows_still_carry() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    tokio().block_on(async {
+        let rt = Runtime::open(&path).await.expect("open");
+        for (id, n) in [("a", 2), ("b", 3)] {
+            let h = rt.start_with_id(id, long_quick(n)).await.expect("start");
+            h.result().await.expect("result");
+        }
+        rt.close().await.expect("close");
+    });
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.execute_batch(
+        "DELETE FROM durable_workflows WHERE id = 'b';
+         DELETE FROM sqlite_sequence;",
+    )
+    .expect("the hand edits");
+    drop(conn);
+    tokio().block_on(async {
+        let rt = Runtime::open(&path).await.expect("reopen");
+        let h = rt.start_with_id("c", long_quick(3)).await.expect("start");
+        assert_eq!(h.result().await.expect("c runs its own steps"), 30);
+        let damage = rt.check().await.expect("check");
+        assert!(
+            damage
+                .iter()
+                .any(|d| d.what.contains("of run 2 belongs to no workflow")),
+            "{damage:?}"
+        );
+        rt.close().await.expect("close");
+    });
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let run: i64 = conn
+        .query_row(
+            "SELECT run FROM durable_workflows WHERE id = 'c'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("c");
+    assert_eq!(run, 3);
+}

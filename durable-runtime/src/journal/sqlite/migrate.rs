@@ -324,7 +324,56 @@ fn migrate_in(conn: &mut Connection, path: &Path) -> Result<(), Error> {
         record_schema(&tx, path)?;
     }
     check_schema(&tx, path)?;
+    keep_run_numbers_unique(&tx, path)?;
     tx.commit().map_err(err)
+}
+
+/// Makes sure the next run number is above every number a row carries. SQLite's
+/// AUTOINCREMENT counter (`sqlite_sequence`) never gives a number twice, unless it is
+/// reset by hand (`DELETE FROM sqlite_sequence`, a common reset idiom): then, if the
+/// workflow with the highest number was also deleted by hand, leaving its rows, the
+/// next workflow would get its number and take those rows as its own. A counter
+/// behind the rows is moved past them, with a warning (the rows left stay orphans,
+/// which `check` reports). Costs one index lookup per table.
+fn keep_run_numbers_unique(tx: &Connection, path: &Path) -> Result<(), Error> {
+    let err = |e| Error::from(sql_error(path, e));
+    let (highest, counter): (Option<i64>, Option<i64>) = tx
+        .query_row(
+            "SELECT (SELECT max(m) FROM (
+                         SELECT max(run) AS m FROM durable_workflows
+                         UNION ALL SELECT max(run) FROM durable_steps
+                         UNION ALL SELECT max(run) FROM durable_events
+                         UNION ALL SELECT max(run) FROM durable_started
+                         UNION ALL SELECT max(run) FROM durable_patches)),
+                    (SELECT max(seq) FROM sqlite_sequence WHERE name = 'durable_workflows')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(err)?;
+    let Some(highest) = highest else {
+        return Ok(());
+    };
+    if counter.is_some_and(|c| c >= highest) {
+        return Ok(());
+    }
+    tracing::warn!(
+        journal = %path.display(),
+        "the journal's counter of run numbers ({}) is behind the rows it holds (run {highest}): \
+         it was reset outside durable; moving it past them so that no new workflow takes \
+         another's rows",
+        counter.map_or_else(|| "none".to_owned(), |c| c.to_string()),
+    );
+    tx.execute(
+        "DELETE FROM sqlite_sequence WHERE name = 'durable_workflows'",
+        [],
+    )
+    .map_err(err)?;
+    tx.execute(
+        "INSERT INTO sqlite_sequence (name, seq) VALUES ('durable_workflows', ?1)",
+        [highest],
+    )
+    .map_err(err)?;
+    Ok(())
 }
 
 /// The schema version of the journal `conn` has open, as `durable_meta` records it: `0`
