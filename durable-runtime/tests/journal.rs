@@ -227,6 +227,23 @@ async fn migrations_are_numbered_and_recorded() {
     assert_eq!(common::dump(&path, "durable_meta"), meta);
 }
 
+/// A journal's header names it as durable's (`application_id`, `dura`), so that an
+/// open, or a tool like `file`, tells it from its first 100 bytes.
+#[tokio::test]
+async fn a_journal_names_itself_in_its_header() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("shop.db");
+    let rt = Runtime::open(&path).await.expect("create");
+    rt.close().await.expect("close");
+    let header = std::fs::read(&path).expect("read");
+    assert_eq!(&header[68..72], b"dura");
+    let id: i64 = rusqlite::Connection::open(&path)
+        .expect("open")
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .expect("application_id");
+    assert_eq!(id, 0x6475_7261);
+}
+
 #[tokio::test]
 async fn a_journal_with_damaged_tables_is_refused_at_open() {
     for damage in [

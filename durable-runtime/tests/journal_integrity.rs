@@ -976,7 +976,8 @@ fn as_version_6(conn: &rusqlite::Connection) {
          ALTER TABLE p6 RENAME TO durable_patches;
          CREATE INDEX durable_workflows_pending ON durable_workflows (created_at)
              WHERE status = 'pending';
-         UPDATE durable_meta SET value = '6' WHERE key = 'schema_version';",
+         UPDATE durable_meta SET value = '6' WHERE key = 'schema_version';
+         PRAGMA application_id = 0;",
     )
     .expect("back to version 6");
 }
@@ -1149,6 +1150,10 @@ fn migration_6_sorts_paths_keeps_checksums_and_finishes_pending_work() {
     assert_eq!(BODIES.load(Ordering::SeqCst) - before, 25);
     let conn = rusqlite::Connection::open(&path).expect("open");
     assert_eq!(schema_version(&conn), ["7"]);
+    let application_id: i64 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .expect("application_id");
+    assert_eq!(application_id, 0x6475_7261, "the header names the journal");
     let q = column(
         &conn,
         "SELECT path FROM durable_steps WHERE run = (SELECT run FROM durable_workflows WHERE id = 'q') ORDER BY path",

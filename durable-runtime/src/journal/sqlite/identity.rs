@@ -218,6 +218,11 @@ pub(super) enum Found {
 /// The length of an SQLite database header.
 const HEADER: usize = 100;
 
+/// The `application_id` in the header of every journal since schema 7 (`dura` in
+/// ASCII), at bytes 68 to 71, big-endian: the open tells its own journals from their
+/// first 100 bytes, without an SQLite connection to read their tables.
+pub(super) const APPLICATION_ID: u32 = 0x6475_7261;
+
 /// Looks at the file at `path`, changing nothing in it or beside it, and refuses it if
 /// it is not a journal (or an empty file or database that can become one).
 ///
@@ -258,6 +263,12 @@ pub(super) fn identify(path: &Path) -> Result<Found, Error> {
                 with_suffix(path, "-journal").display()
             ),
         ));
+    }
+    if header[68..72] == APPLICATION_ID.to_be_bytes() {
+        // Durable's own, as its header says: no need to read its tables to tell. (A
+        // journal whose latest header is still in the `-wal` only, or one from before
+        // schema 7, is told by its tables below.)
+        return Ok(Found::Journal);
     }
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let shm = with_suffix(path, "-shm");

@@ -6,6 +6,7 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension};
 
 use super::crc::{crc32, keyed_crc32};
+use super::identity::APPLICATION_ID;
 use super::sql_error;
 use crate::error::{Error, StoreError, StoreErrorKind};
 use crate::path::StepPath;
@@ -312,6 +313,9 @@ fn migrate_in(conn: &mut Connection, path: &Path) -> Result<(), Error> {
         tx.execute_batch(sql).map_err(err)?;
         if let Some(app) = app {
             app.restore(&tx, path, i + 1)?;
+            // Part of migration 7: the header names the file as durable's.
+            tx.pragma_update(None, "application_id", i64::from(APPLICATION_ID))
+                .map_err(err)?;
         }
         tx.execute(
             "INSERT INTO durable_meta (key, value) VALUES ('schema_version', ?1)
