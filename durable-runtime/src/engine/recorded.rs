@@ -76,6 +76,20 @@ impl Recorded {
         self.window.extend(batch);
     }
 
+    /// The batch after what has been read, checked to be in path order after it: a
+    /// store that answered out of order would make a replay skip records.
+    fn next_batch(&self, read: &mut ReadAfter<'_>) -> Result<Vec<RecordedStep>, StoreError> {
+        let batch = read(self.read_to.as_ref())?;
+        if batch
+            .first()
+            .is_some_and(|s| Some(&s.path) <= self.read_to.as_ref())
+            || !batch.is_sorted_by(|a, b| a.path < b.path)
+        {
+            return Err(out_of_order());
+        }
+        Ok(batch)
+    }
+
     /// Reads batches until `path` is within what has been read, or everything has.
     fn read_through(
         &mut self,
@@ -83,15 +97,7 @@ impl Recorded {
         read: &mut ReadAfter<'_>,
     ) -> Result<(), StoreError> {
         while !self.complete && self.read_to.as_ref().is_none_or(|r| r < path) {
-            let batch = read(self.read_to.as_ref())?;
-            if batch
-                .first()
-                .is_some_and(|s| Some(&s.path) <= self.read_to.as_ref())
-                || !batch.is_sorted_by(|a, b| a.path < b.path)
-            {
-                // A store that answers out of order would make a replay skip records.
-                return Err(out_of_order());
-            }
+            let batch = self.next_batch(read)?;
             self.add(batch, REPLAY_BATCH);
         }
         Ok(())
@@ -155,14 +161,7 @@ impl Recorded {
             return Ok(Some(first));
         }
         while !self.complete {
-            let batch = read(self.read_to.as_ref())?;
-            if batch
-                .first()
-                .is_some_and(|s| Some(&s.path) <= self.read_to.as_ref())
-                || !batch.is_sorted_by(|a, b| a.path < b.path)
-            {
-                return Err(out_of_order());
-            }
+            let batch = self.next_batch(read)?;
             self.complete = batch.len() < REPLAY_BATCH;
             if let Some(first) = batch.iter().find_map(found) {
                 return Ok(Some(first));

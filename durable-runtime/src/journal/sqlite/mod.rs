@@ -659,21 +659,9 @@ mod tests {
         assert_eq!(store.stats.inline_commits.load(Ordering::Relaxed), 0);
         store.close().expect("close");
 
-        let options = super::super::JournalOptions {
-            durability: Durability::Off,
-            ..Default::default()
-        };
-        let store = SqliteStore::open(&dir.path().join("k.db"), &options).expect("open");
-        let created = store.create_workflow(NewWorkflow {
-            id: id.clone(),
-            name: "w",
-            input: vec![],
-            app_version: None,
-            created_at: 0,
-            parent_id: None,
-            deadline_at: None,
-        });
-        assert!(matches!(created.await, Ok(Created::New)));
+        // A journal's first write (the create in `journal_at`), at `OFF`.
+        let other = tempfile::tempdir().expect("tempdir");
+        let (store, _) = journal_at(other.path(), Durability::Off).await;
         assert_eq!(store.stats.inline_commits.load(Ordering::Relaxed), 0);
         store.close().expect("close");
     }
