@@ -244,6 +244,116 @@ async fn a_journal_names_itself_in_its_header() {
     assert_eq!(id, 0x6475_7261);
 }
 
+/// The header's name is a shortcut, never a pass: another program's database that
+/// carries durable's `application_id` is still refused and left as it was, in rollback
+/// or WAL mode.
+#[tokio::test]
+async fn another_programs_database_with_durables_id_is_refused_untouched() {
+    for wal in ["", "PRAGMA journal_mode = WAL;"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("other.db");
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute_batch(&format!(
+            "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT);
+             INSERT INTO customers VALUES (1, 'ada');
+             PRAGMA application_id = {}; {wal}",
+            0x6475_7261
+        ))
+        .expect("another program's database");
+        drop(conn);
+        let before = std::fs::read(&path).expect("read");
+        let err = common::try_reopen(&path).await.expect_err("not a journal");
+        match &err {
+            Error::Store(e) => assert!(
+                matches!(
+                    e.kind(),
+                    StoreErrorKind::NotAJournal | StoreErrorKind::Damaged
+                ),
+                "{err}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::read(&path).expect("read"), before, "{wal}: {err}");
+        let tables: Vec<String> = rusqlite::Connection::open(&path)
+            .expect("open")
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(tables, ["customers"], "{wal}");
+    }
+}
+
+/// A journal whose table of tables lost its entries (page 1 damaged) is refused, not
+/// opened as a new, empty journal that drops every workflow.
+#[tokio::test]
+async fn a_journal_whose_schema_page_is_emptied_is_refused_not_made_new() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("shop.db");
+    let rt = Runtime::open(&path).await.expect("create");
+    rt.start_with_id("o-1", checkout("ada".into()))
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect("result");
+    rt.close().await.expect("close");
+    let mut bytes = std::fs::read(&path).expect("read");
+    // Page 1 read as an empty table leaf: no durable_meta, no tables at all.
+    bytes[100] = 0x0d;
+    bytes[103] = 0;
+    bytes[104] = 0;
+    std::fs::write(&path, &bytes).expect("damage");
+    let err = common::try_reopen(&path).await.expect_err("damaged");
+    assert_refused(
+        &path,
+        &err,
+        StoreErrorKind::Damaged,
+        "restore it from a backup",
+    );
+    assert_eq!(std::fs::read(&path).expect("read"), bytes);
+}
+
+/// A `-wal` of another database beside a journal makes the file another program's
+/// database as SQLite reads it: refused, whatever the main file's header says.
+#[tokio::test]
+async fn a_journal_beside_another_databases_wal_is_refused_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("shop.db");
+    open_with_a_run(&path).await.close().await.expect("close");
+    let other = dir.path().join("other.db");
+    let conn = rusqlite::Connection::open(&other).expect("open");
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
+         CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT);
+         INSERT INTO customers VALUES (1, 'ada');",
+    )
+    .expect("another database");
+    std::fs::copy(
+        dir.path().join("other.db-wal"),
+        dir.path().join("shop.db-wal"),
+    )
+    .expect("copy its -wal");
+    drop(conn);
+    let before = std::fs::read(&path).expect("read");
+    let err = common::try_reopen(&path)
+        .await
+        .expect_err("not this journal");
+    match &err {
+        Error::Store(e) => assert!(
+            matches!(
+                e.kind(),
+                StoreErrorKind::NotAJournal | StoreErrorKind::Damaged
+            ),
+            "{err}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(std::fs::read(&path).expect("read"), before);
+}
+
 #[tokio::test]
 async fn a_journal_with_damaged_tables_is_refused_at_open() {
     for damage in [
@@ -387,7 +497,7 @@ async fn a_schema_changed_under_a_running_journal_is_reported_as_damage() {
     };
     let message = err.to_string();
     assert!(
-        message.contains("the journal's schema is damaged")
+        message.contains("no longer fits the journal's schema")
             && message.contains("unknown function: z()"),
         "{message}"
     );

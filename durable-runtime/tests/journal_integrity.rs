@@ -1535,7 +1535,7 @@ fn app_objects(conn: &rusqlite::Connection) -> Vec<(String, String)> {
     let mut stmt = conn
         .prepare(
             "SELECT type, name FROM sqlite_master
-             WHERE name GLOB 'app_*' OR name = 'durable_steps_by_id' ORDER BY type, name",
+             WHERE name GLOB 'app_*' OR name = 'durable_step_names' ORDER BY type, name",
         )
         .expect("prepare");
     stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -1561,13 +1561,14 @@ fn migration_7_keeps_the_applications_indexes_triggers_and_views() {
          CREATE TRIGGER app_on_finish AFTER UPDATE OF status ON durable_workflows
          BEGIN INSERT INTO app_audit VALUES (new.id, new.status); END;
          CREATE VIEW app_step_names AS SELECT name FROM durable_steps;
-         CREATE VIEW durable_steps_by_id AS
-             SELECT w.id, s.path, s.name FROM durable_steps s JOIN durable_workflows w
-             ON w.id = s.workflow_id;",
+         CREATE VIEW durable_step_names AS SELECT path, name FROM durable_steps;
+         CREATE INDEX app_messages_by_time ON durable_messages (sent_at);
+         CREATE TRIGGER app_on_message AFTER INSERT ON durable_messages
+         BEGIN SELECT 1; END;",
     )
     .expect("the application's objects");
     let before = app_objects(&conn);
-    assert_eq!(before.len(), 5, "{before:?}");
+    assert_eq!(before.len(), 7, "{before:?}");
     drop(conn);
 
     tokio().block_on(async {
@@ -1624,6 +1625,10 @@ fn migration_7_refuses_an_application_object_that_no_longer_fits() {
         (
             "CREATE VIEW app_steps AS SELECT workflow_id, path FROM durable_steps",
             "the application's view `app_steps`",
+        ),
+        (
+            "CREATE VIEW durable_report AS SELECT workflow_id, path FROM durable_steps",
+            "the application's view `durable_report`",
         ),
     ] {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1694,4 +1699,65 @@ fn a_reset_run_counter_never_hands_out_a_number_rows_still_carry() {
         )
         .expect("c");
     assert_eq!(run, 3);
+}
+
+#[workflow]
+async fn waits_after_one() -> u32 {
+    let a = count(1).await;
+    let _: Option<u32> = recv("go", None).await.expect("recv");
+    a
+}
+
+/// Damage to a page that holds only finished workflows' steps (the last leaf of
+/// `durable_steps`) does not refuse the open: the pending workflow recovers and
+/// finishes, and `check` reports the damage.
+#[test]
+fn a_damaged_page_of_finished_steps_does_not_refuse_the_open() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    tokio().block_on(async {
+        let rt = Runtime::open(&path).await.expect("open");
+        rt.start_with_id("p", waits_after_one())
+            .await
+            .expect("start");
+        for i in 0..200 {
+            let h = rt
+                .start_with_id(&format!("q-{i}"), long_quick(5))
+                .await
+                .expect("start");
+            h.result().await.expect("q");
+        }
+        rt.close().await.expect("close");
+    });
+    let mut bytes = std::fs::read(&path).expect("read");
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let root: usize = conn
+        .query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'durable_steps'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("root");
+    let size: usize = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .expect("page size");
+    drop(conn);
+    // From the root down the rightmost child pointers (interior index pages, 0x02) to
+    // the last leaf, which holds the steps of the last runs: finished ones.
+    let mut page = root;
+    while bytes[(page - 1) * size] == 0x02 {
+        let at = (page - 1) * size + 8;
+        page = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+    }
+    assert_ne!(page, root, "the table spans more than one page");
+    bytes[(page - 1) * size] = 0x07;
+    std::fs::write(&path, &bytes).expect("damage");
+    tokio().block_on(async {
+        let rt = Runtime::open(&path).await.expect("the open goes on");
+        rt.send("p", "go", &1u32).await.expect("send");
+        let h = rt.handle::<u32>("p").await.expect("handle");
+        assert_eq!(h.result().await.expect("p finishes"), 10);
+        rt.close().await.expect("close");
+    });
 }

@@ -264,7 +264,8 @@ pub(super) fn identify(path: &Path) -> Result<Found, Error> {
             ),
         ));
     }
-    if header[68..72] == APPLICATION_ID.to_be_bytes() {
+    let with_wal = wal_mode && len("-wal") > 0;
+    if wal_mode && !with_wal && header[68..72] == APPLICATION_ID.to_be_bytes() {
         // Durable's own, as its header says: no need to read its tables to tell. (A
         // journal whose latest header is still in the `-wal` only, or one from before
         // schema 7, is told by its tables below.)
@@ -273,7 +274,6 @@ pub(super) fn identify(path: &Path) -> Result<Found, Error> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let shm = with_suffix(path, "-shm");
     let shm_existed = shm.exists();
-    let with_wal = wal_mode && len("-wal") > 0;
     let reader = match immutable_uri(path) {
         Some(uri) if !with_wal => {
             Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)

@@ -301,6 +301,20 @@ fn migrate_in(conn: &mut Connection, path: &Path) -> Result<(), Error> {
     if version > MIGRATIONS.len() {
         return Err(newer_schema(path, version));
     }
+    if version == 0 {
+        let id: i64 = tx
+            .query_row("PRAGMA application_id", [], |r| r.get(0))
+            .map_err(err)?;
+        if id == i64::from(APPLICATION_ID) {
+            return Err(StoreError::new(
+                path,
+                StoreErrorKind::Damaged,
+                "the journal is damaged: its header names it a durable journal, but it has \
+                 no durable_meta table; restore it from a backup",
+            )
+            .into());
+        }
+    }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         if i + 1 == 4 {
             before_migration_4(&tx, path)?;
@@ -341,21 +355,42 @@ fn migrate_in(conn: &mut Connection, path: &Path) -> Result<(), Error> {
 /// which `check` reports). Costs one index lookup per table.
 fn keep_run_numbers_unique(tx: &Connection, path: &Path) -> Result<(), Error> {
     let err = |e| Error::from(sql_error(path, e));
-    let (highest, counter): (Option<i64>, Option<i64>) = tx
+    // The usual case reads two rows: a counter at or past the last workflow's number.
+    // Only a counter behind it (or gone) makes the rows of the other tables matter; a
+    // damaged page among those is left to `check`, which reports it per workflow,
+    // rather than refusing the whole journal here.
+    let (last, counter): (Option<i64>, Option<i64>) = tx
         .query_row(
-            "SELECT (SELECT max(m) FROM (
-                         SELECT max(run) AS m FROM durable_workflows
-                         UNION ALL SELECT max(run) FROM durable_steps
-                         UNION ALL SELECT max(run) FROM durable_events
-                         UNION ALL SELECT max(run) FROM durable_started
-                         UNION ALL SELECT max(run) FROM durable_patches)),
+            "SELECT (SELECT max(run) FROM durable_workflows),
                     (SELECT max(seq) FROM sqlite_sequence WHERE name = 'durable_workflows')",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .map_err(err)?;
-    let Some(highest) = highest else {
+    if counter.is_some() && counter >= last {
         return Ok(());
+    }
+    let highest: rusqlite::Result<Option<i64>> = tx.query_row(
+        "SELECT max(m) FROM (
+             SELECT max(run) AS m FROM durable_workflows
+             UNION ALL SELECT max(run) FROM durable_steps
+             UNION ALL SELECT max(run) FROM durable_events
+             UNION ALL SELECT max(run) FROM durable_started
+             UNION ALL SELECT max(run) FROM durable_patches)",
+        [],
+        |r| r.get(0),
+    );
+    let highest = match highest {
+        Ok(Some(highest)) => highest,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            tracing::warn!(
+                journal = %path.display(),
+                "cannot read the highest run number the journal's rows carry ({e}); the \
+                 counter of run numbers is left as it is"
+            );
+            return Ok(());
+        }
     };
     if counter.is_some_and(|c| c >= highest) {
         return Ok(());
@@ -463,9 +498,10 @@ fn before_migration_4(tx: &Connection, path: &Path) -> Result<(), Error> {
 /// migration that rebuilds those tables (7) would drop (indexes, triggers) or leave
 /// pointing at columns that are gone (views).
 struct AppObjects {
-    /// Indexes and triggers: type, name, table, and the SQL that makes them again.
+    /// Indexes and triggers on the tables migration 7 rebuilds: type, name, table, and
+    /// the SQL that makes them again.
     recreate: Vec<(String, String, String, String)>,
-    /// Views that name a durable table.
+    /// Views that name a durable table, whatever their own names.
     views: Vec<String>,
 }
 
@@ -474,7 +510,9 @@ impl AppObjects {
         let mut stmt = tx.prepare(
             "SELECT type, name, tbl_name, sql FROM sqlite_master
              WHERE type IN ('index', 'trigger') AND sql IS NOT NULL
-               AND name NOT GLOB 'durable_*' AND tbl_name GLOB 'durable_*'
+               AND name NOT GLOB 'durable_*'
+               AND tbl_name IN ('durable_workflows', 'durable_steps', 'durable_events',
+                                'durable_started', 'durable_patches')
              ORDER BY type, name",
         )?;
         let recreate = stmt
@@ -482,7 +520,7 @@ impl AppObjects {
             .collect::<rusqlite::Result<_>>()?;
         let mut stmt = tx.prepare(
             "SELECT name FROM sqlite_master
-             WHERE type = 'view' AND name NOT GLOB 'durable_*' AND sql GLOB '*durable_*'
+             WHERE type = 'view' AND sql GLOB '*durable_*'
              ORDER BY name",
         )?;
         let views = stmt

@@ -127,12 +127,15 @@ fn sql_error(path: &Path, e: rusqlite::Error) -> StoreError {
         (Some(ErrorCode::ConstraintViolation), _) => (StoreErrorKind::Invariant, e.to_string()),
         // SQLite's plain SQLITE_ERROR on one of durable's own statements, which the open
         // found fitting the schema: an unknown function or column in a constraint, a
-        // table gone. The schema was changed since, by hand or by damage.
+        // table gone, or an application's trigger on durable's tables that fails. The
+        // schema was changed since, by hand or by damage.
         (Some(ErrorCode::Unknown), _) => (
             StoreErrorKind::Damaged,
             format!(
-                "the journal's schema is damaged: a statement of durable no longer fits it \
-                 (SQLite says: {e}); {RESTORE}"
+                "a statement of durable no longer fits the journal's schema (SQLite says: \
+                 {e}): one of durable's tables, or an application's trigger or view on \
+                 one, was changed outside durable, or the file is damaged; undo that \
+                 change, or restore the file from a backup"
             ),
         ),
         (_, E::Utf8Error(_)) => (StoreErrorKind::Damaged, not_utf8(&e)),
