@@ -24,6 +24,18 @@ async fn checkout(item: String) -> u64 {
     price(item).await
 }
 
+/// Creates a journal at `path` holding one finished `checkout` (`o-1`), and closes it.
+async fn journal_with_a_checkout(path: &Path) {
+    let rt = Runtime::open(path).await.expect("create");
+    rt.start_with_id("o-1", checkout("ada".into()))
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect("result");
+    rt.close().await.expect("close");
+}
+
 /// Opens (creating) the journal and runs one workflow in it, so every file exists.
 async fn open_with_a_run(path: &Path) -> Runtime {
     let rt = Runtime::open(path).await.expect("open");
@@ -292,14 +304,7 @@ async fn another_programs_database_with_durables_id_is_refused_untouched() {
 async fn a_journal_whose_schema_page_is_emptied_is_refused_not_made_new() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("shop.db");
-    let rt = Runtime::open(&path).await.expect("create");
-    rt.start_with_id("o-1", checkout("ada".into()))
-        .await
-        .expect("start")
-        .result()
-        .await
-        .expect("result");
-    rt.close().await.expect("close");
+    journal_with_a_checkout(&path).await;
     let mut bytes = std::fs::read(&path).expect("read");
     // Page 1 read as an empty table leaf: no durable_meta, no tables at all.
     bytes[100] = 0x0d;
@@ -427,14 +432,7 @@ async fn a_journal_whose_schema_text_changed_is_refused_at_open_and_left_alone()
     for (name, from, to, says) in cases {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("shop.db");
-        let rt = Runtime::open(&path).await.expect("create");
-        rt.start_with_id("o-1", checkout("ada".into()))
-            .await
-            .expect("start")
-            .result()
-            .await
-            .expect("result");
-        rt.close().await.expect("close");
+        journal_with_a_checkout(&path).await;
         rewrite_schema(&path, name, from, to);
         let before = std::fs::read(&path).expect("read");
         let err = common::try_reopen(&path).await.expect_err(name);
