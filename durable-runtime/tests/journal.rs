@@ -256,6 +256,20 @@ async fn a_journal_names_itself_in_its_header() {
     assert_eq!(id, 0x6475_7261);
 }
 
+/// `err` refuses a file as not a journal, or as a damaged one.
+fn assert_not_this_journal(err: &Error) {
+    match err {
+        Error::Store(e) => assert!(
+            matches!(
+                e.kind(),
+                StoreErrorKind::NotAJournal | StoreErrorKind::Damaged
+            ),
+            "{err}"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// The header's name is a shortcut, never a pass: another program's database that
 /// carries durable's `application_id` is still refused and left as it was, in rollback
 /// or WAL mode.
@@ -275,16 +289,7 @@ async fn another_programs_database_with_durables_id_is_refused_untouched() {
         drop(conn);
         let before = std::fs::read(&path).expect("read");
         let err = common::try_reopen(&path).await.expect_err("not a journal");
-        match &err {
-            Error::Store(e) => assert!(
-                matches!(
-                    e.kind(),
-                    StoreErrorKind::NotAJournal | StoreErrorKind::Damaged
-                ),
-                "{err}"
-            ),
-            other => panic!("{other:?}"),
-        }
+        assert_not_this_journal(&err);
         assert_eq!(std::fs::read(&path).expect("read"), before, "{wal}: {err}");
         let tables: Vec<String> = rusqlite::Connection::open(&path)
             .expect("open")
@@ -346,16 +351,7 @@ async fn a_journal_beside_another_databases_wal_is_refused_untouched() {
     let err = common::try_reopen(&path)
         .await
         .expect_err("not this journal");
-    match &err {
-        Error::Store(e) => assert!(
-            matches!(
-                e.kind(),
-                StoreErrorKind::NotAJournal | StoreErrorKind::Damaged
-            ),
-            "{err}"
-        ),
-        other => panic!("{other:?}"),
-    }
+    assert_not_this_journal(&err);
     assert_eq!(std::fs::read(&path).expect("read"), before);
 }
 

@@ -31,6 +31,13 @@ impl Slot {
             Slot::Claimed(p) => p,
         }
     }
+
+    fn unclaimed(&self) -> Option<&RecordedStep> {
+        match self {
+            Slot::Unclaimed(s) => Some(s),
+            Slot::Claimed(_) => None,
+        }
+    }
 }
 
 /// The recorded steps of one run that this execution has read and not claimed yet,
@@ -129,30 +136,28 @@ impl Recorded {
     /// Takes the unclaimed record at `path`, if one has been read.
     fn take_read(&mut self, path: &StepPath) -> Option<RecordedStep> {
         let i = self.window.binary_search_by(|s| s.path().cmp(path)).ok()?;
-        let slot = &mut self.window[i];
-        let Slot::Unclaimed(step) = slot else {
-            return None;
-        };
-        if i == 0 {
-            let Some(Slot::Unclaimed(step)) = self.window.pop_front() else {
-                return None;
-            };
+        self.window[i].unclaimed()?;
+        let taken = if i == 0 {
+            let taken = self.window.pop_front();
             while matches!(self.window.front(), Some(Slot::Claimed(_))) {
                 self.window.pop_front();
                 self.claimed -= 1;
             }
-            return Some(step);
-        }
-        let mark = Slot::Claimed(step.path.clone());
-        let Slot::Unclaimed(step) = std::mem::replace(slot, mark) else {
-            return None;
+            taken
+        } else {
+            let mark = Slot::Claimed(self.window[i].path().clone());
+            let taken = std::mem::replace(&mut self.window[i], mark);
+            self.claimed += 1;
+            if self.claimed * 2 > self.window.len() {
+                self.window.retain(|s| s.unclaimed().is_some());
+                self.claimed = 0;
+            }
+            Some(taken)
         };
-        self.claimed += 1;
-        if self.claimed * 2 > self.window.len() {
-            self.window.retain(|s| matches!(s, Slot::Unclaimed(_)));
-            self.claimed = 0;
+        match taken {
+            Some(Slot::Unclaimed(step)) => Some(step),
+            _ => None,
         }
-        Some(step)
     }
 
     /// Takes the record at `path`, if an earlier execution made one; each is handed out
@@ -187,11 +192,8 @@ impl Recorded {
         // The first such record read is unclaimed, or is `read_to` (claimed or not:
         // nothing in the branch at or after `at` can have been claimed before `at`).
         let start = self.window.partition_point(|s| *s.path() < from);
-        let first_unclaimed = self.window.range(start..).find_map(|s| match s {
-            Slot::Unclaimed(step) => Some(&step.path),
-            Slot::Claimed(_) => None,
-        });
-        Ok(first_unclaimed.is_some_and(within)
+        let first_unclaimed = self.window.range(start..).find_map(Slot::unclaimed);
+        Ok(first_unclaimed.is_some_and(|s| within(&s.path))
             || self
                 .read_to
                 .as_ref()
@@ -207,12 +209,13 @@ impl Recorded {
     ) -> Result<Option<(StepPath, String)>, StoreError> {
         let found = |s: &RecordedStep| (!skip(&s.path)).then(|| (s.path.clone(), s.name.clone()));
         // Everything read sorts before everything not read yet.
-        let read_first = self.window.iter().find_map(|s| match s {
-            Slot::Unclaimed(step) => found(step),
-            Slot::Claimed(_) => None,
-        });
-        if read_first.is_some() {
-            return Ok(read_first);
+        if let Some(first) = self
+            .window
+            .iter()
+            .filter_map(Slot::unclaimed)
+            .find_map(found)
+        {
+            return Ok(Some(first));
         }
         while !self.complete {
             let batch = self.next_batch(read)?;
@@ -366,9 +369,9 @@ mod tests {
         assert_eq!(journal.reads, 11);
     }
 
-    /// A record never claimed (the steps of a `select` branch that lost) keeps nothing
-    /// else behind it: what the code after it claims leaves the window, and a long
-    /// replay still holds at most a batch plus that record.
+    /// A record never claimed (the steps of a `select` branch that lost) does not make
+    /// the window grow with the history: what the code after it claims is swept out,
+    /// and a long replay holds at most about two batches.
     #[test]
     fn a_record_never_claimed_does_not_make_the_window_grow() {
         let n = 5 * REPLAY_BATCH as u32;

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension};
 
-use super::migrate::open_error;
 use super::rows::checks;
+use super::sql_error;
 use crate::error::{Error, StoreError, StoreErrorKind};
 use crate::journal::Damage;
 
@@ -26,7 +26,8 @@ const PENDING_INDEX: &str = "durable_workflows_pending";
 /// part of them, so it is rebuilt from them, with a warning; if it still disagrees,
 /// the damage is in the rows, and the journal is refused.
 pub(super) fn verify_pending_index(conn: &Connection, path: &Path) -> Result<(), Error> {
-    let (problems, rows_damaged) = pending_index_problems(conn).map_err(|e| open_error(path, e))?;
+    let (problems, rows_damaged) =
+        pending_index_problems(conn).map_err(|e| Error::from(sql_error(path, e)))?;
     if problems.is_empty() {
         return Ok(());
     }
@@ -43,7 +44,7 @@ pub(super) fn verify_pending_index(conn: &Connection, path: &Path) -> Result<(),
     );
     conn.execute_batch(&format!("REINDEX {PENDING_INDEX};"))
         .map_err(|e| damaged(path, &problems, &e.to_string()))?;
-    let (left, _) = pending_index_problems(conn).map_err(|e| open_error(path, e))?;
+    let (left, _) = pending_index_problems(conn).map_err(|e| Error::from(sql_error(path, e)))?;
     if left.is_empty() {
         return Ok(());
     }
@@ -117,7 +118,7 @@ const MESSAGE_INDEX: &str = "durable_messages_queue";
 /// from the rows, with a warning; if the check still fails, the rows are damaged, and
 /// the journal is refused.
 pub(super) fn verify_message_index(conn: &Connection, path: &Path) -> Result<(), Error> {
-    let problems = message_problems(conn).map_err(|e| open_error(path, e))?;
+    let problems = message_problems(conn).map_err(|e| Error::from(sql_error(path, e)))?;
     if problems.is_empty() {
         return Ok(());
     }
@@ -128,7 +129,7 @@ pub(super) fn verify_message_index(conn: &Connection, path: &Path) -> Result<(),
          rebuilding it from the messages"
     );
     let rebuilt = conn.execute_batch(&format!("REINDEX {MESSAGE_INDEX};"));
-    let left = message_problems(conn).map_err(|e| open_error(path, e))?;
+    let left = message_problems(conn).map_err(|e| Error::from(sql_error(path, e)))?;
     if rebuilt.is_ok() && left.is_empty() {
         return Ok(());
     }

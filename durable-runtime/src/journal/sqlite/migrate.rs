@@ -173,9 +173,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
      WHERE path GLOB '*[0-9][0-9]*';",
     // 7: integer run keys. Each workflow run gets a number, `run`, its table's integer
     // primary key (kept by VACUUM; AUTOINCREMENT, so a number is never given twice and
-    // rows left by a workflow deleted by hand never attach to a new one), and the rows recorded for it (steps, events, start
-    // records, patches) are keyed by that number instead of repeating the workflow's
-    // id. Checksums stay keyed by the id, so none is recomputed. Runs are numbered in
+    // rows left by a workflow deleted by hand never attach to a new one), and the rows
+    // recorded for it (steps, events, start records, patches) are keyed by that number
+    // instead of repeating the workflow's id. Checksums stay keyed by the id, so none is recomputed. Runs are numbered in
     // the order they were created. (`before_migration_7` refuses a journal with rows
     // that belong to no workflow, which this would drop.) Start records and patch
     // markers get checksums like every other row (NULL in the rows copied, which are
@@ -319,17 +319,14 @@ fn migrate_in(conn: &mut Connection, path: &Path) -> Result<(), Error> {
         if i + 1 == 4 {
             before_migration_4(&tx, path)?;
         }
-        let mut app = None;
-        if i + 1 == 7 {
-            before_migration_7(&tx, path)?;
-            app = Some(AppObjects::on_durable_tables(&tx).map_err(err)?);
-        }
+        let app = if i + 1 == 7 {
+            Some(before_migration_7(&tx, path)?)
+        } else {
+            None
+        };
         tx.execute_batch(sql).map_err(err)?;
         if let Some(app) = app {
-            app.restore(&tx, path, i + 1)?;
-            // Part of migration 7: the header names the file as durable's.
-            tx.pragma_update(None, "application_id", i64::from(APPLICATION_ID))
-                .map_err(err)?;
+            after_migration_7(&tx, path, app)?;
         }
         tx.execute(
             "INSERT INTO durable_meta (key, value) VALUES ('schema_version', ?1)
@@ -352,7 +349,7 @@ fn migrate_in(conn: &mut Connection, path: &Path) -> Result<(), Error> {
 /// workflow with the highest number was also deleted by hand, leaving its rows, the
 /// next workflow would get its number and take those rows as its own. A counter
 /// behind the rows is moved past them, with a warning (the rows left stay orphans,
-/// which `check` reports). Costs one index lookup per table.
+/// which `check` reports). Costs two row reads when the counter is where it should be.
 fn keep_run_numbers_unique(tx: &Connection, path: &Path) -> Result<(), Error> {
     let err = |e| Error::from(sql_error(path, e));
     // The usual case reads two rows: a counter at or past the last workflow's number.
@@ -367,7 +364,7 @@ fn keep_run_numbers_unique(tx: &Connection, path: &Path) -> Result<(), Error> {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .map_err(err)?;
-    if counter.is_some() && counter >= last {
+    if counter.is_some_and(|c| last.is_none_or(|l| c >= l)) {
         return Ok(());
     }
     let highest: rusqlite::Result<Option<i64>> = tx.query_row(
@@ -532,7 +529,7 @@ impl AppObjects {
     /// Makes the indexes and triggers again on the rebuilt tables, and checks that the
     /// views still read: one that no longer fits refuses the upgrade (rolled back, so
     /// nothing changes), naming it, rather than being lost or broken silently.
-    fn restore(self, tx: &Connection, path: &Path, version: usize) -> Result<(), Error> {
+    fn restore(self, tx: &Connection, path: &Path, version: u32) -> Result<(), Error> {
         let refuse = |what: String, e: rusqlite::Error| -> Error {
             StoreError::new(
                 path,
@@ -592,8 +589,9 @@ fn statements_on(tx: &Connection, table: &str) -> rusqlite::Result<[String; 3]> 
 /// Migration 7 keys every row recorded for a run by the run's number, found through its
 /// workflow's id: a row whose id names no workflow would be dropped. No version of
 /// durable writes one, so such a row means damage; the journal is left untouched, and
-/// the error says where.
-fn before_migration_7(tx: &Connection, path: &Path) -> Result<(), Error> {
+/// the error says where. Returns the application's objects the migration drops, to be
+/// made again by [`after_migration_7`].
+fn before_migration_7(tx: &Connection, path: &Path) -> Result<AppObjects, Error> {
     let orphan: Option<(String, String)> = tx
         .query_row(
             "SELECT what, workflow_id FROM (
@@ -608,7 +606,7 @@ fn before_migration_7(tx: &Connection, path: &Path) -> Result<(), Error> {
         .optional()
         .map_err(|e| sql_error(path, e))?;
     match orphan {
-        None => Ok(()),
+        None => AppObjects::on_durable_tables(tx).map_err(|e| sql_error(path, e).into()),
         Some((what, id)) => Err(StoreError::new(
             path,
             StoreErrorKind::Damaged,
@@ -621,6 +619,14 @@ fn before_migration_7(tx: &Connection, path: &Path) -> Result<(), Error> {
         )
         .into()),
     }
+}
+
+/// The rest of migration 7: the application's objects made again, and the header's
+/// `application_id` naming the file as durable's.
+fn after_migration_7(tx: &Connection, path: &Path, app: AppObjects) -> Result<(), Error> {
+    app.restore(tx, path, 7)?;
+    tx.pragma_update(None, "application_id", i64::from(APPLICATION_ID))
+        .map_err(|e| sql_error(path, e).into())
 }
 
 /// SQL functions the migrations use.
@@ -736,16 +742,6 @@ fn legacy_value(value: &[u8]) -> Vec<u8> {
     tagged
 }
 
-/// An error of a statement the open runs: SQLite's plain `SQLITE_ERROR` on one of
-/// durable's own statements (no such column, no such index, no query solution) means
-/// the schema is not the one durable made.
-pub(super) fn open_error(path: &Path, e: rusqlite::Error) -> Error {
-    match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::Unknown) => schema_damaged(path, &e),
-        _ => sql_error(path, e).into(),
-    }
-}
-
 /// The error for a journal whose tables are not the ones durable made, as a statement
 /// of durable's found.
 fn schema_damaged(path: &Path, e: &rusqlite::Error) -> Error {
@@ -805,7 +801,7 @@ pub(super) fn check_schema(conn: &Connection, path: &Path) -> Result<(), Error> 
             .optional()?;
         Ok((stored, schema_record(conn)?))
     };
-    let (stored, now) = read().map_err(|e| open_error(path, e))?;
+    let (stored, now) = read().map_err(|e| Error::from(sql_error(path, e)))?;
     let Some(stored) = stored else {
         return Err(damaged_schema(
             path,
