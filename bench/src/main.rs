@@ -427,9 +427,15 @@ impl Options {
 
 /// Opens a runtime, waiting for a just-dropped one on the same file to let go.
 async fn open(path: &Path, sync: Sync) -> Res<Runtime> {
+    open_with(path, sync, None).await
+}
+
+/// [`open`], with parked workflows going dormant after `evict` (never if `None`).
+async fn open_with(path: &Path, sync: Sync, evict: Option<Duration>) -> Res<Runtime> {
     for _ in 0..1000 {
         match Runtime::builder(path)
             .durability(sync.durability())
+            .evict_parked_after(evict)
             .open()
             .await
         {

@@ -2,7 +2,7 @@
 //!
 //! | workload | measures | baseline |
 //! |---|---|---|
-//! | `parked` | `W` workflows (half in `recv`, half in a day-long `sleep`): resident memory per workflow while parked, time to park them, time to re-park them all after a reopen, and that a woken one finishes | `W` bare tokio tasks, each awaiting a oneshot |
+//! | `parked` | `W` workflows (half in `recv`, half in a day-long `sleep`): resident memory per workflow once they are dormant (and while still in memory, before), time to park them, time until all are dormant, time to re-park them all after a reopen, and that a woken one finishes | `W` bare tokio tasks, each awaiting a oneshot |
 //! | `long_replay` | a pending workflow with `N` recorded sequential steps: time from open to its result, and peak resident memory | open and one `SELECT` of those `N` rows |
 //! | `history_open` | open time of a journal holding `H` finished workflows | open time of an empty journal |
 //! | `bytes` | journal bytes per recorded step (the `long_replay` journal, checkpointed) | a plain SQLite table of the same outputs, keyed by an integer |
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use durable_runtime::{Runtime, recv, sleep, step, workflow};
 
 use crate::sampler::{Sampler, rss_kib};
-use crate::{Res, Sync, median, open, run_all, sequential, usage, wait_unlocked};
+use crate::{Res, Sync, median, open, open_with, run_all, sequential, usage, wait_unlocked};
 
 /// How many [`waiter`]s have reached their wait, in this process.
 static PARKED: AtomicU64 = AtomicU64::new(0);
@@ -144,6 +144,22 @@ async fn until_parked(rt: &Runtime, count: u64) -> Res<()> {
     }
 }
 
+/// Waits until `w` workflows of `rt` are dormant (see `evict_parked_after`).
+async fn until_dormant(rt: &Runtime, w: u32) -> Res<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while rt.dormant_count() < w as usize {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "only {} of {w} parked workflows went dormant within 10 minutes",
+                rt.dormant_count()
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
 /// Parks `w` waiters in a fresh journal (`again`: re-parks those a `park` child left,
 /// by opening the journal), and reports the resident memory each costs and the time.
 /// A re-park also wakes one waiter and checks its result.
@@ -152,7 +168,7 @@ async fn park(dir: &Path, sync: Sync, w: u32, again: bool) -> Res<Report> {
     let rss0 = rss_kib();
     let cpu0 = usage::cpu_seconds();
     let start = Instant::now();
-    let rt = open(&path, sync).await?;
+    let rt = open_with(&path, sync, Some(Duration::ZERO)).await?;
     if !again {
         let starts: Vec<_> = (0..w)
             .map(|i| {
@@ -167,14 +183,19 @@ async fn park(dir: &Path, sync: Sync, w: u32, again: bool) -> Res<Report> {
     until_parked(&rt, u64::from(w)).await?;
     let secs = start.elapsed().as_secs_f64();
     let cpu = usage::cpu_seconds() - cpu0;
+    let live_rss = rss_kib();
+    // Parked, they go dormant at once (`evict_parked_after` zero).
+    let dormant_since = Instant::now();
+    until_dormant(&rt, w).await?;
+    let dormant_s = dormant_since.elapsed().as_secs_f64();
     let rss = rss_kib();
+    let per = |kib: u64| kib.saturating_sub(rss0) as f64 / f64::from(w);
     let mut report = Report::from([
         ("secs".to_owned(), secs),
         ("cpu_s".to_owned(), cpu),
-        (
-            "rss_kib_per_workflow".to_owned(),
-            rss.saturating_sub(rss0) as f64 / f64::from(w),
-        ),
+        ("live_rss_kib_per_workflow".to_owned(), per(live_rss)),
+        ("rss_kib_per_workflow".to_owned(), per(rss)),
+        ("dormant_s".to_owned(), dormant_s),
     ]);
     if again {
         // A woken waiter finishes with the value it was sent plus its step's.
@@ -381,12 +402,14 @@ pub(crate) async fn parked_line(dir: &Path, sync: Sync, w: u32) -> Res<String> {
     let reparked = child(&["repark", d, sync.name(), &ws])?;
     let base = child(&["tasks", &ws])?;
     Ok(format!(
-        "{{\"workload\": \"parked\", \"sync\": \"{}\", \"n\": {w}, \"park_s\": {:.3}, \"repark_s\": {:.3}, \"wake_s\": {:.6}, \"rss_kib_per_workflow\": {:.3}, \"repark_rss_kib_per_workflow\": {:.3}, \"baseline\": \"{w} tokio tasks awaiting a oneshot\", \"baseline_rss_kib_per_workflow\": {:.3}, \"cpu_us\": {:.2}, \"repark_cpu_us\": {:.2}}}",
+        "{{\"workload\": \"parked\", \"sync\": \"{}\", \"n\": {w}, \"park_s\": {:.3}, \"repark_s\": {:.3}, \"wake_s\": {:.6}, \"rss_kib_per_workflow\": {:.3}, \"live_rss_kib_per_workflow\": {:.3}, \"dormant_s\": {:.3}, \"repark_rss_kib_per_workflow\": {:.3}, \"baseline\": \"{w} tokio tasks awaiting a oneshot\", \"baseline_rss_kib_per_workflow\": {:.3}, \"cpu_us\": {:.2}, \"repark_cpu_us\": {:.2}}}",
         sync.name(),
         get(&parked, "secs")?,
         get(&reparked, "secs")?,
         get(&reparked, "wake_s")?,
         get(&parked, "rss_kib_per_workflow")?,
+        get(&parked, "live_rss_kib_per_workflow")?,
+        get(&parked, "dormant_s")?,
         get(&reparked, "rss_kib_per_workflow")?,
         get(&base, "rss_kib_per_workflow")?,
         get(&parked, "cpu_s")? * 1e6 / f64::from(w),

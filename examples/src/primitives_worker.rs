@@ -6,7 +6,10 @@
 //! primitives-worker SCENARIO --journal PATH --log PATH
 //! ```
 //!
-//! `SCENARIO` is `sleep`, `recv`, `child` or `transaction`. The worker opens the
+//! `SCENARIO` is `sleep`, `recv`, `child`, `transaction` or `dormant`. With
+//! `--evict-ms MS`, parked workflows go dormant after `MS` ms (see
+//! `RuntimeBuilder::evict_parked_after`), and the worker logs `dormant <count>` every
+//! 5 ms. The worker opens the
 //! journal (resuming what is pending), starts the scenario's workflows under fixed ids
 //! (or finds them), waits for all of them and prints `RESULT <id> <result>` for each.
 //! Every step body, and everything else the test times, appends one line
@@ -19,7 +22,9 @@ use std::process::ExitCode;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use durable_runtime::{Runtime, WorkflowHandle, recv, send, sleep, step, step_context, workflow};
+use durable_runtime::{
+    Runtime, WorkflowHandle, get_event, recv, send, set_event, sleep, step, step_context, workflow,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -218,6 +223,43 @@ async fn between_entries(entry: u32) -> u32 {
 }
 
 // ---------------------------------------------------------------------------------------
+// `dormant`: every kind of wait at once (a sleep, `recv`s fed by sleeping feeders, a
+// `get_event` on a workflow that sets it after a sleep, a parent joining a sleeping
+// child), run with `--evict-ms 0` so that each goes dormant whenever it waits.
+
+const DORMANT_MESSAGES: u32 = 8;
+
+#[workflow]
+async fn watch_event() -> Result<u64, String> {
+    let v = get_event::<u64>("announcer", "ready", None)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("get_event without a timeout returned nothing")?;
+    Ok(after_child(v).await)
+}
+
+#[workflow]
+async fn announce(ms: u64) -> Result<u64, String> {
+    sleep(Duration::from_millis(ms)).await;
+    set_event("ready", &42u64)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(42)
+}
+
+#[workflow]
+async fn slow_parent() -> Result<u64, String> {
+    let v = slow_child(700).await.map_err(|e| e.to_string())?;
+    Ok(after_child(v).await)
+}
+
+#[workflow]
+async fn slow_child(ms: u64) -> u64 {
+    sleep(Duration::from_millis(ms)).await;
+    child_work(1).await
+}
+
+// ---------------------------------------------------------------------------------------
 // The process.
 
 fn main() -> ExitCode {
@@ -230,8 +272,8 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str =
-    "usage: primitives-worker (sleep|recv|child|transaction) --journal PATH --log PATH";
+const USAGE: &str = "usage: primitives-worker (sleep|recv|child|transaction|dormant) \
+     --journal PATH --log PATH [--evict-ms MS]";
 
 fn option<'a>(args: &'a [String], name: &str) -> Res<&'a str> {
     args.iter()
@@ -263,8 +305,22 @@ fn worker() -> Res<ExitCode> {
         .enable_all()
         .build()?;
     tokio.block_on(async move {
-        let rt = Runtime::open(&journal).await?;
+        let mut builder = Runtime::builder(&journal);
+        if args.iter().any(|a| a == "--evict-ms") {
+            let ms: u64 = option(&args, "--evict-ms")?.parse()?;
+            builder = builder.evict_parked_after(Duration::from_millis(ms));
+        }
+        let rt = builder.open().await?;
         log("opened");
+        if args.iter().any(|a| a == "--evict-ms") {
+            let watcher = rt.clone();
+            tokio::spawn(async move {
+                loop {
+                    log(&format!("dormant {}", watcher.dormant_count()));
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            });
+        }
         let ok = match scenario.as_str() {
             "sleep" => {
                 let h = rt.start_with_id("nap", nap(NAP_MS)).await?;
@@ -310,6 +366,27 @@ fn worker() -> Res<ExitCode> {
                 ok & report(hog).await
             }
             "transaction" => report(rt.start_with_id("ledger", ledger(ENTRIES)).await?).await,
+            "dormant" => {
+                let n = DORMANT_MESSAGES;
+                let nap = rt.start_with_id("nap", nap(NAP_MS)).await?;
+                let collector = rt.start_with_id("collector", collect(2 * n)).await?;
+                let a = rt
+                    .start_with_id("feed-a", feed("collector".into(), 0, n, 60))
+                    .await?;
+                let b = rt
+                    .start_with_id("feed-b", feed("collector".into(), 1000, n, 85))
+                    .await?;
+                let watcher = rt.start_with_id("watcher", watch_event()).await?;
+                let announcer = rt.start_with_id("announcer", announce(600)).await?;
+                let parent = rt.start_with_id("slow-parent", slow_parent()).await?;
+                report(nap).await
+                    & report(collector).await
+                    & report(a).await
+                    & report(b).await
+                    & report(watcher).await
+                    & report(announcer).await
+                    & report(parent).await
+            }
             _ => return Err(USAGE.into()),
         };
         Ok(if ok {

@@ -11,7 +11,10 @@
 //! - between a child's completion and its parent's record of it: the parent finishes
 //!   with the child's result, and no step body of a completed child runs again;
 //! - inside a transaction step: at every kill, a row exists exactly when its step is
-//!   recorded; at the end every row exists exactly once.
+//!   recorded; at the end every row exists exactly once;
+//! - while workflows are dormant (dropped from memory while they wait, at once: see
+//!   `evict_parked_after`) in every kind of wait: each finishes with the value an
+//!   uninterrupted run gets, and no step recorded before a kill runs again.
 //!
 //! Kill moments come from a seed, `PRIMITIVES_SEED` (or the clock), printed by each
 //! test; rerun a failure with
@@ -57,12 +60,18 @@ struct Worker(Option<Child>);
 
 impl Worker {
     fn start(scenario: &str, journal: &Path, log: &Path) -> Res<Worker> {
+        Worker::start_with(scenario, journal, log, &[])
+    }
+
+    /// [`Worker::start`] with more arguments.
+    fn start_with(scenario: &str, journal: &Path, log: &Path, more: &[&str]) -> Res<Worker> {
         let child = Command::new(env!("CARGO_BIN_EXE_primitives-worker"))
             .arg(scenario)
             .arg("--journal")
             .arg(journal)
             .arg("--log")
             .arg(log)
+            .args(more)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -667,5 +676,131 @@ fn a_transaction_step_killed_before_its_commit_leaves_exactly_one_row() -> Res<(
         "only {inside} of {} kills landed inside a transaction step",
         2 * ENTRIES
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Dormant workflows.
+
+/// The worker's arguments that make parked workflows go dormant at once.
+const AT_ONCE: &[&str] = &["--evict-ms", "0"];
+
+/// The last dormant count the worker logged, if it logged one.
+fn last_dormant(log: &Path) -> Res<Option<u64>> {
+    Ok(read_log(log)?
+        .iter()
+        .rev()
+        .find(|l| l.words.first().map(String::as_str) == Some("dormant"))
+        .and_then(|l| l.words.get(1)?.parse().ok()))
+}
+
+/// Fails if a step body logged in `log` had been recorded before the run began.
+fn no_step_again(log: &Path, recorded: &BTreeSet<(String, String)>, what: &str) -> Res<()> {
+    for (workflow, path, name) in step_lines(log)? {
+        assert!(
+            !recorded.contains(&(workflow.clone(), path.clone())),
+            "{what}: step {name} at {path} of {workflow} was recorded, and ran again"
+        );
+    }
+    Ok(())
+}
+
+/// Checks the `dormant` scenario's results against what an uninterrupted run gets.
+fn check_dormant_results(results: &[String], what: &str) -> Res<()> {
+    assert_eq!(results.len(), 7, "{what}: {results:?}");
+    assert_eq!(results[0], "RESULT announcer Ok(Ok(42))", "{what}");
+    assert_eq!(results[2], "RESULT feed-a Ok(Ok(()))", "{what}");
+    assert_eq!(results[3], "RESULT feed-b Ok(Ok(()))", "{what}");
+    assert!(
+        results[4].starts_with("RESULT nap Ok("),
+        "{what}: {}",
+        results[4]
+    );
+    assert_eq!(results[5], "RESULT slow-parent Ok(Ok(11))", "{what}");
+    assert_eq!(results[6], "RESULT watcher Ok(Ok(43))", "{what}");
+    let list = results[1]
+        .strip_prefix("RESULT collector Ok(Ok([")
+        .and_then(|s| s.strip_suffix("]))"))
+        .ok_or_else(|| format!("{what}: {}", results[1]))?;
+    let got: Vec<u32> = list.split(", ").map(str::parse).collect::<Result<_, _>>()?;
+    let n = 8;
+    let from_a: Vec<u32> = got.iter().copied().filter(|v| *v < 1000).collect();
+    let from_b: Vec<u32> = got.iter().copied().filter(|v| *v >= 1000).collect();
+    assert_eq!(from_a, (0..n).collect::<Vec<_>>(), "{what}");
+    assert_eq!(from_b, (1000..1000 + n).collect::<Vec<_>>(), "{what}");
+    Ok(())
+}
+
+#[test]
+fn dormant_workflows_survive_sigkill_and_wake_with_the_right_values() -> Res<()> {
+    let mut rng = seeded("dormant")?;
+    let dir = tempfile::tempdir()?;
+
+    let started = Instant::now();
+    let baseline_log = dir.path().join("baseline.log");
+    let results = Worker::start_with(
+        "dormant",
+        &dir.path().join("baseline.db"),
+        &baseline_log,
+        AT_ONCE,
+    )?
+    .finish("uninterrupted dormant run")?;
+    check_dormant_results(&results, "uninterrupted dormant run")?;
+    let window = started.elapsed();
+    let most = read_log(&baseline_log)?
+        .iter()
+        .filter(|l| l.words.first().map(String::as_str) == Some("dormant"))
+        .filter_map(|l| l.words.get(1)?.parse::<u64>().ok())
+        .max();
+    assert!(
+        most >= Some(5),
+        "the uninterrupted run never had most of its workflows dormant: {most:?}"
+    );
+    println!("uninterrupted run: {} ms", window.as_millis());
+
+    let (mut kills, mut while_dormant, mut round) = (0, 0, 0);
+    // At least 12 kills, and until 4 landed while workflows were dormant (bounded).
+    while kills < 12 || (while_dormant < 4 && kills < 60) {
+        round += 1;
+        let journal = dir.path().join(format!("dormant-{round}.db"));
+        let what = format!("dormant round {round}");
+        let mut recorded = BTreeSet::new();
+        let mut run = 0;
+        let results = loop {
+            run += 1;
+            assert!(run <= 100, "{what}: no progress in 100 runs");
+            let log = dir.path().join(format!("dormant-{round}-{run}.log"));
+            let mut worker = Worker::start_with("dormant", &journal, &log, AT_ONCE)?;
+            let delay = rng.up_to(window);
+            let finished = if worker.wait_up_to(delay)? {
+                Some(worker.finish(&what)?)
+            } else {
+                worker.kill_unless_finished(&what)?
+            };
+            no_step_again(&log, &recorded, &what)?;
+            if let Some(results) = finished {
+                break results;
+            }
+            kills += 1;
+            let dormant = last_dormant(&log)?.unwrap_or(0);
+            if dormant > 0 {
+                while_dormant += 1;
+            }
+            println!(
+                "{what}: kill after {} ms, {dormant} workflow(s) dormant",
+                delay.as_millis()
+            );
+            recorded = committed(&journal)?;
+        };
+        check_dormant_results(&results, &what)?;
+        let (received, waiting) = messages_balance(&journal, &what)?;
+        assert_eq!(
+            waiting, 0,
+            "{what}: {received} received, {waiting} left waiting"
+        );
+        println!("{what}: finished after {} kill(s)", run - 1);
+    }
+    println!("{kills} kills, {while_dormant} while workflows were dormant");
+    assert!(while_dormant >= 4, "too few kills landed during dormancy");
     Ok(())
 }

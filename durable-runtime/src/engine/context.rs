@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::Waker;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -15,7 +15,7 @@ use crate::engine::recorded::{REPLAY_BATCH, Recorded};
 use crate::engine::workflow::{Launch, Outcome};
 use crate::error::StoreError;
 use crate::error::{CancelReason, Error, Result};
-use crate::journal::{RecordedStep, SideRecords, StartedRecord, Store};
+use crate::journal::{RecordedStep, SideRecords, StartedRecord, Store, WaitFor, Wakes};
 use crate::path::StepPath;
 use crate::util::lock;
 
@@ -81,12 +81,23 @@ pub(crate) struct WorkflowCtx {
     /// Steps called and not yet finished that will record a result (see
     /// [`WorkflowCtx::open_step`]).
     open_steps: AtomicUsize,
+    /// Writes of the primitives (and child starts) whose answer the run awaits (see
+    /// [`WorkflowCtx::busy`]): a run with one is not parked.
+    busy: AtomicUsize,
     /// Set with `Fatal::cancelled` or `Fatal::closing`, readable without the lock on
     /// every step: no new step body starts.
     stop_asked: AtomicBool,
     /// Checkpoints that asked, during the current poll of the run, for the task to stay
     /// runnable until their answer comes; see [`WorkflowCtx::take_spin`].
     spin: Mutex<SpinAsks>,
+    /// What the run's parked operations wait for (see [`WorkflowCtx::park`]).
+    parked: Mutex<Vec<ParkedWait>>,
+    /// Whether, and after how long parked, this execution may be dropped from memory
+    /// (see [`Dormancy`]); `None` for a replay check.
+    pub(crate) dormancy: Option<Dormancy>,
+    /// Set when something this run may wait for happened (a child finished, a write
+    /// woke it) while it was going dormant: it is rebuilt at once instead.
+    pub(crate) wake_asked: AtomicBool,
     /// Set for a replay check: step bodies never run. A step without a record stays
     /// pending for ever, and is listed in `unrecorded`.
     #[cfg(feature = "testkit")]
@@ -95,6 +106,55 @@ pub(crate) struct WorkflowCtx {
     unrecorded: Mutex<Vec<(StepPath, &'static str)>>,
     #[cfg(feature = "testkit")]
     pub(crate) instrument: Option<Arc<dyn Instrument>>,
+}
+
+/// How a run's body is dropped from memory while it waits, and rebuilt by replay when
+/// what it waits for comes: a dormant run costs its entry in the runtime, not its
+/// body's future, its history and its waits.
+#[derive(Debug, Clone)]
+pub(crate) struct Dormancy {
+    /// How long a run must have been parked, and its body not polled, before it goes
+    /// dormant.
+    pub(crate) after: Duration,
+    /// Where the journal sends the ids of dormant runs a write may have woken.
+    pub(crate) wakes: Wakes,
+}
+
+/// One parked operation of a run: what it waits for (see [`WorkflowCtx::park`]).
+#[derive(Debug)]
+struct ParkedWait {
+    path: StepPath,
+    /// A message or an event, that the journal's writer answers.
+    write: Option<WaitFor>,
+    /// When it ends on its own (a sleep's end, a wait's deadline), in ms since the epoch.
+    until: Option<i64>,
+}
+
+/// Keeps one parked operation in its run's list until dropped (see
+/// [`WorkflowCtx::park`]).
+#[derive(Debug)]
+pub(crate) struct ParkGuard {
+    ctx: Arc<WorkflowCtx>,
+    path: StepPath,
+}
+
+impl Drop for ParkGuard {
+    fn drop(&mut self) {
+        let mut parked = lock(&self.ctx.parked);
+        if let Some(i) = parked.iter().position(|p| p.path == self.path) {
+            parked.swap_remove(i);
+        }
+    }
+}
+
+/// What a run going dormant waits for, besides what the runtime wakes it for on its
+/// own (a child's outcome).
+#[derive(Debug)]
+pub(crate) struct DormantWaits {
+    /// The messages and events, each with the position that records it.
+    pub(crate) writes: Vec<(WaitFor, StepPath)>,
+    /// The earliest time one of its waits ends on its own.
+    pub(crate) until: Option<i64>,
 }
 
 /// The spin requests of one poll of a run: how many, and until when.
@@ -131,6 +191,16 @@ impl Drop for ActiveBody {
     }
 }
 
+/// Held while a primitive awaits the answer to a write: see [`WorkflowCtx::busy`].
+#[derive(Debug)]
+pub(crate) struct Busy(Arc<WorkflowCtx>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Held by a step that will record a result, from its call until it finishes: see
 /// [`WorkflowCtx::steps_open`].
 #[derive(Debug)]
@@ -161,8 +231,12 @@ impl WorkflowCtx {
             runtime,
             active: AtomicUsize::new(0),
             open_steps: AtomicUsize::new(0),
+            busy: AtomicUsize::new(0),
             stop_asked: AtomicBool::new(false),
             spin: Mutex::default(),
+            parked: Mutex::default(),
+            dormancy: None,
+            wake_asked: AtomicBool::new(false),
             #[cfg(feature = "testkit")]
             replay_only: false,
             #[cfg(feature = "testkit")]
@@ -191,6 +265,61 @@ impl WorkflowCtx {
     pub(crate) fn take_spin(&self) -> Option<Instant> {
         let asks = std::mem::take(&mut *lock(&self.spin));
         if asks.count == 1 { asks.until } else { None }
+    }
+
+    /// Notes that the operation at `path` is parked until the journal answers `write`
+    /// (a message, an event), until the time `until`, or, with neither, until the
+    /// runtime wakes the run on its own (a child's outcome); until the guard is
+    /// dropped. A run whose every live operation is parked this way can go dormant.
+    pub(crate) fn park(
+        self: &Arc<Self>,
+        path: &StepPath,
+        write: Option<WaitFor>,
+        until: Option<i64>,
+    ) -> Option<ParkGuard> {
+        self.dormancy.as_ref()?;
+        lock(&self.parked).push(ParkedWait {
+            path: path.clone(),
+            write,
+            until,
+        });
+        Some(ParkGuard {
+            ctx: self.clone(),
+            path: path.clone(),
+        })
+    }
+
+    /// Whether this execution may go dormant now: it may, it is not stopping, no step
+    /// body runs, no step waits for its checkpoint, no primitive for a write, and at
+    /// least one operation is parked. (What else the body awaits, it cannot see:
+    /// workflow bodies await only the durable operations.)
+    pub(crate) fn evictable(&self) -> bool {
+        self.dormancy.is_some()
+            && !self.stop_asked.load(Ordering::Acquire)
+            && self.active.load(Ordering::Acquire) == 0
+            && self.open_steps.load(Ordering::Acquire) == 0
+            && self.busy.load(Ordering::Acquire) == 0
+            && !lock(&self.parked).is_empty()
+    }
+
+    /// What the parked operations of this execution wait for.
+    pub(crate) fn dormant_waits(&self) -> DormantWaits {
+        let parked = lock(&self.parked);
+        DormantWaits {
+            writes: parked
+                .iter()
+                .filter_map(|p| Some((p.write.clone()?, p.path.clone())))
+                .collect(),
+            until: parked.iter().filter_map(|p| p.until).min(),
+        }
+    }
+
+    /// Counts a write (or a child's start) whose answer the run awaits, until the
+    /// returned guard is dropped: its answer will wake the body, so the run is not
+    /// parked meanwhile.
+    pub(crate) fn busy(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
     }
 
     /// Counts a step that will record a result, until the returned guard is dropped.

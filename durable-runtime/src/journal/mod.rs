@@ -5,8 +5,8 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::{Pin, pin};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -302,6 +302,16 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     /// A transaction step: the application's work and the step's record in one
     /// transaction. A store that cannot run `step`'s flavour of work answers an error.
     fn transaction(&self, step: TxStep) -> Ack;
+    /// A run's body is about to be dropped from memory while it waits (see
+    /// [`Dormant`]): if every wait of `dormant.waits` is still parked, unanswered, the
+    /// store stops answering them (their [`Ack`]s resolve to
+    /// [`StoreErrorKind::Closed`]) and keeps a wake-up in their place. A later write
+    /// that would have answered one (a message to its queue, the event set) then takes
+    /// nothing for it, and, once committed, sends the run's id to `dormant.wakes`, so
+    /// that the run is rebuilt by replay and its new wait takes what was written.
+    /// Answers whether it did; `false` (one of the waits was answered, or is not parked
+    /// yet) changes nothing. Ordered after every write made before it.
+    fn dormant(&self, dormant: Dormant) -> Ack<bool>;
 
     // Reads.
 
@@ -374,6 +384,23 @@ pub(crate) enum Effect {
     Send(Box<NewMessage>),
     /// Sets (or replaces) one of the workflow's events: its key and encoded value.
     SetEvent(Box<(String, Vec<u8>)>),
+}
+
+/// Where a store sends the id of a dormant run that a write may have woken (see
+/// [`Store::dormant`]).
+pub(crate) type Wakes = tokio::sync::mpsc::UnboundedSender<Arc<str>>;
+
+/// A run going dormant: its body is dropped while it waits, and rebuilt by replay once
+/// what it waits for may have come. See [`Store::dormant`].
+#[derive(Debug)]
+pub(crate) struct Dormant {
+    pub(crate) run: Arc<str>,
+    /// Its parked waits for messages and events, each with the position it records at.
+    pub(crate) waits: Vec<(WaitFor, StepPath)>,
+    /// Alive for as long as the run stays dormant: the store forgets the wake-ups of a
+    /// run that is not (woken for another reason, cancelled, stopped).
+    pub(crate) alive: Weak<()>,
+    pub(crate) wakes: Wakes,
 }
 
 /// A message to append to a destination's queue for one topic.

@@ -99,7 +99,9 @@ async fn start<O>(
         });
     };
     let launch = call.into_launch(id, Some(op.claim.ctx.id.clone()), op.claim.ctx.codec)?;
+    let busy = op.claim.ctx.busy();
     let outcome = inner.clone().launch(Arc::from(id), launch).await?;
+    drop(busy);
     if let Some(reason) = op.claim.ctx.cancelled() {
         // The parent was cancelled while the child's row was being created, so the
         // cancellation did not find the child: cancel it now.
@@ -114,10 +116,13 @@ async fn finish<O: Serialize + DeserializeOwned>(
     id: &str,
     mut outcome: tokio::sync::watch::Receiver<Option<Outcome>>,
 ) -> Result<O> {
+    // Parked until the child settles, which wakes a dormant parent.
+    let parked = op.claim.ctx.park(&op.claim.path, None, None);
     let outcome = match outcome.wait_for(Option::is_some).await {
         Ok(v) => v.clone(),
         Err(_) => None,
     };
+    drop(parked);
     // No outcome: the child is pending but not running here (it could not be resumed,
     // or stopped on a divergence), or this process's runtime is going away. The parent
     // stops with it, pending, and both are tried again at the next open.
@@ -313,7 +318,9 @@ impl<O: Serialize + DeserializeOwned + Send + 'static> ChildHandle<O> {
             let Some(inner) = op.claim.ctx.runs() else {
                 return pending().await;
             };
+            let busy = op.claim.ctx.busy();
             let outcome = or_stop!(op, inner.watch(&id).await);
+            drop(busy);
             finish(&op, &id, outcome).await
         }
     }

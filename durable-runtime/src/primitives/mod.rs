@@ -176,6 +176,7 @@ impl Op {
         started_at: i64,
     ) -> Result<()> {
         let ctx = &self.claim.ctx;
+        let _busy = ctx.busy();
         let ack = ctx.store.record_step(StepRecord {
             workflow_id: ctx.id.clone(),
             path: self.claim.path.clone(),
@@ -209,6 +210,7 @@ impl Op {
 
     /// The reply to one write of a primitive, waited for.
     pub(crate) async fn acked<T>(&self, ack: Ack<T>) -> Result<T> {
+        let _busy = self.claim.ctx.busy();
         ack.await.map_err(Error::from)
     }
 

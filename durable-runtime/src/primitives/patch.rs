@@ -78,11 +78,13 @@ pub fn patched(name: &'static str) -> impl Future<Output = bool> + Send + 'stati
             // A replay check writes nothing; a new execution would take the new path.
             return true;
         }
-        if let Err(e) = ctx
+        let busy = ctx.busy();
+        let recorded = ctx
             .store
             .record_patch(ctx.id.clone(), path.clone(), name)
-            .await
-        {
+            .await;
+        drop(busy);
+        if let Err(e) = recorded {
             ctx.fail(e.into());
             return pending().await;
         }

@@ -137,7 +137,13 @@ pub(crate) async fn wait<T: Serialize + DeserializeOwned>(
                 started_at: now,
                 deadline_at,
             };
-            let ack = op.claim.ctx.store.wait(Wait {
+            let ctx = &op.claim.ctx;
+            // Parked while it waits: the run may go dormant (see `WorkflowCtx::park`).
+            let mut parked = match ctx.dormancy {
+                Some(_) => ctx.park(&op.claim.path, Some(what.clone()), deadline_at),
+                None => None,
+            };
+            let ack = ctx.store.wait(Wait {
                 what,
                 record: Some(record.clone()),
                 park: true,
@@ -156,10 +162,12 @@ pub(crate) async fn wait<T: Serialize + DeserializeOwned>(
                         biased;
                         answer = &mut *ack => answer,
                         () = sleep_until_ms(at) => {
+                            parked = None;
                             // Gives the wait up, unless it was answered meanwhile; the
                             // writer decides, so a message is never both taken and missed.
                             let expired = op.claim.ctx.store.expire(record);
                             *slot = Some(expired);
+                            let _busy = op.claim.ctx.busy();
                             match slot.as_mut() {
                                 Some(expired) => expired.await,
                                 None => return pending().await,
@@ -168,6 +176,7 @@ pub(crate) async fn wait<T: Serialize + DeserializeOwned>(
                     }
                 }
             };
+            drop(parked);
             match answered {
                 Ok(v) => v.map(ByteBuf),
                 Err(e) => return op.stop(e.into()).await,

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::Durability;
 use crate::codec::Codec;
@@ -24,6 +25,8 @@ pub struct RuntimeBuilder {
     pub(super) journal: JournalSpec,
     pub(crate) options: JournalOptions,
     pub(super) app_version: Option<String>,
+    /// See [`RuntimeBuilder::evict_parked_after`].
+    pub(super) evict_parked_after: Option<Duration>,
     /// The testkit's probe, if one was given.
     #[cfg(feature = "testkit")]
     pub(crate) instrument: Option<Arc<dyn Instrument>>,
@@ -50,6 +53,43 @@ impl RuntimeBuilder {
     /// your application's release), for your own inspection of the journal.
     pub fn app_version(mut self, version: impl Into<String>) -> Self {
         self.app_version = Some(version.into());
+        self
+    }
+
+    /// How long a workflow must have been waiting before its state is dropped from
+    /// memory, to be rebuilt by replay when what it waits for comes; `None` (the
+    /// default, for now): never.
+    ///
+    /// A workflow is *parked* when every one of its live operations waits: a
+    /// [`recv`](crate::recv), a [`get_event`](crate::get_event), a
+    /// [`sleep`](crate::sleep) or a child workflow's result, and no step runs. Once it
+    /// has been parked this long, its body (its future, its replay state, its waits) is
+    /// dropped, and what is left costs a few hundred bytes: its entry in the runtime,
+    /// and one wake-up per wait in the journal's writer. When a message or an event it
+    /// waits for is written, its time comes or a child it waits for finishes, it is
+    /// rebuilt by replaying its history, as after a restart, and goes on. A workflow
+    /// that waits for days costs almost nothing in the meantime; one woken often pays
+    /// a replay of its history at each wake-up after a wait this long.
+    ///
+    /// A workflow body must await only durable operations (steps, the primitives,
+    /// child workflows, and combinations of them such as [`select`](crate::select)):
+    /// anything else it awaits, such as a tokio timer or channel, is lost with its
+    /// body when it goes dormant, as it is in a crash.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), durable_runtime::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let rt = durable_runtime::Runtime::builder(dir.path().join("journal.db"))
+    ///     .evict_parked_after(Duration::from_secs(60))
+    ///     .open()
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn evict_parked_after(mut self, after: impl Into<Option<Duration>>) -> Self {
+        self.evict_parked_after = after.into();
         self
     }
 
@@ -90,6 +130,7 @@ impl RuntimeBuilder {
             unrecoverable,
             launches,
         } = Recovery::sort(pending, &registry);
+        let (dormancy, wakeups) = super::dormant::Dormancies::new(self.evict_parked_after);
         let inner = Arc::new(Inner {
             store,
             running: Mutex::new(HashMap::new()),
@@ -103,7 +144,9 @@ impl RuntimeBuilder {
             closing: std::sync::atomic::AtomicBool::new(false),
             stopped: Mutex::default(),
             close: Mutex::default(),
+            dormancy,
         });
+        tokio::spawn(super::dormant::wake_loop(Arc::downgrade(&inner), wakeups));
         // Every resumed run is in `running` before any of them runs: a parent resuming
         // its child's call must find the child's run, not start a second one.
         let runs: Vec<_> = {

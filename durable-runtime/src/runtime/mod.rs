@@ -16,6 +16,7 @@ use crate::journal::{JournalOptions, JournalSpec, NewMessage, Wait, WaitFor, blo
 use crate::util::{lock, now_ms};
 
 mod builder;
+mod dormant;
 mod handle;
 mod registry;
 
@@ -60,6 +61,7 @@ impl Runtime {
             journal: JournalSpec::Sqlite(path.as_ref().to_owned()),
             options: JournalOptions::default(),
             app_version: None,
+            evict_parked_after: None,
             #[cfg(feature = "testkit")]
             instrument: None,
         }
@@ -174,6 +176,14 @@ impl Runtime {
     #[doc(hidden)]
     pub fn journal_commits(&self) -> u64 {
         self.inner.store.commits()
+    }
+
+    /// How many workflows of this runtime are dormant now: parked long enough that
+    /// their state was dropped from memory (see
+    /// [`RuntimeBuilder::evict_parked_after`]). For tests and benchmarks; not API.
+    #[doc(hidden)]
+    pub fn dormant_count(&self) -> usize {
+        self.inner.dormancy.count()
     }
 
     /// The ids of the pending workflows this runtime resumed when it opened.

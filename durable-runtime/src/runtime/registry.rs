@@ -14,7 +14,7 @@ use crate::codec::Codec;
 #[cfg(feature = "testkit")]
 use crate::engine::context::Instrument;
 use crate::engine::context::{Runs, RunsFuture, WorkflowCtx};
-use crate::engine::drive::{History, execute};
+use crate::engine::drive::{History, Ran, execute};
 use crate::engine::workflow::{ErasedWorkflow, Launch, Outcome};
 use crate::error::{CancelReason, Error, Result, StoreError, StoreErrorKind};
 use crate::journal::{
@@ -44,6 +44,8 @@ pub(crate) struct Inner {
     pub(super) stopped: Mutex<HashMap<Arc<str>, Error>>,
     #[cfg(feature = "testkit")]
     pub(super) instrument: Option<Arc<dyn Instrument>>,
+    /// Dormant runs: how they go dormant and are woken (see `dormant`).
+    pub(super) dormancy: super::dormant::Dormancies,
 }
 
 /// A run this process is executing.
@@ -53,7 +55,32 @@ pub(super) struct Running {
     /// The workflow that started it as its child.
     pub(super) parent_id: Option<Arc<str>>,
     pub(super) outcome: watch::Receiver<Option<Outcome>>,
-    pub(super) ctx: Arc<WorkflowCtx>,
+    pub(super) state: RunState,
+}
+
+/// Whether a run's body is in memory.
+#[derive(Debug)]
+pub(super) enum RunState {
+    /// Its body runs (or waits) in a task of its own.
+    Live(Arc<WorkflowCtx>),
+    /// Its body was dropped while it waited; it is rebuilt by replay when woken.
+    Dormant(Box<super::dormant::DormantRun>),
+}
+
+impl Running {
+    /// The run's context, if its body is in memory.
+    pub(super) fn live(&self) -> Option<&Arc<WorkflowCtx>> {
+        match &self.state {
+            RunState::Live(ctx) => Some(ctx),
+            RunState::Dormant(_) => None,
+        }
+    }
+
+    /// Why the run was cancelled, if it was (a dormant run never is: its cancellation
+    /// ends it at once).
+    pub(super) fn cancelled(&self) -> Option<CancelReason> {
+        self.live().and_then(|ctx| ctx.cancelled())
+    }
 }
 
 /// How long [`Runtime::close`](crate::Runtime::close) lets running step bodies take.
@@ -96,9 +123,10 @@ impl Inner {
         // left. Each is asked to stop at its next step boundary, then, after the grace
         // period, at once.
         loop {
+            self.stop_dormant();
             let runs: Vec<_> = lock(&self.running)
                 .values()
-                .map(|r| (r.ctx.clone(), r.outcome.clone()))
+                .filter_map(|r| Some((r.live()?.clone(), r.outcome.clone())))
                 .collect();
             if runs.is_empty() {
                 break;
@@ -160,7 +188,13 @@ impl Inner {
             }
         }
         tx.send_replace(Some(outcome));
-        running.remove(id);
+        let parent = running.remove(id).and_then(|r| r.parent_id);
+        drop(running);
+        // A parent waiting for this child may be dormant: it is rebuilt, and finds the
+        // child's outcome.
+        if let Some(parent) = parent {
+            self.dormancy.wake(parent);
+        }
     }
 
     /// Adds a run to `running` (locked by the caller, who made sure the id is free) and
@@ -187,6 +221,18 @@ impl Inner {
         // A new run of this id: why an earlier one stopped no longer says anything.
         lock(&self.stopped).remove(id);
         let (tx, rx) = watch::channel(None);
+        let ctx = self.new_ctx(id);
+        let run = Running {
+            name,
+            parent_id,
+            outcome: rx,
+            state: RunState::Live(ctx.clone()),
+        };
+        (run, ctx, tx)
+    }
+
+    /// The context of a new execution of run `id`.
+    pub(super) fn new_ctx(self: &Arc<Self>, id: &Arc<str>) -> Arc<WorkflowCtx> {
         #[cfg_attr(not(feature = "testkit"), allow(unused_mut))]
         let mut ctx = WorkflowCtx::new(
             id.clone(),
@@ -194,18 +240,12 @@ impl Inner {
             Some(Arc::downgrade(&(self.clone() as Arc<dyn Runs>))),
             self.codec,
         );
+        ctx.dormancy = self.dormancy.of_run();
         #[cfg(feature = "testkit")]
         {
             ctx.instrument = self.instrument.clone();
         }
-        let ctx = Arc::new(ctx);
-        let run = Running {
-            name,
-            parent_id,
-            outcome: rx,
-            ctx: ctx.clone(),
-        };
-        (run, ctx, tx)
+        Arc::new(ctx)
     }
 
     /// Starts `launch` as workflow `id`, unless `id` exists (see
@@ -229,7 +269,7 @@ impl Inner {
                         v.insert(run);
                         break (ctx, tx);
                     }
-                    Entry::Occupied(e) if e.get().ctx.cancelled().is_none() => {
+                    Entry::Occupied(e) if e.get().cancelled().is_none() => {
                         let r = e.get();
                         if let Some(parent) = &launch.parent_id
                             && r.parent_id.as_ref() != Some(parent)
@@ -331,12 +371,32 @@ impl Inner {
             .acked(self.store.cancel(id.to_owned(), reason, now_ms()))
             .await?;
         let itself = ids.iter().any(|w| w == id);
-        let running = lock(&self.running);
-        for w in ids.iter().map(String::as_str).chain(std::iter::once(id)) {
-            if let Some(r) = running.get(w) {
-                tracing::info!(workflow = w, %reason, "cancelling workflow");
-                r.ctx.cancel(reason);
+        let mut dormant = Vec::new();
+        {
+            let mut running = lock(&self.running);
+            for w in ids.iter().map(String::as_str).chain(std::iter::once(id)) {
+                match running.get(w).map(|r| &r.state) {
+                    Some(RunState::Live(ctx)) => {
+                        tracing::info!(workflow = w, %reason, "cancelling workflow");
+                        ctx.cancel(reason);
+                    }
+                    // Recorded as cancelled, as pending or not: a dormant run ends
+                    // here, as its body would have at once.
+                    Some(RunState::Dormant(_)) if ids.iter().any(|c| c == w) => {
+                        tracing::info!(workflow = w, %reason, "cancelling dormant workflow");
+                        let why = Error::Cancelled {
+                            workflow_id: w.to_owned(),
+                            reason,
+                        };
+                        dormant.extend(self.end_dormant(&mut running, w, why));
+                    }
+                    _ => {}
+                }
             }
+        }
+        // Their parents, if dormant, find them cancelled.
+        for parent in dormant.into_iter().filter_map(|r| r.parent_id) {
+            self.dormancy.wake(parent);
         }
         Ok(itself)
     }
@@ -367,7 +427,7 @@ impl Inner {
         let family = format!("{id}/");
         let winding: Vec<_> = lock(&self.running)
             .iter()
-            .filter(|(w, r)| (&***w == id || w.starts_with(&family)) && r.ctx.cancelled().is_some())
+            .filter(|(w, r)| (&***w == id || w.starts_with(&family)) && r.cancelled().is_some())
             .map(|(_, r)| r.outcome.clone())
             .collect();
         for mut outcome in winding {
@@ -592,7 +652,15 @@ pub(super) async fn drive(
     tx: watch::Sender<Option<Outcome>>,
 ) {
     let id = ctx.id.clone();
-    let result = execute(&ctx, def, &input, history, deadline_at).await;
+    let result = match execute(&ctx, def, &input, history, deadline_at).await {
+        Ok(Ran::Output(output)) => Ok(output),
+        Ok(Ran::Dormant(asleep)) => {
+            drop(input);
+            inner.fall_asleep(ctx, def, tx, asleep);
+            return;
+        }
+        Err(e) => Err(e),
+    };
     let finished = match &result {
         Ok(output) => Some(Finished::Completed(output.clone())),
         Err(Error::Failed { kind, message, .. }) => Some(Finished::Failed(*kind, message.clone())),

@@ -17,8 +17,8 @@ use crate::RuntimeBuilder;
 use crate::engine::context::Instrument;
 use crate::error::{CancelReason, Error, StoreError};
 use crate::journal::{
-    Ack, Created, Finish, NewMessage, NewWorkflow, RecordedStep, SideRecords, StepKey, StepRecord,
-    Store, TxStep, Wait, WaitRecord, WorkflowRecord,
+    Ack, Created, Dormant, Finish, NewMessage, NewWorkflow, RecordedStep, SideRecords, StepKey,
+    StepRecord, Store, TxStep, Wait, WaitRecord, WorkflowRecord,
 };
 use crate::path::StepPath;
 use crate::util::lock;
@@ -362,6 +362,11 @@ macro_rules! forward_primitive_writes {
         fn transaction(&$self, step: TxStep) -> Ack {
             $before;
             $self.inner.transaction(step)
+        }
+
+        fn dormant(&$self, dormant: Dormant) -> Ack<bool> {
+            $before;
+            $self.inner.dormant(dormant)
         }
     };
 }

@@ -57,9 +57,9 @@ mod waits;
 mod writer;
 
 use super::{
-    Ack, Created, Damage, Finish, History, NewMessage, NewWorkflow, RecordedOutcome, RecordedStep,
-    Replier, SideRecords, StepKey, StepRecord, Store, TxStep, Wait, WaitRecord, WorkflowRecord,
-    may_commit_here,
+    Ack, Created, Damage, Dormant, Finish, History, NewMessage, NewWorkflow, RecordedOutcome,
+    RecordedStep, Replier, SideRecords, StepKey, StepRecord, Store, TxStep, Wait, WaitRecord,
+    WorkflowRecord, may_commit_here,
 };
 use crate::error::{CancelReason, StoreError, StoreErrorKind};
 use crate::path::StepPath;
@@ -401,6 +401,10 @@ impl Store for SqliteStore {
 
     fn transaction(&self, step: TxStep) -> Ack {
         self.write(|tx| Write::Transaction(step, tx))
+    }
+
+    fn dormant(&self, dormant: Dormant) -> Ack<bool> {
+        self.write(|tx| Write::Dormant(dormant, tx))
     }
 
     fn side_records(&self, workflow_id: &str) -> Result<SideRecords, StoreError> {

@@ -118,6 +118,8 @@ impl Writer {
                     "a transaction step reached a shared batch",
                 )),
             ),
+            // Never batched either; answered "not dormant", which changes nothing.
+            Write::Dormant(_, reply) => Reply::Finish(reply, Ok(false)),
         }
     }
 

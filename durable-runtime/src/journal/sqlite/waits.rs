@@ -3,6 +3,7 @@
 //! message or sets the event; their answers are recorded as their steps.
 
 use std::path::Path;
+use std::sync::{Arc, Weak};
 
 use rusqlite::{ErrorCode, OptionalExtension, params};
 
@@ -15,12 +16,20 @@ use super::sql_error;
 use super::writer::{Reply, SQL_RECORD, Writer};
 use crate::codec::{ByteBuf, Bytes, Codec, nested};
 use crate::error::{StoreError, StoreErrorKind};
-use crate::journal::{Replier, StepKey, Wait, WaitFor, WaitRecord};
+use crate::journal::{Dormant, Replier, StepKey, Wait, WaitFor, WaitRecord};
 
 /// A wait kept by the writer until what it waits for is written.
 pub(super) struct Parked {
     pub(super) record: Option<WaitRecord>,
     pub(super) reply: Replier<Option<Vec<u8>>>,
+}
+
+/// A wait of a dormant run, kept as a wake-up: a write of what it waits for takes
+/// nothing for it, and wakes the run (see [`Store::dormant`](crate::journal::Store)).
+pub(super) struct Token {
+    run: Arc<str>,
+    /// Gone once the run is not dormant any more.
+    alive: Weak<()>,
 }
 
 /// How often (in parked waits, at least) the writer drops the parked waits nobody waits
@@ -64,6 +73,70 @@ impl Writer {
             !p.reply.is_closed() && !same_step(p.record.as_ref(), parked.record.as_ref())
         });
         queue.push_back(parked);
+    }
+
+    /// Turns the parked waits of a run going dormant into wake-ups, if every one is
+    /// still parked and waited for; answers whether it did (see
+    /// [`Store::dormant`](crate::journal::Store)).
+    pub(super) fn go_dormant(&mut self, d: Dormant) -> bool {
+        let waits_here = |p: &Parked, at: &crate::path::StepPath| {
+            p.record
+                .as_ref()
+                .is_some_and(|r| r.key.workflow_id == d.run && r.key.path == *at)
+        };
+        let all_parked = d.waits.iter().all(|(what, at)| {
+            self.parked
+                .get(what)
+                .is_some_and(|q| q.iter().any(|p| !p.reply.is_closed() && waits_here(p, at)))
+        });
+        if !all_parked || d.alive.strong_count() == 0 {
+            return false;
+        }
+        self.dormancies += 1;
+        if self.dormancies >= self.next_dormant_sweep {
+            // As for parked waits (see `park`): a constant cost per dormancy.
+            self.dormant.retain(|_, tokens| {
+                tokens.retain(|t| t.alive.strong_count() > 0);
+                !tokens.is_empty()
+            });
+            let left = u64::try_from(self.dormant.len()).unwrap_or(u64::MAX);
+            self.next_dormant_sweep = self.dormancies.saturating_add(left.max(SWEEP_EVERY));
+        }
+        for (what, at) in d.waits {
+            if let Some(queue) = self.parked.get_mut(&what) {
+                // Dropping the reply is what the run's own wait sees: it is not polled
+                // again, so nobody hears it.
+                queue.retain(|p| !waits_here(p, &at));
+                if queue.is_empty() {
+                    self.parked.remove(&what);
+                }
+            }
+            self.dormant.entry(what).or_default().push(Token {
+                run: d.run.clone(),
+                alive: d.alive.clone(),
+            });
+        }
+        self.wakes = Some(d.wakes);
+        true
+    }
+
+    /// Wakes the dormant runs that wait for what the batch that just committed sent or
+    /// set: each is rebuilt by replay, and its new wait takes what was written.
+    pub(super) fn wake_dormant(&mut self) {
+        if self.dormant.is_empty() {
+            return;
+        }
+        let Some(wakes) = &self.wakes else {
+            return;
+        };
+        for what in &self.touched {
+            for token in self.dormant.remove(what).into_iter().flatten() {
+                if token.alive.strong_count() > 0 {
+                    // A runtime that is gone has nothing left to wake.
+                    let _ = wakes.send(token.run);
+                }
+            }
+        }
     }
 
     /// Answers the parked waits for what this batch sent or set, in this same

@@ -15,12 +15,12 @@ use rusqlite::Connection;
 
 use super::ops::step_error;
 use super::sql_error;
-use super::waits::Parked;
+use super::waits::{Parked, Token};
 use crate::codec::Codec;
 use crate::error::{CancelReason, StoreError};
 use crate::journal::{
-    Created, Finish, NewMessage, NewWorkflow, Replier, StepKey, StepRecord, TxStep, Wait, WaitFor,
-    WaitRecord,
+    Created, Dormant, Finish, NewMessage, NewWorkflow, Replier, StepKey, StepRecord, TxStep, Wait,
+    WaitFor, WaitRecord, Wakes,
 };
 use crate::path::StepPath;
 use crate::util::lock;
@@ -56,16 +56,16 @@ pub(super) enum Write {
     Cancel(String, CancelReason, i64, Replier<Vec<String>>),
     Resume(String, i64, Replier<Vec<String>>),
     Transaction(TxStep, Replier<()>),
+    /// Never batched: it looks at what earlier batches parked.
+    Dormant(Dormant, Replier<bool>),
 }
 
 impl Command {
-    pub(super) fn is_transaction(&self) -> bool {
-        matches!(self, Command::Write(w) if matches!(**w, Write::Transaction(..)))
-    }
-
-    /// Whether the writer thread runs this command on its own, outside any batch.
+    /// Whether the writer thread runs this command on its own, outside any batch: a
+    /// dormant run's waits must have been parked by the batches before it.
     fn is_alone(&self) -> bool {
-        self.is_transaction() || matches!(self, Command::Close | Command::Checkpoint)
+        matches!(self, Command::Close | Command::Checkpoint)
+            || matches!(self, Command::Write(w) if matches!(**w, Write::Transaction(..) | Write::Dormant(..)))
     }
 
     /// The bytes of values this command writes, if it is a write small and simple
@@ -96,7 +96,10 @@ impl Command {
                 Write::Wait(..) | Write::Expire(..) | Write::Started(..) | Write::Patch(..) => 0,
                 Write::GiveBack(..) => 0,
                 Write::Send(m, _) => m.payload.len(),
-                Write::Cancel(..) | Write::Resume(..) | Write::Transaction(..) => return None,
+                Write::Cancel(..)
+                | Write::Resume(..)
+                | Write::Transaction(..)
+                | Write::Dormant(..) => return None,
             },
             Command::Close | Command::Checkpoint => return None,
         })
@@ -211,17 +214,25 @@ pub(super) fn write_loop(
                     None => return,
                 }
             }
-            Some(Command::Write(w)) => {
-                if let Write::Transaction(step, reply) = *w {
-                    match lock(core).as_mut() {
-                        Some(writer) => {
-                            writer.transaction(path, step, reply, stats);
-                            writer.checkpoint_if_due();
-                        }
-                        None => return,
+            Some(Command::Write(w)) => match *w {
+                Write::Transaction(step, reply) => match lock(core).as_mut() {
+                    Some(writer) => {
+                        writer.transaction(path, step, reply, stats);
+                        writer.checkpoint_if_due();
                     }
+                    None => return,
+                },
+                Write::Dormant(dormant, reply) => {
+                    let done = match lock(core).as_mut() {
+                        Some(writer) => writer.go_dormant(dormant),
+                        None => return,
+                    };
+                    stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    drop(reply.send(Ok(done)));
                 }
-            }
+                // Only the two above are ever alone.
+                _ => {}
+            },
             _ => {}
         }
     }
@@ -297,6 +308,15 @@ pub(super) struct Writer {
     pub(super) conn: Connection,
     /// Waits that found nothing, by what they wait for.
     pub(super) parked: HashMap<WaitFor, VecDeque<Parked>>,
+    /// The waits of dormant runs, by what they wait for: a write of that wakes the run.
+    pub(super) dormant: HashMap<WaitFor, Vec<Token>>,
+    /// Where wake-ups of dormant runs go (given with the first run that went dormant).
+    pub(super) wakes: Option<Wakes>,
+    /// Runs that went dormant so far, to sweep the wake-ups of runs that are not any
+    /// more now and then.
+    pub(super) dormancies: u64,
+    /// At how many dormancies the next sweep of wake-ups runs.
+    pub(super) next_dormant_sweep: u64,
     /// What the batch being written sends or sets, to answer parked waits once it
     /// commits.
     pub(super) touched: Vec<WaitFor>,
@@ -344,6 +364,10 @@ impl Writer {
             codec,
             conn,
             parked: HashMap::new(),
+            dormant: HashMap::new(),
+            wakes: None,
+            dormancies: 0,
+            next_dormant_sweep: super::waits::SWEEP_EVERY,
             touched: Vec::new(),
             parks: 0,
             next_sweep: super::waits::SWEEP_EVERY,
@@ -511,6 +535,7 @@ impl Writer {
                 checkpoint: self.checkpoint_due,
             };
         }
+        self.wake_dormant();
         let mut answers = Vec::with_capacity(replies.len());
         for r in replies.drain(..) {
             match r {
@@ -609,6 +634,7 @@ pub(super) fn fail(c: Command, e: StoreError) {
         Command::Write(w) => match *w {
             Write::Wait(_, s) | Write::Expire(_, s) => drop(s.send(Err(e))),
             Write::Cancel(.., s) | Write::Resume(.., s) => drop(s.send(Err(e))),
+            Write::Dormant(_, s) => drop(s.send(Err(e))),
             Write::Started(.., s)
             | Write::Send(_, s)
             | Write::Patch(.., s)

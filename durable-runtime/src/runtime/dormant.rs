@@ -1,0 +1,336 @@
+//! Dormant runs: a run whose every live operation has been parked for a while (in a
+//! `recv`, a `get_event`, a `sleep`, a child's join) is dropped from memory, body,
+//! history and all, and rebuilt by replay when what it waits for may have come.
+//!
+//! What wakes a dormant run:
+//! - a message or an event it waits for: the journal's writer, in place of answering
+//!   the wait, sends the run's id once the write commits (see `Store::dormant`);
+//! - the end of a sleep, a wait's deadline or the run's own deadline: one timer for all
+//!   dormant runs, kept by the task in [`wake_loop`];
+//! - a child that settles: [`Inner::settle`] wakes its parent.
+//!
+//! A wake that finds the run's body still in memory (it is on its way to going dormant)
+//! marks it, and the run is rebuilt at once instead of going dormant: nothing that may
+//! answer a wait is lost between the two. A wake is only a hint: the rebuilt run
+//! replays to its waits, and those that have nothing yet park again.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::engine::context::{Dormancy, WorkflowCtx};
+use crate::engine::drive::{Asleep, History};
+use crate::engine::workflow::{ErasedWorkflow, Outcome};
+use crate::error::Error;
+use crate::journal::RecordStatus;
+use crate::util::{lock, now_ms};
+
+use super::registry::{Inner, RunState, Running, drive, recorded_outcome};
+
+/// A run whose body is not in memory: what it takes to rebuild it and to publish its
+/// outcome. The input and the history stay in the journal until then.
+#[derive(Debug)]
+pub(crate) struct DormantRun {
+    def: &'static dyn ErasedWorkflow,
+    pub(super) tx: watch::Sender<Option<Outcome>>,
+    /// The journal's wake-ups of its waits hold this weakly: they end with it.
+    _alive: Arc<()>,
+    /// Which dormancy of the run this is: a timer set for an earlier one is ignored.
+    generation: u64,
+}
+
+/// What the runtime keeps for its dormant runs.
+#[derive(Debug)]
+pub(crate) struct Dormancies {
+    /// How long a run must have been parked before it goes dormant; `None`: never.
+    after: Option<Duration>,
+    /// Where the journal sends the ids of dormant runs a write may have woken.
+    wakes: crate::journal::Wakes,
+    /// What the wake loop is told: timers, and when to look at the count again.
+    to_loop: mpsc::UnboundedSender<Notice>,
+    /// How many runs are dormant now.
+    count: AtomicUsize,
+    generations: AtomicU64,
+}
+
+/// What the wake loop is told.
+#[derive(Debug)]
+enum Notice {
+    /// Run `id` went dormant (its `generation`), and wakes at `until` if nothing wakes
+    /// it first. Holds the runtime: a runtime whose handles were all dropped goes on
+    /// while any of its runs is dormant, as it does while one runs.
+    Asleep {
+        id: Arc<str>,
+        generation: u64,
+        until: Option<i64>,
+        keep: Arc<Inner>,
+    },
+    /// Dormant runs ended without the loop (cancelled, stopped): if none is left, the
+    /// loop lets the runtime go.
+    Recount,
+}
+
+/// The receiving ends of a runtime's wake-ups, for [`wake_loop`].
+pub(super) struct Wakeups {
+    wakes: mpsc::UnboundedReceiver<Arc<str>>,
+    notices: mpsc::UnboundedReceiver<Notice>,
+}
+
+impl Dormancies {
+    /// Dormancy after `after` parked (never, if `None`), and the receiving ends of its
+    /// wake-ups, for [`wake_loop`].
+    pub(super) fn new(after: Option<Duration>) -> (Self, Wakeups) {
+        let (wakes, wakes_rx) = mpsc::unbounded_channel();
+        let (to_loop, notices) = mpsc::unbounded_channel();
+        let dormancies = Dormancies {
+            after,
+            wakes,
+            to_loop,
+            count: AtomicUsize::new(0),
+            generations: AtomicU64::new(0),
+        };
+        let wakeups = Wakeups {
+            wakes: wakes_rx,
+            notices,
+        };
+        (dormancies, wakeups)
+    }
+
+    /// How a new execution goes dormant, if it may.
+    pub(super) fn of_run(&self) -> Option<Dormancy> {
+        Some(Dormancy {
+            after: self.after?,
+            wakes: self.wakes.clone(),
+        })
+    }
+
+    /// Wakes run `id` (see [`Inner::wake`]) from the wake loop.
+    pub(super) fn wake(&self, id: Arc<str>) {
+        // A runtime that is gone has no runs left to wake.
+        let _ = self.wakes.send(id);
+    }
+
+    /// How many runs are dormant now.
+    pub(super) fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+}
+
+impl Inner {
+    /// A run whose body was just dropped while it waited: makes it dormant, or, if
+    /// something may have answered one of its waits meanwhile (or its time has come),
+    /// rebuilds it at once.
+    pub(super) fn fall_asleep(
+        self: &Arc<Self>,
+        ctx: Arc<WorkflowCtx>,
+        def: &'static dyn ErasedWorkflow,
+        tx: watch::Sender<Option<Outcome>>,
+        asleep: Asleep,
+    ) {
+        let id = ctx.id.clone();
+        let mut running = lock(&self.running);
+        let Some(run) = running
+            .get_mut(&id)
+            .filter(|r| r.live().is_some_and(|c| Arc::ptr_eq(c, &ctx)))
+        else {
+            // Not this execution's entry: nothing to put to sleep (it cannot happen;
+            // the handles then see the run as stopped).
+            return;
+        };
+        if self.closing.load(Ordering::Acquire) || ctx.cancelled().is_some() {
+            drop(running);
+            // As the body would have ended: stopped by the close, or cancelled (the
+            // cancellation is recorded by whoever asked for it).
+            let why = match ctx.cancelled() {
+                Some(reason) => Error::Cancelled {
+                    workflow_id: id.to_string(),
+                    reason,
+                },
+                None => Error::Stopped {
+                    workflow_id: id.to_string(),
+                },
+            };
+            self.settle(&id, &tx, Arc::new(Err(why)));
+            return;
+        }
+        let due = asleep.until.is_some_and(|at| at <= now_ms());
+        if due || ctx.wake_asked.load(Ordering::Acquire) {
+            let ctx = self.new_ctx(&id);
+            run.state = RunState::Live(ctx.clone());
+            drop(running);
+            tracing::debug!(workflow = %id, "woken while going dormant; rebuilding it");
+            tokio::spawn(rebuild(self.clone(), ctx, def, tx));
+            return;
+        }
+        let generation = self.dormancy.generations.fetch_add(1, Ordering::Relaxed);
+        run.state = RunState::Dormant(Box::new(DormantRun {
+            def,
+            tx,
+            _alive: asleep.alive,
+            generation,
+        }));
+        self.dormancy.count.fetch_add(1, Ordering::AcqRel);
+        drop(running);
+        tracing::debug!(workflow = %id, "parked; dormant until woken");
+        // The loop outlives the runtime's handles while it holds this.
+        let _ = self.dormancy.to_loop.send(Notice::Asleep {
+            id,
+            generation,
+            until: asleep.until,
+            keep: self.clone(),
+        });
+    }
+
+    /// Something run `id` may wait for happened: a dormant run is rebuilt (if
+    /// `generation` is given, only that dormancy of it: a timer's); one on its way to
+    /// going dormant is marked, and rebuilt instead.
+    pub(super) fn wake(self: &Arc<Self>, id: &str, generation: Option<u64>) {
+        let mut running = lock(&self.running);
+        let Some(key) = running.get_key_value(id).map(|(k, _)| k.clone()) else {
+            return;
+        };
+        let Some(run) = running.get_mut(id) else {
+            return;
+        };
+        let (def, tx) = match &run.state {
+            RunState::Live(ctx) => {
+                if generation.is_none() {
+                    ctx.wake_asked.store(true, Ordering::Release);
+                }
+                return;
+            }
+            RunState::Dormant(d) if generation.is_some_and(|g| g != d.generation) => return,
+            // A closing runtime stops its dormant runs itself.
+            RunState::Dormant(_) if self.closing.load(Ordering::Acquire) => return,
+            RunState::Dormant(d) => (d.def, d.tx.clone()),
+        };
+        let ctx = self.new_ctx(&key);
+        run.state = RunState::Live(ctx.clone());
+        self.dormancy.count.fetch_sub(1, Ordering::AcqRel);
+        drop(running);
+        tracing::debug!(workflow = %id, "woken; rebuilding it by replay");
+        tokio::spawn(rebuild(self.clone(), ctx, def, tx));
+    }
+
+    /// Ends run `id`, if it is dormant, with `why` (its cancellation, or a stop): its
+    /// handles see it as they would have seen its body end. Under `running`'s lock, as
+    /// in [`Inner::settle`]; answers the run's entry, whose parent the caller wakes
+    /// once it has let go of the lock.
+    pub(super) fn end_dormant(
+        &self,
+        running: &mut HashMap<Arc<str>, Running>,
+        id: &str,
+        why: Error,
+    ) -> Option<Running> {
+        if !matches!(running.get(id)?.state, RunState::Dormant(_)) {
+            return None;
+        }
+        let run = running.remove(id)?;
+        if let RunState::Dormant(d) = &run.state {
+            lock(&self.stopped).remove(id);
+            d.tx.send_replace(Some(Arc::new(Err(why))));
+        }
+        self.dormancy.count.fetch_sub(1, Ordering::AcqRel);
+        let _ = self.dormancy.to_loop.send(Notice::Recount);
+        Some(run)
+    }
+
+    /// Stops every dormant run (the runtime is closing): each stays pending in the
+    /// journal, and its handles return [`Error::Stopped`], as a waiting run's do.
+    pub(super) fn stop_dormant(&self) {
+        let mut running = lock(&self.running);
+        let ids: Vec<Arc<str>> = running
+            .iter()
+            .filter(|(_, r)| matches!(r.state, RunState::Dormant(_)))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            let why = Error::Stopped {
+                workflow_id: id.to_string(),
+            };
+            // Their parents are stopping too: none is woken.
+            drop(self.end_dormant(&mut running, &id, why));
+        }
+    }
+}
+
+/// Rebuilds a woken run: reads its input (and whether it is still pending), then runs
+/// it from its recorded history, as at an open.
+async fn rebuild(
+    inner: Arc<Inner>,
+    ctx: Arc<WorkflowCtx>,
+    def: &'static dyn ErasedWorkflow,
+    tx: watch::Sender<Option<Outcome>>,
+) {
+    let id = ctx.id.clone();
+    let outcome = match inner.record(&id).await {
+        Ok(Some(record)) if record.status == RecordStatus::Pending && record.damage().is_none() => {
+            let (input, deadline_at) = (record.input, record.deadline_at);
+            return drive(inner, ctx, def, input, History::Journaled, deadline_at, tx).await;
+        }
+        Ok(Some(record)) => recorded_outcome(inner.store.path(), record),
+        Ok(None) => Err(Error::NotFound {
+            workflow_id: id.to_string(),
+        }),
+        Err(e) => {
+            tracing::error!(workflow = %id, "cannot rebuild the woken workflow: {e}; it stays pending in the journal");
+            Err(e)
+        }
+    };
+    inner.settle(&id, &tx, Arc::new(outcome));
+}
+
+/// Wakes dormant runs: those the journal names (a message or an event they wait for
+/// was written), and those whose time comes. Runs until the runtime is gone.
+pub(super) async fn wake_loop(inner: Weak<Inner>, mut wakeups: Wakeups) {
+    // (when, generation, run), earliest first.
+    let mut timers: BTreeSet<(i64, u64, Arc<str>)> = BTreeSet::new();
+    // The runtime, held while any run is dormant.
+    let mut keep: Option<Arc<Inner>> = None;
+    loop {
+        let next = timers.first().map(|(at, ..)| *at);
+        let sleep = async {
+            match next {
+                Some(at) => crate::primitives::sleep_until_ms(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            woken = wakeups.wakes.recv() => {
+                let Some(id) = woken else { return };
+                if let Some(inner) = inner.upgrade() {
+                    inner.wake(&id, None);
+                }
+            }
+            notice = wakeups.notices.recv() => match notice {
+                None => return,
+                Some(Notice::Asleep { id, generation, until, keep: held }) => {
+                    if let Some(at) = until {
+                        timers.insert((at, generation, id));
+                    }
+                    keep = Some(held);
+                }
+                Some(Notice::Recount) => {}
+            },
+            () = sleep => {
+                let now = now_ms();
+                while let Some((at, generation, id)) = timers.pop_first() {
+                    if at > now {
+                        timers.insert((at, generation, id));
+                        break;
+                    }
+                    if let Some(inner) = inner.upgrade() {
+                        inner.wake(&id, Some(generation));
+                    }
+                }
+            }
+        }
+        if keep.as_ref().is_some_and(|k| k.dormancy.count() == 0) {
+            keep = None;
+        }
+    }
+}
