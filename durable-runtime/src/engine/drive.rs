@@ -171,6 +171,9 @@ pub(crate) async fn run_body(
             Some(Poll::Pending) => return Poll::Pending,
             None => {}
         }
+        // What woke the run before this poll, the poll sees (see `go_dormant`).
+        ctx.wake_asked
+            .store(false, std::sync::atomic::Ordering::Release);
         match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut body).poll(cx))) {
             // Finished after a cancellation was asked for (its last step ran to its
             // end): the cancellation stands, as the journal records it.
@@ -279,12 +282,13 @@ fn go_dormant(
                 *eviction = Eviction::Idle;
                 return None;
             }
+            // Something may have answered a wait since the body's last poll (a child
+            // settled): the body sees it first.
+            if ctx.wake_asked.load(std::sync::atomic::Ordering::Acquire) {
+                return None;
+            }
             let dormancy = ctx.dormancy.as_ref()?;
             let waits = ctx.dormant_waits();
-            // From here, whatever may answer one of its waits wakes the run (see
-            // `Runs::wake`) instead of being lost with its body.
-            ctx.wake_asked
-                .store(false, std::sync::atomic::Ordering::Release);
             let alive = Arc::new(());
             let ack = ctx.store.dormant(crate::journal::Dormant {
                 run: ctx.id.clone(),
