@@ -84,6 +84,8 @@ pub(crate) struct WorkflowCtx {
     /// Writes of the primitives (and child starts) whose answer the run awaits (see
     /// [`WorkflowCtx::busy`]): a run with one is not parked.
     busy: AtomicUsize,
+    /// Futures the body spawned that are still alive (see [`WorkflowCtx::spawned`]).
+    spawns: AtomicUsize,
     /// Set with `Fatal::cancelled` or `Fatal::closing`, readable without the lock on
     /// every step: no new step body starts.
     stop_asked: AtomicBool,
@@ -191,6 +193,17 @@ impl Drop for ActiveBody {
     }
 }
 
+/// Held by a future the body spawned, until it is dropped: see
+/// [`WorkflowCtx::spawned`].
+#[derive(Debug)]
+pub(crate) struct LiveSpawn(Arc<WorkflowCtx>);
+
+impl Drop for LiveSpawn {
+    fn drop(&mut self) {
+        self.0.spawns.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Held while a primitive awaits the answer to a write: see [`WorkflowCtx::busy`].
 #[derive(Debug)]
 pub(crate) struct Busy(Arc<WorkflowCtx>);
@@ -232,6 +245,7 @@ impl WorkflowCtx {
             active: AtomicUsize::new(0),
             open_steps: AtomicUsize::new(0),
             busy: AtomicUsize::new(0),
+            spawns: AtomicUsize::new(0),
             stop_asked: AtomicBool::new(false),
             spin: Mutex::default(),
             parked: Mutex::default(),
@@ -299,6 +313,7 @@ impl WorkflowCtx {
             && self.active.load(Ordering::Acquire) == 0
             && self.open_steps.load(Ordering::Acquire) == 0
             && self.busy.load(Ordering::Acquire) == 0
+            && self.spawns.load(Ordering::Acquire) == 0
             && !lock(&self.parked).is_empty()
     }
 
@@ -320,6 +335,20 @@ impl WorkflowCtx {
     pub(crate) fn busy(self: &Arc<Self>) -> Busy {
         self.busy.fetch_add(1, Ordering::AcqRel);
         Busy(self.clone())
+    }
+
+    /// Counts a future the body spawned (a branch passed to `tokio::spawn`), until the
+    /// returned guard is dropped: it runs outside the body's polls, and would outlive
+    /// the body if the run went dormant, so a run with one never does.
+    pub(crate) fn spawned(self: &Arc<Self>) -> LiveSpawn {
+        self.spawns.fetch_add(1, Ordering::AcqRel);
+        LiveSpawn(self.clone())
+    }
+
+    /// Stops this execution for good once its body was dropped (it went dormant):
+    /// whatever of it still runs (nothing should) starts no step and writes nothing.
+    pub(crate) fn retire(&self) {
+        self.stop_asked.store(true, Ordering::Release);
     }
 
     /// Counts a step that will record a result, until the returned guard is dropped.

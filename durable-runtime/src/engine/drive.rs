@@ -306,6 +306,7 @@ fn go_dormant(
                 else {
                     return None;
                 };
+                ctx.retire();
                 Some(Poll::Ready(Done::Dormant(Asleep { alive, until })))
             }
             // One of its waits was answered (or the journal could not say): nothing

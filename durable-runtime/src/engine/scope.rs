@@ -301,6 +301,9 @@ pin_project_lite::pin_project! {
     #[must_use = "futures do nothing unless you `.await` or poll them"]
     pub struct Spawned<F> {
         ctx: Option<Arc<WorkflowCtx>>,
+        // Counted in its run until dropped: a run with a spawned future alive does
+        // not go dormant (the future would outlive the body, see `WorkflowCtx::spawned`).
+        live: Option<crate::engine::context::LiveSpawn>,
         #[pin]
         fut: F,
     }
@@ -355,8 +358,10 @@ impl<T> SpawnArg<T> {
     }
 
     fn spawned(&self) -> Spawned<T> {
+        let ctx = current_workflow();
         Spawned {
-            ctx: current_workflow(),
+            live: ctx.as_ref().map(|c| c.spawned()),
+            ctx,
             fut: self.take(),
         }
     }

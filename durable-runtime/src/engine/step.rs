@@ -357,8 +357,12 @@ impl<B: StepBody> Step<B> {
             started_at: 0,
             start_recorded: false,
         };
+        // An interrupted step's record of its interruption is a write the run awaits
+        // too: the run is not parked until it is answered.
         let open = match &begin {
-            Begin::Run { claim, .. } => Some(claim.ctx.open_step()),
+            Begin::Run { claim, .. } | Begin::Interrupted { claim, .. } => {
+                Some(claim.ctx.open_step())
+            }
             _ => None,
         };
         let state = match begin {

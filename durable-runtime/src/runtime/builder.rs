@@ -78,13 +78,25 @@ impl RuntimeBuilder {
     ///
     /// ```
     /// use std::time::Duration;
+    /// use durable_runtime::{Runtime, recv, workflow};
+    ///
+    /// #[workflow]
+    /// async fn leave_approval() -> bool {
+    ///     recv::<bool>("approved", None).await.ok().flatten().unwrap_or(false)
+    /// }
+    ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), durable_runtime::Error> {
     /// # let dir = tempfile::tempdir().unwrap();
-    /// let rt = durable_runtime::Runtime::builder(dir.path().join("journal.db"))
-    ///     .evict_parked_after(Duration::from_secs(60))
+    /// let rt = Runtime::builder(dir.path().join("journal.db"))
+    ///     .evict_parked_after(Duration::from_millis(10))
     ///     .open()
     ///     .await?;
+    /// let h = rt.start_with_id("leave-7", leave_approval()).await?;
+    /// // Long enough for the workflow to go dormant; the message rebuilds it.
+    /// tokio::time::sleep(Duration::from_millis(50)).await;
+    /// rt.send("leave-7", "approved", &true).await?;
+    /// assert!(h.result().await?);
     /// # Ok(())
     /// # }
     /// ```

@@ -109,6 +109,10 @@ impl Dormancies {
 
     /// Wakes run `id` (see [`Inner::wake`]) from the wake loop.
     pub(super) fn wake(&self, id: Arc<str>) {
+        if self.after.is_none() {
+            // No run ever goes dormant: nothing to wake.
+            return;
+        }
         // A runtime that is gone has no runs left to wake.
         let _ = self.wakes.send(id);
     }
@@ -286,8 +290,10 @@ async fn rebuild(
 /// Wakes dormant runs: those the journal names (a message or an event they wait for
 /// was written), and those whose time comes. Runs until the runtime is gone.
 pub(super) async fn wake_loop(inner: Weak<Inner>, mut wakeups: Wakeups) {
-    // (when, generation, run), earliest first.
+    // (when, generation, run), earliest first; and each run's latest, so that a run
+    // that goes dormant again replaces its timer rather than adding one.
     let mut timers: BTreeSet<(i64, u64, Arc<str>)> = BTreeSet::new();
+    let mut latest: HashMap<Arc<str>, (i64, u64)> = HashMap::new();
     // The runtime, held while any run is dormant.
     let mut keep: Option<Arc<Inner>> = None;
     loop {
@@ -299,7 +305,7 @@ pub(super) async fn wake_loop(inner: Weak<Inner>, mut wakeups: Wakeups) {
             }
         };
         tokio::select! {
-            biased;
+            // Unbiased: a stream of wakes must not hold back new timers.
             woken = wakeups.wakes.recv() => {
                 let Some(id) = woken else { return };
                 if let Some(inner) = inner.upgrade() {
@@ -309,7 +315,11 @@ pub(super) async fn wake_loop(inner: Weak<Inner>, mut wakeups: Wakeups) {
             notice = wakeups.notices.recv() => match notice {
                 None => return,
                 Some(Notice::Asleep { id, generation, until, keep: held }) => {
+                    if let Some((at, g)) = latest.remove(&id) {
+                        timers.remove(&(at, g, id.clone()));
+                    }
                     if let Some(at) = until {
+                        latest.insert(id.clone(), (at, generation));
                         timers.insert((at, generation, id));
                     }
                     keep = Some(held);
@@ -323,6 +333,7 @@ pub(super) async fn wake_loop(inner: Weak<Inner>, mut wakeups: Wakeups) {
                         timers.insert((at, generation, id));
                         break;
                     }
+                    latest.remove(&id);
                     if let Some(inner) = inner.upgrade() {
                         inner.wake(&id, Some(generation));
                     }
