@@ -437,3 +437,61 @@ async fn ping_pong_through_dormancy() {
     assert_eq!(r.expect("hung").expect("result"), (0..n).sum::<u32>());
     assert_eq!(b.result().await.expect("b"), n - 1);
 }
+
+// ---------------------------------------------------------------------------------
+// 4. A dormant parent's cancelled child, resumed: the cancellation wakes the parent,
+//    whose replay watches the child while the resume is registering it. The parent
+//    must get the child's outcome, never "stopped".
+
+#[workflow]
+async fn go_kid(k: u64) -> u64 {
+    recv::<u64>("go", None).await.ok().flatten().unwrap_or(0) + k
+}
+
+#[workflow]
+async fn parent_of_handle() -> String {
+    let c = match durable_runtime::start_child(go_kid(10)).await {
+        Ok(c) => c,
+        Err(e) => return format!("start err {e}"),
+    };
+    match c.result().await {
+        Ok(v) => format!("ok {v}"),
+        Err(e) => format!("err {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dormant_parent_of_a_resumed_child_gets_its_outcome() {
+    let mut outcomes: HashMap<String, u32> = HashMap::new();
+    for i in 0..40 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = open(&dir.path().join("j.db")).await;
+        let id = format!("loop-{i}");
+        let h = rt
+            .start_with_id(&id, parent_of_handle())
+            .await
+            .expect("start");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while rt.dormant_count() < 2 {
+            assert!(Instant::now() < deadline, "{} dormant", rt.dormant_count());
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let kid = format!("{id}/1");
+        rt.cancel(&kid).await.expect("cancel");
+        rt.resume(&kid).await.expect("resume");
+        rt.send(&kid, "go", &1u64).await.expect("send");
+        let r = tokio::time::timeout(Duration::from_secs(10), h.result())
+            .await
+            .expect("the parent hung");
+        let key = match r {
+            Ok(s) => s.split(' ').next().unwrap_or_default().to_owned(),
+            Err(e) => format!("Err {e}"),
+        };
+        *outcomes.entry(key).or_default() += 1;
+    }
+    // The child's cancellation or its result after the resume: both are its outcome.
+    assert!(
+        outcomes.keys().all(|k| k == "ok" || k == "err"),
+        "{outcomes:?}"
+    );
+}

@@ -157,6 +157,8 @@ impl RuntimeBuilder {
             stopped: Mutex::default(),
             close: Mutex::default(),
             dormancy,
+            resuming: Mutex::default(),
+            resumes: std::sync::atomic::AtomicU64::new(0),
         });
         tokio::spawn(super::dormant::wake_loop(Arc::downgrade(&inner), wakeups));
         // Every resumed run is in `running` before any of them runs: a parent resuming

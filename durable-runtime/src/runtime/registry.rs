@@ -46,6 +46,29 @@ pub(crate) struct Inner {
     pub(super) instrument: Option<Arc<dyn Instrument>>,
     /// Dormant runs: how they go dormant and are woken (see `dormant`).
     pub(super) dormancy: super::dormant::Dormancies,
+    /// Resumes in progress, by the workflow resumed: its family is pending in the
+    /// journal before its runs are registered, and a handle looking meanwhile waits for
+    /// the resume rather than take a pending run for one that cannot run here.
+    pub(super) resuming: Mutex<Vec<(String, watch::Receiver<bool>)>>,
+    /// Counts resumes begun and ended: a handle that read a run as pending while it
+    /// changed looks again.
+    pub(super) resumes: std::sync::atomic::AtomicU64,
+}
+
+/// Holds a resume in [`Inner::resuming`] until dropped.
+struct Resuming<'a> {
+    inner: &'a Inner,
+    done: watch::Sender<bool>,
+}
+
+impl Drop for Resuming<'_> {
+    fn drop(&mut self) {
+        // Counted before it leaves the list: a handle that finds neither it in the list
+        // nor the count changed read the journal before the resume began.
+        self.inner.resumes.fetch_add(1, Ordering::AcqRel);
+        lock(&self.inner.resuming).retain(|(_, rx)| !rx.same_channel(&self.done.subscribe()));
+        self.done.send_replace(true);
+    }
 }
 
 /// A run this process is executing.
@@ -307,12 +330,42 @@ impl Inner {
     /// What a handle of workflow `id` watches: its run in this process, or its recorded
     /// outcome.
     pub(crate) async fn outcome_of(&self, id: &str) -> Result<watch::Receiver<Option<Outcome>>> {
-        if let Some(r) = lock(&self.running).get(id) {
-            return Ok(r.outcome.clone());
-        }
-        let record = self.record(id).await?.ok_or_else(|| Error::NotFound {
-            workflow_id: id.to_owned(),
-        })?;
+        let record = loop {
+            let epoch = self.resumes.load(Ordering::Acquire);
+            if let Some(r) = lock(&self.running).get(id) {
+                return Ok(r.outcome.clone());
+            }
+            let record = self.record(id).await?.ok_or_else(|| Error::NotFound {
+                workflow_id: id.to_owned(),
+            })?;
+            if record.status == RecordStatus::Pending
+                && self.resumes.load(Ordering::Acquire) != epoch
+            {
+                // A resume began or ended during the read: it may have made the run
+                // pending and registered it. Look again.
+                continue;
+            }
+            // Pending and not running: a resume of its family may be registering it.
+            let resumes: Vec<_> = match record.status {
+                RecordStatus::Pending => lock(&self.resuming)
+                    .iter()
+                    .filter(|(root, _)| {
+                        id == root
+                            || id
+                                .strip_prefix(root.as_str())
+                                .is_some_and(|rest| rest.starts_with('/'))
+                    })
+                    .map(|(_, rx)| rx.clone())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if resumes.is_empty() {
+                break record;
+            }
+            for mut done in resumes {
+                let _ = done.wait_for(|d| *d).await;
+            }
+        };
         let (tx, rx) = watch::channel(None);
         match record.status {
             // Pending but not running here: it could not be resumed (see
@@ -433,6 +486,10 @@ impl Inner {
         for mut outcome in winding {
             let _ = outcome.wait_for(Option::is_some).await;
         }
+        let (done, watching) = watch::channel(false);
+        lock(&self.resuming).push((id.to_owned(), watching));
+        self.resumes.fetch_add(1, Ordering::AcqRel);
+        let _resuming = Resuming { inner: self, done };
         let ids = self
             .acked(self.store.resume(id.to_owned(), now_ms()))
             .await?;
