@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use durable_runtime::{
@@ -14,50 +12,7 @@ use durable_runtime::{
     step, workflow,
 };
 
-/// A runtime whose parked workflows go dormant at once.
-async fn open(path: &std::path::Path) -> Runtime {
-    Runtime::builder(path)
-        .durability(durable_runtime::Durability::Off)
-        .evict_parked_after(Duration::ZERO)
-        .open()
-        .await
-        .expect("open")
-}
-
-/// How many times each step body ran, by workflow id and step name.
-static RAN: Mutex<Option<HashMap<(String, &'static str), u32>>> = Mutex::new(None);
-
-fn ran(name: &'static str) {
-    let id = durable_runtime::step_context()
-        .map(|s| s.workflow_id().to_owned())
-        .unwrap_or_default();
-    let mut ran = RAN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    *ran.get_or_insert_default().entry((id, name)).or_default() += 1;
-}
-
-fn runs_of(id: &str, name: &'static str) -> u32 {
-    let ran = RAN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    ran.as_ref()
-        .and_then(|r| r.get(&(id.to_owned(), name)).copied())
-        .unwrap_or(0)
-}
-
-/// Waits until `n` workflows of `rt` are dormant.
-async fn until_dormant(rt: &Runtime, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while rt.dormant_count() != n {
-        assert!(
-            Instant::now() < deadline,
-            "{} workflows dormant, not {n}",
-            rt.dormant_count()
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
+use common::{open_dormant as open, ran, runs_of, until_dormant};
 
 #[step]
 async fn before(x: u64) -> u64 {

@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -15,35 +14,7 @@ use durable_runtime::{
     set_event, sleep, step, workflow,
 };
 
-async fn open(path: &std::path::Path) -> Runtime {
-    Runtime::builder(path)
-        .durability(durable_runtime::Durability::Off)
-        .evict_parked_after(Duration::ZERO)
-        .open()
-        .await
-        .expect("open")
-}
-
-static RAN: Mutex<Option<HashMap<(String, &'static str), u32>>> = Mutex::new(None);
-
-fn ran(name: &'static str) {
-    let id = durable_runtime::step_context()
-        .map(|s| s.workflow_id().to_owned())
-        .unwrap_or_default();
-    let mut ran = RAN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    *ran.get_or_insert_default().entry((id, name)).or_default() += 1;
-}
-
-fn runs_of(id: &str, name: &'static str) -> u32 {
-    let ran = RAN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    ran.as_ref()
-        .and_then(|r| r.get(&(id.to_owned(), name)).copied())
-        .unwrap_or(0)
-}
+use common::{open_dormant as open, ran, runs_of};
 
 // ---------------------------------------------------------------------------------
 // 1. A `fail_if_interrupted` step found interrupted at recovery records its failure

@@ -64,3 +64,51 @@ pub async fn try_reopen(path: &Path) -> Result<Runtime, Error> {
 pub async fn reopen(path: &Path) -> Runtime {
     try_reopen(path).await.expect("reopen journal")
 }
+
+/// A runtime (at `OFF`) whose parked workflows go dormant at once.
+pub async fn open_dormant(path: &Path) -> Runtime {
+    Runtime::builder(path)
+        .durability(Durability::Off)
+        .evict_parked_after(Duration::ZERO)
+        .open()
+        .await
+        .expect("open")
+}
+
+/// How many times each step body ran, by workflow id and step name (see [`ran`]).
+static RAN: std::sync::Mutex<Option<std::collections::HashMap<(String, &'static str), u32>>> =
+    std::sync::Mutex::new(None);
+
+/// Counts a run of step body `name`, called from the body.
+pub fn ran(name: &'static str) {
+    let id = durable_runtime::step_context()
+        .map(|s| s.workflow_id().to_owned())
+        .unwrap_or_default();
+    let mut ran = RAN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *ran.get_or_insert_default().entry((id, name)).or_default() += 1;
+}
+
+/// How many times step body `name` of workflow `id` ran (see [`ran`]).
+pub fn runs_of(id: &str, name: &'static str) -> u32 {
+    let ran = RAN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    ran.as_ref()
+        .and_then(|r| r.get(&(id.to_owned(), name)).copied())
+        .unwrap_or(0)
+}
+
+/// Waits (up to 20 s) until exactly `n` workflows of `rt` are dormant.
+pub async fn until_dormant(rt: &Runtime, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while rt.dormant_count() != n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} workflows dormant, not {n}",
+            rt.dormant_count()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
