@@ -81,11 +81,10 @@ pub(crate) struct WorkflowCtx {
     /// Steps called and not yet finished that will record a result (see
     /// [`WorkflowCtx::open_step`]).
     open_steps: AtomicUsize,
-    /// Writes of the primitives (and child starts) whose answer the run awaits (see
-    /// [`WorkflowCtx::busy`]): a run with one is not parked.
+    /// Writes of the primitives (and child starts) whose answer the run awaits, and
+    /// futures the body spawned that are alive (see [`WorkflowCtx::busy`]): a run with
+    /// one is not parked.
     busy: AtomicUsize,
-    /// Futures the body spawned that are still alive (see [`WorkflowCtx::spawned`]).
-    spawns: AtomicUsize,
     /// Set with `Fatal::cancelled` or `Fatal::closing`, readable without the lock on
     /// every step: no new step body starts.
     stop_asked: AtomicBool,
@@ -193,18 +192,8 @@ impl Drop for ActiveBody {
     }
 }
 
-/// Held by a future the body spawned, until it is dropped: see
-/// [`WorkflowCtx::spawned`].
-#[derive(Debug)]
-pub(crate) struct LiveSpawn(Arc<WorkflowCtx>);
-
-impl Drop for LiveSpawn {
-    fn drop(&mut self) {
-        self.0.spawns.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Held while a primitive awaits the answer to a write: see [`WorkflowCtx::busy`].
+/// Held while a primitive awaits the answer to a write, or a future the body spawned
+/// is alive: see [`WorkflowCtx::busy`].
 #[derive(Debug)]
 pub(crate) struct Busy(Arc<WorkflowCtx>);
 
@@ -245,7 +234,6 @@ impl WorkflowCtx {
             active: AtomicUsize::new(0),
             open_steps: AtomicUsize::new(0),
             busy: AtomicUsize::new(0),
-            spawns: AtomicUsize::new(0),
             stop_asked: AtomicBool::new(false),
             spin: Mutex::default(),
             parked: Mutex::default(),
@@ -313,7 +301,6 @@ impl WorkflowCtx {
             && self.active.load(Ordering::Acquire) == 0
             && self.open_steps.load(Ordering::Acquire) == 0
             && self.busy.load(Ordering::Acquire) == 0
-            && self.spawns.load(Ordering::Acquire) == 0
             && !lock(&self.parked).is_empty()
     }
 
@@ -329,20 +316,15 @@ impl WorkflowCtx {
         }
     }
 
-    /// Counts a write (or a child's start) whose answer the run awaits, until the
-    /// returned guard is dropped: its answer will wake the body, so the run is not
-    /// parked meanwhile.
-    pub(crate) fn busy(self: &Arc<Self>) -> Busy {
+    /// Counts, until the returned guard is dropped, a write (or a child's start) whose
+    /// answer the run awaits (the answer will wake the body), or a future the body
+    /// spawned (a branch passed to `tokio::spawn`, which runs outside the body's polls
+    /// and would outlive a dropped body): the run is not parked meanwhile. Nothing to
+    /// count (`None`) for an execution that never goes dormant.
+    pub(crate) fn busy(self: &Arc<Self>) -> Option<Busy> {
+        self.dormancy.as_ref()?;
         self.busy.fetch_add(1, Ordering::AcqRel);
-        Busy(self.clone())
-    }
-
-    /// Counts a future the body spawned (a branch passed to `tokio::spawn`), until the
-    /// returned guard is dropped: it runs outside the body's polls, and would outlive
-    /// the body if the run went dormant, so a run with one never does.
-    pub(crate) fn spawned(self: &Arc<Self>) -> LiveSpawn {
-        self.spawns.fetch_add(1, Ordering::AcqRel);
-        LiveSpawn(self.clone())
+        Some(Busy(self.clone()))
     }
 
     /// Stops this execution for good once its body was dropped (it went dormant):

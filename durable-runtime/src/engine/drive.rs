@@ -171,9 +171,11 @@ pub(crate) async fn run_body(
             Some(Poll::Pending) => return Poll::Pending,
             None => {}
         }
-        // What woke the run before this poll, the poll sees (see `go_dormant`).
-        ctx.wake_asked
-            .store(false, std::sync::atomic::Ordering::Release);
+        if ctx.dormancy.is_some() {
+            // What woke the run before this poll, the poll sees (see `go_dormant`).
+            ctx.wake_asked
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
         match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut body).poll(cx))) {
             // Finished after a cancellation was asked for (its last step ran to its
             // end): the cancellation stands, as the journal records it.

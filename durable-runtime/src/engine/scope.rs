@@ -302,8 +302,8 @@ pin_project_lite::pin_project! {
     pub struct Spawned<F> {
         ctx: Option<Arc<WorkflowCtx>>,
         // Counted in its run until dropped: a run with a spawned future alive does
-        // not go dormant (the future would outlive the body, see `WorkflowCtx::spawned`).
-        live: Option<crate::engine::context::LiveSpawn>,
+        // not go dormant (the future would outlive the body, see `WorkflowCtx::busy`).
+        live: Option<crate::engine::context::Busy>,
         #[pin]
         fut: F,
     }
@@ -360,7 +360,7 @@ impl<T> SpawnArg<T> {
     fn spawned(&self) -> Spawned<T> {
         let ctx = current_workflow();
         Spawned {
-            live: ctx.as_ref().map(|c| c.spawned()),
+            live: ctx.as_ref().and_then(|c| c.busy()),
             ctx,
             fut: self.take(),
         }

@@ -66,7 +66,8 @@ impl Drop for Resuming<'_> {
         // Counted before it leaves the list: a handle that finds neither it in the list
         // nor the count changed read the journal before the resume began.
         self.inner.resumes.fetch_add(1, Ordering::AcqRel);
-        lock(&self.inner.resuming).retain(|(_, rx)| !rx.same_channel(&self.done.subscribe()));
+        let mine = self.done.subscribe();
+        lock(&self.inner.resuming).retain(|(_, rx)| !rx.same_channel(&mine));
         self.done.send_replace(true);
     }
 }
@@ -349,12 +350,7 @@ impl Inner {
             let resumes: Vec<_> = match record.status {
                 RecordStatus::Pending => lock(&self.resuming)
                     .iter()
-                    .filter(|(root, _)| {
-                        id == root
-                            || id
-                                .strip_prefix(root.as_str())
-                                .is_some_and(|rest| rest.starts_with('/'))
-                    })
+                    .filter(|(root, _)| in_family(root, id))
                     .map(|(_, rx)| rx.clone())
                     .collect(),
                 _ => Vec::new(),
@@ -475,12 +471,10 @@ impl Inner {
         }
         // Runs of this family still winding down from their cancellation (a step body
         // finishing) end first: a resumed run must be the only one, and an old run must
-        // not finish a row that is pending again. Children's ids start with their
-        // parent's and a `/`.
-        let family = format!("{id}/");
+        // not finish a row that is pending again.
         let winding: Vec<_> = lock(&self.running)
             .iter()
-            .filter(|(w, r)| (&***w == id || w.starts_with(&family)) && r.cancelled().is_some())
+            .filter(|(w, r)| in_family(id, w) && r.cancelled().is_some())
             .map(|(_, r)| r.outcome.clone())
             .collect();
         for mut outcome in winding {
@@ -617,6 +611,13 @@ pub(super) async fn admit(
             }
         }
     }
+}
+
+/// Whether workflow `id` is `root` or one of its descendants, whose ids start with
+/// their parent's and a `/`.
+fn in_family(root: &str, id: &str) -> bool {
+    id.strip_prefix(root)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 pub(super) fn child_taken(id: &str, parent: &str) -> Error {
