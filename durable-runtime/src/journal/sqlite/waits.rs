@@ -34,7 +34,44 @@ pub(super) struct Token {
 
 /// How often (in parked waits, at least) the writer drops the parked waits nobody waits
 /// for.
-pub(super) const SWEEP_EVERY: u64 = 1024;
+const SWEEP_EVERY: u64 = 1024;
+
+/// When to sweep a map of waits of the entries nobody waits for: after as many new
+/// entries as the last sweep left (at least [`SWEEP_EVERY`]), so that sweeping costs a
+/// constant per entry however many wait.
+#[derive(Debug)]
+pub(super) struct Sweeps {
+    /// Entries added so far.
+    added: u64,
+    /// At how many the next sweep runs.
+    next: u64,
+}
+
+impl Sweeps {
+    pub(super) fn new() -> Self {
+        Sweeps {
+            added: 0,
+            next: SWEEP_EVERY,
+        }
+    }
+
+    /// Counts one more entry; whether a sweep is due.
+    fn due(&mut self) -> bool {
+        self.added += 1;
+        self.added >= self.next
+    }
+
+    /// Notes a sweep that left `left` entries.
+    fn swept(&mut self, left: usize) {
+        let left = u64::try_from(left).unwrap_or(u64::MAX);
+        self.next = self.added.saturating_add(left.max(SWEEP_EVERY));
+    }
+
+    /// Entries added so far.
+    pub(super) fn added(&self) -> u64 {
+        self.added
+    }
+}
 
 /// The encoding of a wait's answer as its step's recorded output.
 fn encode_answer(codec: Codec, answer: Option<&[u8]>) -> Vec<u8> {
@@ -51,19 +88,15 @@ impl Writer {
     /// Keeps a wait that found nothing (its batch committed) until what it waits for
     /// is written.
     pub(super) fn park(&mut self, what: WaitFor, parked: Parked) {
-        self.parks += 1;
-        if self.parks >= self.next_sweep {
+        if self.park_sweeps.due() {
             // Outside callers that gave up (`Runtime::get_event` with a timeout) on
-            // keys nobody sets would otherwise stay for ever. The next sweep waits for
-            // as many parks as there are parked waits left (at least `SWEEP_EVERY`),
-            // so sweeping costs a constant per park however many wait: 100,000
-            // workflows parking at once swept 100 times over all of them.
+            // keys nobody sets would otherwise stay for ever. 100,000 workflows parking
+            // at once swept 100 times over all of them.
             self.parked.retain(|_, q| {
                 q.retain(|p| !p.reply.is_closed());
                 !q.is_empty()
             });
-            let left = u64::try_from(self.parked.len()).unwrap_or(u64::MAX);
-            self.next_sweep = self.parks.saturating_add(left.max(SWEEP_EVERY));
+            self.park_sweeps.swept(self.parked.len());
         }
         let queue = self.parked.entry(what).or_default();
         // Waiters that gave up (a timeout, a stopped workflow) are dropped here rather
@@ -92,20 +125,18 @@ impl Writer {
         if !all_parked || d.alive.strong_count() == 0 {
             return false;
         }
-        self.dormancies += 1;
-        if self.dormancies >= self.next_dormant_sweep {
-            // As for parked waits (see `park`): a constant cost per dormancy.
+        if self.dormant_sweeps.due() {
+            // Wake-ups of runs that were woken for another reason, or ended.
             self.dormant.retain(|_, tokens| {
                 tokens.retain(|t| t.alive.strong_count() > 0);
                 !tokens.is_empty()
             });
-            let left = u64::try_from(self.dormant.len()).unwrap_or(u64::MAX);
-            self.next_dormant_sweep = self.dormancies.saturating_add(left.max(SWEEP_EVERY));
+            self.dormant_sweeps.swept(self.dormant.len());
         }
         for (what, at) in d.waits {
             if let Some(queue) = self.parked.get_mut(&what) {
-                // Dropping the reply is what the run's own wait sees: it is not polled
-                // again, so nobody hears it.
+                // Dropping the reply wakes the run's task, which does not poll the body
+                // while the hand-over is under way (and drops it once it is done).
                 queue.retain(|p| !waits_here(p, &at));
                 if queue.is_empty() {
                     self.parked.remove(&what);

@@ -15,7 +15,7 @@ use rusqlite::Connection;
 
 use super::ops::step_error;
 use super::sql_error;
-use super::waits::{Parked, Token};
+use super::waits::{Parked, Sweeps, Token};
 use crate::codec::Codec;
 use crate::error::{CancelReason, StoreError};
 use crate::journal::{
@@ -312,18 +312,13 @@ pub(super) struct Writer {
     pub(super) dormant: HashMap<WaitFor, Vec<Token>>,
     /// Where wake-ups of dormant runs go (given with the first run that went dormant).
     pub(super) wakes: Option<Wakes>,
-    /// Runs that went dormant so far, to sweep the wake-ups of runs that are not any
-    /// more now and then.
-    pub(super) dormancies: u64,
-    /// At how many dormancies the next sweep of wake-ups runs.
-    pub(super) next_dormant_sweep: u64,
+    /// When to sweep the wake-ups of runs that are not dormant any more.
+    pub(super) dormant_sweeps: Sweeps,
     /// What the batch being written sends or sets, to answer parked waits once it
     /// commits.
     pub(super) touched: Vec<WaitFor>,
-    /// Waits parked so far, to sweep abandoned ones now and then.
-    pub(super) parks: u64,
-    /// At how many parks the next sweep runs.
-    pub(super) next_sweep: u64,
+    /// When to sweep the parked waits nobody waits for any more.
+    pub(super) park_sweeps: Sweeps,
     /// How the writer encodes the answers of waits it records.
     pub(super) codec: Codec,
     /// Whether the WAL has grown past [`CHECKPOINT_PAGES`] since the last checkpoint.
@@ -334,7 +329,7 @@ impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Writer")
             .field("parked", &self.parked.len())
-            .field("parks", &self.parks)
+            .field("parks", &self.park_sweeps.added())
             .finish_non_exhaustive()
     }
 }
@@ -366,11 +361,9 @@ impl Writer {
             parked: HashMap::new(),
             dormant: HashMap::new(),
             wakes: None,
-            dormancies: 0,
-            next_dormant_sweep: super::waits::SWEEP_EVERY,
+            dormant_sweeps: Sweeps::new(),
             touched: Vec::new(),
-            parks: 0,
-            next_sweep: super::waits::SWEEP_EVERY,
+            park_sweeps: Sweeps::new(),
             checkpoint_due: false,
         })
     }
