@@ -2,7 +2,7 @@
 //!
 //! | workload | measures | baseline |
 //! |---|---|---|
-//! | `parked` | `W` workflows (half in `recv`, half in a day-long `sleep`): resident memory per workflow once they are dormant (and while still in memory, before), time to park them, time until all are dormant, time to re-park them all after a reopen, and that a woken one finishes | `W` bare tokio tasks, each awaiting a oneshot |
+//! | `parked` | `W` workflows (half in `recv`, half in a day-long `sleep`): resident memory per workflow once they are dormant (and while still in memory, before), time to park them, time until all are dormant, time from a reopen until all are dormant again (re-parked from what the journal kept, or by replay), and that a woken one finishes | `W` bare tokio tasks, each awaiting a oneshot |
 //! | `long_replay` | a pending workflow with `N` recorded sequential steps: time from open to its result, and peak resident memory | open and one `SELECT` of those `N` rows |
 //! | `history_open` | open time of a journal holding `H` finished workflows | open time of an empty journal |
 //! | `bytes` | journal bytes per recorded step (the `long_replay` journal, checkpointed) | a plain SQLite table of the same outputs, keyed by an integer |
@@ -180,7 +180,13 @@ async fn park(dir: &Path, sync: Sync, w: u32, again: bool) -> Res<Report> {
             drop(s.await??);
         }
     }
-    until_parked(&rt, u64::from(w)).await?;
+    if again {
+        // Re-parked: dormant again, whether from what the journal kept (no replay) or
+        // by replay and a new dormancy.
+        until_dormant(&rt, w).await?;
+    } else {
+        until_parked(&rt, u64::from(w)).await?;
+    }
     let secs = start.elapsed().as_secs_f64();
     let cpu = usage::cpu_seconds() - cpu0;
     let live_rss = rss_kib();

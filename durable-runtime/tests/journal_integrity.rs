@@ -4,10 +4,14 @@
 //! a damaged pending index can neither hide a pending workflow nor relaunch a finished
 //! one.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use durable_runtime::{Error, JournalView, Runtime, StoreErrorKind, recv, step, workflow};
+
+use common::{crc32, keyed};
 
 static BODIES: AtomicUsize = AtomicUsize::new(0);
 /// The tests count step bodies in `BODIES`: one at a time.
@@ -910,21 +914,9 @@ fn schema_5_path(key: &str) -> String {
         .join(".")
 }
 
-/// CRC-32 of a value under a key, as schema 5 checksums: the key's parts each followed
-/// by 0xFF, then the value.
-fn keyed(parts: &[&[u8]], value: &[u8]) -> u32 {
-    let mut bytes = Vec::new();
-    for p in parts {
-        bytes.extend_from_slice(p);
-        bytes.push(0xFF);
-    }
-    bytes.extend_from_slice(value);
-    crc32(&bytes)
-}
-
 /// Turns a journal back into schema version 6: the rows recorded for a run keyed by its
 /// workflow's id rather than its run number, as versions 1 to 6 wrote them (checksums
-/// were keyed by the id all along).
+/// were keyed by the id all along), and no table of dormant runs (version 8).
 fn as_version_6(conn: &rusqlite::Connection) {
     conn.execute_batch(
         "CREATE TABLE w6 (
@@ -968,7 +960,7 @@ fn as_version_6(conn: &rusqlite::Connection) {
          INSERT INTO p6 SELECT w.id, p.path, p.name
              FROM durable_patches p JOIN durable_workflows w USING (run);
          DROP TABLE durable_workflows; DROP TABLE durable_steps; DROP TABLE durable_events;
-         DROP TABLE durable_started; DROP TABLE durable_patches;
+         DROP TABLE durable_started; DROP TABLE durable_patches; DROP TABLE durable_dormant;
          ALTER TABLE w6 RENAME TO durable_workflows;
          ALTER TABLE s6 RENAME TO durable_steps;
          ALTER TABLE e6 RENAME TO durable_events;
@@ -1149,7 +1141,7 @@ fn migration_6_sorts_paths_keeps_checksums_and_finishes_pending_work() {
     // The 25 recorded steps replayed; only the 25 after the wait ran.
     assert_eq!(BODIES.load(Ordering::SeqCst) - before, 25);
     let conn = rusqlite::Connection::open(&path).expect("open");
-    assert_eq!(schema_version(&conn), ["7"]);
+    assert_eq!(schema_version(&conn), ["8"]);
     let application_id: i64 = conn
         .query_row("PRAGMA application_id", [], |r| r.get(0))
         .expect("application_id");
@@ -1186,23 +1178,6 @@ fn as_version_4(conn: &rusqlite::Connection) {
          UPDATE durable_meta SET value = '4' WHERE key = 'schema_version';",
     )
     .expect("back to version 4");
-}
-
-/// CRC-32 (IEEE), bit by bit: the checksum of schema version 4, computed
-/// independently of the runtime's table-driven one.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut c = !0u32;
-    for &b in bytes {
-        c ^= u32::from(b);
-        for _ in 0..8 {
-            c = if c & 1 == 1 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-        }
-    }
-    !c
 }
 
 /// A damaged index of the messages neither hides a message nor loses it: the open
@@ -1394,7 +1369,7 @@ fn migration_7_numbers_runs_keeps_checksums_and_finishes_pending_work() {
     // The 25 recorded steps replayed; only the 25 after the wait ran.
     assert_eq!(BODIES.load(Ordering::SeqCst) - before, 25);
     let conn = rusqlite::Connection::open(&path).expect("open");
-    assert_eq!(schema_version(&conn), ["7"]);
+    assert_eq!(schema_version(&conn), ["8"]);
     let first: Vec<String> = column(
         &conn,
         "SELECT id FROM durable_workflows ORDER BY run LIMIT 3",
@@ -1578,7 +1553,7 @@ fn migration_7_keeps_the_applications_indexes_triggers_and_views() {
         rt.close().await.expect("close");
     });
     let conn = rusqlite::Connection::open(&path).expect("open");
-    assert_eq!(schema_version(&conn), ["7"]);
+    assert_eq!(schema_version(&conn), ["8"]);
     assert_eq!(app_objects(&conn), before);
     let audit: Vec<(String, String)> = conn
         .prepare("SELECT id, status FROM app_audit")

@@ -119,14 +119,28 @@ pub(crate) struct Dormancy {
     pub(crate) after: Duration,
     /// Where the journal sends the ids of dormant runs a write may have woken.
     pub(crate) wakes: Wakes,
+    /// Which program this is (its executable and `app_version`), kept with each
+    /// dormant run so that the next open re-parks it without replay if it is the same;
+    /// `None`: the journal keeps nothing, and every dormant run is replayed at an open.
+    pub(crate) build: Option<Arc<str>>,
+}
+
+/// What a parked operation waits for, besides its time (see [`WorkflowCtx::park`]).
+#[derive(Debug)]
+pub(crate) enum ParkedOn {
+    /// Only its time: a sleep.
+    Time,
+    /// A message or an event, that the journal's writer answers.
+    Write(WaitFor),
+    /// The end of a child, which the runtime tells it of.
+    Child(Arc<str>),
 }
 
 /// One parked operation of a run: what it waits for (see [`WorkflowCtx::park`]).
 #[derive(Debug)]
 struct ParkedWait {
     path: StepPath,
-    /// A message or an event, that the journal's writer answers.
-    write: Option<WaitFor>,
+    on: ParkedOn,
     /// When it ends on its own (a sleep's end, a wait's deadline), in ms since the epoch.
     until: Option<i64>,
 }
@@ -154,6 +168,8 @@ impl Drop for ParkGuard {
 pub(crate) struct DormantWaits {
     /// The messages and events, each with the position that records it.
     pub(crate) writes: Vec<(WaitFor, StepPath)>,
+    /// The children whose ends it waits for.
+    pub(crate) children: Vec<Arc<str>>,
     /// The earliest time one of its waits ends on its own.
     pub(crate) until: Option<i64>,
 }
@@ -276,13 +292,13 @@ impl WorkflowCtx {
     pub(crate) fn park(
         self: &Arc<Self>,
         path: &StepPath,
-        write: Option<WaitFor>,
+        on: ParkedOn,
         until: Option<i64>,
     ) -> Option<ParkGuard> {
         self.dormancy.as_ref()?;
         lock(&self.parked).push(ParkedWait {
             path: path.clone(),
-            write,
+            on,
             until,
         });
         Some(ParkGuard {
@@ -310,7 +326,17 @@ impl WorkflowCtx {
         DormantWaits {
             writes: parked
                 .iter()
-                .filter_map(|p| Some((p.write.clone()?, p.path.clone())))
+                .filter_map(|p| match &p.on {
+                    ParkedOn::Write(what) => Some((what.clone(), p.path.clone())),
+                    _ => None,
+                })
+                .collect(),
+            children: parked
+                .iter()
+                .filter_map(|p| match &p.on {
+                    ParkedOn::Child(id) => Some(id.clone()),
+                    _ => None,
+                })
                 .collect(),
             until: parked.iter().filter_map(|p| p.until).min(),
         }

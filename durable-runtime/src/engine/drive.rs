@@ -297,6 +297,11 @@ fn go_dormant(
                 waits: waits.writes,
                 alive: Arc::downgrade(&alive),
                 wakes: dormancy.wakes.clone(),
+                kept: dormancy.build.clone().map(|build| crate::journal::Kept {
+                    build,
+                    children: waits.children,
+                    until: waits.until,
+                }),
             });
             *eviction = Eviction::Asking(ack, alive, waits.until);
             go_dormant(ctx, eviction, cx)

@@ -312,6 +312,24 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     /// Answers whether it did; `false` (one of the waits was answered, or is not parked
     /// yet) changes nothing. Ordered after every write made before it.
     fn dormant(&self, dormant: Dormant) -> Ack<bool>;
+    /// A dormant run was woken (or one kept at the last open is replayed): what the
+    /// journal kept of its dormancy ([`Dormant::kept`]) no longer holds, and goes in the
+    /// commit of its next write at the latest. Needs no commit of its own, and answers
+    /// nothing. Ordered after every write made before it.
+    fn awake(&self, run: Arc<str>);
+
+    /// At open, before any write: the runs kept dormant (see [`Dormant::kept`]) by a
+    /// program of the same `build` that nothing has answered since (no message is
+    /// queued for them, no event they wait for is set, none of their children has
+    /// ended, their time has not come). For each, the store keeps its waits as wake-ups
+    /// as [`Store::dormant`] does, sending to `wakes`, for as long as its
+    /// [`Restored::alive`] is held. What it kept of every other run is dropped, and so
+    /// is all of it if `build` is `None` (dormancy is off): those runs are replayed.
+    fn restore_dormant(
+        &self,
+        build: Option<&str>,
+        wakes: Wakes,
+    ) -> Result<Vec<Restored>, StoreError>;
 
     // Reads.
 
@@ -401,6 +419,33 @@ pub(crate) struct Dormant {
     /// run that is not (woken for another reason, cancelled, stopped).
     pub(crate) alive: Weak<()>,
     pub(crate) wakes: Wakes,
+    /// What the journal keeps of this dormancy, so that the next open re-parks the run
+    /// without replaying it; `None`: nothing (the run is replayed at the next open).
+    pub(crate) kept: Option<Kept>,
+}
+
+/// What the journal keeps of a dormant run beside its message and event waits: a run
+/// is re-parked from it at an open only if the program is the same build, and replayed
+/// if not, or if anything it waits for came meanwhile.
+#[derive(Debug, Clone)]
+pub(crate) struct Kept {
+    /// Which program put it to sleep (its executable and `app_version`).
+    pub(crate) build: Arc<str>,
+    /// The children whose ends it waits for.
+    pub(crate) children: Vec<Arc<str>>,
+    /// When it wakes on its own (a sleep's end, a wait's deadline), in ms since the
+    /// epoch; its own deadline is the journal's already.
+    pub(crate) until: Option<i64>,
+}
+
+/// A run re-parked at open without replay (see [`Store::restore_dormant`]).
+#[derive(Debug)]
+pub(crate) struct Restored {
+    pub(crate) id: Arc<str>,
+    /// When it wakes on its own: the earliest of its waits' ends and its deadline.
+    pub(crate) until: Option<i64>,
+    /// Its wake-ups in the store last as long as this.
+    pub(crate) alive: Arc<()>,
 }
 
 /// A message to append to a destination's queue for one topic.

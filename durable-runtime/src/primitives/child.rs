@@ -117,7 +117,11 @@ async fn finish<O: Serialize + DeserializeOwned>(
     mut outcome: tokio::sync::watch::Receiver<Option<Outcome>>,
 ) -> Result<O> {
     // Parked until the child settles, which wakes a dormant parent.
-    let parked = op.claim.ctx.park(&op.claim.path, None, None);
+    let parked = op.claim.ctx.park(
+        &op.claim.path,
+        crate::engine::context::ParkedOn::Child(Arc::from(id)),
+        None,
+    );
     let outcome = match outcome.wait_for(Option::is_some).await {
         Ok(v) => v.clone(),
         Err(_) => None,

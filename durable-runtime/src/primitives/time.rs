@@ -51,7 +51,11 @@ pub fn sleep(duration: Duration) -> impl Future<Output = ()> + Send + 'static {
                 wake_at
             }
         };
-        let _parked = op.claim.ctx.park(&op.claim.path, None, Some(wake_at));
+        let _parked = op.claim.ctx.park(
+            &op.claim.path,
+            crate::engine::context::ParkedOn::Time,
+            Some(wake_at),
+        );
         sleep_until_ms(wake_at).await;
     }
 }

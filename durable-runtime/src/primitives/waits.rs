@@ -140,7 +140,11 @@ pub(crate) async fn wait<T: Serialize + DeserializeOwned>(
             let ctx = &op.claim.ctx;
             // Parked while it waits: the run may go dormant (see `WorkflowCtx::park`).
             let mut parked = match ctx.dormancy {
-                Some(_) => ctx.park(&op.claim.path, Some(what.clone()), deadline_at),
+                Some(_) => ctx.park(
+                    &op.claim.path,
+                    crate::engine::context::ParkedOn::Write(what.clone()),
+                    deadline_at,
+                ),
                 None => None,
             };
             let ack = ctx.store.wait(Wait {

@@ -14,7 +14,7 @@ use crate::engine::recorded::REPLAY_BATCH;
 use crate::engine::workflow::Outcome;
 use crate::engine::workflow::{ErasedWorkflow, registry};
 use crate::error::{Error, Result};
-use crate::journal::{JournalOptions, JournalSpec, WorkflowRecord, blocking};
+use crate::journal::{JournalOptions, JournalSpec, Restored, WorkflowRecord, blocking};
 use crate::util::lock;
 
 use super::*;
@@ -71,6 +71,13 @@ impl RuntimeBuilder {
     /// that waits for days costs almost nothing in the meantime; one woken often pays
     /// a replay of its history at each wake-up after a wait this long.
     ///
+    /// The journal keeps what each dormant workflow waits for, so the next open of the
+    /// same program (the same executable file and [`app_version`](Self::app_version))
+    /// re-parks it without replaying it. One whose message, event or child came while
+    /// the program was down is replayed at the open instead, and so is every one a
+    /// different build left dormant: a changed program finds out what its own code
+    /// waits for.
+    ///
     /// A workflow body must await only durable operations (steps, the primitives,
     /// child workflows, and combinations of them such as [`select`](crate::select)):
     /// anything else it awaits, such as a tokio timer or channel, is lost with its
@@ -125,24 +132,32 @@ impl RuntimeBuilder {
             options.halt = Some(i.halt_switch());
         }
         let journal = self.journal.clone();
-        // One trip to a blocking thread: open, then list what to resume.
-        let (store, pending) = blocking(self.journal.path(), move || {
+        let build = super::dormant::build_id(self.app_version.as_deref());
+        let (dormancy, wakeups) = super::dormant::Dormancies::new(self.evict_parked_after, build);
+        let (build, wakes) = (dormancy.build().map(str::to_owned), dormancy.wakes());
+        // One trip to a blocking thread: open, then list what to resume, and which of
+        // those were dormant and may stay so.
+        let (store, pending, restored) = blocking(self.journal.path(), move || {
             #[cfg_attr(not(feature = "testkit"), allow(unused_mut))]
             let mut store = journal.open(&options)?;
             #[cfg(feature = "testkit")]
             if let Some(i) = instrument {
                 store = i.wrap(store);
             }
+            // What stays (the dormant runs' wake-ups) is made before what goes (the
+            // pending rows, read and dropped here): memory freed at the top of the
+            // heap goes back to the system, not memory between live allocations.
+            let restored = store.restore_dormant(build.as_deref(), wakes)?;
             let pending = store.pending_workflows()?;
-            Ok::<_, Error>((store, pending))
+            Ok::<_, Error>((store, pending, restored))
         })
         .await??;
         let Recovery {
             recovered,
             unrecoverable,
             launches,
-        } = Recovery::sort(pending, &registry);
-        let (dormancy, wakeups) = super::dormant::Dormancies::new(self.evict_parked_after);
+            dormant,
+        } = Recovery::sort(pending, &registry, restored);
         let inner = Arc::new(Inner {
             store,
             running: Mutex::new(HashMap::new()),
@@ -165,6 +180,10 @@ impl RuntimeBuilder {
         // its child's call must find the child's run, not start a second one.
         let runs: Vec<_> = {
             let mut running = lock(&inner.running);
+            for (def, parent, restored) in dormant {
+                tracing::info!(workflow = %restored.id, name = def.name(), "resuming pending workflow, dormant");
+                inner.restore(&mut running, def, parent, restored);
+            }
             launches
                 .into_iter()
                 .map(|(id, def, input, deadline_at, parent)| {
@@ -249,17 +268,24 @@ struct Recovery {
     recovered: Vec<String>,
     unrecoverable: Vec<Error>,
     launches: Vec<Resumed>,
+    /// Those that stay dormant, re-parked without replay: their workflow, parent, and
+    /// what the journal kept of them.
+    dormant: Vec<(&'static dyn ErasedWorkflow, Option<Arc<str>>, Restored)>,
 }
 
 impl Recovery {
     fn sort(
         pending: Vec<WorkflowRecord>,
         registry: &HashMap<&'static str, &'static dyn ErasedWorkflow>,
+        restored: Vec<Restored>,
     ) -> Self {
+        let mut restored: HashMap<Arc<str>, Restored> =
+            restored.into_iter().map(|r| (r.id.clone(), r)).collect();
         let mut out = Recovery {
             recovered: Vec::new(),
             unrecoverable: Vec::new(),
             launches: Vec::new(),
+            dormant: Vec::new(),
         };
         for record in pending {
             if let Some(e) = record.damage() {
@@ -277,12 +303,17 @@ impl Recovery {
                 continue;
             };
             out.recovered.push(record.id.clone());
+            let parent = record.parent_id.map(Arc::<str>::from);
+            if let Some(r) = restored.remove(record.id.as_str()) {
+                out.dormant.push((*def, parent, r));
+                continue;
+            }
             out.launches.push((
                 Arc::<str>::from(record.id),
                 *def,
                 record.input,
                 record.deadline_at,
-                record.parent_id.map(Arc::<str>::from),
+                parent,
             ));
         }
         out

@@ -35,7 +35,9 @@ use super::registry::{Inner, RunState, Running, drive, recorded_outcome};
 #[derive(Debug)]
 pub(crate) struct DormantRun {
     def: &'static dyn ErasedWorkflow,
-    pub(super) tx: watch::Sender<Option<Outcome>>,
+    /// Where its outcome goes; `None` until somebody watches it (see
+    /// [`Running::outcome`]).
+    pub(super) tx: Option<watch::Sender<Option<Outcome>>>,
     /// The journal's wake-ups of its waits hold this weakly: they end with it.
     _alive: Arc<()>,
     /// Which dormancy of the run this is: a timer set for an earlier one is ignored.
@@ -54,6 +56,9 @@ pub(crate) struct Dormancies {
     /// How many runs are dormant now.
     count: AtomicUsize,
     generations: AtomicU64,
+    /// Which program this is (see [`build_id`]); `None`: the journal keeps nothing of
+    /// dormant runs.
+    build: Option<Arc<str>>,
 }
 
 /// What the wake loop is told.
@@ -82,7 +87,7 @@ pub(super) struct Wakeups {
 impl Dormancies {
     /// Dormancy after `after` parked (never, if `None`), and the receiving ends of its
     /// wake-ups, for [`wake_loop`].
-    pub(super) fn new(after: Option<Duration>) -> (Self, Wakeups) {
+    pub(super) fn new(after: Option<Duration>, build: Option<Arc<str>>) -> (Self, Wakeups) {
         let (wakes, wakes_rx) = mpsc::unbounded_channel();
         let (to_loop, notices) = mpsc::unbounded_channel();
         let dormancies = Dormancies {
@@ -91,6 +96,7 @@ impl Dormancies {
             to_loop,
             count: AtomicUsize::new(0),
             generations: AtomicU64::new(0),
+            build: after.and(build),
         };
         let wakeups = Wakeups {
             wakes: wakes_rx,
@@ -104,7 +110,18 @@ impl Dormancies {
         Some(Dormancy {
             after: self.after?,
             wakes: self.wakes.clone(),
+            build: self.build.clone(),
         })
+    }
+
+    /// Which program this is, if the journal keeps dormant runs (dormancy is on).
+    pub(super) fn build(&self) -> Option<&str> {
+        self.build.as_deref()
+    }
+
+    /// Where the journal sends the ids of dormant runs a write may have woken.
+    pub(super) fn wakes(&self) -> crate::journal::Wakes {
+        self.wakes.clone()
     }
 
     /// Wakes run `id` (see [`Inner::wake`]) from the wake loop.
@@ -172,7 +189,7 @@ impl Inner {
         let generation = self.dormancy.generations.fetch_add(1, Ordering::Relaxed);
         run.state = RunState::Dormant(Box::new(DormantRun {
             def,
-            tx,
+            tx: Some(tx),
             _alive: asleep.alive,
             generation,
         }));
@@ -199,7 +216,7 @@ impl Inner {
         let Some(run) = running.get_mut(id) else {
             return;
         };
-        let (def, tx) = match &run.state {
+        match &run.state {
             RunState::Live(ctx) => {
                 if generation.is_none() {
                     ctx.wake_asked.store(true, Ordering::Release);
@@ -209,14 +226,62 @@ impl Inner {
             RunState::Dormant(d) if generation.is_some_and(|g| g != d.generation) => return,
             // A closing runtime stops its dormant runs itself.
             RunState::Dormant(_) if self.closing.load(Ordering::Acquire) => return,
-            RunState::Dormant(d) => (d.def, d.tx.clone()),
-        };
+            RunState::Dormant(_) => {}
+        }
         let ctx = self.new_ctx(&key);
-        run.state = RunState::Live(ctx.clone());
+        let RunState::Dormant(d) = std::mem::replace(&mut run.state, RunState::Live(ctx.clone()))
+        else {
+            return;
+        };
+        // The rebuilt run publishes its outcome: the channel is made now if nobody
+        // watched the run yet.
+        let def = d.def;
+        let tx = d.tx.unwrap_or_else(|| {
+            let (tx, rx) = watch::channel(None);
+            run.outcome = Some(rx);
+            tx
+        });
         self.dormancy.count.fetch_sub(1, Ordering::AcqRel);
         drop(running);
         tracing::debug!(workflow = %id, "woken; rebuilding it by replay");
         tokio::spawn(rebuild(self.clone(), ctx, def, tx));
+    }
+
+    /// Registers run `id` (locked by the caller, who made sure the id is free),
+    /// re-parked at open from what the journal kept of it (see
+    /// [`Store::restore_dormant`](crate::journal::Store::restore_dormant)): dormant,
+    /// without replay.
+    pub(super) fn restore(
+        self: &Arc<Self>,
+        running: &mut HashMap<Arc<str>, Running>,
+        def: &'static dyn ErasedWorkflow,
+        parent_id: Option<Arc<str>>,
+        restored: crate::journal::Restored,
+    ) {
+        let crate::journal::Restored { id, until, alive } = restored;
+        let generation = self.dormancy.generations.fetch_add(1, Ordering::Relaxed);
+        running.insert(
+            id.clone(),
+            Running {
+                name: def.name(),
+                parent_id,
+                // Made when somebody asks: most dormant runs are not watched.
+                outcome: None,
+                state: RunState::Dormant(Box::new(DormantRun {
+                    def,
+                    tx: None,
+                    _alive: alive,
+                    generation,
+                })),
+            },
+        );
+        self.dormancy.count.fetch_add(1, Ordering::AcqRel);
+        let _ = self.dormancy.to_loop.send(Notice::Asleep {
+            id,
+            generation,
+            until,
+            keep: self.clone(),
+        });
     }
 
     /// Ends run `id`, if it is dormant, with `why` (its cancellation, or a stop): its
@@ -235,7 +300,9 @@ impl Inner {
         let run = running.remove(id)?;
         if let RunState::Dormant(d) = &run.state {
             lock(&self.stopped).remove(id);
-            d.tx.send_replace(Some(Arc::new(Err(why))));
+            if let Some(tx) = &d.tx {
+                tx.send_replace(Some(Arc::new(Err(why))));
+            }
         }
         self.dormancy.count.fetch_sub(1, Ordering::AcqRel);
         let _ = self.dormancy.to_loop.send(Notice::Recount);
@@ -270,6 +337,8 @@ async fn rebuild(
     tx: watch::Sender<Option<Outcome>>,
 ) {
     let id = ctx.id.clone();
+    // What the journal kept of its dormancy goes before the run can write again.
+    inner.store.awake(id.clone());
     let outcome = match inner.record(&id).await {
         Ok(Some(record)) if record.status == RecordStatus::Pending && record.damage().is_none() => {
             let (input, deadline_at) = (record.input, record.deadline_at);
@@ -344,4 +413,35 @@ pub(super) async fn wake_loop(inner: Weak<Inner>, mut wakeups: Wakeups) {
             keep = None;
         }
     }
+}
+
+/// Which program this is, for what the journal keeps of dormant runs: its executable
+/// file (path, size, modification time, and on Unix its device and inode) and its
+/// `app_version`. A program rebuilt, replaced or given another version is another
+/// build, and replays the runs an earlier one left dormant instead of trusting what
+/// they waited for. `None` if the executable cannot be looked at.
+pub(super) fn build_id(app_version: Option<&str>) -> Option<Arc<str>> {
+    let exe = std::env::current_exe().ok()?;
+    let meta = std::fs::metadata(&exe).ok()?;
+    let modified = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
+    let mut parts = format!("{}\0{}\0{modified}", exe.display(), meta.len());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        parts.push_str(&format!("\0{}\0{}", meta.dev(), meta.ino()));
+    }
+    if let Some(version) = app_version {
+        parts.push('\0');
+        parts.push_str(version);
+    }
+    // FNV-1a, 64 bits: a short, stable name for all of that.
+    let hash = parts.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    Some(Arc::from(format!("{hash:016x}")))
 }

@@ -78,7 +78,9 @@ pub(super) struct Running {
     pub(super) name: &'static str,
     /// The workflow that started it as its child.
     pub(super) parent_id: Option<Arc<str>>,
-    pub(super) outcome: watch::Receiver<Option<Outcome>>,
+    /// What its handles watch. Made when first asked for, for a run re-parked at open
+    /// (see [`Running::outcome`]): a dormant run nobody watches costs no channel.
+    pub(super) outcome: Option<watch::Receiver<Option<Outcome>>>,
     pub(super) state: RunState,
 }
 
@@ -98,6 +100,21 @@ impl Running {
             RunState::Live(ctx) => Some(ctx),
             RunState::Dormant(_) => None,
         }
+    }
+
+    /// What its handles watch: its outcome, once it has one.
+    pub(super) fn outcome(&mut self) -> watch::Receiver<Option<Outcome>> {
+        if let Some(rx) = &self.outcome {
+            return rx.clone();
+        }
+        // Only a dormant run has none yet (a live one's is made with it): its rebuild
+        // publishes to the sender kept here.
+        let (tx, rx) = watch::channel(None);
+        if let RunState::Dormant(d) = &mut self.state {
+            d.tx = Some(tx);
+        }
+        self.outcome = Some(rx.clone());
+        rx
     }
 
     /// Why the run was cancelled, if it was (a dormant run never is: its cancellation
@@ -150,7 +167,7 @@ impl Inner {
             self.stop_dormant();
             let runs: Vec<_> = lock(&self.running)
                 .values()
-                .filter_map(|r| Some((r.live()?.clone(), r.outcome.clone())))
+                .filter_map(|r| Some((r.live()?.clone(), r.outcome.clone()?)))
                 .collect();
             if runs.is_empty() {
                 break;
@@ -249,7 +266,7 @@ impl Inner {
         let run = Running {
             name,
             parent_id,
-            outcome: rx,
+            outcome: Some(rx),
             state: RunState::Live(ctx.clone()),
         };
         (run, ctx, tx)
@@ -293,8 +310,8 @@ impl Inner {
                         v.insert(run);
                         break (ctx, tx);
                     }
-                    Entry::Occupied(e) if e.get().cancelled().is_none() => {
-                        let r = e.get();
+                    Entry::Occupied(mut e) if e.get().cancelled().is_none() => {
+                        let r = e.get_mut();
                         if let Some(parent) = &launch.parent_id
                             && r.parent_id.as_ref() != Some(parent)
                         {
@@ -303,12 +320,12 @@ impl Inner {
                         if r.name != name {
                             return Err(mismatch(&id, r.name, name));
                         }
-                        return Ok(r.outcome.clone());
+                        return Ok(r.outcome());
                     }
                     // A run winding down from a cancellation is not the run to join:
                     // what it ends with is its cancellation, while the journal may hold
                     // it resumed by now. Let it end, then look again.
-                    Entry::Occupied(e) => e.get().outcome.clone(),
+                    Entry::Occupied(mut e) => e.get_mut().outcome(),
                 }
             };
             let _ = winding_down.wait_for(Option::is_some).await;
@@ -333,8 +350,8 @@ impl Inner {
     pub(crate) async fn outcome_of(&self, id: &str) -> Result<watch::Receiver<Option<Outcome>>> {
         let record = loop {
             let epoch = self.resumes.load(Ordering::Acquire);
-            if let Some(r) = lock(&self.running).get(id) {
-                return Ok(r.outcome.clone());
+            if let Some(r) = lock(&self.running).get_mut(id) {
+                return Ok(r.outcome());
             }
             let record = self.record(id).await?.ok_or_else(|| Error::NotFound {
                 workflow_id: id.to_owned(),
@@ -473,9 +490,9 @@ impl Inner {
         // finishing) end first: a resumed run must be the only one, and an old run must
         // not finish a row that is pending again.
         let winding: Vec<_> = lock(&self.running)
-            .iter()
+            .iter_mut()
             .filter(|(w, r)| in_family(id, w) && r.cancelled().is_some())
-            .map(|(_, r)| r.outcome.clone())
+            .map(|(_, r)| r.outcome())
             .collect();
         for mut outcome in winding {
             let _ = outcome.wait_for(Option::is_some).await;

@@ -304,6 +304,14 @@ macro_rules! forward_reads {
             self.inner.pending_workflows()
         }
 
+        fn restore_dormant(
+            &self,
+            build: Option<&str>,
+            wakes: crate::journal::Wakes,
+        ) -> Result<Vec<crate::journal::Restored>, StoreError> {
+            self.inner.restore_dormant(build, wakes)
+        }
+
         fn check(&self) -> Result<Vec<crate::journal::Damage>, StoreError> {
             self.inner.check()
         }
@@ -379,6 +387,13 @@ impl Store for ProbeStore {
     forward_primitive_writes!(self => if self.probe.is_crashed() {
         return self.hold();
     });
+
+    fn awake(&self, run: Arc<str>) {
+        // After a simulated crash nothing is written.
+        if !self.probe.is_crashed() {
+            self.inner.awake(run);
+        }
+    }
 
     fn create_workflow(&self, workflow: NewWorkflow) -> Ack<Created> {
         if self.probe.is_crashed() {
@@ -457,6 +472,11 @@ impl Store for AckBeforeDurable {
     }
 
     forward_primitive_writes!(self => self.flush());
+
+    fn awake(&self, run: Arc<str>) {
+        self.flush();
+        self.inner.awake(run);
+    }
 
     fn create_workflow(&self, workflow: NewWorkflow) -> Ack<Created> {
         self.flush();

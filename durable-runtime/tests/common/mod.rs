@@ -112,3 +112,32 @@ pub async fn until_dormant(rt: &Runtime, n: usize) {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
+
+/// CRC-32 (IEEE), bit by bit: the checksum of schema version 4, computed
+/// independently of the runtime's table-driven one.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in bytes {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 == 1 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// CRC-32 of a value under a key, as schema 5 checksums: the key's parts each followed
+/// by 0xFF, then the value.
+pub fn keyed(parts: &[&[u8]], value: &[u8]) -> u32 {
+    let mut bytes = Vec::new();
+    for p in parts {
+        bytes.extend_from_slice(p);
+        bytes.push(0xFF);
+    }
+    bytes.extend_from_slice(value);
+    crc32(&bytes)
+}

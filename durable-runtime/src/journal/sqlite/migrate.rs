@@ -272,6 +272,17 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ALTER TABLE durable_patches_v7 RENAME TO durable_patches;
     CREATE INDEX durable_workflows_pending ON durable_workflows (created_at)
         WHERE status = 'pending';",
+    // Version 8: what the writer keeps of each dormant run (see `sqlite::dormant`), so
+    // that an open re-parks it without replaying it. A cache: a row that is missing
+    // costs a replay, one that disagrees with its run is never read (it is deleted in
+    // the commit of the run's next write).
+    "CREATE TABLE durable_dormant (
+        run   INTEGER PRIMARY KEY,
+        build TEXT NOT NULL,
+        until INTEGER,
+        waits BLOB NOT NULL,
+        crc32 INTEGER NOT NULL
+    ) STRICT;",
 ];
 
 /// Brings the schema to the newest version, in one transaction.

@@ -46,6 +46,7 @@ macro_rules! run_of_first_parameter {
 }
 
 mod crc;
+mod dormant;
 mod identity;
 mod integrity;
 mod migrate;
@@ -405,6 +406,26 @@ impl Store for SqliteStore {
 
     fn dormant(&self, dormant: Dormant) -> Ack<bool> {
         self.write(|tx| Write::Dormant(dormant, tx))
+    }
+
+    fn awake(&self, run: Arc<str>) {
+        // Answered by nobody: the reply is dropped at once.
+        drop(self.send::<()>(|_| Command::Awake(run)));
+    }
+
+    fn restore_dormant(
+        &self,
+        build: Option<&str>,
+        wakes: crate::journal::Wakes,
+    ) -> Result<Vec<crate::journal::Restored>, StoreError> {
+        match lock(&self.core).as_mut() {
+            Some(writer) => writer.restore_dormant(&self.path, build, wakes),
+            None => Err(StoreError::new(
+                &*self.path,
+                StoreErrorKind::Closed,
+                "the journal was closed",
+            )),
+        }
     }
 
     fn side_records(&self, workflow_id: &str) -> Result<SideRecords, StoreError> {

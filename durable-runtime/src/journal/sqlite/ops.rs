@@ -235,12 +235,27 @@ impl Writer {
              UPDATE durable_workflows
              SET status = 'cancelled', error_kind = ?2, error = ?3, updated_at = ?4
              WHERE status = 'pending' AND id IN tree
-             RETURNING id"
+             RETURNING id, run"
         ))?;
-        let ids = stmt.query_map(params![id, reason.as_str(), reason.to_string(), at], |r| {
-            r.get(0)
-        })?;
-        ids.collect()
+        let runs: Vec<(String, i64)> = stmt
+            .query_map(params![id, reason.as_str(), reason.to_string(), at], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        self.forget_dormant_runs(&runs)?;
+        Ok(runs.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// Deletes what the journal kept of `runs` as dormant: a cancelled or resumed run
+    /// is not re-parked from it.
+    fn forget_dormant_runs(&self, runs: &[(String, i64)]) -> rusqlite::Result<()> {
+        let mut forget = self
+            .conn
+            .prepare_cached("DELETE FROM durable_dormant WHERE run = ?1")?;
+        for (_, run) in runs {
+            forget.execute([run])?;
+        }
+        Ok(())
     }
 
     fn resume(&mut self, id: &str, at: i64) -> rusqlite::Result<Vec<String>> {
@@ -270,6 +285,8 @@ impl Writer {
             forget_started.execute([run])?;
             forget_errors.execute([run])?;
         }
+        drop((forget_started, forget_errors));
+        self.forget_dormant_runs(&runs)?;
         Ok(runs.into_iter().map(|(id, _)| id).collect())
     }
 
@@ -299,6 +316,7 @@ impl Writer {
         if result.is_ok() {
             stats.commits.fetch_add(1, Ordering::Relaxed);
             self.note_commit();
+            self.dormant_rows_committed();
         }
         let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         stats.last_commit_ns.store(took, Ordering::Relaxed);
@@ -320,6 +338,8 @@ impl Writer {
             rusqlite::TransactionBehavior::Immediate,
         )
         .map_err(sql)?;
+        // What the journal keeps of dormant runs goes first, as in every commit.
+        self.flush_dormant().map_err(sql)?;
         tx.execute_batch("SAVEPOINT durable_transaction_step")
             .map_err(sql)?;
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&tx)));

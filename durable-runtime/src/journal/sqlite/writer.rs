@@ -38,6 +38,10 @@ pub(super) enum Command {
     Write(Box<Write>),
     /// Commit what came before, then stop (releasing the journal's lock).
     Close,
+    /// A dormant run woke: what the journal kept of it goes (see
+    /// [`Writer::forget_dormant`]). Taken out of its batch before the batch's
+    /// transaction begins, and needs none of its own.
+    Awake(Arc<str>),
     /// Copy the WAL back into the journal file, if it has grown past
     /// [`CHECKPOINT_PAGES`]: sent by a write that committed on its caller's thread, so
     /// that the copy (and, at `synchronous=NORMAL`, its fsync) runs on the writer
@@ -101,6 +105,7 @@ impl Command {
                 | Write::Transaction(..)
                 | Write::Dormant(..) => return None,
             },
+            Command::Awake(_) => 0,
             Command::Close | Command::Checkpoint => return None,
         })
     }
@@ -168,7 +173,17 @@ pub(super) fn write_loop(
     // Parked waits that a committed batch answered, to run before anything new.
     let mut woken: VecDeque<Command> = VecDeque::new();
     // Waits for the first request; ends when every sender is gone, or at a close.
-    while let Some(first) = woken.pop_front().or_else(|| next_command(rx)) {
+    // Before it sleeps, the writer writes what it keeps of runs gone dormant.
+    let idle = || match lock(core).as_mut() {
+        Some(writer) if writer.dormant_rows_due() => {
+            let answers = writer.commit_batch(path, &mut Vec::new(), stats, &mut VecDeque::new());
+            if answers.checkpoint {
+                writer.checkpoint_if_due();
+            }
+        }
+        _ => {}
+    };
+    while let Some(first) = woken.pop_front().or_else(|| next_command(rx, idle)) {
         if stats.halted() {
             // A simulated crash: what is queued is dropped unanswered, like the
             // process's memory, and the thread exits (releasing the lock).
@@ -206,7 +221,10 @@ pub(super) fn write_loop(
             }
         }
         match alone {
-            Some(Command::Close) => return,
+            Some(Command::Close) => {
+                idle();
+                return;
+            }
             Some(Command::Checkpoint) => {
                 stats.in_flight.fetch_sub(1, Ordering::Relaxed);
                 match lock(core).as_mut() {
@@ -241,9 +259,9 @@ pub(super) fn write_loop(
 /// How long the writer spins for the next write before it sleeps.
 pub(crate) const WRITER_SPIN: Duration = Duration::from_micros(50);
 
-/// Waits for the next write: spins for up to [`WRITER_SPIN`], then sleeps until one comes.
-/// `None` once every sender is gone.
-fn next_command(rx: &mpsc::Receiver<Command>) -> Option<Command> {
+/// Waits for the next write: spins for up to [`WRITER_SPIN`], then runs `idle` and
+/// sleeps until one comes. `None` once every sender is gone.
+fn next_command(rx: &mpsc::Receiver<Command>, idle: impl Fn()) -> Option<Command> {
     let start = std::time::Instant::now();
     loop {
         match rx.try_recv() {
@@ -254,7 +272,10 @@ fn next_command(rx: &mpsc::Receiver<Command>) -> Option<Command> {
                 // write, on a machine with few cores) rather than burn it.
                 thread::yield_now();
             }
-            Err(mpsc::TryRecvError::Empty) => return rx.recv().ok(),
+            Err(mpsc::TryRecvError::Empty) => {
+                idle();
+                return rx.recv().ok();
+            }
         }
     }
 }
@@ -314,6 +335,8 @@ pub(super) struct Writer {
     pub(super) wakes: Option<Wakes>,
     /// When to sweep the wake-ups of runs that are not dormant any more.
     pub(super) dormant_sweeps: Sweeps,
+    /// The rows of `durable_dormant` to write (or delete: `None`) with the next commit.
+    pub(super) dormant_rows: super::dormant::PendingRows,
     /// What the batch being written sends or sets, to answer parked waits once it
     /// commits.
     pub(super) touched: Vec<WaitFor>,
@@ -362,6 +385,7 @@ impl Writer {
             dormant: HashMap::new(),
             wakes: None,
             dormant_sweeps: Sweeps::new(),
+            dormant_rows: super::dormant::PendingRows::default(),
             touched: Vec::new(),
             park_sweeps: Sweeps::new(),
             checkpoint_due: false,
@@ -411,11 +435,26 @@ impl Writer {
         woken: &mut VecDeque<Command>,
     ) -> Answers {
         let started = std::time::Instant::now();
+        self.take_awake(batch, stats);
+        if batch.is_empty() && !self.dormant_rows_due() {
+            return Answers::default();
+        }
         let size = batch.len();
         self.touched.clear();
         self.end_open_transaction();
         if let Err(e) = self.run(SQL_BEGIN) {
             let e = sql_error(path, e);
+            stats.in_flight.fetch_sub(size, Ordering::Relaxed);
+            for c in batch.drain(..) {
+                fail(c, e.clone());
+            }
+            return Answers::default();
+        }
+        // First what the journal keeps of dormant runs: a woken run's row goes in the
+        // commit of its next write at the latest (see `sqlite::dormant`).
+        if let Err(e) = self.flush_dormant() {
+            let e = sql_error(path, e);
+            self.end_open_transaction();
             stats.in_flight.fetch_sub(size, Ordering::Relaxed);
             for c in batch.drain(..) {
                 fail(c, e.clone());
@@ -438,6 +477,7 @@ impl Writer {
             // Counted before anyone hears of the commit.
             stats.commits.fetch_add(1, Ordering::Relaxed);
             self.note_commit();
+            self.dormant_rows_committed();
         } else {
             self.touched.clear();
         }
@@ -448,6 +488,27 @@ impl Writer {
         // the writer idle, not counting this batch.
         stats.in_flight.fetch_sub(size, Ordering::Relaxed);
         self.settle(committed, replies, stats, woken)
+    }
+
+    /// Takes the wake-ups of dormant runs out of `batch`: each only notes that the
+    /// run's row goes with the next commit.
+    fn take_awake(&mut self, batch: &mut Vec<Command>, stats: &WriterStats) {
+        if !batch.iter().any(|c| matches!(c, Command::Awake(_))) {
+            return;
+        }
+        let mut awake = 0;
+        let mut rest = Vec::with_capacity(batch.len());
+        for c in batch.drain(..) {
+            match c {
+                Command::Awake(run) => {
+                    self.forget_dormant(run);
+                    awake += 1;
+                }
+                c => rest.push(c),
+            }
+        }
+        *batch = rest;
+        stats.in_flight.fetch_sub(awake, Ordering::Relaxed);
     }
 
     /// Runs every write of `batch` (emptying it) in the open transaction. Returns their
@@ -478,8 +539,9 @@ impl Writer {
                     Reply::Finish(reply, self.finish(&f).map_err(|e| sql_error(path, e)))
                 }
                 Command::Write(w) => self.write(path, *w),
-                // Never batched: `write_loop` takes it apart.
-                Command::Close | Command::Checkpoint => continue,
+                // Never batched: `write_loop` takes them apart, and `commit_batch`
+                // takes out the wake-ups.
+                Command::Awake(_) | Command::Close | Command::Checkpoint => continue,
             };
             if let Some(e) = reply.error()
                 && self.conn.is_autocommit()
@@ -634,6 +696,6 @@ pub(super) fn fail(c: Command, e: StoreError) {
             | Write::GiveBack(.., s)
             | Write::Transaction(_, s) => drop(s.send(Err(e))),
         },
-        Command::Close | Command::Checkpoint => {}
+        Command::Awake(_) | Command::Close | Command::Checkpoint => {}
     }
 }
