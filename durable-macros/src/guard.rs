@@ -14,13 +14,21 @@
 //! - **The wall clock** (paths ending in `SystemTime::now`, `Instant::now`,
 //!   `Utc::now`, `Local::now`, `OffsetDateTime::now_utc`, `OffsetDateTime::now_local`):
 //!   the time differs on every run, and a replay that branches on it diverges.
+//! - **A timer that is not durable** (paths ending in `time::sleep`,
+//!   `time::sleep_until`, `time::timeout`, `time::timeout_at`, `time::interval`,
+//!   `time::interval_at`, such as `tokio::time::sleep`, and `thread::sleep`): it
+//!   starts again from zero after a crash, and when a dormant workflow is rebuilt by
+//!   replay, so its wait never ends for a workflow woken more often than it lasts; and
+//!   `thread::sleep` blocks the thread every workflow runs on.
 //! - **Unrecorded randomness** (`rand::random`, `rand::thread_rng` or a bare
 //!   `thread_rng`, `rand::rng`, anything under `rand::rngs::`, any path naming `OsRng`,
 //!   anything under `fastrand::`, paths ending in `Uuid::new_v4` or `Uuid::now_v7`):
 //!   a new value on every run.
 //!
 //! Step bodies are not checked: a step's output is recorded, so reading the clock there
-//! is the fix, not the problem.
+//! is the fix, not the problem. That includes the closure of a transaction step (a
+//! closure passed to a call whose path ends in `transaction`, such as
+//! `durable_runtime::sqlite::transaction`), which runs as the step.
 //!
 //! These are heuristics on what a macro can see, paths as written. `Instant::now()`
 //! after `use std::time::Instant` is caught, since the path still ends in
@@ -70,6 +78,8 @@ struct Guard<'a> {
 #[derive(Clone, Copy)]
 enum Rule {
     Clock,
+    Timer,
+    BlockingSleep,
     Random,
     Uuid,
 }
@@ -99,6 +109,20 @@ fn rule(segments: &[String]) -> Option<Rule> {
     if clock.iter().any(|c| ends(c)) {
         return Some(Rule::Clock);
     }
+    let timers = [
+        "sleep",
+        "sleep_until",
+        "timeout",
+        "timeout_at",
+        "interval",
+        "interval_at",
+    ];
+    if timers.iter().any(|t| ends(&["time", t])) {
+        return Some(Rule::Timer);
+    }
+    if ends(&["thread", "sleep"]) {
+        return Some(Rule::BlockingSleep);
+    }
     if ends(&["Uuid", "new_v4"]) || ends(&["Uuid", "now_v7"]) {
         return Some(Rule::Uuid);
     }
@@ -119,6 +143,12 @@ impl Guard<'_> {
         match rule {
             Rule::Clock => format!(
                 "reading the wall clock in a workflow makes replay diverge; use `{k}::now()`, which records the time, or read it inside a `#[step]`"
+            ),
+            Rule::Timer => format!(
+                "a tokio timer in a workflow is not durable: it starts again from zero after a crash, and each time the workflow is rebuilt from its journal; use `{k}::sleep`, or a timeout on `{k}::recv` or `{k}::get_event`, which are recorded, or time the work inside a `#[step]`"
+            ),
+            Rule::BlockingSleep => format!(
+                "`thread::sleep` in a workflow blocks the thread every workflow runs on, and is not durable; use `{k}::sleep`, which is recorded and lets the workflow wait without holding a thread"
             ),
             Rule::Random => format!(
                 "drawing an unrecorded random value in a workflow makes replay diverge; use `{k}::random()` or `{k}::uuid()`, which record their value, or draw it inside a `#[step]`"
@@ -222,6 +252,22 @@ impl VisitMut for Guard<'_> {
     /// Nested items run only when called, possibly from a step: not checked.
     fn visit_item_mut(&mut self, _: &mut Item) {}
 
+    /// A closure passed to a transaction step is that step's body: not checked.
+    fn visit_expr_call_mut(&mut self, call: &mut syn::ExprCall) {
+        let is_transaction = matches!(&*call.func, Expr::Path(p)
+            if p.path.segments.last().is_some_and(|s| s.ident == "transaction"));
+        if !is_transaction {
+            visit_mut::visit_expr_call_mut(self, call);
+            return;
+        }
+        self.visit_expr_mut(&mut call.func);
+        for arg in &mut call.args {
+            if !matches!(arg, Expr::Closure(_)) {
+                self.visit_expr_mut(arg);
+            }
+        }
+    }
+
     fn visit_expr_path_mut(&mut self, expr: &mut syn::ExprPath) {
         self.check_path(&expr.path);
         visit_mut::visit_expr_path_mut(self, expr);
@@ -287,6 +333,40 @@ mod tests {
             1
         );
         assert!(errors(quote::quote!({ Instant::now() }))[0].contains("`durable_runtime::now()`"));
+    }
+
+    #[test]
+    fn timers_that_are_not_durable() {
+        assert_eq!(count(quote::quote!({ tokio::time::sleep(d).await })), 1);
+        assert_eq!(count(quote::quote!({ time::timeout(d, f).await })), 1);
+        assert_eq!(count(quote::quote!({ ::tokio::time::interval(d) })), 1);
+        assert_eq!(count(quote::quote!({ tokio::time::sleep_until(at) })), 1);
+        assert_eq!(count(quote::quote!({ std::thread::sleep(d) })), 1);
+        assert!(
+            errors(quote::quote!({ tokio::time::sleep(d) }))[0]
+                .contains("use `durable_runtime::sleep`")
+        );
+        // A transaction step's closure is a step body.
+        assert_eq!(
+            count(quote::quote!({
+                durable_runtime::sqlite::transaction("t", move |tx| {
+                    std::thread::sleep(d);
+                    Ok(())
+                })
+                .await
+            })),
+            0
+        );
+        assert_eq!(
+            count(quote::quote!({
+                transaction(tokio::time::sleep(d), |tx| Ok(()))
+            })),
+            1
+        );
+        // The durable sleep, however it is named, passes.
+        assert_eq!(count(quote::quote!({ durable_runtime::sleep(d).await })), 0);
+        assert_eq!(count(quote::quote!({ sleep(d).await })), 0);
+        assert_eq!(count(quote::quote!({ my::sleep(d).await })), 0);
     }
 
     #[test]

@@ -70,7 +70,7 @@ async fn every_shape(n: u32) -> Vec<String> {
     tokio::select! {
         biased;
         v = work("select".into()) => out.push(v),
-        _ = tokio::time::sleep(Duration::from_secs(3600)) => out.push("timeout".into()),
+        () = std::future::pending::<()>() => out.push("never".into()),
     }
 
     let (x, y) = tokio::join!(

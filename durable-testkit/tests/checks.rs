@@ -99,6 +99,8 @@ fn assert_caught(failure: &ExploreFailure, path: &str, a: &str, b: &str) {
 /// Outside the workflow body, where `#[workflow]`'s guard rails cannot see it: this test
 /// needs the mistake they reject.
 fn wall_clock_nanos() -> u32 {
+    // Give the clock time to move between runs.
+    std::thread::sleep(Duration::from_micros(50));
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos())
@@ -108,8 +110,6 @@ fn wall_clock_nanos() -> u32 {
 async fn branches_on_the_clock() -> u8 {
     // Wrong: the wall clock is not recorded, so a replay may take the other branch.
     let nanos = wall_clock_nanos();
-    // Give the clock time to move between runs.
-    std::thread::sleep(Duration::from_micros(50));
     if (nanos / 1_000).is_multiple_of(2) {
         on_even().await
     } else {
