@@ -435,3 +435,54 @@ async fn starting_a_child_beside_a_parked_recv_never_hangs() {
         rt.dormant_count()
     );
 }
+
+#[tokio::test]
+async fn a_handle_asked_for_after_an_unwatched_run_went_dormant_gets_its_result() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = open(&dir.path().join("j.db")).await;
+    // Nobody holds a handle while it is dormant: it keeps no outcome channel.
+    drop(
+        rt.start_with_id("listener-unwatched", listener(5))
+            .await
+            .expect("start"),
+    );
+    drop(
+        rt.start_with_id("listener-unwatched-2", listener(6))
+            .await
+            .expect("start"),
+    );
+    until_dormant(&rt, 2).await;
+    // One is watched before its wake, the other only after it.
+    let h = rt
+        .handle::<u64>("listener-unwatched")
+        .await
+        .expect("handle");
+    rt.send("listener-unwatched", "go", &1u64)
+        .await
+        .expect("send");
+    rt.send("listener-unwatched-2", "go", &2u64)
+        .await
+        .expect("send");
+    assert_eq!(h.result().await.expect("result"), 52);
+    let h2 = rt
+        .handle::<u64>("listener-unwatched-2")
+        .await
+        .expect("handle");
+    assert_eq!(h2.result().await.expect("result"), 63);
+    // Cancelled while dormant and unwatched: its handle reads the cancellation.
+    drop(
+        rt.start_with_id("listener-unwatched-3", listener(7))
+            .await
+            .expect("start"),
+    );
+    until_dormant(&rt, 1).await;
+    rt.cancel("listener-unwatched-3").await.expect("cancel");
+    let h3 = rt
+        .handle::<u64>("listener-unwatched-3")
+        .await
+        .expect("handle");
+    assert!(
+        matches!(h3.result().await, Err(Error::Cancelled { .. })),
+        "cancelled"
+    );
+}

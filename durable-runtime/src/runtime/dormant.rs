@@ -187,9 +187,18 @@ impl Inner {
             return;
         }
         let generation = self.dormancy.generations.fetch_add(1, Ordering::Relaxed);
+        // Watched by nobody but its own entry (no handle, no parent waiting): the
+        // channel goes too, and is made again if somebody asks (see
+        // `Running::outcome`).
+        let tx = if tx.receiver_count() > 1 {
+            Some(tx)
+        } else {
+            run.outcome = None;
+            None
+        };
         run.state = RunState::Dormant(Box::new(DormantRun {
             def,
-            tx: Some(tx),
+            tx,
             _alive: asleep.alive,
             generation,
         }));
