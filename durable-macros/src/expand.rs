@@ -195,6 +195,9 @@ pub(crate) fn step(args: TokenStream, item: TokenStream) -> TokenStream {
 
 pub(crate) fn workflow(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
+    // What the function's code is, as written (spacing and comments aside): a run kept
+    // dormant by other code is replayed at the next open, not re-parked.
+    let code = code_hash(&item.to_string());
     let args = WorkflowArgs::parse(args, &mut errors);
     let mut func = match parse_fn("workflow", &item) {
         Ok(f) => f,
@@ -256,7 +259,7 @@ pub(crate) fn workflow(args: TokenStream, item: TokenStream) -> TokenStream {
                 #boxed
             }
             static __DURABLE_WORKFLOW: #k::__private::WorkflowDef<(#(#tys,)*), #ret> =
-                #k::__private::WorkflowDef::new(#name, __durable_run);
+                #k::__private::WorkflowDef::new(#name, __durable_run).code(#code);
             #k::__private::inventory::submit! {
                 #k::__private::WorkflowEntry::new(&__DURABLE_WORKFLOW)
             }
@@ -321,6 +324,14 @@ fn after_guard(expanded: TokenStream, guard: Errors) -> TokenStream {
         Ok(()) => expanded,
         Err(e) => with_item(expanded, &e),
     }
+}
+
+/// FNV-1a (64 bits) of a function's tokens as text: the same source gives the same
+/// number in every build.
+fn code_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]

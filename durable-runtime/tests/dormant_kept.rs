@@ -405,6 +405,75 @@ async fn a_child_that_ended_while_it_was_down_wakes_its_parent_at_the_open() {
 }
 
 #[tokio::test]
+async fn a_run_kept_by_other_code_of_its_workflow_is_replayed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    let rt = open_dormant(&path).await;
+    rt.start_with_id("kept-code", kept_listener("kept-code".into(), 8))
+        .await
+        .expect("start");
+    until_dormant(&rt, 1).await;
+    rt.close().await.expect("close");
+    // The same program, but the workflow function's code was another (the second
+    // half of the build), with a checksum that holds: only the build tells.
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let (build, until, waits): (String, Option<i64>, Vec<u8>) = conn
+        .query_row("SELECT build, until, waits FROM durable_dormant", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .expect("the kept row");
+    assert_eq!(build.len(), 32, "{build}");
+    let other = format!("{}{}", &build[..16], "0123456789abcdef");
+    let until_text = until.map(|u| u.to_string()).unwrap_or_default();
+    let crc = keyed(
+        &[b"kept-code", other.as_bytes(), until_text.as_bytes()],
+        &waits,
+    );
+    conn.execute(
+        "UPDATE durable_dormant SET build = ?1, crc32 = ?2",
+        rusqlite::params![other, crc],
+    )
+    .expect("other code");
+    drop(conn);
+
+    let rt = open_dormant(&path).await;
+    until_dormant(&rt, 1).await;
+    assert_eq!(entered("kept-code"), 2, "replayed at the open");
+    rt.send("kept-code", "go", &1u64).await.expect("send");
+    let h = rt.handle::<u64>("kept-code").await.expect("handle");
+    assert_eq!(h.result().await.expect("result"), 82);
+}
+
+#[tokio::test]
+async fn a_kept_parent_whose_child_cannot_run_here_ends_as_a_replayed_one_would() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    let rt = open_dormant(&path).await;
+    rt.start_with_id("kept-stranded", kept_parent("kept-stranded".into()))
+        .await
+        .expect("start");
+    until_dormant(&rt, 2).await;
+    rt.close().await.expect("close");
+    // The child's input is damaged: it cannot be resumed, so it never ends here.
+    let child = child_of(&path, "kept-stranded");
+    common::sql(
+        &path,
+        "UPDATE durable_workflows SET input = X'00' WHERE id = ?1",
+        [&child],
+    );
+    let rt = open_dormant(&path).await;
+    assert_eq!(rt.unrecoverable().len(), 1);
+    let h = rt.handle::<u64>("kept-stranded").await.expect("handle");
+    let result = tokio::time::timeout(Duration::from_secs(10), h.result())
+        .await
+        .expect("the parent ends instead of waiting for ever");
+    assert!(
+        matches!(result, Err(durable_runtime::Error::Corrupt { .. })),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
 async fn with_dormancy_off_an_open_replays_kept_runs_and_keeps_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("j.db");

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::codec::Codec;
 use crate::engine::recorded::{REPLAY_BATCH, Recorded};
-use crate::engine::workflow::{Launch, Outcome};
+use crate::engine::workflow::{ErasedWorkflow, Launch, Outcome};
 use crate::error::StoreError;
 use crate::error::{CancelReason, Error, Result};
 use crate::journal::{RecordedStep, SideRecords, StartedRecord, Store, WaitFor, Wakes};
@@ -123,6 +123,20 @@ pub(crate) struct Dormancy {
     /// dormant run so that the next open re-parks it without replay if it is the same;
     /// `None`: the journal keeps nothing, and every dormant run is replayed at an open.
     pub(crate) build: Option<Arc<str>>,
+}
+
+impl Dormancy {
+    /// What the journal records as the build of a run of `def` (see
+    /// [`Dormancy::build`]): the program's, then its workflow function's code.
+    pub(crate) fn build_of(&self, def: &dyn ErasedWorkflow) -> Option<Arc<str>> {
+        Some(Arc::from(workflow_build(self.build.as_deref()?, def)))
+    }
+}
+
+/// The build of a run of `def` in program `build`, as the journal records it with a
+/// dormant run: the program's 16 hex digits, then the workflow function's.
+pub(crate) fn workflow_build(build: &str, def: &dyn ErasedWorkflow) -> String {
+    format!("{build}{:016x}", def.code())
 }
 
 /// What a parked operation waits for, besides its time (see [`WorkflowCtx::park`]).

@@ -166,7 +166,7 @@ pub(crate) async fn run_body(
         if let Some(e) = ctx.poll_fatal(cx.waker()) {
             return Poll::Ready(Err(e));
         }
-        match go_dormant(ctx, &mut eviction, cx) {
+        match go_dormant(ctx, def, &mut eviction, cx) {
             Some(Poll::Ready(asleep)) => return Poll::Ready(Ok(asleep)),
             Some(Poll::Pending) => return Poll::Pending,
             None => {}
@@ -269,6 +269,7 @@ fn park(ctx: &WorkflowCtx, eviction: &mut Eviction, after: Duration, cx: &mut Co
 /// body.
 fn go_dormant(
     ctx: &WorkflowCtx,
+    def: &dyn ErasedWorkflow,
     eviction: &mut Eviction,
     cx: &mut Context<'_>,
 ) -> Option<Poll<Done>> {
@@ -297,14 +298,14 @@ fn go_dormant(
                 waits: waits.writes,
                 alive: Arc::downgrade(&alive),
                 wakes: dormancy.wakes.clone(),
-                kept: dormancy.build.clone().map(|build| crate::journal::Kept {
+                kept: dormancy.build_of(def).map(|build| crate::journal::Kept {
                     build,
                     children: waits.children,
                     until: waits.until,
                 }),
             });
             *eviction = Eviction::Asking(ack, alive, waits.until);
-            go_dormant(ctx, eviction, cx)
+            go_dormant(ctx, def, eviction, cx)
         }
         Eviction::Asking(ack, ..) => match Pin::new(ack).poll(cx) {
             Poll::Pending => Some(Poll::Pending),

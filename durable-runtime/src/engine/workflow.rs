@@ -38,12 +38,21 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 pub struct WorkflowDef<I, O> {
     name: &'static str,
     run: fn(I) -> BoxFuture<O>,
+    /// A hash of the function's code as written (see [`ErasedWorkflow::code`]).
+    code: u64,
 }
 
 impl<I, O> WorkflowDef<I, O> {
     /// A workflow named `name` whose body is `run`.
     pub const fn new(name: &'static str, run: fn(I) -> BoxFuture<O>) -> Self {
-        WorkflowDef { name, run }
+        WorkflowDef { name, run, code: 0 }
+    }
+
+    /// The same, with the hash of its function's code.
+    #[must_use]
+    pub const fn code(mut self, code: u64) -> Self {
+        self.code = code;
+        self
     }
 }
 
@@ -62,6 +71,9 @@ pub(crate) type Started = Result<BoxFuture<Result<Vec<u8>, CodecError>>, (CodecE
 /// A workflow with its input and output types erased, for recovery by name.
 pub(crate) trait ErasedWorkflow: Sync + fmt::Debug + 'static {
     fn name(&self) -> &'static str;
+    /// A hash of the `#[workflow]` function's code as written: another number means
+    /// other code, whose waits a replay must find (see `durable_dormant`).
+    fn code(&self) -> u64;
     /// Decodes the recorded input and starts the body; the future encodes the output
     /// with `codec`. A failed decode comes with the input type's name.
     fn start(&'static self, input: &[u8], codec: Codec) -> Started;
@@ -74,6 +86,10 @@ where
 {
     fn name(&self) -> &'static str {
         self.name
+    }
+
+    fn code(&self) -> u64 {
+        self.code
     }
 
     fn start(&'static self, input: &[u8], codec: Codec) -> Started {

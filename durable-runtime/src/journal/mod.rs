@@ -1,6 +1,7 @@
 //! The journal store: every read and write the runtime makes to its journal goes through
 //! [`Store`]. SQL lives only in the implementations ([`sqlite`]).
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -318,16 +319,17 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     /// nothing. Ordered after every write made before it.
     fn awake(&self, run: Arc<str>);
 
-    /// At open, before any write: the runs kept dormant (see [`Dormant::kept`]) by a
-    /// program of the same `build` that nothing has answered since (no message is
+    /// At open, before any write: the runs kept dormant (see [`Dormant::kept`]) by the
+    /// same build (`builds` has the build of each workflow, by name) that nothing has
+    /// answered since (no message is
     /// queued for them, no event they wait for is set, none of their children has
     /// ended, their time has not come). For each, the store keeps its waits as wake-ups
     /// as [`Store::dormant`] does, sending to `wakes`, for as long as its
     /// [`Restored::alive`] is held. What it kept of every other run is dropped, and so
-    /// is all of it if `build` is `None` (dormancy is off): those runs are replayed.
+    /// is all of it if `builds` is `None` (dormancy is off): those runs are replayed.
     fn restore_dormant(
         &self,
-        build: Option<&str>,
+        builds: Option<&HashMap<String, String>>,
         wakes: Wakes,
     ) -> Result<Vec<Restored>, StoreError>;
 
@@ -429,7 +431,8 @@ pub(crate) struct Dormant {
 /// if not, or if anything it waits for came meanwhile.
 #[derive(Debug, Clone)]
 pub(crate) struct Kept {
-    /// Which program put it to sleep (its executable and `app_version`).
+    /// Which program put it to sleep (its executable and `app_version`), and which
+    /// code of its workflow (see `engine::context::workflow_build`).
     pub(crate) build: Arc<str>,
     /// The children whose ends it waits for.
     pub(crate) children: Vec<Arc<str>>,

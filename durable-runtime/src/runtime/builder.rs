@@ -8,7 +8,7 @@ use crate::Durability;
 use crate::codec::Codec;
 #[cfg(feature = "testkit")]
 use crate::engine::context::Instrument;
-use crate::engine::context::WorkflowCtx;
+use crate::engine::context::{WorkflowCtx, workflow_build};
 use crate::engine::drive::History;
 use crate::engine::recorded::REPLAY_BATCH;
 use crate::engine::workflow::Outcome;
@@ -51,6 +51,13 @@ impl RuntimeBuilder {
 
     /// A version string recorded with every workflow this runtime starts (for example
     /// your application's release), for your own inspection of the journal.
+    ///
+    /// It is also part of the *build* the journal keeps with dormant workflows (see
+    /// [`evict_parked_after`](Self::evict_parked_after)): a new version replays them at
+    /// the next open instead of re-parking them from what they waited for. Give a new
+    /// one with every release whose workflows may wait for something else than the last
+    /// one's where the executable file alone does not show it (durable inside a library
+    /// that a host program loads, or configuration that workflow code reads).
     pub fn app_version(mut self, version: impl Into<String>) -> Self {
         self.app_version = Some(version.into());
         self
@@ -72,8 +79,8 @@ impl RuntimeBuilder {
     /// a replay of its history at each wake-up after a wait this long.
     ///
     /// The journal keeps what each dormant workflow waits for, so the next open of the
-    /// same program (the same executable file and [`app_version`](Self::app_version))
-    /// re-parks it without replaying it. One whose message, event or child came while
+    /// same build (the same executable file, [`app_version`](Self::app_version) and
+    /// code of the workflow's function) re-parks it without replaying it. One whose message, event or child came while
     /// the program was down is replayed at the open instead, and so is every one a
     /// different build left dormant: a changed program finds out what its own code
     /// waits for.
@@ -134,7 +141,15 @@ impl RuntimeBuilder {
         let journal = self.journal.clone();
         let build = super::dormant::build_id(self.app_version.as_deref());
         let (dormancy, wakeups) = super::dormant::Dormancies::new(self.evict_parked_after, build);
-        let (build, wakes) = (dormancy.build().map(str::to_owned), dormancy.wakes());
+        // The build of each workflow (the program's, then its code's), for what the
+        // journal kept of dormant runs.
+        let builds: Option<HashMap<String, String>> = dormancy.build().map(|build| {
+            registry
+                .iter()
+                .map(|(name, def)| ((*name).to_owned(), workflow_build(build, *def)))
+                .collect()
+        });
+        let wakes = dormancy.wakes();
         // One trip to a blocking thread: open, then list what to resume, and which of
         // those were dormant and may stay so.
         let (store, pending, restored) = blocking(self.journal.path(), move || {
@@ -147,7 +162,7 @@ impl RuntimeBuilder {
             // What stays (the dormant runs' wake-ups) is made before what goes (the
             // pending rows, read and dropped here): memory freed at the top of the
             // heap goes back to the system, not memory between live allocations.
-            let restored = store.restore_dormant(build.as_deref(), wakes)?;
+            let restored = store.restore_dormant(builds.as_ref(), wakes)?;
             let pending = store.pending_workflows()?;
             Ok::<_, Error>((store, pending, restored))
         })
@@ -157,6 +172,7 @@ impl RuntimeBuilder {
             unrecoverable,
             launches,
             dormant,
+            stranded,
         } = Recovery::sort(pending, &registry, restored);
         let inner = Arc::new(Inner {
             store,
@@ -193,6 +209,11 @@ impl RuntimeBuilder {
                 })
                 .collect()
         };
+        for parent in stranded {
+            // Rebuilt by replay if it is dormant (a no-op otherwise): it finds its
+            // child cannot run here, as at any other open.
+            inner.wake(&parent, None);
+        }
         if !runs.is_empty() {
             tokio::spawn(resume(inner.clone(), runs));
         }
@@ -271,6 +292,9 @@ struct Recovery {
     /// Those that stay dormant, re-parked without replay: their workflow, parent, and
     /// what the journal kept of them.
     dormant: Vec<(&'static dyn ErasedWorkflow, Option<Arc<str>>, Restored)>,
+    /// The parents of the runs this program cannot resume: any of them kept dormant is
+    /// woken at once.
+    stranded: Vec<Arc<str>>,
 }
 
 impl Recovery {
@@ -286,8 +310,15 @@ impl Recovery {
             unrecoverable: Vec::new(),
             launches: Vec::new(),
             dormant: Vec::new(),
+            stranded: Vec::new(),
         };
         for record in pending {
+            if record.damage().is_some() || !registry.contains_key(record.name.as_str()) {
+                // Its parent, if it waits for it dormant, must find out now, as a
+                // replayed one would (this child never runs here to wake it).
+                out.stranded
+                    .extend(record.parent_id.as_deref().map(Arc::<str>::from));
+            }
             if let Some(e) = record.damage() {
                 tracing::warn!("{e}; it stays pending");
                 out.unrecoverable.push(e);

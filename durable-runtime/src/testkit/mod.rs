@@ -306,10 +306,10 @@ macro_rules! forward_reads {
 
         fn restore_dormant(
             &self,
-            build: Option<&str>,
+            builds: Option<&std::collections::HashMap<String, String>>,
             wakes: crate::journal::Wakes,
         ) -> Result<Vec<crate::journal::Restored>, StoreError> {
-            self.inner.restore_dormant(build, wakes)
+            self.inner.restore_dormant(builds, wakes)
         }
 
         fn check(&self) -> Result<Vec<crate::journal::Damage>, StoreError> {

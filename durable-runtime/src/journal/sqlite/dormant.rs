@@ -1,17 +1,19 @@
 //! What the writer keeps of dormant runs (table `durable_dormant`, since version 8), so
 //! that an open re-parks them without replaying each.
 //!
-//! A row says: run `run`, put to sleep by program `build`, waits for these messages,
-//! events and children, and wakes on its own at `until`. It is a cache of what a
-//! replay would find, and is trusted only while that holds:
-//! - it is written (in the next commit, or when the writer goes idle) once the run's
-//!   hand-over to dormancy succeeded, when its body is already dropped;
+//! A row says: run `run`, put to sleep by `build` (the program's, then the workflow
+//! function's code), waits for these messages, events and children, and wakes on its
+//! own at `until`. It is a cache of what a replay would find, and is trusted only while
+//! that holds:
+//! - it is written (in the next commit, or after a second (`writer::ROWS_WAIT`) without
+//!   one) once the run's hand-over to dormancy succeeded, when its body is dropped;
 //! - it is deleted in the commit of the run's next write at the latest: a run writes
 //!   again only once woken, and waking queues its deletion ([`Writer::forget_dormant`])
 //!   before the rebuilt run can write. A cancel or a resume deletes it too;
 //! - at an open ([`Writer::restore_dormant`]), a row is used only if its run is pending,
-//!   the program is the same build, its checksum holds, and nothing it waits for has
-//!   come; every other row is deleted and its run replayed.
+//!   its build is the build of that workflow now, its checksum holds, and nothing it
+//!   waits for has come; every other row of a pending run is deleted and its run
+//!   replayed.
 //!
 //! A row that is lost (a crash before it was written) costs a replay, nothing else.
 
@@ -175,8 +177,9 @@ impl Writer {
     }
 
     /// Writes and deletes the rows noted since the last commit, in the open
-    /// transaction. A row that cannot be written is dropped (it only saves a replay);
-    /// a deletion that fails fails the transaction, and is tried again with the next.
+    /// transaction. A row that cannot be written is dropped (it only saves a replay),
+    /// unless its error rolled back the transaction; a deletion that fails, or such an
+    /// error, fails the transaction, and everything noted is tried again with the next.
     pub(super) fn flush_dormant(&self) -> rusqlite::Result<()> {
         let PendingRows { put, delete } = &self.dormant_rows;
         if !delete.is_empty() {
@@ -191,6 +194,11 @@ impl Writer {
                 s.execute(params![&**run, &*row.build, row.until, row.waits, crc])
             });
             if let Err(e) = written {
+                if self.conn.is_autocommit() {
+                    // The error rolled back the whole transaction, deletions included:
+                    // the batch must fail with it.
+                    return Err(e);
+                }
                 tracing::warn!(workflow = %run, "cannot keep the dormant workflow's waits in the journal ({e}); the next open replays it");
             }
         }
@@ -209,7 +217,7 @@ impl Writer {
     pub(super) fn restore_dormant(
         &mut self,
         path: &Path,
-        build: Option<&str>,
+        builds: Option<&HashMap<String, String>>,
         wakes: Wakes,
     ) -> Result<Vec<Restored>, StoreError> {
         let err = |e| sql_error(path, e);
@@ -226,8 +234,8 @@ impl Writer {
         let tx = Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)
             .map_err(err)?;
         // Every row not kept goes: its run is replayed, and writes again.
-        let kept = match build {
-            Some(build) => match restorable(&tx, build) {
+        let kept = match builds {
+            Some(builds) => match restorable(&tx, builds) {
                 Ok((kept, dropped)) => {
                     let mut drop_row = tx
                         .prepare("DELETE FROM durable_dormant WHERE run = ?1")
@@ -236,9 +244,9 @@ impl Writer {
                         drop_row.execute([run]).map_err(err)?;
                     }
                     tx.execute(
-                        "DELETE FROM durable_dormant WHERE build <> ?1 OR run NOT IN
+                        "DELETE FROM durable_dormant WHERE run NOT IN
                              (SELECT run FROM durable_workflows WHERE status = 'pending')",
-                        [build],
+                        [],
                     )
                     .map_err(err)?;
                     kept
@@ -292,15 +300,18 @@ struct Restorable {
     until: Option<i64>,
 }
 
-/// The rows of `durable_dormant` that program `build` may use (see the module's
-/// documentation), and the runs of those of its build that it may not (damaged, or
-/// answered since).
-fn restorable(tx: &Transaction<'_>, build: &str) -> rusqlite::Result<(Vec<Restorable>, Vec<i64>)> {
+/// The rows of `durable_dormant` that a program whose workflows have `builds` may use
+/// (see the module's documentation), and the runs of the pending ones it may not (of
+/// another build, damaged, or answered since).
+fn restorable(
+    tx: &Transaction<'_>,
+    builds: &HashMap<String, String>,
+) -> rusqlite::Result<(Vec<Restorable>, Vec<i64>)> {
     let now = crate::util::now_ms();
     let mut rows = tx.prepare(
-        "SELECT d.run, w.id, d.until, w.deadline_at, d.waits, d.crc32
+        "SELECT d.run, w.id, d.until, w.deadline_at, d.waits, d.crc32, w.name, d.build
          FROM durable_dormant d JOIN durable_workflows w ON w.run = d.run
-         WHERE w.status = 'pending' AND d.build = ?1",
+         WHERE w.status = 'pending'",
     )?;
     let mut message =
         tx.prepare("SELECT 1 FROM durable_messages WHERE destination = ?1 AND topic = ?2 LIMIT 1")?;
@@ -312,7 +323,7 @@ fn restorable(tx: &Transaction<'_>, build: &str) -> rusqlite::Result<(Vec<Restor
     let mut child = tx.prepare("SELECT status FROM durable_workflows WHERE id = ?1")?;
     let mut out = Vec::new();
     let mut dropped = Vec::new();
-    let mut found = rows.query([build])?;
+    let mut found = rows.query([])?;
     while let Some(r) = found.next()? {
         let run: i64 = r.get(0)?;
         let id: String = r.get(1)?;
@@ -320,7 +331,15 @@ fn restorable(tx: &Transaction<'_>, build: &str) -> rusqlite::Result<(Vec<Restor
         let deadline: Option<i64> = r.get(3)?;
         let waits: Vec<u8> = r.get(4)?;
         let crc: i64 = r.get(5)?;
-        if i64::from(row_crc(&id, build, until, &waits)) != crc {
+        let name: String = r.get(6)?;
+        let build: String = r.get(7)?;
+        if builds.get(&name) != Some(&build) {
+            // Another program, or other code of this workflow: its waits are whatever
+            // a replay of this code finds.
+            dropped.push(run);
+            continue;
+        }
+        if i64::from(row_crc(&id, &build, until, &waits)) != crc {
             tracing::warn!(workflow = %id, "the journal's record of the dormant workflow is damaged; replaying it");
             dropped.push(run);
             continue;

@@ -415,11 +415,11 @@ impl Store for SqliteStore {
 
     fn restore_dormant(
         &self,
-        build: Option<&str>,
+        builds: Option<&std::collections::HashMap<String, String>>,
         wakes: crate::journal::Wakes,
     ) -> Result<Vec<crate::journal::Restored>, StoreError> {
         match lock(&self.core).as_mut() {
-            Some(writer) => writer.restore_dormant(&self.path, build, wakes),
+            Some(writer) => writer.restore_dormant(&self.path, builds, wakes),
             None => Err(StoreError::new(
                 &*self.path,
                 StoreErrorKind::Closed,

@@ -173,17 +173,28 @@ pub(super) fn write_loop(
     // Parked waits that a committed batch answered, to run before anything new.
     let mut woken: VecDeque<Command> = VecDeque::new();
     // Waits for the first request; ends when every sender is gone, or at a close.
-    // Before it sleeps, the writer writes what it keeps of runs gone dormant.
-    let idle = || match lock(core).as_mut() {
-        Some(writer) if writer.dormant_rows_due() => {
+    // Whether a run went dormant since the rows were last written (known here: the
+    // hand-overs run on this thread). Read without the writer's lock, which a lone
+    // write on its caller's thread must find free.
+    let rows_due = std::cell::Cell::new(false);
+    // Writes what the writer keeps of runs gone dormant, if no commit took it yet.
+    let write_rows = || {
+        if !rows_due.replace(false) {
+            return;
+        }
+        if let Some(writer) = lock(core).as_mut()
+            && writer.dormant_rows_due()
+        {
             let answers = writer.commit_batch(path, &mut Vec::new(), stats, &mut VecDeque::new());
             if answers.checkpoint {
                 writer.checkpoint_if_due();
             }
         }
-        _ => {}
     };
-    while let Some(first) = woken.pop_front().or_else(|| next_command(rx, idle)) {
+    while let Some(first) = woken
+        .pop_front()
+        .or_else(|| next_command(rx, rows_due.get(), write_rows))
+    {
         if stats.halted() {
             // A simulated crash: what is queued is dropped unanswered, like the
             // process's memory, and the thread exits (releasing the lock).
@@ -222,7 +233,7 @@ pub(super) fn write_loop(
         }
         match alone {
             Some(Command::Close) => {
-                idle();
+                write_rows();
                 return;
             }
             Some(Command::Checkpoint) => {
@@ -245,6 +256,9 @@ pub(super) fn write_loop(
                         Some(writer) => writer.go_dormant(dormant),
                         None => return,
                     };
+                    if done {
+                        rows_due.set(true);
+                    }
                     stats.in_flight.fetch_sub(1, Ordering::Relaxed);
                     drop(reply.send(Ok(done)));
                 }
@@ -259,9 +273,19 @@ pub(super) fn write_loop(
 /// How long the writer spins for the next write before it sleeps.
 pub(crate) const WRITER_SPIN: Duration = Duration::from_micros(50);
 
-/// Waits for the next write: spins for up to [`WRITER_SPIN`], then runs `idle` and
-/// sleeps until one comes. `None` once every sender is gone.
-fn next_command(rx: &mpsc::Receiver<Command>, idle: impl Fn()) -> Option<Command> {
+/// How long rows of dormant runs wait for a commit to ride with before the writer,
+/// idle, commits them on their own: a lost row only costs a replay at the next open,
+/// and a commit per run going dormant would cost an fsync each at `FULL`.
+const ROWS_WAIT: Duration = Duration::from_secs(1);
+
+/// Waits for the next write: spins for up to [`WRITER_SPIN`], then sleeps until one
+/// comes; if `rows_due`, for at most [`ROWS_WAIT`] before it runs `write_rows`. `None`
+/// once every sender is gone.
+fn next_command(
+    rx: &mpsc::Receiver<Command>,
+    rows_due: bool,
+    write_rows: impl Fn(),
+) -> Option<Command> {
     let start = std::time::Instant::now();
     loop {
         match rx.try_recv() {
@@ -273,7 +297,13 @@ fn next_command(rx: &mpsc::Receiver<Command>, idle: impl Fn()) -> Option<Command
                 thread::yield_now();
             }
             Err(mpsc::TryRecvError::Empty) => {
-                idle();
+                if rows_due {
+                    match rx.recv_timeout(ROWS_WAIT) {
+                        Ok(c) => return Some(c),
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+                        Err(mpsc::RecvTimeoutError::Timeout) => write_rows(),
+                    }
+                }
                 return rx.recv().ok();
             }
         }
