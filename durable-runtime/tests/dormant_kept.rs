@@ -487,6 +487,7 @@ async fn with_dormancy_off_an_open_replays_kept_runs_and_keeps_nothing() {
 
     let rt = Runtime::builder(&path)
         .durability(Durability::Off)
+        .evict_parked_after(None)
         .open()
         .await
         .expect("open");
@@ -496,4 +497,23 @@ async fn with_dormancy_off_an_open_replays_kept_runs_and_keeps_nothing() {
     let h = rt.handle::<u64>("kept-off").await.expect("handle");
     assert_eq!(h.result().await.expect("result"), 62);
     assert_eq!(entered("kept-off"), 2);
+}
+
+#[tokio::test]
+async fn by_default_a_runtime_re_parks_kept_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    let rt = open_dormant(&path).await;
+    rt.start_with_id("kept-default", kept_listener("kept-default".into(), 9))
+        .await
+        .expect("start");
+    until_dormant(&rt, 1).await;
+    rt.close().await.expect("close");
+    // Dormancy is on by default (after a minute): what was kept is used.
+    let rt = Runtime::open(&path).await.expect("open");
+    assert_eq!(rt.dormant_count(), 1);
+    rt.send("kept-default", "go", &1u64).await.expect("send");
+    let h = rt.handle::<u64>("kept-default").await.expect("handle");
+    assert_eq!(h.result().await.expect("result"), 92);
+    assert_eq!(entered("kept-default"), 2);
 }

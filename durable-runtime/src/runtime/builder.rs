@@ -33,6 +33,12 @@ pub struct RuntimeBuilder {
 }
 
 impl RuntimeBuilder {
+    /// How long a workflow waits in memory before it goes dormant, unless
+    /// [`evict_parked_after`](Self::evict_parked_after) says otherwise: a minute. Waits
+    /// shorter than that cost no replay; a workflow that waits for hours or days holds
+    /// a few hundred bytes after its first minute.
+    pub const DEFAULT_EVICT_PARKED_AFTER: Duration = Duration::from_secs(60);
+
     /// How hard each checkpoint tries to survive a crash; [`Durability::Full`] by default.
     pub fn durability(mut self, durability: Durability) -> Self {
         self.options.durability = durability;
@@ -64,8 +70,9 @@ impl RuntimeBuilder {
     }
 
     /// How long a workflow must have been waiting before its state is dropped from
-    /// memory, to be rebuilt by replay when what it waits for comes; `None` (the
-    /// default, for now): never.
+    /// memory, to be rebuilt by replay when what it waits for comes:
+    /// [`DEFAULT_EVICT_PARKED_AFTER`](Self::DEFAULT_EVICT_PARKED_AFTER) (a minute) by
+    /// default; `None`: never.
     ///
     /// A workflow is *parked* when every one of its live operations waits: a
     /// [`recv`](crate::recv), a [`get_event`](crate::get_event), a

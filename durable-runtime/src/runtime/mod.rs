@@ -61,7 +61,7 @@ impl Runtime {
             journal: JournalSpec::Sqlite(path.as_ref().to_owned()),
             options: JournalOptions::default(),
             app_version: None,
-            evict_parked_after: None,
+            evict_parked_after: Some(RuntimeBuilder::DEFAULT_EVICT_PARKED_AFTER),
             #[cfg(feature = "testkit")]
             instrument: None,
         }
