@@ -126,6 +126,52 @@ fn child_of(path: &Path, parent: &str) -> String {
     .expect("the child")
 }
 
+/// Starts `call` as `id` in a fresh runtime at `path`, waits until `dormant` runs are
+/// dormant, and closes it: the journal keeps them.
+async fn keep_dormant<O>(
+    path: &Path,
+    id: &str,
+    call: durable_runtime::WorkflowCall<O>,
+    dormant: usize,
+) where
+    O: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    let rt = open_dormant(path).await;
+    rt.start_with_id(id, call).await.expect("start");
+    until_dormant(&rt, dormant).await;
+    rt.close().await.expect("close");
+}
+
+/// A runtime whose parked workflows stay in memory (for an hour).
+async fn open_in_memory(path: &Path) -> Runtime {
+    Runtime::builder(path)
+        .durability(Durability::Off)
+        .evict_parked_after(Duration::from_secs(3600))
+        .open()
+        .await
+        .expect("open")
+}
+
+/// Waits until every queued message was taken.
+async fn until_taken(path: &Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !common::dump(path, "durable_messages").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a message was never taken"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The result of `id`, which must come within 10 s (`why`: what should bring it).
+async fn result_within(rt: &Runtime, id: &str, why: &str) -> Result<u64, durable_runtime::Error> {
+    let h = rt.handle::<u64>(id).await.expect("handle");
+    tokio::time::timeout(Duration::from_secs(10), h.result())
+        .await
+        .unwrap_or_else(|_| panic!("{id}: {why}"))
+}
+
 fn kept_rows(path: &Path) -> usize {
     common::dump(path, "durable_dormant").len()
 }
@@ -237,10 +283,12 @@ async fn a_message_that_came_while_it_was_down_wakes_it_at_the_open() {
     assert_eq!(kept.len(), 1, "{kept:?}");
 
     let rt = open_as(&path, "1").await;
-    let h = rt.handle::<u64>("kept-early").await.expect("handle");
-    let result = tokio::time::timeout(Duration::from_secs(10), h.result())
-        .await
-        .expect("the message that came meanwhile wakes it");
+    let result = result_within(
+        &rt,
+        "kept-early",
+        "the message that came meanwhile wakes it",
+    )
+    .await;
     assert_eq!(result.expect("result"), 17);
 }
 
@@ -270,12 +318,13 @@ async fn a_run_kept_by_another_program_is_replayed() {
 async fn a_damaged_kept_record_is_replayed_not_trusted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("j.db");
-    let rt = open_dormant(&path).await;
-    rt.start_with_id("kept-damaged", kept_listener("kept-damaged".into(), 3))
-        .await
-        .expect("start");
-    until_dormant(&rt, 1).await;
-    rt.close().await.expect("close");
+    keep_dormant(
+        &path,
+        "kept-damaged",
+        kept_listener("kept-damaged".into(), 3),
+        1,
+    )
+    .await;
     // Its topic `go` becomes `gx`: trusted, the run would wait for a topic nobody sends.
     common::sql(
         &path,
@@ -286,10 +335,7 @@ async fn a_damaged_kept_record_is_replayed_not_trusted() {
     until_dormant(&rt, 1).await;
     assert_eq!(entered("kept-damaged"), 2, "replayed at the open");
     rt.send("kept-damaged", "go", &4u64).await.expect("send");
-    let h = rt.handle::<u64>("kept-damaged").await.expect("handle");
-    let result = tokio::time::timeout(Duration::from_secs(10), h.result())
-        .await
-        .expect("woken by its message");
+    let result = result_within(&rt, "kept-damaged", "woken by its message").await;
     assert_eq!(result.expect("result"), 35);
 }
 
@@ -297,28 +343,14 @@ async fn a_damaged_kept_record_is_replayed_not_trusted() {
 async fn a_woken_run_leaves_nothing_kept_that_could_outlive_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("j.db");
-    let rt = open_dormant(&path).await;
-    rt.start_with_id("kept-two", kept_two_waits("kept-two".into()))
-        .await
-        .expect("start");
-    until_dormant(&rt, 1).await;
-    rt.close().await.expect("close");
+    keep_dormant(&path, "kept-two", kept_two_waits("kept-two".into()), 1).await;
 
     // Re-parked from what was kept, woken by `a`, and left waiting for `b` in memory:
     // what was kept (waiting for `a`) must not survive.
-    let rt = Runtime::builder(&path)
-        .durability(Durability::Off)
-        .evict_parked_after(Duration::from_secs(3600))
-        .open()
-        .await
-        .expect("open");
+    let rt = open_in_memory(&path).await;
     assert_eq!(rt.dormant_count(), 1);
     rt.send("kept-two", "a", &3u64).await.expect("send");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while common::dump(&path, "durable_messages").len() == 1 {
-        assert!(std::time::Instant::now() < deadline, "`a` was never taken");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_taken(&path).await;
     rt.close().await.expect("close");
     assert_eq!(
         kept_rows(&path),
@@ -329,10 +361,7 @@ async fn a_woken_run_leaves_nothing_kept_that_could_outlive_it() {
     let rt = open_dormant(&path).await;
     until_dormant(&rt, 1).await;
     rt.send("kept-two", "b", &4u64).await.expect("send");
-    let h = rt.handle::<u64>("kept-two").await.expect("handle");
-    let result = tokio::time::timeout(Duration::from_secs(10), h.result())
-        .await
-        .expect("woken by `b`");
+    let result = result_within(&rt, "kept-two", "woken by `b`").await;
     assert_eq!(result.expect("result"), 305);
 }
 
@@ -340,40 +369,29 @@ async fn a_woken_run_leaves_nothing_kept_that_could_outlive_it() {
 async fn a_kept_run_cancelled_and_resumed_is_not_re_parked_from_its_old_record() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("j.db");
-    let rt = open_dormant(&path).await;
-    rt.start_with_id("kept-cancel", kept_two_waits("kept-cancel".into()))
-        .await
-        .expect("start");
-    until_dormant(&rt, 1).await;
-    rt.close().await.expect("close");
+    keep_dormant(
+        &path,
+        "kept-cancel",
+        kept_two_waits("kept-cancel".into()),
+        1,
+    )
+    .await;
 
     // Cancelled while dormant, resumed (replayed, in memory), and moved on past `a`.
-    let rt = Runtime::builder(&path)
-        .durability(Durability::Off)
-        .evict_parked_after(Duration::from_secs(3600))
-        .open()
-        .await
-        .expect("open");
+    let rt = open_in_memory(&path).await;
     assert_eq!(rt.dormant_count(), 1);
     rt.cancel("kept-cancel").await.expect("cancel");
     assert_eq!(rt.dormant_count(), 0);
     rt.resume("kept-cancel").await.expect("resume");
     rt.send("kept-cancel", "a", &1u64).await.expect("send");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !common::dump(&path, "durable_messages").is_empty() {
-        assert!(std::time::Instant::now() < deadline, "`a` was never taken");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_taken(&path).await;
     rt.close().await.expect("close");
     assert_eq!(kept_rows(&path), 0);
 
     let rt = open_dormant(&path).await;
     until_dormant(&rt, 1).await;
     rt.send("kept-cancel", "b", &2u64).await.expect("send");
-    let h = rt.handle::<u64>("kept-cancel").await.expect("handle");
-    let result = tokio::time::timeout(Duration::from_secs(10), h.result())
-        .await
-        .expect("woken by `b`");
+    let result = result_within(&rt, "kept-cancel", "woken by `b`").await;
     assert_eq!(result.expect("result"), 103);
 }
 
@@ -381,12 +399,7 @@ async fn a_kept_run_cancelled_and_resumed_is_not_re_parked_from_its_old_record()
 async fn a_child_that_ended_while_it_was_down_wakes_its_parent_at_the_open() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("j.db");
-    let rt = open_dormant(&path).await;
-    rt.start_with_id("kept-orphan", kept_parent("kept-orphan".into()))
-        .await
-        .expect("start");
-    until_dormant(&rt, 2).await;
-    rt.close().await.expect("close");
+    keep_dormant(&path, "kept-orphan", kept_parent("kept-orphan".into()), 2).await;
     // The child ends (cancelled) with no runtime there to wake its parent, as in a
     // crash between the child's end and the parent's wake-up.
     let child = child_of(&path, "kept-orphan");
@@ -397,10 +410,7 @@ async fn a_child_that_ended_while_it_was_down_wakes_its_parent_at_the_open() {
         [&child],
     );
     let rt = open_dormant(&path).await;
-    let h = rt.handle::<u64>("kept-orphan").await.expect("handle");
-    let result = tokio::time::timeout(Duration::from_secs(10), h.result())
-        .await
-        .expect("the child's end wakes the parent");
+    let result = result_within(&rt, "kept-orphan", "the child's end wakes the parent").await;
     assert_eq!(result.expect("result"), 0);
 }
 
@@ -408,12 +418,7 @@ async fn a_child_that_ended_while_it_was_down_wakes_its_parent_at_the_open() {
 async fn a_run_kept_by_other_code_of_its_workflow_is_replayed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("j.db");
-    let rt = open_dormant(&path).await;
-    rt.start_with_id("kept-code", kept_listener("kept-code".into(), 8))
-        .await
-        .expect("start");
-    until_dormant(&rt, 1).await;
-    rt.close().await.expect("close");
+    keep_dormant(&path, "kept-code", kept_listener("kept-code".into(), 8), 1).await;
     // The same program, but the workflow function's code was another (the second
     // half of the build), with a checksum that holds: only the build tells.
     let conn = rusqlite::Connection::open(&path).expect("open");
@@ -448,12 +453,13 @@ async fn a_run_kept_by_other_code_of_its_workflow_is_replayed() {
 async fn a_kept_parent_whose_child_cannot_run_here_ends_as_a_replayed_one_would() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("j.db");
-    let rt = open_dormant(&path).await;
-    rt.start_with_id("kept-stranded", kept_parent("kept-stranded".into()))
-        .await
-        .expect("start");
-    until_dormant(&rt, 2).await;
-    rt.close().await.expect("close");
+    keep_dormant(
+        &path,
+        "kept-stranded",
+        kept_parent("kept-stranded".into()),
+        2,
+    )
+    .await;
     // The child's input is damaged: it cannot be resumed, so it never ends here.
     let child = child_of(&path, "kept-stranded");
     common::sql(
@@ -463,10 +469,12 @@ async fn a_kept_parent_whose_child_cannot_run_here_ends_as_a_replayed_one_would(
     );
     let rt = open_dormant(&path).await;
     assert_eq!(rt.unrecoverable().len(), 1);
-    let h = rt.handle::<u64>("kept-stranded").await.expect("handle");
-    let result = tokio::time::timeout(Duration::from_secs(10), h.result())
-        .await
-        .expect("the parent ends instead of waiting for ever");
+    let result = result_within(
+        &rt,
+        "kept-stranded",
+        "the parent ends instead of waiting for ever",
+    )
+    .await;
     assert!(
         matches!(result, Err(durable_runtime::Error::Corrupt { .. })),
         "{result:?}"
@@ -477,12 +485,7 @@ async fn a_kept_parent_whose_child_cannot_run_here_ends_as_a_replayed_one_would(
 async fn with_dormancy_off_an_open_replays_kept_runs_and_keeps_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("j.db");
-    let rt = open_dormant(&path).await;
-    rt.start_with_id("kept-off", kept_listener("kept-off".into(), 6))
-        .await
-        .expect("start");
-    until_dormant(&rt, 1).await;
-    rt.close().await.expect("close");
+    keep_dormant(&path, "kept-off", kept_listener("kept-off".into(), 6), 1).await;
     assert_eq!(kept_rows(&path), 1);
 
     let rt = Runtime::builder(&path)
@@ -503,12 +506,13 @@ async fn with_dormancy_off_an_open_replays_kept_runs_and_keeps_nothing() {
 async fn by_default_a_runtime_re_parks_kept_runs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("j.db");
-    let rt = open_dormant(&path).await;
-    rt.start_with_id("kept-default", kept_listener("kept-default".into(), 9))
-        .await
-        .expect("start");
-    until_dormant(&rt, 1).await;
-    rt.close().await.expect("close");
+    keep_dormant(
+        &path,
+        "kept-default",
+        kept_listener("kept-default".into(), 9),
+        1,
+    )
+    .await;
     // Dormancy is on by default (after a minute): what was kept is used.
     let rt = Runtime::open(&path).await.expect("open");
     assert_eq!(rt.dormant_count(), 1);
