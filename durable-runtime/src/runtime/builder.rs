@@ -87,10 +87,10 @@ impl RuntimeBuilder {
     ///
     /// The journal keeps what each dormant workflow waits for, so the next open of the
     /// same build (the same executable file, [`app_version`](Self::app_version) and
-    /// code of the workflow's function) re-parks it without replaying it. One whose message, event or child came while
-    /// the program was down is replayed at the open instead, and so is every one a
-    /// different build left dormant: a changed program finds out what its own code
-    /// waits for.
+    /// code of the workflow's function) re-parks it without replaying it. One whose
+    /// message, event or child came while the program was down is replayed at the
+    /// open instead, and so is every one a different build left dormant: a changed
+    /// program finds out what its own code waits for.
     ///
     /// A workflow body must await only durable operations (steps, the primitives,
     /// child workflows, and combinations of them such as [`select`](crate::select)):
