@@ -295,27 +295,20 @@ async fn messages_racing_dormancy_are_each_received_once_in_order() {
                 .expect("start"),
         );
     }
-    let mut senders = Vec::new();
-    for w in 0..workflows {
-        let rt = rt.clone();
-        senders.push(tokio::spawn(async move {
+    // A spread of gaps: none, a yield, sub-millisecond, a few milliseconds.
+    let senders: Vec<_> = (0..workflows)
+        .map(|w| {
             let id = format!("counter-{w}");
-            // A spread of gaps: none, a yield, sub-millisecond, a few milliseconds.
-            let mut seed = u64::from(w).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-            for i in 0..messages {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                match seed % 4 {
-                    0 => {}
-                    1 => tokio::task::yield_now().await,
-                    2 => tokio::time::sleep(Duration::from_micros(300)).await,
-                    _ => tokio::time::sleep(Duration::from_millis(3)).await,
-                }
-                rt.send(&id, "n", &i).await.expect("send");
-            }
-        }));
-    }
+            common::send_with_random_gaps(
+                &rt,
+                id,
+                "n",
+                messages,
+                w.into(),
+                Duration::from_micros(300),
+            )
+        })
+        .collect();
     for s in senders {
         s.await.expect("sender");
     }

@@ -141,3 +141,32 @@ pub fn keyed(parts: &[&[u8]], value: &[u8]) -> u32 {
     bytes.extend_from_slice(value);
     crc32(&bytes)
 }
+
+/// Sends `0..messages` (as `u32`) to workflow `id` on `topic`, in order, with a
+/// spread of gaps before each, drawn from `seed`: none, a yield, `short`, or 3 ms. The
+/// sends race whatever the workflow is doing (running, going dormant, rebuilt).
+pub fn send_with_random_gaps(
+    rt: &Runtime,
+    id: String,
+    topic: &'static str,
+    messages: u32,
+    seed: u64,
+    short: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let rt = rt.clone();
+    tokio::spawn(async move {
+        let mut seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        for i in 0..messages {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            match seed % 4 {
+                0 => {}
+                1 => tokio::task::yield_now().await,
+                2 => tokio::time::sleep(short).await,
+                _ => tokio::time::sleep(Duration::from_millis(3)).await,
+            }
+            rt.send(&id, topic, &i).await.expect("send");
+        }
+    })
+}
