@@ -73,9 +73,9 @@ enum Notice {
         until: Option<i64>,
         keep: Arc<Inner>,
     },
-    /// Dormant runs ended without the loop (cancelled, stopped): if none is left, the
-    /// loop lets the runtime go.
-    Recount,
+    /// Dormancy `generation` of run `id` ended (woken, cancelled or stopped): its timer
+    /// goes, and if no run is dormant, the loop lets the runtime go.
+    Left { id: Arc<str>, generation: u64 },
 }
 
 /// The receiving ends of a runtime's wake-ups, for [`wake_loop`].
@@ -203,9 +203,9 @@ impl Inner {
             generation,
         }));
         self.dormancy.count.fetch_add(1, Ordering::AcqRel);
-        drop(running);
         tracing::debug!(workflow = %id, "parked; dormant until woken");
-        // The loop outlives the runtime's handles while it holds this.
+        // Under the lock, so that the loop hears of this dormancy before it hears that
+        // it ended. The loop outlives the runtime's handles while it holds `keep`.
         let _ = self.dormancy.to_loop.send(Notice::Asleep {
             id,
             generation,
@@ -251,6 +251,10 @@ impl Inner {
             tx
         });
         self.dormancy.count.fetch_sub(1, Ordering::AcqRel);
+        let _ = self.dormancy.to_loop.send(Notice::Left {
+            id: key,
+            generation: d.generation,
+        });
         drop(running);
         tracing::debug!(workflow = %id, "woken; rebuilding it by replay");
         tokio::spawn(rebuild(self.clone(), ctx, def, tx));
@@ -306,15 +310,18 @@ impl Inner {
         if !matches!(running.get(id)?.state, RunState::Dormant(_)) {
             return None;
         }
-        let run = running.remove(id)?;
+        let (key, run) = running.remove_entry(id)?;
         if let RunState::Dormant(d) = &run.state {
             lock(&self.stopped).remove(id);
             if let Some(tx) = &d.tx {
                 tx.send_replace(Some(Arc::new(Err(why))));
             }
+            self.dormancy.count.fetch_sub(1, Ordering::AcqRel);
+            let _ = self.dormancy.to_loop.send(Notice::Left {
+                id: key,
+                generation: d.generation,
+            });
         }
-        self.dormancy.count.fetch_sub(1, Ordering::AcqRel);
-        let _ = self.dormancy.to_loop.send(Notice::Recount);
         Some(run)
     }
 
@@ -368,14 +375,11 @@ async fn rebuild(
 /// Wakes dormant runs: those the journal names (a message or an event they wait for
 /// was written), and those whose time comes. Runs until the runtime is gone.
 pub(super) async fn wake_loop(inner: Weak<Inner>, mut wakeups: Wakeups) {
-    // (when, generation, run), earliest first; and each run's latest, so that a run
-    // that goes dormant again replaces its timer rather than adding one.
-    let mut timers: BTreeSet<(i64, u64, Arc<str>)> = BTreeSet::new();
-    let mut latest: HashMap<Arc<str>, (i64, u64)> = HashMap::new();
+    let mut timers = Timers::default();
     // The runtime, held while any run is dormant.
     let mut keep: Option<Arc<Inner>> = None;
     loop {
-        let next = timers.first().map(|(at, ..)| *at);
+        let next = timers.next();
         let sleep = async {
             match next {
                 Some(at) => crate::primitives::sleep_until_ms(at).await,
@@ -393,25 +397,13 @@ pub(super) async fn wake_loop(inner: Weak<Inner>, mut wakeups: Wakeups) {
             notice = wakeups.notices.recv() => match notice {
                 None => return,
                 Some(Notice::Asleep { id, generation, until, keep: held }) => {
-                    if let Some((at, g)) = latest.remove(&id) {
-                        timers.remove(&(at, g, id.clone()));
-                    }
-                    if let Some(at) = until {
-                        latest.insert(id.clone(), (at, generation));
-                        timers.insert((at, generation, id));
-                    }
+                    timers.asleep(id, generation, until);
                     keep = Some(held);
                 }
-                Some(Notice::Recount) => {}
+                Some(Notice::Left { id, generation }) => timers.left(&id, generation),
             },
             () = sleep => {
-                let now = now_ms();
-                while let Some((at, generation, id)) = timers.pop_first() {
-                    if at > now {
-                        timers.insert((at, generation, id));
-                        break;
-                    }
-                    latest.remove(&id);
+                for (id, generation) in timers.due(now_ms()) {
                     if let Some(inner) = inner.upgrade() {
                         inner.wake(&id, Some(generation));
                     }
@@ -421,6 +413,66 @@ pub(super) async fn wake_loop(inner: Weak<Inner>, mut wakeups: Wakeups) {
         if keep.as_ref().is_some_and(|k| k.dormancy.count() == 0) {
             keep = None;
         }
+    }
+}
+
+/// The times at which dormant runs wake on their own: one per run, for its latest
+/// dormancy, kept only while that dormancy lasts.
+#[derive(Debug, Default)]
+struct Timers {
+    /// (when, generation, run), earliest first.
+    queue: BTreeSet<(i64, u64, Arc<str>)>,
+    /// Each run's entry in `queue`.
+    of_run: HashMap<Arc<str>, (i64, u64)>,
+}
+
+impl Timers {
+    /// Dormancy `generation` of run `id` began, to end at `until` (ms since the epoch)
+    /// unless something wakes it first. It replaces the run's earlier timer.
+    fn asleep(&mut self, id: Arc<str>, generation: u64, until: Option<i64>) {
+        self.forget(&id);
+        if let Some(at) = until {
+            self.of_run.insert(id.clone(), (at, generation));
+            self.queue.insert((at, generation, id));
+        }
+    }
+
+    /// Dormancy `generation` of run `id` ended without its timer: the timer goes (a
+    /// later dormancy's stays).
+    fn left(&mut self, id: &str, generation: u64) {
+        if self.of_run.get(id).is_some_and(|&(_, g)| g == generation) {
+            self.forget(id);
+        }
+    }
+
+    fn forget(&mut self, id: &str) {
+        if let Some((id, (at, generation))) = self.of_run.remove_entry(id) {
+            self.queue.remove(&(at, generation, id));
+        }
+    }
+
+    /// When the earliest timer is due.
+    fn next(&self) -> Option<i64> {
+        self.queue.first().map(|(at, ..)| *at)
+    }
+
+    /// Takes the timers due at `now`: each run and the dormancy it wakes.
+    fn due(&mut self, now: i64) -> Vec<(Arc<str>, u64)> {
+        let mut due = Vec::new();
+        while self.queue.first().is_some_and(|(at, ..)| *at <= now) {
+            if let Some((_, generation, id)) = self.queue.pop_first() {
+                self.of_run.remove(&id);
+                due.push((id, generation));
+            }
+        }
+        due
+    }
+
+    /// How many timers are set.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        debug_assert_eq!(self.queue.len(), self.of_run.len());
+        self.queue.len()
     }
 }
 
@@ -453,4 +505,81 @@ pub(super) fn build_id(app_version: Option<&str>) -> Option<Arc<str>> {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
     Some(Arc::from(format!("{hash:016x}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What happens to a run's dormancies, as the wake loop hears of it.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Run `run` goes dormant (a new generation), with a timer at `until` or none.
+        Asleep { run: u8, until: Option<i64> },
+        /// Run `run`'s dormancy number `back` before its latest ends (0: the latest).
+        Left { run: u8, back: u8 },
+        /// Time moves to `now`.
+        Tick { now: i64 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..6, proptest::option::of(0i64..100))
+                .prop_map(|(run, until)| Op::Asleep { run, until }),
+            (0u8..6, 0u8..3).prop_map(|(run, back)| Op::Left { run, back }),
+            (0i64..100).prop_map(|now| Op::Tick { now }),
+        ]
+    }
+
+    proptest! {
+        /// A timer is kept exactly while its dormancy lasts: a run's latest dormancy
+        /// with a time, not yet ended and not yet due. Ending an earlier dormancy never
+        /// takes a later one's timer, and each due timer is handed out once.
+        #[test]
+        fn a_timer_lasts_as_long_as_its_dormancy(ops in proptest::collection::vec(op(), 0..60)) {
+            let mut timers = Timers::default();
+            let mut generation = 0u64;
+            // Per run: the generations it went dormant with, and the live timer the
+            // model expects (generation, when).
+            let mut history: HashMap<u8, Vec<u64>> = HashMap::new();
+            let mut expect: HashMap<u8, (u64, i64)> = HashMap::new();
+            let name = |run: u8| -> Arc<str> { Arc::from(format!("run-{run}")) };
+            for op in ops {
+                match op {
+                    Op::Asleep { run, until } => {
+                        generation += 1;
+                        history.entry(run).or_default().push(generation);
+                        expect.remove(&run);
+                        if let Some(at) = until {
+                            expect.insert(run, (generation, at));
+                        }
+                        timers.asleep(name(run), generation, until);
+                    }
+                    Op::Left { run, back } => {
+                        let gens = history.get(&run).cloned().unwrap_or_default();
+                        let Some(&g) = gens.iter().rev().nth(usize::from(back)) else { continue };
+                        if expect.get(&run).is_some_and(|&(eg, _)| eg == g) {
+                            expect.remove(&run);
+                        }
+                        timers.left(&name(run), g);
+                    }
+                    Op::Tick { now } => {
+                        let mut due: Vec<(Arc<str>, u64)> = timers.due(now);
+                        due.sort();
+                        let mut want: Vec<(Arc<str>, u64)> = expect
+                            .iter()
+                            .filter(|(_, (_, at))| *at <= now)
+                            .map(|(run, (g, _))| (name(*run), *g))
+                            .collect();
+                        want.sort();
+                        expect.retain(|_, (_, at)| *at > now);
+                        prop_assert_eq!(due, want);
+                    }
+                }
+                prop_assert_eq!(timers.len(), expect.len());
+                prop_assert_eq!(timers.next(), expect.values().map(|(_, at)| *at).min());
+            }
+        }
+    }
 }
