@@ -201,16 +201,26 @@ impl RuntimeBuilder {
         tokio::spawn(super::dormant::wake_loop(Arc::downgrade(&inner), wakeups));
         // Every resumed run is in `running` before any of them runs: a parent resuming
         // its child's call must find the child's run, not start a second one.
+        if !(dormant.is_empty() && launches.is_empty()) {
+            // One line for the open, however many runs it resumes; each run's own is at
+            // debug level.
+            tracing::info!(
+                journal = %self.journal.path().display(),
+                replayed = launches.len(),
+                dormant = dormant.len(),
+                "resuming pending workflows"
+            );
+        }
         let runs: Vec<_> = {
             let mut running = lock(&inner.running);
             for (def, parent, restored) in dormant {
-                tracing::info!(workflow = %restored.id, name = def.name(), "resuming pending workflow, dormant");
+                tracing::debug!(workflow = %restored.id, name = def.name(), "resuming pending workflow, dormant");
                 inner.restore(&mut running, def, parent, restored);
             }
             launches
                 .into_iter()
                 .map(|(id, def, input, deadline_at, parent)| {
-                    tracing::info!(workflow = %id, name = def.name(), "resuming pending workflow");
+                    tracing::debug!(workflow = %id, name = def.name(), "resuming pending workflow");
                     let (ctx, tx) = inner.register(&mut running, &id, def.name(), parent);
                     (ctx, def, input, deadline_at, tx)
                 })
