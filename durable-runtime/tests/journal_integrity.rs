@@ -1141,7 +1141,7 @@ fn migration_6_sorts_paths_keeps_checksums_and_finishes_pending_work() {
     // The 25 recorded steps replayed; only the 25 after the wait ran.
     assert_eq!(BODIES.load(Ordering::SeqCst) - before, 25);
     let conn = rusqlite::Connection::open(&path).expect("open");
-    assert_eq!(schema_version(&conn), ["8"]);
+    assert_eq!(schema_version(&conn), ["9"]);
     let application_id: i64 = conn
         .query_row("PRAGMA application_id", [], |r| r.get(0))
         .expect("application_id");
@@ -1291,20 +1291,7 @@ const BULK: u32 = 100_000;
 /// finished workflow `model` and its first three steps under its own id, with every
 /// checksum keyed by that id as durable writes them.
 fn bulk_finished_at_version_6(conn: &rusqlite::Connection, model: &str) {
-    conn.create_scalar_function(
-        "keyed_crc",
-        -1,
-        rusqlite::functions::FunctionFlags::SQLITE_UTF8,
-        |ctx| {
-            let value: Vec<u8> = ctx.get(0)?;
-            let parts: Vec<String> = (1..ctx.len())
-                .map(|i| ctx.get(i))
-                .collect::<rusqlite::Result<_>>()?;
-            let parts: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
-            Ok(i64::from(keyed(&parts, &value)))
-        },
-    )
-    .expect("keyed_crc");
+    keyed_crc_function(conn);
     let added = conn
         .execute(
             "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?2)
@@ -1330,6 +1317,25 @@ fn bulk_finished_at_version_6(conn: &rusqlite::Connection, model: &str) {
         [model],
     )
     .expect("bulk steps");
+}
+
+/// Gives `conn` the SQL function `keyed_crc(value, key...)`: a checksum as durable
+/// writes it.
+fn keyed_crc_function(conn: &rusqlite::Connection) {
+    conn.create_scalar_function(
+        "keyed_crc",
+        -1,
+        rusqlite::functions::FunctionFlags::SQLITE_UTF8,
+        |ctx| {
+            let value: Vec<u8> = ctx.get(0)?;
+            let parts: Vec<String> = (1..ctx.len())
+                .map(|i| ctx.get(i))
+                .collect::<rusqlite::Result<_>>()?;
+            let parts: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
+            Ok(i64::from(keyed(&parts, &value)))
+        },
+    )
+    .expect("keyed_crc");
 }
 
 /// Migration 7 numbers every run and keys what was recorded for it by that number: on
@@ -1369,7 +1375,7 @@ fn migration_7_numbers_runs_keeps_checksums_and_finishes_pending_work() {
     // The 25 recorded steps replayed; only the 25 after the wait ran.
     assert_eq!(BODIES.load(Ordering::SeqCst) - before, 25);
     let conn = rusqlite::Connection::open(&path).expect("open");
-    assert_eq!(schema_version(&conn), ["8"]);
+    assert_eq!(schema_version(&conn), ["9"]);
     let first: Vec<String> = column(
         &conn,
         "SELECT id FROM durable_workflows ORDER BY run LIMIT 3",
@@ -1553,7 +1559,7 @@ fn migration_7_keeps_the_applications_indexes_triggers_and_views() {
         rt.close().await.expect("close");
     });
     let conn = rusqlite::Connection::open(&path).expect("open");
-    assert_eq!(schema_version(&conn), ["8"]);
+    assert_eq!(schema_version(&conn), ["9"]);
     assert_eq!(app_objects(&conn), before);
     let audit: Vec<(String, String)> = conn
         .prepare("SELECT id, status FROM app_audit")
@@ -1735,4 +1741,225 @@ fn a_damaged_page_of_finished_steps_does_not_refuse_the_open() {
         assert_eq!(h.result().await.expect("p finishes"), 10);
         rt.close().await.expect("close");
     });
+}
+
+/// The status check of `durable_workflows` as schema 8 wrote it.
+const STATUS_CHECK_8: &str = "CHECK (status IN ('pending', 'completed', 'failed', 'cancelled'))";
+
+/// The SQL text SQLite keeps for table `name`.
+fn table_sql(conn: &rusqlite::Connection, name: &str) -> String {
+    conn.query_row(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get(0),
+    )
+    .expect("the table's SQL")
+}
+
+/// Replaces the status check of `durable_workflows` (from `CHECK (status` to the
+/// parenthesis that closes it) with `check`, in place, as SQLite documents for a
+/// changed constraint.
+fn set_status_check(conn: &rusqlite::Connection, check: &str) {
+    let sql = table_sql(conn, "durable_workflows");
+    let start = sql.find("CHECK (status").expect("a status check");
+    let mut depth = 0;
+    let close = sql[start..]
+        .char_indices()
+        .find(|&(_, c)| {
+            depth += match c {
+                '(' => 1,
+                ')' => -1,
+                _ => 0,
+            };
+            c == ')' && depth == 0
+        })
+        .expect("its end")
+        .0;
+    let end = start + close + 1;
+    let sql = format!("{}{check}{}", &sql[..start], &sql[end..]);
+    let cookie: i64 = conn
+        .query_row("PRAGMA schema_version", [], |r| r.get(0))
+        .expect("cookie");
+    conn.execute_batch("PRAGMA writable_schema = ON")
+        .expect("writable");
+    conn.execute(
+        "UPDATE sqlite_master SET sql = ?1 WHERE type = 'table' AND name = 'durable_workflows'",
+        [&sql],
+    )
+    .expect("rewrite");
+    conn.execute_batch(&format!(
+        "PRAGMA schema_version = {}; PRAGMA writable_schema = OFF;",
+        cookie + 1
+    ))
+    .expect("new cookie");
+}
+
+/// Turns a journal back into schema version 8: the status check as the `IN` list it
+/// was.
+fn as_version_8(conn: &rusqlite::Connection) {
+    set_status_check(conn, STATUS_CHECK_8);
+    conn.execute_batch("UPDATE durable_meta SET value = '8' WHERE key = 'schema_version'")
+        .expect("version 8");
+}
+
+/// How many workflows wait in `parked` in `migration_9_...`.
+const PARKED_9: u32 = 100;
+
+/// Migration 9 rewrites the status check in place. On a journal of 100,000 finished
+/// workflows and 100 parked ones: every row keeps its run number and checksums, the
+/// AUTOINCREMENT counter stays, an application's trigger on the table still fires,
+/// the table's definition becomes the one a new journal gets, the check still refuses
+/// a status durable never writes, and the parked workflows finish.
+#[test]
+fn migration_9_rewrites_the_status_check_in_place_and_finishes_pending_work() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    tokio().block_on(async {
+        let rt = Runtime::open(&path).await.expect("open");
+        let h = rt.start_with_id("q", long_quick(3)).await.expect("start");
+        assert_eq!(h.result().await.expect("q"), 30);
+        for i in 0..PARKED_9 {
+            rt.start_with_id(&format!("w-{i}"), parked(i))
+                .await
+                .expect("start");
+        }
+        for i in 0..PARKED_9 {
+            while rt.steps(&format!("w-{i}")).await.expect("steps").is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+        rt.close().await.expect("close");
+    });
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    keyed_crc_function(&conn);
+    conn.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?1)
+         INSERT INTO durable_workflows
+             (id, name, status, input, output, executor, created_at, updated_at,
+              input_crc32, output_crc32)
+         SELECT 'bulk-' || i, m.name, m.status, m.input, m.output, m.executor,
+                m.created_at + i, m.updated_at + i,
+                keyed_crc(m.input, 'bulk-' || i), keyed_crc(m.output, 'bulk-' || i)
+         FROM n, durable_workflows m WHERE m.id = 'q'",
+        [BULK],
+    )
+    .expect("bulk workflows");
+    conn.execute_batch(
+        "CREATE TABLE app_log (id TEXT, status TEXT);
+         CREATE TRIGGER app_status AFTER UPDATE OF status ON durable_workflows
+         BEGIN INSERT INTO app_log VALUES (new.id, new.status); END;",
+    )
+    .expect("the application's trigger");
+    as_version_8(&conn);
+    assert!(table_sql(&conn, "durable_workflows").contains(STATUS_CHECK_8));
+    let runs = |conn: &rusqlite::Connection| {
+        column(
+            conn,
+            "SELECT CAST(COUNT(*) AS TEXT) || ' ' || CAST(SUM(run) AS TEXT) || ' '
+                    || (SELECT CAST(seq AS TEXT) FROM sqlite_sequence
+                         WHERE name = 'durable_workflows')
+             FROM durable_workflows",
+        )
+    };
+    let before = runs(&conn);
+    drop(conn);
+
+    let before_bodies = BODIES.load(Ordering::SeqCst);
+    tokio().block_on(async {
+        let rt = Runtime::open(&path).await.expect("open upgrades");
+        assert_eq!(rt.check().await.expect("check"), [], "every checksum holds");
+        let h = rt.handle::<u32>("bulk-99999").await.expect("handle");
+        assert_eq!(h.result().await.expect("a finished bulk run"), 30);
+        for i in 0..PARKED_9 {
+            rt.send(&format!("w-{i}"), "go", &1u32).await.expect("send");
+        }
+        for i in 0..PARKED_9 {
+            let h = rt.handle::<u32>(&format!("w-{i}")).await.expect("handle");
+            assert_eq!(h.result().await.expect("finishes"), i * 10 + (i + 1) * 10);
+        }
+        rt.close().await.expect("close");
+    });
+    // Each parked workflow replayed its first step and ran only its second.
+    assert_eq!(
+        BODIES.load(Ordering::SeqCst) - before_bodies,
+        PARKED_9 as usize
+    );
+
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    assert_eq!(schema_version(&conn), ["9"]);
+    assert_eq!(runs(&conn), before, "rows, run numbers and counter kept");
+    let fresh = dir.path().join("fresh.db");
+    tokio().block_on(async {
+        Runtime::open(&fresh)
+            .await
+            .expect("new")
+            .close()
+            .await
+            .expect("close");
+    });
+    let fresh = rusqlite::Connection::open(&fresh).expect("open");
+    assert_eq!(
+        table_sql(&conn, "durable_workflows"),
+        table_sql(&fresh, "durable_workflows"),
+        "an upgraded journal's table is a new journal's"
+    );
+    assert!(!table_sql(&conn, "durable_workflows").contains(" IN ("));
+    assert_eq!(
+        column(
+            &conn,
+            "SELECT CAST(COUNT(*) AS TEXT) FROM app_log WHERE status = 'completed'"
+        ),
+        [PARKED_9.to_string()],
+        "the application's trigger fired for each finish"
+    );
+    let refused = conn
+        .execute(
+            "UPDATE durable_workflows SET status = 'paused' WHERE id = 'q'",
+            [],
+        )
+        .expect_err("a status durable never writes");
+    assert!(
+        refused.to_string().contains("CHECK constraint failed"),
+        "{refused}"
+    );
+}
+
+/// A journal at schema 8 whose status check is not the one schema 8 made (changed by
+/// hand) is refused by the upgrade, with an error that says so, and left as it was.
+#[test]
+fn migration_9_refuses_a_status_check_changed_by_hand_and_changes_nothing() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    tokio().block_on(async {
+        let rt = Runtime::open(&path).await.expect("open");
+        let h = rt.start_with_id("q", long_quick(2)).await.expect("start");
+        assert_eq!(h.result().await.expect("q"), 10);
+        rt.close().await.expect("close");
+    });
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    as_version_8(&conn);
+    set_status_check(
+        &conn,
+        "CHECK (status IN ('pending', 'completed', 'failed', 'cancelled', 'paused'))",
+    );
+    let sql = table_sql(&conn, "durable_workflows");
+    drop(conn);
+    let err = tokio()
+        .block_on(Runtime::open(&path))
+        .err()
+        .expect("refused");
+    let Error::Store(e) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(e.kind(), StoreErrorKind::Damaged, "{err}");
+    assert!(
+        err.to_string()
+            .contains("durable_workflows does not have the status check schema 8 made"),
+        "{err}"
+    );
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    assert_eq!(schema_version(&conn), ["8"]);
+    assert_eq!(table_sql(&conn, "durable_workflows"), sql);
 }

@@ -283,6 +283,19 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         waits BLOB NOT NULL,
         crc32 INTEGER NOT NULL
     ) STRICT;",
+    // Version 9: the status check as comparisons. As `status IN (...)` of four values,
+    // SQLite built a temporary b-tree of the list for every insert of a workflow and
+    // every change of its status: about half the CPU a one-step workflow cost. The
+    // check allows the same four values; only its text changes, in place, as SQLite
+    // documents for a changed CHECK constraint (`PRAGMA writable_schema`, no row
+    // rewritten), so the upgrade takes the same time on any journal. Run by
+    // `rewrite_status_check`, which refuses a journal where the old check is not found.
+    "UPDATE sqlite_master SET sql = replace(sql,
+         'CHECK (status IN (''pending'', ''completed'', ''failed'', ''cancelled''))',
+         'CHECK (status = ''pending'' OR status = ''completed'' OR status = ''failed''
+                            OR status = ''cancelled'')')
+     WHERE type = 'table' AND name = 'durable_workflows'
+       AND instr(sql, 'CHECK (status IN (''pending'', ''completed'', ''failed'', ''cancelled''))') > 0",
 ];
 
 /// Brings the schema to the newest version, in one transaction.
@@ -335,7 +348,11 @@ fn migrate_in(conn: &mut Connection, path: &Path) -> Result<(), Error> {
         } else {
             None
         };
-        tx.execute_batch(sql).map_err(err)?;
+        if i + 1 == 9 {
+            rewrite_status_check(&tx, path, sql)?;
+        } else {
+            tx.execute_batch(sql).map_err(err)?;
+        }
         if let Some(app) = app {
             after_migration_7(&tx, path, app)?;
         }
@@ -352,6 +369,49 @@ fn migrate_in(conn: &mut Connection, path: &Path) -> Result<(), Error> {
     check_schema(&tx, path)?;
     keep_run_numbers_unique(&tx, path)?;
     tx.commit().map_err(err)
+}
+
+/// Migration 9: runs `update`, the rewrite of `durable_workflows`' status check in
+/// SQLite's own copy of its `CREATE TABLE`, as SQLite documents for a constraint
+/// changed without rewriting rows: with `writable_schema` on, then a new schema cookie
+/// so that every connection reads the table's definition again. Refuses (and so
+/// changes nothing: the caller's transaction rolls back) a journal whose table does
+/// not have the old check, or whose definition does not read back.
+fn rewrite_status_check(tx: &Connection, path: &Path, update: &str) -> Result<(), Error> {
+    let err = |e| Error::from(sql_error(path, e));
+    let cookie: i64 = tx
+        .query_row("PRAGMA schema_version", [], |r| r.get(0))
+        .map_err(err)?;
+    tx.pragma_update(None, "writable_schema", true)
+        .map_err(err)?;
+    let changed = tx.execute(update, []);
+    let bumped = tx.pragma_update(None, "schema_version", cookie + 1);
+    let off = tx.pragma_update(None, "writable_schema", false);
+    let changed = changed.map_err(err)?;
+    bumped.map_err(err)?;
+    off.map_err(err)?;
+    if changed != 1 {
+        return Err(damaged_schema(
+            path,
+            "durable_workflows does not have the status check schema 8 made".into(),
+        ));
+    }
+    // The new definition parses, and the check still holds for every row.
+    let bad: i64 = tx
+        .query_row(
+            "SELECT COUNT(*) FROM durable_workflows
+              WHERE status NOT IN ('pending', 'completed', 'failed', 'cancelled')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(err)?;
+    if bad > 0 {
+        return Err(damaged_schema(
+            path,
+            format!("{bad} workflow(s) have a status durable never writes"),
+        ));
+    }
+    Ok(())
 }
 
 /// Makes sure the next run number is above every number a row carries. SQLite's

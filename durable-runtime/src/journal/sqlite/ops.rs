@@ -530,7 +530,7 @@ pub(super) const SQL_OLDEST_MESSAGE: &str = "\
     SELECT seq, payload, crc32 FROM durable_messages WHERE destination = ?1 AND \
      topic = ?2 ORDER BY seq LIMIT 1";
 pub(super) const SQL_DELETE_MESSAGE: &str = "DELETE FROM durable_messages WHERE seq = ?1";
-const SQL_INSERT_MESSAGE: &str = "\
+pub(super) const SQL_INSERT_MESSAGE: &str = "\
     INSERT INTO durable_messages (destination, topic, payload, crc32, sent_at) \
      VALUES (?1, ?2, ?3, ?4, ?5)";
 pub(super) const SQL_EVENT: &str = concat!(
@@ -538,13 +538,13 @@ pub(super) const SQL_EVENT: &str = concat!(
     run_of_first_parameter!(),
     " AND key = ?2"
 );
-const SQL_SET_EVENT: &str = concat!(
+pub(super) const SQL_SET_EVENT: &str = concat!(
     "INSERT INTO durable_events (run, key, value, crc32, set_at) VALUES (",
     run_of_first_parameter!(),
     ", ?2, ?3, ?4, ?5) ON CONFLICT (run, key) DO UPDATE SET value = excluded.value, \
      crc32 = excluded.crc32, set_at = excluded.set_at"
 );
-const SQL_STARTED: &str = concat!(
+pub(super) const SQL_STARTED: &str = concat!(
     "INSERT INTO durable_started (run, path, name, started_at, wake_at, crc32) VALUES (",
     run_of_first_parameter!(),
     ", ?2, ?3, ?4, ?5, ?6) ON CONFLICT (run, path) DO NOTHING"
