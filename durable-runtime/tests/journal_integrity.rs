@@ -1794,10 +1794,32 @@ fn set_status_check(conn: &rusqlite::Connection, check: &str) {
     .expect("new cookie");
 }
 
+/// Records the schema `conn` holds now as the one its last migration left, as durable
+/// does (one line per `durable_*` table or index: its name and the CRC-32 of its SQL).
+fn record_schema(conn: &rusqlite::Connection) {
+    let record: String = column(
+        conn,
+        "SELECT name || ' ' || COALESCE(sql, '') FROM sqlite_master
+         WHERE type IN ('table', 'index') AND name GLOB 'durable_*' ORDER BY name",
+    )
+    .iter()
+    .map(|line| {
+        let (name, sql) = line.split_once(' ').expect("name and SQL");
+        format!("{name} {:08x}\n", crc32(sql.as_bytes()))
+    })
+    .collect();
+    conn.execute(
+        "UPDATE durable_meta SET value = ?1 WHERE key = 'schema'",
+        [record],
+    )
+    .expect("record the schema");
+}
+
 /// Turns a journal back into schema version 8: the status check as the `IN` list it
-/// was.
+/// was, and the record of the schema as version 8 left it.
 fn as_version_8(conn: &rusqlite::Connection) {
     set_status_check(conn, STATUS_CHECK_8);
+    record_schema(conn);
     conn.execute_batch("UPDATE durable_meta SET value = '8' WHERE key = 'schema_version'")
         .expect("version 8");
 }
@@ -1925,41 +1947,91 @@ fn migration_9_rewrites_the_status_check_in_place_and_finishes_pending_work() {
     );
 }
 
-/// A journal at schema 8 whose status check is not the one schema 8 made (changed by
-/// hand) is refused by the upgrade, with an error that says so, and left as it was.
+/// A journal at schema 8 changed by hand is refused by the upgrade, with an error that
+/// says what changed, and left as it was: the upgrade must not record the change as
+/// the schema of version 9. A status check changed by hand is refused even where the
+/// record of the schema was changed to match it.
 #[test]
-fn migration_9_refuses_a_status_check_changed_by_hand_and_changes_nothing() {
+fn migration_9_refuses_a_schema_changed_by_hand_and_changes_nothing() {
     let _serial = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("j.db");
-    tokio().block_on(async {
-        let rt = Runtime::open(&path).await.expect("open");
-        let h = rt.start_with_id("q", long_quick(2)).await.expect("start");
-        assert_eq!(h.result().await.expect("q"), 10);
-        rt.close().await.expect("close");
-    });
-    let conn = rusqlite::Connection::open(&path).expect("open");
-    as_version_8(&conn);
-    set_status_check(
-        &conn,
-        "CHECK (status IN ('pending', 'completed', 'failed', 'cancelled', 'paused'))",
-    );
-    let sql = table_sql(&conn, "durable_workflows");
-    drop(conn);
-    let err = tokio()
-        .block_on(Runtime::open(&path))
-        .err()
-        .expect("refused");
-    let Error::Store(e) = &err else {
-        panic!("{err:?}")
-    };
-    assert_eq!(e.kind(), StoreErrorKind::Damaged, "{err}");
-    assert!(
-        err.to_string()
-            .contains("durable_workflows does not have the status check schema 8 made"),
-        "{err}"
-    );
-    let conn = rusqlite::Connection::open(&path).expect("open");
-    assert_eq!(schema_version(&conn), ["8"]);
-    assert_eq!(table_sql(&conn, "durable_workflows"), sql);
+    let cases: [(&str, &str, bool, &str); 3] = [
+        (
+            "an index dropped, another added",
+            "DROP INDEX durable_messages_queue;
+             CREATE INDEX durable_steps_junk ON durable_steps (name);",
+            false,
+            "durable_messages_queue is missing, durable_steps_junk was added",
+        ),
+        (
+            "the status check widened",
+            "",
+            false,
+            "the definition of durable_workflows was changed",
+        ),
+        (
+            "the status check widened, and the record to match",
+            "",
+            true,
+            "durable_workflows does not have the status check schema 8 made",
+        ),
+    ];
+    for (case, sql, rerecord, says) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        tokio().block_on(async {
+            let rt = Runtime::open(&path).await.expect("open");
+            let h = rt.start_with_id("q", long_quick(2)).await.expect("start");
+            assert_eq!(h.result().await.expect("q"), 10);
+            rt.close().await.expect("close");
+        });
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        as_version_8(&conn);
+        if sql.is_empty() {
+            set_status_check(
+                &conn,
+                "CHECK (status IN ('pending', 'completed', 'failed', 'cancelled', 'paused'))",
+            );
+        } else {
+            conn.execute_batch(sql).expect(case);
+        }
+        if rerecord {
+            record_schema(&conn);
+        }
+        let schema = column(
+            &conn,
+            "SELECT name || ' ' || COALESCE(sql, '') FROM sqlite_master ORDER BY name",
+        );
+        let meta = column(
+            &conn,
+            "SELECT key || ' ' || value FROM durable_meta ORDER BY key",
+        );
+        drop(conn);
+        let err = tokio()
+            .block_on(Runtime::open(&path))
+            .err()
+            .unwrap_or_else(|| panic!("{case}: refused"));
+        let Error::Store(e) = &err else {
+            panic!("{case}: {err:?}")
+        };
+        assert_eq!(e.kind(), StoreErrorKind::Damaged, "{case}: {err}");
+        assert!(err.to_string().contains(says), "{case}: {err}");
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        assert_eq!(schema_version(&conn), ["8"], "{case}");
+        assert_eq!(
+            column(
+                &conn,
+                "SELECT name || ' ' || COALESCE(sql, '') FROM sqlite_master ORDER BY name"
+            ),
+            schema,
+            "{case}: the schema is as it was"
+        );
+        assert_eq!(
+            column(
+                &conn,
+                "SELECT key || ' ' || value FROM durable_meta ORDER BY key"
+            ),
+            meta,
+            "{case}: the record is as it was"
+        );
+    }
 }

@@ -285,15 +285,14 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ) STRICT;",
     // Version 9: the status check as comparisons. As `status IN (...)` of four values,
     // SQLite built a temporary b-tree of the list for every insert of a workflow and
-    // every change of its status: about half the CPU a one-step workflow cost. The
+    // every change of its status: 36% of the instructions a one-step workflow cost. The
     // check allows the same four values; only its text changes, in place, as SQLite
     // documents for a changed CHECK constraint (`PRAGMA writable_schema`, no row
     // rewritten), so the upgrade takes the same time on any journal. Run by
     // `rewrite_status_check`, which refuses a journal where the old check is not found.
     "UPDATE sqlite_master SET sql = replace(sql,
          'CHECK (status IN (''pending'', ''completed'', ''failed'', ''cancelled''))',
-         'CHECK (status = ''pending'' OR status = ''completed'' OR status = ''failed''
-                            OR status = ''cancelled'')')
+         'CHECK (status = ''pending'' OR status = ''completed'' OR status = ''failed'' OR status = ''cancelled'')')
      WHERE type = 'table' AND name = 'durable_workflows'
        AND instr(sql, 'CHECK (status IN (''pending'', ''completed'', ''failed'', ''cancelled''))') > 0",
 ];
@@ -339,6 +338,11 @@ fn migrate_in(conn: &mut Connection, path: &Path) -> Result<(), Error> {
             .into());
         }
     }
+    if (SCHEMA_RECORDED_SINCE..MIGRATIONS.len()).contains(&version) {
+        // Checked before the migrations, which record the schema anew: a change made
+        // by hand must not become the record of the next version.
+        check_schema(&tx, path)?;
+    }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         if i + 1 == 4 {
             before_migration_4(&tx, path)?;
@@ -378,18 +382,35 @@ fn migrate_in(conn: &mut Connection, path: &Path) -> Result<(), Error> {
 /// changes nothing: the caller's transaction rolls back) a journal whose table does
 /// not have the old check, or whose definition does not read back.
 fn rewrite_status_check(tx: &Connection, path: &Path, update: &str) -> Result<(), Error> {
+    use rusqlite::config::DbConfig::SQLITE_DBCONFIG_DEFENSIVE;
     let err = |e| Error::from(sql_error(path, e));
     let cookie: i64 = tx
         .query_row("PRAGMA schema_version", [], |r| r.get(0))
         .map_err(err)?;
-    tx.pragma_update(None, "writable_schema", true)
-        .map_err(err)?;
-    let changed = tx.execute(update, []);
-    let bumped = tx.pragma_update(None, "schema_version", cookie + 1);
-    let off = tx.pragma_update(None, "writable_schema", false);
-    let changed = changed.map_err(err)?;
-    bumped.map_err(err)?;
-    off.map_err(err)?;
+    // A SQLite built defensive by default (`SQLITE_DEFAULT_DEFENSIVE`) ignores
+    // `writable_schema`: off for this connection while the rewrite runs.
+    let defensive = tx.db_config(SQLITE_DBCONFIG_DEFENSIVE).map_err(err)?;
+    if defensive {
+        tx.set_db_config(SQLITE_DBCONFIG_DEFENSIVE, false)
+            .map_err(err)?;
+    }
+    let rewritten = tx
+        .pragma_update(None, "writable_schema", true)
+        .and_then(|()| {
+            let changed = tx.execute(update, []);
+            let bumped = tx.pragma_update(None, "schema_version", cookie + 1);
+            let off = tx.pragma_update(None, "writable_schema", false);
+            let changed = changed?;
+            bumped?;
+            off.map(|()| changed)
+        });
+    let restored = if defensive {
+        tx.set_db_config(SQLITE_DBCONFIG_DEFENSIVE, true).map(drop)
+    } else {
+        Ok(())
+    };
+    let changed = rewritten.map_err(err)?;
+    restored.map_err(err)?;
     if changed != 1 {
         return Err(damaged_schema(
             path,
@@ -828,6 +849,9 @@ fn schema_damaged(path: &Path, e: &rusqlite::Error) -> Error {
 /// open.
 const SCHEMA_RECORD: &str = "schema";
 
+/// The first schema version whose journals hold [`SCHEMA_RECORD`].
+const SCHEMA_RECORDED_SINCE: usize = 7;
+
 /// The record of the schema `conn` holds now (see [`SCHEMA_RECORD`]).
 fn schema_record(conn: &Connection) -> rusqlite::Result<String> {
     let mut stmt = conn.prepare(
@@ -933,5 +957,39 @@ fn stored_bytes<'a>(ctx: &'a rusqlite::functions::Context<'_>, i: usize) -> Opti
     match ctx.get_raw(i) {
         rusqlite::types::ValueRef::Text(b) | rusqlite::types::ValueRef::Blob(b) => Some(b),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::config::DbConfig::SQLITE_DBCONFIG_DEFENSIVE;
+
+    use super::*;
+
+    /// A SQLite set defensive (as `SQLITE_DEFAULT_DEFENSIVE` builds it) ignores
+    /// `writable_schema`, which migration 9 needs: the migration turns it off for
+    /// itself, makes the journal, and leaves the connection defensive again.
+    #[test]
+    fn a_defensive_connection_still_makes_a_journal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.db");
+        let mut conn = Connection::open(&path).expect("open");
+        conn.set_db_config(SQLITE_DBCONFIG_DEFENSIVE, true)
+            .expect("defensive");
+        migrate(&mut conn, &path).expect("migrated");
+        assert_eq!(
+            schema_version(&conn, &path).expect("version"),
+            MIGRATIONS.len()
+        );
+        check_schema(&conn, &path).expect("the schema it recorded");
+        assert!(conn.db_config(SQLITE_DBCONFIG_DEFENSIVE).expect("read"));
+        let sql: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE name = 'durable_workflows'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("sql");
+        assert!(sql.contains("CHECK (status = 'pending' OR "), "{sql}");
     }
 }
