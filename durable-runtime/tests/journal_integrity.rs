@@ -1291,6 +1291,24 @@ const BULK: u32 = 100_000;
 /// finished workflow `model` and its first three steps under its own id, with every
 /// checksum keyed by that id as durable writes them.
 fn bulk_finished_at_version_6(conn: &rusqlite::Connection, model: &str) {
+    bulk_finished(conn, model);
+    conn.execute(
+        "INSERT INTO durable_steps
+             (workflow_id, path, name, output, attempts, started_at, finished_at, crc32,
+              args_fingerprint)
+         SELECT w.id, s.path, s.name, s.output, s.attempts, s.started_at, s.finished_at,
+                keyed_crc(s.output, w.id, s.path, s.name), s.args_fingerprint
+         FROM durable_workflows w, durable_steps s
+         WHERE w.id GLOB 'bulk-*' AND s.workflow_id = ?1 AND s.path IN ('1', '2', '3')",
+        [model],
+    )
+    .expect("bulk steps");
+}
+
+/// Adds `BULK` finished workflows `bulk-<i>`, each a copy of finished workflow `model`
+/// under its own id, with its checksums keyed by that id as durable writes them (at
+/// schema 6 or later: the columns are the same).
+fn bulk_finished(conn: &rusqlite::Connection, model: &str) {
     keyed_crc_function(conn);
     let added = conn
         .execute(
@@ -1306,17 +1324,6 @@ fn bulk_finished_at_version_6(conn: &rusqlite::Connection, model: &str) {
         )
         .expect("bulk workflows");
     assert_eq!(added, BULK as usize);
-    conn.execute(
-        "INSERT INTO durable_steps
-             (workflow_id, path, name, output, attempts, started_at, finished_at, crc32,
-              args_fingerprint)
-         SELECT w.id, s.path, s.name, s.output, s.attempts, s.started_at, s.finished_at,
-                keyed_crc(s.output, w.id, s.path, s.name), s.args_fingerprint
-         FROM durable_workflows w, durable_steps s
-         WHERE w.id GLOB 'bulk-*' AND s.workflow_id = ?1 AND s.path IN ('1', '2', '3')",
-        [model],
-    )
-    .expect("bulk steps");
 }
 
 /// Gives `conn` the SQL function `keyed_crc(value, key...)`: a checksum as durable
@@ -1854,19 +1861,7 @@ fn migration_9_rewrites_the_status_check_in_place_and_finishes_pending_work() {
         rt.close().await.expect("close");
     });
     let conn = rusqlite::Connection::open(&path).expect("open");
-    keyed_crc_function(&conn);
-    conn.execute(
-        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?1)
-         INSERT INTO durable_workflows
-             (id, name, status, input, output, executor, created_at, updated_at,
-              input_crc32, output_crc32)
-         SELECT 'bulk-' || i, m.name, m.status, m.input, m.output, m.executor,
-                m.created_at + i, m.updated_at + i,
-                keyed_crc(m.input, 'bulk-' || i), keyed_crc(m.output, 'bulk-' || i)
-         FROM n, durable_workflows m WHERE m.id = 'q'",
-        [BULK],
-    )
-    .expect("bulk workflows");
+    bulk_finished(&conn, "q");
     conn.execute_batch(
         "CREATE TABLE app_log (id TEXT, status TEXT);
          CREATE TRIGGER app_status AFTER UPDATE OF status ON durable_workflows
