@@ -15,7 +15,7 @@ use crate::engine::recorded::{REPLAY_BATCH, Recorded};
 use crate::engine::workflow::{ErasedWorkflow, Launch, Outcome};
 use crate::error::StoreError;
 use crate::error::{CancelReason, Error, Result};
-use crate::journal::{RecordedStep, SideRecords, StartedRecord, Store, WaitFor, Wakes};
+use crate::journal::{Builds, RecordedStep, SideRecords, StartedRecord, Store, WaitFor, Wakes};
 use crate::path::StepPath;
 use crate::util::lock;
 
@@ -119,17 +119,18 @@ pub(crate) struct Dormancy {
     pub(crate) after: Duration,
     /// Where the journal sends the ids of dormant runs a write may have woken.
     pub(crate) wakes: Wakes,
-    /// Which program this is (its executable and `app_version`), kept with each
-    /// dormant run so that the next open re-parks it without replay if it is the same;
-    /// `None`: the journal keeps nothing, and every dormant run is replayed at an open.
-    pub(crate) build: Option<Arc<str>>,
+    /// The build of each workflow of the program (its executable, `app_version` and
+    /// the workflow function's code), kept with each dormant run so that the next open
+    /// re-parks it without replay if it is the same; `None`: the journal keeps nothing,
+    /// and every dormant run is replayed at an open. Made once, at open.
+    pub(crate) builds: Option<Arc<Builds>>,
 }
 
 impl Dormancy {
     /// What the journal records as the build of a run of `def` (see
-    /// [`Dormancy::build`]): the program's, then its workflow function's code.
+    /// [`Dormancy::builds`]).
     pub(crate) fn build_of(&self, def: &dyn ErasedWorkflow) -> Option<Arc<str>> {
-        Some(Arc::from(workflow_build(self.build.as_deref()?, def)))
+        self.builds.as_ref()?.get(def.name()).cloned()
     }
 }
 

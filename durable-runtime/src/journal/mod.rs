@@ -329,7 +329,7 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     /// is all of it if `builds` is `None` (dormancy is off): those runs are replayed.
     fn restore_dormant(
         &self,
-        builds: Option<&HashMap<String, String>>,
+        builds: Option<&Builds>,
         wakes: Wakes,
     ) -> Result<Vec<Restored>, StoreError>;
 
@@ -440,6 +440,9 @@ pub(crate) struct Kept {
     /// epoch; its own deadline is the journal's already.
     pub(crate) until: Option<i64>,
 }
+
+/// The build of each workflow of the program (see [`Kept::build`]), by name.
+pub(crate) type Builds = HashMap<&'static str, Arc<str>>;
 
 /// A run re-parked at open without replay (see [`Store::restore_dormant`]).
 #[derive(Debug)]

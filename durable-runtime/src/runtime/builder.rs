@@ -8,7 +8,7 @@ use crate::Durability;
 use crate::codec::Codec;
 #[cfg(feature = "testkit")]
 use crate::engine::context::Instrument;
-use crate::engine::context::{WorkflowCtx, workflow_build};
+use crate::engine::context::WorkflowCtx;
 use crate::engine::drive::History;
 use crate::engine::recorded::REPLAY_BATCH;
 use crate::engine::workflow::Outcome;
@@ -147,15 +147,10 @@ impl RuntimeBuilder {
         }
         let journal = self.journal.clone();
         let build = super::dormant::build_id(self.app_version.as_deref());
-        let (dormancy, wakeups) = super::dormant::Dormancies::new(self.evict_parked_after, build);
-        // The build of each workflow (the program's, then its code's), for what the
-        // journal kept of dormant runs.
-        let builds: Option<HashMap<String, String>> = dormancy.build().map(|build| {
-            registry
-                .iter()
-                .map(|(name, def)| ((*name).to_owned(), workflow_build(build, *def)))
-                .collect()
-        });
+        let (dormancy, wakeups) =
+            super::dormant::Dormancies::new(self.evict_parked_after, build, &registry);
+        // The build of each workflow, for what the journal kept of dormant runs.
+        let builds = dormancy.builds();
         let wakes = dormancy.wakes();
         // One trip to a blocking thread: open, then list what to resume, and which of
         // those were dormant and may stay so.
@@ -169,7 +164,7 @@ impl RuntimeBuilder {
             // What stays (the dormant runs' wake-ups) is made before what goes (the
             // pending rows, read and dropped here): memory freed at the top of the
             // heap goes back to the system, not memory between live allocations.
-            let restored = store.restore_dormant(builds.as_ref(), wakes)?;
+            let restored = store.restore_dormant(builds.as_deref(), wakes)?;
             let pending = store.pending_workflows()?;
             Ok::<_, Error>((store, pending, restored))
         })

@@ -21,11 +21,11 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::engine::context::{Dormancy, WorkflowCtx};
+use crate::engine::context::{Dormancy, WorkflowCtx, workflow_build};
 use crate::engine::drive::{Asleep, History};
 use crate::engine::workflow::{ErasedWorkflow, Outcome};
 use crate::error::Error;
-use crate::journal::RecordStatus;
+use crate::journal::{Builds, RecordStatus};
 use crate::util::{lock, now_ms};
 
 use super::registry::{Inner, RunState, Running, drive, recorded_outcome};
@@ -56,9 +56,9 @@ pub(crate) struct Dormancies {
     /// How many runs are dormant now.
     count: AtomicUsize,
     generations: AtomicU64,
-    /// Which program this is (see [`build_id`]); `None`: the journal keeps nothing of
-    /// dormant runs.
-    build: Option<Arc<str>>,
+    /// The build of each workflow (see [`build_id`] and `workflow_build`); `None`: the
+    /// journal keeps nothing of dormant runs.
+    builds: Option<Arc<Builds>>,
 }
 
 /// What the wake loop is told.
@@ -85,9 +85,20 @@ pub(super) struct Wakeups {
 }
 
 impl Dormancies {
-    /// Dormancy after `after` parked (never, if `None`), and the receiving ends of its
+    /// Dormancy after `after` parked (never, if `None`), in the program `build` (see
+    /// [`build_id`]) whose workflows are `registry`; and the receiving ends of its
     /// wake-ups, for [`wake_loop`].
-    pub(super) fn new(after: Option<Duration>, build: Option<Arc<str>>) -> (Self, Wakeups) {
+    pub(super) fn new(
+        after: Option<Duration>,
+        build: Option<Arc<str>>,
+        registry: &HashMap<&'static str, &'static dyn ErasedWorkflow>,
+    ) -> (Self, Wakeups) {
+        let builds = after.and(build).map(|build| {
+            let each = registry
+                .iter()
+                .map(|(name, def)| (*name, Arc::from(workflow_build(&build, *def))));
+            Arc::new(each.collect::<Builds>())
+        });
         let (wakes, wakes_rx) = mpsc::unbounded_channel();
         let (to_loop, notices) = mpsc::unbounded_channel();
         let dormancies = Dormancies {
@@ -96,7 +107,7 @@ impl Dormancies {
             to_loop,
             count: AtomicUsize::new(0),
             generations: AtomicU64::new(0),
-            build: after.and(build),
+            builds,
         };
         let wakeups = Wakeups {
             wakes: wakes_rx,
@@ -110,13 +121,13 @@ impl Dormancies {
         Some(Dormancy {
             after: self.after?,
             wakes: self.wakes.clone(),
-            build: self.build.clone(),
+            builds: self.builds.clone(),
         })
     }
 
-    /// Which program this is, if the journal keeps dormant runs (dormancy is on).
-    pub(super) fn build(&self) -> Option<&str> {
-        self.build.as_deref()
+    /// The build of each workflow, if the journal keeps dormant runs (dormancy is on).
+    pub(super) fn builds(&self) -> Option<Arc<Builds>> {
+        self.builds.clone()
     }
 
     /// Where the journal sends the ids of dormant runs a write may have woken.

@@ -306,7 +306,7 @@ macro_rules! forward_reads {
 
         fn restore_dormant(
             &self,
-            builds: Option<&std::collections::HashMap<String, String>>,
+            builds: Option<&crate::journal::Builds>,
             wakes: crate::journal::Wakes,
         ) -> Result<Vec<crate::journal::Restored>, StoreError> {
             self.inner.restore_dormant(builds, wakes)

@@ -28,7 +28,7 @@ use super::sql_error;
 use super::waits::Token;
 use super::writer::Writer;
 use crate::error::StoreError;
-use crate::journal::{Kept, Restored, WaitFor, Wakes};
+use crate::journal::{Builds, Kept, Restored, WaitFor, Wakes};
 use crate::path::StepPath;
 
 /// The rows of `durable_dormant` to write and to delete with the next commit: one
@@ -49,6 +49,8 @@ pub(super) struct Row {
 
 const SQL_PUT: &str = "INSERT OR REPLACE INTO durable_dormant (run, build, until, waits, crc32)
      SELECT run, ?2, ?3, ?4, ?5 FROM durable_workflows WHERE id = ?1";
+/// Deletes the row of run number `?1`.
+pub(super) const SQL_FORGET_RUN: &str = "DELETE FROM durable_dormant WHERE run = ?1";
 const SQL_DELETE: &str = concat!(
     "DELETE FROM durable_dormant WHERE run = ",
     run_of_first_parameter!()
@@ -217,7 +219,7 @@ impl Writer {
     pub(super) fn restore_dormant(
         &mut self,
         path: &Path,
-        builds: Option<&HashMap<String, String>>,
+        builds: Option<&Builds>,
         wakes: Wakes,
     ) -> Result<Vec<Restored>, StoreError> {
         let err = |e| sql_error(path, e);
@@ -237,9 +239,7 @@ impl Writer {
         let kept = match builds {
             Some(builds) => match restorable(&tx, builds) {
                 Ok((kept, dropped)) => {
-                    let mut drop_row = tx
-                        .prepare("DELETE FROM durable_dormant WHERE run = ?1")
-                        .map_err(err)?;
+                    let mut drop_row = tx.prepare(SQL_FORGET_RUN).map_err(err)?;
                     for run in dropped {
                         drop_row.execute([run]).map_err(err)?;
                     }
@@ -305,7 +305,7 @@ struct Restorable {
 /// another build, damaged, or answered since).
 fn restorable(
     tx: &Transaction<'_>,
-    builds: &HashMap<String, String>,
+    builds: &Builds,
 ) -> rusqlite::Result<(Vec<Restorable>, Vec<i64>)> {
     let now = crate::util::now_ms();
     let mut rows = tx.prepare(
@@ -333,7 +333,7 @@ fn restorable(
         let crc: i64 = r.get(5)?;
         let name: String = r.get(6)?;
         let build: String = r.get(7)?;
-        if builds.get(&name) != Some(&build) {
+        if builds.get(name.as_str()).map(|b| &**b) != Some(build.as_str()) {
             // Another program, or other code of this workflow: its waits are whatever
             // a replay of this code finds.
             dropped.push(run);

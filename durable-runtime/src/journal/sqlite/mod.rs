@@ -339,13 +339,18 @@ impl SqliteStore {
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         let conn = lock(&self.reader);
         let Some(conn) = conn.as_ref() else {
-            return Err(StoreError::new(
-                &*self.path,
-                StoreErrorKind::Closed,
-                "the journal was closed",
-            ));
+            return Err(self.closed());
         };
         f(conn).map_err(|e| sql_error(&self.path, e))
+    }
+
+    /// The error of a call made after the journal was closed.
+    fn closed(&self) -> StoreError {
+        StoreError::new(
+            &*self.path,
+            StoreErrorKind::Closed,
+            "the journal was closed",
+        )
     }
 }
 
@@ -415,16 +420,12 @@ impl Store for SqliteStore {
 
     fn restore_dormant(
         &self,
-        builds: Option<&std::collections::HashMap<String, String>>,
+        builds: Option<&crate::journal::Builds>,
         wakes: crate::journal::Wakes,
     ) -> Result<Vec<crate::journal::Restored>, StoreError> {
         match lock(&self.core).as_mut() {
             Some(writer) => writer.restore_dormant(&self.path, builds, wakes),
-            None => Err(StoreError::new(
-                &*self.path,
-                StoreErrorKind::Closed,
-                "the journal was closed",
-            )),
+            None => Err(self.closed()),
         }
     }
 

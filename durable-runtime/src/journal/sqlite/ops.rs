@@ -249,9 +249,7 @@ impl Writer {
     /// Deletes what the journal kept of `runs` as dormant: a cancelled or resumed run
     /// is not re-parked from it.
     fn forget_dormant_runs(&self, runs: &[(String, i64)]) -> rusqlite::Result<()> {
-        let mut forget = self
-            .conn
-            .prepare_cached("DELETE FROM durable_dormant WHERE run = ?1")?;
+        let mut forget = self.conn.prepare_cached(super::dormant::SQL_FORGET_RUN)?;
         for (_, run) in runs {
             forget.execute([run])?;
         }

@@ -523,22 +523,18 @@ impl Writer {
     /// Takes the wake-ups of dormant runs out of `batch`: each only notes that the
     /// run's row goes with the next commit.
     fn take_awake(&mut self, batch: &mut Vec<Command>, stats: &WriterStats) {
-        if !batch.iter().any(|c| matches!(c, Command::Awake(_))) {
-            return;
-        }
-        let mut awake = 0;
-        let mut rest = Vec::with_capacity(batch.len());
-        for c in batch.drain(..) {
-            match c {
-                Command::Awake(run) => {
-                    self.forget_dormant(run);
-                    awake += 1;
-                }
-                c => rest.push(c),
+        let before = batch.len();
+        batch.retain(|c| match c {
+            Command::Awake(run) => {
+                self.forget_dormant(run.clone());
+                false
             }
+            _ => true,
+        });
+        let taken = before - batch.len();
+        if taken > 0 {
+            stats.in_flight.fetch_sub(taken, Ordering::Relaxed);
         }
-        *batch = rest;
-        stats.in_flight.fetch_sub(awake, Ordering::Relaxed);
     }
 
     /// Runs every write of `batch` (emptying it) in the open transaction. Returns their
