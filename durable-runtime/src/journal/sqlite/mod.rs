@@ -13,7 +13,10 @@
 //! ([`SqliteStore::ack_spin`]). `docs/journal.md` ("The writer") explains the policy
 //! for users.
 //!
-//! Reads use a separate connection (WAL readers do not block the writer).
+//! Reads go through the writing connection while it is idle, and through a second
+//! connection, opened the first time a read finds the writer busy, from then on (WAL
+//! readers do not block the writer). A journal opened to finish a few workflows opens
+//! one connection, not two ([`SqliteStore::read`]).
 //!
 //! The schema is created and changed only by the numbered
 //! [`MIGRATIONS`](migrate::MIGRATIONS); the applied number is kept in `durable_meta` (not
@@ -74,14 +77,17 @@ use writer::{Command, Write, WriterStats};
 pub(crate) type TxFn =
     Box<dyn FnOnce(&rusqlite::Transaction<'_>) -> Result<(RecordedOutcome, bool), String> + Send>;
 
-/// The SQLite journal: a writer thread, a reader connection and the file lock.
+/// The SQLite journal: a writer thread, a reader connection (once one is needed) and
+/// the file lock.
 #[derive(Debug)]
 pub(crate) struct SqliteStore {
     path: Arc<Path>,
-    /// `None` once the store is closed. Declared before `writes`, so that a store
-    /// dropped without `close` closes it before the writer thread (which `writes`
-    /// ending stops) releases the file, and the POSIX locks with it.
-    reader: Mutex<Option<Connection>>,
+    /// Declared before `writes`, so that a store dropped without `close` closes the
+    /// reader before the writer thread (which `writes` ending stops) releases the file,
+    /// and the POSIX locks with it.
+    reader: Mutex<Reader>,
+    /// What the reader's connection is opened with (the testkit's VFS).
+    options: crate::journal::JournalOptions,
     // `Sender` is `Sync`: concurrent steps enqueue without a lock of ours.
     writes: mpsc::Sender<Command>,
     /// The writing connection, shared with the writer thread: a lone write on an idle
@@ -99,6 +105,16 @@ pub(crate) struct SqliteStore {
     untaken: Arc<AtomicUsize>,
     /// The writer thread, which holds the lock; joined by [`Store::close`].
     writer: Mutex<Option<thread::JoinHandle<()>>>,
+}
+
+/// The connection reads go through when the writer's is busy.
+#[derive(Debug)]
+enum Reader {
+    /// Not opened yet: every read so far found the writer idle.
+    Unopened,
+    Open(Connection),
+    /// The store is closed.
+    Closed,
 }
 
 /// A file system failure at the journal `path`.
@@ -336,12 +352,56 @@ impl SqliteStore {
         self.send(|tx| Command::Write(Box::new(make(tx))))
     }
 
+    /// Runs the read `f`:
+    /// - through the reader's connection, once it is open;
+    /// - before that, through the writer's connection if the writer is idle (no write
+    ///   queued or being made, no transaction open). A journal opened to finish a few
+    ///   workflows then never opens a second connection, which costs an open and a
+    ///   parse of the whole schema (29% of the instructions of an open and close). A
+    ///   write that comes meanwhile waits for the read, once: reads are short
+    ///   (histories come in batches), and the first read that finds the writer busy
+    ///   opens the reader, which every read uses from then on.
+    ///
+    /// Both connections read only what was committed: the writer's is used only
+    /// between transactions.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
-        let conn = lock(&self.reader);
-        let Some(conn) = conn.as_ref() else {
-            return Err(self.closed());
-        };
-        f(conn).map_err(|e| sql_error(&self.path, e))
+        self.read_on(true, f)
+    }
+
+    /// Runs the read `f` through the reader's connection, opening it if need be: for a
+    /// long read ([`Store::check`]), which would hold the writer up for as long.
+    fn read_apart<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        self.read_on(false, f)
+    }
+
+    /// Runs the read `f`, through the writer's connection if `writer_may` and the rules
+    /// of [`SqliteStore::read`] allow it.
+    fn read_on<T>(
+        &self,
+        writer_may: bool,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let mut reader = lock(&self.reader);
+        if writer_may
+            && matches!(*reader, Reader::Unopened)
+            && self.stats.in_flight.load(Ordering::Relaxed) == 0
+            && let Ok(core) = self.core.try_lock()
+            && let Some(writer) = core.as_ref()
+            && writer.conn.is_autocommit()
+        {
+            drop(reader);
+            return f(&writer.conn).map_err(|e| sql_error(&self.path, e));
+        }
+        if matches!(*reader, Reader::Unopened) {
+            *reader = Reader::Open(open::reader(&self.path, &self.options)?);
+        }
+        match &*reader {
+            Reader::Open(conn) => f(conn).map_err(|e| sql_error(&self.path, e)),
+            _ => Err(self.closed()),
+        }
     }
 
     /// The error of a call made after the journal was closed.
@@ -480,7 +540,7 @@ impl Store for SqliteStore {
     }
 
     fn check(&self) -> Result<Vec<Damage>, StoreError> {
-        self.read(|c| Ok(integrity::check(c)))
+        self.read_apart(|c| Ok(integrity::check(c)))
     }
 
     fn close(&self) -> Result<(), StoreError> {
@@ -492,7 +552,7 @@ impl Store for SqliteStore {
         // - the writer thread, on its way out, closes the descriptor that holds the
         //   journal's lock, which drops every POSIX lock of this process on the file,
         //   the reader's too.
-        *lock(&self.reader) = None;
+        *lock(&self.reader) = Reader::Closed;
         // The writer commits what was queued before the close, then exits and releases
         // the lock; a write enqueued after it finds the channel closed. Counted in
         // `in_flight`, and never taken off: no write after the close finds the writer
@@ -847,5 +907,87 @@ mod tests {
         assert_eq!(store.ack_spin(), Duration::from_micros(60));
         store.stats.last_commit_ns.store(1, Ordering::Relaxed);
         assert_eq!(store.ack_spin(), Duration::from_nanos(MIN_ACK_SPIN_NS));
+    }
+
+    fn reader_opened(store: &SqliteStore) -> bool {
+        !matches!(*lock(&store.reader), Reader::Unopened)
+    }
+
+    /// Reads on an idle journal go through the writer's connection, so a journal that
+    /// only finishes a few workflows opens one connection; the first read that finds
+    /// the writer busy opens the reader, and gets the same rows.
+    #[tokio::test]
+    async fn reads_use_the_idle_writer_until_one_finds_it_busy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, id) = journal_with_w(dir.path()).await;
+        for i in 1..=5 {
+            assert!(matches!(store.record_step(step(&id, i)).await, Ok(())));
+        }
+        let read_all = |store: &SqliteStore| {
+            let steps = store.steps_after(&id, None, 100).expect("steps");
+            let pending = store.pending_workflows().expect("pending");
+            let histories = store
+                .histories(std::slice::from_ref(&id), 100)
+                .expect("histories");
+            let workflow = store.workflow(&id).expect("workflow").expect("w");
+            (
+                steps.len(),
+                pending.len(),
+                histories
+                    .into_iter()
+                    .map(|h| h.expect("history").0.len())
+                    .sum::<usize>(),
+                workflow.name,
+            )
+        };
+        let idle = read_all(&store);
+        assert_eq!(idle, (5, 1, 5, "w".to_owned()));
+        assert!(
+            !reader_opened(&store),
+            "an idle writer's connection was not used"
+        );
+
+        // The writer busy (its connection held, as a commit holds it).
+        let held = lock(&store.core);
+        let busy = read_all(&store);
+        drop(held);
+        assert_eq!(busy, idle);
+        assert!(reader_opened(&store));
+        assert_eq!(read_all(&store), idle);
+        store.close().expect("close");
+        assert!(matches!(
+            store.steps_after(&id, None, 1),
+            Err(e) if e.kind() == StoreErrorKind::Closed
+        ));
+    }
+
+    /// A read never goes through the writer's connection while a transaction is open on
+    /// it: it would see writes that may yet roll back.
+    #[tokio::test]
+    async fn a_read_never_sees_an_open_transactions_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, id) = journal_with_w(dir.path()).await;
+        {
+            let core = lock(&store.core);
+            let conn = &core.as_ref().expect("writer").conn;
+            conn.execute_batch(
+                "BEGIN IMMEDIATE; UPDATE durable_workflows SET name = 'uncommitted';",
+            )
+            .expect("an open transaction");
+        }
+        let read = store.workflow(&id).expect("workflow").expect("w");
+        assert_eq!(read.name, "w");
+        let core = lock(&store.core);
+        core.as_ref().expect("writer").end_open_transaction();
+    }
+
+    /// An integrity check, which reads the whole journal, never holds the writer up: it
+    /// reads through the reader's connection.
+    #[tokio::test]
+    async fn a_check_reads_apart_from_the_writer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = journal_with_w(dir.path()).await;
+        assert!(store.check().expect("check").is_empty());
+        assert!(reader_opened(&store));
     }
 }

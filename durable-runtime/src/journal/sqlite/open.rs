@@ -15,7 +15,7 @@ use super::identity::{
 use super::integrity::{verify_message_index, verify_pending_index};
 use super::migrate::migrate;
 use super::writer::{Writer, WriterStats, write_loop};
-use super::{SqliteStore, io_error, sql_error};
+use super::{Reader, SqliteStore, io_error, sql_error};
 use crate::error::{Error, StoreError, StoreErrorKind};
 use crate::journal::{Durability, JournalOptions};
 use crate::util::lock;
@@ -80,11 +80,6 @@ impl SqliteStore {
         verify_pending_index(&writer, path)?;
         verify_message_index(&writer, path)?;
 
-        let reader = connect(path, options).map_err(|e| sql_error(path, e))?;
-        reader
-            .execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")
-            .map_err(|e| sql_error(path, e))?;
-
         let core = Arc::new(Mutex::new(Some(
             Writer::new(writer, codec).map_err(|e| sql_error(path, e))?,
         )));
@@ -119,7 +114,8 @@ impl SqliteStore {
             path: Arc::from(path),
             writes: tx,
             core,
-            reader: Mutex::new(Some(reader)),
+            reader: Mutex::new(Reader::Unopened),
+            options: options.clone(),
             stats,
             inline: durability != Durability::Full,
             untaken: Arc::default(),
@@ -178,6 +174,16 @@ fn connect(path: &Path, options: &JournalOptions) -> rusqlite::Result<Connection
     #[cfg(not(feature = "testkit"))]
     let _ = options;
     Connection::open_with_flags(path, flags)
+}
+
+/// The connection reads go through once one finds the writer busy (see
+/// [`SqliteStore::read`]): read-only, and patient with the writer's commits.
+pub(super) fn reader(path: &Path, options: &JournalOptions) -> Result<Connection, StoreError> {
+    let reader = connect(path, options).map_err(|e| sql_error(path, e))?;
+    reader
+        .execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")
+        .map_err(|e| sql_error(path, e))?;
+    Ok(reader)
 }
 
 /// The settings of the writer's connection: WAL mode and `durability`.
