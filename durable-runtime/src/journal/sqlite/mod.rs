@@ -13,8 +13,9 @@
 //! ([`SqliteStore::ack_spin`]). `docs/journal.md` ("The writer") explains the policy
 //! for users.
 //!
-//! Reads go through the writing connection while it is idle, and through a second
-//! connection, opened the first time a read finds the writer busy, from then on (WAL
+//! Small reads go through the writing connection while it is idle, and through a
+//! second connection, opened the first time a read finds the writer busy (or holds up
+//! a write), from then on; reads of unbounded size always use the second one (WAL
 //! readers do not block the writer). A journal opened to finish a few workflows opens
 //! one connection, not two ([`SqliteStore::read`]).
 //!
@@ -65,6 +66,7 @@ use super::{
     RecordedStep, Replier, SideRecords, StepKey, StepRecord, Store, TxStep, Wait, WaitRecord,
     WorkflowRecord, may_commit_here,
 };
+use crate::engine::recorded::REPLAY_BATCH;
 use crate::error::{CancelReason, StoreError, StoreErrorKind};
 use crate::path::StepPath;
 use crate::util::lock;
@@ -107,11 +109,18 @@ pub(crate) struct SqliteStore {
     writer: Mutex<Option<thread::JoinHandle<()>>>,
 }
 
+/// At most how many runs' histories [`Store::histories`] reads through the writer's
+/// connection (see [`SqliteStore::read`]).
+const SMALL_READ_RUNS: usize = 16;
+
 /// The connection reads go through when the writer's is busy.
 #[derive(Debug)]
 enum Reader {
     /// Not opened yet: every read so far found the writer idle.
     Unopened,
+    /// Not opened yet, but a write waited for a read on the writer's connection: the
+    /// next read opens it.
+    Wanted,
     Open(Connection),
     /// The store is closed.
     Closed,
@@ -352,24 +361,27 @@ impl SqliteStore {
         self.send(|tx| Command::Write(Box::new(make(tx))))
     }
 
-    /// Runs the read `f`:
+    /// Runs the read `f`, of a size known to be small (one workflow's row, its side
+    /// records, or a batch of [`REPLAY_BATCH`] steps of a few runs):
     /// - through the reader's connection, once it is open;
     /// - before that, through the writer's connection if the writer is idle (no write
     ///   queued or being made, no transaction open). A journal opened to finish a few
     ///   workflows then never opens a second connection, which costs an open and a
-    ///   parse of the whole schema (29% of the instructions of an open and close). A
-    ///   write that comes meanwhile waits for the read, once: reads are short
-    ///   (histories come in batches), and the first read that finds the writer busy
-    ///   opens the reader, which every read uses from then on.
+    ///   parse of the whole schema (29% of the instructions of an open and close).
     ///
-    /// Both connections read only what was committed: the writer's is used only
-    /// between transactions.
+    /// A write that comes during such a read waits for it, and the reader is opened for
+    /// every read after it: writes wait for at most one small read, ever. Both
+    /// connections read only what was committed: the writer's is used only between
+    /// transactions. Reads of unbounded size go through [`SqliteStore::read_apart`].
+    ///
+    /// [`REPLAY_BATCH`]: crate::engine::recorded::REPLAY_BATCH
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         self.read_on(true, f)
     }
 
     /// Runs the read `f` through the reader's connection, opening it if need be: for a
-    /// long read ([`Store::check`]), which would hold the writer up for as long.
+    /// read of unbounded size (a whole history, an integrity check), which would hold
+    /// the writer up for as long.
     fn read_apart<T>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
@@ -393,9 +405,18 @@ impl SqliteStore {
             && writer.conn.is_autocommit()
         {
             drop(reader);
-            return f(&writer.conn).map_err(|e| sql_error(&self.path, e));
+            let read = f(&writer.conn).map_err(|e| sql_error(&self.path, e));
+            drop(core);
+            // A write made meanwhile waited for this read: none will again.
+            if self.stats.in_flight.load(Ordering::Relaxed) > 0 {
+                let mut reader = lock(&self.reader);
+                if matches!(*reader, Reader::Unopened) {
+                    *reader = Reader::Wanted;
+                }
+            }
+            return read;
         }
-        if matches!(*reader, Reader::Unopened) {
+        if matches!(*reader, Reader::Unopened | Reader::Wanted) {
             *reader = Reader::Open(open::reader(&self.path, &self.options)?);
         }
         match &*reader {
@@ -498,7 +519,7 @@ impl Store for SqliteStore {
         ids: &[Arc<str>],
         limit: usize,
     ) -> Result<Vec<Result<History, StoreError>>, StoreError> {
-        self.read(|c| {
+        let read = |c: &Connection| {
             // One read transaction: one snapshot, and SQLite takes its locks once for
             // all the runs rather than twice per run.
             let tx = c.unchecked_transaction()?;
@@ -514,7 +535,14 @@ impl Store for SqliteStore {
             // Nothing was written: ending the read cannot lose anything.
             tx.commit()?;
             Ok(loaded)
-        })
+        };
+        // The histories of a few runs (a journal opened to finish a few workflows) are
+        // a small read; those of a whole chunk of runs resumed at an open are not.
+        if ids.len() <= SMALL_READ_RUNS && limit <= REPLAY_BATCH {
+            self.read(read)
+        } else {
+            self.read_apart(read)
+        }
     }
 
     fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError> {
@@ -527,7 +555,12 @@ impl Store for SqliteStore {
         after: Option<&StepPath>,
         limit: usize,
     ) -> Result<Vec<RecordedStep>, StoreError> {
-        self.read(|c| rows::steps(c, workflow_id, after, limit))
+        let read = |c: &Connection| rows::steps(c, workflow_id, after, limit);
+        if limit <= REPLAY_BATCH {
+            self.read(read)
+        } else {
+            self.read_apart(read)
+        }
     }
 
     #[cfg(any(test, feature = "bench"))]
@@ -536,6 +569,7 @@ impl Store for SqliteStore {
     }
 
     fn pending_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
+        // Unbounded, but read once, at the open, before anything writes.
         self.read(|c| rows::workflow_rows(c, "WHERE status = 'pending'"))
     }
 
@@ -955,10 +989,57 @@ mod tests {
         assert!(reader_opened(&store));
         assert_eq!(read_all(&store), idle);
         store.close().expect("close");
+        // With the reader opened late too, the close copied the WAL into the file and
+        // removed it.
+        assert!(!dir.path().join("j.db-wal").exists());
         assert!(matches!(
             store.steps_after(&id, None, 1),
             Err(e) if e.kind() == StoreErrorKind::Closed
         ));
+    }
+
+    /// A write that waited for a read on the writer's connection is the last to: the
+    /// next read opens the reader.
+    #[tokio::test]
+    async fn a_write_waits_for_a_read_at_most_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, id) = journal_with_w(dir.path()).await;
+        let read = store.read(|c| {
+            // A write made while this read holds the writer's connection.
+            store.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+            rows::workflow(c, &id)
+        });
+        assert!(read.expect("read").is_some());
+        assert!(matches!(*lock(&store.reader), Reader::Wanted));
+        store.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        assert!(store.workflow(&id).expect("read").is_some());
+        assert!(matches!(*lock(&store.reader), Reader::Open(_)));
+    }
+
+    /// Reads of unbounded size never hold the writer up: a whole history, and the
+    /// histories of more than a few runs, go through the reader.
+    #[tokio::test]
+    async fn reads_of_unbounded_size_go_through_the_reader() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, id) = journal_with_w(dir.path()).await;
+        assert!(matches!(store.record_step(step(&id, 1)).await, Ok(())));
+        assert_eq!(store.steps(&id).expect("steps").len(), 1);
+        assert!(reader_opened(&store));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, id) = journal_with_w(dir.path()).await;
+        let few = vec![id.clone(); SMALL_READ_RUNS];
+        assert_eq!(
+            store.histories(&few, 10).expect("histories").len(),
+            few.len()
+        );
+        assert!(!reader_opened(&store));
+        let many = vec![id.clone(); SMALL_READ_RUNS + 1];
+        assert_eq!(
+            store.histories(&many, 10).expect("histories").len(),
+            many.len()
+        );
+        assert!(reader_opened(&store));
     }
 
     /// A read never goes through the writer's connection while a transaction is open on
