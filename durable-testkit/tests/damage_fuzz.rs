@@ -838,6 +838,18 @@ fn damage_found_before() {
                 mask: 3,
             }],
         ),
+        // A bit of `sqlite_sequence`'s definition flipped: its column `name` was no
+        // longer known, and the open's check of the run counter reported the damage
+        // as an I/O error (SQLite's refusal to prepare a statement carries its code
+        // apart).
+        (
+            Base::Closed,
+            vec![Damage::Flip {
+                target: Target::Db,
+                at: 3_319_303_471,
+                mask: 128,
+            }],
+        ),
     ];
     let tally = Mutex::new(Tally::default());
     for (base, damages) in found {

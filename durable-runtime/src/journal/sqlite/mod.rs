@@ -136,7 +136,13 @@ fn sql_error(path: &Path, e: rusqlite::Error) -> StoreError {
     use rusqlite::Error as E;
     const RESTORE: &str = "the journal was changed outside durable, or damaged; restore it \
                            from a backup";
-    let (kind, message) = match (e.sqlite_error_code(), &e) {
+    // A statement SQLite refused to prepare carries its code apart (with the offending
+    // SQL): "no such column" where damage changed a table's definition.
+    let code = match &e {
+        E::SqlInputError { error, .. } => Some(error.code),
+        _ => e.sqlite_error_code(),
+    };
+    let (kind, message) = match (code, &e) {
         (Some(ErrorCode::NotADatabase), _) => (
             StoreErrorKind::NotAJournal,
             format!(
