@@ -138,9 +138,10 @@ fn sql_error(path: &Path, e: rusqlite::Error) -> StoreError {
                            from a backup";
     // A statement SQLite refused to prepare carries its code apart (with the offending
     // SQL): "no such column" where damage changed a table's definition.
-    let code = match &e {
-        E::SqlInputError { error, .. } => Some(error.code),
-        _ => e.sqlite_error_code(),
+    // Its message alone: the statement is durable's, not the user's.
+    let (code, said) = match &e {
+        E::SqlInputError { error, msg, .. } => (Some(error.code), msg.clone()),
+        _ => (e.sqlite_error_code(), e.to_string()),
     };
     let (kind, message) = match (code, &e) {
         (Some(ErrorCode::NotADatabase), _) => (
@@ -165,7 +166,7 @@ fn sql_error(path: &Path, e: rusqlite::Error) -> StoreError {
             StoreErrorKind::Damaged,
             format!(
                 "a statement of durable no longer fits the journal's schema (SQLite says: \
-                 {e}): one of durable's tables, or an application's trigger or view on \
+                 {said}): one of durable's tables, or an application's trigger or view on \
                  one, was changed outside durable, or the file is damaged; undo that \
                  change, or restore the file from a backup"
             ),
