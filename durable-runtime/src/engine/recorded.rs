@@ -8,8 +8,7 @@ use crate::error::StoreError;
 use crate::journal::RecordedStep;
 use crate::path::StepPath;
 
-/// How many recorded steps a replay reads at a time: one query per this many steps.
-pub(crate) const REPLAY_BATCH: usize = 1024;
+pub(crate) use crate::journal::REPLAY_BATCH;
 
 /// Reads the recorded steps after a path (all if `None`), in path order, at most
 /// [`REPLAY_BATCH`] of them.

@@ -66,6 +66,10 @@ pub(crate) enum JournalSpec {
     Sqlite(PathBuf),
 }
 
+/// How many recorded steps a replay reads at a time: one query per this many steps (a
+/// journal reads a batch this size as a small read).
+pub(crate) const REPLAY_BATCH: usize = 1024;
+
 /// How to open a journal: options every kind of journal takes.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct JournalOptions {

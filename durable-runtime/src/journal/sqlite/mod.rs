@@ -62,11 +62,10 @@ mod waits;
 mod writer;
 
 use super::{
-    Ack, Created, Damage, Dormant, Finish, History, NewMessage, NewWorkflow, RecordedOutcome,
-    RecordedStep, Replier, SideRecords, StepKey, StepRecord, Store, TxStep, Wait, WaitRecord,
-    WorkflowRecord, may_commit_here,
+    Ack, Created, Damage, Dormant, Finish, History, NewMessage, NewWorkflow, REPLAY_BATCH,
+    RecordedOutcome, RecordedStep, Replier, SideRecords, StepKey, StepRecord, Store, TxStep, Wait,
+    WaitRecord, WorkflowRecord, may_commit_here,
 };
-use crate::engine::recorded::REPLAY_BATCH;
 use crate::error::{CancelReason, StoreError, StoreErrorKind};
 use crate::path::StepPath;
 use crate::util::lock;
@@ -380,8 +379,6 @@ impl SqliteStore {
     /// every read after it: writes wait for at most one small read, ever. Both
     /// connections read only what was committed: the writer's is used only between
     /// transactions. Reads of unbounded size go through [`SqliteStore::read_apart`].
-    ///
-    /// [`REPLAY_BATCH`]: crate::engine::recorded::REPLAY_BATCH
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         self.read_on(true, f)
     }
