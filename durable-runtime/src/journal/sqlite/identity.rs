@@ -32,6 +32,13 @@ pub(super) struct Held {
     id: Option<(u64, u64)>,
 }
 
+impl Held {
+    /// The held file's device and inode (`None` where they are not known).
+    pub(super) fn id(&self) -> Option<(u64, u64)> {
+        self.id
+    }
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
         // Closed before the registration goes: a runtime of this process that opens
@@ -57,13 +64,13 @@ fn held_files() -> MutexGuard<'static, BTreeMap<(u64, u64), PathBuf>> {
 
 /// The device and inode of the file at `path`, which every name of it shares.
 #[cfg(unix)]
-fn file_id(path: &Path) -> Option<(u64, u64)> {
+pub(super) fn file_id(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 #[cfg(not(unix))]
-fn file_id(_path: &Path) -> Option<(u64, u64)> {
+pub(super) fn file_id(_path: &Path) -> Option<(u64, u64)> {
     None
 }
 

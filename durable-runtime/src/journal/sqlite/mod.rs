@@ -87,6 +87,8 @@ pub(crate) struct SqliteStore {
     /// reader before the writer thread (which `writes` ending stops) releases the file,
     /// and the POSIX locks with it.
     reader: Mutex<Reader>,
+    /// The file the reader's connection opens.
+    reader_at: ReaderAt,
     /// What the reader's connection is opened with (the testkit's VFS).
     options: crate::journal::JournalOptions,
     // `Sender` is `Sync`: concurrent steps enqueue without a lock of ours.
@@ -121,9 +123,24 @@ enum Reader {
     /// next read opens it.
     Wanted,
     Open(Connection),
+    /// It could not be opened: reads wait for the writer's connection.
+    Unavailable,
     /// The store is closed.
     Closed,
 }
+
+/// The journal file as the open found it, for a reader opened later.
+#[derive(Debug)]
+struct ReaderAt {
+    /// Its real, absolute path.
+    path: std::path::PathBuf,
+    /// Its device and inode (`None` where they are not known).
+    id: Option<(u64, u64)>,
+}
+
+/// How long a read waits for the writer's connection when the reader could not be
+/// opened: as long as SQLite's own busy timeout.
+const WRITER_READ_WAIT: Duration = Duration::from_secs(5);
 
 /// A file system failure at the journal `path`.
 fn io_error(path: &Path, e: impl std::fmt::Display) -> StoreError {
@@ -367,8 +384,9 @@ impl SqliteStore {
         self.send(|tx| Command::Write(Box::new(make(tx))))
     }
 
-    /// Runs the read `f`, of a size known to be small (one workflow's row, its side
-    /// records, or a batch of [`REPLAY_BATCH`] steps of a few runs):
+    /// Runs the read `f`, of a size known to be bounded (one workflow's row, a batch of
+    /// [`REPLAY_BATCH`] steps of a few runs and their side records, or the pending
+    /// workflows at the open, before anything writes):
     /// - through the reader's connection, once it is open;
     /// - before that, through the writer's connection if the writer is idle (no write
     ///   queued or being made, no transaction open). A journal opened to finish a few
@@ -376,7 +394,7 @@ impl SqliteStore {
     ///   parse of the whole schema (29% of the instructions of an open and close).
     ///
     /// A write that comes during such a read waits for it, and the reader is opened for
-    /// every read after it: writes wait for at most one small read, ever. Both
+    /// every read after it: writes wait for at most one read per open. Both
     /// connections read only what was committed: the writer's is used only between
     /// transactions. Reads of unbounded size go through [`SqliteStore::read_apart`].
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
@@ -410,9 +428,12 @@ impl SqliteStore {
         {
             drop(reader);
             let read = f(&writer.conn).map_err(|e| sql_error(&self.path, e));
+            // Read while the connection is still held: every write made meanwhile is
+            // counted, and none has finished.
+            let waited = self.stats.in_flight.load(Ordering::Relaxed) > 0;
             drop(core);
-            // A write made meanwhile waited for this read: none will again.
-            if self.stats.in_flight.load(Ordering::Relaxed) > 0 {
+            if waited {
+                // A write waited for this read: none will again.
                 let mut reader = lock(&self.reader);
                 if matches!(*reader, Reader::Unopened) {
                     *reader = Reader::Wanted;
@@ -421,11 +442,59 @@ impl SqliteStore {
             return read;
         }
         if matches!(*reader, Reader::Unopened | Reader::Wanted) {
-            *reader = Reader::Open(open::reader(&self.path, &self.options)?);
+            *reader = match open::reader(&self.reader_at, &self.options) {
+                Ok(conn) => Reader::Open(conn),
+                Err(e) => {
+                    tracing::warn!(
+                        journal = %self.path.display(),
+                        "cannot open the journal's read connection ({e}); reads wait for \
+                         the writer's"
+                    );
+                    Reader::Unavailable
+                }
+            };
         }
         match &*reader {
             Reader::Open(conn) => f(conn).map_err(|e| sql_error(&self.path, e)),
+            Reader::Unavailable => {
+                drop(reader);
+                self.read_on_writer(f)
+            }
             _ => Err(self.closed()),
+        }
+    }
+
+    /// Runs the read `f` through the writer's connection, waiting for it (at most
+    /// [`WRITER_READ_WAIT`]): for a journal whose reader could not be opened. Never
+    /// blocks on the lock, which the caller's own thread may hold (a transaction step's
+    /// code reading the journal).
+    fn read_on_writer<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let start = Instant::now();
+        let mut pause = Duration::from_micros(50);
+        loop {
+            match self.core.try_lock() {
+                Ok(core) => match core.as_ref() {
+                    Some(writer) if writer.conn.is_autocommit() => {
+                        return f(&writer.conn).map_err(|e| sql_error(&self.path, e));
+                    }
+                    Some(_) => {}
+                    None => return Err(self.closed()),
+                },
+                Err(std::sync::TryLockError::Poisoned(_)) => return Err(self.closed()),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+            if start.elapsed() >= WRITER_READ_WAIT {
+                return Err(io_error(
+                    &self.path,
+                    "the journal's read connection could not be opened (see the log), and \
+                     its writer stayed busy for 5 s",
+                ));
+            }
+            thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
         }
     }
 
@@ -515,7 +584,8 @@ impl Store for SqliteStore {
     }
 
     fn side_records(&self, workflow_id: &str) -> Result<SideRecords, StoreError> {
-        self.read(|c| rows::side_records(c, workflow_id))
+        // A run's start records grow with its waits (until a resume): unbounded.
+        self.read_apart(|c| rows::side_records(c, workflow_id))
     }
 
     fn histories(
@@ -948,7 +1018,7 @@ mod tests {
     }
 
     fn reader_opened(store: &SqliteStore) -> bool {
-        !matches!(*lock(&store.reader), Reader::Unopened)
+        matches!(*lock(&store.reader), Reader::Open(_))
     }
 
     /// Reads on an idle journal go through the writer's connection, so a journal that
@@ -1030,6 +1100,12 @@ mod tests {
         assert_eq!(store.steps(&id).expect("steps").len(), 1);
         assert!(reader_opened(&store));
 
+        // A run's side records grow with its waits.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, id) = journal_with_w(dir.path()).await;
+        store.side_records(&id).expect("side records");
+        assert!(reader_opened(&store));
+
         let dir = tempfile::tempdir().expect("tempdir");
         let (store, id) = journal_with_w(dir.path()).await;
         let few = vec![id.clone(); SMALL_READ_RUNS];
@@ -1044,6 +1120,34 @@ mod tests {
             many.len()
         );
         assert!(reader_opened(&store));
+    }
+
+    /// A reader opened after another file took the journal's name (a backup restored
+    /// while the runtime runs) is refused: reads go on through the writer's
+    /// connection, on the file the store holds, and return its rows.
+    #[tokio::test]
+    async fn a_late_reader_refuses_a_file_put_in_the_journals_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, id) = journal_with_w(dir.path()).await;
+        for i in 1..=3 {
+            assert!(matches!(store.record_step(step(&id, i)).await, Ok(())));
+        }
+        // Another journal, closed, with no workflow `w`, renamed over this one.
+        let other = tempfile::tempdir().expect("tempdir");
+        let (elsewhere, _) = journal_with_w(other.path()).await;
+        elsewhere.close().expect("close");
+        drop(elsewhere);
+        let conn = Connection::open(other.path().join("j.db")).expect("open");
+        conn.execute_batch("DELETE FROM durable_workflows")
+            .expect("empty it");
+        drop(conn);
+        std::fs::rename(other.path().join("j.db"), dir.path().join("j.db")).expect("rename");
+
+        // Unbounded: it needs the reader.
+        let steps = store.steps(&id).expect("steps");
+        assert_eq!(steps.len(), 3);
+        assert!(matches!(*lock(&store.reader), Reader::Unavailable));
+        assert_eq!(store.workflow(&id).expect("read").expect("w").name, "w");
     }
 
     /// A read never goes through the writer's connection while a transaction is open on

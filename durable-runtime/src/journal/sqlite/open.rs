@@ -9,13 +9,13 @@ use std::thread;
 use rusqlite::{Connection, OpenFlags};
 
 use super::identity::{
-    hold_file, identify, lock_name, lock_patiently, probe_write, read_only,
+    file_id, hold_file, identify, lock_name, lock_patiently, probe_write, read_only,
     refuse_wal_without_file, unwritable, with_suffix,
 };
 use super::integrity::{verify_message_index, verify_pending_index};
 use super::migrate::migrate;
 use super::writer::{Writer, WriterStats, write_loop};
-use super::{Reader, SqliteStore, io_error, sql_error};
+use super::{Reader, ReaderAt, SqliteStore, io_error, sql_error};
 use crate::error::{Error, StoreError, StoreErrorKind};
 use crate::journal::{Durability, JournalOptions};
 use crate::util::lock;
@@ -71,6 +71,12 @@ impl SqliteStore {
             create_journal(path, options)?;
         }
         let held = hold_file(path)?;
+        // What a reader opened later must find: this file, by a name that a change of
+        // the working directory does not change.
+        let reader_at = ReaderAt {
+            path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned()),
+            id: held.id(),
+        };
 
         let mut writer = connect(path, options).map_err(|e| sql_error(path, e))?;
         identify(path)?;
@@ -115,6 +121,7 @@ impl SqliteStore {
             writes: tx,
             core,
             reader: Mutex::new(Reader::Unopened),
+            reader_at,
             options: options.clone(),
             stats,
             inline: durability != Durability::Full,
@@ -177,12 +184,25 @@ fn connect(path: &Path, options: &JournalOptions) -> rusqlite::Result<Connection
 }
 
 /// The connection reads go through once one finds the writer busy (see
-/// [`SqliteStore::read`]): read-only, and patient with the writer's commits.
-pub(super) fn reader(path: &Path, options: &JournalOptions) -> Result<Connection, StoreError> {
+/// [`SqliteStore::read`]): read-only, and patient with the writer's commits. Refused
+/// unless it is the file the store holds: opened after the open, by name, it would
+/// otherwise read another journal put in its place (a restore from a backup while the
+/// runtime runs).
+pub(super) fn reader(at: &ReaderAt, options: &JournalOptions) -> Result<Connection, StoreError> {
+    let path = &at.path;
     let reader = connect(path, options).map_err(|e| sql_error(path, e))?;
     reader
         .execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")
         .map_err(|e| sql_error(path, e))?;
+    // After SQLite opened the file: a file swapped in before that is caught here, and
+    // one swapped in after it is refused too (SQLite holds the right one, but nothing
+    // tells which).
+    if at.id.is_some() && file_id(path) != at.id {
+        return Err(io_error(
+            path,
+            "the journal file was replaced or removed while the runtime had it open",
+        ));
+    }
     Ok(reader)
 }
 
