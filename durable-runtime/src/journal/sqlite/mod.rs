@@ -152,9 +152,9 @@ fn sql_error(path: &Path, e: rusqlite::Error) -> StoreError {
     use rusqlite::Error as E;
     const RESTORE: &str = "the journal was changed outside durable, or damaged; restore it \
                            from a backup";
-    // A statement SQLite refused to prepare carries its code apart (with the offending
-    // SQL): "no such column" where damage changed a table's definition.
-    // Its message alone: the statement is durable's, not the user's.
+    // A statement SQLite refused to prepare ("no such column", where damage changed a
+    // table's definition) carries its code apart, and its message without the SQL,
+    // which is durable's, not the user's.
     let (code, said) = match &e {
         E::SqlInputError { error, msg, .. } => (Some(error.code), msg.clone()),
         _ => (e.sqlite_error_code(), e.to_string()),
@@ -411,8 +411,8 @@ impl SqliteStore {
         self.read_on(false, f)
     }
 
-    /// Runs the read `f`, through the writer's connection if `writer_may` and the rules
-    /// of [`SqliteStore::read`] allow it.
+    /// Runs the read `f`, through the writer's connection if `writer_may` (a read of
+    /// bounded size) and the rules of [`SqliteStore::read`] allow it.
     fn read_on<T>(
         &self,
         writer_may: bool,
@@ -612,11 +612,7 @@ impl Store for SqliteStore {
         };
         // The histories of a few runs (a journal opened to finish a few workflows) are
         // a small read; those of a whole chunk of runs resumed at an open are not.
-        if ids.len() <= SMALL_READ_RUNS && limit <= REPLAY_BATCH {
-            self.read(read)
-        } else {
-            self.read_apart(read)
-        }
+        self.read_on(ids.len() <= SMALL_READ_RUNS && limit <= REPLAY_BATCH, read)
     }
 
     fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError> {
@@ -629,12 +625,9 @@ impl Store for SqliteStore {
         after: Option<&StepPath>,
         limit: usize,
     ) -> Result<Vec<RecordedStep>, StoreError> {
-        let read = |c: &Connection| rows::steps(c, workflow_id, after, limit);
-        if limit <= REPLAY_BATCH {
-            self.read(read)
-        } else {
-            self.read_apart(read)
-        }
+        self.read_on(limit <= REPLAY_BATCH, |c| {
+            rows::steps(c, workflow_id, after, limit)
+        })
     }
 
     #[cfg(any(test, feature = "bench"))]
