@@ -1759,3 +1759,16 @@ store_contract!(
     },
     |dir: &Path| crate::journal::sqlite::damage_every_value(&dir.join("j.db"))
 );
+
+#[cfg(feature = "postgres")]
+store_contract!(
+    postgres,
+    |dir: &Path| -> Arc<dyn Store> {
+        let config = crate::journal::postgres::testing::config_for(dir);
+        Arc::new(
+            crate::journal::postgres::PgStore::open(&config, &JournalOptions::default())
+                .expect("open the PostgreSQL journal"),
+        )
+    },
+    |dir: &Path| crate::journal::postgres::testing::damage_every_value(dir)
+);

@@ -24,7 +24,10 @@ use crate::path::StepPath;
 
 #[cfg(test)]
 mod contract;
+pub(crate) mod crc;
 mod damage;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
 pub(crate) mod sqlite;
 mod step_info;
 
@@ -64,6 +67,18 @@ pub enum Durability {
 pub(crate) enum JournalSpec {
     /// A SQLite file.
     Sqlite(PathBuf),
+    /// A PostgreSQL database (and the schema in it).
+    #[cfg(feature = "postgres")]
+    Postgres(Box<postgres::PgConfig>),
+    /// A journal that cannot be opened (a URL that is not valid, or a PostgreSQL URL
+    /// in a build without the `postgres` feature): how to show it, and why.
+    Unusable(PathBuf, StoreError),
+}
+
+/// Whether `journal` (a path as the user gave it) is a PostgreSQL URL rather than a
+/// file: it starts with `postgres://` or `postgresql://`.
+pub(crate) fn is_postgres_url(journal: &str) -> bool {
+    journal.starts_with("postgres://") || journal.starts_with("postgresql://")
 }
 
 /// How many recorded steps a replay reads at a time: one query per this many steps (a
@@ -86,10 +101,22 @@ pub(crate) struct JournalOptions {
 }
 
 impl JournalSpec {
+    /// The journal `path` names: a SQLite file, or a PostgreSQL database if it is a
+    /// `postgres://` URL.
+    pub(crate) fn new(path: &Path) -> JournalSpec {
+        match path.to_str() {
+            Some(url) if is_postgres_url(url) => postgres_spec(url),
+            _ => JournalSpec::Sqlite(path.to_owned()),
+        }
+    }
+
     /// Where the journal is, for messages.
     pub(crate) fn path(&self) -> &Path {
         match self {
             JournalSpec::Sqlite(path) => path,
+            #[cfg(feature = "postgres")]
+            JournalSpec::Postgres(config) => Path::new(config.shown()),
+            JournalSpec::Unusable(shown, _) => shown,
         }
     }
 
@@ -97,8 +124,35 @@ impl JournalSpec {
     pub(crate) fn open(&self, options: &JournalOptions) -> Result<Arc<dyn Store>, Error> {
         match self {
             JournalSpec::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path, options)?)),
+            #[cfg(feature = "postgres")]
+            JournalSpec::Postgres(config) => {
+                Ok(Arc::new(postgres::PgStore::open(config, options)?))
+            }
+            JournalSpec::Unusable(_, e) => Err(Error::Store(e.clone())),
         }
     }
+}
+
+/// The journal a PostgreSQL URL names.
+#[cfg(feature = "postgres")]
+fn postgres_spec(url: &str) -> JournalSpec {
+    match postgres::PgConfig::parse(url) {
+        Ok(config) => JournalSpec::Postgres(Box::new(config)),
+        Err(e) => JournalSpec::Unusable(e.path().to_owned(), e),
+    }
+}
+
+/// The journal a PostgreSQL URL names: none, in a build without the `postgres` feature.
+#[cfg(not(feature = "postgres"))]
+fn postgres_spec(_url: &str) -> JournalSpec {
+    let shown = PathBuf::from("postgres://…");
+    let e = StoreError::new(
+        &shown,
+        StoreErrorKind::NotAJournal,
+        "this is a PostgreSQL URL, and this build of durable-runtime has no PostgreSQL \
+         journal: turn on its `postgres` cargo feature",
+    );
+    JournalSpec::Unusable(shown, e)
 }
 
 thread_local! {
@@ -499,6 +553,20 @@ pub(crate) struct WaitRecord {
     /// When the wait gives up; written as a start record if the wait has to park, so a
     /// recovered wait keeps its original deadline.
     pub(crate) deadline_at: Option<i64>,
+}
+
+/// The encoding of a wait's answer as its step's recorded output.
+pub(crate) fn encode_answer(codec: Codec, answer: Option<&[u8]>) -> Vec<u8> {
+    // Encoding a byte string cannot fail, and its size is bounded by a row's.
+    codec
+        .encode(&answer.map(crate::codec::Bytes))
+        .unwrap_or_default()
+}
+
+/// A wait's recorded answer: the value it took, as a journal value of its own.
+pub(crate) fn decode_answer(output: &[u8]) -> Result<Option<Vec<u8>>, crate::codec::CodecError> {
+    Codec::decode::<Option<crate::codec::ByteBuf>>(output)
+        .map(|o| o.map(|b| crate::codec::nested(output, &b.0).into_owned()))
 }
 
 /// What a workflow run recorded beside its steps; see [`Store::side_records`].

@@ -1,6 +1,8 @@
 //! Opening a runtime: its options, and the recovery of pending workflows at open.
 
 use std::collections::HashMap;
+#[cfg(feature = "postgres")]
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,6 +40,34 @@ impl RuntimeBuilder {
     /// shorter than that cost no replay; a workflow that waits for hours or days holds
     /// a few hundred bytes after its first minute.
     pub const DEFAULT_EVICT_PARKED_AFTER: Duration = Duration::from_secs(60);
+
+    /// Puts the journal in a PostgreSQL database instead: `url` is
+    /// `postgres://user:password@host:port/database`, with libpq's URL options that
+    /// tokio-postgres reads (`connect_timeout`, `application_name`, several hosts...)
+    /// and one of durable's own, `schema=name`: the PostgreSQL schema that holds the
+    /// journal's tables (`durable` by default), created and migrated at the first open.
+    /// The same URL given to [`Runtime::builder`] does the same.
+    ///
+    /// The password never appears in an error, a log line or `Debug` output:
+    /// [`Runtime::path`] and every error show the URL without it. One runtime holds a
+    /// journal at a time (an advisory lock held by its connection, released when its
+    /// process ends, however it ends); a second open fails until the first is closed.
+    /// [`durability`](Self::durability) does not apply: a commit is as durable as the
+    /// server's `synchronous_commit` makes it.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), durable_runtime::Error> {
+    /// let rt = durable_runtime::Runtime::builder("unused.db")
+    ///     .postgres("postgres://app:secret@db.internal:5432/app?schema=orders")
+    ///     .open()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "postgres")]
+    pub fn postgres(mut self, url: &str) -> Self {
+        self.journal = JournalSpec::new(Path::new(url));
+        self
+    }
 
     /// How hard each checkpoint tries to survive a crash; [`Durability::Full`] by default.
     pub fn durability(mut self, durability: Durability) -> Self {

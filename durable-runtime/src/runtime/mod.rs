@@ -51,14 +51,19 @@ pub struct Runtime {
 impl Runtime {
     /// Opens the journal at `path` with default options and resumes every pending
     /// workflow. See [`RuntimeBuilder::open`].
+    ///
+    /// `path` is a SQLite file, or, with the `postgres` cargo feature, a PostgreSQL URL
+    /// (`postgres://user:password@host:port/database`, see
+    /// [`RuntimeBuilder::postgres`]).
     pub async fn open(path: impl AsRef<Path>) -> Result<Runtime> {
         Runtime::builder(path).open().await
     }
 
-    /// Options for opening the journal at `path`.
+    /// Options for opening the journal at `path`: a SQLite file, or a PostgreSQL URL
+    /// (see [`open`](Runtime::open)).
     pub fn builder(path: impl AsRef<Path>) -> RuntimeBuilder {
         RuntimeBuilder {
-            journal: JournalSpec::Sqlite(path.as_ref().to_owned()),
+            journal: JournalSpec::new(path.as_ref()),
             options: JournalOptions::default(),
             app_version: None,
             evict_parked_after: Some(RuntimeBuilder::DEFAULT_EVICT_PARKED_AFTER),

@@ -23,11 +23,11 @@ use std::sync::Arc;
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use super::crc::keyed_crc32;
 use super::sql_error;
 use super::waits::Token;
 use super::writer::Writer;
 use crate::error::StoreError;
+use crate::journal::crc::keyed_crc32;
 use crate::journal::{Builds, Kept, Restored, WaitFor, Wakes};
 use crate::path::StepPath;
 

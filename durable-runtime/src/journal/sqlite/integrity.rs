@@ -256,7 +256,7 @@ macro_rules! orphans_of {
 /// The checksummed values: a query yielding, for each, the workflow it belongs to (NULL
 /// for none),
 /// what it is, the one to three parts of the key it is checksummed with (see
-/// [`keyed_crc32`](super::crc::keyed_crc32); NULL for an absent part), the value and
+/// [`keyed_crc32`](crate::journal::crc::keyed_crc32); NULL for an absent part), the value and
 /// its checksum; and what its rows are called. Rows from before schema 2 have no
 /// checksum.
 const VALUE_CHECKS: &[(&str, &str)] = &[

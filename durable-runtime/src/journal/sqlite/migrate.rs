@@ -5,10 +5,10 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension};
 
-use super::crc::{crc32, keyed_crc32};
 use super::identity::APPLICATION_ID;
 use super::sql_error;
 use crate::error::{Error, StoreError, StoreErrorKind};
+use crate::journal::crc::{crc32, keyed_crc32};
 use crate::path::StepPath;
 
 /// The journal schema. Entry `n` (0-based) moves the schema from version `n` to `n + 1`.

@@ -49,7 +49,6 @@ macro_rules! run_of_first_parameter {
     };
 }
 
-mod crc;
 mod dormant;
 mod identity;
 mod integrity;

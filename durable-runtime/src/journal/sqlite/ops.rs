@@ -6,15 +6,18 @@ use std::sync::atomic::Ordering;
 
 use rusqlite::{ErrorCode, OptionalExtension, params};
 
-use super::crc::{event_key, keyed_crc32, message_key, started_value, step_key, workflow_key};
 use super::rows::{self, DAMAGED, checks};
-use super::waits::{Parked, decode_answer};
+use super::waits::Parked;
 use super::writer::{
     Reply, SQL_CREATE, SQL_FINISH, SQL_RECORD, SQL_ROLLBACK, Write, Writer, WriterStats,
 };
 use super::{TxFn, sql_error};
 use crate::codec::Fingerprint;
 use crate::error::{CancelReason, StoreError, StoreErrorKind};
+use crate::journal::crc::{
+    event_key, keyed_crc32, message_key, started_value, step_key, workflow_key,
+};
+use crate::journal::decode_answer;
 use crate::journal::{
     Created, Effect, Finish, Finished, NewMessage, NewWorkflow, RecordStatus, RecordedOutcome,
     Replier, StepKey, StepRecord, TxStep, TxWork, WaitFor,

@@ -5,10 +5,12 @@
 
 use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 
-use super::crc::{event_key, keyed_crc32, message_key, started_value, step_key, workflow_key};
 use super::ops::INTERRUPTED;
 use crate::codec::Fingerprint;
 use crate::error::{CancelReason, FailureKind, Location};
+use crate::journal::crc::{
+    event_key, keyed_crc32, message_key, started_value, step_key, workflow_key,
+};
 use crate::journal::{
     RecordStatus, RecordedOutcome, RecordedStep, SideRecords, StartedRecord, WorkflowRecord,
 };
@@ -21,11 +23,7 @@ pub(super) const WORKFLOW_COLUMNS: &str = "id, name, status, input, output, erro
 /// Why a damaged value cannot be used.
 pub(super) use crate::journal::DAMAGED;
 
-/// Whether a recorded value, recorded under `key`, matches its checksum (rows older
-/// than schema 2 have none). See [`keyed_crc32`] for the keys.
-pub(super) fn checks(key: &[&[u8]], bytes: &[u8], crc: Option<u32>) -> bool {
-    crc.is_none_or(|crc| crc == keyed_crc32(key, bytes))
-}
+pub(super) use crate::journal::crc::checks;
 
 /// Checks a recorded value against its checksum (none in rows older than schema 2).
 fn verify(

@@ -7,16 +7,16 @@ use std::sync::{Arc, Weak};
 
 use rusqlite::{ErrorCode, OptionalExtension, params};
 
-use super::crc::{event_key, keyed_crc32, message_key, step_key};
 use super::ops::{
     SQL_DELETE_MESSAGE, SQL_EVENT, SQL_OLDEST_MESSAGE, SQL_RECORDED_OUTPUT, fingerprint_column,
 };
 use super::rows::checks;
 use super::sql_error;
 use super::writer::{Reply, SQL_RECORD, Writer};
-use crate::codec::{ByteBuf, Bytes, Codec, nested};
 use crate::error::{StoreError, StoreErrorKind};
+use crate::journal::crc::{event_key, keyed_crc32, message_key, step_key};
 use crate::journal::{Dormant, Replier, StepKey, Wait, WaitFor, WaitRecord};
+use crate::journal::{decode_answer, encode_answer};
 
 /// A wait kept by the writer until what it waits for is written.
 pub(super) struct Parked {
@@ -71,17 +71,6 @@ impl Sweeps {
     pub(super) fn added(&self) -> u64 {
         self.added
     }
-}
-
-/// The encoding of a wait's answer as its step's recorded output.
-fn encode_answer(codec: Codec, answer: Option<&[u8]>) -> Vec<u8> {
-    // Encoding a byte string cannot fail, and its size is bounded by a row's.
-    codec.encode(&answer.map(Bytes)).unwrap_or_default()
-}
-
-/// A wait's recorded answer: the value it took, as a journal value of its own.
-pub(super) fn decode_answer(output: &[u8]) -> Result<Option<Vec<u8>>, crate::codec::CodecError> {
-    Codec::decode::<Option<ByteBuf>>(output).map(|o| o.map(|b| nested(output, &b.0).into_owned()))
 }
 
 impl Writer {

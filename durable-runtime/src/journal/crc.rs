@@ -45,6 +45,12 @@ pub(crate) fn keyed_crc32(key: &[&[u8]], value: &[u8]) -> u32 {
     !update(c, value)
 }
 
+/// Whether a recorded value, recorded under `key`, matches its checksum (rows older
+/// than schema 2 of the SQLite journal have none). See [`keyed_crc32`] for the keys.
+pub(crate) fn checks(key: &[&[u8]], bytes: &[u8], crc: Option<u32>) -> bool {
+    crc.is_none_or(|crc| crc == keyed_crc32(key, bytes))
+}
+
 /// The key of a workflow's input or output: its id. (Not its name: renaming the
 /// workflows of a journal by hand, after renaming their function, is a legitimate
 /// repair; and a damaged name finds no workflow, or one whose input type refuses the

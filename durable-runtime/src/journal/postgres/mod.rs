@@ -1,0 +1,815 @@
+//! The PostgreSQL journal (cargo feature `postgres`).
+//!
+//! A store runs its own thread with a one-thread tokio runtime, so that it lives as long
+//! as the store, not as long as the application's runtime. On it:
+//! - the writer ([`writer`]) owns one connection and commits batches of writes: it
+//!   waits for a write, takes every write queued behind it, and sends the batch's
+//!   statements pipelined (`BEGIN`, the writes, `COMMIT` in one round trip where no
+//!   write needs an answer before the next), so that a lone step pays one round trip
+//!   and one commit, and concurrent steps share them;
+//! - a second connection serves reads, which block their caller (the runtime calls
+//!   them from `spawn_blocking`) while the store's thread drives the connection.
+//!
+//! The schema lives in a PostgreSQL schema of its own (`durable` by default), created
+//! and changed only by the numbered migrations of [`schema`]. While a store is open its
+//! writer's session holds an advisory lock on that schema: one runtime per journal at a
+//! time, as a file lock does on SQLite.
+
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+#[cfg(any(test, feature = "bench"))]
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use tokio::sync::mpsc;
+use tokio_postgres::{Client, NoTls, Row};
+
+use super::{
+    Ack, Builds, Created, Damage, Dormant, Finish, History, NewMessage, NewWorkflow, RecordStatus,
+    RecordedOutcome, RecordedStep, Restored, SideRecords, StartedRecord, StepKey, StepRecord,
+    Store, TxStep, Wait, WaitRecord, Wakes, WorkflowRecord,
+};
+use crate::codec::Fingerprint;
+use crate::error::{CancelReason, Error, FailureKind, Location, StoreError, StoreErrorKind};
+use crate::journal::crc::{checks, event_key, message_key, started_value, step_key, workflow_key};
+use crate::journal::{DAMAGED, JournalOptions};
+use crate::path::StepPath;
+use crate::util::lock;
+
+pub(crate) mod config;
+mod schema;
+#[cfg(test)]
+pub(crate) mod testing;
+mod writer;
+
+pub(crate) use config::PgConfig;
+use writer::{Command, Op};
+
+/// A failure inside the PostgreSQL journal, before it is given the journal's name.
+#[derive(Debug)]
+pub(crate) enum PgError {
+    /// PostgreSQL, or the connection to it, failed.
+    Sql(tokio_postgres::Error),
+    /// A row holds what durable never writes.
+    Damaged(String),
+    /// The journal's schema was written by a newer durable (its version).
+    Newer(i64),
+    /// Another runtime holds the journal.
+    Locked,
+}
+
+impl From<tokio_postgres::Error> for PgError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        PgError::Sql(e)
+    }
+}
+
+/// `e` as the error of the journal shown as `path`.
+pub(crate) fn store_error(path: &Path, e: PgError) -> StoreError {
+    match e {
+        PgError::Sql(e) => sql_error(path, &e),
+        PgError::Damaged(message) => StoreError::new(path, StoreErrorKind::Damaged, message),
+        PgError::Newer(version) => StoreError::new(
+            path,
+            StoreErrorKind::NewerSchema,
+            format!(
+                "the journal's schema is version {version}, written by a newer durable than this \
+                 one (which knows versions up to {}); run the newer version",
+                schema::VERSION
+            ),
+        ),
+        PgError::Locked => StoreError::new(
+            path,
+            StoreErrorKind::Io,
+            "the journal is in use by another runtime (a process holds its lock in PostgreSQL); \
+             stop that runtime, or use another schema (`?schema=` in the URL). The lock goes \
+             with the other runtime's connection, however its process ends",
+        ),
+    }
+}
+
+/// A PostgreSQL failure, with what a user needs: the server's message and its SQLSTATE,
+/// or what happened to the connection. Never the URL or its password (tokio-postgres
+/// does not know the URL, and durable keeps only its shown form).
+fn sql_error(path: &Path, e: &tokio_postgres::Error) -> StoreError {
+    if let Some(db) = e.as_db_error() {
+        let kind = match db.code().code() {
+            // A constraint durable's own statements never break unless the schema was
+            // changed outside durable.
+            c if c.starts_with("23") => StoreErrorKind::Invariant,
+            // Insufficient privilege, read-only transaction.
+            "42501" | "25006" => StoreErrorKind::ReadOnly,
+            // Undefined table or column: the schema was changed outside durable.
+            "42P01" | "42703" => StoreErrorKind::Damaged,
+            _ => StoreErrorKind::Io,
+        };
+        return StoreError::new(
+            path,
+            kind,
+            format!(
+                "PostgreSQL refused a statement: {} (SQLSTATE {})",
+                db.message(),
+                db.code().code()
+            ),
+        );
+    }
+    let message = if e.is_closed() {
+        "the connection to PostgreSQL was closed".to_owned()
+    } else {
+        format!("PostgreSQL: {}", config::chain(e))
+    };
+    StoreError::new(path, StoreErrorKind::Io, message)
+}
+
+/// The PostgreSQL journal: the store's thread, the writer's queue and the readers'
+/// connection.
+#[derive(Debug)]
+pub(crate) struct PgStore {
+    /// The journal as messages show it (the URL without its password).
+    path: Arc<Path>,
+    schema: String,
+    writes: mpsc::UnboundedSender<Command>,
+    /// The store thread's runtime, which drives both connections.
+    handle: tokio::runtime::Handle,
+    /// The readers' connection; `None` once closed.
+    reader: Mutex<Option<Arc<Client>>>,
+    #[cfg(any(test, feature = "bench"))]
+    stats: Arc<Stats>,
+    thread: Mutex<Option<thread::JoinHandle<()>>>,
+}
+
+/// What the writer counts.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    /// Write transactions committed.
+    pub(crate) commits: AtomicU64,
+}
+
+/// Connects to PostgreSQL: the client, with its connection driven on the current
+/// runtime until the client is dropped.
+async fn connect(config: &PgConfig) -> Result<Client, PgError> {
+    let (client, connection) = config.connect.connect(NoTls).await?;
+    tokio::spawn(async move {
+        // Its error reaches the client's next request as a closed connection.
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+impl PgStore {
+    /// Opens (and creates or migrates) the journal `config` names. Blocking: call it
+    /// off the async threads.
+    pub(crate) fn open(config: &PgConfig, options: &JournalOptions) -> Result<PgStore, Error> {
+        let path: Arc<Path> = Arc::from(Path::new(config.shown()));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("durable-postgres")
+            .build()
+            .map_err(|e| {
+                Error::Store(StoreError::new(
+                    &*path,
+                    StoreErrorKind::Io,
+                    format!("cannot start the journal's thread: {e}"),
+                ))
+            })?;
+        let handle = runtime.handle().clone();
+        let (opened_tx, opened_rx) = std::sync::mpsc::sync_channel(1);
+        let (writes, queue) = mpsc::unbounded_channel();
+        let stats = Arc::new(Stats::default());
+        let thread = {
+            let config = config.clone();
+            let shown = path.clone();
+            let stats = stats.clone();
+            let codec = options.codec;
+            thread::Builder::new()
+                .name("durable-postgres".into())
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let opened = async {
+                            let mut client = connect(&config).await?;
+                            schema::migrate(&mut client, &config.schema).await?;
+                            // Held by the writer's session: released when it closes,
+                            // however its process ends.
+                            let locked: bool = client
+                                .query_one(
+                                    "SELECT pg_try_advisory_lock($1, $2)",
+                                    &[&schema::LOCK_CLASS, &(!schema::lock_key(&config.schema))],
+                                )
+                                .await?
+                                .try_get(0)?;
+                            if !locked {
+                                return Err(PgError::Locked);
+                            }
+                            let reader = connect(&config).await?;
+                            let w =
+                                writer::Writer::new(client, &config.schema, shown, codec, stats)
+                                    .await?;
+                            Ok((w, Arc::new(reader)))
+                        }
+                        .await;
+                        match opened {
+                            Ok((w, reader)) => {
+                                let _ = opened_tx.send(Ok(reader));
+                                w.run(queue).await;
+                            }
+                            Err(e) => {
+                                let _ = opened_tx.send(Err(e));
+                            }
+                        }
+                    });
+                })
+                .map_err(|e| {
+                    Error::Store(StoreError::new(
+                        &*path,
+                        StoreErrorKind::Io,
+                        format!("cannot start the journal's thread: {e}"),
+                    ))
+                })?
+        };
+        let reader = match opened_rx.recv() {
+            Ok(Ok(reader)) => reader,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(Error::Store(store_error(&path, e)));
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(Error::Store(StoreError::new(
+                    &*path,
+                    StoreErrorKind::Io,
+                    "the journal's thread stopped while opening it",
+                )));
+            }
+        };
+        Ok(PgStore {
+            path,
+            schema: config.schema.clone(),
+            writes,
+            handle,
+            reader: Mutex::new(Some(reader)),
+            #[cfg(any(test, feature = "bench"))]
+            stats,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Queues a write; its answer comes through the returned [`Ack`].
+    fn write<T>(&self, op: impl FnOnce(super::Replier<T>) -> Op) -> Ack<T> {
+        let (tx, ack) = Ack::channel(&self.path);
+        // A closed queue drops the op with its replier: the Ack answers Closed.
+        let _ = self.writes.send(Command::Write(op(tx)));
+        ack
+    }
+
+    /// Runs `read` on the readers' connection, blocking until it is done.
+    fn read<T>(
+        &self,
+        read: impl AsyncFnOnce(&Client, &str) -> Result<T, PgError>,
+    ) -> Result<T, StoreError> {
+        let client = lock(&self.reader).clone().ok_or_else(|| self.closed())?;
+        let s = schema::quoted(&self.schema);
+        self.handle
+            .block_on(read(&client, &s))
+            .map_err(|e| store_error(&self.path, e))
+    }
+
+    fn closed(&self) -> StoreError {
+        StoreError::new(&*self.path, StoreErrorKind::Closed, "the journal is closed")
+    }
+}
+
+impl Store for PgStore {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn create_workflow(&self, workflow: NewWorkflow) -> Ack<Created> {
+        self.write(|r| Op::Create(workflow, r))
+    }
+
+    fn record_step(&self, step: StepRecord) -> Ack {
+        self.write(|r| Op::Record(step, r))
+    }
+
+    fn finish_workflow(&self, finish: Finish) -> Ack<bool> {
+        self.write(|r| Op::Finish(finish, r))
+    }
+
+    fn record_started(&self, key: StepKey, at: i64) -> Ack {
+        self.write(|r| Op::Started(key, at, r))
+    }
+
+    fn record_patch(&self, workflow_id: Arc<str>, path: StepPath, name: &'static str) -> Ack {
+        self.write(|r| Op::Patch(workflow_id, path, name, r))
+    }
+
+    fn send(&self, message: NewMessage) -> Ack {
+        self.write(|r| Op::Send(message, r))
+    }
+
+    fn wait(&self, wait: Wait) -> Ack<Option<Vec<u8>>> {
+        self.write(|r| Op::Wait(wait, r))
+    }
+
+    fn expire(&self, wait: WaitRecord) -> Ack<Option<Vec<u8>>> {
+        self.write(|r| Op::Expire(wait, r))
+    }
+
+    fn give_back(&self, key: StepKey, topic: String) -> Ack {
+        self.write(|r| Op::GiveBack(key, topic, r))
+    }
+
+    fn cancel(&self, id: String, reason: CancelReason, at: i64) -> Ack<Vec<String>> {
+        self.write(|r| Op::Cancel(id, reason, at, r))
+    }
+
+    fn resume(&self, id: String, at: i64) -> Ack<Vec<String>> {
+        self.write(|r| Op::Resume(id, at, r))
+    }
+
+    fn transaction(&self, step: TxStep) -> Ack {
+        let (tx, ack) = Ack::channel(&self.path);
+        let _ = tx.send(Err(StoreError::new(
+            &*self.path,
+            StoreErrorKind::Invariant,
+            format!(
+                "step {} (`{}`) is a transaction step on SQLite, and this journal is \
+                 PostgreSQL: transaction steps run on the database of the journal",
+                step.key.path, step.key.name
+            ),
+        )));
+        ack
+    }
+
+    fn dormant(&self, _dormant: Dormant) -> Ack<bool> {
+        // Runs stay in memory while they wait: nothing is dropped, nothing changes.
+        let (tx, ack) = Ack::channel(&self.path);
+        let _ = tx.send(Ok(false));
+        ack
+    }
+
+    fn awake(&self, _run: Arc<str>) {}
+
+    fn restore_dormant(
+        &self,
+        _builds: Option<&Builds>,
+        _wakes: Wakes,
+    ) -> Result<Vec<Restored>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    fn steps_after(
+        &self,
+        workflow_id: &str,
+        after: Option<&StepPath>,
+        limit: usize,
+    ) -> Result<Vec<RecordedStep>, StoreError> {
+        self.read(async |c, s| steps_after(c, s, workflow_id, after, limit).await)
+    }
+
+    fn side_records(&self, workflow_id: &str) -> Result<SideRecords, StoreError> {
+        self.read(async |c, s| side_records(c, s, workflow_id).await)
+    }
+
+    fn histories(
+        &self,
+        ids: &[Arc<str>],
+        limit: usize,
+    ) -> Result<Vec<Result<History, StoreError>>, StoreError> {
+        let path = self.path.clone();
+        self.read(async |c, s| {
+            // Pipelined: every run's queries go out before the first answer is read.
+            let reads = ids.iter().map(|id| async {
+                let steps = steps_after(c, s, id, None, limit).await;
+                let side = side_records(c, s, id).await;
+                steps
+                    .and_then(|steps| Ok((steps, side?)))
+                    .map_err(|e| store_error(&path, e))
+            });
+            Ok(futures_util::future::join_all(reads).await)
+        })
+    }
+
+    fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError> {
+        self.read(async |c, s| {
+            let row = c
+                .query_opt(
+                    &format!("SELECT {WORKFLOW_COLUMNS} FROM {s}.workflows WHERE id = $1"),
+                    &[&id],
+                )
+                .await?;
+            row.map(|r| workflow_row(&r, 0)).transpose()
+        })
+    }
+
+    fn pending_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
+        self.read(async |c, s| {
+            let rows = c
+                .query(
+                    &format!(
+                        "SELECT {WORKFLOW_COLUMNS} FROM {s}.workflows WHERE status = 'pending'
+                         ORDER BY created_at, id"
+                    ),
+                    &[],
+                )
+                .await?;
+            rows.iter().map(|r| workflow_row(r, 0)).collect()
+        })
+    }
+
+    fn check(&self) -> Result<Vec<Damage>, StoreError> {
+        self.read(async |c, s| check(c, s).await)
+    }
+
+    fn close(&self) -> Result<(), StoreError> {
+        let reader = lock(&self.reader).take();
+        drop(reader);
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.writes.send(Command::Close(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+        if let Some(thread) = lock(&self.thread).take() {
+            let _ = thread.join();
+        }
+        Ok(())
+    }
+
+    #[cfg(any(test, feature = "bench"))]
+    fn commits(&self) -> u64 {
+        self.stats.commits.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // The writer commits what was queued and ends with the queue; the thread is
+        // not joined here (a drop must not block on the network).
+        let _ = self.writes.send(Command::Stop);
+    }
+}
+
+// Reads.
+
+/// The columns [`workflow_row`] reads, in its order.
+pub(super) const WORKFLOW_COLUMNS: &str = "id, name, status, input, output, error_kind, error, \
+     input_crc32, output_crc32, deadline_at, parent_id";
+
+/// A checksum as a column holds it: a CRC-32 in a `bigint`.
+pub(super) fn crc_column(crc: u32) -> i64 {
+    i64::from(crc)
+}
+
+/// Whether a value recorded under `key` matches its checksum `column`. Every row of
+/// this journal has one: a missing or impossible checksum fails.
+pub(super) fn intact(key: &[&[u8]], bytes: &[u8], column: Option<i64>) -> bool {
+    column
+        .and_then(|c| u32::try_from(c).ok())
+        .is_some_and(|crc| checks(key, bytes, Some(crc)))
+}
+
+/// Reads a workflow row whose columns ([`WORKFLOW_COLUMNS`]) start at `at`.
+pub(super) fn workflow_row(r: &Row, at: usize) -> Result<WorkflowRecord, PgError> {
+    let id: String = r.try_get(at)?;
+    let status: String = r.try_get(at + 2)?;
+    let invalid = |what: String| PgError::Damaged(format!("workflow {id} {what}"));
+    let status = match status.as_str() {
+        "pending" => RecordStatus::Pending,
+        "completed" => RecordStatus::Completed,
+        "failed" => RecordStatus::Failed,
+        "cancelled" => RecordStatus::Cancelled,
+        other => return Err(invalid(format!("has unknown status `{other}`"))),
+    };
+    let kind: Option<String> = r.try_get(at + 5)?;
+    let error: Option<String> = r.try_get(at + 6)?;
+    let cancelled = match (status, kind.as_deref().map(CancelReason::parse)) {
+        (RecordStatus::Cancelled, Some(Some(reason))) => Some(reason),
+        (RecordStatus::Cancelled, _) => {
+            return Err(invalid("is cancelled but records no known reason".into()));
+        }
+        _ => None,
+    };
+    let failure = match (status, kind, error) {
+        (RecordStatus::Failed, Some(k), m) => match FailureKind::parse(&k) {
+            Some(k) => Some((k, m.unwrap_or_default())),
+            None => return Err(invalid(format!("has unknown error kind `{k}`"))),
+        },
+        (RecordStatus::Failed, None, _) => {
+            return Err(invalid("is failed but records no error kind".into()));
+        }
+        _ => None,
+    };
+    let input: Vec<u8> = r.try_get(at + 3)?;
+    let output: Option<Vec<u8>> = r.try_get(at + 4)?;
+    let output_crc: Option<i64> = r.try_get(at + 8)?;
+    let damaged = if !intact(&workflow_key(&id), &input, r.try_get(at + 7)?) {
+        Some((Location::Input, DAMAGED.to_owned()))
+    } else if !output
+        .as_ref()
+        .is_none_or(|o| intact(&workflow_key(&id), o, output_crc))
+    {
+        Some((Location::Output, DAMAGED.to_owned()))
+    } else {
+        None
+    };
+    Ok(WorkflowRecord {
+        damaged,
+        cancelled,
+        deadline_at: r.try_get(at + 9)?,
+        parent_id: r.try_get(at + 10)?,
+        name: r.try_get(at + 1)?,
+        status,
+        input,
+        output,
+        failure,
+        id,
+    })
+}
+
+/// The `error_kind` of a step record that holds an interruption (NULL: a panic).
+pub(super) const INTERRUPTED: &str = "interrupted";
+
+/// The error for a recorded value that fails its checksum.
+fn damaged(what: String) -> PgError {
+    PgError::Damaged(format!(
+        "{what} does not match its checksum: the journal is damaged (restore it from a backup, \
+         or remove the workflow's rows to give it up)"
+    ))
+}
+
+/// The recorded steps of one run after `after`, in path order, at most `limit`.
+async fn steps_after(
+    c: &Client,
+    s: &str,
+    workflow_id: &str,
+    after: Option<&StepPath>,
+    limit: usize,
+) -> Result<Vec<RecordedStep>, PgError> {
+    let after = after.map(StepPath::to_key).unwrap_or_default();
+    // NULL: no limit.
+    let limit = i64::try_from(limit).ok();
+    let rows = c
+        .query(
+            &format!(
+                "SELECT path, name, output, error, attempts, started_at, finished_at, crc32,
+                        error_kind, args_fingerprint
+                 FROM {s}.steps WHERE run = (SELECT run FROM {s}.workflows WHERE id = $1)
+                 AND path > $2 ORDER BY path LIMIT $3"
+            ),
+            &[&workflow_id, &after, &limit],
+        )
+        .await?;
+    rows.iter().map(|r| step_row(r, workflow_id)).collect()
+}
+
+/// Reads a step row, checked against its checksum.
+fn step_row(r: &Row, workflow_id: &str) -> Result<RecordedStep, PgError> {
+    let path: String = r.try_get(0)?;
+    let name: String = r.try_get(1)?;
+    let output: Option<Vec<u8>> = r.try_get(2)?;
+    let error: Option<String> = r.try_get(3)?;
+    let Some(parsed) = StepPath::from_key(&path) else {
+        return Err(PgError::Damaged(format!(
+            "workflow {workflow_id} has a step at `{path}`, which is not a step path"
+        )));
+    };
+    let value = output
+        .as_deref()
+        .or(error.as_ref().map(String::as_bytes))
+        .unwrap_or_default();
+    if !intact(&step_key(workflow_id, &path, &name), value, r.try_get(7)?) {
+        return Err(damaged(format!(
+            "the recorded result of step {parsed} of workflow {workflow_id}"
+        )));
+    }
+    let kind: Option<String> = r.try_get(8)?;
+    let outcome = match (output, error) {
+        (Some(o), None) => RecordedOutcome::Output(o),
+        (None, Some(e)) if kind.as_deref() == Some(INTERRUPTED) => RecordedOutcome::Interrupted(e),
+        (None, Some(e)) => RecordedOutcome::Panicked(e),
+        _ => {
+            return Err(PgError::Damaged(format!(
+                "step {parsed} of workflow {workflow_id} records both or neither of output and \
+                 error"
+            )));
+        }
+    };
+    let attempts: i64 = r.try_get(4)?;
+    let attempts = u32::try_from(attempts).map_err(|_| {
+        PgError::Damaged(format!(
+            "step {parsed} of workflow {workflow_id} records {attempts} attempts"
+        ))
+    })?;
+    let args: Option<i64> = r.try_get(9)?;
+    Ok(RecordedStep {
+        path: parsed,
+        name,
+        args: args.map(|a| Fingerprint(a as u64)),
+        outcome,
+        attempts,
+        started_at: r.try_get(5)?,
+        finished_at: r.try_get(6)?,
+    })
+}
+
+/// What one run recorded beside its steps, each record checked against its checksum.
+async fn side_records(c: &Client, s: &str, workflow_id: &str) -> Result<SideRecords, PgError> {
+    let run = format!("(SELECT run FROM {s}.workflows WHERE id = $1)");
+    let started_sql = format!(
+        "SELECT path, name, started_at, wake_at, crc32 FROM {s}.started WHERE run = {run}
+         ORDER BY path"
+    );
+    let patches_sql =
+        format!("SELECT path, name, crc32 FROM {s}.patches WHERE run = {run} ORDER BY path, name");
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&workflow_id];
+    let started = c.query(&started_sql, &params);
+    let patches = c.query(&patches_sql, &params);
+    let (started, patches) = futures_util::future::join(started, patches).await;
+    let parse = |path: &str, what: &str| {
+        StepPath::from_key(path).ok_or_else(|| {
+            PgError::Damaged(format!(
+                "workflow {workflow_id} has a {what} at `{path}`, which is not a step path"
+            ))
+        })
+    };
+    let mut out = SideRecords::default();
+    for r in started? {
+        let (path, name): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+        let wake_at: Option<i64> = r.try_get(3)?;
+        let value = started_value(r.try_get(2)?, wake_at);
+        if !intact(
+            &step_key(workflow_id, &path, &name),
+            value.as_bytes(),
+            r.try_get(4)?,
+        ) {
+            return Err(damaged(format!(
+                "the start record of step {} ({name}) of workflow {workflow_id}",
+                shown(&path)
+            )));
+        }
+        out.started.push(StartedRecord {
+            path: parse(&path, "start record")?,
+            wake_at,
+        });
+    }
+    for r in patches? {
+        let (path, name): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+        if !intact(&step_key(workflow_id, &path, &name), &[], r.try_get(2)?) {
+            return Err(damaged(format!(
+                "the patch marker {name} at {} of workflow {workflow_id}",
+                shown(&path)
+            )));
+        }
+        out.patches.push((parse(&path, "patch marker")?, name));
+    }
+    Ok(out)
+}
+
+/// A stored path key as users read paths, or as stored if it is not one.
+fn shown(key: &str) -> String {
+    StepPath::from_key(key).map_or_else(|| key.to_owned(), |p| p.to_string())
+}
+
+/// Every recorded value against its checksum, one [`Damage`] per finding.
+async fn check(c: &Client, s: &str) -> Result<Vec<Damage>, PgError> {
+    let mut found = Vec::new();
+    for r in c
+        .query(
+            &format!("SELECT {WORKFLOW_COLUMNS} FROM {s}.workflows ORDER BY run"),
+            &[],
+        )
+        .await?
+    {
+        match workflow_row(&r, 0) {
+            Ok(w) => {
+                if let Some((location, _)) = &w.damaged {
+                    found.push(Damage::new(
+                        Some(&w.id),
+                        format!("its {location} does not match its checksum"),
+                    ));
+                }
+            }
+            Err(PgError::Damaged(what)) => {
+                let id: Option<String> = r.try_get(0).ok();
+                found.push(Damage::new(id.as_deref(), what));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let owners = format!("JOIN {s}.workflows w ON w.run = x.run");
+    for r in c
+        .query(
+            &format!(
+                "SELECT x.path, x.name, x.output, x.error, w.id, x.crc32 FROM {s}.steps x {owners}
+                 ORDER BY x.run, x.path"
+            ),
+            &[],
+        )
+        .await?
+    {
+        let (path, name, id): (String, String, String) =
+            (r.try_get(0)?, r.try_get(1)?, r.try_get(4)?);
+        let output: Option<Vec<u8>> = r.try_get(2)?;
+        let error: Option<String> = r.try_get(3)?;
+        let value = output
+            .as_deref()
+            .or(error.as_ref().map(String::as_bytes))
+            .unwrap_or_default();
+        if !intact(&step_key(&id, &path, &name), value, r.try_get(5)?) {
+            found.push(Damage::new(
+                Some(&id),
+                format!(
+                    "the recorded result of step {} ({name}) does not match its checksum",
+                    shown(&path)
+                ),
+            ));
+        }
+    }
+    for r in c
+        .query(
+            &format!(
+                "SELECT x.path, x.name, x.started_at, x.wake_at, w.id, x.crc32
+                 FROM {s}.started x {owners} ORDER BY x.run, x.path"
+            ),
+            &[],
+        )
+        .await?
+    {
+        let (path, name, id): (String, String, String) =
+            (r.try_get(0)?, r.try_get(1)?, r.try_get(4)?);
+        let value = started_value(r.try_get(2)?, r.try_get(3)?);
+        if !intact(
+            &step_key(&id, &path, &name),
+            value.as_bytes(),
+            r.try_get(5)?,
+        ) {
+            found.push(Damage::new(
+                Some(&id),
+                format!(
+                    "the start record of step {} ({name}) does not match its checksum",
+                    shown(&path)
+                ),
+            ));
+        }
+    }
+    for r in c
+        .query(
+            &format!(
+                "SELECT x.path, x.name, w.id, x.crc32 FROM {s}.patches x {owners}
+                 ORDER BY x.run, x.path"
+            ),
+            &[],
+        )
+        .await?
+    {
+        let (path, name, id): (String, String, String) =
+            (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        if !intact(&step_key(&id, &path, &name), &[], r.try_get(3)?) {
+            found.push(Damage::new(
+                Some(&id),
+                format!(
+                    "the patch marker {name} at {} does not match its checksum",
+                    shown(&path)
+                ),
+            ));
+        }
+    }
+    for r in c
+        .query(
+            &format!(
+                "SELECT x.key, x.value, w.id, x.crc32 FROM {s}.events x {owners}
+                 ORDER BY x.run, x.key"
+            ),
+            &[],
+        )
+        .await?
+    {
+        let (key, value, id): (String, Vec<u8>, String) =
+            (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        if !intact(&event_key(&id, &key), &value, r.try_get(3)?) {
+            found.push(Damage::new(
+                Some(&id),
+                format!("the value of event `{key}` does not match its checksum"),
+            ));
+        }
+    }
+    for r in c
+        .query(
+            &format!(
+                "SELECT seq, destination, topic, payload, crc32 FROM {s}.messages ORDER BY seq"
+            ),
+            &[],
+        )
+        .await?
+    {
+        let (seq, destination, topic, payload): (i64, String, String, Vec<u8>) =
+            (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+        if !intact(&message_key(&destination, &topic), &payload, r.try_get(4)?) {
+            found.push(Damage::new(
+                Some(&destination),
+                format!("message {seq} on topic `{topic}` does not match its checksum"),
+            ));
+        }
+    }
+    Ok(found)
+}

@@ -1,0 +1,1171 @@
+//! The PostgreSQL journal's writer: one connection, and batches of writes committed
+//! together (group commit), their statements pipelined.
+//!
+//! A batch is every write queued when the writer takes the first: up to [`MAX_BATCH`].
+//! Most writes are one statement each whose outcome needs no answer before the next is
+//! sent (a step's record and its effect are one statement, with `ON CONFLICT DO
+//! NOTHING` and the counts it returns standing in for a constraint's error). Such a
+//! batch goes out as `BEGIN`, the writes and `COMMIT` at once: one round trip. A wait,
+//! an expiry or a give-back reads before it writes; a batch holding one sends its
+//! statements in order, a round trip each.
+//!
+//! No expected outcome raises an error inside a batch: an error aborts PostgreSQL's
+//! transaction, and every other write of the batch with it. So an error is unexpected
+//! (the connection, the server), and the batch's writes are then tried one by one, each
+//! in its own transaction, so that a write that fails fails alone.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures_util::future::{join_all, join3};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_postgres::{Client, Statement};
+
+use super::{
+    INTERRUPTED, PgError, Stats, WORKFLOW_COLUMNS, crc_column, intact, schema, store_error,
+    workflow_row,
+};
+use crate::codec::{Codec, Fingerprint};
+use crate::error::{CancelReason, StoreError, StoreErrorKind};
+use crate::journal::crc::{
+    event_key, keyed_crc32, message_key, started_value, step_key, workflow_key,
+};
+use crate::journal::{
+    Created, Effect, Finish, Finished, NewMessage, NewWorkflow, RecordStatus, RecordedOutcome,
+    Replier, StepKey, StepRecord, Wait, WaitFor, WaitRecord, decode_answer, encode_answer,
+};
+use crate::path::StepPath;
+
+/// At most how many writes share a transaction.
+const MAX_BATCH: usize = 1024;
+
+/// What the store asks of its writer.
+pub(super) enum Command {
+    Write(Op),
+    /// Commit what is queued before this, then stop; answered when stopped.
+    Close(std::sync::mpsc::Sender<()>),
+    /// The store was dropped: commit what is queued before this, then stop.
+    Stop,
+}
+
+/// A write, with where its answer goes.
+pub(super) enum Op {
+    Create(NewWorkflow, Replier<Created>),
+    Record(StepRecord, Replier<()>),
+    Finish(Finish, Replier<bool>),
+    Started(StepKey, i64, Replier<()>),
+    Patch(Arc<str>, StepPath, &'static str, Replier<()>),
+    Send(NewMessage, Replier<()>),
+    Wait(Wait, Replier<Option<Vec<u8>>>),
+    Expire(WaitRecord, Replier<Option<Vec<u8>>>),
+    GiveBack(StepKey, String, Replier<()>),
+    Cancel(String, CancelReason, i64, Replier<Vec<String>>),
+    Resume(String, i64, Replier<Vec<String>>),
+}
+
+impl Op {
+    /// Whether the write is one statement, sent without waiting for an earlier answer.
+    fn simple(&self) -> bool {
+        !matches!(self, Op::Wait(..) | Op::Expire(..) | Op::GiveBack(..))
+    }
+
+    /// What a wait could be waiting for that this write sends or sets.
+    fn touches(&self) -> Option<WaitFor> {
+        match self {
+            Op::Send(m, _) => Some(message_for(m)),
+            Op::Record(s, _) => match &s.effect {
+                Effect::None => None,
+                Effect::Send(m) => Some(message_for(m)),
+                Effect::SetEvent(e) => Some(WaitFor::Event {
+                    workflow_id: s.workflow_id.to_string(),
+                    key: e.0.clone(),
+                }),
+            },
+            Op::GiveBack(key, topic, _) => Some(WaitFor::Message {
+                destination: key.workflow_id.to_string(),
+                topic: topic.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Answers the write with `e`.
+    fn fail(self, e: StoreError) {
+        match self {
+            Op::Create(_, r) => drop(r.send(Err(e))),
+            Op::Finish(_, r) => drop(r.send(Err(e))),
+            Op::Record(_, r)
+            | Op::Started(_, _, r)
+            | Op::Patch(_, _, _, r)
+            | Op::Send(_, r)
+            | Op::GiveBack(_, _, r) => drop(r.send(Err(e))),
+            Op::Wait(_, r) | Op::Expire(_, r) => drop(r.send(Err(e))),
+            Op::Cancel(_, _, _, r) | Op::Resume(_, _, r) => drop(r.send(Err(e))),
+        }
+    }
+}
+
+fn message_for(m: &NewMessage) -> WaitFor {
+    WaitFor::Message {
+        destination: m.destination.clone(),
+        topic: m.topic.clone(),
+    }
+}
+
+/// What a write did, to answer once its transaction has committed.
+enum Done {
+    Created(Result<Created, StoreError>),
+    Unit(Result<(), StoreError>),
+    Bool(bool),
+    Value(Result<Option<Vec<u8>>, StoreError>),
+    Ids(Vec<String>),
+    /// A wait that found nothing: it parks until what it waits for is written.
+    Park,
+}
+
+/// A wait kept until what it waits for is written.
+struct Parked {
+    record: Option<WaitRecord>,
+    reply: Replier<Option<Vec<u8>>>,
+}
+
+/// A parked wait answered in a batch, to be told once the batch commits.
+struct Answered {
+    what: WaitFor,
+    parked: Parked,
+    answer: Result<Option<Vec<u8>>, StoreError>,
+}
+
+/// The writer's prepared statements.
+struct Statements {
+    begin: Statement,
+    commit: Statement,
+    rollback: Statement,
+    create: Statement,
+    workflow: Statement,
+    record: Statement,
+    record_send: Statement,
+    record_event: Statement,
+    record_take: Statement,
+    finish: Statement,
+    started: Statement,
+    patch: Statement,
+    send: Statement,
+    cancel: Statement,
+    resume: Statement,
+    oldest_message: Statement,
+    event: Statement,
+    recorded_output: Statement,
+    give_back: Statement,
+}
+
+/// The step record's columns and parameters ($1 to $11), shared by the statements that
+/// record a step: `r` is the run the id names, `ins` the inserted row, if any.
+macro_rules! record_step {
+    () => {
+        "WITH r AS (SELECT run FROM {s}.workflows WHERE id = $1),
+         ins AS (INSERT INTO {s}.steps (run, path, name, output, error, attempts, started_at,
+                                        finished_at, crc32, error_kind, args_fingerprint)
+                 SELECT run, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM r
+                 ON CONFLICT (run, path) DO NOTHING RETURNING run)"
+    };
+}
+
+/// What a statement made with [`record_step!`] answers: whether the run exists, and
+/// whether the step was inserted.
+const RECORD_COUNTS: &str = " SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM ins)";
+
+impl Statements {
+    async fn prepare(c: &Client, schema: &str) -> Result<Statements, PgError> {
+        let s = schema::quoted(schema);
+        let sql = |text: &str| text.replace("{s}", &s);
+        let w_columns = WORKFLOW_COLUMNS
+            .split(", ")
+            .map(|c| format!("w.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let family = "WITH RECURSIVE tree(id) AS (
+                 SELECT $1::text COLLATE \"C\"
+                 UNION SELECT w.id FROM {s}.workflows w JOIN tree t ON w.parent_id = t.id
+                 WHERE w.id >= $1 || '/' AND w.id < $1 || '0'
+             )";
+        Ok(Statements {
+            begin: c.prepare("BEGIN").await?,
+            commit: c.prepare("COMMIT").await?,
+            rollback: c.prepare("ROLLBACK").await?,
+            create: c
+                .prepare(&sql(&format!(
+                    "WITH ins AS (
+                         INSERT INTO {{s}}.workflows (id, name, status, input, input_crc32,
+                             app_version, parent_id, created_at, updated_at, deadline_at)
+                         VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $7, $8)
+                         ON CONFLICT (id) DO NOTHING RETURNING run)
+                     SELECT (SELECT count(*) FROM ins), {w_columns}
+                     FROM (VALUES (1)) one LEFT JOIN {{s}}.workflows w ON w.id = $1"
+                )))
+                .await?,
+            workflow: c
+                .prepare(&sql(&format!(
+                    "SELECT {WORKFLOW_COLUMNS} FROM {{s}}.workflows WHERE id = $1"
+                )))
+                .await?,
+            record: c
+                .prepare(&sql(concat!(record_step!(), " SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM ins)")))
+                .await?,
+            record_send: c
+                .prepare(&sql(&format!(
+                    "{}, eff AS (INSERT INTO {{s}}.messages (destination, topic, payload, crc32, sent_at)
+                                 SELECT $12, $13, $14, $15, $16 FROM ins){RECORD_COUNTS}",
+                    record_step!()
+                )))
+                .await?,
+            record_event: c
+                .prepare(&sql(&format!(
+                    "{}, eff AS (INSERT INTO {{s}}.events (run, key, value, crc32, set_at)
+                                 SELECT run, $12, $13, $14, $8 FROM ins
+                                 ON CONFLICT (run, key) DO UPDATE SET value = excluded.value,
+                                     crc32 = excluded.crc32, set_at = excluded.set_at){RECORD_COUNTS}",
+                    record_step!()
+                )))
+                .await?,
+            record_take: c
+                .prepare(&sql(&format!(
+                    "{}, del AS (DELETE FROM {{s}}.messages
+                                 WHERE seq = $12 AND EXISTS (SELECT 1 FROM ins)){RECORD_COUNTS}",
+                    record_step!()
+                )))
+                .await?,
+            finish: c
+                .prepare(&sql(
+                    "UPDATE {s}.workflows SET status = $2, output = $3, error_kind = $4, error = $5,
+                         updated_at = $6, output_crc32 = $7
+                     WHERE id = $1 AND status = 'pending'",
+                ))
+                .await?,
+            started: c
+                .prepare(&sql(
+                    "WITH r AS (SELECT run FROM {s}.workflows WHERE id = $1),
+                     ins AS (INSERT INTO {s}.started (run, path, name, started_at, wake_at, crc32)
+                             SELECT run, $2, $3, $4, $5, $6 FROM r
+                             ON CONFLICT (run, path) DO NOTHING)
+                     SELECT count(*) FROM r",
+                ))
+                .await?,
+            patch: c
+                .prepare(&sql(
+                    "WITH r AS (SELECT run FROM {s}.workflows WHERE id = $1),
+                     ins AS (INSERT INTO {s}.patches (run, path, name, crc32)
+                             SELECT run, $2, $3, $4 FROM r ON CONFLICT DO NOTHING)
+                     SELECT count(*) FROM r",
+                ))
+                .await?,
+            send: c
+                .prepare(&sql(
+                    "INSERT INTO {s}.messages (destination, topic, payload, crc32, sent_at)
+                     VALUES ($1, $2, $3, $4, $5)",
+                ))
+                .await?,
+            cancel: c
+                .prepare(&sql(&format!(
+                    "{family}
+                     UPDATE {{s}}.workflows
+                     SET status = 'cancelled', error_kind = $2, error = $3, updated_at = $4
+                     WHERE status = 'pending' AND id IN (SELECT id FROM tree)
+                     RETURNING id"
+                )))
+                .await?,
+            resume: c
+                .prepare(&sql(&format!(
+                    "{family},
+                     up AS (UPDATE {{s}}.workflows
+                            SET status = 'pending', output = NULL, output_crc32 = NULL,
+                                error_kind = NULL, error = NULL, deadline_at = NULL,
+                                updated_at = $2
+                            WHERE id IN (SELECT id FROM tree)
+                              AND (status = 'cancelled' OR (id = $1 AND status = 'failed'))
+                            RETURNING id, run),
+                     -- A recorded panic or interruption is not an output: resuming runs
+                     -- those steps again, and an interrupted one loses its start record.
+                     st AS (DELETE FROM {{s}}.started t USING up
+                            WHERE t.run = up.run AND t.path IN
+                                (SELECT path FROM {{s}}.steps x
+                                 WHERE x.run = up.run AND x.error IS NOT NULL)),
+                     sd AS (DELETE FROM {{s}}.steps x USING up
+                            WHERE x.run = up.run AND x.error IS NOT NULL)
+                     SELECT id FROM up"
+                )))
+                .await?,
+            oldest_message: c
+                .prepare(&sql(
+                    "SELECT seq, payload, crc32 FROM {s}.messages
+                     WHERE destination = $1 AND topic = $2 ORDER BY seq LIMIT 1 FOR UPDATE",
+                ))
+                .await?,
+            event: c
+                .prepare(&sql(
+                    "SELECT value, crc32 FROM {s}.events
+                     WHERE run = (SELECT run FROM {s}.workflows WHERE id = $1) AND key = $2",
+                ))
+                .await?,
+            recorded_output: c
+                .prepare(&sql(
+                    "SELECT output, crc32, name FROM {s}.steps
+                     WHERE run = (SELECT run FROM {s}.workflows WHERE id = $1) AND path = $2",
+                ))
+                .await?,
+            give_back: c
+                .prepare(&sql(
+                    "WITH d AS (DELETE FROM {s}.steps
+                                WHERE run = (SELECT run FROM {s}.workflows WHERE id = $1)
+                                  AND path = $2 AND name = $3 RETURNING 1)
+                     INSERT INTO {s}.messages (seq, destination, topic, payload, crc32, sent_at)
+                     SELECT (SELECT COALESCE(MIN(seq), 1) - 1 FROM {s}.messages),
+                            $1, $4, $5, $6, $7
+                     FROM d",
+                ))
+                .await?,
+        })
+    }
+}
+
+/// The writer: its connection, its statements, and the waits it keeps parked.
+pub(super) struct Writer {
+    client: Client,
+    sql: Statements,
+    path: Arc<Path>,
+    codec: Codec,
+    stats: Arc<Stats>,
+    parked: HashMap<WaitFor, VecDeque<Parked>>,
+}
+
+impl Writer {
+    pub(super) async fn new(
+        client: Client,
+        schema: &str,
+        path: Arc<Path>,
+        codec: Codec,
+        stats: Arc<Stats>,
+    ) -> Result<Writer, PgError> {
+        let sql = Statements::prepare(&client, schema).await?;
+        Ok(Writer {
+            client,
+            sql,
+            path,
+            codec,
+            stats,
+            parked: HashMap::new(),
+        })
+    }
+
+    /// Commits batches until the store closes or is dropped.
+    pub(super) async fn run(mut self, mut queue: UnboundedReceiver<Command>) {
+        let mut closed = None;
+        while closed.is_none() {
+            let Some(first) = queue.recv().await else {
+                break;
+            };
+            let mut ops = Vec::new();
+            let mut stop = queued(first, &mut ops);
+            while stop.is_none() && ops.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(c) => stop = queued(c, &mut ops),
+                    Err(_) => break,
+                }
+            }
+            if !ops.is_empty() {
+                self.batch(ops).await;
+            }
+            if let Some(done) = stop {
+                closed = Some(done);
+            }
+        }
+        // Parked waits answer Closed as their repliers drop; so do the writes queued
+        // after a close.
+        drop(queue);
+        drop(self);
+        if let Some(Some(done)) = closed {
+            let _ = done.send(());
+        }
+    }
+
+    /// Commits `ops` together, or, if that fails, each alone.
+    async fn batch(&mut self, ops: Vec<Op>) {
+        match self.attempt(&ops).await {
+            Ok((done, answered)) => self.committed(ops, done, answered).await,
+            Err(e) if ops.len() == 1 => {
+                let e = store_error(&self.path, e);
+                ops.into_iter().for_each(|op| op.fail(e.clone()));
+            }
+            Err(_) => {
+                for op in ops {
+                    let ops = vec![op];
+                    match self.attempt(&ops).await {
+                        Ok((done, answered)) => self.committed(ops, done, answered).await,
+                        Err(e) => {
+                            let e = store_error(&self.path, e);
+                            ops.into_iter().for_each(|op| op.fail(e.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs `ops` in one transaction and commits it: what each did, and the parked
+    /// waits it answered. Changes nothing kept in memory unless it commits.
+    async fn attempt(&mut self, ops: &[Op]) -> Result<(Vec<Done>, Vec<Answered>), PgError> {
+        let wakes_parked = ops
+            .iter()
+            .filter_map(Op::touches)
+            .any(|what| self.parked.contains_key(&what));
+        let all_simple = !wakes_parked && ops.iter().all(Op::simple);
+        if all_simple && ops.len() == 1 {
+            // One statement commits alone.
+            let (done, _) = self.simple(&ops[0]).await?;
+            self.stats.commits.fetch_add(1, Ordering::Relaxed);
+            return Ok((vec![done], Vec::new()));
+        }
+        if all_simple {
+            // BEGIN, the writes and COMMIT, sent at once.
+            let (begin, done, commit) = join3(
+                self.client.execute(&self.sql.begin, &[]),
+                join_all(ops.iter().map(|op| self.simple(op))),
+                self.client.execute(&self.sql.commit, &[]),
+            )
+            .await;
+            begin?;
+            // After a failed statement, COMMIT answers ROLLBACK without an error: the
+            // batch committed only if every statement succeeded.
+            let done = done
+                .into_iter()
+                .map(|d| d.map(|(done, _)| done))
+                .collect::<Result<Vec<_>, _>>()?;
+            commit?;
+            self.stats.commits.fetch_add(1, Ordering::Relaxed);
+            return Ok((done, Vec::new()));
+        }
+        self.client.execute(&self.sql.begin, &[]).await?;
+        match self.in_transaction(ops).await {
+            Ok(outcome) => {
+                self.client.execute(&self.sql.commit, &[]).await?;
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                Ok(outcome)
+            }
+            Err(e) => {
+                let _ = self.client.execute(&self.sql.rollback, &[]).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The writes of a transaction that holds a wait, or wakes one: in order, each
+    /// run of simple writes pipelined; then the parked waits that what they wrote
+    /// answers.
+    async fn in_transaction(&mut self, ops: &[Op]) -> Result<(Vec<Done>, Vec<Answered>), PgError> {
+        let mut done = Vec::with_capacity(ops.len());
+        let mut touched = Vec::new();
+        let mut i = 0;
+        while i < ops.len() {
+            if ops[i].simple() {
+                let end = ops[i..]
+                    .iter()
+                    .position(|op| !op.simple())
+                    .map_or(ops.len(), |n| i + n);
+                let this = &*self;
+                for d in join_all(ops[i..end].iter().map(|op| this.simple(op))).await {
+                    let (d, t) = d?;
+                    done.push(d);
+                    touched.extend(t);
+                }
+                i = end;
+            } else {
+                let (d, t) = self.complex(&ops[i]).await?;
+                done.push(d);
+                touched.extend(t);
+                i += 1;
+            }
+        }
+        let answered = self.answer_parked(touched).await?;
+        Ok((done, answered))
+    }
+
+    /// Answers every write of a committed batch, parks its waits that found nothing,
+    /// and tells the parked waits it answered. A wait parked by this batch for what
+    /// this batch also wrote (it came first) tries again at once.
+    async fn committed(&mut self, ops: Vec<Op>, done: Vec<Done>, answered: Vec<Answered>) {
+        let touched: HashSet<WaitFor> = ops.iter().filter_map(Op::touches).collect();
+        let mut again = Vec::new();
+        for (op, done) in ops.into_iter().zip(done) {
+            reply(op, done, &mut |what, parked| {
+                if touched.contains(&what) {
+                    again.push(what.clone());
+                }
+                self.park(what, parked);
+            });
+        }
+        for a in answered {
+            let _ = a.parked.reply.send(a.answer);
+            let _ = a.what;
+        }
+        if again.is_empty() {
+            return;
+        }
+        // Rare: a wait and the write that answers it in one batch, the wait first.
+        let retried = async {
+            self.client.execute(&self.sql.begin, &[]).await?;
+            match self.answer_parked(again).await {
+                Ok(answered) => {
+                    self.client.execute(&self.sql.commit, &[]).await?;
+                    self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                    Ok(answered)
+                }
+                Err(e) => {
+                    let _ = self.client.execute(&self.sql.rollback, &[]).await;
+                    Err(e)
+                }
+            }
+        };
+        if let Ok(answered) = retried.await {
+            for a in answered {
+                let _ = a.parked.reply.send(a.answer);
+            }
+        }
+    }
+
+    /// Keeps a wait that found nothing until what it waits for is written.
+    fn park(&mut self, what: WaitFor, parked: Parked) {
+        let queue = self.parked.entry(what).or_default();
+        // Waiters that gave up are dropped here, and so is an earlier execution's wait
+        // for the same step: this one replaces it.
+        queue.retain(|p| {
+            !p.reply.is_closed() && !same_step(p.record.as_ref(), parked.record.as_ref())
+        });
+        queue.push_back(parked);
+    }
+
+    /// The parked waits that `touched` may answer, answered in this transaction. On an
+    /// error, the waits stay parked as they were.
+    async fn answer_parked(&mut self, touched: Vec<WaitFor>) -> Result<Vec<Answered>, PgError> {
+        let mut answered = Vec::new();
+        let mut seen = HashSet::new();
+        for what in touched {
+            if !seen.insert(what.clone()) {
+                continue;
+            }
+            let Some(mut queue) = self.parked.remove(&what) else {
+                continue;
+            };
+            let mut failed = None;
+            while let Some(p) = queue.pop_front() {
+                if p.reply.is_closed() {
+                    continue;
+                }
+                let wait = Wait {
+                    what: what.clone(),
+                    record: p.record,
+                    park: true,
+                };
+                match self.take(&wait).await {
+                    Ok(Ok(None)) => {
+                        queue.push_front(Parked {
+                            record: wait.record,
+                            reply: p.reply,
+                        });
+                        break;
+                    }
+                    Ok(answer) => answered.push(Answered {
+                        what: what.clone(),
+                        parked: Parked {
+                            record: wait.record,
+                            reply: p.reply,
+                        },
+                        answer,
+                    }),
+                    Err(e) => {
+                        queue.push_front(Parked {
+                            record: wait.record,
+                            reply: p.reply,
+                        });
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            if !queue.is_empty() {
+                self.parked.insert(what.clone(), queue);
+            }
+            if let Some(e) = failed {
+                // Put back, in front, what this transaction answered: it rolls back.
+                for a in answered.into_iter().rev() {
+                    self.parked.entry(a.what).or_default().push_front(a.parked);
+                }
+                return Err(e);
+            }
+        }
+        Ok(answered)
+    }
+
+    /// A write of one statement.
+    async fn simple(&self, op: &Op) -> Result<(Done, Option<WaitFor>), PgError> {
+        let c = &self.client;
+        let q = &self.sql;
+        Ok(match op {
+            Op::Create(w, _) => {
+                let row = c
+                    .query_one(
+                        &q.create,
+                        &[
+                            &&*w.id,
+                            &w.name,
+                            &w.input,
+                            &crc_column(keyed_crc32(&workflow_key(&w.id), &w.input)),
+                            &w.app_version.as_deref(),
+                            &w.parent_id.as_deref(),
+                            &w.created_at,
+                            &w.deadline_at,
+                        ],
+                    )
+                    .await?;
+                let inserted: i64 = row.try_get(0)?;
+                let existing: Option<String> = row.try_get(1)?;
+                let created = if inserted == 1 {
+                    Ok(Created::New)
+                } else if existing.is_some() {
+                    workflow_row(&row, 1).map(|w| Created::Existing(Box::new(w)))
+                } else {
+                    // Inserted by another process after this statement began.
+                    match c.query_opt(&q.workflow, &[&&*w.id]).await? {
+                        Some(row) => workflow_row(&row, 0).map(|w| Created::Existing(Box::new(w))),
+                        None => Err(PgError::Damaged(format!(
+                            "workflow {} could neither be created nor found",
+                            w.id
+                        ))),
+                    }
+                };
+                (
+                    Done::Created(created.map_err(|e| store_error(&self.path, e))),
+                    None,
+                )
+            }
+            Op::Record(s, _) => {
+                let (output, error, kind) = outcome_columns(&s.outcome);
+                let path = s.path.to_key();
+                let crc = crc_column(keyed_crc32(
+                    &step_key(&s.workflow_id, &path, s.name),
+                    output.unwrap_or_else(|| error.unwrap_or_default().as_bytes()),
+                ));
+                let attempts = i64::from(s.attempts);
+                let fingerprint = fingerprint_column(s.args);
+                let id: &str = &s.workflow_id;
+                let base: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+                    &id,
+                    &path,
+                    &s.name,
+                    &output,
+                    &error,
+                    &attempts,
+                    &s.started_at,
+                    &s.finished_at,
+                    &crc,
+                    &kind,
+                    &fingerprint,
+                ];
+                let (row, touched) = match &s.effect {
+                    Effect::None => (c.query_one(&q.record, &base).await?, None),
+                    Effect::Send(m) => {
+                        let crc = crc_column(keyed_crc32(
+                            &message_key(&m.destination, &m.topic),
+                            &m.payload,
+                        ));
+                        let mut params = base.to_vec();
+                        params.extend_from_slice(&[
+                            &m.destination,
+                            &m.topic,
+                            &m.payload,
+                            &crc,
+                            &m.sent_at,
+                        ]);
+                        (
+                            c.query_one(&q.record_send, &params).await?,
+                            Some(message_for(m)),
+                        )
+                    }
+                    Effect::SetEvent(e) => {
+                        let (key, value) = &**e;
+                        let crc = crc_column(keyed_crc32(&event_key(id, key), value));
+                        let mut params = base.to_vec();
+                        params.extend_from_slice(&[key, value, &crc]);
+                        (
+                            c.query_one(&q.record_event, &params).await?,
+                            Some(WaitFor::Event {
+                                workflow_id: id.to_owned(),
+                                key: key.clone(),
+                            }),
+                        )
+                    }
+                };
+                let recorded = self.recorded(&row, &s.workflow_id, &s.path)?;
+                let touched = touched.filter(|_| recorded.is_ok());
+                (Done::Unit(recorded), touched)
+            }
+            Op::Finish(f, _) => {
+                let (status, output, kind, error) = match &f.outcome {
+                    Finished::Completed(bytes) => {
+                        (RecordStatus::Completed, Some(bytes.as_slice()), None, None)
+                    }
+                    Finished::Failed(kind, message) => (
+                        RecordStatus::Failed,
+                        None,
+                        Some(kind.as_str()),
+                        Some(message.as_str()),
+                    ),
+                };
+                let crc = output.map(|o| crc_column(keyed_crc32(&workflow_key(&f.id), o)));
+                let n = c
+                    .execute(
+                        &q.finish,
+                        &[
+                            &&*f.id,
+                            &status.as_str(),
+                            &output,
+                            &kind,
+                            &error,
+                            &f.at,
+                            &crc,
+                        ],
+                    )
+                    .await?;
+                (Done::Bool(n == 1), None)
+            }
+            Op::Started(key, at, _) => (Done::Unit(self.start_record(key, *at, None).await?), None),
+            Op::Patch(workflow_id, at, name, _) => {
+                let at = at.to_key();
+                let crc = crc_column(keyed_crc32(&step_key(workflow_id, &at, name), &[]));
+                let row = c
+                    .query_one(&q.patch, &[&&**workflow_id, &at, name, &crc])
+                    .await?;
+                let runs: i64 = row.try_get(0)?;
+                (Done::Unit(self.run_exists(runs, workflow_id)), None)
+            }
+            Op::Send(m, _) => {
+                let crc = crc_column(keyed_crc32(
+                    &message_key(&m.destination, &m.topic),
+                    &m.payload,
+                ));
+                c.execute(
+                    &q.send,
+                    &[&m.destination, &m.topic, &m.payload, &crc, &m.sent_at],
+                )
+                .await?;
+                (Done::Unit(Ok(())), Some(message_for(m)))
+            }
+            Op::Cancel(id, reason, at, _) => {
+                let rows = c
+                    .query(&q.cancel, &[id, &reason.as_str(), &reason.to_string(), at])
+                    .await?;
+                let ids = rows
+                    .iter()
+                    .map(|r| r.try_get(0))
+                    .collect::<Result<_, _>>()?;
+                (Done::Ids(ids), None)
+            }
+            Op::Resume(id, at, _) => {
+                let rows = c.query(&q.resume, &[id, at]).await?;
+                let ids = rows
+                    .iter()
+                    .map(|r| r.try_get(0))
+                    .collect::<Result<_, _>>()?;
+                (Done::Ids(ids), None)
+            }
+            // Never sent here (see `Op::simple`); answered as a mismatch if it were.
+            Op::Wait(..) | Op::Expire(..) | Op::GiveBack(..) => (Done::Bool(false), None),
+        })
+    }
+
+    /// A write that reads before it writes.
+    async fn complex(&mut self, op: &Op) -> Result<(Done, Option<WaitFor>), PgError> {
+        Ok(match op {
+            // Nobody waits for it any more: take nothing.
+            Op::Wait(_, reply) if reply.is_closed() => (Done::Value(Ok(None)), None),
+            Op::Wait(wait, _) => match self.take(wait).await? {
+                Ok(None) if wait.park => {
+                    if let Some(r) = &wait.record
+                        && r.deadline_at.is_some()
+                        && let Err(e) = self
+                            .start_record(&r.key, r.started_at, r.deadline_at)
+                            .await?
+                    {
+                        return Ok((Done::Value(Err(e)), None));
+                    }
+                    (Done::Park, None)
+                }
+                Ok(None) => {
+                    let recorded = match &wait.record {
+                        Some(r) => self.record_answer(r, None, None).await?,
+                        None => Ok(()),
+                    };
+                    (Done::Value(recorded.map(|()| None)), None)
+                }
+                answer => (Done::Value(answer), None),
+            },
+            Op::Expire(record, _) => (Done::Value(self.expire(record).await?), None),
+            Op::GiveBack(key, topic, _) => {
+                let (done, touched) = self.give_back(key, topic).await?;
+                (Done::Unit(done), touched)
+            }
+            _ => return self.simple(op).await,
+        })
+    }
+
+    /// A wait's answer, if what it waits for is there, recorded as its step (taking the
+    /// message) if it has a record.
+    async fn take(&self, wait: &Wait) -> Result<Result<Option<Vec<u8>>, StoreError>, PgError> {
+        let damaged = |what: String| {
+            StoreError::new(
+                &*self.path,
+                StoreErrorKind::Invariant,
+                format!("{what} does not match its checksum: the journal is damaged"),
+            )
+        };
+        let (answer, seq) = match &wait.what {
+            WaitFor::Message { destination, topic } => {
+                let Some(row) = self
+                    .client
+                    .query_opt(&self.sql.oldest_message, &[destination, topic])
+                    .await?
+                else {
+                    return Ok(Ok(None));
+                };
+                let (seq, payload): (i64, Vec<u8>) = (row.try_get(0)?, row.try_get(1)?);
+                if !intact(&message_key(destination, topic), &payload, row.try_get(2)?) {
+                    return Ok(Err(damaged(format!(
+                        "message {seq} for workflow {destination} on topic `{topic}`"
+                    ))));
+                }
+                (payload, Some(seq))
+            }
+            WaitFor::Event { workflow_id, key } => {
+                let Some(row) = self
+                    .client
+                    .query_opt(&self.sql.event, &[workflow_id, key])
+                    .await?
+                else {
+                    return Ok(Ok(None));
+                };
+                let value: Vec<u8> = row.try_get(0)?;
+                if !intact(&event_key(workflow_id, key), &value, row.try_get(1)?) {
+                    return Ok(Err(damaged(format!(
+                        "event `{key}` of workflow {workflow_id}"
+                    ))));
+                }
+                (value, None)
+            }
+        };
+        if let Some(r) = &wait.record {
+            // The record and the taking of the message are one statement: a record
+            // refused takes nothing, and a message taken is recorded.
+            if let Err(e) = self.record_answer(r, Some(&answer), seq).await? {
+                return Ok(Err(e));
+            }
+        }
+        Ok(Ok(Some(answer)))
+    }
+
+    /// Records a wait's answer as its step, taking message `take` with it.
+    async fn record_answer(
+        &self,
+        r: &WaitRecord,
+        answer: Option<&[u8]>,
+        take: Option<i64>,
+    ) -> Result<Result<(), StoreError>, PgError> {
+        let output = encode_answer(self.codec, answer);
+        let path = r.key.path.to_key();
+        let crc = crc_column(keyed_crc32(
+            &step_key(&r.key.workflow_id, &path, r.key.name),
+            &output,
+        ));
+        let row = self
+            .client
+            .query_one(
+                &self.sql.record_take,
+                &[
+                    &&*r.key.workflow_id,
+                    &path,
+                    &r.key.name,
+                    &Some(output.as_slice()),
+                    &None::<&str>,
+                    &1i64,
+                    &r.started_at,
+                    &crate::util::now_ms(),
+                    &crc,
+                    &None::<&str>,
+                    &fingerprint_column(r.key.args),
+                    &take,
+                ],
+            )
+            .await?;
+        self.recorded(&row, &r.key.workflow_id, &r.key.path)
+    }
+
+    /// Writes a start record (kept if one is there already).
+    async fn start_record(
+        &self,
+        key: &StepKey,
+        at: i64,
+        wake_at: Option<i64>,
+    ) -> Result<Result<(), StoreError>, PgError> {
+        let path = key.path.to_key();
+        let crc = crc_column(keyed_crc32(
+            &step_key(&key.workflow_id, &path, key.name),
+            started_value(at, wake_at).as_bytes(),
+        ));
+        let row = self
+            .client
+            .query_one(
+                &self.sql.started,
+                &[&&*key.workflow_id, &path, &key.name, &at, &wake_at, &crc],
+            )
+            .await?;
+        let runs: i64 = row.try_get(0)?;
+        Ok(self.run_exists(runs, &key.workflow_id))
+    }
+
+    /// A parked wait whose deadline passed: records `None` unless it was answered.
+    async fn expire(
+        &mut self,
+        r: &WaitRecord,
+    ) -> Result<Result<Option<Vec<u8>>, StoreError>, PgError> {
+        let mut was_parked = false;
+        for queue in self.parked.values_mut() {
+            let before = queue.len();
+            queue.retain(|p| !same_step(p.record.as_ref(), Some(r)));
+            was_parked |= queue.len() != before;
+        }
+        self.parked.retain(|_, q| !q.is_empty());
+        let path = r.key.path.to_key();
+        let recorded = self
+            .client
+            .query_opt(&self.sql.recorded_output, &[&&*r.key.workflow_id, &path])
+            .await?;
+        Ok(match recorded {
+            None => self.record_answer(r, None, None).await?.map(|()| None),
+            Some(row) => {
+                let output: Option<Vec<u8>> = row.try_get(0)?;
+                let name: String = row.try_get(2)?;
+                match output {
+                    // Answered before the deadline was noticed: that answer stands.
+                    Some(output) if !was_parked => {
+                        if !intact(
+                            &step_key(&r.key.workflow_id, &path, &name),
+                            &output,
+                            row.try_get(1)?,
+                        ) {
+                            Err(self.damaged_answer(&r.key))
+                        } else {
+                            decode_answer(&output).map_err(|e| {
+                                StoreError::new(
+                                    &*self.path,
+                                    StoreErrorKind::Invariant,
+                                    e.to_string(),
+                                )
+                            })
+                        }
+                    }
+                    _ => Err(already_recorded(&self.path, &r.key)),
+                }
+            }
+        })
+    }
+
+    /// Undoes a `recv` that never delivered its message: its record goes, and the
+    /// message goes back before every other.
+    async fn give_back(
+        &self,
+        key: &StepKey,
+        topic: &str,
+    ) -> Result<(Result<(), StoreError>, Option<WaitFor>), PgError> {
+        let path = key.path.to_key();
+        let Some(row) = self
+            .client
+            .query_opt(&self.sql.recorded_output, &[&&*key.workflow_id, &path])
+            .await?
+        else {
+            return Ok((Ok(()), None));
+        };
+        let output: Option<Vec<u8>> = row.try_get(0)?;
+        let name: String = row.try_get(2)?;
+        let Some(output) = output else {
+            return Ok((Ok(()), None));
+        };
+        if !intact(
+            &step_key(&key.workflow_id, &path, &name),
+            &output,
+            row.try_get(1)?,
+        ) {
+            return Ok((Err(self.damaged_answer(key)), None));
+        }
+        let Ok(Some(payload)) = decode_answer(&output) else {
+            // A recorded timeout: nothing was taken.
+            return Ok((Ok(()), None));
+        };
+        let crc = crc_column(keyed_crc32(&message_key(&key.workflow_id, topic), &payload));
+        let n = self
+            .client
+            .execute(
+                &self.sql.give_back,
+                &[
+                    &&*key.workflow_id,
+                    &path,
+                    &key.name,
+                    &topic,
+                    &payload,
+                    &crc,
+                    &crate::util::now_ms(),
+                ],
+            )
+            .await?;
+        let touched = (n == 1).then(|| WaitFor::Message {
+            destination: key.workflow_id.to_string(),
+            topic: topic.to_owned(),
+        });
+        Ok((Ok(()), touched))
+    }
+
+    /// What a step record's counts (see [`RECORD_COUNTS`]) say.
+    fn recorded(
+        &self,
+        row: &tokio_postgres::Row,
+        workflow_id: &str,
+        path: &StepPath,
+    ) -> Result<Result<(), StoreError>, PgError> {
+        let (runs, inserted): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        Ok(if runs == 0 {
+            Err(no_such_run(&self.path, workflow_id))
+        } else if inserted == 0 {
+            Err(StoreError::new(
+                &*self.path,
+                StoreErrorKind::Invariant,
+                format!(
+                    "step {path} of workflow {workflow_id} is already recorded; a recorded step \
+                     is never overwritten"
+                ),
+            ))
+        } else {
+            Ok(())
+        })
+    }
+
+    fn run_exists(&self, runs: i64, workflow_id: &str) -> Result<(), StoreError> {
+        if runs == 0 {
+            Err(no_such_run(&self.path, workflow_id))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn damaged_answer(&self, key: &StepKey) -> StoreError {
+        StoreError::new(
+            &*self.path,
+            StoreErrorKind::Invariant,
+            format!(
+                "the recorded answer of step {} of workflow {} {}",
+                key.path,
+                key.workflow_id,
+                crate::journal::DAMAGED
+            ),
+        )
+    }
+}
+
+/// Adds a queued command's write to `ops`; `Some` for a command that stops the writer
+/// (with a close's answer, if it is one).
+fn queued(c: Command, ops: &mut Vec<Op>) -> Option<Option<std::sync::mpsc::Sender<()>>> {
+    match c {
+        Command::Write(op) => {
+            ops.push(op);
+            None
+        }
+        Command::Close(done) => Some(Some(done)),
+        Command::Stop => Some(None),
+    }
+}
+
+/// Answers `op` with what it did; a wait that parks goes to `park`.
+fn reply(op: Op, done: Done, park: &mut impl FnMut(WaitFor, Parked)) {
+    let mismatch = || {
+        StoreError::new(
+            "",
+            StoreErrorKind::Invariant,
+            "the journal's writer answered a write with another's answer",
+        )
+    };
+    match (op, done) {
+        (Op::Create(_, r), Done::Created(c)) => drop(r.send(c)),
+        (Op::Finish(_, r), Done::Bool(b)) => drop(r.send(Ok(b))),
+        (Op::Cancel(_, _, _, r) | Op::Resume(_, _, r), Done::Ids(ids)) => drop(r.send(Ok(ids))),
+        (
+            Op::Record(_, r)
+            | Op::Started(_, _, r)
+            | Op::Patch(_, _, _, r)
+            | Op::Send(_, r)
+            | Op::GiveBack(_, _, r),
+            Done::Unit(u),
+        ) => drop(r.send(u)),
+        (Op::Wait(_, r) | Op::Expire(_, r), Done::Value(v)) => drop(r.send(v)),
+        (Op::Wait(wait, reply), Done::Park) => park(
+            wait.what,
+            Parked {
+                record: wait.record,
+                reply,
+            },
+        ),
+        (op, _) => op.fail(mismatch()),
+    }
+}
+
+/// The output, error and error kind columns of a step's outcome.
+fn outcome_columns(outcome: &RecordedOutcome) -> (Option<&[u8]>, Option<&str>, Option<&str>) {
+    match outcome {
+        RecordedOutcome::Output(bytes) => (Some(bytes.as_slice()), None, None),
+        RecordedOutcome::Panicked(message) => (None, Some(message.as_str()), None),
+        RecordedOutcome::Interrupted(message) => (None, Some(message.as_str()), Some(INTERRUPTED)),
+    }
+}
+
+/// How the journal stores a fingerprint: its bits as a `bigint`.
+fn fingerprint_column(f: Option<Fingerprint>) -> Option<i64> {
+    f.map(|f| f.as_u64() as i64)
+}
+
+/// Whether two waits record the same step.
+fn same_step(a: Option<&WaitRecord>, b: Option<&WaitRecord>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.key.workflow_id == b.key.workflow_id && a.key.path == b.key.path,
+        _ => false,
+    }
+}
+
+fn already_recorded(path: &Path, key: &StepKey) -> StoreError {
+    StoreError::new(
+        path,
+        StoreErrorKind::Invariant,
+        format!(
+            "step {} of workflow {} is already recorded; a recorded step is never overwritten",
+            key.path, key.workflow_id
+        ),
+    )
+}
+
+/// The error for a record made for a workflow the journal does not hold.
+fn no_such_run(path: &Path, workflow_id: &str) -> StoreError {
+    StoreError::new(
+        path,
+        StoreErrorKind::Invariant,
+        format!(
+            "workflow {workflow_id} is not in the journal, so nothing can be recorded for it \
+             (its row was deleted outside durable?)"
+        ),
+    )
+}
