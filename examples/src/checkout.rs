@@ -4,7 +4,9 @@
 //! cargo run -p durable-examples --bin checkout
 //! ```
 //!
-//! With no arguments the program runs a demo: it creates a fresh journal, runs itself as
+//! With no arguments (or only `--journal`) the program runs a demo: it creates a fresh
+//! journal (or uses the one `--journal` names: a file, or a PostgreSQL URL, whose
+//! demo gets a schema of its own unless the URL names one), runs itself as
 //! a child process that starts checkout `order-42` and aborts in the middle of it (a real
 //! crash: no unwinding, no shutdown), then runs a second child on the same journal. The
 //! second child resumes the interrupted checkout: the steps the first child recorded are
@@ -46,7 +48,8 @@ use durable_runtime::Runtime;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        None => demo(),
+        None => demo(None),
+        Some("--journal") => required(&args, "--journal").and_then(|j| demo(Some(j))),
         Some("demo-run") => demo_run(&args[1..]),
         Some("worker") => worker(&args[1..]),
         Some(_) => Err(USAGE.into()),
@@ -60,7 +63,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: checkout                      (the crash-and-recover demo)
+const USAGE: &str = "usage: checkout [--journal PATH|URL]   (the crash-and-recover demo)
        checkout demo-run --journal PATH [--crash-in STEP]
        checkout worker --journal PATH --log PATH --orders N --step-delay-ms D";
 
@@ -85,11 +88,45 @@ fn tokio_runtime() -> Res<tokio::runtime::Runtime> {
 }
 
 /// The demo: a child process crashes partway through a checkout, a second one recovers it.
-fn demo() -> Res<ExitCode> {
+fn demo(journal: Option<&str>) -> Res<ExitCode> {
     // A journal of its own for every demo run: two demos at once cannot meet, and the
-    // file stays for inspection afterwards.
-    let journal =
-        std::env::temp_dir().join(format!("durable-checkout-demo-{}.db", std::process::id()));
+    // file (or schema) stays for inspection afterwards.
+    let pid = std::process::id();
+    let (journal, shown, inspect) = match journal {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let (url, schema) = match url.split('?').nth(1).and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("schema=").map(str::to_owned))
+            }) {
+                Some(schema) => (url.to_owned(), schema),
+                None => {
+                    let schema = format!("durable_checkout_demo_{pid}");
+                    let sep = if url.contains('?') { '&' } else { '?' };
+                    (format!("{url}{sep}schema={schema}"), schema)
+                }
+            };
+            let inspect = format!(
+                "  psql <the URL> -c 'select id, path, s.name, attempts from {schema}.steps s \
+                 join {schema}.workflows using (run)'"
+            );
+            (url, format!("PostgreSQL schema {schema}"), inspect)
+        }
+        given => {
+            let file = given.map(PathBuf::from).unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("durable-checkout-demo-{pid}.db"))
+            });
+            let inspect = format!(
+                "  sqlite3 {} 'select id, path, s.name, attempts from durable_steps s join \
+                 durable_workflows using (run)'",
+                file.display()
+            );
+            (
+                file.display().to_string(),
+                file.display().to_string(),
+                inspect,
+            )
+        }
+    };
     let exe = std::env::current_exe()?;
     let child = |extra: &[&str]| -> Res<std::process::ExitStatus> {
         Ok(Command::new(&exe)
@@ -101,7 +138,7 @@ fn demo() -> Res<ExitCode> {
     };
 
     println!("durable checkout demo: a crash in the middle of a checkout, then a recovery");
-    println!("journal: {} (new, empty)", journal.display());
+    println!("journal: {shown} (new, empty)");
     println!();
     println!("== Run 1: a child process starts checkout order-42 and will crash inside `ship`");
     let status = child(&["--crash-in", "ship"])?;
@@ -120,10 +157,7 @@ fn demo() -> Res<ExitCode> {
     println!("not recorded when the process died, so it ran again: step bodies are");
     println!("at-least-once, recorded results exactly-once.");
     println!("Inspect the journal:");
-    println!(
-        "  sqlite3 {} 'select id, path, s.name, attempts from durable_steps s join durable_workflows using (run)'",
-        journal.display()
-    );
+    println!("{inspect}");
     Ok(ExitCode::SUCCESS)
 }
 

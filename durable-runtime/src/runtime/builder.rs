@@ -56,11 +56,13 @@ impl RuntimeBuilder {
     /// server's `synchronous_commit` makes it.
     ///
     /// ```no_run
-    /// # async fn f() -> Result<(), durable_runtime::Error> {
-    /// let rt = durable_runtime::Runtime::builder("unused.db")
-    ///     .postgres("postgres://app:secret@db.internal:5432/app?schema=orders")
-    ///     .open()
-    ///     .await?;
+    /// # #[allow(dead_code)]
+    /// # async fn open(url: &str) -> Result<(), durable_runtime::Error> {
+    /// use durable_runtime::Runtime;
+    ///
+    /// // The URL from the environment; the same as `Runtime::open(url)`.
+    /// let rt = Runtime::builder("journal.db").postgres(url).open().await?;
+    /// println!("journal: {}", rt.path().display()); // no password
     /// # Ok(()) }
     /// ```
     #[cfg(feature = "postgres")]

@@ -53,8 +53,7 @@ impl Runtime {
     /// workflow. See [`RuntimeBuilder::open`].
     ///
     /// `path` is a SQLite file, or, with the `postgres` cargo feature, a PostgreSQL URL
-    /// (`postgres://user:password@host:port/database`, see
-    /// [`RuntimeBuilder::postgres`]).
+    /// (`postgres://user:password@host:port/database`, see `RuntimeBuilder::postgres`).
     pub async fn open(path: impl AsRef<Path>) -> Result<Runtime> {
         Runtime::builder(path).open().await
     }
