@@ -499,8 +499,13 @@ pub enum StoreErrorKind {
     /// The process may not write the journal: the file or its directory lacks write
     /// permission, or the file system is read-only.
     ReadOnly,
-    /// Any other SQLite or file system failure.
+    /// Any other SQLite, PostgreSQL or file system failure.
     Io,
+    /// Another runtime sharing the PostgreSQL journal took over this workflow: this
+    /// runtime was out of touch with the journal (paused, or cut off from the database)
+    /// for longer than its lease. The workflow goes on there; this runtime records
+    /// nothing more for it.
+    TakenOver,
 }
 
 impl StoreError {

@@ -78,7 +78,9 @@ pub(crate) enum JournalSpec {
 /// Whether `journal` (a path as the user gave it) is a PostgreSQL URL rather than a
 /// file: it starts with `postgres://` or `postgresql://`.
 pub(crate) fn is_postgres_url(journal: &str) -> bool {
-    journal.starts_with("postgres://") || journal.starts_with("postgresql://")
+    let scheme = journal.split_once("://").map(|(scheme, _)| scheme);
+    scheme
+        .is_some_and(|s| s.eq_ignore_ascii_case("postgres") || s.eq_ignore_ascii_case("postgresql"))
 }
 
 /// How many recorded steps a replay reads at a time: one query per this many steps (a
@@ -91,6 +93,12 @@ pub(crate) struct JournalOptions {
     pub(crate) durability: Durability,
     /// How values are encoded (here: the codec the writer re-encodes wait answers with).
     pub(crate) codec: Codec,
+    /// The workflows the program can run, by name (empty: any). A journal shared by
+    /// several programs hands each one only runs of its own workflows.
+    pub(crate) workflows: Arc<[&'static str]>,
+    /// How long a runtime sharing the journal may be out of touch before another takes
+    /// over its workflows (`None`: the journal's default).
+    pub(crate) lease: Option<Duration>,
     /// The testkit's simulated crash: once set, the journal commits nothing more.
     #[cfg(feature = "testkit")]
     pub(crate) halt: Option<Arc<std::sync::atomic::AtomicBool>>,
@@ -108,6 +116,13 @@ impl JournalSpec {
             Some(url) if is_postgres_url(url) => postgres_spec(url),
             _ => JournalSpec::Sqlite(path.to_owned()),
         }
+    }
+
+    /// The PostgreSQL journal `url` names; a journal that cannot open if it is not a
+    /// PostgreSQL URL.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn postgres(url: &str) -> JournalSpec {
+        postgres_spec(url)
     }
 
     /// Where the journal is, for messages.
@@ -434,6 +449,13 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     /// [`StoreErrorKind::Closed`].
     fn close(&self) -> Result<(), StoreError>;
 
+    /// Where to send the ids of pending runs this runtime takes over after the open
+    /// (from another runtime sharing the journal that stopped, or released them): the
+    /// runtime resumes each as it resumes its pending runs at open. Ids taken over
+    /// before this is called are sent when it is. A journal that only one runtime opens
+    /// at a time sends none.
+    fn takeovers(&self, _to: tokio::sync::mpsc::UnboundedSender<Arc<str>>) {}
+
     /// How many write transactions have committed so far: a sequential step should
     /// cost one, concurrent steps should share them. Compiled for the benchmarks only.
     #[cfg(any(test, feature = "bench"))]
@@ -668,6 +690,9 @@ pub(crate) struct WorkflowRecord {
     pub(crate) parent_id: Option<String>,
     /// Set if the input or output fails its checksum: which, and the message.
     pub(crate) damaged: Option<(Location, String)>,
+    /// Pending, and run by another runtime sharing the journal (or by none yet: the
+    /// next to claim it): this runtime must not run it, only watch for its outcome.
+    pub(crate) elsewhere: bool,
 }
 
 impl WorkflowRecord {

@@ -1,8 +1,6 @@
 //! Opening a runtime: its options, and the recovery of pending workflows at open.
 
 use std::collections::HashMap;
-#[cfg(feature = "postgres")]
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,7 +65,23 @@ impl RuntimeBuilder {
     /// ```
     #[cfg(feature = "postgres")]
     pub fn postgres(mut self, url: &str) -> Self {
-        self.journal = JournalSpec::new(Path::new(url));
+        self.journal = JournalSpec::postgres(url);
+        self
+    }
+
+    /// On a journal that several runtimes share (PostgreSQL): how long this runtime
+    /// may be out of touch with the journal (paused, or cut off from the database)
+    /// before another runtime takes over its pending workflows. 10 seconds by default,
+    /// at least 200 ms. A runtime whose process ends (a crash, SIGKILL, an exit) is
+    /// taken over sooner, as soon as the server has dropped its connection and a live
+    /// runtime next looks (every half of its own lease). A runtime taken over records
+    /// nothing more for those workflows: its writes fail with
+    /// [`StoreErrorKind::TakenOver`](crate::StoreErrorKind::TakenOver). A shorter lease
+    /// takes over sooner after a lost machine, and costs a heartbeat (one small
+    /// `UPDATE`) every third of it. A SQLite journal, which one runtime holds at a
+    /// time, ignores it.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.options.lease = Some(lease);
         self
     }
 
@@ -177,6 +191,7 @@ impl RuntimeBuilder {
         if let Some(i) = &instrument {
             options.halt = Some(i.halt_switch());
         }
+        options.workflows = registry.keys().copied().collect();
         let journal = self.journal.clone();
         let build = super::dormant::build_id(self.app_version.as_deref());
         let (dormancy, wakeups) =
@@ -226,6 +241,9 @@ impl RuntimeBuilder {
             resumes: std::sync::atomic::AtomicU64::new(0),
         });
         tokio::spawn(super::dormant::wake_loop(Arc::downgrade(&inner), wakeups));
+        let (takeovers, taken) = tokio::sync::mpsc::unbounded_channel();
+        inner.store.takeovers(takeovers);
+        tokio::spawn(adopt_loop(Arc::downgrade(&inner), taken));
         // Every resumed run is in `running` before any of them runs: a parent resuming
         // its child's call must find the child's run, not start a second one.
         if !(dormant.is_empty() && launches.is_empty()) {
@@ -262,6 +280,69 @@ impl RuntimeBuilder {
             tokio::spawn(resume(inner.clone(), runs));
         }
         Ok(Runtime { inner })
+    }
+}
+
+/// Resumes the runs the journal hands this runtime after its open (taken over from
+/// another runtime sharing it), as the open resumes its pending runs, until the
+/// runtime is gone.
+async fn adopt_loop(
+    inner: std::sync::Weak<Inner>,
+    mut taken: tokio::sync::mpsc::UnboundedReceiver<Arc<str>>,
+) {
+    while let Some(first) = taken.recv().await {
+        let mut ids = vec![first];
+        while let Ok(id) = taken.try_recv() {
+            ids.push(id);
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if inner.closing.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let store = inner.store.clone();
+        let read = blocking(inner.store.path(), move || {
+            ids.iter()
+                .map(|id| store.workflow(id))
+                .collect::<std::result::Result<Vec<_>, _>>()
+        })
+        .await;
+        let records: Vec<WorkflowRecord> = match read {
+            Ok(Ok(records)) => records.into_iter().flatten().collect(),
+            Ok(Err(e)) | Err(e) => {
+                // Still this runtime's in the journal: the next open resumes them.
+                tracing::warn!(error = %e, "could not read workflows taken over; they \
+                    resume at the next open");
+                continue;
+            }
+        };
+        let Recovery {
+            launches,
+            unrecoverable,
+            ..
+        } = Recovery::sort(records, &inner.registry, Vec::new());
+        drop(unrecoverable); // Each was logged.
+        let runs: Vec<_> = {
+            let mut running = lock(&inner.running);
+            let mut runs = Vec::new();
+            for (id, def, input, deadline_at, parent) in launches {
+                if running.contains_key(&id) {
+                    continue;
+                }
+                tracing::info!(
+                    workflow = %id,
+                    name = def.name(),
+                    "resuming a workflow taken over from a runtime that stopped"
+                );
+                let (ctx, tx) = inner.register(&mut running, &id, def.name(), parent);
+                runs.push((ctx, def, input, deadline_at, tx));
+            }
+            runs
+        };
+        if !runs.is_empty() {
+            tokio::spawn(resume(inner.clone(), runs));
+        }
     }
 }
 

@@ -381,6 +381,9 @@ impl Inner {
         };
         let (tx, rx) = watch::channel(None);
         match record.status {
+            RecordStatus::Pending if record.elsewhere && record.damage().is_none() => {
+                self.watch_elsewhere(Arc::from(id), tx);
+            }
             // Pending but not running here: it could not be resumed (see
             // `Runtime::unrecoverable`); the handle reports it as stopped, or as damaged.
             RecordStatus::Pending => {
@@ -397,6 +400,45 @@ impl Inner {
             }
         }
         Ok(rx)
+    }
+
+    /// Publishes on `tx` the outcome of workflow `id`, which another runtime sharing
+    /// the journal runs (or will: one that claims it), once the journal holds it: read
+    /// every 50 ms at first, every half second after a while. Stops when nobody watches
+    /// `tx` any more, or the journal closes.
+    pub(super) fn watch_elsewhere(&self, id: Arc<str>, tx: watch::Sender<Option<Outcome>>) {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let mut every = Duration::from_millis(50);
+            loop {
+                tokio::select! {
+                    () = tx.closed() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+                every = (every * 2).min(Duration::from_millis(500));
+                let reader = store.clone();
+                let wanted = id.clone();
+                let read = blocking(store.path(), move || reader.workflow(&wanted)).await;
+                match read.and_then(|r| r) {
+                    Ok(Some(r)) if r.status != RecordStatus::Pending => {
+                        let outcome = recorded_outcome(store.path(), r);
+                        tx.send_replace(Some(Arc::new(outcome)));
+                        return;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        tx.send_replace(Some(Arc::new(Err(Error::NotFound {
+                            workflow_id: id.to_string(),
+                        }))));
+                        return;
+                    }
+                    Err(e) if e.kind() == StoreErrorKind::Closed => return,
+                    Err(e) => {
+                        tracing::debug!(workflow = %id, "watching a workflow another runtime runs: {e}");
+                    }
+                }
+            }
+        });
     }
 
     /// Workflow `id` as the journal holds it.
@@ -593,6 +635,12 @@ pub(super) async fn admit(
             Err(mismatch(&id, &record.name, name))
         }
         Ok(Created::Existing(record)) => match (record.damage(), record.status) {
+            (None, RecordStatus::Pending) if record.elsewhere => {
+                // Another runtime sharing the journal runs it: watch for its outcome.
+                lock(&inner.running).remove(&id);
+                inner.watch_elsewhere(id.clone(), tx.clone());
+                Ok(None)
+            }
             (None, RecordStatus::Pending) => {
                 Ok(Some((record.input, History::Journaled, record.deadline_at)))
             }

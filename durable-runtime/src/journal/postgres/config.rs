@@ -50,8 +50,11 @@ impl PgConfig {
                     .to_owned(),
             ));
         }
-        let (base, query) = match url.split_once('?') {
-            Some((base, query)) => (base, Some(query)),
+        // The query starts at the first `?` after the user name and password, which
+        // may hold one (and `@`): the host part ends at the last `@`.
+        let after_at = url.rfind('@').map_or(0, |at| at + 1);
+        let (base, query) = match url[after_at..].find('?') {
+            Some(q) => (&url[..after_at + q], Some(&url[after_at + q + 1..])),
             None => (url, None),
         };
         let mut schema = DEFAULT_SCHEMA.to_owned();
@@ -83,6 +86,26 @@ impl PgConfig {
             // tokio-postgres names the option it could not read, never its value.
             refuse(format!("the PostgreSQL URL is not valid: {}", chain(&e)))
         })?;
+        let unescaped = connect.get_hosts().iter().any(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.contains(['@', '/', '?', '#']),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(_) => false,
+        });
+        if unescaped {
+            return Err(refuse(
+                "the PostgreSQL URL's user name or password holds a character a URL must \
+                 escape: write @ as %40, ? as %3F, / as %2F and # as %23"
+                    .to_owned(),
+            ));
+        }
+        // A server that stops answering fails the connection within a minute, rather
+        // than holding every write (and the close) for TCP's two hours.
+        if connect.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            connect.keepalives_idle(Duration::from_secs(15));
+        }
+        if connect.get_tcp_user_timeout().is_none() {
+            connect.tcp_user_timeout(Duration::from_secs(30));
+        }
         if connect.get_connect_timeout().is_none() {
             connect.connect_timeout(Duration::from_secs(10));
         }
@@ -174,6 +197,9 @@ mod tests {
             format!("postgres://me:{sentinel}@db.example:5433/app"),
             format!("postgresql://me:{sentinel}@db.example/app?schema=jobs&connect_timeout=3"),
             format!("postgres://me:{sentinel}@h1:1,h2:2/app"),
+            // A `?` in the password is not the query.
+            format!("postgres://me:x?schema={sentinel}@h/app"),
+            format!("postgres://me:{sentinel}/x@h/app"),
         ] {
             let c = PgConfig::parse(&url).expect("a valid URL");
             assert!(!c.shown().contains(sentinel), "{}", c.shown());
@@ -186,10 +212,25 @@ mod tests {
             format!("postgres://me:{sentinel}@h/app?sslmode=verify-full"),
             format!("postgres://me:{sentinel}@h:notaport/app"),
             format!("mysql://me:{sentinel}@h/app"),
+            // Unescaped `@`, `?` and `/` in the password.
+            format!("postgres://me:{sentinel}@x@h/app"),
+            format!("postgres://me:a@{sentinel}@h/app?schema=ok"),
         ] {
             let e = PgConfig::parse(&url).expect_err(&url);
             assert!(!e.to_string().contains(sentinel), "{e}");
             assert!(!format!("{e:?}").contains(sentinel), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn a_question_mark_in_the_password_is_not_the_query() {
+        let c = PgConfig::parse("postgres://me:pa%3Fss@db/app?schema=jobs").expect("valid");
+        assert_eq!(c.schema, "jobs");
+        let c = PgConfig::parse("postgres://me:pa?ss@db/app?schema=jobs");
+        // tokio-postgres reads the unescaped `?` as the end of the password's URL part
+        // or refuses it; either way the schema is not taken from inside the password.
+        if let Ok(c) = c {
+            assert_eq!(c.schema, "jobs");
         }
     }
 

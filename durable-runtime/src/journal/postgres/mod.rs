@@ -38,6 +38,7 @@ use crate::path::StepPath;
 use crate::util::lock;
 
 pub(crate) mod config;
+mod executor;
 mod schema;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -55,8 +56,6 @@ pub(crate) enum PgError {
     Damaged(String),
     /// The journal's schema was written by a newer durable (its version).
     Newer(i64),
-    /// Another runtime holds the journal.
-    Locked,
 }
 
 impl From<tokio_postgres::Error> for PgError {
@@ -79,13 +78,6 @@ pub(crate) fn store_error(path: &Path, e: PgError) -> StoreError {
                 schema::VERSION
             ),
         ),
-        PgError::Locked => StoreError::new(
-            path,
-            StoreErrorKind::Io,
-            "the journal is in use by another runtime (a process holds its lock in PostgreSQL); \
-             stop that runtime, or use another schema (`?schema=` in the URL). The lock goes \
-             with the other runtime's connection, however its process ends",
-        ),
     }
 }
 
@@ -94,6 +86,16 @@ pub(crate) fn store_error(path: &Path, e: PgError) -> StoreError {
 /// does not know the URL, and durable keeps only its shown form).
 fn sql_error(path: &Path, e: &tokio_postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
+        if db.code().code() == schema::FENCED {
+            return StoreError::new(
+                path,
+                StoreErrorKind::TakenOver,
+                "another runtime sharing this journal took over this runtime's workflows: \
+                 this one was out of touch with the database for longer than its lease \
+                 (paused, or cut off). They go on there, and this runtime records nothing \
+                 more for them",
+            );
+        }
         let kind = match db.code().code() {
             // A constraint durable's own statements never break unless the schema was
             // changed outside durable.
@@ -129,9 +131,13 @@ pub(crate) struct PgStore {
     /// The journal as messages show it (the URL without its password).
     path: Arc<Path>,
     schema: String,
+    /// This runtime's executor id.
+    me: i64,
     writes: mpsc::UnboundedSender<Command>,
-    /// The store thread's runtime, which drives both connections.
-    handle: tokio::runtime::Handle,
+    /// Stops the watcher (heartbeats, claims, notifications).
+    stop_watch: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    /// Where the workflows claimed after the open go.
+    takeovers: Arc<Mutex<executor::Takeovers>>,
     /// The readers' connection; `None` once closed.
     reader: Mutex<Option<Arc<Client>>>,
     #[cfg(any(test, feature = "bench"))]
@@ -173,15 +179,23 @@ impl PgStore {
                     format!("cannot start the journal's thread: {e}"),
                 ))
             })?;
-        let handle = runtime.handle().clone();
         let (opened_tx, opened_rx) = std::sync::mpsc::sync_channel(1);
         let (writes, queue) = mpsc::unbounded_channel();
         let stats = Arc::new(Stats::default());
+        let takeovers = Arc::new(Mutex::new(executor::Takeovers::Held(Vec::new())));
+        let (stop_watch, watch_stopped) = tokio::sync::oneshot::channel();
+        let lease = options
+            .lease
+            .unwrap_or(executor::DEFAULT_LEASE)
+            .max(executor::MIN_LEASE);
         let thread = {
             let config = config.clone();
             let shown = path.clone();
             let stats = stats.clone();
             let codec = options.codec;
+            let names = options.workflows.clone();
+            let writes = writes.clone();
+            let takeovers = takeovers.clone();
             thread::Builder::new()
                 .name("durable-postgres".into())
                 .spawn(move || {
@@ -189,28 +203,42 @@ impl PgStore {
                         let opened = async {
                             let mut client = connect(&config).await?;
                             schema::migrate(&mut client, &config.schema).await?;
-                            // Held by the writer's session: released when it closes,
-                            // however its process ends.
-                            let locked: bool = client
-                                .query_one(
-                                    "SELECT pg_try_advisory_lock($1, $2)",
-                                    &[&schema::LOCK_CLASS, &(!schema::lock_key(&config.schema))],
-                                )
-                                .await?
-                                .try_get(0)?;
-                            if !locked {
-                                return Err(PgError::Locked);
-                            }
+                            let s = schema::quoted(&config.schema);
+                            let me = executor::register(&client, &s, lease).await?;
+                            // Before the runtime lists its pending workflows: those of
+                            // runtimes that stopped, and those nobody owns, are its own.
+                            executor::claim(&client, &s, me, &names).await?;
                             let reader = connect(&config).await?;
-                            let w =
-                                writer::Writer::new(client, &config.schema, shown, codec, stats)
-                                    .await?;
-                            Ok((w, Arc::new(reader)))
+                            // Its reads tell this runtime's workflows from others'.
+                            reader
+                                .batch_execute(&format!("SET durable.executor = '{me}'"))
+                                .await?;
+                            let reader = Arc::new(reader);
+                            let w = writer::Writer::new(
+                                client,
+                                &config.schema,
+                                me,
+                                shown,
+                                codec,
+                                stats,
+                            )
+                            .await?;
+                            let watch = executor::Watch {
+                                config: config.clone(),
+                                client: reader.clone(),
+                                me,
+                                lease,
+                                names,
+                                writes,
+                                takeovers,
+                            };
+                            Ok((w, reader, me, watch))
                         }
                         .await;
                         match opened {
-                            Ok((w, reader)) => {
-                                let _ = opened_tx.send(Ok(reader));
+                            Ok((w, reader, me, watch)) => {
+                                let _ = opened_tx.send(Ok((reader, me)));
+                                tokio::spawn(executor::watch(watch, watch_stopped));
                                 w.run(queue).await;
                             }
                             Err(e) => {
@@ -227,8 +255,8 @@ impl PgStore {
                     ))
                 })?
         };
-        let reader = match opened_rx.recv() {
-            Ok(Ok(reader)) => reader,
+        let (reader, me) = match opened_rx.recv() {
+            Ok(Ok(opened)) => opened,
             Ok(Err(e)) => {
                 let _ = thread.join();
                 return Err(Error::Store(store_error(&path, e)));
@@ -245,8 +273,10 @@ impl PgStore {
         Ok(PgStore {
             path,
             schema: config.schema.clone(),
+            me,
             writes,
-            handle,
+            stop_watch: Mutex::new(Some(stop_watch)),
+            takeovers,
             reader: Mutex::new(Some(reader)),
             #[cfg(any(test, feature = "bench"))]
             stats,
@@ -269,13 +299,52 @@ impl PgStore {
     ) -> Result<T, StoreError> {
         let client = lock(&self.reader).clone().ok_or_else(|| self.closed())?;
         let s = schema::quoted(&self.schema);
-        self.handle
-            .block_on(read(&client, &s))
-            .map_err(|e| store_error(&self.path, e))
+        block_on(read(&client, &s)).map_err(|e| store_error(&self.path, e))
+    }
+
+    /// Refuses a text PostgreSQL cannot hold: one with the NUL character.
+    fn text(&self, what: &str, text: &str) -> Result<(), StoreError> {
+        if text.contains('\0') {
+            Err(StoreError::new(
+                &*self.path,
+                StoreErrorKind::Invariant,
+                format!(
+                    "{what} holds the NUL character (`{}`), which PostgreSQL text cannot hold",
+                    text.escape_debug()
+                ),
+            ))
+        } else {
+            Ok(())
+        }
     }
 
     fn closed(&self) -> StoreError {
         StoreError::new(&*self.path, StoreErrorKind::Closed, "the journal is closed")
+    }
+}
+
+/// Runs `f` to its end on this thread, which sleeps while `f` waits. Reads wait for
+/// the store's own thread, which drives the connections, so they need no runtime of
+/// the caller's: this works on any thread, a tokio worker included (the engine reads
+/// a long history's next batch on the workflow's thread, as SQLite's reads block it).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+            return out;
+        }
+        thread::park();
     }
 }
 
@@ -288,11 +357,25 @@ impl Store for PgStore {
         self.write(|r| Op::Create(workflow, r))
     }
 
-    fn record_step(&self, step: StepRecord) -> Ack {
-        self.write(|r| Op::Record(step, r))
+    fn record_step(&self, mut step: StepRecord) -> Ack {
+        if let RecordedOutcome::Panicked(m) | RecordedOutcome::Interrupted(m) = &mut step.outcome {
+            without_nul(m);
+        }
+        let refused = match &step.effect {
+            super::Effect::None => Ok(()),
+            super::Effect::Send(m) => self.text("a topic", &m.topic),
+            super::Effect::SetEvent(e) => self.text("an event key", &e.0),
+        };
+        match refused {
+            Ok(()) => self.write(|r| Op::Record(step, r)),
+            Err(e) => refuse(&self.path, e),
+        }
     }
 
-    fn finish_workflow(&self, finish: Finish) -> Ack<bool> {
+    fn finish_workflow(&self, mut finish: Finish) -> Ack<bool> {
+        if let super::Finished::Failed(_, m) = &mut finish.outcome {
+            without_nul(m);
+        }
         self.write(|r| Op::Finish(finish, r))
     }
 
@@ -305,11 +388,21 @@ impl Store for PgStore {
     }
 
     fn send(&self, message: NewMessage) -> Ack {
-        self.write(|r| Op::Send(message, r))
+        match self.text("a topic", &message.topic) {
+            Ok(()) => self.write(|r| Op::Send(message, r)),
+            Err(e) => refuse(&self.path, e),
+        }
     }
 
     fn wait(&self, wait: Wait) -> Ack<Option<Vec<u8>>> {
-        self.write(|r| Op::Wait(wait, r))
+        let checked = match &wait.what {
+            super::WaitFor::Message { topic, .. } => self.text("a topic", topic),
+            super::WaitFor::Event { key, .. } => self.text("an event key", key),
+        };
+        match checked {
+            Ok(()) => self.write(|r| Op::Wait(wait, r)),
+            Err(e) => refuse(&self.path, e),
+        }
     }
 
     fn expire(&self, wait: WaitRecord) -> Ack<Option<Vec<u8>>> {
@@ -395,7 +488,10 @@ impl Store for PgStore {
         self.read(async |c, s| {
             let row = c
                 .query_opt(
-                    &format!("SELECT {WORKFLOW_COLUMNS} FROM {s}.workflows WHERE id = $1"),
+                    &format!(
+                        "SELECT {} FROM {s}.workflows WHERE id = $1",
+                        workflow_columns("")
+                    ),
                     &[&id],
                 )
                 .await?;
@@ -408,10 +504,11 @@ impl Store for PgStore {
             let rows = c
                 .query(
                     &format!(
-                        "SELECT {WORKFLOW_COLUMNS} FROM {s}.workflows WHERE status = 'pending'
-                         ORDER BY created_at, id"
+                        "SELECT {} FROM {s}.workflows
+                         WHERE status = 'pending' AND owner = $1 ORDER BY created_at, id",
+                        workflow_columns("")
                     ),
-                    &[],
+                    &[&self.me],
                 )
                 .await?;
             rows.iter().map(|r| workflow_row(r, 0)).collect()
@@ -422,12 +519,37 @@ impl Store for PgStore {
         self.read(async |c, s| check(c, s).await)
     }
 
+    fn takeovers(&self, to: mpsc::UnboundedSender<Arc<str>>) {
+        let mut takeovers = lock(&self.takeovers);
+        if let executor::Takeovers::Held(held) = &mut *takeovers {
+            for id in held.drain(..) {
+                let _ = to.send(id);
+            }
+        }
+        *takeovers = executor::Takeovers::To(to);
+    }
+
     fn close(&self) -> Result<(), StoreError> {
+        if let Some(stop) = lock(&self.stop_watch).take() {
+            let _ = stop.send(());
+        }
         let reader = lock(&self.reader).take();
         drop(reader);
         let (tx, rx) = std::sync::mpsc::channel();
         if self.writes.send(Command::Close(tx)).is_ok() {
-            let _ = rx.recv();
+            // A server that stopped answering must not hold the close for ever: the
+            // connections go with the process, and the workflows to the next runtime.
+            if rx.recv_timeout(CLOSE_WITHIN).is_err() {
+                return Err(StoreError::new(
+                    &*self.path,
+                    StoreErrorKind::Io,
+                    format!(
+                        "PostgreSQL did not answer the close within {CLOSE_WITHIN:?}; what was \
+                         queued may not be committed, and this runtime's workflows go to the \
+                         next runtime after its lease"
+                    ),
+                ));
+            }
         }
         if let Some(thread) = lock(&self.thread).take() {
             let _ = thread.join();
@@ -441,8 +563,29 @@ impl Store for PgStore {
     }
 }
 
+/// A write answered at once with `e`.
+fn refuse<T>(path: &Arc<Path>, e: StoreError) -> Ack<T> {
+    let (tx, ack) = Ack::channel(path);
+    let _ = tx.send(Err(e));
+    ack
+}
+
+/// A message (a panic's, a failure's) as PostgreSQL text can hold it: each NUL
+/// character shown as `␀`.
+fn without_nul(message: &mut String) {
+    if message.contains('\0') {
+        *message = message.replace('\0', "\u{2400}");
+    }
+}
+
+/// How long a close waits for the writer to commit what was queued.
+const CLOSE_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Drop for PgStore {
     fn drop(&mut self) {
+        if let Some(stop) = lock(&self.stop_watch).take() {
+            let _ = stop.send(());
+        }
         // The writer commits what was queued and ends with the queue; the thread is
         // not joined here (a drop must not block on the network).
         let _ = self.writes.send(Command::Stop);
@@ -451,9 +594,21 @@ impl Drop for PgStore {
 
 // Reads.
 
-/// The columns [`workflow_row`] reads, in its order.
-pub(super) const WORKFLOW_COLUMNS: &str = "id, name, status, input, output, error_kind, error, \
-     input_crc32, output_crc32, deadline_at, parent_id";
+/// The columns [`workflow_row`] reads, in its order, of the table or alias `t` (empty:
+/// the table unnamed).
+pub(super) fn workflow_columns(t: &str) -> String {
+    let t = if t.is_empty() {
+        String::new()
+    } else {
+        format!("{t}.")
+    };
+    format!(
+        "{t}id, {t}name, {t}status, {t}input, {t}output, {t}error_kind, {t}error, \
+         {t}input_crc32, {t}output_crc32, {t}deadline_at, {t}parent_id, \
+         ({t}status = 'pending' AND {t}owner IS DISTINCT FROM \
+          current_setting('durable.executor', true)::bigint)"
+    )
+}
 
 /// A checksum as a column holds it: a CRC-32 in a `bigint`.
 pub(super) fn crc_column(crc: u32) -> i64 {
@@ -468,7 +623,7 @@ pub(super) fn intact(key: &[&[u8]], bytes: &[u8], column: Option<i64>) -> bool {
         .is_some_and(|crc| checks(key, bytes, Some(crc)))
 }
 
-/// Reads a workflow row whose columns ([`WORKFLOW_COLUMNS`]) start at `at`.
+/// Reads a workflow row whose columns ([`workflow_columns`]) start at `at`.
 pub(super) fn workflow_row(r: &Row, at: usize) -> Result<WorkflowRecord, PgError> {
     let id: String = r.try_get(at)?;
     let status: String = r.try_get(at + 2)?;
@@ -513,6 +668,7 @@ pub(super) fn workflow_row(r: &Row, at: usize) -> Result<WorkflowRecord, PgError
         None
     };
     Ok(WorkflowRecord {
+        elsewhere: r.try_get::<_, Option<bool>>(at + 11)?.unwrap_or(false),
         damaged,
         cancelled,
         deadline_at: r.try_get(at + 9)?,
@@ -675,7 +831,10 @@ async fn check(c: &Client, s: &str) -> Result<Vec<Damage>, PgError> {
     let mut found = Vec::new();
     for r in c
         .query(
-            &format!("SELECT {WORKFLOW_COLUMNS} FROM {s}.workflows ORDER BY run"),
+            &format!(
+                "SELECT {} FROM {s}.workflows ORDER BY run",
+                workflow_columns("")
+            ),
             &[],
         )
         .await?

@@ -89,13 +89,35 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run, path, name)
     );
     "#,
+    // 2: the fence every batch of writes passes first (see `fence` in writer.rs).
+    r#"
+    CREATE FUNCTION {s}.fence(me bigint) RETURNS void LANGUAGE plpgsql AS $fence$
+    BEGIN
+        -- The lock makes a takeover of this executor's workflows (which sets dead_at)
+        -- wait for this transaction, or this transaction see the takeover.
+        PERFORM 1 FROM {s}.executors WHERE id = me AND dead_at IS NULL FOR SHARE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'executor % no longer owns its workflows', me
+                USING ERRCODE = 'DU001';
+        END IF;
+    END
+    $fence$;
+    "#,
 ];
 
 /// The schema version this build writes.
 pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;
 
-/// The first key of durable's advisory locks: `dura`.
+/// The first key of durable's migration lock: `dura`.
 pub(super) const LOCK_CLASS: i32 = 0x6475_7261;
+
+/// The high half of the key of the advisory lock each executor holds while it lives
+/// (`dure`); the low half is the executor's id. Another executor reads it in
+/// `pg_locks` to tell a process that ended from one that is only slow.
+pub(super) const EXECUTOR_LOCK_CLASS: i64 = 0x6475_7265;
+
+/// The SQLSTATE `fence` raises.
+pub(super) const FENCED: &str = "DU001";
 
 /// The second key of the advisory locks of the journal in `schema`: its name's CRC-32,
 /// so that journals in different schemas of one database do not wait for each other.

@@ -24,7 +24,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_postgres::{Client, Statement};
 
 use super::{
-    INTERRUPTED, PgError, Stats, WORKFLOW_COLUMNS, crc_column, intact, schema, store_error,
+    INTERRUPTED, PgError, Stats, crc_column, intact, schema, store_error, workflow_columns,
     workflow_row,
 };
 use crate::codec::{Codec, Fingerprint};
@@ -48,6 +48,9 @@ pub(super) enum Command {
     Close(std::sync::mpsc::Sender<()>),
     /// The store was dropped: commit what is queued before this, then stop.
     Stop,
+    /// Another process may have written what parked waits wait for: these (`None`:
+    /// anything), heard through the journal's notifications.
+    Recheck(Option<Vec<WaitFor>>),
 }
 
 /// A write, with where its answer goes.
@@ -141,6 +144,8 @@ struct Answered {
 /// The writer's prepared statements.
 struct Statements {
     begin: Statement,
+    fence: Statement,
+    notify: Statement,
     commit: Statement,
     rollback: Statement,
     create: Statement,
@@ -165,27 +170,37 @@ struct Statements {
 /// record a step: `r` is the run the id names, `ins` the inserted row, if any.
 macro_rules! record_step {
     () => {
-        "WITH r AS (SELECT run FROM {s}.workflows WHERE id = $1),
+        concat!(
+            run_of_first_parameter!(),
+            ",
          ins AS (INSERT INTO {s}.steps (run, path, name, output, error, attempts, started_at,
                                         finished_at, crc32, error_kind, args_fingerprint)
-                 SELECT run, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM r
+                 SELECT run, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM r WHERE mine
                  ON CONFLICT (run, path) DO NOTHING RETURNING run)"
+        )
     };
 }
 
-/// What a statement made with [`record_step!`] answers: whether the run exists, and
-/// whether the step was inserted.
-const RECORD_COUNTS: &str = " SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM ins)";
+/// `r`: the run whose workflow id is the statement's first parameter, and whether this
+/// executor owns it (the session's `durable.executor`, set at its registration).
+macro_rules! run_of_first_parameter {
+    () => {
+        "WITH r AS (SELECT run, owner IS NOT DISTINCT FROM
+                        current_setting('durable.executor')::bigint AS mine
+                    FROM {s}.workflows WHERE id = $1)"
+    };
+}
+
+/// What a statement made with [`record_step!`] answers: whether the run exists, whether
+/// this executor owns it, and whether the step was inserted.
+const RECORD_COUNTS: &str = " SELECT (SELECT count(*) FROM r), \
+     (SELECT count(*) FROM r WHERE mine), (SELECT count(*) FROM ins)";
 
 impl Statements {
     async fn prepare(c: &Client, schema: &str) -> Result<Statements, PgError> {
         let s = schema::quoted(schema);
         let sql = |text: &str| text.replace("{s}", &s);
-        let w_columns = WORKFLOW_COLUMNS
-            .split(", ")
-            .map(|c| format!("w.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let w_columns = workflow_columns("w");
         let family = "WITH RECURSIVE tree(id) AS (
                  SELECT $1::text COLLATE \"C\"
                  UNION SELECT w.id FROM {s}.workflows w JOIN tree t ON w.parent_id = t.id
@@ -193,14 +208,19 @@ impl Statements {
              )";
         Ok(Statements {
             begin: c.prepare("BEGIN").await?,
+            fence: c.prepare(&sql("SELECT {s}.fence($1)::text")).await?,
+            notify: c
+                .prepare("SELECT pg_notify($1, p)::text FROM unnest($2::text[]) p")
+                .await?,
             commit: c.prepare("COMMIT").await?,
             rollback: c.prepare("ROLLBACK").await?,
             create: c
                 .prepare(&sql(&format!(
                     "WITH ins AS (
                          INSERT INTO {{s}}.workflows (id, name, status, input, input_crc32,
-                             app_version, parent_id, created_at, updated_at, deadline_at)
-                         VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $7, $8)
+                             app_version, parent_id, created_at, updated_at, deadline_at, owner)
+                         VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $7, $8,
+                                 current_setting('durable.executor')::bigint)
                          ON CONFLICT (id) DO NOTHING RETURNING run)
                      SELECT (SELECT count(*) FROM ins), {w_columns}
                      FROM (VALUES (1)) one LEFT JOIN {{s}}.workflows w ON w.id = $1"
@@ -208,11 +228,12 @@ impl Statements {
                 .await?,
             workflow: c
                 .prepare(&sql(&format!(
-                    "SELECT {WORKFLOW_COLUMNS} FROM {{s}}.workflows WHERE id = $1"
+                    "SELECT {} FROM {{s}}.workflows WHERE id = $1",
+                    workflow_columns("")
                 )))
                 .await?,
             record: c
-                .prepare(&sql(concat!(record_step!(), " SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM ins)")))
+                .prepare(&sql(&format!("{}{RECORD_COUNTS}", record_step!())))
                 .await?,
             record_send: c
                 .prepare(&sql(&format!(
@@ -241,24 +262,31 @@ impl Statements {
                 .prepare(&sql(
                     "UPDATE {s}.workflows SET status = $2, output = $3, error_kind = $4, error = $5,
                          updated_at = $6, output_crc32 = $7
-                     WHERE id = $1 AND status = 'pending'",
+                     WHERE id = $1 AND status = 'pending'
+                       AND owner = current_setting('durable.executor')::bigint",
                 ))
                 .await?,
             started: c
                 .prepare(&sql(
-                    "WITH r AS (SELECT run FROM {s}.workflows WHERE id = $1),
+                    concat!(
+                        run_of_first_parameter!(),
+                        ",
                      ins AS (INSERT INTO {s}.started (run, path, name, started_at, wake_at, crc32)
-                             SELECT run, $2, $3, $4, $5, $6 FROM r
+                             SELECT run, $2, $3, $4, $5, $6 FROM r WHERE mine
                              ON CONFLICT (run, path) DO NOTHING)
-                     SELECT count(*) FROM r",
+                     SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM r WHERE mine)"
+                    ),
                 ))
                 .await?,
             patch: c
                 .prepare(&sql(
-                    "WITH r AS (SELECT run FROM {s}.workflows WHERE id = $1),
+                    concat!(
+                        run_of_first_parameter!(),
+                        ",
                      ins AS (INSERT INTO {s}.patches (run, path, name, crc32)
-                             SELECT run, $2, $3, $4 FROM r ON CONFLICT DO NOTHING)
-                     SELECT count(*) FROM r",
+                             SELECT run, $2, $3, $4 FROM r WHERE mine ON CONFLICT DO NOTHING)
+                     SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM r WHERE mine)"
+                    ),
                 ))
                 .await?,
             send: c
@@ -282,7 +310,8 @@ impl Statements {
                      up AS (UPDATE {{s}}.workflows
                             SET status = 'pending', output = NULL, output_crc32 = NULL,
                                 error_kind = NULL, error = NULL, deadline_at = NULL,
-                                updated_at = $2
+                                updated_at = $2,
+                                owner = current_setting('durable.executor')::bigint
                             WHERE id IN (SELECT id FROM tree)
                               AND (status = 'cancelled' OR (id = $1 AND status = 'failed'))
                             RETURNING id, run),
@@ -318,7 +347,8 @@ impl Statements {
             give_back: c
                 .prepare(&sql(
                     "WITH d AS (DELETE FROM {s}.steps
-                                WHERE run = (SELECT run FROM {s}.workflows WHERE id = $1)
+                                WHERE run = (SELECT run FROM {s}.workflows WHERE id = $1
+                                  AND owner = current_setting('durable.executor')::bigint)
                                   AND path = $2 AND name = $3 RETURNING 1)
                      INSERT INTO {s}.messages (seq, destination, topic, payload, crc32, sent_at)
                      SELECT (SELECT COALESCE(MIN(seq), 1) - 1 FROM {s}.messages),
@@ -334,6 +364,12 @@ impl Statements {
 pub(super) struct Writer {
     client: Client,
     sql: Statements,
+    /// The journal's schema, quoted.
+    schema: String,
+    /// This runtime's executor id (see [`super::executor`]).
+    me: i64,
+    /// Where batches that send or set something notify.
+    channel: String,
     path: Arc<Path>,
     codec: Codec,
     stats: Arc<Stats>,
@@ -344,6 +380,7 @@ impl Writer {
     pub(super) async fn new(
         client: Client,
         schema: &str,
+        me: i64,
         path: Arc<Path>,
         codec: Codec,
         stats: Arc<Stats>,
@@ -352,6 +389,9 @@ impl Writer {
         Ok(Writer {
             client,
             sql,
+            schema: schema::quoted(schema),
+            me,
+            channel: super::executor::channel(schema),
             path,
             codec,
             stats,
@@ -367,16 +407,18 @@ impl Writer {
                 break;
             };
             let mut ops = Vec::new();
-            let mut stop = queued(first, &mut ops);
+            let mut recheck = Recheck::Nothing;
+            let mut stop = queued(first, &mut ops, &mut recheck);
             while stop.is_none() && ops.len() < MAX_BATCH {
                 match queue.try_recv() {
-                    Ok(c) => stop = queued(c, &mut ops),
+                    Ok(c) => stop = queued(c, &mut ops, &mut recheck),
                     Err(_) => break,
                 }
             }
             if !ops.is_empty() {
                 self.batch(ops).await;
             }
+            self.recheck(recheck).await;
             if let Some(done) = stop {
                 closed = Some(done);
             }
@@ -384,6 +426,14 @@ impl Writer {
         // Parked waits answer Closed as their repliers drop; so do the writes queued
         // after a close.
         drop(queue);
+        if closed.is_some() {
+            // Its pending workflows go to the next runtime at once, not after a lease.
+            if let Err(e) = super::executor::release(&self.client, &self.schema, self.me).await {
+                tracing::warn!(error = ?e, "could not hand this runtime's pending workflows \
+                    back to the PostgreSQL journal; another runtime takes them over after \
+                    the lease");
+            }
+        }
         drop(self);
         if let Some(Some(done)) = closed {
             let _ = done.send(());
@@ -413,6 +463,91 @@ impl Writer {
         }
     }
 
+    /// Answers the parked waits that writes of other processes may have answered, in a
+    /// transaction of their own (rolled back if it answered none).
+    async fn recheck(&mut self, recheck: Recheck) {
+        let keys: Vec<WaitFor> = match recheck {
+            Recheck::Nothing => return,
+            Recheck::All => self.parked.keys().cloned().collect(),
+            Recheck::These(keys) => keys
+                .into_iter()
+                .filter(|k| self.parked.contains_key(k))
+                .collect(),
+        };
+        if keys.is_empty() {
+            return;
+        }
+        let answered = async {
+            self.begin().await?;
+            match self.answer_parked(keys).await {
+                Ok(answered) if answered.is_empty() => {
+                    self.client.execute(&self.sql.rollback, &[]).await?;
+                    Ok(answered)
+                }
+                Ok(answered) => {
+                    if let Err(e) = self.client.execute(&self.sql.commit, &[]).await {
+                        self.unanswer(answered);
+                        return Err(e.into());
+                    }
+                    self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                    Ok(answered)
+                }
+                Err(e) => {
+                    let _ = self.client.execute(&self.sql.rollback, &[]).await;
+                    Err(e)
+                }
+            }
+        };
+        match answered.await {
+            Ok(answered) => {
+                for a in answered {
+                    let _ = a.parked.reply.send(a.answer);
+                }
+            }
+            Err(e) => tracing::warn!(error = ?e, "answering waits for what another process \
+                wrote failed; they are answered at the next write of it"),
+        }
+    }
+
+    /// `BEGIN`, and the fence, pipelined.
+    async fn begin(&self) -> Result<(), PgError> {
+        let (begin, fence) = futures_util::future::join(
+            self.client.execute(&self.sql.begin, &[]),
+            self.client.execute(&self.sql.fence, &[&self.me]),
+        )
+        .await;
+        begin?;
+        fence?;
+        Ok(())
+    }
+
+    /// Parks again waits that a transaction answered, and that rolled back.
+    fn unanswer(&mut self, answered: Vec<Answered>) {
+        for a in answered.into_iter().rev() {
+            self.parked.entry(a.what).or_default().push_front(a.parked);
+        }
+    }
+
+    /// The notifications for what `ops` send or set: every process's parked waits for
+    /// it look again once the transaction commits.
+    fn notifications(&self, ops: &[Op]) -> Vec<String> {
+        let mut payloads: Vec<String> = Vec::new();
+        for what in ops.iter().filter_map(Op::touches) {
+            match super::executor::payload(&what) {
+                Some(p) => {
+                    if !payloads.contains(&p) {
+                        payloads.push(p);
+                    }
+                }
+                None => {
+                    payloads = vec!["*".to_owned()];
+                    break;
+                }
+            }
+        }
+        payloads
+    }
+
     /// Runs `ops` in one transaction and commits it: what each did, and the parked
     /// waits it answered. Changes nothing kept in memory unless it commits.
     async fn attempt(&mut self, ops: &[Op]) -> Result<(Vec<Done>, Vec<Answered>), PgError> {
@@ -421,18 +556,21 @@ impl Writer {
             .filter_map(Op::touches)
             .any(|what| self.parked.contains_key(&what));
         let all_simple = !wakes_parked && ops.iter().all(Op::simple);
-        if all_simple && ops.len() == 1 {
-            // One statement commits alone.
-            let (done, _) = self.simple(&ops[0]).await?;
-            self.stats.commits.fetch_add(1, Ordering::Relaxed);
-            return Ok((vec![done], Vec::new()));
-        }
+        let notify = self.notifications(ops);
         if all_simple {
-            // BEGIN, the writes and COMMIT, sent at once.
-            let (begin, done, commit) = join3(
-                self.client.execute(&self.sql.begin, &[]),
+            // BEGIN, the fence, the writes, the notifications and COMMIT, sent at once.
+            let notify = async {
+                if notify.is_empty() {
+                    return Ok(0);
+                }
+                self.client
+                    .execute(&self.sql.notify, &[&self.channel, &notify])
+                    .await
+            };
+            let (begin, done, (notified, commit)) = join3(
+                self.begin(),
                 join_all(ops.iter().map(|op| self.simple(op))),
-                self.client.execute(&self.sql.commit, &[]),
+                futures_util::future::join(notify, self.client.execute(&self.sql.commit, &[])),
             )
             .await;
             begin?;
@@ -442,14 +580,27 @@ impl Writer {
                 .into_iter()
                 .map(|d| d.map(|(done, _)| done))
                 .collect::<Result<Vec<_>, _>>()?;
+            notified?;
             commit?;
             self.stats.commits.fetch_add(1, Ordering::Relaxed);
             return Ok((done, Vec::new()));
         }
-        self.client.execute(&self.sql.begin, &[]).await?;
+        self.begin().await?;
         match self.in_transaction(ops).await {
             Ok(outcome) => {
-                self.client.execute(&self.sql.commit, &[]).await?;
+                let ended = async {
+                    if !notify.is_empty() {
+                        self.client
+                            .execute(&self.sql.notify, &[&self.channel, &notify])
+                            .await?;
+                    }
+                    self.client.execute(&self.sql.commit, &[]).await
+                };
+                if let Err(e) = ended.await {
+                    let _ = self.client.execute(&self.sql.rollback, &[]).await;
+                    self.unanswer(outcome.1);
+                    return Err(e.into());
+                }
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 Ok(outcome)
             }
@@ -513,25 +664,7 @@ impl Writer {
             return;
         }
         // Rare: a wait and the write that answers it in one batch, the wait first.
-        let retried = async {
-            self.client.execute(&self.sql.begin, &[]).await?;
-            match self.answer_parked(again).await {
-                Ok(answered) => {
-                    self.client.execute(&self.sql.commit, &[]).await?;
-                    self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                    Ok(answered)
-                }
-                Err(e) => {
-                    let _ = self.client.execute(&self.sql.rollback, &[]).await;
-                    Err(e)
-                }
-            }
-        };
-        if let Ok(answered) = retried.await {
-            for a in answered {
-                let _ = a.parked.reply.send(a.answer);
-            }
-        }
+        self.recheck(Recheck::These(again)).await;
     }
 
     /// Keeps a wait that found nothing until what it waits for is written.
@@ -598,9 +731,7 @@ impl Writer {
             }
             if let Some(e) = failed {
                 // Put back, in front, what this transaction answered: it rolls back.
-                for a in answered.into_iter().rev() {
-                    self.parked.entry(a.what).or_default().push_front(a.parked);
-                }
+                self.unanswer(answered);
                 return Err(e);
             }
         }
@@ -746,8 +877,8 @@ impl Writer {
                 let row = c
                     .query_one(&q.patch, &[&&**workflow_id, &at, name, &crc])
                     .await?;
-                let runs: i64 = row.try_get(0)?;
-                (Done::Unit(self.run_exists(runs, workflow_id)), None)
+                let (runs, mine): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+                (Done::Unit(self.run_exists(runs, mine, workflow_id)), None)
             }
             Op::Send(m, _) => {
                 let crc = crc_column(keyed_crc32(
@@ -928,8 +1059,8 @@ impl Writer {
                 &[&&*key.workflow_id, &path, &key.name, &at, &wake_at, &crc],
             )
             .await?;
-        let runs: i64 = row.try_get(0)?;
-        Ok(self.run_exists(runs, &key.workflow_id))
+        let (runs, mine): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        Ok(self.run_exists(runs, mine, &key.workflow_id))
     }
 
     /// A parked wait whose deadline passed: records `None` unless it was answered.
@@ -1040,9 +1171,10 @@ impl Writer {
         workflow_id: &str,
         path: &StepPath,
     ) -> Result<Result<(), StoreError>, PgError> {
-        let (runs, inserted): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-        Ok(if runs == 0 {
-            Err(no_such_run(&self.path, workflow_id))
+        let (runs, mine, inserted): (i64, i64, i64) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        Ok(if let Err(e) = self.run_exists(runs, mine, workflow_id) {
+            Err(e)
         } else if inserted == 0 {
             Err(StoreError::new(
                 &*self.path,
@@ -1057,9 +1189,12 @@ impl Writer {
         })
     }
 
-    fn run_exists(&self, runs: i64, workflow_id: &str) -> Result<(), StoreError> {
+    /// What a statement's counts of the run (see [`run_of_first_parameter!`]) say.
+    fn run_exists(&self, runs: i64, mine: i64, workflow_id: &str) -> Result<(), StoreError> {
         if runs == 0 {
             Err(no_such_run(&self.path, workflow_id))
+        } else if mine == 0 {
+            Err(taken_over(&self.path, workflow_id))
         } else {
             Ok(())
         }
@@ -1079,12 +1214,34 @@ impl Writer {
     }
 }
 
-/// Adds a queued command's write to `ops`; `Some` for a command that stops the writer
-/// (with a close's answer, if it is one).
-fn queued(c: Command, ops: &mut Vec<Op>) -> Option<Option<std::sync::mpsc::Sender<()>>> {
+/// Which parked waits to try again after a batch.
+enum Recheck {
+    Nothing,
+    These(Vec<WaitFor>),
+    All,
+}
+
+/// Adds a queued command's write to `ops` (or its recheck to `recheck`); `Some` for a
+/// command that stops the writer (with a close's answer, if it is one).
+fn queued(
+    c: Command,
+    ops: &mut Vec<Op>,
+    recheck: &mut Recheck,
+) -> Option<Option<std::sync::mpsc::Sender<()>>> {
     match c {
         Command::Write(op) => {
             ops.push(op);
+            None
+        }
+        Command::Recheck(keys) => {
+            *recheck = match (std::mem::replace(recheck, Recheck::Nothing), keys) {
+                (Recheck::All, _) | (_, None) => Recheck::All,
+                (Recheck::Nothing, Some(keys)) => Recheck::These(keys),
+                (Recheck::These(mut had), Some(keys)) => {
+                    had.extend(keys);
+                    Recheck::These(had)
+                }
+            };
             None
         }
         Command::Close(done) => Some(Some(done)),
@@ -1154,6 +1311,20 @@ fn already_recorded(path: &Path, key: &StepKey) -> StoreError {
         format!(
             "step {} of workflow {} is already recorded; a recorded step is never overwritten",
             key.path, key.workflow_id
+        ),
+    )
+}
+
+/// The error for a record made for a workflow another executor owns now.
+pub(super) fn taken_over(path: &Path, workflow_id: &str) -> StoreError {
+    StoreError::new(
+        path,
+        StoreErrorKind::TakenOver,
+        format!(
+            "workflow {workflow_id} belongs to another runtime sharing this journal now (it \
+             took the workflow over while this one was out of touch with the database for \
+             longer than its lease, or resumed it): it goes on there, and this runtime \
+             records nothing more for it"
         ),
     )
 }

@@ -101,6 +101,7 @@ pub(super) fn workflow_row(r: &Row<'_>) -> rusqlite::Result<rusqlite::Result<Wor
         None
     };
     Ok(Ok(WorkflowRecord {
+        elsewhere: false,
         damaged,
         cancelled,
         deadline_at: r.get(9)?,

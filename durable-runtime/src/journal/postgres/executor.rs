@@ -1,0 +1,324 @@
+//! Many runtimes on one journal: each is an *executor*, a row in `executors` with a
+//! heartbeat, and owns the pending workflows whose `owner` is its id.
+//!
+//! - **Liveness.** An executor's writer connection holds an advisory lock keyed by its
+//!   id for as long as it lives, and a watcher task beats its heartbeat every third of
+//!   its lease. Another executor finds it gone when the lock is free (its process
+//!   ended and the server dropped its connection: SIGKILL, a crash, a clean exit) or
+//!   when its heartbeat is older than its lease (a paused process, a lost machine, a
+//!   network cut the server has not noticed).
+//! - **Takeover.** Every live executor claims, every half of its lease and at its open,
+//!   the pending workflows of executors found gone and those with no owner (released
+//!   by a runtime that closed), in one statement: marking an executor dead and moving
+//!   its workflows commit together, and row locks make each workflow move once, to
+//!   one claimer.
+//! - **Fencing.** Every batch of writes first passes `fence(me)`, which share-locks the
+//!   executor's own row and raises unless it is alive. A takeover's `UPDATE` of that
+//!   row waits for a batch in flight to commit, and a batch after it fails: nothing is
+//!   recorded for a workflow after another executor took it, and the new owner's replay
+//!   sees everything recorded before.
+//! - **Wake-ups across processes.** A batch that sends a message or sets an event also
+//!   `NOTIFY`s, in its transaction (delivered at its commit). The watcher `LISTEN`s on
+//!   a connection of its own and hands what was written to the writer, which answers
+//!   its parked waits for it at once.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use super::writer::Command;
+use super::{PgConfig, PgError, schema};
+use crate::journal::WaitFor;
+use crate::journal::crc::crc32;
+use crate::util::lock;
+
+/// How long a runtime may be out of touch before another takes over its workflows,
+/// unless the builder says otherwise.
+pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+
+/// The shortest lease: heartbeats and claims more often than this would load the
+/// database for nothing.
+pub(crate) const MIN_LEASE: Duration = Duration::from_millis(200);
+
+/// Registers this runtime as an executor on the writer's connection `c`, which holds
+/// the executor's lock from then on; answers its id.
+pub(super) async fn register(c: &Client, s: &str, lease: Duration) -> Result<i64, PgError> {
+    let name = format!(
+        "{}:{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned()),
+        std::process::id()
+    );
+    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+    // The lock is taken in the statement that makes the row: no other executor can see
+    // the row without the lock.
+    let row = c
+        .query_one(
+            &format!(
+                "INSERT INTO {s}.executors (name, lease_ms) VALUES ($1, $2)
+                 RETURNING id, pg_advisory_lock(($3::bigint << 32) | id)::text"
+            ),
+            &[&name, &lease_ms, &schema::EXECUTOR_LOCK_CLASS],
+        )
+        .await?;
+    let me: i64 = row.try_get(0)?;
+    // Every statement of the writer reads its executor from the session.
+    c.batch_execute(&format!("SET durable.executor = '{me}'"))
+        .await?;
+    Ok(me)
+}
+
+/// Claims the pending workflows of executors found gone, and those with no owner;
+/// answers their ids. Only workflows named in `names` (all if it is empty).
+pub(super) async fn claim(
+    c: &Client,
+    s: &str,
+    me: i64,
+    names: &[&str],
+) -> Result<Vec<String>, PgError> {
+    let rows = c
+        .query(
+            &format!(
+                "WITH gone AS (
+                     UPDATE {s}.executors e SET dead_at = now()
+                     WHERE e.dead_at IS NULL AND e.id <> $1
+                       AND (e.heartbeat_at < now() - e.lease_ms * interval '1 millisecond'
+                            OR NOT EXISTS (
+                                SELECT 1 FROM pg_catalog.pg_locks l
+                                WHERE l.locktype = 'advisory' AND l.granted
+                                  AND l.database = (SELECT oid FROM pg_catalog.pg_database
+                                                    WHERE datname = current_database())
+                                  AND l.classid = $2::bigint::oid
+                                  AND l.objid = e.id::oid AND l.objsubid = 1))
+                     RETURNING e.id),
+                 claimed AS (
+                     UPDATE {s}.workflows w SET owner = $1
+                     WHERE w.status = 'pending'
+                       AND (cardinality($3::text[]) = 0 OR w.name = ANY($3::text[]))
+                       AND (w.owner IS NULL
+                            OR w.owner IN (SELECT id FROM gone)
+                            OR w.owner IN (SELECT id FROM {s}.executors
+                                           WHERE dead_at IS NOT NULL))
+                     RETURNING w.id)
+                 SELECT id FROM claimed"
+            ),
+            &[&me, &schema::EXECUTOR_LOCK_CLASS, &names],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| r.try_get(0).map_err(PgError::from))
+        .collect()
+}
+
+/// A closing executor gives its pending workflows up (another live executor takes them
+/// at its next claim, or the next open) and marks itself gone.
+pub(super) async fn release(c: &Client, s: &str, me: i64) -> Result<(), PgError> {
+    c.batch_execute(&format!(
+        "BEGIN;
+         UPDATE {s}.workflows SET owner = NULL WHERE owner = {me} AND status = 'pending';
+         UPDATE {s}.executors SET dead_at = now() WHERE id = {me} AND dead_at IS NULL;
+         COMMIT;"
+    ))
+    .await?;
+    Ok(())
+}
+
+/// The channel a journal's writers notify, and its watchers listen on.
+pub(super) fn channel(schema: &str) -> String {
+    format!("durable_{:08x}", crc32(schema.as_bytes()))
+}
+
+/// A notification's payload for what a write sent or set; `None` if it would not fit
+/// (the watcher then rechecks every parked wait).
+pub(super) fn payload(what: &WaitFor) -> Option<String> {
+    const SEP: char = '\u{1f}';
+    let text = match what {
+        WaitFor::Message { destination, topic } => format!("m{SEP}{destination}{SEP}{topic}"),
+        WaitFor::Event { workflow_id, key } => format!("e{SEP}{workflow_id}{SEP}{key}"),
+    };
+    // PostgreSQL's limit is 8000 bytes.
+    (text.len() < 7_900).then_some(text)
+}
+
+/// What a payload made by [`payload`] names; `None`: anything ("*", or not ours).
+fn parse(payload: &str) -> Option<WaitFor> {
+    let mut parts = payload.splitn(3, '\u{1f}');
+    let (kind, a, b) = (parts.next()?, parts.next()?, parts.next()?);
+    match kind {
+        "m" => Some(WaitFor::Message {
+            destination: a.to_owned(),
+            topic: b.to_owned(),
+        }),
+        "e" => Some(WaitFor::Event {
+            workflow_id: a.to_owned(),
+            key: b.to_owned(),
+        }),
+        _ => None,
+    }
+}
+
+/// Where the workflows claimed after the open go: held until the runtime asks.
+#[derive(Debug)]
+pub(super) enum Takeovers {
+    Held(Vec<Arc<str>>),
+    To(mpsc::UnboundedSender<Arc<str>>),
+}
+
+impl Takeovers {
+    pub(super) fn hand_over(&mut self, ids: impl IntoIterator<Item = Arc<str>>) {
+        match self {
+            Takeovers::Held(held) => held.extend(ids),
+            Takeovers::To(to) => {
+                for id in ids {
+                    let _ = to.send(id);
+                }
+            }
+        }
+    }
+}
+
+/// What the watcher needs.
+pub(super) struct Watch {
+    pub(super) config: PgConfig,
+    /// The connection heartbeats and claims go through (the readers').
+    pub(super) client: Arc<Client>,
+    pub(super) me: i64,
+    pub(super) lease: Duration,
+    pub(super) names: Arc<[&'static str]>,
+    pub(super) writes: mpsc::UnboundedSender<Command>,
+    pub(super) takeovers: Arc<Mutex<Takeovers>>,
+}
+
+/// Beats the heartbeat, claims the workflows of executors gone, and passes
+/// notifications to the writer, until the store closes (`stop` resolves).
+pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>) {
+    let s = schema::quoted(&w.config.schema);
+    let mut beat = tokio::time::interval(w.lease / 3);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut claims = tokio::time::interval(w.lease / 2);
+    claims.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first ticks are at once: the open has just beaten and claimed.
+    beat.tick().await;
+    claims.tick().await;
+    // The listening connection, and what it hears.
+    let mut listener: Option<(Client, mpsc::UnboundedReceiver<String>)> = None;
+    let mut lost = false;
+    loop {
+        if listener.is_none() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            if let Ok(client) = listen(&w.config, tx).await {
+                listener = Some((client, rx));
+                // Notifications sent while nobody listened are lost: look again.
+                let _ = w.writes.send(Command::Recheck(None));
+            }
+        }
+        let heard = async {
+            match &mut listener {
+                Some((_, rx)) => rx.recv().await,
+                None => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Some(String::new())
+                }
+            }
+        };
+        let event = tokio::select! {
+            _ = &mut stop => return,
+            _ = beat.tick() => Event::Beat,
+            _ = claims.tick(), if !lost => Event::Claim,
+            payload = heard => Event::Heard(payload),
+        };
+        match event {
+            Event::Beat => {
+                let beaten = w
+                    .client
+                    .execute(
+                        &format!(
+                            "UPDATE {s}.executors SET heartbeat_at = now()
+                             WHERE id = $1 AND dead_at IS NULL"
+                        ),
+                        &[&w.me],
+                    )
+                    .await;
+                match beaten {
+                    Ok(0) if !lost => {
+                        lost = true;
+                        tracing::error!(
+                            executor = w.me,
+                            "this runtime was out of touch with the PostgreSQL journal for \
+                             longer than its lease, and another runtime took over its \
+                             workflows: they go on there, and this runtime records nothing \
+                             more for them"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(
+                        error = %super::config::chain(&e),
+                        "the heartbeat could not reach the PostgreSQL journal"
+                    ),
+                }
+            }
+            Event::Claim => match claim(&w.client, &s, w.me, &w.names).await {
+                Ok(ids) if !ids.is_empty() => {
+                    tracing::info!(
+                        workflows = ids.len(),
+                        "took over the pending workflows of runtimes that stopped"
+                    );
+                    lock(&w.takeovers).hand_over(ids.into_iter().map(Arc::from));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(
+                    error = ?e,
+                    "claiming the workflows of stopped runtimes failed; trying again"
+                ),
+            },
+            Event::Heard(Some(p)) => {
+                if let Some((_, rx)) = &mut listener {
+                    let mut keys = vec![parse(&p)];
+                    while let Ok(p) = rx.try_recv() {
+                        keys.push(parse(&p));
+                    }
+                    let keys = keys.into_iter().collect::<Option<Vec<_>>>();
+                    let _ = w.writes.send(Command::Recheck(keys));
+                }
+            }
+            // The listening connection ended: listen again.
+            Event::Heard(None) => listener = None,
+        }
+    }
+}
+
+/// What woke the watcher.
+enum Event {
+    Beat,
+    Claim,
+    /// A notification's payload; `None`: the listening connection ended.
+    Heard(Option<String>),
+}
+
+/// Opens the listening connection and `LISTEN`s on the journal's channel; each
+/// notification's payload goes to `heard`.
+async fn listen(
+    config: &PgConfig,
+    heard: mpsc::UnboundedSender<String>,
+) -> Result<Client, PgError> {
+    let (client, mut connection) = config.connect.connect(NoTls).await?;
+    tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if heard.send(n.payload().to_owned()).is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                // Dropping `heard` tells the watcher.
+                Some(Err(_)) | None => return,
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {}", channel(&config.schema)))
+        .await?;
+    Ok(client)
+}
