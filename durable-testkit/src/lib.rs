@@ -58,6 +58,8 @@ mod crash;
 mod explore;
 pub mod faults;
 mod journal;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod replay;
 
 pub use crate::crash::{CrashCheck, CrashFailure, CrashReport, StepRuns, crash_at_every_step};

@@ -28,10 +28,13 @@
 //! Other modes (used by the demo and by `tests/crash.rs`):
 //!
 //! - `checkout demo-run --journal PATH [--crash-in STEP]`: one run of the demo's child.
-//! - `checkout worker --journal PATH --log PATH --orders N --step-delay-ms D`: starts
+//! - `checkout worker --journal PATH --log PATH --orders N --step-delay-ms D [--lease-ms L]`: starts
 //!   orders `order-1` to `order-N` (or finds them in the journal), waits for all of
 //!   them and prints `RESULT <id> <result>` for each. Every step body appends
-//!   `<workflow id> <path> <step name>` to the log file when it starts.
+//!   `<workflow id> <path> <step name> <µs since the epoch>` to the log file when it
+//!   starts. On a PostgreSQL journal several workers can run the same orders: each
+//!   order runs in one of them, the others watch for its result, and a worker that
+//!   dies has its orders taken over (`--lease-ms`: `RuntimeBuilder::lease`).
 
 use std::error::Error;
 use std::fs::OpenOptions;
@@ -65,7 +68,7 @@ fn main() -> ExitCode {
 
 const USAGE: &str = "usage: checkout [--journal PATH|URL]   (the crash-and-recover demo)
        checkout demo-run --journal PATH [--crash-in STEP]
-       checkout worker --journal PATH --log PATH --orders N --step-delay-ms D";
+       checkout worker --journal PATH --log PATH --orders N --step-delay-ms D [--lease-ms L]";
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
@@ -235,7 +238,11 @@ fn worker(args: &[String]) -> Res<ExitCode> {
         })
         .map_err(|_| "configured twice")?;
     tokio_runtime()?.block_on(async {
-        let rt = Runtime::open(&journal).await?;
+        let mut builder = Runtime::builder(&journal);
+        if let Some(ms) = option(args, "--lease-ms") {
+            builder = builder.lease(Duration::from_millis(ms.parse()?));
+        }
+        let rt = builder.open().await?;
         let mut handles = Vec::new();
         for i in 1..=orders {
             let order = worker_order(i);

@@ -313,8 +313,13 @@ async fn simulate_work(name: &str, detail: String) {
         .map(|s| (s.workflow_id().to_owned(), s.path().to_string()))
         .unwrap_or_default();
     if let Some(mut log) = cfg.log.as_ref() {
-        // One write of the whole line, to a file opened in append mode.
-        log.write_all(format!("{workflow_id} {path} {name}\n").as_bytes())
+        // One write of the whole line, to a file opened in append mode: which body, and
+        // when it started (µs since the epoch; the tests compare it with when its
+        // step's record was made).
+        let us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        log.write_all(format!("{workflow_id} {path} {name} {us}\n").as_bytes())
             .expect("cannot write the step log");
     }
     say(format_args!("{name:<14} runs: {detail}"));

@@ -157,8 +157,16 @@ fn log_entries(log: &Path) -> Res<Vec<(String, String, String)>> {
     text.lines()
         .map(|line| {
             let mut parts = line.split(' ');
-            match (parts.next(), parts.next(), parts.next(), parts.next()) {
-                (Some(w), Some(p), Some(n), None) => Ok((w.to_owned(), p.to_owned(), n.to_owned())),
+            match (
+                parts.next(),
+                parts.next(),
+                parts.next(),
+                parts.next(),
+                parts.next(),
+            ) {
+                (Some(w), Some(p), Some(n), Some(_started), None) => {
+                    Ok((w.to_owned(), p.to_owned(), n.to_owned()))
+                }
                 _ => Err(format!("malformed step log line {line:?} in {}", log.display()).into()),
             }
         })

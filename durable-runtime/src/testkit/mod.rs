@@ -621,3 +621,12 @@ pub async fn replay_journal(path: &Path) -> Result<Vec<Replayed>, Error> {
 pub fn io_error(path: &Path, e: &dyn fmt::Display) -> StoreError {
     StoreError::new(path, crate::error::StoreErrorKind::Io, e.to_string())
 }
+
+/// A PostgreSQL server for tests, as a URL: the one `DATABASE_URL` names, or else one
+/// started once per test process in a temporary directory from the PostgreSQL installed
+/// under `/usr/lib/postgresql`, stopped (and its directory removed) when the process
+/// ends, however it ends. Panics, saying what to install or set, if there is neither.
+#[cfg(feature = "postgres")]
+pub fn postgres_url() -> String {
+    crate::journal::postgres::testing::database_url()
+}

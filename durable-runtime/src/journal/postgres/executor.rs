@@ -83,6 +83,8 @@ pub(super) async fn claim(
                 "WITH gone AS (
                      UPDATE {s}.executors e SET dead_at = now()
                      WHERE e.dead_at IS NULL AND e.id <> $1
+                       AND EXISTS (SELECT 1 FROM {s}.executors
+                                   WHERE id = $1 AND dead_at IS NULL)
                        AND (e.heartbeat_at < now() - e.lease_ms * interval '1 millisecond'
                             OR NOT EXISTS (
                                 SELECT 1 FROM pg_catalog.pg_locks l
@@ -95,6 +97,9 @@ pub(super) async fn claim(
                  claimed AS (
                      UPDATE {s}.workflows w SET owner = $1
                      WHERE w.status = 'pending'
+                       -- A claimer taken over itself claims nothing.
+                       AND EXISTS (SELECT 1 FROM {s}.executors
+                                   WHERE id = $1 AND dead_at IS NULL)
                        AND (cardinality($3::text[]) = 0 OR w.name = ANY($3::text[]))
                        AND (w.owner IS NULL
                             OR w.owner IN (SELECT id FROM gone)

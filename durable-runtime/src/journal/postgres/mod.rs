@@ -40,7 +40,7 @@ use crate::util::lock;
 pub(crate) mod config;
 mod executor;
 mod schema;
-#[cfg(test)]
+#[cfg(any(test, feature = "testkit"))]
 pub(crate) mod testing;
 mod writer;
 

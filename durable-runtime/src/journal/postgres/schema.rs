@@ -103,6 +103,11 @@ const MIGRATIONS: &[&str] = &[
     END
     $fence$;
     "#,
+    // 3: which executor recorded each step (for operators, and to check fencing).
+    r#"
+    ALTER TABLE {s}.steps ADD COLUMN executor bigint
+        DEFAULT current_setting('durable.executor', true)::bigint;
+    "#,
 ];
 
 /// The schema version this build writes.

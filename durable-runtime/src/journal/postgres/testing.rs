@@ -1,8 +1,10 @@
 //! PostgreSQL for the tests: the server they run against, and a journal schema per
 //! test directory.
 
+#[cfg(test)]
 use std::path::Path;
 
+#[cfg(test)]
 use super::{PgConfig, connect, schema};
 
 /// The server the tests use: `DATABASE_URL` if it is set (`.ci/run` starts one and sets
@@ -45,11 +47,15 @@ fn start_server() -> String {
                     .into(),
             )
         });
-    let dir = tempfile::Builder::new()
-        .prefix("durable-test-pg-")
-        .tempdir()
-        .expect("a temporary directory")
-        .keep();
+    let dir = std::env::temp_dir().join(format!(
+        "durable-test-pg-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir(&dir)
+        .unwrap_or_else(|e| fail(format!("cannot create {}: {e}", dir.display())));
     let root = Command::new("id")
         .arg("-u")
         .output()
@@ -125,6 +131,7 @@ fn start_server() -> String {
     ))
 }
 
+#[cfg(test)]
 /// The journal of the test directory `dir`: a schema of its own in the test server,
 /// emptied the first time `dir` asks for it (a schema left by an earlier run goes).
 pub(crate) fn config_for(dir: &Path) -> PgConfig {
@@ -152,6 +159,7 @@ pub(crate) fn config_for(dir: &Path) -> PgConfig {
     config
 }
 
+#[cfg(test)]
 /// Changes every value of the (closed) journal of `dir` so that it no longer matches
 /// its checksum, for the contract's damage rule.
 pub(crate) fn damage_every_value(dir: &Path) {
@@ -176,6 +184,7 @@ pub(crate) fn damage_every_value(dir: &Path) {
     });
 }
 
+#[cfg(test)]
 /// Runs `f` to completion on a runtime of its own, on a thread of its own (callable
 /// from async tests).
 pub(crate) fn on_own_runtime<F, Fut>(f: F)
