@@ -21,3 +21,10 @@
 pub fn database_url() -> String {
     durable_runtime::testkit::postgres_url()
 }
+
+/// Whether a [`Server`] syncs its writes (`fsync`).
+pub use durable_runtime::testkit::PostgresFsync as Fsync;
+/// A PostgreSQL server of the test's own, which a test can crash and restart
+/// ([`Server::restart`]): in a temporary directory, from the PostgreSQL installed under
+/// `/usr/lib/postgresql`, stopped and removed when dropped or when the process ends.
+pub use durable_runtime::testkit::PostgresServer as Server;

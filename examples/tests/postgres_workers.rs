@@ -453,3 +453,66 @@ fn a_paused_worker_taken_over_records_nothing_more() -> Res<()> {
     assert!(b_results[0].contains("Ok("), "B's result: {b_results:?}");
     Ok(())
 }
+
+#[test]
+fn the_database_restarting_twice_loses_and_strands_nothing() -> Res<()> {
+    use durable_testkit::postgres::{Fsync, Server};
+    const ORDERS: usize = 200;
+    // A server of its own, which the test crashes: as durable as a production one.
+    let server = Server::start(Fsync::On);
+    let dir = tempfile::tempdir()?;
+    let url = |schema: &str| format!("{}?schema={schema}", server.url);
+
+    let mut base = Worker::start_with(
+        &url("restart_base"),
+        &dir.path().join("base.log"),
+        ORDERS,
+        200,
+    )?;
+    let (status, stdout, stderr) = base.finish(Duration::from_secs(120))?;
+    assert!(
+        status.success(),
+        "the reference run failed:\n{stdout}\n{stderr}"
+    );
+    let expected = results(&stdout);
+    let expected_steps: BTreeSet<_> = steps(&server.url, "restart_base")?.into_keys().collect();
+
+    let mut worker = Worker::start_with(&url("restarted"), &dir.path().join("w.log"), ORDERS, 300)?;
+    for (restart, after) in [(1, 600), (2, 300)] {
+        std::thread::sleep(Duration::from_millis(after));
+        let before = steps(&server.url, "restarted")?.len();
+        let restarted = Instant::now();
+        server.restart();
+        println!(
+            "restart {restart}: {before}/{} steps recorded; the server was back in {} ms",
+            expected_steps.len(),
+            restarted.elapsed().as_millis()
+        );
+    }
+    let (status, stdout, stderr) = worker.finish(Duration::from_secs(120))?;
+    assert!(status.success(), "the worker failed:\n{stdout}\n{stderr}");
+    assert_eq!(results(&stdout), expected, "the results");
+    let recorded = steps(&server.url, "restarted")?;
+    let keys: BTreeSet<_> = recorded.keys().cloned().collect();
+    assert_eq!(keys, expected_steps, "the recorded steps");
+    let pending = with_db(&server.url, async |c| {
+        let row = c
+            .query_one(
+                "SELECT count(*) FROM restarted.workflows WHERE status = 'pending'",
+                &[],
+            )
+            .await?;
+        Ok(row.get::<_, i64>(0))
+    })?;
+    assert_eq!(pending, 0, "workflows left pending");
+    for (w, path, name, started_us) in log_lines(&dir.path().join("w.log"))? {
+        let finished_ms = recorded
+            .get(&(w.clone(), path.clone(), name.clone()))
+            .ok_or_else(|| format!("step {path} ({name}) of {w} ran but is not recorded"))?;
+        assert!(
+            started_us / 1000 <= *finished_ms,
+            "step {path} ({name}) of {w} started after its record"
+        );
+    }
+    Ok(())
+}

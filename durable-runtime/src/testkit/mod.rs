@@ -630,3 +630,6 @@ pub fn io_error(path: &Path, e: &dyn fmt::Display) -> StoreError {
 pub fn postgres_url() -> String {
     crate::journal::postgres::testing::database_url()
 }
+
+#[cfg(feature = "postgres")]
+pub use crate::journal::postgres::testing::{Fsync as PostgresFsync, Server as PostgresServer};

@@ -12,8 +12,9 @@
 //!   by a runtime that closed), in one statement: marking an executor dead and moving
 //!   its workflows commit together, and row locks make each workflow move once, to
 //!   one claimer.
-//! - **Fencing.** Every batch of writes first passes `fence(me)`, which share-locks the
-//!   executor's own row and raises unless it is alive. A takeover's `UPDATE` of that
+//! - **Fencing.** Every batch of writes first passes `fence(me, n)`, which updates (and
+//!   so locks) the executor's own row, recording the batch's number `n`, and raises
+//!   unless it is alive. A takeover's `UPDATE` of that
 //!   row waits for a batch in flight to commit, and a batch after it fails: nothing is
 //!   recorded for a workflow after another executor took it, and the new owner's replay
 //!   sees everything recorded before.
@@ -76,6 +77,7 @@ pub(super) async fn claim(
     s: &str,
     me: i64,
     names: &[&str],
+    trust_locks: bool,
 ) -> Result<Vec<String>, PgError> {
     let rows = c
         .query(
@@ -85,6 +87,10 @@ pub(super) async fn claim(
                      WHERE e.dead_at IS NULL AND e.id <> $1
                        AND EXISTS (SELECT 1 FROM {s}.executors
                                    WHERE id = $1 AND dead_at IS NULL)
+                       -- Not for a lease after this claimer connected (again): after
+                       -- the database restarts, the others need that long to reconnect
+                       -- and beat again.
+                       AND $4
                        AND (e.heartbeat_at < now() - e.lease_ms * interval '1 millisecond'
                             OR NOT EXISTS (
                                 SELECT 1 FROM pg_catalog.pg_locks l
@@ -108,7 +114,7 @@ pub(super) async fn claim(
                      RETURNING w.id)
                  SELECT id FROM claimed"
             ),
-            &[&me, &schema::EXECUTOR_LOCK_CLASS, &names],
+            &[&me, &schema::EXECUTOR_LOCK_CLASS, &names, &trust_locks],
         )
         .await?;
     rows.iter()
@@ -183,11 +189,42 @@ impl Takeovers {
     }
 }
 
+/// The readers' connection, which heartbeats and claims also use: the watcher makes it
+/// again when it drops; `None` once the store is closed.
+pub(super) type ReaderSlot = Arc<Mutex<Option<Arc<Client>>>>;
+
+/// Connects the readers' connection of executor `me`.
+pub(super) async fn reader(config: &PgConfig, me: i64) -> Result<Client, PgError> {
+    let client = super::connect(config).await?;
+    // Its reads tell this runtime's workflows from others'.
+    client
+        .batch_execute(&format!("SET durable.executor = '{me}'"))
+        .await?;
+    Ok(client)
+}
+
+/// The readers' connection, made again if it dropped; `None` if it cannot be now, or
+/// the store is closed. `connected` is set when it is made again.
+async fn healthy(w: &Watch, connected: &mut tokio::time::Instant) -> Option<Arc<Client>> {
+    let current = lock(&w.reader).clone()?;
+    if !current.is_closed() {
+        return Some(current);
+    }
+    let fresh = Arc::new(reader(&w.config, w.me).await.ok()?);
+    let mut slot = lock(&w.reader);
+    // Not if the store closed meanwhile.
+    slot.as_ref()?;
+    *slot = Some(fresh.clone());
+    *connected = tokio::time::Instant::now();
+    tracing::info!("the readers' connection to the PostgreSQL journal is back");
+    Some(fresh)
+}
+
 /// What the watcher needs.
 pub(super) struct Watch {
     pub(super) config: PgConfig,
     /// The connection heartbeats and claims go through (the readers').
-    pub(super) client: Arc<Client>,
+    pub(super) reader: ReaderSlot,
     pub(super) me: i64,
     pub(super) lease: Duration,
     pub(super) names: Arc<[&'static str]>,
@@ -209,6 +246,12 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
     // The listening connection, and what it hears.
     let mut listener: Option<(Client, mpsc::UnboundedReceiver<String>)> = None;
     let mut lost = false;
+    // When the readers' connection was last made: after the database restarts, every
+    // executor's lock is free until it reconnects, so for a lease after reconnecting a
+    // free lock alone does not make another executor gone.
+    let mut connected = tokio::time::Instant::now() - w.lease;
+    let mut check = tokio::time::interval(Duration::from_millis(100));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if listener.is_none() {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -229,14 +272,20 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
         };
         let event = tokio::select! {
             _ = &mut stop => return,
+            _ = check.tick() => Event::Check,
             _ = beat.tick() => Event::Beat,
             _ = claims.tick(), if !lost => Event::Claim,
             payload = heard => Event::Heard(payload),
         };
         match event {
+            Event::Check => {
+                let _ = healthy(&w, &mut connected).await;
+            }
             Event::Beat => {
-                let beaten = w
-                    .client
+                let Some(client) = healthy(&w, &mut connected).await else {
+                    continue;
+                };
+                let beaten = client
                     .execute(
                         &format!(
                             "UPDATE {s}.executors SET heartbeat_at = now()
@@ -263,20 +312,26 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
                     ),
                 }
             }
-            Event::Claim => match claim(&w.client, &s, w.me, &w.names).await {
-                Ok(ids) if !ids.is_empty() => {
-                    tracing::info!(
-                        workflows = ids.len(),
-                        "took over the pending workflows of runtimes that stopped"
-                    );
-                    lock(&w.takeovers).hand_over(ids.into_iter().map(Arc::from));
+            Event::Claim => {
+                let Some(client) = healthy(&w, &mut connected).await else {
+                    continue;
+                };
+                let trust_locks = connected.elapsed() >= w.lease;
+                match claim(&client, &s, w.me, &w.names, trust_locks).await {
+                    Ok(ids) if !ids.is_empty() => {
+                        tracing::info!(
+                            workflows = ids.len(),
+                            "took over the pending workflows of runtimes that stopped"
+                        );
+                        lock(&w.takeovers).hand_over(ids.into_iter().map(Arc::from));
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(
+                        error = ?e,
+                        "claiming the workflows of stopped runtimes failed; trying again"
+                    ),
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(
-                    error = ?e,
-                    "claiming the workflows of stopped runtimes failed; trying again"
-                ),
-            },
+            }
             Event::Heard(Some(p)) => {
                 if let Some((_, rx)) = &mut listener {
                     let mut keys = vec![parse(&p)];
@@ -295,6 +350,8 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
 
 /// What woke the watcher.
 enum Event {
+    /// Time to look at the readers' connection.
+    Check,
     Beat,
     Claim,
     /// A notification's payload; `None`: the listening connection ended.

@@ -64,6 +64,25 @@ impl From<tokio_postgres::Error> for PgError {
     }
 }
 
+/// Whether `e` means the connection is gone (the server restarted or shut down, the
+/// network dropped) rather than that a statement failed.
+pub(super) fn connection_lost(e: &PgError) -> bool {
+    let PgError::Sql(e) = e else {
+        return false;
+    };
+    if e.is_closed() {
+        return true;
+    }
+    match e.as_db_error() {
+        // Connection exceptions, and the server shutting down or restarting.
+        Some(db) => {
+            let code = db.code().code();
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+        }
+        None => std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
+    }
+}
+
 /// `e` as the error of the journal shown as `path`.
 pub(crate) fn store_error(path: &Path, e: PgError) -> StoreError {
     match e {
@@ -139,7 +158,7 @@ pub(crate) struct PgStore {
     /// Where the workflows claimed after the open go.
     takeovers: Arc<Mutex<executor::Takeovers>>,
     /// The readers' connection; `None` once closed.
-    reader: Mutex<Option<Arc<Client>>>,
+    reader: executor::ReaderSlot,
     #[cfg(any(test, feature = "bench"))]
     stats: Arc<Stats>,
     thread: Mutex<Option<thread::JoinHandle<()>>>,
@@ -207,16 +226,13 @@ impl PgStore {
                             let me = executor::register(&client, &s, lease).await?;
                             // Before the runtime lists its pending workflows: those of
                             // runtimes that stopped, and those nobody owns, are its own.
-                            executor::claim(&client, &s, me, &names).await?;
-                            let reader = connect(&config).await?;
-                            // Its reads tell this runtime's workflows from others'.
-                            reader
-                                .batch_execute(&format!("SET durable.executor = '{me}'"))
-                                .await?;
-                            let reader = Arc::new(reader);
+                            executor::claim(&client, &s, me, &names, true).await?;
+                            let reader = executor::reader(&config, me).await?;
+                            let reader: executor::ReaderSlot =
+                                Arc::new(Mutex::new(Some(Arc::new(reader))));
                             let w = writer::Writer::new(
                                 client,
-                                &config.schema,
+                                config.clone(),
                                 me,
                                 shown,
                                 codec,
@@ -225,7 +241,7 @@ impl PgStore {
                             .await?;
                             let watch = executor::Watch {
                                 config: config.clone(),
-                                client: reader.clone(),
+                                reader: reader.clone(),
                                 me,
                                 lease,
                                 names,
@@ -277,7 +293,7 @@ impl PgStore {
             writes,
             stop_watch: Mutex::new(Some(stop_watch)),
             takeovers,
-            reader: Mutex::new(Some(reader)),
+            reader,
             #[cfg(any(test, feature = "bench"))]
             stats,
             thread: Mutex::new(Some(thread)),
@@ -293,13 +309,24 @@ impl PgStore {
     }
 
     /// Runs `read` on the readers' connection, blocking until it is done.
+    ///
+    /// A read whose connection dropped waits for the watcher to connect again (the
+    /// database restarting, a failover), and is made again: a replay waits for the
+    /// database rather than fail.
     fn read<T>(
         &self,
-        read: impl AsyncFnOnce(&Client, &str) -> Result<T, PgError>,
+        read: impl AsyncFn(&Client, &str) -> Result<T, PgError>,
     ) -> Result<T, StoreError> {
-        let client = lock(&self.reader).clone().ok_or_else(|| self.closed())?;
         let s = schema::quoted(&self.schema);
-        block_on(read(&client, &s)).map_err(|e| store_error(&self.path, e))
+        loop {
+            let client = lock(&self.reader).clone().ok_or_else(|| self.closed())?;
+            match block_on(read(&client, &s)) {
+                Err(e) if connection_lost(&e) => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                done => return done.map_err(|e| store_error(&self.path, e)),
+            }
+        }
     }
 
     /// Refuses a text PostgreSQL cannot hold: one with the NUL character.

@@ -108,6 +108,23 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE {s}.steps ADD COLUMN executor bigint
         DEFAULT current_setting('durable.executor', true)::bigint;
     "#,
+    // 4: the fence numbers the transactions it lets through, so that a writer whose
+    // connection dropped as it committed can tell whether its last one did.
+    r#"
+    ALTER TABLE {s}.executors ADD COLUMN last_batch bigint NOT NULL DEFAULT 0;
+    DROP FUNCTION {s}.fence(bigint);
+    CREATE FUNCTION {s}.fence(me bigint, batch bigint) RETURNS void LANGUAGE plpgsql AS $fence$
+    BEGIN
+        -- The row lock makes a takeover of this executor's workflows (which sets
+        -- dead_at) wait for this transaction, or this transaction see the takeover.
+        UPDATE {s}.executors SET last_batch = batch WHERE id = me AND dead_at IS NULL;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'executor % no longer owns its workflows', me
+                USING ERRCODE = 'DU001';
+        END IF;
+    END
+    $fence$;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -16,119 +16,209 @@ pub(crate) fn database_url() -> String {
     static OWN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     match std::env::var("DATABASE_URL") {
         Ok(url) if !url.is_empty() => url,
-        _ => OWN.get_or_init(start_server).clone(),
+        _ => OWN
+            .get_or_init(|| Box::leak(Box::new(Server::start(Fsync::Off))).url.clone())
+            .clone(),
     }
 }
 
-/// Starts a PostgreSQL server of this process's own (see [`database_url`]).
-fn start_server() -> String {
-    use std::process::{Command, Stdio};
-    let fail = |why: String| -> ! {
-        panic!(
-            "the PostgreSQL journal's tests need a server, and {why}. Set DATABASE_URL to \
-             one (for example postgres://postgres@127.0.0.1:55432/postgres), or install \
-             PostgreSQL (apt-get install -y postgresql): the tests then start their own"
-        )
-    };
-    let bin = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()
-        .and_then(|versions| {
-            versions
-                .filter_map(|v| v.ok().map(|v| v.path().join("bin")))
-                .filter(|b| b.join("initdb").exists())
-                .max_by_key(|b| {
-                    let version = b.parent().and_then(|v| v.file_name());
-                    version.and_then(|v| v.to_str()?.parse::<u32>().ok())
-                })
-        })
-        .unwrap_or_else(|| {
-            fail(
-                "DATABASE_URL is not set and no PostgreSQL is installed in /usr/lib/postgresql"
-                    .into(),
-            )
-        });
-    let dir = std::env::temp_dir().join(format!(
-        "durable-test-pg-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    ));
-    std::fs::create_dir(&dir)
-        .unwrap_or_else(|e| fail(format!("cannot create {}: {e}", dir.display())));
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
-    // `initdb` refuses to run as root: run the server as user postgres.
-    let as_server = |program: &str| {
-        let mut c = if root {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--", program]);
+/// Whether a test server syncs its writes to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// As a production server does (`fsync=on`): for tests of durability.
+    On,
+    /// Not at all (`fsync=off`): faster, for tests that only need a database.
+    Off,
+}
+
+/// A PostgreSQL server of the test process's own, in a temporary directory, from the
+/// PostgreSQL installed under `/usr/lib/postgresql` (run as user `postgres` when the
+/// test runs as root). It stops, and its directory goes, when it is dropped or the
+/// process ends, however it ends.
+#[derive(Debug)]
+pub struct Server {
+    /// Its URL: `postgres://postgres@127.0.0.1:<port>/postgres`.
+    pub url: String,
+    bin: std::path::PathBuf,
+    data: std::path::PathBuf,
+    root: bool,
+    /// The shell that stops the server when its stdin (this pipe) closes.
+    keeper: std::process::Child,
+}
+
+impl Server {
+    /// Starts one. Panics, saying what to install, if it cannot.
+    pub fn start(sync: Fsync) -> Server {
+        use std::process::{Command, Stdio};
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|versions| {
+                versions
+                    .filter_map(|v| v.ok().map(|v| v.path().join("bin")))
+                    .filter(|b| b.join("initdb").exists())
+                    .max_by_key(|b| {
+                        let version = b.parent().and_then(|v| v.file_name());
+                        version.and_then(|v| v.to_str()?.parse::<u32>().ok())
+                    })
+            })
+            .unwrap_or_else(|| {
+                fail(
+                    "DATABASE_URL is not set and no PostgreSQL is installed in /usr/lib/postgresql"
+                        .into(),
+                )
+            });
+        let dir = std::env::temp_dir().join(format!(
+            "durable-test-pg-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        std::fs::create_dir(&dir)
+            .unwrap_or_else(|e| fail(format!("cannot create {}: {e}", dir.display())));
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+        if root {
+            let chown = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&dir)
+                .status();
+            if !chown.is_ok_and(|s| s.success()) {
+                fail(format!("cannot give {} to user postgres", dir.display()));
+            }
+        }
+        let data = dir.join("data");
+        let mut server = Server {
+            url: String::new(),
+            bin,
+            data,
+            root,
+            keeper: Command::new("true")
+                .spawn()
+                .unwrap_or_else(|e| fail(e.to_string())),
+        };
+        let initdb = server
+            .command("initdb")
+            .arg("-D")
+            .arg(&server.data)
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
+            .output()
+            .unwrap_or_else(|e| fail(format!("initdb could not run: {e}")));
+        if !initdb.status.success() {
+            fail(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&initdb.stderr)
+            ));
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let fsync = match sync {
+            Fsync::On => "on",
+            Fsync::Off => "off",
+        };
+        // The server runs until the pipe to `read` closes (this process ends, or the
+        // server is dropped), then stops and takes its directory with it.
+        let script = format!(
+            "'{pg_ctl}' -D '{data}' -l '{dir}/log' -w -o \"-p {port} -k '{dir}' \
+             -c listen_addresses=127.0.0.1 -c fsync={fsync} -c max_connections=400\" \
+             start >/dev/null || exit 1; read _; \
+             '{pg_ctl}' -D '{data}' -m immediate -w stop >/dev/null; rm -rf '{dir}'",
+            pg_ctl = server.bin.join("pg_ctl").display(),
+            data = server.data.display(),
+            dir = dir.display(),
+        );
+        server.keeper = server
+            .command("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| fail(format!("the server could not start: {e}")));
+        server.url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+        server.wait_ready();
+        server
+    }
+
+    /// Crashes the server and starts it again (`pg_ctl restart -m immediate`): every
+    /// connection drops, and what was not committed is lost, as in a crash of the
+    /// database server. Returns once it accepts connections again.
+    pub fn restart(&self) {
+        let restarted = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "restart"])
+            .output()
+            .unwrap_or_else(|e| fail(format!("pg_ctl restart could not run: {e}")));
+        if !restarted.status.success() {
+            fail(format!(
+                "pg_ctl restart failed: {}",
+                String::from_utf8_lossy(&restarted.stderr)
+            ));
+        }
+        self.wait_ready();
+    }
+
+    /// A command of the installed PostgreSQL (or any program), as the server's user.
+    fn command(&self, program: &str) -> std::process::Command {
+        let path = if program == "sh" {
+            program.into()
+        } else {
+            self.bin.join(program)
+        };
+        let mut c = if self.root {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
             c
         } else {
-            Command::new(program)
+            std::process::Command::new(path)
         };
-        c.stdout(Stdio::null()).stderr(Stdio::piped());
+        c.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
         c
-    };
-    if root {
-        let chown = Command::new("chown")
-            .arg("postgres:postgres")
-            .arg(&dir)
-            .status();
-        if !chown.is_ok_and(|s| s.success()) {
-            fail(format!("cannot give {} to user postgres", dir.display()));
-        }
     }
-    let data = dir.join("data");
-    let initdb = as_server(&bin.join("initdb").to_string_lossy())
-        .arg("-D")
-        .arg(&data)
-        .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
-        .output()
-        .unwrap_or_else(|e| fail(format!("initdb could not run: {e}")));
-    if !initdb.status.success() {
+
+    fn wait_ready(&self) {
+        let port = self
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.split('/').next())
+            .unwrap_or("");
+        for _ in 0..600 {
+            let up = std::process::Command::new(self.bin.join("pg_isready"))
+                .args(["-q", "-h", "127.0.0.1", "-p", port])
+                .status();
+            if up.is_ok_and(|s| s.success()) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         fail(format!(
-            "initdb failed: {}",
-            String::from_utf8_lossy(&initdb.stderr)
-        ));
+            "the server in {} did not answer within 30 s (see its log there)",
+            self.data.display()
+        ))
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    // The server runs until this process's end closes the pipe to `read`, then stops
-    // and takes its directory with it.
-    let script = format!(
-        "'{postgres}' -D '{data}' -p {port} -k '{dir}' -c listen_addresses=127.0.0.1 \
-         -c fsync=off -c max_connections=400 >'{dir}/log' 2>&1 & pid=$!; read _; \
-         kill -INT $pid; wait $pid; rm -rf '{dir}'",
-        postgres = bin.join("postgres").display(),
-        data = data.display(),
-        dir = dir.display(),
-    );
-    let server = as_server("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| fail(format!("the server could not start: {e}")));
-    // Kept for the life of the process: its stdin is the pipe.
-    Box::leak(Box::new(server));
-    let ready = bin.join("pg_isready");
-    for _ in 0..300 {
-        let up = Command::new(&ready)
-            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
-            .status();
-        if up.is_ok_and(|s| s.success()) {
-            return format!("postgres://postgres@127.0.0.1:{port}/postgres");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Closing the pipe stops it.
+        drop(self.keeper.stdin.take());
+        let _ = self.keeper.wait();
     }
-    fail(format!(
-        "the server started in {} did not answer within 15 s (see its log there)",
-        dir.display()
-    ))
+}
+
+/// Fails a test that needs PostgreSQL and has none.
+fn fail(why: String) -> ! {
+    panic!(
+        "the PostgreSQL journal's tests need a server, and {why}. Set DATABASE_URL to \
+         one (for example postgres://postgres@127.0.0.1:55432/postgres), or install \
+         PostgreSQL (apt-get install -y postgresql): the tests then start their own"
+    )
 }
 
 #[cfg(test)]

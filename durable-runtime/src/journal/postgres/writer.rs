@@ -18,14 +18,15 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use futures_util::future::{join_all, join3};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_postgres::{Client, Statement};
 
 use super::{
-    INTERRUPTED, PgError, Stats, crc_column, intact, schema, store_error, workflow_columns,
-    workflow_row,
+    INTERRUPTED, PgError, Stats, connection_lost, crc_column, intact, schema, store_error,
+    workflow_columns, workflow_row,
 };
 use crate::codec::{Codec, Fingerprint};
 use crate::error::{CancelReason, StoreError, StoreErrorKind};
@@ -208,7 +209,7 @@ impl Statements {
              )";
         Ok(Statements {
             begin: c.prepare("BEGIN").await?,
-            fence: c.prepare(&sql("SELECT {s}.fence($1)::text")).await?,
+            fence: c.prepare(&sql("SELECT {s}.fence($1, $2)::text")).await?,
             notify: c
                 .prepare("SELECT pg_notify($1, p)::text FROM unnest($2::text[]) p")
                 .await?,
@@ -370,6 +371,11 @@ pub(super) struct Writer {
     me: i64,
     /// Where batches that send or set something notify.
     channel: String,
+    /// How to connect again when the connection drops.
+    config: super::PgConfig,
+    /// The number of the last transaction begun, which the fence records: after a
+    /// dropped connection, the journal says whether it committed.
+    batch_no: std::cell::Cell<i64>,
     path: Arc<Path>,
     codec: Codec,
     stats: Arc<Stats>,
@@ -379,19 +385,21 @@ pub(super) struct Writer {
 impl Writer {
     pub(super) async fn new(
         client: Client,
-        schema: &str,
+        config: super::PgConfig,
         me: i64,
         path: Arc<Path>,
         codec: Codec,
         stats: Arc<Stats>,
     ) -> Result<Writer, PgError> {
-        let sql = Statements::prepare(&client, schema).await?;
+        let sql = Statements::prepare(&client, &config.schema).await?;
         Ok(Writer {
             client,
             sql,
-            schema: schema::quoted(schema),
+            schema: schema::quoted(&config.schema),
             me,
-            channel: super::executor::channel(schema),
+            channel: super::executor::channel(&config.schema),
+            config,
+            batch_no: std::cell::Cell::new(0),
             path,
             codec,
             stats,
@@ -440,25 +448,296 @@ impl Writer {
         }
     }
 
-    /// Commits `ops` together, or, if that fails, each alone.
+    /// Commits `ops` together, or, if that fails, each alone. A connection that drops
+    /// is made again (for as long as it takes), and the writes go on: none is lost,
+    /// none is made twice.
     async fn batch(&mut self, ops: Vec<Op>) {
-        match self.attempt(&ops).await {
-            Ok((done, answered)) => self.committed(ops, done, answered).await,
-            Err(e) if ops.len() == 1 => {
-                let e = store_error(&self.path, e);
-                ops.into_iter().for_each(|op| op.fail(e.clone()));
-            }
-            Err(_) => {
-                for op in ops {
-                    let ops = vec![op];
-                    match self.attempt(&ops).await {
-                        Ok((done, answered)) => self.committed(ops, done, answered).await,
+        let ops = match self.try_batch(ops).await {
+            Ok(()) => return,
+            Err(ops) if ops.len() == 1 => ops,
+            Err(ops) => ops,
+        };
+        if ops.len() == 1 {
+            // Failed alone: its error was an answer (see `try_batch`).
+            return;
+        }
+        for op in ops {
+            let _ = self.try_batch(vec![op]).await;
+        }
+    }
+
+    /// Commits `ops` together, through any number of dropped connections; `Err` gives
+    /// them back if the transaction failed for another reason (a write of it failed)
+    /// and there are several (to be tried one by one). A single write that fails is
+    /// answered with its error.
+    async fn try_batch(&mut self, ops: Vec<Op>) -> Result<(), Vec<Op>> {
+        loop {
+            match self.attempt(&ops).await {
+                Ok((done, answered)) => {
+                    self.committed(ops, done, answered).await;
+                    return Ok(());
+                }
+                Err(e) if connection_lost(&e) => {
+                    let tried = self.batch_no.get();
+                    self.reconnect().await;
+                    self.answer_recorded_parked().await;
+                    match self.last_batch().await {
+                        // It committed before the connection dropped: answer each
+                        // write from what the journal holds.
+                        Ok(last) if last == tried => {
+                            self.confirm(ops).await;
+                            return Ok(());
+                        }
+                        // It did not: again.
+                        Ok(_) => continue,
                         Err(e) => {
                             let e = store_error(&self.path, e);
                             ops.into_iter().for_each(|op| op.fail(e.clone()));
+                            return Ok(());
                         }
                     }
                 }
+                Err(e) if ops.len() == 1 => {
+                    let e = store_error(&self.path, e);
+                    ops.into_iter().for_each(|op| op.fail(e.clone()));
+                    return Ok(());
+                }
+                Err(_) => return Err(ops),
+            }
+        }
+    }
+
+    /// Connects again, with backoff, until the database answers; takes the executor's
+    /// lock again and prepares the statements.
+    async fn reconnect(&mut self) {
+        let mut wait = Duration::from_millis(50);
+        let mut warned = false;
+        loop {
+            match self.connect_again().await {
+                Ok(()) => {
+                    if warned {
+                        tracing::info!("the connection to the PostgreSQL journal is back");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    if !warned {
+                        warned = true;
+                        tracing::warn!(error = ?e, "the connection to the PostgreSQL journal \
+                            dropped; writes wait, and go on when it is back");
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    async fn connect_again(&mut self) -> Result<(), PgError> {
+        let client = super::connect(&self.config).await?;
+        client
+            .batch_execute(&format!("SET durable.executor = '{}'", self.me))
+            .await?;
+        // The executor's liveness lock went with the old session. If another runtime
+        // has taken its workflows meanwhile, the fence refuses every write from now on.
+        client
+            .execute(
+                "SELECT pg_try_advisory_lock(($1::bigint << 32) | $2)",
+                &[&schema::EXECUTOR_LOCK_CLASS, &self.me],
+            )
+            .await?;
+        self.sql = Statements::prepare(&client, &self.config.schema).await?;
+        self.client = client;
+        Ok(())
+    }
+
+    /// The number of this executor's last transaction that committed.
+    async fn last_batch(&self) -> Result<i64, PgError> {
+        let row = self
+            .client
+            .query_one(
+                &format!(
+                    "SELECT last_batch FROM {}.executors WHERE id = $1",
+                    self.schema
+                ),
+                &[&self.me],
+            )
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Answers each write of a transaction that committed as its connection dropped
+    /// (its answers lost with it) from what the journal now holds.
+    async fn confirm(&mut self, ops: Vec<Op>) {
+        for op in ops {
+            let confirmed = self.confirm_one(&op).await;
+            match confirmed {
+                Ok(Some(done)) => reply(op, done, &mut |what, parked| self.park(what, parked)),
+                // Changed nothing that needs confirming: run it again.
+                Ok(None) => {
+                    let _ = Box::pin(self.try_batch(vec![op])).await;
+                }
+                Err(e) => op.fail(store_error(&self.path, e)),
+            }
+        }
+    }
+
+    /// What a committed write did, read back; `None` for one that is safe to run again.
+    async fn confirm_one(&self, op: &Op) -> Result<Option<Done>, PgError> {
+        let lost = |what: &str| {
+            StoreError::new(
+                &*self.path,
+                StoreErrorKind::Io,
+                format!(
+                    "the connection to PostgreSQL dropped as {what} committed; it did, but its \
+                     answer was lost"
+                ),
+            )
+        };
+        Ok(Some(match op {
+            Op::Create(w, _) => match self
+                .client
+                .query_opt(&self.sql.workflow, &[&&*w.id])
+                .await?
+            {
+                Some(row) => {
+                    let record = workflow_row(&row, 0)?;
+                    let ours = record.input == w.input
+                        && record.parent_id.as_deref() == w.parent_id.as_deref();
+                    let created = self
+                        .client
+                        .query_one(
+                            &format!(
+                                "SELECT created_at FROM {}.workflows WHERE id = $1",
+                                self.schema
+                            ),
+                            &[&&*w.id],
+                        )
+                        .await?
+                        .try_get::<_, i64>(0)?;
+                    if ours && created == w.created_at {
+                        Done::Created(Ok(Created::New))
+                    } else {
+                        Done::Created(Ok(Created::Existing(Box::new(record))))
+                    }
+                }
+                None => return Ok(None),
+            },
+            Op::Record(s, _) => {
+                let path = s.path.to_key();
+                let (output, error, _) = outcome_columns(&s.outcome);
+                let crc = crc_column(keyed_crc32(
+                    &step_key(&s.workflow_id, &path, s.name),
+                    output.unwrap_or_else(|| error.unwrap_or_default().as_bytes()),
+                ));
+                match self.recorded_row(&s.workflow_id, &path).await? {
+                    Some((_, found, name)) if found == crc && name == s.name => Done::Unit(Ok(())),
+                    Some(_) => Done::Unit(Err(already_recorded(
+                        &self.path,
+                        &StepKey {
+                            workflow_id: s.workflow_id.clone(),
+                            path: s.path.clone(),
+                            name: s.name,
+                            args: s.args,
+                        },
+                    ))),
+                    None => return Ok(None),
+                }
+            }
+            Op::Finish(f, _) => {
+                let row = self
+                    .client
+                    .query_opt(&self.sql.workflow, &[&&*f.id])
+                    .await?;
+                let record = row.map(|r| workflow_row(&r, 0)).transpose()?;
+                let done = record.is_some_and(|r| match &f.outcome {
+                    Finished::Completed(out) => {
+                        r.status == RecordStatus::Completed && r.output.as_ref() == Some(out)
+                    }
+                    Finished::Failed(_, m) => {
+                        r.status == RecordStatus::Failed
+                            && r.failure.is_some_and(|(_, rm)| &rm == m)
+                    }
+                });
+                Done::Bool(done)
+            }
+            Op::Started(..) | Op::Patch(..) | Op::Send(..) | Op::GiveBack(..) => Done::Unit(Ok(())),
+            Op::Cancel(..) => Done::Unit(Err(lost("a cancellation"))),
+            Op::Resume(..) => Done::Unit(Err(lost("a resume"))),
+            Op::Wait(w, _) => match &w.record {
+                Some(r) => match self.recorded_answer(&r.key).await? {
+                    Some(answer) => Done::Value(answer),
+                    None if w.park => Done::Park,
+                    None => return Ok(None),
+                },
+                None => return Ok(None),
+            },
+            Op::Expire(r, _) => match self.recorded_answer(&r.key).await? {
+                Some(answer) => Done::Value(answer),
+                None => return Ok(None),
+            },
+        }))
+    }
+
+    /// A step's recorded output, checksum and name, if it is recorded.
+    async fn recorded_row(
+        &self,
+        workflow_id: &str,
+        path: &str,
+    ) -> Result<Option<(Option<Vec<u8>>, i64, String)>, PgError> {
+        let row = self
+            .client
+            .query_opt(&self.sql.recorded_output, &[&workflow_id, &path])
+            .await?;
+        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .transpose()
+    }
+
+    /// A wait's recorded answer, if its step is recorded.
+    async fn recorded_answer(
+        &self,
+        key: &StepKey,
+    ) -> Result<Option<Result<Option<Vec<u8>>, StoreError>>, PgError> {
+        let path = key.path.to_key();
+        let Some((output, crc, name)) = self.recorded_row(&key.workflow_id, &path).await? else {
+            return Ok(None);
+        };
+        let Some(output) = output else {
+            return Ok(Some(Err(already_recorded(&self.path, key))));
+        };
+        if !intact(
+            &step_key(&key.workflow_id, &path, &name),
+            &output,
+            Some(crc),
+        ) {
+            return Ok(Some(Err(self.damaged_answer(key))));
+        }
+        Ok(Some(decode_answer(&output).map_err(|e| {
+            StoreError::new(&*self.path, StoreErrorKind::Invariant, e.to_string())
+        })))
+    }
+
+    /// After a dropped connection: parked waits whose step was recorded meanwhile (by a
+    /// transaction that committed as the connection dropped) are answered from it.
+    async fn answer_recorded_parked(&mut self) {
+        let keys: Vec<WaitFor> = self.parked.keys().cloned().collect();
+        for what in keys {
+            let Some(queue) = self.parked.remove(&what) else {
+                continue;
+            };
+            let mut kept = VecDeque::new();
+            for p in queue {
+                let answer = match &p.record {
+                    Some(r) => self.recorded_answer(&r.key).await.ok().flatten(),
+                    None => None,
+                };
+                match answer {
+                    Some(answer) => drop(p.reply.send(answer)),
+                    None => kept.push_back(p),
+                }
+            }
+            if !kept.is_empty() {
+                self.parked.insert(what, kept);
             }
         }
     }
@@ -511,9 +790,11 @@ impl Writer {
 
     /// `BEGIN`, and the fence, pipelined.
     async fn begin(&self) -> Result<(), PgError> {
+        let n = self.batch_no.get() + 1;
+        self.batch_no.set(n);
         let (begin, fence) = futures_util::future::join(
             self.client.execute(&self.sql.begin, &[]),
-            self.client.execute(&self.sql.fence, &[&self.me]),
+            self.client.execute(&self.sql.fence, &[&self.me, &n]),
         )
         .await;
         begin?;
