@@ -67,6 +67,8 @@ pub(crate) const WORKFLOW_ID: &str = "durable-testkit";
 pub struct CrashCheck<F> {
     make: F,
     probe: fn() -> Probe,
+    /// Where each run's journal is made.
+    journal: fn() -> std::io::Result<TempJournal>,
 }
 
 /// Starts a [`CrashCheck`] of the workflow call `make` returns (it is called once per
@@ -78,6 +80,7 @@ where
     CrashCheck {
         make,
         probe: Probe::new,
+        journal: TempJournal::new,
     }
 }
 
@@ -100,6 +103,16 @@ impl<F> CrashCheck<F> {
         self
     }
 
+    /// Runs every scenario on a PostgreSQL journal (a schema of its own in the test
+    /// server, see [`postgres::database_url`](crate::postgres::database_url)) instead
+    /// of a SQLite file. A crash there is the runtime's process dying: its connection
+    /// closes, and the recovering runtime takes its workflows over at its open.
+    #[cfg(feature = "postgres")]
+    pub fn on_postgres(mut self) -> Self {
+        self.journal = TempJournal::postgres;
+        self
+    }
+
     /// Runs the check.
     ///
     /// # Errors
@@ -114,7 +127,7 @@ impl<F> CrashCheck<F> {
         let first = (self.make)();
         let workflow = first.name();
         let fail = |problems: Vec<String>| CrashFailure { workflow, problems };
-        let journal = TempJournal::new()
+        let journal = (self.journal)()
             .map_err(|e| fail(vec![format!("cannot create a temporary journal: {e}")]))?;
         let reference = run_once(&journal, first, (self.probe)(), true)
             .map_err(|e| fail(vec![format!("the uninterrupted run failed to start: {e}")]))?;
@@ -177,7 +190,7 @@ impl<F> CrashCheck<F> {
         O: serde::Serialize + DeserializeOwned + PartialEq + Debug + Send + 'static,
     {
         let journal =
-            TempJournal::new().map_err(|e| format!("cannot create a temporary journal: {e}"))?;
+            (self.journal)().map_err(|e| format!("cannot create a temporary journal: {e}"))?;
         let probe = (self.probe)().crash_at(point.clone());
         let crashed = run_once(&journal, (self.make)(), probe, false)
             .map_err(|e| format!("the run to crash failed to start: {e}"))?;

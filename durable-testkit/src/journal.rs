@@ -40,7 +40,11 @@ use durable_runtime::{Durability, Error, Fingerprint, Runtime};
 #[derive(Debug)]
 pub struct TempJournal {
     dir: tempfile::TempDir,
+    /// The journal file, or the PostgreSQL URL (with its schema).
     path: PathBuf,
+    /// On PostgreSQL: the server and the schema, dropped with the journal.
+    #[cfg(feature = "postgres")]
+    postgres: Option<(String, String)>,
 }
 
 /// How long opening waits for a dropped runtime to release the journal.
@@ -55,7 +59,42 @@ impl TempJournal {
     pub fn new() -> std::io::Result<Self> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("journal.db");
-        Ok(TempJournal { dir, path })
+        Ok(TempJournal {
+            dir,
+            path,
+            #[cfg(feature = "postgres")]
+            postgres: None,
+        })
+    }
+
+    /// A journal in a schema of its own in the test server
+    /// ([`postgres::database_url`](crate::postgres::database_url)), dropped with it.
+    /// [`path`](Self::path) is its URL.
+    ///
+    /// # Errors
+    ///
+    /// If the temporary directory cannot be created.
+    #[cfg(feature = "postgres")]
+    pub fn postgres() -> std::io::Result<Self> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = tempfile::tempdir()?;
+        let server = crate::postgres::database_url();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let schema = format!(
+            "durable_temp_{}_{}_{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let sep = if server.contains('?') { '&' } else { '?' };
+        let path = PathBuf::from(format!("{server}{sep}schema={schema}"));
+        Ok(TempJournal {
+            dir,
+            path,
+            postgres: Some((server, schema)),
+        })
     }
 
     /// A new temporary journal and a runtime on it, in one call.
@@ -74,7 +113,7 @@ impl TempJournal {
         Ok((journal, rt))
     }
 
-    /// The journal file's path.
+    /// The journal file's path (on PostgreSQL, its URL).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -101,6 +140,30 @@ impl TempJournal {
     }
 }
 
+#[cfg(feature = "postgres")]
+impl Drop for TempJournal {
+    fn drop(&mut self) {
+        let Some((server, schema)) = self.postgres.take() else {
+            return;
+        };
+        // Best effort, on a runtime of its own: a schema left behind costs only space
+        // in a test server.
+        let _ = on_fresh_runtime(false, async move {
+            let (client, connection) =
+                tokio_postgres::connect(&server, tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                .await
+        });
+    }
+}
+
+/// How long a runtime of a test on PostgreSQL may be out of touch before another takes
+/// its workflows over: short, since tests "crash" runtimes on purpose.
+#[cfg(feature = "postgres")]
+const TEST_LEASE: Duration = Duration::from_millis(500);
+
 /// Opens a runtime on `path`, waiting for a dropped one to release it.
 pub(crate) async fn open(
     path: &Path,
@@ -109,6 +172,10 @@ pub(crate) async fn open(
     let deadline = Instant::now() + RELEASE_TIMEOUT;
     loop {
         let mut builder = Runtime::builder(path).durability(Durability::Off);
+        #[cfg(feature = "postgres")]
+        {
+            builder = builder.lease(TEST_LEASE);
+        }
         if let Some(probe) = &probe {
             builder = builder.probe(probe.clone());
         }

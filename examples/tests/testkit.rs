@@ -46,6 +46,22 @@ fn checkout_survives_a_crash_on_both_sides_of_every_checkpoint() {
     }
 }
 
+/// The same check with the journal in PostgreSQL: each crash drops the runtime's
+/// connection, and the recovering runtime takes the checkout over at its open.
+#[test]
+fn checkout_survives_a_crash_on_both_sides_of_every_checkpoint_on_postgres() {
+    quick_steps();
+    for order in orders() {
+        let id = order.id.clone();
+        let report = crash_at_every_step(|| checkout(order.clone()))
+            .on_postgres()
+            .run()
+            .unwrap_or_else(|e| panic!("order {id} on PostgreSQL: {e}"));
+        println!("order {id} on PostgreSQL:\n{report}");
+        assert_eq!(report.scenarios(), 2 * report.steps().len() + 2, "{report}");
+    }
+}
+
 #[test]
 fn checkout_records_the_same_steps_in_every_completion_order() {
     quick_steps();

@@ -162,6 +162,9 @@ pub(crate) struct PgStore {
     #[cfg(any(test, feature = "bench"))]
     stats: Arc<Stats>,
     thread: Mutex<Option<thread::JoinHandle<()>>>,
+    /// The testkit's simulated crash.
+    #[cfg(feature = "testkit")]
+    halt: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// What the writer counts.
@@ -215,6 +218,8 @@ impl PgStore {
             let names = options.workflows.clone();
             let writes = writes.clone();
             let takeovers = takeovers.clone();
+            #[cfg(feature = "testkit")]
+            let halt = options.halt.clone();
             thread::Builder::new()
                 .name("durable-postgres".into())
                 .spawn(move || {
@@ -230,7 +235,8 @@ impl PgStore {
                             let reader = executor::reader(&config, me).await?;
                             let reader: executor::ReaderSlot =
                                 Arc::new(Mutex::new(Some(Arc::new(reader))));
-                            let w = writer::Writer::new(
+                            #[cfg_attr(not(feature = "testkit"), allow(unused_mut))]
+                            let mut w = writer::Writer::new(
                                 client,
                                 config.clone(),
                                 me,
@@ -239,6 +245,10 @@ impl PgStore {
                                 stats,
                             )
                             .await?;
+                            #[cfg(feature = "testkit")]
+                            {
+                                w.halt = halt;
+                            }
                             let watch = executor::Watch {
                                 config: config.clone(),
                                 reader: reader.clone(),
@@ -297,6 +307,8 @@ impl PgStore {
             #[cfg(any(test, feature = "bench"))]
             stats,
             thread: Mutex::new(Some(thread)),
+            #[cfg(feature = "testkit")]
+            halt: options.halt.clone(),
         })
     }
 
@@ -612,6 +624,21 @@ impl Drop for PgStore {
     fn drop(&mut self) {
         if let Some(stop) = lock(&self.stop_watch).take() {
             let _ = stop.send(());
+        }
+        #[cfg(feature = "testkit")]
+        if self
+            .halt
+            .as_ref()
+            .is_some_and(|h| h.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            // The testkit's simulated crash: the writer ends at once, without touching
+            // the network; its connection (and the executor's lock) is gone when this
+            // returns, as a dead process's would be.
+            let _ = self.writes.send(Command::Stop);
+            if let Some(thread) = lock(&self.thread).take() {
+                let _ = thread.join();
+            }
+            return;
         }
         // The writer commits what was queued and ends with the queue; the thread is
         // not joined here (a drop must not block on the network).

@@ -376,6 +376,10 @@ pub(super) struct Writer {
     /// The number of the last transaction begun, which the fence records: after a
     /// dropped connection, the journal says whether it committed.
     batch_no: std::cell::Cell<i64>,
+    /// The testkit's simulated crash: once set, nothing more commits or is answered,
+    /// and the writer ends (its connection, and with it the executor's lock, goes).
+    #[cfg(feature = "testkit")]
+    pub(super) halt: Option<Arc<std::sync::atomic::AtomicBool>>,
     path: Arc<Path>,
     codec: Codec,
     stats: Arc<Stats>,
@@ -400,11 +404,22 @@ impl Writer {
             channel: super::executor::channel(&config.schema),
             config,
             batch_no: std::cell::Cell::new(0),
+            #[cfg(feature = "testkit")]
+            halt: None,
             path,
             codec,
             stats,
             parked: HashMap::new(),
         })
+    }
+
+    /// Whether the testkit's simulated crash happened.
+    fn halted(&self) -> bool {
+        #[cfg(feature = "testkit")]
+        if let Some(h) = &self.halt {
+            return h.load(Ordering::SeqCst);
+        }
+        false
     }
 
     /// Commits batches until the store closes or is dropped.
@@ -414,6 +429,11 @@ impl Writer {
             let Some(first) = queue.recv().await else {
                 break;
             };
+            if self.halted() {
+                // A simulated crash: what is queued goes unanswered, like the process's
+                // memory, and the writer ends without giving its workflows back.
+                return;
+            }
             let mut ops = Vec::new();
             let mut recheck = Recheck::Nothing;
             let mut stop = queued(first, &mut ops, &mut recheck);
@@ -472,7 +492,12 @@ impl Writer {
     /// answered with its error.
     async fn try_batch(&mut self, ops: Vec<Op>) -> Result<(), Vec<Op>> {
         loop {
+            if self.halted() {
+                return Ok(());
+            }
             match self.attempt(&ops).await {
+                // Crashed as it committed: nobody hears back.
+                Ok(_) if self.halted() => return Ok(()),
                 Ok((done, answered)) => {
                     self.committed(ops, done, answered).await;
                     return Ok(());
