@@ -18,6 +18,8 @@ pub(crate) const DEFAULT_SCHEMA: &str = "durable";
 pub(crate) struct PgConfig {
     pub(crate) connect: tokio_postgres::Config,
     pub(crate) schema: String,
+    /// TLS, verified, when the URL asks for it (`sslmode=require` or `verify-full`).
+    pub(crate) tls: Option<super::tls::Tls>,
     /// The URL without its password, and with the schema: what messages show.
     shown: String,
 }
@@ -59,6 +61,8 @@ impl PgConfig {
         };
         let mut schema = DEFAULT_SCHEMA.to_owned();
         let mut kept = Vec::new();
+        let mut tls = false;
+        let mut root_cert = None;
         for pair in query.into_iter().flat_map(|q| q.split('&')) {
             if pair.is_empty() {
                 continue;
@@ -66,13 +70,26 @@ impl PgConfig {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             match key {
                 "schema" => schema = value.to_owned(),
-                "sslmode" if value != "disable" && value != "prefer" => {
-                    return Err(refuse(format!(
-                        "sslmode={value} asks for TLS, which this build of durable does not \
-                         speak to PostgreSQL yet; connect over a trusted network or a local \
-                         socket with sslmode=disable"
-                    )));
-                }
+                "sslmode" => match value {
+                    "disable" | "allow" | "prefer" => {
+                        kept.push("sslmode=disable");
+                    }
+                    "require" | "verify-full" => tls = true,
+                    "verify-ca" => {
+                        return Err(refuse(
+                            "sslmode=verify-ca checks the certificate but not the host name, \
+                             which durable always checks: use sslmode=verify-full (with \
+                             sslrootcert for a private CA)"
+                                .to_owned(),
+                        ));
+                    }
+                    other => {
+                        return Err(refuse(format!(
+                            "sslmode={other} is not one of disable, prefer, require, verify-full"
+                        )));
+                    }
+                },
+                "sslrootcert" => root_cert = Some(std::path::PathBuf::from(value)),
                 _ => kept.push(pair),
             }
         }
@@ -112,10 +129,22 @@ impl PgConfig {
         if connect.get_application_name().is_none() {
             connect.application_name("durable");
         }
+        if root_cert.is_some() && !tls {
+            return Err(refuse(
+                "sslrootcert is given but no TLS is asked for: add sslmode=verify-full".to_owned(),
+            ));
+        }
+        let tls = if tls {
+            connect.ssl_mode(tokio_postgres::config::SslMode::Require);
+            Some(super::tls::Tls::new(root_cert.as_deref()).map_err(refuse)?)
+        } else {
+            None
+        };
         let shown = shown(&connect, &schema);
         Ok(PgConfig {
             connect,
             schema,
+            tls,
             shown,
         })
     }
@@ -209,7 +238,9 @@ mod tests {
         for url in [
             format!("postgres://me:{sentinel}@h/app?nonsense=1"),
             format!("postgres://me:{sentinel}@h/app?schema=Bad-Name"),
-            format!("postgres://me:{sentinel}@h/app?sslmode=verify-full"),
+            format!("postgres://me:{sentinel}@h/app?sslmode=verify-ca"),
+            format!("postgres://me:{sentinel}@h/app?sslmode=verify-full&sslrootcert=/nonexistent"),
+            format!("postgres://me:{sentinel}@h/app?sslrootcert=/etc/hostname"),
             format!("postgres://me:{sentinel}@h:notaport/app"),
             format!("mysql://me:{sentinel}@h/app"),
             // Unescaped `@`, `?` and `/` in the password.

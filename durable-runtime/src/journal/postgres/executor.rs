@@ -358,27 +358,46 @@ enum Event {
     Heard(Option<String>),
 }
 
+/// Drives the listening connection, passing each notification's payload to `heard`,
+/// until it ends (dropping `heard` tells the watcher).
+async fn hear<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    heard: mpsc::UnboundedSender<String>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notification(n))) => {
+                if heard.send(n.payload().to_owned()).is_err() {
+                    return;
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return,
+        }
+    }
+}
+
 /// Opens the listening connection and `LISTEN`s on the journal's channel; each
 /// notification's payload goes to `heard`.
 async fn listen(
     config: &PgConfig,
     heard: mpsc::UnboundedSender<String>,
 ) -> Result<Client, PgError> {
-    let (client, mut connection) = config.connect.connect(NoTls).await?;
-    tokio::spawn(async move {
-        loop {
-            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notification(n))) => {
-                    if heard.send(n.payload().to_owned()).is_err() {
-                        return;
-                    }
-                }
-                Some(Ok(_)) => {}
-                // Dropping `heard` tells the watcher.
-                Some(Err(_)) | None => return,
-            }
+    let client = match &config.tls {
+        Some(tls) => {
+            let (client, connection) = config.connect.connect(tls.clone()).await?;
+            tokio::spawn(hear(connection, heard));
+            client
         }
-    });
+        None => {
+            let (client, connection) = config.connect.connect(NoTls).await?;
+            tokio::spawn(hear(connection, heard));
+            client
+        }
+    };
     client
         .batch_execute(&format!("LISTEN {}", channel(&config.schema)))
         .await?;

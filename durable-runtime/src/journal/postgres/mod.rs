@@ -42,6 +42,7 @@ mod executor;
 mod schema;
 #[cfg(any(test, feature = "testkit"))]
 pub(crate) mod testing;
+mod tls;
 mod writer;
 
 pub(crate) use config::PgConfig;
@@ -177,12 +178,19 @@ pub(crate) struct Stats {
 /// Connects to PostgreSQL: the client, with its connection driven on the current
 /// runtime until the client is dropped.
 async fn connect(config: &PgConfig) -> Result<Client, PgError> {
-    let (client, connection) = config.connect.connect(NoTls).await?;
-    tokio::spawn(async move {
-        // Its error reaches the client's next request as a closed connection.
-        let _ = connection.await;
-    });
-    Ok(client)
+    // A connection's error reaches its client's next request as a closed connection.
+    Ok(match &config.tls {
+        Some(tls) => {
+            let (client, connection) = config.connect.connect(tls.clone()).await?;
+            tokio::spawn(connection);
+            client
+        }
+        None => {
+            let (client, connection) = config.connect.connect(NoTls).await?;
+            tokio::spawn(connection);
+            client
+        }
+    })
 }
 
 impl PgStore {

@@ -49,6 +49,11 @@ pub struct Server {
 impl Server {
     /// Starts one. Panics, saying what to install, if it cannot.
     pub fn start(sync: Fsync) -> Server {
+        Server::start_with(sync, &[])
+    }
+
+    /// Starts one with more server settings (`name=value`, as `-c` takes them).
+    pub fn start_with(sync: Fsync, settings: &[&str]) -> Server {
         use std::process::{Command, Stdio};
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .ok()
@@ -124,10 +129,14 @@ impl Server {
         // server is dropped), then stops and takes its directory with it.
         let script = format!(
             "'{pg_ctl}' -D '{data}' -l '{dir}/log' -w -o \"-p {port} -k '{dir}' \
-             -c listen_addresses=127.0.0.1 -c fsync={fsync} -c max_connections=400\" \
+             -c listen_addresses=127.0.0.1 -c fsync={fsync} -c max_connections=400{extra}\" \
              start >/dev/null || exit 1; read _; \
              '{pg_ctl}' -D '{data}' -m immediate -w stop >/dev/null; rm -rf '{dir}'",
             pg_ctl = server.bin.join("pg_ctl").display(),
+            extra = settings
+                .iter()
+                .map(|s| format!(" -c {s}"))
+                .collect::<String>(),
             data = server.data.display(),
             dir = dir.display(),
         );
