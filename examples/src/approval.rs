@@ -24,7 +24,9 @@
 //! the second command), a durable sleep (the cooling-off period) and a child workflow
 //! (`payout`).
 //!
-//! Only one process can hold a journal, so `approve` does not open it: it drops the
+//! On a PostgreSQL journal (`--journal postgres://...`), which many processes share,
+//! `approve` opens it and sends the decision itself. A SQLite journal is held by one
+//! process at a time, so there `approve` does not open it: it drops the
 //! decision into an inbox directory beside the journal (`<journal>.inbox/`), and `run`,
 //! which owns the journal, forwards it to the workflow with `Runtime::send`. A decision
 //! dropped while `run` is down waits in the inbox.
@@ -94,6 +96,14 @@ fn seconds(args: &[String], name: &str, default: u64) -> Res<Duration> {
     }))
 }
 
+/// Whether the journal is a PostgreSQL database, which any number of processes share:
+/// `approve` then sends the decision itself, with no inbox.
+fn shared(journal: &Path) -> bool {
+    journal
+        .to_str()
+        .is_some_and(|j| j.starts_with("postgres://") || j.starts_with("postgresql://"))
+}
+
 /// Where `approve` drops decisions for the process that owns the journal.
 fn inbox(journal: &Path) -> PathBuf {
     let mut dir = journal.as_os_str().to_owned();
@@ -110,8 +120,10 @@ fn run(args: &[String]) -> Res<ExitCode> {
         cooling_off: seconds(args, "--cooling-off-s", 10)?,
         approval_timeout: seconds(args, "--approval-timeout-s", 3 * 24 * 3600)?,
     };
-    let inbox = inbox(&journal);
-    std::fs::create_dir_all(&inbox)?;
+    let inbox = (!shared(&journal)).then(|| inbox(&journal));
+    if let Some(inbox) = &inbox {
+        std::fs::create_dir_all(inbox)?;
+    }
     let opened_at = SystemTime::now();
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -122,7 +134,7 @@ fn run(args: &[String]) -> Res<ExitCode> {
         println!(
             "  process {} opened {} at {} (UTC)",
             std::process::id(),
-            journal.display(),
+            rt.path().display(),
             clock(opened_at)
         );
         if rt.recovered().is_empty() {
@@ -150,7 +162,9 @@ fn run(args: &[String]) -> Res<ExitCode> {
             if finished {
                 break;
             }
-            forward_decisions(&rt, &inbox).await?;
+            if let Some(inbox) = &inbox {
+                forward_decisions(&rt, inbox).await?;
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
 
@@ -238,6 +252,24 @@ fn approve(args: &[String]) -> Res<ExitCode> {
     } else {
         "approve"
     };
+    if shared(&journal) {
+        // Every process can open a PostgreSQL journal: send the decision directly.
+        let decision = Decision {
+            approved: verb == "approve",
+            by: by.to_owned(),
+        };
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(async {
+                let rt = Runtime::open(&journal).await?;
+                rt.send(REPORT, DECISION, &decision).await?;
+                rt.close().await?;
+                Ok::<_, Box<dyn Error>>(())
+            })?;
+        println!("  {by} decided: {verb}; sent to {REPORT}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let inbox = inbox(&journal);
     std::fs::create_dir_all(&inbox)?;
     // Written under a temporary name and renamed: the reader never sees half a file.
