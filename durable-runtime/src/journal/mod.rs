@@ -93,9 +93,10 @@ pub(crate) struct JournalOptions {
     pub(crate) durability: Durability,
     /// How values are encoded (here: the codec the writer re-encodes wait answers with).
     pub(crate) codec: Codec,
-    /// The workflows the program can run, by name (empty: any). A journal shared by
-    /// several programs hands each one only runs of its own workflows.
-    pub(crate) workflows: Arc<[&'static str]>,
+    /// The workflows the program can run, by name (`None`: any, for a store opened
+    /// without a program). A journal shared by several programs hands each one only
+    /// runs of its own workflows, and a program with none, none.
+    pub(crate) workflows: Option<Arc<[&'static str]>>,
     /// How long a runtime sharing the journal may be out of touch before another takes
     /// over its workflows (`None`: the journal's default).
     pub(crate) lease: Option<Duration>,

@@ -191,7 +191,7 @@ impl RuntimeBuilder {
         if let Some(i) = &instrument {
             options.halt = Some(i.halt_switch());
         }
-        options.workflows = registry.keys().copied().collect();
+        options.workflows = Some(registry.keys().copied().collect());
         let journal = self.journal.clone();
         let build = super::dormant::build_id(self.app_version.as_deref());
         let (dormancy, wakeups) =

@@ -205,6 +205,16 @@ impl Inner {
         tx: &watch::Sender<Option<Outcome>>,
         outcome: Outcome,
     ) {
+        if matches!(&*outcome, Err(Error::Store(e)) if e.kind() == StoreErrorKind::TakenOver) {
+            // Another runtime sharing the journal took the workflow over, and runs it
+            // now: its handles here follow it there, to the outcome it ends with.
+            let parent = lock(&self.running).remove(id).and_then(|r| r.parent_id);
+            self.watch_elsewhere(id.clone(), tx.clone());
+            if let Some(parent) = parent {
+                self.dormancy.wake(parent);
+            }
+            return;
+        }
         // Both under the lock: whoever looks at `running` next sees either the entry with
         // its outcome published, or no entry; a waiter woken by the outcome finds the
         // entry gone.

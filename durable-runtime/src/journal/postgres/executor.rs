@@ -43,8 +43,9 @@ pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 /// database for nothing.
 pub(crate) const MIN_LEASE: Duration = Duration::from_millis(200);
 
-/// Registers this runtime as an executor on the writer's connection `c`, which holds
-/// the executor's lock from then on; answers its id.
+/// Registers this runtime as an executor on the readers' connection `c`, which holds
+/// the executor's lock from then on (the watcher keeps that connection up, and takes
+/// the lock again when it makes it again); answers its id.
 pub(super) async fn register(c: &Client, s: &str, lease: Duration) -> Result<i64, PgError> {
     let name = format!(
         "{}:{}",
@@ -64,21 +65,32 @@ pub(super) async fn register(c: &Client, s: &str, lease: Duration) -> Result<i64
         )
         .await?;
     let me: i64 = row.try_get(0)?;
-    // Every statement of the writer reads its executor from the session.
-    c.batch_execute(&format!("SET durable.executor = '{me}'"))
-        .await?;
+    set_executor(c, me).await?;
     Ok(me)
 }
 
+/// Tells the session of `c` its executor: every statement that records reads it
+/// (`current_setting('durable.executor')`).
+pub(super) async fn set_executor(c: &Client, me: i64) -> Result<(), PgError> {
+    c.batch_execute(&format!("SET durable.executor = '{me}'"))
+        .await?;
+    Ok(())
+}
+
 /// Claims the pending workflows of executors found gone, and those with no owner;
-/// answers their ids. Only workflows named in `names` (all if it is empty).
+/// answers their ids. Only workflows named in `names` (a program claims only what it
+/// can run; `None`: any, for a store opened without a program, as in its tests).
+/// `judge`: whether this claimer may find others gone (not for a lease after it
+/// connected again). Also forgets executors dead for an hour that own nothing.
 pub(super) async fn claim(
     c: &Client,
     s: &str,
     me: i64,
-    names: &[&str],
-    trust_locks: bool,
+    names: Option<&[&'static str]>,
+    judge: bool,
 ) -> Result<Vec<String>, PgError> {
+    let any = names.is_none();
+    let names = names.unwrap_or_default();
     let rows = c
         .query(
             &format!(
@@ -92,7 +104,12 @@ pub(super) async fn claim(
                        -- and beat again.
                        AND $4
                        AND (e.heartbeat_at < now() - e.lease_ms * interval '1 millisecond'
-                            OR NOT EXISTS (
+                            -- A free lock means its process ended, unless the server
+                            -- itself started less than a lease ago: then every lock is
+                            -- free until its executor has reconnected.
+                            OR pg_postmaster_start_time()
+                                   < now() - e.lease_ms * interval '1 millisecond'
+                               AND NOT EXISTS (
                                 SELECT 1 FROM pg_catalog.pg_locks l
                                 WHERE l.locktype = 'advisory' AND l.granted
                                   AND l.database = (SELECT oid FROM pg_catalog.pg_database
@@ -106,15 +123,20 @@ pub(super) async fn claim(
                        -- A claimer taken over itself claims nothing.
                        AND EXISTS (SELECT 1 FROM {s}.executors
                                    WHERE id = $1 AND dead_at IS NULL)
-                       AND (cardinality($3::text[]) = 0 OR w.name = ANY($3::text[]))
+                       AND ($5 OR w.name = ANY($3::text[]))
                        AND (w.owner IS NULL
                             OR w.owner IN (SELECT id FROM gone)
                             OR w.owner IN (SELECT id FROM {s}.executors
                                            WHERE dead_at IS NOT NULL))
-                     RETURNING w.id)
+                     RETURNING w.id),
+                 forgotten AS (
+                     DELETE FROM {s}.executors e
+                     WHERE e.dead_at < now() - interval '1 hour'
+                       AND NOT EXISTS (SELECT 1 FROM {s}.workflows w
+                                       WHERE w.owner = e.id AND w.status = 'pending'))
                  SELECT id FROM claimed"
             ),
-            &[&me, &schema::EXECUTOR_LOCK_CLASS, &names, &trust_locks],
+            &[&me, &schema::EXECUTOR_LOCK_CLASS, &names, &judge, &any],
         )
         .await?;
     rows.iter()
@@ -197,20 +219,33 @@ pub(super) type ReaderSlot = Arc<Mutex<Option<Arc<Client>>>>;
 pub(super) async fn reader(config: &PgConfig, me: i64) -> Result<Client, PgError> {
     let client = super::connect(config).await?;
     // Its reads tell this runtime's workflows from others'.
-    client
-        .batch_execute(&format!("SET durable.executor = '{me}'"))
-        .await?;
+    set_executor(&client, me).await?;
     Ok(client)
 }
 
 /// The readers' connection, made again if it dropped; `None` if it cannot be now, or
 /// the store is closed. `connected` is set when it is made again.
-async fn healthy(w: &Watch, connected: &mut tokio::time::Instant) -> Option<Arc<Client>> {
+async fn healthy(w: &Watch, me: i64, connected: &mut tokio::time::Instant) -> Option<Arc<Client>> {
     let current = lock(&w.reader).clone()?;
     if !current.is_closed() {
         return Some(current);
     }
-    let fresh = Arc::new(reader(&w.config, w.me).await.ok()?);
+    let fresh = reader(&w.config, me).await.ok()?;
+    // The executor's lock went with the old session: take it again (a session the
+    // server has not found dead yet may still hold it: then later).
+    let locked: bool = fresh
+        .query_one(
+            "SELECT pg_try_advisory_lock(($1::bigint << 32) | $2)",
+            &[&schema::EXECUTOR_LOCK_CLASS, &me],
+        )
+        .await
+        .ok()?
+        .try_get(0)
+        .ok()?;
+    if !locked {
+        return None;
+    }
+    let fresh = Arc::new(fresh);
     let mut slot = lock(&w.reader);
     // Not if the store closed meanwhile.
     slot.as_ref()?;
@@ -227,7 +262,7 @@ pub(super) struct Watch {
     pub(super) reader: ReaderSlot,
     pub(super) me: i64,
     pub(super) lease: Duration,
-    pub(super) names: Arc<[&'static str]>,
+    pub(super) names: Option<Arc<[&'static str]>>,
     pub(super) writes: mpsc::UnboundedSender<Command>,
     pub(super) takeovers: Arc<Mutex<Takeovers>>,
 }
@@ -245,7 +280,7 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
     claims.tick().await;
     // The listening connection, and what it hears.
     let mut listener: Option<(Client, mpsc::UnboundedReceiver<String>)> = None;
-    let mut lost = false;
+    let mut me = w.me;
     // When the readers' connection was last made: after the database restarts, every
     // executor's lock is free until it reconnects, so for a lease after reconnecting a
     // free lock alone does not make another executor gone.
@@ -274,15 +309,15 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
             _ = &mut stop => return,
             _ = check.tick() => Event::Check,
             _ = beat.tick() => Event::Beat,
-            _ = claims.tick(), if !lost => Event::Claim,
+            _ = claims.tick() => Event::Claim,
             payload = heard => Event::Heard(payload),
         };
         match event {
             Event::Check => {
-                let _ = healthy(&w, &mut connected).await;
+                let _ = healthy(&w, me, &mut connected).await;
             }
             Event::Beat => {
-                let Some(client) = healthy(&w, &mut connected).await else {
+                let Some(client) = healthy(&w, me, &mut connected).await else {
                     continue;
                 };
                 let beaten = client
@@ -291,19 +326,28 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
                             "UPDATE {s}.executors SET heartbeat_at = now()
                              WHERE id = $1 AND dead_at IS NULL"
                         ),
-                        &[&w.me],
+                        &[&me],
                     )
                     .await;
                 match beaten {
-                    Ok(0) if !lost => {
-                        lost = true;
-                        tracing::error!(
-                            executor = w.me,
-                            "this runtime was out of touch with the PostgreSQL journal for \
-                             longer than its lease, and another runtime took over its \
-                             workflows: they go on there, and this runtime records nothing \
-                             more for them"
-                        );
+                    Ok(0) => {
+                        // Found gone by another runtime, which took its workflows over:
+                        // they go on there. This runtime goes on as a new executor.
+                        match rejoin(&client, &s, me, w.lease).await {
+                            Ok(new) => {
+                                tracing::error!(
+                                    executor = me,
+                                    new_executor = new,
+                                    "another runtime took over this runtime's workflows (it \
+                                     found this one gone: out of touch with the database for \
+                                     longer than its lease, or its connection dropped); they go \
+                                     on there, and this runtime goes on with new work"
+                                );
+                                me = new;
+                                let _ = w.writes.send(Command::Executor(new));
+                            }
+                            Err(e) => tracing::warn!(error = ?e, "could not register again"),
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(
@@ -313,11 +357,11 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
                 }
             }
             Event::Claim => {
-                let Some(client) = healthy(&w, &mut connected).await else {
+                let Some(client) = healthy(&w, me, &mut connected).await else {
                     continue;
                 };
                 let trust_locks = connected.elapsed() >= w.lease;
-                match claim(&client, &s, w.me, &w.names, trust_locks).await {
+                match claim(&client, &s, me, w.names.as_deref(), trust_locks).await {
                     Ok(ids) if !ids.is_empty() => {
                         tracing::info!(
                             workflows = ids.len(),
@@ -346,6 +390,17 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
             Event::Heard(None) => listener = None,
         }
     }
+}
+
+/// Registers a new executor for this runtime, whose old one `old` another runtime
+/// found gone: its lock goes, and the new one's is taken.
+async fn rejoin(c: &Client, s: &str, old: i64, lease: Duration) -> Result<i64, PgError> {
+    c.execute(
+        "SELECT pg_advisory_unlock(($1::bigint << 32) | $2)",
+        &[&schema::EXECUTOR_LOCK_CLASS, &old],
+    )
+    .await?;
+    register(c, s, lease).await
 }
 
 /// What woke the watcher.

@@ -236,11 +236,14 @@ impl PgStore {
                             let mut client = connect(&config).await?;
                             schema::migrate(&mut client, &config.schema).await?;
                             let s = schema::quoted(&config.schema);
-                            let me = executor::register(&client, &s, lease).await?;
+                            // The readers' connection, which the watcher keeps up, holds
+                            // the executor's lock for as long as the runtime lives.
+                            let reader = connect(&config).await?;
+                            let me = executor::register(&reader, &s, lease).await?;
+                            executor::set_executor(&client, me).await?;
                             // Before the runtime lists its pending workflows: those of
                             // runtimes that stopped, and those nobody owns, are its own.
-                            executor::claim(&client, &s, me, &names, true).await?;
-                            let reader = executor::reader(&config, me).await?;
+                            executor::claim(&client, &s, me, names.as_deref(), true).await?;
                             let reader: executor::ReaderSlot =
                                 Arc::new(Mutex::new(Some(Arc::new(reader))));
                             #[cfg_attr(not(feature = "testkit"), allow(unused_mut))]

@@ -52,6 +52,8 @@ pub(super) enum Command {
     /// Another process may have written what parked waits wait for: these (`None`:
     /// anything), heard through the journal's notifications.
     Recheck(Option<Vec<WaitFor>>),
+    /// Another runtime took this one's workflows over; it goes on as this new executor.
+    Executor(i64),
 }
 
 /// A write, with where its answer goes.
@@ -188,7 +190,7 @@ macro_rules! run_of_first_parameter {
     () => {
         "WITH r AS (SELECT run, owner IS NOT DISTINCT FROM
                         current_setting('durable.executor')::bigint AS mine
-                    FROM {s}.workflows WHERE id = $1)"
+                    FROM {s}.workflows WHERE id = $1 FOR SHARE)"
     };
 }
 
@@ -436,15 +438,19 @@ impl Writer {
             }
             let mut ops = Vec::new();
             let mut recheck = Recheck::Nothing;
-            let mut stop = queued(first, &mut ops, &mut recheck);
+            let mut rejoined = None;
+            let mut stop = queued(first, &mut ops, &mut recheck, &mut rejoined);
             while stop.is_none() && ops.len() < MAX_BATCH {
                 match queue.try_recv() {
-                    Ok(c) => stop = queued(c, &mut ops, &mut recheck),
+                    Ok(c) => stop = queued(c, &mut ops, &mut recheck, &mut rejoined),
                     Err(_) => break,
                 }
             }
             if !ops.is_empty() {
                 self.batch(ops).await;
+            }
+            if let Some(new) = rejoined {
+                self.rejoined(new).await;
             }
             self.recheck(recheck).await;
             if let Some(done) = stop {
@@ -504,9 +510,16 @@ impl Writer {
                 }
                 Err(e) if connection_lost(&e) => {
                     let tried = self.batch_no.get();
-                    self.reconnect().await;
+                    // The new connection may drop too: until the journal has said.
+                    let last = loop {
+                        self.reconnect().await;
+                        match self.last_batch().await {
+                            Err(e) if connection_lost(&e) => {}
+                            said => break said,
+                        }
+                    };
                     self.answer_recorded_parked().await;
-                    match self.last_batch().await {
+                    match last {
                         // It committed before the connection dropped: answer each
                         // write from what the journal holds.
                         Ok(last) if last == tried => {
@@ -522,6 +535,14 @@ impl Writer {
                         }
                     }
                 }
+                Err(e) if fenced(&e) => {
+                    // Taken over: every write of this executor fails alike, and so do
+                    // its parked waits.
+                    let e = store_error(&self.path, e);
+                    ops.into_iter().for_each(|op| op.fail(e.clone()));
+                    self.fail_parked();
+                    return Ok(());
+                }
                 Err(e) if ops.len() == 1 => {
                     let e = store_error(&self.path, e);
                     ops.into_iter().for_each(|op| op.fail(e.clone()));
@@ -532,8 +553,31 @@ impl Writer {
         }
     }
 
-    /// Connects again, with backoff, until the database answers; takes the executor's
-    /// lock again and prepares the statements.
+    /// This runtime's workflows were taken over, and it goes on as executor `new`: the
+    /// waits parked for them end with [`StoreErrorKind::TakenOver`] (their runs stop,
+    /// and their handles follow them where they run now).
+    async fn rejoined(&mut self, new: i64) {
+        self.me = new;
+        if let Err(e) = super::executor::set_executor(&self.client, new).await {
+            // The next write finds the connection gone, and connects as `new`.
+            tracing::debug!(error = ?e, "telling the writer's session its new executor");
+        }
+        self.fail_parked();
+    }
+
+    /// Ends every parked wait with [`StoreErrorKind::TakenOver`]: the runs they belong
+    /// to were taken over.
+    fn fail_parked(&mut self) {
+        for (_, queue) in self.parked.drain() {
+            for p in queue {
+                let id = p.record.as_ref().map_or("?", |r| &*r.key.workflow_id);
+                let _ = p.reply.send(Err(taken_over(&self.path, id)));
+            }
+        }
+    }
+
+    /// Connects again, with backoff, until the database answers, and prepares the
+    /// statements.
     async fn reconnect(&mut self) {
         let mut wait = Duration::from_millis(50);
         let mut warned = false;
@@ -560,17 +604,7 @@ impl Writer {
 
     async fn connect_again(&mut self) -> Result<(), PgError> {
         let client = super::connect(&self.config).await?;
-        client
-            .batch_execute(&format!("SET durable.executor = '{}'", self.me))
-            .await?;
-        // The executor's liveness lock went with the old session. If another runtime
-        // has taken its workflows meanwhile, the fence refuses every write from now on.
-        client
-            .execute(
-                "SELECT pg_try_advisory_lock(($1::bigint << 32) | $2)",
-                &[&schema::EXECUTOR_LOCK_CLASS, &self.me],
-            )
-            .await?;
+        super::executor::set_executor(&client, self.me).await?;
         self.sql = Statements::prepare(&client, &self.config.schema).await?;
         self.client = client;
         Ok(())
@@ -595,7 +629,12 @@ impl Writer {
     /// (its answers lost with it) from what the journal now holds.
     async fn confirm(&mut self, ops: Vec<Op>) {
         for op in ops {
-            let confirmed = self.confirm_one(&op).await;
+            let confirmed = loop {
+                match self.confirm_one(&op).await {
+                    Err(e) if connection_lost(&e) => self.reconnect().await,
+                    said => break said,
+                }
+            };
             match confirmed {
                 Ok(Some(done)) => reply(op, done, &mut |what, parked| self.park(what, parked)),
                 // Changed nothing that needs confirming: run it again.
@@ -782,7 +821,10 @@ impl Writer {
             return;
         }
         let answered = async {
-            self.begin().await?;
+            if let Err(e) = self.begin().await {
+                let _ = self.client.execute(&self.sql.rollback, &[]).await;
+                return Err(e);
+            }
             match self.answer_parked(keys).await {
                 Ok(answered) if answered.is_empty() => {
                     self.client.execute(&self.sql.rollback, &[]).await?;
@@ -891,7 +933,10 @@ impl Writer {
             self.stats.commits.fetch_add(1, Ordering::Relaxed);
             return Ok((done, Vec::new()));
         }
-        self.begin().await?;
+        if let Err(e) = self.begin().await {
+            let _ = self.client.execute(&self.sql.rollback, &[]).await;
+            return Err(e);
+        }
         match self.in_transaction(ops).await {
             Ok(outcome) => {
                 let ended = async {
@@ -1520,6 +1565,11 @@ impl Writer {
     }
 }
 
+/// Whether `e` is the fence refusing: another runtime took this one's workflows over.
+fn fenced(e: &PgError) -> bool {
+    matches!(e, PgError::Sql(e) if e.as_db_error().is_some_and(|d| d.code().code() == schema::FENCED))
+}
+
 /// Which parked waits to try again after a batch.
 enum Recheck {
     Nothing,
@@ -1533,8 +1583,13 @@ fn queued(
     c: Command,
     ops: &mut Vec<Op>,
     recheck: &mut Recheck,
+    rejoined: &mut Option<i64>,
 ) -> Option<Option<std::sync::mpsc::Sender<()>>> {
     match c {
+        Command::Executor(new) => {
+            *rejoined = Some(new);
+            None
+        }
         Command::Write(op) => {
             ops.push(op);
             None

@@ -1,0 +1,140 @@
+//! The writer's connection to PostgreSQL killed again and again, under load: every
+//! message sent from outside is received exactly once, every step is recorded once, and
+//! every workflow ends with the result it would have had.
+//!
+//! A transaction whose connection drops may have committed or not; the writer finds
+//! out from the journal (the fence's `last_batch`) and either runs it again or answers
+//! from what committed. Killing the backend every few milliseconds lands on both sides
+//! of many commits.
+
+use std::time::{Duration, Instant};
+
+use durable_runtime::{Runtime, recv, step, workflow};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+const WORKFLOWS: u64 = 10;
+const MESSAGES: u64 = 20;
+
+#[step]
+async fn add(total: u64, value: u64) -> u64 {
+    total + value
+}
+
+/// Receives `n` messages and adds them up, one step per message.
+#[workflow]
+async fn summer(n: u64) -> Result<u64, String> {
+    let mut total = 0;
+    for _ in 0..n {
+        let v = recv::<u64>("value", None)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("recv without a timeout returned nothing")?;
+        total = add(total, v).await;
+    }
+    Ok(total)
+}
+
+/// Terminates the backend of every connection that holds an executor's lock (the
+/// writers') in the journal's database; how many it terminated.
+async fn kill_writers(c: &tokio_postgres::Client) -> Result<i64, tokio_postgres::Error> {
+    let row = c
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_catalog.pg_locks
+             WHERE locktype = 'advisory' AND classid = 1685418597::oid AND granted
+               AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await?;
+    row.try_get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_writers_connection_loses_and_doubles_nothing() -> Res<()> {
+    let server = durable_testkit::postgres::database_url();
+    let schema = format!("connection_loss_{}", std::process::id());
+    let sep = if server.contains('?') { '&' } else { '?' };
+    let url = format!("{server}{sep}schema={schema}");
+    let rt = Runtime::builder(&url)
+        .lease(Duration::from_secs(30))
+        .open()
+        .await?;
+    let (killer, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+
+    let mut handles = Vec::new();
+    for w in 0..WORKFLOWS {
+        handles.push(
+            rt.start_with_id(format!("sum-{w}"), summer(MESSAGES))
+                .await?,
+        );
+    }
+    // Kill the writer's connection every 40 to 100 ms while the messages go out.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killing = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut kills = 0;
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                kills += kill_writers(&killer).await.unwrap_or(0);
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(40 + (i * 17) % 60)).await;
+            }
+            kills
+        })
+    };
+    let started = Instant::now();
+    let mut expected = vec![0u64; WORKFLOWS as usize];
+    for m in 0..MESSAGES {
+        for w in 0..WORKFLOWS {
+            let value = 1 + w * 1_000 + m;
+            expected[w as usize] += value;
+            rt.send(&format!("sum-{w}"), "value", &value).await?;
+        }
+    }
+    for (w, h) in handles.into_iter().enumerate() {
+        let got = tokio::time::timeout(Duration::from_secs(120), h.result())
+            .await
+            .map_err(|_| format!("sum-{w} did not finish within 120 s"))??;
+        assert_eq!(
+            got,
+            Ok(expected[w]),
+            "sum-{w}: a message lost or received twice"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let kills = killing.await?;
+    println!(
+        "{} messages and {} steps in {} ms, with the writer's connection killed {kills} times",
+        WORKFLOWS * MESSAGES,
+        WORKFLOWS * MESSAGES * 2,
+        started.elapsed().as_millis()
+    );
+    assert!(
+        kills >= 5,
+        "the test killed the connection only {kills} times"
+    );
+    // Nothing left behind: no message waits, every step is recorded once.
+    let (left, steps): (i64, i64) = {
+        let (c, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        let left = c
+            .query_one(&format!("SELECT count(*) FROM {schema}.messages"), &[])
+            .await?
+            .try_get(0)?;
+        let steps = c
+            .query_one(&format!("SELECT count(*) FROM {schema}.steps"), &[])
+            .await?
+            .try_get(0)?;
+        (left, steps)
+    };
+    assert_eq!(left, 0, "messages left over (sent twice?)");
+    assert_eq!(
+        steps,
+        i64::try_from(WORKFLOWS * MESSAGES * 2)?,
+        "step records"
+    );
+    rt.close().await?;
+    Ok(())
+}
