@@ -15,14 +15,15 @@ pub(crate) struct Took {
     pub(crate) cpu_s: f64,
 }
 
-struct Clock(Instant, f64);
+/// Wall and CPU time from its start; the PostgreSQL baselines use it too.
+pub(crate) struct Clock(Instant, f64);
 
 impl Clock {
-    fn start() -> Clock {
+    pub(crate) fn start() -> Clock {
         Clock(Instant::now(), usage::cpu_seconds())
     }
 
-    fn stop(self) -> Took {
+    pub(crate) fn stop(self) -> Took {
         Took {
             wall_s: self.0.elapsed().as_secs_f64(),
             cpu_s: usage::cpu_seconds() - self.1,

@@ -1,11 +1,16 @@
-//! durable's benchmark: what a checkpoint costs, next to what SQLite itself costs.
+//! durable's benchmark: what a checkpoint costs, next to what SQLite (or PostgreSQL)
+//! itself costs.
 //!
 //! ```text
 //! cargo run --release --bin durable-bench              # a table, then the targets
 //! cargo run --release --bin durable-bench -- --json    # one JSON object per line
 //! cargo run --release --bin durable-bench -- --quick   # 3 runs, no n = 10,000
 //! cargo run --release --bin durable-bench -- --only seq,fanout --sync off
+//! DATABASE_URL=postgres://postgres@127.0.0.1:55432/postgres \
+//!     cargo run --release --bin durable-bench -- --journal postgres   # see below
 //! ```
+//!
+//! Every JSON line says which journal it measured: `"journal": "sqlite"` or `"postgres"`.
 //!
 //! Every workload runs against a fresh journal file, once to warm up and then `--runs`
 //! times (default 5), interleaved with its baseline: raw rusqlite with the same pragmas
@@ -56,8 +61,51 @@
 //! workloads (`parked`, `long_replay` with `bytes`, `history_open`: see [`scale`]), each
 //! a JSON line in either output mode. Last, each target of the performance issue is
 //! checked against the figures above.
+//!
+//! # PostgreSQL
+//!
+//! `--journal postgres` runs `seq` and `fanout` (n = 100 and 1,000), `many`, `start`,
+//! `replay` (n = 100 and 1,000) and `recv_wake` on a PostgreSQL journal, on the server
+//! that `DATABASE_URL` names (without `schema=`; an error says so if it is unset or the
+//! server cannot be reached), with `--json`, `--quick`, `--runs` and `--only` as above.
+//! Each run, ours and its baseline, gets fresh schemas, `bench_<pid>_<k>`: the
+//! journal's (made by the runtime's first open, before the clock starts) and the
+//! baseline's, both dropped after the run. The baselines are raw tokio-postgres on the
+//! same server, so under the same `synchronous_commit` and `fsync` (printed first; the
+//! `sync` column shows `synchronous_commit`, which decides there what a commit waits
+//! for, as [`Durability`] does not), writing rows into a copy of a journal's `steps`
+//! (`LIKE ... INCLUDING ALL`: its columns, collation and primary key), with their
+//! statements prepared before the clock starts. Runs are interleaved, and figures are
+//! medians, as on SQLite.
+//!
+//! | workload | ours | baseline |
+//! |---|---|---|
+//! | `seq` | as on SQLite | `n` autocommitted single-row `INSERT`s, one at a time: a round trip and a commit each |
+//! | `fanout` | as on SQLite | `n` rows, 100 per transaction, each transaction's `BEGIN`, `INSERT`s and `COMMIT` pipelined |
+//! | `many`, `start` | as on SQLite | 2,000 rows, 100 per transaction, pipelined |
+//! | `replay` | a workflow of `n` steps is recorded, its runtime closed, and the workflow marked pending by SQL (as a crash before its outcome would leave it); timed: an open that claims and replays it, up to its result | a new connection and one `SELECT` of those `n` rows (the columns and order of the journal's own read) |
+//! | `recv_wake` | across two processes, below | one autocommitted single-row `INSERT` after the same 1 ms idle, median of 100 |
+//!
+//! `recv_wake` on PostgreSQL crosses processes, as two services sharing a journal do:
+//! a child process (`durable-bench --child pg_receiver SCHEMA ROUNDS`, the URL in the
+//! `DATABASE_URL` it inherits) opens the journal and runs the receiving workflow; this
+//! process opens the same journal and sends one message at a time, each once the child
+//! reported the previous one received and 1 ms has passed. The message reaches the
+//! child's runtime through the journal's `NOTIFY`, and the child's writer takes it (and
+//! records the `recv`) in a transaction of its own: the measure, from `send` returning
+//! here to `recv` returning there, is at least that round trip and commit. Both
+//! instants are read from the wall clock (microseconds since the epoch, one machine),
+//! the child's passed back on its stdout. `commits` counts both runtimes' (per message:
+//! the send, the take, and the commit that parks the next wait), and `cpu_us` both
+//! processes' CPU per message. Elsewhere CPU time is this process's only: the server's
+//! work is in no figure but wall time.
+//!
+//! The targets on PostgreSQL are ratios: `seq` (n = 1,000) at most 1.3; `fanout`
+//! (n = 1,000), `many`, `start` and `recv_wake` at most 2; `replay` (n = 1,000) at
+//! most 3.
 
 mod baseline;
+mod postgres;
 mod sampler;
 mod scale;
 mod usage;
@@ -65,7 +113,7 @@ mod usage;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use std::sync::Mutex;
 
@@ -73,7 +121,7 @@ use durable_runtime::{Durability, Error, Runtime, WorkflowCall, recv, step, work
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::sampler::Sampler;
+use crate::sampler::{Peaks, Sampler};
 
 #[step]
 async fn noop(i: u32) -> u32 {
@@ -186,19 +234,23 @@ const ROUNDS: u32 = 100;
 /// so that the workflow is surely parked in its next `recv` (and the writer idle).
 const PARK: Duration = Duration::from_millis(1);
 
+/// When [`receiver`] got a message: the value, and the time (monotonic, for a driver in
+/// this process; wall-clock, for one in another process: PostgreSQL's `recv_wake`).
+type Received = (u64, Instant, SystemTime);
+
 /// Where [`received`] reports to the `recv_wake` run in progress, if any.
-static RECEIVED: Mutex<Option<mpsc::UnboundedSender<(u64, Instant)>>> = Mutex::new(None);
+static RECEIVED: Mutex<Option<mpsc::UnboundedSender<Received>>> = Mutex::new(None);
 
 /// Tells the `recv_wake` driver when `recv` returned `value`. Outside the workflow body,
 /// where `#[workflow]`'s guard rails (which refuse clock reads) cannot see it: this is
 /// instrumentation, and the instant never reaches the journal or the workflow's logic.
 fn received(value: u64) {
-    let at = Instant::now();
+    let (at, wall) = (Instant::now(), SystemTime::now());
     let tx = RECEIVED
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(tx) = tx.as_ref() {
-        let _ = tx.send((value, at));
+        let _ = tx.send((value, at, wall));
     }
 }
 
@@ -249,6 +301,33 @@ impl Sync {
             Sync::Full => "full",
             Sync::Normal => "normal",
             Sync::Off => "off",
+        }
+    }
+}
+
+/// What a row was measured on: a SQLite journal at a `synchronous` setting, or a
+/// PostgreSQL server, named by its `synchronous_commit` (there the server, not
+/// [`Durability`], decides what a commit waits for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Setting {
+    Sqlite(Sync),
+    Postgres(String),
+}
+
+impl Setting {
+    /// The `journal` of the JSON lines.
+    fn journal(&self) -> &'static str {
+        match self {
+            Setting::Sqlite(_) => Journal::Sqlite.name(),
+            Setting::Postgres(_) => Journal::Postgres.name(),
+        }
+    }
+
+    /// The `sync` column.
+    fn name(&self) -> &str {
+        match self {
+            Setting::Sqlite(s) => s.name(),
+            Setting::Postgres(synchronous_commit) => synchronous_commit,
         }
     }
 }
@@ -306,13 +385,17 @@ impl Workload {
         }
     }
 
-    fn baseline(self) -> String {
+    /// What the baseline does, on `setting`'s database.
+    fn baseline(self, setting: &Setting) -> String {
         match self {
             Workload::Seq(n) => format!("{n} single-row commits"),
             Workload::Typed(n) => format!("{n} single-row commits of {RECEIPT_BYTES} bytes"),
             Workload::Fanout(n) => format!("{n} rows, 100 per commit"),
             Workload::Many | Workload::Start => "2000 rows, 100 per commit".to_owned(),
-            Workload::Replay(n) => format!("open + one SELECT of {n} rows"),
+            Workload::Replay(n) => match setting {
+                Setting::Sqlite(_) => format!("open + one SELECT of {n} rows"),
+                Setting::Postgres(_) => format!("connect + one SELECT of {n} rows"),
+            },
             Workload::RecvWake => format!(
                 "one single-row commit after {} ms idle, median of {ROUNDS}",
                 PARK.as_millis()
@@ -323,6 +406,24 @@ impl Workload {
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
+/// Which journal the workloads run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Journal {
+    Sqlite,
+    /// The server `DATABASE_URL` names.
+    Postgres,
+}
+
+impl Journal {
+    /// The `journal` of the JSON lines.
+    fn name(self) -> &'static str {
+        match self {
+            Journal::Sqlite => "sqlite",
+            Journal::Postgres => "postgres",
+        }
+    }
+}
+
 struct Options {
     json: bool,
     quick: bool,
@@ -331,11 +432,14 @@ struct Options {
     tmpfs: PathBuf,
     only: Vec<&'static str>,
     syncs: Vec<Sync>,
+    journal: Journal,
 }
 
 const USAGE: &str = "usage: durable-bench [--json] [--quick] [--runs N] [--dir DIR] [--tmpfs DIR]
                      [--only seq,typed,fanout,many,replay,start,recv_wake,big,parked,long_replay,history_open]
-                     [--sync full,normal,off]";
+                     [--sync full,normal,off]
+       DATABASE_URL=postgres://... durable-bench --journal postgres [--json] [--quick] [--runs N]
+                     [--only seq,fanout,many,start,replay,recv_wake]";
 
 /// The scale workloads (see [`scale`]), selected by `--only` like the others.
 const SCALE_NAMES: [&str; 3] = ["parked", "long_replay", "history_open"];
@@ -354,8 +458,10 @@ fn parse_args() -> Res<Options> {
             .chain(SCALE_NAMES)
             .collect(),
         syncs: Sync::ALL.to_vec(),
+        journal: Journal::Sqlite,
     };
     let mut tmpfs_given = false;
+    let (mut only_given, mut sync_given) = (false, false);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |flag: &str| args.next().ok_or(format!("{flag} needs a value"));
@@ -368,7 +474,20 @@ fn parse_args() -> Res<Options> {
                 o.tmpfs = value("--tmpfs")?.into();
                 tmpfs_given = true;
             }
+            "--journal" => {
+                o.journal = match value("--journal")?.as_str() {
+                    "sqlite" => Journal::Sqlite,
+                    "postgres" => Journal::Postgres,
+                    other => {
+                        return Err(format!(
+                            "unknown --journal `{other}` (sqlite or postgres)\n{USAGE}"
+                        )
+                        .into());
+                    }
+                };
+            }
             "--only" => {
+                only_given = true;
                 o.only = Vec::new();
                 for name in value("--only")?.split(',') {
                     let known = WORKLOAD_NAMES
@@ -383,6 +502,7 @@ fn parse_args() -> Res<Options> {
                 }
             }
             "--sync" => {
+                sync_given = true;
                 o.syncs = Vec::new();
                 for name in value("--sync")?.split(',') {
                     match Sync::ALL.into_iter().find(|s| s.name() == name) {
@@ -405,6 +525,24 @@ fn parse_args() -> Res<Options> {
     }
     if o.runs == 0 {
         return Err("--runs must be at least 1".into());
+    }
+    if o.journal == Journal::Postgres {
+        if sync_given {
+            return Err(
+                "--sync sets SQLite's `synchronous`; on PostgreSQL the server's \
+                        `synchronous_commit` decides what a commit waits for"
+                    .into(),
+            );
+        }
+        if !only_given {
+            o.only = postgres::WORKLOADS.to_vec();
+        } else if let Some(name) = o.only.iter().find(|n| !postgres::WORKLOADS.contains(n)) {
+            return Err(format!(
+                "`{name}` is not measured on PostgreSQL (it measures {})",
+                postgres::WORKLOADS.join(",")
+            )
+            .into());
+        }
     }
     if !o.tmpfs.is_dir() {
         if tmpfs_given {
@@ -584,7 +722,7 @@ async fn recv_wake(path: &Path, sync: Sync) -> Res<Run> {
         let called = Instant::now();
         rt.send("receiver", "ping", &u64::from(i)).await?;
         let sent = Instant::now();
-        let (value, at) = rx.recv().await.ok_or("the receiver stopped reporting")?;
+        let (value, at, _) = rx.recv().await.ok_or("the receiver stopped reporting")?;
         if value != u64::from(i) {
             return Err(format!("recv_wake sent {i} but received {value}").into());
         }
@@ -667,7 +805,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 struct Row {
     workload: Workload,
-    sync: Sync,
+    setting: Setting,
     ours_s: f64,
     ours_cpu_s: f64,
     commits: u64,
@@ -679,6 +817,32 @@ struct Row {
 }
 
 impl Row {
+    /// The medians of `ours` and `base`, interleaved runs of `workload` on `setting`.
+    fn from_runs(
+        workload: Workload,
+        setting: Setting,
+        ours: &[Run],
+        base: &[Run],
+        peaks: Peaks,
+    ) -> Row {
+        let commits = median(ours.iter().map(|r| r.commits as f64).collect());
+        Row {
+            workload,
+            setting,
+            ours_s: median(ours.iter().map(|r| r.wall_s).collect()),
+            ours_cpu_s: median(ours.iter().map(|r| r.cpu_s).collect()),
+            commits: commits as u64,
+            baseline_s: median(base.iter().map(|r| r.wall_s).collect()),
+            baseline_cpu_s: median(base.iter().map(|r| r.cpu_s).collect()),
+            peak_rss_mib: peaks.rss_mib,
+            from_call_s: ours
+                .iter()
+                .map(|r| r.from_call_s)
+                .collect::<Option<Vec<f64>>>()
+                .map(median),
+        }
+    }
+
     /// What the per-step figures divide by.
     fn n(&self) -> f64 {
         f64::from(self.workload.per_figure())
@@ -707,12 +871,13 @@ impl Row {
 
     fn json(&self) -> String {
         format!(
-            "{{\"workload\": \"{}\", \"sync\": \"{}\", \"n\": {}, \"ours_s\": {:.6}, \"baseline\": \"{}\", \"baseline_s\": {:.6}, \"ratio\": {:.3}, \"peak_rss_mib\": {:.1}, \"per_step_us\": {:.2}, \"overhead_us\": {:.2}, \"cpu_us\": {:.2}, \"baseline_cpu_us\": {:.2}, \"commits\": {}}}",
+            "{{\"journal\": \"{}\", \"workload\": \"{}\", \"sync\": \"{}\", \"n\": {}, \"ours_s\": {:.6}, \"baseline\": \"{}\", \"baseline_s\": {:.6}, \"ratio\": {:.3}, \"peak_rss_mib\": {:.1}, \"per_step_us\": {:.2}, \"overhead_us\": {:.2}, \"cpu_us\": {:.2}, \"baseline_cpu_us\": {:.2}, \"commits\": {}}}",
+            self.setting.journal(),
             self.workload.name(),
-            self.sync.name(),
+            self.setting.name(),
             self.workload.n(),
             self.ours_s,
-            self.workload.baseline(),
+            self.workload.baseline(&self.setting),
             self.baseline_s,
             self.ratio(),
             self.peak_rss_mib,
@@ -728,7 +893,7 @@ impl Row {
         format!(
             "{:<9} {:<7} {:>6} {:>9.4} {:>9.4} {:>6.2} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>7.1}  {}",
             self.workload.name(),
-            self.sync.name(),
+            self.setting.name(),
             self.workload.n(),
             self.ours_s,
             self.baseline_s,
@@ -738,7 +903,7 @@ impl Row {
             self.cpu_per_step_us(),
             self.commits,
             self.peak_rss_mib,
-            self.workload.baseline()
+            self.workload.baseline(&self.setting)
         )
     }
 }
@@ -759,29 +924,19 @@ async fn measure(o: &Options, sync: Sync, w: Workload, steps_table: &str) -> Res
         our_runs.push(ours(run_dir.path(), sync, w).await?);
         base_runs.push(baseline(run_dir.path(), sync, w, steps_table)?);
     }
-    let peaks = sampler.stop();
-    let commits = median(our_runs.iter().map(|r| r.commits as f64).collect());
-    Ok(Row {
-        workload: w,
-        sync,
-        ours_s: median(our_runs.iter().map(|r| r.wall_s).collect()),
-        ours_cpu_s: median(our_runs.iter().map(|r| r.cpu_s).collect()),
-        commits: commits as u64,
-        baseline_s: median(base_runs.iter().map(|r| r.wall_s).collect()),
-        baseline_cpu_s: median(base_runs.iter().map(|r| r.cpu_s).collect()),
-        peak_rss_mib: peaks.rss_mib,
-        from_call_s: our_runs
-            .iter()
-            .map(|r| r.from_call_s)
-            .collect::<Option<Vec<f64>>>()
-            .map(median),
-    })
+    Ok(Row::from_runs(
+        w,
+        Setting::Sqlite(sync),
+        &our_runs,
+        &base_runs,
+        sampler.stop(),
+    ))
 }
 
 /// How per-step cost changes with `n` for one workload and setting.
 struct Scale {
     of: &'static str,
-    sync: Sync,
+    setting: Setting,
     n: Vec<u32>,
     per_step_us: Vec<f64>,
     /// Cost of each added step between consecutive sizes: (t2 - t1) / (n2 - n1).
@@ -803,7 +958,7 @@ impl Scale {
         };
         Some(Scale {
             of: first.workload.name(),
-            sync: first.sync,
+            setting: first.setting.clone(),
             n: rows.iter().map(|r| r.workload.n()).collect(),
             per_step_us: rows.iter().map(|r| r.per_step_us()).collect(),
             marginal_us: marginal(|r| r.ours_s),
@@ -824,9 +979,10 @@ impl Scale {
                 .join(", ")
         };
         format!(
-            "{{\"workload\": \"scale\", \"of\": \"{}\", \"sync\": \"{}\", \"n\": {:?}, \"per_step_us\": [{}], \"marginal_us\": [{}], \"baseline_marginal_us\": [{}], \"spread\": {:.3}, \"baseline_spread\": {:.3}}}",
+            "{{\"journal\": \"{}\", \"workload\": \"scale\", \"of\": \"{}\", \"sync\": \"{}\", \"n\": {:?}, \"per_step_us\": [{}], \"marginal_us\": [{}], \"baseline_marginal_us\": [{}], \"spread\": {:.3}, \"baseline_spread\": {:.3}}}",
+            self.setting.journal(),
             self.of,
-            self.sync.name(),
+            self.setting.name(),
             self.n,
             list(&self.per_step_us),
             list(&self.marginal_us),
@@ -837,7 +993,11 @@ impl Scale {
     }
 
     fn table_line(&self) -> String {
-        let mut s = format!("scale     {:<7} {:<6}  per step", self.sync.name(), self.of);
+        let mut s = format!(
+            "scale     {:<7} {:<6}  per step",
+            self.setting.name(),
+            self.of
+        );
         for (n, us) in self.n.iter().zip(&self.per_step_us) {
             let _ = write!(s, "  n={n}: {us:.1} us");
         }
@@ -906,7 +1066,10 @@ impl Target {
 
 fn targets(rows: &[Row], scales: &[Scale], big: Option<&Big>) -> Vec<Target> {
     let mut out = Vec::new();
-    let row = |w: Workload, s: Sync| rows.iter().find(|r| r.workload == w && r.sync == s);
+    let row = |w: Workload, s: Sync| {
+        rows.iter()
+            .find(|r| r.workload == w && r.setting == Setting::Sqlite(s))
+    };
     let mut ratio = |w: Workload, limit: f64| {
         if let Some(r) = row(w, Sync::Full) {
             out.push(Target {
@@ -969,7 +1132,7 @@ fn targets(rows: &[Row], scales: &[Scale], big: Option<&Big>) -> Vec<Target> {
             what: format!(
                 "{} at {} marginal per-step cost spread, n = {}..{} (baseline's: {:.2})",
                 s.of,
-                s.sync.name(),
+                s.setting.name(),
                 s.n[0],
                 s.n[s.n.len() - 1],
                 spread(&s.baseline_marginal_us)
@@ -982,6 +1145,9 @@ fn targets(rows: &[Row], scales: &[Scale], big: Option<&Big>) -> Vec<Target> {
 }
 
 async fn run(o: Options) -> Res<()> {
+    if o.journal == Journal::Postgres {
+        return postgres::run(&o).await;
+    }
     // The baselines write rows into a table made from the real schema.
     let steps_table = {
         let dir = tempfile::tempdir_in(&o.dir)?;
@@ -1014,24 +1180,12 @@ async fn run(o: Options) -> Res<()> {
             rows.push(row);
         }
     }
-    let mut scales = Vec::new();
-    for &sync in &o.syncs {
-        for of in ["seq", "fanout", "replay"] {
-            let series: Vec<&Row> = rows
-                .iter()
-                .filter(|r| r.sync == sync && r.workload.name() == of)
-                .collect();
-            if let Some(s) = Scale::from_rows(&series) {
-                println!("{}", if o.json { s.json() } else { s.table_line() });
-                scales.push(s);
-            }
-        }
-    }
+    let scales = scales(&rows, o.json);
     let big = if !o.quick && o.only.contains(&"big") {
         let b = big(&o).await?;
         if o.json {
             println!(
-                "{{\"workload\": \"10k_x_10\", \"sync\": \"full\", \"n\": 100000, \"ours_s\": {:.3}, \"peak_rss_mib\": {:.1}, \"peak_fds\": {}, \"commits\": {}}}",
+                "{{\"journal\": \"sqlite\", \"workload\": \"10k_x_10\", \"sync\": \"full\", \"n\": 100000, \"ours_s\": {:.3}, \"peak_rss_mib\": {:.1}, \"peak_fds\": {}, \"commits\": {}}}",
                 b.secs, b.rss_mib, b.fds, b.commits
             );
         } else {
@@ -1066,14 +1220,49 @@ async fn run(o: Options) -> Res<()> {
             );
         }
     }
-    let checks = targets(&rows, &scales, big.as_ref());
-    if !o.json && !checks.is_empty() {
+    print_targets(
+        &targets(&rows, &scales, big.as_ref()),
+        o.json,
+        Journal::Sqlite,
+    );
+    Ok(())
+}
+
+/// Prints, and returns, the `scale` lines of `rows`: for each setting, each of `seq`,
+/// `fanout` and `replay` that was measured at two sizes or more.
+fn scales(rows: &[Row], json: bool) -> Vec<Scale> {
+    let mut settings: Vec<&Setting> = Vec::new();
+    for r in rows {
+        if !settings.contains(&&r.setting) {
+            settings.push(&r.setting);
+        }
+    }
+    let mut scales = Vec::new();
+    for setting in settings {
+        for of in ["seq", "fanout", "replay"] {
+            let series: Vec<&Row> = rows
+                .iter()
+                .filter(|r| &r.setting == setting && r.workload.name() == of)
+                .collect();
+            if let Some(s) = Scale::from_rows(&series) {
+                println!("{}", if json { s.json() } else { s.table_line() });
+                scales.push(s);
+            }
+        }
+    }
+    scales
+}
+
+/// Prints each target, met or missed: a table, or one JSON line each.
+fn print_targets(checks: &[Target], json: bool, journal: Journal) {
+    if !json && !checks.is_empty() {
         println!("\ntargets:");
     }
-    for t in &checks {
-        if o.json {
+    let journal = journal.name();
+    for t in checks {
+        if json {
             println!(
-                "{{\"target\": \"{}\", \"measured\": {:.3}, \"limit\": {}, \"met\": {}}}",
+                "{{\"journal\": \"{journal}\", \"target\": \"{}\", \"measured\": {:.3}, \"limit\": {}, \"met\": {}}}",
                 t.what,
                 t.measured,
                 t.limit,
@@ -1089,12 +1278,14 @@ async fn run(o: Options) -> Res<()> {
             );
         }
     }
-    Ok(())
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--child") {
+        if args.get(1).map(String::as_str) == Some(postgres::CHILD) {
+            return run_in_tokio(postgres::run_child(&args[2..]));
+        }
         return run_in_tokio(scale::run_child(&args[1..]));
     }
     let options = match parse_args() {

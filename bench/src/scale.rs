@@ -408,7 +408,7 @@ pub(crate) async fn parked_line(dir: &Path, sync: Sync, w: u32) -> Res<String> {
     let reparked = child(&["repark", d, sync.name(), &ws])?;
     let base = child(&["tasks", &ws])?;
     Ok(format!(
-        "{{\"workload\": \"parked\", \"sync\": \"{}\", \"n\": {w}, \"park_s\": {:.3}, \"repark_s\": {:.3}, \"wake_s\": {:.6}, \"rss_kib_per_workflow\": {:.3}, \"live_rss_kib_per_workflow\": {:.3}, \"dormant_s\": {:.3}, \"repark_rss_kib_per_workflow\": {:.3}, \"baseline\": \"{w} tokio tasks awaiting a oneshot\", \"baseline_rss_kib_per_workflow\": {:.3}, \"cpu_us\": {:.2}, \"repark_cpu_us\": {:.2}}}",
+        "{{\"journal\": \"sqlite\", \"workload\": \"parked\", \"sync\": \"{}\", \"n\": {w}, \"park_s\": {:.3}, \"repark_s\": {:.3}, \"wake_s\": {:.6}, \"rss_kib_per_workflow\": {:.3}, \"live_rss_kib_per_workflow\": {:.3}, \"dormant_s\": {:.3}, \"repark_rss_kib_per_workflow\": {:.3}, \"baseline\": \"{w} tokio tasks awaiting a oneshot\", \"baseline_rss_kib_per_workflow\": {:.3}, \"cpu_us\": {:.2}, \"repark_cpu_us\": {:.2}}}",
         sync.name(),
         get(&parked, "secs")?,
         get(&reparked, "secs")?,
@@ -441,7 +441,7 @@ pub(crate) async fn long_replay_lines(dir: &Path, sync: Sync, n: u32) -> Res<(St
     }
     let secs = get(&replayed, "secs")?;
     let replay = format!(
-        "{{\"workload\": \"long_replay\", \"sync\": \"{}\", \"n\": {n}, \"ours_s\": {secs:.3}, \"baseline\": \"open + one SELECT of {n} rows\", \"baseline_s\": {:.3}, \"ratio\": {:.3}, \"peak_rss_mib\": {:.1}, \"cpu_us\": {:.3}}}",
+        "{{\"journal\": \"sqlite\", \"workload\": \"long_replay\", \"sync\": \"{}\", \"n\": {n}, \"ours_s\": {secs:.3}, \"baseline\": \"open + one SELECT of {n} rows\", \"baseline_s\": {:.3}, \"ratio\": {:.3}, \"peak_rss_mib\": {:.1}, \"cpu_us\": {:.3}}}",
         sync.name(),
         took.wall_s,
         secs / took.wall_s,
@@ -449,7 +449,7 @@ pub(crate) async fn long_replay_lines(dir: &Path, sync: Sync, n: u32) -> Res<(St
         get(&replayed, "cpu_s")? * 1e6 / f64::from(n),
     );
     let bytes = format!(
-        "{{\"workload\": \"bytes\", \"n\": {n}, \"bytes_per_step\": {:.1}, \"baseline\": \"a table (k INTEGER PRIMARY KEY, v BLOB) of the same outputs\", \"baseline_bytes_per_step\": {:.1}, \"value_bytes_per_step\": {:.1}, \"ratio\": {:.3}, \"cpu_us\": {:.3}}}",
+        "{{\"journal\": \"sqlite\", \"workload\": \"bytes\", \"n\": {n}, \"bytes_per_step\": {:.1}, \"baseline\": \"a table (k INTEGER PRIMARY KEY, v BLOB) of the same outputs\", \"baseline_bytes_per_step\": {:.1}, \"value_bytes_per_step\": {:.1}, \"ratio\": {:.3}, \"cpu_us\": {:.3}}}",
         get(&recorded, "bytes_per_step")?,
         get(&recorded, "baseline_bytes_per_step")?,
         get(&recorded, "value_bytes_per_step")?,
@@ -476,7 +476,7 @@ pub(crate) async fn history_open_line(dir: &Path, sync: Sync, h: u32, runs: usiz
     let cpu = (usage::cpu_seconds() - cpu0) / runs as f64;
     let base = open_secs(&empty, sync, runs).await?;
     Ok(format!(
-        "{{\"workload\": \"history_open\", \"sync\": \"{}\", \"n\": {h}, \"ours_s\": {ours:.6}, \"baseline\": \"open of an empty journal\", \"baseline_s\": {base:.6}, \"ratio\": {:.3}, \"fill_s\": {:.1}, \"cpu_us\": {:.1}}}",
+        "{{\"journal\": \"sqlite\", \"workload\": \"history_open\", \"sync\": \"{}\", \"n\": {h}, \"ours_s\": {ours:.6}, \"baseline\": \"open of an empty journal\", \"baseline_s\": {base:.6}, \"ratio\": {:.3}, \"fill_s\": {:.1}, \"cpu_us\": {:.1}}}",
         sync.name(),
         ours / base,
         get(&filled, "fill_s")?,
