@@ -814,3 +814,41 @@ pub(crate) async fn blocking<T: Send + 'static>(
         )
     })
 }
+
+/// How a journal stores a fingerprint: its bits as a signed 64-bit integer (SQLite's
+/// `INTEGER`, PostgreSQL's `bigint`).
+pub(crate) fn fingerprint_column(f: Option<Fingerprint>) -> Option<i64> {
+    f.map(|f| f.as_u64() as i64)
+}
+
+/// Whether two waits record the same step.
+pub(crate) fn same_step(a: Option<&WaitRecord>, b: Option<&WaitRecord>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.key.workflow_id == b.key.workflow_id && a.key.path == b.key.path,
+        _ => false,
+    }
+}
+
+/// The error for a record at a step that is recorded already.
+pub(crate) fn already_recorded(path: &Path, key: &StepKey) -> StoreError {
+    StoreError::new(
+        path,
+        StoreErrorKind::Invariant,
+        format!(
+            "step {} of workflow {} is already recorded; a recorded step is never overwritten",
+            key.path, key.workflow_id
+        ),
+    )
+}
+
+/// The error for a record made for a workflow the journal does not hold.
+pub(crate) fn no_such_run(path: &Path, workflow_id: &str) -> StoreError {
+    StoreError::new(
+        path,
+        StoreErrorKind::Invariant,
+        format!(
+            "workflow {workflow_id} is not in the journal, so nothing can be recorded for it \
+             (its row was deleted outside durable?)"
+        ),
+    )
+}

@@ -28,14 +28,15 @@ use super::{
     INTERRUPTED, PgError, Stats, connection_lost, crc_column, intact, schema, store_error,
     workflow_columns, workflow_row,
 };
-use crate::codec::{Codec, Fingerprint};
+use crate::codec::Codec;
 use crate::error::{CancelReason, StoreError, StoreErrorKind};
 use crate::journal::crc::{
     event_key, keyed_crc32, message_key, started_value, step_key, workflow_key,
 };
 use crate::journal::{
     Created, Effect, Finish, Finished, NewMessage, NewWorkflow, RecordStatus, RecordedOutcome,
-    Replier, StepKey, StepRecord, Wait, WaitFor, WaitRecord, decode_answer, encode_answer,
+    Replier, StepKey, StepRecord, Wait, WaitFor, WaitRecord, already_recorded, decode_answer,
+    encode_answer, fingerprint_column, no_such_run, same_step,
 };
 use crate::path::StepPath;
 
@@ -1652,30 +1653,6 @@ fn outcome_columns(outcome: &RecordedOutcome) -> (Option<&[u8]>, Option<&str>, O
     }
 }
 
-/// How the journal stores a fingerprint: its bits as a `bigint`.
-fn fingerprint_column(f: Option<Fingerprint>) -> Option<i64> {
-    f.map(|f| f.as_u64() as i64)
-}
-
-/// Whether two waits record the same step.
-fn same_step(a: Option<&WaitRecord>, b: Option<&WaitRecord>) -> bool {
-    match (a, b) {
-        (Some(a), Some(b)) => a.key.workflow_id == b.key.workflow_id && a.key.path == b.key.path,
-        _ => false,
-    }
-}
-
-fn already_recorded(path: &Path, key: &StepKey) -> StoreError {
-    StoreError::new(
-        path,
-        StoreErrorKind::Invariant,
-        format!(
-            "step {} of workflow {} is already recorded; a recorded step is never overwritten",
-            key.path, key.workflow_id
-        ),
-    )
-}
-
 /// The error for a record made for a workflow another executor owns now.
 pub(super) fn taken_over(path: &Path, workflow_id: &str) -> StoreError {
     StoreError::new(
@@ -1686,18 +1663,6 @@ pub(super) fn taken_over(path: &Path, workflow_id: &str) -> StoreError {
              took the workflow over while this one was out of touch with the database for \
              longer than its lease, or resumed it): it goes on there, and this runtime \
              records nothing more for it"
-        ),
-    )
-}
-
-/// The error for a record made for a workflow the journal does not hold.
-fn no_such_run(path: &Path, workflow_id: &str) -> StoreError {
-    StoreError::new(
-        path,
-        StoreErrorKind::Invariant,
-        format!(
-            "workflow {workflow_id} is not in the journal, so nothing can be recorded for it \
-             (its row was deleted outside durable?)"
         ),
     )
 }

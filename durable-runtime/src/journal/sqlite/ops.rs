@@ -12,7 +12,6 @@ use super::writer::{
     Reply, SQL_CREATE, SQL_FINISH, SQL_RECORD, SQL_ROLLBACK, Write, Writer, WriterStats,
 };
 use super::{TxFn, sql_error};
-use crate::codec::Fingerprint;
 use crate::error::{CancelReason, StoreError, StoreErrorKind};
 use crate::journal::crc::{
     event_key, keyed_crc32, message_key, started_value, step_key, workflow_key,
@@ -556,10 +555,7 @@ pub(super) const SQL_RECORDED_OUTPUT: &str = concat!(
     " AND path = ?2"
 );
 
-/// How the journal stores a fingerprint: its bits as an `INTEGER` (SQLite's are signed).
-pub(super) fn fingerprint_column(f: Option<Fingerprint>) -> Option<i64> {
-    f.map(|f| f.as_u64() as i64)
-}
+pub(super) use crate::journal::{fingerprint_column, no_such_run};
 
 /// The `error_kind` of a step record that holds an interruption (NULL: a panic).
 pub(super) const INTERRUPTED: &str = "interrupted";
@@ -589,16 +585,4 @@ pub(super) fn step_error(path: &Path, s: &StepRecord, e: rusqlite::Error) -> Sto
 pub(super) fn is_not_null_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _)
         if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_NOTNULL)
-}
-
-/// The error for a record made for a workflow the journal does not hold.
-pub(super) fn no_such_run(path: &Path, workflow_id: &str) -> StoreError {
-    StoreError::new(
-        path,
-        StoreErrorKind::Invariant,
-        format!(
-            "workflow {workflow_id} is not in the journal, so nothing can be recorded for it \
-             (its row was deleted outside durable?)"
-        ),
-    )
 }

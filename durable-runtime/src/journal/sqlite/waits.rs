@@ -15,8 +15,8 @@ use super::sql_error;
 use super::writer::{Reply, SQL_RECORD, Writer};
 use crate::error::{StoreError, StoreErrorKind};
 use crate::journal::crc::{event_key, keyed_crc32, message_key, step_key};
-use crate::journal::{Dormant, Replier, StepKey, Wait, WaitFor, WaitRecord};
-use crate::journal::{decode_answer, encode_answer};
+use crate::journal::{Dormant, Replier, Wait, WaitFor, WaitRecord};
+use crate::journal::{already_recorded, decode_answer, encode_answer, same_step};
 
 /// A wait kept by the writer until what it waits for is written.
 pub(super) struct Parked {
@@ -370,24 +370,4 @@ impl Writer {
         ])?;
         Ok(())
     }
-}
-
-/// Whether two waits record the same step.
-fn same_step(a: Option<&WaitRecord>, b: Option<&WaitRecord>) -> bool {
-    match (a, b) {
-        (Some(a), Some(b)) => a.key.workflow_id == b.key.workflow_id && a.key.path == b.key.path,
-        _ => false,
-    }
-}
-
-/// The error for a wait whose step is recorded already.
-fn already_recorded(path: &Path, key: &StepKey) -> StoreError {
-    StoreError::new(
-        path,
-        StoreErrorKind::Invariant,
-        format!(
-            "step {} of workflow {} is already recorded; a recorded step is never overwritten",
-            key.path, key.workflow_id
-        ),
-    )
 }
