@@ -20,6 +20,9 @@ pub(crate) struct PgConfig {
     pub(crate) schema: String,
     /// TLS, verified, when the URL asks for it (`sslmode=require` or `verify-full`).
     pub(crate) tls: Option<super::tls::Tls>,
+    /// Whether durable names its connections (`application_name`): unless the URL
+    /// names them.
+    named: bool,
     /// The URL without its password, and with the schema: what messages show.
     shown: String,
 }
@@ -126,9 +129,7 @@ impl PgConfig {
         if connect.get_connect_timeout().is_none() {
             connect.connect_timeout(Duration::from_secs(10));
         }
-        if connect.get_application_name().is_none() {
-            connect.application_name("durable");
-        }
+        let named = connect.get_application_name().is_none();
         if root_cert.is_some() && !tls {
             return Err(refuse(
                 "sslrootcert is given but no TLS is asked for: add sslmode=verify-full".to_owned(),
@@ -144,9 +145,21 @@ impl PgConfig {
         Ok(PgConfig {
             connect,
             schema,
+            named,
             tls,
             shown,
         })
+    }
+
+    /// The settings of one of durable's connections: `durable writer`, `durable
+    /// reader` or `durable listener` as its `application_name` (what
+    /// `pg_stat_activity` shows), unless the URL gave one.
+    pub(crate) fn for_connection(&self, role: &str) -> tokio_postgres::Config {
+        let mut c = self.connect.clone();
+        if self.named {
+            c.application_name(format!("durable {role}"));
+        }
+        c
     }
 
     /// The journal as messages show it: `postgres://user@host:port/database?schema=s`,

@@ -59,9 +59,9 @@ pub(super) async fn register(c: &Client, s: &str, lease: Duration) -> Result<i64
         .query_one(
             &format!(
                 "INSERT INTO {s}.executors (name, lease_ms) VALUES ($1, $2)
-                 RETURNING id, pg_advisory_lock(($3::bigint << 32) | id)::text"
+                 RETURNING id, pg_advisory_lock($3::int4, id::int4)::text"
             ),
-            &[&name, &lease_ms, &schema::EXECUTOR_LOCK_CLASS],
+            &[&name, &lease_ms, &schema::executor_lock_class(s)],
         )
         .await?;
     let me: i64 = row.try_get(0)?;
@@ -114,8 +114,8 @@ pub(super) async fn claim(
                                 WHERE l.locktype = 'advisory' AND l.granted
                                   AND l.database = (SELECT oid FROM pg_catalog.pg_database
                                                     WHERE datname = current_database())
-                                  AND l.classid = $2::bigint::oid
-                                  AND l.objid = e.id::oid AND l.objsubid = 1))
+                                  AND l.classid = $2::int4::oid
+                                  AND l.objid = e.id::int4::oid AND l.objsubid = 2))
                      RETURNING e.id),
                  claimed AS (
                      UPDATE {s}.workflows w SET owner = $1
@@ -136,7 +136,7 @@ pub(super) async fn claim(
                                        WHERE w.owner = e.id AND w.status = 'pending'))
                  SELECT id FROM claimed"
             ),
-            &[&me, &schema::EXECUTOR_LOCK_CLASS, &names, &judge, &any],
+            &[&me, &schema::executor_lock_class(s), &names, &judge, &any],
         )
         .await?;
     rows.iter()
@@ -217,7 +217,7 @@ pub(super) type ReaderSlot = Arc<Mutex<Option<Arc<Client>>>>;
 
 /// Connects the readers' connection of executor `me`.
 pub(super) async fn reader(config: &PgConfig, me: i64) -> Result<Client, PgError> {
-    let client = super::connect(config).await?;
+    let client = super::connect(config, "reader").await?;
     // Its reads tell this runtime's workflows from others'.
     set_executor(&client, me).await?;
     Ok(client)
@@ -235,8 +235,11 @@ async fn healthy(w: &Watch, me: i64, connected: &mut tokio::time::Instant) -> Op
     // server has not found dead yet may still hold it: then later).
     let locked: bool = fresh
         .query_one(
-            "SELECT pg_try_advisory_lock(($1::bigint << 32) | $2)",
-            &[&schema::EXECUTOR_LOCK_CLASS, &me],
+            "SELECT pg_try_advisory_lock($1::int4, $2::bigint::int4)",
+            &[
+                &schema::executor_lock_class(&schema::quoted(&w.config.schema)),
+                &me,
+            ],
         )
         .await
         .ok()?
@@ -396,8 +399,8 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
 /// found gone: its lock goes, and the new one's is taken.
 async fn rejoin(c: &Client, s: &str, old: i64, lease: Duration) -> Result<i64, PgError> {
     c.execute(
-        "SELECT pg_advisory_unlock(($1::bigint << 32) | $2)",
-        &[&schema::EXECUTOR_LOCK_CLASS, &old],
+        "SELECT pg_advisory_unlock($1::int4, $2::bigint::int4)",
+        &[&schema::executor_lock_class(s), &old],
     )
     .await?;
     register(c, s, lease).await
@@ -441,14 +444,15 @@ async fn listen(
     config: &PgConfig,
     heard: mpsc::UnboundedSender<String>,
 ) -> Result<Client, PgError> {
+    let settings = config.for_connection("listener");
     let client = match &config.tls {
         Some(tls) => {
-            let (client, connection) = config.connect.connect(tls.clone()).await?;
+            let (client, connection) = settings.connect(tls.clone()).await?;
             tokio::spawn(hear(connection, heard));
             client
         }
         None => {
-            let (client, connection) = config.connect.connect(NoTls).await?;
+            let (client, connection) = settings.connect(NoTls).await?;
             tokio::spawn(hear(connection, heard));
             client
         }

@@ -175,18 +175,19 @@ pub(crate) struct Stats {
     pub(crate) commits: AtomicU64,
 }
 
-/// Connects to PostgreSQL: the client, with its connection driven on the current
+/// Connects to PostgreSQL as one of durable's connections (`role`): the client, with its connection driven on the current
 /// runtime until the client is dropped.
-async fn connect(config: &PgConfig) -> Result<Client, PgError> {
+async fn connect(config: &PgConfig, role: &str) -> Result<Client, PgError> {
+    let settings = config.for_connection(role);
     // A connection's error reaches its client's next request as a closed connection.
     Ok(match &config.tls {
         Some(tls) => {
-            let (client, connection) = config.connect.connect(tls.clone()).await?;
+            let (client, connection) = settings.connect(tls.clone()).await?;
             tokio::spawn(connection);
             client
         }
         None => {
-            let (client, connection) = config.connect.connect(NoTls).await?;
+            let (client, connection) = settings.connect(NoTls).await?;
             tokio::spawn(connection);
             client
         }
@@ -233,12 +234,12 @@ impl PgStore {
                 .spawn(move || {
                     runtime.block_on(async move {
                         let opened = async {
-                            let mut client = connect(&config).await?;
+                            let mut client = connect(&config, "writer").await?;
                             schema::migrate(&mut client, &config.schema).await?;
                             let s = schema::quoted(&config.schema);
                             // The readers' connection, which the watcher keeps up, holds
                             // the executor's lock for as long as the runtime lives.
-                            let reader = connect(&config).await?;
+                            let reader = connect(&config, "reader").await?;
                             let me = executor::register(&reader, &s, lease).await?;
                             executor::set_executor(&client, me).await?;
                             // Before the runtime lists its pending workflows: those of

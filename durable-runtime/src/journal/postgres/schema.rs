@@ -133,10 +133,14 @@ pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;
 /// The first key of durable's migration lock: `dura`.
 pub(super) const LOCK_CLASS: i32 = 0x6475_7261;
 
-/// The high half of the key of the advisory lock each executor holds while it lives
-/// (`dure`); the low half is the executor's id. Another executor reads it in
-/// `pg_locks` to tell a process that ended from one that is only slow.
-pub(super) const EXECUTOR_LOCK_CLASS: i64 = 0x6475_7265;
+/// The first key of the advisory lock each executor of the journal in schema `s`
+/// (quoted) holds while it lives; the second is the executor's id. Another executor
+/// reads it in `pg_locks` to tell a process that ended from one that is only slow.
+/// Keyed by the schema: executor ids of different journals in one database are the
+/// same numbers.
+pub(super) fn executor_lock_class(s: &str) -> i32 {
+    crc32(format!("durable executor {s}").as_bytes()) as i32
+}
 
 /// The SQLSTATE `fence` raises.
 pub(super) const FENCED: &str = "DU001";

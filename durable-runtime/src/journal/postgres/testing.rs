@@ -244,7 +244,9 @@ pub(crate) fn config_for(dir: &Path) -> PgConfig {
     let marker = dir.join("postgres-schema");
     if !marker.exists() {
         on_own_runtime(|| async {
-            let client = connect(&config).await.expect("connect to DATABASE_URL");
+            let client = connect(&config, "test")
+                .await
+                .expect("connect to DATABASE_URL");
             client
                 .batch_execute(&format!(
                     "DROP SCHEMA IF EXISTS {} CASCADE",
@@ -264,7 +266,7 @@ pub(crate) fn config_for(dir: &Path) -> PgConfig {
 pub(crate) fn damage_every_value(dir: &Path) {
     let config = config_for(dir);
     on_own_runtime(|| async {
-        let client = connect(&config)
+        let client = connect(&config, "test")
             .await
             .expect("connect to damage the journal");
         let s = schema::quoted(&config.schema);

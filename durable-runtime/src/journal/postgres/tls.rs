@@ -279,7 +279,9 @@ mod tests {
         )))
         .expect("valid");
         super::super::testing::on_own_runtime(|| async {
-            let client = super::super::connect(&config).await.expect("connect");
+            let client = super::super::connect(&config, "test")
+                .await
+                .expect("connect");
             let ssl: bool = client
                 .query_one(
                     "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",

@@ -604,7 +604,7 @@ impl Writer {
     }
 
     async fn connect_again(&mut self) -> Result<(), PgError> {
-        let client = super::connect(&self.config).await?;
+        let client = super::connect(&self.config, "writer").await?;
         super::executor::set_executor(&client, self.me).await?;
         self.sql = Statements::prepare(&client, &self.config.schema).await?;
         self.client = client;
