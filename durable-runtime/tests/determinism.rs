@@ -10,10 +10,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::{Journal, on_both_journals};
 use durable_runtime::{Durability, Runtime, branch, step, workflow};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -122,28 +122,45 @@ async fn every_shape(n: u32) -> Vec<String> {
     out
 }
 
-type Journal = BTreeMap<String, (String, Vec<u8>)>;
+/// The recorded steps of workflow `id`: path -> (step name, output).
+type Steps = BTreeMap<String, (String, Vec<u8>)>;
 
-fn journal(path: &Path, id: &str) -> Journal {
-    let conn = rusqlite::Connection::open(path).expect("open journal");
-    let mut stmt = conn
-        .prepare("SELECT path, name, output FROM durable_steps WHERE run = (SELECT run FROM durable_workflows WHERE id = ?1)")
-        .expect("prepare");
-    stmt.query_map([id], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
-        .expect("query")
-        .collect::<rusqlite::Result<_>>()
-        .expect("rows")
+const STEPS: &str = "SELECT path, name, output FROM durable_steps WHERE run = (SELECT run FROM durable_workflows WHERE id = ?1)";
+
+fn journal(journal: &Journal, id: &str) -> Steps {
+    match journal {
+        Journal::Sqlite { path, .. } => {
+            let conn = rusqlite::Connection::open(path).expect("open journal");
+            let mut stmt = conn.prepare(STEPS).expect("prepare");
+            stmt.query_map([id], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
+                .expect("query")
+                .collect::<rusqlite::Result<_>>()
+                .expect("rows")
+        }
+        #[cfg(all(feature = "postgres", feature = "testkit"))]
+        Journal::Postgres { server, schema, .. } => {
+            let query = common::pg_sql(schema, STEPS);
+            let id = id.to_owned();
+            common::on_postgres(server, async move |c| {
+                c.query(&query, &[&id])
+                    .await?
+                    .iter()
+                    .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))))
+                    .collect()
+            })
+            .expect("rows")
+        }
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn step_paths_are_identical_under_200_completion_orders_and_replay() {
-    let mut reference: Option<(Journal, Vec<String>)> = None;
+async fn step_paths_are_identical_under_200_completion_orders_and_replay(kind: Journal) {
+    let mut reference: Option<(Steps, Vec<String>)> = None;
     for seed in 0..200u64 {
         RNG.store(seed.wrapping_mul(0xA076_1D64_78BD_642F), Ordering::Relaxed);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("journal.db");
+        let fresh = kind.another();
+        let path = fresh.path();
 
-        let rt = Runtime::builder(&path)
+        let rt = Runtime::builder(path)
             .durability(Durability::Normal)
             .open()
             .await
@@ -155,14 +172,14 @@ async fn step_paths_are_identical_under_200_completion_orders_and_replay() {
             .result()
             .await
             .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-        drop(rt);
-        let recorded = journal(&path, "w");
+        fresh.release(rt).await;
+        let recorded = journal(&fresh, "w");
 
         // Full replay: the workflow looks unfinished, so the next open resumes it; every
         // step must come from the journal.
-        common::make_pending(&path, "w");
+        fresh.make_pending("w");
         let before = BODIES.load(Ordering::SeqCst);
-        let rt = common::reopen(&path).await;
+        let rt = common::reopen(path).await;
         assert_eq!(rt.recovered(), ["w"], "seed {seed}");
         let replayed = rt
             .start_with_id("w", every_shape(4))
@@ -181,11 +198,11 @@ async fn step_paths_are_identical_under_200_completion_orders_and_replay() {
             "seed {seed}: replay returned a different result"
         );
         assert_eq!(
-            journal(&path, "w"),
+            journal(&fresh, "w"),
             recorded,
             "seed {seed}: replay changed the journal"
         );
-        drop(rt);
+        fresh.release(rt).await;
 
         match &reference {
             None => {
@@ -208,3 +225,8 @@ async fn step_paths_are_identical_under_200_completion_orders_and_replay() {
         }
     }
 }
+on_both_journals!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    step_paths_are_identical_under_200_completion_orders_and_replay,
+    serial
+);

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::{Journal, on_both_journals};
+
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -26,13 +28,11 @@ async fn nap(ms: u64) -> u64 {
     ms
 }
 
-#[test]
-fn a_sleep_resumed_after_a_crash_waits_only_for_what_is_left() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("journal.db");
+fn a_sleep_resumed_after_a_crash_waits_only_for_what_is_left(journal: Journal) {
+    let path = journal.path();
     let first = tokio::runtime::Runtime::new().expect("tokio");
     let began = first.block_on(async {
-        let rt = open(&path).await;
+        let rt = open(path).await;
         let began = SystemTime::now();
         rt.start_with_id("nap", nap(700)).await.expect("start");
         while rt.steps("nap").await.expect("steps").is_empty() {
@@ -44,7 +44,7 @@ fn a_sleep_resumed_after_a_crash_waits_only_for_what_is_left() {
     std::thread::sleep(Duration::from_millis(300));
     let second = tokio::runtime::Runtime::new().expect("tokio");
     let rt_wake = second.block_on(async {
-        let rt = common::reopen(&path).await;
+        let rt = common::reopen(path).await;
         let resumed = Instant::now();
         let h = rt.handle::<u64>("nap").await.expect("handle");
         assert_eq!(h.result().await.expect("nap"), 700);
@@ -75,6 +75,10 @@ fn a_sleep_resumed_after_a_crash_waits_only_for_what_is_left() {
         "the recovered sleep started again: {waited_after_restart:?}"
     );
 }
+on_both_journals!(
+    #[test]
+    a_sleep_resumed_after_a_crash_waits_only_for_what_is_left
+);
 
 #[workflow]
 async fn draws() -> (u64, String, u64) {
@@ -85,11 +89,8 @@ async fn draws() -> (u64, String, u64) {
     (random().await, uuid().await, ms)
 }
 
-#[tokio::test]
-async fn now_random_and_uuid_replay_their_recorded_values() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("journal.db");
-    let rt = open(&path).await;
+async fn now_random_and_uuid_replay_their_recorded_values(journal: Journal) {
+    let rt = open(journal.path()).await;
     let first = rt
         .start_with_id("d", draws())
         .await
@@ -109,10 +110,10 @@ async fn now_random_and_uuid_replay_their_recorded_values() {
         .await
         .expect("draws");
     assert_ne!(fresh.0, *r, "two runs drew the same random number");
-    drop(rt);
-    common::make_pending(&path, "d");
+    journal.release(rt).await;
+    journal.make_pending("d");
     std::thread::sleep(Duration::from_millis(5));
-    let rt = common::reopen(&path).await;
+    let rt = common::reopen(journal.path()).await;
     let again = rt
         .start_with_id("d", draws())
         .await
@@ -130,6 +131,10 @@ async fn now_random_and_uuid_replay_their_recorded_values() {
         .collect();
     assert_eq!(names, ["durable::now", "durable::random", "durable::uuid"]);
 }
+on_both_journals!(
+    #[tokio::test]
+    now_random_and_uuid_replay_their_recorded_values
+);
 
 #[step]
 async fn old_way(n: u32) -> u32 {
@@ -168,17 +173,15 @@ async fn notify_v2(n: u32) -> u32 {
 /// Makes run `id` look like an execution that crashed before its step `lost` was
 /// recorded, recovered now by the code of workflow `now_named` (a deployment keeps the
 /// name; here each version has its own).
-fn crashed_under_old_code(path: &std::path::Path, id: &str, lost: &str, now_named: &str) {
-    common::make_pending(path, id);
-    common::sql(
-        path,
+fn crashed_under_old_code(journal: &Journal, id: &str, lost: &str, now_named: &str) {
+    journal.make_pending(id);
+    journal.sql(
         "DELETE FROM durable_steps WHERE run = (SELECT run FROM durable_workflows WHERE id = ?1) AND name = ?2",
-        [id, lost],
+        &[id, lost],
     );
-    common::sql(
-        path,
+    journal.sql(
         "UPDATE durable_workflows SET name = ?2 WHERE id = ?1",
-        [id, now_named],
+        &[id, now_named],
     );
 }
 
@@ -186,11 +189,10 @@ fn names(steps: Vec<durable_runtime::StepInfo>) -> Vec<String> {
     steps.into_iter().map(|s| s.name).collect()
 }
 
-#[tokio::test]
-async fn patched_keeps_old_executions_on_the_old_path_and_sends_new_ones_down_the_new() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("journal.db");
-    let rt = open(&path).await;
+async fn patched_keeps_old_executions_on_the_old_path_and_sends_new_ones_down_the_new(
+    journal: Journal,
+) {
+    let rt = open(journal.path()).await;
     let new = rt
         .start_with_id("new", notify_v2(1))
         .await
@@ -207,10 +209,10 @@ async fn patched_keeps_old_executions_on_the_old_path_and_sends_new_ones_down_th
         .result()
         .await
         .expect("v1");
-    drop(rt);
-    common::make_pending(&path, "new");
-    crashed_under_old_code(&path, "old", "finish", "notify_v2");
-    let rt = common::reopen(&path).await;
+    journal.release(rt).await;
+    journal.make_pending("new");
+    crashed_under_old_code(&journal, "old", "finish", "notify_v2");
+    let rt = common::reopen(journal.path()).await;
     let old = rt
         .handle::<u32>("old")
         .await
@@ -237,13 +239,16 @@ async fn patched_keeps_old_executions_on_the_old_path_and_sends_new_ones_down_th
         names(rt.steps("new").await.expect("steps")),
         ["new_way", "finish"]
     );
-    let markers: Vec<String> = rusqlite::Connection::open(&path)
-        .expect("open")
-        .prepare("SELECT w.id FROM durable_patches JOIN durable_workflows w USING (run)")
-        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-        .expect("markers");
+    let markers: Vec<String> = journal.strings(
+        "SELECT w.id FROM durable_patches JOIN durable_workflows w USING (run)",
+        &[],
+    );
     assert_eq!(markers, ["new"]);
 }
+on_both_journals!(
+    #[tokio::test]
+    patched_keeps_old_executions_on_the_old_path_and_sends_new_ones_down_the_new
+);
 
 /// The code once every execution from before the patch has finished: the check and the
 /// old branch are gone.
@@ -253,20 +258,19 @@ async fn notify_v3(n: u32) -> u32 {
     finish(v).await
 }
 
-#[tokio::test]
-async fn removing_a_patch_check_keeps_executions_that_took_the_new_path_replaying() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("journal.db");
-    let rt = open(&path).await;
+async fn removing_a_patch_check_keeps_executions_that_took_the_new_path_replaying(
+    journal: Journal,
+) {
+    let rt = open(journal.path()).await;
     rt.start_with_id("after", notify_v2(1))
         .await
         .expect("start")
         .result()
         .await
         .expect("v2");
-    drop(rt);
-    crashed_under_old_code(&path, "after", "finish", "notify_v3");
-    let rt = common::reopen(&path).await;
+    journal.release(rt).await;
+    crashed_under_old_code(&journal, "after", "finish", "notify_v3");
+    let rt = common::reopen(journal.path()).await;
     let v = rt
         .handle::<u32>("after")
         .await
@@ -276,6 +280,10 @@ async fn removing_a_patch_check_keeps_executions_that_took_the_new_path_replayin
         .expect("replays without the check");
     assert_eq!(v, 101);
 }
+on_both_journals!(
+    #[tokio::test]
+    removing_a_patch_check_keeps_executions_that_took_the_new_path_replaying
+);
 
 #[step]
 async fn slow_a() -> u32 {
@@ -308,21 +316,18 @@ async fn pair_v2() -> u32 {
     }
 }
 
-#[tokio::test]
-async fn patched_sees_an_old_execution_that_recorded_only_a_later_position() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("journal.db");
-    let rt = open(&path).await;
+async fn patched_sees_an_old_execution_that_recorded_only_a_later_position(journal: Journal) {
+    let rt = open(journal.path()).await;
     rt.start_with_id("pair", pair_v1())
         .await
         .expect("start")
         .result()
         .await
         .expect("v1");
-    drop(rt);
+    journal.release(rt).await;
     // The old run crashed with `fast_b` (position 2) recorded and `slow_a` (1) not.
-    crashed_under_old_code(&path, "pair", "slow_a", "pair_v2");
-    let rt = common::reopen(&path).await;
+    crashed_under_old_code(&journal, "pair", "slow_a", "pair_v2");
+    let rt = common::reopen(journal.path()).await;
     let v = rt
         .handle::<u32>("pair")
         .await
@@ -331,8 +336,12 @@ async fn patched_sees_an_old_execution_that_recorded_only_a_later_position() {
         .await
         .expect("the old run stays on the old path");
     assert_eq!(v, 3);
-    assert!(common::dump(&path, "durable_patches").is_empty());
+    assert!(journal.dump("durable_patches").is_empty());
 }
+on_both_journals!(
+    #[tokio::test]
+    patched_sees_an_old_execution_that_recorded_only_a_later_position
+);
 
 static SENT: AtomicU32 = AtomicU32::new(0);
 static HANG: AtomicBool = AtomicBool::new(true);
@@ -351,13 +360,13 @@ async fn payout(cents: u64) -> u64 {
     wire_money(cents).await
 }
 
-#[test]
-fn an_interrupted_at_most_once_step_is_recorded_as_failed_and_resume_runs_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("journal.db");
+fn an_interrupted_at_most_once_step_is_recorded_as_failed_and_resume_runs_it(journal: Journal) {
+    SENT.store(0, Ordering::SeqCst);
+    HANG.store(true, Ordering::SeqCst);
+    let path = journal.path();
     let first = tokio::runtime::Runtime::new().expect("tokio");
     first.block_on(async {
-        let rt = open(&path).await;
+        let rt = open(path).await;
         rt.start_with_id("pay", payout(500)).await.expect("start");
         while SENT.load(Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -365,13 +374,13 @@ fn an_interrupted_at_most_once_step_is_recorded_as_failed_and_resume_runs_it() {
     });
     first.shutdown_background();
     assert_eq!(
-        common::dump(&path, "durable_started").len(),
+        journal.dump("durable_started").len(),
         1,
         "the start record is durable before the body runs"
     );
     let second = tokio::runtime::Runtime::new().expect("tokio");
     second.block_on(async {
-        let rt = common::reopen(&path).await;
+        let rt = common::reopen(path).await;
         let err = rt
             .handle::<u64>("pay")
             .await
@@ -405,6 +414,14 @@ fn an_interrupted_at_most_once_step_is_recorded_as_failed_and_resume_runs_it() {
         assert_eq!(SENT.load(Ordering::SeqCst), 2);
     });
 }
+on_both_journals!(
+    #[test]
+    an_interrupted_at_most_once_step_is_recorded_as_failed_and_resume_runs_it,
+    serial
+);
+
+// Transaction steps: SQLite only (they write in the SQLite journal's own transaction; on
+// PostgreSQL a transaction step answers an error), so these tests stay on SQLite.
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 enum LedgerError {

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::{Journal, on_both_journals};
+
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -11,8 +13,8 @@ use durable_runtime::{
     Codec, Durability, Error, FailureKind, Runtime, WorkflowStatus, step, workflow,
 };
 
-async fn open(dir: &tempfile::TempDir) -> Runtime {
-    Runtime::builder(dir.path().join("journal.db"))
+async fn open(journal: &Journal) -> Runtime {
+    Runtime::builder(journal.path())
         .durability(Durability::Normal)
         .open()
         .await
@@ -35,10 +37,10 @@ async fn counted(x: u64) -> u64 {
     slow_increment(x).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sixteen_concurrent_starts_of_one_id_run_the_body_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let rt = open(&dir).await;
+async fn sixteen_concurrent_starts_of_one_id_run_the_body_once(journal: Journal) {
+    ONCE_BODY.store(0, Ordering::SeqCst);
+    ONCE_STEP.store(0, Ordering::SeqCst);
+    let rt = open(&journal).await;
     let tasks: Vec<_> = (0..16)
         .map(|i| {
             let rt = rt.clone();
@@ -72,24 +74,28 @@ async fn sixteen_concurrent_starts_of_one_id_run_the_body_once() {
     let again = rt.start_with_id("same", counted(7)).await.expect("start");
     assert_eq!(again.status(), WorkflowStatus::Completed);
     assert_eq!(again.result().await.expect("result"), results[0]);
-    drop((rt, again));
-    let rt = common::reopen(&dir.path().join("journal.db")).await;
+    drop(again);
+    journal.release(rt).await;
+    let rt = common::reopen(journal.path()).await;
     assert!(rt.recovered().is_empty());
     let again = rt.start_with_id("same", counted(8)).await.expect("start");
     assert_eq!(again.result().await.expect("result"), results[0]);
     assert_eq!(ONCE_BODY.load(Ordering::SeqCst), 1);
     assert_eq!(ONCE_STEP.load(Ordering::SeqCst), 1);
 }
+on_both_journals!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    sixteen_concurrent_starts_of_one_id_run_the_body_once,
+    serial
+);
 
 #[workflow]
 async fn other_workflow() -> u64 {
     1
 }
 
-#[tokio::test]
-async fn an_id_belongs_to_one_workflow() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let rt = open(&dir).await;
+async fn an_id_belongs_to_one_workflow(journal: Journal) {
+    let rt = open(&journal).await;
     rt.start_with_id("taken", other_workflow())
         .await
         .expect("start")
@@ -115,6 +121,10 @@ async fn an_id_belongs_to_one_workflow() {
     assert_ne!(a.id(), b.id(), "generated ids must be unique");
     assert_eq!(a.id().len(), 32);
 }
+on_both_journals!(
+    #[tokio::test]
+    an_id_belongs_to_one_workflow
+);
 
 static PANICS: AtomicUsize = AtomicUsize::new(0);
 
@@ -144,11 +154,9 @@ async fn calm(x: u32) -> u32 {
     fine(x).await + fine(x + 1).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panicking_step_is_recorded_and_fails_only_its_workflow() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("journal.db");
-    let rt = open(&dir).await;
+async fn a_panicking_step_is_recorded_and_fails_only_its_workflow(journal: Journal) {
+    PANICS.store(0, Ordering::SeqCst);
+    let rt = open(&journal).await;
     let bad = rt.start_with_id("bad", panicky(1)).await.expect("start");
     let good = rt.start_with_id("good", calm(1)).await.expect("start");
     let err = bad.result().await.expect_err("panicked");
@@ -176,10 +184,11 @@ async fn a_panicking_step_is_recorded_and_fails_only_its_workflow() {
     assert_eq!(steps.len(), 2);
     assert!(steps[1].panicked && !steps[0].panicked);
 
-    let steps_before = common::dump(&path, "durable_steps");
-    let workflows_before = common::dump(&path, "durable_workflows");
-    drop((rt, bad, good));
-    let rt = common::reopen(&path).await;
+    let steps_before = journal.dump("durable_steps");
+    let workflows_before = journal.dump("durable_workflows");
+    drop((bad, good));
+    journal.release(rt).await;
+    let rt = common::reopen(journal.path()).await;
     assert!(
         rt.recovered().is_empty(),
         "a failed workflow is not resumed"
@@ -192,9 +201,14 @@ async fn a_panicking_step_is_recorded_and_fails_only_its_workflow() {
         1,
         "the panicking body ran again"
     );
-    assert_eq!(common::dump(&path, "durable_steps"), steps_before);
-    assert_eq!(common::dump(&path, "durable_workflows"), workflows_before);
+    assert_eq!(journal.dump("durable_steps"), steps_before);
+    assert_eq!(journal.dump("durable_workflows"), workflows_before);
 }
+on_both_journals!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_panicking_step_is_recorded_and_fails_only_its_workflow,
+    serial
+);
 
 static FLAKY_ATTEMPTS: Mutex<Vec<tokio::time::Instant>> = Mutex::new(Vec::new());
 
@@ -227,11 +241,10 @@ async fn retrying() -> (Result<String, String>, Result<u32, String>) {
 
 // Paused time: sleeps advance the clock exactly, so the backoff delays are checked
 // exactly rather than timed.
-#[tokio::test(start_paused = true)]
-async fn retries_back_off_exponentially_and_record_only_the_final_attempt() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("journal.db");
-    let rt = open(&dir).await;
+async fn retries_back_off_exponentially_and_record_only_the_final_attempt(journal: Journal) {
+    FLAKY_ATTEMPTS.lock().expect("lock").clear();
+    HOPELESS_ATTEMPTS.store(0, Ordering::SeqCst);
+    let rt = open(&journal).await;
     let (ok, err) = rt
         .start_with_id("r", retrying())
         .await
@@ -261,9 +274,9 @@ async fn retries_back_off_exponentially_and_record_only_the_final_attempt() {
     assert_eq!(attempts, [3, 3]);
 
     // The recorded Err replays like an Ok: no attempt runs again.
-    drop(rt);
-    common::make_pending(&path, "r");
-    let rt = common::reopen(&path).await;
+    journal.release(rt).await;
+    journal.make_pending("r");
+    let rt = common::reopen(journal.path()).await;
     let replayed = rt
         .start_with_id("r", retrying())
         .await
@@ -275,6 +288,11 @@ async fn retries_back_off_exponentially_and_record_only_the_final_attempt() {
     assert_eq!(FLAKY_ATTEMPTS.lock().expect("lock").len(), 3);
     assert_eq!(HOPELESS_ATTEMPTS.load(Ordering::SeqCst), 3);
 }
+on_both_journals!(
+    #[tokio::test(start_paused = true)]
+    retries_back_off_exponentially_and_record_only_the_final_attempt,
+    serial
+);
 
 static DROPPED_RAN: AtomicUsize = AtomicUsize::new(0);
 
@@ -296,10 +314,8 @@ async fn drops_a_step() -> u8 {
     after(9).await
 }
 
-#[tokio::test]
-async fn a_step_dropped_unpolled_keeps_its_id() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let rt = open(&dir).await;
+async fn a_step_dropped_unpolled_keeps_its_id(journal: Journal) {
+    let rt = open(&journal).await;
     let h = rt
         .start_with_id("drop", drops_a_step())
         .await
@@ -317,6 +333,10 @@ async fn a_step_dropped_unpolled_keeps_its_id() {
         "a dropped step never runs"
     );
 }
+on_both_journals!(
+    #[tokio::test]
+    a_step_dropped_unpolled_keeps_its_id
+);
 
 #[step]
 async fn slow_double(x: u64) -> u64 {
@@ -329,10 +349,8 @@ async fn patient(x: u64) -> u64 {
     slow_double(x).await
 }
 
-#[tokio::test]
-async fn a_start_abandoned_by_its_caller_still_runs() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let rt = open(&dir).await;
+async fn a_start_abandoned_by_its_caller_still_runs(journal: Journal) {
+    let rt = open(&journal).await;
     // The caller gives up after the first poll (a timeout, a dropped web request):
     // the start must not leave the id claimed without a run.
     let mut abandoned = Box::pin(rt.start_with_id("abandoned", patient(1)));
@@ -344,9 +362,13 @@ async fn a_start_abandoned_by_its_caller_still_runs() {
         .expect("start");
     assert_eq!(handle.result().await.expect("the run goes on"), 2);
 }
+on_both_journals!(
+    #[tokio::test]
+    a_start_abandoned_by_its_caller_still_runs
+);
 
-async fn open_bincode(dir: &tempfile::TempDir) -> Runtime {
-    Runtime::builder(dir.path().join("journal.db"))
+async fn open_bincode(journal: &Journal) -> Runtime {
+    Runtime::builder(journal.path())
         .durability(Durability::Normal)
         .codec(Codec::Bincode)
         .open()
@@ -373,10 +395,8 @@ async fn lossy_input(x: Lossy) -> u32 {
     x.n
 }
 
-#[tokio::test]
-async fn an_output_that_does_not_round_trip_fails_the_workflow_for_good() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let rt = open_bincode(&dir).await;
+async fn an_output_that_does_not_round_trip_fails_the_workflow_for_good(journal: Journal) {
+    let rt = open_bincode(&journal).await;
     let h = rt
         .start_with_id("lossy-out", lossy_output())
         .await
@@ -398,12 +418,13 @@ async fn an_output_that_does_not_round_trip_fails_the_workflow_for_good() {
         err.to_string()
     );
 }
+on_both_journals!(
+    #[tokio::test]
+    an_output_that_does_not_round_trip_fails_the_workflow_for_good
+);
 
-#[tokio::test]
-async fn an_input_that_does_not_round_trip_is_refused_before_anything_is_written() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("journal.db");
-    let rt = open_bincode(&dir).await;
+async fn an_input_that_does_not_round_trip_is_refused_before_anything_is_written(journal: Journal) {
+    let rt = open_bincode(&journal).await;
     let err = rt
         .start_with_id("lossy-in", lossy_input(Lossy { note: None, n: 1 }))
         .await
@@ -414,13 +435,15 @@ async fn an_input_that_does_not_round_trip_is_refused_before_anything_is_written
         "{err:?}"
     );
     drop(rt);
-    assert!(common::dump(&path, "durable_workflows").is_empty());
+    assert!(journal.dump("durable_workflows").is_empty());
 }
+on_both_journals!(
+    #[tokio::test]
+    an_input_that_does_not_round_trip_is_refused_before_anything_is_written
+);
 
-#[tokio::test]
-async fn the_default_codec_records_what_bincode_cannot() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let rt = open(&dir).await;
+async fn the_default_codec_records_what_bincode_cannot(journal: Journal) {
+    let rt = open(&journal).await;
     let out = rt
         .start_with_id("out", lossy_output())
         .await
@@ -439,3 +462,7 @@ async fn the_default_codec_records_what_bincode_cannot() {
         .expect("start");
     assert_eq!(h.result().await.expect("recorded"), 4);
 }
+on_both_journals!(
+    #[tokio::test]
+    the_default_codec_records_what_bincode_cannot
+);

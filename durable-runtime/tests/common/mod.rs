@@ -1,6 +1,13 @@
 //! Helpers shared by the integration tests: raw journal access and reopening.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports, unused_macros)]
+
+mod journal;
+
+pub use journal::Journal;
+pub(crate) use journal::on_both_journals;
+#[cfg(all(feature = "postgres", feature = "testkit"))]
+pub use journal::{on_postgres, pg_sql};
 
 use std::path::Path;
 use std::time::Duration;
