@@ -242,8 +242,8 @@ impl RuntimeBuilder {
         });
         tokio::spawn(super::dormant::wake_loop(Arc::downgrade(&inner), wakeups));
         let (takeovers, taken) = tokio::sync::mpsc::unbounded_channel();
-        inner.store.takeovers(takeovers);
-        tokio::spawn(adopt_loop(Arc::downgrade(&inner), taken));
+        inner.store.takeovers(takeovers.clone());
+        tokio::spawn(adopt_loop(Arc::downgrade(&inner), takeovers, taken));
         // Every resumed run is in `running` before any of them runs: a parent resuming
         // its child's call must find the child's run, not start a second one.
         if !(dormant.is_empty() && launches.is_empty()) {
@@ -288,6 +288,7 @@ impl RuntimeBuilder {
 /// runtime is gone.
 async fn adopt_loop(
     inner: std::sync::Weak<Inner>,
+    again: tokio::sync::mpsc::UnboundedSender<Arc<str>>,
     mut taken: tokio::sync::mpsc::UnboundedReceiver<Arc<str>>,
 ) {
     while let Some(first) = taken.recv().await {
@@ -328,6 +329,24 @@ async fn adopt_loop(
             let mut runs = Vec::new();
             for (id, def, input, deadline_at, parent) in launches {
                 if running.contains_key(&id) {
+                    // A run of it here is still winding down (this runtime was taken
+                    // over, and has claimed the workflow back): once it has left
+                    // `running` (its handles may follow the journal meanwhile, and
+                    // publish nothing), the workflow runs again from its journal.
+                    let again = again.clone();
+                    let weak = Arc::downgrade(&inner);
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            let Some(inner) = weak.upgrade() else {
+                                return;
+                            };
+                            if !lock(&inner.running).contains_key(&id) {
+                                let _ = again.send(id);
+                                return;
+                            }
+                        }
+                    });
                     continue;
                 }
                 tracing::info!(
