@@ -137,3 +137,48 @@ async fn killing_the_writers_connection_loses_and_doubles_nothing() -> Res<()> {
     rt.close().await?;
     Ok(())
 }
+
+/// Waits for one message on topic `value`.
+#[workflow]
+async fn one_message() -> Result<u64, String> {
+    recv::<u64>("value", None)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "recv without a timeout returned nothing".to_owned())
+}
+
+/// A runtime idle with a workflow parked in `recv` loses its writer's connection; a
+/// message sent from another runtime then still reaches the workflow: the writer
+/// connects again to answer what its listener heard, and looks at every parked wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_parked_when_the_writers_connection_dropped_still_gets_its_message() -> Res<()> {
+    let server = durable_testkit::postgres::database_url();
+    let schema = format!("idle_drop_{}", std::process::id());
+    let sep = if server.contains('?') { '&' } else { '?' };
+    let url = format!("{server}{sep}schema={schema}");
+    let a = Runtime::builder(&url)
+        .lease(Duration::from_secs(30))
+        .open()
+        .await?;
+    let h = a.start_with_id("waits", one_message()).await?;
+    // Parked.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (killer, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let killed = kill_writers(&killer).await?;
+    assert!(killed >= 1, "no writer connection to kill");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Another runtime (another executor) on the same journal sends.
+    let b = Runtime::builder(&url)
+        .lease(Duration::from_secs(30))
+        .open()
+        .await?;
+    b.send("waits", "value", &42u64).await?;
+    let got = tokio::time::timeout(Duration::from_secs(10), h.result())
+        .await
+        .map_err(|_| "the parked wait did not get its message within 10 s")??;
+    assert_eq!(got, Ok(42));
+    b.close().await?;
+    a.close().await?;
+    Ok(())
+}

@@ -224,38 +224,44 @@ pub(super) async fn reader(config: &PgConfig, me: i64) -> Result<Client, PgError
 }
 
 /// The readers' connection, made again if it dropped; `None` if it cannot be now, or
-/// the store is closed. `connected` is set when it is made again.
-async fn healthy(w: &Watch, me: i64, connected: &mut tokio::time::Instant) -> Option<Arc<Client>> {
-    let current = lock(&w.reader).clone()?;
-    if !current.is_closed() {
-        return Some(current);
+/// the store is closed. `connected` is set when it is made again. The executor's lock
+/// goes with a dropped session, and is taken again here (`locked` says whether this
+/// session holds it): a session the server has not found dead yet may still hold it,
+/// and meanwhile the connection serves reads and heartbeats, and the lock is tried
+/// again at every look.
+async fn healthy(
+    w: &Watch,
+    me: i64,
+    connected: &mut tokio::time::Instant,
+    locked: &mut bool,
+) -> Option<Arc<Client>> {
+    let mut current = lock(&w.reader).clone()?;
+    if current.is_closed() {
+        let fresh = Arc::new(reader(&w.config, me).await.ok()?);
+        {
+            let mut slot = lock(&w.reader);
+            // Not if the store closed meanwhile.
+            slot.as_ref()?;
+            *slot = Some(fresh.clone());
+        }
+        *connected = tokio::time::Instant::now();
+        *locked = false;
+        tracing::info!("the readers' connection to the PostgreSQL journal is back");
+        current = fresh;
     }
-    let fresh = reader(&w.config, me).await.ok()?;
-    // The executor's lock went with the old session: take it again (a session the
-    // server has not found dead yet may still hold it: then later).
-    let locked: bool = fresh
-        .query_one(
-            "SELECT pg_try_advisory_lock($1::int4, $2::bigint::int4)",
-            &[
-                &schema::executor_lock_class(&schema::quoted(&w.config.schema)),
-                &me,
-            ],
-        )
-        .await
-        .ok()?
-        .try_get(0)
-        .ok()?;
-    if !locked {
-        return None;
+    if !*locked {
+        let taken = current
+            .query_one(
+                "SELECT pg_try_advisory_lock($1::int4, $2::bigint::int4)",
+                &[
+                    &schema::executor_lock_class(&schema::quoted(&w.config.schema)),
+                    &me,
+                ],
+            )
+            .await;
+        *locked = taken.ok().and_then(|r| r.try_get(0).ok()).unwrap_or(false);
     }
-    let fresh = Arc::new(fresh);
-    let mut slot = lock(&w.reader);
-    // Not if the store closed meanwhile.
-    slot.as_ref()?;
-    *slot = Some(fresh.clone());
-    *connected = tokio::time::Instant::now();
-    tracing::info!("the readers' connection to the PostgreSQL journal is back");
-    Some(fresh)
+    Some(current)
 }
 
 /// What the watcher needs.
@@ -284,6 +290,8 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
     // The listening connection, and what it hears.
     let mut listener: Option<(Client, mpsc::UnboundedReceiver<String>)> = None;
     let mut me = w.me;
+    // Whether the readers' session holds the executor's lock (registration took it).
+    let mut locked = true;
     // When the readers' connection was last made: after the database restarts, every
     // executor's lock is free until it reconnects, so for a lease after reconnecting a
     // free lock alone does not make another executor gone.
@@ -317,10 +325,10 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
         };
         match event {
             Event::Check => {
-                let _ = healthy(&w, me, &mut connected).await;
+                let _ = healthy(&w, me, &mut connected, &mut locked).await;
             }
             Event::Beat => {
-                let Some(client) = healthy(&w, me, &mut connected).await else {
+                let Some(client) = healthy(&w, me, &mut connected, &mut locked).await else {
                     continue;
                 };
                 let beaten = client
@@ -338,6 +346,7 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
                         // they go on there. This runtime goes on as a new executor.
                         match rejoin(&client, &s, me, w.lease).await {
                             Ok(new) => {
+                                locked = true;
                                 tracing::error!(
                                     executor = me,
                                     new_executor = new,
@@ -360,7 +369,7 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
                 }
             }
             Event::Claim => {
-                let Some(client) = healthy(&w, me, &mut connected).await else {
+                let Some(client) = healthy(&w, me, &mut connected, &mut locked).await else {
                     continue;
                 };
                 let trust_locks = connected.elapsed() >= w.lease;

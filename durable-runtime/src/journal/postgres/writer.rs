@@ -520,6 +520,8 @@ impl Writer {
                         }
                     };
                     self.answer_recorded_parked().await;
+                    // Notifications sent while the connection was down went unheard.
+                    Box::pin(self.recheck(Recheck::All)).await;
                     match last {
                         // It committed before the connection dropped: answer each
                         // write from what the journal holds.
@@ -695,6 +697,10 @@ impl Writer {
                     &step_key(&s.workflow_id, &path, s.name),
                     output.unwrap_or_else(|| error.unwrap_or_default().as_bytes()),
                 ));
+                if let Err(e) = self.owned(&s.workflow_id).await? {
+                    // Refused in that batch: the same record by the new owner is not ours.
+                    return Ok(Some(Done::Unit(Err(e))));
+                }
                 match self.recorded_row(&s.workflow_id, &path).await? {
                     Some((_, found, name)) if found == crc && name == s.name => Done::Unit(Ok(())),
                     Some(_) => Done::Unit(Err(already_recorded(
@@ -709,6 +715,7 @@ impl Writer {
                     None => return Ok(None),
                 }
             }
+            Op::Finish(f, _) if self.owned(&f.id).await?.is_err() => Done::Bool(false),
             Op::Finish(f, _) => {
                 let row = self
                     .client
@@ -726,7 +733,10 @@ impl Writer {
                 });
                 Done::Bool(done)
             }
-            Op::Started(..) | Op::Patch(..) | Op::Send(..) | Op::GiveBack(..) => Done::Unit(Ok(())),
+            // Made only for a workflow this executor owns (still, since it is alive).
+            Op::Started(key, ..) => Done::Unit(self.owned(&key.workflow_id).await?),
+            Op::Patch(workflow_id, ..) => Done::Unit(self.owned(workflow_id).await?),
+            Op::Send(..) | Op::GiveBack(..) => Done::Unit(Ok(())),
             Op::Cancel(..) => Done::Unit(Err(lost("a cancellation"))),
             Op::Resume(..) => Done::Unit(Err(lost("a resume"))),
             Op::Wait(w, _) => match &w.record {
@@ -742,6 +752,27 @@ impl Writer {
                 None => return Ok(None),
             },
         }))
+    }
+
+    /// `Ok` if this executor owns workflow `workflow_id` (its writes for it are made),
+    /// else why not.
+    async fn owned(&self, workflow_id: &str) -> Result<Result<(), StoreError>, PgError> {
+        let row = self
+            .client
+            .query_opt(
+                &format!(
+                    "SELECT owner IS NOT DISTINCT FROM current_setting('durable.executor')::bigint
+                     FROM {}.workflows WHERE id = $1",
+                    self.schema
+                ),
+                &[&workflow_id],
+            )
+            .await?;
+        Ok(match row.map(|r| r.try_get::<_, bool>(0)).transpose()? {
+            None => Err(no_such_run(&self.path, workflow_id)),
+            Some(false) => Err(taken_over(&self.path, workflow_id)),
+            Some(true) => Ok(()),
+        })
     }
 
     /// A step's recorded output, checksum and name, if it is recorded.
@@ -809,50 +840,70 @@ impl Writer {
 
     /// Answers the parked waits that writes of other processes may have answered, in a
     /// transaction of their own (rolled back if it answered none).
-    async fn recheck(&mut self, recheck: Recheck) {
-        let keys: Vec<WaitFor> = match recheck {
-            Recheck::Nothing => return,
-            Recheck::All => self.parked.keys().cloned().collect(),
-            Recheck::These(keys) => keys
-                .into_iter()
-                .filter(|k| self.parked.contains_key(k))
-                .collect(),
-        };
-        if keys.is_empty() {
-            return;
-        }
-        let answered = async {
-            if let Err(e) = self.begin().await {
-                let _ = self.client.execute(&self.sql.rollback, &[]).await;
-                return Err(e);
+    async fn recheck(&mut self, mut recheck: Recheck) {
+        loop {
+            let keys: Vec<WaitFor> = match recheck {
+                Recheck::Nothing => return,
+                Recheck::All => self.parked.keys().cloned().collect(),
+                Recheck::These(keys) => keys
+                    .into_iter()
+                    .filter(|k| self.parked.contains_key(k))
+                    .collect(),
+            };
+            if keys.is_empty() {
+                return;
             }
-            match self.answer_parked(keys).await {
-                Ok(answered) if answered.is_empty() => {
-                    self.client.execute(&self.sql.rollback, &[]).await?;
-                    Ok(answered)
-                }
+            match self.recheck_once(keys).await {
                 Ok(answered) => {
-                    if let Err(e) = self.client.execute(&self.sql.commit, &[]).await {
-                        self.unanswer(answered);
-                        return Err(e.into());
+                    for a in answered {
+                        let _ = a.parked.reply.send(a.answer);
                     }
-                    self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                    Ok(answered)
+                    return;
+                }
+                // The notification that asked is spent: connect again and look at
+                // every parked wait (what else was sent meanwhile went unheard too).
+                Err(e) if connection_lost(&e) => {
+                    self.reconnect().await;
+                    self.answer_recorded_parked().await;
+                    recheck = Recheck::All;
+                }
+                Err(e) if fenced(&e) => {
+                    self.fail_parked();
+                    return;
                 }
                 Err(e) => {
-                    let _ = self.client.execute(&self.sql.rollback, &[]).await;
-                    Err(e)
+                    tracing::warn!(error = ?e, "answering waits for what another process \
+                        wrote failed; they are answered at the next write of it");
+                    return;
                 }
             }
-        };
-        match answered.await {
+        }
+    }
+
+    /// One transaction of [`recheck`](Self::recheck): the parked waits for `keys`
+    /// answered, committed if any was (rolled back, and parked again, otherwise).
+    async fn recheck_once(&mut self, keys: Vec<WaitFor>) -> Result<Vec<Answered>, PgError> {
+        if let Err(e) = self.begin().await {
+            let _ = self.client.execute(&self.sql.rollback, &[]).await;
+            return Err(e);
+        }
+        match self.answer_parked(keys).await {
+            Ok(answered) if answered.is_empty() => {
+                self.client.execute(&self.sql.rollback, &[]).await?;
+                Ok(answered)
+            }
             Ok(answered) => {
-                for a in answered {
-                    let _ = a.parked.reply.send(a.answer);
+                if let Err(e) = self.client.execute(&self.sql.commit, &[]).await {
+                    self.unanswer(answered);
+                    return Err(e.into());
                 }
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                Ok(answered)
             }
-            Err(e) => tracing::warn!(error = ?e, "answering waits for what another process \
-                wrote failed; they are answered at the next write of it"),
+            Err(e) => {
+                let _ = self.client.execute(&self.sql.rollback, &[]).await;
+                Err(e)
+            }
         }
     }
 
