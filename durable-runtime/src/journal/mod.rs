@@ -454,8 +454,8 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     /// (from another runtime sharing the journal that stopped, or released them): the
     /// runtime resumes each as it resumes its pending runs at open. Ids taken over
     /// before this is called are sent when it is. A journal that only one runtime opens
-    /// at a time sends none.
-    fn takeovers(&self, _to: tokio::sync::mpsc::UnboundedSender<Arc<str>>) {}
+    /// at a time sends none. (No default: a store that wraps another must pass it on.)
+    fn takeovers(&self, to: tokio::sync::mpsc::UnboundedSender<Arc<str>>);
 
     /// How many write transactions have committed so far: a sequential step should
     /// cost one, concurrent steps should share them. Compiled for the benchmarks only.

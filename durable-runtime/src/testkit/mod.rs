@@ -275,6 +275,10 @@ impl ProbeStore {
 /// The reads of a wrapping store: each goes to `self.inner`.
 macro_rules! forward_reads {
     () => {
+        fn takeovers(&self, to: tokio::sync::mpsc::UnboundedSender<Arc<str>>) {
+            self.inner.takeovers(to);
+        }
+
         fn steps_after(
             &self,
             workflow_id: &str,

@@ -508,6 +508,10 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
+    fn takeovers(&self, _to: tokio::sync::mpsc::UnboundedSender<Arc<str>>) {
+        // One runtime holds a SQLite journal: nothing is ever taken over.
+    }
+
     fn path(&self) -> &Path {
         &self.path
     }
