@@ -852,3 +852,37 @@ pub(crate) fn no_such_run(path: &Path, workflow_id: &str) -> StoreError {
         ),
     )
 }
+
+/// The `error_kind` of a step record that holds an interruption (NULL: a panic).
+pub(crate) const INTERRUPTED: &str = "interrupted";
+
+impl RecordedOutcome {
+    /// The output, error and error kind columns a step's row holds for this outcome.
+    pub(crate) fn columns(&self) -> (Option<&[u8]>, Option<&str>, Option<&str>) {
+        match self {
+            RecordedOutcome::Output(bytes) => (Some(bytes.as_slice()), None, None),
+            RecordedOutcome::Panicked(message) => (None, Some(message.as_str()), None),
+            RecordedOutcome::Interrupted(message) => {
+                (None, Some(message.as_str()), Some(INTERRUPTED))
+            }
+        }
+    }
+}
+
+impl Finished {
+    /// The status, output, error kind and error columns a workflow's row holds for
+    /// this outcome.
+    pub(crate) fn columns(&self) -> (RecordStatus, Option<&[u8]>, Option<&str>, Option<&str>) {
+        match self {
+            Finished::Completed(bytes) => {
+                (RecordStatus::Completed, Some(bytes.as_slice()), None, None)
+            }
+            Finished::Failed(kind, message) => (
+                RecordStatus::Failed,
+                None,
+                Some(kind.as_str()),
+                Some(message.as_str()),
+            ),
+        }
+    }
+}

@@ -748,8 +748,7 @@ pub(super) fn workflow_row(r: &Row, at: usize) -> Result<WorkflowRecord, PgError
     })
 }
 
-/// The `error_kind` of a step record that holds an interruption (NULL: a panic).
-pub(super) const INTERRUPTED: &str = "interrupted";
+use crate::journal::INTERRUPTED;
 
 /// The error for a recorded value that fails its checksum.
 fn damaged(what: String) -> PgError {

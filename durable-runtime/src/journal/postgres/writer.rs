@@ -25,8 +25,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_postgres::{Client, Statement};
 
 use super::{
-    INTERRUPTED, PgError, Stats, connection_lost, crc_column, intact, schema, store_error,
-    workflow_columns, workflow_row,
+    PgError, Stats, connection_lost, crc_column, intact, schema, store_error, workflow_columns,
+    workflow_row,
 };
 use crate::codec::Codec;
 use crate::error::{CancelReason, StoreError, StoreErrorKind};
@@ -34,9 +34,9 @@ use crate::journal::crc::{
     event_key, keyed_crc32, message_key, started_value, step_key, workflow_key,
 };
 use crate::journal::{
-    Created, Effect, Finish, Finished, NewMessage, NewWorkflow, RecordStatus, RecordedOutcome,
-    Replier, StepKey, StepRecord, Wait, WaitFor, WaitRecord, already_recorded, decode_answer,
-    encode_answer, fingerprint_column, no_such_run, same_step,
+    Created, Effect, Finish, Finished, NewMessage, NewWorkflow, RecordStatus, Replier, StepKey,
+    StepRecord, Wait, WaitFor, WaitRecord, already_recorded, decode_answer, encode_answer,
+    fingerprint_column, no_such_run, same_step,
 };
 use crate::path::StepPath;
 
@@ -692,7 +692,7 @@ impl Writer {
             },
             Op::Record(s, _) => {
                 let path = s.path.to_key();
-                let (output, error, _) = outcome_columns(&s.outcome);
+                let (output, error, _) = s.outcome.columns();
                 let crc = crc_column(keyed_crc32(
                     &step_key(&s.workflow_id, &path, s.name),
                     output.unwrap_or_else(|| error.unwrap_or_default().as_bytes()),
@@ -1184,7 +1184,7 @@ impl Writer {
                 )
             }
             Op::Record(s, _) => {
-                let (output, error, kind) = outcome_columns(&s.outcome);
+                let (output, error, kind) = s.outcome.columns();
                 let path = s.path.to_key();
                 let crc = crc_column(keyed_crc32(
                     &step_key(&s.workflow_id, &path, s.name),
@@ -1245,17 +1245,7 @@ impl Writer {
                 (Done::Unit(recorded), touched)
             }
             Op::Finish(f, _) => {
-                let (status, output, kind, error) = match &f.outcome {
-                    Finished::Completed(bytes) => {
-                        (RecordStatus::Completed, Some(bytes.as_slice()), None, None)
-                    }
-                    Finished::Failed(kind, message) => (
-                        RecordStatus::Failed,
-                        None,
-                        Some(kind.as_str()),
-                        Some(message.as_str()),
-                    ),
-                };
+                let (status, output, kind, error) = f.outcome.columns();
                 let crc = output.map(|o| crc_column(keyed_crc32(&workflow_key(&f.id), o)));
                 let n = c
                     .execute(
@@ -1692,15 +1682,6 @@ fn reply(op: Op, done: Done, park: &mut impl FnMut(WaitFor, Parked)) {
             },
         ),
         (op, _) => op.fail(mismatch()),
-    }
-}
-
-/// The output, error and error kind columns of a step's outcome.
-fn outcome_columns(outcome: &RecordedOutcome) -> (Option<&[u8]>, Option<&str>, Option<&str>) {
-    match outcome {
-        RecordedOutcome::Output(bytes) => (Some(bytes.as_slice()), None, None),
-        RecordedOutcome::Panicked(message) => (None, Some(message.as_str()), None),
-        RecordedOutcome::Interrupted(message) => (None, Some(message.as_str()), Some(INTERRUPTED)),
     }
 }
 

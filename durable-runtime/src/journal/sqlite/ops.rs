@@ -18,8 +18,8 @@ use crate::journal::crc::{
 };
 use crate::journal::decode_answer;
 use crate::journal::{
-    Created, Effect, Finish, Finished, NewMessage, NewWorkflow, RecordStatus, RecordedOutcome,
-    Replier, StepKey, StepRecord, TxStep, TxWork, WaitFor,
+    Created, Effect, Finish, NewMessage, NewWorkflow, RecordedOutcome, Replier, StepKey,
+    StepRecord, TxStep, TxWork, WaitFor,
 };
 
 /// The executor name recorded for workflows this process starts.
@@ -428,13 +428,7 @@ impl Writer {
 
     /// Inserts a step's row (without its effect).
     fn insert_step(&self, s: &StepRecord) -> rusqlite::Result<()> {
-        let (output, error, kind) = match &s.outcome {
-            RecordedOutcome::Output(bytes) => (Some(bytes.as_slice()), None, None),
-            RecordedOutcome::Panicked(message) => (None, Some(message.as_str()), None),
-            RecordedOutcome::Interrupted(message) => {
-                (None, Some(message.as_str()), Some(INTERRUPTED))
-            }
-        };
+        let (output, error, kind) = s.outcome.columns();
         let path = s.path.to_key();
         let crc = keyed_crc32(
             &step_key(&s.workflow_id, &path, s.name),
@@ -497,17 +491,7 @@ impl Writer {
     }
 
     pub(super) fn finish(&mut self, f: &Finish) -> rusqlite::Result<bool> {
-        let (status, output, kind, error) = match &f.outcome {
-            Finished::Completed(bytes) => {
-                (RecordStatus::Completed, Some(bytes.as_slice()), None, None)
-            }
-            Finished::Failed(kind, message) => (
-                RecordStatus::Failed,
-                None,
-                Some(kind.as_str()),
-                Some(message.as_str()),
-            ),
-        };
+        let (status, output, kind, error) = f.outcome.columns();
         let crc = output.map(|o| keyed_crc32(&workflow_key(&f.id), o));
         let updated = self.conn.prepare_cached(SQL_FINISH)?.execute(params![
             &*f.id,
@@ -557,8 +541,7 @@ pub(super) const SQL_RECORDED_OUTPUT: &str = concat!(
 
 pub(super) use crate::journal::{fingerprint_column, no_such_run};
 
-/// The `error_kind` of a step record that holds an interruption (NULL: a panic).
-pub(super) const INTERRUPTED: &str = "interrupted";
+pub(super) use crate::journal::INTERRUPTED;
 
 /// The error for a step record that could not be written (a second record for its
 /// path is refused).
