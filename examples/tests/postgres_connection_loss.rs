@@ -35,6 +35,11 @@ async fn summer(n: u64) -> Result<u64, String> {
     Ok(total)
 }
 
+/// The tests here kill every journal writer's connection in the database, so they
+/// take turns: one's kills would otherwise land in another's and make it test something
+/// else than it says.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Terminates the backend of every journal writer's connection in the database (they
 /// show as `durable writer` in `pg_stat_activity`); how many it terminated.
 async fn kill_writers(c: &tokio_postgres::Client) -> Result<i64, tokio_postgres::Error> {
@@ -50,6 +55,7 @@ async fn kill_writers(c: &tokio_postgres::Client) -> Result<i64, tokio_postgres:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_writers_connection_loses_and_doubles_nothing() -> Res<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let server = durable_testkit::postgres::database_url();
     let schema = format!("connection_loss_{}", std::process::id());
     let sep = if server.contains('?') { '&' } else { '?' };
@@ -152,6 +158,7 @@ async fn one_message() -> Result<u64, String> {
 /// connects again to answer what its listener heard, and looks at every parked wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_parked_when_the_writers_connection_dropped_still_gets_its_message() -> Res<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let server = durable_testkit::postgres::database_url();
     let schema = format!("idle_drop_{}", std::process::id());
     let sep = if server.contains('?') { '&' } else { '?' };
@@ -180,5 +187,49 @@ async fn a_wait_parked_when_the_writers_connection_dropped_still_gets_its_messag
     assert_eq!(got, Ok(42));
     b.close().await?;
     a.close().await?;
+    Ok(())
+}
+
+/// The writer's connection killed again and again while runtimes open: every open
+/// succeeds (one whose connection drops starts again), and each runtime then works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_whose_connection_drops_starts_again() -> Res<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let server = durable_testkit::postgres::database_url();
+    let schema = format!("open_drop_{}", std::process::id());
+    let sep = if server.contains('?') { '&' } else { '?' };
+    let url = format!("{server}{sep}schema={schema}");
+    let (killer, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killing = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut kills = 0;
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                kills += kill_writers(&killer).await.unwrap_or(0);
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(10 + (i * 7) % 41)).await;
+            }
+            kills
+        })
+    };
+    for n in 0..10 {
+        let t = Instant::now();
+        let rt = Runtime::builder(&url)
+            .lease(Duration::from_secs(30))
+            .open()
+            .await
+            .map_err(|e| format!("open {n}: {e}"))?;
+        println!("open {n} took {} ms", t.elapsed().as_millis());
+        rt.close().await?;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let kills = killing.await?;
+    assert!(
+        kills >= 5,
+        "the test killed the connection only {kills} times"
+    );
     Ok(())
 }

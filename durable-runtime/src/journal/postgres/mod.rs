@@ -21,6 +21,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, NoTls, Row};
@@ -194,6 +195,34 @@ async fn connect(config: &PgConfig, role: &str) -> Result<Client, PgError> {
     })
 }
 
+/// For how long an open whose connection dropped starts again.
+const OPEN_PATIENCE: Duration = Duration::from_secs(30);
+
+/// One try at opening the journal: the writer's connection (with its statements) and
+/// the readers' one, the schema migrated, this runtime's executor registered, and the
+/// workflows it claims at once claimed. `reached`: set once the server answered.
+async fn open_once(
+    config: &PgConfig,
+    lease: Duration,
+    names: Option<&[&'static str]>,
+    reached: &mut bool,
+) -> Result<((Client, writer::Statements), Client, i64), PgError> {
+    let mut client = connect(config, "writer").await?;
+    *reached = true;
+    schema::migrate(&mut client, &config.schema).await?;
+    let s = schema::quoted(&config.schema);
+    // The readers' connection, which the watcher keeps up, holds the executor's lock
+    // for as long as the runtime lives.
+    let reader = connect(config, "reader").await?;
+    let me = executor::register(&reader, &s, lease).await?;
+    executor::set_executor(&client, me).await?;
+    // Before the runtime lists its pending workflows: those of runtimes that stopped,
+    // and those nobody owns, are its own.
+    executor::claim(&client, &s, me, names, true).await?;
+    let sql = writer::Statements::prepare(&client, &config.schema).await?;
+    Ok(((client, sql), reader, me))
+}
+
 impl PgStore {
     /// Opens (and creates or migrates) the journal `config` names. Blocking: call it
     /// off the async threads.
@@ -234,29 +263,37 @@ impl PgStore {
                 .spawn(move || {
                     runtime.block_on(async move {
                         let opened = async {
-                            let mut client = connect(&config, "writer").await?;
-                            schema::migrate(&mut client, &config.schema).await?;
-                            let s = schema::quoted(&config.schema);
-                            // The readers' connection, which the watcher keeps up, holds
-                            // the executor's lock for as long as the runtime lives.
-                            let reader = connect(&config, "reader").await?;
-                            let me = executor::register(&reader, &s, lease).await?;
-                            executor::set_executor(&client, me).await?;
-                            // Before the runtime lists its pending workflows: those of
-                            // runtimes that stopped, and those nobody owns, are its own.
-                            executor::claim(&client, &s, me, names.as_deref(), true).await?;
+                            // A connection that drops while the journal opens (the
+                            // database restarting, a failover, a session killed) makes
+                            // the open start again, for a while; a server that cannot
+                            // be reached at all fails the open at once.
+                            let started = tokio::time::Instant::now();
+                            let mut wait = Duration::from_millis(50);
+                            let (w, reader, me) = loop {
+                                let mut reached = false;
+                                match open_once(&config, lease, names.as_deref(), &mut reached)
+                                    .await
+                                {
+                                    Err(e)
+                                        if reached
+                                            && connection_lost(&e)
+                                            && started.elapsed() < OPEN_PATIENCE =>
+                                    {
+                                        tracing::info!(
+                                            "the connection to the PostgreSQL journal dropped \
+                                             while it opened; opening it again"
+                                        );
+                                        tokio::time::sleep(wait).await;
+                                        wait = (wait * 2).min(Duration::from_secs(1));
+                                    }
+                                    opened => break opened?,
+                                }
+                            };
                             let reader: executor::ReaderSlot =
                                 Arc::new(Mutex::new(Some(Arc::new(reader))));
                             #[cfg_attr(not(feature = "testkit"), allow(unused_mut))]
-                            let mut w = writer::Writer::new(
-                                client,
-                                config.clone(),
-                                me,
-                                shown,
-                                codec,
-                                stats,
-                            )
-                            .await?;
+                            let mut w =
+                                writer::Writer::new(w, config.clone(), me, shown, codec, stats);
                             #[cfg(feature = "testkit")]
                             {
                                 w.halt = halt;
@@ -270,7 +307,7 @@ impl PgStore {
                                 writes,
                                 takeovers,
                             };
-                            Ok((w, reader, me, watch))
+                            Ok::<_, PgError>((w, reader, me, watch))
                         }
                         .await;
                         match opened {
@@ -527,11 +564,17 @@ impl Store for PgStore {
             let reads = ids.iter().map(|id| async {
                 let steps = steps_after(c, s, id, None, limit).await;
                 let side = side_records(c, s, id).await;
-                steps
-                    .and_then(|steps| Ok((steps, side?)))
-                    .map_err(|e| store_error(&path, e))
+                steps.and_then(|steps| Ok((steps, side?)))
             });
-            Ok(futures_util::future::join_all(reads).await)
+            let mut read = Vec::with_capacity(ids.len());
+            for history in futures_util::future::join_all(reads).await {
+                match history {
+                    // The connection dropped: all of it is read again once it is back.
+                    Err(e) if connection_lost(&e) => return Err(e),
+                    history => read.push(history.map_err(|e| store_error(&path, e))),
+                }
+            }
+            Ok(read)
         })
     }
 

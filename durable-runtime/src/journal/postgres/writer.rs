@@ -146,7 +146,7 @@ struct Answered {
 }
 
 /// The writer's prepared statements.
-struct Statements {
+pub(super) struct Statements {
     begin: Statement,
     fence: Statement,
     notify: Statement,
@@ -201,7 +201,7 @@ const RECORD_COUNTS: &str = " SELECT (SELECT count(*) FROM r), \
      (SELECT count(*) FROM r WHERE mine), (SELECT count(*) FROM ins)";
 
 impl Statements {
-    async fn prepare(c: &Client, schema: &str) -> Result<Statements, PgError> {
+    pub(super) async fn prepare(c: &Client, schema: &str) -> Result<Statements, PgError> {
         let s = schema::quoted(schema);
         let sql = |text: &str| text.replace("{s}", &s);
         let w_columns = workflow_columns("w");
@@ -390,16 +390,15 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) async fn new(
-        client: Client,
+    pub(super) fn new(
+        (client, sql): (Client, Statements),
         config: super::PgConfig,
         me: i64,
         path: Arc<Path>,
         codec: Codec,
         stats: Arc<Stats>,
-    ) -> Result<Writer, PgError> {
-        let sql = Statements::prepare(&client, &config.schema).await?;
-        Ok(Writer {
+    ) -> Writer {
+        Writer {
             client,
             sql,
             schema: schema::quoted(&config.schema),
@@ -413,7 +412,7 @@ impl Writer {
             codec,
             stats,
             parked: HashMap::new(),
-        })
+        }
     }
 
     /// Whether the testkit's simulated crash happened.
@@ -1178,10 +1177,14 @@ impl Writer {
                         ))),
                     }
                 };
-                (
-                    Done::Created(created.map_err(|e| store_error(&self.path, e))),
-                    None,
-                )
+                match created {
+                    // The whole transaction goes again once the connection is back.
+                    Err(e) if connection_lost(&e) => return Err(e),
+                    created => (
+                        Done::Created(created.map_err(|e| store_error(&self.path, e))),
+                        None,
+                    ),
+                }
             }
             Op::Record(s, _) => {
                 let (output, error, kind) = s.outcome.columns();
