@@ -530,4 +530,10 @@ impl StoreError {
     pub fn path(&self) -> &std::path::Path {
         &self.path
     }
+
+    /// What went wrong, without the journal's name.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
 }

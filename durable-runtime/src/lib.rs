@@ -223,6 +223,9 @@ mod engine;
 mod error;
 mod journal;
 mod path;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
 mod primitives;
 mod runtime;
 pub mod sqlite;

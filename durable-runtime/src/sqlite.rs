@@ -4,16 +4,13 @@
 //! A later journal (PostgreSQL) gets its own flavour beside this one.
 
 use std::future::{Future, pending};
-use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::codec::encode_checked;
-use crate::error::{Error, FailureKind};
-use crate::journal::{RecordedOutcome, TxStep, TxWork};
+use crate::journal::TxWork;
+use crate::primitives::transaction::{self, TxSlot};
 use crate::primitives::{Claimed, claim, not_in_workflow, op_or, or_stop};
-use crate::util::{lock, now_ms, panic_message};
 
 /// A transaction step: runs `f` in a transaction on the journal's own SQLite database,
 /// and commits the step's checkpoint in that same transaction, so its writes happen
@@ -63,7 +60,7 @@ use crate::util::{lock, now_ms, panic_message};
 ///
 /// Outside a workflow there is no journal to write to: the future returns
 /// `Err(E::from(..))` with a [`rusqlite::Error::ToSqlConversionFailure`] that wraps
-/// [`Error::NotInWorkflow`].
+/// [`Error::NotInWorkflow`](crate::Error::NotInWorkflow).
 pub fn transaction<T, E, F>(
     name: &'static str,
     f: F,
@@ -90,48 +87,14 @@ where
         if !op.may_run() {
             return pending().await;
         }
-        let slot: Arc<Mutex<Option<Result<T, E>>>> = Arc::default();
+        let slot = TxSlot::new();
         let out = slot.clone();
-        let key = op.key();
         let codec = op.claim.ctx.codec;
-        let label = format!("step {} (`{}`)", key.path, key.name);
-        let work: crate::journal::sqlite::TxFn =
-            Box::new(move |tx| {
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(tx))) {
-                    Ok(result) => {
-                        let keep = result.is_ok();
-                        let (back, bytes) = encode_checked(codec, &result).map_err(|e| {
-                            format!("cannot encode the result of transaction {label}: {e}")
-                        })?;
-                        *lock(&out) = Some(back);
-                        Ok((RecordedOutcome::Output(bytes), keep))
-                    }
-                    Err(payload) => Ok((
-                        RecordedOutcome::Panicked(format!(
-                            "{label} panicked: {}",
-                            panic_message(&*payload)
-                        )),
-                        false,
-                    )),
-                }
-            });
-        let step = TxStep {
-            key,
-            started_at: now_ms(),
-            work: TxWork::Sqlite(work),
-        };
-        or_stop!(op, op.acked(op.claim.ctx.store.transaction(step)).await);
-        let result = lock(&slot).take();
-        match result {
-            Some(result) => result,
-            None => {
-                let error = Error::Failed {
-                    workflow_id: op.claim.ctx.id.to_string(),
-                    kind: FailureKind::StepPanicked,
-                    message: format!("transaction step {} (`{name}`) panicked", op.claim.path),
-                };
-                op.stop(error).await
-            }
-        }
+        let label = transaction::label(&op);
+        let work: crate::journal::sqlite::TxFn = Box::new(move |tx| {
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(tx)));
+            out.ran(codec, &label, ran)
+        });
+        transaction::finish(&op, TxWork::Sqlite(work), slot).await
     }
 }

@@ -624,12 +624,52 @@ pub(crate) struct TxStep {
 pub(crate) enum TxWork {
     /// Runs on the SQLite journal's writer connection.
     Sqlite(sqlite::TxFn),
+    /// Runs on a connection of the PostgreSQL journal's.
+    #[cfg(feature = "postgres")]
+    Postgres(postgres::PgTxFn),
+}
+
+#[cfg(feature = "postgres")]
+impl TxWork {
+    /// The flavour, as errors name it.
+    pub(crate) fn database(&self) -> &'static str {
+        match self {
+            TxWork::Sqlite(_) => "SQLite",
+            #[cfg(feature = "postgres")]
+            TxWork::Postgres(_) => "PostgreSQL",
+        }
+    }
+}
+
+/// The error for a transaction step of one database's flavour (`step`) given to a
+/// journal on another (`journal`, "SQLite" or "PostgreSQL").
+#[cfg(feature = "postgres")]
+pub(crate) fn other_database(path: &Path, step: &TxStep, journal: &str) -> StoreError {
+    let module = if journal == "SQLite" {
+        "sqlite"
+    } else {
+        "postgres"
+    };
+    StoreError::new(
+        path,
+        StoreErrorKind::Invariant,
+        format!(
+            "step {} (`{}`) is a {} transaction step, and this journal is {journal}: a \
+             transaction step runs in the journal's own database. Use \
+             `durable_runtime::{module}::transaction`",
+            step.key.path,
+            step.key.name,
+            step.work.database(),
+        ),
+    )
 }
 
 impl Debug for TxWork {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TxWork::Sqlite(_) => f.write_str("TxWork::Sqlite"),
+            #[cfg(feature = "postgres")]
+            TxWork::Postgres(_) => f.write_str("TxWork::Postgres"),
         }
     }
 }

@@ -29,6 +29,7 @@ pub(crate) mod patch;
 pub(crate) mod random;
 pub(crate) mod select;
 pub(crate) mod time;
+pub(crate) mod transaction;
 pub(crate) mod waits;
 
 pub(crate) const SLEEP: &str = "durable::sleep";

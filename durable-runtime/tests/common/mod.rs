@@ -3,6 +3,8 @@
 #![allow(dead_code, unreachable_pub, unused_imports, unused_macros)]
 
 mod journal;
+#[cfg(all(feature = "postgres", feature = "testkit"))]
+pub mod proxy;
 
 pub use journal::Journal;
 pub(crate) use journal::on_both_journals;

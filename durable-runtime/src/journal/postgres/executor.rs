@@ -269,7 +269,8 @@ pub(super) struct Watch {
     pub(super) config: PgConfig,
     /// The connection heartbeats and claims go through (the readers').
     pub(super) reader: ReaderSlot,
-    pub(super) me: i64,
+    /// This runtime's executor, which the watcher changes after a takeover.
+    pub(super) me: Arc<std::sync::atomic::AtomicI64>,
     pub(super) lease: Duration,
     pub(super) names: Option<Arc<[&'static str]>>,
     pub(super) writes: mpsc::UnboundedSender<Command>,
@@ -289,7 +290,7 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
     claims.tick().await;
     // The listening connection, and what it hears.
     let mut listener: Option<(Client, mpsc::UnboundedReceiver<String>)> = None;
-    let mut me = w.me;
+    let mut me = w.me.load(std::sync::atomic::Ordering::SeqCst);
     // Whether the readers' session holds the executor's lock (registration took it).
     let mut locked = true;
     // When the readers' connection was last made: after the database restarts, every
@@ -356,6 +357,7 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
                                      on there, and this runtime goes on with new work"
                                 );
                                 me = new;
+                                w.me.store(new, std::sync::atomic::Ordering::SeqCst);
                                 let _ = w.writes.send(Command::Executor(new));
                             }
                             Err(e) => tracing::warn!(error = ?e, "could not register again"),

@@ -8,17 +8,22 @@
 //!   write needs an answer before the next), so that a lone step pays one round trip
 //!   and one commit, and concurrent steps share them;
 //! - a second connection serves reads, which block their caller (the runtime calls
-//!   them from `spawn_blocking`) while the store's thread drives the connection.
+//!   them from `spawn_blocking`) while the store's thread drives the connection, and
+//!   holds the executor's advisory lock;
+//! - the watcher ([`executor`]) beats the heartbeat, takes over the workflows of
+//!   runtimes that are gone, and listens for what other processes notify.
+//!
+//! Transaction steps ([`transact`]) run on connections of their own, in tasks of the
+//! application's runtime.
 //!
 //! The schema lives in a PostgreSQL schema of its own (`durable` by default), created
-//! and changed only by the numbered migrations of [`schema`]. While a store is open its
-//! writer's session holds an advisory lock on that schema: one runtime per journal at a
-//! time, as a file lock does on SQLite.
+//! and changed only by the numbered migrations of [`schema`]. Many runtimes share it,
+//! each an executor that owns the workflows it runs (`docs/journal.md`, "PostgreSQL").
 
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
 #[cfg(any(test, feature = "bench"))]
 use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -44,9 +49,11 @@ mod schema;
 #[cfg(any(test, feature = "testkit"))]
 pub(crate) mod testing;
 mod tls;
+mod transact;
 mod writer;
 
 pub(crate) use config::PgConfig;
+pub(crate) use transact::PgTxFn;
 use writer::{Command, Op};
 
 /// A failure inside the PostgreSQL journal, before it is given the journal's name.
@@ -152,8 +159,10 @@ pub(crate) struct PgStore {
     /// The journal as messages show it (the URL without its password).
     path: Arc<Path>,
     schema: String,
-    /// This runtime's executor id.
-    me: i64,
+    /// This runtime's executor id (a new one after its workflows were taken over).
+    me: Arc<AtomicI64>,
+    /// The transaction steps' connections.
+    transactions: Arc<transact::TxPool>,
     writes: mpsc::UnboundedSender<Command>,
     /// Stops the watcher (heartbeats, claims, notifications).
     stop_watch: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
@@ -195,6 +204,51 @@ async fn connect(config: &PgConfig, role: &str) -> Result<Client, PgError> {
     })
 }
 
+/// A connection's server session (its backend's pid and start time), to end it after
+/// the connection dropped: until the session is over, a transaction sent on it may
+/// still commit (its `COMMIT` late on the network), or hold its locks.
+#[derive(Debug, Clone)]
+pub(super) struct Session {
+    pid: i32,
+    started: String,
+}
+
+impl Session {
+    /// The session of `c`.
+    pub(super) async fn of(c: &Client) -> Result<Session, PgError> {
+        let row = c
+            .query_one(
+                "SELECT pid, backend_start::text FROM pg_catalog.pg_stat_activity
+                 WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await?;
+        Ok(Session {
+            pid: row.try_get(0)?,
+            started: row.try_get(1)?,
+        })
+    }
+
+    /// Ends this session (through `c`, another connection) and waits until it is gone:
+    /// its transaction has then committed or rolled back, and holds no lock. A session
+    /// the server already closed is gone at once.
+    pub(super) async fn end(&self, c: &Client) -> Result<(), PgError> {
+        loop {
+            let row = c
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_catalog.pg_stat_activity
+                     WHERE pid = $1 AND backend_start::text = $2",
+                    &[&self.pid, &self.started],
+                )
+                .await?;
+            if row.try_get::<_, i64>(0)? == 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// For how long an open whose connection dropped starts again.
 const OPEN_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -206,7 +260,7 @@ async fn open_once(
     lease: Duration,
     names: Option<&[&'static str]>,
     reached: &mut bool,
-) -> Result<((Client, writer::Statements), Client, i64), PgError> {
+) -> Result<((Client, writer::Statements, Session), Client, i64), PgError> {
     let mut client = connect(config, "writer").await?;
     *reached = true;
     schema::migrate(&mut client, &config.schema).await?;
@@ -220,7 +274,8 @@ async fn open_once(
     // and those nobody owns, are its own.
     executor::claim(&client, &s, me, names, true).await?;
     let sql = writer::Statements::prepare(&client, &config.schema).await?;
-    Ok(((client, sql), reader, me))
+    let session = Session::of(&client).await?;
+    Ok(((client, sql, session), reader, me))
 }
 
 impl PgStore {
@@ -248,7 +303,10 @@ impl PgStore {
             .lease
             .unwrap_or(executor::DEFAULT_LEASE)
             .max(executor::MIN_LEASE);
+        // Set once the executor is registered; the watcher changes it after a takeover.
+        let current = Arc::new(AtomicI64::new(0));
         let thread = {
+            let current = current.clone();
             let config = config.clone();
             let shown = path.clone();
             let stats = stats.clone();
@@ -301,7 +359,7 @@ impl PgStore {
                             let watch = executor::Watch {
                                 config: config.clone(),
                                 reader: reader.clone(),
-                                me,
+                                me: current.clone(),
                                 lease,
                                 names,
                                 writes,
@@ -312,7 +370,8 @@ impl PgStore {
                         .await;
                         match opened {
                             Ok((w, reader, me, watch)) => {
-                                let _ = opened_tx.send(Ok((reader, me)));
+                                current.store(me, std::sync::atomic::Ordering::SeqCst);
+                                let _ = opened_tx.send(Ok(reader));
                                 tokio::spawn(executor::watch(watch, watch_stopped));
                                 w.run(queue).await;
                             }
@@ -330,7 +389,7 @@ impl PgStore {
                     ))
                 })?
         };
-        let (reader, me) = match opened_rx.recv() {
+        let reader = match opened_rx.recv() {
             Ok(Ok(opened)) => opened,
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -345,10 +404,23 @@ impl PgStore {
                 )));
             }
         };
+        #[cfg_attr(not(feature = "testkit"), allow(unused_mut))]
+        let mut transactions = transact::TxPool::new(
+            config.clone(),
+            path.clone(),
+            lease,
+            current.clone(),
+            writes.clone(),
+        );
+        #[cfg(feature = "testkit")]
+        {
+            transactions.halt = options.halt.clone();
+        }
         Ok(PgStore {
             path,
             schema: config.schema.clone(),
-            me,
+            me: current,
+            transactions: Arc::new(transactions),
             writes,
             stop_watch: Mutex::new(Some(stop_watch)),
             takeovers,
@@ -510,16 +582,16 @@ impl Store for PgStore {
     }
 
     fn transaction(&self, step: TxStep) -> Ack {
-        let (tx, ack) = Ack::channel(&self.path);
-        let _ = tx.send(Err(StoreError::new(
-            &*self.path,
-            StoreErrorKind::Invariant,
-            format!(
-                "step {} (`{}`) is a transaction step on SQLite, and this journal is \
-                 PostgreSQL: transaction steps run on the database of the journal",
-                step.key.path, step.key.name
-            ),
-        )));
+        let (reply, ack) = Ack::channel(&self.path);
+        match step.work {
+            super::TxWork::Postgres(work) => {
+                self.transactions
+                    .run(step.key, step.started_at, work, reply);
+            }
+            super::TxWork::Sqlite(_) => {
+                let _ = reply.send(Err(super::other_database(&self.path, &step, "PostgreSQL")));
+            }
+        }
         ack
     }
 
@@ -602,7 +674,7 @@ impl Store for PgStore {
                          WHERE status = 'pending' AND owner = $1 ORDER BY created_at, id",
                         workflow_columns("")
                     ),
-                    &[&self.me],
+                    &[&self.me.load(std::sync::atomic::Ordering::SeqCst)],
                 )
                 .await?;
             rows.iter().map(|r| workflow_row(r, 0)).collect()
@@ -624,6 +696,14 @@ impl Store for PgStore {
     }
 
     fn close(&self) -> Result<(), StoreError> {
+        // Transaction steps still running commit first (or fail, if they were taken
+        // over): their records go in before the workflows are given up.
+        if !self.transactions.wait_idle(CLOSE_WITHIN) {
+            tracing::warn!(
+                "transaction steps still ran {CLOSE_WITHIN:?} after the close began; their \
+                 workflows go to the next runtime, which runs them again unless they commit"
+            );
+        }
         if let Some(stop) = lock(&self.stop_watch).take() {
             let _ = stop.send(());
         }

@@ -200,6 +200,21 @@ macro_rules! run_of_first_parameter {
 const RECORD_COUNTS: &str = " SELECT (SELECT count(*) FROM r), \
      (SELECT count(*) FROM r WHERE mine), (SELECT count(*) FROM ins)";
 
+/// The record of a transaction step, in its own transaction ($1 to $11 as in
+/// [`record_step!`], $12 the transaction's id read when it began): inserted only while
+/// the transaction is still that one (its closure did not end it), and answering that
+/// as a fourth count.
+pub(super) fn transaction_record_sql(s: &str) -> String {
+    let sql = format!("{}{RECORD_COUNTS}, txid_current() = $12", record_step!());
+    let guarded = sql.replacen(
+        "FROM r WHERE mine",
+        "FROM r WHERE mine AND txid_current() = $12",
+        1,
+    );
+    debug_assert_ne!(sql, guarded, "the record's condition moved");
+    guarded.replace("{s}", s)
+}
+
 impl Statements {
     pub(super) async fn prepare(c: &Client, schema: &str) -> Result<Statements, PgError> {
         let s = schema::quoted(schema);
@@ -376,6 +391,8 @@ pub(super) struct Writer {
     channel: String,
     /// How to connect again when the connection drops.
     config: super::PgConfig,
+    /// The connection's session, which is ended after the connection drops.
+    session: Option<super::Session>,
     /// The number of the last transaction begun, which the fence records: after a
     /// dropped connection, the journal says whether it committed.
     batch_no: std::cell::Cell<i64>,
@@ -391,7 +408,7 @@ pub(super) struct Writer {
 
 impl Writer {
     pub(super) fn new(
-        (client, sql): (Client, Statements),
+        (client, sql, session): (Client, Statements, super::Session),
         config: super::PgConfig,
         me: i64,
         path: Arc<Path>,
@@ -400,6 +417,7 @@ impl Writer {
     ) -> Writer {
         Writer {
             client,
+            session: Some(session),
             sql,
             schema: schema::quoted(&config.schema),
             me,
@@ -510,9 +528,24 @@ impl Writer {
                 }
                 Err(e) if connection_lost(&e) => {
                     let tried = self.batch_no.get();
+                    let old = self.session.take();
                     // The new connection may drop too: until the journal has said.
                     let last = loop {
                         self.reconnect().await;
+                        // Until the old session is over, its COMMIT may still arrive
+                        // (late on the network) and commit after the journal said it
+                        // did not: the batch would then commit twice.
+                        if let Some(old) = &old {
+                            match old.end(&self.client).await {
+                                Err(e) if connection_lost(&e) => continue,
+                                Err(e) => tracing::warn!(
+                                    error = ?e,
+                                    "could not end the writer's dropped session; a commit \
+                                     late on the network could land after this one is settled"
+                                ),
+                                Ok(()) => {}
+                            }
+                        }
                         match self.last_batch().await {
                             Err(e) if connection_lost(&e) => {}
                             said => break said,
@@ -608,6 +641,7 @@ impl Writer {
         let client = super::connect(&self.config, "writer").await?;
         super::executor::set_executor(&client, self.me).await?;
         self.sql = Statements::prepare(&client, &self.config.schema).await?;
+        self.session = Some(super::Session::of(&client).await?);
         self.client = client;
         Ok(())
     }

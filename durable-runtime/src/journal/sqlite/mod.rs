@@ -563,6 +563,12 @@ impl Store for SqliteStore {
     }
 
     fn transaction(&self, step: TxStep) -> Ack {
+        #[cfg(feature = "postgres")]
+        if !matches!(step.work, super::TxWork::Sqlite(_)) {
+            let (tx, ack) = Ack::channel(&self.path);
+            let _ = tx.send(Err(super::other_database(&self.path, &step, "SQLite")));
+            return ack;
+        }
         self.write(|tx| Write::Transaction(step, tx))
     }
 

@@ -303,7 +303,28 @@ impl Writer {
         reply: Replier<()>,
         stats: &WriterStats,
     ) {
-        let TxWork::Sqlite(work) = work;
+        #[cfg_attr(
+            not(feature = "postgres"),
+            expect(
+                clippy::infallible_destructuring_match,
+                reason = "one flavour without postgres"
+            )
+        )]
+        let work = match work {
+            TxWork::Sqlite(work) => work,
+            // Refused before it was queued (`SqliteStore::transaction`).
+            #[cfg(feature = "postgres")]
+            TxWork::Postgres(_) => {
+                stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                let step = TxStep {
+                    key,
+                    started_at,
+                    work,
+                };
+                let _ = reply.send(Err(crate::journal::other_database(path, &step, "SQLite")));
+                return;
+            }
+        };
         let started = std::time::Instant::now();
         if !self.conn.is_autocommit() {
             let _ = self.run(SQL_ROLLBACK);
