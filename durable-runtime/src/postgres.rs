@@ -88,6 +88,10 @@ use crate::primitives::{Claimed, claim, not_in_workflow, op_or, or_stop};
 /// # }
 /// ```
 ///
+/// When the step's result is used with `?` rather than returned, Rust cannot tell the
+/// closure's error type from its `?`s: name it at the end of the closure
+/// (`Ok::<_, DbError>(id)`).
+///
 /// On an SQLite journal the step fails with an error that points at
 /// [`sqlite::transaction`](crate::sqlite::transaction). Outside a workflow there is no
 /// journal to write to: the future returns `Err(E::from(`[`Error::NotInWorkflow`]`))`.
