@@ -261,20 +261,24 @@ async fn open_once(
     names: Option<&[&'static str]>,
     reached: &mut bool,
 ) -> Result<((Client, writer::Statements, Session), Client, i64), PgError> {
-    let mut client = connect(config, "writer").await?;
+    // The writer's connection, and the readers' one, which the watcher keeps up and
+    // which holds the executor's lock for as long as the runtime lives.
+    let (mut client, reader) =
+        futures_util::future::try_join(connect(config, "writer"), connect(config, "reader"))
+            .await?;
     *reached = true;
     schema::migrate(&mut client, &config.schema).await?;
     let s = schema::quoted(&config.schema);
-    // The readers' connection, which the watcher keeps up, holds the executor's lock
-    // for as long as the runtime lives.
-    let reader = connect(config, "reader").await?;
     let me = executor::register(&reader, &s, lease).await?;
-    executor::set_executor(&client, me).await?;
-    // Before the runtime lists its pending workflows: those of runtimes that stopped,
-    // and those nobody owns, are its own.
-    executor::claim(&client, &s, me, names, true).await?;
-    let sql = writer::Statements::prepare(&client, &config.schema).await?;
-    let session = Session::of(&client).await?;
+    // Pipelined. Before the runtime lists its pending workflows: those of runtimes that
+    // stopped, and those nobody owns, are its own.
+    let (_, _, sql, session) = futures_util::future::try_join4(
+        executor::set_executor(&client, me),
+        executor::claim(&client, &s, me, names, true),
+        writer::Statements::prepare(&client, &config.schema),
+        Session::of(&client),
+    )
+    .await?;
     Ok(((client, sql, session), reader, me))
 }
 

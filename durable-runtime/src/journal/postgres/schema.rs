@@ -161,7 +161,7 @@ pub(super) fn quoted(schema: &str) -> String {
 /// refuses a journal a newer durable wrote. Answers the version it found.
 pub(super) async fn migrate(client: &mut Client, schema: &str) -> Result<i64, PgError> {
     // Most opens find the schema current: read the version without any lock first.
-    if let Some(version) = version(client, schema).await?
+    if let Some(version) = current_version(client, schema).await?
         && version >= VERSION
     {
         return newer(version).map(|()| version);
@@ -199,6 +199,42 @@ pub(super) async fn migrate(client: &mut Client, schema: &str) -> Result<i64, Pg
 }
 
 /// The journal's schema version, if it has one yet.
+/// The journal's schema version, read in one statement outside a transaction: a
+/// schema or table that does not exist yet is no version.
+async fn current_version(client: &Client, schema: &str) -> Result<Option<i64>, PgError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT value FROM {}.meta WHERE key = 'schema_version'",
+                quoted(schema)
+            ),
+            &[],
+        )
+        .await;
+    match row {
+        // Undefined schema or table: a journal not created yet.
+        Err(e)
+            if e.code()
+                .is_some_and(|c| matches!(c.code(), "3F000" | "42P01")) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+        Ok(None) => Ok(None),
+        Ok(Some(row)) => parse_version(row.try_get(0)?).map(Some),
+    }
+}
+
+/// A `schema_version` value.
+fn parse_version(value: String) -> Result<i64, PgError> {
+    value.parse().map_err(|_| {
+        PgError::Damaged(format!(
+            "its schema_version is `{value}`, not a number: the journal's meta table was \
+             changed outside durable"
+        ))
+    })
+}
+
 async fn version(
     client: &impl tokio_postgres::GenericClient,
     schema: &str,
@@ -224,15 +260,7 @@ async fn version(
         .await?;
     match row {
         None => Ok(None),
-        Some(row) => {
-            let value: String = row.try_get(0)?;
-            value.parse().map(Some).map_err(|_| {
-                PgError::Damaged(format!(
-                    "its schema_version is `{value}`, not a number: the journal's meta table was \
-                     changed outside durable"
-                ))
-            })
-        }
+        Some(row) => parse_version(row.try_get(0)?).map(Some),
     }
 }
 

@@ -225,16 +225,14 @@ impl Statements {
                  UNION SELECT w.id FROM {s}.workflows w JOIN tree t ON w.parent_id = t.id
                  WHERE w.id >= $1 || '/' AND w.id < $1 || '0'
              )";
-        Ok(Statements {
-            begin: c.prepare("BEGIN").await?,
-            fence: c.prepare(&sql("SELECT {s}.fence($1, $2)::text")).await?,
-            notify: c
-                .prepare("SELECT pg_notify($1, p)::text FROM unnest($2::text[]) p")
-                .await?,
-            commit: c.prepare("COMMIT").await?,
-            rollback: c.prepare("ROLLBACK").await?,
-            create: c
-                .prepare(&sql(&format!(
+        // Prepared pipelined: one round trip for all of them.
+        let texts: Vec<String> = vec![
+            "BEGIN".to_owned(),
+            sql("SELECT {s}.fence($1, $2)::text"),
+            "SELECT pg_notify($1, p)::text FROM unnest($2::text[]) p".to_owned(),
+            "COMMIT".to_owned(),
+            "ROLLBACK".to_owned(),
+            sql(&format!(
                     "WITH ins AS (
                          INSERT INTO {{s}}.workflows (id, name, status, input, input_crc32,
                              app_version, parent_id, created_at, updated_at, deadline_at, owner)
@@ -243,50 +241,36 @@ impl Statements {
                          ON CONFLICT (id) DO NOTHING RETURNING run)
                      SELECT (SELECT count(*) FROM ins), {w_columns}
                      FROM (VALUES (1)) one LEFT JOIN {{s}}.workflows w ON w.id = $1"
-                )))
-                .await?,
-            workflow: c
-                .prepare(&sql(&format!(
+                )),
+            sql(&format!(
                     "SELECT {} FROM {{s}}.workflows WHERE id = $1",
                     workflow_columns("")
-                )))
-                .await?,
-            record: c
-                .prepare(&sql(&format!("{}{RECORD_COUNTS}", record_step!())))
-                .await?,
-            record_send: c
-                .prepare(&sql(&format!(
+                )),
+            sql(&format!("{}{RECORD_COUNTS}", record_step!())),
+            sql(&format!(
                     "{}, eff AS (INSERT INTO {{s}}.messages (destination, topic, payload, crc32, sent_at)
                                  SELECT $12, $13, $14, $15, $16 FROM ins){RECORD_COUNTS}",
                     record_step!()
-                )))
-                .await?,
-            record_event: c
-                .prepare(&sql(&format!(
+                )),
+            sql(&format!(
                     "{}, eff AS (INSERT INTO {{s}}.events (run, key, value, crc32, set_at)
                                  SELECT run, $12, $13, $14, $8 FROM ins
                                  ON CONFLICT (run, key) DO UPDATE SET value = excluded.value,
                                      crc32 = excluded.crc32, set_at = excluded.set_at){RECORD_COUNTS}",
                     record_step!()
-                )))
-                .await?,
-            record_take: c
-                .prepare(&sql(&format!(
+                )),
+            sql(&format!(
                     "{}, del AS (DELETE FROM {{s}}.messages
                                  WHERE seq = $12 AND EXISTS (SELECT 1 FROM ins)){RECORD_COUNTS}",
                     record_step!()
-                )))
-                .await?,
-            finish: c
-                .prepare(&sql(
+                )),
+            sql(
                     "UPDATE {s}.workflows SET status = $2, output = $3, error_kind = $4, error = $5,
                          updated_at = $6, output_crc32 = $7
                      WHERE id = $1 AND status = 'pending'
                        AND owner = current_setting('durable.executor')::bigint",
-                ))
-                .await?,
-            started: c
-                .prepare(&sql(
+                ),
+            sql(
                     concat!(
                         run_of_first_parameter!(),
                         ",
@@ -295,10 +279,8 @@ impl Statements {
                              ON CONFLICT (run, path) DO NOTHING)
                      SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM r WHERE mine)"
                     ),
-                ))
-                .await?,
-            patch: c
-                .prepare(&sql(
+                ),
+            sql(
                     concat!(
                         run_of_first_parameter!(),
                         ",
@@ -306,25 +288,19 @@ impl Statements {
                              SELECT run, $2, $3, $4 FROM r WHERE mine ON CONFLICT DO NOTHING)
                      SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM r WHERE mine)"
                     ),
-                ))
-                .await?,
-            send: c
-                .prepare(&sql(
+                ),
+            sql(
                     "INSERT INTO {s}.messages (destination, topic, payload, crc32, sent_at)
                      VALUES ($1, $2, $3, $4, $5)",
-                ))
-                .await?,
-            cancel: c
-                .prepare(&sql(&format!(
+                ),
+            sql(&format!(
                     "{family}
                      UPDATE {{s}}.workflows
                      SET status = 'cancelled', error_kind = $2, error = $3, updated_at = $4
                      WHERE status = 'pending' AND id IN (SELECT id FROM tree)
                      RETURNING id"
-                )))
-                .await?,
-            resume: c
-                .prepare(&sql(&format!(
+                )),
+            sql(&format!(
                     "{family},
                      up AS (UPDATE {{s}}.workflows
                             SET status = 'pending', output = NULL, output_crc32 = NULL,
@@ -343,28 +319,20 @@ impl Statements {
                      sd AS (DELETE FROM {{s}}.steps x USING up
                             WHERE x.run = up.run AND x.error IS NOT NULL)
                      SELECT id FROM up"
-                )))
-                .await?,
-            oldest_message: c
-                .prepare(&sql(
+                )),
+            sql(
                     "SELECT seq, payload, crc32 FROM {s}.messages
                      WHERE destination = $1 AND topic = $2 ORDER BY seq LIMIT 1 FOR UPDATE",
-                ))
-                .await?,
-            event: c
-                .prepare(&sql(
+                ),
+            sql(
                     "SELECT value, crc32 FROM {s}.events
                      WHERE run = (SELECT run FROM {s}.workflows WHERE id = $1) AND key = $2",
-                ))
-                .await?,
-            recorded_output: c
-                .prepare(&sql(
+                ),
+            sql(
                     "SELECT output, crc32, name FROM {s}.steps
                      WHERE run = (SELECT run FROM {s}.workflows WHERE id = $1) AND path = $2",
-                ))
-                .await?,
-            give_back: c
-                .prepare(&sql(
+                ),
+            sql(
                     "WITH d AS (DELETE FROM {s}.steps
                                 WHERE run = (SELECT run FROM {s}.workflows WHERE id = $1
                                   AND owner = current_setting('durable.executor')::bigint)
@@ -373,8 +341,38 @@ impl Statements {
                      SELECT (SELECT COALESCE(MIN(seq), 1) - 1 FROM {s}.messages),
                             $1, $4, $5, $6, $7
                      FROM d",
-                ))
-                .await?,
+                ),
+        ];
+        let prepared =
+            futures_util::future::try_join_all(texts.iter().map(|t| c.prepare(t))).await?;
+        let mut prepared = prepared.into_iter();
+        let mut next = || {
+            prepared
+                .next()
+                .ok_or_else(|| PgError::Damaged("a statement was not prepared".into()))
+        };
+        Ok(Statements {
+            begin: next()?,
+            fence: next()?,
+            notify: next()?,
+            commit: next()?,
+            rollback: next()?,
+            create: next()?,
+            workflow: next()?,
+            record: next()?,
+            record_send: next()?,
+            record_event: next()?,
+            record_take: next()?,
+            finish: next()?,
+            started: next()?,
+            patch: next()?,
+            send: next()?,
+            cancel: next()?,
+            resume: next()?,
+            oldest_message: next()?,
+            event: next()?,
+            recorded_output: next()?,
+            give_back: next()?,
         })
     }
 }
@@ -639,9 +637,14 @@ impl Writer {
 
     async fn connect_again(&mut self) -> Result<(), PgError> {
         let client = super::connect(&self.config, "writer").await?;
-        super::executor::set_executor(&client, self.me).await?;
-        self.sql = Statements::prepare(&client, &self.config.schema).await?;
-        self.session = Some(super::Session::of(&client).await?);
+        let (_, sql, session) = futures_util::future::try_join3(
+            super::executor::set_executor(&client, self.me),
+            Statements::prepare(&client, &self.config.schema),
+            super::Session::of(&client),
+        )
+        .await?;
+        self.sql = sql;
+        self.session = Some(session);
         self.client = client;
         Ok(())
     }
