@@ -84,6 +84,7 @@ macro_rules! store_contract {
             competing_waits_never_share_a_message,
             side_records_hold_start_records_and_patches,
             concurrent_writes_all_commit,
+            concurrent_records_are_refused_each_on_its_own,
             a_write_whose_ack_is_dropped_still_happens,
             close_commits_what_was_queued,
         );
@@ -1577,6 +1578,67 @@ async fn concurrent_writes_all_commit(open: Open) {
     let want: Vec<String> = (0..50).map(|i| format!("c{i:02}")).collect();
     assert_eq!(j.drain("w", "t").await, want);
     assert_eq!(paths(&j.steps("c49").await), ["1"]);
+}
+
+/// Records made before any is awaited, some of which must be refused (a path twice,
+/// a run the journal lacks, a path recorded before), are answered each on its own: the
+/// refused ones fail, the others commit, and the first of a path recorded twice wins.
+async fn concurrent_records_are_refused_each_on_its_own(open: Open) {
+    let j = Journal::new(open);
+    j.create(workflow("w")).await;
+    ok(j.store.record_step(output("w", "1", "before"))).await;
+    // Interleaved with creates: a record after its workflow's create in the same batch
+    // must see it.
+    let mut acks = Vec::new();
+    let mut creates = Vec::new();
+    for round in 0..10 {
+        let id = format!("n{round}");
+        creates.push(j.store.create_workflow(workflow(&id)));
+        acks.push(("mine", round, j.store.record_step(output(&id, "1", "a"))));
+        acks.push(("twice", round, j.store.record_step(output(&id, "1", "b"))));
+        acks.push((
+            "unknown",
+            round,
+            j.store
+                .record_step(output(&format!("nobody{round}"), "1", "x")),
+        ));
+        acks.push((
+            "recorded",
+            round,
+            j.store.record_step(output("w", "1", "again")),
+        ));
+        acks.push((
+            "fresh",
+            round,
+            j.store
+                .record_step(output("w", &(round + 2).to_string(), "y")),
+        ));
+    }
+    for c in creates {
+        assert!(matches!(ok(c).await, Created::New));
+    }
+    for (what, round, ack) in acks {
+        let answer = answer(ack).await;
+        match what {
+            "mine" | "fresh" => {
+                answer.unwrap_or_else(|e| panic!("{what} {round} was refused: {e}"));
+            }
+            // A path recorded twice, a run the journal lacks.
+            _ => assert_eq!(
+                answer.expect_err(what).kind(),
+                StoreErrorKind::Invariant,
+                "{what} {round}"
+            ),
+        }
+    }
+    for round in 0..10 {
+        let steps = j.steps(&format!("n{round}")).await;
+        assert_eq!(paths(&steps), ["1"]);
+        assert_eq!(steps[0].outcome, RecordedOutcome::Output(value("a")));
+    }
+    let w = j.steps("w").await;
+    assert_eq!(w[0].outcome, RecordedOutcome::Output(value("before")));
+    assert_eq!(w.len(), 11);
 }
 
 /// A write happens whether or not anyone waits for its answer.

@@ -155,6 +155,8 @@ pub(super) struct Statements {
     create: Statement,
     workflow: Statement,
     record: Statement,
+    /// Many records without effects in one statement (see [`Writer::record_many`]).
+    record_many: Statement,
     record_send: Statement,
     record_event: Statement,
     record_take: Statement,
@@ -199,6 +201,91 @@ macro_rules! run_of_first_parameter {
 /// this executor owns it, and whether the step was inserted.
 const RECORD_COUNTS: &str = " SELECT (SELECT count(*) FROM r), \
      (SELECT count(*) FROM r WHERE mine), (SELECT count(*) FROM ins)";
+
+/// Many step records without effects, one statement: their columns as arrays ($1 to
+/// $11, in the order of [`record_step!`]'s parameters). Answers one row per record, in
+/// their order: whether its run exists, whether this executor owns it, and whether
+/// its `(run, path)` was inserted (by the first record of the batch with it, which is
+/// the one `DISTINCT ON` keeps).
+const RECORD_MANY: &str = "
+    WITH u AS (
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[],
+                             $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::text[],
+                             $11::int8[])
+            WITH ORDINALITY AS u(id, path, name, output, error, attempts, started_at,
+                                 finished_at, crc32, error_kind, args_fingerprint, ord)),
+    r AS (SELECT u.ord, w.run, w.owner IS NOT DISTINCT FROM
+                     current_setting('durable.executor')::bigint AS mine
+          FROM u JOIN {s}.workflows w ON w.id = u.id FOR SHARE OF w),
+    ins AS (INSERT INTO {s}.steps (run, path, name, output, error, attempts, started_at,
+                                   finished_at, crc32, error_kind, args_fingerprint)
+            SELECT DISTINCT ON (r.run, u.path) r.run, u.path, u.name, u.output, u.error,
+                   u.attempts, u.started_at, u.finished_at, u.crc32, u.error_kind,
+                   u.args_fingerprint
+            FROM u JOIN r ON r.ord = u.ord WHERE r.mine
+            ORDER BY r.run, u.path, u.ord
+            ON CONFLICT (run, path) DO NOTHING RETURNING run, path)
+    SELECT u.ord, r.run IS NOT NULL, coalesce(r.mine, false), ins.run IS NOT NULL
+    FROM u LEFT JOIN r ON r.ord = u.ord
+           LEFT JOIN ins ON ins.run = r.run AND ins.path = u.path
+    ORDER BY u.ord";
+
+/// Which writes of `ops` (step records without effects) go together into one
+/// statement, sent where the first of them is. A record moves ahead of the writes
+/// between that place and its own only if none of them is about its workflow (its
+/// creation, say, which its record needs first); a cancellation or a resume (of a
+/// family of workflows) keeps every record after it where it is.
+fn batchable(ops: &[Op]) -> Vec<bool> {
+    group(ops.iter().map(|op| match op {
+        Op::Record(s, _) if matches!(s.effect, Effect::None) => Place::Record(&s.workflow_id),
+        // (Waits are not among the writes sent at once: never here.)
+        Op::Cancel(..) | Op::Resume(..) | Op::Wait(..) | Op::Expire(..) => Place::Barrier,
+        Op::Create(w, _) => Place::Other(&w.id),
+        Op::Record(s, _) => Place::Other(&s.workflow_id),
+        Op::Finish(f, _) => Place::Other(&f.id),
+        Op::Started(key, _, _) | Op::GiveBack(key, _, _) => Place::Other(&key.workflow_id),
+        Op::Patch(id, _, _, _) => Place::Other(id),
+        Op::Send(m, _) => Place::Other(&m.destination),
+    }))
+}
+
+/// What [`group`] needs to know of a write.
+#[derive(Debug, Clone, Copy)]
+enum Place<'a> {
+    /// A step record without effects, of this workflow.
+    Record(&'a str),
+    /// Another write about this workflow.
+    Other(&'a str),
+    /// A write about many workflows.
+    Barrier,
+}
+
+/// [`batchable`], on what it needs of the writes.
+fn group<'a>(places: impl Iterator<Item = Place<'a>>) -> Vec<bool> {
+    let mut grouped = Vec::new();
+    let mut started = false;
+    let mut all_held = false;
+    let mut held: HashSet<&str> = HashSet::new();
+    for place in places {
+        grouped.push(match place {
+            Place::Record(_) if !started => {
+                started = true;
+                true
+            }
+            Place::Record(id) => !all_held && !held.contains(id),
+            _ if !started => false,
+            Place::Barrier => {
+                all_held = true;
+                false
+            }
+            Place::Other(id) => {
+                held.insert(id);
+                false
+            }
+        });
+    }
+    grouped
+}
 
 /// The record of a transaction step, in its own transaction ($1 to $11 as in
 /// [`record_step!`], $12 the transaction's id read when it began): inserted only while
@@ -247,6 +334,7 @@ impl Statements {
                     workflow_columns("")
                 )),
             sql(&format!("{}{RECORD_COUNTS}", record_step!())),
+            sql(RECORD_MANY),
             sql(&format!(
                     "{}, eff AS (INSERT INTO {{s}}.messages (destination, topic, payload, crc32, sent_at)
                                  SELECT $12, $13, $14, $15, $16 FROM ins){RECORD_COUNTS}",
@@ -360,6 +448,7 @@ impl Statements {
             create: next()?,
             workflow: next()?,
             record: next()?,
+            record_many: next()?,
             record_send: next()?,
             record_event: next()?,
             record_take: next()?,
@@ -1005,7 +1094,7 @@ impl Writer {
             };
             let (begin, done, (notified, commit)) = join3(
                 self.begin(),
-                join_all(ops.iter().map(|op| self.simple(op))),
+                self.simples(ops),
                 futures_util::future::join(notify, self.client.execute(&self.sql.commit, &[])),
             )
             .await;
@@ -1064,7 +1153,7 @@ impl Writer {
                     .position(|op| !op.simple())
                     .map_or(ops.len(), |n| i + n);
                 let this = &*self;
-                for d in join_all(ops[i..end].iter().map(|op| this.simple(op))).await {
+                for d in this.simples(&ops[i..end]).await {
                     let (d, t) = d?;
                     done.push(d);
                     touched.extend(t);
@@ -1175,6 +1264,151 @@ impl Writer {
             }
         }
         Ok(answered)
+    }
+
+    /// The writes of one statement each, `ops`, pipelined, with their answers in their
+    /// order; step records without effects go together in one statement when there are
+    /// several (sent where the first of them is), which costs the server one
+    /// statement instead of one per record.
+    async fn simples(&self, ops: &[Op]) -> Vec<Result<(Done, Option<WaitFor>), PgError>> {
+        let grouped = batchable(ops);
+        let records: Vec<&StepRecord> = ops
+            .iter()
+            .zip(&grouped)
+            .filter_map(|(op, &g)| match op {
+                Op::Record(s, _) if g => Some(s),
+                _ => None,
+            })
+            .collect();
+        if records.len() < 2 {
+            return join_all(ops.iter().map(|op| self.simple(op))).await;
+        }
+        let first = grouped.iter().position(|&g| g).unwrap_or(0);
+        type Answers = Vec<Result<(Done, Option<WaitFor>), PgError>>;
+        let mut sent: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Answers> + '_>>> =
+            Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            if i == first {
+                sent.push(Box::pin(self.record_many(records.clone())));
+            } else if !grouped[i] {
+                sent.push(Box::pin(async move { vec![self.simple(op).await] }));
+            }
+        }
+        // Back in the order of `ops`: the grouped records' answers (the future sent at
+        // the place of the first of them) in theirs, at their places.
+        let mut answered = join_all(sent).await.into_iter();
+        let mut others: Vec<_> = answered.by_ref().take(first).flatten().collect();
+        let mut records = answered.next().unwrap_or_default().into_iter();
+        others.extend(answered.flatten());
+        let mut others = others.into_iter();
+        grouped
+            .iter()
+            .map(|&g| {
+                let next = if g { records.next() } else { others.next() };
+                next.unwrap_or_else(|| {
+                    Err(PgError::Damaged(
+                        "a write of a batch went unanswered".into(),
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// Step records without effects, in one statement ([`RECORD_MANY`]); their answers
+    /// in their order. A failure of the statement is every record's.
+    async fn record_many(
+        &self,
+        records: Vec<&StepRecord>,
+    ) -> Vec<Result<(Done, Option<WaitFor>), PgError>> {
+        let n = records.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut paths = Vec::with_capacity(n);
+        let mut names = Vec::with_capacity(n);
+        let mut outputs = Vec::with_capacity(n);
+        let mut errors = Vec::with_capacity(n);
+        let mut attempts = Vec::with_capacity(n);
+        let mut started = Vec::with_capacity(n);
+        let mut finished = Vec::with_capacity(n);
+        let mut crcs = Vec::with_capacity(n);
+        let mut kinds = Vec::with_capacity(n);
+        let mut fingerprints = Vec::with_capacity(n);
+        for s in &records {
+            let (output, error, kind) = s.outcome.columns();
+            let path = s.path.to_key();
+            crcs.push(crc_column(keyed_crc32(
+                &step_key(&s.workflow_id, &path, s.name),
+                output.unwrap_or_else(|| error.unwrap_or_default().as_bytes()),
+            )));
+            ids.push(&*s.workflow_id);
+            paths.push(path);
+            names.push(s.name);
+            outputs.push(output);
+            errors.push(error);
+            attempts.push(i64::from(s.attempts));
+            started.push(s.started_at);
+            finished.push(s.finished_at);
+            kinds.push(kind);
+            fingerprints.push(fingerprint_column(s.args));
+        }
+        let rows = self
+            .client
+            .query(
+                &self.sql.record_many,
+                &[
+                    &ids,
+                    &paths,
+                    &names,
+                    &outputs,
+                    &errors,
+                    &attempts,
+                    &started,
+                    &finished,
+                    &crcs,
+                    &kinds,
+                    &fingerprints,
+                ],
+            )
+            .await;
+        let rows = match rows {
+            Ok(rows) if rows.len() == n => rows,
+            Ok(rows) => {
+                let e =
+                    || PgError::Damaged(format!("{n} step records answered {} rows", rows.len()));
+                return (0..n).map(|_| Err(e())).collect();
+            }
+            Err(e) => {
+                // Every record fails with the statement: the batch is retried, or each
+                // write alone.
+                let first = Err(PgError::Sql(e));
+                let mut out = vec![first];
+                out.extend((1..n).map(|_| {
+                    Err(PgError::Damaged(
+                        "the statement of this step's record failed".into(),
+                    ))
+                }));
+                return out;
+            }
+        };
+        // Two records of one path in a batch: the first is inserted (`DISTINCT ON` keeps
+        // the lowest `ord`), the next is refused as a path recorded twice.
+        let mut inserted_paths = std::collections::HashSet::new();
+        records
+            .iter()
+            .zip(rows)
+            .map(|(s, row)| {
+                let (exists, mine, inserted): (bool, bool, bool) =
+                    (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+                let inserted = inserted && inserted_paths.insert((&*s.workflow_id, &s.path));
+                let recorded = self.record_outcome(
+                    i64::from(exists),
+                    i64::from(mine),
+                    i64::from(inserted),
+                    &s.workflow_id,
+                    &s.path,
+                );
+                Ok((Done::Unit(recorded), None))
+            })
+            .collect()
     }
 
     /// A write of one statement.
@@ -1606,7 +1840,19 @@ impl Writer {
     ) -> Result<Result<(), StoreError>, PgError> {
         let (runs, mine, inserted): (i64, i64, i64) =
             (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        Ok(if let Err(e) = self.run_exists(runs, mine, workflow_id) {
+        Ok(self.record_outcome(runs, mine, inserted, workflow_id, path))
+    }
+
+    /// What a step record's counts (its run's, this executor's, the inserted rows) say.
+    fn record_outcome(
+        &self,
+        runs: i64,
+        mine: i64,
+        inserted: i64,
+        workflow_id: &str,
+        path: &StepPath,
+    ) -> Result<(), StoreError> {
+        if let Err(e) = self.run_exists(runs, mine, workflow_id) {
             Err(e)
         } else if inserted == 0 {
             Err(StoreError::new(
@@ -1619,7 +1865,7 @@ impl Writer {
             ))
         } else {
             Ok(())
-        })
+        }
     }
 
     /// What a statement's counts of the run (see [`run_of_first_parameter!`]) say.
@@ -1737,4 +1983,54 @@ pub(super) fn taken_over(path: &Path, workflow_id: &str) -> StoreError {
              records nothing more for it"
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::{Place, group};
+
+    /// A write of one of three workflows: 0 a record, 1 another write, 2 a barrier.
+    fn places() -> impl Strategy<Value = Vec<(u8, u8)>> {
+        prop::collection::vec((0u8..3, 0u8..3), 0..40)
+    }
+
+    proptest! {
+        /// Grouped records all go at the place of the first one: no write between that
+        /// place and a grouped record's own is about its workflow, or about many.
+        #[test]
+        fn grouped_records_pass_no_write_of_their_workflow(ops in places()) {
+            let ids = ["a", "b", "c"];
+            let places: Vec<Place<'_>> = ops
+                .iter()
+                .map(|&(kind, w)| match kind {
+                    0 => Place::Record(ids[usize::from(w)]),
+                    1 => Place::Other(ids[usize::from(w)]),
+                    _ => Place::Barrier,
+                })
+                .collect();
+            let grouped = group(places.iter().copied());
+            prop_assert_eq!(grouped.len(), places.len());
+            let Some(first) = grouped.iter().position(|&g| g) else {
+                prop_assert!(!places.iter().any(|p| matches!(p, Place::Record(_))));
+                return Ok(());
+            };
+            prop_assert!(places[..first].iter().all(|p| !matches!(p, Place::Record(_))));
+            for (i, place) in places.iter().enumerate().skip(first + 1) {
+                let Place::Record(id) = *place else {
+                    prop_assert!(!grouped[i], "only records are grouped");
+                    continue;
+                };
+                let passes = places[first..i].iter().zip(&grouped[first..i]).any(|(p, &g)| {
+                    !g && match p {
+                        Place::Record(other) | Place::Other(other) => *other == id,
+                        Place::Barrier => true,
+                    }
+                });
+                // Grouped exactly when it passes nothing it must not.
+                prop_assert_eq!(grouped[i], !passes, "write {} of {:?}", i, places);
+            }
+        }
+    }
 }
