@@ -85,6 +85,7 @@ macro_rules! store_contract {
             side_records_hold_start_records_and_patches,
             concurrent_writes_all_commit,
             concurrent_records_are_refused_each_on_its_own,
+            concurrent_finishes_are_answered_each_on_its_own,
             a_write_whose_ack_is_dropped_still_happens,
             close_commits_what_was_queued,
         );
@@ -1639,6 +1640,54 @@ async fn concurrent_records_are_refused_each_on_its_own(open: Open) {
     let w = j.steps("w").await;
     assert_eq!(w[0].outcome, RecordedOutcome::Output(value("before")));
     assert_eq!(w.len(), 11);
+}
+
+/// Outcomes made before any is awaited are answered each on its own: the first of a
+/// workflow's wins, a cancelled or unknown workflow's is refused, and a workflow
+/// created in the same batch gets its outcome.
+async fn concurrent_finishes_are_answered_each_on_its_own(open: Open) {
+    let j = Journal::new(open);
+    for id in ["a", "b", "c"] {
+        j.create(workflow(id)).await;
+    }
+    let cancelled = j.store.cancel("c".to_owned(), CancelReason::Requested, 50);
+    let acks = vec![
+        (
+            "a",
+            true,
+            j.store.finish_workflow(finish("a", completed("first"))),
+        ),
+        (
+            "a",
+            false,
+            j.store.finish_workflow(finish("a", completed("second"))),
+        ),
+        ("b", true, j.store.finish_workflow(finish("b", panicked()))),
+        (
+            "c",
+            false,
+            j.store.finish_workflow(finish("c", completed("late"))),
+        ),
+        (
+            "nobody",
+            false,
+            j.store.finish_workflow(finish("nobody", completed("x"))),
+        ),
+    ];
+    let created = j.store.create_workflow(workflow("d"));
+    let d = j.store.finish_workflow(finish("d", completed("d")));
+    ok(cancelled).await;
+    for (id, want, ack) in acks {
+        assert_eq!(ok(ack).await, want, "the outcome of {id}");
+    }
+    assert!(matches!(ok(created).await, Created::New));
+    assert!(ok(d).await, "the outcome of d, created in the same batch");
+    let a = j.workflow("a").await;
+    assert_eq!(a.output, Some(value("first")));
+    assert_eq!(j.workflow("b").await.status, RecordStatus::Failed);
+    assert_eq!(j.workflow("c").await.status, RecordStatus::Cancelled);
+    assert_eq!(j.workflow("d").await.output, Some(value("d")));
+    assert!(j.find("nobody").await.is_none());
 }
 
 /// A write happens whether or not anyone waits for its answer.

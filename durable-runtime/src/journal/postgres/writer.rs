@@ -161,6 +161,8 @@ pub(super) struct Statements {
     record_event: Statement,
     record_take: Statement,
     finish: Statement,
+    /// Many outcomes in one statement (see [`Writer::finish_many`]).
+    finish_many: Statement,
     started: Statement,
     patch: Statement,
     send: Statement,
@@ -230,37 +232,113 @@ const RECORD_MANY: &str = "
            LEFT JOIN ins ON ins.run = r.run AND ins.path = u.path
     ORDER BY u.ord";
 
-/// Which writes of `ops` (step records without effects) go together into one
-/// statement, sent where the first of them is. A record moves ahead of the writes
-/// between that place and its own only if none of them is about its workflow (its
-/// creation, say, which its record needs first); a cancellation or a resume (of a
-/// family of workflows) keeps every record after it where it is.
-fn batchable(ops: &[Op]) -> Vec<bool> {
-    group(ops.iter().map(|op| match op {
-        Op::Record(s, _) if matches!(s.effect, Effect::None) => Place::Record(&s.workflow_id),
-        // (Waits are not among the writes sent at once: never here.)
-        Op::Cancel(..) | Op::Resume(..) | Op::Wait(..) | Op::Expire(..) => Place::Barrier,
-        Op::Create(w, _) => Place::Other(&w.id),
-        Op::Record(s, _) => Place::Other(&s.workflow_id),
-        Op::Finish(f, _) => Place::Other(&f.id),
-        Op::Started(key, _, _) | Op::GiveBack(key, _, _) => Place::Other(&key.workflow_id),
-        Op::Patch(id, _, _, _) => Place::Other(id),
-        Op::Send(m, _) => Place::Other(&m.destination),
-    }))
+/// What a write sent at once answers: what it did, and what a wait could be waiting
+/// for that it wrote.
+type Written = Result<(Done, Option<WaitFor>), PgError>;
+
+/// The rows a batched statement of `n` writes answered, one per write; or, if it
+/// failed, every write's failure: the statement's error first (the batch is retried,
+/// or each write alone).
+fn batch_rows(
+    rows: Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>,
+    n: usize,
+) -> Result<Vec<tokio_postgres::Row>, Vec<Written>> {
+    match rows {
+        Ok(rows) if rows.len() == n => Ok(rows),
+        Ok(rows) => Err((0..n)
+            .map(|_| {
+                Err(PgError::Damaged(format!(
+                    "a statement of {n} writes answered {} rows",
+                    rows.len()
+                )))
+            })
+            .collect()),
+        Err(e) => {
+            let mut failed = vec![Err(PgError::Sql(e))];
+            failed.extend((1..n).map(|_| {
+                Err(PgError::Damaged(
+                    "the statement of this write failed".into(),
+                ))
+            }));
+            Err(failed)
+        }
+    }
 }
 
-/// What [`group`] needs to know of a write.
+/// Which writes of `ops` go together into one statement of their kind ([`Batch`]),
+/// sent where the first of that kind is. A write moves ahead of the writes between
+/// that place and its own only if none of them is about its workflow (its creation,
+/// say, which its record needs first) or about many (a cancellation or a resume of a
+/// family of workflows).
+fn batchable(ops: &[Op]) -> Vec<Option<Batch>> {
+    let places: Vec<Place<'_>> = ops
+        .iter()
+        .map(|op| match op {
+            Op::Record(s, _) if matches!(s.effect, Effect::None) => {
+                Place::Batch(Batch::Records, &s.workflow_id)
+            }
+            Op::Finish(f, _) => Place::Batch(Batch::Finishes, &f.id),
+            // (Waits are not among the writes sent at once: never here.)
+            Op::Cancel(..) | Op::Resume(..) | Op::Wait(..) | Op::Expire(..) => Place::Barrier,
+            Op::Create(w, _) => Place::Other(&w.id),
+            Op::Record(s, _) => Place::Other(&s.workflow_id),
+            Op::Started(key, _, _) | Op::GiveBack(key, _, _) => Place::Other(&key.workflow_id),
+            Op::Patch(id, _, _, _) => Place::Other(id),
+            Op::Send(m, _) => Place::Other(&m.destination),
+        })
+        .collect();
+    batches(&places)
+}
+
+/// [`batchable`], on what it needs of the writes.
+fn batches(places: &[Place<'_>]) -> Vec<Option<Batch>> {
+    let mut batched = vec![None; places.len()];
+    for kind in [Batch::Records, Batch::Finishes] {
+        for (i, g) in group(places.iter().map(|p| p.as_seen_by(kind)))
+            .into_iter()
+            .enumerate()
+        {
+            if g {
+                batched[i] = Some(kind);
+            }
+        }
+    }
+    batched
+}
+
+/// The writes that go many in one statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Batch {
+    /// Step records without effects ([`RECORD_MANY`]).
+    Records,
+    /// Workflows' outcomes ([`FINISH_MANY`]).
+    Finishes,
+}
+
+/// What [`batchable`] needs to know of a write.
 #[derive(Debug, Clone, Copy)]
 enum Place<'a> {
-    /// A step record without effects, of this workflow.
-    Record(&'a str),
+    /// A write of this kind, about this workflow.
+    Batch(Batch, &'a str),
     /// Another write about this workflow.
     Other(&'a str),
     /// A write about many workflows.
     Barrier,
 }
 
-/// [`batchable`], on what it needs of the writes.
+impl<'a> Place<'a> {
+    /// The place as the batch of `kind` sees it: a write of another kind is another
+    /// write about its workflow.
+    fn as_seen_by(self, kind: Batch) -> Place<'a> {
+        match self {
+            Place::Batch(k, id) if k != kind => Place::Other(id),
+            place => place,
+        }
+    }
+}
+
+/// Which writes of one kind go together (see [`batchable`]): `places` as that kind
+/// sees them.
 fn group<'a>(places: impl Iterator<Item = Place<'a>>) -> Vec<bool> {
     let mut grouped = Vec::new();
     let mut started = false;
@@ -268,11 +346,11 @@ fn group<'a>(places: impl Iterator<Item = Place<'a>>) -> Vec<bool> {
     let mut held: HashSet<&str> = HashSet::new();
     for place in places {
         grouped.push(match place {
-            Place::Record(_) if !started => {
+            Place::Batch(..) if !started => {
                 started = true;
                 true
             }
-            Place::Record(id) => !all_held && !held.contains(id),
+            Place::Batch(_, id) => !all_held && !held.contains(id),
             _ if !started => false,
             Place::Barrier => {
                 all_held = true;
@@ -286,6 +364,25 @@ fn group<'a>(places: impl Iterator<Item = Place<'a>>) -> Vec<bool> {
     }
     grouped
 }
+
+/// Many workflows' outcomes, one statement: their columns as arrays (id, status,
+/// output, error kind, error, time, output checksum). Answers one row per outcome, in
+/// their order: whether it was recorded (the workflow pending and this executor's;
+/// of two outcomes of one workflow in a batch, the first).
+const FINISH_MANY: &str = "
+    WITH u AS (
+        SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[],
+                             $6::int8[], $7::int8[])
+            WITH ORDINALITY AS u(id, status, output, error_kind, error, at, crc, ord)),
+    d AS (SELECT DISTINCT ON (id) * FROM u ORDER BY id, ord),
+    up AS (UPDATE {s}.workflows w
+           SET status = d.status, output = d.output, error_kind = d.error_kind,
+               error = d.error, updated_at = d.at, output_crc32 = d.crc
+           FROM d
+           WHERE w.id = d.id AND w.status = 'pending'
+             AND w.owner = current_setting('durable.executor')::bigint
+           RETURNING d.ord)
+    SELECT u.ord, up.ord IS NOT NULL FROM u LEFT JOIN up ON up.ord = u.ord ORDER BY u.ord";
 
 /// The record of a transaction step, in its own transaction ($1 to $11 as in
 /// [`record_step!`], $12 the transaction's id read when it began): inserted only while
@@ -335,6 +432,7 @@ impl Statements {
                 )),
             sql(&format!("{}{RECORD_COUNTS}", record_step!())),
             sql(RECORD_MANY),
+            sql(FINISH_MANY),
             sql(&format!(
                     "{}, eff AS (INSERT INTO {{s}}.messages (destination, topic, payload, crc32, sent_at)
                                  SELECT $12, $13, $14, $15, $16 FROM ins){RECORD_COUNTS}",
@@ -449,6 +547,7 @@ impl Statements {
             workflow: next()?,
             record: next()?,
             record_many: next()?,
+            finish_many: next()?,
             record_send: next()?,
             record_event: next()?,
             record_take: next()?,
@@ -1270,41 +1369,74 @@ impl Writer {
     /// order; step records without effects go together in one statement when there are
     /// several (sent where the first of them is), which costs the server one
     /// statement instead of one per record.
-    async fn simples(&self, ops: &[Op]) -> Vec<Result<(Done, Option<WaitFor>), PgError>> {
-        let grouped = batchable(ops);
+    async fn simples(&self, ops: &[Op]) -> Vec<Written> {
+        let mut batched = batchable(ops);
         let records: Vec<&StepRecord> = ops
             .iter()
-            .zip(&grouped)
-            .filter_map(|(op, &g)| match op {
-                Op::Record(s, _) if g => Some(s),
+            .zip(&batched)
+            .filter_map(|(op, b)| match op {
+                Op::Record(s, _) if *b == Some(Batch::Records) => Some(s),
                 _ => None,
             })
             .collect();
-        if records.len() < 2 {
-            return join_all(ops.iter().map(|op| self.simple(op))).await;
-        }
-        let first = grouped.iter().position(|&g| g).unwrap_or(0);
-        type Answers = Vec<Result<(Done, Option<WaitFor>), PgError>>;
-        let mut sent: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Answers> + '_>>> =
-            Vec::new();
-        for (i, op) in ops.iter().enumerate() {
-            if i == first {
-                sent.push(Box::pin(self.record_many(records.clone())));
-            } else if !grouped[i] {
-                sent.push(Box::pin(async move { vec![self.simple(op).await] }));
+        let finishes: Vec<&Finish> = ops
+            .iter()
+            .zip(&batched)
+            .filter_map(|(op, b)| match op {
+                Op::Finish(f, _) if *b == Some(Batch::Finishes) => Some(f),
+                _ => None,
+            })
+            .collect();
+        // A batch of one is the write's own statement.
+        for (kind, n) in [
+            (Batch::Records, records.len()),
+            (Batch::Finishes, finishes.len()),
+        ] {
+            if n < 2 {
+                batched
+                    .iter_mut()
+                    .filter(|b| **b == Some(kind))
+                    .for_each(|b| *b = None);
             }
         }
-        // Back in the order of `ops`: the grouped records' answers (the future sent at
-        // the place of the first of them) in theirs, at their places.
-        let mut answered = join_all(sent).await.into_iter();
-        let mut others: Vec<_> = answered.by_ref().take(first).flatten().collect();
-        let mut records = answered.next().unwrap_or_default().into_iter();
-        others.extend(answered.flatten());
+        let first = |kind| batched.iter().position(|b| *b == Some(kind));
+        let (first_record, first_finish) = (first(Batch::Records), first(Batch::Finishes));
+        // Sent in the order of `ops`, each batch at the place of its first write; what
+        // each answers is put back in the order of `ops` below.
+        let mut sent: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Written>> + '_>>> =
+            Vec::new();
+        let mut from: Vec<Option<Batch>> = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            if Some(i) == first_record {
+                sent.push(Box::pin(self.record_many(records.clone())));
+                from.push(Some(Batch::Records));
+            } else if Some(i) == first_finish {
+                sent.push(Box::pin(self.finish_many(finishes.clone())));
+                from.push(Some(Batch::Finishes));
+            } else if batched[i].is_none() {
+                sent.push(Box::pin(async move { vec![self.simple(op).await] }));
+                from.push(None);
+            }
+        }
+        let mut records = Vec::new().into_iter();
+        let mut finishes = Vec::new().into_iter();
+        let mut others = Vec::new();
+        for (answers, kind) in join_all(sent).await.into_iter().zip(from) {
+            match kind {
+                Some(Batch::Records) => records = answers.into_iter(),
+                Some(Batch::Finishes) => finishes = answers.into_iter(),
+                None => others.extend(answers),
+            }
+        }
         let mut others = others.into_iter();
-        grouped
+        batched
             .iter()
-            .map(|&g| {
-                let next = if g { records.next() } else { others.next() };
+            .map(|b| {
+                let next = match b {
+                    Some(Batch::Records) => records.next(),
+                    Some(Batch::Finishes) => finishes.next(),
+                    None => others.next(),
+                };
                 next.unwrap_or_else(|| {
                     Err(PgError::Damaged(
                         "a write of a batch went unanswered".into(),
@@ -1314,12 +1446,46 @@ impl Writer {
             .collect()
     }
 
+    /// Workflows' outcomes, in one statement ([`FINISH_MANY`]); their answers in their
+    /// order. A failure of the statement is every outcome's.
+    async fn finish_many(&self, finishes: Vec<&Finish>) -> Vec<Written> {
+        let n = finishes.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut statuses = Vec::with_capacity(n);
+        let mut outputs = Vec::with_capacity(n);
+        let mut kinds = Vec::with_capacity(n);
+        let mut errors = Vec::with_capacity(n);
+        let mut ats = Vec::with_capacity(n);
+        let mut crcs = Vec::with_capacity(n);
+        for f in &finishes {
+            let (status, output, kind, error) = f.outcome.columns();
+            ids.push(&*f.id);
+            statuses.push(status.as_str());
+            outputs.push(output);
+            kinds.push(kind);
+            errors.push(error);
+            ats.push(f.at);
+            crcs.push(output.map(|o| crc_column(keyed_crc32(&workflow_key(&f.id), o))));
+        }
+        let rows = self
+            .client
+            .query(
+                &self.sql.finish_many,
+                &[&ids, &statuses, &outputs, &kinds, &errors, &ats, &crcs],
+            )
+            .await;
+        let rows = match batch_rows(rows, n) {
+            Ok(rows) => rows,
+            Err(failed) => return failed,
+        };
+        rows.iter()
+            .map(|row| Ok((Done::Bool(row.try_get(1)?), None)))
+            .collect()
+    }
+
     /// Step records without effects, in one statement ([`RECORD_MANY`]); their answers
     /// in their order. A failure of the statement is every record's.
-    async fn record_many(
-        &self,
-        records: Vec<&StepRecord>,
-    ) -> Vec<Result<(Done, Option<WaitFor>), PgError>> {
+    async fn record_many(&self, records: Vec<&StepRecord>) -> Vec<Written> {
         let n = records.len();
         let mut ids = Vec::with_capacity(n);
         let mut paths = Vec::with_capacity(n);
@@ -1369,25 +1535,9 @@ impl Writer {
                 ],
             )
             .await;
-        let rows = match rows {
-            Ok(rows) if rows.len() == n => rows,
-            Ok(rows) => {
-                let e =
-                    || PgError::Damaged(format!("{n} step records answered {} rows", rows.len()));
-                return (0..n).map(|_| Err(e())).collect();
-            }
-            Err(e) => {
-                // Every record fails with the statement: the batch is retried, or each
-                // write alone.
-                let first = Err(PgError::Sql(e));
-                let mut out = vec![first];
-                out.extend((1..n).map(|_| {
-                    Err(PgError::Damaged(
-                        "the statement of this step's record failed".into(),
-                    ))
-                }));
-                return out;
-            }
+        let rows = match batch_rows(rows, n) {
+            Ok(rows) => rows,
+            Err(failed) => return failed,
         };
         // Two records of one path in a batch: the first is inserted (`DISTINCT ON` keeps
         // the lowest `ord`), the next is refused as a path recorded twice.
@@ -1989,47 +2139,70 @@ pub(super) fn taken_over(path: &Path, workflow_id: &str) -> StoreError {
 mod tests {
     use proptest::prelude::*;
 
-    use super::{Place, group};
+    use super::{Batch, Place, batches};
 
-    /// A write of one of three workflows: 0 a record, 1 another write, 2 a barrier.
+    /// Writes of three workflows: 0 a step record, 1 an outcome (both batched), 2
+    /// another write, 3 a write about many.
     fn places() -> impl Strategy<Value = Vec<(u8, u8)>> {
-        prop::collection::vec((0u8..3, 0u8..3), 0..40)
+        prop::collection::vec((0u8..4, 0u8..3), 0..40)
     }
 
     proptest! {
-        /// Grouped records all go at the place of the first one: no write between that
-        /// place and a grouped record's own is about its workflow, or about many.
+        /// Each batch goes at the place of its first write. Two writes about one
+        /// workflow, or with a write about many between or among them, go in their
+        /// order; and a write is batched whenever that allows it.
         #[test]
-        fn grouped_records_pass_no_write_of_their_workflow(ops in places()) {
+        fn batching_keeps_the_order_of_writes_about_one_workflow(ops in places()) {
             let ids = ["a", "b", "c"];
             let places: Vec<Place<'_>> = ops
                 .iter()
-                .map(|&(kind, w)| match kind {
-                    0 => Place::Record(ids[usize::from(w)]),
-                    1 => Place::Other(ids[usize::from(w)]),
-                    _ => Place::Barrier,
+                .map(|&(kind, w)| {
+                    let id = ids[usize::from(w)];
+                    match kind {
+                        0 => Place::Batch(Batch::Records, id),
+                        1 => Place::Batch(Batch::Finishes, id),
+                        2 => Place::Other(id),
+                        _ => Place::Barrier,
+                    }
                 })
                 .collect();
-            let grouped = group(places.iter().copied());
-            prop_assert_eq!(grouped.len(), places.len());
-            let Some(first) = grouped.iter().position(|&g| g) else {
-                prop_assert!(!places.iter().any(|p| matches!(p, Place::Record(_))));
-                return Ok(());
+            let batched = batches(&places);
+            prop_assert_eq!(batched.len(), places.len());
+            let first = |kind| batched.iter().position(|b| *b == Some(kind));
+            // Where each write is sent: (place, then its own index).
+            let sent: Vec<(usize, usize)> = batched
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (b.and_then(first).unwrap_or(i), i))
+                .collect();
+            let conflict = |x: &Place<'_>, y: &Place<'_>| match (x, y) {
+                (Place::Barrier, _) | (_, Place::Barrier) => true,
+                (Place::Batch(_, a) | Place::Other(a), Place::Batch(_, b) | Place::Other(b)) => {
+                    a == b
+                }
             };
-            prop_assert!(places[..first].iter().all(|p| !matches!(p, Place::Record(_))));
-            for (i, place) in places.iter().enumerate().skip(first + 1) {
-                let Place::Record(id) = *place else {
-                    prop_assert!(!grouped[i], "only records are grouped");
-                    continue;
-                };
-                let passes = places[first..i].iter().zip(&grouped[first..i]).any(|(p, &g)| {
-                    !g && match p {
-                        Place::Record(other) | Place::Other(other) => *other == id,
-                        Place::Barrier => true,
+            for j in 0..places.len() {
+                for i in 0..j {
+                    if conflict(&places[i], &places[j]) {
+                        prop_assert!(
+                            sent[i] < sent[j],
+                            "writes {} and {} of {:?} swapped ({:?})", i, j, places, batched
+                        );
                     }
-                });
-                // Grouped exactly when it passes nothing it must not.
-                prop_assert_eq!(grouped[i], !passes, "write {} of {:?}", i, places);
+                }
+                // Only batched kinds are batched, each in its own kind.
+                match places[j] {
+                    Place::Batch(kind, _) => {
+                        prop_assert!(batched[j].is_none() || batched[j] == Some(kind));
+                    }
+                    _ => prop_assert!(batched[j].is_none()),
+                }
+            }
+            // The first write of each kind is batched: batching is not simply off.
+            for kind in [Batch::Records, Batch::Finishes] {
+                if let Some(i) = places.iter().position(|p| matches!(p, Place::Batch(k, _) if *k == kind)) {
+                    prop_assert_eq!(batched[i], Some(kind));
+                }
             }
         }
     }
