@@ -86,6 +86,7 @@ macro_rules! store_contract {
             concurrent_writes_all_commit,
             concurrent_records_are_refused_each_on_its_own,
             concurrent_finishes_are_answered_each_on_its_own,
+            concurrent_creates_are_answered_each_on_its_own,
             a_write_whose_ack_is_dropped_still_happens,
             close_commits_what_was_queued,
         );
@@ -1688,6 +1689,31 @@ async fn concurrent_finishes_are_answered_each_on_its_own(open: Open) {
     assert_eq!(j.workflow("c").await.status, RecordStatus::Cancelled);
     assert_eq!(j.workflow("d").await.output, Some(value("d")));
     assert!(j.find("nobody").await.is_none());
+}
+
+/// Creates made before any is awaited are answered each on its own: a new id is
+/// made once (the second create of it in the batch finds the first's workflow), and an
+/// id the journal has finds that workflow.
+async fn concurrent_creates_are_answered_each_on_its_own(open: Open) {
+    let j = Journal::new(open);
+    j.create(workflow("x")).await;
+    let acks = vec![
+        ("y", true, j.store.create_workflow(workflow("y"))),
+        ("y", false, j.store.create_workflow(workflow("y"))),
+        ("x", false, j.store.create_workflow(workflow("x"))),
+        ("z", true, j.store.create_workflow(workflow("z"))),
+    ];
+    for (id, new, ack) in acks {
+        match ok(ack).await {
+            Created::New => assert!(new, "{id} was made twice"),
+            Created::Existing(w) => {
+                assert!(!new, "{id} existed before its first create");
+                assert_eq!(&*w.id, id);
+                assert_eq!(w.status, RecordStatus::Pending);
+            }
+        }
+    }
+    assert_eq!(j.pending().await.len(), 3);
 }
 
 /// A write happens whether or not anyone waits for its answer.

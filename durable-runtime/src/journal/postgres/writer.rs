@@ -153,6 +153,8 @@ pub(super) struct Statements {
     commit: Statement,
     rollback: Statement,
     create: Statement,
+    /// Many creates in one statement (see [`Writer::create_many`]).
+    create_many: Statement,
     workflow: Statement,
     record: Statement,
     /// Many records without effects in one statement (see [`Writer::record_many`]).
@@ -278,9 +280,9 @@ fn batchable(ops: &[Op]) -> Vec<Option<Batch>> {
                 Place::Batch(Batch::Records, &s.workflow_id)
             }
             Op::Finish(f, _) => Place::Batch(Batch::Finishes, &f.id),
+            Op::Create(w, _) => Place::Batch(Batch::Creates, &w.id),
             // (Waits are not among the writes sent at once: never here.)
             Op::Cancel(..) | Op::Resume(..) | Op::Wait(..) | Op::Expire(..) => Place::Barrier,
-            Op::Create(w, _) => Place::Other(&w.id),
             Op::Record(s, _) => Place::Other(&s.workflow_id),
             Op::Started(key, _, _) | Op::GiveBack(key, _, _) => Place::Other(&key.workflow_id),
             Op::Patch(id, _, _, _) => Place::Other(id),
@@ -293,7 +295,7 @@ fn batchable(ops: &[Op]) -> Vec<Option<Batch>> {
 /// [`batchable`], on what it needs of the writes.
 fn batches(places: &[Place<'_>]) -> Vec<Option<Batch>> {
     let mut batched = vec![None; places.len()];
-    for kind in [Batch::Records, Batch::Finishes] {
+    for kind in Batch::ALL {
         for (i, g) in group(places.iter().map(|p| p.as_seen_by(kind)))
             .into_iter()
             .enumerate()
@@ -309,10 +311,16 @@ fn batches(places: &[Place<'_>]) -> Vec<Option<Batch>> {
 /// The writes that go many in one statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Batch {
+    /// New workflows ([`create_many_sql`]).
+    Creates = 0,
     /// Step records without effects ([`RECORD_MANY`]).
-    Records,
+    Records = 1,
     /// Workflows' outcomes ([`FINISH_MANY`]).
-    Finishes,
+    Finishes = 2,
+}
+
+impl Batch {
+    const ALL: [Batch; 3] = [Batch::Creates, Batch::Records, Batch::Finishes];
 }
 
 /// What [`batchable`] needs to know of a write.
@@ -384,6 +392,35 @@ const FINISH_MANY: &str = "
            RETURNING d.ord)
     SELECT u.ord, up.ord IS NOT NULL FROM u LEFT JOIN up ON up.ord = u.ord ORDER BY u.ord";
 
+/// New workflows, one statement: their columns as arrays (id, name, input, input
+/// checksum, app version, parent, creation time, deadline). Answers one row per
+/// create, in their order: whether it made the workflow (of two creates of one id in
+/// a batch, the first), then the columns of the workflow that was there before
+/// ([`workflow_columns`]; none for one made after the statement began).
+fn create_many_sql() -> String {
+    format!(
+        "WITH u AS (
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int8[],
+                                  $5::text[], $6::text[], $7::int8[], $8::int8[])
+                 WITH ORDINALITY AS u(id, name, input, input_crc32, app_version, parent_id,
+                                      created_at, deadline_at, ord)),
+         d AS (SELECT DISTINCT ON (id) * FROM u ORDER BY id, ord),
+         ins AS (INSERT INTO {{s}}.workflows (id, name, status, input, input_crc32,
+                     app_version, parent_id, created_at, updated_at, deadline_at, owner)
+                 SELECT id, name, 'pending', input, input_crc32, app_version, parent_id,
+                        created_at, created_at, deadline_at,
+                        current_setting('durable.executor')::bigint
+                 FROM d ORDER BY ord
+                 ON CONFLICT (id) DO NOTHING RETURNING id)
+         SELECT u.ord, ins.id IS NOT NULL AND d.ord = u.ord, {}
+         FROM u JOIN d ON d.id = u.id
+                LEFT JOIN ins ON ins.id = u.id
+                LEFT JOIN {{s}}.workflows w ON w.id = u.id
+         ORDER BY u.ord",
+        workflow_columns("w")
+    )
+}
+
 /// The record of a transaction step, in its own transaction ($1 to $11 as in
 /// [`record_step!`], $12 the transaction's id read when it began): inserted only while
 /// the transaction is still that one (its closure did not end it), and answering that
@@ -432,6 +469,7 @@ impl Statements {
                 )),
             sql(&format!("{}{RECORD_COUNTS}", record_step!())),
             sql(RECORD_MANY),
+            sql(&create_many_sql()),
             sql(FINISH_MANY),
             sql(&format!(
                     "{}, eff AS (INSERT INTO {{s}}.messages (destination, topic, payload, crc32, sent_at)
@@ -547,6 +585,7 @@ impl Statements {
             workflow: next()?,
             record: next()?,
             record_many: next()?,
+            create_many: next()?,
             finish_many: next()?,
             record_send: next()?,
             record_event: next()?,
@@ -1371,24 +1410,37 @@ impl Writer {
     /// statement instead of one per record.
     async fn simples(&self, ops: &[Op]) -> Vec<Written> {
         let mut batched = batchable(ops);
-        let records: Vec<&StepRecord> = ops
-            .iter()
-            .zip(&batched)
-            .filter_map(|(op, b)| match op {
-                Op::Record(s, _) if *b == Some(Batch::Records) => Some(s),
+        let of = |kind: Batch| -> Vec<&Op> {
+            ops.iter()
+                .zip(&batched)
+                .filter(|(_, b)| **b == Some(kind))
+                .map(|(op, _)| op)
+                .collect()
+        };
+        let creates: Vec<&NewWorkflow> = of(Batch::Creates)
+            .into_iter()
+            .filter_map(|op| match op {
+                Op::Create(w, _) => Some(w),
                 _ => None,
             })
             .collect();
-        let finishes: Vec<&Finish> = ops
-            .iter()
-            .zip(&batched)
-            .filter_map(|(op, b)| match op {
-                Op::Finish(f, _) if *b == Some(Batch::Finishes) => Some(f),
+        let records: Vec<&StepRecord> = of(Batch::Records)
+            .into_iter()
+            .filter_map(|op| match op {
+                Op::Record(s, _) => Some(s),
+                _ => None,
+            })
+            .collect();
+        let finishes: Vec<&Finish> = of(Batch::Finishes)
+            .into_iter()
+            .filter_map(|op| match op {
+                Op::Finish(f, _) => Some(f),
                 _ => None,
             })
             .collect();
         // A batch of one is the write's own statement.
         for (kind, n) in [
+            (Batch::Creates, creates.len()),
             (Batch::Records, records.len()),
             (Batch::Finishes, finishes.len()),
         ] {
@@ -1400,32 +1452,36 @@ impl Writer {
             }
         }
         let first = |kind| batched.iter().position(|b| *b == Some(kind));
-        let (first_record, first_finish) = (first(Batch::Records), first(Batch::Finishes));
+        let firsts = Batch::ALL.map(first);
         // Sent in the order of `ops`, each batch at the place of its first write; what
         // each answers is put back in the order of `ops` below.
         let mut sent: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Written>> + '_>>> =
             Vec::new();
         let mut from: Vec<Option<Batch>> = Vec::new();
         for (i, op) in ops.iter().enumerate() {
-            if Some(i) == first_record {
-                sent.push(Box::pin(self.record_many(records.clone())));
-                from.push(Some(Batch::Records));
-            } else if Some(i) == first_finish {
-                sent.push(Box::pin(self.finish_many(finishes.clone())));
-                from.push(Some(Batch::Finishes));
+            if let Some(k) = firsts.iter().position(|f| *f == Some(i)) {
+                let kind = Batch::ALL[k];
+                sent.push(match kind {
+                    Batch::Creates => Box::pin(self.create_many(creates.clone())),
+                    Batch::Records => Box::pin(self.record_many(records.clone())),
+                    Batch::Finishes => Box::pin(self.finish_many(finishes.clone())),
+                });
+                from.push(Some(kind));
             } else if batched[i].is_none() {
                 sent.push(Box::pin(async move { vec![self.simple(op).await] }));
                 from.push(None);
             }
         }
-        let mut records = Vec::new().into_iter();
-        let mut finishes = Vec::new().into_iter();
+        let mut answers: [std::vec::IntoIter<Written>; 3] = [
+            Vec::new().into_iter(),
+            Vec::new().into_iter(),
+            Vec::new().into_iter(),
+        ];
         let mut others = Vec::new();
-        for (answers, kind) in join_all(sent).await.into_iter().zip(from) {
+        for (written, kind) in join_all(sent).await.into_iter().zip(from) {
             match kind {
-                Some(Batch::Records) => records = answers.into_iter(),
-                Some(Batch::Finishes) => finishes = answers.into_iter(),
-                None => others.extend(answers),
+                Some(kind) => answers[kind as usize] = written.into_iter(),
+                None => others.extend(written),
             }
         }
         let mut others = others.into_iter();
@@ -1433,8 +1489,7 @@ impl Writer {
             .iter()
             .map(|b| {
                 let next = match b {
-                    Some(Batch::Records) => records.next(),
-                    Some(Batch::Finishes) => finishes.next(),
+                    Some(kind) => answers[*kind as usize].next(),
                     None => others.next(),
                 };
                 next.unwrap_or_else(|| {
@@ -1561,6 +1616,88 @@ impl Writer {
             .collect()
     }
 
+    /// What a create did, from its statement's row: `inserted`, or else the existing
+    /// workflow's columns from `at` (read again if the row was made after the
+    /// statement began: by another process, or by another create of the same batch).
+    async fn created(
+        &self,
+        row: &tokio_postgres::Row,
+        at: usize,
+        inserted: bool,
+        id: &str,
+    ) -> Result<Done, PgError> {
+        let existing: Option<String> = row.try_get(at)?;
+        let created = if inserted {
+            Ok(Created::New)
+        } else if existing.is_some() {
+            workflow_row(row, at).map(|w| Created::Existing(Box::new(w)))
+        } else {
+            match self.client.query_opt(&self.sql.workflow, &[&id]).await {
+                Ok(Some(row)) => workflow_row(&row, 0).map(|w| Created::Existing(Box::new(w))),
+                Ok(None) => Err(PgError::Damaged(format!(
+                    "workflow {id} could neither be created nor found"
+                ))),
+                Err(e) => Err(PgError::Sql(e)),
+            }
+        };
+        match created {
+            // The whole transaction goes again once the connection is back.
+            Err(e) if connection_lost(&e) => Err(e),
+            created => Ok(Done::Created(
+                created.map_err(|e| store_error(&self.path, e)),
+            )),
+        }
+    }
+
+    /// New workflows, in one statement ([`CREATE_MANY`]); their answers in their order.
+    /// A failure of the statement is every create's.
+    async fn create_many(&self, creates: Vec<&NewWorkflow>) -> Vec<Written> {
+        let n = creates.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut names = Vec::with_capacity(n);
+        let mut inputs = Vec::with_capacity(n);
+        let mut crcs = Vec::with_capacity(n);
+        let mut versions = Vec::with_capacity(n);
+        let mut parents = Vec::with_capacity(n);
+        let mut created_at = Vec::with_capacity(n);
+        let mut deadlines = Vec::with_capacity(n);
+        for w in &creates {
+            ids.push(&*w.id);
+            names.push(w.name);
+            inputs.push(w.input.as_slice());
+            crcs.push(crc_column(keyed_crc32(&workflow_key(&w.id), &w.input)));
+            versions.push(w.app_version.as_deref());
+            parents.push(w.parent_id.as_deref());
+            created_at.push(w.created_at);
+            deadlines.push(w.deadline_at);
+        }
+        let rows = self
+            .client
+            .query(
+                &self.sql.create_many,
+                &[
+                    &ids,
+                    &names,
+                    &inputs,
+                    &crcs,
+                    &versions,
+                    &parents,
+                    &created_at,
+                    &deadlines,
+                ],
+            )
+            .await;
+        let rows = match batch_rows(rows, n) {
+            Ok(rows) => rows,
+            Err(failed) => return failed,
+        };
+        let answers = creates.iter().zip(&rows).map(|(w, row)| async move {
+            let inserted: bool = row.try_get(1)?;
+            Ok((self.created(row, 2, inserted, &w.id).await?, None))
+        });
+        join_all(answers).await
+    }
+
     /// A write of one statement.
     async fn simple(&self, op: &Op) -> Result<(Done, Option<WaitFor>), PgError> {
         let c = &self.client;
@@ -1583,29 +1720,7 @@ impl Writer {
                     )
                     .await?;
                 let inserted: i64 = row.try_get(0)?;
-                let existing: Option<String> = row.try_get(1)?;
-                let created = if inserted == 1 {
-                    Ok(Created::New)
-                } else if existing.is_some() {
-                    workflow_row(&row, 1).map(|w| Created::Existing(Box::new(w)))
-                } else {
-                    // Inserted by another process after this statement began.
-                    match c.query_opt(&q.workflow, &[&&*w.id]).await? {
-                        Some(row) => workflow_row(&row, 0).map(|w| Created::Existing(Box::new(w))),
-                        None => Err(PgError::Damaged(format!(
-                            "workflow {} could neither be created nor found",
-                            w.id
-                        ))),
-                    }
-                };
-                match created {
-                    // The whole transaction goes again once the connection is back.
-                    Err(e) if connection_lost(&e) => return Err(e),
-                    created => (
-                        Done::Created(created.map_err(|e| store_error(&self.path, e))),
-                        None,
-                    ),
-                }
+                (self.created(&row, 1, inserted == 1, &w.id).await?, None)
             }
             Op::Record(s, _) => {
                 let (output, error, kind) = s.outcome.columns();
@@ -2141,10 +2256,10 @@ mod tests {
 
     use super::{Batch, Place, batches};
 
-    /// Writes of three workflows: 0 a step record, 1 an outcome (both batched), 2
-    /// another write, 3 a write about many.
+    /// Writes of three workflows: 0 a step record, 1 an outcome, 2 a create (all
+    /// batched), 3 another write, 4 a write about many.
     fn places() -> impl Strategy<Value = Vec<(u8, u8)>> {
-        prop::collection::vec((0u8..4, 0u8..3), 0..40)
+        prop::collection::vec((0u8..5, 0u8..3), 0..40)
     }
 
     proptest! {
@@ -2161,7 +2276,8 @@ mod tests {
                     match kind {
                         0 => Place::Batch(Batch::Records, id),
                         1 => Place::Batch(Batch::Finishes, id),
-                        2 => Place::Other(id),
+                        2 => Place::Batch(Batch::Creates, id),
+                        3 => Place::Other(id),
                         _ => Place::Barrier,
                     }
                 })
@@ -2199,7 +2315,7 @@ mod tests {
                 }
             }
             // The first write of each kind is batched: batching is not simply off.
-            for kind in [Batch::Records, Batch::Finishes] {
+            for kind in Batch::ALL {
                 if let Some(i) = places.iter().position(|p| matches!(p, Place::Batch(k, _) if *k == kind)) {
                     prop_assert_eq!(batched[i], Some(kind));
                 }
