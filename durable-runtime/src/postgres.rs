@@ -46,6 +46,8 @@ use crate::primitives::{Claimed, claim, not_in_workflow, op_or, or_stop};
 ///   step. If it drops as the commit is sent, the journal tells whether it committed.
 /// - `f` must not end the transaction itself (`COMMIT` or `ROLLBACK`): that is caught,
 ///   and the step fails without a record.
+/// - Settings: use `SET LOCAL`, which ends with the transaction. A plain `SET` stays
+///   on the connection, which other transaction steps use after this one.
 /// - The transaction holds its workflow's row: keep it short. A transaction idle for
 ///   longer than the runtime's lease ([`RuntimeBuilder::lease`](crate::RuntimeBuilder::lease))
 ///   is ended by the server, so that a paused process cannot hold it; the step then
@@ -129,7 +131,13 @@ where
             let out = out.clone();
             let label = label.clone();
             Box::pin(async move {
-                let ran = AssertUnwindSafe(f(tx)).catch_unwind().await;
+                // An earlier try's answer (its connection dropped) is not this one's.
+                out.clear();
+                // Called in the future: a panic before the closure's first await is
+                // caught as well.
+                let ran = AssertUnwindSafe(async move { f(tx).await })
+                    .catch_unwind()
+                    .await;
                 out.ran(codec, &label, ran)
             })
         });

@@ -573,3 +573,200 @@ async fn a_commit_late_on_the_network_is_waited_out() {
         "runs of the step"
     );
 }
+
+/// The tries of `fails_then_panics`, by table.
+static PANIC_RUNS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Its first try waits (to be killed; its statement then fails, and the closure
+/// answers `Err`); its second panics before its first await.
+#[workflow]
+async fn fails_then_panics(table: String, marker: String) -> Result<i64, LedgerError> {
+    transaction("fails_then_panics", move |tx| {
+        let run = {
+            let mut runs = PANIC_RUNS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            runs.push(table.clone());
+            runs.iter().filter(|t| **t == table).count()
+        };
+        assert!(run == 1, "the second try panics at once");
+        let marker = marker.clone();
+        Box::pin(async move {
+            tx.execute(&format!("SELECT pg_sleep(10) /* {marker} */"), &[])
+                .await?;
+            Ok(1)
+        })
+    })
+    .await
+}
+
+/// Terminates the sessions running a statement marked `marker`, once there is one.
+fn kill_marked(server: &str, marker: String) -> i64 {
+    common::on_postgres(server, async move |c| {
+        loop {
+            let n: i64 = c
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_catalog.pg_stat_activity
+                     WHERE query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
+                    &[&marker],
+                )
+                .await?
+                .try_get(0)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .expect("kill")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_that_panics_after_one_that_failed_answers_the_panic() {
+    let journal = Journal::postgres();
+    let Journal::Postgres { server, schema, .. } = &journal else {
+        unreachable!()
+    };
+    let table = ledger(&journal);
+    let marker = format!("panic after {schema}");
+    let rt = open(&journal).await;
+    let h = rt
+        .start_with_id("p", fails_then_panics(table.clone(), marker.clone()))
+        .await
+        .expect("start");
+    assert_eq!(kill_marked(server, marker), 1);
+    let got = tokio::time::timeout(Duration::from_secs(30), h.result())
+        .await
+        .expect("the step did not finish within 30 s");
+    // Not the killed try's `Err`: the try that counts panicked.
+    match &got {
+        Err(Error::Failed {
+            kind: FailureKind::StepPanicked,
+            message,
+            ..
+        }) => assert!(message.contains("the second try panics"), "{message}"),
+        other => panic!("the workflow answered {other:?}"),
+    }
+    rt.close().await.expect("close");
+}
+
+/// Markers of `sleeps_in_a_transaction` that slept already.
+static SLEPT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Its first try sleeps in a statement marked `marker` (until killed).
+#[workflow]
+async fn sleeps_in_a_transaction(marker: String) -> Result<i64, LedgerError> {
+    transaction("sleeps", move |tx| {
+        let first = {
+            let mut slept = SLEPT
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let first = !slept.contains(&marker);
+            slept.push(marker.clone());
+            first
+        };
+        let marker = marker.clone();
+        Box::pin(async move {
+            if first {
+                tx.execute(&format!("SELECT pg_sleep(30) /* {marker} */"), &[])
+                    .await?;
+            }
+            Ok(1)
+        })
+    })
+    .await
+}
+
+#[workflow]
+async fn quick() -> u32 {
+    7
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_does_not_wait_for_a_transaction_step() {
+    let journal = Journal::postgres();
+    let Journal::Postgres { server, schema, .. } = &journal else {
+        unreachable!()
+    };
+    let marker = format!("cancel while {schema}");
+    let rt = open(&journal).await;
+    rt.start_with_id("long", sleeps_in_a_transaction(marker.clone()))
+        .await
+        .expect("start");
+    let running = {
+        let marker = marker.clone();
+        let server = server.clone();
+        move || {
+            common::on_postgres(&server, {
+                let marker = marker.clone();
+                async move |c| {
+                    c.query_one(
+                        "SELECT count(*) FROM pg_catalog.pg_stat_activity
+                         WHERE query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
+                        &[&marker],
+                    )
+                    .await?
+                    .try_get::<_, i64>(0)
+                }
+            })
+            .expect("look")
+        }
+    };
+    while running() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The cancel updates the row the step's transaction holds, and another workflow
+    // commits after it, through the same writer: both while the step still sleeps.
+    rt.cancel("long").await.expect("cancel");
+    assert_eq!(
+        rt.start(quick())
+            .await
+            .expect("start")
+            .result()
+            .await
+            .expect("quick"),
+        7
+    );
+    assert_eq!(running(), 1, "the writer waited for the transaction step");
+    assert_eq!(kill_marked(server, marker), 1);
+    rt.close().await.expect("close");
+}
+
+#[workflow]
+async fn idles_past_the_lease() -> Result<i64, LedgerError> {
+    transaction("idles", |tx| {
+        Box::pin(async move {
+            tx.execute("SELECT 1", &[]).await?;
+            // Not a durable sleep: a wait inside the transaction, which is idle.
+            std::thread::sleep(Duration::from_millis(1_500));
+            tx.execute("SELECT 1", &[]).await?;
+            Ok(1)
+        })
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_step_idle_past_the_lease_stops_with_an_error_that_says_so() {
+    let journal = Journal::postgres();
+    let rt = Runtime::builder(journal.path())
+        .lease(Duration::from_secs(1))
+        .open()
+        .await
+        .expect("open");
+    let got = tokio::time::timeout(
+        Duration::from_secs(60),
+        rt.start(idles_past_the_lease())
+            .await
+            .expect("start")
+            .result(),
+    )
+    .await
+    .expect("the step did not stop within 60 s");
+    let message = format!("{got:?}");
+    assert!(
+        message.contains("longer than the runtime's lease"),
+        "{message}"
+    );
+    rt.close().await.expect("close");
+}

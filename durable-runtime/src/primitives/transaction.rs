@@ -36,6 +36,12 @@ where
         TxSlot(Arc::default())
     }
 
+    /// Forgets what an earlier run of the closure left.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn clear(&self) {
+        *lock(&self.0) = None;
+    }
+
     /// What to record of a run of the closure (`ran`: its result, or its panic) of the
     /// step `label`, and whether its writes are kept; keeps the result (or the panic's
     /// message) for [`finish`]. `Err`: the result does not encode.

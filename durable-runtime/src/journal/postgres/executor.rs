@@ -117,17 +117,24 @@ pub(super) async fn claim(
                                   AND l.classid = $2::int4::oid
                                   AND l.objid = e.id::int4::oid AND l.objsubid = 2))
                      RETURNING e.id),
-                 claimed AS (
-                     UPDATE {s}.workflows w SET owner = $1
-                     WHERE w.status = 'pending'
+                 -- Locked FOR UPDATE, which a transaction step's key-share lock on
+                 -- its workflow's row holds off (the update alone would not); rows
+                 -- locked now are claimed at a later claim rather than waited for.
+                 pick AS (
+                     SELECT x.run FROM {s}.workflows x
+                     WHERE x.status = 'pending'
                        -- A claimer taken over itself claims nothing.
                        AND EXISTS (SELECT 1 FROM {s}.executors
                                    WHERE id = $1 AND dead_at IS NULL)
-                       AND ($5 OR w.name = ANY($3::text[]))
-                       AND (w.owner IS NULL
-                            OR w.owner IN (SELECT id FROM gone)
-                            OR w.owner IN (SELECT id FROM {s}.executors
+                       AND ($5 OR x.name = ANY($3::text[]))
+                       AND (x.owner IS NULL
+                            OR x.owner IN (SELECT id FROM gone)
+                            OR x.owner IN (SELECT id FROM {s}.executors
                                            WHERE dead_at IS NOT NULL))
+                     FOR UPDATE OF x SKIP LOCKED),
+                 claimed AS (
+                     UPDATE {s}.workflows w SET owner = $1
+                     FROM pick WHERE w.run = pick.run
                      RETURNING w.id),
                  forgotten AS (
                      DELETE FROM {s}.executors e
@@ -149,7 +156,9 @@ pub(super) async fn claim(
 pub(super) async fn release(c: &Client, s: &str, me: i64) -> Result<(), PgError> {
     c.batch_execute(&format!(
         "BEGIN;
-         UPDATE {s}.workflows SET owner = NULL WHERE owner = {me} AND status = 'pending';
+         UPDATE {s}.workflows SET owner = NULL
+         WHERE run IN (SELECT run FROM {s}.workflows
+                       WHERE owner = {me} AND status = 'pending' FOR UPDATE);
          UPDATE {s}.executors SET dead_at = now() WHERE id = {me} AND dead_at IS NULL;
          COMMIT;"
     ))

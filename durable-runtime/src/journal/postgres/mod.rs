@@ -218,7 +218,7 @@ impl Session {
     pub(super) async fn of(c: &Client) -> Result<Session, PgError> {
         let row = c
             .query_one(
-                "SELECT pid, backend_start::text FROM pg_catalog.pg_stat_activity
+                "SELECT pid, extract(epoch FROM backend_start)::text FROM pg_catalog.pg_stat_activity
                  WHERE pid = pg_backend_pid()",
                 &[],
             )
@@ -237,7 +237,7 @@ impl Session {
             let row = c
                 .query_one(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_catalog.pg_stat_activity
-                     WHERE pid = $1 AND backend_start::text = $2",
+                     WHERE pid = $1 AND extract(epoch FROM backend_start) = $2::text::numeric",
                     &[&self.pid, &self.started],
                 )
                 .await?;
@@ -708,6 +708,7 @@ impl Store for PgStore {
                  workflows go to the next runtime, which runs them again unless they commit"
             );
         }
+        self.transactions.close_idle();
         if let Some(stop) = lock(&self.stop_watch).take() {
             let _ = stop.send(());
         }

@@ -5,10 +5,11 @@
 //! the application's statements run (several round trips), and the writer's batches
 //! must not wait behind it. It runs in a task of the caller's tokio runtime, on a
 //! connection of its own:
-//! 1. `BEGIN`, then the step's workflow row is share-locked and checked to be this
-//!    executor's (a takeover, which updates the row, waits for the transaction; a
-//!    transaction that starts after it sees the new owner), and the transaction's id
-//!    is read;
+//! 1. `BEGIN`, then the step's workflow row is key-share-locked and checked to be
+//!    this executor's (a takeover or a resume, which lock the row FOR UPDATE before
+//!    they change its owner, wait for the transaction; a transaction that starts after
+//!    one sees the new owner; a cancel or an outcome, which update other columns, do
+//!    not wait), and the transaction's id is read;
 //! 2. the application's closure runs with the transaction;
 //! 3. if it returned `Ok`, the step's record is inserted in the same transaction, on
 //!    the condition that the transaction is still the one of step 1 (a closure that
@@ -100,6 +101,17 @@ impl std::fmt::Debug for TxConn {
     }
 }
 
+/// A transaction step in flight, counted out of [`TxPool::running`] when dropped.
+struct Running(Arc<TxPool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+        let _guard = lock(&self.0.ended.0);
+        self.0.ended.1.notify_all();
+    }
+}
+
 /// How one try at a transaction step ended.
 enum Tried {
     /// Committed with its record.
@@ -166,15 +178,16 @@ impl TxPool {
             return;
         };
         self.running.fetch_add(1, Ordering::SeqCst);
-        let pool = self.clone();
+        let running = Running(self.clone());
         runtime.spawn(async move {
+            let pool = &running.0;
             let answer = pool.transact(&key, started_at, work).await;
             if let Some(answer) = answer {
                 let _ = reply.send(answer);
             }
-            pool.running.fetch_sub(1, Ordering::SeqCst);
-            let _guard = lock(&pool.ended.0);
-            pool.ended.1.notify_all();
+            // `running` counts the step out when dropped: here, or with the task if
+            // its runtime goes away first.
+            drop(running);
         });
     }
 
@@ -221,12 +234,25 @@ impl TxPool {
                 }
                 Err(e) => return Some(Err(store_error(&self.path, e))),
             };
+            let began = std::time::Instant::now();
             let tried = match self
                 .attempt(&mut conn, me, key, started_at, &mut work)
                 .await
             {
                 Ok(tried) => tried,
                 Err(e) if connection_lost(&e) => Tried::Lost,
+                // A serialization failure or a deadlock: the transaction rolled back,
+                // and runs again.
+                Err(e) if retryable(&e) => {
+                    tracing::info!(
+                        step = %key.path,
+                        name = key.name,
+                        error = ?e,
+                        "a transaction step's transaction failed to serialize; running it again"
+                    );
+                    self.give_back(conn);
+                    continue;
+                }
                 Err(e) => {
                     self.give_back(conn);
                     return Some(Err(self.refused(key, e)));
@@ -250,6 +276,34 @@ impl TxPool {
                     // Its transaction can no longer commit; once its session is gone
                     // it holds no row lock either, and the step runs again.
                     self.end_session(&conn.session).await;
+                    if began.elapsed() >= self.lease {
+                        // Most likely the server ended a transaction idle for longer
+                        // than the lease: running it again would end the same way.
+                        return Some(Err(StoreError::new(
+                            &*self.path,
+                            StoreErrorKind::Io,
+                            format!(
+                                "transaction step {} (`{}`) of workflow {} lost its \
+                                 connection after {:?}, longer than the runtime's lease \
+                                 ({:?}): the server ends a transaction step's transaction \
+                                 once it has been idle (waiting on the closure) for the \
+                                 lease. Keep waits outside the closure, or raise \
+                                 `RuntimeBuilder::lease`",
+                                key.path,
+                                key.name,
+                                key.workflow_id,
+                                began.elapsed(),
+                                self.lease
+                            ),
+                        )));
+                    }
+                    tracing::warn!(
+                        step = %key.path,
+                        name = key.name,
+                        workflow = %key.workflow_id,
+                        "a transaction step's connection dropped before its commit; running \
+                         it again on a new connection"
+                    );
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(2));
                 }
@@ -283,7 +337,9 @@ impl TxPool {
         if !mine {
             return Ok(Tried::Refused(taken_over(&self.path, id)));
         }
-        let ran = AssertUnwindSafe(work(&tx)).catch_unwind().await;
+        let ran = AssertUnwindSafe(async { work(&tx).await })
+            .catch_unwind()
+            .await;
         let (outcome, keep) = match ran {
             Ok(Ok(ran)) => ran,
             Ok(Err(message)) => {
@@ -474,7 +530,9 @@ impl TxPool {
 
     async fn connect(&self, me: i64) -> Result<TxConn, PgError> {
         let client = super::connect(&self.config, "transaction").await?;
-        let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
+        // The setting is an int4 of milliseconds: a lease longer than 24 days gets the
+        // longest it can hold.
+        let lease_ms = i32::try_from(self.lease.as_millis()).unwrap_or(i32::MAX);
         client
             .query_one(
                 "SELECT set_config('durable.executor', $1, false),
@@ -487,7 +545,7 @@ impl TxPool {
         let check = client
             .prepare(&format!(
                 "SELECT owner IS NOT DISTINCT FROM $2, txid_current()
-                 FROM {s}.workflows WHERE id = $1 FOR SHARE"
+                 FROM {s}.workflows WHERE id = $1 FOR KEY SHARE"
             ))
             .await?;
         let record = client
@@ -500,6 +558,11 @@ impl TxPool {
             check,
             record,
         })
+    }
+
+    /// Closes the idle connections (the journal is closing).
+    pub(super) fn close_idle(&self) {
+        lock(&self.idle).clear();
     }
 
     fn give_back(&self, conn: TxConn) {
@@ -555,6 +618,12 @@ impl TxPool {
             ),
         )
     }
+}
+
+/// Whether `e` is a serialization failure or a deadlock, after which the transaction
+/// rolled back and may be run again.
+fn retryable(e: &PgError) -> bool {
+    matches!(e, PgError::Sql(e) if e.code().is_some_and(|c| matches!(c.code(), "40001" | "40P01")))
 }
 
 /// Whether `e` says the transaction was aborted by an earlier failed statement.

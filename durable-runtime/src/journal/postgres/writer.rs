@@ -426,13 +426,24 @@ fn create_many_sql() -> String {
 /// the transaction is still that one (its closure did not end it), and answering that
 /// as a fourth count.
 pub(super) fn transaction_record_sql(s: &str) -> String {
-    let sql = format!("{}{RECORD_COUNTS}, txid_current() = $12", record_step!());
+    // A key-share lock, as the transaction's first statement took: the writer's
+    // updates of the row (a cancel, an outcome) do not wait for the transaction, and
+    // the statements that change its owner lock it FOR UPDATE first, which does.
+    let sql = format!("{}{RECORD_COUNTS}, txid_current() = $12", record_step!()).replacen(
+        "FOR SHARE)",
+        "FOR KEY SHARE)",
+        1,
+    );
     let guarded = sql.replacen(
         "FROM r WHERE mine",
         "FROM r WHERE mine AND txid_current() = $12",
         1,
     );
     debug_assert_ne!(sql, guarded, "the record's condition moved");
+    debug_assert!(
+        guarded.contains("FOR KEY SHARE)"),
+        "the record's lock moved"
+    );
     guarded.replace("{s}", s)
 }
 
@@ -531,8 +542,13 @@ impl Statements {
                                 error_kind = NULL, error = NULL, deadline_at = NULL,
                                 updated_at = $2,
                                 owner = current_setting('durable.executor')::bigint
-                            WHERE id IN (SELECT id FROM tree)
-                              AND (status = 'cancelled' OR (id = $1 AND status = 'failed'))
+                            WHERE run IN (SELECT run FROM {{s}}.workflows
+                                          WHERE id IN (SELECT id FROM tree)
+                                            AND (status = 'cancelled'
+                                                 OR (id = $1 AND status = 'failed'))
+                                          -- Waits for a transaction step's key-share
+                                          -- lock, which the update alone would not.
+                                          FOR UPDATE)
                             RETURNING id, run),
                      -- A recorded panic or interruption is not an output: resuming runs
                      -- those steps again, and an interrupted one loses its start record.
@@ -1649,7 +1665,7 @@ impl Writer {
         }
     }
 
-    /// New workflows, in one statement ([`CREATE_MANY`]); their answers in their order.
+    /// New workflows, in one statement ([`create_many_sql`]); their answers in their order.
     /// A failure of the statement is every create's.
     async fn create_many(&self, creates: Vec<&NewWorkflow>) -> Vec<Written> {
         let n = creates.len();
