@@ -365,23 +365,7 @@ async fn a_transaction_step_whose_connection_is_killed_runs_again_and_commits_on
         .await
         .expect("start");
     // Kill the step's session while it waits in its transaction.
-    let killed = common::on_postgres(server, async move |c| {
-        loop {
-            let n: i64 = c
-                .query_one(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_catalog.pg_stat_activity
-                     WHERE query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
-                    &[&marker],
-                )
-                .await?
-                .try_get(0)?;
-            if n > 0 {
-                return Ok(n);
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .expect("kill");
+    let killed = kill_marked(server, marker);
     assert_eq!(killed, 1);
     let got = tokio::time::timeout(Duration::from_secs(30), h.result())
         .await
