@@ -1,17 +1,21 @@
-//! The journal writer's connection cut as it sends a batch, and the batch delivered to
-//! the server a moment later (a packet late on the network): the writer must not settle
-//! the batch (did it commit?) before the old session is over, or the late batch commits
-//! after the writer ran it again, and a message is sent twice.
+//! The journal writer's connection cut as it sends a batch:
+//! - and the batch delivered to the server a moment later (a packet late on the
+//!   network): the writer must not settle the batch (did it commit?) before the old
+//!   session is over, or the late batch commits after the writer ran it again, and a
+//!   message is sent twice;
+//! - after the server committed it, the answer lost: the writer must learn from the
+//!   journal that it did, and neither write it again nor fail it.
 #![cfg(all(feature = "postgres", feature = "testkit"))]
 
 mod common;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use common::Journal;
-use common::proxy::{CUT_WRITER_THEN_LATE, PASS, proxy};
-use durable_runtime::Runtime;
+use common::proxy::{CUT_WRITER_THEN_LATE, PASS, WRITER_THEN_CUT, proxy};
+use durable_runtime::{Runtime, step, workflow};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_late_on_the_network_does_not_commit_twice() {
@@ -43,5 +47,63 @@ async fn a_batch_late_on_the_network_does_not_commit_twice() {
         &[],
     );
     assert_eq!(messages, ["1"], "the message was sent twice (or never)");
+    rt.close().await.expect("close");
+}
+
+/// The proxy's switch, for the step that arms it.
+static SWITCH: OnceLock<Arc<AtomicU8>> = OnceLock::new();
+static LONE_RUNS: AtomicU32 = AtomicU32::new(0);
+
+/// Arms the proxy as it returns: the next statement the writer sends is this step's
+/// record, alone in its batch (the workflow waits for it).
+#[step]
+async fn arm_then_return(x: u64) -> Result<u64, String> {
+    LONE_RUNS.fetch_add(1, Ordering::SeqCst);
+    if let Some(switch) = SWITCH.get() {
+        switch.store(WRITER_THEN_CUT, Ordering::SeqCst);
+    }
+    Ok(x * 3)
+}
+
+#[workflow]
+async fn lone_record(x: u64) -> Result<u64, String> {
+    let y = arm_then_return(x).await?;
+    Ok(y + 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_record_whose_answer_was_lost_is_settled_from_the_journal() {
+    let journal = Journal::postgres();
+    let Journal::Postgres { server, schema, .. } = &journal else {
+        unreachable!()
+    };
+    let (proxied, switch) = proxy(server).await;
+    assert!(SWITCH.set(switch.clone()).is_ok(), "one test arms it");
+    let sep = if proxied.contains('?') { '&' } else { '?' };
+    let rt = Runtime::builder(format!("{proxied}{sep}schema={schema}"))
+        .lease(Duration::from_secs(30))
+        .open()
+        .await
+        .expect("open");
+    let handle = rt
+        .start_with_id("lone", lone_record(7))
+        .await
+        .expect("start");
+    let result = tokio::time::timeout(Duration::from_secs(30), handle.result())
+        .await
+        .expect("the workflow did not finish within 30 s");
+    assert_eq!(result.expect("the workflow failed"), Ok(22));
+    assert_eq!(
+        switch.load(Ordering::SeqCst),
+        PASS,
+        "the writer was not cut"
+    );
+    assert_eq!(LONE_RUNS.load(Ordering::SeqCst), 1, "the step ran again");
+    let steps = journal.strings(
+        "SELECT count(*)::text FROM durable_steps s JOIN durable_workflows w ON w.run = s.run
+         WHERE w.id = 'lone'",
+        &[],
+    );
+    assert_eq!(steps, ["1"]);
     rt.close().await.expect("close");
 }

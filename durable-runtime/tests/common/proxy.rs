@@ -23,6 +23,10 @@ pub const CUT_THEN_LATE_COMMIT: u8 = 3;
 /// Cuts a journal writer's connection (`durable writer`) off at the next statements
 /// it sends, and passes them on a moment later.
 pub const CUT_WRITER_THEN_LATE: u8 = 4;
+/// Passes a journal writer's next statements on, and cuts the writer off before the
+/// server's answer reaches it: they committed (if they could), and the writer cannot
+/// know.
+pub const WRITER_THEN_CUT: u8 = 5;
 
 const COMMIT: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
 
@@ -84,7 +88,7 @@ async fn pipe(client: tokio::net::TcpStream, server: tokio::net::TcpStream, mode
                 seen.windows(COMMIT.len()).any(|w| w == COMMIT)
             }
             // Not its startup message: statements.
-            CUT_WRITER_THEN_LATE => is_writer && chunks > 1,
+            CUT_WRITER_THEN_LATE | WRITER_THEN_CUT => is_writer && chunks > 1,
             _ => false,
         };
         if cut
@@ -94,7 +98,7 @@ async fn pipe(client: tokio::net::TcpStream, server: tokio::net::TcpStream, mode
         {
             // Nothing more reaches the client.
             down.abort();
-            if armed == COMMIT_THEN_CUT {
+            if matches!(armed, COMMIT_THEN_CUT | WRITER_THEN_CUT) {
                 let _ = to_server.write_all(chunk).await;
                 // The server commits, and answers into the void.
                 tokio::time::sleep(Duration::from_millis(200)).await;

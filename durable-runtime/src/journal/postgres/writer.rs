@@ -78,6 +78,15 @@ impl Op {
         !matches!(self, Op::Wait(..) | Op::Expire(..) | Op::GiveBack(..))
     }
 
+    /// Whether the write, alone in a batch, commits as one statement of its own,
+    /// without a transaction and the fence around it: a step record without effects.
+    /// Its statement locks its workflow's row and checks the owner, which fences it as
+    /// the executor's row fences a batch (a takeover changes the owner under a lock
+    /// that conflicts with this one), and it sends no notification.
+    fn alone(&self) -> bool {
+        matches!(self, Op::Record(s, _) if matches!(s.effect, Effect::None))
+    }
+
     /// What a wait could be waiting for that this write sends or sets.
     fn touches(&self) -> Option<WaitFor> {
         match self {
@@ -795,6 +804,14 @@ impl Writer {
                     self.answer_recorded_parked().await;
                     // Notifications sent while the connection was down went unheard.
                     Box::pin(self.recheck(Recheck::All)).await;
+                    if let [op] = &ops[..]
+                        && op.alone()
+                    {
+                        // Not numbered by the fence: the journal says from the write
+                        // itself whether it committed, and runs it again if not.
+                        self.confirm(ops).await;
+                        return Ok(());
+                    }
                     match last {
                         // It committed before the connection dropped: answer each
                         // write from what the journal holds.
@@ -1234,6 +1251,14 @@ impl Writer {
             .iter()
             .filter_map(Op::touches)
             .any(|what| self.parked.contains_key(&what));
+        if let [op] = ops
+            && op.alone()
+        {
+            // The sequential step's cost: one statement, one round trip, one commit.
+            let (done, _) = self.simple(op).await?;
+            self.stats.commits.fetch_add(1, Ordering::Relaxed);
+            return Ok((vec![done], Vec::new()));
+        }
         let all_simple = !wakes_parked && ops.iter().all(Op::simple);
         let notify = self.notifications(ops);
         if all_simple {
