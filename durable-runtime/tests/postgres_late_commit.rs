@@ -3,6 +3,8 @@
 //!   network): the writer must not settle the batch (did it commit?) before the old
 //!   session is over, or the late batch commits after the writer ran it again, and a
 //!   message is sent twice;
+//! - before the batch began (as the writer prepares statements for it): the writer
+//!   must not take the batch for committed;
 //! - after the server committed it, the answer lost: the writer must learn from the
 //!   journal that it did, and neither write it again nor fail it.
 #![cfg(all(feature = "postgres", feature = "testkit"))]
@@ -17,8 +19,11 @@ use common::Journal;
 use common::proxy::{CUT_WRITER_THEN_LATE, PASS, WRITER_THEN_CUT, proxy};
 use durable_runtime::{Runtime, step, workflow};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_late_on_the_network_does_not_commit_twice() {
+/// Sends one message through a proxy that cuts the writer off at the next statements
+/// it sends and delivers them late, and checks it was sent once. `warm`: the writer
+/// sent a message before, so that what is cut is the batch itself; otherwise it is the
+/// statements the writer prepares for its first message, before the batch begins.
+async fn send_cut_off(warm: bool) {
     let journal = Journal::postgres();
     let Journal::Postgres { server, schema, .. } = &journal else {
         unreachable!()
@@ -30,6 +35,9 @@ async fn a_batch_late_on_the_network_does_not_commit_twice() {
         .open()
         .await
         .expect("open");
+    if warm {
+        rt.send("earlier", "late", &0u32).await.expect("send");
+    }
     switch.store(CUT_WRITER_THEN_LATE, Ordering::SeqCst);
     tokio::time::timeout(Duration::from_secs(30), rt.send("later", "late", &1u32))
         .await
@@ -40,7 +48,7 @@ async fn a_batch_late_on_the_network_does_not_commit_twice() {
         PASS,
         "the writer was not cut"
     );
-    // Past the moment the late batch reaches the server.
+    // Past the moment the late statements reach the server.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let messages = journal.strings(
         "SELECT count(*)::text FROM durable_messages WHERE destination = 'later'",
@@ -48,6 +56,18 @@ async fn a_batch_late_on_the_network_does_not_commit_twice() {
     );
     assert_eq!(messages, ["1"], "the message was sent twice (or never)");
     rt.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_late_on_the_network_does_not_commit_twice() {
+    send_cut_off(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_cut_off_before_its_batch_began_is_made() {
+    // The try that was cut never reached its fence: the journal's last batch number is
+    // an earlier one, and the write is made again (it was taken for committed before).
+    send_cut_off(false).await;
 }
 
 /// The proxy's switch, for the step that arms it.

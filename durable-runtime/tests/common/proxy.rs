@@ -81,12 +81,17 @@ async fn pipe(client: tokio::net::TcpStream, server: tokio::net::TcpStream, mode
                 .windows(b"durable writer".len())
                 .any(|w| w == b"durable writer")
         });
+        // What is kept of the chunks before (a `COMMIT` split between two chunks) is
+        // looked at again only with this one: a `COMMIT` that ended before it was
+        // passed on before the switch was armed.
+        let before = seen.len();
         seen.extend_from_slice(chunk);
         let armed = mode.load(Ordering::SeqCst);
         let cut = match armed {
-            COMMIT_THEN_CUT | CUT_BEFORE_COMMIT | CUT_THEN_LATE_COMMIT => {
-                seen.windows(COMMIT.len()).any(|w| w == COMMIT)
-            }
+            COMMIT_THEN_CUT | CUT_BEFORE_COMMIT | CUT_THEN_LATE_COMMIT => seen
+                .windows(COMMIT.len())
+                .enumerate()
+                .any(|(at, w)| w == COMMIT && at + COMMIT.len() > before),
             // Not its startup message: statements.
             CUT_WRITER_THEN_LATE | WRITER_THEN_CUT => is_writer && chunks > 1,
             _ => false,

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use super::writer::Command;
@@ -47,6 +48,27 @@ pub(crate) const MIN_LEASE: Duration = Duration::from_millis(200);
 /// the executor's lock from then on (the watcher keeps that connection up, and takes
 /// the lock again when it makes it again); answers its id.
 pub(super) async fn register(c: &Client, s: &str, lease: Duration) -> Result<i64, PgError> {
+    registered(register_statement(c, s, lease, None).await?)
+}
+
+/// The executor's id from [`register_statement`]'s rows.
+fn registered(rows: Vec<tokio_postgres::Row>) -> Result<i64, PgError> {
+    let row = rows
+        .first()
+        .ok_or_else(|| PgError::Damaged("registering the executor answered no row".into()))?;
+    Ok(row.try_get(0)?)
+}
+
+/// The statement that registers an executor (see [`register`]): it makes the row, takes
+/// the lock and sets the session's executor (`set_executor`) at once. Typed, so one
+/// round trip: nothing is prepared first. With `if_version`, only if the journal's
+/// schema is that version (no row otherwise).
+async fn register_statement(
+    c: &Client,
+    s: &str,
+    lease: Duration,
+    if_version: Option<&str>,
+) -> Result<Vec<tokio_postgres::Row>, PgError> {
     let name = format!(
         "{}:{}",
         std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned()),
@@ -55,18 +77,56 @@ pub(super) async fn register(c: &Client, s: &str, lease: Duration) -> Result<i64
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     // The lock is taken in the statement that makes the row: no other executor can see
     // the row without the lock.
-    let row = c
-        .query_one(
-            &format!(
-                "INSERT INTO {s}.executors (name, lease_ms) VALUES ($1, $2)
-                 RETURNING id, pg_advisory_lock($3::int4, id::int4)::text"
-            ),
-            &[&name, &lease_ms, &schema::executor_lock_class(s)],
-        )
-        .await?;
-    let me: i64 = row.try_get(0)?;
-    set_executor(c, me).await?;
-    Ok(me)
+    Ok(c.query_typed(
+        &format!(
+            "INSERT INTO {s}.executors (name, lease_ms)
+             SELECT $1, $2 WHERE $4::text IS NULL
+                 OR EXISTS (SELECT 1 FROM {s}.meta
+                            WHERE key = 'schema_version' AND value = $4::text)
+             RETURNING id, pg_advisory_lock($3::int4, id::int4)::text,
+                       set_config('durable.executor', id::text, false)"
+        ),
+        &[
+            (&name, Type::TEXT),
+            (&lease_ms, Type::INT8),
+            (&schema::executor_lock_class(s), Type::INT4),
+            (&if_version, Type::TEXT),
+        ],
+    )
+    .await?)
+}
+
+/// An open's first trip on the readers' connection `c`, pipelined: the schema's
+/// version read, this runtime registered as an executor ([`register`]) and its first
+/// claim made ([`claim`]), the last two only if the schema is current. Answers the
+/// executor's id and the claimed rows; `None` if the schema needs migrating first
+/// (then nothing was registered or claimed). Refuses a schema a newer durable wrote.
+pub(super) async fn register_and_claim(
+    c: &Client,
+    schema: &str,
+    lease: Duration,
+    names: Option<&[&'static str]>,
+) -> Result<Option<(i64, Vec<tokio_postgres::Row>)>, PgError> {
+    let s = schema::quoted(schema);
+    let version = schema::VERSION.to_string();
+    let (current, registered_rows, claimed) = futures_util::future::join3(
+        schema::is_current(c, schema),
+        register_statement(c, &s, lease, Some(&version)),
+        // Claims as the executor the statement before set on the session; none if
+        // it registered nothing.
+        claim_as(c, &s, None, names, true),
+    )
+    .await;
+    if !current? {
+        // The other two failed (no schema yet) or did nothing.
+        return Ok(None);
+    }
+    let rows = registered_rows?;
+    if rows.is_empty() {
+        // The schema changed between the two statements: the slow way.
+        return Ok(None);
+    }
+    Ok(Some((registered(rows)?, claimed?)))
 }
 
 /// Tells the session of `c` its executor: every statement that records reads it
@@ -78,7 +138,7 @@ pub(super) async fn set_executor(c: &Client, me: i64) -> Result<(), PgError> {
 }
 
 /// Claims the pending workflows of executors found gone, and those with no owner;
-/// answers their ids. Only workflows named in `names` (a program claims only what it
+/// answers their rows ([`super::workflow_columns`]: the id first), oldest first. Only workflows named in `names` (a program claims only what it
 /// can run; `None`: any, for a store opened without a program, as in its tests).
 /// `judge`: whether this claimer may find others gone (not for a lease after it
 /// connected again). Also forgets executors dead for an hour that own nothing.
@@ -88,17 +148,31 @@ pub(super) async fn claim(
     me: i64,
     names: Option<&[&'static str]>,
     judge: bool,
-) -> Result<Vec<String>, PgError> {
+) -> Result<Vec<tokio_postgres::Row>, PgError> {
+    claim_as(c, s, Some(me), names, judge).await
+}
+
+/// [`claim`] as executor `me`, or, if `None`, as the one the session of `c` is
+/// (`durable.executor`; nothing is claimed if it has none).
+async fn claim_as(
+    c: &Client,
+    s: &str,
+    me: Option<i64>,
+    names: Option<&[&'static str]>,
+    judge: bool,
+) -> Result<Vec<tokio_postgres::Row>, PgError> {
     let any = names.is_none();
     let names = names.unwrap_or_default();
     let rows = c
-        .query(
+        .query_typed(
             &format!(
-                "WITH gone AS (
+                "WITH me AS (SELECT coalesce($1::int8,
+                                      current_setting('durable.executor', true)::bigint) AS id),
+                 gone AS (
                      UPDATE {s}.executors e SET dead_at = now()
-                     WHERE e.dead_at IS NULL AND e.id <> $1
+                     WHERE e.dead_at IS NULL AND e.id <> (SELECT id FROM me)
                        AND EXISTS (SELECT 1 FROM {s}.executors
-                                   WHERE id = $1 AND dead_at IS NULL)
+                                   WHERE id = (SELECT id FROM me) AND dead_at IS NULL)
                        -- Not for a lease after this claimer connected (again): after
                        -- the database restarts, the others need that long to reconnect
                        -- and beat again.
@@ -125,7 +199,7 @@ pub(super) async fn claim(
                      WHERE x.status = 'pending'
                        -- A claimer taken over itself claims nothing.
                        AND EXISTS (SELECT 1 FROM {s}.executors
-                                   WHERE id = $1 AND dead_at IS NULL)
+                                   WHERE id = (SELECT id FROM me) AND dead_at IS NULL)
                        AND ($5 OR x.name = ANY($3::text[]))
                        AND (x.owner IS NULL
                             OR x.owner IN (SELECT id FROM gone)
@@ -133,19 +207,31 @@ pub(super) async fn claim(
                                            WHERE dead_at IS NOT NULL))
                      FOR UPDATE OF x SKIP LOCKED),
                  claimed AS (
-                     UPDATE {s}.workflows w SET owner = $1
+                     UPDATE {s}.workflows w SET owner = (SELECT id FROM me)
                      FROM pick WHERE w.run = pick.run
-                     RETURNING w.id),
+                     RETURNING w.*),
                  forgotten AS (
                      DELETE FROM {s}.executors e
                      WHERE e.dead_at < now() - interval '1 hour'
                        AND NOT EXISTS (SELECT 1 FROM {s}.workflows w
                                        WHERE w.owner = e.id AND w.status = 'pending'))
-                 SELECT id FROM claimed"
+                 SELECT {} FROM claimed ORDER BY created_at, id",
+                super::workflow_columns("claimed")
             ),
-            &[&me, &schema::executor_lock_class(s), &names, &judge, &any],
+            &[
+                (&me, Type::INT8),
+                (&schema::executor_lock_class(s), Type::INT4),
+                (&names, Type::TEXT_ARRAY),
+                (&judge, Type::BOOL),
+                (&any, Type::BOOL),
+            ],
         )
         .await?;
+    Ok(rows)
+}
+
+/// The ids of claimed rows ([`claim`]).
+pub(super) fn claimed_ids(rows: &[tokio_postgres::Row]) -> Result<Vec<String>, PgError> {
     rows.iter()
         .map(|r| r.try_get(0).map_err(PgError::from))
         .collect()
@@ -384,7 +470,8 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
                     continue;
                 };
                 let trust_locks = connected.elapsed() >= w.lease;
-                match claim(&client, &s, me, w.names.as_deref(), trust_locks).await {
+                let claimed = claim(&client, &s, me, w.names.as_deref(), trust_locks).await;
+                match claimed.and_then(|rows| claimed_ids(&rows)) {
                     Ok(ids) if !ids.is_empty() => {
                         tracing::info!(
                             workflows = ids.len(),

@@ -23,12 +23,13 @@
 use std::path::Path;
 #[cfg(any(test, feature = "bench"))]
 use std::sync::atomic::Ordering;
-use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls, Row};
 
 use super::{
@@ -65,6 +66,8 @@ pub(crate) enum PgError {
     Damaged(String),
     /// The journal's schema was written by a newer durable (its version).
     Newer(i64),
+    /// The fence refused a batch: another runtime took this one's workflows over.
+    Fenced,
 }
 
 impl From<tokio_postgres::Error> for PgError {
@@ -97,6 +100,13 @@ pub(crate) fn store_error(path: &Path, e: PgError) -> StoreError {
     match e {
         PgError::Sql(e) => sql_error(path, &e),
         PgError::Damaged(message) => StoreError::new(path, StoreErrorKind::Damaged, message),
+        PgError::Fenced => StoreError::new(
+            path,
+            StoreErrorKind::TakenOver,
+            "another runtime sharing this journal took over this runtime's workflows: this \
+             one was out of touch with the database for longer than its lease (paused, or \
+             cut off). They go on there, and this runtime records nothing more for them",
+        ),
         PgError::Newer(version) => StoreError::new(
             path,
             StoreErrorKind::NewerSchema,
@@ -114,16 +124,6 @@ pub(crate) fn store_error(path: &Path, e: PgError) -> StoreError {
 /// does not know the URL, and durable keeps only its shown form).
 fn sql_error(path: &Path, e: &tokio_postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
-        if db.code().code() == schema::FENCED {
-            return StoreError::new(
-                path,
-                StoreErrorKind::TakenOver,
-                "another runtime sharing this journal took over this runtime's workflows: \
-                 this one was out of touch with the database for longer than its lease \
-                 (paused, or cut off). They go on there, and this runtime records nothing \
-                 more for them",
-            );
-        }
         let kind = match db.code().code() {
             // A constraint durable's own statements never break unless the schema was
             // changed outside durable.
@@ -170,6 +170,11 @@ pub(crate) struct PgStore {
     takeovers: Arc<Mutex<executor::Takeovers>>,
     /// The readers' connection; `None` once closed.
     reader: executor::ReaderSlot,
+    /// The workflows claimed at the open: the first listing of pending workflows, if
+    /// it comes before any write (or the close), which could change what is pending.
+    claimed: Mutex<Option<Vec<WorkflowRecord>>>,
+    /// Whether `claimed` may still be there (to skip its lock on each write after).
+    claimed_kept: AtomicBool,
     #[cfg(any(test, feature = "bench"))]
     stats: Arc<Stats>,
     thread: Mutex<Option<thread::JoinHandle<()>>>,
@@ -216,13 +221,17 @@ pub(super) struct Session {
 impl Session {
     /// The session of `c`.
     pub(super) async fn of(c: &Client) -> Result<Session, PgError> {
+        // Typed, so one round trip; the one session's row, not the whole view.
         let row = c
-            .query_one(
-                "SELECT pid, extract(epoch FROM backend_start)::text FROM pg_catalog.pg_stat_activity
-                 WHERE pid = pg_backend_pid()",
+            .query_typed(
+                "SELECT pid, extract(epoch FROM backend_start)::text
+                 FROM pg_catalog.pg_stat_get_activity(pg_backend_pid())",
                 &[],
             )
             .await?;
+        let row = row
+            .first()
+            .ok_or_else(|| PgError::Damaged("the server does not list this session".into()))?;
         Ok(Session {
             pid: row.try_get(0)?,
             started: row.try_get(1)?,
@@ -252,34 +261,43 @@ impl Session {
 /// For how long an open whose connection dropped starts again.
 const OPEN_PATIENCE: Duration = Duration::from_secs(30);
 
-/// One try at opening the journal: the writer's connection (with its statements) and
-/// the readers' one, the schema migrated, this runtime's executor registered, and the
-/// workflows it claims at once claimed. `reached`: set once the server answered.
+/// One try at opening the journal: the writer's connection and session, the readers'
+/// connection, this runtime's executor, and the workflows it claimed at once (their
+/// rows), with the schema migrated. The writer prepares its statements once the open
+/// is over, while the runtime reads what it resumes. `reached`: set once the server
+/// answered.
 async fn open_once(
     config: &PgConfig,
     lease: Duration,
     names: Option<&[&'static str]>,
     reached: &mut bool,
-) -> Result<((Client, writer::Statements, Session), Client, i64), PgError> {
+) -> Result<((Client, Session), Client, i64, Vec<Row>), PgError> {
     // The writer's connection, and the readers' one, which the watcher keeps up and
     // which holds the executor's lock for as long as the runtime lives.
     let (mut client, reader) =
         futures_util::future::try_join(connect(config, "writer"), connect(config, "reader"))
             .await?;
     *reached = true;
-    schema::migrate(&mut client, &config.schema).await?;
-    let s = schema::quoted(&config.schema);
-    let me = executor::register(&reader, &s, lease).await?;
-    // Pipelined. Before the runtime lists its pending workflows: those of runtimes that
-    // stopped, and those nobody owns, are its own.
-    let (_, _, sql, session) = futures_util::future::try_join4(
-        executor::set_executor(&client, me),
-        executor::claim(&client, &s, me, names, true),
-        writer::Statements::prepare(&client, &config.schema),
+    // One trip on each connection: the writer's session, and, on the readers', the
+    // schema's version read, this runtime registered as an executor and its first
+    // claim made, pipelined. Claimed before the runtime lists its pending workflows:
+    // those of runtimes that stopped, and those nobody owns, are its own.
+    let (session, registered) = futures_util::future::try_join(
         Session::of(&client),
+        executor::register_and_claim(&reader, &config.schema, lease, names),
     )
     .await?;
-    Ok(((client, sql, session), reader, me))
+    let (me, claimed) = match registered {
+        Some(registered) => registered,
+        // A new journal, or one an earlier durable made: migrated first.
+        None => {
+            schema::migrate(&mut client, &config.schema).await?;
+            let s = schema::quoted(&config.schema);
+            let me = executor::register(&reader, &s, lease).await?;
+            (me, executor::claim(&reader, &s, me, names, true).await?)
+        }
+    };
+    Ok(((client, session), reader, me, claimed))
 }
 
 impl PgStore {
@@ -331,7 +349,7 @@ impl PgStore {
                             // be reached at all fails the open at once.
                             let started = tokio::time::Instant::now();
                             let mut wait = Duration::from_millis(50);
-                            let (w, reader, me) = loop {
+                            let (w, reader, me, claimed) = loop {
                                 let mut reached = false;
                                 match open_once(&config, lease, names.as_deref(), &mut reached)
                                     .await
@@ -369,13 +387,22 @@ impl PgStore {
                                 writes,
                                 takeovers,
                             };
-                            Ok::<_, PgError>((w, reader, me, watch))
+                            // What this executor owns at its open is what it claimed:
+                            // the first listing of its pending workflows is these rows
+                            // (or, if one cannot be read, the listing reads them again,
+                            // and says why).
+                            let claimed = claimed
+                                .iter()
+                                .map(|r| workflow_row(r, 0))
+                                .collect::<Result<Vec<_>, _>>()
+                                .ok();
+                            Ok::<_, PgError>((w, (reader, claimed), me, watch))
                         }
                         .await;
                         match opened {
-                            Ok((w, reader, me, watch)) => {
+                            Ok((w, opened, me, watch)) => {
                                 current.store(me, std::sync::atomic::Ordering::SeqCst);
-                                let _ = opened_tx.send(Ok(reader));
+                                let _ = opened_tx.send(Ok(opened));
                                 tokio::spawn(executor::watch(watch, watch_stopped));
                                 w.run(queue).await;
                             }
@@ -393,7 +420,7 @@ impl PgStore {
                     ))
                 })?
         };
-        let reader = match opened_rx.recv() {
+        let (reader, claimed) = match opened_rx.recv() {
             Ok(Ok(opened)) => opened,
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -429,6 +456,8 @@ impl PgStore {
             stop_watch: Mutex::new(Some(stop_watch)),
             takeovers,
             reader,
+            claimed_kept: AtomicBool::new(claimed.is_some()),
+            claimed: Mutex::new(claimed),
             #[cfg(any(test, feature = "bench"))]
             stats,
             thread: Mutex::new(Some(thread)),
@@ -439,10 +468,22 @@ impl PgStore {
 
     /// Queues a write; its answer comes through the returned [`Ack`].
     fn write<T>(&self, op: impl FnOnce(super::Replier<T>) -> Op) -> Ack<T> {
+        self.forget_claimed();
         let (tx, ack) = Ack::channel(&self.path);
         // A closed queue drops the op with its replier: the Ack answers Closed.
         let _ = self.writes.send(Command::Write(op(tx)));
         ack
+    }
+
+    /// Drops what the open claimed: from now on, listing the pending workflows reads
+    /// them.
+    fn forget_claimed(&self) {
+        if self
+            .claimed_kept
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            lock(&self.claimed).take();
+        }
     }
 
     /// Runs `read` on the readers' connection, blocking until it is done.
@@ -586,6 +627,7 @@ impl Store for PgStore {
     }
 
     fn transaction(&self, step: TxStep) -> Ack {
+        self.forget_claimed();
         let (reply, ack) = Ack::channel(&self.path);
         match step.work {
             super::TxWork::Postgres(work) => {
@@ -638,8 +680,11 @@ impl Store for PgStore {
         self.read(async |c, s| {
             // Pipelined: every run's queries go out before the first answer is read.
             let reads = ids.iter().map(|id| async {
-                let steps = steps_after(c, s, id, None, limit).await;
-                let side = side_records(c, s, id).await;
+                let (steps, side) = futures_util::future::join(
+                    steps_after(c, s, id, None, limit),
+                    side_records(c, s, id),
+                )
+                .await;
                 steps.and_then(|steps| Ok((steps, side?)))
             });
             let mut read = Vec::with_capacity(ids.len());
@@ -657,12 +702,12 @@ impl Store for PgStore {
     fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError> {
         self.read(async |c, s| {
             let row = c
-                .query_opt(
+                .query_typed_opt(
                     &format!(
                         "SELECT {} FROM {s}.workflows WHERE id = $1",
                         workflow_columns("")
                     ),
-                    &[&id],
+                    &[(&id, Type::TEXT)],
                 )
                 .await?;
             row.map(|r| workflow_row(&r, 0)).transpose()
@@ -670,15 +715,23 @@ impl Store for PgStore {
     }
 
     fn pending_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
+        // At the open, this executor owns what it claimed, read as it claimed it: no
+        // second trip. (The watcher's claims go to `takeovers`, not here.)
+        if let Some(claimed) = lock(&self.claimed).take() {
+            return Ok(claimed);
+        }
         self.read(async |c, s| {
             let rows = c
-                .query(
+                .query_typed(
                     &format!(
                         "SELECT {} FROM {s}.workflows
                          WHERE status = 'pending' AND owner = $1 ORDER BY created_at, id",
                         workflow_columns("")
                     ),
-                    &[&self.me.load(std::sync::atomic::Ordering::SeqCst)],
+                    &[(
+                        &self.me.load(std::sync::atomic::Ordering::SeqCst),
+                        Type::INT8,
+                    )],
                 )
                 .await?;
             rows.iter().map(|r| workflow_row(r, 0)).collect()
@@ -700,6 +753,7 @@ impl Store for PgStore {
     }
 
     fn close(&self) -> Result<(), StoreError> {
+        self.forget_claimed();
         // Transaction steps still running commit first (or fail, if they were taken
         // over): their records go in before the workflows are given up.
         if !self.transactions.wait_idle(CLOSE_WITHIN) {
@@ -897,15 +951,20 @@ async fn steps_after(
     let after = after.map(StepPath::to_key).unwrap_or_default();
     // NULL: no limit.
     let limit = i64::try_from(limit).ok();
+    // Typed, as every read here: one round trip, nothing prepared first.
     let rows = c
-        .query(
+        .query_typed(
             &format!(
                 "SELECT path, name, output, error, attempts, started_at, finished_at, crc32,
                         error_kind, args_fingerprint
                  FROM {s}.steps WHERE run = (SELECT run FROM {s}.workflows WHERE id = $1)
                  AND path > $2 ORDER BY path LIMIT $3"
             ),
-            &[&workflow_id, &after, &limit],
+            &[
+                (&workflow_id, Type::TEXT),
+                (&after, Type::TEXT),
+                (&limit, Type::INT8),
+            ],
         )
         .await?;
     rows.iter().map(|r| step_row(r, workflow_id)).collect()
@@ -970,9 +1029,10 @@ async fn side_records(c: &Client, s: &str, workflow_id: &str) -> Result<SideReco
     );
     let patches_sql =
         format!("SELECT path, name, crc32 FROM {s}.patches WHERE run = {run} ORDER BY path, name");
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&workflow_id];
-    let started = c.query(&started_sql, &params);
-    let patches = c.query(&patches_sql, &params);
+    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 1] =
+        [(&workflow_id, Type::TEXT)];
+    let started = c.query_typed(&started_sql, &params);
+    let patches = c.query_typed(&patches_sql, &params);
     let (started, patches) = futures_util::future::join(started, patches).await;
     let parse = |path: &str, what: &str| {
         StepPath::from_key(path).ok_or_else(|| {

@@ -89,7 +89,8 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run, path, name)
     );
     "#,
-    // 2: the fence every batch of writes passes first (see `fence` in writer.rs).
+    // 2: the fence every batch of writes passed first (the writer now runs its body
+    // inline: see `FENCE` in writer.rs).
     r#"
     CREATE FUNCTION {s}.fence(me bigint) RETURNS void LANGUAGE plpgsql AS $fence$
     BEGIN
@@ -109,7 +110,9 @@ const MIGRATIONS: &[&str] = &[
         DEFAULT current_setting('durable.executor', true)::bigint;
     "#,
     // 4: the fence numbers the transactions it lets through, so that a writer whose
-    // connection dropped as it committed can tell whether its last one did.
+    // connection dropped as it committed can tell whether its last one did. (Kept for
+    // the executors of earlier builds sharing a journal; this one runs the same update
+    // inline, `FENCE` in writer.rs.)
     r#"
     ALTER TABLE {s}.executors ADD COLUMN last_batch bigint NOT NULL DEFAULT 0;
     DROP FUNCTION {s}.fence(bigint);
@@ -142,9 +145,6 @@ pub(super) fn executor_lock_class(s: &str) -> i32 {
     crc32(format!("durable executor {s}").as_bytes()) as i32
 }
 
-/// The SQLSTATE `fence` raises.
-pub(super) const FENCED: &str = "DU001";
-
 /// The second key of the advisory locks of the journal in `schema`: its name's CRC-32,
 /// so that journals in different schemas of one database do not wait for each other.
 pub(super) fn lock_key(schema: &str) -> i32 {
@@ -154,6 +154,15 @@ pub(super) fn lock_key(schema: &str) -> i32 {
 /// `schema`, quoted for SQL (its name is checked to need no escaping).
 pub(super) fn quoted(schema: &str) -> String {
     format!("\"{schema}\"")
+}
+
+/// Whether the journal's schema is [`VERSION`] already, read without a lock (most
+/// opens find it so, and need no [`migrate`]); refuses a journal a newer durable wrote.
+pub(super) async fn is_current(client: &Client, schema: &str) -> Result<bool, PgError> {
+    match current_version(client, schema).await? {
+        Some(version) if version >= VERSION => newer(version).map(|()| true),
+        _ => Ok(false),
+    }
 }
 
 /// Brings the journal's schema to [`VERSION`]: creates it if it is not there, applies
@@ -202,8 +211,9 @@ pub(super) async fn migrate(client: &mut Client, schema: &str) -> Result<i64, Pg
 /// The journal's schema version, read in one statement outside a transaction: a
 /// schema or table that does not exist yet is no version.
 async fn current_version(client: &Client, schema: &str) -> Result<Option<i64>, PgError> {
+    // Typed, so one round trip: nothing is prepared first.
     let row = client
-        .query_opt(
+        .query_typed_opt(
             &format!(
                 "SELECT value FROM {}.meta WHERE key = 'schema_version'",
                 quoted(schema)

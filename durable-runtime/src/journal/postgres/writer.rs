@@ -154,7 +154,8 @@ struct Answered {
     answer: Result<Option<Vec<u8>>, StoreError>,
 }
 
-/// The writer's prepared statements.
+/// The writer's prepared statements that nearly every runtime uses: a batch's frame,
+/// and one write of each common kind. Prepared when the writer starts.
 pub(super) struct Statements {
     begin: Statement,
     fence: Statement,
@@ -162,18 +163,23 @@ pub(super) struct Statements {
     commit: Statement,
     rollback: Statement,
     create: Statement,
-    /// Many creates in one statement (see [`Writer::create_many`]).
-    create_many: Statement,
     workflow: Statement,
     record: Statement,
+    finish: Statement,
+}
+
+/// The writer's other prepared statements, prepared when a batch first needs one of
+/// them (see [`Writer::ready`]): a new session then loads less before its first write.
+pub(super) struct More {
+    /// Many creates in one statement (see [`Writer::create_many`]).
+    create_many: Statement,
     /// Many records without effects in one statement (see [`Writer::record_many`]).
     record_many: Statement,
+    /// Many outcomes in one statement (see [`Writer::finish_many`]).
+    finish_many: Statement,
     record_send: Statement,
     record_event: Statement,
     record_take: Statement,
-    finish: Statement,
-    /// Many outcomes in one statement (see [`Writer::finish_many`]).
-    finish_many: Statement,
     started: Statement,
     patch: Statement,
     send: Statement,
@@ -243,6 +249,21 @@ const RECORD_MANY: &str = "
            LEFT JOIN ins ON ins.run = r.run AND ins.path = u.path
     ORDER BY u.ord";
 
+/// The fence every batch of writes passes first: it numbers the batch in this
+/// executor's row (`last_batch`, which says after a dropped connection whether the
+/// batch committed) and so locks the row, which a takeover (setting `dead_at`) waits
+/// for; and it fails, dividing by zero, if the executor is dead or gone, which aborts
+/// the batch. The body of the schema's `fence(me, batch)`, inline: a PL/pgSQL call
+/// costs each new session milliseconds to load the language, and each batch more than
+/// the plain update.
+const FENCE: &str = "
+    WITH f AS (UPDATE {s}.executors SET last_batch = $2 WHERE id = $1 AND dead_at IS NULL
+               RETURNING 1)
+    SELECT (1 / (SELECT count(*) FROM f))::text";
+
+/// What the fence raises when it refuses a batch: division by zero.
+const FENCE_REFUSED: &str = "22012";
+
 /// What a write sent at once answers: what it did, and what a wait could be waiting
 /// for that it wrote.
 type Written = Result<(Done, Option<WaitFor>), PgError>;
@@ -251,7 +272,7 @@ type Written = Result<(Done, Option<WaitFor>), PgError>;
 /// failed, every write's failure: the statement's error first (the batch is retried,
 /// or each write alone).
 fn batch_rows(
-    rows: Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>,
+    rows: Result<Vec<tokio_postgres::Row>, PgError>,
     n: usize,
 ) -> Result<Vec<tokio_postgres::Row>, Vec<Written>> {
     match rows {
@@ -265,7 +286,7 @@ fn batch_rows(
             })
             .collect()),
         Err(e) => {
-            let mut failed = vec![Err(PgError::Sql(e))];
+            let mut failed = vec![Err(e)];
             failed.extend((1..n).map(|_| {
                 Err(PgError::Damaged(
                     "the statement of this write failed".into(),
@@ -457,24 +478,19 @@ pub(super) fn transaction_record_sql(s: &str) -> String {
 }
 
 impl Statements {
+    /// Prepares the statements nearly every runtime uses at once, pipelined: one round
+    /// trip. The others ([`More`]) wait until a batch needs one.
     pub(super) async fn prepare(c: &Client, schema: &str) -> Result<Statements, PgError> {
         let s = schema::quoted(schema);
         let sql = |text: &str| text.replace("{s}", &s);
         let w_columns = workflow_columns("w");
-        let family = "WITH RECURSIVE tree(id) AS (
-                 SELECT $1::text COLLATE \"C\"
-                 UNION SELECT w.id FROM {s}.workflows w JOIN tree t ON w.parent_id = t.id
-                 WHERE w.id >= $1 || '/' AND w.id < $1 || '0'
-             )";
-        // Prepared pipelined: one round trip for all of them.
-        let texts: Vec<String> = vec![
-            "BEGIN".to_owned(),
-            sql("SELECT {s}.fence($1, $2)::text"),
-            "SELECT pg_notify($1, p)::text FROM unnest($2::text[]) p".to_owned(),
-            "COMMIT".to_owned(),
-            "ROLLBACK".to_owned(),
-            sql(&format!(
-                    "WITH ins AS (
+        let begin_text = "BEGIN".to_owned();
+        let fence_text = sql(FENCE);
+        let notify_text = "SELECT pg_notify($1, p)::text FROM unnest($2::text[]) p".to_owned();
+        let commit_text = "COMMIT".to_owned();
+        let rollback_text = "ROLLBACK".to_owned();
+        let create_text = sql(&format!(
+            "WITH ins AS (
                          INSERT INTO {{s}}.workflows (id, name, status, input, input_crc32,
                              app_version, parent_id, created_at, updated_at, deadline_at, owner)
                          VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $7, $8,
@@ -482,70 +498,115 @@ impl Statements {
                          ON CONFLICT (id) DO NOTHING RETURNING run)
                      SELECT (SELECT count(*) FROM ins), {w_columns}
                      FROM (VALUES (1)) one LEFT JOIN {{s}}.workflows w ON w.id = $1"
-                )),
-            sql(&format!(
-                    "SELECT {} FROM {{s}}.workflows WHERE id = $1",
-                    workflow_columns("")
-                )),
-            sql(&format!("{}{RECORD_COUNTS}", record_step!())),
-            sql(RECORD_MANY),
-            sql(&create_many_sql()),
-            sql(FINISH_MANY),
-            sql(&format!(
-                    "{}, eff AS (INSERT INTO {{s}}.messages (destination, topic, payload, crc32, sent_at)
+        ));
+        let workflow_text = sql(&format!(
+            "SELECT {} FROM {{s}}.workflows WHERE id = $1",
+            workflow_columns("")
+        ));
+        let record_text = sql(&format!("{}{RECORD_COUNTS}", record_step!()));
+        let finish_text = sql(
+            "UPDATE {s}.workflows SET status = $2, output = $3, error_kind = $4, error = $5,
+                         updated_at = $6, output_crc32 = $7
+                     WHERE id = $1 AND status = 'pending'
+                       AND owner = current_setting('durable.executor')::bigint",
+        );
+        let [
+            begin,
+            fence,
+            notify,
+            commit,
+            rollback,
+            create,
+            workflow,
+            record,
+            finish,
+        ] = prepared(
+            c,
+            [
+                &begin_text,
+                &fence_text,
+                &notify_text,
+                &commit_text,
+                &rollback_text,
+                &create_text,
+                &workflow_text,
+                &record_text,
+                &finish_text,
+            ],
+        )
+        .await?;
+        Ok(Statements {
+            begin,
+            fence,
+            notify,
+            commit,
+            rollback,
+            create,
+            workflow,
+            record,
+            finish,
+        })
+    }
+}
+
+impl More {
+    /// Prepares the rest of the writer's statements, pipelined: one round trip.
+    pub(super) async fn prepare(c: &Client, schema: &str) -> Result<More, PgError> {
+        let s = schema::quoted(schema);
+        let sql = |text: &str| text.replace("{s}", &s);
+        let family = "WITH RECURSIVE tree(id) AS (
+                 SELECT $1::text COLLATE \"C\"
+                 UNION SELECT w.id FROM {s}.workflows w JOIN tree t ON w.parent_id = t.id
+                 WHERE w.id >= $1 || '/' AND w.id < $1 || '0'
+             )";
+        let record_many_text = sql(RECORD_MANY);
+        let create_many_text = sql(&create_many_sql());
+        let finish_many_text = sql(FINISH_MANY);
+        let record_send_text = sql(&format!(
+            "{}, eff AS (INSERT INTO {{s}}.messages (destination, topic, payload, crc32, sent_at)
                                  SELECT $12, $13, $14, $15, $16 FROM ins){RECORD_COUNTS}",
-                    record_step!()
-                )),
-            sql(&format!(
+            record_step!()
+        ));
+        let record_event_text = sql(&format!(
                     "{}, eff AS (INSERT INTO {{s}}.events (run, key, value, crc32, set_at)
                                  SELECT run, $12, $13, $14, $8 FROM ins
                                  ON CONFLICT (run, key) DO UPDATE SET value = excluded.value,
                                      crc32 = excluded.crc32, set_at = excluded.set_at){RECORD_COUNTS}",
                     record_step!()
-                )),
-            sql(&format!(
-                    "{}, del AS (DELETE FROM {{s}}.messages
+                ));
+        let record_take_text = sql(&format!(
+            "{}, del AS (DELETE FROM {{s}}.messages
                                  WHERE seq = $12 AND EXISTS (SELECT 1 FROM ins)){RECORD_COUNTS}",
-                    record_step!()
-                )),
-            sql(
-                    "UPDATE {s}.workflows SET status = $2, output = $3, error_kind = $4, error = $5,
-                         updated_at = $6, output_crc32 = $7
-                     WHERE id = $1 AND status = 'pending'
-                       AND owner = current_setting('durable.executor')::bigint",
-                ),
-            sql(
-                    concat!(
-                        run_of_first_parameter!(),
-                        ",
+            record_step!()
+        ));
+        let started_text = sql(concat!(
+            run_of_first_parameter!(),
+            ",
                      ins AS (INSERT INTO {s}.started (run, path, name, started_at, wake_at, crc32)
                              SELECT run, $2, $3, $4, $5, $6 FROM r WHERE mine
                              ON CONFLICT (run, path) DO NOTHING)
                      SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM r WHERE mine)"
-                    ),
-                ),
-            sql(
-                    concat!(
-                        run_of_first_parameter!(),
-                        ",
+        ));
+        let patch_text = sql(concat!(
+            run_of_first_parameter!(),
+            ",
                      ins AS (INSERT INTO {s}.patches (run, path, name, crc32)
                              SELECT run, $2, $3, $4 FROM r WHERE mine ON CONFLICT DO NOTHING)
                      SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM r WHERE mine)"
-                    ),
-                ),
-            sql(
-                    "INSERT INTO {s}.messages (destination, topic, payload, crc32, sent_at)
+        ));
+        let send_text = sql(
+            "INSERT INTO {s}.messages (destination, topic, payload, crc32, sent_at)
                      VALUES ($1, $2, $3, $4, $5)",
-                ),
-            sql(&format!(
-                    "{family}
+        );
+        let cancel_text = sql(&format!(
+            "{family}
                      UPDATE {{s}}.workflows
                      SET status = 'cancelled', error_kind = $2, error = $3, updated_at = $4
                      WHERE status = 'pending' AND id IN (SELECT id FROM tree)
                      RETURNING id"
-                )),
-            sql(&format!(
-                    "{family},
+        ));
+        let resume_text = sql(&format!(
+            "{family},
                      up AS (UPDATE {{s}}.workflows
                             SET status = 'pending', output = NULL, output_crc32 = NULL,
                                 error_kind = NULL, error = NULL, deadline_at = NULL,
@@ -568,71 +629,94 @@ impl Statements {
                      sd AS (DELETE FROM {{s}}.steps x USING up
                             WHERE x.run = up.run AND x.error IS NOT NULL)
                      SELECT id FROM up"
-                )),
-            sql(
-                    "SELECT seq, payload, crc32 FROM {s}.messages
-                     WHERE destination = $1 AND topic = $2 ORDER BY seq LIMIT 1 FOR UPDATE",
-                ),
-            sql(
-                    "SELECT value, crc32 FROM {s}.events
-                     WHERE run = (SELECT run FROM {s}.workflows WHERE id = $1) AND key = $2",
-                ),
-            sql(
-                    "SELECT output, crc32, name FROM {s}.steps
-                     WHERE run = (SELECT run FROM {s}.workflows WHERE id = $1) AND path = $2",
-                ),
-            sql(
-                    "WITH d AS (DELETE FROM {s}.steps
+        ));
+        let oldest_message_text = sql("SELECT seq, payload, crc32 FROM {s}.messages
+                     WHERE destination = $1 AND topic = $2 ORDER BY seq LIMIT 1 FOR UPDATE");
+        let event_text = sql("SELECT value, crc32 FROM {s}.events
+                     WHERE run = (SELECT run FROM {s}.workflows WHERE id = $1) AND key = $2");
+        let recorded_output_text = sql("SELECT output, crc32, name FROM {s}.steps
+                     WHERE run = (SELECT run FROM {s}.workflows WHERE id = $1) AND path = $2");
+        let give_back_text = sql("WITH d AS (DELETE FROM {s}.steps
                                 WHERE run = (SELECT run FROM {s}.workflows WHERE id = $1
                                   AND owner = current_setting('durable.executor')::bigint)
                                   AND path = $2 AND name = $3 RETURNING 1)
                      INSERT INTO {s}.messages (seq, destination, topic, payload, crc32, sent_at)
                      SELECT (SELECT COALESCE(MIN(seq), 1) - 1 FROM {s}.messages),
                             $1, $4, $5, $6, $7
-                     FROM d",
-                ),
-        ];
-        let prepared =
-            futures_util::future::try_join_all(texts.iter().map(|t| c.prepare(t))).await?;
-        let mut prepared = prepared.into_iter();
-        let mut next = || {
-            prepared
-                .next()
-                .ok_or_else(|| PgError::Damaged("a statement was not prepared".into()))
-        };
-        Ok(Statements {
-            begin: next()?,
-            fence: next()?,
-            notify: next()?,
-            commit: next()?,
-            rollback: next()?,
-            create: next()?,
-            workflow: next()?,
-            record: next()?,
-            record_many: next()?,
-            create_many: next()?,
-            finish_many: next()?,
-            record_send: next()?,
-            record_event: next()?,
-            record_take: next()?,
-            finish: next()?,
-            started: next()?,
-            patch: next()?,
-            send: next()?,
-            cancel: next()?,
-            resume: next()?,
-            oldest_message: next()?,
-            event: next()?,
-            recorded_output: next()?,
-            give_back: next()?,
+                     FROM d");
+        let [
+            record_many,
+            create_many,
+            finish_many,
+            record_send,
+            record_event,
+            record_take,
+            started,
+            patch,
+            send,
+            cancel,
+            resume,
+            oldest_message,
+            event,
+            recorded_output,
+            give_back,
+        ] = prepared(
+            c,
+            [
+                &record_many_text,
+                &create_many_text,
+                &finish_many_text,
+                &record_send_text,
+                &record_event_text,
+                &record_take_text,
+                &started_text,
+                &patch_text,
+                &send_text,
+                &cancel_text,
+                &resume_text,
+                &oldest_message_text,
+                &event_text,
+                &recorded_output_text,
+                &give_back_text,
+            ],
+        )
+        .await?;
+        Ok(More {
+            record_many,
+            create_many,
+            finish_many,
+            record_send,
+            record_event,
+            record_take,
+            started,
+            patch,
+            send,
+            cancel,
+            resume,
+            oldest_message,
+            event,
+            recorded_output,
+            give_back,
         })
     }
+}
+
+/// `texts` prepared on `c`, pipelined (one round trip), in their order.
+async fn prepared<const N: usize>(c: &Client, texts: [&str; N]) -> Result<[Statement; N], PgError> {
+    let prepared = futures_util::future::try_join_all(texts.map(|t| c.prepare(t))).await?;
+    prepared
+        .try_into()
+        .map_err(|_| PgError::Damaged("a statement was not prepared".into()))
 }
 
 /// The writer: its connection, its statements, and the waits it keeps parked.
 pub(super) struct Writer {
     client: Client,
-    sql: Statements,
+    /// Prepared once the writer runs, and again on each new connection (see
+    /// [`Writer::ready`]).
+    sql: Option<Statements>,
+    /// Prepared when a batch first needs one of them, and on each new connection.
+    more: Option<More>,
     /// The journal's schema, quoted.
     schema: String,
     /// This runtime's executor id (see [`super::executor`]).
@@ -643,8 +727,9 @@ pub(super) struct Writer {
     config: super::PgConfig,
     /// The connection's session, which is ended after the connection drops.
     session: Option<super::Session>,
-    /// The number of the last transaction begun, which the fence records: after a
-    /// dropped connection, the journal says whether it committed.
+    /// The number of the last transaction tried ([`Writer::next_batch`]), which the
+    /// fence records: after a dropped connection, the journal says whether it
+    /// committed.
     batch_no: std::cell::Cell<i64>,
     /// The testkit's simulated crash: once set, nothing more commits or is answered,
     /// and the writer ends (its connection, and with it the executor's lock, goes).
@@ -658,7 +743,7 @@ pub(super) struct Writer {
 
 impl Writer {
     pub(super) fn new(
-        (client, sql, session): (Client, Statements, super::Session),
+        (client, session): (Client, super::Session),
         config: super::PgConfig,
         me: i64,
         path: Arc<Path>,
@@ -668,7 +753,8 @@ impl Writer {
         Writer {
             client,
             session: Some(session),
-            sql,
+            sql: None,
+            more: None,
             schema: schema::quoted(&config.schema),
             me,
             channel: super::executor::channel(&config.schema),
@@ -683,6 +769,37 @@ impl Writer {
         }
     }
 
+    /// The writer's statements, once [`Writer::ready`] prepared them.
+    fn q(&self) -> Result<&Statements, PgError> {
+        self.sql.as_ref().ok_or_else(unprepared)
+    }
+
+    /// The writer's other statements, once [`Writer::ready`] prepared them for a batch
+    /// that needs them.
+    fn more(&self) -> Result<&More, PgError> {
+        self.more.as_ref().ok_or_else(unprepared)
+    }
+
+    /// Prepares the writer's statements on its connection, and tells its session the
+    /// executor, if that is not done yet: at its start (not during the open, so that it
+    /// overlaps the runtime's first reads), and after a failed try; and the rest of
+    /// them ([`More`]) if `ops` need one. Every write goes through here first.
+    async fn ready(&mut self, ops: &[Op]) -> Result<(), PgError> {
+        if self.sql.is_none() {
+            // With the session's executor, which the open left for now.
+            let (_, sql) = futures_util::future::try_join(
+                super::executor::set_executor(&self.client, self.me),
+                Statements::prepare(&self.client, &self.config.schema),
+            )
+            .await?;
+            self.sql = Some(sql);
+        }
+        if self.more.is_none() && needs_more(ops) {
+            self.more = Some(More::prepare(&self.client, &self.config.schema).await?);
+        }
+        Ok(())
+    }
+
     /// Whether the testkit's simulated crash happened.
     fn halted(&self) -> bool {
         #[cfg(feature = "testkit")]
@@ -694,6 +811,15 @@ impl Writer {
 
     /// Commits batches until the store closes or is dropped.
     pub(super) async fn run(mut self, mut queue: UnboundedReceiver<Command>) {
+        // Prepared now, while the runtime reads what it resumes, so that the first write
+        // finds them ready.
+        match self.ready(&[]).await {
+            Err(e) if connection_lost(&e) => self.reconnect().await,
+            // Each write tries again, and fails with the error if it stays.
+            Err(e) => tracing::warn!(error = ?e, "the journal's writer could not prepare its \
+                statements; each write tries again"),
+            Ok(()) => {}
+        }
         let mut closed = None;
         while closed.is_none() {
             let Some(first) = queue.recv().await else {
@@ -897,13 +1023,16 @@ impl Writer {
 
     async fn connect_again(&mut self) -> Result<(), PgError> {
         let client = super::connect(&self.config, "writer").await?;
-        let (_, sql, session) = futures_util::future::try_join3(
+        // All the statements: what settles the batch that was cut off needs any of them.
+        let (_, sql, more, session) = futures_util::future::try_join4(
             super::executor::set_executor(&client, self.me),
             Statements::prepare(&client, &self.config.schema),
+            More::prepare(&client, &self.config.schema),
             super::Session::of(&client),
         )
         .await?;
-        self.sql = sql;
+        self.sql = Some(sql);
+        self.more = Some(more);
         self.session = Some(session);
         self.client = client;
         Ok(())
@@ -960,7 +1089,7 @@ impl Writer {
         Ok(Some(match op {
             Op::Create(w, _) => match self
                 .client
-                .query_opt(&self.sql.workflow, &[&&*w.id])
+                .query_opt(&self.q()?.workflow, &[&&*w.id])
                 .await?
             {
                 Some(row) => {
@@ -1015,7 +1144,7 @@ impl Writer {
             Op::Finish(f, _) => {
                 let row = self
                     .client
-                    .query_opt(&self.sql.workflow, &[&&*f.id])
+                    .query_opt(&self.q()?.workflow, &[&&*f.id])
                     .await?;
                 let record = row.map(|r| workflow_row(&r, 0)).transpose()?;
                 let done = record.is_some_and(|r| match &f.outcome {
@@ -1079,7 +1208,7 @@ impl Writer {
     ) -> Result<Option<(Option<Vec<u8>>, i64, String)>, PgError> {
         let row = self
             .client
-            .query_opt(&self.sql.recorded_output, &[&workflow_id, &path])
+            .query_opt(&self.more()?.recorded_output, &[&workflow_id, &path])
             .await?;
         row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
             .transpose()
@@ -1179,17 +1308,23 @@ impl Writer {
     /// One transaction of [`recheck`](Self::recheck): the parked waits for `keys`
     /// answered, committed if any was (rolled back, and parked again, otherwise).
     async fn recheck_once(&mut self, keys: Vec<WaitFor>) -> Result<Vec<Answered>, PgError> {
+        self.next_batch();
+        // What a parked wait takes needs the rest of the statements.
+        self.ready(&[]).await?;
+        if self.more.is_none() {
+            self.more = Some(More::prepare(&self.client, &self.config.schema).await?);
+        }
         if let Err(e) = self.begin().await {
-            let _ = self.client.execute(&self.sql.rollback, &[]).await;
+            let _ = self.client.execute(&self.q()?.rollback, &[]).await;
             return Err(e);
         }
         match self.answer_parked(keys).await {
             Ok(answered) if answered.is_empty() => {
-                self.client.execute(&self.sql.rollback, &[]).await?;
+                self.client.execute(&self.q()?.rollback, &[]).await?;
                 Ok(answered)
             }
             Ok(answered) => {
-                if let Err(e) = self.client.execute(&self.sql.commit, &[]).await {
+                if let Err(e) = self.client.execute(&self.q()?.commit, &[]).await {
                     self.unanswer(answered);
                     return Err(e.into());
                 }
@@ -1197,24 +1332,32 @@ impl Writer {
                 Ok(answered)
             }
             Err(e) => {
-                let _ = self.client.execute(&self.sql.rollback, &[]).await;
+                let _ = self.client.execute(&self.q()?.rollback, &[]).await;
                 Err(e)
             }
         }
     }
 
-    /// `BEGIN`, and the fence, pipelined.
+    /// Numbers the transaction about to be tried, before anything of it is sent (its
+    /// statements prepared, say): a try cut off before its fence ran then reads as not
+    /// committed, since the journal's `last_batch` is still an earlier number.
+    fn next_batch(&self) {
+        self.batch_no.set(self.batch_no.get() + 1);
+    }
+
+    /// `BEGIN`, and the fence (with the number [`Writer::next_batch`] gave), pipelined.
     async fn begin(&self) -> Result<(), PgError> {
-        let n = self.batch_no.get() + 1;
-        self.batch_no.set(n);
+        let n = self.batch_no.get();
         let (begin, fence) = futures_util::future::join(
-            self.client.execute(&self.sql.begin, &[]),
-            self.client.execute(&self.sql.fence, &[&self.me, &n]),
+            self.client.execute(&self.q()?.begin, &[]),
+            self.client.execute(&self.q()?.fence, &[&self.me, &n]),
         )
         .await;
         begin?;
-        fence?;
-        Ok(())
+        match fence {
+            Err(e) if e.code().is_some_and(|c| c.code() == FENCE_REFUSED) => Err(PgError::Fenced),
+            fence => fence.map(drop).map_err(PgError::from),
+        }
     }
 
     /// Parks again waits that a transaction answered, and that rolled back.
@@ -1247,6 +1390,12 @@ impl Writer {
     /// Runs `ops` in one transaction and commits it: what each did, and the parked
     /// waits it answered. Changes nothing kept in memory unless it commits.
     async fn attempt(&mut self, ops: &[Op]) -> Result<(Vec<Done>, Vec<Answered>), PgError> {
+        self.next_batch();
+        self.ready(ops).await?;
+        let (notify_sql, commit_sql, rollback_sql) = {
+            let q = self.q()?;
+            (q.notify.clone(), q.commit.clone(), q.rollback.clone())
+        };
         let wakes_parked = ops
             .iter()
             .filter_map(Op::touches)
@@ -1268,13 +1417,13 @@ impl Writer {
                     return Ok(0);
                 }
                 self.client
-                    .execute(&self.sql.notify, &[&self.channel, &notify])
+                    .execute(&notify_sql, &[&self.channel, &notify])
                     .await
             };
             let (begin, done, (notified, commit)) = join3(
                 self.begin(),
                 self.simples(ops),
-                futures_util::future::join(notify, self.client.execute(&self.sql.commit, &[])),
+                futures_util::future::join(notify, self.client.execute(&commit_sql, &[])),
             )
             .await;
             begin?;
@@ -1290,7 +1439,7 @@ impl Writer {
             return Ok((done, Vec::new()));
         }
         if let Err(e) = self.begin().await {
-            let _ = self.client.execute(&self.sql.rollback, &[]).await;
+            let _ = self.client.execute(&rollback_sql, &[]).await;
             return Err(e);
         }
         match self.in_transaction(ops).await {
@@ -1298,13 +1447,13 @@ impl Writer {
                 let ended = async {
                     if !notify.is_empty() {
                         self.client
-                            .execute(&self.sql.notify, &[&self.channel, &notify])
+                            .execute(&notify_sql, &[&self.channel, &notify])
                             .await?;
                     }
-                    self.client.execute(&self.sql.commit, &[]).await
+                    self.client.execute(&commit_sql, &[]).await
                 };
                 if let Err(e) = ended.await {
-                    let _ = self.client.execute(&self.sql.rollback, &[]).await;
+                    let _ = self.client.execute(&rollback_sql, &[]).await;
                     self.unanswer(outcome.1);
                     return Err(e.into());
                 }
@@ -1312,7 +1461,7 @@ impl Writer {
                 Ok(outcome)
             }
             Err(e) => {
-                let _ = self.client.execute(&self.sql.rollback, &[]).await;
+                let _ = self.client.execute(&rollback_sql, &[]).await;
                 Err(e)
             }
         }
@@ -1563,13 +1712,16 @@ impl Writer {
             ats.push(f.at);
             crcs.push(output.map(|o| crc_column(keyed_crc32(&workflow_key(&f.id), o))));
         }
-        let rows = self
-            .client
-            .query(
-                &self.sql.finish_many,
-                &[&ids, &statuses, &outputs, &kinds, &errors, &ats, &crcs],
-            )
-            .await;
+        let rows: Result<_, PgError> = async {
+            Ok(self
+                .client
+                .query(
+                    &self.more()?.finish_many,
+                    &[&ids, &statuses, &outputs, &kinds, &errors, &ats, &crcs],
+                )
+                .await?)
+        }
+        .await;
         let rows = match batch_rows(rows, n) {
             Ok(rows) => rows,
             Err(failed) => return failed,
@@ -1612,25 +1764,28 @@ impl Writer {
             kinds.push(kind);
             fingerprints.push(fingerprint_column(s.args));
         }
-        let rows = self
-            .client
-            .query(
-                &self.sql.record_many,
-                &[
-                    &ids,
-                    &paths,
-                    &names,
-                    &outputs,
-                    &errors,
-                    &attempts,
-                    &started,
-                    &finished,
-                    &crcs,
-                    &kinds,
-                    &fingerprints,
-                ],
-            )
-            .await;
+        let rows: Result<_, PgError> = async {
+            Ok(self
+                .client
+                .query(
+                    &self.more()?.record_many,
+                    &[
+                        &ids,
+                        &paths,
+                        &names,
+                        &outputs,
+                        &errors,
+                        &attempts,
+                        &started,
+                        &finished,
+                        &crcs,
+                        &kinds,
+                        &fingerprints,
+                    ],
+                )
+                .await?)
+        }
+        .await;
         let rows = match batch_rows(rows, n) {
             Ok(rows) => rows,
             Err(failed) => return failed,
@@ -1673,7 +1828,7 @@ impl Writer {
         } else if existing.is_some() {
             workflow_row(row, at).map(|w| Created::Existing(Box::new(w)))
         } else {
-            match self.client.query_opt(&self.sql.workflow, &[&id]).await {
+            match self.client.query_opt(&self.q()?.workflow, &[&id]).await {
                 Ok(Some(row)) => workflow_row(&row, 0).map(|w| Created::Existing(Box::new(w))),
                 Ok(None) => Err(PgError::Damaged(format!(
                     "workflow {id} could neither be created nor found"
@@ -1712,22 +1867,25 @@ impl Writer {
             created_at.push(w.created_at);
             deadlines.push(w.deadline_at);
         }
-        let rows = self
-            .client
-            .query(
-                &self.sql.create_many,
-                &[
-                    &ids,
-                    &names,
-                    &inputs,
-                    &crcs,
-                    &versions,
-                    &parents,
-                    &created_at,
-                    &deadlines,
-                ],
-            )
-            .await;
+        let rows: Result<_, PgError> = async {
+            Ok(self
+                .client
+                .query(
+                    &self.more()?.create_many,
+                    &[
+                        &ids,
+                        &names,
+                        &inputs,
+                        &crcs,
+                        &versions,
+                        &parents,
+                        &created_at,
+                        &deadlines,
+                    ],
+                )
+                .await?)
+        }
+        .await;
         let rows = match batch_rows(rows, n) {
             Ok(rows) => rows,
             Err(failed) => return failed,
@@ -1742,7 +1900,7 @@ impl Writer {
     /// A write of one statement.
     async fn simple(&self, op: &Op) -> Result<(Done, Option<WaitFor>), PgError> {
         let c = &self.client;
-        let q = &self.sql;
+        let q = self.q()?;
         Ok(match op {
             Op::Create(w, _) => {
                 let row = c
@@ -1802,7 +1960,7 @@ impl Writer {
                             &m.sent_at,
                         ]);
                         (
-                            c.query_one(&q.record_send, &params).await?,
+                            c.query_one(&self.more()?.record_send, &params).await?,
                             Some(message_for(m)),
                         )
                     }
@@ -1812,7 +1970,7 @@ impl Writer {
                         let mut params = base.to_vec();
                         params.extend_from_slice(&[key, value, &crc]);
                         (
-                            c.query_one(&q.record_event, &params).await?,
+                            c.query_one(&self.more()?.record_event, &params).await?,
                             Some(WaitFor::Event {
                                 workflow_id: id.to_owned(),
                                 key: key.clone(),
@@ -1848,7 +2006,7 @@ impl Writer {
                 let at = at.to_key();
                 let crc = crc_column(keyed_crc32(&step_key(workflow_id, &at, name), &[]));
                 let row = c
-                    .query_one(&q.patch, &[&&**workflow_id, &at, name, &crc])
+                    .query_one(&self.more()?.patch, &[&&**workflow_id, &at, name, &crc])
                     .await?;
                 let (runs, mine): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
                 (Done::Unit(self.run_exists(runs, mine, workflow_id)), None)
@@ -1859,7 +2017,7 @@ impl Writer {
                     &m.payload,
                 ));
                 c.execute(
-                    &q.send,
+                    &self.more()?.send,
                     &[&m.destination, &m.topic, &m.payload, &crc, &m.sent_at],
                 )
                 .await?;
@@ -1867,7 +2025,10 @@ impl Writer {
             }
             Op::Cancel(id, reason, at, _) => {
                 let rows = c
-                    .query(&q.cancel, &[id, &reason.as_str(), &reason.to_string(), at])
+                    .query(
+                        &self.more()?.cancel,
+                        &[id, &reason.as_str(), &reason.to_string(), at],
+                    )
                     .await?;
                 let ids = rows
                     .iter()
@@ -1876,7 +2037,7 @@ impl Writer {
                 (Done::Ids(ids), None)
             }
             Op::Resume(id, at, _) => {
-                let rows = c.query(&q.resume, &[id, at]).await?;
+                let rows = c.query(&self.more()?.resume, &[id, at]).await?;
                 let ids = rows
                     .iter()
                     .map(|r| r.try_get(0))
@@ -1937,7 +2098,7 @@ impl Writer {
             WaitFor::Message { destination, topic } => {
                 let Some(row) = self
                     .client
-                    .query_opt(&self.sql.oldest_message, &[destination, topic])
+                    .query_opt(&self.more()?.oldest_message, &[destination, topic])
                     .await?
                 else {
                     return Ok(Ok(None));
@@ -1953,7 +2114,7 @@ impl Writer {
             WaitFor::Event { workflow_id, key } => {
                 let Some(row) = self
                     .client
-                    .query_opt(&self.sql.event, &[workflow_id, key])
+                    .query_opt(&self.more()?.event, &[workflow_id, key])
                     .await?
                 else {
                     return Ok(Ok(None));
@@ -1993,7 +2154,7 @@ impl Writer {
         let row = self
             .client
             .query_one(
-                &self.sql.record_take,
+                &self.more()?.record_take,
                 &[
                     &&*r.key.workflow_id,
                     &path,
@@ -2028,7 +2189,7 @@ impl Writer {
         let row = self
             .client
             .query_one(
-                &self.sql.started,
+                &self.more()?.started,
                 &[&&*key.workflow_id, &path, &key.name, &at, &wake_at, &crc],
             )
             .await?;
@@ -2051,7 +2212,10 @@ impl Writer {
         let path = r.key.path.to_key();
         let recorded = self
             .client
-            .query_opt(&self.sql.recorded_output, &[&&*r.key.workflow_id, &path])
+            .query_opt(
+                &self.more()?.recorded_output,
+                &[&&*r.key.workflow_id, &path],
+            )
             .await?;
         Ok(match recorded {
             None => self.record_answer(r, None, None).await?.map(|()| None),
@@ -2093,7 +2257,7 @@ impl Writer {
         let path = key.path.to_key();
         let Some(row) = self
             .client
-            .query_opt(&self.sql.recorded_output, &[&&*key.workflow_id, &path])
+            .query_opt(&self.more()?.recorded_output, &[&&*key.workflow_id, &path])
             .await?
         else {
             return Ok((Ok(()), None));
@@ -2118,7 +2282,7 @@ impl Writer {
         let n = self
             .client
             .execute(
-                &self.sql.give_back,
+                &self.more()?.give_back,
                 &[
                     &&*key.workflow_id,
                     &path,
@@ -2199,9 +2363,35 @@ impl Writer {
     }
 }
 
+/// The error of a statement used before [`Writer::ready`] prepared it: a bug.
+fn unprepared() -> PgError {
+    PgError::Damaged(
+        "the journal's writer used a statement before preparing it (a bug in durable)".into(),
+    )
+}
+
+/// Whether a batch of `ops` needs the writer's [`More`] statements: any write but a
+/// create, a step record without effects and an outcome, or two of one of those
+/// kinds (which go many to a statement).
+fn needs_more(ops: &[Op]) -> bool {
+    let mut seen = [false; 3];
+    for op in ops {
+        let kind = match op {
+            Op::Create(..) => 0,
+            Op::Record(s, _) if matches!(s.effect, Effect::None) => 1,
+            Op::Finish(..) => 2,
+            _ => return true,
+        };
+        if std::mem::replace(&mut seen[kind], true) {
+            return true;
+        }
+    }
+    false
+}
+
 /// Whether `e` is the fence refusing: another runtime took this one's workflows over.
 fn fenced(e: &PgError) -> bool {
-    matches!(e, PgError::Sql(e) if e.as_db_error().is_some_and(|d| d.code().code() == schema::FENCED))
+    matches!(e, PgError::Fenced)
 }
 
 /// Which parked waits to try again after a batch.
