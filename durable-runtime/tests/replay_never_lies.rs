@@ -858,6 +858,48 @@ async fn a_close_its_caller_stops_waiting_for_still_finishes() {
     rt.close().await.expect("the same close, done");
 }
 
+#[workflow]
+async fn waits_on_a_runtime_that_goes() -> Option<u64> {
+    durable_runtime::recv::<u64>("never", None)
+        .await
+        .ok()
+        .flatten()
+}
+
+#[tokio::test]
+async fn a_close_after_a_run_lost_its_tokio_runtime_finishes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    let rt = open(&path).await;
+    // Started from another tokio runtime, which then ends: the run's task is dropped
+    // with it, without an outcome.
+    let other = rt.clone();
+    std::thread::spawn(move || {
+        let gone = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        gone.block_on(async {
+            other
+                .start_with_id("orphan", waits_on_a_runtime_that_goes())
+                .await
+                .expect("start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        });
+    })
+    .join()
+    .expect("the other runtime's thread");
+    // A hang guard, not a measure: the close used to spin on the run forever.
+    tokio::time::timeout(Duration::from_secs(20), rt.close())
+        .await
+        .expect("the close did not finish")
+        .expect("close");
+    // The run is still pending in the journal: the next open resumes it.
+    let rt = open(&path).await;
+    assert_eq!(rt.recovered(), ["orphan"]);
+    rt.close_with_grace(Duration::ZERO).await.expect("close");
+}
+
 static CLOSER: OnceLock<Runtime> = OnceLock::new();
 
 #[step]

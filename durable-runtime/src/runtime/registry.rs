@@ -166,36 +166,72 @@ impl Inner {
         loop {
             self.stop_dormant();
             let runs: Vec<_> = lock(&self.running)
-                .values()
-                .filter_map(|r| Some((r.live()?.clone(), r.outcome.clone()?)))
+                .iter()
+                .filter_map(|(id, r)| Some((id.clone(), r.live()?.clone(), r.outcome.clone()?)))
                 .collect();
             if runs.is_empty() {
                 break;
             }
             let forced = tokio::time::Instant::now() >= deadline;
-            for (ctx, _) in &runs {
+            for (_, ctx, _) in &runs {
                 ctx.shut_down(forced);
             }
             let all_settled = async {
-                for (_, mut outcome) in runs {
-                    let _ = outcome.wait_for(Option::is_some).await;
+                let mut lost = Vec::new();
+                for (id, _, mut outcome) in runs {
+                    if outcome.wait_for(Option::is_some).await.is_err() {
+                        lost.push(id);
+                    }
                 }
+                lost
             };
             let limit = if forced {
                 tokio::time::Instant::now() + Duration::from_secs(1)
             } else {
                 deadline
             };
-            if tokio::time::timeout_at(limit, all_settled).await.is_err() && forced {
-                tracing::warn!(
-                    "runs did not stop within a second of being dropped; closing the journal anyway"
-                );
-                break;
+            match tokio::time::timeout_at(limit, all_settled).await {
+                // Runs whose task ended without an outcome (the tokio runtime that ran
+                // them was dropped) never settle: forgotten here, they stay pending in
+                // the journal, and the next open resumes them.
+                Ok(lost) => self.forget_lost(&lost),
+                Err(_) if forced => {
+                    tracing::warn!(
+                        "runs did not stop within a second of being dropped; closing the \
+                         journal anyway"
+                    );
+                    break;
+                }
+                Err(_) => {}
             }
         }
         let store = self.store.clone();
         blocking(self.store.path(), move || store.close()).await??;
         Ok(())
+    }
+
+    /// Forgets the runs of `ids` whose outcome can no longer come: their task ended
+    /// without one (dropped with the tokio runtime it ran on).
+    fn forget_lost(&self, ids: &[Arc<str>]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut running = lock(&self.running);
+        for id in ids {
+            let lost = running.get(id).is_some_and(|r| {
+                r.outcome
+                    .as_ref()
+                    .is_some_and(|o| o.has_changed().is_err() && o.borrow().is_none())
+            });
+            if lost {
+                tracing::warn!(
+                    workflow = %id,
+                    "a run ended without an outcome (the tokio runtime it ran on was \
+                     dropped); it stays pending, and the next open resumes it"
+                );
+                running.remove(id);
+            }
+        }
     }
 
     /// Publishes a run's outcome and forgets the run.
