@@ -155,7 +155,8 @@ struct Answered {
 }
 
 /// The writer's prepared statements that nearly every runtime uses: a batch's frame,
-/// and one write of each common kind. Prepared when the writer starts.
+/// and the writes of the common kinds (creates, step records without effects,
+/// outcomes), one or many. Prepared when the writer starts.
 pub(super) struct Statements {
     begin: Statement,
     fence: Statement,
@@ -166,17 +167,18 @@ pub(super) struct Statements {
     workflow: Statement,
     record: Statement,
     finish: Statement,
-}
-
-/// The writer's other prepared statements, prepared when a batch first needs one of
-/// them (see [`Writer::ready`]): a new session then loads less before its first write.
-pub(super) struct More {
     /// Many creates in one statement (see [`Writer::create_many`]).
     create_many: Statement,
     /// Many records without effects in one statement (see [`Writer::record_many`]).
     record_many: Statement,
     /// Many outcomes in one statement (see [`Writer::finish_many`]).
     finish_many: Statement,
+}
+
+/// The writer's other prepared statements (messages, events, waits, sleeps, patches,
+/// cancellations, resumes), prepared when a batch first needs one of them (see
+/// [`Writer::ready`]): a new session then loads less before its first write.
+pub(super) struct More {
     record_send: Statement,
     record_event: Statement,
     record_take: Statement,
@@ -478,8 +480,8 @@ pub(super) fn transaction_record_sql(s: &str) -> String {
 }
 
 impl Statements {
-    /// Prepares the statements nearly every runtime uses at once, pipelined: one round
-    /// trip. The others ([`More`]) wait until a batch needs one.
+    /// Prepares the statements nearly every runtime uses, pipelined: one round trip. The
+    /// others ([`More`]) wait until a batch needs one.
     pub(super) async fn prepare(c: &Client, schema: &str) -> Result<Statements, PgError> {
         let s = schema::quoted(schema);
         let sql = |text: &str| text.replace("{s}", &s);
@@ -510,6 +512,9 @@ impl Statements {
                      WHERE id = $1 AND status = 'pending'
                        AND owner = current_setting('durable.executor')::bigint",
         );
+        let create_many_text = sql(&create_many_sql());
+        let record_many_text = sql(RECORD_MANY);
+        let finish_many_text = sql(FINISH_MANY);
         let [
             begin,
             fence,
@@ -520,6 +525,9 @@ impl Statements {
             workflow,
             record,
             finish,
+            create_many,
+            record_many,
+            finish_many,
         ] = prepared(
             c,
             [
@@ -532,6 +540,9 @@ impl Statements {
                 &workflow_text,
                 &record_text,
                 &finish_text,
+                &create_many_text,
+                &record_many_text,
+                &finish_many_text,
             ],
         )
         .await?;
@@ -545,6 +556,9 @@ impl Statements {
             workflow,
             record,
             finish,
+            create_many,
+            record_many,
+            finish_many,
         })
     }
 }
@@ -559,9 +573,6 @@ impl More {
                  UNION SELECT w.id FROM {s}.workflows w JOIN tree t ON w.parent_id = t.id
                  WHERE w.id >= $1 || '/' AND w.id < $1 || '0'
              )";
-        let record_many_text = sql(RECORD_MANY);
-        let create_many_text = sql(&create_many_sql());
-        let finish_many_text = sql(FINISH_MANY);
         let record_send_text = sql(&format!(
             "{}, eff AS (INSERT INTO {{s}}.messages (destination, topic, payload, crc32, sent_at)
                                  SELECT $12, $13, $14, $15, $16 FROM ins){RECORD_COUNTS}",
@@ -645,9 +656,6 @@ impl More {
                             $1, $4, $5, $6, $7
                      FROM d");
         let [
-            record_many,
-            create_many,
-            finish_many,
             record_send,
             record_event,
             record_take,
@@ -663,9 +671,6 @@ impl More {
         ] = prepared(
             c,
             [
-                &record_many_text,
-                &create_many_text,
-                &finish_many_text,
                 &record_send_text,
                 &record_event_text,
                 &record_take_text,
@@ -682,9 +687,6 @@ impl More {
         )
         .await?;
         Ok(More {
-            record_many,
-            create_many,
-            finish_many,
             record_send,
             record_event,
             record_take,
@@ -1716,7 +1718,7 @@ impl Writer {
             Ok(self
                 .client
                 .query(
-                    &self.more()?.finish_many,
+                    &self.q()?.finish_many,
                     &[&ids, &statuses, &outputs, &kinds, &errors, &ats, &crcs],
                 )
                 .await?)
@@ -1768,7 +1770,7 @@ impl Writer {
             Ok(self
                 .client
                 .query(
-                    &self.more()?.record_many,
+                    &self.q()?.record_many,
                     &[
                         &ids,
                         &paths,
@@ -1871,7 +1873,7 @@ impl Writer {
             Ok(self
                 .client
                 .query(
-                    &self.more()?.create_many,
+                    &self.q()?.create_many,
                     &[
                         &ids,
                         &names,
@@ -2371,22 +2373,13 @@ fn unprepared() -> PgError {
 }
 
 /// Whether a batch of `ops` needs the writer's [`More`] statements: any write but a
-/// create, a step record without effects and an outcome, or two of one of those
-/// kinds (which go many to a statement).
+/// create, a step record without effects and an outcome.
 fn needs_more(ops: &[Op]) -> bool {
-    let mut seen = [false; 3];
-    for op in ops {
-        let kind = match op {
-            Op::Create(..) => 0,
-            Op::Record(s, _) if matches!(s.effect, Effect::None) => 1,
-            Op::Finish(..) => 2,
-            _ => return true,
-        };
-        if std::mem::replace(&mut seen[kind], true) {
-            return true;
-        }
-    }
-    false
+    !ops.iter().all(|op| match op {
+        Op::Create(..) | Op::Finish(..) => true,
+        Op::Record(s, _) => matches!(s.effect, Effect::None),
+        _ => false,
+    })
 }
 
 /// Whether `e` is the fence refusing: another runtime took this one's workflows over.
