@@ -16,8 +16,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use common::Journal;
-use common::proxy::{CUT_WRITER_THEN_LATE, PASS, WRITER_THEN_CUT, proxy};
-use durable_runtime::{Runtime, step, workflow};
+use common::proxy::{CUT_WRITER_THEN_LATE, PASS, WRITER_THEN_CUT, open_through_proxy};
+use durable_runtime::{step, workflow};
 
 /// Sends one message through a proxy that cuts the writer off at the next statements
 /// it sends and delivers them late, and checks it was sent once. `warm`: the writer
@@ -25,16 +25,7 @@ use durable_runtime::{Runtime, step, workflow};
 /// statements the writer prepares for its first message, before the batch begins.
 async fn send_cut_off(warm: bool) {
     let journal = Journal::postgres();
-    let Journal::Postgres { server, schema, .. } = &journal else {
-        unreachable!()
-    };
-    let (proxied, switch) = proxy(server).await;
-    let sep = if proxied.contains('?') { '&' } else { '?' };
-    let rt = Runtime::builder(format!("{proxied}{sep}schema={schema}"))
-        .lease(Duration::from_secs(30))
-        .open()
-        .await
-        .expect("open");
+    let (rt, switch) = open_through_proxy(&journal).await;
     if warm {
         rt.send("earlier", "late", &0u32).await.expect("send");
     }
@@ -94,17 +85,8 @@ async fn lone_record(x: u64) -> Result<u64, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_record_whose_answer_was_lost_is_settled_from_the_journal() {
     let journal = Journal::postgres();
-    let Journal::Postgres { server, schema, .. } = &journal else {
-        unreachable!()
-    };
-    let (proxied, switch) = proxy(server).await;
+    let (rt, switch) = open_through_proxy(&journal).await;
     assert!(SWITCH.set(switch.clone()).is_ok(), "one test arms it");
-    let sep = if proxied.contains('?') { '&' } else { '?' };
-    let rt = Runtime::builder(format!("{proxied}{sep}schema={schema}"))
-        .lease(Duration::from_secs(30))
-        .open()
-        .await
-        .expect("open");
     let handle = rt
         .start_with_id("lone", lone_record(7))
         .await

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::Journal;
-use common::proxy::{COMMIT_THEN_CUT, CUT_BEFORE_COMMIT, CUT_THEN_LATE_COMMIT, PASS, proxy};
+use common::proxy::{
+    COMMIT_THEN_CUT, CUT_BEFORE_COMMIT, CUT_THEN_LATE_COMMIT, PASS, open_through_proxy,
+};
 use durable_runtime::postgres::tokio_postgres;
 use durable_runtime::postgres::transaction;
 use durable_runtime::{Error, FailureKind, Runtime, workflow};
@@ -483,17 +485,8 @@ async fn cut_entry(table: String) -> Result<i64, LedgerError> {
 /// value it committed, once; answers how many times it ran.
 async fn commit_answer_lost(mode: u8) -> u32 {
     let journal = Journal::postgres();
-    let Journal::Postgres { server, schema, .. } = &journal else {
-        unreachable!()
-    };
     let table = ledger(&journal);
-    let (proxied, switch) = proxy(server).await;
-    let sep = if proxied.contains('?') { '&' } else { '?' };
-    let rt = Runtime::builder(format!("{proxied}{sep}schema={schema}"))
-        .lease(Duration::from_secs(30))
-        .open()
-        .await
-        .expect("open");
+    let (rt, switch) = open_through_proxy(&journal).await;
     switch.store(mode, Ordering::SeqCst);
     let got = tokio::time::timeout(
         Duration::from_secs(30),

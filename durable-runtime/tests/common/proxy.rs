@@ -58,6 +58,25 @@ pub async fn proxy(server: &str) -> (String, Arc<AtomicU8>) {
     (proxied, switch)
 }
 
+/// A runtime on the PostgreSQL test journal `journal`, connected through a new
+/// [`proxy`] (with a 30 s lease, so that nothing is taken over during a test), and the
+/// proxy's switch.
+pub async fn open_through_proxy(
+    journal: &super::Journal,
+) -> (durable_runtime::Runtime, Arc<AtomicU8>) {
+    let super::Journal::Postgres { server, schema, .. } = journal else {
+        unreachable!("a PostgreSQL journal")
+    };
+    let (proxied, switch) = proxy(server).await;
+    let sep = if proxied.contains('?') { '&' } else { '?' };
+    let rt = durable_runtime::Runtime::builder(format!("{proxied}{sep}schema={schema}"))
+        .lease(Duration::from_secs(30))
+        .open()
+        .await
+        .expect("open through the proxy");
+    (rt, switch)
+}
+
 async fn pipe(client: tokio::net::TcpStream, server: tokio::net::TcpStream, mode: Arc<AtomicU8>) {
     let (mut from_client, mut to_client) = client.into_split();
     let (mut from_server, mut to_server) = server.into_split();
