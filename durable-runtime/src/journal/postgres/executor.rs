@@ -12,12 +12,15 @@
 //!   by a runtime that closed), in one statement: marking an executor dead and moving
 //!   its workflows commit together, and row locks make each workflow move once, to
 //!   one claimer.
-//! - **Fencing.** Every batch of writes first passes `fence(me, n)`, which updates (and
-//!   so locks) the executor's own row, recording the batch's number `n`, and raises
-//!   unless it is alive. A takeover's `UPDATE` of that
-//!   row waits for a batch in flight to commit, and a batch after it fails: nothing is
-//!   recorded for a workflow after another executor took it, and the new owner's replay
-//!   sees everything recorded before.
+//! - **Fencing.** Every batch of writes first passes the fence (the body of
+//!   `fence(me, n)`, inline in the writer), which updates (and so locks) the executor's
+//!   own row, recording the batch's number `n`, and fails unless it is alive. A
+//!   takeover's `UPDATE` of that row waits for a batch in flight to commit, and a batch
+//!   after it fails. A step record alone in its batch has no fence: it reads its
+//!   workflow's owner under a share lock, which a takeover's owner update waits for
+//!   (and rechecks after), and reads that its executor is alive. Nothing is recorded
+//!   for a workflow after another executor took it, and the new owner's replay sees
+//!   everything recorded before.
 //! - **Wake-ups across processes.** A batch that sends a message or sets an event also
 //!   `NOTIFY`s, in its transaction (delivered at its commit). The watcher `LISTEN`s on
 //!   a connection of its own and hands what was written to the writer, which answers
@@ -117,16 +120,18 @@ pub(super) async fn register_and_claim(
         claim_as(c, &s, None, names, true),
     )
     .await;
-    if !current? {
-        // The other two failed (no schema yet) or did nothing.
-        return Ok(None);
+    // The registration is the authority: it ran only if the schema was current when
+    // it ran (a migration may commit between the version read and it, which waits for
+    // the migration's locks), and then the claim ran as its executor.
+    let current = current?;
+    match registered_rows {
+        Ok(rows) if !rows.is_empty() => Ok(Some((registered(rows)?, claimed?))),
+        // Not current: nothing was registered or claimed; migrate first.
+        Ok(_) => Ok(None),
+        // No schema yet, so no table to insert into.
+        Err(_) if !current => Ok(None),
+        Err(e) => Err(e),
     }
-    let rows = registered_rows?;
-    if rows.is_empty() {
-        // The schema changed between the two statements: the slow way.
-        return Ok(None);
-    }
-    Ok(Some((registered(rows)?, claimed?)))
 }
 
 /// Tells the session of `c` its executor: every statement that records reads it
@@ -212,7 +217,10 @@ async fn claim_as(
                      RETURNING w.*),
                  forgotten AS (
                      DELETE FROM {s}.executors e
-                     WHERE e.dead_at < now() - interval '1 hour'
+                     -- Only by a registered claimer: an open refused (a newer schema)
+                     -- or about to migrate writes nothing.
+                     WHERE (SELECT id FROM me) IS NOT NULL
+                       AND e.dead_at < now() - interval '1 hour'
                        AND NOT EXISTS (SELECT 1 FROM {s}.workflows w
                                        WHERE w.owner = e.id AND w.status = 'pending'))
                  SELECT {} FROM claimed ORDER BY created_at, id",

@@ -5,7 +5,8 @@
 //! Most writes are one statement each whose outcome needs no answer before the next is
 //! sent (a step's record and its effect are one statement, with `ON CONFLICT DO
 //! NOTHING` and the counts it returns standing in for a constraint's error). Such a
-//! batch goes out as `BEGIN`, the writes and `COMMIT` at once: one round trip. A wait,
+//! batch goes out as `BEGIN`, the fence, the writes and `COMMIT` at once: one round
+//! trip; a step record alone in its batch goes out alone, autocommitted. A wait,
 //! an expiry or a give-back reads before it writes; a batch holding one sends its
 //! statements in order, a round trip each.
 //!
@@ -209,11 +210,17 @@ macro_rules! record_step {
 }
 
 /// `r`: the run whose workflow id is the statement's first parameter, and whether this
-/// executor owns it (the session's `durable.executor`, set at its registration).
+/// executor owns it (the session's `durable.executor`, set at its registration) and is
+/// alive (not marked dead: read, not locked; the row lock of the workflow is what a
+/// takeover's owner update waits for). A lone step record has no fence: this keeps a
+/// dead executor's records out even of workflows no live executor took yet.
 macro_rules! run_of_first_parameter {
     () => {
         "WITH r AS (SELECT run, owner IS NOT DISTINCT FROM
-                        current_setting('durable.executor')::bigint AS mine
+                        current_setting('durable.executor')::bigint
+                        AND EXISTS (SELECT 1 FROM {s}.executors e
+                                    WHERE e.id = current_setting('durable.executor')::bigint
+                                      AND e.dead_at IS NULL) AS mine
                     FROM {s}.workflows WHERE id = $1 FOR SHARE)"
     };
 }
