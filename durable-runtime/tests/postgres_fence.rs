@@ -1,8 +1,8 @@
 //! The fence on PostgreSQL: once an executor is marked dead (as a takeover marks the
 //! executor it takes workflows from), nothing its writer sends afterwards commits, and
 //! what it tried fails as taken over. Writes that check no workflow's owner (a message
-//! sent from outside a workflow, a new workflow) depend on the batch's fence alone; a
-//! step record alone in its batch has no fence, and depends on its own checks.
+//! sent from outside a workflow, a new workflow) depend on the batch's fence alone. An
+//! open refused for a newer schema writes nothing.
 #![cfg(all(feature = "postgres", feature = "testkit"))]
 
 mod common;
@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::Journal;
-use durable_runtime::{Error, Runtime, StoreErrorKind, step, workflow};
+use durable_runtime::{Error, Runtime, StoreErrorKind, workflow};
 
 #[workflow]
 async fn fenced_noop() -> u32 {
@@ -56,52 +56,6 @@ async fn a_dead_executor_commits_nothing() {
     );
     assert_eq!(workflows, ["0"], "a dead executor's start committed");
     rt.close().await.expect("close");
-}
-
-static GATE: tokio::sync::Notify = tokio::sync::Notify::const_new();
-static ENTERED: tokio::sync::Notify = tokio::sync::Notify::const_new();
-
-/// Waits, inside its body, until the test lets it finish.
-#[step]
-async fn held_open() -> u32 {
-    ENTERED.notify_one();
-    GATE.notified().await;
-    5
-}
-
-#[workflow]
-async fn one_held_step() -> u32 {
-    held_open().await + 1
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_executor_records_no_step_alone_in_its_batch() {
-    let journal = Journal::postgres();
-    let rt = Runtime::builder(journal.path())
-        .lease(Duration::from_secs(60))
-        .open()
-        .await
-        .expect("open");
-    let entered = ENTERED.notified();
-    let _handle = rt
-        .start_with_id("held", one_held_step())
-        .await
-        .expect("start");
-    entered.await;
-    // Marked dead while the step runs; nobody takes the workflow over (no other
-    // runtime), so its owner is still this executor. The step's record is alone in
-    // its batch: no fence, only its own checks.
-    journal.sql("UPDATE durable_executors SET dead_at = now()", &[]);
-    GATE.notify_one();
-    // Past the moment the record would have committed.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let steps = journal.strings(
-        "SELECT count(*)::text FROM durable_steps s JOIN durable_workflows w ON w.run = s.run
-         WHERE w.id = 'held'",
-        &[],
-    );
-    assert_eq!(steps, ["0"], "a dead executor's step record committed");
-    rt.close_with_grace(Duration::ZERO).await.expect("close");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

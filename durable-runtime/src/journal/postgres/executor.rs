@@ -18,9 +18,8 @@
 //!   takeover's `UPDATE` of that row waits for a batch in flight to commit, and a batch
 //!   after it fails. A step record alone in its batch has no fence: it reads its
 //!   workflow's owner under a share lock, which a takeover's owner update waits for
-//!   (and rechecks after), and reads that its executor is alive. Nothing is recorded
-//!   for a workflow after another executor took it, and the new owner's replay sees
-//!   everything recorded before.
+//!   (and rechecks after). Nothing is recorded for a workflow after another executor
+//!   took it, and the new owner's replay sees everything recorded before.
 //! - **Wake-ups across processes.** A batch that sends a message or sets an event also
 //!   `NOTIFY`s, in its transaction (delivered at its commit). The watcher `LISTEN`s on
 //!   a connection of its own and hands what was written to the writer, which answers

@@ -210,17 +210,15 @@ macro_rules! record_step {
 }
 
 /// `r`: the run whose workflow id is the statement's first parameter, and whether this
-/// executor owns it (the session's `durable.executor`, set at its registration) and is
-/// alive (not marked dead: read, not locked; the row lock of the workflow is what a
-/// takeover's owner update waits for). A lone step record has no fence: this keeps a
-/// dead executor's records out even of workflows no live executor took yet.
+/// executor owns it (the session's `durable.executor`, set at its registration), read
+/// under a share lock of the row, which a takeover's owner update waits for (and a
+/// record that waited reads the new owner). A lone step record has no other fence:
+/// an executor marked dead still records for a workflow it owns until a live one
+/// claims it (then nothing more), which runs nothing twice: only the owner runs it.
 macro_rules! run_of_first_parameter {
     () => {
         "WITH r AS (SELECT run, owner IS NOT DISTINCT FROM
-                        current_setting('durable.executor')::bigint
-                        AND EXISTS (SELECT 1 FROM {s}.executors e
-                                    WHERE e.id = current_setting('durable.executor')::bigint
-                                      AND e.dead_at IS NULL) AS mine
+                        current_setting('durable.executor')::bigint AS mine
                     FROM {s}.workflows WHERE id = $1 FOR SHARE)"
     };
 }
