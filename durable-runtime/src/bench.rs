@@ -74,6 +74,7 @@ impl Journal {
             created_at: 0,
             parent_id: None,
             deadline_at: None,
+            queued: None,
         });
         created.blocking_wait()?;
         Ok(Journal { store, id, next: 0 })

@@ -253,6 +253,33 @@ pub enum Error {
         /// Why it is invalid.
         reason: &'static str,
     },
+
+    /// A queue was declared or used wrongly: a name or limit that is not valid, a
+    /// queue the runtime was not built with, or one declared twice.
+    #[error("queue {queue:?}: {problem}")]
+    Queue {
+        /// The queue's name.
+        queue: String,
+        /// What is wrong, and what to do.
+        problem: String,
+    },
+
+    /// An enqueue was refused because a workflow of the same queue with the same
+    /// deduplication id is queued or running (see
+    /// [`Enqueue::dedup`](crate::Enqueue::dedup)).
+    #[error(
+        "workflow {existing:?} with deduplication id {dedup_id:?} is already queued or running \
+         in queue {queue:?}, so this one was not enqueued; wait for it, or enqueue with \
+         `OnDuplicate::Join` to get its handle instead"
+    )]
+    Duplicate {
+        /// The queue.
+        queue: String,
+        /// The deduplication id.
+        dedup_id: String,
+        /// The id of the workflow that holds it.
+        existing: String,
+    },
 }
 
 impl Error {

@@ -255,7 +255,10 @@ pub use crate::primitives::patch::patched;
 pub use crate::primitives::random::{random, uuid};
 pub use crate::primitives::select::{Either, select, select_all};
 pub use crate::primitives::time::{now, sleep};
-pub use crate::runtime::{Runtime, RuntimeBuilder, StepInfo, WorkflowHandle, WorkflowStatus};
+pub use crate::runtime::{
+    Enqueue, OnDuplicate, Queue, QueueHandle, QueueInfo, QueuedWorkflow, Runtime, RuntimeBuilder,
+    StepInfo, WorkflowHandle, WorkflowStatus,
+};
 pub use crate::step_error::StepError;
 
 /// Makes an `async fn` a durable step: its output is checkpointed, and a replay returns

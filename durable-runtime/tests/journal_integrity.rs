@@ -918,6 +918,7 @@ fn schema_5_path(key: &str) -> String {
 /// workflow's id rather than its run number, as versions 1 to 6 wrote them (checksums
 /// were keyed by the id all along), and no table of dormant runs (version 8).
 fn as_version_6(conn: &rusqlite::Connection) {
+    as_version_9(conn);
     conn.execute_batch(
         "CREATE TABLE w6 (
             id TEXT PRIMARY KEY, name TEXT NOT NULL,
@@ -980,6 +981,7 @@ type StepRowV5 = (String, String, String, Vec<u8>, Option<i64>);
 /// Turns a journal back into schema version 5: step paths in plain decimal, and each
 /// step checksum that matched its key moved to the plain path's key.
 fn as_version_5(conn: &rusqlite::Connection) {
+    as_version_9(conn);
     as_version_6(conn);
     let rows: Vec<StepRowV5> = conn
         .prepare(
@@ -1141,7 +1143,7 @@ fn migration_6_sorts_paths_keeps_checksums_and_finishes_pending_work() {
     // The 25 recorded steps replayed; only the 25 after the wait ran.
     assert_eq!(BODIES.load(Ordering::SeqCst) - before, 25);
     let conn = rusqlite::Connection::open(&path).expect("open");
-    assert_eq!(schema_version(&conn), ["9"]);
+    assert_eq!(schema_version(&conn), ["10"]);
     let application_id: i64 = conn
         .query_row("PRAGMA application_id", [], |r| r.get(0))
         .expect("application_id");
@@ -1161,6 +1163,7 @@ fn migration_6_sorts_paths_keeps_checksums_and_finishes_pending_work() {
 /// Rewrites every checksum of the journal as schema version 4 wrote them (a plain
 /// CRC-32 of the value) and sets its version to 4.
 fn as_version_4(conn: &rusqlite::Connection) {
+    as_version_9(conn);
     as_version_6(conn);
     conn.create_scalar_function(
         "plain_crc",
@@ -1382,7 +1385,7 @@ fn migration_7_numbers_runs_keeps_checksums_and_finishes_pending_work() {
     // The 25 recorded steps replayed; only the 25 after the wait ran.
     assert_eq!(BODIES.load(Ordering::SeqCst) - before, 25);
     let conn = rusqlite::Connection::open(&path).expect("open");
-    assert_eq!(schema_version(&conn), ["9"]);
+    assert_eq!(schema_version(&conn), ["10"]);
     let first: Vec<String> = column(
         &conn,
         "SELECT id FROM durable_workflows ORDER BY run LIMIT 3",
@@ -1566,7 +1569,7 @@ fn migration_7_keeps_the_applications_indexes_triggers_and_views() {
         rt.close().await.expect("close");
     });
     let conn = rusqlite::Connection::open(&path).expect("open");
-    assert_eq!(schema_version(&conn), ["9"]);
+    assert_eq!(schema_version(&conn), ["10"]);
     assert_eq!(app_objects(&conn), before);
     let audit: Vec<(String, String)> = conn
         .prepare("SELECT id, status FROM app_audit")
@@ -1825,6 +1828,7 @@ fn record_schema(conn: &rusqlite::Connection) {
 /// Turns a journal back into schema version 8: the status check as the `IN` list it
 /// was, and the record of the schema as version 8 left it.
 fn as_version_8(conn: &rusqlite::Connection) {
+    as_version_9(conn);
     set_status_check(conn, STATUS_CHECK_8);
     record_schema(conn);
     conn.execute_batch("UPDATE durable_meta SET value = '8' WHERE key = 'schema_version'")
@@ -1904,7 +1908,7 @@ fn migration_9_rewrites_the_status_check_in_place_and_finishes_pending_work() {
     );
 
     let conn = rusqlite::Connection::open(&path).expect("open");
-    assert_eq!(schema_version(&conn), ["9"]);
+    assert_eq!(schema_version(&conn), ["10"]);
     assert_eq!(runs(&conn), before, "rows, run numbers and counter kept");
     let fresh = dir.path().join("fresh.db");
     tokio().block_on(async {
@@ -2029,4 +2033,38 @@ fn migration_9_refuses_a_schema_changed_by_hand_and_changes_nothing() {
             "{case}: the record is as it was"
         );
     }
+}
+
+/// Turns a journal back into schema version 9: no queues (version 10). Does nothing
+/// to one that is older already.
+fn as_version_9(conn: &rusqlite::Connection) {
+    let has_queues: bool = conn
+        .query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('durable_workflows')
+             WHERE name = 'queue_state'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("columns");
+    if !has_queues {
+        return;
+    }
+    conn.execute_batch(
+        "DROP TABLE IF EXISTS durable_queues;
+         DROP INDEX IF EXISTS durable_queue_waiting;
+         DROP INDEX IF EXISTS durable_queue_running;
+         DROP INDEX IF EXISTS durable_queue_held;
+         DROP INDEX IF EXISTS durable_queue_starts;
+         DROP INDEX IF EXISTS durable_queue_dedup;
+         ALTER TABLE durable_workflows DROP COLUMN dispatched_at;
+         ALTER TABLE durable_workflows DROP COLUMN timeout_ms;
+         ALTER TABLE durable_workflows DROP COLUMN not_before;
+         ALTER TABLE durable_workflows DROP COLUMN dedup_id;
+         ALTER TABLE durable_workflows DROP COLUMN partition_key;
+         ALTER TABLE durable_workflows DROP COLUMN priority;
+         ALTER TABLE durable_workflows DROP COLUMN queue_state;
+         UPDATE durable_meta SET value = '9' WHERE key = 'schema_version';",
+    )
+    .expect("version 9");
+    record_schema(conn);
 }

@@ -335,6 +335,7 @@ fn workflow(id: &str) -> NewWorkflow {
         created_at: 1_000,
         parent_id: None,
         deadline_at: None,
+        queued: None,
     }
 }
 
@@ -466,6 +467,7 @@ async fn create_is_idempotent(open: Open) {
         name: "first",
         input: value("input"),
         deadline_at: Some(5_000),
+        queued: None,
         ..child("parent", 1)
     };
     assert!(matches!(j.create(first).await, Created::New));
@@ -485,6 +487,7 @@ async fn create_is_idempotent(open: Open) {
         created_at: 2_000,
         parent_id: None,
         deadline_at: None,
+        queued: None,
         ..workflow("parent/1")
     };
     let Created::Existing(existing) = j.create(again).await else {
@@ -936,10 +939,12 @@ async fn resume_makes_a_stopped_run_and_its_cancelled_descendants_pending(open: 
     for w in [
         NewWorkflow {
             deadline_at: Some(9_000),
+            queued: None,
             ..workflow("root")
         },
         NewWorkflow {
             deadline_at: Some(9_000),
+            queued: None,
             ..child("root", 1)
         },
         child("root/1", 1),
@@ -1711,6 +1716,7 @@ async fn concurrent_creates_are_answered_each_on_its_own(open: Open) {
                 assert_eq!(&*w.id, id);
                 assert_eq!(w.status, RecordStatus::Pending);
             }
+            Created::Duplicate(w) => panic!("{id} has no deduplication id: {w:?}"),
         }
     }
     assert_eq!(j.pending().await.len(), 3);

@@ -28,6 +28,7 @@ pub(crate) mod crc;
 mod damage;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+pub(crate) mod queue;
 pub(crate) mod sqlite;
 mod step_info;
 
@@ -457,6 +458,29 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     /// at a time sends none. (No default: a store that wraps another must pass it on.)
     fn takeovers(&self, to: tokio::sync::mpsc::UnboundedSender<Arc<str>>);
 
+    // Queues (see [`queue`]).
+
+    /// Where to send what dispatches of queued workflows hand this runtime (see
+    /// [`QueueNews`](queue::QueueNews)). Nothing is dispatched before this is called;
+    /// once it is, every queue is dispatched (in the commit of the next write at the
+    /// latest). Only workflows the program has (see [`JournalOptions::workflows`]) are
+    /// dispatched to it.
+    fn queue_news(&self, to: tokio::sync::mpsc::UnboundedSender<queue::QueueNews>);
+    /// Writes a queue's limits; the queue is dispatched in the same commit.
+    fn set_queue(&self, set: queue::SetLimits) -> Ack;
+    /// Dispatches every queue now (when a [`QueueNews::DueAt`](queue::QueueNews) comes
+    /// due, and on a slow safety poll).
+    fn dispatch(&self) -> Ack;
+    /// A dispatched workflow stopped in this process without an outcome (a divergence,
+    /// a value that does not decode): unless it finished meanwhile, it frees its slot,
+    /// held until the next open queues it again.
+    fn hold(&self, id: Arc<str>) -> Ack;
+    /// A queue's counts and limits, as committed.
+    fn queue_stats(&self, queue: &str) -> Result<queue::QueueStats, StoreError>;
+    /// The workflows waiting in a queue, in the order a dispatch would take them
+    /// within a partition (priority, then arrival), at most `limit`.
+    fn queued(&self, queue: &str, limit: usize) -> Result<Vec<queue::QueuedRow>, StoreError>;
+
     /// How many write transactions have committed so far: a sequential step should
     /// cost one, concurrent steps should share them. Compiled for the benchmarks only.
     #[cfg(any(test, feature = "bench"))]
@@ -686,6 +710,9 @@ pub(crate) struct NewWorkflow {
     pub(crate) parent_id: Option<Arc<str>>,
     /// When the run is cancelled if it has not finished, in ms since the epoch.
     pub(crate) deadline_at: Option<i64>,
+    /// Set for a workflow enqueued rather than started: it runs when a dispatch
+    /// picks it (see [`queue`]).
+    pub(crate) queued: Option<Box<queue::Enqueued>>,
 }
 
 /// The answer to [`Store::create_workflow`].
@@ -693,6 +720,9 @@ pub(crate) struct NewWorkflow {
 pub(crate) enum Created {
     New,
     Existing(Box<WorkflowRecord>),
+    /// Not created: a workflow of the same queue with the same deduplication id is
+    /// queued or running (this one).
+    Duplicate(Box<WorkflowRecord>),
 }
 
 /// Where a workflow run stands.
@@ -734,6 +764,11 @@ pub(crate) struct WorkflowRecord {
     /// Pending, and run by another runtime sharing the journal (or by none yet: the
     /// next to claim it): this runtime must not run it, only watch for its outcome.
     pub(crate) elsewhere: bool,
+    /// Pending, and waiting in a queue (or held there): no runtime runs it until a
+    /// dispatch hands it to one.
+    pub(crate) waiting: bool,
+    /// Enqueued rather than started (waiting, held or dispatched).
+    pub(crate) in_queue: bool,
 }
 
 impl WorkflowRecord {

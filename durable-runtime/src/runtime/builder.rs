@@ -27,6 +27,8 @@ pub struct RuntimeBuilder {
     pub(super) app_version: Option<String>,
     /// See [`RuntimeBuilder::evict_parked_after`].
     pub(super) evict_parked_after: Option<Duration>,
+    /// See [`RuntimeBuilder::queue`].
+    pub(super) queues: Vec<super::queue::Queue>,
     /// The testkit's probe, if one was given.
     #[cfg(feature = "testkit")]
     pub(crate) instrument: Option<Arc<dyn Instrument>>,
@@ -172,6 +174,16 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Declares `queue`: the runtime can enqueue on it (see [`Runtime::enqueue`]),
+    /// and dispatches its workflows under its limits. The declared limits are written
+    /// to the journal at open, unless limits set at run time hold there (see
+    /// [`QueueHandle::reset`](crate::QueueHandle::reset)).
+    #[must_use]
+    pub fn queue(mut self, queue: super::queue::Queue) -> Self {
+        self.queues.push(queue);
+        self
+    }
+
     /// Opens the journal (creating it, owner-only, if it does not exist), takes its lock,
     /// and resumes every pending workflow.
     ///
@@ -182,6 +194,11 @@ impl RuntimeBuilder {
     /// workflows linked into the program share a name.
     pub async fn open(self) -> Result<Runtime> {
         let registry = registry()?;
+        let queues = super::queue::declared_queues(&self.queues)?;
+        #[cfg(feature = "postgres")]
+        let shared = matches!(self.journal, JournalSpec::Postgres(_));
+        #[cfg(not(feature = "postgres"))]
+        let shared = false;
         let codec = self.options.codec;
         #[cfg_attr(not(feature = "testkit"), allow(unused_mut))]
         let mut options = self.options.clone();
@@ -239,7 +256,19 @@ impl RuntimeBuilder {
             dormancy,
             resuming: Mutex::default(),
             resumes: std::sync::atomic::AtomicU64::new(0),
+            queues,
+            waiting: Mutex::default(),
+            dispatches: std::sync::atomic::AtomicU64::new(0),
+            shared,
         });
+        // The declared limits, then dispatching: the first batch dispatches every
+        // queue (what waited while no runtime had the journal open).
+        for queue in inner.queues.values() {
+            inner.acked(inner.store.set_queue(queue.declared())).await?;
+        }
+        let (news_tx, news) = tokio::sync::mpsc::unbounded_channel();
+        inner.store.queue_news(news_tx);
+        tokio::spawn(super::queue::queue_loop(Arc::downgrade(&inner), news));
         tokio::spawn(super::dormant::wake_loop(Arc::downgrade(&inner), wakeups));
         let (takeovers, taken) = tokio::sync::mpsc::unbounded_channel();
         inner.store.takeovers(takeovers.clone());

@@ -18,11 +18,13 @@ use crate::util::{lock, now_ms};
 mod builder;
 mod dormant;
 mod handle;
+mod queue;
 mod registry;
 
 pub use crate::journal::StepInfo;
 pub use builder::RuntimeBuilder;
 pub use handle::{WorkflowHandle, WorkflowStatus};
+pub use queue::{Enqueue, OnDuplicate, Queue, QueueHandle, QueueInfo, QueuedWorkflow};
 pub(crate) use registry::Inner;
 use registry::*;
 
@@ -66,6 +68,7 @@ impl Runtime {
             options: JournalOptions::default(),
             app_version: None,
             evict_parked_after: Some(RuntimeBuilder::DEFAULT_EVICT_PARKED_AFTER),
+            queues: Vec::new(),
             #[cfg(feature = "testkit")]
             instrument: None,
         }

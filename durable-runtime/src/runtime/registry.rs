@@ -53,6 +53,24 @@ pub(crate) struct Inner {
     /// Counts resumes begun and ended: a handle that read a run as pending while it
     /// changed looks again.
     pub(super) resumes: std::sync::atomic::AtomicU64,
+    /// The queues the runtime was built with, by name.
+    pub(super) queues: HashMap<Arc<str>, super::queue::Queue>,
+    /// Where the outcomes of queued workflows go, by id, for the handles that watch
+    /// them before a dispatch hands them to this runtime: the run takes the sender.
+    pub(super) waiting: Mutex<HashMap<Arc<str>, watch::Sender<Option<Outcome>>>>,
+    /// Counts the dispatched runs launched here: a handle that read a workflow as
+    /// waiting while one was launched looks again.
+    pub(super) dispatches: std::sync::atomic::AtomicU64,
+    /// Whether other runtimes may share the journal (PostgreSQL): a queued workflow
+    /// may then be dispatched to one of them.
+    pub(super) shared: bool,
+}
+
+impl Inner {
+    /// Whether every dispatch of a queued workflow comes to this runtime.
+    pub(super) fn queues_run_here(&self) -> bool {
+        !self.shared
+    }
 }
 
 /// Holds a resume in [`Inner::resuming`] until dropped.
@@ -305,9 +323,22 @@ impl Inner {
         name: &'static str,
         parent_id: Option<Arc<str>>,
     ) -> (Running, Arc<WorkflowCtx>, watch::Sender<Option<Outcome>>) {
+        self.new_run_publishing(id, name, parent_id, None)
+    }
+
+    /// [`new_run`](Self::new_run), publishing its outcome to `tx` if given (the
+    /// handles of a queued workflow watch it from before its dispatch).
+    pub(super) fn new_run_publishing(
+        self: &Arc<Self>,
+        id: &Arc<str>,
+        name: &'static str,
+        parent_id: Option<Arc<str>>,
+        tx: Option<watch::Sender<Option<Outcome>>>,
+    ) -> (Running, Arc<WorkflowCtx>, watch::Sender<Option<Outcome>>) {
         // A new run of this id: why an earlier one stopped no longer says anything.
         lock(&self.stopped).remove(id);
-        let (tx, rx) = watch::channel(None);
+        let tx = tx.unwrap_or_else(|| watch::channel(None).0);
+        let rx = tx.subscribe();
         let ctx = self.new_ctx(id);
         let run = Running {
             name,
@@ -396,12 +427,33 @@ impl Inner {
     pub(crate) async fn outcome_of(&self, id: &str) -> Result<watch::Receiver<Option<Outcome>>> {
         let record = loop {
             let epoch = self.resumes.load(Ordering::Acquire);
+            let dispatches = self.dispatches.load(Ordering::Acquire);
             if let Some(r) = lock(&self.running).get_mut(id) {
                 return Ok(r.outcome());
             }
             let record = self.record(id).await?.ok_or_else(|| Error::NotFound {
                 workflow_id: id.to_owned(),
             })?;
+            if self.is_waiting(&record) {
+                let running = lock(&self.running);
+                if running.contains_key(id) || self.dispatches.load(Ordering::Acquire) != dispatches
+                {
+                    // Dispatched here meanwhile: look again.
+                    continue;
+                }
+                // Under the lock a dispatched run is registered under: the run, once
+                // launched, publishes to this.
+                let (rx, _) = self.waiting_outcome(&Arc::from(id));
+                drop(running);
+                if !self.queues_run_here() {
+                    // Dispatched to another runtime sharing the journal, perhaps.
+                    let tx = lock(&self.waiting).get(id).cloned();
+                    if let Some(tx) = tx {
+                        self.watch_elsewhere(Arc::from(id), tx);
+                    }
+                }
+                return Ok(rx);
+            }
             if record.status == RecordStatus::Pending
                 && self.resumes.load(Ordering::Acquire) != epoch
             {
@@ -548,6 +600,15 @@ impl Inner {
                 }
             }
         }
+        for w in &ids {
+            self.settle_waiting(
+                w,
+                Arc::new(Err(Error::Cancelled {
+                    workflow_id: w.clone(),
+                    reason,
+                })),
+            );
+        }
         // Their parents, if dormant, find them cancelled.
         for parent in dormant.into_iter().filter_map(|r| r.parent_id) {
             self.dormancy.wake(parent);
@@ -604,6 +665,10 @@ impl Inner {
             };
             if let Some(e) = record.damage() {
                 tracing::warn!("{e}; it stays pending");
+                continue;
+            }
+            if self.is_waiting(&record) {
+                // Queued again: a dispatch runs it.
                 continue;
             }
             let Some(def) = self.registry.get(record.name.as_str()).copied() else {
@@ -668,6 +733,7 @@ pub(super) async fn admit(
             created_at: now_ms(),
             parent_id: parent_id.clone(),
             deadline_at,
+            queued: None,
         })
         .await;
     let run = match created {
@@ -681,6 +747,27 @@ pub(super) async fn admit(
             Err(mismatch(&id, &record.name, name))
         }
         Ok(Created::Existing(record)) => match (record.damage(), record.status) {
+            (None, RecordStatus::Pending) if inner.is_waiting(&record) => {
+                // Waiting in a queue: its handles follow it there.
+                lock(&inner.running).remove(&id);
+                match inner.outcome_of(&id).await {
+                    Ok(mut waiting) => {
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            let outcome = waiting
+                                .wait_for(Option::is_some)
+                                .await
+                                .ok()
+                                .map(|o| o.clone());
+                            if let Some(outcome) = outcome.flatten() {
+                                tx.send_replace(Some(outcome));
+                            }
+                        });
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             (None, RecordStatus::Pending) if record.elsewhere => {
                 // Another runtime sharing the journal runs it: watch for its outcome.
                 lock(&inner.running).remove(&id);
@@ -697,6 +784,14 @@ pub(super) async fn admit(
                 Ok(None)
             }
         },
+        Ok(Created::Duplicate(record)) => Err(Error::Store(StoreError::new(
+            inner.store.path(),
+            StoreErrorKind::Invariant,
+            format!(
+                "a start of workflow {id} was answered as a duplicate of {}",
+                record.id
+            ),
+        ))),
         Err(e) => Err(Error::Store(e)),
     };
     if let Some(reason) = ctx.cancelled()
@@ -846,6 +941,11 @@ pub(super) async fn drive(
         // fixed outside the workflow (code, data, disk), and the next open resumes it.
         Err(e) => {
             tracing::error!(workflow = %id, "{e}; the workflow stays pending in the journal");
+            // A queued workflow frees its slot (held until the next open); a no-op
+            // for any other.
+            if let Err(e) = inner.store.hold(id.clone()).await {
+                tracing::warn!(workflow = %id, "cannot free its queue slot: {e}");
+            }
             None
         }
     };

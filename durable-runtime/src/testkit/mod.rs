@@ -279,6 +279,40 @@ macro_rules! forward_reads {
             self.inner.takeovers(to);
         }
 
+        fn queue_news(
+            &self,
+            to: tokio::sync::mpsc::UnboundedSender<crate::journal::queue::QueueNews>,
+        ) {
+            self.inner.queue_news(to);
+        }
+
+        fn set_queue(&self, set: crate::journal::queue::SetLimits) -> Ack {
+            self.inner.set_queue(set)
+        }
+
+        fn dispatch(&self) -> Ack {
+            self.inner.dispatch()
+        }
+
+        fn hold(&self, id: Arc<str>) -> Ack {
+            self.inner.hold(id)
+        }
+
+        fn queue_stats(
+            &self,
+            queue: &str,
+        ) -> Result<crate::journal::queue::QueueStats, StoreError> {
+            self.inner.queue_stats(queue)
+        }
+
+        fn queued(
+            &self,
+            queue: &str,
+            limit: usize,
+        ) -> Result<Vec<crate::journal::queue::QueuedRow>, StoreError> {
+            self.inner.queued(queue, limit)
+        }
+
         fn steps_after(
             &self,
             workflow_id: &str,

@@ -742,6 +742,39 @@ impl Store for PgStore {
         self.read(async |c, s| check(c, s).await)
     }
 
+    fn queue_news(&self, _to: mpsc::UnboundedSender<super::queue::QueueNews>) {
+        // Nothing is ever queued here yet: `set_queue` refuses every queue.
+    }
+
+    fn set_queue(&self, set: super::queue::SetLimits) -> Ack {
+        refuse(&self.path, no_queues(&self.path, &set.queue))
+    }
+
+    fn dispatch(&self) -> Ack {
+        let (tx, ack) = Ack::channel(&self.path);
+        let _ = tx.send(Ok(()));
+        ack
+    }
+
+    fn hold(&self, _id: Arc<str>) -> Ack {
+        // Nothing is queued here, so nothing holds a slot.
+        let (tx, ack) = Ack::channel(&self.path);
+        let _ = tx.send(Ok(()));
+        ack
+    }
+
+    fn queue_stats(&self, queue: &str) -> Result<super::queue::QueueStats, StoreError> {
+        Err(no_queues(&self.path, queue))
+    }
+
+    fn queued(
+        &self,
+        queue: &str,
+        _limit: usize,
+    ) -> Result<Vec<super::queue::QueuedRow>, StoreError> {
+        Err(no_queues(&self.path, queue))
+    }
+
     fn takeovers(&self, to: mpsc::UnboundedSender<Arc<str>>) {
         let mut takeovers = lock(&self.takeovers);
         if let executor::Takeovers::Held(held) = &mut *takeovers {
@@ -797,6 +830,18 @@ impl Store for PgStore {
 }
 
 /// A write answered at once with `e`.
+/// The error of a queue on this journal, which has none yet.
+fn no_queues(path: &Path, queue: &str) -> StoreError {
+    StoreError::new(
+        path,
+        StoreErrorKind::Invariant,
+        format!(
+            "queue {queue:?}: queues are not available on the PostgreSQL journal in this \
+             version of durable, only on SQLite; open a SQLite journal to use them"
+        ),
+    )
+}
+
 fn refuse<T>(path: &Arc<Path>, e: StoreError) -> Ack<T> {
     let (tx, ack) = Ack::channel(path);
     let _ = tx.send(Err(e));
@@ -917,6 +962,9 @@ pub(super) fn workflow_row(r: &Row, at: usize) -> Result<WorkflowRecord, PgError
     };
     Ok(WorkflowRecord {
         elsewhere: r.try_get::<_, Option<bool>>(at + 11)?.unwrap_or(false),
+        // No queues on this journal yet (see `Store::set_queue`).
+        waiting: false,
+        in_queue: false,
         damaged,
         cancelled,
         deadline_at: r.try_get(at + 9)?,

@@ -295,6 +295,45 @@ pub(crate) const MIGRATIONS: &[&str] = &[
          'CHECK (status = ''pending'' OR status = ''completed'' OR status = ''failed'' OR status = ''cancelled'')')
      WHERE type = 'table' AND name = 'durable_workflows'
        AND instr(sql, 'CHECK (status IN (''pending'', ''completed'', ''failed'', ''cancelled''))') > 0",
+    // Version 10: queues. A queued workflow is a workflow row with its queue's columns
+    // (`queue` was reserved for it since version 1): its state in the queue, priority,
+    // partition, deduplication id, delay and timeout, and when it was first dispatched
+    // (what the rate limit counts). Added at the end of the row and NULL for every
+    // workflow that was not enqueued, so they cost those rows nothing. A running one
+    // holds a slot while its row is pending: the counts are read from the rows, never
+    // kept beside them, so finishing or cancelling a workflow frees its slot in the same
+    // commit. `durable_queues` holds each queue's limits, so that a change made at run
+    // time holds in every process and across restarts.
+    "ALTER TABLE durable_workflows ADD COLUMN queue_state TEXT
+         CHECK (queue_state IS NULL OR queue_state = 'queued' OR queue_state = 'running'
+                OR queue_state = 'held');
+    ALTER TABLE durable_workflows ADD COLUMN priority INTEGER;
+    ALTER TABLE durable_workflows ADD COLUMN partition_key TEXT;
+    ALTER TABLE durable_workflows ADD COLUMN dedup_id TEXT;
+    ALTER TABLE durable_workflows ADD COLUMN not_before INTEGER;
+    ALTER TABLE durable_workflows ADD COLUMN timeout_ms INTEGER;
+    ALTER TABLE durable_workflows ADD COLUMN dispatched_at INTEGER;
+    CREATE INDEX durable_queue_waiting ON durable_workflows (queue, partition_key, priority, run)
+        WHERE queue_state = 'queued' AND status = 'pending';
+    CREATE INDEX durable_queue_running ON durable_workflows (queue, partition_key)
+        WHERE queue_state = 'running' AND status = 'pending';
+    CREATE INDEX durable_queue_held ON durable_workflows (queue)
+        WHERE queue_state = 'held' AND status = 'pending';
+    CREATE INDEX durable_queue_starts ON durable_workflows (queue, dispatched_at)
+        WHERE dispatched_at IS NOT NULL;
+    CREATE UNIQUE INDEX durable_queue_dedup ON durable_workflows (queue, dedup_id)
+        WHERE dedup_id IS NOT NULL AND status = 'pending';
+    CREATE TABLE durable_queues (
+        name                  TEXT PRIMARY KEY,
+        concurrency           INTEGER,
+        per_process           INTEGER,
+        partition_concurrency INTEGER,
+        rate_count            INTEGER,
+        rate_period_ms        INTEGER,
+        paused                INTEGER NOT NULL DEFAULT 0,
+        set_at_run_time       INTEGER NOT NULL DEFAULT 0,
+        updated_at            INTEGER NOT NULL
+    ) STRICT;",
 ];
 
 /// Brings the schema to the newest version, in one transaction.
@@ -372,6 +411,14 @@ fn migrate_in(conn: &mut Connection, path: &Path) -> Result<(), Error> {
     }
     check_schema(&tx, path)?;
     keep_run_numbers_unique(&tx, path)?;
+    // Queued workflows held by the last process (they stopped there without an
+    // outcome) are queued again: this program may be the fix.
+    tx.execute(
+        "UPDATE durable_workflows SET queue_state = 'queued'
+         WHERE queue_state = 'held' AND status = 'pending'",
+        [],
+    )
+    .map_err(err)?;
     tx.commit().map_err(err)
 }
 

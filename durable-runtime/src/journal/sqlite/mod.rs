@@ -55,6 +55,7 @@ mod integrity;
 mod migrate;
 mod open;
 mod ops;
+mod queues;
 mod rows;
 pub(crate) mod view;
 mod waits;
@@ -512,6 +513,35 @@ impl Store for SqliteStore {
         // One runtime holds a SQLite journal: nothing is ever taken over.
     }
 
+    fn queue_news(&self, to: tokio::sync::mpsc::UnboundedSender<super::queue::QueueNews>) {
+        // Answered by nobody: dispatching starts with the batch it lands in.
+        drop(self.write(|tx| Write::QueueNews(to, tx)));
+    }
+
+    fn set_queue(&self, set: super::queue::SetLimits) -> Ack {
+        self.write(|tx| Write::SetQueue(set, crate::util::now_ms(), tx))
+    }
+
+    fn dispatch(&self) -> Ack {
+        self.write(Write::Dispatch)
+    }
+
+    fn hold(&self, id: Arc<str>) -> Ack {
+        self.write(|tx| Write::Hold(id, crate::util::now_ms(), tx))
+    }
+
+    fn queue_stats(&self, queue: &str) -> Result<super::queue::QueueStats, StoreError> {
+        self.read(|c| queues::stats(c, queue))
+    }
+
+    fn queued(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> Result<Vec<super::queue::QueuedRow>, StoreError> {
+        self.read_apart(|c| queues::queued(c, queue, limit))
+    }
+
     fn path(&self) -> &Path {
         &self.path
     }
@@ -646,7 +676,13 @@ impl Store for SqliteStore {
 
     fn pending_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
         // Unbounded, but read once, at the open, before anything writes.
-        self.read(|c| rows::workflow_rows(c, "WHERE status = 'pending'"))
+        // Not those waiting in a queue: a dispatch hands them over.
+        self.read(|c| {
+            rows::workflow_rows(
+                c,
+                "WHERE status = 'pending' AND (queue_state IS NULL OR queue_state = 'running')",
+            )
+        })
     }
 
     fn check(&self) -> Result<Vec<Damage>, StoreError> {
@@ -771,6 +807,7 @@ mod tests {
             created_at: 0,
             parent_id: None,
             deadline_at: None,
+            queued: None,
         });
         assert!(matches!(created.await, Ok(Created::New)));
         (store, id)
@@ -990,6 +1027,7 @@ mod tests {
             created_at: 0,
             parent_id: None,
             deadline_at: None,
+            queued: None,
         });
         assert!(matches!(created.await, Ok(Created::New)));
         let acks: Vec<_> = (0..200).map(|i| store.record_step(step(&id, i))).collect();

@@ -86,9 +86,9 @@ impl SqliteStore {
         verify_pending_index(&writer, path)?;
         verify_message_index(&writer, path)?;
 
-        let core = Arc::new(Mutex::new(Some(
-            Writer::new(writer, codec).map_err(|e| sql_error(path, e))?,
-        )));
+        let mut writer = Writer::new(writer, codec).map_err(|e| sql_error(path, e))?;
+        writer.queues = super::queues::Queues::new(options.workflows.as_deref());
+        let core = Arc::new(Mutex::new(Some(writer)));
         let (tx, rx) = mpsc::channel();
         let writer_path = path.to_owned();
         let stats = Arc::new(WriterStats {

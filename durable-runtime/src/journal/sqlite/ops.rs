@@ -109,9 +109,28 @@ impl Writer {
                 Reply::Unit(reply, self.give_back(path, &key, topic))
             }
             Write::Cancel(id, reason, at, reply) => {
-                Reply::Ids(reply, self.cancel(&id, reason, at).map_err(sql))
+                self.touch_all_queues();
+                let cancelled = self.cancel(&id, reason, at).map_err(sql);
+                if let Ok(ids) = &cancelled {
+                    for id in ids {
+                        self.finished_in_queue(id);
+                    }
+                }
+                Reply::Ids(reply, cancelled)
             }
-            Write::Resume(id, at, reply) => Reply::Ids(reply, self.resume(&id, at).map_err(sql)),
+            Write::Resume(id, at, reply) => {
+                self.touch_all_queues();
+                Reply::Ids(reply, self.resume(&id, at).map_err(sql))
+            }
+            Write::QueueNews(news, reply) => Reply::Unit(reply, self.queue_news(news).map_err(sql)),
+            Write::SetQueue(set, at, reply) => {
+                Reply::Unit(reply, self.set_limits(&set, at).map_err(sql))
+            }
+            Write::Dispatch(reply) => {
+                self.touch_all_queues();
+                Reply::Unit(reply, Ok(()))
+            }
+            Write::Hold(id, at, reply) => Reply::Unit(reply, self.hold(&id, at).map_err(sql)),
             Write::Transaction(_, reply) => Reply::Unit(
                 reply,
                 Err(StoreError::new(
@@ -264,7 +283,8 @@ impl Writer {
             "
              UPDATE durable_workflows
              SET status = 'pending', output = NULL, output_crc32 = NULL, error_kind = NULL,
-                 error = NULL, deadline_at = NULL, updated_at = ?2
+                 error = NULL, deadline_at = NULL, updated_at = ?2,
+                 queue_state = CASE WHEN queue_state IS NULL THEN NULL ELSE 'queued' END
              WHERE id IN tree AND (status = 'cancelled' OR (id = ?1 AND status = 'failed'))
              RETURNING id, run"
         ))?;
@@ -416,6 +436,9 @@ impl Writer {
     }
 
     pub(super) fn create(&mut self, w: &NewWorkflow) -> rusqlite::Result<Created> {
+        if let Some(q) = &w.queued {
+            return self.enqueue(w, q);
+        }
         let inserted = self.conn.prepare_cached(SQL_CREATE)?.execute(params![
             &*w.id,
             w.name,
@@ -523,6 +546,9 @@ impl Writer {
             f.at,
             crc
         ])?;
+        if updated == 1 {
+            self.finished_in_queue(&f.id);
+        }
         Ok(updated == 1)
     }
 }

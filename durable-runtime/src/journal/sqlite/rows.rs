@@ -18,7 +18,7 @@ use crate::path::StepPath;
 
 /// The columns [`workflow_row`] reads, in its order.
 pub(super) const WORKFLOW_COLUMNS: &str = "id, name, status, input, output, error_kind, error, input_crc32, \
-     output_crc32, deadline_at, parent_id";
+     output_crc32, deadline_at, parent_id, queue_state";
 
 /// Why a damaged value cannot be used.
 pub(super) use crate::journal::DAMAGED;
@@ -100,8 +100,11 @@ pub(super) fn workflow_row(r: &Row<'_>) -> rusqlite::Result<rusqlite::Result<Wor
     } else {
         None
     };
+    let queue_state: Option<String> = r.get(11)?;
     Ok(Ok(WorkflowRecord {
         elsewhere: false,
+        in_queue: queue_state.is_some(),
+        waiting: queue_state.is_some_and(|s| s != crate::journal::queue::RUNNING),
         damaged,
         cancelled,
         deadline_at: r.get(9)?,
@@ -164,7 +167,7 @@ pub(super) fn own_row(id: &str, record: WorkflowRecord) -> rusqlite::Result<Work
 }
 
 /// How many columns [`WORKFLOW_COLUMNS`] names: a query's extra columns start here.
-pub(super) const WORKFLOW_COLUMN_COUNT: usize = 11;
+pub(super) const WORKFLOW_COLUMN_COUNT: usize = 12;
 
 /// Whether a workflow row's input and output (if it has one) match their checksums.
 /// `r` is the row `w` was read from by [`workflow_row`]. Unlike `w.damaged`, which names

@@ -18,6 +18,7 @@ use super::sql_error;
 use super::waits::{Parked, Sweeps, Token};
 use crate::codec::Codec;
 use crate::error::{CancelReason, StoreError};
+use crate::journal::queue::{QueueNews, SetLimits};
 use crate::journal::{
     Created, Dormant, Finish, NewMessage, NewWorkflow, Replier, StepKey, StepRecord, TxStep, Wait,
     WaitFor, WaitRecord, Wakes,
@@ -62,6 +63,12 @@ pub(super) enum Write {
     Transaction(TxStep, Replier<()>),
     /// Never batched: it looks at what earlier batches parked.
     Dormant(Dormant, Replier<bool>),
+    /// Start dispatching queues to the runtime.
+    QueueNews(tokio::sync::mpsc::UnboundedSender<QueueNews>, Replier<()>),
+    SetQueue(SetLimits, i64, Replier<()>),
+    /// Dispatch every queue.
+    Dispatch(Replier<()>),
+    Hold(Arc<str>, i64, Replier<()>),
 }
 
 impl Command {
@@ -99,6 +106,10 @@ impl Command {
             Command::Write(w) => match &**w {
                 Write::Wait(..) | Write::Expire(..) | Write::Started(..) | Write::Patch(..) => 0,
                 Write::GiveBack(..) => 0,
+                Write::QueueNews(..)
+                | Write::SetQueue(..)
+                | Write::Dispatch(_)
+                | Write::Hold(..) => 0,
                 Write::Send(m, _) => m.payload.len(),
                 Write::Cancel(..)
                 | Write::Resume(..)
@@ -376,6 +387,8 @@ pub(super) struct Writer {
     pub(super) codec: Codec,
     /// Whether the WAL has grown past [`CHECKPOINT_PAGES`] since the last checkpoint.
     pub(super) checkpoint_due: bool,
+    /// What dispatching queued workflows keeps (see `queues`).
+    pub(super) queues: super::queues::Queues,
 }
 
 impl std::fmt::Debug for Writer {
@@ -419,6 +432,7 @@ impl Writer {
             touched: Vec::new(),
             park_sweeps: Sweeps::new(),
             checkpoint_due: false,
+            queues: super::queues::Queues::default(),
         })
     }
 
@@ -494,11 +508,15 @@ impl Writer {
         let (mut replies, aborted) = self.apply_batch(path, batch);
         if aborted.is_none() {
             self.answer_parked(path, &mut replies);
+            // Last: a slot freed or a workflow queued in this batch is taken in its
+            // commit.
+            self.dispatch_touched();
         }
         if stats.halted() {
             // A simulated crash before this batch committed: none of it is written,
             // and nobody hears back.
             let _ = self.run(SQL_ROLLBACK);
+            self.dispatches_failed();
             batch.clear();
             return Answers::default();
         }
@@ -508,8 +526,10 @@ impl Writer {
             stats.commits.fetch_add(1, Ordering::Relaxed);
             self.note_commit();
             self.dormant_rows_committed();
+            self.dispatches_committed();
         } else {
             self.touched.clear();
+            self.dispatches_failed();
         }
         let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         stats.last_commit_ns.store(took, Ordering::Relaxed);
@@ -716,6 +736,10 @@ pub(super) fn fail(c: Command, e: StoreError) {
             Write::Wait(_, s) | Write::Expire(_, s) => drop(s.send(Err(e))),
             Write::Cancel(.., s) | Write::Resume(.., s) => drop(s.send(Err(e))),
             Write::Dormant(_, s) => drop(s.send(Err(e))),
+            Write::QueueNews(_, s)
+            | Write::SetQueue(_, _, s)
+            | Write::Dispatch(s)
+            | Write::Hold(_, _, s) => drop(s.send(Err(e))),
             Write::Started(.., s)
             | Write::Send(_, s)
             | Write::Patch(.., s)

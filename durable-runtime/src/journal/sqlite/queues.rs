@@ -1,0 +1,585 @@
+//! Queues on SQLite: enqueueing, the dispatch that runs at the end of a batch that
+//! freed a slot or queued a workflow, limits, and the reads of a queue's state. See
+//! [`crate::journal::queue`] for the model.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::rows;
+use super::writer::Writer;
+use crate::journal::crc::{keyed_crc32, workflow_key};
+use crate::journal::queue::{
+    Dispatched, Enqueued, Head, Limits, QueueNews, QueueStats, QueuedRow, Rate, SetLimits,
+    free_slots, pick,
+};
+use crate::journal::{Created, NewWorkflow};
+
+/// The executor name recorded for workflows this process starts.
+const EXECUTOR: &str = "local";
+
+/// What the writer keeps for dispatching.
+#[derive(Debug, Default)]
+pub(super) struct Queues {
+    /// Where dispatches go; `None` until the runtime asks (nothing is dispatched
+    /// before).
+    news: Option<tokio::sync::mpsc::UnboundedSender<QueueNews>>,
+    /// The queues the batch being written touched (an enqueue, a finish of one of
+    /// their workflows), to dispatch before it commits.
+    touched: BTreeSet<Arc<str>>,
+    /// Whether every queue is to be dispatched before the batch commits.
+    all: bool,
+    /// What the batch dispatched, sent once it commits.
+    dispatched: Vec<Dispatched>,
+    /// The earliest time a dispatch found something becomes dispatchable.
+    due: Option<i64>,
+    /// The workflows this program has, as a JSON array (`None`: any).
+    workflows: Option<String>,
+    /// The dispatched workflows that hold slots, with their queues: one process holds
+    /// the journal, so every one was dispatched by this writer or was running at the
+    /// open. A finish looks here rather than read the row back (a `RETURNING` would
+    /// cost every finish a temporary table).
+    running: std::collections::HashMap<Arc<str>, Arc<str>>,
+    /// The queues of what the batch dispatched, added to `running` once it commits.
+    dispatched_from: std::collections::HashMap<String, Arc<str>>,
+}
+
+impl Queues {
+    /// Dispatching for a program that has `workflows` (`None`: any).
+    pub(super) fn new(workflows: Option<&[&'static str]>) -> Self {
+        Queues {
+            workflows: workflows.map(serde_json_array),
+            ..Queues::default()
+        }
+    }
+}
+
+/// `names` as a JSON array of strings (for `json_each`).
+fn serde_json_array(names: &[&str]) -> String {
+    let mut out = String::from("[");
+    for (i, name) in names.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        for c in name.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out.push(']');
+    out
+}
+
+const SQL_ENQUEUE: &str = "INSERT INTO durable_workflows
+         (id, name, status, input, executor, app_version, created_at, updated_at,
+          input_crc32, parent_id, deadline_at, queue, queue_state, priority, partition_key,
+          dedup_id, not_before, timeout_ms)
+     VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, 'queued', ?11, ?12, ?13,
+             ?14, ?15)
+     ON CONFLICT DO NOTHING";
+
+/// The conditions of a workflow waiting in queue `?1`, for `concat!`.
+macro_rules! waiting_in_first_parameter {
+    () => {
+        "queue = ?1 AND queue_state = 'queued' AND status = 'pending'"
+    };
+}
+
+const SQL_LIMITS: &str = "SELECT concurrency, per_process, partition_concurrency, rate_count,
+         rate_period_ms, paused, set_at_run_time
+     FROM durable_queues WHERE name = ?1";
+const SQL_RUNNING: &str = "SELECT count(*) FROM durable_workflows
+     WHERE queue = ?1 AND queue_state = 'running' AND status = 'pending'";
+const SQL_RUNNING_IN: &str = "SELECT count(*) FROM durable_workflows
+     WHERE queue = ?1 AND partition_key = ?2 AND queue_state = 'running' AND status = 'pending'";
+const SQL_IN_WINDOW: &str = "SELECT count(*), min(dispatched_at) FROM durable_workflows
+     WHERE queue = ?1 AND dispatched_at > ?2";
+const SQL_PARTITIONS: &str = concat!(
+    "WITH RECURSIVE parts(p) AS (
+         SELECT (SELECT min(partition_key) FROM durable_workflows WHERE ",
+    waiting_in_first_parameter!(),
+    ")
+         UNION ALL
+         SELECT (SELECT min(partition_key) FROM durable_workflows WHERE ",
+    waiting_in_first_parameter!(),
+    " AND partition_key > parts.p)
+         FROM parts WHERE parts.p IS NOT NULL
+     ) SELECT p FROM parts WHERE p IS NOT NULL"
+);
+const SQL_HEAD: &str = concat!(
+    "SELECT run, priority FROM durable_workflows WHERE ",
+    waiting_in_first_parameter!(),
+    " AND partition_key = ?2 AND (not_before IS NULL OR not_before <= ?3)
+       AND (?4 IS NULL OR name IN (SELECT value FROM json_each(?4)))
+     ORDER BY priority, run LIMIT 1"
+);
+const SQL_NEXT_DUE: &str = concat!(
+    "SELECT min(not_before) FROM durable_workflows WHERE ",
+    waiting_in_first_parameter!(),
+    " AND not_before > ?2"
+);
+const SQL_DISPATCH: &str = "UPDATE durable_workflows
+     SET queue_state = 'running', dispatched_at = coalesce(dispatched_at, ?2), updated_at = ?2,
+         deadline_at = CASE WHEN timeout_ms IS NULL THEN deadline_at
+                            WHEN deadline_at IS NULL THEN ?2 + timeout_ms
+                            ELSE min(deadline_at, ?2 + timeout_ms) END
+     WHERE run = ?1 AND queue_state = 'queued' AND status = 'pending'";
+
+impl Writer {
+    /// Inserts a queued workflow, unless a workflow with its id exists (answered as
+    /// [`Created::Existing`]) or one of its queue with its deduplication id is queued
+    /// or running ([`Created::Duplicate`]).
+    pub(super) fn enqueue(&mut self, w: &NewWorkflow, q: &Enqueued) -> rusqlite::Result<Created> {
+        let inserted = self.conn.prepare_cached(SQL_ENQUEUE)?.execute(params![
+            &*w.id,
+            w.name,
+            w.input,
+            EXECUTOR,
+            w.app_version.as_deref(),
+            w.created_at,
+            keyed_crc32(&workflow_key(&w.id), &w.input),
+            w.parent_id.as_deref(),
+            w.deadline_at,
+            &*q.queue,
+            q.priority,
+            q.partition,
+            q.dedup,
+            q.not_before,
+            q.timeout_ms,
+        ])?;
+        if inserted == 1 {
+            self.queues.touched.insert(q.queue.clone());
+            return Ok(Created::New);
+        }
+        if let Some(existing) = rows::workflow(&self.conn, &w.id)? {
+            return Ok(Created::Existing(Box::new(existing)));
+        }
+        let Some(dedup) = &q.dedup else {
+            return Err(rusqlite::Error::QueryReturnedNoRows);
+        };
+        let id: String = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM durable_workflows
+                 WHERE queue = ?1 AND dedup_id = ?2 AND status = 'pending'",
+            )?
+            .query_row(params![&*q.queue, dedup], |r| r.get(0))?;
+        let existing =
+            rows::workflow(&self.conn, &id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+        Ok(Created::Duplicate(Box::new(existing)))
+    }
+
+    /// Notes that a workflow of `queue` freed its slot in this batch: the queue is
+    /// dispatched before it commits.
+    pub(super) fn freed(&mut self, queue: Option<String>) {
+        if let Some(q) = queue {
+            self.queues.touched.insert(Arc::from(q));
+        }
+    }
+
+    /// Workflow `id` finished: if it held a slot, the slot is free in this batch.
+    pub(super) fn finished_in_queue(&mut self, id: &str) {
+        if let Some(queue) = self.queues.running.remove(id) {
+            self.queues.touched.insert(queue);
+        }
+    }
+
+    /// Every queue is dispatched before the batch commits (after a write that may have
+    /// changed many: a cancel, a resume).
+    pub(super) fn touch_all_queues(&mut self) {
+        self.queues.all = true;
+    }
+
+    /// Starts dispatching to `news` (every queue, in this batch), knowing which
+    /// workflows hold slots now.
+    pub(super) fn queue_news(
+        &mut self,
+        news: tokio::sync::mpsc::UnboundedSender<QueueNews>,
+    ) -> rusqlite::Result<()> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, queue FROM durable_workflows
+             WHERE queue_state = 'running' AND status = 'pending'",
+        )?;
+        let running = stmt
+            .query_map([], |r| {
+                Ok((
+                    Arc::from(r.get::<_, String>(0)?),
+                    Arc::from(r.get::<_, String>(1)?),
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        drop(stmt);
+        self.queues.running = running;
+        self.queues.news = Some(news);
+        self.queues.all = true;
+        Ok(())
+    }
+
+    /// Writes a queue's limits; it is dispatched in this batch.
+    pub(super) fn set_limits(&mut self, set: &SetLimits, at: i64) -> rusqlite::Result<()> {
+        let l = &set.limits;
+        let sql = if set.at_run_time {
+            "INSERT INTO durable_queues (name, concurrency, per_process, partition_concurrency,
+                 rate_count, rate_period_ms, paused, set_at_run_time, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8)
+             ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency,
+                 per_process = excluded.per_process,
+                 partition_concurrency = excluded.partition_concurrency,
+                 rate_count = excluded.rate_count, rate_period_ms = excluded.rate_period_ms,
+                 paused = excluded.paused, set_at_run_time = 1, updated_at = excluded.updated_at"
+        } else if set.reset {
+            "INSERT INTO durable_queues (name, concurrency, per_process, partition_concurrency,
+                 rate_count, rate_period_ms, paused, set_at_run_time, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)
+             ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency,
+                 per_process = excluded.per_process,
+                 partition_concurrency = excluded.partition_concurrency,
+                 rate_count = excluded.rate_count, rate_period_ms = excluded.rate_period_ms,
+                 paused = excluded.paused, set_at_run_time = 0, updated_at = excluded.updated_at"
+        } else {
+            // Declared in code: written unless limits set at run time hold.
+            "INSERT INTO durable_queues (name, concurrency, per_process, partition_concurrency,
+                 rate_count, rate_period_ms, paused, set_at_run_time, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)
+             ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency,
+                 per_process = excluded.per_process,
+                 partition_concurrency = excluded.partition_concurrency,
+                 rate_count = excluded.rate_count, rate_period_ms = excluded.rate_period_ms,
+                 paused = excluded.paused, updated_at = excluded.updated_at
+             WHERE durable_queues.set_at_run_time = 0"
+        };
+        self.conn.prepare_cached(sql)?.execute(params![
+            &*set.queue,
+            l.concurrency,
+            l.per_process,
+            l.partition_concurrency,
+            l.rate.map(|r| r.count),
+            l.rate.map(|r| r.period_ms),
+            l.paused,
+            at,
+        ])?;
+        self.queues.touched.insert(set.queue.clone());
+        Ok(())
+    }
+
+    /// A dispatched workflow that stopped here without an outcome frees its slot.
+    pub(super) fn hold(&mut self, id: &str, at: i64) -> rusqlite::Result<()> {
+        let queue: Option<String> = self
+            .conn
+            .prepare_cached(
+                "UPDATE durable_workflows SET queue_state = 'held', updated_at = ?2
+                 WHERE id = ?1 AND queue_state = 'running' AND status = 'pending'
+                 RETURNING queue",
+            )?
+            .query_row(params![id, at], |r| r.get(0))
+            .optional()?;
+        self.queues.running.remove(id);
+        self.freed(queue);
+        Ok(())
+    }
+
+    /// Dispatches the queues the batch touched (all of them, after a write that may
+    /// have changed many), inside the batch's transaction: what it dispatches commits
+    /// with the batch, and is sent once it has (see [`Writer::dispatches_committed`]).
+    /// A dispatch that fails is undone alone and logged: the batch's own writes still
+    /// commit, and the next write to the queue (or the safety poll) dispatches again.
+    pub(super) fn dispatch_touched(&mut self) {
+        if self.queues.news.is_none() || (self.queues.touched.is_empty() && !self.queues.all) {
+            return;
+        }
+        let names: Vec<Arc<str>> = if std::mem::take(&mut self.queues.all) {
+            self.queues.touched.clear();
+            match self.all_queues() {
+                Ok(names) => names,
+                Err(e) => {
+                    tracing::warn!("cannot list the journal's queues to dispatch them: {e}");
+                    return;
+                }
+            }
+        } else {
+            std::mem::take(&mut self.queues.touched)
+                .into_iter()
+                .collect()
+        };
+        let now = crate::util::now_ms();
+        for name in names {
+            let savepoint = self.conn.execute_batch("SAVEPOINT dispatch");
+            let before = self.queues.dispatched.len();
+            let done = savepoint.and_then(|()| self.dispatch_queue(&name, now));
+            let ended = match &done {
+                Ok(()) => self.conn.execute_batch("RELEASE dispatch"),
+                Err(_) => self
+                    .conn
+                    .execute_batch("ROLLBACK TO dispatch; RELEASE dispatch"),
+            };
+            if let Err(e) = done.and(ended) {
+                self.queues.dispatched.truncate(before);
+                tracing::warn!(queue = %name, "cannot dispatch the queue: {e}; it is dispatched again at its next write");
+            }
+        }
+    }
+
+    /// Every queue the journal has limits for.
+    fn all_queues(&self) -> rusqlite::Result<Vec<Arc<str>>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name FROM durable_queues ORDER BY name")?;
+        let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        names.map(|n| n.map(Arc::from)).collect()
+    }
+
+    /// Dispatches what queue `name`'s limits allow now.
+    fn dispatch_queue(&mut self, name: &str, now: i64) -> rusqlite::Result<()> {
+        let Some((limits, _)) = limits(&self.conn, name)? else {
+            // No limits yet: nothing is dispatched from a queue no program declared.
+            return Ok(());
+        };
+        let running: u64 = self
+            .conn
+            .prepare_cached(SQL_RUNNING)?
+            .query_row([name], |r| r.get(0))?;
+        let mut in_window = 0;
+        let mut window_opens = None;
+        if let Some(rate) = limits.rate {
+            let (count, oldest): (u64, Option<i64>) = self
+                .conn
+                .prepare_cached(SQL_IN_WINDOW)?
+                .query_row(params![name, now - rate.period_ms], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+            in_window = count;
+            window_opens = oldest.map(|t| t + rate.period_ms);
+        }
+        // One process holds a SQLite journal: its running workflows are all this one's.
+        let free = free_slots(&limits, running, running, in_window);
+        if free == 0 {
+            if limits.rate.is_some_and(|r| in_window >= u64::from(r.count)) {
+                self.due_at(window_opens);
+            }
+            return Ok(());
+        }
+        let partitions: Vec<String> = self
+            .conn
+            .prepare_cached(SQL_PARTITIONS)?
+            .query_map([name], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut heads = Vec::with_capacity(partitions.len());
+        for partition in partitions {
+            let running_in: u64 = self
+                .conn
+                .prepare_cached(SQL_RUNNING_IN)?
+                .query_row(params![name, partition], |r| r.get(0))?;
+            if let Some((run, priority)) = self.head(name, &partition, now)? {
+                heads.push((
+                    Head {
+                        partition,
+                        priority,
+                        order: run,
+                        running: running_in,
+                    },
+                    run,
+                ));
+            }
+        }
+        let mut picked = 0;
+        let mut rated = 0;
+        while picked < free {
+            let view: Vec<Head> = heads.iter().map(|(h, _)| h.clone()).collect();
+            let Some(i) = pick(&view, limits.partition_concurrency) else {
+                break;
+            };
+            let run = heads[i].1;
+            if let Some(d) = self.dispatch_run(run, now)? {
+                rated += u64::from(d.fresh);
+                self.queues
+                    .dispatched_from
+                    .insert(d.record.id.clone(), Arc::from(name));
+                self.queues.dispatched.push(d);
+                picked += 1;
+                heads[i].0.running += 1;
+            }
+            match self.head(name, &heads[i].0.partition, now)? {
+                Some((next, priority)) => {
+                    heads[i].0.order = next;
+                    heads[i].0.priority = priority;
+                    heads[i].1 = next;
+                }
+                None => {
+                    heads.swap_remove(i);
+                }
+            }
+        }
+        if picked < free {
+            // Free slots left: what waits is delayed (or of workflows this program
+            // does not have). Come back when the first delay ends.
+            let next: Option<i64> = self
+                .conn
+                .prepare_cached(SQL_NEXT_DUE)?
+                .query_row(params![name, now], |r| r.get(0))?;
+            self.due_at(next);
+        } else if let Some(rate) = limits.rate
+            && in_window + rated >= u64::from(rate.count)
+        {
+            self.due_at(window_opens.or(Some(now + rate.period_ms)));
+        }
+        Ok(())
+    }
+
+    /// The next workflow of `partition` a dispatch of `queue` may take at `now`: its
+    /// run number and priority.
+    fn head(&self, queue: &str, partition: &str, now: i64) -> rusqlite::Result<Option<(i64, i32)>> {
+        self.conn
+            .prepare_cached(SQL_HEAD)?
+            .query_row(params![queue, partition, now, self.queues.workflows], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+    }
+
+    /// Marks run `run` dispatched, and reads it back for the runtime.
+    fn dispatch_run(&self, run: i64, now: i64) -> rusqlite::Result<Option<Dispatched>> {
+        let fresh: Option<bool> = self
+            .conn
+            .prepare_cached("SELECT dispatched_at IS NULL FROM durable_workflows WHERE run = ?1")?
+            .query_row([run], |r| r.get(0))
+            .optional()?;
+        let Some(fresh) = fresh else {
+            return Ok(None);
+        };
+        if self
+            .conn
+            .prepare_cached(SQL_DISPATCH)?
+            .execute(params![run, now])?
+            == 0
+        {
+            return Ok(None);
+        }
+        let mut records =
+            rows::select_workflows(&self.conn, "", "WHERE run = ?1", [run], |_, w| Ok(w))?;
+        Ok(records.pop().map(|record| Dispatched { record, fresh }))
+    }
+
+    fn due_at(&mut self, at: Option<i64>) {
+        if let Some(at) = at {
+            self.queues.due = Some(self.queues.due.map_or(at, |d| d.min(at)));
+        }
+    }
+
+    /// The batch committed: sends what it dispatched.
+    pub(super) fn dispatches_committed(&mut self) {
+        let dispatched = std::mem::take(&mut self.queues.dispatched);
+        let due = self.queues.due.take();
+        let Some(news) = &self.queues.news else {
+            return;
+        };
+        if !dispatched.is_empty() {
+            for d in &dispatched {
+                // The queue is the one it was dispatched from (the records carry no
+                // queue name): kept beside the run.
+                if let Some(q) = self.queues.dispatched_from.remove(d.record.id.as_str()) {
+                    self.queues
+                        .running
+                        .insert(Arc::from(d.record.id.as_str()), q);
+                }
+            }
+            let _ = news.send(QueueNews::Dispatched(dispatched));
+        }
+        if let Some(at) = due {
+            let _ = news.send(QueueNews::DueAt(at));
+        }
+    }
+
+    /// The batch failed: what it dispatched did not happen.
+    pub(super) fn dispatches_failed(&mut self) {
+        self.queues.dispatched.clear();
+        self.queues.dispatched_from.clear();
+        self.queues.due = None;
+        self.queues.touched.clear();
+        // The queues it touched are dispatched again by the next batch.
+        self.queues.all = true;
+    }
+}
+
+/// Queue `name`'s limits, and whether they were set at run time.
+fn limits(c: &Connection, name: &str) -> rusqlite::Result<Option<(Limits, bool)>> {
+    c.prepare_cached(SQL_LIMITS)?
+        .query_row([name], |r| {
+            let count: Option<u32> = r.get(3)?;
+            let period: Option<i64> = r.get(4)?;
+            Ok((
+                Limits {
+                    concurrency: r.get(0)?,
+                    per_process: r.get(1)?,
+                    partition_concurrency: r.get(2)?,
+                    rate: count
+                        .zip(period)
+                        .map(|(count, period_ms)| Rate { count, period_ms }),
+                    paused: r.get(5)?,
+                },
+                r.get(6)?,
+            ))
+        })
+        .optional()
+}
+
+/// Queue `name`'s counts and limits.
+pub(super) fn stats(c: &Connection, name: &str) -> rusqlite::Result<QueueStats> {
+    let count = |state: &str| -> rusqlite::Result<u64> {
+        c.prepare_cached(
+            "SELECT count(*) FROM durable_workflows
+             WHERE queue = ?1 AND queue_state = ?2 AND status = 'pending'",
+        )?
+        .query_row(params![name, state], |r| r.get(0))
+    };
+    let limits = limits(c, name)?;
+    Ok(QueueStats {
+        queued: count(crate::journal::queue::QUEUED)?,
+        running: count(crate::journal::queue::RUNNING)?,
+        held: count(crate::journal::queue::HELD)?,
+        set_at_run_time: limits.is_some_and(|(_, r)| r),
+        limits: limits.map(|(l, _)| l),
+    })
+}
+
+/// The workflows waiting in queue `name`, by priority then arrival, at most `limit`.
+pub(super) fn queued(c: &Connection, name: &str, limit: usize) -> rusqlite::Result<Vec<QueuedRow>> {
+    let mut stmt = c.prepare_cached(concat!(
+        "SELECT id, name, priority, partition_key, created_at, not_before
+         FROM durable_workflows WHERE ",
+        waiting_in_first_parameter!(),
+        " ORDER BY priority, run LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(
+        params![name, i64::try_from(limit).unwrap_or(i64::MAX)],
+        |r| {
+            Ok(QueuedRow {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                priority: r.get(2)?,
+                partition: r.get(3)?,
+                enqueued_at: r.get(4)?,
+                not_before: r.get(5)?,
+            })
+        },
+    )?;
+    rows.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_become_a_json_array() {
+        assert_eq!(
+            super::serde_json_array(&["a", "b\"c", "d\\e"]),
+            r#"["a","b\"c","d\\e"]"#
+        );
+        assert_eq!(super::serde_json_array(&[]), "[]");
+    }
+}

@@ -1,0 +1,534 @@
+//! Queues on the SQLite journal: limits hold, order holds, partitions are served
+//! fairly, deduplication refuses or joins, limits change at run time and hold after a
+//! restart, a crash leaks no slot, and a run that cannot go on frees its slot.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use durable_runtime::{
+    Enqueue, Error, OnDuplicate, Queue, Runtime, WorkflowHandle, step, workflow,
+};
+
+/// What each test's workflows did, by the test's key: how many run now, the most that
+/// ran at once, and the order they started in.
+#[derive(Default, Debug, Clone)]
+struct Seen {
+    now: u32,
+    max: u32,
+    started: Vec<String>,
+    ended: u32,
+}
+
+static SEEN: Mutex<Option<HashMap<String, Seen>>> = Mutex::new(None);
+
+fn seen(key: &str) -> Seen {
+    SEEN.lock()
+        .expect("ok")
+        .get_or_insert_with(HashMap::new)
+        .get(key)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn with_seen<T>(key: &str, f: impl FnOnce(&mut Seen) -> T) -> T {
+    let mut all = SEEN.lock().expect("ok");
+    f(all
+        .get_or_insert_with(HashMap::new)
+        .entry(key.to_owned())
+        .or_default())
+}
+
+/// Runs for `ms`, counting itself as running meanwhile.
+#[step]
+async fn work(key: String, item: String, ms: u64) -> String {
+    with_seen(&key, |s| {
+        s.now += 1;
+        s.max = s.max.max(s.now);
+        s.started.push(item.clone());
+    });
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    with_seen(&key, |s| {
+        s.now -= 1;
+        s.ended += 1;
+    });
+    item
+}
+
+#[workflow]
+async fn job(key: String, item: String, ms: u64) -> String {
+    work(key, item, ms).await
+}
+
+async fn open(path: &std::path::Path, queues: &[&Queue]) -> Runtime {
+    let mut b = Runtime::builder(path);
+    for q in queues {
+        b = b.queue((*q).clone());
+    }
+    b.open().await.expect("open")
+}
+
+async fn all_done(handles: Vec<WorkflowHandle<String>>) -> Vec<String> {
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.result().await.expect("result"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_queue_never_runs_more_than_its_concurrency() {
+    let dir = tempfile::tempdir().expect("ok");
+    let q = Queue::new("c3").concurrency(3);
+    let rt = open(&dir.path().join("j.db"), &[&q]).await;
+    let mut handles = Vec::new();
+    for i in 0..40 {
+        handles.push(
+            rt.enqueue(&q, job("c3".into(), i.to_string(), 3))
+                .await
+                .expect("ok"),
+        );
+    }
+    let out = all_done(handles).await;
+    assert_eq!(out.len(), 40);
+    let s = seen("c3");
+    assert_eq!(s.max, 3, "{s:?}");
+    assert_eq!(s.ended, 40);
+    let info = rt.queue("c3").expect("ok").info().await.expect("ok");
+    assert_eq!((info.queued, info.running, info.held), (0, 0, 0));
+    rt.close().await.expect("ok");
+}
+
+#[tokio::test]
+async fn priority_runs_lower_numbers_first_then_in_order_of_arrival() {
+    let dir = tempfile::tempdir().expect("ok");
+    let q = Queue::new("prio").concurrency(1);
+    let rt = open(&dir.path().join("j.db"), &[&q]).await;
+    rt.queue("prio").expect("ok").pause().await.expect("ok");
+    let items = [(5, "a"), (0, "b"), (5, "c"), (-3, "d"), (0, "e"), (1, "f")];
+    let mut handles = Vec::new();
+    for (p, item) in items {
+        let call = job("prio".into(), item.into(), 1);
+        handles.push(
+            rt.enqueue_with(&q, call, Enqueue::new().priority(p))
+                .await
+                .expect("ok"),
+        );
+    }
+    let listed: Vec<String> = rt
+        .queue("prio")
+        .expect("ok")
+        .list(100)
+        .await
+        .expect("ok")
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
+    assert_eq!(listed.len(), 6);
+    assert_eq!(seen("prio").started.len(), 0, "paused: nothing starts");
+    rt.queue("prio").expect("ok").unpause().await.expect("ok");
+    all_done(handles).await;
+    assert_eq!(seen("prio").started, ["d", "b", "e", "f", "a", "c"]);
+    rt.close().await.expect("ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_small_partition_does_not_wait_behind_a_big_ones_backlog() {
+    let dir = tempfile::tempdir().expect("ok");
+    let q = Queue::new("fair").concurrency(2);
+    let rt = open(&dir.path().join("j.db"), &[&q]).await;
+    rt.queue("fair").expect("ok").pause().await.expect("ok");
+    let mut handles = Vec::new();
+    for i in 0..1000 {
+        let call = job("fair".into(), format!("big-{i}"), 0);
+        handles.push(
+            rt.enqueue_with(&q, call, Enqueue::new().partition("big"))
+                .await
+                .expect("ok"),
+        );
+    }
+    for i in 0..10 {
+        let call = job("fair".into(), format!("small-{i}"), 0);
+        handles.push(
+            rt.enqueue_with(&q, call, Enqueue::new().partition("small"))
+                .await
+                .expect("ok"),
+        );
+    }
+    rt.queue("fair").expect("ok").unpause().await.expect("ok");
+    all_done(handles).await;
+    let started = seen("fair").started;
+    let last_small = started
+        .iter()
+        .rposition(|s| s.starts_with("small"))
+        .expect("ok");
+    // Served in turn: the ten small ones go among the first thirty or so, not after
+    // the thousand big ones.
+    assert!(
+        last_small < 40,
+        "the last small one started {last_small}th: {started:?}"
+    );
+    assert_eq!(started.len(), 1010);
+    rt.close().await.expect("ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partition_concurrency_holds_per_partition() {
+    let dir = tempfile::tempdir().expect("ok");
+    let q = Queue::new("per-part")
+        .concurrency(6)
+        .partition_concurrency(1);
+    let rt = open(&dir.path().join("j.db"), &[&q]).await;
+    let mut handles = Vec::new();
+    for i in 0..30 {
+        let part = format!("p{}", i % 3);
+        let call = job(format!("per-part-{part}"), i.to_string(), 2);
+        handles.push(
+            rt.enqueue_with(&q, call, Enqueue::new().partition(part))
+                .await
+                .expect("ok"),
+        );
+    }
+    all_done(handles).await;
+    for p in 0..3 {
+        let s = seen(&format!("per-part-p{p}"));
+        assert_eq!((s.max, s.ended), (1, 10), "partition p{p}: {s:?}");
+    }
+    rt.close().await.expect("ok");
+}
+
+#[tokio::test]
+async fn a_deduplication_id_refuses_or_joins_while_its_holder_is_pending() {
+    let dir = tempfile::tempdir().expect("ok");
+    let q = Queue::new("dedup").concurrency(1);
+    let rt = open(&dir.path().join("j.db"), &[&q]).await;
+    rt.queue("dedup").expect("ok").pause().await.expect("ok");
+    let first = rt
+        .enqueue_with(
+            &q,
+            job("dedup".into(), "first".into(), 0),
+            Enqueue::new().dedup("k", OnDuplicate::Refuse),
+        )
+        .await
+        .expect("ok");
+    let refused = rt
+        .enqueue_with(
+            &q,
+            job("dedup".into(), "second".into(), 0),
+            Enqueue::new().dedup("k", OnDuplicate::Refuse),
+        )
+        .await
+        .expect_err("the id is taken");
+    match &refused {
+        Error::Duplicate {
+            queue,
+            dedup_id,
+            existing,
+        } => {
+            assert_eq!((queue.as_str(), dedup_id.as_str()), ("dedup", "k"));
+            assert_eq!(existing, first.id());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        refused.to_string().contains("OnDuplicate::Join"),
+        "{refused}"
+    );
+    let joined = rt
+        .enqueue_with(
+            &q,
+            job("dedup".into(), "third".into(), 0),
+            Enqueue::new().dedup("k", OnDuplicate::Join),
+        )
+        .await
+        .expect("ok");
+    assert_eq!(joined.id(), first.id());
+    assert_eq!(
+        rt.queue("dedup")
+            .expect("ok")
+            .info()
+            .await
+            .expect("ok")
+            .queued,
+        1
+    );
+    rt.queue("dedup").expect("ok").unpause().await.expect("ok");
+    assert_eq!(joined.result().await.expect("ok"), "first");
+    // Finished: the id is free again.
+    let again = rt
+        .enqueue_with(
+            &q,
+            job("dedup".into(), "fourth".into(), 0),
+            Enqueue::new().dedup("k", OnDuplicate::Refuse),
+        )
+        .await
+        .expect("ok");
+    assert_eq!(again.result().await.expect("ok"), "fourth");
+    assert_eq!(seen("dedup").started, ["first", "fourth"]);
+    rt.close().await.expect("ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_limit_changed_at_run_time_holds_and_outlives_a_restart() {
+    let dir = tempfile::tempdir().expect("ok");
+    let path = dir.path().join("j.db");
+    let q = Queue::new("grow").concurrency(1);
+    let rt = open(&path, &[&q]).await;
+    let mut handles = Vec::new();
+    for i in 0..10 {
+        handles.push(
+            rt.enqueue(&q, job("grow-1".into(), i.to_string(), 2))
+                .await
+                .expect("ok"),
+        );
+    }
+    all_done(handles).await;
+    assert_eq!(seen("grow-1").max, 1);
+    rt.queue("grow")
+        .expect("ok")
+        .set_concurrency(Some(4))
+        .await
+        .expect("ok");
+    let info = rt.queue("grow").expect("ok").info().await.expect("ok");
+    assert_eq!((info.concurrency, info.set_at_run_time), (Some(4), true));
+    rt.close().await.expect("ok");
+
+    // The program still declares 1: the run-time change holds.
+    let rt = open(&path, &[&q]).await;
+    let mut handles = Vec::new();
+    for i in 0..24 {
+        handles.push(
+            rt.enqueue(&q, job("grow-4".into(), i.to_string(), 5))
+                .await
+                .expect("ok"),
+        );
+    }
+    all_done(handles).await;
+    assert_eq!(seen("grow-4").max, 4);
+    rt.queue("grow").expect("ok").reset().await.expect("ok");
+    assert_eq!(
+        rt.queue("grow")
+            .expect("ok")
+            .info()
+            .await
+            .expect("ok")
+            .concurrency,
+        Some(1)
+    );
+    rt.close().await.expect("ok");
+}
+
+#[tokio::test]
+async fn a_delayed_workflow_waits_its_delay() {
+    let dir = tempfile::tempdir().expect("ok");
+    let q = Queue::new("later");
+    let rt = open(&dir.path().join("j.db"), &[&q]).await;
+    let at = std::time::Instant::now();
+    let h = rt
+        .enqueue_with(
+            &q,
+            job("later".into(), "x".into(), 0),
+            Enqueue::new().delay(Duration::from_millis(300)),
+        )
+        .await
+        .expect("ok");
+    assert_eq!(
+        rt.queue("later")
+            .expect("ok")
+            .list(10)
+            .await
+            .expect("ok")
+            .len(),
+        1
+    );
+    h.result().await.expect("ok");
+    assert!(at.elapsed() >= Duration::from_millis(300));
+    rt.close().await.expect("ok");
+}
+
+#[tokio::test]
+async fn a_queue_the_runtime_was_not_built_with_is_refused() {
+    let dir = tempfile::tempdir().expect("ok");
+    let q = Queue::new("known");
+    let rt = open(&dir.path().join("j.db"), &[&q]).await;
+    let other = Queue::new("unknown");
+    let e = rt
+        .enqueue(&other, job("x".into(), "x".into(), 0))
+        .await
+        .expect_err("unknown");
+    assert!(
+        matches!(&e, Error::Queue { queue, .. } if queue == "unknown"),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().contains(".queue(Queue::new(\"unknown\"))"),
+        "{e}"
+    );
+    let e = rt
+        .enqueue(
+            &Queue::new("known").concurrency(3),
+            job("x".into(), "x".into(), 0),
+        )
+        .await
+        .expect_err("other limits");
+    assert!(e.to_string().contains("another declaration"), "{e}");
+    assert!(rt.queue("nope").is_err());
+    rt.close().await.expect("ok");
+
+    let twice = Runtime::builder(dir.path().join("k.db"))
+        .queue(Queue::new("a"))
+        .queue(Queue::new("a"))
+        .open()
+        .await
+        .expect_err("declared twice");
+    assert!(twice.to_string().contains("declared twice"), "{twice}");
+    let empty = Runtime::builder(dir.path().join("k.db"))
+        .queue(Queue::new(""))
+        .open()
+        .await
+        .expect_err("empty name");
+    assert!(empty.to_string().contains("cannot be empty"), "{empty}");
+}
+
+#[tokio::test]
+async fn a_cancelled_queued_workflow_frees_nothing_and_ends_its_handle() {
+    let dir = tempfile::tempdir().expect("ok");
+    let q = Queue::new("cancel").concurrency(1);
+    let rt = open(&dir.path().join("j.db"), &[&q]).await;
+    rt.queue("cancel").expect("ok").pause().await.expect("ok");
+    let h = rt
+        .enqueue(&q, job("cancel".into(), "x".into(), 0))
+        .await
+        .expect("ok");
+    rt.queue("cancel")
+        .expect("ok")
+        .cancel(h.id())
+        .await
+        .expect("ok");
+    let e = h.result().await.expect_err("cancelled");
+    assert!(matches!(e, Error::Cancelled { .. }), "{e:?}");
+    let info = rt.queue("cancel").expect("ok").info().await.expect("ok");
+    assert_eq!((info.queued, info.running), (0, 0));
+    rt.close().await.expect("ok");
+}
+
+/// A workflow that blocks until released, to hold a slot across a "crash".
+#[step]
+async fn hold_slot(key: String) -> String {
+    with_seen(&key, |s| s.started.push("held".into()));
+    while with_seen(&key, |s| s.ended) == 0 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    "released".into()
+}
+
+#[workflow]
+async fn holder(key: String) -> String {
+    hold_slot(key).await
+}
+
+#[test]
+fn a_workflow_running_at_a_crash_resumes_in_its_slot_and_the_queue_goes_on() {
+    let dir = tempfile::tempdir().expect("ok");
+    let path = dir.path().join("j.db");
+    let q = Queue::new("one").concurrency(1);
+    let first = tokio::runtime::Runtime::new().expect("ok");
+    first.block_on(async {
+        let rt = open(&path, &[&q]).await;
+        rt.enqueue_with(&q, holder("crash".into()), Enqueue::new().id("h"))
+            .await
+            .expect("ok");
+        for i in 0..3 {
+            rt.enqueue_with(
+                &q,
+                job("after-crash".into(), i.to_string(), 0),
+                Enqueue::new().id(format!("w{i}")),
+            )
+            .await
+            .expect("ok");
+        }
+        while seen("crash").started.is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let info = rt.queue("one").expect("ok").info().await.expect("ok");
+        assert_eq!((info.running, info.queued), (1, 3));
+    });
+    first.shutdown_background();
+
+    let second = tokio::runtime::Runtime::new().expect("ok");
+    second.block_on(async {
+        // The held one is released: the next run finishes it.
+        with_seen("crash", |s| s.ended = 1);
+        let rt = loop {
+            let mut b = Runtime::builder(&path);
+            b = b.queue(q.clone());
+            match b.open().await {
+                Ok(rt) => break rt,
+                Err(Error::Locked { .. }) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(rt.recovered(), ["h"]);
+        let h: WorkflowHandle<String> = rt.handle("h").await.expect("ok");
+        assert_eq!(h.result().await.expect("ok"), "released");
+        for i in 0..3 {
+            let w: WorkflowHandle<String> = rt.handle(&format!("w{i}")).await.expect("ok");
+            assert_eq!(w.result().await.expect("ok"), i.to_string());
+        }
+        assert_eq!(seen("after-crash").max, 1);
+        let info = rt.queue("one").expect("ok").info().await.expect("ok");
+        assert_eq!((info.running, info.queued, info.held), (0, 0, 0));
+        rt.close().await.expect("ok");
+    });
+}
+
+#[tokio::test]
+async fn a_workflow_that_cannot_run_frees_its_slot_and_is_queued_again_at_the_next_open() {
+    let dir = tempfile::tempdir().expect("ok");
+    let path = dir.path().join("j.db");
+    let q = Queue::new("bad").concurrency(1);
+    let rt = open(&path, &[&q]).await;
+    rt.queue("bad").expect("ok").pause().await.expect("ok");
+    let bad = rt
+        .enqueue_with(
+            &q,
+            job("bad".into(), "bad".into(), 0),
+            Enqueue::new().id("bad"),
+        )
+        .await
+        .expect("ok");
+    let good = rt
+        .enqueue_with(
+            &q,
+            job("bad".into(), "good".into(), 0),
+            Enqueue::new().id("good"),
+        )
+        .await
+        .expect("ok");
+    // Its input no longer matches its checksum: it cannot run here.
+    common::sql(
+        &path,
+        "UPDATE durable_workflows SET input_crc32 = input_crc32 + 1 WHERE id = 'bad'",
+        [],
+    );
+    rt.queue("bad").expect("ok").unpause().await.expect("ok");
+    assert_eq!(good.result().await.expect("ok"), "good");
+    let info = rt.queue("bad").expect("ok").info().await.expect("ok");
+    assert_eq!((info.queued, info.running, info.held), (0, 0, 1));
+    drop(bad);
+    rt.close().await.expect("ok");
+    // Repaired, and opened again: it is queued again, and runs.
+    common::sql(
+        &path,
+        "UPDATE durable_workflows SET input_crc32 = input_crc32 - 1 WHERE id = 'bad'",
+        [],
+    );
+    let rt = open(&path, &[&q]).await;
+    let bad: WorkflowHandle<String> = rt.handle("bad").await.expect("ok");
+    assert_eq!(bad.result().await.expect("ok"), "bad");
+    let info = rt.queue("bad").expect("ok").info().await.expect("ok");
+    assert_eq!((info.queued, info.running, info.held), (0, 0, 0));
+    rt.close().await.expect("ok");
+}
