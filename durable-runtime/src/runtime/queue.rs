@@ -211,7 +211,7 @@ impl Enqueue {
         self
     }
 
-    /// Cancelled (with [`CancelReason::Timeout`](crate::CancelReason::Timeout)) if it
+    /// Cancelled (with [`CancelReason::DeadlineExceeded`](crate::CancelReason::DeadlineExceeded)) if it
     /// has not finished `timeout` after it was dispatched. Time spent waiting in the
     /// queue does not count.
     #[must_use]
