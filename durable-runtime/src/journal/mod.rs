@@ -764,14 +764,18 @@ pub(crate) struct WorkflowRecord {
     /// Pending, and run by another runtime sharing the journal (or by none yet: the
     /// next to claim it): this runtime must not run it, only watch for its outcome.
     pub(crate) elsewhere: bool,
-    /// Pending, and waiting in a queue (or held there): no runtime runs it until a
-    /// dispatch hands it to one.
-    pub(crate) waiting: bool,
-    /// Enqueued rather than started (waiting, held or dispatched).
-    pub(crate) in_queue: bool,
+    /// Where it stands in its queue, if it was enqueued rather than started.
+    pub(crate) queue_state: Option<queue::QueueState>,
 }
 
 impl WorkflowRecord {
+    /// Whether it waits in its queue (or is held there): no runtime runs it until a
+    /// dispatch hands it to one.
+    pub(crate) fn waiting(&self) -> bool {
+        self.queue_state
+            .is_some_and(|s| s != queue::QueueState::Running)
+    }
+
     /// The error for a row whose input or output fails its checksum.
     pub(crate) fn damage(&self) -> Option<crate::error::Error> {
         let (location, message) = self.damaged.clone()?;

@@ -56,12 +56,20 @@ pub(crate) struct Limits {
 pub(crate) struct SetLimits {
     pub(crate) queue: Arc<str>,
     pub(crate) limits: Limits,
-    /// `false`: the limits the program declares, written at open unless limits set
-    /// at run time hold (see [`QueueStats::set_at_run_time`]). `true`: set at run time,
-    /// and holding until set again or reset.
-    pub(crate) at_run_time: bool,
-    /// A reset: the declared `limits` hold again, and the run-time ones go.
-    pub(crate) reset: bool,
+    pub(crate) from: LimitsFrom,
+}
+
+/// Where limits being written come from, which says whether they replace the ones the
+/// journal holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LimitsFrom {
+    /// Declared by the program, written at open: unless limits set at run time hold
+    /// (see [`QueueStats::set_at_run_time`]).
+    Declared,
+    /// Set at run time: they hold until set again or reset.
+    RunTime,
+    /// A reset: the declared limits hold again, over the run-time ones.
+    Reset,
 }
 
 /// What a queue's dispatches tell the runtime.
@@ -78,6 +86,8 @@ pub(crate) enum QueueNews {
 #[derive(Debug)]
 pub(crate) struct Dispatched {
     pub(crate) record: WorkflowRecord,
+    /// The queue it was dispatched from.
+    pub(crate) queue: Arc<str>,
     /// Dispatched for the first time: it has recorded nothing yet.
     pub(crate) fresh: bool,
 }
@@ -109,10 +119,34 @@ pub(crate) struct QueuedRow {
     pub(crate) not_before: Option<i64>,
 }
 
-/// The values of a queue's state column.
-pub(crate) const QUEUED: &str = "queued";
-pub(crate) const RUNNING: &str = "running";
-pub(crate) const HELD: &str = "held";
+/// Where a queued workflow stands in its queue (its row's `queue_state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QueueState {
+    /// Waiting for a dispatch.
+    Queued,
+    /// Dispatched: it holds a slot while pending.
+    Running,
+    /// Stopped in a process without an outcome: no slot, queued again at the next
+    /// open.
+    Held,
+}
+
+impl QueueState {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            QueueState::Queued => "queued",
+            QueueState::Running => "running",
+            QueueState::Held => "held",
+        }
+    }
+
+    /// The state a `queue_state` column holds (`None`: not one durable writes).
+    pub(crate) fn parse(s: &str) -> Option<QueueState> {
+        [QueueState::Queued, QueueState::Running, QueueState::Held]
+            .into_iter()
+            .find(|q| q.as_str() == s)
+    }
+}
 
 /// How many workflows a dispatch may start now under `limits`, given how many of the
 /// queue's run (`running`), how many of them run in this process (`mine`), and how many
@@ -134,8 +168,10 @@ pub(crate) fn free_slots(limits: &Limits, running: u64, mine: u64, in_window: u6
 pub(crate) struct Head {
     pub(crate) partition: String,
     pub(crate) priority: i32,
-    /// Its order of arrival (the run number).
-    pub(crate) order: i64,
+    /// Its run number: its order of arrival.
+    pub(crate) run: i64,
+    /// Whether it was never dispatched before (it has recorded nothing).
+    pub(crate) fresh: bool,
     /// How many of its partition run now (counting those picked so far).
     pub(crate) running: u64,
 }
@@ -149,7 +185,7 @@ pub(crate) fn pick(heads: &[Head], partition_limit: Option<u32>) -> Option<usize
         .iter()
         .enumerate()
         .filter(|(_, h)| partition_limit.is_none_or(|l| h.running < u64::from(l)))
-        .min_by_key(|(_, h)| (h.priority, h.running, h.order))
+        .min_by_key(|(_, h)| (h.priority, h.running, h.run))
         .map(|(i, _)| i)
 }
 
@@ -158,11 +194,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn head(partition: &str, priority: i32, order: i64, running: u64) -> Head {
+    fn head(partition: &str, priority: i32, run: i64, running: u64) -> Head {
         Head {
             partition: partition.into(),
             priority,
-            order,
+            run,
+            fresh: true,
             running,
         }
     }

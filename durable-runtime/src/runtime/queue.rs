@@ -15,7 +15,9 @@ use crate::engine::call::WorkflowCall;
 use crate::engine::drive::History;
 use crate::engine::workflow::Outcome;
 use crate::error::{Error, Result};
-use crate::journal::queue::{Dispatched, Enqueued, Limits, QueueNews, Rate, SetLimits};
+use crate::journal::queue::{
+    Dispatched, Enqueued, Limits, LimitsFrom, QueueNews, QueueStats, Rate, SetLimits,
+};
 use crate::journal::{Created, NewWorkflow, RecordStatus, blocking};
 use crate::util::{lock, now_ms};
 
@@ -120,8 +122,7 @@ impl Queue {
         SetLimits {
             queue: self.name.clone(),
             limits: self.limits,
-            at_run_time: false,
-            reset: false,
+            from: LimitsFrom::Declared,
         }
     }
 }
@@ -408,11 +409,7 @@ impl QueueHandle {
     ///
     /// [`Error::Store`] if the journal cannot be read.
     pub async fn info(&self) -> Result<QueueInfo> {
-        let store = self.inner.store.clone();
-        let name = self.queue.name.clone();
-        let stats = blocking(self.inner.store.path(), move || store.queue_stats(&name))
-            .await?
-            .map_err(|e| self.inner.closed_or(e))?;
+        let stats = self.stats().await?;
         let limits = stats.limits.unwrap_or(self.queue.limits);
         Ok(QueueInfo {
             queued: stats.queued,
@@ -545,26 +542,31 @@ impl QueueHandle {
     ///
     /// [`Error::Store`] if the journal cannot be written.
     pub async fn reset(&self) -> Result<()> {
-        let mut set = self.queue.declared();
-        set.reset = true;
+        let set = SetLimits {
+            from: LimitsFrom::Reset,
+            ..self.queue.declared()
+        };
         self.inner.acked(self.inner.store.set_queue(set)).await
+    }
+
+    /// The queue's counts and limits, as the journal holds them.
+    async fn stats(&self) -> Result<QueueStats> {
+        let store = self.inner.store.clone();
+        let name = self.queue.name.clone();
+        blocking(self.inner.store.path(), move || store.queue_stats(&name))
+            .await?
+            .map_err(|e| self.inner.closed_or(e))
     }
 
     /// Changes the limits that hold now with `f`, and writes them as set at run time.
     async fn change(&self, f: impl FnOnce(&mut Limits)) -> Result<()> {
         self.inner.open()?;
-        let store = self.inner.store.clone();
-        let name = self.queue.name.clone();
-        let stats = blocking(self.inner.store.path(), move || store.queue_stats(&name))
-            .await?
-            .map_err(|e| self.inner.closed_or(e))?;
-        let mut limits = stats.limits.unwrap_or(self.queue.limits);
+        let mut limits = self.stats().await?.limits.unwrap_or(self.queue.limits);
         f(&mut limits);
         let set = SetLimits {
             queue: self.queue.name.clone(),
             limits,
-            at_run_time: true,
-            reset: false,
+            from: LimitsFrom::RunTime,
         };
         self.inner.acked(self.inner.store.set_queue(set)).await
     }
@@ -663,25 +665,20 @@ impl Inner {
 
     /// Runs what a dispatch handed this runtime.
     fn launch_dispatched(self: &Arc<Self>, dispatched: Vec<Dispatched>) {
-        for Dispatched { record, fresh } in dispatched {
+        for Dispatched { record, fresh, .. } in dispatched {
             let id: Arc<str> = Arc::from(record.id.as_str());
-            let def = self.registry.get(record.name.as_str()).copied();
-            let problem = match (&def, record.damage()) {
-                (_, Some(e)) => Some(e),
-                (None, None) => Some(Error::UnknownWorkflow {
-                    workflow_id: record.id.clone(),
-                    name: record.name.clone(),
-                }),
-                _ => None,
+            let def = match (self.registry.get(record.name.as_str()), record.damage()) {
+                (Some(def), None) => *def,
+                (_, damage) => {
+                    // It cannot run here.
+                    let e = damage.unwrap_or_else(|| Error::UnknownWorkflow {
+                        workflow_id: record.id.clone(),
+                        name: record.name.clone(),
+                    });
+                    self.hold_later(id, &e);
+                    continue;
+                }
             };
-            if let Some(e) = problem {
-                // It cannot run here: it frees its slot, held until the next open.
-                tracing::warn!("{e}; it is held in its queue until the next open");
-                let ack = self.store.hold(id.clone());
-                tokio::spawn(async move { drop(ack.await) });
-                continue;
-            }
-            let Some(def) = def else { continue };
             let mut running = lock(&self.running);
             if self.closing.load(Ordering::Acquire) {
                 // Left running in the journal: the next open resumes it.
@@ -689,11 +686,9 @@ impl Inner {
             }
             if running.contains_key(&id) {
                 // A run of it here still winds down (a cancellation, then a resume that
-                // queued it again): it is held, and queued again at the next open.
-                tracing::warn!(workflow = %id, "dispatched while a run of it still winds down here; it is held in its queue until the next open");
+                // queued it again).
                 drop(running);
-                let ack = self.store.hold(id.clone());
-                tokio::spawn(async move { drop(ack.await) });
+                self.hold_later(id, &"dispatched while a run of it still winds down here");
                 continue;
             }
             let tx = lock(&self.waiting).remove(&id);
@@ -718,6 +713,34 @@ impl Inner {
                 tx,
             ));
         }
+    }
+
+    /// Frees the slot of dispatched workflow `id`, which cannot run here (`why`): it
+    /// is held until the next open queues it again.
+    fn hold_later(&self, id: Arc<str>, why: &dyn std::fmt::Display) {
+        tracing::warn!(workflow = %id, "{why}; it is held in its queue until the next open");
+        let ack = self.store.hold(id);
+        tokio::spawn(async move { drop(ack.await) });
+    }
+
+    /// Whether `record` (of a workflow not running here) is pending in a queue and will
+    /// run here, or elsewhere, once dispatched: waiting for a dispatch, or dispatched to
+    /// this runtime and not launched yet (the dispatch committed, and its news is on its
+    /// way to [`queue_loop`]). Not one that could not run here (see
+    /// [`Runtime::unrecoverable`]).
+    pub(super) fn is_waiting(&self, record: &crate::journal::WorkflowRecord) -> bool {
+        if record.status != RecordStatus::Pending || record.queue_state.is_none() {
+            return false;
+        }
+        if record.waiting() {
+            return true;
+        }
+        self.queues_run_here()
+            && !lock(&self.stopped).contains_key(record.id.as_str())
+            && !self
+                .unrecoverable
+                .iter()
+                .any(|e| e.workflow_id() == Some(record.id.as_str()))
     }
 }
 
@@ -778,26 +801,4 @@ pub(super) fn declared_queues(queues: &[Queue]) -> Result<HashMap<Arc<str>, Queu
         }
     }
     Ok(out)
-}
-
-impl Inner {
-    /// Whether `record` (of a workflow not running here) is pending in a queue and will
-    /// run here, or elsewhere, once dispatched: waiting for a dispatch, or dispatched to
-    /// this runtime and not launched yet (the dispatch committed, and its news is on its
-    /// way to [`queue_loop`]). Not one that could not run here (see
-    /// [`Runtime::unrecoverable`]).
-    pub(super) fn is_waiting(&self, record: &crate::journal::WorkflowRecord) -> bool {
-        if record.status != RecordStatus::Pending || !record.in_queue {
-            return false;
-        }
-        if record.waiting {
-            return true;
-        }
-        self.queues_run_here()
-            && !lock(&self.stopped).contains_key(record.id.as_str())
-            && !self
-                .unrecoverable
-                .iter()
-                .any(|e| e.workflow_id() == Some(record.id.as_str()))
-    }
 }

@@ -963,8 +963,7 @@ pub(super) fn workflow_row(r: &Row, at: usize) -> Result<WorkflowRecord, PgError
     Ok(WorkflowRecord {
         elsewhere: r.try_get::<_, Option<bool>>(at + 11)?.unwrap_or(false),
         // No queues on this journal yet (see `Store::set_queue`).
-        waiting: false,
-        in_queue: false,
+        queue_state: None,
         damaged,
         cancelled,
         deadline_at: r.try_get(at + 9)?,

@@ -299,7 +299,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // (`queue` was reserved for it since version 1): its state in the queue, priority,
     // partition, deduplication id, delay and timeout, and when it was first dispatched
     // (what the rate limit counts). Added at the end of the row and NULL for every
-    // workflow that was not enqueued, so they cost those rows nothing. A running one
+    // workflow that was not enqueued (a byte of record header each). A running one
     // holds a slot while its row is pending: the counts are read from the rows, never
     // kept beside them, so finishing or cancelling a workflow frees its slot in the same
     // commit. `durable_queues` holds each queue's limits, so that a change made at run

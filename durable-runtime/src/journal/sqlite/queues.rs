@@ -11,8 +11,8 @@ use super::rows;
 use super::writer::Writer;
 use crate::journal::crc::{keyed_crc32, workflow_key};
 use crate::journal::queue::{
-    Dispatched, Enqueued, Head, Limits, QueueNews, QueueStats, QueuedRow, Rate, SetLimits,
-    free_slots, pick,
+    Dispatched, Enqueued, Head, Limits, LimitsFrom, QueueNews, QueueState, QueueStats, QueuedRow,
+    Rate, SetLimits, free_slots, pick,
 };
 use crate::journal::{Created, NewWorkflow};
 
@@ -41,22 +41,20 @@ pub(super) struct Queues {
     /// open. A finish looks here rather than read the row back (a `RETURNING` would
     /// cost every finish a temporary table).
     running: std::collections::HashMap<Arc<str>, Arc<str>>,
-    /// The queues of what the batch dispatched, added to `running` once it commits.
-    dispatched_from: std::collections::HashMap<String, Arc<str>>,
 }
 
 impl Queues {
     /// Dispatching for a program that has `workflows` (`None`: any).
     pub(super) fn new(workflows: Option<&[&'static str]>) -> Self {
         Queues {
-            workflows: workflows.map(serde_json_array),
+            workflows: workflows.map(json_array),
             ..Queues::default()
         }
     }
 }
 
 /// `names` as a JSON array of strings (for `json_each`).
-fn serde_json_array(names: &[&str]) -> String {
+fn json_array(names: &[&str]) -> String {
     let mut out = String::from("[");
     for (i, name) in names.iter().enumerate() {
         if i > 0 {
@@ -114,7 +112,7 @@ const SQL_PARTITIONS: &str = concat!(
      ) SELECT p FROM parts WHERE p IS NOT NULL"
 );
 const SQL_HEAD: &str = concat!(
-    "SELECT run, priority FROM durable_workflows WHERE ",
+    "SELECT run, priority, dispatched_at IS NULL FROM durable_workflows WHERE ",
     waiting_in_first_parameter!(),
     " AND partition_key = ?2 AND (not_before IS NULL OR not_before <= ?3)
        AND (?4 IS NULL OR name IN (SELECT value FROM json_each(?4)))
@@ -161,27 +159,19 @@ impl Writer {
         if let Some(existing) = rows::workflow(&self.conn, &w.id)? {
             return Ok(Created::Existing(Box::new(existing)));
         }
-        let Some(dedup) = &q.dedup else {
-            return Err(rusqlite::Error::QueryReturnedNoRows);
-        };
-        let id: String = self
-            .conn
-            .prepare_cached(
-                "SELECT id FROM durable_workflows
-                 WHERE queue = ?1 AND dedup_id = ?2 AND status = 'pending'",
-            )?
-            .query_row(params![&*q.queue, dedup], |r| r.get(0))?;
-        let existing =
-            rows::workflow(&self.conn, &id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+        // Not its id: its deduplication id, which one pending workflow holds.
+        let holder = rows::select_workflows(
+            &self.conn,
+            "",
+            "WHERE queue = ?1 AND dedup_id = ?2 AND status = 'pending'",
+            params![&*q.queue, q.dedup],
+            |_, w| Ok(w),
+        )?;
+        let existing = holder
+            .into_iter()
+            .next()
+            .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
         Ok(Created::Duplicate(Box::new(existing)))
-    }
-
-    /// Notes that a workflow of `queue` freed its slot in this batch: the queue is
-    /// dispatched before it commits.
-    pub(super) fn freed(&mut self, queue: Option<String>) {
-        if let Some(q) = queue {
-            self.queues.touched.insert(Arc::from(q));
-        }
     }
 
     /// Workflow `id` finished: if it held a slot, the slot is free in this batch.
@@ -225,63 +215,50 @@ impl Writer {
     /// Writes a queue's limits; it is dispatched in this batch.
     pub(super) fn set_limits(&mut self, set: &SetLimits, at: i64) -> rusqlite::Result<()> {
         let l = &set.limits;
-        let sql = if set.at_run_time {
-            "INSERT INTO durable_queues (name, concurrency, per_process, partition_concurrency,
-                 rate_count, rate_period_ms, paused, set_at_run_time, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8)
-             ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency,
-                 per_process = excluded.per_process,
-                 partition_concurrency = excluded.partition_concurrency,
-                 rate_count = excluded.rate_count, rate_period_ms = excluded.rate_period_ms,
-                 paused = excluded.paused, set_at_run_time = 1, updated_at = excluded.updated_at"
-        } else if set.reset {
-            "INSERT INTO durable_queues (name, concurrency, per_process, partition_concurrency,
-                 rate_count, rate_period_ms, paused, set_at_run_time, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)
-             ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency,
-                 per_process = excluded.per_process,
-                 partition_concurrency = excluded.partition_concurrency,
-                 rate_count = excluded.rate_count, rate_period_ms = excluded.rate_period_ms,
-                 paused = excluded.paused, set_at_run_time = 0, updated_at = excluded.updated_at"
-        } else {
-            // Declared in code: written unless limits set at run time hold.
-            "INSERT INTO durable_queues (name, concurrency, per_process, partition_concurrency,
-                 rate_count, rate_period_ms, paused, set_at_run_time, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)
-             ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency,
-                 per_process = excluded.per_process,
-                 partition_concurrency = excluded.partition_concurrency,
-                 rate_count = excluded.rate_count, rate_period_ms = excluded.rate_period_ms,
-                 paused = excluded.paused, updated_at = excluded.updated_at
-             WHERE durable_queues.set_at_run_time = 0"
-        };
-        self.conn.prepare_cached(sql)?.execute(params![
-            &*set.queue,
-            l.concurrency,
-            l.per_process,
-            l.partition_concurrency,
-            l.rate.map(|r| r.count),
-            l.rate.map(|r| r.period_ms),
-            l.paused,
-            at,
-        ])?;
+        // Declared limits do not replace limits set at run time; the other two do.
+        let replaces = set.from != LimitsFrom::Declared;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO durable_queues (name, concurrency, per_process,
+                     partition_concurrency, rate_count, rate_period_ms, paused,
+                     set_at_run_time, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency,
+                     per_process = excluded.per_process,
+                     partition_concurrency = excluded.partition_concurrency,
+                     rate_count = excluded.rate_count, rate_period_ms = excluded.rate_period_ms,
+                     paused = excluded.paused, set_at_run_time = excluded.set_at_run_time,
+                     updated_at = excluded.updated_at
+                 WHERE ?10 OR durable_queues.set_at_run_time = 0",
+            )?
+            .execute(params![
+                &*set.queue,
+                l.concurrency,
+                l.per_process,
+                l.partition_concurrency,
+                l.rate.map(|r| r.count),
+                l.rate.map(|r| r.period_ms),
+                l.paused,
+                set.from == LimitsFrom::RunTime,
+                at,
+                replaces,
+            ])?;
         self.queues.touched.insert(set.queue.clone());
         Ok(())
     }
 
     /// A dispatched workflow that stopped here without an outcome frees its slot.
     pub(super) fn hold(&mut self, id: &str, at: i64) -> rusqlite::Result<()> {
-        let queue: Option<String> = self
+        let held = self
             .conn
             .prepare_cached(
                 "UPDATE durable_workflows SET queue_state = 'held', updated_at = ?2
-                 WHERE id = ?1 AND queue_state = 'running' AND status = 'pending'
-                 RETURNING queue",
+                 WHERE id = ?1 AND queue_state = 'running' AND status = 'pending'",
             )?
-            .query_row(params![id, at], |r| r.get(0))
-            .optional()?;
-        self.queues.running.remove(id);
-        self.freed(queue);
+            .execute(params![id, at])?;
+        if held == 1 {
+            self.finished_in_queue(id);
+        }
         Ok(())
     }
 
@@ -372,45 +349,36 @@ impl Writer {
             .collect::<rusqlite::Result<_>>()?;
         let mut heads = Vec::with_capacity(partitions.len());
         for partition in partitions {
-            let running_in: u64 = self
+            let Some(mut head) = self.head(name, partition, now)? else {
+                continue;
+            };
+            head.running = self
                 .conn
                 .prepare_cached(SQL_RUNNING_IN)?
-                .query_row(params![name, partition], |r| r.get(0))?;
-            if let Some((run, priority)) = self.head(name, &partition, now)? {
-                heads.push((
-                    Head {
-                        partition,
-                        priority,
-                        order: run,
-                        running: running_in,
-                    },
-                    run,
-                ));
-            }
+                .query_row(params![name, head.partition], |r| r.get(0))?;
+            heads.push(head);
         }
+        let queue: Arc<str> = Arc::from(name);
         let mut picked = 0;
         let mut rated = 0;
         while picked < free {
-            let view: Vec<Head> = heads.iter().map(|(h, _)| h.clone()).collect();
-            let Some(i) = pick(&view, limits.partition_concurrency) else {
+            let Some(i) = pick(&heads, limits.partition_concurrency) else {
                 break;
             };
-            let run = heads[i].1;
-            if let Some(d) = self.dispatch_run(run, now)? {
-                rated += u64::from(d.fresh);
-                self.queues
-                    .dispatched_from
-                    .insert(d.record.id.clone(), Arc::from(name));
-                self.queues.dispatched.push(d);
+            let head = &mut heads[i];
+            if let Some(record) = self.dispatch_run(head.run, now)? {
+                rated += u64::from(head.fresh);
+                self.queues.dispatched.push(Dispatched {
+                    record,
+                    queue: queue.clone(),
+                    fresh: head.fresh,
+                });
                 picked += 1;
-                heads[i].0.running += 1;
+                head.running += 1;
             }
-            match self.head(name, &heads[i].0.partition, now)? {
-                Some((next, priority)) => {
-                    heads[i].0.order = next;
-                    heads[i].0.priority = priority;
-                    heads[i].1 = next;
-                }
+            let (partition, running) = (std::mem::take(&mut head.partition), head.running);
+            match self.head(name, partition, now)? {
+                Some(next) => heads[i] = Head { running, ..next },
                 None => {
                     heads.swap_remove(i);
                 }
@@ -432,27 +400,31 @@ impl Writer {
         Ok(())
     }
 
-    /// The next workflow of `partition` a dispatch of `queue` may take at `now`: its
-    /// run number and priority.
-    fn head(&self, queue: &str, partition: &str, now: i64) -> rusqlite::Result<Option<(i64, i32)>> {
-        self.conn
+    /// The next workflow of `partition` a dispatch of `queue` may take at `now` (its
+    /// partition's running count left at 0, for the caller to fill in).
+    fn head(&self, queue: &str, partition: String, now: i64) -> rusqlite::Result<Option<Head>> {
+        let found: Option<(i64, i32, bool)> = self
+            .conn
             .prepare_cached(SQL_HEAD)?
             .query_row(params![queue, partition, now, self.queues.workflows], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
-            .optional()
+            .optional()?;
+        Ok(found.map(|(run, priority, fresh)| Head {
+            partition,
+            priority,
+            run,
+            fresh,
+            running: 0,
+        }))
     }
 
     /// Marks run `run` dispatched, and reads it back for the runtime.
-    fn dispatch_run(&self, run: i64, now: i64) -> rusqlite::Result<Option<Dispatched>> {
-        let fresh: Option<bool> = self
-            .conn
-            .prepare_cached("SELECT dispatched_at IS NULL FROM durable_workflows WHERE run = ?1")?
-            .query_row([run], |r| r.get(0))
-            .optional()?;
-        let Some(fresh) = fresh else {
-            return Ok(None);
-        };
+    fn dispatch_run(
+        &self,
+        run: i64,
+        now: i64,
+    ) -> rusqlite::Result<Option<crate::journal::WorkflowRecord>> {
         if self
             .conn
             .prepare_cached(SQL_DISPATCH)?
@@ -463,7 +435,7 @@ impl Writer {
         }
         let mut records =
             rows::select_workflows(&self.conn, "", "WHERE run = ?1", [run], |_, w| Ok(w))?;
-        Ok(records.pop().map(|record| Dispatched { record, fresh }))
+        Ok(records.pop())
     }
 
     fn due_at(&mut self, at: Option<i64>) {
@@ -481,13 +453,9 @@ impl Writer {
         };
         if !dispatched.is_empty() {
             for d in &dispatched {
-                // The queue is the one it was dispatched from (the records carry no
-                // queue name): kept beside the run.
-                if let Some(q) = self.queues.dispatched_from.remove(d.record.id.as_str()) {
-                    self.queues
-                        .running
-                        .insert(Arc::from(d.record.id.as_str()), q);
-                }
+                self.queues
+                    .running
+                    .insert(Arc::from(d.record.id.as_str()), d.queue.clone());
             }
             let _ = news.send(QueueNews::Dispatched(dispatched));
         }
@@ -499,7 +467,6 @@ impl Writer {
     /// The batch failed: what it dispatched did not happen.
     pub(super) fn dispatches_failed(&mut self) {
         self.queues.dispatched.clear();
-        self.queues.dispatched_from.clear();
         self.queues.due = None;
         self.queues.touched.clear();
         // The queues it touched are dispatched again by the next batch.
@@ -531,18 +498,18 @@ fn limits(c: &Connection, name: &str) -> rusqlite::Result<Option<(Limits, bool)>
 
 /// Queue `name`'s counts and limits.
 pub(super) fn stats(c: &Connection, name: &str) -> rusqlite::Result<QueueStats> {
-    let count = |state: &str| -> rusqlite::Result<u64> {
+    let count = |state: QueueState| -> rusqlite::Result<u64> {
         c.prepare_cached(
             "SELECT count(*) FROM durable_workflows
              WHERE queue = ?1 AND queue_state = ?2 AND status = 'pending'",
         )?
-        .query_row(params![name, state], |r| r.get(0))
+        .query_row(params![name, state.as_str()], |r| r.get(0))
     };
     let limits = limits(c, name)?;
     Ok(QueueStats {
-        queued: count(crate::journal::queue::QUEUED)?,
-        running: count(crate::journal::queue::RUNNING)?,
-        held: count(crate::journal::queue::HELD)?,
+        queued: count(QueueState::Queued)?,
+        running: count(QueueState::Running)?,
+        held: count(QueueState::Held)?,
         set_at_run_time: limits.is_some_and(|(_, r)| r),
         limits: limits.map(|(l, _)| l),
     })
@@ -577,9 +544,9 @@ mod tests {
     #[test]
     fn names_become_a_json_array() {
         assert_eq!(
-            super::serde_json_array(&["a", "b\"c", "d\\e"]),
+            super::json_array(&["a", "b\"c", "d\\e"]),
             r#"["a","b\"c","d\\e"]"#
         );
-        assert_eq!(super::serde_json_array(&[]), "[]");
+        assert_eq!(super::json_array(&[]), "[]");
     }
 }

@@ -11,6 +11,7 @@ use crate::error::{CancelReason, FailureKind, Location};
 use crate::journal::crc::{
     event_key, keyed_crc32, message_key, started_value, step_key, workflow_key,
 };
+use crate::journal::queue::QueueState;
 use crate::journal::{
     RecordStatus, RecordedOutcome, RecordedStep, SideRecords, StartedRecord, WorkflowRecord,
 };
@@ -100,11 +101,20 @@ pub(super) fn workflow_row(r: &Row<'_>) -> rusqlite::Result<rusqlite::Result<Wor
     } else {
         None
     };
-    let queue_state: Option<String> = r.get(11)?;
+    let queue_state = match r.get::<_, Option<String>>(11)? {
+        None => None,
+        Some(s) => match QueueState::parse(&s) {
+            Some(state) => Some(state),
+            None => {
+                return Ok(Err(invalid(format!(
+                    "workflow {id} has unknown queue state `{s}`"
+                ))));
+            }
+        },
+    };
     Ok(Ok(WorkflowRecord {
         elsewhere: false,
-        in_queue: queue_state.is_some(),
-        waiting: queue_state.is_some_and(|s| s != crate::journal::queue::RUNNING),
+        queue_state,
         damaged,
         cancelled,
         deadline_at: r.get(9)?,
