@@ -177,7 +177,9 @@ impl RuntimeBuilder {
     /// Declares `queue`: the runtime can enqueue on it (see [`Runtime::enqueue`]),
     /// and dispatches its workflows under its limits. The declared limits are written
     /// to the journal at open, unless limits set at run time hold there (see
-    /// [`QueueHandle::reset`](crate::QueueHandle::reset)).
+    /// [`QueueHandle::reset`](crate::QueueHandle::reset)). A runtime built with no
+    /// queue dispatches nothing: workflows an earlier build queued wait for a runtime
+    /// that declares their queue.
     #[must_use]
     pub fn queue(mut self, queue: super::queue::Queue) -> Self {
         self.queues.push(queue);
@@ -261,14 +263,22 @@ impl RuntimeBuilder {
             dispatches: std::sync::atomic::AtomicU64::new(0),
             shared,
         });
-        // The declared limits, then dispatching: the first batch dispatches every
-        // queue (what waited while no runtime had the journal open).
-        for queue in inner.queues.values() {
-            inner.acked(inner.store.set_queue(queue.declared())).await?;
+        // The declared limits, then dispatching, in one commit: it dispatches every
+        // queue (what waited while no runtime had the journal open). A program that
+        // declares no queue dispatches nothing, and its open commits nothing for them.
+        if !inner.queues.is_empty() {
+            let declared: Vec<_> = inner
+                .queues
+                .values()
+                .map(|q| inner.store.set_queue(q.declared()))
+                .collect();
+            let (news_tx, news) = tokio::sync::mpsc::unbounded_channel();
+            inner.store.queue_news(news_tx);
+            tokio::spawn(super::queue::queue_loop(Arc::downgrade(&inner), news));
+            for ack in declared {
+                inner.acked(ack).await?;
+            }
         }
-        let (news_tx, news) = tokio::sync::mpsc::unbounded_channel();
-        inner.store.queue_news(news_tx);
-        tokio::spawn(super::queue::queue_loop(Arc::downgrade(&inner), news));
         tokio::spawn(super::dormant::wake_loop(Arc::downgrade(&inner), wakeups));
         let (takeovers, taken) = tokio::sync::mpsc::unbounded_channel();
         inner.store.takeovers(takeovers.clone());
