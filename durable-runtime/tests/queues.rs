@@ -532,3 +532,58 @@ async fn a_workflow_that_cannot_run_frees_its_slot_and_is_queued_again_at_the_ne
     assert_eq!((info.queued, info.running, info.held), (0, 0, 0));
     rt.close().await.expect("ok");
 }
+
+#[tokio::test]
+async fn a_pause_outlives_a_restart_and_leaves_the_declared_limits_in_force() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    let q = Queue::new("paused").concurrency(1);
+    let rt = open(&path, &[&q]).await;
+    rt.queue("paused")
+        .expect("queue")
+        .pause()
+        .await
+        .expect("pause");
+    let info = rt
+        .queue("paused")
+        .expect("queue")
+        .info()
+        .await
+        .expect("info");
+    assert!(info.paused);
+    assert!(
+        !info.set_at_run_time,
+        "a pause is not a limit set at run time"
+    );
+    rt.enqueue_with(
+        &q,
+        job("paused".into(), "x".into(), 0),
+        Enqueue::new().id("p"),
+    )
+    .await
+    .expect("enqueue");
+    rt.close().await.expect("close");
+
+    // A new build declares another limit: it holds, and the queue stays paused.
+    let q = Queue::new("paused").concurrency(2);
+    let rt = open(&path, &[&q]).await;
+    let info = rt
+        .queue("paused")
+        .expect("queue")
+        .info()
+        .await
+        .expect("info");
+    assert_eq!(
+        (info.concurrency, info.paused, info.queued),
+        (Some(2), true, 1)
+    );
+    assert!(seen("paused").started.is_empty());
+    rt.queue("paused")
+        .expect("queue")
+        .unpause()
+        .await
+        .expect("unpause");
+    let h: WorkflowHandle<String> = rt.handle("p").await.expect("handle");
+    assert_eq!(h.result().await.expect("result"), "x");
+    rt.close().await.expect("close");
+}

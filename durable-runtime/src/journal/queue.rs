@@ -47,7 +47,8 @@ pub(crate) struct Limits {
     /// How many of one partition run at once.
     pub(crate) partition_concurrency: Option<u32>,
     pub(crate) rate: Option<Rate>,
-    /// Whether dispatching is paused.
+    /// Whether dispatching is paused. Written only by a [`LimitsFrom::Pause`]: a pause
+    /// holds across restarts, whatever limits are written meanwhile.
     pub(crate) paused: bool,
 }
 
@@ -70,6 +71,9 @@ pub(crate) enum LimitsFrom {
     RunTime,
     /// A reset: the declared limits hold again, over the run-time ones.
     Reset,
+    /// A pause or its end: only `paused` is written (it is no limit, and pausing does
+    /// not make the declared limits give way to run-time ones).
+    Pause,
 }
 
 /// What a queue's dispatches tell the runtime.

@@ -518,13 +518,14 @@ impl QueueHandle {
     }
 
     /// Stops dispatching: what runs goes on, nothing new starts, in every process,
-    /// until [`unpause`](Self::unpause).
+    /// until [`unpause`](Self::unpause), across restarts too. Pausing is not a change
+    /// of limits: the declared ones still hold, unless some were set at run time.
     ///
     /// # Errors
     ///
     /// [`Error::Store`] if the journal cannot be written.
     pub async fn pause(&self) -> Result<()> {
-        self.change(|l| l.paused = true).await
+        self.set_paused(true).await
     }
 
     /// Dispatches again after [`pause`](Self::pause).
@@ -533,7 +534,20 @@ impl QueueHandle {
     ///
     /// [`Error::Store`] if the journal cannot be written.
     pub async fn unpause(&self) -> Result<()> {
-        self.change(|l| l.paused = false).await
+        self.set_paused(false).await
+    }
+
+    async fn set_paused(&self, paused: bool) -> Result<()> {
+        self.inner.open()?;
+        let set = SetLimits {
+            limits: Limits {
+                paused,
+                ..self.queue.limits
+            },
+            from: LimitsFrom::Pause,
+            ..self.queue.declared()
+        };
+        self.inner.acked(self.inner.store.set_queue(set)).await
     }
 
     /// Drops the limits set at run time: the ones this program declares hold again.

@@ -215,34 +215,42 @@ impl Writer {
     /// Writes a queue's limits; it is dispatched in this batch.
     pub(super) fn set_limits(&mut self, set: &SetLimits, at: i64) -> rusqlite::Result<()> {
         let l = &set.limits;
-        // Declared limits do not replace limits set at run time; the other two do.
-        let replaces = set.from != LimitsFrom::Declared;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO durable_queues (name, concurrency, per_process,
-                     partition_concurrency, rate_count, rate_period_ms, paused,
-                     set_at_run_time, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency,
-                     per_process = excluded.per_process,
-                     partition_concurrency = excluded.partition_concurrency,
-                     rate_count = excluded.rate_count, rate_period_ms = excluded.rate_period_ms,
-                     paused = excluded.paused, set_at_run_time = excluded.set_at_run_time,
-                     updated_at = excluded.updated_at
-                 WHERE ?10 OR durable_queues.set_at_run_time = 0",
-            )?
-            .execute(params![
-                &*set.queue,
-                l.concurrency,
-                l.per_process,
-                l.partition_concurrency,
-                l.rate.map(|r| r.count),
-                l.rate.map(|r| r.period_ms),
-                l.paused,
-                set.from == LimitsFrom::RunTime,
-                at,
-                replaces,
-            ])?;
+        if set.from == LimitsFrom::Pause {
+            self.conn
+                .prepare_cached(
+                    "UPDATE durable_queues SET paused = ?2, updated_at = ?3 WHERE name = ?1",
+                )?
+                .execute(params![&*set.queue, l.paused, at])?;
+        } else {
+            // Declared limits do not replace limits set at run time; the other two do.
+            // None of them changes `paused`.
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO durable_queues (name, concurrency, per_process,
+                         partition_concurrency, rate_count, rate_period_ms, set_at_run_time,
+                         updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency,
+                         per_process = excluded.per_process,
+                         partition_concurrency = excluded.partition_concurrency,
+                         rate_count = excluded.rate_count,
+                         rate_period_ms = excluded.rate_period_ms,
+                         set_at_run_time = excluded.set_at_run_time,
+                         updated_at = excluded.updated_at
+                     WHERE ?9 OR durable_queues.set_at_run_time = 0",
+                )?
+                .execute(params![
+                    &*set.queue,
+                    l.concurrency,
+                    l.per_process,
+                    l.partition_concurrency,
+                    l.rate.map(|r| r.count),
+                    l.rate.map(|r| r.period_ms),
+                    set.from == LimitsFrom::RunTime,
+                    at,
+                    set.from != LimitsFrom::Declared,
+                ])?;
+        }
         self.queues.touched.insert(set.queue.clone());
         Ok(())
     }
