@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use durable_runtime::{
-    Enqueue, Error, OnDuplicate, Queue, Runtime, WorkflowHandle, step, workflow,
+    Enqueue, Error, OnDuplicate, Queue, QueueHandle, QueueInfo, Runtime, WorkflowHandle, step,
+    workflow,
 };
 
 /// What each test's workflows did, by the test's key: how many run now, the most that
@@ -70,6 +71,16 @@ async fn open(path: &std::path::Path, queues: &[&Queue]) -> Runtime {
     b.open().await.expect("open")
 }
 
+/// Queue `name` of `rt`.
+fn queue(rt: &Runtime, name: &str) -> QueueHandle {
+    rt.queue(name).expect("a declared queue")
+}
+
+/// What queue `name` of `rt` holds now.
+async fn info_of(rt: &Runtime, name: &str) -> QueueInfo {
+    queue(rt, name).info().await.expect("queue info")
+}
+
 async fn all_done(handles: Vec<WorkflowHandle<String>>) -> Vec<String> {
     let mut out = Vec::new();
     for h in handles {
@@ -96,7 +107,7 @@ async fn a_queue_never_runs_more_than_its_concurrency() {
     let s = seen("c3");
     assert_eq!(s.max, 3, "{s:?}");
     assert_eq!(s.ended, 40);
-    let info = rt.queue("c3").expect("ok").info().await.expect("ok");
+    let info = info_of(&rt, "c3").await;
     assert_eq!((info.queued, info.running, info.held), (0, 0, 0));
     rt.close().await.expect("ok");
 }
@@ -106,7 +117,7 @@ async fn priority_runs_lower_numbers_first_then_in_order_of_arrival() {
     let dir = tempfile::tempdir().expect("ok");
     let q = Queue::new("prio").concurrency(1);
     let rt = open(&dir.path().join("j.db"), &[&q]).await;
-    rt.queue("prio").expect("ok").pause().await.expect("ok");
+    queue(&rt, "prio").pause().await.expect("ok");
     let items = [(5, "a"), (0, "b"), (5, "c"), (-3, "d"), (0, "e"), (1, "f")];
     let mut handles = Vec::new();
     for (p, item) in items {
@@ -117,9 +128,7 @@ async fn priority_runs_lower_numbers_first_then_in_order_of_arrival() {
                 .expect("ok"),
         );
     }
-    let listed: Vec<String> = rt
-        .queue("prio")
-        .expect("ok")
+    let listed: Vec<String> = queue(&rt, "prio")
         .list(100)
         .await
         .expect("ok")
@@ -128,7 +137,7 @@ async fn priority_runs_lower_numbers_first_then_in_order_of_arrival() {
         .collect();
     assert_eq!(listed.len(), 6);
     assert_eq!(seen("prio").started.len(), 0, "paused: nothing starts");
-    rt.queue("prio").expect("ok").unpause().await.expect("ok");
+    queue(&rt, "prio").unpause().await.expect("ok");
     all_done(handles).await;
     assert_eq!(seen("prio").started, ["d", "b", "e", "f", "a", "c"]);
     rt.close().await.expect("ok");
@@ -139,7 +148,7 @@ async fn a_small_partition_does_not_wait_behind_a_big_ones_backlog() {
     let dir = tempfile::tempdir().expect("ok");
     let q = Queue::new("fair").concurrency(2);
     let rt = open(&dir.path().join("j.db"), &[&q]).await;
-    rt.queue("fair").expect("ok").pause().await.expect("ok");
+    queue(&rt, "fair").pause().await.expect("ok");
     let mut handles = Vec::new();
     for i in 0..1000 {
         let call = job("fair".into(), format!("big-{i}"), 0);
@@ -157,7 +166,7 @@ async fn a_small_partition_does_not_wait_behind_a_big_ones_backlog() {
                 .expect("ok"),
         );
     }
-    rt.queue("fair").expect("ok").unpause().await.expect("ok");
+    queue(&rt, "fair").unpause().await.expect("ok");
     all_done(handles).await;
     let started = seen("fair").started;
     let last_small = started
@@ -204,7 +213,7 @@ async fn a_deduplication_id_refuses_or_joins_while_its_holder_is_pending() {
     let dir = tempfile::tempdir().expect("ok");
     let q = Queue::new("dedup").concurrency(1);
     let rt = open(&dir.path().join("j.db"), &[&q]).await;
-    rt.queue("dedup").expect("ok").pause().await.expect("ok");
+    queue(&rt, "dedup").pause().await.expect("ok");
     let first = rt
         .enqueue_with(
             &q,
@@ -245,16 +254,8 @@ async fn a_deduplication_id_refuses_or_joins_while_its_holder_is_pending() {
         .await
         .expect("ok");
     assert_eq!(joined.id(), first.id());
-    assert_eq!(
-        rt.queue("dedup")
-            .expect("ok")
-            .info()
-            .await
-            .expect("ok")
-            .queued,
-        1
-    );
-    rt.queue("dedup").expect("ok").unpause().await.expect("ok");
+    assert_eq!(info_of(&rt, "dedup").await.queued, 1);
+    queue(&rt, "dedup").unpause().await.expect("ok");
     assert_eq!(joined.result().await.expect("ok"), "first");
     // Finished: the id is free again.
     let again = rt
@@ -286,12 +287,11 @@ async fn a_limit_changed_at_run_time_holds_and_outlives_a_restart() {
     }
     all_done(handles).await;
     assert_eq!(seen("grow-1").max, 1);
-    rt.queue("grow")
-        .expect("ok")
+    queue(&rt, "grow")
         .set_concurrency(Some(4))
         .await
         .expect("ok");
-    let info = rt.queue("grow").expect("ok").info().await.expect("ok");
+    let info = info_of(&rt, "grow").await;
     assert_eq!((info.concurrency, info.set_at_run_time), (Some(4), true));
     rt.close().await.expect("ok");
 
@@ -307,16 +307,8 @@ async fn a_limit_changed_at_run_time_holds_and_outlives_a_restart() {
     }
     all_done(handles).await;
     assert_eq!(seen("grow-4").max, 4);
-    rt.queue("grow").expect("ok").reset().await.expect("ok");
-    assert_eq!(
-        rt.queue("grow")
-            .expect("ok")
-            .info()
-            .await
-            .expect("ok")
-            .concurrency,
-        Some(1)
-    );
+    queue(&rt, "grow").reset().await.expect("ok");
+    assert_eq!(info_of(&rt, "grow").await.concurrency, Some(1));
     rt.close().await.expect("ok");
 }
 
@@ -334,15 +326,7 @@ async fn a_delayed_workflow_waits_its_delay() {
         )
         .await
         .expect("ok");
-    assert_eq!(
-        rt.queue("later")
-            .expect("ok")
-            .list(10)
-            .await
-            .expect("ok")
-            .len(),
-        1
-    );
+    assert_eq!(queue(&rt, "later").list(10).await.expect("ok").len(), 1);
     h.result().await.expect("ok");
     assert!(at.elapsed() >= Duration::from_millis(300));
     rt.close().await.expect("ok");
@@ -397,19 +381,15 @@ async fn a_cancelled_queued_workflow_frees_nothing_and_ends_its_handle() {
     let dir = tempfile::tempdir().expect("ok");
     let q = Queue::new("cancel").concurrency(1);
     let rt = open(&dir.path().join("j.db"), &[&q]).await;
-    rt.queue("cancel").expect("ok").pause().await.expect("ok");
+    queue(&rt, "cancel").pause().await.expect("ok");
     let h = rt
         .enqueue(&q, job("cancel".into(), "x".into(), 0))
         .await
         .expect("ok");
-    rt.queue("cancel")
-        .expect("ok")
-        .cancel(h.id())
-        .await
-        .expect("ok");
+    queue(&rt, "cancel").cancel(h.id()).await.expect("ok");
     let e = h.result().await.expect_err("cancelled");
     assert!(matches!(e, Error::Cancelled { .. }), "{e:?}");
-    let info = rt.queue("cancel").expect("ok").info().await.expect("ok");
+    let info = info_of(&rt, "cancel").await;
     assert_eq!((info.queued, info.running), (0, 0));
     rt.close().await.expect("ok");
 }
@@ -452,7 +432,7 @@ fn a_workflow_running_at_a_crash_resumes_in_its_slot_and_the_queue_goes_on() {
         while seen("crash").started.is_empty() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let info = rt.queue("one").expect("ok").info().await.expect("ok");
+        let info = info_of(&rt, "one").await;
         assert_eq!((info.running, info.queued), (1, 3));
     });
     first.shutdown_background();
@@ -478,7 +458,7 @@ fn a_workflow_running_at_a_crash_resumes_in_its_slot_and_the_queue_goes_on() {
             assert_eq!(w.result().await.expect("ok"), i.to_string());
         }
         assert_eq!(seen("after-crash").max, 1);
-        let info = rt.queue("one").expect("ok").info().await.expect("ok");
+        let info = info_of(&rt, "one").await;
         assert_eq!((info.running, info.queued, info.held), (0, 0, 0));
         rt.close().await.expect("ok");
     });
@@ -490,7 +470,7 @@ async fn a_workflow_that_cannot_run_frees_its_slot_and_is_queued_again_at_the_ne
     let path = dir.path().join("j.db");
     let q = Queue::new("bad").concurrency(1);
     let rt = open(&path, &[&q]).await;
-    rt.queue("bad").expect("ok").pause().await.expect("ok");
+    queue(&rt, "bad").pause().await.expect("ok");
     let bad = rt
         .enqueue_with(
             &q,
@@ -513,9 +493,9 @@ async fn a_workflow_that_cannot_run_frees_its_slot_and_is_queued_again_at_the_ne
         "UPDATE durable_workflows SET input_crc32 = input_crc32 + 1 WHERE id = 'bad'",
         [],
     );
-    rt.queue("bad").expect("ok").unpause().await.expect("ok");
+    queue(&rt, "bad").unpause().await.expect("ok");
     assert_eq!(good.result().await.expect("ok"), "good");
-    let info = rt.queue("bad").expect("ok").info().await.expect("ok");
+    let info = info_of(&rt, "bad").await;
     assert_eq!((info.queued, info.running, info.held), (0, 0, 1));
     drop(bad);
     rt.close().await.expect("ok");
@@ -528,7 +508,7 @@ async fn a_workflow_that_cannot_run_frees_its_slot_and_is_queued_again_at_the_ne
     let rt = open(&path, &[&q]).await;
     let bad: WorkflowHandle<String> = rt.handle("bad").await.expect("ok");
     assert_eq!(bad.result().await.expect("ok"), "bad");
-    let info = rt.queue("bad").expect("ok").info().await.expect("ok");
+    let info = info_of(&rt, "bad").await;
     assert_eq!((info.queued, info.running, info.held), (0, 0, 0));
     rt.close().await.expect("ok");
 }
@@ -539,17 +519,8 @@ async fn a_pause_outlives_a_restart_and_leaves_the_declared_limits_in_force() {
     let path = dir.path().join("j.db");
     let q = Queue::new("paused").concurrency(1);
     let rt = open(&path, &[&q]).await;
-    rt.queue("paused")
-        .expect("queue")
-        .pause()
-        .await
-        .expect("pause");
-    let info = rt
-        .queue("paused")
-        .expect("queue")
-        .info()
-        .await
-        .expect("info");
+    queue(&rt, "paused").pause().await.expect("pause");
+    let info = info_of(&rt, "paused").await;
     assert!(info.paused);
     assert!(
         !info.set_at_run_time,
@@ -567,22 +538,13 @@ async fn a_pause_outlives_a_restart_and_leaves_the_declared_limits_in_force() {
     // A new build declares another limit: it holds, and the queue stays paused.
     let q = Queue::new("paused").concurrency(2);
     let rt = open(&path, &[&q]).await;
-    let info = rt
-        .queue("paused")
-        .expect("queue")
-        .info()
-        .await
-        .expect("info");
+    let info = info_of(&rt, "paused").await;
     assert_eq!(
         (info.concurrency, info.paused, info.queued),
         (Some(2), true, 1)
     );
     assert!(seen("paused").started.is_empty());
-    rt.queue("paused")
-        .expect("queue")
-        .unpause()
-        .await
-        .expect("unpause");
+    queue(&rt, "paused").unpause().await.expect("unpause");
     let h: WorkflowHandle<String> = rt.handle("p").await.expect("handle");
     assert_eq!(h.result().await.expect("result"), "x");
     rt.close().await.expect("close");
