@@ -28,6 +28,8 @@
 //! | `replay` | open a journal and finish a pending workflow whose `n` steps are recorded | open and one `SELECT` of those `n` rows |
 //! | `start` | start 1,000 one-step workflows with explicit ids, at once | 2,000 rows, 100 per commit |
 //! | `recv_wake` | a workflow waiting in `recv`: from `Runtime::send` returning to `recv` returning, median of 100 | one single-row commit after the same 1 ms idle, median of 100 |
+//! | `queue` | 10,000 one-step workflows enqueued at once on a queue of concurrency 100, up to every result | 20,000 rows (a workflow's and its step's each), 100 per commit |
+//! | `queue_wake` | a queue of concurrency 1 with 101 one-step workflows: from a workflow's handle returning its result (the commit that ended it, and freed its slot, has happened) to the next one's step starting, median of 100 | one single-row commit, back to back, median of 100 |
 //!
 //! `typed` is `seq` with the values a service passes: what it adds to `seq`'s per-step
 //! cost is the argument fingerprint, and encoding (and checking) a struct instead of an
@@ -46,6 +48,13 @@
 //! commit, `n` the number of messages), and `commits` counts every commit of the 100
 //! rounds: two a message (the send with the recv it answers, and the empty one that
 //! parks the next wait).
+//!
+//! `queue_wake` measures what a queue adds to a start: a freed slot is taken in the
+//! commit that frees it (the dispatch runs inside it), so the next workflow starts as
+//! soon as the runtime hears of that commit, sooner than another commit would take. Its
+//! target line also prints a whole turn of the queue, from one workflow's step starting
+//! to the next one's: the step's checkpoint, the commit that ends its workflow and
+//! dispatches the next, and the launch. `commits` counts every commit of the 100 turns.
 //!
 //! `seq`, `fanout` and `replay` run at n = 100, 1,000 and 10,000; a `scale` line per
 //! workload and setting gives the per-step cost at each size and the marginal cost (the
@@ -106,6 +115,7 @@
 
 mod baseline;
 mod postgres;
+mod queue;
 mod sampler;
 mod scale;
 mod usage;
@@ -341,9 +351,11 @@ enum Workload {
     Replay(u32),
     Start,
     RecvWake,
+    Queue,
+    QueueWake,
 }
 
-const WORKLOAD_NAMES: [&str; 7] = [
+const WORKLOAD_NAMES: [&str; 9] = [
     "seq",
     "typed",
     "fanout",
@@ -351,6 +363,8 @@ const WORKLOAD_NAMES: [&str; 7] = [
     "replay",
     "start",
     "recv_wake",
+    "queue",
+    "queue_wake",
 ];
 
 impl Workload {
@@ -363,6 +377,8 @@ impl Workload {
             Workload::Replay(_) => "replay",
             Workload::Start => "start",
             Workload::RecvWake => "recv_wake",
+            Workload::Queue => "queue",
+            Workload::QueueWake => "queue_wake",
         }
     }
 
@@ -373,14 +389,16 @@ impl Workload {
             Workload::Many => 2_000,
             Workload::Start => 1_000,
             Workload::RecvWake => ROUNDS,
+            Workload::Queue => queue::ITEMS,
+            Workload::QueueWake => queue::TURNS,
         }
     }
 
     /// How many steps one figure (wall and CPU time) covers: the whole workload's,
-    /// except for `recv_wake`, whose figures are per message.
+    /// except for `recv_wake` and `queue_wake`, whose figures are per message or turn.
     fn per_figure(self) -> u32 {
         match self {
-            Workload::RecvWake => 1,
+            Workload::RecvWake | Workload::QueueWake => 1,
             w => w.n(),
         }
     }
@@ -399,6 +417,11 @@ impl Workload {
             Workload::RecvWake => format!(
                 "one single-row commit after {} ms idle, median of {ROUNDS}",
                 PARK.as_millis()
+            ),
+            Workload::Queue => format!("{} rows, 100 per commit", 2 * queue::ITEMS),
+            Workload::QueueWake => format!(
+                "one single-row commit, back to back, median of {}",
+                queue::TURNS
             ),
         }
     }
@@ -436,7 +459,8 @@ struct Options {
 }
 
 const USAGE: &str = "usage: durable-bench [--json] [--quick] [--runs N] [--dir DIR] [--tmpfs DIR]
-                     [--only seq,typed,fanout,many,replay,start,recv_wake,big,parked,long_replay,history_open]
+                     [--only seq,typed,fanout,many,replay,start,recv_wake,queue,queue_wake,
+                            big,parked,long_replay,history_open]
                      [--sync full,normal,off]
        DATABASE_URL=postgres://... durable-bench --journal postgres [--json] [--quick] [--runs N]
                      [--only seq,fanout,many,start,replay,recv_wake]";
@@ -618,6 +642,8 @@ async fn ours(dir: &Path, sync: Sync, w: Workload) -> Res<Run> {
     match w {
         Workload::Replay(n) => return replay(&path, sync, n).await,
         Workload::RecvWake => return recv_wake(&path, sync).await,
+        Workload::Queue => return queue::through_queue(&path, sync.durability()).await,
+        Workload::QueueWake => return queue::wake(&path, sync.durability()).await,
         _ => {}
     }
     let rt = open(&path, sync).await?;
@@ -630,7 +656,7 @@ async fn ours(dir: &Path, sync: Sync, w: Workload) -> Res<Run> {
         Workload::Fanout(n) => drop(rt.start(concurrent(n)).await?.result().await?),
         Workload::Many => run_all(&rt, 200, |_| (None, sequential(10))).await?,
         Workload::Start => run_all(&rt, 1000, |i| (Some(format!("wf-{i}")), one_step(i))).await?,
-        Workload::Replay(_) | Workload::RecvWake => {}
+        Workload::Replay(_) | Workload::RecvWake | Workload::Queue | Workload::QueueWake => {}
     }
     Ok(Run {
         wall_s: start.elapsed().as_secs_f64(),
@@ -772,6 +798,22 @@ fn baseline(dir: &Path, sync: Sync, w: Workload, steps_table: &str) -> Res<Run> 
         Workload::Typed(n) => commits_of(n, 1, RECEIPT_BYTES),
         Workload::Fanout(n) => commits(n, 100),
         Workload::Many | Workload::Start => commits(2000, 100),
+        Workload::Queue => commits(2 * queue::ITEMS, 100),
+        Workload::QueueWake => {
+            let (latencies, cpu_s) = baseline::commit_latencies(
+                dir,
+                sync,
+                steps_table,
+                queue::TURNS as usize,
+                queue::BACK_TO_BACK,
+            )?;
+            Ok(Run {
+                wall_s: median(latencies),
+                cpu_s,
+                commits: u64::from(queue::TURNS),
+                from_call_s: None,
+            })
+        }
         Workload::RecvWake => {
             let (latencies, cpu_s) =
                 baseline::commit_latencies(dir, sync, steps_table, ROUNDS as usize, PARK)?;
@@ -1084,6 +1126,7 @@ fn targets(rows: &[Row], scales: &[Scale], big: Option<&Big>) -> Vec<Target> {
     ratio(Workload::Many, 2.0);
     ratio(Workload::Replay(1000), 3.0);
     ratio(Workload::Start, 2.0);
+    ratio(Workload::Queue, 2.0);
     // At every setting: the wake-up path must not poll, whatever a commit costs.
     for s in Sync::ALL {
         if let Some(r) = row(Workload::RecvWake, s) {
@@ -1097,6 +1140,21 @@ fn targets(rows: &[Row], scales: &[Scale], big: Option<&Big>) -> Vec<Target> {
                 ),
                 measured: r.ratio(),
                 limit: 2.0,
+            });
+        }
+        // A freed slot is taken in the commit that frees it: the next start must come
+        // sooner than another commit would.
+        if let Some(r) = row(Workload::QueueWake, s) {
+            out.push(Target {
+                what: format!(
+                    "queue_wake latency / one commit at {} (slot freed -> next start {:.1} us, one commit {:.1} us; a whole turn {:.1} us)",
+                    s.name(),
+                    r.ours_s * 1e6,
+                    r.baseline_s * 1e6,
+                    r.from_call_s.unwrap_or(f64::NAN) * 1e6
+                ),
+                measured: r.ratio(),
+                limit: 1.0,
             });
         }
     }
@@ -1168,6 +1226,7 @@ async fn run(o: Options) -> Res<()> {
     workloads.extend([Workload::Many, Workload::Start]);
     workloads.extend(sizes.iter().map(|&n| Workload::Replay(n)));
     workloads.push(Workload::RecvWake);
+    workloads.extend([Workload::Queue, Workload::QueueWake]);
     workloads.retain(|w| o.only.contains(&w.name()));
     if !o.json {
         println!("{TABLE_HEADER}");

@@ -283,7 +283,9 @@ async fn ours(server: &Server, admin: &Client, schema: &str, w: Workload) -> Res
     match w {
         Workload::Replay(n) => return replay(server, admin, schema, n).await,
         Workload::RecvWake => return recv_wake(server, schema).await,
-        Workload::Typed(_) => return Err("typed is not measured on PostgreSQL".into()),
+        Workload::Typed(_) | Workload::Queue | Workload::QueueWake => {
+            return Err(format!("{} is not measured on PostgreSQL", w.name()).into());
+        }
         _ => {}
     }
     let rt = server.open(schema).await?;
@@ -295,7 +297,11 @@ async fn ours(server: &Server, admin: &Client, schema: &str, w: Workload) -> Res
         Workload::Fanout(n) => drop(rt.start(concurrent(n)).await?.result().await?),
         Workload::Many => run_all(&rt, 200, |_| (None, sequential(10))).await?,
         Workload::Start => run_all(&rt, 1000, |i| (Some(format!("wf-{i}")), one_step(i))).await?,
-        Workload::Typed(_) | Workload::Replay(_) | Workload::RecvWake => {}
+        Workload::Typed(_)
+        | Workload::Replay(_)
+        | Workload::RecvWake
+        | Workload::Queue
+        | Workload::QueueWake => {}
     }
     let run = Run {
         wall_s: start.elapsed().as_secs_f64(),
@@ -620,7 +626,11 @@ async fn baseline(
         Workload::Seq(n) => (n, 1),
         Workload::Fanout(n) => (n, 100),
         Workload::Many | Workload::Start => (2000, 100),
-        Workload::Typed(_) | Workload::Replay(_) | Workload::RecvWake => {
+        Workload::Typed(_)
+        | Workload::Replay(_)
+        | Workload::RecvWake
+        | Workload::Queue
+        | Workload::QueueWake => {
             return Err(format!("no PostgreSQL baseline for {}", w.name()).into());
         }
     };

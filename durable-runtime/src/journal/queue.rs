@@ -170,12 +170,9 @@ pub(crate) fn free_slots(limits: &Limits, running: u64, mine: u64, in_window: u6
 /// One partition's next candidate, for [`pick`].
 #[derive(Debug, Clone)]
 pub(crate) struct Head {
-    pub(crate) partition: String,
     pub(crate) priority: i32,
     /// Its run number: its order of arrival.
     pub(crate) run: i64,
-    /// Whether it was never dispatched before (it has recorded nothing).
-    pub(crate) fresh: bool,
     /// How many of its partition run now (counting those picked so far).
     pub(crate) running: u64,
 }
@@ -198,12 +195,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn head(partition: &str, priority: i32, run: i64, running: u64) -> Head {
+    fn head(_partition: &str, priority: i32, run: i64, running: u64) -> Head {
         Head {
-            partition: partition.into(),
             priority,
             run,
-            fresh: true,
             running,
         }
     }

@@ -111,13 +111,20 @@ const SQL_PARTITIONS: &str = concat!(
          FROM parts WHERE parts.p IS NOT NULL
      ) SELECT p FROM parts WHERE p IS NOT NULL"
 );
-const SQL_HEAD: &str = concat!(
-    "SELECT run, priority, dispatched_at IS NULL FROM durable_workflows WHERE ",
+/// The filter of the next `?5` workflows of partition `?2` a dispatch may take at
+/// `?3`, for [`rows::select_workflows`] with [`CANDIDATE_COLUMNS`].
+const SQL_CANDIDATES: &str = concat!(
+    "WHERE run IN (SELECT run FROM durable_workflows WHERE ",
     waiting_in_first_parameter!(),
     " AND partition_key = ?2 AND (not_before IS NULL OR not_before <= ?3)
        AND (?4 IS NULL OR name IN (SELECT value FROM json_each(?4)))
-     ORDER BY priority, run LIMIT 1"
+     ORDER BY priority, run LIMIT ?5)"
 );
+/// The most candidates one read of a partition takes (more are read as they go).
+const READ_AT_MOST: u64 = 1000;
+
+/// What a dispatch reads of a candidate besides its record.
+const CANDIDATE_COLUMNS: &str = ", run, priority, dispatched_at IS NULL, timeout_ms";
 const SQL_NEXT_DUE: &str = concat!(
     "SELECT min(not_before) FROM durable_workflows WHERE ",
     waiting_in_first_parameter!(),
@@ -125,10 +132,27 @@ const SQL_NEXT_DUE: &str = concat!(
 );
 const SQL_DISPATCH: &str = "UPDATE durable_workflows
      SET queue_state = 'running', dispatched_at = coalesce(dispatched_at, ?2), updated_at = ?2,
-         deadline_at = CASE WHEN timeout_ms IS NULL THEN deadline_at
-                            WHEN deadline_at IS NULL THEN ?2 + timeout_ms
-                            ELSE min(deadline_at, ?2 + timeout_ms) END
+         deadline_at = ?3
      WHERE run = ?1 AND queue_state = 'queued' AND status = 'pending'";
+
+/// A workflow a dispatch may take: its record, and what picking needs.
+struct Candidate {
+    record: crate::journal::WorkflowRecord,
+    run: i64,
+    priority: i32,
+    fresh: bool,
+    timeout_ms: Option<i64>,
+}
+
+/// One partition's candidates, in order, during a dispatch.
+struct Partition {
+    name: String,
+    /// Its running workflows, counting those dispatched so far.
+    running: u64,
+    next: std::collections::VecDeque<Candidate>,
+    /// Whether a read found as many as it asked for: more may wait.
+    more: bool,
+}
 
 impl Writer {
     /// Inserts a queued workflow, unless a workflow with its id exists (answered as
@@ -350,45 +374,76 @@ impl Writer {
             }
             return Ok(());
         }
-        let partitions: Vec<String> = self
+        let names: Vec<String> = self
             .conn
             .prepare_cached(SQL_PARTITIONS)?
             .query_map([name], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
-        let mut heads = Vec::with_capacity(partitions.len());
-        for partition in partitions {
-            let Some(mut head) = self.head(name, partition, now)? else {
-                continue;
-            };
-            head.running = self
+        // Each partition's first few candidates in one read: enough for its share of
+        // the free slots (and one more), all of them if it is the only one; a partition
+        // that runs out reads more.
+        let share = (free / names.len().max(1) as u64).saturating_add(1);
+        let mut partitions = Vec::with_capacity(names.len());
+        for partition in names {
+            let running: u64 = self
                 .conn
                 .prepare_cached(SQL_RUNNING_IN)?
-                .query_row(params![name, head.partition], |r| r.get(0))?;
-            heads.push(head);
+                .query_row(params![name, partition], |r| r.get(0))?;
+            let mut p = Partition {
+                name: partition,
+                running,
+                next: std::collections::VecDeque::new(),
+                more: true,
+            };
+            self.candidates(
+                name,
+                &mut p,
+                share.min(free),
+                limits.partition_concurrency,
+                now,
+            )?;
+            if !p.next.is_empty() {
+                partitions.push(p);
+            }
         }
         let queue: Arc<str> = Arc::from(name);
         let mut picked = 0;
         let mut rated = 0;
         while picked < free {
+            let heads: Vec<Head> = partitions
+                .iter()
+                .map(|p| {
+                    let c = &p.next[0];
+                    Head {
+                        priority: c.priority,
+                        run: c.run,
+                        running: p.running,
+                    }
+                })
+                .collect();
             let Some(i) = pick(&heads, limits.partition_concurrency) else {
                 break;
             };
-            let head = &mut heads[i];
-            if let Some(record) = self.dispatch_run(head.run, now)? {
-                rated += u64::from(head.fresh);
+            let p = &mut partitions[i];
+            let Some(c) = p.next.pop_front() else {
+                break;
+            };
+            if let Some(record) = self.dispatch_run(c, now)? {
+                rated += u64::from(record.1);
                 self.queues.dispatched.push(Dispatched {
-                    record,
+                    record: record.0,
                     queue: queue.clone(),
-                    fresh: head.fresh,
+                    fresh: record.1,
                 });
                 picked += 1;
-                head.running += 1;
+                p.running += 1;
             }
-            let (partition, running) = (std::mem::take(&mut head.partition), head.running);
-            match self.head(name, partition, now)? {
-                Some(next) => heads[i] = Head { running, ..next },
-                None => {
-                    heads.swap_remove(i);
+            if p.next.is_empty() {
+                if p.more {
+                    self.candidates(name, p, free - picked, limits.partition_concurrency, now)?;
+                }
+                if p.next.is_empty() {
+                    partitions.swap_remove(i);
                 }
             }
         }
@@ -408,42 +463,73 @@ impl Writer {
         Ok(())
     }
 
-    /// The next workflow of `partition` a dispatch of `queue` may take at `now` (its
-    /// partition's running count left at 0, for the caller to fill in).
-    fn head(&self, queue: &str, partition: String, now: i64) -> rusqlite::Result<Option<Head>> {
-        let found: Option<(i64, i32, bool)> = self
-            .conn
-            .prepare_cached(SQL_HEAD)?
-            .query_row(params![queue, partition, now, self.queues.workflows], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .optional()?;
-        Ok(found.map(|(run, priority, fresh)| Head {
-            partition,
-            priority,
-            run,
-            fresh,
-            running: 0,
-        }))
+    /// Reads up to `want` more candidates of partition `p` of `queue` at `now` (fewer
+    /// if its partition limit leaves less room).
+    fn candidates(
+        &self,
+        queue: &str,
+        p: &mut Partition,
+        want: u64,
+        partition_limit: Option<u32>,
+        now: i64,
+    ) -> rusqlite::Result<()> {
+        let room = partition_limit.map_or(u64::MAX, |l| u64::from(l).saturating_sub(p.running));
+        let want = want.min(room).min(READ_AT_MOST);
+        if want == 0 {
+            p.more = false;
+            return Ok(());
+        }
+        let mut found = rows::select_workflows(
+            &self.conn,
+            CANDIDATE_COLUMNS,
+            SQL_CANDIDATES,
+            params![
+                queue,
+                p.name,
+                now,
+                self.queues.workflows,
+                i64::try_from(want).unwrap_or(i64::MAX)
+            ],
+            |r, record| {
+                let at = rows::WORKFLOW_COLUMN_COUNT;
+                Ok(Candidate {
+                    record,
+                    run: r.get(at)?,
+                    priority: r.get(at + 1)?,
+                    fresh: r.get(at + 2)?,
+                    timeout_ms: r.get(at + 3)?,
+                })
+            },
+        )?;
+        p.more = found.len() as u64 == want;
+        found.sort_by_key(|c| (c.priority, c.run));
+        p.next.extend(found);
+        Ok(())
     }
 
-    /// Marks run `run` dispatched, and reads it back for the runtime.
+    /// Marks candidate `c` dispatched at `now`; answers its record as the runtime is
+    /// to run it, and whether it is fresh (never dispatched before).
     fn dispatch_run(
         &self,
-        run: i64,
+        c: Candidate,
         now: i64,
-    ) -> rusqlite::Result<Option<crate::journal::WorkflowRecord>> {
-        if self
-            .conn
-            .prepare_cached(SQL_DISPATCH)?
-            .execute(params![run, now])?
-            == 0
-        {
+    ) -> rusqlite::Result<Option<(crate::journal::WorkflowRecord, bool)>> {
+        let mut record = c.record;
+        // Its timeout counts from this dispatch, and shortens any deadline it has.
+        if let Some(timeout) = c.timeout_ms {
+            let end = now.saturating_add(timeout);
+            record.deadline_at = Some(record.deadline_at.map_or(end, |d| d.min(end)));
+        }
+        let updated = self.conn.prepare_cached(SQL_DISPATCH)?.execute(params![
+            c.run,
+            now,
+            record.deadline_at
+        ])?;
+        if updated == 0 {
             return Ok(None);
         }
-        let mut records =
-            rows::select_workflows(&self.conn, "", "WHERE run = ?1", [run], |_, w| Ok(w))?;
-        Ok(records.pop())
+        record.queue_state = Some(QueueState::Running);
+        Ok(Some((record, c.fresh)))
     }
 
     fn due_at(&mut self, at: Option<i64>) {
