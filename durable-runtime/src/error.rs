@@ -264,6 +264,16 @@ pub enum Error {
         problem: String,
     },
 
+    /// A cron schedule was refused: its expression is not valid cron (or never fires),
+    /// its time zone is unknown, or it is scheduled twice in one runtime.
+    #[error("schedule {schedule:?}: {problem}")]
+    Schedule {
+        /// The schedule's name.
+        schedule: String,
+        /// What is wrong, and what to do.
+        problem: String,
+    },
+
     /// An enqueue was refused because a workflow of the same queue with the same
     /// deduplication id is queued or running (see
     /// [`Enqueue::dedup`](crate::Enqueue::dedup)).

@@ -219,6 +219,7 @@
 #[doc(hidden)]
 pub mod bench;
 mod codec;
+mod cron;
 mod engine;
 mod error;
 mod journal;
@@ -256,8 +257,9 @@ pub use crate::primitives::random::{random, uuid};
 pub use crate::primitives::select::{Either, select, select_all};
 pub use crate::primitives::time::{now, sleep};
 pub use crate::runtime::{
-    Enqueue, OnDuplicate, Queue, QueueHandle, QueueInfo, QueuedWorkflow, Runtime, RuntimeBuilder,
-    StepInfo, WorkflowHandle, WorkflowStatus,
+    Enqueue, ManualClock, OnDuplicate, Queue, QueueHandle, QueueInfo, QueuedWorkflow, Runtime,
+    RuntimeBuilder, Schedule, ScheduleHandle, ScheduleInfo, StepInfo, Tick, WorkflowHandle,
+    WorkflowStatus,
 };
 pub use crate::step_error::StepError;
 

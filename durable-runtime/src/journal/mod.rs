@@ -29,6 +29,7 @@ mod damage;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 pub(crate) mod queue;
+pub(crate) mod schedule;
 pub(crate) mod sqlite;
 mod step_info;
 
@@ -480,6 +481,13 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     /// The workflows waiting in a queue, in the order a dispatch would take them
     /// within a partition (priority, then arrival), at most `limit`.
     fn queued(&self, queue: &str, limit: usize) -> Result<Vec<queue::QueuedRow>, StoreError>;
+
+    // Schedules (see [`schedule`]).
+
+    /// Writes a schedule's state.
+    fn set_schedule(&self, write: schedule::ScheduleWrite) -> Ack;
+    /// A schedule's state, as committed; `None` if it was never declared.
+    fn schedule_state(&self, name: &str) -> Result<Option<schedule::ScheduleState>, StoreError>;
 
     /// How many write transactions have committed so far: a sequential step should
     /// cost one, concurrent steps should share them. Compiled for the benchmarks only.

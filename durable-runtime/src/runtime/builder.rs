@@ -29,6 +29,8 @@ pub struct RuntimeBuilder {
     pub(super) evict_parked_after: Option<Duration>,
     /// See [`RuntimeBuilder::queue`].
     pub(super) queues: Vec<super::queue::Queue>,
+    /// The clock schedules read, if not the real one.
+    pub(super) schedule_clock: Option<super::schedule::ManualClock>,
     /// The testkit's probe, if one was given.
     #[cfg(feature = "testkit")]
     pub(crate) instrument: Option<Arc<dyn Instrument>>,
@@ -186,6 +188,14 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Drives this runtime's schedules (see [`Runtime::schedule`]) with `clock`, a
+    /// clock a test moves by hand, instead of the real one. Sleeps and timeouts in
+    /// workflows keep the real clock.
+    pub fn schedule_clock(mut self, clock: super::schedule::ManualClock) -> Self {
+        self.schedule_clock = Some(clock);
+        self
+    }
+
     /// Opens the journal (creating it, owner-only, if it does not exist), takes its lock,
     /// and resumes every pending workflow.
     ///
@@ -262,6 +272,11 @@ impl RuntimeBuilder {
             waiting: Mutex::default(),
             dispatches: std::sync::atomic::AtomicU64::new(0),
             shared,
+            clock: self.schedule_clock.map_or(
+                super::schedule::Clock::System,
+                super::schedule::Clock::Manual,
+            ),
+            schedules: std::sync::Mutex::default(),
         });
         // The declared limits, then dispatching, in one commit: it dispatches every
         // queue (what waited while no runtime had the journal open). A program that

@@ -20,6 +20,7 @@ mod dormant;
 mod handle;
 mod queue;
 mod registry;
+mod schedule;
 
 pub use crate::journal::StepInfo;
 pub use builder::RuntimeBuilder;
@@ -27,6 +28,7 @@ pub use handle::{WorkflowHandle, WorkflowStatus};
 pub use queue::{Enqueue, OnDuplicate, Queue, QueueHandle, QueueInfo, QueuedWorkflow};
 pub(crate) use registry::Inner;
 use registry::*;
+pub use schedule::{ManualClock, Schedule, ScheduleHandle, ScheduleInfo, Tick};
 
 /// The durable-execution runtime: owns one journal and runs the workflows in it.
 ///
@@ -69,6 +71,7 @@ impl Runtime {
             app_version: None,
             evict_parked_after: Some(RuntimeBuilder::DEFAULT_EVICT_PARKED_AFTER),
             queues: Vec::new(),
+            schedule_clock: None,
             #[cfg(feature = "testkit")]
             instrument: None,
         }

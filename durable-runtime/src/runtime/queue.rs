@@ -588,7 +588,7 @@ impl QueueHandle {
 
 impl Inner {
     /// Refuses a queue this runtime was not built with (or with other limits).
-    fn known_queue(&self, queue: &Queue) -> Result<()> {
+    pub(super) fn known_queue(&self, queue: &Queue) -> Result<()> {
         match self.queues.get(queue.name()) {
             Some(q) if q == queue => Ok(()),
             Some(_) => Err(queue.error(

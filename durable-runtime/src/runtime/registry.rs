@@ -64,6 +64,10 @@ pub(crate) struct Inner {
     /// Whether other runtimes may share the journal (PostgreSQL): a queued workflow
     /// may then be dispatched to one of them.
     pub(super) shared: bool,
+    /// The clock schedules read: the real one, or a test's.
+    pub(super) clock: super::schedule::Clock,
+    /// The schedules running here, by name.
+    pub(super) schedules: super::schedule::Schedules,
 }
 
 impl Inner {
@@ -177,6 +181,7 @@ impl Inner {
     /// See [`Runtime::close_with_grace`](crate::Runtime::close_with_grace).
     pub(super) async fn close(&self, grace: Duration) -> Result<()> {
         self.closing.store(true, Ordering::Release);
+        self.stop_schedules();
         let deadline = tokio::time::Instant::now() + grace;
         // Runs admitted before the flag was set may still register; look until none is
         // left. Each is asked to stop at its next step boundary, then, after the grace

@@ -313,6 +313,17 @@ macro_rules! forward_reads {
             self.inner.queued(queue, limit)
         }
 
+        fn set_schedule(&self, write: crate::journal::schedule::ScheduleWrite) -> Ack {
+            self.inner.set_schedule(write)
+        }
+
+        fn schedule_state(
+            &self,
+            name: &str,
+        ) -> Result<Option<crate::journal::schedule::ScheduleState>, StoreError> {
+            self.inner.schedule_state(name)
+        }
+
         fn steps_after(
             &self,
             workflow_id: &str,

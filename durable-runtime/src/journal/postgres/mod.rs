@@ -750,6 +750,29 @@ impl Store for PgStore {
         refuse(&self.path, no_queues(&self.path, &set.queue))
     }
 
+    fn set_schedule(&self, write: super::schedule::ScheduleWrite) -> Ack {
+        refuse(
+            &self.path,
+            StoreError::new(
+                &*self.path,
+                StoreErrorKind::Invariant,
+                format!(
+                    "schedule {:?}: cron schedules are not available on the PostgreSQL \
+                     journal in this version of durable, only on SQLite; open a SQLite \
+                     journal to use them",
+                    write.name
+                ),
+            ),
+        )
+    }
+
+    fn schedule_state(
+        &self,
+        _name: &str,
+    ) -> Result<Option<super::schedule::ScheduleState>, StoreError> {
+        Ok(None)
+    }
+
     fn dispatch(&self) -> Ack {
         let (tx, ack) = Ack::channel(&self.path);
         let _ = tx.send(Ok(()));

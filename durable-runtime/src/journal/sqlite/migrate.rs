@@ -334,6 +334,20 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         set_at_run_time       INTEGER NOT NULL DEFAULT 0,
         updated_at            INTEGER NOT NULL
     ) STRICT;",
+    // Version 11: cron schedules. A schedule is declared in code; its row keeps how far
+    // its ticks are done (every tick up to `done_through`, in milliseconds since the
+    // epoch, was started or passed over) and whether it is paused, so that a restart
+    // neither repeats a tick nor runs every tick it missed. The expression and zone
+    // last declared are kept for people reading the journal. The workflow a tick starts
+    // is an ordinary row, under an id made from the schedule's name and the tick.
+    "CREATE TABLE durable_schedules (
+        name         TEXT PRIMARY KEY,
+        expression   TEXT NOT NULL,
+        time_zone    TEXT NOT NULL,
+        done_through INTEGER NOT NULL,
+        paused       INTEGER NOT NULL DEFAULT 0,
+        updated_at   INTEGER NOT NULL
+    ) STRICT;",
 ];
 
 /// Brings the schema to the newest version, in one transaction.

@@ -57,6 +57,7 @@ mod open;
 mod ops;
 mod queues;
 mod rows;
+mod schedules;
 pub(crate) mod view;
 mod waits;
 mod writer;
@@ -540,6 +541,17 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<super::queue::QueuedRow>, StoreError> {
         self.read_apart(|c| queues::queued(c, queue, limit))
+    }
+
+    fn set_schedule(&self, write: super::schedule::ScheduleWrite) -> Ack {
+        self.write(|tx| Write::Schedule(write, crate::util::now_ms(), tx))
+    }
+
+    fn schedule_state(
+        &self,
+        name: &str,
+    ) -> Result<Option<super::schedule::ScheduleState>, StoreError> {
+        self.read(|c| schedules::state(c, name))
     }
 
     fn path(&self) -> &Path {

@@ -131,6 +131,9 @@ impl Writer {
                 Reply::Unit(reply, Ok(()))
             }
             Write::Hold(id, at, reply) => Reply::Unit(reply, self.hold(&id, at).map_err(sql)),
+            Write::Schedule(write, at, reply) => {
+                Reply::Unit(reply, self.set_schedule(&write, at).map_err(sql))
+            }
             Write::Transaction(_, reply) => Reply::Unit(
                 reply,
                 Err(StoreError::new(

@@ -69,6 +69,7 @@ pub(super) enum Write {
     /// Dispatch every queue.
     Dispatch(Replier<()>),
     Hold(Arc<str>, i64, Replier<()>),
+    Schedule(crate::journal::schedule::ScheduleWrite, i64, Replier<()>),
 }
 
 impl Command {
@@ -109,7 +110,8 @@ impl Command {
                 Write::QueueNews(..)
                 | Write::SetQueue(..)
                 | Write::Dispatch(_)
-                | Write::Hold(..) => 0,
+                | Write::Hold(..)
+                | Write::Schedule(..) => 0,
                 Write::Send(m, _) => m.payload.len(),
                 Write::Cancel(..)
                 | Write::Resume(..)
@@ -739,7 +741,8 @@ pub(super) fn fail(c: Command, e: StoreError) {
             Write::QueueNews(_, s)
             | Write::SetQueue(_, _, s)
             | Write::Dispatch(s)
-            | Write::Hold(_, _, s) => drop(s.send(Err(e))),
+            | Write::Hold(_, _, s)
+            | Write::Schedule(_, _, s) => drop(s.send(Err(e))),
             Write::Started(.., s)
             | Write::Send(_, s)
             | Write::Patch(.., s)
