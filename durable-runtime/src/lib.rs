@@ -259,7 +259,7 @@ pub use crate::primitives::time::{now, sleep};
 pub use crate::runtime::{
     Enqueue, ManualClock, OnDuplicate, Queue, QueueHandle, QueueInfo, QueuedWorkflow, Runtime,
     RuntimeBuilder, Schedule, ScheduleHandle, ScheduleInfo, StepInfo, Tick, WorkflowHandle,
-    WorkflowStatus,
+    WorkflowStatus, enqueue, enqueue_with,
 };
 pub use crate::step_error::StepError;
 

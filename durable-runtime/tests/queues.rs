@@ -549,3 +549,110 @@ async fn a_pause_outlives_a_restart_and_leaves_the_declared_limits_in_force() {
     assert_eq!(h.result().await.expect("result"), "x");
     rt.close().await.expect("close");
 }
+
+/// The queue the workflows below enqueue on, declared the same way on the builder.
+fn children_queue() -> Queue {
+    Queue::new("children").concurrency(1)
+}
+
+/// Enqueues `n` children from inside the workflow, then collects their results.
+#[workflow]
+async fn fan_out(key: String, n: u32) -> Result<Vec<String>, String> {
+    let e = |e: Error| e.to_string();
+    let mut handles = Vec::new();
+    for i in 0..n {
+        let child = job(key.clone(), format!("c{i}"), 20);
+        handles.push(
+            durable_runtime::enqueue(&children_queue(), child)
+                .await
+                .map_err(e)?,
+        );
+    }
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(format!("{}={}", h.id(), h.result().await.map_err(e)?));
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn a_workflow_enqueues_children_that_run_under_the_queues_limits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = open(&dir.path().join("j.db"), &[&children_queue()]).await;
+    let h = rt
+        .start_with_id("fan", fan_out("fan-out".into(), 4))
+        .await
+        .expect("start");
+    assert_eq!(
+        h.result().await.expect("result").expect("children ran"),
+        ["fan/1=c0", "fan/2=c1", "fan/3=c2", "fan/4=c3"]
+    );
+    assert_eq!(seen("fan-out").max, 1, "the queue ran two children at once");
+    assert_eq!(seen("fan-out").started, ["c0", "c1", "c2", "c3"]);
+    rt.close().await.expect("close");
+}
+
+/// Enqueues with deduplication id `dedup`, waits for a message, then says what the
+/// enqueue answered.
+#[workflow]
+async fn enqueue_then_wait(key: String) -> String {
+    let child = job(key.clone(), "second".into(), 1);
+    let options = Enqueue::new().dedup("the-key", OnDuplicate::Refuse);
+    let answer = durable_runtime::enqueue_with(&children_queue(), child, options).await;
+    let _: Option<u32> = durable_runtime::recv("go", None).await.ok().flatten();
+    match answer {
+        Ok(h) => format!("enqueued {}", h.id()),
+        Err(Error::Duplicate { existing, .. }) => format!("refused: {existing} holds it"),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn an_enqueue_from_a_workflow_is_recorded_so_a_replay_answers_the_same() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    let rt = open(&path, &[&children_queue()]).await;
+    queue(&rt, "children").pause().await.expect("pause");
+    let holder = rt
+        .enqueue_with(
+            &children_queue(),
+            job("replayed-enqueue".into(), "first".into(), 1),
+            Enqueue::new()
+                .id("holder")
+                .dedup("the-key", OnDuplicate::Refuse),
+        )
+        .await
+        .expect("enqueue the holder");
+    rt.start_with_id("parent", enqueue_then_wait("replayed-enqueue".into()))
+        .await
+        .expect("start");
+    // The parent's enqueue is refused (the holder waits in the paused queue) and
+    // recorded; the parent then waits for its message.
+    for _ in 0..2000 {
+        let steps = rt.steps("parent").await.expect("steps");
+        if steps.iter().any(|s| s.name == "durable::enqueue") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The holder runs and frees the deduplication id; then the process stops.
+    queue(&rt, "children").unpause().await.expect("unpause");
+    assert_eq!(holder.result().await.expect("holder ran"), "first");
+    rt.close().await.expect("close");
+    drop(rt);
+
+    // The parent replays: an enqueue now would be taken, but the record answers.
+    let rt = open(&path, &[&children_queue()]).await;
+    // The deduplication id is free now; the replay still answers what was recorded.
+    rt.send("parent", "go", &1u32).await.expect("send");
+    let parent = rt.handle::<String>("parent").await.expect("parent");
+    assert_eq!(
+        parent.result().await.expect("parent"),
+        "refused: holder holds it"
+    );
+    assert!(matches!(
+        rt.handle::<String>("parent/1").await,
+        Err(Error::NotFound { .. })
+    ));
+    rt.close().await.expect("close");
+}

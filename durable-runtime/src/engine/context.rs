@@ -38,6 +38,9 @@ pub(crate) trait Runs: Send + Sync + 'static {
     fn watch<'a>(&'a self, id: &'a str) -> RunsFuture<'a, watch::Receiver<Option<Outcome>>>;
     /// Cancels workflow `id` and its pending descendants.
     fn cancel_run<'a>(&'a self, id: &'a str, reason: CancelReason) -> RunsFuture<'a, ()>;
+    /// The runtime itself, for operations of the runtime's own that the engine does not
+    /// know (an enqueue from a workflow).
+    fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
 }
 
 /// Fault injection and instrumentation the testkit puts between a runtime, its runs

@@ -288,11 +288,22 @@ where
     }
 }
 
-/// A child workflow started with [`start_child`].
+/// A child workflow started with [`start_child`] (or enqueued from a workflow with
+/// [`enqueue`](crate::enqueue)).
 #[derive(Debug, Clone)]
 pub struct ChildHandle<O> {
     id: String,
     _output: PhantomData<fn() -> O>,
+}
+
+impl<O> ChildHandle<O> {
+    /// A handle of child `id`.
+    pub(crate) fn new(id: String) -> Self {
+        ChildHandle {
+            id,
+            _output: PhantomData,
+        }
+    }
 }
 
 impl<O: Serialize + DeserializeOwned + Send + 'static> ChildHandle<O> {

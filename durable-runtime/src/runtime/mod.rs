@@ -19,6 +19,7 @@ mod builder;
 mod dormant;
 mod handle;
 mod queue;
+mod queued_call;
 mod registry;
 mod schedule;
 
@@ -26,6 +27,7 @@ pub use crate::journal::StepInfo;
 pub use builder::RuntimeBuilder;
 pub use handle::{WorkflowHandle, WorkflowStatus};
 pub use queue::{Enqueue, OnDuplicate, Queue, QueueHandle, QueueInfo, QueuedWorkflow};
+pub use queued_call::{enqueue, enqueue_with};
 pub(crate) use registry::Inner;
 use registry::*;
 pub use schedule::{ManualClock, Schedule, ScheduleHandle, ScheduleInfo, Tick};

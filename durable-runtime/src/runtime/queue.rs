@@ -284,38 +284,11 @@ impl Runtime {
     ) -> Result<WorkflowHandle<O>> {
         super::registry::refuse_in_workflow(
             "`Runtime::enqueue`",
-            "enqueue in a step, or start a child workflow instead",
+            "in a workflow, use `durable_runtime::enqueue` (a journaled enqueue)",
         )?;
-        self.inner.open()?;
-        self.inner.known_queue(queue)?;
-        let id = options.id.clone().unwrap_or_else(crate::util::random_id);
-        let id: Arc<str> = Arc::from(super::registry::validate_id(id)?);
-        let launch = call.into_launch(&id, None, self.inner.codec)?;
-        let now = now_ms();
-        let (dedup, on_duplicate) = match options.dedup {
-            Some((d, on)) => (Some(d), on),
-            None => (None, OnDuplicate::Refuse),
-        };
-        let new = NewWorkflow {
-            id: id.clone(),
-            name: launch.def.name(),
-            input: launch.input,
-            app_version: self.inner.app_version.clone(),
-            created_at: now,
-            parent_id: None,
-            deadline_at: launch.deadline_at,
-            queued: Some(Box::new(Enqueued {
-                queue: queue.name.clone(),
-                priority: options.priority,
-                partition: options.partition,
-                dedup: dedup.clone(),
-                not_before: options.delay.map(|d| now.saturating_add(millis(d))),
-                timeout_ms: options.timeout.map(millis),
-            })),
-        };
         let (handle_id, outcome) = self
             .inner
-            .enqueue(new, queue, dedup.as_deref(), on_duplicate)
+            .enqueue_call(queue, call, options, None, crate::util::random_id)
             .await?;
         Ok(WorkflowHandle::new(handle_id, outcome))
     }
@@ -336,6 +309,50 @@ impl Runtime {
             inner: self.inner.clone(),
             queue: queue.clone(),
         })
+    }
+}
+
+impl Inner {
+    /// Journals `call` as queued on `queue` with `options` (under `options`' id, or
+    /// the one `default_id` makes), as a child of `parent` if given; answers the id its
+    /// handle follows and what it watches.
+    pub(super) async fn enqueue_call<O>(
+        self: &Arc<Self>,
+        queue: &Queue,
+        call: WorkflowCall<O>,
+        options: Enqueue,
+        parent: Option<Arc<str>>,
+        default_id: impl FnOnce() -> String,
+    ) -> Result<(Arc<str>, watch::Receiver<Option<Outcome>>)> {
+        self.open()?;
+        self.known_queue(queue)?;
+        let id = options.id.clone().unwrap_or_else(default_id);
+        let id: Arc<str> = Arc::from(super::registry::validate_id(id)?);
+        let launch = call.into_launch(&id, parent.clone(), self.codec)?;
+        let now = now_ms();
+        let (dedup, on_duplicate) = match options.dedup {
+            Some((d, on)) => (Some(d), on),
+            None => (None, OnDuplicate::Refuse),
+        };
+        let new = NewWorkflow {
+            id: id.clone(),
+            name: launch.def.name(),
+            input: launch.input,
+            app_version: self.app_version.clone(),
+            created_at: now,
+            parent_id: parent,
+            deadline_at: launch.deadline_at,
+            queued: Some(Box::new(Enqueued {
+                queue: queue.name.clone(),
+                priority: options.priority,
+                partition: options.partition,
+                dedup: dedup.clone(),
+                not_before: options.delay.map(|d| now.saturating_add(millis(d))),
+                timeout_ms: options.timeout.map(millis),
+            })),
+        };
+        self.enqueue(new, queue, dedup.as_deref(), on_duplicate)
+            .await
     }
 }
 

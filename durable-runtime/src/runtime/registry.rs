@@ -165,6 +165,10 @@ impl Runs for Inner {
     fn cancel_run<'a>(&'a self, id: &'a str, reason: CancelReason) -> RunsFuture<'a, ()> {
         Box::pin(Inner::cancel(self, id, reason))
     }
+
+    fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
 }
 
 impl Inner {
