@@ -319,14 +319,15 @@ impl Writer {
         };
         let now = crate::util::now_ms();
         for name in names {
-            let savepoint = self.conn.execute_batch("SAVEPOINT dispatch");
+            // Prepared once: a batch that freed a slot runs these every time.
+            let run = |sql: &str| self.conn.prepare_cached(sql)?.execute([]).map(drop);
+            let savepoint = run("SAVEPOINT dispatch");
             let before = self.queues.dispatched.len();
             let done = savepoint.and_then(|()| self.dispatch_queue(&name, now));
+            let run = |sql: &str| self.conn.prepare_cached(sql)?.execute([]).map(drop);
             let ended = match &done {
-                Ok(()) => self.conn.execute_batch("RELEASE dispatch"),
-                Err(_) => self
-                    .conn
-                    .execute_batch("ROLLBACK TO dispatch; RELEASE dispatch"),
+                Ok(()) => run("RELEASE dispatch"),
+                Err(_) => run("ROLLBACK TO dispatch").and_then(|()| run("RELEASE dispatch")),
             };
             if let Err(e) = done.and(ended) {
                 self.queues.dispatched.truncate(before);
