@@ -626,7 +626,7 @@ fn due(s: &Schedule, done: i64, now: i64) -> Vec<Timestamp> {
     const WINDOWS_S: [i64; 6] = [60, 3_600, 86_400, 32 * 86_400, 400 * 86_400, 3_000 * 86_400];
     for window in WINDOWS_S.iter().map(|w| w * 1000).chain([i64::MAX]) {
         let from = now.saturating_sub(window).max(done);
-        let mut ticks = VecDeque::with_capacity(keep);
+        let mut ticks = VecDeque::with_capacity(keep.min(1024));
         let mut at = timestamp(from);
         while let Some(next) = s.cron.next_after(at, &s.zone) {
             if next.as_millisecond() > now {
