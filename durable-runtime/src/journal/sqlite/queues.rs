@@ -111,20 +111,19 @@ const SQL_PARTITIONS: &str = concat!(
          FROM parts WHERE parts.p IS NOT NULL
      ) SELECT p FROM parts WHERE p IS NOT NULL"
 );
-/// The filter of the next `?5` workflows of partition `?2` a dispatch may take at
-/// `?3`, for [`rows::select_workflows`] with [`CANDIDATE_COLUMNS`].
+/// The workflows of partition `?2` a dispatch may take at `?3`, in the order a
+/// dispatch takes them: what picking needs, not their records (a dispatch with one
+/// free slot and many partitions reads one small row of each).
 const SQL_CANDIDATES: &str = concat!(
-    "WHERE run IN (SELECT run FROM durable_workflows WHERE ",
+    "SELECT run, priority, dispatched_at IS NULL FROM durable_workflows WHERE ",
     waiting_in_first_parameter!(),
     " AND partition_key = ?2 AND (not_before IS NULL OR not_before <= ?3)
        AND (?4 IS NULL OR name IN (SELECT value FROM json_each(?4)))
-     ORDER BY priority, run LIMIT ?5)"
+     ORDER BY priority, run"
 );
 /// The most candidates one read of a partition takes (more are read as they go).
 const READ_AT_MOST: u64 = 1000;
 
-/// What a dispatch reads of a candidate besides its record.
-const CANDIDATE_COLUMNS: &str = ", run, priority, dispatched_at IS NULL, timeout_ms";
 const SQL_NEXT_DUE: &str = concat!(
     "SELECT min(not_before) FROM durable_workflows WHERE ",
     waiting_in_first_parameter!(),
@@ -132,16 +131,17 @@ const SQL_NEXT_DUE: &str = concat!(
 );
 const SQL_DISPATCH: &str = "UPDATE durable_workflows
      SET queue_state = 'running', dispatched_at = coalesce(dispatched_at, ?2), updated_at = ?2,
-         deadline_at = ?3
+         deadline_at = CASE WHEN timeout_ms IS NULL THEN deadline_at
+                            WHEN deadline_at IS NULL THEN ?2 + timeout_ms
+                            ELSE min(deadline_at, ?2 + timeout_ms) END
      WHERE run = ?1 AND queue_state = 'queued' AND status = 'pending'";
 
-/// A workflow a dispatch may take: its record, and what picking needs.
+/// A workflow a dispatch may take: what picking needs.
 struct Candidate {
-    record: crate::journal::WorkflowRecord,
     run: i64,
     priority: i32,
+    /// Whether it was never dispatched before (it has recorded nothing).
     fresh: bool,
-    timeout_ms: Option<i64>,
 }
 
 /// One partition's candidates, in order, during a dispatch.
@@ -480,57 +480,42 @@ impl Writer {
             p.more = false;
             return Ok(());
         }
-        let mut found = rows::select_workflows(
-            &self.conn,
-            CANDIDATE_COLUMNS,
-            SQL_CANDIDATES,
-            params![
-                queue,
-                p.name,
-                now,
-                self.queues.workflows,
-                i64::try_from(want).unwrap_or(i64::MAX)
-            ],
-            |r, record| {
-                let at = rows::WORKFLOW_COLUMN_COUNT;
-                Ok(Candidate {
-                    record,
-                    run: r.get(at)?,
-                    priority: r.get(at + 1)?,
-                    fresh: r.get(at + 2)?,
-                    timeout_ms: r.get(at + 3)?,
-                })
-            },
-        )?;
-        p.more = found.len() as u64 == want;
-        found.sort_by_key(|c| (c.priority, c.run));
-        p.next.extend(found);
+        let before = p.next.len();
+        let mut stmt = self.conn.prepare_cached(SQL_CANDIDATES)?;
+        // Read lazily, as far as wanted: no LIMIT parameter, whose every new value
+        // would make SQLite plan the statement again.
+        let found = stmt.query_map(params![queue, p.name, now, self.queues.workflows], |r| {
+            Ok(Candidate {
+                run: r.get(0)?,
+                priority: r.get(1)?,
+                fresh: r.get(2)?,
+            })
+        })?;
+        for c in found.take(usize::try_from(want).unwrap_or(usize::MAX)) {
+            p.next.push_back(c?);
+        }
+        p.more = (p.next.len() - before) as u64 == want;
         Ok(())
     }
 
-    /// Marks candidate `c` dispatched at `now`; answers its record as the runtime is
-    /// to run it, and whether it is fresh (never dispatched before).
+    /// Marks candidate `c` dispatched at `now` (its timeout counts from now), and
+    /// reads it back for the runtime with whether it is fresh.
     fn dispatch_run(
         &self,
         c: Candidate,
         now: i64,
     ) -> rusqlite::Result<Option<(crate::journal::WorkflowRecord, bool)>> {
-        let mut record = c.record;
-        // Its timeout counts from this dispatch, and shortens any deadline it has.
-        if let Some(timeout) = c.timeout_ms {
-            let end = now.saturating_add(timeout);
-            record.deadline_at = Some(record.deadline_at.map_or(end, |d| d.min(end)));
-        }
-        let updated = self.conn.prepare_cached(SQL_DISPATCH)?.execute(params![
-            c.run,
-            now,
-            record.deadline_at
-        ])?;
-        if updated == 0 {
+        if self
+            .conn
+            .prepare_cached(SQL_DISPATCH)?
+            .execute(params![c.run, now])?
+            == 0
+        {
             return Ok(None);
         }
-        record.queue_state = Some(QueueState::Running);
-        Ok(Some((record, c.fresh)))
+        let mut records =
+            rows::select_workflows(&self.conn, "", "WHERE run = ?1", [c.run], |_, w| Ok(w))?;
+        Ok(records.pop().map(|record| (record, c.fresh)))
     }
 
     fn due_at(&mut self, at: Option<i64>) {
