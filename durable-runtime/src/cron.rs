@@ -614,17 +614,21 @@ mod tests {
         );
     }
 
+    /// Whether civil time `c` is one the expression names.
+    fn named(cron: &Cron, c: DateTime) -> bool {
+        cron.seconds & (1 << c.second()) != 0
+            && cron.minutes & (1 << c.minute()) != 0
+            && cron.hours & (1 << c.hour()) != 0
+            && cron.months & (1 << c.month()) != 0
+            && cron.day_matches(c.date())
+    }
+
     /// What fires in `[from, to)`, minute by minute, by the rules of the module docs:
     /// every instant whose civil time is named, but a repeated one's second pass only
     /// for an expression that fires every hour; and a skipped civil time that is named,
     /// at its time in the offset before the change, unless it fires every hour.
     fn oracle(cron: &Cron, zone: &TimeZone, from: Timestamp, to: Timestamp) -> Vec<Timestamp> {
-        let named = |c: DateTime| {
-            cron.minutes & (1 << c.minute()) != 0
-                && cron.hours & (1 << c.hour()) != 0
-                && cron.months & (1 << c.month()) != 0
-                && cron.day_matches(c.date())
-        };
+        let named = |c: DateTime| named(cron, c);
         let mut out = Vec::new();
         let mut t = from;
         while t < to {
@@ -742,13 +746,7 @@ mod tests {
                 let Some(next) = cron.next_after(at, &zone) else { break };
                 proptest::prop_assert!(next > at, "{expr}: {next} after {at}");
                 let civil = zone.to_datetime(next);
-                let named = |c: DateTime| {
-                    cron.seconds & (1 << c.second()) != 0
-                        && cron.minutes & (1 << c.minute()) != 0
-                        && cron.hours & (1 << c.hour()) != 0
-                        && cron.months & (1 << c.month()) != 0
-                        && cron.day_matches(c.date())
-                };
+                let named = |c: DateTime| named(&cron, c);
                 // Moved past a skipped hour: its civil time an hour (or half) earlier.
                 let moved = [30, 60, 120].into_iter().any(|m| {
                     civil

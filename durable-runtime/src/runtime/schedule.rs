@@ -389,11 +389,7 @@ impl Runtime {
             self.inner.known_queue(queue)?;
         }
         if lock(&self.inner.schedules).contains_key(&schedule.name) {
-            return Err(Error::Schedule {
-                schedule: schedule.name.to_string(),
-                problem: "is already scheduled in this runtime; declare each schedule once"
-                    .to_owned(),
-            });
+            return Err(scheduled_twice(&schedule.name));
         }
         let declare = ScheduleWrite {
             name: schedule.name.clone(),
@@ -426,11 +422,7 @@ impl Runtime {
         let (wake, woken) = watch::channel(());
         let mut schedules = lock(&self.inner.schedules);
         if schedules.contains_key(&schedule.name) {
-            return Err(Error::Schedule {
-                schedule: schedule.name.to_string(),
-                problem: "is already scheduled in this runtime; declare each schedule once"
-                    .to_owned(),
-            });
+            return Err(scheduled_twice(&schedule.name));
         }
         let task = tokio::spawn(run(
             Arc::downgrade(&self.inner),
@@ -732,6 +724,13 @@ async fn run(inner: Weak<Inner>, s: Arc<Schedule>, fire: Fire, mut woken: watch:
                 return;
             }
         }
+    }
+}
+
+fn scheduled_twice(name: &str) -> Error {
+    Error::Schedule {
+        schedule: name.to_owned(),
+        problem: "is already scheduled in this runtime; declare each schedule once".to_owned(),
     }
 }
 
