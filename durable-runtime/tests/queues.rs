@@ -1,4 +1,4 @@
-//! Queues on the SQLite journal: limits hold, order holds, partitions are served
+//! Queues on both journals: limits hold, order holds, partitions are served
 //! fairly, deduplication refuses or joins, limits change at run time and hold after a
 //! restart, a crash leaks no slot, and a run that cannot go on frees its slot.
 
@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use common::{Journal, on_both_journals};
 use durable_runtime::{
     Enqueue, Error, OnDuplicate, Queue, QueueHandle, QueueInfo, Runtime, WorkflowHandle, step,
     workflow,
@@ -40,6 +41,15 @@ fn with_seen<T>(key: &str, f: impl FnOnce(&mut Seen) -> T) -> T {
         .get_or_insert_with(HashMap::new)
         .entry(key.to_owned())
         .or_default())
+}
+
+/// Test key `key` of `journal`'s variant of a test: the two run at once.
+fn k(journal: &Journal, key: &str) -> String {
+    match journal {
+        Journal::Sqlite { .. } => format!("sqlite-{key}"),
+        #[allow(unreachable_patterns)]
+        _ => format!("postgres-{key}"),
+    }
 }
 
 /// Runs for `ms`, counting itself as running meanwhile.
@@ -89,22 +99,28 @@ async fn all_done(handles: Vec<WorkflowHandle<String>>) -> Vec<String> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_queue_never_runs_more_than_its_concurrency() {
-    let dir = tempfile::tempdir().expect("ok");
+on_both_journals!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    a_queue_never_runs_more_than_its_concurrency
+);
+async fn a_queue_never_runs_more_than_its_concurrency(journal: Journal) {
     let q = Queue::new("c3").concurrency(3);
-    let rt = open(&dir.path().join("j.db"), &[&q]).await;
+    let rt = open(journal.path(), &[&q]).await;
+    // Enqueued while paused, so that the three slots fill at once however slow each
+    // enqueue is.
+    queue(&rt, "c3").pause().await.expect("pause");
     let mut handles = Vec::new();
     for i in 0..40 {
         handles.push(
-            rt.enqueue(&q, job("c3".into(), i.to_string(), 3))
+            rt.enqueue(&q, job(k(&journal, "c3"), i.to_string(), 3))
                 .await
                 .expect("ok"),
         );
     }
+    queue(&rt, "c3").unpause().await.expect("unpause");
     let out = all_done(handles).await;
     assert_eq!(out.len(), 40);
-    let s = seen("c3");
+    let s = seen(&k(&journal, "c3"));
     assert_eq!(s.max, 3, "{s:?}");
     assert_eq!(s.ended, 40);
     let info = info_of(&rt, "c3").await;
@@ -112,16 +128,18 @@ async fn a_queue_never_runs_more_than_its_concurrency() {
     rt.close().await.expect("ok");
 }
 
-#[tokio::test]
-async fn priority_runs_lower_numbers_first_then_in_order_of_arrival() {
-    let dir = tempfile::tempdir().expect("ok");
+on_both_journals!(
+    #[tokio::test]
+    priority_runs_lower_numbers_first_then_in_order_of_arrival
+);
+async fn priority_runs_lower_numbers_first_then_in_order_of_arrival(journal: Journal) {
     let q = Queue::new("prio").concurrency(1);
-    let rt = open(&dir.path().join("j.db"), &[&q]).await;
+    let rt = open(journal.path(), &[&q]).await;
     queue(&rt, "prio").pause().await.expect("ok");
     let items = [(5, "a"), (0, "b"), (5, "c"), (-3, "d"), (0, "e"), (1, "f")];
     let mut handles = Vec::new();
     for (p, item) in items {
-        let call = job("prio".into(), item.into(), 1);
+        let call = job(k(&journal, "prio"), item.into(), 1);
         handles.push(
             rt.enqueue_with(&q, call, Enqueue::new().priority(p))
                 .await
@@ -136,22 +154,31 @@ async fn priority_runs_lower_numbers_first_then_in_order_of_arrival() {
         .map(|w| w.id)
         .collect();
     assert_eq!(listed.len(), 6);
-    assert_eq!(seen("prio").started.len(), 0, "paused: nothing starts");
+    assert_eq!(
+        seen(&k(&journal, "prio")).started.len(),
+        0,
+        "paused: nothing starts"
+    );
     queue(&rt, "prio").unpause().await.expect("ok");
     all_done(handles).await;
-    assert_eq!(seen("prio").started, ["d", "b", "e", "f", "a", "c"]);
+    assert_eq!(
+        seen(&k(&journal, "prio")).started,
+        ["d", "b", "e", "f", "a", "c"]
+    );
     rt.close().await.expect("ok");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_small_partition_does_not_wait_behind_a_big_ones_backlog() {
-    let dir = tempfile::tempdir().expect("ok");
+on_both_journals!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    a_small_partition_does_not_wait_behind_a_big_ones_backlog
+);
+async fn a_small_partition_does_not_wait_behind_a_big_ones_backlog(journal: Journal) {
     let q = Queue::new("fair").concurrency(2);
-    let rt = open(&dir.path().join("j.db"), &[&q]).await;
+    let rt = open(journal.path(), &[&q]).await;
     queue(&rt, "fair").pause().await.expect("ok");
     let mut handles = Vec::new();
     for i in 0..1000 {
-        let call = job("fair".into(), format!("big-{i}"), 0);
+        let call = job(k(&journal, "fair"), format!("big-{i}"), 0);
         handles.push(
             rt.enqueue_with(&q, call, Enqueue::new().partition("big"))
                 .await
@@ -159,7 +186,7 @@ async fn a_small_partition_does_not_wait_behind_a_big_ones_backlog() {
         );
     }
     for i in 0..10 {
-        let call = job("fair".into(), format!("small-{i}"), 0);
+        let call = job(k(&journal, "fair"), format!("small-{i}"), 0);
         handles.push(
             rt.enqueue_with(&q, call, Enqueue::new().partition("small"))
                 .await
@@ -168,7 +195,7 @@ async fn a_small_partition_does_not_wait_behind_a_big_ones_backlog() {
     }
     queue(&rt, "fair").unpause().await.expect("ok");
     all_done(handles).await;
-    let started = seen("fair").started;
+    let started = seen(&k(&journal, "fair")).started;
     let last_small = started
         .iter()
         .rposition(|s| s.starts_with("small"))
@@ -183,17 +210,19 @@ async fn a_small_partition_does_not_wait_behind_a_big_ones_backlog() {
     rt.close().await.expect("ok");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn partition_concurrency_holds_per_partition() {
-    let dir = tempfile::tempdir().expect("ok");
+on_both_journals!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    partition_concurrency_holds_per_partition
+);
+async fn partition_concurrency_holds_per_partition(journal: Journal) {
     let q = Queue::new("per-part")
         .concurrency(6)
         .partition_concurrency(1);
-    let rt = open(&dir.path().join("j.db"), &[&q]).await;
+    let rt = open(journal.path(), &[&q]).await;
     let mut handles = Vec::new();
     for i in 0..30 {
         let part = format!("p{}", i % 3);
-        let call = job(format!("per-part-{part}"), i.to_string(), 2);
+        let call = job(k(&journal, &format!("per-part-{part}")), i.to_string(), 2);
         handles.push(
             rt.enqueue_with(&q, call, Enqueue::new().partition(part))
                 .await
@@ -202,22 +231,24 @@ async fn partition_concurrency_holds_per_partition() {
     }
     all_done(handles).await;
     for p in 0..3 {
-        let s = seen(&format!("per-part-p{p}"));
+        let s = seen(&k(&journal, &format!("per-part-p{p}")));
         assert_eq!((s.max, s.ended), (1, 10), "partition p{p}: {s:?}");
     }
     rt.close().await.expect("ok");
 }
 
-#[tokio::test]
-async fn a_deduplication_id_refuses_or_joins_while_its_holder_is_pending() {
-    let dir = tempfile::tempdir().expect("ok");
+on_both_journals!(
+    #[tokio::test]
+    a_deduplication_id_refuses_or_joins_while_its_holder_is_pending
+);
+async fn a_deduplication_id_refuses_or_joins_while_its_holder_is_pending(journal: Journal) {
     let q = Queue::new("dedup").concurrency(1);
-    let rt = open(&dir.path().join("j.db"), &[&q]).await;
+    let rt = open(journal.path(), &[&q]).await;
     queue(&rt, "dedup").pause().await.expect("ok");
     let first = rt
         .enqueue_with(
             &q,
-            job("dedup".into(), "first".into(), 0),
+            job(k(&journal, "dedup"), "first".into(), 0),
             Enqueue::new().dedup("k", OnDuplicate::Refuse),
         )
         .await
@@ -225,7 +256,7 @@ async fn a_deduplication_id_refuses_or_joins_while_its_holder_is_pending() {
     let refused = rt
         .enqueue_with(
             &q,
-            job("dedup".into(), "second".into(), 0),
+            job(k(&journal, "dedup"), "second".into(), 0),
             Enqueue::new().dedup("k", OnDuplicate::Refuse),
         )
         .await
@@ -248,7 +279,7 @@ async fn a_deduplication_id_refuses_or_joins_while_its_holder_is_pending() {
     let joined = rt
         .enqueue_with(
             &q,
-            job("dedup".into(), "third".into(), 0),
+            job(k(&journal, "dedup"), "third".into(), 0),
             Enqueue::new().dedup("k", OnDuplicate::Join),
         )
         .await
@@ -261,32 +292,34 @@ async fn a_deduplication_id_refuses_or_joins_while_its_holder_is_pending() {
     let again = rt
         .enqueue_with(
             &q,
-            job("dedup".into(), "fourth".into(), 0),
+            job(k(&journal, "dedup"), "fourth".into(), 0),
             Enqueue::new().dedup("k", OnDuplicate::Refuse),
         )
         .await
         .expect("ok");
     assert_eq!(again.result().await.expect("ok"), "fourth");
-    assert_eq!(seen("dedup").started, ["first", "fourth"]);
+    assert_eq!(seen(&k(&journal, "dedup")).started, ["first", "fourth"]);
     rt.close().await.expect("ok");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_limit_changed_at_run_time_holds_and_outlives_a_restart() {
-    let dir = tempfile::tempdir().expect("ok");
-    let path = dir.path().join("j.db");
+on_both_journals!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    a_limit_changed_at_run_time_holds_and_outlives_a_restart
+);
+async fn a_limit_changed_at_run_time_holds_and_outlives_a_restart(journal: Journal) {
+    let path = journal.path();
     let q = Queue::new("grow").concurrency(1);
-    let rt = open(&path, &[&q]).await;
+    let rt = open(path, &[&q]).await;
     let mut handles = Vec::new();
     for i in 0..10 {
         handles.push(
-            rt.enqueue(&q, job("grow-1".into(), i.to_string(), 2))
+            rt.enqueue(&q, job(k(&journal, "grow-1"), i.to_string(), 2))
                 .await
                 .expect("ok"),
         );
     }
     all_done(handles).await;
-    assert_eq!(seen("grow-1").max, 1);
+    assert_eq!(seen(&k(&journal, "grow-1")).max, 1);
     queue(&rt, "grow")
         .set_concurrency(Some(4))
         .await
@@ -296,32 +329,38 @@ async fn a_limit_changed_at_run_time_holds_and_outlives_a_restart() {
     rt.close().await.expect("ok");
 
     // The program still declares 1: the run-time change holds.
-    let rt = open(&path, &[&q]).await;
+    let rt = open(path, &[&q]).await;
+    // Enqueued while paused, so that the four slots fill at once however slow each
+    // enqueue is.
+    queue(&rt, "grow").pause().await.expect("pause");
     let mut handles = Vec::new();
     for i in 0..24 {
         handles.push(
-            rt.enqueue(&q, job("grow-4".into(), i.to_string(), 5))
+            rt.enqueue(&q, job(k(&journal, "grow-4"), i.to_string(), 5))
                 .await
                 .expect("ok"),
         );
     }
+    queue(&rt, "grow").unpause().await.expect("unpause");
     all_done(handles).await;
-    assert_eq!(seen("grow-4").max, 4);
+    assert_eq!(seen(&k(&journal, "grow-4")).max, 4);
     queue(&rt, "grow").reset().await.expect("ok");
     assert_eq!(info_of(&rt, "grow").await.concurrency, Some(1));
     rt.close().await.expect("ok");
 }
 
-#[tokio::test]
-async fn a_delayed_workflow_waits_its_delay() {
-    let dir = tempfile::tempdir().expect("ok");
+on_both_journals!(
+    #[tokio::test]
+    a_delayed_workflow_waits_its_delay
+);
+async fn a_delayed_workflow_waits_its_delay(journal: Journal) {
     let q = Queue::new("later");
-    let rt = open(&dir.path().join("j.db"), &[&q]).await;
+    let rt = open(journal.path(), &[&q]).await;
     let at = std::time::Instant::now();
     let h = rt
         .enqueue_with(
             &q,
-            job("later".into(), "x".into(), 0),
+            job(k(&journal, "later"), "x".into(), 0),
             Enqueue::new().delay(Duration::from_millis(300)),
         )
         .await
@@ -332,14 +371,16 @@ async fn a_delayed_workflow_waits_its_delay() {
     rt.close().await.expect("ok");
 }
 
-#[tokio::test]
-async fn a_queue_the_runtime_was_not_built_with_is_refused() {
-    let dir = tempfile::tempdir().expect("ok");
+on_both_journals!(
+    #[tokio::test]
+    a_queue_the_runtime_was_not_built_with_is_refused
+);
+async fn a_queue_the_runtime_was_not_built_with_is_refused(journal: Journal) {
     let q = Queue::new("known");
-    let rt = open(&dir.path().join("j.db"), &[&q]).await;
+    let rt = open(journal.path(), &[&q]).await;
     let other = Queue::new("unknown");
     let e = rt
-        .enqueue(&other, job("x".into(), "x".into(), 0))
+        .enqueue(&other, job(k(&journal, "x"), "x".into(), 0))
         .await
         .expect_err("unknown");
     assert!(
@@ -353,7 +394,7 @@ async fn a_queue_the_runtime_was_not_built_with_is_refused() {
     let e = rt
         .enqueue(
             &Queue::new("known").concurrency(3),
-            job("x".into(), "x".into(), 0),
+            job(k(&journal, "x"), "x".into(), 0),
         )
         .await
         .expect_err("other limits");
@@ -361,14 +402,15 @@ async fn a_queue_the_runtime_was_not_built_with_is_refused() {
     assert!(rt.queue("nope").is_err());
     rt.close().await.expect("ok");
 
-    let twice = Runtime::builder(dir.path().join("k.db"))
+    let other = journal.another();
+    let twice = Runtime::builder(other.path())
         .queue(Queue::new("a"))
         .queue(Queue::new("a"))
         .open()
         .await
         .expect_err("declared twice");
     assert!(twice.to_string().contains("declared twice"), "{twice}");
-    let empty = Runtime::builder(dir.path().join("k.db"))
+    let empty = Runtime::builder(other.path())
         .queue(Queue::new(""))
         .open()
         .await
@@ -376,14 +418,16 @@ async fn a_queue_the_runtime_was_not_built_with_is_refused() {
     assert!(empty.to_string().contains("cannot be empty"), "{empty}");
 }
 
-#[tokio::test]
-async fn a_cancelled_queued_workflow_frees_nothing_and_ends_its_handle() {
-    let dir = tempfile::tempdir().expect("ok");
+on_both_journals!(
+    #[tokio::test]
+    a_cancelled_queued_workflow_frees_nothing_and_ends_its_handle
+);
+async fn a_cancelled_queued_workflow_frees_nothing_and_ends_its_handle(journal: Journal) {
     let q = Queue::new("cancel").concurrency(1);
-    let rt = open(&dir.path().join("j.db"), &[&q]).await;
+    let rt = open(journal.path(), &[&q]).await;
     queue(&rt, "cancel").pause().await.expect("ok");
     let h = rt
-        .enqueue(&q, job("cancel".into(), "x".into(), 0))
+        .enqueue(&q, job(k(&journal, "cancel"), "x".into(), 0))
         .await
         .expect("ok");
     queue(&rt, "cancel").cancel(h.id()).await.expect("ok");
@@ -411,19 +455,21 @@ async fn holder(key: String) -> String {
 
 #[test]
 fn a_workflow_running_at_a_crash_resumes_in_its_slot_and_the_queue_goes_on() {
-    let dir = tempfile::tempdir().expect("ok");
-    let path = dir.path().join("j.db");
+    // SQLite only: on PostgreSQL a crashed runtime's dispatched workflow goes back to
+    // its queue rather than resume in its slot (the history checker covers that).
+    let journal = Journal::sqlite();
+    let path = journal.path();
     let q = Queue::new("one").concurrency(1);
     let first = tokio::runtime::Runtime::new().expect("ok");
     first.block_on(async {
-        let rt = open(&path, &[&q]).await;
+        let rt = open(path, &[&q]).await;
         rt.enqueue_with(&q, holder("crash".into()), Enqueue::new().id("h"))
             .await
             .expect("ok");
         for i in 0..3 {
             rt.enqueue_with(
                 &q,
-                job("after-crash".into(), i.to_string(), 0),
+                job(k(&journal, "after-crash"), i.to_string(), 0),
                 Enqueue::new().id(format!("w{i}")),
             )
             .await
@@ -442,7 +488,7 @@ fn a_workflow_running_at_a_crash_resumes_in_its_slot_and_the_queue_goes_on() {
         // The held one is released: the next run finishes it.
         with_seen("crash", |s| s.ended = 1);
         let rt = loop {
-            let mut b = Runtime::builder(&path);
+            let mut b = Runtime::builder(path);
             b = b.queue(q.clone());
             match b.open().await {
                 Ok(rt) => break rt,
@@ -457,24 +503,28 @@ fn a_workflow_running_at_a_crash_resumes_in_its_slot_and_the_queue_goes_on() {
             let w: WorkflowHandle<String> = rt.handle(&format!("w{i}")).await.expect("ok");
             assert_eq!(w.result().await.expect("ok"), i.to_string());
         }
-        assert_eq!(seen("after-crash").max, 1);
+        assert_eq!(seen(&k(&journal, "after-crash")).max, 1);
         let info = info_of(&rt, "one").await;
         assert_eq!((info.running, info.queued, info.held), (0, 0, 0));
         rt.close().await.expect("ok");
     });
 }
 
-#[tokio::test]
-async fn a_workflow_that_cannot_run_frees_its_slot_and_is_queued_again_at_the_next_open() {
-    let dir = tempfile::tempdir().expect("ok");
-    let path = dir.path().join("j.db");
+on_both_journals!(
+    #[tokio::test]
+    a_workflow_that_cannot_run_frees_its_slot_and_is_queued_again_at_the_next_open
+);
+async fn a_workflow_that_cannot_run_frees_its_slot_and_is_queued_again_at_the_next_open(
+    journal: Journal,
+) {
+    let path = journal.path();
     let q = Queue::new("bad").concurrency(1);
-    let rt = open(&path, &[&q]).await;
+    let rt = open(path, &[&q]).await;
     queue(&rt, "bad").pause().await.expect("ok");
     let bad = rt
         .enqueue_with(
             &q,
-            job("bad".into(), "bad".into(), 0),
+            job(k(&journal, "bad"), "bad".into(), 0),
             Enqueue::new().id("bad"),
         )
         .await
@@ -482,16 +532,15 @@ async fn a_workflow_that_cannot_run_frees_its_slot_and_is_queued_again_at_the_ne
     let good = rt
         .enqueue_with(
             &q,
-            job("bad".into(), "good".into(), 0),
+            job(k(&journal, "bad"), "good".into(), 0),
             Enqueue::new().id("good"),
         )
         .await
         .expect("ok");
     // Its input no longer matches its checksum: it cannot run here.
-    common::sql(
-        &path,
+    journal.sql(
         "UPDATE durable_workflows SET input_crc32 = input_crc32 + 1 WHERE id = 'bad'",
-        [],
+        &[],
     );
     queue(&rt, "bad").unpause().await.expect("ok");
     assert_eq!(good.result().await.expect("ok"), "good");
@@ -500,12 +549,11 @@ async fn a_workflow_that_cannot_run_frees_its_slot_and_is_queued_again_at_the_ne
     drop(bad);
     rt.close().await.expect("ok");
     // Repaired, and opened again: it is queued again, and runs.
-    common::sql(
-        &path,
+    journal.sql(
         "UPDATE durable_workflows SET input_crc32 = input_crc32 - 1 WHERE id = 'bad'",
-        [],
+        &[],
     );
-    let rt = open(&path, &[&q]).await;
+    let rt = open(path, &[&q]).await;
     let bad: WorkflowHandle<String> = rt.handle("bad").await.expect("ok");
     assert_eq!(bad.result().await.expect("ok"), "bad");
     let info = info_of(&rt, "bad").await;
@@ -513,12 +561,14 @@ async fn a_workflow_that_cannot_run_frees_its_slot_and_is_queued_again_at_the_ne
     rt.close().await.expect("ok");
 }
 
-#[tokio::test]
-async fn a_pause_outlives_a_restart_and_leaves_the_declared_limits_in_force() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("j.db");
+on_both_journals!(
+    #[tokio::test]
+    a_pause_outlives_a_restart_and_leaves_the_declared_limits_in_force
+);
+async fn a_pause_outlives_a_restart_and_leaves_the_declared_limits_in_force(journal: Journal) {
+    let path = journal.path();
     let q = Queue::new("paused").concurrency(1);
-    let rt = open(&path, &[&q]).await;
+    let rt = open(path, &[&q]).await;
     queue(&rt, "paused").pause().await.expect("pause");
     let info = info_of(&rt, "paused").await;
     assert!(info.paused);
@@ -528,7 +578,7 @@ async fn a_pause_outlives_a_restart_and_leaves_the_declared_limits_in_force() {
     );
     rt.enqueue_with(
         &q,
-        job("paused".into(), "x".into(), 0),
+        job(k(&journal, "paused"), "x".into(), 0),
         Enqueue::new().id("p"),
     )
     .await
@@ -537,13 +587,13 @@ async fn a_pause_outlives_a_restart_and_leaves_the_declared_limits_in_force() {
 
     // A new build declares another limit: it holds, and the queue stays paused.
     let q = Queue::new("paused").concurrency(2);
-    let rt = open(&path, &[&q]).await;
+    let rt = open(path, &[&q]).await;
     let info = info_of(&rt, "paused").await;
     assert_eq!(
         (info.concurrency, info.paused, info.queued),
         (Some(2), true, 1)
     );
-    assert!(seen("paused").started.is_empty());
+    assert!(seen(&k(&journal, "paused")).started.is_empty());
     queue(&rt, "paused").unpause().await.expect("unpause");
     let h: WorkflowHandle<String> = rt.handle("p").await.expect("handle");
     assert_eq!(h.result().await.expect("result"), "x");
@@ -575,20 +625,29 @@ async fn fan_out(key: String, n: u32) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-#[tokio::test]
-async fn a_workflow_enqueues_children_that_run_under_the_queues_limits() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let rt = open(&dir.path().join("j.db"), &[&children_queue()]).await;
+on_both_journals!(
+    #[tokio::test]
+    a_workflow_enqueues_children_that_run_under_the_queues_limits
+);
+async fn a_workflow_enqueues_children_that_run_under_the_queues_limits(journal: Journal) {
+    let rt = open(journal.path(), &[&children_queue()]).await;
     let h = rt
-        .start_with_id("fan", fan_out("fan-out".into(), 4))
+        .start_with_id("fan", fan_out(k(&journal, "fan-out"), 4))
         .await
         .expect("start");
     assert_eq!(
         h.result().await.expect("result").expect("children ran"),
         ["fan/1=c0", "fan/2=c1", "fan/3=c2", "fan/4=c3"]
     );
-    assert_eq!(seen("fan-out").max, 1, "the queue ran two children at once");
-    assert_eq!(seen("fan-out").started, ["c0", "c1", "c2", "c3"]);
+    assert_eq!(
+        seen(&k(&journal, "fan-out")).max,
+        1,
+        "the queue ran two children at once"
+    );
+    assert_eq!(
+        seen(&k(&journal, "fan-out")).started,
+        ["c0", "c1", "c2", "c3"]
+    );
     rt.close().await.expect("close");
 }
 
@@ -607,23 +666,25 @@ async fn enqueue_then_wait(key: String) -> String {
     }
 }
 
-#[tokio::test]
-async fn an_enqueue_from_a_workflow_is_recorded_so_a_replay_answers_the_same() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("j.db");
-    let rt = open(&path, &[&children_queue()]).await;
+on_both_journals!(
+    #[tokio::test]
+    an_enqueue_from_a_workflow_is_recorded_so_a_replay_answers_the_same
+);
+async fn an_enqueue_from_a_workflow_is_recorded_so_a_replay_answers_the_same(journal: Journal) {
+    let path = journal.path();
+    let rt = open(path, &[&children_queue()]).await;
     queue(&rt, "children").pause().await.expect("pause");
     let holder = rt
         .enqueue_with(
             &children_queue(),
-            job("replayed-enqueue".into(), "first".into(), 1),
+            job(k(&journal, "replayed-enqueue"), "first".into(), 1),
             Enqueue::new()
                 .id("holder")
                 .dedup("the-key", OnDuplicate::Refuse),
         )
         .await
         .expect("enqueue the holder");
-    rt.start_with_id("parent", enqueue_then_wait("replayed-enqueue".into()))
+    rt.start_with_id("parent", enqueue_then_wait(k(&journal, "replayed-enqueue")))
         .await
         .expect("start");
     // The parent's enqueue is refused (the holder waits in the paused queue) and
@@ -642,7 +703,7 @@ async fn an_enqueue_from_a_workflow_is_recorded_so_a_replay_answers_the_same() {
     drop(rt);
 
     // The parent replays: an enqueue now would be taken, but the record answers.
-    let rt = open(&path, &[&children_queue()]).await;
+    let rt = open(path, &[&children_queue()]).await;
     // The deduplication id is free now; the replay still answers what was recorded.
     rt.send("parent", "go", &1u32).await.expect("send");
     let parent = rt.handle::<String>("parent").await.expect("parent");

@@ -766,7 +766,9 @@ impl Inner {
         if record.waiting() {
             return true;
         }
-        self.queues_run_here()
+        // Dispatched: here if every dispatch comes here, or if this runtime's executor
+        // owns it (on a shared journal).
+        (self.queues_run_here() || !record.elsewhere)
             && !lock(&self.stopped).contains_key(record.id.as_str())
             && !self
                 .unrecoverable

@@ -205,6 +205,9 @@ async fn claim_as(
                        AND EXISTS (SELECT 1 FROM {s}.executors
                                    WHERE id = (SELECT id FROM me) AND dead_at IS NULL)
                        AND ($5 OR x.name = ANY($3::text[]))
+                       -- A queued workflow goes back to its queue instead (see
+                       -- `queues::requeue_sql`): a dispatch gives it its next owner.
+                       AND x.queue_state IS NULL
                        AND (x.owner IS NULL
                             OR x.owner IN (SELECT id FROM gone)
                             OR x.owner IN (SELECT id FROM {s}.executors
@@ -246,14 +249,20 @@ pub(super) fn claimed_ids(rows: &[tokio_postgres::Row]) -> Result<Vec<String>, P
 
 /// A closing executor gives its pending workflows up (another live executor takes them
 /// at its next claim, or the next open) and marks itself gone.
-pub(super) async fn release(c: &Client, s: &str, me: i64) -> Result<(), PgError> {
+/// Its dispatched workflows go back to their queues, and every process hears so on
+/// `channel`.
+pub(super) async fn release(c: &Client, s: &str, me: i64, channel: &str) -> Result<(), PgError> {
     c.batch_execute(&format!(
         "BEGIN;
-         UPDATE {s}.workflows SET owner = NULL
+         UPDATE {s}.workflows SET owner = NULL,
+             queue_state = CASE WHEN queue_state = 'running' THEN 'queued' ELSE queue_state END
          WHERE run IN (SELECT run FROM {s}.workflows
                        WHERE owner = {me} AND status = 'pending' FOR UPDATE);
          UPDATE {s}.executors SET dead_at = now() WHERE id = {me} AND dead_at IS NULL;
-         COMMIT;"
+         SELECT pg_notify('{channel}', '{all}');
+         COMMIT;",
+        channel = channel,
+        all = super::queues::queue_payload(None),
     ))
     .await?;
     Ok(())
@@ -274,6 +283,24 @@ pub(super) fn payload(what: &WaitFor) -> Option<String> {
     };
     // PostgreSQL's limit is 8000 bytes.
     (text.len() < 7_900).then_some(text)
+}
+
+/// What a notification's payload asks of its hearers.
+enum Heard {
+    /// Parked waits for this (`None`: every one, for "*" or a payload not ours) look
+    /// again.
+    Wait(Option<WaitFor>),
+    /// This queue (`None`: every one) is dispatched again: it gained a workflow, a free
+    /// slot or other limits (see [`super::queues::queue_payload`]).
+    Queue(Option<String>),
+}
+
+/// What a payload made by [`payload`] or [`super::queues::queue_payload`] asks.
+fn asked(payload: &str) -> Heard {
+    if let Some(queue) = payload.strip_prefix("q\u{1f}") {
+        return Heard::Queue((queue != "*").then(|| queue.to_owned()));
+    }
+    Heard::Wait(parse(payload))
 }
 
 /// What a payload made by [`payload`] names; `None`: anything ("*", or not ours).
@@ -377,6 +404,26 @@ pub(super) struct Watch {
     pub(super) names: Option<Arc<[&'static str]>>,
     pub(super) writes: mpsc::UnboundedSender<Command>,
     pub(super) takeovers: Arc<Mutex<Takeovers>>,
+    /// The backend pid of this runtime's writer session: its own notifications about
+    /// queues need no dispatch here (its transaction dispatched them).
+    pub(super) writer_pid: Arc<std::sync::atomic::AtomicI32>,
+}
+
+impl Watch {
+    /// Asks the writer to dispatch `queues` (`None`: every one), first putting back in
+    /// their queues the workflows of executors that stopped if `requeue`.
+    fn dispatch(&self, queues: Option<Vec<Arc<str>>>, requeue: bool) {
+        let (reply, ack) = crate::journal::Ack::channel(&Arc::from(std::path::Path::new("")));
+        drop(ack);
+        let _ = self.writes.send(Command::Write(super::writer::Op::Dispatch(
+            super::writer::DispatchOp {
+                news: None,
+                queues,
+                requeue,
+            },
+            reply,
+        )));
+    }
 }
 
 /// Beats the heartbeat, claims the workflows of executors gone, and passes
@@ -391,7 +438,7 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
     beat.tick().await;
     claims.tick().await;
     // The listening connection, and what it hears.
-    let mut listener: Option<(Client, mpsc::UnboundedReceiver<String>)> = None;
+    let mut listener: Option<(Client, mpsc::UnboundedReceiver<(i32, String)>)> = None;
     let mut me = w.me.load(std::sync::atomic::Ordering::SeqCst);
     // Whether the readers' session holds the executor's lock (registration took it).
     let mut locked = true;
@@ -415,7 +462,7 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
                 Some((_, rx)) => rx.recv().await,
                 None => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    Some(String::new())
+                    Some((0, String::new()))
                 }
             }
         };
@@ -492,15 +539,39 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
                         "claiming the workflows of stopped runtimes failed; trying again"
                     ),
                 }
+                // The queues' safety poll, which also puts back in their queues the
+                // workflows dispatched to executors found gone (now, or by others).
+                w.dispatch(None, true);
             }
-            Event::Heard(Some(p)) => {
+            Event::Heard(Some(first)) => {
                 if let Some((_, rx)) = &mut listener {
-                    let mut keys = vec![parse(&p)];
-                    while let Ok(p) = rx.try_recv() {
-                        keys.push(parse(&p));
+                    let mut keys = Vec::new();
+                    let mut queues = Some(Vec::new());
+                    let own = w.writer_pid.load(std::sync::atomic::Ordering::Relaxed);
+                    let mut next = Some(first);
+                    while let Some((pid, p)) = next {
+                        match asked(&p) {
+                            Heard::Wait(key) => keys.push(key),
+                            // Its own transaction dispatched what it notifies about.
+                            Heard::Queue(_) if pid == own => {}
+                            Heard::Queue(None) => queues = None,
+                            Heard::Queue(Some(q)) => {
+                                if let Some(queues) = &mut queues
+                                    && !queues.iter().any(|x: &Arc<str>| **x == *q)
+                                {
+                                    queues.push(Arc::from(q));
+                                }
+                            }
+                        }
+                        next = rx.try_recv().ok();
                     }
-                    let keys = keys.into_iter().collect::<Option<Vec<_>>>();
-                    let _ = w.writes.send(Command::Recheck(keys));
+                    if !keys.is_empty() {
+                        let keys = keys.into_iter().collect::<Option<Vec<_>>>();
+                        let _ = w.writes.send(Command::Recheck(keys));
+                    }
+                    if queues.as_ref().is_none_or(|q| !q.is_empty()) {
+                        w.dispatch(queues, false);
+                    }
                 }
             }
             // The listening connection ended: listen again.
@@ -526,15 +597,16 @@ enum Event {
     Check,
     Beat,
     Claim,
-    /// A notification's payload; `None`: the listening connection ended.
-    Heard(Option<String>),
+    /// A notification's sender (its backend pid) and payload; `None`: the listening
+    /// connection ended.
+    Heard(Option<(i32, String)>),
 }
 
 /// Drives the listening connection, passing each notification's payload to `heard`,
 /// until it ends (dropping `heard` tells the watcher).
 async fn hear<S, T>(
     mut connection: tokio_postgres::Connection<S, T>,
-    heard: mpsc::UnboundedSender<String>,
+    heard: mpsc::UnboundedSender<(i32, String)>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -542,7 +614,10 @@ async fn hear<S, T>(
     loop {
         match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
             Some(Ok(AsyncMessage::Notification(n))) => {
-                if heard.send(n.payload().to_owned()).is_err() {
+                if heard
+                    .send((n.process_id(), n.payload().to_owned()))
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -556,7 +631,7 @@ async fn hear<S, T>(
 /// notification's payload goes to `heard`.
 async fn listen(
     config: &PgConfig,
-    heard: mpsc::UnboundedSender<String>,
+    heard: mpsc::UnboundedSender<(i32, String)>,
 ) -> Result<Client, PgError> {
     let settings = config.for_connection("listener");
     let client = match &config.tls {

@@ -40,12 +40,14 @@ use super::{
 use crate::codec::Fingerprint;
 use crate::error::{CancelReason, Error, FailureKind, Location, StoreError, StoreErrorKind};
 use crate::journal::crc::{checks, event_key, message_key, started_value, step_key, workflow_key};
+use crate::journal::queue::QueueState;
 use crate::journal::{DAMAGED, JournalOptions};
 use crate::path::StepPath;
 use crate::util::lock;
 
 pub(crate) mod config;
 mod executor;
+mod queues;
 mod schema;
 #[cfg(any(test, feature = "testkit"))]
 pub(crate) mod testing;
@@ -371,14 +373,15 @@ impl PgStore {
                             };
                             let reader: executor::ReaderSlot =
                                 Arc::new(Mutex::new(Some(Arc::new(reader))));
-                            #[cfg_attr(not(feature = "testkit"), allow(unused_mut))]
                             let mut w =
                                 writer::Writer::new(w, config.clone(), me, shown, codec, stats);
                             #[cfg(feature = "testkit")]
                             {
                                 w.halt = halt;
                             }
+                            w.queues = queues::Queues::new(names.as_deref());
                             let watch = executor::Watch {
+                                writer_pid: w.pid.clone(),
                                 config: config.clone(),
                                 reader: reader.clone(),
                                 me: current.clone(),
@@ -559,6 +562,18 @@ impl Store for PgStore {
     }
 
     fn create_workflow(&self, workflow: NewWorkflow) -> Ack<Created> {
+        if let Some(q) = &workflow.queued {
+            let refused = self
+                .text("a queue's name", &q.queue)
+                .and_then(|()| self.text("a partition key", &q.partition))
+                .and_then(|()| match &q.dedup {
+                    Some(d) => self.text("a deduplication id", d),
+                    None => Ok(()),
+                });
+            if let Err(e) = refused {
+                return refuse(&self.path, e);
+            }
+        }
         self.write(|r| Op::Create(workflow, r))
     }
 
@@ -742,60 +757,69 @@ impl Store for PgStore {
         self.read(async |c, s| check(c, s).await)
     }
 
-    fn queue_news(&self, _to: mpsc::UnboundedSender<super::queue::QueueNews>) {
-        // Nothing is ever queued here yet: `set_queue` refuses every queue.
+    fn queue_news(&self, to: mpsc::UnboundedSender<super::queue::QueueNews>) {
+        // Its first dispatch (of every queue) also puts back in their queues the
+        // workflows that executors which stopped had been dispatched, and the held ones.
+        let (reply, ack) = Ack::channel(&self.path);
+        drop(ack);
+        let _ = self.writes.send(Command::Write(Op::Dispatch(
+            writer::DispatchOp {
+                news: Some(to),
+                queues: None,
+                requeue: true,
+            },
+            reply,
+        )));
     }
 
     fn set_queue(&self, set: super::queue::SetLimits) -> Ack {
-        refuse(&self.path, no_queues(&self.path, &set.queue))
+        match self.text("a queue's name", &set.queue) {
+            Ok(()) => self.write(|r| Op::SetQueue(set, crate::util::now_ms(), r)),
+            Err(e) => refuse(&self.path, e),
+        }
     }
 
     fn set_schedule(&self, write: super::schedule::ScheduleWrite) -> Ack {
-        refuse(
-            &self.path,
-            StoreError::new(
-                &*self.path,
-                StoreErrorKind::Invariant,
-                format!(
-                    "schedule {:?}: cron schedules are not available on the PostgreSQL \
-                     journal in this version of durable, only on SQLite; open a SQLite \
-                     journal to use them",
-                    write.name
-                ),
-            ),
-        )
+        match self.text("a schedule's name", &write.name) {
+            Ok(()) => self.write(|r| Op::Schedule(write, crate::util::now_ms(), r)),
+            Err(e) => refuse(&self.path, e),
+        }
     }
 
     fn schedule_state(
         &self,
-        _name: &str,
+        name: &str,
     ) -> Result<Option<super::schedule::ScheduleState>, StoreError> {
-        Ok(None)
+        self.read(async |c, s| queues::schedule_state(c, s, name).await)
     }
 
     fn dispatch(&self) -> Ack {
-        let (tx, ack) = Ack::channel(&self.path);
-        let _ = tx.send(Ok(()));
-        ack
+        self.write(|r| {
+            Op::Dispatch(
+                writer::DispatchOp {
+                    news: None,
+                    queues: None,
+                    requeue: false,
+                },
+                r,
+            )
+        })
     }
 
-    fn hold(&self, _id: Arc<str>) -> Ack {
-        // Nothing is queued here, so nothing holds a slot.
-        let (tx, ack) = Ack::channel(&self.path);
-        let _ = tx.send(Ok(()));
-        ack
+    fn hold(&self, id: Arc<str>) -> Ack {
+        self.write(|r| Op::Hold(id, crate::util::now_ms(), r))
     }
 
     fn queue_stats(&self, queue: &str) -> Result<super::queue::QueueStats, StoreError> {
-        Err(no_queues(&self.path, queue))
+        self.read(async |c, s| queues::stats(c, s, queue).await)
     }
 
     fn queued(
         &self,
         queue: &str,
-        _limit: usize,
+        limit: usize,
     ) -> Result<Vec<super::queue::QueuedRow>, StoreError> {
-        Err(no_queues(&self.path, queue))
+        self.read(async |c, s| queues::queued(c, s, queue, limit).await)
     }
 
     fn takeovers(&self, to: mpsc::UnboundedSender<Arc<str>>) {
@@ -853,18 +877,6 @@ impl Store for PgStore {
 }
 
 /// A write answered at once with `e`.
-/// The error of a queue on this journal, which has none yet.
-fn no_queues(path: &Path, queue: &str) -> StoreError {
-    StoreError::new(
-        path,
-        StoreErrorKind::Invariant,
-        format!(
-            "queue {queue:?}: queues are not available on the PostgreSQL journal in this \
-             version of durable, only on SQLite; open a SQLite journal to use them"
-        ),
-    )
-}
-
 fn refuse<T>(path: &Arc<Path>, e: StoreError) -> Ack<T> {
     let (tx, ack) = Ack::channel(path);
     let _ = tx.send(Err(e));
@@ -922,7 +934,7 @@ pub(super) fn workflow_columns(t: &str) -> String {
         "{t}id, {t}name, {t}status, {t}input, {t}output, {t}error_kind, {t}error, \
          {t}input_crc32, {t}output_crc32, {t}deadline_at, {t}parent_id, \
          ({t}status = 'pending' AND {t}owner IS DISTINCT FROM \
-          current_setting('durable.executor', true)::bigint)"
+          current_setting('durable.executor', true)::bigint), {t}queue_state"
     )
 }
 
@@ -970,6 +982,13 @@ pub(super) fn workflow_row(r: &Row, at: usize) -> Result<WorkflowRecord, PgError
         }
         _ => None,
     };
+    let queue_state = match r.try_get::<_, Option<String>>(at + 12)? {
+        None => None,
+        Some(s) => Some(
+            QueueState::parse(&s)
+                .ok_or_else(|| invalid(format!("has unknown queue state `{s}`")))?,
+        ),
+    };
     let input: Vec<u8> = r.try_get(at + 3)?;
     let output: Option<Vec<u8>> = r.try_get(at + 4)?;
     let output_crc: Option<i64> = r.try_get(at + 8)?;
@@ -985,8 +1004,7 @@ pub(super) fn workflow_row(r: &Row, at: usize) -> Result<WorkflowRecord, PgError
     };
     Ok(WorkflowRecord {
         elsewhere: r.try_get::<_, Option<bool>>(at + 11)?.unwrap_or(false),
-        // No queues on this journal yet (see `Store::set_queue`).
-        queue_state: None,
+        queue_state,
         damaged,
         cancelled,
         deadline_at: r.try_get(at + 9)?,

@@ -128,6 +128,53 @@ const MIGRATIONS: &[&str] = &[
     END
     $fence$;
     "#,
+    // 5: queues and cron schedules. A queued workflow is a workflow row with its
+    // queue's columns, NULL for every workflow that was not enqueued (adding them
+    // rewrites no row). It has no owner while it waits; a dispatch makes the executor
+    // that takes it the owner, and a running one holds a slot while its row is
+    // pending: the counts are read from the rows, so finishing or cancelling a
+    // workflow frees its slot in the same commit. Dispatches of one queue take its
+    // `queues` row's lock, so that two processes never count the same free slot.
+    r#"
+    ALTER TABLE {s}.workflows
+        ADD COLUMN queue text COLLATE "C",
+        ADD COLUMN queue_state text CHECK (queue_state IN ('queued', 'running', 'held')),
+        ADD COLUMN priority integer,
+        ADD COLUMN partition_key text COLLATE "C",
+        ADD COLUMN dedup_id text COLLATE "C",
+        ADD COLUMN not_before bigint,
+        ADD COLUMN timeout_ms bigint,
+        ADD COLUMN dispatched_at bigint;
+    CREATE INDEX workflows_queue_waiting ON {s}.workflows (queue, partition_key, priority, run)
+        WHERE queue_state = 'queued' AND status = 'pending';
+    CREATE INDEX workflows_queue_running ON {s}.workflows (queue, partition_key)
+        WHERE queue_state = 'running' AND status = 'pending';
+    CREATE INDEX workflows_queue_held ON {s}.workflows (queue)
+        WHERE queue_state = 'held' AND status = 'pending';
+    CREATE INDEX workflows_queue_starts ON {s}.workflows (queue, dispatched_at)
+        WHERE dispatched_at IS NOT NULL;
+    CREATE UNIQUE INDEX workflows_queue_dedup ON {s}.workflows (queue, dedup_id)
+        WHERE dedup_id IS NOT NULL AND status = 'pending';
+    CREATE TABLE {s}.queues (
+        name text COLLATE "C" PRIMARY KEY,
+        concurrency bigint,
+        per_process bigint,
+        partition_concurrency bigint,
+        rate_count bigint,
+        rate_period_ms bigint,
+        paused boolean NOT NULL DEFAULT false,
+        set_at_run_time boolean NOT NULL DEFAULT false,
+        updated_at bigint NOT NULL
+    );
+    CREATE TABLE {s}.schedules (
+        name text COLLATE "C" PRIMARY KEY,
+        expression text NOT NULL,
+        time_zone text NOT NULL,
+        done_through bigint NOT NULL,
+        paused boolean NOT NULL DEFAULT false,
+        updated_at bigint NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -34,6 +34,8 @@ use crate::error::{CancelReason, StoreError, StoreErrorKind};
 use crate::journal::crc::{
     event_key, keyed_crc32, message_key, started_value, step_key, workflow_key,
 };
+use crate::journal::queue::{QueueNews, SetLimits};
+use crate::journal::schedule::ScheduleWrite;
 use crate::journal::{
     Created, Effect, Finish, Finished, NewMessage, NewWorkflow, RecordStatus, Replier, StepKey,
     StepRecord, Wait, WaitFor, WaitRecord, already_recorded, decode_answer, encode_answer,
@@ -71,12 +73,35 @@ pub(super) enum Op {
     GiveBack(StepKey, String, Replier<()>),
     Cancel(String, CancelReason, i64, Replier<Vec<String>>),
     Resume(String, i64, Replier<Vec<String>>),
+    /// A queue's limits, written at this time.
+    SetQueue(SetLimits, i64, Replier<()>),
+    /// Queues to dispatch (see [`DispatchOp`]).
+    Dispatch(DispatchOp, Replier<()>),
+    /// A dispatched workflow that cannot run here frees its slot.
+    Hold(Arc<str>, i64, Replier<()>),
+    /// A schedule's row, written at this time.
+    Schedule(ScheduleWrite, i64, Replier<()>),
+}
+
+/// A dispatch asked for: by the runtime (the first one says where dispatches go), by a
+/// notification that another process changed a queue, or by the safety poll.
+pub(super) struct DispatchOp {
+    /// Where dispatches go from now on.
+    pub(super) news: Option<tokio::sync::mpsc::UnboundedSender<QueueNews>>,
+    /// The queues to dispatch (`None`: every one).
+    pub(super) queues: Option<Vec<Arc<str>>>,
+    /// Whether to put back in their queues the workflows of stopped executors first
+    /// (see [`super::queues::requeue_sql`]).
+    pub(super) requeue: bool,
 }
 
 impl Op {
     /// Whether the write is one statement, sent without waiting for an earlier answer.
     fn simple(&self) -> bool {
-        !matches!(self, Op::Wait(..) | Op::Expire(..) | Op::GiveBack(..))
+        !matches!(
+            self,
+            Op::Wait(..) | Op::Expire(..) | Op::GiveBack(..) | Op::Dispatch(..)
+        )
     }
 
     /// Whether the write, alone in a batch, commits as one statement of its own,
@@ -117,7 +142,11 @@ impl Op {
             | Op::Started(_, _, r)
             | Op::Patch(_, _, _, r)
             | Op::Send(_, r)
-            | Op::GiveBack(_, _, r) => drop(r.send(Err(e))),
+            | Op::GiveBack(_, _, r)
+            | Op::SetQueue(_, _, r)
+            | Op::Dispatch(_, r)
+            | Op::Hold(_, _, r)
+            | Op::Schedule(_, _, r) => drop(r.send(Err(e))),
             Op::Wait(_, r) | Op::Expire(_, r) => drop(r.send(Err(e))),
             Op::Cancel(_, _, _, r) | Op::Resume(_, _, r) => drop(r.send(Err(e))),
         }
@@ -317,9 +346,16 @@ fn batchable(ops: &[Op]) -> Vec<Option<Batch>> {
                 Place::Batch(Batch::Records, &s.workflow_id)
             }
             Op::Finish(f, _) => Place::Batch(Batch::Finishes, &f.id),
+            // An enqueue is a statement of its own.
+            Op::Create(w, _) if w.queued.is_some() => Place::Other(&w.id),
             Op::Create(w, _) => Place::Batch(Batch::Creates, &w.id),
             // (Waits are not among the writes sent at once: never here.)
-            Op::Cancel(..) | Op::Resume(..) | Op::Wait(..) | Op::Expire(..) => Place::Barrier,
+            Op::Cancel(..) | Op::Resume(..) | Op::Wait(..) | Op::Expire(..) | Op::Dispatch(..) => {
+                Place::Barrier
+            }
+            Op::Hold(id, _, _) => Place::Other(id),
+            Op::SetQueue(set, _, _) => Place::Other(&set.queue),
+            Op::Schedule(w, _, _) => Place::Other(&w.name),
             Op::Record(s, _) => Place::Other(&s.workflow_id),
             Op::Started(key, _, _) | Op::GiveBack(key, _, _) => Place::Other(&key.workflow_id),
             Op::Patch(id, _, _, _) => Place::Other(id),
@@ -718,16 +754,21 @@ async fn prepared<const N: usize>(c: &Client, texts: [&str; N]) -> Result<[State
 
 /// The writer: its connection, its statements, and the waits it keeps parked.
 pub(super) struct Writer {
-    client: Client,
+    pub(super) client: Client,
     /// Prepared once the writer runs, and again on each new connection (see
     /// [`Writer::ready`]).
     sql: Option<Statements>,
     /// Prepared when a batch first needs one of them, and on each new connection.
     more: Option<More>,
     /// The journal's schema, quoted.
-    schema: String,
+    pub(super) schema: String,
     /// This runtime's executor id (see [`super::executor`]).
-    me: i64,
+    pub(super) me: i64,
+    /// What dispatching queued workflows keeps.
+    pub(super) queues: super::queues::Queues,
+    /// The writer session's backend pid, for the watcher to tell its notifications
+    /// from other processes'.
+    pub(super) pid: Arc<std::sync::atomic::AtomicI32>,
     /// Where batches that send or set something notify.
     channel: String,
     /// How to connect again when the connection drops.
@@ -757,6 +798,7 @@ impl Writer {
         codec: Codec,
         stats: Arc<Stats>,
     ) -> Writer {
+        let pid = session.pid;
         Writer {
             client,
             session: Some(session),
@@ -764,6 +806,8 @@ impl Writer {
             more: None,
             schema: schema::quoted(&config.schema),
             me,
+            queues: super::queues::Queues::default(),
+            pid: Arc::new(std::sync::atomic::AtomicI32::new(pid)),
             channel: super::executor::channel(&config.schema),
             config,
             batch_no: std::cell::Cell::new(0),
@@ -863,7 +907,9 @@ impl Writer {
         drop(queue);
         if closed.is_some() {
             // Its pending workflows go to the next runtime at once, not after a lease.
-            if let Err(e) = super::executor::release(&self.client, &self.schema, self.me).await {
+            if let Err(e) =
+                super::executor::release(&self.client, &self.schema, self.me, &self.channel).await
+            {
                 tracing::warn!(error = ?e, "could not hand this runtime's pending workflows \
                     back to the PostgreSQL journal; another runtime takes them over after \
                     the lease");
@@ -911,6 +957,9 @@ impl Writer {
                 }
                 Err(e) if connection_lost(&e) => {
                     let tried = self.batch_no.get();
+                    // What the transaction dispatched, if it committed: kept apart
+                    // from the transactions made meanwhile.
+                    let dispatched = self.queues.take_tried();
                     let old = self.session.take();
                     // The new connection may drop too: until the journal has said.
                     let last = loop {
@@ -949,6 +998,8 @@ impl Writer {
                         // It committed before the connection dropped: answer each
                         // write from what the journal holds.
                         Ok(last) if last == tried => {
+                            self.queues.restore_tried(dispatched);
+                            self.queues_committed(&ops, &[]);
                             self.confirm(ops).await;
                             return Ok(());
                         }
@@ -984,6 +1035,8 @@ impl Writer {
     /// and their handles follow them where they run now).
     async fn rejoined(&mut self, new: i64) {
         self.me = new;
+        // Its dispatched workflows went back to their queues with the rest.
+        self.queues.forget_running();
         if let Err(e) = super::executor::set_executor(&self.client, new).await {
             // The next write finds the connection gone, and connects as `new`.
             tracing::debug!(error = ?e, "telling the writer's session its new executor");
@@ -1040,6 +1093,7 @@ impl Writer {
         .await?;
         self.sql = Some(sql);
         self.more = Some(more);
+        self.pid.store(session.pid, Ordering::Relaxed);
         self.session = Some(session);
         self.client = client;
         Ok(())
@@ -1169,6 +1223,10 @@ impl Writer {
             Op::Started(key, ..) => Done::Unit(self.owned(&key.workflow_id).await?),
             Op::Patch(workflow_id, ..) => Done::Unit(self.owned(workflow_id).await?),
             Op::Send(..) | Op::GiveBack(..) => Done::Unit(Ok(())),
+            // Safe to make again: each writes the same, or (a dispatch) what holds now.
+            Op::SetQueue(..) | Op::Dispatch(..) | Op::Hold(..) | Op::Schedule(..) => {
+                return Ok(None);
+            }
             Op::Cancel(..) => Done::Unit(Err(lost("a cancellation"))),
             Op::Resume(..) => Done::Unit(Err(lost("a resume"))),
             Op::Wait(w, _) => match &w.record {
@@ -1391,7 +1449,84 @@ impl Writer {
                 }
             }
         }
+        // Every process dispatches a queue that gained a workflow, a free slot or
+        // other limits.
+        for op in ops {
+            let queue = match op {
+                Op::Create(w, _) => w.queued.as_ref().map(|q| Some(&*q.queue)),
+                Op::Finish(f, _) => self.queues.running_in(&f.id).map(|q| Some(&**q)),
+                Op::Hold(id, ..) => self.queues.running_in(id).map(|q| Some(&**q)),
+                Op::SetQueue(set, ..) => Some(Some(&*set.queue)),
+                Op::Cancel(..) | Op::Resume(..) => Some(None),
+                _ => None,
+            };
+            if let Some(queue) = queue {
+                let p = super::queues::queue_payload(queue);
+                if !payloads.contains(&p) {
+                    payloads.push(p);
+                }
+            }
+        }
         payloads
+    }
+
+    /// The queues a transaction of `ops` dispatches before it commits: those a write
+    /// of it gave a workflow, a free slot or other limits (none before the runtime
+    /// asks for dispatches).
+    fn targets(&self, ops: &[Op]) -> super::queues::Targets {
+        let mut t = super::queues::Targets::default();
+        if self.queues.news.is_none() {
+            return t;
+        }
+        for op in ops {
+            match op {
+                Op::Create(w, _) => {
+                    if let Some(q) = &w.queued {
+                        t.names.insert(q.queue.clone());
+                    }
+                }
+                Op::Finish(f, _) => {
+                    if let Some(q) = self.queues.running_in(&f.id) {
+                        t.names.insert(q.clone());
+                    }
+                }
+                Op::Hold(id, ..) => {
+                    if let Some(q) = self.queues.running_in(id) {
+                        t.names.insert(q.clone());
+                    }
+                }
+                Op::SetQueue(set, ..) => {
+                    t.names.insert(set.queue.clone());
+                }
+                // A cancellation or a resume may change many queues.
+                Op::Cancel(..) | Op::Resume(..) => t.all = true,
+                Op::Dispatch(d, _) => match &d.queues {
+                    None => t.all = true,
+                    Some(queues) => t.names.extend(queues.iter().cloned()),
+                },
+                _ => {}
+            }
+        }
+        t
+    }
+
+    /// A transaction of `ops` committed with `done`: the slots its writes freed are no
+    /// longer held here, and what it dispatched goes to the runtime (before the
+    /// replies: a run the dispatch hands over must be launched before an enqueue's
+    /// caller looks for it).
+    /// (`done` is empty when the answers were lost with the connection.)
+    fn queues_committed(&mut self, ops: &[Op], done: &[Done]) {
+        for (i, op) in ops.iter().enumerate() {
+            match (op, done.get(i)) {
+                (Op::Finish(f, _), _) => self.queues.finished(&f.id),
+                (Op::Hold(id, ..), _) => self.queues.finished(id),
+                (Op::Cancel(..), Some(Done::Ids(ids))) => {
+                    ids.iter().for_each(|id| self.queues.finished(id));
+                }
+                _ => {}
+            }
+        }
+        self.queues.committed();
     }
 
     /// Runs `ops` in one transaction and commits it: what each did, and the parked
@@ -1399,6 +1534,19 @@ impl Writer {
     async fn attempt(&mut self, ops: &[Op]) -> Result<(Vec<Done>, Vec<Answered>), PgError> {
         self.next_batch();
         self.ready(ops).await?;
+        self.queues.start_try();
+        for op in ops {
+            if let Op::Dispatch(
+                DispatchOp {
+                    news: Some(news), ..
+                },
+                _,
+            ) = op
+            {
+                self.queues.news = Some(news.clone());
+            }
+        }
+        let targets = self.targets(ops);
         let (notify_sql, commit_sql, rollback_sql) = {
             let q = self.q()?;
             (q.notify.clone(), q.commit.clone(), q.rollback.clone())
@@ -1415,8 +1563,8 @@ impl Writer {
             self.stats.commits.fetch_add(1, Ordering::Relaxed);
             return Ok((vec![done], Vec::new()));
         }
-        let all_simple = !wakes_parked && ops.iter().all(Op::simple);
-        let notify = self.notifications(ops);
+        let all_simple = !wakes_parked && targets.is_empty() && ops.iter().all(Op::simple);
+        let mut notify = self.notifications(ops);
         if all_simple {
             // BEGIN, the fence, the writes, the notifications and COMMIT, sent at once.
             let notify = async {
@@ -1449,7 +1597,25 @@ impl Writer {
             let _ = self.client.execute(&rollback_sql, &[]).await;
             return Err(e);
         }
-        match self.in_transaction(ops).await {
+        let done = match self.in_transaction(ops).await {
+            // Last: a slot freed or a workflow queued in this transaction is taken in
+            // it.
+            Ok(outcome) => match self.dispatch(targets).await {
+                Ok(()) => Ok(outcome),
+                Err(e) => {
+                    self.unanswer(outcome.1);
+                    Err(e)
+                }
+            },
+            Err(e) => Err(e),
+        };
+        if self.queues.requeued() {
+            let all = super::queues::queue_payload(None);
+            if !notify.contains(&all) {
+                notify.push(all);
+            }
+        }
+        match done {
             Ok(outcome) => {
                 let ended = async {
                     if !notify.is_empty() {
@@ -1509,6 +1675,7 @@ impl Writer {
     /// and tells the parked waits it answered. A wait parked by this batch for what
     /// this batch also wrote (it came first) tries again at once.
     async fn committed(&mut self, ops: Vec<Op>, done: Vec<Done>, answered: Vec<Answered>) {
+        self.queues_committed(&ops, &done);
         let touched: HashSet<WaitFor> = ops.iter().filter_map(Op::touches).collect();
         let mut again = Vec::new();
         for (op, done) in ops.into_iter().zip(done) {
@@ -1909,6 +2076,31 @@ impl Writer {
         let c = &self.client;
         let q = self.q()?;
         Ok(match op {
+            Op::Create(
+                w @ NewWorkflow {
+                    queued: Some(queued),
+                    ..
+                },
+                _,
+            ) => match self.enqueue(w, queued).await? {
+                Err(e) if connection_lost(&e) => return Err(e),
+                created => (
+                    Done::Created(created.map_err(|e| store_error(&self.path, e))),
+                    None,
+                ),
+            },
+            Op::SetQueue(set, at, _) => {
+                self.set_limits(set, *at).await?;
+                (Done::Unit(Ok(())), None)
+            }
+            Op::Hold(id, at, _) => {
+                self.hold(id, *at).await?;
+                (Done::Unit(Ok(())), None)
+            }
+            Op::Schedule(write, at, _) => {
+                self.set_schedule(write, *at).await?;
+                (Done::Unit(Ok(())), None)
+            }
             Op::Create(w, _) => {
                 let row = c
                     .query_one(
@@ -2052,7 +2244,9 @@ impl Writer {
                 (Done::Ids(ids), None)
             }
             // Never sent here (see `Op::simple`); answered as a mismatch if it were.
-            Op::Wait(..) | Op::Expire(..) | Op::GiveBack(..) => (Done::Bool(false), None),
+            Op::Wait(..) | Op::Expire(..) | Op::GiveBack(..) | Op::Dispatch(..) => {
+                (Done::Bool(false), None)
+            }
         })
     }
 
@@ -2086,6 +2280,13 @@ impl Writer {
             Op::GiveBack(key, topic, _) => {
                 let (done, touched) = self.give_back(key, topic).await?;
                 (Done::Unit(done), touched)
+            }
+            // The dispatch itself comes last in the transaction (see `attempt`).
+            Op::Dispatch(d, _) => {
+                if d.requeue {
+                    self.requeue().await?;
+                }
+                (Done::Unit(Ok(())), None)
             }
             _ => return self.simple(op).await,
         })
@@ -2450,7 +2651,11 @@ fn reply(op: Op, done: Done, park: &mut impl FnMut(WaitFor, Parked)) {
             | Op::Started(_, _, r)
             | Op::Patch(_, _, _, r)
             | Op::Send(_, r)
-            | Op::GiveBack(_, _, r),
+            | Op::GiveBack(_, _, r)
+            | Op::SetQueue(_, _, r)
+            | Op::Dispatch(_, r)
+            | Op::Hold(_, _, r)
+            | Op::Schedule(_, _, r),
             Done::Unit(u),
         ) => drop(r.send(u)),
         (Op::Wait(_, r) | Op::Expire(_, r), Done::Value(v)) => drop(r.send(v)),
