@@ -1,4 +1,4 @@
-//! Cron schedules on the SQLite journal, driven by a hand-moved clock: one run per tick
+//! Cron schedules on both journals, driven by a hand-moved clock: one run per tick
 //! across restarts, the latest missed tick only after a suspend (or a backfill, oldest
 //! first, up to its limit), daylight saving changes in two zones, six fields, pause,
 //! resume and trigger, and schedules through a queue.
@@ -7,6 +7,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+mod common;
+
+use common::{Journal, on_both_journals};
 use durable_runtime::{
     Error, ManualClock, Queue, Runtime, Schedule, ScheduleHandle, Tick, step, workflow,
 };
@@ -22,6 +25,16 @@ fn ran(schedule: &str) -> Vec<i64> {
         .get(schedule)
         .cloned()
         .unwrap_or_default()
+}
+
+/// Forgets what ran for `schedules`: the two variants of a test (one per journal) use
+/// the same names, one after the other (`serial`).
+fn forget(schedules: &[&str]) {
+    let mut ran = RAN.lock().expect("ok");
+    let ran = ran.get_or_insert_with(HashMap::new);
+    for s in schedules {
+        ran.remove(*s);
+    }
 }
 
 #[step]
@@ -119,11 +132,11 @@ async fn done_through(handle: &ScheduleHandle, through: SystemTime) {
     panic!("{} never got done through {through:?}", handle.name());
 }
 
-#[tokio::test]
-async fn a_six_field_schedule_fires_once_at_its_second() {
-    let dir = tempfile::tempdir().expect("tempdir");
+on_both_journals!(#[tokio::test] a_six_field_schedule_fires_once_at_its_second, serial);
+async fn a_six_field_schedule_fires_once_at_its_second(journal: Journal) {
+    forget(&["six"]);
     let clock = ManualClock::new(at("2026-01-01T00:00:00Z"));
-    let rt = open(&dir.path().join("j.db"), &clock, &[]).await;
+    let rt = open(journal.path(), &clock, &[]).await;
     let handle = rt
         .schedule("six", "15 30 3 * * *", report)
         .await
@@ -146,12 +159,12 @@ async fn a_six_field_schedule_fires_once_at_its_second() {
     rt.close().await.expect("close");
 }
 
-#[tokio::test]
-async fn after_a_suspend_only_the_latest_missed_tick_runs() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("j.db");
+on_both_journals!(#[tokio::test] after_a_suspend_only_the_latest_missed_tick_runs, serial);
+async fn after_a_suspend_only_the_latest_missed_tick_runs(journal: Journal) {
+    forget(&["hourly"]);
+    let path = journal.path();
     let clock = ManualClock::new(at("2026-01-01T00:00:30Z"));
-    let rt = open(&path, &clock, &[]).await;
+    let rt = open(path, &clock, &[]).await;
     let handle = rt
         .schedule("hourly", "0 * * * *", report)
         .await
@@ -170,7 +183,7 @@ async fn after_a_suspend_only_the_latest_missed_tick_runs() {
 
     // Down for ten hours: the latest missed tick runs at the next open, once.
     clock.set(at("2026-01-04T10:59:00Z"));
-    let rt = open(&path, &clock, &[]).await;
+    let rt = open(path, &clock, &[]).await;
     rt.schedule("hourly", "0 * * * *", report)
         .await
         .expect("schedule again");
@@ -180,11 +193,11 @@ async fn after_a_suspend_only_the_latest_missed_tick_runs() {
     rt.close().await.expect("close");
 }
 
-#[tokio::test]
-async fn a_backfill_runs_missed_ticks_oldest_first_up_to_its_limit() {
-    let dir = tempfile::tempdir().expect("tempdir");
+on_both_journals!(#[tokio::test] a_backfill_runs_missed_ticks_oldest_first_up_to_its_limit, serial);
+async fn a_backfill_runs_missed_ticks_oldest_first_up_to_its_limit(journal: Journal) {
+    forget(&["backfill"]);
     let clock = ManualClock::new(at("2026-05-01T00:00:00Z"));
-    let rt = open(&dir.path().join("j.db"), &clock, &[]).await;
+    let rt = open(journal.path(), &clock, &[]).await;
     let schedule = Schedule::new("backfill", "*/10 * * * *")
         .expect("valid")
         .backfill(4);
@@ -201,13 +214,13 @@ async fn a_backfill_runs_missed_ticks_oldest_first_up_to_its_limit() {
     rt.close().await.expect("close");
 }
 
-#[tokio::test]
-async fn a_tick_runs_once_across_restarts() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("j.db");
+on_both_journals!(#[tokio::test] a_tick_runs_once_across_restarts, serial);
+async fn a_tick_runs_once_across_restarts(journal: Journal) {
+    forget(&["noon"]);
+    let path = journal.path();
     let clock = ManualClock::new(at("2026-02-01T11:59:00Z"));
     for _ in 0..3 {
-        let rt = open(&path, &clock, &[]).await;
+        let rt = open(path, &clock, &[]).await;
         rt.schedule("noon", "0 12 * * *", report)
             .await
             .expect("schedule");
@@ -244,11 +257,11 @@ async fn walk(
     }
 }
 
-#[tokio::test]
-async fn a_daily_schedule_runs_once_a_day_through_daylight_saving_changes_in_two_zones() {
-    let dir = tempfile::tempdir().expect("tempdir");
+on_both_journals!(#[tokio::test] a_daily_schedule_runs_once_a_day_through_daylight_saving_changes_in_two_zones, serial);
+async fn a_daily_schedule_runs_once_a_day_through_daylight_saving_changes_in_two_zones(journal: Journal) {
+    forget(&["new-york", "paris"]);
     let clock = ManualClock::new(at("2026-03-06T12:00:00Z"));
-    let rt = open(&dir.path().join("j.db"), &clock, &[]).await;
+    let rt = open(journal.path(), &clock, &[]).await;
     let paris_at = Schedule::new("paris", "30 2 * * *")
         .expect("valid")
         .time_zone("Europe/Paris")
@@ -311,12 +324,12 @@ async fn a_daily_schedule_runs_once_a_day_through_daylight_saving_changes_in_two
     rt.close().await.expect("close");
 }
 
-#[tokio::test]
-async fn pause_resume_and_trigger() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("j.db");
+on_both_journals!(#[tokio::test] pause_resume_and_trigger, serial);
+async fn pause_resume_and_trigger(journal: Journal) {
+    forget(&["paused"]);
+    let path = journal.path();
     let clock = ManualClock::new(at("2026-06-01T00:00:00Z"));
-    let rt = open(&path, &clock, &[]).await;
+    let rt = open(path, &clock, &[]).await;
     let handle = rt
         .schedule("paused", "0 * * * *", report)
         .await
@@ -334,7 +347,7 @@ async fn pause_resume_and_trigger() {
 
     // The pause holds across a restart.
     clock.set(at("2026-06-01T07:30:00Z"));
-    let rt = open(&path, &clock, &[]).await;
+    let rt = open(path, &clock, &[]).await;
     let handle = rt
         .schedule("paused", "0 * * * *", report)
         .await
@@ -355,13 +368,12 @@ async fn pause_resume_and_trigger() {
     rt.close().await.expect("close");
 }
 
-#[tokio::test]
-async fn a_schedule_through_a_queue_gets_its_limits() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("j.db");
+on_both_journals!(#[tokio::test] a_schedule_through_a_queue_gets_its_limits, serial);
+async fn a_schedule_through_a_queue_gets_its_limits(journal: Journal) {
+    let path = journal.path();
     let clock = ManualClock::new(at("2026-07-01T00:00:00Z"));
     let reports = Queue::new("reports").concurrency(1);
-    let rt = open(&path, &clock, &[&reports]).await;
+    let rt = open(path, &clock, &[&reports]).await;
     let schedule = Schedule::new("queued", "*/5 * * * *")
         .expect("valid")
         .through(&reports);
@@ -370,18 +382,14 @@ async fn a_schedule_through_a_queue_gets_its_limits() {
     result_of(&rt, "queued@2026-07-01T00:05:00Z").await;
     rt.close().await.expect("close");
     drop(rt);
-    let queue: String = rusqlite::Connection::open(&path)
-        .expect("open")
-        .query_row(
-            "SELECT queue FROM durable_workflows WHERE id = 'queued@2026-07-01T00:05:00Z'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("the tick's row");
-    assert_eq!(queue, "reports");
+    let queue = journal.strings(
+        "SELECT queue FROM durable_workflows WHERE id = 'queued@2026-07-01T00:05:00Z'",
+        &[],
+    );
+    assert_eq!(queue, ["reports"]);
 
     // A queue the runtime was not built with is refused.
-    let rt = open(&path, &clock, &[]).await;
+    let rt = open(path, &clock, &[]).await;
     let other = Schedule::new("other", "* * * * *")
         .expect("valid")
         .through(&Queue::new("nope"));
@@ -390,8 +398,8 @@ async fn a_schedule_through_a_queue_gets_its_limits() {
     rt.close().await.expect("close");
 }
 
-#[tokio::test]
-async fn bad_schedules_are_refused_saying_why() {
+on_both_journals!(#[tokio::test] bad_schedules_are_refused_saying_why, serial);
+async fn bad_schedules_are_refused_saying_why(journal: Journal) {
     let err = |r: Result<Schedule, Error>| r.expect_err("refused").to_string();
     assert!(err(Schedule::new("s", "0 30 3 * * * *")).contains("has 7 fields"));
     assert!(err(Schedule::new("s", "0 25 * * *")).contains("25 in the hour field"));
@@ -403,9 +411,8 @@ async fn bad_schedules_are_refused_saying_why() {
             .time_zone("Mars/Olympus"))
         .contains("not a time zone of the IANA database")
     );
-    let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::new(at("2026-07-01T00:00:00Z"));
-    let rt = open(&dir.path().join("j.db"), &clock, &[]).await;
+    let rt = open(journal.path(), &clock, &[]).await;
     rt.schedule("twice", "* * * * *", report)
         .await
         .expect("schedule");

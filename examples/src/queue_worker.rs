@@ -2,8 +2,11 @@
 //! to be SIGKILLed at any moment. A test fixture, not an example to copy.
 //!
 //! ```text
-//! queue-worker --journal PATH --log PATH [--scale S]
+//! queue-worker --journal PATH|URL --log PATH [--scale S] [--lease-ms MS]
 //! ```
+//!
+//! Several workers may share a PostgreSQL journal: they enqueue the same items under
+//! the same ids, and each runs what the queues dispatch to it.
 //!
 //! The worker opens the journal (resuming what is pending), enqueues every item under a
 //! fixed id (finding those an earlier run enqueued), waits for all of them, and exits.
@@ -15,7 +18,8 @@
 //! - `tenants`: at most 3 at once, 1 per partition; 36 items of partition `big` and 24
 //!   spread over `p0`, `p1`, `p2`;
 //! - `prio`: one at a time; items `r-0000` to `r-0039` with priorities 0 to 4, all
-//!   enqueued while the queue is paused, then released at once.
+//!   enqueued while the queue is paused, then released at once;
+//! - `local`: at most 4 at once, 2 per process; items `l-0000` to `l-0029`.
 //!
 //! Each step body appends `<wall-clock µs> <pid> start <id>` and `... end <id>` around
 //! its sleep to the log; each enqueue appends `enqueued <id>` or `refused <id>`.
@@ -66,7 +70,7 @@ fn length(id: &str) -> u64 {
         % 50
 }
 
-fn queues() -> [Queue; 3] {
+fn queues() -> [Queue; 4] {
     [
         Queue::new("global")
             .concurrency(3)
@@ -75,6 +79,7 @@ fn queues() -> [Queue; 3] {
             .concurrency(3)
             .partition_concurrency(1),
         Queue::new("prio").concurrency(1),
+        Queue::new("local").concurrency(4).per_process(2),
     ]
 }
 
@@ -100,14 +105,17 @@ async fn enqueue(
     Ok(())
 }
 
-async fn run(journal: &str, scale: u32) -> Res<()> {
-    let [global, tenants, prio] = queues();
-    let rt = Runtime::builder(journal)
+async fn run(journal: &str, scale: u32, lease: Option<Duration>) -> Res<()> {
+    let [global, tenants, prio, local] = queues();
+    let mut builder = Runtime::builder(journal)
         .queue(global.clone())
         .queue(tenants.clone())
         .queue(prio.clone())
-        .open()
-        .await?;
+        .queue(local.clone());
+    if let Some(lease) = lease {
+        builder = builder.lease(lease);
+    }
+    let rt = builder.open().await?;
     log("open");
     let mut handles = Vec::new();
     // Every priority item is queued before any of them is dispatched.
@@ -151,6 +159,9 @@ async fn run(journal: &str, scale: u32) -> Res<()> {
             }
         }
     }
+    for i in 0..30 * scale {
+        enqueue(&rt, &local, format!("l-{i:04}"), Enqueue::new(), &mut handles).await?;
+    }
     for handle in handles {
         let id = handle.id().to_owned();
         let got = handle.result().await?;
@@ -173,7 +184,9 @@ fn main() -> ExitCode {
             .position(|a| a == "--log")
             .and_then(|i| args.get(i + 1)),
     ) else {
-        eprintln!("usage: queue-worker --journal PATH --log PATH [--scale S]");
+        eprintln!(
+            "usage: queue-worker --journal PATH|URL --log PATH [--scale S] [--lease-ms MS]"
+        );
         return ExitCode::from(2);
     };
     let scale = args
@@ -182,6 +195,12 @@ fn main() -> ExitCode {
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
+    let lease = args
+        .iter()
+        .position(|a| a == "--lease-ms")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_millis);
     let file = match OpenOptions::new().create(true).append(true).open(log_path) {
         Ok(f) => f,
         Err(e) => {
@@ -200,7 +219,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(journal, scale)) {
+    match runtime.block_on(run(journal, scale, lease)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("queue-worker: {e}");

@@ -420,6 +420,7 @@ impl Watch {
                 news: None,
                 queues,
                 requeue,
+                held: false,
             },
             reply,
         )));

@@ -767,6 +767,7 @@ impl Store for PgStore {
                 news: Some(to),
                 queues: None,
                 requeue: true,
+                held: true,
             },
             reply,
         )));
@@ -800,6 +801,7 @@ impl Store for PgStore {
                     news: None,
                     queues: None,
                     requeue: false,
+                    held: false,
                 },
                 r,
             )

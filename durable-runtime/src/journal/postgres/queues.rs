@@ -149,16 +149,17 @@ macro_rules! waiting_in_first_parameter {
 }
 
 /// Puts back in their queues the dispatched workflows of executors that stopped (and
-/// those a closing runtime gave up), and the held ones: each is dispatched again, under
-/// its queue's limits, keeping its first dispatch time.
-const REQUEUE: &str = "UPDATE {s}.workflows SET owner = NULL, queue_state = 'queued'
-     WHERE status = 'pending' AND (queue_state = 'held' OR queue_state = 'running'
-           AND (owner IS NULL
-                OR owner IN (SELECT id FROM {s}.executors WHERE dead_at IS NOT NULL)))";
-
-/// [`REQUEUE`] for the journal in schema `s` (quoted).
-pub(super) fn requeue_sql(s: &str) -> String {
-    REQUEUE.replace("{s}", s)
+/// those a closing runtime gave up), and, if `held`, the held ones: each is dispatched
+/// again, under its queue's limits, keeping its first dispatch time. Held ones go back
+/// only at a runtime's open, as on SQLite (one that cannot run is not tried again and
+/// again).
+pub(super) fn requeue_sql(s: &str, held: bool) -> String {
+    format!(
+        "UPDATE {s}.workflows SET owner = NULL, queue_state = 'queued'
+         WHERE status = 'pending' AND (queue_state = 'held' AND {held} OR queue_state = 'running'
+               AND (owner IS NULL
+                    OR owner IN (SELECT id FROM {s}.executors WHERE dead_at IS NOT NULL)))"
+    )
 }
 
 const SQL_ENQUEUE: &str = "WITH ins AS (
@@ -409,11 +410,11 @@ impl Writer {
         Ok(())
     }
 
-    /// Puts back in their queues the workflows [`REQUEUE`] names.
-    pub(super) async fn requeue(&self) -> Result<(), PgError> {
+    /// Puts back in their queues the workflows [`requeue_sql`] names.
+    pub(super) async fn requeue(&self, held: bool) -> Result<(), PgError> {
         let n = self
             .client
-            .execute_typed(&requeue_sql(&self.schema), &[])
+            .execute_typed(&requeue_sql(&self.schema, held), &[])
             .await?;
         if n > 0 {
             self.queues.requeued.set(true);

@@ -93,6 +93,8 @@ pub(super) struct DispatchOp {
     /// Whether to put back in their queues the workflows of stopped executors first
     /// (see [`super::queues::requeue_sql`]).
     pub(super) requeue: bool,
+    /// With `requeue`, the held ones too (at the runtime's open).
+    pub(super) held: bool,
 }
 
 impl Op {
@@ -2284,7 +2286,7 @@ impl Writer {
             // The dispatch itself comes last in the transaction (see `attempt`).
             Op::Dispatch(d, _) => {
                 if d.requeue {
-                    self.requeue().await?;
+                    self.requeue(d.held).await?;
                 }
                 (Done::Unit(Ok(())), None)
             }
