@@ -7,7 +7,10 @@
 //! and `?` is `*` in the two day fields. `@yearly` (`@annually`), `@monthly`, `@weekly`,
 //! `@daily` (`@midnight`) and `@hourly` stand for their usual expressions. As in cron,
 //! a day matches if the day of the month *or* the weekday does when both fields are
-//! restricted, and if both do when one of them is `*`.
+//! restricted, and if both do when one of them is `*`. A step over `*` (`*/2`) is a
+//! restriction here: Vixie cron treats a field that begins with `*` as unrestricted, so
+//! there `*/2 * * * MON` fires on odd days that are Mondays, and here on odd days and
+//! on Mondays.
 //!
 //! # Daylight saving time
 //!
@@ -518,6 +521,16 @@ mod tests {
                 "2026-02-13T00:00:00Z",
                 "2026-02-20T00:00:00Z",
                 "2026-02-27T00:00:00Z"
+            ]
+        );
+        // A step over `*` restricts: odd days, and Mondays (2026-02-02 is a Monday).
+        assert_eq!(
+            fires("0 0 */2 * MON", "UTC", "2026-02-01T00:00:00Z", 4),
+            [
+                "2026-02-02T00:00:00Z",
+                "2026-02-03T00:00:00Z",
+                "2026-02-05T00:00:00Z",
+                "2026-02-07T00:00:00Z"
             ]
         );
         // Leap days only.

@@ -132,7 +132,11 @@ async fn done_through(handle: &ScheduleHandle, through: SystemTime) {
     panic!("{} never got done through {through:?}", handle.name());
 }
 
-on_both_journals!(#[tokio::test] a_six_field_schedule_fires_once_at_its_second, serial);
+on_both_journals!(
+    #[tokio::test]
+    a_six_field_schedule_fires_once_at_its_second,
+    serial
+);
 async fn a_six_field_schedule_fires_once_at_its_second(journal: Journal) {
     forget(&["six"]);
     let clock = ManualClock::new(at("2026-01-01T00:00:00Z"));
@@ -159,7 +163,11 @@ async fn a_six_field_schedule_fires_once_at_its_second(journal: Journal) {
     rt.close().await.expect("close");
 }
 
-on_both_journals!(#[tokio::test] after_a_suspend_only_the_latest_missed_tick_runs, serial);
+on_both_journals!(
+    #[tokio::test]
+    after_a_suspend_only_the_latest_missed_tick_runs,
+    serial
+);
 async fn after_a_suspend_only_the_latest_missed_tick_runs(journal: Journal) {
     forget(&["hourly"]);
     let path = journal.path();
@@ -193,7 +201,11 @@ async fn after_a_suspend_only_the_latest_missed_tick_runs(journal: Journal) {
     rt.close().await.expect("close");
 }
 
-on_both_journals!(#[tokio::test] a_backfill_runs_missed_ticks_oldest_first_up_to_its_limit, serial);
+on_both_journals!(
+    #[tokio::test]
+    a_backfill_runs_missed_ticks_oldest_first_up_to_its_limit,
+    serial
+);
 async fn a_backfill_runs_missed_ticks_oldest_first_up_to_its_limit(journal: Journal) {
     forget(&["backfill"]);
     let clock = ManualClock::new(at("2026-05-01T00:00:00Z"));
@@ -214,7 +226,11 @@ async fn a_backfill_runs_missed_ticks_oldest_first_up_to_its_limit(journal: Jour
     rt.close().await.expect("close");
 }
 
-on_both_journals!(#[tokio::test] a_tick_runs_once_across_restarts, serial);
+on_both_journals!(
+    #[tokio::test]
+    a_tick_runs_once_across_restarts,
+    serial
+);
 async fn a_tick_runs_once_across_restarts(journal: Journal) {
     forget(&["noon"]);
     let path = journal.path();
@@ -257,8 +273,14 @@ async fn walk(
     }
 }
 
-on_both_journals!(#[tokio::test] a_daily_schedule_runs_once_a_day_through_daylight_saving_changes_in_two_zones, serial);
-async fn a_daily_schedule_runs_once_a_day_through_daylight_saving_changes_in_two_zones(journal: Journal) {
+on_both_journals!(
+    #[tokio::test]
+    a_daily_schedule_runs_once_a_day_through_daylight_saving_changes_in_two_zones,
+    serial
+);
+async fn a_daily_schedule_runs_once_a_day_through_daylight_saving_changes_in_two_zones(
+    journal: Journal,
+) {
     forget(&["new-york", "paris"]);
     let clock = ManualClock::new(at("2026-03-06T12:00:00Z"));
     let rt = open(journal.path(), &clock, &[]).await;
@@ -324,7 +346,11 @@ async fn a_daily_schedule_runs_once_a_day_through_daylight_saving_changes_in_two
     rt.close().await.expect("close");
 }
 
-on_both_journals!(#[tokio::test] pause_resume_and_trigger, serial);
+on_both_journals!(
+    #[tokio::test]
+    pause_resume_and_trigger,
+    serial
+);
 async fn pause_resume_and_trigger(journal: Journal) {
     forget(&["paused"]);
     let path = journal.path();
@@ -368,7 +394,11 @@ async fn pause_resume_and_trigger(journal: Journal) {
     rt.close().await.expect("close");
 }
 
-on_both_journals!(#[tokio::test] a_schedule_through_a_queue_gets_its_limits, serial);
+on_both_journals!(
+    #[tokio::test]
+    a_schedule_through_a_queue_gets_its_limits,
+    serial
+);
 async fn a_schedule_through_a_queue_gets_its_limits(journal: Journal) {
     let path = journal.path();
     let clock = ManualClock::new(at("2026-07-01T00:00:00Z"));
@@ -398,13 +428,30 @@ async fn a_schedule_through_a_queue_gets_its_limits(journal: Journal) {
     rt.close().await.expect("close");
 }
 
-on_both_journals!(#[tokio::test] bad_schedules_are_refused_saying_why, serial);
+on_both_journals!(
+    #[tokio::test]
+    bad_schedules_are_refused_saying_why,
+    serial
+);
 async fn bad_schedules_are_refused_saying_why(journal: Journal) {
     let err = |r: Result<Schedule, Error>| r.expect_err("refused").to_string();
     assert!(err(Schedule::new("s", "0 30 3 * * * *")).contains("has 7 fields"));
     assert!(err(Schedule::new("s", "0 25 * * *")).contains("25 in the hour field"));
     assert!(err(Schedule::new("s", "0 0 31 4 *")).contains("never fires"));
     assert!(err(Schedule::new("", "* * * * *")).contains("cannot be empty"));
+    // Every tick's workflow id must fit: the longest name that does is taken, and
+    // its ticks (triggered ones too) start.
+    assert!(err(Schedule::new("n".repeat(478), "* * * * *")).contains("at most 477 bytes"));
+    let longest = Schedule::new("n".repeat(477), "* * * * *").expect("fits");
+    // Asked for more ticks than it has (a yearly one stops at the year 9999): those
+    // it has, not an allocation of the count asked for.
+    let yearly = Schedule::new("yearly", "@yearly").expect("valid");
+    assert_eq!(
+        yearly
+            .next_ticks(at("2026-07-01T00:00:00Z"), usize::MAX)
+            .len(),
+        9999 - 2026
+    );
     assert!(
         err(Schedule::new("s", "* * * * *")
             .expect("valid")
@@ -421,5 +468,64 @@ async fn bad_schedules_are_refused_saying_why(journal: Journal) {
         .await
         .expect_err("refused");
     assert!(again.to_string().contains("already scheduled"), "{again}");
+    let long = rt
+        .schedule_with(longest, report)
+        .await
+        .expect("the longest name");
+    long.trigger()
+        .await
+        .expect("a triggered tick's id fits too");
+    clock.set(at("2026-07-01T00:01:00Z"));
+    result_of(&rt, &format!("{}@2026-07-01T00:01:00Z", "n".repeat(477))).await;
+    rt.close().await.expect("close");
+}
+
+/// A workflow that only exists: the backfill below starts thousands.
+#[workflow]
+async fn tick_only(tick: Tick) -> i64 {
+    tick.unix_seconds()
+}
+
+on_both_journals!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_pause_stops_a_backfill_between_ticks,
+    serial
+);
+async fn a_pause_stops_a_backfill_between_ticks(journal: Journal) {
+    let clock = ManualClock::new(at("2026-08-01T00:00:00Z"));
+    let rt = open(journal.path(), &clock, &[]).await;
+    let schedule = Schedule::new("burst", "* * * * * *")
+        .expect("valid")
+        .backfill(20_000);
+    let handle = rt
+        .schedule_with(schedule, tick_only)
+        .await
+        .expect("schedule");
+    let started = || {
+        journal.strings(
+            "SELECT CAST(count(*) AS TEXT) FROM durable_workflows WHERE id LIKE 'burst@%'",
+            &[],
+        )[0]
+        .parse::<u64>()
+        .expect("a count")
+    };
+    // Five and a half hours missed: a backfill of 19,800 ticks, one start each.
+    clock.set(at("2026-08-01T05:30:00Z"));
+    while started() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    handle.pause().await.expect("pause");
+    let at_pause = started();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = started();
+    // The tick being started when the pause came may still commit; no other.
+    assert!(
+        later <= at_pause + 1,
+        "the backfill went on after the pause: {at_pause} then {later}"
+    );
+    assert!(
+        later < 19_800,
+        "the backfill ended before the pause: the test proves nothing"
+    );
     rt.close().await.expect("close");
 }

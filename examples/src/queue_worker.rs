@@ -160,7 +160,14 @@ async fn run(journal: &str, scale: u32, lease: Option<Duration>) -> Res<()> {
         }
     }
     for i in 0..30 * scale {
-        enqueue(&rt, &local, format!("l-{i:04}"), Enqueue::new(), &mut handles).await?;
+        enqueue(
+            &rt,
+            &local,
+            format!("l-{i:04}"),
+            Enqueue::new(),
+            &mut handles,
+        )
+        .await?;
     }
     for handle in handles {
         let id = handle.id().to_owned();
@@ -184,9 +191,7 @@ fn main() -> ExitCode {
             .position(|a| a == "--log")
             .and_then(|i| args.get(i + 1)),
     ) else {
-        eprintln!(
-            "usage: queue-worker --journal PATH|URL --log PATH [--scale S] [--lease-ms MS]"
-        );
+        eprintln!("usage: queue-worker --journal PATH|URL --log PATH [--scale S] [--lease-ms MS]");
         return ExitCode::from(2);
     };
     let scale = args

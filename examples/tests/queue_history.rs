@@ -228,7 +228,11 @@ fn queue_history_holds_under_sigkill_on_sqlite() -> Res<()> {
 fn queue_history_holds_under_sigkill_with_three_processes_on_postgres() -> Res<()> {
     let dir = tempfile::tempdir()?;
     let server = durable_testkit::postgres::database_url();
-    let schema = format!("queue_history_{}_{}", std::process::id(), now_us() % 1_000_000);
+    let schema = format!(
+        "queue_history_{}_{}",
+        std::process::id(),
+        now_us() % 1_000_000
+    );
     history(Journal::Postgres { server, schema }, 3, dir.path())
 }
 

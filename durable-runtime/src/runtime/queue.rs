@@ -631,7 +631,17 @@ impl Inner {
         let (outcome, ours) = self.waiting_outcome(&id);
         let created = self.acked(self.store.create_workflow(new)).await;
         let existing = match created {
-            Ok(Created::New) => return Ok((id, outcome)),
+            Ok(Created::New) => {
+                if !self.queues_run_here() {
+                    // Another runtime sharing the journal may be the one it is
+                    // dispatched to: its outcome is then read from the journal.
+                    let tx = lock(&self.waiting).get(&id).cloned();
+                    if let Some(tx) = tx {
+                        self.watch_elsewhere(id.clone(), tx);
+                    }
+                }
+                return Ok((id, outcome));
+            }
             Ok(Created::Existing(record)) => record,
             Ok(Created::Duplicate(record)) => {
                 self.drop_waiting(&id, ours);
@@ -669,6 +679,11 @@ impl Inner {
         let mut waiting = lock(&self.waiting);
         if let Some(tx) = waiting.get(id) {
             return (tx.subscribe(), false);
+        }
+        // Now and then, forget the entries nobody needs: settled (a workflow another
+        // runtime ran, whose outcome was read from the journal), or no longer watched.
+        if waiting.len() >= 64 && waiting.len().is_power_of_two() {
+            waiting.retain(|_, tx| tx.receiver_count() > 0 && tx.borrow().is_none());
         }
         let (tx, rx) = watch::channel(None);
         waiting.insert(id.clone(), tx);

@@ -82,6 +82,14 @@ impl Schedule {
                     .to_owned(),
             ));
         }
+        if name.len() > MAX_NAME {
+            return Err(error(format!(
+                "a schedule's name is at most {MAX_NAME} bytes, not {}: the workflow id of \
+                 each tick is the name, `@` and the tick's time, and must fit the journal's \
+                 id limit",
+                name.len()
+            )));
+        }
         let cron = Cron::parse(expression).map_err(|e| error(e.0))?;
         Ok(Schedule {
             name: Arc::from(name.as_str()),
@@ -132,10 +140,10 @@ impl Schedule {
         &self.name
     }
 
-    /// The next `n` ticks after `after`.
+    /// The next `n` ticks after `after` (fewer if it stops firing).
     pub fn next_ticks(&self, after: SystemTime, n: usize) -> Vec<Tick> {
         let mut at = timestamp(millis_of(after));
-        let mut out = Vec::with_capacity(n);
+        let mut out = Vec::with_capacity(n.min(1024));
         while out.len() < n {
             let Some(next) = self.cron.next_after(at, &self.zone) else {
                 break;
@@ -664,68 +672,75 @@ async fn run(inner: Weak<Inner>, s: Arc<Schedule>, fire: Fire, mut woken: watch:
             }
         };
         drop(rt);
-        loop {
-            if state.paused {
-                if woken.changed().await.is_err() {
-                    return;
-                }
-                continue 'read;
-            }
-            let now = clock.now_ms();
-            for tick in due(&s, state.done_through, now) {
-                let Some(rt) = inner.upgrade() else { return };
-                let runtime = Runtime { inner: rt.clone() };
-                match fire(runtime, s.tick(tick, false)).await {
-                    Ok(()) => {}
-                    Err(Error::Closed { .. }) => return,
-                    Err(Error::Store(e)) => {
-                        tracing::warn!(schedule = %s.name, tick = %tick, "cannot start the tick's workflow: {e}; trying again");
-                        drop(rt);
-                        tokio::time::sleep(NAP).await;
-                        continue 'read;
-                    }
-                    Err(e) => {
-                        // It cannot start (its id is another workflow's, say): passed over.
-                        tracing::warn!(schedule = %s.name, tick = %tick, "the tick's workflow cannot start: {e}; the tick is passed over");
-                    }
-                }
-                let done = tick.as_millisecond();
-                let write = ScheduleWrite {
-                    name: s.name.clone(),
-                    change: ScheduleChange::DoneThrough(done),
-                };
-                if let Err(e) = rt.acked(rt.store.set_schedule(write)).await {
-                    // Its workflow is started; a second start of the same id joins it.
-                    tracing::warn!(schedule = %s.name, "cannot record the tick as done: {e}");
-                }
-                state.done_through = state.done_through.max(done);
-            }
-            let after = state.done_through.max(now);
-            let Some(next) = s.cron.next_after(timestamp(after), &s.zone) else {
-                // It never fires again.
-                if woken.changed().await.is_err() {
-                    return;
-                }
-                continue 'read;
-            };
-            tokio::select! {
-                () = clock.sleep_until(next.as_millisecond()) => {}
-                changed = woken.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    continue 'read;
-                }
-            }
-            if inner
-                .upgrade()
-                .is_none_or(|rt| rt.closing.load(Ordering::Acquire))
-            {
+        if state.paused {
+            if woken.changed().await.is_err() {
                 return;
             }
+            continue 'read;
         }
+        let now = clock.now_ms();
+        for tick in due(&s, state.done_through, now) {
+            // A pause (or resume, or trigger) here stops a backfill between ticks.
+            match woken.has_changed() {
+                Ok(false) => {}
+                Ok(true) => {
+                    woken.borrow_and_update();
+                    continue 'read;
+                }
+                Err(_) => return,
+            }
+            let Some(rt) = inner.upgrade() else { return };
+            let runtime = Runtime { inner: rt.clone() };
+            match fire(runtime, s.tick(tick, false)).await {
+                Ok(()) => {}
+                Err(Error::Closed { .. }) => return,
+                Err(Error::Store(e)) => {
+                    tracing::warn!(schedule = %s.name, tick = %tick, "cannot start the tick's workflow: {e}; trying again");
+                    drop(rt);
+                    tokio::time::sleep(NAP).await;
+                    continue 'read;
+                }
+                Err(e) => {
+                    // It cannot start (its id is another workflow's, say): passed over.
+                    tracing::warn!(schedule = %s.name, tick = %tick, "the tick's workflow cannot start: {e}; the tick is passed over");
+                }
+            }
+            let done = tick.as_millisecond();
+            let write = ScheduleWrite {
+                name: s.name.clone(),
+                change: ScheduleChange::DoneThrough(done),
+            };
+            if let Err(e) = rt.acked(rt.store.set_schedule(write)).await {
+                // Its workflow is started; a second start of the same id joins it.
+                tracing::warn!(schedule = %s.name, "cannot record the tick as done: {e}");
+            }
+            state.done_through = state.done_through.max(done);
+        }
+        let after = state.done_through.max(now);
+        let Some(next) = s.cron.next_after(timestamp(after), &s.zone) else {
+            // It never fires again.
+            if woken.changed().await.is_err() {
+                return;
+            }
+            continue 'read;
+        };
+        tokio::select! {
+            () = clock.sleep_until(next.as_millisecond()) => {}
+            changed = woken.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue 'read;
+            }
+        }
+        // Read again at each tick: on a shared journal another process may have
+        // paused the schedule, or done the tick.
     }
 }
+
+/// The longest schedule name: a tick's workflow id (`name@2026-01-01T00:00:00Z`, or
+/// `.../triggered` after a trigger, with milliseconds) must fit the journal's id limit.
+const MAX_NAME: usize = super::registry::MAX_ID_BYTES - "@0000-00-00T00:00:00.000Z/triggered".len();
 
 fn scheduled_twice(name: &str) -> Error {
     Error::Schedule {
