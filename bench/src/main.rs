@@ -74,7 +74,8 @@
 //! # PostgreSQL
 //!
 //! `--journal postgres` runs `seq` and `fanout` (n = 100 and 1,000), `many`, `start`,
-//! `replay` (n = 100 and 1,000) and `recv_wake` on a PostgreSQL journal, on the server
+//! `replay` (n = 100 and 1,000), `recv_wake`, `queue` and `queue_wake` on a PostgreSQL
+//! journal, on the server
 //! that `DATABASE_URL` names (without `schema=`; an error says so if it is unset or the
 //! server cannot be reached), with `--json`, `--quick`, `--runs` and `--only` as above.
 //! Each run, ours and its baseline, gets fresh schemas, `bench_<pid>_<k>`: the
@@ -94,6 +95,8 @@
 //! | `many`, `start` | as on SQLite | 2,000 rows, 100 per transaction, pipelined |
 //! | `replay` | a workflow of `n` steps is recorded, its runtime closed, and the workflow marked pending by SQL (as a crash before its outcome would leave it); timed: an open that claims and replays it, up to its result | a new connection and one `SELECT` of those `n` rows (the columns and order of the journal's own read) |
 //! | `recv_wake` | across two processes, below | one autocommitted single-row `INSERT` after the same 1 ms idle, median of 100 |
+//! | `queue` | as on SQLite | 20,000 rows, 100 per transaction, pipelined |
+//! | `queue_wake` | as on SQLite | one autocommitted single-row `INSERT`, back to back, median of 100 |
 //!
 //! `recv_wake` on PostgreSQL crosses processes, as two services sharing a journal do:
 //! a child process (`durable-bench --child pg_receiver SCHEMA ROUNDS`, the URL in the

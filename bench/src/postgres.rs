@@ -27,7 +27,16 @@ use crate::{
 };
 
 /// The workloads measured on PostgreSQL, as `--only` names them.
-pub(crate) const WORKLOADS: [&str; 6] = ["seq", "fanout", "many", "start", "replay", "recv_wake"];
+pub(crate) const WORKLOADS: [&str; 8] = [
+    "seq",
+    "fanout",
+    "many",
+    "start",
+    "replay",
+    "recv_wake",
+    "queue",
+    "queue_wake",
+];
 
 /// `durable-bench --child pg_receiver SCHEMA ROUNDS`: the receiving process of
 /// `recv_wake` (see [`run_child`]).
@@ -211,6 +220,8 @@ async fn measure_all(o: &Options, server: &Server, admin: &Client) -> Res<()> {
         Workload::Replay(100),
         Workload::Replay(1000),
         Workload::RecvWake,
+        Workload::Queue,
+        Workload::QueueWake,
     ];
     workloads.retain(|w| o.only.contains(&w.name()));
     if !o.json {
@@ -283,7 +294,17 @@ async fn ours(server: &Server, admin: &Client, schema: &str, w: Workload) -> Res
     match w {
         Workload::Replay(n) => return replay(server, admin, schema, n).await,
         Workload::RecvWake => return recv_wake(server, schema).await,
-        Workload::Typed(_) | Workload::Queue | Workload::QueueWake => {
+        // On PostgreSQL the server's settings decide durability, not the builder's.
+        Workload::Queue => {
+            let url = server.journal_url(schema);
+            return crate::queue::through_queue(std::path::Path::new(&url), Default::default())
+                .await;
+        }
+        Workload::QueueWake => {
+            let url = server.journal_url(schema);
+            return crate::queue::wake(std::path::Path::new(&url), Default::default()).await;
+        }
+        Workload::Typed(_) => {
             return Err(format!("{} is not measured on PostgreSQL", w.name()).into());
         }
         _ => {}
@@ -622,15 +643,24 @@ async fn baseline(
             from_call_s: None,
         });
     }
+    if w == Workload::QueueWake {
+        let turns = crate::queue::TURNS;
+        let (latencies, cpu_s) =
+            baseline::commit_latencies(server, scratch, turns as usize, crate::queue::BACK_TO_BACK)
+                .await?;
+        return Ok(Run {
+            wall_s: median(latencies),
+            cpu_s: cpu_s / f64::from(turns),
+            commits: u64::from(turns),
+            from_call_s: None,
+        });
+    }
     let (rows, per_commit) = match w {
         Workload::Seq(n) => (n, 1),
         Workload::Fanout(n) => (n, 100),
         Workload::Many | Workload::Start => (2000, 100),
-        Workload::Typed(_)
-        | Workload::Replay(_)
-        | Workload::RecvWake
-        | Workload::Queue
-        | Workload::QueueWake => {
+        Workload::Queue => (2 * crate::queue::ITEMS, 100),
+        Workload::Typed(_) | Workload::Replay(_) | Workload::RecvWake | Workload::QueueWake => {
             return Err(format!("no PostgreSQL baseline for {}", w.name()).into());
         }
     };

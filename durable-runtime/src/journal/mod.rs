@@ -440,6 +440,19 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     ) -> Result<Vec<Result<History, StoreError>>, StoreError>;
     /// One workflow run, if the journal has it.
     fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError>;
+    /// The runs among `ids` that have finished (not those pending, nor those the
+    /// journal does not have).
+    fn finished_among(&self, ids: &[Arc<str>]) -> Result<Vec<WorkflowRecord>, StoreError> {
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(r) = self.workflow(id)?
+                && r.status != RecordStatus::Pending
+            {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
     /// Every workflow run that has not finished.
     fn pending_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError>;
     /// Reads the whole journal looking for damage (the store's own consistency check

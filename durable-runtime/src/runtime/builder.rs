@@ -270,6 +270,7 @@ impl RuntimeBuilder {
             resumes: std::sync::atomic::AtomicU64::new(0),
             queues,
             waiting: Mutex::default(),
+            queued_watch: Mutex::default(),
             dispatches: std::sync::atomic::AtomicU64::new(0),
             shared,
             clock: self.schedule_clock.map_or(

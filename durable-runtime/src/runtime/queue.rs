@@ -635,10 +635,7 @@ impl Inner {
                 if !self.queues_run_here() {
                     // Another runtime sharing the journal may be the one it is
                     // dispatched to: its outcome is then read from the journal.
-                    let tx = lock(&self.waiting).get(&id).cloned();
-                    if let Some(tx) = tx {
-                        self.watch_elsewhere(id.clone(), tx);
-                    }
+                    self.watch_queued(id.clone());
                 }
                 return Ok((id, outcome));
             }
@@ -706,6 +703,23 @@ impl Inner {
     pub(super) fn settle_waiting(&self, id: &str, outcome: Outcome) {
         if let Some(tx) = lock(&self.waiting).remove(id) {
             tx.send_replace(Some(outcome));
+        }
+    }
+
+    /// Watches queued workflow `id` (enqueued here, on a shared journal) for an outcome
+    /// another runtime records, for its handles: one task watches them all, reading
+    /// the journal for those still waiting every [`QUEUED_WATCH`], in one read.
+    fn watch_queued(self: &Arc<Self>, id: Arc<str>) {
+        let mut to = lock(&self.queued_watch);
+        let sent = match to.as_ref() {
+            Some(tx) => tx.send(id),
+            None => Err(mpsc::error::SendError(id)),
+        };
+        if let Err(mpsc::error::SendError(id)) = sent {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let _ = tx.send(id);
+            *to = Some(tx);
+            tokio::spawn(queued_watch(Arc::downgrade(self), rx));
         }
     }
 
@@ -825,6 +839,65 @@ pub(super) async fn queue_loop(
                 if let Err(e) = ack.await {
                     tracing::warn!("cannot dispatch the queues: {e}");
                 }
+            }
+        }
+    }
+}
+
+/// How often [`queued_watch`] reads the outcomes of the workflows it watches.
+const QUEUED_WATCH: Duration = Duration::from_millis(100);
+
+/// Publishes the outcomes of the queued workflows `ids` sends (see
+/// [`Inner::watch_queued`]) that another runtime records. A workflow launched here
+/// (its run publishes), or no longer watched by any handle, is dropped.
+async fn queued_watch(inner: std::sync::Weak<Inner>, mut ids: mpsc::UnboundedReceiver<Arc<str>>) {
+    let mut watched: Vec<Arc<str>> = Vec::new();
+    loop {
+        if watched.is_empty() {
+            match ids.recv().await {
+                Some(id) => watched.push(id),
+                None => return,
+            }
+        }
+        tokio::time::sleep(QUEUED_WATCH).await;
+        while let Ok(id) = ids.try_recv() {
+            watched.push(id);
+        }
+        let Some(rt) = inner.upgrade() else { return };
+        if rt.closing.load(Ordering::Acquire) {
+            return;
+        }
+        {
+            let mut waiting = lock(&rt.waiting);
+            watched.retain(|id| match waiting.get(id) {
+                Some(tx) if tx.receiver_count() > 0 => true,
+                Some(_) => {
+                    waiting.remove(id);
+                    false
+                }
+                None => false,
+            });
+        }
+        if watched.is_empty() {
+            continue;
+        }
+        let (store, ask) = (rt.store.clone(), watched.clone());
+        let path = rt.store.path().to_owned();
+        let read = crate::journal::blocking(&path, move || store.finished_among(&ask)).await;
+        match read.and_then(|r| r) {
+            Ok(records) => {
+                for record in records {
+                    let id = record.id.clone();
+                    watched.retain(|w| **w != *id);
+                    if let Some(tx) = lock(&rt.waiting).remove(id.as_str()) {
+                        let outcome = super::registry::recorded_outcome(&path, record);
+                        tx.send_replace(Some(Arc::new(outcome)));
+                    }
+                }
+            }
+            Err(e) if e.kind() == crate::StoreErrorKind::Closed => return,
+            Err(e) => {
+                tracing::debug!("watching queued workflows another runtime may run: {e}");
             }
         }
     }

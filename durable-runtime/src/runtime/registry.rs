@@ -58,6 +58,10 @@ pub(crate) struct Inner {
     /// Where the outcomes of queued workflows go, by id, for the handles that watch
     /// them before a dispatch hands them to this runtime: the run takes the sender.
     pub(super) waiting: Mutex<HashMap<Arc<str>, watch::Sender<Option<Outcome>>>>,
+    /// Where the workflows this runtime enqueued on a shared journal go to be watched
+    /// for an outcome another runtime records (see [`Inner::watch_queued`]); the
+    /// watching task starts with the first.
+    pub(super) queued_watch: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Arc<str>>>>,
     /// Counts the dispatched runs launched here: a handle that read a workflow as
     /// waiting while one was launched looks again.
     pub(super) dispatches: std::sync::atomic::AtomicU64,

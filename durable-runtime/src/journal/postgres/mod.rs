@@ -729,6 +729,22 @@ impl Store for PgStore {
         })
     }
 
+    fn finished_among(&self, ids: &[Arc<str>]) -> Result<Vec<WorkflowRecord>, StoreError> {
+        let ids: Vec<&str> = ids.iter().map(|id| &**id).collect();
+        self.read(async |c, s| {
+            let rows = c
+                .query_typed(
+                    &format!(
+                        "SELECT {} FROM {s}.workflows WHERE id = ANY($1) AND status <> 'pending'",
+                        workflow_columns("")
+                    ),
+                    &[(&ids, Type::TEXT_ARRAY)],
+                )
+                .await?;
+            rows.iter().map(|r| workflow_row(r, 0)).collect()
+        })
+    }
+
     fn pending_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
         // At the open, this executor owns what it claimed, read as it claimed it: no
         // second trip. (The watcher's claims go to `takeovers`, not here.)

@@ -46,6 +46,9 @@ pub(super) struct Queues {
     due: Option<i64>,
     /// Whether it put dispatched workflows of stopped executors back in their queues.
     requeued: std::cell::Cell<bool>,
+    /// The statements a dispatch or an enqueue runs, prepared on the writer's
+    /// connection the first time each is used, by their text.
+    prepared: std::cell::RefCell<HashMap<&'static str, tokio_postgres::Statement>>,
 }
 
 impl Queues {
@@ -60,6 +63,11 @@ impl Queues {
     /// The queue of workflow `id`, if it holds a slot dispatched to this executor.
     pub(super) fn running_in(&self, id: &str) -> Option<&Arc<str>> {
         self.running.get(id)
+    }
+
+    /// Forgets the prepared statements: the connection is new.
+    pub(super) fn forget_statements(&self) {
+        self.prepared.borrow_mut().clear();
     }
 
     /// Forgets every dispatched workflow: they were taken over.
@@ -256,6 +264,30 @@ struct Partition {
 }
 
 impl Writer {
+    /// Runs `text` (with `{s}` and `{w}` filled in, see [`Writer::sql`]), prepared once
+    /// per connection: these run at every dispatch and enqueue.
+    async fn hot(
+        &self,
+        text: &'static str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>, PgError> {
+        let cached = self.queues.prepared.borrow().get(text).cloned();
+        let statement = match cached {
+            Some(statement) => statement,
+            None => {
+                let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+                let statement = self.client.prepare_typed(&self.sql(text), &types).await?;
+                self.queues
+                    .prepared
+                    .borrow_mut()
+                    .insert(text, statement.clone());
+                statement
+            }
+        };
+        let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+        Ok(self.client.query(&statement, &values).await?)
+    }
+
     fn sql(&self, text: &str) -> String {
         text.replace("{s}", &self.schema)
             .replace("{w}", &workflow_columns(""))
@@ -288,10 +320,7 @@ impl Writer {
             (&q.not_before, Type::INT8),
             (&q.timeout_ms, Type::INT8),
         ];
-        let rows = self
-            .client
-            .query_typed(&self.sql(SQL_ENQUEUE), &params)
-            .await?;
+        let rows = self.hot(SQL_ENQUEUE, &params).await?;
         let row = rows
             .first()
             .ok_or_else(|| PgError::Damaged("an enqueue answered no row".into()))?;
@@ -532,25 +561,14 @@ impl Writer {
 
     /// Dispatches what queue `name`'s limits allow now.
     async fn dispatch_queue(&mut self, name: &str, now: i64) -> Result<(), PgError> {
-        let c = &self.client;
         let me = self.me;
         // One round trip: the queue's lock, then (each statement sees what committed
-        // before it began, so after the lock) what runs, what started in the rate
-        // window, and when the first delay ends.
-        let (lock, running, window, next_due) = futures_util::future::join4(
-            c.query_typed(&self.sql(SQL_LOCK), &[(&name, Type::TEXT)]),
-            c.query_typed(
-                &self.sql(SQL_RUNNING),
-                &[(&name, Type::TEXT), (&me, Type::INT8)],
-            ),
-            c.query_typed(
-                &self.sql(SQL_IN_WINDOW),
-                &[(&name, Type::TEXT), (&now, Type::INT8)],
-            ),
-            c.query_typed(
-                &self.sql(SQL_NEXT_DUE),
-                &[(&name, Type::TEXT), (&now, Type::INT8)],
-            ),
+        // before it began, so after the lock) what runs, and what started in the rate
+        // window.
+        let (lock, running, window) = futures_util::future::join3(
+            self.hot(SQL_LOCK, &[(&name, Type::TEXT)]),
+            self.hot(SQL_RUNNING, &[(&name, Type::TEXT), (&me, Type::INT8)]),
+            self.hot(SQL_IN_WINDOW, &[(&name, Type::TEXT), (&now, Type::INT8)]),
         )
         .await;
         let Some(limits) = lock?.first().map(limits_row).transpose()? else {
@@ -559,7 +577,7 @@ impl Writer {
             return Ok(());
         };
         let limits = limits.0;
-        let one = |rows: Result<Vec<Row>, tokio_postgres::Error>| -> Result<Row, PgError> {
+        let one = |rows: Result<Vec<Row>, PgError>| -> Result<Row, PgError> {
             rows?
                 .into_iter()
                 .next()
@@ -572,7 +590,6 @@ impl Writer {
         let window_opens = limits
             .rate
             .and_then(|r| Some(window.try_get::<_, Option<i64>>(1).ok()?? + r.period_ms));
-        let next_due: Option<i64> = one(next_due)?.try_get(0)?;
         let count = |n: i64| u64::try_from(n).unwrap_or(0);
         let free = free_slots(&limits, count(all), count(mine), in_window);
         if free == 0 {
@@ -582,8 +599,7 @@ impl Writer {
             return Ok(());
         }
         let mut partitions: Vec<Partition> = self
-            .client
-            .query_typed(&self.sql(SQL_PARTITIONS), &[(&name, Type::TEXT)])
+            .hot(SQL_PARTITIONS, &[(&name, Type::TEXT)])
             .await?
             .iter()
             .map(|r| {
@@ -653,6 +669,13 @@ impl Writer {
         if taken < free {
             // Free slots left: what waits is delayed (or of workflows this program
             // does not have). Come back when the first delay ends.
+            let next_due = self
+                .hot(SQL_NEXT_DUE, &[(&name, Type::TEXT), (&now, Type::INT8)])
+                .await?;
+            let next_due: Option<i64> = match next_due.first() {
+                Some(row) => row.try_get(0)?,
+                None => None,
+            };
             self.queues.due_at(next_due);
         } else if let Some(rate) = limits.rate
             && in_window + rated >= u64::from(rate.count)
@@ -697,9 +720,8 @@ impl Writer {
             return Ok(());
         }
         let rows = self
-            .client
-            .query_typed(
-                &self.sql(SQL_CANDIDATES),
+            .hot(
+                SQL_CANDIDATES,
                 &[
                     (&queue, Type::TEXT),
                     (&names, Type::TEXT_ARRAY),
@@ -747,9 +769,8 @@ impl Writer {
         }
         let runs: Vec<i64> = picked.iter().map(|(r, _)| *r).collect();
         let rows = self
-            .client
-            .query_typed(
-                &self.sql(SQL_DISPATCH),
+            .hot(
+                SQL_DISPATCH,
                 &[
                     (&runs, Type::INT8_ARRAY),
                     (&now, Type::INT8),

@@ -1096,6 +1096,7 @@ impl Writer {
         self.sql = Some(sql);
         self.more = Some(more);
         self.pid.store(session.pid, Ordering::Relaxed);
+        self.queues.forget_statements();
         self.session = Some(session);
         self.client = client;
         Ok(())
