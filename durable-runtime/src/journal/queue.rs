@@ -177,6 +177,71 @@ pub(crate) struct Head {
     pub(crate) running: u64,
 }
 
+/// The most candidates one read of a partition takes during a dispatch (more are read
+/// as they go).
+pub(crate) const READ_AT_MOST: u64 = 1000;
+
+/// A workflow a dispatch may take: what picking needs.
+#[derive(Debug)]
+pub(crate) struct Candidate {
+    pub(crate) run: i64,
+    pub(crate) priority: i32,
+    /// Whether it was never dispatched before (it has recorded nothing).
+    pub(crate) fresh: bool,
+}
+
+/// One partition's candidates, in order, during a dispatch.
+#[derive(Debug)]
+pub(crate) struct Partition {
+    pub(crate) name: String,
+    /// Its running workflows, counting those picked so far.
+    pub(crate) running: u64,
+    pub(crate) next: std::collections::VecDeque<Candidate>,
+    /// The last candidate read (priority, run): a read of more starts after it.
+    pub(crate) after: (i32, i64),
+    /// Whether a read found as many as it asked for: more may wait.
+    pub(crate) more: bool,
+}
+
+impl Partition {
+    /// A partition with `running` workflows running and no candidate read yet.
+    pub(crate) fn new(name: String, running: u64) -> Partition {
+        Partition {
+            name,
+            running,
+            next: std::collections::VecDeque::new(),
+            after: (i32::MIN, 0),
+            more: true,
+        }
+    }
+
+    /// Adds candidate `c`, read after the others.
+    pub(crate) fn push(&mut self, c: Candidate) {
+        self.after = (c.priority, c.run);
+        self.next.push_back(c);
+    }
+}
+
+/// The heads of `partitions`, one per partition in their order, for [`pick`] (one
+/// without a candidate, which callers drop first, comes last of all).
+pub(crate) fn heads(partitions: &[Partition]) -> Vec<Head> {
+    partitions
+        .iter()
+        .map(|p| match p.next.front() {
+            Some(c) => Head {
+                priority: c.priority,
+                run: c.run,
+                running: p.running,
+            },
+            None => Head {
+                priority: i32::MAX,
+                run: i64::MAX,
+                running: u64::MAX,
+            },
+        })
+        .collect()
+}
+
 /// Which partition's head to dispatch next: the lowest priority number first; among
 /// equal priorities, the partition with the fewest running (so that no partition waits
 /// behind another's backlog); then the oldest. `None` if every partition is at

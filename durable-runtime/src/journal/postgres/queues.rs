@@ -13,7 +13,7 @@
 //!   its queue (`requeue`), keeping its first dispatch time, and is dispatched again
 //!   under the queue's limits.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use tokio_postgres::Row;
@@ -23,8 +23,8 @@ use super::writer::Writer;
 use super::{PgError, connection_lost, crc_column, workflow_columns, workflow_row};
 use crate::journal::crc::{keyed_crc32, workflow_key};
 use crate::journal::queue::{
-    Dispatched, Enqueued, Head, Limits, LimitsFrom, QueueNews, QueueStats, QueuedRow, Rate,
-    SetLimits, free_slots, pick,
+    Candidate, Dispatched, Enqueued, Limits, LimitsFrom, Partition, QueueNews, QueueStats,
+    QueuedRow, READ_AT_MOST, Rate, SetLimits, free_slots, heads, pick,
 };
 use crate::journal::schedule::{ScheduleChange, ScheduleState, ScheduleWrite};
 use crate::journal::{Created, NewWorkflow, WorkflowRecord};
@@ -239,29 +239,6 @@ const SQL_DISPATCH: &str = "UPDATE {s}.workflows
                             ELSE least(deadline_at, $2 + timeout_ms) END
      WHERE run = ANY($1) AND queue_state = 'queued' AND status = 'pending'
      RETURNING run, {w}";
-
-/// The most candidates one read of a partition takes (more are read as they go).
-const READ_AT_MOST: u64 = 1000;
-
-/// A workflow a dispatch may take: what picking needs.
-struct Candidate {
-    run: i64,
-    priority: i32,
-    /// Whether it was never dispatched before (it has recorded nothing).
-    fresh: bool,
-}
-
-/// One partition's candidates, in order, during a dispatch.
-struct Partition {
-    name: String,
-    /// Its running workflows, counting those picked so far.
-    running: u64,
-    next: VecDeque<Candidate>,
-    /// The last candidate read: a read of more starts after it.
-    after: (i32, i64),
-    /// Whether a read found as many as it asked for: more may wait.
-    more: bool,
-}
 
 impl Writer {
     /// Runs `text` (with `{s}` and `{w}` filled in, see [`Writer::sql`]), prepared once
@@ -602,15 +579,7 @@ impl Writer {
             .hot(SQL_PARTITIONS, &[(&name, Type::TEXT)])
             .await?
             .iter()
-            .map(|r| {
-                Ok(Partition {
-                    name: r.try_get(0)?,
-                    running: count(r.try_get(1)?),
-                    next: VecDeque::new(),
-                    after: (i32::MIN, 0),
-                    more: true,
-                })
-            })
+            .map(|r| Ok(Partition::new(r.try_get(0)?, count(r.try_get(1)?))))
             .collect::<Result<_, PgError>>()?;
         // Each partition's first few candidates in one read: enough for its share of
         // the free slots (and one more); a partition that runs out reads more.
@@ -628,15 +597,7 @@ impl Writer {
         partitions.retain(|p| !p.next.is_empty());
         let mut picked: Vec<(i64, bool)> = Vec::new();
         while (picked.len() as u64) < free {
-            let heads: Vec<Head> = partitions
-                .iter()
-                .map(|p| Head {
-                    priority: p.next[0].priority,
-                    run: p.next[0].run,
-                    running: p.running,
-                })
-                .collect();
-            let Some(i) = pick(&heads, limits.partition_concurrency) else {
+            let Some(i) = pick(&heads(&partitions), limits.partition_concurrency) else {
                 break;
             };
             let Some(c) = partitions[i].next.pop_front() else {
@@ -744,9 +705,7 @@ impl Writer {
                 priority: r.try_get(2)?,
                 fresh: r.try_get(3)?,
             };
-            let p = &mut partitions[asked[k].0];
-            p.after = (c.priority, c.run);
-            p.next.push_back(c);
+            partitions[asked[k].0].push(c);
             found[k] += 1;
         }
         for (k, (i, want)) in asked.into_iter().enumerate() {

@@ -11,8 +11,8 @@ use super::rows;
 use super::writer::Writer;
 use crate::journal::crc::{keyed_crc32, workflow_key};
 use crate::journal::queue::{
-    Dispatched, Enqueued, Head, Limits, LimitsFrom, QueueNews, QueueState, QueueStats, QueuedRow,
-    Rate, SetLimits, free_slots, pick,
+    Candidate, Dispatched, Enqueued, Limits, LimitsFrom, Partition, QueueNews, QueueState,
+    QueueStats, QueuedRow, READ_AT_MOST, Rate, SetLimits, free_slots, heads, pick,
 };
 use crate::journal::{Created, NewWorkflow};
 
@@ -121,9 +121,6 @@ const SQL_CANDIDATES: &str = concat!(
        AND (?4 IS NULL OR name IN (SELECT value FROM json_each(?4)))
      ORDER BY priority, run"
 );
-/// The most candidates one read of a partition takes (more are read as they go).
-const READ_AT_MOST: u64 = 1000;
-
 const SQL_NEXT_DUE: &str = concat!(
     "SELECT min(not_before) FROM durable_workflows WHERE ",
     waiting_in_first_parameter!(),
@@ -135,24 +132,6 @@ const SQL_DISPATCH: &str = "UPDATE durable_workflows
                             WHEN deadline_at IS NULL THEN ?2 + timeout_ms
                             ELSE min(deadline_at, ?2 + timeout_ms) END
      WHERE run = ?1 AND queue_state = 'queued' AND status = 'pending'";
-
-/// A workflow a dispatch may take: what picking needs.
-struct Candidate {
-    run: i64,
-    priority: i32,
-    /// Whether it was never dispatched before (it has recorded nothing).
-    fresh: bool,
-}
-
-/// One partition's candidates, in order, during a dispatch.
-struct Partition {
-    name: String,
-    /// Its running workflows, counting those dispatched so far.
-    running: u64,
-    next: std::collections::VecDeque<Candidate>,
-    /// Whether a read found as many as it asked for: more may wait.
-    more: bool,
-}
 
 impl Writer {
     /// Inserts a queued workflow, unless a workflow with its id exists (answered as
@@ -390,12 +369,7 @@ impl Writer {
                 .conn
                 .prepare_cached(SQL_RUNNING_IN)?
                 .query_row(params![name, partition], |r| r.get(0))?;
-            let mut p = Partition {
-                name: partition,
-                running,
-                next: std::collections::VecDeque::new(),
-                more: true,
-            };
+            let mut p = Partition::new(partition, running);
             self.candidates(
                 name,
                 &mut p,
@@ -411,18 +385,7 @@ impl Writer {
         let mut picked = 0;
         let mut rated = 0;
         while picked < free {
-            let heads: Vec<Head> = partitions
-                .iter()
-                .map(|p| {
-                    let c = &p.next[0];
-                    Head {
-                        priority: c.priority,
-                        run: c.run,
-                        running: p.running,
-                    }
-                })
-                .collect();
-            let Some(i) = pick(&heads, limits.partition_concurrency) else {
+            let Some(i) = pick(&heads(&partitions), limits.partition_concurrency) else {
                 break;
             };
             let p = &mut partitions[i];
@@ -492,7 +455,7 @@ impl Writer {
             })
         })?;
         for c in found.take(usize::try_from(want).unwrap_or(usize::MAX)) {
-            p.next.push_back(c?);
+            p.push(c?);
         }
         p.more = (p.next.len() - before) as u64 == want;
         Ok(())
