@@ -454,8 +454,10 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
             let (tx, rx) = mpsc::unbounded_channel();
             if let Ok(client) = listen(&w.config, tx).await {
                 listener = Some((client, rx));
-                // Notifications sent while nobody listened are lost: look again.
+                // Notifications sent while nobody listened are lost: look again, and
+                // dispatch every queue.
                 let _ = w.writes.send(Command::Recheck(None));
+                w.dispatch(None, false);
             }
         }
         let heard = async {

@@ -164,9 +164,15 @@ macro_rules! waiting_in_first_parameter {
 pub(super) fn requeue_sql(s: &str, held: bool) -> String {
     format!(
         "UPDATE {s}.workflows SET owner = NULL, queue_state = 'queued'
-         WHERE status = 'pending' AND (queue_state = 'held' AND {held} OR queue_state = 'running'
-               AND (owner IS NULL
-                    OR owner IN (SELECT id FROM {s}.executors WHERE dead_at IS NOT NULL)))"
+         WHERE run IN (
+             SELECT run FROM {s}.workflows
+             WHERE status = 'pending'
+               AND (queue_state = 'held' AND {held} OR queue_state = 'running'
+                    AND (owner IS NULL
+                         OR owner IN (SELECT id FROM {s}.executors WHERE dead_at IS NOT NULL)))
+             -- Rows another transaction holds (another process putting them back) are
+             -- left to it: two of these never wait for each other.
+             FOR UPDATE SKIP LOCKED)"
     )
 }
 
