@@ -717,3 +717,50 @@ async fn an_enqueue_from_a_workflow_is_recorded_so_a_replay_answers_the_same(jou
     ));
     rt.close().await.expect("close");
 }
+
+#[step]
+async fn slow_step(key: String, ms: u64) -> String {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    key
+}
+
+#[workflow]
+async fn slow_job(key: String, ms: u64) -> String {
+    slow_step(key, ms).await
+}
+
+on_both_journals!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    a_dispatched_workflow_cancelled_then_resumed_goes_back_to_its_queue
+);
+async fn a_dispatched_workflow_cancelled_then_resumed_goes_back_to_its_queue(journal: Journal) {
+    let q = Queue::new("rc").concurrency(1);
+    let rt = open(journal.path(), &[&q]).await;
+    let a = rt
+        .enqueue_with(&q, slow_job("a".into(), 2000), Enqueue::new().id("ra"))
+        .await
+        .expect("enqueue");
+    while info_of(&rt, "rc").await.running == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    rt.cancel("ra").await.expect("cancel");
+    assert!(a.result().await.is_err(), "cancelled");
+    rt.resume("ra").await.expect("resume");
+    let b = rt
+        .enqueue_with(&q, slow_job("b".into(), 10), Enqueue::new().id("rb"))
+        .await
+        .expect("enqueue");
+    let a: WorkflowHandle<String> = rt.handle("ra").await.expect("handle");
+    let ra = tokio::time::timeout(Duration::from_secs(20), a.result()).await;
+    let rb = tokio::time::timeout(Duration::from_secs(20), b.result()).await;
+    assert_eq!(
+        (
+            ra.expect("the resumed one finishes").expect("ok"),
+            rb.expect("the next one finishes").expect("ok")
+        ),
+        ("a".to_owned(), "b".to_owned())
+    );
+    let info = info_of(&rt, "rc").await;
+    assert_eq!((info.queued, info.running, info.held), (0, 0, 0));
+    rt.close().await.expect("close");
+}

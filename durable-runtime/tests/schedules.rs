@@ -529,3 +529,48 @@ async fn a_pause_stops_a_backfill_between_ticks(journal: Journal) {
     );
     rt.close().await.expect("close");
 }
+
+/// A pause and a resume made in one process reach the schedule running in another.
+#[cfg(all(feature = "postgres", feature = "testkit"))]
+#[tokio::test]
+async fn a_resume_in_another_process_restarts_the_schedule() {
+    forget(&["xp"]);
+    let journal = Journal::postgres();
+    let path = journal.path();
+    let clock = ManualClock::new(at("2026-06-01T00:00:00Z"));
+    let a = open(path, &clock, &[]).await;
+    let ha = a
+        .schedule("xp", "0 * * * *", report)
+        .await
+        .expect("schedule");
+    let b = open(path, &clock, &[]).await;
+    let _hb = b
+        .schedule("xp", "0 * * * *", report)
+        .await
+        .expect("schedule");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ha.pause().await.expect("pause");
+    clock.set(at("2026-06-01T01:00:00Z"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    clock.set(at("2026-06-01T01:30:00Z"));
+    ha.resume().await.expect("resume");
+    a.close().await.expect("close");
+    clock.set(at("2026-06-01T02:00:00Z"));
+    let mut found = false;
+    for _ in 0..300 {
+        if exists(&b, "xp@2026-06-01T02:00:00Z").await {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        found,
+        "the schedule in b never fired after a resume made in a"
+    );
+    assert!(
+        !exists(&b, "xp@2026-06-01T01:00:00Z").await,
+        "a paused tick ran"
+    );
+    b.close().await.expect("close");
+}

@@ -283,9 +283,12 @@ impl RuntimeBuilder {
         // queue (what waited while no runtime had the journal open). A program that
         // declares no queue dispatches nothing, and its open commits nothing for them.
         if !inner.queues.is_empty() {
-            let declared: Vec<_> = inner
-                .queues
-                .values()
+            // In name order: processes opening at once lock the queues' rows in the
+            // same order (PostgreSQL), so they never deadlock.
+            let mut queues: Vec<_> = inner.queues.values().collect();
+            queues.sort_by(|a, b| a.name().cmp(b.name()));
+            let declared: Vec<_> = queues
+                .into_iter()
                 .map(|q| inner.store.set_queue(q.declared()))
                 .collect();
             let (news_tx, news) = tokio::sync::mpsc::unbounded_channel();

@@ -673,8 +673,15 @@ async fn run(inner: Weak<Inner>, s: Arc<Schedule>, fire: Fire, mut woken: watch:
         };
         drop(rt);
         if state.paused {
-            if woken.changed().await.is_err() {
-                return;
+            // Resumed here (woken), or by another process sharing the journal: read
+            // again every so often.
+            tokio::select! {
+                changed = woken.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep(PAUSED_READ) => {}
             }
             continue 'read;
         }
@@ -741,6 +748,9 @@ async fn run(inner: Weak<Inner>, s: Arc<Schedule>, fire: Fire, mut woken: watch:
 /// The longest schedule name: a tick's workflow id (`name@2026-01-01T00:00:00Z`, or
 /// `.../triggered` after a trigger, with milliseconds) must fit the journal's id limit.
 const MAX_NAME: usize = super::registry::MAX_ID_BYTES - "@0000-00-00T00:00:00.000Z/triggered".len();
+
+/// How often a paused schedule reads its row again (another process may resume it).
+const PAUSED_READ: Duration = Duration::from_secs(1);
 
 fn scheduled_twice(name: &str) -> Error {
     Error::Schedule {

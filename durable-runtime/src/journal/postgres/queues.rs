@@ -176,6 +176,9 @@ pub(super) fn requeue_sql(s: &str, held: bool) -> String {
     )
 }
 
+/// How soon a runtime dispatches again a queue whose lock another process held.
+const SKIPPED_AGAIN_MS: i64 = 50;
+
 const SQL_ENQUEUE: &str = "WITH ins AS (
          INSERT INTO {s}.workflows (id, name, status, input, input_crc32, app_version,
              parent_id, created_at, updated_at, deadline_at, owner, queue, queue_state,
@@ -555,8 +558,10 @@ impl Writer {
         )
         .await;
         let Some(limits) = lock?.first().map(limits_row).transpose()? else {
-            // No limits row (no program declared the queue), or another process is
-            // dispatching it now: its commit notifies, and it is dispatched again.
+            // Another process is dispatching it now (or no program declared it). That
+            // dispatch may not see what this transaction frees or queues: this runtime
+            // dispatches it again shortly after this commit.
+            self.queues.due_at(Some(now + SKIPPED_AGAIN_MS));
             return Ok(());
         };
         let limits = limits.0;

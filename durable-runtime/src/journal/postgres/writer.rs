@@ -665,7 +665,13 @@ impl More {
                             SET status = 'pending', output = NULL, output_crc32 = NULL,
                                 error_kind = NULL, error = NULL, deadline_at = NULL,
                                 updated_at = $2,
-                                owner = current_setting('durable.executor')::bigint
+                                -- A queued workflow goes back to its queue, without an
+                                -- owner: the resume's dispatch gives it its next one.
+                                owner = CASE WHEN queue_state IS NULL
+                                             THEN current_setting('durable.executor')::bigint
+                                        END,
+                                queue_state = CASE WHEN queue_state IS NULL THEN NULL
+                                                   ELSE 'queued' END
                             WHERE run IN (SELECT run FROM {{s}}.workflows
                                           WHERE id IN (SELECT id FROM tree)
                                             AND (status = 'cancelled'
@@ -927,6 +933,24 @@ impl Writer {
     /// is made again (for as long as it takes), and the writes go on: none is lost,
     /// none is made twice.
     async fn batch(&mut self, ops: Vec<Op>) {
+        let ops = if self.queues.news.is_none() {
+            // A runtime that declared no queue dispatches nothing (and does not put
+            // others' workflows back in their queues): the watcher's asks cost no
+            // transaction.
+            let mut kept = Vec::with_capacity(ops.len());
+            for op in ops {
+                match op {
+                    Op::Dispatch(d, reply) if d.news.is_none() => drop(reply.send(Ok(()))),
+                    op => kept.push(op),
+                }
+            }
+            if kept.is_empty() {
+                return;
+            }
+            kept
+        } else {
+            ops
+        };
         let ops = match self.try_batch(ops).await {
             Ok(()) => return,
             Err(ops) if ops.len() == 1 => ops,
