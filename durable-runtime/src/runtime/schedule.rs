@@ -271,7 +271,8 @@ pub(crate) enum Clock {
 
 /// How long a schedule waiting on the real clock sleeps at most before it reads the
 /// clock again: a machine that was asleep, or a clock that was set, is noticed within
-/// this.
+/// this. A paused schedule reads its row again as often (another process sharing the
+/// journal may resume it).
 const NAP: Duration = Duration::from_secs(1);
 
 impl Clock {
@@ -681,7 +682,7 @@ async fn run(inner: Weak<Inner>, s: Arc<Schedule>, fire: Fire, mut woken: watch:
                         return;
                     }
                 }
-                () = tokio::time::sleep(PAUSED_READ) => {}
+                () = tokio::time::sleep(NAP) => {}
             }
             continue 'read;
         }
@@ -748,9 +749,6 @@ async fn run(inner: Weak<Inner>, s: Arc<Schedule>, fire: Fire, mut woken: watch:
 /// The longest schedule name: a tick's workflow id (`name@2026-01-01T00:00:00Z`, or
 /// `.../triggered` after a trigger, with milliseconds) must fit the journal's id limit.
 const MAX_NAME: usize = super::registry::MAX_ID_BYTES - "@0000-00-00T00:00:00.000Z/triggered".len();
-
-/// How often a paused schedule reads its row again (another process may resume it).
-const PAUSED_READ: Duration = Duration::from_secs(1);
 
 fn scheduled_twice(name: &str) -> Error {
     Error::Schedule {

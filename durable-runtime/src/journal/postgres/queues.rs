@@ -189,9 +189,16 @@ const SQL_ENQUEUE: &str = "WITH ins AS (
      SELECT (SELECT count(*) FROM ins), {w}
      FROM (VALUES (1)) one LEFT JOIN {s}.workflows w ON w.id = $1";
 
-const SQL_LOCK: &str = "SELECT concurrency, per_process, partition_concurrency, rate_count,
-         rate_period_ms, paused, set_at_run_time
-     FROM {s}.queues WHERE name = $1 FOR UPDATE SKIP LOCKED";
+/// The limits of queue `$1`, as [`limits_row`] reads them, for `concat!`.
+macro_rules! limits_of_first_parameter {
+    () => {
+        "SELECT concurrency, per_process, partition_concurrency, rate_count, rate_period_ms,
+             paused, set_at_run_time
+         FROM {s}.queues WHERE name = $1"
+    };
+}
+
+const SQL_LOCK: &str = concat!(limits_of_first_parameter!(), " FOR UPDATE SKIP LOCKED");
 const SQL_RUNNING: &str = "SELECT count(*), count(*) FILTER (WHERE owner = $2)
      FROM {s}.workflows WHERE queue = $1 AND queue_state = 'running' AND status = 'pending'";
 const SQL_IN_WINDOW: &str = "SELECT count(*), min(dispatched_at) FROM {s}.workflows
@@ -795,27 +802,20 @@ pub(super) async fn stats(
     s: &str,
     name: &str,
 ) -> Result<QueueStats, PgError> {
-    let counts = c
-        .query_typed(
-            &format!(
-                "SELECT count(*) FILTER (WHERE queue_state = 'queued'),
-                        count(*) FILTER (WHERE queue_state = 'running'),
-                        count(*) FILTER (WHERE queue_state = 'held')
-                 FROM {s}.workflows WHERE queue = $1 AND status = 'pending'"
-            ),
-            &[(&name, Type::TEXT)],
-        )
-        .await?;
-    let limits = c
-        .query_typed(
-            &format!(
-                "SELECT concurrency, per_process, partition_concurrency, rate_count,
-                        rate_period_ms, paused, set_at_run_time
-                 FROM {s}.queues WHERE name = $1"
-            ),
-            &[(&name, Type::TEXT)],
-        )
-        .await?;
+    let counts_sql = format!(
+        "SELECT count(*) FILTER (WHERE queue_state = 'queued'),
+                count(*) FILTER (WHERE queue_state = 'running'),
+                count(*) FILTER (WHERE queue_state = 'held')
+         FROM {s}.workflows WHERE queue = $1 AND status = 'pending'"
+    );
+    let limits_sql = limits_of_first_parameter!().replace("{s}", s);
+    // Pipelined: one round trip.
+    let (counts, limits) = futures_util::future::join(
+        c.query_typed(&counts_sql, &[(&name, Type::TEXT)]),
+        c.query_typed(&limits_sql, &[(&name, Type::TEXT)]),
+    )
+    .await;
+    let (counts, limits) = (counts?, limits?);
     let limits = limits.first().map(limits_row).transpose()?;
     let counts = counts
         .first()
