@@ -561,6 +561,86 @@ async fn a_workflow_that_cannot_run_frees_its_slot_and_is_queued_again_at_the_ne
     rt.close().await.expect("ok");
 }
 
+/// A workflow whose input is a number: a row recorded for [`job`] and renamed to this
+/// one no longer decodes, as after a deploy that changed the input's type.
+#[workflow]
+async fn numbered(n: u64) -> String {
+    n.to_string()
+}
+
+/// The result of `handle`, or a panic if it has none within a minute (a handle that
+/// would wait for ever).
+async fn result_of(handle: WorkflowHandle<String>) -> Result<String, Error> {
+    tokio::time::timeout(Duration::from_secs(60), handle.result())
+        .await
+        .expect("the handle answers: it does not wait for ever")
+}
+
+on_both_journals!(
+    #[tokio::test]
+    a_held_workflow_s_handles_say_why_it_stopped
+);
+async fn a_held_workflow_s_handles_say_why_it_stopped(journal: Journal) {
+    let path = journal.path();
+    let q = Queue::new("held").concurrency(1);
+    let rt = open(path, &[&q]).await;
+    queue(&rt, "held").pause().await.expect("ok");
+    let enqueue = |item: &str| {
+        rt.enqueue_with(
+            &q,
+            job(k(&journal, "held"), item.into(), 0),
+            Enqueue::new().id(item),
+        )
+    };
+    let (damaged, retyped) = (
+        enqueue("damaged").await.expect("ok"),
+        enqueue("retyped").await.expect("ok"),
+    );
+    let good = enqueue("good").await.expect("ok");
+    // One no longer matches its checksum; the other's input no longer has its
+    // workflow's type.
+    journal.sql(
+        "UPDATE durable_workflows SET input_crc32 = input_crc32 + 1 WHERE id = 'damaged'",
+        &[],
+    );
+    journal.sql(
+        "UPDATE durable_workflows SET name = 'numbered' WHERE id = 'retyped'",
+        &[],
+    );
+    queue(&rt, "held").unpause().await.expect("ok");
+    assert_eq!(good.result().await.expect("ok"), "good");
+    // The handles taken at the enqueue report why each stopped.
+    assert!(
+        matches!(result_of(damaged).await, Err(Error::Corrupt { .. })),
+        "a damaged row's handle reports the damage"
+    );
+    assert!(
+        matches!(result_of(retyped).await, Err(Error::Incompatible { .. })),
+        "a retyped row's handle reports the type change"
+    );
+    let info = info_of(&rt, "held").await;
+    assert_eq!((info.queued, info.running, info.held), (0, 0, 2));
+    // So do handles taken after: looked up, or returned by enqueueing the id again.
+    for id in ["damaged", "retyped"] {
+        let handle: WorkflowHandle<String> = rt.handle(id).await.expect("ok");
+        let why = result_of(handle).await.expect_err("it stopped");
+        assert!(
+            matches!(why, Error::Corrupt { .. } | Error::Incompatible { .. }),
+            "{why}"
+        );
+    }
+    let again = rt
+        .enqueue_with(&q, numbered(7), Enqueue::new().id("retyped"))
+        .await
+        .expect("ok");
+    let why = tokio::time::timeout(Duration::from_secs(60), again.result())
+        .await
+        .expect("the handle answers")
+        .expect_err("it stopped");
+    assert!(matches!(why, Error::Incompatible { .. }), "{why}");
+    rt.close().await.expect("ok");
+}
+
 on_both_journals!(
     #[tokio::test]
     a_pause_outlives_a_restart_and_leaves_the_declared_limits_in_force

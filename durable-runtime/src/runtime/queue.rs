@@ -16,7 +16,7 @@ use crate::engine::drive::History;
 use crate::engine::workflow::Outcome;
 use crate::error::{Error, Result};
 use crate::journal::queue::{
-    Dispatched, Enqueued, Limits, LimitsFrom, QueueNews, QueueStats, Rate, SetLimits,
+    Dispatched, Enqueued, Limits, LimitsFrom, QueueNews, QueueState, QueueStats, Rate, SetLimits,
 };
 use crate::journal::{Created, NewWorkflow, RecordStatus, blocking};
 use crate::util::{lock, now_ms};
@@ -735,7 +735,9 @@ impl Inner {
                         workflow_id: record.id.clone(),
                         name: record.name.clone(),
                     });
-                    self.hold_later(id, &e);
+                    self.hold_later(id.clone(), &e);
+                    // Its handles report why, as those of a run that stopped do.
+                    self.settle_waiting(&id, Arc::new(Err(e)));
                     continue;
                 }
             };
@@ -781,6 +783,19 @@ impl Inner {
         tracing::warn!(workflow = %id, "{why}; it is held in its queue until the next open");
         let ack = self.store.hold(id);
         tokio::spawn(async move { drop(ack.await) });
+    }
+
+    /// Why held workflow `record` stopped, if it stopped in this runtime (or cannot
+    /// run anywhere: its row is damaged). Its handles report that at once rather than
+    /// wait for the next open to queue it again. `None` for a workflow that is not
+    /// held, or held by another runtime sharing the journal (its handles wait).
+    pub(super) fn why_held(&self, record: &crate::journal::WorkflowRecord) -> Option<Error> {
+        if record.status != RecordStatus::Pending || record.queue_state != Some(QueueState::Held) {
+            return None;
+        }
+        record
+            .damage()
+            .or_else(|| lock(&self.stopped).get(record.id.as_str()).cloned())
     }
 
     /// Whether `record` (of a workflow not running here) is pending in a queue and will

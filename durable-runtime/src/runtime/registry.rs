@@ -447,6 +447,10 @@ impl Inner {
             let record = self.record(id).await?.ok_or_else(|| Error::NotFound {
                 workflow_id: id.to_owned(),
             })?;
+            if let Some(e) = self.why_held(&record) {
+                // Stopped here, and held in its queue until the next open.
+                return Ok(watch::channel(Some(Arc::new(Err(e)))).1);
+            }
             if self.is_waiting(&record) {
                 let running = lock(&self.running);
                 if running.contains_key(id) || self.dispatches.load(Ordering::Acquire) != dispatches
