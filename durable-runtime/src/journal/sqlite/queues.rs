@@ -34,6 +34,9 @@ pub(super) struct Queues {
     dispatched: Vec<Dispatched>,
     /// The earliest time a dispatch found something becomes dispatchable.
     due: Option<i64>,
+    /// The records of the candidates the dispatch in progress read, by run, with
+    /// their timeouts: taken by the candidates it dispatches, cleared after.
+    records: std::collections::HashMap<i64, (crate::journal::WorkflowRecord, Option<i64>)>,
     /// The workflows this program has, as a JSON array (`None`: any).
     workflows: Option<String>,
     /// The dispatched workflows that hold slots, with their queues: one process holds
@@ -112,10 +115,13 @@ const SQL_PARTITIONS: &str = concat!(
      ) SELECT p FROM parts WHERE p IS NOT NULL"
 );
 /// The workflows of partition `?2` a dispatch may take at `?3`, in the order a
-/// dispatch takes them: what picking needs, not their records (a dispatch with one
-/// free slot and many partitions reads one small row of each).
+/// dispatch takes them, with their records: read lazily, as far as the partition's
+/// share of the free slots, so that a dispatch writes each one it takes and reads
+/// nothing back.
 const SQL_CANDIDATES: &str = concat!(
-    "SELECT run, priority, dispatched_at IS NULL FROM durable_workflows WHERE ",
+    "SELECT ",
+    rows::workflow_columns!(),
+    ", run, priority, dispatched_at IS NULL, timeout_ms FROM durable_workflows WHERE ",
     waiting_in_first_parameter!(),
     " AND partition_key = ?2 AND (not_before IS NULL OR not_before <= ?3)
        AND (?4 IS NULL OR name IN (SELECT value FROM json_each(?4)))
@@ -303,6 +309,7 @@ impl Writer {
             let savepoint = run("SAVEPOINT dispatch");
             let before = self.queues.dispatched.len();
             let done = savepoint.and_then(|()| self.dispatch_queue(&name, now));
+            self.queues.records.clear();
             let run = |sql: &str| self.conn.prepare_cached(sql)?.execute([]).map(drop);
             let ended = match &done {
                 Ok(()) => run("RELEASE dispatch"),
@@ -430,7 +437,7 @@ impl Writer {
     /// Reads up to `want` more candidates of partition `p` of `queue` at `now` (fewer
     /// if its partition limit leaves less room).
     fn candidates(
-        &self,
+        &mut self,
         queue: &str,
         p: &mut Partition,
         want: u64,
@@ -447,27 +454,34 @@ impl Writer {
         let mut stmt = self.conn.prepare_cached(SQL_CANDIDATES)?;
         // Read lazily, as far as wanted: no LIMIT parameter, whose every new value
         // would make SQLite plan the statement again.
+        let at = rows::WORKFLOW_COLUMN_COUNT;
         let found = stmt.query_map(params![queue, p.name, now, self.queues.workflows], |r| {
-            Ok(Candidate {
-                run: r.get(0)?,
-                priority: r.get(1)?,
-                fresh: r.get(2)?,
-            })
+            let candidate = Candidate {
+                run: r.get(at)?,
+                priority: r.get(at + 1)?,
+                fresh: r.get(at + 2)?,
+            };
+            Ok((candidate, rows::workflow_row(r)?, r.get(at + 3)?))
         })?;
-        for c in found.take(usize::try_from(want).unwrap_or(usize::MAX)) {
-            p.push(c?);
+        for found in found.take(usize::try_from(want).unwrap_or(usize::MAX)) {
+            let (c, record, timeout_ms) = found?;
+            self.queues.records.insert(c.run, (record?, timeout_ms));
+            p.push(c);
         }
         p.more = (p.next.len() - before) as u64 == want;
         Ok(())
     }
 
     /// Marks candidate `c` dispatched at `now` (its timeout counts from now), and
-    /// reads it back for the runtime with whether it is fresh.
+    /// returns its record as the row now holds it, with whether it is fresh.
     fn dispatch_run(
-        &self,
+        &mut self,
         c: Candidate,
         now: i64,
     ) -> rusqlite::Result<Option<(crate::journal::WorkflowRecord, bool)>> {
+        let Some((mut record, timeout_ms)) = self.queues.records.remove(&c.run) else {
+            return Ok(None);
+        };
         if self
             .conn
             .prepare_cached(SQL_DISPATCH)?
@@ -476,9 +490,10 @@ impl Writer {
         {
             return Ok(None);
         }
-        let mut records =
-            rows::select_workflows(&self.conn, "", "WHERE run = ?1", [c.run], |_, w| Ok(w))?;
-        Ok(records.pop().map(|record| (record, c.fresh)))
+        // What `SQL_DISPATCH` wrote, of what the record holds.
+        record.queue_state = Some(QueueState::Running);
+        record.deadline_at = deadline(record.deadline_at, timeout_ms, now);
+        Ok(Some((record, c.fresh)))
     }
 
     fn due_at(&mut self, at: Option<i64>) {
@@ -514,6 +529,16 @@ impl Writer {
         self.queues.touched.clear();
         // The queues it touched are dispatched again by the next batch.
         self.queues.all = true;
+    }
+}
+
+/// The deadline of a workflow dispatched at `now` that had `deadline` and a timeout
+/// of `timeout_ms` from its dispatch: the earlier of the two, as `SQL_DISPATCH` writes.
+fn deadline(deadline: Option<i64>, timeout_ms: Option<i64>, now: i64) -> Option<i64> {
+    match (deadline, timeout_ms) {
+        (d, None) => d,
+        (None, Some(t)) => Some(now.saturating_add(t)),
+        (Some(d), Some(t)) => Some(d.min(now.saturating_add(t))),
     }
 }
 

@@ -17,9 +17,17 @@ use crate::journal::{
 };
 use crate::path::StepPath;
 
+/// The columns [`workflow_row`] reads, in its order, for `concat!`.
+macro_rules! workflow_columns {
+    () => {
+        "id, name, status, input, output, error_kind, error, input_crc32, output_crc32, \
+         deadline_at, parent_id, queue_state"
+    };
+}
+pub(super) use workflow_columns;
+
 /// The columns [`workflow_row`] reads, in its order.
-pub(super) const WORKFLOW_COLUMNS: &str = "id, name, status, input, output, error_kind, error, input_crc32, \
-     output_crc32, deadline_at, parent_id, queue_state";
+pub(super) const WORKFLOW_COLUMNS: &str = workflow_columns!();
 
 /// Why a damaged value cannot be used.
 pub(super) use crate::journal::DAMAGED;
