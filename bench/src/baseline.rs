@@ -31,11 +31,11 @@ impl Clock {
     }
 }
 
-fn open(path: &Path, sync: Sync, steps_table: &str) -> rusqlite::Result<Connection> {
+fn open(path: &Path, sync: Sync, schema: &str) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))?;
     conn.execute_batch(&format!("PRAGMA synchronous = {};", sync.pragma()))?;
-    conn.execute_batch(steps_table)?;
+    conn.execute_batch(schema)?;
     Ok(conn)
 }
 
@@ -46,6 +46,103 @@ pub(crate) fn steps_table(journal: &Path) -> rusqlite::Result<String> {
         [],
         |r| r.get(0),
     )
+}
+
+/// Every `CREATE` statement of the journal at `journal` (tables first), to make a
+/// database with its tables and indexes.
+pub(crate) fn journal_schema(journal: &Path) -> rusqlite::Result<String> {
+    let conn = Connection::open(journal)?;
+    let mut stmt = conn.prepare(
+        "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name LIKE 'durable%'
+         ORDER BY type = 'index', rowid",
+    )?;
+    let all = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    let mut out = String::new();
+    for sql in all {
+        out.push_str(&sql?);
+        out.push_str(";\n");
+    }
+    Ok(out)
+}
+
+/// What a queue run writes, as raw statements in the fewest commits it can take:
+/// `items` queued workflows inserted into a fresh database made by `journal_schema`
+/// (the journal's tables and indexes) in commits of `per_commit`; then, a generation
+/// of `per_commit` at a time, one commit that marks them dispatched and records their
+/// steps, and one that records their outcomes (a step's record commits before its
+/// workflow's outcome). No reads, no dispatch decisions: what the rows alone cost.
+pub(crate) fn queue_writes(
+    dir: &Path,
+    sync: Sync,
+    journal_schema: &str,
+    items: usize,
+    per_commit: usize,
+) -> rusqlite::Result<Took> {
+    let conn = open(&dir.join("queue_writes.db"), sync, journal_schema)?;
+    conn.execute(
+        "INSERT INTO durable_queues (name, concurrency, set_at_run_time, updated_at)
+         VALUES ('bench', ?1, 0, 0)",
+        [i64::try_from(per_commit).unwrap_or(i64::MAX)],
+    )?;
+    let value = [1u8, 0, 0, 0];
+    let id = |i: usize| format!("wf-{i}");
+    let clock = Clock::start();
+    let mut queued = 0;
+    while queued < items {
+        let tx = conn.unchecked_transaction()?;
+        {
+            let mut enqueue = tx.prepare_cached(
+                "INSERT INTO durable_workflows
+                     (id, name, status, input, executor, created_at, updated_at, input_crc32,
+                      queue, queue_state, priority, partition_key)
+                 VALUES (?1, 'one_step', 'pending', ?2, 'local', 0, 0, 0, 'bench', 'queued', 0,
+                         '')
+                 ON CONFLICT DO NOTHING",
+            )?;
+            for i in queued..(queued + per_commit).min(items) {
+                enqueue.execute(params![id(i), &value[..]])?;
+            }
+        }
+        tx.commit()?;
+        queued = (queued + per_commit).min(items);
+    }
+    let mut done = 0;
+    while done < items {
+        let generation = done..(done + per_commit).min(items);
+        let tx = conn.unchecked_transaction()?;
+        {
+            let mut dispatch = tx.prepare_cached(
+                "UPDATE durable_workflows
+                 SET queue_state = 'running', dispatched_at = 0, updated_at = 0
+                 WHERE run = ?1 AND queue_state = 'queued' AND status = 'pending'",
+            )?;
+            let mut step = tx.prepare_cached(
+                "INSERT INTO durable_steps
+                     (run, path, name, output, error, attempts, started_at, finished_at, crc32)
+                 VALUES ((SELECT run FROM durable_workflows WHERE id = ?1), '1', 'noop', ?2,
+                         NULL, 1, 0, 0, 0)",
+            )?;
+            for i in generation.clone() {
+                dispatch.execute([i64::try_from(i + 1).unwrap_or(i64::MAX)])?;
+                step.execute(params![id(i), &value[..]])?;
+            }
+        }
+        tx.commit()?;
+        let tx = conn.unchecked_transaction()?;
+        {
+            let mut finish = tx.prepare_cached(
+                "UPDATE durable_workflows
+                 SET status = 'completed', output = ?2, updated_at = 0, output_crc32 = 0
+                 WHERE id = ?1 AND status = 'pending'",
+            )?;
+            for i in generation {
+                finish.execute(params![id(i), &value[..]])?;
+            }
+        }
+        tx.commit()?;
+        done = (done + per_commit).min(items);
+    }
+    Ok(clock.stop())
 }
 
 /// Inserts `rows` step rows, each with an output of `output_bytes`, into a fresh

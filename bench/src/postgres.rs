@@ -304,7 +304,7 @@ async fn ours(server: &Server, admin: &Client, schema: &str, w: Workload) -> Res
             let url = server.journal_url(schema);
             return crate::queue::wake(std::path::Path::new(&url), Default::default()).await;
         }
-        Workload::Typed(_) => {
+        Workload::Typed(_) | Workload::QueueFloor => {
             return Err(format!("{} is not measured on PostgreSQL", w.name()).into());
         }
         _ => {}
@@ -322,6 +322,7 @@ async fn ours(server: &Server, admin: &Client, schema: &str, w: Workload) -> Res
         | Workload::Replay(_)
         | Workload::RecvWake
         | Workload::Queue
+        | Workload::QueueFloor
         | Workload::QueueWake => {}
     }
     let run = Run {
@@ -660,7 +661,11 @@ async fn baseline(
         Workload::Fanout(n) => (n, 100),
         Workload::Many | Workload::Start => (2000, 100),
         Workload::Queue => (2 * crate::queue::ITEMS, 100),
-        Workload::Typed(_) | Workload::Replay(_) | Workload::RecvWake | Workload::QueueWake => {
+        Workload::Typed(_)
+        | Workload::Replay(_)
+        | Workload::RecvWake
+        | Workload::QueueFloor
+        | Workload::QueueWake => {
             return Err(format!("no PostgreSQL baseline for {}", w.name()).into());
         }
     };
