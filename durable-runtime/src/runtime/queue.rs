@@ -29,6 +29,12 @@ use crate::util::{lock, now_ms};
 /// journal: [`Runtime::queue`] changes them at run time, for every process, until they
 /// are changed again or reset to the declared ones.
 ///
+/// A slot is held from the dispatch to the workflow's recorded end. A cancellation
+/// (by [`Runtime::cancel`], or by an [`Enqueue::timeout`]) is such an end: the slot is
+/// free once it is recorded, while a step body the workflow was running goes on to the
+/// step's end (a cancelled workflow stops at its next step boundary). For that time one
+/// body more than the limit runs.
+///
 /// ```
 /// use std::time::Duration;
 /// use durable_runtime::Queue;
