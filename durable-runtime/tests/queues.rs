@@ -285,6 +285,21 @@ async fn a_deduplication_id_refuses_or_joins_while_its_holder_is_pending(journal
         .await
         .expect("ok");
     assert_eq!(joined.id(), first.id());
+    // Joining is for the same workflow: another one's handle would read this one's
+    // output as its own.
+    let other = rt
+        .enqueue_with(
+            &q,
+            numbered(5),
+            Enqueue::new().dedup("k", OnDuplicate::Join),
+        )
+        .await
+        .expect_err("another workflow");
+    assert!(
+        matches!(&other, Error::WorkflowMismatch { workflow_id, existing, requested }
+            if workflow_id == first.id() && existing == "job" && requested == "numbered"),
+        "{other:?}"
+    );
     assert_eq!(info_of(&rt, "dedup").await.queued, 1);
     queue(&rt, "dedup").unpause().await.expect("ok");
     assert_eq!(joined.result().await.expect("ok"), "first");
@@ -638,6 +653,179 @@ async fn a_held_workflow_s_handles_say_why_it_stopped(journal: Journal) {
         .expect("the handle answers")
         .expect_err("it stopped");
     assert!(matches!(why, Error::Incompatible { .. }), "{why}");
+    rt.close().await.expect("ok");
+}
+
+on_both_journals!(
+    #[tokio::test]
+    durations_too_long_to_add_to_a_time_neither_stall_a_queue_nor_stop_the_runtime
+);
+async fn durations_too_long_to_add_to_a_time_neither_stall_a_queue_nor_stop_the_runtime(
+    journal: Journal,
+) {
+    let key = k(&journal, "forever");
+    let timed = Queue::new("timed").concurrency(1);
+    let once = Queue::new("once").rate_limit(1, Duration::MAX);
+    let rt = open(journal.path(), &[&timed, &once]).await;
+    // A timeout of `Duration::MAX` is no timeout, and holds up nothing behind it.
+    let first = rt
+        .enqueue_with(
+            &timed,
+            job(key.clone(), "first".into(), 0),
+            Enqueue::new()
+                .timeout(Duration::MAX)
+                .delay(Duration::from_millis(1)),
+        )
+        .await
+        .expect("ok");
+    let second = rt
+        .enqueue(&timed, job(key.clone(), "second".into(), 0))
+        .await
+        .expect("ok");
+    assert_eq!(result_of(first).await.expect("ok"), "first");
+    assert_eq!(result_of(second).await.expect("ok"), "second");
+    // One start in a window that never ends: the next waits for ever, and the
+    // runtime goes on (a window's end, a time past `i64::MAX`, broke its writer).
+    let only = rt
+        .enqueue(&once, job(key.clone(), "only".into(), 0))
+        .await
+        .expect("ok");
+    assert_eq!(result_of(only).await.expect("ok"), "only");
+    let _next = rt
+        .enqueue(&once, job(key.clone(), "next".into(), 0))
+        .await
+        .expect("ok");
+    let after = rt
+        .enqueue(&timed, job(key.clone(), "after".into(), 0))
+        .await
+        .expect("ok");
+    assert_eq!(result_of(after).await.expect("ok"), "after");
+    let info = info_of(&rt, "once").await;
+    assert_eq!((info.queued, info.running), (1, 0));
+    rt.close().await.expect("ok");
+}
+
+/// The runtime [`cancels_from_a_workflow`] reaches (a test's own, by key).
+static RUNTIMES: Mutex<Option<HashMap<String, Runtime>>> = Mutex::new(None);
+
+/// Tries to cancel workflow `id` of queue `cancels` from a workflow body.
+#[workflow]
+async fn cancels_from_a_workflow(key: String, id: String) -> String {
+    let rt = RUNTIMES
+        .lock()
+        .expect("ok")
+        .as_ref()
+        .and_then(|all| all.get(&key).cloned())
+        .expect("a runtime");
+    match rt.queue("cancels").expect("declared").cancel(&id).await {
+        Err(Error::Unrecorded { .. }) => "refused".to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+on_both_journals!(
+    #[tokio::test]
+    a_queue_handle_cancels_only_its_own_queue_s_workflows
+);
+async fn a_queue_handle_cancels_only_its_own_queue_s_workflows(journal: Journal) {
+    let key = k(&journal, "cancels");
+    let cancels = Queue::new("cancels").concurrency(1);
+    let other = Queue::new("other").concurrency(1);
+    let rt = open(journal.path(), &[&cancels, &other]).await;
+    let handle = queue(&rt, "cancels");
+    queue(&rt, "other").pause().await.expect("ok");
+    let theirs = rt
+        .enqueue_with(
+            &other,
+            job(key.clone(), "theirs".into(), 0),
+            Enqueue::new().id("theirs"),
+        )
+        .await
+        .expect("ok");
+    let plain = rt.start_with_id("plain", numbered(3)).await.expect("ok");
+    assert_eq!(plain.result().await.expect("ok"), "3");
+    assert!(
+        matches!(handle.cancel("nobody").await, Err(Error::NotFound { .. })),
+        "an unknown id is not found"
+    );
+    for id in ["theirs", "plain"] {
+        let refused = handle.cancel(id).await.expect_err("not this queue's");
+        assert!(
+            matches!(&refused, Error::Queue { queue, .. } if queue == "cancels"),
+            "{refused:?}"
+        );
+        assert!(refused.to_string().contains(id), "{refused}");
+    }
+    // Nothing was cancelled: the other queue's workflow still runs.
+    queue(&rt, "other").unpause().await.expect("ok");
+    assert_eq!(result_of(theirs).await.expect("ok"), "theirs");
+    // Its own, waiting: cancelled.
+    handle.pause().await.expect("ok");
+    let mine = rt
+        .enqueue_with(
+            &cancels,
+            job(key.clone(), "mine".into(), 0),
+            Enqueue::new().id("mine"),
+        )
+        .await
+        .expect("ok");
+    handle.cancel("mine").await.expect("ok");
+    assert!(matches!(
+        result_of(mine).await,
+        Err(Error::Cancelled { .. })
+    ));
+    // From a workflow body, where a replay would cancel again: refused.
+    RUNTIMES
+        .lock()
+        .expect("ok")
+        .get_or_insert_with(HashMap::new)
+        .insert(key.clone(), rt.clone());
+    let body = rt
+        .start(cancels_from_a_workflow(key.clone(), "mine".into()))
+        .await
+        .expect("ok");
+    assert_eq!(body.result().await.expect("ok"), "refused");
+    RUNTIMES
+        .lock()
+        .expect("ok")
+        .get_or_insert_with(HashMap::new)
+        .remove(&key);
+    rt.close().await.expect("ok");
+}
+
+on_both_journals!(
+    #[tokio::test]
+    a_dispatched_workflow_this_program_no_longer_has_frees_its_slot_at_the_open
+);
+async fn a_dispatched_workflow_this_program_no_longer_has_frees_its_slot_at_the_open(
+    journal: Journal,
+) {
+    let path = journal.path();
+    let key = k(&journal, "retired");
+    let q = Queue::new("retired").concurrency(1);
+    let rt = open(path, &[&q]).await;
+    rt.enqueue_with(
+        &q,
+        job(key.clone(), "old".into(), 0),
+        Enqueue::new().id("old").delay(Duration::from_secs(3600)),
+    )
+    .await
+    .expect("ok");
+    rt.close().await.expect("ok");
+    // As a crash would leave it had it been running, in a build whose next version
+    // removed its workflow.
+    journal.sql(
+        "UPDATE durable_workflows SET queue_state = 'running', name = 'retired_workflow'
+         WHERE id = 'old'",
+        &[],
+    );
+    let rt = open(path, &[&q]).await;
+    let next = rt
+        .enqueue(&q, job(key.clone(), "next".into(), 0))
+        .await
+        .expect("ok");
+    assert_eq!(result_of(next).await.expect("ok"), "next");
+    assert_eq!(info_of(&rt, "retired").await.running, 0);
     rt.close().await.expect("ok");
 }
 

@@ -494,6 +494,9 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     /// The workflows waiting in a queue, in the order a dispatch would take them
     /// within a partition (priority, then arrival), at most `limit`.
     fn queued(&self, queue: &str, limit: usize) -> Result<Vec<queue::QueuedRow>, StoreError>;
+    /// The queue workflow `id` was enqueued on: `None` if there is no such workflow,
+    /// `Some(None)` if it was not enqueued.
+    fn queue_of(&self, id: &str) -> Result<Option<Option<String>>, StoreError>;
 
     // Schedules (see [`schedule`]).
 

@@ -179,9 +179,14 @@ impl RuntimeBuilder {
     /// Declares `queue`: the runtime can enqueue on it (see [`Runtime::enqueue`]),
     /// and dispatches its workflows under its limits. The declared limits are written
     /// to the journal at open, unless limits set at run time hold there (see
-    /// [`QueueHandle::reset`](crate::QueueHandle::reset)). A runtime built with no
-    /// queue dispatches nothing: workflows an earlier build queued wait for a runtime
-    /// that declares their queue.
+    /// [`QueueHandle::reset`](crate::QueueHandle::reset)).
+    ///
+    /// A runtime built with no queue dispatches nothing: workflows an earlier build
+    /// queued wait for a runtime that declares a queue. One that declares any queue
+    /// dispatches every queue the journal has limits for, also those it does not
+    /// declare (a queue renamed in code, say), under the limits the journal holds for
+    /// them, and only the workflows this program has. [`Runtime::queue`] reads and
+    /// changes only the queues it declares.
     #[must_use]
     pub fn queue(mut self, queue: super::queue::Queue) -> Self {
         self.queues.push(queue);
@@ -251,6 +256,7 @@ impl RuntimeBuilder {
             launches,
             dormant,
             stranded,
+            held,
         } = Recovery::sort(pending, &registry, restored);
         let inner = Arc::new(Inner {
             store,
@@ -279,6 +285,13 @@ impl RuntimeBuilder {
             ),
             schedules: std::sync::Mutex::default(),
         });
+        // Dispatched workflows that cannot run here free their slots first (as at a
+        // dispatch): held, they are queued again at the next open.
+        for id in held {
+            if let Err(e) = inner.acked(inner.store.hold(id.clone())).await {
+                tracing::warn!(workflow = %id, "cannot free the queue slot of a workflow that cannot run here: {e}");
+            }
+        }
         // The declared limits, then dispatching, in one commit: it dispatches every
         // queue (what waited while no runtime had the journal open). A program that
         // declares no queue dispatches nothing, and its open commits nothing for them.
@@ -497,6 +510,8 @@ struct Recovery {
     /// The parents of the runs this program cannot resume: any of them kept dormant is
     /// woken at once.
     stranded: Vec<Arc<str>>,
+    /// The runs this program cannot resume that hold a queue's slot.
+    held: Vec<Arc<str>>,
 }
 
 impl Recovery {
@@ -513,6 +528,7 @@ impl Recovery {
             launches: Vec::new(),
             dormant: Vec::new(),
             stranded: Vec::new(),
+            held: Vec::new(),
         };
         for record in pending {
             if record.damage().is_some() || !registry.contains_key(record.name.as_str()) {
@@ -520,6 +536,9 @@ impl Recovery {
                 // replayed one would (this child never runs here to wake it).
                 out.stranded
                     .extend(record.parent_id.as_deref().map(Arc::<str>::from));
+                if record.queue_state == Some(crate::journal::queue::QueueState::Running) {
+                    out.held.push(Arc::from(record.id.as_str()));
+                }
             }
             if let Some(e) = record.damage() {
                 tracing::warn!("{e}; it stays pending");

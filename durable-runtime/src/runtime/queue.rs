@@ -96,7 +96,7 @@ impl Queue {
     pub fn rate_limit(mut self, count: u32, period: Duration) -> Queue {
         self.limits.rate = Some(Rate {
             count,
-            period_ms: i64::try_from(period.as_millis()).unwrap_or(i64::MAX),
+            period_ms: millis(period),
         });
         self
     }
@@ -228,8 +228,14 @@ impl Enqueue {
     }
 }
 
+/// The longest delay, timeout or rate period a queue keeps, in milliseconds (about 73
+/// million years): any longer is as good as for ever, and a time this far from now
+/// still fits an `i64` when added to a timestamp, in Rust and in SQL.
+const MAX_MS: i64 = i64::MAX / 4;
+
+/// `d` in milliseconds, at most [`MAX_MS`].
 fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    i64::try_from(d.as_millis()).map_or(MAX_MS, |ms| ms.min(MAX_MS))
 }
 
 impl Runtime {
@@ -482,11 +488,33 @@ impl QueueHandle {
     ///
     /// # Errors
     ///
-    /// As [`Runtime::cancel`].
+    /// As [`Runtime::cancel`], and [`Error::Queue`] if workflow `id` was not enqueued
+    /// on this queue (nothing is cancelled).
     pub async fn cancel(&self, id: &str) -> Result<()> {
-        self.inner
-            .cancel(id, crate::error::CancelReason::Requested)
-            .await
+        super::registry::refuse_in_workflow(
+            "`QueueHandle::cancel`",
+            "cancel it from a step, whose result is recorded",
+        )?;
+        self.inner.open()?;
+        let store = self.inner.store.clone();
+        let of = id.to_owned();
+        let queue = blocking(self.inner.store.path(), move || store.queue_of(&of))
+            .await?
+            .map_err(|e| self.inner.closed_or(e))?;
+        match queue {
+            None => Err(Error::NotFound {
+                workflow_id: id.to_owned(),
+            }),
+            Some(Some(q)) if *q == *self.queue.name => {
+                self.inner
+                    .cancel(id, crate::error::CancelReason::Requested)
+                    .await
+            }
+            Some(other) => Err(self.queue.error(match other {
+                Some(q) => format!("workflow {id} was enqueued on queue {q:?}, not on this one"),
+                None => format!("workflow {id} was not enqueued: cancel it with `Runtime::cancel`"),
+            })),
+        }
     }
 
     /// Sets the concurrency limit (`None`: none), in every process, until it is set
@@ -649,6 +677,10 @@ impl Inner {
             Ok(Created::Duplicate(record)) => {
                 self.drop_waiting(&id, ours);
                 return match on_duplicate {
+                    // Its handle would read another workflow's output as this one's.
+                    OnDuplicate::Join if record.name != name => {
+                        Err(mismatch(&record.id, &record.name, name))
+                    }
                     OnDuplicate::Join => {
                         let existing: Arc<str> = Arc::from(record.id.as_str());
                         let outcome = self.outcome_of(&existing).await?;

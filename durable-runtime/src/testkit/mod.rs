@@ -312,6 +312,9 @@ macro_rules! forward_reads {
         ) -> Result<Vec<crate::journal::queue::QueuedRow>, StoreError> {
             self.inner.queued(queue, limit)
         }
+        fn queue_of(&self, id: &str) -> Result<Option<Option<String>>, StoreError> {
+            self.inner.queue_of(id)
+        }
 
         fn set_schedule(&self, write: crate::journal::schedule::ScheduleWrite) -> Ack {
             self.inner.set_schedule(write)

@@ -840,6 +840,21 @@ impl Store for PgStore {
         self.read(async |c, s| queues::queued(c, s, queue, limit).await)
     }
 
+    fn queue_of(&self, id: &str) -> Result<Option<Option<String>>, StoreError> {
+        self.read(async |c, s| {
+            let row = c
+                .query_typed(
+                    &format!("SELECT queue FROM {s}.workflows WHERE id = $1"),
+                    &[(&id, Type::TEXT)],
+                )
+                .await?;
+            row.first()
+                .map(|r| r.try_get(0))
+                .transpose()
+                .map_err(Into::into)
+        })
+    }
+
     fn takeovers(&self, to: mpsc::UnboundedSender<Arc<str>>) {
         let mut takeovers = lock(&self.takeovers);
         if let executor::Takeovers::Held(held) = &mut *takeovers {

@@ -582,9 +582,14 @@ impl Writer {
         let (all, mine): (i64, i64) = (running.try_get(0)?, running.try_get(1)?);
         let window = one(window)?;
         let in_window = u64::try_from(window.try_get::<_, i64>(0)?).unwrap_or(0);
-        let window_opens = limits
-            .rate
-            .and_then(|r| Some(window.try_get::<_, Option<i64>>(1).ok()?? + r.period_ms));
+        let window_opens = limits.rate.and_then(|r| {
+            Some(
+                window
+                    .try_get::<_, Option<i64>>(1)
+                    .ok()??
+                    .saturating_add(r.period_ms),
+            )
+        });
         let count = |n: i64| u64::try_from(n).unwrap_or(0);
         let free = free_slots(&limits, count(all), count(mine), in_window);
         if free == 0 {
@@ -660,7 +665,7 @@ impl Writer {
             && in_window + rated >= u64::from(rate.count)
         {
             self.queues
-                .due_at(window_opens.or(Some(now + rate.period_ms)));
+                .due_at(window_opens.or(Some(now.saturating_add(rate.period_ms))));
         }
         Ok(())
     }

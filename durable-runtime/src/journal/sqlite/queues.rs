@@ -347,11 +347,11 @@ impl Writer {
             let (count, oldest): (u64, Option<i64>) = self
                 .conn
                 .prepare_cached(SQL_IN_WINDOW)?
-                .query_row(params![name, now - rate.period_ms], |r| {
+                .query_row(params![name, now.saturating_sub(rate.period_ms)], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })?;
             in_window = count;
-            window_opens = oldest.map(|t| t + rate.period_ms);
+            window_opens = oldest.map(|t| t.saturating_add(rate.period_ms));
         }
         // One process holds a SQLite journal: its running workflows are all this one's.
         let free = free_slots(&limits, running, running, in_window);
@@ -429,7 +429,7 @@ impl Writer {
         } else if let Some(rate) = limits.rate
             && in_window + rated >= u64::from(rate.count)
         {
-            self.due_at(window_opens.or(Some(now + rate.period_ms)));
+            self.due_at(window_opens.or(Some(now.saturating_add(rate.period_ms))));
         }
         Ok(())
     }
