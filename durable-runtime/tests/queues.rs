@@ -648,10 +648,7 @@ async fn a_held_workflow_s_handles_say_why_it_stopped(journal: Journal) {
         .enqueue_with(&q, numbered(7), Enqueue::new().id("retyped"))
         .await
         .expect("ok");
-    let why = tokio::time::timeout(Duration::from_secs(60), again.result())
-        .await
-        .expect("the handle answers")
-        .expect_err("it stopped");
+    let why = result_of(again).await.expect_err("it stopped");
     assert!(matches!(why, Error::Incompatible { .. }), "{why}");
     rt.close().await.expect("ok");
 }
