@@ -95,7 +95,7 @@ fn demo(journal: Option<&str>) -> Res<ExitCode> {
     // A journal of its own for every demo run: two demos at once cannot meet, and the
     // file (or schema) stays for inspection afterwards.
     let pid = std::process::id();
-    let (journal, shown, inspect) = match journal {
+    let (journal, shown, inspect, left) = match journal {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             let (url, schema) = match url.split('?').nth(1).and_then(|q| {
                 q.split('&')
@@ -112,7 +112,8 @@ fn demo(journal: Option<&str>) -> Res<ExitCode> {
                 "  psql <the URL> -c 'select id, path, s.name, attempts from {schema}.steps s \
                  join {schema}.workflows using (run)'"
             );
-            (url, format!("PostgreSQL schema {schema}"), inspect)
+            let left = Left::Schema(schema.clone());
+            (url, format!("PostgreSQL schema {schema}"), inspect, left)
         }
         given => {
             let file = given.map(PathBuf::from).unwrap_or_else(|| {
@@ -127,6 +128,7 @@ fn demo(journal: Option<&str>) -> Res<ExitCode> {
                 file.display().to_string(),
                 file.display().to_string(),
                 inspect,
+                Left::Files(file),
             )
         }
     };
@@ -149,6 +151,10 @@ fn demo(journal: Option<&str>) -> Res<ExitCode> {
         return Err("run 1 was meant to crash, but it exited normally".into());
     }
     println!("== Run 1 died ({status}). Steps it finished are in the journal.");
+    println!("  (Steps 2.1-2.3, one reservation per line, and step 3, the charge, run at the");
+    println!("  same time, so their lines come in the order they happen to run. Each step's");
+    println!("  number is taken when it is called, not when it ends, so a replay matches");
+    println!("  every record to the same call whatever the order.)");
     println!();
     println!("== Run 2: a new child process opens the same journal");
     let status = child(&[])?;
@@ -161,7 +167,33 @@ fn demo(journal: Option<&str>) -> Res<ExitCode> {
     println!("at-least-once, recorded results exactly-once.");
     println!("Inspect the journal:");
     println!("{inspect}");
+    match left {
+        Left::Files(file) => {
+            // The journal, and what SQLite and the runtime keep beside it.
+            let names: Vec<String> = ["", "-wal", "-shm", ".lock"]
+                .iter()
+                .map(|suffix| format!("{}{suffix}", file.display()))
+                .filter(|name| std::path::Path::new(name).exists())
+                .collect();
+            println!("The demo leaves these files (remove them when done):");
+            for name in names {
+                println!("  {name}");
+            }
+        }
+        Left::Schema(schema) => {
+            println!("The demo leaves PostgreSQL schema {schema} (remove it when done:");
+            println!("  psql <the URL> -c 'DROP SCHEMA {schema} CASCADE')");
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a demo leaves behind, to name at its end.
+enum Left {
+    /// The journal file (and the files beside it).
+    Files(PathBuf),
+    /// The journal's PostgreSQL schema.
+    Schema(String),
 }
 
 /// One run of the demo's child process.
