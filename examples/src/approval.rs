@@ -270,6 +270,15 @@ fn approve(args: &[String]) -> Res<ExitCode> {
         println!("  {by} decided: {verb}; sent to {REPORT}");
         return Ok(ExitCode::SUCCESS);
     }
+    if !journal.exists() {
+        // A mistyped path would otherwise leave a decision nobody ever reads.
+        return Err(format!(
+            "no journal at {}: start the report first (approval run --journal {})",
+            journal.display(),
+            journal.display()
+        )
+        .into());
+    }
     let inbox = inbox(&journal);
     std::fs::create_dir_all(&inbox)?;
     // Written under a temporary name and renamed: the reader never sees half a file.

@@ -96,3 +96,22 @@ fn a_rejection_from_the_second_command_ends_the_report() -> Res<()> {
     assert!(!stdout.contains("] submit:"), "submit ran again:\n{stdout}");
     Ok(())
 }
+
+#[test]
+fn a_decision_for_a_journal_that_does_not_exist_is_refused_and_writes_nothing() -> Res<()> {
+    let tmp = tempfile::tempdir()?;
+    let missing = tmp.path().join("typo.db");
+    let output = Command::new(APPROVAL)
+        .args(["approve", "--by", "grace", "--journal"])
+        .arg(&missing)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "accepted: {stderr}");
+    assert!(stderr.contains("no journal at"), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(tmp.path())?.count(),
+        0,
+        "it left files behind"
+    );
+    Ok(())
+}
