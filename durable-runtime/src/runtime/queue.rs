@@ -501,20 +501,24 @@ impl QueueHandle {
         let queue = blocking(self.inner.store.path(), move || store.queue_of(&of))
             .await?
             .map_err(|e| self.inner.closed_or(e))?;
-        match queue {
-            None => Err(Error::NotFound {
-                workflow_id: id.to_owned(),
-            }),
-            Some(Some(q)) if *q == *self.queue.name => {
-                self.inner
-                    .cancel(id, crate::error::CancelReason::Requested)
-                    .await
+        let problem = match queue {
+            None => {
+                return Err(Error::NotFound {
+                    workflow_id: id.to_owned(),
+                });
             }
-            Some(other) => Err(self.queue.error(match other {
-                Some(q) => format!("workflow {id} was enqueued on queue {q:?}, not on this one"),
-                None => format!("workflow {id} was not enqueued: cancel it with `Runtime::cancel`"),
-            })),
-        }
+            Some(Some(q)) if *q == *self.queue.name => {
+                return self
+                    .inner
+                    .cancel(id, crate::error::CancelReason::Requested)
+                    .await;
+            }
+            Some(Some(q)) => format!("workflow {id} was enqueued on queue {q:?}, not on this one"),
+            Some(None) => {
+                format!("workflow {id} was not enqueued: cancel it with `Runtime::cancel`")
+            }
+        };
+        Err(self.queue.error(problem))
     }
 
     /// Sets the concurrency limit (`None`: none), in every process, until it is set

@@ -841,18 +841,7 @@ impl Store for PgStore {
     }
 
     fn queue_of(&self, id: &str) -> Result<Option<Option<String>>, StoreError> {
-        self.read(async |c, s| {
-            let row = c
-                .query_typed(
-                    &format!("SELECT queue FROM {s}.workflows WHERE id = $1"),
-                    &[(&id, Type::TEXT)],
-                )
-                .await?;
-            row.first()
-                .map(|r| r.try_get(0))
-                .transpose()
-                .map_err(Into::into)
-        })
+        self.read(async |c, s| queues::queue_of(c, s, id).await)
     }
 
     fn takeovers(&self, to: mpsc::UnboundedSender<Arc<str>>) {

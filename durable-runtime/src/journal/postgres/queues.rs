@@ -871,6 +871,21 @@ pub(super) async fn queued(
         .collect()
 }
 
+/// The queue workflow `id` was enqueued on (`Some(None)`: none), if it exists.
+pub(super) async fn queue_of(
+    c: &tokio_postgres::Client,
+    s: &str,
+    id: &str,
+) -> Result<Option<Option<String>>, PgError> {
+    let rows = c
+        .query_typed(
+            &format!("SELECT queue FROM {s}.workflows WHERE id = $1"),
+            &[(&id, Type::TEXT)],
+        )
+        .await?;
+    Ok(rows.first().map(|r| r.try_get(0)).transpose()?)
+}
+
 /// Schedule `name`'s state, if it was ever declared.
 pub(super) async fn schedule_state(
     c: &tokio_postgres::Client,

@@ -544,15 +544,7 @@ impl Store for SqliteStore {
     }
 
     fn queue_of(&self, id: &str) -> Result<Option<Option<String>>, StoreError> {
-        self.read_apart(|c| {
-            c.prepare_cached("SELECT queue FROM durable_workflows WHERE id = ?1")?
-                .query_row([id], |r| r.get(0))
-                .map(Some)
-                .or_else(|e| match e {
-                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                    e => Err(e),
-                })
-        })
+        self.read_apart(|c| queues::queue_of(c, id))
     }
 
     fn set_schedule(&self, write: super::schedule::ScheduleWrite) -> Ack {

@@ -607,6 +607,13 @@ pub(super) fn queued(c: &Connection, name: &str, limit: usize) -> rusqlite::Resu
     rows.collect()
 }
 
+/// The queue workflow `id` was enqueued on (`Some(None)`: none), if it exists.
+pub(super) fn queue_of(c: &Connection, id: &str) -> rusqlite::Result<Option<Option<String>>> {
+    c.prepare_cached("SELECT queue FROM durable_workflows WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
