@@ -290,6 +290,18 @@ pub enum Error {
         /// The id of the workflow that holds it.
         existing: String,
     },
+
+    /// The runtime that owns the journal applied a [`Client`](crate::Client)'s command
+    /// and it failed there; nothing was done.
+    #[error(
+        "workflow {workflow_id}: the runtime that owns the journal refused the command: {reason}"
+    )]
+    Command {
+        /// The workflow the command was for.
+        workflow_id: String,
+        /// Why, as the owner recorded it.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -307,6 +319,7 @@ impl Error {
             | Error::NotResumable { workflow_id, .. }
             | Error::Unrecorded { workflow_id, .. }
             | Error::ChildIdTaken { workflow_id, .. }
+            | Error::Command { workflow_id, .. }
             | Error::Stopped { workflow_id } => Some(workflow_id),
             _ => None,
         }

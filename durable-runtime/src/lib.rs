@@ -218,6 +218,7 @@
 #[cfg(feature = "bench")]
 #[doc(hidden)]
 pub mod bench;
+mod client;
 mod codec;
 mod cron;
 mod engine;
@@ -236,6 +237,7 @@ mod step_error;
 pub mod testkit;
 mod util;
 
+pub use crate::client::{Client, DEFAULT_APPLY_TIMEOUT, Delivery};
 pub use crate::codec::{Codec, CodecError, Fingerprint, MAX_VALUE_BYTES};
 pub use crate::engine::call::WorkflowCall;
 pub use crate::engine::scope::{StepContext, step_context};
@@ -243,6 +245,10 @@ pub use crate::engine::step::{Retryable, Step, StepBody};
 pub use crate::error::{
     ArgumentsChanged, CancelReason, Error, FailureKind, Location, Result, StoreError,
     StoreErrorKind,
+};
+pub use crate::journal::listing::{
+    Cursor, DEFAULT_LIST_LIMIT, ListPage, ListQuery, MAX_LIST_LIMIT, Order, ParseCursorError,
+    ParseStatusError,
 };
 pub use crate::journal::sqlite::view::{
     EventView, JournalView, MessageView, RecordedStatus, WorkflowView,

@@ -22,10 +22,12 @@ use crate::error::{
 };
 use crate::path::StepPath;
 
+pub(crate) mod command;
 #[cfg(test)]
 mod contract;
 pub(crate) mod crc;
 mod damage;
+pub(crate) mod listing;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 pub(crate) mod queue;
@@ -504,6 +506,17 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     fn set_schedule(&self, write: schedule::ScheduleWrite) -> Ack;
     /// A schedule's state, as committed; `None` if it was never declared.
     fn schedule_state(&self, name: &str) -> Result<Option<schedule::ScheduleState>, StoreError>;
+
+    // Commands from other processes (see [`command`]).
+
+    /// The commands not applied yet, oldest first. Empty on a journal that has no
+    /// command table (PostgreSQL, so far: every process there opens the journal).
+    fn commands(&self) -> Result<Vec<command::PendingCommand>, StoreError>;
+    /// Records `outcome` for command `seq`, unless it has one already, and if so (and
+    /// `send` is given) sends that message in the same transaction, so a command's
+    /// message is sent once however often the owner stops before the outcome commits.
+    /// Answers whether this call recorded the outcome.
+    fn apply_command(&self, seq: i64, outcome: String, send: Option<NewMessage>) -> Ack<bool>;
 
     /// How many write transactions have committed so far: a sequential step should
     /// cost one, concurrent steps should share them. Compiled for the benchmarks only.

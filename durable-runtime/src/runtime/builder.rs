@@ -284,6 +284,7 @@ impl RuntimeBuilder {
                 super::schedule::Clock::Manual,
             ),
             schedules: std::sync::Mutex::default(),
+            commands: Mutex::default(),
         });
         // Dispatched workflows that cannot run here free their slots first (as at a
         // dispatch): held, they are queued again at the next open.
@@ -349,6 +350,12 @@ impl RuntimeBuilder {
         }
         if !runs.is_empty() {
             tokio::spawn(resume(inner.clone(), runs));
+        }
+        // Clients' commands (SQLite: on PostgreSQL every process opens the journal).
+        if !shared {
+            let bell = crate::journal::sqlite::wake::Doorbell::bind(inner.store.path());
+            let task = super::commands::command_loop(Arc::downgrade(&inner), bell);
+            *lock(&inner.commands) = Some(super::commands::CommandTask(tokio::spawn(task)));
         }
         Ok(Runtime { inner })
     }

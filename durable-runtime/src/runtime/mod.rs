@@ -11,11 +11,12 @@ use tokio::sync::watch;
 use crate::codec::Codec;
 use crate::engine::call::WorkflowCall;
 use crate::engine::replay::encode_value;
-use crate::error::{CancelReason, Error, Location, Result, undecodable};
+use crate::error::{Error, Location, Result, undecodable};
 use crate::journal::{JournalOptions, JournalSpec, NewMessage, Wait, WaitFor, blocking};
 use crate::util::{lock, now_ms};
 
 mod builder;
+mod commands;
 mod dormant;
 mod handle;
 mod queue;
@@ -30,6 +31,7 @@ pub use queue::{Enqueue, OnDuplicate, Queue, QueueHandle, QueueInfo, QueuedWorkf
 pub use queued_call::{enqueue, enqueue_with};
 pub(crate) use registry::Inner;
 use registry::*;
+pub(crate) use registry::{refuse_in_workflow, validate_id};
 pub use schedule::{ManualClock, Schedule, ScheduleHandle, ScheduleInfo, Tick};
 
 /// The durable-execution runtime: owns one journal and runs the workflows in it.
@@ -308,20 +310,7 @@ impl Runtime {
             "cancel it from a step, whose result is recorded",
         )?;
         self.inner.open()?;
-        if self
-            .inner
-            .cancel_recorded(id, CancelReason::Requested)
-            .await?
-        {
-            return Ok(());
-        }
-        // Not pending: finished already (cancelling it does nothing), or not there.
-        match self.inner.record(id).await? {
-            Some(_) => Ok(()),
-            None => Err(Error::NotFound {
-                workflow_id: id.to_owned(),
-            }),
-        }
+        self.inner.cancel_by_id(id).await
     }
 
     /// Continues a cancelled or failed workflow from its last recorded step, with its

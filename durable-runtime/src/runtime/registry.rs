@@ -72,6 +72,8 @@ pub(crate) struct Inner {
     pub(super) clock: super::schedule::Clock,
     /// The schedules running here, by name.
     pub(super) schedules: super::schedule::Schedules,
+    /// The task that applies clients' commands (a SQLite journal's owner only).
+    pub(super) commands: Mutex<Option<super::commands::CommandTask>>,
 }
 
 impl Inner {
@@ -190,6 +192,12 @@ impl Inner {
     pub(super) async fn close(&self, grace: Duration) -> Result<()> {
         self.closing.store(true, Ordering::Release);
         self.stop_schedules();
+        // Its socket's name is free once this returns.
+        let commands = lock(&self.commands).take();
+        if let Some(mut task) = commands {
+            task.0.abort();
+            let _ = (&mut task.0).await;
+        }
         let deadline = tokio::time::Instant::now() + grace;
         // Runs admitted before the flag was set may still register; look until none is
         // left. Each is asked to stop at its next step boundary, then, after the grace
@@ -895,7 +903,7 @@ pub(super) fn closed_error(path: &Path) -> Error {
 }
 
 /// Refuses `operation` inside a workflow body, where a replay would do it again.
-pub(super) fn refuse_in_workflow(operation: &'static str, hint: &'static str) -> Result<()> {
+pub(crate) fn refuse_in_workflow(operation: &'static str, hint: &'static str) -> Result<()> {
     match crate::engine::scope::current_workflow() {
         Some(ctx) => Err(Error::Unrecorded {
             workflow_id: ctx.id.to_string(),
@@ -910,7 +918,7 @@ pub(super) fn refuse_in_workflow(operation: &'static str, hint: &'static str) ->
 
 pub(super) const MAX_ID_BYTES: usize = 512;
 
-pub(super) fn validate_id(id: String) -> Result<String> {
+pub(crate) fn validate_id(id: String) -> Result<String> {
     let reason = if id.is_empty() {
         "a workflow id cannot be empty"
     } else if id.len() > MAX_ID_BYTES {

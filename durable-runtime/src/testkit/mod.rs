@@ -312,6 +312,14 @@ macro_rules! forward_reads {
         ) -> Result<Vec<crate::journal::queue::QueuedRow>, StoreError> {
             self.inner.queued(queue, limit)
         }
+        fn commands(&self) -> Result<Vec<crate::journal::command::PendingCommand>, StoreError> {
+            self.inner.commands()
+        }
+
+        fn apply_command(&self, seq: i64, outcome: String, send: Option<NewMessage>) -> Ack<bool> {
+            self.inner.apply_command(seq, outcome, send)
+        }
+
         fn queue_of(&self, id: &str) -> Result<Option<Option<String>>, StoreError> {
             self.inner.queue_of(id)
         }

@@ -641,6 +641,17 @@ impl Store for PgStore {
         self.write(|r| Op::Resume(id, at, r))
     }
 
+    fn commands(&self) -> Result<Vec<super::command::PendingCommand>, StoreError> {
+        // No command table: every process may open a PostgreSQL journal itself.
+        Ok(Vec::new())
+    }
+
+    fn apply_command(&self, _seq: i64, _outcome: String, _send: Option<NewMessage>) -> Ack<bool> {
+        let (reply, ack) = Ack::channel(&self.path);
+        let _ = reply.send(Ok(false));
+        ack
+    }
+
     fn transaction(&self, step: TxStep) -> Ack {
         self.forget_claimed();
         let (reply, ack) = Ack::channel(&self.path);

@@ -348,6 +348,24 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         paused       INTEGER NOT NULL DEFAULT 0,
         updated_at   INTEGER NOT NULL
     ) STRICT;",
+    // Version 12: commands from other processes (`Client`). A client cannot write the
+    // journal's state while a runtime owns it, so it records what it asks for here
+    // (a message to send, a workflow to cancel or resume) and the runtime applies each
+    // in `seq` order: at once if it runs, at its next open if not. `applied_at` and
+    // `outcome` are set when it is applied, in the transaction that applies it for a
+    // send. `crc32` covers the command's kind, workflow id, topic and payload.
+    "CREATE TABLE durable_commands (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind        TEXT NOT NULL CHECK (kind IN ('send', 'cancel', 'resume')),
+        workflow_id TEXT NOT NULL,
+        topic       TEXT,
+        payload     BLOB,
+        crc32       INTEGER NOT NULL,
+        created_at  INTEGER NOT NULL,
+        applied_at  INTEGER,
+        outcome     TEXT
+    ) STRICT;
+    CREATE INDEX durable_commands_waiting ON durable_commands (seq) WHERE applied_at IS NULL;",
 ];
 
 /// Brings the schema to the newest version, in one transaction.

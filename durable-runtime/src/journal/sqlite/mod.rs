@@ -49,17 +49,19 @@ macro_rules! run_of_first_parameter {
     };
 }
 
+pub(crate) mod commands;
 mod dormant;
 mod identity;
 mod integrity;
 mod migrate;
-mod open;
+pub(crate) mod open;
 mod ops;
 mod queues;
 mod rows;
 mod schedules;
 pub(crate) mod view;
 mod waits;
+pub(crate) mod wake;
 mod writer;
 
 use super::{
@@ -149,7 +151,7 @@ fn io_error(path: &Path, e: impl std::fmt::Display) -> StoreError {
 }
 
 /// An SQLite failure at the journal `path`, with the kind and message a user needs.
-fn sql_error(path: &Path, e: rusqlite::Error) -> StoreError {
+pub(crate) fn sql_error(path: &Path, e: rusqlite::Error) -> StoreError {
     use rusqlite::Error as E;
     const RESTORE: &str = "the journal was changed outside durable, or damaged; restore it \
                            from a backup";
@@ -545,6 +547,20 @@ impl Store for SqliteStore {
 
     fn queue_of(&self, id: &str) -> Result<Option<Option<String>>, StoreError> {
         self.read_apart(|c| queues::queue_of(c, id))
+    }
+
+    fn commands(&self) -> Result<Vec<super::command::PendingCommand>, StoreError> {
+        self.read_apart(commands::pending)
+    }
+
+    fn apply_command(&self, seq: i64, outcome: String, send: Option<NewMessage>) -> Ack<bool> {
+        self.write(|reply| Write::Command {
+            seq,
+            outcome,
+            send,
+            at: crate::util::now_ms(),
+            reply,
+        })
     }
 
     fn set_schedule(&self, write: super::schedule::ScheduleWrite) -> Ack {

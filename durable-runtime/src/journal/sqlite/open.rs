@@ -131,6 +131,16 @@ impl SqliteStore {
     }
 }
 
+/// Whether a runtime (of this process or another) holds the journal at `path` now: its
+/// lock file is locked. Takes the lock for an instant if it is free, which a runtime
+/// opening at that instant waits out (see `lock_patiently`).
+pub(crate) fn held_by_runtime(path: &Path) -> bool {
+    match OpenOptions::new().write(true).open(lock_path(path)) {
+        Ok(file) => matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
+}
+
 /// Takes the journal's lock (creating its lock file if needed), held for as long as the
 /// returned file stays open.
 fn take_lock(path: &Path) -> Result<File, Error> {

@@ -89,6 +89,17 @@ impl Writer {
                 Reply::Unit(reply, self.start_record(&key, at, None).map_err(sql))
             }
             Write::Send(m, reply) => Reply::Unit(reply, self.insert_message(&m).map_err(sql)),
+            Write::Command {
+                seq,
+                outcome,
+                send,
+                at,
+                reply,
+            } => Reply::Finish(
+                reply,
+                self.apply_command(seq, &outcome, send.as_ref(), at)
+                    .map_err(sql),
+            ),
             Write::Patch(workflow_id, at, name, reply) => Reply::Unit(
                 reply,
                 self.conn
@@ -169,7 +180,7 @@ impl Writer {
         Ok(())
     }
 
-    fn insert_message(&mut self, m: &NewMessage) -> rusqlite::Result<()> {
+    pub(super) fn insert_message(&mut self, m: &NewMessage) -> rusqlite::Result<()> {
         self.conn
             .prepare_cached(SQL_INSERT_MESSAGE)?
             .execute(params![

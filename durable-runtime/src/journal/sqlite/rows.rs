@@ -228,10 +228,23 @@ pub(super) fn select_workflows<T>(
     extra: &str,
     filter: &str,
     params: impl Params,
+    map: impl FnMut(&Row<'_>, WorkflowRecord) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    let tail = format!("{filter} ORDER BY created_at, id");
+    select_workflows_by(c, extra, &tail, params, map)
+}
+
+/// [`select_workflows`] with the statement's `tail` (its `WHERE`, `ORDER BY` and
+/// `LIMIT`) given whole.
+pub(super) fn select_workflows_by<T>(
+    c: &Connection,
+    extra: &str,
+    tail: &str,
+    params: impl Params,
     mut map: impl FnMut(&Row<'_>, WorkflowRecord) -> rusqlite::Result<T>,
 ) -> rusqlite::Result<Vec<T>> {
     let mut stmt = c.prepare_cached(&format!(
-        "SELECT {WORKFLOW_COLUMNS}{extra} FROM durable_workflows {filter} ORDER BY created_at, id"
+        "SELECT {WORKFLOW_COLUMNS}{extra} FROM durable_workflows {tail}"
     ))?;
     let rows = stmt.query_map(params, |r| match workflow_row(r)? {
         Ok(w) => map(r, w).map(Ok),

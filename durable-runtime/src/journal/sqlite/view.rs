@@ -22,6 +22,7 @@ use crate::codec::{Codec, CodecError};
 use crate::error::{
     CancelReason, Error, FailureKind, Location, Result, StoreError, StoreErrorKind, undecodable,
 };
+use crate::journal::listing::{Cursor, ListPage, ListQuery, Order};
 use crate::journal::{RecordStatus, StepInfo, WorkflowRecord};
 use crate::util::lock;
 
@@ -234,6 +235,79 @@ impl JournalView {
         })
     }
 
+    /// A page of the workflow runs that match `query`, in its order. See
+    /// [`ListQuery`] for the filters, and [`ListPage::next`] for the next page.
+    ///
+    /// ```
+    /// # use durable_runtime::{JournalView, ListQuery, RecordedStatus, Runtime, workflow};
+    /// #[workflow]
+    /// async fn listed_double(n: u32) -> u32 {
+    ///     n * 2
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), durable_runtime::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("journal.db");
+    /// let rt = Runtime::open(&path).await?;
+    /// for n in 0..5 {
+    ///     rt.start_with_id(format!("double-{n}"), listed_double(n)).await?.result().await?;
+    /// }
+    /// let view = JournalView::open(&path)?;
+    /// let query = ListQuery::new().status(RecordedStatus::Completed).limit(2);
+    /// let first = view.list(&query)?;
+    /// assert_eq!(first.workflows[0].id, "double-4"); // newest first
+    /// let second = view.list(&query.clone().after(first.next.unwrap()))?;
+    /// assert_eq!(second.workflows[0].id, "double-2");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn list(&self, query: &ListQuery) -> Result<ListPage> {
+        let (before, order) = match query.order {
+            Order::NewestFirst => ("<", "DESC"),
+            Order::OldestFirst => (">", "ASC"),
+        };
+        let tail = format!(
+            "WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR name = ?2)
+               AND (?3 IS NULL OR created_at >= ?3) AND (?4 IS NULL OR created_at < ?4)
+               AND (?5 IS NULL OR parent_id = ?5) AND (?6 IS NULL OR run {before} ?6)
+             ORDER BY run {order} LIMIT ?7"
+        );
+        let limit = query
+            .limit
+            .clamp(1, crate::journal::listing::MAX_LIST_LIMIT);
+        let mut rows = self.read(|c| {
+            rows::select_workflows_by(
+                c,
+                LIST_COLUMNS,
+                &tail,
+                rusqlite::params![
+                    query.status.map(RecordedStatus::as_str),
+                    query.name,
+                    query.started_after_ms,
+                    query.started_before_ms,
+                    query.parent,
+                    query.after.map(|c| c.0),
+                    i64::try_from(limit + 1).unwrap_or(i64::MAX),
+                ],
+                |r, w| {
+                    Ok((
+                        r.get::<_, i64>(WORKFLOW_COLUMN_COUNT + 3)?,
+                        workflow_view(r, w)?,
+                    ))
+                },
+            )
+        })?;
+        let next = (rows.len() > limit).then(|| {
+            rows.truncate(limit);
+            Cursor(rows.last().map_or(0, |(run, _)| *run))
+        });
+        Ok(ListPage {
+            workflows: rows.into_iter().map(|(_, w)| w).collect(),
+            next,
+        })
+    }
+
     /// Runs the queries of `f` in one read transaction; see [`snapshot`](Self::snapshot).
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
         self.snapshot(|c| f(c).map_err(|e| sql_error(&self.path, e).into()))
@@ -287,6 +361,9 @@ fn wrong_version(path: &Path, version: usize) -> Error {
 /// The columns a view reads after [`WORKFLOW_COLUMNS`](rows::WORKFLOW_COLUMNS), from
 /// index [`WORKFLOW_COLUMN_COUNT`].
 const VIEW_COLUMNS: &str = ", created_at, updated_at, app_version";
+
+/// [`VIEW_COLUMNS`] and the run number, for a listing's cursor.
+const LIST_COLUMNS: &str = ", created_at, updated_at, app_version, run";
 
 /// A workflow row with the view's columns, as a [`WorkflowView`].
 fn workflow_view(r: &rusqlite::Row<'_>, w: WorkflowRecord) -> rusqlite::Result<WorkflowView> {

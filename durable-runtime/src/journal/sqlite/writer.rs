@@ -56,6 +56,14 @@ pub(super) enum Write {
     Expire(WaitRecord, Replier<Option<Vec<u8>>>),
     Started(StepKey, i64, Replier<()>),
     Send(NewMessage, Replier<()>),
+    /// A client's command applied: its outcome, and the message it sends.
+    Command {
+        seq: i64,
+        outcome: String,
+        send: Option<NewMessage>,
+        at: i64,
+        reply: Replier<bool>,
+    },
     Patch(Arc<str>, StepPath, &'static str, Replier<()>),
     GiveBack(StepKey, String, Replier<()>),
     Cancel(String, CancelReason, i64, Replier<Vec<String>>),
@@ -113,6 +121,7 @@ impl Command {
                 | Write::Hold(..)
                 | Write::Schedule(..) => 0,
                 Write::Send(m, _) => m.payload.len(),
+                Write::Command { send, .. } => send.as_ref().map_or(0, |m| m.payload.len()),
                 Write::Cancel(..)
                 | Write::Resume(..)
                 | Write::Transaction(..)
@@ -737,7 +746,7 @@ pub(super) fn fail(c: Command, e: StoreError) {
         Command::Write(w) => match *w {
             Write::Wait(_, s) | Write::Expire(_, s) => drop(s.send(Err(e))),
             Write::Cancel(.., s) | Write::Resume(.., s) => drop(s.send(Err(e))),
-            Write::Dormant(_, s) => drop(s.send(Err(e))),
+            Write::Dormant(_, s) | Write::Command { reply: s, .. } => drop(s.send(Err(e))),
             Write::QueueNews(_, s)
             | Write::SetQueue(_, _, s)
             | Write::Dispatch(s)

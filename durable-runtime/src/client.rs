@@ -1,0 +1,356 @@
+//! [`Client`]: looks at and steers the workflows of a journal from outside the process
+//! that runs them.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::codec::Codec;
+use crate::engine::replay::encode_value;
+use crate::error::{Error, Result, StoreError, StoreErrorKind};
+use crate::journal::command::{CommandKind, error_of};
+use crate::journal::listing::{ListPage, ListQuery};
+use crate::journal::sqlite::view::{EventView, JournalView, MessageView, WorkflowView};
+use crate::journal::sqlite::{commands, open::held_by_runtime, sql_error, wake};
+use crate::journal::{StepInfo, is_postgres_url};
+use crate::runtime::{refuse_in_workflow, validate_id};
+use crate::util::{lock, now_ms};
+
+/// How long a command waits for the runtime that owns the journal to apply it, unless
+/// [`Client::apply_timeout`] says otherwise.
+pub const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client of a journal: any process can read its workflows, and send messages to,
+/// cancel or resume them, while the runtime that owns the journal runs or while it is
+/// down.
+///
+/// A SQLite journal is held by one [`Runtime`](crate::Runtime) at a time, so a client
+/// does not change the workflows' records itself. It records each command in the
+/// journal (the `durable_commands` table) and wakes the runtime, which applies the
+/// commands in the order they were recorded, within milliseconds; a runtime that is
+/// down applies them at its next open. Nothing is lost if either side stops in
+/// between: a command recorded is applied exactly once, its outcome recorded with it
+/// (a message is sent in the transaction that records its outcome).
+///
+/// Reads ([`list`](Client::list), [`workflow`](Client::workflow), ...) go through a
+/// [`JournalView`], and never wait for the runtime. They block the calling thread for
+/// the time of a short SQLite query.
+///
+/// ```
+/// use durable_runtime::{Client, Delivery, Runtime, recv, workflow};
+///
+/// #[workflow]
+/// async fn job_waits_for_go() -> u32 {
+///     recv::<u32>("go", None).await.ok().flatten().unwrap_or(0)
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), durable_runtime::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("journal.db");
+/// let rt = Runtime::open(&path).await?;
+/// let run = rt.start_with_id("job-1", job_waits_for_go()).await?;
+///
+/// // Another process (here the same one) steers it through the journal.
+/// let client = Client::open(&path)?;
+/// assert_eq!(client.send("job-1", "go", &7u32).await?, Delivery::Applied);
+/// assert_eq!(run.result().await?, 7);
+/// assert_eq!(client.workflow("job-1")?.unwrap().output::<u32>()?, Some(7));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Client {
+    view: JournalView,
+    /// The connection commands are written through, opened at the first.
+    writer: Arc<Mutex<Option<Connection>>>,
+    codec: Codec,
+    apply_timeout: Duration,
+}
+
+/// What became of a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Delivery {
+    /// The runtime that owns the journal applied it.
+    Applied,
+    /// It is recorded, and no runtime applied it yet: none holds the journal (it is
+    /// applied at the next open), or the one that does took longer than the client's
+    /// [`apply_timeout`](Client::apply_timeout).
+    Recorded,
+}
+
+impl Client {
+    /// A client of the SQLite journal at `journal`, which must exist.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if there is no journal at `journal`, if it is not a journal, or
+    /// is at another schema version than this build's (a runtime of this build
+    /// upgrades it at its open), or for a PostgreSQL URL: there every process opens
+    /// the journal with [`Runtime`](crate::Runtime) itself.
+    pub fn open(journal: impl AsRef<Path>) -> Result<Client> {
+        let path = journal.as_ref();
+        if is_postgres_url(&path.to_string_lossy()) {
+            return Err(StoreError::new(
+                path,
+                StoreErrorKind::Io,
+                "a Client opens SQLite journals; every process can open a PostgreSQL journal \
+                 itself, with Runtime::builder(..).postgres(url)",
+            )
+            .into());
+        }
+        Ok(Client {
+            view: JournalView::open(path)?,
+            writer: Arc::default(),
+            codec: Codec::default(),
+            apply_timeout: DEFAULT_APPLY_TIMEOUT,
+        })
+    }
+
+    /// Encodes the values this client sends with `codec` (CBOR by default). Any
+    /// runtime decodes either.
+    pub fn codec(mut self, codec: Codec) -> Client {
+        self.codec = codec;
+        self
+    }
+
+    /// How long a command waits for the runtime that owns the journal to apply it
+    /// before it answers [`Delivery::Recorded`] ([`DEFAULT_APPLY_TIMEOUT`] unless set).
+    pub fn apply_timeout(mut self, timeout: Duration) -> Client {
+        self.apply_timeout = timeout;
+        self
+    }
+
+    /// The journal's path, as given to [`open`](Client::open).
+    pub fn path(&self) -> &Path {
+        self.view.path()
+    }
+
+    /// The read-only view the client reads through.
+    pub fn view(&self) -> &JournalView {
+        &self.view
+    }
+
+    /// A page of the workflow runs that match `query`; see [`JournalView::list`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the journal cannot be read.
+    pub fn list(&self, query: &ListQuery) -> Result<ListPage> {
+        self.view.list(query)
+    }
+
+    /// The workflow run `id`, if the journal has it; see [`JournalView::workflow`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the journal cannot be read.
+    pub fn workflow(&self, id: &str) -> Result<Option<WorkflowView>> {
+        self.view.workflow(id)
+    }
+
+    /// The recorded steps of workflow `id`; see [`JournalView::steps`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the journal cannot be read.
+    pub fn steps(&self, id: &str) -> Result<Vec<StepInfo>> {
+        self.view.steps(id)
+    }
+
+    /// The events workflow `id` set; see [`JournalView::events`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the journal cannot be read.
+    pub fn events(&self, id: &str) -> Result<Vec<EventView>> {
+        self.view.events(id)
+    }
+
+    /// The messages waiting to be received; see [`JournalView::messages`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the journal cannot be read.
+    pub fn messages(&self) -> Result<Vec<MessageView>> {
+        self.view.messages()
+    }
+
+    /// Sends `value` to workflow `destination` on `topic`, as
+    /// [`Runtime::send`](crate::Runtime::send) does: it waits, in order, for a
+    /// [`recv`](crate::recv) of that workflow, even one not started yet. A workflow
+    /// waiting for it wakes once the owner applies the command.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidId`] for a malformed destination, [`Error::Encode`] if the value
+    /// does not encode, [`Error::Unrecorded`] in a workflow body (use
+    /// [`send`](crate::send) there), [`Error::Store`] if the command cannot be recorded.
+    pub async fn send<T: Serialize + DeserializeOwned>(
+        &self,
+        destination: &str,
+        topic: &str,
+        value: &T,
+    ) -> Result<Delivery> {
+        refuse_in_workflow(
+            "`Client::send`",
+            "use `durable_runtime::send`, which records the send so a replay does not send again",
+        )?;
+        let destination = validate_id(destination.to_owned())?;
+        let payload = encode_value(self.codec, value, || {
+            format!("the message on topic `{topic}`")
+        })?;
+        self.command(CommandKind::Send, destination, Some(topic), Some(payload))
+            .await
+    }
+
+    /// Cancels workflow `id` and its pending descendants, as
+    /// [`Runtime::cancel`](crate::Runtime::cancel) does. Cancelling a finished workflow
+    /// does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if the journal has no workflow `id` (nothing is recorded),
+    /// [`Error::Unrecorded`] in a workflow body, [`Error::Store`] if the command cannot
+    /// be recorded.
+    pub async fn cancel(&self, id: &str) -> Result<Delivery> {
+        refuse_in_workflow(
+            "`Client::cancel`",
+            "cancel it from a step, whose result is recorded",
+        )?;
+        self.known(id)?;
+        self.command(CommandKind::Cancel, id.to_owned(), None, None)
+            .await
+    }
+
+    /// Continues a cancelled or failed workflow from its last recorded step, as
+    /// [`Runtime::resume`](crate::Runtime::resume) does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if the journal has no workflow `id`, [`Error::NotResumable`]
+    /// if it is pending or completed, [`Error::UnknownWorkflow`] if the owner's program
+    /// does not link its workflow, [`Error::Unrecorded`] in a workflow body,
+    /// [`Error::Store`] if the command cannot be recorded.
+    pub async fn resume(&self, id: &str) -> Result<Delivery> {
+        refuse_in_workflow(
+            "`Client::resume`",
+            "resume it from a step, whose result is recorded",
+        )?;
+        let found = self.known(id)?;
+        if found.status == crate::RecordedStatus::Completed {
+            return Err(Error::NotResumable {
+                workflow_id: id.to_owned(),
+                status: "completed",
+            });
+        }
+        self.command(CommandKind::Resume, id.to_owned(), None, None)
+            .await
+    }
+
+    /// The workflow `id`, or [`Error::NotFound`].
+    fn known(&self, id: &str) -> Result<WorkflowView> {
+        self.view.workflow(id)?.ok_or_else(|| Error::NotFound {
+            workflow_id: id.to_owned(),
+        })
+    }
+
+    /// Records a command, wakes the owner, and waits for its outcome.
+    async fn command(
+        &self,
+        kind: CommandKind,
+        id: String,
+        topic: Option<&str>,
+        payload: Option<Vec<u8>>,
+    ) -> Result<Delivery> {
+        let path: PathBuf = self.path().to_owned();
+        let topic = topic.map(str::to_owned);
+        let seq = self
+            .on_writer(move |c| {
+                commands::insert(c, kind, &id, topic.as_deref(), payload.as_deref(), now_ms())
+            })
+            .await?;
+        wake::ring(&path);
+        if !held_by_runtime(&path) {
+            return Ok(Delivery::Recorded);
+        }
+        let deadline = tokio::time::Instant::now() + self.apply_timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match self.on_writer(move |c| commands::outcome(c, seq)).await? {
+                Some(Some(outcome)) => {
+                    let id = self.outcome_id(seq).await?;
+                    return match error_of(&id, &outcome) {
+                        None => Ok(Delivery::Applied),
+                        Some(e) => Err(e),
+                    };
+                }
+                Some(None) => {
+                    return Err(StoreError::new(
+                        &path,
+                        StoreErrorKind::Invariant,
+                        format!(
+                            "command {seq} is gone from durable_commands: the journal was \
+                             replaced or changed by hand while the client waited"
+                        ),
+                    )
+                    .into());
+                }
+                None if tokio::time::Instant::now() >= deadline => {
+                    return Ok(Delivery::Recorded);
+                }
+                None => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    /// The workflow id command `seq` names (for its error).
+    async fn outcome_id(&self, seq: i64) -> Result<String> {
+        self.on_writer(move |c| {
+            c.query_row(
+                "SELECT workflow_id FROM durable_commands WHERE seq = ?1",
+                [seq],
+                |r| r.get(0),
+            )
+        })
+        .await
+    }
+
+    /// Runs `f` on the client's read-write connection, on a blocking thread.
+    async fn on_writer<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let path: PathBuf = self.path().to_owned();
+        let writer = self.writer.clone();
+        let run = move || -> Result<T> {
+            let mut slot = lock(&writer);
+            if slot.is_none() {
+                let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+                let conn = Connection::open_with_flags(&path, flags)
+                    .and_then(|c| c.busy_timeout(Duration::from_secs(5)).map(|()| c))
+                    .map_err(|e| sql_error(&path, e))?;
+                *slot = Some(conn);
+            }
+            let conn = slot.as_ref().ok_or_else(|| {
+                StoreError::new(&path, StoreErrorKind::Io, "the client's connection is gone")
+            })?;
+            f(conn).map_err(|e| sql_error(&path, e).into())
+        };
+        tokio::task::spawn_blocking(run).await.map_err(|e| {
+            Error::from(StoreError::new(
+                self.path(),
+                StoreErrorKind::Io,
+                format!("the client's journal task failed: {e}"),
+            ))
+        })?
+    }
+}

@@ -1,0 +1,130 @@
+//! Commands from other processes: what a [`Client`](crate::Client) asks of the runtime
+//! that owns a journal, recorded in the journal until that runtime applies it.
+//!
+//! A command is a row: the client writes it (nothing else), and the owner applies it
+//! and records its outcome. The outcome is short text, so that a client of another
+//! build still reads it:
+//!
+//! | outcome | meaning |
+//! |---|---|
+//! | `ok` | applied |
+//! | `not_found` | the journal has no such workflow |
+//! | `not_resumable:<status>` | a resume of a workflow that is `pending` or `completed` |
+//! | `unknown_workflow:<name>` | a resume of a workflow the owner's program does not link |
+//! | `invalid:<message>` | refused as it was asked (a malformed id, for instance) |
+//! | `damaged:<message>` | the command's row fails its checksum; nothing was done |
+//! | `error:<message>` | applying it failed; nothing was done |
+
+use crate::error::Error;
+use crate::journal::crc::keyed_crc32;
+
+/// What a command asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CommandKind {
+    /// Send a message (`topic`, `payload`) to the workflow.
+    Send,
+    /// Cancel the workflow ([`Runtime::cancel`](crate::Runtime::cancel)).
+    Cancel,
+    /// Resume the workflow ([`Runtime::resume`](crate::Runtime::resume)).
+    Resume,
+}
+
+impl CommandKind {
+    /// The kind as the journal writes it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            CommandKind::Send => "send",
+            CommandKind::Cancel => "cancel",
+            CommandKind::Resume => "resume",
+        }
+    }
+
+    /// The kind the journal wrote as `text`.
+    pub(crate) fn parse(text: &str) -> Option<CommandKind> {
+        match text {
+            "send" => Some(CommandKind::Send),
+            "cancel" => Some(CommandKind::Cancel),
+            "resume" => Some(CommandKind::Resume),
+            _ => None,
+        }
+    }
+}
+
+/// A command as the journal holds it, not applied yet.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingCommand {
+    /// Its number: commands are applied in this order.
+    pub(crate) seq: i64,
+    /// `None` if the row names no kind this build knows (a damaged row).
+    pub(crate) kind: Option<CommandKind>,
+    pub(crate) workflow_id: String,
+    pub(crate) topic: Option<String>,
+    pub(crate) payload: Option<Vec<u8>>,
+    /// Whether the row matches its checksum.
+    pub(crate) intact: bool,
+}
+
+/// The checksum of a command's row: its kind, workflow id and topic as the key, its
+/// payload as the value.
+pub(crate) fn command_crc(
+    kind: &str,
+    workflow_id: &str,
+    topic: Option<&str>,
+    payload: Option<&[u8]>,
+) -> u32 {
+    keyed_crc32(
+        &[
+            kind.as_bytes(),
+            workflow_id.as_bytes(),
+            topic.unwrap_or_default().as_bytes(),
+        ],
+        payload.unwrap_or_default(),
+    )
+}
+
+/// The outcome recorded for a command that was applied.
+pub(crate) const APPLIED: &str = "ok";
+
+/// The outcome the owner records for a command that failed with `e`.
+pub(crate) fn outcome_of(e: &Error) -> String {
+    match e {
+        Error::NotFound { .. } => "not_found".to_owned(),
+        Error::NotResumable { status, .. } => format!("not_resumable:{status}"),
+        Error::UnknownWorkflow { name, .. } => format!("unknown_workflow:{name}"),
+        Error::InvalidId { .. } | Error::Encode { .. } => format!("invalid:{e}"),
+        other => format!("error:{other}"),
+    }
+}
+
+/// The error a client reports for workflow `id` from the outcome `outcome` the owner
+/// recorded; `None` for [`APPLIED`].
+pub(crate) fn error_of(id: &str, outcome: &str) -> Option<Error> {
+    let workflow_id = id.to_owned();
+    let (head, rest) = outcome.split_once(':').unwrap_or((outcome, ""));
+    Some(match head {
+        APPLIED => return None,
+        "not_found" => Error::NotFound { workflow_id },
+        "not_resumable" => Error::NotResumable {
+            workflow_id,
+            status: match rest {
+                "pending" => "pending",
+                "completed" => "completed",
+                "failed" => "failed",
+                "cancelled" => "cancelled",
+                _ => "in another state",
+            },
+        },
+        "unknown_workflow" => Error::UnknownWorkflow {
+            workflow_id,
+            name: rest.to_owned(),
+        },
+        _ => Error::Command {
+            workflow_id,
+            reason: if rest.is_empty() {
+                outcome.to_owned()
+            } else {
+                rest.to_owned()
+            },
+        },
+    })
+}

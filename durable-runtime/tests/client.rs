@@ -1,0 +1,288 @@
+//! `Client` and listings: commands recorded while no runtime holds the journal are
+//! applied at the next open, in order and once; a damaged command is refused; and
+//! `list` pages agree with a model of the journal for generated queries.
+
+use std::time::Duration;
+
+use durable_runtime::{
+    Client, Delivery, Error, JournalView, ListQuery, Order, RecordedStatus, Runtime, recv, workflow,
+};
+use proptest::prelude::*;
+
+/// Waits for a number on `go`.
+#[workflow]
+async fn cl_gate() -> u32 {
+    recv::<u32>("go", None).await.ok().flatten().unwrap_or(0)
+}
+
+#[workflow]
+async fn cl_done(n: u32) -> u32 {
+    n
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio")
+}
+
+#[test]
+fn commands_recorded_while_down_are_applied_at_the_open_in_order_and_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("journal.db");
+    runtime().block_on(async {
+        let rt = Runtime::open(&path).await.expect("open");
+        rt.start_with_id("g", cl_gate()).await.expect("start");
+        rt.start_with_id("c", cl_gate()).await.expect("start");
+        rt.close().await.expect("close");
+
+        let client = Client::open(&path).expect("client");
+        assert_eq!(client.send("g", "go", &1u32).await.expect("send"), Delivery::Recorded);
+        assert_eq!(client.send("g", "go", &2u32).await.expect("send"), Delivery::Recorded);
+        assert_eq!(client.cancel("c").await.expect("cancel"), Delivery::Recorded);
+        // A third message, whose row is then damaged: it must not be sent.
+        assert_eq!(client.send("g", "go", &3u32).await.expect("send"), Delivery::Recorded);
+        let conn = rusqlite::Connection::open(&path).expect("sqlite");
+        conn.execute(
+            "UPDATE durable_commands SET crc32 = crc32 + 1 WHERE seq = (SELECT max(seq) FROM durable_commands)",
+            [],
+        )
+        .expect("damage");
+        // Nothing is applied while no runtime holds the journal.
+        assert!(client.view().messages().expect("messages").is_empty());
+        assert_eq!(
+            client.workflow("c").expect("read").expect("c").status,
+            RecordedStatus::Pending
+        );
+
+        let rt = Runtime::open(&path).await.expect("reopen");
+        let g = rt.handle::<u32>("g").await.expect("handle");
+        assert_eq!(g.result().await.expect("g"), 1);
+        let c = rt.handle::<u32>("c").await.expect("handle");
+        assert!(matches!(c.result().await, Err(Error::Cancelled { .. })));
+        // The damaged command comes after them: wait until it has an outcome too.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while conn
+            .query_row(
+                "SELECT count(*) FROM durable_commands WHERE applied_at IS NULL",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .expect("count")
+            > 0
+        {
+            assert!(std::time::Instant::now() < deadline, "commands never applied");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        rt.close().await.expect("close");
+
+        // The second message waits, once; the damaged one was never sent.
+        let waiting: Vec<u32> = client
+            .messages()
+            .expect("messages")
+            .iter()
+            .map(|m| m.value::<u32>().expect("value"))
+            .collect();
+        assert_eq!(waiting, [2]);
+        let outcomes: Vec<String> = conn
+            .prepare("SELECT outcome FROM durable_commands ORDER BY seq")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(outcomes[..3], ["ok", "ok", "ok"]);
+        assert!(outcomes[3].starts_with("damaged:"), "{}", outcomes[3]);
+
+        // Opening again applies nothing twice.
+        let rt = Runtime::open(&path).await.expect("reopen");
+        rt.close().await.expect("close");
+        assert_eq!(client.messages().expect("messages").len(), 1);
+    });
+}
+
+#[test]
+fn a_client_refuses_what_it_cannot_do_and_records_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let missing = dir.path().join("missing.db");
+    let e = Client::open(&missing).expect_err("no journal");
+    assert!(e.to_string().contains("no journal"), "{e}");
+    assert!(!missing.exists(), "a client must not create a journal");
+    let e = Client::open("postgres://localhost/db").expect_err("postgres");
+    assert!(e.to_string().contains("PostgreSQL"), "{e}");
+
+    let path = dir.path().join("journal.db");
+    runtime().block_on(async {
+        let rt = Runtime::open(&path).await.expect("open");
+        let done = rt.start_with_id("done", cl_done(4)).await.expect("start");
+        done.result().await.expect("done");
+        let client = Client::open(&path).expect("client");
+        assert!(matches!(
+            client.cancel("nobody").await,
+            Err(Error::NotFound { .. })
+        ));
+        assert!(matches!(
+            client.resume("done").await,
+            Err(Error::NotResumable { .. })
+        ));
+        assert!(matches!(
+            client.send("", "go", &1u32).await,
+            Err(Error::InvalidId { .. })
+        ));
+        // Applied by the owner, which refuses it: a resume of a pending workflow.
+        rt.start_with_id("g", cl_gate()).await.expect("start");
+        assert!(matches!(
+            client.resume("g").await,
+            Err(Error::NotResumable {
+                status: "pending",
+                ..
+            })
+        ));
+        // Cancelling a finished workflow does nothing, and says it was applied.
+        assert_eq!(
+            client.cancel("done").await.expect("cancel"),
+            Delivery::Applied
+        );
+        assert_eq!(
+            client.workflow("done").expect("read").expect("done").status,
+            RecordedStatus::Completed
+        );
+        rt.close().await.expect("close");
+    });
+}
+
+/// A workflow the property test starts: how it ends.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    Done,
+    Waiting,
+    Cancelled,
+}
+
+fn shape() -> impl Strategy<Value = Shape> {
+    prop_oneof![
+        Just(Shape::Done),
+        Just(Shape::Waiting),
+        Just(Shape::Cancelled)
+    ]
+}
+
+/// A query: status, name, order, page size, and a start-time window by position.
+#[derive(Debug, Clone)]
+struct Q {
+    status: Option<RecordedStatus>,
+    name: Option<&'static str>,
+    oldest_first: bool,
+    limit: usize,
+    window: Option<(usize, usize)>,
+}
+
+fn query() -> impl Strategy<Value = Q> {
+    let status = prop_oneof![
+        Just(None),
+        Just(Some(RecordedStatus::Pending)),
+        Just(Some(RecordedStatus::Completed)),
+        Just(Some(RecordedStatus::Cancelled)),
+        Just(Some(RecordedStatus::Failed)),
+    ];
+    let name = prop_oneof![Just(None), Just(Some("cl_done")), Just(Some("cl_gate"))];
+    (
+        status,
+        name,
+        any::<bool>(),
+        1usize..8,
+        proptest::option::of((0usize..24, 0usize..24)),
+    )
+        .prop_map(|(status, name, oldest_first, limit, window)| Q {
+            status,
+            name,
+            oldest_first,
+            limit,
+            window,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn list_pages_agree_with_a_model(shapes in proptest::collection::vec(shape(), 0..24), queries in proptest::collection::vec(query(), 1..6)) {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("journal.db");
+        let started: Vec<(String, &'static str, RecordedStatus)> = runtime().block_on(async {
+            let rt = Runtime::open(&path).await.expect("open");
+            let mut started = Vec::new();
+            for (i, s) in shapes.iter().enumerate() {
+                let id = format!("w{i}");
+                let entry = match s {
+                    Shape::Done => {
+                        rt.start_with_id(&id, cl_done(i as u32)).await.expect("start").result().await.expect("done");
+                        (id, "cl_done", RecordedStatus::Completed)
+                    }
+                    Shape::Waiting => {
+                        rt.start_with_id(&id, cl_gate()).await.expect("start");
+                        (id, "cl_gate", RecordedStatus::Pending)
+                    }
+                    Shape::Cancelled => {
+                        rt.start_with_id(&id, cl_gate()).await.expect("start");
+                        rt.cancel(&id).await.expect("cancel");
+                        (id, "cl_gate", RecordedStatus::Cancelled)
+                    }
+                };
+                started.push(entry);
+                // Distinct start times, for the windows.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            rt.close().await.expect("close");
+            started
+        });
+        let view = JournalView::open(&path).expect("view");
+        let created: Vec<i64> = started
+            .iter()
+            .map(|(id, ..)| view.workflow(id).expect("read").expect("there").created_at_ms)
+            .collect();
+        for q in queries {
+            let mut query = ListQuery::new().limit(q.limit);
+            if let Some(s) = q.status { query = query.status(s); }
+            if let Some(n) = q.name { query = query.name(n); }
+            if q.oldest_first { query = query.order(Order::OldestFirst); }
+            let mut window = None;
+            if let Some((a, b)) = q.window && !created.is_empty() {
+                let from = created[a % created.len()];
+                let to = created[b % created.len()];
+                query = query
+                    .started_after(std::time::UNIX_EPOCH + Duration::from_millis(from as u64))
+                    .started_before(std::time::UNIX_EPOCH + Duration::from_millis(to as u64));
+                window = Some((from, to));
+            }
+            let mut expected: Vec<&str> = started
+                .iter()
+                .zip(&created)
+                .filter(|((_, name, status), at)| {
+                    q.status.is_none_or(|s| s == *status)
+                        && q.name.is_none_or(|n| n == *name)
+                        && window.is_none_or(|(from, to)| **at >= from && **at < to)
+                })
+                .map(|((id, ..), _)| id.as_str())
+                .collect();
+            if !q.oldest_first {
+                expected.reverse();
+            }
+            let mut listed = Vec::new();
+            let mut page = view.list(&query).expect("list");
+            loop {
+                prop_assert!(page.workflows.len() <= q.limit);
+                listed.extend(page.workflows.iter().map(|w| w.id.clone()));
+                match page.next {
+                    Some(c) => {
+                        prop_assert_eq!(c.to_string().parse::<durable_runtime::Cursor>().expect("cursor"), c);
+                        page = view.list(&query.clone().after(c)).expect("list");
+                    }
+                    None => break,
+                }
+            }
+            prop_assert_eq!(listed, expected, "{:?}", q);
+        }
+    }
+}
