@@ -1,0 +1,621 @@
+//! The `durable` command: lists, inspects and steers the workflows of a durable
+//! journal from outside the process that runs them, while it runs or while it is down.
+//!
+//! ```text
+//! durable --journal shop.db list --status failed
+//! durable --journal shop.db show order-42
+//! durable --journal shop.db send order-42 approval '{"approved": true, "by": "grace"}'
+//! durable --journal shop.db cancel order-42
+//! ```
+//!
+//! The journal comes from `--journal` or the `DURABLE_JOURNAL` environment variable.
+//! `--json` prints JSON for scripts instead of tables. Recorded values are shown as
+//! JSON when the journal's encoding says what they hold (CBOR, the default codec);
+//! values recorded with the bincode codec are shown by size only.
+//!
+//! Commands that change a workflow (`send`, `cancel`, `resume`) go through
+//! [`durable_runtime::Client`]: they are recorded in the journal and applied by the
+//! runtime that owns it, at once if it runs, or at its next open.
+//!
+//! Exit codes, for scripts:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | done (for a command: applied) |
+//! | 1 | failed: the journal cannot be read or written, or the runtime refused the command |
+//! | 2 | the command line is not valid |
+//! | 3 | no such journal, or no such workflow |
+//! | 4 | the command is recorded, but no runtime applied it yet: none holds the journal (it is applied at the next open), or the one that does did not within `--wait` |
+//!
+//! A program can offer the same commands with [`run`], passing its own arguments.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use comfy_table::{ContentArrangement, Table, presets};
+use durable_runtime::{
+    Client, Cursor, Delivery, Error, ListQuery, Order, RecordedStatus, StepInfo, WorkflowView,
+};
+use serde_json::{Value, json};
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "durable",
+    version,
+    about = "List, inspect and steer the workflows of a durable journal",
+    after_help = "Exit codes: 0 done, 1 failed, 2 bad command line, 3 no such journal or \
+                  workflow, 4 command recorded but not applied yet."
+)]
+struct Cli {
+    /// The journal: a SQLite file.
+    #[arg(long, short, env = "DURABLE_JOURNAL", global = true)]
+    journal: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List workflow runs, newest first.
+    List {
+        /// Only runs in this status: pending, completed, failed or cancelled.
+        #[arg(long)]
+        status: Option<RecordedStatus>,
+        /// Only runs of this workflow.
+        #[arg(long)]
+        name: Option<String>,
+        /// Only children of this workflow.
+        #[arg(long)]
+        parent: Option<String>,
+        /// Only runs started at or after this time (RFC 3339, such as 2026-12-05T10:00:00Z).
+        #[arg(long)]
+        started_after: Option<jiff::Timestamp>,
+        /// Only runs started before this time (RFC 3339).
+        #[arg(long)]
+        started_before: Option<jiff::Timestamp>,
+        /// Oldest first.
+        #[arg(long)]
+        oldest_first: bool,
+        /// At most this many runs.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// The page after this cursor (printed at the end of a listing).
+        #[arg(long)]
+        after: Option<Cursor>,
+    },
+    /// Show one workflow run and its steps.
+    Show {
+        /// The workflow id.
+        id: String,
+    },
+    /// The recorded steps of a workflow run.
+    Steps {
+        /// The workflow id.
+        id: String,
+    },
+    /// The events a workflow run set.
+    Events {
+        /// The workflow id.
+        id: String,
+    },
+    /// The messages waiting to be received.
+    Messages {
+        /// Only those for this workflow.
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Send a message (a JSON value) to a workflow, as `Runtime::send` does.
+    Send {
+        /// The workflow it is for.
+        id: String,
+        /// Its topic.
+        topic: String,
+        /// The value, as JSON: `7`, `"text"`, `{"approved": true}`.
+        value: String,
+        /// How long to wait for the runtime that owns the journal to apply it.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        wait: Duration,
+    },
+    /// Cancel a workflow and its pending children.
+    Cancel {
+        /// The workflow id.
+        id: String,
+        /// How long to wait for the runtime that owns the journal to apply it.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        wait: Duration,
+    },
+    /// Resume a cancelled or failed workflow from its last recorded step.
+    Resume {
+        /// The workflow id.
+        id: String,
+        /// How long to wait for the runtime that owns the journal to apply it.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        wait: Duration,
+    },
+}
+
+/// `10s`, `500ms`, `2m`: a whole number and a unit.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: write it as 10s, 500ms or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        _ => Err(format!(
+            "{text:?} is not a duration: write it as 10s, 500ms or 2m"
+        )),
+    }
+}
+
+/// Why a command did not succeed, and its exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        let code = match e {
+            Error::NotFound { .. } => 3,
+            _ => 1,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Runs the `durable` command with `args` (the program's name first, as
+/// `std::env::args_os` gives them), printing to stdout and stderr, and answers the
+/// exit code.
+pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match execute(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("durable: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn execute(cli: Cli) -> Result<u8, Failure> {
+    let Some(journal) = cli.journal else {
+        return Err(Failure {
+            code: 2,
+            message: "no journal: pass --journal PATH, or set DURABLE_JOURNAL".into(),
+        });
+    };
+    if !journal.exists() {
+        return Err(Failure {
+            code: 3,
+            message: format!(
+                "no journal at {}: give the path of an existing journal (a runtime creates \
+                 one at its first open)",
+                journal.display()
+            ),
+        });
+    }
+    let client = Client::open(&journal)?;
+    let json = cli.json;
+    match cli.command {
+        Command::List {
+            status,
+            name,
+            parent,
+            started_after,
+            started_before,
+            oldest_first,
+            limit,
+            after,
+        } => {
+            let mut query = ListQuery::new().limit(limit);
+            if let Some(s) = status {
+                query = query.status(s);
+            }
+            if let Some(n) = name {
+                query = query.name(n);
+            }
+            if let Some(p) = parent {
+                query = query.parent(p);
+            }
+            if let Some(t) = started_after {
+                query = query.started_after(system_time(t)?);
+            }
+            if let Some(t) = started_before {
+                query = query.started_before(system_time(t)?);
+            }
+            if oldest_first {
+                query = query.order(Order::OldestFirst);
+            }
+            if let Some(c) = after {
+                query = query.after(c);
+            }
+            let page = client.list(&query)?;
+            if json {
+                let rows: Vec<Value> = page.workflows.iter().map(workflow_json).collect();
+                print_json(&json!({
+                    "workflows": rows,
+                    "next": page.next.map(|c| c.to_string()),
+                }));
+            } else {
+                let mut table = table(&["ID", "NAME", "STATUS", "STARTED", "DURATION", "PARENT"]);
+                for w in &page.workflows {
+                    table.add_row(vec![
+                        w.id.clone(),
+                        w.name.clone(),
+                        w.status.to_string(),
+                        time(w.created_at_ms),
+                        w.finished_at_ms
+                            .map_or_else(|| "running".into(), |f| span(f - w.created_at_ms)),
+                        w.parent_id.clone().unwrap_or_default(),
+                    ]);
+                }
+                println!("{table}");
+                match page.next {
+                    Some(c) => println!("more: --after {c}"),
+                    None => println!("{} run(s)", page.workflows.len()),
+                }
+            }
+            Ok(0)
+        }
+        Command::Show { id } => {
+            let w = found(&id, client.workflow(&id)?)?;
+            let steps = client.steps(&id)?;
+            if json {
+                print_json(&json!({
+                    "workflow": workflow_json(&w),
+                    "steps": steps.iter().map(step_json).collect::<Vec<_>>(),
+                }));
+            } else {
+                println!("workflow  {}", w.id);
+                println!("name      {}", w.name);
+                println!("status    {}", status_line(&w));
+                if let Some(p) = &w.parent_id {
+                    println!("parent    {p}");
+                }
+                println!("started   {}", time(w.created_at_ms));
+                if let Some(f) = w.finished_at_ms {
+                    println!(
+                        "finished  {} (after {})",
+                        time(f),
+                        span(f - w.created_at_ms)
+                    );
+                }
+                println!(
+                    "input     {}",
+                    preview(&value_text(w.input::<Value>()), 200)
+                );
+                match w.output::<Value>() {
+                    Ok(Some(out)) => println!("output    {}", preview(&out.to_string(), 200)),
+                    Ok(None) => {}
+                    Err(e) => println!("output    {}", value_text(Err(e))),
+                }
+                println!();
+                print_steps(&steps);
+            }
+            Ok(0)
+        }
+        Command::Steps { id } => {
+            let steps = client.steps(&id)?;
+            if steps.is_empty() {
+                found(&id, client.workflow(&id)?)?;
+            }
+            if json {
+                print_json(&Value::Array(steps.iter().map(step_json).collect()));
+            } else {
+                print_steps(&steps);
+            }
+            Ok(0)
+        }
+        Command::Events { id } => {
+            let events = client.events(&id)?;
+            if events.is_empty() {
+                found(&id, client.workflow(&id)?)?;
+            }
+            if json {
+                let rows: Vec<Value> = events
+                    .iter()
+                    .map(|e| {
+                        json!({
+                            "key": e.key,
+                            "set_at": time(e.set_at_ms),
+                            "value": value_json(e.value::<Value>()),
+                        })
+                    })
+                    .collect();
+                print_json(&Value::Array(rows));
+            } else {
+                let mut table = table(&["KEY", "SET", "VALUE"]);
+                for e in &events {
+                    table.add_row(vec![
+                        e.key.clone(),
+                        time(e.set_at_ms),
+                        preview(&value_text(e.value::<Value>()), 80),
+                    ]);
+                }
+                println!("{table}");
+            }
+            Ok(0)
+        }
+        Command::Messages { to } => {
+            let messages: Vec<_> = client
+                .messages()?
+                .into_iter()
+                .filter(|m| to.as_ref().is_none_or(|t| &m.destination == t))
+                .collect();
+            if json {
+                let rows: Vec<Value> = messages
+                    .iter()
+                    .map(|m| {
+                        json!({
+                            "to": m.destination,
+                            "topic": m.topic,
+                            "sent_at": time(m.sent_at_ms),
+                            "value": value_json(m.value::<Value>()),
+                        })
+                    })
+                    .collect();
+                print_json(&Value::Array(rows));
+            } else {
+                let mut table = table(&["TO", "TOPIC", "SENT", "VALUE"]);
+                for m in &messages {
+                    table.add_row(vec![
+                        m.destination.clone(),
+                        m.topic.clone(),
+                        time(m.sent_at_ms),
+                        preview(&value_text(m.value::<Value>()), 80),
+                    ]);
+                }
+                println!("{table}");
+            }
+            Ok(0)
+        }
+        Command::Send {
+            id,
+            topic,
+            value,
+            wait,
+        } => {
+            let value: Value = serde_json::from_str(&value).map_err(|e| Failure {
+                code: 2,
+                message: format!(
+                    "the value is not JSON ({e}): write it as 7, \"text\" or {{\"approved\": true}}"
+                ),
+            })?;
+            let client = client.apply_timeout(wait);
+            let delivery = block_on(client.send(&id, &topic, &value))??;
+            Ok(report(json, "send", &id, delivery))
+        }
+        Command::Cancel { id, wait } => {
+            let client = client.apply_timeout(wait);
+            let delivery = block_on(client.cancel(&id))??;
+            Ok(report(json, "cancel", &id, delivery))
+        }
+        Command::Resume { id, wait } => {
+            let client = client.apply_timeout(wait);
+            let delivery = block_on(client.resume(&id))??;
+            Ok(report(json, "resume", &id, delivery))
+        }
+    }
+}
+
+/// `t` as a `SystemTime`.
+fn system_time(t: jiff::Timestamp) -> Result<std::time::SystemTime, Failure> {
+    std::time::SystemTime::try_from(t).map_err(|e| Failure {
+        code: 2,
+        message: format!("the time {t} is out of range: {e}"),
+    })
+}
+
+/// Runs a client's command on a runtime of its own.
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> Result<T, Failure> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| Failure {
+            code: 1,
+            message: format!("cannot start an async runtime: {e}"),
+        })?;
+    Ok(rt.block_on(f))
+}
+
+/// Prints what became of a command; answers its exit code.
+fn report(json: bool, what: &str, id: &str, delivery: Delivery) -> u8 {
+    let (applied, text, code) = match delivery {
+        Delivery::Applied => (true, format!("{what} {id}: applied"), 0),
+        _ => (
+            false,
+            format!(
+                "{what} {id}: recorded in the journal, not applied yet: no runtime holds the \
+                 journal now (the next one to open it applies it), or the one that does did \
+                 not within --wait"
+            ),
+            4,
+        ),
+    };
+    if json {
+        print_json(&json!({ "command": what, "workflow": id, "applied": applied }));
+    } else {
+        println!("{text}");
+    }
+    code
+}
+
+/// The workflow `id` found, or the failure that says it is not there.
+fn found(id: &str, w: Option<WorkflowView>) -> Result<WorkflowView, Failure> {
+    w.ok_or_else(|| {
+        Failure::from(Error::NotFound {
+            workflow_id: id.to_owned(),
+        })
+    })
+}
+
+fn status_line(w: &WorkflowView) -> String {
+    match (&w.failure_message, &w.cancel_reason) {
+        (Some(m), _) => format!("{} ({m})", w.status),
+        (None, Some(r)) => format!("{} ({r})", w.status),
+        _ => w.status.to_string(),
+    }
+}
+
+fn print_steps(steps: &[StepInfo]) {
+    let mut table = table(&[
+        "PATH", "NAME", "KIND", "STATUS", "ATTEMPTS", "STARTED", "DURATION", "OUTPUT",
+    ]);
+    for s in steps {
+        table.add_row(vec![
+            s.path.to_string(),
+            s.name.clone(),
+            kind(s).into(),
+            step_status(s).into(),
+            s.attempts.to_string(),
+            time(s.started_at_ms),
+            span(s.finished_at_ms - s.started_at_ms),
+            if s.panicked {
+                String::new()
+            } else {
+                preview(&value_text(s.output::<Value>()), 60)
+            },
+        ]);
+    }
+    println!("{table}");
+    let internal = steps.iter().filter(|s| kind(s) == "internal").count();
+    if internal > 0 {
+        println!(
+            "{} step(s), {internal} of them internal: records durable keeps for its own \
+             operations (durable::sleep, durable::recv, ...), not steps of your code",
+            steps.len()
+        );
+    } else {
+        println!("{} step(s)", steps.len());
+    }
+}
+
+/// Whether a record is one of the user's steps or one of durable's own operations.
+fn kind(s: &StepInfo) -> &'static str {
+    if s.name.starts_with("durable::") {
+        "internal"
+    } else {
+        "step"
+    }
+}
+
+fn step_status(s: &StepInfo) -> &'static str {
+    if s.panicked { "panicked" } else { "recorded" }
+}
+
+fn workflow_json(w: &WorkflowView) -> Value {
+    json!({
+        "id": w.id,
+        "name": w.name,
+        "status": w.status.as_str(),
+        "parent": w.parent_id,
+        "started_at": time(w.created_at_ms),
+        "finished_at": w.finished_at_ms.map(time),
+        "failure": w.failure_message,
+        "cancel_reason": w.cancel_reason.map(|r| r.to_string()),
+        "input": value_json(w.input::<Value>()),
+        "output": value_json(w.output::<Value>().map(Option::unwrap_or_default)),
+    })
+}
+
+fn step_json(s: &StepInfo) -> Value {
+    json!({
+        "path": s.path.to_string(),
+        "name": s.name,
+        "kind": kind(s),
+        "status": step_status(s),
+        "attempts": s.attempts,
+        "started_at": time(s.started_at_ms),
+        "duration_ms": s.finished_at_ms - s.started_at_ms,
+        "output": if s.panicked { Value::Null } else { value_json(s.output::<Value>()) },
+    })
+}
+
+/// A recorded value as JSON, or an object that says why it is not shown.
+fn value_json(v: durable_runtime::Result<Value>) -> Value {
+    match v {
+        Ok(v) => v,
+        Err(e) => json!({ "not_shown": not_shown(&e) }),
+    }
+}
+
+/// A recorded value as one line of text.
+fn value_text(v: durable_runtime::Result<Value>) -> String {
+    match v {
+        Ok(v) => v.to_string(),
+        Err(e) => format!("<{}>", not_shown(&e)),
+    }
+}
+
+fn not_shown(e: &Error) -> String {
+    match e {
+        // A value whose encoding does not describe itself (the bincode codec), or one
+        // of durable's own records, which wrap the value they hold.
+        Error::Incompatible { .. } => "binary value, not shown".into(),
+        other => other.to_string(),
+    }
+}
+
+/// `text` cut to `max` characters.
+fn preview(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// Milliseconds since the epoch as UTC time.
+fn time(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.strftime("%Y-%m-%d %H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|_| format!("{ms} ms"))
+}
+
+/// A duration in milliseconds, readably.
+fn span(ms: i64) -> String {
+    match ms {
+        ..0 => "0ms".into(),
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.2}s", ms as f64 / 1000.0),
+        _ => format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000),
+    }
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_style(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(header.to_vec());
+    t
+}
+
+fn print_json(v: &Value) {
+    match serde_json::to_string_pretty(v) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("durable: cannot print JSON: {e}"),
+    }
+}
