@@ -24,19 +24,18 @@
 //! the second command), a durable sleep (the cooling-off period) and a child workflow
 //! (`payout`).
 //!
-//! On a PostgreSQL journal (`--journal postgres://...`), which many processes share,
-//! `approve` opens it and sends the decision itself. A SQLite journal is held by one
-//! process at a time, so there `approve` does not open it: it drops the
-//! decision into an inbox directory beside the journal (`<journal>.inbox/`), and `run`,
-//! which owns the journal, forwards it to the workflow with `Runtime::send`. A decision
-//! dropped while `run` is down waits in the inbox.
+//! `approve` runs while another process owns the journal. On a PostgreSQL journal
+//! (`--journal postgres://...`), which many processes share, it opens the journal and
+//! sends the decision itself. A SQLite journal is held by one process at a time, so
+//! there `approve` is a [`Client`]: it records the decision in the journal and wakes
+//! `run`, which sends it to the workflow at once. A decision recorded while `run` is
+//! down is sent at its next open.
 //!
 //! Modes:
 //!
 //! - `approval run --journal PATH [--cooling-off-s N] [--approval-timeout-s N]`: opens
 //!   the journal (resuming the report if it is pending), files `exp-1` unless it exists,
-//!   prints its status as it changes, forwards decisions from the inbox, and prints the
-//!   result and the report's journal when it finishes. The timings apply when the report
+//!   prints its status as it changes, and prints the result and the report's journal when it finishes. The timings apply when the report
 //!   is first filed (they are its input).
 //! - `approval approve --journal PATH [--by NAME] [--reject]`: the manager's decision.
 
@@ -50,7 +49,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use durable_examples::expense::{
     DECISION, Decision, Outcome, Policy, STATUS, clock, demo_report, dollars, expense_report,
 };
-use durable_runtime::{Runtime, WorkflowStatus};
+use durable_runtime::{Client, Delivery, Runtime, WorkflowStatus};
 
 const REPORT: &str = "exp-1";
 
@@ -97,18 +96,11 @@ fn seconds(args: &[String], name: &str, default: u64) -> Res<Duration> {
 }
 
 /// Whether the journal is a PostgreSQL database, which any number of processes share:
-/// `approve` then sends the decision itself, with no inbox.
+/// `approve` then opens it and sends the decision itself, with no client.
 fn shared(journal: &Path) -> bool {
     journal
         .to_str()
         .is_some_and(|j| j.starts_with("postgres://") || j.starts_with("postgresql://"))
-}
-
-/// Where `approve` drops decisions for the process that owns the journal.
-fn inbox(journal: &Path) -> PathBuf {
-    let mut dir = journal.as_os_str().to_owned();
-    dir.push(".inbox");
-    PathBuf::from(dir)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -120,10 +112,6 @@ fn run(args: &[String]) -> Res<ExitCode> {
         cooling_off: seconds(args, "--cooling-off-s", 10)?,
         approval_timeout: seconds(args, "--approval-timeout-s", 3 * 24 * 3600)?,
     };
-    let inbox = (!shared(&journal)).then(|| inbox(&journal));
-    if let Some(inbox) = &inbox {
-        std::fs::create_dir_all(inbox)?;
-    }
     let opened_at = SystemTime::now();
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -162,9 +150,6 @@ fn run(args: &[String]) -> Res<ExitCode> {
             if finished {
                 break;
             }
-            if let Some(inbox) = &inbox {
-                forward_decisions(&rt, inbox).await?;
-            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
 
@@ -184,37 +169,6 @@ fn run(args: &[String]) -> Res<ExitCode> {
     })
 }
 
-/// Sends every decision waiting in the inbox to the report, oldest first.
-///
-/// A decision is removed from the inbox after `Runtime::send` returns (the message is
-/// durable then): if this process dies in between, the next one sends it again. The
-/// report reads one decision; a second copy stays unread.
-async fn forward_decisions(rt: &Runtime, inbox: &Path) -> Res<()> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(inbox)?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "decision"))
-        .collect();
-    files.sort();
-    for file in files {
-        let text = std::fs::read_to_string(&file)?;
-        let decision = match text.split_whitespace().collect::<Vec<_>>()[..] {
-            ["approve", by] => Decision {
-                approved: true,
-                by: by.to_owned(),
-            },
-            ["reject", by] => Decision {
-                approved: false,
-                by: by.to_owned(),
-            },
-            _ => return Err(format!("{}: not a decision: {text:?}", file.display()).into()),
-        };
-        rt.send(REPORT, DECISION, &decision).await?;
-        std::fs::remove_file(&file)?;
-        println!("  forwarded from the inbox to {REPORT}: {decision:?}");
-    }
-    Ok(())
-}
-
 /// The recorded steps of the report and of its child, and which process recorded them.
 async fn print_journal(rt: &Runtime, opened_at: SystemTime) -> Res<()> {
     let opened_ms = i64::try_from(opened_at.duration_since(UNIX_EPOCH)?.as_millis())?;
@@ -223,12 +177,22 @@ async fn print_journal(rt: &Runtime, opened_at: SystemTime) -> Res<()> {
     while let Some(id) = ids.get(i).cloned() {
         println!("  journal of {id}:");
         for s in rt.steps(&id).await? {
+            // Records durable keeps for its own operations, beside the report's steps.
+            let kind = if s.name.starts_with("durable::") {
+                "internal"
+            } else {
+                "step"
+            };
             let by = if s.finished_at_ms < opened_ms {
-                "replayed: recorded by an earlier process"
+                "recorded by an earlier process"
             } else {
                 "recorded by this process"
             };
-            println!("    {:<3} {:<20} {by}", s.path.to_string(), s.name);
+            println!(
+                "    {:<3} {:<20} {kind:<8} {by}",
+                s.path.to_string(),
+                s.name
+            );
             if s.name == "durable::child" {
                 ids.push(format!("{id}/{}", s.path));
             }
@@ -279,21 +243,26 @@ fn approve(args: &[String]) -> Res<ExitCode> {
         )
         .into());
     }
-    let inbox = inbox(&journal);
-    std::fs::create_dir_all(&inbox)?;
-    // Written under a temporary name and renamed: the reader never sees half a file.
-    let name = format!(
-        "{}-{}",
-        SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos(),
-        std::process::id()
-    );
-    let tmp = inbox.join(format!("{name}.tmp"));
-    std::fs::write(&tmp, format!("{verb} {by}\n"))?;
-    std::fs::rename(&tmp, inbox.join(format!("{name}.decision")))?;
-    println!(
-        "  {by} decided: {verb}; left in {} for the process that owns the journal",
-        inbox.display()
-    );
+    let decision = Decision {
+        approved: verb == "approve",
+        by: by.to_owned(),
+    };
+    // Recorded in the journal; the process that owns it sends it to the report.
+    let delivery = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let client = Client::open(&journal)?;
+            client.send(REPORT, DECISION, &decision).await
+        })?;
+    match delivery {
+        Delivery::Applied => println!("  {by} decided: {verb}; sent to {REPORT}"),
+        _ => println!(
+            "  {by} decided: {verb}; recorded in {}, and sent to {REPORT} when a process \
+             next opens the journal",
+            journal.display()
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -395,8 +364,20 @@ fn demo() -> Res<ExitCode> {
     println!("The payout ran at the time recorded before the crash, not 3 s after run 3");
     println!("started; nothing recorded ran twice. Inspect the journal:");
     println!(
-        "  sqlite3 {} 'select id, path, s.name from durable_steps s join durable_workflows using (run)'",
+        "  cargo run -p durable-cli -- --journal {} list",
         journal.display()
     );
+    println!(
+        "  cargo run -p durable-cli -- --journal {} show {REPORT}",
+        journal.display()
+    );
+    println!("Files left behind (delete them when done):");
+    for suffix in ["", "-wal", "-shm", ".lock"] {
+        let mut file = journal.clone().into_os_string();
+        file.push(suffix);
+        if Path::new(&file).exists() {
+            println!("  {}", Path::new(&file).display());
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -27,12 +27,13 @@ fn the_demo_finishes_the_report_after_two_kills() -> Res<()> {
         stdout.contains("exp-1 finished: approved by grace, $129.50 paid"),
         "{stdout}"
     );
-    // What the first two processes recorded is replayed by the third, not run again.
+    // What the first two processes recorded is replayed by the third, not run again;
+    // durable's own records are marked internal.
     for line in [
-        "1   submit               replayed",
-        "3   durable::recv        replayed",
-        "6   durable::sleep       replayed",
-        "7   durable::child       recorded by this process",
+        "1   submit               step     recorded by an earlier process",
+        "3   durable::recv        internal recorded by an earlier process",
+        "6   durable::sleep       internal recorded by an earlier process",
+        "7   durable::child       internal recorded by this process",
     ] {
         assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
     }
