@@ -93,6 +93,7 @@ impl Journal {
             attempts: 1,
             started_at: 0,
             finished_at: 0,
+            attempt_times: None,
             effect: Effect::None,
         });
         Pending { ack }
@@ -111,6 +112,7 @@ impl Journal {
                 attempts: 1,
                 started_at: 0,
                 finished_at: 0,
+                attempt_times: None,
             })
             .collect();
         let ctx = Arc::new(WorkflowCtx::new(

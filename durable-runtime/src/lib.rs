@@ -263,9 +263,9 @@ pub use crate::primitives::random::{random, uuid};
 pub use crate::primitives::select::{Either, select, select_all};
 pub use crate::primitives::time::{now, sleep};
 pub use crate::runtime::{
-    Enqueue, ManualClock, OnDuplicate, Queue, QueueHandle, QueueInfo, QueuedWorkflow, Runtime,
-    RuntimeBuilder, Schedule, ScheduleHandle, ScheduleInfo, StepInfo, Tick, WorkflowHandle,
-    WorkflowStatus, enqueue, enqueue_with,
+    AttemptTime, Enqueue, ManualClock, OnDuplicate, Queue, QueueHandle, QueueInfo, QueuedWorkflow,
+    Runtime, RuntimeBuilder, Schedule, ScheduleHandle, ScheduleInfo, StepInfo, Tick,
+    WorkflowHandle, WorkflowStatus, enqueue, enqueue_with,
 };
 pub use crate::step_error::StepError;
 

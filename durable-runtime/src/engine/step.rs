@@ -270,6 +270,34 @@ where
     Step::new(claim, Retry(body))
 }
 
+/// The attempts of a step that retried: when each ended one started and ended, and
+/// when the current one started (ms since the Unix epoch). Recorded with the step's
+/// result, so a timeline shows every attempt and the waits between them.
+#[derive(Debug, Default)]
+struct Retried {
+    ended: Vec<(i64, i64)>,
+    current_start: i64,
+}
+
+/// The text a step's record keeps of its attempts' times: `start:end` per attempt,
+/// comma-separated, the last ending at `finished_at`. `None` for a step that ran once
+/// (its one attempt is `started_at` to `finished_at`).
+fn attempt_times(retried: Option<&Retried>, finished_at: i64) -> Option<String> {
+    let r = retried?;
+    let mut text = String::new();
+    for (start, end) in r
+        .ended
+        .iter()
+        .chain(std::iter::once(&(r.current_start, finished_at)))
+    {
+        if !text.is_empty() {
+            text.push(',');
+        }
+        text.push_str(&format!("{start}:{end}"));
+    }
+    Some(text)
+}
+
 enum State<T> {
     /// Run the body; record the result if the step was called inside a workflow.
     Run {
@@ -280,6 +308,8 @@ enum State<T> {
         started_at: i64,
         /// Whether the durable start record (`on_interrupt = "fail"`) is written.
         start_recorded: bool,
+        /// The times of its attempts, once one failed and the step retries.
+        retried: Option<Box<Retried>>,
     },
     /// The start record is being written; the body runs once it is durable.
     Starting {
@@ -356,6 +386,7 @@ impl<B: StepBody> Step<B> {
             attempts: 0,
             started_at: 0,
             start_recorded: false,
+            retried: None,
         };
         // An interrupted step's record of its interruption is a write the run awaits
         // too: the run is not parked until it is answered.
@@ -403,6 +434,7 @@ fn interrupted<T>(options: &StepOptions, claim: Claim, args: Option<Fingerprint>
         attempts: 0,
         started_at: now,
         finished_at: now,
+        attempt_times: None,
         effect: Effect::None,
     });
     State::CommitPanic {
@@ -508,6 +540,7 @@ fn starting<B: StepBody>(this: &mut StepProj<'_, B>, cx: &mut Context<'_>) -> Ne
                 attempts: 0,
                 started_at,
                 start_recorded: true,
+                retried: None,
             };
             Next::Again
         }
@@ -611,6 +644,7 @@ fn start_attempt<B: StepBody>(this: &mut StepProj<'_, B>) -> Option<Next<B::Outp
         attempts,
         started_at,
         start_recorded,
+        retried,
     } = this.state
     else {
         return Some(Next::Again);
@@ -664,6 +698,9 @@ fn start_attempt<B: StepBody>(this: &mut StepProj<'_, B>) -> Option<Next<B::Outp
     if *attempts == 0 && !*start_recorded {
         *started_at = now_ms();
     }
+    if let Some(r) = retried {
+        r.current_start = now_ms();
+    }
     match this.body.attempt() {
         Some(fut) => {
             this.attempt.set(Some(fut));
@@ -688,6 +725,7 @@ fn poll_attempt<B: StepBody>(
         args,
         attempts,
         started_at,
+        retried,
         ..
     } = this.state
     else {
@@ -716,6 +754,7 @@ fn poll_attempt<B: StepBody>(
     let Some(claim) = claim.take() else {
         return Err(Next::Wait);
     };
+    let finished_at = now_ms();
     let ack = claim.ctx.store.record_step(StepRecord {
         workflow_id: claim.ctx.id.clone(),
         path: claim.path.clone(),
@@ -724,7 +763,8 @@ fn poll_attempt<B: StepBody>(
         outcome: RecordedOutcome::Panicked(message.clone()),
         attempts,
         started_at,
-        finished_at: now_ms(),
+        finished_at,
+        attempt_times: attempt_times(retried.as_deref(), finished_at),
         effect: Effect::None,
     });
     *this.state = State::CommitPanic {
@@ -750,6 +790,7 @@ where
         args,
         attempts,
         started_at,
+        retried,
         ..
     } = this.state
     else {
@@ -757,6 +798,11 @@ where
     };
     *attempts += 1;
     if *attempts <= options.retries && this.body.is_retryable(&output) {
+        let began = retried.as_ref().map_or(*started_at, |r| r.current_start);
+        retried
+            .get_or_insert_with(Box::default)
+            .ended
+            .push((began, now_ms()));
         let delay = options.delay(*attempts);
         tracing::debug!(
             step = options.name,
@@ -791,6 +837,7 @@ where
     // Hand back the decoded copy, not `output`: the caller sees exactly what a replay
     // will see.
     let sequential = claim.ctx.steps_open() <= 1;
+    let finished_at = now_ms();
     let ack = sequential_write(sequential, || {
         claim.ctx.store.record_step(StepRecord {
             workflow_id: claim.ctx.id.clone(),
@@ -800,7 +847,8 @@ where
             outcome: RecordedOutcome::Output(bytes),
             attempts: *attempts,
             started_at: *started_at,
-            finished_at: now_ms(),
+            finished_at,
+            attempt_times: attempt_times(retried.as_deref(), finished_at),
             effect: Effect::None,
         })
     });

@@ -357,6 +357,7 @@ fn step(workflow_id: &str, path: &str, outcome: RecordedOutcome) -> StepRecord {
         attempts: 1,
         started_at: 10,
         finished_at: 20,
+        attempt_times: None,
         effect: Effect::None,
     }
 }

@@ -36,7 +36,7 @@ pub(crate) mod sqlite;
 mod step_info;
 
 pub use damage::Damage;
-pub use step_info::StepInfo;
+pub use step_info::{AttemptTime, StepInfo};
 
 /// Why a value that fails its checksum is refused.
 pub(crate) const DAMAGED: &str = "the value does not match its checksum: the journal is damaged";
@@ -886,6 +886,8 @@ pub(crate) struct StepRecord {
     pub(crate) attempts: u32,
     pub(crate) started_at: i64,
     pub(crate) finished_at: i64,
+    /// Each attempt's start and end, if the step retried (see `durable_steps.attempt_times`).
+    pub(crate) attempt_times: Option<String>,
     pub(crate) effect: Effect,
 }
 
@@ -901,6 +903,8 @@ pub(crate) struct RecordedStep {
     pub(crate) attempts: u32,
     pub(crate) started_at: i64,
     pub(crate) finished_at: i64,
+    /// Each attempt's start and end, as recorded if the step retried.
+    pub(crate) attempt_times: Option<String>,
 }
 
 /// A workflow's final outcome.

@@ -28,6 +28,7 @@ pub struct StepInfo {
     /// When the result was recorded, in milliseconds since the Unix epoch.
     pub finished_at_ms: i64,
     workflow_id: String,
+    attempt_times: Option<String>,
     args: Option<Fingerprint>,
     outcome: RecordedOutcome,
     /// Whether the record matches its checksum (a journal view lists damaged records
@@ -47,10 +48,74 @@ impl StepInfo {
             started_at_ms: step.started_at,
             finished_at_ms: step.finished_at,
             workflow_id: workflow_id.to_owned(),
+            attempt_times: step.attempt_times,
             args: step.args,
             outcome: step.outcome,
             intact,
         }
+    }
+
+    /// When each attempt of the step started and ended, oldest first: one attempt
+    /// from [`started_at_ms`](Self::started_at_ms) to
+    /// [`finished_at_ms`](Self::finished_at_ms) for a step that ran once, and each of
+    /// a step that retried (the gaps between them are its retry delays). Empty for a
+    /// step that retried before journal schema 13 (SQLite; 6 on PostgreSQL), which
+    /// recorded only its first start and its end, or whose record of them is damaged.
+    ///
+    /// ```
+    /// # use durable_runtime::{Runtime, step, workflow};
+    /// # use std::sync::atomic::{AtomicU32, Ordering};
+    /// static CALLS: AtomicU32 = AtomicU32::new(0);
+    ///
+    /// #[step(retries = 2, backoff = 5ms)]
+    /// async fn flaky() -> Result<u32, String> {
+    ///     match CALLS.fetch_add(1, Ordering::SeqCst) {
+    ///         0 => Err("not yet".into()),
+    ///         n => Ok(n),
+    ///     }
+    /// }
+    ///
+    /// #[workflow]
+    /// async fn timed() -> Result<u32, String> {
+    ///     flaky().await
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), durable_runtime::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let rt = Runtime::open(dir.path().join("journal.db")).await?;
+    /// rt.start_with_id("t", timed()).await?.result().await?.unwrap();
+    /// let steps = rt.steps("t").await?;
+    /// let times = steps[0].attempt_times();
+    /// assert_eq!(times.len(), 2);
+    /// // The second attempt began after the first ended and the backoff passed.
+    /// assert!(times[1].started_at_ms >= times[0].finished_at_ms);
+    /// assert_eq!(times[1].finished_at_ms, steps[0].finished_at_ms);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn attempt_times(&self) -> Vec<AttemptTime> {
+        let Some(text) = &self.attempt_times else {
+            return if self.attempts <= 1 {
+                vec![AttemptTime {
+                    started_at_ms: self.started_at_ms,
+                    finished_at_ms: self.finished_at_ms,
+                }]
+            } else {
+                Vec::new()
+            };
+        };
+        let parsed: Option<Vec<AttemptTime>> = text
+            .split(',')
+            .map(|pair| {
+                let (start, end) = pair.split_once(':')?;
+                Some(AttemptTime {
+                    started_at_ms: start.parse().ok()?,
+                    finished_at_ms: end.parse().ok()?,
+                })
+            })
+            .collect();
+        parsed.unwrap_or_default()
     }
 
     /// The fingerprint of the arguments the step was called with, as recorded with its
@@ -95,4 +160,15 @@ impl StepInfo {
         self.outcome
             .result(&self.workflow_id, &self.path, &self.name)
     }
+}
+
+/// When one attempt of a step started and ended ([`StepInfo::attempt_times`]), in
+/// milliseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AttemptTime {
+    /// When the attempt started.
+    pub started_at_ms: i64,
+    /// When it ended (returned, failed or panicked).
+    pub finished_at_ms: i64,
 }

@@ -187,6 +187,7 @@ impl Op {
             attempts: 1,
             started_at,
             finished_at: now_ms(),
+            attempt_times: None,
             effect,
         });
         ack.await.map_err(Error::from)

@@ -24,7 +24,7 @@ mod queued_call;
 mod registry;
 mod schedule;
 
-pub use crate::journal::StepInfo;
+pub use crate::journal::{AttemptTime, StepInfo};
 pub use builder::RuntimeBuilder;
 pub use handle::{WorkflowHandle, WorkflowStatus};
 pub use queue::{Enqueue, OnDuplicate, Queue, QueueHandle, QueueInfo, QueuedWorkflow};

@@ -1077,7 +1077,7 @@ async fn steps_after(
         .query_typed(
             &format!(
                 "SELECT path, name, output, error, attempts, started_at, finished_at, crc32,
-                        error_kind, args_fingerprint
+                        error_kind, args_fingerprint, attempt_times
                  FROM {s}.steps WHERE run = (SELECT run FROM {s}.workflows WHERE id = $1)
                  AND path > $2 ORDER BY path LIMIT $3"
             ),
@@ -1138,6 +1138,7 @@ fn step_row(r: &Row, workflow_id: &str) -> Result<RecordedStep, PgError> {
         attempts,
         started_at: r.try_get(5)?,
         finished_at: r.try_get(6)?,
+        attempt_times: r.try_get(10)?,
     })
 }
 

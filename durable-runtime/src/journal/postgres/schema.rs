@@ -175,6 +175,10 @@ const MIGRATIONS: &[&str] = &[
         updated_at bigint NOT NULL
     );
     "#,
+    // 6: each attempt's times, for a step that retried (as `durable_steps.attempt_times`).
+    r#"
+    ALTER TABLE {s}.steps ADD COLUMN attempt_times text;
+    "#,
 ];
 
 /// The schema version this build writes.

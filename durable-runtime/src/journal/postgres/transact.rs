@@ -590,6 +590,7 @@ impl TxPool {
             attempts: 1,
             started_at,
             finished_at: now_ms(),
+            attempt_times: None,
             effect: Effect::None,
         };
         let (reply, ack): (_, Ack) = Ack::channel(&self.path);

@@ -2205,6 +2205,19 @@ impl Writer {
                     }
                 };
                 let recorded = self.recorded(&row, &s.workflow_id, &s.path)?;
+                if let (Ok(()), Some(times)) = (&recorded, &s.attempt_times) {
+                    // Rare (a step that retried): one more statement, in the batch.
+                    c.execute(
+                        &format!(
+                            "UPDATE {s}.steps SET attempt_times = $3
+                             WHERE run = (SELECT run FROM {s}.workflows WHERE id = $1)
+                               AND path = $2",
+                            s = self.schema
+                        ),
+                        &[&id, &path, times],
+                    )
+                    .await?;
+                }
                 let touched = touched.filter(|_| recorded.is_ok());
                 (Done::Unit(recorded), touched)
             }
@@ -2610,7 +2623,8 @@ fn unprepared() -> PgError {
 fn needs_more(ops: &[Op]) -> bool {
     !ops.iter().all(|op| match op {
         Op::Create(..) | Op::Finish(..) => true,
-        Op::Record(s, _) => matches!(s.effect, Effect::None),
+        // A step that retried writes its attempts' times after its row (see `simple`).
+        Op::Record(s, _) => matches!(s.effect, Effect::None) && s.attempt_times.is_none(),
         _ => false,
     })
 }

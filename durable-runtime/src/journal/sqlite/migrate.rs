@@ -366,6 +366,12 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         outcome     TEXT
     ) STRICT;
     CREATE INDEX durable_commands_waiting ON durable_commands (seq) WHERE applied_at IS NULL;",
+    // Version 13: when each attempt of a step that retried started and ended, so a
+    // timeline shows every attempt and the waits between them. `start:end` per attempt
+    // in milliseconds since the epoch, comma-separated; NULL for a step that ran once
+    // (its attempt is `started_at` to `finished_at`), and in rows from before. Not
+    // covered by the checksum: it is shown, never replayed.
+    "ALTER TABLE durable_steps ADD COLUMN attempt_times TEXT;",
 ];
 
 /// Brings the schema to the newest version, in one transaction.

@@ -779,6 +779,7 @@ mod tests {
             attempts: 1,
             started_at: 0,
             finished_at: 0,
+            attempt_times: None,
             effect: Effect::None,
         }
     }

@@ -439,6 +439,7 @@ impl Writer {
             attempts: 1,
             started_at,
             finished_at: crate::util::now_ms(),
+            attempt_times: None,
             effect: Effect::None,
         };
         self.insert_step(&record)
@@ -503,7 +504,8 @@ impl Writer {
             s.finished_at,
             crc,
             kind,
-            fingerprint_column(s.args)
+            fingerprint_column(s.args),
+            s.attempt_times
         ])?;
         Ok(())
     }

@@ -298,7 +298,7 @@ pub(super) fn step_rows(
 ) -> rusqlite::Result<Vec<StepRow>> {
     let mut stmt = c.prepare_cached(concat!(
         "SELECT path, name, output, error, attempts, started_at, finished_at, crc32,
-                error_kind, args_fingerprint
+                error_kind, args_fingerprint, attempt_times
          FROM durable_steps WHERE run = ",
         run_of_first_parameter!(),
         " AND path > ?2 ORDER BY path LIMIT ?3",
@@ -349,6 +349,7 @@ pub(super) fn step_rows(
             attempts: r.get(4)?,
             started_at: r.get(5)?,
             finished_at: r.get(6)?,
+            attempt_times: r.get(10)?,
         };
         Ok(Ok(StepRow { step, intact }))
     })?;

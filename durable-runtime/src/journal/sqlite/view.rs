@@ -308,6 +308,36 @@ impl JournalView {
         })
     }
 
+    /// How many workflow runs are in each status, in the order of [`RecordedStatus`]
+    /// (a status no run is in is counted 0).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the journal cannot be read.
+    pub fn counts(&self) -> Result<Vec<(RecordedStatus, u64)>> {
+        let all = [
+            RecordedStatus::Pending,
+            RecordedStatus::Completed,
+            RecordedStatus::Failed,
+            RecordedStatus::Cancelled,
+        ];
+        let counted: Vec<(String, i64)> = self.read(|c| {
+            c.prepare_cached("SELECT status, count(*) FROM durable_workflows GROUP BY status")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })?;
+        Ok(all
+            .into_iter()
+            .map(|status| {
+                let n = counted
+                    .iter()
+                    .find(|(s, _)| s == status.as_str())
+                    .map_or(0, |(_, n)| u64::try_from(*n).unwrap_or(0));
+                (status, n)
+            })
+            .collect())
+    }
+
     /// Runs the queries of `f` in one read transaction; see [`snapshot`](Self::snapshot).
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
         self.snapshot(|c| f(c).map_err(|e| sql_error(&self.path, e).into()))

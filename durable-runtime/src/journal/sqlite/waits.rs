@@ -366,7 +366,8 @@ impl Writer {
             crate::util::now_ms(),
             crc,
             None::<&str>,
-            fingerprint_column(r.key.args)
+            fingerprint_column(r.key.args),
+            None::<&str>
         ])?;
         Ok(())
     }

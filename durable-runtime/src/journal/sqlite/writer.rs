@@ -359,10 +359,10 @@ pub(super) const SQL_CREATE: &str = "INSERT INTO durable_workflows
 pub(super) const SQL_RECORD: &str = concat!(
     "INSERT INTO durable_steps
          (run, path, name, output, error, attempts, started_at, finished_at,
-          crc32, error_kind, args_fingerprint)
+          crc32, error_kind, args_fingerprint, attempt_times)
      VALUES (",
     run_of_first_parameter!(),
-    ", ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+    ", ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
 );
 pub(super) const SQL_FINISH: &str = "UPDATE durable_workflows
      SET status = ?2, output = ?3, error_kind = ?4, error = ?5, updated_at = ?6,
