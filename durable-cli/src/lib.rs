@@ -34,6 +34,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod timeline;
+mod ui;
+
 use clap::{Parser, Subcommand};
 use comfy_table::{ContentArrangement, Table, presets};
 use durable_runtime::{
@@ -130,6 +133,26 @@ enum Command {
         /// How long to wait for the runtime that owns the journal to apply it.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         wait: Duration,
+    },
+    /// Draw a workflow's timeline: one row per branch, a bar per step attempt.
+    Timeline {
+        /// The workflow id.
+        id: String,
+        /// Where to write it: FILE.svg (the picture) or FILE.html (a page with it).
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+    /// Serve a local web view of the journal (read-only unless --allow-control).
+    Ui {
+        /// The address to listen on (loopback unless you say otherwise).
+        #[arg(long, default_value = "127.0.0.1:7777")]
+        bind: std::net::SocketAddr,
+        /// Allow cancel and resume from the pages, for requests that carry --token.
+        #[arg(long, requires = "token")]
+        allow_control: bool,
+        /// The token control requests must carry.
+        #[arg(long, env = "DURABLE_UI_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Resume a cancelled or failed workflow from its last recorded step.
     Resume {
@@ -412,6 +435,67 @@ fn execute(cli: Cli) -> Result<u8, Failure> {
             let delivery = block_on(client.cancel(&id))??;
             Ok(report(json, "cancel", &id, delivery))
         }
+        Command::Timeline { id, output } => {
+            let Some((w, steps, children, events)) = ui::gather(&client, &id)? else {
+                return Err(Error::NotFound { workflow_id: id }.into());
+            };
+            let now = now_ms();
+            let text = match output.extension().and_then(|e| e.to_str()) {
+                Some("svg") => timeline::svg(&w, &steps, now, &|child| format!("#{child}")),
+                Some("html" | "htm") => ui::page(
+                    &w.id,
+                    None,
+                    &ui::workflow_body(&w, &steps, &children, &events, now, false),
+                ),
+                _ => {
+                    return Err(Failure {
+                        code: 2,
+                        message: format!(
+                            "{}: name the file .svg (the picture) or .html (a page with it)",
+                            output.display()
+                        ),
+                    });
+                }
+            };
+            std::fs::write(&output, text).map_err(|e| Failure {
+                code: 1,
+                message: format!("cannot write {}: {e}", output.display()),
+            })?;
+            if !json {
+                println!("wrote the timeline of {id} to {}", output.display());
+            }
+            Ok(0)
+        }
+        Command::Ui {
+            bind,
+            allow_control,
+            token,
+        } => {
+            let token = if allow_control {
+                match token.filter(|t| t.len() >= 8) {
+                    Some(t) => Some(t),
+                    None => {
+                        return Err(Failure {
+                            code: 2,
+                            message: "--allow-control needs a --token (or DURABLE_UI_TOKEN) of at                                       least 8 characters, which control requests must carry"
+                                .into(),
+                        });
+                    }
+                }
+            } else {
+                None
+            };
+            let served = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Failure {
+                    code: 1,
+                    message: format!("cannot start an async runtime: {e}"),
+                })?
+                .block_on(ui::serve(client, bind, token));
+            served.map_err(|message| Failure { code: 1, message })?;
+            Ok(0)
+        }
         Command::Resume { id, wait } => {
             let client = client.apply_timeout(wait);
             let delivery = block_on(client.resume(&id))??;
@@ -611,6 +695,12 @@ fn table(header: &[&str]) -> Table {
         .set_content_arrangement(ContentArrangement::Disabled)
         .set_header(header.to_vec());
     t
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn print_json(v: &Value) {
