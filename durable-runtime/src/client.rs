@@ -14,8 +14,10 @@ use crate::engine::replay::encode_value;
 use crate::error::{Error, Result, StoreError, StoreErrorKind};
 use crate::journal::command::{CommandKind, error_of};
 use crate::journal::listing::{ListPage, ListQuery};
+use crate::journal::retention::GcReport;
+use crate::journal::sqlite::open::{held_by_runtime, take_lock};
 use crate::journal::sqlite::view::{EventView, JournalView, MessageView, WorkflowView};
-use crate::journal::sqlite::{commands, open::held_by_runtime, sql_error, wake};
+use crate::journal::sqlite::{commands, identity, retention, sql_error, wake};
 use crate::journal::{StepInfo, is_postgres_url};
 use crate::runtime::{refuse_in_workflow, validate_id};
 use crate::util::{lock, now_ms};
@@ -34,7 +36,9 @@ pub const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// commands in the order they were recorded, within milliseconds; a runtime that is
 /// down applies them at its next open. Nothing is lost if either side stops in
 /// between: a command recorded is applied exactly once, its outcome recorded with it
-/// (a message is sent in the transaction that records its outcome).
+/// (a message is sent in the transaction that records its outcome). Commands recorded
+/// while no runtime held the journal are applied by the next one just after its
+/// [`open`](crate::Runtime::open) returns, in the background.
 ///
 /// Reads ([`list`](Client::list), [`workflow`](Client::workflow), ...) go through a
 /// [`JournalView`], and never wait for the runtime. They block the calling thread for
@@ -66,10 +70,59 @@ pub const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Client {
     view: JournalView,
+    /// The journal's real path (symlinks resolved, absolute): commands go there even if
+    /// the process changes its working directory.
+    real: PathBuf,
+    /// The journal file's identity at the open: a file put in its place is refused.
+    file: Option<(u64, u64)>,
     /// The connection commands are written through, opened at the first.
     writer: Arc<Mutex<Option<Connection>>>,
     codec: Codec,
     apply_timeout: Duration,
+}
+
+/// Refuses a journal file with other names (hard links): SQLite keeps a journal's WAL
+/// beside the name it is opened by, so writes made through another name than the
+/// runtime's would go to another WAL, and damage the file when copied back.
+fn refuse_other_names(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let links = std::fs::metadata(path).map(|m| m.nlink()).unwrap_or(1);
+        if links > 1 {
+            return Err(StoreError::new(
+                path,
+                StoreErrorKind::Io,
+                format!(
+                    "the journal file has {links} names (hard links). SQLite keeps a journal's \
+                     WAL beside the name it is opened by, so a client writing through another \
+                     name than the runtime's would damage it: remove the other links and open \
+                     the journal by the name its runtime uses"
+                ),
+            )
+            .into());
+        }
+    }
+    let _ = path;
+    Ok(())
+}
+
+/// Runs `f` in an immediate (write) transaction on `c`.
+fn in_transaction<T>(
+    c: &Connection,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    c.execute_batch("BEGIN IMMEDIATE")?;
+    match f(c) {
+        Ok(v) => {
+            c.execute_batch("COMMIT")?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = c.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }
 
 /// What became of a command.
@@ -104,8 +157,15 @@ impl Client {
             )
             .into());
         }
+        let view = JournalView::open(path)?;
+        let real = std::fs::canonicalize(path).map_err(|e| {
+            StoreError::new(path, StoreErrorKind::Io, format!("cannot resolve it: {e}"))
+        })?;
+        refuse_other_names(path)?;
         Ok(Client {
-            view: JournalView::open(path)?,
+            view,
+            file: identity::file_id(&real),
+            real,
             writer: Arc::default(),
             codec: Codec::default(),
             apply_timeout: DEFAULT_APPLY_TIMEOUT,
@@ -205,8 +265,14 @@ impl Client {
         let payload = encode_value(self.codec, value, || {
             format!("the message on topic `{topic}`")
         })?;
-        self.command(CommandKind::Send, destination, Some(topic), Some(payload))
-            .await
+        self.command(
+            CommandKind::Send,
+            destination,
+            Some(topic),
+            None,
+            Some(payload),
+        )
+        .await
     }
 
     /// Cancels workflow `id` and its pending descendants, as
@@ -224,7 +290,7 @@ impl Client {
             "cancel it from a step, whose result is recorded",
         )?;
         self.known(id)?;
-        self.command(CommandKind::Cancel, id.to_owned(), None, None)
+        self.command(CommandKind::Cancel, id.to_owned(), None, None, None)
             .await
     }
 
@@ -249,8 +315,107 @@ impl Client {
                 status: "completed",
             });
         }
-        self.command(CommandKind::Resume, id.to_owned(), None, None)
+        self.command(CommandKind::Resume, id.to_owned(), None, None, None)
             .await
+    }
+
+    /// Deletes the workflow runs that finished more than `older_than` ago, with
+    /// everything recorded for them, as [`Runtime::gc`](crate::Runtime::gc) does: in
+    /// short transactions, so a runtime that holds the journal keeps running. Then
+    /// gives the freed pages back to the file system (journals made with incremental
+    /// vacuum; see [`vacuum`](Client::vacuum) for older ones).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the journal cannot be written (the batches done so far stay
+    /// done).
+    pub async fn gc(&self, older_than: Duration) -> Result<GcReport> {
+        self.same_file()?;
+        let cutoff = crate::runtime::retention_cutoff(older_than);
+        let mut report = GcReport::default();
+        let mut after = i64::MIN;
+        loop {
+            let batch = self
+                .on_writer(move |c| {
+                    in_transaction(c, |c| {
+                        retention::gc_batch(c, cutoff, after, retention::GC_BATCH)
+                    })
+                })
+                .await?;
+            report.workflows += batch.deleted;
+            match batch.next {
+                Some(next) => after = next,
+                None => break,
+            }
+        }
+        report.commands = self
+            .on_writer(move |c| in_transaction(c, |c| retention::gc_commands(c, cutoff)))
+            .await?;
+        report.reclaimed = self
+            .on_writer(|c| c.query_row("PRAGMA auto_vacuum", [], |r| r.get::<_, i64>(0)))
+            .await?
+            == 2;
+        if report.reclaimed {
+            while self
+                .on_writer(|c| in_transaction(c, retention::vacuum_step))
+                .await?
+                > 0
+            {}
+            // Copies what is in the WAL into the file, which shrinks, as far as the
+            // runtime's readers allow (it checkpoints the rest itself).
+            self.on_writer(|c| c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())))
+                .await?;
+        }
+        Ok(report)
+    }
+
+    /// Rewrites the journal file compactly and makes it one that
+    /// [`gc`](Client::gc) can shrink (incremental vacuum): for journals made before
+    /// schema 13. Needs the journal to itself: no runtime may hold it, and none can
+    /// open it until this returns. Takes as long as copying the file.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Locked`] if a runtime holds the journal, [`Error::Store`] if it cannot
+    /// be written.
+    pub async fn vacuum(&self) -> Result<()> {
+        self.same_file()?;
+        let path = self.real.clone();
+        let lock = take_lock(&path)?;
+        let done = self
+            .on_writer(|c| c.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;"))
+            .await;
+        drop(lock);
+        done
+    }
+
+    /// Starts workflow `new_id` as a fork of workflow `id` from step `from_step`, as
+    /// [`Runtime::fork`](crate::Runtime::fork) does (the runtime that owns the journal
+    /// makes it, and runs it).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if the journal has no workflow `id` (nothing is recorded),
+    /// [`Error::InvalidId`] for a malformed `new_id`, and what
+    /// [`Runtime::fork`](crate::Runtime::fork) answers once the owner applies it.
+    pub async fn fork(&self, id: &str, from_step: &str, new_id: &str) -> Result<Delivery> {
+        refuse_in_workflow("`Client::fork`", "fork from outside the workflow")?;
+        self.known(id)?;
+        let new_id = validate_id(new_id.to_owned())?;
+        if from_step.parse::<crate::StepPath>().is_err() {
+            return Err(Error::InvalidId {
+                id: from_step.to_owned(),
+                reason: "a fork's step is a step path, such as `3` or `2.1` (see `durable show`)",
+            });
+        }
+        self.command(
+            CommandKind::Fork,
+            id.to_owned(),
+            None,
+            Some((from_step.to_owned(), new_id)),
+            None,
+        )
+        .await
     }
 
     /// The workflow `id`, or [`Error::NotFound`].
@@ -260,19 +425,45 @@ impl Client {
         })
     }
 
+    /// Refuses a command if the journal file is no longer the one the client opened (a
+    /// restore put another in its place): the command would go to the old one.
+    fn same_file(&self) -> Result<()> {
+        if self.file.is_some() && identity::file_id(&self.real) != self.file {
+            return Err(StoreError::new(
+                self.path(),
+                StoreErrorKind::Io,
+                "the journal file was replaced or removed since this client opened it; open a \
+                 new Client (nothing was recorded)",
+            )
+            .into());
+        }
+        Ok(())
+    }
+
     /// Records a command, wakes the owner, and waits for its outcome.
     async fn command(
         &self,
         kind: CommandKind,
         id: String,
         topic: Option<&str>,
+        fork: Option<(String, String)>,
         payload: Option<Vec<u8>>,
     ) -> Result<Delivery> {
-        let path: PathBuf = self.path().to_owned();
+        self.same_file()?;
+        let path: PathBuf = self.real.clone();
         let topic = topic.map(str::to_owned);
         let seq = self
             .on_writer(move |c| {
-                commands::insert(c, kind, &id, topic.as_deref(), payload.as_deref(), now_ms())
+                let fork = fork.as_ref().map(|(f, n)| (f.as_str(), n.as_str()));
+                commands::insert(
+                    c,
+                    kind,
+                    &id,
+                    topic.as_deref(),
+                    fork,
+                    payload.as_deref(),
+                    now_ms(),
+                )
             })
             .await?;
         wake::ring(&path);
@@ -329,7 +520,7 @@ impl Client {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T> {
-        let path: PathBuf = self.path().to_owned();
+        let path: PathBuf = self.real.clone();
         let writer = self.writer.clone();
         let run = move || -> Result<T> {
             let mut slot = lock(&writer);

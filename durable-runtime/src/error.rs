@@ -291,6 +291,19 @@ pub enum Error {
         existing: String,
     },
 
+    /// A fork ([`Runtime::fork`](crate::Runtime::fork)) was refused: its new id is
+    /// taken by a workflow that is not a fork of the same workflow.
+    #[error(
+        "workflow id {workflow_id:?} is taken by a workflow that is not a fork of {origin:?}; \
+         fork under another id"
+    )]
+    IdTaken {
+        /// The id asked for.
+        workflow_id: String,
+        /// The workflow the fork was of.
+        origin: String,
+    },
+
     /// The runtime that owns the journal applied a [`Client`](crate::Client)'s command
     /// and it failed there; nothing was done.
     #[error(
@@ -320,6 +333,7 @@ impl Error {
             | Error::Unrecorded { workflow_id, .. }
             | Error::ChildIdTaken { workflow_id, .. }
             | Error::Command { workflow_id, .. }
+            | Error::IdTaken { workflow_id, .. }
             | Error::Stopped { workflow_id } => Some(workflow_id),
             _ => None,
         }

@@ -250,6 +250,7 @@ pub use crate::journal::listing::{
     Cursor, DEFAULT_LIST_LIMIT, ListPage, ListQuery, MAX_LIST_LIMIT, Order, ParseCursorError,
     ParseStatusError,
 };
+pub use crate::journal::retention::GcReport;
 pub use crate::journal::sqlite::view::{
     EventView, JournalView, MessageView, RecordedStatus, WorkflowView,
 };

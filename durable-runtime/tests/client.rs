@@ -286,3 +286,47 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_client_refuses_a_replaced_file_and_other_names() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("journal.db");
+    runtime().block_on(async {
+        let rt = Runtime::open(&path).await.expect("open");
+        rt.start_with_id("g", cl_gate()).await.expect("start");
+        rt.close().await.expect("close");
+        let client = Client::open(&path).expect("client");
+        assert_eq!(
+            client.send("g", "go", &1u32).await.expect("send"),
+            Delivery::Recorded
+        );
+
+        // Another journal put in its place (a restore): the client's commands would go
+        // to the old file; it refuses them, and the new journal gets nothing.
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        let rt = Runtime::open(&path).await.expect("new journal");
+        rt.start_with_id("g", cl_gate()).await.expect("start");
+        let e = client.send("g", "go", &2u32).await.expect_err("replaced");
+        assert!(e.to_string().contains("replaced"), "{e}");
+        assert!(client.cancel("g").await.is_err());
+        rt.close().await.expect("close");
+        assert!(
+            Client::open(&path)
+                .expect("client")
+                .messages()
+                .expect("read")
+                .is_empty()
+        );
+
+        // A second name of the file (a hard link) is refused: writing through it would
+        // use another WAL than the runtime's.
+        let link = dir.path().join("link.db");
+        std::fs::hard_link(&path, &link).expect("link");
+        let e = Client::open(&link).expect_err("hard link");
+        assert!(e.to_string().contains("hard links"), "{e}");
+        let e = Client::open(&path).expect_err("hard link");
+        assert!(e.to_string().contains("hard links"), "{e}");
+    });
+}

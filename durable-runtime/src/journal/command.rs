@@ -10,7 +10,8 @@
 //! | `ok` | applied |
 //! | `not_found` | the journal has no such workflow |
 //! | `not_resumable:<status>` | a resume of a workflow that is `pending` or `completed` |
-//! | `unknown_workflow:<name>` | a resume of a workflow the owner's program does not link |
+//! | `unknown_workflow:<name>` | a resume or fork of a workflow the owner's program does not link |
+//! | `id_taken:<origin>` | a fork whose new id a workflow has that is not a fork of `<origin>` |
 //! | `invalid:<message>` | refused as it was asked (a malformed id, for instance) |
 //! | `damaged:<message>` | the command's row fails its checksum; nothing was done |
 //! | `error:<message>` | applying it failed; nothing was done |
@@ -27,6 +28,9 @@ pub(crate) enum CommandKind {
     Cancel,
     /// Resume the workflow ([`Runtime::resume`](crate::Runtime::resume)).
     Resume,
+    /// Fork the workflow ([`Runtime::fork`](crate::Runtime::fork)) before `from_step`,
+    /// as `new_id`.
+    Fork,
 }
 
 impl CommandKind {
@@ -36,6 +40,7 @@ impl CommandKind {
             CommandKind::Send => "send",
             CommandKind::Cancel => "cancel",
             CommandKind::Resume => "resume",
+            CommandKind::Fork => "fork",
         }
     }
 
@@ -45,6 +50,7 @@ impl CommandKind {
             "send" => Some(CommandKind::Send),
             "cancel" => Some(CommandKind::Cancel),
             "resume" => Some(CommandKind::Resume),
+            "fork" => Some(CommandKind::Fork),
             _ => None,
         }
     }
@@ -60,26 +66,42 @@ pub(crate) struct PendingCommand {
     pub(crate) workflow_id: String,
     pub(crate) topic: Option<String>,
     pub(crate) payload: Option<Vec<u8>>,
+    /// A fork's step and new id.
+    pub(crate) from_step: Option<String>,
+    pub(crate) new_id: Option<String>,
     /// Whether the row matches its checksum.
     pub(crate) intact: bool,
 }
 
-/// The checksum of a command's row: its kind, workflow id and topic as the key, its
-/// payload as the value.
+/// The checksum of a command's row: its kind, workflow id and topic (a fork's: its
+/// step and new id) as the key, its payload as the value.
 pub(crate) fn command_crc(
     kind: &str,
     workflow_id: &str,
     topic: Option<&str>,
+    fork: Option<(&str, &str)>,
     payload: Option<&[u8]>,
 ) -> u32 {
-    keyed_crc32(
-        &[
-            kind.as_bytes(),
-            workflow_id.as_bytes(),
-            topic.unwrap_or_default().as_bytes(),
-        ],
-        payload.unwrap_or_default(),
-    )
+    let value = payload.unwrap_or_default();
+    match fork {
+        Some((from, new_id)) => keyed_crc32(
+            &[
+                kind.as_bytes(),
+                workflow_id.as_bytes(),
+                from.as_bytes(),
+                new_id.as_bytes(),
+            ],
+            value,
+        ),
+        None => keyed_crc32(
+            &[
+                kind.as_bytes(),
+                workflow_id.as_bytes(),
+                topic.unwrap_or_default().as_bytes(),
+            ],
+            value,
+        ),
+    }
 }
 
 /// The outcome recorded for a command that was applied.
@@ -91,6 +113,7 @@ pub(crate) fn outcome_of(e: &Error) -> String {
         Error::NotFound { .. } => "not_found".to_owned(),
         Error::NotResumable { status, .. } => format!("not_resumable:{status}"),
         Error::UnknownWorkflow { name, .. } => format!("unknown_workflow:{name}"),
+        Error::IdTaken { origin, .. } => format!("id_taken:{origin}"),
         Error::InvalidId { .. } | Error::Encode { .. } => format!("invalid:{e}"),
         other => format!("error:{other}"),
     }
@@ -117,6 +140,10 @@ pub(crate) fn error_of(id: &str, outcome: &str) -> Option<Error> {
         "unknown_workflow" => Error::UnknownWorkflow {
             workflow_id,
             name: rest.to_owned(),
+        },
+        "id_taken" => Error::IdTaken {
+            workflow_id,
+            origin: rest.to_owned(),
         },
         _ => Error::Command {
             workflow_id,

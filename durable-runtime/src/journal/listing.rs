@@ -154,8 +154,9 @@ impl FromStr for Cursor {
 
     fn from_str(s: &str) -> Result<Cursor, ParseCursorError> {
         s.strip_prefix('r')
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .filter(|n| n.len() == 1 || !n.starts_with('0'))
             .and_then(|n| n.parse::<i64>().ok())
-            .filter(|n| *n >= 0)
             .map(Cursor)
             .ok_or_else(|| ParseCursorError(s.to_owned()))
     }

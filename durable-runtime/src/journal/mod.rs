@@ -31,6 +31,7 @@ pub(crate) mod listing;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 pub(crate) mod queue;
+pub(crate) mod retention;
 pub(crate) mod schedule;
 pub(crate) mod sqlite;
 mod step_info;
@@ -284,9 +285,8 @@ impl<T> Ack<T> {
         self.spin
     }
 
-    /// Blocks the thread until the reply comes (for the benchmarks' entry points,
-    /// outside any async context).
-    #[cfg(feature = "bench")]
+    /// Blocks the thread until the reply comes: for the benchmarks' entry points and
+    /// the store's blocking calls, outside any async context (on a blocking thread).
     pub(crate) fn blocking_wait(self) -> Result<T, StoreError> {
         self.rx
             .blocking_recv()
@@ -507,6 +507,28 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     /// A schedule's state, as committed; `None` if it was never declared.
     fn schedule_state(&self, name: &str) -> Result<Option<schedule::ScheduleState>, StoreError>;
 
+    /// A page of the workflow runs that match `query` (see [`listing`]).
+    fn list(&self, query: &listing::ListQuery) -> Result<listing::ListPage, StoreError>;
+
+    /// Makes workflow `spec.new_id` a fork of `spec.origin`: a pending run of the same
+    /// workflow and input, with copies of the origin's steps (and patch markers)
+    /// before `spec.before`, each checked against its checksum and checksummed anew
+    /// under the new id, in one transaction.
+    fn fork(&self, spec: ForkSpec) -> Result<Forked, StoreError>;
+
+    // Retention (see [`retention`]).
+
+    /// Deletes one batch of the runs that finished before `cutoff_ms`, starting after
+    /// run number `after` (see `sqlite::retention::gc_batch`), in one short write.
+    fn gc_batch(&self, cutoff_ms: i64, after: i64) -> Result<retention::GcBatch, StoreError>;
+    /// Deletes the client commands applied before `cutoff_ms`.
+    fn gc_commands(&self, cutoff_ms: i64) -> Result<u64, StoreError>;
+    /// Gives some of the journal's free space back to the file system; answers how
+    /// much is left to give (0 when done, or when the journal cannot).
+    fn vacuum_step(&self) -> Result<i64, StoreError>;
+    /// Whether [`vacuum_step`](Self::vacuum_step) can give space back.
+    fn reclaims(&self) -> Result<bool, StoreError>;
+
     // Commands from other processes (see [`command`]).
 
     /// The commands not applied yet, oldest first. Empty on a journal that has no
@@ -522,6 +544,28 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     /// cost one, concurrent steps should share them. Compiled for the benchmarks only.
     #[cfg(any(test, feature = "bench"))]
     fn commits(&self) -> u64;
+}
+
+/// A fork to make (see [`Store::fork`]).
+#[derive(Debug, Clone)]
+pub(crate) struct ForkSpec {
+    pub(crate) origin: String,
+    /// Steps whose path sorts before this one are copied.
+    pub(crate) before: StepPath,
+    pub(crate) new_id: String,
+    pub(crate) app_version: Option<Arc<str>>,
+    pub(crate) at: i64,
+}
+
+/// What [`Store::fork`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Forked {
+    /// Made: the new run is pending, owned by this runtime; this many steps copied.
+    New { steps: usize },
+    /// A workflow has the new id already: the workflow it is a fork of, if any.
+    Exists { forked_from: Option<String> },
+    /// The journal has no workflow `origin`.
+    NoOrigin,
 }
 
 /// Identifies one journaled operation: a step, or a primitive such as a sleep.

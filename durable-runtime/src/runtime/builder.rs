@@ -31,6 +31,8 @@ pub struct RuntimeBuilder {
     pub(super) queues: Vec<super::queue::Queue>,
     /// The clock schedules read, if not the real one.
     pub(super) schedule_clock: Option<super::schedule::ManualClock>,
+    /// See [`RuntimeBuilder::retain_finished`].
+    pub(super) retain_finished: Option<Duration>,
     /// The testkit's probe, if one was given.
     #[cfg(feature = "testkit")]
     pub(crate) instrument: Option<Arc<dyn Instrument>>,
@@ -193,6 +195,29 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Deletes the workflow runs that finished more than `keep` ago, with everything
+    /// recorded for them, at the open and then every tenth of `keep` (between a second
+    /// and an hour), while the runtime runs: [`Runtime::gc`] on a timer. A pending run
+    /// is never deleted, nor a run a pending or resumable one may still need (see
+    /// [`Runtime::gc`]).
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), durable_runtime::Error> {
+    /// let rt = durable_runtime::Runtime::builder("journal.db")
+    ///     .retain_finished(Duration::from_secs(30 * 24 * 3600))
+    ///     .open()
+    ///     .await?;
+    /// # rt.close().await
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn retain_finished(mut self, keep: Duration) -> Self {
+        self.retain_finished = Some(keep);
+        self
+    }
+
     /// Drives this runtime's schedules (see [`Runtime::schedule`]) with `clock`, a
     /// clock a test moves by hand, instead of the real one. Sleeps and timeouts in
     /// workflows keep the real clock.
@@ -350,6 +375,9 @@ impl RuntimeBuilder {
         }
         if !runs.is_empty() {
             tokio::spawn(resume(inner.clone(), runs));
+        }
+        if let Some(keep) = self.retain_finished {
+            tokio::spawn(super::retention::retain_loop(Arc::downgrade(&inner), keep));
         }
         // Clients' commands (SQLite: on PostgreSQL every process opens the journal).
         if !shared {

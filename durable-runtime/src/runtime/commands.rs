@@ -115,6 +115,12 @@ impl Inner {
             }
             CommandKind::Cancel => done(self.cancel_by_id(&id).await),
             CommandKind::Resume => done(self.resume(&id).await),
+            CommandKind::Fork => {
+                let (Some(from), Some(new_id)) = (command.from_step, command.new_id) else {
+                    return damaged();
+                };
+                done(self.fork(&id, &from, &new_id).await)
+            }
         }
     }
 

@@ -18,10 +18,12 @@ use crate::util::{lock, now_ms};
 mod builder;
 mod commands;
 mod dormant;
+mod fork;
 mod handle;
 mod queue;
 mod queued_call;
 mod registry;
+mod retention;
 mod schedule;
 
 pub use crate::journal::{AttemptTime, StepInfo};
@@ -32,6 +34,7 @@ pub use queued_call::{enqueue, enqueue_with};
 pub(crate) use registry::Inner;
 use registry::*;
 pub(crate) use registry::{refuse_in_workflow, validate_id};
+pub(crate) use retention::cutoff as retention_cutoff;
 pub use schedule::{ManualClock, Schedule, ScheduleHandle, ScheduleInfo, Tick};
 
 /// The durable-execution runtime: owns one journal and runs the workflows in it.
@@ -76,6 +79,7 @@ impl Runtime {
             evict_parked_after: Some(RuntimeBuilder::DEFAULT_EVICT_PARKED_AFTER),
             queues: Vec::new(),
             schedule_clock: None,
+            retain_finished: None,
             #[cfg(feature = "testkit")]
             instrument: None,
         }

@@ -696,38 +696,48 @@ impl Inner {
                 // Queued again: a dispatch runs it.
                 continue;
             }
-            let Some(def) = self.registry.get(record.name.as_str()).copied() else {
-                tracing::warn!(workflow = %w, name = %record.name, "resumed, but its workflow is not linked into this program; it stays pending");
-                continue;
-            };
-            let id: Arc<str> = Arc::from(w);
-            let mut running = lock(&self.running);
-            if self.closing.load(Ordering::Acquire) {
-                // Under the lock `close` looks through: it either sees this run and
-                // stops it, or the run is left to the next open.
+            if !self.launch_recorded(record) {
                 return Ok(());
             }
-            if running.contains_key(&id) {
-                // Started meanwhile (a resumed parent's replay starts its children):
-                // one run only.
-                continue;
-            }
-            let parent = record.parent_id.map(Arc::<str>::from);
-            let (ctx, tx) = self.register(&mut running, &id, def.name(), parent);
-            drop(running);
-            tracing::info!(workflow = %id, "resuming workflow");
-            let run = drive(
-                self.clone(),
-                ctx,
-                def,
-                record.input,
-                History::Journaled,
-                None,
-                tx,
-            );
-            tokio::spawn(run);
         }
         Ok(())
+    }
+
+    /// Runs `record`, a pending run of the journal, in this runtime, unless one of it
+    /// runs here already. Answers `false` if the runtime is closing (the run is left to
+    /// the next open).
+    pub(super) fn launch_recorded(self: &Arc<Self>, record: WorkflowRecord) -> bool {
+        let Some(def) = self.registry.get(record.name.as_str()).copied() else {
+            tracing::warn!(workflow = %record.id, name = %record.name, "its workflow is not linked into this program; it stays pending");
+            return true;
+        };
+        let id: Arc<str> = Arc::from(record.id.as_str());
+        let mut running = lock(&self.running);
+        if self.closing.load(Ordering::Acquire) {
+            // Under the lock `close` looks through: it either sees this run and stops
+            // it, or the run is left to the next open.
+            return false;
+        }
+        if running.contains_key(&id) {
+            // Started meanwhile (a resumed parent's replay starts its children): one
+            // run only.
+            return true;
+        }
+        let parent = record.parent_id.map(Arc::<str>::from);
+        let (ctx, tx) = self.register(&mut running, &id, def.name(), parent);
+        drop(running);
+        tracing::info!(workflow = %id, "running workflow from its journal");
+        let run = drive(
+            self.clone(),
+            ctx,
+            def,
+            record.input,
+            History::Journaled,
+            None,
+            tx,
+        );
+        tokio::spawn(run);
+        true
     }
 }
 

@@ -312,6 +312,40 @@ macro_rules! forward_reads {
         ) -> Result<Vec<crate::journal::queue::QueuedRow>, StoreError> {
             self.inner.queued(queue, limit)
         }
+        fn list(
+            &self,
+            query: &crate::journal::listing::ListQuery,
+        ) -> Result<crate::journal::listing::ListPage, StoreError> {
+            self.inner.list(query)
+        }
+
+        fn fork(
+            &self,
+            spec: crate::journal::ForkSpec,
+        ) -> Result<crate::journal::Forked, StoreError> {
+            self.inner.fork(spec)
+        }
+
+        fn gc_batch(
+            &self,
+            cutoff_ms: i64,
+            after: i64,
+        ) -> Result<crate::journal::retention::GcBatch, StoreError> {
+            self.inner.gc_batch(cutoff_ms, after)
+        }
+
+        fn gc_commands(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
+            self.inner.gc_commands(cutoff_ms)
+        }
+
+        fn vacuum_step(&self) -> Result<i64, StoreError> {
+            self.inner.vacuum_step()
+        }
+
+        fn reclaims(&self) -> Result<bool, StoreError> {
+            self.inner.reclaims()
+        }
+
         fn commands(&self) -> Result<Vec<crate::journal::command::PendingCommand>, StoreError> {
             self.inner.commands()
         }

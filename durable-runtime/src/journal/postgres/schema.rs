@@ -179,6 +179,10 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE {s}.steps ADD COLUMN attempt_times text;
     "#,
+    // 7: forks (as `durable_workflows.forked_from`).
+    r#"
+    ALTER TABLE {s}.workflows ADD COLUMN forked_from text COLLATE "C";
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -64,13 +64,13 @@ fn held_files() -> MutexGuard<'static, BTreeMap<(u64, u64), PathBuf>> {
 
 /// The device and inode of the file at `path`, which every name of it shares.
 #[cfg(unix)]
-pub(super) fn file_id(path: &Path) -> Option<(u64, u64)> {
+pub(crate) fn file_id(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 #[cfg(not(unix))]
-pub(super) fn file_id(_path: &Path) -> Option<(u64, u64)> {
+pub(crate) fn file_id(_path: &Path) -> Option<(u64, u64)> {
     None
 }
 

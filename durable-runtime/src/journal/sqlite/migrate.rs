@@ -372,6 +372,32 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // (its attempt is `started_at` to `finished_at`), and in rows from before. Not
     // covered by the checksum: it is shown, never replayed.
     "ALTER TABLE durable_steps ADD COLUMN attempt_times TEXT;",
+    // Version 14: forks. A fork is a new run that starts with copies of another run's
+    // steps before a given step; `forked_from` names that run (NULL for every other
+    // run). Clients may ask for one: `durable_commands` is rebuilt with the kind
+    // `fork` allowed and the fork's step (`from_step`) and new id (`new_id`).
+    "ALTER TABLE durable_workflows ADD COLUMN forked_from TEXT;
+    CREATE TABLE durable_commands_v14 (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind        TEXT NOT NULL CHECK (kind IN ('send', 'cancel', 'resume', 'fork')),
+        workflow_id TEXT NOT NULL,
+        topic       TEXT,
+        payload     BLOB,
+        from_step   TEXT,
+        new_id      TEXT,
+        crc32       INTEGER NOT NULL,
+        created_at  INTEGER NOT NULL,
+        applied_at  INTEGER,
+        outcome     TEXT
+    ) STRICT;
+    INSERT INTO durable_commands_v14
+        (seq, kind, workflow_id, topic, payload, crc32, created_at, applied_at, outcome)
+        SELECT seq, kind, workflow_id, topic, payload, crc32, created_at, applied_at, outcome
+        FROM durable_commands;
+    DROP TABLE durable_commands;
+    ALTER TABLE durable_commands_v14 RENAME TO durable_commands;
+    CREATE INDEX durable_commands_waiting ON durable_commands (seq) WHERE applied_at IS NULL;",
+
 ];
 
 /// Brings the schema to the newest version, in one transaction.

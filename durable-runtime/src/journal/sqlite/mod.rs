@@ -51,12 +51,14 @@ macro_rules! run_of_first_parameter {
 
 pub(crate) mod commands;
 mod dormant;
-mod identity;
+mod fork;
+pub(crate) mod identity;
 mod integrity;
 mod migrate;
 pub(crate) mod open;
 mod ops;
 mod queues;
+pub(crate) mod retention;
 mod rows;
 mod schedules;
 pub(crate) mod view;
@@ -551,6 +553,41 @@ impl Store for SqliteStore {
 
     fn commands(&self) -> Result<Vec<super::command::PendingCommand>, StoreError> {
         self.read_apart(commands::pending)
+    }
+
+    fn list(
+        &self,
+        query: &super::listing::ListQuery,
+    ) -> Result<super::listing::ListPage, StoreError> {
+        self.read_apart(|c| view::list(c, query))
+    }
+
+    fn fork(&self, spec: super::ForkSpec) -> Result<super::Forked, StoreError> {
+        self.write(|reply| Write::Fork(spec, reply)).blocking_wait()
+    }
+
+    fn gc_batch(&self, cutoff: i64, after: i64) -> Result<super::retention::GcBatch, StoreError> {
+        self.write(|reply| Write::Gc {
+            cutoff,
+            after,
+            reply,
+        })
+        .blocking_wait()
+    }
+
+    fn gc_commands(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
+        self.write(|reply| Write::GcCommands(cutoff_ms, reply))
+            .blocking_wait()
+            .map(|n| u64::try_from(n).unwrap_or(0))
+    }
+
+    fn vacuum_step(&self) -> Result<i64, StoreError> {
+        self.write(Write::Vacuum).blocking_wait()
+    }
+
+    fn reclaims(&self) -> Result<bool, StoreError> {
+        self.read(|c| c.query_row("PRAGMA auto_vacuum", [], |r| r.get::<_, i64>(0)))
+            .map(|mode| mode == 2)
     }
 
     fn apply_command(&self, seq: i64, outcome: String, send: Option<NewMessage>) -> Ack<bool> {

@@ -143,7 +143,7 @@ pub(crate) fn held_by_runtime(path: &Path) -> bool {
 
 /// Takes the journal's lock (creating its lock file if needed), held for as long as the
 /// returned file stays open.
-fn take_lock(path: &Path) -> Result<File, Error> {
+pub(crate) fn take_lock(path: &Path) -> Result<File, Error> {
     let lock = lock_path(path);
     let failed = |doing: &str, e: std::io::Error| -> Error {
         match e.kind() {
@@ -250,6 +250,10 @@ fn create_journal(path: &Path, options: &JournalOptions) -> Result<(), Error> {
     create_private(&tmp).map_err(cannot)?;
     {
         let mut conn = connect(&tmp, options).map_err(|e| sql_error(path, e))?;
+        // Before the first table: pages freed by `Runtime::gc` go back to the file
+        // system (`PRAGMA incremental_vacuum`), so the file shrinks after retention.
+        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")
+            .map_err(|e| sql_error(path, e))?;
         configure(&conn, Durability::Full).map_err(|e| sql_error(path, e))?;
         migrate(&mut conn, path)?;
         // Closing the only connection checkpoints the WAL into the file and removes it.

@@ -89,6 +89,33 @@ impl Writer {
                 Reply::Unit(reply, self.start_record(&key, at, None).map_err(sql))
             }
             Write::Send(m, reply) => Reply::Unit(reply, self.insert_message(&m).map_err(sql)),
+            Write::Gc {
+                cutoff,
+                after,
+                reply,
+            } => Reply::Gc(
+                reply,
+                super::retention::gc_batch(&self.conn, cutoff, after, super::retention::GC_BATCH)
+                    .map_err(sql),
+            ),
+            Write::GcCommands(cutoff, reply) => Reply::Count(
+                reply,
+                super::retention::gc_commands(&self.conn, cutoff)
+                    .map(|n| i64::try_from(n).unwrap_or(i64::MAX))
+                    .map_err(sql),
+            ),
+            Write::Fork(spec, reply) => Reply::Fork(
+                reply,
+                match self.all_or_nothing(|w| w.fork(&spec)) {
+                    Ok(Ok(forked)) => Ok(forked),
+                    Ok(Err(why)) => Err(StoreError::new(path, StoreErrorKind::Damaged, why)),
+                    Err(e) => Err(sql(e)),
+                },
+            ),
+            Write::Vacuum(reply) => Reply::Count(
+                reply,
+                super::retention::vacuum_step(&self.conn).map_err(sql),
+            ),
             Write::Command {
                 seq,
                 outcome,

@@ -114,8 +114,8 @@ impl JournalView {
                 return Err(StoreError::new(
                     path,
                     StoreErrorKind::Io,
-                    "there is no journal at this path; a JournalView reads an existing journal \
-                     (Runtime::open creates one)",
+                    "there is no journal at this path: a view or a client reads an existing \
+                     journal (Runtime::open creates one)",
                 )
                 .into());
             }
@@ -263,49 +263,7 @@ impl JournalView {
     /// # }
     /// ```
     pub fn list(&self, query: &ListQuery) -> Result<ListPage> {
-        let (before, order) = match query.order {
-            Order::NewestFirst => ("<", "DESC"),
-            Order::OldestFirst => (">", "ASC"),
-        };
-        let tail = format!(
-            "WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR name = ?2)
-               AND (?3 IS NULL OR created_at >= ?3) AND (?4 IS NULL OR created_at < ?4)
-               AND (?5 IS NULL OR parent_id = ?5) AND (?6 IS NULL OR run {before} ?6)
-             ORDER BY run {order} LIMIT ?7"
-        );
-        let limit = query
-            .limit
-            .clamp(1, crate::journal::listing::MAX_LIST_LIMIT);
-        let mut rows = self.read(|c| {
-            rows::select_workflows_by(
-                c,
-                LIST_COLUMNS,
-                &tail,
-                rusqlite::params![
-                    query.status.map(RecordedStatus::as_str),
-                    query.name,
-                    query.started_after_ms,
-                    query.started_before_ms,
-                    query.parent,
-                    query.after.map(|c| c.0),
-                    i64::try_from(limit + 1).unwrap_or(i64::MAX),
-                ],
-                |r, w| {
-                    Ok((
-                        r.get::<_, i64>(WORKFLOW_COLUMN_COUNT + 3)?,
-                        workflow_view(r, w)?,
-                    ))
-                },
-            )
-        })?;
-        let next = (rows.len() > limit).then(|| {
-            rows.truncate(limit);
-            Cursor(rows.last().map_or(0, |(run, _)| *run))
-        });
-        Ok(ListPage {
-            workflows: rows.into_iter().map(|(_, w)| w).collect(),
-            next,
-        })
+        self.read(|c| list(c, query))
     }
 
     /// How many workflow runs are in each status, in the order of [`RecordedStatus`]
@@ -362,6 +320,52 @@ impl JournalView {
     }
 }
 
+/// A page of the workflow runs that match `query` (see [`JournalView::list`]), read
+/// through `c` (the view's, or the runtime's reader).
+pub(crate) fn list(c: &Connection, query: &ListQuery) -> rusqlite::Result<ListPage> {
+    let (before, order) = match query.order {
+        Order::NewestFirst => ("<", "DESC"),
+        Order::OldestFirst => (">", "ASC"),
+    };
+    let tail = format!(
+        "WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR name = ?2)
+           AND (?3 IS NULL OR created_at >= ?3) AND (?4 IS NULL OR created_at < ?4)
+           AND (?5 IS NULL OR parent_id = ?5) AND (?6 IS NULL OR run {before} ?6)
+         ORDER BY run {order} LIMIT ?7"
+    );
+    let limit = query
+        .limit
+        .clamp(1, crate::journal::listing::MAX_LIST_LIMIT);
+    let mut rows = rows::select_workflows_by(
+        c,
+        LIST_COLUMNS,
+        &tail,
+        rusqlite::params![
+            query.status.map(RecordedStatus::as_str),
+            query.name,
+            query.started_after_ms,
+            query.started_before_ms,
+            query.parent,
+            query.after.map(|c| c.0),
+            i64::try_from(limit + 1).unwrap_or(i64::MAX),
+        ],
+        |r, w| {
+            Ok((
+                r.get::<_, i64>(WORKFLOW_COLUMN_COUNT + 4)?,
+                workflow_view(r, w)?,
+            ))
+        },
+    )?;
+    let next = (rows.len() > limit).then(|| {
+        rows.truncate(limit);
+        Cursor(rows.last().map_or(0, |(run, _)| *run))
+    });
+    Ok(ListPage {
+        workflows: rows.into_iter().map(|(_, w)| w).collect(),
+        next,
+    })
+}
+
 /// The error for a journal at schema `version`, which this build cannot view.
 fn wrong_version(path: &Path, version: usize) -> Error {
     let current = MIGRATIONS.len();
@@ -380,8 +384,8 @@ fn wrong_version(path: &Path, version: usize) -> Error {
             StoreErrorKind::Io,
             format!(
                 "the journal is at schema version {version}, older than this build of durable \
-                 ({current}), and a JournalView does not upgrade a journal: open it once with \
-                 Runtime::open (which upgrades it), then view it"
+                 ({current}), and a view or a client does not upgrade a journal: open it once \
+                 with Runtime::open (which upgrades it), then look again"
             ),
         )
         .into()
@@ -390,10 +394,10 @@ fn wrong_version(path: &Path, version: usize) -> Error {
 
 /// The columns a view reads after [`WORKFLOW_COLUMNS`](rows::WORKFLOW_COLUMNS), from
 /// index [`WORKFLOW_COLUMN_COUNT`].
-const VIEW_COLUMNS: &str = ", created_at, updated_at, app_version";
+const VIEW_COLUMNS: &str = ", created_at, updated_at, app_version, forked_from";
 
 /// [`VIEW_COLUMNS`] and the run number, for a listing's cursor.
-const LIST_COLUMNS: &str = ", created_at, updated_at, app_version, run";
+const LIST_COLUMNS: &str = ", created_at, updated_at, app_version, forked_from, run";
 
 /// A workflow row with the view's columns, as a [`WorkflowView`].
 fn workflow_view(r: &rusqlite::Row<'_>, w: WorkflowRecord) -> rusqlite::Result<WorkflowView> {
@@ -406,6 +410,7 @@ fn workflow_view(r: &rusqlite::Row<'_>, w: WorkflowRecord) -> rusqlite::Result<W
         created_at_ms: r.get(WORKFLOW_COLUMN_COUNT)?,
         finished_at_ms: (status != RecordedStatus::Pending).then_some(updated_at),
         app_version: r.get(WORKFLOW_COLUMN_COUNT + 2)?,
+        forked_from: r.get(WORKFLOW_COLUMN_COUNT + 3)?,
         deadline_at_ms: w.deadline_at,
         cancel_reason: w.cancelled,
         failure_kind,
@@ -459,6 +464,8 @@ pub struct WorkflowView {
     pub status: RecordedStatus,
     /// The workflow that started this one as its child ([`start_child`](crate::start_child)).
     pub parent_id: Option<String>,
+    /// The workflow this one is a fork of ([`Runtime::fork`](crate::Runtime::fork)).
+    pub forked_from: Option<String>,
     /// The application version of the runtime that started it
     /// ([`RuntimeBuilder::app_version`](crate::RuntimeBuilder::app_version)).
     pub app_version: Option<String>,
@@ -484,6 +491,39 @@ pub struct WorkflowView {
 }
 
 impl WorkflowView {
+    /// The view of `w`, a record read elsewhere (PostgreSQL), whose damage it carries.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn from_record(
+        w: WorkflowRecord,
+        created_at_ms: i64,
+        updated_at_ms: i64,
+        app_version: Option<String>,
+        forked_from: Option<String>,
+    ) -> WorkflowView {
+        let damaged = w.damaged.as_ref().map(|(at, _)| at.clone());
+        let status = RecordedStatus::from(w.status);
+        let (failure_kind, failure_message) =
+            w.failure.map_or((None, None), |(k, m)| (Some(k), Some(m)));
+        WorkflowView {
+            created_at_ms,
+            finished_at_ms: (status != RecordedStatus::Pending).then_some(updated_at_ms),
+            app_version,
+            forked_from,
+            deadline_at_ms: w.deadline_at,
+            cancel_reason: w.cancelled,
+            failure_kind,
+            failure_message,
+            parent_id: w.parent_id,
+            status,
+            name: w.name,
+            id: w.id,
+            input: w.input,
+            output: w.output,
+            input_intact: !matches!(damaged, Some(Location::Input)),
+            output_intact: !matches!(damaged, Some(Location::Output)),
+        }
+    }
+
     /// Decodes the workflow's recorded input as `T`: the tuple of its arguments, such as
     /// `(Order,)` for a workflow of one argument, or `()` for none.
     ///

@@ -56,6 +56,18 @@ pub(super) enum Write {
     Expire(WaitRecord, Replier<Option<Vec<u8>>>),
     Started(StepKey, i64, Replier<()>),
     Send(NewMessage, Replier<()>),
+    /// One batch of a garbage collection: runs finished before the cutoff, after a run.
+    Gc {
+        cutoff: i64,
+        after: i64,
+        reply: Replier<crate::journal::retention::GcBatch>,
+    },
+    /// Deletes the commands applied before the cutoff.
+    GcCommands(i64, Replier<i64>),
+    /// Gives free pages back to the file system; answers how many are left.
+    Vacuum(Replier<i64>),
+    /// Makes a fork.
+    Fork(crate::journal::ForkSpec, Replier<crate::journal::Forked>),
     /// A client's command applied: its outcome, and the message it sends.
     Command {
         seq: i64,
@@ -122,6 +134,9 @@ impl Command {
                 | Write::Schedule(..) => 0,
                 Write::Send(m, _) => m.payload.len(),
                 Write::Command { send, .. } => send.as_ref().map_or(0, |m| m.payload.len()),
+                Write::Gc { .. } | Write::GcCommands(..) | Write::Vacuum(_) | Write::Fork(..) => {
+                    return None;
+                }
                 Write::Cancel(..)
                 | Write::Resume(..)
                 | Write::Transaction(..)
@@ -342,6 +357,15 @@ pub(super) enum Reply {
         Result<Option<Vec<u8>>, StoreError>,
     ),
     Ids(Replier<Vec<String>>, Result<Vec<String>, StoreError>),
+    Gc(
+        Replier<crate::journal::retention::GcBatch>,
+        Result<crate::journal::retention::GcBatch, StoreError>,
+    ),
+    Count(Replier<i64>, Result<i64, StoreError>),
+    Fork(
+        Replier<crate::journal::Forked>,
+        Result<crate::journal::Forked, StoreError>,
+    ),
     /// A wait that found nothing: parked once its batch commits.
     Park(WaitFor, Parked),
 }
@@ -709,6 +733,9 @@ impl Reply {
             Reply::Finish(s, r) => drop(s.send(r)),
             Reply::Value(s, r) => drop(s.send(r)),
             Reply::Ids(s, r) => drop(s.send(r)),
+            Reply::Gc(s, r) => drop(s.send(r)),
+            Reply::Count(s, r) => drop(s.send(r)),
+            Reply::Fork(s, r) => drop(s.send(r)),
             // Parked by `commit_batch`, never sent from here.
             Reply::Park(_, p) => drop(p),
         }
@@ -721,6 +748,9 @@ impl Reply {
             Reply::Finish(_, r) => r.as_ref().err(),
             Reply::Value(_, r) => r.as_ref().err(),
             Reply::Ids(_, r) => r.as_ref().err(),
+            Reply::Gc(_, r) => r.as_ref().err(),
+            Reply::Count(_, r) => r.as_ref().err(),
+            Reply::Fork(_, r) => r.as_ref().err(),
             Reply::Park(..) => None,
         }
     }
@@ -732,6 +762,9 @@ impl Reply {
             Reply::Finish(s, _) => drop(s.send(Err(e))),
             Reply::Value(s, _) => drop(s.send(Err(e))),
             Reply::Ids(s, _) => drop(s.send(Err(e))),
+            Reply::Gc(s, _) => drop(s.send(Err(e))),
+            Reply::Count(s, _) => drop(s.send(Err(e))),
+            Reply::Fork(s, _) => drop(s.send(Err(e))),
             Reply::Park(_, p) => drop(p.reply.send(Err(e))),
         }
     }
@@ -747,6 +780,9 @@ pub(super) fn fail(c: Command, e: StoreError) {
             Write::Wait(_, s) | Write::Expire(_, s) => drop(s.send(Err(e))),
             Write::Cancel(.., s) | Write::Resume(.., s) => drop(s.send(Err(e))),
             Write::Dormant(_, s) | Write::Command { reply: s, .. } => drop(s.send(Err(e))),
+            Write::Gc { reply, .. } => drop(reply.send(Err(e))),
+            Write::GcCommands(_, s) | Write::Vacuum(s) => drop(s.send(Err(e))),
+            Write::Fork(_, s) => drop(s.send(Err(e))),
             Write::QueueNews(_, s)
             | Write::SetQueue(_, _, s)
             | Write::Dispatch(s)
