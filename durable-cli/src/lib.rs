@@ -6,6 +6,10 @@
 //! durable --journal shop.db show order-42
 //! durable --journal shop.db send order-42 approval '{"approved": true, "by": "grace"}'
 //! durable --journal shop.db cancel order-42
+//! durable --journal shop.db fork order-42 3 order-42-retry
+//! durable --journal shop.db gc --older-than 30d
+//! durable --journal shop.db timeline order-42 -o order-42.svg
+//! durable --journal shop.db ui
 //! ```
 //!
 //! The journal comes from `--journal` or the `DURABLE_JOURNAL` environment variable.
@@ -33,6 +37,17 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+
+/// `println!`, except that a closed stdout (`durable list | head`) ends the program
+/// quietly with status 0 instead of a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout().lock(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
 
 mod timeline;
 mod ui;
@@ -86,9 +101,9 @@ enum Command {
         /// Oldest first.
         #[arg(long)]
         oldest_first: bool,
-        /// At most this many runs.
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+        /// At most this many runs (1 to 10000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=10000))]
+        limit: u16,
         /// The page after this cursor (printed at the end of a listing).
         #[arg(long)]
         after: Option<Cursor>,
@@ -134,6 +149,31 @@ enum Command {
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         wait: Duration,
     },
+    /// Start NEW_ID as a fork of ID: it reuses ID's recorded steps before FROM_STEP
+    /// and runs the rest with the owner's current code.
+    Fork {
+        /// The workflow to fork.
+        id: String,
+        /// The first step to run again (a path from `durable show`, such as 3 or 2.1).
+        from_step: String,
+        /// The new workflow's id.
+        new_id: String,
+        /// How long to wait for the runtime that owns the journal to apply it.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        wait: Duration,
+    },
+    /// Delete the workflow runs that finished more than --older-than ago, with
+    /// everything recorded for them (never a pending run, nor one a pending or
+    /// resumable run may still need), and give the space back. Safe while a runtime
+    /// holds the journal.
+    Gc {
+        /// How old a finished run must be to go: 30d, 12h, 90m, 10s.
+        #[arg(long, value_parser = parse_duration)]
+        older_than: Duration,
+    },
+    /// Rewrite the journal compactly and make it one `gc` shrinks (for journals made
+    /// before schema 13). Needs the journal to itself: no runtime may hold it.
+    Vacuum,
     /// Draw a workflow's timeline: one row per branch, a bar per step attempt.
     Timeline {
         /// The workflow id.
@@ -150,7 +190,7 @@ enum Command {
         /// Allow cancel and resume from the pages, for requests that carry --token.
         #[arg(long, requires = "token")]
         allow_control: bool,
-        /// The token control requests must carry.
+        /// The token control requests must carry (with --allow-control).
         #[arg(long, env = "DURABLE_UI_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
@@ -164,21 +204,23 @@ enum Command {
     },
 }
 
-/// `10s`, `500ms`, `2m`: a whole number and a unit.
+/// `500ms`, `10s`, `2m`, `12h`, `30d`: a whole number and a unit.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (n, unit) = text.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration: write it as 10s, 500ms or 2m"))?;
+    let n: u64 = n.parse().map_err(|_| {
+        format!("{text:?} is not a duration: write it as 500ms, 10s, 2m, 12h or 30d")
+    })?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" | "" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
+        "d" => Ok(Duration::from_secs(n.saturating_mul(86_400))),
         _ => Err(format!(
-            "{text:?} is not a duration: write it as 10s, 500ms or 2m"
+            "{text:?} is not a duration: write it as 500ms, 10s, 2m, 12h or 30d"
         )),
     }
 }
@@ -193,6 +235,7 @@ impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
         let code = match e {
             Error::NotFound { .. } => 3,
+            Error::InvalidId { .. } => 2,
             _ => 1,
         };
         Failure {
@@ -252,7 +295,7 @@ fn execute(cli: Cli) -> Result<u8, Failure> {
             limit,
             after,
         } => {
-            let mut query = ListQuery::new().limit(limit);
+            let mut query = ListQuery::new().limit(usize::from(limit));
             if let Some(s) = status {
                 query = query.status(s);
             }
@@ -284,20 +327,23 @@ fn execute(cli: Cli) -> Result<u8, Failure> {
             } else {
                 let mut table = table(&["ID", "NAME", "STATUS", "STARTED", "DURATION", "PARENT"]);
                 for w in &page.workflows {
-                    table.add_row(vec![
-                        w.id.clone(),
-                        w.name.clone(),
-                        w.status.to_string(),
-                        time(w.created_at_ms),
-                        w.finished_at_ms
-                            .map_or_else(|| "running".into(), |f| span(f - w.created_at_ms)),
-                        w.parent_id.clone().unwrap_or_default(),
-                    ]);
+                    add_row(
+                        &mut table,
+                        vec![
+                            w.id.clone(),
+                            w.name.clone(),
+                            w.status.to_string(),
+                            time(w.created_at_ms),
+                            w.finished_at_ms
+                                .map_or_else(|| "running".into(), |f| span(f - w.created_at_ms)),
+                            w.parent_id.clone().unwrap_or_default(),
+                        ],
+                    );
                 }
-                println!("{table}");
+                out!("{table}");
                 match page.next {
-                    Some(c) => println!("more: --after {c}"),
-                    None => println!("{} run(s)", page.workflows.len()),
+                    Some(c) => out!("more: --after {c}"),
+                    None => out!("{} run(s)", page.workflows.len()),
                 }
             }
             Ok(0)
@@ -311,30 +357,33 @@ fn execute(cli: Cli) -> Result<u8, Failure> {
                     "steps": steps.iter().map(step_json).collect::<Vec<_>>(),
                 }));
             } else {
-                println!("workflow  {}", w.id);
-                println!("name      {}", w.name);
-                println!("status    {}", status_line(&w));
+                out!("workflow  {}", clean(&w.id));
+                out!("name      {}", clean(&w.name));
+                out!("status    {}", clean(&status_line(&w)));
                 if let Some(p) = &w.parent_id {
-                    println!("parent    {p}");
+                    out!("parent    {}", clean(p));
                 }
-                println!("started   {}", time(w.created_at_ms));
+                if let Some(f) = &w.forked_from {
+                    out!("forked    from {}", clean(f));
+                }
+                out!("started   {}", time(w.created_at_ms));
                 if let Some(f) = w.finished_at_ms {
-                    println!(
+                    out!(
                         "finished  {} (after {})",
                         time(f),
                         span(f - w.created_at_ms)
                     );
                 }
-                println!(
+                out!(
                     "input     {}",
                     preview(&value_text(w.input::<Value>()), 200)
                 );
                 match w.output::<Value>() {
-                    Ok(Some(out)) => println!("output    {}", preview(&out.to_string(), 200)),
+                    Ok(Some(v)) => out!("output    {}", clean(&preview(&v.to_string(), 200))),
                     Ok(None) => {}
-                    Err(e) => println!("output    {}", value_text(Err(e))),
+                    Err(e) => out!("output    {}", value_text(Err(e))),
                 }
-                println!();
+                out!();
                 print_steps(&steps);
             }
             Ok(0)
@@ -371,13 +420,16 @@ fn execute(cli: Cli) -> Result<u8, Failure> {
             } else {
                 let mut table = table(&["KEY", "SET", "VALUE"]);
                 for e in &events {
-                    table.add_row(vec![
-                        e.key.clone(),
-                        time(e.set_at_ms),
-                        preview(&value_text(e.value::<Value>()), 80),
-                    ]);
+                    add_row(
+                        &mut table,
+                        vec![
+                            e.key.clone(),
+                            time(e.set_at_ms),
+                            preview(&value_text(e.value::<Value>()), 80),
+                        ],
+                    );
                 }
-                println!("{table}");
+                out!("{table}");
             }
             Ok(0)
         }
@@ -403,14 +455,17 @@ fn execute(cli: Cli) -> Result<u8, Failure> {
             } else {
                 let mut table = table(&["TO", "TOPIC", "SENT", "VALUE"]);
                 for m in &messages {
-                    table.add_row(vec![
-                        m.destination.clone(),
-                        m.topic.clone(),
-                        time(m.sent_at_ms),
-                        preview(&value_text(m.value::<Value>()), 80),
-                    ]);
+                    add_row(
+                        &mut table,
+                        vec![
+                            m.destination.clone(),
+                            m.topic.clone(),
+                            time(m.sent_at_ms),
+                            preview(&value_text(m.value::<Value>()), 80),
+                        ],
+                    );
                 }
-                println!("{table}");
+                out!("{table}");
             }
             Ok(0)
         }
@@ -434,6 +489,46 @@ fn execute(cli: Cli) -> Result<u8, Failure> {
             let client = client.apply_timeout(wait);
             let delivery = block_on(client.cancel(&id))??;
             Ok(report(json, "cancel", &id, delivery))
+        }
+        Command::Fork {
+            id,
+            from_step,
+            new_id,
+            wait,
+        } => {
+            let client = client.apply_timeout(wait);
+            let delivery = block_on(client.fork(&id, &from_step, &new_id))??;
+            Ok(report(json, "fork", &id, delivery))
+        }
+        Command::Gc { older_than } => {
+            let report = block_on(client.gc(older_than))??;
+            if json {
+                print_json(&json!({
+                    "workflows": report.workflows,
+                    "commands": report.commands,
+                    "reclaimed": report.reclaimed,
+                }));
+            } else {
+                out!(
+                    "deleted {} finished run(s) and {} applied command(s); {}",
+                    report.workflows,
+                    report.commands,
+                    if report.reclaimed {
+                        "their space went back to the file system"
+                    } else {
+                        "their space stays in the file for new runs (run `durable vacuum` \
+                         once, while no runtime holds the journal, to make gc shrink it)"
+                    }
+                );
+            }
+            Ok(0)
+        }
+        Command::Vacuum => {
+            block_on(client.vacuum())??;
+            if !json {
+                out!("vacuumed {}: gc now gives space back", journal.display());
+            }
+            Ok(0)
         }
         Command::Timeline { id, output } => {
             let Some((w, steps, children, events)) = ui::gather(&client, &id)? else {
@@ -462,7 +557,7 @@ fn execute(cli: Cli) -> Result<u8, Failure> {
                 message: format!("cannot write {}: {e}", output.display()),
             })?;
             if !json {
-                println!("wrote the timeline of {id} to {}", output.display());
+                out!("wrote the timeline of {id} to {}", output.display());
             }
             Ok(0)
         }
@@ -477,12 +572,17 @@ fn execute(cli: Cli) -> Result<u8, Failure> {
                     None => {
                         return Err(Failure {
                             code: 2,
-                            message: "--allow-control needs a --token (or DURABLE_UI_TOKEN) of at                                       least 8 characters, which control requests must carry"
+                            message: "--allow-control needs a --token (or DURABLE_UI_TOKEN) of at least 8 characters, which control requests must carry"
                                 .into(),
                         });
                     }
                 }
             } else {
+                if token.is_some() {
+                    eprintln!(
+                        "durable: a token is given but not --allow-control: the view is read-only"
+                    );
+                }
                 None
             };
             let served = tokio::runtime::Builder::new_multi_thread()
@@ -541,7 +641,7 @@ fn report(json: bool, what: &str, id: &str, delivery: Delivery) -> u8 {
     if json {
         print_json(&json!({ "command": what, "workflow": id, "applied": applied }));
     } else {
-        println!("{text}");
+        out!("{text}");
     }
     code
 }
@@ -568,31 +668,34 @@ fn print_steps(steps: &[StepInfo]) {
         "PATH", "NAME", "KIND", "STATUS", "ATTEMPTS", "STARTED", "DURATION", "OUTPUT",
     ]);
     for s in steps {
-        table.add_row(vec![
-            s.path.to_string(),
-            s.name.clone(),
-            kind(s).into(),
-            step_status(s).into(),
-            s.attempts.to_string(),
-            time(s.started_at_ms),
-            span(s.finished_at_ms - s.started_at_ms),
-            if s.panicked {
-                String::new()
-            } else {
-                preview(&value_text(s.output::<Value>()), 60)
-            },
-        ]);
+        add_row(
+            &mut table,
+            vec![
+                s.path.to_string(),
+                s.name.clone(),
+                kind(s).into(),
+                step_status(s).into(),
+                s.attempts.to_string(),
+                time(s.started_at_ms),
+                span(s.finished_at_ms - s.started_at_ms),
+                if s.panicked {
+                    String::new()
+                } else {
+                    preview(&value_text(s.output::<Value>()), 60)
+                },
+            ],
+        );
     }
-    println!("{table}");
+    out!("{table}");
     let internal = steps.iter().filter(|s| kind(s) == "internal").count();
     if internal > 0 {
-        println!(
+        out!(
             "{} step(s), {internal} of them internal: records durable keeps for its own \
              operations (durable::sleep, durable::recv, ...), not steps of your code",
             steps.len()
         );
     } else {
-        println!("{} step(s)", steps.len());
+        out!("{} step(s)", steps.len());
     }
 }
 
@@ -615,6 +718,7 @@ fn workflow_json(w: &WorkflowView) -> Value {
         "name": w.name,
         "status": w.status.as_str(),
         "parent": w.parent_id,
+        "forked_from": w.forked_from,
         "started_at": time(w.created_at_ms),
         "finished_at": w.finished_at_ms.map(time),
         "failure": w.failure_message,
@@ -662,6 +766,23 @@ fn not_shown(e: &Error) -> String {
     }
 }
 
+/// `text` with its control characters shown as `\u{..}` escapes: values a workflow
+/// or a sender chose must not move the cursor or retitle the terminal.
+fn clean(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// `text` cut to `max` characters.
 fn preview(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
@@ -689,6 +810,11 @@ fn span(ms: i64) -> String {
     }
 }
 
+/// Adds `cells` to `table`, each cleaned of control characters.
+fn add_row(table: &mut Table, cells: Vec<String>) {
+    table.add_row(cells.iter().map(|c| clean(c)).collect::<Vec<_>>());
+}
+
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_style(presets::NOTHING)
@@ -705,7 +831,7 @@ fn now_ms() -> i64 {
 
 fn print_json(v: &Value) {
     match serde_json::to_string_pretty(v) {
-        Ok(text) => println!("{text}"),
+        Ok(text) => out!("{text}"),
         Err(e) => eprintln!("durable: cannot print JSON: {e}"),
     }
 }

@@ -11,7 +11,7 @@ use serde_json::Value;
 const KINDS: [(&str, &str); 7] = [
     ("step", "step"),
     ("retry", "failed attempt (retried)"),
-    ("error", "panicked"),
+    ("error", "panicked or returned Err"),
     ("wait", "waiting (recv, event)"),
     ("sleep", "sleeping"),
     ("child", "child workflow"),
@@ -85,11 +85,19 @@ fn bars(
         title: format!("{} {}: {}", w.name, w.id, w.status),
         link: None,
     }];
+    // The child a `durable::child_result` waits for is the one the last
+    // `durable::start_child` before it started.
+    let mut last_child: Option<String> = None;
     for s in steps {
         let path = s.path.to_string();
         let row = branch(&path);
         let internal = s.name.starts_with("durable::");
-        let base = if s.panicked {
+        // A step whose result is an `Err` returned an error (its retries are over).
+        let returned_err = matches!(
+            s.output::<Value>(),
+            Ok(Value::Object(m)) if m.len() == 1 && m.contains_key("Err")
+        );
+        let base = if s.panicked || (returned_err && !internal) {
             "error"
         } else {
             match s.name.as_str() {
@@ -118,8 +126,14 @@ fn bars(
             last.1 = wake;
         }
         // A child's id: what its start recorded, or the id made from the path.
-        let child = (base == "child").then(|| match s.output::<Value>() {
-            Ok(Value::String(id)) if id.starts_with(&format!("{}/", w.id)) => id,
+        let child = (base == "child").then(|| match (s.name.as_str(), s.output::<Value>()) {
+            ("durable::start_child", Ok(Value::String(id))) => {
+                last_child = Some(id.clone());
+                id
+            }
+            ("durable::child_result", _) => last_child
+                .clone()
+                .unwrap_or_else(|| format!("{}/{}", w.id, path)),
             _ => format!("{}/{}", w.id, path),
         });
         let n = times.len();
@@ -133,7 +147,6 @@ fn bars(
             };
             let what = match class {
                 "retry" => "failed, retried".to_owned(),
-                "error" => "panicked".to_owned(),
                 _ if s.panicked => "panicked".to_owned(),
                 _ => match s.output::<Value>() {
                     Ok(v) => crate::preview(&v.to_string(), 120),
@@ -197,6 +210,8 @@ pub(crate) fn svg(
             }
         };
         let lanes = &mut rows[r].1;
+        // A lane is free for a bar that starts when (or after) its last one ended:
+        // steps one after another in the same millisecond share it.
         let lane = match lanes.iter().position(|free_at| *free_at <= b.start) {
             Some(l) => l,
             None => {
@@ -204,7 +219,7 @@ pub(crate) fn svg(
                 lanes.len() - 1
             }
         };
-        lanes[lane] = b.end.max(b.start + 1);
+        lanes[lane] = b.end;
         placed.push((r, lane));
     }
     let start = bars
@@ -263,6 +278,15 @@ pub(crate) fn svg(
             crate::span(t)
         );
         t += step;
+    }
+    if w.status == RecordedStatus::Pending && now_ms > start && now_ms < end {
+        let nx = x(now_ms);
+        let _ = writeln!(
+            out,
+            r##"<line x1="{nx:.1}" y1="{:.0}" x2="{nx:.1}" y2="{y:.0}" stroke="#d62728" stroke-dasharray="4 3"/><text class="tick" x="{nx:.1}" y="{:.0}" text-anchor="middle">now</text>"##,
+            top - 6.0,
+            y + 12.0
+        );
     }
     for ((name, _), ry) in rows.iter().zip(&row_top) {
         let _ = writeln!(

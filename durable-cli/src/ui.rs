@@ -16,6 +16,27 @@ use serde_json::Value;
 
 use crate::timeline::{esc, svg};
 
+/// A workflow id as a URL path (`/w/...`): every byte but unreserved characters and
+/// `/` percent-encoded, so `?`, `#`, `%` and the rest stay part of the id.
+pub(crate) fn workflow_href(id: &str) -> String {
+    let mut out = String::from("/w/");
+    out.push_str(&encode(id, b"/"));
+    out
+}
+
+/// `text` percent-encoded, keeping unreserved characters and those in `keep`.
+fn encode(text: &str, keep: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || keep.contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// What every request reads.
 struct App {
     client: Client,
@@ -184,8 +205,8 @@ async fn list_page(State(app): State<Shared>, Query(f): Query<Filters>) -> Respo
     for w in &page_of.workflows {
         let _ = writeln!(
             body,
-            r#"<tr><td><a href="/w/{}">{}</a></td><td>{}</td><td class="{}">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
-            esc(&w.id),
+            r#"<tr><td><a href="{}">{}</a></td><td>{}</td><td class="{}">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+            esc(&workflow_href(&w.id)),
             esc(&w.id),
             esc(&w.name),
             w.status,
@@ -197,7 +218,7 @@ async fn list_page(State(app): State<Shared>, Query(f): Query<Filters>) -> Respo
             ),
             w.parent_id
                 .as_deref()
-                .map(|p| format!(r#"<a href="/w/{}">{}</a>"#, esc(p), esc(p)))
+                .map(|p| format!(r#"<a href="{}">{}</a>"#, esc(&workflow_href(p)), esc(p)))
                 .unwrap_or_default()
         );
     }
@@ -206,6 +227,12 @@ async fn list_page(State(app): State<Shared>, Query(f): Query<Filters>) -> Respo
         let mut more = format!("/?after={next}");
         if let Some(s) = status {
             let _ = write!(more, "&status={s}");
+        }
+        if let Some(n) = &name {
+            let _ = write!(more, "&name={}", encode(n, b""));
+        }
+        if let Some(p) = &parent {
+            let _ = write!(more, "&parent={}", encode(p, b""));
         }
         let _ = write!(body, r#"<p><a href="{}">next page</a></p>"#, esc(&more));
     }
@@ -236,7 +263,13 @@ pub(crate) fn workflow_body(
     if let Some(p) = &w.parent_id {
         row(
             "parent",
-            format!(r#"<a href="/w/{}">{}</a>"#, esc(p), esc(p)),
+            format!(r#"<a href="{}">{}</a>"#, esc(&workflow_href(p)), esc(p)),
+        );
+    }
+    if let Some(f) = &w.forked_from {
+        row(
+            "forked from",
+            format!(r#"<a href="{}">{}</a>"#, esc(&workflow_href(f)), esc(f)),
         );
     }
     row("started", crate::time(w.created_at_ms));
@@ -280,7 +313,7 @@ pub(crate) fn workflow_body(
         );
     }
     body.push_str("<h2>Timeline</h2>\n");
-    body.push_str(&svg(w, steps, now_ms, &|child| format!("/w/{child}")));
+    body.push_str(&svg(w, steps, now_ms, &workflow_href));
     body.push_str("<h2>Steps</h2>\n<table><tr><th>path</th><th>name</th><th>kind</th><th>status</th><th>attempts</th><th>started</th><th>duration</th><th>output</th></tr>\n");
     for s in steps {
         let _ = writeln!(
@@ -311,8 +344,8 @@ pub(crate) fn workflow_body(
         for c in children {
             let _ = writeln!(
                 body,
-                r#"<tr><td><a href="/w/{}">{}</a></td><td>{}</td><td class="{}">{}</td></tr>"#,
-                esc(&c.id),
+                r#"<tr><td><a href="{}">{}</a></td><td>{}</td><td class="{}">{}</td></tr>"#,
+                esc(&workflow_href(&c.id)),
                 esc(&c.id),
                 esc(&c.name),
                 c.status,
@@ -423,13 +456,16 @@ async fn control_request(State(app): State<Shared>, Form(c): Form<Control>) -> R
     };
     match delivery {
         Ok(Delivery::Applied) => {
-            let to = format!("/w/{}", c.id);
+            let to = workflow_href(&c.id);
             (StatusCode::SEE_OTHER, [(axum::http::header::LOCATION, to)]).into_response()
         }
         Ok(_) => page_error(
             StatusCode::ACCEPTED,
             "recorded in the journal; no runtime applied it yet (the next one to open the journal does)",
         ),
+        Err(e @ durable_runtime::Error::NotFound { .. }) => {
+            page_error(StatusCode::NOT_FOUND, &e.to_string())
+        }
         Err(e) => page_error(StatusCode::CONFLICT, &e.to_string()),
     }
 }

@@ -208,6 +208,16 @@ fn the_cli_steers_a_live_runtime_in_another_process() {
         10
     );
 
+    // fork: the owner makes it and runs it; the recv (step 1) is copied, so the fork
+    // finishes with g1's value without a new message.
+    assert_eq!(
+        code(&durable(&journal, &["fork", "g1", "2", "g1-again"])),
+        0
+    );
+    let forked = await_status(&journal, "g1-again", "completed");
+    assert_eq!(forked["workflow"]["output"], 42);
+    assert_eq!(forked["workflow"]["forked_from"], "g1");
+
     // Refusals say so in their exit code, and record nothing.
     assert_eq!(code(&durable(&journal, &["cancel", "nobody"])), 3);
     let resumed = durable(&journal, &["resume", "g1"]);
@@ -244,5 +254,23 @@ fn the_cli_steers_a_live_runtime_in_another_process() {
         .map(|m| &m["value"])
         .collect();
     assert_eq!(values, [&Value::from(8)]);
+
+    // gc beside the live owner: the finished runs go, and nothing else.
+    let report = json(&journal, &["gc", "--older-than", "0s"]);
+    assert_eq!(report["workflows"], 4, "{report}");
+    assert!(
+        json(&journal, &["list"])["workflows"]
+            .as_array()
+            .expect("array")
+            .is_empty()
+    );
+    // A vacuum needs the journal to itself.
+    let refused = durable(&journal, &["vacuum"]);
+    assert_eq!(code(&refused), 1);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("lock"),
+        "{refused:?}"
+    );
     drop(owner);
+    assert_eq!(code(&durable(&journal, &["vacuum"])), 0);
 }

@@ -76,6 +76,11 @@ fn journal(dir: &Path) -> PathBuf {
             rt.start_with_id("waiting-1", ui_waits())
                 .await
                 .expect("start");
+            // An id a URL would cut short if not encoded, and one an HTML page must
+            // escape.
+            rt.start_with_id("odd?id#1 <b>", ui_waits())
+                .await
+                .expect("start");
             rt.close().await.expect("close");
         });
     path
@@ -152,7 +157,7 @@ fn pages_show_the_workflows_and_control_needs_the_token() {
         "order-1",
         "waiting-1",
         "order-1/",
-        "pending: 1",
+        "pending: 2",
         "completed: 2",
     ] {
         assert!(list.contains(text), "no {text:?} in the list page:\n{list}");
@@ -173,6 +178,17 @@ fn pages_show_the_workflows_and_control_needs_the_token() {
     }
     let (status, _) = http(&ui.base, "GET", "/w/nobody", "");
     assert_eq!(status, 404);
+    // Odd ids: linked percent-encoded, and the link opens that workflow.
+    let href = "/w/odd%3Fid%231%20%3Cb%3E";
+    assert!(list.contains(href), "no {href} in the list page:\n{list}");
+    assert!(list.contains("odd?id#1 &lt;b&gt;"), "{list}");
+    let (status, odd) = http(&ui.base, "GET", href, "");
+    assert_eq!(status, 200, "{odd}");
+    assert!(
+        odd.contains("odd?id#1 &lt;b&gt;") && odd.contains("ui_waits"),
+        "{odd}"
+    );
+    assert!(!odd.contains("<b>"), "an id must not become markup");
 
     // Read-only: a control request is refused, and nothing is recorded.
     let (status, refused) = http(
@@ -216,6 +232,31 @@ fn pages_show_the_workflows_and_control_needs_the_token() {
     drop(ui);
 
     browser(&journal);
+}
+
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().expect("dir");
+    let journal = journal(dir.path());
+    for args in [&["list"][..], &["show", "order-1"], &["--json", "list"]] {
+        let mut child = Command::new(DURABLE)
+            .arg("--journal")
+            .arg(&journal)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("durable");
+        // The reader goes away before the command writes (as `| head -0` does).
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        assert!(
+            out.stderr.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// The browser half: skipped where Chromium is missing, unless CI requires it.
