@@ -452,6 +452,7 @@ impl Client {
         self.same_file()?;
         let path: PathBuf = self.real.clone();
         let topic = topic.map(str::to_owned);
+        let workflow_id = id.clone();
         let seq = self
             .on_writer(move |c| {
                 let fork = fork.as_ref().map(|(f, n)| (f.as_str(), n.as_str()));
@@ -475,8 +476,7 @@ impl Client {
         loop {
             match self.on_writer(move |c| commands::outcome(c, seq)).await? {
                 Some(Some(outcome)) => {
-                    let id = self.outcome_id(seq).await?;
-                    return match error_of(&id, &outcome) {
+                    return match error_of(&workflow_id, &outcome) {
                         None => Ok(Delivery::Applied),
                         Some(e) => Err(e),
                     };
@@ -501,18 +501,6 @@ impl Client {
                 }
             }
         }
-    }
-
-    /// The workflow id command `seq` names (for its error).
-    async fn outcome_id(&self, seq: i64) -> Result<String> {
-        self.on_writer(move |c| {
-            c.query_row(
-                "SELECT workflow_id FROM durable_commands WHERE seq = ?1",
-                [seq],
-                |r| r.get(0),
-            )
-        })
-        .await
     }
 
     /// Runs `f` on the client's read-write connection, on a blocking thread.

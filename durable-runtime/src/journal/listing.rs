@@ -121,6 +121,41 @@ impl ListQuery {
     }
 }
 
+impl Order {
+    /// How a listing in this order compares a run with its cursor, and sorts runs.
+    pub(crate) fn sql(self) -> (&'static str, &'static str) {
+        match self {
+            Order::NewestFirst => ("<", "DESC"),
+            Order::OldestFirst => (">", "ASC"),
+        }
+    }
+}
+
+impl ListQuery {
+    /// How many runs a listing reads: one more than a page, to know whether another
+    /// page follows.
+    pub(crate) fn fetch(&self) -> i64 {
+        let limit = self.limit.clamp(1, MAX_LIST_LIMIT);
+        i64::try_from(limit + 1).unwrap_or(i64::MAX)
+    }
+}
+
+impl ListPage {
+    /// The page `query` answers from `rows` (each with its run number), read with
+    /// [`ListQuery::fetch`]'s limit.
+    pub(crate) fn of(mut rows: Vec<(i64, WorkflowView)>, query: &ListQuery) -> ListPage {
+        let limit = query.limit.clamp(1, MAX_LIST_LIMIT);
+        let next = (rows.len() > limit).then(|| {
+            rows.truncate(limit);
+            Cursor(rows.last().map_or(0, |(run, _)| *run))
+        });
+        ListPage {
+            workflows: rows.into_iter().map(|(_, w)| w).collect(),
+            next,
+        }
+    }
+}
+
 /// Milliseconds since the epoch of `at` (negative before it, saturating).
 fn ms(at: SystemTime) -> i64 {
     match at.duration_since(UNIX_EPOCH) {

@@ -647,15 +647,10 @@ impl Store for PgStore {
         &self,
         query: &super::listing::ListQuery,
     ) -> Result<super::listing::ListPage, StoreError> {
-        use super::listing::{Cursor, ListPage, Order};
-        let (before, order) = match query.order {
-            Order::NewestFirst => ("<", "DESC"),
-            Order::OldestFirst => (">", "ASC"),
-        };
-        let limit = query.limit.clamp(1, super::listing::MAX_LIST_LIMIT);
+        let (before, order) = query.order.sql();
         let status = query.status.map(|s| s.as_str().to_owned());
         let after = query.after.map(|c| c.0);
-        let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
+        let fetch = query.fetch();
         let rows = self.read(async |c, s| {
             let rows = c
                 .query_typed(
@@ -696,15 +691,7 @@ impl Store for PgStore {
                 })
                 .collect::<Result<Vec<_>, PgError>>()
         })?;
-        let mut rows = rows;
-        let next = (rows.len() > limit).then(|| {
-            rows.truncate(limit);
-            Cursor(rows.last().map_or(0, |(run, _)| *run))
-        });
-        Ok(ListPage {
-            workflows: rows.into_iter().map(|(_, w)| w).collect(),
-            next,
-        })
+        Ok(super::listing::ListPage::of(rows, query))
     }
 
     fn fork(&self, spec: super::ForkSpec) -> Result<super::Forked, StoreError> {

@@ -22,7 +22,7 @@ use crate::codec::{Codec, CodecError};
 use crate::error::{
     CancelReason, Error, FailureKind, Location, Result, StoreError, StoreErrorKind, undecodable,
 };
-use crate::journal::listing::{Cursor, ListPage, ListQuery, Order};
+use crate::journal::listing::{ListPage, ListQuery};
 use crate::journal::{RecordStatus, StepInfo, WorkflowRecord};
 use crate::util::lock;
 
@@ -323,20 +323,14 @@ impl JournalView {
 /// A page of the workflow runs that match `query` (see [`JournalView::list`]), read
 /// through `c` (the view's, or the runtime's reader).
 pub(crate) fn list(c: &Connection, query: &ListQuery) -> rusqlite::Result<ListPage> {
-    let (before, order) = match query.order {
-        Order::NewestFirst => ("<", "DESC"),
-        Order::OldestFirst => (">", "ASC"),
-    };
+    let (before, order) = query.order.sql();
     let tail = format!(
         "WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR name = ?2)
            AND (?3 IS NULL OR created_at >= ?3) AND (?4 IS NULL OR created_at < ?4)
            AND (?5 IS NULL OR parent_id = ?5) AND (?6 IS NULL OR run {before} ?6)
          ORDER BY run {order} LIMIT ?7"
     );
-    let limit = query
-        .limit
-        .clamp(1, crate::journal::listing::MAX_LIST_LIMIT);
-    let mut rows = rows::select_workflows_by(
+    let rows = rows::select_workflows_by(
         c,
         LIST_COLUMNS,
         &tail,
@@ -347,7 +341,7 @@ pub(crate) fn list(c: &Connection, query: &ListQuery) -> rusqlite::Result<ListPa
             query.started_before_ms,
             query.parent,
             query.after.map(|c| c.0),
-            i64::try_from(limit + 1).unwrap_or(i64::MAX),
+            query.fetch(),
         ],
         |r, w| {
             Ok((
@@ -356,14 +350,7 @@ pub(crate) fn list(c: &Connection, query: &ListQuery) -> rusqlite::Result<ListPa
             ))
         },
     )?;
-    let next = (rows.len() > limit).then(|| {
-        rows.truncate(limit);
-        Cursor(rows.last().map_or(0, |(run, _)| *run))
-    });
-    Ok(ListPage {
-        workflows: rows.into_iter().map(|(_, w)| w).collect(),
-        next,
-    })
+    Ok(ListPage::of(rows, query))
 }
 
 /// The error for a journal at schema `version`, which this build cannot view.
@@ -402,28 +389,16 @@ const LIST_COLUMNS: &str = ", created_at, updated_at, app_version, forked_from, 
 /// A workflow row with the view's columns, as a [`WorkflowView`].
 fn workflow_view(r: &rusqlite::Row<'_>, w: WorkflowRecord) -> rusqlite::Result<WorkflowView> {
     let (input_intact, output_intact) = rows::workflow_values_intact(r, &w)?;
-    let status = RecordedStatus::from(w.status);
-    let updated_at: i64 = r.get(WORKFLOW_COLUMN_COUNT + 1)?;
-    let (failure_kind, failure_message) =
-        w.failure.map_or((None, None), |(k, m)| (Some(k), Some(m)));
-    Ok(WorkflowView {
-        created_at_ms: r.get(WORKFLOW_COLUMN_COUNT)?,
-        finished_at_ms: (status != RecordedStatus::Pending).then_some(updated_at),
-        app_version: r.get(WORKFLOW_COLUMN_COUNT + 2)?,
-        forked_from: r.get(WORKFLOW_COLUMN_COUNT + 3)?,
-        deadline_at_ms: w.deadline_at,
-        cancel_reason: w.cancelled,
-        failure_kind,
-        failure_message,
-        parent_id: w.parent_id,
-        status,
-        name: w.name,
-        id: w.id,
-        input: w.input,
-        output: w.output,
-        input_intact,
-        output_intact,
-    })
+    let mut view = WorkflowView::from_record(
+        w,
+        r.get(WORKFLOW_COLUMN_COUNT)?,
+        r.get(WORKFLOW_COLUMN_COUNT + 1)?,
+        r.get(WORKFLOW_COLUMN_COUNT + 2)?,
+        r.get(WORKFLOW_COLUMN_COUNT + 3)?,
+    );
+    view.input_intact = input_intact;
+    view.output_intact = output_intact;
+    Ok(view)
 }
 
 /// Where a workflow run stands in the journal.
@@ -491,8 +466,8 @@ pub struct WorkflowView {
 }
 
 impl WorkflowView {
-    /// The view of `w`, a record read elsewhere (PostgreSQL), whose damage it carries.
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    /// The view of `w`, with the columns a view reads beside the record's; its values
+    /// are intact unless `w` says it is damaged.
     pub(crate) fn from_record(
         w: WorkflowRecord,
         created_at_ms: i64,
