@@ -69,7 +69,9 @@ use serde_json::{Value, json};
                   workflow, 4 command recorded but not applied yet."
 )]
 struct Cli {
-    /// The journal: a SQLite file.
+    /// The journal: a SQLite file, or a PostgreSQL URL
+    /// (`postgres://user@host/db?schema=durable`; keep a password in DURABLE_JOURNAL
+    /// or PGPASSWORD rather than on the command line).
     #[arg(long, short, env = "DURABLE_JOURNAL", global = true)]
     journal: Option<PathBuf>,
     /// Print JSON instead of tables.
@@ -235,6 +237,7 @@ impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
         let code = match e {
             Error::NotFound { .. } => 3,
+            Error::Store(ref e) if e.kind() == durable_runtime::StoreErrorKind::NotAJournal => 3,
             Error::InvalidId { .. } => 2,
             _ => 1,
         };
@@ -265,6 +268,15 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
     }
 }
 
+/// Whether `journal` is a PostgreSQL URL rather than a file.
+fn is_url(journal: &std::path::Path) -> bool {
+    journal.to_str().is_some_and(|j| {
+        j.split_once("://").is_some_and(|(scheme, _)| {
+            scheme.eq_ignore_ascii_case("postgres") || scheme.eq_ignore_ascii_case("postgresql")
+        })
+    })
+}
+
 fn execute(cli: Cli) -> Result<u8, Failure> {
     let Some(journal) = cli.journal else {
         return Err(Failure {
@@ -272,7 +284,7 @@ fn execute(cli: Cli) -> Result<u8, Failure> {
             message: "no journal: pass --journal PATH, or set DURABLE_JOURNAL".into(),
         });
     };
-    if !journal.exists() {
+    if !is_url(&journal) && !journal.exists() {
         return Err(Failure {
             code: 3,
             message: format!(

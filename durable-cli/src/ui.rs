@@ -170,7 +170,7 @@ async fn list_page(State(app): State<Shared>, Query(f): Query<Filters>) -> Respo
             Err(e) => return page_error(StatusCode::BAD_REQUEST, &format!("{e}")),
         }
     }
-    let read = read(&app, move |c| Ok((c.view().counts()?, c.list(&query)?))).await;
+    let read = read(&app, move |c| Ok((c.counts()?, c.list(&query)?))).await;
     let (counts, page_of) = match read {
         Ok(r) => r,
         Err(response) => return response,

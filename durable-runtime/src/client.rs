@@ -12,13 +12,13 @@ use serde::de::DeserializeOwned;
 use crate::codec::Codec;
 use crate::engine::replay::encode_value;
 use crate::error::{Error, Result, StoreError, StoreErrorKind};
+use crate::journal::StepInfo;
 use crate::journal::command::{CommandKind, error_of};
 use crate::journal::listing::{ListPage, ListQuery};
 use crate::journal::retention::GcReport;
 use crate::journal::sqlite::open::{held_by_runtime, take_lock};
 use crate::journal::sqlite::view::{EventView, JournalView, MessageView, WorkflowView};
 use crate::journal::sqlite::{commands, identity, retention, sql_error, wake};
-use crate::journal::{StepInfo, is_postgres_url};
 use crate::runtime::{refuse_in_workflow, validate_id};
 use crate::util::{lock, now_ms};
 
@@ -27,22 +27,29 @@ use crate::util::{lock, now_ms};
 pub const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A client of a journal: any process can read its workflows, and send messages to,
-/// cancel or resume them, while the runtime that owns the journal runs or while it is
-/// down.
+/// cancel, resume or fork them, while the runtimes that run them run or while they
+/// are down.
 ///
-/// A SQLite journal is held by one [`Runtime`](crate::Runtime) at a time, so a client
-/// does not change the workflows' records itself. It records each command in the
-/// journal (the `durable_commands` table) and wakes the runtime, which applies the
-/// commands in the order they were recorded, within milliseconds; a runtime that is
-/// down applies them at its next open. Nothing is lost if either side stops in
-/// between: a command recorded is applied exactly once, its outcome recorded with it
-/// (a message is sent in the transaction that records its outcome). Commands recorded
-/// while no runtime held the journal are applied by the next one just after its
-/// [`open`](crate::Runtime::open) returns, in the background.
+/// - **SQLite.** A SQLite journal is held by one [`Runtime`](crate::Runtime) at a
+///   time, so a client does not change the workflows' records itself. It records each
+///   command in the journal (the `durable_commands` table) and wakes the runtime, which
+///   applies the commands in the order they were recorded, within milliseconds; a
+///   runtime that is down applies them at its next open. Nothing is lost if either
+///   side stops in between: a command recorded is applied exactly once, its outcome
+///   recorded with it (a message is sent in the transaction that records its outcome).
+///   Commands recorded while no runtime held the journal are applied by the next one
+///   just after its [`open`](crate::Runtime::open) returns, in the background.
+/// - **PostgreSQL** (the `postgres` feature; [`open`](Client::open) takes the URL).
+///   Every process may write a PostgreSQL journal, so a client applies each command
+///   itself, in one transaction that also tells the runtimes sharing the journal
+///   (`NOTIFY`): a message wakes the run waiting for it wherever it runs; a cancel
+///   stops the runs of the workflows at once; a resumed or forked workflow is claimed
+///   at once by a runtime that links its workflow, and runs there. Commands answer
+///   [`Delivery::Applied`]. The client is not one of the journal's executors: it owns
+///   no workflow and runs none.
 ///
-/// Reads ([`list`](Client::list), [`workflow`](Client::workflow), ...) go through a
-/// [`JournalView`], and never wait for the runtime. They block the calling thread for
-/// the time of a short SQLite query.
+/// Reads ([`list`](Client::list), [`workflow`](Client::workflow), ...) never wait for
+/// a runtime. They block the calling thread for the time of a short query.
 ///
 /// ```
 /// use durable_runtime::{Client, Delivery, Runtime, recv, workflow};
@@ -69,6 +76,23 @@ pub const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// ```
 #[derive(Debug)]
 pub struct Client {
+    journal: Journal,
+    codec: Codec,
+    apply_timeout: Duration,
+}
+
+/// The journal a client reads and steers.
+#[derive(Debug)]
+enum Journal {
+    Sqlite(Box<SqliteJournal>),
+    /// Read and written straight, on a connection of the client's own.
+    #[cfg(feature = "postgres")]
+    Postgres(Box<crate::journal::postgres::client::PgClient>),
+}
+
+/// A SQLite journal, which a runtime holds: commands go through `durable_commands`.
+#[derive(Debug)]
+struct SqliteJournal {
     view: JournalView,
     /// The journal's real path (symlinks resolved, absolute): commands go there even if
     /// the process changes its working directory.
@@ -77,8 +101,6 @@ pub struct Client {
     file: Option<(u64, u64)>,
     /// The connection commands are written through, opened at the first.
     writer: Arc<Mutex<Option<Connection>>>,
-    codec: Codec,
-    apply_timeout: Duration,
 }
 
 /// Refuses a journal file with other names (hard links): SQLite keeps a journal's WAL
@@ -129,44 +151,55 @@ fn in_transaction<T>(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Delivery {
-    /// The runtime that owns the journal applied it.
+    /// Applied: by the runtime that owns a SQLite journal, or by the client itself on
+    /// a PostgreSQL journal (where a resumed or forked workflow then runs as soon as a
+    /// runtime that links its workflow claims it).
     Applied,
-    /// It is recorded, and no runtime applied it yet: none holds the journal (it is
-    /// applied at the next open), or the one that does took longer than the client's
-    /// [`apply_timeout`](Client::apply_timeout).
+    /// It is recorded in a SQLite journal, and no runtime applied it yet: none holds
+    /// the journal (it is applied at the next open), or the one that does took longer
+    /// than the client's [`apply_timeout`](Client::apply_timeout).
     Recorded,
 }
 
 impl Client {
-    /// A client of the SQLite journal at `journal`, which must exist.
+    /// A client of the journal `journal`: the path of a SQLite journal, which must
+    /// exist, or a PostgreSQL URL (`postgres://...`, with the `postgres` feature) of a
+    /// journal a runtime has made.
     ///
     /// # Errors
     ///
-    /// [`Error::Store`] if there is no journal at `journal`, if it is not a journal, or
-    /// is at another schema version than this build's (a runtime of this build
-    /// upgrades it at its open), or for a PostgreSQL URL: there every process opens
-    /// the journal with [`Runtime`](crate::Runtime) itself.
+    /// [`Error::Store`] if there is no journal there, if it is not a journal, or is at
+    /// another schema version than this build's (a runtime of this build upgrades it
+    /// at its open), or if the database cannot be reached.
+    ///
+    /// ```no_run
+    /// # async fn steer() -> durable_runtime::Result<()> {
+    /// use durable_runtime::Client;
+    ///
+    /// // A SQLite journal: commands go to the runtime that holds it.
+    /// let local = Client::open("journal.db")?;
+    /// local.send("order-17", "approval", &true).await?;
+    ///
+    /// // A PostgreSQL journal (the `postgres` feature): the URL the runtimes use.
+    /// let shared = Client::open("postgres://app@db.internal/app?schema=durable")?;
+    /// shared.cancel("order-18").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn open(journal: impl AsRef<Path>) -> Result<Client> {
         let path = journal.as_ref();
-        if is_postgres_url(&path.to_string_lossy()) {
-            return Err(StoreError::new(
-                path,
-                StoreErrorKind::Io,
-                "a Client opens SQLite journals; every process can open a PostgreSQL journal \
-                 itself, with Runtime::builder(..).postgres(url)",
-            )
-            .into());
-        }
-        let view = JournalView::open(path)?;
-        let real = std::fs::canonicalize(path).map_err(|e| {
-            StoreError::new(path, StoreErrorKind::Io, format!("cannot resolve it: {e}"))
-        })?;
-        refuse_other_names(path)?;
+        let journal = match crate::journal::JournalSpec::new(path) {
+            crate::journal::JournalSpec::Sqlite(_) => {
+                Journal::Sqlite(Box::new(SqliteJournal::open(path)?))
+            }
+            #[cfg(feature = "postgres")]
+            crate::journal::JournalSpec::Postgres(config) => Journal::Postgres(Box::new(
+                crate::journal::postgres::client::PgClient::open(*config)?,
+            )),
+            crate::journal::JournalSpec::Unusable(_, e) => return Err(e.into()),
+        };
         Ok(Client {
-            view,
-            file: identity::file_id(&real),
-            real,
-            writer: Arc::default(),
+            journal,
             codec: Codec::default(),
             apply_timeout: DEFAULT_APPLY_TIMEOUT,
         })
@@ -186,14 +219,24 @@ impl Client {
         self
     }
 
-    /// The journal's path, as given to [`open`](Client::open).
+    /// The journal's path, as given to [`open`](Client::open) (a PostgreSQL URL
+    /// without its password).
     pub fn path(&self) -> &Path {
-        self.view.path()
+        match &self.journal {
+            Journal::Sqlite(j) => j.view.path(),
+            #[cfg(feature = "postgres")]
+            Journal::Postgres(pg) => pg.path(),
+        }
     }
 
-    /// The read-only view the client reads through.
-    pub fn view(&self) -> &JournalView {
-        &self.view
+    /// The read-only view of a SQLite journal the client reads through; `None` for a
+    /// PostgreSQL journal.
+    pub fn view(&self) -> Option<&JournalView> {
+        match &self.journal {
+            Journal::Sqlite(j) => Some(&j.view),
+            #[cfg(feature = "postgres")]
+            Journal::Postgres(_) => None,
+        }
     }
 
     /// A page of the workflow runs that match `query`; see [`JournalView::list`].
@@ -202,7 +245,25 @@ impl Client {
     ///
     /// [`Error::Store`] if the journal cannot be read.
     pub fn list(&self, query: &ListQuery) -> Result<ListPage> {
-        self.view.list(query)
+        match &self.journal {
+            Journal::Sqlite(j) => j.view.list(query),
+            #[cfg(feature = "postgres")]
+            Journal::Postgres(pg) => Ok(pg.list(query)?),
+        }
+    }
+
+    /// The number of workflow runs of each status, in the order pending, completed,
+    /// failed, cancelled; see [`JournalView::counts`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the journal cannot be read.
+    pub fn counts(&self) -> Result<Vec<(crate::RecordedStatus, u64)>> {
+        match &self.journal {
+            Journal::Sqlite(j) => j.view.counts(),
+            #[cfg(feature = "postgres")]
+            Journal::Postgres(pg) => Ok(pg.counts()?),
+        }
     }
 
     /// The workflow run `id`, if the journal has it; see [`JournalView::workflow`].
@@ -211,7 +272,11 @@ impl Client {
     ///
     /// [`Error::Store`] if the journal cannot be read.
     pub fn workflow(&self, id: &str) -> Result<Option<WorkflowView>> {
-        self.view.workflow(id)
+        match &self.journal {
+            Journal::Sqlite(j) => j.view.workflow(id),
+            #[cfg(feature = "postgres")]
+            Journal::Postgres(pg) => Ok(pg.workflow(id)?),
+        }
     }
 
     /// The recorded steps of workflow `id`; see [`JournalView::steps`].
@@ -220,7 +285,11 @@ impl Client {
     ///
     /// [`Error::Store`] if the journal cannot be read.
     pub fn steps(&self, id: &str) -> Result<Vec<StepInfo>> {
-        self.view.steps(id)
+        match &self.journal {
+            Journal::Sqlite(j) => j.view.steps(id),
+            #[cfg(feature = "postgres")]
+            Journal::Postgres(pg) => Ok(pg.steps(id)?),
+        }
     }
 
     /// The events workflow `id` set; see [`JournalView::events`].
@@ -229,7 +298,11 @@ impl Client {
     ///
     /// [`Error::Store`] if the journal cannot be read.
     pub fn events(&self, id: &str) -> Result<Vec<EventView>> {
-        self.view.events(id)
+        match &self.journal {
+            Journal::Sqlite(j) => j.view.events(id),
+            #[cfg(feature = "postgres")]
+            Journal::Postgres(pg) => Ok(pg.events(id)?),
+        }
     }
 
     /// The messages waiting to be received; see [`JournalView::messages`].
@@ -238,7 +311,11 @@ impl Client {
     ///
     /// [`Error::Store`] if the journal cannot be read.
     pub fn messages(&self) -> Result<Vec<MessageView>> {
-        self.view.messages()
+        match &self.journal {
+            Journal::Sqlite(j) => j.view.messages(),
+            #[cfg(feature = "postgres")]
+            Journal::Postgres(pg) => Ok(pg.messages()?),
+        }
     }
 
     /// Sends `value` to workflow `destination` on `topic`, as
@@ -265,14 +342,24 @@ impl Client {
         let payload = encode_value(self.codec, value, || {
             format!("the message on topic `{topic}`")
         })?;
-        self.command(
-            CommandKind::Send,
-            destination,
-            Some(topic),
-            None,
-            Some(payload),
-        )
-        .await
+        match &self.journal {
+            Journal::Sqlite(j) => {
+                j.command(
+                    self.apply_timeout,
+                    CommandKind::Send,
+                    destination,
+                    Some(topic),
+                    None,
+                    Some(payload),
+                )
+                .await
+            }
+            #[cfg(feature = "postgres")]
+            Journal::Postgres(pg) => {
+                pg.send(&destination, topic, &payload, now_ms()).await?;
+                Ok(Delivery::Applied)
+            }
+        }
     }
 
     /// Cancels workflow `id` and its pending descendants, as
@@ -290,8 +377,24 @@ impl Client {
             "cancel it from a step, whose result is recorded",
         )?;
         self.known(id)?;
-        self.command(CommandKind::Cancel, id.to_owned(), None, None, None)
-            .await
+        match &self.journal {
+            Journal::Sqlite(j) => {
+                j.command(
+                    self.apply_timeout,
+                    CommandKind::Cancel,
+                    id.to_owned(),
+                    None,
+                    None,
+                    None,
+                )
+                .await
+            }
+            #[cfg(feature = "postgres")]
+            Journal::Postgres(pg) => {
+                pg.cancel(id, now_ms()).await?;
+                Ok(Delivery::Applied)
+            }
+        }
     }
 
     /// Continues a cancelled or failed workflow from its last recorded step, as
@@ -315,8 +418,32 @@ impl Client {
                 status: "completed",
             });
         }
-        self.command(CommandKind::Resume, id.to_owned(), None, None, None)
-            .await
+        match &self.journal {
+            Journal::Sqlite(j) => {
+                j.command(
+                    self.apply_timeout,
+                    CommandKind::Resume,
+                    id.to_owned(),
+                    None,
+                    None,
+                    None,
+                )
+                .await
+            }
+            #[cfg(feature = "postgres")]
+            Journal::Postgres(pg) => {
+                let resumed = pg.resume(id, now_ms()).await?;
+                if resumed.iter().any(|r| r == id) {
+                    return Ok(Delivery::Applied);
+                }
+                // Pending (or completed) by now: as the runtime answers.
+                let status = self.known(id)?.status;
+                Err(Error::NotResumable {
+                    workflow_id: id.to_owned(),
+                    status: status.as_str(),
+                })
+            }
+        }
     }
 
     /// Deletes the workflow runs that finished more than `older_than` ago, with
@@ -330,8 +457,122 @@ impl Client {
     /// [`Error::Store`] if the journal cannot be written (the batches done so far stay
     /// done).
     pub async fn gc(&self, older_than: Duration) -> Result<GcReport> {
-        self.same_file()?;
         let cutoff = crate::runtime::retention_cutoff(older_than);
+        match &self.journal {
+            Journal::Sqlite(j) => j.gc(cutoff).await,
+            #[cfg(feature = "postgres")]
+            Journal::Postgres(pg) => pg.gc(cutoff).await,
+        }
+    }
+
+    /// Rewrites the journal file compactly and makes it one that
+    /// [`gc`](Client::gc) can shrink (incremental vacuum): for journals made before
+    /// schema 13. Needs the journal to itself: no runtime may hold it, and none can
+    /// open it until this returns. Takes as long as copying the file. On PostgreSQL,
+    /// does nothing: its autovacuum reclaims the space of deleted rows.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Locked`] if a runtime holds the journal, [`Error::Store`] if it cannot
+    /// be written.
+    pub async fn vacuum(&self) -> Result<()> {
+        match &self.journal {
+            Journal::Sqlite(j) => j.vacuum().await,
+            #[cfg(feature = "postgres")]
+            Journal::Postgres(_) => Ok(()),
+        }
+    }
+
+    /// Starts workflow `new_id` as a fork of workflow `id` from step `from_step`, as
+    /// [`Runtime::fork`](crate::Runtime::fork) does. On SQLite, the runtime that owns
+    /// the journal makes it and runs it. On PostgreSQL, the client makes it, and a
+    /// runtime that links its workflow claims it at once and runs it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if the journal has no workflow `id` (nothing is recorded),
+    /// [`Error::InvalidId`] for a malformed `new_id` or `from_step`,
+    /// [`Error::IdTaken`] if `new_id` is another workflow's, and on SQLite what
+    /// [`Runtime::fork`](crate::Runtime::fork) answers once the owner applies it.
+    pub async fn fork(&self, id: &str, from_step: &str, new_id: &str) -> Result<Delivery> {
+        refuse_in_workflow("`Client::fork`", "fork from outside the workflow")?;
+        self.known(id)?;
+        let new_id = validate_id(new_id.to_owned())?;
+        let Ok(before) = from_step.parse::<crate::StepPath>() else {
+            return Err(Error::InvalidId {
+                id: from_step.to_owned(),
+                reason: "a fork's step is a step path, such as `3` or `2.1` (see `durable show`)",
+            });
+        };
+        match &self.journal {
+            Journal::Sqlite(j) => {
+                let _ = before;
+                j.command(
+                    self.apply_timeout,
+                    CommandKind::Fork,
+                    id.to_owned(),
+                    None,
+                    Some((from_step.to_owned(), new_id)),
+                    None,
+                )
+                .await
+            }
+            #[cfg(feature = "postgres")]
+            Journal::Postgres(pg) => {
+                use crate::journal::{ForkSpec, Forked};
+                let spec = ForkSpec {
+                    origin: id.to_owned(),
+                    before,
+                    new_id: new_id.clone(),
+                    app_version: None,
+                    at: now_ms(),
+                };
+                match pg.fork(spec).await? {
+                    Forked::New { .. } => Ok(Delivery::Applied),
+                    Forked::Exists { forked_from } if forked_from.as_deref() == Some(id) => {
+                        Ok(Delivery::Applied)
+                    }
+                    Forked::Exists { .. } => Err(Error::IdTaken {
+                        workflow_id: new_id,
+                        origin: id.to_owned(),
+                    }),
+                    Forked::NoOrigin => Err(Error::NotFound {
+                        workflow_id: id.to_owned(),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// The workflow `id`, or [`Error::NotFound`].
+    fn known(&self, id: &str) -> Result<WorkflowView> {
+        self.workflow(id)?.ok_or_else(|| Error::NotFound {
+            workflow_id: id.to_owned(),
+        })
+    }
+}
+
+impl SqliteJournal {
+    fn open(path: &Path) -> Result<SqliteJournal> {
+        let view = JournalView::open(path)?;
+        let real = std::fs::canonicalize(path).map_err(|e| {
+            StoreError::new(path, StoreErrorKind::Io, format!("cannot resolve it: {e}"))
+        })?;
+        refuse_other_names(path)?;
+        Ok(SqliteJournal {
+            view,
+            file: identity::file_id(&real),
+            real,
+            writer: Arc::default(),
+        })
+    }
+
+    fn path(&self) -> &Path {
+        self.view.path()
+    }
+
+    async fn gc(&self, cutoff: i64) -> Result<GcReport> {
+        self.same_file()?;
         let mut report = GcReport::default();
         let mut after = i64::MIN;
         loop {
@@ -369,16 +610,7 @@ impl Client {
         Ok(report)
     }
 
-    /// Rewrites the journal file compactly and makes it one that
-    /// [`gc`](Client::gc) can shrink (incremental vacuum): for journals made before
-    /// schema 13. Needs the journal to itself: no runtime may hold it, and none can
-    /// open it until this returns. Takes as long as copying the file.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Locked`] if a runtime holds the journal, [`Error::Store`] if it cannot
-    /// be written.
-    pub async fn vacuum(&self) -> Result<()> {
+    async fn vacuum(&self) -> Result<()> {
         self.same_file()?;
         let path = self.real.clone();
         let lock = take_lock(&path)?;
@@ -387,42 +619,6 @@ impl Client {
             .await;
         drop(lock);
         done
-    }
-
-    /// Starts workflow `new_id` as a fork of workflow `id` from step `from_step`, as
-    /// [`Runtime::fork`](crate::Runtime::fork) does (the runtime that owns the journal
-    /// makes it, and runs it).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::NotFound`] if the journal has no workflow `id` (nothing is recorded),
-    /// [`Error::InvalidId`] for a malformed `new_id`, and what
-    /// [`Runtime::fork`](crate::Runtime::fork) answers once the owner applies it.
-    pub async fn fork(&self, id: &str, from_step: &str, new_id: &str) -> Result<Delivery> {
-        refuse_in_workflow("`Client::fork`", "fork from outside the workflow")?;
-        self.known(id)?;
-        let new_id = validate_id(new_id.to_owned())?;
-        if from_step.parse::<crate::StepPath>().is_err() {
-            return Err(Error::InvalidId {
-                id: from_step.to_owned(),
-                reason: "a fork's step is a step path, such as `3` or `2.1` (see `durable show`)",
-            });
-        }
-        self.command(
-            CommandKind::Fork,
-            id.to_owned(),
-            None,
-            Some((from_step.to_owned(), new_id)),
-            None,
-        )
-        .await
-    }
-
-    /// The workflow `id`, or [`Error::NotFound`].
-    fn known(&self, id: &str) -> Result<WorkflowView> {
-        self.view.workflow(id)?.ok_or_else(|| Error::NotFound {
-            workflow_id: id.to_owned(),
-        })
     }
 
     /// Refuses a command if the journal file is no longer the one the client opened (a
@@ -443,6 +639,7 @@ impl Client {
     /// Records a command, wakes the owner, and waits for its outcome.
     async fn command(
         &self,
+        apply_timeout: Duration,
         kind: CommandKind,
         id: String,
         topic: Option<&str>,
@@ -471,7 +668,7 @@ impl Client {
         if !held_by_runtime(&path) {
             return Ok(Delivery::Recorded);
         }
-        let deadline = tokio::time::Instant::now() + self.apply_timeout;
+        let deadline = tokio::time::Instant::now() + apply_timeout;
         let mut pause = Duration::from_millis(1);
         loop {
             match self.on_writer(move |c| commands::outcome(c, seq)).await? {

@@ -474,6 +474,14 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     /// at a time sends none. (No default: a store that wraps another must pass it on.)
     fn takeovers(&self, to: tokio::sync::mpsc::UnboundedSender<Arc<str>>);
 
+    /// Where to send what other processes sharing the journal cancelled: the id of
+    /// each workflow cancelled with its pending descendants (`None`: any may have
+    /// been). The runtime stops its runs of those the journal now records as
+    /// cancelled. A journal that only one runtime opens at a time sends none (its
+    /// clients' cancellations are applied by the runtime itself). (No default: a store
+    /// that wraps another must pass it on.)
+    fn cancellations(&self, to: tokio::sync::mpsc::UnboundedSender<Option<Arc<str>>>);
+
     // Queues (see [`queue`]).
 
     /// Where to send what dispatches of queued workflows hand this runtime (see

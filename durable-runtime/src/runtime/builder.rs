@@ -341,6 +341,9 @@ impl RuntimeBuilder {
         let (takeovers, taken) = tokio::sync::mpsc::unbounded_channel();
         inner.store.takeovers(takeovers.clone());
         tokio::spawn(adopt_loop(Arc::downgrade(&inner), takeovers, taken));
+        let (cancels, cancelled) = tokio::sync::mpsc::unbounded_channel();
+        inner.store.cancellations(cancels);
+        tokio::spawn(cancel_loop(Arc::downgrade(&inner), cancelled));
         // Every resumed run is in `running` before any of them runs: a parent resuming
         // its child's call must find the child's run, not start a second one.
         if !(dormant.is_empty() && launches.is_empty()) {
@@ -386,6 +389,53 @@ impl RuntimeBuilder {
             *lock(&inner.commands) = Some(super::commands::CommandTask(tokio::spawn(task)));
         }
         Ok(Runtime { inner })
+    }
+}
+
+/// Stops this runtime's runs of the workflows other processes sharing the journal
+/// cancel (each heard as the id cancelled with its descendants; `None`: any), until
+/// the runtime is gone. A run not stopped here (a cancel not heard) stops at its next
+/// record, which the journal refuses: the workflow has no owner any more.
+async fn cancel_loop(
+    inner: std::sync::Weak<Inner>,
+    mut heard: tokio::sync::mpsc::UnboundedReceiver<Option<Arc<str>>>,
+) {
+    while let Some(first) = heard.recv().await {
+        let mut roots = vec![first];
+        while let Ok(root) = heard.try_recv() {
+            roots.push(root);
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let any = roots.iter().any(Option::is_none);
+        let under = |id: &str| {
+            roots.iter().flatten().any(|root| {
+                id.strip_prefix(&**root)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
+        };
+        let ids: Vec<Arc<str>> = lock(&inner.running)
+            .keys()
+            .filter(|id| any || under(id))
+            .cloned()
+            .collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let store = inner.store.clone();
+        let read = blocking(inner.store.path(), move || store.finished_among(&ids)).await;
+        match read.and_then(|r| r) {
+            Ok(records) => {
+                for r in records {
+                    if let Some(reason) = r.cancelled {
+                        inner.stop_cancelled(None, &[r.id], reason);
+                    }
+                }
+            }
+            // Each stops at its next record instead.
+            Err(e) => tracing::debug!(error = %e, "could not read what another process cancelled"),
+        }
     }
 }
 

@@ -515,6 +515,10 @@ impl Inner {
                     .or_else(|| lock(&self.stopped).get(id).cloned());
                 match why {
                     Some(e) => drop(tx.send_replace(Some(Arc::new(Err(e))))),
+                    // On a shared journal, one this runtime has just claimed (taken over,
+                    // or resumed or forked by a client) and not yet registered: the
+                    // handle follows it to its outcome.
+                    None if self.shared => self.watch_elsewhere(Arc::from(id), tx),
                     None => drop(tx),
                 }
             }
@@ -602,10 +606,18 @@ impl Inner {
             .acked(self.store.cancel(id.to_owned(), reason, now_ms()))
             .await?;
         let itself = ids.iter().any(|w| w == id);
+        self.stop_cancelled(Some(id), &ids, reason);
+        Ok(itself)
+    }
+
+    /// Stops this runtime's runs of `ids`, which the journal records as cancelled for
+    /// `reason` (by a cancel of `id` here, or by another process), and settles what
+    /// waits for them.
+    pub(super) fn stop_cancelled(&self, id: Option<&str>, ids: &[String], reason: CancelReason) {
         let mut dormant = Vec::new();
         {
             let mut running = lock(&self.running);
-            for w in ids.iter().map(String::as_str).chain(std::iter::once(id)) {
+            for w in ids.iter().map(String::as_str).chain(id) {
                 match running.get(w).map(|r| &r.state) {
                     Some(RunState::Live(ctx)) => {
                         tracing::info!(workflow = w, %reason, "cancelling workflow");
@@ -625,7 +637,7 @@ impl Inner {
                 }
             }
         }
-        for w in &ids {
+        for w in ids {
             self.settle_waiting(
                 w,
                 Arc::new(Err(Error::Cancelled {
@@ -638,7 +650,6 @@ impl Inner {
         for parent in dormant.into_iter().filter_map(|r| r.parent_id) {
             self.dormancy.wake(parent);
         }
-        Ok(itself)
     }
 
     pub(super) async fn resume(self: &Arc<Self>, id: &str) -> Result<()> {

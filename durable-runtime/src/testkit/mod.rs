@@ -279,6 +279,10 @@ macro_rules! forward_reads {
             self.inner.takeovers(to);
         }
 
+        fn cancellations(&self, to: tokio::sync::mpsc::UnboundedSender<Option<Arc<str>>>) {
+            self.inner.cancellations(to);
+        }
+
         fn queue_news(
             &self,
             to: tokio::sync::mpsc::UnboundedSender<crate::journal::queue::QueueNews>,

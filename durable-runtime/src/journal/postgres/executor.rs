@@ -285,6 +285,20 @@ pub(super) fn payload(what: &WaitFor) -> Option<String> {
     (text.len() < 7_900).then_some(text)
 }
 
+/// The notification payload that tells every process workflow `id` (`None`: any) was
+/// cancelled with its pending descendants: each stops its runs of them.
+pub(super) fn cancel_payload(id: Option<&str>) -> String {
+    match id {
+        Some(id) if id.len() < 7_900 => format!("c\u{1f}{id}"),
+        _ => "c\u{1f}".to_owned(),
+    }
+}
+
+/// The notification payload that makes every process claim the pending workflows
+/// nobody owns at once (a client resumed, forked or started one), rather than at its
+/// next periodic claim.
+pub(super) const CLAIM_PAYLOAD: &str = "w\u{1f}";
+
 /// What a notification's payload asks of its hearers.
 enum Heard {
     /// Parked waits for this (`None`: every one, for "*" or a payload not ours) look
@@ -293,12 +307,22 @@ enum Heard {
     /// This queue (`None`: every one) is dispatched again: it gained a workflow, a free
     /// slot or other limits (see [`super::queues::queue_payload`]).
     Queue(Option<String>),
+    /// This workflow (`None`: any) and its pending descendants were cancelled.
+    Cancelled(Option<String>),
+    /// Pending workflows without an owner wait to be claimed.
+    Claim,
 }
 
 /// What a payload made by [`payload`] or [`super::queues::queue_payload`] asks.
 fn asked(payload: &str) -> Heard {
     if let Some(queue) = payload.strip_prefix("q\u{1f}") {
         return Heard::Queue((queue != "*").then(|| queue.to_owned()));
+    }
+    if let Some(id) = payload.strip_prefix("c\u{1f}") {
+        return Heard::Cancelled((!id.is_empty()).then(|| id.to_owned()));
+    }
+    if payload == CLAIM_PAYLOAD {
+        return Heard::Claim;
     }
     Heard::Wait(parse(payload))
 }
@@ -339,6 +363,9 @@ impl Takeovers {
         }
     }
 }
+
+/// Where the cancellations other processes made go, once the runtime asks.
+pub(super) type Cancels = Arc<Mutex<Option<mpsc::UnboundedSender<Option<Arc<str>>>>>>;
 
 /// The readers' connection, which heartbeats and claims also use: the watcher makes it
 /// again when it drops; `None` once the store is closed.
@@ -404,6 +431,8 @@ pub(super) struct Watch {
     pub(super) names: Option<Arc<[&'static str]>>,
     pub(super) writes: mpsc::UnboundedSender<Command>,
     pub(super) takeovers: Arc<Mutex<Takeovers>>,
+    /// Where cancellations other processes made go (see `Store::cancellations`).
+    pub(super) cancels: Cancels,
     /// The backend pid of this runtime's writer session: its own notifications about
     /// queues need no dispatch here (its transaction dispatched them).
     pub(super) writer_pid: Arc<std::sync::atomic::AtomicI32>,
@@ -526,22 +555,7 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
                 let Some(client) = healthy(&w, me, &mut connected, &mut locked).await else {
                     continue;
                 };
-                let trust_locks = connected.elapsed() >= w.lease;
-                let claimed = claim(&client, &s, me, w.names.as_deref(), trust_locks).await;
-                match claimed.and_then(|rows| claimed_ids(&rows)) {
-                    Ok(ids) if !ids.is_empty() => {
-                        tracing::info!(
-                            workflows = ids.len(),
-                            "took over the pending workflows of runtimes that stopped"
-                        );
-                        lock(&w.takeovers).hand_over(ids.into_iter().map(Arc::from));
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(
-                        error = ?e,
-                        "claiming the workflows of stopped runtimes failed; trying again"
-                    ),
-                }
+                claim_now(&w, &client, &s, me, connected).await;
                 // The queues' safety poll, which also puts back in their queues the
                 // workflows dispatched to executors found gone (now, or by others).
                 w.dispatch(None, true);
@@ -550,11 +564,20 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
                 if let Some((_, rx)) = &mut listener {
                     let mut keys = Vec::new();
                     let mut queues = Some(Vec::new());
+                    let mut claims = false;
                     let own = w.writer_pid.load(std::sync::atomic::Ordering::Relaxed);
                     let mut next = Some(first);
                     while let Some((pid, p)) = next {
                         match asked(&p) {
                             Heard::Wait(key) => keys.push(key),
+                            // Its own cancellations stopped its runs as they were made.
+                            Heard::Cancelled(_) if pid == own => {}
+                            Heard::Cancelled(id) => {
+                                if let Some(to) = &*lock(&w.cancels) {
+                                    let _ = to.send(id.map(Arc::from));
+                                }
+                            }
+                            Heard::Claim => claims = true,
                             // Its own transaction dispatched what it notifies about.
                             Heard::Queue(_) if pid == own => {}
                             Heard::Queue(None) => queues = None,
@@ -575,11 +598,38 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
                     if queues.as_ref().is_none_or(|q| !q.is_empty()) {
                         w.dispatch(queues, false);
                     }
+                    if claims
+                        && let Some(client) = healthy(&w, me, &mut connected, &mut locked).await
+                    {
+                        claim_now(&w, &client, &s, me, connected).await;
+                    }
                 }
             }
             // The listening connection ended: listen again.
             Event::Heard(None) => listener = None,
         }
+    }
+}
+
+/// Claims the pending workflows of executors gone and those nobody owns, and hands
+/// them to the runtime. `connected`: when the readers' connection was last made.
+async fn claim_now(w: &Watch, client: &Client, s: &str, me: i64, connected: tokio::time::Instant) {
+    let trust_locks = connected.elapsed() >= w.lease;
+    let claimed = claim(client, s, me, w.names.as_deref(), trust_locks).await;
+    match claimed.and_then(|rows| claimed_ids(&rows)) {
+        Ok(ids) if !ids.is_empty() => {
+            tracing::info!(
+                workflows = ids.len(),
+                "took over pending workflows (of runtimes that stopped, or resumed, forked or \
+                 started by a client)"
+            );
+            lock(&w.takeovers).hand_over(ids.into_iter().map(Arc::from));
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(
+            error = ?e,
+            "claiming the workflows of stopped runtimes failed; trying again"
+        ),
     }
 }
 

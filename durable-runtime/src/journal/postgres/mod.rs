@@ -47,6 +47,7 @@ use crate::journal::{DAMAGED, JournalOptions};
 use crate::path::StepPath;
 use crate::util::lock;
 
+pub(crate) mod client;
 pub(crate) mod config;
 mod executor;
 mod queues;
@@ -172,6 +173,8 @@ pub(crate) struct PgStore {
     stop_watch: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     /// Where the workflows claimed after the open go.
     takeovers: Arc<Mutex<executor::Takeovers>>,
+    /// Where the cancellations other processes made go.
+    cancels: executor::Cancels,
     /// The readers' connection; `None` once closed.
     reader: executor::ReaderSlot,
     /// The workflows claimed at the open: the first listing of pending workflows, if
@@ -324,6 +327,7 @@ impl PgStore {
         let (writes, queue) = mpsc::unbounded_channel();
         let stats = Arc::new(Stats::default());
         let takeovers = Arc::new(Mutex::new(executor::Takeovers::Held(Vec::new())));
+        let cancels = executor::Cancels::default();
         let (stop_watch, watch_stopped) = tokio::sync::oneshot::channel();
         let lease = options
             .lease
@@ -340,6 +344,7 @@ impl PgStore {
             let names = options.workflows.clone();
             let writes = writes.clone();
             let takeovers = takeovers.clone();
+            let cancels = cancels.clone();
             #[cfg(feature = "testkit")]
             let halt = options.halt.clone();
             thread::Builder::new()
@@ -391,6 +396,7 @@ impl PgStore {
                                 names,
                                 writes,
                                 takeovers,
+                                cancels,
                             };
                             // What this executor owns at its open is what it claimed:
                             // the first listing of its pending workflows is these rows
@@ -460,6 +466,7 @@ impl PgStore {
             writes,
             stop_watch: Mutex::new(Some(stop_watch)),
             takeovers,
+            cancels,
             reader,
             claimed_kept: AtomicBool::new(claimed.is_some()),
             claimed: Mutex::new(claimed),
@@ -647,259 +654,11 @@ impl Store for PgStore {
         &self,
         query: &super::listing::ListQuery,
     ) -> Result<super::listing::ListPage, StoreError> {
-        let (before, order) = query.order.sql();
-        let status = query.status.map(|s| s.as_str().to_owned());
-        let after = query.after.map(|c| c.0);
-        let fetch = query.fetch();
-        let rows = self.read(async |c, s| {
-            let rows = c
-                .query_typed(
-                    &format!(
-                        "SELECT {}, created_at, updated_at, app_version, forked_from, run
-                         FROM {s}.workflows
-                         WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR name = $2)
-                           AND ($3::bigint IS NULL OR created_at >= $3)
-                           AND ($4::bigint IS NULL OR created_at < $4)
-                           AND ($5::text IS NULL OR parent_id = $5)
-                           AND ($6::bigint IS NULL OR run {before} $6)
-                         ORDER BY run {order} LIMIT $7",
-                        workflow_columns("")
-                    ),
-                    &[
-                        (&status, Type::TEXT),
-                        (&query.name, Type::TEXT),
-                        (&query.started_after_ms, Type::INT8),
-                        (&query.started_before_ms, Type::INT8),
-                        (&query.parent, Type::TEXT),
-                        (&after, Type::INT8),
-                        (&fetch, Type::INT8),
-                    ],
-                )
-                .await?;
-            let n = WORKFLOW_COLUMNS_READ;
-            rows.iter()
-                .map(|r| {
-                    let w = workflow_row(r, 0)?;
-                    let view = super::sqlite::view::WorkflowView::from_record(
-                        w,
-                        r.try_get(n)?,
-                        r.try_get(n + 1)?,
-                        r.try_get(n + 2)?,
-                        r.try_get(n + 3)?,
-                    );
-                    Ok((r.try_get::<_, i64>(n + 4)?, view))
-                })
-                .collect::<Result<Vec<_>, PgError>>()
-        })?;
-        Ok(super::listing::ListPage::of(rows, query))
+        self.read(async |c, s| list_on(c, s, query).await)
     }
 
     fn fork(&self, spec: super::ForkSpec) -> Result<super::Forked, StoreError> {
-        use super::Forked;
-        let before = spec.before.to_key();
-        self.read(async |c, s| {
-            let existing = c
-                .query_typed_opt(
-                    &format!("SELECT forked_from FROM {s}.workflows WHERE id = $1"),
-                    &[(&spec.new_id, Type::TEXT)],
-                )
-                .await?;
-            if let Some(row) = existing {
-                return Ok(Forked::Exists {
-                    forked_from: row.try_get(0)?,
-                });
-            }
-            let origin = c
-                .query_typed_opt(
-                    &format!(
-                        "SELECT {} FROM {s}.workflows WHERE id = $1",
-                        workflow_columns("")
-                    ),
-                    &[(&spec.origin, Type::TEXT)],
-                )
-                .await?;
-            let Some(origin) = origin else {
-                return Ok(Forked::NoOrigin);
-            };
-            let origin = workflow_row(&origin, 0)?;
-            if let Some((_, why)) = &origin.damaged {
-                return Err(PgError::Damaged(why.clone()));
-            }
-            // Every step of the origin, each checked against its checksum.
-            let all = steps_after(c, s, &spec.origin, None, usize::MAX).await?;
-            // When the fork point began in the origin (see the SQLite journal's fork).
-            let cut = all
-                .iter()
-                .filter(|st| st.path.to_key() >= before)
-                .map(|st| st.started_at)
-                .min()
-                .unwrap_or(i64::MAX);
-            // Results only: a recorded panic or interruption runs again in the fork.
-            let steps: Vec<_> = all
-                .into_iter()
-                .filter(|st| st.path.to_key() < before)
-                .filter(|st| matches!(st.outcome, RecordedOutcome::Output(_)))
-                .collect();
-            // The events set before the fork point, keyed anew.
-            let events = c
-                .query_typed(
-                    &format!(
-                        "SELECT key, value, crc32, set_at FROM {s}.events
-                         WHERE run = (SELECT run FROM {s}.workflows WHERE id = $1)
-                           AND set_at < $2"
-                    ),
-                    &[(&spec.origin, Type::TEXT), (&cut, Type::INT8)],
-                )
-                .await?;
-            let (mut ev_keys, mut ev_values, mut ev_crcs, mut ev_at) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for r in events {
-                let (key, value): (String, Vec<u8>) = (r.try_get(0)?, r.try_get(1)?);
-                if !intact(&event_key(&spec.origin, &key), &value, r.try_get(2)?) {
-                    return Err(damaged(format!(
-                        "event `{key}` of workflow {}, which a fork would copy",
-                        spec.origin
-                    )));
-                }
-                ev_crcs.push(crc_column(keyed_crc32(
-                    &event_key(&spec.new_id, &key),
-                    &value,
-                )));
-                ev_at.push(r.try_get::<_, i64>(3)?);
-                ev_keys.push(key);
-                ev_values.push(value);
-            }
-            let n = steps.len();
-            let mut cols = (
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-            );
-            for st in &steps {
-                let (output, error, kind) = st.outcome.columns();
-                let path = st.path.to_key();
-                cols.8.push(crc_column(keyed_crc32(
-                    &step_key(&spec.new_id, &path, &st.name),
-                    output.unwrap_or_else(|| error.unwrap_or_default().as_bytes()),
-                )));
-                cols.0.push(path);
-                cols.1.push(st.name.clone());
-                cols.2.push(output.map(<[u8]>::to_vec));
-                cols.3.push(error.map(str::to_owned));
-                cols.4.push(i64::from(st.attempts));
-                cols.5.push(st.started_at);
-                cols.6.push(st.finished_at);
-                cols.7.push(kind.map(str::to_owned));
-                cols.9.push(super::fingerprint_column(st.args));
-                cols.10.push(st.attempt_times.clone());
-            }
-            // The origin's patch markers before the step, keyed anew.
-            let patches = c
-                .query_typed(
-                    &format!(
-                        "SELECT path, name FROM {s}.patches
-                         WHERE run = (SELECT run FROM {s}.workflows WHERE id = $1)
-                           AND path < $2"
-                    ),
-                    &[(&spec.origin, Type::TEXT), (&before, Type::TEXT)],
-                )
-                .await?;
-            let (mut patch_paths, mut patch_names, mut patch_crcs) =
-                (Vec::new(), Vec::new(), Vec::new());
-            for r in patches {
-                let (path, name): (String, String) = (r.try_get(0)?, r.try_get(1)?);
-                patch_crcs.push(crc_column(keyed_crc32(
-                    &step_key(&spec.new_id, &path, &name),
-                    &[],
-                )));
-                patch_paths.push(path);
-                patch_names.push(name);
-            }
-            let crc = crc_column(keyed_crc32(&workflow_key(&spec.new_id), &origin.input));
-            let app_version = spec.app_version.as_deref();
-            // One statement: the run, its steps and its patch markers, or nothing.
-            let made = c
-                .query_one(
-                    &format!(
-                        "WITH w AS (
-                             INSERT INTO {s}.workflows (id, name, status, input, input_crc32,
-                                 owner, app_version, created_at, updated_at, forked_from)
-                             VALUES ($1, $2, 'pending', $3, $4,
-                                 current_setting('durable.executor')::bigint, $5, $6, $6, $7)
-                             ON CONFLICT (id) DO NOTHING RETURNING run),
-                         st AS (
-                             INSERT INTO {s}.steps (run, path, name, output, error, attempts,
-                                 started_at, finished_at, error_kind, crc32, args_fingerprint,
-                                 attempt_times)
-                             SELECT w.run, u.* FROM w, unnest($8::text[], $9::text[],
-                                 $10::bytea[], $11::text[], $12::int8[], $13::int8[],
-                                 $14::int8[], $15::text[], $16::int8[], $17::int8[],
-                                 $18::text[]) u),
-                         p AS (
-                             INSERT INTO {s}.patches (run, path, name, crc32)
-                             SELECT w.run, u.* FROM w,
-                                 unnest($19::text[], $20::text[], $21::int8[]) u),
-                         ev AS (
-                             INSERT INTO {s}.events (run, key, value, crc32, set_at)
-                             SELECT w.run, u.* FROM w,
-                                 unnest($22::text[], $23::bytea[], $24::int8[],
-                                        $25::int8[]) u)
-                         SELECT count(*) FROM w"
-                    ),
-                    &[
-                        &spec.new_id,
-                        &origin.name,
-                        &origin.input,
-                        &crc,
-                        &app_version,
-                        &spec.at,
-                        &spec.origin,
-                        &cols.0,
-                        &cols.1,
-                        &cols.2,
-                        &cols.3,
-                        &cols.4,
-                        &cols.5,
-                        &cols.6,
-                        &cols.7,
-                        &cols.8,
-                        &cols.9,
-                        &cols.10,
-                        &patch_paths,
-                        &patch_names,
-                        &patch_crcs,
-                        &ev_keys,
-                        &ev_values,
-                        &ev_crcs,
-                        &ev_at,
-                    ],
-                )
-                .await?;
-            let made: i64 = made.try_get(0)?;
-            if made == 0 {
-                // Made by someone else meanwhile.
-                let row = c
-                    .query_typed_opt(
-                        &format!("SELECT forked_from FROM {s}.workflows WHERE id = $1"),
-                        &[(&spec.new_id, Type::TEXT)],
-                    )
-                    .await?;
-                let forked_from = match row {
-                    Some(r) => r.try_get(0)?,
-                    None => None,
-                };
-                return Ok(Forked::Exists { forked_from });
-            }
-            Ok(Forked::New { steps: n })
-        })
+        self.read(async |c, s| fork_on(c, s, &spec).await)
     }
 
     fn gc_batch(
@@ -907,57 +666,7 @@ impl Store for PgStore {
         cutoff_ms: i64,
         after: i64,
     ) -> Result<super::retention::GcBatch, StoreError> {
-        let limit = i64::try_from(super::sqlite::retention::GC_BATCH).unwrap_or(500);
-        self.read(async |c, s| {
-            // One statement: every part sees the same snapshot, and a run is deleted
-            // only if its parent and children are not pending in it. The rows are
-            // locked as they are deleted; a run that turned pending meanwhile (a
-            // resume) is passed over by the recheck of `status` under the lock.
-            let row = c
-                .query_typed_one(
-                    &format!(
-                        "WITH scanned AS (
-                             SELECT max(run) AS last FROM (
-                                 SELECT run FROM {s}.workflows WHERE run > $2 ORDER BY run LIMIT $3
-                             ) x),
-                         doomed AS (
-                             SELECT w.run, w.id FROM {s}.workflows w, scanned
-                             WHERE w.run > $2 AND w.run <= scanned.last
-                               AND w.status <> 'pending' AND w.updated_at <= $1
-                               AND NOT EXISTS (SELECT 1 FROM {s}.workflows p
-                                               WHERE p.id = w.parent_id
-                                                 AND p.status <> 'completed')
-                               AND NOT EXISTS (SELECT 1 FROM {s}.workflows k
-                                               WHERE k.status = 'pending' AND k.parent_id = w.id)
-                               AND NOT EXISTS (SELECT 1 FROM {s}.workflows f
-                                               WHERE f.status = 'pending'
-                                                 AND f.forked_from IN (w.id, w.parent_id))
-                             FOR UPDATE OF w),
-                         gone AS (DELETE FROM {s}.workflows w USING doomed d
-                                  WHERE w.run = d.run AND w.status <> 'pending'
-                                  RETURNING w.run, w.id),
-                         d1 AS (DELETE FROM {s}.steps WHERE run IN (SELECT run FROM gone)),
-                         d2 AS (DELETE FROM {s}.events WHERE run IN (SELECT run FROM gone)),
-                         d3 AS (DELETE FROM {s}.started WHERE run IN (SELECT run FROM gone)),
-                         d4 AS (DELETE FROM {s}.patches WHERE run IN (SELECT run FROM gone)),
-                         d5 AS (DELETE FROM {s}.messages
-                                WHERE destination IN (SELECT id FROM gone))
-                         SELECT (SELECT last FROM scanned), (SELECT count(*) FROM gone)"
-                    ),
-                    &[
-                        (&cutoff_ms, Type::INT8),
-                        (&after, Type::INT8),
-                        (&limit, Type::INT8),
-                    ],
-                )
-                .await?;
-            let last: Option<i64> = row.try_get(0)?;
-            let deleted: i64 = row.try_get(1)?;
-            Ok(super::retention::GcBatch {
-                deleted: u64::try_from(deleted).unwrap_or(0),
-                next: last,
-            })
-        })
+        self.read(async |c, s| gc_batch_on(c, s, cutoff_ms, after).await)
     }
 
     fn gc_commands(&self, _cutoff_ms: i64) -> Result<u64, StoreError> {
@@ -1198,6 +907,10 @@ impl Store for PgStore {
         *takeovers = executor::Takeovers::To(to);
     }
 
+    fn cancellations(&self, to: mpsc::UnboundedSender<Option<Arc<str>>>) {
+        *lock(&self.cancels) = Some(to);
+    }
+
     fn close(&self) -> Result<(), StoreError> {
         self.forget_claimed();
         // Transaction steps still running commit first (or fail, if they were taken
@@ -1305,6 +1018,351 @@ pub(super) fn workflow_columns(t: &str) -> String {
          ({t}status = 'pending' AND {t}owner IS DISTINCT FROM \
           current_setting('durable.executor', true)::bigint), {t}queue_state"
     )
+}
+
+/// The columns of a run as a listing shows it ([`view_row`] reads them).
+fn view_columns() -> String {
+    format!(
+        "{}, created_at, updated_at, app_version, forked_from, run",
+        workflow_columns("")
+    )
+}
+
+/// A run as a listing shows it, and its run number, from [`view_columns`].
+fn view_row(r: &Row) -> Result<(i64, super::sqlite::view::WorkflowView), PgError> {
+    let w = workflow_row(r, 0)?;
+    let n = WORKFLOW_COLUMNS_READ;
+    let view = super::sqlite::view::WorkflowView::from_record(
+        w,
+        r.try_get(n)?,
+        r.try_get(n + 1)?,
+        r.try_get(n + 2)?,
+        r.try_get(n + 3)?,
+    );
+    Ok((r.try_get::<_, i64>(n + 4)?, view))
+}
+
+/// A page of the runs that match `query` (see `Store::list`).
+async fn list_on(
+    c: &Client,
+    s: &str,
+    query: &super::listing::ListQuery,
+) -> Result<super::listing::ListPage, PgError> {
+    let (before, order) = query.order.sql();
+    let status = query.status.map(|s| s.as_str().to_owned());
+    let after = query.after.map(|c| c.0);
+    let fetch = query.fetch();
+    let rows = c
+        .query_typed(
+            &format!(
+                "SELECT {} FROM {s}.workflows
+                 WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR name = $2)
+                   AND ($3::bigint IS NULL OR created_at >= $3)
+                   AND ($4::bigint IS NULL OR created_at < $4)
+                   AND ($5::text IS NULL OR parent_id = $5)
+                   AND ($6::bigint IS NULL OR run {before} $6)
+                 ORDER BY run {order} LIMIT $7",
+                view_columns()
+            ),
+            &[
+                (&status, Type::TEXT),
+                (&query.name, Type::TEXT),
+                (&query.started_after_ms, Type::INT8),
+                (&query.started_before_ms, Type::INT8),
+                (&query.parent, Type::TEXT),
+                (&after, Type::INT8),
+                (&fetch, Type::INT8),
+            ],
+        )
+        .await?;
+    let rows = rows.iter().map(view_row).collect::<Result<Vec<_>, _>>()?;
+    Ok(super::listing::ListPage::of(rows, query))
+}
+
+/// Workflow `id` as a listing shows it, if the journal has it.
+async fn view_on(
+    c: &Client,
+    s: &str,
+    id: &str,
+) -> Result<Option<super::sqlite::view::WorkflowView>, PgError> {
+    let row = c
+        .query_typed_opt(
+            &format!("SELECT {} FROM {s}.workflows WHERE id = $1", view_columns()),
+            &[(&id, Type::TEXT)],
+        )
+        .await?;
+    row.map(|r| view_row(&r).map(|(_, view)| view)).transpose()
+}
+
+/// Makes workflow `spec.new_id` a fork of `spec.origin` (see `Store::fork`), owned by
+/// the session's executor (none for a client's session: the runtimes claim it).
+async fn fork_on(c: &Client, s: &str, spec: &super::ForkSpec) -> Result<super::Forked, PgError> {
+    use super::Forked;
+    let before = spec.before.to_key();
+    {
+        let existing = c
+            .query_typed_opt(
+                &format!("SELECT forked_from FROM {s}.workflows WHERE id = $1"),
+                &[(&spec.new_id, Type::TEXT)],
+            )
+            .await?;
+        if let Some(row) = existing {
+            return Ok(Forked::Exists {
+                forked_from: row.try_get(0)?,
+            });
+        }
+        let origin = c
+            .query_typed_opt(
+                &format!(
+                    "SELECT {} FROM {s}.workflows WHERE id = $1",
+                    workflow_columns("")
+                ),
+                &[(&spec.origin, Type::TEXT)],
+            )
+            .await?;
+        let Some(origin) = origin else {
+            return Ok(Forked::NoOrigin);
+        };
+        let origin = workflow_row(&origin, 0)?;
+        if let Some((_, why)) = &origin.damaged {
+            return Err(PgError::Damaged(why.clone()));
+        }
+        // Every step of the origin, each checked against its checksum.
+        let all = steps_after(c, s, &spec.origin, None, usize::MAX).await?;
+        // When the fork point began in the origin (see the SQLite journal's fork).
+        let cut = all
+            .iter()
+            .filter(|st| st.path.to_key() >= before)
+            .map(|st| st.started_at)
+            .min()
+            .unwrap_or(i64::MAX);
+        // Results only: a recorded panic or interruption runs again in the fork.
+        let steps: Vec<_> = all
+            .into_iter()
+            .filter(|st| st.path.to_key() < before)
+            .filter(|st| matches!(st.outcome, RecordedOutcome::Output(_)))
+            .collect();
+        // The events set before the fork point, keyed anew.
+        let events = c
+            .query_typed(
+                &format!(
+                    "SELECT key, value, crc32, set_at FROM {s}.events
+                     WHERE run = (SELECT run FROM {s}.workflows WHERE id = $1)
+                       AND set_at < $2"
+                ),
+                &[(&spec.origin, Type::TEXT), (&cut, Type::INT8)],
+            )
+            .await?;
+        let (mut ev_keys, mut ev_values, mut ev_crcs, mut ev_at) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for r in events {
+            let (key, value): (String, Vec<u8>) = (r.try_get(0)?, r.try_get(1)?);
+            if !intact(&event_key(&spec.origin, &key), &value, r.try_get(2)?) {
+                return Err(damaged(format!(
+                    "event `{key}` of workflow {}, which a fork would copy",
+                    spec.origin
+                )));
+            }
+            ev_crcs.push(crc_column(keyed_crc32(
+                &event_key(&spec.new_id, &key),
+                &value,
+            )));
+            ev_at.push(r.try_get::<_, i64>(3)?);
+            ev_keys.push(key);
+            ev_values.push(value);
+        }
+        let n = steps.len();
+        let mut cols = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for st in &steps {
+            let (output, error, kind) = st.outcome.columns();
+            let path = st.path.to_key();
+            cols.8.push(crc_column(keyed_crc32(
+                &step_key(&spec.new_id, &path, &st.name),
+                output.unwrap_or_else(|| error.unwrap_or_default().as_bytes()),
+            )));
+            cols.0.push(path);
+            cols.1.push(st.name.clone());
+            cols.2.push(output.map(<[u8]>::to_vec));
+            cols.3.push(error.map(str::to_owned));
+            cols.4.push(i64::from(st.attempts));
+            cols.5.push(st.started_at);
+            cols.6.push(st.finished_at);
+            cols.7.push(kind.map(str::to_owned));
+            cols.9.push(super::fingerprint_column(st.args));
+            cols.10.push(st.attempt_times.clone());
+        }
+        // The origin's patch markers before the step, keyed anew.
+        let patches = c
+            .query_typed(
+                &format!(
+                    "SELECT path, name FROM {s}.patches
+                     WHERE run = (SELECT run FROM {s}.workflows WHERE id = $1)
+                       AND path < $2"
+                ),
+                &[(&spec.origin, Type::TEXT), (&before, Type::TEXT)],
+            )
+            .await?;
+        let (mut patch_paths, mut patch_names, mut patch_crcs) =
+            (Vec::new(), Vec::new(), Vec::new());
+        for r in patches {
+            let (path, name): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+            patch_crcs.push(crc_column(keyed_crc32(
+                &step_key(&spec.new_id, &path, &name),
+                &[],
+            )));
+            patch_paths.push(path);
+            patch_names.push(name);
+        }
+        let crc = crc_column(keyed_crc32(&workflow_key(&spec.new_id), &origin.input));
+        let app_version = spec.app_version.as_deref();
+        // One statement: the run, its steps and its patch markers, or nothing.
+        let made = c
+            .query_one(
+                &format!(
+                    "WITH w AS (
+                         INSERT INTO {s}.workflows (id, name, status, input, input_crc32,
+                             owner, app_version, created_at, updated_at, forked_from)
+                         VALUES ($1, $2, 'pending', $3, $4,
+                             nullif(current_setting('durable.executor', true), '')::bigint, $5, $6, $6, $7)
+                         ON CONFLICT (id) DO NOTHING RETURNING run),
+                     st AS (
+                         INSERT INTO {s}.steps (run, path, name, output, error, attempts,
+                             started_at, finished_at, error_kind, crc32, args_fingerprint,
+                             attempt_times)
+                         SELECT w.run, u.* FROM w, unnest($8::text[], $9::text[],
+                             $10::bytea[], $11::text[], $12::int8[], $13::int8[],
+                             $14::int8[], $15::text[], $16::int8[], $17::int8[],
+                             $18::text[]) u),
+                     p AS (
+                         INSERT INTO {s}.patches (run, path, name, crc32)
+                         SELECT w.run, u.* FROM w,
+                             unnest($19::text[], $20::text[], $21::int8[]) u),
+                     ev AS (
+                         INSERT INTO {s}.events (run, key, value, crc32, set_at)
+                         SELECT w.run, u.* FROM w,
+                             unnest($22::text[], $23::bytea[], $24::int8[],
+                                    $25::int8[]) u)
+                     SELECT count(*) FROM w"
+                ),
+                &[
+                    &spec.new_id,
+                    &origin.name,
+                    &origin.input,
+                    &crc,
+                    &app_version,
+                    &spec.at,
+                    &spec.origin,
+                    &cols.0,
+                    &cols.1,
+                    &cols.2,
+                    &cols.3,
+                    &cols.4,
+                    &cols.5,
+                    &cols.6,
+                    &cols.7,
+                    &cols.8,
+                    &cols.9,
+                    &cols.10,
+                    &patch_paths,
+                    &patch_names,
+                    &patch_crcs,
+                    &ev_keys,
+                    &ev_values,
+                    &ev_crcs,
+                    &ev_at,
+                ],
+            )
+            .await?;
+        let made: i64 = made.try_get(0)?;
+        if made == 0 {
+            // Made by someone else meanwhile.
+            let row = c
+                .query_typed_opt(
+                    &format!("SELECT forked_from FROM {s}.workflows WHERE id = $1"),
+                    &[(&spec.new_id, Type::TEXT)],
+                )
+                .await?;
+            let forked_from = match row {
+                Some(r) => r.try_get(0)?,
+                None => None,
+            };
+            return Ok(Forked::Exists { forked_from });
+        }
+        Ok(Forked::New { steps: n })
+    }
+}
+
+/// Deletes one batch of the runs that finished at or before `cutoff_ms` (see
+/// `Store::gc_batch`).
+async fn gc_batch_on(
+    c: &Client,
+    s: &str,
+    cutoff_ms: i64,
+    after: i64,
+) -> Result<super::retention::GcBatch, PgError> {
+    let limit = i64::try_from(super::sqlite::retention::GC_BATCH).unwrap_or(500);
+    {
+        // One statement: every part sees the same snapshot, and a run is deleted
+        // only if its parent and children are not pending in it. The rows are
+        // locked as they are deleted; a run that turned pending meanwhile (a
+        // resume) is passed over by the recheck of `status` under the lock.
+        let row = c
+            .query_typed_one(
+                &format!(
+                    "WITH scanned AS (
+                         SELECT max(run) AS last FROM (
+                             SELECT run FROM {s}.workflows WHERE run > $2 ORDER BY run LIMIT $3
+                         ) x),
+                     doomed AS (
+                         SELECT w.run, w.id FROM {s}.workflows w, scanned
+                         WHERE w.run > $2 AND w.run <= scanned.last
+                           AND w.status <> 'pending' AND w.updated_at <= $1
+                           AND NOT EXISTS (SELECT 1 FROM {s}.workflows p
+                                           WHERE p.id = w.parent_id
+                                             AND p.status <> 'completed')
+                           AND NOT EXISTS (SELECT 1 FROM {s}.workflows k
+                                           WHERE k.status = 'pending' AND k.parent_id = w.id)
+                           AND NOT EXISTS (SELECT 1 FROM {s}.workflows f
+                                           WHERE f.status = 'pending'
+                                             AND f.forked_from IN (w.id, w.parent_id))
+                         FOR UPDATE OF w),
+                     gone AS (DELETE FROM {s}.workflows w USING doomed d
+                              WHERE w.run = d.run AND w.status <> 'pending'
+                              RETURNING w.run, w.id),
+                     d1 AS (DELETE FROM {s}.steps WHERE run IN (SELECT run FROM gone)),
+                     d2 AS (DELETE FROM {s}.events WHERE run IN (SELECT run FROM gone)),
+                     d3 AS (DELETE FROM {s}.started WHERE run IN (SELECT run FROM gone)),
+                     d4 AS (DELETE FROM {s}.patches WHERE run IN (SELECT run FROM gone)),
+                     d5 AS (DELETE FROM {s}.messages
+                            WHERE destination IN (SELECT id FROM gone))
+                     SELECT (SELECT last FROM scanned), (SELECT count(*) FROM gone)"
+                ),
+                &[
+                    (&cutoff_ms, Type::INT8),
+                    (&after, Type::INT8),
+                    (&limit, Type::INT8),
+                ],
+            )
+            .await?;
+        let last: Option<i64> = row.try_get(0)?;
+        let deleted: i64 = row.try_get(1)?;
+        Ok(super::retention::GcBatch {
+            deleted: u64::try_from(deleted).unwrap_or(0),
+            next: last,
+        })
+    }
 }
 
 /// A checksum as a column holds it: a CRC-32 in a `bigint`.

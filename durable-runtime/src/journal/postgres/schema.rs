@@ -265,7 +265,7 @@ pub(super) async fn migrate(client: &mut Client, schema: &str) -> Result<i64, Pg
 /// The journal's schema version, if it has one yet.
 /// The journal's schema version, read in one statement outside a transaction: a
 /// schema or table that does not exist yet is no version.
-async fn current_version(client: &Client, schema: &str) -> Result<Option<i64>, PgError> {
+pub(super) async fn current_version(client: &Client, schema: &str) -> Result<Option<i64>, PgError> {
     // Typed, so one round trip: nothing is prepared first.
     let row = client
         .query_typed_opt(

@@ -611,11 +611,6 @@ impl More {
     pub(super) async fn prepare(c: &Client, schema: &str) -> Result<More, PgError> {
         let s = schema::quoted(schema);
         let sql = |text: &str| text.replace("{s}", &s);
-        let family = "WITH RECURSIVE tree(id) AS (
-                 SELECT $1::text COLLATE \"C\"
-                 UNION SELECT w.id FROM {s}.workflows w JOIN tree t ON w.parent_id = t.id
-                 WHERE w.id >= $1 || '/' AND w.id < $1 || '0'
-             )";
         let record_send_text = sql(&format!(
             "{}, eff AS (INSERT INTO {{s}}.messages (destination, topic, payload, crc32, sent_at)
                                  SELECT $12, $13, $14, $15, $16 FROM ins){RECORD_COUNTS}",
@@ -652,44 +647,8 @@ impl More {
             "INSERT INTO {s}.messages (destination, topic, payload, crc32, sent_at)
                      VALUES ($1, $2, $3, $4, $5)",
         );
-        let cancel_text = sql(&format!(
-            "{family}
-                     UPDATE {{s}}.workflows
-                     SET status = 'cancelled', error_kind = $2, error = $3, updated_at = $4
-                     WHERE status = 'pending' AND id IN (SELECT id FROM tree)
-                     RETURNING id"
-        ));
-        let resume_text = sql(&format!(
-            "{family},
-                     up AS (UPDATE {{s}}.workflows
-                            SET status = 'pending', output = NULL, output_crc32 = NULL,
-                                error_kind = NULL, error = NULL, deadline_at = NULL,
-                                updated_at = $2,
-                                -- A queued workflow goes back to its queue, without an
-                                -- owner: the resume's dispatch gives it its next one.
-                                owner = CASE WHEN queue_state IS NULL
-                                             THEN current_setting('durable.executor')::bigint
-                                        END,
-                                queue_state = CASE WHEN queue_state IS NULL THEN NULL
-                                                   ELSE 'queued' END
-                            WHERE run IN (SELECT run FROM {{s}}.workflows
-                                          WHERE id IN (SELECT id FROM tree)
-                                            AND (status = 'cancelled'
-                                                 OR (id = $1 AND status = 'failed'))
-                                          -- Waits for a transaction step's key-share
-                                          -- lock, which the update alone would not.
-                                          FOR UPDATE)
-                            RETURNING id, run),
-                     -- A recorded panic or interruption is not an output: resuming runs
-                     -- those steps again, and an interrupted one loses its start record.
-                     st AS (DELETE FROM {{s}}.started t USING up
-                            WHERE t.run = up.run AND t.path IN
-                                (SELECT path FROM {{s}}.steps x
-                                 WHERE x.run = up.run AND x.error IS NOT NULL)),
-                     sd AS (DELETE FROM {{s}}.steps x USING up
-                            WHERE x.run = up.run AND x.error IS NOT NULL)
-                     SELECT id FROM up"
-        ));
+        let cancel_text = cancel_sql(&s, "SELECT id FROM up");
+        let resume_text = resume_sql(&s, "SELECT id FROM up");
         let oldest_message_text = sql("SELECT seq, payload, crc32 FROM {s}.messages
                      WHERE destination = $1 AND topic = $2 ORDER BY seq LIMIT 1 FOR UPDATE");
         let event_text = sql("SELECT value, crc32 FROM {s}.events
@@ -750,6 +709,73 @@ impl More {
             give_back,
         })
     }
+}
+
+/// `WITH RECURSIVE tree`: workflow `$1` and its descendants (whose ids it prefixes).
+fn family(s: &str) -> String {
+    format!(
+        "WITH RECURSIVE tree(id) AS (
+             SELECT $1::text COLLATE \"C\"
+             UNION SELECT w.id FROM {s}.workflows w JOIN tree t ON w.parent_id = t.id
+             WHERE w.id >= $1 || '/' AND w.id < $1 || '0'
+         )"
+    )
+}
+
+/// Cancels workflow `$1` and its pending descendants, for reason `$2` (its kind) and
+/// `$3` (its message), at `$4`; `up` holds the ids cancelled, and `select` answers.
+pub(super) fn cancel_sql(s: &str, select: &str) -> String {
+    format!(
+        "{},
+         -- Without an owner: the runtime that ran one records nothing more for it (as if
+         -- taken over), even before it hears of the cancel.
+         up AS (UPDATE {s}.workflows
+                SET status = 'cancelled', error_kind = $2, error = $3, updated_at = $4,
+                    owner = NULL
+                WHERE status = 'pending' AND id IN (SELECT id FROM tree)
+                RETURNING id)
+         {select}",
+        family(s)
+    )
+}
+
+/// Makes workflow `$1` (cancelled or failed) and its cancelled descendants pending
+/// again at `$2`, owned by the session's executor (none for a client's session: the
+/// runtimes claim them); `up` holds their ids and runs, and `select` answers.
+pub(super) fn resume_sql(s: &str, select: &str) -> String {
+    format!(
+        "{},
+         up AS (UPDATE {s}.workflows
+                SET status = 'pending', output = NULL, output_crc32 = NULL,
+                    error_kind = NULL, error = NULL, deadline_at = NULL,
+                    updated_at = $2,
+                    -- A queued workflow goes back to its queue, without an
+                    -- owner: the resume's dispatch gives it its next one.
+                    owner = CASE WHEN queue_state IS NULL
+                                 THEN nullif(current_setting('durable.executor', true),
+                                             '')::bigint
+                            END,
+                    queue_state = CASE WHEN queue_state IS NULL THEN NULL
+                                       ELSE 'queued' END
+                WHERE run IN (SELECT run FROM {s}.workflows
+                              WHERE id IN (SELECT id FROM tree)
+                                AND (status = 'cancelled'
+                                     OR (id = $1 AND status = 'failed'))
+                              -- Waits for a transaction step's key-share
+                              -- lock, which the update alone would not.
+                              FOR UPDATE)
+                RETURNING id, run),
+         -- A recorded panic or interruption is not an output: resuming runs
+         -- those steps again, and an interrupted one loses its start record.
+         st AS (DELETE FROM {s}.started t USING up
+                WHERE t.run = up.run AND t.path IN
+                    (SELECT path FROM {s}.steps x
+                     WHERE x.run = up.run AND x.error IS NOT NULL)),
+         sd AS (DELETE FROM {s}.steps x USING up
+                WHERE x.run = up.run AND x.error IS NOT NULL)
+         {select}",
+        family(s)
+    )
 }
 
 /// `texts` prepared on `c`, pipelined (one round trip), in their order.
@@ -1473,6 +1499,15 @@ impl Writer {
                 None => {
                     payloads = vec!["*".to_owned()];
                     break;
+                }
+            }
+        }
+        // Every process stops its runs of what was cancelled.
+        for op in ops {
+            if let Op::Cancel(id, ..) = op {
+                let p = super::executor::cancel_payload(Some(id));
+                if !payloads.contains(&p) {
+                    payloads.push(p);
                 }
             }
         }

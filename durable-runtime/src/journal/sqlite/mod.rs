@@ -518,6 +518,10 @@ impl Store for SqliteStore {
         // One runtime holds a SQLite journal: nothing is ever taken over.
     }
 
+    fn cancellations(&self, _to: tokio::sync::mpsc::UnboundedSender<Option<Arc<str>>>) {
+        // One runtime holds a SQLite journal, and applies its clients' cancellations.
+    }
+
     fn queue_news(&self, to: tokio::sync::mpsc::UnboundedSender<super::queue::QueueNews>) {
         // Answered by nobody: dispatching starts with the batch it lands in.
         drop(self.write(|tx| Write::QueueNews(to, tx)));

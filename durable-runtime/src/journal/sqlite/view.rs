@@ -205,14 +205,16 @@ impl JournalView {
         self.read(|c| {
             Ok(rows::messages(c)?
                 .into_iter()
-                .map(|m| MessageView {
-                    destination: m.destination,
-                    topic: m.topic,
-                    sent_at_ms: m.sent_at,
-                    journal: self.path.clone(),
-                    seq: m.seq,
-                    payload: m.payload,
-                    intact: m.intact,
+                .map(|m| {
+                    MessageView::new(
+                        &self.path,
+                        m.seq,
+                        m.destination,
+                        m.topic,
+                        m.sent_at,
+                        m.payload,
+                        m.intact,
+                    )
                 })
                 .collect())
         })
@@ -224,13 +226,7 @@ impl JournalView {
         self.read(|c| {
             Ok(rows::events(c, id)?
                 .into_iter()
-                .map(|e| EventView {
-                    key: e.key,
-                    set_at_ms: e.set_at,
-                    workflow_id: id.to_owned(),
-                    value: e.value,
-                    intact: e.intact,
-                })
+                .map(|e| EventView::new(id, e.key, e.set_at, e.value, e.intact))
                 .collect())
         })
     }
@@ -273,27 +269,12 @@ impl JournalView {
     ///
     /// [`Error::Store`] if the journal cannot be read.
     pub fn counts(&self) -> Result<Vec<(RecordedStatus, u64)>> {
-        let all = [
-            RecordedStatus::Pending,
-            RecordedStatus::Completed,
-            RecordedStatus::Failed,
-            RecordedStatus::Cancelled,
-        ];
         let counted: Vec<(String, i64)> = self.read(|c| {
             c.prepare_cached("SELECT status, count(*) FROM durable_workflows GROUP BY status")?
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect()
         })?;
-        Ok(all
-            .into_iter()
-            .map(|status| {
-                let n = counted
-                    .iter()
-                    .find(|(s, _)| s == status.as_str())
-                    .map_or(0, |(_, n)| u64::try_from(*n).unwrap_or(0));
-                (status, n)
-            })
-            .collect())
+        Ok(status_counts(&counted))
     }
 
     /// Runs the queries of `f` in one read transaction; see [`snapshot`](Self::snapshot).
@@ -541,6 +522,26 @@ fn decode<T: Serialize + DeserializeOwned>(
     Codec::decode(bytes).map_err(|reason| undecodable::<T>(id, location, reason))
 }
 
+/// The number of runs of each status, in the order pending, completed, failed,
+/// cancelled, from the `(status, count)` rows of a journal's `GROUP BY status`.
+pub(crate) fn status_counts(counted: &[(String, i64)]) -> Vec<(RecordedStatus, u64)> {
+    [
+        RecordedStatus::Pending,
+        RecordedStatus::Completed,
+        RecordedStatus::Failed,
+        RecordedStatus::Cancelled,
+    ]
+    .into_iter()
+    .map(|status| {
+        let n = counted
+            .iter()
+            .find(|(s, _)| s == status.as_str())
+            .map_or(0, |(_, n)| u64::try_from(*n).unwrap_or(0));
+        (status, n)
+    })
+    .collect()
+}
+
 /// A message waiting to be received, as [`JournalView::messages`] lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -558,6 +559,27 @@ pub struct MessageView {
 }
 
 impl MessageView {
+    /// A message as a journal's row holds it (`intact`: it matches its checksum).
+    pub(crate) fn new(
+        journal: &Arc<Path>,
+        seq: i64,
+        destination: String,
+        topic: String,
+        sent_at_ms: i64,
+        payload: Vec<u8>,
+        intact: bool,
+    ) -> MessageView {
+        MessageView {
+            destination,
+            topic,
+            sent_at_ms,
+            journal: journal.clone(),
+            seq,
+            payload,
+            intact,
+        }
+    }
+
     /// Decodes the message as `T` (the type it was sent as).
     ///
     /// # Errors
@@ -610,6 +632,24 @@ pub struct EventView {
 }
 
 impl EventView {
+    /// An event of workflow `workflow_id` as a journal's row holds it (`intact`: it
+    /// matches its checksum).
+    pub(crate) fn new(
+        workflow_id: &str,
+        key: String,
+        set_at_ms: i64,
+        value: Vec<u8>,
+        intact: bool,
+    ) -> EventView {
+        EventView {
+            key,
+            set_at_ms,
+            workflow_id: workflow_id.to_owned(),
+            value,
+            intact,
+        }
+    }
+
     /// Decodes the event's value as `T` (the type it was set as).
     ///
     /// # Errors

@@ -1,0 +1,122 @@
+//! A cancel made by another runtime sharing a PostgreSQL journal (another process, in
+//! production) stops the run of the runtime that owns the workflow: a run busy with
+//! steps records no step after it, and a run parked in a `recv` ends at once. Its
+//! handles answer `Cancelled`.
+#![cfg(all(feature = "postgres", feature = "testkit"))]
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use common::Journal;
+use durable_runtime::{CancelReason, Error, Runtime, recv, step, workflow};
+
+static TICKS: AtomicU32 = AtomicU32::new(0);
+
+#[step]
+async fn cancel_tick(i: u32) -> u32 {
+    TICKS.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    i
+}
+
+#[workflow]
+async fn cancel_many_ticks(n: u32) -> u32 {
+    let mut sum = 0;
+    for i in 0..n {
+        sum += cancel_tick(i).await;
+    }
+    sum
+}
+
+#[step]
+async fn cancel_about_to_park() -> u32 {
+    1
+}
+
+#[workflow]
+async fn cancel_parked_in_recv() -> u32 {
+    cancel_about_to_park().await;
+    recv::<u32>("never", None).await.ok().flatten().unwrap_or(0)
+}
+
+/// Waits for `handle`'s outcome; a hang (the bug) fails the test instead of hanging it.
+async fn outcome<T: std::fmt::Debug>(
+    what: &str,
+    result: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(Duration::from_secs(60), result)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no outcome a minute after the cancel"))
+}
+
+fn cancelled<T: std::fmt::Debug>(what: &str, r: Result<T, Error>) {
+    match r {
+        Err(Error::Cancelled {
+            reason: CancelReason::Requested,
+            ..
+        }) => {}
+        other => panic!("{what}: expected Cancelled, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_from_another_runtime_stops_the_owners_run() {
+    const N: u32 = 2_000;
+    let journal = Journal::postgres();
+    let owner = Runtime::open(journal.path()).await.expect("open the owner");
+    let other = Runtime::open(journal.path()).await.expect("open another");
+    let run = owner
+        .start_with_id("busy", cancel_many_ticks(N))
+        .await
+        .expect("start");
+    while TICKS.load(Ordering::SeqCst) < 5 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    other.cancel("busy").await.expect("cancel from the other");
+    cancelled("the owner's handle", outcome("busy", run.result()).await);
+    let ran = TICKS.load(Ordering::SeqCst);
+    assert!(ran < N, "every step ran after the cancel ({ran})");
+    // Nothing runs or is recorded for it any more.
+    let recorded = owner.steps("busy").await.expect("steps").len();
+    assert!(
+        recorded <= ran as usize,
+        "{recorded} steps recorded, {ran} ran"
+    );
+    let status = journal.strings(
+        "SELECT status || ' ' || coalesce(owner::text, '-') FROM durable_workflows WHERE id = 'busy'",
+        &[],
+    );
+    assert_eq!(status, ["cancelled -"]);
+    // Resumed by the other runtime, it finishes there.
+    other.resume("busy").await.expect("resume");
+    let again = other.handle::<u32>("busy").await.expect("handle");
+    assert_eq!(
+        outcome("resumed", again.result()).await.expect("result"),
+        (0..N).sum::<u32>()
+    );
+    owner.close().await.expect("close");
+    other.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_from_another_runtime_ends_a_run_parked_in_recv() {
+    let journal = Journal::postgres();
+    let owner = Runtime::open(journal.path()).await.expect("open the owner");
+    let other = Runtime::open(journal.path()).await.expect("open another");
+    let run = owner
+        .start_with_id("parked", cancel_parked_in_recv())
+        .await
+        .expect("start");
+    // About to park in the recv: its step before is recorded. (A cancel heard before
+    // the recv parks ends the run there just as well.)
+    while owner.steps("parked").await.expect("steps").is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    other.cancel("parked").await.expect("cancel from the other");
+    cancelled("the owner's handle", outcome("parked", run.result()).await);
+    owner.close().await.expect("close");
+    other.close().await.expect("close");
+}
