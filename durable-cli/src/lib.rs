@@ -9,17 +9,22 @@
 //! durable --journal shop.db fork order-42 3 order-42-retry
 //! durable --journal shop.db gc --older-than 30d
 //! durable --journal shop.db timeline order-42 -o order-42.svg
+//! durable --journal shop.db start send_invoice invoice-42 '["acme", 129900]'
 //! durable --journal shop.db ui
+//! DURABLE_JOURNAL='postgres://app@db/app?schema=durable' durable list
 //! ```
 //!
-//! The journal comes from `--journal` or the `DURABLE_JOURNAL` environment variable.
+//! The journal comes from `--journal` or the `DURABLE_JOURNAL` environment variable: a
+//! SQLite file, or a PostgreSQL URL.
 //! `--json` prints JSON for scripts instead of tables. Recorded values are shown as
 //! JSON when the journal's encoding says what they hold (CBOR, the default codec);
 //! values recorded with the bincode codec are shown by size only.
 //!
-//! Commands that change a workflow (`send`, `cancel`, `resume`) go through
-//! [`durable_runtime::Client`]: they are recorded in the journal and applied by the
-//! runtime that owns it, at once if it runs, or at its next open.
+//! Commands that change a workflow (`send`, `start`, `cancel`, `resume`, `fork`) go
+//! through [`durable_runtime::Client`]. On SQLite they are recorded in the journal and
+//! applied by the runtime that owns it, at once if it runs, or at its next open. On
+//! PostgreSQL the client applies them itself, and the runtimes sharing the journal act
+//! on them at once.
 //!
 //! Exit codes, for scripts:
 //!
@@ -137,7 +142,8 @@ enum Command {
         id: String,
         /// Its topic.
         topic: String,
-        /// The value, as JSON: `7`, `"text"`, `{"approved": true}`.
+        /// The value, as JSON: `7`, `"text"`, `{"approved": true}` (`-`: read it from
+        /// stdin).
         value: String,
         /// How long to wait for the runtime that owns the journal to apply it.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -147,6 +153,21 @@ enum Command {
     Cancel {
         /// The workflow id.
         id: String,
+        /// How long to wait for the runtime that owns the journal to apply it.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        wait: Duration,
+    },
+    /// Start workflow ID as a run of the workflow named NAME (once: nothing happens if
+    /// ID is a run of NAME already).
+    Start {
+        /// The workflow's name (its function's name, or the `name = ...` it gives).
+        name: String,
+        /// The new run's id.
+        id: String,
+        /// Its arguments as a JSON array, `[30]` or `["acme", 129900]` (`-`: read it
+        /// from stdin). None for a workflow without arguments.
+        #[arg(default_value = "[]")]
+        input: String,
         /// How long to wait for the runtime that owns the journal to apply it.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         wait: Duration,
@@ -487,7 +508,7 @@ fn execute(cli: Cli) -> Result<u8, Failure> {
             value,
             wait,
         } => {
-            let value: Value = serde_json::from_str(&value).map_err(|e| Failure {
+            let value: Value = serde_json::from_str(&argument(value)?).map_err(|e| Failure {
                 code: 2,
                 message: format!(
                     "the value is not JSON ({e}): write it as 7, \"text\" or {{\"approved\": true}}"
@@ -496,6 +517,29 @@ fn execute(cli: Cli) -> Result<u8, Failure> {
             let client = client.apply_timeout(wait);
             let delivery = block_on(client.send(&id, &topic, &value))??;
             Ok(report(json, "send", &id, delivery))
+        }
+        Command::Start {
+            name,
+            id,
+            input,
+            wait,
+        } => {
+            let input = match serde_json::from_str::<Value>(&argument(input)?) {
+                // No arguments: the empty tuple.
+                Ok(Value::Array(args)) if args.is_empty() => Value::Null,
+                Ok(args @ Value::Array(_)) => args,
+                Ok(_) | Err(_) => {
+                    return Err(Failure {
+                        code: 2,
+                        message: "the input is not a JSON array of the workflow's arguments: \
+                                  write it as [30] or [\"acme\", 129900] ([] for none)"
+                            .into(),
+                    });
+                }
+            };
+            let client = client.apply_timeout(wait);
+            let delivery = block_on(client.start(&name, &id, &input))??;
+            Ok(report(json, "start", &id, delivery))
         }
         Command::Cancel { id, wait } => {
             let client = client.apply_timeout(wait);
@@ -637,6 +681,19 @@ fn block_on<T>(f: impl std::future::Future<Output = T>) -> Result<T, Failure> {
 }
 
 /// Prints what became of a command; answers its exit code.
+/// A command-line argument, or stdin if it is `-`.
+fn argument(given: String) -> Result<String, Failure> {
+    if given != "-" {
+        return Ok(given);
+    }
+    let mut read = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut read).map_err(|e| Failure {
+        code: 2,
+        message: format!("cannot read stdin: {e}"),
+    })?;
+    Ok(read)
+}
+
 fn report(json: bool, what: &str, id: &str, delivery: Delivery) -> u8 {
     let (applied, text, code) = match delivery {
         Delivery::Applied => (true, format!("{what} {id}: applied"), 0),

@@ -362,6 +362,81 @@ impl Client {
         }
     }
 
+    /// Starts workflow `id`: a run of the workflow named `name` (its `#[workflow]`
+    /// function's name, or the `name = "..."` it gives) with `input`, its arguments as
+    /// a tuple (`(a, b)`; `(a,)` for one argument, `()` for none). Exactly once, as
+    /// [`Runtime::start_with_id`](crate::Runtime::start_with_id): if workflow `id`
+    /// exists already as a run of `name`, nothing happens. Follow it with
+    /// [`workflow`](Client::workflow).
+    ///
+    /// On SQLite, the runtime that holds the journal starts it (and first checks that
+    /// its program has the workflow and that `input` decodes as its arguments). On
+    /// PostgreSQL, the client records the run with no owner, and a runtime whose
+    /// program has the workflow claims it at once and runs it; an input that does not
+    /// decode as its arguments stops the run there with [`Error::Incompatible`] (it
+    /// stays pending: cancel it).
+    ///
+    /// ```no_run
+    /// # async fn run(client: &durable_runtime::Client) -> durable_runtime::Result<()> {
+    /// // #[workflow] async fn send_invoice(customer: String, cents: u64) -> ... { ... }
+    /// client
+    ///     .start("send_invoice", "invoice-2026-12-0042", &("acme".to_owned(), 129_900u64))
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidId`] for a malformed id, [`Error::Encode`] if the input does not
+    /// encode, [`Error::WorkflowMismatch`] if workflow `id` is a run of another
+    /// workflow, [`Error::Unrecorded`] in a workflow body (start a child there), and on
+    /// SQLite, once the runtime applies it: [`Error::UnknownWorkflow`] if its program
+    /// does not have workflow `name`, [`Error::Command`] if `input` does not decode as
+    /// its arguments.
+    pub async fn start<I: Serialize + DeserializeOwned>(
+        &self,
+        name: &str,
+        id: &str,
+        input: &I,
+    ) -> Result<Delivery> {
+        refuse_in_workflow(
+            "`Client::start`",
+            "start a child workflow, whose start is recorded",
+        )?;
+        let id = validate_id(id.to_owned())?;
+        let input = encode_value(self.codec, input, || format!("the input of workflow {id}"))?;
+        if let Some(found) = self.workflow(&id)? {
+            return if found.name == name {
+                Ok(Delivery::Applied)
+            } else {
+                Err(Error::WorkflowMismatch {
+                    workflow_id: id,
+                    existing: found.name,
+                    requested: name.to_owned(),
+                })
+            };
+        }
+        match &self.journal {
+            Journal::Sqlite(j) => {
+                j.command(
+                    self.apply_timeout,
+                    CommandKind::Start,
+                    id,
+                    Some(name),
+                    None,
+                    Some(input),
+                )
+                .await
+            }
+            #[cfg(feature = "postgres")]
+            Journal::Postgres(pg) => {
+                pg.start(&id, name, &input, now_ms()).await?;
+                Ok(Delivery::Applied)
+            }
+        }
+    }
+
     /// Cancels workflow `id` and its pending descendants, as
     /// [`Runtime::cancel`](crate::Runtime::cancel) does. Cancelling a finished workflow
     /// does nothing.
@@ -650,6 +725,10 @@ impl SqliteJournal {
         let path: PathBuf = self.real.clone();
         let topic = topic.map(str::to_owned);
         let workflow_id = id.clone();
+        // The workflow a start asks for, for a mismatch's error.
+        let requested = (kind == CommandKind::Start)
+            .then(|| topic.clone())
+            .flatten();
         let seq = self
             .on_writer(move |c| {
                 let fork = fork.as_ref().map(|(f, n)| (f.as_str(), n.as_str()));
@@ -673,7 +752,7 @@ impl SqliteJournal {
         loop {
             match self.on_writer(move |c| commands::outcome(c, seq)).await? {
                 Some(Some(outcome)) => {
-                    return match error_of(&workflow_id, &outcome) {
+                    return match error_of(&workflow_id, &outcome, requested.as_deref()) {
                         None => Ok(Delivery::Applied),
                         Some(e) => Err(e),
                     };

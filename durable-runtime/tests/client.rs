@@ -103,6 +103,71 @@ fn commands_recorded_while_down_are_applied_at_the_open_in_order_and_once() {
     });
 }
 
+/// Waits until workflow `id` is completed, and answers its output.
+async fn completed(client: &Client, id: &str) -> u32 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(w) = client.workflow(id).expect("read")
+            && w.status == RecordedStatus::Completed
+        {
+            return w.output::<u32>().expect("output").expect("an output");
+        }
+        assert!(std::time::Instant::now() < deadline, "{id} never completed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A client starts a workflow by name: recorded while no runtime holds the journal
+/// and started at the next open, or started at once by the runtime that holds it;
+/// exactly once per id. A name the program lacks, an input that is not the
+/// workflow's arguments, and an id another workflow has are refused, and start
+/// nothing.
+#[test]
+fn a_client_starts_workflows_by_name() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("journal.db");
+    runtime().block_on(async {
+        Runtime::open(&path).await.expect("open").close().await.expect("close");
+        let client = Client::open(&path).expect("client");
+        assert_eq!(
+            client.start("cl_done", "s1", &(7u32,)).await.expect("start"),
+            Delivery::Recorded
+        );
+        assert!(client.workflow("s1").expect("read").is_none());
+        let rt = Runtime::open(&path).await.expect("open");
+        assert_eq!(completed(&client, "s1").await, 7);
+
+        assert_eq!(
+            client.start("cl_done", "s2", &(8u32,)).await.expect("start"),
+            Delivery::Applied
+        );
+        assert_eq!(completed(&client, "s2").await, 8);
+        // Again: nothing more happens.
+        assert_eq!(
+            client.start("cl_done", "s2", &(9u32,)).await.expect("again"),
+            Delivery::Applied
+        );
+        assert_eq!(completed(&client, "s2").await, 8);
+
+        let unknown = client.start("nope", "s3", &()).await;
+        assert!(
+            matches!(&unknown, Err(Error::UnknownWorkflow { name, .. }) if name == "nope"),
+            "{unknown:?}"
+        );
+        let wrong = client.start("cl_done", "s4", &("seven".to_owned(),)).await;
+        assert!(
+            matches!(&wrong, Err(Error::Command { reason, .. }) if reason.contains("does not decode")),
+            "{wrong:?}"
+        );
+        let taken = client.start("cl_gate", "s2", &()).await;
+        assert!(matches!(taken, Err(Error::WorkflowMismatch { .. })), "{taken:?}");
+        for id in ["s3", "s4"] {
+            assert!(client.workflow(id).expect("read").is_none(), "{id} was started");
+        }
+        rt.close().await.expect("close");
+    });
+}
+
 #[test]
 fn a_client_refuses_what_it_cannot_do_and_records_nothing() {
     let dir = tempfile::tempdir().expect("dir");
@@ -463,6 +528,13 @@ fn a_client_steers_the_runtimes_of_a_postgres_journal() {
         assert!(matches!(client.fork("p1", "x", "p1-x").await, Err(Error::InvalidId { .. })));
         assert!(client.workflow("p1-x").expect("read").is_none());
 
+        // start by name: recorded by the client, claimed and run by the runtime.
+        assert_eq!(client.start("cl_done", "p3", &(4u32,)).await.expect("start"), Delivery::Applied);
+        let started = rt.handle::<u32>("p3").await.expect("handle");
+        assert_eq!(within("p3", started.result()).await.expect("p3"), 4);
+        assert_eq!(client.start("cl_done", "p3", &(5u32,)).await.expect("again"), Delivery::Applied);
+        assert!(matches!(client.start("cl_gate", "p3", &()).await, Err(Error::WorkflowMismatch { .. })));
+
         // A message for a workflow not started waits, and reads back.
         client.send("later", "go", &3u32).await.expect("send");
         let waiting = client.messages().expect("messages");
@@ -472,7 +544,7 @@ fn a_client_steers_the_runtimes_of_a_postgres_journal() {
 
         // gc takes the finished runs, and leaves the rest.
         let report = client.gc(Duration::ZERO).await.expect("gc");
-        assert_eq!(report.workflows, 3, "{report:?}");
+        assert_eq!(report.workflows, 4, "{report:?}");
         assert!(client.list(&ListQuery::new()).expect("list").workflows.is_empty());
         rt.close().await.expect("close");
     });

@@ -1143,7 +1143,7 @@ fn migration_6_sorts_paths_keeps_checksums_and_finishes_pending_work() {
     // The 25 recorded steps replayed; only the 25 after the wait ran.
     assert_eq!(BODIES.load(Ordering::SeqCst) - before, 25);
     let conn = rusqlite::Connection::open(&path).expect("open");
-    assert_eq!(schema_version(&conn), ["14"]);
+    assert_eq!(schema_version(&conn), ["15"]);
     let application_id: i64 = conn
         .query_row("PRAGMA application_id", [], |r| r.get(0))
         .expect("application_id");
@@ -1385,7 +1385,7 @@ fn migration_7_numbers_runs_keeps_checksums_and_finishes_pending_work() {
     // The 25 recorded steps replayed; only the 25 after the wait ran.
     assert_eq!(BODIES.load(Ordering::SeqCst) - before, 25);
     let conn = rusqlite::Connection::open(&path).expect("open");
-    assert_eq!(schema_version(&conn), ["14"]);
+    assert_eq!(schema_version(&conn), ["15"]);
     let first: Vec<String> = column(
         &conn,
         "SELECT id FROM durable_workflows ORDER BY run LIMIT 3",
@@ -1569,7 +1569,7 @@ fn migration_7_keeps_the_applications_indexes_triggers_and_views() {
         rt.close().await.expect("close");
     });
     let conn = rusqlite::Connection::open(&path).expect("open");
-    assert_eq!(schema_version(&conn), ["14"]);
+    assert_eq!(schema_version(&conn), ["15"]);
     assert_eq!(app_objects(&conn), before);
     let audit: Vec<(String, String)> = conn
         .prepare("SELECT id, status FROM app_audit")
@@ -1908,7 +1908,7 @@ fn migration_9_rewrites_the_status_check_in_place_and_finishes_pending_work() {
     );
 
     let conn = rusqlite::Connection::open(&path).expect("open");
-    assert_eq!(schema_version(&conn), ["14"]);
+    assert_eq!(schema_version(&conn), ["15"]);
     assert_eq!(runs(&conn), before, "rows, run numbers and counter kept");
     let fresh = dir.path().join("fresh.db");
     tokio().block_on(async {
@@ -2070,9 +2070,45 @@ fn as_version_9(conn: &rusqlite::Connection) {
     record_schema(conn);
 }
 
+/// Turns a journal back into schema version 14: no `start` commands (version 15).
+/// Does nothing to one that is older already.
+fn as_version_14(conn: &rusqlite::Connection) {
+    let version: String = conn
+        .query_row(
+            "SELECT value FROM durable_meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("version");
+    if version.parse::<u32>().expect("a number") < 15 {
+        return;
+    }
+    conn.execute_batch(
+        "DROP TABLE durable_commands;
+         CREATE TABLE durable_commands (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind        TEXT NOT NULL CHECK (kind IN ('send', 'cancel', 'resume', 'fork')),
+        workflow_id TEXT NOT NULL,
+        topic       TEXT,
+        payload     BLOB,
+        from_step   TEXT,
+        new_id      TEXT,
+        crc32       INTEGER NOT NULL,
+        created_at  INTEGER NOT NULL,
+        applied_at  INTEGER,
+        outcome     TEXT
+    ) STRICT;
+    CREATE INDEX durable_commands_waiting ON durable_commands (seq) WHERE applied_at IS NULL;
+         UPDATE durable_meta SET value = '14' WHERE key = 'schema_version';",
+    )
+    .expect("version 14");
+    record_schema(conn);
+}
+
 /// Turns a journal back into schema version 13: no forks (version 14). Does nothing to
 /// one that is older already.
 fn as_version_13(conn: &rusqlite::Connection) {
+    as_version_14(conn);
     let has_forks: bool = conn
         .query_row(
             "SELECT count(*) > 0 FROM pragma_table_info('durable_workflows')

@@ -77,6 +77,9 @@ pub(crate) trait ErasedWorkflow: Sync + fmt::Debug + 'static {
     /// Decodes the recorded input and starts the body; the future encodes the output
     /// with `codec`. A failed decode comes with the input type's name.
     fn start(&'static self, input: &[u8], codec: Codec) -> Started;
+    /// Whether `input` decodes as the workflow's arguments; if not, why, and their
+    /// type's name.
+    fn accepts(&self, input: &[u8]) -> Result<(), (CodecError, String)>;
 }
 
 impl<I, O> ErasedWorkflow for WorkflowDef<I, O>
@@ -90,6 +93,12 @@ where
 
     fn code(&self) -> u64 {
         self.code
+    }
+
+    fn accepts(&self, input: &[u8]) -> Result<(), (CodecError, String)> {
+        Codec::decode::<I>(input)
+            .map(drop)
+            .map_err(|e| (e, type_name::<I>()))
     }
 
     fn start(&'static self, input: &[u8], codec: Codec) -> Started {

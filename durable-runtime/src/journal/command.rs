@@ -10,7 +10,8 @@
 //! | `ok` | applied |
 //! | `not_found` | the journal has no such workflow |
 //! | `not_resumable:<status>` | a resume of a workflow that is `pending` or `completed` |
-//! | `unknown_workflow:<name>` | a resume or fork of a workflow the owner's program does not link |
+//! | `unknown_workflow:<name>` | a resume, fork or start of a workflow the owner's program does not link |
+//! | `mismatch:<name>` | a start whose id a workflow of another name (`<name>`) has |
 //! | `id_taken:<origin>` | a fork whose new id a workflow has that is not a fork of `<origin>` |
 //! | `invalid:<message>` | refused as it was asked (a malformed id, for instance) |
 //! | `damaged:<message>` | the command's row fails its checksum; nothing was done |
@@ -31,6 +32,9 @@ pub(crate) enum CommandKind {
     /// Fork the workflow ([`Runtime::fork`](crate::Runtime::fork)) before `from_step`,
     /// as `new_id`.
     Fork,
+    /// Start the workflow: the workflow named `topic` with the input `payload`, as
+    /// [`Runtime::start_with_id`](crate::Runtime::start_with_id) would.
+    Start,
 }
 
 impl CommandKind {
@@ -41,6 +45,7 @@ impl CommandKind {
             CommandKind::Cancel => "cancel",
             CommandKind::Resume => "resume",
             CommandKind::Fork => "fork",
+            CommandKind::Start => "start",
         }
     }
 
@@ -51,6 +56,7 @@ impl CommandKind {
             "cancel" => Some(CommandKind::Cancel),
             "resume" => Some(CommandKind::Resume),
             "fork" => Some(CommandKind::Fork),
+            "start" => Some(CommandKind::Start),
             _ => None,
         }
     }
@@ -114,14 +120,16 @@ pub(crate) fn outcome_of(e: &Error) -> String {
         Error::NotResumable { status, .. } => format!("not_resumable:{status}"),
         Error::UnknownWorkflow { name, .. } => format!("unknown_workflow:{name}"),
         Error::IdTaken { origin, .. } => format!("id_taken:{origin}"),
+        Error::WorkflowMismatch { existing, .. } => format!("mismatch:{existing}"),
         Error::InvalidId { .. } | Error::Encode { .. } => format!("invalid:{e}"),
+        Error::Command { reason, .. } => format!("invalid:{reason}"),
         other => format!("error:{other}"),
     }
 }
 
 /// The error a client reports for workflow `id` from the outcome `outcome` the owner
-/// recorded; `None` for [`APPLIED`].
-pub(crate) fn error_of(id: &str, outcome: &str) -> Option<Error> {
+/// recorded (`requested`: the workflow a start asked for); `None` for [`APPLIED`].
+pub(crate) fn error_of(id: &str, outcome: &str, requested: Option<&str>) -> Option<Error> {
     let workflow_id = id.to_owned();
     let (head, rest) = outcome.split_once(':').unwrap_or((outcome, ""));
     Some(match head {
@@ -144,6 +152,11 @@ pub(crate) fn error_of(id: &str, outcome: &str) -> Option<Error> {
         "id_taken" => Error::IdTaken {
             workflow_id,
             origin: rest.to_owned(),
+        },
+        "mismatch" if requested.is_some() => Error::WorkflowMismatch {
+            workflow_id,
+            existing: rest.to_owned(),
+            requested: requested.unwrap_or_default().to_owned(),
         },
         _ => Error::Command {
             workflow_id,

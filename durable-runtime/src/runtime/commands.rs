@@ -115,6 +115,12 @@ impl Inner {
             }
             CommandKind::Cancel => done(self.cancel_by_id(&id).await),
             CommandKind::Resume => done(self.resume(&id).await),
+            CommandKind::Start => {
+                let (Some(name), Some(input)) = (command.topic, command.payload) else {
+                    return damaged();
+                };
+                done(self.start_named(&id, &name, input).await)
+            }
             CommandKind::Fork => {
                 let (Some(from), Some(new_id)) = (command.from_step, command.new_id) else {
                     return damaged();
@@ -122,6 +128,40 @@ impl Inner {
                 done(self.fork(&id, &from, &new_id).await)
             }
         }
+    }
+
+    /// Starts workflow `id` as a run of the workflow named `name` with the encoded
+    /// `input` (a client's start), unless `id` exists: then nothing happens if it is a
+    /// run of `name`.
+    pub(super) async fn start_named(
+        self: &Arc<Self>,
+        id: &str,
+        name: &str,
+        input: Vec<u8>,
+    ) -> Result<(), Error> {
+        let id = validate_id(id.to_owned())?;
+        let Some(def) = self.registry.get(name).copied() else {
+            return Err(Error::UnknownWorkflow {
+                workflow_id: id,
+                name: name.to_owned(),
+            });
+        };
+        if let Err((reason, ty)) = def.accepts(&input) {
+            return Err(Error::Command {
+                workflow_id: id,
+                reason: format!(
+                    "the input does not decode as the arguments of workflow `{name}`, `{ty}` \
+                     (give them as a tuple, `(a,)` for one): {reason}"
+                ),
+            });
+        }
+        let launch = crate::engine::workflow::Launch {
+            def,
+            input,
+            parent_id: None,
+            deadline_at: None,
+        };
+        self.start(Arc::from(id), launch).await.map(drop)
     }
 
     /// Cancels `id` and its pending descendants ([`Runtime::cancel`](crate::Runtime::cancel),

@@ -24,7 +24,7 @@ use tokio_postgres::types::Type;
 use super::{PgConfig, PgError, connect, connection_lost, executor, schema, store_error};
 use crate::RecordedStatus;
 use crate::error::{CancelReason, Error, StoreError, StoreErrorKind};
-use crate::journal::crc::{event_key, keyed_crc32, message_key};
+use crate::journal::crc::{event_key, keyed_crc32, message_key, workflow_key};
 use crate::journal::listing::{ListPage, ListQuery};
 use crate::journal::retention::{GcBatch, GcReport};
 use crate::journal::sqlite::view::{EventView, MessageView, WorkflowView, status_counts};
@@ -311,6 +311,67 @@ impl PgClient {
         .await
         .map_err(|e| self.failed(e))?;
         Ok(())
+    }
+
+    /// Records workflow `id`, a run of `name` with the encoded `input`, with no owner,
+    /// and has the runtimes claim it; nothing if `id` exists as a run of `name`.
+    pub(crate) async fn start(
+        &self,
+        id: &str,
+        name: &str,
+        input: &[u8],
+        at: i64,
+    ) -> Result<(), Error> {
+        let crc = super::crc_column(keyed_crc32(&workflow_key(id), input));
+        let c = self.for_command().await?;
+        let s = &self.s;
+        let row = c
+            .query_one(
+                &format!(
+                    "WITH ins AS (
+                         INSERT INTO {s}.workflows (id, name, status, input, input_crc32,
+                                                    created_at, updated_at)
+                         VALUES ($1, $2, 'pending', $3, $4, $5, $5)
+                         ON CONFLICT (id) DO NOTHING RETURNING run)
+                     SELECT (SELECT count(*) FROM ins),
+                            (SELECT name FROM {s}.workflows WHERE id = $1),
+                            pg_notify($6, $7)"
+                ),
+                &[
+                    &id,
+                    &name,
+                    &input,
+                    &crc,
+                    &at,
+                    &self.channel,
+                    &executor::CLAIM_PAYLOAD,
+                ],
+            )
+            .await
+            .map_err(|e| self.failed(e))?;
+        let made: i64 = row.try_get(0).map_err(|e| self.failed(e))?;
+        let mut existing: Option<String> = row.try_get(1).map_err(|e| self.failed(e))?;
+        if made == 0 && existing.is_none() {
+            // Made by another transaction since this statement's snapshot.
+            existing = c
+                .query_opt(
+                    &format!("SELECT name FROM {s}.workflows WHERE id = $1"),
+                    &[&id],
+                )
+                .await
+                .map_err(|e| self.failed(e))?
+                .map(|r| r.try_get(0))
+                .transpose()
+                .map_err(|e| self.failed(e))?;
+        }
+        match existing {
+            Some(existing) if made == 0 && existing != name => Err(Error::WorkflowMismatch {
+                workflow_id: id.to_owned(),
+                existing,
+                requested: name.to_owned(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Cancels `id` and its pending descendants; answers the ids cancelled.

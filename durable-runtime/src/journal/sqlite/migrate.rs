@@ -397,7 +397,26 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     DROP TABLE durable_commands;
     ALTER TABLE durable_commands_v14 RENAME TO durable_commands;
     CREATE INDEX durable_commands_waiting ON durable_commands (seq) WHERE applied_at IS NULL;",
-
+    // Version 15: clients may start a workflow by name. `durable_commands` is rebuilt
+    // with the kind `start` allowed: its `workflow_id` is the new workflow's id, its
+    // `topic` the workflow's name and its `payload` the encoded input.
+    "CREATE TABLE durable_commands_v15 (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind        TEXT NOT NULL CHECK (kind IN ('send', 'cancel', 'resume', 'fork', 'start')),
+        workflow_id TEXT NOT NULL,
+        topic       TEXT,
+        payload     BLOB,
+        from_step   TEXT,
+        new_id      TEXT,
+        crc32       INTEGER NOT NULL,
+        created_at  INTEGER NOT NULL,
+        applied_at  INTEGER,
+        outcome     TEXT
+    ) STRICT;
+    INSERT INTO durable_commands_v15 SELECT * FROM durable_commands;
+    DROP TABLE durable_commands;
+    ALTER TABLE durable_commands_v15 RENAME TO durable_commands;
+    CREATE INDEX durable_commands_waiting ON durable_commands (seq) WHERE applied_at IS NULL;",
 ];
 
 /// Brings the schema to the newest version, in one transaction.
