@@ -176,6 +176,10 @@ pub(super) fn requeue_sql(s: &str, held: bool) -> String {
     )
 }
 
+/// How many times an enqueue is tried whose deduplication id's holder finished
+/// meanwhile (see `Queues::enqueue`).
+const ENQUEUE_TRIES: usize = 3;
+
 /// How soon a runtime dispatches again a queue whose lock another process held.
 const SKIPPED_AGAIN_MS: i64 = 50;
 
@@ -294,6 +298,27 @@ impl Writer {
         w: &NewWorkflow,
         q: &Enqueued,
     ) -> Result<Result<Created, PgError>, PgError> {
+        // The holder of the deduplication id may finish between the insert that it
+        // refused and the read that looks for it: then the id is free, and the insert,
+        // made again (on a new snapshot), goes in.
+        for _ in 0..ENQUEUE_TRIES {
+            if let Some(done) = self.enqueue_once(w, q).await? {
+                return Ok(done);
+            }
+        }
+        Ok(Err(PgError::Damaged(format!(
+            "workflow {} could neither be enqueued nor found",
+            w.id
+        ))))
+    }
+
+    /// One try at [`enqueue`](Self::enqueue); `None` if the workflow was neither
+    /// inserted nor found, nor its deduplication id's holder.
+    async fn enqueue_once(
+        &self,
+        w: &NewWorkflow,
+        q: &Enqueued,
+    ) -> Result<Option<Result<Created, PgError>>, PgError> {
         let crc = crc_column(keyed_crc32(&workflow_key(&w.id), &w.input));
         let version = w.app_version.as_deref();
         let parent = w.parent_id.as_deref();
@@ -318,10 +343,12 @@ impl Writer {
             .first()
             .ok_or_else(|| PgError::Damaged("an enqueue answered no row".into()))?;
         if row.try_get::<_, i64>(0)? == 1 {
-            return Ok(Ok(Created::New));
+            return Ok(Some(Ok(Created::New)));
         }
         if row.try_get::<_, Option<String>>(1)?.is_some() {
-            return Ok(workflow_row(row, 1).map(|w| Created::Existing(Box::new(w))));
+            return Ok(Some(
+                workflow_row(row, 1).map(|w| Created::Existing(Box::new(w))),
+            ));
         }
         // Not there when the statement began: made since (by another process), or it
         // is the deduplication id that one pending workflow holds. Read again.
@@ -329,7 +356,7 @@ impl Writer {
             .workflow_by("id = $1", &[(&&*w.id, Type::TEXT)])
             .await?
         {
-            return Ok(Ok(Created::Existing(Box::new(existing))));
+            return Ok(Some(Ok(Created::Existing(Box::new(existing)))));
         }
         let holder = self
             .workflow_by(
@@ -337,14 +364,7 @@ impl Writer {
                 &[(&&*q.queue, Type::TEXT), (&q.dedup, Type::TEXT)],
             )
             .await?;
-        Ok(holder
-            .map(|h| Created::Duplicate(Box::new(h)))
-            .ok_or_else(|| {
-                PgError::Damaged(format!(
-                    "workflow {} could neither be enqueued nor found",
-                    w.id
-                ))
-            }))
+        Ok(holder.map(|h| Ok(Created::Duplicate(Box::new(h)))))
     }
 
     /// The first workflow that `condition` finds.
