@@ -387,7 +387,7 @@ fn execute(cli: Cli) -> Result<u8, Failure> {
             if json {
                 print_json(&json!({
                     "workflow": workflow_json(&w),
-                    "steps": steps.iter().map(step_json).collect::<Vec<_>>(),
+                    "steps": steps.iter().map(|s| step_json(Some(&w), s)).collect::<Vec<_>>(),
                 }));
             } else {
                 out!("workflow  {}", clean(&w.id));
@@ -400,6 +400,12 @@ fn execute(cli: Cli) -> Result<u8, Failure> {
                     out!("forked    from {}", clean(f));
                 }
                 out!("started   {}", time(w.created_at_ms));
+                for r in &w.replayed_at_ms {
+                    out!(
+                        "restarted {} (replayed the steps recorded before)",
+                        time(*r)
+                    );
+                }
                 if let Some(f) = w.finished_at_ms {
                     out!(
                         "finished  {} (after {})",
@@ -417,19 +423,21 @@ fn execute(cli: Cli) -> Result<u8, Failure> {
                     Err(e) => out!("output    {}", value_text(Err(e))),
                 }
                 out!();
-                print_steps(&steps);
+                print_steps(Some(&w), &steps);
             }
             Ok(0)
         }
         Command::Steps { id } => {
             let steps = client.steps(&id)?;
+            let w = client.workflow(&id)?;
             if steps.is_empty() {
-                found(&id, client.workflow(&id)?)?;
+                found(&id, w.clone())?;
             }
             if json {
-                print_json(&Value::Array(steps.iter().map(step_json).collect()));
+                let all = steps.iter().map(|s| step_json(w.as_ref(), s)).collect();
+                print_json(&Value::Array(all));
             } else {
-                print_steps(&steps);
+                print_steps(w.as_ref(), &steps);
             }
             Ok(0)
         }
@@ -732,7 +740,7 @@ fn status_line(w: &WorkflowView) -> String {
     }
 }
 
-fn print_steps(steps: &[StepInfo]) {
+fn print_steps(w: Option<&WorkflowView>, steps: &[StepInfo]) {
     let mut table = table(&[
         "PATH", "NAME", "KIND", "STATUS", "ATTEMPTS", "STARTED", "DURATION", "OUTPUT",
     ]);
@@ -743,7 +751,7 @@ fn print_steps(steps: &[StepInfo]) {
                 s.path.to_string(),
                 s.name.clone(),
                 kind(s).into(),
-                step_status(s).into(),
+                step_status(w, s).into(),
                 s.attempts.to_string(),
                 time(s.started_at_ms),
                 span(s.finished_at_ms - s.started_at_ms),
@@ -777,8 +785,22 @@ fn kind(s: &StepInfo) -> &'static str {
     }
 }
 
-fn step_status(s: &StepInfo) -> &'static str {
-    if s.panicked { "panicked" } else { "recorded" }
+/// What became of a recorded step in its run `w`: `ran` (in the run's latest start),
+/// `replayed` (it ran before the run was started again from the journal, which then
+/// returned its recorded result), `copied` (from the run a fork came from), or
+/// `panicked`.
+pub(crate) fn step_status(w: Option<&WorkflowView>, s: &StepInfo) -> &'static str {
+    if s.panicked {
+        return "panicked";
+    }
+    let Some(w) = w else { return "recorded" };
+    if s.finished_at_ms < w.created_at_ms {
+        "copied"
+    } else if w.replayed_at_ms.iter().any(|r| s.finished_at_ms <= *r) {
+        "replayed"
+    } else {
+        "ran"
+    }
 }
 
 fn workflow_json(w: &WorkflowView) -> Value {
@@ -790,6 +812,7 @@ fn workflow_json(w: &WorkflowView) -> Value {
         "forked_from": w.forked_from,
         "started_at": time(w.created_at_ms),
         "finished_at": w.finished_at_ms.map(time),
+        "replayed_at": w.replayed_at_ms.iter().map(|t| time(*t)).collect::<Vec<_>>(),
         "failure": w.failure_message,
         "cancel_reason": w.cancel_reason.map(|r| r.to_string()),
         "input": value_json(w.input::<Value>()),
@@ -797,12 +820,12 @@ fn workflow_json(w: &WorkflowView) -> Value {
     })
 }
 
-fn step_json(s: &StepInfo) -> Value {
+fn step_json(w: Option<&WorkflowView>, s: &StepInfo) -> Value {
     json!({
         "path": s.path.to_string(),
         "name": s.name,
         "kind": kind(s),
-        "status": step_status(s),
+        "status": step_status(w, s),
         "attempts": s.attempts,
         "started_at": time(s.started_at_ms),
         "duration_ms": s.finished_at_ms - s.started_at_ms,

@@ -27,6 +27,8 @@ const STYLE: &str = "
 text { font-family: sans-serif; font-size: 11px; fill: #222; }
 .axis { stroke: #ccc; stroke-width: 1; } .tick { fill: #666; font-size: 10px; }
 .row { fill: #222; font-size: 11px; }
+.restart { stroke: #2ca02c; stroke-width: 1.5; stroke-dasharray: 6 3; }
+.replayed { opacity: 0.55; }
 ";
 
 /// One bar.
@@ -38,6 +40,8 @@ struct Bar {
     label: String,
     title: String,
     link: Option<String>,
+    /// Ran before a restart (or in the run a fork came from): drawn faded.
+    faded: bool,
 }
 
 /// The branch a step ran in: its path without its last position (`main` at the top).
@@ -84,6 +88,7 @@ fn bars(
         label: format!("{} ({})", w.name, w.status),
         title: format!("{} {}: {}", w.name, w.id, w.status),
         link: None,
+        faded: false,
     }];
     // The child a `durable::child_result` waits for is the one the last
     // `durable::start_child` before it started.
@@ -153,6 +158,12 @@ fn bars(
                     Err(_) => "binary value".to_owned(),
                 },
             };
+            let status = crate::step_status(Some(w), s);
+            let origin = match status {
+                "replayed" => "; ran before a restart, then replayed from the journal",
+                "copied" => "; copied from the run this one is a fork of",
+                _ => "",
+            };
             bars.push(Bar {
                 row: row.clone(),
                 start,
@@ -160,12 +171,13 @@ fn bars(
                 class,
                 label: s.name.clone(),
                 title: format!(
-                    "step {path} {}{attempt}: {} ({})",
+                    "step {path} {}{attempt}: {} ({}){origin}",
                     s.name,
                     crate::span(end - start),
                     what
                 ),
                 link: child.as_deref().map(child_link),
+                faded: matches!(status, "replayed" | "copied"),
             });
         }
     }
@@ -263,6 +275,12 @@ pub(crate) fn svg(
         );
         lx += 28.0 + words.len() as f64 * 6.0;
     }
+    if !w.replayed_at_ms.is_empty() {
+        let _ = write!(
+            out,
+            r#"<line class="restart" x1="16" y1="25" x2="16" y2="37"/><text x="26" y="35">restarted from the journal (faded bars ran before a restart and were replayed after it)</text>"#
+        );
+    }
     out.push('\n');
     // The axis: a tick every `step` ms from the start.
     let step = tick_step(end - start);
@@ -288,6 +306,22 @@ pub(crate) fn svg(
             y + 12.0
         );
     }
+    // Each restart: the steps left of it ran before, and were replayed from it.
+    for r in w
+        .replayed_at_ms
+        .iter()
+        .filter(|r| **r >= start && **r <= end)
+    {
+        let rx = x(*r);
+        let _ = writeln!(
+            out,
+            r##"<g><title>restarted from the journal at {}: the steps recorded before were replayed, not run again</title><line class="restart" x1="{rx:.1}" y1="{:.0}" x2="{rx:.1}" y2="{y:.0}"/><text class="tick" x="{:.1}" y="{:.0}">restart</text></g>"##,
+            crate::time(*r),
+            top - 6.0,
+            rx + 3.0,
+            y + 12.0
+        );
+    }
     for ((name, _), ry) in rows.iter().zip(&row_top) {
         let _ = writeln!(
             out,
@@ -301,9 +335,10 @@ pub(crate) fn svg(
         let bw = (x(b.end) - bx).max(2.0);
         let by = row_top[*r] + *lane as f64 * lane_h;
         let mut bar = format!(
-            r#"<g><title>{}</title><rect class="bar {}" x="{bx:.1}" y="{by:.1}" width="{bw:.1}" height="{:.0}"/>"#,
+            r#"<g><title>{}</title><rect class="bar {}{}" x="{bx:.1}" y="{by:.1}" width="{bw:.1}" height="{:.0}"/>"#,
             esc(&b.title),
             b.class,
+            if b.faded { " replayed" } else { "" },
             lane_h - 3.0
         );
         if bw > 40.0 {

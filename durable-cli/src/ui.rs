@@ -322,7 +322,7 @@ pub(crate) fn workflow_body(
             esc(&s.path.to_string()),
             esc(&s.name),
             crate::kind(s),
-            crate::step_status(s),
+            crate::step_status(Some(w), s),
             s.attempts,
             crate::time(s.started_at_ms),
             crate::span(s.finished_at_ms - s.started_at_ms),

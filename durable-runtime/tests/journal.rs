@@ -226,7 +226,7 @@ async fn migrations_are_numbered_and_recorded() {
     assert!(
         meta.contains(&vec![
             "Text(\"schema_version\")".to_owned(),
-            "Text(\"15\")".to_owned()
+            "Text(\"16\")".to_owned()
         ]),
         "{meta:?}"
     );

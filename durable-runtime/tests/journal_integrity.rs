@@ -1143,7 +1143,7 @@ fn migration_6_sorts_paths_keeps_checksums_and_finishes_pending_work() {
     // The 25 recorded steps replayed; only the 25 after the wait ran.
     assert_eq!(BODIES.load(Ordering::SeqCst) - before, 25);
     let conn = rusqlite::Connection::open(&path).expect("open");
-    assert_eq!(schema_version(&conn), ["15"]);
+    assert_eq!(schema_version(&conn), ["16"]);
     let application_id: i64 = conn
         .query_row("PRAGMA application_id", [], |r| r.get(0))
         .expect("application_id");
@@ -1385,7 +1385,7 @@ fn migration_7_numbers_runs_keeps_checksums_and_finishes_pending_work() {
     // The 25 recorded steps replayed; only the 25 after the wait ran.
     assert_eq!(BODIES.load(Ordering::SeqCst) - before, 25);
     let conn = rusqlite::Connection::open(&path).expect("open");
-    assert_eq!(schema_version(&conn), ["15"]);
+    assert_eq!(schema_version(&conn), ["16"]);
     let first: Vec<String> = column(
         &conn,
         "SELECT id FROM durable_workflows ORDER BY run LIMIT 3",
@@ -1569,7 +1569,7 @@ fn migration_7_keeps_the_applications_indexes_triggers_and_views() {
         rt.close().await.expect("close");
     });
     let conn = rusqlite::Connection::open(&path).expect("open");
-    assert_eq!(schema_version(&conn), ["15"]);
+    assert_eq!(schema_version(&conn), ["16"]);
     assert_eq!(app_objects(&conn), before);
     let audit: Vec<(String, String)> = conn
         .prepare("SELECT id, status FROM app_audit")
@@ -1908,7 +1908,7 @@ fn migration_9_rewrites_the_status_check_in_place_and_finishes_pending_work() {
     );
 
     let conn = rusqlite::Connection::open(&path).expect("open");
-    assert_eq!(schema_version(&conn), ["15"]);
+    assert_eq!(schema_version(&conn), ["16"]);
     assert_eq!(runs(&conn), before, "rows, run numbers and counter kept");
     let fresh = dir.path().join("fresh.db");
     tokio().block_on(async {
@@ -2070,9 +2070,32 @@ fn as_version_9(conn: &rusqlite::Connection) {
     record_schema(conn);
 }
 
+/// Turns a journal back into schema version 15: no replay marks (version 16). Does
+/// nothing to one that is older already.
+fn as_version_15(conn: &rusqlite::Connection) {
+    let has_replays: bool = conn
+        .query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('durable_workflows')
+             WHERE name = 'replays'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("columns");
+    if !has_replays {
+        return;
+    }
+    conn.execute_batch(
+        "ALTER TABLE durable_workflows DROP COLUMN replays;
+         UPDATE durable_meta SET value = '15' WHERE key = 'schema_version';",
+    )
+    .expect("version 15");
+    record_schema(conn);
+}
+
 /// Turns a journal back into schema version 14: no `start` commands (version 15).
 /// Does nothing to one that is older already.
 fn as_version_14(conn: &rusqlite::Connection) {
+    as_version_15(conn);
     let version: String = conn
         .query_row(
             "SELECT value FROM durable_meta WHERE key = 'schema_version'",

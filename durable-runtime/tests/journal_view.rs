@@ -468,9 +468,9 @@ async fn a_view_refuses_what_is_not_a_journal_of_this_version() {
     assert!(message.contains("upgrade durable-runtime"), "{message}");
 
     // A view opened earlier notices an upgrade at its next read.
-    set_version("15");
-    let view = JournalView::open(&journal).expect("view");
     set_version("16");
+    let view = JournalView::open(&journal).expect("view");
+    set_version("17");
     let err = view.workflows().expect_err("upgraded under the view");
     assert!(
         matches!(&err, Error::Store(e) if e.kind() == StoreErrorKind::NewerSchema),

@@ -378,6 +378,11 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     /// (dropping recorded panics and interruptions, and the deadline); answers every
     /// workflow it made pending.
     fn resume(&self, id: String, at: i64) -> Ack<Vec<String>>;
+    /// Records that this runtime started `ids` again from the journal at `at` (at its
+    /// open), replaying what they recorded before: for each that recorded a step since
+    /// it was made (see `docs/journal.md`, `replays`). A journal whose claims record it
+    /// already answers at once.
+    fn replayed(&self, ids: Vec<Arc<str>>, at: i64) -> Ack;
     /// A transaction step: the application's work and the step's record in one
     /// transaction. A store that cannot run `step`'s flavour of work answers an error.
     fn transaction(&self, step: TxStep) -> Ack;

@@ -356,6 +356,14 @@ impl RuntimeBuilder {
                 "resuming pending workflows"
             );
         }
+        if !launches.is_empty() {
+            // What the runs replay is marked in the journal (for timelines); a failure
+            // to mark it costs nothing else.
+            let ids = launches.iter().map(|(id, ..)| id.clone()).collect();
+            if let Err(e) = inner.acked(inner.store.replayed(ids, now_ms())).await {
+                tracing::debug!(error = %e, "could not mark the resumed runs as replayed");
+            }
+        }
         let runs: Vec<_> = {
             let mut running = lock(&inner.running);
             for (def, parent, restored) in dormant {

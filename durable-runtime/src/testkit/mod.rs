@@ -465,6 +465,11 @@ macro_rules! forward_primitive_writes {
             $self.inner.resume(id, at)
         }
 
+        fn replayed(&$self, ids: Vec<Arc<str>>, at: i64) -> Ack {
+            $before;
+            $self.inner.replayed(ids, at)
+        }
+
         fn transaction(&$self, step: TxStep) -> Ack {
             $before;
             $self.inner.transaction(step)

@@ -213,8 +213,14 @@ async fn claim_as(
                             OR x.owner IN (SELECT id FROM {s}.executors
                                            WHERE dead_at IS NOT NULL))
                      FOR UPDATE OF x SKIP LOCKED),
+                 -- A run that recorded steps since it was made replays them here.
                  claimed AS (
-                     UPDATE {s}.workflows w SET owner = (SELECT id FROM me)
+                     UPDATE {s}.workflows w SET owner = (SELECT id FROM me),
+                         replays = CASE WHEN EXISTS (
+                                 SELECT 1 FROM {s}.steps x
+                                 WHERE x.run = w.run AND x.finished_at >= w.created_at)
+                             THEN coalesce(w.replays || ',', '') || $6::bigint::text
+                             ELSE w.replays END
                      FROM pick WHERE w.run = pick.run
                      RETURNING w.*),
                  forgotten AS (
@@ -234,6 +240,7 @@ async fn claim_as(
                 (&names, Type::TEXT_ARRAY),
                 (&judge, Type::BOOL),
                 (&any, Type::BOOL),
+                (&crate::util::now_ms(), Type::INT8),
             ],
         )
         .await?;

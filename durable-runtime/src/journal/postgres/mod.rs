@@ -907,6 +907,13 @@ impl Store for PgStore {
         *takeovers = executor::Takeovers::To(to);
     }
 
+    fn replayed(&self, _ids: Vec<Arc<str>>, _at: i64) -> Ack {
+        // Recorded by the claims that gave this runtime its runs (see `executor::claim`).
+        let (reply, ack) = Ack::channel(&self.path);
+        let _ = reply.send(Ok(()));
+        ack
+    }
+
     fn cancellations(&self, to: mpsc::UnboundedSender<Option<Arc<str>>>) {
         *lock(&self.cancels) = Some(to);
     }
@@ -1023,7 +1030,7 @@ pub(super) fn workflow_columns(t: &str) -> String {
 /// The columns of a run as a listing shows it ([`view_row`] reads them).
 fn view_columns() -> String {
     format!(
-        "{}, created_at, updated_at, app_version, forked_from, run",
+        "{}, created_at, updated_at, app_version, forked_from, replays, run",
         workflow_columns("")
     )
 }
@@ -1038,8 +1045,9 @@ fn view_row(r: &Row) -> Result<(i64, super::sqlite::view::WorkflowView), PgError
         r.try_get(n + 1)?,
         r.try_get(n + 2)?,
         r.try_get(n + 3)?,
+        r.try_get(n + 4)?,
     );
-    Ok((r.try_get::<_, i64>(n + 4)?, view))
+    Ok((r.try_get::<_, i64>(n + 5)?, view))
 }
 
 /// A page of the runs that match `query` (see `Store::list`).

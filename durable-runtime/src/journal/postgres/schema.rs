@@ -183,6 +183,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE {s}.workflows ADD COLUMN forked_from text COLLATE "C";
     "#,
+    // 8: when runtimes started a run again from its journal (as
+    // `durable_workflows.replays`): at a claim (an open, a takeover) or a resume.
+    r#"
+    ALTER TABLE {s}.workflows ADD COLUMN replays text;
+    "#,
 ];
 
 /// The schema version this build writes.

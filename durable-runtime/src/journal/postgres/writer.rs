@@ -756,7 +756,17 @@ pub(super) fn resume_sql(s: &str, select: &str) -> String {
                                              '')::bigint
                             END,
                     queue_state = CASE WHEN queue_state IS NULL THEN NULL
-                                       ELSE 'queued' END
+                                       ELSE 'queued' END,
+                    -- Resumed here: it replays what it recorded (a client's resume
+                    -- leaves that to the claim).
+                    replays = CASE WHEN queue_state IS NULL
+                                    AND nullif(current_setting('durable.executor', true),
+                                               '') IS NOT NULL
+                                    AND EXISTS (SELECT 1 FROM {s}.steps x
+                                                WHERE x.run = {s}.workflows.run
+                                                  AND x.finished_at >= {s}.workflows.created_at)
+                                   THEN coalesce(replays || ',', '') || $2::bigint::text
+                                   ELSE replays END
                 WHERE run IN (SELECT run FROM {s}.workflows
                               WHERE id IN (SELECT id FROM tree)
                                 AND (status = 'cancelled'

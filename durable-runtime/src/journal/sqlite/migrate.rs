@@ -417,6 +417,12 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     DROP TABLE durable_commands;
     ALTER TABLE durable_commands_v15 RENAME TO durable_commands;
     CREATE INDEX durable_commands_waiting ON durable_commands (seq) WHERE applied_at IS NULL;",
+    // Version 16: when a runtime started a run again from its journal (at an open after
+    // the process stopped, or at a resume), replaying the steps recorded before without
+    // running them: milliseconds since the epoch, comma-separated, oldest first. NULL
+    // for a run never restarted (and in rows from before). Not covered by the
+    // checksum: it is shown, never replayed.
+    "ALTER TABLE durable_workflows ADD COLUMN replays TEXT;",
 ];
 
 /// Brings the schema to the newest version, in one transaction.

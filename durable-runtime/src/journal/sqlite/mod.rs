@@ -661,6 +661,10 @@ impl Store for SqliteStore {
         self.write(|tx| Write::Cancel(id, reason, at, tx))
     }
 
+    fn replayed(&self, ids: Vec<Arc<str>>, at: i64) -> Ack {
+        self.write(|tx| Write::Replayed(ids, at, tx))
+    }
+
     fn resume(&self, id: String, at: i64) -> Ack<Vec<String>> {
         self.write(|tx| Write::Resume(id, at, tx))
     }

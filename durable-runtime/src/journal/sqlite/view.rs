@@ -326,7 +326,7 @@ pub(crate) fn list(c: &Connection, query: &ListQuery) -> rusqlite::Result<ListPa
         ],
         |r, w| {
             Ok((
-                r.get::<_, i64>(WORKFLOW_COLUMN_COUNT + 4)?,
+                r.get::<_, i64>(WORKFLOW_COLUMN_COUNT + 5)?,
                 workflow_view(r, w)?,
             ))
         },
@@ -362,10 +362,10 @@ fn wrong_version(path: &Path, version: usize) -> Error {
 
 /// The columns a view reads after [`WORKFLOW_COLUMNS`](rows::WORKFLOW_COLUMNS), from
 /// index [`WORKFLOW_COLUMN_COUNT`].
-const VIEW_COLUMNS: &str = ", created_at, updated_at, app_version, forked_from";
+const VIEW_COLUMNS: &str = ", created_at, updated_at, app_version, forked_from, replays";
 
 /// [`VIEW_COLUMNS`] and the run number, for a listing's cursor.
-const LIST_COLUMNS: &str = ", created_at, updated_at, app_version, forked_from, run";
+const LIST_COLUMNS: &str = ", created_at, updated_at, app_version, forked_from, replays, run";
 
 /// A workflow row with the view's columns, as a [`WorkflowView`].
 fn workflow_view(r: &rusqlite::Row<'_>, w: WorkflowRecord) -> rusqlite::Result<WorkflowView> {
@@ -376,6 +376,7 @@ fn workflow_view(r: &rusqlite::Row<'_>, w: WorkflowRecord) -> rusqlite::Result<W
         r.get(WORKFLOW_COLUMN_COUNT + 1)?,
         r.get(WORKFLOW_COLUMN_COUNT + 2)?,
         r.get(WORKFLOW_COLUMN_COUNT + 3)?,
+        r.get(WORKFLOW_COLUMN_COUNT + 4)?,
     );
     view.input_intact = input_intact;
     view.output_intact = output_intact;
@@ -430,6 +431,12 @@ pub struct WorkflowView {
     /// When it completed, failed or was cancelled, in milliseconds since the Unix epoch;
     /// `None` while it is pending.
     pub finished_at_ms: Option<i64>,
+    /// When a runtime started the run again from the journal (at an open after the
+    /// process that ran it stopped, at a takeover, at a resume), in milliseconds since
+    /// the Unix epoch, oldest first: each time, the steps recorded before were replayed
+    /// (their recorded results returned) rather than run. Empty for a run that ran in
+    /// one go, and in journals from before schema 16 (PostgreSQL schema 8).
+    pub replayed_at_ms: Vec<i64>,
     /// When it is cancelled if it has not finished
     /// ([`WorkflowCall::timeout`](crate::WorkflowCall::timeout)), in milliseconds since
     /// the Unix epoch.
@@ -455,6 +462,7 @@ impl WorkflowView {
         updated_at_ms: i64,
         app_version: Option<String>,
         forked_from: Option<String>,
+        replays: Option<String>,
     ) -> WorkflowView {
         let damaged = w.damaged.as_ref().map(|(at, _)| at.clone());
         let status = RecordedStatus::from(w.status);
@@ -465,6 +473,12 @@ impl WorkflowView {
             finished_at_ms: (status != RecordedStatus::Pending).then_some(updated_at_ms),
             app_version,
             forked_from,
+            replayed_at_ms: replays
+                .as_deref()
+                .unwrap_or_default()
+                .split(',')
+                .filter_map(|t| t.trim().parse().ok())
+                .collect(),
             deadline_at_ms: w.deadline_at,
             cancel_reason: w.cancelled,
             failure_kind,

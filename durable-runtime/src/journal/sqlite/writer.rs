@@ -80,6 +80,8 @@ pub(super) enum Write {
     GiveBack(StepKey, String, Replier<()>),
     Cancel(String, CancelReason, i64, Replier<Vec<String>>),
     Resume(String, i64, Replier<Vec<String>>),
+    /// Runs started again from the journal at the open (see `Store::replayed`).
+    Replayed(Vec<Arc<str>>, i64, Replier<()>),
     Transaction(TxStep, Replier<()>),
     /// Never batched: it looks at what earlier batches parked.
     Dormant(Dormant, Replier<bool>),
@@ -133,6 +135,7 @@ impl Command {
                 | Write::Hold(..)
                 | Write::Schedule(..) => 0,
                 Write::Send(m, _) => m.payload.len(),
+                Write::Replayed(ids, ..) => ids.len() * 32,
                 Write::Command { send, .. } => send.as_ref().map_or(0, |m| m.payload.len()),
                 Write::Gc { .. } | Write::GcCommands(..) | Write::Vacuum(_) | Write::Fork(..) => {
                     return None;
@@ -779,6 +782,7 @@ pub(super) fn fail(c: Command, e: StoreError) {
         Command::Write(w) => match *w {
             Write::Wait(_, s) | Write::Expire(_, s) => drop(s.send(Err(e))),
             Write::Cancel(.., s) | Write::Resume(.., s) => drop(s.send(Err(e))),
+            Write::Replayed(.., s) => drop(s.send(Err(e))),
             Write::Dormant(_, s) | Write::Command { reply: s, .. } => drop(s.send(Err(e))),
             Write::Gc { reply, .. } => drop(reply.send(Err(e))),
             Write::GcCommands(_, s) | Write::Vacuum(s) => drop(s.send(Err(e))),
