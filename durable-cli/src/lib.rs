@@ -579,6 +579,8 @@ fn execute(cli: Cli) -> Result<u8, Failure> {
                     report.commands,
                     if report.reclaimed {
                         "their space went back to the file system"
+                    } else if client.view().is_none() {
+                        "PostgreSQL's autovacuum reclaims their space"
                     } else {
                         "their space stays in the file for new runs (run `durable vacuum` \
                          once, while no runtime holds the journal, to make gc shrink it)"
@@ -590,7 +592,11 @@ fn execute(cli: Cli) -> Result<u8, Failure> {
         Command::Vacuum => {
             block_on(client.vacuum())??;
             if !json {
-                out!("vacuumed {}: gc now gives space back", journal.display());
+                if client.view().is_none() {
+                    out!("nothing to do on PostgreSQL: its autovacuum reclaims the space gc frees");
+                } else {
+                    out!("vacuumed {}: gc now gives space back", journal.display());
+                }
             }
             Ok(0)
         }

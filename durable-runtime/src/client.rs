@@ -43,8 +43,10 @@ pub const DEFAULT_APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 ///   Every process may write a PostgreSQL journal, so a client applies each command
 ///   itself, in one transaction that also tells the runtimes sharing the journal
 ///   (`NOTIFY`): a message wakes the run waiting for it wherever it runs; a cancel
-///   stops the runs of the workflows at once; a resumed or forked workflow is claimed
-///   at once by a runtime that links its workflow, and runs there. Commands answer
+///   stops the runs of the workflows at their next step (as a cancel in their own
+///   process does); a resumed workflow runs again in the runtime that owned it (or is
+///   claimed by another if that one is gone); a forked or started one is claimed at
+///   once by a runtime that links its workflow, and runs there. Commands answer
 ///   [`Delivery::Applied`]. The client is not one of the journal's executors: it owns
 ///   no workflow and runs none.
 ///
@@ -152,8 +154,8 @@ fn in_transaction<T>(
 #[non_exhaustive]
 pub enum Delivery {
     /// Applied: by the runtime that owns a SQLite journal, or by the client itself on
-    /// a PostgreSQL journal (where a resumed or forked workflow then runs as soon as a
-    /// runtime that links its workflow claims it).
+    /// a PostgreSQL journal (where a resumed, forked or started workflow then runs as
+    /// soon as a runtime that has its workflow takes it).
     Applied,
     /// It is recorded in a SQLite journal, and no runtime applied it yet: none holds
     /// the journal (it is applied at the next open), or the one that does took longer
@@ -479,8 +481,9 @@ impl Client {
     ///
     /// [`Error::NotFound`] if the journal has no workflow `id`, [`Error::NotResumable`]
     /// if it is pending or completed, [`Error::UnknownWorkflow`] if the owner's program
-    /// does not link its workflow, [`Error::Unrecorded`] in a workflow body,
-    /// [`Error::Store`] if the command cannot be recorded.
+    /// does not link its workflow (SQLite; on PostgreSQL it waits, pending, for a
+    /// runtime that does), [`Error::Unrecorded`] in a workflow body, [`Error::Store`]
+    /// if the command cannot be recorded.
     pub async fn resume(&self, id: &str) -> Result<Delivery> {
         refuse_in_workflow(
             "`Client::resume`",
@@ -619,9 +622,11 @@ impl Client {
         }
     }
 
-    /// The workflow `id`, or [`Error::NotFound`].
+    /// The workflow `id`, or [`Error::NotFound`] ([`Error::InvalidId`] for an id no
+    /// workflow can have).
     fn known(&self, id: &str) -> Result<WorkflowView> {
-        self.workflow(id)?.ok_or_else(|| Error::NotFound {
+        let id = validate_id(id.to_owned())?;
+        self.workflow(&id)?.ok_or_else(|| Error::NotFound {
             workflow_id: id.to_owned(),
         })
     }

@@ -474,7 +474,13 @@ async fn adopt_loop(
         })
         .await;
         let records: Vec<WorkflowRecord> = match read {
-            Ok(Ok(records)) => records.into_iter().flatten().collect(),
+            // Only what is still pending here: a workflow cancelled, finished or taken
+            // elsewhere since it was handed over is not run.
+            Ok(Ok(records)) => records
+                .into_iter()
+                .flatten()
+                .filter(|r| r.status == crate::journal::RecordStatus::Pending && !r.elsewhere)
+                .collect(),
             Ok(Err(e)) | Err(e) => {
                 // Still this runtime's in the journal: the next open resumes them.
                 tracing::warn!(error = %e, "could not read workflows taken over; they \
@@ -516,7 +522,8 @@ async fn adopt_loop(
                 tracing::info!(
                     workflow = %id,
                     name = def.name(),
-                    "resuming a workflow taken over from a runtime that stopped"
+                    "resuming a workflow handed to this runtime (taken over from one that \
+                     stopped, or resumed by a client)"
                 );
                 let (ctx, tx) = inner.register(&mut running, &id, def.name(), parent);
                 runs.push((ctx, def, input, deadline_at, tx));
@@ -524,6 +531,18 @@ async fn adopt_loop(
             runs
         };
         if !runs.is_empty() {
+            // A cancel made after the read above and before the runs were registered
+            // found no run to stop here: look once more, now that they are.
+            let ids: Vec<Arc<str>> = runs.iter().map(|(ctx, ..)| ctx.id.clone()).collect();
+            let store = inner.store.clone();
+            let read = blocking(inner.store.path(), move || store.finished_among(&ids)).await;
+            if let Ok(Ok(finished)) = read {
+                for r in finished {
+                    if let Some(reason) = r.cancelled {
+                        inner.stop_cancelled(None, &[r.id], reason);
+                    }
+                }
+            }
             tokio::spawn(resume(inner.clone(), runs));
         }
     }

@@ -767,7 +767,14 @@ impl Inner {
 
     /// Runs what a dispatch handed this runtime.
     fn launch_dispatched(self: &Arc<Self>, dispatched: Vec<Dispatched>) {
-        for Dispatched { record, fresh, .. } in dispatched {
+        for d in dispatched {
+            if lock(&self.running).contains_key(d.record.id.as_str()) {
+                // A run of it here still winds down (a cancellation, then a resume that
+                // queued it again): it keeps its slot, and runs once that run is over.
+                self.launch_after_winding_down(d);
+                continue;
+            }
+            let Dispatched { record, fresh, .. } = d;
             let id: Arc<str> = Arc::from(record.id.as_str());
             let def = match (self.registry.get(record.name.as_str()), record.damage()) {
                 (Some(def), None) => *def,
@@ -817,6 +824,25 @@ impl Inner {
                 tx,
             ));
         }
+    }
+
+    /// Launches dispatched workflow `d` once the run of it winding down here is over.
+    fn launch_after_winding_down(self: &Arc<Self>, d: Dispatched) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.closing.load(Ordering::Acquire) {
+                    // Left dispatched in the journal: the next open queues it again.
+                    return;
+                }
+                if !lock(&inner.running).contains_key(d.record.id.as_str()) {
+                    inner.launch_dispatched(vec![d]);
+                    return;
+                }
+            }
+        });
     }
 
     /// Frees the slot of dispatched workflow `id`, which cannot run here (`why`): it

@@ -446,11 +446,22 @@ impl Inner {
     /// What a handle of workflow `id` watches: its run in this process, or its recorded
     /// outcome.
     pub(crate) async fn outcome_of(&self, id: &str) -> Result<watch::Receiver<Option<Outcome>>> {
+        let mut waited = false;
         let record = loop {
             let epoch = self.resumes.load(Ordering::Acquire);
             let dispatches = self.dispatches.load(Ordering::Acquire);
-            if let Some(r) = lock(&self.running).get_mut(id) {
-                return Ok(r.outcome());
+            let winding_down = match lock(&self.running).get_mut(id) {
+                Some(r) if r.cancelled().is_none() || waited => return Ok(r.outcome()),
+                Some(r) => Some(r.outcome()),
+                None => None,
+            };
+            if let Some(mut winding_down) = winding_down {
+                // A run winding down from a cancellation: what it ends with is its
+                // cancellation, while the journal may hold the workflow resumed by
+                // now. Let it end, then look again.
+                let _ = winding_down.wait_for(Option::is_some).await;
+                waited = true;
+                continue;
             }
             let record = self.record(id).await?.ok_or_else(|| Error::NotFound {
                 workflow_id: id.to_owned(),

@@ -6,11 +6,12 @@
 //! the statement that makes it, and tells the runtimes sharing the journal in the same
 //! transaction (`NOTIFY`, delivered at its commit):
 //! - a message wakes the runs parked waiting for it, wherever they run;
-//! - a cancel takes the workflows' owner away (their runtime records nothing more for
-//!   them) and makes that runtime stop its runs of them at once;
-//! - a resumed or forked workflow has no owner, and every runtime that links its
-//!   workflow tries to claim it at once: one does, and runs it (a queued one goes back
-//!   to its queue).
+//! - a cancel makes the runtime running the workflows stop their runs at their next
+//!   step, as a cancel in its own process does;
+//! - a resumed workflow keeps its owner, which runs it again (if that runtime is
+//!   gone, another claims it); a forked or started workflow has no owner, and every
+//!   runtime that links its workflow tries to claim it at once: one does, and runs it
+//!   (a queued one goes back to its queue).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -190,10 +191,17 @@ impl PgClient {
     }
 
     pub(crate) fn workflow(&self, id: &str) -> Result<Option<WorkflowView>, StoreError> {
+        if id.contains('\0') {
+            // No PostgreSQL text holds it: no workflow has it.
+            return Ok(None);
+        }
         self.read(async |c, s| super::view_on(c, s, id).await)
     }
 
     pub(crate) fn steps(&self, id: &str) -> Result<Vec<StepInfo>, StoreError> {
+        if id.contains('\0') {
+            return Ok(Vec::new());
+        }
         let steps = self.read(async |c, s| super::steps_after(c, s, id, None, usize::MAX).await)?;
         // A damaged step fails the read: every one here is intact.
         Ok(steps
@@ -203,6 +211,9 @@ impl PgClient {
     }
 
     pub(crate) fn events(&self, id: &str) -> Result<Vec<EventView>, StoreError> {
+        if id.contains('\0') {
+            return Ok(Vec::new());
+        }
         self.read(async |c, s| {
             let rows = c
                 .query_typed(
@@ -402,21 +413,22 @@ impl PgClient {
         row.try_get::<_, Vec<String>>(0).map_err(|e| self.failed(e))
     }
 
-    /// Makes `id` (failed or cancelled) and its cancelled descendants pending again,
-    /// with no owner: a runtime that links its workflow claims it. Answers the ids
-    /// resumed.
+    /// Makes `id` (failed or cancelled) and its cancelled descendants pending again:
+    /// the runtime that owned each runs it again, or, if it is gone, one that links
+    /// its workflow claims it. Answers the ids resumed.
     pub(crate) async fn resume(&self, id: &str, at: i64) -> Result<Vec<String>, Error> {
         let claim = executor::CLAIM_PAYLOAD;
         let dispatch = super::queues::queue_payload(None);
+        let owner = executor::resume_payload(id);
         let c = self.for_command().await?;
         let row = c
             .query_one(
                 &super::writer::resume_sql(
                     &self.s,
                     "SELECT coalesce((SELECT array_agg(id::text) FROM up), '{}'),
-                            pg_notify($3, $4), pg_notify($3, $5)",
+                            pg_notify($3, $4), pg_notify($3, $5), pg_notify($3, $6)",
                 ),
-                &[&id, &at, &self.channel, &claim, &dispatch],
+                &[&id, &at, &self.channel, &claim, &dispatch, &owner],
             )
             .await
             .map_err(|e| self.failed(e))?;

@@ -172,8 +172,11 @@ async fn claim_as(
             &format!(
                 "WITH me AS (SELECT coalesce($1::int8,
                                       current_setting('durable.executor', true)::bigint) AS id),
-                 gone AS (
-                     UPDATE {s}.executors e SET dead_at = now()
+                 -- Who is gone, judged without writing: the rows `pick` locks are
+                 -- rechecked (EvalPlanQual) against this, which PostgreSQL cannot do
+                 -- against a data-modifying CTE.
+                 judged AS (
+                     SELECT e.id FROM {s}.executors e
                      WHERE e.dead_at IS NULL AND e.id <> (SELECT id FROM me)
                        AND EXISTS (SELECT 1 FROM {s}.executors
                                    WHERE id = (SELECT id FROM me) AND dead_at IS NULL)
@@ -193,7 +196,10 @@ async fn claim_as(
                                   AND l.database = (SELECT oid FROM pg_catalog.pg_database
                                                     WHERE datname = current_database())
                                   AND l.classid = $2::int4::oid
-                                  AND l.objid = e.id::int4::oid AND l.objsubid = 2))
+                                  AND l.objid = e.id::int4::oid AND l.objsubid = 2))),
+                 gone AS (
+                     UPDATE {s}.executors e SET dead_at = now()
+                     WHERE e.dead_at IS NULL AND e.id IN (SELECT id FROM judged)
                      RETURNING e.id),
                  -- Locked FOR UPDATE, which a transaction step's key-share lock on
                  -- its workflow's row holds off (the update alone would not); rows
@@ -209,7 +215,7 @@ async fn claim_as(
                        -- `queues::requeue_sql`): a dispatch gives it its next owner.
                        AND x.queue_state IS NULL
                        AND (x.owner IS NULL
-                            OR x.owner IN (SELECT id FROM gone)
+                            OR x.owner IN (SELECT id FROM judged)
                             OR x.owner IN (SELECT id FROM {s}.executors
                                            WHERE dead_at IS NOT NULL))
                      FOR UPDATE OF x SKIP LOCKED),
@@ -301,6 +307,12 @@ pub(super) fn cancel_payload(id: Option<&str>) -> String {
     }
 }
 
+/// The notification payload that tells the runtime owning workflow `id` (and its
+/// descendants) that a client resumed it: it runs them again.
+pub(super) fn resume_payload(id: &str) -> String {
+    format!("r\u{1f}{id}")
+}
+
 /// The notification payload that makes every process claim the pending workflows
 /// nobody owns at once (a client resumed, forked or started one), rather than at its
 /// next periodic claim.
@@ -318,6 +330,8 @@ enum Heard {
     Cancelled(Option<String>),
     /// Pending workflows without an owner wait to be claimed.
     Claim,
+    /// A client resumed this workflow: its owner runs it (and its descendants) again.
+    Resumed(String),
 }
 
 /// What a payload made by [`payload`] or [`super::queues::queue_payload`] asks.
@@ -330,6 +344,9 @@ fn asked(payload: &str) -> Heard {
     }
     if payload == CLAIM_PAYLOAD {
         return Heard::Claim;
+    }
+    if let Some(id) = payload.strip_prefix("r\u{1f}") {
+        return Heard::Resumed(id.to_owned());
     }
     Heard::Wait(parse(payload))
 }
@@ -483,6 +500,8 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
     // executor's lock is free until it reconnects, so for a lease after reconnecting a
     // free lock alone does not make another executor gone.
     let mut connected = tokio::time::Instant::now() - w.lease;
+    // Since when (ms) the listening connection is down, once it was up.
+    let mut deaf_since: Option<i64> = None;
     let mut check = tokio::time::interval(Duration::from_millis(100));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -490,10 +509,19 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
             let (tx, rx) = mpsc::unbounded_channel();
             if let Ok(client) = listen(&w.config, tx).await {
                 listener = Some((client, rx));
-                // Notifications sent while nobody listened are lost: look again, and
-                // dispatch every queue.
+                // Notifications sent while nobody listened are lost: look again,
+                // dispatch every queue, and check every run here for a cancel.
                 let _ = w.writes.send(Command::Recheck(None));
                 w.dispatch(None, false);
+                if let Some(to) = &*lock(&w.cancels) {
+                    let _ = to.send(None);
+                }
+                // And what clients resumed meanwhile for this runtime to run.
+                if let Some(since) = deaf_since.take()
+                    && let Some(client) = healthy(&w, me, &mut connected, &mut locked).await
+                {
+                    resumed_while_deaf(&w, &client, &s, me, since).await;
+                }
             }
         }
         let heard = async {
@@ -572,6 +600,7 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
                     let mut keys = Vec::new();
                     let mut queues = Some(Vec::new());
                     let mut claims = false;
+                    let mut resumed: Vec<String> = Vec::new();
                     let own = w.writer_pid.load(std::sync::atomic::Ordering::Relaxed);
                     let mut next = Some(first);
                     while let Some((pid, p)) = next {
@@ -585,6 +614,7 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
                                 }
                             }
                             Heard::Claim => claims = true,
+                            Heard::Resumed(id) => resumed.push(id),
                             // Its own transaction dispatched what it notifies about.
                             Heard::Queue(_) if pid == own => {}
                             Heard::Queue(None) => queues = None,
@@ -605,16 +635,81 @@ pub(super) async fn watch(w: Watch, mut stop: tokio::sync::oneshot::Receiver<()>
                     if queues.as_ref().is_none_or(|q| !q.is_empty()) {
                         w.dispatch(queues, false);
                     }
-                    if claims
+                    if (claims || !resumed.is_empty())
                         && let Some(client) = healthy(&w, me, &mut connected, &mut locked).await
                     {
-                        claim_now(&w, &client, &s, me, connected).await;
+                        if !resumed.is_empty() {
+                            run_resumed(&w, &client, &s, me, &resumed).await;
+                        }
+                        if claims {
+                            claim_now(&w, &client, &s, me, connected).await;
+                        }
                     }
                 }
             }
             // The listening connection ended: listen again.
-            Event::Heard(None) => listener = None,
+            Event::Heard(None) => {
+                listener = None;
+                deaf_since.get_or_insert_with(crate::util::now_ms);
+            }
         }
+    }
+}
+
+/// Hands the runtime the workflows a client resumed (`ids`, and their descendants)
+/// that this executor owns, to run again.
+async fn run_resumed(w: &Watch, client: &Client, s: &str, me: i64, ids: &[String]) {
+    let rows = client
+        .query_typed(
+            &format!(
+                "SELECT w.id FROM {s}.workflows w, unnest($1::text[]) r(id)
+                 WHERE (w.id = r.id OR (w.id >= r.id || '/' AND w.id < r.id || '0'))
+                   AND w.status = 'pending' AND w.owner = $2 AND w.queue_state IS NULL"
+            ),
+            &[(&ids, Type::TEXT_ARRAY), (&me, Type::INT8)],
+        )
+        .await;
+    match rows
+        .map_err(PgError::from)
+        .and_then(|rows| claimed_ids(&rows))
+    {
+        Ok(ids) => lock(&w.takeovers).hand_over(ids.into_iter().map(Arc::from)),
+        Err(e) => tracing::warn!(
+            error = ?e,
+            "could not read the workflows a client resumed; they run at the next open"
+        ),
+    }
+}
+
+/// How far before the listening connection went down a client's resume is looked
+/// for when it is up again: clients' clocks may be behind this one's.
+const RESUME_SLACK_MS: i64 = 60_000;
+
+/// Hands the runtime the workflows it owns that changed (a client's resume) since
+/// `since` (ms), when the listening connection went down: their notifications were
+/// lost. Those running here already are left to their run.
+async fn resumed_while_deaf(w: &Watch, client: &Client, s: &str, me: i64, since: i64) {
+    let rows = client
+        .query_typed(
+            &format!(
+                "SELECT id FROM {s}.workflows
+                 WHERE owner = $1 AND status = 'pending' AND queue_state IS NULL
+                   -- Resumed (a start leaves them equal) in the window.
+                   AND updated_at > created_at AND updated_at >= $2"
+            ),
+            &[(&me, Type::INT8), (&(since - RESUME_SLACK_MS), Type::INT8)],
+        )
+        .await;
+    match rows
+        .map_err(PgError::from)
+        .and_then(|rows| claimed_ids(&rows))
+    {
+        Ok(ids) => lock(&w.takeovers).hand_over(ids.into_iter().map(Arc::from)),
+        Err(e) => tracing::warn!(
+            error = ?e,
+            "could not look for workflows resumed while the journal's notifications were \
+             not heard; they run at the next open"
+        ),
     }
 }
 

@@ -727,11 +727,11 @@ fn family(s: &str) -> String {
 pub(super) fn cancel_sql(s: &str, select: &str) -> String {
     format!(
         "{},
-         -- Without an owner: the runtime that ran one records nothing more for it (as if
-         -- taken over), even before it hears of the cancel.
+         -- The owner keeps it: a step body running there when the cancel came finishes
+         -- and is recorded, and the runtime stops the run at its next step (it hears of
+         -- the cancel, see `executor::cancel_payload`).
          up AS (UPDATE {s}.workflows
-                SET status = 'cancelled', error_kind = $2, error = $3, updated_at = $4,
-                    owner = NULL
+                SET status = 'cancelled', error_kind = $2, error = $3, updated_at = $4
                 WHERE status = 'pending' AND id IN (SELECT id FROM tree)
                 RETURNING id)
          {select}",
@@ -740,8 +740,11 @@ pub(super) fn cancel_sql(s: &str, select: &str) -> String {
 }
 
 /// Makes workflow `$1` (cancelled or failed) and its cancelled descendants pending
-/// again at `$2`, owned by the session's executor (none for a client's session: the
-/// runtimes claim them); `up` holds their ids and runs, and `select` answers.
+/// again at `$2`, owned by the session's executor, or, for a client's session, by the
+/// executor that owned them (which runs them again once it hears of it, after its run
+/// winding down from the cancel has recorded what it ran; if it is gone, or there was
+/// none, the next claim takes them); `up` holds their ids and runs, and `select`
+/// answers.
 pub(super) fn resume_sql(s: &str, select: &str) -> String {
     format!(
         "{},
@@ -752,16 +755,18 @@ pub(super) fn resume_sql(s: &str, select: &str) -> String {
                     -- A queued workflow goes back to its queue, without an
                     -- owner: the resume's dispatch gives it its next one.
                     owner = CASE WHEN queue_state IS NULL
-                                 THEN nullif(current_setting('durable.executor', true),
-                                             '')::bigint
+                                 THEN coalesce(nullif(current_setting('durable.executor',
+                                                                      true), '')::bigint,
+                                               owner)
                             END,
                     queue_state = CASE WHEN queue_state IS NULL THEN NULL
                                        ELSE 'queued' END,
-                    -- Resumed here: it replays what it recorded (a client's resume
-                    -- leaves that to the claim).
+                    -- Run again by an owner: it replays what it recorded (one with
+                    -- no owner is marked by the claim that gives it one).
                     replays = CASE WHEN queue_state IS NULL
-                                    AND nullif(current_setting('durable.executor', true),
-                                               '') IS NOT NULL
+                                    AND coalesce(nullif(current_setting('durable.executor',
+                                                                        true), '')::bigint,
+                                                 owner) IS NOT NULL
                                     AND EXISTS (SELECT 1 FROM {s}.steps x
                                                 WHERE x.run = {s}.workflows.run
                                                   AND x.finished_at >= {s}.workflows.created_at)

@@ -49,6 +49,22 @@ macro_rules! run_of_first_parameter {
     };
 }
 
+/// A workflow row's `replays` with the time `?2` appended (see `docs/journal.md`).
+macro_rules! replays_appended {
+    () => {
+        "coalesce(replays || ',', '') || ?2"
+    };
+}
+
+/// Whether the `durable_workflows` row being updated recorded a step since it was made
+/// (a fork's copies are older): only then does starting it again replay anything.
+macro_rules! replays_recorded {
+    () => {
+        "EXISTS (SELECT 1 FROM durable_steps x WHERE x.run = durable_workflows.run
+                 AND x.finished_at >= durable_workflows.created_at)"
+    };
+}
+
 pub(crate) mod commands;
 mod dormant;
 mod fork;
@@ -662,7 +678,15 @@ impl Store for SqliteStore {
     }
 
     fn replayed(&self, ids: Vec<Arc<str>>, at: i64) -> Ack {
-        self.write(|tx| Write::Replayed(ids, at, tx))
+        // Marked with each run's first write (see `Writer::replay_marks`).
+        if let Some(writer) = lock(&self.core).as_mut() {
+            writer
+                .replay_marks
+                .extend(ids.into_iter().map(|id| (id, at)));
+        }
+        let (reply, ack) = Ack::channel(&self.path);
+        let _ = reply.send(Ok(()));
+        ack
     }
 
     fn resume(&self, id: String, at: i64) -> Ack<Vec<String>> {

@@ -25,22 +25,6 @@ use crate::journal::{
 /// The executor name recorded for workflows this process starts.
 const EXECUTOR: &str = "local";
 
-/// A workflow row's `replays` with the time `?2` appended (see `docs/journal.md`).
-macro_rules! replays_appended {
-    () => {
-        "coalesce(replays || ',', '') || ?2"
-    };
-}
-
-/// Whether the `durable_workflows` row being updated recorded a step since it was made
-/// (a fork's copies are older): only then does starting it again replay anything.
-macro_rules! replays_recorded {
-    () => {
-        "EXISTS (SELECT 1 FROM durable_steps x WHERE x.run = durable_workflows.run
-                 AND x.finished_at >= durable_workflows.created_at)"
-    };
-}
-
 /// The SQL that names `tree`: the workflow whose id is the statement's first parameter,
 /// and its descendants through `parent_id`, within the unique index's range of ids that
 /// start with `<id>/` (cancel and resume act on the same family).
@@ -171,21 +155,6 @@ impl Writer {
                     }
                 }
                 Reply::Ids(reply, cancelled)
-            }
-            Write::Replayed(ids, at, reply) => {
-                let mut stmt = match self.conn.prepare_cached(concat!(
-                    "UPDATE durable_workflows SET replays = ",
-                    replays_appended!(),
-                    " WHERE id = ?1 AND ",
-                    replays_recorded!()
-                )) {
-                    Ok(stmt) => stmt,
-                    Err(e) => return Reply::Unit(reply, Err(sql(e))),
-                };
-                let done = ids
-                    .iter()
-                    .try_for_each(|id| stmt.execute(params![&**id, at]).map(drop));
-                Reply::Unit(reply, done.map_err(sql))
             }
             Write::Resume(id, at, reply) => {
                 self.touch_all_queues();

@@ -80,8 +80,6 @@ pub(super) enum Write {
     GiveBack(StepKey, String, Replier<()>),
     Cancel(String, CancelReason, i64, Replier<Vec<String>>),
     Resume(String, i64, Replier<Vec<String>>),
-    /// Runs started again from the journal at the open (see `Store::replayed`).
-    Replayed(Vec<Arc<str>>, i64, Replier<()>),
     Transaction(TxStep, Replier<()>),
     /// Never batched: it looks at what earlier batches parked.
     Dormant(Dormant, Replier<bool>),
@@ -135,7 +133,6 @@ impl Command {
                 | Write::Hold(..)
                 | Write::Schedule(..) => 0,
                 Write::Send(m, _) => m.payload.len(),
-                Write::Replayed(ids, ..) => ids.len() * 32,
                 Write::Command { send, .. } => send.as_ref().map_or(0, |m| m.payload.len()),
                 Write::Gc { .. } | Write::GcCommands(..) | Write::Vacuum(_) | Write::Fork(..) => {
                     return None;
@@ -427,6 +424,11 @@ pub(super) struct Writer {
     pub(super) checkpoint_due: bool,
     /// What dispatching queued workflows keeps (see `queues`).
     pub(super) queues: super::queues::Queues,
+    /// Runs started again from the journal at the open, and when (see
+    /// `Store::replayed`): each is marked in the transaction of its first write, so
+    /// that a run that writes nothing (one a new build cannot replay) leaves the
+    /// journal as it was.
+    pub(super) replay_marks: HashMap<Arc<str>, i64>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -471,7 +473,25 @@ impl Writer {
             park_sweeps: Sweeps::new(),
             checkpoint_due: false,
             queues: super::queues::Queues::default(),
+            replay_marks: HashMap::new(),
         })
+    }
+
+    /// Marks run `id` as started again from the journal, if the open noted it and
+    /// this is its first write since.
+    fn mark_replayed(&mut self, id: &str) {
+        let Some(at) = self.replay_marks.remove(id) else {
+            return;
+        };
+        let marked = self.conn.prepare_cached(concat!(
+            "UPDATE durable_workflows SET replays = ",
+            replays_appended!(),
+            " WHERE id = ?1 AND ",
+            replays_recorded!()
+        ));
+        if let Err(e) = marked.and_then(|mut stmt| stmt.execute(rusqlite::params![id, at])) {
+            tracing::debug!(workflow = id, error = %e, "could not mark the run as replayed");
+        }
     }
 
     /// Notes the WAL's size after a commit made through this writer.
@@ -611,6 +631,23 @@ impl Writer {
             if let Some(e) = &aborted {
                 fail(c, StoreError::clone(e));
                 continue;
+            }
+            if !self.replay_marks.is_empty() {
+                let id = match &c {
+                    Command::Step(s, _) => Some(s.workflow_id.clone()),
+                    Command::Finish(f, _) => Some(f.id.clone()),
+                    Command::Write(w) => match &**w {
+                        Write::Wait(wait, _) => {
+                            wait.record.as_ref().map(|r| r.key.workflow_id.clone())
+                        }
+                        Write::Started(key, ..) => Some(key.workflow_id.clone()),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                if let Some(id) = id {
+                    self.mark_replayed(&id);
+                }
             }
             let reply = match c {
                 Command::Create(w, reply) => {
@@ -782,7 +819,6 @@ pub(super) fn fail(c: Command, e: StoreError) {
         Command::Write(w) => match *w {
             Write::Wait(_, s) | Write::Expire(_, s) => drop(s.send(Err(e))),
             Write::Cancel(.., s) | Write::Resume(.., s) => drop(s.send(Err(e))),
-            Write::Replayed(.., s) => drop(s.send(Err(e))),
             Write::Dormant(_, s) | Write::Command { reply: s, .. } => drop(s.send(Err(e))),
             Write::Gc { reply, .. } => drop(reply.send(Err(e))),
             Write::GcCommands(_, s) | Write::Vacuum(s) => drop(s.send(Err(e))),
