@@ -669,6 +669,16 @@ async fn run_resumed(w: &Watch, client: &Client, s: &str, me: i64, ids: &[String
             &[(&ids, Type::TEXT_ARRAY), (&me, Type::INT8)],
         )
         .await;
+    hand_over_found(w, rows, "the workflows a client resumed");
+}
+
+/// Hands the runtime the workflows `rows` found (their ids first), to run; or says
+/// that `what` could not be read.
+fn hand_over_found(
+    w: &Watch,
+    rows: Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>,
+    what: &str,
+) {
     match rows
         .map_err(PgError::from)
         .and_then(|rows| claimed_ids(&rows))
@@ -676,7 +686,7 @@ async fn run_resumed(w: &Watch, client: &Client, s: &str, me: i64, ids: &[String
         Ok(ids) => lock(&w.takeovers).hand_over(ids.into_iter().map(Arc::from)),
         Err(e) => tracing::warn!(
             error = ?e,
-            "could not read the workflows a client resumed; they run at the next open"
+            "could not read {what}; they run at the next open"
         ),
     }
 }
@@ -700,17 +710,11 @@ async fn resumed_while_deaf(w: &Watch, client: &Client, s: &str, me: i64, since:
             &[(&me, Type::INT8), (&(since - RESUME_SLACK_MS), Type::INT8)],
         )
         .await;
-    match rows
-        .map_err(PgError::from)
-        .and_then(|rows| claimed_ids(&rows))
-    {
-        Ok(ids) => lock(&w.takeovers).hand_over(ids.into_iter().map(Arc::from)),
-        Err(e) => tracing::warn!(
-            error = ?e,
-            "could not look for workflows resumed while the journal's notifications were \
-             not heard; they run at the next open"
-        ),
-    }
+    hand_over_found(
+        w,
+        rows,
+        "the workflows resumed while the journal's notifications were not heard",
+    );
 }
 
 /// Claims the pending workflows of executors gone and those nobody owns, and hands
