@@ -221,3 +221,32 @@ async fn a_client_cancel_and_resume_while_the_run_winds_down_runs_it_again() {
     }
     rt.close().await.expect("close");
 }
+
+/// A client resumes a workflow whose runtime is gone, and forgotten (its executor row
+/// deleted, as an hour after it died): a runtime alive claims it and runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resume_of_a_workflow_whose_runtime_is_gone_is_claimed() {
+    let journal = Journal::postgres();
+    let first = Runtime::open(journal.path()).await.expect("open");
+    first
+        .start_with_id("orphan", cancel_parked_in_recv())
+        .await
+        .expect("start");
+    while first.steps("orphan").await.expect("steps").is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.cancel("orphan").await.expect("cancel");
+    first.close().await.expect("close");
+    journal.sql("DELETE FROM durable_executors", &[]);
+
+    let second = Runtime::open(journal.path()).await.expect("open again");
+    let client = Client::open(journal.path()).expect("client");
+    client.resume("orphan").await.expect("resume");
+    client.send("orphan", "never", &5u32).await.expect("send");
+    let result = outcome("orphan", async {
+        second.handle::<u32>("orphan").await?.result().await
+    })
+    .await;
+    assert_eq!(result.expect("result"), 5);
+    second.close().await.expect("close");
+}

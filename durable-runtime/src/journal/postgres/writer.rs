@@ -757,7 +757,11 @@ pub(super) fn resume_sql(s: &str, select: &str) -> String {
                     owner = CASE WHEN queue_state IS NULL
                                  THEN coalesce(nullif(current_setting('durable.executor',
                                                                       true), '')::bigint,
-                                               owner)
+                                               -- Kept only while it lives (a forgotten
+                                               -- executor's would never be claimed).
+                                               (SELECT e.id FROM {s}.executors e
+                                                WHERE e.id = {s}.workflows.owner
+                                                  AND e.dead_at IS NULL))
                             END,
                     queue_state = CASE WHEN queue_state IS NULL THEN NULL
                                        ELSE 'queued' END,
@@ -766,7 +770,9 @@ pub(super) fn resume_sql(s: &str, select: &str) -> String {
                     replays = CASE WHEN queue_state IS NULL
                                     AND coalesce(nullif(current_setting('durable.executor',
                                                                         true), '')::bigint,
-                                                 owner) IS NOT NULL
+                                                 (SELECT e.id FROM {s}.executors e
+                                                  WHERE e.id = {s}.workflows.owner
+                                                    AND e.dead_at IS NULL)) IS NOT NULL
                                     AND EXISTS (SELECT 1 FROM {s}.steps x
                                                 WHERE x.run = {s}.workflows.run
                                                   AND x.finished_at >= {s}.workflows.created_at)
