@@ -175,7 +175,8 @@ impl Client {
     /// at its open), or if the database cannot be reached.
     ///
     /// ```no_run
-    /// # async fn steer() -> durable_runtime::Result<()> {
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> durable_runtime::Result<()> {
     /// use durable_runtime::Client;
     ///
     /// // A SQLite journal: commands go to the runtime that holds it.
@@ -379,7 +380,9 @@ impl Client {
     /// stays pending: cancel it).
     ///
     /// ```no_run
-    /// # async fn run(client: &durable_runtime::Client) -> durable_runtime::Result<()> {
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> durable_runtime::Result<()> {
+    /// # let client = durable_runtime::Client::open("journal.db")?;
     /// // #[workflow] async fn send_invoice(customer: String, cents: u64) -> ... { ... }
     /// client
     ///     .start("send_invoice", "invoice-2026-12-0042", &("acme".to_owned(), 129_900u64))
