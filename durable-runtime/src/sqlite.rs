@@ -2,6 +2,31 @@
 //! journal's database commit in the same transaction as their checkpoint.
 //!
 //! A later journal (PostgreSQL) gets its own flavour beside this one.
+//!
+//! The [`rusqlite`] a transaction step's closure receives is re-exported here: use
+//! `durable_runtime::sqlite::rusqlite` in your steps, and you need no dependency of
+//! your own that must match ours.
+//!
+//! ```
+//! use durable_runtime::sqlite::rusqlite;
+//!
+//! fn count_orders(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<i64> {
+//!     tx.query_row("SELECT count(*) FROM orders", [], |r| r.get(0))
+//! }
+//! # let _ = count_orders;
+//! ```
+//!
+//! **One SQLite per program.** rusqlite links the SQLite C library through
+//! `libsqlite3-sys`, under `links = "sqlite3"`, and Cargo allows one package with that
+//! `links` value in a build. A service that already depends, directly or through
+//! another crate (an `sqlx` with its SQLite feature, for one), on another version of
+//! `libsqlite3-sys` cannot add `durable-runtime` as it is: Cargo refuses the build
+//! with a `links` conflict naming both. Move the service to the rusqlite this crate
+//! uses (`cargo tree -i libsqlite3-sys` shows who pulls which), or keep its own SQLite
+//! access in a separate process. A PostgreSQL journal does not change this: the SQLite
+//! journal is always built in.
+
+pub use rusqlite;
 
 use std::future::{Future, pending};
 

@@ -11,10 +11,16 @@ use durable_runtime::{Runtime, step, workflow};
 
 static CALLS: AtomicU32 = AtomicU32::new(0);
 
+/// The attempt numbers `step_context` gave the flaky step, in order.
+static SEEN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
 /// Fails its first two attempts, then returns how many attempts it took.
 #[step(retries = 3, backoff = 20ms)]
 async fn at_flaky() -> Result<u32, String> {
     let n = CALLS.fetch_add(1, Ordering::SeqCst) + 1;
+    if let Some(ctx) = durable_runtime::step_context() {
+        SEEN.lock().expect("lock").push(ctx.attempt());
+    }
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     if n < 3 {
         Err(format!("attempt {n} fails"))
@@ -36,6 +42,7 @@ async fn at_timed() -> Result<u32, String> {
 
 async fn every_attempt_is_recorded_with_its_times(journal: Journal) {
     CALLS.store(0, Ordering::SeqCst);
+    SEEN.lock().expect("lock").clear();
     let rt = Runtime::builder(journal.path()).open().await.expect("open");
     let out = rt
         .start_with_id("t", at_timed())
@@ -45,6 +52,8 @@ async fn every_attempt_is_recorded_with_its_times(journal: Journal) {
         .await
         .expect("result");
     assert_eq!(out, Ok(10));
+    // Each attempt knew which it was.
+    assert_eq!(*SEEN.lock().expect("lock"), [1, 2, 3]);
     let steps = rt.steps("t").await.expect("steps");
     journal.release(rt).await;
 

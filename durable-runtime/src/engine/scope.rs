@@ -85,6 +85,7 @@ thread_local! {
 pub struct StepContext {
     workflow_id: Arc<str>,
     path: StepPath,
+    attempt: u32,
 }
 
 impl StepContext {
@@ -96,6 +97,27 @@ impl StepContext {
     /// The step's path in that workflow.
     pub fn path(&self) -> &StepPath {
         &self.path
+    }
+
+    /// Which attempt of the step this is: 1 for the first, 2 for the first retry of a
+    /// `#[step(retries = ..)]`, and so on. Counted in this execution of the run: a step
+    /// body run again after a crash (its earlier attempts were not recorded) starts at
+    /// 1 again.
+    ///
+    /// ```
+    /// use durable_runtime::{step, step_context};
+    ///
+    /// #[step(retries = 2)]
+    /// async fn charge_with_retries(cents: u64) -> Result<u64, String> {
+    ///     let attempt = step_context().map_or(1, |s| s.attempt());
+    ///     if attempt > 1 {
+    ///         // e.g. look up whether the failed attempt's charge went through
+    ///     }
+    ///     Ok(cents)
+    /// }
+    /// ```
+    pub fn attempt(&self) -> u32 {
+        self.attempt
     }
 
     /// A key that is the same for every attempt and every re-execution of this step in
@@ -129,10 +151,14 @@ pub fn step_context() -> Option<StepContext> {
 
 /// Runs a step body's poll: outside any workflow scope (a step called from a step body
 /// is a plain call), with [`step_context`] set to `step`.
-pub(crate) fn in_step_body<R>(step: Option<(&Arc<str>, &StepPath)>, f: impl FnOnce() -> R) -> R {
-    let ctx = step.map(|(id, path)| StepContext {
+pub(crate) fn in_step_body<R>(
+    step: Option<(&Arc<str>, &StepPath, u32)>,
+    f: impl FnOnce() -> R,
+) -> R {
+    let ctx = step.map(|(id, path, attempt)| StepContext {
         workflow_id: id.clone(),
         path: path.clone(),
+        attempt,
     });
     let prev = STEP.with(|s| s.replace(ctx));
     struct RestoreStep(Option<StepContext>);

@@ -738,7 +738,7 @@ fn poll_attempt<B: StepBody>(
         return Ok(scope::in_step_body(None, || fut.poll(cx)));
     };
     let payload = match catch_unwind(AssertUnwindSafe(|| {
-        scope::in_step_body(Some((&c.ctx.id, &c.path)), || fut.poll(cx))
+        scope::in_step_body(Some((&c.ctx.id, &c.path, *attempts + 1)), || fut.poll(cx))
     })) {
         Ok(polled) => return Ok(polled),
         Err(payload) => payload,

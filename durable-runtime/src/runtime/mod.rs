@@ -460,6 +460,33 @@ impl Runtime {
         Ok(blocking(self.path(), move || store.check()).await??)
     }
 
+    /// The names of the workflows linked into this program, sorted: what a runtime
+    /// opened here can run and resume. Fails as [`open`](Self::open) would if two
+    /// `#[workflow]` functions share a name; call it in a test to catch that before a
+    /// deploy rather than at the open.
+    ///
+    /// ```
+    /// use durable_runtime::{Runtime, workflow};
+    ///
+    /// #[workflow]
+    /// async fn registry_checked_nightly_report() -> u32 {
+    ///     0
+    /// }
+    ///
+    /// let names = Runtime::check_registry().expect("no two workflows share a name");
+    /// assert!(names.contains(&"registry_checked_nightly_report"));
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DuplicateWorkflowName`] naming the name two workflows share.
+    pub fn check_registry() -> Result<Vec<&'static str>> {
+        let mut names: Vec<&'static str> =
+            crate::engine::workflow::registry()?.into_keys().collect();
+        names.sort_unstable();
+        Ok(names)
+    }
+
     /// The recorded steps of workflow `id`, ordered by path: what a replay would return
     /// without running their bodies. Empty if the workflow is unknown or recorded none.
     pub async fn steps(&self, id: &str) -> Result<Vec<StepInfo>> {
