@@ -431,19 +431,7 @@ async fn cancel_loop(
         if ids.is_empty() {
             continue;
         }
-        let store = inner.store.clone();
-        let read = blocking(inner.store.path(), move || store.finished_among(&ids)).await;
-        match read.and_then(|r| r) {
-            Ok(records) => {
-                for r in records {
-                    if let Some(reason) = r.cancelled {
-                        inner.stop_cancelled(None, &[r.id], reason);
-                    }
-                }
-            }
-            // Each stops at its next record instead.
-            Err(e) => tracing::debug!(error = %e, "could not read what another process cancelled"),
-        }
+        inner.stop_recorded_cancels(ids).await;
     }
 }
 
@@ -504,19 +492,8 @@ async fn adopt_loop(
                     // `running` (its handles may follow the journal meanwhile, and
                     // publish nothing), the workflow runs again from its journal.
                     let again = again.clone();
-                    let weak = Arc::downgrade(&inner);
-                    tokio::spawn(async move {
-                        loop {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            let Some(inner) = weak.upgrade() else {
-                                return;
-                            };
-                            if !lock(&inner.running).contains_key(&id) {
-                                let _ = again.send(id);
-                                return;
-                            }
-                        }
-                    });
+                    let wound = id.clone();
+                    inner.when_wound_down(id, move |_| drop(again.send(wound)));
                     continue;
                 }
                 tracing::info!(
@@ -534,15 +511,7 @@ async fn adopt_loop(
             // A cancel made after the read above and before the runs were registered
             // found no run to stop here: look once more, now that they are.
             let ids: Vec<Arc<str>> = runs.iter().map(|(ctx, ..)| ctx.id.clone()).collect();
-            let store = inner.store.clone();
-            let read = blocking(inner.store.path(), move || store.finished_among(&ids)).await;
-            if let Ok(Ok(finished)) = read {
-                for r in finished {
-                    if let Some(reason) = r.cancelled {
-                        inner.stop_cancelled(None, &[r.id], reason);
-                    }
-                }
-            }
+            inner.stop_recorded_cancels(ids).await;
             tokio::spawn(resume(inner.clone(), runs));
         }
     }

@@ -768,13 +768,7 @@ impl Inner {
     /// Runs what a dispatch handed this runtime.
     fn launch_dispatched(self: &Arc<Self>, dispatched: Vec<Dispatched>) {
         for d in dispatched {
-            if lock(&self.running).contains_key(d.record.id.as_str()) {
-                // A run of it here still winds down (a cancellation, then a resume that
-                // queued it again): it keeps its slot, and runs once that run is over.
-                self.launch_after_winding_down(d);
-                continue;
-            }
-            let Dispatched { record, fresh, .. } = d;
+            let record = &d.record;
             let id: Arc<str> = Arc::from(record.id.as_str());
             let def = match (self.registry.get(record.name.as_str()), record.damage()) {
                 (Some(def), None) => *def,
@@ -797,11 +791,12 @@ impl Inner {
             }
             if running.contains_key(&id) {
                 // A run of it here still winds down (a cancellation, then a resume that
-                // queued it again).
+                // queued it again): it keeps its slot, and runs once that run is over.
                 drop(running);
-                self.hold_later(id, &"dispatched while a run of it still winds down here");
+                self.when_wound_down(id, move |inner| inner.launch_dispatched(vec![d]));
                 continue;
             }
+            let Dispatched { record, fresh, .. } = d;
             let tx = lock(&self.waiting).remove(&id);
             let parent = record.parent_id.map(Arc::<str>::from);
             let (run, ctx, tx) = self.new_run_publishing(&id, def.name(), parent, tx);
@@ -824,25 +819,6 @@ impl Inner {
                 tx,
             ));
         }
-    }
-
-    /// Launches dispatched workflow `d` once the run of it winding down here is over.
-    fn launch_after_winding_down(self: &Arc<Self>, d: Dispatched) {
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                let Some(inner) = weak.upgrade() else { return };
-                if inner.closing.load(Ordering::Acquire) {
-                    // Left dispatched in the journal: the next open queues it again.
-                    return;
-                }
-                if !lock(&inner.running).contains_key(d.record.id.as_str()) {
-                    inner.launch_dispatched(vec![d]);
-                    return;
-                }
-            }
-        });
     }
 
     /// Frees the slot of dispatched workflow `id`, which cannot run here (`why`): it

@@ -621,6 +621,47 @@ impl Inner {
         Ok(itself)
     }
 
+    /// Calls `then` once no run of `id` is in `running` here (the one winding down has
+    /// ended), unless the runtime is gone or closing by then.
+    pub(super) fn when_wound_down(
+        self: &Arc<Self>,
+        id: Arc<str>,
+        then: impl FnOnce(&Arc<Inner>) + Send + 'static,
+    ) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.closing.load(Ordering::Acquire) {
+                    return;
+                }
+                if !lock(&inner.running).contains_key(&id) {
+                    then(&inner);
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Stops this runtime's runs of those of `ids` that the journal records as
+    /// cancelled (by another process).
+    pub(super) async fn stop_recorded_cancels(&self, ids: Vec<Arc<str>>) {
+        let store = self.store.clone();
+        let read = blocking(self.store.path(), move || store.finished_among(&ids)).await;
+        match read.and_then(|r| r) {
+            Ok(finished) => {
+                for r in finished {
+                    if let Some(reason) = r.cancelled {
+                        self.stop_cancelled(None, &[r.id], reason);
+                    }
+                }
+            }
+            // Each stops at its next step instead, or with the runtime.
+            Err(e) => tracing::debug!(error = %e, "could not read what another process cancelled"),
+        }
+    }
+
     /// Stops this runtime's runs of `ids`, which the journal records as cancelled for
     /// `reason` (by a cancel of `id` here, or by another process), and settles what
     /// waits for them.
