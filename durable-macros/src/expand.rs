@@ -10,6 +10,7 @@ use syn::{Block, FnArg, Ident, ItemFn, Pat, Path, Type};
 use crate::args::{BranchArgs, OnInterrupt, StepArgs, WorkflowArgs};
 use crate::errors::{Errors, with_item};
 use crate::guard;
+use crate::state::StateParam;
 use crate::validate::{self, Kind};
 
 /// One argument: the name the generated function uses for it, and how the body binds
@@ -95,10 +96,14 @@ fn parse_fn(kind: &str, item: &TokenStream) -> syn::Result<ItemFn> {
 pub(crate) fn step(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
     let args = StepArgs::parse(args, &mut errors);
-    let func = match parse_fn("step", &item) {
+    let mut func = match parse_fn("step", &item) {
         Ok(f) => f,
         Err(e) => return with_item(item, &e),
     };
+    // The `#[state]` parameters leave the signature before it is checked: they are not
+    // arguments.
+    let states = crate::state::take(&mut func.sig, &mut errors);
+    let item = quote!(#func);
     validate::is_async(Kind::Step, &func.sig, &mut errors);
     validate::plain_fn(Kind::Step, &func.sig, &mut errors);
     validate::no_receiver(Kind::Step, &func.sig, &mut errors);
@@ -131,7 +136,12 @@ pub(crate) fn step(args: TokenStream, item: TokenStream) -> TokenStream {
     });
     let ret_span = ret.span();
     let assert_output = quote_spanned!(ret_span=> #k::__private::assert_journaled::<#ret>(););
-    let body = typed_body(k, &ret, params.iter().filter_map(Arg::unpack), block);
+    let prelude = StateParam::bindings(k, &name, &states)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .chain(params.iter().filter_map(Arg::unpack));
+    let body = typed_body(k, &ret, prelude, block);
+    let state_asserts = StateParam::asserts(k, &states);
 
     let mut options = match (args.retries, args.backoff) {
         (Some(retries), Some((initial, factor, max))) => quote! {
@@ -145,6 +155,10 @@ pub(crate) fn step(args: TokenStream, item: TokenStream) -> TokenStream {
     };
     if args.on_interrupt == OnInterrupt::Fail {
         options.extend(quote!(.fail_if_interrupted()));
+    }
+    if !states.is_empty() {
+        let types = StateParam::types(k, &states);
+        options.extend(quote!(.state(#types)));
     }
     // The step's position is claimed, and its arguments fingerprinted, before they move
     // into the body. Each argument goes through autoref specialization: serde's view
@@ -187,6 +201,7 @@ pub(crate) fn step(args: TokenStream, item: TokenStream) -> TokenStream {
         #vis fn #ident #impl_generics (#(#inputs),*) -> #k::Step<impl #k::StepBody<Output = #ret, Attempt = impl #k::__private::core::future::Future<Output = #ret>>> #where_clause {
             static __DURABLE_STEP: #k::__private::StepOptions = #options;
             #assert_output
+            #(#state_asserts)*
             #claim
             #call
         }
@@ -203,6 +218,8 @@ pub(crate) fn workflow(args: TokenStream, item: TokenStream) -> TokenStream {
         Ok(f) => f,
         Err(e) => return with_item(item, &e),
     };
+    crate::state::refuse(Kind::Workflow, &mut func.sig, &mut errors);
+    let item = quote!(#func);
     validate::is_async(Kind::Workflow, &func.sig, &mut errors);
     validate::plain_fn(Kind::Workflow, &func.sig, &mut errors);
     validate::no_receiver(Kind::Workflow, &func.sig, &mut errors);
@@ -277,6 +294,8 @@ pub(crate) fn branch(args: TokenStream, item: TokenStream) -> TokenStream {
         Ok(f) => f,
         Err(e) => return with_item(item, &e),
     };
+    crate::state::refuse(Kind::Branch, &mut func.sig, &mut errors);
+    let item = quote!(#func);
     validate::is_async(Kind::Branch, &func.sig, &mut errors);
     validate::plain_fn(Kind::Branch, &func.sig, &mut errors);
     let k = args.common.krate.clone();

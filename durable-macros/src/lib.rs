@@ -9,6 +9,7 @@ mod errors;
 mod expand;
 mod guard;
 mod rewrite;
+mod state;
 mod validate;
 
 use proc_macro::TokenStream;

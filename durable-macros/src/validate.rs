@@ -14,7 +14,7 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    fn attr(self) -> &'static str {
+    pub(crate) fn attr(self) -> &'static str {
         match self {
             Kind::Step => "#[step]",
             Kind::Workflow => "#[workflow]",

@@ -169,6 +169,36 @@ pub enum Error {
         name: String,
     },
 
+    /// A step takes app state of a type (a `#[state]` parameter,
+    /// [`StepContext::state`](crate::StepContext::state)) that the runtime was not given
+    /// with [`RuntimeBuilder::state`](crate::RuntimeBuilder::state). The step's body did
+    /// not run; the workflow stays pending in the journal, and runs on at the next open
+    /// of a runtime that has the state.
+    #[error(
+        "workflow {workflow_id}: step {step} takes app state of type `{type_name}`, which this \
+         runtime was not given; register it with `Runtime::builder(..).state(Arc::new(..))` \
+         (the workflow stays pending and runs on at the next open)"
+    )]
+    MissingState {
+        /// The workflow id.
+        workflow_id: String,
+        /// The step: its name, or its path when asked through its context.
+        step: String,
+        /// The state's type, as `std::any::type_name` spells it.
+        type_name: &'static str,
+    },
+
+    /// [`RuntimeBuilder::state`](crate::RuntimeBuilder::state) was given two values of
+    /// one type: a step could not tell which it takes.
+    #[error(
+        "app state of type `{type_name}` was registered twice; register each type once (to \
+         keep two values of one type, wrap each in a type of its own)"
+    )]
+    StateTwice {
+        /// The type registered twice.
+        type_name: &'static str,
+    },
+
     /// The runtime stopped (its tokio runtime shut down, or its task was dropped) before
     /// the workflow finished. The workflow stays pending in the journal and resumes at the
     /// next [`Runtime::open`](crate::Runtime::open).

@@ -231,6 +231,7 @@ pub mod postgres;
 mod primitives;
 mod runtime;
 pub mod sqlite;
+mod state;
 mod step_error;
 #[cfg(feature = "testkit")]
 #[doc(hidden)]
@@ -264,9 +265,9 @@ pub use crate::primitives::random::{random, uuid};
 pub use crate::primitives::select::{Either, select, select_all};
 pub use crate::primitives::time::{now, sleep};
 pub use crate::runtime::{
-    AttemptTime, Enqueue, ManualClock, OnDuplicate, Queue, QueueHandle, QueueInfo, QueuedWorkflow,
-    Runtime, RuntimeBuilder, Schedule, ScheduleHandle, ScheduleInfo, StepInfo, Tick,
-    WorkflowHandle, WorkflowStatus, enqueue, enqueue_with,
+    AttemptTime, Enqueue, Health, ManualClock, OnDuplicate, Queue, QueueHandle, QueueInfo,
+    QueuedWorkflow, Runtime, RuntimeBuilder, Schedule, ScheduleHandle, ScheduleInfo, StepInfo,
+    Tick, WorkflowHandle, WorkflowStatus, enqueue, enqueue_with,
 };
 pub use crate::step_error::StepError;
 
@@ -492,6 +493,19 @@ pub mod __private {
         step_retry,
     };
     pub use crate::engine::workflow::{BoxFuture, WorkflowDef, WorkflowEntry};
+    pub use crate::state::{StateType, injected};
+
+    /// Types a `#[state]` parameter takes: shared by every step of every workflow.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be app state",
+        label = "a `#[state]` type is shared between the steps of every workflow, on any thread",
+        note = "app state must be `Send + Sync + 'static`: wrap what is not `Sync` in a `Mutex`"
+    )]
+    pub trait AppState: Send + Sync + 'static {}
+    impl<T: Send + Sync + 'static> AppState for T {}
+
+    /// Asserts at compile time that `T` can be app state; spanned on the user's type.
+    pub const fn assert_state<T: AppState>() {}
 
     /// Values a workflow takes as input or returns: recorded in the journal.
     #[diagnostic::on_unimplemented(

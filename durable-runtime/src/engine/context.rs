@@ -17,6 +17,7 @@ use crate::error::StoreError;
 use crate::error::{CancelReason, Error, Result};
 use crate::journal::{Builds, RecordedStep, SideRecords, StartedRecord, Store, WaitFor, Wakes};
 use crate::path::StepPath;
+use crate::state::States;
 use crate::util::lock;
 
 /// A future a [`Runs`] method returns.
@@ -66,6 +67,8 @@ pub(crate) struct WorkflowCtx {
     pub(crate) store: Arc<dyn Store>,
     /// How this execution encodes what it records.
     pub(crate) codec: Codec,
+    /// The app state its steps take (see [`crate::state`]).
+    pub(crate) states: Arc<States>,
     /// What earlier executions recorded, read as the run's code asks for it.
     recorded: Mutex<Recorded>,
     /// Start records of earlier executions: deadlines of waits, and steps that began
@@ -259,6 +262,7 @@ impl WorkflowCtx {
             id,
             store,
             codec,
+            states: Arc::default(),
             recorded: Mutex::default(),
             started: Mutex::default(),
             patches: Mutex::default(),

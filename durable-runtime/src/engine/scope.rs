@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 
 use crate::engine::context::WorkflowCtx;
 use crate::path::StepPath;
+use crate::state::States;
 
 /// One sequence of step positions: the workflow body or one branch inside it.
 #[derive(Debug)]
@@ -78,14 +79,44 @@ impl Scope {
 thread_local! {
     static CURRENT: RefCell<Scope> = const { RefCell::new(Scope::Outside) };
     static STEP: RefCell<Option<StepContext>> = const { RefCell::new(None) };
+    /// The app state of the runtime whose step body is running on this thread: kept
+    /// for a step called from that body (a plain call), which has no context of its own.
+    static STATES: RefCell<Option<Arc<States>>> = const { RefCell::new(None) };
 }
 
 /// Which step is running: available inside a step body through [`step_context`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 pub struct StepContext {
     workflow_id: Arc<str>,
     path: StepPath,
     attempt: u32,
+    states: Arc<States>,
+}
+
+impl std::fmt::Debug for StepContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepContext")
+            .field("workflow_id", &self.workflow_id)
+            .field("path", &self.path)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+// Which step, which attempt: the state is the runtime's, the same for all its steps.
+impl PartialEq for StepContext {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.workflow_id, &self.path, self.attempt)
+            == (&other.workflow_id, &other.path, other.attempt)
+    }
+}
+
+impl Eq for StepContext {}
+
+impl std::hash::Hash for StepContext {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (&self.workflow_id, &self.path, self.attempt).hash(state);
+    }
 }
 
 impl StepContext {
@@ -126,6 +157,39 @@ impl StepContext {
     pub fn idempotency_key(&self) -> String {
         format!("{}/{}", self.workflow_id, self.path)
     }
+
+    /// The app state of type `T` that the runtime was given with
+    /// [`RuntimeBuilder::state`](crate::RuntimeBuilder::state): what a `#[state]`
+    /// parameter receives, for code that finds the step context on its own (a helper
+    /// the body calls).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use durable_runtime::{step, step_context};
+    ///
+    /// struct Mailer { from: String }
+    ///
+    /// #[step]
+    /// async fn send_receipt(email: String) -> Result<String, String> {
+    ///     let ctx = step_context().ok_or("called outside a workflow")?;
+    ///     let mailer = ctx.state::<Mailer>().map_err(|e| e.to_string())?;
+    ///     Ok(format!("{} -> {email}", mailer.from))
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MissingState`](crate::Error::MissingState), naming `T`, if the runtime
+    /// was not given a `T`.
+    pub fn state<T: Send + Sync + 'static>(&self) -> crate::Result<Arc<T>> {
+        self.states.get::<T>().ok_or_else(|| {
+            crate::state::missing(
+                &self.workflow_id,
+                &self.path.to_string(),
+                std::any::type_name::<T>(),
+            )
+        })
+    }
 }
 
 /// The step whose body is running on this thread, or `None` outside a step body (and
@@ -152,24 +216,36 @@ pub fn step_context() -> Option<StepContext> {
 /// Runs a step body's poll: outside any workflow scope (a step called from a step body
 /// is a plain call), with [`step_context`] set to `step`.
 pub(crate) fn in_step_body<R>(
-    step: Option<(&Arc<str>, &StepPath, u32)>,
+    step: Option<(&Arc<str>, &StepPath, u32, &Arc<States>)>,
     f: impl FnOnce() -> R,
 ) -> R {
-    let ctx = step.map(|(id, path, attempt)| StepContext {
+    // A plain call keeps the state of the step body that called it.
+    let states = step.map(|(.., states)| states.clone());
+    let ctx = step.map(|(id, path, attempt, states)| StepContext {
         workflow_id: id.clone(),
         path: path.clone(),
         attempt,
+        states: states.clone(),
     });
     let prev = STEP.with(|s| s.replace(ctx));
-    struct RestoreStep(Option<StepContext>);
+    let prev_states = states.map(|s| STATES.with(|c| c.replace(Some(s))));
+    struct RestoreStep(Option<StepContext>, Option<Option<Arc<States>>>);
     impl Drop for RestoreStep {
         fn drop(&mut self) {
             let prev = self.0.take();
             let _ = STEP.try_with(|s| *s.borrow_mut() = prev);
+            if let Some(states) = self.1.take() {
+                let _ = STATES.try_with(|s| *s.borrow_mut() = states);
+            }
         }
     }
-    let _restore = RestoreStep(prev);
+    let _restore = RestoreStep(prev, prev_states);
     enter(None, f)
+}
+
+/// The app state of the step body running on this thread, if any.
+pub(crate) fn current_states() -> Option<Arc<States>> {
+    STATES.with(|s| s.borrow().clone())
 }
 
 /// Restores the previous scope when dropped, so a panic inside a poll does not leave a

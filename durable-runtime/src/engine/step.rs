@@ -16,6 +16,7 @@ use crate::engine::replay::{Found, claim_recorded};
 use crate::engine::scope::{self, Claim};
 use crate::error::{Error, FailureKind};
 use crate::journal::{Ack, Effect, RecordedOutcome, StepKey, StepRecord, sequential_write};
+use crate::state::StateType;
 use crate::util::{now_ms, panic_message};
 
 /// How a step is retried: the options of `#[step(...)]`, built by the macro.
@@ -31,6 +32,8 @@ pub struct StepOptions {
     /// runs, and recovery records an interrupted attempt as a failure instead of running
     /// the body again.
     pub(crate) fail_if_interrupted: bool,
+    /// The app state its `#[state]` parameters take: checked before the body runs.
+    state: &'static [StateType],
 }
 
 impl StepOptions {
@@ -43,7 +46,14 @@ impl StepOptions {
             factor: 2.0,
             max: Duration::from_secs(10),
             fail_if_interrupted: false,
+            state: &[],
         }
+    }
+
+    /// The step takes app state of these types (its `#[state]` parameters).
+    pub const fn state(mut self, state: &'static [StateType]) -> Self {
+        self.state = state;
+        self
     }
 
     /// Never run the body a second time after a crash interrupted it: recovery records
@@ -660,6 +670,14 @@ fn start_attempt<B: StepBody>(this: &mut StepProj<'_, B>) -> Option<Next<B::Outp
             // A replay check: the body never runs, and the step never completes.
             return Some(stop(this));
         }
+        if let Some(type_name) = c.ctx.states.missing(options.state) {
+            // Before the body runs, so a `#[state]` parameter always finds its value.
+            // Nothing is recorded: once the runtime has the state, the step runs.
+            c.ctx
+                .fail(crate::state::missing(&c.ctx.id, options.name, type_name));
+            *this.active = None;
+            return Some(stop(this));
+        }
         if this.active.is_none() {
             match c.ctx.begin_body() {
                 Some(guard) => *this.active = Some(guard),
@@ -738,7 +756,10 @@ fn poll_attempt<B: StepBody>(
         return Ok(scope::in_step_body(None, || fut.poll(cx)));
     };
     let payload = match catch_unwind(AssertUnwindSafe(|| {
-        scope::in_step_body(Some((&c.ctx.id, &c.path, *attempts + 1)), || fut.poll(cx))
+        scope::in_step_body(
+            Some((&c.ctx.id, &c.path, *attempts + 1, &c.ctx.states)),
+            || fut.poll(cx),
+        )
     })) {
         Ok(polled) => return Ok(polled),
         Err(payload) => payload,

@@ -462,6 +462,13 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     }
     /// Every workflow run that has not finished.
     fn pending_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError>;
+
+    /// How many workflows the journal holds pending, of every runtime, and when the
+    /// oldest of them was made (ms since the Unix epoch): one indexed read.
+    fn pending_summary(&self) -> Result<(u64, Option<i64>), StoreError>;
+
+    /// Whether the writer that commits this store's writes is running.
+    fn writer_alive(&self) -> bool;
     /// Reads the whole journal looking for damage (the store's own consistency check
     /// and every recorded value against its checksum), changing nothing. Empty when
     /// nothing is damaged.

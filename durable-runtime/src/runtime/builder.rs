@@ -15,6 +15,7 @@ use crate::engine::workflow::Outcome;
 use crate::engine::workflow::{ErasedWorkflow, registry};
 use crate::error::{Error, Result};
 use crate::journal::{JournalOptions, JournalSpec, Restored, WorkflowRecord, blocking};
+use crate::state::States;
 use crate::util::lock;
 
 use super::*;
@@ -33,6 +34,10 @@ pub struct RuntimeBuilder {
     pub(super) schedule_clock: Option<super::schedule::ManualClock>,
     /// See [`RuntimeBuilder::retain_finished`].
     pub(super) retain_finished: Option<Duration>,
+    /// See [`RuntimeBuilder::state`].
+    pub(super) states: States,
+    /// A type [`RuntimeBuilder::state`] was given twice: the error `open` returns.
+    pub(super) state_twice: Option<&'static str>,
     /// The testkit's probe, if one was given.
     #[cfg(feature = "testkit")]
     pub(crate) instrument: Option<Arc<dyn Instrument>>,
@@ -226,6 +231,67 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Gives the steps of this runtime's workflows `value`: a database pool, an HTTP
+    /// client, a configuration. A step takes it through a `#[state]` parameter, as
+    /// `&T` or `Arc<T>` (or through [`StepContext::state`](crate::StepContext::state)).
+    ///
+    /// State is never recorded. It is not one of the step's arguments (callers do not
+    /// pass it), it is not part of the step's fingerprint, and a step replayed from the
+    /// journal does not look at it. One value per type: register a type of your own to
+    /// keep two values of one type apart.
+    ///
+    /// A step whose state was not given fails with [`Error::MissingState`], naming the
+    /// type, before its body runs; its workflow stays pending, and runs on at the next
+    /// open of a runtime given the state.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use durable_runtime::{Runtime, step, workflow};
+    ///
+    /// /// A connection pool, an HTTP client: anything `Send + Sync + 'static`.
+    /// struct Db { pool: Vec<String> }
+    /// struct Http { base_url: String }
+    ///
+    /// #[step]
+    /// async fn lookup(#[state] db: &Db, id: u32) -> Option<String> {
+    ///     db.pool.get(id as usize).cloned()
+    /// }
+    ///
+    /// #[step]
+    /// async fn notify(#[state] http: Arc<Http>, name: String) -> String {
+    ///     format!("POST {}/notify?name={name}", http.base_url)
+    /// }
+    ///
+    /// #[workflow]
+    /// async fn greet(id: u32) -> String {
+    ///     let name = lookup(id).await.unwrap_or_default();
+    ///     notify(name).await
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), durable_runtime::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("journal.db");
+    /// let rt = Runtime::builder(&path)
+    ///     .state(Arc::new(Db { pool: vec!["ann".into(), "bo".into()] }))
+    ///     .state(Arc::new(Http { base_url: "https://api.example".into() }))
+    ///     .open()
+    ///     .await?;
+    /// let out = rt.start(greet(1)).await?.result().await?;
+    /// assert_eq!(out, "POST https://api.example/notify?name=bo");
+    /// # rt.close().await
+    /// # }
+    /// ```
+    ///
+    /// Registering a type twice makes [`open`](Self::open) fail with
+    /// [`Error::StateTwice`].
+    pub fn state<T: Send + Sync + 'static>(mut self, value: Arc<T>) -> Self {
+        if let Err(type_name) = self.states.insert(value) {
+            self.state_twice.get_or_insert(type_name);
+        }
+        self
+    }
+
     /// Opens the journal (creating it, owner-only, if it does not exist), takes its lock,
     /// and resumes every pending workflow.
     ///
@@ -235,6 +301,9 @@ impl RuntimeBuilder {
     /// file is not a journal or cannot be read, [`Error::DuplicateWorkflowName`] if two
     /// workflows linked into the program share a name.
     pub async fn open(self) -> Result<Runtime> {
+        if let Some(type_name) = self.state_twice {
+            return Err(Error::StateTwice { type_name });
+        }
         let registry = registry()?;
         let queues = super::queue::declared_queues(&self.queues)?;
         #[cfg(feature = "postgres")]
@@ -289,6 +358,7 @@ impl RuntimeBuilder {
             registry,
             app_version: self.app_version.map(Arc::from),
             codec,
+            states: Arc::new(self.states),
             #[cfg(feature = "testkit")]
             instrument: self.instrument,
             recovered,

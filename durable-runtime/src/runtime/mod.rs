@@ -20,6 +20,7 @@ mod commands;
 mod dormant;
 mod fork;
 mod handle;
+mod health;
 mod queue;
 mod queued_call;
 mod registry;
@@ -29,6 +30,7 @@ mod schedule;
 pub use crate::journal::{AttemptTime, StepInfo};
 pub use builder::RuntimeBuilder;
 pub use handle::{WorkflowHandle, WorkflowStatus};
+pub use health::Health;
 pub use queue::{Enqueue, OnDuplicate, Queue, QueueHandle, QueueInfo, QueuedWorkflow};
 pub use queued_call::{enqueue, enqueue_with};
 pub(crate) use registry::Inner;
@@ -80,6 +82,8 @@ impl Runtime {
             queues: Vec::new(),
             schedule_clock: None,
             retain_finished: None,
+            states: crate::state::States::default(),
+            state_twice: None,
             #[cfg(feature = "testkit")]
             instrument: None,
         }

@@ -30,6 +30,8 @@ pub(crate) struct Inner {
     pub(super) app_version: Option<Arc<str>>,
     /// How this runtime encodes what it records.
     pub(crate) codec: Codec,
+    /// The app state its steps take (see [`RuntimeBuilder::state`](crate::RuntimeBuilder::state)).
+    pub(crate) states: Arc<crate::state::States>,
     pub(super) recovered: Vec<String>,
     pub(super) unrecoverable: Vec<Error>,
     /// Set by [`Runtime::close`](crate::Runtime::close): no new work is taken.
@@ -380,6 +382,7 @@ impl Inner {
             self.codec,
         );
         ctx.dormancy = self.dormancy.of_run();
+        ctx.states = self.states.clone();
         #[cfg(feature = "testkit")]
         {
             ctx.instrument = self.instrument.clone();

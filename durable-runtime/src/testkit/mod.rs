@@ -402,6 +402,14 @@ macro_rules! forward_reads {
             self.inner.pending_workflows()
         }
 
+        fn pending_summary(&self) -> Result<(u64, Option<i64>), StoreError> {
+            self.inner.pending_summary()
+        }
+
+        fn writer_alive(&self) -> bool {
+            self.inner.writer_alive()
+        }
+
         fn restore_dormant(
             &self,
             builds: Option<&crate::journal::Builds>,

@@ -885,6 +885,28 @@ impl Store for PgStore {
         self.read(async |c, s| queues::stats(c, s, queue).await)
     }
 
+    fn pending_summary(&self) -> Result<(u64, Option<i64>), StoreError> {
+        self.read(async |c, s| {
+            let row = c
+                .query_one(
+                    &format!(
+                        "SELECT count(*), min(created_at) FROM {s}.workflows \
+                         WHERE status = 'pending'"
+                    ),
+                    &[],
+                )
+                .await?;
+            Ok((u64::try_from(row.get::<_, i64>(0)).unwrap_or(0), row.get(1)))
+        })
+    }
+
+    fn writer_alive(&self) -> bool {
+        !self.writes.is_closed()
+            && lock(&self.thread)
+                .as_ref()
+                .is_some_and(|h| !h.is_finished())
+    }
+
     fn queued(
         &self,
         queue: &str,

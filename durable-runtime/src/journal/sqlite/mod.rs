@@ -559,6 +559,24 @@ impl Store for SqliteStore {
         self.read(|c| queues::stats(c, queue))
     }
 
+    fn pending_summary(&self) -> Result<(u64, Option<i64>), StoreError> {
+        // `durable_workflows_pending` covers it: a scan of the pending rows only.
+        self.read_apart(|c| {
+            c.query_row(
+                "SELECT count(*), min(created_at) FROM durable_workflows \
+                 WHERE status = 'pending'",
+                [],
+                |r| Ok((u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0), r.get(1)?)),
+            )
+        })
+    }
+
+    fn writer_alive(&self) -> bool {
+        lock(&self.writer)
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
+    }
+
     fn queued(
         &self,
         queue: &str,

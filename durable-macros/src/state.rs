@@ -1,0 +1,190 @@
+//! `#[state]` parameters: app state a step takes from its runtime instead of from its
+//! caller. They leave the step's signature (callers do not pass them, and they are not
+//! fingerprinted or recorded), and the body binds them when it starts.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{FnArg, GenericArgument, Ident, Pat, Path, PathArguments, Signature, Type};
+
+use crate::errors::Errors;
+use crate::validate::Kind;
+
+/// How a `#[state]` parameter holds the state.
+enum Holds {
+    /// `x: &T`, borrowed from the `Arc` the body keeps.
+    Ref,
+    /// `x: Arc<T>`.
+    Arc,
+}
+
+/// One `#[state]` parameter of a step.
+pub(crate) struct StateParam {
+    pat: Pat,
+    /// The parameter's type as written (`&T`, `Arc<T>`).
+    ty: Type,
+    /// The state's type, `T`.
+    state: Type,
+    holds: Holds,
+}
+
+fn is_state_attr(attr: &syn::Attribute) -> bool {
+    attr.path().is_ident("state")
+}
+
+/// Removes the `#[state]` parameters from `sig` and returns them. A malformed one is an
+/// error, and is removed too, so the rest of the expansion does not trip on it.
+pub(crate) fn take(sig: &mut Signature, errors: &mut Errors) -> Vec<StateParam> {
+    let mut taken = Vec::new();
+    let inputs = std::mem::take(&mut sig.inputs);
+    for arg in inputs {
+        let FnArg::Typed(mut t) = arg else {
+            sig.inputs.push(arg);
+            continue;
+        };
+        let before = t.attrs.len();
+        let mut attrs = Vec::new();
+        for attr in std::mem::take(&mut t.attrs) {
+            if is_state_attr(&attr) {
+                if !matches!(attr.meta, syn::Meta::Path(_)) {
+                    errors.push(syn::Error::new_spanned(
+                        &attr.meta,
+                        "`#[state]` takes no arguments: the parameter's type says which state it is",
+                    ));
+                }
+            } else {
+                attrs.push(attr);
+            }
+        }
+        let is_state = attrs.len() != before;
+        t.attrs = attrs;
+        if !is_state {
+            sig.inputs.push(FnArg::Typed(t));
+            continue;
+        }
+        match state_type(&t.ty) {
+            Ok((state, holds)) => taken.push(StateParam {
+                pat: (*t.pat).clone(),
+                ty: (*t.ty).clone(),
+                state,
+                holds,
+            }),
+            Err(e) => errors.push(e),
+        }
+    }
+    taken
+}
+
+/// Workflows and branches take no state: a workflow's arguments are its recorded
+/// input, and its code must replay the same way whatever the state is. Removes the
+/// attributes, with an error at each.
+pub(crate) fn refuse(kind: Kind, sig: &mut Signature, errors: &mut Errors) {
+    for arg in &mut sig.inputs {
+        if let FnArg::Typed(t) = arg {
+            t.attrs.retain(|attr| {
+                if is_state_attr(attr) {
+                    errors.push(syn::Error::new_spanned(
+                        attr,
+                        format!(
+                            "`#[state]` goes on the parameters of a `#[step]`, not of a `{}`: \
+                             take the state in the steps that use it",
+                            kind.attr()
+                        ),
+                    ));
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+    }
+}
+
+fn state_type(ty: &Type) -> syn::Result<(Type, Holds)> {
+    match ty {
+        Type::Group(g) => state_type(&g.elem),
+        Type::Paren(p) => state_type(&p.elem),
+        Type::Reference(r) if r.mutability.is_some() => Err(syn::Error::new_spanned(
+            ty,
+            "app state is shared by every step of every workflow: take it as `&T`, with \
+             interior mutability inside (a `Mutex`, an atomic) where it must change",
+        )),
+        Type::Reference(r) => Ok(((*r.elem).clone(), Holds::Ref)),
+        Type::Path(p) if p.qself.is_none() => match arc_of(&p.path) {
+            Some(inner) => Ok((inner.clone(), Holds::Arc)),
+            None => Err(not_a_state_type(ty)),
+        },
+        _ => Err(not_a_state_type(ty)),
+    }
+}
+
+/// `T` of `Arc<T>` (any path ending in `Arc`).
+fn arc_of(path: &Path) -> Option<&Type> {
+    let last = path.segments.last()?;
+    if last.ident != "Arc" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    let mut types = args.args.iter().filter_map(|a| match a {
+        GenericArgument::Type(t) => Some(t),
+        _ => None,
+    });
+    let first = types.next()?;
+    types.next().is_none().then_some(first)
+}
+
+fn not_a_state_type(ty: &Type) -> syn::Error {
+    syn::Error::new_spanned(
+        ty,
+        "a `#[state]` parameter takes the state as `&T` or `Arc<T>`, where `T` is the type \
+         given to `Runtime::builder(..).state(Arc::new(..))`",
+    )
+}
+
+impl StateParam {
+    fn local(i: usize) -> Ident {
+        format_ident!("__durable_state{}", i, span = Span::mixed_site())
+    }
+
+    /// The `StateType` each parameter lists in the step's options.
+    pub(crate) fn types<'a>(k: &'a Path, params: &'a [StateParam]) -> TokenStream {
+        let types = params.iter().map(|p| {
+            let state = &p.state;
+            quote_spanned!(state.span()=> #k::__private::StateType::of::<#state>())
+        });
+        quote!(&[#(#types),*])
+    }
+
+    /// Compile-time checks that each state type can be shared, spanned on the type.
+    pub(crate) fn asserts<'a>(
+        k: &'a Path,
+        params: &'a [StateParam],
+    ) -> impl Iterator<Item = TokenStream> + 'a {
+        params.iter().map(move |p| {
+            let state = &p.state;
+            quote_spanned!(state.span()=> #k::__private::assert_state::<#state>();)
+        })
+    }
+
+    /// The statements that bind each parameter when the body starts.
+    pub(crate) fn bindings<'a>(
+        k: &'a Path,
+        step: &'a str,
+        params: &'a [StateParam],
+    ) -> impl Iterator<Item = TokenStream> + 'a {
+        params.iter().enumerate().map(move |(i, p)| {
+            let (pat, ty, state) = (&p.pat, &p.ty, &p.state);
+            let local = Self::local(i);
+            let fetch = quote!(#k::__private::injected::<#state>(#step));
+            match p.holds {
+                Holds::Arc => quote!(let #pat: #ty = #fetch;),
+                Holds::Ref => quote! {
+                    let #local = #fetch;
+                    let #pat: #ty = &*#local;
+                },
+            }
+        })
+    }
+}
