@@ -236,6 +236,7 @@ mod step_error;
 #[cfg(feature = "testkit")]
 #[doc(hidden)]
 pub mod testkit;
+mod trace;
 mod util;
 
 pub use crate::client::{Client, DEFAULT_APPLY_TIMEOUT, Delivery};

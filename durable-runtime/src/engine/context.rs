@@ -69,6 +69,11 @@ pub(crate) struct WorkflowCtx {
     pub(crate) codec: Codec,
     /// The app state its steps take (see [`crate::state`]).
     pub(crate) states: Arc<States>,
+    /// Whether its step spans record their arguments and outputs.
+    pub(crate) trace_values: bool,
+    /// The span of this execution (see [`crate::trace::workflow`]); none outside a
+    /// runtime.
+    pub(crate) span: tracing::Span,
     /// What earlier executions recorded, read as the run's code asks for it.
     recorded: Mutex<Recorded>,
     /// Start records of earlier executions: deadlines of waits, and steps that began
@@ -263,6 +268,8 @@ impl WorkflowCtx {
             store,
             codec,
             states: Arc::default(),
+            trace_values: false,
+            span: tracing::Span::none(),
             recorded: Mutex::default(),
             started: Mutex::default(),
             patches: Mutex::default(),

@@ -165,7 +165,7 @@ impl StepContext {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use durable_runtime::{step, step_context};
+    /// use durable_runtime::{Runtime, step, step_context, workflow};
     ///
     /// struct Mailer { from: String }
     ///
@@ -175,6 +175,23 @@ impl StepContext {
     ///     let mailer = ctx.state::<Mailer>().map_err(|e| e.to_string())?;
     ///     Ok(format!("{} -> {email}", mailer.from))
     /// }
+    ///
+    /// #[workflow]
+    /// async fn receipt(email: String) -> Result<String, String> {
+    ///     send_receipt(email).await
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), durable_runtime::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let rt = Runtime::builder(dir.path().join("journal.db"))
+    ///     .state(Arc::new(Mailer { from: "shop@example.com".into() }))
+    ///     .open()
+    ///     .await?;
+    /// let sent = rt.start(receipt("ann@example.com".into())).await?.result().await?;
+    /// assert_eq!(sent.as_deref(), Ok("shop@example.com -> ann@example.com"));
+    /// # rt.close().await
+    /// # }
     /// ```
     ///
     /// # Errors

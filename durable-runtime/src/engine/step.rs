@@ -206,6 +206,9 @@ impl<T: ?Sized> ArgOpaque for &Arg<'_, T> {
 pub struct StepClaim {
     options: &'static StepOptions,
     begin: Begin,
+    /// The step's span (see [`crate::trace::step`]), made here, where the caller's
+    /// span is current.
+    span: tracing::Span,
 }
 
 #[derive(Debug)]
@@ -242,7 +245,11 @@ pub fn claim_step(options: &'static StepOptions, args: impl Fn(&mut Args)) -> St
         } else {
             Begin::Outside
         };
-        return StepClaim { options, begin };
+        return StepClaim {
+            options,
+            begin,
+            span: tracing::Span::none(),
+        };
     };
     let fingerprint = fingerprint::of_args(&args);
     let preview = || fingerprint::preview_args(&args);
@@ -262,7 +269,24 @@ pub fn claim_step(options: &'static StepOptions, args: impl Fn(&mut Args)) -> St
         Found::Recorded(outcome) => Begin::Replay { claim, outcome },
         Found::Stopped => Begin::Stopped,
     };
-    StepClaim { options, begin }
+    let span = match &begin {
+        Begin::Run { claim, .. } | Begin::Interrupted { claim, .. } => {
+            crate::trace::step(&claim.path, options.name, false)
+        }
+        Begin::Replay { claim, .. } => crate::trace::step(&claim.path, options.name, true),
+        Begin::Outside | Begin::Stopped => tracing::Span::none(),
+    };
+    if let Begin::Run { claim, .. } | Begin::Replay { claim, .. } = &begin
+        && claim.ctx.trace_values
+        && !span.is_disabled()
+    {
+        span.record("input", preview());
+    }
+    StepClaim {
+        options,
+        begin,
+        span,
+    }
 }
 
 /// Builds a step without retries (called by the code `#[step]` generates).
@@ -377,6 +401,8 @@ pin_project_lite::pin_project! {
         // Held from the call until the result is recorded (or the step stops): tells a
         // sequential step from one of a fan-out.
         open: Option<OpenStep>,
+        // Entered on each poll: the body's own spans and events nest under it.
+        span: tracing::Span,
     }
 }
 
@@ -389,7 +415,14 @@ impl<B: StepBody> std::fmt::Debug for Step<B> {
 }
 
 impl<B: StepBody> Step<B> {
-    fn new(StepClaim { options, begin }: StepClaim, body: B) -> Self {
+    fn new(
+        StepClaim {
+            options,
+            begin,
+            span,
+        }: StepClaim,
+        body: B,
+    ) -> Self {
         let run = |claim, args| State::Run {
             claim,
             args,
@@ -421,6 +454,7 @@ impl<B: StepBody> Step<B> {
             state,
             active: None,
             open,
+            span,
         }
     }
 }
@@ -474,6 +508,8 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<B::Output> {
         let mut this = self.project();
+        let span = this.span.clone();
+        let _entered = span.enter();
         loop {
             let next = match this.state {
                 State::Stopped => Next::Wait,
@@ -512,7 +548,12 @@ where
     let name = this.options.name;
     match outcome.result::<B::Output>(&claim.ctx.id, &claim.path, name) {
         Ok(value) => {
-            tracing::debug!(workflow = %claim.ctx.id, path = %claim.path, step = name, "step replayed from the journal");
+            if claim.ctx.trace_values && !this.span.is_disabled() {
+                this.span.record(
+                    "output",
+                    crate::codec::preview(&value, crate::trace::VALUE_LIMIT),
+                );
+            }
             *this.state = State::Stopped;
             Next::Ready(value)
         }
@@ -716,6 +757,7 @@ fn start_attempt<B: StepBody>(this: &mut StepProj<'_, B>) -> Option<Next<B::Outp
     if *attempts == 0 && !*start_recorded {
         *started_at = now_ms();
     }
+    this.span.record("attempt", *attempts + 1);
     if let Some(r) = retried {
         r.current_start = now_ms();
     }
@@ -776,6 +818,10 @@ fn poll_attempt<B: StepBody>(
         return Err(Next::Wait);
     };
     let finished_at = now_ms();
+    this.span
+        .record("duration_ms", finished_at.saturating_sub(started_at));
+    crate::trace::failed(this.span);
+    tracing::error!(target: crate::trace::TARGET, attempt = attempts, "{message}");
     let ack = claim.ctx.store.record_step(StepRecord {
         workflow_id: claim.ctx.id.clone(),
         path: claim.path.clone(),
@@ -825,10 +871,11 @@ where
             .ended
             .push((began, now_ms()));
         let delay = options.delay(*attempts);
-        tracing::debug!(
-            step = options.name,
+        tracing::warn!(
+            target: crate::trace::TARGET,
             attempt = *attempts,
-            ?delay,
+            retries_left = options.retries + 1 - *attempts,
+            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
             "step attempt failed; retrying"
         );
         this.backoff.set(Some(tokio::time::sleep(delay)));
@@ -859,6 +906,16 @@ where
     // will see.
     let sequential = claim.ctx.steps_open() <= 1;
     let finished_at = now_ms();
+    if !this.span.is_disabled() {
+        this.span
+            .record("duration_ms", finished_at.saturating_sub(*started_at));
+        if claim.ctx.trace_values {
+            this.span.record(
+                "output",
+                crate::codec::preview(&output, crate::trace::VALUE_LIMIT),
+            );
+        }
+    }
     let ack = sequential_write(sequential, || {
         claim.ctx.store.record_step(StepRecord {
             workflow_id: claim.ctx.id.clone(),

@@ -10,6 +10,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use tracing::Instrument as _;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -267,7 +268,14 @@ where
         START_CHILD,
         Some(&|a| call.fingerprint(a)),
     );
-    async move {
+    let span = match &claimed {
+        Claimed::Op(op) => {
+            crate::trace::start_child(&op.claim.path, op.recorded.is_some(), call.name())
+        }
+        _ => tracing::Span::none(),
+    };
+    let record_id = span.clone();
+    let start_child = async move {
         let op = op_or!(claimed, Err(outside()));
         let id = match op.replayed::<String>() {
             Some(recorded) => or_stop!(op, recorded),
@@ -281,11 +289,13 @@ where
                 id
             }
         };
+        record_id.record("child_id", id.as_str());
         Ok(ChildHandle {
             id,
             _output: PhantomData,
         })
-    }
+    };
+    start_child.instrument(span)
 }
 
 /// A child workflow started with [`start_child`] (or enqueued from a workflow with

@@ -2,6 +2,7 @@
 
 use std::future::{Future, pending};
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -132,7 +133,11 @@ pub fn recv<T: Serialize + DeserializeOwned + Send + 'static>(
         Claimed::Op(op) => Some(Undelivered::new(op, &topic)),
         _ => None,
     };
-    async move {
+    let span = match &claimed {
+        Claimed::Op(op) => crate::trace::recv(&op.claim.path, op.recorded.is_some(), &topic),
+        _ => tracing::Span::none(),
+    };
+    let recv = async move {
         let op = op_or!(
             claimed,
             Err(not_in_workflow(
@@ -145,5 +150,6 @@ pub fn recv<T: Serialize + DeserializeOwned + Send + 'static>(
             topic,
         };
         Ok(wait(&op, what, timeout, undelivered).await)
-    }
+    };
+    recv.instrument(span)
 }

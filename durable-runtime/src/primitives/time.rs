@@ -2,6 +2,7 @@
 
 use std::future::{Future, pending};
 use std::time::{Duration, SystemTime};
+use tracing::Instrument as _;
 
 use crate::journal::Effect;
 use crate::util::now_ms;
@@ -37,7 +38,15 @@ use super::*;
 /// ```
 pub fn sleep(duration: Duration) -> impl Future<Output = ()> + Send + 'static {
     let claimed = claim(SLEEP);
-    async move {
+    let span = match &claimed {
+        Claimed::Op(op) => crate::trace::sleep(
+            &op.claim.path,
+            op.recorded.is_some(),
+            u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+        ),
+        _ => tracing::Span::none(),
+    };
+    let sleep = async move {
         let op = op_or!(claimed, tokio::time::sleep(duration).await);
         let wake_at = match op.replayed::<i64>() {
             Some(recorded) => or_stop!(op, recorded),
@@ -57,7 +66,8 @@ pub fn sleep(duration: Duration) -> impl Future<Output = ()> + Send + 'static {
             Some(wake_at),
         );
         sleep_until_ms(wake_at).await;
-    }
+    };
+    sleep.instrument(span)
 }
 
 /// The current time, recorded: a replay returns the time the first execution read, so

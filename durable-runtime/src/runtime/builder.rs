@@ -38,6 +38,8 @@ pub struct RuntimeBuilder {
     pub(super) states: States,
     /// A type [`RuntimeBuilder::state`] was given twice: the error `open` returns.
     pub(super) state_twice: Option<&'static str>,
+    /// See [`RuntimeBuilder::trace_values`].
+    pub(super) trace_values: bool,
     /// The testkit's probe, if one was given.
     #[cfg(feature = "testkit")]
     pub(crate) instrument: Option<Arc<dyn Instrument>>,
@@ -292,6 +294,25 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Records each step's arguments and output on its `step` span, as the fields
+    /// `input` and `output`: rendered JSON-like, cut at 1,024 characters. Off by
+    /// default, since they may hold what a log must not (personal data, secrets).
+    /// See the README's "Tracing" section for every span and field.
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), durable_runtime::Error> {
+    /// let rt = durable_runtime::Runtime::builder("journal.db")
+    ///     .trace_values(true)
+    ///     .open()
+    ///     .await?;
+    /// # drop(rt); Ok(()) }
+    /// ```
+    pub fn trace_values(mut self, on: bool) -> Self {
+        self.trace_values = on;
+        self
+    }
+
     /// Opens the journal (creating it, owner-only, if it does not exist), takes its lock,
     /// and resumes every pending workflow.
     ///
@@ -359,6 +380,7 @@ impl RuntimeBuilder {
             app_version: self.app_version.map(Arc::from),
             codec,
             states: Arc::new(self.states),
+            trace_values: self.trace_values,
             #[cfg(feature = "testkit")]
             instrument: self.instrument,
             recovered,
@@ -420,6 +442,7 @@ impl RuntimeBuilder {
             // One line for the open, however many runs it resumes; each run's own is at
             // debug level.
             tracing::info!(
+                target: crate::trace::TARGET,
                 journal = %self.journal.path().display(),
                 replayed = launches.len(),
                 dormant = dormant.len(),
@@ -443,7 +466,7 @@ impl RuntimeBuilder {
             launches
                 .into_iter()
                 .map(|(id, def, input, deadline_at, parent)| {
-                    tracing::debug!(workflow = %id, name = def.name(), "resuming pending workflow");
+                    tracing::debug!(target: crate::trace::TARGET, workflow = %id, name = def.name(), "resuming pending workflow");
                     let (ctx, tx) = inner.register(&mut running, &id, def.name(), parent);
                     (ctx, def, input, deadline_at, tx)
                 })
@@ -567,9 +590,10 @@ async fn adopt_loop(
                     continue;
                 }
                 tracing::info!(
+                    target: crate::trace::TARGET,
                     workflow = %id,
                     name = def.name(),
-                    "resuming a workflow handed to this runtime (taken over from one that \
+                    "takeover: resuming a workflow handed to this runtime (taken over from one that \
                      stopped, or resumed by a client)"
                 );
                 let (ctx, tx) = inner.register(&mut running, &id, def.name(), parent);

@@ -190,7 +190,7 @@ impl Inner {
         }
         let due = asleep.until.is_some_and(|at| at <= now_ms());
         if due || ctx.wake_asked.load(Ordering::Acquire) {
-            let ctx = self.new_ctx(&id);
+            let ctx = self.new_ctx(&id, def.name());
             run.state = RunState::Live(ctx.clone());
             drop(running);
             tracing::debug!(workflow = %id, "woken while going dormant; rebuilding it");
@@ -248,7 +248,7 @@ impl Inner {
             RunState::Dormant(_) if self.closing.load(Ordering::Acquire) => return,
             RunState::Dormant(_) => {}
         }
-        let ctx = self.new_ctx(&key);
+        let ctx = self.new_ctx(&key, run.name);
         let RunState::Dormant(d) = std::mem::replace(&mut run.state, RunState::Live(ctx.clone()))
         else {
             return;

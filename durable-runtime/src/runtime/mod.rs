@@ -84,6 +84,7 @@ impl Runtime {
             retain_finished: None,
             states: crate::state::States::default(),
             state_twice: None,
+            trace_values: false,
             #[cfg(feature = "testkit")]
             instrument: None,
         }
@@ -148,6 +149,46 @@ impl Runtime {
 
     /// [`close`](Runtime::close), letting running step bodies take up to `grace` to
     /// finish before they are dropped.
+    ///
+    /// # Draining a service at SIGTERM
+    ///
+    /// A deploy sends SIGTERM, waits a grace period (Kubernetes: 30 s by default), then
+    /// kills. In that time the service stops taking requests, lets what runs reach a
+    /// checkpoint, and exits; the next process resumes the rest at once. Give `close`
+    /// a grace shorter than the platform's, so the journal is released before the
+    /// kill:
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use durable_runtime::Runtime;
+    ///
+    /// /// SIGTERM (a deploy, `docker stop`) or Ctrl-C.
+    /// async fn shutdown_signal() {
+    ///     let ctrl_c = tokio::signal::ctrl_c();
+    ///     let mut term =
+    ///         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    ///             .expect("a SIGTERM handler");
+    ///     tokio::select! {
+    ///         _ = ctrl_c => {}
+    ///         _ = term.recv() => {}
+    ///     }
+    /// }
+    ///
+    /// # async fn serve(_rt: &Runtime) {}
+    /// #[tokio::main]
+    /// async fn main() -> Result<(), durable_runtime::Error> {
+    ///     let rt = Runtime::open("service.db").await?;
+    ///     // Serve until the signal: the HTTP server stops accepting, and finishes the
+    ///     // requests it has (axum: `serve(..).with_graceful_shutdown(shutdown_signal())`).
+    ///     tokio::select! {
+    ///         _ = serve(&rt) => {}
+    ///         _ = shutdown_signal() => {}
+    ///     }
+    ///     // Steps running now finish and checkpoint (up to 20 s); waiting workflows
+    ///     // stay pending, and the next process resumes every one of them.
+    ///     rt.close_with_grace(Duration::from_secs(20)).await
+    /// }
+    /// ```
     ///
     /// # Errors
     ///

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
+use tracing::Instrument as _;
 
 use crate::codec::Codec;
 #[cfg(feature = "testkit")]
@@ -32,6 +33,8 @@ pub(crate) struct Inner {
     pub(crate) codec: Codec,
     /// The app state its steps take (see [`RuntimeBuilder::state`](crate::RuntimeBuilder::state)).
     pub(crate) states: Arc<crate::state::States>,
+    /// See [`RuntimeBuilder::trace_values`](crate::RuntimeBuilder::trace_values).
+    pub(crate) trace_values: bool,
     pub(super) recovered: Vec<String>,
     pub(super) unrecoverable: Vec<Error>,
     /// Set by [`Runtime::close`](crate::Runtime::close): no new work is taken.
@@ -362,7 +365,7 @@ impl Inner {
         lock(&self.stopped).remove(id);
         let tx = tx.unwrap_or_else(|| watch::channel(None).0);
         let rx = tx.subscribe();
-        let ctx = self.new_ctx(id);
+        let ctx = self.new_ctx(id, name);
         let run = Running {
             name,
             parent_id,
@@ -372,8 +375,8 @@ impl Inner {
         (run, ctx, tx)
     }
 
-    /// The context of a new execution of run `id`.
-    pub(super) fn new_ctx(self: &Arc<Self>, id: &Arc<str>) -> Arc<WorkflowCtx> {
+    /// The context of a new execution of run `id`, a workflow `name`, with its span.
+    pub(super) fn new_ctx(self: &Arc<Self>, id: &Arc<str>, name: &str) -> Arc<WorkflowCtx> {
         #[cfg_attr(not(feature = "testkit"), allow(unused_mut))]
         let mut ctx = WorkflowCtx::new(
             id.clone(),
@@ -383,6 +386,8 @@ impl Inner {
         );
         ctx.dormancy = self.dormancy.of_run();
         ctx.states = self.states.clone();
+        ctx.trace_values = self.trace_values;
+        ctx.span = crate::trace::workflow(id, name, self.store.path());
         #[cfg(feature = "testkit")]
         {
             ctx.instrument = self.instrument.clone();
@@ -792,7 +797,12 @@ impl Inner {
         let parent = record.parent_id.map(Arc::<str>::from);
         let (ctx, tx) = self.register(&mut running, &id, def.name(), parent);
         drop(running);
-        tracing::info!(workflow = %id, "running workflow from its journal");
+        tracing::info!(
+            target: crate::trace::TARGET,
+            workflow = %id,
+            name = def.name(),
+            "takeover: running a workflow from its journal"
+        );
         let run = drive(
             self.clone(),
             ctx,
@@ -1017,15 +1027,29 @@ pub(super) async fn drive(
     tx: watch::Sender<Option<Outcome>>,
 ) {
     let id = ctx.id.clone();
-    let result = match execute(&ctx, def, &input, history, deadline_at).await {
+    let span = ctx.span.clone();
+    let executed = execute(&ctx, def, &input, history, deadline_at)
+        .instrument(span.clone())
+        .await;
+    let result = match executed {
         Ok(Ran::Output(output)) => Ok(output),
         Ok(Ran::Dormant(asleep)) => {
+            crate::trace::outcome(&span, "dormant");
             drop(input);
             inner.fall_asleep(ctx, def, tx, asleep);
             return;
         }
         Err(e) => Err(e),
     };
+    crate::trace::outcome(
+        &span,
+        match &result {
+            Ok(_) => "completed",
+            Err(Error::Failed { .. }) => "failed",
+            Err(Error::Cancelled { .. }) => "cancelled",
+            Err(_) => "stopped",
+        },
+    );
     let finished = match &result {
         Ok(output) => Some(Finished::Completed(output.clone())),
         Err(Error::Failed { kind, message, .. }) => Some(Finished::Failed(*kind, message.clone())),
@@ -1041,7 +1065,22 @@ pub(super) async fn drive(
         // Divergence, corrupt rows and journal errors leave the run pending: they are
         // fixed outside the workflow (code, data, disk), and the next open resumes it.
         Err(e) => {
-            tracing::error!(workflow = %id, "{e}; the workflow stays pending in the journal");
+            if let Error::Divergence { path, .. } = e {
+                tracing::error!(
+                    target: crate::trace::TARGET,
+                    parent: &span,
+                    workflow = %id,
+                    path = %path,
+                    "divergence: {e}; the workflow stays pending in the journal"
+                );
+            } else {
+                tracing::error!(
+                    target: crate::trace::TARGET,
+                    parent: &span,
+                    workflow = %id,
+                    "{e}; the workflow stays pending in the journal"
+                );
+            }
             // A queued workflow frees its slot (held until the next open); a no-op
             // for any other.
             if let Err(e) = inner.store.hold(id.clone()).await {

@@ -1,0 +1,150 @@
+//! The spans the runtime opens, in one place, so that their names and fields stay
+//! what the README's "Tracing" section documents. Every span and event of this list
+//! has the target `durable_runtime`.
+//!
+//! | span | fields |
+//! |---|---|
+//! | `workflow` | `id`, `name`, `journal`, `outcome` |
+//! | `step` | `path`, `name`, `replayed`, `attempt`, `duration_ms`, `input`, `output` |
+//! | `sleep` | `path`, `replayed`, `duration_ms` |
+//! | `recv` | `path`, `replayed`, `topic` |
+//! | `start_child` | `path`, `replayed`, `child_name`, `child_id` |
+//!
+//! Spans are made with `tracing`'s macros, which evaluate nothing when no subscriber
+//! wants them: a runtime without one pays a load and a compare per step.
+
+use std::path::Path;
+
+use tracing::Span;
+use tracing::field::Empty;
+
+use crate::path::StepPath;
+
+/// An `info` span of the runtime's, with OpenTelemetry's `otel.name` (the span's name
+/// as a trace shows it) and `otel.kind` when the `opentelemetry` feature is on.
+macro_rules! otel_span {
+    ($name:literal, $otel_name:expr, parent: None, $($fields:tt)*) => {{
+        #[cfg(feature = "opentelemetry")]
+        let span = tracing::info_span!(
+            target: "durable_runtime",
+            parent: None,
+            $name,
+            otel.name = %$otel_name,
+            otel.kind = "internal",
+            otel.status_code = tracing::field::Empty,
+            $($fields)*
+        );
+        #[cfg(not(feature = "opentelemetry"))]
+        let span = tracing::info_span!(target: "durable_runtime", parent: None, $name, $($fields)*);
+        span
+    }};
+    ($name:literal, $otel_name:expr, $($fields:tt)*) => {{
+        #[cfg(feature = "opentelemetry")]
+        let span = tracing::info_span!(
+            target: "durable_runtime",
+            $name,
+            otel.name = %$otel_name,
+            otel.kind = "internal",
+            otel.status_code = tracing::field::Empty,
+            $($fields)*
+        );
+        #[cfg(not(feature = "opentelemetry"))]
+        let span = tracing::info_span!(target: "durable_runtime", $name, $($fields)*);
+        span
+    }};
+}
+
+/// The target of every span and documented event.
+pub(crate) const TARGET: &str = "durable_runtime";
+
+/// Up to how many characters of a value `input` and `output` keep.
+pub(crate) const VALUE_LIMIT: usize = 1024;
+
+/// The span of one execution of workflow `id`: a root, linked (`follows_from`) to the
+/// span that was current where it was made (the request that started it, the parent
+/// workflow that started or enqueued it).
+pub(crate) fn workflow(id: &str, name: &str, journal: &Path) -> Span {
+    let span = otel_span!(
+        "workflow",
+        format_args!("workflow {name}"),
+        parent: None,
+        id = %id,
+        name,
+        journal = %journal.display(),
+        outcome = Empty,
+    );
+    let caller = Span::current();
+    if !span.is_disabled() && !caller.is_disabled() {
+        span.follows_from(&caller);
+    }
+    span
+}
+
+/// Records how an execution ended on its span: `completed`, `failed`, `cancelled`,
+/// `dormant` (its body dropped while it waits) or `stopped` (left pending: a close, a
+/// divergence, an error of the journal).
+pub(crate) fn outcome(span: &Span, outcome: &'static str) {
+    span.record("outcome", outcome);
+    #[cfg(feature = "opentelemetry")]
+    if outcome == "failed" || outcome == "stopped" {
+        span.record("otel.status_code", "error");
+    }
+}
+
+/// The span of a step call at `path`, made when the step is called (so a step spawned
+/// or raced keeps its workflow as parent) and entered on each poll.
+pub(crate) fn step(path: &StepPath, name: &'static str, replayed: bool) -> Span {
+    otel_span!(
+        "step",
+        format_args!("step {name}"),
+        path = %path,
+        name,
+        replayed,
+        attempt = Empty,
+        duration_ms = Empty,
+        input = Empty,
+        output = Empty,
+    )
+}
+
+/// Marks a span as failed, for OpenTelemetry's status.
+pub(crate) fn failed(span: &Span) {
+    #[cfg(feature = "opentelemetry")]
+    span.record("otel.status_code", "error");
+    #[cfg(not(feature = "opentelemetry"))]
+    let _ = span;
+}
+
+/// The span of a durable sleep.
+pub(crate) fn sleep(path: &StepPath, replayed: bool, duration_ms: u64) -> Span {
+    otel_span!(
+        "sleep",
+        "sleep",
+        path = %path,
+        replayed,
+        duration_ms,
+    )
+}
+
+/// The span of a `recv` on `topic`.
+pub(crate) fn recv(path: &StepPath, replayed: bool, topic: &str) -> Span {
+    otel_span!(
+        "recv",
+        format_args!("recv {topic}"),
+        path = %path,
+        replayed,
+        topic,
+    )
+}
+
+/// The span of a child's start.
+pub(crate) fn start_child(path: &StepPath, replayed: bool, child_name: &str) -> Span {
+    otel_span!(
+        "start_child",
+        format_args!("start_child {child_name}"),
+        path = %path,
+        replayed,
+        child_name,
+        child_id = Empty,
+    )
+}
