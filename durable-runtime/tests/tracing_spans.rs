@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use durable_runtime::{Runtime, recv, start_child, step, step_context, workflow};
+use durable_runtime::{Queue, Runtime, enqueue, recv, start_child, step, step_context, workflow};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
@@ -504,4 +504,50 @@ async fn a_panicking_step_fails_its_span_and_its_workflow() {
         assert_eq!(field(run, "otel.status_code"), Some("error"));
         assert_eq!(field(&steps[0], "otel.status_code"), Some("error"));
     }
+}
+
+#[workflow]
+async fn ts_enqueuer() -> u32 {
+    let queue = Queue::new("ts_queue").concurrency(1);
+    match enqueue(&queue, ts_child(7)).await {
+        Ok(child) => child.result().await.unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_workflow_follows_from_the_workflow_that_enqueued_it() {
+    let capture = capture();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = Runtime::builder(dir.path().join("journal.db"))
+        .queue(Queue::new("ts_queue").concurrency(1))
+        .open()
+        .await
+        .expect("open");
+    let out = rt
+        .start_with_id("enq", ts_enqueuer())
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect("result");
+    assert_eq!(out, 70);
+    rt.close().await.expect("close");
+    let parent = &capture.workflows("enq")[0];
+    let queued: Vec<SpanRec> = capture
+        .spans()
+        .into_iter()
+        .filter(|s| {
+            s.name == "workflow"
+                && field(s, "name") == Some("ts_child")
+                && field(s, "id").is_some_and(|id| id.starts_with("enq/"))
+        })
+        .collect();
+    assert_eq!(queued.len(), 1, "{queued:#?}");
+    assert_eq!(queued[0].parent, None);
+    assert_eq!(
+        queued[0].follows,
+        [parent.id],
+        "linked to the workflow that enqueued it"
+    );
 }

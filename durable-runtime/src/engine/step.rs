@@ -757,7 +757,6 @@ fn start_attempt<B: StepBody>(this: &mut StepProj<'_, B>) -> Option<Next<B::Outp
     if *attempts == 0 && !*start_recorded {
         *started_at = now_ms();
     }
-    this.span.record("attempt", *attempts + 1);
     if let Some(r) = retried {
         r.current_start = now_ms();
     }
@@ -818,6 +817,8 @@ fn poll_attempt<B: StepBody>(
         return Err(Next::Wait);
     };
     let finished_at = now_ms();
+    // Recorded once, at the end: an OpenTelemetry layer keeps every value recorded.
+    this.span.record("attempt", attempts);
     this.span
         .record("duration_ms", finished_at.saturating_sub(started_at));
     crate::trace::failed(this.span);
@@ -907,6 +908,8 @@ where
     let sequential = claim.ctx.steps_open() <= 1;
     let finished_at = now_ms();
     if !this.span.is_disabled() {
+        // Recorded once, at the end: an OpenTelemetry layer keeps every value recorded.
+        this.span.record("attempt", *attempts);
         this.span
             .record("duration_ms", finished_at.saturating_sub(*started_at));
         if claim.ctx.trace_values {

@@ -799,7 +799,14 @@ impl Inner {
             let Dispatched { record, fresh, .. } = d;
             let tx = lock(&self.waiting).remove(&id);
             let parent = record.parent_id.map(Arc::<str>::from);
-            let (run, ctx, tx) = self.new_run_publishing(&id, def.name(), parent, tx);
+            // A workflow enqueued by a workflow that runs here: its span follows from
+            // the parent's, as a child's does.
+            let parent_span = parent
+                .as_ref()
+                .and_then(|p| running.get(p)?.live().map(|c| c.span.clone()))
+                .unwrap_or_else(tracing::Span::none);
+            let (run, ctx, tx) =
+                parent_span.in_scope(|| self.new_run_publishing(&id, def.name(), parent, tx));
             running.insert(id.clone(), run);
             self.dispatches.fetch_add(1, Ordering::AcqRel);
             drop(running);
