@@ -328,9 +328,11 @@ pub use crate::step_error::StepError;
 ///
 /// # Rules
 ///
-/// The function must be a free `async fn` with owned arguments (`String`, not `&str`;
-/// an `Arc` for a shared client), because the step's future may outlive its caller
-/// (`tokio::spawn`) and is re-run on retry. Its output must implement serde's
+/// The function must be a free `async fn` with owned arguments (`String`, not `&str`),
+/// because the step's future may outlive its caller (`tokio::spawn`) and is re-run on
+/// retry. A pool, a client or a configuration is app state instead: given once to
+/// [`RuntimeBuilder::state`] and taken by a `#[state] x: &T` (or `Arc<T>`) parameter,
+/// which callers do not pass and the journal never records. Its output must implement serde's
 /// `Serialize` and `Deserialize`; `Err` values are recorded like `Ok` values. Step
 /// bodies run at least once: make them idempotent (see [`step_context`]).
 ///

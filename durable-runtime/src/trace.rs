@@ -4,11 +4,14 @@
 //!
 //! | span | fields |
 //! |---|---|
-//! | `workflow` | `id`, `name`, `journal`, `outcome` |
-//! | `step` | `path`, `name`, `replayed`, `attempt`, `duration_ms`, `input`, `output` |
+//! | `workflow` | `id`, `workflow` (its name), `journal`, `outcome` |
+//! | `step` | `path`, `step` (its name), `replayed`, `attempt`, `duration_ms`, `input`, `output` |
 //! | `sleep` | `path`, `replayed`, `duration_ms` |
 //! | `recv` | `path`, `replayed`, `topic` |
 //! | `start_child` | `path`, `replayed`, `child_name`, `child_id` |
+//!
+//! No field is called `name`: JSON formatters write the span's own name under that
+//! key, and a second `name` would hide one of the two.
 //!
 //! Spans are made with `tracing`'s macros, which evaluate nothing when no subscriber
 //! wants them: a runtime without one pays a load and a compare per step.
@@ -69,7 +72,7 @@ pub(crate) fn workflow(id: &str, name: &str, journal: &Path) -> Span {
         format_args!("workflow {name}"),
         parent: None,
         id = %id,
-        name,
+        workflow = name,
         journal = %journal.display(),
         outcome = Empty,
     );
@@ -98,7 +101,7 @@ pub(crate) fn step(path: &StepPath, name: &'static str, replayed: bool) -> Span 
         "step",
         format_args!("step {name}"),
         path = %path,
-        name,
+        step = name,
         replayed,
         attempt = Empty,
         duration_ms = Empty,

@@ -1,4 +1,5 @@
-//! `Runtime::health`: what a service's health check reports, on both journals.
+//! `Runtime::health`: what a service's health check reports, and `Runtime::workflow`:
+//! a run as the journal holds it, on both journals.
 
 mod common;
 
@@ -39,6 +40,16 @@ async fn health_counts_pending_work_and_says_when_not_ready(journal: Journal) {
         .await
         .expect("result");
     assert_eq!(rt.health().await.pending, Some(1));
+
+    // The journal's view of a run, through the runtime itself.
+    let a = rt.workflow("a").await.expect("read").expect("recorded");
+    assert_eq!(a.status, durable_runtime::RecordedStatus::Completed);
+    assert_eq!(a.output::<u32>().expect("decodes"), Some(1));
+    let b = rt.workflow("b").await.expect("read").expect("recorded");
+    assert_eq!(b.status, durable_runtime::RecordedStatus::Pending);
+    assert_eq!(b.name, "hl_waits");
+    assert!(rt.workflow("c").await.expect("read").is_none());
+    assert!(rt.workflow("nul\0id").await.expect("read").is_none());
 
     rt.close().await.expect("close");
     let closed = rt.health().await;

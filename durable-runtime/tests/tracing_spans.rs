@@ -313,7 +313,7 @@ async fn spans_name_and_nest_workflows_steps_retries_children_and_replays() {
     for run in &runs {
         assert_eq!(run.target, "durable_runtime");
         assert_eq!(run.parent, None, "a workflow span is a root");
-        assert_eq!(field(run, "name"), Some("ts_parent"));
+        assert_eq!(field(run, "workflow"), Some("ts_parent"));
         assert!(field(run, "journal").is_some_and(|j| j.ends_with("journal.db")));
     }
     assert_eq!(field(&runs[0], "outcome"), Some("stopped"));
@@ -338,7 +338,7 @@ async fn spans_name_and_nest_workflows_steps_retries_children_and_replays() {
     );
     // The two concurrent steps: made before either finished, each with its duration.
     for s in &first[..2] {
-        assert_eq!(field(s, "name"), Some("ts_part"));
+        assert_eq!(field(s, "step"), Some("ts_part"));
         assert_eq!(field(s, "attempt"), Some("1"));
         assert!(field(s, "duration_ms").is_some(), "{s:?}");
         // The body's own events nest under the step's span.
@@ -354,7 +354,7 @@ async fn spans_name_and_nest_workflows_steps_retries_children_and_replays() {
     assert_eq!(field(&first[0], "output"), Some("10"));
     // The retried step: its last attempt, and one retry event in its span.
     let flaky = &first[2];
-    assert_eq!(field(flaky, "name"), Some("ts_flaky"));
+    assert_eq!(field(flaky, "step"), Some("ts_flaky"));
     assert_eq!(field(flaky, "attempt"), Some("2"));
     let retries: Vec<_> = capture
         .events_in(flaky.id)
@@ -381,7 +381,7 @@ async fn spans_name_and_nest_workflows_steps_retries_children_and_replays() {
     assert_eq!(field(&child_runs[0], "outcome"), Some("completed"));
     let child_steps = capture.children(child_runs[0].id);
     assert_eq!(child_steps.len(), 1);
-    assert_eq!(field(&child_steps[0], "name"), Some("ts_part"));
+    assert_eq!(field(&child_steps[0], "step"), Some("ts_part"));
     // The wait.
     assert_eq!(field(&first[4], "topic"), Some("go"));
 
@@ -457,7 +457,7 @@ async fn values_stay_off_spans_unless_asked_for() {
     let run = &capture.workflows("off")[0];
     let steps = capture.children(run.id);
     assert_eq!(steps.len(), 1);
-    assert_eq!(field(&steps[0], "name"), Some("ts_secret"));
+    assert_eq!(field(&steps[0], "step"), Some("ts_secret"));
     assert_eq!(field(&steps[0], "input"), None);
     assert_eq!(field(&steps[0], "output"), None);
 }
@@ -539,7 +539,7 @@ async fn a_queued_workflow_follows_from_the_workflow_that_enqueued_it() {
         .into_iter()
         .filter(|s| {
             s.name == "workflow"
-                && field(s, "name") == Some("ts_child")
+                && field(s, "workflow") == Some("ts_child")
                 && field(s, "id").is_some_and(|id| id.starts_with("enq/"))
         })
         .collect();

@@ -530,6 +530,10 @@ pub(crate) trait Store: Send + Sync + Debug + 'static {
     /// A page of the workflow runs that match `query` (see [`listing`]).
     fn list(&self, query: &listing::ListQuery) -> Result<listing::ListPage, StoreError>;
 
+    /// Workflow run `id` as [`JournalView::workflow`](crate::JournalView::workflow)
+    /// shows it.
+    fn view(&self, id: &str) -> Result<Option<crate::WorkflowView>, StoreError>;
+
     /// Makes workflow `spec.new_id` a fork of `spec.origin`: a pending run of the same
     /// workflow and input, with copies of the origin's steps (and patch markers)
     /// before `spec.before`, each checked against its checksum and checksummed anew

@@ -265,7 +265,7 @@ impl RuntimeBuilder {
     /// }
     ///
     /// #[workflow]
-    /// async fn greet(id: u32) -> String {
+    /// async fn greet_by_id(id: u32) -> String {
     ///     let name = lookup(id).await.unwrap_or_default();
     ///     notify(name).await
     /// }
@@ -279,7 +279,7 @@ impl RuntimeBuilder {
     ///     .state(Arc::new(Http { base_url: "https://api.example".into() }))
     ///     .open()
     ///     .await?;
-    /// let out = rt.start(greet(1)).await?.result().await?;
+    /// let out = rt.start(greet_by_id(1)).await?.result().await?;
     /// assert_eq!(out, "POST https://api.example/notify?name=bo");
     /// # rt.close().await
     /// # }

@@ -297,6 +297,7 @@ impl Inner {
                     _alive: alive,
                     generation,
                 })),
+                admitted: None,
             },
         );
         self.dormancy.count.fetch_add(1, Ordering::AcqRel);

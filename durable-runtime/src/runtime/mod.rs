@@ -545,6 +545,41 @@ impl Runtime {
             .map(|s| StepInfo::new(&workflow_id, s, true))
             .collect())
     }
+
+    /// Workflow run `id` as the journal holds it now: its name, status, input, output
+    /// or failure, times and parent, whichever runtime of the journal runs it; `None`
+    /// if the journal has no such run. The same view as
+    /// [`Client::workflow`](crate::Client::workflow), without a second connection.
+    ///
+    /// ```
+    /// use durable_runtime::{RecordedStatus, Runtime, workflow};
+    ///
+    /// #[workflow]
+    /// async fn double(n: u32) -> u32 {
+    ///     n * 2
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), durable_runtime::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let rt = Runtime::open(dir.path().join("journal.db")).await?;
+    /// rt.start_with_id("d-1", double(21)).await?.result().await?;
+    /// let run = rt.workflow("d-1").await?.expect("recorded");
+    /// assert_eq!(run.status, RecordedStatus::Completed);
+    /// assert_eq!(run.input::<(u32,)>()?, (21,));
+    /// assert!(rt.workflow("d-2").await?.is_none());
+    /// # rt.close().await
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the journal cannot be read.
+    pub async fn workflow(&self, id: &str) -> Result<Option<crate::WorkflowView>> {
+        let store = self.inner.store.clone();
+        let id = id.to_owned();
+        Ok(blocking(self.path(), move || store.view(&id)).await??)
+    }
 }
 
 #[cfg(test)]

@@ -115,6 +115,10 @@ pub(super) struct Running {
     /// (see [`Running::outcome`]): a dormant run nobody watches costs no channel.
     pub(super) outcome: Option<watch::Receiver<Option<Outcome>>>,
     pub(super) state: RunState,
+    /// For a run `start` made: true once the journal has answered its creation. A
+    /// second `start` of the id joins it only then, so that it too returns only once
+    /// the run is journaled. `None` for a run read from the journal.
+    pub(super) admitted: Option<watch::Receiver<bool>>,
 }
 
 /// Whether a run's body is in memory.
@@ -124,6 +128,17 @@ pub(super) enum RunState {
     Live(Arc<WorkflowCtx>),
     /// Its body was dropped while it waited; it is rebuilt by replay when woken.
     Dormant(Box<super::dormant::DormantRun>),
+}
+
+/// What `start` found under an id already in `running`.
+enum Found {
+    /// A run to join: its outcome, and whether it is journaled yet.
+    Join(
+        watch::Receiver<Option<Outcome>>,
+        Option<watch::Receiver<bool>>,
+    ),
+    /// A cancelled run winding down: wait for its end, then look again.
+    WindingDown(watch::Receiver<Option<Outcome>>),
 }
 
 impl Running {
@@ -371,6 +386,7 @@ impl Inner {
             parent_id,
             outcome: Some(rx),
             state: RunState::Live(ctx.clone()),
+            admitted: None,
         };
         (run, ctx, tx)
     }
@@ -404,17 +420,19 @@ impl Inner {
     ) -> Result<watch::Receiver<Option<Outcome>>> {
         self.open()?;
         let name = launch.def.name();
-        let (ctx, tx) = loop {
-            let mut winding_down = {
+        let (ctx, tx, joiners_wait) = loop {
+            let found = {
                 let mut running = lock(&self.running);
                 // Checked again under the lock `close` looks through: a run is either
                 // in `running` before `close` looks, or refused.
                 self.open()?;
                 match running.entry(id.clone()) {
                     Entry::Vacant(v) => {
-                        let (run, ctx, tx) = self.new_run(&id, name, launch.parent_id.clone());
+                        let (mut run, ctx, tx) = self.new_run(&id, name, launch.parent_id.clone());
+                        let (joiners_wait, joiners) = watch::channel(false);
+                        run.admitted = Some(joiners);
                         v.insert(run);
-                        break (ctx, tx);
+                        break (ctx, tx, joiners_wait);
                     }
                     Entry::Occupied(mut e) if e.get().cancelled().is_none() => {
                         let r = e.get_mut();
@@ -426,22 +444,35 @@ impl Inner {
                         if r.name != name {
                             return Err(mismatch(&id, r.name, name));
                         }
-                        return Ok(r.outcome());
+                        Found::Join(r.outcome(), r.admitted.clone())
                     }
                     // A run winding down from a cancellation is not the run to join:
                     // what it ends with is its cancellation, while the journal may hold
                     // it resumed by now. Let it end, then look again.
-                    Entry::Occupied(mut e) => e.get_mut().outcome(),
+                    Entry::Occupied(mut e) => Found::WindingDown(e.get_mut().outcome()),
                 }
             };
-            let _ = winding_down.wait_for(Option::is_some).await;
+            match found {
+                Found::Join(outcome, admitted) => {
+                    // Started by another call that may not have journaled it yet: this
+                    // call returns once it has, as that one does. (If the creation
+                    // failed, the run's outcome says why.)
+                    if let Some(mut admitted) = admitted {
+                        let _ = admitted.wait_for(|done| *done).await;
+                    }
+                    return Ok(outcome);
+                }
+                Found::WindingDown(mut winding_down) => {
+                    let _ = winding_down.wait_for(Option::is_some).await;
+                }
+            }
         };
         let outcome = tx.subscribe();
         // The id is now claimed in `running`. The rest happens in a task of its own, so
         // a caller that stops waiting (a timeout, a dropped request) cannot leave the
         // claim behind without a run.
         let (reply, admitted) = oneshot::channel();
-        tokio::spawn(admit(self.clone(), ctx, launch, tx, reply));
+        tokio::spawn(admit(self.clone(), ctx, launch, tx, reply, joiners_wait));
         match admitted.await {
             Ok(Ok(())) => Ok(outcome),
             Ok(Err(e)) => Err(e),
@@ -825,6 +856,7 @@ pub(super) async fn admit(
     launch: Launch,
     tx: watch::Sender<Option<Outcome>>,
     reply: oneshot::Sender<Result<()>>,
+    admitted: watch::Sender<bool>,
 ) {
     let Launch {
         def,
@@ -847,6 +879,9 @@ pub(super) async fn admit(
             queued: None,
         })
         .await;
+    // Calls that joined this start return now: the run is journaled (or its creation
+    // failed, which its outcome will say).
+    admitted.send_replace(true);
     let run = match created {
         Ok(Created::New) => Ok(Some((input, History::None, deadline_at))),
         Ok(Created::Existing(record))

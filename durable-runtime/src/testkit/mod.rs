@@ -323,6 +323,10 @@ macro_rules! forward_reads {
             self.inner.list(query)
         }
 
+        fn view(&self, id: &str) -> Result<Option<crate::WorkflowView>, StoreError> {
+            self.inner.view(id)
+        }
+
         fn fork(
             &self,
             spec: crate::journal::ForkSpec,

@@ -657,6 +657,14 @@ impl Store for PgStore {
         self.read(async |c, s| list_on(c, s, query).await)
     }
 
+    fn view(&self, id: &str) -> Result<Option<super::sqlite::view::WorkflowView>, StoreError> {
+        if id.contains('\0') {
+            // No PostgreSQL text holds it: no workflow has it.
+            return Ok(None);
+        }
+        self.read(async |c, s| view_on(c, s, id).await)
+    }
+
     fn fork(&self, spec: super::ForkSpec) -> Result<super::Forked, StoreError> {
         self.read(async |c, s| fork_on(c, s, &spec).await)
     }

@@ -600,6 +600,10 @@ impl Store for SqliteStore {
         self.read_apart(|c| view::list(c, query))
     }
 
+    fn view(&self, id: &str) -> Result<Option<super::sqlite::view::WorkflowView>, StoreError> {
+        self.read_apart(|c| view::workflow_on(c, id))
+    }
+
     fn fork(&self, spec: super::ForkSpec) -> Result<super::Forked, StoreError> {
         self.write(|reply| Write::Fork(spec, reply)).blocking_wait()
     }

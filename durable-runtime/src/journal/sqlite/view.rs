@@ -174,15 +174,7 @@ impl JournalView {
 
     /// The workflow run `id`, if the journal has it.
     pub fn workflow(&self, id: &str) -> Result<Option<WorkflowView>> {
-        self.read(|c| {
-            let found =
-                rows::select_workflows(c, VIEW_COLUMNS, "WHERE id = ?1", [id], workflow_view)?;
-            let found = found.into_iter().next();
-            if let Some(w) = &found {
-                rows::same_workflow(id, &w.id, &format!("workflow {id}"))?;
-            }
-            Ok(found)
-        })
+        self.read(|c| workflow_on(c, id))
     }
 
     /// The recorded steps of workflow `id`, ordered by path (what a replay would return
@@ -299,6 +291,17 @@ impl JournalView {
         tx.commit().map_err(sql)?;
         Ok(out)
     }
+}
+
+/// Workflow run `id` (see [`JournalView::workflow`]), read through `c` (the view's, or
+/// the runtime's reader).
+pub(crate) fn workflow_on(c: &Connection, id: &str) -> rusqlite::Result<Option<WorkflowView>> {
+    let found = rows::select_workflows(c, VIEW_COLUMNS, "WHERE id = ?1", [id], workflow_view)?;
+    let found = found.into_iter().next();
+    if let Some(w) = &found {
+        rows::same_workflow(id, &w.id, &format!("workflow {id}"))?;
+    }
+    Ok(found)
 }
 
 /// A page of the workflow runs that match `query` (see [`JournalView::list`]), read
