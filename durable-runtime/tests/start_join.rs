@@ -26,7 +26,10 @@ async fn a_start_that_joins_returns_once_the_run_is_journaled(journal: Journal) 
             })
         });
         for journaled in futures::future::join_all(starts).await {
-            assert!(journaled.expect("task"), "{id}: a start returned before its run was journaled");
+            assert!(
+                journaled.expect("task"),
+                "{id}: a start returned before its run was journaled"
+            );
         }
     }
     rt.close().await.expect("close");
