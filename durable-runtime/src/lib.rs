@@ -488,6 +488,7 @@ pub mod __private {
     pub use ::std::clone::Clone;
 
     pub use crate::codec::fingerprint::Args;
+    pub use crate::engine::scope::injected;
     pub use crate::engine::scope::{
         Branched, SpawnArg, SpawnBoxed, SpawnFuture, SpawnOther, Spawned, branch,
     };
@@ -496,7 +497,7 @@ pub mod __private {
         step_retry,
     };
     pub use crate::engine::workflow::{BoxFuture, WorkflowDef, WorkflowEntry};
-    pub use crate::state::{StateType, injected};
+    pub use crate::state::StateType;
 
     /// Types a `#[state]` parameter takes: shared by every step of every workflow.
     #[diagnostic::on_unimplemented(

@@ -265,6 +265,35 @@ pub(crate) fn current_states() -> Option<Arc<States>> {
     STATES.with(|s| s.borrow().clone())
 }
 
+/// The value of a `#[state] x: &T` or `#[state] x: Arc<T>` parameter, when the step's
+/// body starts (called by the code `#[step]` generates). In a workflow, the runtime
+/// checked before the body ran that its state has every type the step takes; a step
+/// called outside any workflow has no runtime to take state from.
+///
+/// # Panics
+///
+/// When the step is called outside a workflow (not from a workflow, nor from a step
+/// body of one): a programming error, which says what to do instead.
+#[doc(hidden)]
+pub fn injected<T: Send + Sync + 'static>(step: &'static str) -> Arc<T> {
+    let type_name = std::any::type_name::<T>();
+    match current_states() {
+        Some(states) => match states.get::<T>() {
+            Some(value) => value,
+            // A plain call from a step body, of a step whose state was not checked.
+            None => panic!(
+                "step `{step}` takes app state of type `{type_name}`, which the runtime was not \
+                 given; register it with `Runtime::builder(..).state(Arc::new(..))`"
+            ),
+        },
+        None => panic!(
+            "step `{step}` takes app state of type `{type_name}`, but it was called outside a \
+             workflow, where no runtime provides state; call it from a workflow, or move its \
+             body into a plain function that takes the value as an argument"
+        ),
+    }
+}
+
 /// Restores the previous scope when dropped, so a panic inside a poll does not leave a
 /// stale scope behind on the thread.
 struct Restore(Scope);
