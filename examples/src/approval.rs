@@ -150,7 +150,16 @@ fn run(args: &[String]) -> Res<ExitCode> {
             if finished {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = shutdown_signal() => {
+                    // Ctrl-C or SIGTERM: a running step finishes and is recorded, the
+                    // report stops at that step boundary, and the journal is released.
+                    rt.close().await?;
+                    println!("  stopped; {REPORT} stays pending: run `approval run` again to resume it");
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
         }
 
         match handle.result().await? {
@@ -167,6 +176,23 @@ fn run(args: &[String]) -> Res<ExitCode> {
         print_journal(&rt, opened_at).await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Ctrl-C, or SIGTERM (a `kill`, a service manager stopping the program).
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            // No handler: only Ctrl-C stops it gracefully.
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }
 
 /// The recorded steps of the report and of its child, and which process recorded them.
