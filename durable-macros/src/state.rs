@@ -109,6 +109,11 @@ fn state_type(ty: &Type) -> syn::Result<(Type, Holds)> {
             "app state is shared by every step of every workflow: take it as `&T`, with \
              interior mutability inside (a `Mutex`, an atomic) where it must change",
         )),
+        Type::Reference(r) if r.lifetime.is_some() => Err(syn::Error::new_spanned(
+            ty,
+            "a `#[state]` reference takes no lifetime: write `&T`; it borrows the state for \
+             as long as the step's body runs",
+        )),
         Type::Reference(r) => Ok(((*r.elem).clone(), Holds::Ref)),
         Type::Path(p) if p.qself.is_none() => match arc_of(&p.path) {
             Some(inner) => Ok((inner.clone(), Holds::Arc)),

@@ -506,10 +506,10 @@ pub mod __private {
         note = "app state must be `Send + Sync + 'static`: wrap what is not `Sync` in a `Mutex`"
     )]
     pub trait AppState: Send + Sync + 'static {}
-    impl<T: Send + Sync + 'static> AppState for T {}
+    impl<T: ?Sized + Send + Sync + 'static> AppState for T {}
 
     /// Asserts at compile time that `T` can be app state; spanned on the user's type.
-    pub const fn assert_state<T: AppState>() {}
+    pub const fn assert_state<T: ?Sized + AppState>() {}
 
     /// Values a workflow takes as input or returns: recorded in the journal.
     #[diagnostic::on_unimplemented(

@@ -18,6 +18,7 @@ pub(crate) struct States {
 
 #[derive(Clone)]
 struct Entry {
+    /// The `Arc<T>` given, itself in an `Arc`: `T` may be unsized (`dyn Gateway`).
     value: Arc<dyn Any + Send + Sync>,
     type_name: &'static str,
 }
@@ -32,7 +33,7 @@ impl std::fmt::Debug for States {
 
 impl States {
     /// Adds `value`; `Err` with its type's name if that type is there already.
-    pub(crate) fn insert<T: Send + Sync + 'static>(
+    pub(crate) fn insert<T: ?Sized + Send + Sync + 'static>(
         &mut self,
         value: Arc<T>,
     ) -> Result<(), &'static str> {
@@ -40,16 +41,19 @@ impl States {
         match self.by_type.entry(TypeId::of::<T>()) {
             std::collections::hash_map::Entry::Occupied(_) => Err(type_name),
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(Entry { value, type_name });
+                v.insert(Entry {
+                    value: Arc::new(value),
+                    type_name,
+                });
                 Ok(())
             }
         }
     }
 
     /// The value of type `T`, if one was registered.
-    pub(crate) fn get<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+    pub(crate) fn get<T: ?Sized + Send + Sync + 'static>(&self) -> Option<Arc<T>> {
         let entry = self.by_type.get(&TypeId::of::<T>())?;
-        entry.value.clone().downcast::<T>().ok()
+        entry.value.downcast_ref::<Arc<T>>().cloned()
     }
 
     /// The first of `needs` that is not registered.
@@ -79,7 +83,7 @@ impl std::fmt::Debug for StateType {
 
 impl StateType {
     /// The state of type `T`.
-    pub const fn of<T: 'static>() -> StateType {
+    pub const fn of<T: ?Sized + 'static>() -> StateType {
         StateType {
             id: TypeId::of::<T>,
             name: std::any::type_name::<T>,

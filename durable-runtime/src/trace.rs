@@ -1,6 +1,7 @@
 //! The spans the runtime opens, in one place, so that their names and fields stay
-//! what the README's "Tracing" section documents. Every span and event of this list
-//! has the target `durable_runtime`.
+//! what the README's "Tracing" section documents. Every span, and every event the
+//! README lists, has the target `durable_runtime`; the runtime's other events have
+//! their module's (`durable_runtime::runtime::registry`, ...), under the same prefix.
 //!
 //! | span | fields |
 //! |---|---|
@@ -84,8 +85,9 @@ pub(crate) fn workflow(id: &str, name: &str, journal: &Path) -> Span {
 }
 
 /// Records how an execution ended on its span: `completed`, `failed`, `cancelled`,
-/// `dormant` (its body dropped while it waits) or `stopped` (left pending: a close, a
-/// divergence, an error of the journal).
+/// `dormant` (its body dropped while it waits), `closed` (left pending by a closing
+/// runtime: a deploy, not an error) or `stopped` (left pending by a divergence, a
+/// missing state, an error of the journal).
 pub(crate) fn outcome(span: &Span, outcome: &'static str) {
     span.record("outcome", outcome);
     #[cfg(feature = "opentelemetry")]

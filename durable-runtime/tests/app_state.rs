@@ -296,7 +296,129 @@ async fn the_step_context_names_a_missing_type() {
 }
 
 #[tokio::test]
-#[should_panic(expected = "called outside a workflow, where no runtime provides state")]
+#[should_panic(expected = "called where no runtime's state is visible: outside a workflow")]
 async fn a_step_with_state_called_outside_a_workflow_says_why_it_cannot_run() {
     let _ = as_lookup(1).await;
+}
+
+/// A step a step body calls (a plain call), taking state the runtime lacks: nothing was
+/// checked before the outer body ran, and the workflow still stays pending, unrecorded,
+/// rather than failing with a panic.
+#[step]
+async fn as_inner(#[state] config: &Config) -> String {
+    config.greeting.clone()
+}
+
+static OUTER_RAN: AtomicUsize = AtomicUsize::new(0);
+
+#[step]
+async fn as_outer(#[state] pool: &Pool) -> String {
+    OUTER_RAN.fetch_add(1, Ordering::SeqCst);
+    format!("{} / {}", pool.query("outer"), as_inner().await)
+}
+
+#[workflow]
+async fn as_nested() -> String {
+    as_outer().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_call_missing_its_state_leaves_the_workflow_pending() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j.db");
+    let rt = Runtime::builder(&path)
+        .state(Pool::new("n"))
+        .open()
+        .await
+        .expect("open");
+    let error = rt
+        .start_with_id("nested", as_nested())
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect_err("no config");
+    match &error {
+        Error::MissingState {
+            step, type_name, ..
+        } => {
+            assert_eq!(step, "as_inner");
+            assert!(type_name.ends_with("::Config"), "{type_name}");
+        }
+        other => panic!("expected MissingState, got {other:?}"),
+    }
+    assert!(rt.steps("nested").await.expect("steps").is_empty(), "nothing recorded");
+    let view = rt.workflow("nested").await.expect("read").expect("recorded");
+    assert_eq!(view.status, durable_runtime::RecordedStatus::Pending);
+    rt.close().await.expect("close");
+
+    let rt = Runtime::builder(&path)
+        .state(Pool::new("m"))
+        .state(Arc::new(Config {
+            greeting: "hey".into(),
+        }))
+        .open()
+        .await
+        .expect("reopen");
+    let out = rt
+        .handle::<String>("nested")
+        .await
+        .expect("handle")
+        .result()
+        .await
+        .expect("result");
+    assert_eq!(out, "m#3: outer / hey");
+    // The outer body ran once per execution: it is at least once, as after a crash.
+    assert_eq!(OUTER_RAN.load(Ordering::SeqCst), 2);
+    rt.close().await.expect("close");
+}
+
+/// A client behind a trait, so a test can register a fake.
+trait Gateway: Send + Sync {
+    fn charge(&self, cents: u64) -> String;
+}
+
+struct FakeGateway;
+
+impl Gateway for FakeGateway {
+    fn charge(&self, cents: u64) -> String {
+        format!("fake charge of {cents}")
+    }
+}
+
+#[step]
+async fn as_charge(#[state] gateway: &dyn Gateway, cents: u64) -> String {
+    gateway.charge(cents)
+}
+
+#[step]
+async fn as_charge_again(#[state] gateway: Arc<dyn Gateway>, cents: u64) -> String {
+    gateway.charge(cents + 1)
+}
+
+#[workflow]
+async fn as_pay(cents: u64) -> (String, String) {
+    (as_charge(cents).await, as_charge_again(cents).await)
+}
+
+#[tokio::test]
+async fn state_can_be_a_trait_object() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = Runtime::builder(dir.path().join("j.db"))
+        .state::<dyn Gateway>(Arc::new(FakeGateway))
+        .open()
+        .await
+        .expect("open");
+    let out = rt
+        .start(as_pay(500))
+        .await
+        .expect("start")
+        .result()
+        .await
+        .expect("result");
+    assert_eq!(
+        out,
+        ("fake charge of 500".to_owned(), "fake charge of 501".to_owned())
+    );
+    rt.close().await.expect("close");
 }

@@ -61,3 +61,19 @@ on_both_journals!(
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     health_counts_pending_work_and_says_when_not_ready
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_file_deleted_under_the_runtime_is_not_ready() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal.db");
+    let rt = Runtime::open(&path).await.expect("open");
+    assert!(rt.health().await.is_ready());
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let health = rt.health().await;
+    assert!(!health.is_ready() && !health.journal_reachable, "{health:?}");
+    let problem = health.problem.expect("a problem");
+    assert!(problem.contains("deleted or replaced"), "{problem}");
+    drop(rt);
+}

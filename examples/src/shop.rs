@@ -60,8 +60,8 @@
 //! the steps take through `#[state]` parameters ([`Catalog`], [`Warehouse`],
 //! [`Payments`], [`Mailer`]); replace them with your clients. The simulations are
 //! slow on purpose (`--step-delay-ms`, 50 ms by default), the warehouse answers "busy"
-//! to one reservation in four and the gateway loses the answer to one charge in five
-//! (after charging), so the retries have work to do.
+//! to the first attempt of one reservation in four, and the gateway loses the answer to
+//! one charge in five (after charging), so the retries have work to do.
 //!
 //! # Idempotency: one workflow per key, one charge per order
 //!
@@ -117,7 +117,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -733,23 +732,27 @@ impl Catalog {
 #[derive(Debug)]
 struct Warehouse {
     latency: Duration,
-    calls: AtomicU64,
 }
 
 impl Warehouse {
-    /// One reservation call in this many answers "busy".
+    /// One reservation in this many answers "busy" to its first attempt (chosen by its
+    /// key, so a retry always gets through: the simulation never fails an order).
     const BUSY_EVERY: u64 = 4;
 
     fn new(latency: Duration) -> Warehouse {
-        Warehouse {
-            latency,
-            calls: AtomicU64::new(0),
-        }
+        Warehouse { latency }
     }
 
     async fn reserve(&self, key: &str, sku: &str, qty: u32) -> Result<String, OrderError> {
         tokio::time::sleep(self.latency).await;
-        if (self.calls.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(Self::BUSY_EVERY) {
+        let first_attempt = durable_runtime::step_context().is_none_or(|c| c.attempt() == 1);
+        let unlucky = key
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            })
+            .is_multiple_of(Self::BUSY_EVERY);
+        if first_attempt && unlucky {
             info!(key, sku, "warehouse busy (simulated); the step retries");
             return Err(OrderError::WarehouseBusy);
         }

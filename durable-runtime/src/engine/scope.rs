@@ -198,7 +198,7 @@ impl StepContext {
     ///
     /// [`Error::MissingState`](crate::Error::MissingState), naming `T`, if the runtime
     /// was not given a `T`.
-    pub fn state<T: Send + Sync + 'static>(&self) -> crate::Result<Arc<T>> {
+    pub fn state<T: ?Sized + Send + Sync + 'static>(&self) -> crate::Result<Arc<T>> {
         self.states.get::<T>().ok_or_else(|| {
             crate::state::missing(
                 &self.workflow_id,
@@ -267,31 +267,40 @@ pub(crate) fn current_states() -> Option<Arc<States>> {
 
 /// The value of a `#[state] x: &T` or `#[state] x: Arc<T>` parameter, when the step's
 /// body starts (called by the code `#[step]` generates). In a workflow, the runtime
-/// checked before the body ran that its state has every type the step takes; a step
-/// called outside any workflow has no runtime to take state from.
+/// checked before the body ran that its state has every type the step takes. A step
+/// called from a step body (a plain call) was not checked: if its type is missing, the
+/// unwind carries [`MissingState`] to the step body that called it, which stops its
+/// workflow with [`Error::MissingState`](crate::Error::MissingState) (nothing
+/// recorded; it stays pending) instead of recording a panic.
 ///
 /// # Panics
 ///
-/// When the step is called outside a workflow (not from a workflow, nor from a step
-/// body of one): a programming error, which says what to do instead.
+/// When the step is called where no runtime's state is visible: outside a workflow, or
+/// in a task spawned from a step body. A programming error; the message says what to
+/// do instead.
 #[doc(hidden)]
-pub fn injected<T: Send + Sync + 'static>(step: &'static str) -> Arc<T> {
+pub fn injected<T: ?Sized + Send + Sync + 'static>(step: &'static str) -> Arc<T> {
     let type_name = std::any::type_name::<T>();
     match current_states() {
         Some(states) => match states.get::<T>() {
             Some(value) => value,
-            // A plain call from a step body, of a step whose state was not checked.
-            None => panic!(
-                "step `{step}` takes app state of type `{type_name}`, which the runtime was not \
-                 given; register it with `Runtime::builder(..).state(Arc::new(..))`"
-            ),
+            None => std::panic::panic_any(MissingState { step, type_name }),
         },
         None => panic!(
-            "step `{step}` takes app state of type `{type_name}`, but it was called outside a \
-             workflow, where no runtime provides state; call it from a workflow, or move its \
-             body into a plain function that takes the value as an argument"
+            "step `{step}` takes app state of type `{type_name}`, but it was called where no \
+             runtime's state is visible: outside a workflow, or in a task spawned from a step \
+             body (state is not carried into spawned tasks); call it from a workflow or a step \
+             body, or take the state in the step and pass the value to what you spawn"
         ),
     }
+}
+
+/// The unwind of a plain step call whose state type the runtime lacks (see
+/// [`injected`]): caught by the step body that called it.
+#[derive(Debug)]
+pub(crate) struct MissingState {
+    pub(crate) step: &'static str,
+    pub(crate) type_name: &'static str,
 }
 
 /// Restores the previous scope when dropped, so a panic inside a poll does not leave a

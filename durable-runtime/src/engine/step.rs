@@ -806,6 +806,18 @@ fn poll_attempt<B: StepBody>(
         Err(payload) => payload,
     };
     this.attempt.set(None);
+    if let Some(missing) = payload.downcast_ref::<scope::MissingState>() {
+        // A step the body called takes state this runtime lacks: a deployment's
+        // mistake, not the step's. Nothing is recorded; the workflow stays pending and
+        // the step runs again once a runtime has the state.
+        c.ctx.fail(crate::state::missing(
+            &c.ctx.id,
+            missing.step,
+            missing.type_name,
+        ));
+        *this.active = None;
+        return Err(stop(this));
+    }
     let message = format!(
         "step {} (`{}`) panicked: {}",
         c.path,

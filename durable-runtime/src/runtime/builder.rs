@@ -285,9 +285,10 @@ impl RuntimeBuilder {
     /// # }
     /// ```
     ///
-    /// Registering a type twice makes [`open`](Self::open) fail with
-    /// [`Error::StateTwice`].
-    pub fn state<T: Send + Sync + 'static>(mut self, value: Arc<T>) -> Self {
+    /// `T` may be a trait object: `.state::<dyn Gateway>(Arc::new(Stripe { .. }))`, taken
+    /// as `#[state] gateway: &dyn Gateway`, lets tests register a fake. Registering a
+    /// type twice makes [`open`](Self::open) fail with [`Error::StateTwice`].
+    pub fn state<T: ?Sized + Send + Sync + 'static>(mut self, value: Arc<T>) -> Self {
         if let Err(type_name) = self.states.insert(value) {
             self.state_twice.get_or_insert(type_name);
         }

@@ -8,6 +8,10 @@ use crate::util::{lock, now_ms};
 
 use super::Runtime;
 
+/// How long [`Runtime::health`] waits for the journal's answer before it reports the
+/// journal unreachable.
+pub(crate) const HEALTH_READ_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// What [`Runtime::health`] found: whether the runtime can do its work, and how much
 /// work waits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,8 +50,10 @@ impl Health {
 impl Runtime {
     /// Checks the journal and reports what a health endpoint needs: one read of the
     /// journal (the pending count and the oldest pending workflow, from an index), and
-    /// what this runtime holds in memory. Never fails: a journal that cannot be read is
-    /// reported in [`Health::problem`].
+    /// what this runtime holds in memory. Never fails, and answers within about 3
+    /// seconds: a journal that cannot be read, or does not answer in that time (a lock
+    /// held on its table, a server gone quiet), or a SQLite file deleted or replaced
+    /// under the runtime, is reported in [`Health::problem`] as not reachable.
     ///
     /// ```
     /// use durable_runtime::Runtime;
@@ -75,10 +81,17 @@ impl Runtime {
         };
         let writer_alive = inner.store.writer_alive();
         let store = inner.store.clone();
-        let read = match blocking(self.path(), move || store.pending_summary()).await {
-            Ok(Ok(summary)) => Ok(summary),
+        let read = blocking(self.path(), move || store.pending_summary());
+        let read = match tokio::time::timeout(HEALTH_READ_TIMEOUT, read).await {
+            Ok(Ok(Ok(summary))) => Ok(summary),
+            Ok(Ok(Err(e))) => Err(e.to_string()),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(e.to_string()),
+            // A lock held on the table, a server that stopped answering: a health
+            // check must answer anyway.
+            Err(_) => Err(format!(
+                "the journal did not answer a read within {} s",
+                HEALTH_READ_TIMEOUT.as_secs()
+            )),
         };
         let now = now_ms();
         match read {

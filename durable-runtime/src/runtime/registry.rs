@@ -115,10 +115,11 @@ pub(super) struct Running {
     /// (see [`Running::outcome`]): a dormant run nobody watches costs no channel.
     pub(super) outcome: Option<watch::Receiver<Option<Outcome>>>,
     pub(super) state: RunState,
-    /// For a run `start` made: true once the journal has answered its creation. A
-    /// second `start` of the id joins it only then, so that it too returns only once
-    /// the run is journaled. `None` for a run read from the journal.
-    pub(super) admitted: Option<watch::Receiver<bool>>,
+    /// For a run `start` made: what its start returns, once the journal has answered
+    /// its creation. A second `start` of the id joins it only then, and returns the
+    /// same: `Ok` once the run is journaled, or the first start's error. `None` for a
+    /// run read from the journal.
+    pub(super) admitted: Option<watch::Receiver<Option<Result<()>>>>,
 }
 
 /// Whether a run's body is in memory.
@@ -135,7 +136,7 @@ enum Found {
     /// A run to join: its outcome, and whether it is journaled yet.
     Join(
         watch::Receiver<Option<Outcome>>,
-        Option<watch::Receiver<bool>>,
+        Option<watch::Receiver<Option<Result<()>>>>,
     ),
     /// A cancelled run winding down: wait for its end, then look again.
     WindingDown(watch::Receiver<Option<Outcome>>),
@@ -429,7 +430,7 @@ impl Inner {
                 match running.entry(id.clone()) {
                     Entry::Vacant(v) => {
                         let (mut run, ctx, tx) = self.new_run(&id, name, launch.parent_id.clone());
-                        let (joiners_wait, joiners) = watch::channel(false);
+                        let (joiners_wait, joiners) = watch::channel(None);
                         run.admitted = Some(joiners);
                         v.insert(run);
                         break (ctx, tx, joiners_wait);
@@ -455,12 +456,22 @@ impl Inner {
             match found {
                 Found::Join(outcome, admitted) => {
                     // Started by another call that may not have journaled it yet: this
-                    // call returns once it has, as that one does. (If the creation
-                    // failed, the run's outcome says why.)
-                    if let Some(mut admitted) = admitted {
-                        let _ = admitted.wait_for(|done| *done).await;
-                    }
-                    return Ok(outcome);
+                    // call returns when that one does, with what it returns.
+                    let Some(mut admitted) = admitted else {
+                        return Ok(outcome);
+                    };
+                    let started = match admitted.wait_for(Option::is_some).await {
+                        Ok(started) => started.clone(),
+                        Err(_) => None,
+                    };
+                    return match started {
+                        Some(Ok(())) => Ok(outcome),
+                        Some(Err(e)) => Err(e),
+                        // The start's task was dropped: the runtime is shutting down.
+                        None => Err(Error::Stopped {
+                            workflow_id: id.to_string(),
+                        }),
+                    };
                 }
                 Found::WindingDown(mut winding_down) => {
                     let _ = winding_down.wait_for(Option::is_some).await;
@@ -856,7 +867,7 @@ pub(super) async fn admit(
     launch: Launch,
     tx: watch::Sender<Option<Outcome>>,
     reply: oneshot::Sender<Result<()>>,
-    admitted: watch::Sender<bool>,
+    admitted: watch::Sender<Option<Result<()>>>,
 ) {
     let Launch {
         def,
@@ -879,9 +890,6 @@ pub(super) async fn admit(
             queued: None,
         })
         .await;
-    // Calls that joined this start return now: the run is journaled (or its creation
-    // failed, which its outcome will say).
-    admitted.send_replace(true);
     let run = match created {
         Ok(Created::New) => Ok(Some((input, History::None, deadline_at))),
         Ok(Created::Existing(record))
@@ -952,10 +960,13 @@ pub(super) async fn admit(
     match run {
         Err(e) => {
             inner.settle(&id, &tx, Arc::new(Err(e.clone())));
+            // Calls that joined this start return what it returns.
+            admitted.send_replace(Some(Err(e.clone())));
             // The caller may have stopped waiting; nothing runs either way.
             let _ = reply.send(Err(e));
         }
         Ok(run) => {
+            admitted.send_replace(Some(Ok(())));
             // The caller may have stopped waiting; the run goes on regardless.
             let _ = reply.send(Ok(()));
             if let Some((input, history, deadline_at)) = run {
@@ -1082,6 +1093,11 @@ pub(super) async fn drive(
             Ok(_) => "completed",
             Err(Error::Failed { .. }) => "failed",
             Err(Error::Cancelled { .. }) => "cancelled",
+            Err(Error::Stopped { .. } | Error::Closed { .. })
+                if inner.closing.load(Ordering::Acquire) =>
+            {
+                "closed"
+            }
             Err(_) => "stopped",
         },
     );

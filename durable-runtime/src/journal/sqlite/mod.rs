@@ -560,6 +560,22 @@ impl Store for SqliteStore {
     }
 
     fn pending_summary(&self) -> Result<(u64, Option<i64>), StoreError> {
+        // A journal deleted or replaced under the runtime still answers through the
+        // open descriptor, while what it commits is lost to the next open.
+        if let Some(held) = self.reader_at.id
+            && identity::file_id(&self.reader_at.path) != Some(held)
+        {
+            return Err(StoreError::new(
+                &*self.path,
+                StoreErrorKind::Io,
+                format!(
+                    "the journal file {} was deleted or replaced while this runtime holds it: \
+                     what it commits now is lost to the next open; stop the process and \
+                     restore the file",
+                    self.reader_at.path.display()
+                ),
+            ));
+        }
         // `durable_workflows_pending` covers it: a scan of the pending rows only.
         self.read_apart(|c| {
             c.query_row(
