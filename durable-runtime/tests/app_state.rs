@@ -347,8 +347,15 @@ async fn a_plain_call_missing_its_state_leaves_the_workflow_pending() {
         }
         other => panic!("expected MissingState, got {other:?}"),
     }
-    assert!(rt.steps("nested").await.expect("steps").is_empty(), "nothing recorded");
-    let view = rt.workflow("nested").await.expect("read").expect("recorded");
+    assert!(
+        rt.steps("nested").await.expect("steps").is_empty(),
+        "nothing recorded"
+    );
+    let view = rt
+        .workflow("nested")
+        .await
+        .expect("read")
+        .expect("recorded");
     assert_eq!(view.status, durable_runtime::RecordedStatus::Pending);
     rt.close().await.expect("close");
 
@@ -418,7 +425,10 @@ async fn state_can_be_a_trait_object() {
         .expect("result");
     assert_eq!(
         out,
-        ("fake charge of 500".to_owned(), "fake charge of 501".to_owned())
+        (
+            "fake charge of 500".to_owned(),
+            "fake charge of 501".to_owned()
+        )
     );
     rt.close().await.expect("close");
 }

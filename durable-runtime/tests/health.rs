@@ -72,7 +72,10 @@ async fn a_journal_file_deleted_under_the_runtime_is_not_ready() {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
     let health = rt.health().await;
-    assert!(!health.is_ready() && !health.journal_reachable, "{health:?}");
+    assert!(
+        !health.is_ready() && !health.journal_reachable,
+        "{health:?}"
+    );
     let problem = health.problem.expect("a problem");
     assert!(problem.contains("deleted or replaced"), "{problem}");
     drop(rt);
