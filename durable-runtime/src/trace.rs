@@ -25,13 +25,14 @@ use tracing::field::Empty;
 use crate::path::StepPath;
 
 /// An `info` span of the runtime's, with OpenTelemetry's `otel.name` (the span's name
-/// as a trace shows it) and `otel.kind` when the `opentelemetry` feature is on.
+/// as a trace shows it) and `otel.kind` when the `opentelemetry` feature is on. What
+/// comes in brackets goes before the name (`[parent: None,]` for a root).
 macro_rules! otel_span {
-    ($name:literal, $otel_name:expr, parent: None, $($fields:tt)*) => {{
+    ([$($head:tt)*] $name:literal, $otel_name:expr, $($fields:tt)*) => {{
         #[cfg(feature = "opentelemetry")]
         let span = tracing::info_span!(
             target: "durable_runtime",
-            parent: None,
+            $($head)*
             $name,
             otel.name = %$otel_name,
             otel.kind = "internal",
@@ -39,21 +40,7 @@ macro_rules! otel_span {
             $($fields)*
         );
         #[cfg(not(feature = "opentelemetry"))]
-        let span = tracing::info_span!(target: "durable_runtime", parent: None, $name, $($fields)*);
-        span
-    }};
-    ($name:literal, $otel_name:expr, $($fields:tt)*) => {{
-        #[cfg(feature = "opentelemetry")]
-        let span = tracing::info_span!(
-            target: "durable_runtime",
-            $name,
-            otel.name = %$otel_name,
-            otel.kind = "internal",
-            otel.status_code = tracing::field::Empty,
-            $($fields)*
-        );
-        #[cfg(not(feature = "opentelemetry"))]
-        let span = tracing::info_span!(target: "durable_runtime", $name, $($fields)*);
+        let span = tracing::info_span!(target: "durable_runtime", $($head)* $name, $($fields)*);
         span
     }};
 }
@@ -69,9 +56,8 @@ pub(crate) const VALUE_LIMIT: usize = 1024;
 /// workflow that started or enqueued it).
 pub(crate) fn workflow(id: &str, name: &str, journal: &Path) -> Span {
     let span = otel_span!(
-        "workflow",
+        [parent: None,] "workflow",
         format_args!("workflow {name}"),
-        parent: None,
         id = %id,
         workflow = name,
         journal = %journal.display(),
@@ -100,7 +86,7 @@ pub(crate) fn outcome(span: &Span, outcome: &'static str) {
 /// or raced keeps its workflow as parent) and entered on each poll.
 pub(crate) fn step(path: &StepPath, name: &'static str, replayed: bool) -> Span {
     otel_span!(
-        "step",
+        [] "step",
         format_args!("step {name}"),
         path = %path,
         step = name,
@@ -123,7 +109,7 @@ pub(crate) fn failed(span: &Span) {
 /// The span of a durable sleep.
 pub(crate) fn sleep(path: &StepPath, replayed: bool, duration_ms: u64) -> Span {
     otel_span!(
-        "sleep",
+        [] "sleep",
         "sleep",
         path = %path,
         replayed,
@@ -134,7 +120,7 @@ pub(crate) fn sleep(path: &StepPath, replayed: bool, duration_ms: u64) -> Span {
 /// The span of a `recv` on `topic`.
 pub(crate) fn recv(path: &StepPath, replayed: bool, topic: &str) -> Span {
     otel_span!(
-        "recv",
+        [] "recv",
         format_args!("recv {topic}"),
         path = %path,
         replayed,
@@ -145,7 +131,7 @@ pub(crate) fn recv(path: &StepPath, replayed: bool, topic: &str) -> Span {
 /// The span of a child's start.
 pub(crate) fn start_child(path: &StepPath, replayed: bool, child_name: &str) -> Span {
     otel_span!(
-        "start_child",
+        [] "start_child",
         format_args!("start_child {child_name}"),
         path = %path,
         replayed,

@@ -90,7 +90,9 @@ pub struct StepContext {
     workflow_id: Arc<str>,
     path: StepPath,
     attempt: u32,
-    states: Arc<States>,
+    /// Filled by [`step_context`] from the thread's state: the slot a poll sets holds
+    /// `None`, so a poll clones the state map once, into `STATES`.
+    states: Option<Arc<States>>,
 }
 
 impl std::fmt::Debug for StepContext {
@@ -199,7 +201,8 @@ impl StepContext {
     /// [`Error::MissingState`](crate::Error::MissingState), naming `T`, if the runtime
     /// was not given a `T`.
     pub fn state<T: ?Sized + Send + Sync + 'static>(&self) -> crate::Result<Arc<T>> {
-        self.states.get::<T>().ok_or_else(|| {
+        let states = self.states.as_ref();
+        states.and_then(|s| s.get::<T>()).ok_or_else(|| {
             crate::state::missing(
                 &self.workflow_id,
                 &self.path.to_string(),
@@ -227,7 +230,9 @@ impl StepContext {
 /// }
 /// ```
 pub fn step_context() -> Option<StepContext> {
-    STEP.with(|s| s.borrow().clone())
+    let mut step = STEP.with(|s| s.borrow().clone())?;
+    step.states = current_states();
+    Some(step)
 }
 
 /// Runs a step body's poll: outside any workflow scope (a step called from a step body
@@ -238,11 +243,11 @@ pub(crate) fn in_step_body<R>(
 ) -> R {
     // A plain call keeps the state of the step body that called it.
     let states = step.map(|(.., states)| states.clone());
-    let ctx = step.map(|(id, path, attempt, states)| StepContext {
+    let ctx = step.map(|(id, path, attempt, _)| StepContext {
         workflow_id: id.clone(),
         path: path.clone(),
         attempt,
-        states: states.clone(),
+        states: None,
     });
     let prev = STEP.with(|s| s.replace(ctx));
     let prev_states = states.map(|s| STATES.with(|c| c.replace(Some(s))));

@@ -82,41 +82,32 @@ impl Runtime {
         let writer_alive = inner.store.writer_alive();
         let store = inner.store.clone();
         let read = blocking(self.path(), move || store.pending_summary());
-        let read = match tokio::time::timeout(HEALTH_READ_TIMEOUT, read).await {
-            Ok(Ok(Ok(summary))) => Ok(summary),
-            Ok(Ok(Err(e))) => Err(e.to_string()),
-            Ok(Err(e)) => Err(e.to_string()),
+        let (summary, problem) = match tokio::time::timeout(HEALTH_READ_TIMEOUT, read).await {
+            Ok(Ok(Ok(summary))) => (Some(summary), None),
+            Ok(Ok(Err(e))) => (None, Some(e.to_string())),
+            Ok(Err(e)) => (None, Some(e.to_string())),
             // A lock held on the table, a server that stopped answering: a health
             // check must answer anyway.
-            Err(_) => Err(format!(
-                "the journal did not answer a read within {} s",
-                HEALTH_READ_TIMEOUT.as_secs()
-            )),
+            Err(_) => (
+                None,
+                Some(format!(
+                    "the journal did not answer a read within {} s",
+                    HEALTH_READ_TIMEOUT.as_secs()
+                )),
+            ),
         };
         let now = now_ms();
-        match read {
-            Ok((pending, oldest)) => Health {
-                journal_reachable: true,
-                writer_alive,
-                closing,
-                pending: Some(pending),
-                running,
-                dormant,
-                oldest_pending: oldest.map(|at| {
-                    Duration::from_millis(u64::try_from(now.saturating_sub(at)).unwrap_or(0))
-                }),
-                problem: None,
-            },
-            Err(problem) => Health {
-                journal_reachable: false,
-                writer_alive,
-                closing,
-                pending: None,
-                running,
-                dormant,
-                oldest_pending: None,
-                problem: Some(problem),
-            },
+        Health {
+            journal_reachable: summary.is_some(),
+            writer_alive,
+            closing,
+            pending: summary.map(|(pending, _)| pending),
+            running,
+            dormant,
+            oldest_pending: summary.and_then(|(_, oldest)| oldest).map(|at| {
+                Duration::from_millis(u64::try_from(now.saturating_sub(at)).unwrap_or(0))
+            }),
+            problem,
         }
     }
 }

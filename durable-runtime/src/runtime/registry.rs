@@ -1087,59 +1087,44 @@ pub(super) async fn drive(
         }
         Err(e) => Err(e),
     };
-    crate::trace::outcome(
-        &span,
-        match &result {
-            Ok(_) => "completed",
-            Err(Error::Failed { .. }) => "failed",
-            Err(Error::Cancelled { .. }) => "cancelled",
-            Err(Error::Stopped { .. } | Error::Closed { .. })
-                if inner.closing.load(Ordering::Acquire) =>
-            {
-                "closed"
-            }
-            Err(_) => "stopped",
-        },
-    );
-    let finished = match &result {
-        Ok(output) => Some(Finished::Completed(output.clone())),
-        Err(Error::Failed { kind, message, .. }) => Some(Finished::Failed(*kind, message.clone())),
+    let (finished, outcome) = match &result {
+        Ok(output) => (Some(Finished::Completed(output.clone())), "completed"),
+        Err(Error::Failed { kind, message, .. }) => {
+            (Some(Finished::Failed(*kind, message.clone())), "failed")
+        }
         // Recorded by whoever cancelled it (see `admit` for a cancel that came first).
-        Err(Error::Cancelled { .. }) => None,
+        Err(Error::Cancelled { .. }) => (None, "cancelled"),
         // Stopped by a closing runtime: pending, resumed at the next open.
         Err(e @ (Error::Stopped { .. } | Error::Closed { .. }))
             if inner.closing.load(Ordering::Acquire) =>
         {
             tracing::info!(workflow = %id, "{e}");
-            None
+            (None, "closed")
         }
         // Divergence, corrupt rows and journal errors leave the run pending: they are
         // fixed outside the workflow (code, data, disk), and the next open resumes it.
         Err(e) => {
-            if let Error::Divergence { path, .. } = e {
-                tracing::error!(
-                    target: crate::trace::TARGET,
-                    parent: &span,
-                    workflow = %id,
-                    path = %path,
-                    "divergence: {e}; the workflow stays pending in the journal"
-                );
-            } else {
-                tracing::error!(
-                    target: crate::trace::TARGET,
-                    parent: &span,
-                    workflow = %id,
-                    "{e}; the workflow stays pending in the journal"
-                );
-            }
+            let diverged_at = match e {
+                Error::Divergence { path, .. } => Some(tracing::field::display(path)),
+                _ => None,
+            };
+            tracing::error!(
+                target: crate::trace::TARGET,
+                parent: &span,
+                workflow = %id,
+                path = diverged_at,
+                "{}{e}; the workflow stays pending in the journal",
+                if diverged_at.is_some() { "divergence: " } else { "" }
+            );
             // A queued workflow frees its slot (held until the next open); a no-op
             // for any other.
             if let Err(e) = inner.store.hold(id.clone()).await {
                 tracing::warn!(workflow = %id, "cannot free its queue slot: {e}");
             }
-            None
+            (None, "stopped")
         }
     };
+    crate::trace::outcome(&span, outcome);
     let result = match finished {
         None => result,
         Some(outcome) => {
