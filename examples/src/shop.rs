@@ -27,7 +27,7 @@
 //! - `POST /orders` takes `{"email": "...", "items": [{"sku": "mug", "qty": 1}, ...]}`.
 //!   The key is 1 to 100 letters, digits, `-`, `_`, `.` or `:`; a missing or bad key, or
 //!   a body that is not an order, is a 400; a product the shop does not sell, a
-//!   quantity out of 1-100 or an address without `@`, a 422.
+//!   quantity out of 1-100 or an address without `@`, a 422; a body over 64 KiB, a 413.
 //! - `POST /orders` and `GET /orders/{id}` take `?wait_ms=N` (up to 30 s): answer once
 //!   the order has finished, or after N ms, whichever comes first.
 //! - An approval sent before the order is priced gets a 409 with `Retry-After: 1`.
@@ -123,8 +123,8 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -692,14 +692,16 @@ impl Catalog {
         let unprocessable =
             |message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message);
         let email = order.email.trim();
-        if email.len() > 254
-            || !email.contains('@')
-            || email.starts_with('@')
-            || email.ends_with('@')
-        {
+        if email.len() > 254 {
             return Err(unprocessable(format!(
-                "{:?} is not an email address",
-                order.email
+                "an email address has at most 254 bytes, not {}",
+                email.len()
+            )));
+        }
+        if !email.contains('@') || email.starts_with('@') || email.ends_with('@') {
+            return Err(unprocessable(format!(
+                "{} is not an email address",
+                quoted(&order.email)
             )));
         }
         if order.items.is_empty() || order.items.len() > 20 {
@@ -712,15 +714,16 @@ impl Catalog {
             if self.price_of(&item.sku).is_none() {
                 let skus: Vec<&str> = PRODUCTS.iter().map(|(s, _)| *s).collect();
                 return Err(unprocessable(format!(
-                    "the shop does not sell {:?}; it sells {}",
-                    item.sku,
+                    "the shop does not sell {}; it sells {}",
+                    quoted(&item.sku),
                     skus.join(", ")
                 )));
             }
             if item.qty == 0 || item.qty > 100 {
                 return Err(unprocessable(format!(
-                    "the quantity of {:?} must be 1 to 100, not {}",
-                    item.sku, item.qty
+                    "the quantity of {} must be 1 to 100, not {}",
+                    quoted(&item.sku),
+                    item.qty
                 )));
             }
         }
@@ -981,6 +984,7 @@ fn router(app: App) -> Router {
         .route("/orders/{id}", get(get_order))
         .route("/orders/{id}/approve", post(approve_order))
         .route("/healthz", get(healthz))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .layer(middleware::from_fn(access_log))
@@ -1082,6 +1086,19 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A caller's text in a message, quoted, and cut short if it is long.
+fn quoted(s: &str) -> String {
+    format!("{:?}", shortened(s, 40))
+}
+
+/// `s`, or its first `max` characters and an ellipsis.
+fn shortened(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s.to_owned(),
+    }
+}
+
 /// `?wait_ms=N`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1119,20 +1136,32 @@ fn idempotency_key_of(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(key.to_owned())
 }
 
+/// The largest request body: an order of 20 items is well under 4 KiB.
+const MAX_BODY: usize = 64 * 1024;
+
 /// `POST /orders`: starts the order under its idempotency key, or finds the one the key
 /// started before.
 async fn create_order(
     State(app): State<App>,
     query: Result<Query<WaitQuery>, QueryRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let wait = wait_of(query)?;
     let key = idempotency_key_of(&headers)?;
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("an order's body has at most {} KiB", MAX_BODY / 1024),
+        ),
+        status => ApiError::new(status, e.body_text()),
+    })?;
     let request: OrderRequest = serde_json::from_slice(&body).map_err(|e| {
+        // serde's message quotes the offending value: keep it short.
         ApiError::bad_request(format!(
-            "the body is not an order ({e}); send {{\"email\": \"...\", \"items\": \
-             [{{\"sku\": \"mug\", \"qty\": 1}}]}}"
+            "the body is not an order ({}); send {{\"email\": \"...\", \"items\": \
+             [{{\"sku\": \"mug\", \"qty\": 1}}]}}",
+            shortened(&e.to_string(), 200)
         ))
     })?;
     app.catalog.check(&request)?;

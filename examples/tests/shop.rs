@@ -643,6 +643,34 @@ fn the_api_answers_mistakes_in_json() {
         422,
         "email",
     );
+    // What the caller sent is quoted short, never echoed whole.
+    let long = format!(
+        r#"{{"email":"{}","items":[{{"sku":"{}","qty":1}}]}}"#,
+        "x".repeat(10_000),
+        "y".repeat(10_000)
+    );
+    let reply = post(Some("k1"), &long);
+    error_of(&reply, 422, "at most 254 bytes");
+    assert!(reply.body.len() < 500, "{reply:?}");
+    let long_sku = format!(
+        r#"{{"email":"a@b.c","items":[{{"sku":"{}","qty":1}}]}}"#,
+        "y".repeat(10_000)
+    );
+    let reply = post(Some("k1"), &long_sku);
+    error_of(&reply, 422, "does not sell");
+    assert!(reply.body.len() < 500, "{reply:?}");
+    let reply = post(
+        Some("k1"),
+        &format!(r#"{{"email":{}}}"#, "7".repeat(10_000)),
+    );
+    error_of(&reply, 400, "not an order");
+    assert!(reply.body.len() < 800, "{reply:?}");
+    // A body over the limit: a JSON error too.
+    error_of(
+        &post(Some("k1"), &" ".repeat(100 * 1024)),
+        413,
+        "at most 64 KiB",
+    );
 
     // The same key: the same order, however often; another order under it: refused.
     let first = post(Some("k1"), &mugs);
