@@ -190,10 +190,25 @@ async fn a_wait_parked_when_the_writers_connection_dropped_still_gets_its_messag
     Ok(())
 }
 
-/// The writer's connection killed again and again while runtimes open: every open
-/// succeeds (one whose connection drops starts again), and each runtime then works.
+/// Adds a number to itself, in a step.
+#[workflow]
+async fn doubled(n: u64) -> Result<u64, String> {
+    Ok(add(n, n).await)
+}
+
+/// Runtimes open one after another, and at each open the server itself ends every
+/// writer session it sees, in a loop with no round trip between two looks, from the
+/// moment the open begins for a span drawn between 0 and 8 ms: while a session starts
+/// (ended in its startup), while the first open migrates the schema, while an open
+/// registers, or not at all. Every open succeeds (one whose connection drops starts
+/// again), and each runtime then works.
+///
+/// Kills in a span at each open, rather than a killer on a timer: an open takes about
+/// as long as a timer's period, and the first one (which migrates) longer, so a killer
+/// fast enough to land in every open could also land in every attempt of one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_whose_connection_drops_starts_again() -> Res<()> {
+    const OPENS: u64 = 40;
     let _turn = ONE_AT_A_TIME.lock().await;
     let server = durable_testkit::postgres::database_url();
     let schema = format!("open_drop_{}", std::process::id());
@@ -201,35 +216,62 @@ async fn an_open_whose_connection_drops_starts_again() -> Res<()> {
     let url = format!("{server}{sep}schema={schema}");
     let (killer, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let killing = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut kills = 0;
-            let mut i = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                kills += kill_writers(&killer).await.unwrap_or(0);
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(10 + (i * 7) % 41)).await;
-            }
-            kills
-        })
-    };
-    for n in 0..10 {
+    // A session's own function: ends every writer session in the database, again and
+    // again for `ms` milliseconds; how many it ended.
+    killer
+        .batch_execute(
+            "CREATE FUNCTION pg_temp.kill_writers_for(ms float8) RETURNS bigint
+             LANGUAGE plpgsql AS $$
+             DECLARE
+                 until timestamptz := clock_timestamp() + ms * interval '1 millisecond';
+                 killed bigint := 0;
+                 n bigint;
+             BEGIN
+                 LOOP
+                     PERFORM pg_catalog.pg_stat_clear_snapshot();
+                     SELECT count(pg_catalog.pg_terminate_backend(pid)) INTO n
+                     FROM pg_catalog.pg_stat_activity
+                     WHERE application_name = 'durable writer'
+                       AND datname = pg_catalog.current_database();
+                     killed := killed + n;
+                     EXIT WHEN clock_timestamp() >= until;
+                 END LOOP;
+                 RETURN killed;
+             END $$",
+        )
+        .await?;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .subsec_nanos();
+    println!("seed {seed}");
+    let mut rng = u64::from(seed) | 1;
+    let mut kills = 0i64;
+    for n in 0..OPENS {
+        // xorshift: the spans differ from run to run, and the seed says which ones.
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let ms = (rng % 8_000) as f64 / 1_000.0;
         let t = Instant::now();
-        let rt = Runtime::builder(&url)
-            .lease(Duration::from_secs(30))
-            .open()
-            .await
-            .map_err(|e| format!("open {n}: {e}"))?;
-        println!("open {n} took {} ms", t.elapsed().as_millis());
+        let open = tokio::spawn(Runtime::builder(&url).lease(Duration::from_secs(30)).open());
+        let killed: i64 = killer
+            .query_one("SELECT pg_temp.kill_writers_for($1)", &[&ms])
+            .await?
+            .try_get(0)?;
+        kills += killed;
+        let rt = open.await?.map_err(|e| format!("open {n}: {e}"))?;
+        println!(
+            "open {n}: {killed} sessions killed in {ms} ms, took {} ms",
+            t.elapsed().as_millis()
+        );
+        let h = rt.start(doubled(n)).await?;
+        assert_eq!(h.result().await?, Ok(2 * n), "the runtime of open {n}");
         rt.close().await?;
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let kills = killing.await?;
+    println!("{kills} writer sessions killed in {OPENS} opens");
     assert!(
-        kills >= 5,
-        "the test killed the connection only {kills} times"
+        kills >= i64::try_from(OPENS / 4)?,
+        "the test killed a writer's connection only {kills} times in {OPENS} opens"
     );
     Ok(())
 }

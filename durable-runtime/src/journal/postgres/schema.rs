@@ -267,7 +267,6 @@ pub(super) async fn migrate(client: &mut Client, schema: &str) -> Result<i64, Pg
     Ok(found)
 }
 
-/// The journal's schema version, if it has one yet.
 /// The journal's schema version, read in one statement outside a transaction: a
 /// schema or table that does not exist yet is no version.
 pub(super) async fn current_version(client: &Client, schema: &str) -> Result<Option<i64>, PgError> {
