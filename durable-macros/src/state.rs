@@ -2,10 +2,13 @@
 //! caller. They leave the step's signature (callers do not pass them, and they are not
 //! fingerprinted or recorded), and the body binds them when it starts.
 
-use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
+use proc_macro2::{Span, TokenStream, TokenTree};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{FnArg, GenericArgument, Ident, Pat, Path, PathArguments, Signature, Type};
+use syn::{
+    FnArg, GenericArgument, GenericParam, Generics, Ident, Pat, Path, PathArguments, Signature,
+    Type,
+};
 
 use crate::errors::Errors;
 use crate::validate::Kind;
@@ -42,8 +45,8 @@ pub(crate) fn take(sig: &mut Signature, errors: &mut Errors) -> Vec<StateParam> 
             sig.inputs.push(arg);
             continue;
         };
-        let before = t.attrs.len();
         let mut attrs = Vec::new();
+        let mut is_state = false;
         for attr in std::mem::take(&mut t.attrs) {
             if is_state_attr(&attr) {
                 if !matches!(attr.meta, syn::Meta::Path(_)) {
@@ -51,18 +54,23 @@ pub(crate) fn take(sig: &mut Signature, errors: &mut Errors) -> Vec<StateParam> 
                         &attr.meta,
                         "`#[state]` takes no arguments: the parameter's type says which state it is",
                     ));
+                } else if is_state {
+                    errors.push(syn::Error::new_spanned(
+                        &attr,
+                        "`#[state]` is given twice on this parameter: once is enough",
+                    ));
                 }
+                is_state = true;
             } else {
                 attrs.push(attr);
             }
         }
-        let is_state = attrs.len() != before;
         t.attrs = attrs;
         if !is_state {
             sig.inputs.push(FnArg::Typed(t));
             continue;
         }
-        match state_type(&t.ty) {
+        match state_type(&t.ty).and_then(|found| concrete(&sig.generics, &t.ty).map(|()| found)) {
             Ok((state, holds)) => taken.push(StateParam {
                 pat: (*t.pat).clone(),
                 ty: (*t.ty).clone(),
@@ -121,6 +129,69 @@ fn state_type(ty: &Type) -> syn::Result<(Type, Holds)> {
         },
         _ => Err(not_a_state_type(ty)),
     }
+}
+
+/// The runtime finds a state by its type, once for all calls of the step: the type
+/// cannot depend on the step's generic parameters, nor be an `impl Trait`.
+fn concrete(generics: &Generics, ty: &Type) -> syn::Result<()> {
+    let mut params = Vec::new();
+    let mut lifetimes = Vec::new();
+    for param in &generics.params {
+        match param {
+            GenericParam::Type(t) => params.push(t.ident.to_string()),
+            GenericParam::Const(c) => params.push(c.ident.to_string()),
+            GenericParam::Lifetime(l) => lifetimes.push(l.lifetime.ident.to_string()),
+        }
+    }
+    match generic_use(ty.to_token_stream(), &params, &lifetimes) {
+        None => Ok(()),
+        Some(Use::ImplTrait) => Err(syn::Error::new_spanned(
+            ty,
+            "a `#[state]` type cannot be an `impl Trait`: name the type given to \
+             `Runtime::builder(..).state(..)`, or a `dyn Trait` if that is what was given",
+        )),
+        Some(Use::Param(name)) => Err(syn::Error::new_spanned(
+            ty,
+            format!(
+                "a `#[state]` type cannot use the step's generic parameter `{name}`: the \
+                 runtime finds the state by one type for every call of the step. Register \
+                 the state as a trait object, `state::<dyn Trait>(..)`, and take `&dyn Trait`"
+            ),
+        )),
+    }
+}
+
+enum Use {
+    ImplTrait,
+    Param(String),
+}
+
+/// The first generic parameter, lifetime or `impl` in `tokens`.
+fn generic_use(tokens: TokenStream, params: &[String], lifetimes: &[String]) -> Option<Use> {
+    let mut after_quote = false;
+    for token in tokens {
+        let found = match &token {
+            TokenTree::Group(g) => generic_use(g.stream(), params, lifetimes),
+            TokenTree::Ident(ident) => {
+                let name = ident.to_string();
+                if after_quote {
+                    lifetimes
+                        .contains(&name)
+                        .then(|| Use::Param(format!("'{name}")))
+                } else if name == "impl" {
+                    Some(Use::ImplTrait)
+                } else {
+                    params.contains(&name).then_some(Use::Param(name))
+                }
+            }
+            TokenTree::Punct(_) | TokenTree::Literal(_) => None,
+        };
+        if found.is_some() {
+            return found;
+        }
+        after_quote = matches!(&token, TokenTree::Punct(p) if p.as_char() == '\'');
+    }
+    None
 }
 
 /// `T` of `Arc<T>` (any path ending in `Arc`).

@@ -23,9 +23,16 @@ async fn scaled(n: u32, #[state] settings: Arc<Settings>, (a, b): (u32, u32)) ->
     Ok(n * settings.factor + a + b)
 }
 
+/// A generic step takes state of a concrete type, or a trait object.
+#[step]
+async fn counted<T: serde::Serialize + Send + 'static>(#[state] db: &Db, items: Vec<T>) -> u32 {
+    u32::try_from(items.len()).unwrap_or(u32::MAX) + db.rows.len() as u32
+}
+
 #[workflow]
 async fn flow(extra: u32) -> Result<u32, String> {
     let n = total(extra).await;
+    let n = n + counted(vec!["a", "b"]).await;
     scaled(n, (1, 2)).await
 }
 
@@ -41,7 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .open()
             .await?;
         let handle = runtime.start_with_id("state", flow(4)).await?;
-        assert_eq!(handle.result().await?, Ok(103));
+        assert_eq!(handle.result().await?, Ok(153));
         runtime.close().await?;
         Ok(())
     })
