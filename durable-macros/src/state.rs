@@ -2,9 +2,10 @@
 //! caller. They leave the step's signature (callers do not pass them, and they are not
 //! fingerprinted or recorded), and the body binds them when it starts.
 
-use proc_macro2::{Span, TokenStream, TokenTree};
-use quote::{ToTokens, format_ident, quote, quote_spanned};
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
+use syn::visit_mut::VisitMut;
 use syn::{
     FnArg, GenericArgument, GenericParam, Generics, Ident, Pat, Path, PathArguments, Signature,
     Type,
@@ -134,16 +135,22 @@ fn state_type(ty: &Type) -> syn::Result<(Type, Holds)> {
 /// The runtime finds a state by its type, once for all calls of the step: the type
 /// cannot depend on the step's generic parameters, nor be an `impl Trait`.
 fn concrete(generics: &Generics, ty: &Type) -> syn::Result<()> {
-    let mut params = Vec::new();
-    let mut lifetimes = Vec::new();
+    let mut finder = GenericUse {
+        params: Vec::new(),
+        lifetimes: Vec::new(),
+        found: None,
+    };
+    // In an associated function, `Self` may be generic too.
+    finder.params.push(Ident::new("Self", Span::call_site()));
     for param in &generics.params {
         match param {
-            GenericParam::Type(t) => params.push(t.ident.to_string()),
-            GenericParam::Const(c) => params.push(c.ident.to_string()),
-            GenericParam::Lifetime(l) => lifetimes.push(l.lifetime.ident.to_string()),
+            GenericParam::Type(t) => finder.params.push(t.ident.clone()),
+            GenericParam::Const(c) => finder.params.push(c.ident.clone()),
+            GenericParam::Lifetime(l) => finder.lifetimes.push(l.lifetime.ident.clone()),
         }
     }
-    match generic_use(ty.to_token_stream(), &params, &lifetimes) {
+    finder.visit_type_mut(&mut ty.clone());
+    match finder.found {
         None => Ok(()),
         Some(Use::ImplTrait) => Err(syn::Error::new_spanned(
             ty,
@@ -166,32 +173,52 @@ enum Use {
     Param(String),
 }
 
-/// The first generic parameter, lifetime or `impl` in `tokens`.
-fn generic_use(tokens: TokenStream, params: &[String], lifetimes: &[String]) -> Option<Use> {
-    let mut after_quote = false;
-    for token in tokens {
-        let found = match &token {
-            TokenTree::Group(g) => generic_use(g.stream(), params, lifetimes),
-            TokenTree::Ident(ident) => {
-                let name = ident.to_string();
-                if after_quote {
-                    lifetimes
-                        .contains(&name)
-                        .then(|| Use::Param(format!("'{name}")))
-                } else if name == "impl" {
-                    Some(Use::ImplTrait)
-                } else {
-                    params.contains(&name).then_some(Use::Param(name))
-                }
-            }
-            TokenTree::Punct(_) | TokenTree::Literal(_) => None,
-        };
-        if found.is_some() {
-            return found;
+/// Finds the first use of a generic parameter of the step, or an `impl Trait`, in a
+/// type. A parameter is only ever the first segment of a path written without a
+/// leading `::` or a `<T as Trait>::` (so `crate::T`, `config::N` and `Item = u64`
+/// are not one), or a lifetime.
+struct GenericUse {
+    params: Vec<Ident>,
+    lifetimes: Vec<Ident>,
+    found: Option<Use>,
+}
+
+impl GenericUse {
+    fn path(&mut self, qself: Option<&syn::QSelf>, path: &Path) {
+        if self.found.is_some() || qself.is_some() || path.leading_colon.is_some() {
+            return;
         }
-        after_quote = matches!(&token, TokenTree::Punct(p) if p.as_char() == '\'');
+        if let Some(first) = path.segments.first()
+            && self.params.contains(&first.ident)
+        {
+            self.found = Some(Use::Param(first.ident.to_string()));
+        }
     }
-    None
+}
+
+impl VisitMut for GenericUse {
+    fn visit_type_path_mut(&mut self, t: &mut syn::TypePath) {
+        self.path(t.qself.as_ref(), &t.path);
+        syn::visit_mut::visit_type_path_mut(self, t);
+    }
+
+    fn visit_expr_path_mut(&mut self, e: &mut syn::ExprPath) {
+        self.path(e.qself.as_ref(), &e.path);
+        syn::visit_mut::visit_expr_path_mut(self, e);
+    }
+
+    fn visit_type_impl_trait_mut(&mut self, t: &mut syn::TypeImplTrait) {
+        if self.found.is_none() {
+            self.found = Some(Use::ImplTrait);
+        }
+        syn::visit_mut::visit_type_impl_trait_mut(self, t);
+    }
+
+    fn visit_lifetime_mut(&mut self, l: &mut syn::Lifetime) {
+        if self.found.is_none() && self.lifetimes.contains(&l.ident) {
+            self.found = Some(Use::Param(l.to_string()));
+        }
+    }
 }
 
 /// `T` of `Arc<T>` (any path ending in `Arc`).
@@ -262,5 +289,57 @@ impl StateParam {
                 },
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error `take` gives for the step `item`, if any.
+    fn errors_of(item: &str) -> Vec<String> {
+        let mut f: syn::ItemFn = syn::parse_str(item).expect("a function");
+        let mut errors = Errors::default();
+        let _ = take(&mut f.sig, &mut errors);
+        match errors.finish() {
+            Ok(()) => Vec::new(),
+            Err(e) => e.into_iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_state_type_of_the_step_s_generic_parameters_is_refused() {
+        for item in [
+            "async fn a<T>(#[state] x: &T) {}",
+            "async fn a<T: Send>(#[state] x: Arc<Vec<T>>) {}",
+            "async fn a<T>(#[state] x: &T::Assoc) {}",
+            "async fn a<T>(#[state] x: &<T as Tr>::Assoc) {}",
+            "async fn a<const N: usize>(#[state] x: &[u8; N]) {}",
+            "async fn a<'a>(#[state] x: Arc<dyn Tr<'a>>) {}",
+            "async fn a(#[state] x: &Self) {}",
+        ] {
+            let errors = errors_of(item);
+            assert!(
+                errors.len() == 1 && errors[0].contains("generic parameter"),
+                "{item}: {errors:?}"
+            );
+        }
+        let errors = errors_of("async fn a(#[state] x: &impl Tr) {}");
+        assert!(errors[0].contains("impl Trait"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_concrete_state_type_is_taken_whatever_its_names() {
+        for item in [
+            "async fn a<T>(#[state] x: &crate::T, v: T) {}",
+            "async fn a<T>(#[state] x: &::m::T, v: T) {}",
+            "async fn a<Item>(#[state] x: &dyn Source<Item = u64>, v: Vec<Item>) {}",
+            "async fn a<Item>(#[state] x: &<Foo as Iterator>::Item, v: Item) {}",
+            "async fn a<const N: usize>(#[state] x: &[u8; config::N]) {}",
+            "async fn a<'a>(#[state] x: Arc<dyn Tr<'static>>, v: &'a str) {}",
+            "async fn a<T>(#[state] x: &Db, v: T) {}",
+        ] {
+            assert_eq!(errors_of(item), Vec::<String>::new(), "{item}");
+        }
     }
 }

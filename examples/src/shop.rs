@@ -1086,17 +1086,41 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A caller's text in a message, quoted, and cut short if it is long.
+/// A caller's text in a message, quoted, and cut short if it is long: an error never
+/// echoes a whole request back.
 fn quoted(s: &str) -> String {
-    format!("{:?}", shortened(s, 40))
+    match s.char_indices().nth(40) {
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &s[..cut], s.len()),
+        None => format!("{s:?}"),
+    }
 }
 
-/// `s`, or its first `max` characters and an ellipsis.
+/// What a caller's text reads as, in a message that is not quoting it: cut short.
 fn shortened(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &s[..cut]),
+        Some((cut, _)) => format!("{}...", &s[..cut]),
         None => s.to_owned(),
     }
+}
+
+/// serde's account of a body that is not what the route takes, which may quote the
+/// body: cut short, keeping where in the body it is.
+fn json_mistake(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let at = format!(" at line {} column {}", e.line(), e.column());
+    let what = text.strip_suffix(&at).unwrap_or(&text);
+    format!("{}{at}", shortened(what, 100))
+}
+
+/// A request's body, or, if it is too long or cannot be read, the error to answer.
+fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a request body has at most {} KiB", MAX_BODY / 1024),
+        ),
+        status => ApiError::new(status, e.body_text()),
+    })
 }
 
 /// `?wait_ms=N`.
@@ -1110,7 +1134,7 @@ struct WaitQuery {
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
 fn wait_of(query: Result<Query<WaitQuery>, QueryRejection>) -> Result<Duration, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(shortened(&e.body_text(), 120)))?;
     Ok(Duration::from_millis(q.wait_ms.unwrap_or(0)).min(MAX_WAIT))
 }
 
@@ -1149,19 +1173,11 @@ async fn create_order(
 ) -> Result<Response, ApiError> {
     let wait = wait_of(query)?;
     let key = idempotency_key_of(&headers)?;
-    let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("an order's body has at most {} KiB", MAX_BODY / 1024),
-        ),
-        status => ApiError::new(status, e.body_text()),
-    })?;
-    let request: OrderRequest = serde_json::from_slice(&body).map_err(|e| {
-        // serde's message quotes the offending value: keep it short.
+    let request: OrderRequest = serde_json::from_slice(&body_of(body)?).map_err(|e| {
         ApiError::bad_request(format!(
             "the body is not an order ({}); send {{\"email\": \"...\", \"items\": \
              [{{\"sku\": \"mug\", \"qty\": 1}}]}}",
-            shortened(&e.to_string(), 200)
+            json_mistake(&e)
         ))
     })?;
     app.catalog.check(&request)?;
@@ -1213,11 +1229,12 @@ async fn get_order(
 async fn approve_order(
     State(app): State<App>,
     UrlPath(id): UrlPath<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let approval: Approval = serde_json::from_slice(&body).map_err(|e| {
+    let approval: Approval = serde_json::from_slice(&body_of(body)?).map_err(|e| {
         ApiError::bad_request(format!(
-            "the body is not an approval ({e}); send {{\"by\": \"your name\"}}"
+            "the body is not an approval ({}); send {{\"by\": \"your name\"}}",
+            json_mistake(&e)
         ))
     })?;
     if approval.by.trim().is_empty() {
@@ -1313,7 +1330,7 @@ async fn no_method(request: Request) -> ApiError {
         StatusCode::METHOD_NOT_ALLOWED,
         format!(
             "{} does not take {}",
-            request.uri().path(),
+            shortened(request.uri().path(), 100),
             request.method()
         ),
     )
@@ -1322,7 +1339,11 @@ async fn no_method(request: Request) -> ApiError {
 async fn no_route(request: Request) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        format!("no route for {} {}", request.method(), request.uri().path()),
+        format!(
+            "no route for {} {}",
+            request.method(),
+            shortened(request.uri().path(), 100)
+        ),
     )
 }
 
@@ -1361,9 +1382,10 @@ struct StepView {
 impl App {
     async fn handle(&self, id: &str) -> Result<WorkflowHandle<Outcome>, ApiError> {
         self.rt.handle(id).await.map_err(|e| match e {
-            Error::NotFound { .. } => {
-                ApiError::new(StatusCode::NOT_FOUND, format!("no order {id}"))
-            }
+            Error::NotFound { .. } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no order {}", shortened(&id, 100)),
+            ),
             e => ApiError::runtime(e),
         })
     }
@@ -1375,7 +1397,7 @@ impl App {
             Ok(None) => {
                 return Err(ApiError::new(
                     StatusCode::NOT_FOUND,
-                    format!("no order {id}"),
+                    format!("no order {}", shortened(&id, 100)),
                 ));
             }
             Err(e) => Err(e),

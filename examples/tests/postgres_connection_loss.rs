@@ -197,11 +197,11 @@ async fn doubled(n: u64) -> Result<u64, String> {
 }
 
 /// Runtimes open one after another, and at each open the server itself ends every
-/// writer session it sees, in a loop with no round trip between two looks, from the
-/// moment the open begins for a span drawn between 0 and 8 ms: while a session starts
-/// (ended in its startup), while the first open migrates the schema, while an open
-/// registers, or not at all. Every open succeeds (one whose connection drops starts
-/// again), and each runtime then works.
+/// writer session the open starts, in a loop with no round trip between two looks,
+/// from the moment the open begins for a span drawn between 0 and 12 ms: while a
+/// session starts, while the first open migrates the schema, while an open registers,
+/// or not at all. Every open succeeds (one whose connection drops starts again), and
+/// each runtime then works.
 ///
 /// Kills in a span at each open, rather than a killer on a timer: an open takes about
 /// as long as a timer's period, and the first one (which migrates) longer, so a killer
@@ -216,34 +216,39 @@ async fn an_open_whose_connection_drops_starts_again() -> Res<()> {
     let url = format!("{server}{sep}schema={schema}");
     let (killer, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
-    // A session's own function: ends every writer session in the database, again and
-    // again for `ms` milliseconds; how many it ended.
+    // A session's own function: ends every writer session that started since `since`,
+    // again and again for `ms` milliseconds; how many sessions it ended. (A session
+    // being ended still shows for a moment, and is signalled again, but counted once.)
     killer
         .batch_execute(
-            "CREATE FUNCTION pg_temp.kill_writers_for(ms float8) RETURNS bigint
-             LANGUAGE plpgsql AS $$
+            "CREATE FUNCTION pg_temp.kill_writers_for(ms float8, since timestamptz)
+             RETURNS int LANGUAGE plpgsql AS $$
              DECLARE
                  until timestamptz := clock_timestamp() + ms * interval '1 millisecond';
-                 killed bigint := 0;
-                 n bigint;
+                 killed int[] := '{}';
              BEGIN
                  LOOP
                      PERFORM pg_catalog.pg_stat_clear_snapshot();
-                     SELECT count(pg_catalog.pg_terminate_backend(pid)) INTO n
-                     FROM pg_catalog.pg_stat_activity
-                     WHERE application_name = 'durable writer'
-                       AND datname = pg_catalog.current_database();
-                     killed := killed + n;
+                     killed := killed || ARRAY(
+                         SELECT pid FROM pg_catalog.pg_stat_activity
+                         WHERE application_name = 'durable writer'
+                           AND datname = pg_catalog.current_database()
+                           AND backend_start >= since
+                           AND pg_catalog.pg_terminate_backend(pid)
+                           AND pid <> ALL (killed));
                      EXIT WHEN clock_timestamp() >= until;
                  END LOOP;
-                 RETURN killed;
+                 RETURN cardinality(killed);
              END $$",
         )
         .await?;
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .subsec_nanos();
-    println!("seed {seed}");
+    let seed = match std::env::var("CONNECTION_LOSS_SEED") {
+        Ok(s) => s.parse()?,
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .subsec_nanos(),
+    };
+    println!("CONNECTION_LOSS_SEED={seed}");
     let mut rng = u64::from(seed) | 1;
     let mut kills = 0i64;
     for n in 0..OPENS {
@@ -251,26 +256,35 @@ async fn an_open_whose_connection_drops_starts_again() -> Res<()> {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let ms = (rng % 8_000) as f64 / 1_000.0;
-        let t = Instant::now();
-        let open = tokio::spawn(Runtime::builder(&url).lease(Duration::from_secs(30)).open());
-        let killed: i64 = killer
-            .query_one("SELECT pg_temp.kill_writers_for($1)", &[&ms])
+        let ms = (rng % 12_000) as f64 / 1_000.0;
+        let since: std::time::SystemTime = killer
+            .query_one("SELECT clock_timestamp()", &[])
             .await?
             .try_get(0)?;
-        kills += killed;
+        let t = Instant::now();
+        let open = tokio::spawn(Runtime::builder(&url).lease(Duration::from_secs(30)).open());
+        let killed: i32 = killer
+            .query_one("SELECT pg_temp.kill_writers_for($1, $2)", &[&ms, &since])
+            .await?
+            .try_get(0)?;
+        kills += i64::from(killed);
         let rt = open.await?.map_err(|e| format!("open {n}: {e}"))?;
         println!(
             "open {n}: {killed} sessions killed in {ms} ms, took {} ms",
             t.elapsed().as_millis()
         );
         let h = rt.start(doubled(n)).await?;
-        assert_eq!(h.result().await?, Ok(2 * n), "the runtime of open {n}");
+        let result = tokio::time::timeout(Duration::from_secs(60), h.result())
+            .await
+            .map_err(|_| format!("the runtime of open {n} did not run a workflow in 60 s"))??;
+        assert_eq!(result, Ok(2 * n), "the runtime of open {n}");
         rt.close().await?;
     }
-    println!("{kills} writer sessions killed in {OPENS} opens");
+    println!("{kills} writer sessions ended in {OPENS} opens");
+    // About 15 of the 40 on the dev machine: a bound well below that only says the
+    // kills happened.
     assert!(
-        kills >= i64::try_from(OPENS / 4)?,
+        kills >= i64::try_from(OPENS / 10)?,
         "the test killed a writer's connection only {kills} times in {OPENS} opens"
     );
     Ok(())

@@ -717,6 +717,14 @@ fn the_api_answers_mistakes_in_json() {
     error_of(&approve_with("nope", r#"{"by":"x"}"#), 404, "no order nope");
     error_of(&approve_with("k1", r#"{"by":"x"}"#), 409, "has finished");
     error_of(&approve_with("k1", "{}"), 400, "not an approval");
+    let reply = approve_with("k1", &format!(r#"{{"by":"x","{}":1}}"#, "n".repeat(10_000)));
+    error_of(&reply, 400, "not an approval");
+    assert!(reply.body.len() < 500, "{reply:?}");
+    error_of(
+        &approve_with("k1", &" ".repeat(100 * 1024)),
+        413,
+        "at most 64 KiB",
+    );
     error_of(
         &request(port, "GET", "/orders/k1?wait_ms=soon", &[], None).expect("GET"),
         400,
