@@ -1384,7 +1384,7 @@ impl App {
         self.rt.handle(id).await.map_err(|e| match e {
             Error::NotFound { .. } => ApiError::new(
                 StatusCode::NOT_FOUND,
-                format!("no order {}", shortened(&id, 100)),
+                format!("no order {}", shortened(id, 100)),
             ),
             e => ApiError::runtime(e),
         })
@@ -1397,7 +1397,7 @@ impl App {
             Ok(None) => {
                 return Err(ApiError::new(
                     StatusCode::NOT_FOUND,
-                    format!("no order {}", shortened(&id, 100)),
+                    format!("no order {}", shortened(id, 100)),
                 ));
             }
             Err(e) => Err(e),
