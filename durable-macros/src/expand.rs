@@ -136,10 +136,8 @@ pub(crate) fn step(args: TokenStream, item: TokenStream) -> TokenStream {
     });
     let ret_span = ret.span();
     let assert_output = quote_spanned!(ret_span=> #k::__private::assert_journaled::<#ret>(););
-    let prelude = StateParam::bindings(k, &name, &states)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .chain(params.iter().filter_map(Arg::unpack));
+    let prelude =
+        StateParam::bindings(k, &name, &states).chain(params.iter().filter_map(Arg::unpack));
     let body = typed_body(k, &ret, prelude, block);
     let state_asserts = StateParam::asserts(k, &states);
 

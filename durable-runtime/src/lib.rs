@@ -332,9 +332,9 @@ pub use crate::step_error::StepError;
 /// because the step's future may outlive its caller (`tokio::spawn`) and is re-run on
 /// retry. A pool, a client or a configuration is app state instead: given once to
 /// [`RuntimeBuilder::state`] and taken by a `#[state] x: &T` (or `Arc<T>`) parameter,
-/// which callers do not pass and the journal never records. Its output must implement serde's
-/// `Serialize` and `Deserialize`; `Err` values are recorded like `Ok` values. Step
-/// bodies run at least once: make them idempotent (see [`step_context`]).
+/// which callers do not pass and the journal never records. Its output must implement
+/// serde's `Serialize` and `Deserialize`; `Err` values are recorded like `Ok` values.
+/// Step bodies run at least once: make them idempotent (see [`step_context`]).
 ///
 /// # What it expands to
 ///

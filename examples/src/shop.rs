@@ -1089,18 +1089,23 @@ impl IntoResponse for ApiError {
 /// A caller's text in a message, quoted, and cut short if it is long: an error never
 /// echoes a whole request back.
 fn quoted(s: &str) -> String {
-    match s.char_indices().nth(40) {
-        Some((cut, _)) => format!("{:?}... ({} bytes)", &s[..cut], s.len()),
+    match cut(s, 40) {
+        Some(head) => format!("{head:?}... ({} bytes)", s.len()),
         None => format!("{s:?}"),
     }
 }
 
 /// What a caller's text reads as, in a message that is not quoting it: cut short.
 fn shortened(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}...", &s[..cut]),
+    match cut(s, max) {
+        Some(head) => format!("{head}..."),
         None => s.to_owned(),
     }
+}
+
+/// The first `max` characters of `s`, if it has more.
+fn cut(s: &str, max: usize) -> Option<&str> {
+    s.char_indices().nth(max).map(|(at, _)| &s[..at])
 }
 
 /// serde's account of a body that is not what the route takes, which may quote the

@@ -268,12 +268,8 @@ where
         START_CHILD,
         Some(&|a| call.fingerprint(a)),
     );
-    let span = match &claimed {
-        Claimed::Op(op) => {
-            crate::trace::start_child(&op.claim.path, op.recorded.is_some(), call.name())
-        }
-        _ => tracing::Span::none(),
-    };
+    let span =
+        claimed.span(|path, replayed| crate::trace::start_child(path, replayed, call.name()));
     let record_id = span.clone();
     let start_child = async move {
         let op = op_or!(claimed, Err(outside()));

@@ -133,10 +133,7 @@ pub fn recv<T: Serialize + DeserializeOwned + Send + 'static>(
         Claimed::Op(op) => Some(Undelivered::new(op, &topic)),
         _ => None,
     };
-    let span = match &claimed {
-        Claimed::Op(op) => crate::trace::recv(&op.claim.path, op.recorded.is_some(), &topic),
-        _ => tracing::Span::none(),
-    };
+    let span = claimed.span(|path, replayed| crate::trace::recv(path, replayed, &topic));
     let recv = async move {
         let op = op_or!(
             claimed,

@@ -20,6 +20,7 @@ use crate::engine::replay::{Found, claim_recorded, encode_value};
 use crate::engine::scope::{self, Claim};
 use crate::error::{Error, Location, Result, undecodable};
 use crate::journal::{Ack, Effect, RecordedOutcome, StepKey, StepRecord};
+use crate::path::StepPath;
 use crate::util::now_ms;
 
 pub(crate) mod child;
@@ -72,6 +73,18 @@ impl Claimed {
         match self {
             Claimed::Op(op) => op.claim.ctx.codec,
             _ => Codec::default(),
+        }
+    }
+
+    /// The operation's span, made by `make` from its path and whether it is replayed;
+    /// none outside a running workflow.
+    pub(crate) fn span(
+        &self,
+        make: impl FnOnce(&StepPath, bool) -> tracing::Span,
+    ) -> tracing::Span {
+        match self {
+            Claimed::Op(op) => make(&op.claim.path, op.recorded.is_some()),
+            _ => tracing::Span::none(),
         }
     }
 }

@@ -38,14 +38,10 @@ use super::*;
 /// ```
 pub fn sleep(duration: Duration) -> impl Future<Output = ()> + Send + 'static {
     let claimed = claim(SLEEP);
-    let span = match &claimed {
-        Claimed::Op(op) => crate::trace::sleep(
-            &op.claim.path,
-            op.recorded.is_some(),
-            u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
-        ),
-        _ => tracing::Span::none(),
-    };
+    let span = claimed.span(|path, replayed| {
+        let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        crate::trace::sleep(path, replayed, ms)
+    });
     let sleep = async move {
         let op = op_or!(claimed, tokio::time::sleep(duration).await);
         let wake_at = match op.replayed::<i64>() {
